@@ -1,0 +1,91 @@
+"""Settings, resolved as: explicit arguments (CLI flags) > STREAMHOUSE_* environment > streamhouse.toml > defaults.
+
+>>> Settings.load(data_dir="/tmp/sh").data_dir
+PosixPath('/tmp/sh')
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from streamhouse.errors import ConfigError
+
+DEFAULT_DATA_DIR = "./streamhouse-data"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything a StreamHouse process can be told.
+
+    ``object_store`` is ``None`` for the local directory ``<data_dir>/objects``, or an URL
+    ``s3://bucket/prefix`` (``s3_endpoint_url`` points boto3 at an S3-compatible server).
+    ``metadata`` is ``None`` for SQLite at ``<data_dir>/metadata.sqlite3``.
+    """
+
+    data_dir: Path = field(default_factory=lambda: Path(DEFAULT_DATA_DIR))
+    object_store: str | None = None
+    s3_endpoint_url: str | None = None
+    s3_region: str = "us-east-1"
+    metadata: str | None = None
+    linger_ms: float = 5.0
+    max_flush_bytes: int = 8 * 1024 * 1024
+    max_message_bytes: int = 8 * 1024 * 1024
+    default_partitions: int = 1
+    cache_bytes: int = 256 * 1024 * 1024
+    host: str = "127.0.0.1"
+    port: int = 9092
+    advertised_host: str = "127.0.0.1"
+    auto_create_topics: bool = True
+
+    @classmethod
+    def load(cls, config_file: str | Path | None = None, **overrides: Any) -> Settings:
+        """Resolve settings; ``overrides`` whose value is ``None`` are ignored."""
+        values: dict[str, Any] = {}
+        path = Path(config_file) if config_file else Path("streamhouse.toml")
+        if path.is_file():
+            with path.open("rb") as fh:
+                try:
+                    values.update(tomllib.load(fh))
+                except tomllib.TOMLDecodeError as exc:
+                    raise ConfigError(f"{path}: {exc}") from None
+        elif config_file:
+            raise ConfigError(f"config file {path} does not exist")
+        for f in fields(cls):
+            env = os.environ.get(f"STREAMHOUSE_{f.name.upper()}")
+            if env is not None:
+                values[f.name] = env
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        known = {f.name: f for f in fields(cls)}
+        unknown = set(values) - set(known)
+        if unknown:
+            raise ConfigError(f"unknown settings: {', '.join(sorted(unknown))}")
+        settings = cls()
+        converted: dict[str, Any] = {}
+        for name, raw in values.items():
+            default = getattr(settings, name)
+            converted[name] = _convert(name, raw, default)
+        return replace(settings, **converted)
+
+
+def _convert(name: str, raw: Any, default: Any) -> Any:
+    if name == "data_dir":
+        return Path(raw)
+    if isinstance(default, bool):
+        if isinstance(raw, bool):
+            return raw
+        text = str(raw).strip().lower()
+        if text in ("1", "true", "yes", "on"):
+            return True
+        if text in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"setting {name}: expected a boolean, got {raw!r}")
+    if isinstance(default, int | float) and not isinstance(raw, int | float):
+        try:
+            return type(default)(raw)
+        except ValueError:
+            raise ConfigError(f"setting {name}: expected a number, got {raw!r}") from None
+    return raw

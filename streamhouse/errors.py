@@ -1,0 +1,91 @@
+"""The errors StreamHouse raises. Every one derives from :class:`StreamHouseError`."""
+
+from __future__ import annotations
+
+
+class StreamHouseError(Exception):
+    """Root of every error StreamHouse raises on purpose."""
+
+
+class LogError(StreamHouseError):
+    """The log cannot do what was asked (storage, offsets, records)."""
+
+
+class UnknownTopicError(LogError):
+    """The topic does not exist."""
+
+    def __init__(self, topic: str) -> None:
+        super().__init__(f"unknown topic {topic!r}")
+        self.topic = topic
+
+
+class TopicExistsError(LogError):
+    """A topic of that name exists already."""
+
+    def __init__(self, topic: str) -> None:
+        super().__init__(f"topic {topic!r} already exists")
+        self.topic = topic
+
+
+class UnknownPartitionError(LogError):
+    """The topic has no partition of that number."""
+
+    def __init__(self, topic: str, partition: int) -> None:
+        super().__init__(f"topic {topic!r} has no partition {partition}")
+        self.topic = topic
+        self.partition = partition
+
+
+class OffsetOutOfRangeError(LogError):
+    """The requested offset lies outside [log start, high watermark]."""
+
+
+class RecordTooLargeError(LogError):
+    """A record or batch is larger than the topic's max.message.bytes."""
+
+
+class CorruptRecordError(LogError):
+    """A record batch fails its CRC-32C or cannot be parsed."""
+
+
+class CorruptSegmentError(LogError):
+    """A segment object fails its checksum or is truncated; the message names the object."""
+
+    def __init__(self, key: str, reason: str) -> None:
+        super().__init__(f"segment object {key!r} is corrupt: {reason}")
+        self.key = key
+
+
+class StorageError(LogError):
+    """The object store or the metadata store failed (disk full, unwritable directory, S3 error)."""
+
+
+class ObjectNotFoundError(StorageError):
+    """The object store has no object under that key."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(f"object {key!r} not found")
+        self.key = key
+
+
+class SqlError(StreamHouseError):
+    """A SQL statement is invalid; ``line`` and ``column`` point at the problem (1-based)."""
+
+    def __init__(self, message: str, line: int | None = None, column: int | None = None) -> None:
+        where = f" (line {line}, column {column})" if line is not None and column is not None else ""
+        super().__init__(f"{message}{where}")
+        self.message = message
+        self.line = line
+        self.column = column
+
+
+class UnknownStreamError(SqlError):
+    """A query names a stream, table or topic that does not exist."""
+
+
+class ProtocolError(StreamHouseError):
+    """A Kafka protocol frame is malformed or unsupported."""
+
+
+class ConfigError(StreamHouseError):
+    """A setting has a value StreamHouse cannot use."""
