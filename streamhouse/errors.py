@@ -72,7 +72,9 @@ class SqlError(StreamHouseError):
     """A SQL statement is invalid; ``line`` and ``column`` point at the problem (1-based)."""
 
     def __init__(self, message: str, line: int | None = None, column: int | None = None) -> None:
-        where = f" (line {line}, column {column})" if line is not None and column is not None else ""
+        where = (
+            f" (line {line}, column {column})" if line is not None and column is not None else ""
+        )
         super().__init__(f"{message}{where}")
         self.message = message
         self.line = line

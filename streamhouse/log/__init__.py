@@ -1,0 +1,154 @@
+"""The integrated log: topics of partitions of records, stored as segment objects.
+
+>>> from streamhouse.config import Settings
+>>> log = Log.open(Settings.load(data_dir="/tmp/sh-doc"))  # doctest: +SKIP
+>>> log.create_topic("events", partitions=4)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from concurrent.futures import Future
+
+import pyarrow.compute as pc
+
+from streamhouse.config import Settings
+from streamhouse.errors import (
+    CorruptRecordError,
+    RecordTooLargeError,
+    UnknownPartitionError,
+    UnknownTopicError,
+)
+from streamhouse.log.metadata import Metadata, PartitionOffsets, TopicInfo, open_metadata
+from streamhouse.log.objectstore import ObjectStore, open_object_store
+from streamhouse.log.reader import FetchResult, LogReader, ObjectCache
+from streamhouse.log.records import decode_batches, split_batches, verify_crc
+from streamhouse.log.writer import LogWriter
+
+__all__ = ["FetchResult", "Log", "PartitionOffsets", "TopicInfo"]
+
+log = logging.getLogger(__name__)
+
+MAX_MESSAGE_BYTES = "max.message.bytes"
+
+
+class Log:
+    """One process's view of the log: the write path, the read path and the catalog."""
+
+    def __init__(self, settings: Settings, store: ObjectStore, metadata: Metadata) -> None:
+        self.settings = settings
+        self.store = store
+        self.metadata = metadata
+        self.cache = ObjectCache(store, settings.cache_bytes)
+        self.writer = LogWriter(
+            store,
+            metadata,
+            linger_ms=settings.linger_ms,
+            max_bytes=settings.max_flush_bytes,
+            on_segment=self.cache.put,
+        )
+        self.reader = LogReader(metadata, self.cache)
+
+    @classmethod
+    def open(cls, settings: Settings) -> Log:
+        store = open_object_store(settings)
+        try:
+            metadata = open_metadata(settings)
+        except BaseException:
+            store.close()
+            raise
+        return cls(settings, store, metadata)
+
+    # -- topics -----------------------------------------------------------------------------
+
+    def create_topic(
+        self, name: str, partitions: int = 1, config: Mapping[str, str] | None = None
+    ) -> TopicInfo:
+        self.writer.forget(name)
+        return self.metadata.create_topic(name, partitions, config)
+
+    def delete_topic(self, name: str) -> None:
+        self.writer.flush()
+        orphans = self.metadata.delete_topic(name)
+        self.writer.forget(name)
+        for key in orphans:
+            self.cache.discard(key)
+            self.store.delete(key)
+
+    def get_topic(self, name: str) -> TopicInfo | None:
+        return self.metadata.get_topic(name)
+
+    def topic(self, name: str) -> TopicInfo:
+        info = self.metadata.get_topic(name)
+        if info is None:
+            raise UnknownTopicError(name)
+        return info
+
+    def list_topics(self) -> list[TopicInfo]:
+        return self.metadata.list_topics()
+
+    def set_partitions(self, name: str, count: int) -> TopicInfo:
+        return self.metadata.set_partitions(name, count)
+
+    # -- produce ----------------------------------------------------------------------------
+
+    def max_message_bytes(self, info: TopicInfo) -> int:
+        value = info.config.get(MAX_MESSAGE_BYTES)
+        return int(value) if value else self.settings.max_message_bytes
+
+    def append(self, topic: str, partition: int, batches: bytes) -> Future[int]:
+        """Append client batches; the future resolves to the first batch's base offset once durable."""
+        info = self.topic(topic)
+        if not 0 <= partition < info.partitions:
+            raise UnknownPartitionError(topic, partition)
+        limit = self.max_message_bytes(info)
+        headers = []
+        for start, end, header in split_batches(batches):
+            if end - start > limit:
+                raise RecordTooLargeError(
+                    f"batch of {end - start} bytes exceeds max.message.bytes={limit} of {topic!r}"
+                )
+            if not verify_crc(batches, start, end):
+                raise CorruptRecordError(f"record batch at byte {start} fails its CRC-32C")
+            headers.append((start, header))
+        if not headers:
+            raise CorruptRecordError("no record batch in the produce request")
+        return self.writer.append(topic, partition, bytes(batches), headers)
+
+    def flush(self) -> None:
+        self.writer.flush()
+
+    def add_listener(self, listener: Callable[[str, int, int], None]) -> None:
+        self.writer.add_listener(listener)
+
+    # -- fetch ------------------------------------------------------------------------------
+
+    def offsets(self, topic: str, partition: int) -> PartitionOffsets:
+        return self.reader.offsets(topic, partition)
+
+    def fetch(
+        self, topic: str, partition: int, offset: int, max_bytes: int = 1 << 20
+    ) -> FetchResult:
+        return self.reader.fetch(topic, partition, offset, max_bytes)
+
+    def offset_for_timestamp(
+        self, topic: str, partition: int, timestamp_ms: int
+    ) -> tuple[int, int] | None:
+        """(offset, timestamp) of the first record whose timestamp is >= ``timestamp_ms``."""
+        self.offsets(topic, partition)  # raises for unknown topics and partitions
+        row = self.metadata.segment_for_timestamp(topic, partition, timestamp_ms)
+        if row is None:
+            return None
+        table = decode_batches(self.reader.run_bytes(row))
+        ts = pc.cast(table["timestamp"], "int64")
+        mask = pc.greater_equal(ts, timestamp_ms)
+        offsets, stamps = table["offset"].filter(mask), ts.filter(mask)
+        if not len(offsets):  # max_timestamp promised one; the batch headers disagree
+            return None
+        return offsets[0].as_py(), stamps[0].as_py()
+
+    def close(self) -> None:
+        self.writer.close()
+        self.metadata.close()
+        self.store.close()

@@ -1,0 +1,47 @@
+"""StreamHouse: a Kafka-compatible, object-store-native log and a streaming SQL engine.
+
+>>> import streamhouse
+>>> sh = streamhouse.connect()  # ./streamhouse-data, embedded   # doctest: +SKIP
+"""
+
+from streamhouse.connection import Produced, StreamHouse, connect
+from streamhouse.errors import (
+    ConfigError,
+    CorruptRecordError,
+    CorruptSegmentError,
+    LogError,
+    OffsetOutOfRangeError,
+    ProtocolError,
+    RecordTooLargeError,
+    SqlError,
+    StorageError,
+    StreamHouseError,
+    TopicExistsError,
+    UnknownPartitionError,
+    UnknownStreamError,
+    UnknownTopicError,
+)
+from streamhouse.result import Relation
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ConfigError",
+    "CorruptRecordError",
+    "CorruptSegmentError",
+    "LogError",
+    "OffsetOutOfRangeError",
+    "Produced",
+    "ProtocolError",
+    "RecordTooLargeError",
+    "Relation",
+    "SqlError",
+    "StorageError",
+    "StreamHouse",
+    "StreamHouseError",
+    "TopicExistsError",
+    "UnknownPartitionError",
+    "UnknownStreamError",
+    "UnknownTopicError",
+    "connect",
+]

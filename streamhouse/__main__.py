@@ -1,0 +1,3 @@
+from streamhouse.cli import main
+
+main()

@@ -1,0 +1,274 @@
+"""The Python API: one object for the log and the SQL engine, embedded by default.
+
+>>> import streamhouse
+>>> sh = streamhouse.connect("/tmp/sh-doc")                # doctest: +SKIP
+>>> sh.create_topic("events", partitions=4)              # doctest: +SKIP
+>>> sh.produce("events", [{"user_id": 1, "event_type": "click"}])  # doctest: +SKIP
+>>> sh.sql("SELECT user_id, count(*) FROM events GROUP BY user_id").df()  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from itertools import cycle
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from streamhouse.config import DEFAULT_DATA_DIR, Settings
+from streamhouse.errors import StreamHouseError, UnknownPartitionError
+from streamhouse.log import Log, TopicInfo
+from streamhouse.log.partitioner import partition_for_key
+from streamhouse.log.records import Compression, build_batch
+from streamhouse.result import Relation
+from streamhouse.sql.engine import Engine
+from streamhouse.sql.source import read_records
+
+log = logging.getLogger(__name__)
+
+Value = bytes | str | Mapping[str, Any] | Sequence[Any] | int | float | bool | None
+Header = tuple[str, bytes | str | None]
+
+BATCH_TARGET_BYTES = 1 << 20
+"""Records are grouped into batches of about this many value bytes (and always below the limit)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Produced:
+    """What a produce call stored: record count and, per partition, the first and last offset."""
+
+    records: int
+    offsets: dict[int, tuple[int, int]]
+
+
+def connect(
+    path: str | os.PathLike[str] | None = None,
+    object_store: str | None = None,
+    **settings: Any,
+) -> StreamHouse:
+    """Open (creating if needed) a StreamHouse data directory.
+
+    ``path`` defaults to ``$STREAMHOUSE_DATA_DIR`` or ``./streamhouse-data``. ``object_store``
+    is ``None`` for the local directory, or ``"s3://bucket/prefix"`` (pass ``s3_endpoint_url``
+    for an S3-compatible server). Other keyword arguments are :class:`Settings` fields.
+    """
+    data_dir = path if path is not None else os.environ.get("STREAMHOUSE_DATA_DIR")
+    resolved = Settings.load(
+        data_dir=Path(data_dir) if data_dir is not None else None,
+        object_store=object_store,
+        **settings,
+    )
+    return StreamHouse(resolved)
+
+
+class StreamHouse:
+    """A connection to one StreamHouse log: topics, produce, fetch and SQL."""
+
+    def __init__(self, settings: Settings | None = None) -> None:
+        self.settings = settings or Settings.load(data_dir=Path(DEFAULT_DATA_DIR))
+        self.log = Log.open(self.settings)
+        self.engine = Engine(self.log)
+
+    # -- topics -------------------------------------------------------------------------------
+
+    def create_topic(
+        self, name: str, partitions: int = 1, config: Mapping[str, str] | None = None
+    ) -> TopicInfo:
+        return self.log.create_topic(name, partitions, config)
+
+    def delete_topic(self, name: str) -> None:
+        self.log.delete_topic(name)
+
+    def topics(self) -> list[TopicInfo]:
+        return self.log.list_topics()
+
+    def topic(self, name: str) -> TopicInfo:
+        return self.log.topic(name)
+
+    # -- produce ------------------------------------------------------------------------------
+
+    def produce(
+        self,
+        topic: str,
+        records: Iterable[Value],
+        *,
+        key: bytes | str | Sequence[bytes | str | None] | None = None,
+        partition: int | None = None,
+        timestamp: int | datetime | Sequence[int | datetime] | None = None,
+        headers: Mapping[str, bytes | str | None] | Sequence[Header] | None = None,
+        compression: str | Compression = Compression.LZ4,
+    ) -> Produced:
+        """Append records; returns once they are durable.
+
+        Values: ``bytes`` as they are, ``str`` as UTF-8, anything else as JSON. ``key`` is one
+        key for every record or a sequence with one per record; keyed records go to the
+        partition Kafka's default partitioner picks, unkeyed ones are spread across partitions
+        in contiguous runs. ``timestamp`` (ms since the epoch or a datetime, one or one per
+        record) defaults to now; ``headers`` go on every record.
+        """
+        info = self.log.topic(topic)
+        values = [_encode_value(v) for v in records]
+        n = len(values)
+        if n == 0:
+            return Produced(0, {})
+        keys = _per_record(key, n, "key")
+        key_bytes = [_encode_key(k) for k in keys] if keys is not None else None
+        stamps = _per_record(timestamp, n, "timestamp")
+        ts = [_timestamp_ms(t) for t in stamps] if stamps is not None else None
+        header_list = _encode_headers(headers)
+        codec = Compression[compression.upper()] if isinstance(compression, str) else compression
+
+        if partition is not None:
+            if not 0 <= partition < info.partitions:
+                raise UnknownPartitionError(topic, partition)
+            assignment = np.full(n, partition, dtype=np.int64)
+        elif key_bytes is not None:
+            assignment = np.fromiter(
+                (partition_for_key(k, info.partitions) if k is not None else -1 for k in key_bytes),
+                dtype=np.int64,
+                count=n,
+            )
+            unkeyed = assignment < 0
+            assignment[unkeyed] = _spread(int(unkeyed.sum()), info.partitions)
+        else:
+            assignment = _spread(n, info.partitions)
+
+        limit = min(self.log.max_message_bytes(info), BATCH_TARGET_BYTES)
+        futures = []
+        for part in np.unique(assignment):
+            rows = np.flatnonzero(assignment == part)
+            for chunk in _chunks(rows, values, limit):
+                batch = build_batch(
+                    [values[i] for i in chunk],
+                    [key_bytes[i] for i in chunk] if key_bytes is not None else None,
+                    [ts[i] for i in chunk] if ts is not None else None,
+                    [header_list] * len(chunk) if header_list else None,
+                    compression=codec,
+                )
+                futures.append((int(part), len(chunk), self.log.append(topic, int(part), batch)))
+        offsets: dict[int, tuple[int, int]] = {}
+        for part, count, future in futures:
+            base = future.result()
+            first, last = offsets.get(part, (base, base))
+            offsets[part] = (min(first, base), max(last, base + count - 1))
+        return Produced(n, offsets)
+
+    # -- fetch --------------------------------------------------------------------------------
+
+    def fetch(
+        self,
+        topic: str,
+        partition: int | None = None,
+        offset: int = 0,
+        max_records: int | None = None,
+    ) -> pa.Table:
+        """Records of a topic (one partition, or all) from ``offset`` on, as an Arrow table.
+
+        Columns: partition, offset, timestamp, key, value, headers.
+        """
+        info = self.log.topic(topic)
+        if partition is not None and not 0 <= partition < info.partitions:
+            raise UnknownPartitionError(topic, partition)
+        partitions = [partition] if partition is not None else list(range(info.partitions))
+        table = read_records(self.log, topic, partitions, dict.fromkeys(partitions, offset))
+        table = table.select(["partition", "offset", "timestamp", "key", "value", "headers"])
+        return table.slice(0, max_records) if max_records is not None else table
+
+    # -- SQL ----------------------------------------------------------------------------------
+
+    def sql(self, query: str) -> Relation:
+        """Run SQL: DDL at once; a query lazily, as a :class:`Relation` over the log as of now."""
+        return self.engine.execute(query)
+
+    def flush(self) -> None:
+        self.log.flush()
+
+    def close(self) -> None:
+        self.log.close()
+
+    def __enter__(self) -> StreamHouse:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _encode_value(value: Value) -> bytes | None:
+    if value is None or isinstance(value, bytes):
+        return value
+    if isinstance(value, str):
+        return value.encode()
+    if isinstance(value, bytearray | memoryview):
+        return bytes(value)
+    return json.dumps(value, separators=(",", ":"), default=_json_default).encode()
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, datetime | date):
+        return value.isoformat()
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+def _encode_key(key: bytes | str | None) -> bytes | None:
+    if key is None or isinstance(key, bytes):
+        return key
+    return str(key).encode()
+
+
+def _per_record(value: Any, n: int, what: str) -> list[Any] | None:
+    if value is None:
+        return None
+    if isinstance(value, list | tuple | np.ndarray | pa.Array):
+        items = list(value)
+        if len(items) != n:
+            raise StreamHouseError(f"{len(items)} {what}s given for {n} records")
+        return items
+    return [value] * n
+
+
+def _timestamp_ms(value: int | datetime | None) -> int:
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=UTC)
+        return int(value.timestamp() * 1000)
+    if value is None:
+        return int(datetime.now(UTC).timestamp() * 1000)
+    return int(value)
+
+
+def _encode_headers(
+    headers: Mapping[str, bytes | str | None] | Sequence[Header] | None,
+) -> list[tuple[str, bytes | None]]:
+    if not headers:
+        return []
+    items = headers.items() if isinstance(headers, Mapping) else headers
+    return [(k, v.encode() if isinstance(v, str) else v) for k, v in items]
+
+
+_round_robin_start = cycle(range(1 << 30))
+
+
+def _spread(n: int, partitions: int) -> np.ndarray:
+    """Spread ``n`` unkeyed records over partitions in contiguous runs (sticky, like Kafka)."""
+    start = next(_round_robin_start)
+    run = max(1, -(-n // partitions))
+    return (np.arange(n, dtype=np.int64) // run + start) % partitions
+
+
+def _chunks(rows: np.ndarray, values: list[bytes | None], limit: int) -> Iterable[np.ndarray]:
+    """Split ``rows`` so each batch carries about ``limit`` value bytes at most."""
+    sizes = np.fromiter(
+        (len(values[i]) + 64 if values[i] is not None else 64 for i in rows),
+        dtype=np.int64,
+        count=len(rows),
+    )
+    bounds = np.cumsum(sizes) // max(limit, 1)
+    splits = np.flatnonzero(np.diff(bounds)) + 1
+    yield from np.split(rows, splits)

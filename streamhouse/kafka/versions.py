@@ -1,0 +1,73 @@
+"""ApiVersions: which APIs, at which versions, this broker speaks.
+
+The ranges are non-flexible wherever the four target clients allow it (kafka-python 3,
+librdkafka via confluent-kafka and kcat, aiokafka): each negotiates the highest version both
+sides know, and all of them speak these. Lower bounds are where ``kio`` starts (Produce v3
+is the first with record format v2, which is the only format the log stores).
+
+A request for a newer ApiVersions than we know (kafka-python 3 opens with v4) gets the v0
+body with ``UNSUPPORTED_VERSION`` and the full list, so the client retries at our maximum.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from streamhouse.kafka.wire import ErrorCode, RequestHeader, make, messages
+
+if TYPE_CHECKING:
+    from streamhouse.kafka.broker import Broker
+
+__all__ = ["API_VERSIONS", "SUPPORTED", "handle_api_versions", "unsupported_api_versions"]
+
+API_VERSIONS = 18
+
+SUPPORTED: dict[int, tuple[int, int]] = {
+    0: (3, 8),  # Produce (v9+ flexible)
+    1: (4, 11),  # Fetch (v12+ flexible)
+    2: (1, 5),  # ListOffsets (v6+ flexible)
+    3: (0, 8),  # Metadata (v9+ flexible)
+    8: (2, 7),  # OffsetCommit (v8+ flexible)
+    9: (1, 5),  # OffsetFetch (v6+ flexible)
+    10: (0, 2),  # FindCoordinator (v3+ flexible)
+    11: (0, 5),  # JoinGroup (v6+ flexible)
+    12: (0, 3),  # Heartbeat (v4+ flexible)
+    13: (0, 3),  # LeaveGroup (v4+ flexible)
+    14: (0, 3),  # SyncGroup (v4+ flexible)
+    15: (0, 4),  # DescribeGroups (v5+ flexible)
+    16: (0, 2),  # ListGroups (v3+ flexible)
+    18: (0, 3),  # ApiVersions (v3 flexible; its response header is always v0)
+    19: (2, 4),  # CreateTopics (v5+ flexible)
+    20: (1, 3),  # DeleteTopics (v4+ flexible)
+    22: (0, 1),  # InitProducerId (v2+ flexible)
+    32: (1, 3),  # DescribeConfigs (v4+ flexible)
+    37: (0, 1),  # CreatePartitions (v2+ flexible)
+    42: (0, 1),  # DeleteGroups (v2+ flexible)
+}
+"""API key -> (min version, max version), both inclusive."""
+
+
+def _api_keys(module: Any) -> tuple[Any, ...]:
+    return tuple(
+        module.ApiVersion(api_key=key, min_version=low, max_version=high)
+        for key, (low, high) in sorted(SUPPORTED.items())
+    )
+
+
+def unsupported_api_versions() -> Any:
+    """The v0 ApiVersions answer to a version we do not speak: error 35 and our list."""
+    module = messages(API_VERSIONS, 0, True)
+    return module.ApiVersionsResponse(
+        error_code=ErrorCode.unsupported_version, api_keys=_api_keys(module)
+    )
+
+
+async def handle_api_versions(broker: Broker, header: RequestHeader, request: Any) -> Any:
+    """Answer with every supported API and its version range."""
+    module = messages(API_VERSIONS, header.api_version, True)
+    return make(
+        module.ApiVersionsResponse,
+        error_code=ErrorCode.none,
+        api_keys=_api_keys(module),
+        throttle_time=0,
+    )

@@ -1,0 +1,183 @@
+"""Kafka frames: request headers in, response frames out, and version-aware message building.
+
+A frame is a 4-byte big-endian length and that many bytes. A request frame starts with
+``api_key`` (int16), ``api_version`` (int16) and ``correlation_id`` (int32); the rest of the
+header and the body depend on the API and version. Message types come from ``kio``.
+
+kio has one class per API version, each with only the fields that version has, so handlers
+build messages with :func:`make`, which drops the arguments a version lacks:
+
+>>> from kio.index import load_response_schema
+>>> resp = load_response_schema(12, 0)
+>>> make(resp, error_code=ErrorCode.none, throttle_time=0)
+HeartbeatResponse(error_code=<ErrorCode.none: 0>)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import io
+import struct
+from dataclasses import dataclass
+from functools import cache
+from types import ModuleType
+from typing import Any
+
+from kio.index import load_payload_module
+from kio.schema.errors import ErrorCode
+from kio.serial import entity_reader, entity_writer
+from kio.static.constants import EntityType
+
+import kio.schema.response_header.v0.header as response_header_v0
+import kio.schema.response_header.v1.header as response_header_v1
+from streamhouse import errors
+from streamhouse.errors import ProtocolError
+
+__all__ = [
+    "ErrorCode",
+    "RequestHeader",
+    "encode_response",
+    "error_code_for",
+    "make",
+    "messages",
+    "ms",
+    "parse_request",
+    "peek_header",
+]
+
+_PREFIX = struct.Struct(">hhi")
+_LENGTH = struct.Struct(">i")
+_TIMEDELTA_FIELDS = ("throttle_time",)
+
+
+@dataclass(frozen=True, slots=True)
+class RequestHeader:
+    """The header fields every handler may need."""
+
+    api_key: int
+    api_version: int
+    correlation_id: int
+    client_id: str | None
+
+
+def peek_header(frame: bytes) -> tuple[int, int, int]:
+    """``(api_key, api_version, correlation_id)`` of a request frame; ProtocolError if short."""
+    if len(frame) < _PREFIX.size:
+        raise ProtocolError(f"request frame of {len(frame)} bytes has no header")
+    api_key, api_version, correlation_id = _PREFIX.unpack_from(frame, 0)
+    return api_key, api_version, correlation_id
+
+
+@cache
+def messages(api_key: int, api_version: int, response: bool) -> ModuleType:
+    """The kio module holding the request (or response) classes of one API version."""
+    kind = EntityType.response if response else EntityType.request
+    return load_payload_module(api_key, api_version, kind)
+
+
+@cache
+def _request_class(api_key: int, api_version: int) -> type:
+    module = messages(api_key, api_version, False)
+    for value in vars(module).values():
+        if isinstance(value, type) and getattr(value, "__type__", None) is EntityType.request:
+            return value
+    raise ProtocolError(f"no request class for api {api_key} v{api_version}")
+
+
+@cache
+def response_class(api_key: int, api_version: int) -> type:
+    """The kio response class of one API version."""
+    module = messages(api_key, api_version, True)
+    for value in vars(module).values():
+        if isinstance(value, type) and getattr(value, "__type__", None) is EntityType.response:
+            return value
+    raise ProtocolError(f"no response class for api {api_key} v{api_version}")
+
+
+def parse_request(frame: bytes) -> tuple[RequestHeader, Any]:
+    """Decode the header and body of a request whose version kio knows.
+
+    ProtocolError for anything kio cannot decode (truncated, bad lengths, bad UTF-8...).
+    """
+    api_key, api_version, _ = peek_header(frame)
+    try:
+        request_cls = _request_class(api_key, api_version)
+        header_cls = request_cls.__header_schema__
+        header, used = entity_reader(header_cls)(frame, 0)
+        body, _ = entity_reader(request_cls)(frame, used)
+    except ProtocolError:
+        raise
+    except Exception as exc:  # kio raises SerialError, ValueError, UnicodeDecodeError, ...
+        raise ProtocolError(f"malformed api {api_key} v{api_version} request: {exc!r}") from None
+    return RequestHeader(api_key, api_version, header.correlation_id, header.client_id), body
+
+
+def encode_response(correlation_id: int, response: Any, *, header_v0: bool = False) -> bytes:
+    """A complete response frame: length, response header, body.
+
+    ``header_v0`` forces the v0 header (ApiVersions answers always use it).
+    """
+    buf = io.BytesIO()
+    buf.write(b"\0\0\0\0")
+    header_schema = response.__header_schema__
+    if header_v0 or header_schema is response_header_v0.ResponseHeader:
+        entity_writer(response_header_v0.ResponseHeader)(
+            buf, response_header_v0.ResponseHeader(correlation_id=correlation_id)
+        )
+    else:
+        entity_writer(response_header_v1.ResponseHeader)(
+            buf, response_header_v1.ResponseHeader(correlation_id=correlation_id)
+        )
+    entity_writer(type(response))(buf, response)
+    data = buf.getbuffer()
+    _LENGTH.pack_into(data, 0, len(data) - 4)
+    out = bytes(data)
+    del data
+    return out
+
+
+def ms(value: int) -> datetime.timedelta:
+    """Milliseconds as the timedelta kio uses for duration fields."""
+    return datetime.timedelta(milliseconds=value)
+
+
+def to_ms(value: datetime.timedelta) -> int:
+    """A kio duration field in whole milliseconds."""
+    return int(value / datetime.timedelta(milliseconds=1))
+
+
+@cache
+def _field_names(cls: type) -> frozenset[str]:
+    return frozenset(f.name for f in dataclasses.fields(cls))
+
+
+def make(cls: type, **values: Any) -> Any:
+    """Build ``cls`` from those ``values`` it has a field for; ``throttle_time`` may be an int."""
+    names = _field_names(cls)
+    kwargs = {k: v for k, v in values.items() if k in names}
+    for key in _TIMEDELTA_FIELDS:
+        if key in names:
+            value = kwargs.get(key, 0)
+            if isinstance(value, int):
+                kwargs[key] = ms(value)
+    return cls(**kwargs)
+
+
+def error_code_for(exc: BaseException) -> ErrorCode:
+    """The Kafka error code a client should see for a log exception."""
+    for cls, code in _ERRORS:
+        if isinstance(exc, cls):
+            return code
+    return ErrorCode.unknown_server_error
+
+
+_ERRORS: tuple[tuple[type[BaseException], ErrorCode], ...] = (
+    (errors.UnknownTopicError, ErrorCode.unknown_topic_or_partition),
+    (errors.UnknownPartitionError, ErrorCode.unknown_topic_or_partition),
+    (errors.OffsetOutOfRangeError, ErrorCode.offset_out_of_range),
+    (errors.RecordTooLargeError, ErrorCode.message_too_large),
+    (errors.CorruptRecordError, ErrorCode.corrupt_message),
+    (errors.TopicExistsError, ErrorCode.topic_already_exists),
+    (errors.StorageError, ErrorCode.kafka_storage_error),
+)

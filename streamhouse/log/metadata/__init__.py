@@ -1,0 +1,278 @@
+"""The metadata store: the catalog of the log (topics, partition offsets, the segment index,
+consumer group offsets, SQL catalog entries, producer ids).
+
+One protocol, :class:`Metadata`; SQLite (:mod:`.sqlite`) is the default implementation.
+Every method is safe to call from several threads at once.
+
+>>> from streamhouse.config import Settings
+>>> import tempfile
+>>> md = open_metadata(Settings(data_dir=tempfile.mkdtemp()))
+>>> md.create_topic("events", partitions=2).partitions
+2
+>>> md.close()
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
+
+from streamhouse.errors import ConfigError, LogError
+
+if TYPE_CHECKING:
+    from streamhouse.config import Settings
+
+__all__ = [
+    "CATALOG_KINDS",
+    "CatalogEntry",
+    "GroupOffset",
+    "Metadata",
+    "PartitionOffsets",
+    "SegmentEntryLike",
+    "SegmentRow",
+    "TopicInfo",
+    "open_metadata",
+    "validate_topic_name",
+]
+
+CATALOG_KINDS = frozenset({"stream", "table", "view", "query"})
+"""The kinds of entry the SQL catalog holds."""
+
+MAX_TOPIC_NAME_LENGTH = 249
+_TOPIC_NAME = re.compile(r"[a-zA-Z0-9._-]+")
+
+
+@dataclass(frozen=True, slots=True)
+class TopicInfo:
+    """A topic: its partition count, its config (string to string) and a stable UUID string."""
+
+    name: str
+    partitions: int
+    config: dict[str, str]
+    topic_id: str
+    created_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class SegmentRow:
+    """One index row: bytes ``[position, position + length)`` of ``object_key`` hold the
+    batches of offsets ``[base_offset, last_offset]`` of one partition."""
+
+    object_key: str
+    topic: str
+    partition: int
+    base_offset: int
+    last_offset: int
+    position: int
+    length: int
+    min_timestamp: int
+    max_timestamp: int
+    record_count: int
+    crc: int
+
+
+@dataclass(frozen=True, slots=True)
+class PartitionOffsets:
+    """``log_start_offset`` is the first readable offset, ``high_watermark`` the next to assign."""
+
+    log_start_offset: int
+    high_watermark: int
+
+
+@dataclass(frozen=True, slots=True)
+class CatalogEntry:
+    """A named SQL object: ``kind`` is one of :data:`CATALOG_KINDS`, ``sql`` its definition."""
+
+    name: str
+    kind: str
+    sql: str
+    created_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class GroupOffset:
+    """A consumer group's committed offset of one partition, with the client's metadata string."""
+
+    offset: int
+    metadata: str
+    commit_ms: int
+
+
+class SegmentEntryLike(Protocol):
+    """What :meth:`Metadata.commit_segment` reads of each entry (``log.segment.SegmentEntry``)."""
+
+    @property
+    def topic(self) -> str: ...
+    @property
+    def partition(self) -> int: ...
+    @property
+    def base_offset(self) -> int: ...
+    @property
+    def last_offset(self) -> int: ...
+    @property
+    def position(self) -> int: ...
+    @property
+    def length(self) -> int: ...
+    @property
+    def min_timestamp(self) -> int: ...
+    @property
+    def max_timestamp(self) -> int: ...
+    @property
+    def record_count(self) -> int: ...
+    @property
+    def crc(self) -> int: ...
+
+
+class Metadata(Protocol):
+    """The catalog of the log. Failures of the store itself raise ``StorageError``."""
+
+    def create_topic(
+        self, name: str, partitions: int = 1, config: Mapping[str, str] | None = None
+    ) -> TopicInfo:
+        """Create a topic; ``TopicExistsError`` if it exists, ``LogError`` for a bad name/count."""
+        ...
+
+    def delete_topic(self, name: str) -> list[str]:
+        """Remove a topic, its partitions, index rows and group offsets; ``UnknownTopicError``.
+
+        Returns the object keys no index row references any more (the caller deletes them)."""
+        ...
+
+    def get_topic(self, name: str) -> TopicInfo | None:
+        """The topic, or ``None``."""
+        ...
+
+    def list_topics(self) -> list[TopicInfo]:
+        """Every topic, sorted by name."""
+        ...
+
+    def set_partitions(self, name: str, count: int) -> TopicInfo:
+        """Grow a topic to ``count`` partitions; ``LogError`` if that would shrink it."""
+        ...
+
+    def set_topic_config(self, name: str, config: Mapping[str, str]) -> TopicInfo:
+        """Replace the topic's whole config with ``config``."""
+        ...
+
+    def partition_offsets(self, topic: str) -> dict[int, PartitionOffsets]:
+        """Log start and high watermark of every partition; ``UnknownTopicError``."""
+        ...
+
+    def commit_segment(self, object_key: str, entries: Sequence[SegmentEntryLike]) -> None:
+        """Index ``entries`` of one object and advance each high watermark, all or nothing.
+
+        ``StorageError`` if an entry's base offset is not its partition's high watermark (a
+        stale writer); ``UnknownTopicError``/``UnknownPartitionError`` for unknown ones."""
+        ...
+
+    def segments(
+        self,
+        topic: str,
+        partition: int,
+        from_offset: int = 0,
+        to_offset: int | None = None,
+        *,
+        limit: int | None = None,
+    ) -> list[SegmentRow]:
+        """Rows with ``last_offset >= from_offset`` (and ``base_offset < to_offset``), by offset."""
+        ...
+
+    def segment_for_timestamp(
+        self, topic: str, partition: int, timestamp_ms: int
+    ) -> SegmentRow | None:
+        """The first row (lowest offset) whose ``max_timestamp >= timestamp_ms``, or ``None``."""
+        ...
+
+    def commit_group_offsets(
+        self, group: str, offsets: Mapping[tuple[str, int], tuple[int, str]]
+    ) -> None:
+        """Store ``(topic, partition) -> (offset, metadata)`` for ``group`` in one transaction."""
+        ...
+
+    def group_offsets(self, group: str) -> dict[tuple[str, int], GroupOffset]:
+        """The group's committed offsets (empty for an unknown group)."""
+        ...
+
+    def list_groups(self) -> list[str]:
+        """Groups with committed offsets, sorted."""
+        ...
+
+    def delete_group(self, group: str) -> None:
+        """Forget the group's committed offsets (no error if it has none)."""
+        ...
+
+    def put_catalog(
+        self, entry_name: str, kind: str, sql: str, *, replace: bool = False
+    ) -> CatalogEntry:
+        """Store a SQL object; ``SqlError`` if the name (any case) exists and not ``replace``."""
+        ...
+
+    def get_catalog(self, name: str) -> CatalogEntry | None:
+        """The entry of that name, compared case-insensitively, or ``None``."""
+        ...
+
+    def list_catalog(self) -> list[CatalogEntry]:
+        """Every entry, sorted by lower-cased name."""
+        ...
+
+    def drop_catalog(self, name: str) -> bool:
+        """Remove the entry; ``False`` if there was none."""
+        ...
+
+    def next_producer_id(self) -> int:
+        """A new producer id (1, 2, ...), never handed out before, even across restarts."""
+        ...
+
+    def close(self) -> None:
+        """Release the store; later calls raise ``StorageError``."""
+        ...
+
+
+def validate_topic_name(name: str) -> None:
+    """Raise ``LogError`` unless ``name`` is a legal Kafka topic name.
+
+    >>> validate_topic_name("orders.v1_eu-west")
+    >>> validate_topic_name("..")
+    Traceback (most recent call last):
+    ...
+    streamhouse.errors.LogError: invalid topic name '..': '.' and '..' are not allowed
+    """
+    if not isinstance(name, str) or not name:
+        raise LogError(f"invalid topic name {name!r}: it must be a non-empty string")
+    if name in (".", ".."):
+        raise LogError(f"invalid topic name {name!r}: '.' and '..' are not allowed")
+    if len(name) > MAX_TOPIC_NAME_LENGTH:
+        raise LogError(
+            f"invalid topic name {name[:20]!r}...: {len(name)} characters,"
+            f" at most {MAX_TOPIC_NAME_LENGTH} allowed"
+        )
+    if not _TOPIC_NAME.fullmatch(name):
+        raise LogError(
+            f"invalid topic name {name!r}: only ASCII letters, digits, '.', '_' and '-' are allowed"
+        )
+
+
+def open_metadata(settings: Settings) -> Metadata:
+    """Open the metadata store ``settings.metadata`` names.
+
+    ``None`` means SQLite at ``<data_dir>/metadata.sqlite3``; ``sqlite:///relative/path`` and
+    ``sqlite:////absolute/path`` name another SQLite file; PostgreSQL is not built yet.
+    """
+    from streamhouse.log.metadata.sqlite import SQLiteMetadata
+
+    url = settings.metadata
+    if url is None:
+        return SQLiteMetadata(Path(settings.data_dir) / "metadata.sqlite3")
+    if url.startswith("sqlite:///"):
+        path = url.removeprefix("sqlite:///")
+        if not path:
+            raise ConfigError(f"metadata URL {url!r} names no file")
+        return SQLiteMetadata(Path(path))
+    if url.startswith(("postgresql://", "postgres://", "postgresql+")):
+        raise ConfigError("PostgreSQL metadata is not built yet")
+    raise ConfigError(
+        f"metadata URL {url!r} is not supported: use sqlite:///path (or leave it unset)"
+    )

@@ -1,0 +1,103 @@
+"""Schema migrations of the metadata store, applied in order of ``version``, each exactly once.
+
+The SQL is dialect-neutral (``TEXT``, ``INTEGER``, ``BIGINT``, no ``AUTOINCREMENT``, no
+foreign keys, no reserved words as names) so SQLite and PostgreSQL can run the same text.
+A store records what it applied in ``schema_migrations``; never edit a released migration,
+append a new one.
+
+Tables (one row per ...):
+
+- ``topics``: topic. ``config`` is a JSON object of string to string; ``topic_id`` a UUID string.
+- ``partitions``: (topic, partition_id). ``high_watermark`` is the next offset to assign;
+  ``max_timestamp`` the largest record timestamp committed so far (-1 when empty).
+- ``segments``: index row, one per (topic, partition_id, base_offset): the byte range
+  ``[byte_position, byte_position + byte_length)`` of object ``object_key`` holds offsets
+  ``[base_offset, last_offset]``. ``running_max_timestamp`` is the largest ``max_timestamp`` of
+  this row and every earlier row of the partition at commit time: it never decreases along the
+  partition, so "first segment with max_timestamp >= t" is an index seek instead of a scan.
+- ``group_offsets``: (group_id, topic, partition_id) committed consumer offset.
+- ``catalog``: SQL object, keyed by ``name_key`` (the lower-cased name); ``name`` keeps the case.
+- ``counters``: named monotonically increasing counter (``producer_id``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+BOOTSTRAP = (
+    "CREATE TABLE IF NOT EXISTS schema_migrations ("
+    " version INTEGER PRIMARY KEY,"
+    " name TEXT NOT NULL,"
+    " applied_ms BIGINT NOT NULL)"
+)
+"""Creates the table that records applied migrations; safe to run every time."""
+
+
+@dataclass(frozen=True, slots=True)
+class Migration:
+    """One schema change: ``statements`` run in one transaction, then ``version`` is recorded."""
+
+    version: int
+    name: str
+    statements: tuple[str, ...]
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(
+        1,
+        "initial catalog",
+        (
+            "CREATE TABLE topics ("
+            " name TEXT PRIMARY KEY,"
+            " topic_id TEXT NOT NULL UNIQUE,"
+            " partitions INTEGER NOT NULL,"
+            " config TEXT NOT NULL,"
+            " created_ms BIGINT NOT NULL)",
+            "CREATE TABLE partitions ("
+            " topic TEXT NOT NULL,"
+            " partition_id INTEGER NOT NULL,"
+            " log_start_offset BIGINT NOT NULL,"
+            " high_watermark BIGINT NOT NULL,"
+            " max_timestamp BIGINT NOT NULL,"
+            " PRIMARY KEY (topic, partition_id))",
+            "CREATE TABLE segments ("
+            " topic TEXT NOT NULL,"
+            " partition_id INTEGER NOT NULL,"
+            " base_offset BIGINT NOT NULL,"
+            " last_offset BIGINT NOT NULL,"
+            " object_key TEXT NOT NULL,"
+            " byte_position BIGINT NOT NULL,"
+            " byte_length BIGINT NOT NULL,"
+            " min_timestamp BIGINT NOT NULL,"
+            " max_timestamp BIGINT NOT NULL,"
+            " running_max_timestamp BIGINT NOT NULL,"
+            " record_count BIGINT NOT NULL,"
+            " crc BIGINT NOT NULL,"
+            " PRIMARY KEY (topic, partition_id, base_offset))",
+            "CREATE INDEX segments_by_last_offset ON segments (topic, partition_id, last_offset)",
+            "CREATE INDEX segments_by_running_max_timestamp"
+            " ON segments (topic, partition_id, running_max_timestamp, base_offset)",
+            "CREATE INDEX segments_by_object_key ON segments (object_key)",
+            "CREATE TABLE group_offsets ("
+            " group_id TEXT NOT NULL,"
+            " topic TEXT NOT NULL,"
+            " partition_id INTEGER NOT NULL,"
+            " committed_offset BIGINT NOT NULL,"
+            " metadata TEXT NOT NULL,"
+            " commit_ms BIGINT NOT NULL,"
+            " PRIMARY KEY (group_id, topic, partition_id))",
+            "CREATE INDEX group_offsets_by_topic ON group_offsets (topic)",
+            "CREATE TABLE catalog ("
+            " name_key TEXT PRIMARY KEY,"
+            " name TEXT NOT NULL,"
+            " kind TEXT NOT NULL,"
+            " sql_text TEXT NOT NULL,"
+            " created_ms BIGINT NOT NULL)",
+            "CREATE TABLE counters (name TEXT PRIMARY KEY, counter_value BIGINT NOT NULL)",
+            "INSERT INTO counters (name, counter_value) VALUES ('producer_id', 0)",
+        ),
+    ),
+)
+"""Every migration, ascending by version with no gaps."""
+
+LATEST_VERSION = MIGRATIONS[-1].version

@@ -1,0 +1,561 @@
+"""The SQLite metadata store: one file, WAL mode, ``synchronous=FULL``.
+
+Each thread gets its own connection (readers run concurrently under WAL); write transactions
+are serialized by a lock and start with ``BEGIN IMMEDIATE``, so a read-check-write inside one
+(the fencing in :meth:`SQLiteMetadata.commit_segment`) is atomic, also against other processes
+opening the same file (they wait up to ``busy_timeout_s``). Every ``sqlite3.Error`` surfaces as
+:class:`~streamhouse.errors.StorageError` naming the file.
+
+>>> import tempfile, pathlib
+>>> md = SQLiteMetadata(pathlib.Path(tempfile.mkdtemp()) / "metadata.sqlite3")
+>>> md.create_topic("clicks", partitions=3).partitions
+3
+>>> md.partition_offsets("clicks")[0]
+PartitionOffsets(log_start_offset=0, high_watermark=0)
+>>> md.close()
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from types import TracebackType
+
+from streamhouse.errors import (
+    LogError,
+    SqlError,
+    StorageError,
+    TopicExistsError,
+    UnknownPartitionError,
+    UnknownTopicError,
+)
+from streamhouse.log.metadata import (
+    CATALOG_KINDS,
+    CatalogEntry,
+    GroupOffset,
+    PartitionOffsets,
+    SegmentEntryLike,
+    SegmentRow,
+    TopicInfo,
+    validate_topic_name,
+)
+from streamhouse.log.metadata.migrations import BOOTSTRAP, LATEST_VERSION, MIGRATIONS
+
+logger = logging.getLogger(__name__)
+
+# Column order matches the fields of SegmentRow, so a row unpacks straight into one.
+_SEGMENT_COLUMNS = (
+    "object_key, topic, partition_id, base_offset, last_offset, byte_position, byte_length,"
+    " min_timestamp, max_timestamp, record_count, crc"
+)
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def _config_dict(config: Mapping[str, str] | None) -> dict[str, str]:
+    result: dict[str, str] = {}
+    for key, value in (config or {}).items():
+        if not isinstance(key, str) or not isinstance(value, str):
+            raise LogError(
+                f"topic config must map strings to strings, got {key!r}: {type(value).__name__}"
+            )
+        result[key] = value
+    return result
+
+
+class SQLiteMetadata:
+    """The :class:`~streamhouse.log.metadata.Metadata` protocol on a SQLite file."""
+
+    def __init__(self, path: str | Path, *, busy_timeout_s: float = 30.0) -> None:
+        self.path = Path(path)
+        self._busy_timeout_s = busy_timeout_s
+        self._registry_lock = threading.Lock()  # guards _connections and _closed
+        self._write_lock = threading.Lock()  # one write transaction at a time in this process
+        self._local = threading.local()
+        self._connections: dict[int, tuple[threading.Thread, sqlite3.Connection]] = {}
+        self._closed = False
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StorageError(
+                f"metadata store {self.path}: cannot create directory {self.path.parent}: {exc}"
+            ) from exc
+        try:
+            with self._storage_errors("open"):
+                mode = self._connection().execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                logger.warning("metadata store %s: journal mode is %s, not WAL", self.path, mode)
+            self._migrate()
+        except BaseException:
+            self.close()
+            raise
+
+    # -- connections and transactions ---------------------------------------------------------
+
+    def _connection(self) -> sqlite3.Connection:
+        """This thread's connection, opened on first use."""
+        if self._closed:
+            raise StorageError(f"metadata store {self.path} is closed")
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is not None:
+            return conn
+        with self._registry_lock:
+            if self._closed:
+                raise StorageError(f"metadata store {self.path} is closed")
+            for ident, (thread, old) in list(self._connections.items()):
+                if not thread.is_alive():  # a finished thread's connection
+                    old.close()
+                    del self._connections[ident]
+            with self._storage_errors("open"):
+                conn = sqlite3.connect(
+                    self.path,
+                    timeout=self._busy_timeout_s,
+                    isolation_level=None,  # autocommit; transactions are explicit
+                    check_same_thread=False,  # so close() may close every thread's connection
+                )
+                conn.execute("PRAGMA synchronous=FULL")
+            self._connections[threading.get_ident()] = (threading.current_thread(), conn)
+        self._local.conn = conn
+        return conn
+
+    @contextmanager
+    def _storage_errors(self, action: str) -> Iterator[None]:
+        try:
+            yield
+        except sqlite3.Error as exc:
+            raise StorageError(f"metadata store {self.path}: cannot {action}: {exc}") from exc
+
+    @contextmanager
+    def _transaction(self, action: str) -> Iterator[sqlite3.Connection]:
+        """A write transaction: committed if the block returns, rolled back if it raises."""
+        conn = self._connection()
+        with self._write_lock, self._storage_errors(action):
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                if conn.in_transaction:
+                    try:
+                        conn.execute("ROLLBACK")
+                    except sqlite3.Error:
+                        logger.exception("metadata store %s: rollback failed", self.path)
+                raise
+            conn.execute("COMMIT")
+
+    @contextmanager
+    def _reading(self, action: str) -> Iterator[sqlite3.Connection]:
+        """A connection for reads that need one consistent snapshot."""
+        conn = self._connection()
+        with self._storage_errors(action):
+            conn.execute("BEGIN")
+            try:
+                yield conn
+            finally:
+                if conn.in_transaction:
+                    conn.execute("COMMIT")
+
+    def _migrate(self) -> None:
+        with self._transaction("apply schema migrations") as conn:
+            conn.execute(BOOTSTRAP)
+            applied = {v for (v,) in conn.execute("SELECT version FROM schema_migrations")}
+            newest = max(applied, default=0)
+            if newest > LATEST_VERSION:
+                raise StorageError(
+                    f"metadata store {self.path} has schema version {newest}, newer than the"
+                    f" {LATEST_VERSION} this StreamHouse knows: upgrade StreamHouse"
+                )
+            for migration in MIGRATIONS:
+                if migration.version in applied:
+                    continue
+                for statement in migration.statements:
+                    conn.execute(statement)
+                conn.execute(
+                    "INSERT INTO schema_migrations (version, name, applied_ms) VALUES (?, ?, ?)",
+                    (migration.version, migration.name, _now_ms()),
+                )
+                logger.info(
+                    "metadata store %s: applied migration %d (%s)",
+                    self.path,
+                    migration.version,
+                    migration.name,
+                )
+
+    @property
+    def schema_version(self) -> int:
+        """The newest migration applied to this store."""
+        with self._storage_errors("read the schema version"):
+            row = self._connection().execute("SELECT max(version) FROM schema_migrations")
+            return int(row.fetchone()[0] or 0)
+
+    def close(self) -> None:
+        """Close every thread's connection; later calls raise ``StorageError``."""
+        with self._write_lock, self._registry_lock:
+            if self._closed:
+                return
+            self._closed = True
+            for _, conn in self._connections.values():
+                try:
+                    conn.close()
+                except sqlite3.Error:
+                    logger.exception("metadata store %s: close failed", self.path)
+            self._connections.clear()
+
+    def __enter__(self) -> SQLiteMetadata:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"SQLiteMetadata({str(self.path)!r})"
+
+    # -- topics ------------------------------------------------------------------------------
+
+    @staticmethod
+    def _topic_from_row(row: tuple[str, int, str, str, int]) -> TopicInfo:
+        name, partitions, config, topic_id, created_ms = row
+        return TopicInfo(name, partitions, json.loads(config), topic_id, created_ms)
+
+    def _read_topic(self, conn: sqlite3.Connection, name: str) -> TopicInfo | None:
+        row = conn.execute(
+            "SELECT name, partitions, config, topic_id, created_ms FROM topics WHERE name = ?",
+            (name,),
+        ).fetchone()
+        return None if row is None else self._topic_from_row(row)
+
+    def create_topic(
+        self, name: str, partitions: int = 1, config: Mapping[str, str] | None = None
+    ) -> TopicInfo:
+        validate_topic_name(name)
+        if isinstance(partitions, bool) or not isinstance(partitions, int) or partitions < 1:
+            raise LogError(f"topic {name!r}: partition count must be >= 1, got {partitions!r}")
+        info = TopicInfo(name, partitions, _config_dict(config), str(uuid.uuid4()), _now_ms())
+        with self._transaction(f"create topic {name!r}") as conn:
+            if self._read_topic(conn, name) is not None:
+                raise TopicExistsError(name)
+            conn.execute(
+                "INSERT INTO topics (name, topic_id, partitions, config, created_ms)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (name, info.topic_id, partitions, json.dumps(info.config, sort_keys=True),
+                 info.created_ms),
+            )  # fmt: skip
+            self._add_partitions(conn, name, 0, partitions)
+        logger.info("created topic %r with %d partition(s)", name, partitions)
+        return info
+
+    @staticmethod
+    def _add_partitions(conn: sqlite3.Connection, topic: str, start: int, stop: int) -> None:
+        conn.executemany(
+            "INSERT INTO partitions (topic, partition_id, log_start_offset, high_watermark,"
+            " max_timestamp) VALUES (?, ?, 0, 0, -1)",
+            ((topic, p) for p in range(start, stop)),
+        )
+
+    def delete_topic(self, name: str) -> list[str]:
+        with self._transaction(f"delete topic {name!r}") as conn:
+            if self._read_topic(conn, name) is None:
+                raise UnknownTopicError(name)
+            keys = [
+                key
+                for (key,) in conn.execute(
+                    "SELECT DISTINCT object_key FROM segments WHERE topic = ?", (name,)
+                )
+            ]
+            for table in ("segments", "partitions", "group_offsets"):
+                conn.execute(f"DELETE FROM {table} WHERE topic = ?", (name,))
+            conn.execute("DELETE FROM topics WHERE name = ?", (name,))
+            orphaned = [
+                key
+                for key in keys
+                if conn.execute(
+                    "SELECT 1 FROM segments WHERE object_key = ? LIMIT 1", (key,)
+                ).fetchone()
+                is None
+            ]
+        logger.info("deleted topic %r; %d object(s) unreferenced", name, len(orphaned))
+        return sorted(orphaned)
+
+    def get_topic(self, name: str) -> TopicInfo | None:
+        with self._storage_errors(f"read topic {name!r}"):
+            return self._read_topic(self._connection(), name)
+
+    def list_topics(self) -> list[TopicInfo]:
+        with self._storage_errors("list topics"):
+            rows = self._connection().execute(
+                "SELECT name, partitions, config, topic_id, created_ms FROM topics ORDER BY name"
+            )
+            return [self._topic_from_row(row) for row in rows]
+
+    def set_partitions(self, name: str, count: int) -> TopicInfo:
+        if isinstance(count, bool) or not isinstance(count, int):
+            raise LogError(f"topic {name!r}: partition count must be an integer, got {count!r}")
+        with self._transaction(f"set partitions of {name!r}") as conn:
+            info = self._read_topic(conn, name)
+            if info is None:
+                raise UnknownTopicError(name)
+            if count < info.partitions:
+                raise LogError(
+                    f"topic {name!r} has {info.partitions} partitions; cannot shrink to {count}"
+                )
+            if count == info.partitions:
+                return info
+            conn.execute("UPDATE topics SET partitions = ? WHERE name = ?", (count, name))
+            self._add_partitions(conn, name, info.partitions, count)
+        logger.info("topic %r grown from %d to %d partitions", name, info.partitions, count)
+        return TopicInfo(name, count, info.config, info.topic_id, info.created_ms)
+
+    def set_topic_config(self, name: str, config: Mapping[str, str]) -> TopicInfo:
+        new_config = _config_dict(config)
+        with self._transaction(f"set config of {name!r}") as conn:
+            info = self._read_topic(conn, name)
+            if info is None:
+                raise UnknownTopicError(name)
+            conn.execute(
+                "UPDATE topics SET config = ? WHERE name = ?",
+                (json.dumps(new_config, sort_keys=True), name),
+            )
+        return TopicInfo(name, info.partitions, new_config, info.topic_id, info.created_ms)
+
+    def partition_offsets(self, topic: str) -> dict[int, PartitionOffsets]:
+        with self._storage_errors(f"read offsets of {topic!r}"):
+            rows = (
+                self._connection()
+                .execute(
+                    "SELECT partition_id, log_start_offset, high_watermark FROM partitions"
+                    " WHERE topic = ? ORDER BY partition_id",
+                    (topic,),
+                )
+                .fetchall()
+            )
+        if not rows:  # every topic has at least one partition
+            raise UnknownTopicError(topic)
+        return {p: PartitionOffsets(start, hw) for p, start, hw in rows}
+
+    # -- the segment index -------------------------------------------------------------------
+
+    def commit_segment(self, object_key: str, entries: Sequence[SegmentEntryLike]) -> None:
+        entries = list(entries)
+        if not entries:
+            return
+        with self._transaction(f"commit segment {object_key!r}") as conn:
+            for entry in entries:
+                topic, partition = entry.topic, entry.partition
+                base, last = entry.base_offset, entry.last_offset
+                row = conn.execute(
+                    "SELECT high_watermark, max_timestamp FROM partitions"
+                    " WHERE topic = ? AND partition_id = ?",
+                    (topic, partition),
+                ).fetchone()
+                if row is None:
+                    if self._read_topic(conn, topic) is None:
+                        raise UnknownTopicError(topic)
+                    raise UnknownPartitionError(topic, partition)
+                high_watermark, max_timestamp = row
+                if base != high_watermark:
+                    raise StorageError(
+                        f"segment {object_key!r} is stale: {topic}/{partition} starts at offset"
+                        f" {base} but the high watermark is {high_watermark} (another writer"
+                        " committed first); nothing was committed"
+                    )
+                if last < base:
+                    raise LogError(
+                        f"segment {object_key!r}: {topic}/{partition} last offset {last}"
+                        f" is below base offset {base}"
+                    )
+                running_max = max(max_timestamp, entry.max_timestamp)
+                conn.execute(
+                    "UPDATE partitions SET high_watermark = ?, max_timestamp = ?"
+                    " WHERE topic = ? AND partition_id = ?",
+                    (last + 1, running_max, topic, partition),
+                )
+                conn.execute(
+                    "INSERT INTO segments (topic, partition_id, base_offset, last_offset,"
+                    " object_key, byte_position, byte_length, min_timestamp, max_timestamp,"
+                    " running_max_timestamp, record_count, crc)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (topic, partition, base, last, object_key, entry.position, entry.length,
+                     entry.min_timestamp, entry.max_timestamp, running_max, entry.record_count,
+                     entry.crc),
+                )  # fmt: skip
+        logger.debug("committed segment %r with %d index row(s)", object_key, len(entries))
+
+    def segments(
+        self,
+        topic: str,
+        partition: int,
+        from_offset: int = 0,
+        to_offset: int | None = None,
+        *,
+        limit: int | None = None,
+    ) -> list[SegmentRow]:
+        """Rows with ``last_offset >= from_offset`` (and ``base_offset < to_offset``), ordered
+        by offset; at most ``limit`` rows. Unknown topics and partitions have no rows."""
+        # Rows of a partition never overlap (commit_segment fences), so base and last offsets
+        # rise together: seek the first row with last_offset >= from_offset on its index, then
+        # read a primary-key range from that row's base offset (stopping at to_offset).
+        sql = (
+            f"SELECT {_SEGMENT_COLUMNS} FROM segments"
+            " WHERE topic = ? AND partition_id = ? AND base_offset >= ("
+            "  SELECT base_offset FROM segments INDEXED BY segments_by_last_offset"
+            "  WHERE topic = ? AND partition_id = ? AND last_offset >= ?"
+            "  ORDER BY last_offset LIMIT 1)"
+        )
+        params: list[object] = [topic, partition, topic, partition, from_offset]
+        if to_offset is not None:
+            sql += " AND base_offset < ?"
+            params.append(to_offset)
+        sql += " ORDER BY base_offset"
+        if limit is not None:
+            sql += " LIMIT ?"
+            params.append(limit)
+        with self._storage_errors(f"read segments of {topic}/{partition}"):
+            rows = self._connection().execute(sql, params).fetchall()
+        return [SegmentRow(*row) for row in rows]
+
+    def segment_for_timestamp(
+        self, topic: str, partition: int, timestamp_ms: int
+    ) -> SegmentRow | None:
+        with self._reading(f"find timestamp {timestamp_ms} in {topic}/{partition}") as conn:
+            row = conn.execute(
+                f"SELECT {_SEGMENT_COLUMNS} FROM segments"
+                " INDEXED BY segments_by_running_max_timestamp"
+                " WHERE topic = ? AND partition_id = ? AND running_max_timestamp >= ?"
+                " ORDER BY running_max_timestamp, base_offset LIMIT 1",
+                (topic, partition, timestamp_ms),
+            ).fetchone()
+            if row is None:
+                return None
+            found = SegmentRow(*row)
+            if found.max_timestamp >= timestamp_ms:
+                return found
+            # The row that raised the running maximum is gone (retention); every row before
+            # `found` has max_timestamp < timestamp_ms, so scan forward from it.
+            row = conn.execute(
+                f"SELECT {_SEGMENT_COLUMNS} FROM segments"
+                " WHERE topic = ? AND partition_id = ? AND base_offset > ? AND max_timestamp >= ?"
+                " ORDER BY base_offset LIMIT 1",
+                (topic, partition, found.base_offset, timestamp_ms),
+            ).fetchone()
+            return None if row is None else SegmentRow(*row)
+
+    # -- consumer groups ---------------------------------------------------------------------
+
+    def commit_group_offsets(
+        self, group: str, offsets: Mapping[tuple[str, int], tuple[int, str]]
+    ) -> None:
+        """Store ``(topic, partition) -> (offset, metadata)`` for ``group`` in one transaction.
+
+        Topics are not checked here; ``delete_topic`` removes their offsets."""
+        now = _now_ms()
+        rows = [
+            (group, topic, partition, offset, metadata or "", now)
+            for (topic, partition), (offset, metadata) in offsets.items()
+        ]
+        with self._transaction(f"commit offsets of group {group!r}") as conn:
+            conn.executemany(
+                "INSERT INTO group_offsets (group_id, topic, partition_id, committed_offset,"
+                " metadata, commit_ms) VALUES (?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (group_id, topic, partition_id) DO UPDATE SET"
+                " committed_offset = excluded.committed_offset,"
+                " metadata = excluded.metadata, commit_ms = excluded.commit_ms",
+                rows,
+            )
+
+    def group_offsets(self, group: str) -> dict[tuple[str, int], GroupOffset]:
+        with self._storage_errors(f"read offsets of group {group!r}"):
+            rows = self._connection().execute(
+                "SELECT topic, partition_id, committed_offset, metadata, commit_ms"
+                " FROM group_offsets WHERE group_id = ? ORDER BY topic, partition_id",
+                (group,),
+            )
+            return {(t, p): GroupOffset(o, m, ms) for t, p, o, m, ms in rows}
+
+    def list_groups(self) -> list[str]:
+        with self._storage_errors("list groups"):
+            rows = self._connection().execute(
+                "SELECT DISTINCT group_id FROM group_offsets ORDER BY group_id"
+            )
+            return [group for (group,) in rows]
+
+    def delete_group(self, group: str) -> None:
+        with self._transaction(f"delete group {group!r}") as conn:
+            conn.execute("DELETE FROM group_offsets WHERE group_id = ?", (group,))
+
+    # -- the SQL catalog ---------------------------------------------------------------------
+
+    def put_catalog(
+        self, entry_name: str, kind: str, sql: str, *, replace: bool = False
+    ) -> CatalogEntry:
+        if kind not in CATALOG_KINDS:
+            raise SqlError(
+                f"unknown catalog kind {kind!r}: expected one of {', '.join(sorted(CATALOG_KINDS))}"
+            )
+        if not entry_name:
+            raise SqlError("a catalog entry needs a name")
+        entry = CatalogEntry(entry_name, kind, sql, _now_ms())
+        key = entry_name.lower()
+        with self._transaction(f"store {kind} {entry_name!r}") as conn:
+            existing = conn.execute(
+                "SELECT name, kind FROM catalog WHERE name_key = ?", (key,)
+            ).fetchone()
+            if existing is not None and not replace:
+                raise SqlError(f"{existing[1]} {existing[0]!r} already exists")
+            conn.execute(
+                "INSERT INTO catalog (name_key, name, kind, sql_text, created_ms)"
+                " VALUES (?, ?, ?, ?, ?)"
+                " ON CONFLICT (name_key) DO UPDATE SET name = excluded.name,"
+                " kind = excluded.kind, sql_text = excluded.sql_text,"
+                " created_ms = excluded.created_ms",
+                (key, entry.name, entry.kind, entry.sql, entry.created_ms),
+            )
+        return entry
+
+    def get_catalog(self, name: str) -> CatalogEntry | None:
+        with self._storage_errors(f"read catalog entry {name!r}"):
+            row = (
+                self._connection()
+                .execute(
+                    "SELECT name, kind, sql_text, created_ms FROM catalog WHERE name_key = ?",
+                    (name.lower(),),
+                )
+                .fetchone()
+            )
+        return None if row is None else CatalogEntry(*row)
+
+    def list_catalog(self) -> list[CatalogEntry]:
+        with self._storage_errors("list the catalog"):
+            rows = self._connection().execute(
+                "SELECT name, kind, sql_text, created_ms FROM catalog ORDER BY name_key"
+            )
+            return [CatalogEntry(*row) for row in rows]
+
+    def drop_catalog(self, name: str) -> bool:
+        with self._transaction(f"drop catalog entry {name!r}") as conn:
+            cursor = conn.execute("DELETE FROM catalog WHERE name_key = ?", (name.lower(),))
+            return cursor.rowcount > 0
+
+    # -- producer ids ------------------------------------------------------------------------
+
+    def next_producer_id(self) -> int:
+        with self._transaction("allocate a producer id") as conn:
+            conn.execute(
+                "UPDATE counters SET counter_value = counter_value + 1 WHERE name = 'producer_id'"
+            )
+            (value,) = conn.execute(
+                "SELECT counter_value FROM counters WHERE name = 'producer_id'"
+            ).fetchone()
+        return int(value)

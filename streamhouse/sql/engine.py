@@ -1,0 +1,265 @@
+"""Bounded SQL over the log: statements in, Arrow out.
+
+DDL (``CREATE STREAM``, ``CREATE TABLE``, ``CREATE VIEW``, ``DROP``) runs at once against the
+catalog in the metadata store. A query runs when its :class:`~streamhouse.result.Relation` is
+read: every stream, view or topic it names is decoded from the log into Arrow (only the columns
+the query uses), registered in a fresh DataFusion context, and the statement runs there. The
+answer reflects the log as of the moment it runs.
+
+Name resolution, in order: a stream or table declared with ``CREATE STREAM``/``CREATE TABLE``;
+a view; a plain topic (its JSON schema inferred from a sample of its values). Names are
+case-sensitive, as in Flink SQL.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import datafusion
+import numpy as np
+import pyarrow as pa
+from sqlglot import exp
+
+from streamhouse.errors import SqlError, StreamHouseError, UnknownStreamError
+from streamhouse.log import Log
+from streamhouse.result import Relation, status
+from streamhouse.sql.ddl import StreamDef, stream_definition
+from streamhouse.sql.parse import DIALECT, node_position, parse, sql_error
+from streamhouse.sql.source import (
+    METADATA_COLUMNS,
+    RejectedRow,
+    decode_json,
+    infer_schema,
+    read_records,
+    with_metadata,
+)
+
+log = logging.getLogger(__name__)
+
+STREAM_KINDS = {"STREAM": "stream", "TABLE": "table"}
+
+
+@dataclass(slots=True)
+class QueryStats:
+    """What the last run of a query read and left out."""
+
+    rows_read: int = 0
+    rejected: list[RejectedRow] = field(default_factory=list)
+
+
+class Engine:
+    """Runs StreamHouse SQL statements over one :class:`~streamhouse.log.Log`."""
+
+    def __init__(self, log_: Log) -> None:
+        self.log = log_
+
+    def execute(self, sql: str) -> Relation:
+        """Run every statement of ``sql``; the result of the last one is returned."""
+        statements = parse(sql)
+        if not statements:
+            raise SqlError("no SQL statement given", 1, 1)
+        result: Relation | None = None
+        for statement in statements:
+            result = self.statement(statement)
+        assert result is not None
+        return result
+
+    def statement(self, statement: exp.Expr) -> Relation:
+        if isinstance(statement, exp.Create):
+            return self._create(statement)
+        if isinstance(statement, exp.Drop):
+            return self._drop(statement)
+        if isinstance(statement, exp.Show):
+            return self._show(statement)
+        if isinstance(statement, exp.Query):
+            return self.query(statement)
+        raise sql_error(f"{statement.key.upper()} statements are not supported here", statement)
+
+    # -- DDL ----------------------------------------------------------------------------------
+
+    def _create(self, statement: exp.Create) -> Relation:
+        kind = (statement.args.get("kind") or "").upper()
+        name = (
+            statement.this.name
+            if isinstance(statement.this, exp.Table)
+            else statement.this.this.name
+        )
+        replace = bool(statement.args.get("replace"))
+        if_not_exists = bool(statement.args.get("exists"))
+        existing = self.log.metadata.get_catalog(name)
+        if existing is not None and if_not_exists:
+            return status(f"{existing.kind.upper()} {name} exists already")
+        if existing is not None and not replace:
+            raise sql_error(f"{existing.kind} {name!r} already exists", statement.this)
+        if kind in STREAM_KINDS:
+            definition = stream_definition(statement)
+            if self.log.get_topic(definition.topic) is None:
+                partitions = int(
+                    definition.options.get("partitions", self.log.settings.default_partitions)
+                )
+                self.log.create_topic(definition.topic, partitions)
+            self.log.metadata.put_catalog(
+                name, STREAM_KINDS[kind], statement.sql(dialect=DIALECT), replace=replace
+            )
+            return status(f"CREATE {kind} {name}")
+        if kind == "VIEW":
+            query = statement.expression
+            self.query(query)  # names must resolve now, not when the view is read
+            self._check_names(query)
+            self.log.metadata.put_catalog(
+                name, "view", statement.sql(dialect=DIALECT), replace=replace
+            )
+            return status(f"CREATE VIEW {name}")
+        raise sql_error(f"CREATE {kind} is not supported", statement)
+
+    def _drop(self, statement: exp.Drop) -> Relation:
+        name = statement.this.name
+        kind = (statement.args.get("kind") or "").upper()
+        if not self.log.metadata.drop_catalog(name) and not statement.args.get("exists"):
+            raise UnknownStreamError(
+                f"{kind.lower() or 'stream'} {name!r} does not exist", *_pos(statement.this)
+            )
+        return status(f"DROP {kind} {name}")
+
+    def _show(self, statement: exp.Show) -> Relation:
+        what = statement.name.upper()
+        if what == "TOPICS":
+            rows = [{"topic": t.name, "partitions": t.partitions} for t in self.log.list_topics()]
+            schema = pa.schema([("topic", pa.string()), ("partitions", pa.int32())])
+        elif what in ("STREAMS", "TABLES", "VIEWS"):
+            rows = [
+                {"name": e.name, "kind": e.kind, "sql": e.sql}
+                for e in self.log.metadata.list_catalog()
+            ]
+            schema = pa.schema([("name", pa.string()), ("kind", pa.string()), ("sql", pa.string())])
+        else:
+            raise sql_error(f"SHOW {what} is not supported", statement)
+        table = pa.Table.from_pylist(rows, schema=schema)
+        return Relation(lambda: table, description=f"SHOW {what}")
+
+    # -- queries ------------------------------------------------------------------------------
+
+    def query(self, query: exp.Query) -> Relation:
+        """A lazy relation over ``query``; names are checked now, rows are read later."""
+        self._check_names(query)
+        stats = QueryStats()
+        relation = Relation(lambda: self._run(query, stats), description=query.sql(dialect=DIALECT))
+        relation.stats = stats  # type: ignore[attr-defined]
+        return relation
+
+    def _check_names(self, query: exp.Query) -> None:
+        for table in _source_tables(query):
+            if self._resolve(table.name) is None:
+                raise UnknownStreamError(
+                    f"unknown stream, view or topic {table.name!r}", *_pos(table)
+                )
+
+    def _resolve(self, name: str) -> tuple[str, object] | None:
+        entry = self.log.metadata.get_catalog(name)
+        if entry is not None:
+            return entry.kind, entry
+        if self.log.get_topic(name) is not None:
+            return "topic", name
+        return None
+
+    def _run(self, query: exp.Query, stats: QueryStats) -> pa.Table:
+        stats.rows_read = 0
+        stats.rejected.clear()
+        columns = _referenced_columns(query)
+        config = datafusion.SessionConfig().set(
+            "datafusion.sql_parser.enable_ident_normalization", "false"
+        )
+        ctx = datafusion.SessionContext(config)
+        for name in sorted({t.name for t in _source_tables(query)}):
+            table = self.source_table(name, columns, stats)
+            batches = table.to_batches() or [pa.RecordBatch.from_pylist([], schema=table.schema)]
+            ctx.register_record_batches(name, [batches])
+        sql = query.sql(dialect="postgres")
+        try:
+            return ctx.sql(sql).to_arrow_table()
+        except Exception as exc:  # DataFusion reports planning and execution errors alike
+            if isinstance(exc, StreamHouseError):
+                raise
+            raise SqlError(_datafusion_message(exc), *_pos(query)) from None
+
+    def source_table(self, name: str, columns: set[str] | None, stats: QueryStats) -> pa.Table:
+        """The rows of a stream, view or topic as one Arrow table (``columns``: those needed)."""
+        resolved = self._resolve(name)
+        if resolved is None:
+            raise UnknownStreamError(f"unknown stream, view or topic {name!r}")
+        kind, entry = resolved
+        if kind == "view":
+            view = parse(entry.sql)[0]  # type: ignore[attr-defined]
+            return self._run(view.expression, stats)
+        if kind == "topic":
+            definition = None
+            topic = name
+        else:
+            definition = stream_definition(parse(entry.sql)[0])  # type: ignore[attr-defined]
+            topic = definition.topic
+        records = read_records(self.log, topic)
+        stats.rows_read += records.num_rows
+        schema = self._value_schema(definition, records)
+        if schema is None:  # not JSON: the raw value as text
+            table = pa.table({"value": records["value"].cast(pa.string(), safe=False)})
+            rows = None
+        else:
+            if columns is not None:
+                schema = pa.schema([f for f in schema if f.name in columns])
+            table, rows, rejected = decode_json(records["value"], schema)
+            if rejected:
+                partitions = records["partition"].to_numpy()
+                offsets = records["offset"].to_numpy()
+                stats.rejected.extend(
+                    RejectedRow(topic, int(partitions[i]), int(offsets[i]), reason)
+                    for i, reason in rejected
+                )
+                first = stats.rejected[0]
+                log.warning(
+                    "%d record(s) of %r do not fit its schema and were left out "
+                    "(first: partition %d offset %d: %s)",
+                    len(rejected),
+                    name,
+                    first.partition,
+                    first.offset,
+                    first.reason,
+                )
+        return with_metadata(
+            table, records, rows if rows is not None else np.arange(records.num_rows)
+        )
+
+    def _value_schema(self, definition: StreamDef | None, records: pa.Table) -> pa.Schema | None:
+        if definition is not None:
+            return definition.schema()
+        return infer_schema(records["value"])
+
+
+def _source_tables(query: exp.Expr) -> list[exp.Table]:
+    """Table references in ``query`` that are not its own CTEs."""
+    ctes = {cte.alias_or_name for cte in query.find_all(exp.CTE)}
+    return [
+        t
+        for t in query.find_all(exp.Table)
+        if t.name and t.name not in ctes and not isinstance(t.this, exp.Func)
+    ]
+
+
+def _referenced_columns(query: exp.Expr) -> set[str] | None:
+    """Column names a query uses, or None when it needs every column (``*``)."""
+    if any(True for _ in query.find_all(exp.Star)):
+        for star in query.find_all(exp.Star):
+            if not isinstance(star.parent, exp.Count):
+                return None
+    return {c.name for c in query.find_all(exp.Column)} | set(METADATA_COLUMNS)
+
+
+def _pos(node: exp.Expr | None) -> tuple[int | None, int | None]:
+    return node_position(node)
+
+
+def _datafusion_message(exc: Exception) -> str:
+    text = str(exc).strip()
+    for prefix in ("DataFusion error: ", "Error during planning: ", "Schema error: "):
+        text = text.replace(prefix, "")
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -1,0 +1,94 @@
+"""Parse StreamHouse SQL into sqlglot trees; every failure is a :class:`SqlError` with a position.
+
+>>> parse_one("SELECT 1").sql(dialect=StreamHouse)
+'SELECT 1'
+>>> try:
+...     parse_one("SELEC 1")
+... except SqlError as error:
+...     (error.line, error.column)
+(1, 1)
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from sqlglot import exp
+from sqlglot.errors import ParseError, TokenError
+
+from streamhouse.errors import SqlError
+from streamhouse.sql.dialect import StreamHouse
+
+__all__ = ["StreamHouse", "line_column", "node_position", "parse", "parse_one"]
+
+logger = logging.getLogger(__name__)
+
+DIALECT = StreamHouse()
+
+
+def line_column(sql: str, offset: int) -> tuple[int, int]:
+    """The 1-based (line, column) of character ``offset`` in ``sql``."""
+    offset = max(0, min(offset, len(sql)))
+    line = sql.count("\n", 0, offset) + 1
+    column = offset - (sql.rfind("\n", 0, offset) + 1) + 1
+    return line, column
+
+
+def node_position(node: exp.Expr | None) -> tuple[int | None, int | None]:
+    """The 1-based (line, column) where ``node`` (or its first positioned descendant) starts."""
+    if node is None:
+        return None, None
+    for child in node.walk():
+        meta = child._meta if isinstance(child, exp.Expression) else None
+        if meta and "line" in meta and "col" in meta:
+            width = meta["end"] - meta["start"] + 1 if "start" in meta and "end" in meta else 1
+            # A token's ``col`` is the column of its last character.
+            return meta["line"], max(1, meta["col"] - width + 1)
+    return None, None
+
+
+def sql_error(message: str, node: exp.Expr | None) -> SqlError:
+    """A :class:`SqlError` located at ``node``."""
+    line, column = node_position(node)
+    return SqlError(message, line, column)
+
+
+def _from_parse_error(sql: str, error: ParseError) -> SqlError:
+    detail: dict[str, Any] = error.errors[0] if error.errors else {}
+    message = detail.get("description") or str(error).split(". Line ")[0]
+    if detail.get("start") is not None:
+        line, column = line_column(sql, detail["start"])
+    else:
+        line, column = detail.get("line"), detail.get("col")
+    return SqlError(message, line, column)
+
+
+def _from_token_error(sql: str, error: TokenError) -> SqlError:
+    message = str(error).splitlines()[0]
+    if error.start is not None:
+        line, column = line_column(sql, error.start)
+        return SqlError(message, line, column)
+    return SqlError(message)
+
+
+def parse(sql: str) -> list[exp.Expr]:
+    """Every statement in ``sql`` (separated by ``;``), parsed with the StreamHouse dialect."""
+    try:
+        statements = DIALECT.parse(sql)
+    except ParseError as error:
+        raise _from_parse_error(sql, error) from error
+    except TokenError as error:
+        raise _from_token_error(sql, error) from error
+    result = [s for s in statements if s is not None]
+    logger.debug("parsed %d statement(s)", len(result))
+    return result
+
+
+def parse_one(sql: str) -> exp.Expr:
+    """The one statement in ``sql``; SqlError if there is none or more than one."""
+    statements = parse(sql)
+    if len(statements) != 1:
+        line, column = node_position(statements[1]) if statements else (1, 1)
+        raise SqlError(f"expected one SQL statement, found {len(statements)}", line, column)
+    return statements[0]

@@ -1,0 +1,215 @@
+"""Window descriptors: find the one window of a SELECT, in either syntax, and take it out.
+
+Two syntaxes mean the same windows:
+
+- a call in GROUP BY: ``TUMBLING(ts, size)`` / ``TUMBLE(ts, size)``, ``HOP(ts, slide, size)``,
+  ``CUMULATE(ts, step, size)``, ``SESSION(ts, gap)``;
+- a Flink window TVF in FROM: ``TABLE(TUMBLE(TABLE t, DESCRIPTOR(ts), size))``,
+  ``HOP(.., slide, size)``, ``CUMULATE(.., step, size)``,
+  ``SESSION(TABLE t PARTITION BY k, DESCRIPTOR(ts), gap)``; named arguments
+  (``DATA =>``, ``TIMECOL =>``, ``SIZE =>``, ``SLIDE =>``, ``STEP =>``, ``GAP =>``) too.
+
+:func:`find_window` returns the :class:`WindowSpec` and a copy of the SELECT without the window:
+a GROUP BY call becomes ``window_start, window_end`` in GROUP BY, a TVF becomes its table (keeping
+the TVF's alias). The rest is ordinary SQL over the table with ``window_start``, ``window_end``
+(and ``window_time``) columns added.
+
+>>> from streamhouse.sql.parse import parse_one
+>>> spec, rest = find_window(parse_one(
+...     "SELECT k, COUNT(*) FROM t GROUP BY k, TUMBLE(ts, INTERVAL '1' MINUTE)"))
+>>> spec
+WindowSpec(kind='tumble', time_column='ts', size_ms=60000, slide_ms=None, gap_ms=None, partition_by=())
+>>> rest.sql(dialect="postgres")
+'SELECT k, COUNT(*) FROM t GROUP BY k, window_start, window_end'
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from sqlglot import exp
+
+from streamhouse.errors import SqlError
+from streamhouse.sql.ddl import interval_ms
+from streamhouse.sql.dialect import StreamHouse, TableArgument
+from streamhouse.sql.parse import node_position
+
+__all__ = ["WINDOW_COLUMNS", "WindowSpec", "find_window"]
+
+logger = logging.getLogger(__name__)
+
+WINDOW_COLUMNS = ("window_start", "window_end", "window_time")
+
+KINDS = {
+    "TUMBLE": "tumble",
+    "TUMBLING": "tumble",
+    "HOP": "hop",
+    "HOPPING": "hop",
+    "CUMULATE": "cumulate",
+    "SESSION": "session",
+}
+
+# Positional parameters after the time column, per kind (GROUP BY form and TVF form alike).
+PARAMETERS = {
+    "tumble": ("SIZE",),
+    "hop": ("SLIDE", "SIZE"),
+    "cumulate": ("STEP", "SIZE"),
+    "session": ("GAP",),
+}
+
+
+@dataclass(frozen=True)
+class WindowSpec:
+    """One window: ``size_ms`` (0 for sessions), ``slide_ms`` (hop slide / cumulate step),
+    ``gap_ms`` (sessions), ``partition_by`` (sessions: the keys a session is tracked per)."""
+
+    kind: str
+    time_column: str
+    size_ms: int
+    slide_ms: int | None = None
+    gap_ms: int | None = None
+    partition_by: tuple[str, ...] = ()
+
+
+def _error(message: str, *nodes: exp.Expr | None) -> SqlError:
+    for node in nodes:
+        line, column = node_position(node)
+        if line is not None:
+            return SqlError(message, line, column)
+    return SqlError(message)
+
+
+def _window_kind(node: exp.Expr) -> str | None:
+    if isinstance(node, exp.Anonymous):
+        return KINDS.get(node.name.upper())
+    return None
+
+
+def _positive_ms(value: exp.Expr | None, what: str, call: exp.Expr) -> int:
+    if value is None:
+        raise _error(f"window {what} is missing", call)
+    ms = interval_ms(value)
+    if ms <= 0:
+        raise _error(f"window {what} must be positive", value)
+    return ms
+
+
+def _key_name(key: exp.Expr) -> str:
+    return key.name if isinstance(key, exp.Column) else key.sql(dialect=StreamHouse)
+
+
+def _spec(
+    kind: str,
+    call: exp.Expr,
+    time_column: exp.Expr | None,
+    params: dict[str, exp.Expr],
+    partition_by: tuple[str, ...],
+) -> WindowSpec:
+    if not isinstance(time_column, exp.Column):
+        raise _error(f"{kind} window: the time attribute must be a column", time_column, call)
+    name = time_column.name
+    if kind == "tumble":
+        return WindowSpec(kind, name, _positive_ms(params.get("SIZE"), "size", call))
+    if kind == "session":
+        gap = _positive_ms(params.get("GAP"), "gap", call)
+        return WindowSpec(kind, name, 0, gap_ms=gap, partition_by=partition_by)
+    step_name = "slide" if kind == "hop" else "step"
+    slide = _positive_ms(params.get(step_name.upper()), step_name, call)
+    size = _positive_ms(params.get("SIZE"), "size", call)
+    if size % slide:
+        raise _error(f"{kind} window size must be a multiple of its {step_name}", params["SIZE"])
+    return WindowSpec(kind, name, size, slide_ms=slide)
+
+
+def _bind(kind: str, call: exp.Anonymous, leading: tuple[str, ...]) -> dict[str, exp.Expr]:
+    """Arguments by upper-case name: positional ones first, then ``NAME => value`` ones."""
+    names = leading + PARAMETERS[kind]
+    bound: dict[str, exp.Expr] = {}
+    positional = True
+    for index, arg in enumerate(call.expressions):
+        if isinstance(arg, exp.Kwarg):
+            positional = False
+            key = arg.this.name.upper()
+            value = arg.expression
+        elif positional and index < len(names):
+            key, value = names[index], arg
+        else:
+            raise _error(f"{call.name.upper()}: unexpected argument", arg)
+        if key == "OFFSET":
+            raise _error("window offsets are not supported", arg)
+        if key not in names or key in bound:
+            raise _error(f"{call.name.upper()}: unexpected argument {key}", arg)
+        bound[key] = value
+    return bound
+
+
+def _group_window(call: exp.Anonymous, kind: str, keys: list[exp.Expr]) -> WindowSpec:
+    params = _bind(kind, call, ("TIMECOL",))
+    partition_by = tuple(_key_name(k) for k in keys) if kind == "session" else ()
+    return _spec(kind, call, params.get("TIMECOL"), params, partition_by)
+
+
+def _tvf_call(table: exp.Expr) -> exp.Anonymous | None:
+    """The window call inside ``TABLE(<call>)`` in FROM / JOIN, if ``table`` is one."""
+    if not isinstance(table, exp.Table) or not isinstance(table.this, exp.Anonymous):
+        return None
+    wrapper = table.this
+    if wrapper.name.upper() != "TABLE" or len(wrapper.expressions) != 1:
+        return None
+    call = wrapper.expressions[0]
+    return call if _window_kind(call) else None
+
+
+def _tvf_window(call: exp.Anonymous, kind: str) -> tuple[WindowSpec, exp.Table]:
+    params = _bind(kind, call, ("DATA", "TIMECOL"))
+    data = params.get("DATA")
+    if not isinstance(data, TableArgument):
+        raise _error(f"{kind.upper()}: the first argument must be TABLE <name>", data, call)
+    descriptor = params.get("TIMECOL")
+    if not (
+        isinstance(descriptor, exp.Anonymous)
+        and descriptor.name.upper() == "DESCRIPTOR"
+        and len(descriptor.expressions) == 1
+    ):
+        raise _error(f"{kind.upper()}: the time attribute must be DESCRIPTOR(<column>)", call)
+    partition_by = tuple(_key_name(k) for k in data.args.get("partition_by") or [])
+    if partition_by and kind != "session":
+        raise _error("PARTITION BY is only allowed in SESSION windows", data)
+    spec = _spec(kind, call, descriptor.expressions[0], params, partition_by)
+    return spec, data.this
+
+
+def find_window(select: exp.Select) -> tuple[WindowSpec | None, exp.Select]:
+    """The window of ``select`` (None if it has none) and a copy of it without the window."""
+    result = select.copy()
+    found: list[tuple[WindowSpec, exp.Expr]] = []
+
+    for table in [result.args.get("from_"), *(result.args.get("joins") or [])]:
+        source = table.this if table is not None else None
+        call = _tvf_call(source) if source is not None else None
+        if call is None:
+            continue
+        spec, data = _tvf_window(call, _window_kind(call) or "")
+        replacement = data.copy()
+        if source.args.get("alias"):
+            replacement.set("alias", source.args["alias"].copy())
+        found.append((spec, call))
+        source.replace(replacement)
+
+    group = result.args.get("group")
+    if group is not None:
+        calls = [e for e in group.expressions if _window_kind(e)]
+        keys = [e for e in group.expressions if not _window_kind(e)]
+        for call in calls:
+            found.append((_group_window(call, _window_kind(call) or "", keys), call))
+        if calls:
+            names = {k.name for k in keys if isinstance(k, exp.Column)}
+            extra = [exp.column(c) for c in WINDOW_COLUMNS[:2] if c not in names]
+            group.set("expressions", keys + extra)
+
+    if len(found) > 1:
+        raise _error("a query can have only one window", found[1][1])
+    spec = found[0][0] if found else None
+    logger.debug("window %s", spec)
+    return spec, result

@@ -1,0 +1,392 @@
+"""The metadata store: topics, the segment index with fencing, groups, catalog, producer ids."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from streamhouse.config import Settings
+from streamhouse.errors import (
+    ConfigError,
+    LogError,
+    SqlError,
+    StorageError,
+    TopicExistsError,
+    UnknownPartitionError,
+    UnknownTopicError,
+)
+from streamhouse.log.metadata import (
+    GroupOffset,
+    PartitionOffsets,
+    SegmentRow,
+    open_metadata,
+    validate_topic_name,
+)
+from streamhouse.log.metadata.migrations import LATEST_VERSION
+from streamhouse.log.metadata.sqlite import SQLiteMetadata
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """Stands in for log.segment.SegmentEntry (same attributes)."""
+
+    topic: str
+    partition: int
+    base_offset: int
+    last_offset: int
+    position: int = 0
+    length: int = 100
+    min_timestamp: int = 0
+    max_timestamp: int = 0
+    record_count: int = 1
+    crc: int = 0
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    return tmp_path / "meta" / "metadata.sqlite3"
+
+
+@pytest.fixture
+def md(db_path: Path) -> Iterator[SQLiteMetadata]:
+    store = SQLiteMetadata(db_path)
+    yield store
+    store.close()
+
+
+# -- topics -----------------------------------------------------------------------------------
+
+
+def test_topic_crud(md: SQLiteMetadata) -> None:
+    info = md.create_topic("orders", partitions=3, config={"retention.ms": "1000"})
+    assert (info.name, info.partitions, info.config) == ("orders", 3, {"retention.ms": "1000"})
+    assert len(info.topic_id) == 36
+    md.create_topic("alpha")
+    assert md.get_topic("orders") == info
+    assert md.get_topic("nope") is None
+    assert [t.name for t in md.list_topics()] == ["alpha", "orders"]
+    with pytest.raises(TopicExistsError):
+        md.create_topic("orders")
+
+    grown = md.set_partitions("orders", 5)
+    assert grown.partitions == 5 and grown.topic_id == info.topic_id
+    assert sorted(md.partition_offsets("orders")) == [0, 1, 2, 3, 4]
+    assert md.set_partitions("orders", 5) == grown
+    with pytest.raises(LogError, match="shrink"):
+        md.set_partitions("orders", 2)
+
+    configured = md.set_topic_config("orders", {"cleanup.policy": "delete"})
+    assert configured.config == {"cleanup.policy": "delete"}
+    assert md.get_topic("orders") == configured
+
+    md.commit_segment("obj-1", [Entry("orders", 0, 0, 9), Entry("alpha", 0, 0, 4)])
+    md.commit_segment("obj-2", [Entry("orders", 1, 0, 9)])
+    md.commit_group_offsets("g", {("orders", 0): (5, "")})
+    assert md.delete_topic("orders") == ["obj-2"]  # obj-1 is still referenced by alpha
+    assert md.get_topic("orders") is None
+    assert md.segments("orders", 0) == []
+    assert md.group_offsets("g") == {}
+    with pytest.raises(UnknownTopicError):
+        md.delete_topic("orders")
+    with pytest.raises(UnknownTopicError):
+        md.partition_offsets("orders")
+    with pytest.raises(UnknownTopicError):
+        md.set_partitions("orders", 9)
+    with pytest.raises(UnknownTopicError):
+        md.set_topic_config("orders", {})
+    assert md.delete_topic("alpha") == ["obj-1"]
+
+    recreated = md.create_topic("orders")
+    assert recreated.topic_id != info.topic_id
+    assert md.partition_offsets("orders") == {0: PartitionOffsets(0, 0)}
+
+
+@pytest.mark.parametrize(
+    "name", ["", ".", "..", "a" * 250, "has space", "slash/name", "ümlaut", "star*"]
+)
+def test_invalid_topic_names(md: SQLiteMetadata, name: str) -> None:
+    with pytest.raises(LogError, match="invalid topic name"):
+        md.create_topic(name)
+    assert md.list_topics() == []
+
+
+def test_valid_topic_names_and_counts(md: SQLiteMetadata) -> None:
+    for name in ("a" * 249, "...", "A.b_c-9"):
+        validate_topic_name(name)
+        md.create_topic(name)
+    for bad in (0, -1, True):
+        with pytest.raises(LogError, match="partition count"):
+            md.create_topic("x", partitions=bad)
+    with pytest.raises(LogError, match="strings"):
+        md.create_topic("y", config={"retention.ms": 5})  # type: ignore[dict-item]
+
+
+# -- the segment index ------------------------------------------------------------------------
+
+
+def test_commit_segment_advances_high_watermarks(md: SQLiteMetadata) -> None:
+    md.create_topic("t", partitions=2)
+    md.commit_segment("o1", [Entry("t", 0, 0, 9, position=0), Entry("t", 1, 0, 4, position=50)])
+    md.commit_segment("o2", [Entry("t", 0, 10, 19), Entry("t", 0, 20, 20)])
+    assert md.partition_offsets("t") == {0: PartitionOffsets(0, 21), 1: PartitionOffsets(0, 5)}
+    md.commit_segment("o3", [])  # nothing to do
+    rows = md.segments("t", 1)
+    assert rows == [SegmentRow("o1", "t", 1, 0, 4, 50, 100, 0, 0, 1, 0)]
+
+
+def test_fencing_rejects_stale_base_offset_and_leaves_nothing(md: SQLiteMetadata) -> None:
+    md.create_topic("t", partitions=2)
+    md.commit_segment("o1", [Entry("t", 0, 0, 9)])
+    before = md.partition_offsets("t")
+    with pytest.raises(StorageError, match="stale"):
+        # partition 1 is fine, partition 0 is stale: all of it must roll back
+        md.commit_segment("o2", [Entry("t", 1, 0, 9), Entry("t", 0, 5, 14)])
+    assert md.partition_offsets("t") == before
+    assert md.segments("t", 1) == []
+    with pytest.raises(StorageError, match="stale"):
+        md.commit_segment("o3", [Entry("t", 0, 11, 20)])  # a gap is stale too
+    assert [r.object_key for r in md.segments("t", 0)] == ["o1"]
+
+
+def test_commit_segment_unknown_topic_or_partition_rolls_back(md: SQLiteMetadata) -> None:
+    md.create_topic("t")
+    with pytest.raises(UnknownTopicError):
+        md.commit_segment("o", [Entry("t", 0, 0, 1), Entry("gone", 0, 0, 1)])
+    with pytest.raises(UnknownPartitionError):
+        md.commit_segment("o", [Entry("t", 0, 0, 1), Entry("t", 1, 0, 1)])
+    assert md.partition_offsets("t") == {0: PartitionOffsets(0, 0)}
+    assert md.segments("t", 0) == []
+    with pytest.raises(LogError, match="below base"):
+        md.commit_segment("o", [Entry("t", 0, 0, -1)])
+
+
+def test_segments_range_queries(md: SQLiteMetadata) -> None:
+    md.create_topic("t", partitions=2)
+    for i in range(10):  # segments of 10 offsets: [0,9], [10,19], ...
+        md.commit_segment(f"o{i}", [Entry("t", 0, i * 10, i * 10 + 9)])
+    md.commit_segment("other", [Entry("t", 1, 0, 999)])
+
+    def bases(*args: int | None, **kw: int) -> list[int]:
+        return [r.base_offset for r in md.segments("t", 0, *args, **kw)]
+
+    assert bases() == list(range(0, 100, 10))
+    assert bases(15) == list(range(10, 100, 10))
+    assert bases(19, 20) == [10]
+    assert bases(19, 21) == [10, 20]
+    assert bases(0, 0) == []
+    assert bases(100) == []
+    assert bases(25, limit=2) == [20, 30]
+    assert md.segments("missing", 0) == []
+
+
+def test_segments_fast_with_100k_rows(md: SQLiteMetadata) -> None:
+    md.create_topic("big")
+    conn = md._connection()  # bulk load directly: 100k commits would be slow to fsync
+    conn.execute("BEGIN")
+    conn.executemany(
+        "INSERT INTO segments VALUES ('big', 0, ?, ?, ?, 0, 10, ?, ?, ?, 1, 0)",
+        ((i, i, f"o{i}", i, i, i) for i in range(100_000)),
+    )
+    conn.execute("UPDATE partitions SET high_watermark = 100000, max_timestamp = 99999")
+    conn.execute("COMMIT")
+    start = time.perf_counter()
+    for offset in range(0, 100_000, 1_000):
+        rows = md.segments("big", 0, offset, offset + 5)
+        assert [r.base_offset for r in rows] == list(range(offset, offset + 5))
+        found = md.segment_for_timestamp("big", 0, offset + 500)
+        assert found is not None and found.base_offset == offset + 500
+    assert time.perf_counter() - start < 1.0  # a scan per query would take seconds
+
+
+def test_segment_for_timestamp(md: SQLiteMetadata) -> None:
+    md.create_topic("t")
+    # max timestamps out of order: 100, 50, 300, 200
+    for i, ts in enumerate([100, 50, 300, 200]):
+        md.commit_segment(f"o{i}", [Entry("t", 0, i, i, min_timestamp=ts - 10, max_timestamp=ts)])
+
+    def found(ts: int) -> str | None:
+        row = md.segment_for_timestamp("t", 0, ts)
+        return None if row is None else row.object_key
+
+    assert found(0) == "o0"
+    assert found(100) == "o0"
+    assert found(101) == "o2"
+    assert found(250) == "o2"
+    assert found(300) == "o2"
+    assert found(301) is None
+    assert md.segment_for_timestamp("missing", 0, 0) is None
+    # retention removed the rows that raised the running maximum: fall back to a scan
+    md._connection().execute("DELETE FROM segments WHERE base_offset IN (0, 2)")
+    assert found(60) == "o3"
+    assert found(250) is None
+
+
+# -- groups, catalog, producer ids ------------------------------------------------------------
+
+
+def test_group_offsets_round_trip(md: SQLiteMetadata) -> None:
+    md.commit_group_offsets("g1", {("t", 0): (5, "meta ü {json}"), ("t", 1): (7, "")})
+    md.commit_group_offsets("g1", {("t", 0): (6, "again")})
+    md.commit_group_offsets("g0", {("u", 3): (1, "x")})
+    offsets = md.group_offsets("g1")
+    assert set(offsets) == {("t", 0), ("t", 1)}
+    assert (offsets["t", 0].offset, offsets["t", 0].metadata) == (6, "again")
+    assert offsets["t", 1] == GroupOffset(7, "", offsets["t", 1].commit_ms)
+    assert offsets["t", 1].commit_ms > 1_600_000_000_000
+    assert md.list_groups() == ["g0", "g1"]
+    md.delete_group("g1")
+    md.delete_group("never")
+    assert md.group_offsets("g1") == {}
+    assert md.list_groups() == ["g0"]
+
+
+def test_catalog_is_case_insensitive(md: SQLiteMetadata) -> None:
+    entry = md.put_catalog("Clicks", "stream", "CREATE STREAM Clicks (a INT)")
+    assert md.get_catalog("clicks") == entry
+    assert md.get_catalog("CLICKS").name == "Clicks"  # type: ignore[union-attr]
+    with pytest.raises(SqlError, match="stream 'Clicks' already exists"):
+        md.put_catalog("CLICKS", "table", "CREATE TABLE CLICKS (a INT)")
+    replaced = md.put_catalog("CLICKS", "table", "CREATE TABLE CLICKS (a INT)", replace=True)
+    assert md.get_catalog("clicks") == replaced
+    md.put_catalog("a_view", "view", "SELECT 1")
+    assert [e.name for e in md.list_catalog()] == ["a_view", "CLICKS"]
+    with pytest.raises(SqlError, match="kind"):
+        md.put_catalog("q", "sink", "x")
+    assert md.drop_catalog("Clicks") is True
+    assert md.drop_catalog("clicks") is False
+    assert md.get_catalog("clicks") is None
+
+
+def test_persistence_and_producer_ids_across_reopen(db_path: Path) -> None:
+    md = SQLiteMetadata(db_path)
+    ids = [md.next_producer_id() for _ in range(3)]
+    assert ids == sorted(set(ids)) and ids[0] >= 1
+    info = md.create_topic("t", partitions=2, config={"k": "v"})
+    md.commit_segment("o", [Entry("t", 1, 0, 41, max_timestamp=7)])
+    md.commit_group_offsets("g", {("t", 1): (40, "m")})
+    md.put_catalog("S", "stream", "CREATE STREAM S ()")
+    md.close()
+    md.close()  # idempotent
+    with pytest.raises(StorageError, match="closed"):
+        md.get_topic("t")
+
+    again = SQLiteMetadata(db_path)
+    try:
+        assert again.schema_version == LATEST_VERSION
+        assert again.get_topic("t") == info
+        assert again.partition_offsets("t")[1] == PartitionOffsets(0, 42)
+        assert [r.last_offset for r in again.segments("t", 1)] == [41]
+        assert again.group_offsets("g")["t", 1].metadata == "m"
+        assert again.get_catalog("s") is not None
+        assert again.next_producer_id() > ids[-1]
+        assert again._connection().execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert again._connection().execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+    finally:
+        again.close()
+
+
+# -- concurrency and failures -----------------------------------------------------------------
+
+
+def test_concurrent_commits_from_threads(md: SQLiteMetadata) -> None:
+    partitions, commits, size = 6, 30, 3
+    md.create_topic("t", partitions=partitions)
+    errors: list[BaseException] = []
+    ids: list[int] = []
+    barrier = threading.Barrier(partitions)
+
+    def writer(p: int) -> None:
+        try:
+            barrier.wait()
+            for i in range(commits):
+                md.commit_segment(f"p{p}-{i}", [Entry("t", p, i * size, i * size + size - 1)])
+                md.segments("t", p, 0)
+                md.partition_offsets("t")
+                ids.append(md.next_producer_id())
+        except BaseException as exc:  # surfaced below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=writer, args=(p,)) for p in range(partitions)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    offsets = md.partition_offsets("t")
+    assert {p: o.high_watermark for p, o in offsets.items()} == dict.fromkeys(
+        range(partitions), commits * size
+    )
+    assert len(md.segments("t", 3)) == commits
+    assert len(set(ids)) == len(ids) == partitions * commits
+
+
+def test_concurrent_stale_writers_one_wins(md: SQLiteMetadata) -> None:
+    md.create_topic("t")
+    outcomes: list[str] = []
+    barrier = threading.Barrier(4)
+
+    def writer(n: int) -> None:
+        barrier.wait()
+        try:
+            md.commit_segment(f"w{n}", [Entry("t", 0, 0, 9)])
+            outcomes.append("ok")
+        except StorageError:
+            outcomes.append("fenced")
+
+    threads = [threading.Thread(target=writer, args=(n,)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(outcomes) == ["fenced", "fenced", "fenced", "ok"]
+    assert len(md.segments("t", 0)) == 1
+
+
+def test_unwritable_location_is_storage_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    with pytest.raises(StorageError, match="metadata store"):
+        SQLiteMetadata(blocker / "sub" / "metadata.sqlite3")
+    with pytest.raises(StorageError):
+        SQLiteMetadata(tmp_path)  # a directory, not a database file
+
+
+def test_sqlite_errors_surface_as_storage_error(md: SQLiteMetadata) -> None:
+    md._connection().execute("DROP TABLE catalog")
+    with pytest.raises(StorageError, match="no such table") as info:
+        md.get_catalog("x")
+    assert isinstance(info.value.__cause__, sqlite3.Error)
+
+
+def test_newer_schema_is_refused(db_path: Path) -> None:
+    SQLiteMetadata(db_path).close()
+    conn = sqlite3.connect(db_path)
+    conn.execute("INSERT INTO schema_migrations VALUES (?, 'future', 0)", (LATEST_VERSION + 1,))
+    conn.commit()
+    conn.close()
+    with pytest.raises(StorageError, match="newer"):
+        SQLiteMetadata(db_path)
+
+
+# -- open_metadata ----------------------------------------------------------------------------
+
+
+def test_open_metadata(tmp_path: Path) -> None:
+    md = open_metadata(Settings(data_dir=tmp_path / "data"))
+    assert isinstance(md, SQLiteMetadata)
+    assert md.path == tmp_path / "data" / "metadata.sqlite3"
+    md.close()
+    other = tmp_path / "elsewhere" / "m.db"
+    md = open_metadata(Settings(data_dir=tmp_path, metadata=f"sqlite:///{other}"))
+    assert isinstance(md, SQLiteMetadata) and md.path == other and other.exists()
+    md.close()
+    with pytest.raises(ConfigError, match="PostgreSQL"):
+        open_metadata(Settings(metadata="postgresql://localhost/sh"))
+    with pytest.raises(ConfigError, match="not supported"):
+        open_metadata(Settings(metadata="mysql://x"))
