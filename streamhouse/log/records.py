@@ -242,7 +242,9 @@ def _decompress(codec: int, data: memoryview) -> bytes | cramjam.Buffer:
     except CorruptRecordError:
         raise
     except Exception as exc:
-        raise CorruptRecordError(f"cannot decompress {Compression(codec).name} records: {exc}")
+        raise CorruptRecordError(
+            f"cannot decompress {Compression(codec).name} records: {exc}"
+        ) from exc
     raise CorruptRecordError(f"unknown compression codec {codec}")
 
 
@@ -307,9 +309,11 @@ def _varint_size(u: np.ndarray) -> np.ndarray:
 def _varint_matrix(u: np.ndarray, size: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Varint bytes of ``u`` (already zigzagged) as an (n, width) matrix and its valid mask."""
     width = int(size.max()) if len(size) else 1
+    if width == 1:
+        return u.astype(np.uint8)[:, None], np.ones((len(u), 1), bool)
     cols = _COLS[:width]
     b = ((u[:, None] >> _SHIFTS[:width]) & np.uint64(0x7F)).astype(np.uint8)
-    b[cols < (size[:, None] - 1)] |= 0x80
+    b |= (cols < (size[:, None] - 1)).view(np.uint8) << 7
     return b, cols < size[:, None]
 
 
@@ -603,6 +607,7 @@ def _decode_chunk(
     if n >= _PARALLEL_MIN * int(counts.max()):
         nxt = _record_ends_parallel(buf, region_starts, counts)
         if not np.array_equal(nxt[np.cumsum(counts) - 1], region_ends):
+            logger.debug("record boundaries: numpy search stalled, using the per-record loop")
             nxt = None  # a long record or a corrupt batch: find out which, one by one
     if nxt is None:
         ends: list[int] = []
@@ -719,8 +724,8 @@ def decode_batches(
             if header.last_offset < min_offset:
                 continue
             region = view[start + BATCH_OVERHEAD : end]
-            if header.compression != Compression.NONE:
-                region = _decompress(header.compression, region)
+            if codec := header.attributes & _ATTR_COMPRESSION:
+                region = _decompress(codec, region)
             pieces.append(region)
             batches.append((header, len(region)))
             pending_records += header.record_count

@@ -28,6 +28,7 @@ from typing import Any, ClassVar
 
 from sqlglot import exp
 from sqlglot.dialects.postgres import Postgres
+from sqlglot.errors import ParseError
 from sqlglot.generator import Generator
 from sqlglot.generators.postgres import PostgresGenerator
 from sqlglot.parsers.postgres import PostgresParser
@@ -131,8 +132,8 @@ class StreamHouse(Postgres):
             token = token or self._curr or self._prev or Token.string("")
             try:
                 super().raise_error(message, token)
-            except Exception as error:
-                for detail in getattr(error, "errors", []):
+            except ParseError as error:
+                for detail in error.errors:
                     detail.setdefault("start", token.start)
                 raise
 

@@ -207,7 +207,10 @@ class Engine:
         else:
             if columns is not None:
                 schema = pa.schema([f for f in schema if f.name in columns])
-            table, rows, rejected = decode_json(records["value"], schema)
+            if len(schema) == 0:  # only metadata columns are read: no value is parsed
+                table, rows, rejected = pa.table({}), np.arange(records.num_rows), []
+            else:
+                table, rows, rejected = decode_json(records["value"], schema)
             if rejected:
                 partitions = records["partition"].to_numpy()
                 offsets = records["offset"].to_numpy()

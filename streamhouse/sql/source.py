@@ -245,7 +245,10 @@ class _JsonParser:
 
 
 def with_metadata(table: pa.Table, records: pa.Table, rows: np.ndarray) -> pa.Table:
-    """Append the metadata columns of ``records[rows]`` to ``table``."""
+    """``table`` (rows parsed from ``records[rows]``) with the metadata columns appended.
+
+    ``table`` may have no columns at all (a query that reads only metadata columns).
+    """
     picked = (
         records.take(pa.array(rows, type=pa.int64())) if len(rows) != records.num_rows else records
     )
@@ -254,6 +257,7 @@ def with_metadata(table: pa.Table, records: pa.Table, rows: np.ndarray) -> pa.Ta
         key = key.cast(pa.string())
     except pa.ArrowInvalid:  # keys that are not UTF-8 stay readable as hex (a rare, slow path)
         key = pa.array([k.hex() if k is not None else None for k in key.to_pylist()], pa.string())
+    columns = {name: table[name] for name in table.column_names}
     extra = {
         "_offset": picked["offset"],
         "_partition": picked["partition"],
@@ -261,6 +265,5 @@ def with_metadata(table: pa.Table, records: pa.Table, rows: np.ndarray) -> pa.Ta
         "_key": key,
     }
     for name, column in extra.items():
-        if name not in table.column_names:
-            table = table.append_column(name, column)
-    return table
+        columns.setdefault(name, column)
+    return pa.table(columns)

@@ -1,0 +1,106 @@
+"""Metadata: the one broker, and the topics with their partitions (all led by this broker).
+
+Unknown topics are created with ``settings.default_partitions`` partitions when the broker
+allows it (``settings.auto_create_topics``, Kafka's ``auto.create.topics.enable``) and the
+request does (``allow_auto_topic_creation``, always true before v4).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+from streamhouse.errors import LogError, TopicExistsError
+from streamhouse.kafka.wire import ErrorCode, RequestHeader, make, messages
+from streamhouse.log.metadata import validate_topic_name
+
+if TYPE_CHECKING:
+    from streamhouse.kafka.broker import Broker
+    from streamhouse.log import TopicInfo
+
+__all__ = ["HANDLERS", "handle_metadata", "topic_for_client"]
+
+log = logging.getLogger(__name__)
+
+
+def topic_for_client(broker: Broker, name: str, auto_create: bool) -> TopicInfo | ErrorCode:
+    """The topic, created first if allowed; else the error code the client should see."""
+    info = broker.log.get_topic(name)
+    if info is not None:
+        return info
+    try:
+        validate_topic_name(name)
+    except LogError:
+        return ErrorCode.invalid_topic_exception
+    if not (auto_create and broker.settings.auto_create_topics):
+        return ErrorCode.unknown_topic_or_partition
+    try:
+        info = broker.log.create_topic(name, partitions=broker.settings.default_partitions)
+        log.info("auto-created topic %r", name)
+        return info
+    except TopicExistsError:
+        info = broker.log.get_topic(name)
+        return info if info is not None else ErrorCode.unknown_topic_or_partition
+    except LogError as exc:
+        log.warning("auto-creating topic %r failed: %s", name, exc)
+        return ErrorCode.invalid_topic_exception
+
+
+async def handle_metadata(broker: Broker, header: RequestHeader, request: Any) -> Any:
+    module = messages(3, header.api_version, True)
+    if request.topics is None or (header.api_version == 0 and not request.topics):
+        found: list[tuple[str, TopicInfo | ErrorCode]] = [
+            (t.name, t) for t in broker.log.list_topics()
+        ]
+    else:
+        auto = getattr(request, "allow_auto_topic_creation", True)
+        found = [(t.name, topic_for_client(broker, t.name, auto)) for t in request.topics]
+    topics = []
+    for name, info in found:
+        if isinstance(info, ErrorCode):
+            topics.append(
+                make(module.MetadataResponseTopic, error_code=info, name=name, partitions=())
+            )
+            continue
+        partitions = tuple(
+            make(
+                module.MetadataResponsePartition,
+                error_code=ErrorCode.none,
+                partition_index=index,
+                leader_id=broker.node_id,
+                leader_epoch=-1,
+                replica_nodes=(broker.node_id,),
+                isr_nodes=(broker.node_id,),
+                offline_replicas=(),
+            )
+            for index in range(info.partitions)
+        )
+        topics.append(
+            make(
+                module.MetadataResponseTopic,
+                error_code=ErrorCode.none,
+                name=name,
+                is_internal=False,
+                partitions=partitions,
+            )
+        )
+    return make(
+        module.MetadataResponse,
+        throttle_time=0,
+        brokers=(
+            make(
+                module.MetadataResponseBroker,
+                node_id=broker.node_id,
+                host=broker.host,
+                port=broker.port,
+                rack=None,
+            ),
+        ),
+        cluster_id=broker.cluster_id,
+        controller_id=broker.node_id,
+        topics=tuple(topics),
+    )
+
+
+HANDLERS = {3: handle_metadata}
+"""API key -> handler."""

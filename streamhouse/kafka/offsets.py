@@ -1,0 +1,72 @@
+"""ListOffsets: the earliest offset, the latest (high watermark), or the first at a timestamp.
+
+Timestamp -2 asks for the log start offset, -1 for the high watermark, anything else for the
+first record whose timestamp is at or after it (offset -1 and timestamp -1 when there is none,
+as Kafka answers).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Any
+
+from streamhouse.errors import StreamHouseError
+from streamhouse.kafka.wire import ErrorCode, RequestHeader, error_code_for, make, messages
+
+if TYPE_CHECKING:
+    from streamhouse.kafka.broker import Broker
+
+__all__ = ["EARLIEST", "HANDLERS", "LATEST", "handle_list_offsets"]
+
+LATEST = -1
+EARLIEST = -2
+
+
+def _lookup(
+    broker: Broker, topic: str, partition: int, timestamp: int
+) -> tuple[ErrorCode, int, int]:
+    """``(error, offset, timestamp)`` of one partition."""
+    try:
+        if timestamp == LATEST:
+            return ErrorCode.none, broker.log.offsets(topic, partition).high_watermark, -1
+        if timestamp == EARLIEST:
+            return ErrorCode.none, broker.log.offsets(topic, partition).log_start_offset, -1
+        if timestamp < 0:
+            return ErrorCode.unsupported_version, -1, -1
+        found = broker.log.offset_for_timestamp(topic, partition, timestamp)
+    except StreamHouseError as exc:
+        return error_code_for(exc), -1, -1
+    if found is None:
+        return ErrorCode.none, -1, -1
+    offset, stamp = found
+    return ErrorCode.none, offset, stamp
+
+
+def _answer(broker: Broker, module: Any, request: Any) -> Any:
+    topics = []
+    for topic in request.topics:
+        rows = []
+        for p in topic.partitions:
+            error, offset, stamp = _lookup(broker, topic.name, p.partition_index, p.timestamp)
+            rows.append(
+                make(
+                    module.ListOffsetsPartitionResponse,
+                    partition_index=p.partition_index,
+                    error_code=error,
+                    timestamp=stamp,
+                    offset=offset,
+                    leader_epoch=-1,
+                )
+            )
+        topics.append(module.ListOffsetsTopicResponse(name=topic.name, partitions=tuple(rows)))
+    return make(module.ListOffsetsResponse, throttle_time=0, topics=tuple(topics))
+
+
+async def handle_list_offsets(broker: Broker, header: RequestHeader, request: Any) -> Any:
+    """Look offsets up in a worker thread (a timestamp lookup may read a segment)."""
+    module = messages(2, header.api_version, True)
+    return await asyncio.to_thread(_answer, broker, module, request)
+
+
+HANDLERS = {2: handle_list_offsets}
+"""API key -> handler."""
