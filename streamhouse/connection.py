@@ -14,7 +14,7 @@ import logging
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from itertools import cycle
 from pathlib import Path
 from typing import Any
@@ -23,10 +23,15 @@ import numpy as np
 import pyarrow as pa
 
 from streamhouse.config import DEFAULT_DATA_DIR, Settings
-from streamhouse.errors import StreamHouseError, UnknownPartitionError
+from streamhouse.errors import (
+    LogError,
+    RecordTooLargeError,
+    StreamHouseError,
+    UnknownPartitionError,
+)
 from streamhouse.log import Log, TopicInfo
 from streamhouse.log.partitioner import partition_for_key
-from streamhouse.log.records import Compression, build_batch
+from streamhouse.log.records import BATCH_OVERHEAD, Compression, build_batch
 from streamhouse.result import Relation
 from streamhouse.sql.engine import Engine
 from streamhouse.sql.source import read_records
@@ -37,12 +42,18 @@ Value = bytes | str | Mapping[str, Any] | Sequence[Any] | int | float | bool | N
 Header = tuple[str, bytes | str | None]
 
 BATCH_TARGET_BYTES = 1 << 20
-"""Records are grouped into batches of about this many value bytes (and always below the limit)."""
+"""Records are grouped into batches of at most about this many bytes (and always within the
+topic's ``max.message.bytes``)."""
+RECORD_OVERHEAD = 40
+"""Bytes a record may take in a batch beyond its key, value and headers (varints, attributes)."""
 
 
 @dataclass(frozen=True, slots=True)
 class Produced:
-    """What a produce call stored: record count and, per partition, the first and last offset."""
+    """What a produce call stored: record count and, per partition, the first and last offset.
+
+    A call's records of one partition have contiguous offsets, in the order they were given.
+    """
 
     records: int
     offsets: dict[int, tuple[int, int]]
@@ -123,7 +134,7 @@ class StreamHouse:
         stamps = _per_record(timestamp, n, "timestamp")
         ts = [_timestamp_ms(t) for t in stamps] if stamps is not None else None
         header_list = _encode_headers(headers)
-        codec = Compression[compression.upper()] if isinstance(compression, str) else compression
+        codec = _codec(compression)
 
         if partition is not None:
             if not 0 <= partition < info.partitions:
@@ -140,24 +151,42 @@ class StreamHouse:
         else:
             assignment = _spread(n, info.partitions)
 
-        limit = min(self.log.max_message_bytes(info), BATCH_TARGET_BYTES)
+        limit = self.log.max_message_bytes(info)
+        sizes = _record_sizes(values, key_bytes, header_list)
+        target = max(1, min(limit - BATCH_OVERHEAD, BATCH_TARGET_BYTES))
+
+        def encode(chunk: np.ndarray) -> list[tuple[np.ndarray, bytes]]:
+            batch = build_batch(
+                [values[i] for i in chunk],
+                [key_bytes[i] for i in chunk] if key_bytes is not None else None,
+                [ts[i] for i in chunk] if ts is not None else None,
+                [header_list] * len(chunk) if header_list else None,
+                compression=codec,
+            )
+            if len(batch) <= limit:
+                return [(chunk, batch)]
+            if len(chunk) == 1:
+                raise RecordTooLargeError(
+                    f"record {int(chunk[0])} of the produce call is {len(batch)} bytes as a"
+                    f" batch, over max.message.bytes={limit} of topic {topic!r}"
+                )
+            half = len(chunk) // 2
+            return encode(chunk[:half]) + encode(chunk[half:])
+
+        # Every batch is built (and checked against the limit) before any is appended, so a
+        # record that is too large fails the call with nothing written. A partition's batches
+        # go in one append, so the call's records get contiguous offsets there.
         futures = []
         for part in np.unique(assignment):
             rows = np.flatnonzero(assignment == part)
-            for chunk in _chunks(rows, values, limit):
-                batch = build_batch(
-                    [values[i] for i in chunk],
-                    [key_bytes[i] for i in chunk] if key_bytes is not None else None,
-                    [ts[i] for i in chunk] if ts is not None else None,
-                    [header_list] * len(chunk) if header_list else None,
-                    compression=codec,
-                )
-                futures.append((int(part), len(chunk), self.log.append(topic, int(part), batch)))
+            batches = [b for chunk in _chunks(rows, sizes, target) for _, b in encode(chunk)]
+            futures.append((int(part), len(rows), b"".join(batches)))
         offsets: dict[int, tuple[int, int]] = {}
-        for part, count, future in futures:
+        for part, count, future in [
+            (part, count, self.log.append(topic, part, data)) for part, count, data in futures
+        ]:
             base = future.result()
-            first, last = offsets.get(part, (base, base))
-            offsets[part] = (min(first, base), max(last, base + count - 1))
+            offsets[part] = (base, base + count - 1)
         return Produced(n, offsets)
 
     # -- fetch --------------------------------------------------------------------------------
@@ -237,7 +266,7 @@ def _timestamp_ms(value: int | datetime | None) -> int:
     if isinstance(value, datetime):
         if value.tzinfo is None:
             value = value.replace(tzinfo=UTC)
-        return int(value.timestamp() * 1000)
+        return (value - _EPOCH) // timedelta(milliseconds=1)  # exact, unlike float seconds
     if value is None:
         return int(datetime.now(UTC).timestamp() * 1000)
     return int(value)
@@ -252,6 +281,8 @@ def _encode_headers(
     return [(k, v.encode() if isinstance(v, str) else v) for k, v in items]
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
 _round_robin_start = cycle(range(1 << 30))
 
 
@@ -262,13 +293,36 @@ def _spread(n: int, partitions: int) -> np.ndarray:
     return (np.arange(n, dtype=np.int64) // run + start) % partitions
 
 
-def _chunks(rows: np.ndarray, values: list[bytes | None], limit: int) -> Iterable[np.ndarray]:
-    """Split ``rows`` so each batch carries about ``limit`` value bytes at most."""
-    sizes = np.fromiter(
-        (len(values[i]) + 64 if values[i] is not None else 64 for i in rows),
-        dtype=np.int64,
-        count=len(rows),
-    )
-    bounds = np.cumsum(sizes) // max(limit, 1)
-    splits = np.flatnonzero(np.diff(bounds)) + 1
-    yield from np.split(rows, splits)
+def _record_sizes(
+    values: list[bytes | None],
+    keys: list[bytes | None] | None,
+    headers: list[tuple[str, bytes | None]],
+) -> np.ndarray:
+    """An upper bound of each record's encoded size in a batch (varints at their widest)."""
+    n = len(values)
+    sizes = np.fromiter((len(v) if v is not None else 0 for v in values), np.int64, count=n)
+    if keys is not None:
+        sizes += np.fromiter((len(k) if k is not None else 0 for k in keys), np.int64, count=n)
+    header_bytes = sum(len(k.encode()) + len(v or b"") + 10 for k, v in headers)
+    return sizes + (RECORD_OVERHEAD + header_bytes)
+
+
+def _chunks(rows: np.ndarray, sizes: np.ndarray, target: int) -> Iterable[np.ndarray]:
+    """Split ``rows`` greedily into runs of at most ``target`` bytes (a larger record alone)."""
+    ends = np.cumsum(sizes[rows])
+    start = 0
+    while start < len(rows):
+        before = int(ends[start - 1]) if start else 0
+        end = max(start + 1, int(np.searchsorted(ends, before + target, side="right")))
+        yield rows[start:end]
+        start = end
+
+
+def _codec(compression: str | Compression) -> Compression:
+    if isinstance(compression, Compression):
+        return compression
+    try:
+        return Compression[str(compression).upper()]
+    except KeyError:
+        names = ", ".join(c.name.lower() for c in Compression)
+        raise LogError(f"unknown compression {compression!r}: expected one of {names}") from None

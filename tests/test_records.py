@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import struct
 
 import crc32c
@@ -43,12 +44,13 @@ def as_tuples(table) -> Rows:
     ]
 
 
-SAMPLE_VALUES = [b'{"a":1}', None, b"", b"x" * 300, b"\x00\xff" * 5]
-SAMPLE_KEYS = [b"k1", None, b"k3", b"", b"k" * 200]
-SAMPLE_TS = [T0, T0 - 5, T0 + 70_000, T0 + 1, T0 + 3]
-SAMPLE_HEADERS = [[], [("trace", b"abc"), ("empty", None)], [], [("ü", b"")], []]
+# Three copies: 15 records, past the plain-Python path for batches of <= 8 records.
+SAMPLE_VALUES = [b'{"a":1}', None, b"", b"x" * 300, b"\x00\xff" * 5] * 3
+SAMPLE_KEYS = [b"k1", None, b"k3", b"", b"k" * 200] * 3
+SAMPLE_TS = [T0, T0 - 5, T0 + 70_000, T0 + 1, T0 + 3] * 3
+SAMPLE_HEADERS = [[], [("trace", b"abc"), ("empty", None)], [], [("ü", b"")], []] * 3
 SAMPLE_ROWS: Rows = [
-    (100 + i, SAMPLE_TS[i], SAMPLE_KEYS[i], SAMPLE_VALUES[i], SAMPLE_HEADERS[i]) for i in range(5)
+    (100 + i, SAMPLE_TS[i], SAMPLE_KEYS[i], SAMPLE_VALUES[i], SAMPLE_HEADERS[i]) for i in range(15)
 ]
 
 
@@ -67,7 +69,7 @@ def test_round_trip_every_codec(codec: Compression) -> None:
     )
     header = read_header(batch)
     assert header.compression is codec
-    assert (header.base_offset, header.last_offset, header.record_count) == (100, 104, 5)
+    assert (header.base_offset, header.last_offset, header.record_count) == (100, 114, 15)
     assert (header.base_timestamp, header.max_timestamp) == (T0, T0 + 70_000)
     assert (header.producer_id, header.producer_epoch, header.base_sequence) == (7, 1, 40)
     assert header.size == len(batch) and header.magic == 2
@@ -76,6 +78,23 @@ def test_round_trip_every_codec(codec: Compression) -> None:
     table = decode_batches(batch)
     assert table.schema == DECODED_SCHEMA
     assert as_tuples(table) == SAMPLE_ROWS
+
+
+@pytest.mark.parametrize("count", [1, 5, 8, 9])
+def test_small_batches_match_the_vectorized_path(count: int) -> None:
+    small = build_batch(
+        SAMPLE_VALUES[:count],
+        SAMPLE_KEYS[:count],
+        SAMPLE_TS[:count],
+        SAMPLE_HEADERS[:count],
+        base_offset=100,
+    )
+    big = build_batch(SAMPLE_VALUES, SAMPLE_KEYS, SAMPLE_TS, SAMPLE_HEADERS, base_offset=100)
+    # Both paths encode records byte for byte alike.
+    assert small[BATCH_OVERHEAD:] == big[BATCH_OVERHEAD : len(small)]
+    assert as_tuples(decode_batches(small)) == SAMPLE_ROWS[:count]
+    assert as_tuples(decode_batches(big, min_offset=115 - count)) == SAMPLE_ROWS[15 - count :]
+    assert read_with(KpBatch, small) == SAMPLE_ROWS[:count]
 
 
 @pytest.mark.parametrize("codec", list(Compression))
@@ -263,16 +282,18 @@ def test_truncated_input_raises(cut: int) -> None:
         decode_batches(batch + batch[:cut])
 
 
-def test_bad_magic_and_malformed_records_raise() -> None:
-    batch = bytearray(build_batch([b"hello", b"world"]))
+@pytest.mark.parametrize("n", [2, 20])
+def test_bad_magic_and_malformed_records_raise(n: int) -> None:
+    values = [b"hello", b"world"] * (n // 2)
+    batch = bytearray(build_batch(values))
     batch[16] = 1
     with pytest.raises(CorruptRecordError, match="magic"):
         read_header(bytes(batch))
     with pytest.raises(CorruptRecordError):
         read_header(b"\x00" * 10)
     # A record count that does not match the records, with a valid CRC.
-    batch = bytearray(build_batch([b"hello", b"world"]))
-    batch[57:61] = struct.pack(">i", 3)
+    batch = bytearray(build_batch(values))
+    batch[57:61] = struct.pack(">i", n + 1)
     batch[17:21] = struct.pack(">I", crc32c.crc32c(bytes(batch[21:])))
     with pytest.raises(CorruptRecordError):
         decode_batches(bytes(batch))
@@ -288,11 +309,13 @@ def test_bad_magic_and_malformed_records_raise() -> None:
     with pytest.raises(CorruptRecordError, match="decompress"):
         decode_batches(bytes(batch), verify=False)
     # A value length running past its record.
-    batch = bytearray(build_batch([b"hello", b"world"], timestamps=[T0, T0]))
+    batch = bytearray(build_batch(values, timestamps=[T0] * n))
     assert batch[BATCH_OVERHEAD + 5] == 10  # zigzag(5)
     batch[BATCH_OVERHEAD + 5] = 12
     with pytest.raises(CorruptRecordError):
         decode_batches(bytes(batch), verify=False)
+    with pytest.raises(CorruptRecordError):
+        decode_batches([bytes(batch)] * 20, verify=False)  # the many-batch path
 
 
 records = st.lists(
@@ -337,3 +360,28 @@ def test_round_trip_property(recs, codec, base_offset, with_keys) -> None:
     assert as_tuples(many.slice(19 * len(recs))) == [
         (o + 19 * len(recs), *rest) for o, *rest in expected
     ]
+
+
+FUZZ_BATCH = build_batch(
+    [b"v%d" % i * (i % 7) for i in range(30)],
+    [b"k"] * 30,
+    [T0 + 1000 * i for i in range(30)],
+    [[("h", b"x")] if i % 4 == 0 else [] for i in range(30)],
+)
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.integers(BATCH_OVERHEAD - 4, len(FUZZ_BATCH) - 1), st.integers(0, 255)),
+        min_size=1,
+        max_size=3,
+    )
+)
+def test_damaged_records_raise_only_corrupt_record_error(flips) -> None:
+    damaged = bytearray(FUZZ_BATCH)
+    for pos, byte in flips:
+        damaged[pos] = byte
+    for data in (bytes(damaged), [bytes(damaged)] * 20):
+        with contextlib.suppress(CorruptRecordError):
+            decode_batches(data, verify=False)

@@ -461,7 +461,7 @@ async def handle_join_group(broker: Broker, header: RequestHeader, request: Any)
         member_id=request.member_id,
         group_instance_id=getattr(request, "group_instance_id", None),
         client_id=header.client_id or "",
-        client_host=broker.client_host(header),
+        client_host=header.client_host,
         session_timeout_ms=to_ms(request.session_timeout),
         rebalance_timeout_ms=to_ms(rebalance) if rebalance is not None else -1,
         protocol_type=request.protocol_type,

@@ -108,9 +108,9 @@ class ProducerRegistry:
         state.batches.append(_Batch(header.base_sequence, last, offset))
 
         def forget_on_failure(done: asyncio.Future[int]) -> None:
-            if done.cancelled() or done.exception() is not None:
-                if self._state.get(key) is state:
-                    del self._state[key]
+            failed = done.cancelled() or done.exception() is not None
+            if failed and self._state.get(key) is state:
+                del self._state[key]
 
         offset.add_done_callback(forget_on_failure)
 

@@ -24,13 +24,13 @@ from functools import cache
 from types import ModuleType
 from typing import Any
 
+import kio.schema.response_header.v0.header as response_header_v0
+import kio.schema.response_header.v1.header as response_header_v1
 from kio.index import load_payload_module
 from kio.schema.errors import ErrorCode
 from kio.serial import entity_reader, entity_writer
 from kio.static.constants import EntityType
 
-import kio.schema.response_header.v0.header as response_header_v0
-import kio.schema.response_header.v1.header as response_header_v1
 from streamhouse import errors
 from streamhouse.errors import ProtocolError
 
@@ -59,6 +59,7 @@ class RequestHeader:
     api_version: int
     correlation_id: int
     client_id: str | None
+    client_host: str = ""
 
 
 def peek_header(frame: bytes) -> tuple[int, int, int]:
@@ -95,7 +96,7 @@ def response_class(api_key: int, api_version: int) -> type:
     raise ProtocolError(f"no response class for api {api_key} v{api_version}")
 
 
-def parse_request(frame: bytes) -> tuple[RequestHeader, Any]:
+def parse_request(frame: bytes, client_host: str = "") -> tuple[RequestHeader, Any]:
     """Decode the header and body of a request whose version kio knows.
 
     ProtocolError for anything kio cannot decode (truncated, bad lengths, bad UTF-8...).
@@ -110,7 +111,8 @@ def parse_request(frame: bytes) -> tuple[RequestHeader, Any]:
         raise
     except Exception as exc:  # kio raises SerialError, ValueError, UnicodeDecodeError, ...
         raise ProtocolError(f"malformed api {api_key} v{api_version} request: {exc!r}") from None
-    return RequestHeader(api_key, api_version, header.correlation_id, header.client_id), body
+    client_id = header.client_id
+    return RequestHeader(api_key, api_version, header.correlation_id, client_id, client_host), body
 
 
 def encode_response(correlation_id: int, response: Any, *, header_v0: bool = False) -> bytes:

@@ -267,6 +267,7 @@ def _compress(codec: Compression, data: bytes | memoryview) -> bytes | memoryvie
 
 _SHIFTS = np.arange(0, 70, 7, dtype=np.uint64)
 _COLS = np.arange(10, dtype=np.int64)
+_SMALL = 8  # batches this small are built and decoded in plain Python
 _PAD = 16  # zero bytes after the records so fixed-width gathers stay in bounds
 
 
@@ -399,6 +400,19 @@ def build_batch(
             raise ValueError(f"{name} has {len(seq)} items, values has {n}")
     compression = Compression(compression)
 
+    if n <= _SMALL:
+        data, base_ts, max_ts = _encode_records(values, keys, timestamps, headers)
+        return _frame(
+            data,
+            n,
+            base_ts,
+            max_ts,
+            compression,
+            base_offset,
+            producer_id,
+            producer_epoch,
+            base_sequence,
+        )
     value_arr = pa.array(values, pa.binary())
     value_len = _binary_lengths(value_arr)
     if timestamps is None:
@@ -453,6 +467,31 @@ def build_batch(
     offsets = np.frombuffer(joined.buffers()[1], np.int32)
     records = memoryview(joined.buffers()[2])[int(offsets[0]) : int(offsets[n])]
 
+    return _frame(
+        records,
+        n,
+        base_ts,
+        max_ts,
+        compression,
+        base_offset,
+        producer_id,
+        producer_epoch,
+        base_sequence,
+    )
+
+
+def _frame(
+    records: bytes | memoryview,
+    n: int,
+    base_ts: int,
+    max_ts: int,
+    compression: Compression,
+    base_offset: int,
+    producer_id: int,
+    producer_epoch: int,
+    base_sequence: int,
+) -> bytes:
+    """Compress the records and put the batch header with its CRC in front."""
     payload = _compress(compression, records)
     batch_length = BATCH_OVERHEAD - _LENGTH_END + len(payload)
     if batch_length > 0x7FFFFFFF:
@@ -468,9 +507,34 @@ def build_batch(
         base_sequence,
         n,
     )
-    crc = crc32c.crc32c(body)
-    crc = crc32c.crc32c(payload, crc)
+    crc = crc32c.crc32c(payload, crc32c.crc32c(body))
     return b"".join((struct.pack(">qiibI", base_offset, batch_length, -1, 2, crc), body, payload))
+
+
+def _encode_records(
+    values: Sequence[bytes | None],
+    keys: Sequence[bytes | None] | None,
+    timestamps: Sequence[int] | None,
+    headers: Sequence[Sequence[tuple[str, bytes | None]]] | None,
+) -> tuple[bytes, int, int]:
+    """Records section of a few records, in plain Python: (bytes, base ts, max ts)."""
+    if timestamps is None:
+        timestamps = [int(time.time() * 1000)] * len(values)
+    base_ts = int(timestamps[0])
+    parts = []
+    for i, value in enumerate(values):
+        key = keys[i] if keys is not None else None
+        body = [
+            b"\x00",
+            _encode_varint(int(timestamps[i]) - base_ts),
+            _encode_varint(i),
+            _encode_varint(-1) if key is None else _encode_varint(len(key)) + bytes(key),
+            _encode_varint(-1) if value is None else _encode_varint(len(value)) + bytes(value),
+            _encode_headers(headers[i]) if headers is not None else b"\x00",
+        ]
+        record = b"".join(body)
+        parts += (_encode_varint(len(record)), record)
+    return b"".join(parts), base_ts, max(int(t) for t in timestamps)
 
 
 # --------------------------------------------------------------------------- decode
@@ -603,6 +667,8 @@ def _decode_chunk(
     region_ends = np.cumsum([size for _, size in batches], dtype=np.int64)
     region_starts = region_ends - [size for _, size in batches]
     n = int(counts.sum())
+    if n <= _SMALL:
+        return _decode_small(blob, batches, min_offset)
     nxt = None
     if n >= _PARALLEL_MIN * int(counts.max()):
         nxt = _record_ends_parallel(buf, region_starts, counts)
@@ -695,6 +761,54 @@ def _decode_chunk(
     )
 
 
+def _decode_small(
+    blob: bytes, batches: list[tuple[BatchHeader, int]], min_offset: int
+) -> pa.RecordBatch | None:
+    """Decode a few records in plain Python (numpy's per-call cost dominates below ~10)."""
+    cols: tuple[list, list, list, list, list] = ([], [], [], [], [])
+    pos = 0
+    for header, size in batches:
+        end_of_region = pos + size
+        try:
+            for _ in range(header.record_count):
+                length, pos = _read_varint(blob, pos)
+                end = pos + length
+                if length < 0 or end > end_of_region:
+                    raise CorruptRecordError("record length runs past its batch")
+                ts_delta, pos = _read_varint(blob, pos + 1)
+                off_delta, pos = _read_varint(blob, pos)
+                fields = []
+                for _ in range(2):
+                    size_, pos = _read_varint(blob, pos)
+                    if size_ < -1 or pos + size_ > end:
+                        raise CorruptRecordError("record key or value runs past its record")
+                    fields.append(None if size_ < 0 else blob[pos : pos + size_])
+                    pos += max(size_, 0)
+                record_headers = _parse_headers(blob, pos, end)
+                pos = end
+                offset = header.base_offset + off_delta
+                if offset < min_offset:
+                    continue
+                if header.timestamp_type:
+                    ts = header.max_timestamp
+                else:
+                    ts = header.base_timestamp + ts_delta
+                for col, item in zip(cols, (offset, ts, *fields, record_headers), strict=True):
+                    col.append(item)
+        except (IndexError, UnicodeDecodeError) as exc:
+            raise CorruptRecordError(f"malformed record: {exc}") from exc
+        if pos != end_of_region:
+            raise CorruptRecordError(
+                f"records of the batch at offset {header.base_offset} do not fill its {size} bytes"
+            )
+    if not cols[0]:
+        return None
+    return pa.RecordBatch.from_arrays(
+        [pa.array(col, field.type) for col, field in zip(cols, DECODED_SCHEMA, strict=True)],
+        schema=DECODED_SCHEMA,
+    )
+
+
 def decode_batches(
     data: bytes | memoryview | Sequence[bytes | memoryview],
     *,
@@ -726,6 +840,11 @@ def decode_batches(
             region = view[start + BATCH_OVERHEAD : end]
             if codec := header.attributes & _ATTR_COMPRESSION:
                 region = _decompress(codec, region)
+            if header.record_count * 7 > len(region):  # a record takes 7 bytes or more
+                raise CorruptRecordError(
+                    f"batch at offset {header.base_offset} claims {header.record_count} records "
+                    f"in {len(region)} bytes"
+                )
             pieces.append(region)
             batches.append((header, len(region)))
             pending_records += header.record_count

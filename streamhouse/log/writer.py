@@ -7,14 +7,18 @@ append or as soon as ``max_bytes`` are pending, whichever comes first.
 
 Offsets are assigned at flush time by re-stamping each batch's ``baseOffset`` (bytes 0-7, outside
 the CRC): no record is decoded on this path. One flusher thread owns offset assignment, so
-concurrent producers are safe and offsets are contiguous. If the object store or the commit
-fails, every append of that flush fails, nothing is acknowledged, and the next flush starts
-again from the committed high watermarks.
+concurrent producers are safe and offsets are contiguous. Another process writing the same
+partitions is fenced by the metadata store (a commit must start at the high watermark): the
+loser reloads the high watermarks, re-stamps its batches, writes a new object and commits again
+(up to ``COMMIT_ATTEMPTS`` times); its first object is deleted as an orphan. If the object store
+or the commit fails otherwise, every append of that flush fails, nothing is acknowledged, and
+the next flush starts again from the committed high watermarks.
 """
 
 from __future__ import annotations
 
 import logging
+import random
 import struct
 import threading
 import time
@@ -24,10 +28,10 @@ from dataclasses import dataclass, field
 from itertools import count
 
 from streamhouse.errors import StorageError, StreamHouseError, UnknownPartitionError
-from streamhouse.log.metadata import Metadata
+from streamhouse.log.metadata import Metadata, PartitionOffsets
 from streamhouse.log.objectstore import ObjectStore
 from streamhouse.log.records import BatchHeader
-from streamhouse.log.segment import SegmentBuilder, segment_key
+from streamhouse.log.segment import SegmentBuilder, SegmentEntry, segment_key
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +39,9 @@ CommitListener = Callable[[str, int, int], None]
 """Called after each commit with (topic, partition, new high watermark)."""
 
 _OFFSET = struct.Struct(">q")
+
+COMMIT_ATTEMPTS = 8
+"""Tries per flush when another process commits to the same partitions in between."""
 
 
 @dataclass(slots=True)
@@ -132,18 +139,70 @@ class LogWriter:
             self._flush(batch)
 
     def _flush(self, appends: list[_Append]) -> None:
+        """Flush ``appends`` as one object; every future is resolved or failed on return."""
+        try:
+            self._flush_appends(appends)
+        except Exception as exc:  # the flusher thread must never die with producers waiting
+            log.exception("flush failed")
+            error = (
+                exc if isinstance(exc, StreamHouseError) else StorageError(f"flush failed: {exc}")
+            )
+            for item in appends:
+                if not item.future.done():
+                    item.future.set_exception(error)
+
+    def _flush_appends(self, appends: list[_Append]) -> None:
         by_partition: dict[tuple[str, int], list[_Append]] = {}
         for item in appends:
             by_partition.setdefault((item.topic, item.partition), []).append(item)
+        for attempt in range(1, COMMIT_ATTEMPTS + 1):
+            built = self._build(by_partition)
+            if built is None:
+                return
+            data, entries, resolved, assigned = built
+            object_key = segment_key(next(self._sequence))
+            try:
+                self._store.put(object_key, data)
+                self._metadata.commit_segment(object_key, entries)
+            except Exception as exc:
+                for key in assigned:
+                    self._next_offsets.pop(key, None)
+                stale = self._abandon(object_key, entries)
+                if stale and attempt < COMMIT_ATTEMPTS:
+                    # Another process committed to one of these partitions since we read its
+                    # high watermark: re-stamp from the new high watermarks and write again.
+                    log.info("segment %s is stale (attempt %d); retrying", object_key, attempt)
+                    time.sleep(random.uniform(0, 0.005 * attempt))
+                    continue
+                log.error("flush of %s failed: %s", object_key, exc)
+                error = exc if isinstance(exc, StreamHouseError) else StorageError(str(exc))
+                for item, _ in resolved:
+                    item.future.set_exception(error)
+                return
+            self._acknowledge(object_key, data, resolved, assigned)
+            return
+
+    def _build(
+        self, by_partition: dict[tuple[str, int], list[_Append]]
+    ) -> (
+        tuple[bytes, list[SegmentEntry], list[tuple[_Append, int]], dict[tuple[str, int], int]]
+        | None
+    ):
+        """Stamp offsets from the current high watermarks and encode one segment object.
+
+        Appends to partitions that cannot be written (unknown ones) are failed and dropped from
+        ``by_partition``; ``None`` if nothing is left to write.
+        """
         builder = SegmentBuilder()
         assigned: dict[tuple[str, int], int] = {}
         resolved: list[tuple[_Append, int]] = []
-        failed: list[tuple[_Append, BaseException]] = []
-        for key, items in by_partition.items():
+        for key, items in list(by_partition.items()):
             try:
                 next_offset = self._next_offset(key)
             except StreamHouseError as exc:
-                failed.extend((item, exc) for item in items)
+                for item in items:
+                    item.future.set_exception(exc)
+                del by_partition[key]
                 continue
             base = next_offset
             parts: list[bytes] = []
@@ -170,25 +229,55 @@ class LogWriter:
                 record_count=records,
             )
             assigned[key] = next_offset
-        for item, exc in failed:
-            item.future.set_exception(exc)
         if not assigned:
-            return
-        object_key = segment_key(next(self._sequence))
+            return None
+        data, entries = builder.build()
+        return data, entries, resolved, assigned
+
+    def _abandon(self, object_key: str, entries: list[SegmentEntry]) -> bool:
+        """Clean up after a failed put or commit; True if the commit lost a race (stale offsets).
+
+        The object is deleted (best effort) only when the index provably does not reference it:
+        a commit is all or nothing, so looking at the first entry's partition suffices.
+        """
+        first = entries[0]
         try:
-            data, entries = builder.build()
-            self._store.put(object_key, data)
-            self._metadata.commit_segment(object_key, entries)
-        except BaseException as exc:  # noqa: BLE001 - every failure must reach the producers
-            log.error("flush of %s failed: %s", object_key, exc)
-            for key in assigned:
-                self._next_offsets.pop(key, None)
-            error = exc if isinstance(exc, StreamHouseError) else StorageError(str(exc))
-            for item, _ in resolved:
-                item.future.set_exception(error)
-            return
+            rows = self._metadata.segments(
+                first.topic, first.partition, from_offset=first.base_offset, limit=1
+            )
+        except StreamHouseError as exc:
+            log.warning("cannot tell whether %s was committed; leaving it: %s", object_key, exc)
+            return False
+        if rows and rows[0].object_key == object_key:  # committed after all
+            return False
+        try:
+            self._store.delete(object_key)
+        except StreamHouseError as exc:
+            log.warning("cannot delete orphan segment object %s: %s", object_key, exc)
+        offsets: dict[str, dict[int, PartitionOffsets]] = {}
+        for topic in {e.topic for e in entries}:
+            try:
+                offsets[topic] = self._metadata.partition_offsets(topic)
+            except StreamHouseError:  # deleted meanwhile, or the store is failing: not a race
+                offsets[topic] = {}
+        return any(
+            e.partition in offsets[e.topic]
+            and offsets[e.topic][e.partition].high_watermark != e.base_offset
+            for e in entries
+        )
+
+    def _acknowledge(
+        self,
+        object_key: str,
+        data: bytes,
+        resolved: list[tuple[_Append, int]],
+        assigned: dict[tuple[str, int], int],
+    ) -> None:
         if self._on_segment is not None:
-            self._on_segment(object_key, data)
+            try:
+                self._on_segment(object_key, data)
+            except Exception:  # a cache failure must not fail a durable produce
+                log.exception("segment callback failed")
         self._next_offsets.update(assigned)
         for item, offset in resolved:
             item.future.set_result(offset)

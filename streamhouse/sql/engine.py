@@ -34,6 +34,8 @@ from streamhouse.sql.source import (
     read_records,
     with_metadata,
 )
+from streamhouse.sql.window_spec import WindowSpec, find_window
+from streamhouse.windows.table import window_table
 
 log = logging.getLogger(__name__)
 
@@ -167,12 +169,20 @@ class Engine:
         stats.rows_read = 0
         stats.rejected.clear()
         columns = _referenced_columns(query)
+        query, windowed = _take_out_windows(query)
         config = datafusion.SessionConfig().set(
             "datafusion.sql_parser.enable_ident_normalization", "false"
         )
         ctx = datafusion.SessionContext(config)
         for name in sorted({t.name for t in _source_tables(query)}):
-            table = self.source_table(name, columns, stats)
+            if name in windowed:
+                source, spec = windowed[name]
+                needed = (
+                    None if columns is None else columns | {spec.time_column, *spec.partition_by}
+                )
+                table = window_table(self.source_table(source, needed, stats), spec)
+            else:
+                table = self.source_table(name, columns, stats)
             batches = table.to_batches() or [pa.RecordBatch.from_pylist([], schema=table.schema)]
             ctx.register_record_batches(name, [batches])
         sql = query.sql(dialect="postgres")
@@ -236,6 +246,35 @@ class Engine:
         if definition is not None:
             return definition.schema()
         return infer_schema(records["value"])
+
+
+def _take_out_windows(query: exp.Query) -> tuple[exp.Query, dict[str, tuple[str, WindowSpec]]]:
+    """Replace each windowed SELECT by plain SQL over a windowed copy of its source.
+
+    Returns the rewritten query and, per registered name of a windowed copy, its source and
+    window. The copy keeps the source's name as its alias, so qualified columns still resolve.
+    """
+    query = query.copy()
+    windowed: dict[str, tuple[str, WindowSpec]] = {}
+    for select in list(query.find_all(exp.Select)):
+        spec, rest = find_window(select)
+        if spec is None:
+            continue
+        source = rest.args.get("from_")
+        table = source.this if source is not None else None
+        if not isinstance(table, exp.Table) or isinstance(table.this, exp.Func):
+            raise sql_error("a window must be over a stream, view or topic", table or select)
+        if rest.args.get("joins"):
+            raise sql_error("windows over joins are not supported yet", rest.args["joins"][0])
+        name = f"__window_{len(windowed)}_{table.name}"
+        windowed[name] = (table.name, spec)
+        alias = table.alias or table.name
+        table.replace(exp.to_table(name).as_(alias) if alias else exp.to_table(name))
+        if select is query:
+            query = rest
+        else:
+            select.replace(rest)
+    return query, windowed
 
 
 def _source_tables(query: exp.Expr) -> list[exp.Table]:

@@ -1,0 +1,83 @@
+"""The broker: what the request handlers share — the log, the settings, the group
+coordinator, idempotent producer state, and wake-ups for long-polling fetches."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Iterable
+
+from streamhouse.config import Settings
+from streamhouse.kafka.groups import GroupCoordinator
+from streamhouse.kafka.producers import ProducerRegistry
+from streamhouse.log import Log
+
+__all__ = ["Broker"]
+
+log = logging.getLogger(__name__)
+
+CLUSTER_ID = "streamhouse"
+
+
+class Broker:
+    """State of one Kafka-protocol broker; used from the event loop thread only.
+
+    ``port`` is the port clients should connect to (the bound one when ``settings.port`` is 0).
+    """
+
+    node_id = 0
+    cluster_id = CLUSTER_ID
+
+    def __init__(self, log_: Log, settings: Settings) -> None:
+        self.log = log_
+        self.settings = settings
+        self.host = settings.advertised_host
+        self.port = settings.port
+        self.groups = GroupCoordinator()
+        self.producers = ProducerRegistry()
+        self._arrivals: dict[tuple[str, int], set[asyncio.Future[None]]] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def attach(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Start hearing about commits of the log, on ``loop``."""
+        self._loop = loop
+        self.log.add_listener(self._on_commit_threadsafe)
+
+    def detach(self) -> None:
+        """Stop waking fetches (the log has no way to remove a listener)."""
+        self._loop = None
+
+    # -- long polling ---------------------------------------------------------------------
+
+    def data_arrival(self, keys: Iterable[tuple[str, int]]) -> asyncio.Future[None]:
+        """A future resolved the next time the log commits to any of ``keys``."""
+        assert self._loop is not None
+        waiter: asyncio.Future[None] = self._loop.create_future()
+        for key in keys:
+            self._arrivals.setdefault(key, set()).add(waiter)
+        return waiter
+
+    def cancel_arrival(self, keys: Iterable[tuple[str, int]], waiter: asyncio.Future[None]) -> None:
+        """Stop tracking a future from :meth:`data_arrival`."""
+        for key in keys:
+            waiters = self._arrivals.get(key)
+            if waiters is not None:
+                waiters.discard(waiter)
+                if not waiters:
+                    del self._arrivals[key]
+        if not waiter.done():
+            waiter.cancel()
+
+    def _on_commit_threadsafe(self, topic: str, partition: int, high_watermark: int) -> None:
+        loop = self._loop
+        if loop is None:
+            return
+        # RuntimeError: the loop closed while the writer thread was committing.
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(self._on_commit, topic, partition)
+
+    def _on_commit(self, topic: str, partition: int) -> None:
+        for waiter in self._arrivals.pop((topic, partition), ()):
+            if not waiter.done():
+                waiter.set_result(None)

@@ -1,0 +1,245 @@
+"""The Kafka protocol server: asyncio, one task per connection, pipelined requests.
+
+Each connection reads frames as they come and starts a handler task per request at once, so
+a long-polling fetch or a produce waiting for durability does not hold up the requests
+behind it; a sender task writes the responses strictly in request order, as Kafka clients
+require. A frame that cannot be decoded, an unknown API key, an unsupported version or a
+frame larger than :data:`MAX_REQUEST_BYTES` closes the connection after the responses to the
+requests before it, as Kafka brokers do; an ApiVersions request of a version we do not know
+gets the v0 answer with ``UNSUPPORTED_VERSION`` instead.
+
+Run it with :func:`run` (blocking, until SIGINT/SIGTERM) or ``await serve(log, settings)``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import struct
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from streamhouse.config import Settings
+from streamhouse.errors import ProtocolError
+from streamhouse.kafka import admin, fetch, groups, metadata, offsets, produce, producers
+from streamhouse.kafka.broker import Broker
+from streamhouse.kafka.versions import (
+    API_VERSIONS,
+    SUPPORTED,
+    handle_api_versions,
+    unsupported_api_versions,
+)
+from streamhouse.kafka.wire import RequestHeader, encode_response, parse_request, peek_header
+from streamhouse.log import Log
+
+__all__ = ["HANDLERS", "MAX_IN_FLIGHT", "MAX_REQUEST_BYTES", "run", "serve"]
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[Broker, RequestHeader, Any], Awaitable[Any]]
+
+HANDLERS: dict[int, Handler] = {
+    API_VERSIONS: handle_api_versions,
+    **produce.HANDLERS,
+    **fetch.HANDLERS,
+    **offsets.HANDLERS,
+    **metadata.HANDLERS,
+    **groups.HANDLERS,
+    **admin.HANDLERS,
+    **producers.HANDLERS,
+}
+assert set(HANDLERS) == set(SUPPORTED), "every advertised API needs a handler"
+
+MAX_REQUEST_BYTES = 100 * 1024 * 1024
+"""Kafka's ``socket.request.max.bytes``; larger frames close the connection."""
+MAX_IN_FLIGHT = 64
+"""Requests of one connection being handled at once; reading pauses beyond that."""
+GROUP_SWEEP_SECONDS = 0.1
+_WRITE_HIGH_WATER = 4 * 1024 * 1024
+_LENGTH = struct.Struct(">i")
+
+
+def _start(broker: Broker, frame: bytes, client_host: str) -> tuple[int, Awaitable[bytes | None]]:
+    """Decode a request and start its handler; ProtocolError closes the connection."""
+    api_key, api_version, correlation_id = peek_header(frame)
+    if api_key == API_VERSIONS and api_version > SUPPORTED[API_VERSIONS][1]:
+        return correlation_id, _answered(
+            encode_response(correlation_id, unsupported_api_versions(), header_v0=True)
+        )
+    versions = SUPPORTED.get(api_key)
+    if versions is None:
+        raise ProtocolError(f"unsupported api key {api_key}")
+    if not versions[0] <= api_version <= versions[1]:
+        raise ProtocolError(f"api key {api_key} v{api_version} is not supported")
+    header, request = parse_request(frame, client_host)
+    call = HANDLERS[api_key](broker, header, request)
+    return correlation_id, _respond(header, call)
+
+
+async def _answered(data: bytes) -> bytes:
+    return data
+
+
+async def _respond(header: RequestHeader, call: Awaitable[Any]) -> bytes | None:
+    response = await call
+    if response is None:
+        return None
+    return encode_response(
+        header.correlation_id, response, header_v0=header.api_key == API_VERSIONS
+    )
+
+
+class _Connection:
+    """One client connection: a reading loop and an in-order sending loop."""
+
+    def __init__(
+        self, broker: Broker, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        self.broker = broker
+        self.reader = reader
+        self.writer = writer
+        peer = writer.get_extra_info("peername")
+        self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        self.client_host = f"/{peer[0]}" if isinstance(peer, tuple) else ""
+        self.pending: asyncio.Queue[asyncio.Task[bytes | None] | None] = asyncio.Queue(
+            MAX_IN_FLIGHT
+        )
+
+    async def run(self) -> None:
+        reading = asyncio.current_task()
+        assert reading is not None
+        sender = asyncio.create_task(self._send(reading))
+        try:
+            await self._read()
+            await self.pending.put(None)
+            await sender
+        except asyncio.CancelledError:
+            if not sender.done():
+                raise
+        finally:
+            sender.cancel()
+            self._cancel_pending()
+            self.writer.close()
+            with contextlib.suppress(Exception):
+                await self.writer.wait_closed()
+            log.debug("connection %s closed", self.peer)
+
+    async def _read(self) -> None:
+        while True:
+            try:
+                prefix = await self.reader.readexactly(4)
+            except (asyncio.IncompleteReadError, ConnectionError):
+                return
+            (size,) = _LENGTH.unpack(prefix)
+            if not 8 <= size <= MAX_REQUEST_BYTES:
+                log.info("connection %s: frame of %d bytes refused", self.peer, size)
+                return
+            try:
+                frame = await self.reader.readexactly(size)
+            except (asyncio.IncompleteReadError, ConnectionError):
+                return
+            try:
+                _, call = _start(self.broker, frame, self.client_host)
+            except ProtocolError as exc:
+                log.info("connection %s: %s; closing", self.peer, exc)
+                return
+            await self.pending.put(asyncio.ensure_future(call))
+
+    async def _send(self, reading: asyncio.Task[None]) -> None:
+        """Write responses in request order; on any failure, stop the reading loop."""
+        try:
+            while True:
+                task = await self.pending.get()
+                if task is None:
+                    return
+                data = await task
+                if data is not None:
+                    self.writer.write(data)
+                    if self.writer.transport.get_write_buffer_size() > _WRITE_HIGH_WATER:
+                        await self.writer.drain()
+        except ConnectionError:
+            reading.cancel()
+        except Exception:
+            log.exception("connection %s: handler failed; closing", self.peer)
+            reading.cancel()
+
+    def _cancel_pending(self) -> None:
+        while not self.pending.empty():
+            task = self.pending.get_nowait()
+            if task is not None:
+                task.cancel()
+
+
+async def _sweep_groups(broker: Broker) -> None:
+    while True:
+        await asyncio.sleep(GROUP_SWEEP_SECONDS)
+        try:
+            broker.groups.expire()
+        except Exception:
+            log.exception("group coordinator sweep failed")
+
+
+async def serve(log_: Log, settings: Settings, *, ready: asyncio.Event | None = None) -> None:
+    """Serve the Kafka protocol over ``log_`` on ``settings.host:settings.port`` until cancelled.
+
+    ``ready`` is set once the socket listens; with ``settings.port == 0`` the bound port is
+    the one advertised.
+    """
+    broker = Broker(log_, settings)
+    broker.attach(asyncio.get_running_loop())
+    connections: set[asyncio.Task[None]] = set()
+
+    async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        connections.add(task)
+        try:
+            await _Connection(broker, reader, writer).run()
+        finally:
+            connections.discard(task)
+
+    server = await asyncio.start_server(on_connect, settings.host, settings.port, limit=1 << 20)
+    if settings.port == 0:
+        broker.port = server.sockets[0].getsockname()[1]
+    sweeper = asyncio.create_task(_sweep_groups(broker))
+    log.info(
+        "Kafka protocol on %s:%d, advertised as %s:%d",
+        settings.host,
+        server.sockets[0].getsockname()[1],
+        broker.host,
+        broker.port,
+    )
+    if ready is not None:
+        ready.set()
+    try:
+        async with server:
+            await server.serve_forever()
+    finally:
+        sweeper.cancel()
+        server.close()
+        for task in list(connections):
+            task.cancel()
+        if connections:
+            await asyncio.gather(*connections, return_exceptions=True)
+        broker.detach()
+
+
+def run(settings: Settings) -> None:
+    """Open the log, serve until SIGINT or SIGTERM, then close the log cleanly."""
+    log_ = Log.open(settings)
+    try:
+        asyncio.run(_serve_until_signalled(log_, settings))
+    finally:
+        log_.close()
+        log.info("stopped")
+
+
+async def _serve_until_signalled(log_: Log, settings: Settings) -> None:
+    loop = asyncio.get_running_loop()
+    serving = asyncio.create_task(serve(log_, settings))
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, serving.cancel)
+    with contextlib.suppress(asyncio.CancelledError):
+        await serving

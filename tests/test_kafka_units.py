@@ -1,0 +1,204 @@
+"""Unit tests of the Kafka protocol layer that need no server: framing, ApiVersions, the
+group coordinator state machine and idempotent sequence checks."""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+
+import pytest
+from kio.serial import entity_reader
+
+from streamhouse.errors import ProtocolError
+from streamhouse.kafka.groups import GroupCoordinator, GroupState
+from streamhouse.kafka.producers import ProducerRegistry
+from streamhouse.kafka.server import HANDLERS
+from streamhouse.kafka.versions import SUPPORTED, unsupported_api_versions
+from streamhouse.kafka.wire import ErrorCode, encode_response, parse_request, response_class
+from streamhouse.log.records import build_batch, read_header
+
+PROTOCOLS = (("range", b"m1"), ("roundrobin", b"m2"))
+
+
+def test_every_supported_api_has_a_handler_and_kio_classes() -> None:
+    assert set(HANDLERS) == set(SUPPORTED)
+    for key, (low, high) in SUPPORTED.items():
+        for version in range(low, high + 1):
+            flexible = response_class(key, version).__flexible__
+            assert flexible == (key == 18 and version == 3)  # prefer non-flexible versions
+
+
+def test_unsupported_api_versions_answer_is_v0_with_error_35() -> None:
+    frame = encode_response(7, unsupported_api_versions(), header_v0=True)
+    (length, correlation) = struct.unpack_from(">ii", frame)
+    assert length == len(frame) - 4 and correlation == 7
+    cls = type(unsupported_api_versions())
+    body, used = entity_reader(cls)(frame, 8)
+    assert used == len(frame) - 8
+    assert body.error_code == ErrorCode.unsupported_version
+    assert {k.api_key: (k.min_version, k.max_version) for k in body.api_keys} == SUPPORTED
+
+
+@pytest.mark.parametrize("frame", [b"", b"\x00\x03", b"\x00\x03\x00\x05\x00\x00\x00\x01\xff"])
+def test_parse_request_rejects_garbage(frame: bytes) -> None:
+    with pytest.raises(ProtocolError):
+        parse_request(frame)
+
+
+def _join(
+    coordinator: GroupCoordinator,
+    member_id: str = "",
+    protocols=PROTOCOLS,
+    session_ms: int = 10_000,
+) -> asyncio.Future:
+    return coordinator.join(
+        "g", member_id, None, "client", "/127.0.0.1", session_ms, 10_000, "consumer", protocols
+    )
+
+
+def test_group_first_member_becomes_leader_and_stable_after_sync() -> None:
+    async def scenario() -> None:
+        groups = GroupCoordinator()
+        joined = await _join(groups)
+        assert joined.error is ErrorCode.none
+        assert joined.generation == 1 and joined.leader == joined.member_id
+        assert joined.protocol_name == "range"
+        assert [m[0] for m in joined.members] == [joined.member_id]
+        assert groups.groups["g"].state is GroupState.COMPLETING_REBALANCE
+        error, assignment = await groups.sync("g", 1, joined.member_id, {joined.member_id: b"A"})
+        assert (error, assignment) == (ErrorCode.none, b"A")
+        assert groups.groups["g"].state is GroupState.STABLE
+        assert groups.heartbeat("g", 1, joined.member_id) is ErrorCode.none
+
+    asyncio.run(scenario())
+
+
+def test_group_second_member_triggers_rebalance_and_both_get_assignments() -> None:
+    async def scenario() -> None:
+        groups = GroupCoordinator()
+        a = await _join(groups)
+        await groups.sync("g", 1, a.member_id, {a.member_id: b"all"})
+        b_join = _join(groups)
+        await asyncio.sleep(0)
+        assert not b_join.done()
+        assert groups.heartbeat("g", 1, a.member_id) is ErrorCode.rebalance_in_progress
+        a2 = await _join(groups, a.member_id)
+        b = await b_join
+        assert a2.generation == b.generation == 2
+        assert a2.leader == a.member_id and len(a2.members) == 2 and b.members == ()
+        b_sync = groups.sync("g", 2, b.member_id, {})
+        await asyncio.sleep(0)
+        assert not b_sync.done()
+        await groups.sync("g", 2, a.member_id, {a.member_id: b"p0", b.member_id: b"p1"})
+        assert await b_sync == (ErrorCode.none, b"p1")
+
+    asyncio.run(scenario())
+
+
+def test_group_leave_and_session_timeout_rebalance() -> None:
+    async def scenario() -> None:
+        groups = GroupCoordinator()
+        a = await _join(groups, session_ms=1_000)
+        b_join = _join(groups, session_ms=1_000)
+        a = await _join(groups, a.member_id, session_ms=1_000)
+        b = await b_join
+        await groups.sync("g", a.generation, a.member_id, {})
+        # b leaves: a must rejoin alone in the next generation
+        assert groups.leave("g", [(b.member_id, None)])[0][2] is ErrorCode.none
+        assert groups.groups["g"].state is GroupState.PREPARING_REBALANCE
+        a3 = await _join(groups, a.member_id, session_ms=1_000)
+        assert a3.generation == a.generation + 1 and len(a3.members) == 1
+        await groups.sync("g", a3.generation, a.member_id, {})
+        # a stops heartbeating: expired, the group is empty
+        groups.expire(now=groups.groups["g"].members[a.member_id].deadline + 0.1)
+        assert groups.groups["g"].state is GroupState.EMPTY
+        assert groups.heartbeat("g", a3.generation, a.member_id) is ErrorCode.unknown_member_id
+
+    asyncio.run(scenario())
+
+
+def test_group_rebalance_timeout_drops_members_that_do_not_rejoin() -> None:
+    async def scenario() -> None:
+        groups = GroupCoordinator()
+        a = await _join(groups)
+        await groups.sync("g", 1, a.member_id, {})
+        b_join = _join(groups)
+        await asyncio.sleep(0)
+        group = groups.groups["g"]
+        groups.expire(now=group.rebalance_deadline + 0.01)
+        b = await b_join
+        assert b.error is ErrorCode.none and b.generation == 2 and b.leader == b.member_id
+        assert list(group.members) == [b.member_id]
+
+    asyncio.run(scenario())
+
+
+def test_group_refuses_inconsistent_protocols_and_unknown_members() -> None:
+    async def scenario() -> None:
+        groups = GroupCoordinator()
+        await _join(groups)
+        other = await _join(groups, protocols=(("sticky", b""),))
+        assert other.error is ErrorCode.inconsistent_group_protocol
+        unknown = await _join(groups, "nobody")
+        assert unknown.error is ErrorCode.unknown_member_id
+        assert groups.heartbeat("g", 1, "nobody") is ErrorCode.unknown_member_id
+        short = await _join(groups, session_ms=10)
+        assert short.error is ErrorCode.invalid_session_timeout
+
+    asyncio.run(scenario())
+
+
+def test_offset_commit_validation() -> None:
+    async def scenario() -> None:
+        groups = GroupCoordinator()
+        assert groups.validate_commit("solo", -1, "") is ErrorCode.none
+        assert groups.validate_commit("solo", 3, "m") is ErrorCode.illegal_generation
+        a = await _join(groups)
+        assert groups.validate_commit("g", 1, a.member_id) is ErrorCode.rebalance_in_progress
+        await groups.sync("g", 1, a.member_id, {})
+        assert groups.validate_commit("g", 1, a.member_id) is ErrorCode.none
+        assert groups.validate_commit("g", 0, a.member_id) is ErrorCode.illegal_generation
+        assert groups.validate_commit("g", 1, "x") is ErrorCode.unknown_member_id
+
+    asyncio.run(scenario())
+
+
+def _batch(pid: int, seq: int, n: int = 2, epoch: int = 0):
+    return read_header(
+        build_batch([b"v"] * n, producer_id=pid, producer_epoch=epoch, base_sequence=seq)
+    )
+
+
+def test_sequence_checks_accept_in_order_drop_duplicates_refuse_gaps() -> None:
+    async def scenario() -> None:
+        registry = ProducerRegistry()
+        loop = asyncio.get_running_loop()
+        first = _batch(7, 0)
+        assert registry.check("t", 0, first).error is ErrorCode.none
+        offset = loop.create_future()
+        registry.record("t", 0, first, offset)
+        offset.set_result(100)
+        duplicate = registry.check("t", 0, _batch(7, 0))
+        assert duplicate.duplicate_of is offset
+        assert registry.check("t", 0, _batch(7, 5)).error is ErrorCode.out_of_order_sequence_number
+        assert registry.check("t", 0, _batch(7, 2)).error is ErrorCode.none
+        assert registry.check("t", 1, _batch(7, 9)).error is ErrorCode.none  # unknown partition
+        assert registry.check("t", 0, _batch(-1, -1)).error is ErrorCode.none  # not idempotent
+        assert registry.check("t", 0, _batch(7, 2, epoch=1)).error is ErrorCode.none
+        registry.record("t", 0, _batch(7, 0, epoch=1), loop.create_future())
+        stale = registry.check("t", 0, _batch(7, 2, epoch=0))
+        assert stale.error is ErrorCode.invalid_producer_epoch
+
+    asyncio.run(scenario())
+
+
+def test_sequence_state_is_forgotten_when_the_append_fails() -> None:
+    async def scenario() -> None:
+        registry = ProducerRegistry()
+        offset = asyncio.get_running_loop().create_future()
+        registry.record("t", 0, _batch(3, 0), offset)
+        offset.set_exception(OSError("disk full"))
+        await asyncio.sleep(0)
+        assert registry.check("t", 0, _batch(3, 40)).error is ErrorCode.none
+
+    asyncio.run(scenario())
