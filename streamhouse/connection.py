@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from itertools import cycle
@@ -33,6 +33,7 @@ from streamhouse.log import Log, TopicInfo
 from streamhouse.log.partitioner import partition_for_key
 from streamhouse.log.records import BATCH_OVERHEAD, Compression, build_batch
 from streamhouse.result import Relation
+from streamhouse.runtime.query import ContinuousQuery
 from streamhouse.sql.engine import Engine
 from streamhouse.sql.source import read_records
 
@@ -86,6 +87,7 @@ class StreamHouse:
         self.settings = settings or Settings.load(data_dir=Path(DEFAULT_DATA_DIR))
         self.log = Log.open(self.settings)
         self.engine = Engine(self.log)
+        self._queries: list[ContinuousQuery] = []
 
     # -- topics -------------------------------------------------------------------------------
 
@@ -176,15 +178,14 @@ class StreamHouse:
         # Every batch is built (and checked against the limit) before any is appended, so a
         # record that is too large fails the call with nothing written. A partition's batches
         # go in one append, so the call's records get contiguous offsets there.
-        futures = []
+        payloads: list[tuple[int, int, bytes]] = []
         for part in np.unique(assignment):
             rows = np.flatnonzero(assignment == part)
             batches = [b for chunk in _chunks(rows, sizes, target) for _, b in encode(chunk)]
-            futures.append((int(part), len(rows), b"".join(batches)))
+            payloads.append((int(part), len(rows), b"".join(batches)))
+        pending = [(p, count, self.log.append(topic, p, data)) for p, count, data in payloads]
         offsets: dict[int, tuple[int, int]] = {}
-        for part, count, future in [
-            (part, count, self.log.append(topic, part, data)) for part, count, data in futures
-        ]:
+        for part, count, future in pending:
             base = future.result()
             offsets[part] = (base, base + count - 1)
         return Produced(n, offsets)
@@ -216,10 +217,41 @@ class StreamHouse:
         """Run SQL: DDL at once; a query lazily, as a :class:`Relation` over the log as of now."""
         return self.engine.execute(query)
 
+    def start(
+        self,
+        sql_or_path: str | os.PathLike[str],
+        *,
+        name: str | None = None,
+        options: Mapping[str, Any] | None = None,
+        on_results: Callable[[pa.Table], None] | None = None,
+    ) -> ContinuousQuery:
+        """Start a continuous query from a ``.sql`` file or SQL text; it runs in the background.
+
+        Its state (RocksDB) lives in ``<data_dir>/queries/<name>``: starting a query of the same
+        name again resumes from its last checkpoint. ``options`` are query options
+        (``allowed-lateness``, ``late-rows.topic``, ...; see :mod:`streamhouse.runtime.options`).
+        """
+        from streamhouse.runtime.launch import start_query
+
+        path = Path(sql_or_path) if isinstance(sql_or_path, os.PathLike) else sql_or_path
+        query = start_query(
+            self.engine,
+            path,
+            name=name,
+            state_root=self.settings.data_dir / "queries",
+            options=dict(options or {}),
+            on_results=on_results,
+        )
+        self._queries.append(query)
+        return query
+
     def flush(self) -> None:
         self.log.flush()
 
     def close(self) -> None:
+        for query in self._queries:
+            query.stop()
+        self._queries.clear()
         self.log.close()
 
     def __enter__(self) -> StreamHouse:

@@ -57,17 +57,19 @@ def server_command(data_dir: Path, port: int, *extra: str) -> list[str]:
     except Exception:
         has_serve = False
     if has_serve:
-        return [sys.executable, "-m", "streamhouse", "serve", *flags, *extra]
+        return [sys.executable, "-m", "streamhouse", "-v", "serve", *flags, *extra]
     return [sys.executable, "-m", "streamhouse.kafka", "-v", *flags, *extra]
 
 
 class KafkaServer:
     """A ``streamhouse`` Kafka server in a subprocess; restartable on the same data and port."""
 
-    def __init__(self, data_dir: Path, port: int | None = None, *extra: str) -> None:
+    def __init__(
+        self, data_dir: Path, port: int | None = None, env: dict[str, str] | None = None
+    ) -> None:
         self.data_dir = data_dir
         self.port = port or free_port()
-        self.extra = extra
+        self.env = env or {}
         self.log_path = data_dir.parent / f"{data_dir.name}-server.log"
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -77,10 +79,10 @@ class KafkaServer:
 
     def start(self, timeout: float = 30.0) -> KafkaServer:
         """Start the process and wait until it answers ApiVersions."""
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
         with self.log_path.open("ab") as out:
             self.process = subprocess.Popen(
-                server_command(self.data_dir, self.port, *self.extra),
+                server_command(self.data_dir, self.port),
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 cwd=REPO,
@@ -156,7 +158,7 @@ def new_topic(kafka_server: KafkaServer) -> Iterator[Any]:
                     for k, v in configs.items()
                 ),
             )
-            resp = client.request(19, 4, topics=(topic,), timeout=30_000, validate_only=False)
+            resp = client.request(19, 4, topics=(topic,), timeout=_ms(30_000), validate_only=False)
         assert resp.topics[0].error_code == 0, resp
         return name
 

@@ -197,6 +197,8 @@ async def serve(log_: Log, settings: Settings, *, ready: asyncio.Event | None = 
         connections.add(task)
         try:
             await _Connection(broker, reader, writer).run()
+        except asyncio.CancelledError:
+            pass  # shutting down; asyncio's stream callback would log a cancelled task
         finally:
             connections.discard(task)
 

@@ -19,6 +19,8 @@ import dataclasses
 import datetime
 import io
 import struct
+import types
+import typing
 from dataclasses import dataclass
 from functools import cache
 from types import ModuleType
@@ -111,8 +113,51 @@ def parse_request(frame: bytes, client_host: str = "") -> tuple[RequestHeader, A
         raise
     except Exception as exc:  # kio raises SerialError, ValueError, UnicodeDecodeError, ...
         raise ProtocolError(f"malformed api {api_key} v{api_version} request: {exc!r}") from None
+    null = _null_field(body)
+    if null is not None:
+        raise ProtocolError(f"api {api_key} v{api_version} request: {null} is null")
     client_id = header.client_id
     return RequestHeader(api_key, api_version, header.correlation_id, client_id, client_host), body
+
+
+@cache
+def _shape(cls: type) -> tuple[tuple[str, bool, type | None], ...]:
+    """Per field: name, whether null is allowed, and the entity class its items are."""
+    hints = typing.get_type_hints(cls)
+    shape = []
+    for f in dataclasses.fields(cls):
+        hint = hints[f.name]
+        args = typing.get_args(hint)
+        nullable = isinstance(hint, types.UnionType) and type(None) in args
+        inner = next((a for a in args if a is not type(None)), hint) if nullable else hint
+        entity = None
+        if typing.get_origin(inner) is tuple:
+            item = typing.get_args(inner)[0]
+            entity = item if dataclasses.is_dataclass(item) else None
+        elif dataclasses.is_dataclass(inner):
+            entity = inner  # type: ignore[assignment]
+        shape.append((f.name, nullable, entity))
+    return tuple(shape)
+
+
+def _null_field(entity: Any) -> str | None:
+    """The name of a field that is null though its schema says it cannot be, if any.
+
+    kio decodes a null array (length -1) as ``None`` whatever the schema says; Kafka treats
+    that as a malformed request.
+    """
+    for name, nullable, nested in _shape(type(entity)):
+        value = getattr(entity, name)
+        if value is None:
+            if not nullable:
+                return name
+            continue
+        if nested is not None:
+            for item in value if isinstance(value, tuple) else (value,):
+                inner = _null_field(item)
+                if inner is not None:
+                    return f"{name}.{inner}"
+    return None
 
 
 def encode_response(correlation_id: int, response: Any, *, header_v0: bool = False) -> bytes:

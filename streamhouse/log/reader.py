@@ -4,6 +4,9 @@ segment objects through an LRU block cache, and hand them back byte-for-byte.
 The cache holds whole segment objects (they are small: one flush each) keyed by object key, with
 a byte budget. The writer puts each new object into the cache as it is committed, so tailing
 consumers never touch the object store.
+
+Runs are handed out as zero-copy views of the cached objects after their CRC-32C is checked;
+:meth:`LogReader.scan` reads many partitions at once, each object once, for SQL scans.
 """
 
 from __future__ import annotations
@@ -11,14 +14,15 @@ from __future__ import annotations
 import logging
 import threading
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
-from streamhouse.errors import OffsetOutOfRangeError, UnknownPartitionError
+import crc32c
+
+from streamhouse.errors import CorruptSegmentError, OffsetOutOfRangeError, UnknownPartitionError
 from streamhouse.log.metadata import Metadata, PartitionOffsets, SegmentRow
 from streamhouse.log.objectstore import ObjectStore
 from streamhouse.log.records import read_header
-from streamhouse.log.segment import check_entry
 
 log = logging.getLogger(__name__)
 
@@ -91,8 +95,16 @@ class LogReader:
 
     def run_bytes(self, row: SegmentRow) -> bytes:
         """The verified bytes of one indexed run of batches."""
-        data = self._cache.get(row.object_key)
-        return check_entry(data, row, row.object_key)
+        return bytes(self.run_view(row))
+
+    def run_view(self, row: SegmentRow, data: bytes | None = None) -> memoryview:
+        """The verified bytes of one indexed run, as a view of its object (no copy).
+
+        ``data`` is the whole object if the caller holds it already; else it comes from the cache.
+        """
+        if data is None:
+            data = self._cache.get(row.object_key)
+        return _check_run(data, row)
 
     def fetch(self, topic: str, partition: int, offset: int, max_bytes: int) -> FetchResult:
         """Batches from the one holding ``offset``, up to ``max_bytes`` (at least one batch)."""
@@ -104,10 +116,10 @@ class LogReader:
             )
         if offset == bounds.high_watermark:
             return FetchResult(b"", bounds.high_watermark, bounds.log_start_offset)
-        out: list[bytes] = []
+        out: list[memoryview] = []
         size = 0
         for row in self._rows_from(topic, partition, offset):
-            run = self.run_bytes(row)
+            run = self.run_view(row)
             if row.base_offset < offset:
                 run = run[_skip_to(run, offset) :]
             room = max_bytes - size
@@ -139,8 +151,62 @@ class LogReader:
         for row in self._metadata.segments(topic, partition, from_offset=start, to_offset=end):
             yield row, self.run_bytes(row)
 
+    def scan(
+        self,
+        topic: str,
+        partitions: Sequence[int],
+        start_offsets: Mapping[int, int] | None = None,
+        end_offsets: Mapping[int, int | None] | None = None,
+    ) -> list[tuple[SegmentRow, memoryview]]:
+        """The runs of many partitions overlapping ``[start, end)``, partition by partition.
 
-def _skip_to(run: bytes, offset: int) -> int:
+        Every object is read once (a segment holds runs of many partitions, so reading the
+        partitions one after the other would fetch each object once per partition, again and
+        again when they outgrow the cache). A partition's first run is trimmed to start at the
+        batch holding its start offset; runs are zero-copy views of their objects.
+        """
+        start_offsets = start_offsets or {}
+        end_offsets = end_offsets or {}
+        rows = [
+            row
+            for partition in partitions
+            for row in self._metadata.segments(
+                topic,
+                partition,
+                from_offset=start_offsets.get(partition, 0),
+                to_offset=end_offsets.get(partition),
+            )
+        ]
+        objects = {key: self._cache.get(key) for key in sorted({r.object_key for r in rows})}
+        out = []
+        for row in rows:
+            run = self.run_view(row, objects[row.object_key])
+            start = start_offsets.get(row.partition, 0)
+            if row.base_offset < start:
+                run = run[_skip_to(run, start) :]
+            if len(run):
+                out.append((row, run))
+        return out
+
+
+def _check_run(data: bytes, row: SegmentRow) -> memoryview:
+    """The run of ``row`` in ``data`` (its whole object, or just the run), if its CRC-32C matches."""
+    run = memoryview(data)
+    if len(run) != row.length:  # a whole object is always longer than any of its runs
+        run = run[row.position : row.position + row.length]
+    if len(run) != row.length:
+        raise CorruptSegmentError(
+            row.object_key,
+            f"run of {row.topic}/{row.partition} truncated: {len(run)} of {row.length} bytes",
+        )
+    if crc32c.crc32c(run) != row.crc:
+        raise CorruptSegmentError(
+            row.object_key, f"checksum mismatch in the run of {row.topic}/{row.partition}"
+        )
+    return run
+
+
+def _skip_to(run: bytes | memoryview, offset: int) -> int:
     """Position of the batch in ``run`` that holds ``offset`` (batches are whole)."""
     pos = 0
     view = memoryview(run)
@@ -152,7 +218,9 @@ def _skip_to(run: bytes, offset: int) -> int:
     return pos
 
 
-def _trim(run: bytes, max_bytes: int, *, at_least_one: bool = True) -> bytes:
+def _trim(
+    run: bytes | memoryview, max_bytes: int, *, at_least_one: bool = True
+) -> bytes | memoryview:
     """The longest prefix of whole batches within ``max_bytes`` (one batch when at_least_one)."""
     pos = 0
     view = memoryview(run)

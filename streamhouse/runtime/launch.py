@@ -1,0 +1,109 @@
+"""Turn a ``.sql`` file (or text) into a running continuous query.
+
+A file holds any number of DDL statements (``CREATE STREAM ... IF NOT EXISTS``), ``SET 'option' =
+'value';`` lines (see :mod:`.options`) and exactly one continuous statement: ``SELECT``,
+``INSERT INTO sink SELECT`` or ``CREATE MATERIALIZED VIEW v AS SELECT``. The query's name (its
+state directory, its dead-letter topic) is the view's name, else the file's stem, else given.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+from sqlglot import exp
+
+from streamhouse.errors import SqlError
+from streamhouse.runtime.options import QueryOptions, set_options
+from streamhouse.runtime.query import ContinuousQuery
+from streamhouse.sql.engine import Engine
+from streamhouse.sql.parse import DIALECT, parse, sql_error
+
+log = logging.getLogger(__name__)
+
+_NAME = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def is_materialized_view(statement: exp.Expr) -> bool:
+    if (
+        not isinstance(statement, exp.Create)
+        or (statement.args.get("kind") or "").upper() != "VIEW"
+    ):
+        return False
+    properties = statement.args.get("properties")
+    return properties is not None and any(
+        isinstance(p, exp.MaterializedProperty) for p in properties.expressions
+    )
+
+
+def read_source(sql_or_path: str | Path) -> tuple[str, str | None]:
+    """(SQL text, default name): a path to an existing file is read, anything else is SQL."""
+    candidate = Path(sql_or_path) if not isinstance(sql_or_path, Path) else sql_or_path
+    text = str(sql_or_path)
+    looks_like_path = isinstance(sql_or_path, Path) or (
+        "\n" not in text and len(text) < 4096 and text.strip().lower().endswith(".sql")
+    )
+    if looks_like_path:
+        if not candidate.is_file():
+            raise SqlError(f"query file {candidate} does not exist")
+        return candidate.read_text(), candidate.stem
+    return text, None
+
+
+def start_query(
+    engine: Engine,
+    sql_or_path: str | Path,
+    *,
+    name: str | None = None,
+    state_root: Path,
+    options: dict[str, Any] | None = None,
+    on_results: Callable[[pa.Table], None] | None = None,
+    start: bool = True,
+) -> ContinuousQuery:
+    """Run the DDL and SET lines of ``sql_or_path``, then start its continuous statement."""
+    text, default_name = read_source(sql_or_path)
+    statements = parse(text)
+    settings: dict[str, Any] = {}
+    continuous: list[exp.Expr] = []
+    for statement in statements:
+        if isinstance(statement, exp.Set):
+            settings.update(set_options(statement))
+        elif isinstance(statement, exp.Insert | exp.Query) or is_materialized_view(statement):
+            continuous.append(statement)
+        else:
+            engine.statement(statement)
+    if len(continuous) != 1:
+        where = continuous[1] if len(continuous) > 1 else None
+        if where is None:
+            raise SqlError(
+                "no continuous statement (SELECT, INSERT INTO or CREATE MATERIALIZED VIEW) found"
+            )
+        raise sql_error("a query file holds one continuous statement", where)
+    statement = continuous[0]
+    if is_materialized_view(statement):
+        view = statement.this.name
+        name = name or view
+        existing = engine.log.metadata.get_catalog(view)
+        if existing is None:
+            engine.log.metadata.put_catalog(view, "view", statement.sql(dialect=DIALECT))
+        elif existing.kind != "view":
+            raise sql_error(f"{existing.kind} {view!r} already exists", statement.this)
+    name = name or default_name or "query"
+    name = _NAME.sub("_", name)
+    query_options = QueryOptions().with_options({**settings, **(options or {})})
+    query = ContinuousQuery(
+        engine.log,
+        engine._resolve,
+        statement,
+        name,
+        state_root / name,
+        query_options,
+        on_results=on_results,
+    )
+    if start:
+        query.start()
+    return query

@@ -1,0 +1,101 @@
+"""Options of a continuous query, from ``SET 'key' = 'value';`` lines or keyword arguments.
+
+=======================  ==================================================  ==============
+option                   meaning                                             default
+=======================  ==================================================  ==============
+``allowed-lateness``     how long after its end a window still takes rows    ``0``
+``late-rows.topic``      side output topic for late rows (else dropped)      none
+``dead-letter.topic``    topic for rows that do not parse, with the reason   ``<query>.dlq``
+``idle-timeout``         a partition without new records this long no        ``5 s``
+                         longer holds the watermark back
+``scan.startup.mode``    ``earliest-offset`` or ``latest-offset``            earliest
+``max-batch-records``    records read per micro-batch at most                ``200000``
+``poll-interval``        how long an idle query waits for new records        ``200 ms``
+=======================  ==================================================  ==============
+
+Durations are intervals (``'10 s'``, ``'1 minute'``, ``'500 ms'``) or milliseconds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+from typing import Any
+
+from sqlglot import exp
+
+from streamhouse.errors import ConfigError, SqlError
+from streamhouse.sql.ddl import interval_ms
+from streamhouse.sql.parse import parse_one
+
+_NAMES = {
+    "allowed-lateness": "allowed_lateness_ms",
+    "late-rows.topic": "late_topic",
+    "dead-letter.topic": "dead_letter_topic",
+    "idle-timeout": "idle_timeout_ms",
+    "scan.startup.mode": "startup",
+    "max-batch-records": "max_batch_records",
+    "poll-interval": "poll_interval_ms",
+}
+_DURATIONS = {"allowed_lateness_ms", "idle_timeout_ms", "poll_interval_ms"}
+
+
+@dataclass(frozen=True)
+class QueryOptions:
+    allowed_lateness_ms: int = 0
+    late_topic: str | None = None
+    dead_letter_topic: str | None = None
+    idle_timeout_ms: int = 5_000
+    startup: str = "earliest-offset"
+    max_batch_records: int = 200_000
+    poll_interval_ms: int = 200
+
+    def with_options(self, options: dict[str, Any]) -> QueryOptions:
+        """These options with ``options`` (SQL names like ``allowed-lateness`` or field names) applied."""
+        known = {f.name for f in fields(self)}
+        changes: dict[str, Any] = {}
+        for key, value in options.items():
+            name = _NAMES.get(str(key).lower(), str(key).replace("-", "_").replace(".", "_"))
+            if name not in known:
+                raise ConfigError(f"unknown query option {key!r} (known: {', '.join(_NAMES)})")
+            if name in _DURATIONS:
+                changes[name] = duration_ms(value)
+            elif name == "max_batch_records":
+                changes[name] = int(value)
+            elif name == "startup":
+                mode = str(value).lower()
+                if mode not in ("earliest-offset", "latest-offset", "earliest", "latest"):
+                    raise ConfigError(
+                        f"scan.startup.mode must be earliest-offset or latest-offset, not {value!r}"
+                    )
+                changes[name] = "latest-offset" if mode.startswith("latest") else "earliest-offset"
+            else:
+                changes[name] = None if value is None else str(value)
+        return replace(self, **changes)
+
+
+def duration_ms(value: Any) -> int:
+    """Milliseconds from an int, or a string like ``'10 s'`` / ``'1' MINUTE``."""
+    if isinstance(value, int | float):
+        return int(value)
+    text = str(value).strip()
+    if text.lstrip("-").isdigit():
+        return int(text)
+    try:
+        return interval_ms(parse_one(f"SELECT INTERVAL '{text}'").expressions[0])
+    except SqlError:
+        raise ConfigError(f"not a duration: {value!r}") from None
+
+
+def set_options(statement: exp.Set) -> dict[str, str]:
+    """The key/value pairs of a ``SET 'key' = 'value'`` statement."""
+    options = {}
+    for item in statement.expressions:
+        eq = item.this
+        if not isinstance(eq, exp.EQ):
+            raise SqlError("SET takes 'key' = 'value'")
+        key = eq.this.name if isinstance(eq.this, exp.Literal | exp.Column) else eq.this.sql()
+        value = (
+            eq.expression.name if isinstance(eq.expression, exp.Literal) else eq.expression.sql()
+        )
+        options[key] = value
+    return options

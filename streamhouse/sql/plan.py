@@ -1,0 +1,271 @@
+"""Logical plans of continuous queries: stateless SQL per micro-batch, or a window aggregate.
+
+A windowed aggregate is split into three parts so that only the middle one keeps state:
+
+1. ``pre_sql`` — stateless, runs on DataFusion over each micro-batch: WHERE, the group keys as
+   ``__k0..``, the event time as ``__ts`` and each aggregate's argument as ``__a0..`` (a FILTER
+   clause becomes ``CASE WHEN cond THEN arg END``);
+2. the window operator — assigns windows, aggregates partially per batch and merges partials
+   into RocksDB state (:mod:`streamhouse.windows.aggregate`), emits closed windows;
+3. ``post_sql`` — stateless, runs on DataFusion over the finalized rows of closed windows: the
+   SELECT list and HAVING, with aggregates and keys replaced by the operator's columns.
+
+>>> from streamhouse.sql.parse import parse_one
+>>> plan = plan_query(parse_one(
+...     "SELECT user_id, COUNT(*) AS n FROM events GROUP BY user_id, TUMBLING(ts, INTERVAL '1' MINUTE)"))
+>>> plan.operator.keys, [c.func for c in plan.operator.aggregates]
+(['__k0'], ['count_all'])
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from sqlglot import exp
+
+from streamhouse.sql.parse import sql_error
+from streamhouse.sql.window_spec import WINDOW_COLUMNS, WindowSpec, find_window
+from streamhouse.windows.aggregate import AggregateCall
+
+log = logging.getLogger(__name__)
+
+FLOWS = "__windows"
+"""Name the post-aggregation SQL reads the finalized window rows from."""
+
+_AGGREGATES: dict[type, str] = {exp.Sum: "sum", exp.Avg: "avg", exp.Min: "min", exp.Max: "max"}
+
+
+@dataclass(frozen=True)
+class Stateless:
+    """A filter/projection: ``sql`` runs over each micro-batch registered as ``source``."""
+
+    source: str
+    sql: str
+
+    def explain(self) -> list[str]:
+        return [f"Stateless  source={self.source}", f"  sql: {self.sql}"]
+
+
+@dataclass(frozen=True)
+class WindowAggregate:
+    """A windowed GROUP BY over one source."""
+
+    source: str
+    window: WindowSpec
+    pre_sql: str
+    keys: list[str]
+    key_sql: list[str]
+    aggregates: list[AggregateCall]
+    post_sql: str
+
+    def explain(self) -> list[str]:
+        w = self.window
+        size = f"gap={w.gap_ms}ms" if w.kind == "session" else f"size={w.size_ms}ms"
+        slide = f" slide={w.slide_ms}ms" if w.slide_ms else ""
+        family = "sessions" if w.kind == "session" else "windows"
+        layout = (
+            "b'open' -> IPC(keys, window_start, window_end, partials)"
+            if w.kind == "session"
+            else "u64(window_end)|u64(window_start) -> IPC(keys, partials)"
+        )
+        aggs = ", ".join(f"{a.func}({a.arg or '*'}) AS {a.output}" for a in self.aggregates)
+        return [
+            f"Project  {self.post_sql}",
+            f"  WindowAggregate  {w.kind.upper()}({w.time_column}, {size}{slide})",
+            f"    keys: {', '.join(self.key_sql) or '(none)'}",
+            f"    aggregates: {aggs}",
+            f"    state: column family '{family}', key {layout}",
+            "    eviction: a window is emitted and deleted when the watermark passes its end"
+            " (plus allowed lateness)",
+            f"    Stateless  {self.pre_sql}",
+            f"      Source  {self.source}",
+        ]
+
+
+@dataclass(frozen=True)
+class ContinuousPlan:
+    """What a continuous query reads, computes and where it writes."""
+
+    operator: Stateless | WindowAggregate
+    sink_kind: str = "results"  # results | topic
+    sink: str | None = None  # the sink topic/stream name for INSERT INTO and materialized views
+    options: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def source(self) -> str:
+        return self.operator.source
+
+    def explain(self) -> str:
+        sink = f"Sink  topic {self.sink}" if self.sink_kind == "topic" else "Sink  results"
+        return "\n".join([sink, *("  " + line for line in self.operator.explain())])
+
+
+def plan_query(statement: exp.Expr) -> ContinuousPlan:
+    """Plan ``SELECT``, ``INSERT INTO t SELECT`` or ``CREATE MATERIALIZED VIEW v AS SELECT``."""
+    sink_kind, sink = "results", None
+    query = statement
+    if isinstance(statement, exp.Insert):
+        target = statement.this
+        while not isinstance(target, exp.Table) and target is not None:
+            target = target.this
+        sink_kind, sink = "topic", target.name if target is not None else None
+        query = statement.expression
+    elif isinstance(statement, exp.Create) and (statement.args.get("kind") or "").upper() == "VIEW":
+        sink_kind, sink = "topic", statement.this.name
+        query = statement.expression
+    if not isinstance(query, exp.Select):
+        raise sql_error(
+            "a continuous query must be one SELECT (UNION and the like are not supported yet)",
+            query,
+        )
+    return ContinuousPlan(_plan_select(query), sink_kind, sink)
+
+
+def _plan_select(select: exp.Select) -> Stateless | WindowAggregate:
+    if select.args.get("joins"):
+        raise sql_error(
+            "joins in continuous queries are not supported yet", select.args["joins"][0]
+        )
+    if select.args.get("limit") is not None:
+        raise sql_error("LIMIT has no meaning in a continuous query", select.args["limit"])
+    spec, rest = find_window(select)
+    source = rest.args.get("from_")
+    table = source.this if source is not None else None
+    if not isinstance(table, exp.Table) or isinstance(table.this, exp.Func):
+        raise sql_error("a continuous query must read a stream, view or topic", table or select)
+    has_aggregates = any(True for _ in rest.find_all(exp.AggFunc))
+    if spec is None:
+        if rest.args.get("group") is not None or has_aggregates:
+            raise sql_error(
+                "an aggregate in a continuous query needs a window: add "
+                "TUMBLING(ts, INTERVAL ...), HOP(...) or SESSION(...) to GROUP BY",
+                rest.args.get("group") or rest,
+            )
+        return Stateless(table.name, rest.sql(dialect="postgres"))
+    return _plan_window(rest, spec, table)
+
+
+def _plan_window(rest: exp.Select, spec: WindowSpec, table: exp.Table) -> WindowAggregate:
+    group = rest.args.get("group")
+    keys = [
+        g
+        for g in (group.expressions if group is not None else [])
+        if not (isinstance(g, exp.Column) and g.name in WINDOW_COLUMNS)
+    ]
+    if spec.kind == "session" and spec.partition_by:
+        key_names = {k.name if isinstance(k, exp.Column) else k.sql() for k in keys}
+        if set(spec.partition_by) != key_names:
+            raise sql_error(
+                "a continuous SESSION window must group by exactly its PARTITION BY keys", group
+            )
+    aggregates: list[AggregateCall] = []
+    arguments: list[exp.Expr] = []
+
+    def argument(expr: exp.Expr) -> str:
+        arguments.append(expr)
+        return f"__a{len(arguments) - 1}"
+
+    def take_aggregate(node: exp.Expr) -> exp.Expr:
+        condition = None
+        agg = node
+        if isinstance(node, exp.Filter):
+            agg, condition = node.this, node.expression.this
+        if not isinstance(agg, exp.AggFunc):
+            return node
+        output = f"__agg{len(aggregates)}"
+        inner = agg.this
+        if isinstance(agg, exp.Count):
+            if isinstance(inner, exp.Distinct):
+                if len(inner.expressions) != 1:
+                    raise sql_error("COUNT(DISTINCT ...) takes one expression here", agg)
+                value = _when(condition, inner.expressions[0].copy())
+                aggregates.append(AggregateCall(output, "count_distinct", argument(value)))
+            elif isinstance(inner, exp.Star) or inner is None:
+                if condition is None:
+                    aggregates.append(AggregateCall(output, "count_all"))
+                else:
+                    value = _when(condition, exp.Literal.number(1))
+                    aggregates.append(AggregateCall(output, "count", argument(value)))
+            else:
+                aggregates.append(
+                    AggregateCall(output, "count", argument(_when(condition, inner.copy())))
+                )
+        elif type(agg) in _AGGREGATES:
+            if isinstance(inner, exp.Distinct):
+                raise sql_error(
+                    f"{agg.key.upper()}(DISTINCT ...) is not supported in windows yet", agg
+                )
+            aggregates.append(
+                AggregateCall(
+                    output, _AGGREGATES[type(agg)], argument(_when(condition, inner.copy()))
+                )
+            )
+        else:
+            raise sql_error(
+                f"aggregate {agg.sql(dialect='postgres')} cannot be computed incrementally yet "
+                "(supported: COUNT, COUNT(DISTINCT), SUM, AVG, MIN, MAX)",
+                agg,
+            )
+        return exp.column(output)
+
+    key_columns = [f"__k{i}" for i in range(len(keys))]
+
+    def rewrite(node: exp.Expr) -> exp.Expr:
+        for key, name in zip(keys, key_columns, strict=True):
+            if node == key:
+                return exp.column(name)
+        if isinstance(node, exp.Column) and (
+            node.name in WINDOW_COLUMNS or node.name.startswith("__")
+        ):
+            return exp.column(node.name)
+        if isinstance(node, exp.Column):
+            raise sql_error(f"column {node.sql()} must be in GROUP BY or inside an aggregate", node)
+        return node
+
+    outputs = []
+    for projection in rest.expressions:
+        alias = projection.alias if isinstance(projection, exp.Alias) else None
+        body = projection.this if isinstance(projection, exp.Alias) else projection
+        if isinstance(body, exp.Star):
+            raise sql_error("SELECT * is not allowed with GROUP BY", body)
+        if alias is None:
+            alias = (
+                body.name if isinstance(body, exp.Column) else body.sql(dialect="postgres").lower()
+            )
+        rewritten = body.copy().transform(take_aggregate).transform(rewrite)
+        outputs.append(exp.alias_(rewritten, alias, quoted=True))
+    post = exp.select(*outputs).from_(FLOWS)
+    having = rest.args.get("having")
+    if having is not None:
+        post = post.where(having.this.copy().transform(take_aggregate).transform(rewrite))
+    order = rest.args.get("order")
+    if order is not None:
+        post.set("order", order.copy().transform(take_aggregate).transform(rewrite))
+
+    alias = table.alias or table.name
+    pre = exp.select(
+        *(k.copy().as_(n) for k, n in zip(keys, key_columns, strict=True)),
+        exp.column(spec.time_column).as_("__ts"),
+        *(a.as_(f"__a{i}") for i, a in enumerate(arguments)),
+        exp.column("_partition").as_("__partition"),
+        exp.column("_offset").as_("__offset"),
+    ).from_(exp.to_table(table.name).as_(alias) if table.alias else exp.to_table(table.name))
+    where = rest.args.get("where")
+    if where is not None:
+        pre.set("where", where.copy())
+    return WindowAggregate(
+        source=table.name,
+        window=spec,
+        pre_sql=pre.sql(dialect="postgres"),
+        keys=key_columns,
+        key_sql=[k.sql(dialect="postgres") for k in keys],
+        aggregates=aggregates,
+        post_sql=post.sql(dialect="postgres"),
+    )
+
+
+def _when(condition: exp.Expr | None, value: exp.Expr) -> exp.Expr:
+    if condition is None:
+        return value
+    return exp.Case(ifs=[exp.If(this=condition.copy(), true=value)])

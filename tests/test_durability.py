@@ -1,0 +1,335 @@
+"""Durability across processes: kill -9 mid-produce, several writers on one directory, a full
+disk and an unwritable directory. Every test runs real StreamHouse processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import streamhouse
+
+# A producer that prints every acknowledged record as "partition offset ident padding" once
+# produce() has returned. Arguments: data_dir topic tag linger_ms calls (0: until killed).
+# It prints "ready" once connected and starts producing when a line arrives on stdin.
+PRODUCER = r"""
+import os, random, sys, threading, traceback
+import streamhouse
+
+data_dir, topic, tag, linger_ms, calls = sys.argv[1:6]
+sh = streamhouse.connect(data_dir, linger_ms=float(linger_ms))
+partitions = sh.topic(topic).partitions
+lock = threading.Lock()
+
+def run(worker):
+    try:
+        produce(worker)
+    except BaseException:
+        traceback.print_exc()
+        os._exit(3)  # any failed produce fails the process
+
+def produce(worker):
+    rng = random.Random()
+    for call in range(int(calls) or 1 << 62):
+        p = rng.randrange(partitions)
+        idents = [f"{tag}.{worker}.{call}.{i}" for i in range(rng.randrange(1, 12))]
+        pads = [rng.randrange(0, 3000) for _ in idents]
+        values = [f"{ident}|".encode() + b"x" * pad for ident, pad in zip(idents, pads)]
+        first, last = sh.produce(topic, values, partition=p).offsets[p]
+        assert last - first + 1 == len(values)
+        lines = "".join(f"{p} {first + i} {ident} {pad}\n"
+                        for i, (ident, pad) in enumerate(zip(idents, pads)))
+        with lock:
+            sys.stdout.write(lines)
+            sys.stdout.flush()
+
+threads = [threading.Thread(target=run, args=(w,)) for w in range(2)]
+print("ready", flush=True)
+sys.stdin.readline()
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
+sh.close()
+"""
+
+Ack = tuple[int, int, str, int]  # partition, offset, ident, padding
+
+
+def _spawn_producer(data_dir: Path, topic: str, tag: str, linger_ms: float, calls: int):
+    return subprocess.Popen(
+        [sys.executable, "-c", PRODUCER, str(data_dir), topic, tag, str(linger_ms), str(calls)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+
+
+def _parse_acks(output: bytes) -> list[Ack]:
+    """Complete lines only: a line cut short by kill -9 was never acknowledged to anyone."""
+    text = output.decode()
+    lines = text.split("\n")[:-1]  # the last piece has no newline (empty if complete)
+    acks = []
+    for line in lines:
+        if line == "ready":
+            continue
+        p, o, ident, pad = line.split(" ")
+        acks.append((int(p), int(o), ident, int(pad)))
+    return acks
+
+
+def _check_log(data_dir: Path, topic: str, acks: list[Ack]) -> dict[int, int]:
+    """Offsets contiguous from 0 without duplicates; every ack stored at its offset, byte-exact.
+
+    Returns the high watermark of each partition."""
+    with streamhouse.connect(data_dir) as sh:
+        table = sh.fetch(topic)
+        stored: dict[tuple[int, int], bytes] = {}
+        for p, o, v in zip(
+            table["partition"].to_pylist(),
+            table["offset"].to_pylist(),
+            table["value"].to_pylist(),
+            strict=True,
+        ):
+            assert (p, o) not in stored, f"offset {o} of partition {p} stored twice"
+            stored[(p, o)] = v
+        high_watermarks = {}
+        for p in range(sh.topic(topic).partitions):
+            offsets = sorted(o for q, o in stored if q == p)
+            high_watermark = sh.log.offsets(topic, p).high_watermark
+            assert offsets == list(range(high_watermark)), f"gap or hole in partition {p}"
+            high_watermarks[p] = high_watermark
+        for p, o, ident, pad in acks:
+            assert stored.get((p, o)) == f"{ident}|".encode() + b"x" * pad, (p, o, ident)
+        idents = [v.split(b"|")[0] for v in stored.values()]
+        assert len(idents) == len(set(idents)), "a record was stored twice"
+    return high_watermarks
+
+
+def test_kill_9_mid_produce_loses_nothing_acknowledged(tmp_path: Path) -> None:
+    with streamhouse.connect(tmp_path) as sh:
+        sh.create_topic("acks", partitions=3)
+    rng = random.Random(9)
+    acks: list[Ack] = []
+    for round_ in range(5):
+        child = _spawn_producer(tmp_path, "acks", f"r{round_}", rng.choice([0, 1, 5]), 0)
+        assert child.stdout is not None
+        assert child.stdout.readline() == b"ready\n", child.stderr.read()  # type: ignore[union-attr]
+        child.stdin.write(b"go\n")  # type: ignore[union-attr]
+        child.stdin.flush()  # type: ignore[union-attr]
+        chunks: list[bytes] = []
+        reader = threading.Thread(target=lambda: chunks.append(child.stdout.read()))  # type: ignore[union-attr]
+        reader.start()
+        time.sleep(rng.uniform(0.05, 0.6))
+        child.send_signal(signal.SIGKILL)
+        child.wait(timeout=30)
+        reader.join(timeout=30)
+        assert child.returncode == -signal.SIGKILL
+        round_acks = _parse_acks(b"".join(chunks))
+        assert round_acks, "the producer acknowledged nothing before the kill"
+        acks.extend(round_acks)
+        high_watermarks = _check_log(tmp_path, "acks", acks)
+        assert sum(high_watermarks.values()) >= len(acks)
+
+    # The log still takes writes, continuing each partition's offsets.
+    with streamhouse.connect(tmp_path) as sh:
+        for p, high_watermark in high_watermarks.items():
+            produced = sh.produce("acks", [b"after"], partition=p)
+            assert produced.offsets == {p: (high_watermark, high_watermark)}
+            assert sh.fetch("acks", p, high_watermark)["value"].to_pylist() == [b"after"]
+
+
+def test_producer_processes_on_one_directory_are_fenced(tmp_path: Path) -> None:
+    with streamhouse.connect(tmp_path) as sh:
+        sh.create_topic("shared", partitions=2)
+    children = [_spawn_producer(tmp_path, "shared", tag, 0, 40) for tag in ("a", "b", "c")]
+    for child in children:  # all connected: start them together
+        assert child.stdout.readline() == b"ready\n", child.stderr.read()  # type: ignore[union-attr]
+    for child in children:
+        child.stdin.write(b"go\n")  # type: ignore[union-attr]
+        child.stdin.flush()  # type: ignore[union-attr]
+    acks: list[Ack] = []
+    for child in children:
+        out, err = child.communicate(timeout=120)
+        assert child.returncode == 0, err.decode()[-2000:]
+        acks.extend(_parse_acks(out))
+    assert len({(p, o) for p, o, _, _ in acks}) == len(acks)
+    high_watermarks = _check_log(tmp_path, "shared", acks)
+    assert sum(high_watermarks.values()) == len(acks)
+    # Objects of refused commits were deleted: every object left is in the index.
+    with streamhouse.connect(tmp_path) as sh:
+        indexed = {row.object_key for p in range(2) for row in sh.log.metadata.segments("shared", p)}
+    on_disk = {str(p.relative_to(tmp_path / "objects")) for p in (tmp_path / "objects").rglob("*")}
+    assert {k for k in on_disk if k.endswith(".seg")} == indexed
+
+
+def test_two_cli_producers_on_one_directory(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    with streamhouse.connect(data_dir) as sh:
+        sh.create_topic("lines", partitions=2)
+    children = []
+    for tag in ("x", "y"):
+        lines = "".join(json.dumps({"tag": tag, "i": i}) + "\n" for i in range(2000))
+        (tmp_path / f"{tag}.jsonl").write_text(lines)
+        command = ["produce", "lines", "-f", str(tmp_path / f"{tag}.jsonl")]
+        children.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "streamhouse", *command, "--data-dir", str(data_dir)],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+            )
+        )
+    for child in children:
+        out, err = child.communicate(timeout=60)
+        assert child.returncode == 0, err.decode()
+        assert err.decode().strip().endswith("produced 2000 record(s) to lines")
+        assert out == b""
+    with streamhouse.connect(data_dir) as sh:
+        table = sh.fetch("lines")
+        rows = [json.loads(v) for v in table["value"].to_pylist()]
+        assert sorted((r["tag"], r["i"]) for r in rows) == [
+            (tag, i) for tag in "xy" for i in range(2000)
+        ]
+        partitions = table["partition"].to_pylist()
+        for p in range(2):
+            offsets = [o for q, o in zip(partitions, table["offset"].to_pylist(), strict=True) if q == p]
+            assert sorted(offsets) == list(range(sh.log.offsets("lines", p).high_watermark))
+
+
+# -- a full disk and an unwritable directory ---------------------------------------------------
+
+# A StreamHouse process driven over stdin: one JSON command per line, one JSON answer per line.
+SERVANT = r"""
+import json, resource, signal, sys
+import streamhouse
+
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past RLIMIT_FSIZE fails with EFBIG
+sh = streamhouse.connect(sys.argv[1], linger_ms=1)
+soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+print(json.dumps({"ready": True}), flush=True)
+for line in sys.stdin:
+    cmd = json.loads(line)
+    try:
+        if cmd["op"] == "produce":
+            values = [v.encode() for v in cmd["values"]]
+            produced = sh.produce(cmd["topic"], values, partition=0, compression="none")
+            answer = {"offsets": produced.offsets[0]}
+        elif cmd["op"] == "values":
+            answer = {"values": [v.decode() for v in sh.fetch(cmd["topic"])["value"].to_pylist()]}
+        elif cmd["op"] == "fsize":
+            resource.setrlimit(resource.RLIMIT_FSIZE, (cmd["limit"] or soft, hard))
+            answer = {}
+        elif cmd["op"] == "create":
+            sh.create_topic(cmd["topic"])
+            answer = {}
+    except streamhouse.StreamHouseError as exc:
+        answer = {"error": type(exc).__name__, "message": str(exc)}
+    print(json.dumps(answer), flush=True)
+sh.close()
+"""
+
+
+_PR_CAPBSET_DROP = 24
+_CAP_DAC_OVERRIDE, _CAP_DAC_READ_SEARCH = 1, 2
+
+
+def _obey_permissions() -> None:
+    """In the child before exec: drop the capabilities that let root ignore permission bits.
+
+    The child keeps uid 0 (it can still run the interpreter under /root) but, after exec,
+    ``chmod 555`` on a directory stops it from creating files there.
+    """
+    if os.geteuid() != 0:
+        return
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    for cap in (_CAP_DAC_OVERRIDE, _CAP_DAC_READ_SEARCH):
+        if libc.prctl(_PR_CAPBSET_DROP, cap, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP) failed")
+
+
+class Servant:
+    def __init__(self, data_dir: Path) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", SERVANT, str(data_dir)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            preexec_fn=_obey_permissions,  # noqa: PLW1509
+        )
+        ready = self.process.stdout.readline()  # type: ignore[union-attr]
+        assert ready == b'{"ready": true}\n', self.process.stderr.read()  # type: ignore[union-attr]
+
+    def __call__(self, **cmd: object) -> dict:
+        self.process.stdin.write(json.dumps(cmd).encode() + b"\n")  # type: ignore[union-attr]
+        self.process.stdin.flush()  # type: ignore[union-attr]
+        line = self.process.stdout.readline()  # type: ignore[union-attr]
+        assert line, self.process.stderr.read()  # type: ignore[union-attr]
+        return json.loads(line)
+
+    def close(self) -> None:
+        self.process.stdin.close()  # type: ignore[union-attr]
+        assert self.process.wait(timeout=30) == 0, self.process.stderr.read()  # type: ignore[union-attr]
+
+
+@pytest.fixture
+def servant() -> Iterator[tuple[Servant, Path]]:
+    root = Path(tempfile.mkdtemp(prefix="streamhouse-durability-"))
+    process = Servant(root / "data")
+    try:
+        yield process, root / "data"
+        process.close()
+    finally:
+        if process.process.poll() is None:
+            process.process.kill()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_full_disk_fails_the_produce_and_keeps_what_was_acknowledged(
+    servant: tuple[Servant, Path],
+) -> None:
+    sh, _ = servant
+    assert sh(op="create", topic="t") == {}
+    assert sh(op="produce", topic="t", values=["a", "b"]) == {"offsets": [0, 1]}
+    # Files may not grow past 64 KiB: a 100 KB segment object cannot be written.
+    assert sh(op="fsize", limit=64 * 1024) == {}
+    answer = sh(op="produce", topic="t", values=["c" * 100_000])
+    assert answer["error"] == "StorageError"
+    assert "cannot write object 'segments/" in answer["message"]
+    assert "File too large" in answer["message"]
+    assert sh(op="values", topic="t") == {"values": ["a", "b"]}
+    # Space again: the writer carries on, with no offset lost to the failed flush.
+    assert sh(op="fsize", limit=0) == {}
+    assert sh(op="produce", topic="t", values=["d" * 100_000, "e"]) == {"offsets": [2, 3]}
+    assert sh(op="values", topic="t") == {"values": ["a", "b", "d" * 100_000, "e"]}
+
+
+def test_unwritable_data_directory_fails_the_produce_and_keeps_what_was_acknowledged(
+    servant: tuple[Servant, Path],
+) -> None:
+    sh, data_dir = servant
+    assert sh(op="create", topic="t") == {}
+    assert sh(op="produce", topic="t", values=["a"]) == {"offsets": [0, 0]}
+    segments = data_dir / "objects" / "segments"
+    segments.chmod(0o555)
+    answer = sh(op="produce", topic="t", values=["b"])
+    assert answer["error"] == "StorageError"
+    assert "Permission denied" in answer["message"]
+    assert str(data_dir / "objects") in answer["message"]
+    segments.chmod(0o755)
+    assert sh(op="produce", topic="t", values=["c"]) == {"offsets": [1, 1]}
+    assert sh(op="values", topic="t") == {"values": ["a", "c"]}
+    with streamhouse.connect(data_dir) as again:  # and another process reads the same
+        assert again.fetch("t")["value"].to_pylist() == [b"a", b"c"]
