@@ -375,6 +375,12 @@ def _print_table(table: pa.Table, title: str | None = None) -> None:
     default=None,
     help="Create topics on first use, like Kafka.",
 )
+@click.option(
+    "--queries",
+    "queries_dir",
+    type=click.Path(exists=True, file_okay=False),
+    help="Run every .sql file in this directory as a continuous query, next to the Kafka protocol.",
+)
 @data_dir_option
 @click.pass_context
 @friendly_errors
@@ -384,10 +390,15 @@ def serve(
     port: int | None,
     advertised_host: str | None,
     auto_create_topics: bool | None,
+    queries_dir: str | None,
     data_dir: str | None,
 ) -> None:
-    """Serve the Kafka protocol over the log until Ctrl-C."""
-    from streamhouse.kafka.server import run
+    """Serve the Kafka protocol over the log (and run continuous queries) until Ctrl-C."""
+    import asyncio
+    import contextlib
+    import signal
+
+    from streamhouse.kafka.server import serve as serve_kafka
 
     settings = _settings(
         ctx,
@@ -396,7 +407,98 @@ def serve(
         advertised_host=advertised_host,
         auto_create_topics=auto_create_topics,
     )
-    run(settings)
+    with StreamHouse(settings) as sh:
+        for path in sorted(Path(queries_dir).glob("*.sql")) if queries_dir else []:
+            query = sh.start(path)
+            log.warning("continuous query %s running from %s", query.name, path)
+
+        async def until_signalled() -> None:
+            loop = asyncio.get_running_loop()
+            serving = asyncio.create_task(serve_kafka(sh.log, settings))
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(signum, serving.cancel)
+            with contextlib.suppress(asyncio.CancelledError):
+                await serving
+
+        asyncio.run(until_signalled())
+
+
+@main.command()
+@click.argument("path", type=click.Path(exists=True, dir_okay=False))
+@click.option("--name", help="Query name: its state and checkpoints (default: the file's stem).")
+@click.option(
+    "--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True
+)
+@click.option(
+    "--until-end",
+    is_flag=True,
+    help="Process what the log holds now, close every window at end of input, and exit.",
+)
+@click.option(
+    "--set", "options", multiple=True, metavar="KEY=VALUE", help="Query option (like SET in SQL)."
+)
+@data_dir_option
+@click.pass_context
+@friendly_errors
+def run(
+    ctx: click.Context,
+    path: str,
+    name: str | None,
+    fmt: str,
+    until_end: bool,
+    options: tuple[str, ...],
+    data_dir: str | None,
+) -> None:
+    """Run the continuous query in PATH, printing results as windows close (Ctrl-C stops it).
+
+    Stopping is clean: the current micro-batch is committed, and running the file again
+    resumes from that checkpoint.
+    """
+    values = {}
+    for item in options:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise click.BadParameter(f"expected KEY=VALUE, got {item!r}", param_hint="--set")
+        values[key.strip()] = value.strip()
+
+    def show(table: pa.Table) -> None:
+        if fmt == "table":
+            _print_table(table)
+        else:
+            _write_result(table, "json", None)
+
+    with StreamHouse(_settings(ctx)) as sh:
+        from streamhouse.runtime.launch import start_query
+
+        query = start_query(
+            sh.engine,
+            Path(path),
+            name=name,
+            state_root=sh.settings.data_dir / "queries",
+            options=values,
+            on_results=show,
+            start=not until_end,
+        )
+        try:
+            if until_end:
+                query.run_until_caught_up(final=True)
+            else:
+                click.echo(f"query {query.name} running; Ctrl-C stops it", err=True)
+                while query.error is None and query.status()["state"] == "running":
+                    time.sleep(0.2)
+        except KeyboardInterrupt:
+            click.echo("stopping after the current micro-batch ...", err=True)
+        finally:
+            status = query.status()
+            query.stop()
+        if query.error is not None:
+            raise click.ClickException(f"query {query.name} failed: {query.error}")
+        click.echo(
+            f"query {query.name}: {status['rows_in']} rows in, {status['rows_out']} rows out, "
+            f"{status['late_rows']} late, {status['rejected_rows']} rejected; "
+            f"watermark {status['watermark']}",
+            err=True,
+        )
 
 
 @main.command()
@@ -440,7 +542,7 @@ def demo(ctx: click.Context, events: int, data_dir: str | None) -> None:
         err=True,
     )
     click.echo(
-        'try: streamhouse query "SELECT country, count(*) FROM clicks GROUP BY country"', err=True
+        'try: streamhouse query "SELECT country, count(*) FROM events GROUP BY country"', err=True
     )
 
 

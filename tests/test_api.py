@@ -23,7 +23,7 @@ from streamhouse import (
     UnknownTopicError,
 )
 from streamhouse.log.objectstore import S3ObjectStore
-from streamhouse.log.records import Compression, read_header, split_batches
+from streamhouse.log.records import Compression, split_batches
 
 
 @pytest.fixture
@@ -269,9 +269,7 @@ def test_concurrent_producer_threads_get_contiguous_offsets(sh: StreamHouse) -> 
                 ((partition, (first, last)),) = produced.offsets.items()
                 assert last - first + 1 == len(values)
                 with lock:
-                    acks.extend(
-                        (partition, first + i, value) for i, value in enumerate(values)
-                    )
+                    acks.extend((partition, first + i, value) for i, value in enumerate(values))
         except BaseException as exc:  # reported below, in the test's thread
             errors.append(exc)
 
@@ -392,6 +390,9 @@ def test_the_whole_api_on_s3(
         assert answer.to_pydict() == {
             "region": ["eu", "us"],
             "n": [33, 17],
-            "total": [sum(i * 1.5 for i in range(50) if i % 3), sum(i * 1.5 for i in range(0, 50, 3))],
+            "total": [
+                sum(i * 1.5 for i in range(50) if i % 3),
+                sum(i * 1.5 for i in range(0, 50, 3)),
+            ],
         }
         assert conn.log.cache.misses >= 1

@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import IO
 
 import pytest
 
@@ -76,6 +77,10 @@ def _spawn_producer(data_dir: Path, topic: str, tag: str, linger_ms: float, call
     )
 
 
+def _drain(stream: IO[bytes], into: list[bytes]) -> None:
+    into.append(stream.read())
+
+
 def _parse_acks(output: bytes) -> list[Ack]:
     """Complete lines only: a line cut short by kill -9 was never acknowledged to anyone."""
     text = output.decode()
@@ -129,7 +134,7 @@ def test_kill_9_mid_produce_loses_nothing_acknowledged(tmp_path: Path) -> None:
         child.stdin.write(b"go\n")  # type: ignore[union-attr]
         child.stdin.flush()  # type: ignore[union-attr]
         chunks: list[bytes] = []
-        reader = threading.Thread(target=lambda: chunks.append(child.stdout.read()))  # type: ignore[union-attr]
+        reader = threading.Thread(target=_drain, args=(child.stdout, chunks))
         reader.start()
         time.sleep(rng.uniform(0.05, 0.6))
         child.send_signal(signal.SIGKILL)
@@ -169,7 +174,9 @@ def test_producer_processes_on_one_directory_are_fenced(tmp_path: Path) -> None:
     assert sum(high_watermarks.values()) == len(acks)
     # Objects of refused commits were deleted: every object left is in the index.
     with streamhouse.connect(tmp_path) as sh:
-        indexed = {row.object_key for p in range(2) for row in sh.log.metadata.segments("shared", p)}
+        indexed = {
+            row.object_key for p in range(2) for row in sh.log.metadata.segments("shared", p)
+        }
     on_disk = {str(p.relative_to(tmp_path / "objects")) for p in (tmp_path / "objects").rglob("*")}
     assert {k for k in on_disk if k.endswith(".seg")} == indexed
 
@@ -203,7 +210,9 @@ def test_two_cli_producers_on_one_directory(tmp_path: Path) -> None:
         ]
         partitions = table["partition"].to_pylist()
         for p in range(2):
-            offsets = [o for q, o in zip(partitions, table["offset"].to_pylist(), strict=True) if q == p]
+            offsets = [
+                o for q, o in zip(partitions, table["offset"].to_pylist(), strict=True) if q == p
+            ]
             assert sorted(offsets) == list(range(sh.log.offsets("lines", p).high_watermark))
 
 

@@ -20,10 +20,13 @@ if TYPE_CHECKING:
     from streamhouse.config import Settings
     from streamhouse.kafka.broker import Broker
 
-__all__ = ["HANDLERS", "KNOWN_TOPIC_CONFIGS", "topic_config_defaults"]
+__all__ = ["HANDLERS", "KNOWN_TOPIC_CONFIGS", "MAX_PARTITIONS", "topic_config_defaults"]
 
 log = logging.getLogger(__name__)
 
+MAX_PARTITIONS = 10_000
+"""The most partitions a topic may have through the Kafka API (a bound on what one request
+can make the metadata store do)."""
 RESOURCE_TOPIC = 2
 RESOURCE_BROKER = 4
 SOURCE_DYNAMIC_TOPIC = 1
@@ -155,8 +158,9 @@ async def handle_create_topics(broker: Broker, header: RequestHeader, request: A
             try:
                 validate_topic_name(topic.name)
                 problem = _invalid_config(configs)
-                if partitions < 1:
-                    error, message = ErrorCode.invalid_partitions, "partitions must be >= 1"
+                if not 1 <= partitions <= MAX_PARTITIONS:
+                    error = ErrorCode.invalid_partitions
+                    message = f"partitions must be between 1 and {MAX_PARTITIONS}"
                 elif problem is not None:
                     error, message = ErrorCode.invalid_config, problem
                 elif broker.log.get_topic(topic.name) is not None:
@@ -164,7 +168,6 @@ async def handle_create_topics(broker: Broker, header: RequestHeader, request: A
                     message = f"topic {topic.name!r} already exists"
                 elif not request.validate_only:
                     broker.log.create_topic(topic.name, partitions=partitions, config=configs)
-                    log.info("created topic %r (%d partitions)", topic.name, partitions)
             except TopicExistsError as exc:
                 error, message = ErrorCode.topic_already_exists, str(exc)
             except LogError as exc:
@@ -193,7 +196,6 @@ async def handle_delete_topics(broker: Broker, header: RequestHeader, request: A
             else:
                 broker.log.delete_topic(name)
                 broker.producers.forget_topic(name)
-                log.info("deleted topic %r", name)
         except StreamHouseError as exc:
             error = error_code_for(exc)
         results.append(module.DeletableTopicResult(name=name, error_code=error))
@@ -208,9 +210,12 @@ async def handle_create_partitions(broker: Broker, header: RequestHeader, reques
         info = broker.log.get_topic(topic.name)
         if info is None:
             error = ErrorCode.unknown_topic_or_partition
-        elif topic.count <= info.partitions:
+        elif not info.partitions < topic.count <= MAX_PARTITIONS:
             error = ErrorCode.invalid_partitions
-            message = f"topic has {info.partitions} partitions, asked for {topic.count}"
+            message = (
+                f"topic has {info.partitions} partitions, asked for {topic.count}"
+                f" (at most {MAX_PARTITIONS})"
+            )
         elif not request.validate_only:
             try:
                 broker.log.set_partitions(topic.name, topic.count)

@@ -35,9 +35,7 @@ def topic_for_client(broker: Broker, name: str, auto_create: bool) -> TopicInfo 
     if not (auto_create and broker.settings.auto_create_topics):
         return ErrorCode.unknown_topic_or_partition
     try:
-        info = broker.log.create_topic(name, partitions=broker.settings.default_partitions)
-        log.info("auto-created topic %r", name)
-        return info
+        return broker.log.create_topic(name, partitions=broker.settings.default_partitions)
     except TopicExistsError:
         info = broker.log.get_topic(name)
         return info if info is not None else ErrorCode.unknown_topic_or_partition

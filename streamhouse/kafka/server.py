@@ -74,6 +74,8 @@ def _start(broker: Broker, frame: bytes, client_host: str) -> tuple[int, Awaitab
     if not versions[0] <= api_version <= versions[1]:
         raise ProtocolError(f"api key {api_key} v{api_version} is not supported")
     header, request = parse_request(frame, client_host)
+    if log.isEnabledFor(logging.DEBUG):
+        log.debug("%s: api %d v%d #%d", client_host, api_key, api_version, correlation_id)
     call = HANDLERS[api_key](broker, header, request)
     return correlation_id, _respond(header, call)
 

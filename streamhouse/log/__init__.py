@@ -149,6 +149,15 @@ class Log:
         return offsets[0].as_py(), stamps[0].as_py()
 
     def close(self) -> None:
-        self.writer.close()
-        self.metadata.close()
-        self.store.close()
+        """Flush what is pending, then release the metadata and object stores."""
+        try:
+            self.writer.close()
+        finally:
+            self.metadata.close()
+            self.store.close()
+
+    def __enter__(self) -> Log:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

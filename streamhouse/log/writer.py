@@ -40,7 +40,7 @@ CommitListener = Callable[[str, int, int], None]
 
 _OFFSET = struct.Struct(">q")
 
-COMMIT_ATTEMPTS = 1
+COMMIT_ATTEMPTS = 8
 """Tries per flush when another process commits to the same partitions in between."""
 
 

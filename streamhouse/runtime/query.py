@@ -83,8 +83,13 @@ def _run_sql(sql: str, tables: dict[str, pa.Table]) -> pa.Table:
     ctx = _session_context()
     for name, table in tables.items():
         batches = table.to_batches() or [pa.RecordBatch.from_pylist([], schema=table.schema)]
-        ctx.register_record_batches(name, [batches])
+        # Quoted: DataFusion lower-cases an unquoted name here, though the SQL keeps its case.
+        ctx.register_record_batches(_quoted(name), [batches])
     return ctx.sql(sql).to_arrow_table()
+
+
+def _quoted(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
 
 
 class ContinuousQuery:
@@ -136,6 +141,8 @@ class ContinuousQuery:
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._wake = threading.Event()
+        self._step_lock = threading.Lock()
+        self._closed = False
         self.error: BaseException | None = None
         self.log.add_listener(self._on_commit)
 
@@ -219,8 +226,10 @@ class ContinuousQuery:
         self._wake.set()
         if self._thread is not None:
             self._thread.join()
-        if not already:
-            self.store.close()
+        with self._step_lock:
+            if not already:
+                self._closed = True
+                self.store.close()
         with self._results_ready:
             self._results_ready.notify_all()
 
@@ -232,7 +241,16 @@ class ContinuousQuery:
             self.step(final=True)
 
     def step(self, final: bool = False, max_records: int | None = None) -> bool:
-        """Run one micro-batch; False if there was nothing to do."""
+        """Run one micro-batch; False if there was nothing to do.
+
+        Safe to call while the background thread runs: micro-batches never overlap.
+        """
+        with self._step_lock:
+            if self._closed:
+                raise StreamHouseError(f"query {self.name} is stopped")
+            return self._step(final, max_records)
+
+    def _step(self, final: bool, max_records: int | None) -> bool:
         pending = self.store.get_json(PENDING)
         topic = self.source.topic
         partitions = sorted(self.positions)

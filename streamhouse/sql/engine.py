@@ -184,8 +184,9 @@ class Engine:
             else:
                 table = self.source_table(name, columns, stats)
             batches = table.to_batches() or [pa.RecordBatch.from_pylist([], schema=table.schema)]
-            ctx.register_record_batches(name, [batches])
-        sql = query.sql(dialect="postgres")
+            # Quoted: DataFusion lower-cases an unquoted name here, the SQL keeps its case.
+            ctx.register_record_batches('"' + name.replace('"', '""') + '"', [batches])
+        sql = query.sql(dialect="postgres", identify=True)
         try:
             return ctx.sql(sql).to_arrow_table()
         except Exception as exc:  # DataFusion reports planning and execution errors alike

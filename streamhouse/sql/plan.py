@@ -142,7 +142,7 @@ def _plan_select(select: exp.Select) -> Stateless | WindowAggregate:
                 "TUMBLING(ts, INTERVAL ...), HOP(...) or SESSION(...) to GROUP BY",
                 rest.args.get("group") or rest,
             )
-        return Stateless(table.name, rest.sql(dialect="postgres"))
+        return Stateless(table.name, rest.sql(dialect="postgres", identify=True))
     return _plan_window(rest, spec, table)
 
 
@@ -257,11 +257,11 @@ def _plan_window(rest: exp.Select, spec: WindowSpec, table: exp.Table) -> Window
     return WindowAggregate(
         source=table.name,
         window=spec,
-        pre_sql=pre.sql(dialect="postgres"),
+        pre_sql=pre.sql(dialect="postgres", identify=True),
         keys=key_columns,
         key_sql=[k.sql(dialect="postgres") for k in keys],
         aggregates=aggregates,
-        post_sql=post.sql(dialect="postgres"),
+        post_sql=post.sql(dialect="postgres", identify=True),
     )
 
 
