@@ -212,14 +212,26 @@ def _decode_json_chunk(
     return table, keep[good], rejected
 
 
-def _epoch_variant(schema: pa.Schema) -> pa.Schema | None:
-    """``schema`` with temporal columns read as epoch milliseconds, or None if it has none."""
-    temporal = [pa.types.is_timestamp(f.type) or pa.types.is_date(f.type) for f in schema]
-    if not any(temporal):
-        return None
-    return pa.schema(
-        [f.with_type(pa.int64()) if t else f for f, t in zip(schema, temporal, strict=True)]
-    )
+def _epoch_variants(schema: pa.Schema) -> list[pa.Schema]:
+    """``schema`` with temporal columns read as epoch milliseconds: all of them first, then
+    (for up to 4 temporal columns) every other mix, so a record may give one column as an
+    ISO string and another as a number."""
+    temporal = [
+        i for i, f in enumerate(schema) if pa.types.is_timestamp(f.type) or pa.types.is_date(f.type)
+    ]
+    if not temporal:
+        return []
+    everything = (1 << len(temporal)) - 1
+    masks = [everything]
+    if len(temporal) <= 4:
+        masks += [m for m in range(everything - 1, 0, -1)]
+    variants = []
+    for mask in masks:
+        epoch = {temporal[j] for j in range(len(temporal)) if mask >> j & 1}
+        variants.append(
+            pa.schema([f.with_type(pa.int64()) if i in epoch else f for i, f in enumerate(schema)])
+        )
+    return variants
 
 
 def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
@@ -263,7 +275,7 @@ class _JsonParser:
 
     def __init__(self, values: pa.Array, schema: pa.Schema) -> None:
         self._schema = schema
-        self._variants = [v for v in (schema, _epoch_variant(schema)) if v is not None]
+        self._variants = [schema, *_epoch_variants(schema)]
         self._buffer, self._bounds = _newline_joined(values)
         newlines = np.count_nonzero(np.frombuffer(self._buffer, np.uint8) == _NEWLINE)
         self._multiline = newlines != len(values)
