@@ -56,6 +56,8 @@ def friendly_errors(f: Callable[..., Any]) -> Callable[..., Any]:
         except BrokenPipeError:
             sys.stderr.close()
             sys.exit(0)
+        except OSError as exc:  # e.g. -o into a directory that does not exist
+            raise click.ClickException(str(exc)) from None
 
     return wrapper
 
@@ -321,12 +323,16 @@ def query(ctx: click.Context, sql: str, fmt: str, output: str | None, data_dir: 
 
 
 def _write_result(table: pa.Table, fmt: str, output: str | None) -> None:
-    if fmt == "table" and output is None:
-        _print_table(table)
+    if fmt == "table":
+        if output is None:
+            _print_table(table)
+        else:
+            with open(output, "w", encoding="utf-8") as fh:
+                _print_table(table, file=fh)
         return
     sink = open(output, "wb") if output else click.get_binary_stream("stdout")  # noqa: SIM115
     try:
-        if fmt == "json" or fmt == "table":
+        if fmt == "json":
             for row in table.to_pylist():
                 sink.write(json.dumps(row, default=str, ensure_ascii=False).encode() + b"\n")
         elif fmt == "csv":
@@ -343,7 +349,8 @@ def _write_result(table: pa.Table, fmt: str, output: str | None) -> None:
             sink.flush()
 
 
-def _print_table(table: pa.Table, title: str | None = None) -> None:
+def _print_table(table: pa.Table, title: str | None = None, file: Any = None) -> None:
+    """Print ``table`` with rich to stdout (or ``file``, unwrapped); the row count to stderr."""
     from rich.console import Console
     from rich.table import Table
 
@@ -357,7 +364,8 @@ def _print_table(table: pa.Table, title: str | None = None) -> None:
         view.add_column(field.name, justify="right" if numeric else "left")
     for row in table.to_pylist():
         view.add_row(*("NULL" if v is None else str(v) for v in row.values()))
-    Console(soft_wrap=True).print(view)
+    console = Console(soft_wrap=True) if file is None else Console(file=file, width=1 << 14)
+    console.print(view)
     click.echo(f"({table.num_rows} row{'s' if table.num_rows != 1 else ''})", err=True)
 
 

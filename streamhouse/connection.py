@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from streamhouse.config import DEFAULT_DATA_DIR, Settings
+from streamhouse.config import Settings
 from streamhouse.errors import (
     LogError,
     RecordTooLargeError,
@@ -84,7 +84,7 @@ class StreamHouse:
     """A connection to one StreamHouse log: topics, produce, fetch and SQL."""
 
     def __init__(self, settings: Settings | None = None) -> None:
-        self.settings = settings or Settings.load(data_dir=Path(DEFAULT_DATA_DIR))
+        self.settings = settings or Settings.load()  # $STREAMHOUSE_DATA_DIR or the default
         self.log = Log.open(self.settings)
         self.engine = Engine(self.log)
         self._queries: list[ContinuousQuery] = []

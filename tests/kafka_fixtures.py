@@ -142,7 +142,10 @@ def kafka_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaServ
 
 @pytest.fixture
 def new_topic(kafka_server: KafkaServer) -> Iterator[Any]:
-    """Factory ``new_topic(partitions=1, **configs) -> name``: a fresh topic on the server."""
+    """Factory ``new_topic(partitions=1, **configs) -> name``: a fresh topic on the server.
+
+    Config names are given with underscores: ``new_topic(max_message_bytes="1000")``.
+    """
 
     def make(partitions: int = 1, **configs: str) -> str:
         name = f"t-{uuid.uuid4().hex[:12]}"

@@ -77,8 +77,10 @@ def _spawn_producer(data_dir: Path, topic: str, tag: str, linger_ms: float, call
     )
 
 
-def _drain(stream: IO[bytes], into: list[bytes]) -> None:
-    into.append(stream.read())
+def _drain(stream: IO[bytes], into: list[bytes], first: threading.Event) -> None:
+    for line in stream:  # the last piece may lack its newline if the kill cut a write short
+        into.append(line)
+        first.set()
 
 
 def _parse_acks(output: bytes) -> list[Ack]:
@@ -134,15 +136,17 @@ def test_kill_9_mid_produce_loses_nothing_acknowledged(tmp_path: Path) -> None:
         child.stdin.write(b"go\n")  # type: ignore[union-attr]
         child.stdin.flush()  # type: ignore[union-attr]
         chunks: list[bytes] = []
-        reader = threading.Thread(target=_drain, args=(child.stdout, chunks))
+        acked = threading.Event()
+        reader = threading.Thread(target=_drain, args=(child.stdout, chunks, acked))
         reader.start()
-        time.sleep(rng.uniform(0.05, 0.6))
+        assert acked.wait(timeout=60), "the producer acknowledged nothing"
+        time.sleep(rng.uniform(0, 0.5))  # then kill it somewhere in the middle of its work
         child.send_signal(signal.SIGKILL)
         child.wait(timeout=30)
         reader.join(timeout=30)
         assert child.returncode == -signal.SIGKILL
         round_acks = _parse_acks(b"".join(chunks))
-        assert round_acks, "the producer acknowledged nothing before the kill"
+        assert round_acks
         acks.extend(round_acks)
         high_watermarks = _check_log(tmp_path, "acks", acks)
         assert sum(high_watermarks.values()) >= len(acks)
@@ -158,7 +162,7 @@ def test_kill_9_mid_produce_loses_nothing_acknowledged(tmp_path: Path) -> None:
 def test_producer_processes_on_one_directory_are_fenced(tmp_path: Path) -> None:
     with streamhouse.connect(tmp_path) as sh:
         sh.create_topic("shared", partitions=2)
-    children = [_spawn_producer(tmp_path, "shared", tag, 0, 40) for tag in ("a", "b", "c")]
+    children = [_spawn_producer(tmp_path, "shared", tag, 0, 30) for tag in ("a", "b", "c")]
     for child in children:  # all connected: start them together
         assert child.stdout.readline() == b"ready\n", child.stderr.read()  # type: ignore[union-attr]
     for child in children:
@@ -309,7 +313,7 @@ def servant() -> Iterator[tuple[Servant, Path]]:
 def test_full_disk_fails_the_produce_and_keeps_what_was_acknowledged(
     servant: tuple[Servant, Path],
 ) -> None:
-    sh, _ = servant
+    sh, data_dir = servant
     assert sh(op="create", topic="t") == {}
     assert sh(op="produce", topic="t", values=["a", "b"]) == {"offsets": [0, 1]}
     # Files may not grow past 64 KiB: a 100 KB segment object cannot be written.
@@ -319,10 +323,22 @@ def test_full_disk_fails_the_produce_and_keeps_what_was_acknowledged(
     assert "cannot write object 'segments/" in answer["message"]
     assert "File too large" in answer["message"]
     assert sh(op="values", topic="t") == {"values": ["a", "b"]}
-    # Space again: the writer carries on, with no offset lost to the failed flush.
+    # 4 KiB: the small object is written, but the metadata store's log cannot grow, so the
+    # commit fails; the object it would have indexed is deleted.
+    assert sh(op="fsize", limit=4096) == {}
+    answer = sh(op="produce", topic="t", values=["small"])
+    assert answer["error"] == "StorageError"
+    assert "metadata store" in answer["message"] and "cannot commit segment" in answer["message"]
+    # Space again: the writer carries on, with no offset lost to the failed flushes.
     assert sh(op="fsize", limit=0) == {}
     assert sh(op="produce", topic="t", values=["d" * 100_000, "e"]) == {"offsets": [2, 3]}
     assert sh(op="values", topic="t") == {"values": ["a", "b", "d" * 100_000, "e"]}
+    with streamhouse.connect(data_dir) as again:
+        assert again.fetch("t")["value"].to_pylist() == [b"a", b"b", b"d" * 100_000, b"e"]
+        indexed = {row.object_key for row in again.log.metadata.segments("t", 0)}
+    assert {
+        str(p.relative_to(data_dir / "objects")) for p in (data_dir / "objects").rglob("*.seg")
+    } == indexed
 
 
 def test_unwritable_data_directory_fails_the_produce_and_keeps_what_was_acknowledged(

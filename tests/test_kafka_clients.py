@@ -422,3 +422,94 @@ def test_kcat_consumer_group_commits(kafka_server: KafkaServer, new_topic) -> No
         kafka_server.bootstrap, topic, [Rec(0, b"k", b"g5", (), recs[0].timestamp)], "none"
     )
     assert group_consume_confluent(kafka_server.bootstrap, topic, group, 1) == [b"g5"]
+
+
+# -- admin clients ---------------------------------------------------------------------------
+
+
+def test_confluent_admin_client(kafka_server: KafkaServer) -> None:
+    from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, TopicPartition
+    from confluent_kafka.admin import AdminClient, ConfigResource, NewPartitions, NewTopic
+
+    admin = AdminClient({"bootstrap.servers": kafka_server.bootstrap})
+    topic, group = f"adm-{time.monotonic_ns()}", f"adm-group-{time.monotonic_ns()}"
+    admin.create_topics([NewTopic(topic, 3, 1, config={"retention.ms": "1000"})])[topic].result(10)
+    admin.create_partitions([NewPartitions(topic, 5)])[topic].result(10)
+    assert len(admin.list_topics(topic, timeout=10).topics[topic].partitions) == 5
+    resource = ConfigResource("topic", topic)
+    configs = admin.describe_configs([resource])[resource].result(10)
+    assert configs["retention.ms"].value == "1000" and configs["cleanup.policy"].value == "delete"
+    assert configs["max.message.bytes"].is_default
+    consumer = Consumer({"bootstrap.servers": kafka_server.bootstrap, "group.id": group})
+    consumer.commit(offsets=[TopicPartition(topic, 1, 42, "meta")], asynchronous=False)
+    consumer.close()
+    assert group in {g.group_id for g in admin.list_consumer_groups().result(10).valid}
+    assert admin.describe_consumer_groups([group])[group].result(10).group_id == group
+    request = ConsumerGroupTopicPartitions(group, [TopicPartition(topic, 1)])
+    listed = admin.list_consumer_group_offsets([request])[group].result(10)
+    assert [(tp.partition, tp.offset, tp.metadata) for tp in listed.topic_partitions] == [
+        (1, 42, "meta")
+    ]
+    admin.delete_consumer_groups([group])[group].result(10)
+    admin.delete_topics([topic])[topic].result(10)
+    assert topic not in admin.list_topics(timeout=10).topics
+
+
+def test_kafka_python_admin_client(kafka_server: KafkaServer) -> None:
+    from kafka import KafkaConsumer, TopicPartition
+    from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient, NewTopic
+    from kafka.structs import OffsetAndMetadata
+
+    admin = KafkaAdminClient(bootstrap_servers=kafka_server.bootstrap)
+    topic, group = f"kadm-{time.monotonic_ns()}", f"kadm-group-{time.monotonic_ns()}"
+    try:
+        admin.create_topics([NewTopic(topic, 2, 1, topic_configs={"retention.ms": "5"})])
+        configs = admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic)])
+        assert configs["topic"][topic]["retention.ms"]["value"] == "5"
+        consumer = KafkaConsumer(bootstrap_servers=kafka_server.bootstrap, group_id=group)
+        consumer.commit({TopicPartition(topic, 1): OffsetAndMetadata(7, "m", -1)})
+        consumer.close()
+        assert group in {g["group_id"] for g in admin.list_groups()}
+        assert admin.describe_groups([group])[group]["group_state"] == "Empty"
+        offsets = admin.list_group_offsets({group: None})[group]
+        assert offsets[TopicPartition(topic, 1)].offset == 7
+        assert admin.delete_groups([group]) == {group: "OK"}
+        admin.delete_topics([topic])
+    finally:
+        admin.close()
+
+
+# -- the Python API and Kafka clients share one log ------------------------------------------
+
+
+def test_python_api_and_kafka_clients_see_each_others_records(
+    kafka_server: KafkaServer, new_topic
+) -> None:
+    import streamhouse
+
+    topic = new_topic(partitions=1)
+    produce_confluent(
+        kafka_server.bootstrap, topic, [Rec(0, b"k", b"from-kafka", (("h", b"1"),), 1000)], "lz4"
+    )
+    with streamhouse.connect(kafka_server.data_dir) as sh:
+        table = sh.fetch(topic, partition=0)
+        assert table["value"].to_pylist() == [b"from-kafka"]
+        assert table["key"].to_pylist() == [b"k"]
+        sh.produce(topic, [b"from-python"], partition=0, headers={"h": b"2"})
+    got = consume_confluent_one_partition(kafka_server.bootstrap, topic, 2)
+    assert got == [(b"from-kafka", [("h", b"1")]), (b"from-python", [("h", b"2")])]
+
+
+def consume_confluent_one_partition(bootstrap: str, topic: str, count: int) -> list[tuple]:
+    from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "unused"})
+    consumer.assign([TopicPartition(topic, 0, OFFSET_BEGINNING)])
+    got: list[tuple] = []
+    deadline = time.monotonic() + TIMEOUT
+    while len(got) < count and time.monotonic() < deadline:
+        got += [
+            (m.value(), m.headers()) for m in consumer.consume(10, timeout=0.5) if not m.error()
+        ]
+    consumer.close()
+    return got

@@ -28,12 +28,15 @@ PER_ROUND = 40  # records per partition per round
 class Member:
     """A group member process and what it reported."""
 
-    def __init__(self, name: str, bootstrap: str, topic: str, group: str, tmp: Path, strategy: str):
+    def __init__(
+        self, name: str, client: str, strategy: str, args: tuple[str, str, str], tmp: Path
+    ):
+        bootstrap, topic, group = args
         self.name = name
         self.out = tmp / f"{name}.out"
         self.out.touch()
         self.process = subprocess.Popen(
-            [sys.executable, str(MEMBER), bootstrap, topic, group, str(self.out), strategy],
+            [sys.executable, str(MEMBER), client, bootstrap, topic, group, str(self.out), strategy],
             stderr=subprocess.DEVNULL,
         )
 
@@ -100,15 +103,24 @@ def _consumed(members: list[Member]) -> set[tuple[int, int]]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("strategy", ["range", "cooperative-sticky"])
+@pytest.mark.parametrize(
+    ("client", "strategy"),
+    [
+        ("confluent-kafka", "range"),
+        ("confluent-kafka", "cooperative-sticky"),
+        ("kafka-python", "range"),
+        ("aiokafka", "roundrobin"),
+    ],
+)
 def test_three_members_rebalance_on_leave_and_kill(
-    kafka_server: KafkaServer, new_topic, tmp_path: Path, strategy: str
+    kafka_server: KafkaServer, new_topic, tmp_path: Path, client: str, strategy: str
 ) -> None:
     topic = new_topic(partitions=PARTITIONS)
     group = f"g3-{topic}"
     bootstrap = kafka_server.bootstrap
     produced = _produce_round(bootstrap, topic, 0)
-    members = [Member(n, bootstrap, topic, group, tmp_path, strategy) for n in "abc"]
+    args = (bootstrap, topic, group)
+    members = [Member(n, client, strategy, args, tmp_path) for n in "abc"]
     a, b, c = members
     try:
         _wait(lambda: _balanced(members), "three members sharing six partitions")

@@ -99,17 +99,19 @@ def test_responses_to_pipelined_requests_come_in_order(
 ) -> None:
     topic = new_topic(partitions=1)
     with RawClient(kafka_server.bootstrap) as client:
-        frames, expected = [], []
+        frames, expected, produced = [], [], 0
         for i in range(20):
             if i % 3 == 0:
-                # a long poll that must not hold back the answers after it... but must
-                # itself still be answered in its place
-                correlation, frame = client.encode(1, 11, **fetch_request(topic, [(0, 10**6)]))
+                # a long poll at the high watermark: answered when the next produce lands
+                # (or after 300 ms), and still before the answers to the requests after it
+                fetch = fetch_request(topic, [(0, produced)], max_wait_ms=300)
+                correlation, frame = client.encode(1, 11, **fetch)
                 expected.append((correlation, 1, 11))
             elif i % 3 == 1:
                 batch = build_batch([b"p%d" % i])
                 correlation, frame = client.encode(0, 8, **produce_request(topic, 0, batch))
                 expected.append((correlation, 0, 8))
+                produced += 1
             else:
                 correlation, frame = client.encode(18, 0)
                 expected.append((correlation, 18, 0))

@@ -95,6 +95,12 @@ class Member:
     def awaiting_join(self) -> bool:
         return self.join_waiter is not None and not self.join_waiter.done()
 
+    @property
+    def awaiting_reply(self) -> bool:
+        """Parked in JoinGroup or SyncGroup: alive, whatever its session timer says."""
+        waiting_sync = self.sync_waiter is not None and not self.sync_waiter.done()
+        return self.awaiting_join or waiting_sync
+
     def metadata_for(self, protocol: str) -> bytes:
         for name, metadata in self.protocols:
             if name == protocol:
@@ -326,7 +332,7 @@ class GroupCoordinator:
         now = time.monotonic() if now is None else now
         for group in list(self.groups.values()):
             expired = [
-                m for m in group.members.values() if not m.awaiting_join and m.deadline < now
+                m for m in group.members.values() if not m.awaiting_reply and m.deadline < now
             ]
             for member in expired:
                 log.info("group %s: member %s session timed out", group.group_id, member.member_id)

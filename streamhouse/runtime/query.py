@@ -44,8 +44,14 @@ from streamhouse.runtime.options import QueryOptions
 from streamhouse.runtime.sink import TopicSink
 from streamhouse.sql.ddl import stream_definition
 from streamhouse.sql.parse import parse
-from streamhouse.sql.plan import FLOWS, ContinuousPlan, Stateless, plan_query
-from streamhouse.sql.source import decode_json, infer_schema, read_records, with_metadata
+from streamhouse.sql.plan import FLOWS, ContinuousPlan, Stateless, check_columns, plan_query
+from streamhouse.sql.source import (
+    METADATA_FIELDS,
+    decode_json,
+    infer_schema,
+    read_records,
+    with_metadata,
+)
 from streamhouse.state.store import StateStore, partition_key
 from streamhouse.windows.operator import make_operator
 from streamhouse.windows.table import event_time_ms
@@ -161,6 +167,9 @@ class ContinuousQuery:
         if kind not in ("stream", "table"):
             raise SqlError(f"continuous queries read streams and topics; {name!r} is a {kind}")
         definition = stream_definition(parse(entry.sql)[0])
+        columns = {f.name: f.type for f in METADATA_FIELDS}
+        columns |= {c.name: c.type for c in definition.columns}
+        check_columns(self.plan, self.statement, columns)
         watermark = definition.watermark
         column = watermark.column if watermark is not None else window_column
         delay = watermark.delay_ms if watermark is not None else 0

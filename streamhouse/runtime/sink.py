@@ -14,6 +14,7 @@ replay, and are skipped.
 from __future__ import annotations
 
 import logging
+import threading
 
 import duckdb
 import numpy as np
@@ -25,12 +26,25 @@ from streamhouse.log.records import Compression, build_batch
 
 log = logging.getLogger(__name__)
 
+_duckdb: duckdb.DuckDBPyConnection | None = None
+_duckdb_lock = threading.Lock()
+
+
+def _cursor() -> duckdb.DuckDBPyConnection:
+    """A cursor on one shared in-memory DuckDB (opening a database takes ~40 ms; a cursor
+    ~0.1 ms, and each thread may use its own)."""
+    global _duckdb
+    with _duckdb_lock:
+        if _duckdb is None:
+            _duckdb = duckdb.connect()
+        return _duckdb.cursor()
+
 
 def encode_rows(table: pa.Table, key_columns: list[str]) -> tuple[list[bytes], list[bytes | None]]:
     """(JSON value, key) per row of ``table``, in order."""
     if table.num_rows == 0:
         return [], []
-    con = duckdb.connect()
+    con = _cursor()
     try:
         con.register("rows_out", table)
         keys = [c for c in key_columns if c in table.column_names]

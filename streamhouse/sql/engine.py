@@ -34,7 +34,7 @@ from streamhouse.sql.source import (
     read_records,
     with_metadata,
 )
-from streamhouse.sql.window_spec import WindowSpec, find_window
+from streamhouse.sql.window_spec import take_out_windows
 from streamhouse.windows.table import window_table
 
 log = logging.getLogger(__name__)
@@ -116,11 +116,12 @@ class Engine:
         raise sql_error(f"CREATE {kind} is not supported", statement)
 
     def _drop(self, statement: exp.Drop) -> Relation:
-        name = statement.this.name
+        target = (statement.args.get("tables") or [statement.this])[0]  # sqlglot 30: `tables`
+        name = target.name
         kind = (statement.args.get("kind") or "").upper()
         if not self.log.metadata.drop_catalog(name) and not statement.args.get("exists"):
             raise UnknownStreamError(
-                f"{kind.lower() or 'stream'} {name!r} does not exist", *_pos(statement.this)
+                f"{kind.lower() or 'stream'} {name!r} does not exist", *_pos(target)
             )
         return status(f"DROP {kind} {name}")
 
@@ -169,7 +170,7 @@ class Engine:
         stats.rows_read = 0
         stats.rejected.clear()
         columns = _referenced_columns(query)
-        query, windowed = _take_out_windows(query)
+        query, windowed = take_out_windows(query)
         config = datafusion.SessionConfig().set(
             "datafusion.sql_parser.enable_ident_normalization", "false"
         )
@@ -247,35 +248,6 @@ class Engine:
         if definition is not None:
             return definition.schema()
         return infer_schema(records["value"])
-
-
-def _take_out_windows(query: exp.Query) -> tuple[exp.Query, dict[str, tuple[str, WindowSpec]]]:
-    """Replace each windowed SELECT by plain SQL over a windowed copy of its source.
-
-    Returns the rewritten query and, per registered name of a windowed copy, its source and
-    window. The copy keeps the source's name as its alias, so qualified columns still resolve.
-    """
-    query = query.copy()
-    windowed: dict[str, tuple[str, WindowSpec]] = {}
-    for select in list(query.find_all(exp.Select)):
-        spec, rest = find_window(select)
-        if spec is None:
-            continue
-        source = rest.args.get("from_")
-        table = source.this if source is not None else None
-        if not isinstance(table, exp.Table) or isinstance(table.this, exp.Func):
-            raise sql_error("a window must be over a stream, view or topic", table or select)
-        if rest.args.get("joins"):
-            raise sql_error("windows over joins are not supported yet", rest.args["joins"][0])
-        name = f"__window_{len(windowed)}_{table.name}"
-        windowed[name] = (table.name, spec)
-        alias = table.alias or table.name
-        table.replace(exp.to_table(name).as_(alias) if alias else exp.to_table(name))
-        if select is query:
-            query = rest
-        else:
-            select.replace(rest)
-    return query, windowed
 
 
 def _source_tables(query: exp.Expr) -> list[exp.Table]:

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 from sqlglot import exp
@@ -64,8 +65,16 @@ def _from_parse_error(sql: str, error: ParseError) -> SqlError:
     return SqlError(message, line, column)
 
 
+_TOKEN_AT = re.compile(r"^(.*) from \d+:(\d+)$")
+
+
 def _from_token_error(sql: str, error: TokenError) -> SqlError:
     message = str(error).splitlines()[0]
+    # The tokenizer wraps the real error ("Missing ' from LINE:OFFSET") in a context snippet.
+    cause = str(error.__cause__ or "")
+    if match := _TOKEN_AT.match(cause):
+        line, column = line_column(sql, int(match.group(2)))
+        return SqlError(f"{match.group(1)} (unterminated quote or comment)", line, column)
     if error.start is not None:
         line, column = line_column(sql, error.start)
         return SqlError(message, line, column)

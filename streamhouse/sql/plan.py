@@ -22,10 +22,19 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
+import pyarrow as pa
 from sqlglot import exp
 
+from streamhouse.errors import SqlError
+from streamhouse.joins.bounds import TimeBound, interval_bounds
 from streamhouse.sql.parse import sql_error
-from streamhouse.sql.window_spec import WINDOW_COLUMNS, WindowSpec, find_window
+from streamhouse.sql.window_spec import (
+    KINDS,
+    WINDOW_COLUMNS,
+    WindowSpec,
+    find_window,
+    take_out_windows,
+)
 from streamhouse.windows.aggregate import AggregateCall
 
 log = logging.getLogger(__name__)
@@ -84,10 +93,80 @@ class WindowAggregate:
 
 
 @dataclass(frozen=True)
+class Windowed:
+    """A query whose every input is a windowed stream: ``sql`` runs once its windows close.
+
+    ``inputs`` maps the name each windowed input is registered under to (source, window).
+    """
+
+    sql: str
+    inputs: dict[str, tuple[str, WindowSpec]]
+
+    @property
+    def source(self) -> str:
+        return next(iter(self.inputs.values()))[0]
+
+    @property
+    def sources(self) -> list[str]:
+        return sorted({source for source, _ in self.inputs.values()})
+
+    def explain(self) -> list[str]:
+        lines = ["WindowedQuery  (evaluated per closed window)", f"  sql: {self.sql}"]
+        for name, (source, w) in sorted(self.inputs.items()):
+            size = f"gap={w.gap_ms}ms" if w.kind == "session" else f"size={w.size_ms}ms"
+            slide = f" slide={w.slide_ms}ms" if w.slide_ms else ""
+            lines.append(
+                f"  Input {name}: {w.kind.upper()}({source}.{w.time_column}, {size}{slide})"
+            )
+        lines += [
+            "  state: column family 'joins', key u8(input)|u64(window_end)|u64(window_start)"
+            " -> IPC(windowed rows)",
+            "  eviction: a window's rows are deleted when the watermark passes its end",
+        ]
+        return lines
+
+
+@dataclass(frozen=True)
+class StreamJoin:
+    """An append-only INNER join of two streams (regular, or interval with time bounds)."""
+
+    left: str
+    right: str
+    sql: str  # over __left and __right
+    bound: TimeBound | None
+
+    @property
+    def source(self) -> str:
+        return self.left
+
+    @property
+    def sources(self) -> list[str]:
+        return sorted({self.left, self.right})
+
+    def explain(self) -> list[str]:
+        b = self.bound
+        if b is None:
+            kind, evict = "regular", "none (set 'state.ttl' to bound it by event time)"
+        else:
+            kind = f"interval: right.{b.right_column} - {b.before_ms}ms <= left.{b.left_column} <= right.{b.right_column} + {b.after_ms}ms"
+            evict = (
+                "left rows older than watermark - before, right rows older than watermark - after"
+            )
+        return [
+            f"StreamJoin  {kind}",
+            f"  sql: {self.sql}",
+            f"  Left  {self.left}",
+            f"  Right  {self.right}",
+            "  state: column family 'joins', key side|u64(max event time)|u64(sequence) -> IPC(rows)",
+            f"  eviction: {evict}",
+        ]
+
+
+@dataclass(frozen=True)
 class ContinuousPlan:
     """What a continuous query reads, computes and where it writes."""
 
-    operator: Stateless | WindowAggregate
+    operator: Stateless | WindowAggregate | Windowed | StreamJoin
     sink_kind: str = "results"  # results | topic
     sink: str | None = None  # the sink topic/stream name for INSERT INTO and materialized views
     options: dict[str, str] = field(default_factory=dict)
@@ -95,6 +174,10 @@ class ContinuousPlan:
     @property
     def source(self) -> str:
         return self.operator.source
+
+    @property
+    def sources(self) -> list[str]:
+        return getattr(self.operator, "sources", None) or [self.operator.source]
 
     def explain(self) -> str:
         sink = f"Sink  topic {self.sink}" if self.sink_kind == "topic" else "Sink  results"
@@ -122,28 +205,101 @@ def plan_query(statement: exp.Expr) -> ContinuousPlan:
     return ContinuousPlan(_plan_select(query), sink_kind, sink)
 
 
-def _plan_select(select: exp.Select) -> Stateless | WindowAggregate:
-    if select.args.get("joins"):
-        raise sql_error(
-            "joins in continuous queries are not supported yet", select.args["joins"][0]
-        )
+def _plan_select(select: exp.Select) -> Stateless | WindowAggregate | Windowed | StreamJoin:
     if select.args.get("limit") is not None:
         raise sql_error("LIMIT has no meaning in a continuous query", select.args["limit"])
-    spec, rest = find_window(select)
-    source = rest.args.get("from_")
+    rewritten, windowed = take_out_windows(select)
+    tables = _source_tables(rewritten)
+    plain = [t for t in tables if t.name not in windowed]
+    if windowed:
+        if plain:
+            raise sql_error(
+                "a continuous query cannot yet mix windowed and unwindowed streams", plain[0]
+            )
+        spec, rest = find_window(select)
+        source = rest.args.get("from_")
+        table = source.this if source is not None else None
+        simple = (
+            spec is not None
+            and not rest.args.get("joins")
+            and isinstance(table, exp.Table)
+            and not isinstance(table.this, exp.Func)
+            and not any(True for _ in rest.find_all(exp.Window))
+        )
+        if simple:
+            try:
+                return _plan_window(rest, spec, table)  # type: ignore[arg-type]
+            except SqlError:
+                if spec.kind == "session":  # type: ignore[union-attr]
+                    raise
+                log.info("falling back to per-window evaluation")
+        specs = {w for _, w in windowed.values()}
+        if any(w.kind == "session" for w in specs):
+            raise sql_error("SESSION windows support windowed aggregates only", select)
+        if len(specs) > 1:
+            raise sql_error(
+                "every input of a windowed continuous query needs the same window", select
+            )
+        return Windowed(rewritten.sql(dialect="postgres", identify=True), windowed)
+    joins = select.args.get("joins") or []
+    if joins:
+        return _plan_join(select, joins)
+    source = select.args.get("from_")
     table = source.this if source is not None else None
     if not isinstance(table, exp.Table) or isinstance(table.this, exp.Func):
         raise sql_error("a continuous query must read a stream, view or topic", table or select)
-    has_aggregates = any(True for _ in rest.find_all(exp.AggFunc))
-    if spec is None:
-        if rest.args.get("group") is not None or has_aggregates:
-            raise sql_error(
-                "an aggregate in a continuous query needs a window: add "
-                "TUMBLING(ts, INTERVAL ...), HOP(...) or SESSION(...) to GROUP BY",
-                rest.args.get("group") or rest,
-            )
-        return Stateless(table.name, rest.sql(dialect="postgres", identify=True))
-    return _plan_window(rest, spec, table)
+    if any(True for _ in select.find_all(exp.Subquery)):
+        raise sql_error("subqueries in continuous queries are not supported yet", select)
+    if select.args.get("group") is not None or any(True for _ in select.find_all(exp.AggFunc)):
+        raise sql_error(
+            "an aggregate in a continuous query needs a window: add "
+            "TUMBLING(ts, INTERVAL ...), HOP(...) or SESSION(...) to GROUP BY",
+            select.args.get("group") or select,
+        )
+    return Stateless(table.name, select.sql(dialect="postgres", identify=True))
+
+
+def _source_tables(query: exp.Expr) -> list[exp.Table]:
+    ctes = {cte.alias_or_name for cte in query.find_all(exp.CTE)}
+    return [
+        t
+        for t in query.find_all(exp.Table)
+        if t.name and t.name not in ctes and not isinstance(t.this, exp.Func)
+    ]
+
+
+def _plan_join(select: exp.Select, joins: list[exp.Join]) -> StreamJoin:
+    if len(joins) != 1:
+        raise sql_error("a continuous query joins two streams at most (for now)", joins[1])
+    join = joins[0]
+    if join.side or (join.kind or "").upper() in ("SEMI", "ANTI", "CROSS"):
+        raise sql_error(
+            f"{(join.side or join.kind).upper()} JOIN of unwindowed streams would need updating "
+            "output; use a window join or an INNER join",
+            join,
+        )
+    left = select.args["from_"].this
+    right = join.this
+    for side in (left, right):
+        if not isinstance(side, exp.Table) or isinstance(side.this, exp.Func):
+            raise sql_error("a continuous join reads two streams directly", side)
+    if select.args.get("group") is not None or any(True for _ in select.find_all(exp.AggFunc)):
+        raise sql_error("aggregates over a continuous join are not supported yet", select)
+    left_alias, right_alias = left.alias_or_name, right.alias_or_name
+    if left_alias == right_alias:
+        raise sql_error("a self-join needs an alias on each side", right)
+    condition = (
+        exp.and_(*(c for c in (join.args.get("on"), select.args.get("where")) if c is not None))
+        if (join.args.get("on") or select.args.get("where"))
+        else None
+    )
+    bound = interval_bounds(condition, left_alias, right_alias)
+    rewritten = select.copy()
+    rewritten.args["from_"].this.replace(exp.to_table("__left").as_(left_alias))
+    rewritten.args["joins"][0].this.replace(exp.to_table("__right").as_(right_alias))
+    return StreamJoin(
+        left.name, right.name, rewritten.sql(dialect="postgres", identify=True), bound
+    )
 
 
 def _plan_window(rest: exp.Select, spec: WindowSpec, table: exp.Table) -> WindowAggregate:
@@ -269,3 +425,45 @@ def _when(condition: exp.Expr | None, value: exp.Expr) -> exp.Expr:
     if condition is None:
         return value
     return exp.Case(ifs=[exp.If(this=condition.copy(), true=value)])
+
+
+def check_columns(
+    plan: ContinuousPlan, statement: exp.Expr, columns: dict[str, pa.DataType]
+) -> None:
+    """Raise a located :class:`SqlError` if ``statement`` names a column its source lacks, or
+    windows on a column that is not a TIMESTAMP. ``columns``: every column of the source (name
+    -> Arrow type, ``pa.null()`` when not known yet), metadata columns included.
+    """
+    query = statement.expression if isinstance(statement, exp.Insert | exp.Create) else statement
+    if query is None:
+        return
+    aliases = {e.alias for e in query.find_all(exp.Alias) if e.alias}
+    known = set(columns) | set(WINDOW_COLUMNS) | aliases
+    for column in query.find_all(exp.Column):
+        if column.name not in known:
+            raise sql_error(
+                f"unknown column {column.name!r} in {plan.source!r} "
+                f"(its columns: {', '.join(c for c in columns if not c.startswith('_'))})",
+                column,
+            )
+    window = getattr(plan.operator, "window", None)
+    if window is None:
+        return
+    kind = columns.get(window.time_column)
+    if kind is None or pa.types.is_null(kind) or pa.types.is_timestamp(kind):
+        return
+    located: exp.Expr = query
+    for column in query.find_all(exp.Column):
+        call = column.find_ancestor(exp.Anonymous)
+        if (
+            column.name == window.time_column
+            and call is not None
+            and (call.name.upper() in KINDS or call.name.upper() == "DESCRIPTOR")
+        ):
+            located = column
+            break
+    raise sql_error(
+        f"{window.kind.upper()} window on column {window.time_column!r} of type {kind}: "
+        "the time column must be a TIMESTAMP (declare it as TIMESTAMP(3) in CREATE STREAM)",
+        located,
+    )

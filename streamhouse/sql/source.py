@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import io
 import logging
+import threading
+from collections.abc import Collection
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -47,10 +50,11 @@ class RejectedRow:
 
 @dataclass(slots=True)
 class SourceTable:
-    """The rows of one source, and the records that were left out."""
+    """The rows of one source, the records that were left out, and how many were read."""
 
     table: pa.Table
     rejected: list[RejectedRow] = field(default_factory=list)
+    rows_read: int = 0
 
 
 def read_records(
@@ -65,30 +69,155 @@ def read_records(
     Columns: DECODED_SCHEMA plus ``partition`` (int32); rows by partition, then offset.
     The runs of all partitions are read (each object once) and decoded in one go.
     """
-    info = log_.topic(topic)
-    parts = list(partitions) if partitions is not None else list(range(info.partitions))
-    starts = {p: (start_offsets or {}).get(p, 0) for p in parts}
-    ends = {p: (end_offsets or {}).get(p) for p in parts}
-    runs = log_.reader.scan(topic, parts, starts, ends)
-    if not runs:
-        return _RECORDS_SCHEMA.empty_table()
-    views = [view for _, view in runs]
-    counts = np.array([_data_records(view) for view in views], np.int64)
-    # The run CRC-32C was checked on the way out of the store and every batch's at produce.
-    table = decode_batches(views, verify=False)
-    if table.num_rows != int(counts.sum()):  # decode_batches skipped records we did not expect
-        log.debug("records of %s: decoding partition by partition", topic)
-        return _read_by_partition(runs, starts, ends)
-    run_partition = np.array([row.partition for row, _ in runs], np.int32)
-    partition = np.repeat(run_partition, counts)
-    lo = np.array([starts[row.partition] for row, _ in runs], np.int64)
-    hi = np.array([_end(ends[row.partition]) for row, _ in runs], np.int64)
-    if lo.any() or (hi != _NO_END).any():
-        offsets = table["offset"].to_numpy()
-        keep = (offsets >= np.repeat(lo, counts)) & (offsets < np.repeat(hi, counts))
-        if not keep.all():
-            table, partition = table.filter(keep), partition[keep]
-    return table.append_column("partition", _chunked_like(partition, table))
+    scan = _Scan(log_, topic, partitions, start_offsets, end_offsets)
+    return scan.decode(scan.runs)
+
+
+def read_source(
+    log_: Log,
+    topic: str,
+    schema: pa.Schema | None,
+    columns: Collection[str] | None = None,
+    partitions: list[int] | None = None,
+    start_offsets: dict[int, int] | None = None,
+    end_offsets: dict[int, int] | None = None,
+) -> SourceTable:
+    """The rows of ``topic`` as a SQL source: its JSON values parsed, plus the metadata columns.
+
+    ``schema`` is the declared value schema, or None to infer it from a sample of the first
+    values (if they are not JSON objects, the source has one ``value`` column: the value as
+    text). Only the fields named in ``columns`` are parsed (all when None). Equal to
+    :func:`read_records`, then :func:`decode_json`, then :func:`with_metadata`, but pipelined:
+    the records of the next runs are decoded while pyarrow parses the JSON of the previous ones
+    on another thread, so the two cores share the work.
+    """
+    scan = _Scan(log_, topic, partitions, start_offsets, end_offsets)
+    decoded: list[pa.Table] = []  # decoded, waiting for the value schema to be known
+    parsing: list[tuple[pa.Table, Future | tuple]] = []
+    value_schema = schema
+    known = schema is not None
+    if known:
+        value_schema = _project(schema, columns)
+    groups = scan.groups() or [[]]
+    for i, group in enumerate(groups):
+        decoded.append(scan.decode(group))
+        if not known:
+            if sum(t.num_rows for t in decoded) < INFER_SAMPLE_ROWS and i + 1 < len(groups):
+                continue
+            sample = pa.chunked_array(
+                [c for t in decoded for c in t["value"].chunks], DECODED_SCHEMA.field("value").type
+            )
+            value_schema = infer_schema(sample)
+            if value_schema is not None:
+                value_schema = _project(value_schema, columns)
+            known = True
+        for records in decoded:
+            parsing.append((records, _start_parse(records, value_schema)))
+        decoded = []
+    out = SourceTable(pa.table({}))
+    tables = []
+    for records, parse in parsing:
+        table, rows, rejected = parse.result() if isinstance(parse, Future) else parse
+        out.rows_read += records.num_rows
+        if rejected:
+            partition = records["partition"].to_numpy()
+            offset = records["offset"].to_numpy()
+            out.rejected.extend(
+                RejectedRow(topic, int(partition[i]), int(offset[i]), reason)
+                for i, reason in rejected
+            )
+        tables.append(with_metadata(table, records, rows))
+    out.table = tables[0] if len(tables) == 1 else pa.concat_tables(tables)
+    return out
+
+
+def _project(schema: pa.Schema, columns: Collection[str] | None) -> pa.Schema:
+    return schema if columns is None else pa.schema([f for f in schema if f.name in columns])
+
+
+def _start_parse(
+    records: pa.Table, schema: pa.Schema | None
+) -> Future | tuple[pa.Table, np.ndarray, list[tuple[int, str]]]:
+    """Parse the values of ``records`` on the JSON thread (or at once, if nothing to parse)."""
+    rows = np.arange(records.num_rows)
+    if schema is None:  # not JSON: the raw value as text
+        return pa.table({"value": records["value"].cast(pa.string(), safe=False)}), rows, []
+    if len(schema) == 0 or records.num_rows == 0:  # only metadata columns, or no records
+        return (pa.table({}) if len(schema) == 0 else schema.empty_table()), rows, []
+    return _json_thread().submit(decode_json, records["value"], schema)
+
+
+_json_executor: ThreadPoolExecutor | None = None
+_json_executor_lock = threading.Lock()
+
+
+def _json_thread() -> ThreadPoolExecutor:
+    global _json_executor
+    with _json_executor_lock:
+        if _json_executor is None:
+            _json_executor = ThreadPoolExecutor(1, thread_name_prefix="streamhouse-json")
+        return _json_executor
+
+
+SCAN_GROUP_RECORDS = 1 << 18
+"""Records decoded at a time by :func:`read_source`: the unit of its decode/parse pipeline."""
+
+
+class _Scan:
+    """The runs of some partitions of a topic in offset ranges, and their decoding."""
+
+    def __init__(
+        self,
+        log_: Log,
+        topic: str,
+        partitions: list[int] | None,
+        start_offsets: dict[int, int] | None,
+        end_offsets: dict[int, int] | None,
+    ) -> None:
+        info = log_.topic(topic)
+        parts = list(partitions) if partitions is not None else list(range(info.partitions))
+        self.topic = topic
+        self.starts = {p: (start_offsets or {}).get(p, 0) for p in parts}
+        self.ends = {p: (end_offsets or {}).get(p) for p in parts}
+        self.runs = log_.reader.scan(topic, parts, self.starts, self.ends)
+
+    def groups(
+        self, records: int = SCAN_GROUP_RECORDS
+    ) -> list[list[tuple[SegmentRow, memoryview]]]:
+        """The runs in order, cut into groups of whole runs of about ``records`` records."""
+        groups: list[list[tuple[SegmentRow, memoryview]]] = []
+        current: list[tuple[SegmentRow, memoryview]] = []
+        count = 0
+        for run in self.runs:
+            current.append(run)
+            count += run[0].record_count
+            if count >= records:
+                groups.append(current)
+                current, count = [], 0
+        if current:
+            groups.append(current)
+        return groups
+
+    def decode(self, runs: list[tuple[SegmentRow, memoryview]]) -> pa.Table:
+        """The records of ``runs`` within the scan's offset ranges, with their partition."""
+        if not runs:
+            return _RECORDS_SCHEMA.empty_table()
+        views = [view for _, view in runs]
+        counts = np.array([_data_records(view) for view in views], np.int64)
+        # The run CRC-32C was checked on the way out of the store and every batch's at produce.
+        table = decode_batches(views, verify=False)
+        if table.num_rows != int(counts.sum()):  # decode_batches skipped records unexpectedly
+            log.debug("records of %s: decoding partition by partition", self.topic)
+            return _read_by_partition(runs, self.starts, self.ends)
+        partition = np.repeat(np.array([row.partition for row, _ in runs], np.int32), counts)
+        lo = np.array([self.starts[row.partition] for row, _ in runs], np.int64)
+        hi = np.array([_end(self.ends[row.partition]) for row, _ in runs], np.int64)
+        if lo.any() or (hi != _NO_END).any():
+            offsets = table["offset"].to_numpy()
+            keep = (offsets >= np.repeat(lo, counts)) & (offsets < np.repeat(hi, counts))
+            if not keep.all():
+                table, partition = table.filter(keep), partition[keep]
+        return table.append_column("partition", _chunked_like(partition, table))
 
 
 _RECORDS_SCHEMA = DECODED_SCHEMA.append(pa.field("partition", pa.int32()))

@@ -35,7 +35,7 @@ from streamhouse.sql.ddl import interval_ms
 from streamhouse.sql.dialect import StreamHouse, TableArgument
 from streamhouse.sql.parse import node_position
 
-__all__ = ["WINDOW_COLUMNS", "WindowSpec", "find_window"]
+__all__ = ["WINDOW_COLUMNS", "WindowSpec", "find_window", "take_out_windows"]
 
 logger = logging.getLogger(__name__)
 
@@ -213,3 +213,32 @@ def find_window(select: exp.Select) -> tuple[WindowSpec | None, exp.Select]:
     spec = found[0][0] if found else None
     logger.debug("window %s", spec)
     return spec, result
+
+
+def take_out_windows(query: exp.Query) -> tuple[exp.Query, dict[str, tuple[str, WindowSpec]]]:
+    """Replace each windowed SELECT by plain SQL over a windowed copy of its source.
+
+    Returns the rewritten query and, per registered name of a windowed copy, its source and
+    window. The copy keeps the source's name as its alias, so qualified columns still resolve.
+    """
+    query = query.copy()
+    windowed: dict[str, tuple[str, WindowSpec]] = {}
+    for select in list(query.find_all(exp.Select)):
+        spec, rest = find_window(select)
+        if spec is None:
+            continue
+        source = rest.args.get("from_")
+        table = source.this if source is not None else None
+        if not isinstance(table, exp.Table) or isinstance(table.this, exp.Func):
+            raise _error("a window must be over a stream, view or topic", table, select)
+        if rest.args.get("joins"):
+            raise _error("windows over joins are not supported yet", rest.args["joins"][0])
+        name = f"__window_{len(windowed)}_{table.name}"
+        windowed[name] = (table.name, spec)
+        alias = table.alias or table.name
+        table.replace(exp.to_table(name).as_(alias) if alias else exp.to_table(name))
+        if select is query:
+            query = rest
+        else:
+            select.replace(rest)
+    return query, windowed

@@ -10,6 +10,10 @@ stored offset by 2**63 so byte order equals time order):
 ``sessions``
     ``b"open"`` -> Arrow IPC stream of every open session: group keys, ``window_start``,
     ``window_end`` (last event + gap) and partial aggregates.
+``joins``
+    ``side | u64(max event time) | u64(sequence)`` -> Arrow IPC stream of buffered join input
+    rows (``side`` is ``b"L"`` or ``b"R"``; for window joins ``side | u64(window_end) |
+    u64(window_start)``). Key order puts the oldest rows first, so expiry deletes a prefix.
 ``meta``
     ``b"source/" + u32(partition)`` -> u64 next source offset to read;
     ``b"event_time/" + u32(partition)`` -> u64 max event time seen in that partition;
@@ -37,7 +41,7 @@ from streamhouse.errors import StorageError
 
 log = logging.getLogger(__name__)
 
-COLUMN_FAMILIES = ("windows", "sessions", "meta")
+COLUMN_FAMILIES = ("windows", "sessions", "joins", "meta")
 _U64 = struct.Struct(">Q")
 _U32 = struct.Struct(">I")
 _BIAS = 1 << 63
@@ -121,7 +125,7 @@ class StateStore:
     def size_bytes(self) -> int:
         """Estimated live bytes of state (window and session column families)."""
         total = 0
-        for name in ("windows", "sessions"):
+        for name in ("windows", "sessions", "joins"):
             for prop in ("rocksdb.estimate-live-data-size", "rocksdb.cur-size-all-mem-tables"):
                 value = self._cf[name].property_int_value(prop)
                 total += value or 0

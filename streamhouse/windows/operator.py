@@ -10,7 +10,9 @@ mirror only when the caller has committed that batch (:meth:`commit`).
 Lateness: a row assignment to a window whose ``end + allowed_lateness`` is at or before the
 watermark *before* the batch is late: dropped and counted (and offered to the late-row side
 output). A window is emitted when the watermark *after* the batch reaches
-``end + allowed_lateness``, so allowed lateness delays results but keeps them append-only.
+``end + allowed_lateness``, so allowed lateness delays results but keeps them append-only. A
+session (``[first, last + gap)``, extended by an event at ``last + gap`` itself) is emitted only
+when the watermark passes ``end + allowed_lateness``.
 """
 
 from __future__ import annotations
@@ -230,6 +232,8 @@ class SessionOperator:
             if current is not None:
                 batch.put("sessions", SESSIONS_KEY, encode_table(current))
             return None
+        # Strictly before: an event at exactly ``end`` (last event + gap) still extends the
+        # session, and such an event is on time while the watermark equals ``end``.
         closing = pc.less_equal(pc.add(current["window_end"], self.lateness), watermark)
         closed = current.filter(closing)
         remaining = current.filter(pc.invert(closing))

@@ -1,0 +1,1 @@
+"""Streaming joins: append-only stream-stream joins (regular and interval) and window joins."""

@@ -1,0 +1,102 @@
+"""Time bounds of an interval join, read off its condition.
+
+``l.ts BETWEEN r.ts - INTERVAL '4' HOUR AND r.ts`` says that a left row matches right rows
+at most 4 hours later and none earlier. With both sides' watermark at ``W`` (no later row is
+older than ``W``), a left row older than ``W - 4h`` and a right row older than ``W - 0`` can
+match nothing that is still to come, so their state can go.
+
+>>> from streamhouse.sql.parse import parse_one
+>>> q = parse_one("SELECT * FROM a JOIN b ON a.k = b.k AND a.ts BETWEEN b.ts - INTERVAL '4' HOUR AND b.ts")
+>>> interval_bounds(q.args["joins"][0].args["on"], "a", "b")
+TimeBound(left_column='ts', right_column='ts', before_ms=14400000, after_ms=0)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlglot import exp
+
+from streamhouse.errors import SqlError
+from streamhouse.sql.ddl import interval_ms
+
+
+@dataclass(frozen=True)
+class TimeBound:
+    """``right.t - before <= left.t <= right.t + after`` (either side may be unbounded: None)."""
+
+    left_column: str
+    right_column: str
+    before_ms: int | None
+    after_ms: int | None
+
+    def left_expiry(self, watermark: int) -> int | None:
+        """Left rows with event time below this can match no future right row."""
+        return None if self.before_ms is None else watermark - self.before_ms
+
+    def right_expiry(self, watermark: int) -> int | None:
+        """Right rows with event time below this can match no future left row."""
+        return None if self.after_ms is None else watermark - self.after_ms
+
+
+def conjuncts(condition: exp.Expr | None) -> list[exp.Expr]:
+    if condition is None:
+        return []
+    if isinstance(condition, exp.And):
+        return conjuncts(condition.this) + conjuncts(condition.expression)
+    if isinstance(condition, exp.Paren):
+        return conjuncts(condition.this)
+    return [condition]
+
+
+def _term(node: exp.Expr) -> tuple[str, str, int] | None:
+    """(table alias, column, offset ms) of ``alias.col [+|- INTERVAL ...]``."""
+    offset = 0
+    while isinstance(node, exp.Add | exp.Sub) and isinstance(node.expression, exp.Interval):
+        try:
+            amount = interval_ms(node.expression)
+        except SqlError:
+            return None
+        offset += amount if isinstance(node, exp.Add) else -amount
+        node = node.this
+    if isinstance(node, exp.Column) and node.table:
+        return node.table, node.name, offset
+    return None
+
+
+def interval_bounds(condition: exp.Expr | None, left: str, right: str) -> TimeBound | None:
+    """The tightest time bounds between ``left`` and ``right`` rows in ``condition``."""
+    found: dict[str, int] = {}
+    columns: tuple[str, str] | None = None
+
+    def relate(greater: exp.Expr, smaller: exp.Expr) -> None:
+        nonlocal columns
+        g, s = _term(greater), _term(smaller)
+        if g is None or s is None:
+            return
+        if (
+            g[0] == left and s[0] == right
+        ):  # left.c + og >= right.c + os  ->  left >= right - (og - os)
+            key, value, pair = "before", g[2] - s[2], (g[1], s[1])
+        elif (
+            g[0] == right and s[0] == left
+        ):  # right.c + og >= left.c + os  ->  left <= right + (og - os)
+            key, value, pair = "after", g[2] - s[2], (s[1], g[1])
+        else:
+            return
+        if columns is not None and columns != pair:
+            return
+        columns = pair
+        found[key] = min(found.get(key, value), value)
+
+    for item in conjuncts(condition):
+        if isinstance(item, exp.Between):
+            relate(item.this, item.args["low"])
+            relate(item.args["high"], item.this)
+        elif isinstance(item, exp.GTE | exp.GT):
+            relate(item.this, item.expression)
+        elif isinstance(item, exp.LTE | exp.LT):
+            relate(item.expression, item.this)
+    if columns is None:
+        return None
+    return TimeBound(columns[0], columns[1], found.get("before"), found.get("after"))

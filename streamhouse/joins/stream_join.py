@@ -1,0 +1,168 @@
+"""Append-only joins of two insert-only streams: regular joins and interval joins.
+
+Every micro-batch joins what is new on one side with everything buffered (and new) on the
+other, on DataFusion, with the query's own SQL:
+
+    out = (new L) ⋈ (old R ∪ new R)  ∪  (old L) ⋈ (new R)
+
+so each matching pair is produced exactly once, whatever the micro-batch split. Input rows are
+buffered in the ``joins`` column family in chunks keyed by ``side | u64(max event time) |
+u64(sequence)``. An interval join's bounds (:mod:`.bounds`) let a chunk go once the watermark
+shows that every row in it is too old to match a future row of the other side; a regular join
+keeps its rows (``state.ttl`` bounds them by event time).
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+from dataclasses import dataclass
+
+import pyarrow as pa
+
+from streamhouse.joins.bounds import TimeBound
+from streamhouse.sql.execute import run_sql
+from streamhouse.state.store import StateBatch, StateStore, decode_table, encode_table, time_key
+from streamhouse.windows.table import event_time_ms
+
+log = logging.getLogger(__name__)
+
+LEFT, RIGHT = b"L", b"R"
+_SEQ = struct.Struct(">Q")
+
+
+@dataclass
+class _Chunk:
+    key: bytes
+    max_ts: int
+    rows: pa.Table
+
+
+class StreamJoin:
+    """Buffers both inputs and joins each micro-batch against them."""
+
+    def __init__(
+        self,
+        sql: str,
+        store: StateStore,
+        left_time: str | None,
+        right_time: str | None,
+        bound: TimeBound | None,
+        ttl_ms: int | None = None,
+    ) -> None:
+        self.sql = sql
+        self.store = store
+        self.times = {LEFT: left_time, RIGHT: right_time}
+        self.bound = bound
+        self.ttl_ms = ttl_ms
+        self.chunks: dict[bytes, list[_Chunk]] = {LEFT: [], RIGHT: []}
+        self.sequence = 0
+        for key, value in store.items("joins"):
+            side = key[:1]
+            if side in self.chunks:
+                self.chunks[side].append(_Chunk(key, _decode_time(key[1:9]), decode_table(value)))
+                self.sequence = max(self.sequence, _SEQ.unpack(key[9:17])[0] + 1)
+        self._staged: dict[bytes, list[_Chunk]] | None = None
+
+    @property
+    def open_windows(self) -> int:
+        return sum(len(c) for c in self.chunks.values())
+
+    def buffered_rows(self) -> int:
+        return sum(chunk.rows.num_rows for chunks in self.chunks.values() for chunk in chunks)
+
+    def _buffer(self, side: bytes, chunks: dict[bytes, list[_Chunk]]) -> pa.Table | None:
+        tables = [c.rows for c in chunks[side]]
+        return pa.concat_tables(tables, promote_options="permissive") if tables else None
+
+    def process(
+        self,
+        new_left: pa.Table | None,
+        new_right: pa.Table | None,
+        schemas: dict[bytes, pa.Schema],
+        batch: StateBatch,
+    ) -> pa.Table | None:
+        """Join the new rows; returns the joined rows (or None)."""
+        staged = {side: list(chunks) for side, chunks in self.chunks.items()}
+        self._staged = staged
+        old_left = self._buffer(LEFT, staged)
+        old_right = self._buffer(RIGHT, staged)
+        outputs = []
+        empty_right = schemas[RIGHT].empty_table()
+        if new_left is not None and new_left.num_rows:
+            right_all = _concat(old_right, new_right, empty_right)
+            if right_all.num_rows:
+                outputs.append(run_sql(self.sql, {"__left": new_left, "__right": right_all}))
+        if (
+            new_right is not None
+            and new_right.num_rows
+            and old_left is not None
+            and old_left.num_rows
+        ):
+            outputs.append(run_sql(self.sql, {"__left": old_left, "__right": new_right}))
+        for side, rows in ((LEFT, new_left), (RIGHT, new_right)):
+            if rows is not None and rows.num_rows:
+                self._append(side, rows, staged, batch)
+        outputs = [o for o in outputs if o.num_rows]
+        if not outputs:
+            return None
+        return pa.concat_tables(outputs, promote_options="permissive")
+
+    def _append(
+        self, side: bytes, rows: pa.Table, staged: dict[bytes, list[_Chunk]], batch: StateBatch
+    ) -> None:
+        column = self.times[side]
+        max_ts = 1 << 62
+        if column is not None and column in rows.column_names:
+            ts, valid = event_time_ms(rows, column)
+            max_ts = int(ts[valid].max()) if valid.any() else max_ts
+        key = side + time_key(max_ts) + _SEQ.pack(self.sequence)
+        self.sequence += 1
+        staged[side].append(_Chunk(key, max_ts, rows))
+        batch.put("joins", key, encode_table(rows))
+
+    def expire(self, watermark: int, batch: StateBatch) -> None:
+        """Drop buffered chunks no future row can match."""
+        staged = (
+            self._staged
+            if self._staged is not None
+            else {s: list(c) for s, c in self.chunks.items()}
+        )
+        self._staged = staged
+        limits = {LEFT: None, RIGHT: None}
+        if self.bound is not None:
+            limits[LEFT] = self.bound.left_expiry(watermark)
+            limits[RIGHT] = self.bound.right_expiry(watermark)
+        if self.ttl_ms is not None:
+            for side in limits:
+                ttl_limit = watermark - self.ttl_ms
+                limits[side] = ttl_limit if limits[side] is None else max(limits[side], ttl_limit)
+        for side, limit in limits.items():
+            if limit is None:
+                continue
+            keep = []
+            for chunk in staged[side]:
+                if chunk.max_ts < limit:
+                    batch.delete("joins", chunk.key)
+                else:
+                    keep.append(chunk)
+            staged[side] = keep
+
+    def commit(self) -> None:
+        if self._staged is not None:
+            self.chunks = self._staged
+            self._staged = None
+
+    def rollback(self) -> None:
+        self._staged = None
+
+
+def _decode_time(key: bytes) -> int:
+    return _SEQ.unpack(key)[0] - (1 << 63)
+
+
+def _concat(old: pa.Table | None, new: pa.Table | None, empty: pa.Table) -> pa.Table:
+    tables = [t for t in (old, new) if t is not None and t.num_rows]
+    if not tables:
+        return empty
+    return pa.concat_tables(tables, promote_options="permissive") if len(tables) > 1 else tables[0]

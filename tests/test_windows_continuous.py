@@ -1,0 +1,372 @@
+"""Continuous window queries: the final output equals DuckDB's batch answer over the same rows.
+
+The invariant of the design: for any split of the input into micro-batches, any restart from a
+checkpoint and any disorder within the declared watermark delay, the rows a continuous query
+writes to its output topic (once the input ends, with the final watermark) equal the batch
+answer. Hypothesis draws the events, the splits (``step(max_records=k)``), the restarts (the query
+object is stopped and a new one of the same name resumes from its RocksDB checkpoint) and the
+disorder. Also: late rows, the dead-letter topic, sessions merged by a bridging event, errors.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import streamhouse
+from streamhouse import StreamHouse
+from streamhouse.errors import SqlError
+from window_cases import oracle, rows_of, start_paused, topic_rows
+
+T0 = 1_767_225_600_000  # 2026-01-01 00:00:00 UTC, in ms
+SECOND = 1_000
+COLUMNS = ["k", "window_start", "window_end", "n", "nd", "s", "a", "lo", "hi"]
+
+STREAM = """CREATE STREAM ev (k STRING, t TIMESTAMP(3), v BIGINT,
+    WATERMARK FOR t AS t - INTERVAL '{delay}' SECOND)
+    WITH (topic = 'ev', format = 'json', partitions = '{partitions}')"""
+
+SELECT = """INSERT INTO out
+SELECT k, window_start, window_end, COUNT(*) AS n, COUNT(DISTINCT v) AS nd, SUM(v) AS s,
+       AVG(v) AS a, MIN(v) AS lo, MAX(v) AS hi
+FROM ev
+GROUP BY k, {window}
+{having}"""
+
+WINDOWS = {  # kind -> (window call, size or gap ms, slide or step ms)
+    "tumble": ("TUMBLING(t, INTERVAL '30' SECOND)", 30 * SECOND, None),
+    "hop": ("HOP(t, INTERVAL '10' SECOND, INTERVAL '30' SECOND)", 30 * SECOND, 10 * SECOND),
+    "cumulate": (
+        "CUMULATE(t, INTERVAL '10' SECOND, INTERVAL '40' SECOND)",
+        40 * SECOND,
+        10 * SECOND,
+    ),
+    "session": ("SESSION(t, INTERVAL '8' SECOND)", 8 * SECOND, None),
+}
+
+
+@dataclass(frozen=True)
+class Run:
+    """One drawn scenario."""
+
+    kind: str
+    delay_s: int
+    partitions: int
+    events: list[tuple[str, int, int | None]]  # (key, event time ms, value) in produce order
+    batch_sizes: list[int]  # max_records of successive steps, cycled until the input is read
+    restarts: frozenset[int]  # restart from the checkpoint before these steps
+    having: int | None  # HAVING COUNT(*) >= this
+
+
+@st.composite
+def runs(draw: st.DrawFn, kind: str) -> Run:
+    # Times on a 2 s grid (with a rare odd millisecond) so that events often fall exactly on
+    # window bounds, session ends (gap 8 s) and the watermark.
+    delay_s = draw(st.sampled_from([0, 4, 12]))
+    n = draw(st.integers(0, 40))
+    base = T0 + draw(st.integers(0, 29)) * 2 * SECOND
+    lags = [*range(0, delay_s + 1, 2), delay_s, delay_s]  # often exactly the delay
+    events = []
+    for _ in range(n):
+        base += draw(st.sampled_from([0, 0, 2, 4, 8, 10])) * SECOND
+        base += draw(st.sampled_from([0] * 9 + [1]))
+        # Disorder within the delay: an event is at most ``delay`` older than the newest before
+        # it (``base`` never decreases and bounds every event time so far from above).
+        lag = draw(st.sampled_from(lags)) * SECOND
+        value = draw(st.one_of(st.none(), st.integers(-3, 9)))
+        events.append((draw(st.sampled_from("aab")), base - lag, value))
+    sizes = draw(st.lists(st.integers(1, 8), min_size=1, max_size=5))
+    restarts = draw(st.frozensets(st.integers(0, 20), max_size=3))
+    having = draw(st.sampled_from([None, None, 1, 2, 3]))
+    return Run(kind, delay_s, draw(st.sampled_from([1, 2])), events, sizes, restarts, having)
+
+
+def run_continuously(root: Path, run: Run) -> tuple[list[tuple], dict]:
+    """Produce the events, read them in ``run.batch_sizes`` steps with ``run.restarts``, then
+    finish with the final watermark; the rows of the output topic and the last status."""
+    window, _, _ = WINDOWS[run.kind]
+    having = f"HAVING COUNT(*) >= {run.having}" if run.having is not None else ""
+    sql = SELECT.format(window=window, having=having)
+    with streamhouse.connect(root, linger_ms=1) as sh:
+        sh.sql(STREAM.format(delay=run.delay_s, partitions=run.partitions))
+        if run.events:
+            sh.produce(
+                "ev",
+                [{"k": k, "t": t, "v": v} for k, t, v in run.events],
+                key=[k for k, _, _ in run.events],
+            )
+        query = start_paused(sh, sql, "q")
+        try:
+            for step in range(len(run.events) + 2):
+                if step in run.restarts:
+                    query.stop()
+                    query = start_paused(sh, sql, "q")
+                if not query.step(max_records=run.batch_sizes[step % len(run.batch_sizes)]):
+                    break
+            query.stop()
+            query = start_paused(sh, sql, "q")
+            query.run_until_caught_up(final=True)
+            status = query.status()
+        finally:
+            query.stop()
+        return rows_of(topic_rows(sh, "out"), COLUMNS), status
+
+
+def expected(run: Run) -> list[tuple]:
+    _, size, slide = WINDOWS[run.kind]
+    having = f"HAVING COUNT(*) >= {run.having}" if run.having is not None else ""
+    return oracle(run.events, run.kind, size, slide, having)
+
+
+PROPERTY = settings(
+    max_examples=8,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+
+
+@pytest.mark.parametrize("kind", sorted(WINDOWS))
+def test_output_equals_the_batch_answer(kind: str, tmp_path_factory: pytest.TempPathFactory):
+    @PROPERTY
+    @given(run=runs(kind))
+    def check(run: Run) -> None:
+        got, status = run_continuously(tmp_path_factory.mktemp(kind), run)
+        assert status["late_rows"] == 0 and status["rejected_rows"] == 0
+        assert status["rows_in"] == len(run.events)
+        assert got == expected(run)
+
+    check()
+
+
+# -- fixed scenarios ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def sh(tmp_path: Path) -> Iterator[StreamHouse]:
+    with streamhouse.connect(tmp_path / "data", linger_ms=1) as conn:
+        yield conn
+
+
+def produce(sh: StreamHouse, events: list[tuple[str, int, int | None]]) -> None:
+    sh.produce("ev", [{"k": k, "t": t, "v": v} for k, t, v in events])
+
+
+def test_a_bridging_event_in_a_later_batch_merges_two_sessions(sh: StreamHouse) -> None:
+    sh.sql(STREAM.format(delay=30, partitions=1))
+    sql = SELECT.format(window=WINDOWS["session"][0], having="")
+    query = start_paused(sh, sql, "q")
+    try:
+        produce(sh, [("a", T0, 1), ("a", T0 + 12 * SECOND, 2), ("b", T0 + 12 * SECOND, 7)])
+        assert query.step()
+        assert query.status()["open_windows"] == 3  # a: two sessions (12 s > 8 s gap), b: one
+        produce(sh, [("a", T0 + 6 * SECOND, 3)])  # 6 s from each of a's sessions
+        assert query.step()
+        assert query.status()["open_windows"] == 2
+        query.stop()
+        query = start_paused(sh, sql, "q")  # the merged session survives a restart
+        produce(sh, [("a", T0 + 20 * SECOND, 4)])  # touches the merged session's end exactly
+        query.run_until_caught_up(final=True)
+    finally:
+        query.stop()
+    got = rows_of(topic_rows(sh, "out"), COLUMNS)
+    assert got == rows_of(
+        [
+            {
+                "k": "a",
+                "window_start": T0,
+                "window_end": T0 + 28 * SECOND,
+                "n": 4,
+                "nd": 4,
+                "s": 10,
+                "a": 2.5,
+                "lo": 1,
+                "hi": 4,
+            },
+            {
+                "k": "b",
+                "window_start": T0 + 12 * SECOND,
+                "window_end": T0 + 20 * SECOND,
+                "n": 1,
+                "nd": 1,
+                "s": 7,
+                "a": 7.0,
+                "lo": 7,
+                "hi": 7,
+            },
+        ],
+        COLUMNS,
+    )
+    events = [("a", T0, 1), ("a", T0 + 12 * SECOND, 2), ("b", T0 + 12 * SECOND, 7)]
+    events += [("a", T0 + 6 * SECOND, 3), ("a", T0 + 20 * SECOND, 4)]
+    assert got == oracle(events, "session", 8 * SECOND)
+
+
+def test_sessions_close_only_when_the_watermark_passes_their_end(sh: StreamHouse) -> None:
+    """An event exactly ``gap`` after a session's last one extends it (as in the batch answer),
+    so a session whose end equals the watermark must stay open."""
+    sh.sql(STREAM.format(delay=0, partitions=1))
+    query = start_paused(sh, SELECT.format(window=WINDOWS["session"][0], having=""), "q")
+    try:
+        produce(sh, [("a", T0, 1), ("b", T0 + 8 * SECOND, 1)])  # watermark: T0 + 8 s = a's end
+        query.run_until_caught_up()
+        produce(sh, [("a", T0 + 8 * SECOND, 2)])  # on time (not before the watermark)
+        query.run_until_caught_up(final=True)
+        assert query.status()["late_rows"] == 0
+    finally:
+        query.stop()
+    events = [("a", T0, 1), ("b", T0 + 8 * SECOND, 1), ("a", T0 + 8 * SECOND, 2)]
+    assert rows_of(topic_rows(sh, "out"), COLUMNS) == oracle(events, "session", 8 * SECOND)
+
+
+def tumbling(sh: StreamHouse, options: dict[str, str] | None = None):
+    sh.sql(STREAM.format(delay=0, partitions=1))
+    sql = SELECT.format(window=WINDOWS["tumble"][0], having="")
+    return start_paused(sh, sql, "q", options)
+
+
+ON_TIME = [("a", T0 + 1 * SECOND, 1), ("a", T0 + 45 * SECOND, 2)]  # watermark -> T0 + 45 s
+LATE = [("a", T0 + 5 * SECOND, 3)]  # its window [T0, T0 + 30 s) closed at T0 + 30 s
+
+
+def test_late_rows_are_dropped_and_counted_by_default(sh: StreamHouse) -> None:
+    query = tumbling(sh)
+    try:
+        produce(sh, ON_TIME)
+        query.run_until_caught_up()
+        assert len(topic_rows(sh, "out")) == 1  # [T0, T0 + 30 s) closed
+        produce(sh, LATE)
+        query.run_until_caught_up(final=True)
+        status = query.status()
+    finally:
+        query.stop()
+    assert status["late_rows"] == 1
+    assert status["rows_in"] == 3
+    assert rows_of(topic_rows(sh, "out"), COLUMNS) == oracle(ON_TIME, "tumble", 30 * SECOND)
+
+
+def test_late_rows_go_to_the_side_output_topic(sh: StreamHouse) -> None:
+    query = tumbling(sh, {"late-rows.topic": "ev-late"})
+    try:
+        produce(sh, ON_TIME)
+        query.run_until_caught_up()
+        produce(sh, LATE)
+        query.run_until_caught_up(final=True)
+        assert query.status()["late_rows"] == 1
+    finally:
+        query.stop()
+    late = topic_rows(sh, "ev-late")
+    assert [(r["k"], r["v"]) for r in late] == [("a", 3)]
+    assert rows_of(topic_rows(sh, "out"), COLUMNS) == oracle(ON_TIME, "tumble", 30 * SECOND)
+
+
+def test_allowed_lateness_includes_late_rows(sh: StreamHouse) -> None:
+    sh.sql(STREAM.format(delay=0, partitions=1))
+    sql = "SET 'allowed-lateness' = '20 s';\n" + SELECT.format(
+        window=WINDOWS["tumble"][0], having=""
+    )
+    query = start_paused(sh, sql, "q")
+    try:
+        produce(sh, ON_TIME)
+        query.run_until_caught_up()
+        assert topic_rows(sh, "out") == []  # held until T0 + 30 s + 20 s
+        produce(sh, LATE)
+        query.run_until_caught_up()
+        produce(sh, [("b", T0 + 70 * SECOND, 5)])  # watermark T0 + 70 s: the late window closes
+        query.run_until_caught_up()
+        assert len(topic_rows(sh, "out")) == 1
+        produce(sh, [("b", T0 + 2 * SECOND, 9)])  # past end + allowed lateness: dropped
+        query.run_until_caught_up(final=True)
+        assert query.status()["late_rows"] == 1
+    finally:
+        query.stop()
+    kept = [*ON_TIME, *LATE, ("b", T0 + 70 * SECOND, 5)]
+    assert rows_of(topic_rows(sh, "out"), COLUMNS) == oracle(kept, "tumble", 30 * SECOND)
+
+
+def test_rows_that_do_not_parse_go_to_the_dead_letter_topic(sh: StreamHouse) -> None:
+    sh.sql(STREAM.format(delay=0, partitions=1))
+    query = sh.start(SELECT.format(window=WINDOWS["tumble"][0], having=""), name="clicks")
+    try:
+        sh.produce("ev", [b"{not json", {"k": "a", "t": T0, "v": 1}, {"k": "a", "t": "soon"}])
+        sh.produce("ev", [{"k": "a", "t": T0 + SECOND, "v": 2}])
+        query.run_until_caught_up(final=True)
+        status = query.status()
+    finally:
+        query.stop()
+    assert status["state"] == "running" and status["error"] is None  # it kept going
+    assert status["rejected_rows"] == 2
+    dead = sh.fetch("clicks.dlq")
+    values = dead["value"].to_pylist()
+    assert values[0] == b"{not json"
+    assert json.loads(values[1]) == {"k": "a", "t": "soon"}
+    assert len(values) == 2
+    for headers in dead["headers"].to_pylist():
+        named = {h["key"]: h["value"] for h in headers}
+        assert named["reason"], headers
+        assert named["topic"] == b"ev"
+    good = [("a", T0, 1), ("a", T0 + SECOND, 2)]
+    assert rows_of(topic_rows(sh, "out"), COLUMNS) == oracle(good, "tumble", 30 * SECOND)
+
+
+# -- bad input: a clear error with a position, before anything runs ---------------------------
+
+BAD = [
+    pytest.param(
+        "SELECT k, COUNT(*) AS n FROM ev\nGROUP BY k, TUMBLING(nope, INTERVAL '1' MINUTE)",
+        "nope",
+        id="unknown-time-column",
+    ),
+    pytest.param(
+        "SELECT k, COUNT(*) AS n, SUM(nope) AS s FROM ev\nGROUP BY k, TUMBLING(t, INTERVAL '1' MINUTE)",
+        "nope",
+        id="unknown-column",
+    ),
+    pytest.param(
+        "SELECT COUNT(*) AS n FROM ev\nGROUP BY TUMBLING(k, INTERVAL '1' MINUTE)",
+        "TIMESTAMP",
+        id="window-on-a-string",
+    ),
+    pytest.param(
+        "SELECT COUNT(*) AS n FROM ev\nGROUP BY HOP(t, INTERVAL '7' SECOND, INTERVAL '30' SECOND)",
+        "multiple",
+        id="hop-size-not-a-multiple",
+    ),
+    pytest.param(
+        "SELECT k, COUNT(*) AS n FROM ev\nGROUP BY k",
+        "window",
+        id="aggregate-without-window",
+    ),
+    pytest.param(
+        "SELECT COUNT(*) AS n FROM ev",
+        "window",
+        id="aggregate-without-group-by",
+    ),
+    pytest.param(
+        "SELECT k, STDDEV(v) AS sd FROM ev\nGROUP BY k, SESSION(t, INTERVAL '1' MINUTE)",
+        "STDDEV",
+        id="unsupported-aggregate",
+    ),
+    pytest.param(
+        "SELECT k, v, COUNT(*) AS n FROM ev\nGROUP BY k, TUMBLING(t, INTERVAL '1' MINUTE)",
+        "GROUP BY",
+        id="column-not-grouped",
+    ),
+]
+
+
+@pytest.mark.parametrize(("sql", "words"), BAD)
+def test_bad_continuous_queries_fail_before_running(sh: StreamHouse, sql: str, words: str) -> None:
+    sh.sql(STREAM.format(delay=0, partitions=1))
+    produce(sh, [("a", T0, 1)])
+    with pytest.raises(SqlError) as info:
+        sh.start(sql, name="bad")
+    assert words.lower() in str(info.value).lower()
+    assert info.value.line is not None and info.value.column is not None, str(info.value)
+    assert sh.log.get_topic("bad.dlq") is None
+    assert not sh._queries
