@@ -27,6 +27,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -120,16 +121,28 @@ def make_values(n: int) -> list[bytes]:
     return out
 
 
-def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
-    t0 = time.perf_counter()
+@dataclass(frozen=True, order=True)
+class Timing:
+    """Wall-clock seconds and CPU seconds of this process (all its threads) for one call.
+
+    CPU seconds hardly move with the load of other processes; wall seconds do.
+    """
+
+    wall: float
+    cpu: float
+
+
+def timed(fn: Callable[[], Any]) -> tuple[Timing, Any]:
+    c0, t0 = time.process_time(), time.perf_counter()
     result = fn()
-    return time.perf_counter() - t0, result
+    return Timing(time.perf_counter() - t0, time.process_time() - c0), result
 
 
-def figure(records: int, seconds: float) -> dict[str, float]:
+def figure(records: int, timing: Timing) -> dict[str, float]:
     return {
-        "records_per_s": round(records / seconds),
-        "seconds": round(seconds, 3),
+        "records_per_s": round(records / timing.wall),
+        "seconds": round(timing.wall, 3),
+        "cpu_seconds": round(timing.cpu, 3),
         "load_1m": load(),
     }
 
@@ -148,8 +161,8 @@ def stored_runs(sh: streamhouse.StreamHouse) -> list[bytes]:
 
 
 def bench_decode(sh: streamhouse.StreamHouse, n: int, repeat: int) -> dict:
-    read_s, runs = timed(lambda: stored_runs(sh))
-    out = {"read_runs_s": round(read_s, 3), "stored_bytes": sum(len(r) for r in runs)}
+    read, runs = timed(lambda: stored_runs(sh))
+    out = {"read_runs_s": round(read.wall, 3), "stored_bytes": sum(len(r) for r in runs)}
     times = []
     for _ in range(repeat):
         seconds, table = timed(lambda: decode_batches(runs))
@@ -157,7 +170,7 @@ def bench_decode(sh: streamhouse.StreamHouse, n: int, repeat: int) -> dict:
         times.append(seconds)
         del table
     out |= figure(n, min(times))
-    out["first_s"] = round(times[0], 3)
+    out["first_s"] = round(times[0].wall, 3)
     return out
 
 
@@ -183,7 +196,7 @@ def bench_fetch(sh: streamhouse.StreamHouse, n: int, max_bytes: int) -> dict:
     seconds, (records, requests, size) = timed(run)
     assert records == n, (records, n)
     out = figure(records, seconds)
-    out |= {"requests": requests, "mb_per_s": round(size / seconds / 1e6, 1)}
+    out |= {"requests": requests, "mb_per_s": round(size / seconds.wall / 1e6, 1)}
     return out
 
 
@@ -198,24 +211,17 @@ def run_datafusion(table: pa.Table) -> pa.Table:
 def sql_breakdown(sh: streamhouse.StreamHouse) -> dict:
     """Where a query's time goes: read runs + decode, JSON parse, metadata columns, DataFusion."""
     out: dict[str, float] = {}
-    t0 = time.perf_counter()
-    records = read_records(sh.log, TOPIC)
-    t1 = time.perf_counter()
-    parsed, rows, _ = decode_json(records["value"], VALUE_SCHEMA)
-    t2 = time.perf_counter()
-    table = with_metadata(parsed, records, rows)
-    t3 = time.perf_counter()
-    run_datafusion(table)
-    t4 = time.perf_counter()
-    out |= {
-        "read_records_s": round(t1 - t0, 3),
-        "decode_json_s": round(t2 - t1, 3),
-        "with_metadata_s": round(t3 - t2, 3),
-        "datafusion_s": round(t4 - t3, 3),
-    }
+    t, records = timed(lambda: read_records(sh.log, TOPIC))
+    out |= {"read_records_s": round(t.wall, 3), "read_records_cpu_s": round(t.cpu, 3)}
+    t, (parsed, rows, _) = timed(lambda: decode_json(records["value"], VALUE_SCHEMA))
+    out |= {"decode_json_s": round(t.wall, 3), "decode_json_cpu_s": round(t.cpu, 3)}
+    t, table = timed(lambda: with_metadata(parsed, records, rows))
+    out |= {"with_metadata_s": round(t.wall, 3), "with_metadata_cpu_s": round(t.cpu, 3)}
+    t, _ = timed(lambda: run_datafusion(table))
+    out |= {"datafusion_s": round(t.wall, 3), "datafusion_cpu_s": round(t.cpu, 3)}
     records = parsed = table = None
     t, _ = timed(lambda: read_source(sh.log, TOPIC, VALUE_SCHEMA))
-    out["read_source_pipelined_s"] = round(t, 3)
+    out |= {"read_source_pipelined_s": round(t.wall, 3), "read_source_cpu_s": round(t.cpu, 3)}
     out["load_1m"] = load()
     return out
 
@@ -233,7 +239,7 @@ def bench_pipelined(sh: streamhouse.StreamHouse, n: int, repeat: int) -> tuple[d
         times.append(seconds)
     assert answer is not None
     out = figure(n, min(times))
-    out["first_s"] = round(times[0], 3)
+    out["first_s"] = round(times[0].wall, 3)
     return out, answer
 
 
@@ -247,7 +253,7 @@ def bench_sql(sh: streamhouse.StreamHouse, n: int, repeat: int) -> tuple[dict, p
     assert answer is not None
     assert sum(answer["n"].to_pylist()) == n
     out = figure(n, min(times))
-    out["first_s"] = round(times[0], 3)
+    out["first_s"] = round(times[0].wall, 3)
     return out, answer
 
 
@@ -260,7 +266,7 @@ def bench_duckdb(path: Path, n: int, repeat: int) -> tuple[dict, pa.Table]:
         times.append(seconds)
     assert answer is not None
     out = figure(n, min(times))
-    out["first_s"] = round(times[0], 3)
+    out["first_s"] = round(times[0].wall, 3)
     out["threads"] = con.execute("SELECT current_setting('threads')").fetchall()[0][0]
     return out, answer
 
@@ -306,7 +312,7 @@ def main(argv: list[str] | None = None) -> dict:
     with tempfile.TemporaryDirectory(prefix="sh-bench-") as tmp:
         data_dir = Path(tmp) / "data"
         t, values = timed(lambda: make_values(n))
-        print(f"generated {n:,} values in {t:.1f}s", file=sys.stderr)
+        print(f"generated {n:,} values in {t.wall:.1f}s", file=sys.stderr)
         jsonl = Path(tmp) / "values.jsonl"
         with jsonl.open("wb") as f:
             f.write(b"\n".join(values))
@@ -336,6 +342,7 @@ def main(argv: list[str] | None = None) -> dict:
             report("duckdb", duck)
             results["sql_vs_duckdb"] = round(sql["seconds"] / duck["seconds"], 2)
             results["sql_pipelined_vs_duckdb"] = round(pipelined["seconds"] / duck["seconds"], 2)
+            results["sql_vs_duckdb_cpu"] = round(sql["cpu_seconds"] / duck["cpu_seconds"], 2)
             results["sql_answer_matches_duckdb"] = same_answer(ours, theirs) and same_answer(
                 ours_pipelined, theirs
             )

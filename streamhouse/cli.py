@@ -248,7 +248,7 @@ def consume(
     data_dir: str | None,
 ) -> None:
     """Print TOPIC's record values, one per line, following new records like kafka-console-consumer."""
-    out = click.get_binary_stream("stdout")
+    out = sys.stdout.buffer
     printed = 0
     with _open(ctx) as sh:
         info = sh.topic(topic_name)
@@ -330,7 +330,7 @@ def _write_result(table: pa.Table, fmt: str, output: str | None) -> None:
             with open(output, "w", encoding="utf-8") as fh:
                 _print_table(table, file=fh)
         return
-    sink = open(output, "wb") if output else click.get_binary_stream("stdout")  # noqa: SIM115
+    sink = open(output, "wb") if output else sys.stdout.buffer  # noqa: SIM115
     try:
         if fmt == "json":
             for row in table.to_pylist():

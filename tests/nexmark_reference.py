@@ -282,8 +282,8 @@ def reference(con: duckdb.DuckDBPyConnection, query: str) -> pa.Table:
 def comparable(query: str, table: pa.Table) -> list[tuple[Any, ...]]:
     """``table``'s rows as a sorted list of tuples, after the query's :data:`COMPARE` projection.
 
-    Floats (and decimals) are rounded to 9 significant digits, so that summation order and
-    DECIMAL-vs-DOUBLE arithmetic do not matter.
+    Floats and fractional decimals are rounded to 9 significant digits, so that summation order
+    and DECIMAL-vs-DOUBLE arithmetic do not matter; whole decimals are ints.
     """
     if query in COMPARE:
         con = duckdb.connect()
@@ -295,6 +295,8 @@ def comparable(query: str, table: pa.Table) -> list[tuple[Any, ...]]:
 
 
 def _normal(value: Any) -> Any:
+    if isinstance(value, Decimal) and value == value.to_integral_value():
+        return int(value)  # SUM(BIGINT) is a HUGEINT in DuckDB: exact, as the engine's BIGINT
     if isinstance(value, float | Decimal):
         return float(f"{float(value):.9g}")
     return value

@@ -15,10 +15,10 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
+from window_cases import rows_of, table_rows, to_ms, topic_rows
 
 import streamhouse
 from streamhouse import StreamHouse
-from window_cases import rows_of, table_rows, to_ms, topic_rows
 
 DAY = "2020-04-15"
 

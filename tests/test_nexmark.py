@@ -213,6 +213,22 @@ def test_generator_is_deterministic_and_chunked_alike() -> None:
     assert [c.first_event for c in chunks] == list(range(0, config.events, 1_000))
 
 
+def test_load_spreads_partitions_alike(tmp_path: Path) -> None:
+    """With several partitions, each gets every n-th event: event time advances alike."""
+    config = NexmarkConfig.for_bids(3_000, events_per_second=1_000)
+    with streamhouse.connect(tmp_path / "data") as sh:
+        stats = load(sh, config, partitions=3)
+        assert stats.rows == {"person": 66, "auction": 198, "bid": 3_000}
+        records = sh.fetch("bid")
+        assert records.num_rows == 3_000
+        per_partition = records.group_by("partition").aggregate([("offset", "count")])
+        assert sorted(per_partition["offset_count"].to_pylist()) == [1_000, 1_000, 1_000]
+        assert sh.sql("SELECT count(*) AS n FROM side_input").fetchall() == [(10_000,)]
+        # Loading into a data directory that has the side input already leaves it alone.
+        load(sh, NexmarkConfig.for_bids(46), partitions=3)
+        assert sh.sql("SELECT count(*) AS n FROM side_input").fetchall() == [(10_000,)]
+
+
 def test_json_values_round_trip(tmp_path: Path) -> None:
     """The JSON the loader writes reads back (DuckDB's reader) as the very rows generated."""
     tables = generate_tables(NexmarkConfig.for_bids(2_000, events_per_second=50))

@@ -1,3 +1,4 @@
+-- cannot run yet: a join in a subquery under a GROUP BY without a window (an updating aggregate): "subqueries in continuous queries are not supported yet"
 -- Nexmark query 4: Average price for a category
 -- The average winning bid price of the auctions of each category: a join and two aggregations.
 -- Query text as in the nexmark/nexmark Flink suite; only the DDL is StreamHouse's.

@@ -32,7 +32,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import datafusion
 import pyarrow as pa
 import pyarrow.compute as pc
 from sqlglot import exp
@@ -43,6 +42,7 @@ from streamhouse.log.records import Compression, build_batch
 from streamhouse.runtime.options import QueryOptions
 from streamhouse.runtime.sink import TopicSink
 from streamhouse.sql.ddl import stream_definition
+from streamhouse.sql.execute import run_sql
 from streamhouse.sql.parse import parse
 from streamhouse.sql.plan import FLOWS, ContinuousPlan, Stateless, check_columns, plan_query
 from streamhouse.sql.source import (
@@ -78,24 +78,10 @@ class SourceInfo:
     delay_ms: int
 
 
-def _session_context() -> datafusion.SessionContext:
-    config = datafusion.SessionConfig().set(
-        "datafusion.sql_parser.enable_ident_normalization", "false"
-    )
-    return datafusion.SessionContext(config)
-
-
 def _run_sql(sql: str, tables: dict[str, pa.Table]) -> pa.Table:
-    ctx = _session_context()
-    for name, table in tables.items():
-        batches = table.to_batches() or [pa.RecordBatch.from_pylist([], schema=table.schema)]
-        # Quoted: DataFusion lower-cases an unquoted name here, though the SQL keeps its case.
-        ctx.register_record_batches(_quoted(name), [batches])
-    return ctx.sql(sql).to_arrow_table()
-
-
-def _quoted(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
+    # On one partition: a replayed micro-batch must give the same rows in the same order, or
+    # the exactly-once sink would skip the wrong ones.
+    return run_sql(sql, tables, ordered=True)
 
 
 class ContinuousQuery:
@@ -339,6 +325,10 @@ class ContinuousQuery:
                     PENDING,
                     {"end": {str(p): o for p, o in ends.items()}, "watermark": new_watermark},
                 )
+                # The sink marks the replay of this batch skips from: never stored before the
+                # first output of a query, and a restart must not take the topic's end for them.
+                for p, hw in self.sink_marks.items():
+                    intent.put_int(partition_key(SINK, p), hw)
                 self.store.commit(intent)
                 del intent
             marks = self.sink.write(outputs, self.sink_marks)

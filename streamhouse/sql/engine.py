@@ -16,25 +16,30 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
-import datafusion
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from sqlglot import exp
 
 from streamhouse.errors import SqlError, StreamHouseError, UnknownStreamError
 from streamhouse.log import Log
 from streamhouse.result import Relation, status
-from streamhouse.sql.ddl import StreamDef, stream_definition
+from streamhouse.sql.ddl import stream_definition
+from streamhouse.sql.execute import register, session_context
+from streamhouse.sql.functions import to_datafusion
 from streamhouse.sql.parse import DIALECT, node_position, parse, sql_error
 from streamhouse.sql.source import (
     METADATA_COLUMNS,
     RejectedRow,
+    SourceTable,
     decode_json,
     infer_schema,
     read_records,
+    read_source,
     with_metadata,
 )
 from streamhouse.sql.window_spec import take_out_windows
+from streamhouse.windows.assign import group_codes
 from streamhouse.windows.table import window_table
 
 log = logging.getLogger(__name__)
@@ -166,15 +171,13 @@ class Engine:
             return "topic", name
         return None
 
-    def _run(self, query: exp.Query, stats: QueryStats) -> pa.Table:
-        stats.rows_read = 0
-        stats.rejected.clear()
+    def _run(self, query: exp.Query, stats: QueryStats, *, reset: bool = True) -> pa.Table:
+        if reset:
+            stats.rows_read = 0
+            stats.rejected.clear()
         columns = _referenced_columns(query)
         query, windowed = take_out_windows(query)
-        config = datafusion.SessionConfig().set(
-            "datafusion.sql_parser.enable_ident_normalization", "false"
-        )
-        ctx = datafusion.SessionContext(config)
+        ctx = session_context()
         for name in sorted({t.name for t in _source_tables(query)}):
             if name in windowed:
                 source, spec = windowed[name]
@@ -184,10 +187,8 @@ class Engine:
                 table = window_table(self.source_table(source, needed, stats), spec)
             else:
                 table = self.source_table(name, columns, stats)
-            batches = table.to_batches() or [pa.RecordBatch.from_pylist([], schema=table.schema)]
-            # Quoted: DataFusion lower-cases an unquoted name here, the SQL keeps its case.
-            ctx.register_record_batches('"' + name.replace('"', '""') + '"', [batches])
-        sql = query.sql(dialect="postgres", identify=True)
+            register(ctx, name, table)
+        sql = to_datafusion(query)
         try:
             return ctx.sql(sql).to_arrow_table()
         except Exception as exc:  # DataFusion reports planning and execution errors alike
@@ -201,53 +202,86 @@ class Engine:
         if resolved is None:
             raise UnknownStreamError(f"unknown stream, view or topic {name!r}")
         kind, entry = resolved
+        schema = None
+        topic = name
         if kind == "view":
             view = parse(entry.sql)[0]  # type: ignore[attr-defined]
-            return self._run(view.expression, stats)
-        if kind == "topic":
-            definition = None
-            topic = name
-        else:
+            if not _materialized(view):
+                return self._run(view.expression, stats, reset=False)
+            # A materialized view is its output topic, read as a table: the latest record per
+            # key, tombstones dropped (a windowed view's keys repeat per window: all stay).
+            records = read_records(self.log, name)
+            rows = latest_per_key(records) if _updating(view) else np.arange(records.num_rows)
+            records = records.take(pa.array(rows))
+            stats.rows_read += records.num_rows
+            schema = infer_schema(records["value"])
+            if schema is None:
+                return with_metadata(pa.table({}), records, np.arange(records.num_rows))
+            table, kept, _ = decode_json(records["value"], schema)
+            return with_metadata(table, records, kept)
+        if kind != "topic":
             definition = stream_definition(parse(entry.sql)[0])  # type: ignore[attr-defined]
             topic = definition.topic
-        records = read_records(self.log, topic)
-        stats.rows_read += records.num_rows
-        schema = self._value_schema(definition, records)
-        if schema is None:  # not JSON: the raw value as text
-            table = pa.table({"value": records["value"].cast(pa.string(), safe=False)})
-            rows = None
-        else:
-            if columns is not None:
-                schema = pa.schema([f for f in schema if f.name in columns])
-            if len(schema) == 0:  # only metadata columns are read: no value is parsed
-                table, rows, rejected = pa.table({}), np.arange(records.num_rows), []
-            else:
-                table, rows, rejected = decode_json(records["value"], schema)
-            if rejected:
-                partitions = records["partition"].to_numpy()
-                offsets = records["offset"].to_numpy()
-                stats.rejected.extend(
-                    RejectedRow(topic, int(partitions[i]), int(offsets[i]), reason)
-                    for i, reason in rejected
-                )
-                first = stats.rejected[0]
-                log.warning(
-                    "%d record(s) of %r do not fit its schema and were left out "
-                    "(first: partition %d offset %d: %s)",
-                    len(rejected),
-                    name,
-                    first.partition,
-                    first.offset,
-                    first.reason,
-                )
-        return with_metadata(
-            table, records, rows if rows is not None else np.arange(records.num_rows)
-        )
+            schema = definition.schema()
+        source = read_source(self.log, topic, schema, columns)
+        _report(name, source, stats)
+        return source.table
 
-    def _value_schema(self, definition: StreamDef | None, records: pa.Table) -> pa.Schema | None:
-        if definition is not None:
-            return definition.schema()
-        return infer_schema(records["value"])
+
+def _materialized(statement: exp.Expr) -> bool:
+    properties = statement.args.get("properties")
+    return properties is not None and any(
+        isinstance(p, exp.MaterializedProperty) for p in properties.expressions
+    )
+
+
+def _updating(view: exp.Expr) -> bool:
+    """Whether a materialized view's output is an upsert stream (no window keys its rows)."""
+    from streamhouse.sql.plan import TopN, WindowAggregate, plan_query
+
+    try:
+        operator = plan_query(view).operator
+    except SqlError:
+        return False
+    return isinstance(operator, TopN) or (
+        isinstance(operator, WindowAggregate) and operator.window is None
+    )
+
+
+def _report(name: str, source: SourceTable, stats: QueryStats) -> None:
+    stats.rows_read += source.rows_read
+    if not source.rejected:
+        return
+    stats.rejected.extend(source.rejected)
+    first = source.rejected[0]
+    log.warning(
+        "%d record(s) of %r do not fit its schema and were left out "
+        "(first: partition %d offset %d: %s)",
+        len(source.rejected),
+        name,
+        first.partition,
+        first.offset,
+        first.reason,
+    )
+
+
+def latest_per_key(records: pa.Table) -> np.ndarray:
+    """Indices of the records that make an upsert stream a table: per key the last record
+    (in partition and offset order) unless it is a tombstone (null value); keyless records."""
+    n = records.num_rows
+    if n == 0:
+        return np.zeros(0, dtype=np.int64)
+    keys = records["key"]
+    keyed = pc.is_valid(keys).to_numpy(zero_copy_only=False)
+    order = np.lexsort((records["offset"].to_numpy(), records["partition"].to_numpy()))
+    codes = group_codes([keys.take(pa.array(order))])
+    _, from_end = np.unique(codes[::-1], return_index=True)
+    last_sorted = np.zeros(n, dtype=bool)
+    last_sorted[n - 1 - from_end] = True
+    last = np.zeros(n, dtype=bool)
+    last[order] = last_sorted
+    alive = pc.is_valid(records["value"]).to_numpy(zero_copy_only=False)
+    return np.flatnonzero((last | ~keyed) & alive)
 
 
 def _source_tables(query: exp.Expr) -> list[exp.Table]:

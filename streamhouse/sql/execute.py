@@ -12,6 +12,7 @@ import datafusion
 import pyarrow as pa
 
 from streamhouse.errors import SqlError, StreamHouseError
+from streamhouse.sql.functions import functions
 
 
 def session_context(*, ordered: bool = False) -> datafusion.SessionContext:
@@ -20,12 +21,16 @@ def session_context(*, ordered: bool = False) -> datafusion.SessionContext:
     )
     if ordered:
         config = config.with_target_partitions(1)
-    return datafusion.SessionContext(config)
+    ctx = datafusion.SessionContext(config)
+    for function in functions():
+        ctx.register_udf(function)
+    return ctx
 
 
 def register(ctx: datafusion.SessionContext, name: str, table: pa.Table) -> None:
     batches = table.to_batches() or [pa.RecordBatch.from_pylist([], schema=table.schema)]
-    ctx.register_record_batches(name, [batches])
+    # Quoted: DataFusion lower-cases an unquoted name here, while the SQL keeps its case.
+    ctx.register_record_batches('"' + name.replace('"', '""') + '"', [batches])
 
 
 def run_sql(sql: str, tables: dict[str, pa.Table], *, ordered: bool = True) -> pa.Table:

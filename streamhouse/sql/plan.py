@@ -10,7 +10,8 @@ A windowed aggregate is split into three parts so that only the middle one keeps
 3. ``post_sql`` — stateless, runs on DataFusion over the finalized rows of closed windows: the
    SELECT list and HAVING, with aggregates and keys replaced by the operator's columns.
 
->>> from streamhouse.sql.parse import parse_one
+>>> from streamhouse.sql.functions import to_datafusion
+from streamhouse.sql.parse import parse_one
 >>> plan = plan_query(parse_one(
 ...     "SELECT user_id, COUNT(*) AS n FROM events GROUP BY user_id, TUMBLING(ts, INTERVAL '1' MINUTE)"))
 >>> plan.operator.keys, [c.func for c in plan.operator.aggregates]
@@ -26,7 +27,8 @@ import pyarrow as pa
 from sqlglot import exp
 
 from streamhouse.errors import SqlError
-from streamhouse.joins.bounds import TimeBound, interval_bounds
+from streamhouse.joins.bounds import TimeBound, conjuncts, interval_bounds
+from streamhouse.sql.functions import to_datafusion
 from streamhouse.sql.parse import sql_error
 from streamhouse.sql.window_spec import (
     KINDS,
@@ -61,7 +63,7 @@ class WindowAggregate:
     """A windowed GROUP BY over one source."""
 
     source: str
-    window: WindowSpec
+    window: WindowSpec | None  # None: a GROUP BY without a window, an updating view
     pre_sql: str
     keys: list[str]
     key_sql: list[str]
@@ -70,6 +72,18 @@ class WindowAggregate:
 
     def explain(self) -> list[str]:
         w = self.window
+        if w is None:
+            aggs = ", ".join(f"{a.func}({a.arg or '*'}) AS {a.output}" for a in self.aggregates)
+            return [
+                f"Project  {self.post_sql}",
+                "  GroupAggregate  (updating: an upsert per changed key, a tombstone when HAVING drops it)",
+                f"    keys: {', '.join(self.key_sql) or '(none)'}",
+                f"    aggregates: {aggs}",
+                "    state: column family 'sessions', key b'groups' -> IPC(keys, partials)",
+                "    eviction: none (every key is kept)",
+                f"    Stateless  {self.pre_sql}",
+                f"      Source  {self.source}",
+            ]
         size = f"gap={w.gap_ms}ms" if w.kind == "session" else f"size={w.size_ms}ms"
         slide = f" slide={w.slide_ms}ms" if w.slide_ms else ""
         family = "sessions" if w.kind == "session" else "windows"
@@ -166,7 +180,7 @@ class StreamJoin:
 class ContinuousPlan:
     """What a continuous query reads, computes and where it writes."""
 
-    operator: Stateless | WindowAggregate | Windowed | StreamJoin
+    operator: Stateless | WindowAggregate | Windowed | StreamJoin | TopN
     sink_kind: str = "results"  # results | topic
     sink: str | None = None  # the sink topic/stream name for INSERT INTO and materialized views
     options: dict[str, str] = field(default_factory=dict)
@@ -205,7 +219,7 @@ def plan_query(statement: exp.Expr) -> ContinuousPlan:
     return ContinuousPlan(_plan_select(query), sink_kind, sink)
 
 
-def _plan_select(select: exp.Select) -> Stateless | WindowAggregate | Windowed | StreamJoin:
+def _plan_select(select: exp.Select) -> Stateless | WindowAggregate | Windowed | StreamJoin | TopN:
     if select.args.get("limit") is not None:
         raise sql_error("LIMIT has no meaning in a continuous query", select.args["limit"])
     rewritten, windowed = take_out_windows(select)
@@ -240,23 +254,113 @@ def _plan_select(select: exp.Select) -> Stateless | WindowAggregate | Windowed |
             raise sql_error(
                 "every input of a windowed continuous query needs the same window", select
             )
-        return Windowed(rewritten.sql(dialect="postgres", identify=True), windowed)
+        return Windowed(to_datafusion(rewritten), windowed)
     joins = select.args.get("joins") or []
     if joins:
         return _plan_join(select, joins)
     source = select.args.get("from_")
     table = source.this if source is not None else None
+    if isinstance(table, exp.Subquery):
+        top_n = _plan_top_n(select)
+        if top_n is not None:
+            return top_n
+        raise sql_error("subqueries in continuous queries are not supported yet", table)
     if not isinstance(table, exp.Table) or isinstance(table.this, exp.Func):
         raise sql_error("a continuous query must read a stream, view or topic", table or select)
     if any(True for _ in select.find_all(exp.Subquery)):
         raise sql_error("subqueries in continuous queries are not supported yet", select)
     if select.args.get("group") is not None or any(True for _ in select.find_all(exp.AggFunc)):
-        raise sql_error(
-            "an aggregate in a continuous query needs a window: add "
-            "TUMBLING(ts, INTERVAL ...), HOP(...) or SESSION(...) to GROUP BY",
-            select.args.get("group") or select,
-        )
-    return Stateless(table.name, select.sql(dialect="postgres", identify=True))
+        return _plan_window(select, None, table)  # an updating aggregate: upserts per key
+    return Stateless(table.name, to_datafusion(select))
+
+
+@dataclass(frozen=True)
+class TopN:
+    """Top-N (and deduplication, N = 1) per key: ``ROW_NUMBER() OVER (PARTITION BY ...) <= N``.
+
+    The state keeps, per partition key, only the source rows currently ranked within N (an
+    insert-only input never brings a dropped row back). Each micro-batch re-ranks the kept rows
+    of the keys it touches together with its new rows and upserts their ranks.
+    """
+
+    source: str
+    sql: str  # the whole query, over the source's name
+    retain_sql: str  # the source rows ranked within N
+    partition_by: list[str]
+    rank_column: str
+    limit: int
+
+    def explain(self) -> list[str]:
+        return [
+            f"TopN  {self.limit} per ({', '.join(self.partition_by)}) ranked as {self.rank_column}"
+            " (updating: an upsert per (key, rank))",
+            f"  sql: {self.sql}",
+            f"  retain: {self.retain_sql}",
+            "  state: column family 'sessions', key b'top_n' -> IPC(kept source rows)",
+            f"  Source  {self.source}",
+        ]
+
+
+def _plan_top_n(select: exp.Select) -> TopN | None:
+    """A TopN plan if ``select`` is ``SELECT .. FROM (SELECT .., ROW_NUMBER() OVER (PARTITION BY
+    k ORDER BY ..) AS rn FROM s ..) WHERE rn <= N`` (or ``rn = 1``, ``rn < N``)."""
+    source = select.args.get("from_")
+    sub = source.this if source is not None else None
+    if not isinstance(sub, exp.Subquery) or not isinstance(sub.this, exp.Select):
+        return None
+    inner = sub.this
+    inner_from = inner.args.get("from_")
+    table = inner_from.this if inner_from is not None else None
+    if (
+        not isinstance(table, exp.Table)
+        or isinstance(table.this, exp.Func)
+        or inner.args.get("joins")
+    ):
+        return None
+    rank = None
+    for projection in inner.expressions:
+        body = projection.this if isinstance(projection, exp.Alias) else projection
+        if isinstance(body, exp.Window) and isinstance(body.this, exp.RowNumber):
+            rank = (projection.alias_or_name, body)
+    if rank is None:
+        return None
+    rank_name, window = rank
+    partition = window.args.get("partition_by") or []
+    if not partition or not all(isinstance(p, exp.Column) for p in partition):
+        return None
+    limit = None
+    where = select.args.get("where")
+    for item in conjuncts(where.this if where is not None else None):
+        if (
+            isinstance(item, exp.LTE | exp.LT | exp.EQ)
+            and isinstance(item.this, exp.Column)
+            and item.this.name == rank_name
+            and isinstance(item.expression, exp.Literal)
+        ):
+            value = int(item.expression.name)
+            limit = value - 1 if isinstance(item, exp.LT) else value
+            if isinstance(item, exp.EQ) and value != 1:
+                return None
+    if limit is None or limit < 1:
+        return None
+    ranked = exp.select(exp.Star(), exp.alias_(window.copy(), "__rn", quoted=True)).from_(
+        table.copy()
+    )
+    if inner.args.get("where") is not None:
+        ranked.set("where", inner.args["where"].copy())
+    retain = (
+        exp.select(exp.Star())
+        .from_(ranked.subquery("__ranked"))
+        .where(exp.column("__rn", quoted=True) <= limit)
+    )
+    return TopN(
+        source=table.name,
+        sql=to_datafusion(select),
+        retain_sql=to_datafusion(retain),
+        partition_by=[p.name for p in partition],
+        rank_column=rank_name,
+        limit=limit,
+    )
 
 
 def _source_tables(query: exp.Expr) -> list[exp.Table]:
@@ -297,23 +401,25 @@ def _plan_join(select: exp.Select, joins: list[exp.Join]) -> StreamJoin:
     rewritten = select.copy()
     rewritten.args["from_"].this.replace(exp.to_table("__left").as_(left_alias))
     rewritten.args["joins"][0].this.replace(exp.to_table("__right").as_(right_alias))
-    return StreamJoin(
-        left.name, right.name, rewritten.sql(dialect="postgres", identify=True), bound
-    )
+    return StreamJoin(left.name, right.name, to_datafusion(rewritten), bound)
 
 
-def _plan_window(rest: exp.Select, spec: WindowSpec, table: exp.Table) -> WindowAggregate:
+def _plan_window(rest: exp.Select, spec: WindowSpec | None, table: exp.Table) -> WindowAggregate:
     group = rest.args.get("group")
     keys = [
         g
         for g in (group.expressions if group is not None else [])
         if not (isinstance(g, exp.Column) and g.name in WINDOW_COLUMNS)
     ]
-    if spec.kind == "session" and spec.partition_by:
+    if spec is not None and spec.kind == "session":
+        # Sessions are tracked per group key; a TVF without PARTITION BY means sessions over
+        # all rows, which grouped by further keys the session operator cannot produce.
         key_names = {k.name if isinstance(k, exp.Column) else k.sql() for k in keys}
         if set(spec.partition_by) != key_names:
             raise sql_error(
-                "a continuous SESSION window must group by exactly its PARTITION BY keys", group
+                "a continuous SESSION window must group by exactly its PARTITION BY keys "
+                f"(PARTITION BY {', '.join(sorted(key_names)) or '(none)'} in its TABLE argument)",
+                group,
             )
     aggregates: list[AggregateCall] = []
     arguments: list[exp.Expr] = []
@@ -402,7 +508,7 @@ def _plan_window(rest: exp.Select, spec: WindowSpec, table: exp.Table) -> Window
     alias = table.alias or table.name
     pre = exp.select(
         *(k.copy().as_(n) for k, n in zip(keys, key_columns, strict=True)),
-        exp.column(spec.time_column).as_("__ts"),
+        *([exp.column(spec.time_column).as_("__ts")] if spec is not None else []),
         *(a.as_(f"__a{i}") for i, a in enumerate(arguments)),
         exp.column("_partition").as_("__partition"),
         exp.column("_offset").as_("__offset"),
@@ -413,11 +519,11 @@ def _plan_window(rest: exp.Select, spec: WindowSpec, table: exp.Table) -> Window
     return WindowAggregate(
         source=table.name,
         window=spec,
-        pre_sql=pre.sql(dialect="postgres", identify=True),
+        pre_sql=to_datafusion(pre),
         keys=key_columns,
         key_sql=[k.sql(dialect="postgres") for k in keys],
         aggregates=aggregates,
-        post_sql=post.sql(dialect="postgres", identify=True),
+        post_sql=to_datafusion(post),
     )
 
 

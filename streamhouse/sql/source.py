@@ -181,10 +181,10 @@ class _Scan:
         self.ends = {p: (end_offsets or {}).get(p) for p in parts}
         self.runs = log_.reader.scan(topic, parts, self.starts, self.ends)
 
-    def groups(
-        self, records: int = SCAN_GROUP_RECORDS
-    ) -> list[list[tuple[SegmentRow, memoryview]]]:
-        """The runs in order, cut into groups of whole runs of about ``records`` records."""
+    def groups(self, records: int | None = None) -> list[list[tuple[SegmentRow, memoryview]]]:
+        """The runs in order, cut into groups of whole runs of about ``records`` records
+        (default :data:`SCAN_GROUP_RECORDS`)."""
+        records = records or SCAN_GROUP_RECORDS
         groups: list[list[tuple[SegmentRow, memoryview]]] = []
         current: list[tuple[SegmentRow, memoryview]] = []
         count = 0

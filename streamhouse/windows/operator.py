@@ -234,7 +234,7 @@ class SessionOperator:
             return None
         # Strictly before: an event at exactly ``end`` (last event + gap) still extends the
         # session, and such an event is on time while the watermark equals ``end``.
-        closing = pc.less_equal(pc.add(current["window_end"], self.lateness), watermark)
+        closing = pc.less(pc.add(current["window_end"], self.lateness), watermark)
         closed = current.filter(closing)
         remaining = current.filter(pc.invert(closing))
         self._staged = remaining

@@ -1,0 +1,1 @@
+"""Updating views: continuous results that change per key (upserts, and tombstones)."""

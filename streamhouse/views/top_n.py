@@ -1,0 +1,68 @@
+"""Top-N per key (and deduplication, N = 1) as an updating view.
+
+Only the source rows currently ranked within N are kept, in the ``sessions`` column family under
+``b"top_n"``: with an insert-only input a row that falls out of the top N never comes back.
+Each micro-batch re-ranks, with the query's own SQL on DataFusion, the kept rows of the keys it
+touches together with its new rows, keeps the new top N, and returns the query's rows for
+those keys — one upsert per (key, rank).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from streamhouse.sql.execute import run_sql
+from streamhouse.sql.plan import TopN
+from streamhouse.state.store import StateBatch, StateStore, decode_table, encode_table
+from streamhouse.windows.assign import group_codes
+
+log = logging.getLogger(__name__)
+
+TOP_N_KEY = b"top_n"
+
+
+class TopNOperator:
+    def __init__(self, plan: TopN, store: StateStore) -> None:
+        self.plan = plan
+        stored = store.get("sessions", TOP_N_KEY)
+        self.state: pa.Table | None = decode_table(stored) if stored else None
+        self._staged: pa.Table | None | bool = False
+
+    @property
+    def open_windows(self) -> int:
+        return self.state.num_rows if self.state is not None else 0
+
+    def process(self, rows: pa.Table, batch: StateBatch) -> pa.Table | None:
+        """Re-rank the touched keys; returns the query's rows for them."""
+        current = self.state if self._staged is False else self._staged
+        if rows.num_rows == 0:
+            return None
+        keys = self.plan.partition_by
+        if current is not None and current.num_rows:
+            combined = pa.concat_tables([current, rows], promote_options="permissive")
+            codes = group_codes([combined[k] for k in keys])
+            touched = pc.is_in(pa.array(codes), value_set=pa.array(codes[current.num_rows :]))
+            untouched = current.filter(pc.invert(touched.slice(0, current.num_rows)))
+            candidates = combined.filter(touched)
+        else:
+            untouched, candidates = None, rows
+        kept = run_sql(self.plan.retain_sql, {self.plan.source: candidates}).drop_columns(["__rn"])
+        state = (
+            kept
+            if untouched is None
+            else pa.concat_tables([untouched, kept], promote_options="permissive")
+        )
+        self._staged = state
+        batch.put("sessions", TOP_N_KEY, encode_table(state))
+        return run_sql(self.plan.sql, {self.plan.source: kept})
+
+    def commit(self) -> None:
+        if self._staged is not False:
+            self.state = self._staged  # type: ignore[assignment]
+            self._staged = False
+
+    def rollback(self) -> None:
+        self._staged = False

@@ -1,0 +1,249 @@
+"""Bounded window queries (``sh.sql``) equal DuckDB's answer over the same rows.
+
+``sh.sql`` reads the log as of now and closes every window; windows come from
+:mod:`streamhouse.windows.table`, the rest runs on DataFusion. Hypothesis draws events (with
+nulls, duplicates and disorder), each window kind runs in our GROUP BY syntax and as a Flink
+window TVF, and the rows are compared with DuckDB computing the same windows in batch
+(time_bucket arithmetic, generate_series, gaps and islands). Also: the assigners on their own,
+and bad input rejected with a located SqlError.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from window_cases import oracle, table_rows, to_ms
+
+import streamhouse
+from streamhouse import StreamHouse
+from streamhouse.errors import SqlError, UnknownStreamError
+from streamhouse.windows import assign
+
+T0 = 1_767_225_600_000  # 2026-01-01 00:00:00 UTC
+SECOND = 1_000
+COLUMNS = ["k", "window_start", "window_end", "n", "nd", "s", "a", "lo", "hi"]
+AGGREGATES = """COUNT(*) AS n, COUNT(DISTINCT v) AS nd, SUM(v) AS s, AVG(v) AS a,
+    MIN(v) AS lo, MAX(v) AS hi"""
+
+QUERIES = {  # kind -> (our syntax, Flink TVF syntax, size or gap, slide or step)
+    "tumble": (
+        "GROUP BY k, TUMBLING(t, INTERVAL '30' SECOND)",
+        "TABLE(TUMBLE(TABLE ev, DESCRIPTOR(t), INTERVAL '30' SECOND))",
+        30 * SECOND,
+        None,
+    ),
+    "hop": (
+        "GROUP BY k, HOP(t, INTERVAL '10' SECOND, INTERVAL '30' SECOND)",
+        "TABLE(HOP(TABLE ev, DESCRIPTOR(t), INTERVAL '10' SECOND, INTERVAL '30' SECOND))",
+        30 * SECOND,
+        10 * SECOND,
+    ),
+    "cumulate": (
+        "GROUP BY k, CUMULATE(t, INTERVAL '10' SECOND, INTERVAL '40' SECOND)",
+        "TABLE(CUMULATE(TABLE ev, DESCRIPTOR(t), INTERVAL '10' SECOND, INTERVAL '40' SECOND))",
+        40 * SECOND,
+        10 * SECOND,
+    ),
+    "session": (
+        "GROUP BY k, SESSION(t, INTERVAL '8' SECOND)",
+        "TABLE(SESSION(TABLE ev PARTITION BY k, DESCRIPTOR(t), INTERVAL '8' SECOND))",
+        8 * SECOND,
+        None,
+    ),
+}
+
+STREAM = """CREATE STREAM ev (k STRING, t TIMESTAMP(3), v BIGINT,
+    WATERMARK FOR t AS t - INTERVAL '5' SECOND) WITH (topic = 'ev', format = 'json')"""
+
+EVENTS = st.lists(
+    st.tuples(
+        st.sampled_from("abc"),
+        # within five minutes, often on whole seconds so events fall on window bounds
+        st.integers(0, 300).map(lambda s: T0 + s * SECOND)
+        | st.integers(0, 300_000).map(lambda ms: T0 + ms),
+        st.none() | st.integers(-5, 20),
+    ),
+    max_size=60,
+)
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StreamHouse]:
+    with streamhouse.connect(tmp_path_factory.mktemp("bounded"), linger_ms=1) as conn:
+        yield conn
+
+
+def fresh_stream(sh: StreamHouse, events: list[tuple[str, int, int | None]]) -> None:
+    sh.sql("DROP STREAM IF EXISTS ev")
+    if sh.log.get_topic("ev") is not None:
+        sh.delete_topic("ev")
+    sh.sql(STREAM)
+    if events:
+        sh.produce("ev", [{"k": k, "t": t, "v": v} for k, t, v in events])
+
+
+@pytest.mark.parametrize("kind", sorted(QUERIES))
+def test_windows_equal_the_batch_answer(kind: str, shared: StreamHouse) -> None:
+    ours, tvf, size, slide = QUERIES[kind]
+
+    @settings(
+        max_examples=15,
+        deadline=None,
+        suppress_health_check=[HealthCheck.function_scoped_fixture],
+    )
+    @given(events=EVENTS, having=st.sampled_from(["", "HAVING COUNT(*) > 1", "HAVING SUM(v) >= 5"]))
+    def check(events: list[tuple[str, int, int | None]], having: str) -> None:
+        fresh_stream(shared, events)
+        expected = oracle(events, kind, size, slide, having)
+        select = f"SELECT k, window_start, window_end, {AGGREGATES}"
+        got = shared.sql(f"{select} FROM ev {ours} {having}").to_arrow_table()
+        assert table_rows(got, COLUMNS) == expected
+        flink = f"{select} FROM {tvf} GROUP BY k, window_start, window_end {having}"
+        assert table_rows(shared.sql(flink).to_arrow_table(), COLUMNS) == expected
+
+    check()
+
+
+def test_windows_without_keys(shared: StreamHouse) -> None:
+    events = [("a", T0 + s * SECOND, s) for s in (0, 3, 9, 10, 29, 30, 31, 60, 75)]
+    fresh_stream(shared, events)
+    for kind, (ours, _, size, slide) in QUERIES.items():
+        window = ours.replace("GROUP BY k, ", "GROUP BY ")
+        got = shared.sql(
+            f"SELECT NULL AS k, window_start, window_end, {AGGREGATES} FROM ev {window}"
+        ).to_arrow_table()
+        assert table_rows(got, COLUMNS) == oracle(events, kind, size, slide, keyed=False), kind
+
+
+def test_window_time_is_the_end_minus_a_millisecond(shared: StreamHouse) -> None:
+    fresh_stream(shared, [("a", T0 + 5 * SECOND, 1)])
+    row = (
+        shared.sql(
+            "SELECT window_start, window_end, window_time FROM TABLE("
+            "TUMBLE(TABLE ev, DESCRIPTOR(t), INTERVAL '30' SECOND))"
+        )
+        .to_arrow_table()
+        .to_pylist()[0]
+    )
+    assert [to_ms(row[c]) for c in ("window_start", "window_end", "window_time")] == [
+        T0,
+        T0 + 30 * SECOND,
+        T0 + 30 * SECOND - 1,
+    ]
+
+
+# -- the assigners alone ---------------------------------------------------------------------
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    ts=st.lists(st.integers(-(10**9), 10**9), max_size=50),
+    slide=st.sampled_from([1, 7, 1000]),
+    per=st.integers(1, 5),
+)
+def test_hop_and_cumulate_assign_every_window_that_contains_a_row(
+    ts: list[int], slide: int, per: int
+) -> None:
+    size = slide * per
+    times = np.array(ts, dtype=np.int64)
+    rows, starts = assign.hop(times, slide, size)
+    assert len(rows) == len(ts) * per
+    assert np.all(starts % slide == 0)
+    assert np.all((starts <= times[rows]) & (times[rows] < starts + size))
+    rows, starts, ends = assign.cumulate(times, slide, size)
+    for i, t in enumerate(ts):
+        base = t - t % size
+        want = {(base, base + k * slide) for k in range(1, per + 1) if base + k * slide > t}
+        got = {(int(s), int(e)) for s, e in zip(starts[rows == i], ends[rows == i], strict=True)}
+        assert got == want
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    spans=st.lists(
+        st.tuples(st.integers(0, 3), st.integers(0, 100), st.integers(0, 20)), max_size=30
+    )
+)
+def test_merge_intervals_joins_overlapping_and_touching_intervals(
+    spans: list[tuple[int, int, int]],
+) -> None:
+    codes = np.array([c for c, _, _ in spans], dtype=np.int64)
+    starts = np.array([s for _, s, _ in spans], dtype=np.int64)
+    ends = starts + np.array([w for _, _, w in spans], dtype=np.int64)
+    ids, m_start, m_end = assign.merge_intervals(codes, starts, ends)
+    for i in range(len(spans)):  # each interval lies inside its merged interval
+        assert m_start[ids[i]] <= starts[i] and ends[i] <= m_end[ids[i]]
+    for i in range(len(spans)):  # touching or overlapping intervals of a key share an id
+        for j in range(len(spans)):
+            if codes[i] == codes[j] and starts[j] <= ends[i] and starts[i] <= ends[j]:
+                assert ids[i] == ids[j]
+    merged = {(int(codes[i]), int(ids[i])) for i in range(len(spans))}
+    assert len(merged) == len(set(ids.tolist()))  # an id never spans two keys
+
+
+# -- bad input ---------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def sh(tmp_path: Path) -> Iterator[StreamHouse]:
+    with streamhouse.connect(tmp_path / "data", linger_ms=1) as conn:
+        conn.sql(STREAM)
+        conn.produce("ev", [{"k": "a", "t": T0, "v": 1}])
+        yield conn
+
+
+@pytest.mark.parametrize(
+    ("sql", "words", "where"),
+    [
+        pytest.param(
+            "SELECT COUNT(*) FROM ev\nGROUP BY HOP(t, INTERVAL '7' SECOND, INTERVAL '30' SECOND)",
+            "multiple",
+            (2, 38),
+            id="hop-size-not-a-multiple",
+        ),
+        pytest.param(
+            "SELECT COUNT(*) FROM ev\nGROUP BY TUMBLING(t, INTERVAL '0' SECOND)",
+            "positive",
+            (2, 22),
+            id="empty-window",
+        ),
+        pytest.param(
+            "SELECT COUNT(*) FROM ev\nGROUP BY TUMBLING(t, INTERVAL '1' SECOND), "
+            "HOP(t, INTERVAL '1' SECOND, INTERVAL '2' SECOND)",
+            "one window",
+            (2, 44),
+            id="two-windows",
+        ),
+        pytest.param(
+            "SELECT COUNT(*) FROM\nTABLE(TUMBLE(TABLE nope, DESCRIPTOR(t), INTERVAL '1' SECOND))",
+            "nope",
+            (2, 20),
+            id="unknown-stream",
+        ),
+    ],
+)
+def test_bad_windows_fail_with_a_position(
+    sh: StreamHouse, sql: str, words: str, where: tuple[int, int]
+) -> None:
+    with pytest.raises(SqlError) as info:
+        sh.sql(sql).to_arrow_table()
+    assert words in str(info.value)
+    assert (info.value.line, info.value.column) == where
+
+
+def test_unknown_columns_and_non_timestamp_windows_are_sql_errors(sh: StreamHouse) -> None:
+    with pytest.raises(SqlError) as info:
+        sh.sql(
+            "SELECT SUM(nope) FROM ev GROUP BY TUMBLING(t, INTERVAL '1' SECOND)"
+        ).to_arrow_table()
+    assert "nope" in str(info.value) and info.value.line == 1
+    with pytest.raises(SqlError) as info:
+        sh.sql("SELECT COUNT(*) FROM ev GROUP BY TUMBLING(k, INTERVAL '1' SECOND)").to_arrow_table()
+    assert "TIMESTAMP" in str(info.value)
+    with pytest.raises(UnknownStreamError):
+        sh.sql("SELECT COUNT(*) FROM nope GROUP BY TUMBLING(t, INTERVAL '1' SECOND)")
