@@ -348,14 +348,14 @@ BAD = [
         id="hop-size-not-a-multiple",
     ),
     pytest.param(
-        "SELECT k, COUNT(*) AS n FROM ev\nGROUP BY k",
-        "window",
-        id="aggregate-without-window",
+        "SELECT k, COUNT(*) AS n FROM ev\nGROUP BY k, TUMBLING(t, INTERVAL '1' MINUTE) LIMIT 3",
+        "LIMIT",
+        id="limit",
     ),
     pytest.param(
-        "SELECT COUNT(*) AS n FROM ev",
-        "window",
-        id="aggregate-without-group-by",
+        "SELECT a.k FROM ev AS a\nLEFT JOIN ev AS b ON a.k = b.k",
+        "LEFT JOIN",
+        id="outer-join-of-unwindowed-streams",
     ),
     pytest.param(
         "SELECT k, STDDEV(v) AS sd FROM ev\nGROUP BY k, SESSION(t, INTERVAL '1' MINUTE)",

@@ -1,4 +1,3 @@
--- cannot run yet: a GROUP BY without a window (an updating view) with DISTINCT aggregates and FILTER: the planner crashes (AttributeError: 'NoneType' object has no attribute 'kind')
 -- Nexmark query 15: Bidding statistics report
 -- Distinct bidders and auctions per day at three price levels: many DISTINCT aggregates with FILTER (not in the original suite).
 -- Query text as in the nexmark/nexmark Flink suite; only the DDL is StreamHouse's.

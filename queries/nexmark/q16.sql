@@ -1,4 +1,3 @@
--- cannot run yet: a GROUP BY without a window (an updating view) with DISTINCT aggregates and FILTER: the planner crashes (AttributeError: 'NoneType' object has no attribute 'kind')
 -- Nexmark query 16: Channel statistics report
 -- As q15, per channel too (not in the original suite).
 -- Query text as in the nexmark/nexmark Flink suite; only the DDL is StreamHouse's.

@@ -1,4 +1,3 @@
--- cannot run yet: a GROUP BY without a window (an updating view): the planner crashes (AttributeError: 'NoneType' object has no attribute 'kind')
 -- Nexmark query 17: Auction statistics report
 -- Bids and prices per auction and day: an unbounded GROUP BY (not in the original suite).
 -- Query text as in the nexmark/nexmark Flink suite; only the DDL is StreamHouse's.

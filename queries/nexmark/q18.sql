@@ -1,4 +1,3 @@
--- cannot run yet: deduplication (ROW_NUMBER() ... <= 1 per key): the runner crashes (AttributeError: 'TopN' object has no attribute 'window')
 -- Nexmark query 18: Find last bid
 -- Each bidder's last bid on each auction: deduplication (not in the original suite).
 -- Query text as in the nexmark/nexmark Flink suite; only the DDL is StreamHouse's.

@@ -1,5 +1,3 @@
--- cannot run yet: Top-N per key (ROW_NUMBER() ... <= 10): the runner crashes (AttributeError: 'TopN' object has no attribute 'window')
--- cannot run bounded yet: SELECT * also returns the metadata columns _offset, _partition, _timestamp and _key (Flink's * is the declared columns)
 -- Nexmark query 19: Auction top-10 price
 -- The 10 highest bids of each auction: Top-N (not in the original suite).
 -- Query text as in the nexmark/nexmark Flink suite; only the DDL is StreamHouse's.

@@ -1,4 +1,3 @@
--- cannot run yet: a continuous regular (unbounded) join: planned over one source, it fails with "unknown column 'itemName' in 'bid'"
 -- Nexmark query 20: Expand bid with auction
 -- Bids with their auction, for auctions of category 10: a filtered join (not in the original suite).
 -- Query text as in the nexmark/nexmark Flink suite; only the DDL is StreamHouse's.

@@ -1,4 +1,3 @@
--- cannot run yet: a continuous regular (unbounded) join of two streams: planned over one source, it fails with "unknown column 'name' in 'auction'"
 -- Nexmark query 3: Local item suggestion
 -- Who sells in OR, ID or CA in category 10, and which auctions: an incremental join and a filter.
 -- Query text as in the nexmark/nexmark Flink suite; only the DDL is StreamHouse's.

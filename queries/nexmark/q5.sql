@@ -1,4 +1,3 @@
--- cannot run yet: a join of two HOP window aggregates: the planner crashes (AttributeError: 'Windowed' object has no attribute 'window')
 -- Nexmark query 5: Hot items
 -- Which auctions had the most bids in the last 10 seconds, every 2 seconds: sliding windows and a join of two window aggregates.
 -- Query text as in the nexmark/nexmark Flink suite; only the DDL is StreamHouse's.

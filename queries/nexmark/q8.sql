@@ -1,4 +1,3 @@
--- cannot run yet: a window join of two TUMBLE aggregates: planned over one source, it fails with "unknown column 'seller' in 'person'"
 -- Nexmark query 8: Monitor new users
 -- Persons who entered the system and created an auction in the same 10-second window: a window join.
 -- Query text as in the nexmark/nexmark Flink suite; only the DDL is StreamHouse's.

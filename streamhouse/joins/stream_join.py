@@ -106,7 +106,7 @@ class StreamJoin:
         outputs = [o for o in outputs if o.num_rows]
         if not outputs:
             return None
-        return pa.concat_tables(outputs, promote_options="permissive")
+        return concat(outputs)
 
     def _append(
         self, side: bytes, rows: pa.Table, staged: dict[bytes, list[_Chunk]], batch: StateBatch
@@ -155,6 +155,14 @@ class StreamJoin:
 
     def rollback(self) -> None:
         self._staged = None
+
+
+def concat(tables: list[pa.Table]) -> pa.Table:
+    """Concatenate tables of one query's output (names may repeat, as SQL allows)."""
+    first = tables[0].schema
+    if all(t.schema.equals(first) for t in tables[1:]):
+        return pa.concat_tables(tables)
+    return pa.concat_tables([t.cast(first) for t in tables])
 
 
 def _decode_time(key: bytes) -> int:

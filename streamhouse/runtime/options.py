@@ -35,8 +35,10 @@ _NAMES = {
     "scan.startup.mode": "startup",
     "max-batch-records": "max_batch_records",
     "poll-interval": "poll_interval_ms",
+    "state.ttl": "state_ttl_ms",
+    "table.exec.state.ttl": "state_ttl_ms",
 }
-_DURATIONS = {"allowed_lateness_ms", "idle_timeout_ms", "poll_interval_ms"}
+_DURATIONS = {"allowed_lateness_ms", "idle_timeout_ms", "poll_interval_ms", "state_ttl_ms"}
 
 
 @dataclass(frozen=True)
@@ -48,6 +50,7 @@ class QueryOptions:
     startup: str = "earliest-offset"
     max_batch_records: int = 200_000
     poll_interval_ms: int = 200
+    state_ttl_ms: int = 0  # 0: keep join state until its time bounds expire it
 
     def with_options(self, options: dict[str, Any]) -> QueryOptions:
         """These options with ``options`` (SQL names like ``allowed-lateness`` or field names) applied."""

@@ -5,12 +5,13 @@ One micro-batch:
 1. read each source partition from its committed offset up to its high watermark (at most
    ``max-batch-records`` in all) and decode the rows (rows that do not parse go to the
    dead-letter topic with the reason);
-2. advance per-partition event time; the watermark is the minimum over partitions of
+2. advance per-partition event time; a source's watermark is the minimum over its partitions of
    ``max event time - declared delay`` (partitions idle longer than ``idle-timeout`` excluded),
-   and never goes back;
-3. run the plan: stateless SQL on DataFusion, or the window operator (late rows counted and
-   dropped or sent to the side output; closed windows emitted, then HAVING and the SELECT list
-   on DataFusion);
+   the query's the minimum over its sources, and it never goes back (:mod:`.sources`);
+3. run the plan's operator: stateless SQL on DataFusion; a window aggregate (late rows counted
+   and dropped or sent to the side output; closed windows emitted, then HAVING and the SELECT
+   list on DataFusion); a windowed query or window join evaluated per closed window; an
+   interval or regular join; an updating GROUP BY or Top-N (upserts per key);
 4. write results to the sink and commit state, source offsets, event times, sink progress and
    counters in one synced RocksDB write batch — a checkpoint.
 
@@ -24,10 +25,8 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections import deque
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -37,45 +36,40 @@ import pyarrow.compute as pc
 from sqlglot import exp
 
 from streamhouse.errors import SqlError, StreamHouseError
+from streamhouse.joins.stream_join import LEFT, RIGHT, StreamJoin
+from streamhouse.joins.windowed import WindowedQuery
 from streamhouse.log import Log
 from streamhouse.log.records import Compression, build_batch
 from streamhouse.runtime.options import QueryOptions
-from streamhouse.runtime.sink import TopicSink
+from streamhouse.runtime.sink import TopicSink, key_strings
+from streamhouse.runtime.sources import NO_WATERMARK, QuerySource
+from streamhouse.sql import plan as plans
 from streamhouse.sql.ddl import stream_definition
+from streamhouse.sql.engine import hide_metadata
 from streamhouse.sql.execute import run_sql
-from streamhouse.sql.parse import parse
-from streamhouse.sql.plan import FLOWS, ContinuousPlan, Stateless, check_columns, plan_query
-from streamhouse.sql.source import (
-    METADATA_FIELDS,
-    decode_json,
-    infer_schema,
-    read_records,
-    with_metadata,
-)
+from streamhouse.sql.parse import node_position, parse
+from streamhouse.sql.plan import FLOWS, ContinuousPlan, check_columns, plan_query
+from streamhouse.sql.source import METADATA_FIELDS
 from streamhouse.state.store import StateStore, partition_key
+from streamhouse.views.group_by import GroupAggregate
+from streamhouse.views.top_n import TopNOperator
 from streamhouse.windows.operator import make_operator
-from streamhouse.windows.table import event_time_ms
+from streamhouse.windows.table import WINDOW_TYPE, event_time_ms
 
 log = logging.getLogger(__name__)
 
 FINAL_WATERMARK = 1 << 62
 """The watermark of a source that has ended: every window closes."""
-NO_WATERMARK = -(1 << 62)
 
-SOURCE = b"source/"
-EVENT_TIME = b"event_time/"
 SINK = b"sink/"
 PENDING = b"pending"
 COUNTERS = b"counters"
-
-
-@dataclass(frozen=True)
-class SourceInfo:
-    name: str
-    topic: str
-    schema: pa.Schema | None  # None: inferred from the first records
-    time_column: str | None
-    delay_ms: int
+WATERMARK = b"watermark"
+_WINDOW_FIELDS = [
+    pa.field("window_start", WINDOW_TYPE),
+    pa.field("window_end", WINDOW_TYPE),
+    pa.field("window_time", WINDOW_TYPE),
+]
 
 
 def _run_sql(sql: str, tables: dict[str, pa.Table]) -> pa.Table:
@@ -85,7 +79,7 @@ def _run_sql(sql: str, tables: dict[str, pa.Table]) -> pa.Table:
 
 
 class ContinuousQuery:
-    """A continuous query over one source; runs in a background thread once started.
+    """A continuous query over one or two sources; runs in a background thread once started.
 
     >>> q = sh.start("queries/clicks.sql")   # doctest: +SKIP
     >>> q.status()["rows_in"]                # doctest: +SKIP
@@ -106,22 +100,23 @@ class ContinuousQuery:
         self.statement = statement
         self.plan: ContinuousPlan = plan_query(statement)
         self.options = options or QueryOptions()
-        self.source = self._source_info(resolve)
+        self._named = {c.name for c in statement.find_all(exp.Column)}
+        self.sources = self._resolve_sources(resolve)
+        self._validate()
         self._on_results = on_results
         self._results: deque[pa.RecordBatch] = deque()
         self._results_ready = threading.Condition()
         self.store = StateStore(state_dir)
-        self.operator = (
-            None
-            if isinstance(self.plan.operator, Stateless)
-            else make_operator(self.plan.operator, self.store, self.options.allowed_lateness_ms)
-        )
+        try:
+            self.operator = self._make_operator()
+        except BaseException:
+            self.store.close()
+            raise
         self.sink = None
         if self.plan.sink_kind == "topic" and self.plan.sink:
             if self.log.get_topic(self.plan.sink) is None:
                 self.log.create_topic(self.plan.sink, 1)
-            key_names = getattr(self.plan.operator, "key_sql", [])
-            self.sink = TopicSink(self.log, self.plan.sink, key_names)
+            self.sink = TopicSink(self.log, self.plan.sink, self._key_columns())
         self.dead_letter_topic = self.options.dead_letter_topic or f"{name}.dlq"
         counters = self.store.get_json(COUNTERS) or {}
         self.rows_in = int(counters.get("rows_in", 0))
@@ -140,42 +135,135 @@ class ContinuousQuery:
 
     # -- setup --------------------------------------------------------------------------------
 
-    def _source_info(self, resolve: Callable[[str], tuple[str, Any] | None]) -> SourceInfo:
-        name = self.plan.source
-        resolved = resolve(name)
-        if resolved is None:
-            raise SqlError(f"unknown stream or topic {name!r}")
-        kind, entry = resolved
+    @property
+    def source(self) -> QuerySource:
+        """The first (for most queries, the only) source."""
+        return next(iter(self.sources.values()))
+
+    def _resolve_sources(
+        self, resolve: Callable[[str], tuple[str, Any] | None]
+    ) -> dict[str, QuerySource]:
         window = getattr(self.plan.operator, "window", None)
         window_column = window.time_column if window is not None else None
-        if kind == "topic":
-            return SourceInfo(name, name, None, window_column, 0)
-        if kind not in ("stream", "table"):
-            raise SqlError(f"continuous queries read streams and topics; {name!r} is a {kind}")
-        definition = stream_definition(parse(entry.sql)[0])
-        columns = {f.name: f.type for f in METADATA_FIELDS}
-        columns |= {c.name: c.type for c in definition.columns}
-        check_columns(self.plan, self.statement, columns)
-        watermark = definition.watermark
-        column = watermark.column if watermark is not None else window_column
-        delay = watermark.delay_ms if watermark is not None else 0
-        return SourceInfo(name, definition.topic, definition.schema(), column, delay)
+        if isinstance(self.plan.operator, plans.Windowed):
+            window_column = next(iter(self.plan.operator.inputs.values()))[1].time_column
+        sources: dict[str, QuerySource] = {}
+        columns: dict[str, pa.DataType] = {f.name: f.type for f in METADATA_FIELDS}
+        known = True
+        for index, name in enumerate(self.plan.sources):
+            resolved = resolve(name)
+            if resolved is None:
+                raise self._error(f"unknown stream or topic {name!r}", name)
+            kind, entry = resolved
+            if kind == "topic":
+                sources[name] = QuerySource(index, name, name, None, window_column, 0)
+                known = False
+                continue
+            if kind not in ("stream", "table"):
+                raise self._error(
+                    f"continuous queries read streams and topics; {name!r} is a {kind}", name
+                )
+            definition = stream_definition(parse(entry.sql)[0])
+            columns |= {c.name: c.type for c in definition.columns}
+            watermark = definition.watermark
+            column = watermark.column if watermark is not None else window_column
+            delay = watermark.delay_ms if watermark is not None else 0
+            sources[name] = QuerySource(
+                index, name, definition.topic, definition.schema(), column, delay
+            )
+        if known:
+            check_columns(self.plan, self.statement, columns)
+        return sources
+
+    def _error(self, message: str, table_name: str) -> SqlError:
+        for table in self.statement.find_all(exp.Table):
+            if table.name == table_name:
+                return SqlError(message, *node_position(table))
+        return SqlError(message)
+
+    def _schema(self, name: str, windowed: bool = False) -> pa.Schema | None:
+        """The rows of source ``name`` as the operators see them (None until inferred)."""
+        source = self.sources[name]
+        if source.schema is None:
+            return None
+        keep_all = isinstance(self.plan.operator, plans.WindowAggregate)
+        meta = [f for f in METADATA_FIELDS if keep_all or f.name in self._named]
+        return pa.schema([*source.schema, *meta] + (_WINDOW_FIELDS if windowed else []))
+
+    def _validate(self) -> None:
+        """Plan the query's SQL on DataFusion over empty inputs, so errors show before it runs."""
+        op = self.plan.operator
+        checks: list[tuple[str, dict[str, pa.Schema | None]]] = []
+        if isinstance(op, plans.Stateless):
+            checks.append((op.sql, {op.source: self._schema(op.source)}))
+        elif isinstance(op, plans.WindowAggregate):
+            checks.append((op.pre_sql, {op.source: self._schema(op.source)}))
+        elif isinstance(op, plans.Windowed):
+            checks.append((op.sql, {n: self._schema(s, True) for n, (s, _) in op.inputs.items()}))
+        elif isinstance(op, plans.StreamJoin):
+            checks.append(
+                (op.sql, {"__left": self._schema(op.left), "__right": self._schema(op.right)})
+            )
+        elif isinstance(op, plans.TopN):
+            checks.append((op.sql, {op.source: self._schema(op.source)}))
+        for sql, schemas in checks:
+            if any(s is None for s in schemas.values()):
+                continue  # a topic's schema is inferred from its first records
+            try:
+                run_sql(sql, {name: schema.empty_table() for name, schema in schemas.items()})  # type: ignore[union-attr]
+            except SqlError as exc:
+                raise SqlError(exc.message, *node_position(self.statement)) from None
+
+    def _make_operator(self) -> Any:
+        op = self.plan.operator
+        lateness = self.options.allowed_lateness_ms
+        if isinstance(op, plans.Stateless):
+            return None
+        if isinstance(op, plans.WindowAggregate):
+            if op.window is None:
+                return GroupAggregate(op, self.store)
+            return make_operator(op, self.store, lateness)
+        if isinstance(op, plans.Windowed):
+            return WindowedQuery(
+                op.sql, self.store, {n: spec for n, (_, spec) in op.inputs.items()}
+            )
+        if isinstance(op, plans.StreamJoin):
+            ttl = self.options.state_ttl_ms or None
+            bound = op.bound
+            left_time = bound.left_column if bound else self.sources[op.left].time_column
+            right_time = bound.right_column if bound else self.sources[op.right].time_column
+            return StreamJoin(op.sql, self.store, left_time, right_time, bound, ttl)
+        if isinstance(op, plans.TopN):
+            return TopNOperator(op, self.store)
+        raise StreamHouseError(f"no operator for {type(op).__name__}")
+
+    @property
+    def updating(self) -> bool:
+        """Whether results are upserts per key (an updating GROUP BY, Top-N), not appends."""
+        op = self.plan.operator
+        return isinstance(op, plans.TopN) or (
+            isinstance(op, plans.WindowAggregate) and op.window is None
+        )
+
+    @property
+    def key_columns(self) -> list[str]:
+        """The result columns that key a record (the upsert key of an updating query)."""
+        return self._key_columns()
+
+    def _key_columns(self) -> list[str]:
+        """The output columns records are keyed by: group keys, or Top-N keys and rank."""
+        op = self.plan.operator
+        if isinstance(op, plans.WindowAggregate):
+            return [k for k in op.key_outputs if k is not None]
+        if isinstance(op, plans.TopN):
+            return [*op.partition_by, op.rank_column]
+        return []
 
     def _load_progress(self) -> None:
-        info = self.log.topic(self.source.topic)
-        self.positions: dict[int, int] = {}
-        self.event_times: dict[int, int] = {}
-        for p in range(info.partitions):
-            stored = self.store.get_int(partition_key(SOURCE, p))
-            if stored is None:
-                bounds = self.log.offsets(self.source.topic, p)
-                latest = self.options.startup == "latest-offset"
-                stored = bounds.high_watermark if latest else bounds.log_start_offset
-            self.positions[p] = stored
-            event_time = self.store.get_int(partition_key(EVENT_TIME, p))
-            if event_time is not None:
-                self.event_times[p] = event_time - (1 << 63)
-        stored_wm = self.store.get_int(b"watermark")
+        latest = self.options.startup == "latest-offset"
+        for source in self.sources.values():
+            source.load(self.log, self.store, latest)
+        stored_wm = self.store.get_int(WATERMARK)
         self.watermark = stored_wm - (1 << 63) if stored_wm is not None else NO_WATERMARK
         self.sink_marks: dict[int, int] = {}
         if self.sink is not None:
@@ -183,11 +271,9 @@ class ContinuousQuery:
             for p, hw in current.items():
                 stored = self.store.get_int(partition_key(SINK, p))
                 self.sink_marks[p] = stored if stored is not None else hw
-        started = time.monotonic()
-        self._last_data = dict.fromkeys(self.positions, started)
 
     def _on_commit(self, topic: str, partition: int, high_watermark: int) -> None:
-        if topic == self.source.topic:
+        if any(topic == s.topic for s in self.sources.values()):
             self._wake.set()
 
     # -- running ------------------------------------------------------------------------------
@@ -201,7 +287,7 @@ class ContinuousQuery:
         return self
 
     def _loop(self) -> None:
-        log.info("query %s started from offsets %s", self.name, self.positions)
+        log.info("query %s started", self.name)
         while not self._stop.is_set():
             try:
                 progressed = self.step()
@@ -212,7 +298,7 @@ class ContinuousQuery:
             if not progressed:
                 self._wake.wait(self.options.poll_interval_ms / 1000)
                 self._wake.clear()
-        log.info("query %s stopped at offsets %s", self.name, self.positions)
+        log.info("query %s stopped", self.name)
 
     def stop(self) -> None:
         """Stop after the current micro-batch is committed, and release the state."""
@@ -229,7 +315,7 @@ class ContinuousQuery:
             self._results_ready.notify_all()
 
     def run_until_caught_up(self, final: bool = False) -> None:
-        """Process every record in the source now (in this thread); ``final`` closes every window."""
+        """Process every record in the sources now (in this thread); ``final`` closes every window."""
         while self.step():
             pass
         if final:
@@ -247,83 +333,56 @@ class ContinuousQuery:
 
     def _step(self, final: bool, max_records: int | None) -> bool:
         pending = self.store.get_json(PENDING)
-        topic = self.source.topic
-        partitions = sorted(self.positions)
-        info = self.log.topic(topic)
-        for p in range(len(partitions), info.partitions):  # partitions added since
-            self.positions[p] = 0
-            self._last_data[p] = time.monotonic()
-        partitions = sorted(self.positions)
-        high = {p: self.log.offsets(topic, p).high_watermark for p in partitions}
+        budget = max_records or self.options.max_batch_records
+        ends: dict[str, dict[int, int]] = {}
         if pending is not None:
-            ends = {int(p): int(o) for p, o in pending["end"].items()}
+            for name, source in self.sources.items():
+                stored = pending["end"].get(str(source.index), {})
+                ends[name] = {int(p): int(o) for p, o in stored.items()} or dict(source.positions)
             forced_watermark: int | None = int(pending["watermark"])
         else:
-            budget = max_records or self.options.max_batch_records
-            ends = {}
-            for p in partitions:
-                available = high[p] - self.positions[p]
-                ends[p] = self.positions[p] + max(0, min(available, budget))
-                budget -= ends[p] - self.positions[p]
+            for name, source in self.sources.items():
+                ends[name] = source.plan_batch(self.log, budget)
+                budget -= sum(ends[name][p] - source.positions.get(p, 0) for p in ends[name])
+                budget = max(budget, 1)
             forced_watermark = None
-        has_data = any(ends[p] > self.positions[p] for p in partitions)
-        now = time.monotonic()
-        for p in partitions:
-            if ends[p] > self.positions[p]:
-                self._last_data[p] = now
-        new_event_times = dict(self.event_times)
-        table, rejected, records = self._read(ends)
-        if (
-            table is not None
-            and self.source.time_column
-            and self.source.time_column in table.column_names
-        ):
-            ts, valid = event_time_ms(table, self.source.time_column)
-            if valid.any():
-                grouped = pa.table(
-                    {"p": table["_partition"].filter(pa.array(valid)), "t": pa.array(ts[valid])}
-                )
-                maxima = grouped.group_by("p").aggregate([("t", "max")])
-                for p, t in zip(maxima["p"].to_pylist(), maxima["t_max"].to_pylist(), strict=True):
-                    new_event_times[p] = max(t, new_event_times.get(p, NO_WATERMARK))
+        has_data = any(
+            ends[n][p] > s.positions.get(p, 0) for n, s in self.sources.items() for p in ends[n]
+        )
+        reads = {name: source.read(self.log, ends[name]) for name, source in self.sources.items()}
+        event_times = {
+            name: s.event_times_after(reads[name].table) for name, s in self.sources.items()
+        }
         if forced_watermark is not None:
             new_watermark = forced_watermark
         elif final:
             new_watermark = FINAL_WATERMARK
         else:
-            new_watermark = max(
-                self.watermark, self._compute_watermark(new_event_times, partitions, now)
-            )
+            marks = [
+                s.watermark(event_times[n], self.options.idle_timeout_ms)
+                for n, s in self.sources.items()
+            ]
+            new_watermark = max(self.watermark, min(marks))
         if not has_data and new_watermark == self.watermark and pending is None:
             return False
 
         batch = self.store.batch()
-        outputs: pa.Table | None = None
-        late_rows = 0
-        late_table = None
-        if table is not None and table.num_rows and isinstance(self.plan.operator, Stateless):
-            outputs = _run_sql(self.plan.operator.sql, {self.source.name: table})
-        elif self.operator is not None:
-            plan = self.plan.operator
-            if table is not None and table.num_rows:
-                pre = _run_sql(plan.pre_sql, {self.source.name: table})
-                ts, valid = event_time_ms(pre, "__ts")
-                if not valid.all():
-                    pre, ts = pre.filter(pa.array(valid)), ts[valid]
-                late = self.operator.process(pre, ts, self.watermark, batch)
-                late_rows = len(late)
-                if late_rows and self.options.late_topic:
-                    late_table = _rows_by_position(table, pre.take(pa.array(late)))
-            emitted = self.operator.emit(new_watermark, batch)
-            if emitted is not None and emitted.num_rows:
-                outputs = _run_sql(plan.post_sql, {FLOWS: emitted})
+        tables = {name: r.table for name, r in reads.items()}
+        outputs, tombstones, late_rows, late_table = self._operate(tables, new_watermark, batch)
 
-        if outputs is not None and outputs.num_rows and self.sink is not None:
+        marks_after = None
+        if self.sink is not None and ((outputs is not None and outputs.num_rows) or tombstones):
             if pending is None:
                 intent = self.store.batch()
                 intent.put_json(
                     PENDING,
-                    {"end": {str(p): o for p, o in ends.items()}, "watermark": new_watermark},
+                    {
+                        "end": {
+                            str(s.index): {str(p): o for p, o in ends[n].items()}
+                            for n, s in self.sources.items()
+                        },
+                        "watermark": new_watermark,
+                    },
                 )
                 # The sink marks the replay of this batch skips from: never stored before the
                 # first output of a query, and a restart must not take the topic's end for them.
@@ -331,25 +390,29 @@ class ContinuousQuery:
                     intent.put_int(partition_key(SINK, p), hw)
                 self.store.commit(intent)
                 del intent
-            marks = self.sink.write(outputs, self.sink_marks)
-            for p, hw in marks.items():
+            empty = pa.table({})
+            marks_after = self.sink.write(
+                outputs if outputs is not None else empty, self.sink_marks, tombstones
+            )
+            for p, hw in marks_after.items():
                 batch.put_int(partition_key(SINK, p), hw)
-        else:
-            marks = None
-        if rejected:
-            self._dead_letters(rejected, records)
+        rejected_count = 0
+        for name, read in reads.items():
+            if read.rejected:
+                rejected_count += len(read.rejected)
+                self._dead_letters(self.sources[name], read.rejected, read.records)
         if late_table is not None and late_table.num_rows:
             self._late_rows(late_table)
 
-        rows_in = self.rows_in + (records.num_rows if records is not None else 0)
+        rows_in = self.rows_in + sum(
+            r.records.num_rows for r in reads.values() if r.records is not None
+        )
         rows_out = self.rows_out + (outputs.num_rows if outputs is not None else 0)
         late_total = self.late_rows + late_rows
-        rejected_total = self.rejected_rows + len(rejected)
-        for p in partitions:
-            batch.put_int(partition_key(SOURCE, p), ends[p])
-        for p, t in new_event_times.items():
-            batch.put_int(partition_key(EVENT_TIME, p), t + (1 << 63))
-        batch.put_int(b"watermark", new_watermark + (1 << 63))
+        rejected_total = self.rejected_rows + rejected_count
+        for name, source in self.sources.items():
+            source.save(batch, ends[name], event_times[name])
+        batch.put_int(WATERMARK, new_watermark + (1 << 63))
         batch.put_json(
             COUNTERS,
             {
@@ -369,11 +432,11 @@ class ContinuousQuery:
         del batch
         if self.operator is not None:
             self.operator.commit()
-        self.positions = ends
-        self.event_times = new_event_times
+        for name, source in self.sources.items():
+            source.advance(ends[name], event_times[name])
         self.watermark = new_watermark
-        if marks is not None:
-            self.sink_marks = marks
+        if marks_after is not None:
+            self.sink_marks = marks_after
         self.rows_in, self.rows_out, self.late_rows, self.rejected_rows = (
             rows_in,
             rows_out,
@@ -385,44 +448,84 @@ class ContinuousQuery:
             self._deliver(outputs)
         return True
 
-    def _compute_watermark(
-        self, event_times: dict[int, int], partitions: list[int], now: float
-    ) -> int:
-        idle_after = self.options.idle_timeout_ms / 1000
-        active = [p for p in partitions if now - self._last_data.get(p, now) < idle_after]
-        considered = active if active else partitions
-        values = []
-        for p in considered:
-            if p not in event_times:
-                if p in active:
-                    return NO_WATERMARK  # an active partition with no event time yet holds it back
-                continue
-            values.append(event_times[p] - self.source.delay_ms)
-        return min(values) if values else NO_WATERMARK
+    def _operate(
+        self, tables: dict[str, pa.Table | None], watermark: int, batch: Any
+    ) -> tuple[pa.Table | None, list[bytes], int, pa.Table | None]:
+        """Run the operator on this batch: (outputs, tombstone keys, late rows, late source rows)."""
+        op = self.plan.operator
+        outputs: pa.Table | None = None
+        tombstones: list[bytes] = []
+        late_rows = 0
+        late_table = None
 
-    def _read(
-        self, ends: dict[int, int]
-    ) -> tuple[pa.Table | None, list[tuple[int, str]], pa.Table | None]:
-        wanted = [p for p in ends if ends[p] > self.positions[p]]
-        if not wanted:
-            return None, [], None
-        records = read_records(self.log, self.source.topic, wanted, self.positions, ends)
-        if records.num_rows == 0:
-            return None, [], records
-        schema = self.source.schema
-        if schema is None:
-            schema = infer_schema(records["value"])
-            if schema is None:
-                raise StreamHouseError(f"topic {self.source.topic!r} does not hold JSON objects")
-            self.source = SourceInfo(
-                self.source.name, self.source.topic, schema, self.source.time_column, 0
+        def rows(name: str) -> pa.Table | None:
+            table = tables.get(name)
+            if table is None or not table.num_rows:
+                return None
+            return (
+                table
+                if isinstance(op, plans.WindowAggregate)
+                else hide_metadata(table, self._named)
             )
-        table, rows, rejected = decode_json(records["value"], schema)
-        return with_metadata(table, records, rows), rejected, records
+
+        if isinstance(op, plans.Stateless):
+            if rows(op.source) is not None:
+                outputs = _run_sql(op.sql, {op.source: rows(op.source)})
+        elif isinstance(op, plans.WindowAggregate) and op.window is None:
+            table = rows(op.source)
+            if table is not None:
+                pre = _run_sql(op.pre_sql, {op.source: table})
+                changed = self.operator.process(pre, batch)
+                if changed is not None and changed.num_rows:
+                    outputs = _run_sql(op.post_sql, {FLOWS: changed})
+                    tombstones = self._dropped_keys(changed, outputs, op)
+        elif isinstance(op, plans.WindowAggregate):
+            table = rows(op.source)
+            if table is not None:
+                pre = _run_sql(op.pre_sql, {op.source: table})
+                ts, valid = event_time_ms(pre, "__ts")
+                if not valid.all():
+                    pre, ts = pre.filter(pa.array(valid)), ts[valid]
+                late = self.operator.process(pre, ts, self.watermark, batch)
+                late_rows = len(late)
+                if late_rows and self.options.late_topic:
+                    late_table = _rows_by_position(table, pre.take(pa.array(late)))
+            emitted = self.operator.emit(watermark, batch)
+            if emitted is not None and emitted.num_rows:
+                outputs = _run_sql(op.post_sql, {FLOWS: emitted})
+        elif isinstance(op, plans.Windowed):
+            for name, (source, _) in sorted(op.inputs.items()):
+                if rows(source) is not None:
+                    late_rows += self.operator.process(name, rows(source), self.watermark, batch)
+            schemas = {n: self._schema(s, True) for n, (s, _) in op.inputs.items()}
+            outputs = self.operator.emit(watermark, schemas, batch)
+        elif isinstance(op, plans.StreamJoin):
+            left, right = rows(op.left), rows(op.right)
+            if left is not None or right is not None:
+                schemas = {LEFT: self._schema(op.left), RIGHT: self._schema(op.right)}
+                outputs = self.operator.process(left, right, schemas, batch)
+            self.operator.expire(watermark, batch)
+        elif isinstance(op, plans.TopN) and rows(op.source) is not None:
+            outputs = self.operator.process(rows(op.source), batch)
+        return outputs, tombstones, late_rows, late_table
+
+    def _dropped_keys(
+        self, changed: pa.Table, outputs: pa.Table, op: plans.WindowAggregate
+    ) -> list[bytes]:
+        """Keys of changed groups that HAVING no longer keeps: they get tombstones."""
+        names = op.key_outputs
+        if not op.keys or any(n is None or n not in outputs.column_names for n in names):
+            return []
+        named = changed.select(op.keys).rename_columns(names)
+        before = set(key_strings(named, names))  # type: ignore[arg-type]
+        after = set(key_strings(outputs, names))  # type: ignore[arg-type]
+        return sorted(k for k in before - after if k is not None)
 
     # -- side outputs -------------------------------------------------------------------------
 
-    def _dead_letters(self, rejected: list[tuple[int, str]], records: pa.Table | None) -> None:
+    def _dead_letters(
+        self, source: QuerySource, rejected: list[tuple[int, str]], records: pa.Table | None
+    ) -> None:
         if records is None:
             return
         if self.log.get_topic(self.dead_letter_topic) is None:
@@ -432,7 +535,7 @@ class ContinuousQuery:
         headers = [
             [
                 ("reason", reason.encode()),
-                ("topic", self.source.topic.encode()),
+                ("topic", source.topic.encode()),
                 ("partition", str(p).encode()),
                 ("offset", str(o).encode()),
             ]
@@ -499,9 +602,13 @@ class ContinuousQuery:
             "name": self.name,
             "state": "failed" if self.error is not None else ("running" if running else "stopped"),
             "error": str(self.error) if self.error is not None else None,
-            "source": self.source.topic,
+            "source": ", ".join(s.topic for s in self.sources.values()),
             "sink": self.plan.sink,
-            "offsets": dict(self.positions),
+            "offsets": (
+                dict(self.source.positions)
+                if len(self.sources) == 1
+                else {n: dict(s.positions) for n, s in self.sources.items()}
+            ),
             "watermark": _format_time(self.watermark),
             "rows_in": self.rows_in,
             "rows_out": self.rows_out,

@@ -40,6 +40,11 @@ def _cursor() -> duckdb.DuckDBPyConnection:
         return _duckdb.cursor()
 
 
+def key_strings(table: pa.Table, key_columns: list[str]) -> list[bytes | None]:
+    """The record key of each row, as :func:`encode_rows` makes it."""
+    return encode_rows(table, key_columns)[1]
+
+
 def encode_rows(table: pa.Table, key_columns: list[str]) -> tuple[list[bytes], list[bytes | None]]:
     """(JSON value, key) per row of ``table``, in order."""
     if table.num_rows == 0:
@@ -81,12 +86,19 @@ class TopicSink:
         offsets = self.log.metadata.partition_offsets(self.topic)
         return {p: o.high_watermark for p, o in offsets.items()}
 
-    def write(self, table: pa.Table, committed: dict[int, int]) -> dict[int, int]:
-        """Append ``table``'s rows; returns each partition's high watermark afterwards.
+    def write(
+        self, table: pa.Table, committed: dict[int, int], tombstones: list[bytes] | None = None
+    ) -> dict[int, int]:
+        """Append ``table``'s rows, then a tombstone (null value) per key in ``tombstones``;
+        returns each partition's high watermark afterwards.
 
         ``committed`` is the high watermark per partition as of the last committed micro-batch.
         """
-        values, keys = encode_rows(table, self.key_columns)
+        values: list[bytes | None]
+        values, keys = encode_rows(table, self.key_columns)  # type: ignore[assignment]
+        for key in tombstones or []:
+            values.append(None)
+            keys.append(key)
         partitions = self.log.topic(self.topic).partitions
         current = self.high_watermarks()
         if not values:
@@ -98,6 +110,7 @@ class TopicSink:
             ],
             dtype=np.int64,
         )
+        limit = max(1024, self.log.max_message_bytes(self.log.topic(self.topic)) // 2)
         futures = []
         for partition in range(partitions):
             rows = np.flatnonzero(assignment == partition)
@@ -116,12 +129,28 @@ class TopicSink:
                 rows = rows[already:]
             if len(rows) == 0:
                 continue
-            batch = build_batch(
-                [values[i] for i in rows],
-                [keys[i] for i in rows],
-                compression=Compression.LZ4,
-            )
-            futures.append(self.log.append(self.topic, partition, batch))
+            batches = []
+            for chunk in _chunks(rows, values, keys, limit):
+                batches.append(
+                    build_batch(
+                        [values[i] for i in chunk],
+                        [keys[i] for i in chunk],
+                        compression=Compression.LZ4,
+                    )
+                )
+            futures.append(self.log.append(self.topic, partition, b"".join(batches)))
         for future in futures:
             future.result()
         return self.high_watermarks()
+
+
+def _chunks(
+    rows: np.ndarray, values: list[bytes | None], keys: list[bytes | None], limit: int
+) -> list[np.ndarray]:
+    """Split ``rows`` into runs whose records stay well below ``limit`` bytes per batch."""
+    sizes = np.fromiter(
+        (len(values[i] or b"") + len(keys[i] or b"") + 24 for i in rows), np.int64, len(rows)
+    )
+    groups = np.cumsum(sizes) // limit
+    cuts = np.flatnonzero(np.diff(groups)) + 1
+    return np.split(rows, cuts)

@@ -176,6 +176,7 @@ class Engine:
             stats.rows_read = 0
             stats.rejected.clear()
         columns = _referenced_columns(query)
+        named = {c.name for c in query.find_all(exp.Column)}
         query, windowed = take_out_windows(query)
         ctx = session_context()
         for name in sorted({t.name for t in _source_tables(query)}):
@@ -187,7 +188,7 @@ class Engine:
                 table = window_table(self.source_table(source, needed, stats), spec)
             else:
                 table = self.source_table(name, columns, stats)
-            register(ctx, name, table)
+            register(ctx, name, hide_metadata(table, named))
         sql = to_datafusion(query)
         try:
             return ctx.sql(sql).to_arrow_table()
@@ -226,6 +227,14 @@ class Engine:
         source = read_source(self.log, topic, schema, columns)
         _report(name, source, stats)
         return source.table
+
+
+def hide_metadata(table: pa.Table, named: set[str]) -> pa.Table:
+    """``table`` without the metadata columns the query does not name: as in Flink, ``*`` is
+    the declared columns; ``_offset``, ``_partition``, ``_timestamp`` and ``_key`` are there
+    when asked for by name."""
+    hidden = [c for c in table.column_names if c in METADATA_COLUMNS and c not in named]
+    return table.drop_columns(hidden) if hidden else table
 
 
 def _materialized(statement: exp.Expr) -> bool:

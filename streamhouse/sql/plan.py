@@ -69,6 +69,7 @@ class WindowAggregate:
     key_sql: list[str]
     aggregates: list[AggregateCall]
     post_sql: str
+    key_outputs: list[str | None] = field(default_factory=list)  # output column of each key
 
     def explain(self) -> list[str]:
         w = self.window
@@ -485,6 +486,7 @@ def _plan_window(rest: exp.Select, spec: WindowSpec | None, table: exp.Table) ->
             raise sql_error(f"column {node.sql()} must be in GROUP BY or inside an aggregate", node)
         return node
 
+    key_outputs: list[str | None] = [None] * len(keys)
     outputs = []
     for projection in rest.expressions:
         alias = projection.alias if isinstance(projection, exp.Alias) else None
@@ -497,6 +499,8 @@ def _plan_window(rest: exp.Select, spec: WindowSpec | None, table: exp.Table) ->
             )
         rewritten = body.copy().transform(take_aggregate).transform(rewrite)
         outputs.append(exp.alias_(rewritten, alias, quoted=True))
+        if isinstance(rewritten, exp.Column) and rewritten.name in key_columns:
+            key_outputs[key_columns.index(rewritten.name)] = alias
     post = exp.select(*outputs).from_(FLOWS)
     having = rest.args.get("having")
     if having is not None:
@@ -522,6 +526,7 @@ def _plan_window(rest: exp.Select, spec: WindowSpec | None, table: exp.Table) ->
         pre_sql=to_datafusion(pre),
         keys=key_columns,
         key_sql=[k.sql(dialect="postgres") for k in keys],
+        key_outputs=key_outputs,
         aggregates=aggregates,
         post_sql=to_datafusion(post),
     )
@@ -541,7 +546,7 @@ def check_columns(
     -> Arrow type, ``pa.null()`` when not known yet), metadata columns included.
     """
     query = statement.expression if isinstance(statement, exp.Insert | exp.Create) else statement
-    if query is None:
+    if query is None or len(plan.sources) > 1:  # joins: each side is checked by its operator
         return
     aliases = {e.alias for e in query.find_all(exp.Alias) if e.alias}
     known = set(columns) | set(WINDOW_COLUMNS) | aliases
