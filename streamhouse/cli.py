@@ -419,6 +419,8 @@ def serve(
         for path in sorted(Path(queries_dir).glob("*.sql")) if queries_dir else []:
             query = sh.start(path)
             log.warning("continuous query %s running from %s", query.name, path)
+        for query in sh.start_materialized_views():
+            log.warning("materialized view %s running", query.name)
 
         async def until_signalled() -> None:
             loop = asyncio.get_running_loop()

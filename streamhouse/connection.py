@@ -87,6 +87,7 @@ class StreamHouse:
         self.settings = settings or Settings.load()  # $STREAMHOUSE_DATA_DIR or the default
         self.log = Log.open(self.settings)
         self.engine = Engine(self.log)
+        self.engine.on_materialized_view = self._start_view
         self._queries: list[ContinuousQuery] = []
 
     # -- topics -------------------------------------------------------------------------------
@@ -244,6 +245,44 @@ class StreamHouse:
         )
         self._queries.append(query)
         return query
+
+    def _start_view(self, statement: Any) -> ContinuousQuery:
+        from streamhouse.sql.parse import DIALECT
+
+        return self.start(statement.sql(dialect=DIALECT), name=statement.this.name)
+
+    def start_materialized_views(self) -> list[ContinuousQuery]:
+        """Start (resume, from their checkpoints) every materialized view in the catalog."""
+        from streamhouse.runtime.launch import is_materialized_view
+        from streamhouse.sql.parse import parse
+
+        started = []
+        running = {q.name for q in self._queries}
+        for entry in self.log.metadata.list_catalog():
+            if entry.kind != "view" or entry.name in running:
+                continue
+            statement = parse(entry.sql)[0]
+            if is_materialized_view(statement):
+                started.append(self.start(entry.sql, name=entry.name))
+        return started
+
+    def register_function(
+        self,
+        name: str,
+        function: Callable[..., pa.Array],
+        input_types: Sequence[pa.DataType],
+        return_type: pa.DataType,
+    ) -> None:
+        """Make ``name(...)`` callable from SQL (bounded and continuous), vectorized.
+
+        ``function`` takes one Arrow array per argument and returns an Arrow array:
+
+        >>> sh.register_function("count_char", lambda s, c: pc.count_substring(s, c[0].as_py()),
+        ...                      [pa.string(), pa.string()], pa.int64())   # doctest: +SKIP
+        """
+        from streamhouse.sql.functions import register_function
+
+        register_function(name, function, list(input_types), return_type)
 
     def flush(self) -> None:
         self.log.flush()

@@ -37,6 +37,7 @@ from sqlglot import exp
 
 from streamhouse.errors import SqlError, StreamHouseError
 from streamhouse.joins.stream_join import LEFT, RIGHT, StreamJoin
+from streamhouse.joins.temporal import ROW, VERSIONS, TemporalJoin
 from streamhouse.joins.windowed import WindowedQuery
 from streamhouse.log import Log
 from streamhouse.log.records import Compression, build_batch
@@ -206,6 +207,18 @@ class ContinuousQuery:
             )
         elif isinstance(op, plans.TopN):
             checks.append((op.sql, {op.source: self._schema(op.source)}))
+        elif isinstance(op, plans.TemporalJoin):
+            row = pa.field(ROW, pa.int64())
+            left, right = self._schema(op.left), self._schema(op.right)
+            checks.append(
+                (
+                    op.sql,
+                    {
+                        "__left": left.append(row) if left is not None else None,
+                        "__right": right.append(row) if right is not None else None,
+                    },
+                )
+            )
         for sql, schemas in checks:
             if any(s is None for s in schemas.values()):
                 continue  # a topic's schema is inferred from its first records
@@ -235,6 +248,17 @@ class ContinuousQuery:
             return StreamJoin(op.sql, self.store, left_time, right_time, bound, ttl)
         if isinstance(op, plans.TopN):
             return TopNOperator(op, self.store)
+        if isinstance(op, plans.TemporalJoin):
+            version_time = self.sources[op.right].time_column
+            if version_time is None:
+                raise self._error(
+                    f"the versioned table {op.right!r} of a temporal join needs a time column: "
+                    "declare a WATERMARK for it",
+                    op.right,
+                )
+            return TemporalJoin(
+                op.sql, self.store, op.probe_time, op.probe_keys, version_time, op.version_keys
+            )
         raise StreamHouseError(f"no operator for {type(op).__name__}")
 
     @property
@@ -505,6 +529,11 @@ class ContinuousQuery:
                 schemas = {LEFT: self._schema(op.left), RIGHT: self._schema(op.right)}
                 outputs = self.operator.process(left, right, schemas, batch)
             self.operator.expire(watermark, batch)
+        elif isinstance(op, plans.TemporalJoin):
+            schemas = {VERSIONS: self._schema(op.right)}
+            outputs = self.operator.process(
+                rows(op.left), rows(op.right), watermark, schemas, batch
+            )
         elif isinstance(op, plans.TopN) and rows(op.source) is not None:
             outputs = self.operator.process(rows(op.source), batch)
         return outputs, tombstones, late_rows, late_table

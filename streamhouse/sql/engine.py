@@ -14,6 +14,7 @@ case-sensitive, as in Flink SQL.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -22,12 +23,15 @@ import pyarrow.compute as pc
 from sqlglot import exp
 
 from streamhouse.errors import SqlError, StreamHouseError, UnknownStreamError
+from streamhouse.joins.temporal import match_versions, temporal_inputs
 from streamhouse.log import Log
 from streamhouse.result import Relation, status
 from streamhouse.sql.ddl import stream_definition
-from streamhouse.sql.execute import register, session_context
-from streamhouse.sql.functions import to_datafusion
+from streamhouse.sql.dialect import Explain
+from streamhouse.sql.execute import register, run_sql, session_context
+from streamhouse.sql.functions import functions, to_datafusion
 from streamhouse.sql.parse import DIALECT, node_position, parse, sql_error
+from streamhouse.sql.plan import TemporalJoin, plan_temporal_join
 from streamhouse.sql.source import (
     METADATA_COLUMNS,
     RejectedRow,
@@ -60,6 +64,7 @@ class Engine:
 
     def __init__(self, log_: Log) -> None:
         self.log = log_
+        self.on_materialized_view: Callable[[exp.Create], object] | None = None
 
     def execute(self, sql: str) -> Relation:
         """Run every statement of ``sql``; the result of the last one is returned."""
@@ -81,7 +86,37 @@ class Engine:
             return self._show(statement)
         if isinstance(statement, exp.Query):
             return self.query(statement)
+        if isinstance(statement, Explain):
+            return self._explain(statement.this)
         raise sql_error(f"{statement.key.upper()} statements are not supported here", statement)
+
+    def _explain(self, statement: exp.Expr) -> Relation:
+        """The continuous plan (stateless parts, stateful operators and their state layout),
+        and for a query the bounded plan DataFusion would run."""
+        from streamhouse.sql.plan import plan_query
+
+        lines: list[str] = []
+        try:
+            lines += [
+                "continuous plan:",
+                *("  " + x for x in plan_query(statement).explain().splitlines()),
+            ]
+        except SqlError as exc:
+            lines += [f"continuous plan: not possible: {exc}"]
+        query = (
+            statement.expression if isinstance(statement, exp.Insert | exp.Create) else statement
+        )
+        if isinstance(query, exp.Query):
+            self._check_names(query)
+            lines += ["bounded plan (windows added to the sources, then DataFusion):"]
+            rewritten, windowed = take_out_windows(query)
+            for name, (source, spec) in sorted(windowed.items()):
+                lines.append(
+                    f"  {name} = {spec.kind.upper()} window over {source}.{spec.time_column}"
+                )
+            lines.append(f"  {to_datafusion(rewritten)}")
+        table = pa.table({"plan": lines})
+        return Relation(lambda: table, description="EXPLAIN")
 
     # -- DDL ----------------------------------------------------------------------------------
 
@@ -112,12 +147,22 @@ class Engine:
             return status(f"CREATE {kind} {name}")
         if kind == "VIEW":
             query = statement.expression
-            self.query(query)  # names must resolve now, not when the view is read
-            self._check_names(query)
+            self._check_names(query)  # names must resolve now, not when the view is read
+            if _materialized(statement) and self.on_materialized_view is not None:
+                self.on_materialized_view(statement)  # registers it and starts it
+                return status(f"CREATE MATERIALIZED VIEW {name}")
             self.log.metadata.put_catalog(
                 name, "view", statement.sql(dialect=DIALECT), replace=replace
             )
             return status(f"CREATE VIEW {name}")
+        if kind == "FUNCTION":
+            if name.lower() in {f.name for f in functions()}:
+                return status(f"FUNCTION {name} is registered")
+            raise sql_error(
+                f"function {name!r} is not registered: define it in Python with "
+                "sh.register_function(name, fn, input_types, return_type) (Arrow in, Arrow out)",
+                statement.this,
+            )
         raise sql_error(f"CREATE {kind} is not supported", statement)
 
     def _drop(self, statement: exp.Drop) -> Relation:
@@ -177,6 +222,8 @@ class Engine:
             stats.rejected.clear()
         columns = _referenced_columns(query)
         named = {c.name for c in query.find_all(exp.Column)}
+        if isinstance(query, exp.Select) and (temporal := plan_temporal_join(query)) is not None:
+            return self._temporal(temporal, columns, named, stats)
         query, windowed = take_out_windows(query)
         ctx = session_context()
         for name in sorted({t.name for t in _source_tables(query)}):
@@ -196,6 +243,33 @@ class Engine:
             if isinstance(exc, StreamHouseError):
                 raise
             raise SqlError(_datafusion_message(exc), *_pos(query)) from None
+
+    def _temporal(
+        self, plan: TemporalJoin, columns: set[str] | None, named: set[str], stats: QueryStats
+    ) -> pa.Table:
+        """A bounded temporal join: every probe row with the version current at its time."""
+        resolved = self._resolve(plan.right)
+        version_time = None
+        if resolved is not None and resolved[0] in ("stream", "table"):
+            definition = stream_definition(parse(resolved[1].sql)[0])  # type: ignore[attr-defined]
+            version_time = definition.watermark.column if definition.watermark else None
+        if version_time is None:
+            raise SqlError(
+                f"the versioned table {plan.right!r} of a temporal join needs a time column: "
+                "declare it as a stream with a WATERMARK"
+            )
+        wanted = None if columns is None else columns | {version_time, plan.probe_time}
+        probes = self.source_table(plan.left, wanted, stats)
+        versions = self.source_table(plan.right, wanted, stats)
+        matched = match_versions(
+            probes, plan.probe_time, plan.probe_keys, versions, version_time, plan.version_keys
+        )
+        left, right = temporal_inputs(probes, versions, matched)
+        return run_sql(
+            plan.sql,
+            {"__left": hide_metadata(left, named), "__right": hide_metadata(right, named)},
+            ordered=False,
+        )
 
     def source_table(self, name: str, columns: set[str] | None, stats: QueryStats) -> pa.Table:
         """The rows of a stream, view or topic as one Arrow table (``columns``: those needed)."""

@@ -10,6 +10,7 @@ Flink                                    DataFusion
 ``REGEXP_EXTRACT(s, re, i)``             ``regexp_match(s, re)[i]`` (i = 0: whole match)
 ``SPLIT_INDEX(s, sep, i)``               ``split_part(s, sep, i + 1)`` (NULL past the end)
 ``CHAR_LENGTH(s)``                       ``character_length(s)``
+``HOUR(ts)``, ``MINUTE``, ``DAYOFMONTH``   ``date_part('hour', ts)``, ...
 =======================================  ===============================================
 
 User-defined scalar functions take and return Arrow arrays (vectorized, no per-row call):
@@ -103,7 +104,24 @@ def _rewrite(node: exp.Expr) -> exp.Expr:
         return exp.Nullif(this=part, expression=exp.Literal.string(""))
     if name == "CHAR_LENGTH":
         return exp.Anonymous(this="character_length", expressions=node.expressions)
+    part = _DATE_PARTS.get(type(node)) or _DATE_PART_NAMES.get(name or "")
+    if part is not None:
+        arg = node.this if not isinstance(node, exp.Anonymous) else node.expressions[0]
+        return exp.Anonymous(this="date_part", expressions=[exp.Literal.string(part), arg])
     return node
+
+
+_DATE_PARTS: dict[type, str] = {
+    exp.Hour: "hour",
+    exp.Minute: "minute",
+    exp.Second: "second",
+    exp.DayOfMonth: "day",
+    exp.Month: "month",
+    exp.Year: "year",
+    exp.DayOfWeek: "dow",
+    exp.DayOfYear: "doy",
+}
+_DATE_PART_NAMES = {"HOUR": "hour", "MINUTE": "minute", "SECOND": "second", "DAYOFMONTH": "day"}
 
 
 def to_datafusion(expression: exp.Expr) -> str:

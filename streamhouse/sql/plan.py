@@ -28,6 +28,7 @@ from sqlglot import exp
 
 from streamhouse.errors import SqlError
 from streamhouse.joins.bounds import TimeBound, conjuncts, interval_bounds
+from streamhouse.joins.temporal import ROW
 from streamhouse.sql.functions import to_datafusion
 from streamhouse.sql.parse import sql_error
 from streamhouse.sql.window_spec import (
@@ -178,10 +179,43 @@ class StreamJoin:
 
 
 @dataclass(frozen=True)
+class TemporalJoin:
+    """``probe JOIN versioned FOR SYSTEM_TIME AS OF probe.t``: see :mod:`streamhouse.joins.temporal`."""
+
+    left: str  # the probe stream
+    right: str  # the versioned table (a stream with a primary key)
+    sql: str  # over __left and __right, joined on the matched row
+    probe_time: str
+    probe_keys: list[str]
+    version_keys: list[str]
+
+    @property
+    def source(self) -> str:
+        return self.left
+
+    @property
+    def sources(self) -> list[str]:
+        return sorted({self.left, self.right})
+
+    def explain(self) -> list[str]:
+        keys = ", ".join(
+            f"{p} = {v}" for p, v in zip(self.probe_keys, self.version_keys, strict=True)
+        )
+        return [
+            f"TemporalJoin  {self.left} AS OF {self.probe_time} with versions of {self.right} ON {keys}",
+            f"  sql: {self.sql}",
+            "  state: column family 'joins', b'P' -> IPC(probe rows waiting for the watermark),"
+            " b'V' -> IPC(versions)",
+            "  eviction: probe rows leave once joined; per key, versions older than the one"
+            " current at the watermark",
+        ]
+
+
+@dataclass(frozen=True)
 class ContinuousPlan:
     """What a continuous query reads, computes and where it writes."""
 
-    operator: Stateless | WindowAggregate | Windowed | StreamJoin | TopN
+    operator: Stateless | WindowAggregate | Windowed | StreamJoin | TopN | TemporalJoin
     sink_kind: str = "results"  # results | topic
     sink: str | None = None  # the sink topic/stream name for INSERT INTO and materialized views
     options: dict[str, str] = field(default_factory=dict)
@@ -220,7 +254,9 @@ def plan_query(statement: exp.Expr) -> ContinuousPlan:
     return ContinuousPlan(_plan_select(query), sink_kind, sink)
 
 
-def _plan_select(select: exp.Select) -> Stateless | WindowAggregate | Windowed | StreamJoin | TopN:
+def _plan_select(
+    select: exp.Select,
+) -> Stateless | WindowAggregate | Windowed | StreamJoin | TopN | TemporalJoin:
     if select.args.get("limit") is not None:
         raise sql_error("LIMIT has no meaning in a continuous query", select.args["limit"])
     rewritten, windowed = take_out_windows(select)
@@ -373,7 +409,55 @@ def _source_tables(query: exp.Expr) -> list[exp.Table]:
     ]
 
 
-def _plan_join(select: exp.Select, joins: list[exp.Join]) -> StreamJoin:
+def plan_temporal_join(select: exp.Select) -> TemporalJoin | None:
+    """The temporal join of ``select`` (``JOIN t FOR SYSTEM_TIME AS OF x.ts``), if it has one."""
+    joins = select.args.get("joins") or []
+    if len(joins) != 1 or not isinstance(joins[0].this, exp.Table):
+        return None
+    join, right = joins[0], joins[0].this
+    version = right.args.get("version")
+    if version is None:
+        return None
+    left = select.args["from_"].this
+    if not isinstance(left, exp.Table) or isinstance(left.this, exp.Func):
+        raise sql_error("a temporal join probes a stream directly", left)
+    if join.side and join.side.upper() != "LEFT":
+        raise sql_error("a temporal join is INNER or LEFT", join)
+    left_alias, right_alias = left.alias_or_name, right.alias_or_name
+    at = version.expression
+    if not isinstance(at, exp.Column) or (at.table and at.table != left_alias):
+        raise sql_error("FOR SYSTEM_TIME AS OF takes a time column of the probe side", at)
+    probe_keys, version_keys = [], []
+    for item in conjuncts(join.args.get("on")):
+        if isinstance(item, exp.EQ) and all(
+            isinstance(x, exp.Column) for x in (item.this, item.expression)
+        ):
+            a, b = item.this, item.expression
+            if a.table == right_alias and b.table == left_alias:
+                a, b = b, a
+            if a.table == left_alias and b.table == right_alias:
+                probe_keys.append(a.name)
+                version_keys.append(b.name)
+    if not probe_keys:
+        raise sql_error("a temporal join needs an equality on the versioned table's key", join)
+    rewritten = select.copy()
+    rewritten.args["from_"].this.replace(exp.to_table("__left").as_(left_alias))
+    new_join = rewritten.args["joins"][0]
+    new_join.this.replace(exp.to_table("__right").as_(right_alias))
+    row = exp.EQ(
+        this=exp.column(ROW, table=left_alias), expression=exp.column(ROW, table=right_alias)
+    )
+    on = new_join.args.get("on")
+    new_join.set("on", exp.and_(row, on) if on is not None else row)
+    return TemporalJoin(
+        left.name, right.name, to_datafusion(rewritten), at.name, probe_keys, version_keys
+    )
+
+
+def _plan_join(select: exp.Select, joins: list[exp.Join]) -> StreamJoin | TemporalJoin:
+    temporal = plan_temporal_join(select)
+    if temporal is not None:
+        return temporal
     if len(joins) != 1:
         raise sql_error("a continuous query joins two streams at most (for now)", joins[1])
     join = joins[0]

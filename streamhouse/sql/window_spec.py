@@ -180,6 +180,26 @@ def _tvf_window(call: exp.Anonymous, kind: str) -> tuple[WindowSpec, exp.Table]:
     return spec, data.this
 
 
+AUXILIARY = {"START": "window_start", "END": "window_end", "ROWTIME": "window_time"}
+
+
+def _replace_auxiliary(select: exp.Select) -> None:
+    """Flink's group-window functions (``TUMBLE_START(ts, size)``, ``SESSION_END(...)``,
+    ``HOP_ROWTIME(...)``) are the window's bounds: read them as ``window_start`` etc."""
+    for key in ("expressions", "having", "order"):
+        value = select.args.get(key)
+        nodes = value if isinstance(value, list) else [value] if value is not None else []
+        for node in nodes:
+            for call in list(node.find_all(exp.Anonymous)):
+                kind, _, part = call.name.upper().rpartition("_")
+                if kind in KINDS and part in AUXILIARY:
+                    replacement = exp.column(AUXILIARY[part])
+                    if call is node:
+                        value[value.index(node)] = replacement  # type: ignore[union-attr]
+                    else:
+                        call.replace(replacement)
+
+
 def find_window(select: exp.Select) -> tuple[WindowSpec | None, exp.Select]:
     """The window of ``select`` (None if it has none) and a copy of it without the window."""
     result = select.copy()
@@ -204,6 +224,7 @@ def find_window(select: exp.Select) -> tuple[WindowSpec | None, exp.Select]:
         for call in calls:
             found.append((_group_window(call, _window_kind(call) or "", keys), call))
         if calls:
+            _replace_auxiliary(result)
             names = {k.name for k in keys if isinstance(k, exp.Column)}
             extra = [exp.column(c) for c in WINDOW_COLUMNS[:2] if c not in names]
             group.set("expressions", keys + extra)

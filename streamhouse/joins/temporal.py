@@ -1,0 +1,178 @@
+"""Event-time temporal joins: each row of a stream joined with the version of a versioned table
+(a stream with a primary key, i.e. an upsert stream) that was current at the row's time.
+
+``... FROM orders AS o JOIN rates FOR SYSTEM_TIME AS OF o.ts AS r ON o.currency = r.currency``
+pairs each order with the rates row of the same currency whose time is the latest one not after
+``o.ts``. Matching is vectorized: versions are sorted by (key, time) and every probe row finds
+its version with one ``searchsorted``. The matched versions are then lined up with the probe
+rows, and the query's own SQL runs on DataFusion with the temporal join replaced by an equi-join
+on the row number (``LEFT JOIN`` keeps rows without a version, as in Flink).
+
+Continuously, probe rows wait in state until the watermark passes their time (so every version
+up to that time has arrived); versions older than the one current at the watermark are dropped
+per key. State: ``joins`` column family, ``b"P"`` -> IPC(waiting probe rows), ``b"V"`` ->
+IPC(versions).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pyarrow as pa
+
+from streamhouse.sql.execute import run_sql
+from streamhouse.state.store import StateBatch, StateStore, decode_table, encode_table
+from streamhouse.windows.assign import group_codes
+from streamhouse.windows.table import event_time_ms
+
+log = logging.getLogger(__name__)
+
+ROW = "__temporal_row"
+PROBES, VERSIONS = b"P", b"V"
+
+
+def match_versions(
+    probes: pa.Table,
+    probe_time: str,
+    probe_keys: list[str],
+    versions: pa.Table,
+    version_time: str,
+    version_keys: list[str],
+) -> np.ndarray:
+    """For each probe row, the index of its version in ``versions`` (-1: none)."""
+    n, m = probes.num_rows, versions.num_rows
+    if n == 0 or m == 0:
+        return np.full(n, -1, dtype=np.int64)
+    keys = [
+        pa.concat_arrays([_array(probes[p]), _array(versions[v]).cast(_array(probes[p]).type)])
+        for p, v in zip(probe_keys, version_keys, strict=True)
+    ]
+    codes = group_codes(keys)
+    probe_codes, version_codes = codes[:n], codes[n:]
+    probe_ts, probe_ok = event_time_ms(probes, probe_time)
+    version_ts, version_ok = event_time_ms(versions, version_time)
+    base = min(probe_ts.min(), version_ts.min())
+    span = int(max(probe_ts.max(), version_ts.max()) - base) + 2
+    order = np.lexsort((version_ts, version_codes))
+    version_value = version_codes[order] * span + (version_ts[order] - base)
+    probe_value = probe_codes * span + (probe_ts - base)
+    position = np.searchsorted(version_value, probe_value, side="right") - 1
+    found = position >= 0
+    candidate = order[np.clip(position, 0, m - 1)]
+    found &= version_codes[candidate] == probe_codes
+    found &= probe_ok & version_ok[candidate]
+    return np.where(found, candidate, -1)
+
+
+def temporal_inputs(
+    probes: pa.Table, versions: pa.Table, matched: np.ndarray
+) -> tuple[pa.Table, pa.Table]:
+    """(probes, their versions) as two tables joinable on ``ROW`` (unmatched probes have no
+    version row)."""
+    rows = np.arange(probes.num_rows, dtype=np.int64)
+    left = probes.append_column(ROW, pa.array(rows))
+    hits = matched >= 0
+    right = versions.take(pa.array(matched[hits])).append_column(ROW, pa.array(rows[hits]))
+    return left, right
+
+
+def _array(column: pa.ChunkedArray | pa.Array) -> pa.Array:
+    return column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+
+
+class TemporalJoin:
+    """Continuous event-time temporal join (see the module docstring)."""
+
+    def __init__(
+        self,
+        sql: str,
+        store: StateStore,
+        probe_time: str,
+        probe_keys: list[str],
+        version_time: str,
+        version_keys: list[str],
+    ) -> None:
+        self.sql = sql
+        self.probe_time, self.probe_keys = probe_time, probe_keys
+        self.version_time, self.version_keys = version_time, version_keys
+        stored = {k: decode_table(v) for k, v in store.items("joins")}
+        self.state: dict[bytes, pa.Table | None] = {
+            PROBES: stored.get(PROBES),
+            VERSIONS: stored.get(VERSIONS),
+        }
+        self._staged: dict[bytes, pa.Table | None] | None = None
+
+    @property
+    def open_windows(self) -> int:
+        return sum(t.num_rows for t in self.state.values() if t is not None)
+
+    def process(
+        self,
+        probes: pa.Table | None,
+        versions: pa.Table | None,
+        watermark: int,
+        schemas: dict[bytes, pa.Schema | None],
+        batch: StateBatch,
+    ) -> pa.Table | None:
+        """Take in new rows; join the probe rows the watermark has passed."""
+        all_probes = _concat(self.state[PROBES], probes)
+        all_versions = _concat(self.state[VERSIONS], versions)
+        outputs = None
+        waiting = all_probes
+        if all_probes is not None and all_probes.num_rows:
+            ts, _ = event_time_ms(all_probes, self.probe_time)
+            ready = ts <= watermark
+            if ready.any():
+                now = all_probes.filter(pa.array(ready))
+                waiting = all_probes.filter(pa.array(~ready))
+                version_table = all_versions
+                if version_table is None:
+                    schema = schemas.get(VERSIONS)
+                    version_table = schema.empty_table() if schema is not None else None
+                if version_table is not None:
+                    matched = match_versions(
+                        now, self.probe_time, self.probe_keys,
+                        version_table, self.version_time, self.version_keys,
+                    )  # fmt: skip
+                    left, right = temporal_inputs(now, version_table, matched)
+                    outputs = run_sql(self.sql, {"__left": left, "__right": right})
+        if all_versions is not None and all_versions.num_rows:
+            all_versions = self._prune(all_versions, watermark)
+        self._staged = {PROBES: waiting, VERSIONS: all_versions}
+        for key, table in self._staged.items():
+            if table is not None:
+                batch.put("joins", key, encode_table(table))
+        return outputs if outputs is not None and outputs.num_rows else None
+
+    def _prune(self, versions: pa.Table, watermark: int) -> pa.Table:
+        """Per key, drop versions older than the one current at the watermark."""
+        ts, _ = event_time_ms(versions, self.version_time)
+        codes = group_codes([versions[k] for k in self.version_keys])
+        order = np.lexsort((ts, codes))
+        c, t = codes[order], ts[order]
+        # the last version at or before the watermark, per key: later ones of the same key
+        # with time <= watermark supersede it
+        superseded = np.zeros(len(order), dtype=bool)
+        superseded[:-1] = (c[:-1] == c[1:]) & (t[1:] <= watermark)
+        keep = np.ones(len(order), dtype=bool)
+        keep[order[superseded]] = False
+        return versions.filter(pa.array(keep)) if not keep.all() else versions
+
+    def commit(self) -> None:
+        if self._staged is not None:
+            self.state = self._staged
+            self._staged = None
+
+    def rollback(self) -> None:
+        self._staged = None
+
+
+def _concat(old: pa.Table | None, new: pa.Table | None) -> pa.Table | None:
+    tables = [t for t in (old, new) if t is not None and t.num_rows]
+    if not tables:
+        return old if old is not None else new
+    return pa.concat_tables(tables, promote_options="permissive") if len(tables) > 1 else tables[0]
+
+
+__all__ = ["ROW", "TemporalJoin", "match_versions", "temporal_inputs"]
