@@ -32,6 +32,7 @@ from benchmarks.nexmark import (
     load,
     nexmark_query,
 )
+from benchmarks.nexmark.udfs import register as register_udfs
 from streamhouse.runtime.launch import start_query
 
 # 20,000 bids (21,740 events) over 43 s of event time: a few 10-second windows, many 2-second
@@ -51,6 +52,7 @@ class Nexmark:
 def nexmark(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Nexmark]:
     data_dir = tmp_path_factory.mktemp("nexmark")
     sh = streamhouse.connect(data_dir)
+    register_udfs(sh)
     load(sh, CONFIG)
     tables = generate_tables(CONFIG)
     try:

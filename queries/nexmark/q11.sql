@@ -1,5 +1,3 @@
--- cannot run yet: SESSION_START/SESSION_END (Flink's group-window functions) are not recognized: "column B.dateTime must be in GROUP BY or inside an aggregate"
--- cannot run bounded yet: SESSION_START/SESSION_END are not functions: "Invalid function 'session_start'"
 -- Nexmark query 11: User sessions
 -- How many bids each user made in each session of activity (10 s gap; not in the original suite).
 -- Query text as in the nexmark/nexmark Flink suite; only the DDL is StreamHouse's.
