@@ -8,9 +8,9 @@ its version with one ``searchsorted``. The matched versions are then lined up wi
 rows, and the query's own SQL runs on DataFusion with the temporal join replaced by an equi-join
 on the row number (``LEFT JOIN`` keeps rows without a version, as in Flink).
 
-Continuously, probe rows wait in state until the watermark passes their time (so every version
-up to that time has arrived); versions older than the one current at the watermark are dropped
-per key. State: ``joins`` column family, ``b"P"`` -> IPC(waiting probe rows), ``b"V"`` ->
+Continuously, probe rows wait in state until the watermark is past their time (rows at the
+watermark are still on time), so that every version up to that time has arrived; versions older
+than the one current at the watermark are dropped per key. State: ``joins`` column family, ``b"P"`` -> IPC(waiting probe rows), ``b"V"`` ->
 IPC(versions).
 """
 
@@ -122,7 +122,9 @@ class TemporalJoin:
         waiting = all_probes
         if all_probes is not None and all_probes.num_rows:
             ts, _ = event_time_ms(all_probes, self.probe_time)
-            ready = ts <= watermark
+            # A row at the watermark is still on time, so a version at exactly a probe's time
+            # may yet arrive: a probe row is ready once the watermark is past its time.
+            ready = ts < watermark
             if ready.any():
                 now = all_probes.filter(pa.array(ready))
                 waiting = all_probes.filter(pa.array(~ready))
