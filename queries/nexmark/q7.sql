@@ -1,4 +1,3 @@
--- cannot run yet: a TUMBLE aggregate joined back to its own stream on an interval: "a continuous query cannot yet mix windowed and unwindowed streams"
 -- Nexmark query 7: Highest bid
 -- The highest bids of each 10-second period: a window aggregate joined back to the bids.
 -- Query text as in the nexmark/nexmark Flink suite; only the DDL is StreamHouse's.

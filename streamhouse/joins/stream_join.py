@@ -88,10 +88,9 @@ class StreamJoin:
         old_left = self._buffer(LEFT, staged)
         old_right = self._buffer(RIGHT, staged)
         outputs = []
-        empty_right = schemas[RIGHT].empty_table()
         if new_left is not None and new_left.num_rows:
-            right_all = _concat(old_right, new_right, empty_right)
-            if right_all.num_rows:
+            right_all = _concat(old_right, new_right, None)
+            if right_all is not None and right_all.num_rows:
                 outputs.append(run_sql(self.sql, {"__left": new_left, "__right": right_all}))
         if (
             new_right is not None
@@ -169,7 +168,7 @@ def _decode_time(key: bytes) -> int:
     return _SEQ.unpack(key)[0] - (1 << 63)
 
 
-def _concat(old: pa.Table | None, new: pa.Table | None, empty: pa.Table) -> pa.Table:
+def _concat(old: pa.Table | None, new: pa.Table | None, empty: pa.Table | None) -> pa.Table | None:
     tables = [t for t in (old, new) if t is not None and t.num_rows]
     if not tables:
         return empty

@@ -10,8 +10,8 @@ on the row number (``LEFT JOIN`` keeps rows without a version, as in Flink).
 
 Continuously, probe rows wait in state until the watermark is past their time (rows at the
 watermark are still on time), so that every version up to that time has arrived; versions older
-than the one current at the watermark are dropped per key. State: ``joins`` column family, ``b"P"`` -> IPC(waiting probe rows), ``b"V"`` ->
-IPC(versions).
+than the one current at the watermark are dropped per key. State: ``joins`` column family,
+``b"P"`` -> IPC(waiting probe rows), ``b"V"`` -> IPC(versions).
 """
 
 from __future__ import annotations

@@ -6,24 +6,40 @@ rows are committed in the metadata store. A flush happens ``linger_ms`` after th
 append or as soon as ``max_bytes`` are pending, whichever comes first.
 
 Offsets are assigned at flush time by re-stamping each batch's ``baseOffset`` (bytes 0-7, outside
-the CRC): no record is decoded on this path. One flusher thread owns offset assignment, so
-concurrent producers are safe and offsets are contiguous. Another process writing the same
-partitions is fenced by the metadata store (a commit must start at the high watermark): the
-loser reloads the high watermarks, re-stamps its batches, writes a new object and commits again
-(up to ``COMMIT_ATTEMPTS`` times); its first object is deleted as an orphan. If the object store
-or the commit fails otherwise, every append of that flush fails, nothing is acknowledged, and
-the next flush starts again from the committed high watermarks.
+the CRC): no record is decoded on this path. Flushes are pipelined over two threads, so that the
+object of one flush is written while the index rows of the one before are committed:
+
+- the *writer* thread collects pending appends, stamps their offsets (following the offsets it
+  gave the flush before, committed or not), encodes one segment object and puts it;
+- the *committer* thread commits each flush's index rows, strictly in order, and only then
+  resolves its appends' futures and tells listeners.
+
+At most one put flush waits for its commit while the next is being written. Offsets handed out
+ahead of their commit are tentative: whenever a flush fails (a put or a commit error), the
+committer starts a new *generation* — forgetting every tentative offset — and a flush stamped
+in an older generation is written again from the committed high watermarks before it may
+commit. Another process writing the same partitions is fenced by the metadata store (a commit
+must start at the high watermark): the loser reloads the high watermarks, re-stamps its batches,
+writes a new object and commits again (up to ``COMMIT_ATTEMPTS`` times); its first object is
+deleted as an orphan. If the object store or the commit fails otherwise, every append of that
+flush fails, nothing is acknowledged, and later flushes start again from the committed high
+watermarks.
+
+Futures: :meth:`LogWriter.append` returns a :class:`concurrent.futures.Future`;
+:meth:`LogWriter.append_async` an :class:`asyncio.Future` that is resolved on its event loop,
+all those of one flush in a single ``call_soon_threadsafe``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
 import struct
 import threading
 import time
-from collections.abc import Callable
-from concurrent.futures import Future
+from collections.abc import Callable, Iterable
+from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
 from itertools import count
 
@@ -43,14 +59,80 @@ _OFFSET = struct.Struct(">q")
 COMMIT_ATTEMPTS = 8
 """Tries per flush when another process commits to the same partitions in between."""
 
+_Key = tuple[str, int]
+
 
 @dataclass(slots=True)
 class _Append:
     topic: str
     partition: int
-    data: bytes
+    data: bytes | memoryview
     headers: list[tuple[int, BatchHeader]]  # (start position in data, header)
-    future: Future[int] = field(default_factory=Future)
+    future: Future[int] | asyncio.Future[int]
+    loop: asyncio.AbstractEventLoop | None  # set for asyncio futures: resolved on that loop
+    sequence: int = 0
+
+
+_Outcome = tuple[_Append, int, BaseException | None]
+"""An append and its base offset (on success) or its error."""
+
+
+def _settle(outcomes: Iterable[_Outcome]) -> None:
+    """Resolve the futures of finished appends; a future resolved already is left alone.
+
+    :class:`concurrent.futures.Future` are set here; asyncio futures are set on their event
+    loop, all those of one loop in one ``call_soon_threadsafe`` (one wake-up per flush).
+    """
+    by_loop: dict[asyncio.AbstractEventLoop, list[_Outcome]] = {}
+    for outcome in outcomes:
+        item, offset, error = outcome
+        if item.loop is not None:
+            by_loop.setdefault(item.loop, []).append(outcome)
+            continue
+        try:
+            if error is None:
+                item.future.set_result(offset)
+            else:
+                item.future.set_exception(error)
+        except InvalidStateError:  # resolved already, or cancelled by its caller
+            pass
+    for loop, settled in by_loop.items():
+        try:
+            loop.call_soon_threadsafe(_settle_on_loop, settled)
+        except RuntimeError:  # the loop is closed: nobody is waiting any more
+            log.debug("event loop closed; %d append(s) not reported", len(settled))
+
+
+def _settle_on_loop(settled: list[_Outcome]) -> None:
+    for item, offset, error in settled:
+        if item.future.done():
+            continue
+        if error is None:
+            item.future.set_result(offset)
+        else:
+            item.future.set_exception(error)
+
+
+def _fail(appends: Iterable[_Append], error: BaseException) -> None:
+    _settle((item, -1, error) for item in appends)
+
+
+@dataclass(slots=True)
+class _Flush:
+    """One segment object on its way from the writer thread to the committer thread."""
+
+    appends: list[_Append]  # every append of the flush, failed ones included
+    by_partition: dict[_Key, list[_Append]] = field(default_factory=dict)
+    generation: int = 0
+    object_key: str = ""
+    data: bytes = b""
+    entries: list[SegmentEntry] = field(default_factory=list)
+    resolved: list[tuple[_Append, int]] = field(default_factory=list)
+    assigned: dict[_Key, int] = field(default_factory=dict)
+    error: BaseException | None = None  # the put failed
+
+
+_STOP = _Flush([])
 
 
 class LogWriter:
@@ -71,92 +153,272 @@ class LogWriter:
         self._max_bytes = max_bytes
         self._on_segment = on_segment
         self._listeners: list[CommitListener] = []
+        self._cond = threading.Condition()
+        # guarded by _cond:
         self._pending: list[_Append] = []
         self._pending_bytes = 0
         self._first_pending_at = 0.0
-        self._next_offsets: dict[tuple[str, int], int] = {}
-        self._cond = threading.Condition()
+        self._appended = 0  # sequence number of the last append
+        self._settled = 0  # every append up to this sequence number is resolved
+        self._handoff: _Flush | None = None  # put, waiting for the committer
         self._closed = False
+        # guarded by _offsets_lock:
+        self._offsets_lock = threading.Lock()
+        self._next_offsets: dict[_Key, int] = {}
+        self._generation = 0
         self._sequence = count(time.time_ns() // 1000)
-        self._thread = threading.Thread(target=self._run, name="streamhouse-flusher", daemon=True)
-        self._thread.start()
+        self._writer = threading.Thread(target=self._write_loop, name="streamhouse-flusher")
+        self._committer = threading.Thread(target=self._commit_loop, name="streamhouse-commit")
+        self._writer.daemon = self._committer.daemon = True
+        self._writer.start()
+        self._committer.start()
 
     def add_listener(self, listener: CommitListener) -> None:
         self._listeners.append(listener)
 
+    # -- appending --------------------------------------------------------------------------
+
     def append(
-        self, topic: str, partition: int, data: bytes, headers: list[tuple[int, BatchHeader]]
+        self,
+        topic: str,
+        partition: int,
+        data: bytes | memoryview,
+        headers: list[tuple[int, BatchHeader]],
     ) -> Future[int]:
         """Queue validated batches; the future resolves to the first batch's base offset."""
-        item = _Append(topic, partition, data, headers)
+        future: Future[int] = Future()
+        self._queue(_Append(topic, partition, data, headers, future, None))
+        return future
+
+    def append_async(
+        self,
+        topic: str,
+        partition: int,
+        data: bytes | memoryview,
+        headers: list[tuple[int, BatchHeader]],
+    ) -> asyncio.Future[int]:
+        """Like :meth:`append`, on a running event loop: the future resolves on that loop."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[int] = loop.create_future()
+        self._queue(_Append(topic, partition, data, headers, future, loop))
+        return future
+
+    def _queue(self, item: _Append) -> None:
         with self._cond:
             if self._closed:
                 raise StorageError("the log is closed")
             if not self._pending:
                 self._first_pending_at = time.monotonic()
+            self._appended += 1
+            item.sequence = self._appended
             self._pending.append(item)
-            self._pending_bytes += len(data)
-            self._cond.notify()
-        return item.future
+            self._pending_bytes += len(item.data)
+            self._cond.notify_all()
 
     def forget(self, topic: str) -> None:
         """Drop cached offsets of a deleted or re-created topic."""
-        with self._cond:
+        with self._offsets_lock:
             for key in [k for k in self._next_offsets if k[0] == topic]:
                 del self._next_offsets[key]
 
     def flush(self) -> None:
         """Block until everything appended so far is flushed (or failed)."""
         with self._cond:
-            futures = [item.future for item in self._pending]
+            target = self._appended
             self._first_pending_at = 0.0  # flush now
-            self._cond.notify()
-        for fut in futures:
-            fut.exception()
+            self._cond.notify_all()
+            while self._settled < target and self._committer.is_alive():
+                self._cond.wait(0.1)
 
     def close(self) -> None:
         self.flush()
         with self._cond:
             self._closed = True
-            self._cond.notify()
-        self._thread.join()
+            self._cond.notify_all()
+        self._writer.join()
+        self._committer.join()
 
-    def _run(self) -> None:
+    # -- the writer thread ------------------------------------------------------------------
+
+    def _write_loop(self) -> None:
         while True:
             with self._cond:
                 while True:
-                    if self._pending:
+                    if self._handoff is not None:  # the committer has not taken the last one
+                        self._cond.wait()
+                    elif self._pending:
                         wait = self._first_pending_at + self._linger - time.monotonic()
                         if wait <= 0 or self._pending_bytes >= self._max_bytes or self._closed:
                             break
                         self._cond.wait(wait)
                     elif self._closed:
+                        self._handoff = _STOP
+                        self._cond.notify_all()
                         return
                     else:
                         self._cond.wait()
                 batch, self._pending = self._pending, []
                 self._pending_bytes = 0
-            self._flush(batch)
+            flush = self._write(batch)
+            with self._cond:
+                self._handoff = flush
+                self._cond.notify_all()
 
-    def _flush(self, appends: list[_Append]) -> None:
-        """Flush ``appends`` as one object; every future is resolved or failed on return."""
+    def _write(self, appends: list[_Append]) -> _Flush:
+        """Stamp, encode and put one object; failures are left for the committer to handle."""
+        flush = _Flush(appends)
         try:
-            self._flush_appends(appends)
-        except Exception as exc:  # the flusher thread must never die with producers waiting
-            log.exception("flush failed")
-            error = (
-                exc if isinstance(exc, StreamHouseError) else StorageError(f"flush failed: {exc}")
-            )
             for item in appends:
-                if not item.future.done():
-                    item.future.set_exception(error)
+                flush.by_partition.setdefault((item.topic, item.partition), []).append(item)
+            with self._offsets_lock:
+                flush.generation = self._generation
+                built = self._build(flush.by_partition)
+            if built is None:
+                return flush
+            flush.data, flush.entries, flush.resolved, flush.assigned = built
+            flush.object_key = segment_key(next(self._sequence))
+            self._store.put(flush.object_key, flush.data)
+        except Exception as exc:  # noqa: BLE001 - reported by the committer, in order
+            flush.error = exc
+        return flush
 
-    def _flush_appends(self, appends: list[_Append]) -> None:
-        by_partition: dict[tuple[str, int], list[_Append]] = {}
-        for item in appends:
-            by_partition.setdefault((item.topic, item.partition), []).append(item)
-        for attempt in range(1, COMMIT_ATTEMPTS + 1):
-            built = self._build(by_partition)
+    def _build(
+        self, by_partition: dict[_Key, list[_Append]]
+    ) -> tuple[bytes, list[SegmentEntry], list[tuple[_Append, int]], dict[_Key, int]] | None:
+        """Stamp offsets following ``_next_offsets`` and encode one segment object.
+
+        Called with ``_offsets_lock`` held; advances ``_next_offsets`` (tentatively: the
+        committer forgets them if the flush fails). Appends to partitions that cannot be written
+        (unknown ones) are failed and dropped from ``by_partition``; ``None`` if nothing is
+        left to write.
+        """
+        builder = SegmentBuilder()
+        assigned: dict[_Key, int] = {}
+        resolved: list[tuple[_Append, int]] = []
+        for key, items in list(by_partition.items()):
+            try:
+                next_offset = self._next_offset(key)
+            except StreamHouseError as exc:
+                _fail(items, exc)
+                del by_partition[key]
+                continue
+            base = next_offset
+            buf = bytearray(items[0].data if len(items) == 1 else b"".join(i.data for i in items))
+            position = 0
+            min_ts, max_ts, records = None, None, 0
+            for item in items:
+                resolved.append((item, next_offset))
+                for start, header in item.headers:
+                    _OFFSET.pack_into(buf, position + start, next_offset)
+                    next_offset += header.last_offset_delta + 1
+                    records += header.record_count
+                    lo, hi = header.base_timestamp, header.max_timestamp
+                    min_ts = lo if min_ts is None or lo < min_ts else min_ts
+                    max_ts = hi if max_ts is None or hi > max_ts else max_ts
+                position += len(item.data)
+            builder.add(
+                key[0],
+                key[1],
+                buf,
+                base_offset=base,
+                last_offset=next_offset - 1,
+                min_timestamp=min_ts if min_ts is not None else -1,
+                max_timestamp=max_ts if max_ts is not None else -1,
+                record_count=records,
+            )
+            assigned[key] = next_offset
+            self._next_offsets[key] = next_offset
+        if not assigned:
+            return None
+        data, entries = builder.build()
+        return data, entries, resolved, assigned
+
+    def _next_offset(self, key: _Key) -> int:
+        cached = self._next_offsets.get(key)
+        if cached is not None:
+            return cached
+        offsets = self._metadata.partition_offsets(key[0])
+        if key[1] not in offsets:
+            raise UnknownPartitionError(key[0], key[1])
+        value = offsets[key[1]].high_watermark
+        self._next_offsets[key] = value
+        return value
+
+    def _new_generation(self) -> None:
+        """Forget every tentative offset: flushes stamped before are written again."""
+        with self._offsets_lock:
+            self._generation += 1
+            self._next_offsets.clear()
+
+    # -- the committer thread ---------------------------------------------------------------
+
+    def _commit_loop(self) -> None:
+        while True:
+            with self._cond:
+                while self._handoff is None:
+                    self._cond.wait()
+                flush, self._handoff = self._handoff, None
+                self._cond.notify_all()
+            if flush is _STOP:
+                return
+            try:
+                self._commit(flush)
+            except Exception as exc:  # the committer must never die with producers waiting
+                log.exception("flush failed")
+                error = (
+                    exc
+                    if isinstance(exc, StreamHouseError)
+                    else StorageError(f"flush failed: {exc}")
+                )
+                self._new_generation()
+                _fail(flush.appends, error)
+            with self._cond:
+                self._settled = flush.appends[-1].sequence
+                self._cond.notify_all()
+
+    def _commit(self, flush: _Flush) -> None:
+        """Commit one put flush (or write it again); every future is resolved on return."""
+        if flush.error is not None:
+            exc = flush.error
+            log.error("flush failed: %s", exc)
+            self._new_generation()
+            if flush.object_key and flush.entries:
+                self._abandon(flush.object_key, flush.entries)
+            _fail(flush.appends, exc if isinstance(exc, StreamHouseError) else StorageError(str(exc)))
+            return
+        if not flush.resolved:  # every append failed at stamping
+            return
+        with self._offsets_lock:
+            current = flush.generation == self._generation
+        if not current:
+            # Stamped after offsets a failed flush had handed out: write it again.
+            self._delete_orphan(flush.object_key)
+            self._write_and_commit(flush.by_partition, 1)
+            return
+        try:
+            self._metadata.commit_segment(flush.object_key, flush.entries)
+        except Exception as exc:
+            self._new_generation()
+            stale = self._abandon(flush.object_key, flush.entries)
+            if stale and COMMIT_ATTEMPTS > 1:
+                log.info("segment %s is stale (attempt 1); retrying", flush.object_key)
+                time.sleep(random.uniform(0, 0.005))
+                self._write_and_commit(flush.by_partition, 2)
+                return
+            log.error("flush of %s failed: %s", flush.object_key, exc)
+            error = exc if isinstance(exc, StreamHouseError) else StorageError(str(exc))
+            _fail((item for item, _ in flush.resolved), error)
+            return
+        self._acknowledge(flush.object_key, flush.data, flush.resolved, flush.assigned)
+
+    def _write_and_commit(self, by_partition: dict[_Key, list[_Append]], first: int) -> None:
+        """Stamp from the committed high watermarks, put and commit, without pipelining."""
+        for attempt in range(first, COMMIT_ATTEMPTS + 1):
+            with self._offsets_lock:
+                # A new generation: flushes the writer thread stamped meanwhile are redone too.
+                self._generation += 1
+                self._next_offsets.clear()
+                built = self._build(by_partition)
             if built is None:
                 return
             data, entries, resolved, assigned = built
@@ -165,8 +427,7 @@ class LogWriter:
                 self._store.put(object_key, data)
                 self._metadata.commit_segment(object_key, entries)
             except Exception as exc:
-                for key in assigned:
-                    self._next_offsets.pop(key, None)
+                self._new_generation()
                 stale = self._abandon(object_key, entries)
                 if stale and attempt < COMMIT_ATTEMPTS:
                     # Another process committed to one of these partitions since we read its
@@ -176,63 +437,16 @@ class LogWriter:
                     continue
                 log.error("flush of %s failed: %s", object_key, exc)
                 error = exc if isinstance(exc, StreamHouseError) else StorageError(str(exc))
-                for item, _ in resolved:
-                    item.future.set_exception(error)
+                _fail((item for item, _ in resolved), error)
                 return
             self._acknowledge(object_key, data, resolved, assigned)
             return
 
-    def _build(
-        self, by_partition: dict[tuple[str, int], list[_Append]]
-    ) -> (
-        tuple[bytes, list[SegmentEntry], list[tuple[_Append, int]], dict[tuple[str, int], int]]
-        | None
-    ):
-        """Stamp offsets from the current high watermarks and encode one segment object.
-
-        Appends to partitions that cannot be written (unknown ones) are failed and dropped from
-        ``by_partition``; ``None`` if nothing is left to write.
-        """
-        builder = SegmentBuilder()
-        assigned: dict[tuple[str, int], int] = {}
-        resolved: list[tuple[_Append, int]] = []
-        for key, items in list(by_partition.items()):
-            try:
-                next_offset = self._next_offset(key)
-            except StreamHouseError as exc:
-                for item in items:
-                    item.future.set_exception(exc)
-                del by_partition[key]
-                continue
-            base = next_offset
-            parts: list[bytes] = []
-            min_ts, max_ts, records = None, None, 0
-            for item in items:
-                buf = bytearray(item.data)
-                resolved.append((item, next_offset))
-                for start, header in item.headers:
-                    _OFFSET.pack_into(buf, start, next_offset)
-                    next_offset += header.last_offset_delta + 1
-                    records += header.record_count
-                    lo, hi = header.base_timestamp, header.max_timestamp
-                    min_ts = lo if min_ts is None else min(min_ts, lo)
-                    max_ts = hi if max_ts is None else max(max_ts, hi)
-                parts.append(bytes(buf))
-            builder.add(
-                key[0],
-                key[1],
-                b"".join(parts),
-                base_offset=base,
-                last_offset=next_offset - 1,
-                min_timestamp=min_ts if min_ts is not None else -1,
-                max_timestamp=max_ts if max_ts is not None else -1,
-                record_count=records,
-            )
-            assigned[key] = next_offset
-        if not assigned:
-            return None
-        data, entries = builder.build()
-        return data, entries, resolved, assigned
+    def _delete_orphan(self, object_key: str) -> None:
+        try:
+            self._store.delete(object_key)
+        except StreamHouseError as exc:
+            log.warning("cannot delete orphan segment object %s: %s", object_key, exc)
 
     def _abandon(self, object_key: str, entries: list[SegmentEntry]) -> bool:
         """Clean up after a failed put or commit; True if the commit lost a race (stale offsets).
@@ -250,10 +464,7 @@ class LogWriter:
             return False
         if rows and rows[0].object_key == object_key:  # committed after all
             return False
-        try:
-            self._store.delete(object_key)
-        except StreamHouseError as exc:
-            log.warning("cannot delete orphan segment object %s: %s", object_key, exc)
+        self._delete_orphan(object_key)
         offsets: dict[str, dict[int, PartitionOffsets]] = {}
         for topic in {e.topic for e in entries}:
             try:
@@ -271,30 +482,17 @@ class LogWriter:
         object_key: str,
         data: bytes,
         resolved: list[tuple[_Append, int]],
-        assigned: dict[tuple[str, int], int],
+        assigned: dict[_Key, int],
     ) -> None:
         if self._on_segment is not None:
             try:
                 self._on_segment(object_key, data)
             except Exception:  # a cache failure must not fail a durable produce
                 log.exception("segment callback failed")
-        self._next_offsets.update(assigned)
-        for item, offset in resolved:
-            item.future.set_result(offset)
+        _settle((item, offset, None) for item, offset in resolved)
         for (topic, partition), high_watermark in assigned.items():
             for listener in self._listeners:
                 try:
                     listener(topic, partition, high_watermark)
                 except Exception:  # a listener must not break the produce path
                     log.exception("commit listener failed")
-
-    def _next_offset(self, key: tuple[str, int]) -> int:
-        cached = self._next_offsets.get(key)
-        if cached is not None:
-            return cached
-        offsets = self._metadata.partition_offsets(key[0])
-        if key[1] not in offsets:
-            raise UnknownPartitionError(key[0], key[1])
-        value = offsets[key[1]].high_watermark
-        self._next_offsets[key] = value
-        return value

@@ -51,7 +51,7 @@ from streamhouse.sql.execute import run_sql
 from streamhouse.sql.parse import node_position, parse
 from streamhouse.sql.plan import FLOWS, ContinuousPlan, check_columns, plan_query
 from streamhouse.sql.source import METADATA_FIELDS
-from streamhouse.state.store import StateStore, partition_key
+from streamhouse.state.store import ScopedBatch, StateStore, StateView, partition_key
 from streamhouse.views.group_by import GroupAggregate
 from streamhouse.views.top_n import TopNOperator
 from streamhouse.windows.operator import make_operator
@@ -109,7 +109,11 @@ class ContinuousQuery:
         self._results_ready = threading.Condition()
         self.store = StateStore(state_dir)
         try:
-            self.operator = self._make_operator()
+            self.operator = self._make_operator(self.plan.operator, StateView(self.store, b"0/"))
+            self.children = {
+                name: (op, self._make_operator(op, StateView(self.store, f"{i + 1}/".encode())))
+                for i, (name, op) in enumerate(self.plan.derived.items())
+            }
         except BaseException:
             self.store.close()
             raise
@@ -184,9 +188,9 @@ class ContinuousQuery:
 
     def _schema(self, name: str, windowed: bool = False) -> pa.Schema | None:
         """The rows of source ``name`` as the operators see them (None until inferred)."""
-        source = self.sources[name]
-        if source.schema is None:
-            return None
+        source = self.sources.get(name)
+        if source is None or source.schema is None:
+            return None  # a derived input, or a topic whose schema is not inferred yet
         keep_all = isinstance(self.plan.operator, plans.WindowAggregate)
         meta = [f for f in METADATA_FIELDS if keep_all or f.name in self._named]
         return pa.schema([*source.schema, *meta] + (_WINDOW_FIELDS if windowed else []))
@@ -227,27 +231,25 @@ class ContinuousQuery:
             except SqlError as exc:
                 raise SqlError(exc.message, *node_position(self.statement)) from None
 
-    def _make_operator(self) -> Any:
-        op = self.plan.operator
+    def _make_operator(self, op: Any, state: StateView) -> Any:
         lateness = self.options.allowed_lateness_ms
         if isinstance(op, plans.Stateless):
             return None
         if isinstance(op, plans.WindowAggregate):
             if op.window is None:
-                return GroupAggregate(op, self.store)
-            return make_operator(op, self.store, lateness)
+                return GroupAggregate(op, state)
+            return make_operator(op, state, lateness)
         if isinstance(op, plans.Windowed):
-            return WindowedQuery(
-                op.sql, self.store, {n: spec for n, (_, spec) in op.inputs.items()}
-            )
+            return WindowedQuery(op.sql, state, {n: spec for n, (_, spec) in op.inputs.items()})
         if isinstance(op, plans.StreamJoin):
             ttl = self.options.state_ttl_ms or None
             bound = op.bound
-            left_time = bound.left_column if bound else self.sources[op.left].time_column
-            right_time = bound.right_column if bound else self.sources[op.right].time_column
-            return StreamJoin(op.sql, self.store, left_time, right_time, bound, ttl)
+            left_source, right_source = self.sources.get(op.left), self.sources.get(op.right)
+            left_time = bound.left_column if bound else getattr(left_source, "time_column", None)
+            right_time = bound.right_column if bound else getattr(right_source, "time_column", None)
+            return StreamJoin(op.sql, state, left_time, right_time, bound, ttl)
         if isinstance(op, plans.TopN):
-            return TopNOperator(op, self.store)
+            return TopNOperator(op, state)
         if isinstance(op, plans.TemporalJoin):
             version_time = self.sources[op.right].time_column
             if version_time is None:
@@ -257,7 +259,7 @@ class ContinuousQuery:
                     op.right,
                 )
             return TemporalJoin(
-                op.sql, self.store, op.probe_time, op.probe_keys, version_time, op.version_keys
+                op.sql, state, op.probe_time, op.probe_keys, version_time, op.version_keys
             )
         raise StreamHouseError(f"no operator for {type(op).__name__}")
 
@@ -447,15 +449,16 @@ class ContinuousQuery:
             },
         )
         batch.delete("meta", PENDING)
+        operators = [o for o in (self.operator, *(o for _, o in self.children.values())) if o]
         try:
             self.store.commit(batch)
         except BaseException:
-            if self.operator is not None:
-                self.operator.rollback()
+            for operator in operators:
+                operator.rollback()
             raise
         del batch
-        if self.operator is not None:
-            self.operator.commit()
+        for operator in operators:
+            operator.commit()
         for name, source in self.sources.items():
             source.advance(ends[name], event_times[name])
         self.watermark = new_watermark
@@ -475,8 +478,30 @@ class ContinuousQuery:
     def _operate(
         self, tables: dict[str, pa.Table | None], watermark: int, batch: Any
     ) -> tuple[pa.Table | None, list[bytes], int, pa.Table | None]:
-        """Run the operator on this batch: (outputs, tombstone keys, late rows, late source rows)."""
-        op = self.plan.operator
+        """Run the operators on this batch: derived inputs first, then the query's own one.
+
+        Returns (outputs, tombstone keys, late rows, late source rows).
+        """
+        tables = dict(tables)
+        late_total = 0
+        for i, (name, (op, operator)) in enumerate(self.children.items()):
+            scoped = ScopedBatch(batch, f"{i + 1}/".encode())
+            out, _, late, _ = self._operate_one(op, operator, tables, watermark, scoped)
+            tables[name] = out
+            late_total += late
+        outputs, tombstones, late, late_table = self._operate_one(
+            self.plan.operator, self.operator, tables, watermark, ScopedBatch(batch, b"0/")
+        )
+        return outputs, tombstones, late_total + late, late_table
+
+    def _operate_one(
+        self,
+        op: Any,
+        operator: Any,
+        tables: dict[str, pa.Table | None],
+        watermark: int,
+        batch: Any,
+    ) -> tuple[pa.Table | None, list[bytes], int, pa.Table | None]:
         outputs: pa.Table | None = None
         tombstones: list[bytes] = []
         late_rows = 0
@@ -499,7 +524,7 @@ class ContinuousQuery:
             table = rows(op.source)
             if table is not None:
                 pre = _run_sql(op.pre_sql, {op.source: table})
-                changed = self.operator.process(pre, batch)
+                changed = operator.process(pre, batch)
                 if changed is not None and changed.num_rows:
                     outputs = _run_sql(op.post_sql, {FLOWS: changed})
                     tombstones = self._dropped_keys(changed, outputs, op)
@@ -510,32 +535,30 @@ class ContinuousQuery:
                 ts, valid = event_time_ms(pre, "__ts")
                 if not valid.all():
                     pre, ts = pre.filter(pa.array(valid)), ts[valid]
-                late = self.operator.process(pre, ts, self.watermark, batch)
+                late = operator.process(pre, ts, self.watermark, batch)
                 late_rows = len(late)
                 if late_rows and self.options.late_topic:
                     late_table = _rows_by_position(table, pre.take(pa.array(late)))
-            emitted = self.operator.emit(watermark, batch)
+            emitted = operator.emit(watermark, batch)
             if emitted is not None and emitted.num_rows:
                 outputs = _run_sql(op.post_sql, {FLOWS: emitted})
         elif isinstance(op, plans.Windowed):
             for name, (source, _) in sorted(op.inputs.items()):
                 if rows(source) is not None:
-                    late_rows += self.operator.process(name, rows(source), self.watermark, batch)
+                    late_rows += operator.process(name, rows(source), self.watermark, batch)
             schemas = {n: self._schema(s, True) for n, (s, _) in op.inputs.items()}
-            outputs = self.operator.emit(watermark, schemas, batch)
+            outputs = operator.emit(watermark, schemas, batch)
         elif isinstance(op, plans.StreamJoin):
             left, right = rows(op.left), rows(op.right)
             if left is not None or right is not None:
                 schemas = {LEFT: self._schema(op.left), RIGHT: self._schema(op.right)}
-                outputs = self.operator.process(left, right, schemas, batch)
-            self.operator.expire(watermark, batch)
+                outputs = operator.process(left, right, schemas, batch)
+            operator.expire(watermark, batch)
         elif isinstance(op, plans.TemporalJoin):
             schemas = {VERSIONS: self._schema(op.right)}
-            outputs = self.operator.process(
-                rows(op.left), rows(op.right), watermark, schemas, batch
-            )
+            outputs = operator.process(rows(op.left), rows(op.right), watermark, schemas, batch)
         elif isinstance(op, plans.TopN) and rows(op.source) is not None:
-            outputs = self.operator.process(rows(op.source), batch)
+            outputs = operator.process(rows(op.source), batch)
         return outputs, tombstones, late_rows, late_table
 
     def _dropped_keys(

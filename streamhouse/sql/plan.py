@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from typing import Union
 
 import pyarrow as pa
 from sqlglot import exp
@@ -219,18 +220,33 @@ class ContinuousPlan:
     sink_kind: str = "results"  # results | topic
     sink: str | None = None  # the sink topic/stream name for INSERT INTO and materialized views
     options: dict[str, str] = field(default_factory=dict)
+    derived: dict[str, Operator] = field(default_factory=dict)
+    """Inputs computed by nested operators (a join over a windowed aggregate), by the name the
+    outer operator reads them under; each is append-only and runs first in every micro-batch."""
 
     @property
     def source(self) -> str:
-        return self.operator.source
+        return self.sources[0]
 
     @property
     def sources(self) -> list[str]:
-        return getattr(self.operator, "sources", None) or [self.operator.source]
+        """The streams and topics the query reads (derived inputs resolved to theirs)."""
+        found: list[str] = []
+        for op in [self.operator, *self.derived.values()]:
+            for name in getattr(op, "sources", None) or [op.source]:
+                if name not in self.derived and name not in found:
+                    found.append(name)
+        return found
 
     def explain(self) -> str:
         sink = f"Sink  topic {self.sink}" if self.sink_kind == "topic" else "Sink  results"
-        return "\n".join([sink, *("  " + line for line in self.operator.explain())])
+        lines = [sink, *("  " + line for line in self.operator.explain())]
+        for name, op in self.derived.items():
+            lines += [f"  Derived input {name}:", *("    " + line for line in op.explain())]
+        return "\n".join(lines)
+
+
+Operator = Union["Stateless", "WindowAggregate", "Windowed", "StreamJoin", "TopN", "TemporalJoin"]
 
 
 def plan_query(statement: exp.Expr) -> ContinuousPlan:
@@ -251,14 +267,48 @@ def plan_query(statement: exp.Expr) -> ContinuousPlan:
             "a continuous query must be one SELECT (UNION and the like are not supported yet)",
             query,
         )
-    return ContinuousPlan(_plan_select(query), sink_kind, sink)
+    derived: dict[str, Operator] = {}
+    operator = _plan_select(query, derived)
+    return ContinuousPlan(operator, sink_kind, sink, derived=derived)
+
+
+APPEND_ONLY = (Stateless, Windowed, StreamJoin)
+
+
+def _derive(select: exp.Select, derived: dict[str, Operator]) -> exp.Select:
+    """Plan the subqueries that are direct join inputs of ``select`` as derived inputs; returns
+    ``select`` reading them by name."""
+    select = select.copy()
+    sides = [select.args["from_"]] + list(select.args.get("joins") or [])
+    for side in sides:
+        sub = side.this
+        if not isinstance(sub, exp.Subquery) or not isinstance(sub.this, exp.Select):
+            continue
+        op = _plan_select(sub.this, derived)
+        if not isinstance(op, APPEND_ONLY) and not (
+            isinstance(op, WindowAggregate) and op.window is not None
+        ):
+            raise sql_error("a join input must be append-only (not an updating view)", sub)
+        name = f"__derived_{len(derived)}"
+        derived[name] = op
+        sub.replace(exp.to_table(name).as_(sub.alias_or_name or name))
+    return select
 
 
 def _plan_select(
-    select: exp.Select,
+    select: exp.Select, derived: dict[str, Operator]
 ) -> Stateless | WindowAggregate | Windowed | StreamJoin | TopN | TemporalJoin:
     if select.args.get("limit") is not None:
         raise sql_error("LIMIT has no meaning in a continuous query", select.args["limit"])
+    joins = select.args.get("joins") or []
+    sides = [select.args.get("from_")] + list(joins)
+    if joins and any(isinstance(s.this, exp.Subquery) for s in sides if s is not None):
+        windowed_inputs = take_out_windows(select)[1]
+        if not windowed_inputs or any(
+            not isinstance(s.this, exp.Subquery) for s in sides if s is not None
+        ):
+            rewritten = _derive(select, derived)
+            return _plan_join(rewritten, rewritten.args["joins"])
     rewritten, windowed = take_out_windows(select)
     tables = _source_tables(rewritten)
     plain = [t for t in tables if t.name not in windowed]
@@ -292,9 +342,8 @@ def _plan_select(
                 "every input of a windowed continuous query needs the same window", select
             )
         return Windowed(to_datafusion(rewritten), windowed)
-    joins = select.args.get("joins") or []
     if joins:
-        return _plan_join(select, joins)
+        return _plan_join(select, select.args.get("joins"))
     source = select.args.get("from_")
     table = source.this if source is not None else None
     if isinstance(table, exp.Subquery):
@@ -477,11 +526,9 @@ def _plan_join(select: exp.Select, joins: list[exp.Join]) -> StreamJoin | Tempor
     left_alias, right_alias = left.alias_or_name, right.alias_or_name
     if left_alias == right_alias:
         raise sql_error("a self-join needs an alias on each side", right)
-    condition = (
-        exp.and_(*(c for c in (join.args.get("on"), select.args.get("where")) if c is not None))
-        if (join.args.get("on") or select.args.get("where"))
-        else None
-    )
+    where = select.args.get("where")
+    parts = [c for c in (join.args.get("on"), where.this if where is not None else None) if c]
+    condition = exp.and_(*parts) if parts else None
     bound = interval_bounds(condition, left_alias, right_alias)
     rewritten = select.copy()
     rewritten.args["from_"].this.replace(exp.to_table("__left").as_(left_alias))

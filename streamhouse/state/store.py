@@ -173,3 +173,42 @@ class StateBatch:
 
     def put_json(self, key: bytes, value: Any) -> None:
         self.put("meta", key, json.dumps(value).encode())
+
+
+class StateView:
+    """One operator's share of a query's state: every key it reads or writes is prefixed.
+
+    A query whose plan nests operators (a join over a windowed aggregate, say) gives each its own
+    prefix, so their keys never meet in a column family.
+    """
+
+    def __init__(self, store: StateStore, prefix: bytes) -> None:
+        self.store = store
+        self.prefix = prefix
+
+    def get(self, family: str, key: bytes) -> bytes | None:
+        return self.store.get(family, self.prefix + key)
+
+    def items(self, family: str, start: bytes | None = None) -> Iterator[tuple[bytes, bytes]]:
+        n = len(self.prefix)
+        for key, value in self.store.items(family, self.prefix + (start or b"")):
+            if not key.startswith(self.prefix):
+                return
+            yield key[n:], value
+
+    def size_bytes(self) -> int:
+        return self.store.size_bytes()
+
+
+class ScopedBatch:
+    """A :class:`StateBatch` seen through a :class:`StateView`'s prefix."""
+
+    def __init__(self, batch: StateBatch, prefix: bytes) -> None:
+        self.batch = batch
+        self.prefix = prefix
+
+    def put(self, family: str, key: bytes, value: bytes) -> None:
+        self.batch.put(family, self.prefix + key, value)
+
+    def delete(self, family: str, key: bytes) -> None:
+        self.batch.delete(family, self.prefix + key)

@@ -139,6 +139,54 @@ def merge_table(combined: pa.Table, keys: list[str], calls: list[AggregateCall])
     return pa.table(ordered)
 
 
+def _merge_specs(calls: list[AggregateCall]) -> list[tuple[str, str]] | None:
+    """(partial column, merge function) of every partial column, or None if a call's partials
+    do not merge by a plain hash aggregate (COUNT(DISTINCT), merged as lists)."""
+    specs: list[tuple[str, str]] = []
+    for i, call in enumerate(calls):
+        if call.func in ("count_all", "count", "sum"):
+            specs.append((f"p{i}", "sum"))
+        elif call.func == "avg":
+            specs += [(f"p{i}", "sum"), (f"p{i}_n", "sum")]
+        elif call.func in ("min", "max"):
+            specs.append((f"p{i}", call.func))
+        else:
+            return None
+    return specs
+
+
+def combine(
+    tables: list[pa.Table], group_keys: list[str], keys: list[str], calls: list[AggregateCall]
+) -> pa.Table:
+    """Merge partial tables into one row per ``group_keys`` value, by Arrow's hash aggregation.
+
+    ``keys`` are the table's key columns in order (``group_keys`` and any columns constant
+    over the tables, such as the bounds of one window): the result has them, then the partial
+    columns. Rows come in order of each group's first appearance, so equal inputs merge to
+    equal outputs. Unlike :func:`merge_table`, nothing is sorted.
+    """
+    tables = [t for t in tables if t.num_rows]
+    if not tables:
+        return pa.table({})
+    specs = _merge_specs(calls)
+    combined = (
+        tables[0] if len(tables) == 1 else pa.concat_tables(tables, promote_options="permissive")
+    )
+    if specs is None or not group_keys:
+        return merge_table(combined, keys, calls)
+    grouped, aggregated = _group(combined, group_keys, specs)
+    rows = grouped.num_rows
+    columns = {}
+    for k in keys:
+        if k in group_keys:
+            columns[k] = grouped[k]
+        else:  # constant over the inputs: its first value, repeated
+            columns[k] = pa.repeat(combined[k][0], rows) if rows else combined[k][:0]
+    for (name, _), column in zip(specs, aggregated, strict=True):
+        columns[name] = column
+    return pa.table(columns)
+
+
 def _group(
     table: pa.Table, keys: list[str], specs: list[tuple]
 ) -> tuple[pa.Table, list[pa.ChunkedArray]]:

@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 
 WINDOW_TYPE = pa.timestamp("ms")
 SESSIONS_KEY = b"open"
+_PANE = "__pane"
 
 
 def _with_window_types(table: pa.Table) -> pa.Table:
@@ -65,6 +66,7 @@ class WindowOperator:
         self.store = store
         self.lateness = allowed_lateness_ms
         self.keys = [*plan.keys, *WINDOW_BOUNDS]
+        self._calls = plan.aggregates
         self.state: dict[tuple[int, int], pa.Table] = {}
         for key, value in store.items("windows"):
             self.state[window_from_key(key)] = decode_table(value)
@@ -87,45 +89,55 @@ class WindowOperator:
         staged = self._staged if self._staged is not None else dict(self.state)
         self._staged = staged
         spec = self.plan.window
-        if spec.kind == "tumble":
-            rows = np.arange(len(ts), dtype=np.int64)
-            starts = assign.tumble(ts, spec.size_ms)
-            ends = starts + spec.size_ms
-        elif spec.kind == "hop":
-            rows, starts = assign.hop(ts, spec.slide_ms or spec.size_ms, spec.size_ms)
-            ends = starts + spec.size_ms
-        else:
-            rows, starts, ends = assign.cumulate(ts, spec.slide_ms or spec.size_ms, spec.size_ms)
-        on_time = ends + self.lateness > watermark
-        late_rows = np.setdiff1d(np.arange(len(ts)), rows[on_time])
-        if not on_time.all():
-            rows, starts, ends = rows[on_time], starts[on_time], ends[on_time]
-        if len(rows) == 0:
+        size = spec.size_ms
+        pane = size if spec.kind == "tumble" else (spec.slide_ms or size)
+        # Rows of one pane (a slide of a hop, a step of a cumulate) belong to the same windows:
+        # aggregate per pane first, then spread the few pane partials over their windows.
+        panes = assign.tumble(ts, pane)
+        last_end = panes + size if spec.kind != "cumulate" else assign.tumble(ts, size) + size
+        on_time = last_end + self.lateness > watermark  # on time for at least one window
+        late_rows = np.flatnonzero(~on_time)
+        if len(late_rows):
+            pre, panes = pre.filter(pa.array(on_time)), panes[on_time]
+        if len(panes) == 0:
             return late_rows
-        assigned = pre.take(pa.array(rows)) if len(rows) != pre.num_rows else pre
-        assigned = assigned.append_column("window_start", pa.array(starts)).append_column(
-            "window_end", pa.array(ends)
+        partials = aggregate.partial(
+            pre.append_column(_PANE, pa.array(panes)), [*self.plan.keys, _PANE], self._calls
         )
-        partials = aggregate.partial(assigned, self.keys, self.plan.aggregates)
-        # One slice of partials per window: sort by (end, start), cut where the window changes.
-        p_start = partials["window_start"].to_numpy()
-        p_end = partials["window_end"].to_numpy()
-        order = np.lexsort((p_start, p_end))
-        partials = partials.take(pa.array(order))
-        p_start, p_end = p_start[order], p_end[order]
-        cuts = np.flatnonzero((np.diff(p_start) != 0) | (np.diff(p_end) != 0)) + 1
+        pane_starts = partials[_PANE].to_numpy()
+        partials = partials.drop_columns([_PANE])
+        if spec.kind == "tumble":
+            rows, starts, ends = None, pane_starts, pane_starts + size
+        elif spec.kind == "hop":
+            rows, starts = assign.hop(pane_starts, pane, size)
+            ends = starts + size
+        else:
+            rows, starts, ends = assign.cumulate(pane_starts, pane, size)
+        keep = ends + self.lateness > watermark  # a row's earlier windows may be late
+        if rows is not None and not keep.all():
+            rows, starts, ends = rows[keep], starts[keep], ends[keep]
+        # One slice per window: sort by (end, start), cut where the window changes.
+        order = np.lexsort((starts, ends))
+        take = order if rows is None else rows[order]
+        starts, ends = starts[order], ends[order]
+        partials = partials.take(pa.array(take))
+        cuts = np.flatnonzero((np.diff(starts) != 0) | (np.diff(ends) != 0)) + 1
         bounds = np.concatenate([[0], cuts, [len(order)]])
-        for lo, hi in zip(bounds[:-1], bounds[1:], strict=True):
-            window = (int(p_start[lo]), int(p_end[lo]))
+        group_keys = list(self.plan.keys)
+        for lo, hi in zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True):
+            window = (int(starts[lo]), int(ends[lo]))
             fresh = partials.slice(lo, hi - lo)
+            fresh = fresh.append_column(
+                "window_start", pa.repeat(pa.scalar(window[0], pa.int64()), hi - lo)
+            ).append_column("window_end", pa.repeat(pa.scalar(window[1], pa.int64()), hi - lo))
+            fresh = fresh.select(self.keys + fresh.column_names[len(self.plan.keys) : -2])
             old = staged.get(window)
-            merged = (
-                fresh
-                if old is None
-                else aggregate.merge([old, fresh], self.keys, self.plan.aggregates)
-            )
-            staged[window] = merged
-            batch.put("windows", window_key(*window), encode_table(merged))
+            # A hop's or cumulate's panes give a key several rows of one window: merge them too.
+            if old is not None or rows is not None:
+                inputs = [fresh] if old is None else [old, fresh]
+                fresh = aggregate.combine(inputs, group_keys, self.keys, self._calls)
+            staged[window] = fresh
+            batch.put("windows", window_key(*window), encode_table(fresh))
         return late_rows
 
     def emit(self, watermark: int, batch: StateBatch) -> pa.Table | None:
@@ -163,6 +175,7 @@ class SessionOperator:
         self.store = store
         self.lateness = allowed_lateness_ms
         self.keys = [*plan.keys, *WINDOW_BOUNDS]
+        self._calls = plan.aggregates
         stored = store.get("sessions", SESSIONS_KEY)
         self.state: pa.Table | None = decode_table(stored) if stored else None
         self._staged: pa.Table | None | bool = False
@@ -190,24 +203,34 @@ class SessionOperator:
         if len(ts) == 0:
             self._staged = current
             return late_rows
-        codes = (
-            assign.group_codes([pre[k] for k in self.plan.keys])
-            if self.plan.keys
-            else np.zeros(len(ts), np.int64)
-        )
+        keys = list(self.plan.keys)
+        codes = assign.group_codes([pre[k] for k in keys]) if keys else np.zeros(len(ts), np.int64)
         ids, starts, ends = assign.sessions(codes, ts, gap)
         tagged = pre.append_column("window_start", pa.array(starts[ids])).append_column(
             "window_end", pa.array(ends[ids])
         )
-        fresh = aggregate.partial(tagged, self.keys, self.plan.aggregates)
-        combined = (
-            fresh
-            if current is None or current.num_rows == 0
-            else pa.concat_tables([current, fresh], promote_options="permissive")
-        )
+        fresh = aggregate.partial(tagged, self.keys, self._calls)
+        if current is None or current.num_rows == 0:
+            untouched, combined = None, fresh
+        else:
+            # Only the open sessions of keys this batch has rows for can extend or merge.
+            both = pa.concat_tables(
+                [current.select(keys), fresh.select(keys)], promote_options="permissive"
+            )
+            codes = (
+                assign.group_codes([both[k] for k in keys])
+                if keys
+                else np.zeros(both.num_rows, np.int64)
+            )
+            seen = np.zeros(int(codes.max()) + 1, bool)
+            seen[codes[current.num_rows :]] = True
+            touched = seen[codes[: current.num_rows]]
+            untouched = current.filter(pa.array(~touched)) if not touched.all() else None
+            picked = current.filter(pa.array(touched)) if untouched is not None else current
+            combined = pa.concat_tables([picked, fresh], promote_options="permissive")
         codes = (
-            assign.group_codes([combined[k] for k in self.plan.keys])
-            if self.plan.keys
+            assign.group_codes([combined[k] for k in keys])
+            if keys
             else np.zeros(combined.num_rows, np.int64)
         )
         merged_ids, m_start, m_end = assign.merge_intervals(
@@ -221,8 +244,10 @@ class SessionOperator:
         combined = combined.set_column(
             combined.schema.get_field_index("window_end"), "window_end", pa.array(m_end[merged_ids])
         )
-        merged = aggregate.merge_table(combined, self.keys, self.plan.aggregates)
-        self._staged = merged
+        merged = aggregate.combine([combined], self.keys, self.keys, self._calls)
+        if untouched is not None and untouched.num_rows:
+            merged = pa.concat_tables([untouched, merged], promote_options="permissive")
+        self._staged = merged.combine_chunks()
         return late_rows
 
     def emit(self, watermark: int, batch: StateBatch) -> pa.Table | None:
