@@ -118,9 +118,7 @@ PAIR_SELECT = "SELECT a.k, a.t AS at, b.t AS bt, a.v, b.w FROM a JOIN b ON a.k =
 def interval_joins(draw: st.DrawFn) -> Join:
     before, after = draw(st.sampled_from([0, 2, 5])), draw(st.sampled_from([0, 1, 3]))
     if draw(st.booleans()):
-        bound = (
-            f"a.t BETWEEN b.t - INTERVAL '{before}' SECOND AND b.t + INTERVAL '{after}' SECOND"
-        )
+        bound = f"a.t BETWEEN b.t - INTERVAL '{before}' SECOND AND b.t + INTERVAL '{after}' SECOND"
     else:  # the same bounds, seen from the other side
         bound = (
             f"b.t >= a.t - INTERVAL '{after}' SECOND AND b.t <= a.t + INTERVAL '{before}' SECOND"
@@ -235,7 +233,9 @@ def window_join(kind: str, window: str) -> Join:
     return Join(sql, oracle, columns, times)
 
 
-window_joins = st.builds(window_join, st.sampled_from(sorted(WINDOW_JOINS)), st.sampled_from(["tumble", "hop"]))
+window_joins = st.builds(
+    window_join, st.sampled_from(sorted(WINDOW_JOINS)), st.sampled_from(["tumble", "hop"])
+)
 
 
 def test_window_join_equals_the_batch_answer(tmp_path_factory: pytest.TempPathFactory) -> None:

@@ -1,4 +1,3 @@
--- cannot run yet: an interval join under a Top-1 per auction (ROW_NUMBER): "subqueries in continuous queries are not supported yet"
 -- Nexmark query 9: Winning bids
 -- The winning bid of each auction (not in the original suite): a join and a Top-1 per key.
 -- Query text as in the nexmark/nexmark Flink suite; only the DDL is StreamHouse's.

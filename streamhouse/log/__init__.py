@@ -7,7 +7,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 
@@ -23,7 +25,7 @@ from streamhouse.errors import (
 from streamhouse.log.metadata import Metadata, PartitionOffsets, TopicInfo, open_metadata
 from streamhouse.log.objectstore import ObjectStore, open_object_store
 from streamhouse.log.reader import FetchResult, LogReader, ObjectCache
-from streamhouse.log.records import decode_batches, split_batches, verify_crc
+from streamhouse.log.records import BatchHeader, decode_batches, split_batches, verify_crc
 from streamhouse.log.writer import LogWriter
 
 __all__ = ["FetchResult", "Log", "PartitionOffsets", "TopicInfo"]
@@ -31,6 +33,15 @@ __all__ = ["FetchResult", "Log", "PartitionOffsets", "TopicInfo"]
 log = logging.getLogger(__name__)
 
 MAX_MESSAGE_BYTES = "max.message.bytes"
+
+TOPIC_CACHE_SECONDS = 1.0
+"""How long the produce path trusts a topic's cached partition count and config.
+
+Changes made through this :class:`Log` take effect at once; changes by another process
+sharing the metadata store within this many seconds."""
+
+SplitBatches = list[tuple[int, int, BatchHeader]]
+"""``(start, end, header)`` of each batch, as :func:`~streamhouse.log.records.split_batches`."""
 
 
 class Log:
@@ -49,6 +60,7 @@ class Log:
             on_segment=self.cache.put,
         )
         self.reader = LogReader(metadata, self.cache)
+        self._topics: dict[str, tuple[float, TopicInfo, int]] = {}  # name -> (expiry, info, limit)
 
     @classmethod
     def open(cls, settings: Settings) -> Log:
@@ -66,11 +78,14 @@ class Log:
         self, name: str, partitions: int = 1, config: Mapping[str, str] | None = None
     ) -> TopicInfo:
         self.writer.forget(name)
+        self._topics.pop(name, None)
         return self.metadata.create_topic(name, partitions, config)
 
     def delete_topic(self, name: str) -> None:
         self.writer.flush()
+        self._topics.pop(name, None)
         orphans = self.metadata.delete_topic(name)
+        self._topics.pop(name, None)
         self.writer.forget(name)
         for key in orphans:
             self.cache.discard(key)
@@ -89,7 +104,27 @@ class Log:
         return self.metadata.list_topics()
 
     def set_partitions(self, name: str, count: int) -> TopicInfo:
-        return self.metadata.set_partitions(name, count)
+        try:
+            return self.metadata.set_partitions(name, count)
+        finally:
+            self._topics.pop(name, None)
+
+    def set_topic_config(self, name: str, config: Mapping[str, str]) -> TopicInfo:
+        try:
+            return self.metadata.set_topic_config(name, config)
+        finally:
+            self._topics.pop(name, None)
+
+    def _produce_target(self, topic: str) -> tuple[TopicInfo, int]:
+        """The topic (cached up to ``TOPIC_CACHE_SECONDS``) and its max.message.bytes."""
+        now = time.monotonic()
+        cached = self._topics.get(topic)
+        if cached is not None and cached[0] > now:
+            return cached[1], cached[2]
+        info = self.topic(topic)
+        limit = self.max_message_bytes(info)
+        self._topics[topic] = (now + TOPIC_CACHE_SECONDS, info, limit)
+        return info, limit
 
     # -- produce ----------------------------------------------------------------------------
 
@@ -97,14 +132,48 @@ class Log:
         value = info.config.get(MAX_MESSAGE_BYTES)
         return int(value) if value else self.settings.max_message_bytes
 
-    def append(self, topic: str, partition: int, batches: bytes) -> Future[int]:
-        """Append client batches; the future resolves to the first batch's base offset once durable."""
-        info = self.topic(topic)
+    def append(
+        self,
+        topic: str,
+        partition: int,
+        batches: bytes | memoryview,
+        split: SplitBatches | None = None,
+    ) -> Future[int]:
+        """Append client batches; the future resolves to the first batch's base offset once durable.
+
+        ``split`` is ``split_batches(batches)`` if the caller has it already.
+        """
+        headers = self._validate(topic, partition, batches, split)
+        data = batches if isinstance(batches, bytes) else bytes(batches)
+        return self.writer.append(topic, partition, data, headers)
+
+    def append_async(
+        self,
+        topic: str,
+        partition: int,
+        batches: bytes | memoryview,
+        split: SplitBatches | None = None,
+    ) -> asyncio.Future[int]:
+        """:meth:`append` from a running event loop, with an asyncio future resolved on it.
+
+        ``batches`` may be a view of a request frame (no copy): it must not change until the
+        future is resolved.
+        """
+        headers = self._validate(topic, partition, batches, split)
+        return self.writer.append_async(topic, partition, batches, headers)
+
+    def _validate(
+        self,
+        topic: str,
+        partition: int,
+        batches: bytes | memoryview,
+        split: SplitBatches | None,
+    ) -> list[tuple[int, BatchHeader]]:
+        info, limit = self._produce_target(topic)
         if not 0 <= partition < info.partitions:
             raise UnknownPartitionError(topic, partition)
-        limit = self.max_message_bytes(info)
         headers = []
-        for start, end, header in split_batches(batches):
+        for start, end, header in split_batches(batches) if split is None else split:
             if end - start > limit:
                 raise RecordTooLargeError(
                     f"batch of {end - start} bytes exceeds max.message.bytes={limit} of {topic!r}"
@@ -114,7 +183,7 @@ class Log:
             headers.append((start, header))
         if not headers:
             raise CorruptRecordError("no record batch in the produce request")
-        return self.writer.append(topic, partition, bytes(batches), headers)
+        return headers
 
     def flush(self) -> None:
         self.writer.flush()

@@ -384,7 +384,9 @@ class LogWriter:
             self._new_generation()
             if flush.object_key and flush.entries:
                 self._abandon(flush.object_key, flush.entries)
-            _fail(flush.appends, exc if isinstance(exc, StreamHouseError) else StorageError(str(exc)))
+            _fail(
+                flush.appends, exc if isinstance(exc, StreamHouseError) else StorageError(str(exc))
+            )
             return
         if not flush.resolved:  # every append failed at stamping
             return

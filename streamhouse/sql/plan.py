@@ -347,7 +347,7 @@ def _plan_select(
     source = select.args.get("from_")
     table = source.this if source is not None else None
     if isinstance(table, exp.Subquery):
-        top_n = _plan_top_n(select)
+        top_n = _plan_top_n(select, derived)
         if top_n is not None:
             return top_n
         raise sql_error("subqueries in continuous queries are not supported yet", table)
@@ -387,14 +387,20 @@ class TopN:
         ]
 
 
-def _plan_top_n(select: exp.Select) -> TopN | None:
+def _plan_top_n(select: exp.Select, derived: dict[str, Operator] | None = None) -> TopN | None:
     """A TopN plan if ``select`` is ``SELECT .. FROM (SELECT .., ROW_NUMBER() OVER (PARTITION BY
-    k ORDER BY ..) AS rn FROM s ..) WHERE rn <= N`` (or ``rn = 1``, ``rn < N``)."""
+    k ORDER BY ..) AS rn FROM s ..) WHERE rn <= N`` (or ``rn = 1``, ``rn < N``). When the inner
+    query joins streams, the join becomes a derived input the ranking reads."""
     source = select.args.get("from_")
     sub = source.this if source is not None else None
     if not isinstance(sub, exp.Subquery) or not isinstance(sub.this, exp.Select):
         return None
     inner = sub.this
+    if inner.args.get("joins") and derived is not None:
+        rewritten = _rank_over_join(select, inner, derived)
+        if rewritten is None:
+            return None
+        select, inner = rewritten, rewritten.args["from_"].this.this
     inner_from = inner.args.get("from_")
     table = inner_from.this if inner_from is not None else None
     if (
@@ -447,6 +453,53 @@ def _plan_top_n(select: exp.Select) -> TopN | None:
         rank_column=rank_name,
         limit=limit,
     )
+
+
+def _rank_over_join(
+    select: exp.Select, inner: exp.Select, derived: dict[str, Operator]
+) -> exp.Select | None:
+    """``select`` with its inner ranking reading the inner join as a derived input.
+
+    The join keeps the inner query's projections (minus ROW_NUMBER); the window's qualified
+    columns are renamed to what the join outputs them as."""
+    window_projection = None
+    projections = []
+    names: dict[tuple[str, str], str] = {}
+    stars: list[str] = []
+    for projection in inner.expressions:
+        body = projection.this if isinstance(projection, exp.Alias) else projection
+        if isinstance(body, exp.Window) and isinstance(body.this, exp.RowNumber):
+            window_projection = projection
+            continue
+        projections.append(projection.copy())
+        if isinstance(body, exp.Column) and not isinstance(body.this, exp.Star):
+            names[(body.table, body.name)] = projection.alias_or_name
+        elif isinstance(body, exp.Column) and isinstance(body.this, exp.Star):
+            stars.append(body.table)
+    if window_projection is None:
+        return None
+    join_select = inner.copy()
+    join_select.set("expressions", projections)
+    op = _plan_select(join_select, derived)
+    if not isinstance(op, StreamJoin | TemporalJoin):
+        return None
+    name = f"__derived_{len(derived)}"
+    derived[name] = op
+
+    def rename(node: exp.Expr) -> exp.Expr:
+        if isinstance(node, exp.Column) and node.table:
+            key = (node.table, node.name)
+            if key in names:
+                return exp.column(names[key])
+            if node.table in stars:
+                return exp.column(node.name)
+        return node
+
+    window = window_projection.copy().transform(rename)
+    ranked = exp.select(exp.Star(), window).from_(exp.to_table(name))
+    outer = select.copy()
+    outer.args["from_"].this.replace(ranked.subquery(select.args["from_"].this.alias or None))
+    return outer
 
 
 def _source_tables(query: exp.Expr) -> list[exp.Table]:
