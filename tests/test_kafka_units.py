@@ -12,7 +12,7 @@ from kio.serial import entity_reader
 from streamhouse.errors import ProtocolError
 from streamhouse.kafka.groups import GroupCoordinator, GroupState
 from streamhouse.kafka.producers import ProducerRegistry
-from streamhouse.kafka.server import HANDLERS
+from streamhouse.kafka.server import HANDLERS, RAW_HANDLERS
 from streamhouse.kafka.versions import SUPPORTED, unsupported_api_versions
 from streamhouse.kafka.wire import ErrorCode, encode_response, parse_request, response_class
 from streamhouse.log.records import build_batch, read_header
@@ -21,7 +21,8 @@ PROTOCOLS = (("range", b"m1"), ("roundrobin", b"m2"))
 
 
 def test_every_supported_api_has_a_handler_and_kio_classes() -> None:
-    assert set(HANDLERS) == set(SUPPORTED)
+    assert set(HANDLERS) | set(RAW_HANDLERS) == set(SUPPORTED)
+    assert not set(HANDLERS) & set(RAW_HANDLERS)
     for key, (low, high) in SUPPORTED.items():
         for version in range(low, high + 1):
             flexible = response_class(key, version).__flexible__

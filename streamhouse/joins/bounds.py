@@ -64,13 +64,13 @@ def _term(node: exp.Expr) -> tuple[str, str, int] | None:
     return None
 
 
-def interval_bounds(condition: exp.Expr | None, left: str, right: str) -> TimeBound | None:
-    """The tightest time bounds between ``left`` and ``right`` rows in ``condition``."""
-    found: dict[str, int] = {}
-    columns: tuple[str, str] | None = None
+def candidate_bounds(condition: exp.Expr | None, left: str, right: str) -> list[TimeBound]:
+    """The tightest bounds per (left column, right column) pair that ``condition`` relates, in
+    order of first mention. Which pair is a time bound depends on the streams' time columns:
+    see :func:`evictable_bound`."""
+    found: dict[tuple[str, str], dict[str, int]] = {}
 
     def relate(greater: exp.Expr, smaller: exp.Expr) -> None:
-        nonlocal columns
         g, s = _term(greater), _term(smaller)
         if g is None or s is None:
             return
@@ -84,10 +84,8 @@ def interval_bounds(condition: exp.Expr | None, left: str, right: str) -> TimeBo
             key, value, pair = "after", g[2] - s[2], (s[1], g[1])
         else:
             return
-        if columns is not None and columns != pair:
-            return
-        columns = pair
-        found[key] = min(found.get(key, value), value)
+        bounds = found.setdefault(pair, {})
+        bounds[key] = min(bounds.get(key, value), value)
 
     for item in conjuncts(condition):
         if isinstance(item, exp.Between):
@@ -97,6 +95,28 @@ def interval_bounds(condition: exp.Expr | None, left: str, right: str) -> TimeBo
             relate(item.this, item.expression)
         elif isinstance(item, exp.LTE | exp.LT):
             relate(item.expression, item.this)
-    if columns is None:
-        return None
-    return TimeBound(columns[0], columns[1], found.get("before"), found.get("after"))
+    return [TimeBound(*pair, b.get("before"), b.get("after")) for pair, b in found.items()]
+
+
+def interval_bounds(condition: exp.Expr | None, left: str, right: str) -> TimeBound | None:
+    """The tightest time bounds between ``left`` and ``right`` rows in ``condition`` (those of
+    the first pair of columns it relates)."""
+    found = candidate_bounds(condition, left, right)
+    return found[0] if found else None
+
+
+def evictable_bound(
+    bounds: list[TimeBound], left_time: str | None, right_time: str | None
+) -> TimeBound | None:
+    """The first of ``bounds`` the watermark can evict state by, given each stream's time
+    (watermark) column. Future rows of a stream are not older than the watermark in its time
+    column only, so a bound below on left rows (``before``) needs the right time column, a
+    bound above (``after``) the left one; a comparison of other columns (``a.v < b.w``) bounds
+    nothing.
+    """
+    for b in bounds:
+        before = b.before_ms if b.right_column == right_time else None
+        after = b.after_ms if b.left_column == left_time else None
+        if before is not None or after is not None:
+            return TimeBound(b.left_column, b.right_column, before, after)
+    return None

@@ -4,8 +4,8 @@ coordinator, idempotent producer state, and wake-ups for long-polling fetches.""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
+import threading
 from collections.abc import Iterable
 
 from streamhouse.config import Settings
@@ -38,6 +38,8 @@ class Broker:
         self.producers = ProducerRegistry()
         self._arrivals: dict[tuple[str, int], set[asyncio.Future[None]]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._commits: list[tuple[str, int]] = []  # heard from the log, not yet on the loop
+        self._commits_lock = threading.Lock()
 
     def attach(self, loop: asyncio.AbstractEventLoop) -> None:
         """Start hearing about commits of the log, on ``loop``."""
@@ -70,14 +72,26 @@ class Broker:
             waiter.cancel()
 
     def _on_commit_threadsafe(self, topic: str, partition: int, high_watermark: int) -> None:
+        """Called by the log's committer thread; wakes the loop once for many commits."""
         loop = self._loop
         if loop is None:
             return
-        # RuntimeError: the loop closed while the writer thread was committing.
-        with contextlib.suppress(RuntimeError):
-            loop.call_soon_threadsafe(self._on_commit, topic, partition)
+        with self._commits_lock:
+            first = not self._commits
+            self._commits.append((topic, partition))
+        if first:
+            try:
+                loop.call_soon_threadsafe(self._on_commits)
+            except RuntimeError:  # the loop closed while the log was committing
+                with self._commits_lock:
+                    self._commits.clear()
 
-    def _on_commit(self, topic: str, partition: int) -> None:
-        for waiter in self._arrivals.pop((topic, partition), ()):
-            if not waiter.done():
-                waiter.set_result(None)
+    def _on_commits(self) -> None:
+        with self._commits_lock:
+            commits, self._commits = self._commits, []
+        if not self._arrivals:
+            return
+        for key in commits:
+            for waiter in self._arrivals.pop(key, ()):
+                if not waiter.done():
+                    waiter.set_result(None)

@@ -1,9 +1,11 @@
 """The Kafka protocol server: asyncio, one task per connection, pipelined requests.
 
-Each connection reads frames as they come and starts a handler task per request at once, so
-a long-polling fetch or a produce waiting for durability does not hold up the requests
-behind it; a sender task writes the responses strictly in request order, as Kafka clients
-require. A frame that cannot be decoded, an unknown API key, an unsupported version or a
+Each connection reads frames as they come and starts handling each request at once, so a
+long-polling fetch or a produce waiting for durability does not hold up the requests behind
+it; a sender task writes the responses strictly in request order, as Kafka clients require
+(those ready together in one write). Most APIs are decoded by kio and handled by a task;
+Produce, the hot one, decodes its own frame and answers through a future the log resolves
+(:data:`RAW_HANDLERS`), with no task per request. A frame that cannot be decoded, an unknown API key, an unsupported version or a
 frame larger than :data:`MAX_REQUEST_BYTES` closes the connection after the responses to the
 requests before it, as Kafka brokers do; an ApiVersions request of a version we do not know
 gets the v0 answer with ``UNSUPPORTED_VERSION`` instead.
@@ -34,15 +36,19 @@ from streamhouse.kafka.versions import (
 from streamhouse.kafka.wire import RequestHeader, encode_response, parse_request, peek_header
 from streamhouse.log import Log
 
-__all__ = ["HANDLERS", "MAX_IN_FLIGHT", "MAX_REQUEST_BYTES", "run", "serve"]
+__all__ = ["HANDLERS", "MAX_IN_FLIGHT", "MAX_REQUEST_BYTES", "RAW_HANDLERS", "run", "serve"]
 
 log = logging.getLogger(__name__)
 
 Handler = Callable[[Broker, RequestHeader, Any], Awaitable[Any]]
+"""A kio-decoded request -> a kio response object (or None: no response)."""
+Response = bytes | asyncio.Future[bytes] | asyncio.Future[bytes | None]
+"""A response frame, now or later (a future resolving to None answers nothing)."""
+RawHandler = Callable[[Broker, bytes, str], Response | None]
+"""Hot APIs decode their frames themselves: (broker, frame, client host) -> response."""
 
 HANDLERS: dict[int, Handler] = {
     API_VERSIONS: handle_api_versions,
-    **produce.HANDLERS,
     **fetch.HANDLERS,
     **offsets.HANDLERS,
     **metadata.HANDLERS,
@@ -50,7 +56,9 @@ HANDLERS: dict[int, Handler] = {
     **admin.HANDLERS,
     **producers.HANDLERS,
 }
-assert set(HANDLERS) == set(SUPPORTED), "every advertised API needs a handler"
+RAW_HANDLERS: dict[int, RawHandler] = {**produce.RAW_HANDLERS}
+assert not set(HANDLERS) & set(RAW_HANDLERS)
+assert set(HANDLERS) | set(RAW_HANDLERS) == set(SUPPORTED), "every advertised API needs a handler"
 
 MAX_REQUEST_BYTES = 100 * 1024 * 1024
 """Kafka's ``socket.request.max.bytes``; larger frames close the connection."""
@@ -61,27 +69,26 @@ _WRITE_HIGH_WATER = 4 * 1024 * 1024
 _LENGTH = struct.Struct(">i")
 
 
-def _start(broker: Broker, frame: bytes, client_host: str) -> tuple[int, Awaitable[bytes | None]]:
-    """Decode a request and start its handler; ProtocolError closes the connection."""
+def _start(broker: Broker, frame: bytes, client_host: str) -> Response | None:
+    """Decode a request and start its handler; ProtocolError closes the connection.
+
+    ``None`` if the request gets no response (produce with ``acks=0``).
+    """
     api_key, api_version, correlation_id = peek_header(frame)
     if api_key == API_VERSIONS and api_version > SUPPORTED[API_VERSIONS][1]:
-        return correlation_id, _answered(
-            encode_response(correlation_id, unsupported_api_versions(), header_v0=True)
-        )
+        return encode_response(correlation_id, unsupported_api_versions(), header_v0=True)
     versions = SUPPORTED.get(api_key)
     if versions is None:
         raise ProtocolError(f"unsupported api key {api_key}")
     if not versions[0] <= api_version <= versions[1]:
         raise ProtocolError(f"api key {api_key} v{api_version} is not supported")
-    header, request = parse_request(frame, client_host)
     if log.isEnabledFor(logging.DEBUG):
         log.debug("%s: api %d v%d #%d", client_host, api_key, api_version, correlation_id)
-    call = HANDLERS[api_key](broker, header, request)
-    return correlation_id, _respond(header, call)
-
-
-async def _answered(data: bytes) -> bytes:
-    return data
+    raw = RAW_HANDLERS.get(api_key)
+    if raw is not None:
+        return raw(broker, frame, client_host)
+    header, request = parse_request(frame, client_host)
+    return asyncio.ensure_future(_respond(header, HANDLERS[api_key](broker, header, request)))
 
 
 async def _respond(header: RequestHeader, call: Awaitable[Any]) -> bytes | None:
@@ -105,9 +112,7 @@ class _Connection:
         peer = writer.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
         self.client_host = f"/{peer[0]}" if isinstance(peer, tuple) else ""
-        self.pending: asyncio.Queue[asyncio.Task[bytes | None] | None] = asyncio.Queue(
-            MAX_IN_FLIGHT
-        )
+        self.pending: asyncio.Queue[Response | None] = asyncio.Queue(MAX_IN_FLIGHT)
 
     async def run(self) -> None:
         reading = asyncio.current_task()
@@ -143,35 +148,61 @@ class _Connection:
             except (asyncio.IncompleteReadError, ConnectionError):
                 return
             try:
-                _, call = _start(self.broker, frame, self.client_host)
+                response = _start(self.broker, frame, self.client_host)
             except ProtocolError as exc:
                 log.info("connection %s: %s; closing", self.peer, exc)
                 return
-            await self.pending.put(asyncio.ensure_future(call))
+            if response is not None:
+                await self.pending.put(response)
 
     async def _send(self, reading: asyncio.Task[None]) -> None:
-        """Write responses in request order; on any failure, stop the reading loop."""
+        """Write responses in request order; on any failure, stop the reading loop.
+
+        Responses ready together go out in one write (one system call).
+        """
+        queue = self.pending
+        ready: list[bytes] = []
         try:
             while True:
-                task = await self.pending.get()
-                if task is None:
-                    return
-                data = await task
-                if data is not None:
-                    self.writer.write(data)
-                    if self.writer.transport.get_write_buffer_size() > _WRITE_HIGH_WATER:
-                        await self.writer.drain()
+                item = await queue.get()
+                while True:
+                    if item is None:
+                        self._write(ready)
+                        return
+                    if isinstance(item, bytes):
+                        data: bytes | None = item
+                    elif item.done():
+                        data = item.result()
+                    else:
+                        await self._write_and_drain(ready)
+                        data = await item
+                    if data is not None:
+                        ready.append(data)
+                    if queue.empty():
+                        break
+                    item = queue.get_nowait()
+                await self._write_and_drain(ready)
         except ConnectionError:
             reading.cancel()
         except Exception:
             log.exception("connection %s: handler failed; closing", self.peer)
             reading.cancel()
 
+    def _write(self, ready: list[bytes]) -> None:
+        if ready:
+            self.writer.write(ready[0] if len(ready) == 1 else b"".join(ready))
+            ready.clear()
+
+    async def _write_and_drain(self, ready: list[bytes]) -> None:
+        self._write(ready)
+        if self.writer.transport.get_write_buffer_size() > _WRITE_HIGH_WATER:
+            await self.writer.drain()
+
     def _cancel_pending(self) -> None:
         while not self.pending.empty():
-            task = self.pending.get_nowait()
-            if task is not None:
-                task.cancel()
+            item = self.pending.get_nowait()
+            if item is not None and not isinstance(item, bytes):
+                item.cancel()
 
 
 async def _sweep_groups(broker: Broker) -> None:

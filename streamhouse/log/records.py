@@ -229,6 +229,42 @@ def _lz4_decompress(data: memoryview) -> bytes | cramjam.Buffer:
         return lz4.frame.decompress(data)
 
 
+_LZ4_MAGIC = 0x184D2204
+_LZ4_BLOCK_MAX = {4: 1 << 16, 5: 1 << 18, 6: 1 << 20, 7: 1 << 22}
+
+
+def _lz4_blocks(data: memoryview) -> tuple[list[tuple[bool, memoryview]], int] | None:
+    """The blocks of one LZ4 frame of independent blocks: ([(stored, block)], max block size).
+
+    None when the frame is anything else (linked blocks, a dictionary, several frames, or not
+    well formed): such a frame is decompressed whole. A frame has a block per 64 KiB or more of
+    data, so this loop runs per block, never per record.
+    """
+    total = len(data)
+    if total < 7 or struct.unpack_from("<I", data, 0)[0] != _LZ4_MAGIC:
+        return None
+    flags, descriptor = data[4], data[5]
+    block_max = _LZ4_BLOCK_MAX.get((descriptor >> 4) & 0x07)
+    if flags >> 6 != 1 or not flags & 0x20 or flags & 0x01 or block_max is None:
+        return None  # not version 1, linked blocks, or a dictionary id
+    pos = 7 + (8 if flags & 0x08 else 0)  # FLG, BD, [content size], header checksum
+    block_checksum = 4 if flags & 0x10 else 0
+    blocks: list[tuple[bool, memoryview]] = []
+    unpack = struct.Struct("<I").unpack_from
+    while pos + 4 <= total:
+        (word,) = unpack(data, pos)
+        pos += 4
+        if word == 0:
+            end = pos + (4 if flags & 0x04 else 0)  # content checksum
+            return (blocks, block_max) if end == total else None
+        size = word & 0x7FFFFFFF
+        if size > block_max or pos + size + block_checksum > total:
+            return None
+        blocks.append((bool(word >> 31), data[pos : pos + size]))
+        pos += size + block_checksum
+    return None
+
+
 def _decompress(codec: int, data: memoryview) -> bytes | cramjam.Buffer:
     try:
         if codec == Compression.LZ4:
@@ -655,20 +691,79 @@ def _slices(data: pa.Buffer, start: np.ndarray, length: np.ndarray, keep: np.nda
     return out.cast(pa.binary()) if big else out
 
 
-def _decode_chunk(
-    pieces: list, batches: list[tuple[BatchHeader, int]], min_offset: int
-) -> pa.RecordBatch | None:
-    """Decode the records regions in ``pieces`` (one per data batch in ``batches``)."""
-    pieces.append(bytes(_PAD))
-    blob = b"".join(pieces)
-    total = len(blob) - _PAD
-    buf = np.frombuffer(blob, np.uint8)
+class _Region:
+    """The records section of one data batch, as stored (or decompressed, for most codecs)."""
+
+    __slots__ = ("block_max", "blocks", "bound", "data", "header")
+
+    def __init__(self, header: BatchHeader, view: memoryview) -> None:
+        self.header = header
+        self.data: memoryview | bytes | cramjam.Buffer | None = view
+        self.blocks: list[tuple[bool, memoryview]] | None = None
+        self.block_max = 0
+        codec = header.attributes & _ATTR_COMPRESSION
+        if codec == Compression.LZ4 and (framed := _lz4_blocks(view)) is not None:
+            self.blocks, self.block_max = framed
+            self.data = None
+            self.bound = sum(len(b) if stored else self.block_max for stored, b in self.blocks)
+        else:
+            if codec:
+                self.data = _decompress(codec, view)
+            self.bound = len(self.data)
+
+    def copy_into(self, out: memoryview) -> int:
+        """Write the records section at the start of ``out``; returns its length."""
+        if self.blocks is None:
+            n = len(self.data)  # type: ignore[arg-type]
+            out[:n] = self.data  # type: ignore[index]
+            return n
+        pos = 0
+        try:
+            for stored, block in self.blocks:
+                if stored:
+                    out[pos : pos + len(block)] = block
+                    pos += len(block)
+                else:
+                    end = pos + self.block_max
+                    pos += cramjam.lz4.decompress_block_into(block, out[pos:end])
+        except CorruptRecordError:
+            raise
+        except Exception as exc:
+            raise CorruptRecordError(f"cannot decompress LZ4 records: {exc}") from exc
+        return pos
+
+
+def _assemble(regions: list[_Region]) -> tuple[np.ndarray, list[tuple[BatchHeader, int]]]:
+    """The records sections of ``regions`` back to back in one buffer (zero-padded), and each
+    batch's header and section length. LZ4 blocks decompress straight into the buffer."""
+    buf = np.empty(sum(r.bound for r in regions) + _PAD, np.uint8)
+    view = memoryview(buf)
+    pos = 0
+    batches = []
+    for region in regions:
+        size = region.copy_into(view[pos:])
+        header = region.header
+        if header.record_count * 7 > size:  # a record takes 7 bytes or more
+            raise CorruptRecordError(
+                f"batch at offset {header.base_offset} claims {header.record_count} records "
+                f"in {size} bytes"
+            )
+        batches.append((header, size))
+        pos += size
+    buf[pos : pos + _PAD] = 0
+    return buf[: pos + _PAD], batches
+
+
+def _decode_chunk(regions: list[_Region], min_offset: int) -> pa.RecordBatch | None:
+    """Decode the records sections of ``regions`` (one per data batch) in one go."""
+    buf, batches = _assemble(regions)
+    total = len(buf) - _PAD
     counts = np.array([h.record_count for h, _ in batches], np.int64)
     region_ends = np.cumsum([size for _, size in batches], dtype=np.int64)
     region_starts = region_ends - [size for _, size in batches]
     n = int(counts.sum())
     if n <= _SMALL:
-        return _decode_small(blob, batches, min_offset)
+        return _decode_small(buf.tobytes(), batches, min_offset)
     nxt = None
     if n >= _PARALLEL_MIN * int(counts.max()):
         nxt = _record_ends_parallel(buf, region_starts, counts)
@@ -676,6 +771,7 @@ def _decode_chunk(
             logger.debug("record boundaries: numpy search stalled, using the per-record loop")
             nxt = None  # a long record or a corrupt batch: find out which, one by one
     if nxt is None:
+        blob = buf.tobytes()
         ends: list[int] = []
         for (header, size), start, end in zip(
             batches, region_starts.tolist(), region_ends.tolist(), strict=True
@@ -735,11 +831,12 @@ def _decode_chunk(
     if keep is not None and len(keep) == 0:
         return None
     kept = keep if keep is not None else np.arange(n)
-    data = pa.py_buffer(blob)
+    data = pa.py_buffer(buf)
     if plain.all():
         headers = _empty_headers(len(kept))
     else:
         hstart = value_start + np.maximum(value_len, 0)
+        blob = buf.tobytes()
         rows: list[list[tuple[str, bytes | None]]] = []
         try:
             for i in kept.tolist():
@@ -823,8 +920,7 @@ def decode_batches(
     """
     buffers = [data] if isinstance(data, bytes | bytearray | memoryview) else data
     out: list[pa.RecordBatch] = []
-    pieces: list = []
-    batches: list[tuple[BatchHeader, int]] = []
+    regions: list[_Region] = []
     pending_records = pending_bytes = 0
     for buffer in buffers:
         view = memoryview(buffer)
@@ -837,23 +933,15 @@ def decode_batches(
                 continue
             if header.last_offset < min_offset:
                 continue
-            region = view[start + BATCH_OVERHEAD : end]
-            if codec := header.attributes & _ATTR_COMPRESSION:
-                region = _decompress(codec, region)
-            if header.record_count * 7 > len(region):  # a record takes 7 bytes or more
-                raise CorruptRecordError(
-                    f"batch at offset {header.base_offset} claims {header.record_count} records "
-                    f"in {len(region)} bytes"
-                )
-            pieces.append(region)
-            batches.append((header, len(region)))
+            region = _Region(header, view[start + BATCH_OVERHEAD : end])
+            regions.append(region)
             pending_records += header.record_count
-            pending_bytes += len(region)
+            pending_bytes += region.bound
             if pending_records >= _CHUNK_RECORDS or pending_bytes >= _CHUNK_BYTES:
-                if (chunk := _decode_chunk(pieces, batches, min_offset)) is not None:
+                if (chunk := _decode_chunk(regions, min_offset)) is not None:
                     out.append(chunk)
-                pieces, batches = [], []
+                regions = []
                 pending_records = pending_bytes = 0
-    if batches and (chunk := _decode_chunk(pieces, batches, min_offset)) is not None:
+    if regions and (chunk := _decode_chunk(regions, min_offset)) is not None:
         out.append(chunk)
     return pa.Table.from_batches(out, schema=DECODED_SCHEMA)

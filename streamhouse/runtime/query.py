@@ -36,6 +36,7 @@ import pyarrow.compute as pc
 from sqlglot import exp
 
 from streamhouse.errors import SqlError, StreamHouseError
+from streamhouse.joins.bounds import evictable_bound
 from streamhouse.joins.stream_join import LEFT, RIGHT, StreamJoin
 from streamhouse.joins.temporal import ROW, VERSIONS, TemporalJoin
 from streamhouse.joins.windowed import WindowedQuery
@@ -243,10 +244,14 @@ class ContinuousQuery:
             return WindowedQuery(op.sql, state, {n: spec for n, (_, spec) in op.inputs.items()})
         if isinstance(op, plans.StreamJoin):
             ttl = self.options.state_ttl_ms or None
-            bound = op.bound
             left_source, right_source = self.sources.get(op.left), self.sources.get(op.right)
-            left_time = bound.left_column if bound else getattr(left_source, "time_column", None)
-            right_time = bound.right_column if bound else getattr(right_source, "time_column", None)
+            left_time = getattr(left_source, "time_column", None)
+            right_time = getattr(right_source, "time_column", None)
+            bound = evictable_bound(
+                list(op.candidates or ([op.bound] if op.bound else [])), left_time, right_time
+            )
+            if bound is not None:
+                left_time, right_time = bound.left_column, bound.right_column
             return StreamJoin(op.sql, state, left_time, right_time, bound, ttl)
         if isinstance(op, plans.TopN):
             return TopNOperator(op, state)

@@ -28,7 +28,7 @@ import pyarrow as pa
 from sqlglot import exp
 
 from streamhouse.errors import SqlError
-from streamhouse.joins.bounds import TimeBound, conjuncts, interval_bounds
+from streamhouse.joins.bounds import TimeBound, candidate_bounds, conjuncts
 from streamhouse.joins.temporal import ROW
 from streamhouse.sql.functions import to_datafusion
 from streamhouse.sql.parse import sql_error
@@ -151,6 +151,9 @@ class StreamJoin:
     right: str
     sql: str  # over __left and __right
     bound: TimeBound | None
+    # every pair of columns the condition bounds; the runtime evicts by the first one that
+    # involves the streams' time columns (see joins.bounds.evictable_bound)
+    candidates: tuple[TimeBound, ...] = ()
 
     @property
     def source(self) -> str:
@@ -582,11 +585,12 @@ def _plan_join(select: exp.Select, joins: list[exp.Join]) -> StreamJoin | Tempor
     where = select.args.get("where")
     parts = [c for c in (join.args.get("on"), where.this if where is not None else None) if c]
     condition = exp.and_(*parts) if parts else None
-    bound = interval_bounds(condition, left_alias, right_alias)
+    candidates = tuple(candidate_bounds(condition, left_alias, right_alias))
     rewritten = select.copy()
     rewritten.args["from_"].this.replace(exp.to_table("__left").as_(left_alias))
     rewritten.args["joins"][0].this.replace(exp.to_table("__right").as_(right_alias))
-    return StreamJoin(left.name, right.name, to_datafusion(rewritten), bound)
+    bound = candidates[0] if candidates else None
+    return StreamJoin(left.name, right.name, to_datafusion(rewritten), bound, candidates)
 
 
 def _plan_window(rest: exp.Select, spec: WindowSpec | None, table: exp.Table) -> WindowAggregate:

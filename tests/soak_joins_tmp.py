@@ -1,0 +1,534 @@
+"""Streaming joins: the final output equals DuckDB's batch answer over the same rows.
+
+For every join kind — interval, regular INNER, window joins (TUMBLE and HOP; INNER, LEFT, RIGHT,
+FULL, SEMI and ANTI through EXISTS / IN / NOT EXISTS) and event-time temporal joins (INNER and
+LEFT) — Hypothesis draws two small streams (a few keys, event times over a few minutes, disorder
+within the declared watermark delay), micro-batch splits (``step(max_records=k)``) and restarts
+(the query is stopped and a new one of the same name resumes from its checkpoint). Once the input
+ends (final watermark), the output topic holds exactly the rows DuckDB computes in batch, and the
+bounded query (``sh.sql``) gives them too. Then: join state is evicted by the watermark, EXPLAIN
+shows each operator's state, and user-defined scalar functions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pytest
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+from join_cases import (
+    SECOND,
+    T0,
+    Event,
+    Schedule,
+    duck,
+    events,
+    hop,
+    joins_rows,
+    joins_state,
+    produce,
+    rows_of,
+    run_continuously,
+    schedules,
+    stream_ddl,
+    topic_records,
+    tumble,
+)
+from window_cases import start_paused
+
+import streamhouse
+from streamhouse import StreamHouse
+from streamhouse.errors import SqlError
+
+PROPERTY = settings(
+    max_examples=50,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+
+
+@dataclass(frozen=True)
+class Join:
+    """One drawn join: the streaming SQL, DuckDB's SQL for the same rows, what to compare."""
+
+    sql: str
+    oracle: str
+    columns: tuple[str, ...]
+    times: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Case:
+    join: Join
+    delays: tuple[int, int]  # watermark delay of a and b, seconds
+    partitions: int
+    a: list[Event]
+    b: list[Event]
+    schedule: Schedule
+
+
+def check(root: Path, case: Case, primary_key: bool = False) -> None:
+    """The continuous output and the bounded answer both equal DuckDB's."""
+    ddl = [
+        stream_ddl("a", case.delays[0], case.partitions),
+        stream_ddl("b", case.delays[1], case.partitions, primary_key=primary_key),
+    ]
+    inputs = {"a": case.a, "b": case.b}
+    join = case.join
+    want = rows_of(duck(join.oracle, inputs), join.columns, join.times)
+    sh, status = run_continuously(root, ddl, inputs, f"INSERT INTO out {join.sql}", case.schedule)
+    try:
+        assert status["late_rows"] == 0 and status["rejected_rows"] == 0
+        assert status["rows_in"] == len(case.a) + len(case.b)
+        got = rows_of(topic_records(sh, "out"), join.columns, join.times)
+        assert got == want
+        bounded = sh.sql(join.sql).to_arrow_table().to_pylist()
+        assert rows_of(bounded, join.columns, join.times) == want
+    finally:
+        sh.close()
+
+
+@st.composite
+def cases(draw: st.DrawFn, joins: st.SearchStrategy[Join], versioned: bool = False) -> Case:
+    delays = (draw(st.sampled_from([0, 2])), draw(st.sampled_from([0, 3])))
+    a = draw(events(delays[0]))
+    if versioned:
+        # A versioned table: versions in order; one version per key and time (else which one
+        # is current would be ambiguous, in batch too).
+        drawn = draw(events(delays[1], in_order=True, steps=(0, 1, 2, 4)))
+        seen: set[tuple[str, int]] = set()
+        b = [e for e in drawn if (e[0], e[1]) not in seen and not seen.add((e[0], e[1]))]
+    else:
+        b = draw(events(delays[1]))
+    return Case(draw(joins), delays, draw(st.sampled_from([1, 2])), a, b, draw(schedules))
+
+
+# -- interval and regular joins ----------------------------------------------------------------
+
+PAIR = ("k", "at", "bt", "v", "w")
+PAIR_SELECT = "SELECT a.k, a.t AS at, b.t AS bt, a.v, b.w FROM a JOIN b ON a.k = b.k AND "
+
+
+@st.composite
+def interval_joins(draw: st.DrawFn) -> Join:
+    before, after = draw(st.sampled_from([0, 2, 5])), draw(st.sampled_from([0, 1, 3]))
+    if draw(st.booleans()):
+        bound = f"a.t BETWEEN b.t - INTERVAL '{before}' SECOND AND b.t + INTERVAL '{after}' SECOND"
+    else:  # the same bounds, seen from the other side
+        bound = (
+            f"b.t >= a.t - INTERVAL '{after}' SECOND AND b.t <= a.t + INTERVAL '{before}' SECOND"
+        )
+    extra = draw(st.sampled_from(["", " AND a.v <= b.w"]))
+    sql = PAIR_SELECT + bound + extra
+    return Join(sql, sql, PAIR, ("at", "bt"))
+
+
+# An interval join whose bounds are met exactly, across micro-batches and a restart.
+EDGE = Case(
+    Join(
+        PAIR_SELECT + "a.t BETWEEN b.t - INTERVAL '2' SECOND AND b.t + INTERVAL '1' SECOND",
+        PAIR_SELECT + "a.t BETWEEN b.t - INTERVAL '2' SECOND AND b.t + INTERVAL '1' SECOND",
+        PAIR,
+        ("at", "bt"),
+    ),
+    (0, 0),
+    1,
+    [("x", T0, 1), ("x", T0 + 3 * SECOND, 2), ("y", T0 + 9 * SECOND, 3)],
+    [("x", T0 + 1 * SECOND, 1), ("x", T0 + 2 * SECOND, 2), ("y", T0 + 8 * SECOND, None)],
+    Schedule((1,), frozenset({2, 4})),
+)
+
+
+def test_interval_join_equals_the_batch_answer(tmp_path_factory: pytest.TempPathFactory) -> None:
+    @PROPERTY
+    @example(case=EDGE)
+    @given(case=cases(interval_joins()))
+    def run(case: Case) -> None:
+        check(tmp_path_factory.mktemp("interval"), case)
+
+    run()
+
+
+REGULAR = [
+    PAIR_SELECT.removesuffix(" AND ") + " AND a.v = b.w",
+    PAIR_SELECT.removesuffix(" AND ") + " WHERE a.v IS NOT NULL",
+    "SELECT a.k, a.t AS at, b.t AS bt, a.v, b.w FROM a, b WHERE a.k = b.k AND a.v < b.w",
+]
+
+
+def test_regular_join_equals_the_batch_answer(tmp_path_factory: pytest.TempPathFactory) -> None:
+    joins = st.sampled_from(REGULAR).map(lambda sql: Join(sql, sql, PAIR, ("at", "bt")))
+
+    @settings(PROPERTY, max_examples=40)
+    @given(case=cases(joins))
+    def run(case: Case) -> None:
+        check(tmp_path_factory.mktemp("regular"), case)
+
+    run()
+
+
+# -- window joins ------------------------------------------------------------------------------
+
+WINDOWS = {  # kind -> (TVF arguments after DESCRIPTOR(t), DuckDB windowed table of a stream)
+    "tumble": ("INTERVAL '10' SECOND", lambda name: tumble(name, 10)),
+    "hop": ("INTERVAL '5' SECOND, INTERVAL '10' SECOND", lambda name: hop(name, 5, 10)),
+}
+SAME_WINDOW = "L.window_start = R.window_start AND L.window_end = R.window_end"
+WINDOW_JOINS = {  # kind -> (SELECT .. FROM {L} .. {R} .., output columns)
+    "inner": (
+        "SELECT L.k, L.window_start, L.window_end, L.v, R.w FROM {L} JOIN {R}"
+        f" ON L.k = R.k AND {SAME_WINDOW}",
+        ("k", "window_start", "window_end", "v", "w"),
+    ),
+    "left": (
+        "SELECT L.k, L.window_start, L.window_end, L.v, R.w FROM {L} LEFT JOIN {R}"
+        f" ON L.k = R.k AND {SAME_WINDOW}",
+        ("k", "window_start", "window_end", "v", "w"),
+    ),
+    "right": (
+        "SELECT R.k, R.window_start, R.window_end, L.v, R.w FROM {L} RIGHT JOIN {R}"
+        f" ON L.k = R.k AND {SAME_WINDOW}",
+        ("k", "window_start", "window_end", "v", "w"),
+    ),
+    "full": (
+        "SELECT COALESCE(L.k, R.k) AS k, COALESCE(L.window_start, R.window_start) AS ws,"
+        " COALESCE(L.window_end, R.window_end) AS we, L.v, R.w"
+        f" FROM {{L}} FULL JOIN {{R}} ON L.k = R.k AND {SAME_WINDOW}",
+        ("k", "ws", "we", "v", "w"),
+    ),
+    "semi-exists": (
+        "SELECT L.k, L.window_start, L.window_end, L.v FROM {L}"
+        f" WHERE EXISTS (SELECT * FROM {{R}} WHERE L.k = R.k AND {SAME_WINDOW})",
+        ("k", "window_start", "window_end", "v"),
+    ),
+    "semi-in": (
+        "SELECT L.k, L.window_start, L.window_end, L.v FROM {L}"
+        f" WHERE L.k IN (SELECT R.k FROM {{R}} WHERE {SAME_WINDOW})",
+        ("k", "window_start", "window_end", "v"),
+    ),
+    "anti": (
+        "SELECT L.k, L.window_start, L.window_end, L.v FROM {L}"
+        f" WHERE NOT EXISTS (SELECT * FROM {{R}} WHERE L.k = R.k AND {SAME_WINDOW})",
+        ("k", "window_start", "window_end", "v"),
+    ),
+}
+
+
+def window_join(kind: str, window: str) -> Join:
+    template, columns = WINDOW_JOINS[kind]
+    arguments, windowed = WINDOWS[window]
+
+    def tvf(name: str) -> str:
+        call = f"{window.upper()}(TABLE {name}, DESCRIPTOR(t), {arguments})"
+        return f"(SELECT * FROM TABLE({call}))"
+
+    sql = template.format(L=f"{tvf('a')} L", R=f"{tvf('b')} R")
+    oracle = template.format(L=f"{windowed('a')} L", R=f"{windowed('b')} R")
+    times = tuple(c for c in columns if c.startswith("w") and c != "w")
+    return Join(sql, oracle, columns, times)
+
+
+window_joins = st.builds(
+    window_join, st.sampled_from(sorted(WINDOW_JOINS)), st.sampled_from(["tumble", "hop"])
+)
+
+
+def test_window_join_equals_the_batch_answer(tmp_path_factory: pytest.TempPathFactory) -> None:
+    @settings(PROPERTY, max_examples=80)
+    @given(case=cases(window_joins))
+    def run(case: Case) -> None:
+        check(tmp_path_factory.mktemp("window"), case)
+
+    run()
+
+
+def test_not_in_over_a_window_is_refused_with_the_reason(sh: StreamHouse) -> None:
+    """``NOT IN`` (a null-aware anti join) over a correlated window subquery: DataFusion
+    cannot plan it; both modes say so before running instead of giving wrong rows."""
+    sh.sql(stream_ddl("a", 0))
+    sh.sql(stream_ddl("b", 0))
+    produce(sh, "a", [("x", T0, 1)])
+    produce(sh, "b", [("x", T0, 1)])
+    template = (
+        "SELECT L.k, L.window_start, L.v FROM {L}"
+        f" WHERE L.k NOT IN (SELECT R.k FROM {{R}} WHERE {SAME_WINDOW})"
+    )
+    tvf = "(SELECT * FROM TABLE(TUMBLE(TABLE {}, DESCRIPTOR(t), INTERVAL '10' SECOND)))"
+    sql = template.format(L=tvf.format("a") + " L", R=tvf.format("b") + " R")
+    with pytest.raises(SqlError, match="anti join"):
+        sh.sql(sql).to_arrow_table()
+    with pytest.raises(SqlError, match="anti join"):
+        start_paused(sh, f"INSERT INTO out {sql}", "q")
+
+
+# -- temporal joins ----------------------------------------------------------------------------
+
+TEMPORAL = ("k", "t", "v", "w", "bt")
+
+
+def temporal_join(side: str) -> Join:
+    join = "LEFT JOIN" if side == "left" else "JOIN"
+    asof = "ASOF LEFT JOIN" if side == "left" else "ASOF JOIN"
+    return Join(
+        f"SELECT a.k, a.t, a.v, b.w, b.t AS bt FROM a {join} b FOR SYSTEM_TIME AS OF a.t"
+        " ON a.k = b.k",
+        f"SELECT a.k, a.t, a.v, b.w, b.t AS bt FROM a {asof} b ON a.k = b.k AND a.t >= b.t",
+        TEMPORAL,
+        ("t", "bt"),
+    )
+
+
+# A version at exactly a waiting probe row's time arrives after the watermark reached that time
+# (a row at the watermark is on time): the probe row must see it.
+AT_THE_WATERMARK = Case(
+    temporal_join("inner"),
+    (2, 0),
+    1,
+    [("y", T0 + 5 * SECOND, 1), ("x", T0 + 9 * SECOND, 1)],
+    [("y", T0, 10), ("x", T0 + 5 * SECOND, 20), ("y", T0 + 5 * SECOND, 30)],
+    Schedule((4, 1), frozenset()),
+)
+
+
+def test_temporal_join_equals_the_batch_answer(tmp_path_factory: pytest.TempPathFactory) -> None:
+    @settings(PROPERTY, max_examples=60)
+    @example(case=AT_THE_WATERMARK)
+    @given(case=cases(st.sampled_from(["inner", "left"]).map(temporal_join), versioned=True))
+    def run(case: Case) -> None:
+        check(tmp_path_factory.mktemp("temporal"), case, primary_key=True)
+
+    run()
+
+
+# -- state is evicted by the watermark ---------------------------------------------------------
+
+
+@pytest.fixture
+def sh(tmp_path: Path) -> Iterator[StreamHouse]:
+    with streamhouse.connect(tmp_path / "data", linger_ms=1) as conn:
+        yield conn
+
+
+def rounds(n: int, per_side: int, start: int, spacing_s: int) -> Iterator[tuple[list, list]]:
+    """``n`` rounds of events ``spacing_s`` apart on both sides, for keys x and y."""
+    t = start
+    for _ in range(n):
+        a, b = [], []
+        for i in range(per_side):
+            a.append(("xy"[i % 2], t, i))
+            b.append(("xy"[i % 2], t, i))
+            t += spacing_s * SECOND
+        yield a, b
+
+
+def test_interval_join_state_is_evicted_once_the_watermark_passes(sh: StreamHouse) -> None:
+    sh.sql(stream_ddl("a", 2))
+    sh.sql(stream_ddl("b", 2))
+    sql = PAIR_SELECT + "a.t BETWEEN b.t - INTERVAL '5' SECOND AND b.t + INTERVAL '3' SECOND"
+    query = start_paused(sh, f"INSERT INTO out {sql}", "q")
+    held: list[tuple[int, int, int]] = []  # (rows, entries, bytes) after each round
+    every_a: list[Event] = []
+    every_b: list[Event] = []
+    try:
+        for a, b in rounds(12, per_side=10, start=T0, spacing_s=1):
+            produce(sh, "a", a)
+            produce(sh, "b", b)
+            every_a += a
+            every_b += b
+            query.run_until_caught_up()
+            held.append((joins_rows(query), *joins_state(query)))
+        # Round i's rows are too old for round i + 2's: at most ~2 rounds are ever held.
+        assert max(rows for rows, _, _ in held) <= 4 * 10  # of 240 rows in all
+        before = held[-1]
+        # The watermark moves far ahead: every buffered row is now too old to match.
+        produce(sh, "a", [("z", T0 + 600 * SECOND, None)])
+        produce(sh, "b", [("z", T0 + 600 * SECOND, None)])
+        query.run_until_caught_up()
+        after = (joins_rows(query), *joins_state(query))
+        assert after[0] == 2 and after[1] == 2  # only the two new rows' chunks are left
+        assert after[2] < before[2] and after[0] < before[0]
+        query.run_until_caught_up(final=True)
+        assert joins_state(query) == (0, 0)
+    finally:
+        query.stop()
+    every_a.append(("z", T0 + 600 * SECOND, None))
+    every_b.append(("z", T0 + 600 * SECOND, None))
+    want = rows_of(duck(sql, {"a": every_a, "b": every_b}), PAIR, ("at", "bt"))
+    assert rows_of(topic_records(sh, "out"), PAIR, ("at", "bt")) == want
+
+
+def test_regular_join_state_is_kept_unless_a_ttl_bounds_it(sh: StreamHouse) -> None:
+    sh.sql(stream_ddl("a", 0))
+    sh.sql(stream_ddl("b", 0))
+    sql = "INSERT INTO {sink} " + PAIR_SELECT.removesuffix(" AND ")
+    kept = start_paused(sh, sql.format(sink="out1"), "kept")
+    ttl = start_paused(sh, "SET 'state.ttl' = '10 s';\n" + sql.format(sink="out2"), "ttl")
+    try:
+        for a, b in rounds(6, per_side=10, start=T0, spacing_s=2):
+            produce(sh, "a", a)
+            produce(sh, "b", b)
+            kept.run_until_caught_up()
+            ttl.run_until_caught_up()
+        assert joins_rows(kept) == 120  # a regular join keeps every row
+        assert joins_rows(ttl) <= 2 * 10  # rows older than watermark - 10 s are gone
+        assert joins_state(ttl)[1] < joins_state(kept)[1]
+    finally:
+        kept.stop()
+        ttl.stop()
+
+
+def test_window_join_state_is_evicted_when_windows_close(sh: StreamHouse) -> None:
+    sh.sql(stream_ddl("a", 1))
+    sh.sql(stream_ddl("b", 1))
+    join = window_join("full", "tumble")
+    query = start_paused(sh, f"INSERT INTO out {join.sql}", "q")
+    every: dict[str, list[Event]] = {"a": [], "b": []}
+    try:
+        for a, b in rounds(8, per_side=10, start=T0, spacing_s=1):
+            produce(sh, "a", a)
+            produce(sh, "b", b)
+            every["a"] += a
+            every["b"] += b
+            query.run_until_caught_up()
+            rows, (entries, _) = joins_rows(query), joins_state(query)
+            # Only windows the watermark has not passed are held: the current 10 s window
+            # and, within the 1 s delay, the one before it (one entry per input and window).
+            assert entries <= 4 and rows <= 2 * 2 * 10
+        before = joins_state(query)
+        produce(sh, "a", [("z", T0 + 600 * SECOND, None)])
+        produce(sh, "b", [("z", T0 + 600 * SECOND, None)])
+        query.run_until_caught_up()
+        after = joins_state(query)
+        assert after[0] == 2 and after[1] < before[1]  # the new window, one entry per input
+        assert joins_rows(query) == 2
+        query.run_until_caught_up(final=True)
+        assert joins_state(query) == (0, 0)
+    finally:
+        query.stop()
+    every["a"].append(("z", T0 + 600 * SECOND, None))
+    every["b"].append(("z", T0 + 600 * SECOND, None))
+    want = rows_of(duck(join.oracle, every), join.columns, join.times)
+    assert rows_of(topic_records(sh, "out"), join.columns, join.times) == want
+
+
+def test_temporal_join_keeps_only_current_versions_and_waiting_rows(sh: StreamHouse) -> None:
+    sh.sql(stream_ddl("a", 0))
+    sh.sql(stream_ddl("b", 0, primary_key=True))
+    join = temporal_join("inner")
+    query = start_paused(sh, f"INSERT INTO out {join.sql}", "q")
+    versions = [(k, T0 + i * SECOND, i) for i in range(30) for k in "xy"]
+    try:
+        produce(sh, "b", versions)
+        produce(sh, "a", [("x", T0 + 40 * SECOND, 1)])  # the watermark: T0 + 29 s
+        query.run_until_caught_up()
+        # Per key, the version current at the watermark; plus the waiting probe row.
+        assert joins_rows(query) == 2 + 1
+        query.run_until_caught_up(final=True)
+    finally:
+        query.stop()
+    assert rows_of(topic_records(sh, "out"), join.columns, join.times) == [
+        ("x", T0 + 40 * SECOND, 1, 29, T0 + 29 * SECOND)
+    ]
+
+
+# -- EXPLAIN -----------------------------------------------------------------------------------
+
+
+def explain(sh: StreamHouse, sql: str) -> str:
+    return "\n".join(sh.sql(f"EXPLAIN {sql}").to_arrow_table()["plan"].to_pylist())
+
+
+def test_explain_shows_each_operators_state(sh: StreamHouse) -> None:
+    sh.sql(stream_ddl("a", 2))
+    sh.sql(stream_ddl("b", 0, primary_key=True))
+    interval = explain(
+        sh, PAIR_SELECT + "a.t BETWEEN b.t - INTERVAL '4' SECOND AND b.t + INTERVAL '1' SECOND"
+    )
+    assert "StreamJoin  interval: right.t - 4000ms <= left.t <= right.t + 1000ms" in interval
+    assert "column family 'joins'" in interval
+    assert "key side|u64(max event time)|u64(sequence)" in interval
+    assert "eviction: left rows older than watermark - before" in interval
+
+    regular = explain(sh, PAIR_SELECT.removesuffix(" AND "))
+    assert "StreamJoin  regular" in regular and "column family 'joins'" in regular
+    assert "eviction: none (set 'state.ttl'" in regular
+
+    windowed = explain(sh, window_join("left", "hop").sql)
+    assert "WindowedQuery" in windowed and "HOP(a.t, size=10000ms slide=5000ms)" in windowed
+    assert "key u8(input)|u64(window_end)|u64(window_start)" in windowed
+    assert "eviction: a window's rows are deleted when the watermark passes its end" in windowed
+
+    temporal = explain(sh, temporal_join("left").sql)
+    assert "TemporalJoin  a AS OF t with versions of b ON k = k" in temporal
+    assert "b'P' -> IPC(probe rows waiting for the watermark)" in temporal
+    assert "eviction: probe rows leave once joined" in temporal
+
+    aggregate = explain(sh, "INSERT INTO out SELECT k, COUNT(*) AS n FROM a GROUP BY k")
+    assert "Sink  topic out" in aggregate and "GroupAggregate" in aggregate
+    assert "column family 'sessions', key b'groups'" in aggregate
+    assert "eviction: none" in aggregate
+
+    top = explain(
+        sh,
+        "SELECT k, v FROM (SELECT k, v, ROW_NUMBER() OVER (PARTITION BY k ORDER BY v DESC)"
+        " AS rn FROM a) WHERE rn <= 3",
+    )
+    assert "TopN  3 per (k) ranked as rn" in top and "key b'top_n'" in top
+
+    window = explain(sh, "SELECT k, COUNT(*) FROM a GROUP BY k, TUMBLE(t, INTERVAL '1' MINUTE)")
+    assert "column family 'windows', key u64(window_end)|u64(window_start)" in window
+    assert "eviction: a window is emitted and deleted when the watermark passes its end" in window
+
+
+# -- user-defined scalar functions -------------------------------------------------------------
+
+
+def test_user_defined_functions_in_bounded_and_continuous_queries(sh: StreamHouse) -> None:
+    sh.register_function(
+        "jt_scaled", lambda v, f: pc.multiply(v, f), [pa.int64(), pa.int64()], pa.int64()
+    )
+    sh.register_function("jt_shout", lambda s: pc.utf8_upper(s), [pa.string()], pa.string())
+    sh.sql(stream_ddl("a", 0))
+    sh.sql(stream_ddl("b", 0))
+    a = [("x", T0, 1), ("y", T0 + SECOND, None), ("x", T0 + 2 * SECOND, 3)]
+    b = [("x", T0, 5), ("y", T0 + 3 * SECOND, 7)]
+    produce(sh, "a", a)
+    produce(sh, "b", b)
+    assert sh.sql("CREATE FUNCTION jt_shout AS 'anything'").to_arrow_table().num_rows == 1
+
+    stateless = "SELECT jt_shout(k) AS up, jt_scaled(v, 10) AS ten FROM a WHERE jt_scaled(v, 2) > 1"
+    want = [("X", 10), ("X", 30)]
+    assert rows_of(sh.sql(stateless).to_arrow_table().to_pylist(), ("up", "ten")) == want
+    query = start_paused(sh, f"INSERT INTO out1 {stateless}", "stateless")
+    try:
+        query.run_until_caught_up(final=True)
+    finally:
+        query.stop()
+    assert rows_of(topic_records(sh, "out1"), ("up", "ten")) == want
+
+    joined = (
+        "SELECT jt_shout(a.k) AS up, jt_scaled(a.v, b.w) AS p FROM a JOIN b"
+        " ON a.k = b.k AND a.t BETWEEN b.t - INTERVAL '5' SECOND AND b.t"
+    )
+    want = [("X", 5), ("Y", None)]
+    assert rows_of(sh.sql(joined).to_arrow_table().to_pylist(), ("up", "p")) == want
+    query = start_paused(sh, f"INSERT INTO out2 {joined}", "joined")
+    try:
+        query.run_until_caught_up(final=True)
+    finally:
+        query.stop()
+    assert rows_of(topic_records(sh, "out2"), ("up", "p")) == want
+
+
+def test_create_function_of_an_unregistered_name_is_a_clear_error(sh: StreamHouse) -> None:
+    with pytest.raises(SqlError) as info:
+        sh.sql("CREATE FUNCTION jt_nowhere AS 'my.module.Nowhere'")
+    message = str(info.value)
+    assert "jt_nowhere" in message and "not registered" in message
+    assert "register_function" in message
+    assert info.value.line == 1 and info.value.column is not None
