@@ -9,29 +9,51 @@ returns at least one whole batch so that a batch bigger than the limits can be c
 Fetch sessions (KIP-227) are not kept: every answer has session id 0, which tells clients to
 send full fetch requests. There are no transactions, so the last stable offset is the high
 watermark and no aborted transactions are listed.
+
+Requests are decoded by kio; the response, mostly record bytes, is written directly by
+:func:`encode_fetch_response` (byte for byte what kio would write, ``test_kafka_codec``), so the
+records are copied once, into the response frame.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import struct
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from streamhouse.errors import OffsetOutOfRangeError, StreamHouseError
-from streamhouse.kafka.wire import ErrorCode, RequestHeader, error_code_for, make, messages, to_ms
+from streamhouse.kafka.wire import (
+    ErrorCode,
+    RequestHeader,
+    error_code_for,
+    parse_request,
+    to_ms,
+)
 
 if TYPE_CHECKING:
     from streamhouse.kafka.broker import Broker
 
-__all__ = ["HANDLERS", "handle_fetch"]
+__all__ = ["RAW_HANDLERS", "encode_fetch_response", "handle_fetch", "handle_fetch_frame"]
 
 log = logging.getLogger(__name__)
 
 
+_I16 = struct.Struct(">h")
+_I32 = struct.Struct(">i")
+_FRAME_HEAD = struct.Struct(">ii")  # frame length, correlation_id (response header v0)
+_TOP_V7 = struct.Struct(">ihi")  # throttle_time, error_code, session_id
+_PARTITION = struct.Struct(">ihqq")  # index, error_code, high_watermark, last_stable_offset
+_I64 = struct.Struct(">q")
+_NULL_ARRAY = _I32.pack(-1)  # aborted_transactions: none
+
+
 @dataclass(slots=True)
-class _PartitionRead:
+class PartitionRead:
+    """What one partition answers."""
+
     partition: int
     error: ErrorCode
     records: bytes
@@ -39,11 +61,39 @@ class _PartitionRead:
     log_start_offset: int
 
 
-def _read(broker: Broker, request: Any) -> tuple[list[tuple[str, list[_PartitionRead]]], int]:
+def encode_fetch_response(
+    correlation_id: int, api_version: int, reads: list[tuple[str, list[PartitionRead]]]
+) -> bytes:
+    """The whole response frame (v4-v11, length prefix included)."""
+    if api_version >= 7:
+        parts = [b"", _TOP_V7.pack(0, 0, 0)]
+    else:
+        parts = [b"", _I32.pack(0)]
+    parts.append(_I32.pack(len(reads)))
+    for name, partitions in reads:
+        encoded = name.encode()
+        parts.append(_I16.pack(len(encoded)))
+        parts.append(encoded)
+        parts.append(_I32.pack(len(partitions)))
+        for r in partitions:
+            parts.append(_PARTITION.pack(r.partition, r.error, r.high_watermark, r.high_watermark))
+            if api_version >= 5:
+                parts.append(_I64.pack(r.log_start_offset))
+            parts.append(_NULL_ARRAY)
+            if api_version >= 11:
+                parts.append(_I32.pack(-1))  # preferred_read_replica
+            parts.append(_I32.pack(len(r.records)))
+            parts.append(r.records)
+    size = sum(len(part) for part in parts)
+    parts[0] = _FRAME_HEAD.pack(size + 4, correlation_id)
+    return b"".join(parts)
+
+
+def _read(broker: Broker, request: Any) -> tuple[list[tuple[str, list[PartitionRead]]], int]:
     """Read every requested partition once (runs in a worker thread)."""
     remaining = max(request.max_bytes, 0)
     total = 0
-    out: list[tuple[str, list[_PartitionRead]]] = []
+    out: list[tuple[str, list[PartitionRead]]] = []
     for topic in request.topics:
         reads = []
         for p in topic.partitions:
@@ -57,7 +107,7 @@ def _read(broker: Broker, request: Any) -> tuple[list[tuple[str, list[_Partition
 
 def _read_partition(
     broker: Broker, topic: str, p: Any, remaining: int, total: int
-) -> _PartitionRead:
+) -> PartitionRead:
     limit = max(min(p.partition_max_bytes, remaining), 1)
     try:
         result = broker.log.fetch(topic, p.partition, p.fetch_offset, limit)
@@ -67,21 +117,23 @@ def _read_partition(
             hw, start = offsets.high_watermark, offsets.log_start_offset
         except StreamHouseError:
             hw, start = -1, -1
-        return _PartitionRead(p.partition, ErrorCode.offset_out_of_range, b"", hw, start)
+        return PartitionRead(p.partition, ErrorCode.offset_out_of_range, b"", hw, start)
     except StreamHouseError as exc:
         log.debug("fetch %s/%d: %s", topic, p.partition, exc)
-        return _PartitionRead(p.partition, error_code_for(exc), b"", -1, -1)
+        return PartitionRead(p.partition, error_code_for(exc), b"", -1, -1)
     records = result.records
     if total and len(records) > remaining:
         records = b""  # only the first non-empty partition may exceed the limits
-    return _PartitionRead(
+    return PartitionRead(
         p.partition, ErrorCode.none, records, result.high_watermark, result.log_start_offset
     )
 
 
-async def handle_fetch(broker: Broker, header: RequestHeader, request: Any) -> Any:
-    """Read, and if fewer than ``min_bytes`` came back, wait for commits up to ``max_wait``."""
-    module = messages(1, header.api_version, True)
+async def handle_fetch(broker: Broker, header: RequestHeader, request: Any) -> bytes:
+    """Read, and if fewer than ``min_bytes`` came back, wait for commits up to ``max_wait``.
+
+    Returns the response frame.
+    """
     deadline = time.monotonic() + max(to_ms(request.max_wait), 0) / 1000
     keys = {(t.topic, p.partition) for t in request.topics for p in t.partitions}
     while True:
@@ -98,33 +150,14 @@ async def handle_fetch(broker: Broker, header: RequestHeader, request: Any) -> A
                 break  # nothing was committed to these partitions since the read
         finally:
             broker.cancel_arrival(keys, wakeup)
-    return make(
-        module.FetchResponse,
-        throttle_time=0,
-        error_code=ErrorCode.none,
-        session_id=0,
-        responses=tuple(
-            module.FetchableTopicResponse(
-                topic=name,
-                partitions=tuple(
-                    make(
-                        module.PartitionData,
-                        partition_index=r.partition,
-                        error_code=r.error,
-                        high_watermark=r.high_watermark,
-                        last_stable_offset=r.high_watermark,
-                        log_start_offset=r.log_start_offset,
-                        aborted_transactions=None,
-                        preferred_read_replica=-1,
-                        records=r.records,
-                    )
-                    for r in rs
-                ),
-            )
-            for name, rs in reads
-        ),
-    )
+    return encode_fetch_response(header.correlation_id, header.api_version, reads)
 
 
-HANDLERS = {1: handle_fetch}
-"""API key -> handler."""
+def handle_fetch_frame(broker: Broker, frame: bytes, client_host: str) -> asyncio.Future[bytes]:
+    """Decode a Fetch request with kio and answer it from a task."""
+    header, request = parse_request(frame, client_host)
+    return asyncio.ensure_future(handle_fetch(broker, header, request))
+
+
+RAW_HANDLERS = {1: handle_fetch_frame}
+"""API key -> handler of whole frames."""

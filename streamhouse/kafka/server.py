@@ -4,8 +4,9 @@ Each connection reads frames as they come and starts handling each request at on
 long-polling fetch or a produce waiting for durability does not hold up the requests behind
 it; a sender task writes the responses strictly in request order, as Kafka clients require
 (those ready together in one write). Most APIs are decoded by kio and handled by a task;
-Produce, the hot one, decodes its own frame and answers through a future the log resolves
-(:data:`RAW_HANDLERS`), with no task per request. A frame that cannot be decoded, an unknown API key, an unsupported version or a
+Produce and Fetch, the hot ones, write their own response frames (:data:`RAW_HANDLERS`);
+Produce also decodes its own requests and answers through a future the log resolves, with no
+task per request. A frame that cannot be decoded, an unknown API key, an unsupported version or a
 frame larger than :data:`MAX_REQUEST_BYTES` closes the connection after the responses to the
 requests before it, as Kafka brokers do; an ApiVersions request of a version we do not know
 gets the v0 answer with ``UNSUPPORTED_VERSION`` instead.
@@ -49,14 +50,13 @@ RawHandler = Callable[[Broker, bytes, str], Response | None]
 
 HANDLERS: dict[int, Handler] = {
     API_VERSIONS: handle_api_versions,
-    **fetch.HANDLERS,
     **offsets.HANDLERS,
     **metadata.HANDLERS,
     **groups.HANDLERS,
     **admin.HANDLERS,
     **producers.HANDLERS,
 }
-RAW_HANDLERS: dict[int, RawHandler] = {**produce.RAW_HANDLERS}
+RAW_HANDLERS: dict[int, RawHandler] = {**produce.RAW_HANDLERS, **fetch.RAW_HANDLERS}
 assert not set(HANDLERS) & set(RAW_HANDLERS)
 assert set(HANDLERS) | set(RAW_HANDLERS) == set(SUPPORTED), "every advertised API needs a handler"
 
