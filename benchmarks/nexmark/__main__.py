@@ -1,24 +1,34 @@
-"""Nexmark on StreamHouse: generate, load, run every query bounded (and continuous), vs DuckDB.
+"""Nexmark on StreamHouse, side by side with DuckDB and (optionally) PyFlink, in one run.
 
 Usage::
 
-    python -m benchmarks.nexmark --bids 1000000 [--data-dir D] [--out results.json]
-        [--queries q0,q5,q7] [--continuous] [--partitions 1] [--events-per-second 10000]
+    python -m benchmarks.nexmark --bids 5000000 [--peers flink] [--queries q0,q5,tumble]
+        [--data-dir D] [--out benchmarks/results/nexmark.json] [--partitions 1]
 
-Steps, each timed with ``time.perf_counter``:
+Steps, each timed (wall seconds with ``time.perf_counter``, CPU seconds of the measuring
+process, the 1-minute load average next to each figure: the machine is shared):
 
 1. generate the events (:mod:`benchmarks.nexmark.generator`) and produce them into topics
-   ``person``, ``auction``, ``bid`` (and ``side_input``) of the data directory; a data directory
-   that already holds the same config's events (``nexmark-config.json``) is reused as it is;
-2. per query of ``queries/nexmark``: its SELECT through ``sh.sql`` (bounded: decode from the log,
-   plan, run) unless its file says it cannot run bounded yet; with ``--continuous``, the file as
-   a continuous query (``sh.start``, then ``run_until_caught_up(final=True)``) unless it cannot
-   run yet;
-3. the same answer from DuckDB over the same rows (in-memory Arrow tables: DuckDB's batch time,
-   the practical limit), and whether the rows agree.
+   ``person``, ``auction``, ``bid`` and ``side_input`` of the data directory (default
+   ``benchmarks/data/nexmark-<bids>-p<partitions>``); a directory that already holds the same
+   config's events is reused. The load time is reported on its own;
+2. the same rows as JSON lines files (``<data dir>/json``), for DuckDB's JSON reader and PyFlink;
+3. per query (every ``queries/nexmark/qN.sql`` and the benchmark's own window queries
+   ``tumble``, ``hop``, ``session`` in ``benchmarks/nexmark/queries``), each in a fresh process
+   (:mod:`benchmarks.nexmark.runner`), so each has its own peak memory:
 
-Throughput is events read per second: the rows of every stream the query reads. Results go to
-stdout as a table and, with ``--out``, as JSON.
+   - **bounded**: its SELECT through ``sh.sql(...).to_arrow_table()`` (unless its file says it
+     cannot run bounded yet), compared with DuckDB's answer;
+   - **continuous**: the file through ``sh.start`` and ``run_until_caught_up(final=True)`` over
+     the loaded events (results go to the file's sink topic, as in production);
+
+4. DuckDB's batch answer over the same rows twice: from the generated Arrow tables in memory
+   (no parsing: the practical limit) and from the JSON lines (``read_ndjson``: parsing included);
+5. with ``--peers flink``, PyFlink over the JSON lines (filesystem source, window TVFs,
+   WATERMARK, blackhole sink), at parallelism 1 and 2 (:mod:`benchmarks.nexmark.flink_peer`).
+
+Throughput is events read per second: the rows of every stream the query reads. Results: JSON
+(``--out``), a Markdown table (same name, ``.md``) and a PNG chart (``.png``).
 """
 
 from __future__ import annotations
@@ -30,128 +40,156 @@ import logging
 import os
 import platform
 import re
-import resource
-import shutil
+import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-import pyarrow as pa
+import pyarrow.feather as feather
 
 import streamhouse
-from benchmarks.nexmark import (
-    QUERIES,
-    QUERY_DIR,
-    NexmarkConfig,
-    generate_tables,
-    load,
-    nexmark_query,
-)
+from benchmarks.nexmark import QUERIES, NexmarkConfig, generate_tables, load
+from benchmarks.nexmark import peers
+from benchmarks.nexmark.report import markdown_table, write_chart
+from benchmarks.nexmark.runner import query_file
 
 log = logging.getLogger("benchmarks.nexmark")
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG_FILE = "nexmark-config.json"
 STREAM_NAMES = ("person", "auction", "bid", "side_input")
+EXTRA_QUERIES = ("tumble", "hop", "session")
+ALL_QUERIES = (*QUERIES, *EXTRA_QUERIES)
+DEFAULT_OUT = ROOT / "benchmarks" / "results" / "nexmark.json"
+FLINK_VENV = ROOT / "benchmarks" / "data" / "flink-venv"
 
 
-def _reference_module() -> Any:
-    """The hand-written DuckDB answers (``tests/nexmark_reference.py``)."""
-    sys.path.insert(0, str(ROOT / "tests"))
-    try:
-        import nexmark_reference
-    finally:
-        sys.path.pop(0)
-    return nexmark_reference
-
-
-def _streams_read(name: str) -> list[str]:
+def streams_read(name: str) -> list[str]:
     """The streams a query file declares (each file declares the ones it reads)."""
     declared = re.findall(
-        r"CREATE\s+(?:STREAM|TABLE)\s+IF\s+NOT\s+EXISTS\s+(\w+)", nexmark_query(name).text
+        r"CREATE\s+(?:STREAM|TABLE)\s+IF\s+NOT\s+EXISTS\s+(\w+)", query_file(name).text
     )
     return [s for s in STREAM_NAMES if s in declared]
 
 
-def _rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+def machine() -> dict[str, Any]:
+    cpu = ""
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            cpu = line.split(":", 1)[1].strip()
+            break
+    memory = 0
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemTotal:"):
+            memory = int(line.split()[1]) // 1024
+    import duckdb
+    import pyarrow
+
+    return {
+        "platform": platform.platform(),
+        "cpu": cpu,
+        "cpus": os.cpu_count(),
+        "memory_mb": memory,
+        "python": platform.python_version(),
+        "pyarrow": pyarrow.__version__,
+        "duckdb": duckdb.__version__,
+        "load_average_at_start": list(os.getloadavg()),
+    }
 
 
-def _timed(fn: Any) -> tuple[Any, float]:
-    started = time.perf_counter()
-    result = fn()
-    return result, time.perf_counter() - started
-
-
-def _prepare(
-    sh: streamhouse.StreamHouse, data_dir: Path, config: NexmarkConfig, partitions: int
-) -> dict[str, Any]:
+def prepare(data_dir: Path, config: NexmarkConfig, partitions: int) -> dict[str, Any]:
+    """Load the events into the log of ``data_dir``, unless it holds them already."""
+    data_dir.mkdir(parents=True, exist_ok=True)
     marker = data_dir / CONFIG_FILE
     wanted = {**dataclasses.asdict(config), "partitions": partitions}
     if marker.exists():
         stored = json.loads(marker.read_text())
-        if stored != wanted:
-            raise SystemExit(
-                f"{data_dir} holds Nexmark data of another config ({marker}); "
-                "give a fresh --data-dir"
-            )
+        if stored.get("config", stored) != wanted:
+            raise SystemExit(f"{data_dir} holds Nexmark data of another config ({marker})")
         log.info("reusing the events in %s", data_dir)
-        return {"reused": True}
-    stats = load(sh, config, partitions=partitions)
-    marker.write_text(json.dumps(wanted, indent=2))
-    return {"reused": False, **stats.as_dict()}
-
-
-def _bounded(sh: streamhouse.StreamHouse, name: str) -> tuple[dict[str, Any], pa.Table | None]:
-    query = nexmark_query(name)
-    if query.blocked_bounded:
-        return {"status": "cannot run bounded yet", "reason": query.blocked_bounded}, None
+        return {"reused": True, **stored.get("load", {})}
+    sh = streamhouse.connect(data_dir)
     try:
-        for statement in query.ddl():
-            sh.sql(statement)
-        table, seconds = _timed(lambda: sh.sql(query.select()).to_arrow_table())
-    except Exception as exc:  # a benchmark records the failure and goes on
-        return {"status": "failed", "error": f"{type(exc).__name__}: {exc}"}, None
-    return {"status": "ok", "seconds": seconds, "rows": table.num_rows}, table
+        cpu = time.process_time()
+        stats = load(sh, config, partitions=partitions).as_dict()
+        stats["cpu_seconds"] = round(time.process_time() - cpu, 2)
+        stats["load_average"] = round(os.getloadavg()[0], 2)
+    finally:
+        sh.close()
+    marker.write_text(json.dumps({"config": wanted, "load": stats}, indent=2))
+    return {"reused": False, **stats}
 
 
-def _continuous(sh: streamhouse.StreamHouse, name: str, run: str) -> dict[str, Any]:
-    query = nexmark_query(name)
-    if query.blocked:
-        return {"status": "cannot run yet", "reason": query.blocked}
-    rows = 0
-
-    def count(table: pa.Table) -> None:
-        nonlocal rows
-        rows += table.num_rows
-
+def run_streamhouse(
+    data_dir: Path, name: str, mode: str, timeout: float, result_file: Path | None = None
+) -> dict[str, Any]:
+    """One query in one mode, in a process of its own (:mod:`benchmarks.nexmark.runner`)."""
+    command = [
+        sys.executable,
+        "-m",
+        "benchmarks.nexmark.runner",
+        "--data-dir",
+        str(data_dir),
+        "--query",
+        name,
+        "--mode",
+        mode,
+    ]
+    if result_file is not None:
+        command += ["--result-file", str(result_file)]
     try:
-        started = time.perf_counter()
-        running = sh.start(query.path, name=f"bench_{name}_{run}", on_results=count)
-        try:
-            running.run_until_caught_up(final=True)
-        finally:
-            running.stop()
-        seconds = time.perf_counter() - started
-    except Exception as exc:
-        return {"status": "failed", "error": f"{type(exc).__name__}: {exc}"}
-    if running.error is not None:
-        return {"status": "failed", "error": repr(running.error)}
-    return {"status": "ok", "seconds": seconds, "rows": rows}
+        done = subprocess.run(
+            command, capture_output=True, text=True, timeout=timeout, cwd=str(ROOT)
+        )
+    except subprocess.TimeoutExpired:
+        return {"status": "timeout", "seconds": timeout}
+    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+    if done.returncode != 0 or not lines:
+        return {"status": "failed", "error": done.stderr.strip()[-1500:]}
+    return json.loads(lines[-1])
+
+
+def flink_queries(names: list[str]) -> dict[str, str]:
+    """Flink SQL per query: its views and functions (not the stream DDL), then its SELECT."""
+    out = {}
+    for name in names:
+        query = query_file(name)
+        extra = [
+            s
+            for s in query.ddl()
+            if not re.match(r"\s*CREATE\s+(STREAM|TABLE)\s", _code(s), re.IGNORECASE)
+            and not re.match(r"\s*SET\s", _code(s), re.IGNORECASE)
+        ]
+        out[name] = ";\n".join([*(_code(s) for s in extra), query.select()])
+    return out
+
+
+def _code(text: str) -> str:
+    lines = [line for line in text.splitlines() if not line.lstrip().startswith("--")]
+    return "\n".join(lines).strip()
+
+
+def _rate(entry: dict[str, Any] | None, events: int) -> None:
+    if entry and entry.get("status") == "ok" and entry.get("seconds"):
+        entry["events_per_second"] = round(events / entry["seconds"])
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.nexmark", description=__doc__)
-    parser.add_argument("--bids", type=int, default=1_000_000)
-    parser.add_argument("--data-dir", type=Path, help="keep (and reuse) the data here")
-    parser.add_argument("--out", type=Path, help="write the results as JSON")
-    parser.add_argument("--queries", help="comma-separated, e.g. q0,q5,q7 (default: all)")
-    parser.add_argument("--continuous", action="store_true", help="also run each continuously")
+    parser.add_argument("--bids", type=int, default=5_000_000)
+    parser.add_argument("--data-dir", type=Path, help="default: benchmarks/data/nexmark-<bids>")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="results JSON (.md, .png)")
+    parser.add_argument("--queries", help=f"comma-separated (default: all of {ALL_QUERIES})")
+    parser.add_argument("--modes", default="bounded,continuous", help="bounded,continuous")
+    parser.add_argument("--peers", default="", help="'flink' adds PyFlink (DuckDB always runs)")
+    parser.add_argument("--flink-parallelism", default="1,2")
+    parser.add_argument("--flink-python", type=Path, help="a Python with apache-flink")
     parser.add_argument("--partitions", type=int, default=1)
     parser.add_argument("--events-per-second", type=int, default=10_000)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--timeout", type=float, default=900, help="seconds per measurement")
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(
@@ -159,88 +197,124 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    names = args.queries.split(",") if args.queries else list(QUERIES)
-    unknown = [n for n in names if n not in QUERIES]
+    names = args.queries.split(",") if args.queries else list(ALL_QUERIES)
+    unknown = [n for n in names if n not in ALL_QUERIES]
     if unknown:
-        parser.error(f"unknown queries {unknown}; known: {', '.join(QUERIES)}")
+        parser.error(f"unknown queries {unknown}; known: {', '.join(ALL_QUERIES)}")
+    modes = [m for m in args.modes.split(",") if m]
 
     config = NexmarkConfig.for_bids(
         args.bids, seed=args.seed, events_per_second=args.events_per_second
     )
-    temporary = args.data_dir is None
-    data_dir = Path(tempfile.mkdtemp(prefix="nexmark-")) if temporary else args.data_dir
-    data_dir.mkdir(parents=True, exist_ok=True)
-    reference = _reference_module()
+    data_dir = args.data_dir or ROOT / "benchmarks" / "data" / (
+        f"nexmark-{args.bids}-p{args.partitions}-s{args.seed}"
+    )
     results: dict[str, Any] = {
-        "machine": {
-            "platform": platform.platform(),
-            "python": platform.python_version(),
-            "cpus": os.cpu_count(),
-            "load_average": os.getloadavg()[0],
-        },
+        "command": " ".join(["python -m benchmarks.nexmark", *(argv or sys.argv[1:])]),
+        "started": time.strftime("%Y-%m-%d %H:%M:%S %z"),
+        "machine": machine(),
         "config": dataclasses.asdict(config),
+        "partitions": args.partitions,
+        "data_dir": str(data_dir),
         "queries": {},
     }
-    sh = streamhouse.connect(data_dir)
-    try:
-        results["load"] = _prepare(sh, data_dir, config, args.partitions)
-        load_stats = results["load"]
-        if not load_stats["reused"]:
-            print(
-                f"load: {load_stats['events']:,} events in {load_stats['seconds']:.2f} s "
-                f"= {load_stats['events_per_second']:,} events/s "
-                f"(generate {load_stats['generate_seconds']:.2f} s, "
-                f"JSON {load_stats['encode_seconds']:.2f} s, "
-                f"produce {load_stats['produce_seconds']:.2f} s)"
-            )
-        tables, seconds = _timed(lambda: generate_tables(config))
-        results["reference_tables_seconds"] = seconds
-        counts = {s: tables.table(s).num_rows for s in STREAM_NAMES}
-        duck = reference.connect(tables)
-        run = time.strftime("%Y%m%d%H%M%S")
-        print(f"{'query':6} {'streamhouse bounded':>22} {'continuous':>22} {'duckdb':>22}  match")
+    results["load"] = prepare(data_dir, config, args.partitions)
+    load_stats = results["load"]
+    print(
+        f"load ({'reused' if load_stats['reused'] else 'this run'}): {load_stats['events']:,} "
+        f"events in {load_stats['seconds']:.1f} s = {load_stats['events_per_second']:,} events/s",
+        flush=True,
+    )
+    started = time.perf_counter()
+    tables = generate_tables(config)
+    results["generate_tables_seconds"] = round(time.perf_counter() - started, 2)
+    counts = {s: tables.table(s).num_rows for s in STREAM_NAMES}
+    results["rows"] = counts
+    paths = peers.export_json(tables, data_dir / "json")
+    duck_arrow = peers.duckdb_over_arrow(tables)
+    duck_json = peers.duckdb_over_json(paths)
+
+    header = f"{'query':8} {'bounded':>14} {'continuous':>14} {'duckdb arrow':>14} "
+    print(header + f"{'duckdb json':>14}  match", flush=True)
+    with tempfile.TemporaryDirectory(prefix="nexmark-results-") as scratch:
         for name in names:
-            events = sum(counts[s] for s in _streams_read(name))
-            entry: dict[str, Any] = {"events": events}
-            entry["bounded"], got = _bounded(sh, name)
-            if args.continuous:
-                entry["continuous"] = _continuous(sh, name, run)
-            want, seconds = _timed(lambda n=name: reference.reference(duck, n))
-            entry["duckdb"] = {"status": "ok", "seconds": seconds, "rows": want.num_rows}
-            if got is not None:
-                entry["match"] = got.num_columns == want.num_columns and reference.comparable(
-                    name, got
-                ) == reference.comparable(name, want)
-            for mode in ("bounded", "continuous", "duckdb"):
-                part = entry.get(mode)
-                if part and part["status"] == "ok":
-                    part["events_per_second"] = round(events / max(part["seconds"], 1e-9))
-            entry["peak_rss_mb"] = round(_rss_mb())
+            events = sum(counts[s] for s in streams_read(name))
+            entry: dict[str, Any] = {"events": events, "streams": streams_read(name)}
+            result_file = Path(scratch) / f"{name}.feather"
+            if "bounded" in modes:
+                entry["bounded"] = run_streamhouse(
+                    data_dir, name, "bounded", args.timeout, result_file
+                )
+            if "continuous" in modes:
+                entry["continuous"] = run_streamhouse(
+                    data_dir, name, "continuous", args.timeout
+                )
+            for label, con in (("duckdb_arrow", duck_arrow), ("duckdb_json", duck_json)):
+                try:
+                    entry[label], want = peers.time_duckdb(con, name)
+                except Exception as exc:
+                    entry[label], want = {"status": "failed", "error": str(exc)[:300]}, None
+                if label == "duckdb_arrow" and want is not None and result_file.exists():
+                    got = feather.read_table(result_file)
+                    entry["match"] = got.num_rows == want.num_rows and peers.comparable(
+                        name, got
+                    ) == peers.comparable(name, want)
+                    result_file.unlink()
+            cont = entry.get("continuous") or {}
+            if cont.get("status") == "ok":
+                entry["match_continuous_rows"] = cont.get("rows") == entry["duckdb_arrow"].get(
+                    "rows"
+                )
+            for mode in ("bounded", "continuous", "duckdb_arrow", "duckdb_json"):
+                _rate(entry.get(mode), events)
             results["queries"][name] = entry
             print(
-                f"{name:6} {_cell(entry['bounded']):>22} {_cell(entry.get('continuous')):>22} "
-                f"{_cell(entry['duckdb']):>22}  {entry.get('match', '-')}",
+                f"{name:8} {_cell(entry.get('bounded')):>14} {_cell(entry.get('continuous')):>14} "
+                f"{_cell(entry['duckdb_arrow']):>14} {_cell(entry['duckdb_json']):>14}  "
+                f"{entry.get('match', '-')}",
                 flush=True,
             )
-    finally:
-        sh.close()
-        if temporary:
-            shutil.rmtree(data_dir, ignore_errors=True)
-    results["peak_rss_mb"] = round(_rss_mb())
-    results["query_dir"] = str(QUERY_DIR)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(results, indent=2, default=str))
-        print(f"results: {args.out}")
+            _write(results, args.out)
+
+    if "flink" in args.peers.split(","):
+        python = args.flink_python or peers.flink_python(FLINK_VENV, install=True)
+        runnable = [
+            n
+            for n in names
+            if any(results["queries"][n].get(m, {}).get("status") == "ok" for m in modes)
+            or n == "q11"
+        ]
+        results["flink"] = {}
+        for parallelism in [int(p) for p in args.flink_parallelism.split(",")]:
+            run = peers.run_flink(
+                python, paths, flink_queries(runnable), parallelism, args.timeout * len(runnable)
+            )
+            results["flink"][f"p{parallelism}"] = {k: v for k, v in run.items() if k != "queries"}
+            for name, outcome in run.get("queries", {}).items():
+                _rate(outcome, results["queries"][name]["events"])
+                results["queries"][name][f"flink_p{parallelism}"] = outcome
+                print(f"flink p{parallelism} {name:8} {_cell(outcome):>14}", flush=True)
+            _write(results, args.out)
+    results["finished"] = time.strftime("%Y-%m-%d %H:%M:%S %z")
+    results["machine"]["load_average_at_end"] = list(os.getloadavg())
+    _write(results, args.out)
+    print(f"results: {args.out} (+ .md, .png)")
     return 0
+
+
+def _write(results: dict[str, Any], out: Path) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2, default=str))
+    out.with_suffix(".md").write_text(markdown_table(results))
+    write_chart(results, out.with_suffix(".png"))
 
 
 def _cell(part: dict[str, Any] | None) -> str:
     if part is None:
         return "-"
-    if part["status"] != "ok":
-        return part["status"]
-    return f"{part['events_per_second']:,} ev/s"
+    if part.get("status") != "ok":
+        return str(part.get("status"))
+    return f"{part['events_per_second']:,}"
 
 
 if __name__ == "__main__":

@@ -1,4 +1,3 @@
--- cannot run yet: an AVG over an updating MAX per auction (an updating aggregate over an updating aggregate) needs retractions, which the continuous engine does not do yet
 -- Nexmark query 4: Average price for a category
 -- The average winning bid price of the auctions of each category: a join and two aggregations.
 -- Query text as in the nexmark/nexmark Flink suite; only the DDL is StreamHouse's.

@@ -54,6 +54,7 @@ from streamhouse.sql.plan import FLOWS, ContinuousPlan, check_columns, plan_quer
 from streamhouse.sql.source import METADATA_FIELDS
 from streamhouse.state.store import ScopedBatch, StateStore, StateView, partition_key
 from streamhouse.views.group_by import GroupAggregate
+from streamhouse.views.recompute import RecomputeOperator
 from streamhouse.views.top_n import TopNOperator
 from streamhouse.windows.operator import make_operator
 from streamhouse.windows.table import WINDOW_TYPE, event_time_ms
@@ -255,6 +256,8 @@ class ContinuousQuery:
             return StreamJoin(op.sql, state, left_time, right_time, bound, ttl)
         if isinstance(op, plans.TopN):
             return TopNOperator(op, state)
+        if isinstance(op, plans.Recompute):
+            return RecomputeOperator(op, state)
         if isinstance(op, plans.TemporalJoin):
             version_time = self.sources[op.right].time_column
             if version_time is None:
@@ -272,7 +275,7 @@ class ContinuousQuery:
     def updating(self) -> bool:
         """Whether results are upserts per key (an updating GROUP BY, Top-N), not appends."""
         op = self.plan.operator
-        return isinstance(op, plans.TopN) or (
+        return isinstance(op, plans.TopN | plans.Recompute) or (
             isinstance(op, plans.WindowAggregate) and op.window is None
         )
 
@@ -288,6 +291,8 @@ class ContinuousQuery:
             return [k for k in op.key_outputs if k is not None]
         if isinstance(op, plans.TopN):
             return [*op.partition_by, op.rank_column]
+        if isinstance(op, plans.Recompute):
+            return [k for k in op.key_outputs if k is not None]
         return []
 
     def _load_progress(self) -> None:
@@ -491,7 +496,7 @@ class ContinuousQuery:
         late_total = 0
         for i, (name, (op, operator)) in enumerate(self.children.items()):
             scoped = ScopedBatch(batch, f"{i + 1}/".encode())
-            out, _, late, _ = self._operate_one(op, operator, tables, watermark, scoped)
+            out, _, late, _ = self._operate_one(op, operator, tables, watermark, scoped, True)
             tables[name] = out
             late_total += late
         outputs, tombstones, late, late_table = self._operate_one(
@@ -506,6 +511,7 @@ class ContinuousQuery:
         tables: dict[str, pa.Table | None],
         watermark: int,
         batch: Any,
+        derived: bool = False,
     ) -> tuple[pa.Table | None, list[bytes], int, pa.Table | None]:
         outputs: pa.Table | None = None
         tombstones: list[bytes] = []
@@ -531,7 +537,8 @@ class ContinuousQuery:
                 pre = _run_sql(op.pre_sql, {op.source: table})
                 changed = operator.process(pre, batch)
                 if changed is not None and changed.num_rows:
-                    outputs = _run_sql(op.post_sql, {FLOWS: changed})
+                    post = op.keyed_post_sql if derived else op.post_sql
+                    outputs = _run_sql(post, {FLOWS: changed})
                     tombstones = self._dropped_keys(changed, outputs, op)
         elif isinstance(op, plans.WindowAggregate):
             table = rows(op.source)
@@ -562,8 +569,22 @@ class ContinuousQuery:
         elif isinstance(op, plans.TemporalJoin):
             schemas = {VERSIONS: self._schema(op.right)}
             outputs = operator.process(rows(op.left), rows(op.right), watermark, schemas, batch)
+        elif isinstance(op, plans.Recompute):
+            changes = tables.get(op.source)
+            if changes is not None and changes.num_rows:
+                outputs, gone = operator.process(changes, batch)
+                names = [k for k in op.key_outputs if k is not None]
+                if gone is not None and gone.num_rows and len(names) == len(op.group_by):
+                    tombstones = [
+                        k for k in key_strings(gone.rename_columns(names), names) if k is not None
+                    ]
         elif isinstance(op, plans.TopN) and rows(op.source) is not None:
-            outputs = operator.process(rows(op.source), batch)
+            outputs, before = operator.process(rows(op.source), batch)
+            if before is not None and before.num_rows:  # (key, rank) rows no longer output
+                keys = [*op.partition_by, op.rank_column]
+                now = set(key_strings(outputs, keys)) if outputs is not None else set()
+                gone = set(key_strings(before, keys)) - now
+                tombstones = sorted(k for k in gone if k is not None)
         return outputs, tombstones, late_rows, late_table
 
     def _dropped_keys(

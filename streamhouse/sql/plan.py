@@ -72,6 +72,7 @@ class WindowAggregate:
     aggregates: list[AggregateCall]
     post_sql: str
     key_outputs: list[str | None] = field(default_factory=list)  # output column of each key
+    keyed_post_sql: str = ""  # post_sql keeping the __k columns (an updating derived input)
 
     def explain(self) -> list[str]:
         w = self.window
@@ -216,10 +217,30 @@ class TemporalJoin:
 
 
 @dataclass(frozen=True)
+class Recompute:
+    """A query over an updating input (an aggregate of an updating aggregate, say): the latest
+    input row per key is kept, and every micro-batch re-runs ``sql`` for the groups it touches."""
+
+    source: str  # the derived updating input
+    sql: str  # over the source's name
+    input_keys: list[str]  # the columns keying the input's rows
+    group_by: list[str]  # the input columns the outer query groups by
+    key_outputs: list[str | None]  # the output column of each group_by column
+
+    def explain(self) -> list[str]:
+        return [
+            f"Recompute  groups ({', '.join(self.group_by)}) over the latest row per"
+            f" ({', '.join(self.input_keys)}) of {self.source} (updating: an upsert per group)",
+            f"  sql: {self.sql}",
+            "  state: column family 'sessions', key b'recompute' -> IPC(latest input rows)",
+        ]
+
+
+@dataclass(frozen=True)
 class ContinuousPlan:
     """What a continuous query reads, computes and where it writes."""
 
-    operator: Stateless | WindowAggregate | Windowed | StreamJoin | TopN | TemporalJoin
+    operator: Stateless | WindowAggregate | Windowed | StreamJoin | TopN | TemporalJoin | Recompute
     sink_kind: str = "results"  # results | topic
     sink: str | None = None  # the sink topic/stream name for INSERT INTO and materialized views
     options: dict[str, str] = field(default_factory=dict)
@@ -249,7 +270,9 @@ class ContinuousPlan:
         return "\n".join(lines)
 
 
-Operator = Union["Stateless", "WindowAggregate", "Windowed", "StreamJoin", "TopN", "TemporalJoin"]
+Operator = Union[
+    "Stateless", "WindowAggregate", "Windowed", "StreamJoin", "TopN", "TemporalJoin", "Recompute"
+]
 
 
 def plan_query(statement: exp.Expr) -> ContinuousPlan:
@@ -272,7 +295,41 @@ def plan_query(statement: exp.Expr) -> ContinuousPlan:
         )
     derived: dict[str, Operator] = {}
     operator = _plan_select(query, derived)
+    _check_upsert_key(operator, query)
     return ContinuousPlan(operator, sink_kind, sink, derived=derived)
+
+
+def _check_upsert_key(operator: Operator, select: exp.Select) -> None:
+    """An updating query's rows are upserts keyed by output columns (the group keys; the Top-N
+    keys and, for N > 1, the rank): refuse one that does not select them, whose keys would
+    collide."""
+    if (
+        isinstance(operator, WindowAggregate | Recompute)
+        and getattr(operator, "window", None) is None
+    ):
+        keys = operator.key_outputs
+        if None in keys:
+            raise sql_error(
+                "an updating GROUP BY writes one row per group: select every GROUP BY key"
+                " (the keys of its upserts)",
+                select,
+            )
+    elif isinstance(operator, TopN):
+        outputs = set()
+        for projection in select.expressions:
+            if isinstance(projection, exp.Star) or (
+                isinstance(projection, exp.Column) and isinstance(projection.this, exp.Star)
+            ):
+                return
+            outputs.add(projection.alias_or_name)
+        rank = [operator.rank_column] if operator.limit > 1 else []
+        missing = [k for k in [*operator.partition_by, *rank] if k not in outputs]
+        if missing:
+            raise sql_error(
+                f"a Top-N writes one row per key and rank: select {', '.join(missing)}"
+                " (the keys of its upserts)",
+                select,
+            )
 
 
 APPEND_ONLY = (Stateless, Windowed, StreamJoin)
@@ -311,7 +368,7 @@ def _plan_select(
             not isinstance(s.this, exp.Subquery) for s in sides if s is not None
         ):
             rewritten = _derive(select, derived)
-            return _plan_join(rewritten, rewritten.args["joins"])
+            return _plan_join(rewritten, rewritten.args["joins"], derived)
     rewritten, windowed = take_out_windows(select)
     tables = _source_tables(rewritten)
     plain = [t for t in tables if t.name not in windowed]
@@ -346,13 +403,16 @@ def _plan_select(
             )
         return Windowed(to_datafusion(rewritten), windowed)
     if joins:
-        return _plan_join(select, select.args.get("joins"))
+        return _plan_join(select, select.args.get("joins"), derived)
     source = select.args.get("from_")
     table = source.this if source is not None else None
     if isinstance(table, exp.Subquery):
         top_n = _plan_top_n(select, derived)
         if top_n is not None:
             return top_n
+        recompute = _plan_recompute(select, table, derived)
+        if recompute is not None:
+            return recompute
         raise sql_error("subqueries in continuous queries are not supported yet", table)
     if not isinstance(table, exp.Table) or isinstance(table.this, exp.Func):
         raise sql_error("a continuous query must read a stream, view or topic", table or select)
@@ -505,6 +565,83 @@ def _rank_over_join(
     return outer
 
 
+def _aggregate_over_join(
+    select: exp.Select, derived: dict[str, Operator] | None
+) -> WindowAggregate:
+    """A GROUP BY over a join: the join becomes a derived input (its rows carry the columns the
+    aggregate needs, as ``<alias>__<column>``), the aggregate an updating one over it."""
+    if derived is None:
+        raise sql_error("aggregates over a continuous join are not supported here", select)
+    used: dict[tuple[str, str], str] = {}
+    for key in ("expressions", "group", "having"):
+        node = select.args.get(key)
+        for part in node if isinstance(node, list) else [node] if node is not None else []:
+            for column in part.find_all(exp.Column):
+                if column.table and not isinstance(column.this, exp.Star):
+                    used[(column.table, column.name)] = f"{column.table}__{column.name}"
+    join_select = select.copy()
+    join_select.set("expressions", [exp.column(c, table=t).as_(n) for (t, c), n in used.items()])
+    for key in ("group", "having", "order"):
+        join_select.set(key, None)
+    op = _plan_join(join_select, join_select.args["joins"], derived)
+    name = f"__derived_{len(derived)}"
+    derived[name] = op
+
+    def rename(node: exp.Expr) -> exp.Expr:
+        if isinstance(node, exp.Column) and (node.table, node.name) in used:
+            return exp.column(used[(node.table, node.name)])
+        return node
+
+    aggregate = select.copy()
+    aggregate.set(
+        "expressions",
+        [
+            e.as_(e.name) if isinstance(e, exp.Column) and e.table else e
+            for e in aggregate.expressions
+        ],
+    )
+    aggregate.set("joins", None)
+    aggregate.set("where", None)
+    aggregate.set("from_", exp.From(this=exp.to_table(name)))
+    for key in ("expressions", "group", "having"):
+        node = aggregate.args.get(key)
+        if isinstance(node, list):
+            aggregate.set(key, [part.transform(rename) for part in node])
+        elif node is not None:
+            aggregate.set(key, node.transform(rename))
+    return _plan_window(aggregate, None, exp.to_table(name))
+
+
+def _plan_recompute(
+    select: exp.Select, subquery: exp.Subquery, derived: dict[str, Operator]
+) -> Recompute | None:
+    """An aggregate over an updating subquery (e.g. Nexmark q4: AVG over MAX per auction)."""
+    if select.args.get("group") is None or not isinstance(subquery.this, exp.Select):
+        return None
+    inner = _plan_select(subquery.this, derived)
+    if not (isinstance(inner, WindowAggregate) and inner.window is None):
+        return None
+    name = f"__derived_{len(derived)}"
+    derived[name] = inner
+    alias = subquery.alias_or_name or name
+    outer = select.copy()
+    outer.args["from_"].this.replace(exp.to_table(name).as_(alias))
+    group_by = []
+    for key in select.args["group"].expressions:
+        if not isinstance(key, exp.Column):
+            return None
+        group_by.append(key.name)
+    key_outputs: list[str | None] = []
+    for column in group_by:
+        output = None
+        for projection in select.expressions:
+            body = projection.this if isinstance(projection, exp.Alias) else projection
+            if isinstance(body, exp.Column) and body.name == column:
+                output = projection.alias_or_name
+        key_outputs.append(output)
+    return Recompute(name, to_datafusion(outer), list(inner.keys), group_by, key_outputs)
+
+
 def _source_tables(query: exp.Expr) -> list[exp.Table]:
     ctes = {cte.alias_or_name for cte in query.find_all(exp.CTE)}
     return [
@@ -559,7 +696,9 @@ def plan_temporal_join(select: exp.Select) -> TemporalJoin | None:
     )
 
 
-def _plan_join(select: exp.Select, joins: list[exp.Join]) -> StreamJoin | TemporalJoin:
+def _plan_join(
+    select: exp.Select, joins: list[exp.Join], derived: dict[str, Operator] | None = None
+) -> StreamJoin | TemporalJoin | WindowAggregate:
     temporal = plan_temporal_join(select)
     if temporal is not None:
         return temporal
@@ -578,7 +717,7 @@ def _plan_join(select: exp.Select, joins: list[exp.Join]) -> StreamJoin | Tempor
         if not isinstance(side, exp.Table) or isinstance(side.this, exp.Func):
             raise sql_error("a continuous join reads two streams directly", side)
     if select.args.get("group") is not None or any(True for _ in select.find_all(exp.AggFunc)):
-        raise sql_error("aggregates over a continuous join are not supported yet", select)
+        return _aggregate_over_join(select, derived)
     left_alias, right_alias = left.alias_or_name, right.alias_or_name
     if left_alias == right_alias:
         raise sql_error("a self-join needs an alias on each side", right)
@@ -690,9 +829,12 @@ def _plan_window(rest: exp.Select, spec: WindowSpec | None, table: exp.Table) ->
         if isinstance(rewritten, exp.Column) and rewritten.name in key_columns:
             key_outputs[key_columns.index(rewritten.name)] = alias
     post = exp.select(*outputs).from_(FLOWS)
+    keyed_post = exp.select(*outputs, *(exp.column(k) for k in key_columns)).from_(FLOWS)
     having = rest.args.get("having")
     if having is not None:
-        post = post.where(having.this.copy().transform(take_aggregate).transform(rewrite))
+        condition = having.this.copy().transform(take_aggregate).transform(rewrite)
+        post = post.where(condition)
+        keyed_post = keyed_post.where(condition.copy())
     order = rest.args.get("order")
     if order is not None:
         post.set("order", order.copy().transform(take_aggregate).transform(rewrite))
@@ -702,8 +844,12 @@ def _plan_window(rest: exp.Select, spec: WindowSpec | None, table: exp.Table) ->
         *(k.copy().as_(n) for k, n in zip(keys, key_columns, strict=True)),
         *([exp.column(spec.time_column).as_("__ts")] if spec is not None else []),
         *(a.as_(f"__a{i}") for i, a in enumerate(arguments)),
-        exp.column("_partition").as_("__partition"),
-        exp.column("_offset").as_("__offset"),
+        # which source rows were late (the late-row side output) — windows only
+        *(
+            [exp.column("_partition").as_("__partition"), exp.column("_offset").as_("__offset")]
+            if spec is not None
+            else []
+        ),
     ).from_(exp.to_table(table.name).as_(alias) if table.alias else exp.to_table(table.name))
     where = rest.args.get("where")
     if where is not None:
@@ -717,6 +863,7 @@ def _plan_window(rest: exp.Select, spec: WindowSpec | None, table: exp.Table) ->
         key_outputs=key_outputs,
         aggregates=aggregates,
         post_sql=to_datafusion(post),
+        keyed_post_sql=to_datafusion(keyed_post),
     )
 
 
