@@ -50,8 +50,7 @@ from typing import Any
 import pyarrow.feather as feather
 
 import streamhouse
-from benchmarks.nexmark import QUERIES, NexmarkConfig, generate_tables, load
-from benchmarks.nexmark import peers
+from benchmarks.nexmark import QUERIES, NexmarkConfig, generate_tables, load, peers
 from benchmarks.nexmark.report import markdown_table, write_chart
 from benchmarks.nexmark.runner import query_file
 
@@ -220,11 +219,13 @@ def main(argv: list[str] | None = None) -> int:
     }
     results["load"] = prepare(data_dir, config, args.partitions)
     load_stats = results["load"]
-    print(
-        f"load ({'reused' if load_stats['reused'] else 'this run'}): {load_stats['events']:,} "
-        f"events in {load_stats['seconds']:.1f} s = {load_stats['events_per_second']:,} events/s",
-        flush=True,
-    )
+    if "seconds" in load_stats:
+        print(
+            f"load ({'reused' if load_stats['reused'] else 'this run'}): "
+            f"{load_stats['events']:,} events in {load_stats['seconds']:.1f} s = "
+            f"{load_stats['events_per_second']:,} events/s",
+            flush=True,
+        )
     started = time.perf_counter()
     tables = generate_tables(config)
     results["generate_tables_seconds"] = round(time.perf_counter() - started, 2)
@@ -246,9 +247,7 @@ def main(argv: list[str] | None = None) -> int:
                     data_dir, name, "bounded", args.timeout, result_file
                 )
             if "continuous" in modes:
-                entry["continuous"] = run_streamhouse(
-                    data_dir, name, "continuous", args.timeout
-                )
+                entry["continuous"] = run_streamhouse(data_dir, name, "continuous", args.timeout)
             for label, con in (("duckdb_arrow", duck_arrow), ("duckdb_json", duck_json)):
                 try:
                     entry[label], want = peers.time_duckdb(con, name)

@@ -29,6 +29,7 @@ import pyarrow as pa
 
 import streamhouse
 from benchmarks.nexmark import NexmarkQuery
+from benchmarks.nexmark.udfs import register as register_udfs
 
 BENCH_QUERY_DIR = Path(__file__).resolve().parent / "queries"
 
@@ -87,6 +88,7 @@ def continuous(sh: streamhouse.StreamHouse, query: NexmarkQuery, name: str) -> d
 def measure(data_dir: Path, name: str, mode: str, options: dict[str, Any]) -> dict[str, Any]:
     query = query_file(name)
     sh = streamhouse.connect(data_dir)
+    register_udfs(sh)
     run_name = f"bench_{name}_{os.getpid()}"
     sink = _sink_topic(query)
     try:

@@ -18,7 +18,9 @@ import logging
 import struct
 from dataclasses import dataclass
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from streamhouse.joins.bounds import TimeBound
 from streamhouse.sql.execute import run_sql
@@ -49,8 +51,10 @@ class StreamJoin:
         right_time: str | None,
         bound: TimeBound | None,
         ttl_ms: int | None = None,
+        outer: OuterJoin | None = None,
     ) -> None:
         self.sql = sql
+        self.outer = outer
         self.store = store
         self.times = {LEFT: left_time, RIGHT: right_time}
         self.bound = bound
@@ -81,12 +85,14 @@ class StreamJoin:
         new_right: pa.Table | None,
         schemas: dict[bytes, pa.Schema],
         batch: StateBatch,
-    ) -> pa.Table | None:
-        """Join the new rows; returns the joined rows (or None)."""
+    ) -> tuple[pa.Table | None, list[bytes]]:
+        """Join the new rows; returns (the joined rows, keys to tombstone)."""
         staged = {side: list(chunks) for side, chunks in self.chunks.items()}
         self._staged = staged
         old_left = self._buffer(LEFT, staged)
         old_right = self._buffer(RIGHT, staged)
+        if self.outer is not None:
+            return self._outer(new_left, new_right, old_left, old_right, schemas, staged, batch)
         outputs = []
         if new_left is not None and new_left.num_rows:
             right_all = _concat(old_right, new_right, None)
@@ -104,8 +110,75 @@ class StreamJoin:
                 self._append(side, rows, staged, batch)
         outputs = [o for o in outputs if o.num_rows]
         if not outputs:
+            return None, []
+        return concat(outputs), []
+
+    def _outer(
+        self,
+        new_left: pa.Table | None,
+        new_right: pa.Table | None,
+        old_left: pa.Table | None,
+        old_right: pa.Table | None,
+        schemas: dict[bytes, pa.Schema | None],
+        staged: dict[bytes, list[_Chunk]],
+        batch: StateBatch,
+    ) -> tuple[pa.Table | None, list[bytes]]:
+        """An outer join as upserts: each output row is keyed by its (left row, right row) ids;
+        a row padded with NULLs is tombstoned when its first match arrives."""
+        outer = self.outer
+        assert outer is not None
+        new_left = self._numbered(LEFT, new_left)
+        new_right = self._numbered(RIGHT, new_right)
+        empty = {
+            side: (schemas.get(side) or pa.schema([]))
+            .append(pa.field(ID[side], pa.int64()))
+            .empty_table()
+            if schemas.get(side) is not None
+            else None
+            for side in (LEFT, RIGHT)
+        }
+        all_left = _concat(old_left, new_left, empty[LEFT])
+        all_right = _concat(old_right, new_right, empty[RIGHT])
+        outputs: list[pa.Table] = []
+        tombstones: list[bytes] = []
+        if new_left is not None and all_right is not None:
+            sql = outer.left_sql if outer.keep_left else outer.inner_sql
+            matched = run_sql(sql, {"__left": new_left, "__right": all_right})
+            outputs.append(matched)
+            if outer.keep_right:  # right rows padded before may have their first match now
+                rids = pc.drop_null(matched["__rid"]).to_pylist()
+                tombstones += [f"|{r}".encode() for r in sorted(set(rids))]
+        if new_right is not None and all_left is not None:
+            if old_left is not None and old_left.num_rows:
+                matched = run_sql(outer.inner_sql, {"__left": old_left, "__right": new_right})
+                outputs.append(matched)
+                if outer.keep_left:
+                    lids = matched["__lid"].to_pylist()
+                    tombstones += [f"{lid}|".encode() for lid in sorted(set(lids))]
+            if outer.keep_right:  # new right rows that match no left row at all
+                padded = run_sql(outer.right_sql, {"__left": all_left, "__right": new_right})
+                outputs.append(padded.filter(pc.is_null(padded["__lid"])))
+        for side, rows in ((LEFT, new_left), (RIGHT, new_right)):
+            if rows is not None and rows.num_rows:
+                self._append(side, rows, staged, batch)
+        outputs = [o for o in outputs if o.num_rows]
+        if not outputs:
+            return None, tombstones
+        out = concat(outputs)
+        lids = pc.cast(out["__lid"], pa.string())
+        rids = pc.cast(out["__rid"], pa.string())
+        keys = pc.binary_join_element_wise(pc.fill_null(lids, ""), pc.fill_null(rids, ""), "|")
+        out = out.drop_columns(["__lid", "__rid"]).append_column(
+            "__key", pc.cast(keys, pa.binary())
+        )
+        return out, tombstones
+
+    def _numbered(self, side: bytes, rows: pa.Table | None) -> pa.Table | None:
+        """``rows`` with a unique id per row (the chunk sequence, then the row index)."""
+        if rows is None or rows.num_rows == 0:
             return None
-        return concat(outputs)
+        ids = (self.sequence << 32) + np.arange(rows.num_rows, dtype=np.int64)
+        return rows.append_column(ID[side], pa.array(ids))
 
     def _append(
         self, side: bytes, rows: pa.Table, staged: dict[bytes, list[_Chunk]], batch: StateBatch
@@ -154,6 +227,20 @@ class StreamJoin:
 
     def rollback(self) -> None:
         self._staged = None
+
+
+ID = {LEFT: "__lid", RIGHT: "__rid"}
+
+
+@dataclass(frozen=True)
+class OuterJoin:
+    """The SQL variants an outer join runs, each projecting ``__lid`` and ``__rid``."""
+
+    inner_sql: str
+    left_sql: str
+    right_sql: str
+    keep_left: bool
+    keep_right: bool
 
 
 def concat(tables: list[pa.Table]) -> pa.Table:

@@ -60,6 +60,9 @@ COMMIT_ATTEMPTS = 8
 """Tries per flush when another process commits to the same partitions in between."""
 
 _Key = tuple[str, int]
+import os
+
+_SERIAL = os.environ.get("SH_SERIAL") == "1"
 
 
 @dataclass(slots=True)
@@ -161,6 +164,7 @@ class LogWriter:
         self._appended = 0  # sequence number of the last append
         self._settled = 0  # every append up to this sequence number is resolved
         self._handoff: _Flush | None = None  # put, waiting for the committer
+        self._handed = 0
         self._closed = False
         # guarded by _offsets_lock:
         self._offsets_lock = threading.Lock()
@@ -244,7 +248,7 @@ class LogWriter:
         while True:
             with self._cond:
                 while True:
-                    if self._handoff is not None:  # the committer has not taken the last one
+                    if self._handoff is not None or (_SERIAL and self._settled < self._handed):
                         self._cond.wait()
                     elif self._pending:
                         wait = self._first_pending_at + self._linger - time.monotonic()
@@ -261,6 +265,7 @@ class LogWriter:
                 self._pending_bytes = 0
             flush = self._write(batch)
             with self._cond:
+                self._handed = batch[-1].sequence
                 self._handoff = flush
                 self._cond.notify_all()
 

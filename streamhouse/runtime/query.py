@@ -253,7 +253,7 @@ class ContinuousQuery:
             )
             if bound is not None:
                 left_time, right_time = bound.left_column, bound.right_column
-            return StreamJoin(op.sql, state, left_time, right_time, bound, ttl)
+            return StreamJoin(op.sql, state, left_time, right_time, bound, ttl, op.outer)
         if isinstance(op, plans.TopN):
             return TopNOperator(op, state)
         if isinstance(op, plans.Recompute):
@@ -275,8 +275,10 @@ class ContinuousQuery:
     def updating(self) -> bool:
         """Whether results are upserts per key (an updating GROUP BY, Top-N), not appends."""
         op = self.plan.operator
-        return isinstance(op, plans.TopN | plans.Recompute) or (
-            isinstance(op, plans.WindowAggregate) and op.window is None
+        return (
+            isinstance(op, plans.TopN | plans.Recompute)
+            or (isinstance(op, plans.WindowAggregate) and op.window is None)
+            or (isinstance(op, plans.StreamJoin) and op.outer is not None)
         )
 
     @property
@@ -564,7 +566,7 @@ class ContinuousQuery:
             left, right = rows(op.left), rows(op.right)
             if left is not None or right is not None:
                 schemas = {LEFT: self._schema(op.left), RIGHT: self._schema(op.right)}
-                outputs = operator.process(left, right, schemas, batch)
+                outputs, tombstones = operator.process(left, right, schemas, batch)
             operator.expire(watermark, batch)
         elif isinstance(op, plans.TemporalJoin):
             schemas = {VERSIONS: self._schema(op.right)}
@@ -651,6 +653,8 @@ class ContinuousQuery:
     # -- results ------------------------------------------------------------------------------
 
     def _deliver(self, outputs: pa.Table) -> None:
+        if "__key" in outputs.column_names:
+            outputs = outputs.drop_columns(["__key"])
         if self._on_results is not None:
             self._on_results(outputs)
         if self.plan.sink_kind == "results":

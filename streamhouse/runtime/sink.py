@@ -95,7 +95,13 @@ class TopicSink:
         ``committed`` is the high watermark per partition as of the last committed micro-batch.
         """
         values: list[bytes | None]
+        explicit = None
+        if "__key" in table.column_names:  # rows that carry their own record key
+            explicit = table["__key"].to_pylist()
+            table = table.drop_columns(["__key"])
         values, keys = encode_rows(table, self.key_columns)  # type: ignore[assignment]
+        if explicit is not None:
+            keys = explicit
         for key in tombstones or []:
             values.append(None)
             keys.append(key)

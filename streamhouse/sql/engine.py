@@ -320,14 +320,16 @@ def _materialized(statement: exp.Expr) -> bool:
 
 def _updating(view: exp.Expr) -> bool:
     """Whether a materialized view's output is an upsert stream (no window keys its rows)."""
-    from streamhouse.sql.plan import Recompute, TopN, WindowAggregate, plan_query
+    from streamhouse.sql.plan import Recompute, StreamJoin, TopN, WindowAggregate, plan_query
 
     try:
         operator = plan_query(view).operator
     except SqlError:
         return False
-    return isinstance(operator, TopN | Recompute) or (
-        isinstance(operator, WindowAggregate) and operator.window is None
+    return (
+        isinstance(operator, TopN | Recompute)
+        or (isinstance(operator, WindowAggregate) and operator.window is None)
+        or (isinstance(operator, StreamJoin) and operator.outer is not None)
     )
 
 

@@ -29,6 +29,7 @@ from sqlglot import exp
 
 from streamhouse.errors import SqlError
 from streamhouse.joins.bounds import TimeBound, candidate_bounds, conjuncts
+from streamhouse.joins.stream_join import OuterJoin
 from streamhouse.joins.temporal import ROW
 from streamhouse.sql.functions import to_datafusion
 from streamhouse.sql.parse import sql_error
@@ -155,6 +156,7 @@ class StreamJoin:
     # every pair of columns the condition bounds; the runtime evicts by the first one that
     # involves the streams' time columns (see joins.bounds.evictable_bound)
     candidates: tuple[TimeBound, ...] = ()
+    outer: OuterJoin | None = None  # LEFT/RIGHT/FULL: updating output, keyed by row ids
 
     @property
     def source(self) -> str:
@@ -705,10 +707,9 @@ def _plan_join(
     if len(joins) != 1:
         raise sql_error("a continuous query joins two streams at most (for now)", joins[1])
     join = joins[0]
-    if join.side or (join.kind or "").upper() in ("SEMI", "ANTI", "CROSS"):
+    if (join.kind or "").upper() in ("SEMI", "ANTI"):
         raise sql_error(
-            f"{(join.side or join.kind).upper()} JOIN of unwindowed streams would need updating "
-            "output; use a window join or an INNER join",
+            f"{join.kind.upper()} JOIN of unwindowed streams is not supported; use a window join",
             join,
         )
     left = select.args["from_"].this
@@ -729,7 +730,36 @@ def _plan_join(
     rewritten.args["from_"].this.replace(exp.to_table("__left").as_(left_alias))
     rewritten.args["joins"][0].this.replace(exp.to_table("__right").as_(right_alias))
     bound = candidates[0] if candidates else None
-    return StreamJoin(left.name, right.name, to_datafusion(rewritten), bound, candidates)
+    outer = None
+    side = (join.side or "").upper()
+    if side in ("LEFT", "RIGHT", "FULL"):
+        outer = _outer_variants(rewritten, left_alias, right_alias, side)
+    return StreamJoin(left.name, right.name, to_datafusion(rewritten), bound, candidates, outer)
+
+
+def _outer_variants(select: exp.Select, left: str, right: str, side: str) -> OuterJoin:
+    """The INNER, LEFT and RIGHT forms of an outer join, each projecting the row ids."""
+
+    def variant(kind: str | None) -> str:
+        form = select.copy()
+        form.set(
+            "expressions",
+            [
+                *form.expressions,
+                exp.column("__lid", table=left).as_("__lid"),
+                exp.column("__rid", table=right).as_("__rid"),
+            ],
+        )
+        form.args["joins"][0].set("side", kind)
+        return to_datafusion(form)
+
+    return OuterJoin(
+        inner_sql=variant(None),
+        left_sql=variant("LEFT"),
+        right_sql=variant("RIGHT"),
+        keep_left=side in ("LEFT", "FULL"),
+        keep_right=side in ("RIGHT", "FULL"),
+    )
 
 
 def _plan_window(rest: exp.Select, spec: WindowSpec | None, table: exp.Table) -> WindowAggregate:

@@ -1,0 +1,160 @@
+"""The Nexmark results as a Markdown table and a PNG bar chart (no plotting library needed).
+
+The chart is drawn into a numpy RGB array (bars, grid lines, and text in a built-in 5x7 pixel
+font) and written as a PNG with :mod:`zlib`: matplotlib is not a dependency of StreamHouse.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+import zlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+SERIES = (  # (result key, legend label, RGB)
+    ("bounded", "StreamHouse bounded", (31, 119, 180)),
+    ("continuous", "StreamHouse continuous", (23, 190, 207)),
+    ("duckdb_json", "DuckDB from JSON", (255, 127, 14)),
+    ("flink_p1", "PyFlink p=1", (44, 160, 44)),
+    ("flink_p2", "PyFlink p=2", (148, 103, 189)),
+)
+
+
+def _rate(part: dict[str, Any] | None) -> int | None:
+    if not part or part.get("status") != "ok":
+        return None
+    return part.get("events_per_second")
+
+
+def _cell(part: dict[str, Any] | None) -> str:
+    if part is None:
+        return "-"
+    if part.get("status") != "ok":
+        return str(part.get("status", "-")).replace("cannot run", "n/a:")
+    return f"{part['events_per_second']:,}"
+
+
+def markdown_table(results: dict[str, Any]) -> str:
+    """One row per query: events/s of each system, CPU seconds, peak memory, the ratios."""
+    lines = [
+        "| query | events | SH bounded ev/s | SH continuous ev/s | cont. CPU s | cont. peak RSS MB "
+        "| DuckDB (Arrow) ev/s | DuckDB (JSON) ev/s | PyFlink p1 ev/s | PyFlink p2 ev/s "
+        "| cont. / best PyFlink | DuckDB JSON time / SH time | load | rows match |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for name, entry in results.get("queries", {}).items():
+        cont = entry.get("continuous") or {}
+        best_sh = max((r for r in (_rate(entry.get("bounded")), _rate(cont)) if r), default=None)
+        flink = [r for r in (_rate(entry.get("flink_p1")), _rate(entry.get("flink_p2"))) if r]
+        vs_flink = f"{_rate(cont) / max(flink):.2f}x" if flink and _rate(cont) else "-"
+        duck = _rate(entry.get("duckdb_json"))
+        vs_duck = f"{duck / best_sh:.1f}x" if duck and best_sh else "-"
+        loads = [cont.get("load_before"), cont.get("load_after")]
+        loads = [x for x in loads if x is not None]
+        match = entry.get("match", "-")
+        if entry.get("match_continuous_rows") is not None:
+            match = f"{match} / {entry['match_continuous_rows']}"
+        lines.append(
+            f"| {name} | {entry['events']:,} | {_cell(entry.get('bounded'))} | {_cell(cont or None)} "
+            f"| {cont.get('cpu_seconds', 0):.1f} | {cont.get('peak_rss_mb', '-')} "
+            f"| {_cell(entry.get('duckdb_arrow'))} | {_cell(entry.get('duckdb_json'))} "
+            f"| {_cell(entry.get('flink_p1'))} | {_cell(entry.get('flink_p2'))} "
+            f"| {vs_flink} | {vs_duck} | {max(loads) if loads else '-'} | {match} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+# -- PNG ---------------------------------------------------------------------------------------
+
+_GLYPHS = {
+    "A": "0E 11 11 1F 11 11 11", "B": "1E 11 11 1E 11 11 1E", "C": "0E 11 10 10 10 11 0E",
+    "D": "1C 12 11 11 11 12 1C", "E": "1F 10 10 1E 10 10 1F", "F": "1F 10 10 1E 10 10 10",
+    "G": "0E 11 10 17 11 11 0F", "H": "11 11 11 1F 11 11 11", "I": "0E 04 04 04 04 04 0E",
+    "J": "07 02 02 02 02 12 0C", "K": "11 12 14 18 14 12 11", "L": "10 10 10 10 10 10 1F",
+    "M": "11 1B 15 15 11 11 11", "N": "11 11 19 15 13 11 11", "O": "0E 11 11 11 11 11 0E",
+    "P": "1E 11 11 1E 10 10 10", "Q": "0E 11 11 11 15 12 0D", "R": "1E 11 11 1E 14 12 11",
+    "S": "0F 10 10 0E 01 01 1E", "T": "1F 04 04 04 04 04 04", "U": "11 11 11 11 11 11 0E",
+    "V": "11 11 11 11 11 0A 04", "W": "11 11 11 15 15 15 0A", "X": "11 11 0A 04 0A 11 11",
+    "Y": "11 11 11 0A 04 04 04", "Z": "1F 01 02 04 08 10 1F", "0": "0E 11 13 15 19 11 0E",
+    "1": "04 0C 04 04 04 04 0E", "2": "0E 11 01 02 04 08 1F", "3": "1F 02 04 02 01 11 0E",
+    "4": "02 06 0A 12 1F 02 02", "5": "1F 10 1E 01 01 11 0E", "6": "06 08 10 1E 11 11 0E",
+    "7": "1F 01 02 04 08 08 08", "8": "0E 11 11 0E 11 11 0E", "9": "0E 11 11 0F 01 02 0C",
+    " ": "00 00 00 00 00 00 00", ".": "00 00 00 00 00 0C 0C", ",": "00 00 00 00 0C 04 08",
+    "-": "00 00 00 1F 00 00 00", "/": "00 01 02 04 08 10 00", "(": "02 04 08 08 08 04 02",
+    ")": "08 04 02 02 02 04 08", ":": "00 0C 0C 00 0C 0C 00", "_": "00 00 00 00 00 00 1F",
+    "=": "00 00 1F 00 1F 00 00", "+": "00 04 04 1F 04 04 00", "%": "18 19 02 04 08 13 03",
+}  # fmt: skip
+_FONT = {
+    ch: np.array([[(int(row, 16) >> (4 - x)) & 1 for x in range(5)] for row in rows.split()], bool)
+    for ch, rows in _GLYPHS.items()
+}
+
+
+def _text(canvas: np.ndarray, x: int, y: int, text: str, scale: int = 2) -> None:
+    for ch in text.upper():
+        glyph = _FONT.get(ch, _FONT[" "])
+        big = np.kron(glyph, np.ones((scale, scale), bool))
+        h, w = big.shape
+        if y + h <= canvas.shape[0] and x + w <= canvas.shape[1]:
+            canvas[y : y + h, x : x + w][big] = (30, 30, 30)
+        x += 6 * scale
+
+
+def _png(canvas: np.ndarray) -> bytes:
+    height, width, _ = canvas.shape
+    raw = np.concatenate([np.zeros((height, 1), np.uint8), canvas.reshape(height, -1)], axis=1)
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        body = kind + data
+        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(raw.tobytes(), 9))
+        + chunk(b"IEND", b"")
+    )
+
+
+def write_chart(results: dict[str, Any], path: Path) -> None:
+    """Horizontal bars of events/s per query and system, on a log scale (10K to 100M)."""
+    queries = [
+        (name, [_rate(entry.get(key)) for key, _, _ in SERIES])
+        for name, entry in results.get("queries", {}).items()
+    ]
+    queries = [(n, rates) for n, rates in queries if any(rates)]
+    bar, gap, left, top, width = 7, 10, 120, 90, 1000
+    group = bar * len(SERIES) + gap
+    height = top + max(1, len(queries)) * group + 40
+    canvas = np.full((height, width, 3), 255, np.uint8)
+    lo, hi = 4, 8  # log10 of the axis range
+    span = width - left - 30
+
+    def xpos(rate: float) -> int:
+        return left + int(span * (min(max(math.log10(rate), lo), hi) - lo) / (hi - lo))
+
+    machine = results.get("machine", {})
+    title = f"NEXMARK, {results.get('rows', {}).get('bid', 0):,} BIDS: EVENTS/S (LOG SCALE)"
+    _text(canvas, 10, 8, title)
+    _text(canvas, 10, 28, f"{machine.get('cpus', '?')} CPUS, SHARED; {machine.get('cpu', '')}"[:80])
+    for i, (_, label, color) in enumerate(SERIES):
+        x = 10 + (i % 3) * 330
+        y = 48 + (i // 3) * 18
+        canvas[y : y + 12, x : x + 12] = color
+        _text(canvas, x + 18, y, label)
+    for decade in range(lo, hi + 1):
+        x = xpos(10**decade)
+        canvas[top - 6 : height - 30, x] = (200, 200, 200)
+        label = {4: "10K", 5: "100K", 6: "1M", 7: "10M", 8: "100M"}[decade]
+        _text(canvas, x - 12, height - 24, label)
+    for q, (name, rates) in enumerate(queries):
+        y = top + q * group
+        _text(canvas, 10, y + (group - gap) // 2 - 7, name)
+        for s, rate in enumerate(rates):
+            if rate:
+                canvas[y + s * bar : y + (s + 1) * bar - 1, left : xpos(rate)] = SERIES[s][2]
+    path.write_bytes(_png(canvas))
