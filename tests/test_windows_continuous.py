@@ -353,9 +353,9 @@ BAD = [
         id="limit",
     ),
     pytest.param(
-        "SELECT a.k FROM ev AS a\nLEFT JOIN ev AS b ON a.k = b.k",
-        "LEFT JOIN",
-        id="outer-join-of-unwindowed-streams",
+        "SELECT k FROM ev\nUNION ALL SELECT k FROM ev",
+        "one SELECT",
+        id="union",
     ),
     pytest.param(
         "SELECT k, STDDEV(v) AS sd FROM ev\nGROUP BY k, SESSION(t, INTERVAL '1' MINUTE)",

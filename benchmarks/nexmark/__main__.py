@@ -161,7 +161,9 @@ def flink_queries(names: list[str]) -> dict[str, str]:
             if not re.match(r"\s*CREATE\s+(STREAM|TABLE)\s", _code(s), re.IGNORECASE)
             and not re.match(r"\s*SET\s", _code(s), re.IGNORECASE)
         ]
-        out[name] = ";\n".join([*(_code(s) for s in extra), query.select()])
+        text = ";\n".join([*(_code(s) for s in extra), query.select()])
+        # DATETIME is a reserved word in Flink 2's parser; the suite's column needs quoting.
+        out[name] = re.sub(r"(?<!`)\bdateTime\b(?!`)", "`dateTime`", text)
     return out
 
 
@@ -280,7 +282,8 @@ def main(argv: list[str] | None = None) -> int:
         runnable = [
             n
             for n in names
-            if any(results["queries"][n].get(m, {}).get("status") == "ok" for m in modes)
+            if not modes
+            or any(results["queries"][n].get(m, {}).get("status") == "ok" for m in modes)
             or n == "q11"
         ]
         results["flink"] = {}
