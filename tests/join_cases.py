@@ -10,7 +10,10 @@ ms: the topic gives ``YYYY-MM-DD HH:MM:SS[.fff]`` text, DuckDB datetimes.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+import os
+import tempfile
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -139,6 +142,20 @@ def run_continuously(
         sh.close()
         raise
     return sh, status
+
+
+_MEMORY = Path("/dev/shm")
+
+
+@contextmanager
+def scratch_dir(fallback: Path) -> Iterator[Path]:
+    """A fresh directory for one drawn example, removed afterwards: in memory (``/dev/shm``)
+    where there is one. Every micro-batch commit is fsynced, which on a busy disk costs more
+    than the rest of an example; these tests are about answers, not durability (see
+    ``test_durability.py``)."""
+    memory = _MEMORY.is_dir() and os.access(_MEMORY, os.W_OK)
+    with tempfile.TemporaryDirectory(dir=_MEMORY if memory else fallback) as directory:
+        yield Path(directory)
 
 
 def topic_records(sh: StreamHouse, topic: str) -> list[dict[str, Any]]:

@@ -28,6 +28,7 @@ from join_cases import (
     rows_of,
     run_continuously,
     schedules,
+    scratch_dir,
     stream_ddl,
     tombstones,
 )
@@ -38,7 +39,7 @@ from streamhouse import StreamHouse
 from streamhouse.errors import SqlError
 
 PROPERTY = settings(
-    max_examples=10,
+    max_examples=8,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
@@ -140,7 +141,8 @@ def test_updating_group_by_equals_the_batch_answer(
     @example(case=DROPPED)
     @given(case=cases(group_bys()))
     def run(case: Case) -> None:
-        check(tmp_path_factory.mktemp("group_by"), case).close()
+        with scratch_dir(tmp_path_factory.getbasetemp()) as root:
+            check(root, case).close()
 
     run()
 
@@ -201,11 +203,12 @@ OVERTAKEN = Case(
 
 
 def test_top_n_and_dedup_equal_the_batch_answer(tmp_path_factory: pytest.TempPathFactory) -> None:
-    @settings(PROPERTY, max_examples=12)
+    @settings(PROPERTY, max_examples=10)
     @example(case=OVERTAKEN)
     @given(case=cases(st.sampled_from(sorted(TOP_N)).map(TOP_N.get), unique_times=True))
     def run(case: Case) -> None:
-        check(tmp_path_factory.mktemp("top_n"), case).close()
+        with scratch_dir(tmp_path_factory.getbasetemp()) as root:
+            check(root, case).close()
 
     run()
 

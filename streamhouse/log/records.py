@@ -381,6 +381,17 @@ def _read_varint(buf: bytes, pos: int) -> tuple[int, int]:
 # --------------------------------------------------------------------------- build
 
 
+def _as_binary(values: Sequence[bytes | None] | pa.Array | pa.ChunkedArray) -> pa.Array:
+    """``values`` as one Arrow binary array (Arrow string arrays are reinterpreted, not copied)."""
+    if isinstance(values, pa.ChunkedArray):
+        values = values.combine_chunks()
+    if not isinstance(values, pa.Array):
+        return pa.array(values, pa.binary())
+    if values.type != pa.binary():
+        values = values.cast(pa.binary())
+    return values
+
+
 def _binary_lengths(arr: pa.Array) -> np.ndarray:
     offsets = np.frombuffer(arr.buffers()[1], np.int32)[arr.offset : arr.offset + len(arr) + 1]
     lengths = np.diff(offsets).astype(np.int64)
@@ -425,8 +436,9 @@ def build_batch(
 ) -> bytes:
     """One RecordBatch v2 holding the records, offsets ``base_offset`` onwards.
 
-    ``timestamps`` are ms since the epoch (default: now, for all records). ValueError if the
-    batch would be empty or the sequences differ in length.
+    ``values`` and ``keys`` may be Arrow binary or string arrays (taken as they are, without a
+    round trip through Python objects). ``timestamps`` are ms since the epoch (default: now,
+    for all records). ValueError if the batch would be empty or the sequences differ in length.
     """
     n = len(values)
     if n == 0:
@@ -437,6 +449,10 @@ def build_batch(
     compression = Compression(compression)
 
     if n <= _SMALL:
+        if isinstance(values, pa.Array | pa.ChunkedArray):
+            values = _as_binary(values).to_pylist()
+        if isinstance(keys, pa.Array | pa.ChunkedArray):
+            keys = _as_binary(keys).to_pylist()
         data, base_ts, max_ts = _encode_records(values, keys, timestamps, headers)
         return _frame(
             data,
@@ -449,7 +465,7 @@ def build_batch(
             producer_epoch,
             base_sequence,
         )
-    value_arr = pa.array(values, pa.binary())
+    value_arr = _as_binary(values)
     value_len = _binary_lengths(value_arr)
     if timestamps is None:
         base_ts = max_ts = int(time.time() * 1000)
@@ -461,7 +477,7 @@ def build_batch(
     if keys is None:
         key_arr, key_len = None, np.full(n, -1, np.int64)
     else:
-        key_arr = pa.array(keys, pa.binary())
+        key_arr = _as_binary(keys)
         key_len = _binary_lengths(key_arr)
     if headers is None or not any(headers):
         tail: pa.Array | pa.Scalar = pa.scalar(b"\x00")

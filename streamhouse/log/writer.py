@@ -20,8 +20,8 @@ committer starts a new *generation* — forgetting every tentative offset — an
 in an older generation is written again from the committed high watermarks before it may
 commit. Another process writing the same partitions is fenced by the metadata store (a commit
 must start at the high watermark): the loser reloads the high watermarks, re-stamps its batches,
-writes a new object and commits again (up to ``COMMIT_ATTEMPTS`` times); its first object is
-deleted as an orphan. If the object store or the commit fails otherwise, every append of that
+writes a new object and commits again (up to ``COMMIT_ATTEMPTS`` times, backing off exponentially); its
+first object is deleted as an orphan. If the object store or the commit fails otherwise, every append of that
 flush fails, nothing is acknowledged, and later flushes start again from the committed high
 watermarks.
 
@@ -56,13 +56,19 @@ CommitListener = Callable[[str, int, int], None]
 
 _OFFSET = struct.Struct(">q")
 
-COMMIT_ATTEMPTS = 8
+COMMIT_ATTEMPTS = 32
 """Tries per flush when another process commits to the same partitions in between."""
+BACKOFF_SECONDS = 0.005
+"""Before try ``n + 1``, a random pause of up to ``BACKOFF_SECONDS * 2**(n - 1)``, capped at
+``MAX_BACKOFF_SECONDS``: writers that keep colliding spread out (exponential backoff)."""
+MAX_BACKOFF_SECONDS = 0.25
+
+
+def _backoff(attempt: int) -> None:
+    time.sleep(random.uniform(0, min(MAX_BACKOFF_SECONDS, BACKOFF_SECONDS * 2 ** (attempt - 1))))
+
 
 _Key = tuple[str, int]
-import os
-
-_SERIAL = os.environ.get("SH_SERIAL") == "1"
 
 
 @dataclass(slots=True)
@@ -156,15 +162,17 @@ class LogWriter:
         self._max_bytes = max_bytes
         self._on_segment = on_segment
         self._listeners: list[CommitListener] = []
-        self._cond = threading.Condition()
-        # guarded by _cond:
+        self._lock = threading.Lock()
+        self._work = threading.Condition(self._lock)  # the writer thread waits on it
+        self._ready = threading.Condition(self._lock)  # the committer waits on it
+        self._done = threading.Condition(self._lock)  # flush() waits on it
+        # guarded by _lock:
         self._pending: list[_Append] = []
         self._pending_bytes = 0
         self._first_pending_at = 0.0
         self._appended = 0  # sequence number of the last append
         self._settled = 0  # every append up to this sequence number is resolved
         self._handoff: _Flush | None = None  # put, waiting for the committer
-        self._handed = 0
         self._closed = False
         # guarded by _offsets_lock:
         self._offsets_lock = threading.Lock()
@@ -208,16 +216,18 @@ class LogWriter:
         return future
 
     def _queue(self, item: _Append) -> None:
-        with self._cond:
+        with self._lock:
             if self._closed:
                 raise StorageError("the log is closed")
-            if not self._pending:
+            first = not self._pending
+            if first:
                 self._first_pending_at = time.monotonic()
             self._appended += 1
             item.sequence = self._appended
             self._pending.append(item)
             self._pending_bytes += len(item.data)
-            self._cond.notify_all()
+            if first or self._pending_bytes >= self._max_bytes:  # else the linger timer runs
+                self._work.notify()
 
     def forget(self, topic: str) -> None:
         """Drop cached offsets of a deleted or re-created topic."""
@@ -227,18 +237,18 @@ class LogWriter:
 
     def flush(self) -> None:
         """Block until everything appended so far is flushed (or failed)."""
-        with self._cond:
+        with self._lock:
             target = self._appended
             self._first_pending_at = 0.0  # flush now
-            self._cond.notify_all()
+            self._work.notify()
             while self._settled < target and self._committer.is_alive():
-                self._cond.wait(0.1)
+                self._done.wait(0.1)
 
     def close(self) -> None:
         self.flush()
-        with self._cond:
+        with self._lock:
             self._closed = True
-            self._cond.notify_all()
+            self._work.notify()
         self._writer.join()
         self._committer.join()
 
@@ -246,28 +256,27 @@ class LogWriter:
 
     def _write_loop(self) -> None:
         while True:
-            with self._cond:
+            with self._lock:
                 while True:
-                    if self._handoff is not None or (_SERIAL and self._settled < self._handed):
-                        self._cond.wait()
+                    if self._handoff is not None:  # the committer has not taken the last one
+                        self._work.wait()
                     elif self._pending:
                         wait = self._first_pending_at + self._linger - time.monotonic()
                         if wait <= 0 or self._pending_bytes >= self._max_bytes or self._closed:
                             break
-                        self._cond.wait(wait)
+                        self._work.wait(wait)
                     elif self._closed:
                         self._handoff = _STOP
-                        self._cond.notify_all()
+                        self._ready.notify()
                         return
                     else:
-                        self._cond.wait()
+                        self._work.wait()
                 batch, self._pending = self._pending, []
                 self._pending_bytes = 0
             flush = self._write(batch)
-            with self._cond:
-                self._handed = batch[-1].sequence
+            with self._lock:
                 self._handoff = flush
-                self._cond.notify_all()
+                self._ready.notify()
 
     def _write(self, appends: list[_Append]) -> _Flush:
         """Stamp, encode and put one object; failures are left for the committer to handle."""
@@ -359,11 +368,11 @@ class LogWriter:
 
     def _commit_loop(self) -> None:
         while True:
-            with self._cond:
+            with self._lock:
                 while self._handoff is None:
-                    self._cond.wait()
+                    self._ready.wait()
                 flush, self._handoff = self._handoff, None
-                self._cond.notify_all()
+                self._work.notify()
             if flush is _STOP:
                 return
             try:
@@ -377,9 +386,9 @@ class LogWriter:
                 )
                 self._new_generation()
                 _fail(flush.appends, error)
-            with self._cond:
+            with self._lock:
                 self._settled = flush.appends[-1].sequence
-                self._cond.notify_all()
+                self._done.notify_all()
 
     def _commit(self, flush: _Flush) -> None:
         """Commit one put flush (or write it again); every future is resolved on return."""
@@ -409,7 +418,7 @@ class LogWriter:
             stale = self._abandon(flush.object_key, flush.entries)
             if stale and COMMIT_ATTEMPTS > 1:
                 log.info("segment %s is stale (attempt 1); retrying", flush.object_key)
-                time.sleep(random.uniform(0, 0.005))
+                _backoff(1)
                 self._write_and_commit(flush.by_partition, 2)
                 return
             log.error("flush of %s failed: %s", flush.object_key, exc)
@@ -440,7 +449,7 @@ class LogWriter:
                     # Another process committed to one of these partitions since we read its
                     # high watermark: re-stamp from the new high watermarks and write again.
                     log.info("segment %s is stale (attempt %d); retrying", object_key, attempt)
-                    time.sleep(random.uniform(0, 0.005 * attempt))
+                    _backoff(attempt)
                     continue
                 log.error("flush of %s failed: %s", object_key, exc)
                 error = exc if isinstance(exc, StreamHouseError) else StorageError(str(exc))

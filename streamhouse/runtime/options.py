@@ -36,9 +36,17 @@ _NAMES = {
     "max-batch-records": "max_batch_records",
     "poll-interval": "poll_interval_ms",
     "state.ttl": "state_ttl_ms",
+    "checkpoint.object-store": "checkpoint_object_store",
+    "checkpoint.interval": "checkpoint_interval_ms",
     "table.exec.state.ttl": "state_ttl_ms",
 }
-_DURATIONS = {"allowed_lateness_ms", "idle_timeout_ms", "poll_interval_ms", "state_ttl_ms"}
+_DURATIONS = {
+    "allowed_lateness_ms",
+    "idle_timeout_ms",
+    "poll_interval_ms",
+    "state_ttl_ms",
+    "checkpoint_interval_ms",
+}
 
 
 @dataclass(frozen=True)
@@ -51,6 +59,8 @@ class QueryOptions:
     max_batch_records: int = 200_000
     poll_interval_ms: int = 200
     state_ttl_ms: int = 0  # 0: keep join state until its time bounds expire it
+    checkpoint_object_store: bool = False
+    checkpoint_interval_ms: int = 60_000
 
     def with_options(self, options: dict[str, Any]) -> QueryOptions:
         """These options with ``options`` (SQL names like ``allowed-lateness`` or field names) applied."""
@@ -64,6 +74,8 @@ class QueryOptions:
                 changes[name] = duration_ms(value)
             elif name == "max_batch_records":
                 changes[name] = int(value)
+            elif name == "checkpoint_object_store":
+                changes[name] = str(value).strip().lower() in ("1", "true", "yes", "on")
             elif name == "startup":
                 mode = str(value).lower()
                 if mode not in ("earliest-offset", "latest-offset", "earliest", "latest"):

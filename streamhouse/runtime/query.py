@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
@@ -52,6 +53,7 @@ from streamhouse.sql.execute import run_sql
 from streamhouse.sql.parse import node_position, parse
 from streamhouse.sql.plan import FLOWS, ContinuousPlan, check_columns, plan_query
 from streamhouse.sql.source import METADATA_FIELDS
+from streamhouse.state.remote import download_checkpoint, upload_checkpoint
 from streamhouse.state.store import ScopedBatch, StateStore, StateView, partition_key
 from streamhouse.views.group_by import GroupAggregate
 from streamhouse.views.recompute import RecomputeOperator
@@ -109,7 +111,12 @@ class ContinuousQuery:
         self._on_results = on_results
         self._results: deque[pa.RecordBatch] = deque()
         self._results_ready = threading.Condition()
+        if self.options.checkpoint_object_store and not _has_state(state_dir):
+            if state_dir.exists():
+                state_dir.rmdir()
+            download_checkpoint(self.log.store, name, state_dir)
         self.store = StateStore(state_dir)
+        self._uploaded_at = time.monotonic()
         try:
             self.operator = self._make_operator(self.plan.operator, StateView(self.store, b"0/"))
             self.children = {
@@ -348,6 +355,8 @@ class ContinuousQuery:
         with self._step_lock:
             if not already:
                 self._closed = True
+                if self.options.checkpoint_object_store:
+                    upload_checkpoint(self.store, self.log.store, self.name)
                 self.store.close()
         with self._results_ready:
             self._results_ready.notify_all()
@@ -485,6 +494,12 @@ class ContinuousQuery:
         self.batches += 1
         if outputs is not None and outputs.num_rows:
             self._deliver(outputs)
+        if (
+            self.options.checkpoint_object_store
+            and time.monotonic() - self._uploaded_at >= self.options.checkpoint_interval_ms / 1000
+        ):
+            upload_checkpoint(self.store, self.log.store, self.name)
+            self._uploaded_at = time.monotonic()
         return True
 
     def _operate(
@@ -703,6 +718,10 @@ class ContinuousQuery:
 
     def explain(self) -> str:
         return self.plan.explain()
+
+
+def _has_state(state_dir: Path) -> bool:
+    return state_dir.is_dir() and any(state_dir.iterdir())
 
 
 def _rows_by_position(source: pa.Table, late_pre: pa.Table) -> pa.Table:

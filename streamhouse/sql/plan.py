@@ -171,9 +171,12 @@ class StreamJoin:
         if b is None:
             kind, evict = "regular", "none (set 'state.ttl' to bound it by event time)"
         else:
-            kind = f"interval: right.{b.right_column} - {b.before_ms}ms <= left.{b.left_column} <= right.{b.right_column} + {b.after_ms}ms"
+            lo = f"right.{b.right_column} - {b.before_ms}ms <= " if b.before_ms is not None else ""
+            hi = f" <= right.{b.right_column} + {b.after_ms}ms" if b.after_ms is not None else ""
+            kind = f"interval: {lo}left.{b.left_column}{hi}"
             evict = (
                 "left rows older than watermark - before, right rows older than watermark - after"
+                " (by the bounds on the streams' time columns)"
             )
         return [
             f"StreamJoin  {kind}",

@@ -352,19 +352,27 @@ class SQLiteMetadata:
         if not entries:
             return
         with self._transaction(f"commit segment {object_key!r}") as conn:
+            # One read of every partition involved, then one executemany per table: a flush
+            # commits a row per partition, and a statement per row costs more than the rows.
+            current: dict[tuple[str, int], tuple[int, int]] = {}
+            for topic in {entry.topic for entry in entries}:
+                for partition, high_watermark, max_timestamp in conn.execute(
+                    "SELECT partition_id, high_watermark, max_timestamp FROM partitions"
+                    " WHERE topic = ?",
+                    (topic,),
+                ):
+                    current[(topic, partition)] = (high_watermark, max_timestamp)
+            updates = []
+            rows = []
             for entry in entries:
                 topic, partition = entry.topic, entry.partition
                 base, last = entry.base_offset, entry.last_offset
-                row = conn.execute(
-                    "SELECT high_watermark, max_timestamp FROM partitions"
-                    " WHERE topic = ? AND partition_id = ?",
-                    (topic, partition),
-                ).fetchone()
-                if row is None:
+                found = current.get((topic, partition))
+                if found is None:
                     if self._read_topic(conn, topic) is None:
                         raise UnknownTopicError(topic)
                     raise UnknownPartitionError(topic, partition)
-                high_watermark, max_timestamp = row
+                high_watermark, max_timestamp = found
                 if base != high_watermark:
                     raise StorageError(
                         f"segment {object_key!r} is stale: {topic}/{partition} starts at offset"
@@ -377,20 +385,25 @@ class SQLiteMetadata:
                         f" is below base offset {base}"
                     )
                 running_max = max(max_timestamp, entry.max_timestamp)
-                conn.execute(
-                    "UPDATE partitions SET high_watermark = ?, max_timestamp = ?"
-                    " WHERE topic = ? AND partition_id = ?",
-                    (last + 1, running_max, topic, partition),
-                )
-                conn.execute(
-                    "INSERT INTO segments (topic, partition_id, base_offset, last_offset,"
-                    " object_key, byte_position, byte_length, min_timestamp, max_timestamp,"
-                    " running_max_timestamp, record_count, crc)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                current[(topic, partition)] = (last + 1, running_max)
+                updates.append((last + 1, running_max, topic, partition))
+                rows.append(
                     (topic, partition, base, last, object_key, entry.position, entry.length,
                      entry.min_timestamp, entry.max_timestamp, running_max, entry.record_count,
-                     entry.crc),
+                     entry.crc)
                 )  # fmt: skip
+            conn.executemany(
+                "UPDATE partitions SET high_watermark = ?, max_timestamp = ?"
+                " WHERE topic = ? AND partition_id = ?",
+                updates,
+            )
+            conn.executemany(
+                "INSERT INTO segments (topic, partition_id, base_offset, last_offset,"
+                " object_key, byte_position, byte_length, min_timestamp, max_timestamp,"
+                " running_max_timestamp, record_count, crc)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                rows,
+            )
         logger.debug("committed segment %r with %d index row(s)", object_key, len(entries))
 
     def segments(
