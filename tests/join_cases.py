@@ -75,6 +75,17 @@ def events(
     return out
 
 
+def first_per_key_and_time(rows: Sequence[Event]) -> list[Event]:
+    """``rows`` without a later event of a key at a time already seen for it."""
+    seen: set[tuple[str, int]] = set()
+    kept = []
+    for key, t, value in rows:
+        if (key, t) not in seen:
+            seen.add((key, t))
+            kept.append((key, t, value))
+    return kept
+
+
 @dataclass(frozen=True)
 class Schedule:
     """How a continuous run reads its input: ``max_records`` of successive steps (cycled), and

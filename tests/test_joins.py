@@ -28,6 +28,7 @@ from join_cases import (
     Schedule,
     duck,
     events,
+    first_per_key_and_time,
     hop,
     joins_rows,
     joins_state,
@@ -101,9 +102,7 @@ def cases(draw: st.DrawFn, joins: st.SearchStrategy[Join], versioned: bool = Fal
     if versioned:
         # A versioned table: versions in order; one version per key and time (else which one
         # is current would be ambiguous, in batch too).
-        drawn = draw(events(delays[1], in_order=True, steps=(0, 1, 2, 4)))
-        seen: set[tuple[str, int]] = set()
-        b = [e for e in drawn if (e[0], e[1]) not in seen and not seen.add((e[0], e[1]))]
+        b = first_per_key_and_time(draw(events(delays[1], in_order=True, steps=(0, 1, 2, 4))))
     else:
         b = draw(events(delays[1]))
     return Case(draw(joins), delays, draw(st.sampled_from([1, 2])), a, b, draw(schedules))

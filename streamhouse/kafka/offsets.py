@@ -63,8 +63,11 @@ def _answer(broker: Broker, module: Any, request: Any) -> Any:
 
 
 async def handle_list_offsets(broker: Broker, header: RequestHeader, request: Any) -> Any:
-    """Look offsets up in a worker thread (a timestamp lookup may read a segment)."""
+    """Earliest and latest come from the catalog at once; a lookup by timestamp may read a
+    segment, so a request holding one is answered from a worker thread."""
     module = messages(2, header.api_version, True)
+    if all(p.timestamp < 0 for t in request.topics for p in t.partitions):
+        return _answer(broker, module, request)
     return await asyncio.to_thread(_answer, broker, module, request)
 
 

@@ -66,6 +66,8 @@ log = logging.getLogger(__name__)
 FINAL_WATERMARK = 1 << 62
 """The watermark of a source that has ended: every window closes."""
 
+GLOBAL_KEY = b"{}"
+"""The record key of an updating aggregate without GROUP BY: its one group."""
 SINK = b"sink/"
 PENDING = b"pending"
 COUNTERS = b"counters"
@@ -557,6 +559,12 @@ class ContinuousQuery:
                     post = op.keyed_post_sql if derived else op.post_sql
                     outputs = _run_sql(post, {FLOWS: changed})
                     tombstones = self._dropped_keys(changed, outputs, op)
+                    if not op.keys and not derived:  # one group: one record key for all updates
+                        outputs = outputs.append_column(
+                            "__key", pa.array([GLOBAL_KEY] * outputs.num_rows, pa.binary())
+                        )
+                        if outputs.num_rows == 0:  # HAVING dropped the one group
+                            tombstones = [GLOBAL_KEY]
         elif isinstance(op, plans.WindowAggregate):
             table = rows(op.source)
             if table is not None:

@@ -18,11 +18,13 @@ when the watermark passes ``end + allowed_lateness``.
 from __future__ import annotations
 
 import logging
+import struct
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from streamhouse.errors import StorageError
 from streamhouse.sql.plan import WindowAggregate
 from streamhouse.state.store import (
     StateBatch,
@@ -56,8 +58,34 @@ def _with_window_types(table: pa.Table) -> pa.Table:
     return table.append_column("window_time", pc.subtract(end, 1).cast(WINDOW_TYPE))
 
 
+Window = tuple[int, int]
+"""(start, end) of a window, epoch milliseconds."""
+MAX_RUNS = 8
+"""A window with more partial runs than this has them merged into one (in the same batch)."""
+_RUN = struct.Struct(">I")
+
+
+def run_key(window: Window, seq: int) -> bytes:
+    """The ``windows`` key of run ``seq`` of ``window``: ``u64(end) | u64(start) | u32(seq)``."""
+    return window_key(*window) + _RUN.pack(seq)
+
+
+def _run_from_key(key: bytes) -> tuple[Window, int]:
+    """(window, seq) of a ``windows`` key; a bare 16-byte window key is run 0."""
+    return window_from_key(key[:16]), (_RUN.unpack(key[16:20])[0] if len(key) >= 20 else 0)
+
+
 class WindowOperator:
-    """Tumbling, hopping and cumulating window aggregation over RocksDB state."""
+    """Tumbling, hopping and cumulating window aggregation over RocksDB state.
+
+    Each micro-batch adds, per window it touches, one *run*: the batch's partial aggregates of
+    that window, one row per key, written to RocksDB (``windows`` column family, key
+    ``u64(end) | u64(start) | u32(seq)``). Runs are merged when a window has more than
+    :data:`MAX_RUNS` of them, and when the window closes. The heap holds only run sizes and the
+    runs of the current batch; the rest lives in RocksDB (its memtables, then SST files), so
+    memory does not grow with the number of open keys, and a batch costs what it touches, not
+    what the window holds.
+    """
 
     def __init__(
         self, plan: WindowAggregate, store: StateStore, allowed_lateness_ms: int = 0
@@ -67,17 +95,67 @@ class WindowOperator:
         self.lateness = allowed_lateness_ms
         self.keys = [*plan.keys, *WINDOW_BOUNDS]
         self._calls = plan.aggregates
-        self.state: dict[tuple[int, int], pa.Table] = {}
+        self.state: dict[Window, list[tuple[int, int]]] = {}  # window -> [(seq, rows)]
         for key, value in store.items("windows"):
-            self.state[window_from_key(key)] = decode_table(value)
-        self._staged: dict[tuple[int, int], pa.Table] | None = None
+            window, seq = _run_from_key(key)
+            rows = pa.ipc.open_stream(pa.py_buffer(value)).read_all().num_rows
+            self.state.setdefault(window, []).append((seq, rows))
+        self._staged: dict[Window, list[tuple[int, int]]] | None = None
+        self._fresh: dict[tuple[Window, int], pa.Table] = {}  # runs of the uncommitted batch
 
     @property
     def open_windows(self) -> int:
         return len(self.state)
 
     def open_keys(self) -> int:
-        return sum(t.num_rows for t in self.state.values())
+        """Rows of partial aggregates held (keys of open windows; more before runs merge)."""
+        return sum(rows for runs in self.state.values() for _, rows in runs)
+
+    def _stage(self) -> dict[Window, list[tuple[int, int]]]:
+        if self._staged is None:
+            self._staged = {w: list(runs) for w, runs in self.state.items()}
+        return self._staged
+
+    def _read(self, window: Window, seq: int) -> pa.Table:
+        fresh = self._fresh.get((window, seq))
+        if fresh is not None:
+            return fresh
+        value = self.store.get("windows", run_key(window, seq))
+        if value is None and seq == 0:  # written before runs had sequence numbers
+            value = self.store.get("windows", window_key(*window))
+        if value is None:
+            raise StorageError(f"window state run {window}/{seq} is missing")
+        return decode_table(value)
+
+    def _add_run(self, window: Window, table: pa.Table, batch: StateBatch) -> None:
+        runs = self._stage().setdefault(window, [])
+        seq = max((s for s, _ in runs), default=-1) + 1
+        runs.append((seq, table.num_rows))
+        self._fresh[(window, seq)] = table
+        batch.put("windows", run_key(window, seq), encode_table(table))
+        if len(runs) > MAX_RUNS:
+            # Merge the smaller half of the runs (size-tiered, as an LSM tree): each row is
+            # merged about log(batches) times, and a merge never holds the whole window.
+            smallest = sorted(runs, key=lambda run: (run[1], run[0]))[: MAX_RUNS // 2 + 1]
+            merged = self._merge(window, smallest, batch)
+            runs[:] = [run for run in runs if run not in smallest]
+            self._add_run(window, merged, batch)
+
+    def _take(self, window: Window, batch: StateBatch) -> pa.Table:
+        """Every run of ``window``, merged into one row per key, and removed from state."""
+        return self._merge(window, self._stage().pop(window), batch)
+
+    def _merge(self, window: Window, runs: list[tuple[int, int]], batch: StateBatch) -> pa.Table:
+        """``runs`` of ``window`` merged into one row per key; their keys are deleted."""
+        tables = [self._read(window, seq) for seq, _ in runs]
+        for seq, _ in runs:
+            self._fresh.pop((window, seq), None)
+            batch.delete("windows", run_key(window, seq))
+            if seq == 0:
+                batch.delete("windows", window_key(*window))
+        if len(tables) == 1:
+            return tables[0]
+        return aggregate.combine(tables, list(self.plan.keys), self.keys, self._calls)
 
     def process(
         self, pre: pa.Table, ts: np.ndarray, watermark: int, batch: StateBatch
@@ -86,8 +164,7 @@ class WindowOperator:
 
         Returns the indices of rows that were late for every window they belong to.
         """
-        staged = self._staged if self._staged is not None else dict(self.state)
-        self._staged = staged
+        self._stage()
         spec = self.plan.window
         size = spec.size_ms
         pane = size if spec.kind == "tumble" else (spec.slide_ms or size)
@@ -131,28 +208,20 @@ class WindowOperator:
                 "window_start", pa.repeat(pa.scalar(window[0], pa.int64()), hi - lo)
             ).append_column("window_end", pa.repeat(pa.scalar(window[1], pa.int64()), hi - lo))
             fresh = fresh.select(self.keys + fresh.column_names[len(self.plan.keys) : -2])
-            old = staged.get(window)
-            # A hop's or cumulate's panes give a key several rows of one window: merge them too.
-            if old is not None or rows is not None:
-                inputs = [fresh] if old is None else [old, fresh]
-                fresh = aggregate.combine(inputs, group_keys, self.keys, self._calls)
-            staged[window] = fresh
-            batch.put("windows", window_key(*window), encode_table(fresh))
+            if rows is not None:  # a hop's or cumulate's panes give a key several rows
+                fresh = aggregate.combine([fresh], group_keys, self.keys, self._calls)
+            self._add_run(window, fresh.combine_chunks(), batch)
         return late_rows
 
     def emit(self, watermark: int, batch: StateBatch) -> pa.Table | None:
         """Finalized rows of every window the watermark closes, in (end, start) order."""
-        staged = self._staged if self._staged is not None else dict(self.state)
-        self._staged = staged
+        staged = self._stage()
         closed = sorted(
             (w for w in staged if w[1] + self.lateness <= watermark), key=lambda w: (w[1], w[0])
         )
         if not closed:
             return None
-        tables = []
-        for window in closed:
-            tables.append(staged.pop(window))
-            batch.delete("windows", window_key(*window))
+        tables = [self._take(window, batch) for window in closed]
         final = aggregate.finalize(pa.concat_tables(tables), self.keys, self.plan.aggregates)
         return _with_window_types(final)
 
@@ -160,9 +229,11 @@ class WindowOperator:
         if self._staged is not None:
             self.state = self._staged
             self._staged = None
+        self._fresh = {}
 
     def rollback(self) -> None:
         self._staged = None
+        self._fresh = {}
 
 
 class SessionOperator:
