@@ -212,3 +212,38 @@ class ScopedBatch:
 
     def delete(self, family: str, key: bytes) -> None:
         self.batch.delete(family, self.prefix + key)
+
+
+class TableState:
+    """Operator state kept as one Arrow table under one key of the ``sessions`` column family.
+
+    Changes are staged during a micro-batch (:meth:`stage` also writes them into the batch) and
+    become :attr:`committed` when the batch is (:meth:`commit`); :meth:`rollback` drops them.
+    """
+
+    def __init__(self, store: StateStore | StateView, key: bytes) -> None:
+        self.key = key
+        stored = store.get("sessions", key)
+        self.committed: pa.Table | None = decode_table(stored) if stored else None
+        self._staged: pa.Table | None = None
+        self._dirty = False
+
+    @property
+    def current(self) -> pa.Table | None:
+        """The table as of what this micro-batch has staged so far."""
+        return self._staged if self._dirty else self.committed
+
+    @property
+    def rows(self) -> int:
+        return self.committed.num_rows if self.committed is not None else 0
+
+    def stage(self, table: pa.Table, batch: StateBatch | ScopedBatch) -> None:
+        self._staged, self._dirty = table, True
+        batch.put("sessions", self.key, encode_table(table))
+
+    def commit(self) -> None:
+        if self._dirty:
+            self.committed, self._staged, self._dirty = self._staged, None, False
+
+    def rollback(self) -> None:
+        self._staged, self._dirty = None, False

@@ -14,7 +14,7 @@ import numpy as np
 import pyarrow as pa
 
 from streamhouse.sql.plan import WindowAggregate
-from streamhouse.state.store import StateBatch, StateStore, decode_table, encode_table
+from streamhouse.state.store import StateBatch, StateStore, TableState
 from streamhouse.windows import aggregate
 from streamhouse.windows.assign import group_codes
 
@@ -29,17 +29,15 @@ class GroupAggregate:
     def __init__(self, plan: WindowAggregate, store: StateStore) -> None:
         self.plan = plan
         self.keys = list(plan.keys) or ["__all"]
-        stored = store.get("sessions", GROUPS_KEY)
-        self.state: pa.Table | None = decode_table(stored) if stored else None
-        self._staged: pa.Table | None | bool = False
+        self.table = TableState(store, GROUPS_KEY)
 
     @property
     def open_windows(self) -> int:
-        return self.state.num_rows if self.state is not None else 0
+        return self.table.rows
 
     def process(self, pre: pa.Table, batch: StateBatch) -> pa.Table | None:
         """Merge ``pre`` in; returns finalized rows (keys ``__k*``, aggregates) of changed keys."""
-        current = self.state if self._staged is False else self._staged
+        current = self.table.current
         if pre.num_rows == 0:
             return None
         if not self.plan.keys:
@@ -54,17 +52,14 @@ class GroupAggregate:
             touched = np.unique(codes[current.num_rows :])
             merged = aggregate.merge_table(combined, self.keys, self.plan.aggregates)
             changed = np.isin(np.arange(merged.num_rows), touched)  # merged rows are in code order
-        self._staged = merged
-        batch.put("sessions", GROUPS_KEY, encode_table(merged))
+        self.table.stage(merged, batch)
         final = aggregate.finalize(
             merged.filter(pa.array(changed)), self.keys, self.plan.aggregates
         )
         return final.drop_columns(["__all"]) if not self.plan.keys else final
 
     def commit(self) -> None:
-        if self._staged is not False:
-            self.state = self._staged  # type: ignore[assignment]
-            self._staged = False
+        self.table.commit()
 
     def rollback(self) -> None:
-        self._staged = False
+        self.table.rollback()

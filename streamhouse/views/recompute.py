@@ -19,7 +19,7 @@ import pyarrow.compute as pc
 
 from streamhouse.sql.execute import run_sql
 from streamhouse.sql.plan import Recompute
-from streamhouse.state.store import StateBatch, StateView, decode_table, encode_table
+from streamhouse.state.store import StateBatch, StateView, TableState
 from streamhouse.windows.assign import group_codes
 
 log = logging.getLogger(__name__)
@@ -30,19 +30,17 @@ RECOMPUTE_KEY = b"recompute"
 class RecomputeOperator:
     def __init__(self, plan: Recompute, store: StateView) -> None:
         self.plan = plan
-        stored = store.get("sessions", RECOMPUTE_KEY)
-        self.state: pa.Table | None = decode_table(stored) if stored else None
-        self._staged: pa.Table | None | bool = False
+        self.table = TableState(store, RECOMPUTE_KEY)
 
     @property
     def open_windows(self) -> int:
-        return self.state.num_rows if self.state is not None else 0
+        return self.table.rows
 
     def process(
         self, changes: pa.Table, batch: StateBatch
     ) -> tuple[pa.Table | None, pa.Table | None]:
         """Apply upserted input rows; returns (rows of the touched groups, groups now empty)."""
-        current = self.state if self._staged is False else self._staged
+        current = self.table.current
         if changes.num_rows == 0:
             return None, None
         keys, groups = self.plan.input_keys, self.plan.group_by
@@ -65,8 +63,7 @@ class RecomputeOperator:
             )
         else:
             state, touched = changes, changes.select(groups)
-        self._staged = state
-        batch.put("sessions", RECOMPUTE_KEY, encode_table(state))
+        self.table.stage(state, batch)
         both = pa.concat_tables([state.select(groups), touched], promote_options="permissive")
         codes = group_codes([both[g] for g in groups])
         affected = np.isin(codes[: state.num_rows], codes[state.num_rows :])
@@ -81,9 +78,7 @@ class RecomputeOperator:
         )
 
     def commit(self) -> None:
-        if self._staged is not False:
-            self.state = self._staged  # type: ignore[assignment]
-            self._staged = False
+        self.table.commit()
 
     def rollback(self) -> None:
-        self._staged = False
+        self.table.rollback()

@@ -17,7 +17,7 @@ import pyarrow.compute as pc
 
 from streamhouse.sql.execute import run_sql
 from streamhouse.sql.plan import TopN
-from streamhouse.state.store import StateBatch, StateStore, decode_table, encode_table
+from streamhouse.state.store import StateBatch, StateStore, TableState
 from streamhouse.windows.assign import group_codes
 
 log = logging.getLogger(__name__)
@@ -28,19 +28,17 @@ TOP_N_KEY = b"top_n"
 class TopNOperator:
     def __init__(self, plan: TopN, store: StateStore) -> None:
         self.plan = plan
-        stored = store.get("sessions", TOP_N_KEY)
-        self.state: pa.Table | None = decode_table(stored) if stored else None
-        self._staged: pa.Table | None | bool = False
+        self.table = TableState(store, TOP_N_KEY)
 
     @property
     def open_windows(self) -> int:
-        return self.state.num_rows if self.state is not None else 0
+        return self.table.rows
 
     def process(self, rows: pa.Table, batch: StateBatch) -> tuple[pa.Table | None, pa.Table | None]:
         """Re-rank the touched keys; returns the query's rows for them, after and before this
         batch (a row of a (key, rank) that is no longer there, because the query filters on more
         than the rank, needs a tombstone)."""
-        current = self.state if self._staged is False else self._staged
+        current = self.table.current
         if rows.num_rows == 0:
             return None, None
         keys = self.plan.partition_by
@@ -63,14 +61,11 @@ class TopNOperator:
             if untouched is None
             else pa.concat_tables([untouched, kept], promote_options="permissive")
         )
-        self._staged = state
-        batch.put("sessions", TOP_N_KEY, encode_table(state))
+        self.table.stage(state, batch)
         return run_sql(self.plan.sql, {self.plan.source: kept}), before
 
     def commit(self) -> None:
-        if self._staged is not False:
-            self.state = self._staged  # type: ignore[assignment]
-            self._staged = False
+        self.table.commit()
 
     def rollback(self) -> None:
-        self._staged = False
+        self.table.rollback()
