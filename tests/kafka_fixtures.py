@@ -65,11 +65,16 @@ class KafkaServer:
     """A ``streamhouse`` Kafka server in a subprocess; restartable on the same data and port."""
 
     def __init__(
-        self, data_dir: Path, port: int | None = None, env: dict[str, str] | None = None
+        self,
+        data_dir: Path,
+        port: int | None = None,
+        env: dict[str, str] | None = None,
+        args: list[str] | None = None,
     ) -> None:
         self.data_dir = data_dir
         self.port = port or free_port()
         self.env = env or {}
+        self.args = args or []
         self.log_path = data_dir.parent / f"{data_dir.name}-server.log"
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -82,7 +87,7 @@ class KafkaServer:
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
         with self.log_path.open("ab") as out:
             self.process = subprocess.Popen(
-                server_command(self.data_dir, self.port),
+                server_command(self.data_dir, self.port, *self.args),
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 cwd=REPO,
