@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import sys
 import time
 from pathlib import Path
@@ -69,6 +68,13 @@ def _jvm_cpu_seconds() -> float | None:
         if name == "java"
     ]
     return sum(times) if times else None
+
+
+def _own_peak_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
 
 
 def main() -> int:
@@ -119,7 +125,7 @@ def main() -> int:
                 "status": "ok",
                 "flink_version": __version__,
                 "parallelism": spec["parallelism"],
-                "python_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                "python_peak_rss_mb": _own_peak_mb(),
                 "queries": results,
             }
         )

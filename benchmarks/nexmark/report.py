@@ -37,13 +37,20 @@ def _cell(part: dict[str, Any] | None) -> str:
     return f"{part['events_per_second']:,}"
 
 
+def _with_cpu(part: dict[str, Any] | None) -> str:
+    cell = _cell(part)
+    if part and part.get("status") == "ok" and part.get("cpu_seconds") is not None:
+        cell += f" ({part['cpu_seconds']:.1f})"
+    return cell
+
+
 def markdown_table(results: dict[str, Any]) -> str:
     """One row per query: events/s of each system, CPU seconds, peak memory, the ratios."""
     lines = [
-        "| query | events | SH bounded ev/s | SH continuous ev/s | cont. CPU s | cont. peak RSS MB "
-        "| DuckDB (Arrow) ev/s | DuckDB (JSON) ev/s | PyFlink p1 ev/s | PyFlink p2 ev/s "
-        "| cont. / best PyFlink | DuckDB JSON time / SH time | load | rows match |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| query | events | SH bounded ev/s (CPU s) | SH continuous ev/s (CPU s) "
+        "| cont. peak RSS MB | DuckDB Arrow ev/s | DuckDB JSON ev/s | PyFlink p1 ev/s "
+        "| PyFlink p2 ev/s | cont. / best PyFlink | DuckDB JSON / best SH | load | match |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for name, entry in results.get("queries", {}).items():
         cont = entry.get("continuous") or {}
@@ -52,17 +59,22 @@ def markdown_table(results: dict[str, Any]) -> str:
         vs_flink = f"{_rate(cont) / max(flink):.2f}x" if flink and _rate(cont) else "-"
         duck = _rate(entry.get("duckdb_json"))
         vs_duck = f"{duck / best_sh:.1f}x" if duck and best_sh else "-"
-        loads = [cont.get("load_before"), cont.get("load_after")]
+        loads = [
+            part.get(key)
+            for part in (entry.get("bounded") or {}, cont)
+            for key in ("load_before", "load_after")
+        ]
         loads = [x for x in loads if x is not None]
         match = entry.get("match", "-")
         if entry.get("match_continuous_rows") is not None:
             match = f"{match} / {entry['match_continuous_rows']}"
         lines.append(
-            f"| {name} | {entry['events']:,} | {_cell(entry.get('bounded'))} | {_cell(cont or None)} "
-            f"| {cont.get('cpu_seconds', 0):.1f} | {cont.get('peak_rss_mb', '-')} "
+            f"| {name} | {entry['events']:,} | {_with_cpu(entry.get('bounded'))} "
+            f"| {_with_cpu(cont or None)} | {cont.get('peak_rss_mb', '-')} "
             f"| {_cell(entry.get('duckdb_arrow'))} | {_cell(entry.get('duckdb_json'))} "
             f"| {_cell(entry.get('flink_p1'))} | {_cell(entry.get('flink_p2'))} "
-            f"| {vs_flink} | {vs_duck} | {max(loads) if loads else '-'} | {match} |"
+            f"| {vs_flink} | {vs_duck} "
+            f"| {f'{min(loads):.1f}-{max(loads):.1f}' if loads else '-'} | {match} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -127,12 +139,12 @@ def write_chart(results: dict[str, Any], path: Path) -> None:
         for name, entry in results.get("queries", {}).items()
     ]
     queries = [(n, rates) for n, rates in queries if any(rates)]
-    bar, gap, left, top, width = 7, 10, 120, 90, 1000
+    bar, gap, left, top, width = 7, 10, 120, 90, 1040
     group = bar * len(SERIES) + gap
     height = top + max(1, len(queries)) * group + 40
     canvas = np.full((height, width, 3), 255, np.uint8)
     lo, hi = 4, 8  # log10 of the axis range
-    span = width - left - 30
+    span = width - left - 70
 
     def xpos(rate: float) -> int:
         return left + int(span * (min(max(math.log10(rate), lo), hi) - lo) / (hi - lo))

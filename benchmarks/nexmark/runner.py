@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
 import sys
 import time
@@ -44,15 +43,21 @@ def query_file(name: str) -> NexmarkQuery:
     return NexmarkQuery(name, path)
 
 
+def _status_mb(field: str) -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
 def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    """This process's peak resident memory (``VmHWM``; ``getrusage``'s ``ru_maxrss`` would
+    carry over the parent's peak across fork and exec)."""
+    return _status_mb("VmHWM")
 
 
 def current_rss_mb() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
+    return _status_mb("VmRSS")
 
 
 def bounded(sh: streamhouse.StreamHouse, query: NexmarkQuery) -> dict[str, Any]:
@@ -82,7 +87,12 @@ def continuous(sh: streamhouse.StreamHouse, query: NexmarkQuery, name: str) -> d
     if running.error is not None:
         return {"status": "failed", "error": repr(running.error)}
     keep = ("rows_in", "rows_out", "late_rows", "rejected_rows", "batches")
-    return {"status": "ok", "rows": rows, "query_status": {k: status.get(k) for k in keep}}
+    return {
+        "status": "ok",
+        "rows": rows,
+        "updating": bool(getattr(running, "updating", False)),
+        "query_status": {k: status.get(k) for k in keep},
+    }
 
 
 def measure(data_dir: Path, name: str, mode: str, options: dict[str, Any]) -> dict[str, Any]:

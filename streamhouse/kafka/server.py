@@ -152,6 +152,9 @@ class _Connection:
             except ProtocolError as exc:
                 log.info("connection %s: %s; closing", self.peer, exc)
                 return
+            except Exception:
+                log.exception("connection %s: request failed; closing", self.peer)
+                return
             if response is not None:
                 await self.pending.put(response)
 

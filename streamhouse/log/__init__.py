@@ -115,17 +115,6 @@ class Log:
         finally:
             self._topics.pop(name, None)
 
-    def _produce_target(self, topic: str) -> tuple[TopicInfo, int]:
-        """The topic (cached up to ``TOPIC_CACHE_SECONDS``) and its max.message.bytes."""
-        now = time.monotonic()
-        cached = self._topics.get(topic)
-        if cached is not None and cached[0] > now:
-            return cached[1], cached[2]
-        info = self.topic(topic)
-        limit = self.max_message_bytes(info)
-        self._topics[topic] = (now + TOPIC_CACHE_SECONDS, info, limit)
-        return info, limit
-
     # -- produce ----------------------------------------------------------------------------
 
     def max_message_bytes(self, info: TopicInfo) -> int:
@@ -161,6 +150,17 @@ class Log:
         """
         headers = self._validate(topic, partition, batches, split)
         return self.writer.append_async(topic, partition, batches, headers)
+
+    def _produce_target(self, topic: str) -> tuple[TopicInfo, int]:
+        """The topic (cached up to ``TOPIC_CACHE_SECONDS``) and its max.message.bytes."""
+        now = time.monotonic()
+        cached = self._topics.get(topic)
+        if cached is not None and cached[0] > now:
+            return cached[1], cached[2]
+        info = self.topic(topic)
+        limit = self.max_message_bytes(info)
+        self._topics[topic] = (now + TOPIC_CACHE_SECONDS, info, limit)
+        return info, limit
 
     def _validate(
         self,

@@ -292,7 +292,7 @@ class LogWriter:
             flush.data, flush.entries, flush.resolved, flush.assigned = built
             flush.object_key = segment_key(next(self._sequence))
             self._store.put(flush.object_key, flush.data)
-        except Exception as exc:  # noqa: BLE001 - reported by the committer, in order
+        except Exception as exc:  # reported by the committer, in order
             flush.error = exc
         return flush
 
