@@ -19,6 +19,7 @@ import threading
 import duckdb
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from streamhouse.log import Log
 from streamhouse.log.partitioner import partition_for_key
@@ -41,14 +42,22 @@ def _cursor() -> duckdb.DuckDBPyConnection:
 
 
 def key_strings(table: pa.Table, key_columns: list[str]) -> list[bytes | None]:
-    """The record key of each row, as :func:`encode_rows` makes it."""
-    return encode_rows(table, key_columns)[1]
+    """The record key of each row, as :func:`encode_columns` makes it."""
+    _, keys = encode_columns(table, key_columns)
+    return keys.to_pylist() if keys is not None else [None] * table.num_rows
 
 
 def encode_rows(table: pa.Table, key_columns: list[str]) -> tuple[list[bytes], list[bytes | None]]:
-    """(JSON value, key) per row of ``table``, in order."""
+    """(JSON value, key) per row of ``table``, in order, as Python bytes."""
+    values, keys = encode_columns(table, key_columns)
+    key_list = keys.to_pylist() if keys is not None else [None] * table.num_rows
+    return values.to_pylist(), key_list
+
+
+def encode_columns(table: pa.Table, key_columns: list[str]) -> tuple[pa.Array, pa.Array | None]:
+    """(JSON values, keys or None) of ``table``'s rows as Arrow binary arrays, in order."""
     if table.num_rows == 0:
-        return [], []
+        return pa.array([], pa.binary()), None
     con = _cursor()
     try:
         con.register("rows_out", table)
@@ -69,9 +78,9 @@ def encode_rows(table: pa.Table, key_columns: list[str]) -> tuple[list[bytes], l
         ).to_arrow_table()
     finally:
         con.close()
-    values = [v.encode() for v in result["v"].to_pylist()]
-    key_list = [k.encode() if k is not None else None for k in result["k"].to_pylist()]
-    return values, key_list
+    values = result["v"].combine_chunks().cast(pa.binary())
+    key_array = result["k"].combine_chunks().cast(pa.binary()) if keys else None
+    return values, key_array
 
 
 class TopicSink:
@@ -93,30 +102,32 @@ class TopicSink:
         returns each partition's high watermark afterwards.
 
         ``committed`` is the high watermark per partition as of the last committed micro-batch.
+        Rows are encoded, partitioned and batched as Arrow arrays, without a Python object per
+        record (a stateless query's output is as large as its input).
         """
-        values: list[bytes | None]
         explicit = None
         if "__key" in table.column_names:  # rows that carry their own record key
-            explicit = table["__key"].to_pylist()
+            explicit = table["__key"].combine_chunks().cast(pa.binary())
             table = table.drop_columns(["__key"])
-        values, keys = encode_rows(table, self.key_columns)  # type: ignore[assignment]
+        values, keys = encode_columns(table, self.key_columns)
         if explicit is not None:
             keys = explicit
-        for key in tombstones or []:
-            values.append(None)
-            keys.append(key)
-        partitions = self.log.topic(self.topic).partitions
+        if tombstones:
+            values = pa.concat_arrays([values, pa.nulls(len(tombstones), pa.binary())])
+            base = (
+                keys if keys is not None else pa.nulls(len(values) - len(tombstones), pa.binary())
+            )
+            keys = pa.concat_arrays([base, pa.array(tombstones, pa.binary())])
         current = self.high_watermarks()
-        if not values:
+        n = len(values)
+        if n == 0:
             return current
-        assignment = np.array(
-            [
-                partition_for_key(k, partitions) if k is not None else i % partitions
-                for i, k in enumerate(keys)
-            ],
-            dtype=np.int64,
-        )
+        partitions = self.log.topic(self.topic).partitions
+        assignment = _partitions(keys, n, partitions)
         limit = max(1024, self.log.max_message_bytes(self.log.topic(self.topic)) // 2)
+        sizes = pc.fill_null(pc.binary_length(values), 0).to_numpy(zero_copy_only=False)
+        if keys is not None:
+            sizes = sizes + pc.fill_null(pc.binary_length(keys), 0).to_numpy(zero_copy_only=False)
         futures = []
         for partition in range(partitions):
             rows = np.flatnonzero(assignment == partition)
@@ -135,12 +146,14 @@ class TopicSink:
                 rows = rows[already:]
             if len(rows) == 0:
                 continue
+            cuts = np.flatnonzero(np.diff(np.cumsum(sizes[rows] + 24) // limit)) + 1
             batches = []
-            for chunk in _chunks(rows, values, keys, limit):
+            for chunk in np.split(rows, cuts):
+                index = pa.array(chunk)
                 batches.append(
                     build_batch(
-                        [values[i] for i in chunk],
-                        [keys[i] for i in chunk],
+                        values.take(index),
+                        keys.take(index) if keys is not None else None,
                         compression=Compression.LZ4,
                     )
                 )
@@ -150,13 +163,16 @@ class TopicSink:
         return self.high_watermarks()
 
 
-def _chunks(
-    rows: np.ndarray, values: list[bytes | None], keys: list[bytes | None], limit: int
-) -> list[np.ndarray]:
-    """Split ``rows`` into runs whose records stay well below ``limit`` bytes per batch."""
-    sizes = np.fromiter(
-        (len(values[i] or b"") + len(keys[i] or b"") + 24 for i in rows), np.int64, len(rows)
+def _partitions(keys: pa.Array | None, n: int, partitions: int) -> np.ndarray:
+    """Each record's partition: Kafka's default partitioner for keyed records (computed once
+    per distinct key), round robin for keyless ones."""
+    spread = np.arange(n, dtype=np.int64) % partitions
+    if keys is None or keys.null_count == n or partitions == 1:
+        return spread if partitions > 1 else np.zeros(n, dtype=np.int64)
+    encoded = pc.dictionary_encode(keys)
+    per_key = np.array(
+        [partition_for_key(k, partitions) for k in encoded.dictionary.to_pylist()], dtype=np.int64
     )
-    groups = np.cumsum(sizes) // limit
-    cuts = np.flatnonzero(np.diff(groups)) + 1
-    return np.split(rows, cuts)
+    indices = encoded.indices.to_numpy(zero_copy_only=False)
+    valid = pc.is_valid(keys).to_numpy(zero_copy_only=False)
+    return np.where(valid, per_key[np.nan_to_num(indices, nan=0).astype(np.int64)], spread)
