@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint format bench clean
+.PHONY: demo test lint format bench clean kcat
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -23,8 +23,14 @@ format: $(STAMP)
 	$(BIN)/ruff format streamhouse tests benchmarks
 	$(BIN)/ruff check --fix streamhouse tests benchmarks
 
-test: $(STAMP) lint
+test: $(STAMP) lint kcat
 	$(BIN)/python -m pytest -q
+
+# kcat, a real Kafka client the protocol tests drive, comes from Debian's packages.
+kcat:
+	@command -v kcat >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq kcat) >/dev/null 2>&1 || \
+		(command -v sudo >/dev/null && sudo apt-get update -qq && sudo apt-get install -y -qq kcat) >/dev/null 2>&1 || \
+		echo "kcat is missing: install it with apt-get install kcat" >&2
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/log_bench.py

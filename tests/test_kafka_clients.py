@@ -226,8 +226,9 @@ def _skip_missing_codec(client: str, codec: str) -> None:
 
         available = kcodec.has_snappy() if codec == "snappy" else kcodec.has_zstd()
         if not available:
-            pytest.skip(
+            pytest.fail(
                 f"kafka-python needs {'python-snappy' if codec == 'snappy' else 'zstandard'}"
+                " (the [test] extras install it)"
             )
 
 
@@ -373,7 +374,7 @@ def test_group_commit_and_resume(kafka_server: KafkaServer, new_topic, client: s
 def _kcat() -> str:
     path = shutil.which("kcat")
     if path is None:
-        pytest.skip("kcat is not installed (apt-get install kcat; .ci/run does it)")
+        pytest.fail("kcat is not installed (`make test` installs it: apt-get install kcat)")
     return path
 
 
