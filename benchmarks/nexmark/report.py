@@ -2,6 +2,7 @@
 
 The chart is drawn into a numpy RGB array (bars, grid lines, and text in a built-in 5x7 pixel
 font) and written as a PNG with :mod:`zlib`: matplotlib is not a dependency of StreamHouse.
+``python -m benchmarks.nexmark.report results.json`` renders both again from a results file.
 """
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ def _cell(part: dict[str, Any] | None) -> str:
     if part is None:
         return "-"
     if part.get("status") != "ok":
-        return str(part.get("status", "-")).replace("cannot run", "n/a:")
+        status = str(part.get("status", "-"))
+        return "n/a" if status.startswith("cannot run") else status
     return f"{part['events_per_second']:,}"
 
 
@@ -65,12 +67,13 @@ def markdown_table(results: dict[str, Any]) -> str:
             for key in ("load_before", "load_after")
         ]
         loads = [x for x in loads if x is not None]
+        rss = f"{cont['peak_rss_mb']:,.0f}" if cont.get("status") == "ok" else "-"
         match = entry.get("match", "-")
         if entry.get("match_continuous_rows") is not None:
             match = f"{match} / {entry['match_continuous_rows']}"
         lines.append(
             f"| {name} | {entry['events']:,} | {_with_cpu(entry.get('bounded'))} "
-            f"| {_with_cpu(cont or None)} | {cont.get('peak_rss_mb', '-')} "
+            f"| {_with_cpu(cont or None)} | {rss} "
             f"| {_cell(entry.get('duckdb_arrow'))} | {_cell(entry.get('duckdb_json'))} "
             f"| {_cell(entry.get('flink_p1'))} | {_cell(entry.get('flink_p2'))} "
             f"| {vs_flink} | {vs_duck} "
@@ -170,3 +173,19 @@ def write_chart(results: dict[str, Any], path: Path) -> None:
             if rate:
                 canvas[y + s * bar : y + (s + 1) * bar - 1, left : xpos(rate)] = SERIES[s][2]
     path.write_bytes(_png(canvas))
+
+
+def main(argv: list[str] | None = None) -> int:
+    import json
+    import sys
+
+    for name in argv if argv is not None else sys.argv[1:]:
+        path = Path(name)
+        results = json.loads(path.read_text())
+        path.with_suffix(".md").write_text(markdown_table(results))
+        write_chart(results, path.with_suffix(".png"))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -95,7 +95,7 @@ class WindowAggregate:
         layout = (
             "b'open' -> IPC(keys, window_start, window_end, partials)"
             if w.kind == "session"
-            else "u64(window_end)|u64(window_start) -> IPC(keys, partials)"
+            else "u64(window_end)|u64(window_start)|u32(run) -> IPC(keys, partials of one micro-batch run)"
         )
         aggs = ", ".join(f"{a.func}({a.arg or '*'}) AS {a.output}" for a in self.aggregates)
         return [

@@ -4,9 +4,10 @@ Column families and their key layouts (all integers big-endian; signed milliseco
 stored offset by 2**63 so byte order equals time order):
 
 ``windows``
-    ``u64(window_end) | u64(window_start)`` -> Arrow IPC stream of that window's partial
-    aggregates, one row per group key. Iterating in key order visits windows by end time, so the
-    windows a watermark closes are a prefix.
+    ``u64(window_end) | u64(window_start) | u32(run)`` -> Arrow IPC stream of the partial
+    aggregates one micro-batch added to that window (a run), one row per group key; runs are
+    merged when the window closes (a 16-byte key without a run reads as run 0). Iterating in
+    key order visits windows by end time, so the windows a watermark closes are a prefix.
 ``sessions``
     ``b"open"`` -> Arrow IPC stream of every open session: group keys, ``window_start``,
     ``window_end`` (last event + gap) and partial aggregates.

@@ -1,11 +1,14 @@
 """Window operators: merge each micro-batch's partial aggregates into state, emit closed windows.
 
-:class:`WindowOperator` serves tumbling, hopping and cumulating windows (state per window, keyed
-by end then start, so the windows a watermark closes are found in end order); and
+:class:`WindowOperator` serves tumbling, hopping and cumulating windows: per window, runs of
+partial aggregates in RocksDB (``windows`` column family, key ``u64(end) | u64(start) |
+u32(run)``, so the windows a watermark closes are found in end order), one run per micro-batch
+that touched the window, merged size-tiered and on emission; the heap holds only run sizes.
 :class:`SessionOperator` serves session windows (the open sessions of every key, merged when a
-bridging event arrives). Both keep an in-memory mirror of their RocksDB column family; changes
-are staged into the micro-batch's :class:`~streamhouse.state.store.StateBatch` and become the
-mirror only when the caller has committed that batch (:meth:`commit`).
+bridging event arrives), kept in memory and mirrored to one RocksDB value (``sessions``,
+``b"open"``). Changes are staged into the micro-batch's
+:class:`~streamhouse.state.store.StateBatch` and take effect only when the caller has committed
+that batch (:meth:`commit`); :meth:`rollback` forgets them.
 
 Lateness: a row assignment to a window whose ``end + allowed_lateness`` is at or before the
 watermark *before* the batch is late: dropped and counted (and offered to the late-row side
