@@ -28,10 +28,10 @@ from streamhouse.log import Log
 from streamhouse.result import Relation, status
 from streamhouse.sql.ddl import stream_definition
 from streamhouse.sql.dialect import Explain
-from streamhouse.sql.execute import register, run_sql, session_context
+from streamhouse.sql.execute import datafusion_message, register, run_sql, session_context
 from streamhouse.sql.functions import functions, to_datafusion
 from streamhouse.sql.parse import DIALECT, node_position, parse, sql_error
-from streamhouse.sql.plan import TemporalJoin, plan_temporal_join
+from streamhouse.sql.plan import TemporalJoin, plan_temporal_join, source_tables
 from streamhouse.sql.source import (
     METADATA_COLUMNS,
     RejectedRow,
@@ -202,7 +202,7 @@ class Engine:
         return relation
 
     def _check_names(self, query: exp.Query) -> None:
-        for table in _source_tables(query):
+        for table in source_tables(query):
             if self._resolve(table.name) is None:
                 raise UnknownStreamError(
                     f"unknown stream, view or topic {table.name!r}", *_pos(table)
@@ -226,7 +226,7 @@ class Engine:
             return self._temporal(temporal, columns, named, stats)
         query, windowed = take_out_windows(query)
         ctx = session_context()
-        for name in sorted({t.name for t in _source_tables(query)}):
+        for name in sorted({t.name for t in source_tables(query)}):
             if name in windowed:
                 source, spec = windowed[name]
                 needed = (
@@ -242,7 +242,7 @@ class Engine:
         except Exception as exc:  # DataFusion reports planning and execution errors alike
             if isinstance(exc, StreamHouseError):
                 raise
-            raise SqlError(_datafusion_message(exc), *_pos(query)) from None
+            raise SqlError(datafusion_message(exc), *_pos(query)) from None
 
     def _temporal(
         self, plan: TemporalJoin, columns: set[str] | None, named: set[str], stats: QueryStats
@@ -369,16 +369,6 @@ def latest_per_key(records: pa.Table) -> np.ndarray:
     return np.flatnonzero((last | ~keyed) & alive)
 
 
-def _source_tables(query: exp.Expr) -> list[exp.Table]:
-    """Table references in ``query`` that are not its own CTEs."""
-    ctes = {cte.alias_or_name for cte in query.find_all(exp.CTE)}
-    return [
-        t
-        for t in query.find_all(exp.Table)
-        if t.name and t.name not in ctes and not isinstance(t.this, exp.Func)
-    ]
-
-
 def _referenced_columns(query: exp.Expr) -> set[str] | None:
     """Column names a query uses, or None when it needs every column (``*``)."""
     if any(True for _ in query.find_all(exp.Star)):
@@ -390,10 +380,3 @@ def _referenced_columns(query: exp.Expr) -> set[str] | None:
 
 def _pos(node: exp.Expr | None) -> tuple[int | None, int | None]:
     return node_position(node)
-
-
-def _datafusion_message(exc: Exception) -> str:
-    text = str(exc).strip()
-    for prefix in ("DataFusion error: ", "Error during planning: ", "Schema error: "):
-        text = text.replace(prefix, "")
-    return text.splitlines()[0] if text else type(exc).__name__

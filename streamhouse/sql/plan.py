@@ -375,7 +375,7 @@ def _plan_select(
             rewritten = _derive(select, derived)
             return _plan_join(rewritten, rewritten.args["joins"], derived)
     rewritten, windowed = take_out_windows(select)
-    tables = _source_tables(rewritten)
+    tables = source_tables(rewritten)
     plain = [t for t in tables if t.name not in windowed]
     if windowed:
         if plain:
@@ -647,7 +647,8 @@ def _plan_recompute(
     return Recompute(name, to_datafusion(outer), list(inner.keys), group_by, key_outputs)
 
 
-def _source_tables(query: exp.Expr) -> list[exp.Table]:
+def source_tables(query: exp.Expr) -> list[exp.Table]:
+    """Table references in ``query`` that are not its own CTEs."""
     ctes = {cte.alias_or_name for cte in query.find_all(exp.CTE)}
     return [
         t
