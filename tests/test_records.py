@@ -6,6 +6,7 @@ import contextlib
 import struct
 
 import crc32c
+import pyarrow.compute as pc
 import pytest
 from aiokafka.record.default_records import DefaultRecordBatch as AioBatch
 from aiokafka.record.default_records import DefaultRecordBatchBuilder as AioBuilder
@@ -22,6 +23,7 @@ from streamhouse.log.records import (
     Compression,
     build_batch,
     decode_batches,
+    decode_records,
     read_header,
     restamp,
     split_batches,
@@ -360,6 +362,55 @@ def test_round_trip_property(recs, codec, base_offset, with_keys) -> None:
     assert as_tuples(many.slice(19 * len(recs))) == [
         (o + 19 * len(recs), *rest) for o, *rest in expected
     ]
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    records,
+    st.sampled_from(list(Compression)),
+    st.integers(min_value=1, max_value=20),
+    st.data(),
+)
+def test_json_lines_decode_equals_the_copying_decode(recs, codec, copies, data) -> None:
+    """Values left in place as views, and the bytes between them blanked into JSON lines: the
+    same rows as decode_batches, within each buffer's offset range, each value on its line."""
+    batch = build_batch(
+        [r[0] for r in recs],
+        [r[1] for r in recs],
+        [r[2] for r in recs],
+        [r[3] for r in recs],
+        compression=codec,
+    )
+    buffers = [restamp(batch, k * len(recs)) for k in range(copies)]
+    ranges = [
+        tuple(
+            sorted(data.draw(st.lists(st.integers(0, copies * len(recs)), min_size=2, max_size=2)))
+        )
+        for _ in buffers
+    ]
+    decoded = decode_records(buffers, ranges, verify=True, json_lines=True)
+    expected, source = [], []
+    for index, (buffer, (low, high)) in enumerate(zip(buffers, ranges, strict=True)):
+        table = decode_batches(buffer, min_offset=low)
+        table = table.filter(pc.less(table["offset"], high))
+        expected += as_tuples(table)
+        source += [index] * table.num_rows
+    assert (
+        as_tuples(decoded.table.set_column(3, "value", decoded.table["value"].cast("binary")))
+        == expected
+    )
+    assert decoded.source.tolist() == source
+    chunks = decoded.table["value"].chunks
+    assert len(decoded.lines) == len(chunks)
+    for lines, chunk in zip(decoded.lines, chunks, strict=True):
+        values = chunk.to_pylist()
+        assert lines.rows.tolist() == [i for i, v in enumerate(values) if v]
+        text = lines.buffer.to_pybytes()
+        for i, row in enumerate(lines.rows.tolist()):
+            line = text[lines.starts[i] : lines.starts[i + 1]]
+            value = values[row]
+            assert line[: len(value) + 1] == value + b"\n"
+            assert line[len(value) + 1 :].strip(b" ") == b""
 
 
 FUZZ_BATCH = build_batch(

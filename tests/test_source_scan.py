@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -105,3 +106,17 @@ def test_decode_json_reports_nulls_and_keeps_chunk_indices() -> None:
     assert table["a"].to_pylist() == [1, 2]
     assert rows.tolist() == [0, 3]
     assert rejected == [(1, "empty or null value"), (2, "empty or null value")]
+
+
+def test_pretty_printed_values_parse_and_bad_ones_are_reported(tmp_path: Path) -> None:
+    """Values spanning lines (indented JSON) among one-line ones: the reader finds out and
+    parses them all; a value that is not JSON is still reported by offset."""
+    rows = [{"a": i, "s": f"x{i}"} for i in range(40)]
+    values = [json.dumps(r, indent=2 if i % 3 == 0 else None).encode() for i, r in enumerate(rows)]
+    values[17] = b"{not json"
+    with streamhouse.connect(tmp_path / "data") as conn:
+        conn.create_topic("p", partitions=1)
+        conn.produce("p", values)
+        got = read_source(conn.log, "p", SCHEMA)
+    assert got.table["a"].to_pylist() == [i for i in range(40) if i != 17]
+    assert [(r.offset, r.value) for r in got.rejected] == [(17, b"{not json")]

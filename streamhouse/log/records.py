@@ -19,7 +19,10 @@ Varints are zigzag-encoded; a length of -1 means null.
 
 Decoding is vectorized: a tight loop finds where each record starts (each begins with its
 own length, so this part is sequential), then numpy decodes every other field at once over
-the array of starts, and Arrow copies keys and values out of the decompressed bytes.
+the array of starts, and Arrow copies keys and values out of the decompressed bytes. For SQL
+sources (:func:`decode_records` with ``json_lines``) values are not copied at all: they become
+views of the decompressed bytes, and the bytes between them are blanked so that the buffer is
+newline-delimited JSON that pyarrow's reader parses where it lies.
 
 >>> batch = build_batch([b"a", None], keys=[b"k", None], timestamps=[1000, 1001])
 >>> decode_batches(batch).column("value").to_pylist()
@@ -47,10 +50,14 @@ from streamhouse.errors import CorruptRecordError, RecordTooLargeError
 __all__ = [
     "BATCH_OVERHEAD",
     "DECODED_SCHEMA",
+    "VIEW_SCHEMA",
     "BatchHeader",
     "Compression",
+    "DecodedRecords",
+    "JsonLines",
     "build_batch",
     "decode_batches",
+    "decode_records",
     "read_header",
     "restamp",
     "split_batches",
@@ -710,10 +717,14 @@ def _slices(data: pa.Buffer, start: np.ndarray, length: np.ndarray, keep: np.nda
 class _Region:
     """The records section of one data batch, as stored (or decompressed, for most codecs)."""
 
-    __slots__ = ("block_max", "blocks", "bound", "data", "header")
+    __slots__ = ("block_max", "blocks", "bound", "data", "header", "high", "low", "source")
 
-    def __init__(self, header: BatchHeader, view: memoryview) -> None:
+    def __init__(
+        self, header: BatchHeader, view: memoryview, source: int, low: int, high: int
+    ) -> None:
         self.header = header
+        self.source = source  # which input buffer the batch is in
+        self.low, self.high = low, high  # the offsets wanted: low <= offset < high
         self.data: memoryview | bytes | cramjam.Buffer | None = view
         self.blocks: list[tuple[bool, memoryview]] | None = None
         self.block_max = 0
@@ -770,7 +781,7 @@ def _assemble(regions: list[_Region]) -> tuple[np.ndarray, list[tuple[BatchHeade
     return buf[: pos + _PAD], batches
 
 
-def _decode_chunk(regions: list[_Region], min_offset: int) -> pa.RecordBatch | None:
+def _decode_chunk(regions: list[_Region], json_lines: bool) -> _Chunk | None:
     """Decode the records sections of ``regions`` (one per data batch) in one go."""
     buf, batches = _assemble(regions)
     total = len(buf) - _PAD
@@ -779,7 +790,7 @@ def _decode_chunk(regions: list[_Region], min_offset: int) -> pa.RecordBatch | N
     region_starts = region_ends - [size for _, size in batches]
     n = int(counts.sum())
     if n <= _SMALL:
-        return _decode_small(buf.tobytes(), batches, min_offset)
+        return _decode_small(buf.tobytes(), regions, batches, json_lines)
     nxt = None
     if n >= _PARALLEL_MIN * int(counts.max()):
         nxt = _record_ends_parallel(buf, region_starts, counts)
@@ -843,10 +854,13 @@ def _decode_chunk(regions: list[_Region], min_offset: int) -> pa.RecordBatch | N
     log_append = np.repeat(np.array([h.timestamp_type for h, _ in batches], bool), counts)
     timestamps = np.repeat(base_ts, counts) + np.where(log_append, 0, ts_delta)
 
-    keep = np.flatnonzero(offsets >= min_offset) if min_offset > offsets.min() else None
-    if keep is not None and len(keep) == 0:
+    low = np.repeat(np.array([r.low for r in regions], np.int64), counts)
+    high = np.repeat(np.array([r.high for r in regions], np.int64), counts)
+    wanted = (offsets >= low) & (offsets < high)
+    kept = np.flatnonzero(wanted) if not wanted.all() else np.arange(n)
+    if len(kept) == 0:
         return None
-    kept = keep if keep is not None else np.arange(n)
+    source = np.repeat(np.array([r.source for r in regions], np.int32), counts)[kept]
     data = pa.py_buffer(buf)
     if plain.all():
         headers = _empty_headers(len(kept))
@@ -860,27 +874,86 @@ def _decode_chunk(regions: list[_Region], min_offset: int) -> pa.RecordBatch | N
         except (IndexError, UnicodeDecodeError) as exc:
             raise CorruptRecordError(f"malformed record headers: {exc}") from exc
         headers = pa.array(rows, HEADERS_TYPE)
-    if keep is not None:
-        offsets, timestamps = offsets[keep], timestamps[keep]
-    return pa.RecordBatch.from_arrays(
+    keys = _slices(data, key_start, key_len, kept)  # copied out before the buffer is blanked
+    lines = None
+    if json_lines:
+        values = _views(data, buf, value_start[kept], value_len[kept])
+        lines = _blank_between_values(buf, total, value_start[kept], value_len[kept])
+    else:
+        values = _slices(data, value_start, value_len, kept)
+    batch = pa.RecordBatch.from_arrays(
         [
-            pa.array(offsets, pa.int64()),
-            pa.array(timestamps.view("datetime64[ms]"), pa.timestamp("ms")),
-            _slices(data, key_start, key_len, kept),
-            _slices(data, value_start, value_len, kept),
+            pa.array(offsets[kept], pa.int64()),
+            pa.array(timestamps[kept].view("datetime64[ms]"), pa.timestamp("ms")),
+            keys,
+            values,
             headers,
         ],
-        schema=DECODED_SCHEMA,
+        schema=VIEW_SCHEMA if json_lines else DECODED_SCHEMA,
     )
+    return _Chunk(batch, source, lines)
+
+
+def _views(data: pa.Buffer, buf: np.ndarray, start: np.ndarray, length: np.ndarray) -> pa.Array:
+    """Binary view array of ``buf[start:start+length]`` (null where length < 0), without
+    copying: a value longer than 12 bytes is a view into ``data``; a shorter one is inlined."""
+    n = len(start)
+    size = np.maximum(length, 0)
+    words = np.zeros((n, 4), np.int32)  # length | inline bytes, or prefix | buffer 0 | offset
+    words[:, 0] = size
+    long = size > 12
+    words[long, 3] = start[long]
+    raw = words.view(np.uint8).reshape(n, 16)
+    short = np.flatnonzero(~long)
+    for k in range(4):  # a long value's first four bytes
+        raw[:, 4 + k] = buf.take(start + k, mode="clip")
+    if len(short):  # a short value is inlined, zero-padded
+        head = buf.take(start[short, None] + _COLS12, mode="clip")
+        head[_COLS12[None, :] >= size[short, None]] = 0
+        raw[short, 4:] = head
+    validity = None
+    if (length < 0).any():
+        validity = pa.py_buffer(np.packbits(length >= 0, bitorder="little"))
+    return pa.Array.from_buffers(pa.binary_view(), n, [validity, pa.py_buffer(raw), data])
+
+
+_COLS12 = np.arange(12, dtype=np.int64)
+_BLANK_GAPS = 1 << 14
+
+
+def _blank_between_values(
+    buf: np.ndarray, total: int, start: np.ndarray, length: np.ndarray
+) -> JsonLines:
+    """Turn ``buf[:total]`` into newline-delimited values, in place: every byte outside the
+    values (non-empty ones) becomes a space, and a newline follows each value (over the byte
+    after it, which is part of its record)."""
+    rows = np.flatnonzero(length > 0)
+    lo, end = start[rows], start[rows] + length[rows]
+    gap_lo = np.concatenate(([0], end))
+    gap_hi = np.concatenate((lo, [total]))
+    gap = gap_hi - gap_lo
+    for i in range(0, len(gap), _BLANK_GAPS):  # small index arrays: no fresh pages to fault in
+        g, at = gap[i : i + _BLANK_GAPS], gap_lo[i : i + _BLANK_GAPS]
+        first = np.cumsum(g) - g
+        blank = np.repeat((at - first).astype(np.int32), g)
+        blank += np.arange(len(blank), dtype=np.int32)
+        buf[blank] = 0x20
+    buf[end] = 0x0A
+    starts = np.concatenate((lo, [total]))
+    return JsonLines(pa.py_buffer(buf[:total]), starts, rows)
 
 
 def _decode_small(
-    blob: bytes, batches: list[tuple[BatchHeader, int]], min_offset: int
-) -> pa.RecordBatch | None:
+    blob: bytes,
+    regions: list[_Region],
+    batches: list[tuple[BatchHeader, int]],
+    json_lines: bool,
+) -> _Chunk | None:
     """Decode a few records in plain Python (numpy's per-call cost dominates below ~10)."""
     cols: tuple[list, list, list, list, list] = ([], [], [], [], [])
+    source: list[int] = []
     pos = 0
-    for header, size in batches:
+    for region, (header, size) in zip(regions, batches, strict=True):
         end_of_region = pos + size
         try:
             for _ in range(header.record_count):
@@ -900,7 +973,7 @@ def _decode_small(
                 record_headers = _parse_headers(blob, pos, end)
                 pos = end
                 offset = header.base_offset + off_delta
-                if offset < min_offset:
+                if not region.low <= offset < region.high:
                     continue
                 if header.timestamp_type:
                     ts = header.max_timestamp
@@ -908,6 +981,7 @@ def _decode_small(
                     ts = header.base_timestamp + ts_delta
                 for col, item in zip(cols, (offset, ts, *fields, record_headers), strict=True):
                     col.append(item)
+                source.append(region.source)
         except (IndexError, UnicodeDecodeError) as exc:
             raise CorruptRecordError(f"malformed record: {exc}") from exc
         if pos != end_of_region:
@@ -916,10 +990,58 @@ def _decode_small(
             )
     if not cols[0]:
         return None
-    return pa.RecordBatch.from_arrays(
-        [pa.array(col, field.type) for col, field in zip(cols, DECODED_SCHEMA, strict=True)],
-        schema=DECODED_SCHEMA,
+    schema = VIEW_SCHEMA if json_lines else DECODED_SCHEMA
+    batch = pa.RecordBatch.from_arrays(
+        [pa.array(col, field.type) for col, field in zip(cols, schema, strict=True)],
+        schema=schema,
     )
+    lines = None
+    if json_lines:
+        rows = [i for i, value in enumerate(cols[3]) if value]
+        text = b"".join(cols[3][i] + b"\n" for i in rows)
+        sizes = [len(cols[3][i]) + 1 for i in rows]
+        starts = np.concatenate(([0], np.cumsum(sizes, dtype=np.int64)))
+        lines = JsonLines(pa.py_buffer(text), starts, np.array(rows, np.int64))
+    return _Chunk(batch, np.array(source, np.int32), lines)
+
+
+@dataclass(frozen=True, slots=True)
+class JsonLines:
+    """The values of some decoded records as newline-delimited text, ready for a JSON reader.
+
+    Line ``i`` is ``buffer[starts[i]:starts[i + 1]]``: the value of row ``rows[i]``, a newline,
+    then blanks. Rows with a null or empty value have no line.
+    """
+
+    buffer: pa.Buffer
+    starts: np.ndarray
+    rows: np.ndarray
+
+
+@dataclass(frozen=True, slots=True)
+class _Chunk:
+    batch: pa.RecordBatch
+    source: np.ndarray
+    lines: JsonLines | None
+
+
+@dataclass(frozen=True, slots=True)
+class DecodedRecords:
+    """What :func:`decode_records` returns.
+
+    ``table`` has one chunk per decoded chunk; ``source[i]`` is the index of the input buffer
+    row ``i`` came from; ``lines`` (when asked for) holds each chunk's values as JSON lines.
+    """
+
+    table: pa.Table
+    source: np.ndarray
+    lines: list[JsonLines]
+
+
+VIEW_SCHEMA = DECODED_SCHEMA.set(3, pa.field("value", pa.binary_view()))
+"""The schema of :func:`decode_records` with ``json_lines``: values are views, not copies."""
+
+_ALL = (0, (1 << 63) - 1)
 
 
 def decode_batches(
@@ -935,10 +1057,29 @@ def decode_batches(
     truncation, a bad CRC (when ``verify``) or a malformed record.
     """
     buffers = [data] if isinstance(data, bytes | bytearray | memoryview) else data
-    out: list[pa.RecordBatch] = []
+    ranges = [(min_offset, _ALL[1])] * len(buffers)
+    return decode_records(buffers, ranges, verify=verify).table
+
+
+def decode_records(
+    buffers: Sequence[bytes | memoryview],
+    ranges: Sequence[tuple[int, int]] | None = None,
+    *,
+    verify: bool = True,
+    json_lines: bool = False,
+) -> DecodedRecords:
+    """The records of ``buffers`` (each holding whole batches) with offsets in ``ranges[i]``
+    (``low <= offset < high``, per buffer), in order, and which buffer each came from.
+
+    With ``json_lines``, values are not copied out: the ``value`` column holds views of the
+    decoded bytes (:data:`VIEW_SCHEMA`), and the bytes between values are blanked so that
+    ``lines`` hands them to a JSON reader as they lie. Control batches are skipped.
+    """
+    out: list[_Chunk] = []
     regions: list[_Region] = []
     pending_records = pending_bytes = 0
-    for buffer in buffers:
+    for index, buffer in enumerate(buffers):
+        low, high = ranges[index] if ranges is not None else _ALL
         view = memoryview(buffer)
         for start, end, header in split_batches(view):
             if verify and not verify_crc(view, start, end):
@@ -947,17 +1088,22 @@ def decode_batches(
                 )
             if header.is_control or header.record_count <= 0:
                 continue
-            if header.last_offset < min_offset:
+            if header.last_offset < low or header.base_offset >= high:
                 continue
-            region = _Region(header, view[start + BATCH_OVERHEAD : end])
+            region = _Region(header, view[start + BATCH_OVERHEAD : end], index, low, high)
             regions.append(region)
             pending_records += header.record_count
             pending_bytes += region.bound
             if pending_records >= _CHUNK_RECORDS or pending_bytes >= _CHUNK_BYTES:
-                if (chunk := _decode_chunk(regions, min_offset)) is not None:
+                if (chunk := _decode_chunk(regions, json_lines)) is not None:
                     out.append(chunk)
                 regions = []
                 pending_records = pending_bytes = 0
-    if regions and (chunk := _decode_chunk(regions, min_offset)) is not None:
+    if regions and (chunk := _decode_chunk(regions, json_lines)) is not None:
         out.append(chunk)
-    return pa.Table.from_batches(out, schema=DECODED_SCHEMA)
+    schema = VIEW_SCHEMA if json_lines else DECODED_SCHEMA
+    return DecodedRecords(
+        pa.Table.from_batches([c.batch for c in out], schema=schema),
+        np.concatenate([c.source for c in out]) if out else np.zeros(0, np.int32),
+        [c.lines for c in out if c.lines is not None],
+    )

@@ -48,11 +48,11 @@ from streamhouse.runtime.sink import TopicSink, key_strings
 from streamhouse.runtime.sources import NO_WATERMARK, QuerySource
 from streamhouse.sql import plan as plans
 from streamhouse.sql.ddl import stream_definition
-from streamhouse.sql.engine import hide_metadata
+from streamhouse.sql.engine import hide_metadata, referenced_columns
 from streamhouse.sql.execute import run_sql
 from streamhouse.sql.parse import node_position, parse
 from streamhouse.sql.plan import FLOWS, ContinuousPlan, check_columns, plan_query
-from streamhouse.sql.source import METADATA_FIELDS
+from streamhouse.sql.source import METADATA_FIELDS, RejectedRow
 from streamhouse.state.remote import download_checkpoint, upload_checkpoint
 from streamhouse.state.store import ScopedBatch, StateStore, StateView, partition_key
 from streamhouse.views.group_by import GroupAggregate
@@ -189,6 +189,9 @@ class ContinuousQuery:
             )
         if known:
             check_columns(self.plan, self.statement, columns)
+        needed = referenced_columns(self.statement)
+        for source in sources.values():
+            source.columns = needed
         return sources
 
     def _error(self, message: str, table_name: str) -> SqlError:
@@ -380,6 +383,15 @@ class ContinuousQuery:
                 raise StreamHouseError(f"query {self.name} is stopped")
             return self._step(final, max_records)
 
+    def _plan(self, budget: int, starts: dict[str, dict[int, int]]) -> dict[str, dict[int, int]]:
+        """End offsets of a micro-batch from ``starts``: at most ``budget`` records in all."""
+        ends: dict[str, dict[int, int]] = {}
+        for name, source in self.sources.items():
+            ends[name] = source.plan_batch(self.log, budget, starts[name])
+            budget -= sum(ends[name][p] - starts[name].get(p, 0) for p in ends[name])
+            budget = max(budget, 1)
+        return ends
+
     def _step(self, final: bool, max_records: int | None) -> bool:
         pending = self.store.get_json(PENDING)
         budget = max_records or self.options.max_batch_records
@@ -390,15 +402,16 @@ class ContinuousQuery:
                 ends[name] = {int(p): int(o) for p, o in stored.items()} or dict(source.positions)
             forced_watermark: int | None = int(pending["watermark"])
         else:
-            for name, source in self.sources.items():
-                ends[name] = source.plan_batch(self.log, budget)
-                budget -= sum(ends[name][p] - source.positions.get(p, 0) for p in ends[name])
-                budget = max(budget, 1)
+            ends = self._plan(budget, {n: s.positions for n, s in self.sources.items()})
             forced_watermark = None
         has_data = any(
             ends[n][p] > s.positions.get(p, 0) for n, s in self.sources.items() for p in ends[n]
         )
         reads = {name: source.read(self.log, ends[name]) for name, source in self.sources.items()}
+        if has_data and not final:  # catching up: decode the next batch while this one runs
+            following = self._plan(self.options.max_batch_records, ends)
+            for name, source in self.sources.items():
+                source.prefetch(self.log, ends[name], following[name])
         event_times = {
             name: s.event_times_after(reads[name].table) for name, s in self.sources.items()
         }
@@ -446,16 +459,14 @@ class ContinuousQuery:
             for p, hw in marks_after.items():
                 batch.put_int(partition_key(SINK, p), hw)
         rejected_count = 0
-        for name, read in reads.items():
+        for read in reads.values():
             if read.rejected:
                 rejected_count += len(read.rejected)
-                self._dead_letters(self.sources[name], read.rejected, read.records)
+                self._dead_letters(read.rejected)
         if late_table is not None and late_table.num_rows:
             self._late_rows(late_table)
 
-        rows_in = self.rows_in + sum(
-            r.records.num_rows for r in reads.values() if r.records is not None
-        )
+        rows_in = self.rows_in + sum(r.records for r in reads.values())
         rows_out = self.rows_out + (outputs.num_rows if outputs is not None else 0)
         late_total = self.late_rows + late_rows
         rejected_total = self.rejected_rows + rejected_count
@@ -626,29 +637,21 @@ class ContinuousQuery:
 
     # -- side outputs -------------------------------------------------------------------------
 
-    def _dead_letters(
-        self, source: QuerySource, rejected: list[tuple[int, str]], records: pa.Table | None
-    ) -> None:
-        if records is None:
-            return
+    def _dead_letters(self, rejected: list[RejectedRow]) -> None:
         if self.log.get_topic(self.dead_letter_topic) is None:
             self.log.create_topic(self.dead_letter_topic, 1)
-        index = pa.array([i for i, _ in rejected])
-        picked = records.take(index)
         headers = [
             [
-                ("reason", reason.encode()),
-                ("topic", source.topic.encode()),
-                ("partition", str(p).encode()),
-                ("offset", str(o).encode()),
+                ("reason", row.reason.encode()),
+                ("topic", row.topic.encode()),
+                ("partition", str(row.partition).encode()),
+                ("offset", str(row.offset).encode()),
             ]
-            for (_, reason), p, o in zip(
-                rejected, picked["partition"].to_pylist(), picked["offset"].to_pylist(), strict=True
-            )
+            for row in rejected
         ]
         batch = build_batch(
-            picked["value"].to_pylist(),
-            picked["key"].to_pylist(),
+            [row.value for row in rejected],
+            [row.key for row in rejected],
             None,
             headers,
             compression=Compression.LZ4,

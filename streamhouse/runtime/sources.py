@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -19,9 +20,10 @@ import pyarrow as pa
 
 from streamhouse.errors import StreamHouseError
 from streamhouse.log import Log
-from streamhouse.sql.source import decode_json, infer_schema, read_records, with_metadata
+from streamhouse.sql.source import RejectedRow, infer_schema, read_records, read_source
 from streamhouse.state.store import StateBatch, StateStore, partition_key
 from streamhouse.windows.table import event_time_ms
+from streamhouse.workers import worker
 
 log = logging.getLogger(__name__)
 
@@ -33,11 +35,12 @@ _BIAS = 1 << 63
 
 @dataclass
 class SourceRead:
-    """One micro-batch's rows of a source."""
+    """One micro-batch's rows of a source: parsed, how many records were read, and those left
+    out (they go to the dead-letter topic)."""
 
     table: pa.Table | None
-    records: pa.Table | None
-    rejected: list[tuple[int, str]] = field(default_factory=list)
+    records: int = 0
+    rejected: list[RejectedRow] = field(default_factory=list)
 
 
 class QuerySource:
@@ -58,6 +61,8 @@ class QuerySource:
         self.schema = schema
         self.time_column = time_column
         self.delay_ms = delay_ms
+        self.columns: set[str] | None = None  # value fields to parse (None: all)
+        self._prefetched: tuple[tuple[dict, dict], Future[SourceRead]] | None = None
         self.positions: dict[int, int] = {}
         self.event_times: dict[int, int] = {}
         self.last_data: dict[int, float] = {}
@@ -77,35 +82,69 @@ class QuerySource:
                 self.event_times[p] = event_time - _BIAS
             self.last_data[p] = now
 
-    def plan_batch(self, log_: Log, budget: int) -> dict[int, int]:
-        """End offsets of the next micro-batch, at most ``budget`` records."""
+    def plan_batch(
+        self, log_: Log, budget: int, positions: dict[int, int] | None = None
+    ) -> dict[int, int]:
+        """End offsets of the next micro-batch, at most ``budget`` records, from ``positions``
+        (default: where the source stands)."""
         info = log_.topic(self.topic)
         for p in range(len(self.positions), info.partitions):  # partitions added since
             self.positions[p] = 0
             self.last_data[p] = time.monotonic()
+        starts = {**self.positions, **(positions or {})}
         ends = {}
-        for p in sorted(self.positions):
-            available = log_.offsets(self.topic, p).high_watermark - self.positions[p]
-            ends[p] = self.positions[p] + max(0, min(available, budget))
-            budget -= ends[p] - self.positions[p]
+        for p in sorted(starts):
+            available = log_.offsets(self.topic, p).high_watermark - starts[p]
+            ends[p] = starts[p] + max(0, min(available, budget))
+            budget -= ends[p] - starts[p]
         return ends
 
     def read(self, log_: Log, ends: dict[int, int]) -> SourceRead:
         wanted = [p for p in ends if ends[p] > self.positions[p]]
         if not wanted:
-            return SourceRead(None, None)
+            return SourceRead(None)
         now = time.monotonic()
         for p in wanted:
             self.last_data[p] = now
-        records = read_records(log_, self.topic, wanted, self.positions, ends)
-        if records.num_rows == 0:
-            return SourceRead(None, records)
+        starts = {p: self.positions[p] for p in wanted}
+        until = {p: ends[p] for p in wanted}
+        prefetched, self._prefetched = self._prefetched, None
+        if prefetched is not None and prefetched[0] == (starts, until):
+            return prefetched[1].result()
         if self.schema is None:
+            records = read_records(log_, self.topic, wanted, starts, until)
+            if records.num_rows == 0:
+                return SourceRead(None)
             self.schema = infer_schema(records["value"])
             if self.schema is None:
                 raise StreamHouseError(f"topic {self.topic!r} does not hold JSON objects")
-        table, rows, rejected = decode_json(records["value"], self.schema)
-        return SourceRead(with_metadata(table, records, rows), records, rejected)
+        return self._fetch(log_, wanted, starts, until)
+
+    def prefetch(self, log_: Log, starts: dict[int, int], ends: dict[int, int]) -> None:
+        """Start reading the micro-batch after this one on another thread, so that it is
+        decoded while this one is processed; :meth:`read` takes it if its plan is the same."""
+        wanted = [p for p in ends if ends[p] > starts.get(p, 0)]
+        if not wanted or self.schema is None:
+            return
+        starts = {p: starts.get(p, 0) for p in wanted}
+        until = {p: ends[p] for p in wanted}
+        future = worker("prefetch").submit(self._fetch, log_, wanted, starts, until)
+        self._prefetched = ((starts, until), future)
+
+    def _fetch(
+        self, log_: Log, wanted: list[int], starts: dict[int, int], ends: dict[int, int]
+    ) -> SourceRead:
+        read = read_source(log_, self.topic, self.schema, self._columns(), wanted, starts, ends)
+        if read.rows_read == 0:
+            return SourceRead(None)
+        return SourceRead(read.table, read.rows_read, read.rejected)
+
+    def _columns(self) -> set[str] | None:
+        """The fields the query uses (and the event time): the others are not parsed, so a
+        record whose unused fields do not fit the schema is not rejected (as in bounded reads)."""
+        if self.columns is None:
+            return None
+        return self.columns | ({self.time_column} if self.time_column else set())
 
     def event_times_after(self, table: pa.Table | None) -> dict[int, int]:
         """Per-partition max event time including ``table``'s rows."""

@@ -220,7 +220,7 @@ class Engine:
         if reset:
             stats.rows_read = 0
             stats.rejected.clear()
-        columns = _referenced_columns(query)
+        columns = referenced_columns(query)
         named = {c.name for c in query.find_all(exp.Column)}
         if isinstance(query, exp.Select) and (temporal := plan_temporal_join(query)) is not None:
             return self._temporal(temporal, columns, named, stats)
@@ -369,7 +369,7 @@ def latest_per_key(records: pa.Table) -> np.ndarray:
     return np.flatnonzero((last | ~keyed) & alive)
 
 
-def _referenced_columns(query: exp.Expr) -> set[str] | None:
+def referenced_columns(query: exp.Expr) -> set[str] | None:
     """Column names a query uses, or None when it needs every column (``*``)."""
     if any(True for _ in query.find_all(exp.Star)):
         for star in query.find_all(exp.Star):

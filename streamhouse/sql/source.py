@@ -11,9 +11,8 @@ from __future__ import annotations
 
 import io
 import logging
-import threading
 from collections.abc import Collection
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -23,7 +22,8 @@ import pyarrow.json as pa_json
 
 from streamhouse.log import Log
 from streamhouse.log.metadata import SegmentRow
-from streamhouse.log.records import DECODED_SCHEMA, decode_batches, split_batches
+from streamhouse.log.records import DECODED_SCHEMA, VIEW_SCHEMA, JsonLines, decode_records
+from streamhouse.workers import worker
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +46,8 @@ class RejectedRow:
     partition: int
     offset: int
     reason: str
+    key: bytes | None = None
+    value: bytes | None = None
 
 
 @dataclass(slots=True)
@@ -70,7 +72,20 @@ def read_records(
     The runs of all partitions are read (each object once) and decoded in one go.
     """
     scan = _Scan(log_, topic, partitions, start_offsets, end_offsets)
-    return scan.decode(scan.runs)
+    return scan.decode(scan.runs)[0]
+
+
+def scan_records(
+    log_: Log,
+    topic: str,
+    partitions: list[int],
+    start_offsets: dict[int, int],
+    end_offsets: dict[int, int],
+) -> tuple[pa.Table, list[JsonLines]]:
+    """As :func:`read_records`, with values left where they were decoded: the ``value`` column
+    holds views, and the JSON lines go to :func:`decode_json_lines` without another copy."""
+    scan = _Scan(log_, topic, partitions, start_offsets, end_offsets)
+    return scan.decode(scan.runs, json_lines=True)
 
 
 def read_source(
@@ -92,7 +107,7 @@ def read_source(
     on another thread, so the two cores share the work.
     """
     scan = _Scan(log_, topic, partitions, start_offsets, end_offsets)
-    decoded: list[pa.Table] = []  # decoded, waiting for the value schema to be known
+    decoded: list[tuple[pa.Table, list[JsonLines]]] = []  # waiting for the schema to be known
     parsing: list[tuple[pa.Table, Future | tuple]] = []
     value_schema = schema
     known = schema is not None
@@ -100,19 +115,19 @@ def read_source(
         value_schema = _project(schema, columns)
     groups = scan.groups() or [[]]
     for i, group in enumerate(groups):
-        decoded.append(scan.decode(group))
+        decoded.append(scan.decode(group, json_lines=True))
         if not known:
-            if sum(t.num_rows for t in decoded) < INFER_SAMPLE_ROWS and i + 1 < len(groups):
+            if sum(t.num_rows for t, _ in decoded) < INFER_SAMPLE_ROWS and i + 1 < len(groups):
                 continue
             sample = pa.chunked_array(
-                [c for t in decoded for c in t["value"].chunks], DECODED_SCHEMA.field("value").type
+                [c for t, _ in decoded for c in t["value"].chunks], VIEW_SCHEMA.field("value").type
             )
             value_schema = infer_schema(sample)
             if value_schema is not None:
                 value_schema = _project(value_schema, columns)
             known = True
-        for records in decoded:
-            parsing.append((records, _start_parse(records, value_schema)))
+        for records, lines in decoded:
+            parsing.append((records, _start_parse(records, lines, value_schema)))
         decoded = []
     out = SourceTable(pa.table({}))
     tables = []
@@ -122,8 +137,16 @@ def read_source(
         if rejected:
             partition = records["partition"].to_numpy()
             offset = records["offset"].to_numpy()
+            key, value = records["key"], records["value"]  # views: no take kernel, one by one
             out.rejected.extend(
-                RejectedRow(topic, int(partition[i]), int(offset[i]), reason)
+                RejectedRow(
+                    topic,
+                    int(partition[i]),
+                    int(offset[i]),
+                    reason,
+                    key[i].as_py(),
+                    value[i].as_py(),
+                )
                 for i, reason in rejected
             )
         tables.append(with_metadata(table, records, rows))
@@ -136,7 +159,7 @@ def _project(schema: pa.Schema, columns: Collection[str] | None) -> pa.Schema:
 
 
 def _start_parse(
-    records: pa.Table, schema: pa.Schema | None
+    records: pa.Table, lines: list[JsonLines], schema: pa.Schema | None
 ) -> Future | tuple[pa.Table, np.ndarray, list[tuple[int, str]]]:
     """Parse the values of ``records`` on the JSON thread (or at once, if nothing to parse)."""
     rows = np.arange(records.num_rows)
@@ -144,23 +167,12 @@ def _start_parse(
         return pa.table({"value": records["value"].cast(pa.string(), safe=False)}), rows, []
     if len(schema) == 0 or records.num_rows == 0:  # only metadata columns, or no records
         return (pa.table({}) if len(schema) == 0 else schema.empty_table()), rows, []
-    return _json_thread().submit(decode_json, records["value"], schema)
+    return worker("json").submit(decode_json_lines, records, lines, schema)
 
 
-_json_executor: ThreadPoolExecutor | None = None
-_json_executor_lock = threading.Lock()
-
-
-def _json_thread() -> ThreadPoolExecutor:
-    global _json_executor
-    with _json_executor_lock:
-        if _json_executor is None:
-            _json_executor = ThreadPoolExecutor(1, thread_name_prefix="streamhouse-json")
-        return _json_executor
-
-
-SCAN_GROUP_RECORDS = 1 << 18
-"""Records decoded at a time by :func:`read_source`: the unit of its decode/parse pipeline."""
+SCAN_GROUP_RECORDS = 1 << 16
+"""Records decoded at a time by :func:`read_source`: the unit of its decode/parse pipeline
+(small enough that a micro-batch of a continuous query is several)."""
 
 
 class _Scan:
@@ -198,43 +210,31 @@ class _Scan:
             groups.append(current)
         return groups
 
-    def decode(self, runs: list[tuple[SegmentRow, memoryview]]) -> pa.Table:
-        """The records of ``runs`` within the scan's offset ranges, with their partition."""
+    def decode(
+        self, runs: list[tuple[SegmentRow, memoryview]], json_lines: bool = False
+    ) -> tuple[pa.Table, list[JsonLines]]:
+        """The records of ``runs`` within the scan's offset ranges, with their partition (and,
+        with ``json_lines``, their values as JSON lines: see :func:`decode_records`)."""
+        schema = _VIEW_RECORDS_SCHEMA if json_lines else _RECORDS_SCHEMA
         if not runs:
-            return _RECORDS_SCHEMA.empty_table()
-        views = [view for _, view in runs]
-        counts = np.array([_data_records(view) for view in views], np.int64)
+            return schema.empty_table(), []
+        ranges = [(self.starts[row.partition], _end(self.ends[row.partition])) for row, _ in runs]
         # The run CRC-32C was checked on the way out of the store and every batch's at produce.
-        table = decode_batches(views, verify=False)
-        if table.num_rows != int(counts.sum()):  # decode_batches skipped records unexpectedly
-            log.debug("records of %s: decoding partition by partition", self.topic)
-            return _read_by_partition(runs, self.starts, self.ends)
-        partition = np.repeat(np.array([row.partition for row, _ in runs], np.int32), counts)
-        lo = np.array([self.starts[row.partition] for row, _ in runs], np.int64)
-        hi = np.array([_end(self.ends[row.partition]) for row, _ in runs], np.int64)
-        if lo.any() or (hi != _NO_END).any():
-            offsets = table["offset"].to_numpy()
-            keep = (offsets >= np.repeat(lo, counts)) & (offsets < np.repeat(hi, counts))
-            if not keep.all():
-                table, partition = table.filter(keep), partition[keep]
-        return table.append_column("partition", _chunked_like(partition, table))
+        decoded = decode_records(
+            [view for _, view in runs], ranges, verify=False, json_lines=json_lines
+        )
+        partition = np.array([row.partition for row, _ in runs], np.int32)[decoded.source]
+        table = decoded.table.append_column("partition", _chunked_like(partition, decoded.table))
+        return table, decoded.lines
 
 
 _RECORDS_SCHEMA = DECODED_SCHEMA.append(pa.field("partition", pa.int32()))
+_VIEW_RECORDS_SCHEMA = VIEW_SCHEMA.append(pa.field("partition", pa.int32()))
 _NO_END = np.iinfo(np.int64).max
 
 
 def _end(end: int | None) -> int:
     return _NO_END if end is None else end
-
-
-def _data_records(run: memoryview) -> int:
-    """Records :func:`decode_batches` yields for ``run``: control and empty batches have none."""
-    return sum(
-        header.record_count
-        for _, _, header in split_batches(run)
-        if not header.is_control and header.record_count > 0
-    )
 
 
 def _chunked_like(values: np.ndarray, table: pa.Table) -> pa.ChunkedArray:
@@ -243,24 +243,6 @@ def _chunked_like(values: np.ndarray, table: pa.Table) -> pa.ChunkedArray:
         return pa.chunked_array([pa.array(values)])
     bounds = np.cumsum([len(c) for c in table.column(0).chunks])[:-1]
     return pa.chunked_array([pa.array(part) for part in np.split(values, bounds)])
-
-
-def _read_by_partition(
-    runs: list[tuple[SegmentRow, memoryview]],
-    starts: dict[int, int],
-    ends: dict[int, int | None],
-) -> pa.Table:
-    by_partition: dict[int, list[memoryview]] = {}
-    for row, view in runs:
-        by_partition.setdefault(row.partition, []).append(view)
-    tables = []
-    for partition, views in by_partition.items():
-        table = decode_batches(views, min_offset=starts[partition], verify=False)
-        if (end := ends[partition]) is not None:
-            table = table.filter(pc.less(table["offset"], end))
-        column = pa.repeat(pa.scalar(partition, pa.int32()), len(table))
-        tables.append(table.append_column("partition", column))
-    return pa.concat_tables(tables) if tables else _RECORDS_SCHEMA.empty_table()
 
 
 def infer_schema(values: pa.Array | pa.ChunkedArray) -> pa.Schema | None:
@@ -272,6 +254,8 @@ def infer_schema(values: pa.Array | pa.ChunkedArray) -> pa.Schema | None:
     sample = values.slice(0, INFER_SAMPLE_ROWS)
     if isinstance(sample, pa.ChunkedArray):  # combine the sample only, not the whole column
         sample = sample.combine_chunks()
+    if sample.type != pa.binary():  # views (see scan_records) or text
+        sample = sample.cast(pa.binary())
     sample = sample.drop_null()
     if len(sample) == 0:
         return None
@@ -324,6 +308,33 @@ def decode_json(
     return table, np.concatenate(rows), rejected
 
 
+def decode_json_lines(
+    records: pa.Table, lines: list[JsonLines], schema: pa.Schema
+) -> tuple[pa.Table, np.ndarray, list[tuple[int, str]]]:
+    """As :func:`decode_json` over ``records["value"]``, reading the values where
+    :func:`scan_records` left them (``lines``: one per chunk of ``records``)."""
+    sizes = [len(c) for c in records.column(0).chunks] if records.num_columns else []
+    tables: list[pa.Table] = []
+    rows: list[np.ndarray] = []
+    rejected: list[tuple[int, str]] = []
+    base = 0
+    for chunk, size in zip(lines, sizes, strict=True):
+        if len(chunk.rows) != size:
+            missing = np.setdiff1d(np.arange(size), chunk.rows, assume_unique=True)
+            rejected.extend((int(i) + base, "empty or null value") for i in missing)
+        if len(chunk.rows):
+            table, good, bad = _JsonParser(chunk.buffer, chunk.starts, schema).parse()
+            tables.append(table)
+            rows.append(chunk.rows[good] + base)
+            rejected.extend((int(chunk.rows[i]) + base, reason) for i, reason in bad)
+        base += size
+    rejected.sort()
+    if not tables:
+        return schema.empty_table(), np.zeros(0, np.int64), rejected
+    table = tables[0] if len(tables) == 1 else pa.concat_tables(tables)
+    return table, np.concatenate(rows), rejected
+
+
 def _decode_json_chunk(
     values: pa.Array, schema: pa.Schema
 ) -> tuple[pa.Table, np.ndarray, list[tuple[int, str]]]:
@@ -336,7 +347,7 @@ def _decode_json_chunk(
         keep = np.flatnonzero(valid_np)
         rejected = [(int(i), "empty or null value") for i in np.flatnonzero(~valid_np)]
         present = values.take(pa.array(keep))
-    table, good, bad = _JsonParser(present, schema).parse()
+    table, good, bad = _JsonParser(*_newline_joined(present), schema).parse()
     rejected.extend((int(keep[i]), reason) for i, reason in bad)
     return table, keep[good], rejected
 
@@ -400,15 +411,15 @@ _NEWLINE_SCALAR = pa.scalar(b"\n", pa.binary())
 
 
 class _JsonParser:
-    """Parses newline-joined values; on failure bisects to find and report the bad ones."""
+    """Parses JSON lines (line ``i`` is ``buffer[bounds[i]:bounds[i + 1]]``); on failure finds
+    out whether values span lines, then bisects to find and report the bad ones."""
 
-    def __init__(self, values: pa.Array, schema: pa.Schema) -> None:
+    def __init__(self, buffer: pa.Buffer, bounds: np.ndarray, schema: pa.Schema) -> None:
         self._schema = schema
         self._variants = [schema, *_epoch_variants(schema)]
-        self._buffer, self._bounds = _newline_joined(values)
-        newlines = np.count_nonzero(np.frombuffer(self._buffer, np.uint8) == _NEWLINE)
-        self._multiline = newlines != len(values)
-        self._n = len(values)
+        self._buffer, self._bounds = buffer, bounds
+        self._n = len(bounds) - 1
+        self._multiline: bool | None = None  # not known until a read fails
 
     def parse(self) -> tuple[pa.Table, np.ndarray, list[tuple[int, str]]]:
         tables: list[pa.Table] = []
@@ -418,6 +429,12 @@ class _JsonParser:
         while stack:
             lo, hi = stack.pop()
             table, reason = self._read(lo, hi)
+            if table is None and self._multiline is None:
+                start, end = int(self._bounds[0]), int(self._bounds[-1])
+                region = np.frombuffer(self._buffer, np.uint8)[start:end]
+                self._multiline = np.count_nonzero(region == _NEWLINE) != self._n
+                if self._multiline:  # values with newlines in them (pretty-printed JSON)
+                    table, reason = self._read(lo, hi)
             if table is not None:
                 tables.append(table)
                 good.append(np.arange(lo, hi))
@@ -444,7 +461,7 @@ class _JsonParser:
                     parse_options=pa_json.ParseOptions(
                         explicit_schema=schema,
                         unexpected_field_behavior="ignore",
-                        newlines_in_values=self._multiline,
+                        newlines_in_values=bool(self._multiline),
                     ),
                 )
             except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
@@ -466,9 +483,9 @@ def with_metadata(table: pa.Table, records: pa.Table, rows: np.ndarray) -> pa.Ta
 
     ``table`` may have no columns at all (a query that reads only metadata columns).
     """
-    picked = (
-        records.take(pa.array(rows, type=pa.int64())) if len(rows) != records.num_rows else records
-    )
+    picked = records.select(["offset", "partition", "timestamp", "key"])
+    if len(rows) != records.num_rows:
+        picked = picked.take(pa.array(rows, type=pa.int64()))
     key = picked["key"]
     try:
         key = key.cast(pa.string())
