@@ -12,6 +12,7 @@ shows each operator's state, and user-defined scalar functions.
 
 from __future__ import annotations
 
+import random
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +47,7 @@ from window_cases import start_paused
 import streamhouse
 from streamhouse import StreamHouse
 from streamhouse.errors import SqlError
+from streamhouse.state.store import decode_table
 
 PROPERTY = settings(
     max_examples=7,
@@ -473,8 +475,8 @@ def test_explain_shows_each_operators_state(sh: StreamHouse) -> None:
 
     windowed = explain(sh, window_join("left", "hop").sql)
     assert "WindowedQuery" in windowed and "HOP(a.t, size=10000ms slide=5000ms)" in windowed
-    assert "key u8(input)|u64(window_end)|u64(window_start)" in windowed
-    assert "eviction: a window's rows are deleted when the watermark passes its end" in windowed
+    assert "key u8(input)|u64(pane_end)|u64(pane_start)|u32(run)" in windowed
+    assert "a pane's rows are deleted when the watermark passes the end of the last window" in windowed
 
     temporal = explain(sh, temporal_join("left").sql)
     assert "TemporalJoin  a AS OF t with versions of b ON k = k" in temporal
@@ -545,3 +547,107 @@ def test_create_function_of_an_unregistered_name_is_a_clear_error(sh: StreamHous
     assert "jt_nowhere" in message and "not registered" in message
     assert "register_function" in message
     assert info.value.line == 1 and info.value.column is not None
+
+
+# -- windowed queries: state across many micro-batches and restarts ----------------------------
+
+
+def cumulate(name: str, step_s: int, size_s: int) -> str:
+    """DuckDB: stream ``name`` with CUMULATE window columns, a row per (event, window)."""
+    step, size = step_s * SECOND, size_s * SECOND
+    return f"""(SELECT * EXCLUDE (we), epoch_ms(epoch_ms(t) - epoch_ms(t) % {size}) AS window_start,
+        epoch_ms(we) AS window_end FROM (
+          SELECT *, UNNEST(generate_series(
+              epoch_ms(t) - epoch_ms(t) % {step} + {step},
+              epoch_ms(t) - epoch_ms(t) % {size} + {size}, {step})) AS we
+          FROM {name}))"""
+
+
+HOT_KEYS = """SELECT C.k, C.num, C.window_start FROM (
+    SELECT k, COUNT(*) AS num, window_start, window_end FROM {a} GROUP BY k, window_start, window_end
+  ) AS C JOIN (
+    SELECT MAX(num) AS maxn, window_start, window_end FROM (
+      SELECT COUNT(*) AS num, window_start, window_end FROM {a2} GROUP BY k, window_start, window_end
+    ) AS N GROUP BY window_start, window_end
+  ) AS M ON C.window_start = M.window_start AND C.window_end = M.window_end AND C.num >= M.maxn"""
+
+CUMULATE_JOIN = """SELECT L.k, L.window_start, L.window_end, L.v, R.w FROM {a} L
+  FULL JOIN {b} R ON L.k = R.k AND L.window_start = R.window_start
+  AND L.window_end = R.window_end"""
+
+
+def disordered(rng: random.Random, n: int, delay_s: int) -> list[Event]:
+    """``n`` events over about a minute, each at most ``delay_s`` older than the newest so far."""
+    newest, out = T0 + 3 * SECOND, []
+    for _ in range(n):
+        newest += rng.choice([0, 0, 100, 250, 500])
+        lag = rng.randrange(0, delay_s * SECOND + 1, 50)
+        out.append((rng.choice("xxyyz"), newest - lag, rng.choice([None, 1, 2, 3])))
+    return out
+
+
+@pytest.mark.parametrize("shape", ["hop", "cumulate"])
+def test_windowed_query_survives_many_micro_batches_and_restarts(
+    tmp_path: Path, shape: str
+) -> None:
+    """Rows of one pane arrive over many micro-batches, with restarts in between (and windows
+    closing in between): every window is evaluated once, over all its rows, as DuckDB says;
+    each row is held once whatever the number of windows it falls in, with only the columns
+    the query reads; and the state is empty once the input ends."""
+    rng = random.Random(shape)
+    a, b = disordered(rng, 240, 2), disordered(rng, 160, 2)
+    if shape == "hop":
+        tvf = "TABLE(HOP(TABLE a, DESCRIPTOR(t), INTERVAL '2' SECOND, INTERVAL '10' SECOND))"
+        sql = HOT_KEYS.format(a=tvf, a2=tvf)
+        oracle = HOT_KEYS.format(a=hop("a", 2, 10), a2=hop("a", 2, 10))
+        columns, times, kept = ("k", "num", "window_start"), ("window_start",), {"k"}
+        read = len(a)
+    else:
+
+        def tvf(name: str) -> str:
+            args = f"TABLE {name}, DESCRIPTOR(t), INTERVAL '3' SECOND, INTERVAL '12' SECOND"
+            return f"(SELECT * FROM TABLE(CUMULATE({args})))"
+
+        sql = CUMULATE_JOIN.format(a=tvf("a"), b=tvf("b"))
+        oracle = CUMULATE_JOIN.format(a=cumulate("a", 3, 12), b=cumulate("b", 3, 12))
+        columns, times = (
+            ("k", "window_start", "window_end", "v", "w"),
+            ("window_start", "window_end"),
+        )
+        kept = {"k", "v", "w"}
+        read = len(a) + len(b)
+    want = rows_of(duck(oracle, {"a": a, "b": b}), columns, times)
+    assert len(want) > 20
+
+    with streamhouse.connect(tmp_path / "data", linger_ms=1) as sh:
+        sh.sql(stream_ddl("a", 2))
+        sh.sql(stream_ddl("b", 2))
+        produce(sh, "a", a)
+        produce(sh, "b", b)
+        statement = f"INSERT INTO out {sql}"
+        query = start_paused(sh, statement, "q")
+        held = []
+        try:
+            for step in range(150):
+                if step % 3 == 2:
+                    query.stop()
+                    query = start_paused(sh, statement, "q")
+                if not query.step(max_records=(3, 7, 1, 5)[step % 4]):
+                    break
+                held.append(joins_rows(query))
+                assert {
+                    name
+                    for _, value in query.store.items("joins")
+                    for name in decode_table(value).column_names
+                } <= kept
+            else:
+                pytest.fail("the input did not end")
+            query.run_until_caught_up(final=True)
+            status = query.status()
+            assert joins_state(query) == (0, 0)
+        finally:
+            query.stop()
+        assert status["late_rows"] == 0 and status["rows_in"] == read
+        # Every row once: a HOP row is in 5 windows, a CUMULATE row in up to 4.
+        assert max(held) <= read
+        assert rows_of(topic_records(sh, "out"), columns, times) == want

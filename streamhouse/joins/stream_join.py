@@ -5,9 +5,9 @@ other, on DataFusion, with the query's own SQL:
 
     out = (new L) ⋈ (old R ∪ new R)  ∪  (old L) ⋈ (new R)
 
-so each matching pair is produced exactly once, whatever the micro-batch split. Input rows are
-buffered in the ``joins`` column family in chunks keyed by ``side | u64(max event time) |
-u64(sequence)``. An interval join's bounds (:mod:`.bounds`) let a chunk go once the watermark
+so each matching pair is produced exactly once, whatever the micro-batch split. Input rows
+(only the columns the SQL names, and the time column) are buffered in the ``joins`` column
+family in chunks keyed by ``side | u64(max event time) | u64(sequence)``. An interval join's bounds (:mod:`.bounds`) let a chunk go once the watermark
 shows that every row in it is too old to match a future row of the other side; a regular join
 keeps its rows (``state.ttl`` bounds them by event time).
 """
@@ -23,6 +23,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from streamhouse.joins.bounds import TimeBound
+from streamhouse.joins.columns import pruned, referenced_names
 from streamhouse.sql.execute import run_sql
 from streamhouse.state.store import StateBatch, StateStore, decode_table, encode_table, time_key
 from streamhouse.windows.table import event_time_ms
@@ -59,6 +60,7 @@ class StreamJoin:
         self.times = {LEFT: left_time, RIGHT: right_time}
         self.bound = bound
         self.ttl_ms = ttl_ms
+        self.columns = _referenced(sql, outer)
         self.chunks: dict[bytes, list[_Chunk]] = {LEFT: [], RIGHT: []}
         self.sequence = 0
         for key, value in store.items("joins"):
@@ -89,6 +91,8 @@ class StreamJoin:
         """Join the new rows; returns (the joined rows, keys to tombstone)."""
         staged = {side: list(chunks) for side, chunks in self.chunks.items()}
         self._staged = staged
+        new_left = self._pruned(LEFT, new_left)
+        new_right = self._pruned(RIGHT, new_right)
         old_left = self._buffer(LEFT, staged)
         old_right = self._buffer(RIGHT, staged)
         if self.outer is not None:
@@ -173,6 +177,10 @@ class StreamJoin:
         )
         return out, tombstones
 
+    def _pruned(self, side: bytes, rows: pa.Table | None) -> pa.Table | None:
+        """``rows`` with only the columns the SQL reads (and the time column): all it buffers."""
+        return rows if rows is None else pruned(rows, self.columns, [self.times[side]])
+
     def _numbered(self, side: bytes, rows: pa.Table | None) -> pa.Table | None:
         """``rows`` with a unique id per row (the chunk sequence, then the row index)."""
         if rows is None or rows.num_rows == 0:
@@ -249,6 +257,12 @@ def concat(tables: list[pa.Table]) -> pa.Table:
     if all(t.schema.equals(first) for t in tables[1:]):
         return pa.concat_tables(tables)
     return pa.concat_tables([t.cast(first) for t in tables])
+
+
+def _referenced(sql: str, outer: OuterJoin | None) -> frozenset[str] | None:
+    texts = [sql] if outer is None else [sql, outer.inner_sql, outer.left_sql, outer.right_sql]
+    names = [referenced_names(text) for text in texts]
+    return None if any(n is None for n in names) else frozenset().union(*names)  # type: ignore[arg-type]
 
 
 def _decode_time(key: bytes) -> int:

@@ -138,9 +138,11 @@ class Windowed:
                 f"  Input {name}: {w.kind.upper()}({source}.{w.time_column}, {size}{slide})"
             )
         lines += [
-            "  state: column family 'joins', key u8(input)|u64(window_end)|u64(window_start)"
-            " -> IPC(windowed rows)",
-            "  eviction: a window's rows are deleted when the watermark passes its end",
+            "  state: column family 'joins', key u8(input)|u64(pane_end)|u64(pane_start)|u32(run)"
+            " -> IPC(rows of one micro-batch in one pane, named columns only);"
+            " meta 'windowed/emitted' -> watermark evaluated up to",
+            "  eviction: a pane's rows are deleted when the watermark passes the end of the last"
+            " window over it",
         ]
         return lines
 
