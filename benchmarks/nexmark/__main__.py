@@ -25,7 +25,9 @@ process, the 1-minute load average next to each figure: the machine is shared):
 4. DuckDB's batch answer over the same rows twice: from the generated Arrow tables in memory
    (no parsing: the practical limit) and from the JSON lines (``read_ndjson``: parsing included);
 5. with ``--peers flink``, PyFlink over the JSON lines (filesystem source, window TVFs,
-   WATERMARK, blackhole sink), at parallelism 1 and 2 (:mod:`benchmarks.nexmark.flink_peer`).
+   WATERMARK, blackhole sink), at parallelism 1 and 2 (:mod:`benchmarks.nexmark.flink_peer`);
+   or, with ``--peers-from EARLIER.json``, PyFlink's figures from an earlier run over the same
+   events, marked as such in the results (PyFlink's runs take most of an hour).
 
 Throughput is events read per second: the rows of every stream the query reads. Results: JSON
 (``--out``), a Markdown table (same name, ``.md``) and a PNG chart (``.png``).
@@ -187,6 +189,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--peers", default="", help="'flink' adds PyFlink (DuckDB always runs)")
     parser.add_argument("--flink-parallelism", default="1,2")
     parser.add_argument("--flink-python", type=Path, help="a Python with apache-flink")
+    parser.add_argument(
+        "--peers-from",
+        type=Path,
+        help="take PyFlink's figures from an earlier results JSON of the same data (recorded "
+        "as such in the results) instead of running it again",
+    )
     parser.add_argument("--partitions", type=int, default=1)
     parser.add_argument("--events-per-second", type=int, default=10_000)
     parser.add_argument("--seed", type=int, default=0)
@@ -297,11 +305,33 @@ def main(argv: list[str] | None = None) -> int:
                 results["queries"][name][f"flink_p{parallelism}"] = outcome
                 print(f"flink p{parallelism} {name:8} {_cell(outcome):>14}", flush=True)
             _write(results, args.out)
+    elif args.peers_from is not None:
+        _carry_peers(results, json.loads(args.peers_from.read_text()), args.peers_from)
+        _write(results, args.out)
     results["finished"] = time.strftime("%Y-%m-%d %H:%M:%S %z")
     results["machine"]["load_average_at_end"] = list(os.getloadavg())
     _write(results, args.out)
     print(f"results: {args.out} (+ .md, .png)")
     return 0
+
+
+def _carry_peers(results: dict[str, Any], earlier: dict[str, Any], path: Path) -> None:
+    """PyFlink's figures from ``earlier`` (a run over the same generated events), marked with
+    when and by which command they were measured."""
+    if earlier.get("config") != results.get("config"):
+        raise SystemExit(f"{path}: measured over other data (its config differs)")
+    results["flink"] = {
+        **earlier.get("flink", {}),
+        "carried_from": {
+            "file": str(path),
+            "command": earlier.get("command"),
+            "started": earlier.get("started"),
+        },
+    }
+    for name, entry in results["queries"].items():
+        for key in ("flink_p1", "flink_p2"):
+            if key in earlier.get("queries", {}).get(name, {}):
+                entry[key] = earlier["queries"][name][key]
 
 
 def _write(results: dict[str, Any], out: Path) -> None:

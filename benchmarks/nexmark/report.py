@@ -79,6 +79,13 @@ def markdown_table(results: dict[str, Any]) -> str:
             f"| {vs_flink} | {vs_duck} "
             f"| {f'{min(loads):.1f}-{max(loads):.1f}' if loads else '-'} | {match} |"
         )
+    carried = results.get("flink", {}).get("carried_from")
+    if carried:
+        lines += [
+            "",
+            f"PyFlink figures: measured over the same events by `{carried['command']}`, "
+            f"started {carried['started']} (not rerun in this run).",
+        ]
     return "\n".join(lines) + "\n"
 
 
