@@ -476,7 +476,9 @@ def test_explain_shows_each_operators_state(sh: StreamHouse) -> None:
     windowed = explain(sh, window_join("left", "hop").sql)
     assert "WindowedQuery" in windowed and "HOP(a.t, size=10000ms slide=5000ms)" in windowed
     assert "key u8(input)|u64(pane_end)|u64(pane_start)|u32(run)" in windowed
-    assert "a pane's rows are deleted when the watermark passes the end of the last window" in windowed
+    assert (
+        "a pane's rows are deleted when the watermark passes the end of the last window" in windowed
+    )
 
     temporal = explain(sh, temporal_join("left").sql)
     assert "TemporalJoin  a AS OF t with versions of b ON k = k" in temporal

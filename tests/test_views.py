@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import pyarrow as pa
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
@@ -38,6 +39,7 @@ from window_cases import start_paused
 import streamhouse
 from streamhouse import StreamHouse
 from streamhouse.errors import SqlError
+from streamhouse.state.store import StateStore, TableState
 
 PROPERTY = settings(
     max_examples=8,
@@ -312,3 +314,74 @@ def test_global_aggregate_view_is_one_row(sh: StreamHouse) -> None:
     produce(sh, "a", [("y", T0, 2)])
     query.run_until_caught_up()
     assert view_rows(sh, ("n", "s")) == [(2, 3)]
+
+
+# -- state kept as runs --------------------------------------------------------------------------
+
+RUN_VIEWS = [
+    View(f"SELECT k, {AGGREGATES} FROM a GROUP BY k", ("k", "n", "s", "nd", "big", "small")),
+    View(
+        "SELECT k, v, COUNT(*) AS n, COUNT(DISTINCT t) AS nt FROM a GROUP BY k, v",
+        ("k", "v", "n", "nt"),
+    ),
+    TOP_N["top-2"],
+    TOP_N["top-2-of-the-first-20-s"],
+    TOP_N["keep-last"],
+]
+
+
+@st.composite
+def long_runs(draw: st.DrawFn) -> Case:
+    """Many small micro-batches over many keys after a big one, with restarts in between: the
+    state is held as many runs, some superseding others, when the query resumes."""
+    a = first_per_key_and_time(draw(events(0, max_size=70, keys="stuvwxyz")))
+    sizes = draw(st.lists(st.integers(1, 3), min_size=1, max_size=4).map(tuple))
+    restarts = draw(st.frozensets(st.integers(2, 40), min_size=1, max_size=4))
+    return Case(draw(st.sampled_from(RUN_VIEWS)), 0, 1, a, Schedule((12, *sizes), restarts))
+
+
+def test_views_over_many_runs_and_restarts_equal_the_batch_answer(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    @settings(PROPERTY, max_examples=12)
+    @given(case=long_runs())
+    def run(case: Case) -> None:
+        with scratch_dir(tmp_path_factory.getbasetemp()) as root:
+            check(root, case).close()
+
+    run()
+
+
+def test_table_state_reads_back_its_runs_and_drops_rolled_back_changes(tmp_path: Path) -> None:
+    def rows(ks: list, xs: list, n: list[int]) -> pa.Table:
+        return pa.table({"k": pa.array(ks, pa.string()), "x": pa.array(xs), "n": n})
+
+    def current(state: TableState) -> list[tuple]:
+        return sorted((tuple(r.values()) for r in state.current().to_pylist()), key=repr)
+
+    keyed = ["k", "x"]
+    store = StateStore(tmp_path / "state")
+    state = TableState(store, b"t", keyed)
+    want: dict[tuple, int] = {}
+    for step in range(40):  # keys (k, x) with nulls in both; every step upserts a few keys
+        ks = [None if (step + i) % 7 == 0 else "abc"[(step + i) % 3] for i in range(3)]
+        xs = [None if (step * i) % 5 == 0 else (step * i) % 4 for i in range(3)]
+        change = rows(ks, xs, [step] * 3).group_by(keyed).aggregate([("n", "max")])
+        change = change.rename_columns(["k", "x", "n"])
+        batch = store.batch()
+        state.replace(state.find(change), change, batch)
+        if step % 9 == 4:  # a failed commit: the changes are dropped
+            state.rollback()
+            continue
+        store.commit(batch)
+        state.commit()
+        want.update({(r["k"], r["x"]): r["n"] for r in change.to_pylist()})
+        assert current(state) == sorted(((k, x, n) for (k, x), n in want.items()), key=repr)
+        stored = sum(1 for key, _ in store.items("sessions") if key.startswith(b"t"))
+        assert stored <= TableState.MAX_RUNS  # compaction deletes the runs it merges
+        if step % 6 == 5:  # a restart reads back exactly what was committed
+            store.close()
+            store = StateStore(tmp_path / "state")
+            state = TableState(store, b"t", keyed)
+            assert current(state) == sorted(((k, x, n) for (k, x), n in want.items()), key=repr)
+    store.close()

@@ -84,7 +84,7 @@ class WindowAggregate:
                 "  GroupAggregate  (updating: an upsert per changed key, a tombstone when HAVING drops it)",
                 f"    keys: {', '.join(self.key_sql) or '(none)'}",
                 f"    aggregates: {aggs}",
-                "    state: column family 'sessions', key b'groups' -> IPC(keys, partials)",
+                "    state: column family 'sessions', key b'groups'|u32(run) -> IPC(keys, partials of the keys a micro-batch changed)",
                 "    eviction: none (every key is kept)",
                 f"    Stateless  {self.pre_sql}",
                 f"      Source  {self.source}",
@@ -239,7 +239,7 @@ class Recompute:
             f"Recompute  groups ({', '.join(self.group_by)}) over the latest row per"
             f" ({', '.join(self.input_keys)}) of {self.source} (updating: an upsert per group)",
             f"  sql: {self.sql}",
-            "  state: column family 'sessions', key b'recompute' -> IPC(latest input rows)",
+            "  state: column family 'sessions', key b'recompute'|u32(run) -> IPC(latest input rows of changed keys)",
         ]
 
 
@@ -452,7 +452,7 @@ class TopN:
             " (updating: an upsert per (key, rank))",
             f"  sql: {self.sql}",
             f"  retain: {self.retain_sql}",
-            "  state: column family 'sessions', key b'top_n' -> IPC(kept source rows)",
+            "  state: column family 'sessions', key b'top_n'|u32(run) -> IPC(kept source rows of changed keys)",
             f"  Source  {self.source}",
         ]
 

@@ -10,11 +10,15 @@ stored offset by 2**63 so byte order equals time order):
     key order visits windows by end time, so the windows a watermark closes are a prefix.
 ``sessions``
     ``b"open"`` -> Arrow IPC stream of every open session: group keys, ``window_start``,
-    ``window_end`` (last event + gap) and partial aggregates.
+    ``window_end`` (last event + gap) and partial aggregates. Updating views keep their table
+    as runs (:class:`TableState`): ``b"groups" | u32(run)`` (GROUP BY: keys, partials),
+    ``b"distinct" | u32(call) | u32(run)`` (COUNT DISTINCT: the (group, value) pairs a run
+    added), ``b"top_n" | u32(run)`` and ``b"recompute" | u32(run)``.
 ``joins``
     ``side | u64(max event time) | u64(sequence)`` -> Arrow IPC stream of buffered join input
-    rows (``side`` is ``b"L"`` or ``b"R"``; for window joins ``side | u64(window_end) |
-    u64(window_start)``). Key order puts the oldest rows first, so expiry deletes a prefix.
+    rows (``side`` is ``b"L"`` or ``b"R"``). Window joins: ``u8(input) | u64(pane_end) |
+    u64(pane_start) | u32(run)`` (see :mod:`streamhouse.joins.windowed`). Key order puts the
+    oldest rows first, so expiry deletes a prefix.
 ``meta``
     ``b"source/" + u32(partition)`` -> u64 next source offset to read;
     ``b"event_time/" + u32(partition)`` -> u64 max event time seen in that partition;
@@ -35,10 +39,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from rocksdict import Checkpoint, Options, Rdict, WriteBatch, WriteOptions
 
 from streamhouse.errors import StorageError
+from streamhouse.windows.assign import group_codes
 
 log = logging.getLogger(__name__)
 
@@ -216,35 +223,244 @@ class ScopedBatch:
 
 
 class TableState:
-    """Operator state kept as one Arrow table under one key of the ``sessions`` column family.
+    """Operator state: the rows of one Arrow table keyed by some of its columns, held in memory
+    and kept in the ``sessions`` column family as *runs*.
 
-    Changes are staged during a micro-batch (:meth:`stage` also writes them into the batch) and
-    become :attr:`committed` when the batch is (:meth:`commit`); :meth:`rollback` drops them.
+    ``key | u32(run)`` -> Arrow IPC stream of the rows one micro-batch wrote (a bare ``key``, as
+    written before runs, reads as run 0). A run holds every current row of each key it holds:
+    it supersedes the rows of those keys in earlier runs, so a micro-batch writes only the keys
+    it changed, never the whole table. Reading back keeps, per key, the rows of the latest run
+    holding it. Runs are compacted into one (in the same micro-batch, deleting the old ones)
+    when the runs after the first outgrow it, when superseded rows outnumber current ones, or
+    when there are more than :data:`MAX_RUNS`, so a row is rewritten a bounded number of times
+    on average.
+
+    In memory the runs stay as written, with a mask of their current rows (:attr:`live`);
+    :meth:`find` looks keys up by Arrow hashing over one encoded key column per run, so a
+    micro-batch costs a scan of that column, not a merge, sort or copy of the table. Changes
+    are staged (:meth:`replace` also writes them into the batch) and become committed with the
+    batch (:meth:`commit`); :meth:`rollback` drops them.
     """
 
-    def __init__(self, store: StateStore | StateView, key: bytes) -> None:
+    MAX_RUNS = 16
+
+    def __init__(self, store: StateStore | StateView, key: bytes, keys: list[str]) -> None:
         self.key = key
-        stored = store.get("sessions", key)
-        self.committed: pa.Table | None = decode_table(stored) if stored else None
-        self._staged: pa.Table | None = None
-        self._dirty = False
+        self.keys = list(keys)
+        self._runs: list[tuple[int, pa.Table]] = []  # (run, rows), in run order
+        self._held: list[pa.Array | None] = []  # the encoded keys of each run's rows
+        for stored, value in store.items("sessions", key):
+            if not stored.startswith(key):
+                break
+            if len(stored) == len(key):
+                self._runs.append((0, decode_table(value)))
+            elif len(stored) == len(key) + 4:
+                self._runs.append((_U32.unpack(stored[len(key) :])[0], decode_table(value)))
+        self._runs.sort(key=lambda run: run[0])
+        self._held = [_encoded_keys(rows, self.keys) for _, rows in self._runs]
+        self._table: pa.Table | None = None
+        self.live = self._latest_per_key()
+        self._saved: tuple[list, list, np.ndarray] | None = None
+
+    def _latest_per_key(self) -> np.ndarray:
+        """Which held rows are current: per key, those of the latest run holding it."""
+        sizes = [rows.num_rows for _, rows in self._runs]
+        if len(sizes) <= 1:
+            return np.ones(sum(sizes), dtype=bool)
+        table = self.table
+        codes = group_codes([table[k] for k in self.keys])
+        run = np.repeat(np.arange(len(sizes)), sizes)
+        latest = np.full(int(codes.max()) + 1 if len(codes) else 0, -1)
+        np.maximum.at(latest, codes, run)
+        return run == latest[codes]
+
+    # -- reads --------------------------------------------------------------------------------
 
     @property
-    def current(self) -> pa.Table | None:
-        """The table as of what this micro-batch has staged so far."""
-        return self._staged if self._dirty else self.committed
+    def table(self) -> pa.Table:
+        """Every held row, current or superseded (see :attr:`live`), in run order."""
+        if self._table is None:
+            tables = [rows for _, rows in self._runs]
+            self._table = (
+                pa.concat_tables(tables, promote_options="permissive") if tables else pa.table({})
+            )
+        return self._table
 
     @property
     def rows(self) -> int:
-        return self.committed.num_rows if self.committed is not None else 0
+        """Current rows (staged changes included)."""
+        return int(self.live.sum())
 
-    def stage(self, table: pa.Table, batch: StateBatch | ScopedBatch) -> None:
-        self._staged, self._dirty = table, True
-        batch.put("sessions", self.key, encode_table(table))
+    def current(self) -> pa.Table:
+        """The current rows, as one table."""
+        return self.table.filter(pa.array(self.live)) if self._runs else pa.table({})
+
+    def take(self, indices: np.ndarray) -> pa.Table:
+        return self.table.take(pa.array(indices, pa.int64()))
+
+    def find(self, rows: pa.Table, columns: list[str] | None = None) -> np.ndarray:
+        """Positions (in :attr:`table`) of the current rows whose ``columns`` (the state's keys
+        by default) equal those of a row of ``rows``; nulls equal nulls."""
+        columns = self.keys if columns is None else columns
+        if not self._runs or rows.num_rows == 0:
+            return np.zeros(0, dtype=np.int64)
+        held = (
+            self._held
+            if columns == self.keys
+            else [_encoded_keys(r, columns) for _, r in self._runs]
+        )
+        probe = _encoded_keys(rows, columns)
+        if _comparable(held, probe):
+            hit = pc.is_in(pa.chunked_array(held, probe.type), value_set=probe, skip_nulls=False)
+            hit = hit.to_numpy(zero_copy_only=False)
+        else:  # a key type without an encoding: code the held keys and the probe together
+            hit = _codes_in(self.table.select(columns), rows.select(columns))
+        return np.flatnonzero(hit & self.live)
+
+    def contains(self, rows: pa.Table) -> np.ndarray:
+        """Whether each row of ``rows`` has the key of a current row (a bool mask over ``rows``)."""
+        found = self.find(rows)
+        if len(found) == 0:
+            return np.zeros(rows.num_rows, dtype=bool)
+        probe = _encoded_keys(rows, self.keys)
+        if _comparable(self._held, probe):
+            held = pa.chunked_array(self._held, probe.type).take(pa.array(found))
+            return pc.is_in(probe, value_set=held.combine_chunks(), skip_nulls=False).to_numpy(
+                zero_copy_only=False
+            )
+        return _codes_in(rows.select(self.keys), self.take(found).select(self.keys))
+
+    # -- changes ------------------------------------------------------------------------------
+
+    def replace(
+        self, superseded: np.ndarray, rows: pa.Table, batch: StateBatch | ScopedBatch
+    ) -> None:
+        """Stage ``rows`` as every current row of their keys, in place of the held rows at
+        positions ``superseded`` (all current rows of those keys, from :meth:`find`). Every key
+        of a superseded row must have a row in ``rows``: a key is never deleted, only
+        replaced."""
+        if self._saved is None:
+            self._saved = (list(self._runs), list(self._held), self.live)
+        live = self.live.copy()
+        live[superseded] = False
+        if rows.num_rows == 0 and not len(superseded):
+            return
+        seq = self._runs[-1][0] + 1 if self._runs else 1
+        self._runs.append((seq, rows))
+        self._held.append(_encoded_keys(rows, self.keys))
+        self.live = np.concatenate([live, np.ones(rows.num_rows, dtype=bool)])
+        self._table = None
+        if self._should_compact():
+            self._compact(batch)
+        else:
+            batch.put("sessions", self._run_key(seq), encode_table(rows))
+
+    def _should_compact(self) -> bool:
+        if len(self._runs) <= 1:
+            return False
+        first = self._runs[0][1].num_rows
+        later = len(self.live) - first
+        current = int(self.live.sum())
+        return later > first or len(self.live) > 2 * current or len(self._runs) > self.MAX_RUNS
+
+    def _compact(self, batch: StateBatch | ScopedBatch) -> None:
+        """Rewrite the current rows as one run and delete the others (the staged one included,
+        which is not written)."""
+        rows = self.take(np.flatnonzero(self.live))  # one chunk, one copy
+        for seq, _ in self._runs[:-1]:
+            batch.delete("sessions", self._run_key(seq))
+        seq = self._runs[-1][0]
+        batch.put("sessions", self._run_key(seq), encode_table(rows))
+        self._runs = [(seq, rows)]
+        self._held = [_encoded_keys(rows, self.keys)]
+        self.live = np.ones(rows.num_rows, dtype=bool)
+        self._table = None
+
+    def _run_key(self, seq: int) -> bytes:
+        return self.key if seq == 0 else self.key + _U32.pack(seq)
 
     def commit(self) -> None:
-        if self._dirty:
-            self.committed, self._staged, self._dirty = self._staged, None, False
+        self._saved = None
 
     def rollback(self) -> None:
-        self._staged, self._dirty = None, False
+        if self._saved is not None:
+            runs, held, self.live = self._saved
+            self._runs, self._held, self._saved, self._table = runs, held, None, None
+
+
+def _comparable(held: list[pa.Array | None], probe: pa.Array | None) -> bool:
+    """Whether encoded keys ``held`` and ``probe`` can be compared (one type, none missing)."""
+    return probe is not None and all(h is not None and h.type == probe.type for h in held)
+
+
+def _codes_in(table: pa.Table, other: pa.Table) -> np.ndarray:
+    """Whether each row of ``table`` equals a row of ``other`` (nulls equal), by coding both
+    together."""
+    both = pa.concat_tables([table, other], promote_options="permissive")
+    codes = group_codes([both[c] for c in both.column_names])
+    n = table.num_rows
+    return np.isin(codes[:n], codes[n:])
+
+
+def _encoded_keys(table: pa.Table, columns: list[str]) -> pa.Array | None:
+    """One array with equal values for rows with equal ``columns`` (nulls included), of a type
+    that depends only on the columns' kinds; None for a column type without an encoding.
+
+    One column of an integer, temporal or boolean type is itself, as int64; strings and
+    binaries are binary. Several columns are packed into a binary value per row: 8 bytes per
+    fixed-width column and a validity mask, then each string as a 4-byte length (``0xFFFFFFFF``
+    for null) and its bytes.
+    """
+    n = table.num_rows
+    fixed: list[np.ndarray] = []
+    valid = np.zeros(n, dtype=np.int64)
+    variable: list[pa.Array] = []
+    for i, name in enumerate(columns):
+        column = table[name]
+        column = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+        kind = column.type
+        if pa.types.is_dictionary(kind):
+            column, kind = column.dictionary_decode(), kind.value_type
+        if pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_binary(kind):
+            if len(columns) == 1:
+                return column.cast(pa.binary())
+            variable.append(column.cast(pa.binary()))
+            continue
+        values = _as_int64(column)
+        if values is None:
+            return None
+        if len(columns) == 1:
+            return values
+        mask = pc.is_valid(values).to_numpy(zero_copy_only=False)
+        valid |= mask.astype(np.int64) << (i % 63)
+        fixed.append(values.fill_null(0).to_numpy(zero_copy_only=False))
+    fixed.append(valid)
+    matrix = np.ascontiguousarray(np.stack(fixed, axis=1).astype(">i8"))
+    packed = pa.Array.from_buffers(pa.binary(8 * len(fixed)), n, [None, pa.py_buffer(matrix)])
+    if not variable:
+        return packed
+    parts: list[pa.Array] = [packed.cast(pa.binary())]
+    for column in variable:
+        lengths = pc.binary_length(column).cast(pa.int64()).fill_null(0xFFFFFFFF)
+        lengths = lengths.to_numpy(zero_copy_only=False)
+        prefix = np.ascontiguousarray(lengths.astype(">u4"))
+        parts.append(
+            pa.Array.from_buffers(pa.binary(4), n, [None, pa.py_buffer(prefix)]).cast(pa.binary())
+        )
+        parts.append(column.fill_null(b""))
+    return pc.binary_join_element_wise(*parts, pa.scalar(b"", pa.binary()))
+
+
+def _as_int64(column: pa.Array) -> pa.Array | None:
+    """The column's values as int64 (nulls kept), or None for a type that has no such view."""
+    kind = column.type
+    if pa.types.is_null(kind):
+        return pa.nulls(len(column), pa.int64())
+    if pa.types.is_integer(kind) or pa.types.is_boolean(kind):
+        return column.cast(pa.int64(), safe=False)  # uint64 wraps around, still one-to-one
+    if pa.types.is_temporal(kind) and kind.bit_width in (32, 64):
+        return column.view(pa.int32() if kind.bit_width == 32 else pa.int64()).cast(pa.int64())
+    if pa.types.is_floating(kind):  # -0.0 + 0.0 is 0.0: equal floats get equal bits
+        bits = pc.add(column.cast(pa.float64()), 0.0)
+        return pa.Array.from_buffers(pa.int64(), len(bits), bits.buffers(), bits.null_count)
+    return None

@@ -1,11 +1,16 @@
 """Top-N per key (and deduplication, N = 1) as an updating view.
 
-Only the source rows currently ranked within N are kept, in the ``sessions`` column family under
-``b"top_n"``: with an insert-only input a row that falls out of the top N never comes back.
-Each micro-batch re-ranks, with the query's own SQL on DataFusion, the kept rows of the keys it
-touches together with its new rows, keeps the new top N, and returns the query's rows for
-those keys — one upsert per (key, rank) — and their rows before, so that a (key, rank) the
-query no longer outputs (``WHERE rn <= 3 AND t < ...``) gets a tombstone.
+Only the source rows currently ranked within N are kept: with an insert-only input a row that
+falls out of the top N never comes back. Each micro-batch looks up the kept rows of the keys it
+touches, re-ranks them together with its new rows with the query's own SQL on DataFusion, keeps
+the new top N, and returns the query's rows for those keys — one upsert per (key, rank) — and
+their rows before, so that a (key, rank) the query no longer outputs (``WHERE rn <= 3 AND t <
+...``) gets a tombstone.
+
+State (``sessions`` column family, a :class:`~streamhouse.state.store.TableState` keyed by the
+partition columns): ``b"top_n" | u32(run)`` -> Arrow IPC stream of the kept rows of the keys
+one micro-batch re-ranked (all of each key's kept rows); a key's latest run holds its rows.
+A micro-batch writes one run, never the whole table; runs are compacted as they pile up.
 """
 
 from __future__ import annotations
@@ -13,12 +18,10 @@ from __future__ import annotations
 import logging
 
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from streamhouse.sql.execute import run_sql
 from streamhouse.sql.plan import TopN
 from streamhouse.state.store import StateBatch, StateStore, TableState
-from streamhouse.windows.assign import group_codes
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +31,7 @@ TOP_N_KEY = b"top_n"
 class TopNOperator:
     def __init__(self, plan: TopN, store: StateStore) -> None:
         self.plan = plan
-        self.table = TableState(store, TOP_N_KEY)
+        self.table = TableState(store, TOP_N_KEY, plan.partition_by)
 
     @property
     def open_windows(self) -> int:
@@ -38,30 +41,17 @@ class TopNOperator:
         """Re-rank the touched keys; returns the query's rows for them, after and before this
         batch (a row of a (key, rank) that is no longer there, because the query filters on more
         than the rank, needs a tombstone)."""
-        current = self.table.current
         if rows.num_rows == 0:
             return None, None
-        keys = self.plan.partition_by
+        found = self.table.find(rows)
         before = None
-        if current is not None and current.num_rows:
-            combined = pa.concat_tables([current, rows], promote_options="permissive")
-            codes = group_codes([combined[k] for k in keys])
-            touched = pc.is_in(pa.array(codes), value_set=pa.array(codes[current.num_rows :]))
-            was_touched = touched.slice(0, current.num_rows)
-            untouched = current.filter(pc.invert(was_touched))
-            candidates = combined.filter(touched)
-            previous = current.filter(was_touched)
-            if previous.num_rows:
-                before = run_sql(self.plan.sql, {self.plan.source: previous})
-        else:
-            untouched, candidates = None, rows
+        candidates = rows
+        if len(found):
+            previous = self.table.take(found)
+            before = run_sql(self.plan.sql, {self.plan.source: previous})
+            candidates = pa.concat_tables([previous, rows], promote_options="permissive")
         kept = run_sql(self.plan.retain_sql, {self.plan.source: candidates}).drop_columns(["__rn"])
-        state = (
-            kept
-            if untouched is None
-            else pa.concat_tables([untouched, kept], promote_options="permissive")
-        )
-        self.table.stage(state, batch)
+        self.table.replace(found, kept, batch)
         return run_sql(self.plan.sql, {self.plan.source: kept}), before
 
     def commit(self) -> None:
