@@ -28,6 +28,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from streamhouse.errors import StorageError
 from streamhouse.sql.plan import WindowAggregate
 from streamhouse.state.store import StateBatch, StateStore, TableState
 from streamhouse.windows import aggregate
@@ -62,6 +63,11 @@ class GroupAggregate:
             i: TableState(store, DISTINCT_KEY + _U32.pack(i), [GROUP_ID, "v"])
             for i in self.distinct
         }
+        if self.distinct and self.table.rows and GROUP_ID not in self.table.table.column_names:
+            raise StorageError(
+                "this query's COUNT(DISTINCT) state was written by an older StreamHouse "
+                "(distinct values as lists); delete the query's state to start it afresh"
+            )
 
     @property
     def open_windows(self) -> int:
