@@ -877,7 +877,10 @@ def _decode_chunk(regions: list[_Region], json_lines: bool) -> _Chunk | None:
     keys = _slices(data, key_start, key_len, kept)  # copied out before the buffer is blanked
     lines = None
     if json_lines:
-        values = _views(data, buf, value_start[kept], value_len[kept])
+        if len(buf) < 1 << 31:  # a view's offset is an int32
+            values = _views(data, buf, value_start[kept], value_len[kept])
+        else:
+            values = _slices(data, value_start, value_len, kept).cast(pa.binary_view())
         lines = _blank_between_values(buf, total, value_start[kept], value_len[kept])
     else:
         values = _slices(data, value_start, value_len, kept)
@@ -932,11 +935,12 @@ def _blank_between_values(
     gap_lo = np.concatenate(([0], end))
     gap_hi = np.concatenate((lo, [total]))
     gap = gap_hi - gap_lo
+    index = np.int32 if total < 1 << 31 else np.int64
     for i in range(0, len(gap), _BLANK_GAPS):  # small index arrays: no fresh pages to fault in
         g, at = gap[i : i + _BLANK_GAPS], gap_lo[i : i + _BLANK_GAPS]
         first = np.cumsum(g) - g
-        blank = np.repeat((at - first).astype(np.int32), g)
-        blank += np.arange(len(blank), dtype=np.int32)
+        blank = np.repeat((at - first).astype(index), g)
+        blank += np.arange(len(blank), dtype=index)
         buf[blank] = 0x20
     buf[end] = 0x0A
     starts = np.concatenate((lo, [total]))
