@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import logging
+from collections import deque
 from collections.abc import Collection
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -108,7 +109,31 @@ def read_source(
     """
     scan = _Scan(log_, topic, partitions, start_offsets, end_offsets)
     decoded: list[tuple[pa.Table, list[JsonLines]]] = []  # waiting for the schema to be known
-    parsing: list[tuple[pa.Table, Future | tuple]] = []
+    parsing: deque[tuple[pa.Table, Future | tuple]] = deque()
+    out = SourceTable(pa.table({}))
+    tables: list[pa.Table] = []
+
+    def finish(records: pa.Table, parse: Future | tuple) -> None:
+        """Take one group's parsed rows; its decoded bytes can go (and be reused, warm)."""
+        table, rows, rejected = parse.result() if isinstance(parse, Future) else parse
+        out.rows_read += records.num_rows
+        if rejected:
+            partition = records["partition"].to_numpy()
+            offset = records["offset"].to_numpy()
+            key, value = records["key"], records["value"]  # views: no take kernel, one by one
+            out.rejected.extend(
+                RejectedRow(
+                    topic,
+                    int(partition[i]),
+                    int(offset[i]),
+                    reason,
+                    key[i].as_py(),
+                    value[i].as_py(),
+                )
+                for i, reason in rejected
+            )
+        tables.append(with_metadata(table, records, rows))
+
     value_schema = schema
     known = schema is not None
     if known:
@@ -129,27 +154,10 @@ def read_source(
         for records, lines in decoded:
             parsing.append((records, _start_parse(records, lines, value_schema)))
         decoded = []
-    out = SourceTable(pa.table({}))
-    tables = []
-    for records, parse in parsing:
-        table, rows, rejected = parse.result() if isinstance(parse, Future) else parse
-        out.rows_read += records.num_rows
-        if rejected:
-            partition = records["partition"].to_numpy()
-            offset = records["offset"].to_numpy()
-            key, value = records["key"], records["value"]  # views: no take kernel, one by one
-            out.rejected.extend(
-                RejectedRow(
-                    topic,
-                    int(partition[i]),
-                    int(offset[i]),
-                    reason,
-                    key[i].as_py(),
-                    value[i].as_py(),
-                )
-                for i, reason in rejected
-            )
-        tables.append(with_metadata(table, records, rows))
+        while len(parsing) > 1:  # one group parses while the next one is decoded
+            finish(*parsing.popleft())
+    while parsing:
+        finish(*parsing.popleft())
     out.table = tables[0] if len(tables) == 1 else pa.concat_tables(tables)
     return out
 
