@@ -445,6 +445,7 @@ class TopN:
     partition_by: list[str]
     rank_column: str
     limit: int
+    ranks_only: bool = False  # the outer WHERE only bounds the rank: a (key, rank) never goes
 
     def explain(self) -> list[str]:
         return [
@@ -491,14 +492,17 @@ def _plan_top_n(select: exp.Select, derived: dict[str, Operator] | None = None) 
     if not partition or not all(isinstance(p, exp.Column) for p in partition):
         return None
     limit = None
+    ranks_only = True
     where = select.args.get("where")
     for item in conjuncts(where.this if where is not None else None):
-        if (
+        if not (
             isinstance(item, exp.LTE | exp.LT | exp.EQ)
             and isinstance(item.this, exp.Column)
             and item.this.name == rank_name
             and isinstance(item.expression, exp.Literal)
         ):
+            ranks_only = False
+        else:
             value = int(item.expression.name)
             limit = value - 1 if isinstance(item, exp.LT) else value
             if isinstance(item, exp.EQ) and value != 1:
@@ -522,6 +526,7 @@ def _plan_top_n(select: exp.Select, derived: dict[str, Operator] | None = None) 
         partition_by=[p.name for p in partition],
         rank_column=rank_name,
         limit=limit,
+        ranks_only=ranks_only,
     )
 
 

@@ -40,7 +40,8 @@ class TopNOperator:
     def process(self, rows: pa.Table, batch: StateBatch) -> tuple[pa.Table | None, pa.Table | None]:
         """Re-rank the touched keys; returns the query's rows for them, after and before this
         batch (a row of a (key, rank) that is no longer there, because the query filters on more
-        than the rank, needs a tombstone)."""
+        than the rank, needs a tombstone; when it filters on the rank only, a (key, rank) never
+        goes away and there is no before)."""
         if rows.num_rows == 0:
             return None, None
         found = self.table.find(rows)
@@ -48,7 +49,8 @@ class TopNOperator:
         candidates = rows
         if len(found):
             previous = self.table.take(found)
-            before = run_sql(self.plan.sql, {self.plan.source: previous})
+            if not self.plan.ranks_only:  # rows the query filters out may need tombstones
+                before = run_sql(self.plan.sql, {self.plan.source: previous})
             candidates = pa.concat_tables([previous, rows], promote_options="permissive")
         kept = run_sql(self.plan.retain_sql, {self.plan.source: candidates}).drop_columns(["__rn"])
         self.table.replace(found, kept, batch)
