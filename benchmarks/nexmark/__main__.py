@@ -53,7 +53,7 @@ import pyarrow.feather as feather
 
 import streamhouse
 from benchmarks.nexmark import QUERIES, NexmarkConfig, generate_tables, load, peers
-from benchmarks.nexmark.report import markdown_table, write_chart
+from benchmarks.nexmark.report import carry_peers, markdown_table, write_chart
 from benchmarks.nexmark.runner import query_file
 
 log = logging.getLogger("benchmarks.nexmark")
@@ -306,32 +306,13 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"flink p{parallelism} {name:8} {_cell(outcome):>14}", flush=True)
             _write(results, args.out)
     elif args.peers_from is not None:
-        _carry_peers(results, json.loads(args.peers_from.read_text()), args.peers_from)
+        carry_peers(results, json.loads(args.peers_from.read_text()), args.peers_from)
         _write(results, args.out)
     results["finished"] = time.strftime("%Y-%m-%d %H:%M:%S %z")
     results["machine"]["load_average_at_end"] = list(os.getloadavg())
     _write(results, args.out)
     print(f"results: {args.out} (+ .md, .png)")
     return 0
-
-
-def _carry_peers(results: dict[str, Any], earlier: dict[str, Any], path: Path) -> None:
-    """PyFlink's figures from ``earlier`` (a run over the same generated events), marked with
-    when and by which command they were measured."""
-    if earlier.get("config") != results.get("config"):
-        raise SystemExit(f"{path}: measured over other data (its config differs)")
-    results["flink"] = {
-        **earlier.get("flink", {}),
-        "carried_from": {
-            "file": str(path),
-            "command": earlier.get("command"),
-            "started": earlier.get("started"),
-        },
-    }
-    for name, entry in results["queries"].items():
-        for key in ("flink_p1", "flink_p2"):
-            if key in earlier.get("queries", {}).get(name, {}):
-                entry[key] = earlier["queries"][name][key]
 
 
 def _write(results: dict[str, Any], out: Path) -> None:

@@ -46,6 +46,26 @@ def _with_cpu(part: dict[str, Any] | None) -> str:
     return cell
 
 
+def carry_peers(results: dict[str, Any], earlier: dict[str, Any], path: Path) -> None:
+    """PyFlink's figures from ``earlier`` (a run over the same generated events), marked with
+    when and by which command they were measured."""
+    if earlier.get("config") != results.get("config"):
+        raise SystemExit(f"{path}: measured over other data (its config differs)")
+    results["flink"] = {
+        **earlier.get("flink", {}),
+        "carried_from": {
+            "file": str(path),
+            "command": earlier.get("command"),
+            "started": earlier.get("started"),
+            "cpu": earlier.get("machine", {}).get("cpu"),
+        },
+    }
+    for name, entry in results["queries"].items():
+        for key in ("flink_p1", "flink_p2"):
+            if key in earlier.get("queries", {}).get(name, {}):
+                entry[key] = earlier["queries"][name][key]
+
+
 def markdown_table(results: dict[str, Any]) -> str:
     """One row per query: events/s of each system, CPU seconds, peak memory, the ratios."""
     lines = [
@@ -84,7 +104,8 @@ def markdown_table(results: dict[str, Any]) -> str:
         lines += [
             "",
             f"PyFlink figures: measured over the same events by `{carried['command']}`, "
-            f"started {carried['started']} (not rerun in this run).",
+            f"started {carried['started']} on {carried.get('cpu') or 'an unrecorded CPU'} "
+            "(not rerun in this run).",
         ]
     return "\n".join(lines) + "\n"
 
@@ -183,12 +204,21 @@ def write_chart(results: dict[str, Any], path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``python -m benchmarks.nexmark.report RESULTS.json [--peers-from PEERS.json]``: redraw
+    the table and chart of a results file, after taking PyFlink's figures from another run over
+    the same events (e.g. ``--modes '' --peers flink``, which measures PyFlink alone)."""
+    import argparse
     import json
-    import sys
 
-    for name in argv if argv is not None else sys.argv[1:]:
-        path = Path(name)
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.nexmark.report")
+    parser.add_argument("results", type=Path, nargs="+")
+    parser.add_argument("--peers-from", type=Path)
+    args = parser.parse_args(argv)
+    for path in args.results:
         results = json.loads(path.read_text())
+        if args.peers_from is not None:
+            carry_peers(results, json.loads(args.peers_from.read_text()), args.peers_from)
+            path.write_text(json.dumps(results, indent=2, default=str))
         path.with_suffix(".md").write_text(markdown_table(results))
         write_chart(results, path.with_suffix(".png"))
     return 0
