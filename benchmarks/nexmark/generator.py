@@ -41,6 +41,7 @@ import queue
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -708,18 +709,27 @@ def load(
 
     worker = threading.Thread(target=work, name="nexmark-generator", daemon=True)
     worker.start()
+    producers = ThreadPoolExecutor(32, thread_name_prefix="nexmark-produce")
     while (item := ready.get()) is not None:
         if isinstance(item, BaseException):
             raise item
         produce_started = time.perf_counter()
         for stream, values in item.items():
             parts = counts[stream]
-            for p in range(parts):
-                part = values[p::parts] if parts > 1 else values
-                if part:
-                    sh.produce(stream, part, partition=p, compression=compression)
+            slices = [(p, values[p::parts] if parts > 1 else values) for p in range(parts)]
+            # The partitions' appends go together, so the writer puts them in one flush (each
+            # produce call returns once durable: one after the other, 1,000 partitions would
+            # wait for 1,000 flushes).
+            pending = [
+                producers.submit(sh.produce, stream, part, partition=p, compression=compression)
+                for p, part in slices
+                if part
+            ]
+            for future in pending:
+                future.result()
             stats.rows[stream] += len(values)
         stats.produce_seconds += time.perf_counter() - produce_started
+    producers.shutdown()
     worker.join()
     stats.events = config.events
     stats.seconds = time.perf_counter() - started

@@ -85,21 +85,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--query", default="tumble")
     parser.add_argument("--partitions", default="1,10,100,1000")
     parser.add_argument("--bids", default="1000000,5000000,10000000,20000000")
+    parser.add_argument("--curves", default="partitions,data")
     parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument(
+        "--update", action="store_true", help="measure only these points again, keep the others"
+    )
     args = parser.parse_args(argv)
     bids = [int(b) for b in args.bids.split(",")]
-    results: dict[str, Any] = {
-        "command": " ".join(["python -m benchmarks.nexmark.scaling", *(argv or sys.argv[1:])]),
-        "started": time.strftime("%Y-%m-%d %H:%M:%S %z"),
-        "query": args.query,
-        "partitions": [],
-        "data": [],
-    }
-    for partitions in [int(p) for p in args.partitions.split(",")]:
-        results["partitions"].append(point(args.query, bids[0], partitions))
-        args.out.write_text(json.dumps(results, indent=2))
-    for count in bids:
-        results["data"].append(point(args.query, count, 1))
+    command = " ".join(["python -m benchmarks.nexmark.scaling", *(argv or sys.argv[1:])])
+    results: dict[str, Any] = {"query": args.query, "partitions": [], "data": [], "runs": []}
+    if args.update and args.out.exists():
+        results = json.loads(args.out.read_text())
+    results["runs"] = [*results.get("runs", []), command]
+    results["started"] = time.strftime("%Y-%m-%d %H:%M:%S %z")
+    curves = args.curves.split(",")
+    plan = [("partitions", bids[0], int(p)) for p in args.partitions.split(",")] * (
+        "partitions" in curves
+    ) + [("data", count, 1) for count in bids] * ("data" in curves)
+    for curve, count, partitions in plan:
+        measured = point(args.query, count, partitions)
+        kept = [p for p in results[curve] if (p["bids"], p["partitions"]) != (count, partitions)]
+        results[curve] = sorted([*kept, measured], key=lambda p: (p["bids"], p["partitions"]))
         args.out.write_text(json.dumps(results, indent=2))
     results["finished"] = time.strftime("%Y-%m-%d %H:%M:%S %z")
     args.out.write_text(json.dumps(results, indent=2))

@@ -71,10 +71,11 @@ class QuerySource:
     def load(self, log_: Log, store: StateStore, latest: bool) -> None:
         info = log_.topic(self.topic)
         now = time.monotonic()
+        offsets = log_.metadata.partition_offsets(self.topic)  # every partition in one query
         for p in range(info.partitions):
             stored = store.get_int(partition_key(SOURCE + self._prefix, p))
             if stored is None:
-                bounds = log_.offsets(self.topic, p)
+                bounds = offsets[p]
                 stored = bounds.high_watermark if latest else bounds.log_start_offset
             self.positions[p] = stored
             event_time = store.get_int(partition_key(EVENT_TIME + self._prefix, p))
@@ -92,9 +93,10 @@ class QuerySource:
             self.positions[p] = 0
             self.last_data[p] = time.monotonic()
         starts = {**self.positions, **(positions or {})}
+        offsets = log_.metadata.partition_offsets(self.topic)  # every partition in one query
         ends = {}
         for p in sorted(starts):
-            available = log_.offsets(self.topic, p).high_watermark - starts[p]
+            available = offsets[p].high_watermark - starts[p]
             ends[p] = starts[p] + max(0, min(available, budget))
             budget -= ends[p] - starts[p]
         return ends
