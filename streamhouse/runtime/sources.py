@@ -111,8 +111,11 @@ class QuerySource:
         starts = {p: self.positions[p] for p in wanted}
         until = {p: ends[p] for p in wanted}
         prefetched, self._prefetched = self._prefetched, None
-        if prefetched is not None and prefetched[0] == (starts, until):
-            return prefetched[1].result()
+        if prefetched is not None:
+            plan, future = prefetched
+            # Not started yet (the thread is busy with another query's batch): read it here.
+            if not future.cancel() and plan == (starts, until):
+                return future.result()
         if self.schema is None:
             records = read_records(log_, self.topic, wanted, starts, until)
             if records.num_rows == 0:
