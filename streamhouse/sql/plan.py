@@ -446,6 +446,7 @@ class TopN:
     rank_column: str
     limit: int
     ranks_only: bool = False  # the outer WHERE only bounds the rank: a (key, rank) never goes
+    output_sql: str | None = None  # the outer query over RANKED (the retained rows, ranked)
 
     def explain(self) -> list[str]:
         return [
@@ -519,6 +520,13 @@ def _plan_top_n(select: exp.Select, derived: dict[str, Operator] | None = None) 
         .from_(ranked.subquery("__ranked"))
         .where(exp.column("__rn", quoted=True) <= limit)
     )
+    output = None
+    if _star_and_rank(inner, rank_name):  # the inner query's rows are the retained rows
+        output = select.copy()
+        ranked_table: exp.Expr = exp.to_table(RANKED)
+        if sub.alias:
+            ranked_table = exp.alias_(ranked_table, sub.alias, table=True)
+        output.set("from_", exp.From(this=ranked_table))
     return TopN(
         source=table.name,
         sql=to_datafusion(select),
@@ -527,7 +535,21 @@ def _plan_top_n(select: exp.Select, derived: dict[str, Operator] | None = None) 
         rank_column=rank_name,
         limit=limit,
         ranks_only=ranks_only,
+        output_sql=to_datafusion(output) if output is not None else None,
     )
+
+
+RANKED = "__ranked"
+"""The table :attr:`TopN.output_sql` reads: the retained rows with their rank."""
+
+
+def _star_and_rank(inner: exp.Select, rank_name: str) -> bool:
+    """Whether ``inner`` is ``SELECT *, ROW_NUMBER() OVER (...) AS rank FROM t [WHERE ...]``."""
+    if set(k for k, v in inner.args.items() if v) - {"expressions", "from_", "where"}:
+        return False
+    if len(inner.expressions) != 2 or not isinstance(inner.expressions[0], exp.Star):
+        return False
+    return inner.expressions[1].alias_or_name == rank_name
 
 
 def _rank_over_join(

@@ -20,7 +20,7 @@ import logging
 import pyarrow as pa
 
 from streamhouse.sql.execute import run_sql
-from streamhouse.sql.plan import TopN
+from streamhouse.sql.plan import RANKED, TopN
 from streamhouse.state.store import StateBatch, StateStore, TableState
 
 log = logging.getLogger(__name__)
@@ -52,8 +52,12 @@ class TopNOperator:
             if not self.plan.ranks_only:  # rows the query filters out may need tombstones
                 before = run_sql(self.plan.sql, {self.plan.source: previous})
             candidates = pa.concat_tables([previous, rows], promote_options="permissive")
-        kept = run_sql(self.plan.retain_sql, {self.plan.source: candidates}).drop_columns(["__rn"])
+        ranked = run_sql(self.plan.retain_sql, {self.plan.source: candidates})
+        kept = ranked.drop_columns(["__rn"])
         self.table.replace(found, kept, batch)
+        if self.plan.output_sql is not None:  # the ranks just computed: no second ranking
+            names = [self.plan.rank_column if c == "__rn" else c for c in ranked.column_names]
+            return run_sql(self.plan.output_sql, {RANKED: ranked.rename_columns(names)}), before
         return run_sql(self.plan.sql, {self.plan.source: kept}), before
 
     def commit(self) -> None:
