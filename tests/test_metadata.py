@@ -135,6 +135,12 @@ def test_commit_segment_advances_high_watermarks(md: SQLiteMetadata) -> None:
     md.commit_segment("o1", [Entry("t", 0, 0, 9, position=0), Entry("t", 1, 0, 4, position=50)])
     md.commit_segment("o2", [Entry("t", 0, 10, 19), Entry("t", 0, 20, 20)])
     assert md.partition_offsets("t") == {0: PartitionOffsets(0, 21), 1: PartitionOffsets(0, 5)}
+    assert md.partition_offset("t", 0) == PartitionOffsets(0, 21)
+    assert md.partition_offset("t", 1) == PartitionOffsets(0, 5)
+    with pytest.raises(UnknownPartitionError):
+        md.partition_offset("t", 2)
+    with pytest.raises(UnknownTopicError):
+        md.partition_offset("nope", 0)
     md.commit_segment("o3", [])  # nothing to do
     rows = md.segments("t", 1)
     assert rows == [SegmentRow("o1", "t", 1, 0, 4, 50, 100, 0, 0, 1, 0)]

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import crc32c
 
-from streamhouse.errors import CorruptSegmentError, OffsetOutOfRangeError, UnknownPartitionError
+from streamhouse.errors import CorruptSegmentError, OffsetOutOfRangeError
 from streamhouse.log.metadata import Metadata, PartitionOffsets, SegmentRow
 from streamhouse.log.objectstore import ObjectStore
 from streamhouse.log.records import read_header
@@ -88,10 +88,7 @@ class LogReader:
         self._cache = cache
 
     def offsets(self, topic: str, partition: int) -> PartitionOffsets:
-        offsets = self._metadata.partition_offsets(topic)
-        if partition not in offsets:
-            raise UnknownPartitionError(topic, partition)
-        return offsets[partition]
+        return self._metadata.partition_offset(topic, partition)
 
     def run_bytes(self, row: SegmentRow) -> bytes:
         """The verified bytes of one indexed run of batches."""

@@ -161,6 +161,11 @@ class Metadata(Protocol):
         """Log start and high watermark of every partition; ``UnknownTopicError``."""
         ...
 
+    def partition_offset(self, topic: str, partition: int) -> PartitionOffsets:
+        """Log start and high watermark of one partition (one row read, however many the topic
+        has); ``UnknownTopicError``/``UnknownPartitionError``."""
+        ...
+
     def commit_segment(self, object_key: str, entries: Sequence[SegmentEntryLike]) -> None:
         """Index ``entries`` of one object and advance each high watermark, all or nothing.
 

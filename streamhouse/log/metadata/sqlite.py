@@ -345,6 +345,22 @@ class SQLiteMetadata:
             raise UnknownTopicError(topic)
         return {p: PartitionOffsets(start, hw) for p, start, hw in rows}
 
+    def partition_offset(self, topic: str, partition: int) -> PartitionOffsets:
+        with self._storage_errors(f"read offsets of {topic!r}"):
+            row = (
+                self._connection()
+                .execute(
+                    "SELECT log_start_offset, high_watermark FROM partitions"
+                    " WHERE topic = ? AND partition_id = ?",
+                    (topic, partition),
+                )
+                .fetchone()
+            )
+        if row is None:
+            self.partition_offsets(topic)  # UnknownTopicError if the topic is unknown
+            raise UnknownPartitionError(topic, partition)
+        return PartitionOffsets(*row)
+
     # -- the segment index -------------------------------------------------------------------
 
     def commit_segment(self, object_key: str, entries: Sequence[SegmentEntryLike]) -> None:
