@@ -76,19 +76,6 @@ def read_records(
     return scan.decode(scan.runs)[0]
 
 
-def scan_records(
-    log_: Log,
-    topic: str,
-    partitions: list[int],
-    start_offsets: dict[int, int],
-    end_offsets: dict[int, int],
-) -> tuple[pa.Table, list[JsonLines]]:
-    """As :func:`read_records`, with values left where they were decoded: the ``value`` column
-    holds views, and the JSON lines go to :func:`decode_json_lines` without another copy."""
-    scan = _Scan(log_, topic, partitions, start_offsets, end_offsets)
-    return scan.decode(scan.runs, json_lines=True)
-
-
 def read_source(
     log_: Log,
     topic: str,
@@ -262,7 +249,7 @@ def infer_schema(values: pa.Array | pa.ChunkedArray) -> pa.Schema | None:
     sample = values.slice(0, INFER_SAMPLE_ROWS)
     if isinstance(sample, pa.ChunkedArray):  # combine the sample only, not the whole column
         sample = sample.combine_chunks()
-    if sample.type != pa.binary():  # views (see scan_records) or text
+    if sample.type != pa.binary():  # views (decode_records with json_lines) or text
         sample = sample.cast(pa.binary())
     sample = sample.drop_null()
     if len(sample) == 0:
@@ -298,30 +285,33 @@ def decode_json(
     at a time, without first being combined; pyarrow's reader spreads each over its threads.
     """
     chunks = values.chunks if isinstance(values, pa.ChunkedArray) else [values]
-    tables: list[pa.Table] = []
-    rows: list[np.ndarray] = []
-    rejected: list[tuple[int, str]] = []
-    base = 0
-    for chunk in chunks:
-        if len(chunk):
-            table, good, bad = _decode_json_chunk(chunk, schema)
-            tables.append(table)
-            rows.append(good + base)
-            rejected.extend((i + base, reason) for i, reason in bad)
-        base += len(chunk)
-    rejected.sort()
-    if not tables:
-        return schema.empty_table(), np.zeros(0, np.int64), rejected
-    table = tables[0] if len(tables) == 1 else pa.concat_tables(tables)
-    return table, np.concatenate(rows), rejected
+    return _parse_lines([_lines_of(c) for c in chunks], [len(c) for c in chunks], schema)
 
 
 def decode_json_lines(
     records: pa.Table, lines: list[JsonLines], schema: pa.Schema
 ) -> tuple[pa.Table, np.ndarray, list[tuple[int, str]]]:
     """As :func:`decode_json` over ``records["value"]``, reading the values where
-    :func:`scan_records` left them (``lines``: one per chunk of ``records``)."""
+    ``decode_records(..., json_lines=True)`` left them (``lines``: one per chunk of
+    ``records``)."""
     sizes = [len(c) for c in records.column(0).chunks] if records.num_columns else []
+    return _parse_lines(lines, sizes, schema)
+
+
+def _lines_of(values: pa.Array) -> JsonLines:
+    """``values`` as JSON lines: the non-empty ones, newline-joined (a copy)."""
+    values = values.cast(pa.binary()) if values.type != pa.binary() else values
+    valid = pc.fill_null(pc.greater(pc.binary_length(values), 0), False)
+    rows = np.flatnonzero(valid.to_numpy(zero_copy_only=False))
+    present = values if len(rows) == len(values) else values.take(pa.array(rows))
+    return JsonLines(*_newline_joined(present), rows)
+
+
+def _parse_lines(
+    lines: list[JsonLines], sizes: list[int], schema: pa.Schema
+) -> tuple[pa.Table, np.ndarray, list[tuple[int, str]]]:
+    """Parse each chunk's lines (chunk ``i`` holds ``sizes[i]`` rows; rows without a line
+    have a null or empty value); rows and rejections are indexed across all chunks."""
     tables: list[pa.Table] = []
     rows: list[np.ndarray] = []
     rejected: list[tuple[int, str]] = []
@@ -341,23 +331,6 @@ def decode_json_lines(
         return schema.empty_table(), np.zeros(0, np.int64), rejected
     table = tables[0] if len(tables) == 1 else pa.concat_tables(tables)
     return table, np.concatenate(rows), rejected
-
-
-def _decode_json_chunk(
-    values: pa.Array, schema: pa.Schema
-) -> tuple[pa.Table, np.ndarray, list[tuple[int, str]]]:
-    values = values.cast(pa.binary()) if values.type != pa.binary() else values
-    if values.null_count == 0 and pc.min(pc.binary_length(values)).as_py() > 0:
-        keep, rejected, present = np.arange(len(values)), [], values
-    else:
-        valid = pc.fill_null(pc.greater(pc.binary_length(values), 0), False)
-        valid_np = valid.to_numpy(zero_copy_only=False)
-        keep = np.flatnonzero(valid_np)
-        rejected = [(int(i), "empty or null value") for i in np.flatnonzero(~valid_np)]
-        present = values.take(pa.array(keep))
-    table, good, bad = _JsonParser(*_newline_joined(present), schema).parse()
-    rejected.extend((int(keep[i]), reason) for i, reason in bad)
-    return table, keep[good], rejected
 
 
 def _epoch_variants(schema: pa.Schema) -> list[pa.Schema]:
