@@ -22,7 +22,7 @@ from window_cases import oracle, rows_of, start_paused, topic_rows
 
 import streamhouse
 from streamhouse import StreamHouse
-from streamhouse.errors import SqlError
+from streamhouse.errors import SqlError, StreamHouseError
 
 T0 = 1_767_225_600_000  # 2026-01-01 00:00:00 UTC, in ms
 SECOND = 1_000
@@ -387,3 +387,27 @@ def test_bad_continuous_queries_fail_before_running(sh: StreamHouse, sql: str, w
     assert info.value.line is not None and info.value.column is not None, str(info.value)
     assert sh.log.get_topic("bad.dlq") is None
     assert not sh._queries
+
+
+def test_a_plain_topic_is_read_with_the_schema_of_its_first_values(sh: StreamHouse) -> None:
+    """No CREATE STREAM: the first micro-batch's values give the schema; later ones use it.
+    A topic whose values are not JSON objects stops the query with an error saying so."""
+    sh.create_topic("raw", partitions=1)
+    sh.produce("raw", [{"k": "a", "v": 1}, {"k": "b", "v": 2}])
+    query = start_paused(sh, "INSERT INTO raw_out SELECT k, v FROM raw WHERE v > 1", "raw")
+    try:
+        query.run_until_caught_up()
+        sh.produce("raw", [{"k": "c", "v": 3}, {"k": "d", "v": 0}])
+        query.run_until_caught_up()
+    finally:
+        query.stop()
+    assert rows_of(topic_rows(sh, "raw_out"), ("k", "v")) == [("b", 2), ("c", 3)]
+
+    sh.create_topic("text", partitions=1)
+    sh.produce("text", [b"plain words", b"more words"])
+    query = start_paused(sh, "INSERT INTO text_out SELECT * FROM text", "text")
+    try:
+        with pytest.raises(StreamHouseError, match="topic 'text' does not hold JSON objects"):
+            query.step()
+    finally:
+        query.stop()

@@ -20,7 +20,7 @@ import pyarrow as pa
 
 from streamhouse.errors import StreamHouseError
 from streamhouse.log import Log
-from streamhouse.sql.source import RejectedRow, infer_schema, read_records, read_source
+from streamhouse.sql.source import RejectedRow, read_source
 from streamhouse.state.store import StateBatch, StateStore, partition_key
 from streamhouse.windows.table import event_time_ms
 from streamhouse.workers import worker
@@ -116,13 +116,6 @@ class QuerySource:
             # Not started yet (the thread is busy with another query's batch): read it here.
             if not future.cancel() and plan == (starts, until):
                 return future.result()
-        if self.schema is None:
-            records = read_records(log_, self.topic, wanted, starts, until)
-            if records.num_rows == 0:
-                return SourceRead(None)
-            self.schema = infer_schema(records["value"])
-            if self.schema is None:
-                raise StreamHouseError(f"topic {self.topic!r} does not hold JSON objects")
         return self._fetch(log_, wanted, starts, until)
 
     def prefetch(self, log_: Log, starts: dict[int, int], ends: dict[int, int]) -> None:
@@ -140,6 +133,10 @@ class QuerySource:
         self, log_: Log, wanted: list[int], starts: dict[int, int], ends: dict[int, int]
     ) -> SourceRead:
         read = read_source(log_, self.topic, self.schema, self._columns(), wanted, starts, ends)
+        if self.schema is None and read.rows_read:  # a plain topic: its first values tell
+            if read.schema is None:
+                raise StreamHouseError(f"topic {self.topic!r} does not hold JSON objects")
+            self.schema = read.schema  # (prefetching starts once it is known)
         if read.rows_read == 0:
             return SourceRead(None)
         return SourceRead(read.table, read.rows_read, read.rejected)

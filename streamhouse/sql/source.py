@@ -58,6 +58,7 @@ class SourceTable:
     table: pa.Table
     rejected: list[RejectedRow] = field(default_factory=list)
     rows_read: int = 0
+    schema: pa.Schema | None = None  # the value fields parsed; None: the values are not JSON
 
 
 def read_records(
@@ -146,6 +147,7 @@ def read_source(
     while parsing:
         finish(*parsing.popleft())
     out.table = tables[0] if len(tables) == 1 else pa.concat_tables(tables)
+    out.schema = value_schema
     return out
 
 
