@@ -84,6 +84,18 @@ def rss_mb(field: str = "VmRSS") -> float:
     return 0.0
 
 
+def _since(wall: float, cpu: float, load_before: float) -> dict[str, float]:
+    """Wall and CPU seconds since ``wall``/``cpu``, load average around, and memory now."""
+    return {
+        "seconds": round(time.perf_counter() - wall, 3),
+        "cpu_seconds": round(time.process_time() - cpu, 3),
+        "load_before": load_before,
+        "load_after": load(),
+        "rss_after_mb": rss_mb(),
+        "peak_rss_mb": rss_mb("VmHWM"),
+    }
+
+
 # -- 1. queries ---------------------------------------------------------------------------------
 
 
@@ -213,12 +225,7 @@ def state_worker(spec: str, work_dir: Path) -> dict[str, Any]:
         query.run_until_caught_up(final=False)
         status = query.status()
         result.update(
-            seconds=round(time.perf_counter() - wall, 3),
-            cpu_seconds=round(time.process_time() - cpu, 3),
-            load_before=before,
-            load_after=load(),
-            rss_after_mb=rss_mb(),
-            peak_rss_mb=rss_mb("VmHWM"),
+            _since(wall, cpu, before),
             open_keys=query.operator.open_keys(),
             rows_in=status["rows_in"],
             state_bytes=status["state_bytes"],
@@ -238,12 +245,7 @@ def state_worker(spec: str, work_dir: Path) -> dict[str, Any]:
     del batches
     operator_keys = counters.pop("open_windows")
     result.update(
-        seconds=round(time.perf_counter() - wall, 3),
-        cpu_seconds=round(time.process_time() - cpu, 3),
-        load_before=before,
-        load_after=load(),
-        rss_after_mb=rss_mb(),
-        peak_rss_mb=rss_mb("VmHWM"),
+        _since(wall, cpu, before),
         open_windows=operator_keys,
         state_bytes=store.size_bytes(),
         **counters,
