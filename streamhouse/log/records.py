@@ -622,13 +622,13 @@ def _record_ends(blob: bytes, pos: int, count: int) -> list[int]:
 
 
 def _skip_lut() -> np.ndarray:
-    """Bytes from a record's start to its end, by its first two bytes (0: longer varint)."""
-    b0 = np.arange(256, dtype=np.int64)[:, None]
-    b1 = np.arange(256, dtype=np.int64)[None, :]
-    one = np.broadcast_to(1 + (b0 >> 1), (256, 256))
+    """Bytes from a record's start to its end, by its first two bytes as a little-endian
+    uint16 (0: a longer length varint)."""
+    pair = np.arange(1 << 16, dtype=np.int64)
+    b0, b1 = pair & 0xFF, pair >> 8
+    one = 1 + (b0 >> 1)
     two = 2 + (((b0 & 0x7F) | (b1 << 7)) >> 1)
-    lut = np.where(b0 < 0x80, one, np.where(b1 < 0x80, two, 0))
-    return np.ascontiguousarray(lut)
+    return np.where(b0 < 0x80, one, np.where(b1 < 0x80, two, 0))
 
 
 _SKIP = _skip_lut()
@@ -641,14 +641,18 @@ def _record_ends_parallel(
 
     Each step advances every batch's cursor by one record, so the Python cost is per
     record index, not per record. Cursors of batches already done run on harmlessly
-    (clipped gathers) and are dropped. Records with 3+ byte lengths stall (the caller
-    checks every batch ends on its boundary).
+    (clipped) and are dropped. Records with 3+ byte lengths stall (the caller checks every
+    batch ends on its boundary).
     """
     steps = int(counts.max())
     out = np.empty((steps, len(counts)), np.int64)
+    # Every byte with the one after it, as a uint16: a strided view, nothing copied.
+    pairs = np.ndarray((len(buf) - 1,), dtype="<u2", buffer=buf, strides=(1,))
+    last = len(pairs) - 1
     ptr = region_starts.astype(np.int64)
     for k in range(steps):
-        ptr = ptr + _SKIP[buf.take(ptr, mode="clip"), buf.take(ptr + 1, mode="clip")]
+        np.minimum(ptr, last, out=ptr)
+        ptr += _SKIP.take(pairs[ptr])  # take() would copy a strided array: index it instead
         out[k] = ptr
     taken = np.arange(steps)[None, :] < counts[:, None]
     return out.T[taken]

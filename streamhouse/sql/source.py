@@ -1,7 +1,8 @@
 """Sources: turn a topic's stored record batches into Arrow tables for SQL.
 
-A stream's rows are its records' JSON values, parsed by pyarrow's C++ JSON reader with the
-declared schema (never a per-row Python loop), plus the metadata columns ``_offset``,
+A stream's rows are its records' JSON values, parsed with the declared schema by DuckDB's
+JSON transform, or pyarrow's JSON reader where DuckDB cannot vouch for a row
+(:mod:`streamhouse.sql.json_values`; never a per-row Python loop), plus the metadata columns ``_offset``,
 ``_partition``, ``_timestamp`` and ``_key``. A value that does not fit the schema is reported
 as a :class:`RejectedRow` (partition, offset, reason) and left out; the query still answers.
 A topic with no declared stream is read with a schema inferred from a sample of its values.
@@ -24,6 +25,7 @@ import pyarrow.json as pa_json
 from streamhouse.log import Log
 from streamhouse.log.metadata import SegmentRow
 from streamhouse.log.records import DECODED_SCHEMA, VIEW_SCHEMA, JsonLines, decode_records
+from streamhouse.sql.json_values import newline_joined, parse_json_lines
 from streamhouse.workers import worker
 
 log = logging.getLogger(__name__)
@@ -36,7 +38,6 @@ METADATA_FIELDS = [
 ]
 METADATA_COLUMNS = frozenset(f.name for f in METADATA_FIELDS)
 INFER_SAMPLE_ROWS = 1000
-_NEWLINE = 10
 
 
 @dataclass(frozen=True, slots=True)
@@ -257,7 +258,7 @@ def infer_schema(values: pa.Array | pa.ChunkedArray) -> pa.Schema | None:
     if len(sample) == 0:
         return None
     try:
-        table = pa_json.read_json(pa.BufferReader(_newline_joined(sample)[0]))
+        table = pa_json.read_json(pa.BufferReader(newline_joined(sample)[0]))
         if table.num_rows == len(sample):
             return table.schema
     except pa.ArrowInvalid:
@@ -306,7 +307,7 @@ def _lines_of(values: pa.Array) -> JsonLines:
     valid = pc.fill_null(pc.greater(pc.binary_length(values), 0), False)
     rows = np.flatnonzero(valid.to_numpy(zero_copy_only=False))
     present = values if len(rows) == len(values) else values.take(pa.array(rows))
-    return JsonLines(*_newline_joined(present), rows)
+    return JsonLines(*newline_joined(present), rows)
 
 
 def _parse_lines(
@@ -323,7 +324,7 @@ def _parse_lines(
             missing = np.setdiff1d(np.arange(size), chunk.rows, assume_unique=True)
             rejected.extend((int(i) + base, "empty or null value") for i in missing)
         if len(chunk.rows):
-            table, good, bad = _JsonParser(chunk.buffer, chunk.starts, schema).parse()
+            table, good, bad = parse_json_lines(chunk.buffer, chunk.starts, schema)
             tables.append(table)
             rows.append(chunk.rows[good] + base)
             rejected.extend((int(chunk.rows[i]) + base, reason) for i, reason in bad)
@@ -333,132 +334,6 @@ def _parse_lines(
         return schema.empty_table(), np.zeros(0, np.int64), rejected
     table = tables[0] if len(tables) == 1 else pa.concat_tables(tables)
     return table, np.concatenate(rows), rejected
-
-
-def _epoch_variants(schema: pa.Schema) -> list[pa.Schema]:
-    """``schema`` with temporal columns read as epoch milliseconds: all of them first, then
-    (for up to 4 temporal columns) every other mix, so a record may give one column as an
-    ISO string and another as a number."""
-    temporal = [
-        i for i, f in enumerate(schema) if pa.types.is_timestamp(f.type) or pa.types.is_date(f.type)
-    ]
-    if not temporal:
-        return []
-    everything = (1 << len(temporal)) - 1
-    masks = [everything]
-    if len(temporal) <= 4:
-        masks += [m for m in range(everything - 1, 0, -1)]
-    variants = []
-    for mask in masks:
-        epoch = {temporal[j] for j in range(len(temporal)) if mask >> j & 1}
-        variants.append(
-            pa.schema([f.with_type(pa.int64()) if i in epoch else f for i, f in enumerate(schema)])
-        )
-    return variants
-
-
-def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
-    """Cast epoch-millisecond columns read by the variant schema to the declared types."""
-    if table.schema.equals(schema):
-        return table
-    columns = []
-    for f in schema:
-        column = table[f.name]
-        if column.type != f.type:
-            column = column.cast(pa.timestamp("ms")).cast(f.type)
-        columns.append(column)
-    return pa.table(columns, schema=schema)
-
-
-def _newline_joined(values: pa.Array) -> tuple[pa.Buffer, np.ndarray]:
-    """The values each followed by a newline, as one buffer, and where each line starts (n + 1).
-
-    Arrow's ``binary_join_element_wise`` does it in C++, in one pass; no copy is made after.
-    """
-    values = values.cast(pa.binary()) if values.type != pa.binary() else values
-    if len(values) == 0:
-        return pa.py_buffer(b""), np.zeros(1, np.int64)
-    joined = pc.binary_join_element_wise(values, _EMPTY, _NEWLINE_SCALAR)
-    if joined.type != pa.binary():
-        joined = joined.cast(pa.binary())
-    offsets_buffer, data = joined.buffers()[1], joined.buffers()[2]
-    bounds = np.frombuffer(
-        offsets_buffer, np.int32, count=len(joined) + 1, offset=joined.offset * 4
-    )
-    bounds = bounds.astype(np.int64)
-    return data.slice(int(bounds[0]), int(bounds[-1] - bounds[0])), bounds - bounds[0]
-
-
-_EMPTY = pa.scalar(b"", pa.binary())
-_NEWLINE_SCALAR = pa.scalar(b"\n", pa.binary())
-
-
-class _JsonParser:
-    """Parses JSON lines (line ``i`` is ``buffer[bounds[i]:bounds[i + 1]]``); on failure finds
-    out whether values span lines, then bisects to find and report the bad ones."""
-
-    def __init__(self, buffer: pa.Buffer, bounds: np.ndarray, schema: pa.Schema) -> None:
-        self._schema = schema
-        self._variants = [schema, *_epoch_variants(schema)]
-        self._buffer, self._bounds = buffer, bounds
-        self._n = len(bounds) - 1
-        self._multiline: bool | None = None  # not known until a read fails
-
-    def parse(self) -> tuple[pa.Table, np.ndarray, list[tuple[int, str]]]:
-        tables: list[pa.Table] = []
-        good: list[np.ndarray] = []
-        bad: list[tuple[int, str]] = []
-        stack = [(0, self._n)] if self._n else []
-        while stack:
-            lo, hi = stack.pop()
-            table, reason = self._read(lo, hi)
-            if table is None and self._multiline is None:
-                start, end = int(self._bounds[0]), int(self._bounds[-1])
-                region = np.frombuffer(self._buffer, np.uint8)[start:end]
-                self._multiline = np.count_nonzero(region == _NEWLINE) != self._n
-                if self._multiline:  # values with newlines in them (pretty-printed JSON)
-                    table, reason = self._read(lo, hi)
-            if table is not None:
-                tables.append(table)
-                good.append(np.arange(lo, hi))
-            elif hi - lo == 1:
-                bad.append((lo, reason))
-            else:
-                mid = (lo + hi) // 2
-                stack.append((mid, hi))  # popped second: keeps output in offset order
-                stack.append((lo, mid))
-        if not tables:
-            return self._schema.empty_table(), np.zeros(0, dtype=np.int64), bad
-        table = tables[0] if len(tables) == 1 else pa.concat_tables(tables)
-        return table, np.concatenate(good), bad
-
-    def _read(self, lo: int, hi: int) -> tuple[pa.Table | None, str]:
-        start, end = int(self._bounds[lo]), int(self._bounds[hi])
-        chunk = self._buffer.slice(start, end - start)
-        reason = ""
-        for schema in self._variants:
-            try:
-                table = pa_json.read_json(
-                    pa.BufferReader(chunk),
-                    read_options=pa_json.ReadOptions(block_size=_block_size(len(chunk))),
-                    parse_options=pa_json.ParseOptions(
-                        explicit_schema=schema,
-                        unexpected_field_behavior="ignore",
-                        newlines_in_values=bool(self._multiline),
-                    ),
-                )
-            except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
-                reason = reason or str(exc).splitlines()[0]
-                continue
-            if table.num_rows != hi - lo:
-                return None, "not a JSON object"
-            return _conform(table, self._schema), ""
-        return None, reason
-
-
-def _block_size(size: int) -> int:
-    """Blocks of 1-64 MiB, about two per chunk: both cores busy, little per-block overhead."""
-    return max(1 << 20, min(size // 2 + 1, 64 << 20))
 
 
 def with_metadata(table: pa.Table, records: pa.Table, rows: np.ndarray) -> pa.Table:

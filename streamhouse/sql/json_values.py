@@ -1,0 +1,366 @@
+"""JSON values to Arrow columns of a declared schema: DuckDB's ``json_transform`` first, pyarrow
+for the rows it cannot vouch for.
+
+DuckDB's transform (yyjson underneath) reads a value in about 40% of the CPU time pyarrow's
+JSON reader takes, but it is lenient: a field whose text does not convert comes out NULL
+instead of failing, and a value that is not an object comes out as a row of NULLs. So a row
+is taken from DuckDB only when every field came out non-NULL, or when DuckDB's second look
+(each field as raw JSON, and the value's JSON type) shows that each NULL field is absent or
+``null`` in an object. Every other row goes to pyarrow's reader (:class:`JsonParser`),
+which parses or rejects it with a reason, as it does for every row when the schema has a
+type outside the ones below. A value DuckDB cannot parse at all fails the whole call; the
+lines are then halved until the failing ones stand alone, and those go to pyarrow. A row's
+fate depends only on its own text, never on which other rows shared its micro-batch.
+
+What DuckDB accepts beyond pyarrow, as Flink's JSON format does: a quoted number for a
+numeric field (``"8"``), a number or an object for a text field (its JSON text), ``true`` and
+``false`` for numbers and ``"true"`` for BOOLEAN; a float for an integer field is rounded.
+Timestamps are ISO-8601 text (a zone or offset is honoured, none means UTC); epoch
+milliseconds are read too (through pyarrow, in the rows DuckDB passes on).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from functools import reduce
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.json as pa_json
+
+log = logging.getLogger(__name__)
+
+_NEWLINE = 10
+
+
+def parse_json_lines(
+    buffer: pa.Buffer, bounds: np.ndarray, schema: pa.Schema
+) -> tuple[pa.Table, np.ndarray, list[tuple[int, str]]]:
+    """Parse line ``i`` = ``buffer[bounds[i]:bounds[i + 1]]`` (one JSON value, whitespace
+    around it allowed) for every line, with ``schema`` (at least one field).
+
+    Returns the parsed table, the lines its rows come from (increasing) and the
+    (line, reason) of each line that does not fit.
+    """
+    structure = _structure(schema)
+    if structure is None:
+        return JsonParser(buffer, bounds, schema).parse()
+    return _DuckDBParser(_lines(buffer, bounds), schema, structure).parse()
+
+
+_DUCKDB_TYPES = {
+    pa.bool_(): "BOOLEAN",
+    pa.int8(): "TINYINT",
+    pa.int16(): "SMALLINT",
+    pa.int32(): "INTEGER",
+    pa.int64(): "BIGINT",
+    pa.float32(): "FLOAT",
+    pa.float64(): "DOUBLE",
+    pa.string(): "VARCHAR",
+    pa.date32(): "DATE",
+}
+
+
+def _structure(schema: pa.Schema) -> str | None:
+    """``json_transform``'s structure argument for ``schema``, as SQL text; None if a field
+    has a type DuckDB would read differently from pyarrow (nested types, whose elements it
+    nulls silently; decimals, which it rounds; nanoseconds; binary; time of day)."""
+    fields: dict[str, str] = {}
+    for f in schema:
+        if f.type in _DUCKDB_TYPES:
+            fields[f.name] = _DUCKDB_TYPES[f.type]
+        elif pa.types.is_timestamp(f.type) and f.type.unit != "ns" and f.type.tz in (None, "UTC"):
+            fields[f.name] = "TIMESTAMPTZ"
+        else:
+            return None
+    if len(fields) != len(schema):  # a name twice
+        return None
+    return _literal(json.dumps(fields))
+
+
+def _literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _lines(buffer: pa.Buffer, bounds: np.ndarray) -> pa.Array:
+    """The lines as an Arrow string array over ``buffer`` itself (the bounds are its offsets).
+
+    Not checked for UTF-8 here: DuckDB's JSON reader rejects what is not, and pyarrow's
+    reader then reports it.
+    """
+    base = int(bounds[0])
+    offsets = bounds - base
+    big = int(offsets[-1]) >= 0x7FFFFFFF
+    data = buffer.slice(base, int(offsets[-1]))
+    return pa.Array.from_buffers(
+        pa.large_string() if big else pa.string(),
+        len(bounds) - 1,
+        [None, pa.py_buffer(offsets.astype(np.int64 if big else np.int32)), data],
+    )
+
+
+_database: duckdb.DuckDBPyConnection | None = None
+_database_lock = threading.Lock()
+
+
+def _cursor() -> duckdb.DuckDBPyConnection:
+    """A new cursor on the module's in-memory DuckDB, whose time zone is UTC (text timestamps
+    without a zone are UTC, as pyarrow reads them).
+
+    A cursor per call, not one kept per thread: a forked child frees the thread-local objects
+    of the parent's other threads, and a DuckDB connection freed there crashes the child.
+    """
+    global _database
+    with _database_lock:
+        if _database is None:
+            _database = duckdb.connect()
+            _database.execute("SET GLOBAL TimeZone = 'UTC'")
+        return _database.cursor()
+
+
+class _DuckDBParser:
+    def __init__(self, lines: pa.Array, schema: pa.Schema, structure: str) -> None:
+        self._lines = lines
+        self._schema = schema
+        self._typed = f"json_transform(line, {structure})"
+        self._raw = "json_transform(line, {})".format(
+            _literal(json.dumps(dict.fromkeys(schema.names, "JSON")))
+        )
+        self._tables: list[pa.Table] = []
+        self._rows: list[np.ndarray] = []
+        self._bad: list[tuple[int, str]] = []
+        self._redo: list[np.ndarray] = []  # lines for pyarrow
+
+    def parse(self) -> tuple[pa.Table, np.ndarray, list[tuple[int, str]]]:
+        stack = [(0, len(self._lines))]
+        while stack:
+            lo, hi = stack.pop()
+            try:
+                self._transform(lo, hi)
+            except (duckdb.Error, UnicodeDecodeError) as exc:  # invalid JSON or UTF-8
+                if hi - lo == 1:
+                    log.debug("JSON line %d: %s", lo, str(exc).splitlines()[0])
+                    self._redo.append(np.array([lo]))
+                else:
+                    mid = (lo + hi) // 2
+                    stack += [(mid, hi), (lo, mid)]
+        if self._redo:
+            self._with_pyarrow(np.concatenate(self._redo))
+        return self._result()
+
+    def _query(self, sql: str, lo: int, hi: int) -> pa.Table:
+        with _cursor() as con:
+            con.register("json_lines", pa.table({"line": self._lines.slice(lo, hi - lo)}))
+            return con.sql(sql).to_arrow_table()
+
+    def _transform(self, lo: int, hi: int) -> None:
+        typed = _fields(self._query(f"SELECT {self._typed} FROM json_lines", lo, hi))
+        columns = [_from_duckdb(typed[i], f.type) for i, f in enumerate(self._schema)]
+        table = pa.table(columns, schema=self._schema)
+        nulls = reduce(pc.or_, [pc.is_null(c) for c in table.columns]).to_numpy(
+            zero_copy_only=False
+        )
+        suspect = np.flatnonzero(nulls)
+        if len(suspect):
+            explained, objects = self._explained(table, lo, hi, suspect)
+            self._redo.append(lo + suspect[~explained & objects])
+            self._bad += [(lo + int(i), "not a JSON object") for i in suspect[~objects]]
+            keep = ~nulls
+            keep[suspect[explained]] = True
+            table = table.filter(pa.array(keep))
+            rows = lo + np.flatnonzero(keep)
+        else:
+            rows = np.arange(lo, hi)
+        self._tables.append(table)
+        self._rows.append(rows)
+
+    def _explained(
+        self, typed: pa.Table, lo: int, hi: int, suspect: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Of the ``suspect`` rows (a NULL field): those whose every NULL field is absent or
+        ``null`` in a JSON object, and those that are JSON objects."""
+        raw = self._query(
+            f"SELECT json_type(line) = 'OBJECT' AS object, {self._raw} FROM json_lines", lo, hi
+        ).take(pa.array(suspect))
+        raw_fields = _fields(raw.select([1]))
+        typed = typed.take(pa.array(suspect))
+        objects = pc.fill_null(raw.column(0), False)
+        ok = objects
+        for i in range(typed.num_columns):
+            lost = pc.and_(pc.is_null(typed.column(i)), pc.is_valid(raw_fields[i]))
+            ok = pc.and_(ok, pc.invert(lost))
+        return ok.to_numpy(zero_copy_only=False), objects.to_numpy(zero_copy_only=False)
+
+    def _with_pyarrow(self, rows: np.ndarray) -> None:
+        lines = self._lines.take(pa.array(rows))
+        lines = pc.ascii_rtrim_whitespace(lines)  # (utf8_ would check the UTF-8: pyarrow will)
+        buffer, bounds = newline_joined(lines)
+        table, good, bad = JsonParser(buffer, bounds, self._schema).parse()
+        self._tables.append(table)
+        self._rows.append(rows[good])
+        self._bad += [(int(rows[i]), reason) for i, reason in bad]
+
+    def _result(self) -> tuple[pa.Table, np.ndarray, list[tuple[int, str]]]:
+        self._bad.sort()
+        tables = [t for t in self._tables if t.num_rows]
+        if not tables:
+            return self._schema.empty_table(), np.zeros(0, np.int64), self._bad
+        rows = np.concatenate(self._rows)
+        table = tables[0] if len(tables) == 1 else pa.concat_tables(tables)
+        if len(rows) > 1 and not (rows[1:] > rows[:-1]).all():  # pieces came back out of order
+            order = np.argsort(rows, kind="stable")
+            table, rows = table.take(pa.array(order)), rows[order]
+        return table, rows, self._bad
+
+
+def _fields(table: pa.Table) -> list[pa.ChunkedArray]:
+    """The fields of the struct column ``table`` holds, NULL where the struct is. (DuckDB
+    2.0 crashes expanding a NULL struct with ``s.*`` or ``unnest``: pyarrow does it.)"""
+    chunks = [c.flatten() for c in table.column(0).chunks]
+    width = table.column(0).type.num_fields
+    return [
+        pa.chunked_array([c[i] for c in chunks], table.column(0).type.field(i).type)
+        for i in range(width)
+    ]
+
+
+def _from_duckdb(column: pa.ChunkedArray, to: pa.DataType) -> pa.ChunkedArray:
+    """A column as DuckDB returns it, as the declared type."""
+    if column.type == to:
+        return column
+    if pa.types.is_timestamp(to):  # DuckDB: microseconds, UTC; cut to the declared unit
+        column = column.cast(pa.timestamp(to.unit, tz="UTC"), safe=False)
+        return column if to.tz else pa.chunked_array([c.view(to) for c in column.chunks], to)
+    return column.cast(to)
+
+
+def _epoch_variants(schema: pa.Schema) -> list[pa.Schema]:
+    """``schema`` with temporal columns read as epoch milliseconds: all of them first, then
+    (for up to 4 temporal columns) every other mix, so a record may give one column as an
+    ISO string and another as a number."""
+    temporal = [
+        i for i, f in enumerate(schema) if pa.types.is_timestamp(f.type) or pa.types.is_date(f.type)
+    ]
+    if not temporal:
+        return []
+    everything = (1 << len(temporal)) - 1
+    masks = [everything]
+    if len(temporal) <= 4:
+        masks += [m for m in range(everything - 1, 0, -1)]
+    variants = []
+    for mask in masks:
+        epoch = {temporal[j] for j in range(len(temporal)) if mask >> j & 1}
+        variants.append(
+            pa.schema([f.with_type(pa.int64()) if i in epoch else f for i, f in enumerate(schema)])
+        )
+    return variants
+
+
+def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """Cast epoch-millisecond columns read by the variant schema to the declared types."""
+    if table.schema.equals(schema):
+        return table
+    columns = []
+    for f in schema:
+        column = table[f.name]
+        if column.type != f.type:
+            column = column.cast(pa.timestamp("ms")).cast(f.type)
+        columns.append(column)
+    return pa.table(columns, schema=schema)
+
+
+class JsonParser:
+    """Parses JSON lines (line ``i`` is ``buffer[bounds[i]:bounds[i + 1]]``); on failure finds
+    out whether values span lines, then bisects to find and report the bad ones."""
+
+    def __init__(self, buffer: pa.Buffer, bounds: np.ndarray, schema: pa.Schema) -> None:
+        self._schema = schema
+        self._variants = [schema, *_epoch_variants(schema)]
+        self._buffer, self._bounds = buffer, bounds
+        self._n = len(bounds) - 1
+        self._multiline: bool | None = None  # not known until a read fails
+
+    def parse(self) -> tuple[pa.Table, np.ndarray, list[tuple[int, str]]]:
+        tables: list[pa.Table] = []
+        good: list[np.ndarray] = []
+        bad: list[tuple[int, str]] = []
+        stack = [(0, self._n)] if self._n else []
+        while stack:
+            lo, hi = stack.pop()
+            table, reason = self._read(lo, hi)
+            if table is None and self._multiline is None:
+                start, end = int(self._bounds[0]), int(self._bounds[-1])
+                region = np.frombuffer(self._buffer, np.uint8)[start:end]
+                self._multiline = np.count_nonzero(region == _NEWLINE) != self._n
+                if self._multiline:  # values with newlines in them (pretty-printed JSON)
+                    table, reason = self._read(lo, hi)
+            if table is not None:
+                tables.append(table)
+                good.append(np.arange(lo, hi))
+            elif hi - lo == 1:
+                bad.append((lo, reason))
+            else:
+                mid = (lo + hi) // 2
+                stack.append((mid, hi))  # popped second: keeps output in offset order
+                stack.append((lo, mid))
+        if not tables:
+            return self._schema.empty_table(), np.zeros(0, dtype=np.int64), bad
+        table = tables[0] if len(tables) == 1 else pa.concat_tables(tables)
+        return table, np.concatenate(good), bad
+
+    def _read(self, lo: int, hi: int) -> tuple[pa.Table | None, str]:
+        start, end = int(self._bounds[lo]), int(self._bounds[hi])
+        chunk = self._buffer.slice(start, end - start)
+        if hi - lo == 1 and chunk.to_pybytes().strip() == b"null":
+            return None, "not a JSON object"  # (pyarrow 26 crashes reading just a null)
+        reason = ""
+        for schema in self._variants:
+            try:
+                table = pa_json.read_json(
+                    pa.BufferReader(chunk),
+                    read_options=pa_json.ReadOptions(block_size=_block_size(len(chunk))),
+                    parse_options=pa_json.ParseOptions(
+                        explicit_schema=schema,
+                        unexpected_field_behavior="ignore",
+                        newlines_in_values=bool(self._multiline),
+                    ),
+                )
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+                reason = reason or str(exc).splitlines()[0]
+                continue
+            if table.num_rows != hi - lo:
+                return None, "not a JSON object"
+            return _conform(table, self._schema), ""
+        return None, reason
+
+
+def _block_size(size: int) -> int:
+    """Blocks of 1-64 MiB, about two per chunk: both cores busy, little per-block overhead."""
+    return max(1 << 20, min(size // 2 + 1, 64 << 20))
+
+
+def newline_joined(values: pa.Array) -> tuple[pa.Buffer, np.ndarray]:
+    """The values each followed by a newline, as one buffer, and where each line starts (n + 1).
+
+    Arrow's ``binary_join_element_wise`` does it in C++, in one pass; no copy is made after.
+    """
+    values = values.cast(pa.binary()) if values.type != pa.binary() else values
+    if len(values) == 0:
+        return pa.py_buffer(b""), np.zeros(1, np.int64)
+    joined = pc.binary_join_element_wise(values, _EMPTY, _NEWLINE_SCALAR)
+    if joined.type != pa.binary():
+        joined = joined.cast(pa.binary())
+    offsets_buffer, data = joined.buffers()[1], joined.buffers()[2]
+    bounds = np.frombuffer(
+        offsets_buffer, np.int32, count=len(joined) + 1, offset=joined.offset * 4
+    )
+    bounds = bounds.astype(np.int64)
+    return data.slice(int(bounds[0]), int(bounds[-1] - bounds[0])), bounds - bounds[0]
+
+
+_EMPTY = pa.scalar(b"", pa.binary())
+_NEWLINE_SCALAR = pa.scalar(b"\n", pa.binary())
