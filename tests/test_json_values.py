@@ -10,7 +10,8 @@ import pyarrow as pa
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streamhouse.sql.json_values import JsonParser, newline_joined, parse_json_lines
+from streamhouse.log.records import JsonLines
+from streamhouse.sql.json_values import JsonParser, newline_joined, parse_json
 
 SCHEMA = pa.schema(
     [
@@ -24,9 +25,15 @@ SCHEMA = pa.schema(
 
 
 def _parse(values: list[bytes], schema: pa.Schema = SCHEMA) -> tuple[list[dict], list, list]:
-    buffer, bounds = newline_joined(pa.array(values, pa.binary()))
-    table, rows, bad = parse_json_lines(buffer, bounds, schema)
+    """Parsed from newline-delimited text, and (the same answer) from an array of values."""
+    array = pa.array(values, pa.binary())
+    lines = JsonLines(np.arange(len(values)), lambda: newline_joined(array))
+    table, rows, bad = parse_json(lines, None, schema)
     assert table.schema == schema
+    for given in (array, array.cast(pa.binary_view())):
+        unread = JsonLines(np.arange(len(values)), lambda: newline_joined(array))
+        again, again_rows, again_bad = parse_json(unread, given, schema)
+        assert again.equals(table) and again_rows.tolist() == rows.tolist() and again_bad == bad
     return table.to_pylist(), rows.tolist(), bad
 
 

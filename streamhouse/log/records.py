@@ -34,7 +34,7 @@ from __future__ import annotations
 import logging
 import struct
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
 
@@ -931,24 +931,28 @@ _BLANK_GAPS = 1 << 14
 def _blank_between_values(
     buf: np.ndarray, total: int, start: np.ndarray, length: np.ndarray
 ) -> JsonLines:
-    """Turn ``buf[:total]`` into newline-delimited values, in place: every byte outside the
-    values (non-empty ones) becomes a space, and a newline follows each value (over the byte
-    after it, which is part of its record)."""
+    """The values in ``buf[:total]`` as newline-delimited text, made in place when first
+    asked for: every byte outside the values (non-empty ones) becomes a space, and a newline
+    follows each value (over the byte after it, which is part of its record). The caller
+    copies out what it needs of those bytes (keys, headers) first."""
     rows = np.flatnonzero(length > 0)
     lo, end = start[rows], start[rows] + length[rows]
-    gap_lo = np.concatenate(([0], end))
-    gap_hi = np.concatenate((lo, [total]))
-    gap = gap_hi - gap_lo
-    index = np.int32 if total < 1 << 31 else np.int64
-    for i in range(0, len(gap), _BLANK_GAPS):  # small index arrays: no fresh pages to fault in
-        g, at = gap[i : i + _BLANK_GAPS], gap_lo[i : i + _BLANK_GAPS]
-        first = np.cumsum(g) - g
-        blank = np.repeat((at - first).astype(index), g)
-        blank += np.arange(len(blank), dtype=index)
-        buf[blank] = 0x20
-    buf[end] = 0x0A
-    starts = np.concatenate((lo, [total]))
-    return JsonLines(pa.py_buffer(buf[:total]), starts, rows)
+
+    def blank() -> tuple[pa.Buffer, np.ndarray]:
+        gap_lo = np.concatenate(([0], end))
+        gap_hi = np.concatenate((lo, [total]))
+        gap = gap_hi - gap_lo
+        index = np.int32 if total < 1 << 31 else np.int64
+        for i in range(0, len(gap), _BLANK_GAPS):  # small index arrays: no fresh pages to fault
+            g, at = gap[i : i + _BLANK_GAPS], gap_lo[i : i + _BLANK_GAPS]
+            first = np.cumsum(g) - g
+            spaces = np.repeat((at - first).astype(index), g)
+            spaces += np.arange(len(spaces), dtype=index)
+            buf[spaces] = 0x20
+        buf[end] = 0x0A
+        return pa.py_buffer(buf[:total]), np.concatenate((lo, [total]))
+
+    return JsonLines(rows, blank)
 
 
 def _decode_small(
@@ -1009,21 +1013,40 @@ def _decode_small(
         text = b"".join(cols[3][i] + b"\n" for i in rows)
         sizes = [len(cols[3][i]) + 1 for i in rows]
         starts = np.concatenate(([0], np.cumsum(sizes, dtype=np.int64)))
-        lines = JsonLines(pa.py_buffer(text), starts, np.array(rows, np.int64))
+        lines = JsonLines(np.array(rows, np.int64), lambda: (pa.py_buffer(text), starts))
     return _Chunk(batch, np.array(source, np.int32), lines)
 
 
-@dataclass(frozen=True, slots=True)
 class JsonLines:
     """The values of some decoded records as newline-delimited text, ready for a JSON reader.
 
     Line ``i`` is ``buffer[starts[i]:starts[i + 1]]``: the value of row ``rows[i]``, a newline,
-    then blanks. Rows with a null or empty value have no line.
+    then blanks. Rows with a null or empty value have no line. ``buffer`` and ``starts`` are
+    made on first use (by blanking the bytes between the values in place, or by joining the
+    values): a reader that takes the values one by one, from the ``value`` column, never
+    pays for them.
     """
 
-    buffer: pa.Buffer
-    starts: np.ndarray
-    rows: np.ndarray
+    __slots__ = ("_make", "_text", "rows")
+
+    def __init__(self, rows: np.ndarray, make: Callable[[], tuple[pa.Buffer, np.ndarray]]) -> None:
+        self.rows = rows
+        self._make: Callable[[], tuple[pa.Buffer, np.ndarray]] | None = make
+        self._text: tuple[pa.Buffer, np.ndarray] | None = None
+
+    def _made(self) -> tuple[pa.Buffer, np.ndarray]:
+        if self._text is None:
+            self._text = self._make()  # type: ignore[misc]
+            self._make = None
+        return self._text
+
+    @property
+    def buffer(self) -> pa.Buffer:
+        return self._made()[0]
+
+    @property
+    def starts(self) -> np.ndarray:
+        return self._made()[1]
 
 
 @dataclass(frozen=True, slots=True)

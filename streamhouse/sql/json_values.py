@@ -32,24 +32,34 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.json as pa_json
 
+from streamhouse.log.records import JsonLines
+
 log = logging.getLogger(__name__)
 
 _NEWLINE = 10
 
 
-def parse_json_lines(
-    buffer: pa.Buffer, bounds: np.ndarray, schema: pa.Schema
+def parse_json(
+    lines: JsonLines, values: pa.Array | None, schema: pa.Schema
 ) -> tuple[pa.Table, np.ndarray, list[tuple[int, str]]]:
-    """Parse line ``i`` = ``buffer[bounds[i]:bounds[i + 1]]`` (one JSON value, whitespace
-    around it allowed) for every line, with ``schema`` (at least one field).
+    """Parse the JSON values ``lines`` holds (one a line, whitespace around each allowed) with
+    ``schema`` (at least one field). ``values``, if given, are the same values as an array
+    (binary, binary view or text, none null or empty): DuckDB reads them where they are, and
+    ``lines`` is only made if pyarrow has to read them all.
 
     Returns the parsed table, the lines its rows come from (increasing) and the
     (line, reason) of each line that does not fit.
     """
     structure = _structure(schema)
     if structure is None:
-        return JsonParser(buffer, bounds, schema).parse()
-    return _DuckDBParser(_lines(buffer, bounds), schema, structure).parse()
+        return JsonParser(lines.buffer, lines.starts, schema).parse()
+    if values is None:
+        values = _lines(lines.buffer, lines.starts)
+    elif pa.types.is_binary_view(values.type):
+        values = values.view(pa.string_view())
+    elif pa.types.is_binary(values.type):
+        values = values.view(pa.string())
+    return _DuckDBParser(values, schema, structure).parse()
 
 
 _DUCKDB_TYPES = {
@@ -196,7 +206,10 @@ class _DuckDBParser:
         return ok.to_numpy(zero_copy_only=False), objects.to_numpy(zero_copy_only=False)
 
     def _with_pyarrow(self, rows: np.ndarray) -> None:
-        lines = self._lines.take(pa.array(rows))
+        lines = self._lines
+        if pa.types.is_string_view(lines.type):  # no take kernel for views
+            lines = lines.view(pa.binary_view()).cast(pa.binary()).view(pa.string())
+        lines = lines.take(pa.array(rows))
         lines = pc.ascii_rtrim_whitespace(lines)  # (utf8_ would check the UTF-8: pyarrow will)
         buffer, bounds = newline_joined(lines)
         table, good, bad = JsonParser(buffer, bounds, self._schema).parse()

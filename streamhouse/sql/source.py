@@ -25,7 +25,7 @@ import pyarrow.json as pa_json
 from streamhouse.log import Log
 from streamhouse.log.metadata import SegmentRow
 from streamhouse.log.records import DECODED_SCHEMA, VIEW_SCHEMA, JsonLines, decode_records
-from streamhouse.sql.json_values import newline_joined, parse_json_lines
+from streamhouse.sql.json_values import newline_joined, parse_json
 from streamhouse.workers import worker
 
 log = logging.getLogger(__name__)
@@ -288,7 +288,7 @@ def decode_json(
     at a time, without first being combined; pyarrow's reader spreads each over its threads.
     """
     chunks = values.chunks if isinstance(values, pa.ChunkedArray) else [values]
-    return _parse_lines([_lines_of(c) for c in chunks], [len(c) for c in chunks], schema)
+    return _parse_lines([_lines_of(c) for c in chunks], chunks, schema)
 
 
 def decode_json_lines(
@@ -297,8 +297,7 @@ def decode_json_lines(
     """As :func:`decode_json` over ``records["value"]``, reading the values where
     ``decode_records(..., json_lines=True)`` left them (``lines``: one per chunk of
     ``records``)."""
-    sizes = [len(c) for c in records.column(0).chunks] if records.num_columns else []
-    return _parse_lines(lines, sizes, schema)
+    return _parse_lines(lines, records["value"].chunks, schema)
 
 
 def _lines_of(values: pa.Array) -> JsonLines:
@@ -306,25 +305,30 @@ def _lines_of(values: pa.Array) -> JsonLines:
     values = values.cast(pa.binary()) if values.type != pa.binary() else values
     valid = pc.fill_null(pc.greater(pc.binary_length(values), 0), False)
     rows = np.flatnonzero(valid.to_numpy(zero_copy_only=False))
-    present = values if len(rows) == len(values) else values.take(pa.array(rows))
-    return JsonLines(*newline_joined(present), rows)
+    return JsonLines(
+        rows,
+        lambda: newline_joined(values if len(rows) == len(values) else values.take(pa.array(rows))),
+    )
 
 
 def _parse_lines(
-    lines: list[JsonLines], sizes: list[int], schema: pa.Schema
+    lines: list[JsonLines], values: list[pa.Array], schema: pa.Schema
 ) -> tuple[pa.Table, np.ndarray, list[tuple[int, str]]]:
-    """Parse each chunk's lines (chunk ``i`` holds ``sizes[i]`` rows; rows without a line
-    have a null or empty value); rows and rejections are indexed across all chunks."""
+    """Parse each chunk's values (``lines[i]`` of ``values[i]``; rows without a line have a
+    null or empty value); rows and rejections are indexed across all chunks."""
     tables: list[pa.Table] = []
     rows: list[np.ndarray] = []
     rejected: list[tuple[int, str]] = []
     base = 0
-    for chunk, size in zip(lines, sizes, strict=True):
+    for chunk, chunk_values in zip(lines, values, strict=True):
+        size = len(chunk_values)
         if len(chunk.rows) != size:
             missing = np.setdiff1d(np.arange(size), chunk.rows, assume_unique=True)
             rejected.extend((int(i) + base, "empty or null value") for i in missing)
         if len(chunk.rows):
-            table, good, bad = parse_json_lines(chunk.buffer, chunk.starts, schema)
+            table, good, bad = parse_json(
+                chunk, chunk_values if len(chunk.rows) == size else None, schema
+            )
             tables.append(table)
             rows.append(chunk.rows[good] + base)
             rejected.extend((int(chunk.rows[i]) + base, reason) for i, reason in bad)
