@@ -84,6 +84,17 @@ def test_values_pyarrow_accepts_come_out_the_same() -> None:
     assert _parse(values) == _pyarrow(values)
 
 
+def test_epoch_milliseconds_and_text_timestamps_read_alike() -> None:
+    epoch = [json.dumps({"id": i, "t": 1767225600000 + i}).encode() for i in range(20)]
+    text = [json.dumps({"id": i, "t": f"2026-01-01T00:00:00.{i:03d}Z"}).encode() for i in range(20)]
+    for values in (epoch, text, epoch + text, text + epoch, epoch):
+        rows, picked, bad = _parse(values)
+        assert (rows, picked, bad) == _pyarrow(values)
+        assert [r["t"] for r in rows] == [
+            datetime(2026, 1, 1, 0, 0, 0, r["id"] * 1000) for r in rows
+        ]
+
+
 def test_a_value_that_is_not_json_is_found_among_many() -> None:
     values = [json.dumps({"id": i}).encode() for i in range(1000)]
     values[613] = b'{"id": 613'

@@ -15,8 +15,9 @@ fate depends only on its own text, never on which other rows shared its micro-ba
 What DuckDB accepts beyond pyarrow, as Flink's JSON format does: a quoted number for a
 numeric field (``"8"``), a number or an object for a text field (its JSON text), ``true`` and
 ``false`` for numbers and ``"true"`` for BOOLEAN; a float for an integer field is rounded.
-Timestamps are ISO-8601 text (a zone or offset is honoured, none means UTC); epoch
-milliseconds are read too (through pyarrow, in the rows DuckDB passes on).
+Timestamps are ISO-8601 text (a zone or offset is honoured, none means UTC) or epoch
+milliseconds: DuckDB reads them one way or the other (whichever fits most rows of the last
+batch), and the rows that give them the other way go to pyarrow, which reads both.
 """
 
 from __future__ import annotations
@@ -50,8 +51,8 @@ def parse_json(
     Returns the parsed table, the lines its rows come from (increasing) and the
     (line, reason) of each line that does not fit.
     """
-    structure = _structure(schema)
-    if structure is None:
+    structures = _structures(schema)
+    if structures is None:
         return JsonParser(lines.buffer, lines.starts, schema).parse()
     if values is None:
         values = _lines(lines.buffer, lines.starts)
@@ -59,7 +60,7 @@ def parse_json(
         values = values.view(pa.string_view())
     elif pa.types.is_binary(values.type):
         values = values.view(pa.string())
-    return _DuckDBParser(values, schema, structure).parse()
+    return _DuckDBParser(values, schema, structures).parse()
 
 
 _DUCKDB_TYPES = {
@@ -75,10 +76,11 @@ _DUCKDB_TYPES = {
 }
 
 
-def _structure(schema: pa.Schema) -> str | None:
-    """``json_transform``'s structure argument for ``schema``, as SQL text; None if a field
-    has a type DuckDB would read differently from pyarrow (nested types, whose elements it
-    nulls silently; decimals, which it rounds; nanoseconds; binary; time of day)."""
+def _structures(schema: pa.Schema) -> list[str] | None:
+    """``json_transform``'s structure argument for ``schema``, as SQL text: timestamps as text,
+    then (if there are timestamps) as epoch milliseconds. None if a field has a type DuckDB
+    would read differently from pyarrow (nested types, whose elements it nulls silently;
+    decimals, which it rounds; nanoseconds; binary; time of day)."""
     fields: dict[str, str] = {}
     for f in schema:
         if f.type in _DUCKDB_TYPES:
@@ -89,7 +91,13 @@ def _structure(schema: pa.Schema) -> str | None:
             return None
     if len(fields) != len(schema):  # a name twice
         return None
-    return _literal(json.dumps(fields))
+    structures = [fields]
+    if "TIMESTAMPTZ" in fields.values():
+        structures.append({k: "BIGINT" if t == "TIMESTAMPTZ" else t for k, t in fields.items()})
+    return [_literal(json.dumps(s)) for s in structures]
+
+
+_preferred: dict[str, int] = {}  # schema -> which structure read its timestamps last time
 
 
 def _literal(text: str) -> str:
@@ -133,10 +141,10 @@ def _cursor() -> duckdb.DuckDBPyConnection:
 
 
 class _DuckDBParser:
-    def __init__(self, lines: pa.Array, schema: pa.Schema, structure: str) -> None:
+    def __init__(self, lines: pa.Array, schema: pa.Schema, structures: list[str]) -> None:
         self._lines = lines
         self._schema = schema
-        self._typed = f"json_transform(line, {structure})"
+        self._typed = [f"json_transform(line, {s})" for s in structures]
         self._raw = "json_transform(line, {})".format(
             _literal(json.dumps(dict.fromkeys(schema.names, "JSON")))
         )
@@ -167,13 +175,25 @@ class _DuckDBParser:
             con.register("json_lines", pa.table({"line": self._lines.slice(lo, hi - lo)}))
             return con.sql(sql).to_arrow_table()
 
-    def _transform(self, lo: int, hi: int) -> None:
-        typed = _fields(self._query(f"SELECT {self._typed} FROM json_lines", lo, hi))
+    def _typed_table(self, variant: int, lo: int, hi: int) -> tuple[pa.Table, np.ndarray]:
+        """The lines read with one structure, and which rows have a NULL field."""
+        typed = _fields(self._query(f"SELECT {self._typed[variant]} FROM json_lines", lo, hi))
         columns = [_from_duckdb(typed[i], f.type) for i, f in enumerate(self._schema)]
         table = pa.table(columns, schema=self._schema)
         nulls = reduce(pc.or_, [pc.is_null(c) for c in table.columns]).to_numpy(
             zero_copy_only=False
         )
+        return table, nulls
+
+    def _transform(self, lo: int, hi: int) -> None:
+        key = str(self._schema)
+        variant = _preferred.get(key, 0)
+        table, nulls = self._typed_table(variant, lo, hi)
+        if len(self._typed) > 1 and nulls.sum() * 2 > len(nulls):  # timestamps the other way?
+            other_table, other_nulls = self._typed_table(1 - variant, lo, hi)
+            if other_nulls.sum() < nulls.sum():
+                table, nulls = other_table, other_nulls
+                _preferred[key] = 1 - variant
         suspect = np.flatnonzero(nulls)
         if len(suspect):
             explained, objects = self._explained(table, lo, hi, suspect)
@@ -246,6 +266,8 @@ def _from_duckdb(column: pa.ChunkedArray, to: pa.DataType) -> pa.ChunkedArray:
     if column.type == to:
         return column
     if pa.types.is_timestamp(to):  # DuckDB: microseconds, UTC; cut to the declared unit
+        if pa.types.is_integer(column.type):  # epoch milliseconds
+            column = column.cast(pa.timestamp("ms", tz="UTC"))
         column = column.cast(pa.timestamp(to.unit, tz="UTC"), safe=False)
         return column if to.tz else pa.chunked_array([c.view(to) for c in column.chunks], to)
     return column.cast(to)
