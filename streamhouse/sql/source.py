@@ -93,8 +93,9 @@ def read_source(
     values (if they are not JSON objects, the source has one ``value`` column: the value as
     text). Only the fields named in ``columns`` are parsed (all when None). Equal to
     :func:`read_records`, then :func:`decode_json`, then :func:`with_metadata`, but pipelined:
-    the records of the next runs are decoded while pyarrow parses the JSON of the previous ones
-    on another thread, so the two cores share the work.
+    the records of the next runs are decoded while the JSON of the previous ones is parsed on
+    another thread, so the two cores share the work. When that thread falls two groups behind,
+    this one parses the newest group itself (parsing takes a little longer than decoding).
     """
     scan = _Scan(log_, topic, partitions, start_offsets, end_offsets)
     decoded: list[tuple[pa.Table, list[JsonLines]]] = []  # waiting for the schema to be known
@@ -143,13 +144,22 @@ def read_source(
         for records, lines in decoded:
             parsing.append((records, _start_parse(records, lines, value_schema)))
         decoded = []
-        while len(parsing) > 1:  # one group parses while the next one is decoded
+        newest = parsing[-1][1]
+        if len(parsing) > 2 and _queued(parsing[-2][1]) and _queued(newest) and newest.cancel():
+            # The JSON thread is two groups behind: parse the newest one here.
+            parsing[-1] = (records, decode_json_lines(records, lines, value_schema))  # type: ignore[arg-type]
+        while len(parsing) > 2:  # two groups wait to be parsed while the next one is decoded
             finish(*parsing.popleft())
     while parsing:
         finish(*parsing.popleft())
     out.table = tables[0] if len(tables) == 1 else pa.concat_tables(tables)
     out.schema = value_schema
     return out
+
+
+def _queued(parse: Future | tuple) -> bool:
+    """Whether a parse is waiting for the JSON thread (not started, not done)."""
+    return isinstance(parse, Future) and not parse.running() and not parse.done()
 
 
 def _project(schema: pa.Schema, columns: Collection[str] | None) -> pa.Schema:
