@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from streamhouse.sql.source import (
     read_source,
     with_metadata,
 )
+from streamhouse.workers import worker
 
 SCHEMA = pa.schema([("a", pa.int64()), ("s", pa.string())])
 
@@ -96,6 +98,30 @@ def test_pipelined_source_equals_the_plain_path(
     assert got.rows_read == 4003
     assert [r.offset for r in got.rejected] == rejected_offsets
     assert len(got.rejected) == (3 if "a" in got.table.column_names else 0)
+
+
+def test_groups_the_json_thread_falls_behind_on_are_parsed_by_the_reader(
+    sh: StreamHouse, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With the JSON thread held up, the reading thread parses the groups it would wait on;
+    the rows come out the same and in the same order."""
+    expected, rejected_offsets = _plain(sh, SCHEMA, None)
+    parsed_on: list[str] = []
+    parse = source.decode_json_lines
+
+    def recording(*args: object) -> object:
+        parsed_on.append(threading.current_thread().name)
+        return parse(*args)
+
+    monkeypatch.setattr(source, "decode_json_lines", recording)
+    held = threading.Event()
+    worker("json").submit(held.wait, 30)
+    threading.Timer(1.0, held.set).start()  # the reader waits on the oldest group until then
+    got = read_source(sh.log, "e", SCHEMA)
+    assert got.table.equals(expected)
+    assert [r.offset for r in got.rejected] == rejected_offsets
+    here = threading.current_thread().name
+    assert here in parsed_on and any(name != here for name in parsed_on), parsed_on
 
 
 def test_decode_json_reports_nulls_and_keeps_chunk_indices() -> None:
