@@ -30,7 +30,7 @@ def _parse(values: list[bytes], schema: pa.Schema = SCHEMA) -> tuple[list[dict],
     lines = JsonLines(np.arange(len(values)), lambda: newline_joined(array))
     table, rows, bad = parse_json(lines, None, schema)
     assert table.schema == schema
-    for given in (array, array.cast(pa.binary_view())):
+    for given in (array, array.cast(pa.binary_view()), array.cast(pa.large_binary())):
         unread = JsonLines(np.arange(len(values)), lambda: newline_joined(array))
         again, again_rows, again_bad = parse_json(unread, given, schema)
         assert again.equals(table) and again_rows.tolist() == rows.tolist() and again_bad == bad

@@ -54,13 +54,20 @@ def parse_json(
     structures = _structures(schema)
     if structures is None:
         return JsonParser(lines.buffer, lines.starts, schema).parse()
-    if values is None:
-        values = _lines(lines.buffer, lines.starts)
-    elif pa.types.is_binary_view(values.type):
-        values = values.view(pa.string_view())
-    elif pa.types.is_binary(values.type):
-        values = values.view(pa.string())
-    return _DuckDBParser(values, schema, structures).parse()
+    text = _AS_TEXT.get(values.type) if values is not None else None
+    if values is None or text is None:
+        values, text = _lines(lines.buffer, lines.starts), None
+    return _DuckDBParser(values.view(text) if text else values, schema, structures).parse()
+
+
+_AS_TEXT = {  # the text type each binary type is viewed as (the same buffers)
+    pa.binary(): pa.string(),
+    pa.large_binary(): pa.large_string(),
+    pa.binary_view(): pa.string_view(),
+    pa.string(): pa.string(),
+    pa.large_string(): pa.large_string(),
+    pa.string_view(): pa.string_view(),
+}
 
 
 _DUCKDB_TYPES = {

@@ -2,8 +2,8 @@
 
 A stream's rows are its records' JSON values, parsed with the declared schema by DuckDB's
 JSON transform, or pyarrow's JSON reader where DuckDB cannot vouch for a row
-(:mod:`streamhouse.sql.json_values`; never a per-row Python loop), plus the metadata columns ``_offset``,
-``_partition``, ``_timestamp`` and ``_key``. A value that does not fit the schema is reported
+(:mod:`streamhouse.sql.json_values`; never a per-row Python loop), plus the metadata
+columns ``_offset``, ``_partition``, ``_timestamp`` and ``_key``. A value that does not fit the schema is reported
 as a :class:`RejectedRow` (partition, offset, reason) and left out; the query still answers.
 A topic with no declared stream is read with a schema inferred from a sample of its values.
 """
@@ -295,7 +295,7 @@ def decode_json(
     Returns the parsed table, the indices of ``values`` its rows come from, and the
     (index, reason) of every value that could not be parsed. Timestamp columns accept
     ISO-8601 strings (with or without a zone) or epoch milliseconds. Chunks are parsed one
-    at a time, without first being combined; pyarrow's reader spreads each over its threads.
+    at a time, without first being combined.
     """
     chunks = values.chunks if isinstance(values, pa.ChunkedArray) else [values]
     return _parse_lines([_lines_of(c) for c in chunks], chunks, schema)
