@@ -25,16 +25,21 @@ SCHEMA = pa.schema(
 
 
 def _parse(values: list[bytes], schema: pa.Schema = SCHEMA) -> tuple[list[dict], list, list]:
+    table, rows, bad = _parse_table(values, schema)
+    return table.to_pylist(), rows, bad
+
+
+def _parse_table(values: list[bytes], schema: pa.Schema = SCHEMA) -> tuple[pa.Table, list, list]:
     """Parsed from newline-delimited text, and (the same answer) from an array of values."""
     array = pa.array(values, pa.binary())
     lines = JsonLines(np.arange(len(values)), lambda: newline_joined(array))
     table, rows, bad = parse_json(lines, None, schema)
     assert table.schema == schema
-    for given in (array, array.cast(pa.binary_view()), array.cast(pa.large_binary())):
+    for as_array in (array, array.cast(pa.binary_view()), array.cast(pa.large_binary())):
         unread = JsonLines(np.arange(len(values)), lambda: newline_joined(array))
-        again, again_rows, again_bad = parse_json(unread, given, schema)
+        again, again_rows, again_bad = parse_json(unread, as_array, schema)
         assert again.equals(table) and again_rows.tolist() == rows.tolist() and again_bad == bad
-    return table.to_pylist(), rows.tolist(), bad
+    return table, rows.tolist(), bad
 
 
 def _pyarrow(values: list[bytes], schema: pa.Schema = SCHEMA) -> tuple[list[dict], list, list]:
@@ -133,15 +138,16 @@ _values = st.one_of(
 def test_a_rows_fate_does_not_depend_on_its_neighbours(values: list[bytes], cut: int) -> None:
     """Parsing all the values at once equals parsing them in two parts: each row is read or
     rejected by its own text (a micro-batch boundary never changes what a row becomes)."""
-    whole_rows, whole_picked, whole_bad = _parse(values)
+    whole_rows, whole_picked, whole_bad = _parse_table(values)
     cut = min(cut, len(values))
     parts = [(values[:cut], 0), (values[cut:], cut)] if cut < len(values) else [(values, 0)]
-    rows, picked, bad = [], [], []
+    tables, picked, bad = [], [], []
     for part, base in parts:
-        r, p, b = _parse(part)
-        rows += r
+        table, p, b = _parse_table(part)
+        tables.append(table)
         picked += [i + base for i in p]
         bad += [(i + base, reason) for i, reason in b]
-    assert (rows, picked) == (whole_rows, whole_picked)
+    assert pa.concat_tables(tables).equals(whole_rows)
+    assert picked == whole_picked
     assert [i for i, _ in bad] == [i for i, _ in whole_bad]
     assert np.all(np.diff(whole_picked) > 0)

@@ -15,9 +15,10 @@ fate depends only on its own text, never on which other rows shared its micro-ba
 What DuckDB accepts beyond pyarrow, as Flink's JSON format does: a quoted number for a
 numeric field (``"8"``), a number or an object for a text field (its JSON text), ``true`` and
 ``false`` for numbers and ``"true"`` for BOOLEAN; a float for an integer field is rounded.
-Timestamps are ISO-8601 text (a zone or offset is honoured, none means UTC) or epoch
-milliseconds: DuckDB reads them one way or the other (whichever fits most rows of the last
-batch), and the rows that give them the other way go to pyarrow, which reads both.
+Timestamps are ISO-8601 text (a zone or offset is honoured, none means UTC) or integer epoch
+milliseconds. DuckDB reads them with two structures, text first or numbers first (whichever
+read most rows of the last batch); the rows with a NULL field are read with the other
+structure before their NULLs are looked at, so a row's fate does not depend on the order.
 """
 
 from __future__ import annotations
@@ -99,12 +100,12 @@ def _structures(schema: pa.Schema) -> list[str] | None:
     if len(fields) != len(schema):  # a name twice
         return None
     structures = [fields]
-    if "TIMESTAMPTZ" in fields.values():
-        structures.append({k: "BIGINT" if t == "TIMESTAMPTZ" else t for k, t in fields.items()})
+    if "TIMESTAMPTZ" in fields.values():  # as their JSON text, which must be an integer
+        structures.append({k: "JSON" if t == "TIMESTAMPTZ" else t for k, t in fields.items()})
     return [_literal(json.dumps(s)) for s in structures]
 
 
-_preferred: dict[str, int] = {}  # schema -> which structure read its timestamps last time
+_preferred: dict[str, int] = {}  # schema -> which structure read all its fields last time
 
 
 def _literal(text: str) -> str:
@@ -177,14 +178,25 @@ class _DuckDBParser:
             self._with_pyarrow(np.concatenate(self._redo))
         return self._result()
 
-    def _query(self, sql: str, lo: int, hi: int) -> pa.Table:
+    def _query(self, select: str, lo: int, hi: int, rows: np.ndarray | None = None) -> pa.Table:
+        """``SELECT {select}`` over lines ``lo:hi``, or only over lines ``lo + rows``."""
+        lines = pa.table({"line": self._lines.slice(lo, hi - lo)})
         with _cursor() as con:
-            con.register("json_lines", pa.table({"line": self._lines.slice(lo, hi - lo)}))
-            return con.sql(sql).to_arrow_table()
+            if rows is None:
+                con.register("json_lines", lines)
+                return con.sql(f"SELECT {select} FROM json_lines").to_arrow_table()
+            con.register("all_lines", lines.append_column("i", pa.array(np.arange(hi - lo))))
+            con.register("picked", pa.table({"i": rows}))
+            return con.sql(
+                f"SELECT {select} FROM (SELECT i, line FROM all_lines SEMI JOIN picked USING (i)"
+                " ORDER BY i) AS json_lines"
+            ).to_arrow_table()
 
-    def _typed_table(self, variant: int, lo: int, hi: int) -> tuple[pa.Table, np.ndarray]:
+    def _typed_table(
+        self, variant: int, lo: int, hi: int, rows: np.ndarray | None = None
+    ) -> tuple[pa.Table, np.ndarray]:
         """The lines read with one structure, and which rows have a NULL field."""
-        typed = _fields(self._query(f"SELECT {self._typed[variant]} FROM json_lines", lo, hi))
+        typed = _fields(self._query(self._typed[variant], lo, hi, rows))
         columns = [_from_duckdb(typed[i], f.type) for i, f in enumerate(self._schema)]
         table = pa.table(columns, schema=self._schema)
         nulls = reduce(pc.or_, [pc.is_null(c) for c in table.columns]).to_numpy(
@@ -196,35 +208,34 @@ class _DuckDBParser:
         key = str(self._schema)
         variant = _preferred.get(key, 0)
         table, nulls = self._typed_table(variant, lo, hi)
-        if len(self._typed) > 1 and nulls.sum() * 2 > len(nulls):  # timestamps the other way?
-            other_table, other_nulls = self._typed_table(1 - variant, lo, hi)
-            if other_nulls.sum() < nulls.sum():
-                table, nulls = other_table, other_nulls
-                _preferred[key] = 1 - variant
         suspect = np.flatnonzero(nulls)
+        if len(self._typed) > 1 and len(suspect):
+            # Timestamps given the other way (text, or epoch milliseconds): every row has
+            # both structures tried before pyarrow, whichever one is tried first.
+            other, other_nulls = self._typed_table(1 - variant, lo, hi, suspect)
+            read = ~other_nulls
+            if read.any():
+                self._tables.append(other.filter(pa.array(read)))
+                self._rows.append(lo + suspect[read])
+                if read.sum() * 2 > len(nulls):
+                    _preferred[key] = 1 - variant
+            suspect = suspect[~read]
+        keep = ~nulls  # (rows the other structure read are not kept from this one)
         if len(suspect):
-            explained, objects = self._explained(table, lo, hi, suspect)
+            explained, objects = self._explained(table.take(pa.array(suspect)), lo, hi, suspect)
             self._redo.append(lo + suspect[~explained & objects])
             self._bad += [(lo + int(i), "not a JSON object") for i in suspect[~objects]]
-            keep = ~nulls
             keep[suspect[explained]] = True
-            table = table.filter(pa.array(keep))
-            rows = lo + np.flatnonzero(keep)
-        else:
-            rows = np.arange(lo, hi)
-        self._tables.append(table)
-        self._rows.append(rows)
+        self._tables.append(table if keep.all() else table.filter(pa.array(keep)))
+        self._rows.append(lo + np.flatnonzero(keep))
 
     def _explained(
         self, typed: pa.Table, lo: int, hi: int, suspect: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Of the ``suspect`` rows (a NULL field): those whose every NULL field is absent or
-        ``null`` in a JSON object, and those that are JSON objects."""
-        raw = self._query(
-            f"SELECT json_type(line) = 'OBJECT' AS object, {self._raw} FROM json_lines", lo, hi
-        ).take(pa.array(suspect))
+        """Of the ``suspect`` rows (``typed``: as read, with a NULL field): those whose every
+        NULL field is absent or ``null`` in a JSON object, and those that are JSON objects."""
+        raw = self._query(f"json_type(line) = 'OBJECT' AS object, {self._raw}", lo, hi, suspect)
         raw_fields = _fields(raw.select([1]))
-        typed = typed.take(pa.array(suspect))
         objects = pc.fill_null(raw.column(0), False)
         ok = objects
         for i in range(typed.num_columns):
@@ -269,15 +280,22 @@ def _fields(table: pa.Table) -> list[pa.ChunkedArray]:
 
 
 def _from_duckdb(column: pa.ChunkedArray, to: pa.DataType) -> pa.ChunkedArray:
-    """A column as DuckDB returns it, as the declared type."""
+    """A column as DuckDB returns it, as the declared type. A timestamp comes as
+    microseconds in UTC, or as JSON text, read as epoch milliseconds when it is an integer
+    (NULL otherwise)."""
     if column.type == to:
         return column
-    if pa.types.is_timestamp(to):  # DuckDB: microseconds, UTC; cut to the declared unit
-        if pa.types.is_integer(column.type):  # epoch milliseconds
+    if pa.types.is_timestamp(to):
+        if pa.types.is_string(column.type):
+            integer = pc.fill_null(pc.match_substring_regex(column, _EPOCH_MS), False)
+            column = pc.if_else(integer, column, None).cast(pa.int64())
             column = column.cast(pa.timestamp("ms", tz="UTC"))
-        column = column.cast(pa.timestamp(to.unit, tz="UTC"), safe=False)
+        column = column.cast(pa.timestamp(to.unit, tz="UTC"), safe=False)  # cut to the unit
         return column if to.tz else pa.chunked_array([c.view(to) for c in column.chunks], to)
     return column.cast(to)
+
+
+_EPOCH_MS = r"^-?[0-9]{1,15}$"  # an integer JSON number of milliseconds (to year 33658)
 
 
 def _epoch_variants(schema: pa.Schema) -> list[pa.Schema]:
