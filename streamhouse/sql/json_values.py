@@ -6,10 +6,12 @@ JSON reader takes, but it is lenient: a field whose text does not convert comes 
 instead of failing, and a value that is not an object comes out as a row of NULLs. So a row
 is taken from DuckDB only when every field came out non-NULL, or when DuckDB's second look
 (each field as raw JSON, and the value's JSON type) shows that each NULL field is absent or
-``null`` in an object. Every other row goes to pyarrow's reader (:class:`JsonParser`),
-which parses or rejects it with a reason, as it does for every row when the schema has a
-type outside the ones below. A value DuckDB cannot parse at all fails the whole call; the
-lines are then halved until the failing ones stand alone, and those go to pyarrow. A row's
+``null`` in an object. A value that is not a JSON object is rejected as such. Every other
+row goes to pyarrow's reader (:class:`JsonParser`), which parses or rejects it with a
+reason, as it does for every row when the schema has a type outside the ones below. A value DuckDB cannot parse at all fails the whole call; the
+lines that are not JSON at all (``json_valid``) are rejected, and the rest read again; when
+DuckDB cannot tell which lines fail, they are halved until the failing ones stand alone, and
+those go to pyarrow. A row's
 fate depends only on its own text, never on which other rows shared its micro-batch.
 
 What DuckDB accepts beyond pyarrow, as Flink's JSON format does: a quoted number for a
@@ -167,16 +169,36 @@ class _DuckDBParser:
             lo, hi = stack.pop()
             try:
                 self._transform(lo, hi)
+                continue
             except (duckdb.Error, UnicodeDecodeError) as exc:  # invalid JSON or UTF-8
                 if hi - lo == 1:
                     log.debug("JSON line %d: %s", lo, str(exc).splitlines()[0])
                     self._redo.append(np.array([lo]))
-                else:
-                    mid = (lo + hi) // 2
-                    stack += [(mid, hi), (lo, mid)]
+                    continue
+            valid = self._valid(lo, hi)
+            if valid is None or valid.all():  # DuckDB cannot say which: halve and retry
+                mid = (lo + hi) // 2
+                stack += [(mid, hi), (lo, mid)]
+                continue
+            self._bad += [(lo + int(i), "not valid JSON") for i in np.flatnonzero(~valid)]
+            good = np.flatnonzero(valid)
+            if len(good):
+                try:
+                    self._transform(lo, hi, good)
+                except (duckdb.Error, UnicodeDecodeError):
+                    self._redo.append(lo + good)
+
         if self._redo:
             self._with_pyarrow(np.concatenate(self._redo))
         return self._result()
+
+    def _valid(self, lo: int, hi: int) -> np.ndarray | None:
+        """Which of lines ``lo:hi`` are JSON at all, or None if DuckDB cannot tell."""
+        try:
+            valid = self._query("json_valid(line)", lo, hi).column(0)
+        except (duckdb.Error, UnicodeDecodeError):
+            return None
+        return pc.fill_null(valid, False).to_numpy(zero_copy_only=False)
 
     def _query(self, select: str, lo: int, hi: int, rows: np.ndarray | None = None) -> pa.Table:
         """``SELECT {select}`` over lines ``lo:hi``, or only over lines ``lo + rows``."""
@@ -204,36 +226,41 @@ class _DuckDBParser:
         )
         return table, nulls
 
-    def _transform(self, lo: int, hi: int) -> None:
+    def _transform(self, lo: int, hi: int, picked: np.ndarray | None = None) -> None:
+        """Read lines ``lo:hi`` (or only ``lo + picked``) and sort their rows: read, rejected,
+        or for pyarrow."""
         key = str(self._schema)
         variant = _preferred.get(key, 0)
-        table, nulls = self._typed_table(variant, lo, hi)
+        at = np.arange(hi - lo) if picked is None else picked  # row i is line lo + at[i]
+        table, nulls = self._typed_table(variant, lo, hi, picked)
         suspect = np.flatnonzero(nulls)
         if len(self._typed) > 1 and len(suspect):
             # Timestamps given the other way (text, or epoch milliseconds): every row has
             # both structures tried before pyarrow, whichever one is tried first.
-            other, other_nulls = self._typed_table(1 - variant, lo, hi, suspect)
+            other, other_nulls = self._typed_table(1 - variant, lo, hi, at[suspect])
             read = ~other_nulls
             if read.any():
                 self._tables.append(other.filter(pa.array(read)))
-                self._rows.append(lo + suspect[read])
+                self._rows.append(lo + at[suspect[read]])
                 if read.sum() * 2 > len(nulls):
                     _preferred[key] = 1 - variant
             suspect = suspect[~read]
         keep = ~nulls  # (rows the other structure read are not kept from this one)
         if len(suspect):
-            explained, objects = self._explained(table.take(pa.array(suspect)), lo, hi, suspect)
-            self._redo.append(lo + suspect[~explained & objects])
-            self._bad += [(lo + int(i), "not a JSON object") for i in suspect[~objects]]
+            typed = table.take(pa.array(suspect))
+            explained, objects = self._explained(typed, lo, hi, at[suspect])
+            self._redo.append(lo + at[suspect[~explained & objects]])
+            self._bad += [(lo + int(i), "not a JSON object") for i in at[suspect[~objects]]]
             keep[suspect[explained]] = True
         self._tables.append(table if keep.all() else table.filter(pa.array(keep)))
-        self._rows.append(lo + np.flatnonzero(keep))
+        self._rows.append(lo + at[keep])
 
     def _explained(
         self, typed: pa.Table, lo: int, hi: int, suspect: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Of the ``suspect`` rows (``typed``: as read, with a NULL field): those whose every
-        NULL field is absent or ``null`` in a JSON object, and those that are JSON objects."""
+        """Of the ``suspect`` lines (``lo + suspect``; ``typed``: as read, with a NULL field):
+        those whose every NULL field is absent or ``null`` in a JSON object, and those that are
+        JSON objects."""
         raw = self._query(f"json_type(line) = 'OBJECT' AS object, {self._raw}", lo, hi, suspect)
         raw_fields = _fields(raw.select([1]))
         objects = pc.fill_null(raw.column(0), False)
