@@ -110,6 +110,15 @@ def test_a_value_that_is_not_json_is_found_among_many() -> None:
     assert [r["id"] for r in rows] == picked
 
 
+def test_a_batch_of_mostly_bad_values_keeps_its_good_ones() -> None:
+    values = [json.dumps({"id": i}).encode() if i % 3 == 0 else b"a,b,%d" % i for i in range(300)]
+    rows, picked, bad = _parse(values)
+    assert picked == list(range(0, 300, 3))
+    assert [r["id"] for r in rows] == picked
+    assert [r for r, _ in bad] == [i for i in range(300) if i % 3]
+    assert all(reason for _, reason in bad)
+
+
 def test_schemas_with_other_types_are_read_by_pyarrow_alone() -> None:
     schema = pa.schema([("xs", pa.list_(pa.int64())), ("d", pa.decimal128(10, 2))])
     values = [b'{"xs": [1, 2], "d": 1.25}', b'{"xs": [1, "x"]}']
