@@ -119,6 +119,13 @@ def test_a_batch_of_mostly_bad_values_keeps_its_good_ones() -> None:
     assert all(reason for _, reason in bad)
 
 
+def test_names_that_differ_only_in_case_are_two_fields() -> None:
+    schema = pa.schema([("a", pa.int64()), ("A", pa.int64())])
+    values = [b'{"a": %d, "A": %d}' % (i, -i) for i in range(1, 50)]
+    rows, picked, bad = _parse(values, schema)
+    assert rows == [{"a": i, "A": -i} for i in range(1, 50)] and bad == []
+
+
 def test_schemas_with_other_types_are_read_by_pyarrow_alone() -> None:
     schema = pa.schema([("xs", pa.list_(pa.int64())), ("d", pa.decimal128(10, 2))])
     values = [b'{"xs": [1, 2], "d": 1.25}', b'{"xs": [1, "x"]}']

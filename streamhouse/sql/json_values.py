@@ -99,8 +99,8 @@ def _structures(schema: pa.Schema) -> list[str] | None:
             fields[f.name] = "TIMESTAMPTZ"
         else:
             return None
-    if len(fields) != len(schema):  # a name twice
-        return None
+    if len({name.lower() for name in fields}) != len(schema):  # a name twice, to DuckDB
+        return None  # (its struct field names ignore case; the schema's do not)
     structures = [fields]
     if "TIMESTAMPTZ" in fields.values():  # as their JSON text, which must be an integer
         structures.append({k: "JSON" if t == "TIMESTAMPTZ" else t for k, t in fields.items()})
