@@ -11,6 +11,7 @@ disorder. Also: late rows, the dead-letter topic, sessions merged by a bridging 
 from __future__ import annotations
 
 import json
+import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,9 @@ from window_cases import oracle, rows_of, start_paused, topic_rows
 import streamhouse
 from streamhouse import StreamHouse
 from streamhouse.errors import SqlError, StreamHouseError
+from streamhouse.runtime.query import ContinuousQuery
+from streamhouse.state.store import StateStore
+from streamhouse.windows import operator as window_operator
 
 T0 = 1_767_225_600_000  # 2026-01-01 00:00:00 UTC, in ms
 SECOND = 1_000
@@ -154,6 +158,27 @@ def test_output_equals_the_batch_answer(kind: str, tmp_path_factory: pytest.Temp
     check()
 
 
+@settings(PROPERTY, max_examples=25)
+@given(run=runs("session"))
+def test_session_state_split_into_buckets_and_runs_gives_the_batch_answer(
+    run: Run, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Sessions placed as many keys would place them: buckets of two sessions (so state splits
+    by key hash), runs never merged eagerly and merged size-tiered past two, so a key's
+    sessions lie in several runs of a bucket until the watermark may close one of them."""
+    limits = {"SPLIT_ROWS": 2, "EAGER_ROWS": 0, "MAX_RUNS": 2}
+    saved = {name: getattr(window_operator, name) for name in limits}
+    for name, value in limits.items():
+        setattr(window_operator, name, value)
+    try:
+        got, status = run_continuously(tmp_path_factory.mktemp("buckets"), run)
+    finally:
+        for name, value in saved.items():
+            setattr(window_operator, name, value)
+    assert status["late_rows"] == 0 and status["rejected_rows"] == 0
+    assert got == expected(run)
+
+
 # -- fixed scenarios ---------------------------------------------------------------------------
 
 
@@ -167,13 +192,22 @@ def produce(sh: StreamHouse, events: list[tuple[str, int, int | None]]) -> None:
     sh.produce("ev", [{"k": k, "t": t, "v": v} for k, t, v in events])
 
 
-def test_a_bridging_event_in_a_later_batch_merges_two_sessions(sh: StreamHouse) -> None:
+THREE_SESSIONS = [("a", T0, 1), ("a", T0 + 12 * SECOND, 2), ("b", T0 + 12 * SECOND, 7)]
+
+
+def three_open_sessions(sh: StreamHouse) -> tuple[str, ContinuousQuery]:
+    """A paused session query (gap 8 s, delay 30 s) that has read :data:`THREE_SESSIONS`."""
     sh.sql(STREAM.format(delay=30, partitions=1))
     sql = SELECT.format(window=WINDOWS["session"][0], having="")
     query = start_paused(sh, sql, "q")
+    produce(sh, THREE_SESSIONS)
+    assert query.step()
+    return sql, query
+
+
+def test_a_bridging_event_in_a_later_batch_merges_two_sessions(sh: StreamHouse) -> None:
+    sql, query = three_open_sessions(sh)
     try:
-        produce(sh, [("a", T0, 1), ("a", T0 + 12 * SECOND, 2), ("b", T0 + 12 * SECOND, 7)])
-        assert query.step()
         assert query.status()["open_windows"] == 3  # a: two sessions (12 s > 8 s gap), b: one
         produce(sh, [("a", T0 + 6 * SECOND, 3)])  # 6 s from each of a's sessions
         assert query.step()
@@ -212,9 +246,38 @@ def test_a_bridging_event_in_a_later_batch_merges_two_sessions(sh: StreamHouse) 
         ],
         COLUMNS,
     )
-    events = [("a", T0, 1), ("a", T0 + 12 * SECOND, 2), ("b", T0 + 12 * SECOND, 7)]
-    events += [("a", T0 + 6 * SECOND, 3), ("a", T0 + 20 * SECOND, 4)]
+    events = [*THREE_SESSIONS, ("a", T0 + 6 * SECOND, 3), ("a", T0 + 20 * SECOND, 4)]
     assert got == oracle(events, "session", 8 * SECOND)
+
+
+def test_sessions_stored_as_one_value_by_an_older_build_are_read_and_merged(
+    sh: StreamHouse,
+) -> None:
+    """Before buckets, all open sessions were one value under ``b"open"``: a restart reads it as
+    the first run, and a bridging event merges with the sessions in it."""
+    sql, query = three_open_sessions(sh)
+    state_dir = query.store.path
+    query.stop()
+    store = StateStore(state_dir)
+    try:
+        first_run = window_operator.SESSIONS_KEY + struct.pack(">BQI", 0, 0, 0)
+        (key, value), *rest = [(k, v) for k, v in store.items("sessions") if k.endswith(first_run)]
+        assert rest == []
+        batch = store.batch()
+        batch.delete("sessions", key)
+        batch.put("sessions", key[: -len(first_run)] + window_operator.SESSIONS_KEY, value)
+        store.commit(batch)
+    finally:
+        store.close()
+    query = start_paused(sh, sql, "q")
+    try:
+        assert query.status()["open_windows"] == 3
+        produce(sh, [("a", T0 + 6 * SECOND, 3)])  # bridges a's two sessions
+        query.run_until_caught_up(final=True)
+    finally:
+        query.stop()
+    events = [*THREE_SESSIONS, ("a", T0 + 6 * SECOND, 3)]
+    assert rows_of(topic_rows(sh, "out"), COLUMNS) == oracle(events, "session", 8 * SECOND)
 
 
 def test_sessions_close_only_when_the_watermark_passes_their_end(sh: StreamHouse) -> None:

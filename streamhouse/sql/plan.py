@@ -93,7 +93,7 @@ class WindowAggregate:
         slide = f" slide={w.slide_ms}ms" if w.slide_ms else ""
         family = "sessions" if w.kind == "session" else "windows"
         layout = (
-            "b'open' -> IPC(keys, window_start, window_end, partials)"
+            "b'open'|u8(depth)|u64(key hash bucket)|u32(run) -> IPC(keys, window_start, window_end, partials)"
             if w.kind == "session"
             else "u64(window_end)|u64(window_start)|u32(run) -> IPC(keys, partials of one micro-batch run)"
         )

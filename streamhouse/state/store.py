@@ -9,8 +9,11 @@ stored offset by 2**63 so byte order equals time order):
     merged when the window closes (a 16-byte key without a run reads as run 0). Iterating in
     key order visits windows by end time, so the windows a watermark closes are a prefix.
 ``sessions``
-    ``b"open"`` -> Arrow IPC stream of every open session: group keys, ``window_start``,
-    ``window_end`` (last event + gap) and partial aggregates. Updating views keep their table
+    ``b"open" | u8(depth) | u64(bucket) | u32(run)`` -> Arrow IPC stream of open sessions:
+    group keys, ``window_start``, ``window_end`` (last event + gap) and partial aggregates, of
+    the keys whose :func:`key_hashes` end in the ``depth`` bits ``bucket`` (see
+    :class:`~streamhouse.windows.operator.SessionOperator`; a bare ``b"open"``, as written before
+    buckets, reads as run 0 of bucket 0). Updating views keep their table
     as runs (:class:`TableState`): ``b"groups" | u32(run)`` (GROUP BY: keys, partials),
     ``b"distinct" | u32(call) | u32(run)`` (COUNT DISTINCT: the (group, value) pairs a run
     added), ``b"top_n" | u32(run)`` and ``b"recompute" | u32(run)``.
@@ -400,6 +403,69 @@ def _codes_in(table: pa.Table, other: pa.Table) -> np.ndarray:
     codes = group_codes([both[c] for c in both.column_names])
     n = table.num_rows
     return np.isin(codes[:n], codes[n:])
+
+
+def key_hashes(table: pa.Table, columns: list[str]) -> np.ndarray | None:
+    """A stable 64-bit hash of each row's ``columns`` (equal keys, equal hashes, in every
+    process and version: state is placed by it), or None for a column type without one.
+
+    Integers, temporal values and floats hash their 64-bit value; strings and binaries a
+    polynomial hash of their bytes; several columns, their packed encoding
+    (:func:`_encoded_keys`). Each is finished with SplitMix64's mixer.
+    """
+    encoded = _encoded_keys(table, columns)
+    if encoded is None:
+        return None
+    if pa.types.is_integer(encoded.type):
+        values = encoded.fill_null(0).to_numpy(zero_copy_only=False).view(np.uint64)
+        nulls = pc.is_null(encoded).to_numpy(zero_copy_only=False)
+        return _mix(values ^ (nulls.astype(np.uint64) * _NULL_HASH))
+    binary = encoded.cast(pa.binary())
+    step = 1 << 16  # rows at a time: the prefix sums take 8 bytes per byte of key
+    hashes = np.concatenate(
+        [_bytes_hash(binary.slice(i, step)) for i in range(0, len(binary), step)]
+    )
+    lengths = pc.fill_null(pc.binary_length(binary), 0).to_numpy(zero_copy_only=False)
+    nulls = pc.is_null(binary).to_numpy(zero_copy_only=False)
+    return _mix(
+        hashes ^ (lengths.astype(np.uint64) * _GOLDEN) ^ (nulls.astype(np.uint64) * _NULL_HASH)
+    )
+
+
+def _bytes_hash(binary: pa.Array) -> np.ndarray:
+    """sum(b[i] * P^i) over each value's bytes, from prefix sums: unsigned arithmetic wraps
+    modulo 2^64, where P is invertible (odd), so each slice is scaled back by P^-start."""
+    n = len(binary)
+    offsets = np.frombuffer(binary.buffers()[1], np.int32)[binary.offset : binary.offset + n + 1]
+    first, last = int(offsets[0]), int(offsets[-1])
+    if last == first:
+        return np.zeros(n, np.uint64)
+    data = np.frombuffer(binary.buffers()[2], np.uint8)[first:last]
+    starts = (offsets[:-1] - first).astype(np.int64)
+    ends = (offsets[1:] - first).astype(np.int64)
+    powers = np.full(len(data) + 1, _POLY, np.uint64)
+    powers[0] = 1
+    np.cumprod(powers, out=powers)
+    sums = np.zeros(len(data) + 1, np.uint64)
+    np.cumsum(data.astype(np.uint64) * powers[:-1], out=sums[1:])
+    inverse = np.full(len(data) + 1, _POLY_INVERSE, np.uint64)
+    inverse[0] = 1
+    np.cumprod(inverse, out=inverse)
+    return (sums[ends] - sums[starts]) * inverse[starts]
+
+
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_NULL_HASH = np.uint64(0xD6E8FEB86659FD93)
+_POLY = np.uint64(0x100000001B3)  # the 64-bit FNV prime: odd, so invertible modulo 2^64
+_POLY_INVERSE = np.uint64(pow(0x100000001B3, -1, 1 << 64))
+
+
+def _mix(z: np.ndarray) -> np.ndarray:
+    """SplitMix64's finalizer: every input bit moves every output bit."""
+    z = z + _GOLDEN
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
 
 
 def _encoded_keys(table: pa.Table, columns: list[str]) -> pa.Array | None:

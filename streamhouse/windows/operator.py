@@ -5,8 +5,8 @@ partial aggregates in RocksDB (``windows`` column family, key ``u64(end) | u64(s
 u32(run)``, so the windows a watermark closes are found in end order), one run per micro-batch
 that touched the window, merged size-tiered and on emission; the heap holds only run sizes.
 :class:`SessionOperator` serves session windows (the open sessions of every key, merged when a
-bridging event arrives), kept in memory and mirrored to one RocksDB value (``sessions``,
-``b"open"``). Changes are staged into the micro-batch's
+bridging event arrives): runs of partial sessions in RocksDB (``sessions`` column family),
+bucketed by key hash so that a merge holds one bucket, never all open keys. Changes are staged into the micro-batch's
 :class:`~streamhouse.state.store.StateBatch` and take effect only when the caller has committed
 that batch (:meth:`commit`); :meth:`rollback` forgets them.
 
@@ -34,6 +34,7 @@ from streamhouse.state.store import (
     StateStore,
     decode_table,
     encode_table,
+    key_hashes,
     window_from_key,
     window_key,
 )
@@ -66,6 +67,13 @@ Window = tuple[int, int]
 MAX_RUNS = 8
 """A window with more partial runs than this has them merged into one (in the same batch)."""
 _RUN = struct.Struct(">I")
+
+
+def _smaller_half(runs: list) -> list:
+    """The runs to merge when there are more than :data:`MAX_RUNS`: the smaller half by rows
+    (size-tiered, as an LSM tree), so each row is merged about log(batches) times and a merge
+    never holds all of a window's or bucket's rows. A run is ``(seq, rows, ...)``."""
+    return sorted(runs, key=lambda run: (run[1], run[0]))[: MAX_RUNS // 2 + 1]
 
 
 def run_key(window: Window, seq: int) -> bytes:
@@ -137,9 +145,7 @@ class WindowOperator:
         self._fresh[(window, seq)] = table
         batch.put("windows", run_key(window, seq), encode_table(table))
         if len(runs) > MAX_RUNS:
-            # Merge the smaller half of the runs (size-tiered, as an LSM tree): each row is
-            # merged about log(batches) times, and a merge never holds the whole window.
-            smallest = sorted(runs, key=lambda run: (run[1], run[0]))[: MAX_RUNS // 2 + 1]
+            smallest = _smaller_half(runs)
             merged = self._merge(window, smallest, batch)
             runs[:] = [run for run in runs if run not in smallest]
             self._add_run(window, merged, batch)
@@ -240,7 +246,24 @@ class WindowOperator:
 
 
 class SessionOperator:
-    """Session window aggregation: open sessions of every key, merged across micro-batches."""
+    """Session window aggregation over RocksDB state, bucketed by key hash and kept as runs.
+
+    State: column family ``sessions``, key ``b"open" | u8(depth) | u64(bucket) | u32(run)`` ->
+    Arrow IPC of partial sessions (keys, ``window_start``, ``window_end``, partials). Bucket
+    ``b`` holds the keys whose :func:`~streamhouse.state.store.key_hashes` end in the ``depth``
+    bits ``b``. State starts as one bucket (depth 0); when it holds more than
+    :data:`SPLIT_ROWS` sessions per bucket, every bucket splits in two (depth + 1), so a merge
+    holds about that many rows at most, however many keys are open.
+
+    Each micro-batch adds to every bucket it touches one *run*: its own sessions, not yet merged
+    with older ones. A bucket's runs are merged (the sessions of a key that overlap or touch
+    become one, as a bridging event joins two) when they hold few rows in all
+    (:data:`EAGER_ROWS`: small state stays one merged run), when there are more than
+    :data:`MAX_RUNS` (the smaller half, size-tiered), and when the watermark may close one of
+    its sessions (all of them: closed sessions are emitted, the rest written back as one run).
+    The heap holds per run only its row count and smallest end. A bare ``b"open"`` key (the
+    whole state as one value, as written before buckets) reads as run 0 of bucket 0.
+    """
 
     def __init__(
         self, plan: WindowAggregate, store: StateStore, allowed_lateness_ms: int = 0
@@ -250,19 +273,41 @@ class SessionOperator:
         self.lateness = allowed_lateness_ms
         self.keys = [*plan.keys, *WINDOW_BOUNDS]
         self._calls = plan.aggregates
-        stored = store.get("sessions", SESSIONS_KEY)
-        self.state: pa.Table | None = decode_table(stored) if stored else None
-        self._staged: pa.Table | None | bool = False
+        self.depth = 0
+        self.state: dict[int, list[SessionRun]] = {}
+        for key, value in store.items("sessions", SESSIONS_KEY):
+            if not key.startswith(SESSIONS_KEY):
+                break
+            if key == SESSIONS_KEY:
+                depth, bucket, seq = 0, 0, 0
+            elif len(key) == len(SESSIONS_KEY) + _SESSION_RUN.size:
+                depth, bucket, seq = _SESSION_RUN.unpack(key[len(SESSIONS_KEY) :])
+            else:
+                continue
+            table = decode_table(value)
+            if table.num_rows:
+                self.depth = depth
+                self.state.setdefault(bucket, []).append(_session_run(seq, table))
+        self._staged: tuple[int, dict[int, list[SessionRun]]] | None = None
+        self._fresh: dict[tuple[int, int, int], pa.Table] = {}  # runs of the uncommitted batch
 
     @property
     def open_windows(self) -> int:
-        return self.state.num_rows if self.state is not None else 0
+        """Sessions held: exact while a bucket holds at most :data:`EAGER_ROWS`; past that, a
+        session may count once per run holding part of it until the bucket's runs merge."""
+        return sum(run[1] for runs in self.state.values() for run in runs)
 
     def open_keys(self) -> int:
         return self.open_windows
 
-    def _current(self) -> pa.Table | None:
-        return self.state if self._staged is False else self._staged  # type: ignore[return-value]
+    def _stage(self) -> dict[int, list[SessionRun]]:
+        if self._staged is None:
+            self._staged = (self.depth, {b: list(runs) for b, runs in self.state.items()})
+        return self._staged[1]
+
+    @property
+    def _depth(self) -> int:
+        return self._staged[0] if self._staged is not None else self.depth
 
     def process(
         self, pre: pa.Table, ts: np.ndarray, watermark: int, batch: StateBatch
@@ -273,9 +318,8 @@ class SessionOperator:
         if not on_time.all():
             pre = pre.filter(pa.array(on_time))
             ts = ts[on_time]
-        current = self._current()
+        self._stage()
         if len(ts) == 0:
-            self._staged = current
             return late_rows
         keys = list(self.plan.keys)
         codes = assign.group_codes([pre[k] for k in keys]) if keys else np.zeros(len(ts), np.int64)
@@ -284,24 +328,112 @@ class SessionOperator:
             "window_end", pa.array(ends[ids])
         )
         fresh = aggregate.partial(tagged, self.keys, self._calls)
-        if current is None or current.num_rows == 0:
-            untouched, combined = None, fresh
-        else:
-            # Only the open sessions of keys this batch has rows for can extend or merge.
-            both = pa.concat_tables(
-                [current.select(keys), fresh.select(keys)], promote_options="permissive"
-            )
-            codes = (
-                assign.group_codes([both[k] for k in keys])
-                if keys
-                else np.zeros(both.num_rows, np.int64)
-            )
-            seen = np.zeros(int(codes.max()) + 1, bool)
-            seen[codes[current.num_rows :]] = True
-            touched = seen[codes[: current.num_rows]]
-            untouched = current.filter(pa.array(~touched)) if not touched.all() else None
-            picked = current.filter(pa.array(touched)) if untouched is not None else current
-            combined = pa.concat_tables([picked, fresh], promote_options="permissive")
+        for bucket, part in self._by_bucket(fresh, self._depth):
+            self._add_run(bucket, part, batch)
+        if self._held() > SPLIT_ROWS << self._depth and self._depth < _MAX_DEPTH:
+            self._split(batch)
+        return late_rows
+
+    def emit(self, watermark: int, batch: StateBatch) -> pa.Table | None:
+        # Strictly before: an event at exactly ``end`` (last event + gap) still extends the
+        # session, and such an event is on time while the watermark equals ``end``.
+        staged = self._stage()
+        closable = [
+            bucket
+            for bucket, runs in staged.items()
+            if runs and min(run[2] for run in runs) + self.lateness < watermark
+        ]
+        tables = []
+        for bucket in sorted(closable):
+            current = self._take(bucket, batch)
+            closing = pc.less(pc.add(current["window_end"], self.lateness), watermark)
+            tables.append(current.filter(closing))
+            remaining = current.filter(pc.invert(closing))
+            if remaining.num_rows:
+                self._add_run(bucket, remaining, batch)
+        closed = pa.concat_tables(tables) if tables else None
+        if closed is None or closed.num_rows == 0:
+            return None
+        order = np.lexsort((closed["window_start"].to_numpy(), closed["window_end"].to_numpy()))
+        closed = closed.take(pa.array(order))
+        return _with_window_types(aggregate.finalize(closed, self.keys, self.plan.aggregates))
+
+    def _held(self) -> int:
+        return sum(run[1] for runs in self._stage().values() for run in runs)
+
+    def _by_bucket(self, table: pa.Table, depth: int) -> list[tuple[int, pa.Table]]:
+        """``table``'s rows split by the bucket they fall in at ``depth``."""
+        if depth == 0 or table.num_rows == 0:
+            return [(0, table)]
+        hashes = key_hashes(table, list(self.plan.keys)) if self.plan.keys else None
+        if hashes is None:  # no hash for these key types: every key stays in bucket 0
+            return [(0, table)]
+        buckets = hashes & np.uint64((1 << depth) - 1)
+        order = np.argsort(buckets, kind="stable")
+        sorted_buckets = buckets[order]
+        cuts = np.flatnonzero(np.diff(sorted_buckets)) + 1
+        table = table.take(pa.array(order))
+        out = []
+        for lo, hi in zip(np.r_[0, cuts].tolist(), np.r_[cuts, len(order)].tolist(), strict=True):
+            out.append((int(sorted_buckets[lo]), table.slice(lo, hi - lo)))
+        return out
+
+    def _split(self, batch: StateBatch) -> None:
+        """Every bucket in two: the state rewritten at depth + 1, one bucket at a time."""
+        depth, old = self._depth, self._stage()
+        self._staged = (depth + 1, {})
+        for bucket in sorted(old):
+            table = self._merge(bucket, old[bucket], batch, depth)
+            for half, part in self._by_bucket(table, depth + 1):
+                if part.num_rows:
+                    self._add_run(half, part, batch)
+
+    def _read(self, depth: int, bucket: int, seq: int) -> pa.Table:
+        fresh = self._fresh.get((depth, bucket, seq))
+        if fresh is not None:
+            return fresh
+        value = self.store.get("sessions", _session_key(depth, bucket, seq))
+        if value is None and bucket == 0 and seq == 0:  # written before buckets
+            value = self.store.get("sessions", SESSIONS_KEY)
+        if value is None:
+            raise StorageError(f"session state run {bucket}/{seq} is missing")
+        return decode_table(value)
+
+    def _add_run(self, bucket: int, table: pa.Table, batch: StateBatch) -> None:
+        runs = self._stage().setdefault(bucket, [])
+        seq = max((run[0] for run in runs), default=-1) + 1
+        table = table.combine_chunks()
+        runs.append(_session_run(seq, table))
+        self._fresh[(self._depth, bucket, seq)] = table
+        batch.put("sessions", _session_key(self._depth, bucket, seq), encode_table(table))
+        if len(runs) > 1 and sum(run[1] for run in runs) <= EAGER_ROWS:
+            self._add_run(bucket, self._take(bucket, batch), batch)
+        elif len(runs) > MAX_RUNS:
+            smallest = _smaller_half(runs)
+            merged = self._merge(bucket, smallest, batch)
+            runs[:] = [run for run in runs if run not in smallest]
+            self._add_run(bucket, merged, batch)
+
+    def _take(self, bucket: int, batch: StateBatch) -> pa.Table:
+        """Every run of ``bucket``, merged, and removed from state."""
+        return self._merge(bucket, self._stage().pop(bucket), batch)
+
+    def _merge(
+        self, bucket: int, runs: list[SessionRun], batch: StateBatch, depth: int | None = None
+    ) -> pa.Table:
+        """``runs`` of ``bucket`` (at ``depth``, default the current one) merged: one row per key
+        and session; their keys are deleted."""
+        depth = self._depth if depth is None else depth
+        tables = [self._read(depth, bucket, run[0]) for run in runs]
+        for run in runs:
+            self._fresh.pop((depth, bucket, run[0]), None)
+            batch.delete("sessions", _session_key(depth, bucket, run[0]))
+            if bucket == 0 and run[0] == 0:
+                batch.delete("sessions", SESSIONS_KEY)
+        if len(tables) == 1:
+            return tables[0]
+        combined = pa.concat_tables(tables, promote_options="permissive")
+        keys = list(self.plan.keys)
         codes = (
             assign.group_codes([combined[k] for k in keys])
             if keys
@@ -318,39 +450,37 @@ class SessionOperator:
         combined = combined.set_column(
             combined.schema.get_field_index("window_end"), "window_end", pa.array(m_end[merged_ids])
         )
-        merged = aggregate.combine([combined], self.keys, self.keys, self._calls)
-        if untouched is not None and untouched.num_rows:
-            merged = pa.concat_tables([untouched, merged], promote_options="permissive")
-        self._staged = merged.combine_chunks()
-        return late_rows
-
-    def emit(self, watermark: int, batch: StateBatch) -> pa.Table | None:
-        current = self._current()
-        if current is None or current.num_rows == 0:
-            self._staged = current
-            if current is not None:
-                batch.put("sessions", SESSIONS_KEY, encode_table(current))
-            return None
-        # Strictly before: an event at exactly ``end`` (last event + gap) still extends the
-        # session, and such an event is on time while the watermark equals ``end``.
-        closing = pc.less(pc.add(current["window_end"], self.lateness), watermark)
-        closed = current.filter(closing)
-        remaining = current.filter(pc.invert(closing))
-        self._staged = remaining
-        batch.put("sessions", SESSIONS_KEY, encode_table(remaining))
-        if closed.num_rows == 0:
-            return None
-        order = np.lexsort((closed["window_start"].to_numpy(), closed["window_end"].to_numpy()))
-        closed = closed.take(pa.array(order))
-        return _with_window_types(aggregate.finalize(closed, self.keys, self.plan.aggregates))
+        return aggregate.combine([combined], self.keys, self.keys, self._calls)
 
     def commit(self) -> None:
-        if self._staged is not False:
-            self.state = self._staged  # type: ignore[assignment]
-            self._staged = False
+        if self._staged is not None:
+            self.depth, self.state = self._staged
+            self.state = {b: runs for b, runs in self.state.items() if runs}
+            self._staged = None
+        self._fresh = {}
 
     def rollback(self) -> None:
-        self._staged = False
+        self._staged = None
+        self._fresh = {}
+
+
+SessionRun = tuple[int, int, int]
+"""(run, sessions, smallest window_end) of one run of a session bucket."""
+SPLIT_ROWS = 1 << 20
+"""Every session bucket splits in two when they hold more than this many sessions each."""
+EAGER_ROWS = 1 << 16
+"""A bucket whose runs hold this many sessions or fewer is kept merged into one run."""
+_MAX_DEPTH = 24
+_SESSION_RUN = struct.Struct(">BQI")
+
+
+def _session_key(depth: int, bucket: int, seq: int) -> bytes:
+    return SESSIONS_KEY + _SESSION_RUN.pack(depth, bucket, seq)
+
+
+def _session_run(seq: int, table: pa.Table) -> SessionRun:
+    ends = table["window_end"]
+    return (seq, table.num_rows, int(pc.min(ends).as_py()) if table.num_rows else 1 << 62)
 
 
 def make_operator(
