@@ -69,7 +69,7 @@ class Run:
 
 
 @st.composite
-def runs(draw: st.DrawFn, kind: str) -> Run:
+def runs(draw: st.DrawFn, kind: str, keys: str = "aab") -> Run:
     # Times on a 2 s grid (with a rare odd millisecond) so that events often fall exactly on
     # window bounds, session ends (gap 8 s) and the watermark.
     delay_s = draw(st.sampled_from([0, 4, 12]))
@@ -84,7 +84,7 @@ def runs(draw: st.DrawFn, kind: str) -> Run:
         # it (``base`` never decreases and bounds every event time so far from above).
         lag = draw(st.sampled_from(lags)) * SECOND
         value = draw(st.one_of(st.none(), st.integers(-3, 9)))
-        events.append((draw(st.sampled_from("aab")), base - lag, value))
+        events.append((draw(st.sampled_from(keys)), base - lag, value))
     sizes = draw(st.lists(st.integers(1, 8), min_size=1, max_size=5))
     restarts = draw(st.frozensets(st.integers(0, 20), max_size=3))
     having = draw(st.sampled_from([None, None, 1, 2, 3]))
@@ -159,7 +159,7 @@ def test_output_equals_the_batch_answer(kind: str, tmp_path_factory: pytest.Temp
 
 
 @settings(PROPERTY, max_examples=25)
-@given(run=runs("session"))
+@given(run=runs("session", keys="aabcdefg"))
 def test_session_state_split_into_buckets_and_runs_gives_the_batch_answer(
     run: Run, tmp_path_factory: pytest.TempPathFactory
 ) -> None:

@@ -330,8 +330,6 @@ class SessionOperator:
         fresh = aggregate.partial(tagged, self.keys, self._calls)
         for bucket, part in self._by_bucket(fresh, self._depth):
             self._add_run(bucket, part, batch)
-        if self._held() > SPLIT_ROWS << self._depth and self._depth < _MAX_DEPTH:
-            self._split(batch)
         return late_rows
 
     def emit(self, watermark: int, batch: StateBatch) -> pa.Table | None:
@@ -351,6 +349,8 @@ class SessionOperator:
             remaining = current.filter(pc.invert(closing))
             if remaining.num_rows:
                 self._add_run(bucket, remaining, batch)
+        if self._held() > SPLIT_ROWS << self._depth and self._depth < _MAX_DEPTH:
+            self._split(batch)
         closed = pa.concat_tables(tables) if tables else None
         if closed is None or closed.num_rows == 0:
             return None
@@ -379,7 +379,9 @@ class SessionOperator:
         return out
 
     def _split(self, batch: StateBatch) -> None:
-        """Every bucket in two: the state rewritten at depth + 1, one bucket at a time."""
+        """Every bucket in two: the state rewritten at depth + 1, one bucket at a time. Last
+        in a micro-batch (nothing reads state after it), so the rewritten runs are not kept in
+        memory as well as in the write batch."""
         depth, old = self._depth, self._stage()
         self._staged = (depth + 1, {})
         for bucket in sorted(old):
@@ -387,6 +389,7 @@ class SessionOperator:
             for half, part in self._by_bucket(table, depth + 1):
                 if part.num_rows:
                     self._add_run(half, part, batch)
+                    self._fresh.pop((depth + 1, half, 0), None)
 
     def _read(self, depth: int, bucket: int, seq: int) -> pa.Table:
         fresh = self._fresh.get((depth, bucket, seq))
