@@ -447,6 +447,12 @@ class TopN:
     limit: int
     ranks_only: bool = False  # the outer WHERE only bounds the rank: a (key, rank) never goes
     output_sql: str | None = None  # the outer query over RANKED (the retained rows, ranked)
+    # (column, descending) of ORDER BY when the ranked rows are the source rows unfiltered and
+    # ordered by plain columns: the operator may rank them with Arrow's sort instead of SQL
+    order_by: tuple[tuple[str, bool], ...] | None = None
+    # when the outer query only picks columns of RANKED (``*`` included) and bounds the rank:
+    # those columns, so the operator can select them instead of running output_sql
+    output_columns: tuple[str, ...] | None = None
 
     def explain(self) -> list[str]:
         return [
@@ -520,13 +526,20 @@ def _plan_top_n(select: exp.Select, derived: dict[str, Operator] | None = None) 
         .from_(ranked.subquery("__ranked"))
         .where(exp.column("__rn", quoted=True) <= limit)
     )
+    order_by = None
+    order = window.args.get("order")
+    ordered = order.expressions if order is not None else []
+    if inner.args.get("where") is None and all(isinstance(o.this, exp.Column) for o in ordered):
+        order_by = tuple((o.this.name, bool(o.args.get("desc"))) for o in ordered)
     output = None
+    output_columns = None
     if _star_and_rank(inner, rank_name):  # the inner query's rows are the retained rows
         output = select.copy()
         ranked_table: exp.Expr = exp.to_table(RANKED)
         if sub.alias:
             ranked_table = exp.alias_(ranked_table, sub.alias, table=True)
         output.set("from_", exp.From(this=ranked_table))
+        output_columns = _plain_columns(select) if ranks_only else None
     return TopN(
         source=table.name,
         sql=to_datafusion(select),
@@ -536,7 +549,21 @@ def _plan_top_n(select: exp.Select, derived: dict[str, Operator] | None = None) 
         limit=limit,
         ranks_only=ranks_only,
         output_sql=to_datafusion(output) if output is not None else None,
+        order_by=order_by,
+        output_columns=output_columns,
     )
+
+
+def _plain_columns(select: exp.Select) -> tuple[str, ...] | None:
+    """The names ``select`` picks when it is ``SELECT *`` or ``SELECT a, b, ...`` (no aliases,
+    expressions, grouping or ordering) with a WHERE at most; ``("*",)`` for a star."""
+    if set(k for k, v in select.args.items() if v) - {"expressions", "from_", "where"}:
+        return None
+    if len(select.expressions) == 1 and isinstance(select.expressions[0], exp.Star):
+        return ("*",)
+    if not all(isinstance(e, exp.Column) and not e.table for e in select.expressions):
+        return None
+    return tuple(e.name for e in select.expressions)
 
 
 RANKED = "__ranked"

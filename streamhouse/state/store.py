@@ -299,7 +299,21 @@ class TableState:
         return self.table.filter(pa.array(self.live)) if self._runs else pa.table({})
 
     def take(self, indices: np.ndarray) -> pa.Table:
-        return self.table.take(pa.array(indices, pa.int64()))
+        """The held rows at ``indices`` (increasing positions in :attr:`table`), taken run by
+        run: a take over the chunked table would first copy every run into one array."""
+        if len(self._runs) <= 1:
+            return self.table.take(pa.array(indices, pa.int64()))
+        ends = np.cumsum([rows.num_rows for _, rows in self._runs])
+        cuts = np.searchsorted(indices, ends[:-1])
+        parts = []
+        for (_, rows), start, part in zip(
+            self._runs, np.r_[0, ends[:-1]], np.split(indices, cuts), strict=True
+        ):
+            if len(part):
+                parts.append(rows.take(pa.array(part - start, pa.int64())))
+        if not parts:
+            return self.table.slice(0, 0)
+        return pa.concat_tables(parts, promote_options="permissive")
 
     def find(self, rows: pa.Table, columns: list[str] | None = None) -> np.ndarray:
         """Positions (in :attr:`table`) of the current rows whose ``columns`` (the state's keys
@@ -349,6 +363,7 @@ class TableState:
         if rows.num_rows == 0 and not len(superseded):
             return
         seq = self._runs[-1][0] + 1 if self._runs else 1
+        rows = rows.combine_chunks()  # a run is taken from: one chunk per column
         self._runs.append((seq, rows))
         self._held.append(_encoded_keys(rows, self.keys))
         self.live = np.concatenate([live, np.ones(rows.num_rows, dtype=bool)])
@@ -369,7 +384,7 @@ class TableState:
     def _compact(self, batch: StateBatch | ScopedBatch) -> None:
         """Rewrite the current rows as one run and delete the others (the staged one included,
         which is not written)."""
-        rows = self.take(np.flatnonzero(self.live))  # one chunk, one copy
+        rows = self.take(np.flatnonzero(self.live)).combine_chunks()
         for seq, _ in self._runs[:-1]:
             batch.delete("sessions", self._run_key(seq))
         seq = self._runs[-1][0]

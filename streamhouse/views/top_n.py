@@ -17,11 +17,14 @@ from __future__ import annotations
 
 import logging
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from streamhouse.sql.execute import run_sql
 from streamhouse.sql.plan import RANKED, TopN
 from streamhouse.state.store import StateBatch, StateStore, TableState
+from streamhouse.windows.assign import group_codes
 
 log = logging.getLogger(__name__)
 
@@ -45,20 +48,62 @@ class TopNOperator:
         if rows.num_rows == 0:
             return None, None
         found = self.table.find(rows)
-        before = None
+        before = previous = None
         candidates = rows
         if len(found):
             previous = self.table.take(found)
             if not self.plan.ranks_only:  # rows the query filters out may need tombstones
                 before = run_sql(self.plan.sql, {self.plan.source: previous})
             candidates = pa.concat_tables([previous, rows], promote_options="permissive")
-        ranked = run_sql(self.plan.retain_sql, {self.plan.source: candidates})
+        ranking = self._arrow_ranks(candidates)
+        if ranking is None:
+            ranked = run_sql(self.plan.retain_sql, {self.plan.source: candidates})
+        else:
+            picked, rank = ranking
+            ranked = candidates.take(pa.array(picked)).append_column(
+                pa.field("__rn", pa.uint64(), nullable=False), pa.array(rank.astype(np.uint64))
+            )
         kept = ranked.drop_columns(["__rn"])
         self.table.replace(found, kept, batch)
+        names = [self.plan.rank_column if c == "__rn" else c for c in ranked.column_names]
+        columns = self.plan.output_columns
+        if columns is not None:  # the outer query picks columns: no SQL needed
+            if ranking is not None and previous is not None:
+                # Only the (key, rank)s whose row changed are upserted again: a kept row that
+                # is still at its rank is left out (the rank of kept rows among themselves is
+                # their rank before this batch; ties keep their order).
+                was = np.zeros(candidates.num_rows, np.int64)
+                previous_picked, previous_rank = self._arrow_ranks(previous)  # type: ignore[misc]
+                was[previous_picked] = previous_rank
+                ranked = ranked.filter(pa.array(was[picked] != rank))
+            ranked = ranked.rename_columns(names)
+            return (ranked if columns == ("*",) else ranked.select(list(columns))), before
         if self.plan.output_sql is not None:  # the ranks just computed: no second ranking
-            names = [self.plan.rank_column if c == "__rn" else c for c in ranked.column_names]
             return run_sql(self.plan.output_sql, {RANKED: ranked.rename_columns(names)}), before
         return run_sql(self.plan.sql, {self.plan.source: kept}), before
+
+    def _arrow_ranks(self, candidates: pa.Table) -> tuple[np.ndarray, np.ndarray] | None:
+        """(row, rank) of the candidates ranked within N, by rank within each key, when the plan
+        ranks source rows by plain columns and those hold no NULL (None: rank them with SQL).
+        Arrow's sort is stable, as DataFusion's: rows that tie keep their order."""
+        order_by = self.plan.order_by
+        if order_by is None or any(candidates[c].null_count for c, _ in order_by):
+            return None
+        codes = group_codes([candidates[k] for k in self.plan.partition_by])
+        keys = pa.table(
+            {"__k": codes, **{f"__o{i}": candidates[c] for i, (c, _) in enumerate(order_by)}}
+        )
+        sort_keys = [("__k", "ascending")] + [
+            (f"__o{i}", "descending" if desc else "ascending")
+            for i, (_, desc) in enumerate(order_by)
+        ]
+        order = pc.sort_indices(keys, sort_keys=sort_keys).to_numpy()
+        sorted_codes = codes[order]
+        n = len(order)
+        heads = np.flatnonzero(np.r_[True, sorted_codes[1:] != sorted_codes[:-1]])
+        rank = np.arange(n) - np.repeat(heads, np.diff(np.r_[heads, n])) + 1
+        kept = rank <= self.plan.limit
+        return order[kept], rank[kept]
 
     def commit(self) -> None:
         self.table.commit()
