@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
-from window_cases import oracle, rows_of, start_paused, topic_rows
+from window_cases import oracle, rows_of, start_paused, to_ms, topic_rows
 
 import streamhouse
 from streamhouse import StreamHouse
@@ -248,6 +248,28 @@ def test_a_bridging_event_in_a_later_batch_merges_two_sessions(sh: StreamHouse) 
     )
     events = [*THREE_SESSIONS, ("a", T0 + 6 * SECOND, 3), ("a", T0 + 20 * SECOND, 4)]
     assert got == oracle(events, "session", 8 * SECOND)
+
+
+def test_sessions_without_a_group_key_stay_in_one_bucket(
+    sh: StreamHouse, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Keys are what buckets split: with no GROUP BY key every session would land in the same
+    half, so state is never split (nor rewritten in vain), however many sessions are open."""
+    monkeypatch.setattr(window_operator, "SPLIT_ROWS", 0)
+    sh.sql(STREAM.format(delay=30, partitions=1))
+    sql = """INSERT INTO out SELECT window_start, window_end, COUNT(*) AS n
+        FROM ev GROUP BY SESSION(t, INTERVAL '8' SECOND)"""
+    query = start_paused(sh, sql, "q")
+    try:
+        produce(sh, [("a", T0, 1), ("b", T0 + 20 * SECOND, 2), ("a", T0 + 40 * SECOND, 3)])
+        assert query.step()
+        assert query.operator.depth == 0
+        assert query.status()["open_windows"] == 2  # the watermark, T0 + 10 s, closed the first
+        query.run_until_caught_up(final=True)
+    finally:
+        query.stop()
+    got = sorted((r["n"], to_ms(r["window_start"])) for r in topic_rows(sh, "out"))
+    assert got == [(1, T0), (1, T0 + 20 * SECOND), (1, T0 + 40 * SECOND)]
 
 
 def test_sessions_stored_as_one_value_by_an_older_build_are_read_and_merged(

@@ -438,7 +438,8 @@ def key_hashes(table: pa.Table, columns: list[str]) -> np.ndarray | None:
     binary = encoded.cast(pa.binary())
     step = 1 << 16  # rows at a time: the prefix sums take 8 bytes per byte of key
     hashes = np.concatenate(
-        [_bytes_hash(binary.slice(i, step)) for i in range(0, len(binary), step)]
+        [np.zeros(0, np.uint64)]
+        + [_bytes_hash(binary.slice(i, step)) for i in range(0, len(binary), step)]
     )
     lengths = pc.fill_null(pc.binary_length(binary), 0).to_numpy(zero_copy_only=False)
     nulls = pc.is_null(binary).to_numpy(zero_copy_only=False)

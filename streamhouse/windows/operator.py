@@ -253,7 +253,9 @@ class SessionOperator:
     ``b`` holds the keys whose :func:`~streamhouse.state.store.key_hashes` end in the ``depth``
     bits ``b``. State starts as one bucket (depth 0); when it holds more than
     :data:`SPLIT_ROWS` sessions per bucket, every bucket splits in two (depth + 1), so a merge
-    holds about that many rows at most, however many keys are open.
+    holds about that many rows at most, however many keys are open. Without group keys, or
+    with keys of a type :func:`~streamhouse.state.store.key_hashes` has no hash for, state stays
+    one bucket.
 
     Each micro-batch adds to every bucket it touches one *run*: its own sessions, not yet merged
     with older ones. A bucket's runs are merged (the sessions of a key that overlap or touch
@@ -290,6 +292,7 @@ class SessionOperator:
                 self.state.setdefault(bucket, []).append(_session_run(seq, table))
         self._staged: tuple[int, dict[int, list[SessionRun]]] | None = None
         self._fresh: dict[tuple[int, int, int], pa.Table] = {}  # runs of the uncommitted batch
+        self._splittable: bool | None = None  # known from the first micro-batch's key types
 
     @property
     def open_windows(self) -> int:
@@ -319,10 +322,12 @@ class SessionOperator:
             pre = pre.filter(pa.array(on_time))
             ts = ts[on_time]
         self._stage()
+        if self._splittable is None:  # whether the keys have a hash (their types say)
+            keys = list(self.plan.keys)
+            self._splittable = bool(keys) and key_hashes(pre.slice(0, 0), keys) is not None
         if len(ts) == 0:
             return late_rows
-        keys = list(self.plan.keys)
-        codes = assign.group_codes([pre[k] for k in keys]) if keys else np.zeros(len(ts), np.int64)
+        codes = self._key_codes(pre)
         ids, starts, ends = assign.sessions(codes, ts, gap)
         tagged = pre.append_column("window_start", pa.array(starts[ids])).append_column(
             "window_end", pa.array(ends[ids])
@@ -349,7 +354,11 @@ class SessionOperator:
             remaining = current.filter(pc.invert(closing))
             if remaining.num_rows:
                 self._add_run(bucket, remaining, batch)
-        if self._held() > SPLIT_ROWS << self._depth and self._depth < _MAX_DEPTH:
+        if (
+            self._splittable
+            and self._held() > SPLIT_ROWS << self._depth
+            and self._depth < _MAX_DEPTH
+        ):
             self._split(batch)
         closed = pa.concat_tables(tables) if tables else None
         if closed is None or closed.num_rows == 0:
@@ -436,14 +445,10 @@ class SessionOperator:
         if len(tables) == 1:
             return tables[0]
         combined = pa.concat_tables(tables, promote_options="permissive")
-        keys = list(self.plan.keys)
-        codes = (
-            assign.group_codes([combined[k] for k in keys])
-            if keys
-            else np.zeros(combined.num_rows, np.int64)
-        )
         merged_ids, m_start, m_end = assign.merge_intervals(
-            codes, combined["window_start"].to_numpy(), combined["window_end"].to_numpy()
+            self._key_codes(combined),
+            combined["window_start"].to_numpy(),
+            combined["window_end"].to_numpy(),
         )
         combined = combined.set_column(
             combined.schema.get_field_index("window_start"),
@@ -454,6 +459,13 @@ class SessionOperator:
             combined.schema.get_field_index("window_end"), "window_end", pa.array(m_end[merged_ids])
         )
         return aggregate.combine([combined], self.keys, self.keys, self._calls)
+
+    def _key_codes(self, table: pa.Table) -> np.ndarray:
+        """Equal codes for rows of one group key (all rows: one key when there are none)."""
+        keys = list(self.plan.keys)
+        if not keys:
+            return np.zeros(table.num_rows, np.int64)
+        return assign.group_codes([table[k] for k in keys])
 
     def commit(self) -> None:
         if self._staged is not None:
