@@ -417,7 +417,11 @@ def serve(
     )
     with StreamHouse(settings) as sh:
         for path in sorted(Path(queries_dir).glob("*.sql")) if queries_dir else []:
-            query = sh.start(path)
+            try:
+                query = sh.start(path)
+            except StreamHouseError as exc:  # that query alone fails; Kafka and the rest go on
+                log.error("continuous query from %s not started: %s", path, exc)
+                continue
             log.warning("continuous query %s running from %s", query.name, path)
         for query in sh.start_materialized_views():
             log.warning("materialized view %s running", query.name)
