@@ -1,10 +1,14 @@
 """The Python API: one object for the log and the SQL engine, embedded by default.
 
->>> import streamhouse
->>> sh = streamhouse.connect("/tmp/sh-doc")                # doctest: +SKIP
->>> sh.create_topic("events", partitions=4)              # doctest: +SKIP
->>> sh.produce("events", [{"user_id": 1, "event_type": "click"}])  # doctest: +SKIP
->>> sh.sql("SELECT user_id, count(*) FROM events GROUP BY user_id").df()  # doctest: +SKIP
+>>> import streamhouse, tempfile
+>>> sh = streamhouse.connect(tempfile.mkdtemp())
+>>> sh.create_topic("events", partitions=4).partitions
+4
+>>> sh.produce("events", [{"user_id": 1, "event_type": "click"}])
+Produced(records=1, offsets={0: (0, 0)})
+>>> sh.sql("SELECT user_id, count(*) AS n FROM events GROUP BY user_id").to_arrow_table().to_pylist()
+[{'user_id': 1, 'n': 1}]
+>>> sh.close()
 """
 
 from __future__ import annotations
@@ -277,8 +281,16 @@ class StreamHouse:
 
         ``function`` takes one Arrow array per argument and returns an Arrow array:
 
+        >>> import pyarrow as pa, pyarrow.compute as pc, streamhouse, tempfile
+        >>> sh = streamhouse.connect(tempfile.mkdtemp())
         >>> sh.register_function("count_char", lambda s, c: pc.count_substring(s, c[0].as_py()),
-        ...                      [pa.string(), pa.string()], pa.int64())   # doctest: +SKIP
+        ...                      [pa.string(), pa.string()], pa.int64())
+        >>> sh.create_topic("words").name
+        'words'
+        >>> _ = sh.produce("words", [{"w": "banana"}])
+        >>> sh.sql("SELECT count_char(w, 'a') AS n FROM words").to_arrow_table().to_pylist()
+        [{'n': 3}]
+        >>> sh.close()
         """
         from streamhouse.sql.functions import register_function
 

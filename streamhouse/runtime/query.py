@@ -88,8 +88,8 @@ def _run_sql(sql: str, tables: dict[str, pa.Table]) -> pa.Table:
 class ContinuousQuery:
     """A continuous query over one or two sources; runs in a background thread once started.
 
-    >>> q = sh.start("queries/clicks.sql")   # doctest: +SKIP
-    >>> q.status()["rows_in"]                # doctest: +SKIP
+    Started by ``StreamHouse.start``: ``q = sh.start("queries/clicks.sql")``, then
+    ``q.status()``, ``q.results()``, ``q.stop()``.
     """
 
     def __init__(

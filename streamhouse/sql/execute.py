@@ -8,6 +8,8 @@ the exactly-once sink relies on replays producing identical output.
 
 from __future__ import annotations
 
+import re
+
 import datafusion
 import pyarrow as pa
 
@@ -46,8 +48,19 @@ def run_sql(sql: str, tables: dict[str, pa.Table], *, ordered: bool = True) -> p
         raise SqlError(datafusion_message(exc)) from None
 
 
+# What DataFusion makes of an exception a Python function raised: PyErr { type: <class 'E'>,
+# value: E('message'), traceback: ... }
+_PYTHON_ERROR = re.compile(
+    r"PyErr \{ type: <class '(?:[\w.]+\.)?(\w+)'>, value: \w+\((['\"])(.*?)\2\)"
+)
+
+
 def datafusion_message(exc: Exception) -> str:
     text = str(exc).strip()
+    raised = _PYTHON_ERROR.search(text)
+    if raised is not None:
+        kind, message = raised.group(1), raised.group(3)
+        return message if kind == "SqlError" else f"a Python function raised {kind}: {message}"
     for prefix in ("DataFusion error: ", "Error during planning: ", "Schema error: "):
         text = text.replace(prefix, "")
     return text.splitlines()[0] if text else type(exc).__name__

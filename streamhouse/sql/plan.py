@@ -10,8 +10,7 @@ A windowed aggregate is split into three parts so that only the middle one keeps
 3. ``post_sql`` — stateless, runs on DataFusion over the finalized rows of closed windows: the
    SELECT list and HAVING, with aggregates and keys replaced by the operator's columns.
 
->>> from streamhouse.sql.functions import to_datafusion
-from streamhouse.sql.parse import parse_one
+>>> from streamhouse.sql.parse import parse_one
 >>> plan = plan_query(parse_one(
 ...     "SELECT user_id, COUNT(*) AS n FROM events GROUP BY user_id, TUMBLING(ts, INTERVAL '1' MINUTE)"))
 >>> plan.operator.keys, [c.func for c in plan.operator.aggregates]
