@@ -341,6 +341,19 @@ def _check_upsert_key(operator: Operator, select: exp.Select) -> None:
 APPEND_ONLY = (Stateless, Windowed, StreamJoin)
 
 
+def _refuse_retractions(op: Operator, what: str, node: exp.Expr) -> None:
+    """Refuse an outer join as the input of a stateful operator: the join retracts a row padded
+    with NULLs when its first match arrives, and the operators over it take appends only."""
+    if isinstance(op, StreamJoin) and op.outer is not None:
+        join = next((j for j in node.find_all(exp.Join) if j.side), None)
+        side = join.side.upper() if join is not None else "OUTER"
+        raise sql_error(
+            f"{what} over a {side} JOIN is not supported continuously yet: the join retracts "
+            "a row padded with NULLs when its match arrives, and this operator takes appends only",
+            join.this if join is not None else node,
+        )
+
+
 def _derive(select: exp.Select, derived: dict[str, Operator]) -> exp.Select:
     """Plan the subqueries that are direct join inputs of ``select`` as derived inputs; returns
     ``select`` reading them by name."""
@@ -351,6 +364,7 @@ def _derive(select: exp.Select, derived: dict[str, Operator]) -> exp.Select:
         if not isinstance(sub, exp.Subquery) or not isinstance(sub.this, exp.Select):
             continue
         op = _plan_select(sub.this, derived)
+        _refuse_retractions(op, "a join", sub)
         if not isinstance(op, APPEND_ONLY) and not (
             isinstance(op, WindowAggregate) and op.window is not None
         ):
@@ -606,6 +620,7 @@ def _rank_over_join(
     op = _plan_select(join_select, derived)
     if not isinstance(op, StreamJoin | TemporalJoin):
         return None
+    _refuse_retractions(op, "a Top-N", inner)
     name = f"__derived_{len(derived)}"
     derived[name] = op
 
@@ -644,6 +659,7 @@ def _aggregate_over_join(
     for key in ("group", "having", "order"):
         join_select.set(key, None)
     op = _plan_join(join_select, join_select.args["joins"], derived)
+    _refuse_retractions(op, "an aggregate", select)
     name = f"__derived_{len(derived)}"
     derived[name] = op
 
