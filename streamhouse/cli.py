@@ -303,14 +303,28 @@ def consume(
     type=click.Path(dir_okay=False, writable=True),
     help="Write the result to this file.",
 )
+@click.option(
+    "--skip-damaged",
+    is_flag=True,
+    help="Leave damaged ranges of records out and report them (SET 'read.on-damage' = 'skip').",
+)
 @data_dir_option
 @click.pass_context
 @friendly_errors
-def query(ctx: click.Context, sql: str, fmt: str, output: str | None, data_dir: str | None) -> None:
+def query(
+    ctx: click.Context,
+    sql: str,
+    fmt: str,
+    output: str | None,
+    skip_damaged: bool,
+    data_dir: str | None,
+) -> None:
     """Run SQL over the log as of now and print the answer (SQL '-' reads it from stdin)."""
     if sql == "-":
         sql = sys.stdin.read()
     with _open(ctx) as sh:
+        if skip_damaged:
+            sh.sql("SET 'read.on-damage' = 'skip'")
         relation = sh.sql(sql)
         table = relation.to_arrow_table()
         stats = getattr(relation, "stats", None)
@@ -319,6 +333,8 @@ def query(ctx: click.Context, sql: str, fmt: str, output: str | None, data_dir: 
             f"warning: {len(stats.rejected)} record(s) did not fit the schema and were left out",
             err=True,
         )
+    for damaged in stats.damaged if stats is not None else ():
+        click.echo(f"warning: {damaged.records} record(s) skipped: {damaged}", err=True)
     _write_result(table, fmt, output)
 
 
@@ -509,8 +525,9 @@ def run(
             raise click.ClickException(f"query {query.name} failed: {query.error}")
         click.echo(
             f"query {query.name}: {status['rows_in']} rows in, {status['rows_out']} rows out, "
-            f"{status['late_rows']} late, {status['rejected_rows']} rejected; "
-            f"watermark {status['watermark']}",
+            f"{status['late_rows']} late, {status['rejected_rows']} rejected"
+            + (f", {status['damaged_rows']} damaged skipped" if status["damaged_rows"] else "")
+            + f"; watermark {status['watermark']}",
             err=True,
         )
 

@@ -13,6 +13,10 @@ watermark and no aborted transactions are listed.
 Requests are decoded by kio; the response, mostly record bytes, is written directly by
 :func:`encode_fetch_response` (byte for byte what kio would write, ``test_kafka_codec``), so the
 records are copied once, into the response frame.
+
+A damaged run ends a partition's answer before it; a fetch from inside it gets CORRUPT_MESSAGE
+(which librdkafka hands to the consumer and kafka-python raises). The object's key is logged at
+ERROR once per process, not once per fetch.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from streamhouse.errors import OffsetOutOfRangeError, StreamHouseError
+from streamhouse.errors import DamagedRangeError, OffsetOutOfRangeError, StreamHouseError
 from streamhouse.kafka.wire import (
     ErrorCode,
     RequestHeader,
@@ -59,6 +63,7 @@ class PartitionRead:
     records: bytes
     high_watermark: int
     log_start_offset: int
+    damage: DamagedRangeError | None = None  # why ``error`` is CORRUPT_MESSAGE
 
 
 def encode_fetch_response(
@@ -118,6 +123,8 @@ def _read_partition(
         except StreamHouseError:
             hw, start = -1, -1
         return PartitionRead(p.partition, ErrorCode.offset_out_of_range, b"", hw, start)
+    except DamagedRangeError as exc:
+        return PartitionRead(p.partition, error_code_for(exc), b"", -1, -1, exc)
     except StreamHouseError as exc:
         log.debug("fetch %s/%d: %s", topic, p.partition, exc)
         return PartitionRead(p.partition, error_code_for(exc), b"", -1, -1)
@@ -150,7 +157,17 @@ async def handle_fetch(broker: Broker, header: RequestHeader, request: Any) -> b
                 break  # nothing was committed to these partitions since the read
         finally:
             broker.cancel_arrival(keys, wakeup)
+    _report_damage(broker, reads)
     return encode_fetch_response(header.correlation_id, header.api_version, reads)
+
+
+def _report_damage(broker: Broker, reads: list[tuple[str, list[PartitionRead]]]) -> None:
+    """Log each damaged object the first time a fetch meets it (on the event loop thread)."""
+    for _, partitions in reads:
+        for r in partitions:
+            if r.damage is not None and r.damage.key not in broker.damaged_objects:
+                broker.damaged_objects.add(r.damage.key)
+                log.error("%s; fetches there get CORRUPT_MESSAGE", r.damage)
 
 
 def handle_fetch_frame(broker: Broker, frame: bytes, client_host: str) -> asyncio.Future[bytes]:

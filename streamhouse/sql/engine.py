@@ -6,6 +6,10 @@ read: every stream, view or topic it names is decoded from the log into Arrow (o
 the query uses), registered in a fresh DataFusion context, and the statement runs there. The
 answer reflects the log as of the moment it runs.
 
+``SET 'read.on-damage' = 'skip'`` makes later queries of the engine leave damaged ranges of
+records out (listed in ``stats.damaged`` and logged); by default (``'fail'``) they fail naming
+the range and its object.
+
 Name resolution, in order: a stream or table declared with ``CREATE STREAM``/``CREATE TABLE``;
 a view; a plain topic (its JSON schema inferred from a sample of its values). Names are
 case-sensitive, as in Flink SQL.
@@ -22,7 +26,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from sqlglot import exp
 
-from streamhouse.errors import SqlError, StreamHouseError, UnknownStreamError
+from streamhouse.errors import (
+    ConfigError,
+    DamagedRangeError,
+    SqlError,
+    StreamHouseError,
+    UnknownStreamError,
+)
 from streamhouse.joins.temporal import match_versions, temporal_inputs
 from streamhouse.log import Log
 from streamhouse.result import Relation, status
@@ -57,6 +67,7 @@ class QueryStats:
 
     rows_read: int = 0
     rejected: list[RejectedRow] = field(default_factory=list)
+    damaged: list[DamagedRangeError] = field(default_factory=list)  # ranges skipped
 
 
 class Engine:
@@ -65,6 +76,7 @@ class Engine:
     def __init__(self, log_: Log) -> None:
         self.log = log_
         self.on_materialized_view: Callable[[exp.Create], object] | None = None
+        self.skip_damaged = False  # SET 'read.on-damage' = 'skip'
 
     def execute(self, sql: str) -> Relation:
         """Run every statement of ``sql``; the result of the last one is returned."""
@@ -88,6 +100,8 @@ class Engine:
             return self.query(statement)
         if isinstance(statement, Explain):
             return self._explain(statement.this)
+        if isinstance(statement, exp.Set):
+            return self._set(statement)
         raise sql_error(f"{statement.key.upper()} statements are not supported here", statement)
 
     def _explain(self, statement: exp.Expr) -> Relation:
@@ -117,6 +131,19 @@ class Engine:
             lines.append(f"  {to_datafusion(rewritten)}")
         table = pa.table({"plan": lines})
         return Relation(lambda: table, description="EXPLAIN")
+
+    def _set(self, statement: exp.Set) -> Relation:
+        """``SET 'read.on-damage' = 'fail' | 'skip'``: the one setting of bounded queries."""
+        from streamhouse.runtime.options import READ_ON_DAMAGE, on_damage, set_options
+
+        for key, value in set_options(statement).items():
+            if key.lower() != READ_ON_DAMAGE:
+                raise ConfigError(
+                    f"unknown setting {key!r} for bounded queries (known: {READ_ON_DAMAGE});"
+                    " continuous query options are SET in the query's file"
+                )
+            self.skip_damaged = on_damage(value) == "skip"
+        return status("SET")
 
     # -- DDL ----------------------------------------------------------------------------------
 
@@ -220,6 +247,7 @@ class Engine:
         if reset:
             stats.rows_read = 0
             stats.rejected.clear()
+            stats.damaged.clear()
         columns = referenced_columns(query)
         named = {c.name for c in query.find_all(exp.Column)}
         if isinstance(query, exp.Select) and (temporal := plan_temporal_join(query)) is not None:
@@ -285,7 +313,10 @@ class Engine:
                 return self._run(view.expression, stats, reset=False)
             # A materialized view is its output topic, read as a table: the latest record per
             # key, tombstones dropped (a windowed view's keys repeat per window: all stay).
-            records = read_records(self.log, name)
+            damaged: list[DamagedRangeError] = []
+            records = read_records(self.log, name, damaged=damaged if self.skip_damaged else None)
+            stats.damaged.extend(damaged)
+            _report_damage(name, damaged)
             rows = latest_per_key(records) if _updating(view) else np.arange(records.num_rows)
             records = records.take(pa.array(rows))
             stats.rows_read += records.num_rows
@@ -298,7 +329,7 @@ class Engine:
             definition = stream_definition(parse(entry.sql)[0])  # type: ignore[attr-defined]
             topic = definition.topic
             schema = definition.schema()
-        source = read_source(self.log, topic, schema, columns)
+        source = read_source(self.log, topic, schema, columns, skip_damaged=self.skip_damaged)
         _report(name, source, stats)
         return source.table
 
@@ -335,6 +366,8 @@ def _updating(view: exp.Expr) -> bool:
 
 def _report(name: str, source: SourceTable, stats: QueryStats) -> None:
     stats.rows_read += source.rows_read
+    stats.damaged.extend(source.damaged)
+    _report_damage(name, source.damaged)
     if not source.rejected:
         return
     stats.rejected.extend(source.rejected)
@@ -348,6 +381,11 @@ def _report(name: str, source: SourceTable, stats: QueryStats) -> None:
         first.offset,
         first.reason,
     )
+
+
+def _report_damage(name: str, damaged: list[DamagedRangeError]) -> None:
+    for exc in damaged:
+        log.warning("%d record(s) of %r skipped: %s", exc.records, name, exc)
 
 
 def latest_per_key(records: pa.Table) -> np.ndarray:
