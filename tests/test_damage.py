@@ -344,3 +344,30 @@ def test_an_s3_get_that_fails_after_retries_is_a_storage_error_not_damage(
     # The objects were never damaged: with the store back, everything reads.
     with streamhouse.connect(tmp_path, object_store=url, s3_endpoint_url=moto_server) as sh:
         assert sh.sql(GROUP_BY_B).to_arrow_table().to_pydict() == _counts_of(list(range(3000)))
+
+
+def test_a_damaged_run_leaves_the_other_partitions_of_its_object_readable(tmp_path: Path) -> None:
+    """Objects hold runs of many partitions: damage in one run costs only that run's range."""
+    data_dir = tmp_path / "data"
+    with streamhouse.connect(data_dir) as sh:
+        sh.create_topic("two", partitions=2)
+        for _ in range(OBJECTS):  # unkeyed: 100 records to each partition, in one flush
+            assert sh.produce("two", [{"i": i} for i in range(200)]).records == 200
+        rows = [sh.log.metadata.segments("two", p) for p in (0, 1)]
+        assert [r.object_key for r in rows[0]] == [r.object_key for r in rows[1]]
+        row = rows[1][1]  # partition 1, offsets 100-199, beside partition 0's in its object
+    _flip(data_dir / "objects" / row.object_key, row.position + 20)
+    with streamhouse.connect(data_dir) as sh:
+        table = sh.fetch("two")  # every partition: each ends before its own damage
+        got = sorted(zip(table["partition"].to_pylist(), table["offset"].to_pylist(), strict=True))
+        assert got == [(0, i) for i in range(300)] + [(1, i) for i in range(100)]
+        with pytest.raises(DamagedRangeError, match=r"partition 1 offsets \[100, 199\]"):
+            sh.fetch("two", offset=100)
+        sh.sql("SET 'read.on-damage' = 'skip'")
+        relation = sh.sql(
+            "SELECT _partition AS p, count(*) AS n FROM two GROUP BY _partition ORDER BY p"
+        )
+        assert relation.to_arrow_table().to_pydict() == {"p": [0, 1], "n": [300, 200]}
+        assert [(d.partition, d.base_offset, d.last_offset) for d in relation.stats.damaged] == [
+            (1, 100, 199)
+        ]
