@@ -6,9 +6,9 @@ read: every stream, view or topic it names is decoded from the log into Arrow (o
 the query uses), registered in a fresh DataFusion context, and the statement runs there. The
 answer reflects the log as of the moment it runs.
 
-``SET 'read.on-damage' = 'skip'`` makes later queries of the engine leave damaged ranges of
-records out (listed in ``stats.damaged`` and logged); by default (``'fail'``) they fail naming
-the range and its object.
+``SET 'read.on-damage' = 'skip'`` makes the engine's queries read after it leave damaged
+ranges of records out (listed in ``stats.damaged`` and logged); by default (``'fail'``) they
+fail naming the range and its object.
 
 Name resolution, in order: a stream or table declared with ``CREATE STREAM``/``CREATE TABLE``;
 a view; a plain topic (its JSON schema inferred from a sample of its values). Names are
