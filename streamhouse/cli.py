@@ -13,16 +13,21 @@ import time
 from collections.abc import Callable
 from functools import wraps
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import click
+import numpy as np
 import pyarrow as pa
 
 from streamhouse.config import DEFAULT_DATA_DIR, Settings
 from streamhouse.connection import StreamHouse
 from streamhouse.errors import StreamHouseError
+from streamhouse.result import RowSample, unique_names
 
 log = logging.getLogger("streamhouse")
+
+DEFAULT_MAX_ROWS = 40  # rows the table format shows, as DuckDB's shell does
+JSON_BATCH_ROWS = 65_536
 
 
 def _settings(ctx: click.Context, **overrides: Any) -> Settings:
@@ -303,45 +308,57 @@ def consume(
     type=click.Path(dir_okay=False, writable=True),
     help="Write the result to this file.",
 )
+@click.option(
+    "--max-rows",
+    type=click.IntRange(min=0),
+    default=DEFAULT_MAX_ROWS,
+    show_default=True,
+    help="Table format: show at most this many rows, first and last halves (0 = all).",
+)
 @data_dir_option
 @click.pass_context
 @friendly_errors
-def query(ctx: click.Context, sql: str, fmt: str, output: str | None, data_dir: str | None) -> None:
-    """Run SQL over the log as of now and print the answer (SQL '-' reads it from stdin)."""
+def query(
+    ctx: click.Context,
+    sql: str,
+    fmt: str,
+    output: str | None,
+    max_rows: int,
+    data_dir: str | None,
+) -> None:
+    """Run SQL over the log as of now and print the answer (SQL '-' reads it from stdin).
+
+    csv, json (one object per line) and arrow (an IPC stream) write every row, batch by
+    batch; the table format shows the first and last rows and counts them all.
+    """
     if sql == "-":
         sql = sys.stdin.read()
     with _open(ctx) as sh:
         relation = sh.sql(sql)
-        table = relation.to_arrow_table()
+        rows = relation.to_arrow_reader()
         stats = getattr(relation, "stats", None)
-    if stats is not None and stats.rejected:
-        click.echo(
-            f"warning: {len(stats.rejected)} record(s) did not fit the schema and were left out",
-            err=True,
-        )
-    _write_result(table, fmt, output)
+        if stats is not None and stats.rejected:
+            click.echo(
+                f"warning: {len(stats.rejected)} record(s) did not fit the schema and were left out",
+                err=True,
+            )
+        _write_result(rows, fmt, output, max_rows)
 
 
-def _write_result(table: pa.Table, fmt: str, output: str | None) -> None:
+def _write_result(
+    rows: pa.RecordBatchReader, fmt: str, output: str | None, max_rows: int = DEFAULT_MAX_ROWS
+) -> None:
+    """Write ``rows`` as ``fmt`` to ``output`` (or stdout) while they are read."""
     if fmt == "table":
         if output is None:
-            _print_table(table)
+            _print_rows(rows, max_rows)
         else:
             with open(output, "w", encoding="utf-8") as fh:
-                _print_table(table, file=fh)
+                _print_rows(rows, max_rows, file=fh)
         return
     sink = open(output, "wb") if output else sys.stdout.buffer  # noqa: SIM115
     try:
-        if fmt == "json":
-            for row in table.to_pylist():
-                sink.write(json.dumps(row, default=str, ensure_ascii=False).encode() + b"\n")
-        elif fmt == "csv":
-            import pyarrow.csv as pa_csv
-
-            pa_csv.write_csv(table, sink)
-        else:
-            with pa.ipc.new_stream(sink, table.schema) as writer:
-                writer.write_table(table)
+        RESULT_WRITERS[fmt](rows, sink)
     finally:
         if output:
             sink.close()
@@ -349,24 +366,97 @@ def _write_result(table: pa.Table, fmt: str, output: str | None) -> None:
             sink.flush()
 
 
-def _print_table(table: pa.Table, title: str | None = None, file: Any = None) -> None:
-    """Print ``table`` with rich to stdout (or ``file``, unwrapped); the row count to stderr."""
+def _write_csv(rows: pa.RecordBatchReader, sink: BinaryIO) -> None:
+    import pyarrow.csv as pa_csv
+
+    with pa_csv.CSVWriter(sink, rows.schema) as writer:
+        for batch in rows:
+            writer.write_batch(batch)
+
+
+def _write_arrow(rows: pa.RecordBatchReader, sink: BinaryIO) -> None:
+    with pa.ipc.new_stream(sink, rows.schema) as writer:
+        for batch in rows:
+            writer.write_batch(batch)
+
+
+def _write_json(rows: pa.RecordBatchReader, sink: BinaryIO) -> None:
+    """One JSON object per row, made by DuckDB batch by batch; a name that repeats an earlier
+    one becomes ``name_1``, ``name_2`` (as DuckDB names them), since JSON keys are unique."""
+    import duckdb
+
+    names = unique_names(rows.schema.names)
+    if names != rows.schema.names:
+        schema = pa.schema([f.with_name(n) for f, n in zip(rows.schema, names, strict=True)])
+        rows = pa.RecordBatchReader.from_batches(schema, (b.rename_columns(names) for b in rows))
+    with duckdb.connect() as con:
+        con.register("answer_rows", rows)
+        lines = con.sql("SELECT to_json(answer_rows) || chr(10) FROM answer_rows").to_arrow_reader(
+            JSON_BATCH_ROWS
+        )
+        for batch in lines:
+            sink.write(_utf8_bytes(batch.column(0)))
+
+
+def _utf8_bytes(text: pa.Array) -> memoryview:
+    """The characters of a string column, back to back, without making Python strings."""
+    _, offsets, data = text.buffers()
+    width = 8 if pa.types.is_large_string(text.type) else 4
+    bounds = np.frombuffer(offsets, dtype=f"<i{width}")[text.offset : text.offset + len(text) + 1]
+    return memoryview(data)[int(bounds[0]) : int(bounds[-1])] if len(text) else memoryview(b"")
+
+
+RESULT_WRITERS: dict[str, Callable[[pa.RecordBatchReader, BinaryIO], None]] = {
+    "csv": _write_csv,
+    "json": _write_json,
+    "arrow": _write_arrow,
+}
+
+
+def _print_rows(
+    rows: pa.RecordBatchReader, max_rows: int, title: str | None = None, file: Any = None
+) -> None:
+    """Print ``rows`` with rich to stdout (or ``file``, unwrapped): all of them, or when there
+    are more than ``max_rows`` (> 0) the first and last halves of that with a ``…`` row
+    between; then the row count to stderr. Only the rows shown become Python values."""
     from rich.console import Console
     from rich.table import Table
 
+    shown = RowSample(rows.schema, max_rows)
+    for batch in rows:
+        shown.add(batch)
+    head, tail = shown.head_and_tail()
     view = Table(title=title, title_justify="left", header_style="bold")
-    for field in table.schema:
+    for field in rows.schema:
         numeric = (
             pa.types.is_integer(field.type)
             or pa.types.is_floating(field.type)
             or pa.types.is_decimal(field.type)
         )
         view.add_column(field.name, justify="right" if numeric else "left")
-    for row in table.to_pylist():
-        view.add_row(*("NULL" if v is None else str(v) for v in row.values()))
+    for row in _cells(head):
+        view.add_row(*row)
+    if tail is not None:
+        view.add_row(*("…" for _ in rows.schema), style="dim")
+        for row in _cells(tail):
+            view.add_row(*row)
     console = Console(soft_wrap=True) if file is None else Console(file=file, width=1 << 14)
     console.print(view)
-    click.echo(f"({table.num_rows} row{'s' if table.num_rows != 1 else ''})", err=True)
+    total = f"{shown.total:,} row{'s' if shown.total != 1 else ''}"
+    if tail is not None:
+        total += f", {head.num_rows + tail.num_rows:,} shown"
+    click.echo(f"({total})", err=True)
+
+
+def _cells(table: pa.Table) -> list[tuple[str, ...]]:
+    columns = [["NULL" if v is None else str(v) for v in c.to_pylist()] for c in table.columns]
+    return list(zip(*columns, strict=True))
+
+
+def _print_table(table: pa.Table, title: str | None = None, file: Any = None) -> None:
+    """Print every row of ``table`` (see :func:`_print_rows`)."""
+    rows = pa.RecordBatchReader.from_batches(table.schema, table.to_batches())
+    _print_rows(rows, 0, title, file)
 
 
 # -- server and demo ---------------------------------------------------------------------------
