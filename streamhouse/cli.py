@@ -10,7 +10,7 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from functools import wraps
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -28,6 +28,7 @@ log = logging.getLogger("streamhouse")
 
 DEFAULT_MAX_ROWS = 40  # rows the table format shows, as DuckDB's shell does
 JSON_BATCH_ROWS = 65_536
+CELL_ESCAPES = str.maketrans({"\n": "\\n", "\r": "\\r", "\t": "\\t"})
 
 
 def _settings(ctx: click.Context, **overrides: Any) -> Settings:
@@ -386,16 +387,27 @@ def _write_json(rows: pa.RecordBatchReader, sink: BinaryIO) -> None:
     import duckdb
 
     names = unique_names(rows.schema.names)
-    if names != rows.schema.names:
-        schema = pa.schema([f.with_name(n) for f, n in zip(rows.schema, names, strict=True)])
-        rows = pa.RecordBatchReader.from_batches(schema, (b.rename_columns(names) for b in rows))
+    schema = pa.schema([f.with_name(n) for f, n in zip(rows.schema, names, strict=True)])
+    failed: list[StreamHouseError] = []  # DuckDB wraps an error of the rows it reads
+
+    def batches() -> Iterator[pa.RecordBatch]:
+        try:
+            for batch in rows:
+                yield batch.rename_columns(names)
+        except StreamHouseError as exc:
+            failed.append(exc)
+            raise
+
     with duckdb.connect() as con:
-        con.register("answer_rows", rows)
-        lines = con.sql("SELECT to_json(answer_rows) || chr(10) FROM answer_rows").to_arrow_reader(
-            JSON_BATCH_ROWS
-        )
-        for batch in lines:
-            sink.write(_utf8_bytes(batch.column(0)))
+        con.register("answer_rows", pa.RecordBatchReader.from_batches(schema, batches()))
+        try:
+            lines = con.sql("SELECT to_json(answer_rows) || chr(10) FROM answer_rows")
+            for batch in lines.to_arrow_reader(JSON_BATCH_ROWS):
+                sink.write(_utf8_bytes(batch.column(0)))
+        except duckdb.Error as exc:
+            if failed:
+                raise failed[0] from None
+            raise StreamHouseError(f"cannot write the rows as JSON: {exc}") from None
 
 
 def _utf8_bytes(text: pa.Array) -> memoryview:
@@ -421,6 +433,7 @@ def _print_rows(
     between; then the row count to stderr. Only the rows shown become Python values."""
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
     shown = RowSample(rows.schema, max_rows)
     for batch in rows:
@@ -435,11 +448,11 @@ def _print_rows(
         )
         view.add_column(field.name, justify="right" if numeric else "left")
     for row in _cells(head):
-        view.add_row(*row)
+        view.add_row(*map(Text, row))  # Text: a value like "[b]" is not rich markup
     if tail is not None:
         view.add_row(*("…" for _ in rows.schema), style="dim")
         for row in _cells(tail):
-            view.add_row(*row)
+            view.add_row(*map(Text, row))
     console = Console(soft_wrap=True) if file is None else Console(file=file, width=1 << 14)
     console.print(view)
     total = f"{shown.total:,} row{'s' if shown.total != 1 else ''}"
@@ -449,7 +462,11 @@ def _print_rows(
 
 
 def _cells(table: pa.Table) -> list[tuple[str, ...]]:
-    columns = [["NULL" if v is None else str(v) for v in c.to_pylist()] for c in table.columns]
+    """The rows of ``table`` as text, one line each (line breaks and tabs written ``\\n``...)."""
+    columns = [
+        ["NULL" if v is None else str(v).translate(CELL_ESCAPES) for v in c.to_pylist()]
+        for c in table.columns
+    ]
     return list(zip(*columns, strict=True))
 
 

@@ -49,7 +49,13 @@ def run_sql(sql: str, tables: dict[str, pa.Table], *, ordered: bool = True) -> p
 
 def datafusion_message(exc: Exception) -> str:
     text = str(exc).strip()
-    for prefix in ("DataFusion error: ", "Error during planning: ", "Schema error: "):
+    for prefix in (
+        "DataFusion error: ",
+        "Error during planning: ",
+        "Schema error: ",
+        "External error: ",
+        "Arrow error: ",
+    ):
         text = text.replace(prefix, "")
     return text.splitlines()[0] if text else type(exc).__name__
 
