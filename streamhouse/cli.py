@@ -343,7 +343,7 @@ def query(
                 f"warning: {len(stats.rejected)} record(s) did not fit the schema and were left out",
                 err=True,
             )
-        _write_result(rows, fmt, output, max_rows)
+        _write_result(rows, fmt, output, 0 if relation.listing else max_rows)
 
 
 def _write_result(

@@ -36,10 +36,12 @@ class Relation:
         *,
         stream: Callable[[], pa.RecordBatchReader] | None = None,
         description: str = "",
+        listing: bool = False,
     ) -> None:
         self._run = run
         self._stream = stream
         self.description = description
+        self.listing = listing  # rows that are the lines of one text (EXPLAIN): shown whole
 
     def to_arrow_table(self) -> pa.Table:
         return self._run()

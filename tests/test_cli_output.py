@@ -203,3 +203,14 @@ def test_an_error_while_rows_stream_is_one_line(big: tuple[Path, Path]) -> None:
             result.stderr
         )
         assert "Traceback" not in result.output
+
+
+def test_explain_is_shown_whole(big: tuple[Path, Path]) -> None:
+    data_dir, _ = big
+    sql = "EXPLAIN SELECT i FROM big"
+    with streamhouse.connect(data_dir) as sh:
+        plan = sh.sql(sql).to_arrow_table()["plan"].to_pylist()
+    assert len(plan) > 2
+    result = run(data_dir, "query", sql, "--max-rows", "2")
+    assert [row[0] for row in _cells(result.stdout, 1)[1:]] == [line.strip() for line in plan]
+    assert result.stderr == f"({len(plan)} rows)\n"

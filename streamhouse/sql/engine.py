@@ -118,7 +118,7 @@ class Engine:
                 )
             lines.append(f"  {to_datafusion(rewritten)}")
         table = pa.table({"plan": lines})
-        return Relation(lambda: table, description="EXPLAIN")
+        return Relation(lambda: table, description="EXPLAIN", listing=True)
 
     # -- DDL ----------------------------------------------------------------------------------
 
