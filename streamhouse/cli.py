@@ -10,7 +10,7 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from functools import wraps
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -27,7 +27,6 @@ from streamhouse.result import RowSample, unique_names
 log = logging.getLogger("streamhouse")
 
 DEFAULT_MAX_ROWS = 40  # rows the table format shows, as DuckDB's shell does
-JSON_BATCH_ROWS = 65_536
 CELL_ESCAPES = str.maketrans({"\n": "\\n", "\r": "\\r", "\t": "\\t"})
 
 
@@ -387,27 +386,16 @@ def _write_json(rows: pa.RecordBatchReader, sink: BinaryIO) -> None:
     import duckdb
 
     names = unique_names(rows.schema.names)
-    schema = pa.schema([f.with_name(n) for f, n in zip(rows.schema, names, strict=True)])
-    failed: list[StreamHouseError] = []  # DuckDB wraps an error of the rows it reads
-
-    def batches() -> Iterator[pa.RecordBatch]:
-        try:
-            for batch in rows:
-                yield batch.rename_columns(names)
-        except StreamHouseError as exc:
-            failed.append(exc)
-            raise
-
     with duckdb.connect() as con:
-        con.register("answer_rows", pa.RecordBatchReader.from_batches(schema, batches()))
-        try:
-            lines = con.sql("SELECT to_json(answer_rows) || chr(10) FROM answer_rows")
-            for batch in lines.to_arrow_reader(JSON_BATCH_ROWS):
-                sink.write(_utf8_bytes(batch.column(0)))
-        except duckdb.Error as exc:
-            if failed:
-                raise failed[0] from None
-            raise StreamHouseError(f"cannot write the rows as JSON: {exc}") from None
+        for batch in rows:  # read here, not by DuckDB's threads: our errors stay ours
+            answer_rows = batch.rename_columns(names)  # noqa: F841 (DuckDB reads it by name)
+            try:
+                lines = con.sql("SELECT to_json(answer_rows) || chr(10) FROM answer_rows")
+                text = lines.to_arrow_table().column(0)
+            except duckdb.Error as exc:
+                raise StreamHouseError(f"cannot write the rows as JSON: {exc}") from None
+            for chunk in text.chunks:
+                sink.write(_utf8_bytes(chunk))
 
 
 def _utf8_bytes(text: pa.Array) -> memoryview:
