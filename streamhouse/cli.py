@@ -386,12 +386,15 @@ def _write_json(rows: pa.RecordBatchReader, sink: BinaryIO) -> None:
     import duckdb
 
     names = unique_names(rows.schema.names)
+    pairs = ", ".join(
+        "'{}', \"{}\"".format(n.replace("'", "''"), n.replace('"', '""')) for n in names
+    )
+    sql = f"SELECT json_object({pairs}) || chr(10) FROM answer_rows"  # any name: no to_json(row)
     with duckdb.connect() as con:
         for batch in rows:  # read here, not by DuckDB's threads: our errors stay ours
             answer_rows = batch.rename_columns(names)  # noqa: F841 (DuckDB reads it by name)
             try:
-                lines = con.sql("SELECT to_json(answer_rows) || chr(10) FROM answer_rows")
-                text = lines.to_arrow_table().column(0)
+                text = con.sql(sql).to_arrow_table().column(0)
             except duckdb.Error as exc:
                 raise StreamHouseError(f"cannot write the rows as JSON: {exc}") from None
             for chunk in text.chunks:

@@ -172,6 +172,13 @@ def test_duplicate_output_names_in_every_format(big: tuple[Path, Path]) -> None:
     assert shown[2] == ["1", "name-1", "0.25", "1", "1", "name-1"]
 
 
+def test_json_keys_are_the_column_names_whatever_they_are(big: tuple[Path, Path]) -> None:
+    data_dir, _ = big
+    sql = 'SELECT i AS answer_rows, s AS "it\'s ""q""", x AS "json_object" FROM big WHERE i = 1'
+    out = _stdout_bytes(data_dir, sql, "--format", "json")
+    assert json.loads(out) == {"answer_rows": 1, 'it\'s "q"': "name-1", "json_object": 0.25}
+
+
 def test_string_casts_reach_csv_as_plain_strings(big: tuple[Path, Path]) -> None:
     data_dir, _ = big
     sql = "SELECT CAST(i AS STRING) AS s, CAST(x AS VARCHAR) AS t FROM big WHERE i < 3 ORDER BY i"
