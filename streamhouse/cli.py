@@ -13,21 +13,19 @@ import time
 from collections.abc import Callable
 from functools import wraps
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import click
-import numpy as np
 import pyarrow as pa
 
 from streamhouse.config import DEFAULT_DATA_DIR, Settings
 from streamhouse.connection import StreamHouse
 from streamhouse.errors import StreamHouseError
-from streamhouse.result import RowSample, unique_names
+from streamhouse.output import DEFAULT_MAX_ROWS
+from streamhouse.output import print_table as _print_table
+from streamhouse.output import write_result as _write_result
 
 log = logging.getLogger("streamhouse")
-
-DEFAULT_MAX_ROWS = 40  # rows the table format shows, as DuckDB's shell does
-CELL_ESCAPES = str.maketrans({"\n": "\\n", "\r": "\\r", "\t": "\\t"})
 
 
 def _settings(ctx: click.Context, **overrides: Any) -> Settings:
@@ -343,128 +341,6 @@ def query(
                 err=True,
             )
         _write_result(rows, fmt, output, 0 if relation.listing else max_rows)
-
-
-def _write_result(
-    rows: pa.RecordBatchReader, fmt: str, output: str | None, max_rows: int = DEFAULT_MAX_ROWS
-) -> None:
-    """Write ``rows`` as ``fmt`` to ``output`` (or stdout) while they are read."""
-    if fmt == "table":
-        if output is None:
-            _print_rows(rows, max_rows)
-        else:
-            with open(output, "w", encoding="utf-8") as fh:
-                _print_rows(rows, max_rows, file=fh)
-        return
-    sink = open(output, "wb") if output else sys.stdout.buffer  # noqa: SIM115
-    try:
-        RESULT_WRITERS[fmt](rows, sink)
-    finally:
-        if output:
-            sink.close()
-        else:
-            sink.flush()
-
-
-def _write_csv(rows: pa.RecordBatchReader, sink: BinaryIO) -> None:
-    import pyarrow.csv as pa_csv
-
-    with pa_csv.CSVWriter(sink, rows.schema) as writer:
-        for batch in rows:
-            writer.write_batch(batch)
-
-
-def _write_arrow(rows: pa.RecordBatchReader, sink: BinaryIO) -> None:
-    with pa.ipc.new_stream(sink, rows.schema) as writer:
-        for batch in rows:
-            writer.write_batch(batch)
-
-
-def _write_json(rows: pa.RecordBatchReader, sink: BinaryIO) -> None:
-    """One JSON object per row, made by DuckDB batch by batch; a name that repeats an earlier
-    one becomes ``name_1``, ``name_2`` (as DuckDB names them), since JSON keys are unique."""
-    import duckdb
-
-    names = unique_names(rows.schema.names)
-    pairs = ", ".join(
-        "'{}', \"{}\"".format(n.replace("'", "''"), n.replace('"', '""')) for n in names
-    )
-    sql = f"SELECT json_object({pairs}) || chr(10) FROM answer_rows"  # any name: no to_json(row)
-    with duckdb.connect() as con:
-        for batch in rows:  # read here, not by DuckDB's threads: our errors stay ours
-            answer_rows = batch.rename_columns(names)  # noqa: F841 (DuckDB reads it by name)
-            try:
-                text = con.sql(sql).to_arrow_table().column(0)
-            except duckdb.Error as exc:
-                raise StreamHouseError(f"cannot write the rows as JSON: {exc}") from None
-            for chunk in text.chunks:
-                sink.write(_utf8_bytes(chunk))
-
-
-def _utf8_bytes(text: pa.Array) -> memoryview:
-    """The characters of a string column, back to back, without making Python strings."""
-    _, offsets, data = text.buffers()
-    width = 8 if pa.types.is_large_string(text.type) else 4
-    bounds = np.frombuffer(offsets, dtype=f"<i{width}")[text.offset : text.offset + len(text) + 1]
-    return memoryview(data)[int(bounds[0]) : int(bounds[-1])] if len(text) else memoryview(b"")
-
-
-RESULT_WRITERS: dict[str, Callable[[pa.RecordBatchReader, BinaryIO], None]] = {
-    "csv": _write_csv,
-    "json": _write_json,
-    "arrow": _write_arrow,
-}
-
-
-def _print_rows(
-    rows: pa.RecordBatchReader, max_rows: int, title: str | None = None, file: Any = None
-) -> None:
-    """Print ``rows`` with rich to stdout (or ``file``, unwrapped): all of them, or when there
-    are more than ``max_rows`` (> 0) the first and last halves of that with a ``…`` row
-    between; then the row count to stderr. Only the rows shown become Python values."""
-    from rich.console import Console
-    from rich.table import Table
-    from rich.text import Text
-
-    shown = RowSample(rows.schema, max_rows)
-    for batch in rows:
-        shown.add(batch)
-    head, tail = shown.head_and_tail()
-    view = Table(title=title, title_justify="left", header_style="bold")
-    for field in rows.schema:
-        numeric = (
-            pa.types.is_integer(field.type)
-            or pa.types.is_floating(field.type)
-            or pa.types.is_decimal(field.type)
-        )
-        view.add_column(field.name, justify="right" if numeric else "left")
-    for row in _cells(head):
-        view.add_row(*map(Text, row))  # Text: a value like "[b]" is not rich markup
-    if tail is not None:
-        view.add_row(*("…" for _ in rows.schema), style="dim")
-        for row in _cells(tail):
-            view.add_row(*map(Text, row))
-    console = Console(soft_wrap=True) if file is None else Console(file=file, width=1 << 14)
-    console.print(view)
-    total = f"{shown.total:,} row{'s' if shown.total != 1 else ''}"
-    if tail is not None:
-        total += f", {head.num_rows + tail.num_rows:,} shown"
-    click.echo(f"({total})", err=True)
-
-
-def _cells(table: pa.Table) -> list[tuple[str, ...]]:
-    """The rows of ``table`` as text, one line each (line breaks and tabs written ``\\n``...)."""
-    columns = [
-        ["NULL" if v is None else str(v).translate(CELL_ESCAPES) for v in c.to_pylist()]
-        for c in table.columns
-    ]
-    return list(zip(*columns, strict=True))
-
-
-def _print_table(table: pa.Table, title: str | None = None, file: Any = None) -> None:
-    """Print every row of ``table`` (see :func:`_print_rows`)."""
-    rows = pa.RecordBatchReader.from_batches(table.schema, table.to_batches())
-    _print_rows(rows, 0, title, file)
 
 
 # -- server and demo ---------------------------------------------------------------------------

@@ -11,7 +11,6 @@ ListType(list<item: string>)
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -141,59 +140,3 @@ def unique_names(names: list[str]) -> list[str]:
         seen.add(candidate)
         out.append(candidate)
     return out
-
-
-class RowSample:
-    """The first and last rows of a stream of batches and its row count, in bounded memory:
-    all rows when ``max_rows`` is 0, else the first ``max_rows - max_rows // 2`` and the last
-    ``max_rows // 2`` (DuckDB's shell shows 20 and 20 of 40). Batches are sliced, never turned
-    into Python values.
-
-    >>> sample = RowSample(pa.schema([("i", pa.int64())]), 4)
-    >>> for start in range(0, 100, 7):
-    ...     sample.add(pa.record_batch({"i": list(range(start, min(start + 7, 100)))}))
-    >>> head, tail = sample.head_and_tail()
-    >>> head["i"].to_pylist(), tail["i"].to_pylist(), sample.total
-    ([0, 1], [98, 99], 100)
-    """
-
-    def __init__(self, schema: pa.Schema, max_rows: int) -> None:
-        self.schema = schema
-        self.max_rows = max_rows
-        self.total = 0
-        self._head: list[pa.RecordBatch] = []
-        self._head_rows = 0
-        self._tail: deque[pa.RecordBatch] = deque()
-        self._tail_rows = 0
-
-    @property
-    def _head_limit(self) -> int | None:
-        return None if self.max_rows == 0 else self.max_rows - self.max_rows // 2
-
-    def add(self, batch: pa.RecordBatch) -> None:
-        self.total += batch.num_rows
-        limit = self._head_limit
-        if limit is None:
-            self._head.append(batch)
-            return
-        taken = min(limit - self._head_rows, batch.num_rows)
-        if taken > 0:
-            self._head.append(batch.slice(0, taken))
-            self._head_rows += taken
-        if taken == batch.num_rows:
-            return
-        self._tail.append(batch.slice(max(taken, 0)))
-        self._tail_rows += batch.num_rows - max(taken, 0)
-        keep = self.max_rows // 2
-        while self._tail and self._tail_rows - self._tail[0].num_rows >= keep:
-            self._tail_rows -= self._tail.popleft().num_rows
-
-    def head_and_tail(self) -> tuple[pa.Table, pa.Table | None]:
-        """The rows to show: all of them and None, or the head and the tail when rows were
-        left out between them."""
-        head = pa.Table.from_batches(self._head, self.schema)
-        tail = pa.Table.from_batches(list(self._tail), self.schema)
-        if self.total <= self.max_rows or self.max_rows == 0:
-            return pa.concat_tables([head, tail]), None
-        keep = self.max_rows // 2
-        return head, tail.slice(tail.num_rows - keep)

@@ -199,6 +199,20 @@ def test_string_casts_reach_csv_as_plain_strings(big: tuple[Path, Path]) -> None
     }
 
 
+def test_nested_values_and_intervals_reach_csv_as_text(big: tuple[Path, Path]) -> None:
+    data_dir, _ = big
+    sql = (
+        "SELECT i, make_array(i, i + 1) AS l, named_struct('a', i, 'b', s) AS st, "
+        "INTERVAL '1' DAY AS d FROM big WHERE i IN (1, 2) ORDER BY i"
+    )
+    written = _stdout_bytes(data_dir, sql, "--format", "csv").decode()
+    assert list(csv.reader(io.StringIO(written))) == [
+        ["i", "l", "st", "d"],
+        ["1", "[1, 2]", "{'a': 1, 'b': name-1}", "1 day"],
+        ["2", "[2, 3]", "{'a': 2, 'b': name-2}", "1 day"],
+    ]
+
+
 def test_an_error_while_rows_stream_is_one_line(big: tuple[Path, Path]) -> None:
     data_dir, _ = big
     for fmt in ("table", "csv", "json", "arrow"):
@@ -221,3 +235,15 @@ def test_explain_is_shown_whole(big: tuple[Path, Path]) -> None:
     result = run(data_dir, "query", sql, "--max-rows", "2")
     assert [row[0] for row in _cells(result.stdout, 1)[1:]] == [line.strip() for line in plan]
     assert result.stderr == f"({len(plan)} rows)\n"
+
+
+def test_a_continuous_query_prints_its_rows_through_the_same_writers(
+    big: tuple[Path, Path],
+) -> None:
+    data_dir, _ = big
+    path = data_dir.parent / "cast.sql"
+    path.write_text("SELECT i, CAST(i AS STRING) AS t FROM one;\n")
+    result = run(data_dir, "run", str(path), "--until-end", "--format", "json", "--name", "cast")
+    assert [json.loads(line) for line in result.stdout.splitlines()] == [
+        {"i": i, "t": str(i)} for i in range(5)
+    ]
