@@ -20,8 +20,8 @@ import pyarrow as pa
 class Relation:
     """A query that runs when its rows are asked for (each time they are asked for).
 
-    Every way out is Arrow: :meth:`to_arrow_table`, :meth:`to_arrow_reader` (the rows as a
-    stream of record batches, never all in memory at once when the query can stream), the
+    Every way out is Arrow: :meth:`to_arrow_table`, :meth:`to_arrow_reader` (the record
+    batches as the query engine produces them; the answer is never collected whole), the
     Arrow C stream protocol (``pa.table(rel)``, ``polars.from_arrow``,
     ``duckdb.sql("FROM rel")``), and the conveniences :meth:`df` (pandas) and :meth:`pl`
     (polars). Column names are the query's output names, duplicates included (as PostgreSQL
