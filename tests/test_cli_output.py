@@ -149,6 +149,9 @@ def test_duplicate_output_names_in_every_format(big: tuple[Path, Path]) -> None:
         assert sh.sql(sql).to_arrow_reader().schema.names == names
         assert sh.sql(sql).pl().columns == ["i", "s", "x", "_offset", "i_1", "i_2"]
         assert sh.sql("SELECT i, i FROM one ORDER BY i").fetchall() == [(i, i) for i in range(5)]
+        union = sh.sql("SELECT i, i FROM one UNION ALL SELECT i, i + 1 FROM one ORDER BY 1, 2")
+        assert union.to_arrow_table().schema.names == ["i", "i"]
+        assert union.fetchall() == [(i, i + d) for i in range(5) for d in (0, 1)]
         both = sh.sql("SELECT a.i, b.i FROM one a JOIN one b ON a.i = b.i + 1 ORDER BY a.i")
         assert both.to_arrow_table().schema.names == ["i", "i"]
         assert both.fetchall() == [(i, i - 1) for i in range(1, 5)]

@@ -231,9 +231,9 @@ class Engine:
         if isinstance(planned, pa.Table):
             return Answer(planned)
         ctx, sql_query = planned
-        star = star_query(sql_query)
-        star_names = [] if star is None else _output_names(ctx, star)
-        sql_query, renamed = distinct_outputs(sql_query, star_names)
+        sql_query, renamed = distinct_outputs(
+            sql_query, lambda select: _output_names(ctx, star_query(select))
+        )
         return Answer(self._dataframe(ctx, sql_query), _pos(query), renamed)
 
     def _run(self, query: exp.Query, stats: QueryStats) -> pa.Table:

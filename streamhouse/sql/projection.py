@@ -11,14 +11,14 @@ Two rewrites of the query before DataFusion plans it:
   duplicate is aliased to a name of our own for DataFusion and named back in the result.
 
 >>> from streamhouse.sql.parse import parse
->>> query, names = distinct_outputs(parse("SELECT a, b AS a, c FROM t")[0], [])
+>>> query, names = distinct_outputs(parse("SELECT a, b AS a, c FROM t")[0], lambda s: [])
 >>> query.sql(), names
 ('SELECT a, b AS "__output_1", c FROM t', {'__output_1': 'a'})
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import pyarrow as pa
 from sqlglot import exp
@@ -79,13 +79,23 @@ def _star_sources(projection: exp.Expr, sources: Mapping[str, pa.Schema]) -> lis
 
 
 def distinct_outputs(
-    query: exp.Query, star_names: Sequence[str]
+    query: exp.Query, star_names: Callable[[exp.Select], Sequence[str]]
 ) -> tuple[exp.Query, dict[str, str]]:
-    """``query`` with every output column whose name an earlier column (or a star's column,
-    ``star_names``) has aliased ``__output_<position>``, and the names to give them back."""
+    """``query`` with every output column whose name an earlier column (or a star's column:
+    ``star_names(select)``) has aliased ``__output_<position>``, and the names to give them
+    back. Each branch of a UNION/EXCEPT/INTERSECT is rewritten; the first names the output."""
+    if isinstance(query, exp.SetOperation):
+        left, renamed = distinct_outputs(query.this, star_names)
+        right, _ = distinct_outputs(query.expression, star_names)
+        if left is query.this and right is query.expression:
+            return query, renamed
+        query = query.copy()
+        query.set("this", left)
+        query.set("expression", right)
+        return query, renamed
     if not isinstance(query, exp.Select):
         return query, {}
-    seen = set(star_names)
+    seen: set[str] = set()
     renamed: dict[str, str] = {}
     projections: list[exp.Expr] = []
     for position, projection in enumerate(query.expressions):
@@ -93,6 +103,8 @@ def distinct_outputs(
         if _is_star(projection) or not name:
             projections.append(projection)
             continue
+        if not seen and any(_is_star(p) for p in query.expressions):
+            seen.update(star_names(query))
         if name in seen:
             alias = OUTPUT_ALIAS.format(position)
             inner = projection.this if isinstance(projection, exp.Alias) else projection
@@ -107,18 +119,13 @@ def distinct_outputs(
     return query, renamed
 
 
-def star_query(query: exp.Query) -> exp.Select | None:
-    """The stars of ``query``'s output alone over its sources (to learn their columns), or
-    None when its output has no star or no explicitly named column beside one."""
-    if not isinstance(query, exp.Select):
-        return None
-    stars = [p for p in query.expressions if _is_star(p)]
-    if not stars or len(stars) == len(query.expressions):
-        return None
-    select = query.copy()
+def star_query(select: exp.Select) -> exp.Select:
+    """The stars of ``select``'s output alone over its sources (to learn their columns)."""
+    stars = [p.copy() for p in select.expressions if _is_star(p)]
+    select = select.copy()
     for arg in ("where", "group", "having", "order", "limit", "offset", "distinct", "qualify"):
         select.set(arg, None)
-    select.set("expressions", [s.copy() for s in stars])
+    select.set("expressions", stars)
     return select
 
 
