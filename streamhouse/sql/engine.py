@@ -21,6 +21,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import datafusion
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -30,7 +31,6 @@ from streamhouse.errors import (
     ConfigError,
     DamagedRangeError,
     SqlError,
-    StreamHouseError,
     UnknownStreamError,
 )
 from streamhouse.joins.temporal import match_versions, temporal_inputs
@@ -38,10 +38,11 @@ from streamhouse.log import Log
 from streamhouse.result import Relation, status
 from streamhouse.sql.ddl import stream_definition
 from streamhouse.sql.dialect import Explain
-from streamhouse.sql.execute import datafusion_message, register, run_sql, session_context
+from streamhouse.sql.execute import Answer, register, run_sql, session_context, sql_errors
 from streamhouse.sql.functions import functions, to_datafusion
 from streamhouse.sql.parse import DIALECT, node_position, parse, sql_error
 from streamhouse.sql.plan import TemporalJoin, plan_temporal_join, source_tables
+from streamhouse.sql.projection import declared_stars, distinct_outputs, star_query
 from streamhouse.sql.source import (
     METADATA_COLUMNS,
     RejectedRow,
@@ -130,7 +131,7 @@ class Engine:
                 )
             lines.append(f"  {to_datafusion(rewritten)}")
         table = pa.table({"plan": lines})
-        return Relation(lambda: table, description="EXPLAIN")
+        return Relation(lambda: table, description="EXPLAIN", listing=True)
 
     def _set(self, statement: exp.Set) -> Relation:
         """``SET 'read.on-damage' = 'fail' | 'skip'``: the one setting of bounded queries."""
@@ -224,7 +225,11 @@ class Engine:
         """A lazy relation over ``query``; names are checked now, rows are read later."""
         self._check_names(query)
         stats = QueryStats()
-        relation = Relation(lambda: self._run(query, stats), description=query.sql(dialect=DIALECT))
+        relation = Relation(
+            lambda: self._answer(query, stats).to_arrow_table(),
+            stream=lambda: self._answer(query, stats).to_arrow_reader(),
+            description=query.sql(dialect=DIALECT),
+        )
         relation.stats = stats  # type: ignore[attr-defined]
         return relation
 
@@ -243,17 +248,42 @@ class Engine:
             return "topic", name
         return None
 
-    def _run(self, query: exp.Query, stats: QueryStats, *, reset: bool = True) -> pa.Table:
-        if reset:
-            stats.rows_read = 0
-            stats.rejected.clear()
-            stats.damaged.clear()
+    def _answer(self, query: exp.Query, stats: QueryStats) -> Answer:
+        """The answer of a top-level query, not yet computed: its output names as written
+        (duplicates too), its types plain (no view types)."""
+        stats.rows_read = 0
+        stats.rejected.clear()
+        stats.damaged.clear()
+        planned = self._plan(query, stats)
+        if isinstance(planned, pa.Table):
+            return Answer(planned)
+        ctx, sql_query = planned
+        sql_query, renamed = distinct_outputs(
+            sql_query, lambda select: _output_names(ctx, star_query(select))
+        )
+        return Answer(self._dataframe(ctx, sql_query), _pos(query), renamed)
+
+    def _run(self, query: exp.Query, stats: QueryStats) -> pa.Table:
+        """The rows of ``query`` (a view's, read as a source of another query)."""
+        planned = self._plan(query, stats)
+        if isinstance(planned, pa.Table):
+            return planned
+        ctx, sql_query = planned
+        frame = self._dataframe(ctx, sql_query)
+        return sql_errors(frame.to_arrow_table, _pos(query))
+
+    def _plan(
+        self, query: exp.Query, stats: QueryStats
+    ) -> pa.Table | tuple[datafusion.SessionContext, exp.Query]:
+        """A context holding ``query``'s sources and the query to run there (windows taken
+        out, stars spelled out), or the rows themselves (a temporal join)."""
         columns = referenced_columns(query)
         named = {c.name for c in query.find_all(exp.Column)}
         if isinstance(query, exp.Select) and (temporal := plan_temporal_join(query)) is not None:
             return self._temporal(temporal, columns, named, stats)
         query, windowed = take_out_windows(query)
         ctx = session_context()
+        schemas: dict[str, pa.Schema] = {}
         for name in sorted({t.name for t in source_tables(query)}):
             if name in windowed:
                 source, spec = windowed[name]
@@ -263,14 +293,15 @@ class Engine:
                 table = window_table(self.source_table(source, needed, stats), spec)
             else:
                 table = self.source_table(name, columns, stats)
-            register(ctx, name, hide_metadata(table, named))
-        sql = to_datafusion(query)
-        try:
-            return ctx.sql(sql).to_arrow_table()
-        except Exception as exc:  # DataFusion reports planning and execution errors alike
-            if isinstance(exc, StreamHouseError):
-                raise
-            raise SqlError(datafusion_message(exc), *_pos(query)) from None
+            table = hide_metadata(table, named)
+            schemas[name] = table.schema
+            register(ctx, name, table)
+        if named & METADATA_COLUMNS:
+            query = declared_stars(query, schemas, METADATA_COLUMNS)
+        return ctx, query
+
+    def _dataframe(self, ctx: datafusion.SessionContext, query: exp.Query) -> datafusion.DataFrame:
+        return sql_errors(lambda: ctx.sql(to_datafusion(query)), _pos(query))
 
     def _temporal(
         self, plan: TemporalJoin, columns: set[str] | None, named: set[str], stats: QueryStats
@@ -310,7 +341,7 @@ class Engine:
         if kind == "view":
             view = parse(entry.sql)[0]  # type: ignore[attr-defined]
             if not _materialized(view):
-                return self._run(view.expression, stats, reset=False)
+                return self._run(view.expression, stats)
             # A materialized view is its output topic, read as a table: the latest record per
             # key, tombstones dropped (a windowed view's keys repeat per window: all stay).
             damaged: list[DamagedRangeError] = []
@@ -340,6 +371,14 @@ def hide_metadata(table: pa.Table, named: set[str]) -> pa.Table:
     when asked for by name."""
     hidden = [c for c in table.column_names if c in METADATA_COLUMNS and c not in named]
     return table.drop_columns(hidden) if hidden else table
+
+
+def _output_names(ctx: datafusion.SessionContext, query: exp.Query) -> list[str]:
+    """The output column names DataFusion gives ``query``; none if it cannot plan it."""
+    try:
+        return ctx.sql(to_datafusion(query)).schema().names
+    except Exception:  # the whole query then fails with DataFusion's own message
+        return []
 
 
 def _materialized(statement: exp.Expr) -> bool:
