@@ -18,7 +18,7 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
-from window_cases import start_paused, topic_rows
+from window_cases import continuous_rows
 
 import streamhouse
 from streamhouse import StreamHouse
@@ -31,23 +31,6 @@ def java_cases() -> list[tuple[str, str, str]]:
     """(ISO timestamp, pattern, Java's text) from the fixture."""
     lines = FIXTURE.read_text().splitlines()
     return [tuple(line.split("\t")) for line in lines if line and not line.startswith("#")]  # type: ignore[misc]
-
-
-def continuous_rows(sh: StreamHouse, sql: str, name: str, batch: int) -> list[dict]:
-    """``sql`` run as a continuous query into topic ``out_<name>`` in micro-batches of
-    ``batch`` records, with a restart after the first; the topic's records read back."""
-    query = start_paused(sh, f"INSERT INTO out_{name} {sql}", name)
-    query.step(max_records=batch)
-    query.stop()
-    query = start_paused(sh, f"INSERT INTO out_{name} {sql}", name)
-    try:
-        while query.step(max_records=batch):
-            pass
-        query.run_until_caught_up(final=True)
-        assert query.status()["error"] is None
-    finally:
-        query.stop()
-    return topic_rows(sh, f"out_{name}")
 
 
 @pytest.fixture

@@ -48,8 +48,9 @@ from streamhouse.runtime.sink import TopicSink, key_strings
 from streamhouse.runtime.sources import NO_WATERMARK, QuerySource
 from streamhouse.sql import plan as plans
 from streamhouse.sql.ddl import stream_definition
-from streamhouse.sql.engine import hide_metadata, referenced_columns
+from streamhouse.sql.engine import hide_metadata, parse_failure, referenced_columns
 from streamhouse.sql.execute import run_sql
+from streamhouse.sql.hints import SourceOptions, source_options
 from streamhouse.sql.parse import node_position, parse
 from streamhouse.sql.plan import FLOWS, ContinuousPlan, check_columns, plan_query
 from streamhouse.sql.source import METADATA_FIELDS, RejectedRow
@@ -107,6 +108,7 @@ class ContinuousQuery:
         self.statement = statement
         self.plan: ContinuousPlan = plan_query(statement)
         self.options = options or QueryOptions()
+        self.hints = source_options(statement)
         self._named = {c.name for c in statement.find_all(exp.Column)}
         self.sources = self._resolve_sources(resolve)
         self._validate()
@@ -171,8 +173,11 @@ class ContinuousQuery:
             if resolved is None:
                 raise self._error(f"unknown stream or topic {name!r}", name)
             kind, entry = resolved
+            hinted = self.hints.get(name, SourceOptions()).topic
+            if hinted is not None and self.log.get_topic(hinted) is None:
+                raise self._error(f"topic {hinted!r} of the OPTIONS hint does not exist", name)
             if kind == "topic":
-                sources[name] = QuerySource(index, name, name, None, window_column, 0)
+                sources[name] = QuerySource(index, name, hinted or name, None, window_column, 0)
                 known = False
                 continue
             if kind not in ("stream", "table"):
@@ -185,7 +190,7 @@ class ContinuousQuery:
             column = watermark.column if watermark is not None else window_column
             delay = watermark.delay_ms if watermark is not None else 0
             sources[name] = QuerySource(
-                index, name, definition.topic, definition.schema(), column, delay
+                index, name, hinted or definition.topic, definition.schema(), column, delay
             )
         if known:
             check_columns(self.plan, self.statement, columns)
@@ -310,9 +315,9 @@ class ContinuousQuery:
         return []
 
     def _load_progress(self) -> None:
-        latest = self.options.startup == "latest-offset"
-        for source in self.sources.values():
-            source.load(self.log, self.store, latest)
+        for name, source in self.sources.items():
+            startup = self.hints.get(name, SourceOptions()).startup or self.options.startup
+            source.load(self.log, self.store, startup == "latest-offset")
         stored_wm = self.store.get_int(WATERMARK)
         self.watermark = stored_wm - (1 << 63) if stored_wm is not None else NO_WATERMARK
         self.sink_marks: dict[int, int] = {}
@@ -408,6 +413,9 @@ class ContinuousQuery:
             ends[n][p] > s.positions.get(p, 0) for n, s in self.sources.items() for p in ends[n]
         )
         reads = {name: source.read(self.log, ends[name]) for name, source in self.sources.items()}
+        for name, read in reads.items():
+            if read.rejected and not self.hints.get(name, SourceOptions()).ignore_parse_errors:
+                raise parse_failure(name, read.rejected[0])
         if has_data and not final:  # catching up: decode the next batch while this one runs
             following = self._plan(self.options.max_batch_records, ends)
             for name, source in self.sources.items():

@@ -30,6 +30,7 @@ from streamhouse.sql.ddl import stream_definition
 from streamhouse.sql.dialect import Explain
 from streamhouse.sql.execute import datafusion_message, register, run_sql, session_context
 from streamhouse.sql.functions import functions, to_datafusion
+from streamhouse.sql.hints import SourceOptions, check_hints, source_options
 from streamhouse.sql.parse import DIALECT, node_position, parse, sql_error
 from streamhouse.sql.plan import TemporalJoin, plan_temporal_join, source_tables
 from streamhouse.sql.source import (
@@ -78,6 +79,7 @@ class Engine:
         return result
 
     def statement(self, statement: exp.Expr) -> Relation:
+        check_hints(statement)
         if isinstance(statement, exp.Create):
             return self._create(statement)
         if isinstance(statement, exp.Drop):
@@ -222,8 +224,9 @@ class Engine:
             stats.rejected.clear()
         columns = referenced_columns(query)
         named = {c.name for c in query.find_all(exp.Column)}
+        hints = source_options(query)
         if isinstance(query, exp.Select) and (temporal := plan_temporal_join(query)) is not None:
-            return self._temporal(temporal, columns, named, stats)
+            return self._temporal(temporal, columns, named, stats, hints)
         query, windowed = take_out_windows(query)
         ctx = session_context()
         for name in sorted({t.name for t in source_tables(query)}):
@@ -232,9 +235,11 @@ class Engine:
                 needed = (
                     None if columns is None else columns | {spec.time_column, *spec.partition_by}
                 )
-                table = window_table(self.source_table(source, needed, stats), spec)
+                table = window_table(
+                    self.source_table(source, needed, stats, hints.get(source)), spec
+                )
             else:
-                table = self.source_table(name, columns, stats)
+                table = self.source_table(name, columns, stats, hints.get(name))
             register(ctx, name, hide_metadata(table, named))
         sql = to_datafusion(query)
         try:
@@ -245,7 +250,12 @@ class Engine:
             raise SqlError(datafusion_message(exc), *_pos(query)) from None
 
     def _temporal(
-        self, plan: TemporalJoin, columns: set[str] | None, named: set[str], stats: QueryStats
+        self,
+        plan: TemporalJoin,
+        columns: set[str] | None,
+        named: set[str],
+        stats: QueryStats,
+        hints: dict[str, SourceOptions],
     ) -> pa.Table:
         """A bounded temporal join: every probe row with the version current at its time."""
         resolved = self._resolve(plan.right)
@@ -259,8 +269,8 @@ class Engine:
                 "declare it as a stream with a WATERMARK"
             )
         wanted = None if columns is None else columns | {version_time, plan.probe_time}
-        probes = self.source_table(plan.left, wanted, stats)
-        versions = self.source_table(plan.right, wanted, stats)
+        probes = self.source_table(plan.left, wanted, stats, hints.get(plan.left))
+        versions = self.source_table(plan.right, wanted, stats, hints.get(plan.right))
         matched = match_versions(
             probes, plan.probe_time, plan.probe_keys, versions, version_time, plan.version_keys
         )
@@ -271,14 +281,24 @@ class Engine:
             ordered=False,
         )
 
-    def source_table(self, name: str, columns: set[str] | None, stats: QueryStats) -> pa.Table:
-        """The rows of a stream, view or topic as one Arrow table (``columns``: those needed)."""
+    def source_table(
+        self,
+        name: str,
+        columns: set[str] | None,
+        stats: QueryStats,
+        options: SourceOptions | None = None,
+    ) -> pa.Table:
+        """The rows of a stream, view or topic as one Arrow table (``columns``: those needed;
+        ``options``: its OPTIONS hint)."""
         resolved = self._resolve(name)
         if resolved is None:
             raise UnknownStreamError(f"unknown stream, view or topic {name!r}")
         kind, entry = resolved
         schema = None
         topic = name
+        options = options or SourceOptions()
+        if kind == "view" and options != SourceOptions():
+            raise SqlError(f"an OPTIONS hint applies to a stream or topic; {name!r} is a view")
         if kind == "view":
             view = parse(entry.sql)[0]  # type: ignore[attr-defined]
             if not _materialized(view):
@@ -298,9 +318,25 @@ class Engine:
             definition = stream_definition(parse(entry.sql)[0])  # type: ignore[attr-defined]
             topic = definition.topic
             schema = definition.schema()
+        if options.topic is not None:
+            topic = options.topic
+            if self.log.get_topic(topic) is None:
+                raise UnknownStreamError(
+                    f"topic {topic!r} of the OPTIONS hint on {name!r} does not exist"
+                )
         source = read_source(self.log, topic, schema, columns)
+        if source.rejected and not options.ignore_parse_errors:
+            raise parse_failure(name, source.rejected[0])
         _report(name, source, stats)
         return source.table
+
+
+def parse_failure(name: str, row: RejectedRow) -> SqlError:
+    """The error of a row that does not parse, with 'json.ignore-parse-errors'='false'."""
+    return SqlError(
+        f"a record of {name!r} does not parse (partition {row.partition} offset {row.offset}: "
+        f"{row.reason}) and its OPTIONS hint says 'json.ignore-parse-errors'='false'"
+    )
 
 
 def hide_metadata(table: pa.Table, named: set[str]) -> pa.Table:
