@@ -47,6 +47,7 @@ from streamhouse.runtime.options import QueryOptions
 from streamhouse.runtime.sink import TopicSink, key_strings
 from streamhouse.runtime.sources import NO_WATERMARK, QuerySource
 from streamhouse.sql import plan as plans
+from streamhouse.sql.computed import ComputedColumns
 from streamhouse.sql.ddl import stream_definition
 from streamhouse.sql.engine import hide_metadata, parse_failure, referenced_columns
 from streamhouse.sql.execute import run_sql
@@ -192,6 +193,7 @@ class ContinuousQuery:
             sources[name] = QuerySource(
                 index, name, hinted or definition.topic, definition.schema(), column, delay
             )
+            sources[name].computed = ComputedColumns.of(definition)
         if known:
             check_columns(self.plan, self.statement, columns)
         needed = referenced_columns(self.statement)
@@ -212,7 +214,8 @@ class ContinuousQuery:
             return None  # a derived input, or a topic whose schema is not inferred yet
         keep_all = isinstance(self.plan.operator, plans.WindowAggregate)
         meta = [f for f in METADATA_FIELDS if keep_all or f.name in self._named]
-        return pa.schema([*source.schema, *meta] + (_WINDOW_FIELDS if windowed else []))
+        computed = source.computed.fields() if source.computed else []
+        return pa.schema([*source.schema, *computed, *meta] + (_WINDOW_FIELDS if windowed else []))
 
     def _validate(self) -> None:
         """Plan the query's SQL on DataFusion over empty inputs, so errors show before it runs."""

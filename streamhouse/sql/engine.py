@@ -26,6 +26,7 @@ from streamhouse.errors import SqlError, StreamHouseError, UnknownStreamError
 from streamhouse.joins.temporal import match_versions, temporal_inputs
 from streamhouse.log import Log
 from streamhouse.result import Relation, status
+from streamhouse.sql.computed import ComputedColumnError, ComputedColumns
 from streamhouse.sql.ddl import stream_definition
 from streamhouse.sql.dialect import Explain
 from streamhouse.sql.execute import datafusion_message, register, run_sql, session_context
@@ -138,6 +139,10 @@ class Engine:
             raise sql_error(f"{existing.kind} {name!r} already exists", statement.this)
         if kind in STREAM_KINDS:
             definition = stream_definition(statement)
+            try:
+                ComputedColumns.of(definition).check()
+            except ComputedColumnError as error:
+                raise sql_error(error.message, _column_def(statement, error.column)) from None
             if self.log.get_topic(definition.topic) is None:
                 partitions = int(
                     definition.options.get("partitions", self.log.settings.default_partitions)
@@ -314,10 +319,13 @@ class Engine:
                 return with_metadata(pa.table({}), records, np.arange(records.num_rows))
             table, kept, _ = decode_json(records["value"], schema)
             return with_metadata(table, records, kept)
+        computed = None
         if kind != "topic":
             definition = stream_definition(parse(entry.sql)[0])  # type: ignore[attr-defined]
             topic = definition.topic
             schema = definition.schema()
+            computed = ComputedColumns.of(definition)
+            columns = computed.needs(columns)
         if options.topic is not None:
             topic = options.topic
             if self.log.get_topic(topic) is None:
@@ -328,7 +336,7 @@ class Engine:
         if source.rejected and not options.ignore_parse_errors:
             raise parse_failure(name, source.rejected[0])
         _report(name, source, stats)
-        return source.table
+        return computed.apply(source.table) if computed else source.table
 
 
 def parse_failure(name: str, row: RejectedRow) -> SqlError:
@@ -345,6 +353,14 @@ def hide_metadata(table: pa.Table, named: set[str]) -> pa.Table:
     when asked for by name."""
     hidden = [c for c in table.column_names if c in METADATA_COLUMNS and c not in named]
     return table.drop_columns(hidden) if hidden else table
+
+
+def _column_def(statement: exp.Create, name: str) -> exp.Expr:
+    """The definition of column ``name`` in a CREATE STREAM (the statement if not found)."""
+    for coldef in statement.find_all(exp.ColumnDef):
+        if coldef.name == name:
+            return coldef
+    return statement
 
 
 def _materialized(statement: exp.Expr) -> bool:
