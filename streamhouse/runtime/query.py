@@ -62,6 +62,7 @@ from streamhouse.views.recompute import RecomputeOperator
 from streamhouse.views.top_n import TopNOperator
 from streamhouse.windows.operator import make_operator
 from streamhouse.windows.table import WINDOW_TYPE, event_time_ms
+from streamhouse.windows.time_sort import TimeSortOperator
 
 log = logging.getLogger(__name__)
 
@@ -233,6 +234,9 @@ class ContinuousQuery:
             )
         elif isinstance(op, plans.TopN):
             checks.append((op.sql, {op.source: self._schema(op.source)}))
+        elif isinstance(op, plans.TimeSort):
+            checks.append((op.pre_sql, {op.source: self._schema(op.source)}))
+            checks.append((op.sql, {op.source: self._schema(op.source)}))
         elif isinstance(op, plans.TemporalJoin):
             row = pa.field(ROW, pa.int64())
             left, right = self._schema(op.left), self._schema(op.right)
@@ -276,6 +280,9 @@ class ContinuousQuery:
             return StreamJoin(op.sql, state, left_time, right_time, bound, ttl, op.outer)
         if isinstance(op, plans.TopN):
             return TopNOperator(op, state)
+        if isinstance(op, plans.TimeSort):
+            self._check_time_attribute(op)
+            return TimeSortOperator(op, state)
         if isinstance(op, plans.Recompute):
             return RecomputeOperator(op, state)
         if isinstance(op, plans.TemporalJoin):
@@ -290,6 +297,24 @@ class ContinuousQuery:
                 op.sql, state, op.probe_time, op.probe_keys, version_time, op.version_keys
             )
         raise StreamHouseError(f"no operator for {type(op).__name__}")
+
+    def _check_time_attribute(self, op: plans.TimeSort) -> None:
+        """A continuous ORDER BY sorts on the source's time attribute (its WATERMARK column)."""
+        time_column = self.sources[op.source].time_column
+        if time_column == op.time_column:
+            return
+        order = self.statement.find(exp.Order)
+        where = order.expressions[0] if order is not None else self.statement
+        reason = (
+            f"the time attribute of {op.source!r} is {time_column!r}"
+            if time_column is not None
+            else f"{op.source!r} has no time attribute (declare a WATERMARK)"
+        )
+        raise SqlError(
+            f"ORDER BY in a continuous query must start with the time attribute, ascending: "
+            f"{op.time_column!r} is not it ({reason})",
+            *node_position(where),
+        )
 
     @property
     def updating(self) -> bool:
@@ -572,6 +597,8 @@ class ContinuousQuery:
         if isinstance(op, plans.Stateless):
             if rows(op.source) is not None:
                 outputs = _run_sql(op.sql, {op.source: rows(op.source)})
+        elif isinstance(op, plans.TimeSort):
+            outputs, late_rows = operator.process(rows(op.source), self.watermark, watermark, batch)
         elif isinstance(op, plans.WindowAggregate) and op.window is None:
             table = rows(op.source)
             if table is not None:
