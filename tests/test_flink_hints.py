@@ -101,3 +101,21 @@ def test_hints_it_cannot_apply_are_refused(sh: StreamHouse, sql: str, message: s
     if sql.startswith("SELECT"):  # continuously too, when the query starts
         with pytest.raises(SqlError, match=message.replace("(", r"\(").replace(")", r"\)")):
             sh.start(f"INSERT INTO out {sql}", name="refused").stop()
+
+
+def test_declared_options_apply_and_a_hint_overrides_them(sh: StreamHouse) -> None:
+    sh.sql(
+        "CREATE STREAM strict (a INT, b STRING) WITH (topic = 's', "
+        "'json.ignore-parse-errors' = 'false')"
+    )
+    with pytest.raises(SqlError, match="'strict' does not parse"):
+        sh.sql("SELECT a, b FROM strict").to_arrow_table()
+    lenient = "SELECT a, b FROM strict /*+ OPTIONS('json.ignore-parse-errors'='true') */"
+    assert by_a(sh.sql(lenient).to_arrow_table().to_pylist()) == GOOD
+    assert by_a(continuous_rows(sh, lenient, "q", batch=2)) == GOOD
+
+
+def test_declared_options_it_cannot_honour_are_refused_at_create(sh: StreamHouse) -> None:
+    with pytest.raises(SqlError, match="format 'csv' is not supported"):
+        sh.sql("CREATE STREAM c (a INT) WITH (topic = 'c', format = 'csv')")
+    assert sh.log.metadata.get_catalog("c") is None

@@ -110,7 +110,8 @@ class ContinuousQuery:
         self.statement = statement
         self.plan: ContinuousPlan = plan_query(statement)
         self.options = options or QueryOptions()
-        self.hints = source_options(statement)
+        self.hints = source_options(statement)  # OPTIONS hints by source
+        self.read_options: dict[str, SourceOptions] = {}  # per source: declared, then hinted
         self._named = {c.name for c in statement.find_all(exp.Column)}
         self.sources = self._resolve_sources(resolve)
         self._validate()
@@ -175,10 +176,11 @@ class ContinuousQuery:
             if resolved is None:
                 raise self._error(f"unknown stream or topic {name!r}", name)
             kind, entry = resolved
-            hinted = self.hints.get(name, SourceOptions()).topic
+            hinted = self.hints.get(name, {}).get("topic")
             if hinted is not None and self.log.get_topic(hinted) is None:
                 raise self._error(f"topic {hinted!r} of the OPTIONS hint does not exist", name)
             if kind == "topic":
+                self.read_options[name] = SourceOptions.of({}, self.hints.get(name))
                 sources[name] = QuerySource(index, name, hinted or name, None, window_column, 0)
                 known = False
                 continue
@@ -187,6 +189,7 @@ class ContinuousQuery:
                     f"continuous queries read streams and topics; {name!r} is a {kind}", name
                 )
             definition = stream_definition(parse(entry.sql)[0])
+            self.read_options[name] = SourceOptions.of(definition.options, self.hints.get(name))
             columns |= {c.name: c.type for c in definition.columns}
             watermark = definition.watermark
             column = watermark.column if watermark is not None else window_column
@@ -344,7 +347,7 @@ class ContinuousQuery:
 
     def _load_progress(self) -> None:
         for name, source in self.sources.items():
-            startup = self.hints.get(name, SourceOptions()).startup or self.options.startup
+            startup = self.read_options[name].startup or self.options.startup
             source.load(self.log, self.store, startup == "latest-offset")
         stored_wm = self.store.get_int(WATERMARK)
         self.watermark = stored_wm - (1 << 63) if stored_wm is not None else NO_WATERMARK
@@ -442,7 +445,7 @@ class ContinuousQuery:
         )
         reads = {name: source.read(self.log, ends[name]) for name, source in self.sources.items()}
         for name, read in reads.items():
-            if read.rejected and not self.hints.get(name, SourceOptions()).ignore_parse_errors:
+            if read.rejected and not self.read_options[name].ignore_parse_errors:
                 raise parse_failure(name, read.rejected[0])
         if has_data and not final:  # catching up: decode the next batch while this one runs
             following = self._plan(self.options.max_batch_records, ends)

@@ -143,6 +143,10 @@ class Engine:
                 ComputedColumns.of(definition).check()
             except ComputedColumnError as error:
                 raise sql_error(error.message, _column_def(statement, error.column)) from None
+            try:
+                SourceOptions.of(definition.options)  # the options StreamHouse reads are valid
+            except SqlError as error:
+                raise sql_error(error.message, statement.args.get("properties")) from None
             if self.log.get_topic(definition.topic) is None:
                 partitions = int(
                     definition.options.get("partitions", self.log.settings.default_partitions)
@@ -260,7 +264,7 @@ class Engine:
         columns: set[str] | None,
         named: set[str],
         stats: QueryStats,
-        hints: dict[str, SourceOptions],
+        hints: dict[str, dict[str, str]],
     ) -> pa.Table:
         """A bounded temporal join: every probe row with the version current at its time."""
         resolved = self._resolve(plan.right)
@@ -291,18 +295,18 @@ class Engine:
         name: str,
         columns: set[str] | None,
         stats: QueryStats,
-        options: SourceOptions | None = None,
+        hint: dict[str, str] | None = None,
     ) -> pa.Table:
         """The rows of a stream, view or topic as one Arrow table (``columns``: those needed;
-        ``options``: its OPTIONS hint)."""
+        ``hint``: its OPTIONS hint)."""
         resolved = self._resolve(name)
         if resolved is None:
             raise UnknownStreamError(f"unknown stream, view or topic {name!r}")
         kind, entry = resolved
         schema = None
         topic = name
-        options = options or SourceOptions()
-        if kind == "view" and options != SourceOptions():
+        options = SourceOptions.of({}, hint)
+        if kind == "view" and hint:
             raise SqlError(f"an OPTIONS hint applies to a stream or topic; {name!r} is a view")
         if kind == "view":
             view = parse(entry.sql)[0]  # type: ignore[attr-defined]
@@ -326,7 +330,8 @@ class Engine:
             schema = definition.schema()
             computed = ComputedColumns.of(definition)
             columns = computed.needs(columns)
-        if options.topic is not None:
+            options = SourceOptions.of(definition.options, hint)
+        if options.topic is not None and options.topic != topic:
             topic = options.topic
             if self.log.get_topic(topic) is None:
                 raise UnknownStreamError(

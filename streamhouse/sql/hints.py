@@ -1,6 +1,7 @@
 """Flink SQL hints: ``s /*+ OPTIONS('key'='value', ...) */`` on a source, refused otherwise.
 
-A hint is a ``/*+ ... */`` comment; sqlglot keeps it as a comment (starting with ``+``) on the
+The same options in ``CREATE STREAM ... WITH (...)`` apply to every query of the stream; a
+hint overrides them for one query. A hint is a ``/*+ ... */`` comment; sqlglot keeps it as a comment (starting with ``+``) on the
 node it follows. StreamHouse applies the dynamic table options below when they follow a
 stream or topic a query reads; every other hint (``BROADCAST``, ``LOOKUP``, ``STATE_TTL``, ...),
 a hint anywhere else, and any other option are refused by name — never read and ignored.
@@ -20,7 +21,7 @@ option                        meaning
 
 >>> from streamhouse.sql.parse import parse_one
 >>> source_options(parse_one("SELECT * FROM s /*+ OPTIONS('topic'='s2') */"))
-{'s': SourceOptions(topic='s2', ignore_parse_errors=True, startup=None)}
+{'s': {'topic': 's2'}}
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import sqlglot
 from sqlglot import exp
 from sqlglot.errors import SqlglotError
 
+from streamhouse.errors import SqlError
 from streamhouse.sql.parse import sql_error
 
 __all__ = ["OPTIONS", "SourceOptions", "check_hints", "source_options"]
@@ -42,11 +44,24 @@ _STARTUP = ("earliest-offset", "latest-offset")
 
 @dataclass(frozen=True)
 class SourceOptions:
-    """The OPTIONS hint of one source."""
+    """How a query reads one source: its declared options (``CREATE STREAM ... WITH``) with
+    its OPTIONS hint applied over them."""
 
     topic: str | None = None
     ignore_parse_errors: bool = True
     startup: str | None = None
+
+    @classmethod
+    def of(cls, declared: dict[str, str], hinted: dict[str, str] | None = None) -> SourceOptions:
+        """``declared`` options with ``hinted`` ones over them; SqlError for a bad value."""
+        options = {**declared, **(hinted or {})}
+        _check_values(options, None)
+        startup = options.get("scan.startup.mode")
+        return cls(
+            topic=options.get("topic"),
+            ignore_parse_errors=_BOOLEANS[options.get("json.ignore-parse-errors", "true").lower()],
+            startup=startup.lower() if startup is not None else None,
+        )
 
 
 def _hint_texts(node: exp.Expr) -> list[str]:
@@ -83,35 +98,34 @@ def _options(arguments: list[exp.Expr], node: exp.Expr) -> dict[str, str]:
     return options
 
 
-def _source_options(options: dict[str, str], table: exp.Table) -> SourceOptions:
+def _check_values(options: dict[str, str], table: exp.Table | None) -> None:
+    for key in ("format", "value.format"):
+        if key in options and options[key].lower() != "json":
+            raise sql_error(
+                f"{key} {options[key]!r} is not supported (StreamHouse reads json)", table
+            )
+    ignore = options.get("json.ignore-parse-errors", "true").lower()
+    if ignore not in _BOOLEANS:
+        raise sql_error(f"json.ignore-parse-errors is true or false, not {ignore!r}", table)
+    startup = options.get("scan.startup.mode")
+    if startup is not None and startup.lower() not in _STARTUP:
+        raise sql_error(
+            f"scan.startup.mode is earliest-offset or latest-offset, not {startup!r}", table
+        )
+
+
+def _hint_options(options: dict[str, str], table: exp.Table) -> dict[str, str]:
     for key in options:
         if key not in OPTIONS:
             raise sql_error(
                 f"OPTIONS hint: option {key!r} is not supported (supported: {', '.join(OPTIONS)})",
                 table,
             )
-    for key in ("format", "value.format"):
-        if key in options and options[key].lower() != "json":
-            raise sql_error(
-                f"OPTIONS hint: {key} {options[key]!r} is not supported (StreamHouse reads json)",
-                table,
-            )
-    ignore = options.get("json.ignore-parse-errors", "true").lower()
-    if ignore not in _BOOLEANS:
-        raise sql_error(
-            f"OPTIONS hint: json.ignore-parse-errors is true or false, not {ignore!r}", table
-        )
-    startup = options.get("scan.startup.mode")
-    if startup is not None and startup.lower() not in _STARTUP:
-        raise sql_error(
-            f"OPTIONS hint: scan.startup.mode is earliest-offset or latest-offset, not {startup!r}",
-            table,
-        )
-    return SourceOptions(
-        topic=options.get("topic"),
-        ignore_parse_errors=_BOOLEANS[ignore],
-        startup=startup.lower() if startup is not None else None,
-    )
+    try:
+        _check_values(options, table)
+    except SqlError as error:
+        raise SqlError(f"OPTIONS hint: {error.message}", error.line, error.column) from None
+    return options
 
 
 def _sources(statement: exp.Expr) -> set[int]:
@@ -127,11 +141,11 @@ def _sources(statement: exp.Expr) -> set[int]:
     }
 
 
-def source_options(statement: exp.Expr) -> dict[str, SourceOptions]:
-    """The OPTIONS hint of each source ``statement`` reads, by source name; a located
-    :class:`SqlError` for a hint StreamHouse does not apply."""
+def source_options(statement: exp.Expr) -> dict[str, dict[str, str]]:
+    """The options of the OPTIONS hint of each source ``statement`` reads, by source name; a
+    located :class:`SqlError` for a hint StreamHouse does not apply."""
     sources = _sources(statement)
-    found: dict[str, SourceOptions] = {}
+    found: dict[str, dict[str, str]] = {}
     for node in statement.walk():
         for text in _hint_texts(node):
             for name, arguments in _hints(text, node):
@@ -143,7 +157,7 @@ def source_options(statement: exp.Expr) -> dict[str, SourceOptions]:
                         "(written right after its name)",
                         node,
                     )
-                options = _source_options(_options(arguments, node), node)
+                options = _hint_options(_options(arguments, node), node)
                 if found.get(node.name, options) != options:
                     raise sql_error(
                         f"two references of {node.name!r} have different OPTIONS hints", node
