@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import logging
 import struct
+from collections.abc import Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -63,13 +64,12 @@ class TimeSortOperator:
         )
         self._committed_run = self._next_run
 
-    def _runs(self) -> list[tuple[bytes, bytes]]:
-        runs = []
+    def _runs(self) -> Iterator[tuple[bytes, bytes]]:
+        """The waiting runs, oldest first (read lazily: a caller stops at the watermark)."""
         for key, value in self.state.items("joins", PREFIX):
             if not key.startswith(PREFIX):
-                break
-            runs.append((key, value))
-        return runs
+                return
+            yield key, value
 
     @property
     def open_windows(self) -> int:
