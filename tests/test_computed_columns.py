@@ -9,6 +9,7 @@ bounded query too.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +17,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from join_cases import (
+    SECOND,
+    T0,
     Event,
     Schedule,
     duck,
@@ -24,8 +27,10 @@ from join_cases import (
     run_continuously,
     schedules,
     scratch_dir,
+    to_ms,
     topic_records,
 )
+from window_cases import continuous_rows
 
 import streamhouse
 from streamhouse import StreamHouse
@@ -133,3 +138,50 @@ def test_computed_columns_that_cannot_be_evaluated_are_refused_at_create(
         sh.sql(f"CREATE STREAM s (a INT, {ddl}) WITH (topic = 's')")
     assert error.value.line == 1 and error.value.column > 17  # at the column definition
     assert sh.log.metadata.get_catalog("s") is None  # nothing was created
+
+
+def test_metadata_columns_read_the_record_and_can_carry_the_watermark(sh: StreamHouse) -> None:
+    """``ts TIMESTAMP_LTZ(3) METADATA FROM 'timestamp'`` with the WATERMARK on it: a TUMBLE
+    over the records' own timestamps, continuously in micro-batches of two and bounded."""
+    sh.sql(
+        "CREATE STREAM m (v BIGINT, ts TIMESTAMP_LTZ(3) METADATA FROM 'timestamp', "
+        "`partition` INT METADATA VIRTUAL, off BIGINT METADATA FROM 'offset' VIRTUAL, "
+        "WATERMARK FOR ts AS ts - INTERVAL '1' SECOND) WITH (topic = 'm')"
+    )
+    seconds = [1, 3, 2, 6, 9, 8, 12]
+    sh.produce("m", [{"v": s} for s in seconds], timestamp=[T0 + s * SECOND for s in seconds])
+    star = sh.sql("SELECT * FROM m").to_arrow_table()
+    assert star.column_names == ["v", "ts", "partition", "off"]
+    assert [(r["v"], r["off"], r["partition"]) for r in star.to_pylist()] == [
+        (s, i, 0) for i, s in enumerate(seconds)
+    ]
+    assert [to_ms(r["ts"]) for r in star.to_pylist()] == [T0 + s * SECOND for s in seconds]
+    sql = (
+        "SELECT window_start, COUNT(*) AS n, SUM(v) AS s, MAX(off) AS last "
+        "FROM m GROUP BY TUMBLE(ts, INTERVAL '5' SECOND)"
+    )
+    want = [(T0, 3, 6, 2), (T0 + 5 * SECOND, 3, 23, 5), (T0 + 10 * SECOND, 1, 12, 6)]
+    columns = ("window_start", "n", "s", "last")
+    bounded = sh.sql(sql).to_arrow_table().to_pylist()
+    assert rows_of(bounded, columns, ("window_start",)) == want
+    assert rows_of(continuous_rows(sh, sql, "m", batch=2), columns, ("window_start",)) == want
+
+
+@pytest.mark.parametrize(
+    ("ddl", "message"),
+    [
+        (
+            "h MAP<STRING, BYTES> METADATA FROM 'headers'",
+            "METADATA FROM 'headers' is not supported",
+        ),
+        (
+            "r ROW<x INT> METADATA FROM 'offset'",
+            "the record's offset (int64) does not cast to struct<x: int32>",
+        ),
+    ],
+)
+def test_metadata_keys_it_does_not_have_are_refused(
+    sh: StreamHouse, ddl: str, message: str
+) -> None:
+    with pytest.raises(SqlError, match=re.escape(f"metadata column '{ddl.split()[0]}': {message}")):
+        sh.sql(f"CREATE STREAM s (a INT, {ddl}) WITH (topic = 's')")

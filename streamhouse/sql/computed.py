@@ -1,4 +1,5 @@
-"""Computed columns of a stream (``b AS a + 1``), evaluated when the source is read.
+"""Computed columns of a stream (``b AS a + 1``) and its metadata columns (``ts TIMESTAMP_LTZ(3)
+METADATA FROM 'timestamp'``), evaluated when the source is read.
 
 A computed column is an expression over the stream's physical columns and its metadata columns
 (``_offset``, ``_partition``, ``_timestamp``, ``_key``), as in Flink; it cannot name another
@@ -7,8 +8,9 @@ be a stream's event time (``WATERMARK FOR ts AS ts - ...`` over ``ts AS TO_TIMES
 
 Bounded and continuous reads alike append the computed columns to each decoded table with one
 DataFusion projection (:meth:`ComputedColumns.apply`); ``SELECT *`` lists the columns in the
-order they were declared. ``PROCTIME()`` (processing time) is refused when the stream is
-declared.
+order they were declared. Metadata columns take Flink's Kafka keys ``timestamp``, ``partition``
+and ``offset`` (cast to the declared type). ``PROCTIME()`` (processing time) and other metadata
+keys are refused when the stream is declared.
 
 >>> from streamhouse.sql.ddl import stream_definition
 >>> from streamhouse.sql.parse import parse_one
@@ -33,17 +35,22 @@ from streamhouse.sql.functions import to_datafusion
 from streamhouse.sql.parse import parse_one
 from streamhouse.sql.source import METADATA_FIELDS
 
-__all__ = ["ComputedColumnError", "ComputedColumns"]
+__all__ = ["METADATA_KEYS", "ComputedColumnError", "ComputedColumns"]
 
 _SOURCE = "__source"
 
 
 class ComputedColumnError(SqlError):
-    """A computed column that cannot be evaluated; ``column`` names it."""
+    """A computed or metadata column that cannot be evaluated; ``column`` names it."""
 
-    def __init__(self, column: str, message: str) -> None:
-        super().__init__(f"computed column {column!r}: {message}")
+    def __init__(self, column: str, message: str, kind: str = "computed column") -> None:
+        super().__init__(f"{kind} {column!r}: {message}")
         self.column = column
+
+
+METADATA_KEYS = {"timestamp": "_timestamp", "partition": "_partition", "offset": "_offset"}
+"""Flink's Kafka metadata keys StreamHouse has, and the metadata columns that hold them."""
+_METADATA_TYPES = {f.name: f.type for f in METADATA_FIELDS}
 
 
 _UNSUPPORTED = {"PROCTIME": "processing time is not supported yet"}
@@ -65,8 +72,14 @@ class ComputedColumns:
     def computed(self) -> list[Column]:
         return [c for c in self.columns if c.expression is not None]
 
+    @property
+    def metadata(self) -> list[Column]:
+        """Columns declared ``METADATA [FROM 'key']``: the record's timestamp, partition or
+        offset, cast to the declared type."""
+        return [c for c in self.columns if c.metadata is not None]
+
     def __bool__(self) -> bool:
-        return bool(self.computed)
+        return bool(self.computed or self.metadata)
 
     @cached_property
     def _expressions(self) -> dict[str, exp.Expr]:
@@ -119,13 +132,20 @@ class ComputedColumns:
                 if not {ref.name for ref in tree.find_all(exp.Column)} <= present:
                     continue  # its columns were not parsed: the query does not read it
                 items.append(f'{to_datafusion(tree)} AS "{column.name}"')
+            elif column.metadata is not None and METADATA_KEYS[column.metadata] in present:
+                items.append(f'"{METADATA_KEYS[column.metadata]}" AS "{column.name}"')
             elif column.name in table.column_names:
                 items.append(f'"{column.name}"')
         items += [f'"{n}"' for n in table.column_names if n not in declared]
         try:
-            return run_sql(f'SELECT {", ".join(items)} FROM "{_SOURCE}"', {_SOURCE: table})
+            out = run_sql(f'SELECT {", ".join(items)} FROM "{_SOURCE}"', {_SOURCE: table})
         except SqlError as error:
             raise SqlError(f"computed columns of {self.stream!r}: {error.message}") from None
+        for column in self.metadata:
+            if column.name in out.column_names:
+                i = out.column_names.index(column.name)
+                out = out.set_column(i, column.name, out.column(i).cast(column.type))
+        return out
 
     def fields(self) -> list[pa.Field]:
         """The computed columns as Arrow fields (their types as DataFusion plans them)."""
@@ -133,12 +153,30 @@ class ComputedColumns:
             return []
         empty = pa.schema([*self.physical, *METADATA_FIELDS]).empty_table()
         schema = self.apply(empty).schema
-        return [schema.field(c.name) for c in self.computed]
+        return [schema.field(c.name) for c in self.columns if not c.physical]
 
     def check(self) -> None:
         """Raise a :class:`ComputedColumnError` if a computed column cannot be evaluated (at
         CREATE STREAM)."""
         self._expressions  # noqa: B018 (names and functions checked)
+        for column in self.metadata:
+            source = METADATA_KEYS.get(column.metadata or "")
+            if source is None:
+                raise ComputedColumnError(
+                    column.name,
+                    f"METADATA FROM {column.metadata!r} is not supported (StreamHouse has "
+                    f"{', '.join(repr(k) for k in METADATA_KEYS)})",
+                    "metadata column",
+                )
+            try:
+                pa.array([], _METADATA_TYPES[source]).cast(column.type)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                raise ComputedColumnError(
+                    column.name,
+                    f"the record's {column.metadata} ({_METADATA_TYPES[source]}) does not cast "
+                    f"to {column.type}",
+                    "metadata column",
+                ) from None
         empty = pa.schema([*self.physical, *METADATA_FIELDS]).empty_table()
         for column in self.computed:
             sql = to_datafusion(self._expressions[column.name])
