@@ -125,13 +125,15 @@ _TEXT_TYPES = {exp.DType.TEXT, exp.DType.VARCHAR, exp.DType.CHAR, exp.DType.NVAR
 # (s: 0, ms: 3, us: 6, ns: 9); TIMESTAMP(1) and (2) are stored in ms and print 3.
 _CAST_TO_STRING = """CASE WHEN __x IS NULL THEN NULL
   WHEN arrow_typeof(__x) LIKE 'Timestamp(%' THEN concat(
-    (regexp_match(CAST(__x AS VARCHAR), '^([^T]*)T([0-9:]*)(?:[.]([0-9]+))?'))[1], ' ',
-    (regexp_match(CAST(__x AS VARCHAR), '^([^T]*)T([0-9:]*)(?:[.]([0-9]+))?'))[2],
-    CASE WHEN arrow_typeof(__x) LIKE 'Timestamp(s%' THEN '' ELSE concat('.', rpad(coalesce(
-      (regexp_match(CAST(__x AS VARCHAR), '^([^T]*)T([0-9:]*)(?:[.]([0-9]+))?'))[3], ''),
+    replace(substr(CAST(__x AS VARCHAR), 1, 19), 'T', ' '),
+    CASE WHEN arrow_typeof(__x) LIKE 'Timestamp(s%' THEN '' ELSE concat('.', rpad(
+      rtrim(split_part(ltrim(substr(CAST(__x AS VARCHAR), 20), '.'), '+', 1), 'Z'),
       CASE WHEN arrow_typeof(__x) LIKE 'Timestamp(ms%' THEN 3
            WHEN arrow_typeof(__x) LIKE 'Timestamp(ns%' THEN 9 ELSE 6 END, '0')) END)
   ELSE CAST(__x AS VARCHAR) END"""
+"""DataFusion prints ``yyyy-MM-ddTHH:mm:ss[.fff...][Z|+hh:mm]`` (years 0000-9999, as Flink's
+TIMESTAMP): the first 19 characters with a space, then the fraction padded to the unit's digits,
+the zone suffix dropped (a TIMESTAMP_LTZ prints in the session zone, UTC)."""
 
 
 def _cast_to_string(node: exp.Cast) -> exp.Expr:
