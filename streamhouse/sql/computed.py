@@ -148,7 +148,11 @@ class ComputedColumns:
         return out
 
     def fields(self) -> list[pa.Field]:
-        """The computed columns as Arrow fields (their types as DataFusion plans them)."""
+        """The computed and metadata columns as Arrow fields (the types DataFusion plans)."""
+        return self._fields
+
+    @cached_property
+    def _fields(self) -> list[pa.Field]:
         if not self:
             return []
         empty = pa.schema([*self.physical, *METADATA_FIELDS]).empty_table()

@@ -348,7 +348,7 @@ def parse_failure(name: str, row: RejectedRow) -> SqlError:
     """The error of a row that does not parse, with 'json.ignore-parse-errors'='false'."""
     return SqlError(
         f"a record of {name!r} does not parse (partition {row.partition} offset {row.offset}: "
-        f"{row.reason}) and its OPTIONS hint says 'json.ignore-parse-errors'='false'"
+        f"{row.reason}) and 'json.ignore-parse-errors' is 'false' for it"
     )
 
 
