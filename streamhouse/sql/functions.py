@@ -10,6 +10,7 @@ Flink                                    DataFusion
 ``REGEXP_EXTRACT(s, re, i)``             ``regexp_match(s, '(' || re || ')')[i + 1]``
 ``SPLIT_INDEX(s, sep, i)``               ``split_part(s, sep, i + 1)`` (NULL past the end)
 ``CHAR_LENGTH(s)``                       ``character_length(s)``
+``CAST(ts AS STRING)``                   ``yyyy-MM-dd HH:mm:ss[.f]``, p digits for TIMESTAMP(p)
 ``HOUR(ts)``, ``MINUTE``, ``DAYOFMONTH``   ``date_part('hour', ts)``, ...
 =======================================  ===============================================
 
