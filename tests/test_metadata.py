@@ -332,30 +332,39 @@ def test_persistence_and_producer_ids_across_reopen(open_store: OpenStore) -> No
 # -- concurrency and failures -----------------------------------------------------------------
 
 
-def test_concurrent_commits_from_threads(md: Store) -> None:
-    partitions, commits, size = 6, 30, 3
-    md.create_topic("t", partitions=partitions)
+def at_once(count: int, work: Callable[[int], None]) -> list[BaseException]:
+    """Run ``work(0)`` ... ``work(count - 1)`` on threads released together; their errors."""
     errors: list[BaseException] = []
-    ids: list[int] = []
-    barrier = threading.Barrier(partitions)
+    barrier = threading.Barrier(count)
 
-    def writer(p: int) -> None:
+    def run(n: int) -> None:
+        barrier.wait()
         try:
-            barrier.wait()
-            for i in range(commits):
-                md.commit_segment(f"p{p}-{i}", [Entry("t", p, i * size, i * size + size - 1)])
-                md.segments("t", p, 0)
-                md.partition_offsets("t")
-                ids.append(md.next_producer_id())
-        except BaseException as exc:  # surfaced below
+            work(n)
+        except BaseException as exc:  # returned to the test
             errors.append(exc)
 
-    threads = [threading.Thread(target=writer, args=(p,)) for p in range(partitions)]
+    threads = [threading.Thread(target=run, args=(n,)) for n in range(count)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    assert errors == []
+    return errors
+
+
+def test_concurrent_commits_from_threads(md: Store) -> None:
+    partitions, commits, size = 6, 30, 3
+    md.create_topic("t", partitions=partitions)
+    ids: list[int] = []
+
+    def writer(p: int) -> None:
+        for i in range(commits):
+            md.commit_segment(f"p{p}-{i}", [Entry("t", p, i * size, i * size + size - 1)])
+            md.segments("t", p, 0)
+            md.partition_offsets("t")
+            ids.append(md.next_producer_id())
+
+    assert at_once(partitions, writer) == []
     offsets = md.partition_offsets("t")
     assert {p: o.high_watermark for p, o in offsets.items()} == dict.fromkeys(
         range(partitions), commits * size
@@ -366,23 +375,12 @@ def test_concurrent_commits_from_threads(md: Store) -> None:
 
 def test_concurrent_stale_writers_one_wins(md: Store) -> None:
     md.create_topic("t")
-    outcomes: list[str] = []
-    barrier = threading.Barrier(4)
 
     def writer(n: int) -> None:
-        barrier.wait()
-        try:
-            md.commit_segment(f"w{n}", [Entry("t", 0, 0, 9)])
-            outcomes.append("ok")
-        except StorageError:
-            outcomes.append("fenced")
+        md.commit_segment(f"w{n}", [Entry("t", 0, 0, 9)])
 
-    threads = [threading.Thread(target=writer, args=(n,)) for n in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert sorted(outcomes) == ["fenced", "fenced", "fenced", "ok"]
+    errors = at_once(4, writer)
+    assert len(errors) == 3 and all("stale" in str(exc) for exc in errors), errors
     assert len(md.segments("t", 0)) == 1
 
 
@@ -392,34 +390,21 @@ def test_writers_on_separate_stores_get_dense_offsets(open_store: OpenStore) -> 
     writers, commits, size = 4, 25, 3
     open_store().create_topic("t", partitions=2)
     stores = [open_store() for _ in range(writers)]
-    errors: list[BaseException] = []
-    refused = [0] * writers
-    barrier = threading.Barrier(writers)
 
     def writer(n: int) -> None:
         store = stores[n]
-        try:
-            barrier.wait()
-            for i in range(commits):
-                while True:
-                    base = store.partition_offset("t", 0).high_watermark
-                    other = store.partition_offset("t", 1).high_watermark
-                    entries = [Entry("t", 1, other, other), Entry("t", 0, base, base + size - 1)]
-                    try:
-                        store.commit_segment(f"w{n}-{i}-{base}", entries)
-                        break
-                    except StorageError as exc:
-                        assert "stale" in str(exc)
-                        refused[n] += 1
-        except BaseException as exc:  # surfaced below
-            errors.append(exc)
+        for i in range(commits):
+            while True:
+                base = store.partition_offset("t", 0).high_watermark
+                other = store.partition_offset("t", 1).high_watermark
+                entries = [Entry("t", 1, other, other), Entry("t", 0, base, base + size - 1)]
+                try:
+                    store.commit_segment(f"w{n}-{i}-{base}", entries)
+                    break
+                except StorageError as exc:  # lost the race: retry from the new watermark
+                    assert "stale" in str(exc)
 
-    threads = [threading.Thread(target=writer, args=(n,)) for n in range(writers)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert errors == []
+    assert at_once(writers, writer) == []
     rows = stores[0].segments("t", 0)
     assert [(r.base_offset, r.last_offset) for r in rows] == [
         (i * size, i * size + size - 1) for i in range(writers * commits)
@@ -459,22 +444,8 @@ def test_newer_schema_is_refused(open_store: OpenStore) -> None:
 
 def test_stores_opened_at_once_apply_each_migration_once(open_store: OpenStore) -> None:
     stores: list[Store] = []
-    errors: list[BaseException] = []
-    barrier = threading.Barrier(4)
-
-    def opener() -> None:
-        barrier.wait()
-        try:
-            stores.append(open_store())
-        except BaseException as exc:  # surfaced below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=opener) for _ in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert errors == [] and len(stores) == 4
+    assert at_once(4, lambda _: stores.append(open_store())) == []
+    assert len(stores) == 4
     assert {store.schema_version for store in stores} == {LATEST_VERSION}
     assert stores[0].next_producer_id() == 1  # the counter was created once, not reset
     assert stores[3].next_producer_id() == 2
