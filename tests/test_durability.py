@@ -124,7 +124,20 @@ def _check_log(data_dir: Path, topic: str, acks: list[Ack]) -> dict[int, int]:
     return high_watermarks
 
 
-def test_kill_9_mid_produce_loses_nothing_acknowledged(tmp_path: Path) -> None:
+@pytest.fixture
+def metadata_env(metadata_url: str | None, monkeypatch: pytest.MonkeyPatch) -> str | None:
+    """Each metadata backend in turn, named by ``STREAMHOUSE_METADATA`` (which the producer
+    processes inherit): SQLite in the data directory, or one PostgreSQL schema for all."""
+    if metadata_url is None:
+        monkeypatch.delenv("STREAMHOUSE_METADATA", raising=False)
+    else:
+        monkeypatch.setenv("STREAMHOUSE_METADATA", metadata_url)
+    return metadata_url
+
+
+def test_kill_9_mid_produce_loses_nothing_acknowledged(
+    tmp_path: Path, metadata_env: str | None
+) -> None:
     with streamhouse.connect(tmp_path) as sh:
         sh.create_topic("acks", partitions=3)
     rng = random.Random(9)
@@ -159,7 +172,9 @@ def test_kill_9_mid_produce_loses_nothing_acknowledged(tmp_path: Path) -> None:
             assert sh.fetch("acks", p, high_watermark)["value"].to_pylist() == [b"after"]
 
 
-def test_producer_processes_on_one_directory_are_fenced(tmp_path: Path) -> None:
+def test_producer_processes_on_one_directory_are_fenced(
+    tmp_path: Path, metadata_env: str | None
+) -> None:
     with streamhouse.connect(tmp_path) as sh:
         sh.create_topic("shared", partitions=2)
     children = [_spawn_producer(tmp_path, "shared", tag, 0, 30) for tag in ("a", "b", "c")]
@@ -183,6 +198,40 @@ def test_producer_processes_on_one_directory_are_fenced(tmp_path: Path) -> None:
         }
     on_disk = {str(p.relative_to(tmp_path / "objects")) for p in (tmp_path / "objects").rglob("*")}
     assert {k for k in on_disk if k.endswith(".seg")} == indexed
+    assert (tmp_path / "metadata.sqlite3").exists() == (metadata_env is None)
+
+
+def test_a_writer_killed_beside_another_loses_nothing_acknowledged(
+    tmp_path: Path, metadata_env: str | None
+) -> None:
+    """Two producer processes write one partition; one is killed -9 mid-produce while the
+    other goes on. Offsets stay dense and unique, and every acknowledged record is there."""
+    with streamhouse.connect(tmp_path) as sh:
+        sh.create_topic("pair", partitions=1)
+    victim = _spawn_producer(tmp_path, "pair", "victim", 1, 0)
+    survivor = _spawn_producer(tmp_path, "pair", "survivor", 1, 60)
+    for child in (victim, survivor):
+        assert child.stdout.readline() == b"ready\n", child.stderr.read()  # type: ignore[union-attr]
+    for child in (victim, survivor):
+        child.stdin.write(b"go\n")  # type: ignore[union-attr]
+        child.stdin.flush()  # type: ignore[union-attr]
+    chunks: list[bytes] = []
+    acked = threading.Event()
+    reader = threading.Thread(target=_drain, args=(victim.stdout, chunks, acked))
+    reader.start()
+    assert acked.wait(timeout=60), "the victim acknowledged nothing"
+    time.sleep(random.uniform(0, 0.3))
+    victim.send_signal(signal.SIGKILL)
+    victim.wait(timeout=30)
+    reader.join(timeout=30)
+    out, err = survivor.communicate(timeout=120)
+    assert victim.returncode == -signal.SIGKILL
+    assert survivor.returncode == 0, err.decode()[-2000:]
+    victim_acks, survivor_acks = _parse_acks(b"".join(chunks)), _parse_acks(out)
+    assert victim_acks and len(survivor_acks) >= 60
+    high_watermarks = _check_log(tmp_path, "pair", victim_acks + survivor_acks)
+    assert high_watermarks[0] >= len(victim_acks) + len(survivor_acks)
+    assert (tmp_path / "metadata.sqlite3").exists() == (metadata_env is None)
 
 
 def test_two_cli_producers_on_one_directory(tmp_path: Path) -> None:
