@@ -384,6 +384,15 @@ def test_concurrent_stale_writers_one_wins(md: Store) -> None:
     assert len(md.segments("t", 0)) == 1
 
 
+def test_one_of_concurrent_creators_wins(open_store: OpenStore) -> None:
+    stores = [open_store() for _ in range(4)]
+    created = at_once(4, lambda n: stores[n].create_topic("t", partitions=n + 1))
+    assert len(created) == 3 and all(isinstance(e, TopicExistsError) for e in created), created
+    assert len(stores[0].partition_offsets("t")) == stores[0].get_topic("t").partitions  # type: ignore[union-attr]
+    stored = at_once(4, lambda n: stores[n].put_catalog("S", "stream", f"CREATE STREAM S{n} ()"))
+    assert len(stored) == 3 and all("already exists" in str(e) for e in stored), stored
+
+
 def test_writers_on_separate_stores_get_dense_offsets(open_store: OpenStore) -> None:
     """Writers with their own store (as separate processes have) race for one partition; each
     retries a refused commit from the new high watermark. Every commit lands exactly once."""

@@ -455,19 +455,20 @@ class PostgresMetadata:
         entry = CatalogEntry(entry_name, kind, sql, now_ms())
         key = entry_name.lower()
         with self._transaction(f"store {kind} {entry_name!r}") as conn:
-            existing = conn.execute(
-                "SELECT name, kind FROM catalog WHERE name_key = %s FOR UPDATE", (key,)
-            ).fetchone()
-            if existing is not None and not replace:
-                raise SqlError(f"{existing[1]} {existing[0]!r} already exists")
-            conn.execute(
+            # One statement decides, so two processes storing one name cannot both succeed.
+            stored = conn.execute(
                 "INSERT INTO catalog (name_key, name, kind, sql_text, created_ms)"
                 " VALUES (%s, %s, %s, %s, %s)"
                 " ON CONFLICT (name_key) DO UPDATE SET name = excluded.name,"
                 " kind = excluded.kind, sql_text = excluded.sql_text,"
-                " created_ms = excluded.created_ms",
-                (key, entry.name, entry.kind, entry.sql, entry.created_ms),
-            )
+                " created_ms = excluded.created_ms WHERE %s",
+                (key, entry.name, entry.kind, entry.sql, entry.created_ms, replace),
+            ).rowcount
+            if not stored:
+                existing = conn.execute(
+                    "SELECT name, kind FROM catalog WHERE name_key = %s", (key,)
+                ).fetchone()
+                raise SqlError(f"{existing[1]} {existing[0]!r} already exists")
         return entry
 
     def get_catalog(self, name: str) -> CatalogEntry | None:
