@@ -113,6 +113,8 @@ def main(data_dir_root: str | None, verbose: int, quiet: bool) -> None:
     logging.basicConfig(
         level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    # The PostgreSQL pool says three INFO lines per metadata call: only with -vv.
+    logging.getLogger("psycopg.pool").setLevel(logging.DEBUG if verbose > 1 else logging.WARNING)
 
 
 # -- topics ------------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ producing through one PostgreSQL database are in test_durability.py.)"""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
@@ -83,8 +84,10 @@ def test_cli_metadata_option(
         input='{"a": 1}\n{"a": 2}\n{"a": 3}\n',
     )  # fmt: skip
     assert produced.exit_code == 0, produced.output
-    listed = _run("--data-dir", data, "topic", "list", "--metadata", postgres_url)
+    listed = _run("-v", "--data-dir", data, "topic", "list", "--metadata", postgres_url)
     assert listed.exit_code == 0 and "lines" in listed.stdout, listed.output
+    # -v shows StreamHouse's INFO lines, not the pool's three per metadata call
+    assert logging.getLogger("psycopg.pool").level == logging.WARNING
     queried = _run(
         "--data-dir", data, "--metadata", postgres_url, "query", "SELECT sum(a) AS s FROM lines",
         "--format", "json",
