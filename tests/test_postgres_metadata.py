@@ -7,10 +7,13 @@ producing through one PostgreSQL database are in test_durability.py.)"""
 from __future__ import annotations
 
 import logging
+import threading
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner, Result
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka_fixtures import KafkaServer
 
 import streamhouse
 from streamhouse.cli import main
@@ -105,3 +108,48 @@ def test_cli_metadata_option(
         failed = _run("--data-dir", data, "topic", "list", "--metadata", url)
         assert failed.exit_code == 1 and "Traceback" not in failed.output
         assert len(failed.stderr.splitlines()) == 1 and failed.stderr.startswith(message)
+
+
+def test_two_servers_on_one_postgresql_database_share_a_partition(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    """Two ``serve`` processes, one data directory and one PostgreSQL database: kafka-python
+    producers on each write one partition at once; either server then serves all of it, at
+    dense offsets without duplicates."""
+    data = tmp_path / "data"
+    with streamhouse.connect(data, metadata=postgres_url) as sh:
+        sh.create_topic("shared", partitions=1)
+    servers = [KafkaServer(data, args=["--metadata", postgres_url]) for _ in range(2)]
+    try:
+        for server in servers:
+            server.start()
+
+        def produce(n: int) -> None:
+            producer = KafkaProducer(bootstrap_servers=servers[n].bootstrap, linger_ms=2)
+            for i in range(300):
+                producer.send("shared", f"s{n}-{i}".encode(), partition=0)
+            producer.flush(timeout=60)
+            producer.close()
+
+        threads = [threading.Thread(target=produce, args=(n,)) for n in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=120)
+        for server in servers:
+            consumer = KafkaConsumer(
+                bootstrap_servers=server.bootstrap,
+                auto_offset_reset="earliest",
+                consumer_timeout_ms=2000,
+            )
+            consumer.assign([TopicPartition("shared", 0)])
+            got = [(m.offset, m.value) for m in consumer]
+            consumer.close()
+            assert [offset for offset, _ in got] == list(range(600)), server.log()
+            assert sorted(v for _, v in got) == sorted(
+                f"s{n}-{i}".encode() for n in range(2) for i in range(300)
+            )
+    finally:
+        for server in servers:
+            assert server.stop() == 0, server.log()
+    assert not (data / "metadata.sqlite3").exists()
