@@ -29,10 +29,11 @@ from streamhouse.log.metadata import (
     GroupOffset,
     PartitionOffsets,
     SegmentRow,
+    migrations,
     open_metadata,
     validate_topic_name,
 )
-from streamhouse.log.metadata.migrations import LATEST_VERSION, POSTGRESQL
+from streamhouse.log.metadata.migrations import LATEST_VERSION, POSTGRESQL, Migration
 from streamhouse.log.metadata.postgres import PostgresMetadata
 from streamhouse.log.metadata.sqlite import SQLiteMetadata
 
@@ -449,6 +450,24 @@ def test_newer_schema_is_refused(open_store: OpenStore) -> None:
     md.close()
     with pytest.raises(StorageError, match=f"schema version {LATEST_VERSION + 1}, newer"):
         open_store()
+
+
+def test_an_older_store_is_migrated_once(
+    open_store: OpenStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    md = open_store()
+    md.create_topic("kept")
+    md.close()
+    newer = Migration(LATEST_VERSION + 1, "a later change", ("CREATE TABLE later (x INTEGER)",))
+    monkeypatch.setattr(migrations, "MIGRATIONS", (*migrations.MIGRATIONS, newer))
+    monkeypatch.setattr(migrations, "LATEST_VERSION", newer.version)
+    upgraded = open_store()
+    assert upgraded.schema_version == newer.version
+    assert [t.name for t in upgraded.list_topics()] == ["kept"]
+    run_sql(upgraded, "INSERT INTO later (x) VALUES (1)")  # the new table exists
+    upgraded.close()
+    again = open_store()  # nothing left to apply: CREATE TABLE later would fail if run twice
+    assert again.schema_version == newer.version
 
 
 def test_stores_opened_at_once_apply_each_migration_once(open_store: OpenStore) -> None:
