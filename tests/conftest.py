@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import uuid
 from collections.abc import Callable, Iterator
 from urllib.parse import urlencode, urlsplit, urlunsplit
@@ -98,7 +97,7 @@ def postgres_database() -> Iterator[str]:
     try:
         admin = psycopg.connect(POSTGRES_URL, autocommit=True, connect_timeout=5)
     except psycopg.Error as exc:
-        cause = re.sub(r"\s+", " ", str(exc)).strip()
+        cause = str(exc).strip().splitlines()[0]  # the rest is libpq's advice
         reason = f"no PostgreSQL server at {POSTGRES_URL} (set STREAMHOUSE_TEST_POSTGRES): {cause}"
         if os.environ.get("CI", "").lower() == "true":
             pytest.fail(reason, pytrace=False)
