@@ -509,6 +509,24 @@ def test_open_metadata_postgresql(postgres_url: str) -> None:
     again.close()
 
 
+def test_postgresql_connections_dropped_by_the_server_are_replaced(postgres_url: str) -> None:
+    md = PostgresMetadata(postgres_url)
+    try:
+        md.create_topic("t")
+        at_once(4, lambda _: md.partition_offsets("t"))  # several pooled connections
+        with psycopg.connect(postgres_url, autocommit=True) as admin:
+            dropped = admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            ).fetchall()
+        assert len(dropped) >= 2 and all(ok for (ok,) in dropped)
+        errors = at_once(4, lambda n: md.commit_segment(f"o{n}", [Entry("t", 0, 0, 0)]))
+        assert len(errors) == 3 and all("stale" in str(e) for e in errors), errors
+        assert len(md.segments("t", 0)) == 1
+    finally:
+        md.close()
+
+
 def test_postgresql_missing_database_is_one_line(postgres_database: str) -> None:
     url = postgres_database.rsplit("/", 1)[0] + "/no_such_database_here"
     with pytest.raises(StorageError, match='database "no_such_database_here" does not exist'):

@@ -107,6 +107,9 @@ class PostgresMetadata:
                 min_size=1,
                 max_size=pool_size,
                 kwargs={"autocommit": True, "connect_timeout": CONNECT_TIMEOUT_S},
+                # A connection the server dropped (restart, failover, idle timeout) is
+                # replaced when it is next taken, instead of failing that call.
+                check=ConnectionPool.check_connection,
                 name=f"streamhouse-metadata-{uuid.uuid4().hex[:8]}",
                 open=True,
             )
