@@ -272,20 +272,18 @@ def open_metadata(settings: Settings) -> Metadata:
     ``sqlite:////absolute/path`` name another SQLite file; ``postgresql://user@host:5432/db``
     (or ``postgres://``, any libpq URI) a PostgreSQL database.
     """
+    from streamhouse.log.metadata.sqlite import SQLiteMetadata
+
     url = settings.metadata
     if url is None:
-        from streamhouse.log.metadata.sqlite import SQLiteMetadata
-
         return SQLiteMetadata(Path(settings.data_dir) / "metadata.sqlite3")
     if url.startswith("sqlite:///"):
-        from streamhouse.log.metadata.sqlite import SQLiteMetadata
-
         path = url.removeprefix("sqlite:///")
         if not path:
             raise ConfigError(f"metadata URL {url!r} names no file")
         return SQLiteMetadata(Path(path))
     if url.startswith(POSTGRESQL_SCHEMES):
-        from streamhouse.log.metadata.postgres import PostgresMetadata
+        from streamhouse.log.metadata.postgres import PostgresMetadata  # psycopg only when used
 
         return PostgresMetadata(url)
     raise ConfigError(
