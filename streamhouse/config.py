@@ -23,7 +23,9 @@ class Settings:
 
     ``object_store`` is ``None`` for the local directory ``<data_dir>/objects``, or an URL
     ``s3://bucket/prefix`` (``s3_endpoint_url`` points boto3 at an S3-compatible server).
-    ``metadata`` is ``None`` for SQLite at ``<data_dir>/metadata.sqlite3``.
+    ``metadata`` is ``None`` for SQLite at ``<data_dir>/metadata.sqlite3``, ``sqlite:///path``
+    for another SQLite file, or ``postgresql://user@host:5432/db`` (``postgres://`` too) for a
+    PostgreSQL database several processes share (``STREAMHOUSE_METADATA``, ``--metadata``).
     """
 
     data_dir: Path = field(default_factory=lambda: Path(DEFAULT_DATA_DIR))

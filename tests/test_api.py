@@ -300,9 +300,11 @@ def test_concurrent_producer_threads_get_contiguous_offsets(sh: StreamHouse) -> 
         assert sh.log.offsets("busy", partition).high_watermark == len(offsets)
 
 
-def test_two_connections_on_one_directory_are_fenced_and_retry(tmp_path: Path) -> None:
-    first = streamhouse.connect(tmp_path, linger_ms=1)
-    second = streamhouse.connect(tmp_path, linger_ms=1)
+def test_two_connections_on_one_directory_are_fenced_and_retry(
+    tmp_path: Path, metadata_url: str | None
+) -> None:
+    first = streamhouse.connect(tmp_path, linger_ms=1, metadata=metadata_url)
+    second = streamhouse.connect(tmp_path, linger_ms=1, metadata=metadata_url)
     try:
         first.create_topic("shared", partitions=2)
         assert first.produce("shared", ["a0", "a1"], partition=0).offsets == {0: (0, 1)}
