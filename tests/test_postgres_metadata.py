@@ -6,6 +6,7 @@ producing through one PostgreSQL database are in test_durability.py.)"""
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 from pathlib import Path
@@ -96,7 +97,7 @@ def test_cli_metadata_option(
         "--format", "json",
     )  # fmt: skip
     assert queried.exit_code == 0, queried.output
-    assert queried.stdout.splitlines() == ['{"s": 6}']
+    assert [json.loads(line) for line in queried.stdout.splitlines()] == [{"s": 6}]
     assert not (tmp_path / "data" / "metadata.sqlite3").exists()
     with streamhouse.connect(data, metadata=postgres_url) as sh:
         assert sh.fetch("lines", 1)["value"].to_pylist() == [b'{"a": 1}', b'{"a": 2}', b'{"a": 3}']
