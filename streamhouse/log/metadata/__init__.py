@@ -35,6 +35,7 @@ __all__ = [
     "SegmentRow",
     "TopicInfo",
     "open_metadata",
+    "sqlite_path",
     "validate_topic_name",
 ]
 
@@ -173,6 +174,15 @@ class Metadata(Protocol):
         stale writer); ``UnknownTopicError``/``UnknownPartitionError`` for unknown ones."""
         ...
 
+    def restore_segments(self, rows: Sequence[SegmentRow], *, producer_id_floor: int = 0) -> None:
+        """Index ``rows`` as given, in one transaction: a rebuild from segment footers.
+
+        Each partition with rows gets its lowest base offset as log start and one past its
+        highest last offset as high watermark; rows may leave gaps but must not overlap
+        (``LogError``). Producer ids handed out afterwards are above ``producer_id_floor``.
+        The topics and partitions must exist (``UnknownPartitionError``)."""
+        ...
+
     def segments(
         self,
         topic: str,
@@ -260,24 +270,29 @@ def validate_topic_name(name: str) -> None:
         )
 
 
-def open_metadata(settings: Settings) -> Metadata:
-    """Open the metadata store ``settings.metadata`` names.
+def sqlite_path(settings: Settings) -> Path:
+    """The SQLite file ``settings.metadata`` names; ``ConfigError`` for any other store.
 
-    ``None`` means SQLite at ``<data_dir>/metadata.sqlite3``; ``sqlite:///relative/path`` and
-    ``sqlite:////absolute/path`` name another SQLite file; PostgreSQL is not built yet.
+    ``None`` means ``<data_dir>/metadata.sqlite3``; ``sqlite:///relative/path`` and
+    ``sqlite:////absolute/path`` name another file.
     """
-    from streamhouse.log.metadata.sqlite import SQLiteMetadata
-
     url = settings.metadata
     if url is None:
-        return SQLiteMetadata(Path(settings.data_dir) / "metadata.sqlite3")
+        return Path(settings.data_dir) / "metadata.sqlite3"
     if url.startswith("sqlite:///"):
         path = url.removeprefix("sqlite:///")
         if not path:
             raise ConfigError(f"metadata URL {url!r} names no file")
-        return SQLiteMetadata(Path(path))
+        return Path(path)
     if url.startswith(("postgresql://", "postgres://", "postgresql+")):
         raise ConfigError("PostgreSQL metadata is not built yet")
     raise ConfigError(
         f"metadata URL {url!r} is not supported: use sqlite:///path (or leave it unset)"
     )
+
+
+def open_metadata(settings: Settings) -> Metadata:
+    """Open the metadata store ``settings.metadata`` names (see :func:`sqlite_path`)."""
+    from streamhouse.log.metadata.sqlite import SQLiteMetadata
+
+    return SQLiteMetadata(sqlite_path(settings))
