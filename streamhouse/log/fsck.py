@@ -25,6 +25,7 @@ from __future__ import annotations
 import bisect
 import fcntl
 import logging
+import operator
 import os
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -55,11 +56,14 @@ __all__ = [
     "RebuildReport",
     "check",
     "delete_orphans",
+    "index_row",
     "rebuild_metadata",
 ]
 
-READ_THREADS = 4
-"""Objects read and checksummed at once."""
+READ_THREADS = 2
+"""Objects read and checksummed at once (the figures in benchmarks/results/fsck.json)."""
+CHUNK_OBJECTS = 16
+"""Objects one thread reads and checks per task: fewer hand-offs than one object per task."""
 
 Progress = Callable[[int], None]
 """Called with how much was done: bytes (:func:`check`) or objects (:func:`rebuild_metadata`)."""
@@ -168,10 +172,14 @@ _COMPARED = (
     "record_count",
     "crc",
 )
+_FIELDS = operator.attrgetter("topic", "partition", "base_offset", *_COMPARED)
+"""The fields an index row and a footer entry share, as one tuple (in C, for the fast path)."""
 
 
 def _compare(key: str, rows: list[SegmentRow], entries: list[SegmentEntry]) -> list[Finding]:
     """Findings where the index rows of ``key`` and its footer entries disagree."""
+    if sorted(map(_FIELDS, rows)) == sorted(map(_FIELDS, entries)):
+        return []
     footer = {(e.topic, e.partition, e.base_offset): e for e in entries}
     findings = []
     for row in rows:
@@ -276,16 +284,22 @@ def check(
     if on_start is not None:
         on_start(sum(info.size for info in to_read))
 
-    def verify(info: ObjectInfo) -> tuple[int, list[Finding]]:
-        try:
-            data = store.get(info.key)
-        except ObjectNotFoundError:  # deleted since it was listed (e.g. with its topic)
-            return 0, []
-        return len(data), _verify(info.key, data, by_key.get(info.key), now - info.modified)
+    def verify(chunk: list[ObjectInfo]) -> tuple[int, int, list[Finding]]:
+        objects, size, found = 0, 0, []
+        for info in chunk:
+            try:
+                data = store.get(info.key)
+            except ObjectNotFoundError:  # deleted since it was listed (e.g. with its topic)
+                continue
+            objects += 1
+            size += len(data)
+            found.extend(_verify(info.key, data, by_key.get(info.key), now - info.modified))
+        return objects, size, found
 
+    chunks = [to_read[i : i + CHUNK_OBJECTS] for i in range(0, len(to_read), CHUNK_OBJECTS)]
     with ThreadPoolExecutor(max(1, threads), thread_name_prefix="fsck") as pool:
-        for size, found in pool.map(verify, to_read):
-            report.objects += 1 if size else 0
+        for objects, size, found in pool.map(verify, chunks):
+            report.objects += objects
             report.bytes += size
             report.findings.extend(found)
             if progress is not None:
@@ -378,21 +392,7 @@ def _choose(
             bisect.insort(
                 taken.setdefault((e.topic, e.partition), []), (e.base_offset, e.last_offset)
             )
-            rows.append(
-                SegmentRow(
-                    key,
-                    e.topic,
-                    e.partition,
-                    e.base_offset,
-                    e.last_offset,
-                    e.position,
-                    e.length,
-                    e.min_timestamp,
-                    e.max_timestamp,
-                    e.record_count,
-                    e.crc,
-                )
-            )
+            rows.append(index_row(key, e))
     for (topic, partition), intervals in taken.items():
         report.offsets[(topic, partition)] = (intervals[0][0], intervals[-1][1] + 1)
         report.topics[topic] = max(report.topics.get(topic, 0), partition + 1)
@@ -403,6 +403,23 @@ def _choose(
         )
     report.overlapping.sort()
     return rows
+
+
+def index_row(object_key: str, entry: SegmentEntry) -> SegmentRow:
+    """The index row naming the run ``entry`` of the object ``object_key``."""
+    return SegmentRow(
+        object_key,
+        entry.topic,
+        entry.partition,
+        entry.base_offset,
+        entry.last_offset,
+        entry.position,
+        entry.length,
+        entry.min_timestamp,
+        entry.max_timestamp,
+        entry.record_count,
+        entry.crc,
+    )
 
 
 def _overlaps(intervals: list[tuple[int, int]], entry: SegmentEntry) -> bool:
