@@ -577,8 +577,8 @@ def demo(ctx: click.Context, events: int, data_dir: str | None) -> None:
     type=click.FloatRange(0),
     default=None,
     metavar="SECONDS",
-    help="Objects no metadata names younger than this may be flushes in progress: they are"
-    " neither reported nor deleted (default: setting orphan_min_age_s, 3600).",
+    help="Orphans younger than this are never deleted, and not reported if they hold offsets"
+    " past the high watermarks (flushes in progress) (default: setting orphan_min_age_s, 3600).",
 )
 @data_dir_option
 @click.pass_context
@@ -622,16 +622,20 @@ def fsck(
                 report = checker.check(
                     store, metadata, orphan_min_age_s=min_age, progress=advance, on_start=on_start
                 )
-            deleted = set()
+            deletion = checker.OrphanDeletion()
             if delete_orphans:
-                deleted = set(
-                    checker.delete_orphans(store, metadata, report, orphan_min_age_s=min_age)
-                )
+                deletion = checker.delete_orphans(store, metadata, report, orphan_min_age_s=min_age)
         finally:
             metadata.close()
+    deleted = set(deletion.deleted)
     for finding in report.findings:
-        prefix = "deleted " if finding.object_key in deleted else ""
-        click.echo(f"{prefix}{finding}")
+        key = finding.object_key
+        if key in deleted:
+            click.echo(f"deleted {finding}")
+        elif key in deletion.kept and finding.kind is checker.FindingKind.ORPHAN:
+            click.echo(f"kept {finding} [{deletion.kept[key]}]")
+        else:
+            click.echo(str(finding))
     rate = report.bytes / max(report.seconds, 1e-9) / 1e9
     remaining = [f for f in report.findings if f.object_key not in deleted]
     click.echo(
@@ -643,7 +647,7 @@ def fsck(
     if report.young:
         click.echo(
             f"{len(report.young)} object(s) no metadata names are younger than {min_age:g} s"
-            " (flushes may be in progress): neither checked nor deleted",
+            " and hold offsets past the high watermarks (flushes in progress): not reported",
             err=True,
         )
     if remaining:

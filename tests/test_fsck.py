@@ -6,6 +6,8 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -20,7 +22,8 @@ from streamhouse.errors import StorageError
 from streamhouse.log.fsck import FindingKind, check, delete_orphans
 from streamhouse.log.metadata.sqlite import SQLiteMetadata
 from streamhouse.log.objectstore import LocalObjectStore
-from streamhouse.log.segment import SegmentEntry, read_footer
+from streamhouse.log.records import restamp
+from streamhouse.log.segment import SegmentBuilder, SegmentEntry, read_footer
 
 TOPIC = "t"
 
@@ -114,7 +117,6 @@ def test_orphans_and_missing_objects(data_dir: Path) -> None:
     shutil.copy(data_dir / "objects" / third, data_dir / "objects" / orphan)
     (data_dir / "objects" / second).unlink()
 
-    # A young orphan may be a flush on its way to its commit: not a finding by default.
     result = fsck(data_dir)
     assert result.exit_code == 1
     with streamhouse.connect(data_dir) as sh:
@@ -131,11 +133,6 @@ def test_orphans_and_missing_objects(data_dir: Path) -> None:
         f"missing {second} ({second_ranges}): the index names this object but the object"
         " store does not hold it"
     )
-    assert result.stdout.splitlines() == [missing_line]
-    assert "1 object(s) no metadata names are younger than 3600 s" in result.stderr
-
-    result = fsck(data_dir, "--orphan-min-age", "0")
-    assert result.exit_code == 1
     lines = result.stdout.splitlines()
     assert lines[0] == missing_line
     assert lines[1].startswith(
@@ -143,6 +140,41 @@ def test_orphans_and_missing_objects(data_dir: Path) -> None:
     )
     assert len(lines) == 2
     assert first not in result.stdout
+
+
+def test_a_young_object_past_the_high_watermarks_is_a_flush_in_progress(data_dir: Path) -> None:
+    with streamhouse.connect(data_dir) as sh:
+        high_watermark = sh.log.metadata.partition_offset(TOPIC, 0).high_watermark
+    key = _keys(data_dir)[0]
+    entry = _footer(data_dir, key)[0]
+    run = (data_dir / "objects" / key).read_bytes()[entry.position : entry.position + entry.length]
+    builder = SegmentBuilder()
+    builder.add(
+        TOPIC,
+        0,
+        restamp(run, high_watermark),
+        base_offset=high_watermark,
+        last_offset=high_watermark + entry.last_offset - entry.base_offset,
+        min_timestamp=entry.min_timestamp,
+        max_timestamp=entry.max_timestamp,
+        record_count=entry.record_count,
+    )
+    pending = "segments/99999999999999999999-pend1ng0.seg"
+    (data_dir / "objects" / pending).write_bytes(builder.build()[0])
+
+    result = fsck(data_dir)
+    assert result.exit_code == 0, result.output
+    assert "1 object(s) no metadata names are younger than 3600 s" in result.stderr
+    assert fsck(data_dir, "--delete-orphans").exit_code == 0
+    assert pending in _keys(data_dir)
+
+    _age(data_dir / "objects" / pending, 7200)  # a flush takes minutes at most: an orphan
+    result = fsck(data_dir)
+    assert result.exit_code == 1
+    assert result.stdout.startswith(
+        f"orphan {pending} (t/0 offsets {high_watermark}-"
+        f"{high_watermark + entry.last_offset - entry.base_offset}): no index row names this"
+    )
 
 
 def test_a_footer_that_disagrees_with_the_index(data_dir: Path) -> None:
@@ -183,8 +215,11 @@ def test_delete_orphans_respects_the_age_bound_and_the_index(data_dir: Path) -> 
     before = _records(data_dir)
 
     result = fsck(data_dir, "--delete-orphans")
-    assert result.exit_code == 0, result.output  # the only finding was deleted
-    assert result.stdout.splitlines()[0].startswith(f"deleted orphan {old} (")
+    assert result.exit_code == 1, result.output  # the young orphan is kept, still a finding
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith(f"deleted orphan {old} (")
+    assert lines[1].startswith(f"kept orphan {young} (")
+    assert lines[1].endswith("[younger than 3600 s]")
     assert _keys(data_dir) == sorted([*keys, young])
     assert _records(data_dir) == before
 
@@ -206,7 +241,8 @@ def test_an_orphan_indexed_after_the_check_is_kept(tmp_path: Path) -> None:
         report = check(store, metadata, orphan_min_age_s=0)
         assert [f.kind for f in report.findings] == [FindingKind.ORPHAN]
         metadata.commit_segment(key, _footer(tmp_path / "other", key))  # a late commit
-        assert delete_orphans(store, metadata, report, orphan_min_age_s=0) == []
+        deletion = delete_orphans(store, metadata, report, orphan_min_age_s=0)
+        assert deletion.deleted == [] and deletion.kept == {key: "indexed since the check"}
         assert store.list() == [key]
         assert check(store, metadata, orphan_min_age_s=0).sound
 
@@ -282,6 +318,40 @@ def test_rebuild_leaves_out_an_object_a_newer_one_overrides(data_dir: Path) -> N
     assert _keys(data_dir) == keys
 
 
+def test_rebuild_refuses_while_another_process_has_the_metadata_open(data_dir: Path) -> None:
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_METADATA, str(data_dir)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "open\n"
+        before = (data_dir / "metadata.sqlite3").stat().st_ino
+        result = fsck(data_dir, "--rebuild-metadata")
+        assert result.exit_code == 1
+        assert result.stderr.splitlines() == [
+            f"Error: metadata store {data_dir / 'metadata.sqlite3'} is open in another process:"
+            " stop every process using this data directory (e.g. `streamhouse serve`) before"
+            " rebuilding its metadata"
+        ]
+        assert (data_dir / "metadata.sqlite3").stat().st_ino == before  # left alone
+        assert not list(data_dir.glob("*.replaced-*"))
+    finally:
+        holder.communicate("\n", timeout=30)
+    assert fsck(data_dir, "--rebuild-metadata").exit_code == 0  # once it is closed
+
+
+HOLD_METADATA = """
+import sys
+import streamhouse
+with streamhouse.connect(sys.argv[1]) as sh:
+    sh.topics()
+    print("open", flush=True)
+    sys.stdin.readline()
+"""
+
+
 def test_the_metadata_refuses_writes_once_its_file_is_deleted(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -318,6 +388,7 @@ def test_fsck_settings_come_from_the_environment(
     shutil.copy(data_dir / "objects" / _keys(data_dir)[0], data_dir / "objects" / orphan)
     monkeypatch.setenv("STREAMHOUSE_ORPHAN_MIN_AGE_S", "0")
     assert Settings.load().orphan_min_age_s == 0
-    result = fsck(data_dir)
-    assert result.exit_code == 1
-    assert result.stdout.startswith(f"orphan {orphan} (")
+    result = fsck(data_dir, "--delete-orphans")
+    assert result.exit_code == 0
+    assert result.stdout.startswith(f"deleted orphan {orphan} (")
+    assert orphan not in _keys(data_dir)

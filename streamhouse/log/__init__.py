@@ -52,10 +52,13 @@ SplitBatches = list[tuple[int, int, BatchHeader]]
 """``(start, end, header)`` of each batch, as :func:`~streamhouse.log.records.split_batches`."""
 
 
-def _refuse_lost_metadata(store: ObjectStore, problem: str) -> None:
-    """Raise ``StorageError`` if ``store`` holds segment objects (so ``problem`` means data loss)."""
+def _refuse_lost_metadata(
+    store: ObjectStore, problem: str, still: Callable[[], bool] = lambda: True
+) -> None:
+    """Raise ``StorageError`` if ``store`` holds segment objects and ``still()`` says the
+    ``problem`` persists (then it means data loss)."""
     keys = store.list(SEGMENT_PREFIX)
-    if keys:
+    if keys and still():
         raise StorageError(
             f"{problem} but the object store holds {len(keys)} segment object(s), e.g. {keys[0]}:"
             " refusing to open the data as an empty log; run `streamhouse fsck"
@@ -95,7 +98,13 @@ class Log:
             metadata = open_metadata(settings)
             try:
                 if existed and not metadata.list_topics():
-                    _refuse_lost_metadata(store, f"metadata store {path} holds no topics")
+                    # Asked again after the listing: another process may be creating its first
+                    # topic and object in this new data dir right now.
+                    _refuse_lost_metadata(
+                        store,
+                        f"metadata store {path} holds no topics",
+                        still=lambda: not metadata.list_topics(),
+                    )
             except BaseException:
                 metadata.close()
                 raise

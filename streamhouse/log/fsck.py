@@ -5,8 +5,9 @@
 - ``damaged``: the header, trailer or footer checksum fails, or a run's CRC-32C does not match
   its footer entry (only those runs are named);
 - ``orphan``: no index row names the object (e.g. a flush whose put landed but whose commit
-  or clean-up failed); objects younger than ``orphan_min_age_s`` are left out, as they may be
-  flushes on their way to their commit;
+  or clean-up failed). One younger than ``orphan_min_age_s`` whose runs all start at or past
+  their partitions' high watermarks may be a flush on its way to its commit: it is counted
+  in :attr:`FsckReport.young`, not reported;
 - ``missing``: index rows name an object the store does not hold;
 - ``mismatch``: an index row and the object's footer disagree (offsets, bytes, checksum);
 - ``index``: a partition's index rows leave a gap or end short of its high watermark.
@@ -53,6 +54,7 @@ __all__ = [
     "Finding",
     "FindingKind",
     "FsckReport",
+    "OrphanDeletion",
     "RebuildReport",
     "check",
     "delete_orphans",
@@ -114,7 +116,8 @@ class FsckReport:
     seconds: float = 0.0
     findings: list[Finding] = field(default_factory=list)
     young: list[str] = field(default_factory=list)
-    """Unindexed objects younger than the age bound: possibly flushes in progress."""
+    """Unindexed objects younger than the age bound whose runs start at or past their
+    partitions' high watermarks: possibly flushes on their way to their commit."""
 
     @property
     def sound(self) -> bool:
@@ -131,12 +134,20 @@ def _ranges(items: Iterable[SegmentEntry | SegmentRow]) -> tuple[OffsetRange, ..
     )
 
 
-def _index(metadata: Metadata) -> tuple[dict[str, list[SegmentRow]], list[Finding]]:
-    """Every index row by object key, and the gaps between a partition's rows."""
+_Partition = tuple[str, int]
+
+
+def _index(
+    metadata: Metadata,
+) -> tuple[dict[str, list[SegmentRow]], dict[_Partition, int], list[Finding]]:
+    """Every index row by object key, every partition's high watermark, and the gaps between
+    a partition's rows."""
     by_key: dict[str, list[SegmentRow]] = {}
+    high_watermarks: dict[_Partition, int] = {}
     findings = []
     for topic in metadata.list_topics():
         for partition, offsets in metadata.partition_offsets(topic.name).items():
+            high_watermarks[(topic.name, partition)] = offsets.high_watermark
             expected = offsets.log_start_offset
             for row in metadata.segments(topic.name, partition, offsets.log_start_offset):
                 by_key.setdefault(row.object_key, []).append(row)
@@ -160,7 +171,7 @@ def _index(metadata: Metadata) -> tuple[dict[str, list[SegmentRow]], list[Findin
                         f" {offsets.high_watermark}",
                     )
                 )
-    return by_key, findings
+    return by_key, high_watermarks, findings
 
 
 _COMPARED = (
@@ -212,8 +223,15 @@ def _corrupt_reason(exc: CorruptSegmentError, key: str) -> str:
     return str(exc).removeprefix(f"segment object {key!r} is corrupt: ")
 
 
-def _verify(key: str, data: bytes, rows: list[SegmentRow] | None, age_s: float) -> list[Finding]:
-    """Findings of one object's bytes against its index rows (``None``: unindexed)."""
+def _verify(
+    key: str,
+    data: bytes,
+    rows: list[SegmentRow] | None,
+    age_s: float,
+    in_flight: Callable[[list[SegmentEntry]], bool],
+) -> tuple[list[Finding], bool]:
+    """Findings of one object's bytes against its index rows (``None``: unindexed), and
+    whether it is an unindexed object that may be a flush in progress (``in_flight``)."""
     findings = []
     try:
         entries = read_footer(data, key)
@@ -232,6 +250,8 @@ def _verify(key: str, data: bytes, rows: list[SegmentRow] | None, age_s: float) 
                 Finding(FindingKind.DAMAGED, key, _ranges(bad), "run checksum mismatch")
             )
     if rows is None:
+        if entries and in_flight(entries):
+            return findings, True
         findings.append(
             Finding(
                 FindingKind.ORPHAN,
@@ -242,7 +262,7 @@ def _verify(key: str, data: bytes, rows: list[SegmentRow] | None, age_s: float) 
         )
     elif entries:
         findings.extend(_compare(key, rows, entries))
-    return findings
+    return findings, False
 
 
 def check(
@@ -257,12 +277,13 @@ def check(
     """Check every segment object in ``store`` against ``metadata``.
 
     ``on_start(total_bytes)`` is called once the objects are listed; ``progress(n)`` after
-    each object with its size. The objects are listed before the index is read, so an object
-    committed meanwhile is not taken for an orphan.
+    each chunk of objects with their size. The objects are listed before the index is read,
+    so an object committed meanwhile is not taken for an orphan, and one still on its way to
+    its commit holds offsets at or past the high watermarks read.
     """
     started = time.perf_counter()
     listed = store.list_info(SEGMENT_PREFIX)
-    by_key, findings = _index(metadata)
+    by_key, high_watermarks, findings = _index(metadata)
     report = FsckReport(findings=findings)
     now = time.time()
     present = {info.key for info in listed}
@@ -275,17 +296,17 @@ def check(
                 "the index names this object but the object store does not hold it",
             )
         )
-    to_read = []
-    for info in listed:
-        if info.key not in by_key and now - info.modified < orphan_min_age_s:
-            report.young.append(info.key)
-        else:
-            to_read.append(info)
     if on_start is not None:
-        on_start(sum(info.size for info in to_read))
+        on_start(sum(info.size for info in listed))
 
-    def verify(chunk: list[ObjectInfo]) -> tuple[int, int, list[Finding]]:
-        objects, size, found = 0, 0, []
+    def past_high_watermarks(entries: list[SegmentEntry]) -> bool:
+        return all(
+            e.base_offset >= high_watermarks.get((e.topic, e.partition), e.base_offset + 1)
+            for e in entries
+        )
+
+    def verify(chunk: list[ObjectInfo]) -> tuple[int, int, list[Finding], list[str]]:
+        objects, size, found, young = 0, 0, [], []
         for info in chunk:
             try:
                 data = store.get(info.key)
@@ -293,51 +314,69 @@ def check(
                 continue
             objects += 1
             size += len(data)
-            found.extend(_verify(info.key, data, by_key.get(info.key), now - info.modified))
-        return objects, size, found
+            age = now - info.modified
+            findings, in_flight = _verify(
+                info.key,
+                data,
+                by_key.get(info.key),
+                age,
+                lambda entries: age < orphan_min_age_s and past_high_watermarks(entries),  # noqa: B023 - called at once
+            )
+            found.extend(findings)
+            if in_flight:
+                young.append(info.key)
+        return objects, size, found, young
 
-    chunks = [to_read[i : i + CHUNK_OBJECTS] for i in range(0, len(to_read), CHUNK_OBJECTS)]
+    chunks = [listed[i : i + CHUNK_OBJECTS] for i in range(0, len(listed), CHUNK_OBJECTS)]
     with ThreadPoolExecutor(max(1, threads), thread_name_prefix="fsck") as pool:
-        for objects, size, found in pool.map(verify, chunks):
+        for objects, size, found, young in pool.map(verify, chunks):
             report.objects += objects
             report.bytes += size
             report.findings.extend(found)
+            report.young.extend(young)
             if progress is not None:
                 progress(size)
     report.seconds = time.perf_counter() - started
     return report
 
 
+@dataclass(slots=True)
+class OrphanDeletion:
+    """What :func:`delete_orphans` did with each orphan: deleted, or kept and why."""
+
+    deleted: list[str] = field(default_factory=list)
+    kept: dict[str, str] = field(default_factory=dict)
+
+
 def delete_orphans(
     store: ObjectStore, metadata: Metadata, report: FsckReport, *, orphan_min_age_s: float
-) -> list[str]:
+) -> OrphanDeletion:
     """Delete the orphans ``report`` found that are at least ``orphan_min_age_s`` old.
 
     Each is looked up in the index once more, partition by partition of its footer, right
-    before it goes: an object any index row names is kept. Returns the deleted keys.
+    before it goes: an object any index row names is kept.
     """
     now = time.time()
     ages = {info.key: now - info.modified for info in store.list_info(SEGMENT_PREFIX)}
-    deleted = []
+    done = OrphanDeletion()
     for finding in report.of_kind(FindingKind.ORPHAN):
         key = finding.object_key
         assert key is not None
         if key not in ages:
             continue
         if ages[key] < orphan_min_age_s:
-            log.warning("orphan %s is only %.0f s old: kept", key, ages[key])
-            continue
-        if any(
+            done.kept[key] = f"younger than {orphan_min_age_s:g} s"
+        elif any(
             row.object_key == key
             for r in finding.ranges
             for row in metadata.segments(r.topic, r.partition, r.first, r.last + 1)
         ):
-            log.warning("orphan %s is indexed now: kept", key)
-            continue
-        store.delete(key)
-        log.info("deleted orphan %s", key)
-        deleted.append(key)
-    return deleted
+            done.kept[key] = "indexed since the check"
+        else:
+            store.delete(key)
+            log.info("deleted orphan %s", key)
+            done.deleted.append(key)
+    return done
 
 
 # -- rebuilding the metadata from the footers ----------------------------------------------------
