@@ -10,8 +10,9 @@ go into the SQLite metadata in one transaction (``restore_segments``), as ``fsck
 not what is measured). Then :func:`streamhouse.log.fsck.check` runs ``--repeat`` times per
 thread count, timed with ``time.perf_counter``; the figure is bytes of objects verified per
 second (header, trailer, footer and every run's CRC-32C, plus the footer-vs-index
-comparison). The OS page cache is warm (the objects were just written); the 1-minute load
-average is recorded with each figure, as the machine is shared.
+comparison), by the wall clock and per CPU second of the process (all its threads). The
+OS page cache is warm (the objects were just written); the 1-minute load average is recorded
+with each figure, as the machine is shared.
 """
 
 from __future__ import annotations
@@ -106,7 +107,9 @@ def build_data_dir(root: Path, objects: int, partitions: int, records: int) -> t
 def run_check(root: Path, threads: int) -> dict[str, Any]:
     store = LocalObjectStore(root / "objects")
     with SQLiteMetadata(root / "metadata.sqlite3") as metadata:
+        cpu = time.process_time()
         report = check(store, metadata, orphan_min_age_s=3600, threads=threads)
+        cpu = time.process_time() - cpu
     if not report.sound:
         raise SystemExit(f"the benchmark data dir is not sound: {report.findings[:3]}")
     return {
@@ -114,6 +117,8 @@ def run_check(root: Path, threads: int) -> dict[str, Any]:
         "bytes": report.bytes,
         "seconds": round(report.seconds, 3),
         "gb_per_s": round(report.bytes / report.seconds / 1e9, 3),
+        "cpu_s": round(cpu, 3),
+        "gb_per_cpu_s": round(report.bytes / cpu / 1e9, 3),
         "load_1m": load(),
     }
 
@@ -147,6 +152,7 @@ def main() -> None:
         threads: {
             "best_gb_per_s": max(r["gb_per_s"] for r in results),
             "median_gb_per_s": statistics.median(r["gb_per_s"] for r in results),
+            "median_gb_per_cpu_s": statistics.median(r["gb_per_cpu_s"] for r in results),
         }
         for threads, results in runs.items()
     }

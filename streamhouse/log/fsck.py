@@ -223,41 +223,56 @@ def _corrupt_reason(exc: CorruptSegmentError, key: str) -> str:
     return str(exc).removeprefix(f"segment object {key!r} is corrupt: ")
 
 
-def _verify(
-    key: str,
-    data: bytes,
-    rows: list[SegmentRow] | None,
-    age_s: float,
-    in_flight: Callable[[list[SegmentEntry]], bool],
-) -> tuple[list[Finding], bool]:
-    """Findings of one object's bytes against its index rows (``None``: unindexed), and
-    whether it is an unindexed object that may be a flush in progress (``in_flight``)."""
-    findings = []
+@dataclass(slots=True)
+class _Object:
+    """One object as read: its footer entries (empty if the footer is damaged) and damage."""
+
+    info: ObjectInfo
+    entries: list[SegmentEntry]
+    damage: str | None = None  # why the footer is unreadable
+    bad_runs: list[SegmentEntry] = field(default_factory=list)
+
+
+def _read(store: ObjectStore, info: ObjectInfo) -> _Object | None:
+    """Read the object whole and check its header, trailer, footer and every run's CRC-32C
+    on a view of it (no copies); ``None`` if it was deleted since it was listed."""
     try:
-        entries = read_footer(data, key)
+        data = store.get(info.key)
+    except ObjectNotFoundError:  # e.g. deleted with its topic
+        return None
+    info = ObjectInfo(info.key, len(data), info.modified)
+    try:
+        entries = read_footer(data, info.key)
     except CorruptSegmentError as exc:
-        entries = []
+        return _Object(info, [], _corrupt_reason(exc, info.key))
+    view = memoryview(data)
+    bad = [e for e in entries if crc32c.crc32c(view[e.position : e.position + e.length]) != e.crc]
+    return _Object(info, entries, None, bad)
+
+
+def _judge(
+    read: _Object, rows: list[SegmentRow] | None, in_flight: bool
+) -> tuple[list[Finding], bool]:
+    """Findings of an object read against its index rows (``None``: unindexed), and whether
+    it is an unindexed object that may be a flush in progress (``in_flight`` says whether
+    its age and offsets allow that)."""
+    key, entries = read.info.key, read.entries
+    findings = []
+    if read.damage is not None:
+        findings.append(Finding(FindingKind.DAMAGED, key, _ranges(rows or ()), read.damage))
+    if read.bad_runs:
         findings.append(
-            Finding(FindingKind.DAMAGED, key, _ranges(rows or ()), _corrupt_reason(exc, key))
+            Finding(FindingKind.DAMAGED, key, _ranges(read.bad_runs), "run checksum mismatch")
         )
-    else:
-        view = memoryview(data)
-        bad = [
-            e for e in entries if crc32c.crc32c(view[e.position : e.position + e.length]) != e.crc
-        ]
-        if bad:
-            findings.append(
-                Finding(FindingKind.DAMAGED, key, _ranges(bad), "run checksum mismatch")
-            )
     if rows is None:
-        if entries and in_flight(entries):
+        if entries and in_flight:
             return findings, True
         findings.append(
             Finding(
                 FindingKind.ORPHAN,
                 key,
                 _ranges(entries),
-                f"no index row names this object (written {age_s:.0f} s ago)",
+                f"no index row names this object (written {time.time() - read.info.modified:.0f} s ago)",
             )
         )
     elif entries:
@@ -277,65 +292,49 @@ def check(
     """Check every segment object in ``store`` against ``metadata``.
 
     ``on_start(total_bytes)`` is called once the objects are listed; ``progress(n)`` after
-    each chunk of objects with their size. The objects are listed before the index is read,
-    so an object committed meanwhile is not taken for an orphan, and one still on its way to
-    its commit holds offsets at or past the high watermarks read.
+    each chunk of objects with their size. The objects are listed before the index is read
+    (while the objects are), so an object committed meanwhile is not taken for an orphan,
+    and one still on its way to its commit holds offsets at or past the high watermarks read.
     """
     started = time.perf_counter()
     listed = store.list_info(SEGMENT_PREFIX)
-    by_key, high_watermarks, findings = _index(metadata)
-    report = FsckReport(findings=findings)
-    now = time.time()
-    present = {info.key for info in listed}
-    for key in sorted(set(by_key) - present):
-        report.findings.append(
-            Finding(
-                FindingKind.MISSING,
-                key,
-                _ranges(by_key[key]),
-                "the index names this object but the object store does not hold it",
-            )
-        )
     if on_start is not None:
         on_start(sum(info.size for info in listed))
 
-    def past_high_watermarks(entries: list[SegmentEntry]) -> bool:
-        return all(
-            e.base_offset >= high_watermarks.get((e.topic, e.partition), e.base_offset + 1)
-            for e in entries
-        )
-
-    def verify(chunk: list[ObjectInfo]) -> tuple[int, int, list[Finding], list[str]]:
-        objects, size, found, young = 0, 0, [], []
-        for info in chunk:
-            try:
-                data = store.get(info.key)
-            except ObjectNotFoundError:  # deleted since it was listed (e.g. with its topic)
-                continue
-            objects += 1
-            size += len(data)
-            age = now - info.modified
-            findings, in_flight = _verify(
-                info.key,
-                data,
-                by_key.get(info.key),
-                age,
-                lambda entries: age < orphan_min_age_s and past_high_watermarks(entries),  # noqa: B023 - called at once
-            )
-            found.extend(findings)
-            if in_flight:
-                young.append(info.key)
-        return objects, size, found, young
+    def read_chunk(chunk: list[ObjectInfo]) -> list[_Object]:
+        return [read for info in chunk if (read := _read(store, info)) is not None]
 
     chunks = [listed[i : i + CHUNK_OBJECTS] for i in range(0, len(listed), CHUNK_OBJECTS)]
-    with ThreadPoolExecutor(max(1, threads), thread_name_prefix="fsck") as pool:
-        for objects, size, found, young in pool.map(verify, chunks):
-            report.objects += objects
-            report.bytes += size
-            report.findings.extend(found)
-            report.young.extend(young)
+    with ThreadPoolExecutor(max(1, threads) + 1, thread_name_prefix="fsck") as pool:
+        index = pool.submit(_index, metadata)
+        reads = pool.map(read_chunk, chunks)
+        by_key, high_watermarks, findings = index.result()
+        report = FsckReport(findings=findings)
+        present = {info.key for info in listed}
+        for key in sorted(set(by_key) - present):
+            report.findings.append(
+                Finding(
+                    FindingKind.MISSING,
+                    key,
+                    _ranges(by_key[key]),
+                    "the index names this object but the object store does not hold it",
+                )
+            )
+        now = time.time()
+        for chunk in reads:
+            for read in chunk:
+                in_flight = now - read.info.modified < orphan_min_age_s and all(
+                    e.base_offset >= high_watermarks.get((e.topic, e.partition), e.base_offset + 1)
+                    for e in read.entries
+                )
+                found, young = _judge(read, by_key.get(read.info.key), in_flight)
+                report.findings.extend(found)
+                if young:
+                    report.young.append(read.info.key)
+                report.objects += 1
+                report.bytes += read.info.size
             if progress is not None:
-                progress(size)
+                progress(sum(read.info.size for read in chunk))
     report.seconds = time.perf_counter() - started
     return report
 
