@@ -612,6 +612,10 @@ def fsck(
         path = sqlite_path(settings)
         if not path.exists():
             count = len(store.list(SEGMENT_PREFIX))
+            if not count:
+                raise click.ClickException(
+                    f"no metadata store at {path} and no segment objects: not a data directory"
+                )
             raise click.ClickException(
                 f"metadata store {path} is missing ({count} segment object(s) exist):"
                 " run `streamhouse fsck --rebuild-metadata`"

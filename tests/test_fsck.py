@@ -392,3 +392,13 @@ def test_fsck_settings_come_from_the_environment(
     assert result.exit_code == 0
     assert result.stdout.startswith(f"deleted orphan {orphan} (")
     assert orphan not in _keys(data_dir)
+
+
+def test_fsck_of_a_directory_that_holds_no_data(tmp_path: Path) -> None:
+    result = fsck(tmp_path / "nothing")
+    assert result.exit_code == 1
+    assert result.stderr.splitlines() == [
+        f"Error: no metadata store at {tmp_path / 'nothing' / 'metadata.sqlite3'} and no"
+        " segment objects: not a data directory"
+    ]
+    assert not (tmp_path / "nothing" / "metadata.sqlite3").exists()
