@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -402,3 +403,31 @@ def test_fsck_of_a_directory_that_holds_no_data(tmp_path: Path) -> None:
         " segment objects: not a data directory"
     ]
     assert not (tmp_path / "nothing" / "metadata.sqlite3").exists()
+
+
+def test_fsck_while_producing_finds_nothing(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    stop = threading.Event()
+    with streamhouse.connect(data_dir, linger_ms=1) as sh:
+        sh.create_topic(TOPIC, partitions=4)
+
+        first = threading.Event()
+
+        def produce() -> None:
+            while not stop.is_set():
+                sh.produce(TOPIC, [b"x" * 100] * 50)
+                first.set()
+
+        producer = threading.Thread(target=produce)
+        producer.start()
+        try:
+            assert first.wait(30)
+            store = LocalObjectStore(data_dir / "objects")
+            with SQLiteMetadata(data_dir / "metadata.sqlite3") as metadata:
+                reports = [check(store, metadata, orphan_min_age_s=3600) for _ in range(20)]
+        finally:
+            stop.set()
+            producer.join()
+    assert [f for r in reports for f in r.findings] == []
+    assert reports[-1].objects > reports[0].objects > 0
+    assert fsck(data_dir).exit_code == 0

@@ -149,7 +149,11 @@ def _index(
         for partition, offsets in metadata.partition_offsets(topic.name).items():
             high_watermarks[(topic.name, partition)] = offsets.high_watermark
             expected = offsets.log_start_offset
-            for row in metadata.segments(topic.name, partition, offsets.log_start_offset):
+            # Rows up to the high watermark read: later ones were committed meanwhile, and
+            # their objects are judged as flushes on their way to their commit.
+            for row in metadata.segments(
+                topic.name, partition, offsets.log_start_offset, offsets.high_watermark
+            ):
                 by_key.setdefault(row.object_key, []).append(row)
                 if row.base_offset > expected:
                     findings.append(
@@ -221,6 +225,14 @@ def _compare(key: str, rows: list[SegmentRow], entries: list[SegmentEntry]) -> l
 
 def _corrupt_reason(exc: CorruptSegmentError, key: str) -> str:
     return str(exc).removeprefix(f"segment object {key!r} is corrupt: ")
+
+
+def _exists(store: ObjectStore, key: str) -> bool:
+    try:
+        store.size(key)
+    except ObjectNotFoundError:
+        return False
+    return True
 
 
 @dataclass(slots=True)
@@ -312,6 +324,8 @@ def check(
         report = FsckReport(findings=findings)
         present = {info.key for info in listed}
         for key in sorted(set(by_key) - present):
+            if _exists(store, key):  # put and committed since the listing
+                continue
             report.findings.append(
                 Finding(
                     FindingKind.MISSING,
