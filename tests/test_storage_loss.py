@@ -104,7 +104,12 @@ def test_metadata_deleted_under_serve_loses_nothing_acknowledged(tmp_path: Path)
         assert len(deliveries.acked) == 2000  # not one acknowledged into the deleted file
         assert len(deliveries.failed) == 2000
         assert server.alive()
-        assert "was deleted while in use: refusing every write" in server.log(400)
+        log = server.log(100_000)
+        assert log.count(" ERROR streamhouse.log.metadata.sqlite: metadata store") == 1
+        assert "was deleted while in use: refusing every write" in log
+        # KAFKA_STORAGE_ERROR is retriable: the client kept trying until message.timeout.ms.
+        assert {"Local: Message timed out" in failure for failure in deliveries.failed} == {True}
+        assert log.count("append failed: metadata store") > 2000 / 500
     finally:
         code = server.stop()
     assert code == 0, server.log()
