@@ -1,7 +1,8 @@
 """StreamHouse: a Kafka-compatible, object-store-native log and a streaming SQL engine.
 
->>> import streamhouse
->>> sh = streamhouse.connect()  # ./streamhouse-data, embedded   # doctest: +SKIP
+>>> import streamhouse, tempfile
+>>> sh = streamhouse.connect(tempfile.mkdtemp())  # connect() alone: ./streamhouse-data
+>>> sh.close()
 """
 
 from streamhouse.connection import Produced, StreamHouse, connect
@@ -9,6 +10,7 @@ from streamhouse.errors import (
     ConfigError,
     CorruptRecordError,
     CorruptSegmentError,
+    DamagedRangeError,
     LogError,
     OffsetOutOfRangeError,
     ProtocolError,
@@ -29,6 +31,7 @@ __all__ = [
     "ConfigError",
     "CorruptRecordError",
     "CorruptSegmentError",
+    "DamagedRangeError",
     "LogError",
     "OffsetOutOfRangeError",
     "Produced",

@@ -22,6 +22,9 @@ import pyarrow as pa
 from streamhouse.config import DEFAULT_DATA_DIR, Settings
 from streamhouse.connection import StreamHouse
 from streamhouse.errors import StreamHouseError
+from streamhouse.output import DEFAULT_MAX_ROWS
+from streamhouse.output import print_table as _print_table
+from streamhouse.output import write_result as _write_result
 
 log = logging.getLogger("streamhouse")
 
@@ -304,70 +307,51 @@ def consume(
     type=click.Path(dir_okay=False, writable=True),
     help="Write the result to this file.",
 )
+@click.option(
+    "--skip-damaged",
+    is_flag=True,
+    help="Leave damaged ranges of records out and report them (SET 'read.on-damage' = 'skip').",
+)
+@click.option(
+    "--max-rows",
+    type=click.IntRange(min=0),
+    default=DEFAULT_MAX_ROWS,
+    show_default=True,
+    help="Table format: show at most this many rows, first and last halves (0 = all).",
+)
 @data_dir_option
 @click.pass_context
 @friendly_errors
-def query(ctx: click.Context, sql: str, fmt: str, output: str | None, data_dir: str | None) -> None:
-    """Run SQL over the log as of now and print the answer (SQL '-' reads it from stdin)."""
+def query(
+    ctx: click.Context,
+    sql: str,
+    fmt: str,
+    output: str | None,
+    skip_damaged: bool,
+    max_rows: int,
+    data_dir: str | None,
+) -> None:
+    """Run SQL over the log as of now and print the answer (SQL '-' reads it from stdin).
+
+    csv, json (one object per line) and arrow (an IPC stream) write every row, batch by
+    batch; the table format shows the first and last rows and counts them all.
+    """
     if sql == "-":
         sql = sys.stdin.read()
     with _open(ctx) as sh:
+        if skip_damaged:
+            sh.sql("SET 'read.on-damage' = 'skip'")
         relation = sh.sql(sql)
-        table = relation.to_arrow_table()
+        rows = relation.to_arrow_reader()
         stats = getattr(relation, "stats", None)
-    if stats is not None and stats.rejected:
-        click.echo(
-            f"warning: {len(stats.rejected)} record(s) did not fit the schema and were left out",
-            err=True,
-        )
-    _write_result(table, fmt, output)
-
-
-def _write_result(table: pa.Table, fmt: str, output: str | None) -> None:
-    if fmt == "table":
-        if output is None:
-            _print_table(table)
-        else:
-            with open(output, "w", encoding="utf-8") as fh:
-                _print_table(table, file=fh)
-        return
-    sink = open(output, "wb") if output else sys.stdout.buffer  # noqa: SIM115
-    try:
-        if fmt == "json":
-            for row in table.to_pylist():
-                sink.write(json.dumps(row, default=str, ensure_ascii=False).encode() + b"\n")
-        elif fmt == "csv":
-            import pyarrow.csv as pa_csv
-
-            pa_csv.write_csv(table, sink)
-        else:
-            with pa.ipc.new_stream(sink, table.schema) as writer:
-                writer.write_table(table)
-    finally:
-        if output:
-            sink.close()
-        else:
-            sink.flush()
-
-
-def _print_table(table: pa.Table, title: str | None = None, file: Any = None) -> None:
-    """Print ``table`` with rich to stdout (or ``file``, unwrapped); the row count to stderr."""
-    from rich.console import Console
-    from rich.table import Table
-
-    view = Table(title=title, title_justify="left", header_style="bold")
-    for field in table.schema:
-        numeric = (
-            pa.types.is_integer(field.type)
-            or pa.types.is_floating(field.type)
-            or pa.types.is_decimal(field.type)
-        )
-        view.add_column(field.name, justify="right" if numeric else "left")
-    for row in table.to_pylist():
-        view.add_row(*("NULL" if v is None else str(v) for v in row.values()))
-    console = Console(soft_wrap=True) if file is None else Console(file=file, width=1 << 14)
-    console.print(view)
-    click.echo(f"({table.num_rows} row{'s' if table.num_rows != 1 else ''})", err=True)
+        if stats is not None and stats.rejected:
+            click.echo(
+                f"warning: {len(stats.rejected)} record(s) did not fit the schema and were left out",
+                err=True,
+            )
+        for damaged in stats.damaged if stats is not None else ():
+            click.echo(f"warning: {damaged.records} record(s) skipped: {damaged}", err=True)
+        _write_result(rows, fmt, output, 0 if relation.listing else max_rows)
 
 
 # -- server and demo ---------------------------------------------------------------------------
@@ -418,7 +402,11 @@ def serve(
     )
     with StreamHouse(settings) as sh:
         for path in sorted(Path(queries_dir).glob("*.sql")) if queries_dir else []:
-            query = sh.start(path)
+            try:
+                query = sh.start(path)
+            except StreamHouseError as exc:  # that query alone fails; Kafka and the rest go on
+                log.error("continuous query from %s not started: %s", path, exc)
+                continue
             log.warning("continuous query %s running from %s", query.name, path)
         for query in sh.start_materialized_views():
             log.warning("materialized view %s running", query.name)
@@ -506,8 +494,9 @@ def run(
             raise click.ClickException(f"query {query.name} failed: {query.error}")
         click.echo(
             f"query {query.name}: {status['rows_in']} rows in, {status['rows_out']} rows out, "
-            f"{status['late_rows']} late, {status['rejected_rows']} rejected; "
-            f"watermark {status['watermark']}",
+            f"{status['late_rows']} late, {status['rejected_rows']} rejected"
+            + (f", {status['damaged_rows']} damaged skipped" if status["damaged_rows"] else "")
+            + f"; watermark {status['watermark']}",
             err=True,
         )
 

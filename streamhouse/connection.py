@@ -1,10 +1,14 @@
 """The Python API: one object for the log and the SQL engine, embedded by default.
 
->>> import streamhouse
->>> sh = streamhouse.connect("/tmp/sh-doc")                # doctest: +SKIP
->>> sh.create_topic("events", partitions=4)              # doctest: +SKIP
->>> sh.produce("events", [{"user_id": 1, "event_type": "click"}])  # doctest: +SKIP
->>> sh.sql("SELECT user_id, count(*) FROM events GROUP BY user_id").df()  # doctest: +SKIP
+>>> import streamhouse, tempfile
+>>> sh = streamhouse.connect(tempfile.mkdtemp())
+>>> sh.create_topic("events", partitions=4).partitions
+4
+>>> sh.produce("events", [{"user_id": 1, "event_type": "click"}])
+Produced(records=1, offsets={0: (0, 0)})
+>>> sh.sql("SELECT user_id, count(*) AS n FROM events GROUP BY user_id").to_arrow_table().to_pylist()
+[{'user_id': 1, 'n': 1}]
+>>> sh.close()
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import pyarrow as pa
 
 from streamhouse.config import Settings
 from streamhouse.errors import (
+    DamagedRangeError,
     LogError,
     RecordTooLargeError,
     StreamHouseError,
@@ -202,13 +207,21 @@ class StreamHouse:
     ) -> pa.Table:
         """Records of a topic (one partition, or all) from ``offset`` on, as an Arrow table.
 
-        Columns: partition, offset, timestamp, key, value, headers.
+        Columns: partition, offset, timestamp, key, value, headers. As in a Kafka fetch, a
+        partition's records end before a damaged range of offsets, and a fetch from inside one
+        raises its :class:`~streamhouse.errors.DamagedRangeError`: reading on from the last
+        offset + 1 meets the error, after every record before it.
         """
         info = self.log.topic(topic)
         if partition is not None and not 0 <= partition < info.partitions:
             raise UnknownPartitionError(topic, partition)
         partitions = [partition] if partition is not None else list(range(info.partitions))
-        table = read_records(self.log, topic, partitions, dict.fromkeys(partitions, offset))
+        damaged: list[DamagedRangeError] = []
+        table = read_records(
+            self.log, topic, partitions, dict.fromkeys(partitions, offset), damaged=damaged
+        )
+        if damaged:
+            table = _before_damage(table, damaged, offset)
         table = table.select(["partition", "offset", "timestamp", "key", "value", "headers"])
         return table.slice(0, max_records) if max_records is not None else table
 
@@ -277,8 +290,16 @@ class StreamHouse:
 
         ``function`` takes one Arrow array per argument and returns an Arrow array:
 
+        >>> import pyarrow as pa, pyarrow.compute as pc, streamhouse, tempfile
+        >>> sh = streamhouse.connect(tempfile.mkdtemp())
         >>> sh.register_function("count_char", lambda s, c: pc.count_substring(s, c[0].as_py()),
-        ...                      [pa.string(), pa.string()], pa.int64())   # doctest: +SKIP
+        ...                      [pa.string(), pa.string()], pa.int64())
+        >>> sh.create_topic("words").name
+        'words'
+        >>> _ = sh.produce("words", [{"w": "banana"}])
+        >>> sh.sql("SELECT count_char(w, 'a') AS n FROM words").to_arrow_table().to_pylist()
+        [{'n': 3}]
+        >>> sh.close()
         """
         from streamhouse.sql.functions import register_function
 
@@ -298,6 +319,25 @@ class StreamHouse:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _before_damage(table: pa.Table, damaged: list[DamagedRangeError], offset: int) -> pa.Table:
+    """The rows of ``table`` (read from ``offset``) before each partition's first damaged range;
+    raises that range's error if the read began inside it."""
+    first: dict[int, DamagedRangeError] = {}
+    for exc in damaged:
+        if exc.partition not in first or exc.base_offset < first[exc.partition].base_offset:
+            first[exc.partition] = exc
+    for exc in first.values():
+        if exc.base_offset <= offset:
+            raise exc
+    limits = np.full(max(first) + 1, np.iinfo(np.int64).max, np.int64)
+    for p, exc in first.items():
+        limits[p] = exc.base_offset
+    partitions = table["partition"].to_numpy()
+    inside = partitions < len(limits)
+    limit = np.where(inside, limits[np.where(inside, partitions, 0)], np.iinfo(np.int64).max)
+    return table.filter(pa.array(table["offset"].to_numpy() < limit))
 
 
 def _encode_value(value: Value) -> bytes | None:

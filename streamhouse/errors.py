@@ -54,6 +54,37 @@ class CorruptSegmentError(LogError):
     def __init__(self, key: str, reason: str) -> None:
         super().__init__(f"segment object {key!r} is corrupt: {reason}")
         self.key = key
+        self.reason = reason
+
+
+class DamagedRangeError(CorruptSegmentError):
+    """Offsets ``[base_offset, last_offset]`` of a partition are unreadable: their run in segment
+    object ``key`` fails its checksum or is cut short. Only that range is lost; the records
+    before and after it read as usual.
+
+    >>> str(DamagedRangeError("t", 0, 1000, 1999, "segments/2.seg", "checksum mismatch"))
+    "topic 't' partition 0 offsets [1000, 1999] are unreadable: segment object 'segments/2.seg' is damaged (checksum mismatch)"
+    """
+
+    def __init__(
+        self, topic: str, partition: int, base_offset: int, last_offset: int, key: str, reason: str
+    ) -> None:
+        LogError.__init__(
+            self,
+            f"topic {topic!r} partition {partition} offsets [{base_offset}, {last_offset}] are"
+            f" unreadable: segment object {key!r} is damaged ({reason})",
+        )
+        self.topic = topic
+        self.partition = partition
+        self.base_offset = base_offset
+        self.last_offset = last_offset
+        self.key = key
+        self.reason = reason
+
+    @property
+    def records(self) -> int:
+        """How many offsets the range spans."""
+        return self.last_offset - self.base_offset + 1
 
 
 class StorageError(LogError):

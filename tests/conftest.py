@@ -50,3 +50,15 @@ def s3_store(moto_server: str) -> Iterator[Callable[..., S3ObjectStore]]:
     yield make
     for store in stores:
         store.close()
+
+
+@pytest.fixture
+def s3_url(
+    s3_store: Callable[..., S3ObjectStore], monkeypatch: pytest.MonkeyPatch
+) -> Callable[[str], str]:
+    """Factory ``s3_url(prefix) -> "s3://bucket/prefix"`` on a fresh bucket of the moto server,
+    with moto's credentials in the environment for the StreamHouse that opens it."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", S3_CREDENTIALS["aws_access_key_id"])
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", S3_CREDENTIALS["aws_secret_access_key"])
+    bucket = s3_store().bucket  # creates the bucket
+    return lambda prefix: f"s3://{bucket}/{prefix}"

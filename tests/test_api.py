@@ -16,6 +16,7 @@ from kafka.partitioner.default import DefaultPartitioner
 import streamhouse
 from streamhouse import (
     RecordTooLargeError,
+    SqlError,
     StreamHouse,
     StreamHouseError,
     UnknownPartitionError,
@@ -400,3 +401,27 @@ def test_the_whole_api_on_s3(
             ],
         }
     assert not (tmp_path / "objects").exists()
+
+
+def test_python_functions_results_are_cast_to_the_declared_type_or_named(sh: StreamHouse) -> None:
+    import pyarrow.compute as pc
+
+    sh.create_topic("words")
+    sh.produce("words", [{"w": "banana"}, {"w": "kiwi"}])
+    # pc.count_substring gives int32; int64 is declared
+    sh.register_function(
+        "t_count_a", lambda s: pc.count_substring(s, "a"), [pa.string()], pa.int64()
+    )
+    table = sh.sql("SELECT w, t_count_a(w) AS n FROM words ORDER BY w").to_arrow_table()
+    assert table.schema.field("n").type == pa.int64()
+    assert table.to_pylist() == [{"w": "banana", "n": 3}, {"w": "kiwi", "n": 0}]
+    sh.register_function("t_as_int", lambda s: s, [pa.string()], pa.int64())
+    with pytest.raises(
+        SqlError, match="function 't_as_int' returned string, not the declared int64"
+    ):
+        sh.sql("SELECT t_as_int(w) FROM words").to_arrow_table()
+    sh.register_function("t_divide", lambda s: 1 / 0, [pa.string()], pa.int64())
+    with pytest.raises(
+        SqlError, match="a Python function raised ZeroDivisionError: division by zero"
+    ):
+        sh.sql("SELECT t_divide(w) FROM words").to_arrow_table()

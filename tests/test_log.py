@@ -7,7 +7,13 @@ from pathlib import Path
 import pytest
 
 import streamhouse
-from streamhouse import CorruptSegmentError, OffsetOutOfRangeError, StorageError, StreamHouse
+from streamhouse import (
+    CorruptSegmentError,
+    DamagedRangeError,
+    OffsetOutOfRangeError,
+    StorageError,
+    StreamHouse,
+)
 from streamhouse.config import Settings
 from streamhouse.log import Log
 from streamhouse.log.records import build_batch, decode_batches
@@ -57,7 +63,9 @@ def test_corrupt_run_fails_only_its_partition(data_dir: Path) -> None:
     path.write_bytes(bytes(data))
 
     with streamhouse.connect(data_dir) as sh:  # a fresh process: nothing cached
-        with pytest.raises(CorruptSegmentError, match="checksum mismatch in the run of t/1") as err:
+        with pytest.raises(
+            DamagedRangeError, match=r"topic 't' partition 1 offsets \[0, 9\] .*checksum mismatch"
+        ) as err:
             sh.fetch("t", 1)
         assert err.value.key == key and key in str(err.value)
         with pytest.raises(CorruptSegmentError, match=key):
@@ -83,7 +91,9 @@ def test_truncated_object_fails_the_cut_partition_and_serves_the_rest(data_dir: 
     path.write_bytes(data[: row.position + row.length // 2])
 
     with streamhouse.connect(data_dir) as sh:
-        with pytest.raises(CorruptSegmentError, match=r"run of t/2 truncated") as err:
+        with pytest.raises(
+            DamagedRangeError, match=r"partition 2 offsets \[0, 9\] .*run truncated"
+        ) as err:
             sh.fetch("t", 2)
         assert err.value.key == key
         assert _values(sh, 0) == [f"p0-{i}".encode() for i in range(10)]

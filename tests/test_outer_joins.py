@@ -8,10 +8,13 @@ and restarts.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from hypothesis import given, settings
 
 import streamhouse
+from streamhouse.errors import SqlError
 from tests.join_cases import (
     duck,
     events,
@@ -79,3 +82,48 @@ def test_a_padded_row_is_tombstoned_when_its_match_arrives(
             assert [(r["v"], r["w"]) for r in latest_records(sh, "out")] == [(1, 7)]
         finally:
             sh.close()
+
+
+@pytest.mark.parametrize(
+    ("sql", "what", "side"),
+    [
+        (
+            "SELECT a.k AS ak, COUNT(*) AS n, COUNT(b.t) AS nb FROM a LEFT JOIN b ON a.k = b.k"
+            " GROUP BY a.k",
+            "an aggregate",
+            "LEFT",
+        ),
+        (
+            "SELECT j.ak, c.v FROM (SELECT a.k AS ak, b.w FROM a FULL JOIN b ON a.k = b.k) j"
+            " JOIN a AS c ON j.ak = c.k",
+            "a join",
+            "FULL",
+        ),
+    ],
+)
+def test_operators_over_an_outer_join_are_refused_not_wrong(
+    sql: str, what: str, side: str, tmp_path: Path
+) -> None:
+    """An outer join retracts its padded rows; an aggregate or a join over it took only the
+    appends and counted each padded row on top of its match (COUNT(*) 11 where DuckDB says 8).
+    Until those operators take retractions, the query is refused, naming the join; bounded,
+    it answers as DuckDB does."""
+    a = [("x", 1_000, 1), ("y", 2_000, 2), ("x", 3_000, 3)]
+    b = [("x", 5_000, 10), ("z", 6_000, 20)]
+    with streamhouse.connect(tmp_path, linger_ms=1) as sh:
+        sh.sql(stream_ddl("a", 0))
+        sh.sql(stream_ddl("b", 0))
+        produce(sh, "a", a)
+        produce(sh, "b", b)
+        with pytest.raises(SqlError) as error:
+            start_paused(sh, f"INSERT INTO out {sql}", "q")
+        message = str(error.value)
+        assert f"{what} over a {side} JOIN is not supported continuously yet" in message
+        # the error points at the outer join's right side
+        column = sql.index(f"{side} JOIN ") + len(f"{side} JOIN ") + 1
+        assert (error.value.line, error.value.column) == (1, column + len("INSERT INTO out "))
+        bounded = sh.sql(sql).to_arrow_table().to_pylist()
+        want = duck(sql, {"a": a, "b": b})
+        assert sorted(map(repr, rows_of(bounded, tuple(bounded[0]), ()))) == sorted(
+            map(repr, rows_of(want, tuple(bounded[0]), ()))
+        )

@@ -40,6 +40,8 @@ class Broker:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._commits: list[tuple[str, int]] = []  # heard from the log, not yet on the loop
         self._commits_lock = threading.Lock()
+        self.damaged_objects: set[str] = set()  # keys of damaged segments logged already
+        self.storage_warning_at = 0.0  # monotonic time before which store failures go unlogged
 
     def attach(self, loop: asyncio.AbstractEventLoop) -> None:
         """Start hearing about commits of the log, on ``loop``."""

@@ -13,6 +13,11 @@ watermark and no aborted transactions are listed.
 Requests are decoded by kio; the response, mostly record bytes, is written directly by
 :func:`encode_fetch_response` (byte for byte what kio would write, ``test_kafka_codec``), so the
 records are copied once, into the response frame.
+
+A damaged run ends a partition's answer before it; a fetch from inside it gets CORRUPT_MESSAGE
+(which librdkafka hands to the consumer and kafka-python raises). The object's key is logged at
+ERROR once per process, not once per fetch. A failing object store (KAFKA_STORAGE_ERROR, which
+clients retry) is logged at WARNING, at most once per ``STORAGE_WARNING_SECONDS``.
 """
 
 from __future__ import annotations
@@ -24,7 +29,12 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from streamhouse.errors import OffsetOutOfRangeError, StreamHouseError
+from streamhouse.errors import (
+    DamagedRangeError,
+    OffsetOutOfRangeError,
+    StorageError,
+    StreamHouseError,
+)
 from streamhouse.kafka.wire import (
     ErrorCode,
     RequestHeader,
@@ -59,6 +69,7 @@ class PartitionRead:
     records: bytes
     high_watermark: int
     log_start_offset: int
+    failure: StreamHouseError | None = None  # why ``error`` is set, if the log raised it
 
 
 def encode_fetch_response(
@@ -120,7 +131,7 @@ def _read_partition(
         return PartitionRead(p.partition, ErrorCode.offset_out_of_range, b"", hw, start)
     except StreamHouseError as exc:
         log.debug("fetch %s/%d: %s", topic, p.partition, exc)
-        return PartitionRead(p.partition, error_code_for(exc), b"", -1, -1)
+        return PartitionRead(p.partition, error_code_for(exc), b"", -1, -1, exc)
     records = result.records
     if total and len(records) > remaining:
         records = b""  # only the first non-empty partition may exceed the limits
@@ -150,7 +161,27 @@ async def handle_fetch(broker: Broker, header: RequestHeader, request: Any) -> b
                 break  # nothing was committed to these partitions since the read
         finally:
             broker.cancel_arrival(keys, wakeup)
+    _report_failures(broker, reads)
     return encode_fetch_response(header.correlation_id, header.api_version, reads)
+
+
+STORAGE_WARNING_SECONDS = 10.0
+
+
+def _report_failures(broker: Broker, reads: list[tuple[str, list[PartitionRead]]]) -> None:
+    """Log each damaged object the first time a fetch meets it, and a failing object store now
+    and then (on the event loop thread)."""
+    for topic, partitions in reads:
+        for r in partitions:
+            exc = r.failure
+            if isinstance(exc, DamagedRangeError) and exc.key not in broker.damaged_objects:
+                broker.damaged_objects.add(exc.key)
+                log.error("%s; fetches there get CORRUPT_MESSAGE", exc)
+            elif isinstance(exc, StorageError):
+                now = time.monotonic()
+                if now >= broker.storage_warning_at:
+                    broker.storage_warning_at = now + STORAGE_WARNING_SECONDS
+                    log.warning("fetch %s/%d: %s (clients retry)", topic, r.partition, exc)
 
 
 def handle_fetch_frame(broker: Broker, frame: bytes, client_host: str) -> asyncio.Future[bytes]:

@@ -225,6 +225,9 @@ _ERRORS: tuple[tuple[type[BaseException], ErrorCode], ...] = (
     (errors.OffsetOutOfRangeError, ErrorCode.offset_out_of_range),
     (errors.RecordTooLargeError, ErrorCode.message_too_large),
     (errors.CorruptRecordError, ErrorCode.corrupt_message),
+    # CORRUPT_MESSAGE, not KAFKA_STORAGE_ERROR: librdkafka retries the latter silently (it takes
+    # it for a leader change) but hands the former to the consumer's poll; kafka-python raises it.
+    (errors.CorruptSegmentError, ErrorCode.corrupt_message),
     (errors.TopicExistsError, ErrorCode.topic_already_exists),
     (errors.StorageError, ErrorCode.kafka_storage_error),
 )

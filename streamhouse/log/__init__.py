@@ -1,8 +1,11 @@
 """The integrated log: topics of partitions of records, stored as segment objects.
 
+>>> import tempfile
 >>> from streamhouse.config import Settings
->>> log = Log.open(Settings.load(data_dir="/tmp/sh-doc"))  # doctest: +SKIP
->>> log.create_topic("events", partitions=4)  # doctest: +SKIP
+>>> log = Log.open(Settings.load(data_dir=tempfile.mkdtemp()))
+>>> log.create_topic("events", partitions=4).partitions
+4
+>>> log.close()
 """
 
 from __future__ import annotations

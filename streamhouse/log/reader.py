@@ -7,6 +7,10 @@ consumers never touch the object store.
 
 Runs are handed out as zero-copy views of the cached objects after their CRC-32C is checked;
 :meth:`LogReader.scan` reads many partitions at once, each object once, for SQL scans.
+
+Damage is contained: a run that fails its checksum (or is cut short) raises
+:class:`~streamhouse.errors.DamagedRangeError` for its own offset range only. A fetch returns
+the batches before it; a scan either fails on it or, when asked, leaves it out and lists it.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from dataclasses import dataclass
 
 import crc32c
 
-from streamhouse.errors import CorruptSegmentError, OffsetOutOfRangeError
+from streamhouse.errors import DamagedRangeError, OffsetOutOfRangeError
 from streamhouse.log.metadata import Metadata, PartitionOffsets, SegmentRow
 from streamhouse.log.objectstore import ObjectStore
 from streamhouse.log.records import read_header
@@ -104,7 +108,11 @@ class LogReader:
         return _check_run(data, row)
 
     def fetch(self, topic: str, partition: int, offset: int, max_bytes: int) -> FetchResult:
-        """Batches from the one holding ``offset``, up to ``max_bytes`` (at least one batch)."""
+        """Batches from the one holding ``offset``, up to ``max_bytes`` (at least one batch).
+
+        They end before a damaged run; a fetch from inside one raises its
+        :class:`~streamhouse.errors.DamagedRangeError`.
+        """
         bounds = self.offsets(topic, partition)
         if offset < bounds.log_start_offset or offset > bounds.high_watermark:
             raise OffsetOutOfRangeError(
@@ -116,7 +124,12 @@ class LogReader:
         out: list[memoryview] = []
         size = 0
         for row in self._rows_from(topic, partition, offset):
-            run = self.run_view(row)
+            try:
+                run = self.run_view(row)
+            except DamagedRangeError:
+                if out:  # the batches before the damaged range; the next fetch meets it
+                    break
+                raise
             if row.base_offset < offset:
                 run = run[_skip_to(run, offset) :]
             room = max_bytes - size
@@ -154,6 +167,7 @@ class LogReader:
         partitions: Sequence[int],
         start_offsets: Mapping[int, int] | None = None,
         end_offsets: Mapping[int, int | None] | None = None,
+        damaged: list[DamagedRangeError] | None = None,
     ) -> list[tuple[SegmentRow, memoryview]]:
         """The runs of many partitions overlapping ``[start, end)``, partition by partition.
 
@@ -161,6 +175,9 @@ class LogReader:
         partitions one after the other would fetch each object once per partition, again and
         again when they outgrow the cache). A partition's first run is trimmed to start at the
         batch holding its start offset; runs are zero-copy views of their objects.
+
+        A damaged run raises its :class:`~streamhouse.errors.DamagedRangeError`; if ``damaged``
+        is a list, it is left out and its error appended there instead.
         """
         start_offsets = start_offsets or {}
         end_offsets = end_offsets or {}
@@ -177,7 +194,13 @@ class LogReader:
         objects = {key: self._cache.get(key) for key in sorted({r.object_key for r in rows})}
         out = []
         for row in rows:
-            run = self.run_view(row, objects[row.object_key])
+            try:
+                run = self.run_view(row, objects[row.object_key])
+            except DamagedRangeError as exc:
+                if damaged is None:
+                    raise
+                damaged.append(exc)
+                continue
             start = start_offsets.get(row.partition, 0)
             if row.base_offset < start:
                 run = run[_skip_to(run, start) :]
@@ -192,15 +215,16 @@ def _check_run(data: bytes, row: SegmentRow) -> memoryview:
     if len(run) != row.length:  # a whole object is always longer than any of its runs
         run = run[row.position : row.position + row.length]
     if len(run) != row.length:
-        raise CorruptSegmentError(
-            row.object_key,
-            f"run of {row.topic}/{row.partition} truncated: {len(run)} of {row.length} bytes",
-        )
+        raise _damaged(row, f"run truncated: {len(run)} of {row.length} bytes")
     if crc32c.crc32c(run) != row.crc:
-        raise CorruptSegmentError(
-            row.object_key, f"checksum mismatch in the run of {row.topic}/{row.partition}"
-        )
+        raise _damaged(row, "checksum mismatch in the run")
     return run
+
+
+def _damaged(row: SegmentRow, reason: str) -> DamagedRangeError:
+    return DamagedRangeError(
+        row.topic, row.partition, row.base_offset, row.last_offset, row.object_key, reason
+    )
 
 
 def _skip_to(run: bytes | memoryview, offset: int) -> int:

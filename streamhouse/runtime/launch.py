@@ -1,6 +1,7 @@
 """Turn a ``.sql`` file (or text) into a running continuous query.
 
-A file holds any number of DDL statements (``CREATE STREAM ... IF NOT EXISTS``), ``SET 'option' =
+A file holds any number of DDL statements (``CREATE STREAM ...``: one the catalog holds already,
+declared the same, is a no-op, so the file runs again after a restart), ``SET 'option' =
 'value';`` lines (see :mod:`.options`) and exactly one continuous statement: ``SELECT``,
 ``INSERT INTO sink SELECT`` or ``CREATE MATERIALIZED VIEW v AS SELECT``. The query's name (its
 state directory, its dead-letter topic) is the view's name, else the file's stem, else given.
@@ -18,8 +19,10 @@ import pyarrow as pa
 from sqlglot import exp
 
 from streamhouse.errors import SqlError
+from streamhouse.log.metadata import CatalogEntry
 from streamhouse.runtime.options import QueryOptions, set_options
 from streamhouse.runtime.query import ContinuousQuery
+from streamhouse.sql.declarations import created_name, declaration_difference
 from streamhouse.sql.engine import Engine
 from streamhouse.sql.parse import DIALECT, parse, sql_error
 
@@ -54,6 +57,37 @@ def read_source(sql_or_path: str | Path) -> tuple[str, str | None]:
     return text, None
 
 
+def _check_same(existing: CatalogEntry, statement: exp.Create, source: str) -> None:
+    """Refuse ``statement`` if it declares ``existing`` (the catalog's entry) differently."""
+    difference = declaration_difference(existing.sql, statement)
+    if difference is not None:
+        raise sql_error(
+            f"{source}: {existing.kind} {existing.name!r} differs from the catalog's: "
+            f"{difference} (DROP it first, or declare it with CREATE OR REPLACE)",
+            statement.this,
+        )
+
+
+def _declare(engine: Engine, statement: exp.Expr, source: str) -> None:
+    """Run one DDL statement of a query file.
+
+    A plain ``CREATE`` of an object the catalog holds already, declared the same, is a no-op:
+    the file's DDL is part of the query's definition, so running the file again (a restart of
+    ``serve --queries``) resumes the query instead of failing on its own declarations.
+    """
+    if (
+        isinstance(statement, exp.Create)
+        and not statement.args.get("replace")
+        and not statement.args.get("exists")
+    ):
+        existing = engine.log.metadata.get_catalog(created_name(statement))
+        if existing is not None:
+            _check_same(existing, statement, source)
+            log.info("%s: %s %s is declared already", source, existing.kind, existing.name)
+            return
+    engine.statement(statement)
+
+
 def start_query(
     engine: Engine,
     sql_or_path: str | Path,
@@ -66,6 +100,7 @@ def start_query(
 ) -> ContinuousQuery:
     """Run the DDL and SET lines of ``sql_or_path``, then start its continuous statement."""
     text, default_name = read_source(sql_or_path)
+    source = f"query file {sql_or_path}" if default_name is not None else "query"
     statements = parse(text)
     settings: dict[str, Any] = {}
     continuous: list[exp.Expr] = []
@@ -75,7 +110,7 @@ def start_query(
         elif isinstance(statement, exp.Insert | exp.Query) or is_materialized_view(statement):
             continuous.append(statement)
         else:
-            engine.statement(statement)
+            _declare(engine, statement, source)
     if len(continuous) != 1:
         where = continuous[1] if len(continuous) > 1 else None
         if where is None:
@@ -90,8 +125,8 @@ def start_query(
         existing = engine.log.metadata.get_catalog(view)
         if existing is None:
             engine.log.metadata.put_catalog(view, "view", statement.sql(dialect=DIALECT))
-        elif existing.kind != "view":
-            raise sql_error(f"{existing.kind} {view!r} already exists", statement.this)
+        else:
+            _check_same(existing, statement, source)
     name = name or default_name or "query"
     name = _NAME.sub("_", name)
     query_options = QueryOptions().with_options({**settings, **(options or {})})

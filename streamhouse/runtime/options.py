@@ -11,7 +11,12 @@ option                   meaning                                             def
 ``scan.startup.mode``    ``earliest-offset`` or ``latest-offset``            earliest
 ``max-batch-records``    records read per micro-batch at most                ``200000``
 ``poll-interval``        how long an idle query waits for new records        ``200 ms``
+``read.on-damage``       ``fail``: a damaged range of a source fails the      ``fail``
+                         query; ``skip``: it is left out and reported
 =======================  ==================================================  ==============
+
+``read.on-damage`` is also a setting of bounded queries (``SET 'read.on-damage' = 'skip';``
+before a query, or ``streamhouse query --skip-damaged``).
 
 Durations are intervals (``'10 s'``, ``'1 minute'``, ``'500 ms'``) or milliseconds.
 """
@@ -27,6 +32,10 @@ from streamhouse.errors import ConfigError, SqlError
 from streamhouse.sql.ddl import interval_ms
 from streamhouse.sql.parse import parse_one
 
+READ_ON_DAMAGE = "read.on-damage"
+ON_DAMAGE = ("fail", "skip")
+"""What a read does at a damaged range of records: fail naming it (default), or skip and report it."""
+
 _NAMES = {
     "allowed-lateness": "allowed_lateness_ms",
     "late-rows.topic": "late_topic",
@@ -39,6 +48,7 @@ _NAMES = {
     "checkpoint.object-store": "checkpoint_object_store",
     "checkpoint.interval": "checkpoint_interval_ms",
     "table.exec.state.ttl": "state_ttl_ms",
+    READ_ON_DAMAGE: "on_damage",
 }
 _DURATIONS = {
     "allowed_lateness_ms",
@@ -61,6 +71,7 @@ class QueryOptions:
     state_ttl_ms: int = 0  # 0: keep join state until its time bounds expire it
     checkpoint_object_store: bool = False
     checkpoint_interval_ms: int = 60_000
+    on_damage: str = "fail"  # read.on-damage: "fail" or "skip"
 
     def with_options(self, options: dict[str, Any]) -> QueryOptions:
         """These options with ``options`` (SQL names like ``allowed-lateness`` or field names) applied."""
@@ -76,6 +87,8 @@ class QueryOptions:
                 changes[name] = int(value)
             elif name == "checkpoint_object_store":
                 changes[name] = str(value).strip().lower() in ("1", "true", "yes", "on")
+            elif name == "on_damage":
+                changes[name] = on_damage(value)
             elif name == "startup":
                 mode = str(value).lower()
                 if mode not in ("earliest-offset", "latest-offset", "earliest", "latest"):
@@ -86,6 +99,18 @@ class QueryOptions:
             else:
                 changes[name] = None if value is None else str(value)
         return replace(self, **changes)
+
+
+def on_damage(value: Any) -> str:
+    """The ``read.on-damage`` policy ``value`` names; any other value is refused by name.
+
+    >>> on_damage("SKIP")
+    'skip'
+    """
+    policy = str(value).strip().lower()
+    if policy not in ON_DAMAGE:
+        raise ConfigError(f"{READ_ON_DAMAGE} must be 'fail' or 'skip', not {value!r}")
+    return policy
 
 
 def duration_ms(value: Any) -> int:

@@ -88,8 +88,8 @@ def _run_sql(sql: str, tables: dict[str, pa.Table]) -> pa.Table:
 class ContinuousQuery:
     """A continuous query over one or two sources; runs in a background thread once started.
 
-    >>> q = sh.start("queries/clicks.sql")   # doctest: +SKIP
-    >>> q.status()["rows_in"]                # doctest: +SKIP
+    Started by ``StreamHouse.start``: ``q = sh.start("queries/clicks.sql")``, then
+    ``q.status()``, ``q.results()``, ``q.stop()``.
     """
 
     def __init__(
@@ -139,6 +139,7 @@ class ContinuousQuery:
         self.rows_out = int(counters.get("rows_out", 0))
         self.late_rows = int(counters.get("late_rows", 0))
         self.rejected_rows = int(counters.get("rejected_rows", 0))
+        self.damaged_rows = int(counters.get("damaged_rows", 0))  # skipped: read.on-damage
         self.batches = 0
         self._load_progress()
         self._thread: threading.Thread | None = None
@@ -192,6 +193,7 @@ class ContinuousQuery:
         needed = referenced_columns(self.statement)
         for source in sources.values():
             source.columns = needed
+            source.skip_damaged = self.options.on_damage == "skip"
         return sources
 
     def _error(self, message: str, table_name: str) -> SqlError:
@@ -463,6 +465,11 @@ class ContinuousQuery:
             if read.rejected:
                 rejected_count += len(read.rejected)
                 self._dead_letters(read.rejected)
+            for damaged in read.damaged:
+                log.warning(
+                    "query %s: %d record(s) skipped: %s", self.name, damaged.records, damaged
+                )
+        damaged_count = sum(d.records for r in reads.values() for d in r.damaged)
         if late_table is not None and late_table.num_rows:
             self._late_rows(late_table)
 
@@ -470,6 +477,7 @@ class ContinuousQuery:
         rows_out = self.rows_out + (outputs.num_rows if outputs is not None else 0)
         late_total = self.late_rows + late_rows
         rejected_total = self.rejected_rows + rejected_count
+        damaged_total = self.damaged_rows + damaged_count
         for name, source in self.sources.items():
             source.save(batch, ends[name], event_times[name])
         batch.put_int(WATERMARK, new_watermark + (1 << 63))
@@ -480,6 +488,7 @@ class ContinuousQuery:
                 "rows_out": rows_out,
                 "late_rows": late_total,
                 "rejected_rows": rejected_total,
+                "damaged_rows": damaged_total,
             },
         )
         batch.delete("meta", PENDING)
@@ -504,6 +513,7 @@ class ContinuousQuery:
             late_total,
             rejected_total,
         )
+        self.damaged_rows = damaged_total
         self.batches += 1
         if outputs is not None and outputs.num_rows:
             self._deliver(outputs)
@@ -704,7 +714,8 @@ class ContinuousQuery:
             yield item
 
     def status(self) -> dict[str, Any]:
-        """Offsets, watermark, rows in and out, late and rejected rows, state size."""
+        """Offsets, watermark, rows in and out, late, rejected and damaged (skipped) rows,
+        state size."""
         running = self._thread is not None and self._thread.is_alive()
         return {
             "name": self.name,
@@ -722,6 +733,7 @@ class ContinuousQuery:
             "rows_out": self.rows_out,
             "late_rows": self.late_rows,
             "rejected_rows": self.rejected_rows,
+            "damaged_rows": self.damaged_rows,
             "open_windows": self.operator.open_windows if self.operator is not None else 0,
             "state_bytes": self.store.size_bytes() if not self._stop.is_set() else None,
             "batches": self.batches,

@@ -3,7 +3,8 @@
 Each source (a declared stream or a plain topic) keeps, per partition, the next offset to read
 and the maximum event time seen; its watermark is the minimum over partitions of ``max event
 time - declared delay``, partitions idle for ``idle-timeout`` excluded. The query's watermark is
-the minimum over its sources. State keys (``meta`` column family), ``i`` the source's index:
+the minimum over its sources. A damaged range of records fails the read, or with
+``read.on-damage = 'skip'`` is passed over and reported. State keys (``meta`` column family), ``i`` the source's index:
 ``b"source/" + u8(i) + u32(partition)`` -> next offset, ``b"event_time/" + u8(i) +
 u32(partition)`` -> max event time + 2**63.
 """
@@ -18,7 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pyarrow as pa
 
-from streamhouse.errors import StreamHouseError
+from streamhouse.errors import DamagedRangeError, StreamHouseError
 from streamhouse.log import Log
 from streamhouse.sql.source import RejectedRow, read_source
 from streamhouse.state.store import StateBatch, StateStore, partition_key
@@ -35,12 +36,13 @@ _BIAS = 1 << 63
 
 @dataclass
 class SourceRead:
-    """One micro-batch's rows of a source: parsed, how many records were read, and those left
-    out (they go to the dead-letter topic)."""
+    """One micro-batch's rows of a source: parsed, how many records were read, those left
+    out (they go to the dead-letter topic) and the damaged ranges skipped."""
 
     table: pa.Table | None
     records: int = 0
     rejected: list[RejectedRow] = field(default_factory=list)
+    damaged: list[DamagedRangeError] = field(default_factory=list)
 
 
 class QuerySource:
@@ -62,6 +64,7 @@ class QuerySource:
         self.time_column = time_column
         self.delay_ms = delay_ms
         self.columns: set[str] | None = None  # value fields to parse (None: all)
+        self.skip_damaged = False  # read.on-damage = 'skip'
         self._prefetched: tuple[tuple[dict, dict], Future[SourceRead]] | None = None
         self.positions: dict[int, int] = {}
         self.event_times: dict[int, int] = {}
@@ -132,14 +135,23 @@ class QuerySource:
     def _fetch(
         self, log_: Log, wanted: list[int], starts: dict[int, int], ends: dict[int, int]
     ) -> SourceRead:
-        read = read_source(log_, self.topic, self.schema, self._columns(), wanted, starts, ends)
+        read = read_source(
+            log_,
+            self.topic,
+            self.schema,
+            self._columns(),
+            wanted,
+            starts,
+            ends,
+            skip_damaged=self.skip_damaged,
+        )
         if self.schema is None and read.rows_read:  # a plain topic: its first values tell
             if read.schema is None:
                 raise StreamHouseError(f"topic {self.topic!r} does not hold JSON objects")
             self.schema = read.schema  # (prefetching starts once it is known)
         if read.rows_read == 0:
-            return SourceRead(None)
-        return SourceRead(read.table, read.rows_read, read.rejected)
+            return SourceRead(None, damaged=read.damaged)
+        return SourceRead(read.table, read.rows_read, read.rejected, read.damaged)
 
     def _columns(self) -> set[str] | None:
         """The fields the query uses (and the event time): the others are not parsed, so a

@@ -6,6 +6,10 @@ read: every stream, view or topic it names is decoded from the log into Arrow (o
 the query uses), registered in a fresh DataFusion context, and the statement runs there. The
 answer reflects the log as of the moment it runs.
 
+``SET 'read.on-damage' = 'skip'`` makes the engine's queries read after it leave damaged
+ranges of records out (listed in ``stats.damaged`` and logged); by default (``'fail'``) they
+fail naming the range and its object.
+
 Name resolution, in order: a stream or table declared with ``CREATE STREAM``/``CREATE TABLE``;
 a view; a plain topic (its JSON schema inferred from a sample of its values). Names are
 case-sensitive, as in Flink SQL.
@@ -17,21 +21,28 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import datafusion
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from sqlglot import exp
 
-from streamhouse.errors import SqlError, StreamHouseError, UnknownStreamError
+from streamhouse.errors import (
+    ConfigError,
+    DamagedRangeError,
+    SqlError,
+    UnknownStreamError,
+)
 from streamhouse.joins.temporal import match_versions, temporal_inputs
 from streamhouse.log import Log
 from streamhouse.result import Relation, status
 from streamhouse.sql.ddl import stream_definition
 from streamhouse.sql.dialect import Explain
-from streamhouse.sql.execute import datafusion_message, register, run_sql, session_context
+from streamhouse.sql.execute import Answer, register, run_sql, session_context, sql_errors
 from streamhouse.sql.functions import functions, to_datafusion
 from streamhouse.sql.parse import DIALECT, node_position, parse, sql_error
 from streamhouse.sql.plan import TemporalJoin, plan_temporal_join, source_tables
+from streamhouse.sql.projection import declared_stars, distinct_outputs, star_query
 from streamhouse.sql.source import (
     METADATA_COLUMNS,
     RejectedRow,
@@ -57,6 +68,7 @@ class QueryStats:
 
     rows_read: int = 0
     rejected: list[RejectedRow] = field(default_factory=list)
+    damaged: list[DamagedRangeError] = field(default_factory=list)  # ranges skipped
 
 
 class Engine:
@@ -65,6 +77,7 @@ class Engine:
     def __init__(self, log_: Log) -> None:
         self.log = log_
         self.on_materialized_view: Callable[[exp.Create], object] | None = None
+        self.skip_damaged = False  # SET 'read.on-damage' = 'skip'
 
     def execute(self, sql: str) -> Relation:
         """Run every statement of ``sql``; the result of the last one is returned."""
@@ -88,6 +101,8 @@ class Engine:
             return self.query(statement)
         if isinstance(statement, Explain):
             return self._explain(statement.this)
+        if isinstance(statement, exp.Set):
+            return self._set(statement)
         raise sql_error(f"{statement.key.upper()} statements are not supported here", statement)
 
     def _explain(self, statement: exp.Expr) -> Relation:
@@ -116,7 +131,20 @@ class Engine:
                 )
             lines.append(f"  {to_datafusion(rewritten)}")
         table = pa.table({"plan": lines})
-        return Relation(lambda: table, description="EXPLAIN")
+        return Relation(lambda: table, description="EXPLAIN", listing=True)
+
+    def _set(self, statement: exp.Set) -> Relation:
+        """``SET 'read.on-damage' = 'fail' | 'skip'``: the one setting of bounded queries."""
+        from streamhouse.runtime.options import READ_ON_DAMAGE, on_damage, set_options
+
+        for key, value in set_options(statement).items():
+            if key.lower() != READ_ON_DAMAGE:
+                raise ConfigError(
+                    f"unknown setting {key!r} for bounded queries (known: {READ_ON_DAMAGE});"
+                    " continuous query options are SET in the query's file"
+                )
+            self.skip_damaged = on_damage(value) == "skip"
+        return status("SET")
 
     # -- DDL ----------------------------------------------------------------------------------
 
@@ -197,7 +225,11 @@ class Engine:
         """A lazy relation over ``query``; names are checked now, rows are read later."""
         self._check_names(query)
         stats = QueryStats()
-        relation = Relation(lambda: self._run(query, stats), description=query.sql(dialect=DIALECT))
+        relation = Relation(
+            lambda: self._answer(query, stats).to_arrow_table(),
+            stream=lambda: self._answer(query, stats).to_arrow_reader(),
+            description=query.sql(dialect=DIALECT),
+        )
         relation.stats = stats  # type: ignore[attr-defined]
         return relation
 
@@ -216,16 +248,42 @@ class Engine:
             return "topic", name
         return None
 
-    def _run(self, query: exp.Query, stats: QueryStats, *, reset: bool = True) -> pa.Table:
-        if reset:
-            stats.rows_read = 0
-            stats.rejected.clear()
+    def _answer(self, query: exp.Query, stats: QueryStats) -> Answer:
+        """The answer of a top-level query, not yet computed: its output names as written
+        (duplicates too), its types plain (no view types)."""
+        stats.rows_read = 0
+        stats.rejected.clear()
+        stats.damaged.clear()
+        planned = self._plan(query, stats)
+        if isinstance(planned, pa.Table):
+            return Answer(planned)
+        ctx, sql_query = planned
+        sql_query, renamed = distinct_outputs(
+            sql_query, lambda select: _output_names(ctx, star_query(select))
+        )
+        return Answer(self._dataframe(ctx, sql_query), _pos(query), renamed)
+
+    def _run(self, query: exp.Query, stats: QueryStats) -> pa.Table:
+        """The rows of ``query`` (a view's, read as a source of another query)."""
+        planned = self._plan(query, stats)
+        if isinstance(planned, pa.Table):
+            return planned
+        ctx, sql_query = planned
+        frame = self._dataframe(ctx, sql_query)
+        return sql_errors(frame.to_arrow_table, _pos(query))
+
+    def _plan(
+        self, query: exp.Query, stats: QueryStats
+    ) -> pa.Table | tuple[datafusion.SessionContext, exp.Query]:
+        """A context holding ``query``'s sources and the query to run there (windows taken
+        out, stars spelled out), or the rows themselves (a temporal join)."""
         columns = referenced_columns(query)
         named = {c.name for c in query.find_all(exp.Column)}
         if isinstance(query, exp.Select) and (temporal := plan_temporal_join(query)) is not None:
             return self._temporal(temporal, columns, named, stats)
         query, windowed = take_out_windows(query)
         ctx = session_context()
+        schemas: dict[str, pa.Schema] = {}
         for name in sorted({t.name for t in source_tables(query)}):
             if name in windowed:
                 source, spec = windowed[name]
@@ -235,14 +293,15 @@ class Engine:
                 table = window_table(self.source_table(source, needed, stats), spec)
             else:
                 table = self.source_table(name, columns, stats)
-            register(ctx, name, hide_metadata(table, named))
-        sql = to_datafusion(query)
-        try:
-            return ctx.sql(sql).to_arrow_table()
-        except Exception as exc:  # DataFusion reports planning and execution errors alike
-            if isinstance(exc, StreamHouseError):
-                raise
-            raise SqlError(datafusion_message(exc), *_pos(query)) from None
+            table = hide_metadata(table, named)
+            schemas[name] = table.schema
+            register(ctx, name, table)
+        if named & METADATA_COLUMNS:
+            query = declared_stars(query, schemas, METADATA_COLUMNS)
+        return ctx, query
+
+    def _dataframe(self, ctx: datafusion.SessionContext, query: exp.Query) -> datafusion.DataFrame:
+        return sql_errors(lambda: ctx.sql(to_datafusion(query)), _pos(query))
 
     def _temporal(
         self, plan: TemporalJoin, columns: set[str] | None, named: set[str], stats: QueryStats
@@ -282,10 +341,13 @@ class Engine:
         if kind == "view":
             view = parse(entry.sql)[0]  # type: ignore[attr-defined]
             if not _materialized(view):
-                return self._run(view.expression, stats, reset=False)
+                return self._run(view.expression, stats)
             # A materialized view is its output topic, read as a table: the latest record per
             # key, tombstones dropped (a windowed view's keys repeat per window: all stay).
-            records = read_records(self.log, name)
+            damaged: list[DamagedRangeError] = []
+            records = read_records(self.log, name, damaged=damaged if self.skip_damaged else None)
+            stats.damaged.extend(damaged)
+            _report_damage(name, damaged)
             rows = latest_per_key(records) if _updating(view) else np.arange(records.num_rows)
             records = records.take(pa.array(rows))
             stats.rows_read += records.num_rows
@@ -298,7 +360,7 @@ class Engine:
             definition = stream_definition(parse(entry.sql)[0])  # type: ignore[attr-defined]
             topic = definition.topic
             schema = definition.schema()
-        source = read_source(self.log, topic, schema, columns)
+        source = read_source(self.log, topic, schema, columns, skip_damaged=self.skip_damaged)
         _report(name, source, stats)
         return source.table
 
@@ -309,6 +371,14 @@ def hide_metadata(table: pa.Table, named: set[str]) -> pa.Table:
     when asked for by name."""
     hidden = [c for c in table.column_names if c in METADATA_COLUMNS and c not in named]
     return table.drop_columns(hidden) if hidden else table
+
+
+def _output_names(ctx: datafusion.SessionContext, query: exp.Query) -> list[str]:
+    """The output column names DataFusion gives ``query``; none if it cannot plan it."""
+    try:
+        return ctx.sql(to_datafusion(query)).schema().names
+    except Exception:  # the whole query then fails with DataFusion's own message
+        return []
 
 
 def _materialized(statement: exp.Expr) -> bool:
@@ -335,6 +405,8 @@ def _updating(view: exp.Expr) -> bool:
 
 def _report(name: str, source: SourceTable, stats: QueryStats) -> None:
     stats.rows_read += source.rows_read
+    stats.damaged.extend(source.damaged)
+    _report_damage(name, source.damaged)
     if not source.rejected:
         return
     stats.rejected.extend(source.rejected)
@@ -348,6 +420,11 @@ def _report(name: str, source: SourceTable, stats: QueryStats) -> None:
         first.offset,
         first.reason,
     )
+
+
+def _report_damage(name: str, damaged: list[DamagedRangeError]) -> None:
+    for exc in damaged:
+        log.warning("%d record(s) of %r skipped: %s", exc.records, name, exc)
 
 
 def latest_per_key(records: pa.Table) -> np.ndarray:

@@ -8,11 +8,18 @@ the exactly-once sink relies on replays producing identical output.
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable, Iterator, Mapping
+from typing import TypeVar
+
 import datafusion
 import pyarrow as pa
 
 from streamhouse.errors import SqlError, StreamHouseError
+from streamhouse.result import conform, plain_schema
 from streamhouse.sql.functions import functions
+
+T = TypeVar("T")
 
 
 def session_context(*, ordered: bool = False) -> datafusion.SessionContext:
@@ -38,16 +45,87 @@ def run_sql(sql: str, tables: dict[str, pa.Table], *, ordered: bool = True) -> p
     ctx = session_context(ordered=ordered)
     for name, table in tables.items():
         register(ctx, name, table)
-    try:
-        return ctx.sql(sql).to_arrow_table()
-    except StreamHouseError:
-        raise
-    except Exception as exc:  # DataFusion raises plain exceptions for planning and execution
-        raise SqlError(datafusion_message(exc)) from None
+    return sql_errors(lambda: ctx.sql(sql).to_arrow_table())
+
+
+# What DataFusion makes of an exception a Python function raised: PyErr { type: <class 'E'>,
+# value: E('message'), traceback: ... }
+_PYTHON_ERROR = re.compile(
+    r"PyErr \{ type: <class '(?:[\w.]+\.)?(\w+)'>, value: \w+\((['\"])(.*?)\2\)"
+)
 
 
 def datafusion_message(exc: Exception) -> str:
     text = str(exc).strip()
-    for prefix in ("DataFusion error: ", "Error during planning: ", "Schema error: "):
+    raised = _PYTHON_ERROR.search(text)
+    if raised is not None:
+        kind, message = raised.group(1), raised.group(3)
+        return message if kind == "SqlError" else f"a Python function raised {kind}: {message}"
+    for prefix in (
+        "DataFusion error: ",
+        "Error during planning: ",
+        "Schema error: ",
+        "External error: ",
+        "Arrow error: ",
+    ):
         text = text.replace(prefix, "")
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+def sql_errors(step: Callable[[], T], where: tuple[int | None, int | None] = (None, None)) -> T:
+    """``step()``, with DataFusion's planning and execution errors raised as :class:`SqlError`
+    (at ``where``, the statement's line and column)."""
+    try:
+        return step()
+    except StreamHouseError:
+        raise
+    except Exception as exc:  # DataFusion raises plain exceptions for planning and execution
+        raise SqlError(datafusion_message(exc), *where) from None
+
+
+class Answer:
+    """The answer of a query, computed when read: a DataFusion frame (or rows already
+    computed), given back the output names DataFusion could not hold (``renamed``: its name
+    -> ours) and plain types in place of view types."""
+
+    def __init__(
+        self,
+        rows: datafusion.DataFrame | pa.Table,
+        where: tuple[int | None, int | None] = (None, None),
+        renamed: Mapping[str, str] | None = None,
+    ) -> None:
+        self._rows = rows
+        self._where = where
+        self._renamed = dict(renamed or {})
+
+    def _schema(self, schema: pa.Schema) -> pa.Schema:
+        schema = plain_schema(schema)
+        if not self._renamed:
+            return schema
+        return pa.schema(
+            [f.with_name(self._renamed.get(f.name, f.name)) for f in schema], schema.metadata
+        )
+
+    def to_arrow_table(self) -> pa.Table:
+        rows = self._rows
+        table = rows if isinstance(rows, pa.Table) else sql_errors(rows.to_arrow_table, self._where)
+        schema = self._schema(table.schema)
+        return pa.Table.from_batches(list(conform(iter(table.to_batches()), schema)), schema)
+
+    def to_arrow_reader(self) -> pa.RecordBatchReader:
+        """The rows as DataFusion produces them, batch by batch."""
+        rows = self._rows
+        if isinstance(rows, pa.Table):
+            reader = pa.RecordBatchReader.from_batches(rows.schema, rows.to_batches())
+        else:
+            reader = sql_errors(lambda: pa.RecordBatchReader.from_stream(rows), self._where)
+        schema = self._schema(reader.schema)
+        return pa.RecordBatchReader.from_batches(schema, conform(self._read(reader), schema))
+
+    def _read(self, reader: pa.RecordBatchReader) -> Iterator[pa.RecordBatch]:
+        batches = iter(reader)
+        while True:
+            batch = sql_errors(lambda: next(batches, None), self._where)
+            if batch is None:
+                return
+            yield batch

@@ -29,6 +29,8 @@ import datafusion
 import pyarrow as pa
 from sqlglot import exp
 
+from streamhouse.errors import SqlError
+
 log = logging.getLogger(__name__)
 
 _FUNCTIONS: dict[str, datafusion.ScalarUDF] = {}
@@ -63,9 +65,29 @@ def register_function(
     *,
     volatility: str = "immutable",
 ) -> None:
-    """Make ``name(...)`` callable from SQL in this process: Arrow arrays in, an Arrow array out."""
+    """Make ``name(...)`` callable from SQL in this process: Arrow arrays in, an Arrow array out.
+
+    A result of another type than ``return_type`` is cast to it (``pc.count_substring`` gives
+    int32 for int64 declared, say); one that does not cast is an error naming the function.
+    """
+
+    def call(*arrays: pa.Array) -> pa.Array:
+        result = function(*arrays)
+        if not isinstance(result, pa.Array | pa.ChunkedArray):
+            raise SqlError(
+                f"function {name!r} returned {type(result).__name__}, not an Arrow array"
+            )
+        if result.type == return_type:
+            return result
+        try:
+            return result.cast(return_type)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+            raise SqlError(
+                f"function {name!r} returned {result.type}, not the declared {return_type}: {exc}"
+            ) from None
+
     _FUNCTIONS[name.lower()] = datafusion.udf(
-        function, input_types, return_type, volatility, name.lower()
+        call, input_types, return_type, volatility, name.lower()
     )
 
 

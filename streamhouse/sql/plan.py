@@ -10,8 +10,7 @@ A windowed aggregate is split into three parts so that only the middle one keeps
 3. ``post_sql`` — stateless, runs on DataFusion over the finalized rows of closed windows: the
    SELECT list and HAVING, with aggregates and keys replaced by the operator's columns.
 
->>> from streamhouse.sql.functions import to_datafusion
-from streamhouse.sql.parse import parse_one
+>>> from streamhouse.sql.parse import parse_one
 >>> plan = plan_query(parse_one(
 ...     "SELECT user_id, COUNT(*) AS n FROM events GROUP BY user_id, TUMBLING(ts, INTERVAL '1' MINUTE)"))
 >>> plan.operator.keys, [c.func for c in plan.operator.aggregates]
@@ -342,6 +341,19 @@ def _check_upsert_key(operator: Operator, select: exp.Select) -> None:
 APPEND_ONLY = (Stateless, Windowed, StreamJoin)
 
 
+def _refuse_retractions(op: Operator, what: str, node: exp.Expr) -> None:
+    """Refuse an outer join as the input of a stateful operator: the join retracts a row padded
+    with NULLs when its first match arrives, and the operators over it take appends only."""
+    if isinstance(op, StreamJoin) and op.outer is not None:
+        join = next((j for j in node.find_all(exp.Join) if j.side), None)
+        side = join.side.upper() if join is not None else "OUTER"
+        raise sql_error(
+            f"{what} over a {side} JOIN is not supported continuously yet: the join retracts "
+            "a row padded with NULLs when its match arrives, and this operator takes appends only",
+            join.this if join is not None else node,
+        )
+
+
 def _derive(select: exp.Select, derived: dict[str, Operator]) -> exp.Select:
     """Plan the subqueries that are direct join inputs of ``select`` as derived inputs; returns
     ``select`` reading them by name."""
@@ -352,6 +364,7 @@ def _derive(select: exp.Select, derived: dict[str, Operator]) -> exp.Select:
         if not isinstance(sub, exp.Subquery) or not isinstance(sub.this, exp.Select):
             continue
         op = _plan_select(sub.this, derived)
+        _refuse_retractions(op, "a join", sub)
         if not isinstance(op, APPEND_ONLY) and not (
             isinstance(op, WindowAggregate) and op.window is not None
         ):
@@ -607,6 +620,7 @@ def _rank_over_join(
     op = _plan_select(join_select, derived)
     if not isinstance(op, StreamJoin | TemporalJoin):
         return None
+    _refuse_retractions(op, "a Top-N", inner)
     name = f"__derived_{len(derived)}"
     derived[name] = op
 
@@ -645,6 +659,7 @@ def _aggregate_over_join(
     for key in ("group", "having", "order"):
         join_select.set(key, None)
     op = _plan_join(join_select, join_select.args["joins"], derived)
+    _refuse_retractions(op, "an aggregate", select)
     name = f"__derived_{len(derived)}"
     derived[name] = op
 

@@ -6,6 +6,8 @@ JSON transform, or pyarrow's JSON reader where DuckDB cannot vouch for a row
 columns ``_offset``, ``_partition``, ``_timestamp`` and ``_key``. A value that does not fit the schema is reported
 as a :class:`RejectedRow` (partition, offset, reason) and left out; the query still answers.
 A topic with no declared stream is read with a schema inferred from a sample of its values.
+A damaged run of records fails the read with a :class:`~streamhouse.errors.DamagedRangeError`,
+or, when damage is to be skipped, is left out and listed (``SourceTable.damaged``).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.json as pa_json
 
+from streamhouse.errors import DamagedRangeError
 from streamhouse.log import Log
 from streamhouse.log.metadata import SegmentRow
 from streamhouse.log.records import DECODED_SCHEMA, VIEW_SCHEMA, JsonLines, decode_records
@@ -58,6 +61,7 @@ class SourceTable:
 
     table: pa.Table
     rejected: list[RejectedRow] = field(default_factory=list)
+    damaged: list[DamagedRangeError] = field(default_factory=list)  # ranges skipped
     rows_read: int = 0
     schema: pa.Schema | None = None  # the value fields parsed; None: the values are not JSON
 
@@ -68,13 +72,16 @@ def read_records(
     partitions: list[int] | None = None,
     start_offsets: dict[int, int] | None = None,
     end_offsets: dict[int, int] | None = None,
+    damaged: list[DamagedRangeError] | None = None,
 ) -> pa.Table:
     """Every record of ``topic`` (optionally of some partitions and offset ranges), decoded.
 
     Columns: DECODED_SCHEMA plus ``partition`` (int32); rows by partition, then offset.
-    The runs of all partitions are read (each object once) and decoded in one go.
+    The runs of all partitions are read (each object once) and decoded in one go. A damaged
+    run raises its :class:`~streamhouse.errors.DamagedRangeError`, or, if ``damaged`` is a
+    list, is left out and its error appended there.
     """
-    scan = _Scan(log_, topic, partitions, start_offsets, end_offsets)
+    scan = _Scan(log_, topic, partitions, start_offsets, end_offsets, damaged)
     return scan.decode(scan.runs)[0]
 
 
@@ -86,6 +93,7 @@ def read_source(
     partitions: list[int] | None = None,
     start_offsets: dict[int, int] | None = None,
     end_offsets: dict[int, int] | None = None,
+    skip_damaged: bool = False,
 ) -> SourceTable:
     """The rows of ``topic`` as a SQL source: its JSON values parsed, plus the metadata columns.
 
@@ -96,11 +104,14 @@ def read_source(
     the records of the next runs are decoded while the JSON of the previous ones is parsed on
     another thread, so the two cores share the work. When that thread falls two groups behind,
     this one parses the newest group itself (parsing takes a little longer than decoding).
+    A damaged run raises its :class:`~streamhouse.errors.DamagedRangeError`; with
+    ``skip_damaged`` it is left out and listed in ``damaged``.
     """
-    scan = _Scan(log_, topic, partitions, start_offsets, end_offsets)
+    out = SourceTable(pa.table({}))
+    damaged = out.damaged if skip_damaged else None
+    scan = _Scan(log_, topic, partitions, start_offsets, end_offsets, damaged)
     decoded: list[tuple[pa.Table, list[JsonLines]]] = []  # waiting for the schema to be known
     parsing: deque[tuple[pa.Table, Future | tuple]] = deque()
-    out = SourceTable(pa.table({}))
     tables: list[pa.Table] = []
 
     def finish(records: pa.Table, parse: Future | tuple) -> None:
@@ -193,13 +204,14 @@ class _Scan:
         partitions: list[int] | None,
         start_offsets: dict[int, int] | None,
         end_offsets: dict[int, int] | None,
+        damaged: list[DamagedRangeError] | None = None,
     ) -> None:
         info = log_.topic(topic)
         parts = list(partitions) if partitions is not None else list(range(info.partitions))
         self.topic = topic
         self.starts = {p: (start_offsets or {}).get(p, 0) for p in parts}
         self.ends = {p: (end_offsets or {}).get(p) for p in parts}
-        self.runs = log_.reader.scan(topic, parts, self.starts, self.ends)
+        self.runs = log_.reader.scan(topic, parts, self.starts, self.ends, damaged)
 
     def groups(self, records: int | None = None) -> list[list[tuple[SegmentRow, memoryview]]]:
         """The runs in order, cut into groups of whole runs of about ``records`` records
