@@ -1,7 +1,8 @@
 """The ``streamhouse`` command: thin click commands over the Python API.
 
 Tables and results go to stdout; progress, logs and errors go to stderr. Every command takes
-``--data-dir`` (default ``$STREAMHOUSE_DATA_DIR`` or ``./streamhouse-data``).
+``--data-dir`` (default ``$STREAMHOUSE_DATA_DIR`` or ``./streamhouse-data``) and ``--metadata``
+(default ``$STREAMHOUSE_METADATA`` or SQLite in the data directory).
 """
 
 from __future__ import annotations
@@ -29,23 +30,51 @@ from streamhouse.output import write_result as _write_result
 log = logging.getLogger("streamhouse")
 
 
+_METADATA = "streamhouse.metadata"
+"""Where ``--metadata`` (of the group or of a command) leaves its URL in ``ctx.meta``."""
+
+
 def _settings(ctx: click.Context, **overrides: Any) -> Settings:
     data_dir = ctx.find_root().params.get("data_dir_root")
     local = ctx.params.get("data_dir")
-    return Settings.load(data_dir=Path(local or data_dir or DEFAULT_DATA_DIR), **overrides)
+    return Settings.load(
+        data_dir=Path(local or data_dir or DEFAULT_DATA_DIR),
+        metadata=ctx.meta.get(_METADATA),
+        **overrides,
+    )
 
 
 def _open(ctx: click.Context) -> StreamHouse:
     return StreamHouse(_settings(ctx))
 
 
-def data_dir_option(f: Callable[..., Any]) -> Callable[..., Any]:
+def _remember_metadata(ctx: click.Context, _: click.Parameter, url: str | None) -> None:
+    if url is not None:  # a command's --metadata wins over the group's
+        ctx.meta[_METADATA] = url
+
+
+def metadata_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    """``--metadata URL``, kept in ``ctx.meta`` (commands need no parameter for it)."""
     return click.option(
-        "--data-dir",
-        type=click.Path(file_okay=False),
-        envvar="STREAMHOUSE_DATA_DIR",
-        help="Data directory (default ./streamhouse-data).",
+        "--metadata",
+        metavar="URL",
+        expose_value=False,
+        callback=_remember_metadata,
+        help="Metadata store: postgresql://user@host:5432/db or sqlite:///path"
+        " (default $STREAMHOUSE_METADATA, else SQLite in the data directory).",
     )(f)
+
+
+def data_dir_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    """``--data-dir`` and ``--metadata``: where a command finds the log."""
+    return metadata_option(
+        click.option(
+            "--data-dir",
+            type=click.Path(file_okay=False),
+            envvar="STREAMHOUSE_DATA_DIR",
+            help="Data directory (default ./streamhouse-data).",
+        )(f)
+    )
 
 
 def friendly_errors(f: Callable[..., Any]) -> Callable[..., Any]:
@@ -74,6 +103,7 @@ def friendly_errors(f: Callable[..., Any]) -> Callable[..., Any]:
     envvar="STREAMHOUSE_DATA_DIR",
     help="Data directory (default ./streamhouse-data).",
 )
+@metadata_option
 @click.option("-v", "--verbose", count=True, help="More logging on stderr (-vv for debug).")
 @click.option("-q", "--quiet", is_flag=True, help="Only errors on stderr.")
 @click.version_option(package_name="streamhouse")
@@ -87,6 +117,8 @@ def main(data_dir_root: str | None, verbose: int, quiet: bool) -> None:
     logging.basicConfig(
         level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    # The PostgreSQL pool says three INFO lines per metadata call: only with -vv.
+    logging.getLogger("psycopg.pool").setLevel(logging.DEBUG if verbose > 1 else logging.WARNING)
 
 
 # -- topics ------------------------------------------------------------------------------------
@@ -599,7 +631,7 @@ def fsck(
                 )
             _report_rebuild(rebuilt)
         path = sqlite_path(settings)
-        if not path.exists():
+        if path is not None and not path.exists():
             count = len(store.list(SEGMENT_PREFIX))
             if not count:
                 raise click.ClickException(

@@ -23,7 +23,9 @@ class Settings:
 
     ``object_store`` is ``None`` for the local directory ``<data_dir>/objects``, or an URL
     ``s3://bucket/prefix`` (``s3_endpoint_url`` points boto3 at an S3-compatible server).
-    ``metadata`` is ``None`` for SQLite at ``<data_dir>/metadata.sqlite3``.
+    ``metadata`` is ``None`` for SQLite at ``<data_dir>/metadata.sqlite3``, ``sqlite:///path``
+    for another SQLite file, or ``postgresql://user@host:5432/db`` (``postgres://`` too) for a
+    PostgreSQL database several processes share (``STREAMHOUSE_METADATA``, ``--metadata``).
     ``s3_max_attempts`` is how often one S3 request is tried before it fails (boto3's
     standard retry mode, exponential backoff). ``orphan_min_age_s`` is how old an object no
     metadata names must be before ``fsck --delete-orphans`` removes it: it must exceed the

@@ -4,8 +4,8 @@
 >>> sh = streamhouse.connect(tempfile.mkdtemp())
 >>> sh.create_topic("events", partitions=4).partitions
 4
->>> sh.produce("events", [{"user_id": 1, "event_type": "click"}])
-Produced(records=1, offsets={0: (0, 0)})
+>>> sh.produce("events", [{"user_id": 1, "event_type": "click"}]).records
+1
 >>> sh.sql("SELECT user_id, count(*) AS n FROM events GROUP BY user_id").to_arrow_table().to_pylist()
 [{'user_id': 1, 'n': 1}]
 >>> sh.close()

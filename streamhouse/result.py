@@ -16,6 +16,8 @@ from typing import Any
 
 import pyarrow as pa
 
+from streamhouse.errors import SqlError
+
 
 class Relation:
     """A query that runs when its rows are asked for (each time they are asked for).
@@ -114,8 +116,13 @@ def plain_schema(schema: pa.Schema) -> pa.Schema:
 
 
 def conform(batches: Iterator[pa.RecordBatch], schema: pa.Schema) -> Iterator[pa.RecordBatch]:
-    """``batches`` as ``schema``: columns cast to its (plain) types and given its names."""
+    """``batches`` as ``schema``: columns cast to its (plain) types and given its names.
+
+    Each batch is checked first (a cheap check of its buffers' sizes and end offsets): an
+    invalid array from the query engine is an error here, not a crash where it is read.
+    """
     for batch in batches:
+        check_batch(batch)
         if batch.schema.equals(schema):
             yield batch
             continue
@@ -124,6 +131,15 @@ def conform(batches: Iterator[pa.RecordBatch], schema: pa.Schema) -> Iterator[pa
             for c, f in zip(batch.columns, schema, strict=True)
         ]
         yield pa.RecordBatch.from_arrays(columns, schema=schema)
+
+
+def check_batch(batch: pa.RecordBatch | pa.Table) -> None:
+    """Raise :class:`SqlError` if ``batch`` has an array whose buffers do not hold what its
+    offsets and lengths say (reading such an array crashes the process)."""
+    try:
+        batch.validate()
+    except pa.ArrowInvalid as exc:
+        raise SqlError(f"the query engine produced an invalid result: {exc}") from None
 
 
 def unique_names(names: list[str]) -> list[str]:

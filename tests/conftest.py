@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+import os
 import uuid
 from collections.abc import Callable, Iterator
+from urllib.parse import urlencode, urlsplit, urlunsplit
 
 import pytest
 
@@ -62,3 +64,72 @@ def s3_url(
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", S3_CREDENTIALS["aws_secret_access_key"])
     bucket = s3_store().bucket  # creates the bucket
     return lambda prefix: f"s3://{bucket}/{prefix}"
+
+
+# -- PostgreSQL (metadata) -----------------------------------------------------------------
+
+POSTGRES_URL = os.environ.get(
+    "STREAMHOUSE_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test"
+)
+"""A server where the tests may create databases; each session makes its own."""
+
+
+def with_database(url: str, database: str) -> str:
+    """``url`` naming another database on the same server."""
+    return urlunsplit(urlsplit(url)._replace(path=f"/{database}"))
+
+
+def with_schema(url: str, schema: str) -> str:
+    """``url`` whose connections put ``schema`` first on their ``search_path``."""
+    parts = urlsplit(url)
+    option = urlencode({"options": f"-csearch_path={schema}"})
+    return urlunsplit(parts._replace(query=f"{parts.query}&{option}" if parts.query else option))
+
+
+@pytest.fixture(scope="session")
+def postgres_database() -> Iterator[str]:
+    """The URL of a database created for this test session on ``$STREAMHOUSE_TEST_POSTGRES``,
+    dropped at its end. Without a server the tests that need it are skipped, or fail if
+    ``CI=true``."""
+    import psycopg
+    from psycopg import sql
+
+    try:
+        admin = psycopg.connect(POSTGRES_URL, autocommit=True, connect_timeout=5)
+    except psycopg.Error as exc:
+        cause = str(exc).strip().splitlines()[0]  # the rest is libpq's advice
+        reason = f"no PostgreSQL server at {POSTGRES_URL} (set STREAMHOUSE_TEST_POSTGRES): {cause}"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(reason, pytrace=False)
+        pytest.skip(reason)
+    database = f"streamhouse_test_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+    with admin:
+        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(database)))
+    try:
+        yield with_database(POSTGRES_URL, database)
+    finally:
+        with psycopg.connect(POSTGRES_URL, autocommit=True) as admin:
+            admin.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(database))
+            )
+
+
+@pytest.fixture
+def postgres_url(postgres_database: str) -> str:
+    """The URL of a fresh, empty schema of the session's database, for one test."""
+    import psycopg
+    from psycopg import sql
+
+    schema = f"test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(postgres_database, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
+    return with_schema(postgres_database, schema)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def metadata_url(request: pytest.FixtureRequest) -> str | None:
+    """Each metadata backend in turn: ``None`` (SQLite in the data directory) or the URL of
+    a fresh PostgreSQL schema."""
+    if request.param == "sqlite":
+        return None
+    return request.getfixturevalue("postgres_url")

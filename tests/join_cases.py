@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -116,10 +116,15 @@ def produce(sh: StreamHouse, name: str, rows: Sequence[Event]) -> None:
 
 
 def drive(
-    sh: StreamHouse, sql: str, schedule: Schedule, name: str = "q"
+    sh: StreamHouse,
+    sql: str,
+    schedule: Schedule,
+    name: str = "q",
+    after_step: Callable[[ContinuousQuery], None] | None = None,
 ) -> tuple[ContinuousQuery, dict]:
-    """Run ``sql`` over what is in its sources in ``schedule``'s steps and restarts, then end it
-    with the final watermark; returns the (stopped) query and its last status."""
+    """Run ``sql`` over what is in its sources in ``schedule``'s steps and restarts (calling
+    ``after_step`` after each), then end it with the final watermark; returns the (stopped)
+    query and its last status."""
     query = start_paused(sh, sql, name)
     try:
         for step in range(200):
@@ -129,6 +134,8 @@ def drive(
             size = schedule.batch_sizes[step % len(schedule.batch_sizes)]
             if not query.step(max_records=size):
                 break
+            if after_step is not None:
+                after_step(query)
         query.run_until_caught_up(final=True)
         status = query.status()
     finally:

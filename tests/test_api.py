@@ -300,9 +300,11 @@ def test_concurrent_producer_threads_get_contiguous_offsets(sh: StreamHouse) -> 
         assert sh.log.offsets("busy", partition).high_watermark == len(offsets)
 
 
-def test_two_connections_on_one_directory_are_fenced_and_retry(tmp_path: Path) -> None:
-    first = streamhouse.connect(tmp_path, linger_ms=1)
-    second = streamhouse.connect(tmp_path, linger_ms=1)
+def test_two_connections_on_one_directory_are_fenced_and_retry(
+    tmp_path: Path, metadata_url: str | None
+) -> None:
+    first = streamhouse.connect(tmp_path, linger_ms=1, metadata=metadata_url)
+    second = streamhouse.connect(tmp_path, linger_ms=1, metadata=metadata_url)
     try:
         first.create_topic("shared", partitions=2)
         assert first.produce("shared", ["a0", "a1"], partition=0).offsets == {0: (0, 1)}
@@ -425,3 +427,20 @@ def test_python_functions_results_are_cast_to_the_declared_type_or_named(sh: Str
         SqlError, match="a Python function raised ZeroDivisionError: division by zero"
     ):
         sh.sql("SELECT t_divide(w) FROM words").to_arrow_table()
+
+
+def test_an_invalid_array_from_the_engine_is_an_error_not_a_crash() -> None:
+    """DataFusion 55 once built a Utf8 array whose offsets ran past its empty data buffer
+    (CASE over Utf8 and Utf8View branches, sorted); reading it crashed the process."""
+    from streamhouse.result import check_batch, conform
+
+    offsets = bytearray(pa.array([0, 1, 2, 3], pa.int32()).buffers()[1])
+    array = pa.Array.from_buffers(
+        pa.string(), 3, [None, pa.py_buffer(offsets), pa.py_buffer(b"abc")]
+    )
+    batch = pa.RecordBatch.from_arrays([array], names=["s"])
+    offsets[12:16] = (300).to_bytes(4, "little")  # the last offset now runs past the data
+    with pytest.raises(SqlError, match="the query engine produced an invalid result"):
+        check_batch(batch)
+    with pytest.raises(SqlError, match="invalid result"):
+        list(conform(iter([batch]), batch.schema))

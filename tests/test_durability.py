@@ -83,6 +83,32 @@ def _drain(stream: IO[bytes], into: list[bytes], first: threading.Event) -> None
         first.set()
 
 
+def _start(*children: subprocess.Popen[bytes]) -> None:
+    """Wait until every producer is connected, then let them all go."""
+    for child in children:
+        assert child.stdout.readline() == b"ready\n", child.stderr.read()  # type: ignore[union-attr]
+    for child in children:
+        child.stdin.write(b"go\n")  # type: ignore[union-attr]
+        child.stdin.flush()  # type: ignore[union-attr]
+
+
+def _kill_mid_produce(child: subprocess.Popen[bytes], delay_s: float) -> list[Ack]:
+    """kill -9 ``child`` ``delay_s`` after its first ack; what it acknowledged."""
+    chunks: list[bytes] = []
+    acked = threading.Event()
+    reader = threading.Thread(target=_drain, args=(child.stdout, chunks, acked))
+    reader.start()
+    assert acked.wait(timeout=60), "the producer acknowledged nothing"
+    time.sleep(delay_s)  # somewhere in the middle of its work
+    child.send_signal(signal.SIGKILL)
+    child.wait(timeout=30)
+    reader.join(timeout=30)
+    assert child.returncode == -signal.SIGKILL
+    acks = _parse_acks(b"".join(chunks))
+    assert acks
+    return acks
+
+
 def _parse_acks(output: bytes) -> list[Ack]:
     """Complete lines only: a line cut short by kill -9 was never acknowledged to anyone."""
     text = output.decode()
@@ -124,30 +150,28 @@ def _check_log(data_dir: Path, topic: str, acks: list[Ack]) -> dict[int, int]:
     return high_watermarks
 
 
-def test_kill_9_mid_produce_loses_nothing_acknowledged(tmp_path: Path) -> None:
+@pytest.fixture
+def metadata_env(metadata_url: str | None, monkeypatch: pytest.MonkeyPatch) -> str | None:
+    """Each metadata backend in turn, named by ``STREAMHOUSE_METADATA`` (which the producer
+    processes inherit): SQLite in the data directory, or one PostgreSQL schema for all."""
+    if metadata_url is None:
+        monkeypatch.delenv("STREAMHOUSE_METADATA", raising=False)
+    else:
+        monkeypatch.setenv("STREAMHOUSE_METADATA", metadata_url)
+    return metadata_url
+
+
+def test_kill_9_mid_produce_loses_nothing_acknowledged(
+    tmp_path: Path, metadata_env: str | None
+) -> None:
     with streamhouse.connect(tmp_path) as sh:
         sh.create_topic("acks", partitions=3)
     rng = random.Random(9)
     acks: list[Ack] = []
     for round_ in range(5):
         child = _spawn_producer(tmp_path, "acks", f"r{round_}", rng.choice([0, 1, 5]), 0)
-        assert child.stdout is not None
-        assert child.stdout.readline() == b"ready\n", child.stderr.read()  # type: ignore[union-attr]
-        child.stdin.write(b"go\n")  # type: ignore[union-attr]
-        child.stdin.flush()  # type: ignore[union-attr]
-        chunks: list[bytes] = []
-        acked = threading.Event()
-        reader = threading.Thread(target=_drain, args=(child.stdout, chunks, acked))
-        reader.start()
-        assert acked.wait(timeout=60), "the producer acknowledged nothing"
-        time.sleep(rng.uniform(0, 0.5))  # then kill it somewhere in the middle of its work
-        child.send_signal(signal.SIGKILL)
-        child.wait(timeout=30)
-        reader.join(timeout=30)
-        assert child.returncode == -signal.SIGKILL
-        round_acks = _parse_acks(b"".join(chunks))
-        assert round_acks
-        acks.extend(round_acks)
+        _start(child)
+        acks.extend(_kill_mid_produce(child, rng.uniform(0, 0.5)))
         high_watermarks = _check_log(tmp_path, "acks", acks)
         assert sum(high_watermarks.values()) >= len(acks)
 
@@ -159,15 +183,13 @@ def test_kill_9_mid_produce_loses_nothing_acknowledged(tmp_path: Path) -> None:
             assert sh.fetch("acks", p, high_watermark)["value"].to_pylist() == [b"after"]
 
 
-def test_producer_processes_on_one_directory_are_fenced(tmp_path: Path) -> None:
+def test_producer_processes_on_one_directory_are_fenced(
+    tmp_path: Path, metadata_env: str | None
+) -> None:
     with streamhouse.connect(tmp_path) as sh:
         sh.create_topic("shared", partitions=2)
     children = [_spawn_producer(tmp_path, "shared", tag, 0, 30) for tag in ("a", "b", "c")]
-    for child in children:  # all connected: start them together
-        assert child.stdout.readline() == b"ready\n", child.stderr.read()  # type: ignore[union-attr]
-    for child in children:
-        child.stdin.write(b"go\n")  # type: ignore[union-attr]
-        child.stdin.flush()  # type: ignore[union-attr]
+    _start(*children)  # all connected: start them together
     acks: list[Ack] = []
     for child in children:
         out, err = child.communicate(timeout=120)
@@ -183,6 +205,27 @@ def test_producer_processes_on_one_directory_are_fenced(tmp_path: Path) -> None:
         }
     on_disk = {str(p.relative_to(tmp_path / "objects")) for p in (tmp_path / "objects").rglob("*")}
     assert {k for k in on_disk if k.endswith(".seg")} == indexed
+    assert (tmp_path / "metadata.sqlite3").exists() == (metadata_env is None)
+
+
+def test_a_writer_killed_beside_another_loses_nothing_acknowledged(
+    tmp_path: Path, metadata_env: str | None
+) -> None:
+    """Two producer processes write one partition; one is killed -9 mid-produce while the
+    other goes on. Offsets stay dense and unique, and every acknowledged record is there."""
+    with streamhouse.connect(tmp_path) as sh:
+        sh.create_topic("pair", partitions=1)
+    victim = _spawn_producer(tmp_path, "pair", "victim", 1, 0)
+    survivor = _spawn_producer(tmp_path, "pair", "survivor", 1, 60)
+    _start(victim, survivor)
+    victim_acks = _kill_mid_produce(victim, random.uniform(0, 0.3))
+    out, err = survivor.communicate(timeout=120)
+    assert survivor.returncode == 0, err.decode()[-2000:]
+    survivor_acks = _parse_acks(out)
+    assert len(survivor_acks) >= 60
+    high_watermarks = _check_log(tmp_path, "pair", victim_acks + survivor_acks)
+    assert high_watermarks[0] >= len(victim_acks) + len(survivor_acks)
+    assert (tmp_path / "metadata.sqlite3").exists() == (metadata_env is None)
 
 
 def test_two_cli_producers_on_one_directory(tmp_path: Path) -> None:

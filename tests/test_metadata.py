@@ -1,14 +1,18 @@
-"""The metadata store: topics, the segment index with fencing, groups, catalog, producer ids."""
+"""The metadata store: topics, the segment index with fencing, groups, catalog, producer ids.
+
+Every test taking ``md`` or ``open_store`` runs against each backend: SQLite and PostgreSQL
+(a fresh schema per test; see ``metadata_url`` in conftest.py)."""
 
 from __future__ import annotations
 
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from streamhouse.config import Settings
@@ -25,10 +29,12 @@ from streamhouse.log.metadata import (
     GroupOffset,
     PartitionOffsets,
     SegmentRow,
+    migrations,
     open_metadata,
     validate_topic_name,
 )
-from streamhouse.log.metadata.migrations import LATEST_VERSION
+from streamhouse.log.metadata.migrations import LATEST_VERSION, POSTGRESQL, Migration
+from streamhouse.log.metadata.postgres import PostgresMetadata
 from streamhouse.log.metadata.sqlite import SQLiteMetadata
 
 
@@ -53,17 +59,47 @@ def db_path(tmp_path: Path) -> Path:
     return tmp_path / "meta" / "metadata.sqlite3"
 
 
+Store = SQLiteMetadata | PostgresMetadata
+OpenStore = Callable[[], Store]
+
+
 @pytest.fixture
-def md(db_path: Path) -> Iterator[SQLiteMetadata]:
-    store = SQLiteMetadata(db_path)
-    yield store
-    store.close()
+def open_store(db_path: Path, metadata_url: str | None) -> Iterator[OpenStore]:
+    """Factory: opens (again) this test's store, of each backend in turn; closes all at the end."""
+    opened: list[Store] = []
+
+    def make() -> Store:
+        store = SQLiteMetadata(db_path) if metadata_url is None else PostgresMetadata(metadata_url)
+        opened.append(store)
+        return store
+
+    yield make
+    for store in opened:
+        store.close()
+
+
+@pytest.fixture
+def md(open_store: OpenStore) -> Store:
+    return open_store()
+
+
+def run_sql(md: Store, statement: str, rows: Iterable[Sequence[object]] = ((),)) -> None:
+    """Run ``statement`` (``?`` placeholders) once per row, straight on the store's database,
+    in one transaction: what another program (or a bug) could do behind the protocol's back."""
+    if isinstance(md, SQLiteMetadata):
+        conn = md._connection()
+        conn.execute("BEGIN")
+        conn.executemany(statement, rows)
+        conn.execute("COMMIT")
+        return
+    with psycopg.connect(md.url) as conn, conn.cursor() as cursor:
+        cursor.executemany(POSTGRESQL.sql(statement), list(rows))
 
 
 # -- topics -----------------------------------------------------------------------------------
 
 
-def test_topic_crud(md: SQLiteMetadata) -> None:
+def test_topic_crud(md: Store) -> None:
     info = md.create_topic("orders", partitions=3, config={"retention.ms": "1000"})
     assert (info.name, info.partitions, info.config) == ("orders", 3, {"retention.ms": "1000"})
     assert len(info.topic_id) == 36
@@ -110,13 +146,13 @@ def test_topic_crud(md: SQLiteMetadata) -> None:
 @pytest.mark.parametrize(
     "name", ["", ".", "..", "a" * 250, "has space", "slash/name", "ümlaut", "star*"]
 )
-def test_invalid_topic_names(md: SQLiteMetadata, name: str) -> None:
+def test_invalid_topic_names(md: Store, name: str) -> None:
     with pytest.raises(LogError, match="invalid topic name"):
         md.create_topic(name)
     assert md.list_topics() == []
 
 
-def test_valid_topic_names_and_counts(md: SQLiteMetadata) -> None:
+def test_valid_topic_names_and_counts(md: Store) -> None:
     for name in ("a" * 249, "...", "A.b_c-9"):
         validate_topic_name(name)
         md.create_topic(name)
@@ -130,7 +166,7 @@ def test_valid_topic_names_and_counts(md: SQLiteMetadata) -> None:
 # -- the segment index ------------------------------------------------------------------------
 
 
-def test_commit_segment_advances_high_watermarks(md: SQLiteMetadata) -> None:
+def test_commit_segment_advances_high_watermarks(md: Store) -> None:
     md.create_topic("t", partitions=2)
     md.commit_segment("o1", [Entry("t", 0, 0, 9, position=0), Entry("t", 1, 0, 4, position=50)])
     md.commit_segment("o2", [Entry("t", 0, 10, 19), Entry("t", 0, 20, 20)])
@@ -146,7 +182,7 @@ def test_commit_segment_advances_high_watermarks(md: SQLiteMetadata) -> None:
     assert rows == [SegmentRow("o1", "t", 1, 0, 4, 50, 100, 0, 0, 1, 0)]
 
 
-def test_fencing_rejects_stale_base_offset_and_leaves_nothing(md: SQLiteMetadata) -> None:
+def test_fencing_rejects_stale_base_offset_and_leaves_nothing(md: Store) -> None:
     md.create_topic("t", partitions=2)
     md.commit_segment("o1", [Entry("t", 0, 0, 9)])
     before = md.partition_offsets("t")
@@ -160,7 +196,7 @@ def test_fencing_rejects_stale_base_offset_and_leaves_nothing(md: SQLiteMetadata
     assert [r.object_key for r in md.segments("t", 0)] == ["o1"]
 
 
-def test_commit_segment_unknown_topic_or_partition_rolls_back(md: SQLiteMetadata) -> None:
+def test_commit_segment_unknown_topic_or_partition_rolls_back(md: Store) -> None:
     md.create_topic("t")
     with pytest.raises(UnknownTopicError):
         md.commit_segment("o", [Entry("t", 0, 0, 1), Entry("gone", 0, 0, 1)])
@@ -172,7 +208,7 @@ def test_commit_segment_unknown_topic_or_partition_rolls_back(md: SQLiteMetadata
         md.commit_segment("o", [Entry("t", 0, 0, -1)])
 
 
-def test_segments_range_queries(md: SQLiteMetadata) -> None:
+def test_segments_range_queries(md: Store) -> None:
     md.create_topic("t", partitions=2)
     for i in range(10):  # segments of 10 offsets: [0,9], [10,19], ...
         md.commit_segment(f"o{i}", [Entry("t", 0, i * 10, i * 10 + 9)])
@@ -191,16 +227,15 @@ def test_segments_range_queries(md: SQLiteMetadata) -> None:
     assert md.segments("missing", 0) == []
 
 
-def test_segments_fast_with_100k_rows(md: SQLiteMetadata) -> None:
+def test_segments_fast_with_100k_rows(md: Store) -> None:
     md.create_topic("big")
-    conn = md._connection()  # bulk load directly: 100k commits would be slow to fsync
-    conn.execute("BEGIN")
-    conn.executemany(
-        "INSERT INTO segments VALUES ('big', 0, ?, ?, ?, 0, 10, ?, ?, ?, 1, 0)",
-        ((i, i, f"o{i}", i, i, i) for i in range(100_000)),
+    # Bulk load directly (100k commits would be slow to fsync), in SQL both backends speak.
+    run_sql(
+        md,
+        "WITH RECURSIVE n (i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i < 99999)"
+        " INSERT INTO segments SELECT 'big', 0, i, i, 'o' || i, 0, 10, i, i, i, 1, 0 FROM n",
     )
-    conn.execute("UPDATE partitions SET high_watermark = 100000, max_timestamp = 99999")
-    conn.execute("COMMIT")
+    run_sql(md, "UPDATE partitions SET high_watermark = 100000, max_timestamp = 99999")
     start = time.perf_counter()
     for offset in range(0, 100_000, 1_000):
         rows = md.segments("big", 0, offset, offset + 5)
@@ -210,7 +245,7 @@ def test_segments_fast_with_100k_rows(md: SQLiteMetadata) -> None:
     assert time.perf_counter() - start < 1.0  # a scan per query would take seconds
 
 
-def test_segment_for_timestamp(md: SQLiteMetadata) -> None:
+def test_segment_for_timestamp(md: Store) -> None:
     md.create_topic("t")
     # max timestamps out of order: 100, 50, 300, 200
     for i, ts in enumerate([100, 50, 300, 200]):
@@ -228,7 +263,7 @@ def test_segment_for_timestamp(md: SQLiteMetadata) -> None:
     assert found(301) is None
     assert md.segment_for_timestamp("missing", 0, 0) is None
     # retention removed the rows that raised the running maximum: fall back to a scan
-    md._connection().execute("DELETE FROM segments WHERE base_offset IN (0, 2)")
+    run_sql(md, "DELETE FROM segments WHERE base_offset IN (0, 2)")
     assert found(60) == "o3"
     assert found(250) is None
 
@@ -236,7 +271,7 @@ def test_segment_for_timestamp(md: SQLiteMetadata) -> None:
 # -- groups, catalog, producer ids ------------------------------------------------------------
 
 
-def test_group_offsets_round_trip(md: SQLiteMetadata) -> None:
+def test_group_offsets_round_trip(md: Store) -> None:
     md.commit_group_offsets("g1", {("t", 0): (5, "meta ü {json}"), ("t", 1): (7, "")})
     md.commit_group_offsets("g1", {("t", 0): (6, "again")})
     md.commit_group_offsets("g0", {("u", 3): (1, "x")})
@@ -252,7 +287,7 @@ def test_group_offsets_round_trip(md: SQLiteMetadata) -> None:
     assert md.list_groups() == ["g0"]
 
 
-def test_catalog_is_case_insensitive(md: SQLiteMetadata) -> None:
+def test_catalog_is_case_insensitive(md: Store) -> None:
     entry = md.put_catalog("Clicks", "stream", "CREATE STREAM Clicks (a INT)")
     assert md.get_catalog("clicks") == entry
     assert md.get_catalog("CLICKS").name == "Clicks"  # type: ignore[union-attr]
@@ -269,8 +304,8 @@ def test_catalog_is_case_insensitive(md: SQLiteMetadata) -> None:
     assert md.get_catalog("clicks") is None
 
 
-def test_persistence_and_producer_ids_across_reopen(db_path: Path) -> None:
-    md = SQLiteMetadata(db_path)
+def test_persistence_and_producer_ids_across_reopen(open_store: OpenStore) -> None:
+    md = open_store()
     ids = [md.next_producer_id() for _ in range(3)]
     assert ids == sorted(set(ids)) and ids[0] >= 1
     info = md.create_topic("t", partitions=2, config={"k": "v"})
@@ -282,48 +317,55 @@ def test_persistence_and_producer_ids_across_reopen(db_path: Path) -> None:
     with pytest.raises(StorageError, match="closed"):
         md.get_topic("t")
 
-    again = SQLiteMetadata(db_path)
-    try:
-        assert again.schema_version == LATEST_VERSION
-        assert again.get_topic("t") == info
-        assert again.partition_offsets("t")[1] == PartitionOffsets(0, 42)
-        assert [r.last_offset for r in again.segments("t", 1)] == [41]
-        assert again.group_offsets("g")["t", 1].metadata == "m"
-        assert again.get_catalog("s") is not None
-        assert again.next_producer_id() > ids[-1]
+    again = open_store()
+    assert again.schema_version == LATEST_VERSION
+    assert again.get_topic("t") == info
+    assert again.partition_offsets("t")[1] == PartitionOffsets(0, 42)
+    assert [r.last_offset for r in again.segments("t", 1)] == [41]
+    assert again.group_offsets("g")["t", 1].metadata == "m"
+    assert again.get_catalog("s") is not None
+    assert again.next_producer_id() > ids[-1]
+    if isinstance(again, SQLiteMetadata):
         assert again._connection().execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         assert again._connection().execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
-    finally:
-        again.close()
 
 
 # -- concurrency and failures -----------------------------------------------------------------
 
 
-def test_concurrent_commits_from_threads(md: SQLiteMetadata) -> None:
-    partitions, commits, size = 6, 30, 3
-    md.create_topic("t", partitions=partitions)
+def at_once(count: int, work: Callable[[int], None]) -> list[BaseException]:
+    """Run ``work(0)`` ... ``work(count - 1)`` on threads released together; their errors."""
     errors: list[BaseException] = []
-    ids: list[int] = []
-    barrier = threading.Barrier(partitions)
+    barrier = threading.Barrier(count)
 
-    def writer(p: int) -> None:
+    def run(n: int) -> None:
+        barrier.wait()
         try:
-            barrier.wait()
-            for i in range(commits):
-                md.commit_segment(f"p{p}-{i}", [Entry("t", p, i * size, i * size + size - 1)])
-                md.segments("t", p, 0)
-                md.partition_offsets("t")
-                ids.append(md.next_producer_id())
-        except BaseException as exc:  # surfaced below
+            work(n)
+        except BaseException as exc:  # returned to the test
             errors.append(exc)
 
-    threads = [threading.Thread(target=writer, args=(p,)) for p in range(partitions)]
+    threads = [threading.Thread(target=run, args=(n,)) for n in range(count)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    assert errors == []
+    return errors
+
+
+def test_concurrent_commits_from_threads(md: Store) -> None:
+    partitions, commits, size = 6, 30, 3
+    md.create_topic("t", partitions=partitions)
+    ids: list[int] = []
+
+    def writer(p: int) -> None:
+        for i in range(commits):
+            md.commit_segment(f"p{p}-{i}", [Entry("t", p, i * size, i * size + size - 1)])
+            md.segments("t", p, 0)
+            md.partition_offsets("t")
+            ids.append(md.next_producer_id())
+
+    assert at_once(partitions, writer) == []
     offsets = md.partition_offsets("t")
     assert {p: o.high_watermark for p, o in offsets.items()} == dict.fromkeys(
         range(partitions), commits * size
@@ -332,26 +374,57 @@ def test_concurrent_commits_from_threads(md: SQLiteMetadata) -> None:
     assert len(set(ids)) == len(ids) == partitions * commits
 
 
-def test_concurrent_stale_writers_one_wins(md: SQLiteMetadata) -> None:
+def test_concurrent_stale_writers_one_wins(md: Store) -> None:
     md.create_topic("t")
-    outcomes: list[str] = []
-    barrier = threading.Barrier(4)
 
     def writer(n: int) -> None:
-        barrier.wait()
-        try:
-            md.commit_segment(f"w{n}", [Entry("t", 0, 0, 9)])
-            outcomes.append("ok")
-        except StorageError:
-            outcomes.append("fenced")
+        md.commit_segment(f"w{n}", [Entry("t", 0, 0, 9)])
 
-    threads = [threading.Thread(target=writer, args=(n,)) for n in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert sorted(outcomes) == ["fenced", "fenced", "fenced", "ok"]
+    errors = at_once(4, writer)
+    assert len(errors) == 3 and all("stale" in str(exc) for exc in errors), errors
     assert len(md.segments("t", 0)) == 1
+
+
+def test_one_of_concurrent_creators_wins(open_store: OpenStore) -> None:
+    stores = [open_store() for _ in range(4)]
+    created = at_once(4, lambda n: stores[n].create_topic("t", partitions=n + 1))
+    assert len(created) == 3 and all(isinstance(e, TopicExistsError) for e in created), created
+    assert len(stores[0].partition_offsets("t")) == stores[0].get_topic("t").partitions  # type: ignore[union-attr]
+    stored = at_once(4, lambda n: stores[n].put_catalog("S", "stream", f"CREATE STREAM S{n} ()"))
+    assert len(stored) == 3 and all("already exists" in str(e) for e in stored), stored
+
+
+def test_writers_on_separate_stores_get_dense_offsets(open_store: OpenStore) -> None:
+    """Writers with their own store (as separate processes have) race for one partition; each
+    retries a refused commit from the new high watermark. Every commit lands exactly once."""
+    writers, commits, size = 4, 25, 3
+    open_store().create_topic("t", partitions=2)
+    stores = [open_store() for _ in range(writers)]
+
+    def writer(n: int) -> None:
+        store = stores[n]
+        for i in range(commits):
+            while True:
+                base = store.partition_offset("t", 0).high_watermark
+                other = store.partition_offset("t", 1).high_watermark
+                entries = [Entry("t", 1, other, other), Entry("t", 0, base, base + size - 1)]
+                try:
+                    store.commit_segment(f"w{n}-{i}-{base}", entries)
+                    break
+                except StorageError as exc:  # lost the race: retry from the new watermark
+                    assert "stale" in str(exc)
+
+    assert at_once(writers, writer) == []
+    rows = stores[0].segments("t", 0)
+    assert [(r.base_offset, r.last_offset) for r in rows] == [
+        (i * size, i * size + size - 1) for i in range(writers * commits)
+    ]
+    assert len({r.object_key for r in rows}) == writers * commits
+    assert [r.base_offset for r in stores[0].segments("t", 1)] == list(range(writers * commits))
+    assert stores[0].partition_offsets("t") == {
+        0: PartitionOffsets(0, writers * commits * size),
+        1: PartitionOffsets(0, writers * commits),
+    }
 
 
 def test_unwritable_location_is_storage_error(tmp_path: Path) -> None:
@@ -363,21 +436,47 @@ def test_unwritable_location_is_storage_error(tmp_path: Path) -> None:
         SQLiteMetadata(tmp_path)  # a directory, not a database file
 
 
-def test_sqlite_errors_surface_as_storage_error(md: SQLiteMetadata) -> None:
-    md._connection().execute("DROP TABLE catalog")
-    with pytest.raises(StorageError, match="no such table") as info:
+def test_database_errors_surface_as_storage_error(md: Store) -> None:
+    run_sql(md, "DROP TABLE catalog")
+    with pytest.raises(StorageError, match=r"no such table|does not exist") as info:
         md.get_catalog("x")
-    assert isinstance(info.value.__cause__, sqlite3.Error)
+    assert "\n" not in str(info.value)
+    assert isinstance(info.value.__cause__, sqlite3.Error | psycopg.Error)
 
 
-def test_newer_schema_is_refused(db_path: Path) -> None:
-    SQLiteMetadata(db_path).close()
-    conn = sqlite3.connect(db_path)
-    conn.execute("INSERT INTO schema_migrations VALUES (?, 'future', 0)", (LATEST_VERSION + 1,))
-    conn.commit()
-    conn.close()
-    with pytest.raises(StorageError, match="newer"):
-        SQLiteMetadata(db_path)
+def test_newer_schema_is_refused(open_store: OpenStore) -> None:
+    md = open_store()
+    run_sql(md, "INSERT INTO schema_migrations VALUES (?, 'future', 0)", [(LATEST_VERSION + 1,)])
+    md.close()
+    with pytest.raises(StorageError, match=f"schema version {LATEST_VERSION + 1}, newer"):
+        open_store()
+
+
+def test_an_older_store_is_migrated_once(
+    open_store: OpenStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    md = open_store()
+    md.create_topic("kept")
+    md.close()
+    newer = Migration(LATEST_VERSION + 1, "a later change", ("CREATE TABLE later (x INTEGER)",))
+    monkeypatch.setattr(migrations, "MIGRATIONS", (*migrations.MIGRATIONS, newer))
+    monkeypatch.setattr(migrations, "LATEST_VERSION", newer.version)
+    upgraded = open_store()
+    assert upgraded.schema_version == newer.version
+    assert [t.name for t in upgraded.list_topics()] == ["kept"]
+    run_sql(upgraded, "INSERT INTO later (x) VALUES (1)")  # the new table exists
+    upgraded.close()
+    again = open_store()  # nothing left to apply: CREATE TABLE later would fail if run twice
+    assert again.schema_version == newer.version
+
+
+def test_stores_opened_at_once_apply_each_migration_once(open_store: OpenStore) -> None:
+    stores: list[Store] = []
+    assert at_once(4, lambda _: stores.append(open_store())) == []
+    assert len(stores) == 4
+    assert {store.schema_version for store in stores} == {LATEST_VERSION}
+    assert stores[0].next_producer_id() == 1  # the counter was created once, not reset
+    assert stores[3].next_producer_id() == 2
 
 
 # -- open_metadata ----------------------------------------------------------------------------
@@ -392,7 +491,43 @@ def test_open_metadata(tmp_path: Path) -> None:
     md = open_metadata(Settings(data_dir=tmp_path, metadata=f"sqlite:///{other}"))
     assert isinstance(md, SQLiteMetadata) and md.path == other and other.exists()
     md.close()
-    with pytest.raises(ConfigError, match="PostgreSQL"):
-        open_metadata(Settings(metadata="postgresql://localhost/sh"))
-    with pytest.raises(ConfigError, match="not supported"):
+    with pytest.raises(ConfigError, match="not supported: use sqlite:///path or postgresql://"):
         open_metadata(Settings(metadata="mysql://x"))
+    with pytest.raises(StorageError, match="127.0.0.1:1/sh: cannot open") as info:
+        open_metadata(Settings(metadata="postgresql://sh:secret@127.0.0.1:1/sh"))
+    assert "secret" not in str(info.value) and "\n" not in str(info.value)
+
+
+def test_open_metadata_postgresql(postgres_url: str) -> None:
+    md = open_metadata(Settings(metadata=postgres_url))
+    assert isinstance(md, PostgresMetadata) and md.schema_version == LATEST_VERSION
+    md.create_topic("t")
+    md.close()
+    again = open_metadata(Settings(metadata=postgres_url.replace("postgresql:", "postgres:", 1)))
+    assert isinstance(again, PostgresMetadata)
+    assert [t.name for t in again.list_topics()] == ["t"]  # the same store
+    again.close()
+
+
+def test_postgresql_connections_dropped_by_the_server_are_replaced(postgres_url: str) -> None:
+    md = PostgresMetadata(postgres_url)
+    try:
+        md.create_topic("t")
+        at_once(4, lambda _: md.partition_offsets("t"))  # several pooled connections
+        with psycopg.connect(postgres_url, autocommit=True) as admin:
+            dropped = admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            ).fetchall()
+        assert len(dropped) >= 2 and all(ok for (ok,) in dropped)
+        errors = at_once(4, lambda n: md.commit_segment(f"o{n}", [Entry("t", 0, 0, 0)]))
+        assert len(errors) == 3 and all("stale" in str(e) for e in errors), errors
+        assert len(md.segments("t", 0)) == 1
+    finally:
+        md.close()
+
+
+def test_postgresql_missing_database_is_one_line(postgres_database: str) -> None:
+    url = postgres_database.rsplit("/", 1)[0] + "/no_such_database_here"
+    with pytest.raises(StorageError, match='database "no_such_database_here" does not exist'):
+        PostgresMetadata(url)

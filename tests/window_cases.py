@@ -39,6 +39,23 @@ def start_paused(
     )
 
 
+def continuous_rows(sh: StreamHouse, sql: str, name: str, batch: int) -> list[dict]:
+    """``sql`` run as a continuous query into topic ``out_<name>`` in micro-batches of
+    ``batch`` records, with a restart after the first; the topic's records read back."""
+    query = start_paused(sh, f"INSERT INTO out_{name} {sql}", name)
+    query.step(max_records=batch)
+    query.stop()
+    query = start_paused(sh, f"INSERT INTO out_{name} {sql}", name)
+    try:
+        while query.step(max_records=batch):
+            pass
+        query.run_until_caught_up(final=True)
+        assert query.status()["error"] is None
+    finally:
+        query.stop()
+    return topic_rows(sh, f"out_{name}")
+
+
 def topic_rows(sh: StreamHouse, topic: str) -> list[dict[str, Any]]:
     """Every record value of ``topic`` (all partitions, by partition then offset) as JSON."""
     if sh.log.get_topic(topic) is None:

@@ -1,4 +1,4 @@
-"""``python -m streamhouse.kafka --data-dir D --port P``: serve the Kafka protocol."""
+"""``python -m streamhouse.kafka --data-dir D [--metadata URL] --port P``: serve the Kafka protocol."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ def main(argv: list[str] | None = None) -> None:
     """Parse flags, set up logging to stderr, serve until SIGINT/SIGTERM."""
     parser = argparse.ArgumentParser(prog="python -m streamhouse.kafka", description=__doc__)
     parser.add_argument("--data-dir")
+    parser.add_argument("--metadata", help="postgresql://... or sqlite:///... (default: SQLite)")
     parser.add_argument("--host")
     parser.add_argument("--port", type=int)
     parser.add_argument("--advertised-host")
@@ -24,6 +25,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = Settings.load(
         data_dir=args.data_dir,
+        metadata=args.metadata,
         host=args.host,
         port=args.port,
         advertised_host=args.advertised_host,

@@ -94,8 +94,8 @@ class Log:
         over existing data)."""
         store = open_object_store(settings)
         try:
-            path = sqlite_path(settings)
-            existed = path.exists()
+            path = sqlite_path(settings)  # None: PostgreSQL, where nothing is a file
+            existed = path is None or path.exists()
             if not existed:
                 _refuse_lost_metadata(store, f"metadata store {path} is missing")
             metadata = open_metadata(settings)
@@ -105,7 +105,7 @@ class Log:
                     # topic and object in this new data dir right now.
                     _refuse_lost_metadata(
                         store,
-                        f"metadata store {path} holds no topics",
+                        f"metadata store {path or repr(metadata)} holds no topics",
                         still=lambda: not metadata.list_topics(),
                     )
             except BaseException:

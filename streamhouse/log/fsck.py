@@ -38,7 +38,12 @@ from pathlib import Path
 import crc32c
 
 from streamhouse.config import Settings
-from streamhouse.errors import CorruptSegmentError, ObjectNotFoundError, StorageError
+from streamhouse.errors import (
+    ConfigError,
+    CorruptSegmentError,
+    ObjectNotFoundError,
+    StorageError,
+)
 from streamhouse.log.metadata import Metadata, SegmentRow, sqlite_path
 from streamhouse.log.objectstore import ObjectInfo, ObjectStore
 from streamhouse.log.segment import (
@@ -527,6 +532,11 @@ def rebuild_metadata(
     ``on_start(objects)`` is called once the objects are listed, ``progress(1)`` per footer.
     """
     path = sqlite_path(settings)
+    if path is None:
+        raise ConfigError(
+            "fsck --rebuild-metadata writes a SQLite metadata store; rebuilding PostgreSQL"
+            " metadata is not supported yet"
+        )
     if _in_use(path):
         raise StorageError(
             f"metadata store {path} is open in another process: stop every process using"

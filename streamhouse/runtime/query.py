@@ -47,9 +47,11 @@ from streamhouse.runtime.options import QueryOptions
 from streamhouse.runtime.sink import TopicSink, key_strings
 from streamhouse.runtime.sources import NO_WATERMARK, QuerySource
 from streamhouse.sql import plan as plans
+from streamhouse.sql.computed import ComputedColumns
 from streamhouse.sql.ddl import stream_definition
-from streamhouse.sql.engine import hide_metadata, referenced_columns
+from streamhouse.sql.engine import hide_metadata, parse_failure, referenced_columns
 from streamhouse.sql.execute import run_sql
+from streamhouse.sql.hints import SourceOptions, source_options
 from streamhouse.sql.parse import node_position, parse
 from streamhouse.sql.plan import FLOWS, ContinuousPlan, check_columns, plan_query
 from streamhouse.sql.source import METADATA_FIELDS, RejectedRow
@@ -60,6 +62,7 @@ from streamhouse.views.recompute import RecomputeOperator
 from streamhouse.views.top_n import TopNOperator
 from streamhouse.windows.operator import make_operator
 from streamhouse.windows.table import WINDOW_TYPE, event_time_ms
+from streamhouse.windows.time_sort import TimeSortOperator
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +110,8 @@ class ContinuousQuery:
         self.statement = statement
         self.plan: ContinuousPlan = plan_query(statement)
         self.options = options or QueryOptions()
+        self.hints = source_options(statement)  # OPTIONS hints by source
+        self.read_options: dict[str, SourceOptions] = {}  # per source: declared, then hinted
         self._named = {c.name for c in statement.find_all(exp.Column)}
         self.sources = self._resolve_sources(resolve)
         self._validate()
@@ -172,8 +177,12 @@ class ContinuousQuery:
             if resolved is None:
                 raise self._error(f"unknown stream or topic {name!r}", name)
             kind, entry = resolved
+            hinted = self.hints.get(name, {}).get("topic")
+            if hinted is not None and self.log.get_topic(hinted) is None:
+                raise self._error(f"topic {hinted!r} of the OPTIONS hint does not exist", name)
             if kind == "topic":
-                sources[name] = QuerySource(index, name, name, None, window_column, 0)
+                self.read_options[name] = SourceOptions.of({}, self.hints.get(name))
+                sources[name] = QuerySource(index, name, hinted or name, None, window_column, 0)
                 known = False
                 continue
             if kind not in ("stream", "table"):
@@ -181,13 +190,15 @@ class ContinuousQuery:
                     f"continuous queries read streams and topics; {name!r} is a {kind}", name
                 )
             definition = stream_definition(parse(entry.sql)[0])
+            self.read_options[name] = SourceOptions.of(definition.options, self.hints.get(name))
             columns |= {c.name: c.type for c in definition.columns}
             watermark = definition.watermark
             column = watermark.column if watermark is not None else window_column
             delay = watermark.delay_ms if watermark is not None else 0
             sources[name] = QuerySource(
-                index, name, definition.topic, definition.schema(), column, delay
+                index, name, hinted or definition.topic, definition.schema(), column, delay
             )
+            sources[name].computed = ComputedColumns.of(definition)
         if known:
             check_columns(self.plan, self.statement, columns)
         needed = referenced_columns(self.statement)
@@ -209,7 +220,8 @@ class ContinuousQuery:
             return None  # a derived input, or a topic whose schema is not inferred yet
         keep_all = isinstance(self.plan.operator, plans.WindowAggregate)
         meta = [f for f in METADATA_FIELDS if keep_all or f.name in self._named]
-        return pa.schema([*source.schema, *meta] + (_WINDOW_FIELDS if windowed else []))
+        computed = source.computed.fields() if source.computed else []
+        return pa.schema([*source.schema, *computed, *meta] + (_WINDOW_FIELDS if windowed else []))
 
     def _validate(self) -> None:
         """Plan the query's SQL on DataFusion over empty inputs, so errors show before it runs."""
@@ -226,6 +238,9 @@ class ContinuousQuery:
                 (op.sql, {"__left": self._schema(op.left), "__right": self._schema(op.right)})
             )
         elif isinstance(op, plans.TopN):
+            checks.append((op.sql, {op.source: self._schema(op.source)}))
+        elif isinstance(op, plans.TimeSort):
+            checks.append((op.pre_sql, {op.source: self._schema(op.source)}))
             checks.append((op.sql, {op.source: self._schema(op.source)}))
         elif isinstance(op, plans.TemporalJoin):
             row = pa.field(ROW, pa.int64())
@@ -270,6 +285,9 @@ class ContinuousQuery:
             return StreamJoin(op.sql, state, left_time, right_time, bound, ttl, op.outer)
         if isinstance(op, plans.TopN):
             return TopNOperator(op, state)
+        if isinstance(op, plans.TimeSort):
+            self._check_time_attribute(op)
+            return TimeSortOperator(op, state)
         if isinstance(op, plans.Recompute):
             return RecomputeOperator(op, state)
         if isinstance(op, plans.TemporalJoin):
@@ -284,6 +302,24 @@ class ContinuousQuery:
                 op.sql, state, op.probe_time, op.probe_keys, version_time, op.version_keys
             )
         raise StreamHouseError(f"no operator for {type(op).__name__}")
+
+    def _check_time_attribute(self, op: plans.TimeSort) -> None:
+        """A continuous ORDER BY sorts on the source's time attribute (its WATERMARK column)."""
+        time_column = self.sources[op.source].time_column
+        if time_column == op.time_column:
+            return
+        order = self.statement.find(exp.Order)
+        where = order.expressions[0] if order is not None else self.statement
+        reason = (
+            f"the time attribute of {op.source!r} is {time_column!r}"
+            if time_column is not None
+            else f"{op.source!r} has no time attribute (declare a WATERMARK)"
+        )
+        raise SqlError(
+            f"ORDER BY in a continuous query must start with the time attribute, ascending: "
+            f"{op.time_column!r} is not it ({reason})",
+            *node_position(where),
+        )
 
     @property
     def updating(self) -> bool:
@@ -312,9 +348,9 @@ class ContinuousQuery:
         return []
 
     def _load_progress(self) -> None:
-        latest = self.options.startup == "latest-offset"
-        for source in self.sources.values():
-            source.load(self.log, self.store, latest)
+        for name, source in self.sources.items():
+            startup = self.read_options[name].startup or self.options.startup
+            source.load(self.log, self.store, startup == "latest-offset")
         stored_wm = self.store.get_int(WATERMARK)
         self.watermark = stored_wm - (1 << 63) if stored_wm is not None else NO_WATERMARK
         self.sink_marks: dict[int, int] = {}
@@ -410,6 +446,9 @@ class ContinuousQuery:
             ends[n][p] > s.positions.get(p, 0) for n, s in self.sources.items() for p in ends[n]
         )
         reads = {name: source.read(self.log, ends[name]) for name, source in self.sources.items()}
+        for name, read in reads.items():
+            if read.rejected and not self.read_options[name].ignore_parse_errors:
+                raise parse_failure(name, read.rejected[0])
         if has_data and not final:  # catching up: decode the next batch while this one runs
             following = self._plan(self.options.max_batch_records, ends)
             for name, source in self.sources.items():
@@ -571,6 +610,8 @@ class ContinuousQuery:
         if isinstance(op, plans.Stateless):
             if rows(op.source) is not None:
                 outputs = _run_sql(op.sql, {op.source: rows(op.source)})
+        elif isinstance(op, plans.TimeSort):
+            outputs, late_rows = operator.process(rows(op.source), self.watermark, watermark, batch)
         elif isinstance(op, plans.WindowAggregate) and op.window is None:
             table = rows(op.source)
             if table is not None:

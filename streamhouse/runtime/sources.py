@@ -21,6 +21,7 @@ import pyarrow as pa
 
 from streamhouse.errors import DamagedRangeError, StreamHouseError
 from streamhouse.log import Log
+from streamhouse.sql.computed import ComputedColumns
 from streamhouse.sql.source import RejectedRow, read_source
 from streamhouse.state.store import StateBatch, StateStore, partition_key
 from streamhouse.windows.table import event_time_ms
@@ -65,6 +66,7 @@ class QuerySource:
         self.delay_ms = delay_ms
         self.columns: set[str] | None = None  # value fields to parse (None: all)
         self.skip_damaged = False  # read.on-damage = 'skip'
+        self.computed: ComputedColumns | None = None  # evaluated on every decoded batch
         self._prefetched: tuple[tuple[dict, dict], Future[SourceRead]] | None = None
         self.positions: dict[int, int] = {}
         self.event_times: dict[int, int] = {}
@@ -151,14 +153,16 @@ class QuerySource:
             self.schema = read.schema  # (prefetching starts once it is known)
         if read.rows_read == 0:
             return SourceRead(None, damaged=read.damaged)
-        return SourceRead(read.table, read.rows_read, read.rejected, read.damaged)
+        table = self.computed.apply(read.table) if self.computed else read.table
+        return SourceRead(table, read.rows_read, read.rejected, read.damaged)
 
     def _columns(self) -> set[str] | None:
         """The fields the query uses (and the event time): the others are not parsed, so a
         record whose unused fields do not fit the schema is not rejected (as in bounded reads)."""
         if self.columns is None:
             return None
-        return self.columns | ({self.time_column} if self.time_column else set())
+        columns = self.columns | ({self.time_column} if self.time_column else set())
+        return self.computed.needs(columns) if self.computed else columns
 
     def event_times_after(self, table: pa.Table | None) -> dict[int, int]:
         """Per-partition max event time including ``table``'s rows."""

@@ -68,6 +68,16 @@ class Explain(exp.Expression):
     arg_types = {"this": True}
 
 
+def _regexp_extract(args: list[exp.Expr]) -> exp.RegexpExtract:
+    """Flink's ``REGEXP_EXTRACT(s, regex[, index])``: the index is the group (sqlglot's default
+    reads a third argument as the position to search from)."""
+    if not 2 <= len(args) <= 3:
+        raise ParseError(f"REGEXP_EXTRACT takes 2 or 3 arguments, not {len(args)}")
+    return exp.RegexpExtract(
+        this=args[0], expression=args[1], group=args[2] if len(args) == 3 else None
+    )
+
+
 class StreamHouse(Postgres):
     """Postgres with Flink-style streaming DDL, window calls and window TVFs."""
 
@@ -88,7 +98,11 @@ class StreamHouse(Postgres):
         DB_CREATABLES: ClassVar = {*PostgresParser.DB_CREATABLES, TokenType.STREAM}
         CREATABLES: ClassVar = {*PostgresParser.CREATABLES, TokenType.STREAM}
 
-        FUNCTIONS: ClassVar = {**PostgresParser.FUNCTIONS, "ROW": exp.Struct.from_arg_list}
+        FUNCTIONS: ClassVar = {
+            **PostgresParser.FUNCTIONS,
+            "ROW": exp.Struct.from_arg_list,
+            "REGEXP_EXTRACT": lambda args: _regexp_extract(args),
+        }
 
         STATEMENT_PARSERS: ClassVar = {
             **PostgresParser.STATEMENT_PARSERS,

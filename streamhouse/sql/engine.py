@@ -36,10 +36,12 @@ from streamhouse.errors import (
 from streamhouse.joins.temporal import match_versions, temporal_inputs
 from streamhouse.log import Log
 from streamhouse.result import Relation, status
+from streamhouse.sql.computed import ComputedColumnError, ComputedColumns
 from streamhouse.sql.ddl import stream_definition
 from streamhouse.sql.dialect import Explain
 from streamhouse.sql.execute import Answer, register, run_sql, session_context, sql_errors
 from streamhouse.sql.functions import functions, to_datafusion
+from streamhouse.sql.hints import SourceOptions, check_hints, source_options
 from streamhouse.sql.parse import DIALECT, node_position, parse, sql_error
 from streamhouse.sql.plan import TemporalJoin, plan_temporal_join, source_tables
 from streamhouse.sql.projection import declared_stars, distinct_outputs, star_query
@@ -91,6 +93,7 @@ class Engine:
         return result
 
     def statement(self, statement: exp.Expr) -> Relation:
+        check_hints(statement)
         if isinstance(statement, exp.Create):
             return self._create(statement)
         if isinstance(statement, exp.Drop):
@@ -164,6 +167,14 @@ class Engine:
             raise sql_error(f"{existing.kind} {name!r} already exists", statement.this)
         if kind in STREAM_KINDS:
             definition = stream_definition(statement)
+            try:
+                ComputedColumns.of(definition).check()
+            except ComputedColumnError as error:
+                raise sql_error(error.message, _column_def(statement, error.column)) from None
+            try:
+                SourceOptions.of(definition.options)  # the options StreamHouse reads are valid
+            except SqlError as error:
+                raise sql_error(error.message, statement.args.get("properties")) from None
             if self.log.get_topic(definition.topic) is None:
                 partitions = int(
                     definition.options.get("partitions", self.log.settings.default_partitions)
@@ -279,8 +290,9 @@ class Engine:
         out, stars spelled out), or the rows themselves (a temporal join)."""
         columns = referenced_columns(query)
         named = {c.name for c in query.find_all(exp.Column)}
+        hints = source_options(query)
         if isinstance(query, exp.Select) and (temporal := plan_temporal_join(query)) is not None:
-            return self._temporal(temporal, columns, named, stats)
+            return self._temporal(temporal, columns, named, stats, hints)
         query, windowed = take_out_windows(query)
         ctx = session_context()
         schemas: dict[str, pa.Schema] = {}
@@ -290,9 +302,11 @@ class Engine:
                 needed = (
                     None if columns is None else columns | {spec.time_column, *spec.partition_by}
                 )
-                table = window_table(self.source_table(source, needed, stats), spec)
+                table = window_table(
+                    self.source_table(source, needed, stats, hints.get(source)), spec
+                )
             else:
-                table = self.source_table(name, columns, stats)
+                table = self.source_table(name, columns, stats, hints.get(name))
             table = hide_metadata(table, named)
             schemas[name] = table.schema
             register(ctx, name, table)
@@ -304,7 +318,12 @@ class Engine:
         return sql_errors(lambda: ctx.sql(to_datafusion(query)), _pos(query))
 
     def _temporal(
-        self, plan: TemporalJoin, columns: set[str] | None, named: set[str], stats: QueryStats
+        self,
+        plan: TemporalJoin,
+        columns: set[str] | None,
+        named: set[str],
+        stats: QueryStats,
+        hints: dict[str, dict[str, str]],
     ) -> pa.Table:
         """A bounded temporal join: every probe row with the version current at its time."""
         resolved = self._resolve(plan.right)
@@ -318,8 +337,8 @@ class Engine:
                 "declare it as a stream with a WATERMARK"
             )
         wanted = None if columns is None else columns | {version_time, plan.probe_time}
-        probes = self.source_table(plan.left, wanted, stats)
-        versions = self.source_table(plan.right, wanted, stats)
+        probes = self.source_table(plan.left, wanted, stats, hints.get(plan.left))
+        versions = self.source_table(plan.right, wanted, stats, hints.get(plan.right))
         matched = match_versions(
             probes, plan.probe_time, plan.probe_keys, versions, version_time, plan.version_keys
         )
@@ -330,14 +349,24 @@ class Engine:
             ordered=False,
         )
 
-    def source_table(self, name: str, columns: set[str] | None, stats: QueryStats) -> pa.Table:
-        """The rows of a stream, view or topic as one Arrow table (``columns``: those needed)."""
+    def source_table(
+        self,
+        name: str,
+        columns: set[str] | None,
+        stats: QueryStats,
+        hint: dict[str, str] | None = None,
+    ) -> pa.Table:
+        """The rows of a stream, view or topic as one Arrow table (``columns``: those needed;
+        ``hint``: its OPTIONS hint)."""
         resolved = self._resolve(name)
         if resolved is None:
             raise UnknownStreamError(f"unknown stream, view or topic {name!r}")
         kind, entry = resolved
         schema = None
         topic = name
+        options = SourceOptions.of({}, hint)
+        if kind == "view" and hint:
+            raise SqlError(f"an OPTIONS hint applies to a stream or topic; {name!r} is a view")
         if kind == "view":
             view = parse(entry.sql)[0]  # type: ignore[attr-defined]
             if not _materialized(view):
@@ -356,13 +385,33 @@ class Engine:
                 return with_metadata(pa.table({}), records, np.arange(records.num_rows))
             table, kept, _ = decode_json(records["value"], schema)
             return with_metadata(table, records, kept)
+        computed = None
         if kind != "topic":
             definition = stream_definition(parse(entry.sql)[0])  # type: ignore[attr-defined]
             topic = definition.topic
             schema = definition.schema()
+            computed = ComputedColumns.of(definition)
+            columns = computed.needs(columns)
+            options = SourceOptions.of(definition.options, hint)
+        if options.topic is not None and options.topic != topic:
+            topic = options.topic
+            if self.log.get_topic(topic) is None:
+                raise UnknownStreamError(
+                    f"topic {topic!r} of the OPTIONS hint on {name!r} does not exist"
+                )
         source = read_source(self.log, topic, schema, columns, skip_damaged=self.skip_damaged)
+        if source.rejected and not options.ignore_parse_errors:
+            raise parse_failure(name, source.rejected[0])
         _report(name, source, stats)
-        return source.table
+        return computed.apply(source.table) if computed else source.table
+
+
+def parse_failure(name: str, row: RejectedRow) -> SqlError:
+    """The error of a row that does not parse, with 'json.ignore-parse-errors'='false'."""
+    return SqlError(
+        f"a record of {name!r} does not parse (partition {row.partition} offset {row.offset}: "
+        f"{row.reason}) and 'json.ignore-parse-errors' is 'false' for it"
+    )
 
 
 def hide_metadata(table: pa.Table, named: set[str]) -> pa.Table:
@@ -379,6 +428,14 @@ def _output_names(ctx: datafusion.SessionContext, query: exp.Query) -> list[str]
         return ctx.sql(to_datafusion(query)).schema().names
     except Exception:  # the whole query then fails with DataFusion's own message
         return []
+
+
+def _column_def(statement: exp.Create, name: str) -> exp.Expr:
+    """The definition of column ``name`` in a CREATE STREAM (the statement if not found)."""
+    for coldef in statement.find_all(exp.ColumnDef):
+        if coldef.name == name:
+            return coldef
+    return statement
 
 
 def _materialized(statement: exp.Expr) -> bool:

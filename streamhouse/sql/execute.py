@@ -16,7 +16,7 @@ import datafusion
 import pyarrow as pa
 
 from streamhouse.errors import SqlError, StreamHouseError
-from streamhouse.result import conform, plain_schema
+from streamhouse.result import check_batch, conform, plain_schema
 from streamhouse.sql.functions import functions
 
 T = TypeVar("T")
@@ -45,7 +45,9 @@ def run_sql(sql: str, tables: dict[str, pa.Table], *, ordered: bool = True) -> p
     ctx = session_context(ordered=ordered)
     for name, table in tables.items():
         register(ctx, name, table)
-    return sql_errors(lambda: ctx.sql(sql).to_arrow_table())
+    table = sql_errors(lambda: ctx.sql(sql).to_arrow_table())
+    check_batch(table)
+    return table
 
 
 # What DataFusion makes of an exception a Python function raised: PyErr { type: <class 'E'>,

@@ -6,10 +6,11 @@ functions DataFusion spells differently:
 =======================================  ===============================================
 Flink                                    DataFusion
 =======================================  ===============================================
-``DATE_FORMAT(ts, 'yyyy-MM-dd HH:mm')``  ``to_char(ts, '%Y-%m-%d %H:%M')``
-``REGEXP_EXTRACT(s, re, i)``             ``regexp_match(s, re)[i]`` (i = 0: whole match)
+``DATE_FORMAT(ts, 'yyyy-MM-dd HH:mm')``  ``to_char(ts, '%Y-%m-%d %H:%M')`` (:mod:`.date_format`)
+``REGEXP_EXTRACT(s, re, i)``             ``regexp_match(s, '(' || re || ')')[i + 1]``
 ``SPLIT_INDEX(s, sep, i)``               ``split_part(s, sep, i + 1)`` (NULL past the end)
 ``CHAR_LENGTH(s)``                       ``character_length(s)``
+``CAST(ts AS STRING)``                   ``yyyy-MM-dd HH:mm:ss[.f]``, p digits for TIMESTAMP(p)
 ``HOUR(ts)``, ``MINUTE``, ``DAYOFMONTH``   ``date_part('hour', ts)``, ...
 =======================================  ===============================================
 
@@ -22,39 +23,20 @@ User-defined scalar functions take and return Arrow arrays (vectorized, no per-r
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Callable
 
 import datafusion
 import pyarrow as pa
+import sqlglot
 from sqlglot import exp
 
 from streamhouse.errors import SqlError
+from streamhouse.sql.date_format import DateFormatError, date_format_sql
+from streamhouse.sql.parse import sql_error
 
 log = logging.getLogger(__name__)
 
 _FUNCTIONS: dict[str, datafusion.ScalarUDF] = {}
-
-_JAVA_DATE = [
-    ("yyyy", "%Y"),
-    ("yy", "%y"),
-    ("MM", "%m"),
-    ("dd", "%d"),
-    ("HH", "%H"),
-    ("hh", "%I"),
-    ("mm", "%M"),
-    ("ss", "%S"),
-    ("SSS", "%3f"),
-    ("a", "%p"),
-    ("EEE", "%a"),
-]
-_JAVA_TOKEN = re.compile("|".join(re.escape(j) for j, _ in _JAVA_DATE))
-
-
-def java_date_format(pattern: str) -> str:
-    """A Java ``SimpleDateFormat`` pattern as a strftime (chrono) pattern."""
-    mapping = dict(_JAVA_DATE)
-    return _JAVA_TOKEN.sub(lambda m: mapping[m.group(0)], pattern.replace("%", "%%"))
 
 
 def register_function(
@@ -97,26 +79,14 @@ def functions() -> list[datafusion.ScalarUDF]:
 
 def _rewrite(node: exp.Expr) -> exp.Expr:
     name = node.name.upper() if isinstance(node, exp.Anonymous) else None
-    if isinstance(node, exp.TimeToStr) or name == "DATE_FORMAT":
-        args = (
-            [node.this, node.args.get("format")]
-            if isinstance(node, exp.TimeToStr)
-            else node.expressions
-        )
-        if len(args) == 2 and isinstance(args[1], exp.Literal):
-            pattern = java_date_format(args[1].name)
-            return exp.Anonymous(this="to_char", expressions=[args[0], exp.Literal.string(pattern)])
-    if name == "REGEXP_EXTRACT" or isinstance(node, exp.RegexpExtract):
-        if isinstance(node, exp.RegexpExtract):
-            args = [node.this, node.expression, node.args.get("group")]
-        else:
-            args = list(node.expressions) + [None] * (3 - len(node.expressions))
-        subject, pattern, group = args[0], args[1], args[2]
-        index = int(group.name) if isinstance(group, exp.Literal) else 1
-        if index == 0 and isinstance(pattern, exp.Literal):
-            pattern, index = exp.Literal.string(f"({pattern.name})"), 1
-        match = exp.Anonymous(this="regexp_match", expressions=[subject, pattern])
-        return exp.Bracket(this=exp.Paren(this=match), expressions=[exp.Literal.number(index)])
+    if isinstance(node, exp.TimeToStr):  # Postgres TO_CHAR: its format is strftime already
+        return exp.Anonymous(this="to_char", expressions=[node.this, node.args["format"]])
+    if name == "DATE_FORMAT":
+        return _date_format(node)
+    if isinstance(node, exp.RegexpExtract):
+        return _regexp_extract(node)
+    if isinstance(node, exp.Cast) and node.to.this in _TEXT_TYPES:
+        return _cast_to_string(node)
     if name == "SPLIT_INDEX" and len(node.expressions) == 3:
         subject, separator, index = node.expressions
         part = exp.Anonymous(
@@ -131,6 +101,73 @@ def _rewrite(node: exp.Expr) -> exp.Expr:
         arg = node.this if not isinstance(node, exp.Anonymous) else node.expressions[0]
         return exp.Anonymous(this="date_part", expressions=[exp.Literal.string(part), arg])
     return node
+
+
+def _date_format(node: exp.Anonymous) -> exp.Expr:
+    """``DATE_FORMAT(ts, 'pattern')``: the pattern must be a literal (see :mod:`.date_format`)."""
+    args = node.expressions
+    if len(args) != 2 or not (isinstance(args[1], exp.Literal) and args[1].is_string):
+        raise sql_error(
+            "DATE_FORMAT takes a timestamp and a pattern given as a string literal", node
+        )
+    try:
+        return date_format_sql(args[0], args[1].name)
+    except DateFormatError as error:
+        raise sql_error(str(error), args[1]) from None
+
+
+def _regexp_extract(node: exp.RegexpExtract) -> exp.Expr:
+    """Flink's ``REGEXP_EXTRACT(s, re[, i])``: group ``i`` of the first match, the whole match
+    for ``i = 0`` (the default); NULL if nothing matches or there is no group ``i``.
+
+    The pattern is wrapped in a group, so element 1 of ``regexp_match`` is the whole match and
+    element ``i + 1`` group ``i`` (``regexp_match`` gives the whole match alone when a pattern
+    has no group, so the pattern as written could not tell group 1 from the match)."""
+    subject, pattern, group = node.this, node.expression, node.args.get("group")
+    if isinstance(pattern, exp.Literal) and pattern.is_string:
+        wrapped: exp.Expr = exp.Literal.string(f"({pattern.name})")
+    else:
+        parts = [exp.Literal.string("("), pattern.copy(), exp.Literal.string(")")]
+        wrapped = exp.Anonymous(this="concat", expressions=parts)
+    index: exp.Expr = exp.Literal.number(1)
+    if isinstance(group, exp.Literal) and group.is_int:
+        index = exp.Literal.number(int(group.name) + 1)
+    elif group is not None:
+        index = exp.Add(this=exp.Paren(this=group.copy()), expression=exp.Literal.number(1))
+    match = exp.Anonymous(this="regexp_match", expressions=[subject, wrapped])
+    # offset=1: the index is 1-based already (Postgres' own offset would add one more)
+    return exp.Bracket(this=exp.Paren(this=match), expressions=[index], offset=1)
+
+
+_TEXT_TYPES = {exp.DType.TEXT, exp.DType.VARCHAR, exp.DType.CHAR, exp.DType.NVARCHAR}
+
+# Flink's CAST(TIMESTAMP(p) AS STRING): 'yyyy-MM-dd HH:mm:ss' and, for p > 0, a dot and
+# exactly p digits (a whole second of a TIMESTAMP(3) is '.000'); DataFusion prints a 'T',
+# only the digits the value needs and, with a zone, a suffix. The digits follow the Arrow unit
+# (s: 0, ms: 3, us: 6, ns: 9); TIMESTAMP(1) and (2) are stored in ms and print 3.
+_CAST_TO_STRING = """CASE WHEN __x IS NULL THEN NULL
+  WHEN arrow_typeof(__x) LIKE 'Timestamp(%' THEN CAST(concat(
+    replace(substr(CAST(__x AS VARCHAR), 1, 19), 'T', ' '),
+    CASE WHEN arrow_typeof(__x) LIKE 'Timestamp(s%' THEN '' ELSE concat('.', rpad(
+      rtrim(split_part(ltrim(substr(CAST(__x AS VARCHAR), 20), '.'), '+', 1), 'Z'),
+      CASE WHEN arrow_typeof(__x) LIKE 'Timestamp(ms%' THEN 3
+           WHEN arrow_typeof(__x) LIKE 'Timestamp(ns%' THEN 9 ELSE 6 END, '0')) END) AS VARCHAR)
+  ELSE CAST(__x AS VARCHAR) END"""
+"""DataFusion prints ``yyyy-MM-ddTHH:mm:ss[.fff...][Z|+hh:mm]`` (years 0000-9999, as Flink's
+TIMESTAMP): the first 19 characters with a space, then the fraction padded to the unit's digits,
+the zone suffix dropped (a TIMESTAMP_LTZ prints in the session zone, UTC). Both branches are
+VARCHAR (Utf8View): DataFusion 55 builds an invalid Utf8 array from a CASE that mixes Utf8 and
+Utf8View branches over sorted rows (offsets past the end of an empty data buffer)."""
+
+
+def _cast_to_string(node: exp.Cast) -> exp.Expr:
+    """``CAST(x AS STRING)`` printing timestamps as Flink does; other types as DataFusion does.
+    The type is tested at run time (``arrow_typeof``), so this holds for any ``x``."""
+    template = sqlglot.parse_one(_CAST_TO_STRING, read="postgres")
+    operand = node.this
+    return template.transform(
+        lambda n: operand.copy() if isinstance(n, exp.Column) and n.name == "__x" else n
+    )
 
 
 _DATE_PARTS: dict[type, str] = {

@@ -243,10 +243,43 @@ class Recompute:
 
 
 @dataclass(frozen=True)
+class TimeSort:
+    """``SELECT ... FROM s [WHERE ...] ORDER BY t [, ...]`` over the time attribute ``t``
+    ascending (Flink's temporal sort): rows are kept until the watermark passes them, then come
+    out in time order; see :mod:`streamhouse.windows.time_sort`."""
+
+    source: str
+    time_column: str  # the source column the first ORDER BY key is
+    pre_sql: str  # the WHERE over the source: the rows to keep
+    sql: str  # the SELECT list and ORDER BY over released rows (registered as the source)
+
+    def explain(self) -> list[str]:
+        return [
+            f"TimeSort  by {self.source}.{self.time_column} as the watermark passes it",
+            f"  sql: {self.sql}",
+            "  state: column family 'joins', key b'sort'|u64(min event time)|u64(run)"
+            " -> IPC(rows waiting for the watermark)",
+            "  eviction: rows leave when the watermark reaches their time; rows older than"
+            " the watermark when they arrive are late (dropped, counted)",
+            f"    Stateless  {self.pre_sql}",
+            f"      Source  {self.source}",
+        ]
+
+
+@dataclass(frozen=True)
 class ContinuousPlan:
     """What a continuous query reads, computes and where it writes."""
 
-    operator: Stateless | WindowAggregate | Windowed | StreamJoin | TopN | TemporalJoin | Recompute
+    operator: (
+        Stateless
+        | WindowAggregate
+        | Windowed
+        | StreamJoin
+        | TopN
+        | TemporalJoin
+        | Recompute
+        | TimeSort
+    )
     sink_kind: str = "results"  # results | topic
     sink: str | None = None  # the sink topic/stream name for INSERT INTO and materialized views
     options: dict[str, str] = field(default_factory=dict)
@@ -277,7 +310,14 @@ class ContinuousPlan:
 
 
 Operator = Union[
-    "Stateless", "WindowAggregate", "Windowed", "StreamJoin", "TopN", "TemporalJoin", "Recompute"
+    "Stateless",
+    "WindowAggregate",
+    "Windowed",
+    "StreamJoin",
+    "TopN",
+    "TemporalJoin",
+    "Recompute",
+    "TimeSort",
 ]
 
 
@@ -302,7 +342,44 @@ def plan_query(statement: exp.Expr) -> ContinuousPlan:
     derived: dict[str, Operator] = {}
     operator = _plan_select(query, derived)
     _check_upsert_key(operator, query)
+    _check_order(operator, query)
     return ContinuousPlan(operator, sink_kind, sink, derived=derived)
+
+
+_WINDOW_ORDER = ("window_start", "window_end", "window_time")
+
+
+def _check_order(operator: Operator, select: exp.Select) -> None:
+    """Refuse an ORDER BY a continuous query cannot keep: as in Flink, the first key must be a
+    time attribute, ascending (a TimeSort checks its own); windows of a TUMBLE, HOP or
+    CUMULATE aggregate come out by end, so ``window_start``/``window_end``/``window_time``
+    ascending holds too."""
+    order = select.args.get("order")
+    if order is None or isinstance(operator, TimeSort):
+        return
+    first = order.expressions[0]
+    window = getattr(operator, "window", None)
+    if isinstance(operator, Windowed):
+        kinds = {spec.kind for _, spec in operator.inputs.values()}
+        window = next(iter(operator.inputs.values()))[1] if kinds != {"session"} else None
+    if (
+        window is not None
+        and window.kind != "session"
+        and isinstance(first.this, exp.Column)
+        and first.this.name in _WINDOW_ORDER
+        and not first.args.get("desc")
+    ):
+        return
+    raise _order_error(first)
+
+
+def _order_error(first: exp.Ordered) -> SqlError:
+    return sql_error(
+        "ORDER BY in a continuous query must start with the time attribute, ascending "
+        "(a stream's WATERMARK column; window_start/window_end of a window aggregate): "
+        f"ORDER BY {first.sql(dialect='postgres')} is not supported",
+        first,
+    )
 
 
 def _check_upsert_key(operator: Operator, select: exp.Select) -> None:
@@ -377,7 +454,7 @@ def _derive(select: exp.Select, derived: dict[str, Operator]) -> exp.Select:
 
 def _plan_select(
     select: exp.Select, derived: dict[str, Operator]
-) -> Stateless | WindowAggregate | Windowed | StreamJoin | TopN | TemporalJoin:
+) -> Stateless | WindowAggregate | Windowed | StreamJoin | TopN | TemporalJoin | TimeSort:
     if select.args.get("limit") is not None:
         raise sql_error("LIMIT has no meaning in a continuous query", select.args["limit"])
     joins = select.args.get("joins") or []
@@ -440,7 +517,32 @@ def _plan_select(
         raise sql_error("subqueries in continuous queries are not supported yet", select)
     if select.args.get("group") is not None or any(True for _ in select.find_all(exp.AggFunc)):
         return _plan_window(select, None, table)  # an updating aggregate: upserts per key
+    if select.args.get("order") is not None:
+        return _plan_time_sort(select, table)
     return Stateless(table.name, to_datafusion(select))
+
+
+def _plan_time_sort(select: exp.Select, table: exp.Table) -> TimeSort:
+    """A TimeSort of ``select``; the first ORDER BY key must be a column (or the alias of one)
+    ascending; the runtime checks it is the source's time attribute."""
+    first = select.args["order"].expressions[0]
+    key = first.this
+    if isinstance(key, exp.Column):
+        for projection in select.expressions:
+            if (
+                isinstance(projection, exp.Alias)
+                and projection.alias == key.name
+                and isinstance(projection.this, exp.Column)
+            ):
+                key = projection.this
+    if not isinstance(key, exp.Column) or first.args.get("desc"):
+        raise _order_error(first)
+    pre = exp.select(exp.Star()).from_(table.copy())
+    if select.args.get("where") is not None:
+        pre.set("where", select.args["where"].copy())
+    post = select.copy()
+    post.set("where", None)
+    return TimeSort(table.name, key.name, to_datafusion(pre), to_datafusion(post))
 
 
 @dataclass(frozen=True)
@@ -941,6 +1043,8 @@ def _plan_window(rest: exp.Select, spec: WindowSpec | None, table: exp.Table) ->
         post = post.where(condition)
         keyed_post = keyed_post.where(condition.copy())
     order = rest.args.get("order")
+    if order is not None and spec is None:  # an updating aggregate: its rows have no order
+        raise _order_error(order.expressions[0])
     if order is not None:
         post.set("order", order.copy().transform(take_aggregate).transform(rewrite))
 

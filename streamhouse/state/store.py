@@ -20,8 +20,10 @@ stored offset by 2**63 so byte order equals time order):
 ``joins``
     ``side | u64(max event time) | u64(sequence)`` -> Arrow IPC stream of buffered join input
     rows (``side`` is ``b"L"`` or ``b"R"``). Window joins: ``u8(input) | u64(pane_end) |
-    u64(pane_start) | u32(run)`` (see :mod:`streamhouse.joins.windowed`). Key order puts the
-    oldest rows first, so expiry deletes a prefix.
+    u64(pane_start) | u32(run)`` (see :mod:`streamhouse.joins.windowed`). A continuous
+    ``ORDER BY`` the time attribute: ``b"sort" | u64(min event time) | u64(run)`` (see
+    :mod:`streamhouse.windows.time_sort`). Key order puts the oldest rows first, so expiry
+    deletes a prefix.
 ``meta``
     ``b"source/" + u32(partition)`` -> u64 next source offset to read;
     ``b"event_time/" + u32(partition)`` -> u64 max event time seen in that partition;

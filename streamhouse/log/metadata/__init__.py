@@ -1,8 +1,9 @@
 """The metadata store: the catalog of the log (topics, partition offsets, the segment index,
 consumer group offsets, SQL catalog entries, producer ids).
 
-One protocol, :class:`Metadata`; SQLite (:mod:`.sqlite`) is the default implementation.
-Every method is safe to call from several threads at once.
+One protocol, :class:`Metadata`; SQLite (:mod:`.sqlite`) is the default implementation,
+PostgreSQL (:mod:`.postgres`) the one several processes share. Every method is safe to call
+from several threads at once.
 
 >>> from streamhouse.config import Settings
 >>> import tempfile
@@ -270,11 +271,16 @@ def validate_topic_name(name: str) -> None:
         )
 
 
-def sqlite_path(settings: Settings) -> Path:
-    """The SQLite file ``settings.metadata`` names; ``ConfigError`` for any other store.
+POSTGRESQL_SCHEMES = ("postgresql://", "postgres://")
+"""URL prefixes that select the PostgreSQL backend."""
+
+
+def sqlite_path(settings: Settings) -> Path | None:
+    """The SQLite file ``settings.metadata`` names, ``None`` for PostgreSQL.
 
     ``None`` means ``<data_dir>/metadata.sqlite3``; ``sqlite:///relative/path`` and
-    ``sqlite:////absolute/path`` name another file.
+    ``sqlite:////absolute/path`` name another SQLite file; ``postgresql://user@host:5432/db``
+    (or ``postgres://``, any libpq URI) a PostgreSQL database. ``ConfigError`` for other URLs.
     """
     url = settings.metadata
     if url is None:
@@ -284,15 +290,21 @@ def sqlite_path(settings: Settings) -> Path:
         if not path:
             raise ConfigError(f"metadata URL {url!r} names no file")
         return Path(path)
-    if url.startswith(("postgresql://", "postgres://", "postgresql+")):
-        raise ConfigError("PostgreSQL metadata is not built yet")
+    if url.startswith(POSTGRESQL_SCHEMES):
+        return None
     raise ConfigError(
-        f"metadata URL {url!r} is not supported: use sqlite:///path (or leave it unset)"
+        f"metadata URL {url!r} is not supported: use sqlite:///path or"
+        " postgresql://user@host:5432/database (or leave it unset for SQLite in the data directory)"
     )
 
 
 def open_metadata(settings: Settings) -> Metadata:
     """Open the metadata store ``settings.metadata`` names (see :func:`sqlite_path`)."""
+    path = sqlite_path(settings)
+    if path is None:
+        from streamhouse.log.metadata.postgres import PostgresMetadata  # psycopg only when used
+
+        return PostgresMetadata(str(settings.metadata))
     from streamhouse.log.metadata.sqlite import SQLiteMetadata
 
-    return SQLiteMetadata(sqlite_path(settings))
+    return SQLiteMetadata(path)

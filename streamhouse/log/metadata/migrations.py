@@ -1,9 +1,10 @@
 """Schema migrations of the metadata store, applied in order of ``version``, each exactly once.
 
-The SQL is dialect-neutral (``TEXT``, ``INTEGER``, ``BIGINT``, no ``AUTOINCREMENT``, no
-foreign keys, no reserved words as names) so SQLite and PostgreSQL can run the same text.
+One list for every backend. The SQL is dialect-neutral (``TEXT``, ``INTEGER``, ``BIGINT``, no
+``AUTOINCREMENT``, no foreign keys, no reserved words as names) so SQLite and PostgreSQL run
+the same text; what differs between them is spelled once, in a :class:`Dialect`.
 A store records what it applied in ``schema_migrations``; never edit a released migration,
-append a new one.
+append a new one. A store whose newest migration is newer than this build's is refused.
 
 Tables (one row per ...):
 
@@ -22,7 +23,15 @@ Tables (one row per ...):
 
 from __future__ import annotations
 
+import logging
+import time
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
+
+from streamhouse.errors import StorageError
+
+logger = logging.getLogger(__name__)
 
 BOOTSTRAP = (
     "CREATE TABLE IF NOT EXISTS schema_migrations ("
@@ -101,3 +110,75 @@ MIGRATIONS: tuple[Migration, ...] = (
 """Every migration, ascending by version with no gaps."""
 
 LATEST_VERSION = MIGRATIONS[-1].version
+
+
+@dataclass(frozen=True, slots=True)
+class Dialect:
+    """What differs between the SQL of two backends, spelled once.
+
+    ``param`` is the driver's placeholder (sqlite3 ``?``, psycopg ``%s``); ``serialize`` runs
+    first in the migration transaction so that two processes opening one fresh store at once
+    apply each migration once (SQLite's ``BEGIN IMMEDIATE`` does that by itself).
+    """
+
+    name: str
+    param: str
+    serialize: tuple[str, ...] = ()
+
+    def sql(self, text: str) -> str:
+        """``text`` with its ``?`` placeholders in this dialect's style.
+
+        >>> POSTGRESQL.sql("SELECT name FROM topics WHERE name = ?")
+        'SELECT name FROM topics WHERE name = %s'
+        """
+        return text if self.param == "?" else text.replace("?", self.param)
+
+
+SQLITE = Dialect("sqlite", "?")
+POSTGRESQL = Dialect(
+    "postgresql",
+    "%s",
+    # One lock for every schema of the database: migrations are rare and short.
+    serialize=("SELECT pg_advisory_xact_lock(7387617889248309554)",),
+)
+
+
+class SqlConnection(Protocol):
+    """The part of a DB-API connection (sqlite3, psycopg) that :func:`migrate` uses."""
+
+    def execute(self, sql: str, params: Sequence[object] = ..., /) -> Iterable[tuple]: ...
+
+
+def migrate(conn: SqlConnection, dialect: Dialect, store: str) -> list[Migration]:
+    """Apply the migrations ``conn`` lacks, inside the caller's transaction; return them.
+
+    ``StorageError`` if the store has a migration newer than :data:`LATEST_VERSION` (it was
+    created or upgraded by a newer StreamHouse); ``store`` names it in messages.
+    """
+    for statement in dialect.serialize:
+        conn.execute(statement)
+    conn.execute(BOOTSTRAP)
+    applied = {int(v) for (v,) in conn.execute("SELECT version FROM schema_migrations")}
+    newest = max(applied, default=0)
+    if newest > LATEST_VERSION:
+        raise StorageError(
+            f"metadata store {store} has schema version {newest}, newer than the"
+            f" {LATEST_VERSION} this StreamHouse knows: upgrade StreamHouse"
+        )
+    done = []
+    for migration in MIGRATIONS:
+        if migration.version in applied:
+            continue
+        for statement in migration.statements:
+            conn.execute(statement)
+        conn.execute(
+            dialect.sql(
+                "INSERT INTO schema_migrations (version, name, applied_ms) VALUES (?, ?, ?)"
+            ),
+            (migration.version, migration.name, time.time_ns() // 1_000_000),
+        )
+        logger.info(
+            "metadata store %s: applied migration %d (%s)", store, migration.version, migration.name
+        )
+        done.append(migration)
+    return done

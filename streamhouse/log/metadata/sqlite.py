@@ -27,7 +27,6 @@ import logging
 import os
 import sqlite3
 import threading
-import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -53,30 +52,17 @@ from streamhouse.log.metadata import (
     TopicInfo,
     validate_topic_name,
 )
-from streamhouse.log.metadata.migrations import BOOTSTRAP, LATEST_VERSION, MIGRATIONS
+from streamhouse.log.metadata.migrations import SQLITE, migrate
+from streamhouse.log.metadata.rules import (
+    SEGMENT_INSERT_COLUMNS,
+    plan_restore,
+    plan_segment_commit,
+)
+from streamhouse.log.metadata.rules import SEGMENT_SELECT_COLUMNS as _SEGMENT_COLUMNS
+from streamhouse.log.metadata.rules import now_ms as _now_ms
+from streamhouse.log.metadata.rules import topic_config as _config_dict
 
 logger = logging.getLogger(__name__)
-
-# Column order matches the fields of SegmentRow, so a row unpacks straight into one.
-_SEGMENT_COLUMNS = (
-    "object_key, topic, partition_id, base_offset, last_offset, byte_position, byte_length,"
-    " min_timestamp, max_timestamp, record_count, crc"
-)
-
-
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
-
-
-def _config_dict(config: Mapping[str, str] | None) -> dict[str, str]:
-    result: dict[str, str] = {}
-    for key, value in (config or {}).items():
-        if not isinstance(key, str) or not isinstance(value, str):
-            raise LogError(
-                f"topic config must map strings to strings, got {key!r}: {type(value).__name__}"
-            )
-        result[key] = value
-    return result
 
 
 class SQLiteMetadata:
@@ -207,29 +193,7 @@ class SQLiteMetadata:
 
     def _migrate(self) -> None:
         with self._transaction("apply schema migrations") as conn:
-            conn.execute(BOOTSTRAP)
-            applied = {v for (v,) in conn.execute("SELECT version FROM schema_migrations")}
-            newest = max(applied, default=0)
-            if newest > LATEST_VERSION:
-                raise StorageError(
-                    f"metadata store {self.path} has schema version {newest}, newer than the"
-                    f" {LATEST_VERSION} this StreamHouse knows: upgrade StreamHouse"
-                )
-            for migration in MIGRATIONS:
-                if migration.version in applied:
-                    continue
-                for statement in migration.statements:
-                    conn.execute(statement)
-                conn.execute(
-                    "INSERT INTO schema_migrations (version, name, applied_ms) VALUES (?, ?, ?)",
-                    (migration.version, migration.name, _now_ms()),
-                )
-                logger.info(
-                    "metadata store %s: applied migration %d (%s)",
-                    self.path,
-                    migration.version,
-                    migration.name,
-                )
+            migrate(conn, SQLITE, str(self.path))
 
     @property
     def schema_version(self) -> int:
@@ -420,95 +384,40 @@ class SQLiteMetadata:
                     (topic,),
                 ):
                     current[(topic, partition)] = (high_watermark, max_timestamp)
-            updates = []
-            rows = []
-            for entry in entries:
-                topic, partition = entry.topic, entry.partition
-                base, last = entry.base_offset, entry.last_offset
-                found = current.get((topic, partition))
-                if found is None:
-                    if self._read_topic(conn, topic) is None:
-                        raise UnknownTopicError(topic)
-                    raise UnknownPartitionError(topic, partition)
-                high_watermark, max_timestamp = found
-                if base != high_watermark:
-                    raise StorageError(
-                        f"segment {object_key!r} is stale: {topic}/{partition} starts at offset"
-                        f" {base} but the high watermark is {high_watermark} (another writer"
-                        " committed first); nothing was committed"
-                    )
-                if last < base:
-                    raise LogError(
-                        f"segment {object_key!r}: {topic}/{partition} last offset {last}"
-                        f" is below base offset {base}"
-                    )
-                running_max = max(max_timestamp, entry.max_timestamp)
-                current[(topic, partition)] = (last + 1, running_max)
-                updates.append((last + 1, running_max, topic, partition))
-                rows.append(
-                    (topic, partition, base, last, object_key, entry.position, entry.length,
-                     entry.min_timestamp, entry.max_timestamp, running_max, entry.record_count,
-                     entry.crc)
-                )  # fmt: skip
+            plan = plan_segment_commit(
+                object_key, entries, current, lambda t: self._read_topic(conn, t) is not None
+            )
             conn.executemany(
                 "UPDATE partitions SET high_watermark = ?, max_timestamp = ?"
                 " WHERE topic = ? AND partition_id = ?",
-                updates,
+                ((hw, ts, t, p) for (t, p), (hw, ts) in plan.partitions.items()),
             )
             conn.executemany(
-                "INSERT INTO segments (topic, partition_id, base_offset, last_offset,"
-                " object_key, byte_position, byte_length, min_timestamp, max_timestamp,"
-                " running_max_timestamp, record_count, crc)"
+                f"INSERT INTO segments ({SEGMENT_INSERT_COLUMNS})"
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                rows,
+                plan.rows,
             )
         logger.debug("committed segment %r with %d index row(s)", object_key, len(entries))
 
     def restore_segments(self, rows: Sequence[SegmentRow], *, producer_id_floor: int = 0) -> None:
-        rows = sorted(rows, key=lambda r: (r.topic, r.partition, r.base_offset))
         with self._transaction(f"restore {len(rows)} index row(s)") as conn:
-            known = {
-                (topic, partition)
-                for topic, partition in conn.execute("SELECT topic, partition_id FROM partitions")
-            }
-            inserts = []
-            bounds: dict[tuple[str, int], list[int]] = {}  # (log start, high watermark, max ts)
-            for row in rows:
-                key = (row.topic, row.partition)
-                if key not in known:
-                    raise UnknownPartitionError(row.topic, row.partition)
-                bound = bounds.get(key)
-                if bound is None:
-                    bound = bounds[key] = [row.base_offset, row.base_offset, -1]
-                elif row.base_offset < bound[1]:
-                    raise LogError(
-                        f"index rows of {row.topic}/{row.partition} overlap at offset"
-                        f" {row.base_offset} ({row.object_key!r})"
-                    )
-                bound[1] = row.last_offset + 1
-                bound[2] = max(bound[2], row.max_timestamp)
-                inserts.append(
-                    (row.topic, row.partition, row.base_offset, row.last_offset, row.object_key,
-                     row.position, row.length, row.min_timestamp, row.max_timestamp, bound[2],
-                     row.record_count, row.crc)
-                )  # fmt: skip
+            known = set(conn.execute("SELECT topic, partition_id FROM partitions").fetchall())
+            plan = plan_restore(rows, known)
             conn.executemany(
-                "INSERT INTO segments (topic, partition_id, base_offset, last_offset,"
-                " object_key, byte_position, byte_length, min_timestamp, max_timestamp,"
-                " running_max_timestamp, record_count, crc)"
+                f"INSERT INTO segments ({SEGMENT_INSERT_COLUMNS})"
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                inserts,
+                plan.rows,
             )
             conn.executemany(
                 "UPDATE partitions SET log_start_offset = ?, high_watermark = ?, max_timestamp = ?"
                 " WHERE topic = ? AND partition_id = ?",
-                [(start, hw, ts, topic, p) for (topic, p), (start, hw, ts) in bounds.items()],
+                [(*bounds, topic, p) for (topic, p), bounds in plan.partitions.items()],
             )
             conn.execute(
                 "UPDATE counters SET counter_value = max(counter_value, ?) WHERE name = 'producer_id'",
                 (producer_id_floor,),
             )
-        logger.info("restored %d index row(s) of %d partition(s)", len(rows), len(bounds))
+        logger.info("restored %d index row(s) of %d partition(s)", len(rows), len(plan.partitions))
 
     def segments(
         self,

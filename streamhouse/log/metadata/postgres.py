@@ -1,0 +1,541 @@
+"""The PostgreSQL metadata store: one catalog that every process naming the database shares.
+
+Selected by a ``postgresql://`` (or ``postgres://``) URL, in libpq's URI syntax; tables live in
+the first schema of the connection's ``search_path`` (``?options=-csearch_path%3Dname`` picks
+another, which must exist). Connections come from a pool (psycopg 3, ``psycopg_pool``) and run
+in autocommit mode: a read is one statement, a write an explicit transaction.
+
+Offsets are sequenced in the commit transaction: :meth:`PostgresMetadata.commit_segment` locks
+the rows of the partitions it touches (``SELECT ... FOR UPDATE``, in one order so two commits
+never deadlock), checks that each entry starts at its partition's high watermark and advances
+it, all before ``COMMIT``. Two processes committing to one partition are serialized on its row:
+offsets stay dense, ordered and free of duplicates, and the loser is told it is stale.
+Every ``psycopg.Error`` surfaces as :class:`~streamhouse.errors.StorageError` naming the store
+(its URL without a password).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from types import TracebackType
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+from psycopg_pool import ConnectionPool
+
+from streamhouse.errors import (
+    LogError,
+    SqlError,
+    StorageError,
+    TopicExistsError,
+    UnknownPartitionError,
+    UnknownTopicError,
+)
+from streamhouse.log.metadata import (
+    CatalogEntry,
+    GroupOffset,
+    PartitionOffsets,
+    SegmentEntryLike,
+    SegmentRow,
+    TopicInfo,
+    validate_topic_name,
+)
+from streamhouse.log.metadata.migrations import POSTGRESQL, migrate
+from streamhouse.log.metadata.rules import (
+    SEGMENT_INSERT_COLUMNS,
+    SEGMENT_SELECT_COLUMNS,
+    check_catalog_entry,
+    check_partition_count,
+    config_json,
+    now_ms,
+    plan_restore,
+    plan_segment_commit,
+    topic_config,
+)
+
+logger = logging.getLogger(__name__)
+
+POOL_SIZE = 8
+"""Most connections one process holds open (the writer, the committer, readers, the server)."""
+CONNECT_TIMEOUT_S = 10
+"""How long opening the store waits for the server before it fails."""
+
+_TOPIC_COLUMNS = "name, partitions, config, topic_id, created_ms"
+# Byte order, as SQLite sorts text: the protocol's "sorted by name" must not depend on the
+# database's locale.
+_BYTE_ORDER = 'COLLATE "C"'
+
+
+def redacted(url: str) -> str:
+    """``url`` without its password, for messages and logs.
+
+    >>> redacted("postgresql://sh:secret@db.internal:5432/meta?sslmode=require")
+    'postgresql://sh:***@db.internal:5432/meta?sslmode=require'
+    """
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def _one_line(exc: psycopg.Error) -> str:
+    """The server's primary message (no query excerpt, no hint), or the client's, on one line."""
+    text = exc.diag.message_primary if exc.diag is not None else None
+    return re.sub(r"\s+", " ", text or str(exc)).strip()
+
+
+class PostgresMetadata:
+    """The :class:`~streamhouse.log.metadata.Metadata` protocol on a PostgreSQL database."""
+
+    def __init__(self, url: str, *, pool_size: int = POOL_SIZE) -> None:
+        self.url = url
+        self.name = redacted(url)
+        self._closed = False
+        with self._storage_errors("open"):
+            with (
+                psycopg.connect(url, connect_timeout=CONNECT_TIMEOUT_S) as conn,
+                conn.transaction(),
+            ):
+                migrate(conn, POSTGRESQL, self.name)
+            self._pool = ConnectionPool(
+                url,
+                min_size=1,
+                max_size=pool_size,
+                kwargs={"autocommit": True, "connect_timeout": CONNECT_TIMEOUT_S},
+                # A connection the server dropped (restart, failover, idle timeout) is
+                # replaced when it is next taken, instead of failing that call.
+                check=ConnectionPool.check_connection,
+                name=f"streamhouse-metadata-{uuid.uuid4().hex[:8]}",
+                open=True,
+            )
+        try:
+            with self._storage_errors("open"):
+                self._pool.wait(timeout=CONNECT_TIMEOUT_S)
+        except BaseException:
+            self.close()
+            raise
+
+    # -- connections and transactions ---------------------------------------------------------
+
+    @contextmanager
+    def _storage_errors(self, action: str) -> Iterator[None]:
+        try:
+            yield
+        except psycopg.Error as exc:
+            raise StorageError(
+                f"metadata store {self.name}: cannot {action}: {_one_line(exc)}"
+            ) from exc
+
+    @contextmanager
+    def _connection(self, action: str) -> Iterator[psycopg.Connection]:
+        """A pooled connection in autocommit mode: each statement is its own transaction."""
+        if self._closed:
+            raise StorageError(f"metadata store {self.name} is closed")
+        with self._storage_errors(action), self._pool.connection() as conn:
+            yield conn
+
+    @contextmanager
+    def _transaction(self, action: str) -> Iterator[psycopg.Connection]:
+        """A write transaction: committed if the block returns, rolled back if it raises."""
+        with self._connection(action) as conn, conn.transaction():
+            yield conn
+
+    @property
+    def schema_version(self) -> int:
+        """The newest migration applied to this store."""
+        with self._connection("read the schema version") as conn:
+            row = conn.execute("SELECT max(version) FROM schema_migrations").fetchone()
+        return int(row[0] or 0) if row else 0
+
+    def close(self) -> None:
+        """Close the pool; later calls raise ``StorageError``."""
+        if self._closed:
+            return
+        self._closed = True
+        pool = getattr(self, "_pool", None)
+        if pool is not None:
+            pool.close()
+
+    def __enter__(self) -> PostgresMetadata:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"PostgresMetadata({self.name!r})"
+
+    # -- topics ------------------------------------------------------------------------------
+
+    @staticmethod
+    def _topic_from_row(row: tuple[str, int, str, str, int]) -> TopicInfo:
+        name, partitions, config, topic_id, created_ms = row
+        return TopicInfo(name, partitions, json.loads(config), topic_id, created_ms)
+
+    def _read_topic(
+        self, conn: psycopg.Connection, name: str, *, lock: bool = False
+    ) -> TopicInfo | None:
+        sql = f"SELECT {_TOPIC_COLUMNS} FROM topics WHERE name = %s"
+        row = conn.execute(sql + (" FOR UPDATE" if lock else ""), (name,)).fetchone()
+        return None if row is None else self._topic_from_row(row)
+
+    def create_topic(
+        self, name: str, partitions: int = 1, config: Mapping[str, str] | None = None
+    ) -> TopicInfo:
+        validate_topic_name(name)
+        check_partition_count(name, partitions)
+        info = TopicInfo(name, partitions, topic_config(config), str(uuid.uuid4()), now_ms())
+        with self._transaction(f"create topic {name!r}") as conn:
+            inserted = conn.execute(
+                f"INSERT INTO topics ({_TOPIC_COLUMNS}) VALUES (%s, %s, %s, %s, %s)"
+                " ON CONFLICT (name) DO NOTHING",
+                (name, partitions, config_json(info.config), info.topic_id, info.created_ms),
+            ).rowcount
+            if not inserted:
+                raise TopicExistsError(name)
+            self._add_partitions(conn, name, 0, partitions)
+        logger.info("created topic %r with %d partition(s)", name, partitions)
+        return info
+
+    @staticmethod
+    def _add_partitions(conn: psycopg.Connection, topic: str, start: int, stop: int) -> None:
+        conn.execute(
+            "INSERT INTO partitions (topic, partition_id, log_start_offset, high_watermark,"
+            " max_timestamp) SELECT %s, p, 0, 0, -1 FROM generate_series(%s::integer, %s::integer) AS p",
+            (topic, start, stop - 1),
+        )
+
+    def delete_topic(self, name: str) -> list[str]:
+        with self._transaction(f"delete topic {name!r}") as conn:
+            if self._read_topic(conn, name, lock=True) is None:
+                raise UnknownTopicError(name)
+            # Lock its partitions in commit_segment's order, so a concurrent commit waits.
+            conn.execute(
+                "SELECT 1 FROM partitions WHERE topic = %s ORDER BY partition_id FOR UPDATE",
+                (name,),
+            )
+            deleted = conn.execute(
+                "DELETE FROM segments WHERE topic = %s RETURNING object_key", (name,)
+            ).fetchall()
+            keys = sorted({key for (key,) in deleted})
+            for table in ("partitions", "group_offsets"):
+                conn.execute(f"DELETE FROM {table} WHERE topic = %s", (name,))
+            conn.execute("DELETE FROM topics WHERE name = %s", (name,))
+            still_used = conn.execute(
+                "SELECT DISTINCT object_key FROM segments WHERE object_key = ANY(%s)", (keys,)
+            ).fetchall()
+        orphaned = sorted(set(keys) - {key for (key,) in still_used})
+        logger.info("deleted topic %r; %d object(s) unreferenced", name, len(orphaned))
+        return orphaned
+
+    def get_topic(self, name: str) -> TopicInfo | None:
+        with self._connection(f"read topic {name!r}") as conn:
+            return self._read_topic(conn, name)
+
+    def list_topics(self) -> list[TopicInfo]:
+        with self._connection("list topics") as conn:
+            rows = conn.execute(
+                f"SELECT {_TOPIC_COLUMNS} FROM topics ORDER BY name {_BYTE_ORDER}"
+            ).fetchall()
+        return [self._topic_from_row(row) for row in rows]
+
+    def set_partitions(self, name: str, count: int) -> TopicInfo:
+        if isinstance(count, bool) or not isinstance(count, int):
+            raise LogError(f"topic {name!r}: partition count must be an integer, got {count!r}")
+        with self._transaction(f"set partitions of {name!r}") as conn:
+            info = self._read_topic(conn, name, lock=True)
+            if info is None:
+                raise UnknownTopicError(name)
+            if count < info.partitions:
+                raise LogError(
+                    f"topic {name!r} has {info.partitions} partitions; cannot shrink to {count}"
+                )
+            if count == info.partitions:
+                return info
+            conn.execute("UPDATE topics SET partitions = %s WHERE name = %s", (count, name))
+            self._add_partitions(conn, name, info.partitions, count)
+        logger.info("topic %r grown from %d to %d partitions", name, info.partitions, count)
+        return TopicInfo(name, count, info.config, info.topic_id, info.created_ms)
+
+    def set_topic_config(self, name: str, config: Mapping[str, str]) -> TopicInfo:
+        new_config = topic_config(config)
+        with self._transaction(f"set config of {name!r}") as conn:
+            info = self._read_topic(conn, name, lock=True)
+            if info is None:
+                raise UnknownTopicError(name)
+            conn.execute(
+                "UPDATE topics SET config = %s WHERE name = %s", (config_json(new_config), name)
+            )
+        return TopicInfo(name, info.partitions, new_config, info.topic_id, info.created_ms)
+
+    def partition_offsets(self, topic: str) -> dict[int, PartitionOffsets]:
+        with self._connection(f"read offsets of {topic!r}") as conn:
+            rows = conn.execute(
+                "SELECT partition_id, log_start_offset, high_watermark FROM partitions"
+                " WHERE topic = %s ORDER BY partition_id",
+                (topic,),
+            ).fetchall()
+        if not rows:  # every topic has at least one partition
+            raise UnknownTopicError(topic)
+        return {p: PartitionOffsets(start, hw) for p, start, hw in rows}
+
+    def partition_offset(self, topic: str, partition: int) -> PartitionOffsets:
+        with self._connection(f"read offsets of {topic!r}") as conn:
+            row = conn.execute(
+                "SELECT log_start_offset, high_watermark FROM partitions"
+                " WHERE topic = %s AND partition_id = %s",
+                (topic, partition),
+            ).fetchone()
+        if row is None:
+            self.partition_offsets(topic)  # UnknownTopicError if the topic is unknown
+            raise UnknownPartitionError(topic, partition)
+        return PartitionOffsets(*row)
+
+    # -- the segment index -------------------------------------------------------------------
+
+    def commit_segment(self, object_key: str, entries: Sequence[SegmentEntryLike]) -> None:
+        """Index ``entries`` of one object and advance each high watermark, all or nothing.
+
+        The partitions' rows stay locked from the check to ``COMMIT``: a concurrent commit to
+        one of them waits, then sees the advanced high watermark (and is refused as stale).
+        Three statements however many partitions the flush holds."""
+        entries = list(entries)
+        if not entries:
+            return
+        keys = sorted({(entry.topic, entry.partition) for entry in entries})
+        with self._transaction(f"commit segment {object_key!r}") as conn:
+            locked = conn.execute(
+                "SELECT p.topic, p.partition_id, p.high_watermark, p.max_timestamp"
+                " FROM partitions AS p"
+                " JOIN unnest(%s::text[], %s::integer[]) AS k (topic, partition_id)"
+                " ON p.topic = k.topic AND p.partition_id = k.partition_id"
+                f" ORDER BY p.topic {_BYTE_ORDER}, p.partition_id FOR UPDATE OF p",
+                ([topic for topic, _ in keys], [partition for _, partition in keys]),
+            ).fetchall()
+            current = {(t, p): (hw, ts) for t, p, hw, ts in locked}
+            plan = plan_segment_commit(
+                object_key, entries, current, lambda t: self._read_topic(conn, t) is not None
+            )
+            advanced = [(t, p, hw, ts) for (t, p), (hw, ts) in plan.partitions.items()]
+            conn.execute(
+                "UPDATE partitions AS p SET high_watermark = u.high_watermark,"
+                " max_timestamp = u.max_timestamp"
+                " FROM unnest(%s::text[], %s::integer[], %s::bigint[], %s::bigint[])"
+                " AS u (topic, partition_id, high_watermark, max_timestamp)"
+                " WHERE p.topic = u.topic AND p.partition_id = u.partition_id",
+                [list(column) for column in zip(*advanced, strict=True)],
+            )
+            conn.execute(
+                f"INSERT INTO segments ({SEGMENT_INSERT_COLUMNS})"
+                " SELECT * FROM unnest(%s::text[], %s::integer[], %s::bigint[], %s::bigint[],"
+                " %s::text[], %s::bigint[], %s::bigint[], %s::bigint[], %s::bigint[],"
+                " %s::bigint[], %s::bigint[], %s::bigint[])",
+                [list(column) for column in zip(*plan.rows, strict=True)],
+            )
+        logger.debug("committed segment %r with %d index row(s)", object_key, len(entries))
+
+    def restore_segments(self, rows: Sequence[SegmentRow], *, producer_id_floor: int = 0) -> None:
+        with self._transaction(f"restore {len(rows)} index row(s)") as conn:
+            known = {
+                (t, p)
+                for t, p in conn.execute("SELECT topic, partition_id FROM partitions").fetchall()
+            }
+            plan = plan_restore(rows, known)
+            if plan.rows:
+                conn.execute(
+                    f"INSERT INTO segments ({SEGMENT_INSERT_COLUMNS})"
+                    " SELECT * FROM unnest(%s::text[], %s::integer[], %s::bigint[], %s::bigint[],"
+                    " %s::text[], %s::bigint[], %s::bigint[], %s::bigint[], %s::bigint[],"
+                    " %s::bigint[], %s::bigint[], %s::bigint[])",
+                    [list(column) for column in zip(*plan.rows, strict=True)],
+                )
+                bounds = [(t, p, *b) for (t, p), b in plan.partitions.items()]
+                conn.execute(
+                    "UPDATE partitions AS p SET log_start_offset = u.log_start_offset,"
+                    " high_watermark = u.high_watermark, max_timestamp = u.max_timestamp"
+                    " FROM unnest(%s::text[], %s::integer[], %s::bigint[], %s::bigint[],"
+                    " %s::bigint[]) AS u (topic, partition_id, log_start_offset, high_watermark,"
+                    " max_timestamp)"
+                    " WHERE p.topic = u.topic AND p.partition_id = u.partition_id",
+                    [list(column) for column in zip(*bounds, strict=True)],
+                )
+            conn.execute(
+                "UPDATE counters SET counter_value = GREATEST(counter_value, %s)"
+                " WHERE name = 'producer_id'",
+                (producer_id_floor,),
+            )
+        logger.info("restored %d index row(s) of %d partition(s)", len(rows), len(plan.partitions))
+
+    def segments(
+        self,
+        topic: str,
+        partition: int,
+        from_offset: int = 0,
+        to_offset: int | None = None,
+        *,
+        limit: int | None = None,
+    ) -> list[SegmentRow]:
+        """Rows with ``last_offset >= from_offset`` (and ``base_offset < to_offset``), ordered
+        by offset; at most ``limit`` rows. Unknown topics and partitions have no rows."""
+        # As in SQLite: seek the first row with last_offset >= from_offset, then read a
+        # primary-key range from its base offset (rows of a partition never overlap).
+        sql = (
+            f"SELECT {SEGMENT_SELECT_COLUMNS} FROM segments"
+            " WHERE topic = %s AND partition_id = %s AND base_offset >= ("
+            "  SELECT base_offset FROM segments"
+            "  WHERE topic = %s AND partition_id = %s AND last_offset >= %s"
+            "  ORDER BY last_offset LIMIT 1)"
+        )
+        params: list[object] = [topic, partition, topic, partition, from_offset]
+        if to_offset is not None:
+            sql += " AND base_offset < %s"
+            params.append(to_offset)
+        sql += " ORDER BY base_offset"
+        if limit is not None:
+            sql += " LIMIT %s"
+            params.append(limit)
+        with self._connection(f"read segments of {topic}/{partition}") as conn:
+            rows = conn.execute(sql, params).fetchall()
+        return [SegmentRow(*row) for row in rows]
+
+    def segment_for_timestamp(
+        self, topic: str, partition: int, timestamp_ms: int
+    ) -> SegmentRow | None:
+        action = f"find timestamp {timestamp_ms} in {topic}/{partition}"
+        with self._connection(action) as conn:
+            row = conn.execute(
+                f"SELECT {SEGMENT_SELECT_COLUMNS} FROM segments"
+                " WHERE topic = %s AND partition_id = %s AND running_max_timestamp >= %s"
+                " ORDER BY running_max_timestamp, base_offset LIMIT 1",
+                (topic, partition, timestamp_ms),
+            ).fetchone()
+            if row is None:
+                return None
+            found = SegmentRow(*row)
+            if found.max_timestamp >= timestamp_ms:
+                return found
+            # The row that raised the running maximum is gone (retention); every row before
+            # `found` has max_timestamp < timestamp_ms, so scan forward from it.
+            row = conn.execute(
+                f"SELECT {SEGMENT_SELECT_COLUMNS} FROM segments"
+                " WHERE topic = %s AND partition_id = %s AND base_offset > %s"
+                " AND max_timestamp >= %s ORDER BY base_offset LIMIT 1",
+                (topic, partition, found.base_offset, timestamp_ms),
+            ).fetchone()
+        return None if row is None else SegmentRow(*row)
+
+    # -- consumer groups ---------------------------------------------------------------------
+
+    def commit_group_offsets(
+        self, group: str, offsets: Mapping[tuple[str, int], tuple[int, str]]
+    ) -> None:
+        """Store ``(topic, partition) -> (offset, metadata)`` for ``group`` in one transaction.
+
+        Topics are not checked here; ``delete_topic`` removes their offsets."""
+        if not offsets:
+            return
+        now = now_ms()
+        rows = [
+            (group, topic, partition, offset, metadata or "", now)
+            for (topic, partition), (offset, metadata) in offsets.items()
+        ]
+        with self._transaction(f"commit offsets of group {group!r}") as conn:
+            conn.execute(
+                "INSERT INTO group_offsets (group_id, topic, partition_id, committed_offset,"
+                " metadata, commit_ms) SELECT * FROM unnest(%s::text[], %s::text[],"
+                " %s::integer[], %s::bigint[], %s::text[], %s::bigint[])"
+                " ON CONFLICT (group_id, topic, partition_id) DO UPDATE SET"
+                " committed_offset = excluded.committed_offset,"
+                " metadata = excluded.metadata, commit_ms = excluded.commit_ms",
+                [list(column) for column in zip(*rows, strict=True)],
+            )
+
+    def group_offsets(self, group: str) -> dict[tuple[str, int], GroupOffset]:
+        with self._connection(f"read offsets of group {group!r}") as conn:
+            rows = conn.execute(
+                "SELECT topic, partition_id, committed_offset, metadata, commit_ms"
+                f" FROM group_offsets WHERE group_id = %s ORDER BY topic {_BYTE_ORDER},"
+                " partition_id",
+                (group,),
+            ).fetchall()
+        return {(t, p): GroupOffset(o, m, ms) for t, p, o, m, ms in rows}
+
+    def list_groups(self) -> list[str]:
+        with self._connection("list groups") as conn:
+            rows = conn.execute(
+                f"SELECT DISTINCT group_id {_BYTE_ORDER} FROM group_offsets ORDER BY 1"
+            ).fetchall()
+        return [group for (group,) in rows]
+
+    def delete_group(self, group: str) -> None:
+        with self._connection(f"delete group {group!r}") as conn:
+            conn.execute("DELETE FROM group_offsets WHERE group_id = %s", (group,))
+
+    # -- the SQL catalog ---------------------------------------------------------------------
+
+    def put_catalog(
+        self, entry_name: str, kind: str, sql: str, *, replace: bool = False
+    ) -> CatalogEntry:
+        check_catalog_entry(entry_name, kind)
+        entry = CatalogEntry(entry_name, kind, sql, now_ms())
+        key = entry_name.lower()
+        with self._transaction(f"store {kind} {entry_name!r}") as conn:
+            # One statement decides, so two processes storing one name cannot both succeed.
+            stored = conn.execute(
+                "INSERT INTO catalog (name_key, name, kind, sql_text, created_ms)"
+                " VALUES (%s, %s, %s, %s, %s)"
+                " ON CONFLICT (name_key) DO UPDATE SET name = excluded.name,"
+                " kind = excluded.kind, sql_text = excluded.sql_text,"
+                " created_ms = excluded.created_ms WHERE %s",
+                (key, entry.name, entry.kind, entry.sql, entry.created_ms, replace),
+            ).rowcount
+            if not stored:
+                existing = conn.execute(
+                    "SELECT name, kind FROM catalog WHERE name_key = %s", (key,)
+                ).fetchone()
+                raise SqlError(f"{existing[1]} {existing[0]!r} already exists")
+        return entry
+
+    def get_catalog(self, name: str) -> CatalogEntry | None:
+        with self._connection(f"read catalog entry {name!r}") as conn:
+            row = conn.execute(
+                "SELECT name, kind, sql_text, created_ms FROM catalog WHERE name_key = %s",
+                (name.lower(),),
+            ).fetchone()
+        return None if row is None else CatalogEntry(*row)
+
+    def list_catalog(self) -> list[CatalogEntry]:
+        with self._connection("list the catalog") as conn:
+            rows = conn.execute(
+                "SELECT name, kind, sql_text, created_ms FROM catalog"
+                f" ORDER BY name_key {_BYTE_ORDER}"
+            ).fetchall()
+        return [CatalogEntry(*row) for row in rows]
+
+    def drop_catalog(self, name: str) -> bool:
+        with self._connection(f"drop catalog entry {name!r}") as conn:
+            cursor = conn.execute("DELETE FROM catalog WHERE name_key = %s", (name.lower(),))
+            return cursor.rowcount > 0
+
+    # -- producer ids ------------------------------------------------------------------------
+
+    def next_producer_id(self) -> int:
+        with self._connection("allocate a producer id") as conn:
+            row = conn.execute(
+                "UPDATE counters SET counter_value = counter_value + 1"
+                " WHERE name = 'producer_id' RETURNING counter_value"
+            ).fetchone()
+        if row is None:
+            raise StorageError(f"metadata store {self.name}: the producer id counter is missing")
+        return int(row[0])

@@ -1,0 +1,190 @@
+"""Computed columns of a stream (``b AS a + 1``) and its metadata columns (``ts TIMESTAMP_LTZ(3)
+METADATA FROM 'timestamp'``), evaluated when the source is read.
+
+A computed column is an expression over the stream's physical columns and its metadata columns
+(``_offset``, ``_partition``, ``_timestamp``, ``_key``), as in Flink; it cannot name another
+computed column. Its type is what DataFusion gives the expression (a ``CAST`` fixes it). It can
+be a stream's event time (``WATERMARK FOR ts AS ts - ...`` over ``ts AS TO_TIMESTAMP(...)``).
+
+Bounded and continuous reads alike append the computed columns to each decoded table with one
+DataFusion projection (:meth:`ComputedColumns.apply`); ``SELECT *`` lists the columns in the
+order they were declared. Metadata columns take Flink's Kafka keys ``timestamp``, ``partition``
+and ``offset`` (cast to the declared type). ``PROCTIME()`` (processing time) and other metadata
+keys are refused when the stream is declared.
+
+>>> from streamhouse.sql.ddl import stream_definition
+>>> from streamhouse.sql.parse import parse_one
+>>> d = stream_definition(parse_one("CREATE STREAM s (a INT, b AS a + 1) WITH (topic='s')"))
+>>> c = ComputedColumns.of(d)
+>>> c.apply(pa.table({"a": pa.array([1, 2], pa.int32())})).to_pydict()
+{'a': [1, 2], 'b': [2, 3]}
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+
+import pyarrow as pa
+from sqlglot import exp
+
+from streamhouse.errors import SqlError
+from streamhouse.sql.ddl import Column, StreamDef
+from streamhouse.sql.execute import run_sql
+from streamhouse.sql.functions import to_datafusion
+from streamhouse.sql.parse import parse_one
+from streamhouse.sql.source import METADATA_FIELDS
+
+__all__ = ["METADATA_KEYS", "ComputedColumnError", "ComputedColumns"]
+
+_SOURCE = "__source"
+
+
+class ComputedColumnError(SqlError):
+    """A computed or metadata column that cannot be evaluated; ``column`` names it."""
+
+    def __init__(self, column: str, message: str, kind: str = "computed column") -> None:
+        super().__init__(f"{kind} {column!r}: {message}")
+        self.column = column
+
+
+METADATA_KEYS = {"timestamp": "_timestamp", "partition": "_partition", "offset": "_offset"}
+"""Flink's Kafka metadata keys StreamHouse has, and the metadata columns that hold them."""
+_METADATA_TYPES = {f.name: f.type for f in METADATA_FIELDS}
+
+
+_UNSUPPORTED = {"PROCTIME": "processing time is not supported yet"}
+
+
+@dataclass(frozen=True)
+class ComputedColumns:
+    """The computed columns of one stream, in declaration order among all its columns."""
+
+    stream: str
+    columns: tuple[Column, ...]  # every declared column, computed or not
+    physical: pa.Schema
+
+    @classmethod
+    def of(cls, definition: StreamDef) -> ComputedColumns:
+        return cls(definition.name, definition.columns, definition.schema())
+
+    @property
+    def computed(self) -> list[Column]:
+        return [c for c in self.columns if c.expression is not None]
+
+    @property
+    def metadata(self) -> list[Column]:
+        """Columns declared ``METADATA [FROM 'key']``: the record's timestamp, partition or
+        offset, cast to the declared type."""
+        return [c for c in self.columns if c.metadata is not None]
+
+    def __bool__(self) -> bool:
+        return bool(self.computed or self.metadata)
+
+    @cached_property
+    def _expressions(self) -> dict[str, exp.Expr]:
+        """Each computed column's expression, checked: a located SqlError names the column."""
+        physical = set(self.physical.names) | {f.name for f in METADATA_FIELDS}
+        computed = {c.name for c in self.computed}
+        out: dict[str, exp.Expr] = {}
+        for column in self.computed:
+            tree = parse_one(f"SELECT {column.expression}").expressions[0]
+            for call in tree.find_all(exp.Anonymous):
+                reason = _UNSUPPORTED.get(call.name.upper())
+                if reason is not None:
+                    raise ComputedColumnError(column.name, f"{call.name.upper()}() ({reason})")
+            for ref in tree.find_all(exp.Column):
+                if ref.name in computed:
+                    raise ComputedColumnError(
+                        column.name,
+                        f"it names computed column {ref.name!r}: a computed column reads "
+                        "physical and metadata columns only",
+                    )
+                if ref.name not in physical:
+                    raise ComputedColumnError(
+                        column.name, f"{ref.name!r} is not a column of {self.stream!r}"
+                    )
+            out[column.name] = tree
+        return out
+
+    def needs(self, columns: set[str] | None) -> set[str] | None:
+        """``columns`` (those a query reads; None: all) with the physical columns the computed
+        ones among them are made of."""
+        if columns is None:
+            return None
+        needed = set(columns)
+        for name, tree in self._expressions.items():
+            if name in columns:
+                needed |= {ref.name for ref in tree.find_all(exp.Column)}
+        return needed
+
+    def apply(self, table: pa.Table) -> pa.Table:
+        """``table`` (decoded rows of the stream) with the computed columns whose columns it
+        has (see :meth:`needs`), in declared order; its other columns (metadata) follow."""
+        if not self:
+            return table
+        declared = {c.name for c in self.columns}
+        items = []
+        present = set(table.column_names)
+        for column in self.columns:
+            if column.expression is not None:
+                tree = self._expressions[column.name]
+                if not {ref.name for ref in tree.find_all(exp.Column)} <= present:
+                    continue  # its columns were not parsed: the query does not read it
+                items.append(f'{to_datafusion(tree)} AS "{column.name}"')
+            elif column.metadata is not None and METADATA_KEYS[column.metadata] in present:
+                items.append(f'"{METADATA_KEYS[column.metadata]}" AS "{column.name}"')
+            elif column.name in table.column_names:
+                items.append(f'"{column.name}"')
+        items += [f'"{n}"' for n in table.column_names if n not in declared]
+        try:
+            out = run_sql(f'SELECT {", ".join(items)} FROM "{_SOURCE}"', {_SOURCE: table})
+        except SqlError as error:
+            raise SqlError(f"computed columns of {self.stream!r}: {error.message}") from None
+        for column in self.metadata:
+            if column.name in out.column_names:
+                i = out.column_names.index(column.name)
+                out = out.set_column(i, column.name, out.column(i).cast(column.type))
+        return out
+
+    def fields(self) -> list[pa.Field]:
+        """The computed and metadata columns as Arrow fields (the types DataFusion plans)."""
+        return self._fields
+
+    @cached_property
+    def _fields(self) -> list[pa.Field]:
+        if not self:
+            return []
+        empty = pa.schema([*self.physical, *METADATA_FIELDS]).empty_table()
+        schema = self.apply(empty).schema
+        return [schema.field(c.name) for c in self.columns if not c.physical]
+
+    def check(self) -> None:
+        """Raise a :class:`ComputedColumnError` if a computed column cannot be evaluated (at
+        CREATE STREAM)."""
+        self._expressions  # noqa: B018 (names and functions checked)
+        for column in self.metadata:
+            source = METADATA_KEYS.get(column.metadata or "")
+            if source is None:
+                raise ComputedColumnError(
+                    column.name,
+                    f"METADATA FROM {column.metadata!r} is not supported (StreamHouse has "
+                    f"{', '.join(repr(k) for k in METADATA_KEYS)})",
+                    "metadata column",
+                )
+            try:
+                pa.array([], _METADATA_TYPES[source]).cast(column.type)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                raise ComputedColumnError(
+                    column.name,
+                    f"the record's {column.metadata} ({_METADATA_TYPES[source]}) does not cast "
+                    f"to {column.type}",
+                    "metadata column",
+                ) from None
+        empty = pa.schema([*self.physical, *METADATA_FIELDS]).empty_table()
+        for column in self.computed:
+            sql = to_datafusion(self._expressions[column.name])
+            try:
+                run_sql(f'SELECT {sql} FROM "{_SOURCE}"', {_SOURCE: empty})
+            except SqlError as error:
+                raise ComputedColumnError(column.name, error.message) from None
