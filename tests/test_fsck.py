@@ -431,3 +431,20 @@ def test_fsck_while_producing_finds_nothing(tmp_path: Path) -> None:
     assert [f for r in reports for f in r.findings] == []
     assert reports[-1].objects > reports[0].objects > 0
     assert fsck(data_dir).exit_code == 0
+
+
+def test_an_empty_postgresql_store_over_existing_objects_is_refused(
+    data_dir: Path, postgres_url: str
+) -> None:
+    with pytest.raises(StorageError) as info:
+        streamhouse.connect(data_dir, metadata=postgres_url)
+    assert "holds no topics but the object store holds 3 segment object(s)" in str(info.value)
+    result = CliRunner().invoke(
+        main, ["--data-dir", str(data_dir), "fsck", "--rebuild-metadata"],
+        env={"STREAMHOUSE_METADATA": postgres_url},
+    )  # fmt: skip
+    assert result.exit_code == 1
+    assert result.stderr.splitlines() == [
+        "Error: fsck --rebuild-metadata writes a SQLite metadata store; rebuilding PostgreSQL"
+        " metadata is not supported yet"
+    ]
