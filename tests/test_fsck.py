@@ -448,3 +448,22 @@ def test_an_empty_postgresql_store_over_existing_objects_is_refused(
         "Error: fsck --rebuild-metadata writes a SQLite metadata store; rebuilding PostgreSQL"
         " metadata is not supported yet"
     ]
+
+
+def test_fsck_with_postgresql_metadata(tmp_path: Path, postgres_url: str) -> None:
+    data_dir = tmp_path / "data"
+    with streamhouse.connect(data_dir, metadata=postgres_url) as sh:
+        sh.create_topic(TOPIC, partitions=2)
+        sh.produce(TOPIC, [b"a", b"b", b"c"], partition=1)
+        (row,) = sh.log.metadata.segments(TOPIC, 1)
+    env = {"STREAMHOUSE_METADATA": postgres_url}
+    runner = CliRunner()
+    result = runner.invoke(main, ["--data-dir", str(data_dir), "fsck"], env=env)
+    assert result.exit_code == 0, result.output
+    (data_dir / "objects" / row.object_key).unlink()
+    result = runner.invoke(main, ["--data-dir", str(data_dir), "fsck"], env=env)
+    assert result.exit_code == 1
+    assert result.stdout.splitlines() == [
+        f"missing {row.object_key} (t/1 offsets 0-2): the index names this object but the"
+        " object store does not hold it"
+    ]
