@@ -17,8 +17,9 @@ names or one younger than the age bound. :func:`rebuild_metadata` writes a fresh
 store from the objects' footers (topics, partitions, the segment index, offsets), keeping the
 old file aside, and says what footers cannot give back.
 
-Objects are read whole with one request each, by a few threads (reads and CRC-32C release the
-GIL), and checksummed in place, without copies.
+Objects are read whole with one request each, by ``store.read_parallelism`` threads unless told
+otherwise (reads and CRC-32C release the GIL; S3 reads wait on round trips), and checksummed
+in place, without copies. The index is read by one more thread meanwhile.
 """
 
 from __future__ import annotations
@@ -67,8 +68,6 @@ __all__ = [
     "rebuild_metadata",
 ]
 
-READ_THREADS = 2
-"""Objects read and checksummed at once (the figures in benchmarks/results/fsck.json)."""
 CHUNK_OBJECTS = 16
 """Objects one thread reads and checks per task: fewer hand-offs than one object per task."""
 
@@ -304,7 +303,7 @@ def check(
     orphan_min_age_s: float,
     progress: Progress | None = None,
     on_start: Progress | None = None,
-    threads: int = READ_THREADS,
+    threads: int | None = None,
 ) -> FsckReport:
     """Check every segment object in ``store`` against ``metadata``.
 
@@ -322,7 +321,9 @@ def check(
         return [read for info in chunk if (read := _read(store, info)) is not None]
 
     chunks = [listed[i : i + CHUNK_OBJECTS] for i in range(0, len(listed), CHUNK_OBJECTS)]
-    with ThreadPoolExecutor(max(1, threads) + 1, thread_name_prefix="fsck") as pool:
+    with ThreadPoolExecutor(
+        max(1, threads or store.read_parallelism) + 1, thread_name_prefix="fsck"
+    ) as pool:
         index = pool.submit(_index, metadata)
         reads = pool.map(read_chunk, chunks)
         by_key, high_watermarks, findings = index.result()
@@ -521,7 +522,7 @@ def rebuild_metadata(
     *,
     progress: Progress | None = None,
     on_start: Progress | None = None,
-    threads: int = READ_THREADS,
+    threads: int | None = None,
 ) -> RebuildReport:
     """Write a fresh SQLite metadata store from the footers of every segment object in ``store``.
 
@@ -547,7 +548,9 @@ def rebuild_metadata(
     if on_start is not None:
         on_start(len(listed))
     footers = []
-    with ThreadPoolExecutor(max(1, threads), thread_name_prefix="rebuild") as pool:
+    with ThreadPoolExecutor(
+        max(1, threads or store.read_parallelism), thread_name_prefix="rebuild"
+    ) as pool:
         for info, entries in zip(
             listed, pool.map(lambda i: _read_footer(store, i.key), listed), strict=True
         ):

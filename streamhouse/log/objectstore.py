@@ -73,6 +73,10 @@ class ObjectInfo:
 class ObjectStore(ABC):
     """Immutable objects under string keys; ``put`` is durable and atomic when it returns."""
 
+    read_parallelism = 2
+    """Whole-object reads worth running at once (e.g. by ``fsck``): more for a store whose
+    reads wait on the network than for one whose reads are page-cache copies."""
+
     @abstractmethod
     def put(self, key: str, data: bytes) -> None:
         """Store ``data`` under ``key``, replacing any object there; durable on return."""
@@ -274,6 +278,7 @@ class S3ObjectStore(ObjectStore):
     """Objects in an S3 (or S3-compatible) bucket under ``prefix``; ``put`` is one PutObject."""
 
     list_page_size = 1000  # keys per ListObjectsV2 request
+    read_parallelism = 16  # a GET waits on a round trip far longer than it uses the CPU
 
     def __init__(
         self,
