@@ -675,6 +675,12 @@ def fsck(
             " and hold offsets past the high watermarks (flushes in progress): not reported",
             err=True,
         )
+    if report.of_kind(checker.FindingKind.ORPHAN) and not report.topics:
+        click.echo(
+            "the metadata holds no topics: if it was lost, run `streamhouse fsck"
+            " --rebuild-metadata` to rebuild it from these objects",
+            err=True,
+        )
     if remaining:
         ctx.exit(1)
 

@@ -467,3 +467,27 @@ def test_fsck_with_postgresql_metadata(tmp_path: Path, postgres_url: str) -> Non
         f"missing {row.object_key} (t/1 offsets 0-2): the index names this object but the"
         " object store does not hold it"
     ]
+
+
+def test_delete_orphans_refuses_when_the_metadata_was_emptied(data_dir: Path) -> None:
+    keys = _keys(data_dir)
+    for key in keys:
+        _age(data_dir / "objects" / key, 7200)
+    SQLiteMetadata(data_dir / "fresh.sqlite3").close()
+    for path in data_dir.glob("metadata.sqlite3*"):
+        path.unlink()
+    os.replace(data_dir / "fresh.sqlite3", data_dir / "metadata.sqlite3")
+
+    result = fsck(data_dir)
+    assert result.exit_code == 1
+    assert len(result.stdout.splitlines()) == 3  # every object an orphan
+    assert "the metadata holds no topics: if it was lost, run" in result.stderr
+    result = fsck(data_dir, "--delete-orphans", "--orphan-min-age", "0")
+    assert result.exit_code == 1
+    assert result.stderr.splitlines() == [
+        "Error: the metadata holds no topics, so every object looks like an orphan: nothing"
+        " deleted; if the metadata was lost, run `streamhouse fsck --rebuild-metadata`"
+    ]
+    assert _keys(data_dir) == keys
+    assert fsck(data_dir, "--rebuild-metadata").exit_code == 0
+    assert sum(t.num_rows for t in _records(data_dir).values()) == 900

@@ -118,6 +118,8 @@ class FsckReport:
     objects: int = 0
     bytes: int = 0
     seconds: float = 0.0
+    topics: int = 0
+    """Topics the metadata holds (none, with orphans: the metadata was probably lost)."""
     findings: list[Finding] = field(default_factory=list)
     young: list[str] = field(default_factory=list)
     """Unindexed objects younger than the age bound whose runs start at or past their
@@ -327,7 +329,7 @@ def check(
         index = pool.submit(_index, metadata)
         reads = pool.map(read_chunk, chunks)
         by_key, high_watermarks, findings = index.result()
-        report = FsckReport(findings=findings)
+        report = FsckReport(findings=findings, topics=len({t for t, _ in high_watermarks}))
         present = {info.key for info in listed}
         for key in sorted(set(by_key) - present):
             if _exists(store, key):  # put and committed since the listing
@@ -373,8 +375,15 @@ def delete_orphans(
     """Delete the orphans ``report`` found that are at least ``orphan_min_age_s`` old.
 
     Each is looked up in the index once more, partition by partition of its footer, right
-    before it goes: an object any index row names is kept.
+    before it goes: an object any index row names is kept. ``StorageError`` (and nothing
+    deleted) if the metadata holds no topic at all: then every object looks like an orphan
+    because the metadata was lost, and the objects are the only copy of the log.
     """
+    if report.of_kind(FindingKind.ORPHAN) and not metadata.list_topics():
+        raise StorageError(
+            "the metadata holds no topics, so every object looks like an orphan: nothing"
+            " deleted; if the metadata was lost, run `streamhouse fsck --rebuild-metadata`"
+        )
     now = time.time()
     ages = {info.key: now - info.modified for info in store.list_info(SEGMENT_PREFIX)}
     done = OrphanDeletion()
