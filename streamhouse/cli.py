@@ -7,11 +7,12 @@ Tables and results go to stdout; progress, logs and errors go to stderr. Every c
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from functools import wraps
 from pathlib import Path
 from typing import Any
@@ -575,6 +576,173 @@ def demo(ctx: click.Context, events: int, data_dir: str | None) -> None:
     click.echo(
         'try: streamhouse query "SELECT country, count(*) FROM events GROUP BY country"', err=True
     )
+
+
+# -- storage check and repair ------------------------------------------------------------------
+
+
+@main.command()
+@click.option(
+    "--rebuild-metadata",
+    is_flag=True,
+    help="Rebuild topics, partitions and offsets from the objects' footers into a fresh"
+    " metadata store (the old file is kept aside), then check.",
+)
+@click.option(
+    "--delete-orphans",
+    is_flag=True,
+    help="Delete objects no metadata names that are older than --orphan-min-age.",
+)
+@click.option(
+    "--orphan-min-age",
+    type=click.FloatRange(0),
+    default=None,
+    metavar="SECONDS",
+    help="Orphans younger than this are never deleted, and not reported if they hold offsets"
+    " past the high watermarks (flushes in progress) (default: setting orphan_min_age_s, 3600).",
+)
+@data_dir_option
+@click.pass_context
+@friendly_errors
+def fsck(
+    ctx: click.Context,
+    rebuild_metadata: bool,
+    delete_orphans: bool,
+    orphan_min_age: float | None,
+    data_dir: str | None,
+) -> None:
+    """Check every segment object against the metadata; exit 1 if anything is wrong.
+
+    Prints each damaged object, orphan (an object no metadata names), missing object and
+    disagreement between footer and index, with topic/partition/offset ranges.
+    """
+    from streamhouse.log import fsck as checker
+    from streamhouse.log.metadata import open_metadata, sqlite_path
+    from streamhouse.log.objectstore import open_object_store
+    from streamhouse.log.segment import SEGMENT_PREFIX
+
+    settings = _settings(ctx, orphan_min_age_s=orphan_min_age)
+    min_age = settings.orphan_min_age_s
+    with open_object_store(settings) as store:
+        if rebuild_metadata:
+            with _progress("reading footers", "objects") as (on_start, advance):
+                rebuilt = checker.rebuild_metadata(
+                    settings, store, progress=advance, on_start=on_start
+                )
+            _report_rebuild(rebuilt)
+        path = sqlite_path(settings)
+        if path is not None and not path.exists():
+            count = len(store.list(SEGMENT_PREFIX))
+            if not count:
+                raise click.ClickException(
+                    f"no metadata store at {path} and no segment objects: not a data directory"
+                )
+            raise click.ClickException(
+                f"metadata store {path} is missing ({count} segment object(s) exist):"
+                " run `streamhouse fsck --rebuild-metadata`"
+            )
+        metadata = open_metadata(settings)
+        try:
+            with _progress("checking objects", "bytes") as (on_start, advance):
+                report = checker.check(
+                    store, metadata, orphan_min_age_s=min_age, progress=advance, on_start=on_start
+                )
+            deletion = checker.OrphanDeletion()
+            if delete_orphans:
+                deletion = checker.delete_orphans(store, metadata, report, orphan_min_age_s=min_age)
+        finally:
+            metadata.close()
+    deleted = set(deletion.deleted)
+    for finding in report.findings:
+        key = finding.object_key
+        if key in deleted:
+            click.echo(f"deleted {finding}")
+        elif key in deletion.kept and finding.kind is checker.FindingKind.ORPHAN:
+            click.echo(f"kept {finding} [{deletion.kept[key]}]")
+        else:
+            click.echo(str(finding))
+    rate = report.bytes / max(report.seconds, 1e-9) / 1e9
+    remaining = [f for f in report.findings if f.object_key not in deleted]
+    click.echo(
+        f"checked {report.objects} object(s), {report.bytes / 1e6:,.1f} MB in"
+        f" {report.seconds:.2f} s ({rate:.2f} GB/s): {len(report.findings)} finding(s)"
+        + (f", {len(deleted)} orphan(s) deleted" if deleted else ""),
+        err=True,
+    )
+    if report.young:
+        click.echo(
+            f"{len(report.young)} object(s) no metadata names are younger than {min_age:g} s"
+            " and hold offsets past the high watermarks (flushes in progress): not reported",
+            err=True,
+        )
+    if report.of_kind(checker.FindingKind.ORPHAN) and not report.topics:
+        click.echo(
+            "the metadata holds no topics: if it was lost, run `streamhouse fsck"
+            " --rebuild-metadata` to rebuild it from these objects",
+            err=True,
+        )
+    if remaining:
+        ctx.exit(1)
+
+
+def _report_rebuild(rebuilt: Any) -> None:
+    click.echo(
+        f"rebuilt the metadata from {rebuilt.objects} object(s): {len(rebuilt.topics)} topic(s),"
+        f" {len(rebuilt.offsets)} partition(s) with records, {rebuilt.rows} index row(s)",
+        err=True,
+    )
+    for (topic, partition), (start, end) in sorted(rebuilt.offsets.items()):
+        click.echo(f"  {topic}/{partition}: offsets {start}-{end - 1}", err=True)
+    for path in rebuilt.kept_aside:
+        click.echo(f"the old metadata file is kept as {path}", err=True)
+    for key in rebuilt.unreadable:
+        click.echo(f"not rebuilt: {key} has a damaged footer", err=True)
+    for key in rebuilt.overlapping:
+        click.echo(f"not rebuilt: {key} holds offsets a newer object holds", err=True)
+    for gap in rebuilt.gaps:
+        click.echo(f"gap: no object holds {gap}", err=True)
+    click.echo("could not be rebuilt (the objects do not hold them):", err=True)
+    for line in rebuilt.not_rebuilt():
+        click.echo(f"  - {line}", err=True)
+
+
+@contextlib.contextmanager
+def _progress(
+    description: str, unit: str
+) -> Iterator[tuple[Callable[[int], None], Callable[[int], None]]]:
+    """``(on_start(total), advance(n))`` driving a progress bar on stderr, if it is a terminal."""
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+
+    console = _stderr_console()
+    counts = (
+        (DownloadColumn(), TransferSpeedColumn()) if unit == "bytes" else (MofNCompleteColumn(),)
+    )
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        *counts,
+        TimeRemainingColumn(),
+        console=console,
+        transient=True,
+        disable=not console.is_terminal,
+    ) as progress:
+        task = progress.add_task(description, total=None)
+
+        def on_start(total: int) -> None:
+            progress.update(task, total=total)
+
+        def advance(n: int) -> None:
+            progress.advance(task, n)
+
+        yield on_start, advance
 
 
 def _stderr_console() -> Any:

@@ -26,12 +26,18 @@ class Settings:
     ``metadata`` is ``None`` for SQLite at ``<data_dir>/metadata.sqlite3``, ``sqlite:///path``
     for another SQLite file, or ``postgresql://user@host:5432/db`` (``postgres://`` too) for a
     PostgreSQL database several processes share (``STREAMHOUSE_METADATA``, ``--metadata``).
+    ``s3_max_attempts`` is how often one S3 request is tried before it fails (boto3's
+    standard retry mode, exponential backoff). ``orphan_min_age_s`` is how old an object no
+    metadata names must be before ``fsck --delete-orphans`` removes it: it must exceed the
+    longest a flush can take between its put and its commit (S3 retries, metadata busy
+    timeouts), so an object on its way to being committed is never taken for an orphan.
     """
 
     data_dir: Path = field(default_factory=lambda: Path(DEFAULT_DATA_DIR))
     object_store: str | None = None
     s3_endpoint_url: str | None = None
     s3_region: str = "us-east-1"
+    s3_max_attempts: int = 5
     metadata: str | None = None
     linger_ms: float = 5.0
     max_flush_bytes: int = 8 * 1024 * 1024
@@ -42,6 +48,7 @@ class Settings:
     port: int = 9092
     advertised_host: str = "127.0.0.1"
     auto_create_topics: bool = True
+    orphan_min_age_s: float = 3600.0
 
     @classmethod
     def load(cls, config_file: str | Path | None = None, **overrides: Any) -> Settings:

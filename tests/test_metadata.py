@@ -531,3 +531,43 @@ def test_postgresql_missing_database_is_one_line(postgres_database: str) -> None
     url = postgres_database.rsplit("/", 1)[0] + "/no_such_database_here"
     with pytest.raises(StorageError, match='database "no_such_database_here" does not exist'):
         PostgresMetadata(url)
+
+
+# -- restoring the index (fsck --rebuild-metadata) ---------------------------------------------
+
+
+def _row(key: str, partition: int, base: int, last: int, max_ts: int) -> SegmentRow:
+    return SegmentRow(
+        key, "t", partition, base, last, 8, 100, max_ts - 5, max_ts, last - base + 1, 7
+    )
+
+
+def test_restore_segments_sets_offsets_from_the_rows(md: Store) -> None:
+    md.create_topic("t", partitions=3)
+    rows = [
+        _row("b", 0, 10, 19, 300),  # a gap at 0-9 (an object lost): the log starts at 10
+        _row("a", 0, 20, 29, 200),
+        _row("a", 1, 0, 4, 100),
+    ]
+    md.restore_segments(rows, producer_id_floor=5000)
+    assert md.partition_offsets("t") == {
+        0: PartitionOffsets(10, 30),
+        1: PartitionOffsets(0, 5),
+        2: PartitionOffsets(0, 0),
+    }
+    assert md.segments("t", 0) == [rows[0], rows[1]]
+    found = md.segment_for_timestamp("t", 0, 250)  # the running maximum, carried over the rows
+    assert found == rows[0]
+    assert md.next_producer_id() == 5001
+    md.commit_segment("c", [Entry("t", 0, 30, 31)])  # writers continue at the high watermark
+    assert md.partition_offset("t", 0) == PartitionOffsets(10, 32)
+
+
+def test_restore_segments_refuses_overlaps_and_unknown_partitions(md: Store) -> None:
+    md.create_topic("t")
+    with pytest.raises(LogError, match="index rows of t/0 overlap at offset 5 \\('b'\\)"):
+        md.restore_segments([_row("a", 0, 0, 9, 1), _row("b", 0, 5, 14, 2)])
+    with pytest.raises(UnknownPartitionError):
+        md.restore_segments([_row("a", 1, 0, 9, 1)])
+    assert md.segments("t", 0) == []  # all or nothing
+    assert md.partition_offset("t", 0) == PartitionOffsets(0, 0)

@@ -22,13 +22,21 @@ from streamhouse.config import Settings
 from streamhouse.errors import (
     CorruptRecordError,
     RecordTooLargeError,
+    StorageError,
     UnknownPartitionError,
     UnknownTopicError,
 )
-from streamhouse.log.metadata import Metadata, PartitionOffsets, TopicInfo, open_metadata
+from streamhouse.log.metadata import (
+    Metadata,
+    PartitionOffsets,
+    TopicInfo,
+    open_metadata,
+    sqlite_path,
+)
 from streamhouse.log.objectstore import ObjectStore, open_object_store
 from streamhouse.log.reader import FetchResult, LogReader, ObjectCache
 from streamhouse.log.records import BatchHeader, decode_batches, split_batches, verify_crc
+from streamhouse.log.segment import SEGMENT_PREFIX
 from streamhouse.log.writer import LogWriter
 
 __all__ = ["FetchResult", "Log", "PartitionOffsets", "TopicInfo"]
@@ -45,6 +53,20 @@ sharing the metadata store within this many seconds."""
 
 SplitBatches = list[tuple[int, int, BatchHeader]]
 """``(start, end, header)`` of each batch, as :func:`~streamhouse.log.records.split_batches`."""
+
+
+def _refuse_lost_metadata(
+    store: ObjectStore, problem: str, still: Callable[[], bool] = lambda: True
+) -> None:
+    """Raise ``StorageError`` if ``store`` holds segment objects and ``still()`` says the
+    ``problem`` persists (then it means data loss)."""
+    keys = store.list(SEGMENT_PREFIX)
+    if keys and still():
+        raise StorageError(
+            f"{problem} but the object store holds {len(keys)} segment object(s), e.g. {keys[0]}:"
+            " refusing to open the data as an empty log; run `streamhouse fsck"
+            " --rebuild-metadata` to rebuild the metadata from the objects"
+        )
 
 
 class Log:
@@ -67,9 +89,28 @@ class Log:
 
     @classmethod
     def open(cls, settings: Settings) -> Log:
+        """Open the stores; ``StorageError`` if the metadata is missing or empty while the
+        object store holds segment objects (the metadata was lost: it is never started afresh
+        over existing data)."""
         store = open_object_store(settings)
         try:
+            path = sqlite_path(settings)  # None: PostgreSQL, where nothing is a file
+            existed = path is None or path.exists()
+            if not existed:
+                _refuse_lost_metadata(store, f"metadata store {path} is missing")
             metadata = open_metadata(settings)
+            try:
+                if existed and not metadata.list_topics():
+                    # Asked again after the listing: another process may be creating its first
+                    # topic and object in this new data dir right now.
+                    _refuse_lost_metadata(
+                        store,
+                        f"metadata store {path or repr(metadata)} holds no topics",
+                        still=lambda: not metadata.list_topics(),
+                    )
+            except BaseException:
+                metadata.close()
+                raise
         except BaseException:
             store.close()
             raise

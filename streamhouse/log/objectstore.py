@@ -22,6 +22,7 @@ import logging
 import os
 import uuid
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -37,6 +38,7 @@ TEMP_PREFIX = ".tmp-"
 
 __all__ = [
     "LocalObjectStore",
+    "ObjectInfo",
     "ObjectStore",
     "S3ObjectStore",
     "open_object_store",
@@ -59,8 +61,21 @@ def _check_range(start: int, end: int | None) -> None:
         raise ValueError(f"byte range [{start}, {end}) must not be negative")
 
 
+@dataclass(frozen=True, slots=True)
+class ObjectInfo:
+    """A listed object: its key, size in bytes and last-modified time (seconds since the epoch)."""
+
+    key: str
+    size: int
+    modified: float
+
+
 class ObjectStore(ABC):
     """Immutable objects under string keys; ``put`` is durable and atomic when it returns."""
+
+    read_parallelism = 2
+    """Whole-object reads worth running at once (e.g. by ``fsck``): more for a store whose
+    reads wait on the network than for one whose reads are page-cache copies."""
 
     @abstractmethod
     def put(self, key: str, data: bytes) -> None:
@@ -81,6 +96,10 @@ class ObjectStore(ABC):
     @abstractmethod
     def size(self, key: str) -> int:
         """The object's size in bytes."""
+
+    @abstractmethod
+    def list_info(self, prefix: str = "") -> list[ObjectInfo]:
+        """Every object whose key starts with ``prefix``, sorted by key, with size and mtime."""
 
     def get_tail(self, key: str, length: int) -> bytes:
         """The last ``length`` bytes of the object (all of it if shorter).
@@ -219,6 +238,18 @@ class LocalObjectStore(ObjectStore):
         keys.sort()
         return keys
 
+    def list_info(self, prefix: str = "") -> list[ObjectInfo]:
+        infos = []
+        for key in self.list(prefix):
+            try:
+                st = os.stat(self.root / key)
+            except FileNotFoundError:  # deleted since it was listed
+                continue
+            except OSError as exc:
+                raise StorageError(f"cannot stat object {key!r} under {self.root}: {exc}") from exc
+            infos.append(ObjectInfo(key, st.st_size, st.st_mtime))
+        return infos
+
     def size(self, key: str) -> int:
         path = self._path(key)
         try:
@@ -247,6 +278,7 @@ class S3ObjectStore(ObjectStore):
     """Objects in an S3 (or S3-compatible) bucket under ``prefix``; ``put`` is one PutObject."""
 
     list_page_size = 1000  # keys per ListObjectsV2 request
+    read_parallelism = 16  # a GET waits on a round trip far longer than it uses the CPU
 
     def __init__(
         self,
@@ -256,6 +288,7 @@ class S3ObjectStore(ObjectStore):
         endpoint_url: str | None = None,
         region: str = "us-east-1",
         create_bucket: bool = False,
+        max_attempts: int = 5,
         **client_kwargs: Any,
     ) -> None:
         import boto3  # imported here: it takes 0.3 s, and the default store is local
@@ -268,7 +301,7 @@ class S3ObjectStore(ObjectStore):
         client_kwargs.setdefault(
             "config",
             Config(
-                retries={"max_attempts": 5, "mode": "standard"},
+                retries={"max_attempts": max_attempts, "mode": "standard"},
                 connect_timeout=10,
                 read_timeout=60,
             ),
@@ -356,7 +389,10 @@ class S3ObjectStore(ObjectStore):
         logger.debug("deleted %s", key)
 
     def list(self, prefix: str = "") -> list[str]:
-        keys: list[str] = []
+        return [info.key for info in self.list_info(prefix)]
+
+    def list_info(self, prefix: str = "") -> list[ObjectInfo]:
+        infos: list[ObjectInfo] = []
         cut = len(self.prefix)
         try:
             paginator = self._client.get_paginator("list_objects_v2")
@@ -365,13 +401,16 @@ class S3ObjectStore(ObjectStore):
                 Prefix=self.prefix + prefix,
                 PaginationConfig={"PageSize": self.list_page_size},
             ):
-                keys.extend(obj["Key"][cut:] for obj in page.get("Contents", ()))
+                infos.extend(
+                    ObjectInfo(obj["Key"][cut:], int(obj["Size"]), obj["LastModified"].timestamp())
+                    for obj in page.get("Contents", ())
+                )
         except (BotoCoreError, ClientError) as exc:
             raise StorageError(
                 f"cannot list objects with prefix {prefix!r} in s3://{self.bucket}/{self.prefix}: {exc}"
             ) from exc
-        keys.sort()
-        return keys
+        infos.sort(key=lambda info: info.key)
+        return infos
 
     def size(self, key: str) -> int:
         try:
@@ -401,4 +440,5 @@ def open_object_store(settings: Settings) -> ObjectStore:
         parsed.path.strip("/"),
         endpoint_url=settings.s3_endpoint_url,
         region=settings.s3_region,
+        max_attempts=settings.s3_max_attempts,
     )

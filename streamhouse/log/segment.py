@@ -44,6 +44,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "MAGIC",
+    "SEGMENT_PREFIX",
     "TRAILER_SIZE",
     "SegmentBuilder",
     "SegmentEntry",
@@ -55,6 +56,8 @@ __all__ = [
 ]
 
 MAGIC = b"SHSEG\x00\x00\x01"
+SEGMENT_PREFIX = "segments/"
+"""Every segment object's key starts with this; nothing else in the store does."""
 HEADER_SIZE = len(MAGIC)
 _ENTRY = struct.Struct(">IiqqQQqqII")
 _TRAILER_HEAD = struct.Struct(">QI")
@@ -333,4 +336,4 @@ def segment_key(sequence: int) -> str:
     """
     if sequence < 0:
         raise ValueError(f"segment sequence {sequence} must not be negative")
-    return f"segments/{sequence:020d}-{uuid.uuid4().hex[:8]}.seg"
+    return f"{SEGMENT_PREFIX}{sequence:020d}-{uuid.uuid4().hex[:8]}.seg"

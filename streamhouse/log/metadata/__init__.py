@@ -36,6 +36,7 @@ __all__ = [
     "SegmentRow",
     "TopicInfo",
     "open_metadata",
+    "sqlite_path",
     "validate_topic_name",
 ]
 
@@ -174,6 +175,15 @@ class Metadata(Protocol):
         stale writer); ``UnknownTopicError``/``UnknownPartitionError`` for unknown ones."""
         ...
 
+    def restore_segments(self, rows: Sequence[SegmentRow], *, producer_id_floor: int = 0) -> None:
+        """Index ``rows`` as given, in one transaction: a rebuild from segment footers.
+
+        Each partition with rows gets its lowest base offset as log start and one past its
+        highest last offset as high watermark; rows may leave gaps but must not overlap
+        (``LogError``). Producer ids handed out afterwards are above ``producer_id_floor``.
+        The topics and partitions must exist (``UnknownPartitionError``)."""
+        ...
+
     def segments(
         self,
         topic: str,
@@ -265,28 +275,36 @@ POSTGRESQL_SCHEMES = ("postgresql://", "postgres://")
 """URL prefixes that select the PostgreSQL backend."""
 
 
-def open_metadata(settings: Settings) -> Metadata:
-    """Open the metadata store ``settings.metadata`` names.
+def sqlite_path(settings: Settings) -> Path | None:
+    """The SQLite file ``settings.metadata`` names, ``None`` for PostgreSQL.
 
-    ``None`` means SQLite at ``<data_dir>/metadata.sqlite3``; ``sqlite:///relative/path`` and
+    ``None`` means ``<data_dir>/metadata.sqlite3``; ``sqlite:///relative/path`` and
     ``sqlite:////absolute/path`` name another SQLite file; ``postgresql://user@host:5432/db``
-    (or ``postgres://``, any libpq URI) a PostgreSQL database.
+    (or ``postgres://``, any libpq URI) a PostgreSQL database. ``ConfigError`` for other URLs.
     """
-    from streamhouse.log.metadata.sqlite import SQLiteMetadata
-
     url = settings.metadata
     if url is None:
-        return SQLiteMetadata(Path(settings.data_dir) / "metadata.sqlite3")
+        return Path(settings.data_dir) / "metadata.sqlite3"
     if url.startswith("sqlite:///"):
         path = url.removeprefix("sqlite:///")
         if not path:
             raise ConfigError(f"metadata URL {url!r} names no file")
-        return SQLiteMetadata(Path(path))
+        return Path(path)
     if url.startswith(POSTGRESQL_SCHEMES):
-        from streamhouse.log.metadata.postgres import PostgresMetadata  # psycopg only when used
-
-        return PostgresMetadata(url)
+        return None
     raise ConfigError(
         f"metadata URL {url!r} is not supported: use sqlite:///path or"
         " postgresql://user@host:5432/database (or leave it unset for SQLite in the data directory)"
     )
+
+
+def open_metadata(settings: Settings) -> Metadata:
+    """Open the metadata store ``settings.metadata`` names (see :func:`sqlite_path`)."""
+    path = sqlite_path(settings)
+    if path is None:
+        from streamhouse.log.metadata.postgres import PostgresMetadata  # psycopg only when used
+
+        return PostgresMetadata(str(settings.metadata))
+    from streamhouse.log.metadata.sqlite import SQLiteMetadata
+
+    return SQLiteMetadata(path)

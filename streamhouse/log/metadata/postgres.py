@@ -53,6 +53,7 @@ from streamhouse.log.metadata.rules import (
     check_partition_count,
     config_json,
     now_ms,
+    plan_restore,
     plan_segment_commit,
     topic_config,
 )
@@ -343,6 +344,38 @@ class PostgresMetadata:
                 [list(column) for column in zip(*plan.rows, strict=True)],
             )
         logger.debug("committed segment %r with %d index row(s)", object_key, len(entries))
+
+    def restore_segments(self, rows: Sequence[SegmentRow], *, producer_id_floor: int = 0) -> None:
+        with self._transaction(f"restore {len(rows)} index row(s)") as conn:
+            known = {
+                (t, p)
+                for t, p in conn.execute("SELECT topic, partition_id FROM partitions").fetchall()
+            }
+            plan = plan_restore(rows, known)
+            if plan.rows:
+                conn.execute(
+                    f"INSERT INTO segments ({SEGMENT_INSERT_COLUMNS})"
+                    " SELECT * FROM unnest(%s::text[], %s::integer[], %s::bigint[], %s::bigint[],"
+                    " %s::text[], %s::bigint[], %s::bigint[], %s::bigint[], %s::bigint[],"
+                    " %s::bigint[], %s::bigint[], %s::bigint[])",
+                    [list(column) for column in zip(*plan.rows, strict=True)],
+                )
+                bounds = [(t, p, *b) for (t, p), b in plan.partitions.items()]
+                conn.execute(
+                    "UPDATE partitions AS p SET log_start_offset = u.log_start_offset,"
+                    " high_watermark = u.high_watermark, max_timestamp = u.max_timestamp"
+                    " FROM unnest(%s::text[], %s::integer[], %s::bigint[], %s::bigint[],"
+                    " %s::bigint[]) AS u (topic, partition_id, log_start_offset, high_watermark,"
+                    " max_timestamp)"
+                    " WHERE p.topic = u.topic AND p.partition_id = u.partition_id",
+                    [list(column) for column in zip(*bounds, strict=True)],
+                )
+            conn.execute(
+                "UPDATE counters SET counter_value = GREATEST(counter_value, %s)"
+                " WHERE name = 'producer_id'",
+                (producer_id_floor,),
+            )
+        logger.info("restored %d index row(s) of %d partition(s)", len(rows), len(plan.partitions))
 
     def segments(
         self,

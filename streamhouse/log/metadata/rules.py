@@ -26,7 +26,7 @@ from streamhouse.errors import (
     UnknownPartitionError,
     UnknownTopicError,
 )
-from streamhouse.log.metadata import CATALOG_KINDS, SegmentEntryLike
+from streamhouse.log.metadata import CATALOG_KINDS, SegmentEntryLike, SegmentRow
 
 PartitionKey = tuple[str, int]
 """(topic, partition)."""
@@ -133,5 +133,44 @@ def plan_segment_commit(
         plan.rows.append(
             (entry.topic, entry.partition, base, last, object_key, entry.position, entry.length,
              entry.min_timestamp, entry.max_timestamp, running_max, entry.record_count, entry.crc)
+        )  # fmt: skip
+    return plan
+
+
+@dataclass(slots=True)
+class SegmentRestore:
+    """What restoring index rows writes: ``(log_start_offset, high_watermark, max_timestamp)``
+    of each partition with rows, and the rows to insert."""
+
+    partitions: dict[PartitionKey, tuple[int, int, int]] = field(default_factory=dict)
+    rows: list[SegmentValues] = field(default_factory=list)
+
+
+def plan_restore(rows: Sequence[SegmentRow], known: set[PartitionKey]) -> SegmentRestore:
+    """Check ``rows`` (a rebuild from segment footers) and say what to write.
+
+    Rows may leave gaps but must not overlap (``LogError``); every partition must be in
+    ``known`` (``UnknownPartitionError``). A partition's log start is its lowest base offset,
+    its high watermark one past its highest last offset.
+    """
+    plan = SegmentRestore()
+    for row in sorted(rows, key=lambda r: (r.topic, r.partition, r.base_offset)):
+        key = (row.topic, row.partition)
+        if key not in known:
+            raise UnknownPartitionError(row.topic, row.partition)
+        start, high_watermark, max_timestamp = plan.partitions.get(
+            key, (row.base_offset, row.base_offset, -1)
+        )
+        if row.base_offset < high_watermark:
+            raise LogError(
+                f"index rows of {row.topic}/{row.partition} overlap at offset"
+                f" {row.base_offset} ({row.object_key!r})"
+            )
+        running_max = max(max_timestamp, row.max_timestamp)
+        plan.partitions[key] = (start, row.last_offset + 1, running_max)
+        plan.rows.append(
+            (row.topic, row.partition, row.base_offset, row.last_offset, row.object_key,
+             row.position, row.length, row.min_timestamp, row.max_timestamp, running_max,
+             row.record_count, row.crc)
         )  # fmt: skip
     return plan

@@ -6,6 +6,11 @@ are serialized by a lock and start with ``BEGIN IMMEDIATE``, so a read-check-wri
 opening the same file (they wait up to ``busy_timeout_s``). Every ``sqlite3.Error`` surfaces as
 :class:`~streamhouse.errors.StorageError` naming the file.
 
+The store remembers the identity (device, inode) of the file it opened. Every write
+transaction and every new connection first checks that the path still names that file: a
+store whose file was deleted or replaced underneath it refuses to write (``StorageError``, one
+ERROR log line) instead of committing into a file nobody will open again.
+
 >>> import tempfile, pathlib
 >>> md = SQLiteMetadata(pathlib.Path(tempfile.mkdtemp()) / "metadata.sqlite3")
 >>> md.create_topic("clicks", partitions=3).partitions
@@ -19,6 +24,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sqlite3
 import threading
 import uuid
@@ -26,6 +32,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
+from urllib.parse import quote
 
 from streamhouse.errors import (
     LogError,
@@ -46,7 +53,11 @@ from streamhouse.log.metadata import (
     validate_topic_name,
 )
 from streamhouse.log.metadata.migrations import SQLITE, migrate
-from streamhouse.log.metadata.rules import SEGMENT_INSERT_COLUMNS, plan_segment_commit
+from streamhouse.log.metadata.rules import (
+    SEGMENT_INSERT_COLUMNS,
+    plan_restore,
+    plan_segment_commit,
+)
 from streamhouse.log.metadata.rules import SEGMENT_SELECT_COLUMNS as _SEGMENT_COLUMNS
 from streamhouse.log.metadata.rules import now_ms as _now_ms
 from streamhouse.log.metadata.rules import topic_config as _config_dict
@@ -65,6 +76,8 @@ class SQLiteMetadata:
         self._local = threading.local()
         self._connections: dict[int, tuple[threading.Thread, sqlite3.Connection]] = {}
         self._closed = False
+        self._identity: tuple[int, int] | None = None  # (st_dev, st_ino) of the file opened
+        self._lost: str | None = None  # why the file is no longer ours, once noticed
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -76,6 +89,7 @@ class SQLiteMetadata:
                 mode = self._connection().execute("PRAGMA journal_mode=WAL").fetchone()[0]
             if str(mode).lower() != "wal":
                 logger.warning("metadata store %s: journal mode is %s, not WAL", self.path, mode)
+            self._identity = self._file_identity()
             self._migrate()
         except BaseException:
             self.close()
@@ -97,9 +111,13 @@ class SQLiteMetadata:
                 if not thread.is_alive():  # a finished thread's connection
                     old.close()
                     del self._connections[ident]
+            if self._identity is not None:
+                self._check_identity()
             with self._storage_errors("open"):
                 conn = sqlite3.connect(
-                    self.path,
+                    # Only the first connection may create the file; later ones must find it.
+                    f"file:{quote(str(self.path))}?mode={'rwc' if self._identity is None else 'rw'}",
+                    uri=True,
                     timeout=self._busy_timeout_s,
                     isolation_level=None,  # autocommit; transactions are explicit
                     check_same_thread=False,  # so close() may close every thread's connection
@@ -108,6 +126,33 @@ class SQLiteMetadata:
             self._connections[threading.get_ident()] = (threading.current_thread(), conn)
         self._local.conn = conn
         return conn
+
+    def _file_identity(self) -> tuple[int, int] | None:
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise StorageError(f"metadata store {self.path}: cannot stat it: {exc}") from exc
+        return st.st_dev, st.st_ino
+
+    def _check_identity(self) -> None:
+        """Raise ``StorageError`` unless the path still names the file this store opened."""
+        if self._lost is None:
+            now = self._file_identity()
+            if now == self._identity:
+                return
+            self._lost = "was deleted" if now is None else "was replaced by another file"
+            logger.error(
+                "metadata store %s %s while in use: refusing every write from now on; stop"
+                " this process and run `streamhouse fsck --rebuild-metadata`",
+                self.path,
+                self._lost,
+            )
+        raise StorageError(
+            f"metadata store {self.path} {self._lost} while in use; nothing more is written"
+            " (stop the process and run `streamhouse fsck --rebuild-metadata`)"
+        )
 
     @contextmanager
     def _storage_errors(self, action: str) -> Iterator[None]:
@@ -124,6 +169,7 @@ class SQLiteMetadata:
             conn.execute("BEGIN IMMEDIATE")
             try:
                 yield conn
+                self._check_identity()  # last thing before COMMIT: a file gone gets nothing
             except BaseException:
                 if conn.in_transaction:
                     try:
@@ -352,6 +398,26 @@ class SQLiteMetadata:
                 plan.rows,
             )
         logger.debug("committed segment %r with %d index row(s)", object_key, len(entries))
+
+    def restore_segments(self, rows: Sequence[SegmentRow], *, producer_id_floor: int = 0) -> None:
+        with self._transaction(f"restore {len(rows)} index row(s)") as conn:
+            known = set(conn.execute("SELECT topic, partition_id FROM partitions").fetchall())
+            plan = plan_restore(rows, known)
+            conn.executemany(
+                f"INSERT INTO segments ({SEGMENT_INSERT_COLUMNS})"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                plan.rows,
+            )
+            conn.executemany(
+                "UPDATE partitions SET log_start_offset = ?, high_watermark = ?, max_timestamp = ?"
+                " WHERE topic = ? AND partition_id = ?",
+                [(*bounds, topic, p) for (topic, p), bounds in plan.partitions.items()],
+            )
+            conn.execute(
+                "UPDATE counters SET counter_value = max(counter_value, ?) WHERE name = 'producer_id'",
+                (producer_id_floor,),
+            )
+        logger.info("restored %d index row(s) of %d partition(s)", len(rows), len(plan.partitions))
 
     def segments(
         self,

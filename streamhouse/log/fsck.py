@@ -1,0 +1,620 @@
+"""Check a data directory's segment objects against its metadata, and repair what can be.
+
+:func:`check` reads every segment object once and reports, as :class:`Finding`\\ s:
+
+- ``damaged``: the header, trailer or footer checksum fails, or a run's CRC-32C does not match
+  its footer entry (only those runs are named);
+- ``orphan``: no index row names the object (e.g. a flush whose put landed but whose commit
+  or clean-up failed). One younger than ``orphan_min_age_s`` whose runs all start at or past
+  their partitions' high watermarks may be a flush on its way to its commit: it is counted
+  in :attr:`FsckReport.young`, not reported;
+- ``missing``: index rows name an object the store does not hold;
+- ``mismatch``: an index row and the object's footer disagree (offsets, bytes, checksum);
+- ``index``: a partition's index rows leave a gap or end short of its high watermark.
+
+:func:`delete_orphans` removes the orphans :func:`check` found, never an object the metadata
+names or one younger than the age bound. :func:`rebuild_metadata` writes a fresh metadata
+store from the objects' footers (topics, partitions, the segment index, offsets), keeping the
+old file aside, and says what footers cannot give back.
+
+Objects are read whole with one request each, by ``store.read_parallelism`` threads unless told
+otherwise (reads and CRC-32C release the GIL; S3 reads wait on round trips), and checksummed
+in place, without copies. The index is read by one more thread meanwhile.
+"""
+
+from __future__ import annotations
+
+import bisect
+import fcntl
+import logging
+import operator
+import os
+import time
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+
+import crc32c
+
+from streamhouse.config import Settings
+from streamhouse.errors import (
+    ConfigError,
+    CorruptSegmentError,
+    ObjectNotFoundError,
+    StorageError,
+)
+from streamhouse.log.metadata import Metadata, SegmentRow, sqlite_path
+from streamhouse.log.objectstore import ObjectInfo, ObjectStore
+from streamhouse.log.segment import (
+    SEGMENT_PREFIX,
+    SegmentEntry,
+    read_footer,
+    read_footer_from_store,
+)
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "Finding",
+    "FindingKind",
+    "FsckReport",
+    "OrphanDeletion",
+    "RebuildReport",
+    "check",
+    "delete_orphans",
+    "index_row",
+    "rebuild_metadata",
+]
+
+CHUNK_OBJECTS = 16
+"""Objects one thread reads and checks per task: fewer hand-offs than one object per task."""
+
+Progress = Callable[[int], None]
+"""Called with how much was done: bytes (:func:`check`) or objects (:func:`rebuild_metadata`)."""
+
+
+class FindingKind(StrEnum):
+    DAMAGED = "damaged"
+    ORPHAN = "orphan"
+    MISSING = "missing"
+    MISMATCH = "mismatch"
+    INDEX = "index"
+
+
+@dataclass(frozen=True, slots=True)
+class OffsetRange:
+    """Offsets ``first..last`` of one partition."""
+
+    topic: str
+    partition: int
+    first: int
+    last: int
+
+    def __str__(self) -> str:
+        return f"{self.topic}/{self.partition} offsets {self.first}-{self.last}"
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    """One problem: its kind, the object (if one is concerned), the offsets it touches, why."""
+
+    kind: FindingKind
+    object_key: str | None
+    ranges: tuple[OffsetRange, ...]
+    detail: str
+
+    def __str__(self) -> str:
+        where = ", ".join(str(r) for r in self.ranges) or "no offsets known"
+        key = f" {self.object_key}" if self.object_key else ""
+        return f"{self.kind}{key} ({where}): {self.detail}"
+
+
+@dataclass(slots=True)
+class FsckReport:
+    """What :func:`check` looked at and found."""
+
+    objects: int = 0
+    bytes: int = 0
+    seconds: float = 0.0
+    topics: int = 0
+    """Topics the metadata holds (none, with orphans: the metadata was probably lost)."""
+    findings: list[Finding] = field(default_factory=list)
+    young: list[str] = field(default_factory=list)
+    """Unindexed objects younger than the age bound whose runs start at or past their
+    partitions' high watermarks: possibly flushes on their way to their commit."""
+
+    @property
+    def sound(self) -> bool:
+        return not self.findings
+
+    def of_kind(self, kind: FindingKind) -> list[Finding]:
+        return [f for f in self.findings if f.kind is kind]
+
+
+def _ranges(items: Iterable[SegmentEntry | SegmentRow]) -> tuple[OffsetRange, ...]:
+    return tuple(
+        OffsetRange(i.topic, i.partition, i.base_offset, i.last_offset)
+        for i in sorted(items, key=lambda i: (i.topic, i.partition, i.base_offset))
+    )
+
+
+_Partition = tuple[str, int]
+
+
+def _index(
+    metadata: Metadata,
+) -> tuple[dict[str, list[SegmentRow]], dict[_Partition, int], list[Finding]]:
+    """Every index row by object key, every partition's high watermark, and the gaps between
+    a partition's rows."""
+    by_key: dict[str, list[SegmentRow]] = {}
+    high_watermarks: dict[_Partition, int] = {}
+    findings = []
+    for topic in metadata.list_topics():
+        for partition, offsets in metadata.partition_offsets(topic.name).items():
+            high_watermarks[(topic.name, partition)] = offsets.high_watermark
+            expected = offsets.log_start_offset
+            # Rows up to the high watermark read: later ones were committed meanwhile, and
+            # their objects are judged as flushes on their way to their commit.
+            for row in metadata.segments(
+                topic.name, partition, offsets.log_start_offset, offsets.high_watermark
+            ):
+                by_key.setdefault(row.object_key, []).append(row)
+                if row.base_offset > expected:
+                    findings.append(
+                        Finding(
+                            FindingKind.INDEX,
+                            None,
+                            (OffsetRange(topic.name, partition, expected, row.base_offset - 1),),
+                            "no index row covers these offsets",
+                        )
+                    )
+                expected = max(expected, row.last_offset + 1)
+            if expected != offsets.high_watermark:
+                findings.append(
+                    Finding(
+                        FindingKind.INDEX,
+                        None,
+                        (OffsetRange(topic.name, partition, expected, offsets.high_watermark - 1),),
+                        f"index rows end at offset {expected - 1} but the high watermark is"
+                        f" {offsets.high_watermark}",
+                    )
+                )
+    return by_key, high_watermarks, findings
+
+
+_COMPARED = (
+    "last_offset",
+    "position",
+    "length",
+    "min_timestamp",
+    "max_timestamp",
+    "record_count",
+    "crc",
+)
+_FIELDS = operator.attrgetter("topic", "partition", "base_offset", *_COMPARED)
+"""The fields an index row and a footer entry share, as one tuple (in C, for the fast path)."""
+
+
+def _compare(key: str, rows: list[SegmentRow], entries: list[SegmentEntry]) -> list[Finding]:
+    """Findings where the index rows of ``key`` and its footer entries disagree."""
+    if sorted(map(_FIELDS, rows)) == sorted(map(_FIELDS, entries)):
+        return []
+    footer = {(e.topic, e.partition, e.base_offset): e for e in entries}
+    findings = []
+    for row in rows:
+        entry = footer.pop((row.topic, row.partition, row.base_offset), None)
+        if entry is None:
+            detail = "the footer has no entry for this index row"
+        else:
+            differ = [
+                f"{name} {getattr(row, name)} vs {getattr(entry, name)}"
+                for name in _COMPARED
+                if getattr(row, name) != getattr(entry, name)
+            ]
+            if not differ:
+                continue
+            detail = "index row vs footer: " + ", ".join(differ)
+        findings.append(Finding(FindingKind.MISMATCH, key, _ranges([row]), detail))
+    if footer:
+        findings.append(
+            Finding(
+                FindingKind.MISMATCH,
+                key,
+                _ranges(footer.values()),
+                "footer entries that no index row names",
+            )
+        )
+    return findings
+
+
+def _corrupt_reason(exc: CorruptSegmentError, key: str) -> str:
+    return str(exc).removeprefix(f"segment object {key!r} is corrupt: ")
+
+
+def _exists(store: ObjectStore, key: str) -> bool:
+    try:
+        store.size(key)
+    except ObjectNotFoundError:
+        return False
+    return True
+
+
+@dataclass(slots=True)
+class _Object:
+    """One object as read: its footer entries (empty if the footer is damaged) and damage."""
+
+    info: ObjectInfo
+    entries: list[SegmentEntry]
+    damage: str | None = None  # why the footer is unreadable
+    bad_runs: list[SegmentEntry] = field(default_factory=list)
+
+
+def _read(store: ObjectStore, info: ObjectInfo) -> _Object | None:
+    """Read the object whole and check its header, trailer, footer and every run's CRC-32C
+    on a view of it (no copies); ``None`` if it was deleted since it was listed."""
+    try:
+        data = store.get(info.key)
+    except ObjectNotFoundError:  # e.g. deleted with its topic
+        return None
+    info = ObjectInfo(info.key, len(data), info.modified)
+    try:
+        entries = read_footer(data, info.key)
+    except CorruptSegmentError as exc:
+        return _Object(info, [], _corrupt_reason(exc, info.key))
+    view = memoryview(data)
+    bad = [e for e in entries if crc32c.crc32c(view[e.position : e.position + e.length]) != e.crc]
+    return _Object(info, entries, None, bad)
+
+
+def _judge(
+    read: _Object, rows: list[SegmentRow] | None, in_flight: bool
+) -> tuple[list[Finding], bool]:
+    """Findings of an object read against its index rows (``None``: unindexed), and whether
+    it is an unindexed object that may be a flush in progress (``in_flight`` says whether
+    its age and offsets allow that)."""
+    key, entries = read.info.key, read.entries
+    findings = []
+    if read.damage is not None:
+        findings.append(Finding(FindingKind.DAMAGED, key, _ranges(rows or ()), read.damage))
+    if read.bad_runs:
+        findings.append(
+            Finding(FindingKind.DAMAGED, key, _ranges(read.bad_runs), "run checksum mismatch")
+        )
+    if rows is None:
+        if entries and in_flight:
+            return findings, True
+        findings.append(
+            Finding(
+                FindingKind.ORPHAN,
+                key,
+                _ranges(entries),
+                f"no index row names this object (written {time.time() - read.info.modified:.0f} s ago)",
+            )
+        )
+    elif entries:
+        findings.extend(_compare(key, rows, entries))
+    return findings, False
+
+
+def check(
+    store: ObjectStore,
+    metadata: Metadata,
+    *,
+    orphan_min_age_s: float,
+    progress: Progress | None = None,
+    on_start: Progress | None = None,
+    threads: int | None = None,
+) -> FsckReport:
+    """Check every segment object in ``store`` against ``metadata``.
+
+    ``on_start(total_bytes)`` is called once the objects are listed; ``progress(n)`` after
+    each chunk of objects with their size. The objects are listed before the index is read
+    (while the objects are), so an object committed meanwhile is not taken for an orphan,
+    and one still on its way to its commit holds offsets at or past the high watermarks read.
+    """
+    started = time.perf_counter()
+    listed = store.list_info(SEGMENT_PREFIX)
+    if on_start is not None:
+        on_start(sum(info.size for info in listed))
+
+    def read_chunk(chunk: list[ObjectInfo]) -> list[_Object]:
+        return [read for info in chunk if (read := _read(store, info)) is not None]
+
+    chunks = [listed[i : i + CHUNK_OBJECTS] for i in range(0, len(listed), CHUNK_OBJECTS)]
+    with ThreadPoolExecutor(
+        max(1, threads or store.read_parallelism) + 1, thread_name_prefix="fsck"
+    ) as pool:
+        index = pool.submit(_index, metadata)
+        reads = pool.map(read_chunk, chunks)
+        by_key, high_watermarks, findings = index.result()
+        report = FsckReport(findings=findings, topics=len({t for t, _ in high_watermarks}))
+        present = {info.key for info in listed}
+        for key in sorted(set(by_key) - present):
+            if _exists(store, key):  # put and committed since the listing
+                continue
+            report.findings.append(
+                Finding(
+                    FindingKind.MISSING,
+                    key,
+                    _ranges(by_key[key]),
+                    "the index names this object but the object store does not hold it",
+                )
+            )
+        now = time.time()
+        for chunk in reads:
+            for read in chunk:
+                in_flight = now - read.info.modified < orphan_min_age_s and all(
+                    e.base_offset >= high_watermarks.get((e.topic, e.partition), e.base_offset + 1)
+                    for e in read.entries
+                )
+                found, young = _judge(read, by_key.get(read.info.key), in_flight)
+                report.findings.extend(found)
+                if young:
+                    report.young.append(read.info.key)
+                report.objects += 1
+                report.bytes += read.info.size
+            if progress is not None:
+                progress(sum(read.info.size for read in chunk))
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+@dataclass(slots=True)
+class OrphanDeletion:
+    """What :func:`delete_orphans` did with each orphan: deleted, or kept and why."""
+
+    deleted: list[str] = field(default_factory=list)
+    kept: dict[str, str] = field(default_factory=dict)
+
+
+def delete_orphans(
+    store: ObjectStore, metadata: Metadata, report: FsckReport, *, orphan_min_age_s: float
+) -> OrphanDeletion:
+    """Delete the orphans ``report`` found that are at least ``orphan_min_age_s`` old.
+
+    Each is looked up in the index once more, partition by partition of its footer, right
+    before it goes: an object any index row names is kept. ``StorageError`` (and nothing
+    deleted) if the metadata holds no topic at all: then every object looks like an orphan
+    because the metadata was lost, and the objects are the only copy of the log.
+    """
+    if report.of_kind(FindingKind.ORPHAN) and not metadata.list_topics():
+        raise StorageError(
+            "the metadata holds no topics, so every object looks like an orphan: nothing"
+            " deleted; if the metadata was lost, run `streamhouse fsck --rebuild-metadata`"
+        )
+    now = time.time()
+    ages = {info.key: now - info.modified for info in store.list_info(SEGMENT_PREFIX)}
+    done = OrphanDeletion()
+    for finding in report.of_kind(FindingKind.ORPHAN):
+        key = finding.object_key
+        assert key is not None
+        if key not in ages:
+            continue
+        if ages[key] < orphan_min_age_s:
+            done.kept[key] = f"younger than {orphan_min_age_s:g} s"
+        elif any(
+            row.object_key == key
+            for r in finding.ranges
+            for row in metadata.segments(r.topic, r.partition, r.first, r.last + 1)
+        ):
+            done.kept[key] = "indexed since the check"
+        else:
+            store.delete(key)
+            log.info("deleted orphan %s", key)
+            done.deleted.append(key)
+    return done
+
+
+# -- rebuilding the metadata from the footers ----------------------------------------------------
+
+
+@dataclass(slots=True)
+class RebuildReport:
+    """What :func:`rebuild_metadata` restored, what it left out, and what it cannot restore."""
+
+    objects: int = 0
+    rows: int = 0
+    topics: dict[str, int] = field(default_factory=dict)
+    """Topic name -> partition count (one past the highest partition with records)."""
+    offsets: dict[tuple[str, int], tuple[int, int]] = field(default_factory=dict)
+    """(topic, partition) -> (log start offset, high watermark)."""
+    unreadable: list[str] = field(default_factory=list)
+    """Objects whose footer is damaged: their records are not indexed."""
+    overlapping: list[str] = field(default_factory=list)
+    """Objects left out because a newer object holds some of the same offsets."""
+    gaps: list[OffsetRange] = field(default_factory=list)
+    kept_aside: list[Path] = field(default_factory=list)
+    producer_id_floor: int = 0
+
+    def not_rebuilt(self) -> list[str]:
+        """What the footers do not hold, one sentence each."""
+        return [
+            "consumer group offsets: groups start again from their auto.offset.reset position",
+            "producer state: idempotent producers get new producer ids"
+            f" (from {self.producer_id_floor + 1} on, never one handed out before)",
+            "topic configs (back to defaults) and partitions that never got a record"
+            " (each topic has as many partitions as its highest partition with records + 1)",
+            "the SQL catalog (CREATE STREAM/TABLE/VIEW statements): create them again",
+        ]
+
+
+def _choose(
+    footers: Sequence[tuple[str, list[SegmentEntry]]], report: RebuildReport
+) -> list[SegmentRow]:
+    """Index rows of the objects whose offsets no newer object claims.
+
+    The metadata commits an object all or nothing, and a flush that failed is written again
+    under a newer key with the same offsets; so objects are taken newest first, and an
+    object with any offset taken already is left out whole.
+    """
+    taken: dict[tuple[str, int], list[tuple[int, int]]] = {}  # sorted (base, last) intervals
+    rows = []
+    for key, entries in sorted(footers, key=lambda f: f[0], reverse=True):
+        if any(_overlaps(taken.get((e.topic, e.partition), []), e) for e in entries):
+            report.overlapping.append(key)
+            continue
+        for e in entries:
+            bisect.insort(
+                taken.setdefault((e.topic, e.partition), []), (e.base_offset, e.last_offset)
+            )
+            rows.append(index_row(key, e))
+    for (topic, partition), intervals in taken.items():
+        report.offsets[(topic, partition)] = (intervals[0][0], intervals[-1][1] + 1)
+        report.topics[topic] = max(report.topics.get(topic, 0), partition + 1)
+        report.gaps.extend(
+            OffsetRange(topic, partition, prev_last + 1, base - 1)
+            for (_, prev_last), (base, _) in zip(intervals, intervals[1:], strict=False)
+            if base > prev_last + 1
+        )
+    report.overlapping.sort()
+    return rows
+
+
+def index_row(object_key: str, entry: SegmentEntry) -> SegmentRow:
+    """The index row naming the run ``entry`` of the object ``object_key``."""
+    return SegmentRow(
+        object_key,
+        entry.topic,
+        entry.partition,
+        entry.base_offset,
+        entry.last_offset,
+        entry.position,
+        entry.length,
+        entry.min_timestamp,
+        entry.max_timestamp,
+        entry.record_count,
+        entry.crc,
+    )
+
+
+def _overlaps(intervals: list[tuple[int, int]], entry: SegmentEntry) -> bool:
+    i = bisect.bisect_right(intervals, (entry.last_offset, float("inf")))
+    return i > 0 and intervals[i - 1][1] >= entry.base_offset
+
+
+def _read_footer(store: ObjectStore, key: str) -> list[SegmentEntry] | None:
+    try:
+        return read_footer_from_store(store, key)
+    except (CorruptSegmentError, ObjectNotFoundError):
+        return None
+
+
+# SQLite's unix VFS holds a shared lock on this byte of the -shm file for as long as a
+# connection has the database open in WAL mode (UNIX_SHM_DMS in os_unix.c).
+_SHM_DMS_BYTE = 128
+
+
+def _in_use(path: Path) -> bool:
+    """Whether another process has the SQLite file ``path`` open (in WAL mode)."""
+    try:
+        fd = os.open(f"{path}-shm", os.O_RDWR)
+    except FileNotFoundError:
+        return False
+    except OSError as exc:
+        raise StorageError(f"cannot open {path}-shm: {exc}") from exc
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, _SHM_DMS_BYTE)
+    except OSError:
+        return True
+    else:
+        fcntl.lockf(fd, fcntl.LOCK_UN, 1, _SHM_DMS_BYTE)
+        return False
+    finally:
+        os.close(fd)
+
+
+def rebuild_metadata(
+    settings: Settings,
+    store: ObjectStore,
+    *,
+    progress: Progress | None = None,
+    on_start: Progress | None = None,
+    threads: int | None = None,
+) -> RebuildReport:
+    """Write a fresh SQLite metadata store from the footers of every segment object in ``store``.
+
+    The file ``settings`` names (and its ``-wal``/``-shm`` files) is renamed to
+    ``<name>.replaced-<UTC time>`` first, never deleted. Every process using the data
+    directory must be stopped. Objects with a damaged footer, and objects that claim offsets a
+    newer object holds (failed flushes written again), are reported and left unindexed.
+    ``on_start(objects)`` is called once the objects are listed, ``progress(1)`` per footer.
+    """
+    path = sqlite_path(settings)
+    if path is None:
+        raise ConfigError(
+            "fsck --rebuild-metadata writes a SQLite metadata store; rebuilding PostgreSQL"
+            " metadata is not supported yet"
+        )
+    if _in_use(path):
+        raise StorageError(
+            f"metadata store {path} is open in another process: stop every process using"
+            " this data directory (e.g. `streamhouse serve`) before rebuilding its metadata"
+        )
+    report = RebuildReport()
+    listed = store.list_info(SEGMENT_PREFIX)
+    if on_start is not None:
+        on_start(len(listed))
+    footers = []
+    with ThreadPoolExecutor(
+        max(1, threads or store.read_parallelism), thread_name_prefix="rebuild"
+    ) as pool:
+        for info, entries in zip(
+            listed, pool.map(lambda i: _read_footer(store, i.key), listed), strict=True
+        ):
+            if entries is None:
+                report.unreadable.append(info.key)
+            else:
+                footers.append((info.key, entries))
+            if progress is not None:
+                progress(1)
+    report.objects = len(footers)
+    rows = _choose(footers, report)
+    report.rows = len(rows)
+    report.producer_id_floor = time.time_ns() // 1_000_000
+    fresh = path.with_name(f"{path.name}.rebuild-{os.getpid()}")
+    _move_aside(fresh, fresh)  # a leftover of an interrupted rebuild
+    from streamhouse.log.metadata.sqlite import SQLiteMetadata
+
+    with SQLiteMetadata(fresh) as metadata:
+        for topic, partitions in sorted(report.topics.items()):
+            metadata.create_topic(topic, partitions)
+        metadata.restore_segments(rows, producer_id_floor=report.producer_id_floor)
+    report.kept_aside = _move_aside(path, path)
+    os.replace(fresh, path)
+    _fsync_directory(path.parent)
+    log.info("rebuilt %s from %d object(s): %d index row(s)", path, report.objects, report.rows)
+    return report
+
+
+_SQLITE_SUFFIXES = ("", "-wal", "-shm", "-journal")
+
+
+def _move_aside(path: Path, name: Path) -> list[Path]:
+    """Rename the SQLite file ``path`` and its companions to ``<name>.replaced-<time>...``."""
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    moved = []
+    for suffix in _SQLITE_SUFFIXES:
+        source = Path(f"{path}{suffix}")
+        if not source.exists():
+            continue
+        target = Path(f"{name}.replaced-{stamp}{suffix}")
+        n = 1
+        while target.exists():
+            n += 1
+            target = Path(f"{name}.replaced-{stamp}-{n}{suffix}")
+        try:
+            os.rename(source, target)
+        except OSError as exc:
+            raise StorageError(f"cannot move {source} aside to {target}: {exc}") from exc
+        moved.append(target)
+    return moved
+
+
+def _fsync_directory(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
