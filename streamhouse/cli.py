@@ -218,7 +218,7 @@ def produce(
 def _json_lines(lines: list[bytes]) -> list[Any]:
     """Each line parsed as strict JSON: UTF-8, no NaN or Infinity, nested at most
     MAX_JSON_DEPTH levels (what queries read); the first line that is not is a one-line error."""
-    from streamhouse.sql.json_depth import MAX_JSON_DEPTH, too_deep
+    from streamhouse.sql.json_guard import MAX_JSON_DEPTH, too_deep
 
     deep = too_deep(pa.array(lines, pa.binary()))
     first_deep = int(deep[0]) + 1 if len(deep) else 0

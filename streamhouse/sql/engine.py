@@ -30,7 +30,7 @@ from streamhouse.sql.ddl import stream_definition
 from streamhouse.sql.dialect import Explain
 from streamhouse.sql.execute import datafusion_message, register, run_sql, session_context
 from streamhouse.sql.functions import functions, to_datafusion
-from streamhouse.sql.parse import DIALECT, node_position, parse, sql_error
+from streamhouse.sql.parse import DIALECT, nesting_guard, node_position, parse, sql_error
 from streamhouse.sql.plan import TemporalJoin, plan_temporal_join, source_tables
 from streamhouse.sql.source import (
     METADATA_COLUMNS,
@@ -73,7 +73,8 @@ class Engine:
             raise SqlError("no SQL statement given", 1, 1)
         result: Relation | None = None
         for statement in statements:
-            result = self.statement(statement)
+            with nesting_guard(statement):
+                result = self.statement(statement)
         assert result is not None
         return result
 
@@ -236,7 +237,8 @@ class Engine:
             else:
                 table = self.source_table(name, columns, stats)
             register(ctx, name, hide_metadata(table, named))
-        sql = to_datafusion(query)
+        with nesting_guard(query):
+            sql = to_datafusion(query)
         try:
             return ctx.sql(sql).to_arrow_table()
         except Exception as exc:  # DataFusion reports planning and execution errors alike

@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from sqlglot import exp
@@ -31,7 +33,7 @@ from sqlglot.errors import ParseError, TokenError
 from streamhouse.errors import SqlError
 from streamhouse.sql.dialect import StreamHouse
 
-__all__ = ["StreamHouse", "line_column", "node_position", "parse", "parse_one"]
+__all__ = ["StreamHouse", "line_column", "nesting_guard", "node_position", "parse", "parse_one"]
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +71,16 @@ def sql_error(message: str, node: exp.Expr | None) -> SqlError:
     """A :class:`SqlError` located at ``node``."""
     line, column = node_position(node)
     return SqlError(message, line, column)
+
+
+@contextmanager
+def nesting_guard(node: exp.Expr) -> Iterator[None]:
+    """A RecursionError in the block (sqlglot walking a deep tree it recurses over, such as
+    900 nested unary minuses) becomes a SqlError located at ``node``."""
+    try:
+        yield
+    except RecursionError:
+        raise sql_error("SQL nested too deeply to plan", node) from None
 
 
 def _from_parse_error(sql: str, error: ParseError) -> SqlError:

@@ -25,7 +25,7 @@ import pyarrow.json as pa_json
 from streamhouse.log import Log
 from streamhouse.log.metadata import SegmentRow
 from streamhouse.log.records import DECODED_SCHEMA, VIEW_SCHEMA, JsonLines, decode_records
-from streamhouse.sql.json_depth import MAX_JSON_DEPTH, TOO_DEEP, too_deep
+from streamhouse.sql.json_guard import unreadable
 from streamhouse.sql.json_values import newline_joined, parse_json
 from streamhouse.workers import worker
 
@@ -267,14 +267,14 @@ def infer_schema(values: pa.Array | pa.ChunkedArray) -> pa.Schema | None:
     if sample.type != pa.binary():  # views (decode_records with json_lines) or text
         sample = sample.cast(pa.binary())
     sample = sample.drop_null()
-    deep = too_deep(sample)
-    if len(deep):
+    skipped = unreadable(sample)  # never handed to pyarrow: they can crash it
+    if skipped:
         log.info(
-            "%d sampled value(s) nest deeper than %d levels: the schema is inferred without them",
-            len(deep),
-            MAX_JSON_DEPTH,
+            "%d sampled value(s) left out of schema inference: %s", len(skipped), skipped[0][1]
         )
-        sample = sample.filter(pa.array(~np.isin(np.arange(len(sample)), deep)))
+        keep = np.ones(len(sample), np.bool_)
+        keep[[i for i, _ in skipped]] = False
+        sample = sample.filter(pa.array(keep))
     if len(sample) == 0:
         return None
     try:
@@ -346,10 +346,10 @@ def _parse_lines(
         if whole is None:
             missing = np.setdiff1d(np.arange(size), chunk.rows, assume_unique=True)
             rejected.extend((int(i) + base, "empty or null value") for i in missing)
-        deep = too_deep(chunk_values)  # never handed to a reader: they can crash it
-        if len(deep):
-            rejected.extend((int(i) + base, TOO_DEEP) for i in deep)
-            chunk, whole = _shallow(chunk, chunk_values, deep)
+        skipped = unreadable(chunk_values)  # never handed to a reader: they can crash it
+        if skipped:
+            rejected.extend((i + base, reason) for i, reason in skipped)
+            chunk, whole = _without(chunk, chunk_values, np.array([i for i, _ in skipped]))
         if len(chunk.rows):
             table, good, bad = parse_json(chunk, whole, schema)
             tables.append(table)
@@ -363,9 +363,9 @@ def _parse_lines(
     return table, np.concatenate(rows), rejected
 
 
-def _shallow(lines: JsonLines, values: pa.Array, deep: np.ndarray) -> tuple[JsonLines, pa.Array]:
-    """``lines`` without the ``deep`` values, and their values (a copy: a rare path)."""
-    rows = np.setdiff1d(lines.rows, deep, assume_unique=True)
+def _without(lines: JsonLines, values: pa.Array, skipped: np.ndarray) -> tuple[JsonLines, pa.Array]:
+    """``lines`` without the ``skipped`` values, and their values (a copy: a rare path)."""
+    rows = np.setdiff1d(lines.rows, skipped, assume_unique=True)
     kept = values.cast(pa.binary()) if values.type != pa.binary() else values
     kept = kept.take(pa.array(rows))
     return JsonLines(rows, lambda: newline_joined(kept)), kept

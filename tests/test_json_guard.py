@@ -1,5 +1,6 @@
-"""The nesting depth of JSON values, found by a vectorized scan of their bytes, equals the
-depth of the values Python parses, for every array type a source hands over."""
+"""The values kept from the JSON readers are found by vectorized scans of their bytes: the
+nesting depth equals that of the values Python parses, and values starting with ``n`` are
+found, for every array type a source hands over."""
 
 from __future__ import annotations
 
@@ -8,10 +9,11 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streamhouse.sql.json_depth import MAX_JSON_DEPTH, depth, too_deep
+from streamhouse.sql.json_guard import MAX_JSON_DEPTH, depth, null_first, too_deep, unreadable
 
 # Strings full of what the scanner must not be fooled by: brackets, quotes, backslashes.
 TRICKY = st.text(alphabet='[]{}"\\ax', max_size=8)
@@ -76,3 +78,18 @@ def test_the_bound_is_inclusive_and_nulls_and_strings_do_not_count() -> None:
         [None, pa.py_buffer(np.concatenate([words, words[:16]])), *view.buffers()[2:]],
     )
     assert too_deep(twice).tolist() == [0, 2]
+
+
+@pytest.mark.parametrize("kind", TYPES)
+def test_values_starting_with_n_are_found_in_every_array_type(kind: pa.DataType) -> None:
+    texts = ["null", '{"a": null}', " \t null", "n", "", None, "nope, a long value past 12 bytes"]
+    texts += ['"null"', "  {}", "x" * 20 + "null"]
+    values = pa.array(texts).cast(kind)
+    assert null_first(values).tolist() == [0, 2, 3, 6]
+    assert null_first(values.slice(2)).tolist() == [0, 1, 4]
+    assert unreadable(pa.chunked_array([values])) == [
+        (0, "not a JSON object"),
+        (2, "not a JSON object"),
+        (3, "not a JSON object"),
+        (6, "not a JSON object"),
+    ]

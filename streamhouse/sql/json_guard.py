@@ -1,4 +1,12 @@
-"""How deeply JSON values nest, found without parsing them, and the bound StreamHouse reads.
+"""JSON values that are never handed to a JSON reader, because they can crash the process.
+
+Two kinds are found without parsing them, by vectorized passes over their bytes:
+
+- values nested deeper than :data:`MAX_JSON_DEPTH` (:func:`too_deep`);
+- values whose first non-blank byte is ``n`` (:func:`null_first`): JSON ``null``, or not
+  JSON at all. pyarrow 26's JSON reader crashes (a segmentation fault) when a block it
+  reads starts with one, with or without an explicit schema. None is a JSON object, so
+  none is a row.
 
 No JSON value nested deeper than :data:`MAX_JSON_DEPTH` reaches a JSON reader or a schema.
 The readers cannot all take unbounded nesting: pyarrow 26's JSON reader overflows the
@@ -15,6 +23,8 @@ closely, and each step is a vectorized pass over the bytes, never a loop over va
 >>> import pyarrow as pa
 >>> too_deep(pa.array([b'{"a": [1]}', b"[" * 100 + b"]" * 100, b'{"s": "' + b"[" * 100 + b'"}']))
 array([1])
+>>> null_first(pa.array([b'{"a": 1}', b"null", b"  null", b"nix", None, b'"null"']))
+array([1, 2, 3])
 """
 
 from __future__ import annotations
@@ -28,13 +38,32 @@ MAX_JSON_DEPTH = 63
 TOO_DEEP = f"nested deeper than {MAX_JSON_DEPTH} levels"
 """The reason a value deeper than :data:`MAX_JSON_DEPTH` is rejected."""
 
+NOT_AN_OBJECT = "not a JSON object"
+"""The reason a value starting with ``n`` is rejected (the reason the readers give)."""
+
 _OPEN = 0x7B  # '{'; '[' (0x5B) differs only in bit 0x20
 _CLOSE = 0x7D  # '}'; ']' (0x5D) likewise
 _CASE_BIT = 0x20
 _QUOTE = 0x22
 _BACKSLASH = 0x5C
+_N = 0x6E  # 'n'
+_BLANK_TEXT = b" \t\r\n"
+_BLANKS = np.frombuffer(_BLANK_TEXT, np.uint8)
+_NO_BYTES = np.zeros(0, np.uint8)
 _INLINE = 12  # a view holds a value of up to this many bytes itself
 _SCAN_BYTES = 1 << 24  # bytes of deep-looking values scanned exactly at a time
+
+
+def unreadable(values: pa.Array | pa.ChunkedArray) -> list[tuple[int, str]]:
+    """(index, reason) of each value never handed to a reader, in index order.
+
+    >>> unreadable(pa.array([b"null", b'{"a": 1}', b"[" * 64]))
+    [(0, 'not a JSON object'), (2, 'nested deeper than 63 levels')]
+    """
+    deep = too_deep(values)
+    null = np.setdiff1d(null_first(values), deep)
+    found = [(int(i), TOO_DEEP) for i in deep] + [(int(i), NOT_AN_OBJECT) for i in null]
+    return sorted(found)
 
 
 def too_deep(values: pa.Array | pa.ChunkedArray, bound: int = MAX_JSON_DEPTH) -> np.ndarray:
@@ -67,6 +96,42 @@ def too_deep(values: pa.Array | pa.ChunkedArray, bound: int = MAX_JSON_DEPTH) ->
         for part in _parts(rows, lengths):
             deep.append(part[_depths(data, starts[part], lengths[part]) > bound])
     return np.sort(np.concatenate(deep)) if deep else np.zeros(0, np.int64)
+
+
+def null_first(values: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """The indices of the ``values`` whose first byte that is not a blank is ``n``."""
+    if isinstance(values, pa.ChunkedArray):
+        found, base = [], 0
+        for chunk in values.chunks:
+            found.append(null_first(chunk) + base)
+            base += len(chunk)
+        return np.concatenate(found) if found else np.zeros(0, np.int64)
+    first, lengths = _first_bytes(values)
+    hits = (first == _N) & (lengths > 0)
+    for i in np.flatnonzero(np.isin(first, _BLANKS) & (lengths > 0)):  # rare: blanks first
+        value = values[int(i)].as_py()
+        text = value.encode() if isinstance(value, str) else value
+        hits[i] = text.lstrip(_BLANK_TEXT)[:1] == b"n"
+    return np.flatnonzero(hits)
+
+
+def _first_bytes(values: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """Each value's first byte (0 if it has none) and its length (0 for a null)."""
+    n, kind = len(values), values.type
+    buffers = values.buffers()
+    if pa.types.is_binary_view(kind) or pa.types.is_string_view(kind):
+        words = np.frombuffer(buffers[1], np.int32, count=4 * n, offset=values.offset * 16)
+        lengths = words[::4].astype(np.int64)
+        first = words.view(np.uint8)[4::16].copy()  # the prefix, or the inlined value
+    else:
+        _, _, starts, lengths = _spans(values)
+        data = np.frombuffer(buffers[2], np.uint8) if buffers[2] is not None else _NO_BYTES
+        first = (
+            data[np.minimum(starts, max(len(data) - 1, 0))] if len(data) else np.zeros(n, np.uint8)
+        )
+    if values.null_count:
+        lengths = np.where(values.is_valid().to_numpy(zero_copy_only=False), lengths, 0)
+    return np.where(lengths > 0, first, 0).astype(np.uint8), lengths
 
 
 def depth(value: bytes) -> int:
