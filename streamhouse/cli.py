@@ -217,17 +217,18 @@ def produce(
 
 def _json_lines(lines: list[bytes]) -> list[Any]:
     """Each line parsed as strict JSON: UTF-8, no NaN or Infinity, nested at most
-    MAX_JSON_DEPTH levels (what queries read); the first line that is not is a one-line error."""
+    MAX_JSON_DEPTH levels (the deepest a column can be); the first line that is not is a
+    one-line error."""
     from streamhouse.sql.json_guard import MAX_JSON_DEPTH, too_deep
 
-    deep = too_deep(pa.array(lines, pa.binary()))
+    deep = too_deep(pa.array(lines, pa.binary()), MAX_JSON_DEPTH)
     first_deep = int(deep[0]) + 1 if len(deep) else 0
     parsed = []
     for number, line in enumerate(lines, 1):
         if number == first_deep:
             raise click.ClickException(
-                f"line {number} is nested deeper than {MAX_JSON_DEPTH} levels, which queries "
-                "cannot read (--format raw stores it as it is)"
+                f"line {number} is nested deeper than {MAX_JSON_DEPTH} levels, deeper than a "
+                "column can be (--format raw stores it as it is)"
             )
         try:
             parsed.append(json.loads(line.decode(), parse_constant=_not_json, parse_int=_integer))

@@ -20,7 +20,7 @@ from confluent_kafka import Consumer
 
 import streamhouse
 from streamhouse.errors import InvalidRecordError, SqlError
-from streamhouse.sql.json_guard import MAX_JSON_DEPTH
+from streamhouse.sql.json_guard import MAX_JSON_DEPTH, READER_MAX_DEPTH
 from tests.kafka_fixtures import KafkaServer
 
 DEEP = 10_000
@@ -61,7 +61,7 @@ def test_produce_refuses_a_json_line_nested_too_deep_and_names_it(tmp_path: Path
     lines = b'{"b": 1}\n' + nested(DEEP) + b"\n"
     fails_with(
         cli(data, "produce", "deep", stdin=lines),
-        f"line 2 is nested deeper than {MAX_JSON_DEPTH} levels, which queries cannot read "
+        f"line 2 is nested deeper than {MAX_JSON_DEPTH} levels, deeper than a column can be "
         "(--format raw stores it as it is)".encode(),
     )
     assert records(data, "deep") == 0  # nothing of the refused call is written
@@ -95,19 +95,32 @@ def test_a_query_leaves_out_a_record_nested_too_deep_and_counts_it(tmp_path: Pat
         sh.create_topic("deep")
         sh.produce("deep", [b'{"a": [1], "b": 1}', nested(DEEP), b'{"a": [2], "b": 3}'])
         sh.produce("deep", [nested(MAX_JSON_DEPTH, "c"), nested(MAX_JSON_DEPTH + 1, "c")])
-    result = cli(data, "query", "SELECT b FROM deep WHERE b IS NOT NULL", "--format", "csv")
+    # A nested column: pyarrow's reader reads every value, and must never see the deepest.
+    result = cli(data, "query", "SELECT a, b FROM deep", "--format", "json")
     assert result.returncode == 0, result.stderr[-2000:]
-    assert result.stdout.splitlines() == [b'"b"', b"1", b"3"]
-    assert b"warning: 2 record(s) did not fit the schema and were left out" in result.stderr
+    assert [json.loads(line) for line in result.stdout.splitlines()] == [
+        {"a": [1], "b": 1},
+        {"a": [2], "b": 3},
+        {"a": None, "b": None},  # c, as deep as a column can be: in the schema
+        {"a": None, "b": None},  # c, a level deeper: not in the schema, not read
+    ]
+    assert b"warning: 1 record(s) did not fit the schema and were left out" in result.stderr
     assert b"Traceback" not in result.stderr
     with streamhouse.connect(data) as sh:
-        relation = sh.sql("SELECT b FROM deep")
-        assert relation.to_arrow_table().num_rows == 3  # the record exactly MAX_JSON_DEPTH deep
-        rejected = relation.stats.rejected
-        assert [(r.offset, r.reason) for r in rejected] == [
-            (1, f"nested deeper than {MAX_JSON_DEPTH} levels"),
-            (4, f"nested deeper than {MAX_JSON_DEPTH} levels"),
+        relation = sh.sql("SELECT a, b FROM deep")
+        assert relation.to_arrow_table().num_rows == 4
+        assert [(r.offset, r.reason) for r in relation.stats.rejected] == [
+            (1, f"nested deeper than {READER_MAX_DEPTH} levels")
         ]
+        deepest = sh.sql("SELECT c FROM deep WHERE c IS NOT NULL")
+        assert deepest.to_arrow_table()["c"].to_pylist() == [
+            json.loads(nested(MAX_JSON_DEPTH, "c"))["c"]
+        ]
+        assert [r.offset for r in deepest.stats.rejected] == [1, 4]  # c's type: 62 lists deep
+        # Flat columns only: DuckDB reads the deep values whole (it takes 1,000,000 levels).
+        flat = sh.sql("SELECT b FROM deep")
+        assert flat.to_arrow_table()["b"].to_pylist() == [1, None, 3, None, None]
+        assert flat.stats.rejected == []
 
 
 def _poll(bootstrap: str, topic: str, want: int, timeout: float = 60.0) -> list:
@@ -154,7 +167,8 @@ def test_serve_queries_starts_with_a_record_nested_too_deep_in_its_source(
     assert [json.loads(m.value()) for m in copied] == [{"a": 1}, {"a": 2}]
     assert [m.value() for m in dead] == [nested(DEEP)]
     assert (
-        dict(dead[0].headers())["reason"] == f"nested deeper than {MAX_JSON_DEPTH} levels".encode()
+        dict(dead[0].headers())["reason"]
+        == f"nested deeper than {READER_MAX_DEPTH} levels".encode()
     )
     assert "Traceback" not in server.log()
 

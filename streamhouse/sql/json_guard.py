@@ -1,24 +1,22 @@
-"""JSON values that are never handed to a JSON reader, because they can crash the process.
+"""JSON values that are never handed to a JSON reader or a schema, because they can crash
+the process. Two kinds are found without parsing them, by vectorized passes over their bytes:
 
-Two kinds are found without parsing them, by vectorized passes over their bytes:
-
-- values nested deeper than :data:`MAX_JSON_DEPTH` (:func:`too_deep`);
+- values nested too deep (:func:`too_deep`). pyarrow 26's JSON reader overflows the stack
+  (a segmentation fault) between 10,000 and 20,000 levels, and formatting such a type
+  (``ListType::ToString``) at 10,000; Python's ``json`` raises RecursionError near 1,000;
+  DataFusion 55 refuses an Arrow schema nested more than 64 levels, which fails the whole
+  query; DuckDB's reader (yyjson) takes 1,000,000 levels. So a schema is inferred only from
+  values at most :data:`MAX_JSON_DEPTH` deep (DataFusion's bound), and pyarrow's reader
+  never sees one deeper than :data:`READER_MAX_DEPTH` (a tenth of where it crashes);
 - values whose first non-blank byte is ``n`` (:func:`null_first`): JSON ``null``, or not
   JSON at all. pyarrow 26's JSON reader crashes (a segmentation fault) when a block it
   reads starts with one, with or without an explicit schema. None is a JSON object, so
   none is a row.
 
-No JSON value nested deeper than :data:`MAX_JSON_DEPTH` reaches a JSON reader or a schema.
-The readers cannot all take unbounded nesting: pyarrow 26's JSON reader overflows the
-stack (a segmentation fault) between 10,000 and 20,000 levels, and formatting such a type
-(``ListType::ToString``) at 10,000; Python's ``json`` raises RecursionError near 1,000; and
-DataFusion 55 refuses an Arrow schema nested more than 64 levels (a JSON value of depth
-64 holding a scalar), which fails the whole query. DuckDB's reader (yyjson) takes
-1,000,000 levels. The bound is DataFusion's: the deepest value every part can take.
-
-The check costs little on ordinary JSON: only values longer than the bound can be deeper,
-only those among them with more than the bound of ``[`` and ``{`` bytes are looked at
-closely, and each step is a vectorized pass over the bytes, never a loop over values.
+The check costs little: only values longer than the bound can be deeper, only those among
+them with more than the bound of ``[`` and ``{`` bytes are looked at closely (string-aware),
+and each step is a vectorized pass over the bytes, never a loop over values. With the
+reader's bound of 1,000, no ordinary record gets past the byte count.
 
 >>> import pyarrow as pa
 >>> too_deep(pa.array([b'{"a": [1]}', b"[" * 100 + b"]" * 100, b'{"s": "' + b"[" * 100 + b'"}']))
@@ -33,10 +31,11 @@ import numpy as np
 import pyarrow as pa
 
 MAX_JSON_DEPTH = 63
-"""The deepest JSON value read: a top-level object is depth 1, ``{"a": [1]}`` depth 2."""
+"""The deepest JSON value a schema is inferred from or ``produce`` takes as JSON: a
+top-level object is depth 1, ``{"a": [1]}`` depth 2. DataFusion takes its Arrow type."""
 
-TOO_DEEP = f"nested deeper than {MAX_JSON_DEPTH} levels"
-"""The reason a value deeper than :data:`MAX_JSON_DEPTH` is rejected."""
+READER_MAX_DEPTH = 1_000
+"""The deepest JSON value handed to pyarrow's JSON reader."""
 
 NOT_AN_OBJECT = "not a JSON object"
 """The reason a value starting with ``n`` is rejected (the reason the readers give)."""
@@ -54,15 +53,19 @@ _INLINE = 12  # a view holds a value of up to this many bytes itself
 _SCAN_BYTES = 1 << 24  # bytes of deep-looking values scanned exactly at a time
 
 
-def unreadable(values: pa.Array | pa.ChunkedArray) -> list[tuple[int, str]]:
-    """(index, reason) of each value never handed to a reader, in index order.
+def unreadable(
+    values: pa.Array | pa.ChunkedArray, bound: int = READER_MAX_DEPTH
+) -> list[tuple[int, str]]:
+    """(index, reason) of each value never handed to a reader (deeper than ``bound``, or
+    starting with ``n``), in index order.
 
-    >>> unreadable(pa.array([b"null", b'{"a": 1}', b"[" * 64]))
+    >>> unreadable(pa.array([b"null", b'{"a": 1}', b"[" * 64]), MAX_JSON_DEPTH)
     [(0, 'not a JSON object'), (2, 'nested deeper than 63 levels')]
     """
-    deep = too_deep(values)
+    deep = too_deep(values, bound)
     null = np.setdiff1d(null_first(values), deep)
-    found = [(int(i), TOO_DEEP) for i in deep] + [(int(i), NOT_AN_OBJECT) for i in null]
+    reason = f"nested deeper than {bound} levels"
+    found = [(int(i), reason) for i in deep] + [(int(i), NOT_AN_OBJECT) for i in null]
     return sorted(found)
 
 

@@ -25,7 +25,7 @@ import pyarrow.json as pa_json
 from streamhouse.log import Log
 from streamhouse.log.metadata import SegmentRow
 from streamhouse.log.records import DECODED_SCHEMA, VIEW_SCHEMA, JsonLines, decode_records
-from streamhouse.sql.json_guard import unreadable
+from streamhouse.sql.json_guard import MAX_JSON_DEPTH, unreadable
 from streamhouse.sql.json_values import newline_joined, parse_json
 from streamhouse.workers import worker
 
@@ -258,8 +258,8 @@ def infer_schema(values: pa.Array | pa.ChunkedArray) -> pa.Schema | None:
     """The schema pyarrow infers from a sample of JSON values, or None if they are not JSON objects.
 
     Values in the sample that are not JSON objects are passed over; if most are not, the topic
-    is not read as JSON. Values nested deeper than :data:`MAX_JSON_DEPTH` are left out of the
-    sample (they are rejected when read).
+    is not read as JSON. Values nested deeper than a column can be, or starting with ``null``
+    (:func:`~streamhouse.sql.json_guard.unreadable`), are left out of the sample.
     """
     sample = values.slice(0, INFER_SAMPLE_ROWS)
     if isinstance(sample, pa.ChunkedArray):  # combine the sample only, not the whole column
@@ -267,7 +267,7 @@ def infer_schema(values: pa.Array | pa.ChunkedArray) -> pa.Schema | None:
     if sample.type != pa.binary():  # views (decode_records with json_lines) or text
         sample = sample.cast(pa.binary())
     sample = sample.drop_null()
-    skipped = unreadable(sample)  # never handed to pyarrow: they can crash it
+    skipped = unreadable(sample, MAX_JSON_DEPTH)  # (pyarrow or DataFusion would fail)
     if skipped:
         log.info(
             "%d sampled value(s) left out of schema inference: %s", len(skipped), skipped[0][1]
@@ -342,16 +342,13 @@ def _parse_lines(
     base = 0
     for chunk, chunk_values in zip(lines, values, strict=True):
         size = len(chunk_values)
-        whole = chunk_values if len(chunk.rows) == size else None  # the values of every line
-        if whole is None:
+        if len(chunk.rows) != size:
             missing = np.setdiff1d(np.arange(size), chunk.rows, assume_unique=True)
             rejected.extend((int(i) + base, "empty or null value") for i in missing)
-        skipped = unreadable(chunk_values)  # never handed to a reader: they can crash it
-        if skipped:
-            rejected.extend((i + base, reason) for i, reason in skipped)
-            chunk, whole = _without(chunk, chunk_values, np.array([i for i, _ in skipped]))
         if len(chunk.rows):
-            table, good, bad = parse_json(chunk, whole, schema)
+            table, good, bad = parse_json(
+                chunk, chunk_values if len(chunk.rows) == size else None, schema
+            )
             tables.append(table)
             rows.append(chunk.rows[good] + base)
             rejected.extend((int(chunk.rows[i]) + base, reason) for i, reason in bad)
@@ -361,14 +358,6 @@ def _parse_lines(
         return schema.empty_table(), np.zeros(0, np.int64), rejected
     table = tables[0] if len(tables) == 1 else pa.concat_tables(tables)
     return table, np.concatenate(rows), rejected
-
-
-def _without(lines: JsonLines, values: pa.Array, skipped: np.ndarray) -> tuple[JsonLines, pa.Array]:
-    """``lines`` without the ``skipped`` values, and their values (a copy: a rare path)."""
-    rows = np.setdiff1d(lines.rows, skipped, assume_unique=True)
-    kept = values.cast(pa.binary()) if values.type != pa.binary() else values
-    kept = kept.take(pa.array(rows))
-    return JsonLines(rows, lambda: newline_joined(kept)), kept
 
 
 def with_metadata(table: pa.Table, records: pa.Table, rows: np.ndarray) -> pa.Table:
