@@ -83,13 +83,14 @@ def test_the_bound_is_inclusive_and_nulls_and_strings_do_not_count() -> None:
 @pytest.mark.parametrize("kind", TYPES)
 def test_values_starting_with_n_are_found_in_every_array_type(kind: pa.DataType) -> None:
     texts = ["null", '{"a": null}', " \t null", "n", "", None, "nope, a long value past 12 bytes"]
-    texts += ['"null"', "  {}", "x" * 20 + "null"]
+    texts += ['"null"', "  {}", "x" * 20 + "null", "   ", " " * 30 + "null"]
     values = pa.array(texts).cast(kind)
-    assert null_first(values).tolist() == [0, 2, 3, 6]
-    assert null_first(values.slice(2)).tolist() == [0, 1, 4]
+    assert null_first(values).tolist() == [0, 2, 3, 6, 11]
+    assert null_first(values.slice(2)).tolist() == [0, 1, 4, 9]
     assert unreadable(pa.chunked_array([values])) == [
         (0, "not a JSON object"),
         (2, "not a JSON object"),
         (3, "not a JSON object"),
         (6, "not a JSON object"),
+        (11, "not a JSON object"),
     ]

@@ -46,8 +46,7 @@ _CASE_BIT = 0x20
 _QUOTE = 0x22
 _BACKSLASH = 0x5C
 _N = 0x6E  # 'n'
-_BLANK_TEXT = b" \t\r\n"
-_BLANKS = np.frombuffer(_BLANK_TEXT, np.uint8)
+_BLANKS = np.frombuffer(b" \t\r\n", np.uint8)
 _NO_BYTES = np.zeros(0, np.uint8)
 _INLINE = 12  # a view holds a value of up to this many bytes itself
 _SCAN_BYTES = 1 << 24  # bytes of deep-looking values scanned exactly at a time
@@ -111,11 +110,30 @@ def null_first(values: pa.Array | pa.ChunkedArray) -> np.ndarray:
         return np.concatenate(found) if found else np.zeros(0, np.int64)
     first, lengths = _first_bytes(values)
     hits = (first == _N) & (lengths > 0)
-    for i in np.flatnonzero(np.isin(first, _BLANKS) & (lengths > 0)):  # rare: blanks first
-        value = values[int(i)].as_py()
-        text = value.encode() if isinstance(value, str) else value
-        hits[i] = text.lstrip(_BLANK_TEXT)[:1] == b"n"
+    blank = np.flatnonzero(np.isin(first, _BLANKS) & (lengths > 0))
+    if len(blank):
+        hits[blank] = _null_after_blanks(values, blank)
     return np.flatnonzero(hits)
+
+
+def _null_after_blanks(values: pa.Array, rows: np.ndarray) -> np.ndarray:
+    """Whether the first byte after the leading blanks of each of ``values[rows]`` is ``n``:
+    one vectorized step per leading blank."""
+    if pa.types.is_binary_view(values.type) or pa.types.is_string_view(values.type):
+        values = values.view(pa.binary_view()).cast(pa.binary())  # (a copy: a rare path)
+    buffers, _, starts, lengths = _spans(values)
+    data = np.frombuffer(buffers[0], np.uint8)
+    at, end = starts[rows].copy(), starts[rows] + lengths[rows]
+    result = np.zeros(len(rows), np.bool_)
+    live = np.arange(len(rows))
+    while len(live):
+        byte = data[at[live]]
+        blank = np.isin(byte, _BLANKS)
+        result[live[~blank]] = byte[~blank] == _N
+        live = live[blank]
+        at[live] += 1
+        live = live[at[live] < end[live]]
+    return result
 
 
 def _first_bytes(values: pa.Array) -> tuple[np.ndarray, np.ndarray]:
