@@ -89,6 +89,8 @@ def friendly_errors(f: Callable[..., Any]) -> Callable[..., Any]:
         except BrokenPipeError:
             sys.stderr.close()
             sys.exit(0)
+        except UnicodeError as exc:  # e.g. SQL on stdin that is not UTF-8
+            raise click.ClickException(f"input is not valid Unicode text: {exc}") from None
         except OSError as exc:  # e.g. -o into a directory that does not exist
             raise click.ClickException(str(exc)) from None
 
@@ -238,14 +240,7 @@ def produce(
     lines = [line for line in lines if line.strip()]
     keys: Any = key
     if fmt == "json":
-        parsed = []
-        for number, line in enumerate(lines, 1):
-            try:
-                parsed.append(json.loads(line))
-            except json.JSONDecodeError as exc:
-                raise click.ClickException(
-                    f"line {number} is not JSON: {exc.msg} (column {exc.colno})"
-                ) from None
+        parsed = _json_lines(lines)
         if key_field:
             keys = [
                 None if not isinstance(p, dict) or p.get(key_field) is None else str(p[key_field])
@@ -254,6 +249,45 @@ def produce(
     with _open(ctx) as sh:
         result = sh.produce(topic_name, lines, key=keys, partition=partition)
     click.echo(f"produced {result.records} record(s) to {topic_name}", err=True)
+
+
+def _json_lines(lines: list[bytes]) -> list[Any]:
+    """Each line parsed as strict JSON: UTF-8, no NaN or Infinity, nested at most
+    MAX_JSON_DEPTH levels (the deepest a column can be); the first line that is not is a
+    one-line error."""
+    from streamhouse.sql.json_guard import MAX_JSON_DEPTH, too_deep
+
+    deep = too_deep(pa.array(lines, pa.binary()), MAX_JSON_DEPTH)
+    first_deep = int(deep[0]) + 1 if len(deep) else 0
+    parsed = []
+    for number, line in enumerate(lines, 1):
+        if number == first_deep:
+            raise click.ClickException(
+                f"line {number} is nested deeper than {MAX_JSON_DEPTH} levels, deeper than a "
+                "column can be (--format raw stores it as it is)"
+            )
+        try:
+            parsed.append(json.loads(line.decode(), parse_constant=_not_json, parse_int=_integer))
+        except UnicodeDecodeError as exc:
+            raise click.ClickException(
+                f"line {number} is not UTF-8: byte 0x{line[exc.start]:02x} at column {exc.start + 1}"
+            ) from None
+        except json.JSONDecodeError as exc:
+            raise click.ClickException(
+                f"line {number} is not JSON: {exc.msg} (column {exc.colno})"
+            ) from None
+        except ValueError as exc:  # from _not_json
+            raise click.ClickException(f"line {number} is not JSON: {exc}") from None
+    return parsed
+
+
+def _not_json(token: str) -> None:
+    raise ValueError(f"{token} is not a JSON value")
+
+
+def _integer(text: str) -> int | str:
+    """A JSON integer; its digits as they are past Python's int conversion limit."""
+    return int(text) if len(text) < 4000 else text
 
 
 @main.command()

@@ -29,6 +29,7 @@ import pyarrow as pa
 from streamhouse.config import Settings
 from streamhouse.errors import (
     DamagedRangeError,
+    InvalidRecordError,
     LogError,
     RecordTooLargeError,
     StreamHouseError,
@@ -133,12 +134,12 @@ class StreamHouse:
         record) defaults to now; ``headers`` go on every record.
         """
         info = self.log.topic(topic)
-        values = [_encode_value(v) for v in records]
+        values = _encoded(_encode_value, records, "value")
         n = len(values)
         if n == 0:
             return Produced(0, {})
         keys = _per_record(key, n, "key")
-        key_bytes = [_encode_key(k) for k in keys] if keys is not None else None
+        key_bytes = _encoded(_encode_key, keys, "key") if keys is not None else None
         stamps = _per_record(timestamp, n, "timestamp")
         ts = [_timestamp_ms(t) for t in stamps] if stamps is not None else None
         header_list = _encode_headers(headers)
@@ -340,6 +341,25 @@ def _before_damage(table: pa.Table, damaged: list[DamagedRangeError], offset: in
     return table.filter(pa.array(table["offset"].to_numpy() < limit))
 
 
+def _encoded(
+    encode: Callable[[Any], bytes | None], items: Iterable[Any], what: str
+) -> list[bytes | None]:
+    """``encode`` of each item; InvalidRecordError naming the first that cannot be stored."""
+    out: list[bytes | None] = []
+    try:
+        for item in items:
+            out.append(encode(item))
+    except UnicodeEncodeError as exc:
+        reason = f"is not valid Unicode text ({exc.reason})"
+    except RecursionError:
+        reason = "is nested too deeply to encode as JSON"
+    except ValueError as exc:  # NaN or Infinity, a circular reference, an int too long to print
+        reason = f"cannot be encoded as JSON: {exc}"
+    else:
+        return out
+    raise InvalidRecordError(f"the {what} of record {len(out)} {reason}")
+
+
 def _encode_value(value: Value) -> bytes | None:
     if value is None or isinstance(value, bytes):
         return value
@@ -347,7 +367,7 @@ def _encode_value(value: Value) -> bytes | None:
         return value.encode()
     if isinstance(value, bytearray | memoryview):
         return bytes(value)
-    return json.dumps(value, separators=(",", ":"), default=_json_default).encode()
+    return json.dumps(value, separators=(",", ":"), default=_json_default, allow_nan=False).encode()
 
 
 def _json_default(value: Any) -> Any:

@@ -44,6 +44,11 @@ class RecordTooLargeError(LogError):
     """A record or batch is larger than the topic's max.message.bytes."""
 
 
+class InvalidRecordError(LogError):
+    """A record given to produce cannot be stored: a value or key that is not text or JSON
+    (a lone surrogate, NaN, nesting too deep to encode)."""
+
+
 class CorruptRecordError(LogError):
     """A record batch fails its CRC-32C or cannot be parsed."""
 

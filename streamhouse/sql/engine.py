@@ -42,7 +42,7 @@ from streamhouse.sql.dialect import Explain
 from streamhouse.sql.execute import Answer, register, run_sql, session_context, sql_errors
 from streamhouse.sql.functions import functions, to_datafusion
 from streamhouse.sql.hints import SourceOptions, check_hints, source_options
-from streamhouse.sql.parse import DIALECT, node_position, parse, sql_error
+from streamhouse.sql.parse import DIALECT, nesting_guard, node_position, parse, sql_error
 from streamhouse.sql.plan import TemporalJoin, plan_temporal_join, source_tables
 from streamhouse.sql.projection import declared_stars, distinct_outputs, star_query
 from streamhouse.sql.source import (
@@ -88,7 +88,8 @@ class Engine:
             raise SqlError("no SQL statement given", 1, 1)
         result: Relation | None = None
         for statement in statements:
-            result = self.statement(statement)
+            with nesting_guard(statement):
+                result = self.statement(statement)
         assert result is not None
         return result
 
@@ -315,7 +316,9 @@ class Engine:
         return ctx, query
 
     def _dataframe(self, ctx: datafusion.SessionContext, query: exp.Query) -> datafusion.DataFrame:
-        return sql_errors(lambda: ctx.sql(to_datafusion(query)), _pos(query))
+        with nesting_guard(query):
+            sql = to_datafusion(query)
+        return sql_errors(lambda: ctx.sql(sql), _pos(query))
 
     def _temporal(
         self,
