@@ -519,7 +519,8 @@ def test_postgresql_connections_dropped_by_the_server_are_replaced(postgres_url:
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
                 " WHERE datname = current_database() AND pid <> pg_backend_pid()"
             ).fetchall()
-        assert len(dropped) >= 2 and all(ok for (ok,) in dropped)
+        # at least the pool's one open connection (more when the four calls overlapped)
+        assert len(dropped) >= 1 and all(ok for (ok,) in dropped)
         errors = at_once(4, lambda n: md.commit_segment(f"o{n}", [Entry("t", 0, 0, 0)]))
         assert len(errors) == 3 and all("stale" in str(e) for e in errors), errors
         assert len(md.segments("t", 0)) == 1
