@@ -141,16 +141,51 @@ def topic() -> None:
 def topic_create(
     ctx: click.Context, name: str, partitions: int, configs: tuple[str, ...], data_dir: str | None
 ) -> None:
-    """Create topic NAME."""
+    """Create topic NAME (--config retention.ms=3600000 and other Kafka topic configs)."""
+    with _open(ctx) as sh:
+        info = sh.create_topic(name, partitions, _config_items(configs))
+    click.echo(f"created topic {info.name} with {info.partitions} partition(s)", err=True)
+
+
+def _config_items(configs: tuple[str, ...]) -> dict[str, str]:
+    """``KEY=VALUE`` options as a dict; a usage error for one without ``=``."""
     config = {}
     for item in configs:
         key, sep, value = item.partition("=")
         if not sep:
             raise click.BadParameter(f"expected KEY=VALUE, got {item!r}", param_hint="--config")
         config[key.strip()] = value.strip()
+    return config
+
+
+@topic.command("alter")
+@click.argument("name")
+@click.option("-c", "--config", "configs", multiple=True, metavar="KEY=VALUE", help="Set a config.")
+@click.option(
+    "--delete-config",
+    "deleted",
+    multiple=True,
+    metavar="KEY",
+    help="Reset a config to its default.",
+)
+@data_dir_option
+@click.pass_context
+@friendly_errors
+def topic_alter(
+    ctx: click.Context,
+    name: str,
+    configs: tuple[str, ...],
+    deleted: tuple[str, ...],
+    data_dir: str | None,
+) -> None:
+    """Change topic NAME's configs, e.g. --config retention.ms=3600000."""
+    changes: dict[str, str | None] = {**dict.fromkeys(deleted), **_config_items(configs)}
+    if not changes:
+        raise click.UsageError("nothing to change: give --config KEY=VALUE or --delete-config KEY")
     with _open(ctx) as sh:
-        info = sh.create_topic(name, partitions, config)
-    click.echo(f"created topic {info.name} with {info.partitions} partition(s)", err=True)
+        info = sh.alter_topic(name, changes)
+    settings = ", ".join(f"{k}={v}" for k, v in sorted(info.config.items())) or "defaults only"
+    click.echo(f"altered topic {info.name}: {settings}", err=True)
 
 
 @topic.command("list")
@@ -613,6 +648,30 @@ def demo(ctx: click.Context, events: int, data_dir: str | None) -> None:
 
 
 # -- storage check and repair ------------------------------------------------------------------
+
+
+@main.command()
+@click.argument("topic_name", metavar="[TOPIC]", required=False)
+@data_dir_option
+@click.pass_context
+@friendly_errors
+def compact(ctx: click.Context, topic_name: str | None, data_dir: str | None) -> None:
+    """Run one storage-lifecycle pass now over TOPIC (default: every topic), then exit.
+
+    For now this is retention only: retention.ms and retention.bytes move log start offsets,
+    and segment objects no index row names any more are deleted once unreferenced for
+    object_delete_delay_s. Merging small objects is not done yet. `serve` runs the same pass
+    every retention_check_interval_s.
+    """
+    with _open(ctx) as sh:
+        report = sh.enforce_retention(None if topic_name is None else [topic_name])
+    for (name, partition), (old, new) in sorted(report.advanced.items()):
+        click.echo(f"{name}-{partition}: log start offset {old} -> {new}", err=True)
+    click.echo(
+        f"retention: {len(report.advanced)} partition(s) advanced,"
+        f" {len(report.deleted_objects)} object(s) deleted",
+        err=True,
+    )
 
 
 @main.command()

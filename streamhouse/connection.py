@@ -38,6 +38,7 @@ from streamhouse.errors import (
 from streamhouse.log import Log, TopicInfo
 from streamhouse.log.partitioner import partition_for_key
 from streamhouse.log.records import BATCH_OVERHEAD, Compression, build_batch
+from streamhouse.log.retention import RetentionReport
 from streamhouse.result import Relation
 from streamhouse.runtime.query import ContinuousQuery
 from streamhouse.sql.engine import Engine
@@ -105,6 +106,33 @@ class StreamHouse:
 
     def delete_topic(self, name: str) -> None:
         self.log.delete_topic(name)
+
+    def alter_topic(self, name: str, config: Mapping[str, str | None]) -> TopicInfo:
+        """Set topic configs (``None``: back to the default), e.g. ``{"retention.ms": "3600000"}``;
+        ``InvalidConfigError`` for a config Kafka does not define or a bad value."""
+        return self.log.alter_topic_config(name, config)
+
+    def delete_records(self, topic: str, offsets: Mapping[int, int]) -> dict[int, int]:
+        """Delete each partition's records before ``offsets[partition]`` (-1: all of them), as
+        Kafka's DeleteRecords: returns the new log start offsets.
+
+        >>> import tempfile
+        >>> sh = connect(tempfile.mkdtemp())
+        >>> _ = sh.create_topic("t")
+        >>> _ = sh.produce("t", [{"n": i} for i in range(5)])
+        >>> sh.delete_records("t", {0: 3})
+        {0: 3}
+        >>> sh.sql("SELECT n FROM t").to_arrow_table()["n"].to_pylist()
+        [3, 4]
+        >>> sh.close()
+        """
+        return self.log.delete_records(topic, offsets)
+
+    def enforce_retention(self, topics: Iterable[str] | None = None) -> RetentionReport:
+        """Run one retention pass now over ``topics`` (default all): ``retention.ms`` and
+        ``retention.bytes`` move log start offsets; objects nothing names any more are deleted
+        once unreferenced for ``object_delete_delay_s``."""
+        return self.log.enforce_retention(topics)
 
     def topics(self) -> list[TopicInfo]:
         return self.log.list_topics()

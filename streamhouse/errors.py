@@ -40,6 +40,10 @@ class OffsetOutOfRangeError(LogError):
     """The requested offset lies outside [log start, high watermark]."""
 
 
+class InvalidConfigError(LogError):
+    """A topic config is unknown, malformed or not supported (Kafka's INVALID_CONFIG)."""
+
+
 class RecordTooLargeError(LogError):
     """A record or batch is larger than the topic's max.message.bytes."""
 

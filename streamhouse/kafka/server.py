@@ -217,6 +217,16 @@ async def _sweep_groups(broker: Broker) -> None:
             log.exception("group coordinator sweep failed")
 
 
+async def _enforce_retention(log_: Log, interval_s: float) -> None:
+    """Run a retention pass every ``interval_s`` (in a worker thread)."""
+    while True:
+        await asyncio.sleep(interval_s)
+        try:
+            await asyncio.to_thread(log_.enforce_retention)
+        except Exception:
+            log.exception("retention pass failed; the next one retries")
+
+
 async def serve(log_: Log, settings: Settings, *, ready: asyncio.Event | None = None) -> None:
     """Serve the Kafka protocol over ``log_`` on ``settings.host:settings.port`` until cancelled.
 
@@ -242,6 +252,7 @@ async def serve(log_: Log, settings: Settings, *, ready: asyncio.Event | None = 
     if settings.port == 0:
         broker.port = server.sockets[0].getsockname()[1]
     sweeper = asyncio.create_task(_sweep_groups(broker))
+    retention = asyncio.create_task(_enforce_retention(log_, settings.retention_check_interval_s))
     log.info(
         "Kafka protocol on %s:%d, advertised as %s:%d",
         settings.host,
@@ -256,6 +267,7 @@ async def serve(log_: Log, settings: Settings, *, ready: asyncio.Event | None = 
             await server.serve_forever()
     finally:
         sweeper.cancel()
+        retention.cancel()
         server.close()
         for task in list(connections):
             task.cancel()

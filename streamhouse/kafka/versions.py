@@ -39,10 +39,13 @@ SUPPORTED: dict[int, tuple[int, int]] = {
     18: (0, 3),  # ApiVersions (v3 flexible; its response header is always v0)
     19: (2, 4),  # CreateTopics (v5+ flexible)
     20: (1, 3),  # DeleteTopics (v4+ flexible)
+    21: (0, 1),  # DeleteRecords (v2+ flexible)
     22: (0, 1),  # InitProducerId (v2+ flexible)
     32: (1, 3),  # DescribeConfigs (v4+ flexible)
+    33: (0, 1),  # AlterConfigs (v2+ flexible)
     37: (0, 1),  # CreatePartitions (v2+ flexible)
     42: (0, 1),  # DeleteGroups (v2+ flexible)
+    44: (0, 0),  # IncrementalAlterConfigs (v1+ flexible)
 }
 """API key -> (min version, max version), both inclusive."""
 

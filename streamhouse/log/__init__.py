@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future
 
 import pyarrow.compute as pc
@@ -36,7 +36,9 @@ from streamhouse.log.metadata import (
 from streamhouse.log.objectstore import ObjectStore, open_object_store
 from streamhouse.log.reader import FetchResult, LogReader, ObjectCache
 from streamhouse.log.records import BatchHeader, decode_batches, split_batches, verify_crc
+from streamhouse.log.retention import RetentionReport, enforce_retention
 from streamhouse.log.segment import SEGMENT_PREFIX
+from streamhouse.log.topic_config import check_config_name, validate_topic_config
 from streamhouse.log.writer import LogWriter
 
 __all__ = ["FetchResult", "Log", "PartitionOffsets", "TopicInfo"]
@@ -121,6 +123,8 @@ class Log:
     def create_topic(
         self, name: str, partitions: int = 1, config: Mapping[str, str] | None = None
     ) -> TopicInfo:
+        """``InvalidConfigError`` for a config Kafka does not define or the log refuses."""
+        config = validate_topic_config(config)
         self.writer.forget(name)
         self._topics.pop(name, None)
         return self.metadata.create_topic(name, partitions, config)
@@ -154,10 +158,37 @@ class Log:
             self._topics.pop(name, None)
 
     def set_topic_config(self, name: str, config: Mapping[str, str]) -> TopicInfo:
+        """Replace the topic's whole config (checked as :meth:`create_topic` does)."""
+        config = validate_topic_config(config)
         try:
             return self.metadata.set_topic_config(name, config)
         finally:
             self._topics.pop(name, None)
+
+    def alter_topic_config(self, name: str, changes: Mapping[str, str | None]) -> TopicInfo:
+        """Set the configs ``changes`` names to its values, and back to their defaults where the
+        value is ``None``; the others stay. ``InvalidConfigError`` changes nothing."""
+        config = dict(self.topic(name).config)
+        for key, value in changes.items():
+            if value is None:
+                check_config_name(key)
+                config.pop(key, None)
+            else:
+                config[key] = value
+        return self.set_topic_config(name, config)
+
+    # -- retention --------------------------------------------------------------------------
+
+    def delete_records(self, topic: str, offsets: Mapping[int, int]) -> dict[int, int]:
+        """Delete the records of each partition before ``offsets[partition]`` (-1: all): the
+        log start offset moves there (never back). Returns the new log start offsets;
+        ``OffsetOutOfRangeError`` above the high watermark. Objects are deleted later, by
+        :meth:`enforce_retention`, after the grace period."""
+        return self.metadata.delete_records(topic, offsets)
+
+    def enforce_retention(self, topics: Iterable[str] | None = None) -> RetentionReport:
+        """One retention pass now (see :mod:`streamhouse.log.retention`)."""
+        return enforce_retention(self, topics)
 
     # -- produce ----------------------------------------------------------------------------
 

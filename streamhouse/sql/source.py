@@ -210,7 +210,15 @@ class _Scan:
         info = log_.topic(topic)
         parts = list(partitions) if partitions is not None else list(range(info.partitions))
         self.topic = topic
-        self.starts = {p: (start_offsets or {}).get(p, 0) for p in parts}
+        # Never below the log start offset: retention or DeleteRecords may have moved it past
+        # a position (a continuous query's, or 0) inside an index row that is still kept.
+        bounds = log_.metadata.partition_offsets(topic)
+        self.starts = {
+            p: max(
+                (start_offsets or {}).get(p, 0), bounds[p].log_start_offset if p in bounds else 0
+            )
+            for p in parts
+        }
         self.ends = {p: (end_offsets or {}).get(p) for p in parts}
         self.runs = log_.reader.scan(topic, parts, self.starts, self.ends, damaged)
 
