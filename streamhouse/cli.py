@@ -768,6 +768,12 @@ def fsck(
             " and hold offsets past the high watermarks (flushes in progress): not reported",
             err=True,
         )
+    if report.retiring:
+        click.echo(
+            f"{len(report.retiring)} object(s) no index row names any more await deletion by"
+            " retention after their grace period: not reported",
+            err=True,
+        )
     if report.of_kind(checker.FindingKind.ORPHAN) and not report.topics:
         click.echo(
             "the metadata holds no topics: if it was lost, run `streamhouse fsck"

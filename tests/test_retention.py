@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 from confluent_kafka import KafkaException
 from confluent_kafka import TopicPartition as CTopicPartition
 from confluent_kafka.admin import (
@@ -25,6 +26,8 @@ from kafka_fixtures import KafkaServer, RawClient, fetch_request
 
 import streamhouse
 from streamhouse import InvalidConfigError, OffsetOutOfRangeError, StreamHouse
+from streamhouse.cli import main
+from streamhouse.log import fsck
 from streamhouse.log.segment import SEGMENT_PREFIX
 
 HOUR_MS = 3_600_000
@@ -127,6 +130,41 @@ def test_objects_are_deleted_after_the_grace_period_and_only_when_unreferenced(
     assert report.deleted_objects == [a_row.object_key]
     assert set(sh.log.store.list(SEGMENT_PREFIX)) == keys - {a_row.object_key}
     assert seqs(sh, "b") == [3, 4]
+
+
+def test_fsck_does_not_take_objects_awaiting_deletion_for_orphans(sh: StreamHouse) -> None:
+    sh.create_topic("t")
+    produce(sh, "t", 0, 5)
+    (row,) = sh.log.metadata.segments("t", 0)
+    sh.delete_records("t", {0: -1})
+    report = fsck.check(sh.log.store, sh.log.metadata, orphan_min_age_s=0)
+    assert report.sound and report.retiring == [row.object_key] and report.objects == 1
+
+
+def test_cli_topic_alter_and_compact(tmp_path: Path) -> None:
+    def run(*args: str, ok: bool = True) -> str:
+        result = CliRunner().invoke(main, ["--data-dir", str(tmp_path / "data"), *args])
+        assert (result.exit_code == 0) is ok, result.output
+        return result.output
+
+    run("topic", "create", "t", "--config", "retention.ms=3600000")
+    assert "unknown topic config 'retention.mss'" in run(
+        "topic", "create", "u", "--config", "retention.mss=1", ok=False
+    )
+    with streamhouse.connect(tmp_path / "data") as sh:
+        for first in range(0, 30, 10):
+            produce(sh, "t", first, 10)
+        newest = sh.log.metadata.segments("t", 0)[-1].length
+    out = run("topic", "alter", "t", "--config", f"retention.bytes={newest}",
+              "--delete-config", "retention.ms")  # fmt: skip
+    assert f"altered topic t: retention.bytes={newest}" in out
+    assert "is not an integer" in run("topic", "alter", "t", "-c", "retention.ms=x", ok=False)
+    out = run("compact", "t")
+    assert "t-0: log start offset 0 -> 20" in out
+    assert "1 partition(s) advanced" in out
+    assert "retention only" in run("compact", "--help").replace("\n", " ")
+    with streamhouse.connect(tmp_path / "data") as sh:
+        assert seqs(sh, "t") == list(range(20, 30))
 
 
 def test_retention_by_time_drops_whole_rows_older_than_retention_ms(sh: StreamHouse) -> None:
