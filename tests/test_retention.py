@@ -109,6 +109,24 @@ def test_delete_records_moves_the_log_start_and_sql_never_reads_below(sh: Stream
     assert seqs(sh, "t") == list(range(4, 13))
 
 
+def test_offset_for_timestamp_never_answers_below_the_log_start(sh: StreamHouse) -> None:
+    sh.create_topic("t")
+    produce(sh, "t", 0, 10, timestamp=[1000 + i for i in range(10)])  # one row 0-9
+    produce(sh, "t", 10, 5, timestamp=[5000, 5009, 5001, 5002, 5003])  # one row 10-14
+    sh.delete_records("t", {0: 4})
+    assert sh.log.offset_for_timestamp("t", 0, 0) == (4, 1004)
+    assert sh.log.offset_for_timestamp("t", 0, 1006) == (6, 1006)
+    sh.delete_records("t", {0: 10})  # row 0-9 goes
+    assert sh.log.offset_for_timestamp("t", 0, 0) == (10, 5000)
+    produce(sh, "t", 15, 5, timestamp=[9000 + i for i in range(5)])
+    sh.delete_records("t", {0: 12})  # inside row 10-14
+    assert sh.log.offset_for_timestamp("t", 0, 5001) == (12, 5001)
+    # Only offset 11 (below the log start) of row 10-14 is at or after 5005: the next row.
+    assert sh.log.offset_for_timestamp("t", 0, 5005) == (15, 9000)
+    assert sh.log.offset_for_timestamp("t", 0, 9003) == (18, 9003)
+    assert sh.log.offset_for_timestamp("t", 0, 9005) is None
+
+
 def test_objects_are_deleted_after_the_grace_period_and_only_when_unreferenced(
     sh: StreamHouse,
 ) -> None:

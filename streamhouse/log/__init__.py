@@ -29,6 +29,7 @@ from streamhouse.errors import (
 from streamhouse.log.metadata import (
     Metadata,
     PartitionOffsets,
+    SegmentRow,
     TopicInfo,
     open_metadata,
     sqlite_path,
@@ -279,14 +280,29 @@ class Log:
     def offset_for_timestamp(
         self, topic: str, partition: int, timestamp_ms: int
     ) -> tuple[int, int] | None:
-        """(offset, timestamp) of the first record whose timestamp is >= ``timestamp_ms``."""
-        self.offsets(topic, partition)  # raises for unknown topics and partitions
+        """(offset, timestamp) of the first record at or above the log start offset whose
+        timestamp is >= ``timestamp_ms``."""
+        start = self.offsets(topic, partition).log_start_offset  # raises for unknown ones
         row = self.metadata.segment_for_timestamp(topic, partition, timestamp_ms)
         if row is None:
             return None
+        found = self._first_at_or_after(row, timestamp_ms, start)
+        if found is None and row.base_offset < start:
+            # The row holding the log start had matches only below it (DeleteRecords inside
+            # a row): the next row with a match, if any (rare: one index read).
+            later = self.metadata.segments(topic, partition, row.last_offset + 1)
+            row = next((r for r in later if r.max_timestamp >= timestamp_ms), None)
+            found = None if row is None else self._first_at_or_after(row, timestamp_ms, start)
+        return found
+
+    def _first_at_or_after(
+        self, row: SegmentRow, timestamp_ms: int, start: int
+    ) -> tuple[int, int] | None:
+        """(offset, timestamp) of the first record of ``row`` at or after ``timestamp_ms`` and
+        at or above offset ``start``."""
         table = decode_batches(self.reader.run_bytes(row))
         ts = pc.cast(table["timestamp"], "int64")
-        mask = pc.greater_equal(ts, timestamp_ms)
+        mask = pc.and_(pc.greater_equal(ts, timestamp_ms), pc.greater_equal(table["offset"], start))
         offsets, stamps = table["offset"].filter(mask), ts.filter(mask)
         if not len(offsets):  # max_timestamp promised one; the batch headers disagree
             return None
