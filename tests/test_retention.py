@@ -21,7 +21,8 @@ from confluent_kafka.admin import (
     ConfigResource,
     NewTopic,
 )
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.admin import ConfigResource as KPConfigResource
 from kafka_fixtures import KafkaServer, RawClient, fetch_request
 
 import streamhouse
@@ -255,6 +256,12 @@ def _admin(server: KafkaServer) -> AdminClient:
     return AdminClient({"bootstrap.servers": server.bootstrap})
 
 
+def sh_config(server: KafkaServer, topic: str) -> dict[str, str]:
+    """The topic's stored config, read from the metadata (not through the server)."""
+    with streamhouse.connect(server.data_dir) as sh:
+        return sh.topic(topic).config
+
+
 def _result(futures: dict, key: object) -> object:
     return futures[key].result(timeout=15)
 
@@ -294,6 +301,18 @@ def test_kafka_admin_configs_and_delete_records(server: KafkaServer) -> None:
     deleted = admin.delete_records([CTopicPartition("t", 0, 12)])
     (tp,) = deleted
     assert deleted[tp].result(timeout=15).low_watermark == 12
+    kp_admin = KafkaAdminClient(bootstrap_servers=server.bootstrap)
+    try:  # kafka-python's admin client too
+        kp_deleted = kp_admin.delete_records({TopicPartition("t", 0): 14})
+        assert [v["low_watermark"] for v in kp_deleted.values()] == [14]
+        kp_admin.alter_configs([KPConfigResource("TOPIC", "t", {"retention.ms": "7200000"})])
+        # kafka-python picks IncrementalAlterConfigs when offered: the other entry stays
+        assert sh_config(server, "t") == {"retention.bytes": "5000", "retention.ms": "7200000"}
+    finally:
+        kp_admin.close()
+    whole = ConfigResource("topic", "t", set_config={"retention.ms": "3600000"})
+    _result(admin.alter_configs([whole]), whole)  # AlterConfigs: the whole new config
+    assert sh_config(server, "t") == {"retention.ms": "3600000"}
     too_far = admin.delete_records([CTopicPartition("t", 0, 21)])
     with pytest.raises(KafkaException) as info:
         next(iter(too_far.values())).result(timeout=15)
@@ -302,17 +321,17 @@ def test_kafka_admin_configs_and_delete_records(server: KafkaServer) -> None:
     with RawClient(server.bootstrap) as raw:
         fetched = raw.request(1, 11, **fetch_request("t", [(0, 5)]))
         assert fetched.responses[0].partitions[0].error_code == 1  # OFFSET_OUT_OF_RANGE
-        assert fetched.responses[0].partitions[0].log_start_offset == 12
+        assert fetched.responses[0].partitions[0].log_start_offset == 14
 
     consumer = KafkaConsumer(
         bootstrap_servers=server.bootstrap, auto_offset_reset="earliest", consumer_timeout_ms=3000
     )
     consumer.assign([TopicPartition("t", 0)])
-    assert consumer.beginning_offsets([TopicPartition("t", 0)]) == {TopicPartition("t", 0): 12}
+    assert consumer.beginning_offsets([TopicPartition("t", 0)]) == {TopicPartition("t", 0): 14}
     consumer.seek(TopicPartition("t", 0), 3)  # below the log start: reset to it
     got = [json.loads(m.value)["seq"] for m in consumer]
     consumer.close()
-    assert got == list(range(12, 20))
+    assert got == list(range(14, 20))
 
 
 class Readers:
