@@ -637,3 +637,15 @@ def test_a_requeued_object_still_named_by_a_row_is_not_due(md: Store) -> None:
                 " running_max_timestamp, record_count, crc FROM segments WHERE object_key = 'a'")  # fmt: skip
     run_sql(md, "UPDATE segments SET object_key = 'b' WHERE topic = 'x'")
     assert md.due_objects(now_ms() + 1) == ["c"]
+
+
+def test_update_topic_config_sets_and_removes_keys(md: Store) -> None:
+    md.create_topic("t", config={"retention.ms": "1000", "segment.ms": "5"})
+    info = md.update_topic_config("t", {"retention.ms": None, "retention.bytes": "10"})
+    assert info.config == {"retention.bytes": "10", "segment.ms": "5"}
+    assert md.get_topic("t").config == info.config  # type: ignore[union-attr]
+    with pytest.raises(UnknownTopicError):
+        md.update_topic_config("nope", {"a": "b"})
+    with pytest.raises(LogError, match="strings to strings"):
+        md.update_topic_config("t", {"a": 1})  # type: ignore[dict-item]
+    assert md.get_topic("t").config == info.config  # type: ignore[union-attr]

@@ -168,15 +168,15 @@ class Log:
 
     def alter_topic_config(self, name: str, changes: Mapping[str, str | None]) -> TopicInfo:
         """Set the configs ``changes`` names to its values, and back to their defaults where the
-        value is ``None``; the others stay. ``InvalidConfigError`` changes nothing."""
-        config = dict(self.topic(name).config)
-        for key, value in changes.items():
-            if value is None:
-                check_config_name(key)
-                config.pop(key, None)
-            else:
-                config[key] = value
-        return self.set_topic_config(name, config)
+        value is ``None``; the others stay (one metadata transaction). ``InvalidConfigError``
+        changes nothing."""
+        for key in changes:
+            check_config_name(key)
+        validate_topic_config({k: v for k, v in changes.items() if v is not None})
+        try:
+            return self.metadata.update_topic_config(name, changes)
+        finally:
+            self._topics.pop(name, None)
 
     # -- retention --------------------------------------------------------------------------
 

@@ -159,6 +159,11 @@ class Metadata(Protocol):
         """Replace the topic's whole config with ``config``."""
         ...
 
+    def update_topic_config(self, name: str, changes: Mapping[str, str | None]) -> TopicInfo:
+        """Set the keys of ``changes`` to their values (``None``: remove the key) and keep the
+        others, in one transaction; ``UnknownTopicError``."""
+        ...
+
     def partition_offsets(self, topic: str) -> dict[int, PartitionOffsets]:
         """Log start and high watermark of every partition; ``UnknownTopicError``."""
         ...

@@ -52,6 +52,7 @@ from streamhouse.log.metadata.rules import (
     OLDEST_ROW_WITHIN_BYTES,
     SEGMENT_INSERT_COLUMNS,
     SEGMENT_SELECT_COLUMNS,
+    changed_config,
     check_catalog_entry,
     check_partition_count,
     config_json,
@@ -282,6 +283,17 @@ class PostgresMetadata:
                 "UPDATE topics SET config = %s WHERE name = %s", (config_json(new_config), name)
             )
         return TopicInfo(name, info.partitions, new_config, info.topic_id, info.created_ms)
+
+    def update_topic_config(self, name: str, changes: Mapping[str, str | None]) -> TopicInfo:
+        with self._transaction(f"update config of {name!r}") as conn:
+            info = self._read_topic(conn, name, lock=True)
+            if info is None:
+                raise UnknownTopicError(name)
+            config = changed_config(info.config, changes)
+            conn.execute(
+                "UPDATE topics SET config = %s WHERE name = %s", (config_json(config), name)
+            )
+        return TopicInfo(name, info.partitions, config, info.topic_id, info.created_ms)
 
     def partition_offsets(self, topic: str) -> dict[int, PartitionOffsets]:
         with self._connection(f"read offsets of {topic!r}") as conn:

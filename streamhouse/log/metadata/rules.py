@@ -63,6 +63,21 @@ def topic_config(config: Mapping[str, str] | None) -> dict[str, str]:
     return result
 
 
+def changed_config(config: Mapping[str, str], changes: Mapping[str, str | None]) -> dict[str, str]:
+    """``config`` with ``changes`` applied: a value sets its key, ``None`` removes it.
+
+    >>> changed_config({"a": "1", "b": "2"}, {"a": None, "c": "3"})
+    {'b': '2', 'c': '3'}
+    """
+    result = dict(config)
+    for key, value in changes.items():
+        if value is None:
+            result.pop(key, None)
+        else:
+            result[key] = value
+    return topic_config(result)
+
+
 def config_json(config: Mapping[str, str]) -> str:
     """The stored form of a topic config (keys sorted, so equal configs store equal text)."""
     return json.dumps(config, sort_keys=True)

@@ -58,6 +58,8 @@ from streamhouse.log.metadata.rules import (
     MARK_UNREFERENCED,
     OLDEST_ROW_WITHIN_BYTES,
     SEGMENT_INSERT_COLUMNS,
+    changed_config,
+    config_json,
     plan_delete_records,
     plan_restore,
     plan_segment_commit,
@@ -339,6 +341,15 @@ class SQLiteMetadata:
                 (json.dumps(new_config, sort_keys=True), name),
             )
         return TopicInfo(name, info.partitions, new_config, info.topic_id, info.created_ms)
+
+    def update_topic_config(self, name: str, changes: Mapping[str, str | None]) -> TopicInfo:
+        with self._transaction(f"update config of {name!r}") as conn:
+            info = self._read_topic(conn, name)
+            if info is None:
+                raise UnknownTopicError(name)
+            config = changed_config(info.config, changes)
+            conn.execute("UPDATE topics SET config = ? WHERE name = ?", (config_json(config), name))
+        return TopicInfo(name, info.partitions, config, info.topic_id, info.created_ms)
 
     def partition_offsets(self, topic: str) -> dict[int, PartitionOffsets]:
         with self._storage_errors(f"read offsets of {topic!r}"):
