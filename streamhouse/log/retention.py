@@ -25,6 +25,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from streamhouse.errors import UnknownTopicError
 from streamhouse.log.metadata.rules import now_ms
 from streamhouse.log.topic_config import Retention
 
@@ -45,9 +46,11 @@ class RetentionReport:
     deleted_objects: list[str] = field(default_factory=list)
 
 
-def retention_targets(log_: Log, topic: str, retention: Retention, now: int) -> dict[int, int]:
-    """The log start offset retention moves each partition of ``topic`` to (only those that
-    move)."""
+def retention_targets(
+    log_: Log, topic: str, retention: Retention, now: int
+) -> dict[int, tuple[int, int]]:
+    """``partition -> (log start, where retention moves it)`` for the partitions of ``topic``
+    that move."""
     metadata = log_.metadata
     targets = {}
     for partition, bounds in metadata.partition_offsets(topic).items():
@@ -59,14 +62,17 @@ def retention_targets(log_: Log, topic: str, retention: Retention, now: int) -> 
             oldest = metadata.oldest_row_within_bytes(topic, partition, retention.bytes)
             target = max(target, bounds.high_watermark if oldest is None else oldest)
         if target > bounds.log_start_offset:
-            targets[partition] = target
+            targets[partition] = (bounds.log_start_offset, target)
     return targets
 
 
 def enforce_retention(
     log_: Log, topics: Iterable[str] | None = None, *, now: int | None = None
 ) -> RetentionReport:
-    """Run one retention pass over ``topics`` (default: every topic); see the module."""
+    """Run one retention pass over ``topics`` (default: every topic); see the module.
+
+    ``UnknownTopicError`` for a named topic that does not exist; a topic deleted during the
+    pass is passed over."""
     now = now_ms() if now is None else now
     report = RetentionReport()
     infos = log_.metadata.list_topics() if topics is None else [log_.topic(name) for name in topics]
@@ -74,16 +80,25 @@ def enforce_retention(
         retention = Retention.of(info.config)
         if not retention.limited:
             continue
-        targets = retention_targets(log_, info.name, retention, now)
-        if not targets:
-            continue
-        before = log_.metadata.partition_offsets(info.name)
-        after = log_.metadata.delete_records(info.name, targets)
-        for partition, start in after.items():
-            old = before[partition].log_start_offset
-            if start > old:
-                report.advanced[(info.name, partition)] = (old, start)
-                log.info("retention: %s-%d log start %d -> %d", info.name, partition, old, start)
+        try:
+            targets = retention_targets(log_, info.name, retention, now)
+            if not targets:
+                continue
+            after = log_.metadata.delete_records(
+                info.name, {p: target for p, (_, target) in targets.items()}
+            )
+        except UnknownTopicError:
+            continue  # deleted meanwhile
+        for partition, (old, _) in sorted(targets.items()):
+            if after[partition] > old:
+                report.advanced[(info.name, partition)] = (old, after[partition])
+                log.info(
+                    "retention: %s-%d log start %d -> %d",
+                    info.name,
+                    partition,
+                    old,
+                    after[partition],
+                )
     report.deleted_objects = delete_unreferenced_objects(log_, now=now)
     return report
 
