@@ -447,17 +447,12 @@ def _materialized(statement: exp.Expr) -> bool:
 
 def _updating(view: exp.Expr) -> bool:
     """Whether a materialized view's output is an upsert stream (no window keys its rows)."""
-    from streamhouse.sql.plan import Recompute, StreamJoin, TopN, WindowAggregate, plan_query
+    from streamhouse.sql.plan import plan_query
 
     try:
-        operator = plan_query(view).operator
+        return plan_query(view).operator.updating
     except SqlError:
         return False
-    return (
-        isinstance(operator, TopN | Recompute)
-        or (isinstance(operator, WindowAggregate) and operator.window is None)
-        or (isinstance(operator, StreamJoin) and operator.outer is not None)
-    )
 
 
 def _report(name: str, source: SourceTable, stats: QueryStats) -> None:

@@ -30,6 +30,7 @@ from streamhouse.errors import SqlError
 from streamhouse.joins.bounds import TimeBound, candidate_bounds, conjuncts
 from streamhouse.joins.stream_join import OuterJoin
 from streamhouse.joins.temporal import ROW
+from streamhouse.sql.changelog import ChangelogMode, PlanNode
 from streamhouse.sql.functions import to_datafusion
 from streamhouse.sql.parse import sql_error
 from streamhouse.sql.window_spec import (
@@ -50,7 +51,7 @@ _AGGREGATES: dict[type, str] = {exp.Sum: "sum", exp.Avg: "avg", exp.Min: "min", 
 
 
 @dataclass(frozen=True)
-class Stateless:
+class Stateless(PlanNode):
     """A filter/projection: ``sql`` runs over each micro-batch registered as ``source``."""
 
     source: str
@@ -61,7 +62,7 @@ class Stateless:
 
 
 @dataclass(frozen=True)
-class WindowAggregate:
+class WindowAggregate(PlanNode):
     """A windowed GROUP BY over one source."""
 
     source: str
@@ -73,6 +74,23 @@ class WindowAggregate:
     post_sql: str
     key_outputs: list[str | None] = field(default_factory=list)  # output column of each key
     keyed_post_sql: str = ""  # post_sql keeping the __k columns (an updating derived input)
+
+    @property
+    def mode(self) -> ChangelogMode:
+        # without a window, each micro-batch upserts the groups it changed
+        return ChangelogMode.UPSERT if self.window is None else ChangelogMode.APPEND
+
+    @property
+    def key_columns(self) -> list[str]:
+        return [k for k in self.key_outputs if k is not None]
+
+    @property
+    def window_column(self) -> str | None:
+        return self.window.time_column if self.window is not None else None
+
+    @property
+    def keeps_metadata(self) -> bool:
+        return True  # late rows go to the side output as the source rows they came from
 
     def explain(self) -> list[str]:
         w = self.window
@@ -111,7 +129,7 @@ class WindowAggregate:
 
 
 @dataclass(frozen=True)
-class Windowed:
+class Windowed(PlanNode):
     """A query whose every input is a windowed stream: ``sql`` runs once its windows close.
 
     ``inputs`` maps the name each windowed input is registered under to (source, window).
@@ -127,6 +145,10 @@ class Windowed:
     @property
     def sources(self) -> list[str]:
         return sorted({source for source, _ in self.inputs.values()})
+
+    @property
+    def window_column(self) -> str | None:
+        return next(iter(self.inputs.values()))[1].time_column
 
     def explain(self) -> list[str]:
         lines = ["WindowedQuery  (evaluated per closed window)", f"  sql: {self.sql}"]
@@ -147,7 +169,7 @@ class Windowed:
 
 
 @dataclass(frozen=True)
-class StreamJoin:
+class StreamJoin(PlanNode):
     """An append-only INNER join of two streams (regular, or interval with time bounds)."""
 
     left: str
@@ -158,6 +180,15 @@ class StreamJoin:
     # involves the streams' time columns (see joins.bounds.evictable_bound)
     candidates: tuple[TimeBound, ...] = ()
     outer: OuterJoin | None = None  # LEFT/RIGHT/FULL: updating output, keyed by row ids
+
+    @property
+    def mode(self) -> ChangelogMode:
+        # an outer join tombstones a row padded with NULLs when its first match arrives
+        return ChangelogMode.APPEND if self.outer is None else ChangelogMode.UPSERT
+
+    @property
+    def upsert_key(self) -> str:
+        return "left row id, right row id"  # each row carries it as its record key
 
     @property
     def source(self) -> str:
@@ -190,7 +221,7 @@ class StreamJoin:
 
 
 @dataclass(frozen=True)
-class TemporalJoin:
+class TemporalJoin(PlanNode):
     """``probe JOIN versioned FOR SYSTEM_TIME AS OF probe.t``: see :mod:`streamhouse.joins.temporal`."""
 
     left: str  # the probe stream
@@ -223,7 +254,7 @@ class TemporalJoin:
 
 
 @dataclass(frozen=True)
-class Recompute:
+class Recompute(PlanNode):
     """A query over an updating input (an aggregate of an updating aggregate, say): the latest
     input row per key is kept, and every micro-batch re-runs ``sql`` for the groups it touches."""
 
@@ -232,6 +263,14 @@ class Recompute:
     input_keys: list[str]  # the columns keying the input's rows
     group_by: list[str]  # the input columns the outer query groups by
     key_outputs: list[str | None]  # the output column of each group_by column
+
+    @property
+    def mode(self) -> ChangelogMode:
+        return ChangelogMode.UPSERT
+
+    @property
+    def key_columns(self) -> list[str]:
+        return [k for k in self.key_outputs if k is not None]
 
     def explain(self) -> list[str]:
         return [
@@ -243,7 +282,7 @@ class Recompute:
 
 
 @dataclass(frozen=True)
-class TimeSort:
+class TimeSort(PlanNode):
     """``SELECT ... FROM s [WHERE ...] ORDER BY t [, ...]`` over the time attribute ``t``
     ascending (Flink's temporal sort): rows are kept until the watermark passes them, then come
     out in time order; see :mod:`streamhouse.windows.time_sort`."""
@@ -296,17 +335,23 @@ class ContinuousPlan:
         """The streams and topics the query reads (derived inputs resolved to theirs)."""
         found: list[str] = []
         for op in [self.operator, *self.derived.values()]:
-            for name in getattr(op, "sources", None) or [op.source]:
+            for name in op.sources:
                 if name not in self.derived and name not in found:
                     found.append(name)
         return found
 
     def explain(self) -> str:
         sink = f"Sink  topic {self.sink}" if self.sink_kind == "topic" else "Sink  results"
-        lines = [sink, *("  " + line for line in self.operator.explain())]
+        lines = [sink, *("  " + line for line in _explain_node(self.operator))]
         for name, op in self.derived.items():
-            lines += [f"  Derived input {name}:", *("    " + line for line in op.explain())]
+            lines += [f"  Derived input {name}:", *("    " + line for line in _explain_node(op))]
         return "\n".join(lines)
+
+
+def _explain_node(node: Operator) -> list[str]:
+    """A node's ``EXPLAIN`` lines, its changelog mode under the first."""
+    first, *rest = node.explain()
+    return [first, f"  {node.changelog}", *rest]
 
 
 Operator = Union[
@@ -415,9 +460,6 @@ def _check_upsert_key(operator: Operator, select: exp.Select) -> None:
             )
 
 
-APPEND_ONLY = (Stateless, Windowed, StreamJoin)
-
-
 def _refuse_retractions(op: Operator, what: str, node: exp.Expr) -> None:
     """Refuse an outer join as the input of a stateful operator: the join retracts a row padded
     with NULLs when its first match arrives, and the operators over it take appends only."""
@@ -442,9 +484,7 @@ def _derive(select: exp.Select, derived: dict[str, Operator]) -> exp.Select:
             continue
         op = _plan_select(sub.this, derived)
         _refuse_retractions(op, "a join", sub)
-        if not isinstance(op, APPEND_ONLY) and not (
-            isinstance(op, WindowAggregate) and op.window is not None
-        ):
+        if op.updating:
             raise sql_error("a join input must be append-only (not an updating view)", sub)
         name = f"__derived_{len(derived)}"
         derived[name] = op
@@ -546,7 +586,7 @@ def _plan_time_sort(select: exp.Select, table: exp.Table) -> TimeSort:
 
 
 @dataclass(frozen=True)
-class TopN:
+class TopN(PlanNode):
     """Top-N (and deduplication, N = 1) per key: ``ROW_NUMBER() OVER (PARTITION BY ...) <= N``.
 
     The state keeps, per partition key, only the source rows currently ranked within N (an
@@ -568,6 +608,14 @@ class TopN:
     # when the outer query only picks columns of RANKED (``*`` included) and bounds the rank:
     # those columns, so the operator can select them instead of running output_sql
     output_columns: tuple[str, ...] | None = None
+
+    @property
+    def mode(self) -> ChangelogMode:
+        return ChangelogMode.UPSERT
+
+    @property
+    def key_columns(self) -> list[str]:
+        return [*self.partition_by, self.rank_column]
 
     def explain(self) -> list[str]:
         return [
