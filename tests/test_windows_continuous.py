@@ -263,7 +263,7 @@ def test_sessions_without_a_group_key_stay_in_one_bucket(
     try:
         produce(sh, [("a", T0, 1), ("b", T0 + 20 * SECOND, 2), ("a", T0 + 40 * SECOND, 3)])
         assert query.step()
-        assert query.operator.depth == 0
+        assert query.operator.executor.depth == 0
         assert query.status()["open_windows"] == 2  # the watermark, T0 + 10 s, closed the first
         query.run_until_caught_up(final=True)
     finally:
