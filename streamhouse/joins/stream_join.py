@@ -22,9 +22,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from streamhouse.joins.bounds import TimeBound
 from streamhouse.joins.columns import pruned, referenced_names
+from streamhouse.sql.bounds import TimeBound
 from streamhouse.sql.execute import run_sql
+from streamhouse.sql.plan import OuterJoin
 from streamhouse.state.store import StateBatch, StateStore, decode_table, encode_table, time_key
 from streamhouse.windows.table import event_time_ms
 
@@ -238,17 +239,6 @@ class StreamJoin:
 
 
 ID = {LEFT: "__lid", RIGHT: "__rid"}
-
-
-@dataclass(frozen=True)
-class OuterJoin:
-    """The SQL variants an outer join runs, each projecting ``__lid`` and ``__rid``."""
-
-    inner_sql: str
-    left_sql: str
-    right_sql: str
-    keep_left: bool
-    keep_right: bool
 
 
 def concat(tables: list[pa.Table]) -> pa.Table:

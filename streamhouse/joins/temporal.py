@@ -21,14 +21,14 @@ import logging
 import numpy as np
 import pyarrow as pa
 
+from streamhouse.key_codes import group_codes
 from streamhouse.sql.execute import run_sql
+from streamhouse.sql.plan import ROW
 from streamhouse.state.store import StateBatch, StateStore, decode_table, encode_table
-from streamhouse.windows.assign import group_codes
 from streamhouse.windows.table import event_time_ms
 
 log = logging.getLogger(__name__)
 
-ROW = "__temporal_row"
 PROBES, VERSIONS = b"P", b"V"
 
 
@@ -177,4 +177,4 @@ def _concat(old: pa.Table | None, new: pa.Table | None) -> pa.Table | None:
     return pa.concat_tables(tables, promote_options="permissive") if len(tables) > 1 else tables[0]
 
 
-__all__ = ["ROW", "TemporalJoin", "match_versions", "temporal_inputs"]
+__all__ = ["TemporalJoin", "match_versions", "temporal_inputs"]

@@ -17,17 +17,17 @@ import pyarrow.compute as pc
 from sqlglot import exp
 
 from streamhouse.errors import SqlError, StreamHouseError
-from streamhouse.joins.bounds import evictable_bound
 from streamhouse.joins.stream_join import LEFT, RIGHT, StreamJoin
-from streamhouse.joins.temporal import ROW, VERSIONS, TemporalJoin
+from streamhouse.joins.temporal import VERSIONS, TemporalJoin
 from streamhouse.joins.windowed import WindowedQuery
 from streamhouse.runtime.operator import Changelog, MicroBatch, Operator, QueryContext
 from streamhouse.runtime.sink import key_strings
 from streamhouse.sql import plan as plans
+from streamhouse.sql.bounds import evictable_bound
 from streamhouse.sql.changelog import PlanNode
 from streamhouse.sql.execute import run_sql
 from streamhouse.sql.parse import node_position
-from streamhouse.sql.plan import FLOWS
+from streamhouse.sql.plan import FLOWS, ROW
 from streamhouse.state.store import StateView
 from streamhouse.views.group_by import GroupAggregate
 from streamhouse.views.recompute import RecomputeOperator

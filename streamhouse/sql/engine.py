@@ -34,6 +34,7 @@ from streamhouse.errors import (
     UnknownStreamError,
 )
 from streamhouse.joins.temporal import match_versions, temporal_inputs
+from streamhouse.key_codes import group_codes
 from streamhouse.log import Log
 from streamhouse.result import Relation, status
 from streamhouse.sql.computed import ComputedColumnError, ComputedColumns
@@ -56,7 +57,6 @@ from streamhouse.sql.source import (
     with_metadata,
 )
 from streamhouse.sql.window_spec import take_out_windows
-from streamhouse.windows.assign import group_codes
 from streamhouse.windows.table import window_table
 
 log = logging.getLogger(__name__)

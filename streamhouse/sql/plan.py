@@ -13,7 +13,7 @@ A windowed aggregate is split into three parts so that only the middle one keeps
 >>> from streamhouse.sql.parse import parse_one
 >>> plan = plan_query(parse_one(
 ...     "SELECT user_id, COUNT(*) AS n FROM events GROUP BY user_id, TUMBLING(ts, INTERVAL '1' MINUTE)"))
->>> plan.operator.keys, [c.func for c in plan.operator.aggregates]
+>>> plan.operator.keys, [str(c.func) for c in plan.operator.aggregates]
 (['__k0'], ['count_all'])
 """
 
@@ -27,9 +27,8 @@ import pyarrow as pa
 from sqlglot import exp
 
 from streamhouse.errors import SqlError
-from streamhouse.joins.bounds import TimeBound, candidate_bounds, conjuncts
-from streamhouse.joins.stream_join import OuterJoin
-from streamhouse.joins.temporal import ROW
+from streamhouse.sql.aggregates import AggregateCall, AggregateFunction
+from streamhouse.sql.bounds import TimeBound, candidate_bounds, conjuncts
 from streamhouse.sql.changelog import ChangelogMode, PlanNode
 from streamhouse.sql.functions import to_datafusion
 from streamhouse.sql.parse import sql_error
@@ -40,14 +39,21 @@ from streamhouse.sql.window_spec import (
     find_window,
     take_out_windows,
 )
-from streamhouse.windows.aggregate import AggregateCall
 
 log = logging.getLogger(__name__)
 
 FLOWS = "__windows"
 """Name the post-aggregation SQL reads the finalized window rows from."""
 
-_AGGREGATES: dict[type, str] = {exp.Sum: "sum", exp.Avg: "avg", exp.Min: "min", exp.Max: "max"}
+ROW = "__temporal_row"
+"""The column a temporal join's inputs carry their row number in (see :mod:`streamhouse.joins.temporal`)."""
+
+_AGGREGATES: dict[type, AggregateFunction] = {
+    exp.Sum: AggregateFunction.SUM,
+    exp.Avg: AggregateFunction.AVG,
+    exp.Min: AggregateFunction.MIN,
+    exp.Max: AggregateFunction.MAX,
+}
 
 
 @dataclass(frozen=True)
@@ -169,6 +175,17 @@ class Windowed(PlanNode):
 
 
 @dataclass(frozen=True)
+class OuterJoin:
+    """The SQL variants an outer join runs, each projecting ``__lid`` and ``__rid``."""
+
+    inner_sql: str
+    left_sql: str
+    right_sql: str
+    keep_left: bool
+    keep_right: bool
+
+
+@dataclass(frozen=True)
 class StreamJoin(PlanNode):
     """An append-only INNER join of two streams (regular, or interval with time bounds)."""
 
@@ -177,7 +194,7 @@ class StreamJoin(PlanNode):
     sql: str  # over __left and __right
     bound: TimeBound | None
     # every pair of columns the condition bounds; the runtime evicts by the first one that
-    # involves the streams' time columns (see joins.bounds.evictable_bound)
+    # involves the streams' time columns (see sql.bounds.evictable_bound)
     candidates: tuple[TimeBound, ...] = ()
     outer: OuterJoin | None = None  # LEFT/RIGHT/FULL: updating output, keyed by row ids
 
@@ -1025,16 +1042,22 @@ def _plan_window(rest: exp.Select, spec: WindowSpec | None, table: exp.Table) ->
                 if len(inner.expressions) != 1:
                     raise sql_error("COUNT(DISTINCT ...) takes one expression here", agg)
                 value = _when(condition, inner.expressions[0].copy())
-                aggregates.append(AggregateCall(output, "count_distinct", argument(value)))
+                aggregates.append(
+                    AggregateCall(output, AggregateFunction.COUNT_DISTINCT, argument(value))
+                )
             elif isinstance(inner, exp.Star) or inner is None:
                 if condition is None:
-                    aggregates.append(AggregateCall(output, "count_all"))
+                    aggregates.append(AggregateCall(output, AggregateFunction.COUNT_ALL))
                 else:
                     value = _when(condition, exp.Literal.number(1))
-                    aggregates.append(AggregateCall(output, "count", argument(value)))
+                    aggregates.append(
+                        AggregateCall(output, AggregateFunction.COUNT, argument(value))
+                    )
             else:
                 aggregates.append(
-                    AggregateCall(output, "count", argument(_when(condition, inner.copy())))
+                    AggregateCall(
+                        output, AggregateFunction.COUNT, argument(_when(condition, inner.copy()))
+                    )
                 )
         elif type(agg) in _AGGREGATES:
             if isinstance(inner, exp.Distinct):

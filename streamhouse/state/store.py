@@ -50,7 +50,7 @@ import pyarrow.compute as pc
 from rocksdict import Checkpoint, Options, Rdict, WriteBatch, WriteOptions
 
 from streamhouse.errors import StorageError
-from streamhouse.windows.assign import group_codes
+from streamhouse.key_codes import group_codes
 
 log = logging.getLogger(__name__)
 

@@ -28,6 +28,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from streamhouse.errors import StorageError
+from streamhouse.key_codes import group_codes
 from streamhouse.sql.plan import WindowAggregate
 from streamhouse.state.store import (
     StateBatch,
@@ -465,7 +466,7 @@ class SessionOperator:
         keys = list(self.plan.keys)
         if not keys:
             return np.zeros(table.num_rows, np.int64)
-        return assign.group_codes([table[k] for k in keys])
+        return group_codes([table[k] for k in keys])
 
     def commit(self) -> None:
         if self._staged is not None:

@@ -12,6 +12,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from streamhouse.errors import SqlError
+from streamhouse.key_codes import group_codes
 from streamhouse.sql.window_spec import WindowSpec
 from streamhouse.windows import assign
 
@@ -56,7 +57,7 @@ def window_table(table: pa.Table, spec: WindowSpec) -> pa.Table:
         missing = [k for k in spec.partition_by if k not in table.column_names]
         if missing:
             raise SqlError(f"SESSION windows are kept per column; {missing[0]!r} is not a column")
-        codes = assign.group_codes([table[k] for k in spec.partition_by])
+        codes = group_codes([table[k] for k in spec.partition_by])
         if len(codes) == 0:
             codes = np.zeros(len(ts), dtype=np.int64)
         ids, session_starts, session_ends = assign.sessions(codes, ts, spec.gap_ms or 0)
