@@ -42,7 +42,6 @@ from itertools import pairwise
 import numpy as np
 import pyarrow as pa
 
-from streamhouse.errors import StorageError
 from streamhouse.joins.columns import kept_columns, referenced_names
 from streamhouse.joins.stream_join import concat
 from streamhouse.sql.execute import run_sql
@@ -61,7 +60,6 @@ log = logging.getLogger(__name__)
 
 EMITTED = b"windowed/emitted"
 _RUN = struct.Struct(">I")
-_KEY_LENGTH = 1 + 8 + 8 + 4
 MAX_WINDOW_ROWS = 1 << 22
 """Window rows (a row counts once per window it is in) one evaluation of the SQL sees at most;
 more closed windows than that are evaluated in several runs, a window never split."""
@@ -126,11 +124,6 @@ class WindowedQuery:
         self.state = _State()
         self.run = 0
         for key, value in store.items("joins"):
-            if len(key) != _KEY_LENGTH:
-                raise StorageError(
-                    "this query's window state was written by an older StreamHouse "
-                    "(one entry per window); delete the query's state to start it afresh"
-                )
             pane = (key[0], time_from_key(key[9:17]))
             self.state.panes[pane] = (*self.state.panes.get(pane, ()), (key, decode_table(value)))
             self.run = max(self.run, _RUN.unpack(key[17:])[0] + 1)

@@ -28,7 +28,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from streamhouse.errors import StorageError
 from streamhouse.key_codes import group_codes
 from streamhouse.sql.aggregates import AggregateFunction
 from streamhouse.sql.plan import WindowAggregate
@@ -69,11 +68,6 @@ class GroupAggregate:
             i: TableState(store, DISTINCT_KEY + _U32.pack(i), [GROUP_ID, "v"])
             for i in self.distinct
         }
-        if self.distinct and self.table.rows and GROUP_ID not in self.table.table.column_names:
-            raise StorageError(
-                "this query's COUNT(DISTINCT) state was written by an older StreamHouse "
-                "(distinct values as lists); delete the query's state to start it afresh"
-            )
 
     @property
     def open_windows(self) -> int:

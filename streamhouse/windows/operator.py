@@ -83,8 +83,8 @@ def run_key(window: Window, seq: int) -> bytes:
 
 
 def _run_from_key(key: bytes) -> tuple[Window, int]:
-    """(window, seq) of a ``windows`` key; a bare 16-byte window key is run 0."""
-    return window_from_key(key[:16]), (_RUN.unpack(key[16:20])[0] if len(key) >= 20 else 0)
+    """(window, seq) of a ``windows`` key."""
+    return window_from_key(key[:16]), _RUN.unpack(key[16:20])[0]
 
 
 class WindowOperator:
@@ -264,8 +264,7 @@ class SessionOperator:
     (:data:`EAGER_ROWS`: small state stays one merged run), when there are more than
     :data:`MAX_RUNS` (the smaller half, size-tiered), and when the watermark may close one of
     its sessions (all of them: closed sessions are emitted, the rest written back as one run).
-    The heap holds per run only its row count and smallest end. A bare ``b"open"`` key (the
-    whole state as one value, as written before buckets) reads as run 0 of bucket 0.
+    The heap holds per run only its row count and smallest end.
     """
 
     def __init__(
@@ -281,12 +280,7 @@ class SessionOperator:
         for key, value in store.items("sessions", SESSIONS_KEY):
             if not key.startswith(SESSIONS_KEY):
                 break
-            if key == SESSIONS_KEY:
-                depth, bucket, seq = 0, 0, 0
-            elif len(key) == len(SESSIONS_KEY) + _SESSION_RUN.size:
-                depth, bucket, seq = _SESSION_RUN.unpack(key[len(SESSIONS_KEY) :])
-            else:
-                continue
+            depth, bucket, seq = _SESSION_RUN.unpack(key[len(SESSIONS_KEY) :])
             table = decode_table(value)
             if table.num_rows:
                 self.depth = depth
@@ -406,8 +400,6 @@ class SessionOperator:
         if fresh is not None:
             return fresh
         value = self.store.get("sessions", _session_key(depth, bucket, seq))
-        if value is None and bucket == 0 and seq == 0:  # written before buckets
-            value = self.store.get("sessions", SESSIONS_KEY)
         if value is None:
             raise StorageError(f"session state run {bucket}/{seq} is missing")
         return decode_table(value)
