@@ -11,14 +11,14 @@ import pytest
 
 import streamhouse
 from streamhouse.errors import StateFormatError
-from streamhouse.state.store import FORMAT, STATE_FORMAT, StateStore
+from streamhouse.state.store import FORMAT, STATE_FORMAT, ColumnFamily, StateStore
 from tests.join_cases import stream_ddl
 from tests.window_cases import start_paused
 
 SQL = "SELECT k, COUNT(*) AS n FROM a GROUP BY k"
 
 
-def _put_raw(path: Path, family: str, key: bytes, value: bytes | None) -> None:
+def _put_raw(path: Path, family: ColumnFamily, key: bytes, value: bytes | None) -> None:
     """Write (or with ``value`` None, delete) one key as another build would have."""
     store = StateStore(path)
     try:
@@ -56,9 +56,9 @@ def test_a_query_over_state_of_another_format_is_refused(
         state_dir = query.store.path
         query.stop()
         if stamp is None:  # an older build wrote state but no version
-            _put_raw(state_dir, "meta", FORMAT, None)
+            _put_raw(state_dir, ColumnFamily.META, FORMAT, None)
         else:
-            _put_raw(state_dir, "meta", FORMAT, struct.pack(">Q", stamp))
+            _put_raw(state_dir, ColumnFamily.META, FORMAT, struct.pack(">Q", stamp))
         with pytest.raises(StateFormatError) as refused:
             start_paused(sh, SQL, "q")
         message = str(refused.value)

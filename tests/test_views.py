@@ -43,7 +43,7 @@ from streamhouse.errors import SqlError
 from streamhouse.sql.execute import run_sql
 from streamhouse.sql.parse import parse
 from streamhouse.sql.plan import plan_query
-from streamhouse.state.store import StateStore, TableState
+from streamhouse.state.store import ColumnFamily, StateStore, TableState
 from streamhouse.views.top_n import TopNOperator
 
 PROPERTY = settings(
@@ -424,7 +424,7 @@ def test_table_state_reads_back_its_runs_and_drops_rolled_back_changes(tmp_path:
         state.commit()
         want.update({(r["k"], r["x"]): r["n"] for r in change.to_pylist()})
         assert current(state) == sorted(((k, x, n) for (k, x), n in want.items()), key=repr)
-        stored = sum(1 for key, _ in store.items("sessions") if key.startswith(b"t"))
+        stored = sum(1 for key, _ in store.items(ColumnFamily.SESSIONS) if key.startswith(b"t"))
         assert stored <= TableState.MAX_RUNS  # compaction deletes the runs it merges
         if step % 6 == 5:  # a restart reads back exactly what was committed
             store.close()

@@ -54,6 +54,7 @@ from streamhouse.sql.plan import ContinuousPlan, check_columns, plan_query
 from streamhouse.sql.source import METADATA_FIELDS, RejectedRow
 from streamhouse.state.remote import download_checkpoint, upload_checkpoint
 from streamhouse.state.store import (
+    ColumnFamily,
     ScopedBatch,
     StateBatch,
     StateStore,
@@ -424,7 +425,7 @@ class ContinuousQuery:
                 "damaged_rows": damaged_total,
             },
         )
-        batch.delete("meta", PENDING)
+        batch.delete(ColumnFamily.META, PENDING)
         operators = [self.operator, *(o for _, o in self.children.values())]
         try:
             self.store.commit(batch)

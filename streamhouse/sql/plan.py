@@ -35,6 +35,7 @@ from streamhouse.sql.parse import sql_error
 from streamhouse.sql.window_spec import (
     KINDS,
     WINDOW_COLUMNS,
+    WindowKind,
     WindowSpec,
     find_window,
     take_out_windows,
@@ -112,12 +113,12 @@ class WindowAggregate(PlanNode):
                 f"    Stateless  {self.pre_sql}",
                 f"      Source  {self.source}",
             ]
-        size = f"gap={w.gap_ms}ms" if w.kind == "session" else f"size={w.size_ms}ms"
+        size = f"gap={w.gap_ms}ms" if w.kind == WindowKind.SESSION else f"size={w.size_ms}ms"
         slide = f" slide={w.slide_ms}ms" if w.slide_ms else ""
-        family = "sessions" if w.kind == "session" else "windows"
+        family = "sessions" if w.kind == WindowKind.SESSION else "windows"
         layout = (
             "b'open'|u8(depth)|u64(key hash bucket)|u32(run) -> IPC(keys, window_start, window_end, partials)"
-            if w.kind == "session"
+            if w.kind == WindowKind.SESSION
             else "u64(window_end)|u64(window_start)|u32(run) -> IPC(keys, partials of one micro-batch run)"
         )
         aggs = ", ".join(f"{a.func}({a.arg or '*'}) AS {a.output}" for a in self.aggregates)
@@ -159,7 +160,7 @@ class Windowed(PlanNode):
     def explain(self) -> list[str]:
         lines = ["WindowedQuery  (evaluated per closed window)", f"  sql: {self.sql}"]
         for name, (source, w) in sorted(self.inputs.items()):
-            size = f"gap={w.gap_ms}ms" if w.kind == "session" else f"size={w.size_ms}ms"
+            size = f"gap={w.gap_ms}ms" if w.kind == WindowKind.SESSION else f"size={w.size_ms}ms"
             slide = f" slide={w.slide_ms}ms" if w.slide_ms else ""
             lines.append(
                 f"  Input {name}: {w.kind.upper()}({source}.{w.time_column}, {size}{slide})"
@@ -423,10 +424,10 @@ def _check_order(operator: Operator, select: exp.Select) -> None:
     window = getattr(operator, "window", None)
     if isinstance(operator, Windowed):
         kinds = {spec.kind for _, spec in operator.inputs.values()}
-        window = next(iter(operator.inputs.values()))[1] if kinds != {"session"} else None
+        window = next(iter(operator.inputs.values()))[1] if kinds != {WindowKind.SESSION} else None
     if (
         window is not None
-        and window.kind != "session"
+        and window.kind != WindowKind.SESSION
         and isinstance(first.this, exp.Column)
         and first.this.name in _WINDOW_ORDER
         and not first.args.get("desc")
@@ -545,11 +546,11 @@ def _plan_select(
             try:
                 return _plan_window(rest, spec, table)  # type: ignore[arg-type]
             except SqlError:
-                if spec.kind == "session":  # type: ignore[union-attr]
+                if spec.kind == WindowKind.SESSION:  # type: ignore[union-attr]
                     raise
                 log.info("falling back to per-window evaluation")
         specs = {w for _, w in windowed.values()}
-        if any(w.kind == "session" for w in specs):
+        if any(w.kind == WindowKind.SESSION for w in specs):
             raise sql_error("SESSION windows support windowed aggregates only", select)
         if len(specs) > 1:
             raise sql_error(
@@ -1011,7 +1012,7 @@ def _plan_window(rest: exp.Select, spec: WindowSpec | None, table: exp.Table) ->
         for g in (group.expressions if group is not None else [])
         if not (isinstance(g, exp.Column) and g.name in WINDOW_COLUMNS)
     ]
-    if spec is not None and spec.kind == "session":
+    if spec is not None and spec.kind == WindowKind.SESSION:
         # Sessions are tracked per group key; a TVF without PARTITION BY means sessions over
         # all rows, which grouped by further keys the session operator cannot produce.
         key_names = {k.name if isinstance(k, exp.Column) else k.sql() for k in keys}

@@ -43,6 +43,7 @@ import json
 import logging
 import struct
 from collections.abc import Iterator
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +57,17 @@ from streamhouse.key_codes import group_codes
 
 log = logging.getLogger(__name__)
 
-COLUMN_FAMILIES = ("windows", "sessions", "joins", "meta")
+
+class ColumnFamily(StrEnum):
+    """The column families of a query's state; their key layouts are above."""
+
+    WINDOWS = "windows"
+    SESSIONS = "sessions"
+    JOINS = "joins"
+    META = "meta"
+
+
+COLUMN_FAMILIES = tuple(ColumnFamily)
 STATE_FORMAT = 1
 """The version of the key layout above; a change to it that old state cannot be read in bumps it."""
 FORMAT = b"format"
@@ -156,17 +167,17 @@ class StateStore:
         yield from self._cf[family].items(from_key=start) if start else self._cf[family].items()
 
     def get_int(self, key: bytes) -> int | None:
-        value = self._cf["meta"].get(key)
+        value = self._cf[ColumnFamily.META].get(key)
         return None if value is None else _U64.unpack(value)[0]
 
     def get_json(self, key: bytes) -> Any:
-        value = self._cf["meta"].get(key)
+        value = self._cf[ColumnFamily.META].get(key)
         return None if value is None else json.loads(value)
 
     def size_bytes(self) -> int:
         """Estimated live bytes of state (window and session column families)."""
         total = 0
-        for name in ("windows", "sessions", "joins"):
+        for name in (ColumnFamily.WINDOWS, ColumnFamily.SESSIONS, ColumnFamily.JOINS):
             for prop in ("rocksdb.estimate-live-data-size", "rocksdb.cur-size-all-mem-tables"):
                 value = self._cf[name].property_int_value(prop)
                 total += value or 0
@@ -210,10 +221,10 @@ class StateBatch:
         self.write_batch.delete(key, self._handles[family])
 
     def put_int(self, key: bytes, value: int) -> None:
-        self.put("meta", key, _U64.pack(value))
+        self.put(ColumnFamily.META, key, _U64.pack(value))
 
     def put_json(self, key: bytes, value: Any) -> None:
-        self.put("meta", key, json.dumps(value).encode())
+        self.put(ColumnFamily.META, key, json.dumps(value).encode())
 
 
 class StateView:
@@ -281,7 +292,7 @@ class TableState:
         self.keys = list(keys)
         self._runs: list[tuple[int, pa.Table]] = []  # (run, rows), in run order
         self._held: list[pa.Array | None] = []  # the encoded keys of each run's rows
-        for stored, value in store.items("sessions", key):
+        for stored, value in store.items(ColumnFamily.SESSIONS, key):
             if not stored.startswith(key):
                 break
             if len(stored) == len(key) + 4:
@@ -398,7 +409,7 @@ class TableState:
         if self._should_compact():
             self._compact(batch)
         else:
-            batch.put("sessions", self._run_key(seq), encode_table(rows))
+            batch.put(ColumnFamily.SESSIONS, self._run_key(seq), encode_table(rows))
 
     def _should_compact(self) -> bool:
         if len(self._runs) <= 1:
@@ -413,9 +424,9 @@ class TableState:
         which is not written)."""
         rows = self.take(np.flatnonzero(self.live)).combine_chunks()
         for seq, _ in self._runs[:-1]:
-            batch.delete("sessions", self._run_key(seq))
+            batch.delete(ColumnFamily.SESSIONS, self._run_key(seq))
         seq = self._runs[-1][0]
-        batch.put("sessions", self._run_key(seq), encode_table(rows))
+        batch.put(ColumnFamily.SESSIONS, self._run_key(seq), encode_table(rows))
         self._runs = [(seq, rows)]
         self._held = [_encoded_keys(rows, self.keys)]
         self.live = np.ones(rows.num_rows, dtype=bool)

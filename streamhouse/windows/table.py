@@ -13,7 +13,7 @@ import pyarrow.compute as pc
 
 from streamhouse.errors import SqlError
 from streamhouse.key_codes import group_codes
-from streamhouse.sql.window_spec import WindowSpec
+from streamhouse.sql.window_spec import WindowKind, WindowSpec
 from streamhouse.windows import assign
 
 WINDOW_TYPE = pa.timestamp("ms")
@@ -44,16 +44,16 @@ def window_table(table: pa.Table, spec: WindowSpec) -> pa.Table:
     if not valid.all():  # rows without an event time belong to no window
         table = table.filter(pa.array(valid))
         ts = ts[valid]
-    if spec.kind == "tumble":
+    if spec.kind == WindowKind.TUMBLE:
         rows = None
         starts = assign.tumble(ts, spec.size_ms)
         ends = starts + spec.size_ms
-    elif spec.kind == "hop":
+    elif spec.kind == WindowKind.HOP:
         rows, starts = assign.hop(ts, spec.slide_ms or spec.size_ms, spec.size_ms)
         ends = starts + spec.size_ms
-    elif spec.kind == "cumulate":
+    elif spec.kind == WindowKind.CUMULATE:
         rows, starts, ends = assign.cumulate(ts, spec.slide_ms or spec.size_ms, spec.size_ms)
-    elif spec.kind == "session":
+    elif spec.kind == WindowKind.SESSION:
         missing = [k for k in spec.partition_by if k not in table.column_names]
         if missing:
             raise SqlError(f"SESSION windows are kept per column; {missing[0]!r} is not a column")
