@@ -5,6 +5,7 @@ operator the runtime drives through :class:`~streamhouse.runtime.operator.Operat
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pyarrow as pa
@@ -12,12 +13,13 @@ import pytest
 
 import streamhouse
 from streamhouse import StreamHouse
+from streamhouse.errors import SqlError
 from streamhouse.runtime.operator import MicroBatch
 from streamhouse.runtime.operators import ADAPTERS
 from streamhouse.runtime.sources import NO_WATERMARK
 from streamhouse.sql.changelog import ChangelogMode, PlanNode
 from streamhouse.sql.parse import parse_one
-from streamhouse.sql.plan import plan_query
+from streamhouse.sql.plan import Recompute, check_changelogs, plan_query
 from streamhouse.state.store import ScopedBatch
 from tests.join_cases import stream_ddl
 from tests.window_cases import start_paused
@@ -120,3 +122,21 @@ def test_an_operator_emits_upserts_and_retractions_through_the_interface(
         assert changes.retracted == []
     finally:
         query.stop()
+
+
+def test_a_node_over_a_derived_input_it_cannot_take_is_refused() -> None:
+    """The planner's own checks refuse these shapes first; the invariant behind them holds for
+    any plan: a node never runs over a derived input whose changelog it would misread."""
+    join = plan_query(parse_one(JOIN.format(kind="LEFT"))).operator
+    top = plan_query(parse_one(TOP)).operator
+    over_join = replace(top, source="__derived_0")
+    query = parse_one(TOP)
+    with pytest.raises(SqlError, match="TopN takes append-only input, and its input"):
+        check_changelogs(over_join, {"__derived_0": join}, query)
+    # an upsert input is what a Recompute takes; an append-only one it would misread
+    aggregate = plan_query(parse_one("SELECT k, COUNT(*) AS n FROM a GROUP BY k")).operator
+    recompute = Recompute("__derived_0", "SELECT 1", ["k"], ["k"], ["k"])
+    check_changelogs(recompute, {"__derived_0": aggregate}, query)
+    inner = plan_query(parse_one(JOIN.format(kind="INNER"))).operator
+    with pytest.raises(SqlError, match="Recompute takes upsert input.*is append-only"):
+        check_changelogs(recompute, {"__derived_0": inner}, query)

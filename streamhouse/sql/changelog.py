@@ -29,6 +29,10 @@ class ChangelogMode(StrEnum):
         return self is not ChangelogMode.APPEND
 
 
+APPEND_ONLY = frozenset({ChangelogMode.APPEND})
+"""What every node but :class:`~streamhouse.sql.plan.Recompute` takes: rows never revised."""
+
+
 class PlanNode:
     """What every node of a continuous plan says about its input and its output.
 
@@ -46,6 +50,11 @@ class PlanNode:
     @property
     def mode(self) -> ChangelogMode:
         return ChangelogMode.APPEND
+
+    @property
+    def accepts(self) -> frozenset[ChangelogMode]:
+        """The changelog modes the node can take as input (a derived input's mode must be one)."""
+        return APPEND_ONLY
 
     @property
     def updating(self) -> bool:

@@ -287,6 +287,10 @@ class Recompute(PlanNode):
         return ChangelogMode.UPSERT
 
     @property
+    def accepts(self) -> frozenset[ChangelogMode]:
+        return frozenset({ChangelogMode.UPSERT})  # the latest row per input key
+
+    @property
     def key_columns(self) -> list[str]:
         return [k for k in self.key_outputs if k is not None]
 
@@ -406,7 +410,24 @@ def plan_query(statement: exp.Expr) -> ContinuousPlan:
     operator = _plan_select(query, derived)
     _check_upsert_key(operator, query)
     _check_order(operator, query)
+    check_changelogs(operator, derived, query)
     return ContinuousPlan(operator, sink_kind, sink, derived=derived)
+
+
+def check_changelogs(operator: Operator, derived: dict[str, Operator], query: exp.Expr) -> None:
+    """Every node takes the changelog its derived inputs emit (:attr:`PlanNode.accepts`): a plan
+    where one would drop another's updates or retractions is refused, never run."""
+    for node in [operator, *derived.values()]:
+        for name in node.sources:
+            child = derived.get(name)
+            if child is not None and child.mode not in node.accepts:
+                takes = " or ".join(sorted(node.accepts))
+                raise sql_error(
+                    f"{type(node).__name__} takes {takes} input, and its input"
+                    f" ({type(child).__name__}) is {child.changelog.removeprefix('changelog: ')}:"
+                    " not supported continuously yet",
+                    query,
+                )
 
 
 _WINDOW_ORDER = ("window_start", "window_end", "window_time")
