@@ -13,6 +13,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from streamhouse.errors import LogError, StreamHouseError, TopicExistsError
+from streamhouse.kafka.api_keys import ApiKey
 from streamhouse.kafka.wire import ErrorCode, RequestHeader, error_code_for, make, messages
 from streamhouse.log.metadata import validate_topic_name
 
@@ -140,7 +141,7 @@ def _invalid_config(configs: dict[str, str]) -> str | None:
 
 
 async def handle_create_topics(broker: Broker, header: RequestHeader, request: Any) -> Any:
-    module = messages(19, header.api_version, True)
+    module = messages(ApiKey.CREATE_TOPICS, header.api_version, True)
     results = []
     seen: set[str] = set()
     for topic in request.topics:
@@ -186,7 +187,7 @@ async def handle_create_topics(broker: Broker, header: RequestHeader, request: A
 
 
 async def handle_delete_topics(broker: Broker, header: RequestHeader, request: Any) -> Any:
-    module = messages(20, header.api_version, True)
+    module = messages(ApiKey.DELETE_TOPICS, header.api_version, True)
     results = []
     for name in request.topic_names:
         error = ErrorCode.none
@@ -203,7 +204,7 @@ async def handle_delete_topics(broker: Broker, header: RequestHeader, request: A
 
 
 async def handle_create_partitions(broker: Broker, header: RequestHeader, request: Any) -> Any:
-    module = messages(37, header.api_version, True)
+    module = messages(ApiKey.CREATE_PARTITIONS, header.api_version, True)
     results = []
     for topic in request.topics:
         error, message = ErrorCode.none, None
@@ -247,7 +248,7 @@ def _entry(module: Any, name: str, value: str, source: int, kind: int) -> Any:
 
 
 async def handle_describe_configs(broker: Broker, header: RequestHeader, request: Any) -> Any:
-    module = messages(32, header.api_version, True)
+    module = messages(ApiKey.DESCRIBE_CONFIGS, header.api_version, True)
     results = []
     for resource in request.resources:
         error, message, entries = ErrorCode.none, None, []
@@ -288,9 +289,9 @@ async def handle_describe_configs(broker: Broker, header: RequestHeader, request
 
 
 HANDLERS = {
-    19: handle_create_topics,
-    20: handle_delete_topics,
-    32: handle_describe_configs,
-    37: handle_create_partitions,
+    ApiKey.CREATE_TOPICS: handle_create_topics,
+    ApiKey.DELETE_TOPICS: handle_delete_topics,
+    ApiKey.DESCRIBE_CONFIGS: handle_describe_configs,
+    ApiKey.CREATE_PARTITIONS: handle_create_partitions,
 }
 """API key -> handler."""

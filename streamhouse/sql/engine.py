@@ -34,6 +34,7 @@ from streamhouse.errors import (
     UnknownStreamError,
 )
 from streamhouse.joins.temporal import match_versions, temporal_inputs
+from streamhouse.key_codes import group_codes
 from streamhouse.log import Log
 from streamhouse.result import Relation, status
 from streamhouse.sql.computed import ComputedColumnError, ComputedColumns
@@ -56,7 +57,6 @@ from streamhouse.sql.source import (
     with_metadata,
 )
 from streamhouse.sql.window_spec import take_out_windows
-from streamhouse.windows.assign import group_codes
 from streamhouse.windows.table import window_table
 
 log = logging.getLogger(__name__)
@@ -450,17 +450,12 @@ def _materialized(statement: exp.Expr) -> bool:
 
 def _updating(view: exp.Expr) -> bool:
     """Whether a materialized view's output is an upsert stream (no window keys its rows)."""
-    from streamhouse.sql.plan import Recompute, StreamJoin, TopN, WindowAggregate, plan_query
+    from streamhouse.sql.plan import plan_query
 
     try:
-        operator = plan_query(view).operator
+        return plan_query(view).operator.updating
     except SqlError:
         return False
-    return (
-        isinstance(operator, TopN | Recompute)
-        or (isinstance(operator, WindowAggregate) and operator.window is None)
-        or (isinstance(operator, StreamJoin) and operator.outer is not None)
-    )
 
 
 def _report(name: str, source: SourceTable, stats: QueryStats) -> None:
