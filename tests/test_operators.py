@@ -140,3 +140,32 @@ def test_a_node_over_a_derived_input_it_cannot_take_is_refused() -> None:
     inner = plan_query(parse_one(JOIN.format(kind="INNER"))).operator
     with pytest.raises(SqlError, match="Recompute takes upsert input.*is append-only"):
         check_changelogs(recompute, {"__derived_0": inner}, query)
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_star_and_a_named_metadata_column_continuously(tmp_path: Path, seed: int) -> None:
+    """``SELECT *, _offset`` has one ``_offset`` continuously too (the named metadata column
+    was in the rows, so ``*`` took it a second time and DataFusion refused the query)."""
+    import json
+    import random
+
+    rng = random.Random(seed)
+    values = [rng.randrange(100) for _ in range(60)]
+    sql = "SELECT *, _offset, _partition FROM t WHERE a % 2 = 0"
+    with streamhouse.connect(tmp_path, linger_ms=1) as sh:
+        sh.create_topic("t")
+        for start in range(0, len(values), 7):
+            sh.produce("t", [{"a": a} for a in values[start : start + 7]], partition=0)
+        want = [{"a": a, "_offset": i, "_partition": 0} for i, a in enumerate(values) if a % 2 == 0]
+        assert sh.sql(sql).to_arrow_table().to_pylist() == want
+        query = start_paused(sh, f"INSERT INTO out {sql}", "q")
+        for step in range(200):
+            if step == 3:  # a restart from the checkpoint
+                query.stop()
+                query = start_paused(sh, f"INSERT INTO out {sql}", "q")
+            if not query.step(max_records=rng.randrange(1, 12)):
+                break
+        query.run_until_caught_up(final=True)
+        assert query.status()["error"] is None
+        query.stop()
+        assert [json.loads(v) for v in sh.fetch("out")["value"].to_pylist()] == want

@@ -28,6 +28,8 @@ from streamhouse.sql.changelog import PlanNode
 from streamhouse.sql.execute import run_sql
 from streamhouse.sql.parse import node_position
 from streamhouse.sql.plan import FLOWS, ROW
+from streamhouse.sql.projection import declared_stars_sql
+from streamhouse.sql.source import METADATA_COLUMNS
 from streamhouse.state.store import StateView
 from streamhouse.views.group_by import GroupAggregate
 from streamhouse.views.recompute import RecomputeOperator
@@ -87,13 +89,22 @@ class StatelessSql(Adapter[plans.Stateless]):
 
     @staticmethod
     def checks(node: plans.Stateless, context: QueryContext) -> list[Check]:
-        return [(node.sql, {node.source: context.schema(node.source)})]
+        schema = context.schema(node.source)
+        sql = node.sql if schema is None else _declared_stars(node.sql, node.source, schema)
+        return [(sql, {node.source: schema})]
 
     def process(self, batch: MicroBatch) -> Changelog:
         rows = batch.inputs[self.node.source]
         if rows is None:
             return Changelog()
-        return Changelog(run_ordered(self.node.sql, {self.node.source: rows}))
+        sql = _declared_stars(self.node.sql, self.node.source, rows.schema)
+        return Changelog(run_ordered(sql, {self.node.source: rows}))
+
+
+def _declared_stars(sql: str, source: str, schema: pa.Schema) -> str:
+    """``*`` over the source as its declared columns: the metadata columns the query names are
+    in the rows too, and must not come out twice (``SELECT *, _offset``)."""
+    return declared_stars_sql(sql, {source: schema}, METADATA_COLUMNS)
 
 
 class Executor(Protocol):
