@@ -92,6 +92,7 @@ class StreamHouse(Postgres):
             "FLOAT": TokenType.FLOAT,  # Flink's FLOAT is 4 bytes; Postgres reads it as DOUBLE
             "BYTES": TokenType.VARBINARY,
         }
+        KEYWORDS.pop("REGEXP", None)  # Flink's REGEXP(s, re) is a function, not an operator
 
     class Parser(PostgresParser):
         FUNC_TOKENS: ClassVar = {*PostgresParser.FUNC_TOKENS, TokenType.SESSION}
@@ -102,6 +103,13 @@ class StreamHouse(Postgres):
             **PostgresParser.FUNCTIONS,
             "ROW": exp.Struct.from_arg_list,
             "REGEXP_EXTRACT": lambda args: _regexp_extract(args),
+            # Flink's REGEXP(s, re): any substring matches
+            "REGEXP": lambda args: exp.RegexpLike(this=args[0], expression=args[1]),
+            # Flink's argument order and defaults, not MySQL's or Postgres': rewritten later
+            **{
+                name: lambda args, name=name: exp.Anonymous(this=name, expressions=args)
+                for name in ("TIMESTAMPDIFF", "TIMESTAMPADD", "TO_TIMESTAMP", "TO_DATE")
+            },
         }
 
         STATEMENT_PARSERS: ClassVar = {

@@ -24,13 +24,17 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from typing import ClassVar
 
 import datafusion
 import pyarrow as pa
 import sqlglot
 from sqlglot import exp
+from sqlglot.dialects.postgres import Postgres
+from sqlglot.generators.postgres import PostgresGenerator
 
 from streamhouse.errors import SqlError
+from streamhouse.sql.builtins import flink_function, register_duckdb_functions
 from streamhouse.sql.date_format import DateFormatError, date_format_sql
 from streamhouse.sql.parse import sql_error
 
@@ -78,6 +82,9 @@ def functions() -> list[datafusion.ScalarUDF]:
 
 
 def _rewrite(node: exp.Expr) -> exp.Expr:
+    builtin = flink_function(node, _deep)
+    if builtin is not None:
+        return builtin
     name = node.name.upper() if isinstance(node, exp.Anonymous) else None
     if isinstance(node, exp.TimeToStr):  # Postgres TO_CHAR: its format is strftime already
         return exp.Anonymous(this="to_char", expressions=[node.this, node.args["format"]])
@@ -101,6 +108,11 @@ def _rewrite(node: exp.Expr) -> exp.Expr:
         arg = node.this if not isinstance(node, exp.Anonymous) else node.expressions[0]
         return exp.Anonymous(this="date_part", expressions=[exp.Literal.string(part), arg])
     return node
+
+
+def _deep(node: exp.Expr) -> exp.Expr:
+    """``node`` with every Flink call in it rewritten."""
+    return node.transform(_rewrite)
 
 
 def _date_format(node: exp.Anonymous) -> exp.Expr:
@@ -177,12 +189,27 @@ _DATE_PARTS: dict[type, str] = {
     exp.DayOfMonth: "day",
     exp.Month: "month",
     exp.Year: "year",
-    exp.DayOfWeek: "dow",
     exp.DayOfYear: "doy",
 }
 _DATE_PART_NAMES = {"HOUR": "hour", "MINUTE": "minute", "SECOND": "second", "DAYOFMONTH": "day"}
 
 
+class DataFusionSQL(Postgres):
+    """Postgres as DataFusion reads it: ``TRY_CAST`` stays a TRY_CAST."""
+
+    class Generator(PostgresGenerator):
+        TRANSFORMS: ClassVar = {
+            **PostgresGenerator.TRANSFORMS,
+            exp.TryCast: lambda self, e: f"TRY_CAST({self.sql(e, 'this')} AS {self.sql(e, 'to')})",
+        }
+
+
+_DATAFUSION = DataFusionSQL()
+
+
 def to_datafusion(expression: exp.Expr) -> str:
     """SQL text for DataFusion: Postgres-flavoured, identifiers quoted, Flink functions mapped."""
-    return expression.copy().transform(_rewrite).sql(dialect="postgres", identify=True)
+    return _DATAFUSION.generate(expression.copy().transform(_rewrite), identify=True)
+
+
+register_duckdb_functions(register_function)
