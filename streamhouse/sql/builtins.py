@@ -280,6 +280,30 @@ def _convert_tz(node: exp.Expr, args: list[exp.Expr], deep: Deep) -> exp.Expr:
     return _call("flink_convert_tz", *(deep(a) for a in args))
 
 
+_RANGE_FIELDS = ["YEAR", "MONTH", "DAY", "HOUR", "MINUTE", "SECOND"]
+_RANGE_TEXT = re.compile(r"^\s*([+-])?(\d+)(?:[- :](\d+))?(?::(\d+))?(?::(\d+(?:\.\d*)?))?\s*$")
+
+
+def _interval_range(node: exp.Interval) -> exp.Expr | None:
+    """``INTERVAL '2-10' YEAR TO MONTH``, ``INTERVAL '10 00:00:00.004' DAY TO SECOND``, ...:
+    the text's fields, from the first unit to the last, as DataFusion's interval text."""
+    span = node.args.get("unit")
+    if not isinstance(span, exp.IntervalSpan):
+        return None
+    first, last = span.this.name.upper(), span.expression.name.upper()
+    text = _string(node.this)
+    match = _RANGE_TEXT.match(text or "")
+    if first not in _RANGE_FIELDS or last not in _RANGE_FIELDS or match is None:
+        raise sql_error(f"INTERVAL {text!r} {first} TO {last} is not supported", node)
+    fields = _RANGE_FIELDS[_RANGE_FIELDS.index(first) : _RANGE_FIELDS.index(last) + 1]
+    numbers = [n for n in match.groups()[1:] if n is not None]
+    if len(numbers) != len(fields):
+        raise sql_error(f"INTERVAL {text!r} does not have the fields {first} TO {last}", node)
+    sign = "-" if match.group(1) == "-" else ""
+    words = " ".join(f"{sign}{n} {f.lower()}s" for n, f in zip(numbers, fields, strict=True))
+    return exp.Interval(this=_text_literal(words))
+
+
 # -- strings -------------------------------------------------------------------------------------
 
 
@@ -359,6 +383,41 @@ def _charset(node: exp.Expr, function: str) -> None:
     charset = _string(node.args.get("charset"))
     if charset is None or charset.upper().replace("_", "-") not in ("UTF-8", "UTF8"):
         raise sql_error(f"{function} supports the character set 'UTF-8' only", node)
+
+
+def _left_right(node: exp.Left | exp.Right, deep: Deep) -> exp.Expr:
+    """LEFT / RIGHT: '' for a negative count (DataFusion's drop characters instead)."""
+    function = "left" if isinstance(node, exp.Left) else "right"
+    return _sql(
+        f"CASE WHEN __1 < 0 THEN '' ELSE {function}(__0, __1) END",
+        deep(node.this),
+        deep(node.expression),
+    )
+
+
+def _pad(node: exp.Pad, deep: Deep) -> exp.Expr:
+    """LPAD / RPAD: NULL for a negative length or an empty pad (as Flink)."""
+    function = "lpad" if node.args.get("is_left") else "rpad"
+    text, length = deep(node.this), deep(node.expression)
+    fill = node.args.get("fill_pattern")
+    if fill is None:
+        raise sql_error(f"{function.upper()} takes a string, a length and a pad string", node)
+    return _sql(
+        f"CASE WHEN __1 < 0 OR __2 = '' THEN NULL ELSE {function}(__0, __1, __2) END",
+        text,
+        length,
+        deep(fill),
+    )
+
+
+def _chr(node: exp.Chr, deep: Deep) -> exp.Expr:
+    """CHR(n): the character of ``n``'s low byte; '' for a negative ``n`` (as Flink)."""
+    if len(node.expressions) != 1:
+        raise sql_error("CHR takes one integer", node)
+    return _sql(
+        "CASE WHEN __0 < 0 THEN '' ELSE chr(CAST(__0 AS BIGINT) % 256) END",
+        deep(node.expressions[0]),
+    )
 
 
 def _encode(node: exp.Encode, deep: Deep) -> exp.Expr:
@@ -454,6 +513,14 @@ def _map_constructor(node: exp.Bracket, deep: Deep) -> exp.Expr | None:
         raise sql_error("MAP[...] takes keys and values in pairs", node)
     keys, values = args[0::2], args[1::2]
     return _call("map", _call("make_array", *keys), _call("make_array", *values))
+
+
+def _field_access(node: exp.Column) -> exp.Expr | None:
+    """``table.row_column.field``: a field of a ROW column (three parts; there are no schemas)."""
+    if not node.args.get("db") or node.args.get("catalog") or isinstance(node.this, exp.Star):
+        return None
+    column = exp.Column(this=node.args["table"].copy(), table=node.args["db"].copy())
+    return _call("get_field", column, _text_literal(node.name))
 
 
 # -- JSON ----------------------------------------------------------------------------------------
@@ -583,7 +650,9 @@ _NAMED: dict[str, Callable[[exp.Expr, list[exp.Expr], Deep], exp.Expr]] = {
     "IS_ALPHA": lambda node, args, deep: _sql("coalesce(__0 ~ '^\\p{L}+$', false)", deep(args[0])),
     "IS_DIGIT": lambda node, args, deep: _sql("coalesce(__0 ~ '^\\p{Nd}+$', false)", deep(args[0])),
     "IS_DECIMAL": lambda node, args, deep: _sql(
-        "coalesce(__0 ~ '^[+-]?([0-9]+(\\.[0-9]*)?|\\.[0-9]+)([eE][+-]?[0-9]+)?$', false)",
+        # Java's Double.parseDouble: trimmed, NaN, Infinity, an f or d suffix (not hex floats)
+        "coalesce(__0 ~ '^[\\x00-\\x20]*[+-]?(NaN|Infinity|([0-9]+(\\.[0-9]*)?|\\.[0-9]+)"
+        "([eE][+-]?[0-9]+)?[fFdD]?)[\\x00-\\x20]*$', false)",
         deep(args[0]),
     ),
     "BIN": lambda node, args, deep: _call("flink_bin", _sql("CAST(__0 AS BIGINT)", deep(args[0]))),
@@ -604,6 +673,10 @@ _TYPED: dict[type, Callable[..., exp.Expr | None]] = {
     exp.ParseUrl: _parse_url,
     exp.Hex: _hex,
     exp.Encode: _encode,
+    exp.Left: _left_right,
+    exp.Right: _left_right,
+    exp.Pad: _pad,
+    exp.Chr: _chr,
     exp.Decode: _decode,
     exp.StrToMap: _str_to_map,
     exp.Greatest: lambda node, deep: _null_if_any("greatest", [deep(a) for a in _all_args(node)]),
@@ -636,8 +709,18 @@ _TYPED: dict[type, Callable[..., exp.Expr | None]] = {
     exp.Uuid: lambda node, deep: _call("uuid"),
     exp.Localtimestamp: lambda node, deep: _call("now"),
     exp.Localtime: lambda node, deep: _call("current_time"),
+    exp.Interval: lambda node, deep: _interval_range(node),
+    exp.Column: lambda node, deep: _field_access(node),
 }
 """Flink calls sqlglot reads as its own expression types."""
+
+_REFUSED_TYPES: dict[type, str] = {
+    exp.Typeof: "TYPEOF",
+    exp.CurrentDatabase: "CURRENT_DATABASE",
+    exp.GroupingId: "GROUPING_ID",
+    exp.JSONObjectAgg: "JSON_OBJECTAGG",
+}
+"""Refused Flink functions that sqlglot reads as its own expression types."""
 
 
 def flink_function(node: exp.Expr, deep: Deep) -> exp.Expr | None:
@@ -657,8 +740,14 @@ def flink_function(node: exp.Expr, deep: Deep) -> exp.Expr | None:
         raise sql_error("function RAND with a seed is not supported", node)
     if isinstance(node, exp.Overlaps):
         raise sql_error("OVERLAPS is not supported", node)
-    if isinstance(node, exp.Typeof):
-        raise sql_error(f"function TYPEOF is not supported: {REFUSED['TYPEOF']}", node)
+    refused = _REFUSED_TYPES.get(type(node))
+    if refused is not None:
+        reason = REFUSED.get(refused)
+        raise sql_error(
+            f"function {refused} is not supported" + (f": {reason}" if reason else ""), node
+        )
+    if isinstance(node, exp.Dot) and isinstance(node.expression, exp.Star):
+        raise sql_error("composite.* (flattening a ROW into columns) is not supported", node)
     typed = _TYPED.get(type(node))
     return typed(node, deep) if typed else None
 
@@ -755,7 +844,7 @@ def register_duckdb_functions(register: Callable[..., None]) -> None:
     register("flink_json_query", _constant(_JSON_QUERY, 1), [text, text], text)
     register(
         "flink_json_exists",
-        _constant("coalesce(json_valid(a0) AND json_exists(a0, {0}), false)", 1),
+        _constant("CASE WHEN json_valid(a0) THEN json_exists(a0, {0}) ELSE false END", 1),
         [text, text],
         flag,
     )

@@ -289,7 +289,7 @@ class Engine:
         """A context holding ``query``'s sources and the query to run there (windows taken
         out, stars spelled out), or the rows themselves (a temporal join)."""
         columns = referenced_columns(query)
-        named = {c.name for c in query.find_all(exp.Column)}
+        named = column_names(query)
         hints = source_options(query)
         if isinstance(query, exp.Select) and (temporal := plan_temporal_join(query)) is not None:
             return self._temporal(temporal, columns, named, stats, hints)
@@ -509,7 +509,12 @@ def referenced_columns(query: exp.Expr) -> set[str] | None:
         for star in query.find_all(exp.Star):
             if not isinstance(star.parent, exp.Count):
                 return None
-    return {c.name for c in query.find_all(exp.Column)} | set(METADATA_COLUMNS)
+    return column_names(query) | set(METADATA_COLUMNS)
+
+
+def column_names(query: exp.Expr) -> set[str]:
+    """The columns ``query`` names; ``t.c.field`` (a field of ROW column ``c``) names ``c``."""
+    return {c.table if c.args.get("db") else c.name for c in query.find_all(exp.Column)}
 
 
 def _pos(node: exp.Expr | None) -> tuple[int | None, int | None]:

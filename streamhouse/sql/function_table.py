@@ -169,11 +169,8 @@ FUNCTIONS: list[Function] = [
         "TIME string",
         "TIMESTAMP string",
     ),
-    _refused(
-        "temporal",
-        "INTERVAL string range",
-        "SELECT INTERVAL '2-10' YEAR TO MONTH FROM fn",
-        "single-unit intervals (INTERVAL '10' DAY) work; ranges (DAY TO SECOND) are refused",
+    Function(
+        "INTERVAL string range", "temporal", "YEAR TO MONTH, DAY TO SECOND, ... and single units"
     ),
     *_group(
         "temporal",
@@ -217,14 +214,14 @@ FUNCTIONS: list[Function] = [
     _refused("temporal", "CURRENT_WATERMARK", "SELECT CURRENT_WATERMARK(ts) FROM fn"),
     *_group(
         "conditional",
-        ("CASE value WHEN", "one value per WHEN"),
+        ("CASE value WHEN", "several values per WHEN too"),
         "CASE WHEN",
         "NULLIF",
         "COALESCE",
         "IF",
         "IFNULL",
         ("IS_ALPHA", "Unicode letters; FALSE for NULL and ''"),
-        ("IS_DECIMAL", "sign, digits, point and exponent; FALSE for NULL"),
+        ("IS_DECIMAL", "as Java's Double.parseDouble (no hex floats); FALSE for NULL"),
         ("IS_DIGIT", "Unicode digits; FALSE for NULL and ''"),
         ("GREATEST", "NULL if any argument is NULL"),
         ("LEAST", "NULL if any argument is NULL"),
@@ -265,7 +262,7 @@ FUNCTIONS: list[Function] = [
         "ARRAY[...]",
         "MAP[...]",
     ),
-    *_group("value access", "composite.field"),
+    Function("composite.field", "value access", "written table.column.field"),
     _refused("value access", "composite.*", "SELECT (ROW(i, s)).* FROM fn"),
     _refused("grouping", "GROUP_ID", "SELECT GROUP_ID() FROM fn"),
     Function("GROUPING", "grouping", "with GROUPING SETS, ROLLUP and CUBE, bounded"),

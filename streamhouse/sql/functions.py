@@ -1,7 +1,8 @@
 """Flink SQL functions on DataFusion, and user-defined scalar functions in Python.
 
 Generating SQL for DataFusion goes through :func:`to_datafusion`, which rewrites the Flink
-functions DataFusion spells differently:
+functions DataFusion spells differently: most in :mod:`.builtins` (its table of every documented
+Flink function: :mod:`.function_table`), and these here:
 
 =======================================  ===============================================
 Flink                                    DataFusion
@@ -85,6 +86,16 @@ def _rewrite(node: exp.Expr) -> exp.Expr:
     builtin = flink_function(node, _deep)
     if builtin is not None:
         return builtin
+    if _rewrite_own(node) is node:
+        return node
+    # The result is not visited again: the arguments are rewritten before the call.
+    node = node.copy()
+    for child in list(node.iter_expressions()):
+        child.replace(_deep(child))
+    return _rewrite_own(node)
+
+
+def _rewrite_own(node: exp.Expr) -> exp.Expr:
     name = node.name.upper() if isinstance(node, exp.Anonymous) else None
     if isinstance(node, exp.TimeToStr):  # Postgres TO_CHAR: its format is strftime already
         return exp.Anonymous(this="to_char", expressions=[node.this, node.args["format"]])
@@ -100,7 +111,12 @@ def _rewrite(node: exp.Expr) -> exp.Expr:
             this="split_part",
             expressions=[subject, separator, exp.Add(this=index, expression=exp.Literal.number(1))],
         )
-        return exp.Nullif(this=part, expression=exp.Literal.string(""))
+        # Flink: NULL for a negative index (split_part counts those from the end)
+        return exp.If(
+            this=exp.LT(this=index.copy(), expression=exp.Literal.number(0)),
+            true=exp.Null(),
+            false=exp.Nullif(this=part, expression=exp.Literal.string("")),
+        )
     if name == "CHAR_LENGTH":
         return exp.Anonymous(this="character_length", expressions=node.expressions)
     part = _DATE_PARTS.get(type(node)) or _DATE_PART_NAMES.get(name or "")

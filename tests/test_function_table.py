@@ -1,0 +1,196 @@
+"""Every function in Flink's documentation works with Flink's semantics or is refused by name.
+
+The cases (``tests/fixtures/flink_function_cases.tsv``) hold values worked out by hand from
+Flink's documentation. Each runs bounded over its own rows of one stream; a sample of them runs
+continuously too (micro-batches of 97 records, with a restart). ``docs/functions.md`` is
+generated from :mod:`streamhouse.sql.function_table`; a test checks it is current.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import date, datetime, time
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+from window_cases import continuous_rows
+
+import streamhouse
+from streamhouse import StreamHouse
+from streamhouse.errors import SqlError
+from streamhouse.sql.function_table import FUNCTIONS, page, share_working
+
+ROOT = Path(__file__).parent.parent
+CASES = Path(__file__).parent / "fixtures" / "flink_function_cases.tsv"
+COLUMNS = "n INT, r INT, s STRING, t STRING, i INT, j INT, d DOUBLE, ts TIMESTAMP(3), b BOOLEAN, arr ARRAY<INT>, rw ROW<x INT, y STRING>"
+
+
+@dataclass(frozen=True)
+class Case:
+    n: int
+    function: str
+    kind: str  # row, agg or query
+    sql: str
+    rows: list[dict[str, Any]]
+    expected: list[Any]
+
+    def query(self) -> str:
+        rows = f"(SELECT * FROM fn WHERE n = {self.n}) AS x"
+        if self.kind == "row":
+            return f"SELECT r, {self.sql} AS v FROM fn WHERE n = {self.n} ORDER BY r"
+        if self.kind == "agg":
+            return f"SELECT {self.sql} AS v FROM fn WHERE n = {self.n}"
+        return self.sql.replace("{rows}", rows)
+
+
+def load_cases() -> list[Case]:
+    cases = []
+    for line in CASES.read_text().splitlines():
+        if not line.strip() or line.startswith("#"):
+            continue
+        function, kind, sql, rows, expected = line.split("\t")
+        parsed = [{}] if rows == "-" else json.loads(rows)
+        cases.append(Case(len(cases), function, kind, sql, parsed, json.loads(expected)))
+    return cases
+
+
+ALL_CASES = load_cases()
+
+
+def normalized(value: Any) -> Any:
+    """A result value as the fixture writes it: timestamps as text (no trailing zeros in the
+    fraction), maps as objects."""
+    if isinstance(value, datetime):
+        text = value.strftime("%Y-%m-%d %H:%M:%S")
+        fraction = f"{value.microsecond:06d}".rstrip("0")
+        return f"{text}.{fraction}" if fraction else text
+    if isinstance(value, date | time):
+        return value.isoformat()
+    if isinstance(value, Decimal):
+        return float(value)
+    if isinstance(value, list) and value and all(isinstance(v, tuple) for v in value):
+        return {k: normalized(v) for k, v in value}
+    if isinstance(value, list):
+        return [normalized(v) for v in value]
+    if isinstance(value, dict):
+        return {k: normalized(v) for k, v in value.items()}
+    return value
+
+
+def same(got: Any, want: Any) -> bool:
+    if isinstance(want, float) and isinstance(got, int | float) and not isinstance(got, bool):
+        return math.isclose(got, want, rel_tol=1e-9, abs_tol=1e-12)
+    if isinstance(want, list) and isinstance(got, list):
+        return len(got) == len(want) and all(same(g, w) for g, w in zip(got, want, strict=True))
+    if isinstance(want, dict) and isinstance(got, dict):
+        return got.keys() == want.keys() and all(same(got[k], want[k]) for k in want)
+    return type(got) is type(want) and got == want if isinstance(want, bool) else got == want
+
+
+@pytest.fixture(scope="module")
+def sh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StreamHouse]:
+    with streamhouse.connect(tmp_path_factory.mktemp("functions") / "data", linger_ms=1) as conn:
+        conn.sql(f"CREATE STREAM fn ({COLUMNS}) WITH (topic = 'fn', format = 'json')")
+        rows = [{"n": c.n, "r": r, **row} for c in ALL_CASES for r, row in enumerate(c.rows)]
+        conn.produce("fn", rows)
+        yield conn
+
+
+@pytest.mark.parametrize("case", ALL_CASES, ids=[f"{c.n}:{c.function}" for c in ALL_CASES])
+def test_function_gives_flinks_answer_bounded(sh: StreamHouse, case: Case) -> None:
+    values = sh.sql(case.query()).to_arrow_table().column("v").to_pylist()
+    got = normalized(values)
+    assert same(got, case.expected), f"{case.sql}: {got!r}, Flink gives {case.expected!r}"
+
+
+# String- and number-valued row cases, run continuously: each through its own query.
+CONTINUOUS = [
+    "CONCAT",
+    "REGEXP_REPLACE",
+    "JSON_VALUE",
+    "JSON_OBJECT",
+    "TIMESTAMPDIFF",
+    "FROM_UNIXTIME",
+    "UNIX_TIMESTAMP",
+    "PARSE_URL",
+]
+
+
+@pytest.mark.parametrize("function", CONTINUOUS)
+def test_function_gives_flinks_answer_continuously(sh: StreamHouse, function: str) -> None:
+    case = next(c for c in ALL_CASES if c.function == function and c.kind == "row")
+    sql = f"SELECT r AS k, {case.sql} AS v FROM fn WHERE n = {case.n}"
+    name = f"fn_{case.n}"
+    rows = continuous_rows(sh, sql, name, batch=97)
+    got = [row["v"] for row in sorted(rows, key=lambda row: row["k"])]
+    assert same(got, case.expected), f"{case.sql}: {got!r}, Flink gives {case.expected!r}"
+
+
+def test_every_working_function_has_a_case_and_every_case_a_working_function() -> None:
+    working = {f.name for f in FUNCTIONS if f.works}
+    with_cases = {c.function for c in ALL_CASES}
+    assert working - with_cases == set()
+    assert with_cases - working == set()
+
+
+REFUSED = [f for f in FUNCTIONS if not f.works]
+
+
+@pytest.mark.parametrize("function", REFUSED, ids=[f.name for f in REFUSED])
+def test_refused_function_is_named_with_its_position(sh: StreamHouse, function: Any) -> None:
+    with pytest.raises(SqlError) as raised:
+        sh.sql(function.refused).to_arrow_table()
+    error = raised.value
+    keyword = function.name.split("(")[0].split()[0].rstrip(".*")
+    assert keyword.upper() in str(error).upper() or function.name in str(error)
+    assert "not supported" in str(error)
+    assert error.line == 1 and error.column is not None
+
+
+def test_the_share_of_working_functions_meets_the_target() -> None:
+    assert share_working() >= 0.9
+    assert len(FUNCTIONS) > 200
+
+
+def test_functions_page_is_current_and_the_readme_gives_its_share() -> None:
+    page_path = ROOT / "docs" / "functions.md"
+    assert page_path.read_text() == page(), "run: python -m streamhouse.sql.function_table"
+    working = sum(f.works for f in FUNCTIONS)
+    share = f"**{working} of {len(FUNCTIONS)} ({share_working():.0%})**"
+    assert share in page() and share in (ROOT / "README.md").read_text()
+
+
+# -- DataFusion's internal messages, as the Flink feature -----------------------------------------
+
+INTERNAL_ERRORS = [
+    (
+        "SELECT r, (SELECT max(j) FROM fn AS y WHERE y.n = x.n AND y.j > x.i) AS m FROM fn AS x",
+        "correlated subqueries in this position (a subquery reading the outer query's columns) "
+        "are not supported: write it as a JOIN",
+    ),
+    (
+        "SELECT *, count(*) AS c FROM fn GROUP BY n",
+        "SELECT * in a grouped query: column 'fn.r' is neither in GROUP BY nor aggregated; "
+        "name the columns to select instead of *",
+    ),
+    (
+        "SELECT no_such_function(s) FROM fn",
+        "function 'no_such_function' is not supported: it is neither one of Flink's built-in "
+        "functions (docs/functions.md) nor a registered function",
+    ),
+]
+
+
+@pytest.mark.parametrize(("sql", "message"), INTERNAL_ERRORS)
+def test_datafusion_internals_are_explained_as_the_sql_feature(
+    sh: StreamHouse, sql: str, message: str
+) -> None:
+    with pytest.raises(SqlError) as raised:
+        sh.sql(sql).to_arrow_table()
+    assert raised.value.message == message
+    assert raised.value.line == 1 and raised.value.column is not None
