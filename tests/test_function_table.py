@@ -194,3 +194,13 @@ def test_datafusion_internals_are_explained_as_the_sql_feature(
         sh.sql(sql).to_arrow_table()
     assert raised.value.message == message
     assert raised.value.line == 1 and raised.value.column is not None
+
+
+def test_json_of_other_types_fails_the_query_naming_the_type(sh: StreamHouse) -> None:
+    with pytest.raises(SqlError, match="JSON values of type List.* are not supported"):
+        sh.sql("SELECT JSON_STRING(arr) FROM fn WHERE arr IS NOT NULL").to_arrow_table()
+
+
+def test_element_of_several_elements_fails_the_query_naming_element(sh: StreamHouse) -> None:
+    with pytest.raises(SqlError, match="ELEMENT of an array of 2 elements"):
+        sh.sql("SELECT ELEMENT(ARRAY[1, 2]) FROM fn").to_arrow_table()

@@ -229,8 +229,8 @@ def _parse_time(
 
 
 def _to_timestamp(node: exp.Expr, args: list[exp.Expr], deep: Deep) -> exp.Expr:
-    if len(args) == 1:  # Flink's default also reads a fraction: yyyy-MM-dd HH:mm:ss[.SSS]
-        return _call("flink_strptime", deep(args[0]), _text_literal("%Y-%m-%d %H:%M:%S"))
+    if len(args) == 1:  # Flink's default: yyyy-MM-dd[ HH:mm:ss[.fraction]]
+        return _call("flink_strptime_default", deep(args[0]))
     return _parse_time("TO_TIMESTAMP", node, args, deep, DEFAULT_TIMESTAMP_PATTERN)
 
 
@@ -577,8 +577,10 @@ def _is_json(node: exp.Is, deep: Deep) -> exp.Expr | None:
 _JSON_TEXT = (
     "CASE WHEN __0 IS NULL THEN NULL "
     "WHEN arrow_typeof(__0) LIKE '%Utf8%' THEN flink_json_quote(TRY_CAST(__0 AS VARCHAR)) "
-    "WHEN arrow_typeof(__0) = 'Boolean' THEN CASE WHEN TRY_CAST(__0 AS BOOLEAN) THEN 'true' ELSE 'false' END "
-    "ELSE CAST(__0 AS VARCHAR) END"
+    "WHEN arrow_typeof(__0) ~ '^(Boolean|U?Int|Float|Decimal)' THEN CAST(__0 AS VARCHAR) "
+    # any other type fails the query with this text (random(): not folded at planning)
+    "ELSE CAST(CAST(concat('JSON values of type ', arrow_typeof(__0), ' are not supported', "
+    "CASE WHEN random() < 2 THEN '' END) AS INT) AS VARCHAR) END"
 )
 """JSON text of a scalar: strings quoted and escaped, numbers and booleans as they print."""
 
@@ -838,6 +840,15 @@ def register_duckdb_functions(register: Callable[..., None]) -> None:
     text, flag = pa.string(), pa.bool_()
     register(
         "flink_strptime", _constant("try_strptime(a0, {0})", 1), [text, text], pa.timestamp("us")
+    )
+    register(
+        "flink_strptime_default",
+        _duckdb(
+            "date_trunc('millisecond', try_strptime(a0, "
+            "['%Y-%m-%d %H:%M:%S.%f', '%Y-%m-%d %H:%M:%S', '%Y-%m-%d']))"
+        ),
+        [text],
+        pa.timestamp("us"),
     )
     register("flink_convert_tz", _convert_tz_arrays, [text, text, text], text)
     register("flink_json_value", _constant(_JSON_VALUE, 1), [text, text], text)

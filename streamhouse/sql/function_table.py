@@ -248,7 +248,7 @@ FUNCTIONS: list[Function] = [
         "json",
         ("IS JSON", "VALUE, SCALAR, ARRAY, OBJECT; NULL IS JSON is FALSE"),
         ("JSON_EXISTS", "FALSE ON ERROR only"),
-        ("JSON_STRING", "scalars"),
+        ("JSON_STRING", "strings, numbers, booleans; other types fail the query, named"),
         ("JSON_VALUE", "RETURNING works; ON EMPTY / ON ERROR clauses are refused; no wildcards"),
         ("JSON_QUERY", "objects and arrays; wrapper and ON clauses are refused; no wildcards"),
         ("JSON_OBJECT", "NULL ON NULL (default) and ABSENT ON NULL; nested constructors"),
