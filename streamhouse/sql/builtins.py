@@ -35,13 +35,10 @@ Deep = Callable[[exp.Expr], exp.Expr]
 
 REFUSED: dict[str, str] = {
     "TYPEOF": "Flink's type names are not tracked",
-    "CURRENT_DATABASE": "there are no databases",
     "GROUP_ID": "",
-    "GROUPING_ID": "",
     "COLLECT": "there is no MULTISET type",
     "JSON_ARRAYAGG": "",
     "JSON_OBJECTAGG": "",
-    "RAND_INTEGER": "",
     "CURRENT_WATERMARK": "",
 }
 """Flink functions refused by name (with the reason, when there is one to give)."""
@@ -120,7 +117,7 @@ def _timestampadd(node: exp.Expr, args: list[exp.Expr], deep: Deep) -> exp.Expr:
 
 def _timestampdiff(node: exp.Expr, args: list[exp.Expr], deep: Deep) -> exp.Expr:
     """``TIMESTAMPDIFF(unit, t1, t2)``: whole units from ``t1`` to ``t2``, truncated toward zero;
-    months count only when ``t1`` moved by them does not pass ``t2`` (as Flink's Calcite)."""
+    MONTH, QUARTER and YEAR from Flink's month count (:func:`_months_sql`)."""
     if len(args) != 3:
         raise sql_error("TIMESTAMPDIFF takes a unit and two timestamps", node)
     unit = _unit(args[0], "TIMESTAMPDIFF")
@@ -131,18 +128,42 @@ def _timestampdiff(node: exp.Expr, args: list[exp.Expr], deep: Deep) -> exp.Expr
             first,
             second,
         )
-    months = (
-        "((CAST(date_part('year', __1) AS BIGINT) * 12 + CAST(date_part('month', __1) AS BIGINT))"
-        " - (CAST(date_part('year', __0) AS BIGINT) * 12 + CAST(date_part('month', __0) AS BIGINT)))"
+    return _sql(f"CAST(({_MONTHS_BETWEEN}) / {_MONTH_UNITS[unit]} AS INT)", first, second)
+
+
+def _months_sql() -> str:
+    """Flink's (Calcite's) ``subtractMonths(t1 -> t0)`` over ``__0`` (t1) and ``__1`` (t0): on
+    days, the most months ``m`` with ``addMonths(d1, m) <= d0`` (month ends clamped; negated
+    when ``d0 < d1``); one less when that lands on ``d0`` at an earlier time of day."""
+    d0, d1 = "CAST(__1 AS DATE)", "CAST(__0 AS DATE)"
+
+    def month_number(date: str) -> str:
+        return (
+            f"(CAST(date_part('year', {date}) AS BIGINT) * 12 "
+            f"+ CAST(date_part('month', {date}) AS BIGINT))"
+        )
+
+    def add_months(date: str, months: str) -> str:
+        return f"({date} + CAST(CAST({months} AS VARCHAR) || ' months' AS INTERVAL))"
+
+    def fitting(later: str, earlier: str) -> str:
+        raw = f"({month_number(later)} - {month_number(earlier)})"
+        return f"(CASE WHEN {add_months(earlier, raw)} <= {later} THEN {raw} ELSE {raw} - 1 END)"
+
+    def time_of_day(ts: str) -> str:
+        return (
+            f"(CAST(date_part('epoch', {ts}) * 1000 AS BIGINT) "
+            f"- CAST(date_part('epoch', date_trunc('day', {ts})) * 1000 AS BIGINT))"
+        )
+
+    days = f"(CASE WHEN {d0} >= {d1} THEN {fitting(d0, d1)} ELSE -{fitting(d1, d0)} END)"
+    return (
+        f"CASE WHEN {add_months(d1, days)} = {d0} AND {time_of_day('__1')} < {time_of_day('__0')} "
+        f"THEN {days} - 1 ELSE {days} END"
     )
-    # time into the month, in ms: a partial month does not count
-    into = "(CAST(date_part('epoch', __{i}) * 1000 AS BIGINT) - CAST(date_part('epoch', date_trunc('month', __{i})) * 1000 AS BIGINT))"
-    whole = (
-        f"CASE WHEN {months} > 0 AND {into.format(i=1)} < {into.format(i=0)} THEN {months} - 1 "
-        f"WHEN {months} < 0 AND {into.format(i=1)} > {into.format(i=0)} THEN {months} + 1 "
-        f"ELSE {months} END"
-    )
-    return _sql(f"CAST(({whole}) / {_MONTH_UNITS[unit]} AS INT)", first, second)
+
+
+_MONTHS_BETWEEN = _months_sql()
 
 
 def _floor_ceil(node: exp.Floor | exp.Ceil, deep: Deep) -> exp.Expr | None:
@@ -448,6 +469,32 @@ def _null_if_any(function: str, args: list[exp.Expr]) -> exp.Expr:
     )
 
 
+def _rand_integer(node: exp.Expr, args: list[exp.Expr], deep: Deep) -> exp.Expr:
+    """``RAND_INTEGER(n)``: uniform in [0, n); with a seed (two arguments) it is refused."""
+    if len(args) != 1:
+        raise sql_error("function RAND_INTEGER with a seed is not supported", node)
+    return _sql("CAST(floor(random() * __0) AS INT)", deep(args[0]))
+
+
+def _overlaps(node: exp.Overlaps, deep: Deep) -> exp.Expr:
+    """``(s0, e0) OVERLAPS (s1, e1)``, as Calcite: an interval end is start + interval, each
+    pair is put in order, and the periods overlap unless one ends before the other starts."""
+    pairs = []
+    for side in (node.this, node.expression):
+        points = side.expressions if isinstance(side, exp.Tuple) else []
+        if len(points) != 2:
+            raise sql_error("OVERLAPS takes (start, end or interval) on each side", side)
+        start, end = deep(points[0]), deep(points[1])
+        if isinstance(points[1], exp.Interval):
+            end = _sql("__0 + __1", start, end)
+        pairs += [start, end]
+    low = "CASE WHEN {a} <= {b} THEN {a} ELSE {b} END"
+    high = "CASE WHEN {a} <= {b} THEN {b} ELSE {a} END"
+    s0, e0 = low.format(a="__0", b="__1"), high.format(a="__0", b="__1")
+    s1, e1 = low.format(a="__2", b="__3"), high.format(a="__2", b="__3")
+    return _sql(f"NOT (({e0}) < ({s1}) OR ({e1}) < ({s0}))", *pairs)
+
+
 def _all_args(node: exp.Expr) -> list[exp.Expr]:
     return [node.this, *node.expressions]
 
@@ -531,6 +578,8 @@ def _json_path(node: exp.Expr | None, function: str) -> str:
     if path is None:
         raise sql_error(f"{function} takes its path as a string literal", node)
     path = re.sub(r"^\s*(lax|strict)\s+", "", path, flags=re.IGNORECASE)
+    # Flink's $.['a b'] / $.["a b"] / $['a b']: DuckDB spells a quoted member $."a b"
+    path = re.sub(r"\.?\[\s*(['\"])(.*?)\1\s*\]", lambda m: '."' + m.group(2) + '"', path)
     if "*" in path:
         raise sql_error(f"{function} paths with wildcards are not supported", node)
     return path
@@ -648,6 +697,7 @@ _NAMED: dict[str, Callable[[exp.Expr, list[exp.Expr], Deep], exp.Expr]] = {
     "JSON_ARRAY": _json_array,
     "JSON_STRING": _json_string,
     "E": lambda node, args, deep: _sql("exp(1.0)"),
+    "RAND_INTEGER": lambda node, args, deep: _rand_integer(node, args, deep),
     "CURRENT_ROW_TIMESTAMP": lambda node, args, deep: _sql("now()"),
     "IS_ALPHA": lambda node, args, deep: _sql("coalesce(__0 ~ '^\\p{L}+$', false)", deep(args[0])),
     "IS_DIGIT": lambda node, args, deep: _sql("coalesce(__0 ~ '^\\p{Nd}+$', false)", deep(args[0])),
@@ -712,14 +762,18 @@ _TYPED: dict[type, Callable[..., exp.Expr | None]] = {
     exp.Localtimestamp: lambda node, deep: _call("now"),
     exp.Localtime: lambda node, deep: _call("current_time"),
     exp.Interval: lambda node, deep: _interval_range(node),
+    exp.Overlaps: lambda node, deep: _overlaps(node, deep),
+    exp.GroupingId: lambda node, deep: exp.Grouping(
+        expressions=[deep(a) for a in node.expressions]
+    ),
+    # Flink's session starts in database 'default_database'; StreamHouse has no other
+    exp.CurrentDatabase: lambda node, deep: _text_literal("default_database"),
     exp.Column: lambda node, deep: _field_access(node),
 }
 """Flink calls sqlglot reads as its own expression types."""
 
 _REFUSED_TYPES: dict[type, str] = {
     exp.Typeof: "TYPEOF",
-    exp.CurrentDatabase: "CURRENT_DATABASE",
-    exp.GroupingId: "GROUPING_ID",
     exp.JSONObjectAgg: "JSON_OBJECTAGG",
 }
 """Refused Flink functions that sqlglot reads as its own expression types."""
@@ -740,8 +794,6 @@ def flink_function(node: exp.Expr, deep: Deep) -> exp.Expr | None:
         return named(node, list(node.expressions), deep) if named else None
     if isinstance(node, exp.Rand) and node.this is not None:
         raise sql_error("function RAND with a seed is not supported", node)
-    if isinstance(node, exp.Overlaps):
-        raise sql_error("OVERLAPS is not supported", node)
     refused = _REFUSED_TYPES.get(type(node))
     if refused is not None:
         reason = REFUSED.get(refused)

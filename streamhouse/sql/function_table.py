@@ -117,7 +117,10 @@ FUNCTIONS: list[Function] = [
         ("RAND()", "not reproducible: tested for its range"),
     ),
     _refused("arithmetic", "RAND(INT)", "SELECT RAND(7) FROM fn", "seeded sequences"),
-    _refused("arithmetic", "RAND_INTEGER", "SELECT RAND_INTEGER(10) FROM fn"),
+    Function("RAND_INTEGER(INT)", "arithmetic", "not reproducible: tested for its range"),
+    _refused(
+        "arithmetic", "RAND_INTEGER(INT, INT)", "SELECT RAND_INTEGER(7, 10) FROM fn", "seeded"
+    ),
     *_group(
         "arithmetic",
         ("UUID", "version 4, random: tested for its form"),
@@ -195,12 +198,12 @@ FUNCTIONS: list[Function] = [
         "FLOOR(timepoint TO unit)",
         "CEIL(timepoint TO unit)",
     ),
-    _refused("temporal", "OVERLAPS", "SELECT (ts, ts) OVERLAPS (ts, ts) FROM fn"),
+    Function("OVERLAPS", "temporal", "as Calcite: ends included, pairs put in order"),
     *_group(
         "temporal",
         ("DATE_FORMAT", "Java DateTimeFormatter patterns (see DATE_FORMAT's own tests)"),
         ("TIMESTAMPADD", "SECOND to YEAR; months clamp to the month's last day"),
-        ("TIMESTAMPDIFF", "SECOND to YEAR, truncated toward zero"),
+        ("TIMESTAMPDIFF", "SECOND to YEAR, truncated toward zero; months as Flink counts them"),
         ("CONVERT_TZ", "IANA zone names and offsets; the zones must be constants"),
         ("FROM_UNIXTIME", "in the session zone, UTC"),
         (
@@ -266,7 +269,7 @@ FUNCTIONS: list[Function] = [
     _refused("value access", "composite.*", "SELECT (ROW(i, s)).* FROM fn"),
     _refused("grouping", "GROUP_ID", "SELECT GROUP_ID() FROM fn"),
     Function("GROUPING", "grouping", "with GROUPING SETS, ROLLUP and CUBE, bounded"),
-    _refused("grouping", "GROUPING_ID", "SELECT GROUPING_ID(s) FROM fn GROUP BY s"),
+    Function("GROUPING_ID", "grouping", "the first expression is the highest bit"),
     *_group(
         "hash",
         "MD5",
@@ -306,7 +309,9 @@ FUNCTIONS: list[Function] = [
         ("PERCENT_RANK", "OVER windows"),
         ("NTILE", "OVER windows"),
     ),
-    _refused("catalog", "CURRENT_DATABASE", "SELECT CURRENT_DATABASE() FROM fn"),
+    Function(
+        "CURRENT_DATABASE", "catalog", "'default_database', Flink's default; there is no other"
+    ),
 ]
 """Every SQL function in Flink's documentation, in its order."""
 
