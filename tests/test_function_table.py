@@ -17,6 +17,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import pytest
 from window_cases import continuous_rows
 
@@ -103,8 +104,10 @@ def sh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StreamHouse]:
 
 @pytest.mark.parametrize("case", ALL_CASES, ids=[f"{c.n}:{c.function}" for c in ALL_CASES])
 def test_function_gives_flinks_answer_bounded(sh: StreamHouse, case: Case) -> None:
-    values = sh.sql(case.query()).to_arrow_table().column("v").to_pylist()
-    got = normalized(values)
+    column = sh.sql(case.query()).to_arrow_table().column("v")
+    got = normalized(column.to_pylist())
+    if pa.types.is_map(column.type):  # an empty map reads back as []
+        got = [{} if value == [] else value for value in got]
     assert same(got, case.expected), f"{case.sql}: {got!r}, Flink gives {case.expected!r}"
 
 
@@ -204,3 +207,13 @@ def test_json_of_other_types_fails_the_query_naming_the_type(sh: StreamHouse) ->
 def test_element_of_several_elements_fails_the_query_naming_element(sh: StreamHouse) -> None:
     with pytest.raises(SqlError, match="ELEMENT of an array of 2 elements"):
         sh.sql("SELECT ELEMENT(ARRAY[1, 2]) FROM fn").to_arrow_table()
+
+
+def test_regexp_replace_refuses_a_backslash_before_a_digit(sh: StreamHouse) -> None:
+    """Flink inserts the replacement as written; DataFusion would read ``\\1`` as group 1."""
+    with pytest.raises(SqlError, match="backslash before a digit") as raised:
+        sh.sql("SELECT REGEXP_REPLACE(s, '(b)', '\\1') FROM fn").to_arrow_table()
+    assert raised.value.column is not None
+    sh.produce("fn", [{"n": -1, "r": 0, "s": "abc", "t": "\\1"}])  # a replacement read per row
+    with pytest.raises(SqlError, match="backslash before a digit"):
+        sh.sql("SELECT REGEXP_REPLACE(s, 'b', t) FROM fn WHERE n = -1").to_arrow_table()

@@ -337,14 +337,95 @@ def _concat(node: exp.Concat, deep: Deep) -> exp.Expr:
     return result
 
 
+_BACKSLASH_DIGIT = re.compile(r"\\[0-9]")
+
+
 def _regexp_replace(node: exp.RegexpReplace, deep: Deep) -> exp.Expr:
-    """Every match replaced (DataFusion's replaces the first unless given 'g')."""
-    return _call(
-        "regexp_replace",
+    """Every match replaced by the replacement as written (Flink quotes it: ``$1`` is text).
+    DataFusion replaces the first match unless given 'g', and reads ``$`` and a backslash
+    before a digit as group references: ``$`` is doubled; a backslash before a digit is
+    refused (a literal at planning, other values when the row is read)."""
+    replacement = node.args["replacement"]
+    text = _string(replacement)
+    if text is not None and _BACKSLASH_DIGIT.search(text):
+        raise sql_error(
+            "REGEXP_REPLACE with a backslash before a digit in the replacement is not supported",
+            replacement,
+        )
+    return _sql(
+        "CASE WHEN __2 ~ '\\\\[0-9]' THEN CAST(CAST(concat('REGEXP_REPLACE with a backslash "
+        "before a digit in the replacement is not supported', CASE WHEN random() < 2 THEN '' "
+        "END) AS INT) AS VARCHAR) ELSE regexp_replace(__0, __1, replace(__2, '$', '$$'), 'g') END",
         deep(node.this),
         deep(node.expression),
-        deep(node.args["replacement"]),
-        _text_literal("g"),
+        deep(replacement),
+    )
+
+
+def _split_index(node: exp.Expr, args: list[exp.Expr], deep: Deep) -> exp.Expr:
+    """``SPLIT_INDEX(s, sep, i)``: token ``i`` (from 0) of ``s`` split at every ``sep``, empty
+    tokens kept; NULL for a negative ``i``, past the last token, or an empty ``s``."""
+    if len(args) != 3:
+        raise sql_error("SPLIT_INDEX takes a string, a separator and an index", node)
+    tokens = "(character_length(__0) - character_length(replace(__0, __1, ''))) / character_length(__1) + 1"
+    return _sql(
+        f"CASE WHEN __2 < 0 OR __0 = '' OR __1 = '' OR __2 >= {tokens} THEN NULL "
+        "ELSE split_part(__0, __1, __2 + 1) END",
+        *(deep(a) for a in args),
+    )
+
+
+def _substring(node: exp.Substring, deep: Deep) -> exp.Expr:
+    """Flink's SUBSTRING / SUBSTR: a start below 0 counts from the end, 0 is 1; a negative
+    length gives NULL."""
+    text = deep(node.this)
+    start = deep(node.args.get("start") or exp.Literal.number(1))
+    length = node.args.get("length")
+    first = (
+        "CASE WHEN __1 > 0 THEN __1 WHEN __1 < 0 THEN character_length(__0) + __1 + 1 ELSE 1 END"
+    )
+    before_start = "__1 < 0 AND character_length(__0) + __1 < 0"
+    if length is None:
+        return _sql(f"CASE WHEN {before_start} THEN '' ELSE substr(__0, {first}) END", text, start)
+    return _sql(
+        f"CASE WHEN __2 < 0 THEN NULL WHEN {before_start} THEN '' "
+        f"ELSE substr(__0, {first}, __2) END",
+        text,
+        start,
+        deep(length),
+    )
+
+
+def _overlay(node: exp.Overlay, deep: Deep) -> exp.Expr:
+    """Flink's OVERLAY: the string unchanged for a start outside it; the rest after the
+    replaced characters kept only when it starts inside the string and the count is positive."""
+    text, placing, start = deep(node.this), deep(node.expression), deep(node.args["from_"])
+    count = node.args.get("for_")
+    length = deep(count) if count is not None else _call("character_length", placing)
+    return _sql(
+        "CASE WHEN __2 <= 0 OR __2 > character_length(__0) THEN __0 "
+        "ELSE substr(__0, 1, __2 - 1) || __1 || "
+        "CASE WHEN __2 + __3 <= character_length(__0) AND __3 > 0 THEN substr(__0, __2 + __3) "
+        "ELSE '' END END",
+        text,
+        placing,
+        start,
+        length,
+    )
+
+
+def _locate(node: exp.StrPosition, deep: Deep) -> exp.Expr | None:
+    """``LOCATE(needle, s, from)``: searched from ``from`` (below 1 as 1); 0 if absent."""
+    position = node.args.get("position")
+    if position is None:
+        return None
+    return _sql(
+        "CASE WHEN __2 IS NULL THEN NULL "
+        "WHEN strpos(substr(__0, greatest(__2, 1)), __1) = 0 THEN 0 "
+        "ELSE strpos(substr(__0, greatest(__2, 1)), __1) + greatest(__2, 1) - 1 END",
+        deep(node.this),
+        deep(node.args["substr"]),
+        deep(position),
     )
 
 
@@ -364,7 +445,8 @@ def _parse_url(node: exp.ParseUrl, deep: Deep) -> exp.Expr:
     part = _string(node.args.get("part_to_extract"))
     groups = {"PROTOCOL": 2, "AUTHORITY": 4, "PATH": 5, "QUERY": 7, "REF": 9}  # 1-based
     url = deep(node.this)
-    match = "regexp_match(__0, '^(([^:/?#]+):)?(//([^/?#]*))?([^?#]*)(\\?([^#]*))?(#(.*))?')"
+    # the scheme is required: Java's URL refuses text without one (Flink gives NULL)
+    match = "regexp_match(__0, '^(([^:/?#]+):)(//([^/?#]*))?([^?#]*)(\\?([^#]*))?(#(.*))?')"
     key = node.args.get("key")
     if part == "QUERY" and key is not None:
         name = _string(key)
@@ -683,6 +765,7 @@ def _quote(text: str) -> str:
 # -- dispatch ------------------------------------------------------------------------------------
 
 _NAMED: dict[str, Callable[[exp.Expr, list[exp.Expr], Deep], exp.Expr]] = {
+    "SPLIT_INDEX": _split_index,
     "TIMESTAMPADD": _timestampadd,
     "TIMESTAMPDIFF": _timestampdiff,
     "TO_TIMESTAMP": _to_timestamp,
@@ -722,9 +805,15 @@ _TYPED: dict[type, Callable[..., exp.Expr | None]] = {
     exp.Concat: _concat,
     exp.RegexpReplace: _regexp_replace,
     exp.SimilarTo: _similar_to,
+    exp.RegexpLike: lambda node, deep: _sql(
+        "CASE WHEN __1 = '' THEN false ELSE __0 ~ __1 END", deep(node.this), deep(node.expression)
+    ),
     exp.ParseUrl: _parse_url,
     exp.Hex: _hex,
     exp.Encode: _encode,
+    exp.Substring: _substring,
+    exp.Overlay: _overlay,
+    exp.StrPosition: _locate,
     exp.Left: _left_right,
     exp.Right: _left_right,
     exp.Pad: _pad,
@@ -841,13 +930,18 @@ def _constant(sql: str, index: int) -> Callable[..., pa.Array]:
 
 
 def _str_to_map_arrays(strings: pa.Array, pairs: pa.Array, key_values: pa.Array) -> pa.Array:
-    """Flink's STR_TO_MAP: split into pairs, then each pair at its first key-value delimiter
-    (both regular expressions); a pair without one maps its text to NULL."""
+    """Flink's STR_TO_MAP: split into pairs (Java's String.split: trailing empty pairs dropped),
+    then each pair at its first key-value delimiter (both regular expressions); a pair without
+    one maps its text to NULL; '' gives an empty map."""
     pair_pattern = pairs.unique().drop_null().to_pylist() or [","]
     key_pattern = key_values.unique().drop_null().to_pylist() or ["="]
     if len(pair_pattern) > 1 or len(key_pattern) > 1:
         raise ValueError("STR_TO_MAP delimiters must be constants")
-    split = pc.split_pattern_regex(strings, pair_pattern[0])
+    # Java's String.split drops trailing empty strings; Flink maps '' to an empty map
+    trimmed = pc.replace_substring_regex(strings, f"(?:{pair_pattern[0]})+$", "")
+    split = pc.split_pattern_regex(trimmed, pair_pattern[0])
+    empty = pc.fill_null(pc.equal(trimmed, ""), False)
+    split = pc.if_else(empty, pa.scalar([], split.type), split)
     items = pc.list_flatten(split)
     keys = pc.list_element(pc.split_pattern_regex(items, key_pattern[0], max_splits=1), 0)
     rest = pc.replace_substring_regex(items, f"^.*?(?:{key_pattern[0]})", "", max_replacements=1)

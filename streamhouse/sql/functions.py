@@ -9,7 +9,6 @@ Flink                                    DataFusion
 =======================================  ===============================================
 ``DATE_FORMAT(ts, 'yyyy-MM-dd HH:mm')``  ``to_char(ts, '%Y-%m-%d %H:%M')`` (:mod:`.date_format`)
 ``REGEXP_EXTRACT(s, re, i)``             ``regexp_match(s, '(' || re || ')')[i + 1]``
-``SPLIT_INDEX(s, sep, i)``               ``split_part(s, sep, i + 1)`` (NULL past the end)
 ``CHAR_LENGTH(s)``                       ``character_length(s)``
 ``CAST(ts AS STRING)``                   ``yyyy-MM-dd HH:mm:ss[.f]``, p digits for TIMESTAMP(p)
 ``HOUR(ts)``, ``MINUTE``, ``DAYOFMONTH``   ``date_part('hour', ts)``, ...
@@ -105,18 +104,6 @@ def _rewrite_own(node: exp.Expr) -> exp.Expr:
         return _regexp_extract(node)
     if isinstance(node, exp.Cast) and node.to.this in _TEXT_TYPES:
         return _cast_to_string(node)
-    if name == "SPLIT_INDEX" and len(node.expressions) == 3:
-        subject, separator, index = node.expressions
-        part = exp.Anonymous(
-            this="split_part",
-            expressions=[subject, separator, exp.Add(this=index, expression=exp.Literal.number(1))],
-        )
-        # Flink: NULL for a negative index (split_part counts those from the end)
-        return exp.If(
-            this=exp.LT(this=index.copy(), expression=exp.Literal.number(0)),
-            true=exp.Null(),
-            false=exp.Nullif(this=part, expression=exp.Literal.string("")),
-        )
     if name == "CHAR_LENGTH":
         return exp.Anonymous(this="character_length", expressions=node.expressions)
     part = _DATE_PARTS.get(type(node)) or _DATE_PART_NAMES.get(name or "")
