@@ -121,6 +121,12 @@ CONTINUOUS = [
     "FROM_UNIXTIME",
     "UNIX_TIMESTAMP",
     "PARSE_URL",
+    "SPLIT_INDEX",
+    "SUBSTRING",
+    "CASE value WHEN",
+    "IS JSON",
+    "OVERLAPS",
+    "ARRAY_POSITION",
 ]
 
 
