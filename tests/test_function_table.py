@@ -223,3 +223,23 @@ def test_regexp_replace_refuses_a_backslash_before_a_digit(sh: StreamHouse) -> N
     sh.produce("fn", [{"n": -1, "r": 0, "s": "abc", "t": "\\1"}])  # a replacement read per row
     with pytest.raises(SqlError, match="backslash before a digit"):
         sh.sql("SELECT REGEXP_REPLACE(s, 'b', t) FROM fn WHERE n = -1").to_arrow_table()
+
+
+def test_order_sensitive_aggregates_follow_the_log_order(sh: StreamHouse) -> None:
+    """FIRST_VALUE, LAST_VALUE and LISTAGG over 20 produce batches of 1,000 rows (DataFusion's parallel
+    aggregation would see rows out of order): the first and last non-NULL values in the log."""
+    sh.sql("CREATE STREAM ordered (k INT, v STRING) WITH (topic = 'ordered', partitions = 1)")
+    rows = [
+        {"k": i % 3, "v": None if i % 7 == 0 else f"v{b * 1000 + i:05d}"}
+        for b in range(20)
+        for i in range(1000)
+    ]
+    for start in range(0, len(rows), 1000):
+        sh.produce("ordered", rows[start : start + 1000])
+    got = sh.sql(
+        "SELECT k, FIRST_VALUE(v) AS f, LAST_VALUE(v) AS l, LISTAGG(v, '') AS g "
+        "FROM ordered GROUP BY k ORDER BY k"
+    ).to_arrow_table()
+    for k, first, last, joined in zip(*got.to_pydict().values(), strict=True):
+        values = [r["v"] for r in rows if r["k"] == k and r["v"] is not None]
+        assert (first, last, joined) == (values[0], values[-1], "".join(values))

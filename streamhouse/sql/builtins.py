@@ -577,6 +577,13 @@ def _overlaps(node: exp.Overlaps, deep: Deep) -> exp.Expr:
     return _sql(f"NOT (({e0}) < ({s1}) OR ({e1}) < ({s0}))", *pairs)
 
 
+def _ignore_nulls(node: exp.FirstValue | exp.LastValue, deep: Deep) -> exp.Expr | None:
+    """Flink's FIRST_VALUE and LAST_VALUE skip NULL values (aggregates and OVER windows)."""
+    if isinstance(node.parent, exp.IgnoreNulls | exp.RespectNulls):
+        return None
+    return exp.IgnoreNulls(this=type(node)(this=deep(node.this)))
+
+
 def _all_args(node: exp.Expr) -> list[exp.Expr]:
     return [node.this, *node.expressions]
 
@@ -852,6 +859,8 @@ _TYPED: dict[type, Callable[..., exp.Expr | None]] = {
     exp.Localtime: lambda node, deep: _call("current_time"),
     exp.Interval: lambda node, deep: _interval_range(node),
     exp.Overlaps: lambda node, deep: _overlaps(node, deep),
+    exp.FirstValue: _ignore_nulls,
+    exp.LastValue: _ignore_nulls,
     exp.GroupingId: lambda node, deep: exp.Grouping(
         expressions=[deep(a) for a in node.expressions]
     ),

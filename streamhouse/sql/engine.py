@@ -294,7 +294,9 @@ class Engine:
         if isinstance(query, exp.Select) and (temporal := plan_temporal_join(query)) is not None:
             return self._temporal(temporal, columns, named, stats, hints)
         query, windowed = take_out_windows(query)
-        ctx = session_context()
+        # FIRST_VALUE, LAST_VALUE and LISTAGG depend on the order rows arrive in: one partition
+        # keeps the log's order (DataFusion's repartitioning would not)
+        ctx = session_context(ordered=order_sensitive(query))
         schemas: dict[str, pa.Schema] = {}
         for name in sorted({t.name for t in source_tables(query)}):
             if name in windowed:
@@ -510,6 +512,20 @@ def referenced_columns(query: exp.Expr) -> set[str] | None:
             if not isinstance(star.parent, exp.Count):
                 return None
     return column_names(query) | set(METADATA_COLUMNS)
+
+
+_ORDER_SENSITIVE = (exp.FirstValue, exp.LastValue, exp.GroupConcat)
+
+
+def order_sensitive(query: exp.Expr) -> bool:
+    """Whether ``query`` has an aggregate whose answer depends on the order of its rows:
+    FIRST_VALUE, LAST_VALUE or LISTAGG outside an OVER window (those name their order)."""
+    for node in query.find_all(*_ORDER_SENSITIVE, exp.Anonymous):
+        if isinstance(node, exp.Anonymous) and node.name.upper() != "LISTAGG":
+            continue
+        if not isinstance(node.parent, exp.Window):
+            return True
+    return False
 
 
 def column_names(query: exp.Expr) -> set[str]:

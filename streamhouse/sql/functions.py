@@ -198,12 +198,13 @@ _DATE_PART_NAMES = {"HOUR": "hour", "MINUTE": "minute", "SECOND": "second", "DAY
 
 
 class DataFusionSQL(Postgres):
-    """Postgres as DataFusion reads it: ``TRY_CAST`` stays a TRY_CAST."""
+    """Postgres as DataFusion reads it: ``TRY_CAST`` and ``IGNORE NULLS`` are kept."""
 
     class Generator(PostgresGenerator):
         TRANSFORMS: ClassVar = {
             **PostgresGenerator.TRANSFORMS,
             exp.TryCast: lambda self, e: f"TRY_CAST({self.sql(e, 'this')} AS {self.sql(e, 'to')})",
+            exp.IgnoreNulls: lambda self, e: f"{self.sql(e, 'this')} IGNORE NULLS",
         }
 
 
