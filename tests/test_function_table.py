@@ -243,3 +243,40 @@ def test_order_sensitive_aggregates_follow_the_log_order(sh: StreamHouse) -> Non
     for k, first, last, joined in zip(*got.to_pydict().values(), strict=True):
         values = [r["v"] for r in rows if r["k"] == k and r["v"] is not None]
         assert (first, last, joined) == (values[0], values[-1], "".join(values))
+
+
+def test_aggregates_in_windows_bounded_and_continuously(sh: StreamHouse) -> None:
+    """STDDEV_POP, VAR_SAMP, FIRST_VALUE (NULLs skipped), LAST_VALUE and LISTAGG per tumbling
+    window, continuously in micro-batches of one record with a restart, and bounded."""
+    sh.sql(
+        "CREATE STREAM w (d DOUBLE, s STRING, ts TIMESTAMP(3), WATERMARK FOR ts AS ts) "
+        "WITH (topic = 'w', format = 'json')"
+    )
+    sh.produce(
+        "w",
+        [
+            {"d": 1.0, "s": None, "ts": "2024-01-01 00:00:01"},
+            {"d": 3.0, "s": "b", "ts": "2024-01-01 00:00:02"},
+            {"d": 8.0, "s": "c", "ts": "2024-01-01 00:00:03"},
+            {"d": 5.0, "s": "d", "ts": "2024-01-01 00:01:30"},
+        ],
+    )
+    sql = (
+        "SELECT window_start AS k, STDDEV_POP(d) AS sd, VAR_SAMP(d) AS vs, FIRST_VALUE(s) AS f, "
+        "LAST_VALUE(s) AS l, LISTAGG(s, '+') AS g "
+        "FROM TABLE(TUMBLE(TABLE w, DESCRIPTOR(ts), INTERVAL '1' MINUTE)) "
+        "GROUP BY window_start, window_end"
+    )
+    # by hand: window 1 holds 1, 3, 8 (mean 4, squared deviations 9 + 1 + 16 = 26)
+    want = [
+        (math.sqrt(26 / 3), 13.0, "b", "c", "b+c"),
+        (0.0, None, "d", "d", "d"),
+    ]
+    streamed = continuous_rows(sh, sql, "w_aggregates", batch=1)
+    bounded = sh.sql(sql).to_arrow_table().to_pylist()
+    for rows in (streamed, bounded):
+        ordered = sorted(rows, key=lambda r: str(r["k"]))
+        got = [tuple(r[c] for c in ("sd", "vs", "f", "l", "g")) for r in ordered]
+        assert len(got) == len(want)
+        for g, w in zip(got, want, strict=True):
+            assert same(list(g), list(w)), (g, w)

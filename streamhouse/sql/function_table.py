@@ -337,6 +337,10 @@ def page() -> str:
         "documentation. The rest are refused with their name, line and column: never a",
         "different answer.",
         "",
+        "Continuously, stateless queries and window aggregates run every function that works;",
+        "a GROUP BY without a window computes COUNT, SUM, AVG, MIN and MAX incrementally and",
+        "refuses other aggregates.",
+        "",
         "| function | category | status | notes |",
         "|---|---|---|---|",
     ]
