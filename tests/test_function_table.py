@@ -226,7 +226,7 @@ def test_regexp_replace_refuses_a_backslash_before_a_digit(sh: StreamHouse) -> N
 
 
 def test_order_sensitive_aggregates_follow_the_log_order(sh: StreamHouse) -> None:
-    """FIRST_VALUE, LAST_VALUE and LISTAGG over 20 produce batches of 1,000 rows (DataFusion's parallel
+    """FIRST_VALUE, LAST_VALUE, LISTAGG and JSON_ARRAYAGG over 20 produce batches of 1,000 rows (DataFusion's parallel
     aggregation would see rows out of order): the first and last non-NULL values in the log."""
     sh.sql("CREATE STREAM ordered (k INT, v STRING) WITH (topic = 'ordered', partitions = 1)")
     rows = [
@@ -237,12 +237,13 @@ def test_order_sensitive_aggregates_follow_the_log_order(sh: StreamHouse) -> Non
     for start in range(0, len(rows), 1000):
         sh.produce("ordered", rows[start : start + 1000])
     got = sh.sql(
-        "SELECT k, FIRST_VALUE(v) AS f, LAST_VALUE(v) AS l, LISTAGG(v, '') AS g "
-        "FROM ordered GROUP BY k ORDER BY k"
+        "SELECT k, FIRST_VALUE(v) AS f, LAST_VALUE(v) AS l, LISTAGG(v, '') AS g, "
+        "JSON_ARRAYAGG(v) AS a FROM ordered GROUP BY k ORDER BY k"
     ).to_arrow_table()
-    for k, first, last, joined in zip(*got.to_pydict().values(), strict=True):
+    for k, first, last, joined, array in zip(*got.to_pydict().values(), strict=True):
         values = [r["v"] for r in rows if r["k"] == k and r["v"] is not None]
         assert (first, last, joined) == (values[0], values[-1], "".join(values))
+        assert json.loads(array) == values
 
 
 def test_aggregates_in_windows_bounded_and_continuously(sh: StreamHouse) -> None:
@@ -280,3 +281,9 @@ def test_aggregates_in_windows_bounded_and_continuously(sh: StreamHouse) -> None
         assert len(got) == len(want)
         for g, w in zip(got, want, strict=True):
             assert same(list(g), list(w)), (g, w)
+
+
+def test_json_objectagg_of_a_key_given_twice_fails_the_query(sh: StreamHouse) -> None:
+    sh.produce("fn", [{"n": -2, "r": 0, "s": "k", "i": 1}, {"n": -2, "r": 1, "s": "k", "i": 2}])
+    with pytest.raises(SqlError, match="JSON_OBJECTAGG with a key given twice"):
+        sh.sql("SELECT JSON_OBJECTAGG(KEY s VALUE i) FROM fn WHERE n = -2").to_arrow_table()

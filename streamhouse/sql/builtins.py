@@ -37,8 +37,6 @@ REFUSED: dict[str, str] = {
     "TYPEOF": "Flink's type names are not tracked",
     "GROUP_ID": "",
     "COLLECT": "there is no MULTISET type",
-    "JSON_ARRAYAGG": "",
-    "JSON_OBJECTAGG": "",
     "CURRENT_WATERMARK": "",
 }
 """Flink functions refused by name (with the reason, when there is one to give)."""
@@ -758,6 +756,35 @@ def _json_string(node: exp.Expr, args: list[exp.Expr], deep: Deep) -> exp.Expr:
     return _sql(_JSON_TEXT, deep(args[0]))
 
 
+def _json_arrayagg(node: exp.Expr, args: list[exp.Expr], deep: Deep) -> exp.Expr:
+    """``JSON_ARRAYAGG(v)``: the values' JSON in arrival order, NULLs left out (ABSENT ON
+    NULL, the default); ``[]`` for no rows."""
+    if len(args) != 1:
+        raise sql_error("JSON_ARRAYAGG takes one value (ABSENT ON NULL, the default)", node)
+    items = _call("string_agg", _json_item(args[0], deep, True), _text_literal(","))
+    return _sql("'[' || coalesce(__0, '') || ']'", items)
+
+
+def _json_objectagg(node: exp.JSONObjectAgg, deep: Deep) -> exp.Expr:
+    """``JSON_OBJECTAGG(KEY k VALUE v)``: one member per row in arrival order; NULL ON NULL
+    (the default) or ABSENT ON NULL; a key given twice fails the query, as in Flink."""
+    if len(node.expressions) != 1:
+        raise sql_error("JSON_OBJECTAGG takes one KEY ... VALUE ... pair", node)
+    pair = node.expressions[0]
+    absent = "ABSENT" in str(node.args.get("null_handling") or "").upper()
+    key = deep(pair.this)
+    member = _sql(
+        "flink_json_quote(__0) || ':' || __1", key, _json_item(pair.expression, deep, absent)
+    )
+    return _sql(
+        "CASE WHEN count(__0) <> count(DISTINCT __0) THEN CAST(CAST(concat('JSON_OBJECTAGG "
+        "with a key given twice', CASE WHEN random() < 2 THEN '' END) AS INT) AS VARCHAR) "
+        "ELSE '{' || coalesce(string_agg(__1, ','), '') || '}' END",
+        key,
+        member,
+    )
+
+
 def _wrapped(opening: str, pieces: list[exp.Expr], closing: str) -> exp.Expr:
     if not pieces:
         return _text_literal(opening + closing)
@@ -786,6 +813,7 @@ _NAMED: dict[str, Callable[[exp.Expr, list[exp.Expr], Deep], exp.Expr]] = {
     "JSON_EXISTS": _json_exists,
     "JSON_ARRAY": _json_array,
     "JSON_STRING": _json_string,
+    "JSON_ARRAYAGG": _json_arrayagg,
     "E": lambda node, args, deep: _sql("exp(1.0)"),
     "RAND_INTEGER": lambda node, args, deep: _rand_integer(node, args, deep),
     "CURRENT_ROW_TIMESTAMP": lambda node, args, deep: _sql("now()"),
@@ -842,6 +870,7 @@ _TYPED: dict[type, Callable[..., exp.Expr | None]] = {
     exp.Bracket: _map_constructor,
     exp.JSONValue: _json_value,
     exp.JSONObject: _json_object,
+    exp.JSONObjectAgg: _json_objectagg,
     exp.Is: _is_json,
     exp.Quarter: lambda node, deep: _sql("date_part('quarter', __0)", deep(node.this)),
     exp.Week: lambda node, deep: _sql("date_part('week', __0)", deep(node.this)),
@@ -872,7 +901,6 @@ _TYPED: dict[type, Callable[..., exp.Expr | None]] = {
 
 _REFUSED_TYPES: dict[type, str] = {
     exp.Typeof: "TYPEOF",
-    exp.JSONObjectAgg: "JSON_OBJECTAGG",
 }
 """Refused Flink functions that sqlglot reads as its own expression types."""
 

@@ -294,7 +294,7 @@ class Engine:
         if isinstance(query, exp.Select) and (temporal := plan_temporal_join(query)) is not None:
             return self._temporal(temporal, columns, named, stats, hints)
         query, windowed = take_out_windows(query)
-        # FIRST_VALUE, LAST_VALUE and LISTAGG depend on the order rows arrive in: one partition
+        # FIRST_VALUE, LISTAGG, ... depend on the order rows arrive in: one partition
         # keeps the log's order (DataFusion's repartitioning would not)
         ctx = session_context(ordered=order_sensitive(query))
         schemas: dict[str, pa.Schema] = {}
@@ -514,14 +514,16 @@ def referenced_columns(query: exp.Expr) -> set[str] | None:
     return column_names(query) | set(METADATA_COLUMNS)
 
 
-_ORDER_SENSITIVE = (exp.FirstValue, exp.LastValue, exp.GroupConcat)
+_ORDER_SENSITIVE = (exp.FirstValue, exp.LastValue, exp.GroupConcat, exp.JSONObjectAgg)
+_ORDER_SENSITIVE_NAMES = {"LISTAGG", "JSON_ARRAYAGG"}
 
 
 def order_sensitive(query: exp.Expr) -> bool:
     """Whether ``query`` has an aggregate whose answer depends on the order of its rows:
-    FIRST_VALUE, LAST_VALUE or LISTAGG outside an OVER window (those name their order)."""
+    FIRST_VALUE, LAST_VALUE, LISTAGG, JSON_ARRAYAGG or JSON_OBJECTAGG outside an OVER window
+    (those name their order)."""
     for node in query.find_all(*_ORDER_SENSITIVE, exp.Anonymous):
-        if isinstance(node, exp.Anonymous) and node.name.upper() != "LISTAGG":
+        if isinstance(node, exp.Anonymous) and node.name.upper() not in _ORDER_SENSITIVE_NAMES:
             continue
         if not isinstance(node.parent, exp.Window):
             return True

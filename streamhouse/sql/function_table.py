@@ -256,9 +256,9 @@ FUNCTIONS: list[Function] = [
         ("JSON_QUERY", "objects and arrays; wrapper and ON clauses are refused; no wildcards"),
         ("JSON_OBJECT", "NULL ON NULL (default) and ABSENT ON NULL; nested constructors"),
     ),
-    _refused("json", "JSON_OBJECTAGG", "SELECT JSON_OBJECTAGG(KEY s VALUE i) FROM fn"),
+    Function("JSON_OBJECTAGG", "json", "in arrival order; a key given twice fails the query"),
     Function("JSON_ARRAY", "json", "ABSENT ON NULL (the default); nested constructors"),
-    _refused("json", "JSON_ARRAYAGG", "SELECT JSON_ARRAYAGG(s) FROM fn"),
+    Function("JSON_ARRAYAGG", "json", "in arrival order; ABSENT ON NULL (the default) only"),
     *_group(
         "value construction",
         ("ROW", "(v1, v2) and ROW(v1, v2); fields are named c0, c1, ..."),
