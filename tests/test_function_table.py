@@ -247,7 +247,7 @@ def test_order_sensitive_aggregates_follow_the_log_order(sh: StreamHouse) -> Non
 
 
 def test_aggregates_in_windows_bounded_and_continuously(sh: StreamHouse) -> None:
-    """STDDEV_POP, VAR_SAMP, FIRST_VALUE (NULLs skipped), LAST_VALUE and LISTAGG per tumbling
+    """STDDEV_POP, VAR_SAMP, FIRST_VALUE (NULLs skipped), LAST_VALUE, LISTAGG and JSON_ARRAYAGG per tumbling
     window, continuously in micro-batches of one record with a restart, and bounded."""
     sh.sql(
         "CREATE STREAM w (d DOUBLE, s STRING, ts TIMESTAMP(3), WATERMARK FOR ts AS ts) "
@@ -264,20 +264,20 @@ def test_aggregates_in_windows_bounded_and_continuously(sh: StreamHouse) -> None
     )
     sql = (
         "SELECT window_start AS k, STDDEV_POP(d) AS sd, VAR_SAMP(d) AS vs, FIRST_VALUE(s) AS f, "
-        "LAST_VALUE(s) AS l, LISTAGG(s, '+') AS g "
+        "LAST_VALUE(s) AS l, LISTAGG(s, '+') AS g, JSON_ARRAYAGG(s) AS a "
         "FROM TABLE(TUMBLE(TABLE w, DESCRIPTOR(ts), INTERVAL '1' MINUTE)) "
         "GROUP BY window_start, window_end"
     )
     # by hand: window 1 holds 1, 3, 8 (mean 4, squared deviations 9 + 1 + 16 = 26)
     want = [
-        (math.sqrt(26 / 3), 13.0, "b", "c", "b+c"),
-        (0.0, None, "d", "d", "d"),
+        (math.sqrt(26 / 3), 13.0, "b", "c", "b+c", '["b","c"]'),
+        (0.0, None, "d", "d", "d", '["d"]'),
     ]
     streamed = continuous_rows(sh, sql, "w_aggregates", batch=1)
     bounded = sh.sql(sql).to_arrow_table().to_pylist()
     for rows in (streamed, bounded):
         ordered = sorted(rows, key=lambda r: str(r["k"]))
-        got = [tuple(r[c] for c in ("sd", "vs", "f", "l", "g")) for r in ordered]
+        got = [tuple(r[c] for c in ("sd", "vs", "f", "l", "g", "a")) for r in ordered]
         assert len(got) == len(want)
         for g, w in zip(got, want, strict=True):
             assert same(list(g), list(w)), (g, w)
@@ -287,3 +287,15 @@ def test_json_objectagg_of_a_key_given_twice_fails_the_query(sh: StreamHouse) ->
     sh.produce("fn", [{"n": -2, "r": 0, "s": "k", "i": 1}, {"n": -2, "r": 1, "s": "k", "i": 2}])
     with pytest.raises(SqlError, match="JSON_OBJECTAGG with a key given twice"):
         sh.sql("SELECT JSON_OBJECTAGG(KEY s VALUE i) FROM fn WHERE n = -2").to_arrow_table()
+
+
+def test_functions_that_can_fail_a_query_accept_no_rows(sh: StreamHouse) -> None:
+    """The failing branches (JSON of other types, REGEXP_REPLACE's backslash, ELEMENT) are
+    never taken over no rows, constant arguments included."""
+    sql = (
+        "SELECT JSON_STRING(s) AS a, JSON_ARRAY(1, '2') AS b, REGEXP_REPLACE(s, 'a', t) AS c, "
+        "ELEMENT(ARRAY[5]) AS d, JSON_STRING(arr) AS e FROM fn WHERE n = -999"
+    )
+    assert sh.sql(sql).to_arrow_table().num_rows == 0
+    aggregated = "SELECT JSON_OBJECTAGG(KEY s VALUE i) AS v FROM fn WHERE n = -999"
+    assert sh.sql(aggregated).to_arrow_table().column("v").to_pylist() == ["{}"]

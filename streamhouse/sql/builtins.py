@@ -25,6 +25,7 @@ import pyarrow.compute as pc
 import sqlglot
 from sqlglot import exp
 
+from streamhouse.errors import SqlError
 from streamhouse.sql.date_format import DateFormatError, date_format_sql
 from streamhouse.sql.json_values import _cursor
 from streamhouse.sql.parse import sql_error
@@ -351,9 +352,9 @@ def _regexp_replace(node: exp.RegexpReplace, deep: Deep) -> exp.Expr:
             replacement,
         )
     return _sql(
-        "CASE WHEN __2 ~ '\\\\[0-9]' THEN CAST(CAST(concat('REGEXP_REPLACE with a backslash "
-        "before a digit in the replacement is not supported', CASE WHEN random() < 2 THEN '' "
-        "END) AS INT) AS VARCHAR) ELSE regexp_replace(__0, __1, replace(__2, '$', '$$'), 'g') END",
+        "CASE WHEN __2 ~ '\\\\[0-9]' THEN flink_fail('REGEXP_REPLACE with a backslash "
+        "before a digit in the replacement is not supported') "
+        "ELSE regexp_replace(__0, __1, replace(__2, '$', '$$'), 'g') END",
         deep(node.this),
         deep(node.expression),
         deep(replacement),
@@ -714,9 +715,7 @@ _JSON_TEXT = (
     "CASE WHEN __0 IS NULL THEN NULL "
     "WHEN arrow_typeof(__0) LIKE '%Utf8%' THEN flink_json_quote(TRY_CAST(__0 AS VARCHAR)) "
     "WHEN arrow_typeof(__0) ~ '^(Boolean|U?Int|Float|Decimal)' THEN CAST(__0 AS VARCHAR) "
-    # any other type fails the query with this text (random(): not folded at planning)
-    "ELSE CAST(CAST(concat('JSON values of type ', arrow_typeof(__0), ' are not supported', "
-    "CASE WHEN random() < 2 THEN '' END) AS INT) AS VARCHAR) END"
+    "ELSE flink_fail(concat('JSON values of type ', arrow_typeof(__0), ' are not supported')) END"
 )
 """JSON text of a scalar: strings quoted and escaped, numbers and booleans as they print."""
 
@@ -777,8 +776,8 @@ def _json_objectagg(node: exp.JSONObjectAgg, deep: Deep) -> exp.Expr:
         "flink_json_quote(__0) || ':' || __1", key, _json_item(pair.expression, deep, absent)
     )
     return _sql(
-        "CASE WHEN count(__0) <> count(DISTINCT __0) THEN CAST(CAST(concat('JSON_OBJECTAGG "
-        "with a key given twice', CASE WHEN random() < 2 THEN '' END) AS INT) AS VARCHAR) "
+        "CASE WHEN count(__0) <> count(DISTINCT __0) "
+        "THEN flink_fail('JSON_OBJECTAGG with a key given twice') "
         "ELSE '{' || coalesce(string_agg(__1, ','), '') || '}' END",
         key,
         member,
@@ -1017,6 +1016,14 @@ def _convert_tz_arrays(strings: pa.Array, zones_from: pa.Array, zones_to: pa.Arr
     return _duckdb(_CONVERT_TZ.format(*zones))(strings, zones_from, zones_to)
 
 
+def _fail(messages: pa.Array) -> pa.Array:
+    """Fails the query with the message of the first row that reaches it (none: no rows)."""
+    present = messages.drop_null()
+    if len(present):
+        raise SqlError(str(present[0]))
+    return pa.nulls(len(messages), pa.string())
+
+
 def register_duckdb_functions(register: Callable[..., None]) -> None:
     """Register the vectorized helpers the rewrites above call, through ``register``
     (:func:`streamhouse.sql.functions.register_function`)."""
@@ -1046,4 +1053,7 @@ def register_duckdb_functions(register: Callable[..., None]) -> None:
     register("flink_json_quote", _duckdb("CAST(to_json(a0) AS VARCHAR)"), [text], text)
     register("flink_bin", _duckdb("bin(a0)"), [pa.int64()], text)
     register("flink_sha1", _duckdb("sha1(a0)"), [text], text)
+    # volatile: DataFusion must not evaluate it while planning, where a CASE branch no row
+    # reaches would fail the query
+    register("flink_fail", _fail, [text], text, volatility="volatile")
     register("flink_str_to_map", _str_to_map_arrays, [text, text, text], pa.map_(text, text))
