@@ -628,13 +628,14 @@ def _array_position(node: exp.ArrayPosition, deep: Deep) -> exp.Expr:
 
 
 def _element(node: exp.Expr, args: list[exp.Expr], deep: Deep) -> exp.Expr:
-    """``ELEMENT(array)``: its one element, NULL if empty; more than one fails the query (the
-    failing cast names ELEMENT), as in Flink."""
-    # random() keeps DataFusion from folding the failing branch of a constant array at planning
+    """``ELEMENT(array)``: its one element, NULL if empty; more than one fails the query,
+    naming ELEMENT, as in Flink (the failing index keeps the element's type)."""
+    if len(args) != 1:
+        raise sql_error("ELEMENT takes one array", node)
     return _sql(
         "CASE WHEN cardinality(__0) <= 1 THEN __0[1] "
-        "ELSE CAST(concat('ELEMENT of an array of ', CAST(cardinality(__0) AS VARCHAR), "
-        "' elements', CASE WHEN random() < 2 THEN '' END) AS INT) END",
+        "ELSE __0[flink_fail_index(concat('ELEMENT of an array of ', "
+        "CAST(cardinality(__0) AS VARCHAR), ' elements'))] END",
         deep(args[0]),
     )
 
@@ -1021,7 +1022,7 @@ def _fail(messages: pa.Array) -> pa.Array:
     present = messages.drop_null()
     if len(present):
         raise SqlError(str(present[0]))
-    return pa.nulls(len(messages), pa.string())
+    return pa.nulls(len(messages))  # cast to the declared type by register_function
 
 
 def register_duckdb_functions(register: Callable[..., None]) -> None:
@@ -1056,4 +1057,5 @@ def register_duckdb_functions(register: Callable[..., None]) -> None:
     # volatile: DataFusion must not evaluate it while planning, where a CASE branch no row
     # reaches would fail the query
     register("flink_fail", _fail, [text], text, volatility="volatile")
+    register("flink_fail_index", _fail, [text], pa.int64(), volatility="volatile")
     register("flink_str_to_map", _str_to_map_arrays, [text, text, text], pa.map_(text, text))
