@@ -169,3 +169,20 @@ def test_star_and_a_named_metadata_column_continuously(tmp_path: Path, seed: int
         assert query.status()["error"] is None
         query.stop()
         assert [json.loads(v) for v in sh.fetch("out")["value"].to_pylist()] == want
+
+
+def test_output_columns_named_like_the_sinks_row_alias_are_written_whole(tmp_path: Path) -> None:
+    """The sink made each record with DuckDB's ``to_json(r) FROM rows_out AS r``; an output
+    column named ``r`` was read instead of the row, so the record held that value alone."""
+    import json
+
+    sql = "SELECT a AS r, a * 10 AS __row, a + 1 AS w FROM t"
+    with streamhouse.connect(tmp_path, linger_ms=1) as sh:
+        sh.create_topic("t")
+        sh.produce("t", [{"a": a} for a in range(5)], partition=0)
+        query = start_paused(sh, f"INSERT INTO out {sql}", "q")
+        query.run_until_caught_up(final=True)
+        query.stop()
+        want = sh.sql(sql).to_arrow_table().to_pylist()
+        assert [json.loads(v) for v in sh.fetch("out")["value"].to_pylist()] == want
+        assert want[1] == {"r": 1, "__row": 10, "w": 2}
