@@ -100,6 +100,10 @@ class StorageError(LogError):
     """The object store or the metadata store failed (disk full, unwritable directory, S3 error)."""
 
 
+class StateFormatError(StorageError):
+    """A query's state directory was written in a state format this build does not read."""
+
+
 class ObjectNotFoundError(StorageError):
     """The object store has no object under that key."""
 

@@ -24,6 +24,7 @@ from streamhouse.errors import (
     TopicExistsError,
     UnknownTopicError,
 )
+from streamhouse.kafka.api_keys import ApiKey
 from streamhouse.kafka.wire import ErrorCode, RequestHeader, error_code_for, make, messages
 from streamhouse.log.metadata import validate_topic_name
 from streamhouse.log.topic_config import KNOWN_TOPIC_CONFIGS, ConfigType, validate_topic_config
@@ -72,7 +73,7 @@ def _broker_configs(broker: Broker) -> dict[str, tuple[str, int]]:
 
 
 async def handle_create_topics(broker: Broker, header: RequestHeader, request: Any) -> Any:
-    module = messages(19, header.api_version, True)
+    module = messages(ApiKey.CREATE_TOPICS, header.api_version, True)
     results = []
     seen: set[str] = set()
     for topic in request.topics:
@@ -116,7 +117,7 @@ async def handle_create_topics(broker: Broker, header: RequestHeader, request: A
 
 
 async def handle_delete_topics(broker: Broker, header: RequestHeader, request: Any) -> Any:
-    module = messages(20, header.api_version, True)
+    module = messages(ApiKey.DELETE_TOPICS, header.api_version, True)
     results = []
     for name in request.topic_names:
         error = ErrorCode.none
@@ -133,7 +134,7 @@ async def handle_delete_topics(broker: Broker, header: RequestHeader, request: A
 
 
 async def handle_create_partitions(broker: Broker, header: RequestHeader, request: Any) -> Any:
-    module = messages(37, header.api_version, True)
+    module = messages(ApiKey.CREATE_PARTITIONS, header.api_version, True)
     results = []
     for topic in request.topics:
         error, message = ErrorCode.none, None
@@ -177,7 +178,7 @@ def _entry(module: Any, name: str, value: str, source: int, kind: int) -> Any:
 
 
 async def handle_describe_configs(broker: Broker, header: RequestHeader, request: Any) -> Any:
-    module = messages(32, header.api_version, True)
+    module = messages(ApiKey.DESCRIBE_CONFIGS, header.api_version, True)
     results = []
     for resource in request.resources:
         error, message, entries = ErrorCode.none, None, []
@@ -249,7 +250,7 @@ def _alter_topic(broker: Broker, resource: Any, incremental: bool, validate_only
         broker.log.alter_topic_config(name, changes)
 
 
-def _handle_alter(api_key: int, incremental: bool) -> Any:
+def _handle_alter(api_key: ApiKey, incremental: bool) -> Any:
     async def handle(broker: Broker, header: RequestHeader, request: Any) -> Any:
         module = messages(api_key, header.api_version, True)
         results = []
@@ -281,8 +282,8 @@ def _handle_alter(api_key: int, incremental: bool) -> Any:
     return handle
 
 
-handle_alter_configs = _handle_alter(33, incremental=False)
-handle_incremental_alter_configs = _handle_alter(44, incremental=True)
+handle_alter_configs = _handle_alter(ApiKey.ALTER_CONFIGS, incremental=False)
+handle_incremental_alter_configs = _handle_alter(ApiKey.INCREMENTAL_ALTER_CONFIGS, incremental=True)
 
 
 def _delete_topic_records(broker: Broker, topic: Any) -> list[tuple[int, ErrorCode, int]]:
@@ -297,7 +298,7 @@ def _delete_topic_records(broker: Broker, topic: Any) -> list[tuple[int, ErrorCo
 
 
 async def handle_delete_records(broker: Broker, header: RequestHeader, request: Any) -> Any:
-    module = messages(21, header.api_version, True)
+    module = messages(ApiKey.DELETE_RECORDS, header.api_version, True)
     topics = []
     for topic in request.topics:
         rows = await asyncio.to_thread(_delete_topic_records, broker, topic)
@@ -315,12 +316,12 @@ async def handle_delete_records(broker: Broker, header: RequestHeader, request: 
 
 
 HANDLERS = {
-    19: handle_create_topics,
-    20: handle_delete_topics,
-    21: handle_delete_records,
-    32: handle_describe_configs,
-    33: handle_alter_configs,
-    37: handle_create_partitions,
-    44: handle_incremental_alter_configs,
+    ApiKey.CREATE_TOPICS: handle_create_topics,
+    ApiKey.DELETE_TOPICS: handle_delete_topics,
+    ApiKey.DELETE_RECORDS: handle_delete_records,
+    ApiKey.DESCRIBE_CONFIGS: handle_describe_configs,
+    ApiKey.ALTER_CONFIGS: handle_alter_configs,
+    ApiKey.CREATE_PARTITIONS: handle_create_partitions,
+    ApiKey.INCREMENTAL_ALTER_CONFIGS: handle_incremental_alter_configs,
 }
 """API key -> handler."""

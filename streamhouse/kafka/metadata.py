@@ -11,6 +11,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from streamhouse.errors import LogError, TopicExistsError
+from streamhouse.kafka.api_keys import ApiKey
 from streamhouse.kafka.wire import ErrorCode, RequestHeader, make, messages
 from streamhouse.log.metadata import validate_topic_name
 
@@ -45,7 +46,7 @@ def topic_for_client(broker: Broker, name: str, auto_create: bool) -> TopicInfo 
 
 
 async def handle_metadata(broker: Broker, header: RequestHeader, request: Any) -> Any:
-    module = messages(3, header.api_version, True)
+    module = messages(ApiKey.METADATA, header.api_version, True)
     if request.topics is None or (header.api_version == 0 and not request.topics):
         found: list[tuple[str, TopicInfo | ErrorCode]] = [
             (t.name, t) for t in broker.log.list_topics()
@@ -100,5 +101,5 @@ async def handle_metadata(broker: Broker, header: RequestHeader, request: Any) -
     )
 
 
-HANDLERS = {3: handle_metadata}
+HANDLERS = {ApiKey.METADATA: handle_metadata}
 """API key -> handler."""

@@ -27,13 +27,9 @@ from typing import Any
 from streamhouse.config import Settings
 from streamhouse.errors import ProtocolError
 from streamhouse.kafka import admin, fetch, groups, metadata, offsets, produce, producers
+from streamhouse.kafka.api_keys import ApiKey
 from streamhouse.kafka.broker import Broker
-from streamhouse.kafka.versions import (
-    API_VERSIONS,
-    SUPPORTED,
-    handle_api_versions,
-    unsupported_api_versions,
-)
+from streamhouse.kafka.versions import SUPPORTED, handle_api_versions, unsupported_api_versions
 from streamhouse.kafka.wire import RequestHeader, encode_response, parse_request, peek_header
 from streamhouse.log import Log
 
@@ -48,15 +44,15 @@ Response = bytes | asyncio.Future[bytes] | asyncio.Future[bytes | None]
 RawHandler = Callable[[Broker, bytes, str], Response | None]
 """Hot APIs decode their frames themselves: (broker, frame, client host) -> response."""
 
-HANDLERS: dict[int, Handler] = {
-    API_VERSIONS: handle_api_versions,
+HANDLERS: dict[ApiKey, Handler] = {
+    ApiKey.API_VERSIONS: handle_api_versions,
     **offsets.HANDLERS,
     **metadata.HANDLERS,
     **groups.HANDLERS,
     **admin.HANDLERS,
     **producers.HANDLERS,
 }
-RAW_HANDLERS: dict[int, RawHandler] = {**produce.RAW_HANDLERS, **fetch.RAW_HANDLERS}
+RAW_HANDLERS: dict[ApiKey, RawHandler] = {**produce.RAW_HANDLERS, **fetch.RAW_HANDLERS}
 assert not set(HANDLERS) & set(RAW_HANDLERS)
 assert set(HANDLERS) | set(RAW_HANDLERS) == set(SUPPORTED), "every advertised API needs a handler"
 
@@ -75,7 +71,7 @@ def _start(broker: Broker, frame: bytes, client_host: str) -> Response | None:
     ``None`` if the request gets no response (produce with ``acks=0``).
     """
     api_key, api_version, correlation_id = peek_header(frame)
-    if api_key == API_VERSIONS and api_version > SUPPORTED[API_VERSIONS][1]:
+    if api_key == ApiKey.API_VERSIONS and api_version > SUPPORTED[ApiKey.API_VERSIONS][1]:
         return encode_response(correlation_id, unsupported_api_versions(), header_v0=True)
     versions = SUPPORTED.get(api_key)
     if versions is None:
@@ -96,7 +92,7 @@ async def _respond(header: RequestHeader, call: Awaitable[Any]) -> bytes | None:
     if response is None:
         return None
     return encode_response(
-        header.correlation_id, response, header_v0=header.api_key == API_VERSIONS
+        header.correlation_id, response, header_v0=header.api_key == ApiKey.API_VERSIONS
     )
 
 
