@@ -487,7 +487,8 @@ def serve(
     queries_dir: str | None,
     data_dir: str | None,
 ) -> None:
-    """Serve the Kafka protocol over the log (and run continuous queries) until Ctrl-C."""
+    """Serve the Kafka protocol over the log (and run continuous queries and, every
+    retention_check_interval_s, a retention pass) until Ctrl-C."""
     import asyncio
     import contextlib
     import signal
