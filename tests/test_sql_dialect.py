@@ -428,3 +428,22 @@ def test_parse_error_positions(sql: str, line: int, column: int) -> None:
 def test_unterminated_string_is_sql_error() -> None:
     with pytest.raises(SqlError):
         parse("SELECT 'abc")
+
+
+def test_nested_case_is_read_in_one_pass(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each CASE is parsed once: reading the common one-value form again from its start made
+    nested CASEs cost 2**depth (the SQL fuzz test drew one that took minutes)."""
+    calls = 0
+    parse_case = StreamHouse.Parser._parse_case
+
+    def counted(self: object) -> object:
+        nonlocal calls
+        calls += 1
+        return parse_case(self)
+
+    monkeypatch.setattr(StreamHouse.Parser, "_parse_case", counted)
+    depth = 12
+    sql = "SELECT " + "CASE WHEN a > 0 THEN " * depth + "1" + " END" * depth + " FROM t"
+    tree = parse_one(sql)
+    assert calls == depth
+    assert len(list(tree.find_all(exp.Case))) == depth

@@ -183,22 +183,30 @@ class StreamHouse(Postgres):
 
         def _parse_case(self) -> exp.Expr | None:
             """Flink's ``CASE v WHEN a, b THEN ...``: several values in one WHEN. Such a CASE is
-            read as ``CASE WHEN v IN (a, b) THEN ...`` (the operand repeated in each WHEN)."""
+            read as ``CASE WHEN v IN (a, b) THEN ...`` (the operand repeated in each WHEN).
+
+            Read in one pass: parsing again from the start on the common one-value form made
+            nested CASEs cost 2**depth (a fuzz test's SQL took minutes)."""
             if self._match(TokenType.DOT, advance=False):
                 return super()._parse_case()
-            start = self._index
+            comments = self._prev_comments
             operand = self._parse_disjunction()
             whens: list[tuple[list[exp.Expr], exp.Expr | None]] = []
             while self._match(TokenType.WHEN):
                 values = self._parse_csv(self._parse_disjunction)
                 self._match(TokenType.THEN)
                 whens.append((values, self._parse_disjunction()))
-            if operand is None or all(len(values) == 1 for values, _ in whens):
-                self._retreat(start)
-                return super()._parse_case()
             default = self._parse_disjunction() if self._match(TokenType.ELSE) else None
             if not self._match(TokenType.END):
-                self.raise_error("Expected END after CASE", self._prev)
+                if isinstance(default, exp.Interval) and default.this.sql().upper() == "END":
+                    default = exp.column("interval")  # `ELSE interval END`, as sqlglot reads it
+                else:
+                    self.raise_error("Expected END after CASE", self._prev)
+            if operand is None or all(len(values) == 1 for values, _ in whens):
+                ifs = [self.expression(exp.If(this=v[0], true=then)) for v, then in whens]
+                return self.expression(
+                    exp.Case(this=operand, ifs=ifs, default=default), comments=comments
+                )
             ifs = [
                 exp.If(
                     this=exp.In(this=operand.copy(), expressions=values)
@@ -208,7 +216,7 @@ class StreamHouse(Postgres):
                 )
                 for values, then in whens
             ]
-            return self.expression(exp.Case(ifs=ifs, default=default))
+            return self.expression(exp.Case(ifs=ifs, default=default), comments=comments)
 
         def _parse_table_argument(self) -> TableArgument | None:
             """``TABLE t [PARTITION BY k, ...]`` as a function argument; None if not there."""
