@@ -49,6 +49,7 @@ from streamhouse.sql.ddl import stream_definition
 from streamhouse.sql.engine import hide_metadata, parse_failure, referenced_columns
 from streamhouse.sql.execute import run_sql
 from streamhouse.sql.hints import SourceOptions, source_options
+from streamhouse.sql.inline import catalog_views, inline
 from streamhouse.sql.parse import node_position, parse
 from streamhouse.sql.plan import ContinuousPlan, check_columns, plan_query
 from streamhouse.sql.source import METADATA_FIELDS, RejectedRow
@@ -98,6 +99,8 @@ class ContinuousQuery:
     ) -> None:
         self.log = log_
         self.name = name
+        # views and CTEs inlined, filtering subqueries merged: the query over the streams
+        statement = inline(statement, catalog_views(resolve))
         self.statement = statement
         self.plan: ContinuousPlan = plan_query(statement)
         self.options = options or QueryOptions()

@@ -31,6 +31,7 @@ from streamhouse.sql.aggregates import AggregateCall, AggregateFunction
 from streamhouse.sql.bounds import TimeBound, candidate_bounds, conjuncts
 from streamhouse.sql.changelog import ChangelogMode, PlanNode
 from streamhouse.sql.functions import to_datafusion
+from streamhouse.sql.inline import inline
 from streamhouse.sql.parse import sql_error
 from streamhouse.sql.window_spec import (
     KINDS,
@@ -389,7 +390,9 @@ Operator = Union[
 
 
 def plan_query(statement: exp.Expr) -> ContinuousPlan:
-    """Plan ``SELECT``, ``INSERT INTO t SELECT`` or ``CREATE MATERIALIZED VIEW v AS SELECT``."""
+    """Plan ``SELECT``, ``INSERT INTO t SELECT`` or ``CREATE MATERIALIZED VIEW v AS SELECT``
+    (its CTEs and filtering subqueries merged in, see :mod:`streamhouse.sql.inline`)."""
+    statement = inline(statement)
     sink_kind, sink = "results", None
     query = statement
     if isinstance(statement, exp.Insert):
