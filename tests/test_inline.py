@@ -16,16 +16,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from join_cases import (
     Event,
+    Query,
     Schedule,
-    duck,
+    check_query,
     events,
-    latest_records,
-    rows_of,
-    run_continuously,
     schedules,
     scratch_dir,
     stream_ddl,
-    topic_records,
     tumble,
 )
 
@@ -40,16 +37,6 @@ PROPERTY = settings(
 
 CLICKS = "CREATE VIEW clicks AS SELECT k AS user_id, t AS click_time, v FROM a WHERE v > 0"
 CLICKS_DUCK = "(SELECT k AS user_id, t AS click_time, v FROM a WHERE v > 0)"
-
-
-@dataclass(frozen=True)
-class Query:
-    sql: str  # the continuous query
-    batch: str  # DuckDB's equivalent over table a
-    columns: tuple[str, ...]
-    times: tuple[str, ...] = ()
-    updating: bool = False  # read the sink as a table (latest row per key)
-    ddl: tuple[str, ...] = ()
 
 
 WINDOW = ("window_start", "window_end")
@@ -126,21 +113,7 @@ def cases(draw: st.DrawFn) -> Case:
 
 
 def check(root: Path, case: Case) -> None:
-    q = case.query
-    want = rows_of(duck(q.batch, {"a": case.a}), q.columns, q.times)
-    sh, status = run_continuously(
-        root,
-        [stream_ddl("a", case.delay), *q.ddl],
-        {"a": case.a},
-        f"INSERT INTO out {q.sql}",
-        case.schedule,
-    )
-    try:
-        assert status["late_rows"] == 0 and status["rejected_rows"] == 0
-        got = latest_records(sh, "out") if q.updating else topic_records(sh, "out")
-        assert rows_of(got, q.columns, q.times) == want
-    finally:
-        sh.close()
+    check_query(root, case.query, case.delay, {"a": case.a}, case.schedule)
 
 
 @pytest.mark.parametrize("name", sorted(QUERIES))

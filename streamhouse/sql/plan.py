@@ -329,6 +329,31 @@ class TimeSort(PlanNode):
 
 
 @dataclass(frozen=True)
+class UnionAll(PlanNode):
+    """``q1 UNION ALL q2 ...`` of append-only inputs (each a derived input): their rows, with
+    the first input's column names. Its watermark is the query's, the minimum over every
+    stream the inputs read."""
+
+    inputs: tuple[str, ...]  # the derived inputs, in the query's order
+    columns: tuple[str, ...] | None  # the output names; None: the inputs' own (``SELECT *``)
+
+    @property
+    def source(self) -> str:
+        return self.inputs[0]
+
+    @property
+    def sources(self) -> list[str]:
+        return list(dict.fromkeys(self.inputs))
+
+    def explain(self) -> list[str]:
+        return [
+            f"UnionAll  {' + '.join(self.inputs)} (rows concatenated; watermark: the minimum of"
+            " its inputs')",
+            "  state: none",
+        ]
+
+
+@dataclass(frozen=True)
 class ContinuousPlan:
     """What a continuous query reads, computes and where it writes."""
 
@@ -341,6 +366,7 @@ class ContinuousPlan:
         | TemporalJoin
         | Recompute
         | TimeSort
+        | UnionAll
     )
     sink_kind: str = "results"  # results | topic
     sink: str | None = None  # the sink topic/stream name for INSERT INTO and materialized views
@@ -386,6 +412,7 @@ Operator = Union[
     "TemporalJoin",
     "Recompute",
     "TimeSort",
+    "UnionAll",
 ]
 
 
@@ -404,17 +431,64 @@ def plan_query(statement: exp.Expr) -> ContinuousPlan:
     elif isinstance(statement, exp.Create) and (statement.args.get("kind") or "").upper() == "VIEW":
         sink_kind, sink = "topic", statement.this.name
         query = statement.expression
+    derived: dict[str, Operator] = {}
+    if isinstance(query, exp.Union):
+        operator: Operator = _plan_union(query, derived)
+        check_changelogs(operator, derived, query)
+        return ContinuousPlan(operator, sink_kind, sink, derived=derived)
     if not isinstance(query, exp.Select):
         raise sql_error(
-            "a continuous query must be one SELECT (UNION and the like are not supported yet)",
+            "a continuous query must be a SELECT or a UNION ALL of SELECTs"
+            f" ({query.key.upper()} is not supported continuously yet)",
             query,
         )
-    derived: dict[str, Operator] = {}
     operator = _plan_select(query, derived)
     _check_upsert_key(operator, query)
     _check_order(operator, query)
     check_changelogs(operator, derived, query)
     return ContinuousPlan(operator, sink_kind, sink, derived=derived)
+
+
+def _plan_union(union: exp.Union, derived: dict[str, Operator]) -> UnionAll:
+    """Each SELECT of ``a UNION ALL b ...`` as a derived input of one :class:`UnionAll`."""
+    for key in ("order", "limit", "offset"):
+        if union.args.get(key) is not None:
+            raise sql_error(
+                f"{key.upper()} over a continuous UNION ALL is not supported", union.args[key]
+            )
+    branches: list[exp.Expr] = []
+    pending: list[exp.Expr] = [union]
+    while pending:
+        node = pending.pop(0)
+        if isinstance(node, exp.Subquery):
+            node = node.this
+        if isinstance(node, exp.Union):
+            if node.args.get("distinct"):
+                raise sql_error(
+                    "UNION (DISTINCT) is not supported continuously: use UNION ALL", node
+                )
+            pending[:0] = [node.this, node.expression]
+        else:
+            branches.append(node)
+    inputs = []
+    for branch in branches:
+        if not isinstance(branch, exp.Select):
+            raise sql_error("each input of a continuous UNION ALL is a SELECT", branch)
+        op = _plan_select(branch, derived)
+        if op.updating:
+            raise sql_error(
+                "UNION ALL of an updating query is not supported continuously yet: each input"
+                " must be append-only (a filter, a projection, a window aggregate, a join)",
+                branch,
+            )
+        name = f"__derived_{len(derived)}"
+        derived[name] = op
+        inputs.append(name)
+    first = branches[0]
+    columns = None
+    if not any(isinstance(e, exp.Star) or isinstance(e.this, exp.Star) for e in first.expressions):
+        columns = tuple(e.alias_or_name for e in first.expressions)
+    return UnionAll(tuple(inputs), columns)
 
 
 def check_changelogs(operator: Operator, derived: dict[str, Operator], query: exp.Expr) -> None:
