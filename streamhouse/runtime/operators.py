@@ -352,9 +352,10 @@ class Recomputation(_Stateful[plans.Recompute]):
     def process(self, batch: MicroBatch) -> Changelog:
         node = self.node
         changes = batch.inputs[node.source]
-        if changes is None:
+        retracted = batch.retracted.get(node.source, [])
+        if changes is None and not retracted:
             return Changelog()
-        outputs, gone = self.executor.process(changes, batch.state)
+        outputs, gone = self.executor.process(changes, batch.state, retracted)
         out = Changelog(outputs)
         names = node.key_columns
         if gone is not None and gone.num_rows and len(names) == len(node.group_by):

@@ -282,6 +282,8 @@ class Recompute(PlanNode):
     input_keys: list[str]  # the columns keying the input's rows
     group_by: list[str]  # the input columns the outer query groups by
     key_outputs: list[str | None]  # the output column of each group_by column
+    # the input also retracts rows by record key (``__key``: an outer join's padded rows)
+    retracts: bool = False
 
     @property
     def mode(self) -> ChangelogMode:
@@ -296,11 +298,18 @@ class Recompute(PlanNode):
         return [k for k in self.key_outputs if k is not None]
 
     def explain(self) -> list[str]:
+        retracted = (
+            "; a retracted key is kept as a dead row (__live false)" if self.retracts else ""
+        )
         return [
             f"Recompute  groups ({', '.join(self.group_by)}) over the latest row per"
-            f" ({', '.join(self.input_keys)}) of {self.source} (updating: an upsert per group)",
+            f" ({', '.join(self.input_keys)}) of {self.source} (updating: an upsert per group,"
+            " a tombstone when a group has no rows"
+            + (" or HAVING drops it" if self.retracts else "")
+            + ")",
             f"  sql: {self.sql}",
-            "  state: column family 'sessions', key b'recompute'|u32(run) -> IPC(latest input rows of changed keys)",
+            "  state: column family 'sessions', key b'recompute'|u32(run) -> IPC(latest input"
+            f" rows of changed keys{retracted})",
         ]
 
 
@@ -610,7 +619,9 @@ def _derive(select: exp.Select, derived: dict[str, Operator]) -> exp.Select:
 
 def _plan_select(
     select: exp.Select, derived: dict[str, Operator]
-) -> Stateless | WindowAggregate | Windowed | StreamJoin | TopN | TemporalJoin | TimeSort:
+) -> (
+    Stateless | WindowAggregate | Windowed | StreamJoin | TopN | TemporalJoin | TimeSort | Recompute
+):
     if select.args.get("limit") is not None:
         raise sql_error("LIMIT has no meaning in a continuous query", select.args["limit"])
     joins = select.args.get("joins") or []
@@ -908,7 +919,7 @@ def _rank_over_join(
 
 def _aggregate_over_join(
     select: exp.Select, derived: dict[str, Operator] | None
-) -> WindowAggregate:
+) -> WindowAggregate | Recompute:
     """A GROUP BY over a join: the join becomes a derived input (its rows carry the columns the
     aggregate needs, as ``<alias>__<column>``), the aggregate an updating one over it."""
     if derived is None:
@@ -925,7 +936,11 @@ def _aggregate_over_join(
     for key in ("group", "having", "order"):
         join_select.set(key, None)
     op = _plan_join(join_select, join_select.args["joins"], derived)
-    _refuse_retractions(op, "an aggregate", select)
+    retracting = isinstance(op, StreamJoin) and op.outer is not None
+    if retracting and select.args.get("group") is None:
+        _refuse_retractions(op, "an aggregate without GROUP BY", select)
+    if retracting:
+        _refuse_padded_key(select)
     name = f"__derived_{len(derived)}"
     derived[name] = op
 
@@ -951,7 +966,66 @@ def _aggregate_over_join(
             aggregate.set(key, [part.transform(rename) for part in node])
         elif node is not None:
             aggregate.set(key, node.transform(rename))
+    if retracting:  # the join retracts padded rows: recompute the groups they leave
+        return _recompute_over_retractions(aggregate, name)
     return _plan_window(aggregate, None, exp.to_table(name))
+
+
+def _refuse_padded_key(select: exp.Select) -> None:
+    """Refuse ``GROUP BY x`` over an outer join when ``x`` alone is a column of a side the join
+    pads with NULLs: the group of padded rows would be keyed by NULL, and an upsert topic can
+    neither key nor tombstone it."""
+    keys = select.args["group"].expressions
+    join = select.args["joins"][0]
+    side = (join.side or "").upper()
+    left, right = select.args["from_"].this.alias_or_name, join.this.alias_or_name
+    padded = {"LEFT": {right}, "RIGHT": {left}, "FULL": {left, right}}.get(side, set())
+    if len(keys) == 1 and isinstance(keys[0], exp.Column) and keys[0].table in padded:
+        key = keys[0]
+        raise sql_error(
+            f"GROUP BY {key.sql(dialect='postgres')} over a {side} JOIN: rows padded with NULLs"
+            " would be grouped under a NULL key, which an upsert topic cannot key or retract;"
+            " group by a column of the side the join keeps, or add a second GROUP BY column",
+            key,
+        )
+
+
+def _recompute_over_retractions(aggregate: exp.Select, name: str) -> Recompute:
+    """A GROUP BY over an outer join (derived input ``name``): every join row is kept by its
+    record key until retracted, and the groups a micro-batch touches are recomputed, so any
+    aggregate (MIN and MAX too) stays right when a padded row is retracted."""
+    if aggregate.args.get("order") is not None:
+        raise _order_error(aggregate.args["order"].expressions[0])
+    group_by = []
+    for key in aggregate.args["group"].expressions:
+        if not isinstance(key, exp.Column):
+            raise sql_error(
+                "a GROUP BY over an outer join groups by columns (select an expression in a"
+                " subquery first)",
+                key,
+            )
+        group_by.append(key.name)
+    return Recompute(
+        name,
+        to_datafusion(aggregate),
+        ["__key"],
+        group_by,
+        _key_outputs(aggregate, group_by),
+        retracts=True,
+    )
+
+
+def _key_outputs(select: exp.Select, group_by: list[str]) -> list[str | None]:
+    """The output column of each GROUP BY column of ``select`` (None: not selected as such)."""
+    key_outputs: list[str | None] = []
+    for column in group_by:
+        output = None
+        for projection in select.expressions:
+            body = projection.this if isinstance(projection, exp.Alias) else projection
+            if isinstance(body, exp.Column) and body.name == column:
+                output = projection.alias_or_name
+        key_outputs.append(output)
+    return key_outputs
 
 
 def _plan_recompute(
@@ -973,15 +1047,9 @@ def _plan_recompute(
         if not isinstance(key, exp.Column):
             return None
         group_by.append(key.name)
-    key_outputs: list[str | None] = []
-    for column in group_by:
-        output = None
-        for projection in select.expressions:
-            body = projection.this if isinstance(projection, exp.Alias) else projection
-            if isinstance(body, exp.Column) and body.name == column:
-                output = projection.alias_or_name
-        key_outputs.append(output)
-    return Recompute(name, to_datafusion(outer), list(inner.keys), group_by, key_outputs)
+    return Recompute(
+        name, to_datafusion(outer), list(inner.keys), group_by, _key_outputs(select, group_by)
+    )
 
 
 def source_tables(query: exp.Expr) -> list[exp.Table]:
@@ -1041,7 +1109,7 @@ def plan_temporal_join(select: exp.Select) -> TemporalJoin | None:
 
 def _plan_join(
     select: exp.Select, joins: list[exp.Join], derived: dict[str, Operator] | None = None
-) -> StreamJoin | TemporalJoin | WindowAggregate:
+) -> StreamJoin | TemporalJoin | WindowAggregate | Recompute:
     temporal = plan_temporal_join(select)
     if temporal is not None:
         return temporal
