@@ -66,15 +66,24 @@ def inline(query: exp.Expr, views: ViewQuery | None = None) -> exp.Expr:
     query = query.copy()
     if views is not None:
         _inline_views(query, views, set())
-    for select in list(query.find_all(exp.Select)):
+    for select in list(query.find_all(exp.Select, exp.Union)):
         _inline_ctes(select)
     body = query.expression if isinstance(query, exp.Insert | exp.Create) else query
-    if isinstance(body, exp.Select):
-        merged = _merge(body)
-        if merged is not body:
-            body.replace(merged)
-            query = merged if body is query else query
+    for select in _branches(body):
+        merged = _merge(select)
+        if merged is not select:
+            select.replace(merged)
+            query = merged if select is query else query
     return query
+
+
+def _branches(body: exp.Expr | None) -> list[exp.Select]:
+    """The SELECTs of ``body``: itself, or each input of a UNION ALL."""
+    if isinstance(body, exp.Subquery):
+        return _branches(body.this)
+    if isinstance(body, exp.Union):
+        return _branches(body.this) + _branches(body.expression)
+    return [body] if isinstance(body, exp.Select) else []
 
 
 def _inline_views(query: exp.Expr, views: ViewQuery, seen: set[str]) -> None:
@@ -92,7 +101,7 @@ def _inline_views(query: exp.Expr, views: ViewQuery, seen: set[str]) -> None:
         _replace_table(table, view)
 
 
-def _inline_ctes(select: exp.Select) -> None:
+def _inline_ctes(select: exp.Select | exp.Union) -> None:
     """Replace references to ``select``'s CTEs (in order, so one may read an earlier one)."""
     with_ = select.args.get("with_")
     if with_ is None:

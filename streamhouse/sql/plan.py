@@ -682,6 +682,14 @@ def _plan_select(
         raise sql_error("a continuous query must read a stream, view or topic", table or select)
     if any(True for _ in select.find_all(exp.Subquery)):
         raise sql_error("subqueries in continuous queries are not supported yet", select)
+    over = select.find(exp.Window)
+    if over is not None:  # a Top-N is a subquery, planned above
+        raise sql_error(
+            f"{over.this.sql(dialect='postgres')} OVER (...) is not supported continuously yet"
+            " (an OVER aggregation); use a window aggregate (GROUP BY k, TUMBLING(t, ...)) or"
+            " ROW_NUMBER() in a Top-N subquery (WHERE rn <= N)",
+            over,
+        )
     if select.args.get("group") is not None or any(True for _ in select.find_all(exp.AggFunc)):
         return _plan_window(select, None, table)  # an updating aggregate: upserts per key
     if select.args.get("order") is not None:
