@@ -62,6 +62,26 @@ QUERIES = {
         ("side", "k", "window_start", "n"),
         ("window_start",),
     ),
+    "window-over-a-union": Query(
+        "SELECT k, window_start, COUNT(*) AS n, SUM(x) AS s FROM (SELECT k, t, v AS x FROM a"
+        " WHERE v > 0 UNION ALL SELECT k, t, w FROM b) AS u"
+        " GROUP BY k, TUMBLING(t, INTERVAL '10' SECOND)",
+        "SELECT k, window_start, COUNT(*) AS n, SUM(x) AS s FROM"
+        f" {tumble('(SELECT k, t, v AS x FROM a WHERE v > 0 UNION ALL SELECT k, t, w FROM b)', 10)}"
+        " GROUP BY k, window_start",
+        ("k", "window_start", "n", "s"),
+        ("window_start",),
+    ),
+    "tvf-over-a-union-cte": Query(
+        "WITH u AS (SELECT k, t FROM a UNION ALL SELECT k, t FROM b WHERE w > 1)"
+        " SELECT window_start, window_end, COUNT(*) AS n FROM TABLE(TUMBLE(TABLE u,"
+        " DESCRIPTOR(t), INTERVAL '20' SECOND)) GROUP BY window_start, window_end",
+        "SELECT window_start, window_end, COUNT(*) AS n FROM"
+        f" {tumble('(SELECT k, t FROM a UNION ALL SELECT k, t FROM b WHERE w > 1)', 20)}"
+        " GROUP BY window_start, window_end",
+        ("window_start", "window_end", "n"),
+        ("window_start", "window_end"),
+    ),
 }
 
 
@@ -110,6 +130,17 @@ def test_unions_equal_the_batch_answer(tmp_path_factory: pytest.TempPathFactory)
         (
             "SELECT k, COUNT(*) AS n FROM a GROUP BY k UNION ALL SELECT k, 1 FROM b",
             "each input must be append-only",
+        ),
+        (
+            "SELECT window_start, COUNT(*) AS n FROM (SELECT k, t FROM a UNION ALL SELECT k,"
+            " t + INTERVAL '1' SECOND FROM b) GROUP BY TUMBLING(t, INTERVAL '10' SECOND)",
+            "not a time attribute",
+        ),
+        (
+            "SELECT window_start, COUNT(*) AS n FROM (SELECT k, t FROM a UNION ALL SELECT k,"
+            " window_start AS t FROM b GROUP BY k, TUMBLING(t, INTERVAL '5' SECOND))"
+            " GROUP BY TUMBLING(t, INTERVAL '10' SECOND)",
+            "filters and projections of streams",
         ),
     ],
 )

@@ -64,6 +64,11 @@ class Stateless(PlanNode):
 
     source: str
     sql: str
+    metadata: bool = False  # reads every metadata column (an input of a window over a union)
+
+    @property
+    def keeps_metadata(self) -> bool:
+        return self.metadata
 
     def explain(self) -> list[str]:
         return [f"Stateless  source={self.source}", f"  sql: {self.sql}"]
@@ -345,6 +350,11 @@ class UnionAll(PlanNode):
 
     inputs: tuple[str, ...]  # the derived inputs, in the query's order
     columns: tuple[str, ...] | None  # the output names; None: the inputs' own (``SELECT *``)
+    metadata: bool = False  # its inputs' metadata columns pass (the input of a window)
+
+    @property
+    def keeps_metadata(self) -> bool:
+        return self.metadata
 
     @property
     def source(self) -> str:
@@ -460,6 +470,11 @@ def plan_query(statement: exp.Expr) -> ContinuousPlan:
 
 def _plan_union(union: exp.Union, derived: dict[str, Operator]) -> UnionAll:
     """Each SELECT of ``a UNION ALL b ...`` as a derived input of one :class:`UnionAll`."""
+    return _union_of(_union_branches(union), derived)
+
+
+def _union_branches(union: exp.Union) -> list[exp.Select]:
+    """The SELECTs of ``a UNION ALL b ...``, in order."""
     for key in ("order", "limit", "offset"):
         if union.args.get(key) is not None:
             raise sql_error(
@@ -479,10 +494,15 @@ def _plan_union(union: exp.Union, derived: dict[str, Operator]) -> UnionAll:
             pending[:0] = [node.this, node.expression]
         else:
             branches.append(node)
-    inputs = []
     for branch in branches:
         if not isinstance(branch, exp.Select):
             raise sql_error("each input of a continuous UNION ALL is a SELECT", branch)
+    return branches  # type: ignore[return-value]
+
+
+def _union_of(branches: list[exp.Select], derived: dict[str, Operator]) -> UnionAll:
+    inputs = []
+    for branch in branches:
         op = _plan_select(branch, derived)
         if op.updating:
             raise sql_error(
@@ -498,6 +518,56 @@ def _plan_union(union: exp.Union, derived: dict[str, Operator]) -> UnionAll:
     if not any(isinstance(e, exp.Star) or isinstance(e.this, exp.Star) for e in first.expressions):
         columns = tuple(e.alias_or_name for e in first.expressions)
     return UnionAll(tuple(inputs), columns)
+
+
+_METADATA = ("_partition", "_offset")  # what a window's late rows are traced back by
+
+
+def _window_over_union(select: exp.Select, derived: dict[str, Operator]) -> WindowAggregate | None:
+    """A window aggregate over ``(q1 UNION ALL q2 ...)`` (GROUP BY syntax, or a TVF over a view
+    or CTE that is one), if ``select`` is one: the union becomes a derived input whose inputs
+    filter and project streams and pass each stream's time attribute on as it is."""
+    spec, rest = find_window(select)
+    source = rest.args.get("from_")
+    sub = source.this if source is not None else None
+    if (
+        spec is None
+        or rest.args.get("joins")
+        or not isinstance(sub, exp.Subquery)
+        or not isinstance(sub.this, exp.Union)
+    ):
+        return None
+    branches = [b.copy() for b in _union_branches(sub.this)]
+    names = [e.alias_or_name for e in branches[0].expressions]
+    if spec.time_column not in names:
+        raise sql_error(f"{spec.time_column!r} is not a column of the UNION ALL", sub)
+    index = names.index(spec.time_column)
+    for branch in branches:
+        item = branch.expressions[index] if index < len(branch.expressions) else branch
+        body = item.this if isinstance(item, exp.Alias) else item
+        if not isinstance(body, exp.Column):
+            raise sql_error(
+                f"{spec.time_column!r} is computed ({body.sql(dialect='postgres')}) in an input"
+                " of the UNION ALL, so it is not a time attribute: pass each stream's time"
+                " column on as it is",
+                body,
+            )
+        branch.set("expressions", [*branch.expressions, *(exp.column(m).as_(m) for m in _METADATA)])
+    union = _union_of(branches, derived)
+    for name in union.inputs:
+        op = derived[name]
+        if not isinstance(op, Stateless):
+            raise sql_error(
+                "a window over a UNION ALL takes filters and projections of streams as its"
+                " inputs (aggregate each input first, then UNION ALL the results)",
+                sub,
+            )
+        derived[name] = Stateless(op.source, op.sql, metadata=True)
+    name = f"__derived_{len(derived)}"
+    derived[name] = UnionAll(union.inputs, union.columns, metadata=True)
+    table = exp.to_table(name).as_(sub.alias or name)
+    sub.replace(table)
+    return _plan_window(rest, spec, table)
 
 
 def check_changelogs(operator: Operator, derived: dict[str, Operator], query: exp.Expr) -> None:
@@ -624,6 +694,9 @@ def _plan_select(
 ):
     if select.args.get("limit") is not None:
         raise sql_error("LIMIT has no meaning in a continuous query", select.args["limit"])
+    over_union = _window_over_union(select, derived)
+    if over_union is not None:
+        return over_union
     joins = select.args.get("joins") or []
     sides = [select.args.get("from_")] + list(joins)
     if joins and any(isinstance(s.this, exp.Subquery) for s in sides if s is not None):
