@@ -202,6 +202,7 @@ def _merge_into(
             star = True
             continue
         computed[projection.alias_or_name] = _unqualified(body)
+    what = repr(alias) if alias else "the subquery"
     outer_aliases = {p.alias for p in outer.expressions if isinstance(p, exp.Alias)}
     times = _time_arguments(outer)
 
@@ -218,10 +219,10 @@ def _merge_into(
         if value is None:
             if star:
                 return exp.column(node.name, table=node.table or None)
-            raise sql_error(f"column {node.name!r} is not among the columns of {name!r}", node)
+            raise sql_error(f"column {node.name!r} is not among the columns of {what}", node)
         if id(node) in times and not isinstance(value, exp.Column):
             raise sql_error(
-                f"{node.name!r} is computed ({value.sql(dialect='postgres')}) in {name!r}, so it"
+                f"{node.name!r} is computed ({value.sql(dialect='postgres')}) in {what}, so it"
                 " is not a time attribute: window on the stream's time column (its WATERMARK"
                 " column), passed on as it is",
                 node,
