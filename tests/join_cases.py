@@ -288,3 +288,38 @@ def hop(name: str, slide_s: int, size_s: int) -> str:
               epoch_ms(t) - epoch_ms(t) % {slide} - {size} + {slide},
               epoch_ms(t) - epoch_ms(t) % {slide}, {slide})) AS ws
           FROM {name}))"""
+
+
+# -- one query checked against DuckDB --------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Query:
+    """A continuous query over streams ``a`` and ``b`` and DuckDB's equivalent over them."""
+
+    sql: str  # the continuous query
+    batch: str  # DuckDB's equivalent over tables a and b
+    columns: tuple[str, ...]
+    times: tuple[str, ...] = ()  # columns compared as epoch ms
+    updating: bool = False  # read the sink as a table (latest row per key)
+    ddl: tuple[str, ...] = ()  # views and the like, after the streams
+
+
+def check_query(
+    root: Path,
+    query: Query,
+    delay_s: int,
+    inputs: dict[str, Sequence[Event]],
+    schedule: Schedule,
+) -> None:
+    """Run ``INSERT INTO out <query>`` over the inputs in ``schedule``'s steps and restarts;
+    its sink (appends, or the latest row per key) must hold DuckDB's batch answer."""
+    want = rows_of(duck(query.batch, inputs), query.columns, query.times)
+    ddl = [*(stream_ddl(name, delay_s) for name in inputs), *query.ddl]
+    sh, status = run_continuously(root, ddl, inputs, f"INSERT INTO out {query.sql}", schedule)
+    try:
+        assert status["late_rows"] == 0 and status["rejected_rows"] == 0
+        got = latest_records(sh, "out") if query.updating else topic_records(sh, "out")
+        assert rows_of(got, query.columns, query.times) == want
+    finally:
+        sh.close()

@@ -406,9 +406,9 @@ BAD = [
         id="limit",
     ),
     pytest.param(
-        "SELECT k FROM ev\nUNION ALL SELECT k FROM ev",
-        "one SELECT",
-        id="union",
+        "SELECT k FROM ev\nUNION SELECT k FROM ev",
+        "use UNION ALL",
+        id="union-distinct",
     ),
     pytest.param(
         "SELECT k, STDDEV(v) AS sd FROM ev\nGROUP BY k, SESSION(t, INTERVAL '1' MINUTE)",

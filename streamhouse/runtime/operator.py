@@ -37,6 +37,8 @@ class MicroBatch:
     """Where the operator writes its state changes; committed with the source offsets."""
     derived: bool = False
     """The rows feed another operator (a derived input), not the query's sink."""
+    retracted: Mapping[str, list[bytes]] = field(default_factory=dict)
+    """The record keys each derived input retracted (its tombstones), by name."""
 
 
 @dataclass

@@ -352,9 +352,10 @@ class Recomputation(_Stateful[plans.Recompute]):
     def process(self, batch: MicroBatch) -> Changelog:
         node = self.node
         changes = batch.inputs[node.source]
-        if changes is None:
+        retracted = batch.retracted.get(node.source, [])
+        if changes is None and not retracted:
             return Changelog()
-        outputs, gone = self.executor.process(changes, batch.state)
+        outputs, gone = self.executor.process(changes, batch.state, retracted)
         out = Changelog(outputs)
         names = node.key_columns
         if gone is not None and gone.num_rows and len(names) == len(node.group_by):
@@ -419,6 +420,20 @@ def _rows_by_position(source: pa.Table, late_pre: pa.Table) -> pa.Table:
     return source.filter(pc.is_in(have, value_set=pc.unique(wanted)))
 
 
+class UnionAllRows(Adapter[plans.UnionAll]):
+    """UNION ALL: the rows of every input, renamed to the first input's column names."""
+
+    def process(self, batch: MicroBatch) -> Changelog:
+        names = self.node.columns
+        tables = [batch.inputs[name] for name in self.node.inputs]
+        present = [t for t in tables if t is not None and t.num_rows]
+        if not present:
+            return Changelog()
+        if names is not None:
+            present = [t.rename_columns(list(names)) for t in present]
+        return Changelog(pa.concat_tables(present, promote_options="permissive"))
+
+
 ADAPTERS: dict[type[PlanNode], type[Adapter]] = {
     plans.Stateless: StatelessSql,
     plans.WindowAggregate: WindowAggregation,
@@ -428,6 +443,7 @@ ADAPTERS: dict[type[PlanNode], type[Adapter]] = {
     plans.TopN: TopNRanking,
     plans.Recompute: Recomputation,
     plans.TimeSort: TimeSorting,
+    plans.UnionAll: UnionAllRows,
 }
 """The adapter of each plan node type."""
 

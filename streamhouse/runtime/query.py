@@ -49,6 +49,7 @@ from streamhouse.sql.ddl import stream_definition
 from streamhouse.sql.engine import hide_metadata, parse_failure, referenced_columns
 from streamhouse.sql.execute import run_sql
 from streamhouse.sql.hints import SourceOptions, source_options
+from streamhouse.sql.inline import catalog_views, inline
 from streamhouse.sql.parse import node_position, parse
 from streamhouse.sql.plan import ContinuousPlan, check_columns, plan_query
 from streamhouse.sql.source import METADATA_FIELDS, RejectedRow
@@ -98,6 +99,8 @@ class ContinuousQuery:
     ) -> None:
         self.log = log_
         self.name = name
+        # views and CTEs inlined, filtering subqueries merged: the query over the streams
+        statement = inline(statement, catalog_views(resolve))
         self.statement = statement
         self.plan: ContinuousPlan = plan_query(statement)
         self.options = options or QueryOptions()
@@ -464,19 +467,24 @@ class ContinuousQuery:
     ) -> Changelog:
         """Run the operators on this batch: derived inputs first, then the query's own one.
 
-        A derived input's rows are what the operator over it reads; its retractions are not
-        passed on (the planner refuses an updating derived input where they would matter).
+        A derived input's rows are what the operator over it reads, its retractions (record
+        keys) are handed on next to them; the planner refuses a plan whose operator would
+        ignore them.
         """
         tables = dict(tables)
+        retracted: dict[str, list[bytes]] = {}
         late = 0
         for i, (name, (node, operator)) in enumerate(self.children.items()):
             scoped = ScopedBatch(batch, f"{i + 1}/".encode())
-            derived = operator.process(self._micro_batch(node, tables, watermark, scoped, True))
+            micro = self._micro_batch(node, tables, watermark, scoped, True, retracted)
+            derived = operator.process(micro)
             tables[name] = derived.rows
+            if derived.retracted:
+                retracted[name] = derived.retracted
             late += derived.late
         top = self.plan.operator
         result = self.operator.process(
-            self._micro_batch(top, tables, watermark, ScopedBatch(batch, b"0/"))
+            self._micro_batch(top, tables, watermark, ScopedBatch(batch, b"0/"), False, retracted)
         )
         result.late += late
         return result
@@ -488,6 +496,7 @@ class ContinuousQuery:
         watermark: int,
         state: ScopedBatch,
         derived: bool = False,
+        retracted: dict[str, list[bytes]] | None = None,
     ) -> MicroBatch:
         """The micro-batch as ``node`` reads it: the new rows of each of its inputs (None if
         none), with the metadata columns the query does not name hidden unless it keeps them."""
@@ -498,7 +507,8 @@ class ContinuousQuery:
                 inputs[name] = None
             else:
                 inputs[name] = table if node.keeps_metadata else hide_metadata(table, self._named)
-        return MicroBatch(inputs, self.watermark, watermark, state, derived)
+        taken = {n: keys for n, keys in (retracted or {}).items() if n in node.sources}
+        return MicroBatch(inputs, self.watermark, watermark, state, derived, taken)
 
     # -- side outputs -------------------------------------------------------------------------
 

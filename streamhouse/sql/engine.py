@@ -112,13 +112,15 @@ class Engine:
     def _explain(self, statement: exp.Expr) -> Relation:
         """The continuous plan (stateless parts, stateful operators and their state layout),
         and for a query the bounded plan DataFusion would run."""
+        from streamhouse.sql.inline import catalog_views, inline
         from streamhouse.sql.plan import plan_query
 
         lines: list[str] = []
         try:
+            continuous = inline(statement, catalog_views(self._resolve))
             lines += [
                 "continuous plan:",
-                *("  " + x for x in plan_query(statement).explain().splitlines()),
+                *("  " + x for x in plan_query(continuous).explain().splitlines()),
             ]
         except SqlError as exc:
             lines += [f"continuous plan: not possible: {exc}"]

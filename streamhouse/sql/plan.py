@@ -31,6 +31,7 @@ from streamhouse.sql.aggregates import AggregateCall, AggregateFunction
 from streamhouse.sql.bounds import TimeBound, candidate_bounds, conjuncts
 from streamhouse.sql.changelog import ChangelogMode, PlanNode
 from streamhouse.sql.functions import to_datafusion
+from streamhouse.sql.inline import inline
 from streamhouse.sql.parse import sql_error
 from streamhouse.sql.window_spec import (
     KINDS,
@@ -63,6 +64,11 @@ class Stateless(PlanNode):
 
     source: str
     sql: str
+    metadata: bool = False  # reads every metadata column (an input of a window over a union)
+
+    @property
+    def keeps_metadata(self) -> bool:
+        return self.metadata
 
     def explain(self) -> list[str]:
         return [f"Stateless  source={self.source}", f"  sql: {self.sql}"]
@@ -281,6 +287,8 @@ class Recompute(PlanNode):
     input_keys: list[str]  # the columns keying the input's rows
     group_by: list[str]  # the input columns the outer query groups by
     key_outputs: list[str | None]  # the output column of each group_by column
+    # the input also retracts rows by record key (``__key``: an outer join's padded rows)
+    retracts: bool = False
 
     @property
     def mode(self) -> ChangelogMode:
@@ -295,11 +303,18 @@ class Recompute(PlanNode):
         return [k for k in self.key_outputs if k is not None]
 
     def explain(self) -> list[str]:
+        retracted = (
+            "; a retracted key is kept as a dead row (__live false)" if self.retracts else ""
+        )
         return [
             f"Recompute  groups ({', '.join(self.group_by)}) over the latest row per"
-            f" ({', '.join(self.input_keys)}) of {self.source} (updating: an upsert per group)",
+            f" ({', '.join(self.input_keys)}) of {self.source} (updating: an upsert per group,"
+            " a tombstone when a group has no rows"
+            + (" or HAVING drops it" if self.retracts else "")
+            + ")",
             f"  sql: {self.sql}",
-            "  state: column family 'sessions', key b'recompute'|u32(run) -> IPC(latest input rows of changed keys)",
+            "  state: column family 'sessions', key b'recompute'|u32(run) -> IPC(latest input"
+            f" rows of changed keys{retracted})",
         ]
 
 
@@ -328,6 +343,36 @@ class TimeSort(PlanNode):
 
 
 @dataclass(frozen=True)
+class UnionAll(PlanNode):
+    """``q1 UNION ALL q2 ...`` of append-only inputs (each a derived input): their rows, with
+    the first input's column names. Its watermark is the query's, the minimum over every
+    stream the inputs read."""
+
+    inputs: tuple[str, ...]  # the derived inputs, in the query's order
+    columns: tuple[str, ...] | None  # the output names; None: the inputs' own (``SELECT *``)
+    metadata: bool = False  # its inputs' metadata columns pass (the input of a window)
+
+    @property
+    def keeps_metadata(self) -> bool:
+        return self.metadata
+
+    @property
+    def source(self) -> str:
+        return self.inputs[0]
+
+    @property
+    def sources(self) -> list[str]:
+        return list(dict.fromkeys(self.inputs))
+
+    def explain(self) -> list[str]:
+        return [
+            f"UnionAll  {' + '.join(self.inputs)} (rows concatenated; watermark: the minimum of"
+            " its inputs')",
+            "  state: none",
+        ]
+
+
+@dataclass(frozen=True)
 class ContinuousPlan:
     """What a continuous query reads, computes and where it writes."""
 
@@ -340,6 +385,7 @@ class ContinuousPlan:
         | TemporalJoin
         | Recompute
         | TimeSort
+        | UnionAll
     )
     sink_kind: str = "results"  # results | topic
     sink: str | None = None  # the sink topic/stream name for INSERT INTO and materialized views
@@ -385,11 +431,14 @@ Operator = Union[
     "TemporalJoin",
     "Recompute",
     "TimeSort",
+    "UnionAll",
 ]
 
 
 def plan_query(statement: exp.Expr) -> ContinuousPlan:
-    """Plan ``SELECT``, ``INSERT INTO t SELECT`` or ``CREATE MATERIALIZED VIEW v AS SELECT``."""
+    """Plan ``SELECT``, ``INSERT INTO t SELECT`` or ``CREATE MATERIALIZED VIEW v AS SELECT``
+    (its CTEs and filtering subqueries merged in, see :mod:`streamhouse.sql.inline`)."""
+    statement = inline(statement)
     sink_kind, sink = "results", None
     query = statement
     if isinstance(statement, exp.Insert):
@@ -401,17 +450,124 @@ def plan_query(statement: exp.Expr) -> ContinuousPlan:
     elif isinstance(statement, exp.Create) and (statement.args.get("kind") or "").upper() == "VIEW":
         sink_kind, sink = "topic", statement.this.name
         query = statement.expression
+    derived: dict[str, Operator] = {}
+    if isinstance(query, exp.Union):
+        operator: Operator = _plan_union(query, derived)
+        check_changelogs(operator, derived, query)
+        return ContinuousPlan(operator, sink_kind, sink, derived=derived)
     if not isinstance(query, exp.Select):
         raise sql_error(
-            "a continuous query must be one SELECT (UNION and the like are not supported yet)",
+            "a continuous query must be a SELECT or a UNION ALL of SELECTs"
+            f" ({query.key.upper()} is not supported continuously yet)",
             query,
         )
-    derived: dict[str, Operator] = {}
     operator = _plan_select(query, derived)
     _check_upsert_key(operator, query)
     _check_order(operator, query)
     check_changelogs(operator, derived, query)
     return ContinuousPlan(operator, sink_kind, sink, derived=derived)
+
+
+def _plan_union(union: exp.Union, derived: dict[str, Operator]) -> UnionAll:
+    """Each SELECT of ``a UNION ALL b ...`` as a derived input of one :class:`UnionAll`."""
+    return _union_of(_union_branches(union), derived)
+
+
+def _union_branches(union: exp.Union) -> list[exp.Select]:
+    """The SELECTs of ``a UNION ALL b ...``, in order."""
+    for key in ("order", "limit", "offset"):
+        if union.args.get(key) is not None:
+            raise sql_error(
+                f"{key.upper()} over a continuous UNION ALL is not supported", union.args[key]
+            )
+    branches: list[exp.Expr] = []
+    pending: list[exp.Expr] = [union]
+    while pending:
+        node = pending.pop(0)
+        if isinstance(node, exp.Subquery):
+            node = node.this
+        if isinstance(node, exp.Union):
+            if node.args.get("distinct"):
+                raise sql_error(
+                    "UNION (DISTINCT) is not supported continuously: use UNION ALL", node
+                )
+            pending[:0] = [node.this, node.expression]
+        else:
+            branches.append(node)
+    for branch in branches:
+        if not isinstance(branch, exp.Select):
+            raise sql_error("each input of a continuous UNION ALL is a SELECT", branch)
+    return branches  # type: ignore[return-value]
+
+
+def _union_of(branches: list[exp.Select], derived: dict[str, Operator]) -> UnionAll:
+    inputs = []
+    for branch in branches:
+        op = _plan_select(branch, derived)
+        if op.updating:
+            raise sql_error(
+                "UNION ALL of an updating query is not supported continuously yet: each input"
+                " must be append-only (a filter, a projection, a window aggregate, a join)",
+                branch,
+            )
+        name = f"__derived_{len(derived)}"
+        derived[name] = op
+        inputs.append(name)
+    first = branches[0]
+    columns = None
+    if not any(isinstance(e, exp.Star) or isinstance(e.this, exp.Star) for e in first.expressions):
+        columns = tuple(e.alias_or_name for e in first.expressions)
+    return UnionAll(tuple(inputs), columns)
+
+
+_METADATA = ("_partition", "_offset")  # what a window's late rows are traced back by
+
+
+def _window_over_union(select: exp.Select, derived: dict[str, Operator]) -> WindowAggregate | None:
+    """A window aggregate over ``(q1 UNION ALL q2 ...)`` (GROUP BY syntax, or a TVF over a view
+    or CTE that is one), if ``select`` is one: the union becomes a derived input whose inputs
+    filter and project streams and pass each stream's time attribute on as it is."""
+    spec, rest = find_window(select)
+    source = rest.args.get("from_")
+    sub = source.this if source is not None else None
+    if (
+        spec is None
+        or rest.args.get("joins")
+        or not isinstance(sub, exp.Subquery)
+        or not isinstance(sub.this, exp.Union)
+    ):
+        return None
+    branches = [b.copy() for b in _union_branches(sub.this)]
+    names = [e.alias_or_name for e in branches[0].expressions]
+    if spec.time_column not in names:
+        raise sql_error(f"{spec.time_column!r} is not a column of the UNION ALL", sub)
+    index = names.index(spec.time_column)
+    for branch in branches:
+        item = branch.expressions[index] if index < len(branch.expressions) else branch
+        body = item.this if isinstance(item, exp.Alias) else item
+        if not isinstance(body, exp.Column):
+            raise sql_error(
+                f"{spec.time_column!r} is computed ({body.sql(dialect='postgres')}) in an input"
+                " of the UNION ALL, so it is not a time attribute: pass each stream's time"
+                " column on as it is",
+                body,
+            )
+        branch.set("expressions", [*branch.expressions, *(exp.column(m).as_(m) for m in _METADATA)])
+    union = _union_of(branches, derived)
+    for name in union.inputs:
+        op = derived[name]
+        if not isinstance(op, Stateless):
+            raise sql_error(
+                "a window over a UNION ALL takes filters and projections of streams as its"
+                " inputs (aggregate each input first, then UNION ALL the results)",
+                sub,
+            )
+        derived[name] = Stateless(op.source, op.sql, metadata=True)
+    name = f"__derived_{len(derived)}"
+    derived[name] = UnionAll(union.inputs, union.columns, metadata=True)
+    table = exp.to_table(name).as_(sub.alias or name)
+    sub.replace(table)
+    return _plan_window(rest, spec, table)
 
 
 def check_changelogs(operator: Operator, derived: dict[str, Operator], query: exp.Expr) -> None:
@@ -533,9 +689,14 @@ def _derive(select: exp.Select, derived: dict[str, Operator]) -> exp.Select:
 
 def _plan_select(
     select: exp.Select, derived: dict[str, Operator]
-) -> Stateless | WindowAggregate | Windowed | StreamJoin | TopN | TemporalJoin | TimeSort:
+) -> (
+    Stateless | WindowAggregate | Windowed | StreamJoin | TopN | TemporalJoin | TimeSort | Recompute
+):
     if select.args.get("limit") is not None:
         raise sql_error("LIMIT has no meaning in a continuous query", select.args["limit"])
+    over_union = _window_over_union(select, derived)
+    if over_union is not None:
+        return over_union
     joins = select.args.get("joins") or []
     sides = [select.args.get("from_")] + list(joins)
     if joins and any(isinstance(s.this, exp.Subquery) for s in sides if s is not None):
@@ -594,6 +755,14 @@ def _plan_select(
         raise sql_error("a continuous query must read a stream, view or topic", table or select)
     if any(True for _ in select.find_all(exp.Subquery)):
         raise sql_error("subqueries in continuous queries are not supported yet", select)
+    over = select.find(exp.Window)
+    if over is not None:  # a Top-N is a subquery, planned above
+        raise sql_error(
+            f"{over.this.sql(dialect='postgres')} OVER (...) is not supported continuously yet"
+            " (an OVER aggregation); use a window aggregate (GROUP BY k, TUMBLING(t, ...)) or"
+            " ROW_NUMBER() in a Top-N subquery (WHERE rn <= N)",
+            over,
+        )
     if select.args.get("group") is not None or any(True for _ in select.find_all(exp.AggFunc)):
         return _plan_window(select, None, table)  # an updating aggregate: upserts per key
     if select.args.get("order") is not None:
@@ -831,7 +1000,7 @@ def _rank_over_join(
 
 def _aggregate_over_join(
     select: exp.Select, derived: dict[str, Operator] | None
-) -> WindowAggregate:
+) -> WindowAggregate | Recompute:
     """A GROUP BY over a join: the join becomes a derived input (its rows carry the columns the
     aggregate needs, as ``<alias>__<column>``), the aggregate an updating one over it."""
     if derived is None:
@@ -848,7 +1017,11 @@ def _aggregate_over_join(
     for key in ("group", "having", "order"):
         join_select.set(key, None)
     op = _plan_join(join_select, join_select.args["joins"], derived)
-    _refuse_retractions(op, "an aggregate", select)
+    retracting = isinstance(op, StreamJoin) and op.outer is not None
+    if retracting and select.args.get("group") is None:
+        _refuse_retractions(op, "an aggregate without GROUP BY", select)
+    if retracting:
+        _refuse_padded_key(select)
     name = f"__derived_{len(derived)}"
     derived[name] = op
 
@@ -874,7 +1047,66 @@ def _aggregate_over_join(
             aggregate.set(key, [part.transform(rename) for part in node])
         elif node is not None:
             aggregate.set(key, node.transform(rename))
+    if retracting:  # the join retracts padded rows: recompute the groups they leave
+        return _recompute_over_retractions(aggregate, name)
     return _plan_window(aggregate, None, exp.to_table(name))
+
+
+def _refuse_padded_key(select: exp.Select) -> None:
+    """Refuse ``GROUP BY x`` over an outer join when ``x`` alone is a column of a side the join
+    pads with NULLs: the group of padded rows would be keyed by NULL, and an upsert topic can
+    neither key nor tombstone it."""
+    keys = select.args["group"].expressions
+    join = select.args["joins"][0]
+    side = (join.side or "").upper()
+    left, right = select.args["from_"].this.alias_or_name, join.this.alias_or_name
+    padded = {"LEFT": {right}, "RIGHT": {left}, "FULL": {left, right}}.get(side, set())
+    if len(keys) == 1 and isinstance(keys[0], exp.Column) and keys[0].table in padded:
+        key = keys[0]
+        raise sql_error(
+            f"GROUP BY {key.sql(dialect='postgres')} over a {side} JOIN: rows padded with NULLs"
+            " would be grouped under a NULL key, which an upsert topic cannot key or retract;"
+            " group by a column of the side the join keeps, or add a second GROUP BY column",
+            key,
+        )
+
+
+def _recompute_over_retractions(aggregate: exp.Select, name: str) -> Recompute:
+    """A GROUP BY over an outer join (derived input ``name``): every join row is kept by its
+    record key until retracted, and the groups a micro-batch touches are recomputed, so any
+    aggregate (MIN and MAX too) stays right when a padded row is retracted."""
+    if aggregate.args.get("order") is not None:
+        raise _order_error(aggregate.args["order"].expressions[0])
+    group_by = []
+    for key in aggregate.args["group"].expressions:
+        if not isinstance(key, exp.Column):
+            raise sql_error(
+                "a GROUP BY over an outer join groups by columns (select an expression in a"
+                " subquery first)",
+                key,
+            )
+        group_by.append(key.name)
+    return Recompute(
+        name,
+        to_datafusion(aggregate),
+        ["__key"],
+        group_by,
+        _key_outputs(aggregate, group_by),
+        retracts=True,
+    )
+
+
+def _key_outputs(select: exp.Select, group_by: list[str]) -> list[str | None]:
+    """The output column of each GROUP BY column of ``select`` (None: not selected as such)."""
+    key_outputs: list[str | None] = []
+    for column in group_by:
+        output = None
+        for projection in select.expressions:
+            body = projection.this if isinstance(projection, exp.Alias) else projection
+            if isinstance(body, exp.Column) and body.name == column:
+                output = projection.alias_or_name
+        key_outputs.append(output)
+    return key_outputs
 
 
 def _plan_recompute(
@@ -896,15 +1128,9 @@ def _plan_recompute(
         if not isinstance(key, exp.Column):
             return None
         group_by.append(key.name)
-    key_outputs: list[str | None] = []
-    for column in group_by:
-        output = None
-        for projection in select.expressions:
-            body = projection.this if isinstance(projection, exp.Alias) else projection
-            if isinstance(body, exp.Column) and body.name == column:
-                output = projection.alias_or_name
-        key_outputs.append(output)
-    return Recompute(name, to_datafusion(outer), list(inner.keys), group_by, key_outputs)
+    return Recompute(
+        name, to_datafusion(outer), list(inner.keys), group_by, _key_outputs(select, group_by)
+    )
 
 
 def source_tables(query: exp.Expr) -> list[exp.Table]:
@@ -964,7 +1190,7 @@ def plan_temporal_join(select: exp.Select) -> TemporalJoin | None:
 
 def _plan_join(
     select: exp.Select, joins: list[exp.Join], derived: dict[str, Operator] | None = None
-) -> StreamJoin | TemporalJoin | WindowAggregate:
+) -> StreamJoin | TemporalJoin | WindowAggregate | Recompute:
     temporal = plan_temporal_join(select)
     if temporal is not None:
         return temporal

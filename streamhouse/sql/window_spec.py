@@ -162,7 +162,7 @@ def _group_window(call: exp.Anonymous, kind: WindowKind, keys: list[exp.Expr]) -
     return _spec(kind, call, params.get("TIMECOL"), params, partition_by)
 
 
-def _tvf_call(table: exp.Expr) -> exp.Anonymous | None:
+def tvf_call(table: exp.Expr) -> exp.Anonymous | None:
     """The window call inside ``TABLE(<call>)`` in FROM / JOIN, if ``table`` is one."""
     if not isinstance(table, exp.Table) or not isinstance(table.this, exp.Anonymous):
         return None
@@ -219,7 +219,7 @@ def find_window(select: exp.Select) -> tuple[WindowSpec | None, exp.Select]:
 
     for table in [result.args.get("from_"), *(result.args.get("joins") or [])]:
         source = table.this if table is not None else None
-        call = _tvf_call(source) if source is not None else None
+        call = tvf_call(source) if source is not None else None
         if call is None:
             continue
         spec, data = _tvf_window(call, _window_kind(call) or "")
