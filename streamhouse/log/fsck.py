@@ -185,26 +185,35 @@ def _index(
 
 
 _COMPARED = (
-    "last_offset",
-    "position",
     "length",
     "min_timestamp",
     "max_timestamp",
     "record_count",
     "crc",
 )
-_FIELDS = operator.attrgetter("topic", "partition", "base_offset", *_COMPARED)
+_FIELDS = operator.attrgetter(
+    "topic", "partition", "base_offset", "last_offset", "position", *_COMPARED
+)
 """The fields an index row and a footer entry share, as one tuple (in C, for the fast path)."""
 
 
 def _compare(key: str, rows: list[SegmentRow], entries: list[SegmentEntry]) -> list[Finding]:
-    """Findings where the index rows of ``key`` and its footer entries disagree."""
+    """Findings where the index rows of ``key`` and its footer entries disagree.
+
+    A row and an entry are matched by partition and base offset, or else by byte position and
+    checksum: the metadata store sequences offsets at commit, so a row may sit at other offsets
+    than its footer entry says the batches were written with, but it must span as many."""
     if sorted(map(_FIELDS, rows)) == sorted(map(_FIELDS, entries)):
-        return []
+        return []  # the usual case: written at the offsets the store assigned
     footer = {(e.topic, e.partition, e.base_offset): e for e in entries}
+    by_position = {(e.topic, e.partition, e.position, e.crc): e for e in entries}
     findings = []
     for row in rows:
         entry = footer.pop((row.topic, row.partition, row.base_offset), None)
+        if entry is None:
+            entry = by_position.get((row.topic, row.partition, row.position, row.crc))
+            if entry is not None:
+                footer.pop((entry.topic, entry.partition, entry.base_offset), None)
         if entry is None:
             detail = "the footer has no entry for this index row"
         else:
@@ -213,6 +222,9 @@ def _compare(key: str, rows: list[SegmentRow], entries: list[SegmentEntry]) -> l
                 for name in _COMPARED
                 if getattr(row, name) != getattr(entry, name)
             ]
+            span, written = row.last_offset - row.base_offset, entry.last_offset - entry.base_offset
+            if span != written:
+                differ.insert(0, f"{span + 1} offsets vs {written + 1}")
             if not differ:
                 continue
             detail = "index row vs footer: " + ", ".join(differ)

@@ -168,11 +168,18 @@ class Metadata(Protocol):
         has); ``UnknownTopicError``/``UnknownPartitionError``."""
         ...
 
-    def commit_segment(self, object_key: str, entries: Sequence[SegmentEntryLike]) -> None:
+    def commit_segment(self, object_key: str, entries: Sequence[SegmentEntryLike]) -> list[int]:
         """Index ``entries`` of one object and advance each high watermark, all or nothing.
 
-        ``StorageError`` if an entry's base offset is not its partition's high watermark (a
-        stale writer); ``UnknownTopicError``/``UnknownPartitionError`` for unknown ones."""
+        The store sequences offsets: each entry is indexed at its partition's high watermark
+        (entries of one partition one after the other), whatever base offset it was written
+        with; returns the base offset assigned to each entry, in order. Several writers
+        committing to one partition are serialized, never refused.
+        ``UnknownTopicError``/``UnknownPartitionError`` for unknown partitions."""
+        ...
+
+    def is_indexed(self, object_key: str) -> bool:
+        """True if an index row names ``object_key`` (its commit happened)."""
         ...
 
     def restore_segments(self, rows: Sequence[SegmentRow], *, producer_id_floor: int = 0) -> None:

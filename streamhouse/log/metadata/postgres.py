@@ -7,9 +7,9 @@ in autocommit mode: a read is one statement, a write an explicit transaction.
 
 Offsets are sequenced in the commit transaction: :meth:`PostgresMetadata.commit_segment` locks
 the rows of the partitions it touches (``SELECT ... FOR UPDATE``, in one order so two commits
-never deadlock), checks that each entry starts at its partition's high watermark and advances
+never deadlock), gives each entry its partition's high watermark as base offset and advances
 it, all before ``COMMIT``. Two processes committing to one partition are serialized on its row:
-offsets stay dense, ordered and free of duplicates, and the loser is told it is stale.
+offsets stay dense, ordered and free of duplicates, and neither retries nor rewrites anything.
 Every ``psycopg.Error`` surfaces as :class:`~streamhouse.errors.StorageError` naming the store
 (its URL without a password).
 """
@@ -304,15 +304,16 @@ class PostgresMetadata:
 
     # -- the segment index -------------------------------------------------------------------
 
-    def commit_segment(self, object_key: str, entries: Sequence[SegmentEntryLike]) -> None:
-        """Index ``entries`` of one object and advance each high watermark, all or nothing.
+    def commit_segment(self, object_key: str, entries: Sequence[SegmentEntryLike]) -> list[int]:
+        """Index ``entries`` of one object at their partitions' high watermarks and advance
+        them, all or nothing; returns the base offset assigned to each entry.
 
-        The partitions' rows stay locked from the check to ``COMMIT``: a concurrent commit to
-        one of them waits, then sees the advanced high watermark (and is refused as stale).
-        Three statements however many partitions the flush holds."""
+        The partitions' rows stay locked from the read to ``COMMIT``: a concurrent commit to
+        one of them waits, then continues after this one. Three statements however many
+        partitions the flush holds."""
         entries = list(entries)
         if not entries:
-            return
+            return []
         keys = sorted({(entry.topic, entry.partition) for entry in entries})
         with self._transaction(f"commit segment {object_key!r}") as conn:
             locked = conn.execute(
@@ -344,6 +345,7 @@ class PostgresMetadata:
                 [list(column) for column in zip(*plan.rows, strict=True)],
             )
         logger.debug("committed segment %r with %d index row(s)", object_key, len(entries))
+        return plan.bases
 
     def restore_segments(self, rows: Sequence[SegmentRow], *, producer_id_floor: int = 0) -> None:
         with self._transaction(f"restore {len(rows)} index row(s)") as conn:
@@ -376,6 +378,13 @@ class PostgresMetadata:
                 (producer_id_floor,),
             )
         logger.info("restored %d index row(s) of %d partition(s)", len(rows), len(plan.partitions))
+
+    def is_indexed(self, object_key: str) -> bool:
+        with self._connection(f"look up object {object_key!r}") as conn:
+            row = conn.execute(
+                "SELECT 1 FROM segments WHERE object_key = %s LIMIT 1", (object_key,)
+            ).fetchone()
+        return row is not None
 
     def segments(
         self,

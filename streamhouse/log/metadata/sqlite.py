@@ -369,10 +369,10 @@ class SQLiteMetadata:
 
     # -- the segment index -------------------------------------------------------------------
 
-    def commit_segment(self, object_key: str, entries: Sequence[SegmentEntryLike]) -> None:
+    def commit_segment(self, object_key: str, entries: Sequence[SegmentEntryLike]) -> list[int]:
         entries = list(entries)
         if not entries:
-            return
+            return []
         with self._transaction(f"commit segment {object_key!r}") as conn:
             # One read of every partition involved, then one executemany per table: a flush
             # commits a row per partition, and a statement per row costs more than the rows.
@@ -398,6 +398,7 @@ class SQLiteMetadata:
                 plan.rows,
             )
         logger.debug("committed segment %r with %d index row(s)", object_key, len(entries))
+        return plan.bases
 
     def restore_segments(self, rows: Sequence[SegmentRow], *, producer_id_floor: int = 0) -> None:
         with self._transaction(f"restore {len(rows)} index row(s)") as conn:
@@ -419,6 +420,15 @@ class SQLiteMetadata:
             )
         logger.info("restored %d index row(s) of %d partition(s)", len(rows), len(plan.partitions))
 
+    def is_indexed(self, object_key: str) -> bool:
+        with self._storage_errors(f"look up object {object_key!r}"):
+            row = (
+                self._connection()
+                .execute("SELECT 1 FROM segments WHERE object_key = ? LIMIT 1", (object_key,))
+                .fetchone()
+            )
+        return row is not None
+
     def segments(
         self,
         topic: str,
@@ -430,7 +440,7 @@ class SQLiteMetadata:
     ) -> list[SegmentRow]:
         """Rows with ``last_offset >= from_offset`` (and ``base_offset < to_offset``), ordered
         by offset; at most ``limit`` rows. Unknown topics and partitions have no rows."""
-        # Rows of a partition never overlap (commit_segment fences), so base and last offsets
+        # Rows of a partition never overlap (commit_segment sequences them), so base and last offsets
         # rise together: seek the first row with last_offset >= from_offset on its index, then
         # read a primary-key range from that row's base offset (stopping at to_offset).
         sql = (
