@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections import OrderedDict
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import crc32c
@@ -89,9 +89,18 @@ class ObjectCache:
 class LogReader:
     """Reads stored batches of one partition by offset."""
 
-    def __init__(self, metadata: Metadata, cache: ObjectCache) -> None:
+    def __init__(
+        self,
+        metadata: Metadata,
+        cache: ObjectCache,
+        *,
+        fresh_offset: Callable[[str, int], PartitionOffsets] | None = None,
+    ) -> None:
         self._metadata = metadata
         self._cache = cache
+        # Reads a partition's offsets from the store itself, when the (cached) ones the
+        # metadata gave do not admit a fetch: another process may have committed since.
+        self._fresh_offset = fresh_offset or metadata.partition_offset
 
     def offsets(self, topic: str, partition: int) -> PartitionOffsets:
         return self._metadata.partition_offset(topic, partition)
@@ -123,6 +132,8 @@ class LogReader:
         :class:`~streamhouse.errors.DamagedRangeError`.
         """
         bounds = self.offsets(topic, partition)
+        if offset < bounds.log_start_offset or offset > bounds.high_watermark:
+            bounds = self._fresh_offset(topic, partition)
         if offset < bounds.log_start_offset or offset > bounds.high_watermark:
             raise OffsetOutOfRangeError(
                 f"offset {offset} of {topic}-{partition} is outside "

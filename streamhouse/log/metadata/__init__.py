@@ -16,7 +16,7 @@ from several threads at once.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
@@ -29,6 +29,8 @@ if TYPE_CHECKING:
 __all__ = [
     "CATALOG_KINDS",
     "CatalogEntry",
+    "Commit",
+    "CommitFeed",
     "GroupOffset",
     "Metadata",
     "PartitionOffsets",
@@ -126,6 +128,16 @@ class SegmentEntryLike(Protocol):
     def record_count(self) -> int: ...
     @property
     def crc(self) -> int: ...
+
+
+Commit = tuple[str, int, int]
+"""(topic, partition, new high watermark) of a commit."""
+
+
+class CommitFeed(Protocol):
+    """What :meth:`Metadata.commit_feed` started; :meth:`stop` ends its thread."""
+
+    def stop(self) -> None: ...
 
 
 class Metadata(Protocol):
@@ -247,6 +259,14 @@ class Metadata(Protocol):
 
     def next_producer_id(self) -> int:
         """A new producer id (1, 2, ...), never handed out before, even across restarts."""
+        ...
+
+    def commit_feed(
+        self, on_commits: Callable[[list[Commit]], None], on_live: Callable[[bool], None]
+    ) -> CommitFeed:
+        """Start telling of commits by any process: ``on_commits`` is called from a thread of
+        the feed's own with the partitions whose high watermark rose; ``on_live(True)`` once
+        the feed hears every commit, ``on_live(False)`` whenever it may miss some."""
         ...
 
     def close(self) -> None:

@@ -19,8 +19,9 @@ from __future__ import annotations
 import json
 import logging
 import re
+import threading
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from types import TracebackType
 from urllib.parse import urlsplit, urlunsplit
@@ -38,6 +39,7 @@ from streamhouse.errors import (
 )
 from streamhouse.log.metadata import (
     CatalogEntry,
+    Commit,
     GroupOffset,
     PartitionOffsets,
     SegmentEntryLike,
@@ -45,6 +47,7 @@ from streamhouse.log.metadata import (
     TopicInfo,
     validate_topic_name,
 )
+from streamhouse.log.metadata.feed import FeedThread
 from streamhouse.log.metadata.migrations import POSTGRESQL, migrate
 from streamhouse.log.metadata.rules import (
     SEGMENT_INSERT_COLUMNS,
@@ -65,6 +68,11 @@ POOL_SIZE = 8
 CONNECT_TIMEOUT_S = 10
 """How long opening the store waits for the server before it fails."""
 
+COMMIT_CHANNEL = "streamhouse_commits"
+"""Each commit notifies this channel with ``topic<TAB>partition<TAB>high watermark`` lines."""
+_NOTIFY_BYTES = 7000  # PostgreSQL refuses payloads of 8000 bytes or more
+_LISTEN_POLL_S = 0.25  # how often the feed looks up from waiting, to see if it must stop
+
 _TOPIC_COLUMNS = "name, partitions, config, topic_id, created_ms"
 # Byte order, as SQLite sorts text: the protocol's "sorted by name" must not depend on the
 # database's locale.
@@ -82,6 +90,34 @@ def redacted(url: str) -> str:
         return url
     netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
     return urlunsplit(parts._replace(netloc=netloc))
+
+
+def notify_payloads(commits: Sequence[Commit]) -> list[str]:
+    """``commits`` as ``NOTIFY`` payloads of at most ``_NOTIFY_BYTES`` each.
+
+    >>> notify_payloads([("t", 0, 10), ("t", 1, 3)])
+    ['t\t0\t10\nt\t1\t3']
+    """
+    payloads, lines, size = [], [], 0
+    for topic, partition, high_watermark in commits:
+        line = f"{topic}\t{partition}\t{high_watermark}"
+        if lines and size + len(line) >= _NOTIFY_BYTES:
+            payloads.append("\n".join(lines))
+            lines, size = [], 0
+        lines.append(line)
+        size += len(line) + 1
+    if lines:
+        payloads.append("\n".join(lines))
+    return payloads
+
+
+def parse_payload(payload: str) -> list[Commit]:
+    """The commits of one ``NOTIFY`` payload (see :func:`notify_payloads`)."""
+    commits = []
+    for line in payload.splitlines():
+        topic, partition, high_watermark = line.split("\t")
+        commits.append((topic, int(partition), int(high_watermark)))
+    return commits
 
 
 def _one_line(exc: psycopg.Error) -> str:
@@ -309,8 +345,8 @@ class PostgresMetadata:
         them, all or nothing; returns the base offset assigned to each entry.
 
         The partitions' rows stay locked from the read to ``COMMIT``: a concurrent commit to
-        one of them waits, then continues after this one. Three statements however many
-        partitions the flush holds."""
+        one of them waits, then continues after this one. Four statements however many
+        partitions the flush holds (the last notifies :data:`COMMIT_CHANNEL`)."""
         entries = list(entries)
         if not entries:
             return []
@@ -343,6 +379,11 @@ class PostgresMetadata:
                 " %s::text[], %s::bigint[], %s::bigint[], %s::bigint[], %s::bigint[],"
                 " %s::bigint[], %s::bigint[], %s::bigint[])",
                 [list(column) for column in zip(*plan.rows, strict=True)],
+            )
+            # Delivered to every listening process when the transaction commits.
+            conn.execute(
+                "SELECT pg_notify(%s, payload) FROM unnest(%s::text[]) AS payload",
+                (COMMIT_CHANNEL, notify_payloads([(t, p, hw) for t, p, hw, _ in advanced])),
             )
         logger.debug("committed segment %r with %d index row(s)", object_key, len(entries))
         return plan.bases
@@ -385,6 +426,24 @@ class PostgresMetadata:
                 "SELECT 1 FROM segments WHERE object_key = %s LIMIT 1", (object_key,)
             ).fetchone()
         return row is not None
+
+    def commit_feed(
+        self, on_commits: Callable[[list[Commit]], None], on_live: Callable[[bool], None]
+    ) -> FeedThread:
+        """``LISTEN`` to :data:`COMMIT_CHANNEL` on a connection of the feed's own (not pooled):
+        every commit of any process is heard as soon as it commits."""
+
+        def follow(stopping: threading.Event) -> None:
+            with psycopg.connect(
+                self.url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S
+            ) as conn:
+                conn.execute(f"LISTEN {COMMIT_CHANNEL}")
+                on_live(True)
+                while not stopping.is_set():
+                    for notify in conn.notifies(timeout=_LISTEN_POLL_S):
+                        on_commits(parse_payload(notify.payload))
+
+        return FeedThread(self.name, follow, on_live)
 
     def segments(
         self,

@@ -28,7 +28,7 @@ import os
 import sqlite3
 import threading
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
@@ -45,6 +45,7 @@ from streamhouse.errors import (
 from streamhouse.log.metadata import (
     CATALOG_KINDS,
     CatalogEntry,
+    Commit,
     GroupOffset,
     PartitionOffsets,
     SegmentEntryLike,
@@ -52,6 +53,7 @@ from streamhouse.log.metadata import (
     TopicInfo,
     validate_topic_name,
 )
+from streamhouse.log.metadata.feed import FeedThread
 from streamhouse.log.metadata.migrations import SQLITE, migrate
 from streamhouse.log.metadata.rules import (
     SEGMENT_INSERT_COLUMNS,
@@ -63,6 +65,9 @@ from streamhouse.log.metadata.rules import now_ms as _now_ms
 from streamhouse.log.metadata.rules import topic_config as _config_dict
 
 logger = logging.getLogger(__name__)
+
+POLL_S = 0.04
+"""How often the commit feed asks whether another connection committed (``data_version``)."""
 
 
 class SQLiteMetadata:
@@ -428,6 +433,41 @@ class SQLiteMetadata:
                 .fetchone()
             )
         return row is not None
+
+    def commit_feed(
+        self, on_commits: Callable[[list[Commit]], None], on_live: Callable[[bool], None]
+    ) -> FeedThread:
+        """Poll ``PRAGMA data_version`` every ``POLL_S`` on a connection of the feed's own; when
+        another connection (of any process) has committed, read every high watermark and report
+        those that rose."""
+
+        def follow(stopping: threading.Event) -> None:
+            conn = sqlite3.connect(
+                f"file:{quote(str(self.path))}?mode=ro",
+                uri=True,
+                timeout=self._busy_timeout_s,
+                isolation_level=None,
+                check_same_thread=False,
+            )
+            try:
+                version, known = None, {}
+                read = "SELECT topic, partition_id, high_watermark FROM partitions"
+                while not stopping.is_set():
+                    now = conn.execute("PRAGMA data_version").fetchone()[0]
+                    if now != version:
+                        rows = conn.execute(read).fetchall()
+                        if version is None:
+                            on_live(True)
+                        else:
+                            rose = [r for r in rows if known.get(r[:2], -1) < r[2]]
+                            if rose:
+                                on_commits(rose)
+                        version, known = now, {(t, p): hw for t, p, hw in rows}
+                    stopping.wait(POLL_S)
+            finally:
+                conn.close()
+
+        return FeedThread(str(self.path), follow, on_live)
 
     def segments(
         self,
