@@ -66,6 +66,8 @@ from streamhouse.log.metadata.rules import topic_config as _config_dict
 
 logger = logging.getLogger(__name__)
 
+_PARTITIONS_BY_KEY = 256
+"""A commit reads the partitions it touches by key up to this many per topic, else the topic."""
 POLL_S = 0.04
 """How often the commit feed asks whether another connection committed (``data_version``)."""
 
@@ -382,12 +384,16 @@ class SQLiteMetadata:
             # One read of every partition involved, then one executemany per table: a flush
             # commits a row per partition, and a statement per row costs more than the rows.
             current: dict[tuple[str, int], tuple[int, int]] = {}
-            for topic in {entry.topic for entry in entries}:
-                for partition, high_watermark, max_timestamp in conn.execute(
-                    "SELECT partition_id, high_watermark, max_timestamp FROM partitions"
-                    " WHERE topic = ?",
-                    (topic,),
-                ):
+            by_topic: dict[str, set[int]] = {}
+            for entry in entries:
+                by_topic.setdefault(entry.topic, set()).add(entry.partition)
+            for topic, wanted in by_topic.items():
+                sql = "SELECT partition_id, high_watermark, max_timestamp FROM partitions"
+                sql += " WHERE topic = ?"
+                if len(wanted) <= _PARTITIONS_BY_KEY:  # else the whole topic in one scan
+                    sql += f" AND partition_id IN ({', '.join('?' * len(wanted))})"
+                params = (topic, *wanted) if len(wanted) <= _PARTITIONS_BY_KEY else (topic,)
+                for partition, high_watermark, max_timestamp in conn.execute(sql, params):
                     current[(topic, partition)] = (high_watermark, max_timestamp)
             plan = plan_segment_commit(
                 object_key, entries, current, lambda t: self._read_topic(conn, t) is not None
