@@ -36,7 +36,6 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -46,25 +45,10 @@ from streamhouse.log.metadata import Metadata
 from streamhouse.log.metadata.cache import CachedMetadata, CacheStats
 from streamhouse.log.metadata.postgres import PostgresMetadata
 from streamhouse.log.metadata.sqlite import SQLiteMetadata
+from streamhouse.log.segment import SegmentEntry
 
 TOPIC = "bench"
 WIDE = 1000
-
-
-@dataclass(frozen=True, slots=True)
-class Entry:
-    """A footer entry as the writer hands it to ``commit_segment``."""
-
-    topic: str
-    partition: int
-    base_offset: int
-    last_offset: int
-    position: int
-    length: int = 4096
-    min_timestamp: int = 0
-    max_timestamp: int = 0
-    record_count: int = 10
-    crc: int = 0
 
 
 def load() -> float:
@@ -105,7 +89,9 @@ def _commits(md: Metadata, partitions: list[int], rounds: int, rng: random.Rando
     latencies = []
     for i in range(rounds):
         chosen = sorted(rng.sample(partitions, WIDE)) if len(partitions) > WIDE else partitions
-        entries = [Entry(TOPIC, p, 0, 9, position=j * 4096) for j, p in enumerate(chosen)]
+        entries = [
+            SegmentEntry(TOPIC, p, 0, 9, j * 4096, 4096, 0, 0, 10, 0) for j, p in enumerate(chosen)
+        ]
         start = time.perf_counter()
         md.commit_segment(f"segments/{i:020d}-{uuid.uuid4().hex[:8]}.seg", entries)
         latencies.append(time.perf_counter() - start)

@@ -66,8 +66,8 @@ from streamhouse.log.metadata.rules import topic_config as _config_dict
 
 logger = logging.getLogger(__name__)
 
-_PARTITIONS_BY_KEY = 256
-"""A commit reads the partitions it touches by key up to this many per topic, else the topic."""
+_PARTITIONS_BY_KEY = 500
+"""A commit reads the partitions it touches by primary key, this many per statement."""
 POLL_S = 0.04
 """How often the commit feed asks whether another connection committed (``data_version``)."""
 
@@ -388,13 +388,17 @@ class SQLiteMetadata:
             for entry in entries:
                 by_topic.setdefault(entry.topic, set()).add(entry.partition)
             for topic, wanted in by_topic.items():
-                sql = "SELECT partition_id, high_watermark, max_timestamp FROM partitions"
-                sql += " WHERE topic = ?"
-                if len(wanted) <= _PARTITIONS_BY_KEY:  # else the whole topic in one scan
-                    sql += f" AND partition_id IN ({', '.join('?' * len(wanted))})"
-                params = (topic, *wanted) if len(wanted) <= _PARTITIONS_BY_KEY else (topic,)
-                for partition, high_watermark, max_timestamp in conn.execute(sql, params):
-                    current[(topic, partition)] = (high_watermark, max_timestamp)
+                keys = sorted(wanted)
+                for i in range(0, len(keys), _PARTITIONS_BY_KEY):  # by primary key, in chunks
+                    chunk = keys[i : i + _PARTITIONS_BY_KEY]
+                    sql = (
+                        "SELECT partition_id, high_watermark, max_timestamp FROM partitions"
+                        f" WHERE topic = ? AND partition_id IN ({', '.join('?' * len(chunk))})"
+                    )
+                    for partition, high_watermark, max_timestamp in conn.execute(
+                        sql, (topic, *chunk)
+                    ):
+                        current[(topic, partition)] = (high_watermark, max_timestamp)
             plan = plan_segment_commit(
                 object_key, entries, current, lambda t: self._read_topic(conn, t) is not None
             )
