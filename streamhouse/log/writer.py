@@ -352,9 +352,9 @@ class LogWriter:
         offsets = self._metadata.partition_offsets(key[0])
         if key[1] not in offsets:
             raise UnknownPartitionError(key[0], key[1])
-        value = offsets[key[1]].high_watermark
-        self._next_offsets[key] = value
-        return value
+        for partition, known in offsets.items():  # one read per topic, not per partition
+            self._next_offsets.setdefault((key[0], partition), known.high_watermark)
+        return self._next_offsets[key]
 
     def _forget_offsets(self) -> None:
         """Guess the next flushes' offsets from the committed high watermarks again."""
