@@ -42,16 +42,17 @@ TOPIC = "wide"
 TARGETS = {"create_s": 10.0, "metadata_ms": 200.0}
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
-def _serve(data_dir: Path, metadata: str, port: int) -> subprocess.Popen[bytes]:
-    command = [sys.executable, "-m", "streamhouse", "--data-dir", str(data_dir)]
+def serve(data_dir: Path, metadata: str, port: int) -> subprocess.Popen[bytes]:
+    command = [sys.executable, "-m", "streamhouse", "-v", "--data-dir", str(data_dir)]
     command += ["--metadata", metadata, "serve", "--port", str(port)]
     command += ["--advertised-host", "127.0.0.1"]
+    """``streamhouse -v serve`` on ``data_dir``, logging to ``serve.log`` beside it."""
     log = (data_dir.parent / "serve.log").open("ab")
     server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 60
@@ -72,8 +73,8 @@ def run(data_dir: Path, metadata: str, partitions: int) -> dict[str, Any]:
     from confluent_kafka import Consumer, Producer, TopicPartition
     from confluent_kafka.admin import AdminClient, NewTopic
 
-    port = _free_port()
-    server = _serve(data_dir, metadata, port)
+    port = free_port()
+    server = serve(data_dir, metadata, port)
     bootstrap = f"127.0.0.1:{port}"
     result: dict[str, Any] = {"partitions": partitions, "load_1m": round(os.getloadavg()[0], 2)}
     try:
