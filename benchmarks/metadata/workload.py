@@ -64,7 +64,12 @@ def run(data_dir: Path, metadata: str, partitions: int, batches: int) -> dict[st
         start = time.perf_counter()
         for _ in range(batches):
             for p in range(partitions):
-                producer.produce(TOPIC, b"0123456789", partition=p, on_delivery=delivered)
+                while True:
+                    try:
+                        producer.produce(TOPIC, b"0123456789", partition=p, on_delivery=delivered)
+                        break
+                    except BufferError:  # 100,000 records in flight: wait for acknowledgements
+                        producer.poll(0.05)
                 producer.poll(0)
             producer.poll(0.001)
         assert producer.flush(300) == 0 and not failed, failed[:3]

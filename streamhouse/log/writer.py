@@ -420,9 +420,10 @@ class LogWriter:
             log.debug(
                 "segment %s indexed at other offsets than written: %s", flush.object_key, shift
             )
-            with self._offsets_lock:  # later flushes' guesses move by as much
+            with self._offsets_lock:  # guess on from the assigned offsets, unless a later
+                # flush was stamped already (its own commit corrects the guess then)
                 for key, delta in shift.items():
-                    if delta and key in self._next_offsets:
+                    if delta and self._next_offsets.get(key) == flush.assigned[key]:
                         self._next_offsets[key] += delta
         resolved = [
             (item, offset + shift[(item.topic, item.partition)]) for item, offset in flush.resolved
