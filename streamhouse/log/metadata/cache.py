@@ -95,7 +95,7 @@ class CacheStats:
     offset_misses: int = 0
     index_hits: int = 0
     index_misses: int = 0
-    remote_commits: int = 0  # commits of other processes heard through the feed
+    remote_commits: int = 0  # partition commits heard through the feed (any process)
 
     @property
     def hit_rate(self) -> float:
@@ -403,7 +403,7 @@ class CachedMetadata:
         s = self.stats
         logger.info(
             "metadata cache: %.1f%% hits (topics %d/%d, offsets %d/%d, index %d/%d);"
-            " %d commit(s) of other processes heard; %d index row(s) held",
+            " %d partition commit(s) heard through the feed; %d index row(s) held",
             100 * s.hit_rate,
             s.topic_hits, s.topic_hits + s.topic_misses,
             s.offset_hits, s.offset_hits + s.offset_misses,
