@@ -9,7 +9,7 @@ memory:
   a sorted list of rows with their base offsets beside them: a lookup by offset is a
   ``bisect`` (O(log n)). Commits of this process extend them as they happen; commits of other
   processes arrive through the backend's *commit feed* (PostgreSQL ``LISTEN``/``NOTIFY``,
-  SQLite polling ``PRAGMA data_version`` every ``SQLITE_POLL_S``), which raises the high
+  SQLite polling ``PRAGMA data_version`` every ``sqlite.POLL_S``), which raises the high
   watermarks, tells the listeners (a long-polling Kafka fetch wakes) and lets the next lookup
   read just the new index rows.
 
@@ -19,7 +19,10 @@ forgotten when it comes back (notifications may have been missed). High watermar
 in the cache, so a slow read never moves one back. Writes, groups, the SQL catalog and
 producer ids go straight to the store.
 
-Hit rates: :meth:`CachedMetadata.stats`, logged at INFO every ``STATS_LOG_S`` of use and at
+A topic deleted or created again by another process is noticed when its entry expires (its
+topic id changed): until then, up to ``topic_ttl_s``, this process may answer with the old one.
+
+Hit rates: :attr:`CachedMetadata.stats`, logged at INFO every ``STATS_LOG_S`` of use and at
 close.
 """
 
