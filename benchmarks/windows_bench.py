@@ -226,7 +226,7 @@ def state_worker(spec: str, work_dir: Path) -> dict[str, Any]:
         status = query.status()
         result.update(
             _since(wall, cpu, before),
-            open_keys=query.operator.open_keys(),
+            open_keys=query.operator.executor.open_keys(),
             rows_in=status["rows_in"],
             state_bytes=status["state_bytes"],
         )

@@ -89,6 +89,8 @@ def friendly_errors(f: Callable[..., Any]) -> Callable[..., Any]:
         except BrokenPipeError:
             sys.stderr.close()
             sys.exit(0)
+        except UnicodeError as exc:  # e.g. SQL on stdin that is not UTF-8
+            raise click.ClickException(f"input is not valid Unicode text: {exc}") from None
         except OSError as exc:  # e.g. -o into a directory that does not exist
             raise click.ClickException(str(exc)) from None
 
@@ -139,16 +141,51 @@ def topic() -> None:
 def topic_create(
     ctx: click.Context, name: str, partitions: int, configs: tuple[str, ...], data_dir: str | None
 ) -> None:
-    """Create topic NAME."""
+    """Create topic NAME (--config retention.ms=3600000 and other Kafka topic configs)."""
+    with _open(ctx) as sh:
+        info = sh.create_topic(name, partitions, _config_items(configs))
+    click.echo(f"created topic {info.name} with {info.partitions} partition(s)", err=True)
+
+
+def _config_items(configs: tuple[str, ...]) -> dict[str, str]:
+    """``KEY=VALUE`` options as a dict; a usage error for one without ``=``."""
     config = {}
     for item in configs:
         key, sep, value = item.partition("=")
         if not sep:
             raise click.BadParameter(f"expected KEY=VALUE, got {item!r}", param_hint="--config")
         config[key.strip()] = value.strip()
+    return config
+
+
+@topic.command("alter")
+@click.argument("name")
+@click.option("-c", "--config", "configs", multiple=True, metavar="KEY=VALUE", help="Set a config.")
+@click.option(
+    "--delete-config",
+    "deleted",
+    multiple=True,
+    metavar="KEY",
+    help="Reset a config to its default.",
+)
+@data_dir_option
+@click.pass_context
+@friendly_errors
+def topic_alter(
+    ctx: click.Context,
+    name: str,
+    configs: tuple[str, ...],
+    deleted: tuple[str, ...],
+    data_dir: str | None,
+) -> None:
+    """Change topic NAME's configs, e.g. --config retention.ms=3600000."""
+    changes: dict[str, str | None] = {**dict.fromkeys(deleted), **_config_items(configs)}
+    if not changes:
+        raise click.UsageError("nothing to change: give --config KEY=VALUE or --delete-config KEY")
     with _open(ctx) as sh:
-        info = sh.create_topic(name, partitions, config)
-    click.echo(f"created topic {info.name} with {info.partitions} partition(s)", err=True)
+        info = sh.alter_topic(name, changes)
+    settings = ", ".join(f"{k}={v}" for k, v in sorted(info.config.items())) or "defaults only"
+    click.echo(f"altered topic {info.name}: {settings}", err=True)
 
 
 @topic.command("list")
@@ -238,14 +275,7 @@ def produce(
     lines = [line for line in lines if line.strip()]
     keys: Any = key
     if fmt == "json":
-        parsed = []
-        for number, line in enumerate(lines, 1):
-            try:
-                parsed.append(json.loads(line))
-            except json.JSONDecodeError as exc:
-                raise click.ClickException(
-                    f"line {number} is not JSON: {exc.msg} (column {exc.colno})"
-                ) from None
+        parsed = _json_lines(lines)
         if key_field:
             keys = [
                 None if not isinstance(p, dict) or p.get(key_field) is None else str(p[key_field])
@@ -254,6 +284,45 @@ def produce(
     with _open(ctx) as sh:
         result = sh.produce(topic_name, lines, key=keys, partition=partition)
     click.echo(f"produced {result.records} record(s) to {topic_name}", err=True)
+
+
+def _json_lines(lines: list[bytes]) -> list[Any]:
+    """Each line parsed as strict JSON: UTF-8, no NaN or Infinity, nested at most
+    MAX_JSON_DEPTH levels (the deepest a column can be); the first line that is not is a
+    one-line error."""
+    from streamhouse.sql.json_guard import MAX_JSON_DEPTH, too_deep
+
+    deep = too_deep(pa.array(lines, pa.binary()), MAX_JSON_DEPTH)
+    first_deep = int(deep[0]) + 1 if len(deep) else 0
+    parsed = []
+    for number, line in enumerate(lines, 1):
+        if number == first_deep:
+            raise click.ClickException(
+                f"line {number} is nested deeper than {MAX_JSON_DEPTH} levels, deeper than a "
+                "column can be (--format raw stores it as it is)"
+            )
+        try:
+            parsed.append(json.loads(line.decode(), parse_constant=_not_json, parse_int=_integer))
+        except UnicodeDecodeError as exc:
+            raise click.ClickException(
+                f"line {number} is not UTF-8: byte 0x{line[exc.start]:02x} at column {exc.start + 1}"
+            ) from None
+        except json.JSONDecodeError as exc:
+            raise click.ClickException(
+                f"line {number} is not JSON: {exc.msg} (column {exc.colno})"
+            ) from None
+        except ValueError as exc:  # from _not_json
+            raise click.ClickException(f"line {number} is not JSON: {exc}") from None
+    return parsed
+
+
+def _not_json(token: str) -> None:
+    raise ValueError(f"{token} is not a JSON value")
+
+
+def _integer(text: str) -> int | str:
+    """A JSON integer; its digits as they are past Python's int conversion limit."""
+    return int(text) if len(text) < 4000 else text
 
 
 @main.command()
@@ -418,7 +487,8 @@ def serve(
     queries_dir: str | None,
     data_dir: str | None,
 ) -> None:
-    """Serve the Kafka protocol over the log (and run continuous queries) until Ctrl-C."""
+    """Serve the Kafka protocol over the log (and run continuous queries and, every
+    retention_check_interval_s, a retention pass) until Ctrl-C."""
     import asyncio
     import contextlib
     import signal
@@ -582,6 +652,30 @@ def demo(ctx: click.Context, events: int, data_dir: str | None) -> None:
 
 
 @main.command()
+@click.argument("topic_name", metavar="[TOPIC]", required=False)
+@data_dir_option
+@click.pass_context
+@friendly_errors
+def compact(ctx: click.Context, topic_name: str | None, data_dir: str | None) -> None:
+    """Run one storage-lifecycle pass now over TOPIC (default: every topic), then exit.
+
+    For now this is retention only: retention.ms and retention.bytes move log start offsets,
+    and segment objects no index row names any more are deleted once unreferenced for
+    object_delete_delay_s. Merging small objects is not done yet. `serve` runs the same pass
+    every retention_check_interval_s.
+    """
+    with _open(ctx) as sh:
+        report = sh.enforce_retention(None if topic_name is None else [topic_name])
+    for (name, partition), (old, new) in sorted(report.advanced.items()):
+        click.echo(f"{name}-{partition}: log start offset {old} -> {new}", err=True)
+    click.echo(
+        f"retention: {len(report.advanced)} partition(s) advanced,"
+        f" {len(report.deleted_objects)} object(s) deleted",
+        err=True,
+    )
+
+
+@main.command()
 @click.option(
     "--rebuild-metadata",
     is_flag=True,
@@ -673,6 +767,12 @@ def fsck(
         click.echo(
             f"{len(report.young)} object(s) no metadata names are younger than {min_age:g} s"
             " and hold offsets past the high watermarks (flushes in progress): not reported",
+            err=True,
+        )
+    if report.retiring:
+        click.echo(
+            f"{len(report.retiring)} object(s) no index row names any more await deletion by"
+            " retention after their grace period: not reported",
             err=True,
         )
     if report.of_kind(checker.FindingKind.ORPHAN) and not report.topics:

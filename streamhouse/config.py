@@ -31,6 +31,10 @@ class Settings:
     metadata names must be before ``fsck --delete-orphans`` removes it: it must exceed the
     longest a flush can take between its put and its commit (S3 retries, metadata busy
     timeouts), so an object on its way to being committed is never taken for an orphan.
+    ``retention_check_interval_s`` is how often ``serve`` runs a retention pass;
+    ``object_delete_delay_s`` how long a segment object no index row names any more is kept
+    before it is deleted (as Kafka's ``file.delete.delay.ms``): fetches and queries that read
+    the index before find it for that long.
     """
 
     data_dir: Path = field(default_factory=lambda: Path(DEFAULT_DATA_DIR))
@@ -49,6 +53,8 @@ class Settings:
     advertised_host: str = "127.0.0.1"
     auto_create_topics: bool = True
     orphan_min_age_s: float = 3600.0
+    retention_check_interval_s: float = 60.0
+    object_delete_delay_s: float = 60.0
 
     @classmethod
     def load(cls, config_file: str | Path | None = None, **overrides: Any) -> Settings:

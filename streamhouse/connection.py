@@ -29,6 +29,7 @@ import pyarrow as pa
 from streamhouse.config import Settings
 from streamhouse.errors import (
     DamagedRangeError,
+    InvalidRecordError,
     LogError,
     RecordTooLargeError,
     StreamHouseError,
@@ -37,6 +38,7 @@ from streamhouse.errors import (
 from streamhouse.log import Log, TopicInfo
 from streamhouse.log.partitioner import partition_for_key
 from streamhouse.log.records import BATCH_OVERHEAD, Compression, build_batch
+from streamhouse.log.retention import RetentionReport
 from streamhouse.result import Relation
 from streamhouse.runtime.query import ContinuousQuery
 from streamhouse.sql.engine import Engine
@@ -105,6 +107,33 @@ class StreamHouse:
     def delete_topic(self, name: str) -> None:
         self.log.delete_topic(name)
 
+    def alter_topic(self, name: str, config: Mapping[str, str | None]) -> TopicInfo:
+        """Set topic configs (``None``: back to the default), e.g. ``{"retention.ms": "3600000"}``;
+        ``InvalidConfigError`` for a config Kafka does not define or a bad value."""
+        return self.log.alter_topic_config(name, config)
+
+    def delete_records(self, topic: str, offsets: Mapping[int, int]) -> dict[int, int]:
+        """Delete each partition's records before ``offsets[partition]`` (-1: all of them), as
+        Kafka's DeleteRecords: returns the new log start offsets.
+
+        >>> import tempfile
+        >>> sh = connect(tempfile.mkdtemp())
+        >>> _ = sh.create_topic("t")
+        >>> _ = sh.produce("t", [{"n": i} for i in range(5)])
+        >>> sh.delete_records("t", {0: 3})
+        {0: 3}
+        >>> sh.sql("SELECT n FROM t").to_arrow_table()["n"].to_pylist()
+        [3, 4]
+        >>> sh.close()
+        """
+        return self.log.delete_records(topic, offsets)
+
+    def enforce_retention(self, topics: Iterable[str] | None = None) -> RetentionReport:
+        """Run one retention pass now over ``topics`` (default all): ``retention.ms`` and
+        ``retention.bytes`` move log start offsets; objects nothing names any more are deleted
+        once unreferenced for ``object_delete_delay_s``."""
+        return self.log.enforce_retention(topics)
+
     def topics(self) -> list[TopicInfo]:
         return self.log.list_topics()
 
@@ -133,12 +162,12 @@ class StreamHouse:
         record) defaults to now; ``headers`` go on every record.
         """
         info = self.log.topic(topic)
-        values = [_encode_value(v) for v in records]
+        values = _encoded(_encode_value, records, "value")
         n = len(values)
         if n == 0:
             return Produced(0, {})
         keys = _per_record(key, n, "key")
-        key_bytes = [_encode_key(k) for k in keys] if keys is not None else None
+        key_bytes = _encoded(_encode_key, keys, "key") if keys is not None else None
         stamps = _per_record(timestamp, n, "timestamp")
         ts = [_timestamp_ms(t) for t in stamps] if stamps is not None else None
         header_list = _encode_headers(headers)
@@ -340,6 +369,25 @@ def _before_damage(table: pa.Table, damaged: list[DamagedRangeError], offset: in
     return table.filter(pa.array(table["offset"].to_numpy() < limit))
 
 
+def _encoded(
+    encode: Callable[[Any], bytes | None], items: Iterable[Any], what: str
+) -> list[bytes | None]:
+    """``encode`` of each item; InvalidRecordError naming the first that cannot be stored."""
+    out: list[bytes | None] = []
+    try:
+        for item in items:
+            out.append(encode(item))
+    except UnicodeEncodeError as exc:
+        reason = f"is not valid Unicode text ({exc.reason})"
+    except RecursionError:
+        reason = "is nested too deeply to encode as JSON"
+    except ValueError as exc:  # NaN or Infinity, a circular reference, an int too long to print
+        reason = f"cannot be encoded as JSON: {exc}"
+    else:
+        return out
+    raise InvalidRecordError(f"the {what} of record {len(out)} {reason}")
+
+
 def _encode_value(value: Value) -> bytes | None:
     if value is None or isinstance(value, bytes):
         return value
@@ -347,7 +395,7 @@ def _encode_value(value: Value) -> bytes | None:
         return value.encode()
     if isinstance(value, bytearray | memoryview):
         return bytes(value)
-    return json.dumps(value, separators=(",", ":"), default=_json_default).encode()
+    return json.dumps(value, separators=(",", ":"), default=_json_default, allow_nan=False).encode()
 
 
 def _json_default(value: Any) -> Any:

@@ -40,8 +40,17 @@ class OffsetOutOfRangeError(LogError):
     """The requested offset lies outside [log start, high watermark]."""
 
 
+class InvalidConfigError(LogError):
+    """A topic config is unknown, malformed or not supported (Kafka's INVALID_CONFIG)."""
+
+
 class RecordTooLargeError(LogError):
     """A record or batch is larger than the topic's max.message.bytes."""
+
+
+class InvalidRecordError(LogError):
+    """A record given to produce cannot be stored: a value or key that is not text or JSON
+    (a lone surrogate, NaN, nesting too deep to encode)."""
 
 
 class CorruptRecordError(LogError):
@@ -89,6 +98,10 @@ class DamagedRangeError(CorruptSegmentError):
 
 class StorageError(LogError):
     """The object store or the metadata store failed (disk full, unwritable directory, S3 error)."""
+
+
+class StateFormatError(StorageError):
+    """A query's state directory was written in a state format this build does not read."""
 
 
 class ObjectNotFoundError(StorageError):

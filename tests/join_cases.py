@@ -29,6 +29,7 @@ import streamhouse
 from streamhouse import StreamHouse
 from streamhouse.runtime.query import ContinuousQuery
 from streamhouse.sql.engine import latest_per_key
+from streamhouse.state.store import ColumnFamily
 
 T0 = 1_767_225_600_000  # 2026-01-01 00:00:00 UTC, in ms
 SECOND = 1_000
@@ -201,7 +202,7 @@ def tombstones(sh: StreamHouse, topic: str) -> int:
 def joins_state(query: ContinuousQuery) -> tuple[int, int]:
     """(entries, bytes) held in the query's ``joins`` column family."""
     entries = size = 0
-    for key, value in query.store.items("joins"):
+    for key, value in query.store.items(ColumnFamily.JOINS):
         entries += 1
         size += len(key) + len(value)
     return entries, size
@@ -209,9 +210,9 @@ def joins_state(query: ContinuousQuery) -> tuple[int, int]:
 
 def joins_rows(query: ContinuousQuery) -> int:
     """Buffered input rows in the ``joins`` column family (each value is an Arrow IPC stream)."""
-    from streamhouse.state.store import decode_table
+    from streamhouse.state.store import ColumnFamily, decode_table
 
-    return sum(decode_table(value).num_rows for _, value in query.store.items("joins"))
+    return sum(decode_table(value).num_rows for _, value in query.store.items(ColumnFamily.JOINS))
 
 
 # -- comparing -----------------------------------------------------------------------------------

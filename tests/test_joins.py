@@ -47,7 +47,7 @@ from window_cases import start_paused
 import streamhouse
 from streamhouse import StreamHouse
 from streamhouse.errors import SqlError
-from streamhouse.state.store import decode_table
+from streamhouse.state.store import ColumnFamily, decode_table
 
 PROPERTY = settings(
     max_examples=7,
@@ -639,7 +639,7 @@ def test_windowed_query_survives_many_micro_batches_and_restarts(
                 held.append(joins_rows(query))
                 assert {
                     name
-                    for _, value in query.store.items("joins")
+                    for _, value in query.store.items(ColumnFamily.JOINS)
                     for name in decode_table(value).column_names
                 } <= kept
             else:

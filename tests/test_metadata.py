@@ -19,6 +19,7 @@ from streamhouse.config import Settings
 from streamhouse.errors import (
     ConfigError,
     LogError,
+    OffsetOutOfRangeError,
     SqlError,
     StorageError,
     TopicExistsError,
@@ -35,6 +36,7 @@ from streamhouse.log.metadata import (
 )
 from streamhouse.log.metadata.migrations import LATEST_VERSION, POSTGRESQL, Migration
 from streamhouse.log.metadata.postgres import PostgresMetadata
+from streamhouse.log.metadata.rules import now_ms
 from streamhouse.log.metadata.sqlite import SQLiteMetadata
 
 
@@ -520,7 +522,8 @@ def test_postgresql_connections_dropped_by_the_server_are_replaced(postgres_url:
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
                 " WHERE datname = current_database() AND pid <> pg_backend_pid()"
             ).fetchall()
-        assert len(dropped) >= 2 and all(ok for (ok,) in dropped)
+        # at least the pool's one open connection (more when the four calls overlapped)
+        assert len(dropped) >= 1 and all(ok for (ok,) in dropped)
         errors = at_once(4, lambda n: md.commit_segment(f"o{n}", [Entry("t", 0, 0, 0)]))
         assert errors == []
         assert [r.base_offset for r in md.segments("t", 0)] == [0, 1, 2, 3]
@@ -572,3 +575,78 @@ def test_restore_segments_refuses_overlaps_and_unknown_partitions(md: Store) -> 
         md.restore_segments([_row("a", 1, 0, 9, 1)])
     assert md.segments("t", 0) == []  # all or nothing
     assert md.partition_offset("t", 0) == PartitionOffsets(0, 0)
+
+
+# -- retention --------------------------------------------------------------------------------
+
+
+def _three_objects(md: Store) -> None:
+    """t/0 offsets 0-9 in objects a, b, c (0-2, 3-5, 6-9); t/1 offsets 0-4 in objects a and d."""
+    md.create_topic("t", partitions=2)
+    md.commit_segment("a", [Entry("t", 0, 0, 2, length=300, max_timestamp=10),
+                            Entry("t", 1, 0, 1, length=100, max_timestamp=10)])  # fmt: skip
+    md.commit_segment("b", [Entry("t", 0, 3, 5, length=300, max_timestamp=20)])
+    md.commit_segment("c", [Entry("t", 0, 6, 9, length=400, max_timestamp=30)])
+    md.commit_segment("d", [Entry("t", 1, 2, 4, length=300, max_timestamp=40)])
+
+
+def test_delete_records_advances_log_start_and_queues_unreferenced_objects(md: Store) -> None:
+    _three_objects(md)
+    assert md.delete_records("t", {0: 4}) == {0: 4}
+    assert md.partition_offset("t", 0) == PartitionOffsets(4, 10)
+    assert [r.object_key for r in md.segments("t", 0)] == ["b", "c"]  # b holds offset 4
+    assert md.due_objects(now_ms() + 1) == []  # a is still named by t/1
+    assert md.delete_records("t", {0: 2, 1: -1}) == {0: 4, 1: 5}  # never backwards; -1: the HW
+    assert md.segments("t", 1) == []
+    assert md.due_objects(now_ms() + 1) == ["a", "d"]
+    assert md.due_objects(now_ms() - 60_000) == []  # not yet past a minute's grace
+    md.forget_objects(["a"])
+    assert md.due_objects(now_ms() + 1) == ["d"]
+
+
+def test_delete_records_refuses_bad_offsets_all_or_nothing(md: Store) -> None:
+    _three_objects(md)
+    with pytest.raises(OffsetOutOfRangeError, match="high watermark 5"):
+        md.delete_records("t", {0: 3, 1: 6})
+    with pytest.raises(OffsetOutOfRangeError, match="before offset -2"):
+        md.delete_records("t", {0: -2})
+    with pytest.raises(UnknownPartitionError):
+        md.delete_records("t", {0: 3, 2: 0})
+    with pytest.raises(UnknownTopicError):
+        md.delete_records("nope", {0: 0})
+    assert md.partition_offsets("t") == {0: PartitionOffsets(0, 10), 1: PartitionOffsets(0, 5)}
+    assert len(md.segments("t", 0)) == 3
+
+
+def test_oldest_row_within_bytes_keeps_at_least_the_limit(md: Store) -> None:
+    _three_objects(md)  # t/0 rows of 300, 300 and 400 bytes at offsets 0, 3 and 6
+    assert md.oldest_row_within_bytes("t", 0, 1000) == 0
+    assert md.oldest_row_within_bytes("t", 0, 701) == 0  # without row 0 only 700 would be left
+    assert md.oldest_row_within_bytes("t", 0, 700) == 3
+    assert md.oldest_row_within_bytes("t", 0, 400) == 6
+    assert md.oldest_row_within_bytes("t", 0, 0) is None  # keeps nothing
+    assert md.oldest_row_within_bytes("t", 5, 10) is None
+
+
+def test_a_requeued_object_still_named_by_a_row_is_not_due(md: Store) -> None:
+    _three_objects(md)
+    md.delete_records("t", {0: 10})
+    assert md.due_objects(now_ms() + 1) == ["b", "c"]
+    # A rebuild from footers (fsck) names b again: it must not be deleted.
+    run_sql(md, "INSERT INTO segments SELECT 'x', partition_id, 100, 101, object_key,"
+                " byte_position, byte_length, min_timestamp, max_timestamp,"
+                " running_max_timestamp, record_count, crc FROM segments WHERE object_key = 'a'")  # fmt: skip
+    run_sql(md, "UPDATE segments SET object_key = 'b' WHERE topic = 'x'")
+    assert md.due_objects(now_ms() + 1) == ["c"]
+
+
+def test_update_topic_config_sets_and_removes_keys(md: Store) -> None:
+    md.create_topic("t", config={"retention.ms": "1000", "segment.ms": "5"})
+    info = md.update_topic_config("t", {"retention.ms": None, "retention.bytes": "10"})
+    assert info.config == {"retention.bytes": "10", "segment.ms": "5"}
+    assert md.get_topic("t").config == info.config  # type: ignore[union-attr]
+    with pytest.raises(UnknownTopicError):
+        md.update_topic_config("nope", {"a": "b"})
+    with pytest.raises(LogError, match="strings to strings"):
+        md.update_topic_config("t", {"a": 1})  # type: ignore[dict-item]
+    assert md.get_topic("t").config == info.config  # type: ignore[union-attr]

@@ -13,7 +13,7 @@ from streamhouse.sql.ddl import Column, StreamDef, Watermark, arrow_type, interv
 from streamhouse.sql.ddl import stream_definition as define
 from streamhouse.sql.dialect import Explain, StreamHouse, TableArgument
 from streamhouse.sql.parse import parse, parse_one
-from streamhouse.sql.window_spec import WindowSpec, find_window
+from streamhouse.sql.window_spec import WindowKind, WindowSpec, find_window
 
 FIXTURES = Path(__file__).parent / "fixtures" / "sql" / "dialect.sql"
 EXPECTED = "-- expected:"
@@ -277,10 +277,10 @@ def test_interval_ms_rejects(expression: str) -> None:
 
 # --- windows --------------------------------------------------------------------------------
 
-TUMBLE_10M = WindowSpec("tumble", "bidtime", 600_000)
-HOP_5M_10M = WindowSpec("hop", "bidtime", 600_000, slide_ms=300_000)
-CUMULATE_2M_10M = WindowSpec("cumulate", "bidtime", 600_000, slide_ms=120_000)
-SESSION_5M = WindowSpec("session", "bidtime", 0, gap_ms=300_000, partition_by=("item",))
+TUMBLE_10M = WindowSpec(WindowKind.TUMBLE, "bidtime", 600_000)
+HOP_5M_10M = WindowSpec(WindowKind.HOP, "bidtime", 600_000, slide_ms=300_000)
+CUMULATE_2M_10M = WindowSpec(WindowKind.CUMULATE, "bidtime", 600_000, slide_ms=120_000)
+SESSION_5M = WindowSpec(WindowKind.SESSION, "bidtime", 0, gap_ms=300_000, partition_by=("item",))
 
 
 @pytest.mark.parametrize(

@@ -39,12 +39,11 @@ from window_cases import start_paused
 
 import streamhouse
 from streamhouse import StreamHouse
-from streamhouse.errors import SqlError, StorageError
+from streamhouse.errors import SqlError
 from streamhouse.sql.execute import run_sql
 from streamhouse.sql.parse import parse
 from streamhouse.sql.plan import plan_query
-from streamhouse.state.store import StateStore, TableState, encode_table
-from streamhouse.views.group_by import GROUPS_KEY, GroupAggregate
+from streamhouse.state.store import ColumnFamily, StateStore, TableState
 from streamhouse.views.top_n import TopNOperator
 
 PROPERTY = settings(
@@ -425,25 +424,11 @@ def test_table_state_reads_back_its_runs_and_drops_rolled_back_changes(tmp_path:
         state.commit()
         want.update({(r["k"], r["x"]): r["n"] for r in change.to_pylist()})
         assert current(state) == sorted(((k, x, n) for (k, x), n in want.items()), key=repr)
-        stored = sum(1 for key, _ in store.items("sessions") if key.startswith(b"t"))
+        stored = sum(1 for key, _ in store.items(ColumnFamily.SESSIONS) if key.startswith(b"t"))
         assert stored <= TableState.MAX_RUNS  # compaction deletes the runs it merges
         if step % 6 == 5:  # a restart reads back exactly what was committed
             store.close()
             store = StateStore(tmp_path / "state")
             state = TableState(store, b"t", keyed)
             assert current(state) == sorted(((k, x, n) for (k, x), n in want.items()), key=repr)
-    store.close()
-
-
-def test_count_distinct_state_of_an_older_build_is_refused(tmp_path: Path) -> None:
-    """State that kept COUNT(DISTINCT) values as lists cannot be read as counts: a clear error."""
-    statement = parse("SELECT k, COUNT(DISTINCT v) AS n FROM events GROUP BY k")[0]
-    operator = plan_query(statement).operator
-    store = StateStore(tmp_path / "state")
-    batch = store.batch()
-    older = pa.table({"__k0": ["a"], "__a0": pa.array([[1, 2]], pa.list_(pa.int64()))})
-    batch.put("sessions", GROUPS_KEY, encode_table(older))
-    store.commit(batch)
-    with pytest.raises(StorageError, match="older StreamHouse.*delete the query's state"):
-        GroupAggregate(operator, store)
     store.close()

@@ -11,7 +11,6 @@ disorder. Also: late rows, the dead-letter topic, sessions merged by a bridging 
 from __future__ import annotations
 
 import json
-import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +24,6 @@ import streamhouse
 from streamhouse import StreamHouse
 from streamhouse.errors import SqlError, StreamHouseError
 from streamhouse.runtime.query import ContinuousQuery
-from streamhouse.state.store import StateStore
 from streamhouse.windows import operator as window_operator
 
 T0 = 1_767_225_600_000  # 2026-01-01 00:00:00 UTC, in ms
@@ -263,43 +261,13 @@ def test_sessions_without_a_group_key_stay_in_one_bucket(
     try:
         produce(sh, [("a", T0, 1), ("b", T0 + 20 * SECOND, 2), ("a", T0 + 40 * SECOND, 3)])
         assert query.step()
-        assert query.operator.depth == 0
+        assert query.operator.executor.depth == 0
         assert query.status()["open_windows"] == 2  # the watermark, T0 + 10 s, closed the first
         query.run_until_caught_up(final=True)
     finally:
         query.stop()
     got = sorted((r["n"], to_ms(r["window_start"])) for r in topic_rows(sh, "out"))
     assert got == [(1, T0), (1, T0 + 20 * SECOND), (1, T0 + 40 * SECOND)]
-
-
-def test_sessions_stored_as_one_value_by_an_older_build_are_read_and_merged(
-    sh: StreamHouse,
-) -> None:
-    """Before buckets, all open sessions were one value under ``b"open"``: a restart reads it as
-    the first run, and a bridging event merges with the sessions in it."""
-    sql, query = three_open_sessions(sh)
-    state_dir = query.store.path
-    query.stop()
-    store = StateStore(state_dir)
-    try:
-        first_run = window_operator.SESSIONS_KEY + struct.pack(">BQI", 0, 0, 0)
-        (key, value), *rest = [(k, v) for k, v in store.items("sessions") if k.endswith(first_run)]
-        assert rest == []
-        batch = store.batch()
-        batch.delete("sessions", key)
-        batch.put("sessions", key[: -len(first_run)] + window_operator.SESSIONS_KEY, value)
-        store.commit(batch)
-    finally:
-        store.close()
-    query = start_paused(sh, sql, "q")
-    try:
-        assert query.status()["open_windows"] == 3
-        produce(sh, [("a", T0 + 6 * SECOND, 3)])  # bridges a's two sessions
-        query.run_until_caught_up(final=True)
-    finally:
-        query.stop()
-    events = [*THREE_SESSIONS, ("a", T0 + 6 * SECOND, 3)]
-    assert rows_of(topic_rows(sh, "out"), COLUMNS) == oracle(events, "session", 8 * SECOND)
 
 
 def test_sessions_close_only_when_the_watermark_passes_their_end(sh: StreamHouse) -> None:

@@ -22,10 +22,18 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from streamhouse.joins.bounds import TimeBound
 from streamhouse.joins.columns import pruned, referenced_names
+from streamhouse.sql.bounds import TimeBound
 from streamhouse.sql.execute import run_sql
-from streamhouse.state.store import StateBatch, StateStore, decode_table, encode_table, time_key
+from streamhouse.sql.plan import OuterJoin
+from streamhouse.state.store import (
+    ColumnFamily,
+    StateBatch,
+    StateStore,
+    decode_table,
+    encode_table,
+    time_key,
+)
 from streamhouse.windows.table import event_time_ms
 
 log = logging.getLogger(__name__)
@@ -63,7 +71,7 @@ class StreamJoin:
         self.columns = _referenced(sql, outer)
         self.chunks: dict[bytes, list[_Chunk]] = {LEFT: [], RIGHT: []}
         self.sequence = 0
-        for key, value in store.items("joins"):
+        for key, value in store.items(ColumnFamily.JOINS):
             side = key[:1]
             if side in self.chunks:
                 self.chunks[side].append(_Chunk(key, _decode_time(key[1:9]), decode_table(value)))
@@ -73,9 +81,6 @@ class StreamJoin:
     @property
     def open_windows(self) -> int:
         return sum(len(c) for c in self.chunks.values())
-
-    def buffered_rows(self) -> int:
-        return sum(chunk.rows.num_rows for chunks in self.chunks.values() for chunk in chunks)
 
     def _buffer(self, side: bytes, chunks: dict[bytes, list[_Chunk]]) -> pa.Table | None:
         tables = [c.rows for c in chunks[side]]
@@ -199,7 +204,7 @@ class StreamJoin:
         key = side + time_key(max_ts) + _SEQ.pack(self.sequence)
         self.sequence += 1
         staged[side].append(_Chunk(key, max_ts, rows))
-        batch.put("joins", key, encode_table(rows))
+        batch.put(ColumnFamily.JOINS, key, encode_table(rows))
 
     def expire(self, watermark: int, batch: StateBatch) -> None:
         """Drop buffered chunks no future row can match."""
@@ -223,7 +228,7 @@ class StreamJoin:
             keep = []
             for chunk in staged[side]:
                 if chunk.max_ts < limit:
-                    batch.delete("joins", chunk.key)
+                    batch.delete(ColumnFamily.JOINS, chunk.key)
                 else:
                     keep.append(chunk)
             staged[side] = keep
@@ -238,17 +243,6 @@ class StreamJoin:
 
 
 ID = {LEFT: "__lid", RIGHT: "__rid"}
-
-
-@dataclass(frozen=True)
-class OuterJoin:
-    """The SQL variants an outer join runs, each projecting ``__lid`` and ``__rid``."""
-
-    inner_sql: str
-    left_sql: str
-    right_sql: str
-    keep_left: bool
-    keep_right: bool
 
 
 def concat(tables: list[pa.Table]) -> pa.Table:

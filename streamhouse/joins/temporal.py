@@ -21,14 +21,14 @@ import logging
 import numpy as np
 import pyarrow as pa
 
+from streamhouse.key_codes import group_codes
 from streamhouse.sql.execute import run_sql
-from streamhouse.state.store import StateBatch, StateStore, decode_table, encode_table
-from streamhouse.windows.assign import group_codes
+from streamhouse.sql.plan import ROW
+from streamhouse.state.store import ColumnFamily, StateBatch, StateStore, decode_table, encode_table
 from streamhouse.windows.table import event_time_ms
 
 log = logging.getLogger(__name__)
 
-ROW = "__temporal_row"
 PROBES, VERSIONS = b"P", b"V"
 
 
@@ -96,7 +96,7 @@ class TemporalJoin:
         self.sql = sql
         self.probe_time, self.probe_keys = probe_time, probe_keys
         self.version_time, self.version_keys = version_time, version_keys
-        stored = {k: decode_table(v) for k, v in store.items("joins")}
+        stored = {k: decode_table(v) for k, v in store.items(ColumnFamily.JOINS)}
         self.state: dict[bytes, pa.Table | None] = {
             PROBES: stored.get(PROBES),
             VERSIONS: stored.get(VERSIONS),
@@ -144,7 +144,7 @@ class TemporalJoin:
         self._staged = {PROBES: waiting, VERSIONS: all_versions}
         for key, table in self._staged.items():
             if table is not None:
-                batch.put("joins", key, encode_table(table))
+                batch.put(ColumnFamily.JOINS, key, encode_table(table))
         return outputs if outputs is not None and outputs.num_rows else None
 
     def _prune(self, versions: pa.Table, watermark: int) -> pa.Table:
@@ -177,4 +177,4 @@ def _concat(old: pa.Table | None, new: pa.Table | None) -> pa.Table | None:
     return pa.concat_tables(tables, promote_options="permissive") if len(tables) > 1 else tables[0]
 
 
-__all__ = ["ROW", "TemporalJoin", "match_versions", "temporal_inputs"]
+__all__ = ["TemporalJoin", "match_versions", "temporal_inputs"]

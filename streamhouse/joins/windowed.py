@@ -42,12 +42,12 @@ from itertools import pairwise
 import numpy as np
 import pyarrow as pa
 
-from streamhouse.errors import StorageError
 from streamhouse.joins.columns import kept_columns, referenced_names
 from streamhouse.joins.stream_join import concat
 from streamhouse.sql.execute import run_sql
-from streamhouse.sql.window_spec import WINDOW_COLUMNS, WindowSpec
+from streamhouse.sql.window_spec import WINDOW_COLUMNS, WindowKind, WindowSpec
 from streamhouse.state.store import (
+    ColumnFamily,
     StateBatch,
     StateStore,
     decode_table,
@@ -61,7 +61,6 @@ log = logging.getLogger(__name__)
 
 EMITTED = b"windowed/emitted"
 _RUN = struct.Struct(">I")
-_KEY_LENGTH = 1 + 8 + 8 + 4
 MAX_WINDOW_ROWS = 1 << 22
 """Window rows (a row counts once per window it is in) one evaluation of the SQL sees at most;
 more closed windows than that are evaluated in several runs, a window never split."""
@@ -77,7 +76,7 @@ class Panes:
 
     @classmethod
     def of(cls, spec: WindowSpec) -> Panes:
-        width = spec.size_ms if spec.kind == "tumble" else spec.slide_ms or spec.size_ms
+        width = spec.size_ms if spec.kind == WindowKind.TUMBLE else spec.slide_ms or spec.size_ms
         return cls(spec.kind, spec.size_ms, width)
 
     def start(self, ts: np.ndarray) -> np.ndarray:
@@ -87,16 +86,16 @@ class Panes:
     def last_end(self, starts: np.ndarray) -> np.ndarray:
         """The end of the last window over each pane: once the watermark reaches it, the pane
         is no longer needed (and a row in it is late)."""
-        if self.kind == "cumulate":
+        if self.kind == WindowKind.CUMULATE:
             return starts - np.mod(starts, self.size) + self.size
         return starts + self.size
 
     def windows(self, starts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(start, end) of every window over each pane, for all ``starts`` together."""
-        if self.kind == "tumble":
+        if self.kind == WindowKind.TUMBLE:
             return starts, starts + self.size
         per = self.size // self.width
-        if self.kind == "hop":
+        if self.kind == WindowKind.HOP:
             window_starts = (starts[:, None] - np.arange(per)[None, :] * self.width).ravel()
             return window_starts, window_starts + self.size
         base = starts - np.mod(starts, self.size)  # cumulate: [base, base + k * step)
@@ -125,16 +124,11 @@ class WindowedQuery:
         self.columns = referenced_names(sql)
         self.state = _State()
         self.run = 0
-        for key, value in store.items("joins"):
-            if len(key) != _KEY_LENGTH:
-                raise StorageError(
-                    "this query's window state was written by an older StreamHouse "
-                    "(one entry per window); delete the query's state to start it afresh"
-                )
+        for key, value in store.items(ColumnFamily.JOINS):
             pane = (key[0], time_from_key(key[9:17]))
             self.state.panes[pane] = (*self.state.panes.get(pane, ()), (key, decode_table(value)))
             self.run = max(self.run, _RUN.unpack(key[17:])[0] + 1)
-        emitted = store.get("meta", EMITTED)
+        emitted = store.get(ColumnFamily.META, EMITTED)
         self.state.emitted = time_from_key(emitted) if emitted is not None else None
         self.schemas: dict[int, pa.Schema] = {
             index: runs[0][1].schema for (index, _), runs in self.state.panes.items()
@@ -181,7 +175,7 @@ class WindowedQuery:
             part = rows.slice(lo, hi - lo)
             key = bytes([index]) + time_key(start + panes.width) + time_key(start) + _RUN.pack(run)
             staged.panes[(index, start)] = (*staged.panes.get((index, start), ()), (key, part))
-            batch.put("joins", key, encode_table(part))
+            batch.put(ColumnFamily.JOINS, key, encode_table(part))
         self.schemas.setdefault(index, rows.schema)
         return late
 
@@ -194,7 +188,7 @@ class WindowedQuery:
         if after is not None and watermark <= after:
             return None
         staged.emitted = watermark
-        batch.put("meta", EMITTED, time_key(watermark))
+        batch.put(ColumnFamily.META, EMITTED, time_key(watermark))
         if not staged.panes:
             return None
         starts, ends = self._windows_over(staged.panes)
@@ -209,7 +203,7 @@ class WindowedQuery:
             if self.panes[index].last_end(np.int64(start)) <= watermark:
                 del staged.panes[(index, start)]
                 for key, _ in runs:
-                    batch.delete("joins", key)
+                    batch.delete(ColumnFamily.JOINS, key)
         outputs = [o for o in outputs if o.num_rows]
         return concat(outputs) if outputs else None
 

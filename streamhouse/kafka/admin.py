@@ -1,20 +1,34 @@
-"""Topic administration: CreateTopics, DeleteTopics, CreatePartitions, DescribeConfigs.
+"""Topic administration: CreateTopics, DeleteTopics, CreatePartitions, DescribeConfigs,
+AlterConfigs, IncrementalAlterConfigs and DeleteRecords.
 
 The replication factor is accepted and ignored: durability comes from the object store, not
-from replicas. Topic configs must be names Kafka knows; those the log acts on today are
-``max.message.bytes`` (enforced per topic on produce). DescribeConfigs reports every default
-with its source, as Kafka does, so tools that read e.g. ``retention.ms`` or
-``cleanup.policy`` find them.
+from replicas. Topic configs are checked by :mod:`streamhouse.log.topic_config` (unknown or bad
+ones get INVALID_CONFIG with the reason); the log acts on ``max.message.bytes``,
+``retention.ms``, ``retention.bytes`` and ``cleanup.policy=delete``. DescribeConfigs reports
+every default with its source, as Kafka does. AlterConfigs replaces a topic's whole config;
+IncrementalAlterConfigs sets or deletes single entries (APPEND and SUBTRACT, for list configs,
+are refused: the one list config the log reads, ``cleanup.policy``, has one legal value).
+DeleteRecords moves log start offsets forward (``-1``: to the high watermark).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import TYPE_CHECKING, Any
 
-from streamhouse.errors import LogError, StreamHouseError, TopicExistsError
+from streamhouse.errors import (
+    InvalidConfigError,
+    LogError,
+    StreamHouseError,
+    TopicExistsError,
+    UnknownTopicError,
+)
+from streamhouse.kafka.api_keys import ApiKey
 from streamhouse.kafka.wire import ErrorCode, RequestHeader, error_code_for, make, messages
 from streamhouse.log.metadata import validate_topic_name
+from streamhouse.log.topic_config import KNOWN_TOPIC_CONFIGS, ConfigType, validate_topic_config
+from streamhouse.log.topic_config import topic_config_defaults as config_defaults
 
 if TYPE_CHECKING:
     from streamhouse.config import Settings
@@ -32,115 +46,34 @@ RESOURCE_BROKER = 4
 SOURCE_DYNAMIC_TOPIC = 1
 SOURCE_STATIC_BROKER = 4
 SOURCE_DEFAULT = 5
-TYPE_BOOLEAN, TYPE_STRING, TYPE_INT, TYPE_LONG, TYPE_DOUBLE, TYPE_LIST = 1, 2, 3, 5, 6, 7
-
-KNOWN_TOPIC_CONFIGS: dict[str, int] = {
-    "cleanup.policy": TYPE_LIST,
-    "compression.type": TYPE_STRING,
-    "delete.retention.ms": TYPE_LONG,
-    "file.delete.delay.ms": TYPE_LONG,
-    "flush.messages": TYPE_LONG,
-    "flush.ms": TYPE_LONG,
-    "follower.replication.throttled.replicas": TYPE_LIST,
-    "index.interval.bytes": TYPE_INT,
-    "leader.replication.throttled.replicas": TYPE_LIST,
-    "local.retention.bytes": TYPE_LONG,
-    "local.retention.ms": TYPE_LONG,
-    "max.compaction.lag.ms": TYPE_LONG,
-    "max.message.bytes": TYPE_INT,
-    "message.downconversion.enable": TYPE_BOOLEAN,
-    "message.format.version": TYPE_STRING,
-    "message.timestamp.after.max.ms": TYPE_LONG,
-    "message.timestamp.before.max.ms": TYPE_LONG,
-    "message.timestamp.difference.max.ms": TYPE_LONG,
-    "message.timestamp.type": TYPE_STRING,
-    "min.cleanable.dirty.ratio": TYPE_DOUBLE,
-    "min.compaction.lag.ms": TYPE_LONG,
-    "min.insync.replicas": TYPE_INT,
-    "preallocate": TYPE_BOOLEAN,
-    "remote.storage.enable": TYPE_BOOLEAN,
-    "retention.bytes": TYPE_LONG,
-    "retention.ms": TYPE_LONG,
-    "segment.bytes": TYPE_INT,
-    "segment.index.bytes": TYPE_INT,
-    "segment.jitter.ms": TYPE_LONG,
-    "segment.ms": TYPE_LONG,
-    "unclean.leader.election.enable": TYPE_BOOLEAN,
-}
-"""Every topic config Kafka defines, with its DescribeConfigs type."""
 
 
 def topic_config_defaults(settings: Settings) -> dict[str, str]:
-    """The value each topic config has when a topic does not set it.
-
-    Retention is unlimited (-1): the log keeps every record.
-    """
-    return {
-        "cleanup.policy": "delete",
-        "compression.type": "producer",
-        "delete.retention.ms": "86400000",
-        "file.delete.delay.ms": "60000",
-        "flush.messages": "9223372036854775807",
-        "flush.ms": "9223372036854775807",
-        "follower.replication.throttled.replicas": "",
-        "index.interval.bytes": "4096",
-        "leader.replication.throttled.replicas": "",
-        "local.retention.bytes": "-2",
-        "local.retention.ms": "-2",
-        "max.compaction.lag.ms": "9223372036854775807",
-        "max.message.bytes": str(settings.max_message_bytes),
-        "message.downconversion.enable": "true",
-        "message.format.version": "3.0-IV1",
-        "message.timestamp.after.max.ms": "9223372036854775807",
-        "message.timestamp.before.max.ms": "9223372036854775807",
-        "message.timestamp.difference.max.ms": "9223372036854775807",
-        "message.timestamp.type": "CreateTime",
-        "min.cleanable.dirty.ratio": "0.5",
-        "min.compaction.lag.ms": "0",
-        "min.insync.replicas": "1",
-        "preallocate": "false",
-        "remote.storage.enable": "false",
-        "retention.bytes": "-1",
-        "retention.ms": "-1",
-        "segment.bytes": "1073741824",
-        "segment.index.bytes": "10485760",
-        "segment.jitter.ms": "0",
-        "segment.ms": "604800000",
-        "unclean.leader.election.enable": "false",
-    }
+    """The value each topic config has when a topic does not set it (retention unlimited)."""
+    return config_defaults(settings.max_message_bytes)
 
 
 def _broker_configs(broker: Broker) -> dict[str, tuple[str, int]]:
     s = broker.settings
     return {
-        "broker.id": (str(broker.node_id), TYPE_INT),
-        "advertised.listeners": (f"PLAINTEXT://{broker.host}:{broker.port}", TYPE_STRING),
-        "auto.create.topics.enable": (str(s.auto_create_topics).lower(), TYPE_BOOLEAN),
-        "num.partitions": (str(s.default_partitions), TYPE_INT),
-        "default.replication.factor": ("1", TYPE_INT),
-        "message.max.bytes": (str(s.max_message_bytes), TYPE_INT),
-        "log.retention.ms": ("-1", TYPE_LONG),
-        "offsets.topic.replication.factor": ("1", TYPE_INT),
-        "delete.topic.enable": ("true", TYPE_BOOLEAN),
+        "broker.id": (str(broker.node_id), ConfigType.INT),
+        "advertised.listeners": (f"PLAINTEXT://{broker.host}:{broker.port}", ConfigType.STRING),
+        "auto.create.topics.enable": (str(s.auto_create_topics).lower(), ConfigType.BOOLEAN),
+        "num.partitions": (str(s.default_partitions), ConfigType.INT),
+        "default.replication.factor": ("1", ConfigType.INT),
+        "message.max.bytes": (str(s.max_message_bytes), ConfigType.INT),
+        "log.retention.ms": ("-1", ConfigType.LONG),
+        "log.retention.check.interval.ms": (
+            str(int(s.retention_check_interval_s * 1000)),
+            ConfigType.LONG,
+        ),
+        "offsets.topic.replication.factor": ("1", ConfigType.INT),
+        "delete.topic.enable": ("true", ConfigType.BOOLEAN),
     }
 
 
-def _invalid_config(configs: dict[str, str]) -> str | None:
-    for name, value in configs.items():
-        if name not in KNOWN_TOPIC_CONFIGS:
-            return f"unknown topic config {name!r}"
-        if KNOWN_TOPIC_CONFIGS[name] in (TYPE_INT, TYPE_LONG):
-            try:
-                int(value)
-            except ValueError:
-                return f"topic config {name}={value!r} is not an integer"
-    if "max.message.bytes" in configs and int(configs["max.message.bytes"]) <= 0:
-        return "max.message.bytes must be positive"
-    return None
-
-
 async def handle_create_topics(broker: Broker, header: RequestHeader, request: Any) -> Any:
-    module = messages(19, header.api_version, True)
+    module = messages(ApiKey.CREATE_TOPICS, header.api_version, True)
     results = []
     seen: set[str] = set()
     for topic in request.topics:
@@ -157,19 +90,17 @@ async def handle_create_topics(broker: Broker, header: RequestHeader, request: A
             seen.add(topic.name)
             try:
                 validate_topic_name(topic.name)
-                problem = _invalid_config(configs)
+                validate_topic_config(configs)
                 if not 1 <= partitions <= MAX_PARTITIONS:
                     error = ErrorCode.invalid_partitions
                     message = f"partitions must be between 1 and {MAX_PARTITIONS}"
-                elif problem is not None:
-                    error, message = ErrorCode.invalid_config, problem
                 elif broker.log.get_topic(topic.name) is not None:
                     error = ErrorCode.topic_already_exists
                     message = f"topic {topic.name!r} already exists"
                 elif not request.validate_only:
                     broker.log.create_topic(topic.name, partitions=partitions, config=configs)
-            except TopicExistsError as exc:
-                error, message = ErrorCode.topic_already_exists, str(exc)
+            except (TopicExistsError, InvalidConfigError) as exc:
+                error, message = error_code_for(exc), str(exc)
             except LogError as exc:
                 error, message = ErrorCode.invalid_topic_exception, str(exc)
             except StreamHouseError as exc:
@@ -186,7 +117,7 @@ async def handle_create_topics(broker: Broker, header: RequestHeader, request: A
 
 
 async def handle_delete_topics(broker: Broker, header: RequestHeader, request: Any) -> Any:
-    module = messages(20, header.api_version, True)
+    module = messages(ApiKey.DELETE_TOPICS, header.api_version, True)
     results = []
     for name in request.topic_names:
         error = ErrorCode.none
@@ -203,7 +134,7 @@ async def handle_delete_topics(broker: Broker, header: RequestHeader, request: A
 
 
 async def handle_create_partitions(broker: Broker, header: RequestHeader, request: Any) -> Any:
-    module = messages(37, header.api_version, True)
+    module = messages(ApiKey.CREATE_PARTITIONS, header.api_version, True)
     results = []
     for topic in request.topics:
         error, message = ErrorCode.none, None
@@ -247,7 +178,7 @@ def _entry(module: Any, name: str, value: str, source: int, kind: int) -> Any:
 
 
 async def handle_describe_configs(broker: Broker, header: RequestHeader, request: Any) -> Any:
-    module = messages(32, header.api_version, True)
+    module = messages(ApiKey.DESCRIBE_CONFIGS, header.api_version, True)
     results = []
     for resource in request.resources:
         error, message, entries = ErrorCode.none, None, []
@@ -265,7 +196,7 @@ async def handle_describe_configs(broker: Broker, header: RequestHeader, request
                 values.update({k: (v, SOURCE_DYNAMIC_TOPIC) for k, v in info.config.items()})
                 for name, (value, source) in sorted(values.items()):
                     if wanted is None or not wanted or name in wanted:
-                        kind = KNOWN_TOPIC_CONFIGS.get(name, TYPE_STRING)
+                        kind = KNOWN_TOPIC_CONFIGS.get(name, ConfigType.STRING)
                         entries.append(_entry(module, name, value, source, kind))
         elif resource.resource_type == RESOURCE_BROKER:
             for name, (value, kind) in sorted(_broker_configs(broker).items()):
@@ -287,10 +218,110 @@ async def handle_describe_configs(broker: Broker, header: RequestHeader, request
     return make(module.DescribeConfigsResponse, throttle_time=0, results=tuple(results))
 
 
+OP_SET, OP_DELETE = 0, 1
+"""IncrementalAlterConfigs operations the log takes (APPEND=2 and SUBTRACT=3 are refused)."""
+
+
+def _alter_topic(broker: Broker, resource: Any, incremental: bool, validate_only: bool) -> None:
+    """Apply one AlterConfigs resource; raises what the client should be told."""
+    if resource.resource_type != RESOURCE_TOPIC:
+        raise InvalidConfigError(
+            f"resource type {resource.resource_type} cannot be altered: only topics (2) can"
+        )
+    name = resource.resource_name
+    if broker.log.get_topic(name) is None:
+        raise UnknownTopicError(name)
+    if not incremental:  # AlterConfigs: the request is the whole new config
+        config = {c.name: c.value for c in resource.configs if c.value is not None}
+        validate_topic_config(config)
+        if not validate_only:
+            broker.log.set_topic_config(name, config)
+        return
+    changes: dict[str, str | None] = {}
+    for c in resource.configs:
+        if c.config_operation not in (OP_SET, OP_DELETE):
+            raise InvalidConfigError(
+                f"config operation {c.config_operation} on {c.name} is not supported:"
+                " only SET (0) and DELETE (1) are"
+            )
+        changes[c.name] = c.value if c.config_operation == OP_SET else None
+    validate_topic_config({k: v for k, v in changes.items() if v is not None})
+    if not validate_only:
+        broker.log.alter_topic_config(name, changes)
+
+
+def _handle_alter(api_key: ApiKey, incremental: bool) -> Any:
+    async def handle(broker: Broker, header: RequestHeader, request: Any) -> Any:
+        module = messages(api_key, header.api_version, True)
+        results = []
+        for resource in request.resources:
+            error, message = ErrorCode.none, None
+            try:
+                await asyncio.to_thread(
+                    _alter_topic, broker, resource, incremental, request.validate_only
+                )
+            except StreamHouseError as exc:
+                error, message = error_code_for(exc), str(exc)
+            results.append(
+                make(
+                    module.AlterConfigsResourceResponse,
+                    error_code=error,
+                    error_message=message,
+                    resource_type=resource.resource_type,
+                    resource_name=resource.resource_name,
+                )
+            )
+        return make(
+            getattr(
+                module, "IncrementalAlterConfigsResponse" if incremental else "AlterConfigsResponse"
+            ),
+            throttle_time=0,
+            responses=tuple(results),
+        )
+
+    return handle
+
+
+handle_alter_configs = _handle_alter(ApiKey.ALTER_CONFIGS, incremental=False)
+handle_incremental_alter_configs = _handle_alter(ApiKey.INCREMENTAL_ALTER_CONFIGS, incremental=True)
+
+
+def _delete_topic_records(broker: Broker, topic: Any) -> list[tuple[int, ErrorCode, int]]:
+    """``(partition, error, low watermark)`` of each partition of one DeleteRecords topic."""
+    offsets = {p.partition_index: p.offset for p in topic.partitions}
+    try:
+        starts = broker.log.delete_records(topic.name, offsets)
+    except StreamHouseError as exc:
+        log.info("DeleteRecords %s: %s", topic.name, exc)
+        return [(p, error_code_for(exc), -1) for p in offsets]
+    return [(p, ErrorCode.none, starts[p]) for p in offsets]
+
+
+async def handle_delete_records(broker: Broker, header: RequestHeader, request: Any) -> Any:
+    module = messages(ApiKey.DELETE_RECORDS, header.api_version, True)
+    topics = []
+    for topic in request.topics:
+        rows = await asyncio.to_thread(_delete_topic_records, broker, topic)
+        partitions = tuple(
+            make(
+                module.DeleteRecordsPartitionResult,
+                partition_index=p,
+                low_watermark=low,
+                error_code=error,
+            )
+            for p, error, low in rows
+        )
+        topics.append(make(module.DeleteRecordsTopicResult, name=topic.name, partitions=partitions))
+    return make(module.DeleteRecordsResponse, throttle_time=0, topics=tuple(topics))
+
+
 HANDLERS = {
-    19: handle_create_topics,
-    20: handle_delete_topics,
-    32: handle_describe_configs,
-    37: handle_create_partitions,
+    ApiKey.CREATE_TOPICS: handle_create_topics,
+    ApiKey.DELETE_TOPICS: handle_delete_topics,
+    ApiKey.DELETE_RECORDS: handle_delete_records,
+    ApiKey.DESCRIBE_CONFIGS: handle_describe_configs,
+    ApiKey.ALTER_CONFIGS: handle_alter_configs,
+    ApiKey.CREATE_PARTITIONS: handle_create_partitions,
+    ApiKey.INCREMENTAL_ALTER_CONFIGS: handle_incremental_alter_configs,
 }
 """API key -> handler."""

@@ -35,6 +35,7 @@ from streamhouse.errors import (
     StorageError,
     StreamHouseError,
 )
+from streamhouse.kafka.api_keys import ApiKey
 from streamhouse.kafka.wire import (
     ErrorCode,
     RequestHeader,
@@ -190,5 +191,5 @@ def handle_fetch_frame(broker: Broker, frame: bytes, client_host: str) -> asynci
     return asyncio.ensure_future(handle_fetch(broker, header, request))
 
 
-RAW_HANDLERS = {1: handle_fetch_frame}
+RAW_HANDLERS = {ApiKey.FETCH: handle_fetch_frame}
 """API key -> handler of whole frames."""

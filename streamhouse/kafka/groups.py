@@ -32,6 +32,7 @@ from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
 from streamhouse.errors import StreamHouseError
+from streamhouse.kafka.api_keys import ApiKey
 from streamhouse.kafka.wire import ErrorCode, RequestHeader, make, messages, to_ms
 
 if TYPE_CHECKING:
@@ -447,7 +448,7 @@ class GroupCoordinator:
 
 async def handle_find_coordinator(broker: Broker, header: RequestHeader, request: Any) -> Any:
     """This broker coordinates every group."""
-    module = messages(10, header.api_version, True)
+    module = messages(ApiKey.FIND_COORDINATOR, header.api_version, True)
     return make(
         module.FindCoordinatorResponse,
         throttle_time=0,
@@ -460,7 +461,7 @@ async def handle_find_coordinator(broker: Broker, header: RequestHeader, request
 
 
 async def handle_join_group(broker: Broker, header: RequestHeader, request: Any) -> Any:
-    module = messages(11, header.api_version, True)
+    module = messages(ApiKey.JOIN_GROUP, header.api_version, True)
     rebalance = getattr(request, "rebalance_timeout", None)
     waiter = broker.groups.join(
         group_id=request.group_id,
@@ -495,7 +496,7 @@ async def handle_join_group(broker: Broker, header: RequestHeader, request: Any)
 
 
 async def handle_sync_group(broker: Broker, header: RequestHeader, request: Any) -> Any:
-    module = messages(14, header.api_version, True)
+    module = messages(ApiKey.SYNC_GROUP, header.api_version, True)
     assignments = {a.member_id: bytes(a.assignment) for a in request.assignments}
     error, assignment = await broker.groups.sync(
         request.group_id, request.generation_id, request.member_id, assignments
@@ -504,13 +505,13 @@ async def handle_sync_group(broker: Broker, header: RequestHeader, request: Any)
 
 
 async def handle_heartbeat(broker: Broker, header: RequestHeader, request: Any) -> Any:
-    module = messages(12, header.api_version, True)
+    module = messages(ApiKey.HEARTBEAT, header.api_version, True)
     error = broker.groups.heartbeat(request.group_id, request.generation_id, request.member_id)
     return make(module.HeartbeatResponse, throttle_time=0, error_code=error)
 
 
 async def handle_leave_group(broker: Broker, header: RequestHeader, request: Any) -> Any:
-    module = messages(13, header.api_version, True)
+    module = messages(ApiKey.LEAVE_GROUP, header.api_version, True)
     if header.api_version < 3:
         results = broker.groups.leave(request.group_id, [(request.member_id, None)])
         return make(module.LeaveGroupResponse, throttle_time=0, error_code=results[0][2])
@@ -530,7 +531,7 @@ async def handle_leave_group(broker: Broker, header: RequestHeader, request: Any
 
 async def handle_offset_commit(broker: Broker, header: RequestHeader, request: Any) -> Any:
     """Store committed offsets (and their metadata strings) in the metadata store."""
-    module = messages(8, header.api_version, True)
+    module = messages(ApiKey.OFFSET_COMMIT, header.api_version, True)
     generation = getattr(request, "generation_id_or_member_epoch", -1)
     group_error = broker.groups.validate_commit(request.group_id, generation, request.member_id)
     errors: dict[tuple[str, int], ErrorCode] = {}
@@ -577,7 +578,7 @@ async def handle_offset_commit(broker: Broker, header: RequestHeader, request: A
 
 async def handle_offset_fetch(broker: Broker, header: RequestHeader, request: Any) -> Any:
     """Committed offsets of the requested partitions (all of the group's if topics is null)."""
-    module = messages(9, header.api_version, True)
+    module = messages(ApiKey.OFFSET_FETCH, header.api_version, True)
     committed = broker.log.metadata.group_offsets(request.group_id)
     if request.topics is None:
         wanted: dict[str, list[int]] = {}
@@ -607,7 +608,7 @@ async def handle_offset_fetch(broker: Broker, header: RequestHeader, request: An
 
 
 async def handle_describe_groups(broker: Broker, header: RequestHeader, request: Any) -> Any:
-    module = messages(15, header.api_version, True)
+    module = messages(ApiKey.DESCRIBE_GROUPS, header.api_version, True)
     known = set(broker.log.metadata.list_groups())
     described = []
     for group_id in request.groups:
@@ -654,7 +655,7 @@ async def handle_describe_groups(broker: Broker, header: RequestHeader, request:
 
 
 async def handle_list_groups(broker: Broker, header: RequestHeader, request: Any) -> Any:
-    module = messages(16, header.api_version, True)
+    module = messages(ApiKey.LIST_GROUPS, header.api_version, True)
     listed: dict[str, str] = dict.fromkeys(broker.log.metadata.list_groups(), "consumer")
     for group in broker.groups.groups.values():
         if group.members or group.generation:
@@ -670,7 +671,7 @@ async def handle_list_groups(broker: Broker, header: RequestHeader, request: Any
 
 
 async def handle_delete_groups(broker: Broker, header: RequestHeader, request: Any) -> Any:
-    module = messages(42, header.api_version, True)
+    module = messages(ApiKey.DELETE_GROUPS, header.api_version, True)
     known = set(broker.log.metadata.list_groups())
     results = []
     for group_id in request.groups_names:
@@ -687,15 +688,15 @@ async def handle_delete_groups(broker: Broker, header: RequestHeader, request: A
 
 
 HANDLERS = {
-    8: handle_offset_commit,
-    9: handle_offset_fetch,
-    10: handle_find_coordinator,
-    11: handle_join_group,
-    12: handle_heartbeat,
-    13: handle_leave_group,
-    14: handle_sync_group,
-    15: handle_describe_groups,
-    16: handle_list_groups,
-    42: handle_delete_groups,
+    ApiKey.OFFSET_COMMIT: handle_offset_commit,
+    ApiKey.OFFSET_FETCH: handle_offset_fetch,
+    ApiKey.FIND_COORDINATOR: handle_find_coordinator,
+    ApiKey.JOIN_GROUP: handle_join_group,
+    ApiKey.HEARTBEAT: handle_heartbeat,
+    ApiKey.LEAVE_GROUP: handle_leave_group,
+    ApiKey.SYNC_GROUP: handle_sync_group,
+    ApiKey.DESCRIBE_GROUPS: handle_describe_groups,
+    ApiKey.LIST_GROUPS: handle_list_groups,
+    ApiKey.DELETE_GROUPS: handle_delete_groups,
 }
 """API key -> handler of the group APIs."""

@@ -12,6 +12,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from streamhouse.errors import LogError, TopicExistsError
+from streamhouse.kafka.api_keys import ApiKey
 from streamhouse.kafka.wire import ErrorCode, RequestHeader, make, messages
 from streamhouse.log.metadata import validate_topic_name
 
@@ -65,7 +66,7 @@ def _partitions(module: Any, count: int, node_id: int) -> tuple[Any, ...]:
 
 
 async def handle_metadata(broker: Broker, header: RequestHeader, request: Any) -> Any:
-    module = messages(3, header.api_version, True)
+    module = messages(ApiKey.METADATA, header.api_version, True)
     if request.topics is None or (header.api_version == 0 and not request.topics):
         found: list[tuple[str, TopicInfo | ErrorCode]] = [
             (t.name, t) for t in broker.log.list_topics()
@@ -108,5 +109,5 @@ async def handle_metadata(broker: Broker, header: RequestHeader, request: Any) -
     )
 
 
-HANDLERS = {3: handle_metadata}
+HANDLERS = {ApiKey.METADATA: handle_metadata}
 """API key -> handler."""

@@ -11,6 +11,7 @@ import asyncio
 from typing import TYPE_CHECKING, Any
 
 from streamhouse.errors import StreamHouseError
+from streamhouse.kafka.api_keys import ApiKey
 from streamhouse.kafka.wire import ErrorCode, RequestHeader, error_code_for, make, messages
 
 if TYPE_CHECKING:
@@ -65,11 +66,11 @@ def _answer(broker: Broker, module: Any, request: Any) -> Any:
 async def handle_list_offsets(broker: Broker, header: RequestHeader, request: Any) -> Any:
     """Earliest and latest come from the catalog at once; a lookup by timestamp may read a
     segment, so a request holding one is answered from a worker thread."""
-    module = messages(2, header.api_version, True)
+    module = messages(ApiKey.LIST_OFFSETS, header.api_version, True)
     if all(p.timestamp < 0 for t in request.topics for p in t.partitions):
         return _answer(broker, module, request)
     return await asyncio.to_thread(_answer, broker, module, request)
 
 
-HANDLERS = {2: handle_list_offsets}
+HANDLERS = {ApiKey.LIST_OFFSETS: handle_list_offsets}
 """API key -> handler."""

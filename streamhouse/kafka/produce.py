@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from streamhouse.errors import ProtocolError, StreamHouseError
+from streamhouse.kafka.api_keys import ApiKey
 from streamhouse.kafka.wire import ErrorCode, error_code_for
 from streamhouse.log.records import split_batches
 
@@ -245,5 +246,5 @@ def handle_produce_frame(
     return response
 
 
-RAW_HANDLERS = {0: handle_produce_frame}
+RAW_HANDLERS = {ApiKey.PRODUCE: handle_produce_frame}
 """API key -> handler of whole frames (no kio decoding)."""

@@ -22,6 +22,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from streamhouse.kafka.api_keys import ApiKey
 from streamhouse.kafka.wire import ErrorCode, RequestHeader, make, messages
 
 if TYPE_CHECKING:
@@ -122,7 +123,7 @@ class ProducerRegistry:
 
 async def handle_init_producer_id(broker: Broker, header: RequestHeader, request: Any) -> Any:
     """A fresh producer id at epoch 0; transactions are not supported."""
-    module = messages(22, header.api_version, True)
+    module = messages(ApiKey.INIT_PRODUCER_ID, header.api_version, True)
     if request.transactional_id is not None:
         return make(
             module.InitProducerIdResponse,
@@ -141,5 +142,5 @@ async def handle_init_producer_id(broker: Broker, header: RequestHeader, request
     )
 
 
-HANDLERS = {22: handle_init_producer_id}
+HANDLERS = {ApiKey.INIT_PRODUCER_ID: handle_init_producer_id}
 """API key -> handler."""

@@ -27,13 +27,9 @@ from typing import Any
 from streamhouse.config import Settings
 from streamhouse.errors import ProtocolError
 from streamhouse.kafka import admin, fetch, groups, metadata, offsets, produce, producers
+from streamhouse.kafka.api_keys import ApiKey
 from streamhouse.kafka.broker import Broker
-from streamhouse.kafka.versions import (
-    API_VERSIONS,
-    SUPPORTED,
-    handle_api_versions,
-    unsupported_api_versions,
-)
+from streamhouse.kafka.versions import SUPPORTED, handle_api_versions, unsupported_api_versions
 from streamhouse.kafka.wire import RequestHeader, encode_response, parse_request, peek_header
 from streamhouse.log import Log
 
@@ -48,15 +44,15 @@ Response = bytes | asyncio.Future[bytes] | asyncio.Future[bytes | None]
 RawHandler = Callable[[Broker, bytes, str], Response | None]
 """Hot APIs decode their frames themselves: (broker, frame, client host) -> response."""
 
-HANDLERS: dict[int, Handler] = {
-    API_VERSIONS: handle_api_versions,
+HANDLERS: dict[ApiKey, Handler] = {
+    ApiKey.API_VERSIONS: handle_api_versions,
     **offsets.HANDLERS,
     **metadata.HANDLERS,
     **groups.HANDLERS,
     **admin.HANDLERS,
     **producers.HANDLERS,
 }
-RAW_HANDLERS: dict[int, RawHandler] = {**produce.RAW_HANDLERS, **fetch.RAW_HANDLERS}
+RAW_HANDLERS: dict[ApiKey, RawHandler] = {**produce.RAW_HANDLERS, **fetch.RAW_HANDLERS}
 assert not set(HANDLERS) & set(RAW_HANDLERS)
 assert set(HANDLERS) | set(RAW_HANDLERS) == set(SUPPORTED), "every advertised API needs a handler"
 
@@ -75,7 +71,7 @@ def _start(broker: Broker, frame: bytes, client_host: str) -> Response | None:
     ``None`` if the request gets no response (produce with ``acks=0``).
     """
     api_key, api_version, correlation_id = peek_header(frame)
-    if api_key == API_VERSIONS and api_version > SUPPORTED[API_VERSIONS][1]:
+    if api_key == ApiKey.API_VERSIONS and api_version > SUPPORTED[ApiKey.API_VERSIONS][1]:
         return encode_response(correlation_id, unsupported_api_versions(), header_v0=True)
     versions = SUPPORTED.get(api_key)
     if versions is None:
@@ -96,7 +92,7 @@ async def _respond(header: RequestHeader, call: Awaitable[Any]) -> bytes | None:
     if response is None:
         return None
     return encode_response(
-        header.correlation_id, response, header_v0=header.api_key == API_VERSIONS
+        header.correlation_id, response, header_v0=header.api_key == ApiKey.API_VERSIONS
     )
 
 
@@ -217,6 +213,16 @@ async def _sweep_groups(broker: Broker) -> None:
             log.exception("group coordinator sweep failed")
 
 
+async def _enforce_retention(log_: Log, interval_s: float) -> None:
+    """Run a retention pass every ``interval_s`` (in a worker thread)."""
+    while True:
+        await asyncio.sleep(interval_s)
+        try:
+            await asyncio.to_thread(log_.enforce_retention)
+        except Exception:
+            log.exception("retention pass failed; the next one retries")
+
+
 async def serve(log_: Log, settings: Settings, *, ready: asyncio.Event | None = None) -> None:
     """Serve the Kafka protocol over ``log_`` on ``settings.host:settings.port`` until cancelled.
 
@@ -242,6 +248,7 @@ async def serve(log_: Log, settings: Settings, *, ready: asyncio.Event | None = 
     if settings.port == 0:
         broker.port = server.sockets[0].getsockname()[1]
     sweeper = asyncio.create_task(_sweep_groups(broker))
+    retention = asyncio.create_task(_enforce_retention(log_, settings.retention_check_interval_s))
     log.info(
         "Kafka protocol on %s:%d, advertised as %s:%d",
         settings.host,
@@ -256,6 +263,7 @@ async def serve(log_: Log, settings: Settings, *, ready: asyncio.Event | None = 
             await server.serve_forever()
     finally:
         sweeper.cancel()
+        retention.cancel()
         server.close()
         for task in list(connections):
             task.cancel()

@@ -13,36 +13,38 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from streamhouse.kafka.api_keys import ApiKey
 from streamhouse.kafka.wire import ErrorCode, RequestHeader, make, messages
 
 if TYPE_CHECKING:
     from streamhouse.kafka.broker import Broker
 
-__all__ = ["API_VERSIONS", "SUPPORTED", "handle_api_versions", "unsupported_api_versions"]
+__all__ = ["SUPPORTED", "handle_api_versions", "unsupported_api_versions"]
 
-API_VERSIONS = 18
-
-SUPPORTED: dict[int, tuple[int, int]] = {
-    0: (3, 8),  # Produce (v9+ flexible)
-    1: (4, 11),  # Fetch (v12+ flexible)
-    2: (1, 5),  # ListOffsets (v6+ flexible)
-    3: (0, 8),  # Metadata (v9+ flexible)
-    8: (2, 7),  # OffsetCommit (v8+ flexible)
-    9: (1, 5),  # OffsetFetch (v6+ flexible)
-    10: (0, 2),  # FindCoordinator (v3+ flexible)
-    11: (0, 5),  # JoinGroup (v6+ flexible)
-    12: (0, 3),  # Heartbeat (v4+ flexible)
-    13: (0, 3),  # LeaveGroup (v4+ flexible)
-    14: (0, 3),  # SyncGroup (v4+ flexible)
-    15: (0, 4),  # DescribeGroups (v5+ flexible)
-    16: (0, 2),  # ListGroups (v3+ flexible)
-    18: (0, 3),  # ApiVersions (v3 flexible; its response header is always v0)
-    19: (2, 4),  # CreateTopics (v5+ flexible)
-    20: (1, 3),  # DeleteTopics (v4+ flexible)
-    22: (0, 1),  # InitProducerId (v2+ flexible)
-    32: (1, 3),  # DescribeConfigs (v4+ flexible)
-    37: (0, 1),  # CreatePartitions (v2+ flexible)
-    42: (0, 1),  # DeleteGroups (v2+ flexible)
+SUPPORTED: dict[ApiKey, tuple[int, int]] = {
+    ApiKey.PRODUCE: (3, 8),  # Produce (v9+ flexible)
+    ApiKey.FETCH: (4, 11),  # Fetch (v12+ flexible)
+    ApiKey.LIST_OFFSETS: (1, 5),  # ListOffsets (v6+ flexible)
+    ApiKey.METADATA: (0, 8),  # Metadata (v9+ flexible)
+    ApiKey.OFFSET_COMMIT: (2, 7),  # OffsetCommit (v8+ flexible)
+    ApiKey.OFFSET_FETCH: (1, 5),  # OffsetFetch (v6+ flexible)
+    ApiKey.FIND_COORDINATOR: (0, 2),  # FindCoordinator (v3+ flexible)
+    ApiKey.JOIN_GROUP: (0, 5),  # JoinGroup (v6+ flexible)
+    ApiKey.HEARTBEAT: (0, 3),  # Heartbeat (v4+ flexible)
+    ApiKey.LEAVE_GROUP: (0, 3),  # LeaveGroup (v4+ flexible)
+    ApiKey.SYNC_GROUP: (0, 3),  # SyncGroup (v4+ flexible)
+    ApiKey.DESCRIBE_GROUPS: (0, 4),  # DescribeGroups (v5+ flexible)
+    ApiKey.LIST_GROUPS: (0, 2),  # ListGroups (v3+ flexible)
+    ApiKey.API_VERSIONS: (0, 3),  # ApiVersions (v3 flexible; its response header is always v0)
+    ApiKey.CREATE_TOPICS: (2, 4),  # CreateTopics (v5+ flexible)
+    ApiKey.DELETE_TOPICS: (1, 3),  # DeleteTopics (v4+ flexible)
+    ApiKey.DELETE_RECORDS: (0, 1),  # DeleteRecords (v2+ flexible)
+    ApiKey.INIT_PRODUCER_ID: (0, 1),  # InitProducerId (v2+ flexible)
+    ApiKey.DESCRIBE_CONFIGS: (1, 3),  # DescribeConfigs (v4+ flexible)
+    ApiKey.ALTER_CONFIGS: (0, 1),  # AlterConfigs (v2+ flexible)
+    ApiKey.CREATE_PARTITIONS: (0, 1),  # CreatePartitions (v2+ flexible)
+    ApiKey.DELETE_GROUPS: (0, 1),  # DeleteGroups (v2+ flexible)
+    ApiKey.INCREMENTAL_ALTER_CONFIGS: (0, 0),  # IncrementalAlterConfigs (v1+ flexible)
 }
 """API key -> (min version, max version), both inclusive."""
 
@@ -56,7 +58,7 @@ def _api_keys(module: Any) -> tuple[Any, ...]:
 
 def unsupported_api_versions() -> Any:
     """The v0 ApiVersions answer to a version we do not speak: error 35 and our list."""
-    module = messages(API_VERSIONS, 0, True)
+    module = messages(ApiKey.API_VERSIONS, 0, True)
     return module.ApiVersionsResponse(
         error_code=ErrorCode.unsupported_version, api_keys=_api_keys(module)
     )
@@ -64,7 +66,7 @@ def unsupported_api_versions() -> Any:
 
 async def handle_api_versions(broker: Broker, header: RequestHeader, request: Any) -> Any:
     """Answer with every supported API and its version range."""
-    module = messages(API_VERSIONS, header.api_version, True)
+    module = messages(ApiKey.API_VERSIONS, header.api_version, True)
     return make(
         module.ApiVersionsResponse,
         error_code=ErrorCode.none,

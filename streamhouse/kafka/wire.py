@@ -223,6 +223,7 @@ _ERRORS: tuple[tuple[type[BaseException], ErrorCode], ...] = (
     (errors.UnknownTopicError, ErrorCode.unknown_topic_or_partition),
     (errors.UnknownPartitionError, ErrorCode.unknown_topic_or_partition),
     (errors.OffsetOutOfRangeError, ErrorCode.offset_out_of_range),
+    (errors.InvalidConfigError, ErrorCode.invalid_config),
     (errors.RecordTooLargeError, ErrorCode.message_too_large),
     (errors.CorruptRecordError, ErrorCode.corrupt_message),
     # CORRUPT_MESSAGE, not KAFKA_STORAGE_ERROR: librdkafka retries the latter silently (it takes

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future
 
 import pyarrow.compute as pc
@@ -29,6 +29,7 @@ from streamhouse.errors import (
 from streamhouse.log.metadata import (
     Metadata,
     PartitionOffsets,
+    SegmentRow,
     TopicInfo,
     open_metadata,
     sqlite_path,
@@ -37,7 +38,9 @@ from streamhouse.log.metadata.cache import CachedMetadata
 from streamhouse.log.objectstore import ObjectStore, open_object_store
 from streamhouse.log.reader import FetchResult, LogReader, ObjectCache
 from streamhouse.log.records import BatchHeader, decode_batches, split_batches, verify_crc
+from streamhouse.log.retention import RetentionReport, enforce_retention
 from streamhouse.log.segment import SEGMENT_PREFIX
+from streamhouse.log.topic_config import check_config_name, validate_topic_config
 from streamhouse.log.writer import LogWriter
 
 __all__ = ["FetchResult", "Log", "PartitionOffsets", "TopicInfo"]
@@ -123,6 +126,8 @@ class Log:
     def create_topic(
         self, name: str, partitions: int = 1, config: Mapping[str, str] | None = None
     ) -> TopicInfo:
+        """``InvalidConfigError`` for a config Kafka does not define or the log refuses."""
+        config = validate_topic_config(config)
         self.writer.forget(name)
         self._topics.pop(name, None)
         return self.metadata.create_topic(name, partitions, config)
@@ -156,10 +161,37 @@ class Log:
             self._topics.pop(name, None)
 
     def set_topic_config(self, name: str, config: Mapping[str, str]) -> TopicInfo:
+        """Replace the topic's whole config (checked as :meth:`create_topic` does)."""
+        config = validate_topic_config(config)
         try:
             return self.metadata.set_topic_config(name, config)
         finally:
             self._topics.pop(name, None)
+
+    def alter_topic_config(self, name: str, changes: Mapping[str, str | None]) -> TopicInfo:
+        """Set the configs ``changes`` names to its values, and back to their defaults where the
+        value is ``None``; the others stay (one metadata transaction). ``InvalidConfigError``
+        changes nothing."""
+        for key in changes:
+            check_config_name(key)
+        validate_topic_config({k: v for k, v in changes.items() if v is not None})
+        try:
+            return self.metadata.update_topic_config(name, changes)
+        finally:
+            self._topics.pop(name, None)
+
+    # -- retention --------------------------------------------------------------------------
+
+    def delete_records(self, topic: str, offsets: Mapping[int, int]) -> dict[int, int]:
+        """Delete the records of each partition before ``offsets[partition]`` (-1: all): the
+        log start offset moves there (never back). Returns the new log start offsets;
+        ``OffsetOutOfRangeError`` above the high watermark. Objects are deleted later, by
+        :meth:`enforce_retention`, after the grace period."""
+        return self.metadata.delete_records(topic, offsets)
+
+    def enforce_retention(self, topics: Iterable[str] | None = None) -> RetentionReport:
+        """One retention pass now (see :mod:`streamhouse.log.retention`)."""
+        return enforce_retention(self, topics)
 
     # -- produce ----------------------------------------------------------------------------
 
@@ -253,14 +285,29 @@ class Log:
     def offset_for_timestamp(
         self, topic: str, partition: int, timestamp_ms: int
     ) -> tuple[int, int] | None:
-        """(offset, timestamp) of the first record whose timestamp is >= ``timestamp_ms``."""
-        self.offsets(topic, partition)  # raises for unknown topics and partitions
+        """(offset, timestamp) of the first record at or above the log start offset whose
+        timestamp is >= ``timestamp_ms``."""
+        start = self.offsets(topic, partition).log_start_offset  # raises for unknown ones
         row = self.metadata.segment_for_timestamp(topic, partition, timestamp_ms)
         if row is None:
             return None
+        found = self._first_at_or_after(row, timestamp_ms, start)
+        if found is None and row.base_offset < start:
+            # The row holding the log start had matches only below it (DeleteRecords inside
+            # a row): the next row with a match, if any (rare: one index read).
+            later = self.metadata.segments(topic, partition, row.last_offset + 1)
+            row = next((r for r in later if r.max_timestamp >= timestamp_ms), None)
+            found = None if row is None else self._first_at_or_after(row, timestamp_ms, start)
+        return found
+
+    def _first_at_or_after(
+        self, row: SegmentRow, timestamp_ms: int, start: int
+    ) -> tuple[int, int] | None:
+        """(offset, timestamp) of the first record of ``row`` at or after ``timestamp_ms`` and
+        at or above offset ``start``."""
         table = decode_batches(self.reader.run_bytes(row))
         ts = pc.cast(table["timestamp"], "int64")
-        mask = pc.greater_equal(ts, timestamp_ms)
+        mask = pc.and_(pc.greater_equal(ts, timestamp_ms), pc.greater_equal(table["offset"], start))
         offsets, stamps = table["offset"].filter(mask), ts.filter(mask)
         if not len(offsets):  # max_timestamp promised one; the batch headers disagree
             return None

@@ -7,7 +7,8 @@
 - ``orphan``: no index row names the object (e.g. a flush whose put landed but whose commit
   or clean-up failed). One younger than ``orphan_min_age_s`` whose runs all start at or past
   their partitions' high watermarks may be a flush on its way to its commit: it is counted
-  in :attr:`FsckReport.young`, not reported;
+  in :attr:`FsckReport.young`, not reported; one that retention queued for deletion after
+  its grace period is counted in :attr:`FsckReport.retiring`, not reported;
 - ``missing``: index rows name an object the store does not hold;
 - ``mismatch``: an index row and the object's footer disagree (offsets, bytes, checksum);
 - ``index``: a partition's index rows leave a gap or end short of its high watermark.
@@ -123,6 +124,8 @@ class FsckReport:
     young: list[str] = field(default_factory=list)
     """Unindexed objects younger than the age bound whose runs start at or past their
     partitions' high watermarks: possibly flushes on their way to their commit."""
+    retiring: list[str] = field(default_factory=list)
+    """Objects retention queued for deletion once their grace period has passed."""
 
     @property
     def sound(self) -> bool:
@@ -309,6 +312,10 @@ def _judge(
     return findings, False
 
 
+ALL_QUEUED = 1 << 62
+"""A time after every object queued for deletion became unreferenced."""
+
+
 def check(
     store: ObjectStore,
     metadata: Metadata,
@@ -340,6 +347,7 @@ def check(
         index = pool.submit(_index, metadata)
         reads = pool.map(read_chunk, chunks)
         by_key, high_watermarks, findings = index.result()
+        retiring = set(metadata.due_objects(ALL_QUEUED))  # read after the index rows
         report = FsckReport(findings=findings, topics=len({t for t, _ in high_watermarks}))
         present = {info.key for info in listed}
         for key in sorted(set(by_key) - present):
@@ -356,6 +364,11 @@ def check(
         now = time.time()
         for chunk in reads:
             for read in chunk:
+                report.objects += 1
+                report.bytes += read.info.size
+                if read.info.key in retiring and read.info.key not in by_key:
+                    report.retiring.append(read.info.key)
+                    continue
                 in_flight = now - read.info.modified < orphan_min_age_s and all(
                     e.base_offset >= high_watermarks.get((e.topic, e.partition), e.base_offset + 1)
                     for e in read.entries
@@ -364,8 +377,6 @@ def check(
                 report.findings.extend(found)
                 if young:
                     report.young.append(read.info.key)
-                report.objects += 1
-                report.bytes += read.info.size
             if progress is not None:
                 progress(sum(read.info.size for read in chunk))
     report.seconds = time.perf_counter() - started

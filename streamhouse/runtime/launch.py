@@ -53,7 +53,10 @@ def read_source(sql_or_path: str | Path) -> tuple[str, str | None]:
     if looks_like_path:
         if not candidate.is_file():
             raise SqlError(f"query file {candidate} does not exist")
-        return candidate.read_text(), candidate.stem
+        try:
+            return candidate.read_text(encoding="utf-8"), candidate.stem
+        except UnicodeDecodeError as exc:
+            raise SqlError(f"query file {candidate} is not UTF-8 (byte {exc.start})") from None
     return text, None
 
 

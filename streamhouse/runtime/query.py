@@ -33,44 +33,41 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.compute as pc
 from sqlglot import exp
 
 from streamhouse.errors import SqlError, StreamHouseError
-from streamhouse.joins.bounds import evictable_bound
-from streamhouse.joins.stream_join import LEFT, RIGHT, StreamJoin
-from streamhouse.joins.temporal import ROW, VERSIONS, TemporalJoin
-from streamhouse.joins.windowed import WindowedQuery
 from streamhouse.log import Log
 from streamhouse.log.records import Compression, build_batch
+from streamhouse.runtime.operator import Changelog, MicroBatch
+from streamhouse.runtime.operators import checks, open_operator
 from streamhouse.runtime.options import QueryOptions
-from streamhouse.runtime.sink import TopicSink, key_strings
+from streamhouse.runtime.sink import TopicSink
 from streamhouse.runtime.sources import NO_WATERMARK, QuerySource
-from streamhouse.sql import plan as plans
+from streamhouse.sql.changelog import PlanNode
 from streamhouse.sql.computed import ComputedColumns
 from streamhouse.sql.ddl import stream_definition
 from streamhouse.sql.engine import hide_metadata, parse_failure, referenced_columns
 from streamhouse.sql.execute import run_sql
 from streamhouse.sql.hints import SourceOptions, source_options
 from streamhouse.sql.parse import node_position, parse
-from streamhouse.sql.plan import FLOWS, ContinuousPlan, check_columns, plan_query
+from streamhouse.sql.plan import ContinuousPlan, check_columns, plan_query
 from streamhouse.sql.source import METADATA_FIELDS, RejectedRow
 from streamhouse.state.remote import download_checkpoint, upload_checkpoint
-from streamhouse.state.store import ScopedBatch, StateStore, StateView, partition_key
-from streamhouse.views.group_by import GroupAggregate
-from streamhouse.views.recompute import RecomputeOperator
-from streamhouse.views.top_n import TopNOperator
-from streamhouse.windows.operator import make_operator
-from streamhouse.windows.table import WINDOW_TYPE, event_time_ms
-from streamhouse.windows.time_sort import TimeSortOperator
+from streamhouse.state.store import (
+    ColumnFamily,
+    ScopedBatch,
+    StateBatch,
+    StateStore,
+    StateView,
+    partition_key,
+)
+from streamhouse.windows.table import WINDOW_TYPE
 
 log = logging.getLogger(__name__)
 
 FINAL_WATERMARK = 1 << 62
 """The watermark of a source that has ended: every window closes."""
 
-GLOBAL_KEY = b"{}"
-"""The record key of an updating aggregate without GROUP BY: its one group."""
 SINK = b"sink/"
 PENDING = b"pending"
 COUNTERS = b"counters"
@@ -80,12 +77,6 @@ _WINDOW_FIELDS = [
     pa.field("window_end", WINDOW_TYPE),
     pa.field("window_time", WINDOW_TYPE),
 ]
-
-
-def _run_sql(sql: str, tables: dict[str, pa.Table]) -> pa.Table:
-    # On one partition: a replayed micro-batch must give the same rows in the same order, or
-    # the exactly-once sink would skip the wrong ones.
-    return run_sql(sql, tables, ordered=True)
 
 
 class ContinuousQuery:
@@ -125,10 +116,10 @@ class ContinuousQuery:
         self.store = StateStore(state_dir)
         self._uploaded_at = time.monotonic()
         try:
-            self.operator = self._make_operator(self.plan.operator, StateView(self.store, b"0/"))
+            self.operator = open_operator(self.plan.operator, StateView(self.store, b"0/"), self)
             self.children = {
-                name: (op, self._make_operator(op, StateView(self.store, f"{i + 1}/".encode())))
-                for i, (name, op) in enumerate(self.plan.derived.items())
+                name: (node, open_operator(node, StateView(self.store, f"{i + 1}/".encode()), self))
+                for i, (name, node) in enumerate(self.plan.derived.items())
             }
         except BaseException:
             self.store.close()
@@ -137,7 +128,7 @@ class ContinuousQuery:
         if self.plan.sink_kind == "topic" and self.plan.sink:
             if self.log.get_topic(self.plan.sink) is None:
                 self.log.create_topic(self.plan.sink, 1)
-            self.sink = TopicSink(self.log, self.plan.sink, self._key_columns())
+            self.sink = TopicSink(self.log, self.plan.sink, self.plan.operator.key_columns)
         self.dead_letter_topic = self.options.dead_letter_topic or f"{name}.dlq"
         counters = self.store.get_json(COUNTERS) or {}
         self.rows_in = int(counters.get("rows_in", 0))
@@ -165,28 +156,25 @@ class ContinuousQuery:
     def _resolve_sources(
         self, resolve: Callable[[str], tuple[str, Any] | None]
     ) -> dict[str, QuerySource]:
-        window = getattr(self.plan.operator, "window", None)
-        window_column = window.time_column if window is not None else None
-        if isinstance(self.plan.operator, plans.Windowed):
-            window_column = next(iter(self.plan.operator.inputs.values()))[1].time_column
+        window_column = self.plan.operator.window_column
         sources: dict[str, QuerySource] = {}
         columns: dict[str, pa.DataType] = {f.name: f.type for f in METADATA_FIELDS}
         known = True
         for index, name in enumerate(self.plan.sources):
             resolved = resolve(name)
             if resolved is None:
-                raise self._error(f"unknown stream or topic {name!r}", name)
+                raise self.error(f"unknown stream or topic {name!r}", name)
             kind, entry = resolved
             hinted = self.hints.get(name, {}).get("topic")
             if hinted is not None and self.log.get_topic(hinted) is None:
-                raise self._error(f"topic {hinted!r} of the OPTIONS hint does not exist", name)
+                raise self.error(f"topic {hinted!r} of the OPTIONS hint does not exist", name)
             if kind == "topic":
                 self.read_options[name] = SourceOptions.of({}, self.hints.get(name))
                 sources[name] = QuerySource(index, name, hinted or name, None, window_column, 0)
                 known = False
                 continue
             if kind not in ("stream", "table"):
-                raise self._error(
+                raise self.error(
                     f"continuous queries read streams and topics; {name!r} is a {kind}", name
                 )
             definition = stream_definition(parse(entry.sql)[0])
@@ -207,54 +195,34 @@ class ContinuousQuery:
             source.skip_damaged = self.options.on_damage == "skip"
         return sources
 
-    def _error(self, message: str, table_name: str) -> SqlError:
+    def error(self, message: str, table_name: str) -> SqlError:
+        """An error located at the query's reference to ``table_name``."""
         for table in self.statement.find_all(exp.Table):
             if table.name == table_name:
                 return SqlError(message, *node_position(table))
         return SqlError(message)
 
-    def _schema(self, name: str, windowed: bool = False) -> pa.Schema | None:
-        """The rows of source ``name`` as the operators see them (None until inferred)."""
+    def schema(
+        self, name: str, windowed: bool = False, all_metadata: bool = False
+    ) -> pa.Schema | None:
+        """The rows of source ``name`` as an operator sees them: with the window columns if
+        ``windowed``, with every metadata column if ``all_metadata`` (else those the query
+        names); None for a derived input or a topic whose schema is not inferred yet."""
         source = self.sources.get(name)
         if source is None or source.schema is None:
-            return None  # a derived input, or a topic whose schema is not inferred yet
-        keep_all = isinstance(self.plan.operator, plans.WindowAggregate)
-        meta = [f for f in METADATA_FIELDS if keep_all or f.name in self._named]
+            return None
+        meta = [f for f in METADATA_FIELDS if all_metadata or f.name in self._named]
         computed = source.computed.fields() if source.computed else []
         return pa.schema([*source.schema, *computed, *meta] + (_WINDOW_FIELDS if windowed else []))
 
+    def time_column(self, name: str) -> str | None:
+        """The time attribute (WATERMARK column) of source ``name``, if it has one."""
+        source = self.sources.get(name)
+        return source.time_column if source is not None else None
+
     def _validate(self) -> None:
         """Plan the query's SQL on DataFusion over empty inputs, so errors show before it runs."""
-        op = self.plan.operator
-        checks: list[tuple[str, dict[str, pa.Schema | None]]] = []
-        if isinstance(op, plans.Stateless):
-            checks.append((op.sql, {op.source: self._schema(op.source)}))
-        elif isinstance(op, plans.WindowAggregate):
-            checks.append((op.pre_sql, {op.source: self._schema(op.source)}))
-        elif isinstance(op, plans.Windowed):
-            checks.append((op.sql, {n: self._schema(s, True) for n, (s, _) in op.inputs.items()}))
-        elif isinstance(op, plans.StreamJoin):
-            checks.append(
-                (op.sql, {"__left": self._schema(op.left), "__right": self._schema(op.right)})
-            )
-        elif isinstance(op, plans.TopN):
-            checks.append((op.sql, {op.source: self._schema(op.source)}))
-        elif isinstance(op, plans.TimeSort):
-            checks.append((op.pre_sql, {op.source: self._schema(op.source)}))
-            checks.append((op.sql, {op.source: self._schema(op.source)}))
-        elif isinstance(op, plans.TemporalJoin):
-            row = pa.field(ROW, pa.int64())
-            left, right = self._schema(op.left), self._schema(op.right)
-            checks.append(
-                (
-                    op.sql,
-                    {
-                        "__left": left.append(row) if left is not None else None,
-                        "__right": right.append(row) if right is not None else None,
-                    },
-                )
-            )
-        for sql, schemas in checks:
+        for sql, schemas in checks(self.plan.operator, self):
             if any(s is None for s in schemas.values()):
                 continue  # a topic's schema is inferred from its first records
             try:
@@ -262,90 +230,15 @@ class ContinuousQuery:
             except SqlError as exc:
                 raise SqlError(exc.message, *node_position(self.statement)) from None
 
-    def _make_operator(self, op: Any, state: StateView) -> Any:
-        lateness = self.options.allowed_lateness_ms
-        if isinstance(op, plans.Stateless):
-            return None
-        if isinstance(op, plans.WindowAggregate):
-            if op.window is None:
-                return GroupAggregate(op, state)
-            return make_operator(op, state, lateness)
-        if isinstance(op, plans.Windowed):
-            return WindowedQuery(op.sql, state, {n: spec for n, (_, spec) in op.inputs.items()})
-        if isinstance(op, plans.StreamJoin):
-            ttl = self.options.state_ttl_ms or None
-            left_source, right_source = self.sources.get(op.left), self.sources.get(op.right)
-            left_time = getattr(left_source, "time_column", None)
-            right_time = getattr(right_source, "time_column", None)
-            bound = evictable_bound(
-                list(op.candidates or ([op.bound] if op.bound else [])), left_time, right_time
-            )
-            if bound is not None:
-                left_time, right_time = bound.left_column, bound.right_column
-            return StreamJoin(op.sql, state, left_time, right_time, bound, ttl, op.outer)
-        if isinstance(op, plans.TopN):
-            return TopNOperator(op, state)
-        if isinstance(op, plans.TimeSort):
-            self._check_time_attribute(op)
-            return TimeSortOperator(op, state)
-        if isinstance(op, plans.Recompute):
-            return RecomputeOperator(op, state)
-        if isinstance(op, plans.TemporalJoin):
-            version_time = self.sources[op.right].time_column
-            if version_time is None:
-                raise self._error(
-                    f"the versioned table {op.right!r} of a temporal join needs a time column: "
-                    "declare a WATERMARK for it",
-                    op.right,
-                )
-            return TemporalJoin(
-                op.sql, state, op.probe_time, op.probe_keys, version_time, op.version_keys
-            )
-        raise StreamHouseError(f"no operator for {type(op).__name__}")
-
-    def _check_time_attribute(self, op: plans.TimeSort) -> None:
-        """A continuous ORDER BY sorts on the source's time attribute (its WATERMARK column)."""
-        time_column = self.sources[op.source].time_column
-        if time_column == op.time_column:
-            return
-        order = self.statement.find(exp.Order)
-        where = order.expressions[0] if order is not None else self.statement
-        reason = (
-            f"the time attribute of {op.source!r} is {time_column!r}"
-            if time_column is not None
-            else f"{op.source!r} has no time attribute (declare a WATERMARK)"
-        )
-        raise SqlError(
-            f"ORDER BY in a continuous query must start with the time attribute, ascending: "
-            f"{op.time_column!r} is not it ({reason})",
-            *node_position(where),
-        )
-
     @property
     def updating(self) -> bool:
         """Whether results are upserts per key (an updating GROUP BY, Top-N), not appends."""
-        op = self.plan.operator
-        return (
-            isinstance(op, plans.TopN | plans.Recompute)
-            or (isinstance(op, plans.WindowAggregate) and op.window is None)
-            or (isinstance(op, plans.StreamJoin) and op.outer is not None)
-        )
+        return self.plan.operator.updating
 
     @property
     def key_columns(self) -> list[str]:
         """The result columns that key a record (the upsert key of an updating query)."""
-        return self._key_columns()
-
-    def _key_columns(self) -> list[str]:
-        """The output columns records are keyed by: group keys, or Top-N keys and rank."""
-        op = self.plan.operator
-        if isinstance(op, plans.WindowAggregate):
-            return [k for k in op.key_outputs if k is not None]
-        if isinstance(op, plans.TopN):
-            return [*op.partition_by, op.rank_column]
-        if isinstance(op, plans.Recompute):
-            return [k for k in op.key_outputs if k is not None]
-        return []
+        return self.plan.operator.key_columns
 
     def _load_progress(self) -> None:
         for name, source in self.sources.items():
@@ -471,7 +364,9 @@ class ContinuousQuery:
 
         batch = self.store.batch()
         tables = {name: r.table for name, r in reads.items()}
-        outputs, tombstones, late_rows, late_table = self._operate(tables, new_watermark, batch)
+        changes = self._operate(tables, new_watermark, batch)
+        outputs, tombstones, late_rows = changes.rows, changes.retracted, changes.late
+        late_table = changes.late_rows
 
         marks_after = None
         if self.sink is not None and ((outputs is not None and outputs.num_rows) or tombstones):
@@ -530,8 +425,8 @@ class ContinuousQuery:
                 "damaged_rows": damaged_total,
             },
         )
-        batch.delete("meta", PENDING)
-        operators = [o for o in (self.operator, *(o for _, o in self.children.values())) if o]
+        batch.delete(ColumnFamily.META, PENDING)
+        operators = [self.operator, *(o for _, o in self.children.values())]
         try:
             self.store.commit(batch)
         except BaseException:
@@ -565,126 +460,45 @@ class ContinuousQuery:
         return True
 
     def _operate(
-        self, tables: dict[str, pa.Table | None], watermark: int, batch: Any
-    ) -> tuple[pa.Table | None, list[bytes], int, pa.Table | None]:
+        self, tables: dict[str, pa.Table | None], watermark: int, batch: StateBatch
+    ) -> Changelog:
         """Run the operators on this batch: derived inputs first, then the query's own one.
 
-        Returns (outputs, tombstone keys, late rows, late source rows).
+        A derived input's rows are what the operator over it reads; its retractions are not
+        passed on (the planner refuses an updating derived input where they would matter).
         """
         tables = dict(tables)
-        late_total = 0
-        for i, (name, (op, operator)) in enumerate(self.children.items()):
+        late = 0
+        for i, (name, (node, operator)) in enumerate(self.children.items()):
             scoped = ScopedBatch(batch, f"{i + 1}/".encode())
-            out, _, late, _ = self._operate_one(op, operator, tables, watermark, scoped, True)
-            tables[name] = out
-            late_total += late
-        outputs, tombstones, late, late_table = self._operate_one(
-            self.plan.operator, self.operator, tables, watermark, ScopedBatch(batch, b"0/")
+            derived = operator.process(self._micro_batch(node, tables, watermark, scoped, True))
+            tables[name] = derived.rows
+            late += derived.late
+        top = self.plan.operator
+        result = self.operator.process(
+            self._micro_batch(top, tables, watermark, ScopedBatch(batch, b"0/"))
         )
-        return outputs, tombstones, late_total + late, late_table
+        result.late += late
+        return result
 
-    def _operate_one(
+    def _micro_batch(
         self,
-        op: Any,
-        operator: Any,
+        node: PlanNode,
         tables: dict[str, pa.Table | None],
         watermark: int,
-        batch: Any,
+        state: ScopedBatch,
         derived: bool = False,
-    ) -> tuple[pa.Table | None, list[bytes], int, pa.Table | None]:
-        outputs: pa.Table | None = None
-        tombstones: list[bytes] = []
-        late_rows = 0
-        late_table = None
-
-        def rows(name: str) -> pa.Table | None:
+    ) -> MicroBatch:
+        """The micro-batch as ``node`` reads it: the new rows of each of its inputs (None if
+        none), with the metadata columns the query does not name hidden unless it keeps them."""
+        inputs: dict[str, pa.Table | None] = {}
+        for name in node.sources:
             table = tables.get(name)
             if table is None or not table.num_rows:
-                return None
-            return (
-                table
-                if isinstance(op, plans.WindowAggregate)
-                else hide_metadata(table, self._named)
-            )
-
-        if isinstance(op, plans.Stateless):
-            if rows(op.source) is not None:
-                outputs = _run_sql(op.sql, {op.source: rows(op.source)})
-        elif isinstance(op, plans.TimeSort):
-            outputs, late_rows = operator.process(rows(op.source), self.watermark, watermark, batch)
-        elif isinstance(op, plans.WindowAggregate) and op.window is None:
-            table = rows(op.source)
-            if table is not None:
-                pre = _run_sql(op.pre_sql, {op.source: table})
-                changed = operator.process(pre, batch)
-                if changed is not None and changed.num_rows:
-                    post = op.keyed_post_sql if derived else op.post_sql
-                    outputs = _run_sql(post, {FLOWS: changed})
-                    tombstones = self._dropped_keys(changed, outputs, op)
-                    if not op.keys and not derived:  # one group: one record key for all updates
-                        outputs = outputs.append_column(
-                            "__key", pa.array([GLOBAL_KEY] * outputs.num_rows, pa.binary())
-                        )
-                        if outputs.num_rows == 0:  # HAVING dropped the one group
-                            tombstones = [GLOBAL_KEY]
-        elif isinstance(op, plans.WindowAggregate):
-            table = rows(op.source)
-            if table is not None:
-                pre = _run_sql(op.pre_sql, {op.source: table})
-                ts, valid = event_time_ms(pre, "__ts")
-                if not valid.all():
-                    pre, ts = pre.filter(pa.array(valid)), ts[valid]
-                late = operator.process(pre, ts, self.watermark, batch)
-                late_rows = len(late)
-                if late_rows and self.options.late_topic:
-                    late_table = _rows_by_position(table, pre.take(pa.array(late)))
-            emitted = operator.emit(watermark, batch)
-            if emitted is not None and emitted.num_rows:
-                outputs = _run_sql(op.post_sql, {FLOWS: emitted})
-        elif isinstance(op, plans.Windowed):
-            for name, (source, _) in sorted(op.inputs.items()):
-                if rows(source) is not None:
-                    late_rows += operator.process(name, rows(source), self.watermark, batch)
-            schemas = {n: self._schema(s, True) for n, (s, _) in op.inputs.items()}
-            outputs = operator.emit(watermark, schemas, batch)
-        elif isinstance(op, plans.StreamJoin):
-            left, right = rows(op.left), rows(op.right)
-            if left is not None or right is not None:
-                schemas = {LEFT: self._schema(op.left), RIGHT: self._schema(op.right)}
-                outputs, tombstones = operator.process(left, right, schemas, batch)
-            operator.expire(watermark, batch)
-        elif isinstance(op, plans.TemporalJoin):
-            schemas = {VERSIONS: self._schema(op.right)}
-            outputs = operator.process(rows(op.left), rows(op.right), watermark, schemas, batch)
-        elif isinstance(op, plans.Recompute):
-            changes = tables.get(op.source)
-            if changes is not None and changes.num_rows:
-                outputs, gone = operator.process(changes, batch)
-                names = [k for k in op.key_outputs if k is not None]
-                if gone is not None and gone.num_rows and len(names) == len(op.group_by):
-                    tombstones = [
-                        k for k in key_strings(gone.rename_columns(names), names) if k is not None
-                    ]
-        elif isinstance(op, plans.TopN) and rows(op.source) is not None:
-            outputs, before = operator.process(rows(op.source), batch)
-            if before is not None and before.num_rows:  # (key, rank) rows no longer output
-                keys = [*op.partition_by, op.rank_column]
-                now = set(key_strings(outputs, keys)) if outputs is not None else set()
-                gone = set(key_strings(before, keys)) - now
-                tombstones = sorted(k for k in gone if k is not None)
-        return outputs, tombstones, late_rows, late_table
-
-    def _dropped_keys(
-        self, changed: pa.Table, outputs: pa.Table, op: plans.WindowAggregate
-    ) -> list[bytes]:
-        """Keys of changed groups that HAVING no longer keeps: they get tombstones."""
-        names = op.key_outputs
-        if not op.keys or any(n is None or n not in outputs.column_names for n in names):
-            return []
-        named = changed.select(op.keys).rename_columns(names)
-        before = set(key_strings(named, names))  # type: ignore[arg-type]
-        after = set(key_strings(outputs, names))  # type: ignore[arg-type]
-        return sorted(k for k in before - after if k is not None)
+                inputs[name] = None
+            else:
+                inputs[name] = table if node.keeps_metadata else hide_metadata(table, self._named)
+        return MicroBatch(inputs, self.watermark, watermark, state, derived)
 
     # -- side outputs -------------------------------------------------------------------------
 
@@ -775,7 +589,7 @@ class ContinuousQuery:
             "late_rows": self.late_rows,
             "rejected_rows": self.rejected_rows,
             "damaged_rows": self.damaged_rows,
-            "open_windows": self.operator.open_windows if self.operator is not None else 0,
+            "open_windows": self.operator.state_size,
             "state_bytes": self.store.size_bytes() if not self._stop.is_set() else None,
             "batches": self.batches,
         }
@@ -786,17 +600,6 @@ class ContinuousQuery:
 
 def _has_state(state_dir: Path) -> bool:
     return state_dir.is_dir() and any(state_dir.iterdir())
-
-
-def _rows_by_position(source: pa.Table, late_pre: pa.Table) -> pa.Table:
-    """The source rows (by partition and offset) behind late pre-projected rows."""
-    wanted = pc.add(
-        pc.multiply(pc.cast(late_pre["__partition"], pa.int64()), 1 << 40), late_pre["__offset"]
-    )
-    have = pc.add(
-        pc.multiply(pc.cast(source["_partition"], pa.int64()), 1 << 40), source["_offset"]
-    )
-    return source.filter(pc.is_in(have, value_set=pc.unique(wanted)))
 
 
 def _format_time(ms: int) -> str | None:

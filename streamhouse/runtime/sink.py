@@ -73,8 +73,13 @@ def encode_columns(table: pa.Table, key_columns: list[str]) -> tuple[pa.Array, p
                 + ", ".join(f"{q} := {q}" for q in quoted)
                 + ")) AS VARCHAR)"
             )
+        # The row alias must not be a column's name: DuckDB reads a column before a table
+        # alias, and to_json(r) of a column named r wrote that column alone as the record.
+        row = "__row"
+        while row in table.column_names:
+            row += "_"
         result = con.sql(
-            f"SELECT CAST(to_json(r) AS VARCHAR) AS v, {key_sql} AS k FROM rows_out AS r"
+            f'SELECT CAST(to_json("{row}") AS VARCHAR) AS v, {key_sql} AS k FROM rows_out AS "{row}"'
         ).to_arrow_table()
     finally:
         con.close()

@@ -78,6 +78,14 @@ def _regexp_extract(args: list[exp.Expr]) -> exp.RegexpExtract:
     )
 
 
+def _with_unit(name: str, args: list[exp.Expr]) -> exp.Anonymous:
+    """Flink's ``TIMESTAMPDIFF(unit, ...)`` / ``TIMESTAMPADD(unit, ...)``: the unit is a word,
+    not a column."""
+    if args and isinstance(args[0], exp.Column) and not args[0].table:
+        args = [exp.var(args[0].name.upper()), *args[1:]]
+    return exp.Anonymous(this=name, expressions=args)
+
+
 class StreamHouse(Postgres):
     """Postgres with Flink-style streaming DDL, window calls and window TVFs."""
 
@@ -92,6 +100,7 @@ class StreamHouse(Postgres):
             "FLOAT": TokenType.FLOAT,  # Flink's FLOAT is 4 bytes; Postgres reads it as DOUBLE
             "BYTES": TokenType.VARBINARY,
         }
+        KEYWORDS.pop("REGEXP", None)  # Flink's REGEXP(s, re) is a function, not an operator
 
     class Parser(PostgresParser):
         FUNC_TOKENS: ClassVar = {*PostgresParser.FUNC_TOKENS, TokenType.SESSION}
@@ -102,6 +111,15 @@ class StreamHouse(Postgres):
             **PostgresParser.FUNCTIONS,
             "ROW": exp.Struct.from_arg_list,
             "REGEXP_EXTRACT": lambda args: _regexp_extract(args),
+            # Flink's REGEXP(s, re): any substring matches
+            "REGEXP": lambda args: exp.RegexpLike(this=args[0], expression=args[1]),
+            # Flink's argument order and defaults, not MySQL's or Postgres': rewritten later
+            **{
+                name: lambda args, name=name: exp.Anonymous(this=name, expressions=args)
+                for name in ("TO_TIMESTAMP", "TO_DATE")
+            },
+            "TIMESTAMPDIFF": lambda args: _with_unit("TIMESTAMPDIFF", args),
+            "TIMESTAMPADD": lambda args: _with_unit("TIMESTAMPADD", args),
         }
 
         STATEMENT_PARSERS: ClassVar = {
@@ -162,6 +180,35 @@ class StreamHouse(Postgres):
 
         def _parse_lambda(self, alias: bool = False) -> exp.Expr | None:
             return self._parse_table_argument() or super()._parse_lambda(alias=alias)
+
+        def _parse_case(self) -> exp.Expr | None:
+            """Flink's ``CASE v WHEN a, b THEN ...``: several values in one WHEN. Such a CASE is
+            read as ``CASE WHEN v IN (a, b) THEN ...`` (the operand repeated in each WHEN)."""
+            if self._match(TokenType.DOT, advance=False):
+                return super()._parse_case()
+            start = self._index
+            operand = self._parse_disjunction()
+            whens: list[tuple[list[exp.Expr], exp.Expr | None]] = []
+            while self._match(TokenType.WHEN):
+                values = self._parse_csv(self._parse_disjunction)
+                self._match(TokenType.THEN)
+                whens.append((values, self._parse_disjunction()))
+            if operand is None or all(len(values) == 1 for values, _ in whens):
+                self._retreat(start)
+                return super()._parse_case()
+            default = self._parse_disjunction() if self._match(TokenType.ELSE) else None
+            if not self._match(TokenType.END):
+                self.raise_error("Expected END after CASE", self._prev)
+            ifs = [
+                exp.If(
+                    this=exp.In(this=operand.copy(), expressions=values)
+                    if len(values) > 1
+                    else exp.EQ(this=operand.copy(), expression=values[0]),
+                    true=then,
+                )
+                for values, then in whens
+            ]
+            return self.expression(exp.Case(ifs=ifs, default=default))
 
         def _parse_table_argument(self) -> TableArgument | None:
             """``TABLE t [PARTITION BY k, ...]`` as a function argument; None if not there."""

@@ -34,6 +34,7 @@ from streamhouse.errors import (
     UnknownStreamError,
 )
 from streamhouse.joins.temporal import match_versions, temporal_inputs
+from streamhouse.key_codes import group_codes
 from streamhouse.log import Log
 from streamhouse.result import Relation, status
 from streamhouse.sql.computed import ComputedColumnError, ComputedColumns
@@ -42,7 +43,7 @@ from streamhouse.sql.dialect import Explain
 from streamhouse.sql.execute import Answer, register, run_sql, session_context, sql_errors
 from streamhouse.sql.functions import functions, to_datafusion
 from streamhouse.sql.hints import SourceOptions, check_hints, source_options
-from streamhouse.sql.parse import DIALECT, node_position, parse, sql_error
+from streamhouse.sql.parse import DIALECT, nesting_guard, node_position, parse, sql_error
 from streamhouse.sql.plan import TemporalJoin, plan_temporal_join, source_tables
 from streamhouse.sql.projection import declared_stars, distinct_outputs, star_query
 from streamhouse.sql.source import (
@@ -56,7 +57,6 @@ from streamhouse.sql.source import (
     with_metadata,
 )
 from streamhouse.sql.window_spec import take_out_windows
-from streamhouse.windows.assign import group_codes
 from streamhouse.windows.table import window_table
 
 log = logging.getLogger(__name__)
@@ -88,7 +88,8 @@ class Engine:
             raise SqlError("no SQL statement given", 1, 1)
         result: Relation | None = None
         for statement in statements:
-            result = self.statement(statement)
+            with nesting_guard(statement):
+                result = self.statement(statement)
         assert result is not None
         return result
 
@@ -289,12 +290,14 @@ class Engine:
         """A context holding ``query``'s sources and the query to run there (windows taken
         out, stars spelled out), or the rows themselves (a temporal join)."""
         columns = referenced_columns(query)
-        named = {c.name for c in query.find_all(exp.Column)}
+        named = column_names(query)
         hints = source_options(query)
         if isinstance(query, exp.Select) and (temporal := plan_temporal_join(query)) is not None:
             return self._temporal(temporal, columns, named, stats, hints)
         query, windowed = take_out_windows(query)
-        ctx = session_context()
+        # FIRST_VALUE, LISTAGG, ... depend on the order rows arrive in: one partition
+        # keeps the log's order (DataFusion's repartitioning would not)
+        ctx = session_context(ordered=order_sensitive(query))
         schemas: dict[str, pa.Schema] = {}
         for name in sorted({t.name for t in source_tables(query)}):
             if name in windowed:
@@ -315,7 +318,9 @@ class Engine:
         return ctx, query
 
     def _dataframe(self, ctx: datafusion.SessionContext, query: exp.Query) -> datafusion.DataFrame:
-        return sql_errors(lambda: ctx.sql(to_datafusion(query)), _pos(query))
+        with nesting_guard(query):
+            sql = to_datafusion(query)
+        return sql_errors(lambda: ctx.sql(sql), _pos(query))
 
     def _temporal(
         self,
@@ -447,17 +452,12 @@ def _materialized(statement: exp.Expr) -> bool:
 
 def _updating(view: exp.Expr) -> bool:
     """Whether a materialized view's output is an upsert stream (no window keys its rows)."""
-    from streamhouse.sql.plan import Recompute, StreamJoin, TopN, WindowAggregate, plan_query
+    from streamhouse.sql.plan import plan_query
 
     try:
-        operator = plan_query(view).operator
+        return plan_query(view).operator.updating
     except SqlError:
         return False
-    return (
-        isinstance(operator, TopN | Recompute)
-        or (isinstance(operator, WindowAggregate) and operator.window is None)
-        or (isinstance(operator, StreamJoin) and operator.outer is not None)
-    )
 
 
 def _report(name: str, source: SourceTable, stats: QueryStats) -> None:
@@ -509,7 +509,28 @@ def referenced_columns(query: exp.Expr) -> set[str] | None:
         for star in query.find_all(exp.Star):
             if not isinstance(star.parent, exp.Count):
                 return None
-    return {c.name for c in query.find_all(exp.Column)} | set(METADATA_COLUMNS)
+    return column_names(query) | set(METADATA_COLUMNS)
+
+
+_ORDER_SENSITIVE = (exp.FirstValue, exp.LastValue, exp.GroupConcat, exp.JSONObjectAgg)
+_ORDER_SENSITIVE_NAMES = {"LISTAGG", "JSON_ARRAYAGG"}
+
+
+def order_sensitive(query: exp.Expr) -> bool:
+    """Whether ``query`` has an aggregate whose answer depends on the order of its rows:
+    FIRST_VALUE, LAST_VALUE, LISTAGG, JSON_ARRAYAGG or JSON_OBJECTAGG outside an OVER window
+    (those name their order)."""
+    for node in query.find_all(*_ORDER_SENSITIVE, exp.Anonymous):
+        if isinstance(node, exp.Anonymous) and node.name.upper() not in _ORDER_SENSITIVE_NAMES:
+            continue
+        if not isinstance(node.parent, exp.Window):
+            return True
+    return False
+
+
+def column_names(query: exp.Expr) -> set[str]:
+    """The columns ``query`` names; ``t.c.field`` (a field of ROW column ``c``) names ``c``."""
+    return {c.table if c.args.get("db") else c.name for c in query.find_all(exp.Column)}
 
 
 def _pos(node: exp.Expr | None) -> tuple[int | None, int | None]:

@@ -57,12 +57,44 @@ _PYTHON_ERROR = re.compile(
 )
 
 
+# DataFusion's messages about its own internals, as the SQL feature a user can act on.
+_EXPLAINED: list[tuple[re.Pattern[str], Callable[[re.Match[str]], str]]] = [
+    (
+        re.compile(r"Invalid function '([^']+)'"),
+        lambda m: (
+            f"function {m.group(1)!r} is not supported: it is neither one of Flink's "
+            "built-in functions (docs/functions.md) nor a registered function"
+        ),
+    ),
+    (
+        re.compile(
+            r"Physical plan does not support logical expression "
+            r"(OuterReferenceColumn|ScalarSubquery|Exists|InSubquery)"
+        ),
+        lambda m: (
+            "correlated subqueries in this position (a subquery reading the outer "
+            "query's columns) are not supported: write it as a JOIN"
+        ),
+    ),
+    (
+        re.compile(r'While expanding wildcard, column "([^"]+)" must appear in the GROUP BY'),
+        lambda m: (
+            f"SELECT * in a grouped query: column {m.group(1)!r} is neither in GROUP BY "
+            "nor aggregated; name the columns to select instead of *"
+        ),
+    ),
+]
+
+
 def datafusion_message(exc: Exception) -> str:
     text = str(exc).strip()
     raised = _PYTHON_ERROR.search(text)
     if raised is not None:
         kind, message = raised.group(1), raised.group(3)
         return message if kind == "SqlError" else f"a Python function raised {kind}: {message}"
+    for pattern, explain in _EXPLAINED:
+        if (match := pattern.search(text)) is not None:
+            return explain(match)
     for prefix in (
         "DataFusion error: ",
         "Error during planning: ",

@@ -1,14 +1,14 @@
 """Flink SQL functions on DataFusion, and user-defined scalar functions in Python.
 
 Generating SQL for DataFusion goes through :func:`to_datafusion`, which rewrites the Flink
-functions DataFusion spells differently:
+functions DataFusion spells differently: most in :mod:`.builtins` (its table of every documented
+Flink function: :mod:`.function_table`), and these here:
 
 =======================================  ===============================================
 Flink                                    DataFusion
 =======================================  ===============================================
 ``DATE_FORMAT(ts, 'yyyy-MM-dd HH:mm')``  ``to_char(ts, '%Y-%m-%d %H:%M')`` (:mod:`.date_format`)
 ``REGEXP_EXTRACT(s, re, i)``             ``regexp_match(s, '(' || re || ')')[i + 1]``
-``SPLIT_INDEX(s, sep, i)``               ``split_part(s, sep, i + 1)`` (NULL past the end)
 ``CHAR_LENGTH(s)``                       ``character_length(s)``
 ``CAST(ts AS STRING)``                   ``yyyy-MM-dd HH:mm:ss[.f]``, p digits for TIMESTAMP(p)
 ``HOUR(ts)``, ``MINUTE``, ``DAYOFMONTH``   ``date_part('hour', ts)``, ...
@@ -24,13 +24,17 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from typing import ClassVar
 
 import datafusion
 import pyarrow as pa
 import sqlglot
 from sqlglot import exp
+from sqlglot.dialects.postgres import Postgres
+from sqlglot.generators.postgres import PostgresGenerator
 
 from streamhouse.errors import SqlError
+from streamhouse.sql.builtins import flink_function, register_duckdb_functions
 from streamhouse.sql.date_format import DateFormatError, date_format_sql
 from streamhouse.sql.parse import sql_error
 
@@ -78,6 +82,19 @@ def functions() -> list[datafusion.ScalarUDF]:
 
 
 def _rewrite(node: exp.Expr) -> exp.Expr:
+    builtin = flink_function(node, _deep)
+    if builtin is not None:
+        return builtin
+    if _rewrite_own(node) is node:
+        return node
+    # The result is not visited again: the arguments are rewritten before the call.
+    node = node.copy()
+    for child in list(node.iter_expressions()):
+        child.replace(_deep(child))
+    return _rewrite_own(node)
+
+
+def _rewrite_own(node: exp.Expr) -> exp.Expr:
     name = node.name.upper() if isinstance(node, exp.Anonymous) else None
     if isinstance(node, exp.TimeToStr):  # Postgres TO_CHAR: its format is strftime already
         return exp.Anonymous(this="to_char", expressions=[node.this, node.args["format"]])
@@ -87,13 +104,6 @@ def _rewrite(node: exp.Expr) -> exp.Expr:
         return _regexp_extract(node)
     if isinstance(node, exp.Cast) and node.to.this in _TEXT_TYPES:
         return _cast_to_string(node)
-    if name == "SPLIT_INDEX" and len(node.expressions) == 3:
-        subject, separator, index = node.expressions
-        part = exp.Anonymous(
-            this="split_part",
-            expressions=[subject, separator, exp.Add(this=index, expression=exp.Literal.number(1))],
-        )
-        return exp.Nullif(this=part, expression=exp.Literal.string(""))
     if name == "CHAR_LENGTH":
         return exp.Anonymous(this="character_length", expressions=node.expressions)
     part = _DATE_PARTS.get(type(node)) or _DATE_PART_NAMES.get(name or "")
@@ -101,6 +111,11 @@ def _rewrite(node: exp.Expr) -> exp.Expr:
         arg = node.this if not isinstance(node, exp.Anonymous) else node.expressions[0]
         return exp.Anonymous(this="date_part", expressions=[exp.Literal.string(part), arg])
     return node
+
+
+def _deep(node: exp.Expr) -> exp.Expr:
+    """``node`` with every Flink call in it rewritten."""
+    return node.transform(_rewrite)
 
 
 def _date_format(node: exp.Anonymous) -> exp.Expr:
@@ -177,12 +192,28 @@ _DATE_PARTS: dict[type, str] = {
     exp.DayOfMonth: "day",
     exp.Month: "month",
     exp.Year: "year",
-    exp.DayOfWeek: "dow",
     exp.DayOfYear: "doy",
 }
 _DATE_PART_NAMES = {"HOUR": "hour", "MINUTE": "minute", "SECOND": "second", "DAYOFMONTH": "day"}
 
 
+class DataFusionSQL(Postgres):
+    """Postgres as DataFusion reads it: ``TRY_CAST`` and ``IGNORE NULLS`` are kept."""
+
+    class Generator(PostgresGenerator):
+        TRANSFORMS: ClassVar = {
+            **PostgresGenerator.TRANSFORMS,
+            exp.TryCast: lambda self, e: f"TRY_CAST({self.sql(e, 'this')} AS {self.sql(e, 'to')})",
+            exp.IgnoreNulls: lambda self, e: f"{self.sql(e, 'this')} IGNORE NULLS",
+        }
+
+
+_DATAFUSION = DataFusionSQL()
+
+
 def to_datafusion(expression: exp.Expr) -> str:
     """SQL text for DataFusion: Postgres-flavoured, identifiers quoted, Flink functions mapped."""
-    return expression.copy().transform(_rewrite).sql(dialect="postgres", identify=True)
+    return _DATAFUSION.generate(expression.copy().transform(_rewrite), identify=True)
+
+
+register_duckdb_functions(register_function)

@@ -14,6 +14,11 @@ DuckDB cannot tell which lines fail, they are halved until the failing ones stan
 those go to pyarrow. A row's
 fate depends only on its own text, never on which other rows shared its micro-batch.
 
+No line reaches pyarrow's reader that can crash it (nested deeper than 1,000 levels, or
+starting with ``null``: :mod:`streamhouse.sql.json_guard`); such a line is rejected with
+its reason. DuckDB's reader takes them (to 1,000,000 levels), so a row it reads whole
+with a flat schema, whose deep field comes out as JSON text or is not read, is kept.
+
 What DuckDB accepts beyond pyarrow, as Flink's JSON format does: a quoted number for a
 numeric field (``"8"``), a number or an object for a text field (its JSON text), ``true`` and
 ``false`` for numbers and ``"true"`` for BOOLEAN; a float for an integer field is rounded.
@@ -37,6 +42,7 @@ import pyarrow.compute as pc
 import pyarrow.json as pa_json
 
 from streamhouse.log.records import JsonLines
+from streamhouse.sql.json_guard import unreadable
 
 log = logging.getLogger(__name__)
 
@@ -55,8 +61,11 @@ def parse_json(
     (line, reason) of each line that does not fit.
     """
     structures = _structures(schema)
-    if structures is None:
-        return JsonParser(lines.buffer, lines.starts, schema).parse()
+    if structures is None:  # pyarrow reads every line
+        text = values if values is not None else _lines(lines.buffer, lines.starts)
+        if not (skipped := unreadable(text)):
+            return JsonParser(lines.buffer, lines.starts, schema).parse()
+        return read_with_pyarrow(text, np.arange(len(text)), schema, skipped)
     text = _AS_TEXT.get(values.type) if values is not None else None
     if values is None or text is None:
         values, text = _lines(lines.buffer, lines.starts), None
@@ -271,16 +280,10 @@ class _DuckDBParser:
         return ok.to_numpy(zero_copy_only=False), objects.to_numpy(zero_copy_only=False)
 
     def _with_pyarrow(self, rows: np.ndarray) -> None:
-        lines = self._lines
-        if pa.types.is_string_view(lines.type):  # no take kernel for views
-            lines = lines.view(pa.binary_view()).cast(pa.binary()).view(pa.string())
-        lines = lines.take(pa.array(rows))
-        lines = pc.ascii_rtrim_whitespace(lines)  # (utf8_ would check the UTF-8: pyarrow will)
-        buffer, bounds = newline_joined(lines)
-        table, good, bad = JsonParser(buffer, bounds, self._schema).parse()
+        table, good, bad = read_with_pyarrow(self._lines, rows, self._schema)
         self._tables.append(table)
-        self._rows.append(rows[good])
-        self._bad += [(int(rows[i]), reason) for i, reason in bad]
+        self._rows.append(good)
+        self._bad += bad
 
     def _result(self) -> tuple[pa.Table, np.ndarray, list[tuple[int, str]]]:
         self._bad.sort()
@@ -293,6 +296,34 @@ class _DuckDBParser:
             order = np.argsort(rows, kind="stable")
             table, rows = table.take(pa.array(order)), rows[order]
         return table, rows, self._bad
+
+
+def read_with_pyarrow(
+    lines: pa.Array,
+    rows: np.ndarray,
+    schema: pa.Schema,
+    skipped: list[tuple[int, str]] | None = None,
+) -> tuple[pa.Table, np.ndarray, list[tuple[int, str]]]:
+    """Read ``lines[rows]`` with :class:`JsonParser`, except the lines it must never see
+    (:func:`~streamhouse.sql.json_guard.unreadable`: they can crash it), which are rejected;
+    ``skipped``: those already found, when ``rows`` are all the lines. Rows and rejections
+    are indices of ``lines``."""
+    if pa.types.is_string_view(lines.type) or pa.types.is_binary_view(lines.type):
+        lines = lines.view(pa.binary_view()).cast(pa.binary())  # no take kernel for views
+    if not pa.types.is_string(lines.type) and not pa.types.is_large_string(lines.type):
+        lines = lines.view(
+            pa.large_string() if pa.types.is_large_binary(lines.type) else pa.string()
+        )
+    lines = lines.take(pa.array(rows))
+    if skipped is None:
+        skipped = [(int(rows[i]), reason) for i, reason in unreadable(lines)]
+    if skipped:
+        keep = ~np.isin(rows, [i for i, _ in skipped])
+        lines, rows = lines.filter(pa.array(keep)), rows[keep]
+    lines = pc.ascii_rtrim_whitespace(lines)  # (utf8_ would check the UTF-8: pyarrow will)
+    buffer, bounds = newline_joined(lines)
+    table, good, bad = JsonParser(buffer, bounds, schema).parse()
+    return table, rows[good], sorted([(int(rows[i]), reason) for i, reason in bad] + skipped)
 
 
 def _fields(table: pa.Table) -> list[pa.ChunkedArray]:

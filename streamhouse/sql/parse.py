@@ -7,12 +7,24 @@
 ... except SqlError as error:
 ...     (error.line, error.column)
 (1, 1)
+
+Text that is not UTF-8 (lone surrogates, as Python decodes undecodable bytes of ``argv``)
+and statements nested deeper than the parser's or DataFusion's stack can take are errors
+too, never a RecursionError or a crash:
+
+>>> try:
+...     parse_one("SELECT " + "(" * 100 + "1" + ")" * 100)
+... except SqlError as error:
+...     (error.message, error.line)
+('SQL nested too deeply to parse', 1)
 """
 
 from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from sqlglot import exp
@@ -21,11 +33,17 @@ from sqlglot.errors import ParseError, TokenError
 from streamhouse.errors import SqlError
 from streamhouse.sql.dialect import StreamHouse
 
-__all__ = ["StreamHouse", "line_column", "node_position", "parse", "parse_one"]
+__all__ = ["StreamHouse", "line_column", "nesting_guard", "node_position", "parse", "parse_one"]
 
 logger = logging.getLogger(__name__)
 
 DIALECT = StreamHouse()
+
+MAX_SQL_DEPTH = 1000
+"""The deepest syntax tree handed on. DataFusion 55 plans a left-deep chain of 5,000
+``+`` or 3,000 ``UNION ALL`` and overflows its stack (a segmentation fault) at 10,000 and
+6,000; the parser itself recurses, so parentheses, function calls and CASE stop it at a few
+dozen levels (a RecursionError, turned into a :class:`SqlError`)."""
 
 
 def line_column(sql: str, offset: int) -> tuple[int, int]:
@@ -55,6 +73,16 @@ def sql_error(message: str, node: exp.Expr | None) -> SqlError:
     return SqlError(message, line, column)
 
 
+@contextmanager
+def nesting_guard(node: exp.Expr) -> Iterator[None]:
+    """A RecursionError in the block (sqlglot walking a deep tree it recurses over, such as
+    900 nested unary minuses) becomes a SqlError located at ``node``."""
+    try:
+        yield
+    except RecursionError:
+        raise sql_error("SQL nested too deeply to plan", node) from None
+
+
 def _from_parse_error(sql: str, error: ParseError) -> SqlError:
     detail: dict[str, Any] = error.errors[0] if error.errors else {}
     message = detail.get("description") or str(error).split(". Line ")[0]
@@ -81,15 +109,45 @@ def _from_token_error(sql: str, error: TokenError) -> SqlError:
     return SqlError(message)
 
 
+def _check_text(sql: str) -> None:
+    """SqlError at the first character that is not Unicode text (a lone surrogate)."""
+    try:
+        sql.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise SqlError("SQL text is not valid UTF-8", *line_column(sql, error.start)) from None
+
+
+def _check_depth(statement: exp.Expr) -> None:
+    """SqlError at the first node nested deeper than :data:`MAX_SQL_DEPTH` (walked without
+    recursion)."""
+    stack = [(statement, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > MAX_SQL_DEPTH:
+            raise sql_error(f"SQL nested more than {MAX_SQL_DEPTH} levels deep", node)
+        stack.extend((child, depth + 1) for child in node.iter_expressions())
+
+
 def parse(sql: str) -> list[exp.Expr]:
     """Every statement in ``sql`` (separated by ``;``), parsed with the StreamHouse dialect."""
+    _check_text(sql)
+    parser = DIALECT.parser()
     try:
-        statements = DIALECT.parse(sql)
+        statements = parser.parse(DIALECT.tokenize(sql), sql)
     except ParseError as error:
         raise _from_parse_error(sql, error) from error
     except TokenError as error:
         raise _from_token_error(sql, error) from error
+    except RecursionError:
+        token = parser._curr or parser._prev  # where the parser was when the stack ran out
+        if token is None:
+            raise SqlError("SQL nested too deeply to parse") from None
+        # A token's ``col`` is the column of its last character.
+        column = max(1, token.col - len(token.text) + 1)
+        raise SqlError("SQL nested too deeply to parse", token.line, column) from None
     result = [s for s in statements if s is not None]
+    for statement in result:
+        _check_depth(statement)
     logger.debug("parsed %d statement(s)", len(result))
     return result
 

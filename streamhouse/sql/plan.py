@@ -13,7 +13,7 @@ A windowed aggregate is split into three parts so that only the middle one keeps
 >>> from streamhouse.sql.parse import parse_one
 >>> plan = plan_query(parse_one(
 ...     "SELECT user_id, COUNT(*) AS n FROM events GROUP BY user_id, TUMBLING(ts, INTERVAL '1' MINUTE)"))
->>> plan.operator.keys, [c.func for c in plan.operator.aggregates]
+>>> plan.operator.keys, [str(c.func) for c in plan.operator.aggregates]
 (['__k0'], ['count_all'])
 """
 
@@ -27,30 +27,38 @@ import pyarrow as pa
 from sqlglot import exp
 
 from streamhouse.errors import SqlError
-from streamhouse.joins.bounds import TimeBound, candidate_bounds, conjuncts
-from streamhouse.joins.stream_join import OuterJoin
-from streamhouse.joins.temporal import ROW
+from streamhouse.sql.aggregates import AggregateCall, AggregateFunction
+from streamhouse.sql.bounds import TimeBound, candidate_bounds, conjuncts
+from streamhouse.sql.changelog import ChangelogMode, PlanNode
 from streamhouse.sql.functions import to_datafusion
 from streamhouse.sql.parse import sql_error
 from streamhouse.sql.window_spec import (
     KINDS,
     WINDOW_COLUMNS,
+    WindowKind,
     WindowSpec,
     find_window,
     take_out_windows,
 )
-from streamhouse.windows.aggregate import AggregateCall
 
 log = logging.getLogger(__name__)
 
 FLOWS = "__windows"
 """Name the post-aggregation SQL reads the finalized window rows from."""
 
-_AGGREGATES: dict[type, str] = {exp.Sum: "sum", exp.Avg: "avg", exp.Min: "min", exp.Max: "max"}
+ROW = "__temporal_row"
+"""The column a temporal join's inputs carry their row number in (see :mod:`streamhouse.joins.temporal`)."""
+
+_AGGREGATES: dict[type, AggregateFunction] = {
+    exp.Sum: AggregateFunction.SUM,
+    exp.Avg: AggregateFunction.AVG,
+    exp.Min: AggregateFunction.MIN,
+    exp.Max: AggregateFunction.MAX,
+}
 
 
 @dataclass(frozen=True)
-class Stateless:
+class Stateless(PlanNode):
     """A filter/projection: ``sql`` runs over each micro-batch registered as ``source``."""
 
     source: str
@@ -61,7 +69,7 @@ class Stateless:
 
 
 @dataclass(frozen=True)
-class WindowAggregate:
+class WindowAggregate(PlanNode):
     """A windowed GROUP BY over one source."""
 
     source: str
@@ -73,6 +81,23 @@ class WindowAggregate:
     post_sql: str
     key_outputs: list[str | None] = field(default_factory=list)  # output column of each key
     keyed_post_sql: str = ""  # post_sql keeping the __k columns (an updating derived input)
+
+    @property
+    def mode(self) -> ChangelogMode:
+        # without a window, each micro-batch upserts the groups it changed
+        return ChangelogMode.UPSERT if self.window is None else ChangelogMode.APPEND
+
+    @property
+    def key_columns(self) -> list[str]:
+        return [k for k in self.key_outputs if k is not None]
+
+    @property
+    def window_column(self) -> str | None:
+        return self.window.time_column if self.window is not None else None
+
+    @property
+    def keeps_metadata(self) -> bool:
+        return True  # late rows go to the side output as the source rows they came from
 
     def explain(self) -> list[str]:
         w = self.window
@@ -88,12 +113,12 @@ class WindowAggregate:
                 f"    Stateless  {self.pre_sql}",
                 f"      Source  {self.source}",
             ]
-        size = f"gap={w.gap_ms}ms" if w.kind == "session" else f"size={w.size_ms}ms"
+        size = f"gap={w.gap_ms}ms" if w.kind == WindowKind.SESSION else f"size={w.size_ms}ms"
         slide = f" slide={w.slide_ms}ms" if w.slide_ms else ""
-        family = "sessions" if w.kind == "session" else "windows"
+        family = "sessions" if w.kind == WindowKind.SESSION else "windows"
         layout = (
             "b'open'|u8(depth)|u64(key hash bucket)|u32(run) -> IPC(keys, window_start, window_end, partials)"
-            if w.kind == "session"
+            if w.kind == WindowKind.SESSION
             else "u64(window_end)|u64(window_start)|u32(run) -> IPC(keys, partials of one micro-batch run)"
         )
         aggs = ", ".join(f"{a.func}({a.arg or '*'}) AS {a.output}" for a in self.aggregates)
@@ -111,7 +136,7 @@ class WindowAggregate:
 
 
 @dataclass(frozen=True)
-class Windowed:
+class Windowed(PlanNode):
     """A query whose every input is a windowed stream: ``sql`` runs once its windows close.
 
     ``inputs`` maps the name each windowed input is registered under to (source, window).
@@ -128,10 +153,14 @@ class Windowed:
     def sources(self) -> list[str]:
         return sorted({source for source, _ in self.inputs.values()})
 
+    @property
+    def window_column(self) -> str | None:
+        return next(iter(self.inputs.values()))[1].time_column
+
     def explain(self) -> list[str]:
         lines = ["WindowedQuery  (evaluated per closed window)", f"  sql: {self.sql}"]
         for name, (source, w) in sorted(self.inputs.items()):
-            size = f"gap={w.gap_ms}ms" if w.kind == "session" else f"size={w.size_ms}ms"
+            size = f"gap={w.gap_ms}ms" if w.kind == WindowKind.SESSION else f"size={w.size_ms}ms"
             slide = f" slide={w.slide_ms}ms" if w.slide_ms else ""
             lines.append(
                 f"  Input {name}: {w.kind.upper()}({source}.{w.time_column}, {size}{slide})"
@@ -147,7 +176,18 @@ class Windowed:
 
 
 @dataclass(frozen=True)
-class StreamJoin:
+class OuterJoin:
+    """The SQL variants an outer join runs, each projecting ``__lid`` and ``__rid``."""
+
+    inner_sql: str
+    left_sql: str
+    right_sql: str
+    keep_left: bool
+    keep_right: bool
+
+
+@dataclass(frozen=True)
+class StreamJoin(PlanNode):
     """An append-only INNER join of two streams (regular, or interval with time bounds)."""
 
     left: str
@@ -155,9 +195,18 @@ class StreamJoin:
     sql: str  # over __left and __right
     bound: TimeBound | None
     # every pair of columns the condition bounds; the runtime evicts by the first one that
-    # involves the streams' time columns (see joins.bounds.evictable_bound)
+    # involves the streams' time columns (see sql.bounds.evictable_bound)
     candidates: tuple[TimeBound, ...] = ()
     outer: OuterJoin | None = None  # LEFT/RIGHT/FULL: updating output, keyed by row ids
+
+    @property
+    def mode(self) -> ChangelogMode:
+        # an outer join tombstones a row padded with NULLs when its first match arrives
+        return ChangelogMode.APPEND if self.outer is None else ChangelogMode.UPSERT
+
+    @property
+    def upsert_key(self) -> str:
+        return "left row id, right row id"  # each row carries it as its record key
 
     @property
     def source(self) -> str:
@@ -190,7 +239,7 @@ class StreamJoin:
 
 
 @dataclass(frozen=True)
-class TemporalJoin:
+class TemporalJoin(PlanNode):
     """``probe JOIN versioned FOR SYSTEM_TIME AS OF probe.t``: see :mod:`streamhouse.joins.temporal`."""
 
     left: str  # the probe stream
@@ -223,7 +272,7 @@ class TemporalJoin:
 
 
 @dataclass(frozen=True)
-class Recompute:
+class Recompute(PlanNode):
     """A query over an updating input (an aggregate of an updating aggregate, say): the latest
     input row per key is kept, and every micro-batch re-runs ``sql`` for the groups it touches."""
 
@@ -232,6 +281,18 @@ class Recompute:
     input_keys: list[str]  # the columns keying the input's rows
     group_by: list[str]  # the input columns the outer query groups by
     key_outputs: list[str | None]  # the output column of each group_by column
+
+    @property
+    def mode(self) -> ChangelogMode:
+        return ChangelogMode.UPSERT
+
+    @property
+    def accepts(self) -> frozenset[ChangelogMode]:
+        return frozenset({ChangelogMode.UPSERT})  # the latest row per input key
+
+    @property
+    def key_columns(self) -> list[str]:
+        return [k for k in self.key_outputs if k is not None]
 
     def explain(self) -> list[str]:
         return [
@@ -243,7 +304,7 @@ class Recompute:
 
 
 @dataclass(frozen=True)
-class TimeSort:
+class TimeSort(PlanNode):
     """``SELECT ... FROM s [WHERE ...] ORDER BY t [, ...]`` over the time attribute ``t``
     ascending (Flink's temporal sort): rows are kept until the watermark passes them, then come
     out in time order; see :mod:`streamhouse.windows.time_sort`."""
@@ -296,17 +357,23 @@ class ContinuousPlan:
         """The streams and topics the query reads (derived inputs resolved to theirs)."""
         found: list[str] = []
         for op in [self.operator, *self.derived.values()]:
-            for name in getattr(op, "sources", None) or [op.source]:
+            for name in op.sources:
                 if name not in self.derived and name not in found:
                     found.append(name)
         return found
 
     def explain(self) -> str:
         sink = f"Sink  topic {self.sink}" if self.sink_kind == "topic" else "Sink  results"
-        lines = [sink, *("  " + line for line in self.operator.explain())]
+        lines = [sink, *("  " + line for line in _explain_node(self.operator))]
         for name, op in self.derived.items():
-            lines += [f"  Derived input {name}:", *("    " + line for line in op.explain())]
+            lines += [f"  Derived input {name}:", *("    " + line for line in _explain_node(op))]
         return "\n".join(lines)
+
+
+def _explain_node(node: Operator) -> list[str]:
+    """A node's ``EXPLAIN`` lines, its changelog mode under the first."""
+    first, *rest = node.explain()
+    return [first, f"  {node.changelog}", *rest]
 
 
 Operator = Union[
@@ -343,7 +410,24 @@ def plan_query(statement: exp.Expr) -> ContinuousPlan:
     operator = _plan_select(query, derived)
     _check_upsert_key(operator, query)
     _check_order(operator, query)
+    check_changelogs(operator, derived, query)
     return ContinuousPlan(operator, sink_kind, sink, derived=derived)
+
+
+def check_changelogs(operator: Operator, derived: dict[str, Operator], query: exp.Expr) -> None:
+    """Every node takes the changelog its derived inputs emit (:attr:`PlanNode.accepts`): a plan
+    where one would drop another's updates or retractions is refused, never run."""
+    for node in [operator, *derived.values()]:
+        for name in node.sources:
+            child = derived.get(name)
+            if child is not None and child.mode not in node.accepts:
+                takes = " or ".join(sorted(node.accepts))
+                raise sql_error(
+                    f"{type(node).__name__} takes {takes} input, and its input"
+                    f" ({type(child).__name__}) is {child.changelog.removeprefix('changelog: ')}:"
+                    " not supported continuously yet",
+                    query,
+                )
 
 
 _WINDOW_ORDER = ("window_start", "window_end", "window_time")
@@ -361,10 +445,10 @@ def _check_order(operator: Operator, select: exp.Select) -> None:
     window = getattr(operator, "window", None)
     if isinstance(operator, Windowed):
         kinds = {spec.kind for _, spec in operator.inputs.values()}
-        window = next(iter(operator.inputs.values()))[1] if kinds != {"session"} else None
+        window = next(iter(operator.inputs.values()))[1] if kinds != {WindowKind.SESSION} else None
     if (
         window is not None
-        and window.kind != "session"
+        and window.kind != WindowKind.SESSION
         and isinstance(first.this, exp.Column)
         and first.this.name in _WINDOW_ORDER
         and not first.args.get("desc")
@@ -415,9 +499,6 @@ def _check_upsert_key(operator: Operator, select: exp.Select) -> None:
             )
 
 
-APPEND_ONLY = (Stateless, Windowed, StreamJoin)
-
-
 def _refuse_retractions(op: Operator, what: str, node: exp.Expr) -> None:
     """Refuse an outer join as the input of a stateful operator: the join retracts a row padded
     with NULLs when its first match arrives, and the operators over it take appends only."""
@@ -442,9 +523,7 @@ def _derive(select: exp.Select, derived: dict[str, Operator]) -> exp.Select:
             continue
         op = _plan_select(sub.this, derived)
         _refuse_retractions(op, "a join", sub)
-        if not isinstance(op, APPEND_ONLY) and not (
-            isinstance(op, WindowAggregate) and op.window is not None
-        ):
+        if op.updating:
             raise sql_error("a join input must be append-only (not an updating view)", sub)
         name = f"__derived_{len(derived)}"
         derived[name] = op
@@ -488,11 +567,11 @@ def _plan_select(
             try:
                 return _plan_window(rest, spec, table)  # type: ignore[arg-type]
             except SqlError:
-                if spec.kind == "session":  # type: ignore[union-attr]
+                if spec.kind == WindowKind.SESSION:  # type: ignore[union-attr]
                     raise
                 log.info("falling back to per-window evaluation")
         specs = {w for _, w in windowed.values()}
-        if any(w.kind == "session" for w in specs):
+        if any(w.kind == WindowKind.SESSION for w in specs):
             raise sql_error("SESSION windows support windowed aggregates only", select)
         if len(specs) > 1:
             raise sql_error(
@@ -546,7 +625,7 @@ def _plan_time_sort(select: exp.Select, table: exp.Table) -> TimeSort:
 
 
 @dataclass(frozen=True)
-class TopN:
+class TopN(PlanNode):
     """Top-N (and deduplication, N = 1) per key: ``ROW_NUMBER() OVER (PARTITION BY ...) <= N``.
 
     The state keeps, per partition key, only the source rows currently ranked within N (an
@@ -568,6 +647,14 @@ class TopN:
     # when the outer query only picks columns of RANKED (``*`` included) and bounds the rank:
     # those columns, so the operator can select them instead of running output_sql
     output_columns: tuple[str, ...] | None = None
+
+    @property
+    def mode(self) -> ChangelogMode:
+        return ChangelogMode.UPSERT
+
+    @property
+    def key_columns(self) -> list[str]:
+        return [*self.partition_by, self.rank_column]
 
     def explain(self) -> list[str]:
         return [
@@ -946,7 +1033,7 @@ def _plan_window(rest: exp.Select, spec: WindowSpec | None, table: exp.Table) ->
         for g in (group.expressions if group is not None else [])
         if not (isinstance(g, exp.Column) and g.name in WINDOW_COLUMNS)
     ]
-    if spec is not None and spec.kind == "session":
+    if spec is not None and spec.kind == WindowKind.SESSION:
         # Sessions are tracked per group key; a TVF without PARTITION BY means sessions over
         # all rows, which grouped by further keys the session operator cannot produce.
         key_names = {k.name if isinstance(k, exp.Column) else k.sql() for k in keys}
@@ -977,16 +1064,22 @@ def _plan_window(rest: exp.Select, spec: WindowSpec | None, table: exp.Table) ->
                 if len(inner.expressions) != 1:
                     raise sql_error("COUNT(DISTINCT ...) takes one expression here", agg)
                 value = _when(condition, inner.expressions[0].copy())
-                aggregates.append(AggregateCall(output, "count_distinct", argument(value)))
+                aggregates.append(
+                    AggregateCall(output, AggregateFunction.COUNT_DISTINCT, argument(value))
+                )
             elif isinstance(inner, exp.Star) or inner is None:
                 if condition is None:
-                    aggregates.append(AggregateCall(output, "count_all"))
+                    aggregates.append(AggregateCall(output, AggregateFunction.COUNT_ALL))
                 else:
                     value = _when(condition, exp.Literal.number(1))
-                    aggregates.append(AggregateCall(output, "count", argument(value)))
+                    aggregates.append(
+                        AggregateCall(output, AggregateFunction.COUNT, argument(value))
+                    )
             else:
                 aggregates.append(
-                    AggregateCall(output, "count", argument(_when(condition, inner.copy())))
+                    AggregateCall(
+                        output, AggregateFunction.COUNT, argument(_when(condition, inner.copy()))
+                    )
                 )
         elif type(agg) in _AGGREGATES:
             if isinstance(inner, exp.Distinct):

@@ -21,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 
 import pyarrow as pa
+import sqlglot
 from sqlglot import exp
 
 OUTPUT_ALIAS = "__output_{}"
@@ -50,6 +51,22 @@ def declared_stars(
             ]
         select.set("expressions", projections)
     return query
+
+
+def declared_stars_sql(sql: str, schemas: Mapping[str, pa.Schema], hidden: frozenset[str]) -> str:
+    """:func:`declared_stars` over DataFusion SQL text (a continuous query's node), which is
+    returned as it is unless it has a ``*`` and names a ``hidden`` column.
+
+    >>> declared_stars_sql('SELECT *, "_offset" FROM "t"', {"t": pa.schema([("a", pa.int64()),
+    ...     ("_offset", pa.int64())])}, frozenset({"_offset"}))
+    'SELECT "t"."a", "_offset" FROM "t"'
+    """
+    if "*" not in sql or not any(name in sql for name in hidden):
+        return sql
+    query = sqlglot.parse_one(sql, read="postgres")
+    if not isinstance(query, exp.Query):
+        return sql
+    return declared_stars(query, schemas, hidden).sql(dialect="postgres", identify=True)
 
 
 def _sources(select: exp.Select, schemas: Mapping[str, pa.Schema]) -> dict[str, pa.Schema] | None:

@@ -28,6 +28,7 @@ from streamhouse.errors import DamagedRangeError
 from streamhouse.log import Log
 from streamhouse.log.metadata import SegmentRow
 from streamhouse.log.records import DECODED_SCHEMA, VIEW_SCHEMA, JsonLines, decode_records
+from streamhouse.sql.json_guard import MAX_JSON_DEPTH, unreadable
 from streamhouse.sql.json_values import newline_joined, parse_json
 from streamhouse.workers import worker
 
@@ -209,7 +210,15 @@ class _Scan:
         info = log_.topic(topic)
         parts = list(partitions) if partitions is not None else list(range(info.partitions))
         self.topic = topic
-        self.starts = {p: (start_offsets or {}).get(p, 0) for p in parts}
+        # Never below the log start offset: retention or DeleteRecords may have moved it past
+        # a position (a continuous query's, or 0) inside an index row that is still kept.
+        bounds = log_.metadata.partition_offsets(topic)
+        self.starts = {
+            p: max(
+                (start_offsets or {}).get(p, 0), bounds[p].log_start_offset if p in bounds else 0
+            )
+            for p in parts
+        }
         self.ends = {p: (end_offsets or {}).get(p) for p in parts}
         self.runs = log_.reader.scan(topic, parts, self.starts, self.ends, damaged)
 
@@ -269,7 +278,8 @@ def infer_schema(values: pa.Array | pa.ChunkedArray) -> pa.Schema | None:
     """The schema pyarrow infers from a sample of JSON values, or None if they are not JSON objects.
 
     Values in the sample that are not JSON objects are passed over; if most are not, the topic
-    is not read as JSON.
+    is not read as JSON. Values nested deeper than a column can be, or starting with ``null``
+    (:func:`~streamhouse.sql.json_guard.unreadable`), are left out of the sample.
     """
     sample = values.slice(0, INFER_SAMPLE_ROWS)
     if isinstance(sample, pa.ChunkedArray):  # combine the sample only, not the whole column
@@ -277,6 +287,14 @@ def infer_schema(values: pa.Array | pa.ChunkedArray) -> pa.Schema | None:
     if sample.type != pa.binary():  # views (decode_records with json_lines) or text
         sample = sample.cast(pa.binary())
     sample = sample.drop_null()
+    skipped = unreadable(sample, MAX_JSON_DEPTH)  # (pyarrow or DataFusion would fail)
+    if skipped:
+        log.info(
+            "%d sampled value(s) left out of schema inference: %s", len(skipped), skipped[0][1]
+        )
+        keep = np.ones(len(sample), np.bool_)
+        keep[[i for i, _ in skipped]] = False
+        sample = sample.filter(pa.array(keep))
     if len(sample) == 0:
         return None
     try:

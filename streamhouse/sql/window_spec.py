@@ -18,7 +18,7 @@ the TVF's alias). The rest is ordinary SQL over the table with ``window_start``,
 >>> spec, rest = find_window(parse_one(
 ...     "SELECT k, COUNT(*) FROM t GROUP BY k, TUMBLE(ts, INTERVAL '1' MINUTE)"))
 >>> spec
-WindowSpec(kind='tumble', time_column='ts', size_ms=60000, slide_ms=None, gap_ms=None, partition_by=())
+WindowSpec(kind=<WindowKind.TUMBLE: 'tumble'>, time_column='ts', size_ms=60000, slide_ms=None, gap_ms=None, partition_by=())
 >>> rest.sql(dialect="postgres")
 'SELECT k, COUNT(*) FROM t GROUP BY k, window_start, window_end'
 """
@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from enum import StrEnum
 
 from sqlglot import exp
 
@@ -41,21 +42,32 @@ logger = logging.getLogger(__name__)
 
 WINDOW_COLUMNS = ("window_start", "window_end", "window_time")
 
+
+class WindowKind(StrEnum):
+    """The kinds of window, by the name the operators and ``EXPLAIN`` use."""
+
+    TUMBLE = "tumble"
+    HOP = "hop"
+    CUMULATE = "cumulate"
+    SESSION = "session"
+
+
 KINDS = {
-    "TUMBLE": "tumble",
-    "TUMBLING": "tumble",
-    "HOP": "hop",
-    "HOPPING": "hop",
-    "CUMULATE": "cumulate",
-    "SESSION": "session",
+    "TUMBLE": WindowKind.TUMBLE,
+    "TUMBLING": WindowKind.TUMBLE,
+    "HOP": WindowKind.HOP,
+    "HOPPING": WindowKind.HOP,
+    "CUMULATE": WindowKind.CUMULATE,
+    "SESSION": WindowKind.SESSION,
 }
+"""Each SQL spelling of a window function, and its kind."""
 
 # Positional parameters after the time column, per kind (GROUP BY form and TVF form alike).
 PARAMETERS = {
-    "tumble": ("SIZE",),
-    "hop": ("SLIDE", "SIZE"),
-    "cumulate": ("STEP", "SIZE"),
-    "session": ("GAP",),
+    WindowKind.TUMBLE: ("SIZE",),
+    WindowKind.HOP: ("SLIDE", "SIZE"),
+    WindowKind.CUMULATE: ("STEP", "SIZE"),
+    WindowKind.SESSION: ("GAP",),
 }
 
 
@@ -64,7 +76,7 @@ class WindowSpec:
     """One window: ``size_ms`` (0 for sessions), ``slide_ms`` (hop slide / cumulate step),
     ``gap_ms`` (sessions), ``partition_by`` (sessions: the keys a session is tracked per)."""
 
-    kind: str
+    kind: WindowKind
     time_column: str
     size_ms: int
     slide_ms: int | None = None
@@ -80,7 +92,7 @@ def _error(message: str, *nodes: exp.Expr | None) -> SqlError:
     return SqlError(message)
 
 
-def _window_kind(node: exp.Expr) -> str | None:
+def _window_kind(node: exp.Expr) -> WindowKind | None:
     if isinstance(node, exp.Anonymous):
         return KINDS.get(node.name.upper())
     return None
@@ -100,7 +112,7 @@ def _key_name(key: exp.Expr) -> str:
 
 
 def _spec(
-    kind: str,
+    kind: WindowKind,
     call: exp.Expr,
     time_column: exp.Expr | None,
     params: dict[str, exp.Expr],
@@ -109,12 +121,12 @@ def _spec(
     if not isinstance(time_column, exp.Column):
         raise _error(f"{kind} window: the time attribute must be a column", time_column, call)
     name = time_column.name
-    if kind == "tumble":
+    if kind == WindowKind.TUMBLE:
         return WindowSpec(kind, name, _positive_ms(params.get("SIZE"), "size", call))
-    if kind == "session":
+    if kind == WindowKind.SESSION:
         gap = _positive_ms(params.get("GAP"), "gap", call)
         return WindowSpec(kind, name, 0, gap_ms=gap, partition_by=partition_by)
-    step_name = "slide" if kind == "hop" else "step"
+    step_name = "slide" if kind == WindowKind.HOP else "step"
     slide = _positive_ms(params.get(step_name.upper()), step_name, call)
     size = _positive_ms(params.get("SIZE"), "size", call)
     if size % slide:
@@ -122,7 +134,7 @@ def _spec(
     return WindowSpec(kind, name, size, slide_ms=slide)
 
 
-def _bind(kind: str, call: exp.Anonymous, leading: tuple[str, ...]) -> dict[str, exp.Expr]:
+def _bind(kind: WindowKind, call: exp.Anonymous, leading: tuple[str, ...]) -> dict[str, exp.Expr]:
     """Arguments by upper-case name: positional ones first, then ``NAME => value`` ones."""
     names = leading + PARAMETERS[kind]
     bound: dict[str, exp.Expr] = {}
@@ -144,9 +156,9 @@ def _bind(kind: str, call: exp.Anonymous, leading: tuple[str, ...]) -> dict[str,
     return bound
 
 
-def _group_window(call: exp.Anonymous, kind: str, keys: list[exp.Expr]) -> WindowSpec:
+def _group_window(call: exp.Anonymous, kind: WindowKind, keys: list[exp.Expr]) -> WindowSpec:
     params = _bind(kind, call, ("TIMECOL",))
-    partition_by = tuple(_key_name(k) for k in keys) if kind == "session" else ()
+    partition_by = tuple(_key_name(k) for k in keys) if kind == WindowKind.SESSION else ()
     return _spec(kind, call, params.get("TIMECOL"), params, partition_by)
 
 
@@ -161,7 +173,7 @@ def _tvf_call(table: exp.Expr) -> exp.Anonymous | None:
     return call if _window_kind(call) else None
 
 
-def _tvf_window(call: exp.Anonymous, kind: str) -> tuple[WindowSpec, exp.Table]:
+def _tvf_window(call: exp.Anonymous, kind: WindowKind) -> tuple[WindowSpec, exp.Table]:
     params = _bind(kind, call, ("DATA", "TIMECOL"))
     data = params.get("DATA")
     if not isinstance(data, TableArgument):
@@ -174,7 +186,7 @@ def _tvf_window(call: exp.Anonymous, kind: str) -> tuple[WindowSpec, exp.Table]:
     ):
         raise _error(f"{kind.upper()}: the time attribute must be DESCRIPTOR(<column>)", call)
     partition_by = tuple(_key_name(k) for k in data.args.get("partition_by") or [])
-    if partition_by and kind != "session":
+    if partition_by and kind != WindowKind.SESSION:
         raise _error("PARTITION BY is only allowed in SESSION windows", data)
     spec = _spec(kind, call, descriptor.expressions[0], params, partition_by)
     return spec, data.this

@@ -6,14 +6,13 @@ stored offset by 2**63 so byte order equals time order):
 ``windows``
     ``u64(window_end) | u64(window_start) | u32(run)`` -> Arrow IPC stream of the partial
     aggregates one micro-batch added to that window (a run), one row per group key; runs are
-    merged when the window closes (a 16-byte key without a run reads as run 0). Iterating in
+    merged when the window closes. Iterating in
     key order visits windows by end time, so the windows a watermark closes are a prefix.
 ``sessions``
     ``b"open" | u8(depth) | u64(bucket) | u32(run)`` -> Arrow IPC stream of open sessions:
     group keys, ``window_start``, ``window_end`` (last event + gap) and partial aggregates, of
     the keys whose :func:`key_hashes` end in the ``depth`` bits ``bucket`` (see
-    :class:`~streamhouse.windows.operator.SessionOperator`; a bare ``b"open"``, as written before
-    buckets, reads as run 0 of bucket 0). Updating views keep their table
+    :class:`~streamhouse.windows.operator.SessionOperator`). Updating views keep their table
     as runs (:class:`TableState`): ``b"groups" | u32(run)`` (GROUP BY: keys, partials),
     ``b"distinct" | u32(call) | u32(run)`` (COUNT DISTINCT: the (group, value) pairs a run
     added), ``b"top_n" | u32(run)`` and ``b"recompute" | u32(run)``.
@@ -29,7 +28,10 @@ stored offset by 2**63 so byte order equals time order):
     ``b"event_time/" + u32(partition)`` -> u64 max event time seen in that partition;
     ``b"sink/" + u32(partition)`` -> u64 records this query has written to that sink partition;
     ``b"pending"`` -> JSON end offsets of a micro-batch whose output may be partly written;
-    ``b"counters"`` -> JSON counters (rows in, rows out, late rows, rejected rows).
+    ``b"counters"`` -> JSON counters (rows in, rows out, late rows, rejected rows);
+    ``b"format"`` -> u64 :data:`STATE_FORMAT`, the layout above, written when the state is
+    created. A store of another format (or none: an older build's) is refused with
+    :class:`~streamhouse.errors.StateFormatError`, never read.
 
 A micro-batch is one atomic, synced ``WriteBatch``: state, source offsets and sink progress move
 together, so every committed micro-batch is a checkpoint.
@@ -41,6 +43,7 @@ import json
 import logging
 import struct
 from collections.abc import Iterator
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -49,12 +52,25 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from rocksdict import Checkpoint, Options, Rdict, WriteBatch, WriteOptions
 
-from streamhouse.errors import StorageError
-from streamhouse.windows.assign import group_codes
+from streamhouse.errors import StateFormatError, StorageError
+from streamhouse.key_codes import group_codes
 
 log = logging.getLogger(__name__)
 
-COLUMN_FAMILIES = ("windows", "sessions", "joins", "meta")
+
+class ColumnFamily(StrEnum):
+    """The column families of a query's state; their key layouts are above."""
+
+    WINDOWS = "windows"
+    SESSIONS = "sessions"
+    JOINS = "joins"
+    META = "meta"
+
+
+COLUMN_FAMILIES = tuple(ColumnFamily)
+STATE_FORMAT = 1
+"""The version of the key layout above; a change to it that old state cannot be read in bumps it."""
+FORMAT = b"format"
 _U64 = struct.Struct(">Q")
 _U32 = struct.Struct(">I")
 _BIAS = 1 << 63
@@ -118,6 +134,29 @@ class StateStore:
         self._handles = {name: self._db.get_column_family_handle(name) for name in COLUMN_FAMILIES}
         self._sync = WriteOptions()
         self._sync.sync = True
+        try:
+            self._check_format()
+        except BaseException:
+            self.close()
+            raise
+
+    def _check_format(self) -> None:
+        """Stamp new state with :data:`STATE_FORMAT`; refuse state of any other format."""
+        found = self.get_int(FORMAT)
+        if found is None and not any(
+            next(iter(cf.keys()), None) is not None for cf in self._cf.values()
+        ):
+            batch = self.batch()
+            batch.put_int(FORMAT, STATE_FORMAT)
+            self.commit(batch)
+            return
+        if found != STATE_FORMAT:
+            written = f"state format {found}" if found is not None else "no state format"
+            raise StateFormatError(
+                f"query state at {self.path} has {written} (an older build's?); this StreamHouse"
+                f" reads state format {STATE_FORMAT}: delete the directory to start the query"
+                " afresh from its sources"
+            )
 
     # -- reads --------------------------------------------------------------------------------
 
@@ -128,17 +167,17 @@ class StateStore:
         yield from self._cf[family].items(from_key=start) if start else self._cf[family].items()
 
     def get_int(self, key: bytes) -> int | None:
-        value = self._cf["meta"].get(key)
+        value = self._cf[ColumnFamily.META].get(key)
         return None if value is None else _U64.unpack(value)[0]
 
     def get_json(self, key: bytes) -> Any:
-        value = self._cf["meta"].get(key)
+        value = self._cf[ColumnFamily.META].get(key)
         return None if value is None else json.loads(value)
 
     def size_bytes(self) -> int:
         """Estimated live bytes of state (window and session column families)."""
         total = 0
-        for name in ("windows", "sessions", "joins"):
+        for name in (ColumnFamily.WINDOWS, ColumnFamily.SESSIONS, ColumnFamily.JOINS):
             for prop in ("rocksdb.estimate-live-data-size", "rocksdb.cur-size-all-mem-tables"):
                 value = self._cf[name].property_int_value(prop)
                 total += value or 0
@@ -182,10 +221,10 @@ class StateBatch:
         self.write_batch.delete(key, self._handles[family])
 
     def put_int(self, key: bytes, value: int) -> None:
-        self.put("meta", key, _U64.pack(value))
+        self.put(ColumnFamily.META, key, _U64.pack(value))
 
     def put_json(self, key: bytes, value: Any) -> None:
-        self.put("meta", key, json.dumps(value).encode())
+        self.put(ColumnFamily.META, key, json.dumps(value).encode())
 
 
 class StateView:
@@ -231,8 +270,7 @@ class TableState:
     """Operator state: the rows of one Arrow table keyed by some of its columns, held in memory
     and kept in the ``sessions`` column family as *runs*.
 
-    ``key | u32(run)`` -> Arrow IPC stream of the rows one micro-batch wrote (a bare ``key``, as
-    written before runs, reads as run 0). A run holds every current row of each key it holds:
+    ``key | u32(run)`` -> Arrow IPC stream of the rows one micro-batch wrote. A run holds every current row of each key it holds:
     it supersedes the rows of those keys in earlier runs, so a micro-batch writes only the keys
     it changed, never the whole table. Reading back keeps, per key, the rows of the latest run
     holding it. Runs are compacted into one (in the same micro-batch, deleting the old ones)
@@ -254,12 +292,10 @@ class TableState:
         self.keys = list(keys)
         self._runs: list[tuple[int, pa.Table]] = []  # (run, rows), in run order
         self._held: list[pa.Array | None] = []  # the encoded keys of each run's rows
-        for stored, value in store.items("sessions", key):
+        for stored, value in store.items(ColumnFamily.SESSIONS, key):
             if not stored.startswith(key):
                 break
-            if len(stored) == len(key):
-                self._runs.append((0, decode_table(value)))
-            elif len(stored) == len(key) + 4:
+            if len(stored) == len(key) + 4:
                 self._runs.append((_U32.unpack(stored[len(key) :])[0], decode_table(value)))
         self._runs.sort(key=lambda run: run[0])
         self._held = [_encoded_keys(rows, self.keys) for _, rows in self._runs]
@@ -373,7 +409,7 @@ class TableState:
         if self._should_compact():
             self._compact(batch)
         else:
-            batch.put("sessions", self._run_key(seq), encode_table(rows))
+            batch.put(ColumnFamily.SESSIONS, self._run_key(seq), encode_table(rows))
 
     def _should_compact(self) -> bool:
         if len(self._runs) <= 1:
@@ -388,9 +424,9 @@ class TableState:
         which is not written)."""
         rows = self.take(np.flatnonzero(self.live)).combine_chunks()
         for seq, _ in self._runs[:-1]:
-            batch.delete("sessions", self._run_key(seq))
+            batch.delete(ColumnFamily.SESSIONS, self._run_key(seq))
         seq = self._runs[-1][0]
-        batch.put("sessions", self._run_key(seq), encode_table(rows))
+        batch.put(ColumnFamily.SESSIONS, self._run_key(seq), encode_table(rows))
         self._runs = [(seq, rows)]
         self._held = [_encoded_keys(rows, self.keys)]
         self.live = np.ones(rows.num_rows, dtype=bool)

@@ -28,11 +28,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from streamhouse.errors import StorageError
+from streamhouse.key_codes import group_codes
+from streamhouse.sql.aggregates import AggregateFunction
 from streamhouse.sql.plan import WindowAggregate
 from streamhouse.state.store import StateBatch, StateStore, TableState
 from streamhouse.windows import aggregate
-from streamhouse.windows.assign import group_codes
 
 log = logging.getLogger(__name__)
 
@@ -50,10 +50,15 @@ class GroupAggregate:
         self.keys = list(plan.keys) or ["__all"]
         # COUNT(DISTINCT) partials are counts here (merged by sum, finalized as a count)
         self.calls = [
-            replace(c, func="count") if c.func == "count_distinct" else c for c in plan.aggregates
+            replace(c, func=AggregateFunction.COUNT)
+            if c.func is AggregateFunction.COUNT_DISTINCT
+            else c
+            for c in plan.aggregates
         ]
         self.distinct = {
-            i: c.arg for i, c in enumerate(plan.aggregates) if c.func == "count_distinct"
+            i: c.arg
+            for i, c in enumerate(plan.aggregates)
+            if c.func is AggregateFunction.COUNT_DISTINCT
         }
         self.group_keys = self.keys + ([GROUP_ID] if self.distinct else [])
         self.plain = [(i, c) for i, c in enumerate(self.calls) if i not in self.distinct]
@@ -63,11 +68,6 @@ class GroupAggregate:
             i: TableState(store, DISTINCT_KEY + _U32.pack(i), [GROUP_ID, "v"])
             for i in self.distinct
         }
-        if self.distinct and self.table.rows and GROUP_ID not in self.table.table.column_names:
-            raise StorageError(
-                "this query's COUNT(DISTINCT) state was written by an older StreamHouse "
-                "(distinct values as lists); delete the query's state to start it afresh"
-            )
 
     @property
     def open_windows(self) -> int:
@@ -160,6 +160,6 @@ def _partial_names(calls: list[tuple[int, aggregate.AggregateCall]]) -> list[str
     names = []
     for i, call in calls:
         names.append(f"p{i}")
-        if call.func == "avg":
+        if call.func is AggregateFunction.AVG:
             names.append(f"p{i}_n")
     return names

@@ -20,10 +20,10 @@ import logging
 import numpy as np
 import pyarrow as pa
 
+from streamhouse.key_codes import group_codes
 from streamhouse.sql.execute import run_sql
 from streamhouse.sql.plan import Recompute
 from streamhouse.state.store import StateBatch, StateView, TableState
-from streamhouse.windows.assign import group_codes
 
 log = logging.getLogger(__name__)
 

@@ -21,10 +21,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from streamhouse.key_codes import group_codes
 from streamhouse.sql.execute import run_sql
 from streamhouse.sql.plan import RANKED, TopN
 from streamhouse.state.store import StateBatch, StateStore, TableState
-from streamhouse.windows.assign import group_codes
 
 log = logging.getLogger(__name__)
 

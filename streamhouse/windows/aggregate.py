@@ -20,29 +20,16 @@ milliseconds) and the partial columns.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from streamhouse.windows.assign import group_codes
+from streamhouse.key_codes import group_codes
+from streamhouse.sql.aggregates import AggregateCall, AggregateFunction
 
 WINDOW_BOUNDS = ["window_start", "window_end"]
 _ONLY_VALID = pc.CountOptions(mode="only_valid")
 _ALL = pc.CountOptions(mode="all")
-
-
-@dataclass(frozen=True)
-class AggregateCall:
-    """One aggregate of a query: ``func`` over pre-projected column ``arg`` (None for COUNT(*))."""
-
-    output: str
-    func: str  # count_all | count | count_distinct | sum | min | max | avg
-    arg: str | None = None
-
-
-SUPPORTED = ("count_all", "count", "count_distinct", "sum", "min", "max", "avg")
 
 
 def partial(table: pa.Table, keys: list[str], calls: list[AggregateCall]) -> pa.Table:
@@ -50,19 +37,19 @@ def partial(table: pa.Table, keys: list[str], calls: list[AggregateCall]) -> pa.
     specs: list[tuple] = []
     names: list[str] = []
     for i, call in enumerate(calls):
-        if call.func == "count_all":
+        if call.func is AggregateFunction.COUNT_ALL:
             specs.append((keys[0], "count", _ALL))
             names.append(f"p{i}")
-        elif call.func == "count":
+        elif call.func is AggregateFunction.COUNT:
             specs.append((call.arg, "count", _ONLY_VALID))
             names.append(f"p{i}")
-        elif call.func == "count_distinct":
+        elif call.func is AggregateFunction.COUNT_DISTINCT:
             specs.append((call.arg, "distinct", _ONLY_VALID))
             names.append(f"p{i}")
-        elif call.func in ("sum", "min", "max"):
+        elif call.func in (AggregateFunction.SUM, AggregateFunction.MIN, AggregateFunction.MAX):
             specs.append((call.arg, call.func))
             names.append(f"p{i}")
-        elif call.func == "avg":
+        elif call.func is AggregateFunction.AVG:
             specs.append((call.arg, "sum"))
             names.append(f"p{i}")
             specs.append((call.arg, "count", _ONLY_VALID))
@@ -96,13 +83,18 @@ def merge_table(combined: pa.Table, keys: list[str], calls: list[AggregateCall])
     distinct: list[str] = []
     for i, call in enumerate(calls):
         name = f"p{i}"
-        if call.func in ("count_all", "count", "sum", "avg"):
+        if call.func in (
+            AggregateFunction.COUNT_ALL,
+            AggregateFunction.COUNT,
+            AggregateFunction.SUM,
+            AggregateFunction.AVG,
+        ):
             specs.append((name, "sum"))
             names.append(name)
-            if call.func == "avg":
+            if call.func is AggregateFunction.AVG:
                 specs.append((f"{name}_n", "sum"))
                 names.append(f"{name}_n")
-        elif call.func in ("min", "max"):
+        elif call.func in (AggregateFunction.MIN, AggregateFunction.MAX):
             specs.append((name, call.func))
             names.append(name)
         else:
@@ -134,7 +126,7 @@ def merge_table(combined: pa.Table, keys: list[str], calls: list[AggregateCall])
     ordered = {k: columns[k] for k in keys}
     for i, call in enumerate(calls):
         ordered[f"p{i}"] = columns[f"p{i}"]
-        if call.func == "avg":
+        if call.func is AggregateFunction.AVG:
             ordered[f"p{i}_n"] = columns[f"p{i}_n"]
     return pa.table(ordered)
 
@@ -144,11 +136,15 @@ def _merge_specs(calls: list[AggregateCall]) -> list[tuple[str, str]] | None:
     do not merge by a plain hash aggregate (COUNT(DISTINCT), merged as lists)."""
     specs: list[tuple[str, str]] = []
     for i, call in enumerate(calls):
-        if call.func in ("count_all", "count", "sum"):
+        if call.func in (
+            AggregateFunction.COUNT_ALL,
+            AggregateFunction.COUNT,
+            AggregateFunction.SUM,
+        ):
             specs.append((f"p{i}", "sum"))
-        elif call.func == "avg":
+        elif call.func is AggregateFunction.AVG:
             specs += [(f"p{i}", "sum"), (f"p{i}_n", "sum")]
-        elif call.func in ("min", "max"):
+        elif call.func in (AggregateFunction.MIN, AggregateFunction.MAX):
             specs.append((f"p{i}", call.func))
         else:
             return None
@@ -210,7 +206,7 @@ def finalize(table: pa.Table, keys: list[str], calls: list[AggregateCall]) -> pa
     columns = {k: table[k] for k in keys}
     for i, call in enumerate(calls):
         value = table[f"p{i}"]
-        if call.func == "avg":
+        if call.func is AggregateFunction.AVG:
             count = table[f"p{i}_n"]
             total = pc.cast(value, pa.float64())
             value = pc.if_else(
@@ -218,9 +214,9 @@ def finalize(table: pa.Table, keys: list[str], calls: list[AggregateCall]) -> pa
                 pa.scalar(None, pa.float64()),
                 pc.divide(total, pc.cast(count, pa.float64())),
             )
-        elif call.func == "count_distinct":
+        elif call.func is AggregateFunction.COUNT_DISTINCT:
             value = pc.cast(pc.list_value_length(value), pa.int64())
-        elif call.func in ("count_all", "count"):
+        elif call.func in (AggregateFunction.COUNT_ALL, AggregateFunction.COUNT):
             value = pc.fill_null(value, 0)
         columns[call.output] = value
     return pa.table(columns)

@@ -19,8 +19,6 @@ array([    0,     0, 60000])
 from __future__ import annotations
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
 
 _I64 = np.int64
 
@@ -49,27 +47,6 @@ def cumulate(ts: np.ndarray, step: int, size: int) -> tuple[np.ndarray, np.ndarr
     run_start = np.repeat(np.cumsum(per_row) - per_row, per_row)
     k = np.arange(len(rows), dtype=_I64) - run_start + np.repeat(first, per_row)
     return rows, starts[rows], starts[rows] + k * step
-
-
-def group_codes(columns: list[pa.Array | pa.ChunkedArray]) -> np.ndarray:
-    """One int64 code per row, equal for rows with equal values in every column (nulls included)."""
-    if not columns:
-        return np.zeros(0, dtype=_I64)
-    n = len(columns[0])
-    if n == 0:
-        return np.zeros(0, dtype=_I64)
-    codes = np.zeros(n, dtype=_I64)
-    for column in columns:
-        if isinstance(column, pa.ChunkedArray):
-            column = column.combine_chunks()
-        encoded = pc.dictionary_encode(column, null_encoding="encode")
-        indices = encoded.indices.to_numpy(zero_copy_only=False).astype(_I64)
-        width = len(encoded.dictionary) + 1
-        codes = codes * width + indices
-        if len(columns) > 1:  # keep codes small so the product never overflows
-            _, codes = np.unique(codes, return_inverse=True)
-            codes = codes.astype(_I64)
-    return codes
 
 
 def sessions(

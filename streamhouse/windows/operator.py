@@ -28,8 +28,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from streamhouse.errors import StorageError
+from streamhouse.key_codes import group_codes
 from streamhouse.sql.plan import WindowAggregate
+from streamhouse.sql.window_spec import WindowKind
 from streamhouse.state.store import (
+    ColumnFamily,
     StateBatch,
     StateStore,
     decode_table,
@@ -82,8 +85,8 @@ def run_key(window: Window, seq: int) -> bytes:
 
 
 def _run_from_key(key: bytes) -> tuple[Window, int]:
-    """(window, seq) of a ``windows`` key; a bare 16-byte window key is run 0."""
-    return window_from_key(key[:16]), (_RUN.unpack(key[16:20])[0] if len(key) >= 20 else 0)
+    """(window, seq) of a ``windows`` key."""
+    return window_from_key(key[:16]), _RUN.unpack(key[16:20])[0]
 
 
 class WindowOperator:
@@ -107,7 +110,7 @@ class WindowOperator:
         self.keys = [*plan.keys, *WINDOW_BOUNDS]
         self._calls = plan.aggregates
         self.state: dict[Window, list[tuple[int, int]]] = {}  # window -> [(seq, rows)]
-        for key, value in store.items("windows"):
+        for key, value in store.items(ColumnFamily.WINDOWS):
             window, seq = _run_from_key(key)
             rows = pa.ipc.open_stream(pa.py_buffer(value)).read_all().num_rows
             self.state.setdefault(window, []).append((seq, rows))
@@ -131,9 +134,7 @@ class WindowOperator:
         fresh = self._fresh.get((window, seq))
         if fresh is not None:
             return fresh
-        value = self.store.get("windows", run_key(window, seq))
-        if value is None and seq == 0:  # written before runs had sequence numbers
-            value = self.store.get("windows", window_key(*window))
+        value = self.store.get(ColumnFamily.WINDOWS, run_key(window, seq))
         if value is None:
             raise StorageError(f"window state run {window}/{seq} is missing")
         return decode_table(value)
@@ -143,7 +144,7 @@ class WindowOperator:
         seq = max((s for s, _ in runs), default=-1) + 1
         runs.append((seq, table.num_rows))
         self._fresh[(window, seq)] = table
-        batch.put("windows", run_key(window, seq), encode_table(table))
+        batch.put(ColumnFamily.WINDOWS, run_key(window, seq), encode_table(table))
         if len(runs) > MAX_RUNS:
             smallest = _smaller_half(runs)
             merged = self._merge(window, smallest, batch)
@@ -159,9 +160,7 @@ class WindowOperator:
         tables = [self._read(window, seq) for seq, _ in runs]
         for seq, _ in runs:
             self._fresh.pop((window, seq), None)
-            batch.delete("windows", run_key(window, seq))
-            if seq == 0:
-                batch.delete("windows", window_key(*window))
+            batch.delete(ColumnFamily.WINDOWS, run_key(window, seq))
         if len(tables) == 1:
             return tables[0]
         return aggregate.combine(tables, list(self.plan.keys), self.keys, self._calls)
@@ -176,11 +175,13 @@ class WindowOperator:
         self._stage()
         spec = self.plan.window
         size = spec.size_ms
-        pane = size if spec.kind == "tumble" else (spec.slide_ms or size)
+        pane = size if spec.kind == WindowKind.TUMBLE else (spec.slide_ms or size)
         # Rows of one pane (a slide of a hop, a step of a cumulate) belong to the same windows:
         # aggregate per pane first, then spread the few pane partials over their windows.
         panes = assign.tumble(ts, pane)
-        last_end = panes + size if spec.kind != "cumulate" else assign.tumble(ts, size) + size
+        last_end = (
+            panes + size if spec.kind != WindowKind.CUMULATE else assign.tumble(ts, size) + size
+        )
         on_time = last_end + self.lateness > watermark  # on time for at least one window
         late_rows = np.flatnonzero(~on_time)
         if len(late_rows):
@@ -192,9 +193,9 @@ class WindowOperator:
         )
         pane_starts = partials[_PANE].to_numpy()
         partials = partials.drop_columns([_PANE])
-        if spec.kind == "tumble":
+        if spec.kind == WindowKind.TUMBLE:
             rows, starts, ends = None, pane_starts, pane_starts + size
-        elif spec.kind == "hop":
+        elif spec.kind == WindowKind.HOP:
             rows, starts = assign.hop(pane_starts, pane, size)
             ends = starts + size
         else:
@@ -263,8 +264,7 @@ class SessionOperator:
     (:data:`EAGER_ROWS`: small state stays one merged run), when there are more than
     :data:`MAX_RUNS` (the smaller half, size-tiered), and when the watermark may close one of
     its sessions (all of them: closed sessions are emitted, the rest written back as one run).
-    The heap holds per run only its row count and smallest end. A bare ``b"open"`` key (the
-    whole state as one value, as written before buckets) reads as run 0 of bucket 0.
+    The heap holds per run only its row count and smallest end.
     """
 
     def __init__(
@@ -277,15 +277,10 @@ class SessionOperator:
         self._calls = plan.aggregates
         self.depth = 0
         self.state: dict[int, list[SessionRun]] = {}
-        for key, value in store.items("sessions", SESSIONS_KEY):
+        for key, value in store.items(ColumnFamily.SESSIONS, SESSIONS_KEY):
             if not key.startswith(SESSIONS_KEY):
                 break
-            if key == SESSIONS_KEY:
-                depth, bucket, seq = 0, 0, 0
-            elif len(key) == len(SESSIONS_KEY) + _SESSION_RUN.size:
-                depth, bucket, seq = _SESSION_RUN.unpack(key[len(SESSIONS_KEY) :])
-            else:
-                continue
+            depth, bucket, seq = _SESSION_RUN.unpack(key[len(SESSIONS_KEY) :])
             table = decode_table(value)
             if table.num_rows:
                 self.depth = depth
@@ -404,9 +399,7 @@ class SessionOperator:
         fresh = self._fresh.get((depth, bucket, seq))
         if fresh is not None:
             return fresh
-        value = self.store.get("sessions", _session_key(depth, bucket, seq))
-        if value is None and bucket == 0 and seq == 0:  # written before buckets
-            value = self.store.get("sessions", SESSIONS_KEY)
+        value = self.store.get(ColumnFamily.SESSIONS, _session_key(depth, bucket, seq))
         if value is None:
             raise StorageError(f"session state run {bucket}/{seq} is missing")
         return decode_table(value)
@@ -417,7 +410,9 @@ class SessionOperator:
         table = table.combine_chunks()
         runs.append(_session_run(seq, table))
         self._fresh[(self._depth, bucket, seq)] = table
-        batch.put("sessions", _session_key(self._depth, bucket, seq), encode_table(table))
+        batch.put(
+            ColumnFamily.SESSIONS, _session_key(self._depth, bucket, seq), encode_table(table)
+        )
         if len(runs) > 1 and sum(run[1] for run in runs) <= EAGER_ROWS:
             self._add_run(bucket, self._take(bucket, batch), batch)
         elif len(runs) > MAX_RUNS:
@@ -439,9 +434,7 @@ class SessionOperator:
         tables = [self._read(depth, bucket, run[0]) for run in runs]
         for run in runs:
             self._fresh.pop((depth, bucket, run[0]), None)
-            batch.delete("sessions", _session_key(depth, bucket, run[0]))
-            if bucket == 0 and run[0] == 0:
-                batch.delete("sessions", SESSIONS_KEY)
+            batch.delete(ColumnFamily.SESSIONS, _session_key(depth, bucket, run[0]))
         if len(tables) == 1:
             return tables[0]
         combined = pa.concat_tables(tables, promote_options="permissive")
@@ -465,7 +458,7 @@ class SessionOperator:
         keys = list(self.plan.keys)
         if not keys:
             return np.zeros(table.num_rows, np.int64)
-        return assign.group_codes([table[k] for k in keys])
+        return group_codes([table[k] for k in keys])
 
     def commit(self) -> None:
         if self._staged is not None:
@@ -501,6 +494,6 @@ def _session_run(seq: int, table: pa.Table) -> SessionRun:
 def make_operator(
     plan: WindowAggregate, store: StateStore, allowed_lateness_ms: int = 0
 ) -> WindowOperator | SessionOperator:
-    if plan.window.kind == "session":
+    if plan.window.kind == WindowKind.SESSION:
         return SessionOperator(plan, store, allowed_lateness_ms)
     return WindowOperator(plan, store, allowed_lateness_ms)

@@ -12,7 +12,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from streamhouse.errors import SqlError
-from streamhouse.sql.window_spec import WindowSpec
+from streamhouse.key_codes import group_codes
+from streamhouse.sql.window_spec import WindowKind, WindowSpec
 from streamhouse.windows import assign
 
 WINDOW_TYPE = pa.timestamp("ms")
@@ -43,20 +44,20 @@ def window_table(table: pa.Table, spec: WindowSpec) -> pa.Table:
     if not valid.all():  # rows without an event time belong to no window
         table = table.filter(pa.array(valid))
         ts = ts[valid]
-    if spec.kind == "tumble":
+    if spec.kind == WindowKind.TUMBLE:
         rows = None
         starts = assign.tumble(ts, spec.size_ms)
         ends = starts + spec.size_ms
-    elif spec.kind == "hop":
+    elif spec.kind == WindowKind.HOP:
         rows, starts = assign.hop(ts, spec.slide_ms or spec.size_ms, spec.size_ms)
         ends = starts + spec.size_ms
-    elif spec.kind == "cumulate":
+    elif spec.kind == WindowKind.CUMULATE:
         rows, starts, ends = assign.cumulate(ts, spec.slide_ms or spec.size_ms, spec.size_ms)
-    elif spec.kind == "session":
+    elif spec.kind == WindowKind.SESSION:
         missing = [k for k in spec.partition_by if k not in table.column_names]
         if missing:
             raise SqlError(f"SESSION windows are kept per column; {missing[0]!r} is not a column")
-        codes = assign.group_codes([table[k] for k in spec.partition_by])
+        codes = group_codes([table[k] for k in spec.partition_by])
         if len(codes) == 0:
             codes = np.zeros(len(ts), dtype=np.int64)
         ids, session_starts, session_ends = assign.sessions(codes, ts, spec.gap_ms or 0)

@@ -37,6 +37,7 @@ from streamhouse.joins.stream_join import concat
 from streamhouse.sql.execute import run_sql
 from streamhouse.sql.plan import TimeSort
 from streamhouse.state.store import (
+    ColumnFamily,
     ScopedBatch,
     StateView,
     decode_table,
@@ -66,7 +67,7 @@ class TimeSortOperator:
 
     def _runs(self) -> Iterator[tuple[bytes, bytes]]:
         """The waiting runs, oldest first (read lazily: a caller stops at the watermark)."""
-        for key, value in self.state.items("joins", PREFIX):
+        for key, value in self.state.items(ColumnFamily.JOINS, PREFIX):
             if not key.startswith(PREFIX):
                 return
             yield key, value
@@ -99,7 +100,7 @@ class TimeSortOperator:
             if time_from_key(key[_TIME]) > watermark:
                 break
             waiting.append(decode_table(value))
-            batch.delete("joins", key)
+            batch.delete(ColumnFamily.JOINS, key)
         waiting += fresh
         if not waiting:
             return None, late
@@ -109,7 +110,7 @@ class TimeSortOperator:
         if not due.all():
             rest = table.filter(pa.array(~due))
             key = PREFIX + time_key(int(times[~due].min())) + _RUN.pack(self._next_run)
-            batch.put("joins", key, encode_table(rest))
+            batch.put(ColumnFamily.JOINS, key, encode_table(rest))
             self._next_run += 1
         if not due.any():
             return None, late

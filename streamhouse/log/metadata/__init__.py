@@ -171,6 +171,11 @@ class Metadata(Protocol):
         """Replace the topic's whole config with ``config``."""
         ...
 
+    def update_topic_config(self, name: str, changes: Mapping[str, str | None]) -> TopicInfo:
+        """Set the keys of ``changes`` to their values (``None``: remove the key) and keep the
+        others, in one transaction; ``UnknownTopicError``."""
+        ...
+
     def partition_offsets(self, topic: str) -> dict[int, PartitionOffsets]:
         """Log start and high watermark of every partition; ``UnknownTopicError``."""
         ...
@@ -219,6 +224,29 @@ class Metadata(Protocol):
         self, topic: str, partition: int, timestamp_ms: int
     ) -> SegmentRow | None:
         """The first row (lowest offset) whose ``max_timestamp >= timestamp_ms``, or ``None``."""
+        ...
+
+    def delete_records(self, topic: str, offsets: Mapping[int, int]) -> dict[int, int]:
+        """Advance each partition's log start offset to ``offsets[partition]`` (-1: the high
+        watermark; never backwards) and drop the index rows wholly below it, in one transaction.
+
+        Objects no index row names any more are queued (see :meth:`due_objects`). Returns the
+        new log start of each partition; ``OffsetOutOfRangeError`` for an offset above the high
+        watermark, ``UnknownTopicError``/``UnknownPartitionError``; all or nothing."""
+        ...
+
+    def oldest_row_within_bytes(self, topic: str, partition: int, max_bytes: int) -> int | None:
+        """Base offset of the oldest index row that retention by ``max_bytes`` keeps (a row goes
+        only if the rows after it hold at least ``max_bytes``); ``None`` if it keeps none."""
+        ...
+
+    def due_objects(self, unreferenced_before_ms: int) -> list[str]:
+        """Queued object keys unreferenced since at most ``unreferenced_before_ms`` that no
+        index row names (the caller deletes them, then calls :meth:`forget_objects`)."""
+        ...
+
+    def forget_objects(self, keys: Sequence[str]) -> None:
+        """Remove ``keys`` from the deletion queue (their objects are gone)."""
         ...
 
     def commit_group_offsets(

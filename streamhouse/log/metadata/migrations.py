@@ -19,6 +19,9 @@ Tables (one row per ...):
 - ``group_offsets``: (group_id, topic, partition_id) committed consumer offset.
 - ``catalog``: SQL object, keyed by ``name_key`` (the lower-cased name); ``name`` keeps the case.
 - ``counters``: named monotonically increasing counter (``producer_id``).
+- ``deleted_objects``: segment object no index row names any more (retention dropped its
+  last row) since ``unreferenced_ms``; it is deleted from the object store after a grace
+  period, so a fetch or query that read the index before still finds it.
 """
 
 from __future__ import annotations
@@ -104,6 +107,15 @@ MIGRATIONS: tuple[Migration, ...] = (
             " created_ms BIGINT NOT NULL)",
             "CREATE TABLE counters (name TEXT PRIMARY KEY, counter_value BIGINT NOT NULL)",
             "INSERT INTO counters (name, counter_value) VALUES ('producer_id', 0)",
+        ),
+    ),
+    Migration(
+        2,
+        "objects awaiting deletion",
+        (
+            "CREATE TABLE deleted_objects ("
+            " object_key TEXT PRIMARY KEY,"
+            " unreferenced_ms BIGINT NOT NULL)",
         ),
     ),
 )

@@ -50,12 +50,17 @@ from streamhouse.log.metadata import (
 from streamhouse.log.metadata.feed import FeedThread
 from streamhouse.log.metadata.migrations import POSTGRESQL, migrate
 from streamhouse.log.metadata.rules import (
+    DUE_OBJECTS,
+    MARK_UNREFERENCED,
+    OLDEST_ROW_WITHIN_BYTES,
     SEGMENT_INSERT_COLUMNS,
     SEGMENT_SELECT_COLUMNS,
+    changed_config,
     check_catalog_entry,
     check_partition_count,
     config_json,
     now_ms,
+    plan_delete_records,
     plan_restore,
     plan_segment_commit,
     topic_config,
@@ -315,6 +320,17 @@ class PostgresMetadata:
             )
         return TopicInfo(name, info.partitions, new_config, info.topic_id, info.created_ms)
 
+    def update_topic_config(self, name: str, changes: Mapping[str, str | None]) -> TopicInfo:
+        with self._transaction(f"update config of {name!r}") as conn:
+            info = self._read_topic(conn, name, lock=True)
+            if info is None:
+                raise UnknownTopicError(name)
+            config = changed_config(info.config, changes)
+            conn.execute(
+                "UPDATE topics SET config = %s WHERE name = %s", (config_json(config), name)
+            )
+        return TopicInfo(name, info.partitions, config, info.topic_id, info.created_ms)
+
     def partition_offsets(self, topic: str) -> dict[int, PartitionOffsets]:
         with self._connection(f"read offsets of {topic!r}") as conn:
             rows = conn.execute(
@@ -502,6 +518,58 @@ class PostgresMetadata:
                 (topic, partition, found.base_offset, timestamp_ms),
             ).fetchone()
         return None if row is None else SegmentRow(*row)
+
+    # -- retention -----------------------------------------------------------------------------
+
+    def delete_records(self, topic: str, offsets: Mapping[int, int]) -> dict[int, int]:
+        """As in SQLite; the topic's partition rows are locked in commit_segment's order."""
+        with self._transaction(f"delete records of {topic!r}") as conn:
+            rows = conn.execute(
+                "SELECT partition_id, log_start_offset, high_watermark FROM partitions"
+                " WHERE topic = %s ORDER BY partition_id FOR UPDATE",
+                (topic,),
+            ).fetchall()
+            current = {p: (start, hw) for p, start, hw in rows}
+            starts = plan_delete_records(topic, offsets, current)
+            advanced = [(p, s) for p, s in starts.items() if s > current[p][0]]
+            if advanced:
+                partitions, new_starts = (list(column) for column in zip(*advanced, strict=True))
+                conn.execute(
+                    "UPDATE partitions AS p SET log_start_offset = u.start"
+                    " FROM unnest(%s::integer[], %s::bigint[]) AS u (partition_id, start)"
+                    " WHERE p.topic = %s AND p.partition_id = u.partition_id",
+                    (partitions, new_starts, topic),
+                )
+                deleted = conn.execute(
+                    "DELETE FROM segments AS s"
+                    " USING unnest(%s::integer[], %s::bigint[]) AS u (partition_id, start)"
+                    " WHERE s.topic = %s AND s.partition_id = u.partition_id"
+                    " AND s.last_offset < u.start RETURNING s.object_key",
+                    (partitions, new_starts, topic),
+                ).fetchall()
+                now = now_ms()
+                with conn.cursor() as cursor:
+                    cursor.executemany(
+                        POSTGRESQL.sql(MARK_UNREFERENCED),
+                        [(key, now, key) for key in sorted({key for (key,) in deleted})],
+                    )
+        return starts
+
+    def oldest_row_within_bytes(self, topic: str, partition: int, max_bytes: int) -> int | None:
+        with self._connection(f"measure {topic}/{partition}") as conn:
+            row = conn.execute(
+                POSTGRESQL.sql(OLDEST_ROW_WITHIN_BYTES), (topic, partition, max_bytes)
+            ).fetchone()
+        return None if row is None else row[0]
+
+    def due_objects(self, unreferenced_before_ms: int) -> list[str]:
+        with self._connection("list objects awaiting deletion") as conn:
+            rows = conn.execute(POSTGRESQL.sql(DUE_OBJECTS), (unreferenced_before_ms,)).fetchall()
+        return [key for (key,) in rows]
+
+    def forget_objects(self, keys: Sequence[str]) -> None:
+        with self._transaction(f"forget {len(keys)} deleted object(s)") as conn:
+            conn.execute("DELETE FROM deleted_objects WHERE object_key = ANY(%s)", (list(keys),))
 
     # -- consumer groups ---------------------------------------------------------------------
 

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 
 from streamhouse.errors import (
     LogError,
+    OffsetOutOfRangeError,
     SqlError,
     UnknownPartitionError,
     UnknownTopicError,
@@ -61,6 +62,21 @@ def topic_config(config: Mapping[str, str] | None) -> dict[str, str]:
             )
         result[key] = value
     return result
+
+
+def changed_config(config: Mapping[str, str], changes: Mapping[str, str | None]) -> dict[str, str]:
+    """``config`` with ``changes`` applied: a value sets its key, ``None`` removes it.
+
+    >>> changed_config({"a": "1", "b": "2"}, {"a": None, "c": "3"})
+    {'b': '2', 'c': '3'}
+    """
+    result = dict(config)
+    for key, value in changes.items():
+        if value is None:
+            result.pop(key, None)
+        else:
+            result[key] = value
+    return topic_config(result)
 
 
 def config_json(config: Mapping[str, str]) -> str:
@@ -173,3 +189,62 @@ def plan_restore(rows: Sequence[SegmentRow], known: set[PartitionKey]) -> Segmen
              row.record_count, row.crc)
         )  # fmt: skip
     return plan
+
+
+HIGH_WATERMARK = -1
+"""A DeleteRecords offset meaning "up to the high watermark", as in Kafka."""
+
+OLDEST_ROW_WITHIN_BYTES = (
+    "SELECT min(base_offset) FROM ("
+    " SELECT base_offset, byte_length, sum(byte_length) OVER ("
+    "  ORDER BY base_offset DESC ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS newer_bytes"
+    " FROM segments WHERE topic = ? AND partition_id = ?) AS r"
+    " WHERE newer_bytes - byte_length < ?"
+)
+"""The base offset of the oldest row retention by bytes keeps: as Kafka, a row goes only if
+the rows after it hold at least the limit (parameters: topic, partition, limit)."""
+
+MARK_UNREFERENCED = (
+    "INSERT INTO deleted_objects (object_key, unreferenced_ms) SELECT ?, ?"
+    " WHERE NOT EXISTS (SELECT 1 FROM segments WHERE object_key = ?)"
+    " ON CONFLICT (object_key) DO NOTHING"
+)
+"""Queue an object for deletion if no index row names it (parameters: key, now, key)."""
+
+DUE_OBJECTS = (
+    "SELECT object_key FROM deleted_objects AS d WHERE unreferenced_ms <= ?"
+    " AND NOT EXISTS (SELECT 1 FROM segments AS s WHERE s.object_key = d.object_key)"
+    " ORDER BY object_key"
+)
+"""Queued objects unreferenced since at most the parameter, still named by no index row."""
+
+
+def plan_delete_records(
+    topic: str, offsets: Mapping[int, int], current: Mapping[int, tuple[int, int]]
+) -> dict[int, int]:
+    """The log start offset each partition of ``offsets`` has after deleting the records
+    before its offset; ``current`` is ``(log_start_offset, high_watermark)`` per partition.
+
+    The log start never moves back; :data:`HIGH_WATERMARK` means the high watermark.
+    ``OffsetOutOfRangeError`` for an offset above the high watermark or below -1;
+    ``UnknownTopicError``/``UnknownPartitionError`` for unknown ones. Nothing is checked
+    partially: the whole request is valid or refused.
+
+    >>> plan_delete_records("t", {0: 5, 1: -1}, {0: (0, 9), 1: (2, 7)})
+    {0: 5, 1: 7}
+    """
+    if not current:
+        raise UnknownTopicError(topic)
+    starts = {}
+    for partition, offset in offsets.items():
+        if partition not in current:
+            raise UnknownPartitionError(topic, partition)
+        start, high_watermark = current[partition]
+        target = high_watermark if offset == HIGH_WATERMARK else offset
+        if not 0 <= target <= high_watermark:
+            raise OffsetOutOfRangeError(
+                f"cannot delete the records of {topic}-{partition} before offset {offset}:"
+                f" it must be between 0 and the high watermark {high_watermark} (or -1 for it)"
+            )
+        starts[partition] = max(start, target)
+    return starts

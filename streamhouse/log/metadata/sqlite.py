@@ -56,7 +56,13 @@ from streamhouse.log.metadata import (
 from streamhouse.log.metadata.feed import FeedThread
 from streamhouse.log.metadata.migrations import SQLITE, migrate
 from streamhouse.log.metadata.rules import (
+    DUE_OBJECTS,
+    MARK_UNREFERENCED,
+    OLDEST_ROW_WITHIN_BYTES,
     SEGMENT_INSERT_COLUMNS,
+    changed_config,
+    config_json,
+    plan_delete_records,
     plan_restore,
     plan_segment_commit,
 )
@@ -343,6 +349,15 @@ class SQLiteMetadata:
             )
         return TopicInfo(name, info.partitions, new_config, info.topic_id, info.created_ms)
 
+    def update_topic_config(self, name: str, changes: Mapping[str, str | None]) -> TopicInfo:
+        with self._transaction(f"update config of {name!r}") as conn:
+            info = self._read_topic(conn, name)
+            if info is None:
+                raise UnknownTopicError(name)
+            config = changed_config(info.config, changes)
+            conn.execute("UPDATE topics SET config = ? WHERE name = ?", (config_json(config), name))
+        return TopicInfo(name, info.partitions, config, info.topic_id, info.created_ms)
+
     def partition_offsets(self, topic: str) -> dict[int, PartitionOffsets]:
         with self._storage_errors(f"read offsets of {topic!r}"):
             rows = (
@@ -537,6 +552,56 @@ class SQLiteMetadata:
                 (topic, partition, found.base_offset, timestamp_ms),
             ).fetchone()
             return None if row is None else SegmentRow(*row)
+
+    # -- retention -----------------------------------------------------------------------------
+
+    def delete_records(self, topic: str, offsets: Mapping[int, int]) -> dict[int, int]:
+        with self._transaction(f"delete records of {topic!r}") as conn:
+            current = {
+                p: (start, hw)
+                for p, start, hw in conn.execute(
+                    "SELECT partition_id, log_start_offset, high_watermark FROM partitions"
+                    " WHERE topic = ?",
+                    (topic,),
+                )
+            }
+            starts = plan_delete_records(topic, offsets, current)
+            advanced = [(s, topic, p) for p, s in starts.items() if s > current[p][0]]
+            conn.executemany(
+                "UPDATE partitions SET log_start_offset = ? WHERE topic = ? AND partition_id = ?",
+                advanced,
+            )
+            keys: set[str] = set()
+            for start, _, partition in advanced:
+                where = " FROM segments WHERE topic = ? AND partition_id = ? AND last_offset < ?"
+                params = (topic, partition, start)
+                keys.update(
+                    key for (key,) in conn.execute("SELECT DISTINCT object_key" + where, params)
+                )
+                conn.execute("DELETE" + where, params)
+            now = _now_ms()
+            conn.executemany(MARK_UNREFERENCED, [(key, now, key) for key in sorted(keys)])
+        return starts
+
+    def oldest_row_within_bytes(self, topic: str, partition: int, max_bytes: int) -> int | None:
+        with self._storage_errors(f"measure {topic}/{partition}"):
+            row = (
+                self._connection()
+                .execute(OLDEST_ROW_WITHIN_BYTES, (topic, partition, max_bytes))
+                .fetchone()
+            )
+        return None if row is None else row[0]
+
+    def due_objects(self, unreferenced_before_ms: int) -> list[str]:
+        with self._storage_errors("list objects awaiting deletion"):
+            rows = self._connection().execute(DUE_OBJECTS, (unreferenced_before_ms,))
+            return [key for (key,) in rows]
+
+    def forget_objects(self, keys: Sequence[str]) -> None:
+        with self._transaction(f"forget {len(keys)} deleted object(s)") as conn:
+            conn.executemany(
+                "DELETE FROM deleted_objects WHERE object_key = ?", [(key,) for key in keys]
+            )
 
     # -- consumer groups ---------------------------------------------------------------------
 

@@ -1,0 +1,449 @@
+"""Every plan node's operator behind the one :class:`~streamhouse.runtime.operator.Operator`
+interface: a small adapter per node type turns a micro-batch into the calls its executor
+(:mod:`streamhouse.windows`, :mod:`streamhouse.joins`, :mod:`streamhouse.views`) takes, and its
+answer into a changelog.
+
+:func:`open_operator` builds the operator of a plan node and :func:`checks` lists the SQL the
+node runs over its inputs' schemas (planned on empty inputs before a query starts); both look
+the node's type up in :data:`ADAPTERS`, the one place that knows which adapter runs which node.
+"""
+
+from __future__ import annotations
+
+from typing import Generic, Protocol, TypeVar
+
+import pyarrow as pa
+import pyarrow.compute as pc
+from sqlglot import exp
+
+from streamhouse.errors import SqlError, StreamHouseError
+from streamhouse.joins.stream_join import LEFT, RIGHT, StreamJoin
+from streamhouse.joins.temporal import VERSIONS, TemporalJoin
+from streamhouse.joins.windowed import WindowedQuery
+from streamhouse.runtime.operator import Changelog, MicroBatch, Operator, QueryContext
+from streamhouse.runtime.sink import key_strings
+from streamhouse.sql import plan as plans
+from streamhouse.sql.bounds import evictable_bound
+from streamhouse.sql.changelog import PlanNode
+from streamhouse.sql.execute import run_sql
+from streamhouse.sql.parse import node_position
+from streamhouse.sql.plan import FLOWS, ROW
+from streamhouse.sql.projection import declared_stars_sql
+from streamhouse.sql.source import METADATA_COLUMNS
+from streamhouse.state.store import StateView
+from streamhouse.views.group_by import GroupAggregate
+from streamhouse.views.recompute import RecomputeOperator
+from streamhouse.views.top_n import TopNOperator
+from streamhouse.windows.operator import SessionOperator, WindowOperator, make_operator
+from streamhouse.windows.table import event_time_ms
+from streamhouse.windows.time_sort import TimeSortOperator
+
+GLOBAL_KEY = b"{}"
+"""The record key of an updating aggregate without GROUP BY: its one group."""
+
+Check = tuple[str, dict[str, pa.Schema | None]]
+"""SQL a node runs and the schemas of the tables it runs over."""
+
+Node = TypeVar("Node", bound=PlanNode)
+
+
+def run_ordered(sql: str, tables: dict[str, pa.Table]) -> pa.Table:
+    """``sql`` on one partition: a replayed micro-batch must give the same rows in the same
+    order, or the exactly-once sink would skip the wrong ones."""
+    return run_sql(sql, tables, ordered=True)
+
+
+class Adapter(Generic[Node]):
+    """An operator for one plan node; subclasses say how a micro-batch reaches the executor."""
+
+    def __init__(self, node: Node, state: StateView, context: QueryContext) -> None:
+        self.node = node
+        self.context = context
+
+    @classmethod
+    def open(cls, node: Node, state: StateView, context: QueryContext) -> Operator:
+        """The operator of ``node``."""
+        return cls(node, state, context)
+
+    @staticmethod
+    def checks(node: Node, context: QueryContext) -> list[Check]:
+        """The SQL the node runs, over the schemas of its inputs."""
+        return []
+
+    @property
+    def state_size(self) -> int:
+        return 0
+
+    def process(self, batch: MicroBatch) -> Changelog:
+        raise NotImplementedError
+
+    def commit(self) -> None:
+        pass
+
+    def rollback(self) -> None:
+        pass
+
+
+class StatelessSql(Adapter[plans.Stateless]):
+    """A filter/projection: the node's SQL over each micro-batch."""
+
+    @staticmethod
+    def checks(node: plans.Stateless, context: QueryContext) -> list[Check]:
+        schema = context.schema(node.source)
+        sql = node.sql if schema is None else _declared_stars(node.sql, node.source, schema)
+        return [(sql, {node.source: schema})]
+
+    def process(self, batch: MicroBatch) -> Changelog:
+        rows = batch.inputs[self.node.source]
+        if rows is None:
+            return Changelog()
+        sql = _declared_stars(self.node.sql, self.node.source, rows.schema)
+        return Changelog(run_ordered(sql, {self.node.source: rows}))
+
+
+def _declared_stars(sql: str, source: str, schema: pa.Schema) -> str:
+    """``*`` over the source as its declared columns: the metadata columns the query names are
+    in the rows too, and must not come out twice (``SELECT *, _offset``)."""
+    return declared_stars_sql(sql, {source: schema}, METADATA_COLUMNS)
+
+
+class Executor(Protocol):
+    """What every stateful executor has: a size, and staged state to keep or forget."""
+
+    @property
+    def open_windows(self) -> int: ...
+
+    def commit(self) -> None: ...
+
+    def rollback(self) -> None: ...
+
+
+class _Stateful(Adapter[Node]):
+    """An adapter whose executor keeps state: it reports, commits and rolls back the executor's."""
+
+    executor: Executor
+
+    @property
+    def state_size(self) -> int:
+        return self.executor.open_windows
+
+    def commit(self) -> None:
+        self.executor.commit()
+
+    def rollback(self) -> None:
+        self.executor.rollback()
+
+
+class WindowAggregation(_Stateful[plans.WindowAggregate]):
+    """A windowed GROUP BY: partials merged into state, final rows as windows close."""
+
+    executor: WindowOperator | SessionOperator
+
+    def __init__(
+        self, node: plans.WindowAggregate, state: StateView, context: QueryContext
+    ) -> None:
+        super().__init__(node, state, context)
+        self.executor = make_operator(node, state, context.options.allowed_lateness_ms)
+        self.late_topic = context.options.late_topic
+
+    @classmethod
+    def open(cls, node: plans.WindowAggregate, state: StateView, context: QueryContext) -> Operator:
+        """A GROUP BY with a window (append-only) or without one (upserts)."""
+        if node.window is None:
+            return GroupAggregation(node, state, context)
+        return cls(node, state, context)
+
+    @staticmethod
+    def checks(node: plans.WindowAggregate, context: QueryContext) -> list[Check]:
+        return [(node.pre_sql, {node.source: context.schema(node.source, all_metadata=True)})]
+
+    def process(self, batch: MicroBatch) -> Changelog:
+        node = self.node
+        out = Changelog()
+        table = batch.inputs[node.source]
+        if table is not None:
+            pre = run_ordered(node.pre_sql, {node.source: table})
+            ts, valid = event_time_ms(pre, "__ts")
+            if not valid.all():
+                pre, ts = pre.filter(pa.array(valid)), ts[valid]
+            late = self.executor.process(pre, ts, batch.previous_watermark, batch.state)
+            out.late = len(late)
+            if out.late and self.late_topic:
+                out.late_rows = _rows_by_position(table, pre.take(pa.array(late)))
+        emitted = self.executor.emit(batch.watermark, batch.state)
+        if emitted is not None and emitted.num_rows:
+            out.rows = run_ordered(node.post_sql, {FLOWS: emitted})
+        return out
+
+
+class GroupAggregation(_Stateful[plans.WindowAggregate]):
+    """A GROUP BY without a window: an upsert per changed group, a tombstone when HAVING drops
+    one (the one group of an aggregate without GROUP BY has the record key ``{}``)."""
+
+    executor: GroupAggregate
+
+    def __init__(
+        self, node: plans.WindowAggregate, state: StateView, context: QueryContext
+    ) -> None:
+        super().__init__(node, state, context)
+        self.executor = GroupAggregate(node, state)
+
+    def process(self, batch: MicroBatch) -> Changelog:
+        node = self.node
+        table = batch.inputs[node.source]
+        if table is None:
+            return Changelog()
+        pre = run_ordered(node.pre_sql, {node.source: table})
+        changed = self.executor.process(pre, batch.state)
+        if changed is None or not changed.num_rows:
+            return Changelog()
+        outputs = run_ordered(
+            node.keyed_post_sql if batch.derived else node.post_sql, {FLOWS: changed}
+        )
+        retracted = self._dropped_keys(changed, outputs)
+        if not node.keys and not batch.derived:  # one group: one record key for all updates
+            outputs = outputs.append_column(
+                "__key", pa.array([GLOBAL_KEY] * outputs.num_rows, pa.binary())
+            )
+            if outputs.num_rows == 0:  # HAVING dropped the one group
+                retracted = [GLOBAL_KEY]
+        return Changelog(outputs, retracted)
+
+    def _dropped_keys(self, changed: pa.Table, outputs: pa.Table) -> list[bytes]:
+        """Keys of changed groups that HAVING no longer keeps: they get tombstones."""
+        node = self.node
+        names = node.key_outputs
+        if not node.keys or any(n is None or n not in outputs.column_names for n in names):
+            return []
+        named = changed.select(node.keys).rename_columns(names)
+        before = set(key_strings(named, names))
+        after = set(key_strings(outputs, names))
+        return sorted(k for k in before - after if k is not None)
+
+
+class WindowedEvaluation(_Stateful[plans.Windowed]):
+    """A query over windowed inputs (a window join), evaluated once per closed window."""
+
+    executor: WindowedQuery
+
+    def __init__(self, node: plans.Windowed, state: StateView, context: QueryContext) -> None:
+        super().__init__(node, state, context)
+        specs = {n: spec for n, (_, spec) in node.inputs.items()}
+        self.executor = WindowedQuery(node.sql, state, specs)
+
+    @staticmethod
+    def checks(node: plans.Windowed, context: QueryContext) -> list[Check]:
+        return [(node.sql, {n: context.schema(s, True) for n, (s, _) in node.inputs.items()})]
+
+    def process(self, batch: MicroBatch) -> Changelog:
+        out = Changelog()
+        for name, (source, _) in sorted(self.node.inputs.items()):
+            rows = batch.inputs[source]
+            if rows is not None:
+                out.late += self.executor.process(name, rows, batch.previous_watermark, batch.state)
+        schemas = {n: self.context.schema(s, True) for n, (s, _) in self.node.inputs.items()}
+        out.rows = self.executor.emit(batch.watermark, schemas, batch.state)
+        return out
+
+
+class StreamJoining(_Stateful[plans.StreamJoin]):
+    """An interval or regular join (inner: appends; outer: upserts keyed by row ids)."""
+
+    executor: StreamJoin
+
+    def __init__(self, node: plans.StreamJoin, state: StateView, context: QueryContext) -> None:
+        super().__init__(node, state, context)
+        left_time, right_time = context.time_column(node.left), context.time_column(node.right)
+        bound = evictable_bound(
+            list(node.candidates or ([node.bound] if node.bound else [])), left_time, right_time
+        )
+        if bound is not None:
+            left_time, right_time = bound.left_column, bound.right_column
+        ttl = context.options.state_ttl_ms or None
+        self.executor = StreamJoin(node.sql, state, left_time, right_time, bound, ttl, node.outer)
+
+    @staticmethod
+    def checks(node: plans.StreamJoin, context: QueryContext) -> list[Check]:
+        schemas = {"__left": context.schema(node.left), "__right": context.schema(node.right)}
+        return [(node.sql, schemas)]
+
+    def process(self, batch: MicroBatch) -> Changelog:
+        node = self.node
+        left, right = batch.inputs[node.left], batch.inputs[node.right]
+        out = Changelog()
+        if left is not None or right is not None:
+            schemas = {LEFT: self.context.schema(node.left), RIGHT: self.context.schema(node.right)}
+            out.rows, out.retracted = self.executor.process(left, right, schemas, batch.state)
+        self.executor.expire(batch.watermark, batch.state)
+        return out
+
+
+class TemporalJoining(_Stateful[plans.TemporalJoin]):
+    """A probe stream joined with the version of a table current at each probe row's time."""
+
+    executor: TemporalJoin
+
+    def __init__(self, node: plans.TemporalJoin, state: StateView, context: QueryContext) -> None:
+        super().__init__(node, state, context)
+        version_time = context.time_column(node.right)
+        if version_time is None:
+            raise context.error(
+                f"the versioned table {node.right!r} of a temporal join needs a time column: "
+                "declare a WATERMARK for it",
+                node.right,
+            )
+        self.executor = TemporalJoin(
+            node.sql, state, node.probe_time, node.probe_keys, version_time, node.version_keys
+        )
+
+    @staticmethod
+    def checks(node: plans.TemporalJoin, context: QueryContext) -> list[Check]:
+        row = pa.field(ROW, pa.int64())
+        left, right = context.schema(node.left), context.schema(node.right)
+        schemas = {
+            "__left": left.append(row) if left is not None else None,
+            "__right": right.append(row) if right is not None else None,
+        }
+        return [(node.sql, schemas)]
+
+    def process(self, batch: MicroBatch) -> Changelog:
+        node = self.node
+        schemas = {VERSIONS: self.context.schema(node.right)}
+        left, right = batch.inputs[node.left], batch.inputs[node.right]
+        return Changelog(self.executor.process(left, right, batch.watermark, schemas, batch.state))
+
+
+class TopNRanking(_Stateful[plans.TopN]):
+    """Top-N per key: an upsert per (key, rank) that changed, a tombstone per one now empty."""
+
+    executor: TopNOperator
+
+    def __init__(self, node: plans.TopN, state: StateView, context: QueryContext) -> None:
+        super().__init__(node, state, context)
+        self.executor = TopNOperator(node, state)
+
+    @staticmethod
+    def checks(node: plans.TopN, context: QueryContext) -> list[Check]:
+        return [(node.sql, {node.source: context.schema(node.source)})]
+
+    def process(self, batch: MicroBatch) -> Changelog:
+        rows = batch.inputs[self.node.source]
+        if rows is None:
+            return Changelog()
+        outputs, before = self.executor.process(rows, batch.state)
+        out = Changelog(outputs)
+        if before is not None and before.num_rows:  # (key, rank) rows no longer output
+            keys = self.node.key_columns
+            now = set(key_strings(outputs, keys)) if outputs is not None else set()
+            gone = set(key_strings(before, keys)) - now
+            out.retracted = sorted(k for k in gone if k is not None)
+        return out
+
+
+class Recomputation(_Stateful[plans.Recompute]):
+    """A query over an updating input, re-run for the groups each micro-batch touches."""
+
+    executor: RecomputeOperator
+
+    def __init__(self, node: plans.Recompute, state: StateView, context: QueryContext) -> None:
+        super().__init__(node, state, context)
+        self.executor = RecomputeOperator(node, state)
+
+    def process(self, batch: MicroBatch) -> Changelog:
+        node = self.node
+        changes = batch.inputs[node.source]
+        if changes is None:
+            return Changelog()
+        outputs, gone = self.executor.process(changes, batch.state)
+        out = Changelog(outputs)
+        names = node.key_columns
+        if gone is not None and gone.num_rows and len(names) == len(node.group_by):
+            keyed = gone.rename_columns(names)
+            out.retracted = [k for k in key_strings(keyed, names) if k is not None]
+        return out
+
+
+class TimeSorting(_Stateful[plans.TimeSort]):
+    """A continuous ORDER BY the time attribute: rows released in order as the watermark
+    passes them."""
+
+    executor: TimeSortOperator
+
+    def __init__(self, node: plans.TimeSort, state: StateView, context: QueryContext) -> None:
+        super().__init__(node, state, context)
+        _check_time_attribute(node, context)
+        self.executor = TimeSortOperator(node, state)
+
+    @staticmethod
+    def checks(node: plans.TimeSort, context: QueryContext) -> list[Check]:
+        schemas = {node.source: context.schema(node.source)}
+        return [(node.pre_sql, schemas), (node.sql, schemas)]
+
+    def process(self, batch: MicroBatch) -> Changelog:
+        rows, late = self.executor.process(
+            batch.inputs[self.node.source],
+            batch.previous_watermark,
+            batch.watermark,
+            batch.state,
+        )
+        return Changelog(rows, late=late)
+
+
+def _check_time_attribute(node: plans.TimeSort, context: QueryContext) -> None:
+    """A continuous ORDER BY sorts on the source's time attribute (its WATERMARK column)."""
+    time_column = context.time_column(node.source)
+    if time_column == node.time_column:
+        return
+    order = context.statement.find(exp.Order)
+    where = order.expressions[0] if order is not None else context.statement
+    reason = (
+        f"the time attribute of {node.source!r} is {time_column!r}"
+        if time_column is not None
+        else f"{node.source!r} has no time attribute (declare a WATERMARK)"
+    )
+    raise SqlError(
+        f"ORDER BY in a continuous query must start with the time attribute, ascending: "
+        f"{node.time_column!r} is not it ({reason})",
+        *node_position(where),
+    )
+
+
+def _rows_by_position(source: pa.Table, late_pre: pa.Table) -> pa.Table:
+    """The source rows (by partition and offset) behind late pre-projected rows."""
+    wanted = pc.add(
+        pc.multiply(pc.cast(late_pre["__partition"], pa.int64()), 1 << 40), late_pre["__offset"]
+    )
+    have = pc.add(
+        pc.multiply(pc.cast(source["_partition"], pa.int64()), 1 << 40), source["_offset"]
+    )
+    return source.filter(pc.is_in(have, value_set=pc.unique(wanted)))
+
+
+ADAPTERS: dict[type[PlanNode], type[Adapter]] = {
+    plans.Stateless: StatelessSql,
+    plans.WindowAggregate: WindowAggregation,
+    plans.Windowed: WindowedEvaluation,
+    plans.StreamJoin: StreamJoining,
+    plans.TemporalJoin: TemporalJoining,
+    plans.TopN: TopNRanking,
+    plans.Recompute: Recomputation,
+    plans.TimeSort: TimeSorting,
+}
+"""The adapter of each plan node type."""
+
+
+def _adapter(node: PlanNode) -> type[Adapter]:
+    adapter = ADAPTERS.get(type(node))
+    if adapter is None:
+        raise StreamHouseError(f"no operator for {type(node).__name__}")
+    return adapter
+
+
+def checks(node: PlanNode, context: QueryContext) -> list[Check]:
+    """The SQL ``node`` runs and the schemas of its inputs, to plan before the query starts."""
+    return _adapter(node).checks(node, context)
+
+
+def open_operator(node: PlanNode, state: StateView, context: QueryContext) -> Operator:
+    """The operator that runs ``node``, its state restored from ``state``."""
+    return _adapter(node).open(node, state, context)

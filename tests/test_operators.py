@@ -1,0 +1,188 @@
+"""The one operator interface: every plan node states its changelog mode and key once, has one
+operator the runtime drives through :class:`~streamhouse.runtime.operator.Operator`, and
+``EXPLAIN`` shows each node's mode."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+
+import streamhouse
+from streamhouse import StreamHouse
+from streamhouse.errors import SqlError
+from streamhouse.runtime.operator import MicroBatch
+from streamhouse.runtime.operators import ADAPTERS
+from streamhouse.runtime.sources import NO_WATERMARK
+from streamhouse.sql.changelog import ChangelogMode, PlanNode
+from streamhouse.sql.parse import parse_one
+from streamhouse.sql.plan import Recompute, check_changelogs, plan_query
+from streamhouse.state.store import ScopedBatch
+from tests.join_cases import stream_ddl
+from tests.window_cases import start_paused
+
+JOIN = "SELECT a.k, a.v, b.w FROM a {kind} JOIN b ON a.k = b.k"
+TOP = (
+    "SELECT k, v, rn FROM (SELECT k, v, ROW_NUMBER() OVER (PARTITION BY k ORDER BY v DESC)"
+    " AS rn FROM a) WHERE rn <= 3"
+)
+
+
+@pytest.fixture
+def sh(tmp_path: Path) -> Iterator[StreamHouse]:
+    with streamhouse.connect(tmp_path / "data", linger_ms=1) as conn:
+        conn.sql(stream_ddl("a", 2))
+        conn.sql(stream_ddl("b", 2))
+        yield conn
+
+
+def test_every_plan_node_type_has_one_operator() -> None:
+    assert set(ADAPTERS) == set(PlanNode.__subclasses__())
+
+
+@pytest.mark.parametrize(
+    ("sql", "mode", "keys"),
+    [
+        ("SELECT k, v FROM a WHERE v > 1", ChangelogMode.APPEND, []),
+        (
+            "SELECT k, COUNT(*) AS n FROM a GROUP BY k, TUMBLE(t, INTERVAL '1' MINUTE)",
+            ChangelogMode.APPEND,
+            ["k"],
+        ),
+        ("SELECT k, COUNT(*) AS n FROM a GROUP BY k", ChangelogMode.UPSERT, ["k"]),
+        (JOIN.format(kind="INNER"), ChangelogMode.APPEND, []),
+        (JOIN.format(kind="LEFT"), ChangelogMode.UPSERT, []),
+        (JOIN.format(kind="FULL"), ChangelogMode.UPSERT, []),
+        (TOP, ChangelogMode.UPSERT, ["k", "rn"]),
+        ("SELECT k, t FROM a ORDER BY t", ChangelogMode.APPEND, []),
+    ],
+)
+def test_each_node_states_its_changelog_mode_and_key(
+    sh: StreamHouse, sql: str, mode: ChangelogMode, keys: list[str]
+) -> None:
+    node = plan_query(parse_one(sql)).operator
+    assert (node.mode, node.key_columns, node.updating) == (mode, keys, mode.updating)
+    query = start_paused(sh, sql, "q")
+    try:  # the runtime's answer is the node's
+        assert (query.updating, query.key_columns) == (mode.updating, keys)
+    finally:
+        query.stop()
+
+
+def test_explain_shows_each_nodes_changelog_mode(sh: StreamHouse) -> None:
+    def explain(sql: str) -> str:
+        return "\n".join(sh.sql(f"EXPLAIN {sql}").to_arrow_table()["plan"].to_pylist())
+
+    assert "changelog: upsert by (k)" in explain("SELECT k, COUNT(*) AS n FROM a GROUP BY k")
+    assert "changelog: upsert by (the one group)" in explain("SELECT COUNT(*) AS n FROM a")
+    assert "changelog: upsert by (k, rn)" in explain(TOP)
+    outer = explain(JOIN.format(kind="LEFT"))
+    assert "changelog: upsert by (left row id, right row id)" in outer
+    windowed = explain(
+        "SELECT k, n FROM (SELECT k, COUNT(*) AS n FROM a"
+        " GROUP BY k, TUMBLE(t, INTERVAL '1' MINUTE)) AS w JOIN b ON w.k = b.k"
+    )
+    # the join and its derived window aggregate: each node states its own mode
+    assert windowed.count("changelog: append-only") == 2
+
+
+def test_an_operator_emits_upserts_and_retractions_through_the_interface(
+    sh: StreamHouse,
+) -> None:
+    sql = "SELECT k, COUNT(*) AS n FROM a GROUP BY k HAVING COUNT(*) < 3"
+    query = start_paused(sh, sql, "q")
+    operator = query.operator
+
+    def micro_batch(keys: list[str]) -> MicroBatch:
+        rows = pa.table({"k": keys})
+        state = ScopedBatch(query.store.batch(), b"0/")
+        return MicroBatch({"a": rows}, NO_WATERMARK, NO_WATERMARK, state)
+
+    try:
+        first = micro_batch(["x", "x", "x", "y"])
+        changes = operator.process(first)
+        assert changes.rows is not None
+        assert changes.rows.to_pylist() == [{"k": "y", "n": 1}]
+        assert changes.retracted == [b"x"]  # HAVING drops x: a tombstone for its key
+        assert changes.late == 0
+        query.store.commit(first.state.batch)
+        operator.commit()
+        assert operator.state_size == 2
+
+        second = micro_batch(["y"])
+        assert operator.process(second).rows.to_pylist() == [{"k": "y", "n": 2}]
+        operator.rollback()  # its write batch is never committed: y was counted once
+        third = micro_batch(["y"])
+        changes = operator.process(third)
+        assert changes.rows is not None
+        assert changes.rows.to_pylist() == [{"k": "y", "n": 2}]
+        assert changes.retracted == []
+    finally:
+        query.stop()
+
+
+def test_a_node_over_a_derived_input_it_cannot_take_is_refused() -> None:
+    """The planner's own checks refuse these shapes first; the invariant behind them holds for
+    any plan: a node never runs over a derived input whose changelog it would misread."""
+    join = plan_query(parse_one(JOIN.format(kind="LEFT"))).operator
+    top = plan_query(parse_one(TOP)).operator
+    over_join = replace(top, source="__derived_0")
+    query = parse_one(TOP)
+    with pytest.raises(SqlError, match="TopN takes append-only input, and its input"):
+        check_changelogs(over_join, {"__derived_0": join}, query)
+    # an upsert input is what a Recompute takes; an append-only one it would misread
+    aggregate = plan_query(parse_one("SELECT k, COUNT(*) AS n FROM a GROUP BY k")).operator
+    recompute = Recompute("__derived_0", "SELECT 1", ["k"], ["k"], ["k"])
+    check_changelogs(recompute, {"__derived_0": aggregate}, query)
+    inner = plan_query(parse_one(JOIN.format(kind="INNER"))).operator
+    with pytest.raises(SqlError, match="Recompute takes upsert input.*is append-only"):
+        check_changelogs(recompute, {"__derived_0": inner}, query)
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_star_and_a_named_metadata_column_continuously(tmp_path: Path, seed: int) -> None:
+    """``SELECT *, _offset`` has one ``_offset`` continuously too (the named metadata column
+    was in the rows, so ``*`` took it a second time and DataFusion refused the query)."""
+    import json
+    import random
+
+    rng = random.Random(seed)
+    values = [rng.randrange(100) for _ in range(60)]
+    sql = "SELECT *, _offset, _partition FROM t WHERE a % 2 = 0"
+    with streamhouse.connect(tmp_path, linger_ms=1) as sh:
+        sh.create_topic("t")
+        for start in range(0, len(values), 7):
+            sh.produce("t", [{"a": a} for a in values[start : start + 7]], partition=0)
+        want = [{"a": a, "_offset": i, "_partition": 0} for i, a in enumerate(values) if a % 2 == 0]
+        assert sh.sql(sql).to_arrow_table().to_pylist() == want
+        query = start_paused(sh, f"INSERT INTO out {sql}", "q")
+        for step in range(200):
+            if step == 3:  # a restart from the checkpoint
+                query.stop()
+                query = start_paused(sh, f"INSERT INTO out {sql}", "q")
+            if not query.step(max_records=rng.randrange(1, 12)):
+                break
+        query.run_until_caught_up(final=True)
+        assert query.status()["error"] is None
+        query.stop()
+        assert [json.loads(v) for v in sh.fetch("out")["value"].to_pylist()] == want
+
+
+def test_output_columns_named_like_the_sinks_row_alias_are_written_whole(tmp_path: Path) -> None:
+    """The sink made each record with DuckDB's ``to_json(r) FROM rows_out AS r``; an output
+    column named ``r`` was read instead of the row, so the record held that value alone."""
+    import json
+
+    sql = "SELECT a AS r, a * 10 AS __row, a + 1 AS w FROM t"
+    with streamhouse.connect(tmp_path, linger_ms=1) as sh:
+        sh.create_topic("t")
+        sh.produce("t", [{"a": a} for a in range(5)], partition=0)
+        query = start_paused(sh, f"INSERT INTO out {sql}", "q")
+        query.run_until_caught_up(final=True)
+        query.stop()
+        want = sh.sql(sql).to_arrow_table().to_pylist()
+        assert [json.loads(v) for v in sh.fetch("out")["value"].to_pylist()] == want
+        assert want[1] == {"r": 1, "__row": 10, "w": 2}
