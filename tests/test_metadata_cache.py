@@ -197,3 +197,16 @@ def test_a_long_poll_in_one_serve_process_wakes_on_a_commit_of_another(
     finally:
         for server in (a, b):
             assert server.stop() == 0, server.log()
+
+
+def test_records_deleted_by_another_process_are_heard(stores: tuple[CachedMetadata, Store]) -> None:
+    cached, other = stores
+    cached.create_topic("t")
+    for i in range(4):
+        cached.commit_segment(f"o{i}", [Entry("t", 0, 0, 9)])
+    assert (
+        len(cached.segments("t", 0)) == 4 and cached.partition_offset("t", 0).log_start_offset == 0
+    )
+    assert other.delete_records("t", {0: 25}) == {0: 25}
+    _until(lambda: cached.partition_offset("t", 0).log_start_offset == 25, "never heard")
+    assert [r.object_key for r in cached.segments("t", 0)] == ["o2", "o3"]

@@ -130,8 +130,9 @@ class SegmentEntryLike(Protocol):
     def crc(self) -> int: ...
 
 
-Commit = tuple[str, int, int]
-"""(topic, partition, new high watermark) of a commit."""
+Commit = tuple[str, int, int, int]
+"""(topic, partition, log start offset, high watermark) after a commit or a ``delete_records``;
+the log start is -1 where it did not change (a commit)."""
 
 
 class CommitFeed(Protocol):
@@ -293,7 +294,8 @@ class Metadata(Protocol):
         self, on_commits: Callable[[list[Commit]], None], on_live: Callable[[bool], None]
     ) -> CommitFeed:
         """Start telling of commits by any process: ``on_commits`` is called from a thread of
-        the feed's own with the partitions whose high watermark rose; ``on_live(True)`` once
+        the feed's own with the partitions whose high watermark or log start offset rose
+        (``delete_records``, retention); ``on_live(True)`` once
         the feed hears every commit, ``on_live(False)`` whenever it may miss some."""
         ...
 

@@ -15,7 +15,11 @@ memory:
 
 While the feed is down (not yet connected, or its connection was lost), high watermarks and
 index rows are read from the store as if there were no cache, and everything cached is
-forgotten when it comes back (notifications may have been missed). High watermarks only grow
+forgotten when it comes back (notifications may have been missed). Retention in another
+process moves log start offsets and drops index rows without a commit, so all offsets and
+index rows are read afresh every ``REFRESH_S`` (10 s, well inside the 60 s an unreferenced
+object is kept); this process's own ``delete_records`` forgets the topic's at once. High
+watermarks only grow
 in the cache, so a slow read never moves one back. Writes, groups, the SQL catalog and
 producer ids go straight to the store.
 
@@ -55,6 +59,10 @@ TOPIC_TTL_S = 1.0
 MAX_INDEX_ROWS = 500_000
 """Index rows held in memory over all partitions; the least recently read partitions go."""
 STATS_LOG_S = 60.0
+REFRESH_S = 10.0
+"""High watermarks and index rows are all read again from the store this often: retention in
+another process (``delete_records``) moves log start offsets and drops index rows without a
+commit to hear, and their objects go ``object_delete_delay_s`` (60 s) later."""
 
 
 @dataclass(slots=True)
@@ -132,7 +140,7 @@ class CachedMetadata:
         self._live = False
         self._listeners: list[Callable[[str, int, int], None]] = []
         self.stats = CacheStats()
-        self._logged_at = time.monotonic()
+        self._logged_at = self._refreshed_at = time.monotonic()
         self._feed: CommitFeed | None = inner.commit_feed(self._heard, self._set_live)
 
     def add_listener(self, listener: Callable[[str, int, int], None]) -> None:
@@ -149,16 +157,34 @@ class CachedMetadata:
     def _set_live(self, live: bool) -> None:
         with self._lock:
             self._live = live
-            self._offsets.clear()
-            self._indexes.clear()
-            self._rows = 0
+            self._forget_offsets()
+
+    def _forget_offsets(self) -> None:
+        """Forget every high watermark and index row (with ``_lock`` held)."""
+        self._offsets.clear()
+        self._indexes.clear()
+        self._rows = 0
+        self._refreshed_at = time.monotonic()
+
+    def _refresh(self) -> None:
+        """Forget offsets and index rows read more than ``REFRESH_S`` ago."""
+        if time.monotonic() - self._refreshed_at > REFRESH_S:
+            with self._lock:
+                self._forget_offsets()
 
     def _heard(self, commits: list[Commit]) -> None:
         raised = []
         with self._lock:
-            for topic, partition, high_watermark in commits:
+            for topic, partition, log_start, high_watermark in commits:
                 key = (topic, partition)
                 known = self._offsets.get(key)
+                if log_start >= 0 and (known is None or log_start > known.log_start_offset):
+                    # delete_records elsewhere: index rows below it are gone
+                    index = self._indexes.pop(key, None)
+                    self._rows -= len(index.rows) if index is not None else 0
+                    if known is not None:
+                        known = PartitionOffsets(log_start, known.high_watermark)
+                        self._offsets[key] = known
                 if known is not None and known.high_watermark < high_watermark:
                     self._offsets[key] = PartitionOffsets(known.log_start_offset, high_watermark)
                     raised.append((topic, partition, high_watermark))
@@ -236,6 +262,12 @@ class CachedMetadata:
         finally:
             self._forget_topic(name)
 
+    def update_topic_config(self, name: str, changes: Mapping[str, str | None]) -> TopicInfo:
+        try:
+            return self.inner.update_topic_config(name, changes)
+        finally:
+            self._forget_topic(name)
+
     # -- offsets -------------------------------------------------------------------------------
 
     def _remember(self, topic: str, partition: int, offsets: PartitionOffsets) -> PartitionOffsets:
@@ -251,6 +283,7 @@ class CachedMetadata:
             return offsets
 
     def partition_offsets(self, topic: str) -> dict[int, PartitionOffsets]:
+        self._refresh()
         info = self.get_topic(topic)  # forgets a deleted or re-created topic's offsets
         if info is not None and self._live:
             found = {p: self._offsets.get((topic, p)) for p in range(info.partitions)}
@@ -262,6 +295,7 @@ class CachedMetadata:
         return {p: self._remember(topic, p, o) for p, o in offsets.items()}
 
     def partition_offset(self, topic: str, partition: int) -> PartitionOffsets:
+        self._refresh()
         self.get_topic(topic)  # forgets a deleted or re-created topic's offsets
         found = self._offsets.get((topic, partition)) if self._live else None
         if found is not None:
@@ -312,6 +346,7 @@ class CachedMetadata:
         limit: int | None = None,
     ) -> list[SegmentRow]:
         key = (topic, partition)
+        self._refresh()
         self.get_topic(topic)  # forgets a deleted or re-created topic's index
         with self._lock:
             index = self._indexes.get(key) if self._live else None
@@ -349,6 +384,21 @@ class CachedMetadata:
             while self._rows > self._max_rows and len(self._indexes) > 1:
                 _, evicted = self._indexes.popitem(last=False)
                 self._rows -= len(evicted.rows)
+
+    def delete_records(self, topic: str, offsets: Mapping[int, int]) -> dict[int, int]:
+        try:
+            return self.inner.delete_records(topic, offsets)
+        finally:
+            self._forget_topic(topic)  # log starts moved, index rows dropped
+
+    def oldest_row_within_bytes(self, topic: str, partition: int, max_bytes: int) -> int | None:
+        return self.inner.oldest_row_within_bytes(topic, partition, max_bytes)
+
+    def due_objects(self, unreferenced_before_ms: int) -> list[str]:
+        return self.inner.due_objects(unreferenced_before_ms)
+
+    def forget_objects(self, keys: Sequence[str]) -> None:
+        self.inner.forget_objects(keys)
 
     def segment_for_timestamp(
         self, topic: str, partition: int, timestamp_ms: int

@@ -74,7 +74,8 @@ CONNECT_TIMEOUT_S = 10
 """How long opening the store waits for the server before it fails."""
 
 COMMIT_CHANNEL = "streamhouse_commits"
-"""Each commit notifies this channel with ``topic<TAB>partition<TAB>high watermark`` lines."""
+"""Each commit and ``delete_records`` notifies this channel with lines of
+``topic<TAB>partition<TAB>log start<TAB>high watermark`` (log start -1: unchanged)."""
 _NOTIFY_BYTES = 7000  # PostgreSQL refuses payloads of 8000 bytes or more
 _LISTEN_POLL_S = 0.25  # how often the feed looks up from waiting, to see if it must stop
 
@@ -98,14 +99,14 @@ def redacted(url: str) -> str:
 
 
 def notify_payloads(commits: Sequence[Commit]) -> list[str]:
-    """``commits`` as ``NOTIFY`` payloads of at most ``_NOTIFY_BYTES`` each.
+    r"""``commits`` as ``NOTIFY`` payloads of at most ``_NOTIFY_BYTES`` each.
 
-    >>> notify_payloads([("t", 0, 10), ("t", 1, 3)])
-    ['t\t0\t10\nt\t1\t3']
+    >>> notify_payloads([("t", 0, -1, 10), ("t", 1, 2, 3)])
+    ['t\t0\t-1\t10\nt\t1\t2\t3']
     """
     payloads, lines, size = [], [], 0
-    for topic, partition, high_watermark in commits:
-        line = f"{topic}\t{partition}\t{high_watermark}"
+    for topic, partition, log_start, high_watermark in commits:
+        line = f"{topic}\t{partition}\t{log_start}\t{high_watermark}"
         if lines and size + len(line) >= _NOTIFY_BYTES:
             payloads.append("\n".join(lines))
             lines, size = [], 0
@@ -120,8 +121,8 @@ def parse_payload(payload: str) -> list[Commit]:
     """The commits of one ``NOTIFY`` payload (see :func:`notify_payloads`)."""
     commits = []
     for line in payload.splitlines():
-        topic, partition, high_watermark = line.split("\t")
-        commits.append((topic, int(partition), int(high_watermark)))
+        topic, partition, log_start, high_watermark = line.split("\t")
+        commits.append((topic, int(partition), int(log_start), int(high_watermark)))
     return commits
 
 
@@ -399,7 +400,7 @@ class PostgresMetadata:
             # Delivered to every listening process when the transaction commits.
             conn.execute(
                 "SELECT pg_notify(%s, payload) FROM unnest(%s::text[]) AS payload",
-                (COMMIT_CHANNEL, notify_payloads([(t, p, hw) for t, p, hw, _ in advanced])),
+                (COMMIT_CHANNEL, notify_payloads([(t, p, -1, hw) for t, p, hw, _ in advanced])),
             )
         logger.debug("committed segment %r with %d index row(s)", object_key, len(entries))
         return plan.bases
@@ -553,6 +554,11 @@ class PostgresMetadata:
                         POSTGRESQL.sql(MARK_UNREFERENCED),
                         [(key, now, key) for key in sorted({key for (key,) in deleted})],
                     )
+                changed = [(topic, p, start, current[p][1]) for p, start in advanced]
+                conn.execute(  # other processes' caches drop these index rows
+                    "SELECT pg_notify(%s, payload) FROM unnest(%s::text[]) AS payload",
+                    (COMMIT_CHANNEL, notify_payloads(changed)),
+                )
         return starts
 
     def oldest_row_within_bytes(self, topic: str, partition: int, max_bytes: int) -> int | None:

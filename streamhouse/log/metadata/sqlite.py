@@ -463,8 +463,8 @@ class SQLiteMetadata:
         self, on_commits: Callable[[list[Commit]], None], on_live: Callable[[bool], None]
     ) -> FeedThread:
         """Poll ``PRAGMA data_version`` every ``POLL_S`` on a connection of the feed's own; when
-        another connection (of any process) has committed, read every high watermark and report
-        those that rose."""
+        another connection (of any process) has committed, read every partition's offsets and
+        report those that rose."""
 
         def follow(stopping: threading.Event) -> None:
             conn = sqlite3.connect(
@@ -476,7 +476,9 @@ class SQLiteMetadata:
             )
             try:
                 version, known = None, {}
-                read = "SELECT topic, partition_id, high_watermark FROM partitions"
+                read = (
+                    "SELECT topic, partition_id, log_start_offset, high_watermark FROM partitions"
+                )
                 while not stopping.is_set():
                     now = conn.execute("PRAGMA data_version").fetchone()[0]
                     if now != version:
@@ -484,10 +486,15 @@ class SQLiteMetadata:
                         if version is None:
                             on_live(True)
                         else:
-                            rose = [r for r in rows if known.get(r[:2], -1) < r[2]]
+                            rose = [
+                                (t, p, start if start > old[0] else -1, hw)
+                                for t, p, start, hw in rows
+                                if (old := known.get((t, p), (-1, -1)))[0] < start or old[1] < hw
+                            ]
                             if rose:
                                 on_commits(rose)
-                        version, known = now, {(t, p): hw for t, p, hw in rows}
+                        version = now
+                        known = {(t, p): (start, hw) for t, p, start, hw in rows}
                     stopping.wait(POLL_S)
             finally:
                 conn.close()
