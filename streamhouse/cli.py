@@ -799,6 +799,12 @@ def _report_rebuild(rebuilt: Any) -> None:
         click.echo(f"not rebuilt: {key} has a damaged footer", err=True)
     for key in rebuilt.overlapping:
         click.echo(f"not rebuilt: {key} holds offsets a newer object holds", err=True)
+    for key in rebuilt.moved:
+        click.echo(
+            f"moved: {key} is indexed at other offsets than written (another writer's run"
+            " was written with the same ones)",
+            err=True,
+        )
     for gap in rebuilt.gaps:
         click.echo(f"gap: no object holds {gap}", err=True)
     click.echo("could not be rebuilt (the objects do not hold them):", err=True)

@@ -23,7 +23,8 @@ import streamhouse
 
 # A producer that prints every acknowledged record as "partition offset ident padding" once
 # produce() has returned. Arguments: data_dir topic tag linger_ms calls (0: until killed).
-# It prints "ready" once connected and starts producing when a line arrives on stdin.
+# It prints "ready" once connected and starts producing when a line arrives on stdin; at the
+# end, "stats <objects put> <objects committed> <commits sequenced elsewhere>".
 PRODUCER = r"""
 import os, random, sys, threading, traceback
 import streamhouse
@@ -63,9 +64,12 @@ for t in threads:
 for t in threads:
     t.join()
 sh.close()
+stats = sh.log.writer.stats
+print("stats", stats.objects_put, stats.objects_committed, stats.sequenced_elsewhere, flush=True)
 """
 
 Ack = tuple[int, int, str, int]  # partition, offset, ident, padding
+Stats = tuple[int, int, int]  # objects put, objects committed, commits sequenced elsewhere
 
 
 def _spawn_producer(data_dir: Path, topic: str, tag: str, linger_ms: float, calls: int):
@@ -115,11 +119,28 @@ def _parse_acks(output: bytes) -> list[Ack]:
     lines = text.split("\n")[:-1]  # the last piece has no newline (empty if complete)
     acks = []
     for line in lines:
-        if line == "ready":
+        if line == "ready" or line.startswith("stats "):
             continue
         p, o, ident, pad = line.split(" ")
         acks.append((int(p), int(o), ident, int(pad)))
     return acks
+
+
+def _parse_stats(output: bytes) -> Stats:
+    (line,) = [line for line in output.decode().splitlines() if line.startswith("stats ")]
+    put, committed, elsewhere = map(int, line.split()[1:])
+    return put, committed, elsewhere
+
+
+def _objects(data_dir: Path, topic: str, partitions: int) -> tuple[set[str], set[str]]:
+    """The segment objects on disk, and those the index names."""
+    with streamhouse.connect(data_dir) as sh:
+        indexed = {
+            row.object_key for p in range(partitions) for row in sh.log.metadata.segments(topic, p)
+        }
+    objects = data_dir / "objects"
+    on_disk = {str(p.relative_to(objects)) for p in objects.rglob("*.seg")}
+    return on_disk, indexed
 
 
 def _check_log(data_dir: Path, topic: str, acks: list[Ack]) -> dict[int, int]:
@@ -183,38 +204,43 @@ def test_kill_9_mid_produce_loses_nothing_acknowledged(
             assert sh.fetch("acks", p, high_watermark)["value"].to_pylist() == [b"after"]
 
 
-def test_producer_processes_on_one_directory_are_fenced(
+def test_producer_processes_on_one_store_are_sequenced_not_rewritten(
     tmp_path: Path, metadata_env: str | None
 ) -> None:
+    """Three processes produce to the same two partitions at once. The metadata store gives
+    each flush its offsets at commit: offsets end dense and unique, every flush is one object
+    put once and committed at the first try, and no object is left over."""
     with streamhouse.connect(tmp_path) as sh:
         sh.create_topic("shared", partitions=2)
     children = [_spawn_producer(tmp_path, "shared", tag, 0, 30) for tag in ("a", "b", "c")]
     _start(*children)  # all connected: start them together
     acks: list[Ack] = []
+    stats: list[Stats] = []
     for child in children:
         out, err = child.communicate(timeout=120)
         assert child.returncode == 0, err.decode()[-2000:]
         acks.extend(_parse_acks(out))
+        stats.append(_parse_stats(out))
     assert len({(p, o) for p, o, _, _ in acks}) == len(acks)
     high_watermarks = _check_log(tmp_path, "shared", acks)
     assert sum(high_watermarks.values()) == len(acks)
-    # Objects of refused commits were deleted: every object left is in the index.
-    with streamhouse.connect(tmp_path) as sh:
-        indexed = {
-            row.object_key for p in range(2) for row in sh.log.metadata.segments("shared", p)
-        }
-    on_disk = {str(p.relative_to(tmp_path / "objects")) for p in (tmp_path / "objects").rglob("*")}
-    assert {k for k in on_disk if k.endswith(".seg")} == indexed
+    assert all(put == committed for put, committed, _ in stats), stats  # nothing rewritten
+    assert sum(elsewhere for _, _, elsewhere in stats) > 0, stats  # the writers did interleave
+    on_disk, indexed = _objects(tmp_path, "shared", 2)
+    assert on_disk == indexed
+    assert len(on_disk) == sum(committed for _, committed, _ in stats)
     assert (tmp_path / "metadata.sqlite3").exists() == (metadata_env is None)
 
 
 def test_a_writer_killed_beside_another_loses_nothing_acknowledged(
     tmp_path: Path, metadata_env: str | None
 ) -> None:
-    """Two producer processes write one partition; one is killed -9 mid-produce while the
-    other goes on. Offsets stay dense and unique, and every acknowledged record is there."""
+    """Two producer processes write the same two partitions; one is killed -9 mid-produce
+    while the other goes on. Offsets stay dense and unique, every acknowledged record is
+    there, the survivor wrote each flush once, and at most the victim's flushes in progress
+    (two: one being put, one being committed) are left unindexed."""
     with streamhouse.connect(tmp_path) as sh:
-        sh.create_topic("pair", partitions=1)
+        sh.create_topic("pair", partitions=2)
     victim = _spawn_producer(tmp_path, "pair", "victim", 1, 0)
     survivor = _spawn_producer(tmp_path, "pair", "survivor", 1, 60)
     _start(victim, survivor)
@@ -223,8 +249,12 @@ def test_a_writer_killed_beside_another_loses_nothing_acknowledged(
     assert survivor.returncode == 0, err.decode()[-2000:]
     survivor_acks = _parse_acks(out)
     assert len(survivor_acks) >= 60
+    put, committed, _ = _parse_stats(out)
+    assert put == committed
     high_watermarks = _check_log(tmp_path, "pair", victim_acks + survivor_acks)
-    assert high_watermarks[0] >= len(victim_acks) + len(survivor_acks)
+    assert sum(high_watermarks.values()) >= len(victim_acks) + len(survivor_acks)
+    on_disk, indexed = _objects(tmp_path, "pair", 2)
+    assert indexed <= on_disk and len(on_disk - indexed) <= 2
     assert (tmp_path / "metadata.sqlite3").exists() == (metadata_env is None)
 
 

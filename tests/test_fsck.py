@@ -20,10 +20,11 @@ import streamhouse
 from streamhouse.cli import main
 from streamhouse.config import Settings
 from streamhouse.errors import StorageError
+from streamhouse.log import Log
 from streamhouse.log.fsck import FindingKind, check, delete_orphans
 from streamhouse.log.metadata.sqlite import SQLiteMetadata
 from streamhouse.log.objectstore import LocalObjectStore
-from streamhouse.log.records import restamp
+from streamhouse.log.records import build_batch, restamp
 from streamhouse.log.segment import SegmentBuilder, SegmentEntry, read_footer
 
 TOPIC = "t"
@@ -491,3 +492,28 @@ def test_delete_orphans_refuses_when_the_metadata_was_emptied(data_dir: Path) ->
     assert _keys(data_dir) == keys
     assert fsck(data_dir, "--rebuild-metadata").exit_code == 0
     assert sum(t.num_rows for t in _records(data_dir).values()) == 900
+
+
+def test_runs_sequenced_after_another_writers_are_checked_and_rebuilt(tmp_path: Path) -> None:
+    """Two logs on one store guess the same offsets for runs of one partition; the store
+    sequenced the second after the first. fsck finds the index consistent with the footers,
+    and a rebuild from the footers gives every record an offset again, once, densely."""
+    settings = Settings.load(data_dir=tmp_path, linger_ms=1)
+    with Log.open(settings) as a, Log.open(settings) as b:
+        a.create_topic(TOPIC)
+        a.append(TOPIC, 0, build_batch([b"a0", b"a1"])).result(10)
+        b.append(TOPIC, 0, build_batch([b"b2"])).result(10)
+        a.append(TOPIC, 0, build_batch([b"a3", b"a4"])).result(10)  # written at 2-3, moved
+        assert a.writer.stats.sequenced_elsewhere == 1
+    result = fsck(tmp_path)
+    assert result.exit_code == 0, result.output
+
+    _drop_metadata(tmp_path)
+    result = fsck(tmp_path, "--rebuild-metadata")
+    assert result.exit_code == 0, result.output
+    assert "moved: segments/" in result.stderr
+    with streamhouse.connect(tmp_path) as sh:
+        table = sh.fetch(TOPIC, 0)
+        assert table["offset"].to_pylist() == [0, 1, 2, 3, 4]
+        assert sorted(table["value"].to_pylist()) == [b"a0", b"a1", b"a3", b"a4", b"b2"]
+    assert fsck(tmp_path).exit_code == 0

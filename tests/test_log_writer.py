@@ -38,9 +38,10 @@ def test_async_appends_resolve_on_the_loop_with_contiguous_offsets(tmp_path: Pat
         assert log.offsets("t", 0).high_watermark == 60
 
 
-def test_a_failed_commit_rewrites_the_flush_written_behind_it(tmp_path: Path) -> None:
+def test_a_failed_commit_leaves_the_flush_written_behind_it_to_the_store(tmp_path: Path) -> None:
     """Flush 2 is stamped after flush 1's (tentative) offsets and put while flush 1 commits;
-    flush 1's commit fails, so flush 2 is written again from the committed high watermark."""
+    flush 1's commit fails, and flush 2 is committed as written: the store gives it offset 0,
+    and the reader re-stamps its batch, written at offset 2."""
     with Log.open(Settings.load(data_dir=tmp_path, linger_ms=1)) as log:
         log.create_topic("t")
         commit = log.metadata.commit_segment
@@ -66,12 +67,14 @@ def test_a_failed_commit_rewrites_the_flush_written_behind_it(tmp_path: Path) ->
         with pytest.raises(StorageError, match="commit refused"):
             first.result(10)
         assert second.result(10) == 0
-        assert calls == 2  # flush 2, stamped in the failed generation, was not even tried
+        assert calls == 2  # flush 2 was committed, not written again
         log.metadata.commit_segment = commit  # type: ignore[method-assign]
         assert log.append("t", 0, build_batch([b"next"])).result(10) == 1
         assert _values(log) == [b"kept", b"next"]
+        offsets = decode_batches(log.fetch("t", 0, 0, 1 << 20).records).column("offset")
+        assert offsets.to_pylist() == [0, 1]
     objects = sorted((tmp_path / "objects" / "segments").iterdir())
-    assert len(objects) == 2  # the objects of the failed and the stale flush were deleted
+    assert len(objects) == 2  # the failed flush's object was deleted, none rewritten
 
 
 def test_partitions_added_through_the_log_are_writable_at_once(tmp_path: Path) -> None:
@@ -85,3 +88,28 @@ def test_partitions_added_through_the_log_are_writable_at_once(tmp_path: Path) -
         log.delete_topic("t")
         log.create_topic("t", partitions=3)
         assert log.append("t", 2, build_batch([b"c"])).result(10) == 0
+
+
+def test_two_logs_on_one_store_are_sequenced_by_it(tmp_path: Path) -> None:
+    """Log ``a`` guesses offset 3 for its second flush, but ``b`` committed 3-4 meanwhile: the
+    store indexes ``a``'s run at 5-7, the object is not rewritten, and every read (a fetch
+    from inside the run, a decode) sees offsets 5-7."""
+    settings = Settings.load(data_dir=tmp_path, linger_ms=1)
+    with Log.open(settings) as a, Log.open(settings) as b:
+        a.create_topic("t")
+        assert a.append("t", 0, build_batch([b"a0", b"a1", b"a2"])).result(10) == 0
+        assert b.append("t", 0, build_batch([b"b3", b"b4"])).result(10) == 3
+        batches = build_batch([b"a5"]) + build_batch([b"a6", b"a7"])
+        assert a.append("t", 0, batches).result(10) == 5
+        assert (a.writer.stats.objects_put, a.writer.stats.objects_committed) == (2, 2)
+        assert a.writer.stats.sequenced_elsewhere == 1
+        (row,) = a.metadata.segments("t", 0, from_offset=5)
+        assert (row.base_offset, row.last_offset) == (5, 7)
+        for log in (a, b):
+            fetched = decode_batches(log.fetch("t", 0, 6).records)
+            assert fetched.column("offset").to_pylist() == [6, 7]
+            assert fetched.column("value").to_pylist() == [b"a6", b"a7"]
+        assert _values(b) == [b"a0", b"a1", b"a2", b"b3", b"b4", b"a5", b"a6", b"a7"]
+        assert a.append("t", 0, build_batch([b"a8"])).result(10) == 8  # guesses right again
+        assert a.writer.stats.sequenced_elsewhere == 1
+    assert len(list((tmp_path / "objects" / "segments").iterdir())) == 4

@@ -184,18 +184,22 @@ def test_commit_segment_advances_high_watermarks(md: Store) -> None:
     assert rows == [SegmentRow("o1", "t", 1, 0, 4, 50, 100, 0, 0, 1, 0)]
 
 
-def test_fencing_rejects_stale_base_offset_and_leaves_nothing(md: Store) -> None:
+def test_the_store_sequences_offsets_whatever_the_entries_were_written_with(md: Store) -> None:
     md.create_topic("t", partitions=2)
-    md.commit_segment("o1", [Entry("t", 0, 0, 9)])
-    before = md.partition_offsets("t")
-    with pytest.raises(StorageError, match="stale"):
-        # partition 1 is fine, partition 0 is stale: all of it must roll back
-        md.commit_segment("o2", [Entry("t", 1, 0, 9), Entry("t", 0, 5, 14)])
-    assert md.partition_offsets("t") == before
-    assert md.segments("t", 1) == []
-    with pytest.raises(StorageError, match="stale"):
-        md.commit_segment("o3", [Entry("t", 0, 11, 20)])  # a gap is stale too
-    assert [r.object_key for r in md.segments("t", 0)] == ["o1"]
+    assert md.commit_segment("o1", [Entry("t", 0, 0, 9)]) == [0]
+    # written at 5-14 (partition 0) and 0-9 (partition 1): indexed at each high watermark
+    bases = md.commit_segment("o2", [Entry("t", 1, 0, 9), Entry("t", 0, 5, 14, position=100)])
+    assert bases == [0, 10]
+    assert md.commit_segment("o3", [Entry("t", 0, 70, 71), Entry("t", 0, 0, 0)]) == [20, 22]
+    assert md.partition_offsets("t") == {0: PartitionOffsets(0, 23), 1: PartitionOffsets(0, 10)}
+    rows = md.segments("t", 0)
+    assert [(r.object_key, r.base_offset, r.last_offset, r.position) for r in rows] == [
+        ("o1", 0, 9, 0),
+        ("o2", 10, 19, 100),
+        ("o3", 20, 21, 0),
+        ("o3", 22, 22, 0),
+    ]
+    assert md.is_indexed("o2") and not md.is_indexed("o4")
 
 
 def test_commit_segment_unknown_topic_or_partition_rolls_back(md: Store) -> None:
@@ -376,15 +380,18 @@ def test_concurrent_commits_from_threads(md: Store) -> None:
     assert len(set(ids)) == len(ids) == partitions * commits
 
 
-def test_concurrent_stale_writers_one_wins(md: Store) -> None:
+def test_concurrent_writers_are_sequenced_not_refused(md: Store) -> None:
     md.create_topic("t")
+    bases: list[int] = []
 
     def writer(n: int) -> None:
-        md.commit_segment(f"w{n}", [Entry("t", 0, 0, 9)])
+        bases.extend(md.commit_segment(f"w{n}", [Entry("t", 0, 0, 9)]))
 
-    errors = at_once(4, writer)
-    assert len(errors) == 3 and all("stale" in str(exc) for exc in errors), errors
-    assert len(md.segments("t", 0)) == 1
+    assert at_once(4, writer) == []
+    assert sorted(bases) == [0, 10, 20, 30]
+    rows = md.segments("t", 0)
+    assert [(r.base_offset, r.last_offset) for r in rows] == [(i, i + 9) for i in bases]
+    assert sorted(r.object_key for r in rows) == ["w0", "w1", "w2", "w3"]
 
 
 def test_one_of_concurrent_creators_wins(open_store: OpenStore) -> None:
@@ -397,8 +404,9 @@ def test_one_of_concurrent_creators_wins(open_store: OpenStore) -> None:
 
 
 def test_writers_on_separate_stores_get_dense_offsets(open_store: OpenStore) -> None:
-    """Writers with their own store (as separate processes have) race for one partition; each
-    retries a refused commit from the new high watermark. Every commit lands exactly once."""
+    """Writers with their own store (as separate processes have) commit to one partition at
+    once, all proposing offset 0: the store sequences them, so every commit lands exactly once,
+    first time, and offsets stay dense."""
     writers, commits, size = 4, 25, 3
     open_store().create_topic("t", partitions=2)
     stores = [open_store() for _ in range(writers)]
@@ -406,15 +414,8 @@ def test_writers_on_separate_stores_get_dense_offsets(open_store: OpenStore) -> 
     def writer(n: int) -> None:
         store = stores[n]
         for i in range(commits):
-            while True:
-                base = store.partition_offset("t", 0).high_watermark
-                other = store.partition_offset("t", 1).high_watermark
-                entries = [Entry("t", 1, other, other), Entry("t", 0, base, base + size - 1)]
-                try:
-                    store.commit_segment(f"w{n}-{i}-{base}", entries)
-                    break
-                except StorageError as exc:  # lost the race: retry from the new watermark
-                    assert "stale" in str(exc)
+            entries = [Entry("t", 1, 0, 0), Entry("t", 0, 0, size - 1)]
+            store.commit_segment(f"w{n}-{i}", entries)
 
     assert at_once(writers, writer) == []
     rows = stores[0].segments("t", 0)
@@ -524,8 +525,8 @@ def test_postgresql_connections_dropped_by_the_server_are_replaced(postgres_url:
         # at least the pool's one open connection (more when the four calls overlapped)
         assert len(dropped) >= 1 and all(ok for (ok,) in dropped)
         errors = at_once(4, lambda n: md.commit_segment(f"o{n}", [Entry("t", 0, 0, 0)]))
-        assert len(errors) == 3 and all("stale" in str(e) for e in errors), errors
-        assert len(md.segments("t", 0)) == 1
+        assert errors == []
+        assert [r.base_offset for r in md.segments("t", 0)] == [0, 1, 2, 3]
     finally:
         md.close()
 
@@ -562,7 +563,7 @@ def test_restore_segments_sets_offsets_from_the_rows(md: Store) -> None:
     found = md.segment_for_timestamp("t", 0, 250)  # the running maximum, carried over the rows
     assert found == rows[0]
     assert md.next_producer_id() == 5001
-    md.commit_segment("c", [Entry("t", 0, 30, 31)])  # writers continue at the high watermark
+    assert md.commit_segment("c", [Entry("t", 0, 0, 1)]) == [30]  # after the restored rows
     assert md.partition_offset("t", 0) == PartitionOffsets(10, 32)
 
 

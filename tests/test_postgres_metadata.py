@@ -27,7 +27,7 @@ def test_connect_with_postgresql_metadata_produces_and_queries(
     tmp_path: Path, postgres_url: str
 ) -> None:
     with streamhouse.connect(tmp_path, metadata=postgres_url, linger_ms=1) as sh:
-        assert isinstance(sh.log.metadata, PostgresMetadata)
+        assert isinstance(sh.log.metadata.inner, PostgresMetadata)
         sh.create_topic("clicks", partitions=2)
         produced = sh.produce("clicks", [{"user": i % 3, "n": i} for i in range(300)], key="k")
         assert produced.records == 300 and len(produced.offsets) == 1
@@ -61,12 +61,13 @@ def test_metadata_setting_precedence(
     assert Settings.load(toml).metadata == postgres_url
     assert Settings.load(toml, metadata="sqlite:///flag.db").metadata == "sqlite:///flag.db"
     with streamhouse.connect(tmp_path / "data") as sh:  # the environment picks PostgreSQL
-        assert isinstance(sh.log.metadata, PostgresMetadata)
+        assert isinstance(sh.log.metadata.inner, PostgresMetadata)
         sh.create_topic("from-env")
     monkeypatch.delenv("STREAMHOUSE_METADATA")
     monkeypatch.chdir(tmp_path)  # streamhouse.toml is read from the working directory
     with streamhouse.connect(tmp_path / "data") as sh:
-        assert isinstance(sh.log.metadata, SQLiteMetadata) and sh.log.metadata.path == other
+        assert isinstance(sh.log.metadata.inner, SQLiteMetadata)
+        assert sh.log.metadata.inner.path == other
         assert sh.topics() == []
 
 

@@ -26,6 +26,7 @@ from streamhouse.log.records import (
     decode_records,
     read_header,
     restamp,
+    shift_offsets,
     split_batches,
     verify_crc,
 )
@@ -436,3 +437,23 @@ def test_damaged_records_raise_only_corrupt_record_error(flips) -> None:
     for data in (bytes(damaged), [bytes(damaged)] * 20):
         with contextlib.suppress(CorruptRecordError):
             decode_batches(data, verify=False)
+
+
+def test_shift_offsets_moves_every_batch_and_keeps_crcs() -> None:
+    run = b"".join(
+        build_batch([b"x"] * n, base_offset=base, compression=codec)
+        for base, n, codec in [
+            (0, 2, Compression.NONE),
+            (2, 3, Compression.ZSTD),
+            (5, 1, Compression.LZ4),
+        ]
+    )
+    shifted = shift_offsets(run, 1000)
+    assert len(shifted) == len(run)
+    assert [h.base_offset for _, _, h in split_batches(shifted)] == [1000, 1002, 1005]
+    assert all(verify_crc(shifted, start, end) for start, end, _ in split_batches(shifted))
+    assert decode_batches(shift_offsets(shifted, -1000)).column("offset").to_pylist() == list(
+        range(6)
+    )
+    with pytest.raises(CorruptRecordError, match="truncated"):
+        shift_offsets(run[:-1], 1)

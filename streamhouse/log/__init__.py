@@ -34,6 +34,7 @@ from streamhouse.log.metadata import (
     open_metadata,
     sqlite_path,
 )
+from streamhouse.log.metadata.cache import CachedMetadata
 from streamhouse.log.objectstore import ObjectStore, open_object_store
 from streamhouse.log.reader import FetchResult, LogReader, ObjectCache
 from streamhouse.log.records import BatchHeader, decode_batches, split_batches, verify_crc
@@ -78,7 +79,8 @@ class Log:
     def __init__(self, settings: Settings, store: ObjectStore, metadata: Metadata) -> None:
         self.settings = settings
         self.store = store
-        self.metadata = metadata
+        self.metadata = CachedMetadata(metadata)
+        metadata = self.metadata
         self.cache = ObjectCache(store, settings.cache_bytes)
         self.writer = LogWriter(
             store,
@@ -87,7 +89,7 @@ class Log:
             max_bytes=settings.max_flush_bytes,
             on_segment=self.cache.put,
         )
-        self.reader = LogReader(metadata, self.cache)
+        self.reader = LogReader(metadata, self.cache, fresh_offset=metadata.fresh_offset)
         self._topics: dict[str, tuple[float, TopicInfo, int]] = {}  # name -> (expiry, info, limit)
 
     @classmethod
@@ -265,7 +267,10 @@ class Log:
         self.writer.flush()
 
     def add_listener(self, listener: Callable[[str, int, int], None]) -> None:
+        """Call ``listener(topic, partition, high_watermark)`` after commits of this process
+        (from the committer thread) and of others (from the metadata cache's feed)."""
         self.writer.add_listener(listener)
+        self.metadata.add_listener(listener)
 
     # -- fetch ------------------------------------------------------------------------------
 

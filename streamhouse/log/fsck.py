@@ -25,7 +25,6 @@ in place, without copies. The index is read by one more thread meanwhile.
 
 from __future__ import annotations
 
-import bisect
 import fcntl
 import logging
 import operator
@@ -188,26 +187,35 @@ def _index(
 
 
 _COMPARED = (
-    "last_offset",
-    "position",
     "length",
     "min_timestamp",
     "max_timestamp",
     "record_count",
     "crc",
 )
-_FIELDS = operator.attrgetter("topic", "partition", "base_offset", *_COMPARED)
+_FIELDS = operator.attrgetter(
+    "topic", "partition", "base_offset", "last_offset", "position", *_COMPARED
+)
 """The fields an index row and a footer entry share, as one tuple (in C, for the fast path)."""
 
 
 def _compare(key: str, rows: list[SegmentRow], entries: list[SegmentEntry]) -> list[Finding]:
-    """Findings where the index rows of ``key`` and its footer entries disagree."""
+    """Findings where the index rows of ``key`` and its footer entries disagree.
+
+    A row and an entry are matched by partition and base offset, or else by byte position and
+    checksum: the metadata store sequences offsets at commit, so a row may sit at other offsets
+    than its footer entry says the batches were written with, but it must span as many."""
     if sorted(map(_FIELDS, rows)) == sorted(map(_FIELDS, entries)):
-        return []
+        return []  # the usual case: written at the offsets the store assigned
     footer = {(e.topic, e.partition, e.base_offset): e for e in entries}
+    by_position = {(e.topic, e.partition, e.position, e.crc): e for e in entries}
     findings = []
     for row in rows:
         entry = footer.pop((row.topic, row.partition, row.base_offset), None)
+        if entry is None:
+            entry = by_position.get((row.topic, row.partition, row.position, row.crc))
+            if entry is not None:
+                footer.pop((entry.topic, entry.partition, entry.base_offset), None)
         if entry is None:
             detail = "the footer has no entry for this index row"
         else:
@@ -216,6 +224,9 @@ def _compare(key: str, rows: list[SegmentRow], entries: list[SegmentEntry]) -> l
                 for name in _COMPARED
                 if getattr(row, name) != getattr(entry, name)
             ]
+            span, written = row.last_offset - row.base_offset, entry.last_offset - entry.base_offset
+            if span != written:
+                differ.insert(0, f"{span + 1} offsets vs {written + 1}")
             if not differ:
                 continue
             detail = "index row vs footer: " + ", ".join(differ)
@@ -434,7 +445,10 @@ class RebuildReport:
     unreadable: list[str] = field(default_factory=list)
     """Objects whose footer is damaged: their records are not indexed."""
     overlapping: list[str] = field(default_factory=list)
-    """Objects left out because a newer object holds some of the same offsets."""
+    """Objects left out because a newer object holds the same runs at the same offsets."""
+    moved: list[str] = field(default_factory=list)
+    """Objects with a run indexed at other offsets than written (another writer's run was
+    written with the same ones)."""
     gaps: list[OffsetRange] = field(default_factory=list)
     kept_aside: list[Path] = field(default_factory=list)
     producer_id_floor: int = 0
@@ -454,43 +468,57 @@ class RebuildReport:
 def _choose(
     footers: Sequence[tuple[str, list[SegmentEntry]]], report: RebuildReport
 ) -> list[SegmentRow]:
-    """Index rows of the objects whose offsets no newer object claims.
+    """Index rows of every object, with offsets dense where the footers allow.
 
-    The metadata commits an object all or nothing, and a flush that failed is written again
-    under a newer key with the same offsets; so objects are taken newest first, and an
-    object with any offset taken already is left out whole.
+    A writer never rewrites an object, but several writers may write runs of one partition
+    with the same (guessed) offsets, which the metadata store then sequenced at commit; the
+    footers hold the written offsets only. So an object whose every run is a byte-identical
+    copy (offsets and checksum) of a newer object's is left out whole, and the runs of each
+    partition are taken by written offset (then object key): a run keeps its written offsets
+    unless an earlier run holds some of them, and then follows that run.
     """
-    taken: dict[tuple[str, int], list[tuple[int, int]]] = {}  # sorted (base, last) intervals
-    rows = []
+    seen: set[tuple[str, int, int, int, int]] = set()
+    kept: list[tuple[str, SegmentEntry]] = []
     for key, entries in sorted(footers, key=lambda f: f[0], reverse=True):
-        if any(_overlaps(taken.get((e.topic, e.partition), []), e) for e in entries):
+        runs = {(e.topic, e.partition, e.base_offset, e.last_offset, e.crc) for e in entries}
+        if runs and runs <= seen:
             report.overlapping.append(key)
             continue
-        for e in entries:
-            bisect.insort(
-                taken.setdefault((e.topic, e.partition), []), (e.base_offset, e.last_offset)
-            )
-            rows.append(index_row(key, e))
-    for (topic, partition), intervals in taken.items():
-        report.offsets[(topic, partition)] = (intervals[0][0], intervals[-1][1] + 1)
+        seen |= runs
+        kept.extend((key, e) for e in entries)
+    kept.sort(key=lambda run: (run[1].topic, run[1].partition, run[1].base_offset, run[0]))
+    rows = []
+    moved: set[str] = set()
+    bounds: dict[tuple[str, int], tuple[int, int]] = {}  # (log start, high watermark)
+    for key, e in kept:
+        partition = (e.topic, e.partition)
+        start, next_offset = bounds.get(partition, (e.base_offset, e.base_offset))
+        if e.base_offset > next_offset:
+            report.gaps.append(OffsetRange(e.topic, e.partition, next_offset, e.base_offset - 1))
+        base = max(e.base_offset, next_offset)
+        if base != e.base_offset:
+            moved.add(key)
+        last = base + e.last_offset - e.base_offset
+        bounds[partition] = (start, last + 1)
+        rows.append(index_row(key, e, base))
+    for (topic, partition), offsets in bounds.items():
+        report.offsets[(topic, partition)] = offsets
         report.topics[topic] = max(report.topics.get(topic, 0), partition + 1)
-        report.gaps.extend(
-            OffsetRange(topic, partition, prev_last + 1, base - 1)
-            for (_, prev_last), (base, _) in zip(intervals, intervals[1:], strict=False)
-            if base > prev_last + 1
-        )
     report.overlapping.sort()
+    report.moved = sorted(moved)
     return rows
 
 
-def index_row(object_key: str, entry: SegmentEntry) -> SegmentRow:
-    """The index row naming the run ``entry`` of the object ``object_key``."""
+def index_row(object_key: str, entry: SegmentEntry, base_offset: int | None = None) -> SegmentRow:
+    """The index row naming the run ``entry`` of the object ``object_key``, at its written
+    offsets or from ``base_offset``."""
+    base = entry.base_offset if base_offset is None else base_offset
     return SegmentRow(
         object_key,
         entry.topic,
         entry.partition,
-        entry.base_offset,
-        entry.last_offset,
+        base,
+        base + entry.last_offset - entry.base_offset,
         entry.position,
         entry.length,
         entry.min_timestamp,
@@ -498,11 +526,6 @@ def index_row(object_key: str, entry: SegmentEntry) -> SegmentRow:
         entry.record_count,
         entry.crc,
     )
-
-
-def _overlaps(intervals: list[tuple[int, int]], entry: SegmentEntry) -> bool:
-    i = bisect.bisect_right(intervals, (entry.last_offset, float("inf")))
-    return i > 0 and intervals[i - 1][1] >= entry.base_offset
 
 
 def _read_footer(store: ObjectStore, key: str) -> list[SegmentEntry] | None:

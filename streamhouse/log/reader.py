@@ -5,7 +5,9 @@ The cache holds whole segment objects (they are small: one flush each) keyed by 
 a byte budget. The writer puts each new object into the cache as it is committed, so tailing
 consumers never touch the object store.
 
-Runs are handed out as zero-copy views of the cached objects after their CRC-32C is checked;
+Runs are handed out as zero-copy views of the cached objects after their CRC-32C is checked,
+re-stamped (a copy) where the metadata store sequenced them at other offsets than they were
+written with;
 :meth:`LogReader.scan` reads many partitions at once, each object once, for SQL scans.
 
 Damage is contained: a run that fails its checksum (or is cut short) raises
@@ -18,7 +20,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections import OrderedDict
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import crc32c
@@ -26,7 +28,7 @@ import crc32c
 from streamhouse.errors import DamagedRangeError, OffsetOutOfRangeError
 from streamhouse.log.metadata import Metadata, PartitionOffsets, SegmentRow
 from streamhouse.log.objectstore import ObjectStore
-from streamhouse.log.records import read_header
+from streamhouse.log.records import first_base_offset, read_header, shift_offsets
 
 log = logging.getLogger(__name__)
 
@@ -87,9 +89,18 @@ class ObjectCache:
 class LogReader:
     """Reads stored batches of one partition by offset."""
 
-    def __init__(self, metadata: Metadata, cache: ObjectCache) -> None:
+    def __init__(
+        self,
+        metadata: Metadata,
+        cache: ObjectCache,
+        *,
+        fresh_offset: Callable[[str, int], PartitionOffsets] | None = None,
+    ) -> None:
         self._metadata = metadata
         self._cache = cache
+        # Reads a partition's offsets from the store itself, when the (cached) ones the
+        # metadata gave do not admit a fetch: another process may have committed since.
+        self._fresh_offset = fresh_offset or metadata.partition_offset
 
     def offsets(self, topic: str, partition: int) -> PartitionOffsets:
         return self._metadata.partition_offset(topic, partition)
@@ -99,13 +110,20 @@ class LogReader:
         return bytes(self.run_view(row))
 
     def run_view(self, row: SegmentRow, data: bytes | None = None) -> memoryview:
-        """The verified bytes of one indexed run, as a view of its object (no copy).
+        """The verified bytes of one indexed run, with the offsets the index gives them.
 
-        ``data`` is the whole object if the caller holds it already; else it comes from the cache.
+        A view of its object (no copy) when the batches were written with the offsets the
+        metadata store assigned at commit; else a copy re-stamped by the difference (only each
+        batch's baseOffset changes). ``data`` is the whole object if the caller holds it
+        already; else it comes from the cache.
         """
         if data is None:
             data = self._cache.get(row.object_key)
-        return _check_run(data, row)
+        run = _check_run(data, row)
+        written = first_base_offset(run)
+        if written != row.base_offset:
+            run = memoryview(shift_offsets(run, row.base_offset - written))
+        return run
 
     def fetch(self, topic: str, partition: int, offset: int, max_bytes: int) -> FetchResult:
         """Batches from the one holding ``offset``, up to ``max_bytes`` (at least one batch).
@@ -114,6 +132,8 @@ class LogReader:
         :class:`~streamhouse.errors.DamagedRangeError`.
         """
         bounds = self.offsets(topic, partition)
+        if offset < bounds.log_start_offset or offset > bounds.high_watermark:
+            bounds = self._fresh_offset(topic, partition)
         if offset < bounds.log_start_offset or offset > bounds.high_watermark:
             raise OffsetOutOfRangeError(
                 f"offset {offset} of {topic}-{partition} is outside "

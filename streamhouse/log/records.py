@@ -60,6 +60,7 @@ __all__ = [
     "decode_records",
     "read_header",
     "restamp",
+    "shift_offsets",
     "split_batches",
     "verify_crc",
 ]
@@ -82,6 +83,8 @@ BATCH_OVERHEAD = 61
 
 _HEADER = struct.Struct(">qiibIhiqqqhii")
 assert _HEADER.size == BATCH_OVERHEAD
+_BASE_OFFSET = struct.Struct(">q")  # bytes 0-8 of a batch, outside the CRC
+_BATCH_LENGTH = struct.Struct(">i")  # bytes 8-12: the size of the rest of the batch
 _CRC_START = 21  # attributes
 _LENGTH_END = 12  # batchLength counts the bytes after offset 12
 _MIN_BATCH_LENGTH = BATCH_OVERHEAD - _LENGTH_END
@@ -203,6 +206,37 @@ def verify_crc(buf: bytes | memoryview, start: int = 0, end: int | None = None) 
 def restamp(batch: bytes, base_offset: int) -> bytes:
     """The batch with baseOffset replaced; the CRC stays valid as it does not cover it."""
     return struct.pack(">q", base_offset) + batch[8:]
+
+
+def first_base_offset(run: bytes | memoryview) -> int:
+    """The baseOffset of the first batch of ``run``."""
+    return _BASE_OFFSET.unpack_from(run, 0)[0]
+
+
+def shift_offsets(run: bytes | memoryview, delta: int) -> bytes:
+    """A copy of the whole batches ``run`` with ``delta`` added to each baseOffset.
+
+    Only the 8 bytes of each header change (outside every CRC); the offsets are added in one
+    numpy operation. CorruptRecordError if a batch is cut short.
+
+    >>> run = build_batch([b"a", b"b"], base_offset=0) + build_batch([b"c"], base_offset=2)
+    >>> [h.base_offset for _, _, h in split_batches(shift_offsets(run, 40))]
+    [40, 42]
+    """
+    view = memoryview(run)
+    starts, pos, total = [], 0, len(view)
+    while pos < total:  # one step per batch, not per record
+        if total - pos < _LENGTH_END:
+            raise CorruptRecordError(f"truncated batch header at byte {pos}")
+        starts.append(pos)
+        pos += _LENGTH_END + _BATCH_LENGTH.unpack_from(view, pos + 8)[0]
+    if pos != total:
+        raise CorruptRecordError(f"truncated batch at byte {starts[-1]}")
+    out = np.frombuffer(bytearray(view), dtype=np.uint8)
+    where = np.asarray(starts, dtype=np.int64)[:, None] + np.arange(8)
+    offsets = out[where].copy().view(">i8")[:, 0] + np.int64(delta)
+    out[where] = offsets.astype(">i8").view(np.uint8).reshape(-1, 8)
+    return out.tobytes()
 
 
 # --------------------------------------------------------------------------- codecs

@@ -5,25 +5,26 @@ durable in the object store (fsync + atomic rename locally, a completed PUT on S
 rows are committed in the metadata store. A flush happens ``linger_ms`` after the first pending
 append or as soon as ``max_bytes`` are pending, whichever comes first.
 
-Offsets are assigned at flush time by re-stamping each batch's ``baseOffset`` (bytes 0-7, outside
-the CRC): no record is decoded on this path. Flushes are pipelined over two threads, so that the
-object of one flush is written while the index rows of the one before are committed:
+Offsets are sequenced by the metadata store at commit: a flush proposes none. The writer stamps
+each batch's ``baseOffset`` (bytes 0-7, outside the CRC) with a *tentative* offset, its best
+guess (following the flush before it, committed or not), encodes one segment object and puts
+it; :meth:`~streamhouse.log.metadata.Metadata.commit_segment` then indexes each partition's run
+at that partition's high watermark in one transaction and says where. The object is never
+rewritten: where the guess was wrong (another process committed to the partition meanwhile,
+or an earlier flush failed) the index row holds the assigned offsets, the object's footer the
+written ones, and the reader re-stamps the batches by the difference. No record is decoded on
+this path. Flushes are pipelined over two threads, so that the object of one flush is written
+while the index rows of the one before are committed:
 
-- the *writer* thread collects pending appends, stamps their offsets (following the offsets it
-  gave the flush before, committed or not), encodes one segment object and puts it;
+- the *writer* thread collects pending appends, stamps their tentative offsets, encodes one
+  segment object and puts it;
 - the *committer* thread commits each flush's index rows, strictly in order, and only then
-  resolves its appends' futures and tells listeners.
+  resolves its appends' futures with the assigned offsets and tells listeners.
 
-At most one put flush waits for its commit while the next is being written. Offsets handed out
-ahead of their commit are tentative: whenever a flush fails (a put or a commit error), the
-committer starts a new *generation* — forgetting every tentative offset — and a flush stamped
-in an older generation is written again from the committed high watermarks before it may
-commit. Another process writing the same partitions is fenced by the metadata store (a commit
-must start at the high watermark): the loser reloads the high watermarks, re-stamps its batches,
-writes a new object and commits again (up to ``COMMIT_ATTEMPTS`` times, backing off exponentially); its
-first object is deleted as an orphan. If the object store or the commit fails otherwise, every append of that
-flush fails, nothing is acknowledged, and later flushes start again from the committed high
-watermarks.
+At most one put flush waits for its commit while the next is being written. If the object store
+or the commit fails, every append of that flush fails, nothing of it is acknowledged or indexed
+(a commit is all or nothing), its object is deleted when the index provably does not name it,
+and later flushes guess again from the committed high watermarks.
 
 Futures: :meth:`LogWriter.append` returns a :class:`concurrent.futures.Future`;
 :meth:`LogWriter.append_async` an :class:`asyncio.Future` that is resolved on its event loop,
@@ -34,7 +35,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import struct
 import threading
 import time
@@ -43,8 +43,8 @@ from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
 from itertools import count
 
-from streamhouse.errors import StorageError, StreamHouseError, UnknownPartitionError
-from streamhouse.log.metadata import Metadata, PartitionOffsets
+from streamhouse.errors import LogError, StorageError, StreamHouseError, UnknownPartitionError
+from streamhouse.log.metadata import Metadata
 from streamhouse.log.objectstore import ObjectStore
 from streamhouse.log.records import BatchHeader
 from streamhouse.log.segment import SegmentBuilder, SegmentEntry, segment_key
@@ -55,18 +55,6 @@ CommitListener = Callable[[str, int, int], None]
 """Called after each commit with (topic, partition, new high watermark)."""
 
 _OFFSET = struct.Struct(">q")
-
-COMMIT_ATTEMPTS = 32
-"""Tries per flush when another process commits to the same partitions in between."""
-BACKOFF_SECONDS = 0.005
-"""Before try ``n + 1``, a random pause of up to ``BACKOFF_SECONDS * 2**(n - 1)``, capped at
-``MAX_BACKOFF_SECONDS``: writers that keep colliding spread out (exponential backoff)."""
-MAX_BACKOFF_SECONDS = 0.25
-
-
-def _backoff(attempt: int) -> None:
-    time.sleep(random.uniform(0, min(MAX_BACKOFF_SECONDS, BACKOFF_SECONDS * 2 ** (attempt - 1))))
-
 
 _Key = tuple[str, int]
 
@@ -132,16 +120,26 @@ class _Flush:
 
     appends: list[_Append]  # every append of the flush, failed ones included
     by_partition: dict[_Key, list[_Append]] = field(default_factory=dict)
-    generation: int = 0
     object_key: str = ""
     data: bytes = b""
     entries: list[SegmentEntry] = field(default_factory=list)
-    resolved: list[tuple[_Append, int]] = field(default_factory=list)
-    assigned: dict[_Key, int] = field(default_factory=dict)
+    resolved: list[tuple[_Append, int]] = field(default_factory=list)  # tentative offsets
+    assigned: dict[_Key, int] = field(default_factory=dict)  # tentative next offsets
     error: BaseException | None = None  # the put failed
 
 
 _STOP = _Flush([])
+
+
+@dataclass(slots=True)
+class WriterStats:
+    """Counts since the writer started: objects put, objects committed, and commits the store
+    indexed at other offsets than they were written with (another writer came first). An
+    object is never put twice, so ``objects_put - objects_committed`` are failed flushes."""
+
+    objects_put: int = 0
+    objects_committed: int = 0
+    sequenced_elsewhere: int = 0
 
 
 class LogWriter:
@@ -176,8 +174,8 @@ class LogWriter:
         self._closed = False
         # guarded by _offsets_lock:
         self._offsets_lock = threading.Lock()
-        self._next_offsets: dict[_Key, int] = {}
-        self._generation = 0
+        self._next_offsets: dict[_Key, int] = {}  # tentative: the next offset to stamp
+        self.stats = WriterStats()  # written by the writer and committer threads only
         self._sequence = count(time.time_ns() // 1000)
         self._writer = threading.Thread(target=self._write_loop, name="streamhouse-flusher")
         self._committer = threading.Thread(target=self._commit_loop, name="streamhouse-commit")
@@ -285,13 +283,13 @@ class LogWriter:
             for item in appends:
                 flush.by_partition.setdefault((item.topic, item.partition), []).append(item)
             with self._offsets_lock:
-                flush.generation = self._generation
                 built = self._build(flush.by_partition)
             if built is None:
                 return flush
             flush.data, flush.entries, flush.resolved, flush.assigned = built
             flush.object_key = segment_key(next(self._sequence))
             self._store.put(flush.object_key, flush.data)
+            self.stats.objects_put += 1
         except Exception as exc:  # reported by the committer, in order
             flush.error = exc
         return flush
@@ -299,10 +297,10 @@ class LogWriter:
     def _build(
         self, by_partition: dict[_Key, list[_Append]]
     ) -> tuple[bytes, list[SegmentEntry], list[tuple[_Append, int]], dict[_Key, int]] | None:
-        """Stamp offsets following ``_next_offsets`` and encode one segment object.
+        """Stamp tentative offsets following ``_next_offsets`` and encode one segment object.
 
-        Called with ``_offsets_lock`` held; advances ``_next_offsets`` (tentatively: the
-        committer forgets them if the flush fails). Appends to partitions that cannot be written
+        Called with ``_offsets_lock`` held; advances ``_next_offsets`` (the committer corrects
+        them by the offsets the store assigns, or forgets them if the flush fails). Appends to partitions that cannot be written
         (unknown ones) are failed and dropped from ``by_partition``; ``None`` if nothing is
         left to write.
         """
@@ -354,14 +352,13 @@ class LogWriter:
         offsets = self._metadata.partition_offsets(key[0])
         if key[1] not in offsets:
             raise UnknownPartitionError(key[0], key[1])
-        value = offsets[key[1]].high_watermark
-        self._next_offsets[key] = value
-        return value
+        for partition, known in offsets.items():  # one read per topic, not per partition
+            self._next_offsets.setdefault((key[0], partition), known.high_watermark)
+        return self._next_offsets[key]
 
-    def _new_generation(self) -> None:
-        """Forget every tentative offset: flushes stamped before are written again."""
+    def _forget_offsets(self) -> None:
+        """Guess the next flushes' offsets from the committed high watermarks again."""
         with self._offsets_lock:
-            self._generation += 1
             self._next_offsets.clear()
 
     # -- the committer thread ---------------------------------------------------------------
@@ -384,79 +381,55 @@ class LogWriter:
                     if isinstance(exc, StreamHouseError)
                     else StorageError(f"flush failed: {exc}")
                 )
-                self._new_generation()
+                self._forget_offsets()
                 _fail(flush.appends, error)
             with self._lock:
                 self._settled = flush.appends[-1].sequence
                 self._done.notify_all()
 
     def _commit(self, flush: _Flush) -> None:
-        """Commit one put flush (or write it again); every future is resolved on return."""
+        """Commit one put flush; every future is resolved on return."""
         if flush.error is not None:
             exc = flush.error
             log.error("flush failed: %s", exc)
-            self._new_generation()
+            self._forget_offsets()
             if flush.object_key and flush.entries:
-                self._abandon(flush.object_key, flush.entries)
+                self._delete_orphan(flush.object_key)  # never committed
             _fail(
                 flush.appends, exc if isinstance(exc, StreamHouseError) else StorageError(str(exc))
             )
             return
         if not flush.resolved:  # every append failed at stamping
             return
-        with self._offsets_lock:
-            current = flush.generation == self._generation
-        if not current:
-            # Stamped after offsets a failed flush had handed out: write it again.
-            self._delete_orphan(flush.object_key)
-            self._write_and_commit(flush.by_partition, 1)
-            return
         try:
-            self._metadata.commit_segment(flush.object_key, flush.entries)
+            bases = self._metadata.commit_segment(flush.object_key, flush.entries)
         except Exception as exc:
-            self._new_generation()
-            stale = self._abandon(flush.object_key, flush.entries)
-            if stale and COMMIT_ATTEMPTS > 1:
-                log.info("segment %s is stale (attempt 1); retrying", flush.object_key)
-                _backoff(1)
-                self._write_and_commit(flush.by_partition, 2)
-                return
+            self._forget_offsets()
+            self._abandon(flush.object_key, exc)
             log.error("flush of %s failed: %s", flush.object_key, exc)
             error = exc if isinstance(exc, StreamHouseError) else StorageError(str(exc))
             _fail((item for item, _ in flush.resolved), error)
             return
-        self._acknowledge(flush.object_key, flush.data, flush.resolved, flush.assigned)
-
-    def _write_and_commit(self, by_partition: dict[_Key, list[_Append]], first: int) -> None:
-        """Stamp from the committed high watermarks, put and commit, without pipelining."""
-        for attempt in range(first, COMMIT_ATTEMPTS + 1):
-            with self._offsets_lock:
-                # A new generation: flushes the writer thread stamped meanwhile are redone too.
-                self._generation += 1
-                self._next_offsets.clear()
-                built = self._build(by_partition)
-            if built is None:
-                return
-            data, entries, resolved, assigned = built
-            object_key = segment_key(next(self._sequence))
-            try:
-                self._store.put(object_key, data)
-                self._metadata.commit_segment(object_key, entries)
-            except Exception as exc:
-                self._new_generation()
-                stale = self._abandon(object_key, entries)
-                if stale and attempt < COMMIT_ATTEMPTS:
-                    # Another process committed to one of these partitions since we read its
-                    # high watermark: re-stamp from the new high watermarks and write again.
-                    log.info("segment %s is stale (attempt %d); retrying", object_key, attempt)
-                    _backoff(attempt)
-                    continue
-                log.error("flush of %s failed: %s", object_key, exc)
-                error = exc if isinstance(exc, StreamHouseError) else StorageError(str(exc))
-                _fail((item for item, _ in resolved), error)
-                return
-            self._acknowledge(object_key, data, resolved, assigned)
-            return
+        shift = {
+            (e.topic, e.partition): base - e.base_offset
+            for e, base in zip(flush.entries, bases, strict=True)
+        }
+        self.stats.objects_committed += 1
+        if any(shift.values()):
+            self.stats.sequenced_elsewhere += 1
+            log.debug(
+                "segment %s indexed at other offsets than written: %s", flush.object_key, shift
+            )
+            with self._offsets_lock:  # guess on from the assigned offsets, unless a later
+                # flush was stamped already (its own commit corrects the guess then)
+                for key, delta in shift.items():
+                    if delta and self._next_offsets.get(key) == flush.assigned[key]:
+                        self._next_offsets[key] += delta
+        resolved = [
+            (item, offset + shift[(item.topic, item.partition)]) for item, offset in flush.resolved
+        ]
+        assigned = {key: offset + shift[key] for key, offset in flush.assigned.items()}
+        self._acknowledge(flush.object_key, flush.data, resolved, assigned)
 
     def _delete_orphan(self, object_key: str) -> None:
         try:
@@ -464,34 +437,23 @@ class LogWriter:
         except StreamHouseError as exc:
             log.warning("cannot delete orphan segment object %s: %s", object_key, exc)
 
-    def _abandon(self, object_key: str, entries: list[SegmentEntry]) -> bool:
-        """Clean up after a failed put or commit; True if the commit lost a race (stale offsets).
+    def _abandon(self, object_key: str, error: BaseException) -> None:
+        """Delete the object of a failed commit when the index provably does not name it.
 
-        The object is deleted (best effort) only when the index provably does not reference it:
-        a commit is all or nothing, so looking at the first entry's partition suffices.
+        A refusal (an unknown topic or partition) rolled the transaction back; after any other
+        failure (the connection was lost, say) the commit may have happened, so the index is
+        asked, and the object left alone if it names it or cannot be asked.
         """
-        first = entries[0]
-        try:
-            rows = self._metadata.segments(
-                first.topic, first.partition, from_offset=first.base_offset, limit=1
-            )
-        except StreamHouseError as exc:
-            log.warning("cannot tell whether %s was committed; leaving it: %s", object_key, exc)
-            return False
-        if rows and rows[0].object_key == object_key:  # committed after all
-            return False
-        self._delete_orphan(object_key)
-        offsets: dict[str, dict[int, PartitionOffsets]] = {}
-        for topic in {e.topic for e in entries}:
+        refused = isinstance(error, LogError) and not isinstance(error, StorageError)
+        if not refused:
             try:
-                offsets[topic] = self._metadata.partition_offsets(topic)
-            except StreamHouseError:  # deleted meanwhile, or the store is failing: not a race
-                offsets[topic] = {}
-        return any(
-            e.partition in offsets[e.topic]
-            and offsets[e.topic][e.partition].high_watermark != e.base_offset
-            for e in entries
-        )
+                if self._metadata.is_indexed(object_key):
+                    log.warning("segment %s was committed although the commit failed", object_key)
+                    return
+            except StreamHouseError as exc:
+                log.warning("cannot tell whether %s was committed; leaving it: %s", object_key, exc)
+                return
+        self._delete_orphan(object_key)
 
     def _acknowledge(
         self,

@@ -16,7 +16,7 @@ from several threads at once.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
@@ -29,6 +29,8 @@ if TYPE_CHECKING:
 __all__ = [
     "CATALOG_KINDS",
     "CatalogEntry",
+    "Commit",
+    "CommitFeed",
     "GroupOffset",
     "Metadata",
     "PartitionOffsets",
@@ -128,6 +130,17 @@ class SegmentEntryLike(Protocol):
     def crc(self) -> int: ...
 
 
+Commit = tuple[str, int, int, int]
+"""(topic, partition, log start offset, high watermark) after a commit or a ``delete_records``;
+the log start is -1 where it did not change (a commit)."""
+
+
+class CommitFeed(Protocol):
+    """What :meth:`Metadata.commit_feed` started; :meth:`stop` ends its thread."""
+
+    def stop(self) -> None: ...
+
+
 class Metadata(Protocol):
     """The catalog of the log. Failures of the store itself raise ``StorageError``."""
 
@@ -173,11 +186,18 @@ class Metadata(Protocol):
         has); ``UnknownTopicError``/``UnknownPartitionError``."""
         ...
 
-    def commit_segment(self, object_key: str, entries: Sequence[SegmentEntryLike]) -> None:
+    def commit_segment(self, object_key: str, entries: Sequence[SegmentEntryLike]) -> list[int]:
         """Index ``entries`` of one object and advance each high watermark, all or nothing.
 
-        ``StorageError`` if an entry's base offset is not its partition's high watermark (a
-        stale writer); ``UnknownTopicError``/``UnknownPartitionError`` for unknown ones."""
+        The store sequences offsets: each entry is indexed at its partition's high watermark
+        (entries of one partition one after the other), whatever base offset it was written
+        with; returns the base offset assigned to each entry, in order. Several writers
+        committing to one partition are serialized, never refused.
+        ``UnknownTopicError``/``UnknownPartitionError`` for unknown partitions."""
+        ...
+
+    def is_indexed(self, object_key: str) -> bool:
+        """True if an index row names ``object_key`` (its commit happened)."""
         ...
 
     def restore_segments(self, rows: Sequence[SegmentRow], *, producer_id_floor: int = 0) -> None:
@@ -268,6 +288,15 @@ class Metadata(Protocol):
 
     def next_producer_id(self) -> int:
         """A new producer id (1, 2, ...), never handed out before, even across restarts."""
+        ...
+
+    def commit_feed(
+        self, on_commits: Callable[[list[Commit]], None], on_live: Callable[[bool], None]
+    ) -> CommitFeed:
+        """Start telling of commits by any process: ``on_commits`` is called from a thread of
+        the feed's own with the partitions whose high watermark or log start offset rose
+        (``delete_records``, retention); ``on_live(True)`` once
+        the feed hears every commit, ``on_live(False)`` whenever it may miss some."""
         ...
 
     def close(self) -> None:

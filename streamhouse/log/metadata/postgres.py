@@ -7,9 +7,9 @@ in autocommit mode: a read is one statement, a write an explicit transaction.
 
 Offsets are sequenced in the commit transaction: :meth:`PostgresMetadata.commit_segment` locks
 the rows of the partitions it touches (``SELECT ... FOR UPDATE``, in one order so two commits
-never deadlock), checks that each entry starts at its partition's high watermark and advances
+never deadlock), gives each entry its partition's high watermark as base offset and advances
 it, all before ``COMMIT``. Two processes committing to one partition are serialized on its row:
-offsets stay dense, ordered and free of duplicates, and the loser is told it is stale.
+offsets stay dense, ordered and free of duplicates, and neither retries nor rewrites anything.
 Every ``psycopg.Error`` surfaces as :class:`~streamhouse.errors.StorageError` naming the store
 (its URL without a password).
 """
@@ -19,8 +19,9 @@ from __future__ import annotations
 import json
 import logging
 import re
+import threading
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from types import TracebackType
 from urllib.parse import urlsplit, urlunsplit
@@ -38,6 +39,7 @@ from streamhouse.errors import (
 )
 from streamhouse.log.metadata import (
     CatalogEntry,
+    Commit,
     GroupOffset,
     PartitionOffsets,
     SegmentEntryLike,
@@ -45,6 +47,7 @@ from streamhouse.log.metadata import (
     TopicInfo,
     validate_topic_name,
 )
+from streamhouse.log.metadata.feed import FeedThread
 from streamhouse.log.metadata.migrations import POSTGRESQL, migrate
 from streamhouse.log.metadata.rules import (
     DUE_OBJECTS,
@@ -70,6 +73,12 @@ POOL_SIZE = 8
 CONNECT_TIMEOUT_S = 10
 """How long opening the store waits for the server before it fails."""
 
+COMMIT_CHANNEL = "streamhouse_commits"
+"""Each commit and ``delete_records`` notifies this channel with lines of
+``topic<TAB>partition<TAB>log start<TAB>high watermark`` (log start -1: unchanged)."""
+_NOTIFY_BYTES = 7000  # PostgreSQL refuses payloads of 8000 bytes or more
+_LISTEN_POLL_S = 0.25  # how often the feed looks up from waiting, to see if it must stop
+
 _TOPIC_COLUMNS = "name, partitions, config, topic_id, created_ms"
 # Byte order, as SQLite sorts text: the protocol's "sorted by name" must not depend on the
 # database's locale.
@@ -87,6 +96,34 @@ def redacted(url: str) -> str:
         return url
     netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
     return urlunsplit(parts._replace(netloc=netloc))
+
+
+def notify_payloads(commits: Sequence[Commit]) -> list[str]:
+    r"""``commits`` as ``NOTIFY`` payloads of at most ``_NOTIFY_BYTES`` each.
+
+    >>> notify_payloads([("t", 0, -1, 10), ("t", 1, 2, 3)])
+    ['t\t0\t-1\t10\nt\t1\t2\t3']
+    """
+    payloads, lines, size = [], [], 0
+    for topic, partition, log_start, high_watermark in commits:
+        line = f"{topic}\t{partition}\t{log_start}\t{high_watermark}"
+        if lines and size + len(line) >= _NOTIFY_BYTES:
+            payloads.append("\n".join(lines))
+            lines, size = [], 0
+        lines.append(line)
+        size += len(line) + 1
+    if lines:
+        payloads.append("\n".join(lines))
+    return payloads
+
+
+def parse_payload(payload: str) -> list[Commit]:
+    """The commits of one ``NOTIFY`` payload (see :func:`notify_payloads`)."""
+    commits = []
+    for line in payload.splitlines():
+        topic, partition, log_start, high_watermark = line.split("\t")
+        commits.append((topic, int(partition), int(log_start), int(high_watermark)))
+    return commits
 
 
 def _one_line(exc: psycopg.Error) -> str:
@@ -320,15 +357,16 @@ class PostgresMetadata:
 
     # -- the segment index -------------------------------------------------------------------
 
-    def commit_segment(self, object_key: str, entries: Sequence[SegmentEntryLike]) -> None:
-        """Index ``entries`` of one object and advance each high watermark, all or nothing.
+    def commit_segment(self, object_key: str, entries: Sequence[SegmentEntryLike]) -> list[int]:
+        """Index ``entries`` of one object at their partitions' high watermarks and advance
+        them, all or nothing; returns the base offset assigned to each entry.
 
-        The partitions' rows stay locked from the check to ``COMMIT``: a concurrent commit to
-        one of them waits, then sees the advanced high watermark (and is refused as stale).
-        Three statements however many partitions the flush holds."""
+        The partitions' rows stay locked from the read to ``COMMIT``: a concurrent commit to
+        one of them waits, then continues after this one. Four statements however many
+        partitions the flush holds (the last notifies :data:`COMMIT_CHANNEL`)."""
         entries = list(entries)
         if not entries:
-            return
+            return []
         keys = sorted({(entry.topic, entry.partition) for entry in entries})
         with self._transaction(f"commit segment {object_key!r}") as conn:
             locked = conn.execute(
@@ -359,7 +397,13 @@ class PostgresMetadata:
                 " %s::bigint[], %s::bigint[], %s::bigint[])",
                 [list(column) for column in zip(*plan.rows, strict=True)],
             )
+            # Delivered to every listening process when the transaction commits.
+            conn.execute(
+                "SELECT pg_notify(%s, payload) FROM unnest(%s::text[]) AS payload",
+                (COMMIT_CHANNEL, notify_payloads([(t, p, -1, hw) for t, p, hw, _ in advanced])),
+            )
         logger.debug("committed segment %r with %d index row(s)", object_key, len(entries))
+        return plan.bases
 
     def restore_segments(self, rows: Sequence[SegmentRow], *, producer_id_floor: int = 0) -> None:
         with self._transaction(f"restore {len(rows)} index row(s)") as conn:
@@ -392,6 +436,31 @@ class PostgresMetadata:
                 (producer_id_floor,),
             )
         logger.info("restored %d index row(s) of %d partition(s)", len(rows), len(plan.partitions))
+
+    def is_indexed(self, object_key: str) -> bool:
+        with self._connection(f"look up object {object_key!r}") as conn:
+            row = conn.execute(
+                "SELECT 1 FROM segments WHERE object_key = %s LIMIT 1", (object_key,)
+            ).fetchone()
+        return row is not None
+
+    def commit_feed(
+        self, on_commits: Callable[[list[Commit]], None], on_live: Callable[[bool], None]
+    ) -> FeedThread:
+        """``LISTEN`` to :data:`COMMIT_CHANNEL` on a connection of the feed's own (not pooled):
+        every commit of any process is heard as soon as it commits."""
+
+        def follow(stopping: threading.Event) -> None:
+            with psycopg.connect(
+                self.url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S
+            ) as conn:
+                conn.execute(f"LISTEN {COMMIT_CHANNEL}")
+                on_live(True)
+                while not stopping.is_set():
+                    for notify in conn.notifies(timeout=_LISTEN_POLL_S):
+                        on_commits(parse_payload(notify.payload))
+
+        return FeedThread(self.name, follow, on_live)
 
     def segments(
         self,
@@ -485,6 +554,11 @@ class PostgresMetadata:
                         POSTGRESQL.sql(MARK_UNREFERENCED),
                         [(key, now, key) for key in sorted({key for (key,) in deleted})],
                     )
+                changed = [(topic, p, start, current[p][1]) for p, start in advanced]
+                conn.execute(  # other processes' caches drop these index rows
+                    "SELECT pg_notify(%s, payload) FROM unnest(%s::text[]) AS payload",
+                    (COMMIT_CHANNEL, notify_payloads(changed)),
+                )
         return starts
 
     def oldest_row_within_bytes(self, topic: str, partition: int, max_bytes: int) -> int | None:

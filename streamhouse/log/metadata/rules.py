@@ -2,14 +2,16 @@
 
 - topic configs map strings to strings; partition counts are integers >= 1;
 - a catalog entry has a name and one of :data:`~streamhouse.log.metadata.CATALOG_KINDS`;
-- a segment commit (:func:`plan_segment_commit`) continues each partition exactly at its high
-  watermark (fencing a stale writer), and keeps the running maximum timestamp of the partition.
+- a segment commit (:func:`plan_segment_commit`) is *sequenced by the store*: each entry gets
+  its partition's high watermark as base offset, whatever offsets its batches were written
+  with (the reader re-stamps them), and the running maximum timestamp of the partition is kept.
 
 >>> from types import SimpleNamespace as Entry
->>> entry = Entry(topic="t", partition=0, base_offset=5, last_offset=9, position=0, length=90,
+>>> entry = Entry(topic="t", partition=0, base_offset=0, last_offset=4, position=0, length=90,
 ...               min_timestamp=60, max_timestamp=70, record_count=5, crc=0)
->>> plan_segment_commit("o", [entry], {("t", 0): (5, 80)}, lambda topic: True).partitions
-{('t', 0): (10, 80)}
+>>> plan = plan_segment_commit("o", [entry], {("t", 0): (5, 80)}, lambda topic: True)
+>>> plan.partitions, plan.bases
+({('t', 0): (10, 80)}, [5])
 """
 
 from __future__ import annotations
@@ -23,7 +25,6 @@ from streamhouse.errors import (
     LogError,
     OffsetOutOfRangeError,
     SqlError,
-    StorageError,
     UnknownPartitionError,
     UnknownTopicError,
 )
@@ -103,10 +104,12 @@ def check_catalog_entry(name: str, kind: str) -> None:
 @dataclass(slots=True)
 class SegmentCommit:
     """What one segment commit writes: the new ``(high_watermark, max_timestamp)`` of each
-    partition it touches, and the index rows to insert."""
+    partition it touches, and the index rows to insert; ``bases`` is the base offset the store
+    assigned to each entry, in the order of the entries."""
 
     partitions: dict[PartitionKey, tuple[int, int]] = field(default_factory=dict)
     rows: list[SegmentValues] = field(default_factory=list)
+    bases: list[int] = field(default_factory=list)
 
 
 def plan_segment_commit(
@@ -115,37 +118,33 @@ def plan_segment_commit(
     current: Mapping[PartitionKey, tuple[int, int]],
     topic_exists: Callable[[str], bool],
 ) -> SegmentCommit:
-    """Check ``entries`` against ``current`` (high watermark, max timestamp per partition, read
-    in the commit transaction) and say what to write.
+    """Assign ``entries`` their offsets from ``current`` (high watermark, max timestamp per
+    partition, read and locked in the commit transaction) and say what to write.
 
-    ``StorageError`` if an entry does not start at its partition's high watermark (another
-    writer committed first); ``UnknownTopicError``/``UnknownPartitionError`` for a partition
-    missing from ``current`` (``topic_exists`` tells which); ``LogError`` if an entry ends
-    before it starts. Entries of one partition follow each other in order.
+    Each entry starts at its partition's high watermark and keeps its length
+    (``last_offset - base_offset``); entries of one partition follow each other in the order
+    given. The offsets the batches were written with do not matter: several writers never race.
+    ``UnknownTopicError``/``UnknownPartitionError`` for a partition missing from ``current``
+    (``topic_exists`` tells which); ``LogError`` if an entry ends before it starts.
     """
     plan = SegmentCommit()
     for entry in entries:
         key = (entry.topic, entry.partition)
-        base, last = entry.base_offset, entry.last_offset
         found = plan.partitions.get(key) or current.get(key)
         if found is None:
             if not topic_exists(entry.topic):
                 raise UnknownTopicError(entry.topic)
             raise UnknownPartitionError(entry.topic, entry.partition)
-        high_watermark, max_timestamp = found
-        if base != high_watermark:
-            raise StorageError(
-                f"segment {object_key!r} is stale: {entry.topic}/{entry.partition} starts at"
-                f" offset {base} but the high watermark is {high_watermark} (another writer"
-                " committed first); nothing was committed"
-            )
-        if last < base:
+        if entry.last_offset < entry.base_offset:
             raise LogError(
-                f"segment {object_key!r}: {entry.topic}/{entry.partition} last offset {last}"
-                f" is below base offset {base}"
+                f"segment {object_key!r}: {entry.topic}/{entry.partition} last offset"
+                f" {entry.last_offset} is below base offset {entry.base_offset}"
             )
+        base, max_timestamp = found
+        last = base + entry.last_offset - entry.base_offset
         running_max = max(max_timestamp, entry.max_timestamp)
         plan.partitions[key] = (last + 1, running_max)
+        plan.bases.append(base)
         plan.rows.append(
             (entry.topic, entry.partition, base, last, object_key, entry.position, entry.length,
              entry.min_timestamp, entry.max_timestamp, running_max, entry.record_count, entry.crc)

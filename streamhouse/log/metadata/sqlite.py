@@ -28,7 +28,7 @@ import os
 import sqlite3
 import threading
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
@@ -45,6 +45,7 @@ from streamhouse.errors import (
 from streamhouse.log.metadata import (
     CATALOG_KINDS,
     CatalogEntry,
+    Commit,
     GroupOffset,
     PartitionOffsets,
     SegmentEntryLike,
@@ -52,6 +53,7 @@ from streamhouse.log.metadata import (
     TopicInfo,
     validate_topic_name,
 )
+from streamhouse.log.metadata.feed import FeedThread
 from streamhouse.log.metadata.migrations import SQLITE, migrate
 from streamhouse.log.metadata.rules import (
     DUE_OBJECTS,
@@ -69,6 +71,11 @@ from streamhouse.log.metadata.rules import now_ms as _now_ms
 from streamhouse.log.metadata.rules import topic_config as _config_dict
 
 logger = logging.getLogger(__name__)
+
+_PARTITIONS_BY_KEY = 500
+"""A commit reads the partitions it touches by primary key, this many per statement."""
+POLL_S = 0.04
+"""How often the commit feed asks whether another connection committed (``data_version``)."""
 
 
 class SQLiteMetadata:
@@ -384,21 +391,29 @@ class SQLiteMetadata:
 
     # -- the segment index -------------------------------------------------------------------
 
-    def commit_segment(self, object_key: str, entries: Sequence[SegmentEntryLike]) -> None:
+    def commit_segment(self, object_key: str, entries: Sequence[SegmentEntryLike]) -> list[int]:
         entries = list(entries)
         if not entries:
-            return
+            return []
         with self._transaction(f"commit segment {object_key!r}") as conn:
             # One read of every partition involved, then one executemany per table: a flush
             # commits a row per partition, and a statement per row costs more than the rows.
             current: dict[tuple[str, int], tuple[int, int]] = {}
-            for topic in {entry.topic for entry in entries}:
-                for partition, high_watermark, max_timestamp in conn.execute(
-                    "SELECT partition_id, high_watermark, max_timestamp FROM partitions"
-                    " WHERE topic = ?",
-                    (topic,),
-                ):
-                    current[(topic, partition)] = (high_watermark, max_timestamp)
+            by_topic: dict[str, set[int]] = {}
+            for entry in entries:
+                by_topic.setdefault(entry.topic, set()).add(entry.partition)
+            for topic, wanted in by_topic.items():
+                keys = sorted(wanted)
+                for i in range(0, len(keys), _PARTITIONS_BY_KEY):  # by primary key, in chunks
+                    chunk = keys[i : i + _PARTITIONS_BY_KEY]
+                    sql = (
+                        "SELECT partition_id, high_watermark, max_timestamp FROM partitions"
+                        f" WHERE topic = ? AND partition_id IN ({', '.join('?' * len(chunk))})"
+                    )
+                    for partition, high_watermark, max_timestamp in conn.execute(
+                        sql, (topic, *chunk)
+                    ):
+                        current[(topic, partition)] = (high_watermark, max_timestamp)
             plan = plan_segment_commit(
                 object_key, entries, current, lambda t: self._read_topic(conn, t) is not None
             )
@@ -413,6 +428,7 @@ class SQLiteMetadata:
                 plan.rows,
             )
         logger.debug("committed segment %r with %d index row(s)", object_key, len(entries))
+        return plan.bases
 
     def restore_segments(self, rows: Sequence[SegmentRow], *, producer_id_floor: int = 0) -> None:
         with self._transaction(f"restore {len(rows)} index row(s)") as conn:
@@ -434,6 +450,57 @@ class SQLiteMetadata:
             )
         logger.info("restored %d index row(s) of %d partition(s)", len(rows), len(plan.partitions))
 
+    def is_indexed(self, object_key: str) -> bool:
+        with self._storage_errors(f"look up object {object_key!r}"):
+            row = (
+                self._connection()
+                .execute("SELECT 1 FROM segments WHERE object_key = ? LIMIT 1", (object_key,))
+                .fetchone()
+            )
+        return row is not None
+
+    def commit_feed(
+        self, on_commits: Callable[[list[Commit]], None], on_live: Callable[[bool], None]
+    ) -> FeedThread:
+        """Poll ``PRAGMA data_version`` every ``POLL_S`` on a connection of the feed's own; when
+        another connection (of any process) has committed, read every partition's offsets and
+        report those that rose."""
+
+        def follow(stopping: threading.Event) -> None:
+            conn = sqlite3.connect(
+                f"file:{quote(str(self.path))}?mode=ro",
+                uri=True,
+                timeout=self._busy_timeout_s,
+                isolation_level=None,
+                check_same_thread=False,
+            )
+            try:
+                version, known = None, {}
+                read = (
+                    "SELECT topic, partition_id, log_start_offset, high_watermark FROM partitions"
+                )
+                while not stopping.is_set():
+                    now = conn.execute("PRAGMA data_version").fetchone()[0]
+                    if now != version:
+                        rows = conn.execute(read).fetchall()
+                        if version is None:
+                            on_live(True)
+                        else:
+                            rose = [
+                                (t, p, start if start > old[0] else -1, hw)
+                                for t, p, start, hw in rows
+                                if (old := known.get((t, p), (-1, -1)))[0] < start or old[1] < hw
+                            ]
+                            if rose:
+                                on_commits(rose)
+                        version = now
+                        known = {(t, p): (start, hw) for t, p, start, hw in rows}
+                    stopping.wait(POLL_S)
+            finally:
+                conn.close()
+
+        return FeedThread(str(self.path), follow, on_live)
+
     def segments(
         self,
         topic: str,
@@ -445,7 +512,7 @@ class SQLiteMetadata:
     ) -> list[SegmentRow]:
         """Rows with ``last_offset >= from_offset`` (and ``base_offset < to_offset``), ordered
         by offset; at most ``limit`` rows. Unknown topics and partitions have no rows."""
-        # Rows of a partition never overlap (commit_segment fences), so base and last offsets
+        # Rows of a partition never overlap (commit_segment sequences them), so base and last offsets
         # rise together: seek the first row with last_offset >= from_offset on its index, then
         # read a primary-key range from that row's base offset (stopping at to_offset).
         sql = (
