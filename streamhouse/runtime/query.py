@@ -43,6 +43,7 @@ from streamhouse.runtime.operators import checks, open_operator
 from streamhouse.runtime.options import QueryOptions
 from streamhouse.runtime.sink import TopicSink
 from streamhouse.runtime.sources import NO_WATERMARK, QuerySource
+from streamhouse.sql import plan as plans
 from streamhouse.sql.changelog import PlanNode
 from streamhouse.sql.computed import ComputedColumns
 from streamhouse.sql.ddl import stream_definition
@@ -50,7 +51,7 @@ from streamhouse.sql.engine import hide_metadata, parse_failure, referenced_colu
 from streamhouse.sql.execute import run_sql
 from streamhouse.sql.hints import SourceOptions, source_options
 from streamhouse.sql.inline import catalog_views, inline
-from streamhouse.sql.parse import node_position, parse
+from streamhouse.sql.parse import DIALECT, node_position, parse
 from streamhouse.sql.plan import ContinuousPlan, check_columns, plan_query
 from streamhouse.sql.source import METADATA_FIELDS, RejectedRow
 from streamhouse.state.remote import download_checkpoint, upload_checkpoint
@@ -63,6 +64,9 @@ from streamhouse.state.store import (
     partition_key,
 )
 from streamhouse.windows.table import WINDOW_TYPE
+
+DEFINITION_KEY = b"definition"
+"""``meta`` key: the statement the state was built by (views inlined), as SQL text."""
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +108,15 @@ class ContinuousQuery:
         self.statement = statement
         self.plan: ContinuousPlan = plan_query(statement)
         self.options = options or QueryOptions()
+        if self.options.late_topic and any(
+            isinstance(node, plans.UnionAll) for node in self.plan.derived.values()
+        ):
+            # late rows are traced back to their source rows by (partition, offset), which
+            # the streams of a union share: the side topic would get other streams' rows
+            raise SqlError(
+                "'late-rows.topic' is not supported for a query over a UNION ALL yet: its late"
+                " rows could not be told apart by stream (the late-row count is kept anyway)"
+            )
         self.hints = source_options(statement)  # OPTIONS hints by source
         self.read_options: dict[str, SourceOptions] = {}  # per source: declared, then hinted
         self._named = {c.name for c in statement.find_all(exp.Column)}
@@ -119,6 +132,7 @@ class ContinuousQuery:
         self.store = StateStore(state_dir)
         self._uploaded_at = time.monotonic()
         try:
+            self._check_definition()
             self.operator = open_operator(self.plan.operator, StateView(self.store, b"0/"), self)
             self.children = {
                 name: (node, open_operator(node, StateView(self.store, f"{i + 1}/".encode()), self))
@@ -222,6 +236,25 @@ class ContinuousQuery:
         """The time attribute (WATERMARK column) of source ``name``, if it has one."""
         source = self.sources.get(name)
         return source.time_column if source is not None else None
+
+    def _check_definition(self) -> None:
+        """Refuse state checkpointed by another definition of the query.
+
+        The definition is the statement as it runs: views and CTEs inlined. A view redefined
+        since the checkpoint would otherwise run over state its old definition built."""
+        definition = self.statement.sql(dialect=DIALECT).encode()
+        stored = self.store.get(ColumnFamily.META, DEFINITION_KEY)
+        if stored == definition:
+            return
+        if stored is not None:
+            raise SqlError(
+                f"query {self.name!r} was checkpointed running another definition (its SQL, or"
+                " a view it reads, changed since): start it under another name, or delete its"
+                f" state directory {self.store.path} to run it afresh from its sources"
+            )
+        batch = self.store.batch()
+        batch.put(ColumnFamily.META, DEFINITION_KEY, definition)
+        self.store.commit(batch)
 
     def _validate(self) -> None:
         """Plan the query's SQL on DataFusion over empty inputs, so errors show before it runs."""

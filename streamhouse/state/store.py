@@ -29,6 +29,8 @@ stored offset by 2**63 so byte order equals time order):
     ``b"sink/" + u32(partition)`` -> u64 records this query has written to that sink partition;
     ``b"pending"`` -> JSON end offsets of a micro-batch whose output may be partly written;
     ``b"counters"`` -> JSON counters (rows in, rows out, late rows, rejected rows);
+    ``b"definition"`` -> the query's statement as it runs (views inlined), SQL text: state
+    built by another definition is refused (:mod:`streamhouse.runtime.query`);
     ``b"format"`` -> u64 :data:`STATE_FORMAT`, the layout above, written when the state is
     created. A store of another format (or none: an older build's) is refused with
     :class:`~streamhouse.errors.StateFormatError`, never read.
