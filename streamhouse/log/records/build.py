@@ -114,18 +114,31 @@ def build_batch(
             values = _as_binary(values).to_pylist()
         if isinstance(keys, pa.Array | pa.ChunkedArray):
             keys = _as_binary(keys).to_pylist()
-        data, base_ts, max_ts = _encode_records(values, keys, timestamps, headers)
-        return _frame(
-            data,
-            n,
-            base_ts,
-            max_ts,
-            compression,
-            base_offset,
-            producer_id,
-            producer_epoch,
-            base_sequence,
-        )
+        records, base_ts, max_ts = _encode_records(values, keys, timestamps, headers)
+    else:
+        records, base_ts, max_ts = _encode_columns(values, keys, timestamps, headers)
+    return _frame(
+        records,
+        n,
+        base_ts,
+        max_ts,
+        compression,
+        base_offset,
+        producer_id,
+        producer_epoch,
+        base_sequence,
+    )
+
+
+def _encode_columns(
+    values: Sequence[bytes | None] | pa.Array | pa.ChunkedArray,
+    keys: Sequence[bytes | None] | pa.Array | pa.ChunkedArray | None,
+    timestamps: Sequence[int] | None,
+    headers: Sequence[Sequence[tuple[str, bytes | None]]] | None,
+) -> tuple[memoryview, int, int]:
+    """Records section of many records, column by column with numpy and Arrow:
+    (bytes, base ts, max ts)."""
+    n = len(values)
     value_arr = _as_binary(values)
     value_len = _binary_lengths(value_arr)
     if timestamps is None:
@@ -179,18 +192,7 @@ def build_batch(
     )
     offsets = np.frombuffer(joined.buffers()[1], np.int32)
     records = memoryview(joined.buffers()[2])[int(offsets[0]) : int(offsets[n])]
-
-    return _frame(
-        records,
-        n,
-        base_ts,
-        max_ts,
-        compression,
-        base_offset,
-        producer_id,
-        producer_epoch,
-        base_sequence,
-    )
+    return records, base_ts, max_ts
 
 
 def _frame(
