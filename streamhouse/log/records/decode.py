@@ -57,8 +57,6 @@ DECODED_SCHEMA = pa.schema(
     ]
 )
 """The Arrow schema of :func:`decode_batches` output; headers is an empty list, never null."""
-
-
 VIEW_SCHEMA = DECODED_SCHEMA.set(3, pa.field("value", pa.binary_view()))
 """The schema of :func:`decode_records` with ``json_lines``: values are views, not copies."""
 
