@@ -23,6 +23,7 @@ import os
 import platform
 import random
 import statistics
+import struct
 import sys
 import tempfile
 import time
@@ -33,7 +34,7 @@ from streamhouse.log.fsck import check, index_row
 from streamhouse.log.metadata import SegmentRow
 from streamhouse.log.metadata.sqlite import SQLiteMetadata
 from streamhouse.log.objectstore import LocalObjectStore
-from streamhouse.log.records import Compression, build_batch, restamp
+from streamhouse.log.records import Compression, build_batch
 from streamhouse.log.segment import SegmentBuilder, segment_key
 
 TOPIC = "bench"
@@ -86,7 +87,7 @@ def build_data_dir(root: Path, objects: int, partitions: int, records: int) -> t
             builder.add(
                 TOPIC,
                 p,
-                restamp(pool[p][n % POOL], base),
+                struct.pack(">q", base) + pool[p][n % POOL][8:],  # baseOffset set
                 base_offset=base,
                 last_offset=base + records - 1,
                 min_timestamp=now_ms + n,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import struct
 import subprocess
 import sys
 import threading
@@ -24,7 +25,7 @@ from streamhouse.log import Log
 from streamhouse.log.fsck import FindingKind, check, delete_orphans
 from streamhouse.log.metadata.sqlite import SQLiteMetadata
 from streamhouse.log.objectstore import LocalObjectStore
-from streamhouse.log.records import build_batch, restamp
+from streamhouse.log.records import build_batch
 from streamhouse.log.segment import SegmentBuilder, SegmentEntry, read_footer
 
 TOPIC = "t"
@@ -154,7 +155,7 @@ def test_a_young_object_past_the_high_watermarks_is_a_flush_in_progress(data_dir
     builder.add(
         TOPIC,
         0,
-        restamp(run, high_watermark),
+        struct.pack(">q", high_watermark) + run[8:],  # the run moved to the high watermark
         base_offset=high_watermark,
         last_offset=high_watermark + entry.last_offset - entry.base_offset,
         min_timestamp=entry.min_timestamp,

@@ -19,10 +19,10 @@ from streamhouse.errors import CorruptRecordError
 from streamhouse.log.records import (
     BATCH_OVERHEAD,
     Compression,
-    _lz4_blocks,
     build_batch,
     decode_batches,
 )
+from streamhouse.log.records.codecs import lz4_blocks
 
 
 def _batch(payload: bytes, count: int) -> bytes:
@@ -71,16 +71,16 @@ def test_stored_blocks() -> None:
         for part in (RECORDS[i : i + 65536] for i in range(0, len(RECORDS), 65536))
     )
     payload = header + blocks + b"\0\0\0\0"
-    parsed = _lz4_blocks(memoryview(payload))
+    parsed = lz4_blocks(memoryview(payload))
     assert parsed is not None and all(stored for stored, _ in parsed[0])
     assert decode_batches(_batch(payload, len(VALUES))).column("value").to_pylist() == VALUES
 
 
 def test_frames_that_are_not_plain_block_lists_are_decompressed_whole() -> None:
     payload = lz4.frame.compress(RECORDS, block_linked=False, store_size=False)
-    assert _lz4_blocks(memoryview(payload)) is not None
-    assert _lz4_blocks(memoryview(payload[:-4])) is None  # no end mark
-    assert _lz4_blocks(memoryview(payload + payload)) is None  # two frames
+    assert lz4_blocks(memoryview(payload)) is not None
+    assert lz4_blocks(memoryview(payload[:-4])) is None  # no end mark
+    assert lz4_blocks(memoryview(payload + payload)) is None  # two frames
     doubled = _batch(payload + payload, 2 * len(VALUES))  # what a frame decoder makes of it
     table = decode_batches(doubled)
     assert table.num_rows == 2 * len(VALUES)

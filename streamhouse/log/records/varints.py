@@ -1,0 +1,111 @@
+"""Zigzag varints, in two styles: one value at a time in plain Python, for batches of up to
+:data:`SMALL` records, and a whole column at once with numpy, for larger ones.
+
+>>> encode_varint(-1), read_varint(encode_varint(300), 0)
+(b'\\x01', (300, 2))
+>>> values, sizes = read_varints(np.frombuffer(b"\\x01\\xd8\\x04", np.uint8), np.array([0, 1]), 5)
+>>> values.tolist(), sizes.tolist()
+([-1, 300], [1, 2])
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from streamhouse.errors import CorruptRecordError
+
+__all__ = [
+    "SMALL",
+    "encode_varint",
+    "read_varint",
+    "read_varints",
+    "varint_matrix",
+    "varint_size",
+    "zigzag",
+]
+
+SMALL = 8
+"""Batches of this many records or fewer are built and decoded in plain Python."""
+
+_SHIFTS = np.arange(0, 70, 7, dtype=np.uint64)
+_COLS = np.arange(10, dtype=np.int64)
+
+
+# --------------------------------------------------------------------------- plain Python
+
+
+def encode_varint(value: int) -> bytes:
+    """``value`` zigzagged, as varint bytes."""
+    u = (value << 1) ^ (value >> 63)
+    out = bytearray()
+    while u >= 0x80:
+        out.append((u & 0x7F) | 0x80)
+        u >>= 7
+    out.append(u)
+    return bytes(out)
+
+
+def read_varint(buf: bytes, pos: int) -> tuple[int, int]:
+    """One zigzag varint at ``pos``: (value, next position)."""
+    u, shift = 0, 0
+    while True:
+        b = buf[pos]
+        pos += 1
+        u |= (b & 0x7F) << shift
+        if b < 0x80:
+            return (u >> 1) ^ -(u & 1), pos
+        shift += 7
+        if shift > 63:
+            raise CorruptRecordError("varint longer than 10 bytes")
+
+
+# --------------------------------------------------------------------------- numpy
+
+
+def read_varints(buf: np.ndarray, pos: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """Zigzag varints at every ``pos``: (values int64, sizes int64); size 0 if unterminated."""
+    b0 = buf.take(pos, mode="clip").astype(np.int64)
+    more = b0 >= 0x80
+    if not more.any():
+        return (b0 >> 1) ^ -(b0 & 1), np.ones(len(pos), np.int64)
+    b1 = buf.take(pos + 1, mode="clip").astype(np.int64)
+    if not (more & (b1 >= 0x80)).any():
+        u = np.where(more, (b0 & 0x7F) | (b1 << 7), b0)
+        return (u >> 1) ^ -(u & 1), more + 1
+    b = buf.take(pos[:, None] + _COLS[:width], mode="clip")
+    last = b < 0x80
+    size = last.argmax(axis=1) + 1
+    size[~last.any(axis=1)] = 0
+    groups = (b & 0x7F).astype(np.uint64) << _SHIFTS[:width]
+    groups[_COLS[:width] >= size[:, None]] = 0
+    u = groups.sum(axis=1, dtype=np.uint64)
+    v = (u >> np.uint64(1)).astype(np.int64) ^ -(u & np.uint64(1)).astype(np.int64)
+    return v, size
+
+
+def zigzag(v: np.ndarray) -> np.ndarray:
+    """``v`` zigzag-encoded, as uint64."""
+    v = v.astype(np.int64)
+    return ((v << 1) ^ (v >> 63)).view(np.uint64)
+
+
+def varint_size(u: np.ndarray) -> np.ndarray:
+    """Bytes of the varint of each ``u`` (already zigzagged)."""
+    size = np.ones(len(u), np.int64)
+    for k in range(1, 10):
+        big = u >= np.uint64(1 << (7 * k))
+        if not big.any():
+            break
+        size += big
+    return size
+
+
+def varint_matrix(u: np.ndarray, size: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Varint bytes of ``u`` (already zigzagged) as an (n, width) matrix and its valid mask."""
+    width = int(size.max()) if len(size) else 1
+    if width == 1:
+        return u.astype(np.uint8)[:, None], np.ones((len(u), 1), bool)
+    cols = _COLS[:width]
+    b = ((u[:, None] >> _SHIFTS[:width]) & np.uint64(0x7F)).astype(np.uint8)
+    b |= (cols < (size[:, None] - 1)).view(np.uint8) << 7
+    return b, cols < size[:, None]
