@@ -3,6 +3,7 @@ register, heartbeat and are answered as the brokers of one cluster (issue 15, pa
 
 from __future__ import annotations
 
+import re
 import signal
 import time
 from collections.abc import Callable, Iterator
@@ -143,6 +144,11 @@ def _wait_for(check: Callable[[], bool], timeout: float, what: str) -> float:
     return time.monotonic() - start
 
 
+def _states(status: str) -> list[str]:
+    """The state column of ``cluster status``."""
+    return re.findall(r"\b(live|dead)\b", status)
+
+
 @pytest.fixture
 def agents(tmp_path: Path, postgres_url: str) -> Iterator[Callable[..., KafkaServer]]:
     """Factory: a started ``serve`` agent on this test's database and the shared data
@@ -168,6 +174,11 @@ def agents(tmp_path: Path, postgres_url: str) -> Iterator[Callable[..., KafkaSer
 def test_three_agents_are_one_cluster_and_survive_a_kill(
     tmp_path: Path, postgres_url: str, agents: Callable[..., KafkaServer]
 ) -> None:
+    """Three agents, one database, one object store: a producer bootstrapped with all three
+    keeps being acknowledged across a kill -9 (the agent leaves every answer within the TTL)
+    and a restart; every acknowledged record is read back once, at dense offsets. The kill
+    falls between flushes: with no batch in flight, no retry can write one twice (sequence
+    checks across agents, issue 15 part 3, are not done yet)."""
     from confluent_kafka import Consumer, Producer, TopicPartition
 
     data = tmp_path / "data"
@@ -179,13 +190,17 @@ def test_three_agents_are_one_cluster_and_survive_a_kill(
     assert all(answer == answers[0] for answer in answers)  # agents agree
     assert set(answers[0][1].values()) == answers[0][0]  # leadership spread over all
 
-    status = CliRunner().invoke(
-        cli,
-        ["--data-dir", str(data), "cluster", "status", "--metadata", postgres_url],
-        env={"COLUMNS": "400"},
-    )
-    assert status.exit_code == 0, status.output
-    assert status.output.count("live") == 3 and str(servers[0].port) in status.output
+    def status() -> str:
+        result = CliRunner().invoke(
+            cli,
+            ["--data-dir", str(data), "cluster", "status", "--metadata", postgres_url],
+            env={"COLUMNS": "400", "STREAMHOUSE_AGENT_TTL_S": str(TTL_S)},
+        )
+        assert result.exit_code == 0, result.output
+        return result.output
+
+    shown = status()
+    assert _states(shown) == ["live"] * 3 and all(f"127.0.0.1:{s.port}" in shown for s in servers)
 
     acked: list[bytes] = []
     failed: list[str] = []
@@ -226,8 +241,13 @@ def test_three_agents_are_one_cluster_and_survive_a_kill(
     assert took <= TTL_S + 2
     for _ in range(5):  # keeps going, every partition served by a live agent
         produce(100)
-    producer.flush(60)
-    assert not failed and len(acked) == sent == 1000
+    shown = status()
+    assert sorted(_states(shown)) == ["dead", "live", "live"]
+    victim.start()  # restarted: a new agent at the old address
+    _wait_for(lambda: all(len(_metadata(s)[0]) == 3 for s in servers), 10, "3 brokers again")
+    for _ in range(5):
+        produce(100)
+    assert not failed and len(acked) == sent == 1500
 
     consumer = Consumer(
         {
@@ -251,7 +271,7 @@ def test_three_agents_are_one_cluster_and_survive_a_kill(
     assert all(offsets == list(range(len(offsets))) for offsets in got.values())  # dense
 
     survivors[0].stop()
-    _wait_for(lambda: len(_metadata(survivors[1])[0]) == 1, 5, "clean stop deregisters at once")
+    _wait_for(lambda: len(_metadata(survivors[1])[0]) == 2, 2.5, "clean stop deregisters at once")
 
 
 def test_zones_and_agent_groups(agents: Callable[..., KafkaServer]) -> None:
