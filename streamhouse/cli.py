@@ -558,14 +558,22 @@ def cluster() -> None:
 @click.pass_context
 @friendly_errors
 def cluster_status(ctx: click.Context, data_dir: str | None) -> None:
-    """List the registered agents: node id, address, zone, group, last heartbeat, and whether
-    it is live (heartbeat within agent_ttl_s)."""
+    """List the agents registered in a PostgreSQL metadata store: node id, address, zone,
+    group, last heartbeat, and whether it is live (heartbeat within this process's
+    agent_ttl_s)."""
     from datetime import UTC, datetime
 
     from streamhouse.kafka.cluster import node_id_of
-    from streamhouse.log.metadata import open_metadata
+    from streamhouse.log.metadata import open_metadata, sqlite_path
 
     settings = _settings(ctx)
+    if sqlite_path(settings) is not None:
+        click.echo(
+            "the metadata store is SQLite: one process, no agents (agents register in a"
+            " PostgreSQL store, --metadata postgresql://...)",
+            err=True,
+        )
+        return
     md = open_metadata(settings)
     try:
         agents = md.list_agents()

@@ -118,6 +118,19 @@ def test_an_unshared_store_answers_with_node_0_alone() -> None:
     assert [(n.node_id, n.port) for n in cluster.nodes("z1")] == [(0, 9999)]
 
 
+def test_cluster_status_on_sqlite_says_there_are_no_agents(tmp_path: Path) -> None:
+    result = CliRunner().invoke(cli, ["--data-dir", str(tmp_path / "d"), "cluster", "status"])
+    assert result.exit_code == 0 and "SQLite" in result.stderr and not result.stdout
+    assert not (tmp_path / "d").exists()
+
+
+def test_advertise_must_be_host_and_port(tmp_path: Path) -> None:
+    result = CliRunner().invoke(
+        cli, ["--data-dir", str(tmp_path / "d"), "serve", "--advertise", "nope"]
+    )
+    assert result.exit_code == 2 and "expected HOST:PORT" in result.output
+
+
 # -- real agents ----------------------------------------------------------------------------------
 
 
