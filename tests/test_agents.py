@@ -63,6 +63,15 @@ def test_agents_register_heartbeat_and_deregister(md: Store) -> None:
     assert md.heartbeat_agent("a") is False
 
 
+def test_silent_agents_are_forgotten(md: Store) -> None:
+    md.register_agent("old", "h", 1, "", "default")
+    time.sleep(0.3)
+    md.register_agent("new", "h", 2, "", "default")
+    assert md.forget_agents(10_000) == 0
+    assert md.forget_agents(200) == 1
+    assert [a.agent_id for a in md.list_agents()] == ["new"]
+
+
 def test_heartbeat_ages_grow(md: Store) -> None:
     md.register_agent("a", "h", 1, "", "default")
     time.sleep(0.3)

@@ -4,7 +4,8 @@ Metadata answer names as brokers.
 Every ``serve`` process on one PostgreSQL metadata store is an agent: it registers a row
 (``agents``), heartbeats every ``agent_ttl_s / 3`` seconds and deletes its row when it stops
 cleanly. An agent whose heartbeat is older than ``agent_ttl_s`` (killed, partitioned) is left
-out of every answer. Any agent takes any produce or fetch, so which agent a client is told
+out of every answer; its row is deleted by the next agent to start once it has been silent for
+:data:`FORGET_SILENT_AGENTS_S` (``cluster status`` shows it as dead until then). Any agent takes any produce or fetch, so which agent a client is told
 "leads" a partition only spreads the load: leaders are picked by a hash of the topic over
 the live agents sorted by node id, so agents that see the same live set give the same
 answer. With SQLite (one process) the agent is alone and answers with itself, node 0.
@@ -34,9 +35,12 @@ from dataclasses import dataclass
 from streamhouse.config import Settings
 from streamhouse.log.metadata import AgentInfo, Metadata
 
-__all__ = ["Cluster", "Node", "client_zone", "node_id_of"]
+__all__ = ["FORGET_SILENT_AGENTS_S", "Cluster", "Node", "client_zone", "node_id_of"]
 
 log = logging.getLogger(__name__)
+
+FORGET_SILENT_AGENTS_S = 3600.0
+"""How long a silent (killed) agent's row is kept for ``cluster status`` to show."""
 
 _ZONE = re.compile(r"(?:^|[,;&\s])(?:ws_az|zone)=([^,;&\s]+)")
 
@@ -94,6 +98,11 @@ class Cluster:
             self.metadata.register_agent, self.agent_id, host, port, self.zone, self.group
         )
         self._registered = True
+        forgotten = await asyncio.to_thread(
+            self.metadata.forget_agents, int(FORGET_SILENT_AGENTS_S * 1000)
+        )
+        if forgotten:
+            log.info("forgot %d agent(s) silent for over %.0f s", forgotten, FORGET_SILENT_AGENTS_S)
         log.info(
             "agent %s (node %d) registered at %s:%d, zone %r, group %r",
             self.agent_id,

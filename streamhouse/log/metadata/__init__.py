@@ -326,6 +326,11 @@ class Metadata(Protocol):
         """Every registered agent, live or not (see ``heartbeat_age_ms``), by ``agent_id``."""
         ...
 
+    def forget_agents(self, silent_for_ms: int) -> int:
+        """Deregister the agents whose last heartbeat is more than ``silent_for_ms`` old (by
+        the store's clock); how many."""
+        ...
+
     def commit_feed(
         self, on_commits: Callable[[list[Commit]], None], on_live: Callable[[bool], None]
     ) -> CommitFeed:

@@ -451,6 +451,9 @@ class CachedMetadata:
     def list_agents(self) -> list[AgentInfo]:
         return self.inner.list_agents()
 
+    def forget_agents(self, silent_for_ms: int) -> int:
+        return self.inner.forget_agents(silent_for_ms)
+
     def close(self) -> None:
         if self._feed is not None:
             self._feed.stop()

@@ -718,6 +718,13 @@ class PostgresMetadata:
             ).fetchall()
         return [AgentInfo(*row) for row in rows]
 
+    def forget_agents(self, silent_for_ms: int) -> int:
+        with self._connection("forget silent agents") as conn:
+            cursor = conn.execute(
+                f"DELETE FROM agents WHERE heartbeat_ms < {_STORE_NOW_MS} - %s", (silent_for_ms,)
+            )
+            return cursor.rowcount
+
 
 _STORE_NOW_MS = "(extract(epoch FROM clock_timestamp()) * 1000)::bigint"
 """The database's wall clock in milliseconds, as SQL."""

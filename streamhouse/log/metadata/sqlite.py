@@ -757,3 +757,10 @@ class SQLiteMetadata:
             )
         now = _now_ms()
         return [AgentInfo(*row, heartbeat_age_ms=now - row[6]) for row in rows]
+
+    def forget_agents(self, silent_for_ms: int) -> int:
+        with self._transaction("forget silent agents") as conn:
+            cursor = conn.execute(
+                "DELETE FROM agents WHERE heartbeat_ms < ?", (_now_ms() - silent_for_ms,)
+            )
+            return cursor.rowcount
