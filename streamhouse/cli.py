@@ -465,6 +465,16 @@ def query(
     "--advertised-host", default=None, help="Host advertised to clients (default 127.0.0.1)."
 )
 @click.option(
+    "--advertise",
+    metavar="HOST:PORT",
+    default=None,
+    help="Address clients are told to reach this agent at (default: advertised host and --port).",
+)
+@click.option("--zone", default=None, help="This agent's zone (clients pick theirs by client.id).")
+@click.option(
+    "--agent-group", default=None, help="This agent's group: it names only agents of its group."
+)
+@click.option(
     "--auto-create-topics/--no-auto-create-topics",
     default=None,
     help="Create topics on first use, like Kafka.",
@@ -483,6 +493,9 @@ def serve(
     host: str | None,
     port: int | None,
     advertised_host: str | None,
+    advertise: str | None,
+    zone: str | None,
+    agent_group: str | None,
     auto_create_topics: bool | None,
     queries_dir: str | None,
     data_dir: str | None,
@@ -495,11 +508,22 @@ def serve(
 
     from streamhouse.kafka.server import serve as serve_kafka
 
+    advertised_port = None
+    if advertise is not None:
+        advertised_host, sep, port_text = advertise.rpartition(":")
+        if not sep or not advertised_host or not port_text.isdigit():
+            raise click.BadParameter(
+                f"expected HOST:PORT, got {advertise!r}", param_hint="--advertise"
+            )
+        advertised_port = int(port_text)
     settings = _settings(
         ctx,
         host=host,
         port=port,
         advertised_host=advertised_host,
+        advertised_port=advertised_port,
+        zone=zone,
+        agent_group=agent_group,
         auto_create_topics=auto_create_topics,
     )
     with StreamHouse(settings) as sh:
@@ -522,6 +546,68 @@ def serve(
                 await serving
 
         asyncio.run(until_signalled())
+
+
+@main.group()
+def cluster() -> None:
+    """The agents (``serve`` processes) sharing one metadata store."""
+
+
+@cluster.command("status")
+@data_dir_option
+@click.pass_context
+@friendly_errors
+def cluster_status(ctx: click.Context, data_dir: str | None) -> None:
+    """List the agents registered in a PostgreSQL metadata store: node id, address, zone,
+    group, last heartbeat, and whether it is live (heartbeat within this process's
+    agent_ttl_s)."""
+    from datetime import UTC, datetime
+
+    from streamhouse.kafka.cluster import node_id_of
+    from streamhouse.log.metadata import open_metadata, sqlite_path
+
+    settings = _settings(ctx)
+    if sqlite_path(settings) is not None:
+        click.echo(
+            "the metadata store is SQLite: one process, no agents (agents register in a"
+            " PostgreSQL store, --metadata postgresql://...)",
+            err=True,
+        )
+        return
+    md = open_metadata(settings)
+    try:
+        agents = md.list_agents()
+    finally:
+        md.close()
+    ttl_ms = settings.agent_ttl_s * 1000
+    rows = [
+        {
+            "agent": agent.agent_id,
+            "node_id": node_id_of(agent.agent_id),
+            "address": f"{agent.host}:{agent.port}",
+            "zone": agent.zone,
+            "group": agent.group,
+            "last_heartbeat": datetime.fromtimestamp(agent.heartbeat_ms / 1000, UTC).isoformat(
+                timespec="milliseconds"
+            ),
+            "heartbeat_age_s": round(agent.heartbeat_age_ms / 1000, 1),
+            "state": "live" if agent.heartbeat_age_ms <= ttl_ms else "dead",
+        }
+        for agent in agents
+    ]
+    schema = pa.schema(
+        [
+            ("agent", pa.string()),
+            ("node_id", pa.int64()),
+            ("address", pa.string()),
+            ("zone", pa.string()),
+            ("group", pa.string()),
+            ("last_heartbeat", pa.string()),
+            ("heartbeat_age_s", pa.float64()),
+            ("state", pa.string()),
+        ]
+    )
+    _print_table(pa.Table.from_pylist(rows, schema=schema))
 
 
 @main.command()

@@ -35,6 +35,10 @@ class Settings:
     ``object_delete_delay_s`` how long a segment object no index row names any more is kept
     before it is deleted (as Kafka's ``file.delete.delay.ms``): fetches and queries that read
     the index before find it for that long.
+    ``advertised_port`` is the port clients are told to connect to (0: the one served);
+    ``zone`` and ``agent_group`` place this process among the agents sharing a PostgreSQL
+    metadata store, which heartbeat every ``agent_ttl_s / 3`` seconds and drop out of
+    every Metadata answer once their heartbeat is older than ``agent_ttl_s``.
     """
 
     data_dir: Path = field(default_factory=lambda: Path(DEFAULT_DATA_DIR))
@@ -51,6 +55,10 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 9092
     advertised_host: str = "127.0.0.1"
+    advertised_port: int = 0
+    zone: str = ""
+    agent_group: str = "default"
+    agent_ttl_s: float = 6.0
     auto_create_topics: bool = True
     orphan_min_age_s: float = 3600.0
     retention_check_interval_s: float = 60.0

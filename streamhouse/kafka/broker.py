@@ -9,9 +9,11 @@ import threading
 from collections.abc import Iterable
 
 from streamhouse.config import Settings
+from streamhouse.kafka.cluster import Cluster
 from streamhouse.kafka.groups import GroupCoordinator
 from streamhouse.kafka.producers import ProducerRegistry
 from streamhouse.log import Log
+from streamhouse.log.metadata import sqlite_path
 
 __all__ = ["Broker"]
 
@@ -24,9 +26,10 @@ class Broker:
     """State of one Kafka-protocol broker; used from the event loop thread only.
 
     ``port`` is the port clients should connect to (the bound one when ``settings.port`` is 0).
+    ``cluster`` is this agent among the others sharing the metadata store (PostgreSQL); with
+    SQLite it is alone, node 0.
     """
 
-    node_id = 0
     cluster_id = CLUSTER_ID
 
     def __init__(self, log_: Log, settings: Settings) -> None:
@@ -34,6 +37,8 @@ class Broker:
         self.settings = settings
         self.host = settings.advertised_host
         self.port = settings.port
+        shared = sqlite_path(settings) is None
+        self.cluster = Cluster(log_.metadata if shared else None, settings)
         self.groups = GroupCoordinator()
         self.producers = ProducerRegistry()
         self._arrivals: dict[tuple[str, int], set[asyncio.Future[None]]] = {}
@@ -42,6 +47,11 @@ class Broker:
         self._commits_lock = threading.Lock()
         self.damaged_objects: set[str] = set()  # keys of damaged segments logged already
         self.storage_warning_at = 0.0  # monotonic time before which store failures go unlogged
+
+    @property
+    def node_id(self) -> int:
+        """This agent's Kafka node id."""
+        return self.cluster.node_id
 
     def attach(self, loop: asyncio.AbstractEventLoop) -> None:
         """Start hearing about commits of the log, on ``loop``."""

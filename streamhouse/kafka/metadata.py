@@ -1,4 +1,5 @@
-"""Metadata: the one broker, and the topics with their partitions (all led by this broker).
+"""Metadata: the live agents as brokers, and the topics with their partitions, whose
+leadership is spread over those agents (:mod:`streamhouse.kafka.cluster`).
 
 Unknown topics are created with ``settings.default_partitions`` partitions when the broker
 allows it (``settings.auto_create_topics``, Kafka's ``auto.create.topics.enable``) and the
@@ -9,10 +10,12 @@ from __future__ import annotations
 
 import functools
 import logging
+import zlib
 from typing import TYPE_CHECKING, Any
 
 from streamhouse.errors import LogError, TopicExistsError
 from streamhouse.kafka.api_keys import ApiKey
+from streamhouse.kafka.cluster import client_zone
 from streamhouse.kafka.wire import ErrorCode, RequestHeader, make, messages
 from streamhouse.log.metadata import validate_topic_name
 
@@ -46,23 +49,37 @@ def topic_for_client(broker: Broker, name: str, auto_create: bool) -> TopicInfo 
         return ErrorCode.invalid_topic_exception
 
 
+def leader_start(topic: str, nodes: int) -> int:
+    """Index (in node id order) of the agent told to lead partition 0 of ``topic``; partition
+    ``p`` goes to the one ``p`` places after it. The same in every process.
+
+    >>> leader_start("orders", 1), leader_start("orders", 3) == leader_start("orders", 3)
+    (0, True)
+    """
+    return zlib.crc32(topic.encode()) % nodes
+
+
 @functools.lru_cache(maxsize=256)
-def _partitions(module: Any, count: int, node_id: int) -> tuple[Any, ...]:
-    """The partition entries of a topic of ``count`` partitions, all led by ``node_id``: the
-    same for every request, so built once (10,000 of them take tens of milliseconds)."""
-    return tuple(
-        make(
-            module.MetadataResponsePartition,
-            error_code=ErrorCode.none,
-            partition_index=index,
-            leader_id=node_id,
-            leader_epoch=-1,
-            replica_nodes=(node_id,),
-            isr_nodes=(node_id,),
-            offline_replicas=(),
+def _partitions(module: Any, count: int, node_ids: tuple[int, ...], start: int) -> tuple[Any, ...]:
+    """The partition entries of a topic of ``count`` partitions, partition ``p`` led by
+    ``node_ids[(start + p) % len(node_ids)]``: the same for every request with those agents,
+    so built once (10,000 of them take tens of milliseconds)."""
+    entries = []
+    for index in range(count):
+        node_id = node_ids[(start + index) % len(node_ids)]
+        entries.append(
+            make(
+                module.MetadataResponsePartition,
+                error_code=ErrorCode.none,
+                partition_index=index,
+                leader_id=node_id,
+                leader_epoch=-1,
+                replica_nodes=(node_id,),
+                isr_nodes=(node_id,),
+                offline_replicas=(),
+            )
         )
-        for index in range(count)
-    )
+    return tuple(entries)
 
 
 async def handle_metadata(broker: Broker, header: RequestHeader, request: Any) -> Any:
@@ -74,6 +91,8 @@ async def handle_metadata(broker: Broker, header: RequestHeader, request: Any) -
     else:
         auto = getattr(request, "allow_auto_topic_creation", True)
         found = [(t.name, topic_for_client(broker, t.name, auto)) for t in request.topics]
+    nodes = broker.cluster.nodes(client_zone(header.client_id))
+    node_ids = tuple(node.node_id for node in nodes)
     topics = []
     for name, info in found:
         if isinstance(info, ErrorCode):
@@ -81,7 +100,8 @@ async def handle_metadata(broker: Broker, header: RequestHeader, request: Any) -
                 make(module.MetadataResponseTopic, error_code=info, name=name, partitions=())
             )
             continue
-        partitions = _partitions(module, info.partitions, broker.node_id)
+        start = leader_start(name, len(node_ids))
+        partitions = _partitions(module, info.partitions, node_ids, start)
         topics.append(
             make(
                 module.MetadataResponseTopic,
@@ -94,17 +114,18 @@ async def handle_metadata(broker: Broker, header: RequestHeader, request: Any) -
     return make(
         module.MetadataResponse,
         throttle_time=0,
-        brokers=(
+        brokers=tuple(
             make(
                 module.MetadataResponseBroker,
-                node_id=broker.node_id,
-                host=broker.host,
-                port=broker.port,
-                rack=None,
-            ),
+                node_id=node.node_id,
+                host=node.host,
+                port=node.port,
+                rack=node.zone or None,
+            )
+            for node in nodes
         ),
         cluster_id=broker.cluster_id,
-        controller_id=broker.node_id,
+        controller_id=broker.node_id if broker.node_id in node_ids else node_ids[0],
         topics=tuple(topics),
     )
 

@@ -247,6 +247,10 @@ async def serve(log_: Log, settings: Settings, *, ready: asyncio.Event | None = 
     server = await asyncio.start_server(on_connect, settings.host, settings.port, limit=1 << 20)
     if settings.port == 0:
         broker.port = server.sockets[0].getsockname()[1]
+    if settings.advertised_port:
+        broker.port = settings.advertised_port
+    await broker.cluster.join(broker.host, broker.port)
+    heartbeat = asyncio.create_task(broker.cluster.heartbeat())
     sweeper = asyncio.create_task(_sweep_groups(broker))
     retention = asyncio.create_task(_enforce_retention(log_, settings.retention_check_interval_s))
     log.info(
@@ -264,7 +268,9 @@ async def serve(log_: Log, settings: Settings, *, ready: asyncio.Event | None = 
     finally:
         sweeper.cancel()
         retention.cancel()
+        heartbeat.cancel()
         server.close()
+        await broker.cluster.leave()
         for task in list(connections):
             task.cancel()
         if connections:

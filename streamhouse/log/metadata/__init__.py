@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CATALOG_KINDS",
+    "AgentInfo",
     "CatalogEntry",
     "Commit",
     "CommitFeed",
@@ -103,6 +104,25 @@ class GroupOffset:
     offset: int
     metadata: str
     commit_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class AgentInfo:
+    """A ``serve`` process sharing the store: clients reach it at ``host:port``.
+
+    ``heartbeat_age_ms`` is how long ago, by the store's clock when it was read, the agent
+    last heartbeat: readers compare it with their TTL, so the clocks of the agents never
+    need to agree.
+    """
+
+    agent_id: str
+    host: str
+    port: int
+    zone: str
+    group: str
+    started_ms: int
+    heartbeat_ms: int
+    heartbeat_age_ms: int
 
 
 class SegmentEntryLike(Protocol):
@@ -288,6 +308,27 @@ class Metadata(Protocol):
 
     def next_producer_id(self) -> int:
         """A new producer id (1, 2, ...), never handed out before, even across restarts."""
+        ...
+
+    def register_agent(self, agent_id: str, host: str, port: int, zone: str, group: str) -> None:
+        """Record (or replace) the agent ``agent_id`` with a heartbeat of now."""
+        ...
+
+    def heartbeat_agent(self, agent_id: str) -> bool:
+        """Set the agent's heartbeat to now; ``False`` if it is not registered (any more)."""
+        ...
+
+    def deregister_agent(self, agent_id: str) -> None:
+        """Forget the agent (no error if it is not registered)."""
+        ...
+
+    def list_agents(self) -> list[AgentInfo]:
+        """Every registered agent, live or not (see ``heartbeat_age_ms``), by ``agent_id``."""
+        ...
+
+    def forget_agents(self, silent_for_ms: int) -> int:
+        """Deregister the agents whose last heartbeat is more than ``silent_for_ms`` old (by
+        the store's clock); how many."""
         ...
 
     def commit_feed(

@@ -41,6 +41,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from streamhouse.log.metadata import (
+    AgentInfo,
     CatalogEntry,
     Commit,
     CommitFeed,
@@ -437,6 +438,21 @@ class CachedMetadata:
 
     def next_producer_id(self) -> int:
         return self.inner.next_producer_id()
+
+    def register_agent(self, agent_id: str, host: str, port: int, zone: str, group: str) -> None:
+        self.inner.register_agent(agent_id, host, port, zone, group)
+
+    def heartbeat_agent(self, agent_id: str) -> bool:
+        return self.inner.heartbeat_agent(agent_id)
+
+    def deregister_agent(self, agent_id: str) -> None:
+        self.inner.deregister_agent(agent_id)
+
+    def list_agents(self) -> list[AgentInfo]:
+        return self.inner.list_agents()
+
+    def forget_agents(self, silent_for_ms: int) -> int:
+        return self.inner.forget_agents(silent_for_ms)
 
     def close(self) -> None:
         if self._feed is not None:

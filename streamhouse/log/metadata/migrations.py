@@ -22,6 +22,10 @@ Tables (one row per ...):
 - ``deleted_objects``: segment object no index row names any more (retention dropped its
   last row) since ``unreferenced_ms``; it is deleted from the object store after a grace
   period, so a fetch or query that read the index before still finds it.
+- ``agents``: ``serve`` process sharing the store (an agent), keyed by ``agent_id``: the
+  address clients reach it at, its zone and agent group, and the store-clock milliseconds of
+  its start and last heartbeat. A clean stop deletes the row; a killed agent's row stays,
+  and readers drop it once its heartbeat is older than the TTL.
 """
 
 from __future__ import annotations
@@ -116,6 +120,20 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE TABLE deleted_objects ("
             " object_key TEXT PRIMARY KEY,"
             " unreferenced_ms BIGINT NOT NULL)",
+        ),
+    ),
+    Migration(
+        3,
+        "agents",
+        (
+            "CREATE TABLE agents ("
+            " agent_id TEXT PRIMARY KEY,"
+            " host TEXT NOT NULL,"
+            " port INTEGER NOT NULL,"
+            " zone TEXT NOT NULL,"
+            " agent_group TEXT NOT NULL,"
+            " started_ms BIGINT NOT NULL,"
+            " heartbeat_ms BIGINT NOT NULL)",
         ),
     ),
 )

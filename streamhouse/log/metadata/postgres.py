@@ -38,6 +38,7 @@ from streamhouse.errors import (
     UnknownTopicError,
 )
 from streamhouse.log.metadata import (
+    AgentInfo,
     CatalogEntry,
     Commit,
     GroupOffset,
@@ -681,3 +682,49 @@ class PostgresMetadata:
         if row is None:
             raise StorageError(f"metadata store {self.name}: the producer id counter is missing")
         return int(row[0])
+
+    # -- agents ------------------------------------------------------------------------------
+    # Heartbeats are stamped and aged by the database's clock, so agents' clocks never matter.
+
+    def register_agent(self, agent_id: str, host: str, port: int, zone: str, group: str) -> None:
+        with self._connection(f"register agent {agent_id!r}") as conn:
+            conn.execute(
+                "INSERT INTO agents (agent_id, host, port, zone, agent_group, started_ms,"
+                f" heartbeat_ms) VALUES (%s, %s, %s, %s, %s, {_STORE_NOW_MS}, {_STORE_NOW_MS})"
+                " ON CONFLICT (agent_id) DO UPDATE SET host = excluded.host,"
+                " port = excluded.port, zone = excluded.zone,"
+                " agent_group = excluded.agent_group, started_ms = excluded.started_ms,"
+                " heartbeat_ms = excluded.heartbeat_ms",
+                (agent_id, host, port, zone, group),
+            )
+
+    def heartbeat_agent(self, agent_id: str) -> bool:
+        with self._connection(f"heartbeat of agent {agent_id!r}") as conn:
+            cursor = conn.execute(
+                f"UPDATE agents SET heartbeat_ms = {_STORE_NOW_MS} WHERE agent_id = %s",
+                (agent_id,),
+            )
+            return cursor.rowcount > 0
+
+    def deregister_agent(self, agent_id: str) -> None:
+        with self._connection(f"deregister agent {agent_id!r}") as conn:
+            conn.execute("DELETE FROM agents WHERE agent_id = %s", (agent_id,))
+
+    def list_agents(self) -> list[AgentInfo]:
+        with self._connection("list agents") as conn:
+            rows = conn.execute(
+                "SELECT agent_id, host, port, zone, agent_group, started_ms, heartbeat_ms,"
+                f" {_STORE_NOW_MS} - heartbeat_ms FROM agents ORDER BY agent_id {_BYTE_ORDER}"
+            ).fetchall()
+        return [AgentInfo(*row) for row in rows]
+
+    def forget_agents(self, silent_for_ms: int) -> int:
+        with self._connection("forget silent agents") as conn:
+            cursor = conn.execute(
+                f"DELETE FROM agents WHERE heartbeat_ms < {_STORE_NOW_MS} - %s", (silent_for_ms,)
+            )
+            return cursor.rowcount
+
+
+_STORE_NOW_MS = "(extract(epoch FROM clock_timestamp()) * 1000)::bigint"
+"""The database's wall clock in milliseconds, as SQL."""

@@ -44,6 +44,7 @@ from streamhouse.errors import (
 )
 from streamhouse.log.metadata import (
     CATALOG_KINDS,
+    AgentInfo,
     CatalogEntry,
     Commit,
     GroupOffset,
@@ -717,3 +718,49 @@ class SQLiteMetadata:
                 "SELECT counter_value FROM counters WHERE name = 'producer_id'"
             ).fetchone()
         return int(value)
+
+    # -- agents ------------------------------------------------------------------------------
+
+    def register_agent(self, agent_id: str, host: str, port: int, zone: str, group: str) -> None:
+        now = _now_ms()
+        with self._transaction(f"register agent {agent_id!r}") as conn:
+            conn.execute(
+                "INSERT INTO agents (agent_id, host, port, zone, agent_group, started_ms,"
+                " heartbeat_ms) VALUES (?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (agent_id) DO UPDATE SET host = excluded.host,"
+                " port = excluded.port, zone = excluded.zone,"
+                " agent_group = excluded.agent_group, started_ms = excluded.started_ms,"
+                " heartbeat_ms = excluded.heartbeat_ms",
+                (agent_id, host, port, zone, group, now, now),
+            )
+
+    def heartbeat_agent(self, agent_id: str) -> bool:
+        with self._transaction(f"heartbeat of agent {agent_id!r}") as conn:
+            cursor = conn.execute(
+                "UPDATE agents SET heartbeat_ms = ? WHERE agent_id = ?", (_now_ms(), agent_id)
+            )
+            return cursor.rowcount > 0
+
+    def deregister_agent(self, agent_id: str) -> None:
+        with self._transaction(f"deregister agent {agent_id!r}") as conn:
+            conn.execute("DELETE FROM agents WHERE agent_id = ?", (agent_id,))
+
+    def list_agents(self) -> list[AgentInfo]:
+        with self._storage_errors("list agents"):
+            rows = (
+                self._connection()
+                .execute(
+                    "SELECT agent_id, host, port, zone, agent_group, started_ms, heartbeat_ms"
+                    " FROM agents ORDER BY agent_id"
+                )
+                .fetchall()
+            )
+        now = _now_ms()
+        return [AgentInfo(*row, heartbeat_age_ms=now - row[6]) for row in rows]
+
+    def forget_agents(self, silent_for_ms: int) -> int:
+        with self._transaction("forget silent agents") as conn:
+            cursor = conn.execute(
+                "DELETE FROM agents WHERE heartbeat_ms < ?", (_now_ms() - silent_for_ms,)
+            )
+            return cursor.rowcount

@@ -1,0 +1,163 @@
+"""The agents of a cluster: this process's registration and heartbeat, and the live agents a
+Metadata answer names as brokers.
+
+Every ``serve`` process on one PostgreSQL metadata store is an agent: it registers a row
+(``agents``), heartbeats every ``agent_ttl_s / 3`` seconds and deletes its row when it stops
+cleanly. An agent whose heartbeat is older than ``agent_ttl_s`` (killed, partitioned) is left
+out of every answer; its row is deleted by the next agent to start once it has been silent for
+:data:`FORGET_SILENT_AGENTS_S` (``cluster status`` shows it as dead until then). Any agent takes any produce or fetch, so which agent a client is told
+"leads" a partition only spreads the load: leaders are picked by a hash of the topic over
+the live agents sorted by node id, so agents that see the same live set give the same
+answer. With SQLite (one process) the agent is alone and answers with itself, node 0.
+
+Zones: a client whose ``client.id`` carries ``zone=Z`` (or WarpStream's ``ws_az=Z``) is
+answered with the agents of zone ``Z`` only, when there are any. Agent groups: an agent
+answers with the agents of its own group only.
+
+>>> client_zone("my-app,ws_az=eu-west-1a")
+'eu-west-1a'
+>>> client_zone("zone=b") , client_zone("orders") , client_zone(None)
+('b', None, None)
+>>> 0 <= node_id_of("0f3c") < 2**31
+True
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import re
+import time
+import uuid
+from dataclasses import dataclass
+
+from streamhouse.config import Settings
+from streamhouse.log.metadata import AgentInfo, Metadata
+
+__all__ = ["FORGET_SILENT_AGENTS_S", "Cluster", "Node", "client_zone", "node_id_of"]
+
+log = logging.getLogger(__name__)
+
+FORGET_SILENT_AGENTS_S = 3600.0
+"""How long a silent (killed) agent's row is kept for ``cluster status`` to show."""
+
+_ZONE = re.compile(r"(?:^|[,;&\s])(?:ws_az|zone)=([^,;&\s]+)")
+
+
+def client_zone(client_id: str | None) -> str | None:
+    """The zone a client names in its ``client.id`` (``zone=Z`` or ``ws_az=Z``), or ``None``."""
+    if not client_id:
+        return None
+    found = _ZONE.search(client_id)
+    return found.group(1) if found else None
+
+
+def node_id_of(agent_id: str) -> int:
+    """The Kafka node id of an agent: a non-negative int32 hashed from its id, the same in
+    every process."""
+    digest = hashlib.blake2b(agent_id.encode(), digest_size=4).digest()
+    return int.from_bytes(digest, "big") & 0x7FFF_FFFF
+
+
+@dataclass(frozen=True, slots=True)
+class Node:
+    """A broker as clients see it."""
+
+    node_id: int
+    host: str
+    port: int
+    zone: str
+
+
+class Cluster:
+    """This agent and the live agents it knows of; used from the event loop thread.
+
+    ``metadata`` is ``None`` when the store is not shared (SQLite): then nothing is
+    registered and :meth:`nodes` is this process alone, node 0.
+    """
+
+    def __init__(self, metadata: Metadata | None, settings: Settings) -> None:
+        self.metadata = metadata
+        self.agent_id = uuid.uuid4().hex
+        self.node_id = node_id_of(self.agent_id) if metadata is not None else 0
+        self.zone = settings.zone
+        self.group = settings.agent_group
+        self.ttl_ms = int(settings.agent_ttl_s * 1000)
+        self.me = Node(self.node_id, settings.advertised_host, settings.port, settings.zone)
+        self._agents: list[AgentInfo] = []
+        self._read_at = time.monotonic()
+        self._registered = False
+
+    async def join(self, host: str, port: int) -> None:
+        """Register this agent as reachable at ``host:port`` and read the live agents."""
+        self.me = Node(self.node_id, host, port, self.zone)
+        if self.metadata is None:
+            return
+        await asyncio.to_thread(
+            self.metadata.register_agent, self.agent_id, host, port, self.zone, self.group
+        )
+        self._registered = True
+        forgotten = await asyncio.to_thread(
+            self.metadata.forget_agents, int(FORGET_SILENT_AGENTS_S * 1000)
+        )
+        if forgotten:
+            log.info("forgot %d agent(s) silent for over %.0f s", forgotten, FORGET_SILENT_AGENTS_S)
+        log.info(
+            "agent %s (node %d) registered at %s:%d, zone %r, group %r",
+            self.agent_id,
+            self.node_id,
+            host,
+            port,
+            self.zone,
+            self.group,
+        )
+        await self.refresh()
+
+    async def refresh(self) -> None:
+        """Read the agents from the store."""
+        assert self.metadata is not None
+        agents = await asyncio.to_thread(self.metadata.list_agents)
+        self._agents, self._read_at = agents, time.monotonic()
+
+    async def heartbeat(self) -> None:
+        """Heartbeat every TTL / 3 (registering again if the row is gone) until cancelled; a
+        store failure is logged and the next beat tries again."""
+        if self.metadata is None:
+            return
+        while True:
+            await asyncio.sleep(self.ttl_ms / 3000)
+            try:
+                if not await asyncio.to_thread(self.metadata.heartbeat_agent, self.agent_id):
+                    log.warning("agent %s was not registered any more; registering", self.agent_id)
+                    await self.join(self.me.host, self.me.port)
+                else:
+                    await self.refresh()
+            except Exception as exc:  # the store is away: keep serving, try again next beat
+                log.warning("agent %s: heartbeat failed: %s", self.agent_id, exc)
+
+    async def leave(self) -> None:
+        """Deregister (a clean stop): other agents stop naming this one at once."""
+        if self.metadata is None or not self._registered:
+            return
+        self._registered = False
+        try:
+            await asyncio.to_thread(self.metadata.deregister_agent, self.agent_id)
+        except Exception as exc:
+            log.warning("agent %s: deregistering failed: %s", self.agent_id, exc)
+
+    def nodes(self, zone: str | None = None) -> tuple[Node, ...]:
+        """The live agents of this agent's group (this one always among them), by node id;
+        those of ``zone`` only when ``zone`` has any."""
+        aged = int((time.monotonic() - self._read_at) * 1000)
+        found = {self.node_id: self.me}
+        for agent in self._agents:
+            if agent.group == self.group and agent.heartbeat_age_ms + aged <= self.ttl_ms:
+                node = Node(node_id_of(agent.agent_id), agent.host, agent.port, agent.zone)
+                found.setdefault(node.node_id, node)
+        nodes = tuple(found[node_id] for node_id in sorted(found))
+        if zone is not None:
+            in_zone = tuple(node for node in nodes if node.zone == zone)
+            if in_zone:
+                return in_zone
+        return nodes
