@@ -85,6 +85,13 @@ _NOTIFY_BYTES = 7000  # PostgreSQL refuses payloads of 8000 bytes or more
 _CLOSING_SQLSTATES = ("08", "57P")
 _LISTEN_POLL_S = 0.25  # how often the feed looks up from waiting, to see if it must stop
 
+# Index rows as one column array per field (the order of SEGMENT_INSERT_COLUMNS).
+_INSERT_SEGMENTS = (
+    f"INSERT INTO segments ({SEGMENT_INSERT_COLUMNS})"
+    " SELECT * FROM unnest(%s::text[], %s::integer[], %s::bigint[], %s::bigint[],"
+    " %s::text[], %s::bigint[], %s::bigint[], %s::bigint[], %s::bigint[],"
+    " %s::bigint[], %s::bigint[], %s::bigint[])"
+)
 _TOPIC_COLUMNS = "name, partitions, config, topic_id, created_ms"
 # Byte order, as SQLite sorts text: the protocol's "sorted by name" must not depend on the
 # database's locale.
@@ -461,10 +468,7 @@ class PostgresMetadata:
             [list(column) for column in zip(*advanced, strict=True)],
         )
         conn.execute(
-            f"INSERT INTO segments ({SEGMENT_INSERT_COLUMNS})"
-            " SELECT * FROM unnest(%s::text[], %s::integer[], %s::bigint[], %s::bigint[],"
-            " %s::text[], %s::bigint[], %s::bigint[], %s::bigint[], %s::bigint[],"
-            " %s::bigint[], %s::bigint[], %s::bigint[])",
+            _INSERT_SEGMENTS,
             [list(column) for column in zip(*plan.rows, strict=True)],
         )
         conn.execute(
@@ -482,10 +486,7 @@ class PostgresMetadata:
             plan = plan_restore(rows, known)
             if plan.rows:
                 conn.execute(
-                    f"INSERT INTO segments ({SEGMENT_INSERT_COLUMNS})"
-                    " SELECT * FROM unnest(%s::text[], %s::integer[], %s::bigint[], %s::bigint[],"
-                    " %s::text[], %s::bigint[], %s::bigint[], %s::bigint[], %s::bigint[],"
-                    " %s::bigint[], %s::bigint[], %s::bigint[])",
+                    _INSERT_SEGMENTS,
                     [list(column) for column in zip(*plan.rows, strict=True)],
                 )
                 bounds = [(t, p, *b) for (t, p), b in plan.partitions.items()]
