@@ -90,6 +90,16 @@ def test_partitions_added_through_the_log_are_writable_at_once(tmp_path: Path) -
         assert log.append("t", 2, build_batch([b"c"])).result(10) == 0
 
 
+def test_the_produce_paths_topic_cache_counts_as_metadata_cache_hits(tmp_path: Path) -> None:
+    with Log.open(Settings.load(data_dir=tmp_path, linger_ms=1)) as log:
+        log.create_topic("t", partitions=1)
+        log.append("t", 0, build_batch([b"a"])).result(10)  # the topic is cached from here
+        before = log.metadata.stats.topic_hits
+        for value in (b"b", b"c", b"d"):
+            log.append("t", 0, build_batch([value])).result(10)
+        assert log.metadata.stats.topic_hits >= before + 3
+
+
 def test_two_logs_on_one_store_are_sequenced_by_it(tmp_path: Path) -> None:
     """Log ``a`` guesses offset 3 for its second flush, but ``b`` committed 3-4 meanwhile: the
     store indexes ``a``'s run at 5-7, the object is not rewritten, and every read (a fetch

@@ -234,6 +234,8 @@ class Log:
         now = time.monotonic()
         cached = self._topics.get(topic)
         if cached is not None and cached[0] > now:
+            # a lookup the metadata cache would otherwise have answered: counted as its hit
+            self.metadata.stats.topic_hits += 1
             return cached[1], cached[2]
         info = self.topic(topic)
         limit = self.max_message_bytes(info)

@@ -19,14 +19,16 @@ from __future__ import annotations
 import json
 import logging
 import re
+import select
 import threading
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from types import TracebackType
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
+from psycopg.pq import TransactionStatus
 from psycopg_pool import ConnectionPool
 
 from streamhouse.errors import (
@@ -56,6 +58,7 @@ from streamhouse.log.metadata.rules import (
     OLDEST_ROW_WITHIN_BYTES,
     SEGMENT_INSERT_COLUMNS,
     SEGMENT_SELECT_COLUMNS,
+    SegmentCommit,
     changed_config,
     check_catalog_entry,
     check_partition_count,
@@ -78,8 +81,18 @@ COMMIT_CHANNEL = "streamhouse_commits"
 """Each commit and ``delete_records`` notifies this channel with lines of
 ``topic<TAB>partition<TAB>log start<TAB>high watermark`` (log start -1: unchanged)."""
 _NOTIFY_BYTES = 7000  # PostgreSQL refuses payloads of 8000 bytes or more
+# Connection exceptions (08) and operator intervention (57P: shutdown, pg_terminate_backend,
+# idle_session_timeout): the server is closing this connection.
+_CLOSING_SQLSTATES = ("08", "57P")
 _LISTEN_POLL_S = 0.25  # how often the feed looks up from waiting, to see if it must stop
 
+# Index rows as one column array per field (the order of SEGMENT_INSERT_COLUMNS).
+_INSERT_SEGMENTS = (
+    f"INSERT INTO segments ({SEGMENT_INSERT_COLUMNS})"
+    " SELECT * FROM unnest(%s::text[], %s::integer[], %s::bigint[], %s::bigint[],"
+    " %s::text[], %s::bigint[], %s::bigint[], %s::bigint[], %s::bigint[],"
+    " %s::bigint[], %s::bigint[], %s::bigint[])"
+)
 _TOPIC_COLUMNS = "name, partitions, config, topic_id, created_ms"
 # Byte order, as SQLite sorts text: the protocol's "sorted by name" must not depend on the
 # database's locale.
@@ -133,6 +146,20 @@ def _one_line(exc: psycopg.Error) -> str:
     return re.sub(r"\s+", " ", text or str(exc)).strip()
 
 
+class _ClosedByServer(Exception):
+    """A pooled connection the server had closed, found at a commit's first round trip."""
+
+
+def _check_connection(conn: psycopg.Connection) -> None:
+    """The pool's check of a connection it hands out: a round trip only if the server wrote to
+    the idle connection (an idle one in autocommit is sent nothing unless it is being closed:
+    ``FATAL`` on shutdown, ``pg_terminate_backend``, ``idle_session_timeout``, then EOF).
+    ``ConnectionPool.check_connection`` made that round trip every time, one of the seven a
+    commit took."""
+    if conn.closed or select.select([conn.fileno()], [], [], 0)[0]:
+        ConnectionPool.check_connection(conn)
+
+
 class PostgresMetadata:
     """The :class:`~streamhouse.log.metadata.Metadata` protocol on a PostgreSQL database."""
 
@@ -153,7 +180,7 @@ class PostgresMetadata:
                 kwargs={"autocommit": True, "connect_timeout": CONNECT_TIMEOUT_S},
                 # A connection the server dropped (restart, failover, idle timeout) is
                 # replaced when it is next taken, instead of failing that call.
-                check=ConnectionPool.check_connection,
+                check=_check_connection,
                 name=f"streamhouse-metadata-{uuid.uuid4().hex[:8]}",
                 open=True,
             )
@@ -364,47 +391,92 @@ class PostgresMetadata:
 
         The partitions' rows stay locked from the read to ``COMMIT``: a concurrent commit to
         one of them waits, then continues after this one. Four statements however many
-        partitions the flush holds (the last notifies :data:`COMMIT_CHANNEL`)."""
+        partitions the flush holds (the last notifies :data:`COMMIT_CHANNEL`), sent in
+        pipeline mode: ``BEGIN`` and the lock in one round trip, the writes and ``COMMIT`` in a
+        second. It returns once the server has answered ``COMMIT`` (the WAL flushed, with
+        ``synchronous_commit`` on), and raises if any statement failed.
+
+        A connection found closed by the server at the first round trip (the pool's check
+        makes no round trip of its own) is replaced and the commit made again on another:
+        ``COMMIT`` was not sent yet, so nothing of it can have been committed."""
         entries = list(entries)
         if not entries:
             return []
+        for _ in range(POOL_SIZE):  # each pooled connection may have been closed
+            try:
+                return self._commit_segment(object_key, entries)
+            except _ClosedByServer:
+                continue
+        return self._commit_segment(object_key, entries)
+
+    def _commit_segment(self, object_key: str, entries: list[SegmentEntryLike]) -> list[int]:
         keys = sorted({(entry.topic, entry.partition) for entry in entries})
-        with self._transaction(f"commit segment {object_key!r}") as conn:
-            locked = conn.execute(
-                "SELECT p.topic, p.partition_id, p.high_watermark, p.max_timestamp"
-                " FROM partitions AS p"
-                " JOIN unnest(%s::text[], %s::integer[]) AS k (topic, partition_id)"
-                " ON p.topic = k.topic AND p.partition_id = k.partition_id"
-                f" ORDER BY p.topic {_BYTE_ORDER}, p.partition_id FOR UPDATE OF p",
-                ([topic for topic, _ in keys], [partition for _, partition in keys]),
-            ).fetchall()
-            current = {(t, p): (hw, ts) for t, p, hw, ts in locked}
-            plan = plan_segment_commit(
-                object_key, entries, current, lambda t: self._read_topic(conn, t) is not None
-            )
-            advanced = [(t, p, hw, ts) for (t, p), (hw, ts) in plan.partitions.items()]
-            conn.execute(
-                "UPDATE partitions AS p SET high_watermark = u.high_watermark,"
-                " max_timestamp = u.max_timestamp"
-                " FROM unnest(%s::text[], %s::integer[], %s::bigint[], %s::bigint[])"
-                " AS u (topic, partition_id, high_watermark, max_timestamp)"
-                " WHERE p.topic = u.topic AND p.partition_id = u.partition_id",
-                [list(column) for column in zip(*advanced, strict=True)],
-            )
-            conn.execute(
-                f"INSERT INTO segments ({SEGMENT_INSERT_COLUMNS})"
-                " SELECT * FROM unnest(%s::text[], %s::integer[], %s::bigint[], %s::bigint[],"
-                " %s::text[], %s::bigint[], %s::bigint[], %s::bigint[], %s::bigint[],"
-                " %s::bigint[], %s::bigint[], %s::bigint[])",
-                [list(column) for column in zip(*plan.rows, strict=True)],
-            )
-            # Delivered to every listening process when the transaction commits.
-            conn.execute(
-                "SELECT pg_notify(%s, payload) FROM unnest(%s::text[]) AS payload",
-                (COMMIT_CHANNEL, notify_payloads([(t, p, -1, hw) for t, p, hw, _ in advanced])),
-            )
+        with self._connection(f"commit segment {object_key!r}") as conn:
+            try:
+                # BEGIN and COMMIT as statements, not conn.transaction(): in a pipeline that
+                # syncs on entering and leaving, two round trips more.
+                with conn.pipeline():
+                    try:
+                        conn.execute("BEGIN")
+                        locked = conn.execute(
+                            "SELECT p.topic, p.partition_id, p.high_watermark, p.max_timestamp"
+                            " FROM partitions AS p"
+                            " JOIN unnest(%s::text[], %s::integer[]) AS k (topic, partition_id)"
+                            " ON p.topic = k.topic AND p.partition_id = k.partition_id"
+                            f" ORDER BY p.topic {_BYTE_ORDER}, p.partition_id FOR UPDATE OF p",
+                            ([topic for topic, _ in keys], [partition for _, partition in keys]),
+                        ).fetchall()
+                    except psycopg.OperationalError as exc:
+                        if conn.broken or (exc.sqlstate or "").startswith(_CLOSING_SQLSTATES):
+                            raise _ClosedByServer from exc
+                        raise
+                    plan = self._write_commit(conn, object_key, entries, locked)
+                    committed = conn.execute("COMMIT")
+                # Leaving the pipeline waited for every result and raised the first error.
+                if committed.statusmessage != "COMMIT":
+                    raise StorageError(
+                        f"metadata store {self.name}: commit segment {object_key!r}:"
+                        f" the server answered {committed.statusmessage!r} to COMMIT"
+                    )
+            except BaseException:
+                if not conn.broken and conn.info.transaction_status != TransactionStatus.IDLE:
+                    with suppress(psycopg.Error):
+                        conn.execute("ROLLBACK")
+                raise
         logger.debug("committed segment %r with %d index row(s)", object_key, len(entries))
         return plan.bases
+
+    def _write_commit(
+        self,
+        conn: psycopg.Connection,
+        object_key: str,
+        entries: list[SegmentEntryLike],
+        locked: list[tuple[str, int, int, int]],
+    ) -> SegmentCommit:
+        """Queue a commit's writes: the partitions' new high watermarks, the index rows, and
+        the notification of :data:`COMMIT_CHANNEL` (delivered when the transaction commits)."""
+        current = {(t, p): (hw, ts) for t, p, hw, ts in locked}
+        plan = plan_segment_commit(
+            object_key, entries, current, lambda t: self._read_topic(conn, t) is not None
+        )
+        advanced = [(t, p, hw, ts) for (t, p), (hw, ts) in plan.partitions.items()]
+        conn.execute(
+            "UPDATE partitions AS p SET high_watermark = u.high_watermark,"
+            " max_timestamp = u.max_timestamp"
+            " FROM unnest(%s::text[], %s::integer[], %s::bigint[], %s::bigint[])"
+            " AS u (topic, partition_id, high_watermark, max_timestamp)"
+            " WHERE p.topic = u.topic AND p.partition_id = u.partition_id",
+            [list(column) for column in zip(*advanced, strict=True)],
+        )
+        conn.execute(
+            _INSERT_SEGMENTS,
+            [list(column) for column in zip(*plan.rows, strict=True)],
+        )
+        conn.execute(
+            "SELECT pg_notify(%s, payload) FROM unnest(%s::text[]) AS payload",
+            (COMMIT_CHANNEL, notify_payloads([(t, p, -1, hw) for t, p, hw, _ in advanced])),
+        )
+        return plan
 
     def restore_segments(self, rows: Sequence[SegmentRow], *, producer_id_floor: int = 0) -> None:
         with self._transaction(f"restore {len(rows)} index row(s)") as conn:
@@ -415,10 +487,7 @@ class PostgresMetadata:
             plan = plan_restore(rows, known)
             if plan.rows:
                 conn.execute(
-                    f"INSERT INTO segments ({SEGMENT_INSERT_COLUMNS})"
-                    " SELECT * FROM unnest(%s::text[], %s::integer[], %s::bigint[], %s::bigint[],"
-                    " %s::text[], %s::bigint[], %s::bigint[], %s::bigint[], %s::bigint[],"
-                    " %s::bigint[], %s::bigint[], %s::bigint[])",
+                    _INSERT_SEGMENTS,
                     [list(column) for column in zip(*plan.rows, strict=True)],
                 )
                 bounds = [(t, p, *b) for (t, p), b in plan.partitions.items()]
