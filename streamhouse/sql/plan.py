@@ -32,6 +32,7 @@ from streamhouse.sql.bounds import TimeBound, candidate_bounds, conjuncts
 from streamhouse.sql.changelog import ChangelogMode, PlanNode
 from streamhouse.sql.functions import to_datafusion
 from streamhouse.sql.inline import inline
+from streamhouse.sql.over import OverAggregate, plan_over
 from streamhouse.sql.parse import sql_error
 from streamhouse.sql.window_spec import (
     KINDS,
@@ -386,6 +387,7 @@ class ContinuousPlan:
         | Recompute
         | TimeSort
         | UnionAll
+        | OverAggregate
     )
     sink_kind: str = "results"  # results | topic
     sink: str | None = None  # the sink topic/stream name for INSERT INTO and materialized views
@@ -432,6 +434,7 @@ Operator = Union[
     "Recompute",
     "TimeSort",
     "UnionAll",
+    "OverAggregate",
 ]
 
 
@@ -690,7 +693,15 @@ def _derive(select: exp.Select, derived: dict[str, Operator]) -> exp.Select:
 def _plan_select(
     select: exp.Select, derived: dict[str, Operator]
 ) -> (
-    Stateless | WindowAggregate | Windowed | StreamJoin | TopN | TemporalJoin | TimeSort | Recompute
+    Stateless
+    | WindowAggregate
+    | Windowed
+    | StreamJoin
+    | TopN
+    | TemporalJoin
+    | TimeSort
+    | Recompute
+    | OverAggregate
 ):
     if select.args.get("limit") is not None:
         raise sql_error("LIMIT has no meaning in a continuous query", select.args["limit"])
@@ -755,14 +766,8 @@ def _plan_select(
         raise sql_error("a continuous query must read a stream, view or topic", table or select)
     if any(True for _ in select.find_all(exp.Subquery)):
         raise sql_error("subqueries in continuous queries are not supported yet", select)
-    over = select.find(exp.Window)
-    if over is not None:  # a Top-N is a subquery, planned above
-        raise sql_error(
-            f"{over.this.sql(dialect='postgres')} OVER (...) is not supported continuously yet"
-            " (an OVER aggregation); use a window aggregate (GROUP BY k, TUMBLING(t, ...)) or"
-            " ROW_NUMBER() in a Top-N subquery (WHERE rn <= N)",
-            over,
-        )
+    if select.find(exp.Window) is not None:  # a Top-N is a subquery, planned above
+        return plan_over(select, table)
     if select.args.get("group") is not None or any(True for _ in select.find_all(exp.AggFunc)):
         return _plan_window(select, None, table)  # an updating aggregate: upserts per key
     if select.args.get("order") is not None:
