@@ -15,6 +15,7 @@ DuckDB has the macros ``tumble_start(t, seconds)`` and ``tumble_end(t, seconds)`
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,7 +51,7 @@ MACROS = [
 _REFUSED = re.compile(r"^-- refused: (.+)$", re.MULTILINE)
 
 PROPERTY = settings(
-    max_examples=3,
+    max_examples=int(os.environ.get("CORPUS_EXAMPLES", "3")),
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )

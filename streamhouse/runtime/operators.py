@@ -358,12 +358,25 @@ class Recomputation(_Stateful[plans.Recompute]):
         if changes is None and not retracted:
             return Changelog()
         outputs, gone = self.executor.process(changes, batch.state, retracted)
+        if node.one_group and not batch.derived:
+            return _one_group(outputs, gone)
         out = Changelog(outputs)
         names = node.key_columns
         if gone is not None and gone.num_rows and len(names) == len(node.group_by):
             keyed = gone.rename_columns(names)
             out.retracted = [k for k in key_strings(keyed, names) if k is not None]
         return out
+
+
+def _one_group(outputs: pa.Table | None, gone: pa.Table | None) -> Changelog:
+    """The changelog of an aggregate without GROUP BY: its row under the record key ``{}``, or
+    a tombstone for it when it has none."""
+    if gone is not None and gone.num_rows:
+        return Changelog(retracted=[GLOBAL_KEY])
+    if outputs is None:
+        return Changelog()
+    keys = pa.array([GLOBAL_KEY] * outputs.num_rows, pa.binary())
+    return Changelog(outputs.append_column("__key", keys))
 
 
 class TimeSorting(_Stateful[plans.TimeSort]):

@@ -48,6 +48,9 @@ log = logging.getLogger(__name__)
 FLOWS = "__windows"
 """Name the post-aggregation SQL reads the finalized window rows from."""
 
+ALL_ROWS = "__all"
+"""The constant column an aggregate without GROUP BY over an outer join groups by: one group."""
+
 ROW = "__temporal_row"
 """The column a temporal join's inputs carry their row number in (see :mod:`streamhouse.joins.temporal`)."""
 
@@ -302,6 +305,11 @@ class Recompute(PlanNode):
     @property
     def key_columns(self) -> list[str]:
         return [k for k in self.key_outputs if k is not None]
+
+    @property
+    def one_group(self) -> bool:
+        """An aggregate without GROUP BY: its one group has the record key ``{}``."""
+        return self.group_by == [ALL_ROWS]
 
     def explain(self) -> list[str]:
         retracted = (
@@ -1021,11 +1029,14 @@ def _aggregate_over_join(
     join_select.set("expressions", [exp.column(c, table=t).as_(n) for (t, c), n in used.items()])
     for key in ("group", "having", "order"):
         join_select.set(key, None)
+    one_group = select.args.get("group") is None and _outer(select)
+    if one_group:  # one group, keyed by a constant column, recomputed as retractions come
+        join_select.select(exp.alias_(exp.Literal.number(0), ALL_ROWS), copy=False)
     op = _plan_join(join_select, join_select.args["joins"], derived)
     retracting = isinstance(op, StreamJoin) and op.outer is not None
-    if retracting and select.args.get("group") is None:
+    if retracting and select.args.get("group") is None and not one_group:
         _refuse_retractions(op, "an aggregate without GROUP BY", select)
-    if retracting:
+    if retracting and not one_group:
         _refuse_padded_key(select)
     name = f"__derived_{len(derived)}"
     derived[name] = op
@@ -1052,9 +1063,16 @@ def _aggregate_over_join(
             aggregate.set(key, [part.transform(rename) for part in node])
         elif node is not None:
             aggregate.set(key, node.transform(rename))
+    if one_group:
+        aggregate.set("group", exp.Group(expressions=[exp.column(ALL_ROWS)]))
     if retracting:  # the join retracts padded rows: recompute the groups they leave
-        return _recompute_over_retractions(aggregate, name)
+        return _recompute_over_retractions(aggregate, name, one_group)
     return _plan_window(aggregate, None, exp.to_table(name))
+
+
+def _outer(select: exp.Select) -> bool:
+    """Whether a join of ``select`` is LEFT, RIGHT or FULL."""
+    return any(j.side for j in select.args.get("joins") or [])
 
 
 def _refuse_padded_key(select: exp.Select) -> None:
@@ -1076,10 +1094,13 @@ def _refuse_padded_key(select: exp.Select) -> None:
         )
 
 
-def _recompute_over_retractions(aggregate: exp.Select, name: str) -> Recompute:
+def _recompute_over_retractions(
+    aggregate: exp.Select, name: str, one_group: bool = False
+) -> Recompute:
     """A GROUP BY over an outer join (derived input ``name``): every join row is kept by its
     record key until retracted, and the groups a micro-batch touches are recomputed, so any
-    aggregate (MIN and MAX too) stays right when a padded row is retracted."""
+    aggregate (MIN and MAX too) stays right when a padded row is retracted. ``one_group``: an
+    aggregate without GROUP BY (grouped by ALL_ROWS, which the output does not carry)."""
     if aggregate.args.get("order") is not None:
         raise _order_error(aggregate.args["order"].expressions[0])
     group_by = []
@@ -1096,7 +1117,7 @@ def _recompute_over_retractions(aggregate: exp.Select, name: str) -> Recompute:
         to_datafusion(aggregate),
         ["__key"],
         group_by,
-        _key_outputs(aggregate, group_by),
+        [] if one_group else _key_outputs(aggregate, group_by),
         retracts=True,
     )
 

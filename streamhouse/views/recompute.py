@@ -111,6 +111,8 @@ class RecomputeOperator:
     def _gone(self, touched: pa.Table, result: pa.Table | None) -> pa.Table | None:
         """The touched groups the result has no row for (no live rows, or HAVING drops them),
         each once."""
+        if self.plan.one_group:  # gone when it has no row
+            return None if result is not None and result.num_rows else touched.slice(0, 1)
         groups = self.plan.group_by
         outputs = [k for k in self.plan.key_outputs if k is not None]
         present = touched.slice(0, 0)
