@@ -766,7 +766,7 @@ def _plan_select(
         top_n = _plan_top_n(select, derived)
         if top_n is not None:
             return top_n
-        recompute = _plan_recompute(select, table, derived)
+        recompute = _plan_recompute(select, table, derived) or _top_n_over_updates(select, derived)
         if recompute is not None:
             return recompute
         raise sql_error("subqueries in continuous queries are not supported yet", table)
@@ -882,23 +882,8 @@ def _plan_top_n(select: exp.Select, derived: dict[str, Operator] | None = None) 
     partition = window.args.get("partition_by") or []
     if not partition or not all(isinstance(p, exp.Column) for p in partition):
         return None
-    limit = None
-    ranks_only = True
-    where = select.args.get("where")
-    for item in conjuncts(where.this if where is not None else None):
-        if not (
-            isinstance(item, exp.LTE | exp.LT | exp.EQ)
-            and isinstance(item.this, exp.Column)
-            and item.this.name == rank_name
-            and isinstance(item.expression, exp.Literal)
-        ):
-            ranks_only = False
-        else:
-            value = int(item.expression.name)
-            limit = value - 1 if isinstance(item, exp.LT) else value
-            if isinstance(item, exp.EQ) and value != 1:
-                return None
-    if limit is None or limit < 1:
+    limit, ranks_only = _rank_limit(select, rank_name)
+    if limit is None:
         return None
     ranked = exp.select(exp.Star(), exp.alias_(window.copy(), "__rn", quoted=True)).from_(
         table.copy()
@@ -935,6 +920,100 @@ def _plan_top_n(select: exp.Select, derived: dict[str, Operator] | None = None) 
         output_sql=to_datafusion(output) if output is not None else None,
         order_by=order_by,
         output_columns=output_columns,
+    )
+
+
+def _rank_limit(select: exp.Select, rank_name: str) -> tuple[int | None, bool]:
+    """(N of ``WHERE rank <= N`` (``< N + 1``, ``= 1``), or None; whether the WHERE only bounds
+    the rank)."""
+    limit = None
+    ranks_only = True
+    where = select.args.get("where")
+    for item in conjuncts(where.this if where is not None else None):
+        if not (
+            isinstance(item, exp.LTE | exp.LT | exp.EQ)
+            and isinstance(item.this, exp.Column)
+            and item.this.name == rank_name
+            and isinstance(item.expression, exp.Literal)
+        ):
+            ranks_only = False
+        else:
+            value = int(item.expression.name)
+            limit = value - 1 if isinstance(item, exp.LT) else value
+            if isinstance(item, exp.EQ) and value != 1:
+                return None, ranks_only
+    return (limit if limit is not None and limit >= 1 else None), ranks_only
+
+
+def _top_n_over_updates(select: exp.Select, derived: dict[str, Operator]) -> Recompute | None:
+    """``SELECT .. FROM (SELECT .., ROW_NUMBER() OVER ([PARTITION BY p] ORDER BY ..) AS rn FROM
+    (SELECT .. GROUP BY ..)) WHERE rn <= N``: a Top-N over an updating aggregate. The latest row
+    per group is kept and the ranking re-run for the partitions a micro-batch touches (all rows
+    without PARTITION BY); an upsert per (p, rn). A partition never loses a row (the aggregate
+    has no HAVING, p are its keys), so a (p, rn) once written stays."""
+    ranking = select.args["from_"].this.this
+    source = ranking.args.get("from_") if isinstance(ranking, exp.Select) else None
+    aggregate = source.this if source is not None else None
+    if not isinstance(aggregate, exp.Subquery) or not isinstance(aggregate.this, exp.Select):
+        return None
+    rank = next(
+        (
+            (p.alias_or_name, p.this)
+            for p in ranking.expressions
+            if isinstance(p, exp.Alias)
+            and isinstance(p.this, exp.Window)
+            and isinstance(p.this.this, exp.RowNumber)
+        ),
+        None,
+    )
+    if rank is None or ranking.args.get("joins"):
+        return None
+    rank_name, window = rank
+    limit, ranks_only = _rank_limit(select, rank_name)
+    if limit is None or not ranks_only:
+        raise sql_error(
+            f"a Top-N over an updating aggregate is filtered by its rank alone (WHERE"
+            f" {rank_name} <= N); filter the aggregate's rows in its HAVING instead",
+            select.args.get("where") or select,
+        )
+    if aggregate.this.args.get("having") is not None:
+        raise sql_error(
+            "a Top-N over an updating aggregate with HAVING is not supported continuously yet"
+            " (a group HAVING drops would leave its rank behind); filter the Top-N's rows instead",
+            aggregate.this.args["having"],
+        )
+    inner = _plan_select(aggregate.this, derived)
+    if not (isinstance(inner, WindowAggregate) and inner.window is None):
+        return None
+    partition = window.args.get("partition_by") or []
+    keys = [k for k in inner.key_outputs if k is not None]
+    for column in partition:
+        if not isinstance(column, exp.Column) or column.name not in keys:
+            raise sql_error(
+                "a Top-N over an updating aggregate partitions by the aggregate's GROUP BY"
+                f" columns ({', '.join(keys) or 'none'}): a row would move between partitions",
+                column,
+            )
+    outputs = [p.alias_or_name for p in select.expressions]
+    key_outputs = [p.name for p in partition] + [rank_name]
+    missing = [k for k in key_outputs if k not in outputs]
+    if missing:
+        raise sql_error(
+            f"a Top-N writes one row per key and rank: select {', '.join(missing)}"
+            " (the keys of its upserts)",
+            select,
+        )
+    name = f"__derived_{len(derived)}"
+    derived[name] = inner
+    outer = select.copy()
+    inner_source = outer.args["from_"].this.this.args["from_"].this
+    inner_source.replace(exp.to_table(name).as_(aggregate.alias_or_name or name))
+    return Recompute(
+        name,
+        to_datafusion(outer),
+        keys,
+        [p.name for p in partition],
+        key_outputs,  # type: ignore[arg-type]
     )
 
 

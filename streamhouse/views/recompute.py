@@ -68,6 +68,11 @@ class RecomputeOperator:
             old = self.table.take(replaced).select(groups)
             touched = pa.concat_tables([old, touched], promote_options="permissive")
         self.table.replace(replaced, latest, batch)
+        if not groups:  # one group: every kept row (a global Top-N)
+            rows = self.table.current()
+            return (
+                run_sql(self.plan.sql, {self.plan.source: rows}) if rows.num_rows else None
+            ), None
         rows = self.table.take(self.table.find(touched, groups))
         if self.plan.retracts:
             rows = rows.filter(rows[LIVE]).drop_columns([LIVE])
