@@ -41,6 +41,7 @@ from streamhouse.sql.window_spec import (
     WindowSpec,
     find_window,
     take_out_windows,
+    tvf_call,
 )
 
 log = logging.getLogger(__name__)
@@ -717,6 +718,8 @@ def _plan_select(
     if over_union is not None:
         return over_union
     joins = select.args.get("joins") or []
+    if joins:
+        select = _tumbles_as_columns(select)
     sides = [select.args.get("from_")] + list(joins)
     if joins and any(isinstance(s.this, exp.Subquery) for s in sides if s is not None):
         windowed_inputs = take_out_windows(select)[1]
@@ -781,6 +784,54 @@ def _plan_select(
     if select.args.get("order") is not None:
         return _plan_time_sort(select, table)
     return Stateless(table.name, to_datafusion(select))
+
+
+def _tumbles_as_columns(select: exp.Select) -> exp.Select:
+    """``select`` with the one TUMBLE TVF it joins to streams (``TABLE(TUMBLE(TABLE a,
+    DESCRIPTOR(t), size)) AS x JOIN b ...``) as a subquery computing window_start, window_end and window_time per row
+    (each row has one tumbling window), so the join and an aggregate over it run as over any
+    other input: its rows are the join's, and a GROUP BY window_start updates per window as
+    the join's rows come (a join with a stream can add rows to a window at any time)."""
+    sides = [select.args.get("from_"), *select.args["joins"]]
+    tvfs = [s for s in sides if s is not None and tvf_call(s.this) is not None]
+    plain = [s for s in sides if s is not None and s not in tvfs and isinstance(s.this, exp.Table)]
+    if len(tvfs) != 1 or len(plain) != len(sides) - 1:  # window joins are planned as such
+        return select
+    result = select.copy()
+    for side in [result.args.get("from_"), *result.args["joins"]]:
+        source = side.this if side is not None else None
+        if source is None or tvf_call(source) is None:
+            continue
+        spec, rest = find_window(exp.select(exp.Star()).from_(source.copy()))
+        if spec is None or spec.kind != WindowKind.TUMBLE:
+            continue
+        data = rest.args["from_"].this
+        alias = data.alias_or_name
+        data.set("alias", None)
+        time = exp.column(spec.time_column)
+        size = exp.Interval(this=exp.Literal.string(str(spec.size_ms)), unit=exp.var("MILLISECOND"))
+        start = exp.Anonymous(
+            this="date_bin",
+            expressions=[size, time, exp.cast(exp.Literal.string("1970-01-01"), "TIMESTAMP")],
+        )
+        end = exp.Add(this=start.copy(), expression=size.copy())
+        last = exp.Interval(this=exp.Literal.string("1"), unit=exp.var("MILLISECOND"))
+        windowed = (
+            exp.select(
+                exp.Star(),
+                start.as_("window_start"),
+                end.as_("window_end"),
+                exp.Sub(this=end.copy(), expression=last).as_("window_time"),
+            )
+            .from_(data)
+            .where(time.is_(exp.null()).not_())
+        )
+        source.replace(windowed.subquery(alias))
+        for column in result.find_all(exp.Column):  # the window columns are this side's
+            outer = column.find_ancestor(exp.Select) is result
+            if outer and not column.table and column.name in WINDOW_COLUMNS:
+                column.set("table", exp.to_identifier(alias))
+    return result
 
 
 def _plan_time_sort(select: exp.Select, table: exp.Table) -> TimeSort:
