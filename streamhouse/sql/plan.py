@@ -463,8 +463,12 @@ def plan_query(statement: exp.Expr) -> ContinuousPlan:
         sink_kind, sink = "topic", statement.this.name
         query = statement.expression
     derived: dict[str, Operator] = {}
+    if isinstance(query, exp.Union) and query.args.get("distinct"):
+        operator: Operator = _plan_distinct_union(query, derived)
+        check_changelogs(operator, derived, query)
+        return ContinuousPlan(operator, sink_kind, sink, derived=derived)
     if isinstance(query, exp.Union):
-        operator: Operator = _plan_union(query, derived)
+        operator = _plan_union(query, derived)
         check_changelogs(operator, derived, query)
         return ContinuousPlan(operator, sink_kind, sink, derived=derived)
     if not isinstance(query, exp.Select):
@@ -485,6 +489,23 @@ def _plan_union(union: exp.Union, derived: dict[str, Operator]) -> UnionAll:
     return _union_of(_union_branches(union), derived)
 
 
+def _plan_distinct_union(union: exp.Union, derived: dict[str, Operator]) -> WindowAggregate:
+    """``q1 UNION q2 ...`` (DISTINCT over every input, nested UNIONs included): the UNION ALL
+    of the inputs as a derived input, and an updating GROUP BY all its columns over it (an
+    upsert per distinct row, keyed by the row)."""
+    every = union.copy()
+    for node in [every, *every.find_all(exp.Union)]:
+        node.set("distinct", False)
+    inputs = _plan_union(every, derived)
+    if inputs.columns is None:
+        raise sql_error("a continuous UNION names its columns (not *)", union)
+    name = f"__derived_{len(derived)}"
+    derived[name] = inputs
+    columns = [exp.column(c) for c in inputs.columns]
+    distinct = exp.select(*columns).from_(name).group_by(*[c.copy() for c in columns])
+    return _plan_window(distinct, None, exp.to_table(name))
+
+
 def _union_branches(union: exp.Union) -> list[exp.Select]:
     """The SELECTs of ``a UNION ALL b ...``, in order."""
     for key in ("order", "limit", "offset"):
@@ -501,7 +522,9 @@ def _union_branches(union: exp.Union) -> list[exp.Select]:
         if isinstance(node, exp.Union):
             if node.args.get("distinct"):
                 raise sql_error(
-                    "UNION (DISTINCT) is not supported continuously: use UNION ALL", node
+                    "a UNION (DISTINCT) under a UNION ALL is not supported continuously: use"
+                    " UNION ALL, or make the outer one a UNION too",
+                    node,
                 )
             pending[:0] = [node.this, node.expression]
         else:
