@@ -126,7 +126,8 @@ def test_unions_equal_the_batch_answer(tmp_path_factory: pytest.TempPathFactory)
 @pytest.mark.parametrize(
     ("sql", "message"),
     [
-        ("SELECT k FROM a UNION SELECT k FROM b", "use UNION ALL"),
+        ("SELECT * FROM a UNION SELECT * FROM b", "names its columns"),
+        ("SELECT k FROM b UNION ALL (SELECT k FROM a UNION SELECT k FROM b)", "use UNION ALL"),
         (
             "SELECT k, COUNT(*) AS n FROM a GROUP BY k UNION ALL SELECT k, 1 FROM b",
             "each input must be append-only",

@@ -26,6 +26,7 @@ from streamhouse.sql import plan as plans
 from streamhouse.sql.bounds import evictable_bound
 from streamhouse.sql.changelog import PlanNode
 from streamhouse.sql.execute import run_sql
+from streamhouse.sql.over import FRESH, OverAggregate
 from streamhouse.sql.parse import node_position
 from streamhouse.sql.plan import FLOWS, ROW
 from streamhouse.sql.projection import declared_stars_sql
@@ -35,6 +36,7 @@ from streamhouse.views.group_by import GroupAggregate
 from streamhouse.views.recompute import RecomputeOperator
 from streamhouse.views.top_n import TopNOperator
 from streamhouse.windows.operator import SessionOperator, WindowOperator, make_operator
+from streamhouse.windows.over import OverAggregateOperator
 from streamhouse.windows.table import event_time_ms
 from streamhouse.windows.time_sort import TimeSortOperator
 
@@ -356,12 +358,25 @@ class Recomputation(_Stateful[plans.Recompute]):
         if changes is None and not retracted:
             return Changelog()
         outputs, gone = self.executor.process(changes, batch.state, retracted)
+        if node.one_group and not batch.derived:
+            return _one_group(outputs, gone)
         out = Changelog(outputs)
         names = node.key_columns
         if gone is not None and gone.num_rows and len(names) == len(node.group_by):
             keyed = gone.rename_columns(names)
             out.retracted = [k for k in key_strings(keyed, names) if k is not None]
         return out
+
+
+def _one_group(outputs: pa.Table | None, gone: pa.Table | None) -> Changelog:
+    """The changelog of an aggregate without GROUP BY: its row under the record key ``{}``, or
+    a tombstone for it when it has none."""
+    if gone is not None and gone.num_rows:
+        return Changelog(retracted=[GLOBAL_KEY])
+    if outputs is None:
+        return Changelog()
+    keys = pa.array([GLOBAL_KEY] * outputs.num_rows, pa.binary())
+    return Changelog(outputs.append_column("__key", keys))
 
 
 class TimeSorting(_Stateful[plans.TimeSort]):
@@ -381,17 +396,47 @@ class TimeSorting(_Stateful[plans.TimeSort]):
         return [(node.pre_sql, schemas), (node.sql, schemas)]
 
     def process(self, batch: MicroBatch) -> Changelog:
-        rows, late = self.executor.process(
-            batch.inputs[self.node.source],
-            batch.previous_watermark,
-            batch.watermark,
-            batch.state,
-        )
-        return Changelog(rows, late=late)
+        return _released(self.executor, self.node.source, batch)
 
 
-def _check_time_attribute(node: plans.TimeSort, context: QueryContext) -> None:
-    """A continuous ORDER BY sorts on the source's time attribute (its WATERMARK column)."""
+class OverAggregation(_Stateful[OverAggregate]):
+    """An OVER aggregation: rows released in time order as the watermark passes them, each
+    with the aggregates of its frame."""
+
+    executor: OverAggregateOperator
+
+    def __init__(self, node: OverAggregate, state: StateView, context: QueryContext) -> None:
+        super().__init__(node, state, context)
+        _check_time_attribute(node, context)
+        self.executor = OverAggregateOperator(node, state)
+
+    @staticmethod
+    def checks(node: OverAggregate, context: QueryContext) -> list[Check]:
+        schema = context.schema(node.source)
+        with_fresh = schema.append(pa.field(FRESH, pa.bool_())) if schema is not None else None
+        return [
+            (node.pre_sql, {node.source: schema}),
+            (node.sql, {node.source: with_fresh}),
+            (node.keep_sql, {node.source: schema}),
+        ]
+
+    def process(self, batch: MicroBatch) -> Changelog:
+        return _released(self.executor, self.node.source, batch)
+
+
+def _released(
+    executor: TimeSortOperator | OverAggregateOperator, source: str, batch: MicroBatch
+) -> Changelog:
+    """The rows the micro-batch's watermark lets ``executor`` release, and its late rows."""
+    rows, late = executor.process(
+        batch.inputs[source], batch.previous_watermark, batch.watermark, batch.state
+    )
+    return Changelog(rows, late=late)
+
+
+def _check_time_attribute(node: plans.TimeSort | OverAggregate, context: QueryContext) -> None:
+    """A continuous ORDER BY (or an OVER's) sorts on the source's time attribute (its WATERMARK
+    column)."""
     time_column = context.time_column(node.source)
     if time_column == node.time_column:
         return
@@ -444,6 +489,7 @@ ADAPTERS: dict[type[PlanNode], type[Adapter]] = {
     plans.Recompute: Recomputation,
     plans.TimeSort: TimeSorting,
     plans.UnionAll: UnionAllRows,
+    OverAggregate: OverAggregation,
 }
 """The adapter of each plan node type."""
 

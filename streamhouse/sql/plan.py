@@ -32,6 +32,7 @@ from streamhouse.sql.bounds import TimeBound, candidate_bounds, conjuncts
 from streamhouse.sql.changelog import ChangelogMode, PlanNode
 from streamhouse.sql.functions import to_datafusion
 from streamhouse.sql.inline import inline
+from streamhouse.sql.over import OverAggregate, plan_over
 from streamhouse.sql.parse import sql_error
 from streamhouse.sql.window_spec import (
     KINDS,
@@ -40,12 +41,16 @@ from streamhouse.sql.window_spec import (
     WindowSpec,
     find_window,
     take_out_windows,
+    tvf_call,
 )
 
 log = logging.getLogger(__name__)
 
 FLOWS = "__windows"
 """Name the post-aggregation SQL reads the finalized window rows from."""
+
+ALL_ROWS = "__all"
+"""The constant column an aggregate without GROUP BY over an outer join groups by: one group."""
 
 ROW = "__temporal_row"
 """The column a temporal join's inputs carry their row number in (see :mod:`streamhouse.joins.temporal`)."""
@@ -302,6 +307,11 @@ class Recompute(PlanNode):
     def key_columns(self) -> list[str]:
         return [k for k in self.key_outputs if k is not None]
 
+    @property
+    def one_group(self) -> bool:
+        """An aggregate without GROUP BY: its one group has the record key ``{}``."""
+        return self.group_by == [ALL_ROWS]
+
     def explain(self) -> list[str]:
         retracted = (
             "; a retracted key is kept as a dead row (__live false)" if self.retracts else ""
@@ -386,6 +396,7 @@ class ContinuousPlan:
         | Recompute
         | TimeSort
         | UnionAll
+        | OverAggregate
     )
     sink_kind: str = "results"  # results | topic
     sink: str | None = None  # the sink topic/stream name for INSERT INTO and materialized views
@@ -432,6 +443,7 @@ Operator = Union[
     "Recompute",
     "TimeSort",
     "UnionAll",
+    "OverAggregate",
 ]
 
 
@@ -451,8 +463,12 @@ def plan_query(statement: exp.Expr) -> ContinuousPlan:
         sink_kind, sink = "topic", statement.this.name
         query = statement.expression
     derived: dict[str, Operator] = {}
+    if isinstance(query, exp.Union) and query.args.get("distinct"):
+        operator: Operator = _plan_distinct_union(query, derived)
+        check_changelogs(operator, derived, query)
+        return ContinuousPlan(operator, sink_kind, sink, derived=derived)
     if isinstance(query, exp.Union):
-        operator: Operator = _plan_union(query, derived)
+        operator = _plan_union(query, derived)
         check_changelogs(operator, derived, query)
         return ContinuousPlan(operator, sink_kind, sink, derived=derived)
     if not isinstance(query, exp.Select):
@@ -473,6 +489,23 @@ def _plan_union(union: exp.Union, derived: dict[str, Operator]) -> UnionAll:
     return _union_of(_union_branches(union), derived)
 
 
+def _plan_distinct_union(union: exp.Union, derived: dict[str, Operator]) -> WindowAggregate:
+    """``q1 UNION q2 ...`` (DISTINCT over every input, nested UNIONs included): the UNION ALL
+    of the inputs as a derived input, and an updating GROUP BY all its columns over it (an
+    upsert per distinct row, keyed by the row)."""
+    every = union.copy()
+    for node in [every, *every.find_all(exp.Union)]:
+        node.set("distinct", False)
+    inputs = _plan_union(every, derived)
+    if inputs.columns is None:
+        raise sql_error("a continuous UNION names its columns (not *)", union)
+    name = f"__derived_{len(derived)}"
+    derived[name] = inputs
+    columns = [exp.column(c) for c in inputs.columns]
+    distinct = exp.select(*columns).from_(name).group_by(*[c.copy() for c in columns])
+    return _plan_window(distinct, None, exp.to_table(name))
+
+
 def _union_branches(union: exp.Union) -> list[exp.Select]:
     """The SELECTs of ``a UNION ALL b ...``, in order."""
     for key in ("order", "limit", "offset"):
@@ -489,7 +522,9 @@ def _union_branches(union: exp.Union) -> list[exp.Select]:
         if isinstance(node, exp.Union):
             if node.args.get("distinct"):
                 raise sql_error(
-                    "UNION (DISTINCT) is not supported continuously: use UNION ALL", node
+                    "a UNION (DISTINCT) under a UNION ALL is not supported continuously: use"
+                    " UNION ALL, or make the outer one a UNION too",
+                    node,
                 )
             pending[:0] = [node.this, node.expression]
         else:
@@ -690,7 +725,15 @@ def _derive(select: exp.Select, derived: dict[str, Operator]) -> exp.Select:
 def _plan_select(
     select: exp.Select, derived: dict[str, Operator]
 ) -> (
-    Stateless | WindowAggregate | Windowed | StreamJoin | TopN | TemporalJoin | TimeSort | Recompute
+    Stateless
+    | WindowAggregate
+    | Windowed
+    | StreamJoin
+    | TopN
+    | TemporalJoin
+    | TimeSort
+    | Recompute
+    | OverAggregate
 ):
     if select.args.get("limit") is not None:
         raise sql_error("LIMIT has no meaning in a continuous query", select.args["limit"])
@@ -698,6 +741,8 @@ def _plan_select(
     if over_union is not None:
         return over_union
     joins = select.args.get("joins") or []
+    if joins:
+        select = _tumbles_as_columns(select)
     sides = [select.args.get("from_")] + list(joins)
     if joins and any(isinstance(s.this, exp.Subquery) for s in sides if s is not None):
         windowed_inputs = take_out_windows(select)[1]
@@ -747,7 +792,7 @@ def _plan_select(
         top_n = _plan_top_n(select, derived)
         if top_n is not None:
             return top_n
-        recompute = _plan_recompute(select, table, derived)
+        recompute = _plan_recompute(select, table, derived) or _top_n_over_updates(select, derived)
         if recompute is not None:
             return recompute
         raise sql_error("subqueries in continuous queries are not supported yet", table)
@@ -755,19 +800,61 @@ def _plan_select(
         raise sql_error("a continuous query must read a stream, view or topic", table or select)
     if any(True for _ in select.find_all(exp.Subquery)):
         raise sql_error("subqueries in continuous queries are not supported yet", select)
-    over = select.find(exp.Window)
-    if over is not None:  # a Top-N is a subquery, planned above
-        raise sql_error(
-            f"{over.this.sql(dialect='postgres')} OVER (...) is not supported continuously yet"
-            " (an OVER aggregation); use a window aggregate (GROUP BY k, TUMBLING(t, ...)) or"
-            " ROW_NUMBER() in a Top-N subquery (WHERE rn <= N)",
-            over,
-        )
+    if select.find(exp.Window) is not None:  # a Top-N is a subquery, planned above
+        return plan_over(select, table)
     if select.args.get("group") is not None or any(True for _ in select.find_all(exp.AggFunc)):
         return _plan_window(select, None, table)  # an updating aggregate: upserts per key
     if select.args.get("order") is not None:
         return _plan_time_sort(select, table)
     return Stateless(table.name, to_datafusion(select))
+
+
+def _tumbles_as_columns(select: exp.Select) -> exp.Select:
+    """``select`` with the one TUMBLE TVF it joins to streams (``TABLE(TUMBLE(TABLE a,
+    DESCRIPTOR(t), size)) AS x JOIN b ...``) as a subquery computing window_start, window_end and window_time per row
+    (each row has one tumbling window), so the join and an aggregate over it run as over any
+    other input: its rows are the join's, and a GROUP BY window_start updates per window as
+    the join's rows come (a join with a stream can add rows to a window at any time)."""
+    sides = [select.args.get("from_"), *select.args["joins"]]
+    tvfs = [s for s in sides if s is not None and tvf_call(s.this) is not None]
+    plain = [s for s in sides if s is not None and s not in tvfs and isinstance(s.this, exp.Table)]
+    if len(tvfs) != 1 or len(plain) != len(sides) - 1:  # window joins are planned as such
+        return select
+    result = select.copy()
+    for side in [result.args.get("from_"), *result.args["joins"]]:
+        source = side.this if side is not None else None
+        if source is None or tvf_call(source) is None:
+            continue
+        spec, rest = find_window(exp.select(exp.Star()).from_(source.copy()))
+        if spec is None or spec.kind != WindowKind.TUMBLE:
+            continue
+        data = rest.args["from_"].this
+        alias = data.alias_or_name
+        data.set("alias", None)
+        time = exp.column(spec.time_column)
+        size = exp.Interval(this=exp.Literal.string(str(spec.size_ms)), unit=exp.var("MILLISECOND"))
+        start = exp.Anonymous(
+            this="date_bin",
+            expressions=[size, time, exp.cast(exp.Literal.string("1970-01-01"), "TIMESTAMP")],
+        )
+        end = exp.Add(this=start.copy(), expression=size.copy())
+        last = exp.Interval(this=exp.Literal.string("1"), unit=exp.var("MILLISECOND"))
+        windowed = (
+            exp.select(
+                exp.Star(),
+                start.as_("window_start"),
+                end.as_("window_end"),
+                exp.Sub(this=end.copy(), expression=last).as_("window_time"),
+            )
+            .from_(data)
+            .where(time.is_(exp.null()).not_())
+        )
+        source.replace(windowed.subquery(alias))
+        for column in result.find_all(exp.Column):  # the window columns are this side's
+            outer = column.find_ancestor(exp.Select) is result
+            if outer and not column.table and column.name in WINDOW_COLUMNS:
+                column.set("table", exp.to_identifier(alias))
+    return result
 
 
 def _plan_time_sort(select: exp.Select, table: exp.Table) -> TimeSort:
@@ -869,23 +956,8 @@ def _plan_top_n(select: exp.Select, derived: dict[str, Operator] | None = None) 
     partition = window.args.get("partition_by") or []
     if not partition or not all(isinstance(p, exp.Column) for p in partition):
         return None
-    limit = None
-    ranks_only = True
-    where = select.args.get("where")
-    for item in conjuncts(where.this if where is not None else None):
-        if not (
-            isinstance(item, exp.LTE | exp.LT | exp.EQ)
-            and isinstance(item.this, exp.Column)
-            and item.this.name == rank_name
-            and isinstance(item.expression, exp.Literal)
-        ):
-            ranks_only = False
-        else:
-            value = int(item.expression.name)
-            limit = value - 1 if isinstance(item, exp.LT) else value
-            if isinstance(item, exp.EQ) and value != 1:
-                return None
-    if limit is None or limit < 1:
+    limit, ranks_only = _rank_limit(select, rank_name)
+    if limit is None:
         return None
     ranked = exp.select(exp.Star(), exp.alias_(window.copy(), "__rn", quoted=True)).from_(
         table.copy()
@@ -922,6 +994,100 @@ def _plan_top_n(select: exp.Select, derived: dict[str, Operator] | None = None) 
         output_sql=to_datafusion(output) if output is not None else None,
         order_by=order_by,
         output_columns=output_columns,
+    )
+
+
+def _rank_limit(select: exp.Select, rank_name: str) -> tuple[int | None, bool]:
+    """(N of ``WHERE rank <= N`` (``< N + 1``, ``= 1``), or None; whether the WHERE only bounds
+    the rank)."""
+    limit = None
+    ranks_only = True
+    where = select.args.get("where")
+    for item in conjuncts(where.this if where is not None else None):
+        if not (
+            isinstance(item, exp.LTE | exp.LT | exp.EQ)
+            and isinstance(item.this, exp.Column)
+            and item.this.name == rank_name
+            and isinstance(item.expression, exp.Literal)
+        ):
+            ranks_only = False
+        else:
+            value = int(item.expression.name)
+            limit = value - 1 if isinstance(item, exp.LT) else value
+            if isinstance(item, exp.EQ) and value != 1:
+                return None, ranks_only
+    return (limit if limit is not None and limit >= 1 else None), ranks_only
+
+
+def _top_n_over_updates(select: exp.Select, derived: dict[str, Operator]) -> Recompute | None:
+    """``SELECT .. FROM (SELECT .., ROW_NUMBER() OVER ([PARTITION BY p] ORDER BY ..) AS rn FROM
+    (SELECT .. GROUP BY ..)) WHERE rn <= N``: a Top-N over an updating aggregate. The latest row
+    per group is kept and the ranking re-run for the partitions a micro-batch touches (all rows
+    without PARTITION BY); an upsert per (p, rn). A partition never loses a row (the aggregate
+    has no HAVING, p are its keys), so a (p, rn) once written stays."""
+    ranking = select.args["from_"].this.this
+    source = ranking.args.get("from_") if isinstance(ranking, exp.Select) else None
+    aggregate = source.this if source is not None else None
+    if not isinstance(aggregate, exp.Subquery) or not isinstance(aggregate.this, exp.Select):
+        return None
+    rank = next(
+        (
+            (p.alias_or_name, p.this)
+            for p in ranking.expressions
+            if isinstance(p, exp.Alias)
+            and isinstance(p.this, exp.Window)
+            and isinstance(p.this.this, exp.RowNumber)
+        ),
+        None,
+    )
+    if rank is None or ranking.args.get("joins"):
+        return None
+    rank_name, window = rank
+    limit, ranks_only = _rank_limit(select, rank_name)
+    if limit is None or not ranks_only:
+        raise sql_error(
+            f"a Top-N over an updating aggregate is filtered by its rank alone (WHERE"
+            f" {rank_name} <= N); filter the aggregate's rows in its HAVING instead",
+            select.args.get("where") or select,
+        )
+    if aggregate.this.args.get("having") is not None:
+        raise sql_error(
+            "a Top-N over an updating aggregate with HAVING is not supported continuously yet"
+            " (a group HAVING drops would leave its rank behind); filter the Top-N's rows instead",
+            aggregate.this.args["having"],
+        )
+    inner = _plan_select(aggregate.this, derived)
+    if not (isinstance(inner, WindowAggregate) and inner.window is None):
+        return None
+    partition = window.args.get("partition_by") or []
+    keys = [k for k in inner.key_outputs if k is not None]
+    for column in partition:
+        if not isinstance(column, exp.Column) or column.name not in keys:
+            raise sql_error(
+                "a Top-N over an updating aggregate partitions by the aggregate's GROUP BY"
+                f" columns ({', '.join(keys) or 'none'}): a row would move between partitions",
+                column,
+            )
+    outputs = [p.alias_or_name for p in select.expressions]
+    key_outputs = [p.name for p in partition] + [rank_name]
+    missing = [k for k in key_outputs if k not in outputs]
+    if missing:
+        raise sql_error(
+            f"a Top-N writes one row per key and rank: select {', '.join(missing)}"
+            " (the keys of its upserts)",
+            select,
+        )
+    name = f"__derived_{len(derived)}"
+    derived[name] = inner
+    outer = select.copy()
+    inner_source = outer.args["from_"].this.this.args["from_"].this
+    inner_source.replace(exp.to_table(name).as_(aggregate.alias_or_name or name))
+    return Recompute(
+        name,
+        to_datafusion(outer),
+        keys,
+        [p.name for p in partition],
+        key_outputs,  # type: ignore[arg-type]
     )
 
 
@@ -1016,11 +1182,14 @@ def _aggregate_over_join(
     join_select.set("expressions", [exp.column(c, table=t).as_(n) for (t, c), n in used.items()])
     for key in ("group", "having", "order"):
         join_select.set(key, None)
+    one_group = select.args.get("group") is None and _outer(select)
+    if one_group:  # one group, keyed by a constant column, recomputed as retractions come
+        join_select.select(exp.alias_(exp.Literal.number(0), ALL_ROWS), copy=False)
     op = _plan_join(join_select, join_select.args["joins"], derived)
     retracting = isinstance(op, StreamJoin) and op.outer is not None
-    if retracting and select.args.get("group") is None:
+    if retracting and select.args.get("group") is None and not one_group:
         _refuse_retractions(op, "an aggregate without GROUP BY", select)
-    if retracting:
+    if retracting and not one_group:
         _refuse_padded_key(select)
     name = f"__derived_{len(derived)}"
     derived[name] = op
@@ -1047,9 +1216,16 @@ def _aggregate_over_join(
             aggregate.set(key, [part.transform(rename) for part in node])
         elif node is not None:
             aggregate.set(key, node.transform(rename))
+    if one_group:
+        aggregate.set("group", exp.Group(expressions=[exp.column(ALL_ROWS)]))
     if retracting:  # the join retracts padded rows: recompute the groups they leave
-        return _recompute_over_retractions(aggregate, name)
+        return _recompute_over_retractions(aggregate, name, one_group)
     return _plan_window(aggregate, None, exp.to_table(name))
+
+
+def _outer(select: exp.Select) -> bool:
+    """Whether a join of ``select`` is LEFT, RIGHT or FULL."""
+    return any(j.side for j in select.args.get("joins") or [])
 
 
 def _refuse_padded_key(select: exp.Select) -> None:
@@ -1071,10 +1247,13 @@ def _refuse_padded_key(select: exp.Select) -> None:
         )
 
 
-def _recompute_over_retractions(aggregate: exp.Select, name: str) -> Recompute:
+def _recompute_over_retractions(
+    aggregate: exp.Select, name: str, one_group: bool = False
+) -> Recompute:
     """A GROUP BY over an outer join (derived input ``name``): every join row is kept by its
     record key until retracted, and the groups a micro-batch touches are recomputed, so any
-    aggregate (MIN and MAX too) stays right when a padded row is retracted."""
+    aggregate (MIN and MAX too) stays right when a padded row is retracted. ``one_group``: an
+    aggregate without GROUP BY (grouped by ALL_ROWS, which the output does not carry)."""
     if aggregate.args.get("order") is not None:
         raise _order_error(aggregate.args["order"].expressions[0])
     group_by = []
@@ -1091,7 +1270,7 @@ def _recompute_over_retractions(aggregate: exp.Select, name: str) -> Recompute:
         to_datafusion(aggregate),
         ["__key"],
         group_by,
-        _key_outputs(aggregate, group_by),
+        [] if one_group else _key_outputs(aggregate, group_by),
         retracts=True,
     )
 

@@ -68,6 +68,11 @@ class RecomputeOperator:
             old = self.table.take(replaced).select(groups)
             touched = pa.concat_tables([old, touched], promote_options="permissive")
         self.table.replace(replaced, latest, batch)
+        if not groups:  # one group: every kept row (a global Top-N)
+            rows = self.table.current()
+            return (
+                run_sql(self.plan.sql, {self.plan.source: rows}) if rows.num_rows else None
+            ), None
         rows = self.table.take(self.table.find(touched, groups))
         if self.plan.retracts:
             rows = rows.filter(rows[LIVE]).drop_columns([LIVE])
@@ -111,6 +116,8 @@ class RecomputeOperator:
     def _gone(self, touched: pa.Table, result: pa.Table | None) -> pa.Table | None:
         """The touched groups the result has no row for (no live rows, or HAVING drops them),
         each once."""
+        if self.plan.one_group:  # gone when it has no row
+            return None if result is not None and result.num_rows else touched.slice(0, 1)
         groups = self.plan.group_by
         outputs = [k for k in self.plan.key_outputs if k is not None]
         present = touched.slice(0, 0)

@@ -1,0 +1,174 @@
+"""Planning a continuous OVER aggregation (Flink's over window) into an :class:`OverAggregate`.
+
+``SELECT k, t, SUM(v) OVER (PARTITION BY k ORDER BY t ROWS BETWEEN 2 PRECEDING AND CURRENT
+ROW) FROM s [WHERE ...]``: every OVER of the SELECT list is SUM, COUNT, AVG, MIN or MAX over
+one window (the same PARTITION BY, ORDER BY and frame), ordered by the time attribute
+ascending (a ROWS frame may break ties by more keys), with a bounded frame ending at the
+current row: ``ROWS BETWEEN n PRECEDING`` or ``RANGE BETWEEN INTERVAL ... PRECEDING``. Any
+other OVER is refused with what to write instead. See :mod:`streamhouse.windows.over`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlglot import exp
+
+from streamhouse.errors import SqlError
+from streamhouse.sql.changelog import PlanNode
+from streamhouse.sql.ddl import interval_ms
+from streamhouse.sql.functions import to_datafusion
+from streamhouse.sql.parse import sql_error
+
+FRESH = "__fresh"
+"""The column that tells released rows (true) from the history their frames reach (false)."""
+
+RANK = "__rank"
+"""The column of a ROWS frame's history query that numbers each partition's rows, newest first."""
+
+_FUNCTIONS = (exp.Sum, exp.Count, exp.Avg, exp.Min, exp.Max)
+
+_SHAPE = (
+    "write SUM/COUNT/AVG/MIN/MAX(x) OVER (PARTITION BY k ORDER BY <time attribute> ROWS BETWEEN"
+    " n PRECEDING AND CURRENT ROW) or RANGE BETWEEN INTERVAL '..' SECOND PRECEDING AND CURRENT"
+    " ROW"
+)
+
+
+@dataclass(frozen=True)
+class OverAggregate(PlanNode):
+    """``SELECT .., AGG(x) OVER (PARTITION BY .. ORDER BY t <frame>) FROM s [WHERE ..]``: rows
+    wait until the watermark passes them, then come out in time order with the aggregates of
+    their frame; see :mod:`streamhouse.windows.over`."""
+
+    source: str
+    time_column: str  # the source column the window is ordered by
+    pre_sql: str  # the WHERE over the source: the rows to keep
+    sql: str  # the SELECT list (and FRESH) over released rows and history, by time
+    rows: int | None  # n of ROWS BETWEEN n PRECEDING
+    range_ms: int  # the interval of RANGE BETWEEN INTERVAL .. PRECEDING (0 for ROWS)
+    keep_sql: str  # for ROWS: each partition's rows numbered newest first (RANK)
+
+    def explain(self) -> list[str]:
+        frame = (
+            f"ROWS {self.rows} PRECEDING"
+            if self.rows is not None
+            else (f"RANGE {self.range_ms} ms PRECEDING")
+        )
+        return [
+            f"OverAggregate  by {self.source}.{self.time_column} {frame}, as the watermark"
+            " passes each row",
+            f"  sql: {self.sql}",
+            "  state: column family 'joins', key b'owait'|u64(min event time)|u64(run)"
+            " -> IPC(rows waiting for the watermark); b'ohist' -> IPC(rows frames still reach)",
+            "  eviction: rows leave the history when no later frame reaches them; rows older"
+            " than the watermark when they arrive are late (dropped, counted)",
+            f"    Stateless  {self.pre_sql}",
+            f"      Source  {self.source}",
+        ]
+
+
+def plan_over(select: exp.Select, table: exp.Table) -> OverAggregate:
+    """The OverAggregate of ``select``, which has an OVER and reads ``table``; SqlError (at the
+    OVER) for a form that cannot run continuously."""
+    windows = list(select.find_all(exp.Window))
+    first = windows[0]
+    for window in windows:
+        if not isinstance(window.this, _FUNCTIONS):
+            raise sql_error(
+                f"{window.this.sql(dialect='postgres')} OVER (...) is not supported continuously"
+                f" (only SUM/COUNT/AVG/MIN/MAX over a frame); ROW_NUMBER() belongs in a Top-N"
+                f" subquery (WHERE rn <= N); {_SHAPE}",
+                window,
+            )
+        if _window_text(window) != _window_text(first):
+            raise sql_error(
+                "every OVER of a continuous query needs the same PARTITION BY, ORDER BY and"
+                " frame; use one window, or join two queries",
+                window,
+            )
+    if select.args.get("group") is not None or _bare_aggregate(select):
+        raise sql_error("an OVER aggregation cannot be mixed with GROUP BY aggregates", select)
+    order = first.args.get("order")
+    keys = order.expressions if order is not None else []
+    if not keys or not isinstance(keys[0].this, exp.Column) or keys[0].args.get("desc"):
+        raise sql_error(
+            f"an OVER aggregation must be ORDER BY the time attribute, ascending; {_SHAPE}",
+            first,
+        )
+    rows, range_ms = _frame(first, len(keys))
+    time_column = keys[0].this.name
+    pre = exp.select(exp.Star()).from_(table.copy())
+    if select.args.get("where") is not None:
+        pre.set("where", select.args["where"].copy())
+    post = select.copy()
+    post.set("where", None)
+    post = post.select(exp.column(FRESH)).order_by(exp.column(time_column))
+    return OverAggregate(
+        table.name,
+        time_column,
+        to_datafusion(pre),
+        to_datafusion(post),
+        rows,
+        range_ms,
+        to_datafusion(_keep(first, table.name, rows or 0)),
+    )
+
+
+def _window_text(window: exp.Window) -> str:
+    spec = window.copy()
+    spec.set("this", exp.Star())
+    spec.set("alias", None)
+    return spec.sql(dialect="postgres")
+
+
+def _bare_aggregate(select: exp.Select) -> bool:
+    """Whether an aggregate of the SELECT list is not under an OVER."""
+    return any(agg.find_ancestor(exp.Window) is None for agg in select.find_all(exp.AggFunc))
+
+
+def _frame(window: exp.Window, order_keys: int) -> tuple[int | None, int]:
+    """(n of ROWS n PRECEDING or None, ms of RANGE INTERVAL .. PRECEDING or 0)."""
+    spec = window.args.get("spec")
+    if spec is None:
+        raise sql_error(
+            "an OVER aggregation without a frame reaches back to the partition's first row,"
+            f" which a stream never forgets; {_SHAPE}",
+            window,
+        )
+    start, end = spec.args.get("start"), spec.args.get("end")
+    if (
+        str(spec.args.get("start_side") or "").upper() != "PRECEDING"
+        or str(end or "CURRENT ROW").upper() != "CURRENT ROW"
+        or str(start or "").upper() == "UNBOUNDED"
+    ):
+        raise sql_error(
+            f"a continuous OVER frame must be bounded and end at the current row; {_SHAPE}",
+            window,
+        )
+    kind = str(spec.args.get("kind") or "").upper()
+    if kind == "ROWS":
+        if not isinstance(start, exp.Literal) or start.is_string or not start.this.isdigit():
+            raise sql_error(f"ROWS BETWEEN needs a whole number of rows; {_SHAPE}", window)
+        return int(start.this), 0
+    if order_keys != 1:
+        raise sql_error("a RANGE frame is ordered by the time attribute alone", window)
+    try:
+        ms = interval_ms(start)
+    except SqlError:
+        raise sql_error(f"RANGE BETWEEN needs an INTERVAL; {_SHAPE}", window) from None
+    return None, ms
+
+
+def _keep(window: exp.Window, source: str, rows: int) -> exp.Select:
+    """The newest ``rows`` rows of each partition in the window's order (numbered by RANK)."""
+    newest = window.copy()
+    newest.set("this", exp.RowNumber())
+    newest.set("spec", None)
+    newest.set("alias", None)
+    for ordered in newest.args["order"].expressions:
+        ordered.set("desc", not ordered.args.get("desc"))
+        ordered.set("nulls_first", not ordered.args.get("nulls_first"))
+    ranked = exp.select(exp.Star(), exp.alias_(newest, RANK)).from_(source)
+    ranked_rows = exp.select(exp.Star()).from_(ranked.subquery("__ranked"))
+    return ranked_rows.where(exp.column(RANK) <= rows)

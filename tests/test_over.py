@@ -1,0 +1,157 @@
+"""Continuous OVER aggregations: each row comes out once the watermark passes it, in time
+order, with the aggregates of its frame (ROWS n PRECEDING or RANGE INTERVAL PRECEDING).
+
+For any split of stream ``a(k, t, v)`` into micro-batches, restarts from the checkpoint and
+disorder within the watermark delay, the output topic equals DuckDB's answer over all rows
+(as a multiset, times in order) and after every micro-batch no row at or past the query's
+watermark has been written. Other OVER forms are refused at the OVER, saying what to write.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from join_cases import (
+    SECOND,
+    T0,
+    Event,
+    Schedule,
+    drive,
+    duck,
+    events,
+    produce,
+    rows_of,
+    schedules,
+    scratch_dir,
+    stream_ddl,
+    to_ms,
+    topic_records,
+)
+from window_cases import start_paused
+
+import streamhouse
+from streamhouse import StreamHouse
+from streamhouse.errors import SqlError
+from streamhouse.runtime.query import ContinuousQuery
+
+PROPERTY = settings(
+    max_examples=20,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+
+QUERIES = {  # name -> (SQL, columns)
+    "rows": (
+        "SELECT k, t, v, SUM(v) OVER (PARTITION BY k ORDER BY t, v ROWS BETWEEN 2 PRECEDING"
+        " AND CURRENT ROW) AS s FROM a",
+        ("k", "t", "v", "s"),
+    ),
+    "rows_count": (
+        "SELECT k, t, COUNT(*) OVER (ORDER BY t ROWS BETWEEN 3 PRECEDING AND CURRENT ROW) AS n"
+        " FROM a WHERE v IS NOT NULL",
+        ("k", "t", "n"),
+    ),
+    "range": (
+        "SELECT t, v, MAX(v) OVER (PARTITION BY k ORDER BY t RANGE BETWEEN INTERVAL '2' SECOND"
+        " PRECEDING AND CURRENT ROW) AS hi, AVG(v) OVER (PARTITION BY k ORDER BY t RANGE"
+        " BETWEEN INTERVAL '2' SECOND PRECEDING AND CURRENT ROW) * 2 AS mean2 FROM a",
+        ("t", "v", "hi", "mean2"),
+    ),
+}
+
+
+@st.composite
+def cases(draw: st.DrawFn) -> tuple[str, int, list[Event], Schedule]:
+    delay = draw(st.sampled_from([0, 2, 3]))
+    return (
+        draw(st.sampled_from(sorted(QUERIES))),
+        delay,
+        draw(events(delay, max_size=16)),
+        draw(schedules),
+    )
+
+
+def test_over_aggregation_equals_the_batch_answer(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    @PROPERTY
+    @given(case=cases())
+    def run(case: tuple[str, int, list[Event], Schedule]) -> None:
+        name, delay, rows, schedule = case
+        sql, columns = QUERIES[name]
+        want = duck(sql, {"a": rows})
+        with (
+            scratch_dir(tmp_path_factory.getbasetemp()) as root,
+            streamhouse.connect(root, linger_ms=1) as sh,
+        ):
+            sh.sql(stream_ddl("a", delay))
+
+            def nothing_at_the_watermark(query: ContinuousQuery) -> None:
+                written = [to_ms(r["t"]) for r in topic_records(sh, "out")]
+                assert not written or max(written) < query.watermark
+
+            produce(sh, "a", rows)
+            status = drive(
+                sh, f"INSERT INTO out {sql}", schedule, after_step=nothing_at_the_watermark
+            )[1]
+            assert status["late_rows"] == 0
+            got = topic_records(sh, "out")
+        assert rows_of(got, columns, ("t",)) == rows_of(want, columns, ("t",))
+
+    run()
+
+
+@pytest.fixture
+def sh(tmp_path: Path) -> Iterator[StreamHouse]:
+    with streamhouse.connect(tmp_path / "data", linger_ms=1) as conn:
+        conn.sql(stream_ddl("a", 1))
+        yield conn
+
+
+def test_rows_wait_for_the_watermark_and_late_rows_are_dropped(sh: StreamHouse) -> None:
+    sql = (
+        "INSERT INTO out SELECT k, t, SUM(v) OVER (PARTITION BY k ORDER BY t RANGE BETWEEN"
+        " INTERVAL '5' SECOND PRECEDING AND CURRENT ROW) AS s FROM a"
+    )
+    query = start_paused(sh, sql, "q")
+    try:
+        produce(sh, "a", [("x", T0 + 2 * SECOND, 1), ("x", T0 + 10 * SECOND, 2)])
+        query.run_until_caught_up()
+        assert [r["s"] for r in topic_records(sh, "out")] == [1]  # 10 s waits (watermark 9 s)
+        produce(sh, "a", [("x", T0 + 5 * SECOND, 4), ("x", T0 + 9 * SECOND, 8)])
+        query.run_until_caught_up(final=True)
+        status = query.status()
+    finally:
+        query.stop()
+    assert status["late_rows"] == 1  # 5 s, after the watermark reached 9 s
+    assert [r["s"] for r in topic_records(sh, "out")] == [1, 8, 10]
+
+
+@pytest.mark.parametrize(
+    ("sql", "message"),
+    [
+        ("SUM(v) OVER (PARTITION BY k ORDER BY t)", "without a frame"),
+        (
+            "SUM(v) OVER (ORDER BY t ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)",
+            "must be bounded",
+        ),
+        ("SUM(v) OVER (ORDER BY t ROWS BETWEEN 1 PRECEDING AND 1 FOLLOWING)", "must be bounded"),
+        ("SUM(v) OVER (ORDER BY t DESC ROWS 1 PRECEDING)", "ORDER BY the time attribute"),
+        ("SUM(v) OVER (PARTITION BY k)", "ORDER BY the time attribute"),
+        ("RANK() OVER (ORDER BY t ROWS 1 PRECEDING)", "Top-N"),
+        (
+            "SUM(v) OVER (ORDER BY t ROWS 1 PRECEDING), MAX(v) OVER (ORDER BY t ROWS 2 PRECEDING)",
+            "the same PARTITION BY",
+        ),
+        ("SUM(v) OVER (ORDER BY t, k RANGE INTERVAL '1' SECOND PRECEDING)", "alone"),
+        ("SUM(v) OVER (ORDER BY v ROWS 1 PRECEDING)", "'v' is not it"),
+    ],
+)
+def test_other_over_forms_are_refused(sh: StreamHouse, sql: str, message: str) -> None:
+    with pytest.raises(SqlError, match=message) as error:
+        sh.start(f"INSERT INTO out SELECT k, {sql} AS s FROM a", name="refused").stop()
+    assert error.value.line == 1 and error.value.column is not None
