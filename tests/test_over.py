@@ -44,6 +44,8 @@ PROPERTY = settings(
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 
+_W = "(PARTITION BY k ORDER BY t, v ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)"
+
 QUERIES = {  # name -> (SQL, columns)
     "rows": (
         "SELECT k, t, v, SUM(v) OVER (PARTITION BY k ORDER BY t, v ROWS BETWEEN 2 PRECEDING"
@@ -60,6 +62,21 @@ QUERIES = {  # name -> (SQL, columns)
         " PRECEDING AND CURRENT ROW) AS hi, AVG(v) OVER (PARTITION BY k ORDER BY t RANGE"
         " BETWEEN INTERVAL '2' SECOND PRECEDING AND CURRENT ROW) * 2 AS mean2 FROM a",
         ("t", "v", "hi", "mean2"),
+    ),
+    "unbounded_rows": (
+        f"SELECT k, t, v, SUM(v) OVER {_W} AS s, MIN(v) OVER {_W} AS lo, COUNT(*) OVER {_W} AS n"
+        " FROM a",
+        ("k", "t", "v", "s", "lo", "n"),
+    ),
+    "unbounded_range": (
+        "SELECT t, v, AVG(v) OVER (PARTITION BY k ORDER BY t) * 2 AS mean2, MAX(v) OVER"
+        " (PARTITION BY k ORDER BY t) AS hi FROM a",
+        ("t", "v", "mean2", "hi"),
+    ),
+    "unbounded_global": (
+        "SELECT k, t, COUNT(v) OVER (ORDER BY t RANGE BETWEEN UNBOUNDED PRECEDING AND CURRENT"
+        " ROW) AS n FROM a",
+        ("k", "t", "n"),
     ),
 }
 
@@ -134,9 +151,9 @@ def test_rows_wait_for_the_watermark_and_late_rows_are_dropped(sh: StreamHouse) 
 @pytest.mark.parametrize(
     ("sql", "message"),
     [
-        ("SUM(v) OVER (PARTITION BY k ORDER BY t)", "without a frame"),
+        ("SUM(v) OVER (PARTITION BY k ORDER BY t, v)", "without a frame"),
         (
-            "SUM(v) OVER (ORDER BY t ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)",
+            "SUM(v) OVER (ORDER BY t ROWS BETWEEN UNBOUNDED PRECEDING AND 1 FOLLOWING)",
             "must be bounded",
         ),
         ("SUM(v) OVER (ORDER BY t ROWS BETWEEN 1 PRECEDING AND 1 FOLLOWING)", "must be bounded"),

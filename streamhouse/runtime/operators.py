@@ -414,6 +414,11 @@ class OverAggregation(_Stateful[OverAggregate]):
     def checks(node: OverAggregate, context: QueryContext) -> list[Check]:
         schema = context.schema(node.source)
         with_fresh = schema.append(pa.field(FRESH, pa.bool_())) if schema is not None else None
+        if node.unbounded:  # the SELECT list runs over the running parts' output
+            return [
+                (node.pre_sql, {node.source: schema}),
+                (node.running_sql, {node.source: schema}),
+            ]
         return [
             (node.pre_sql, {node.source: schema}),
             (node.sql, {node.source: with_fresh}),

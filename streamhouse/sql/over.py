@@ -4,7 +4,9 @@
 ROW) FROM s [WHERE ...]``: every OVER of the SELECT list is SUM, COUNT, AVG, MIN or MAX over
 one window (the same PARTITION BY, ORDER BY and frame), ordered by the time attribute
 ascending (a ROWS frame may break ties by more keys), with a bounded frame ending at the
-current row: ``ROWS BETWEEN n PRECEDING`` or ``RANGE BETWEEN INTERVAL ... PRECEDING``. Any
+current row: ``ROWS BETWEEN n PRECEDING`` or ``RANGE BETWEEN INTERVAL ... PRECEDING``, or
+reaching back to the partition's first row (``ROWS|RANGE BETWEEN UNBOUNDED PRECEDING``, or no
+frame with ORDER BY the time alone, which is RANGE UNBOUNDED), kept as running totals. Any
 other OVER is refused with what to write instead. See :mod:`streamhouse.windows.over`.
 """
 
@@ -31,7 +33,7 @@ _FUNCTIONS = (exp.Sum, exp.Count, exp.Avg, exp.Min, exp.Max)
 _SHAPE = (
     "write SUM/COUNT/AVG/MIN/MAX(x) OVER (PARTITION BY k ORDER BY <time attribute> ROWS BETWEEN"
     " n PRECEDING AND CURRENT ROW) or RANGE BETWEEN INTERVAL '..' SECOND PRECEDING AND CURRENT"
-    " ROW"
+    " ROW, or ROWS/RANGE BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW"
 )
 
 
@@ -48,10 +50,16 @@ class OverAggregate(PlanNode):
     rows: int | None  # n of ROWS BETWEEN n PRECEDING
     range_ms: int  # the interval of RANGE BETWEEN INTERVAL .. PRECEDING (0 for ROWS)
     keep_sql: str  # for ROWS: each partition's rows numbered newest first (RANK)
+    unbounded: bool = False  # UNBOUNDED PRECEDING (or no frame): running aggregates
+    running_sql: str = ""  # unbounded: released rows with each OVER's running parts (RUNNING)
+    functions: tuple[str, ...] = ()  # unbounded: each OVER's function (sum/count/avg/min/max)
+    partitions: int = 0  # unbounded: the partition key columns (PART0, PART1, ..)
 
     def explain(self) -> list[str]:
         frame = (
-            f"ROWS {self.rows} PRECEDING"
+            "UNBOUNDED PRECEDING (a running aggregate per partition, b'oagg')"
+            if self.unbounded
+            else f"ROWS {self.rows} PRECEDING"
             if self.rows is not None
             else (f"RANGE {self.range_ms} ms PRECEDING")
         )
@@ -96,11 +104,13 @@ def plan_over(select: exp.Select, table: exp.Table) -> OverAggregate:
             f"an OVER aggregation must be ORDER BY the time attribute, ascending; {_SHAPE}",
             first,
         )
-    rows, range_ms = _frame(first, len(keys))
     time_column = keys[0].this.name
     pre = exp.select(exp.Star()).from_(table.copy())
     if select.args.get("where") is not None:
         pre.set("where", select.args["where"].copy())
+    if _unbounded(first, len(keys)):
+        return _plan_running(select, table, windows, first, time_column, pre)
+    rows, range_ms = _frame(first, len(keys))
     post = select.copy()
     post.set("where", None)
     post = post.select(exp.column(FRESH)).order_by(exp.column(time_column))
@@ -112,6 +122,93 @@ def plan_over(select: exp.Select, table: exp.Table) -> OverAggregate:
         rows,
         range_ms,
         to_datafusion(_keep(first, table.name, rows or 0)),
+    )
+
+
+def running_column(part: str, index: int) -> str:
+    """The column of OVER number ``index``'s running ``part`` (c, s, m; o for its value)."""
+    return f"__run_{part}{index}"
+
+
+def partition_column(index: int) -> str:
+    return f"__part{index}"
+
+
+def _unbounded(window: exp.Window, order_keys: int) -> bool:
+    """Whether the frame reaches back to the partition's first row and ends at the current
+    row: ``ROWS|RANGE BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW`` or no frame (RANGE)."""
+    spec = window.args.get("spec")
+    if spec is None:
+        return order_keys == 1
+    kind = str(spec.args.get("kind") or "").upper()
+    return (
+        str(spec.args.get("start") or "").upper() == "UNBOUNDED"
+        and str(spec.args.get("start_side") or "").upper() == "PRECEDING"
+        and str(spec.args.get("end") or "CURRENT ROW").upper() == "CURRENT ROW"
+        and (kind == "ROWS" or order_keys == 1)
+    )
+
+
+def _plan_running(
+    select: exp.Select,
+    table: exp.Table,
+    windows: list[exp.Window],
+    first: exp.Window,
+    time_column: str,
+    pre: exp.Select,
+) -> OverAggregate:
+    """An unbounded frame: the released rows' running parts (count, sum, min or max) per OVER
+    and their partition keys; the operator adds each partition's kept totals to them."""
+    parts: list[exp.Expression] = [exp.Star()]
+    partition = list(first.args.get("partition_by") or [])
+    functions: list[str] = []
+    for index, window in enumerate(windows):
+        func = window.this
+        name = type(func).__name__.lower()
+        functions.append(name)
+        arg = func.this if not isinstance(func.this, exp.Star) else exp.Star()
+
+        def over(agg: exp.Expression, window: exp.Window = window) -> exp.Window:
+            spec = window.copy()
+            spec.set("this", agg)
+            spec.set("alias", None)
+            return spec
+
+        def whole(agg: exp.Expression) -> exp.Window:
+            spec = exp.Window(this=agg, partition_by=[p.copy() for p in partition])
+            return spec
+
+        aggs = [("c", exp.Count(this=arg.copy()))]
+        if name in ("sum", "avg"):
+            aggs.append(("s", exp.Sum(this=arg.copy())))
+        elif name in ("min", "max"):
+            aggs.append(
+                ("m", exp.Min(this=arg.copy()) if name == "min" else exp.Max(this=arg.copy()))
+            )
+        for part, agg in aggs:
+            parts.append(exp.alias_(over(agg.copy()), running_column(part, index)))
+            parts.append(exp.alias_(whole(agg), running_column("t" + part, index)))
+    keys = partition or [exp.Literal.number(0)]
+    for index, key in enumerate(keys):
+        parts.append(exp.alias_(key.copy(), partition_column(index)))
+    running = exp.select(*parts).from_(table.name)
+    post = select.copy()
+    post.set("where", None)
+    for index, window in enumerate(list(post.find_all(exp.Window))):
+        window.replace(exp.column(running_column("o", index)))
+    post = post.order_by(exp.column(time_column))
+    return OverAggregate(
+        table.name,
+        time_column,
+        to_datafusion(pre),
+        to_datafusion(post),
+        None,
+        0,
+        "",
+        True,
+        to_datafusion(running),
+        tuple(functions),
+        len(keys),
     )
 
 
@@ -132,8 +229,9 @@ def _frame(window: exp.Window, order_keys: int) -> tuple[int | None, int]:
     spec = window.args.get("spec")
     if spec is None:
         raise sql_error(
-            "an OVER aggregation without a frame reaches back to the partition's first row,"
-            f" which a stream never forgets; {_SHAPE}",
+            "an OVER aggregation without a frame is RANGE BETWEEN UNBOUNDED PRECEDING, which is"
+            " ordered by the time attribute alone (write ROWS BETWEEN UNBOUNDED PRECEDING AND"
+            f" CURRENT ROW to break ties); {_SHAPE}",
             window,
         )
     start, end = spec.args.get("start"), spec.args.get("end")
@@ -143,7 +241,8 @@ def _frame(window: exp.Window, order_keys: int) -> tuple[int | None, int]:
         or str(start or "").upper() == "UNBOUNDED"
     ):
         raise sql_error(
-            f"a continuous OVER frame must be bounded and end at the current row; {_SHAPE}",
+            "a continuous OVER frame must be bounded (or UNBOUNDED PRECEDING) and end at the"
+            f" current row; {_SHAPE}",
             window,
         )
     kind = str(spec.args.get("kind") or "").upper()

@@ -17,17 +17,23 @@ State (under the operator's prefix, column family ``joins``):
 :mod:`streamhouse.windows.waiting`.
 ``b"ohist"`` -> Arrow IPC stream of the released rows later frames still reach; rewritten
 with each release, in the same write batch as the source offsets.
+``b"oagg"`` -> for UNBOUNDED PRECEDING frames (and no frame), instead of a history: one row per
+partition with each OVER's running count, sum or min/max. A release's running values are its
+own (DataFusion's window functions over the released rows, which all follow the earlier
+releases in time) plus the partition's kept totals (a join on the partition keys); the totals
+then grow by the release's (group_by), vectorized.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from streamhouse.errors import SqlError
 from streamhouse.joins.stream_join import concat
 from streamhouse.sql.execute import run_sql
-from streamhouse.sql.over import FRESH, RANK, OverAggregate
+from streamhouse.sql.over import FRESH, RANK, OverAggregate, partition_column, running_column
 from streamhouse.state.store import (
     ColumnFamily,
     ScopedBatch,
@@ -40,6 +46,8 @@ from streamhouse.windows.waiting import WaitingRows
 
 WAITING = b"owait"
 HISTORY = b"ohist"
+RUNNING = b"oagg"
+_ROW = "__row"
 
 
 class OverAggregateOperator:
@@ -71,7 +79,59 @@ class OverAggregateOperator:
         released = self.waiting.release(fresh, watermark, batch, strict=True)
         if released is None:
             return None, late
+        if self.plan.unbounded:
+            return self._emit_running(released, batch), late
         return self._emit(released, watermark, batch), late
+
+    def _emit_running(self, released: pa.Table, batch: ScopedBatch) -> pa.Table:
+        """Unbounded frames: the released rows' running parts (DataFusion, within the release)
+        plus each partition's kept totals; the totals grow by the release's."""
+        plan = self.plan
+        parts = run_sql(plan.running_sql, {plan.source: released})
+        parts = parts.append_column(_ROW, pa.array(np.arange(parts.num_rows)))
+        keys = [partition_column(i) for i in range(plan.partitions)]
+        stored = self.state.get(ColumnFamily.JOINS, RUNNING)
+        names = [
+            running_column(part, index)
+            for index, name in enumerate(plan.functions)
+            for part in ("c", "s" if name in ("sum", "avg") else "m" if name != "count" else "")
+            if part
+        ]
+        whole = ["__run_t" + n[len("__run_") :] for n in names]  # the release's totals
+        now = parts.group_by(keys, use_threads=False).aggregate([(t, "min") for t in whole])
+        now = now.select([*keys, *(t + "_min" for t in whole)])
+        now = now.rename_columns([*keys, *names])
+        if stored is not None:
+            totals = decode_table(stored)
+            prior = totals.rename_columns([*keys, *(_prior(n) for n in names)])
+            joined = parts.join(prior, keys, join_type="left outer", use_threads=False)
+            joined = joined.sort_by(_ROW)
+            merged = concat([totals, now.cast(totals.schema)])
+            how = [(n, _how(n, plan.functions)) for n in names]
+            now = merged.group_by(keys, use_threads=False).aggregate(how)
+            now = now.select([*keys, *(f"{n}_{h}" for n, h in how)]).rename_columns([*keys, *names])
+        else:
+            joined = parts
+        out = joined
+        for index, name in enumerate(plan.functions):
+            count = _plus(joined, running_column("c", index))
+            if name == "count":
+                value = count
+            elif name in ("sum", "avg"):
+                total = _plus(joined, running_column("s", index))
+                total = pc.if_else(pc.equal(count, 0), pa.scalar(None, total.type), total)
+                value = pc.divide(pc.cast(total, pa.float64()), count) if name == "avg" else total
+            else:
+                column = running_column("m", index)
+                value = joined[column]
+                if _prior(column) in joined.column_names:
+                    combine = pc.min_element_wise if name == "min" else pc.max_element_wise
+                    value = combine(value, joined[_prior(column)], skip_nulls=True)
+            out = out.append_column(running_column("o", index), value)
+        batch.put(ColumnFamily.JOINS, RUNNING, encode_table(now))
+        values = [running_column("o", index) for index in range(len(plan.functions))]
+        out = out.select([*released.column_names, *values])
+        return run_sql(plan.sql, {plan.source: out})
 
     def _emit(self, released: pa.Table, watermark: int, batch: ScopedBatch) -> pa.Table:
         """The released rows with their aggregates; the history later frames reach is kept."""
@@ -107,3 +167,23 @@ class OverAggregateOperator:
 def _flagged(table: pa.Table, fresh: bool) -> pa.Table:
     """``table`` with the FRESH column, ``fresh`` in every row."""
     return table.append_column(FRESH, pa.repeat(pa.scalar(fresh), table.num_rows))
+
+
+def _prior(column: str) -> str:
+    return f"__prior{column}"
+
+
+def _how(column: str, functions: tuple[str, ...]) -> str:
+    """How two totals of a running part combine."""
+    part, index = column[len("__run_")], int(column[len("__run_") + 1 :])
+    if part in "cs":
+        return "sum"
+    return "min" if functions[index] == "min" else "max"
+
+
+def _plus(joined: pa.Table, column: str) -> pa.Array:
+    """``column`` plus its kept total (0 where the partition has none)."""
+    value = pc.fill_null(joined[column], 0)
+    if _prior(column) in joined.column_names:
+        value = pc.add(value, pc.fill_null(joined[_prior(column)], 0))
+    return value
