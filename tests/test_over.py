@@ -172,3 +172,24 @@ def test_other_over_forms_are_refused(sh: StreamHouse, sql: str, message: str) -
     with pytest.raises(SqlError, match=message) as error:
         sh.start(f"INSERT INTO out SELECT k, {sql} AS s FROM a", name="refused").stop()
     assert error.value.line == 1 and error.value.column is not None
+
+
+def test_unbounded_totals_of_a_null_partition_key_carry_over(sh: StreamHouse) -> None:
+    """A partition whose key is NULL keeps its running totals from one release to the next
+    (a hash join on the keys never matches NULL: its totals restarted at every release)."""
+    sql = (
+        "SELECT k, t, SUM(v) OVER (PARTITION BY k ORDER BY t) AS s,"
+        " COUNT(*) OVER (PARTITION BY k ORDER BY t) AS n FROM a"
+    )
+    rows = [("x", T0 + SECOND, 5)] + [(None, T0 + i * SECOND, i) for i in range(1, 7)]
+    want = duck(sql, {"a": rows})
+    query = start_paused(sh, f"INSERT INTO out {sql}", "q")
+    try:
+        for start in range(0, len(rows), 2):  # several releases
+            produce(sh, "a", rows[start : start + 2])
+            query.run_until_caught_up()
+        query.run_until_caught_up(final=True)
+    finally:
+        query.stop()
+    columns = ("k", "t", "s", "n")
+    assert rows_of(topic_records(sh, "out"), columns, ("t",)) == rows_of(want, columns, ("t",))

@@ -32,6 +32,7 @@ import pyarrow.compute as pc
 
 from streamhouse.errors import SqlError
 from streamhouse.joins.stream_join import concat
+from streamhouse.key_codes import group_codes
 from streamhouse.sql.execute import run_sql
 from streamhouse.sql.over import FRESH, RANK, OverAggregate, partition_column, running_column
 from streamhouse.state.store import (
@@ -48,6 +49,7 @@ WAITING = b"owait"
 HISTORY = b"ohist"
 RUNNING = b"oagg"
 _ROW = "__row"
+_PARTITION = "__partition_code"
 
 
 class OverAggregateOperator:
@@ -104,8 +106,16 @@ class OverAggregateOperator:
         if stored is not None:
             totals = decode_table(stored)
             prior = totals.rename_columns([*keys, *(_prior(n) for n in names)])
-            joined = parts.join(prior, keys, join_type="left outer", use_threads=False)
-            joined = joined.sort_by(_ROW)
+            # joined on a code of the keys: a hash join never matches NULL keys, and a
+            # partition whose key is NULL would lose its totals after its first release
+            both = concat([parts.select(keys), totals.select(keys).cast(parts.select(keys).schema)])
+            codes = group_codes([both[k] for k in keys])
+            probe = parts.append_column(_PARTITION, pa.array(codes[: parts.num_rows]))
+            prior = prior.drop_columns(keys).append_column(
+                _PARTITION, pa.array(codes[parts.num_rows :])
+            )
+            joined = probe.join(prior, _PARTITION, join_type="left outer", use_threads=False)
+            joined = joined.sort_by(_ROW).drop_columns([_PARTITION])
             merged = concat([totals, now.cast(totals.schema)])
             how = [(n, _how(n, plan.functions)) for n in names]
             now = merged.group_by(keys, use_threads=False).aggregate(how)
