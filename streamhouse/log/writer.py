@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import struct
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -47,6 +46,7 @@ from streamhouse.errors import LogError, StorageError, StreamHouseError, Unknown
 from streamhouse.log.metadata import Metadata
 from streamhouse.log.objectstore import ObjectStore
 from streamhouse.log.records import BatchHeader
+from streamhouse.log.records.header import BASE_OFFSET
 from streamhouse.log.segment import SegmentBuilder, SegmentEntry, segment_key
 
 log = logging.getLogger(__name__)
@@ -54,7 +54,6 @@ log = logging.getLogger(__name__)
 CommitListener = Callable[[str, int, int], None]
 """Called after each commit with (topic, partition, new high watermark)."""
 
-_OFFSET = struct.Struct(">q")
 
 _Key = tuple[str, int]
 
@@ -321,7 +320,7 @@ class LogWriter:
             for item in items:
                 resolved.append((item, next_offset))
                 for start, header in item.headers:
-                    _OFFSET.pack_into(buf, position + start, next_offset)
+                    BASE_OFFSET.pack_into(buf, position + start, next_offset)
                     next_offset += header.last_offset_delta + 1
                     records += header.record_count
                     lo, hi = header.base_timestamp, header.max_timestamp

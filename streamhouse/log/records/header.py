@@ -20,6 +20,7 @@ from streamhouse.errors import CorruptRecordError
 
 __all__ = [
     "ATTR_COMPRESSION",
+    "BASE_OFFSET",
     "BATCH_OVERHEAD",
     "CRC_COVERED",
     "FRAMING",
@@ -70,7 +71,8 @@ FRAMING = struct.Struct(_layout("base_offset", "crc"))
 CRC_COVERED = struct.Struct(_layout("attributes", "record_count"))
 """attributes through recordCount: the header fields the CRC covers."""
 _CRC = struct.Struct(_layout("crc", "crc"))
-_BASE_OFFSET = struct.Struct(_layout("base_offset", "base_offset"))
+BASE_OFFSET = struct.Struct(_layout("base_offset", "base_offset"))
+"""baseOffset alone: the bytes the log stamps, outside every CRC."""
 _BATCH_LENGTH = struct.Struct(_layout("batch_length", "batch_length"))
 
 BATCH_OVERHEAD = _HEADER.size
@@ -198,7 +200,7 @@ def verify_crc(buf: bytes | memoryview, start: int = 0, end: int | None = None) 
 
 def first_base_offset(run: bytes | memoryview) -> int:
     """The baseOffset of the first batch of ``run``."""
-    return _BASE_OFFSET.unpack_from(run, 0)[0]
+    return BASE_OFFSET.unpack_from(run, 0)[0]
 
 
 def shift_offsets(run: bytes | memoryview, delta: int) -> bytes:
@@ -222,7 +224,7 @@ def shift_offsets(run: bytes | memoryview, delta: int) -> bytes:
         pos += LENGTH_END + _BATCH_LENGTH.unpack_from(view, pos + length_at)[0]
     if pos != total:
         raise CorruptRecordError(f"truncated batch at byte {starts[-1]}")
-    width = _BASE_OFFSET.size
+    width = BASE_OFFSET.size
     out = np.frombuffer(bytearray(view), dtype=np.uint8)
     where = np.asarray(starts, dtype=np.int64)[:, None] + np.arange(width)
     offsets = out[where].copy().view(">i8")[:, 0] + np.int64(delta)
