@@ -149,11 +149,26 @@ class Dialect:
     ``param`` is the driver's placeholder (sqlite3 ``?``, psycopg ``%s``); ``serialize`` runs
     first in the migration transaction so that two processes opening one fresh store at once
     apply each migration once (SQLite's ``BEGIN IMMEDIATE`` does that by itself).
+    ``byte_order`` follows a text column to sort it byte by byte whatever the database's locale
+    (SQLite always does); ``for_update`` follows a ``SELECT`` whose rows a write transaction
+    locks (a SQLite write transaction locks the whole file from its ``BEGIN IMMEDIATE``);
+    ``index_hints`` says whether the planner takes ``INDEXED BY`` (see :meth:`indexed_by`).
     """
 
     name: str
     param: str
     serialize: tuple[str, ...] = ()
+    byte_order: str = ""
+    for_update: str = ""
+    index_hints: bool = False
+
+    def indexed_by(self, index: str) -> str:
+        """The clause that makes the planner read through ``index``, where it takes one.
+
+        >>> SQLITE.indexed_by("segments_by_last_offset"), POSTGRESQL.indexed_by("x")
+        (' INDEXED BY segments_by_last_offset', '')
+        """
+        return f" INDEXED BY {index}" if self.index_hints else ""
 
     def sql(self, text: str) -> str:
         """``text`` with its ``?`` placeholders in this dialect's style.
@@ -164,12 +179,15 @@ class Dialect:
         return text if self.param == "?" else text.replace("?", self.param)
 
 
-SQLITE = Dialect("sqlite", "?")
+SQLITE = Dialect("sqlite", "?", index_hints=True)
 POSTGRESQL = Dialect(
     "postgresql",
     "%s",
     # One lock for every schema of the database: migrations are rare and short.
     serialize=("SELECT pg_advisory_xact_lock(7387617889248309554)",),
+    # Byte order, as SQLite sorts text: "sorted by name" must not depend on the locale.
+    byte_order=' COLLATE "C"',
+    for_update=" FOR UPDATE",
 )
 
 

@@ -16,15 +16,13 @@ Every ``psycopg.Error`` surfaces as :class:`~streamhouse.errors.StorageError` na
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import select
 import threading
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager, suppress
-from types import TracebackType
+from contextlib import AbstractContextManager, contextmanager, suppress
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
@@ -32,19 +30,15 @@ from psycopg.pq import TransactionStatus
 from psycopg_pool import ConnectionPool
 
 from streamhouse.errors import (
-    LogError,
     SqlError,
     StorageError,
     TopicExistsError,
-    UnknownPartitionError,
     UnknownTopicError,
 )
 from streamhouse.log.metadata import (
     AgentInfo,
     CatalogEntry,
     Commit,
-    GroupOffset,
-    PartitionOffsets,
     SegmentEntryLike,
     SegmentRow,
     TopicInfo,
@@ -53,13 +47,9 @@ from streamhouse.log.metadata import (
 from streamhouse.log.metadata.feed import FeedThread
 from streamhouse.log.metadata.migrations import POSTGRESQL, migrate
 from streamhouse.log.metadata.rules import (
-    DUE_OBJECTS,
     MARK_UNREFERENCED,
-    OLDEST_ROW_WITHIN_BYTES,
     SEGMENT_INSERT_COLUMNS,
-    SEGMENT_SELECT_COLUMNS,
     SegmentCommit,
-    changed_config,
     check_catalog_entry,
     check_partition_count,
     config_json,
@@ -69,6 +59,7 @@ from streamhouse.log.metadata.rules import (
     plan_segment_commit,
     topic_config,
 )
+from streamhouse.log.metadata.sqlstore import TOPIC_COLUMNS, SqlMetadata
 
 logger = logging.getLogger(__name__)
 
@@ -93,10 +84,6 @@ _INSERT_SEGMENTS = (
     " %s::text[], %s::bigint[], %s::bigint[], %s::bigint[], %s::bigint[],"
     " %s::bigint[], %s::bigint[], %s::bigint[])"
 )
-_TOPIC_COLUMNS = "name, partitions, config, topic_id, created_ms"
-# Byte order, as SQLite sorts text: the protocol's "sorted by name" must not depend on the
-# database's locale.
-_BYTE_ORDER = 'COLLATE "C"'
 
 
 def redacted(url: str) -> str:
@@ -160,8 +147,10 @@ def _check_connection(conn: psycopg.Connection) -> None:
         ConnectionPool.check_connection(conn)
 
 
-class PostgresMetadata:
+class PostgresMetadata(SqlMetadata):
     """The :class:`~streamhouse.log.metadata.Metadata` protocol on a PostgreSQL database."""
+
+    dialect = POSTGRESQL
 
     def __init__(self, url: str, *, pool_size: int = POOL_SIZE) -> None:
         self.url = url
@@ -210,6 +199,12 @@ class PostgresMetadata:
         with self._storage_errors(action), self._pool.connection() as conn:
             yield conn
 
+    def _reader(self, action: str) -> AbstractContextManager[psycopg.Connection]:
+        return self._connection(action)
+
+    def _statement(self, action: str) -> AbstractContextManager[psycopg.Connection]:
+        return self._connection(action)  # autocommit: the statement is its own transaction
+
     @contextmanager
     def _transaction(self, action: str) -> Iterator[psycopg.Connection]:
         """A write transaction: committed if the block returns, rolled back if it raises."""
@@ -232,33 +227,10 @@ class PostgresMetadata:
         if pool is not None:
             pool.close()
 
-    def __enter__(self) -> PostgresMetadata:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
     def __repr__(self) -> str:
         return f"PostgresMetadata({self.name!r})"
 
     # -- topics ------------------------------------------------------------------------------
-
-    @staticmethod
-    def _topic_from_row(row: tuple[str, int, str, str, int]) -> TopicInfo:
-        name, partitions, config, topic_id, created_ms = row
-        return TopicInfo(name, partitions, json.loads(config), topic_id, created_ms)
-
-    def _read_topic(
-        self, conn: psycopg.Connection, name: str, *, lock: bool = False
-    ) -> TopicInfo | None:
-        sql = f"SELECT {_TOPIC_COLUMNS} FROM topics WHERE name = %s"
-        row = conn.execute(sql + (" FOR UPDATE" if lock else ""), (name,)).fetchone()
-        return None if row is None else self._topic_from_row(row)
 
     def create_topic(
         self, name: str, partitions: int = 1, config: Mapping[str, str] | None = None
@@ -268,7 +240,7 @@ class PostgresMetadata:
         info = TopicInfo(name, partitions, topic_config(config), str(uuid.uuid4()), now_ms())
         with self._transaction(f"create topic {name!r}") as conn:
             inserted = conn.execute(
-                f"INSERT INTO topics ({_TOPIC_COLUMNS}) VALUES (%s, %s, %s, %s, %s)"
+                f"INSERT INTO topics ({TOPIC_COLUMNS}) VALUES (%s, %s, %s, %s, %s)"
                 " ON CONFLICT (name) DO NOTHING",
                 (name, partitions, config_json(info.config), info.topic_id, info.created_ms),
             ).rowcount
@@ -308,80 +280,6 @@ class PostgresMetadata:
         orphaned = sorted(set(keys) - {key for (key,) in still_used})
         logger.info("deleted topic %r; %d object(s) unreferenced", name, len(orphaned))
         return orphaned
-
-    def get_topic(self, name: str) -> TopicInfo | None:
-        with self._connection(f"read topic {name!r}") as conn:
-            return self._read_topic(conn, name)
-
-    def list_topics(self) -> list[TopicInfo]:
-        with self._connection("list topics") as conn:
-            rows = conn.execute(
-                f"SELECT {_TOPIC_COLUMNS} FROM topics ORDER BY name {_BYTE_ORDER}"
-            ).fetchall()
-        return [self._topic_from_row(row) for row in rows]
-
-    def set_partitions(self, name: str, count: int) -> TopicInfo:
-        if isinstance(count, bool) or not isinstance(count, int):
-            raise LogError(f"topic {name!r}: partition count must be an integer, got {count!r}")
-        with self._transaction(f"set partitions of {name!r}") as conn:
-            info = self._read_topic(conn, name, lock=True)
-            if info is None:
-                raise UnknownTopicError(name)
-            if count < info.partitions:
-                raise LogError(
-                    f"topic {name!r} has {info.partitions} partitions; cannot shrink to {count}"
-                )
-            if count == info.partitions:
-                return info
-            conn.execute("UPDATE topics SET partitions = %s WHERE name = %s", (count, name))
-            self._add_partitions(conn, name, info.partitions, count)
-        logger.info("topic %r grown from %d to %d partitions", name, info.partitions, count)
-        return TopicInfo(name, count, info.config, info.topic_id, info.created_ms)
-
-    def set_topic_config(self, name: str, config: Mapping[str, str]) -> TopicInfo:
-        new_config = topic_config(config)
-        with self._transaction(f"set config of {name!r}") as conn:
-            info = self._read_topic(conn, name, lock=True)
-            if info is None:
-                raise UnknownTopicError(name)
-            conn.execute(
-                "UPDATE topics SET config = %s WHERE name = %s", (config_json(new_config), name)
-            )
-        return TopicInfo(name, info.partitions, new_config, info.topic_id, info.created_ms)
-
-    def update_topic_config(self, name: str, changes: Mapping[str, str | None]) -> TopicInfo:
-        with self._transaction(f"update config of {name!r}") as conn:
-            info = self._read_topic(conn, name, lock=True)
-            if info is None:
-                raise UnknownTopicError(name)
-            config = changed_config(info.config, changes)
-            conn.execute(
-                "UPDATE topics SET config = %s WHERE name = %s", (config_json(config), name)
-            )
-        return TopicInfo(name, info.partitions, config, info.topic_id, info.created_ms)
-
-    def partition_offsets(self, topic: str) -> dict[int, PartitionOffsets]:
-        with self._connection(f"read offsets of {topic!r}") as conn:
-            rows = conn.execute(
-                "SELECT partition_id, log_start_offset, high_watermark FROM partitions"
-                " WHERE topic = %s ORDER BY partition_id",
-                (topic,),
-            ).fetchall()
-        if not rows:  # every topic has at least one partition
-            raise UnknownTopicError(topic)
-        return {p: PartitionOffsets(start, hw) for p, start, hw in rows}
-
-    def partition_offset(self, topic: str, partition: int) -> PartitionOffsets:
-        with self._connection(f"read offsets of {topic!r}") as conn:
-            row = conn.execute(
-                "SELECT log_start_offset, high_watermark FROM partitions"
-                " WHERE topic = %s AND partition_id = %s",
-                (topic, partition),
-            ).fetchone()
-        if row is None:
-            self.partition_offsets(topic)  # UnknownTopicError if the topic is unknown
-            raise UnknownPartitionError(topic, partition)
-        return PartitionOffsets(*row)
 
     # -- the segment index -------------------------------------------------------------------
 
@@ -423,7 +321,8 @@ class PostgresMetadata:
                             " FROM partitions AS p"
                             " JOIN unnest(%s::text[], %s::integer[]) AS k (topic, partition_id)"
                             " ON p.topic = k.topic AND p.partition_id = k.partition_id"
-                            f" ORDER BY p.topic {_BYTE_ORDER}, p.partition_id FOR UPDATE OF p",
+                            f" ORDER BY p.topic{POSTGRESQL.byte_order}, p.partition_id"
+                            " FOR UPDATE OF p",
                             ([topic for topic, _ in keys], [partition for _, partition in keys]),
                         ).fetchall()
                     except psycopg.OperationalError as exc:
@@ -507,13 +406,6 @@ class PostgresMetadata:
             )
         logger.info("restored %d index row(s) of %d partition(s)", len(rows), len(plan.partitions))
 
-    def is_indexed(self, object_key: str) -> bool:
-        with self._connection(f"look up object {object_key!r}") as conn:
-            row = conn.execute(
-                "SELECT 1 FROM segments WHERE object_key = %s LIMIT 1", (object_key,)
-            ).fetchone()
-        return row is not None
-
     def commit_feed(
         self, on_commits: Callable[[list[Commit]], None], on_live: Callable[[bool], None]
     ) -> FeedThread:
@@ -531,64 +423,6 @@ class PostgresMetadata:
                         on_commits(parse_payload(notify.payload))
 
         return FeedThread(self.name, follow, on_live)
-
-    def segments(
-        self,
-        topic: str,
-        partition: int,
-        from_offset: int = 0,
-        to_offset: int | None = None,
-        *,
-        limit: int | None = None,
-    ) -> list[SegmentRow]:
-        """Rows with ``last_offset >= from_offset`` (and ``base_offset < to_offset``), ordered
-        by offset; at most ``limit`` rows. Unknown topics and partitions have no rows."""
-        # As in SQLite: seek the first row with last_offset >= from_offset, then read a
-        # primary-key range from its base offset (rows of a partition never overlap).
-        sql = (
-            f"SELECT {SEGMENT_SELECT_COLUMNS} FROM segments"
-            " WHERE topic = %s AND partition_id = %s AND base_offset >= ("
-            "  SELECT base_offset FROM segments"
-            "  WHERE topic = %s AND partition_id = %s AND last_offset >= %s"
-            "  ORDER BY last_offset LIMIT 1)"
-        )
-        params: list[object] = [topic, partition, topic, partition, from_offset]
-        if to_offset is not None:
-            sql += " AND base_offset < %s"
-            params.append(to_offset)
-        sql += " ORDER BY base_offset"
-        if limit is not None:
-            sql += " LIMIT %s"
-            params.append(limit)
-        with self._connection(f"read segments of {topic}/{partition}") as conn:
-            rows = conn.execute(sql, params).fetchall()
-        return [SegmentRow(*row) for row in rows]
-
-    def segment_for_timestamp(
-        self, topic: str, partition: int, timestamp_ms: int
-    ) -> SegmentRow | None:
-        action = f"find timestamp {timestamp_ms} in {topic}/{partition}"
-        with self._connection(action) as conn:
-            row = conn.execute(
-                f"SELECT {SEGMENT_SELECT_COLUMNS} FROM segments"
-                " WHERE topic = %s AND partition_id = %s AND running_max_timestamp >= %s"
-                " ORDER BY running_max_timestamp, base_offset LIMIT 1",
-                (topic, partition, timestamp_ms),
-            ).fetchone()
-            if row is None:
-                return None
-            found = SegmentRow(*row)
-            if found.max_timestamp >= timestamp_ms:
-                return found
-            # The row that raised the running maximum is gone (retention); every row before
-            # `found` has max_timestamp < timestamp_ms, so scan forward from it.
-            row = conn.execute(
-                f"SELECT {SEGMENT_SELECT_COLUMNS} FROM segments"
-                " WHERE topic = %s AND partition_id = %s AND base_offset > %s"
-                " AND max_timestamp >= %s ORDER BY base_offset LIMIT 1",
-                (topic, partition, found.base_offset, timestamp_ms),
-            ).fetchone()
-        return None if row is None else SegmentRow(*row)
 
     # -- retention -----------------------------------------------------------------------------
 
@@ -631,18 +465,6 @@ class PostgresMetadata:
                 )
         return starts
 
-    def oldest_row_within_bytes(self, topic: str, partition: int, max_bytes: int) -> int | None:
-        with self._connection(f"measure {topic}/{partition}") as conn:
-            row = conn.execute(
-                POSTGRESQL.sql(OLDEST_ROW_WITHIN_BYTES), (topic, partition, max_bytes)
-            ).fetchone()
-        return None if row is None else row[0]
-
-    def due_objects(self, unreferenced_before_ms: int) -> list[str]:
-        with self._connection("list objects awaiting deletion") as conn:
-            rows = conn.execute(POSTGRESQL.sql(DUE_OBJECTS), (unreferenced_before_ms,)).fetchall()
-        return [key for (key,) in rows]
-
     def forget_objects(self, keys: Sequence[str]) -> None:
         with self._transaction(f"forget {len(keys)} deleted object(s)") as conn:
             conn.execute("DELETE FROM deleted_objects WHERE object_key = ANY(%s)", (list(keys),))
@@ -673,27 +495,6 @@ class PostgresMetadata:
                 [list(column) for column in zip(*rows, strict=True)],
             )
 
-    def group_offsets(self, group: str) -> dict[tuple[str, int], GroupOffset]:
-        with self._connection(f"read offsets of group {group!r}") as conn:
-            rows = conn.execute(
-                "SELECT topic, partition_id, committed_offset, metadata, commit_ms"
-                f" FROM group_offsets WHERE group_id = %s ORDER BY topic {_BYTE_ORDER},"
-                " partition_id",
-                (group,),
-            ).fetchall()
-        return {(t, p): GroupOffset(o, m, ms) for t, p, o, m, ms in rows}
-
-    def list_groups(self) -> list[str]:
-        with self._connection("list groups") as conn:
-            rows = conn.execute(
-                f"SELECT DISTINCT group_id {_BYTE_ORDER} FROM group_offsets ORDER BY 1"
-            ).fetchall()
-        return [group for (group,) in rows]
-
-    def delete_group(self, group: str) -> None:
-        with self._connection(f"delete group {group!r}") as conn:
-            conn.execute("DELETE FROM group_offsets WHERE group_id = %s", (group,))
-
     # -- the SQL catalog ---------------------------------------------------------------------
 
     def put_catalog(
@@ -718,27 +519,6 @@ class PostgresMetadata:
                 ).fetchone()
                 raise SqlError(f"{existing[1]} {existing[0]!r} already exists")
         return entry
-
-    def get_catalog(self, name: str) -> CatalogEntry | None:
-        with self._connection(f"read catalog entry {name!r}") as conn:
-            row = conn.execute(
-                "SELECT name, kind, sql_text, created_ms FROM catalog WHERE name_key = %s",
-                (name.lower(),),
-            ).fetchone()
-        return None if row is None else CatalogEntry(*row)
-
-    def list_catalog(self) -> list[CatalogEntry]:
-        with self._connection("list the catalog") as conn:
-            rows = conn.execute(
-                "SELECT name, kind, sql_text, created_ms FROM catalog"
-                f" ORDER BY name_key {_BYTE_ORDER}"
-            ).fetchall()
-        return [CatalogEntry(*row) for row in rows]
-
-    def drop_catalog(self, name: str) -> bool:
-        with self._connection(f"drop catalog entry {name!r}") as conn:
-            cursor = conn.execute("DELETE FROM catalog WHERE name_key = %s", (name.lower(),))
-            return cursor.rowcount > 0
 
     # -- producer ids ------------------------------------------------------------------------
 
@@ -775,15 +555,12 @@ class PostgresMetadata:
             )
             return cursor.rowcount > 0
 
-    def deregister_agent(self, agent_id: str) -> None:
-        with self._connection(f"deregister agent {agent_id!r}") as conn:
-            conn.execute("DELETE FROM agents WHERE agent_id = %s", (agent_id,))
-
     def list_agents(self) -> list[AgentInfo]:
         with self._connection("list agents") as conn:
             rows = conn.execute(
                 "SELECT agent_id, host, port, zone, agent_group, started_ms, heartbeat_ms,"
-                f" {_STORE_NOW_MS} - heartbeat_ms FROM agents ORDER BY agent_id {_BYTE_ORDER}"
+                f" {_STORE_NOW_MS} - heartbeat_ms FROM agents"
+                f" ORDER BY agent_id{POSTGRESQL.byte_order}"
             ).fetchall()
         return [AgentInfo(*row) for row in rows]
 
