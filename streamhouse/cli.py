@@ -766,7 +766,7 @@ def compact(ctx: click.Context, topic_name: str | None, data_dir: str | None) ->
     "--rebuild-metadata",
     is_flag=True,
     help="Rebuild topics, partitions and offsets from the objects' footers into a fresh"
-    " metadata store (the old file is kept aside), then check.",
+    " metadata store (the old SQLite file, or PostgreSQL tables, kept aside), then check.",
 )
 @click.option(
     "--delete-orphans",
@@ -881,6 +881,8 @@ def _report_rebuild(rebuilt: Any) -> None:
         click.echo(f"  {topic}/{partition}: offsets {start}-{end - 1}", err=True)
     for path in rebuilt.kept_aside:
         click.echo(f"the old metadata file is kept as {path}", err=True)
+    if rebuilt.kept_schema is not None:
+        click.echo(f"the old metadata tables are kept in schema {rebuilt.kept_schema}", err=True)
     for key in rebuilt.unreadable:
         click.echo(f"not rebuilt: {key} has a damaged footer", err=True)
     for key in rebuilt.overlapping:

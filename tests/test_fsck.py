@@ -435,21 +435,110 @@ def test_fsck_while_producing_finds_nothing(tmp_path: Path) -> None:
     assert fsck(data_dir).exit_code == 0
 
 
-def test_an_empty_postgresql_store_over_existing_objects_is_refused(
-    data_dir: Path, postgres_url: str
+@pytest.fixture
+def pg_data_dir(tmp_path: Path, postgres_url: str) -> Path:
+    """A data dir whose metadata is the fresh PostgreSQL schema of ``postgres_url``: three
+    objects, each holding runs of the three partitions of ``t``; group ``g`` at offset 5."""
+    path = tmp_path / "data"
+    with streamhouse.connect(path, metadata=postgres_url, linger_ms=200) as sh:
+        sh.create_topic(TOPIC, partitions=3)
+        for call in range(3):
+            sh.produce(TOPIC, [{"call": call, "i": i} for i in range(300)])
+        sh.log.metadata.commit_group_offsets("g", {(TOPIC, 0): (5, "")})
+    assert len(_keys(path)) == 3
+    return path
+
+
+def _pg_records(data_dir: Path, url: str) -> tuple[dict[int, pa.Table], dict]:
+    with streamhouse.connect(data_dir, metadata=url) as sh:
+        records = {
+            p: sh.fetch(TOPIC, p).select(["offset", "timestamp", "key", "value"]) for p in range(3)
+        }
+        return records, sh.log.metadata.partition_offsets(TOPIC)
+
+
+def _pg_fsck(data_dir: Path, url: str, *args: str) -> Result:
+    return CliRunner().invoke(main, ["--data-dir", str(data_dir), "--metadata", url, "fsck", *args])
+
+
+def _schema_rows(url: str, schema: str, table: str) -> int:
+    import psycopg
+    from psycopg import sql
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        query = sql.SQL("SELECT count(*) FROM {}.{}").format(
+            sql.Identifier(schema), sql.Identifier(table)
+        )
+        return conn.execute(query).fetchone()[0]
+
+
+def test_rebuild_into_postgresql_after_its_tables_were_lost(
+    pg_data_dir: Path, postgres_url: str
 ) -> None:
-    with pytest.raises(StorageError) as info:
-        streamhouse.connect(data_dir, metadata=postgres_url)
-    assert "holds no topics but the object store holds 3 segment object(s)" in str(info.value)
-    result = CliRunner().invoke(
-        main, ["--data-dir", str(data_dir), "fsck", "--rebuild-metadata"],
-        env={"STREAMHOUSE_METADATA": postgres_url},
-    )  # fmt: skip
-    assert result.exit_code == 1
-    assert result.stderr.splitlines() == [
-        "Error: fsck --rebuild-metadata writes a SQLite metadata store; rebuilding PostgreSQL"
-        " metadata is not supported yet"
-    ]
+    import psycopg
+
+    before, offsets = _pg_records(pg_data_dir, postgres_url)
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        (schema,) = conn.execute("SELECT current_schema()").fetchone()
+        for table in ("segments", "partitions", "topics", "group_offsets"):
+            conn.execute(f"TRUNCATE {table}")  # lost: an empty store over existing objects
+    with pytest.raises(StorageError, match="holds no topics but the object store holds 3"):
+        streamhouse.connect(pg_data_dir, metadata=postgres_url)
+
+    result = _pg_fsck(pg_data_dir, postgres_url, "--rebuild-metadata")
+    assert result.exit_code == 0, result.output
+    assert result.stdout == ""
+    assert "rebuilt the metadata from 3 object(s): 1 topic(s), 3 partition(s)" in result.stderr
+    assert "consumer group offsets" in result.stderr
+    (line,) = [x for x in result.stderr.splitlines() if "old metadata tables" in x]
+    aside = line.removeprefix("the old metadata tables are kept in schema ")
+    assert aside.startswith(f"{schema}_replaced_")
+    assert _schema_rows(postgres_url, aside, "schema_migrations") >= 3  # the old, emptied store
+    assert _schema_rows(postgres_url, aside, "topics") == 0
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        schemas = {name for (name,) in conn.execute("SELECT nspname FROM pg_namespace")}
+    assert not [name for name in schemas if name.startswith(f"{schema}_rebuild_")]
+
+    assert _pg_records(pg_data_dir, postgres_url) == (before, offsets)
+    with streamhouse.connect(pg_data_dir, metadata=postgres_url) as sh:
+        assert sh.log.metadata.group_offsets("g") == {}
+        assert sh.produce(TOPIC, [b"next"], partition=0).offsets == {
+            0: (offsets[0].high_watermark, offsets[0].high_watermark)
+        }
+    assert _pg_fsck(pg_data_dir, postgres_url).exit_code == 0
+
+
+def test_rebuild_into_postgresql_keeps_a_sound_store_aside(
+    pg_data_dir: Path, postgres_url: str
+) -> None:
+    before, offsets = _pg_records(pg_data_dir, postgres_url)
+    result = _pg_fsck(pg_data_dir, postgres_url, "--rebuild-metadata")
+    assert result.exit_code == 0, result.output
+    (line,) = [x for x in result.stderr.splitlines() if "old metadata tables" in x]
+    aside = line.removeprefix("the old metadata tables are kept in schema ")
+    assert _schema_rows(postgres_url, aside, "topics") == 1  # nothing of it lost
+    assert _schema_rows(postgres_url, aside, "group_offsets") == 1
+    assert _schema_rows(postgres_url, aside, "segments") == 9
+    assert _pg_records(pg_data_dir, postgres_url) == (before, offsets)
+
+
+def test_rebuild_into_postgresql_refuses_while_an_agent_is_alive(
+    pg_data_dir: Path, postgres_url: str
+) -> None:
+    from streamhouse.log.metadata.postgres import PostgresMetadata
+
+    with PostgresMetadata(postgres_url) as metadata:
+        metadata.register_agent("agent-1", "127.0.0.1", 9092, "", "default")
+        result = _pg_fsck(pg_data_dir, postgres_url, "--rebuild-metadata")
+        assert result.exit_code == 1
+        assert result.stderr.splitlines() == [
+            f"Error: metadata store {postgres_url} is in use by 1 live agent(s) (agent-1):"
+            " stop every process using it (e.g. `streamhouse serve`) before rebuilding its"
+            " metadata"
+        ]
+        assert metadata.list_agents()[0].agent_id == "agent-1"  # the store left alone
+        metadata.deregister_agent("agent-1")
+    assert _pg_fsck(pg_data_dir, postgres_url, "--rebuild-metadata").exit_code == 0
 
 
 def test_fsck_with_postgresql_metadata(tmp_path: Path, postgres_url: str) -> None:

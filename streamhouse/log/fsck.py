@@ -16,7 +16,7 @@
 :func:`delete_orphans` removes the orphans :func:`check` found, never an object the metadata
 names or one younger than the age bound. :func:`rebuild_metadata` writes a fresh metadata
 store from the objects' footers (topics, partitions, the segment index, offsets), keeping the
-old file aside, and says what footers cannot give back.
+old file (SQLite) or tables (PostgreSQL) aside, and says what footers cannot give back.
 
 Objects are read whole with one request each, by ``store.read_parallelism`` threads unless told
 otherwise (reads and CRC-32C release the GIL; S3 reads wait on round trips), and checksummed
@@ -40,7 +40,6 @@ import crc32c
 
 from streamhouse.config import Settings
 from streamhouse.errors import (
-    ConfigError,
     CorruptSegmentError,
     ObjectNotFoundError,
     StorageError,
@@ -451,6 +450,9 @@ class RebuildReport:
     written with the same ones)."""
     gaps: list[OffsetRange] = field(default_factory=list)
     kept_aside: list[Path] = field(default_factory=list)
+    """SQLite: the old metadata files, renamed."""
+    kept_schema: str | None = None
+    """PostgreSQL: the schema the old metadata tables were moved to (``None``: there were none)."""
     producer_id_floor: int = 0
 
     def not_rebuilt(self) -> list[str]:
@@ -567,21 +569,22 @@ def rebuild_metadata(
     on_start: Progress | None = None,
     threads: int | None = None,
 ) -> RebuildReport:
-    """Write a fresh SQLite metadata store from the footers of every segment object in ``store``.
+    """Write a fresh metadata store from the footers of every segment object in ``store``.
 
-    The file ``settings`` names (and its ``-wal``/``-shm`` files) is renamed to
-    ``<name>.replaced-<UTC time>`` first, never deleted. Every process using the data
-    directory must be stopped. Objects with a damaged footer, and objects that claim offsets a
-    newer object holds (failed flushes written again), are reported and left unindexed.
+    SQLite: the file ``settings`` names (and its ``-wal``/``-shm`` files) is renamed to
+    ``<name>.replaced-<UTC time>`` first, never deleted. PostgreSQL: the store is built in a
+    schema of its own and swapped in, the old tables moved to ``<schema>_replaced_<UTC time>``
+    (:mod:`~streamhouse.log.metadata.postgres_rebuild`). Every process using the store must be
+    stopped. Objects with a damaged footer, and objects that claim offsets a newer object holds
+    (failed flushes written again), are reported and left unindexed.
     ``on_start(objects)`` is called once the objects are listed, ``progress(1)`` per footer.
     """
     path = sqlite_path(settings)
     if path is None:
-        raise ConfigError(
-            "fsck --rebuild-metadata writes a SQLite metadata store; rebuilding PostgreSQL"
-            " metadata is not supported yet"
-        )
-    if _in_use(path):
+        from streamhouse.log.metadata.postgres_rebuild import refuse_if_in_use
+
+        refuse_if_in_use(str(settings.metadata), agent_ttl_s=settings.agent_ttl_s)
+    elif _in_use(path):
         raise StorageError(
             f"metadata store {path} is open in another process: stop every process using"
             " this data directory (e.g. `streamhouse serve`) before rebuilding its metadata"
@@ -607,19 +610,35 @@ def rebuild_metadata(
     rows = _choose(footers, report)
     report.rows = len(rows)
     report.producer_id_floor = time.time_ns() // 1_000_000
+
+    def fill(metadata: Metadata) -> None:
+        for topic, partitions in sorted(report.topics.items()):
+            metadata.create_topic(topic, partitions)
+        metadata.restore_segments(rows, producer_id_floor=report.producer_id_floor)
+
+    if path is None:
+        from streamhouse.log.metadata.postgres_rebuild import rebuild_postgres_store
+
+        report.kept_schema = rebuild_postgres_store(
+            str(settings.metadata), fill, agent_ttl_s=settings.agent_ttl_s
+        )
+    else:
+        _replace_sqlite(path, fill, report)
+    log.info("rebuilt the metadata from %d object(s): %d index row(s)", report.objects, report.rows)
+    return report
+
+
+def _replace_sqlite(path: Path, fill: Callable[[Metadata], None], report: RebuildReport) -> None:
+    """Fill a fresh SQLite file beside ``path``, move ``path`` aside, and put it in its place."""
     fresh = path.with_name(f"{path.name}.rebuild-{os.getpid()}")
     _move_aside(fresh, fresh)  # a leftover of an interrupted rebuild
     from streamhouse.log.metadata.sqlite import SQLiteMetadata
 
     with SQLiteMetadata(fresh) as metadata:
-        for topic, partitions in sorted(report.topics.items()):
-            metadata.create_topic(topic, partitions)
-        metadata.restore_segments(rows, producer_id_floor=report.producer_id_floor)
+        fill(metadata)
     report.kept_aside = _move_aside(path, path)
     os.replace(fresh, path)
     _fsync_directory(path.parent)
-    log.info("rebuilt %s from %d object(s): %d index row(s)", path, report.objects, report.rows)
-    return report
 
 
 _SQLITE_SUFFIXES = ("", "-wal", "-shm", "-journal")

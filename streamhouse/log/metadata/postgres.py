@@ -152,21 +152,24 @@ class PostgresMetadata(SqlMetadata):
 
     dialect = POSTGRESQL
 
-    def __init__(self, url: str, *, pool_size: int = POOL_SIZE) -> None:
+    def __init__(self, url: str, *, pool_size: int = POOL_SIZE, schema: str | None = None) -> None:
+        """``schema``: the store lives in this schema, not the first of the URL's search_path
+        (``fsck --rebuild-metadata`` builds a store beside the one it replaces)."""
         self.url = url
-        self.name = redacted(url)
+        self.name = redacted(url) + (f" (schema {schema})" if schema else "")
         self._closed = False
+        self._connect_kwargs: dict[str, object] = {"connect_timeout": CONNECT_TIMEOUT_S}
+        if schema is not None:
+            quoted = '"' + schema.replace('"', '""') + '"'  # a name of any case
+            self._connect_kwargs["options"] = f"-csearch_path={quoted}"
         with self._storage_errors("open"):
-            with (
-                psycopg.connect(url, connect_timeout=CONNECT_TIMEOUT_S) as conn,
-                conn.transaction(),
-            ):
+            with psycopg.connect(url, **self._connect_kwargs) as conn, conn.transaction():
                 migrate(conn, POSTGRESQL, self.name)
             self._pool = ConnectionPool(
                 url,
                 min_size=1,
                 max_size=pool_size,
-                kwargs={"autocommit": True, "connect_timeout": CONNECT_TIMEOUT_S},
+                kwargs={"autocommit": True, **self._connect_kwargs},
                 # A connection the server dropped (restart, failover, idle timeout) is
                 # replaced when it is next taken, instead of failing that call.
                 check=_check_connection,
@@ -413,9 +416,7 @@ class PostgresMetadata(SqlMetadata):
         every commit of any process is heard as soon as it commits."""
 
         def follow(stopping: threading.Event) -> None:
-            with psycopg.connect(
-                self.url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S
-            ) as conn:
+            with psycopg.connect(self.url, autocommit=True, **self._connect_kwargs) as conn:
                 conn.execute(f"LISTEN {COMMIT_CHANNEL}")
                 on_live(True)
                 while not stopping.is_set():
