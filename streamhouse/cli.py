@@ -874,7 +874,8 @@ def fsck(
 def _report_rebuild(rebuilt: Any) -> None:
     click.echo(
         f"rebuilt the metadata from {rebuilt.objects} object(s): {len(rebuilt.topics)} topic(s),"
-        f" {len(rebuilt.offsets)} partition(s) with records, {rebuilt.rows} index row(s)",
+        f" {len(rebuilt.offsets)} partition(s) with records, {rebuilt.rows} index row(s)"
+        + (f", {rebuilt.notes} sequence note(s)" if rebuilt.notes else ""),
         err=True,
     )
     for (topic, partition), (start, end) in sorted(rebuilt.offsets.items()):
@@ -895,6 +896,13 @@ def _report_rebuild(rebuilt: Any) -> None:
         )
     for gap in rebuilt.gaps:
         click.echo(f"gap: no object holds {gap}", err=True)
+    for (topic, partition), offset in sorted(rebuilt.uncertain.items()):
+        click.echo(
+            f"offsets may differ: {topic}/{partition} from offset {offset} on may not be the"
+            " offsets producers were acknowledged with (runs written by concurrent writers at"
+            " the same offsets, without a sequence note of where the store put them)",
+            err=True,
+        )
     click.echo("could not be rebuilt (the objects do not hold them):", err=True)
     for line in rebuilt.not_rebuilt():
         click.echo(f"  - {line}", err=True)

@@ -584,26 +584,59 @@ def test_delete_orphans_refuses_when_the_metadata_was_emptied(data_dir: Path) ->
     assert sum(t.num_rows for t in _records(data_dir).values()) == 900
 
 
-def test_runs_sequenced_after_another_writers_are_checked_and_rebuilt(tmp_path: Path) -> None:
-    """Two logs on one store guess the same offsets for runs of one partition; the store
-    sequenced the second after the first. fsck finds the index consistent with the footers,
-    and a rebuild from the footers gives every record an offset again, once, densely."""
-    settings = Settings.load(data_dir=tmp_path, linger_ms=1)
+def _two_writers_guess_alike(data_dir: Path) -> list[int]:
+    """Two logs on one data dir: ``b`` commits a run of ``t``/0 at the offset ``a`` then guesses
+    for its next run, which the store sequences after ``b``'s. The acknowledged offsets."""
+    settings = Settings.load(data_dir=data_dir, linger_ms=1)
     with Log.open(settings) as a, Log.open(settings) as b:
         a.create_topic(TOPIC)
-        a.append(TOPIC, 0, build_batch([b"a0", b"a1"])).result(10)
-        b.append(TOPIC, 0, build_batch([b"b2"])).result(10)
-        a.append(TOPIC, 0, build_batch([b"a3", b"a4"])).result(10)  # written at 2-3, moved
+        acks = [a.append(TOPIC, 0, build_batch([b"a0", b"a1"])).result(10)]
+        acks.append(b.append(TOPIC, 0, build_batch([b"b2"])).result(10))
+        acks.append(a.append(TOPIC, 0, build_batch([b"a3", b"a4"])).result(10))  # written at 2
         assert a.writer.stats.sequenced_elsewhere == 1
+    return acks
+
+
+def test_runs_sequenced_after_another_writers_are_rebuilt_at_their_acknowledged_offsets(
+    tmp_path: Path,
+) -> None:
+    """The footer of ``a``'s second object says offsets 2-3, the store gave 3-4: its sequence
+    note says so, and a rebuild from the objects gives back exactly the acknowledged offsets
+    (by written offsets and keys alone ``a``'s run would come first, at 2)."""
+    assert _two_writers_guess_alike(tmp_path) == [0, 2, 3]
+    (note,) = (tmp_path / "objects" / "sequenced").iterdir()
     result = fsck(tmp_path)
     assert result.exit_code == 0, result.output
 
     _drop_metadata(tmp_path)
     result = fsck(tmp_path, "--rebuild-metadata")
     assert result.exit_code == 0, result.output
-    assert "moved: segments/" in result.stderr
+    assert "index row(s), 1 sequence note(s)" in result.stderr
+    assert "moved:" not in result.stderr
+    assert "offsets may differ" not in result.stderr
     with streamhouse.connect(tmp_path) as sh:
         table = sh.fetch(TOPIC, 0)
         assert table["offset"].to_pylist() == [0, 1, 2, 3, 4]
-        assert sorted(table["value"].to_pylist()) == [b"a0", b"a1", b"a3", b"a4", b"b2"]
-    assert fsck(tmp_path).exit_code == 0
+        assert table["value"].to_pylist() == [b"a0", b"a1", b"b2", b"a3", b"a4"]
+        sh.delete_topic(TOPIC)
+    assert not note.exists()  # deleted with its object
+
+
+def test_a_rebuild_without_the_sequence_note_says_which_offsets_may_differ(
+    tmp_path: Path,
+) -> None:
+    _two_writers_guess_alike(tmp_path)
+    shutil.rmtree(tmp_path / "objects" / "sequenced")  # e.g. the writer died before its put
+    _drop_metadata(tmp_path)
+    result = fsck(tmp_path, "--rebuild-metadata")
+    assert result.exit_code == 0, result.output
+    assert "moved: segments/" in result.stderr
+    assert (
+        "offsets may differ: t/0 from offset 2 on may not be the offsets producers were"
+        " acknowledged with (runs written by concurrent writers at the same offsets, without a"
+        " sequence note of where the store put them)"
+    ) in result.stderr.splitlines()
+    with streamhouse.connect(tmp_path) as sh:
+        table = sh.fetch(TOPIC, 0)  # every record once, densely, but not as acknowledged
+        assert table["offset"].to_pylist() == [0, 1, 2, 3, 4]
+        assert table["value"].to_pylist() == [b"a0", b"a1", b"a3", b"a4", b"b2"]

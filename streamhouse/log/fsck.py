@@ -25,12 +25,13 @@ in place, without copies. The index is read by one more thread meanwhile.
 
 from __future__ import annotations
 
+import bisect
 import fcntl
 import logging
 import operator
 import os
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -52,6 +53,7 @@ from streamhouse.log.segment import (
     read_footer,
     read_footer_from_store,
 )
+from streamhouse.log.sequence_notes import Placement, read_notes
 
 log = logging.getLogger(__name__)
 
@@ -449,6 +451,12 @@ class RebuildReport:
     """Objects with a run indexed at other offsets than written (another writer's run was
     written with the same ones)."""
     gaps: list[OffsetRange] = field(default_factory=list)
+    uncertain: dict[tuple[str, int], int] = field(default_factory=dict)
+    """(topic, partition) -> the offset from which the rebuilt offsets may differ from those
+    the store gave (runs written at the same offsets, at least one of them without a sequence
+    note saying where the store put it)."""
+    notes: int = 0
+    """Sequence notes read (runs placed at the offsets the store gave them)."""
     kept_aside: list[Path] = field(default_factory=list)
     """SQLite: the old metadata files, renamed."""
     kept_schema: str | None = None
@@ -468,40 +476,57 @@ class RebuildReport:
 
 
 def _choose(
-    footers: Sequence[tuple[str, list[SegmentEntry]]], report: RebuildReport
+    footers: Sequence[tuple[str, list[SegmentEntry]]],
+    report: RebuildReport,
+    notes: Mapping[str, Placement] | None = None,
 ) -> list[SegmentRow]:
-    """Index rows of every object, with offsets dense where the footers allow.
+    """Index rows of every object, at the offsets the metadata store gave them where the
+    objects tell, with offsets dense where the footers allow.
 
     A writer never rewrites an object, but several writers may write runs of one partition
     with the same (guessed) offsets, which the metadata store then sequenced at commit; the
-    footers hold the written offsets only. So an object whose every run is a byte-identical
-    copy (offsets and checksum) of a newer object's is left out whole, and the runs of each
-    partition are taken by written offset (then object key): a run keeps its written offsets
-    unless an earlier run holds some of them, and then follows that run.
+    footers hold the written offsets, and a sequence note (``notes``: object key -> written
+    to assigned base offset per run) the assigned ones of a run whose guess was wrong. So an
+    object whose every run is a byte-identical copy (offsets and checksum) of a newer
+    object's is left out whole, and the runs of each partition are taken by assigned offset
+    (the written one where the object has no note; then object key): a run keeps those
+    offsets unless an earlier run holds some of them, and then follows that run — offsets
+    from the first run it collided with on may then differ from those acknowledged
+    (:attr:`RebuildReport.uncertain`).
     """
+    notes = notes or {}
     seen: set[tuple[str, int, int, int, int]] = set()
-    kept: list[tuple[str, SegmentEntry]] = []
+    kept: list[tuple[int, str, SegmentEntry]] = []
     for key, entries in sorted(footers, key=lambda f: f[0], reverse=True):
         runs = {(e.topic, e.partition, e.base_offset, e.last_offset, e.crc) for e in entries}
         if runs and runs <= seen:
             report.overlapping.append(key)
             continue
         seen |= runs
-        kept.extend((key, e) for e in entries)
-    kept.sort(key=lambda run: (run[1].topic, run[1].partition, run[1].base_offset, run[0]))
+        placed = notes.get(key, {})
+        kept.extend(
+            (placed.get((e.topic, e.partition, e.base_offset), e.base_offset), key, e)
+            for e in entries
+        )
+    kept.sort(key=lambda run: (run[2].topic, run[2].partition, run[0], run[1]))
     rows = []
     moved: set[str] = set()
     bounds: dict[tuple[str, int], tuple[int, int]] = {}  # (log start, high watermark)
-    for key, e in kept:
+    starts: dict[tuple[str, int], list[int]] = {}  # base offsets given so far, ascending
+    for placed, key, e in kept:
         partition = (e.topic, e.partition)
-        start, next_offset = bounds.get(partition, (e.base_offset, e.base_offset))
-        if e.base_offset > next_offset:
-            report.gaps.append(OffsetRange(e.topic, e.partition, next_offset, e.base_offset - 1))
-        base = max(e.base_offset, next_offset)
-        if base != e.base_offset:
+        start, next_offset = bounds.get(partition, (placed, placed))
+        if placed > next_offset:
+            report.gaps.append(OffsetRange(e.topic, e.partition, next_offset, placed - 1))
+        base = max(placed, next_offset)
+        if base != placed:
             moved.add(key)
+            given = starts[partition]
+            first = given[bisect.bisect_right(given, placed) - 1]  # the run holding `placed`
+            report.uncertain[partition] = min(report.uncertain.get(partition, first), first)
         last = base + e.last_offset - e.base_offset
         bounds[partition] = (start, last + 1)
+        starts.setdefault(partition, []).append(base)
         rows.append(index_row(key, e, base))
     for (topic, partition), offsets in bounds.items():
         report.offsets[(topic, partition)] = offsets
@@ -607,7 +632,9 @@ def rebuild_metadata(
             if progress is not None:
                 progress(1)
     report.objects = len(footers)
-    rows = _choose(footers, report)
+    notes = read_notes(store)
+    report.notes = len(notes)
+    rows = _choose(footers, report, notes)
     report.rows = len(rows)
     report.producer_id_floor = time.time_ns() // 1_000_000
 

@@ -12,7 +12,9 @@ it; :meth:`~streamhouse.log.metadata.Metadata.commit_segment` then indexes each 
 at that partition's high watermark in one transaction and says where. The object is never
 rewritten: where the guess was wrong (another process committed to the partition meanwhile,
 or an earlier flush failed) the index row holds the assigned offsets, the object's footer the
-written ones, and the reader re-stamps the batches by the difference. No record is decoded on
+written ones, and the reader re-stamps the batches by the difference; a sequence note
+(:mod:`~streamhouse.log.sequence_notes`) records the assigned ones in the object store before
+the flush is acknowledged. No record is decoded on
 this path. Flushes are pipelined over two threads, so that the object of one flush is written
 while the index rows of the one before are committed:
 
@@ -48,6 +50,7 @@ from streamhouse.log.objectstore import ObjectStore
 from streamhouse.log.records import BatchHeader
 from streamhouse.log.records.header import BASE_OFFSET
 from streamhouse.log.segment import SegmentBuilder, SegmentEntry, segment_key
+from streamhouse.log.sequence_notes import write_note
 
 log = logging.getLogger(__name__)
 
@@ -419,6 +422,9 @@ class LogWriter:
             log.debug(
                 "segment %s indexed at other offsets than written: %s", flush.object_key, shift
             )
+            # Before acknowledging: a rebuild of lost metadata must find the offsets the
+            # producers are told, and the footer holds the written ones only.
+            write_note(self._store, flush.object_key, flush.entries, bases)
             with self._offsets_lock:  # guess on from the assigned offsets, unless a later
                 # flush was stamped already (its own commit corrects the guess then)
                 for key, delta in shift.items():
