@@ -827,11 +827,18 @@ def fsck(
                 report = checker.check(
                     store, metadata, orphan_min_age_s=min_age, progress=advance, on_start=on_start
                 )
+            noted = checker.write_missing_notes(store, report)
             deletion = checker.OrphanDeletion()
             if delete_orphans:
                 deletion = checker.delete_orphans(store, metadata, report, orphan_min_age_s=min_age)
         finally:
             metadata.close()
+    for key in noted:
+        click.echo(
+            f"noted: {key} is indexed at other offsets than written and had no sequence note;"
+            " it is written now (a rebuild of lost metadata needs it)",
+            err=True,
+        )
     deleted = set(deletion.deleted)
     for finding in report.findings:
         key = finding.object_key

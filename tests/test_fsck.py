@@ -640,3 +640,21 @@ def test_a_rebuild_without_the_sequence_note_says_which_offsets_may_differ(
         table = sh.fetch(TOPIC, 0)  # every record once, densely, but not as acknowledged
         assert table["offset"].to_pylist() == [0, 1, 2, 3, 4]
         assert table["value"].to_pylist() == [b"a0", b"a1", b"a3", b"a4", b"b2"]
+
+
+def test_fsck_writes_a_missing_sequence_note_while_the_metadata_knows_it(tmp_path: Path) -> None:
+    _two_writers_guess_alike(tmp_path)
+    notes = tmp_path / "objects" / "sequenced"
+    ((name, text),) = [(p.name, p.read_bytes()) for p in notes.iterdir()]
+    shutil.rmtree(notes)  # e.g. the writer died between its commit and its note
+    result = fsck(tmp_path)
+    assert result.exit_code == 0, result.output
+    (line,) = [x for x in result.stderr.splitlines() if x.startswith("noted: ")]
+    assert line.startswith(f"noted: segments/{name.removesuffix('.json')} is indexed at other")
+    assert (notes / name).read_bytes() == text  # the note the writer would have written
+    assert "noted:" not in fsck(tmp_path).stderr  # once
+
+    _drop_metadata(tmp_path)
+    assert fsck(tmp_path, "--rebuild-metadata").exit_code == 0
+    with streamhouse.connect(tmp_path) as sh:
+        assert sh.fetch(TOPIC, 0)["value"].to_pylist() == [b"a0", b"a1", b"b2", b"a3", b"a4"]

@@ -53,7 +53,7 @@ from streamhouse.log.segment import (
     read_footer,
     read_footer_from_store,
 )
-from streamhouse.log.sequence_notes import Placement, read_notes
+from streamhouse.log.sequence_notes import NOTE_PREFIX, Placement, note_key, read_notes, write_note
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +67,7 @@ __all__ = [
     "delete_orphans",
     "index_row",
     "rebuild_metadata",
+    "write_missing_notes",
 ]
 
 CHUNK_OBJECTS = 16
@@ -127,6 +128,9 @@ class FsckReport:
     partitions' high watermarks: possibly flushes on their way to their commit."""
     retiring: list[str] = field(default_factory=list)
     """Objects retention queued for deletion once their grace period has passed."""
+    unnoted: list[tuple[str, list[SegmentEntry], list[int]]] = field(default_factory=list)
+    """Objects indexed at other offsets than written that have no sequence note: (key, footer
+    entries, the base offset the index gives each); see :func:`write_missing_notes`."""
 
     @property
     def sound(self) -> bool:
@@ -313,6 +317,29 @@ def _judge(
     return findings, False
 
 
+def _sequenced_elsewhere(
+    rows: list[SegmentRow], entries: list[SegmentEntry]
+) -> tuple[list[SegmentEntry], list[int]] | None:
+    """The footer entries matched to index rows (by partition, byte position and checksum)
+    and the base offset of each row, if any row sits at other offsets than its entry."""
+    by_position = {(e.topic, e.partition, e.position, e.crc): e for e in entries}
+    matched = [
+        (entry, row.base_offset)
+        for row in rows
+        if (entry := by_position.get((row.topic, row.partition, row.position, row.crc)))
+    ]
+    if all(entry.base_offset == base for entry, base in matched):
+        return None
+    return [entry for entry, _ in matched], [base for _, base in matched]
+
+
+def write_missing_notes(store: ObjectStore, report: FsckReport) -> list[str]:
+    """Write the sequence notes :func:`check` found missing (while the metadata still knows
+    where the store put those runs, e.g. a writer died between its commit and its note);
+    the keys of the objects noted."""
+    return [key for key, entries, bases in report.unnoted if write_note(store, key, entries, bases)]
+
+
 ALL_QUEUED = 1 << 62
 """A time after every object queued for deletion became unreferenced."""
 
@@ -334,6 +361,7 @@ def check(
     and one still on its way to its commit holds offsets at or past the high watermarks read.
     """
     started = time.perf_counter()
+    noted = set(store.list(NOTE_PREFIX))
     listed = store.list_info(SEGMENT_PREFIX)
     if on_start is not None:
         on_start(sum(info.size for info in listed))
@@ -374,8 +402,13 @@ def check(
                     e.base_offset >= high_watermarks.get((e.topic, e.partition), e.base_offset + 1)
                     for e in read.entries
                 )
-                found, young = _judge(read, by_key.get(read.info.key), in_flight)
+                rows = by_key.get(read.info.key)
+                found, young = _judge(read, rows, in_flight)
                 report.findings.extend(found)
+                if rows and note_key(read.info.key) not in noted:
+                    placed = _sequenced_elsewhere(rows, read.entries)
+                    if placed:
+                        report.unnoted.append((read.info.key, *placed))
                 if young:
                     report.young.append(read.info.key)
             if progress is not None:

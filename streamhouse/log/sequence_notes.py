@@ -12,7 +12,8 @@ offsets producers were acknowledged with; runs without a note are where they wer
 
 A note is written only when a guess was wrong, so one writer per partition writes none. A note
 whose put fails is logged, and the flush acknowledged all the same (its records are committed);
-a rebuild then says which partitions' offsets it could not place for certain. Retention and
+``fsck`` writes it from the index while the metadata is there, and a rebuild without it says
+which partitions' offsets it could not place for certain. Retention and
 topic deletion delete the notes of the objects they delete.
 """
 
