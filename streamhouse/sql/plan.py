@@ -1,7 +1,10 @@
-"""Logical plans of continuous queries: the entry point, :func:`plan_query`, and the dispatch of
-one SELECT to the planner of its kind (window aggregates in :mod:`~streamhouse.sql.window_aggregate`,
-joins in :mod:`~streamhouse.sql.joins`, unions in :mod:`~streamhouse.sql.union`, Top-N in
-:mod:`~streamhouse.sql.top_n`, ...); the nodes they plan are :mod:`streamhouse.sql.nodes`.
+"""Logical plans of continuous queries: the entry point, :func:`plan_query`, and
+:func:`plan_select`, which hands one SELECT to the planner of its kind (GROUP BY and windows in
+:mod:`~streamhouse.sql.window_aggregate`, joins in :mod:`~streamhouse.sql.joins`, unions in
+:mod:`~streamhouse.sql.union`, Top-N in :mod:`~streamhouse.sql.top_n`, aggregates over updating
+inputs in :mod:`~streamhouse.sql.recompute`, time sorts in :mod:`~streamhouse.sql.time_sort`,
+OVER in :mod:`~streamhouse.sql.over`). The nodes they plan are :mod:`streamhouse.sql.nodes`;
+the checks of a planned query :mod:`streamhouse.sql.plan_checks`.
 
 >>> from streamhouse.sql.parse import parse_one
 >>> plan = plan_query(parse_one(
@@ -171,6 +174,8 @@ def plan_select(
     | Recompute
     | OverAggregate
 ):
+    """The node ``select`` runs as (the query itself, or a union's, join's or ranking's input);
+    the nested queries it reads are planned into ``derived`` first, by name."""
     if select.args.get("limit") is not None:
         raise sql_error("LIMIT has no meaning in a continuous query", select.args["limit"])
     over_union = window_over_union(select, derived, plan_select)
