@@ -26,6 +26,8 @@ Tables (one row per ...):
   address clients reach it at, its zone and agent group, and the store-clock milliseconds of
   its start and last heartbeat. A clean stop deletes the row; a killed agent's row stays,
   and readers drop it once its heartbeat is older than the TTL.
+- ``leases``: named work one agent does at a time (``leases.py``): its holder, fencing
+  ``epoch`` and expiry in store-clock milliseconds.
 """
 
 from __future__ import annotations
@@ -136,6 +138,17 @@ MIGRATIONS: tuple[Migration, ...] = (
             " heartbeat_ms BIGINT NOT NULL)",
         ),
     ),
+    Migration(
+        4,
+        "leases",
+        (
+            "CREATE TABLE leases ("
+            " name TEXT PRIMARY KEY,"
+            " holder TEXT NOT NULL,"
+            " epoch BIGINT NOT NULL,"
+            " expires_ms BIGINT NOT NULL)",
+        ),
+    ),
 )
 """Every migration, ascending by version with no gaps."""
 
@@ -146,7 +159,8 @@ LATEST_VERSION = MIGRATIONS[-1].version
 class Dialect:
     """What differs between the SQL of two backends, spelled once.
 
-    ``param`` is the driver's placeholder (sqlite3 ``?``, psycopg ``%s``); ``serialize`` runs
+    ``param`` is the driver's placeholder (sqlite3 ``?``, psycopg ``%s``); ``now_ms`` the
+    store's wall clock in milliseconds, as SQL; ``serialize`` runs
     first in the migration transaction so that two processes opening one fresh store at once
     apply each migration once (SQLite's ``BEGIN IMMEDIATE`` does that by itself).
     ``byte_order`` follows a text column to sort it byte by byte whatever the database's locale
@@ -157,6 +171,7 @@ class Dialect:
 
     name: str
     param: str
+    now_ms: str
     serialize: tuple[str, ...] = ()
     byte_order: str = ""
     for_update: str = ""
@@ -179,10 +194,16 @@ class Dialect:
         return text if self.param == "?" else text.replace("?", self.param)
 
 
-SQLITE = Dialect("sqlite", "?", index_hints=True)
+SQLITE = Dialect(
+    "sqlite",
+    "?",
+    "CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER)",
+    index_hints=True,
+)
 POSTGRESQL = Dialect(
     "postgresql",
     "%s",
+    "(extract(epoch FROM clock_timestamp()) * 1000)::bigint",
     # One lock for every schema of the database: migrations are rare and short.
     serialize=("SELECT pg_advisory_xact_lock(7387617889248309554)",),
     # Byte order, as SQLite sorts text: "sorted by name" must not depend on the locale.

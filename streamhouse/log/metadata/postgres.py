@@ -573,5 +573,5 @@ class PostgresMetadata(SqlMetadata):
             return cursor.rowcount
 
 
-_STORE_NOW_MS = "(extract(epoch FROM clock_timestamp()) * 1000)::bigint"
+_STORE_NOW_MS = POSTGRESQL.now_ms
 """The database's wall clock in milliseconds, as SQL."""

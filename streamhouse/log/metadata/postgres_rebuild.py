@@ -23,6 +23,7 @@ import psycopg
 from psycopg import sql
 
 from streamhouse.errors import StorageError
+from streamhouse.log.metadata.migrations import POSTGRESQL
 from streamhouse.log.metadata.postgres import CONNECT_TIMEOUT_S, PostgresMetadata, redacted
 
 log = logging.getLogger(__name__)
@@ -48,8 +49,8 @@ def live_agents(conn: psycopg.Connection, schema: str, ttl_s: float) -> list[str
         return []
     rows = conn.execute(
         sql.SQL(
-            "SELECT agent_id FROM {}.agents WHERE heartbeat_ms >"
-            " (extract(epoch FROM clock_timestamp()) * 1000)::bigint - %s ORDER BY agent_id"
+            f"SELECT agent_id FROM {{}}.agents WHERE heartbeat_ms > {POSTGRESQL.now_ms} - %s"
+            " ORDER BY agent_id"
         ).format(sql.Identifier(schema)),
         (int(ttl_s * 1000),),
     ).fetchall()

@@ -25,7 +25,9 @@ from streamhouse.log.metadata import (
     PartitionOffsets,
     SegmentRow,
     TopicInfo,
+    leases,
 )
+from streamhouse.log.metadata.leases import Lease
 from streamhouse.log.metadata.migrations import Dialect
 from streamhouse.log.metadata.rules import (
     DUE_OBJECTS,
@@ -331,3 +333,33 @@ class SqlMetadata:
     def deregister_agent(self, agent_id: str) -> None:
         with self._statement(f"deregister agent {agent_id!r}") as conn:
             conn.execute(self._sql("DELETE FROM agents WHERE agent_id = ?"), (agent_id,))
+
+    # -- leases ------------------------------------------------------------------------------
+
+    def acquire_lease(self, name: str, holder: str, ttl_ms: int) -> Lease | None:
+        with self._statement(f"acquire lease {name!r}") as conn:
+            row = conn.execute(
+                leases.sql(leases.ACQUIRE, self.dialect), (name, holder, leases.check_ttl(ttl_ms))
+            ).fetchone()
+        return None if row is None else Lease(*row)
+
+    def renew_lease(self, lease: Lease, ttl_ms: int) -> bool:
+        with self._statement(f"renew lease {lease.name!r}") as conn:
+            cursor = conn.execute(
+                leases.sql(leases.RENEW, self.dialect),
+                (leases.check_ttl(ttl_ms), lease.name, lease.holder, lease.epoch),
+            )
+            return cursor.rowcount > 0
+
+    def release_lease(self, lease: Lease) -> None:
+        with self._statement(f"release lease {lease.name!r}") as conn:
+            conn.execute(
+                leases.sql(leases.RELEASE, self.dialect), (lease.name, lease.holder, lease.epoch)
+            )
+
+    def list_leases(self, prefix: str = "") -> list[Lease]:
+        with self._reader("list leases") as conn:
+            rows = conn.execute(
+                leases.sql(leases.LIST, self.dialect), leases.prefix_bounds(prefix)
+            ).fetchall()
+        return [Lease(*row) for row in rows]
