@@ -1,5 +1,6 @@
 """Agents: ``serve`` processes sharing one PostgreSQL metadata store and one object store
-register, heartbeat and are answered as the brokers of one cluster (issue 15, parts 1, 2, 6)."""
+register, heartbeat and are answered as the brokers of one cluster (issue 15, parts 1, 2, 6);
+idempotent producers keep their sequences across agents (part 3)."""
 
 from __future__ import annotations
 
@@ -11,15 +12,17 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from kafka_fixtures import KafkaServer, RawClient
+from kafka_fixtures import KafkaServer, RawClient, produce_request
 
 import streamhouse
 from streamhouse.cli import main as cli
 from streamhouse.config import Settings
 from streamhouse.kafka.cluster import Cluster, node_id_of
+from streamhouse.kafka.wire import ErrorCode, ms
 from streamhouse.log.metadata import AgentInfo
 from streamhouse.log.metadata.postgres import PostgresMetadata
 from streamhouse.log.metadata.sqlite import SQLiteMetadata
+from streamhouse.log.records import build_batch, decode_batches
 
 Store = SQLiteMetadata | PostgresMetadata
 
@@ -171,6 +174,59 @@ def _states(status: str) -> list[str]:
     return re.findall(r"\b(live|dead)\b", status)
 
 
+class _Deliveries:
+    """A confluent-kafka ``on_delivery`` callback keeping the values acknowledged and the
+    errors."""
+
+    def __init__(self) -> None:
+        self.acked: list[bytes] = []
+        self.failed: list[str] = []
+
+    def __call__(self, err: object, msg: object) -> None:
+        if err is None:
+            self.acked.append(msg.value())  # type: ignore[attr-defined]
+        else:
+            self.failed.append(str(err))
+
+
+def _producer(servers: list[KafkaServer], **config: object) -> object:
+    """A confluent-kafka producer bootstrapped with every agent of ``servers``."""
+    from confluent_kafka import Producer
+
+    return Producer(
+        {
+            "bootstrap.servers": ",".join(s.bootstrap for s in servers),
+            "linger.ms": 5,
+            "topic.metadata.refresh.interval.ms": 1000,
+            **config,
+        }
+    )
+
+
+def _read_all(
+    server: KafkaServer, partitions: int, count: int, settle_s: float = 0.0
+) -> tuple[dict[int, list[int]], list[bytes]]:
+    """Offsets by partition and values of topic ``t`` from its start, until ``count`` records
+    arrived (then ``settle_s`` more, for anything beyond them) or 60 s passed."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    consumer = Consumer({"bootstrap.servers": server.bootstrap, "group.id": "check"})
+    consumer.assign([TopicPartition("t", p, 0) for p in range(partitions)])
+    offsets: dict[int, list[int]] = {}
+    values: list[bytes] = []
+    deadline = time.monotonic() + 60
+    settled = None
+    while time.monotonic() < deadline and (settled is None or time.monotonic() < settled):
+        for msg in consumer.consume(1000, 0.5):
+            if not msg.error():
+                offsets.setdefault(msg.partition(), []).append(msg.offset())
+                values.append(msg.value())
+        if settled is None and len(values) >= count:
+            settled = time.monotonic() + settle_s
+    consumer.close()
+    return offsets, values
+
+
 @pytest.fixture
 def agents(tmp_path: Path, postgres_url: str) -> Iterator[Callable[..., KafkaServer]]:
     """Factory: a started ``serve`` agent on this test's database and the shared data
@@ -199,9 +255,8 @@ def test_three_agents_are_one_cluster_and_survive_a_kill(
     """Three agents, one database, one object store: a producer bootstrapped with all three
     keeps being acknowledged across a kill -9 (the agent leaves every answer within the TTL)
     and a restart; every acknowledged record is read back once, at dense offsets. The kill
-    falls between flushes: with no batch in flight, no retry can write one twice (sequence
-    checks across agents, issue 15 part 3, are not done yet)."""
-    from confluent_kafka import Consumer, Producer, TopicPartition
+    falls between flushes and the producer is not idempotent; kills mid-stream are in
+    test_an_idempotent_producer_across_agent_kills_writes_every_record_once."""
 
     data = tmp_path / "data"
     with streamhouse.connect(data, metadata=postgres_url) as sh:
@@ -224,30 +279,14 @@ def test_three_agents_are_one_cluster_and_survive_a_kill(
     shown = status()
     assert _states(shown) == ["live"] * 3 and all(f"127.0.0.1:{s.port}" in shown for s in servers)
 
-    acked: list[bytes] = []
-    failed: list[str] = []
-
-    def delivered(err: object, msg: object) -> None:
-        if err is None:
-            acked.append(msg.value())  # type: ignore[attr-defined]
-        else:
-            failed.append(str(err))
-
-    producer = Producer(
-        {
-            "bootstrap.servers": ",".join(s.bootstrap for s in servers),
-            "linger.ms": 5,
-            "acks": "all",
-            "enable.idempotence": False,
-            "topic.metadata.refresh.interval.ms": 1000,
-        }
-    )
+    deliveries = _Deliveries()
+    producer = _producer(servers, acks="all", **{"enable.idempotence": False})
     sent = 0
 
     def produce(count: int) -> None:
         nonlocal sent
         for _ in range(count):
-            producer.produce("t", f"v{sent}".encode(), on_delivery=delivered)
+            producer.produce("t", f"v{sent}".encode(), on_delivery=deliveries)
             sent += 1
         assert producer.flush(60) == 0
 
@@ -269,27 +308,9 @@ def test_three_agents_are_one_cluster_and_survive_a_kill(
     _wait_for(lambda: all(len(_metadata(s)[0]) == 3 for s in servers), 10, "3 brokers again")
     for _ in range(5):
         produce(100)
-    assert not failed and len(acked) == sent == 1500
-
-    consumer = Consumer(
-        {
-            "bootstrap.servers": survivors[0].bootstrap,
-            "group.id": "check",
-            "enable.auto.commit": False,
-        }
-    )
-    consumer.assign([TopicPartition("t", p, 0) for p in range(6)])
-    got: dict[int, list[int]] = {}
-    values: list[bytes] = []
-    deadline = time.monotonic() + 60
-    while len(values) < sent and time.monotonic() < deadline:
-        msg = consumer.poll(1.0)
-        if msg is None or msg.error():
-            continue
-        got.setdefault(msg.partition(), []).append(msg.offset())
-        values.append(msg.value())
-    consumer.close()
-    assert sorted(values) == sorted(acked)  # nothing lost, nothing doubled
+    assert not deliveries.failed and len(deliveries.acked) == sent == 1500
+    got, values = _read_all(survivors[0], 6, sent)
+    assert sorted(values) == sorted(deliveries.acked)  # nothing lost, nothing doubled
     assert all(offsets == list(range(len(offsets))) for offsets in got.values())  # dense
 
     survivors[0].stop()
@@ -317,3 +338,76 @@ def test_advertise_flag(agents: Callable[..., KafkaServer]) -> None:
     with RawClient(a.bootstrap) as client:
         response = client.request(3, 1, topics=None)
     assert [(b.host, b.port) for b in response.brokers] == [("agent-a.example", 19092)]
+
+
+# -- idempotent producers across agents (part 3) ----------------------------------------------------
+
+
+def test_a_batch_replayed_through_another_agent_is_not_written_twice(
+    tmp_path: Path, postgres_url: str, agents: Callable[..., KafkaServer]
+) -> None:
+    """Agent A commits an idempotent batch but its answer never reaches the producer (acks=0
+    sends none); the producer's retry through agent B, which never saw the producer, gets the
+    original offset back and nothing is written again. Sequences are judged by the store."""
+    with streamhouse.connect(tmp_path / "data", metadata=postgres_url) as sh:
+        sh.create_topic("t")
+    a, b = agents(), agents()
+    with RawClient(a.bootstrap) as ca, RawClient(b.bootstrap) as cb:
+        pid = ca.request(22, 1, transactional_id=None, transaction_timeout=ms(60_000)).producer_id
+        other = cb.request(22, 1, transactional_id=None, transaction_timeout=ms(60_000)).producer_id
+        assert pid > 0 and other > 0 and other != pid  # ids come from the store
+
+        def batch(seq: int, *values: bytes) -> bytes:
+            return build_batch(list(values), producer_id=pid, producer_epoch=0, base_sequence=seq)
+
+        _, frame = ca.encode(0, 8, **produce_request("t", 0, batch(0, b"a", b"b"), acks=0))
+        ca.send_frame(frame)
+        _wait_for(lambda: cb.fetch("t", [(0, 0)])[0].high_watermark == 2, 10, "A's commit")
+        assert cb.produce("t", 0, batch(0, b"a", b"b")) == (ErrorCode.none, 0)  # the retry
+        assert cb.produce("t", 0, batch(2, b"c")) == (ErrorCode.none, 2)
+        assert ca.produce("t", 0, batch(2, b"c")) == (ErrorCode.none, 2)  # and back through A
+        assert ca.produce("t", 0, batch(9, b"gap"))[0] == ErrorCode.out_of_order_sequence_number
+        assert cb.produce("t", 0, batch(0, b"a", b"b")) == (ErrorCode.none, 0)
+        assert ca.produce("t", 0, batch(3, b"d")) == (ErrorCode.none, 3)
+        fetched = cb.fetch("t", [(0, 0)])[0]
+    assert fetched.high_watermark == 4
+    assert [v.as_py() for v in decode_batches(fetched.records)["value"]] == [b"a", b"b", b"c", b"d"]
+
+
+def test_an_idempotent_producer_across_agent_kills_writes_every_record_once(
+    tmp_path: Path, postgres_url: str, agents: Callable[..., KafkaServer]
+) -> None:
+    """confluent-kafka's idempotent producer bootstrapped with three agents while one agent,
+    then another, is killed with -9 mid-stream and restarted: batches in flight at a killed
+    agent are retried through the others, and every acknowledged record is in the log exactly
+    once, at dense offsets."""
+
+    with streamhouse.connect(tmp_path / "data", metadata=postgres_url) as sh:
+        sh.create_topic("t", partitions=6)
+    servers = [agents() for _ in range(3)]
+    _wait_for(lambda: all(len(_metadata(s)[0]) == 3 for s in servers), 10, "3 brokers")
+    deliveries = _Deliveries()
+    producer = _producer(servers, **{"enable.idempotence": True, "message.timeout.ms": 60_000})
+    events = [(3.0, servers[1], "kill"), (6.0, servers[1], "start")]
+    events += [(9.0, servers[2], "kill"), (12.0, servers[2], "start")]
+    sent = 0
+    started = time.monotonic()
+    while time.monotonic() - started < 15.0:
+        for _ in range(20):
+            producer.produce("t", f"v{sent}".encode(), on_delivery=deliveries)
+            sent += 1
+        producer.poll(0.01)
+        while events and time.monotonic() - started >= events[0][0]:
+            _, server, action = events.pop(0)
+            if action == "kill":
+                server.process.send_signal(signal.SIGKILL)  # type: ignore[union-attr]
+                server.process.wait()  # type: ignore[union-attr]
+            else:
+                server.start()
+    assert producer.flush(60) == 0
+    assert not deliveries.failed, deliveries.failed[:5]
+    assert len(deliveries.acked) == sent
+    offsets, values = _read_all(servers[0], 6, sent, settle_s=1.0)  # anything doubled too
+    assert len(values) == len(set(values)) == sent  # every record once
+    assert set(values) == set(deliveries.acked)
+    assert all(got == list(range(len(got))) for got in offsets.values())  # dense

@@ -181,11 +181,9 @@ def _start_append(
     if idempotent:
         if len(batches) != 1:
             return ErrorCode.invalid_record  # Kafka: exactly one batch per partition from v3
-        verdict = broker.producers.check(topic, partition, header)
-        if verdict.error is not ErrorCode.none:
-            return verdict.error
-        if verdict.duplicate_of is not None:
-            return verdict.duplicate_of
+        duplicate_of = broker.producers.duplicate_of(topic, partition, header)
+        if duplicate_of is not None:
+            return duplicate_of
     try:
         offset = broker.log.append_async(topic, partition, records, batches)
     except StreamHouseError as exc:

@@ -48,6 +48,7 @@ from streamhouse.log.metadata import (
     GroupOffset,
     Metadata,
     PartitionOffsets,
+    ProducerBatch,
     SegmentEntryLike,
     SegmentRow,
     TopicInfo,
@@ -311,9 +312,14 @@ class CachedMetadata:
 
     # -- the segment index ---------------------------------------------------------------------
 
-    def commit_segment(self, object_key: str, entries: Sequence[SegmentEntryLike]) -> list[int]:
+    def commit_segment(
+        self,
+        object_key: str,
+        entries: Sequence[SegmentEntryLike],
+        producer_batches: Sequence[ProducerBatch] = (),
+    ) -> list[int]:
         entries = list(entries)
-        bases = self.inner.commit_segment(object_key, entries)
+        bases = self.inner.commit_segment(object_key, entries, producer_batches)
         with self._lock:
             for entry, base in zip(entries, bases, strict=True):
                 key = (entry.topic, entry.partition)

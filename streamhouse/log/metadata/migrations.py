@@ -26,6 +26,10 @@ Tables (one row per ...):
   address clients reach it at, its zone and agent group, and the store-clock milliseconds of
   its start and last heartbeat. A clean stop deletes the row; a killed agent's row stays,
   and readers drop it once its heartbeat is older than the TTL.
+- ``producer_sequences``: idempotent producer on a partition, keyed by (topic, partition_id,
+  producer_id): its epoch, the last sequence number indexed, and its last five batches as
+  ``first:last:base_offset`` items joined by ``,`` (oldest first), checked and written by
+  every segment commit that holds a batch of it.
 """
 
 from __future__ import annotations
@@ -134,6 +138,21 @@ MIGRATIONS: tuple[Migration, ...] = (
             " agent_group TEXT NOT NULL,"
             " started_ms BIGINT NOT NULL,"
             " heartbeat_ms BIGINT NOT NULL)",
+        ),
+    ),
+    Migration(
+        4,
+        "producer sequences",
+        (
+            "CREATE TABLE producer_sequences ("
+            " topic TEXT NOT NULL,"
+            " partition_id INTEGER NOT NULL,"
+            " producer_id BIGINT NOT NULL,"
+            " producer_epoch INTEGER NOT NULL,"
+            " last_sequence BIGINT NOT NULL,"
+            " recent_batches TEXT NOT NULL,"
+            " updated_ms BIGINT NOT NULL,"
+            " PRIMARY KEY (topic, partition_id, producer_id))",
         ),
     ),
 )

@@ -45,6 +45,7 @@ from streamhouse.log.metadata import (
     Commit,
     GroupOffset,
     PartitionOffsets,
+    ProducerBatch,
     SegmentEntryLike,
     SegmentRow,
     TopicInfo,
@@ -56,17 +57,23 @@ from streamhouse.log.metadata.rules import (
     DUE_OBJECTS,
     MARK_UNREFERENCED,
     OLDEST_ROW_WITHIN_BYTES,
+    PRODUCER_COLUMNS,
+    PRODUCER_UPSERT,
     SEGMENT_INSERT_COLUMNS,
     SEGMENT_SELECT_COLUMNS,
+    ProducerState,
     SegmentCommit,
     changed_config,
     check_catalog_entry,
     check_partition_count,
+    check_producer_batches,
     config_json,
     now_ms,
     plan_delete_records,
     plan_restore,
     plan_segment_commit,
+    producer_keys,
+    producer_rows,
     topic_config,
 )
 
@@ -92,6 +99,17 @@ _INSERT_SEGMENTS = (
     " SELECT * FROM unnest(%s::text[], %s::integer[], %s::bigint[], %s::bigint[],"
     " %s::text[], %s::bigint[], %s::bigint[], %s::bigint[], %s::bigint[],"
     " %s::bigint[], %s::bigint[], %s::bigint[])"
+)
+_READ_PRODUCERS = (
+    "SELECT s.topic, s.partition_id, s.producer_id, s.producer_epoch, s.last_sequence,"
+    " s.recent_batches FROM producer_sequences AS s"
+    " JOIN unnest(%s::text[], %s::integer[], %s::bigint[]) AS k (topic, partition_id, producer_id)"
+    " ON s.topic = k.topic AND s.partition_id = k.partition_id AND s.producer_id = k.producer_id"
+)
+_WRITE_PRODUCERS = (
+    f"INSERT INTO producer_sequences ({PRODUCER_COLUMNS})"
+    " SELECT * FROM unnest(%s::text[], %s::integer[], %s::bigint[], %s::integer[],"
+    f" %s::bigint[], %s::text[], %s::bigint[]){PRODUCER_UPSERT}"
 )
 _TOPIC_COLUMNS = "name, partitions, config, topic_id, created_ms"
 # Byte order, as SQLite sorts text: the protocol's "sorted by name" must not depend on the
@@ -299,7 +317,7 @@ class PostgresMetadata:
                 "DELETE FROM segments WHERE topic = %s RETURNING object_key", (name,)
             ).fetchall()
             keys = sorted({key for (key,) in deleted})
-            for table in ("partitions", "group_offsets"):
+            for table in ("partitions", "group_offsets", "producer_sequences"):
                 conn.execute(f"DELETE FROM {table} WHERE topic = %s", (name,))
             conn.execute("DELETE FROM topics WHERE name = %s", (name,))
             still_used = conn.execute(
@@ -385,9 +403,18 @@ class PostgresMetadata:
 
     # -- the segment index -------------------------------------------------------------------
 
-    def commit_segment(self, object_key: str, entries: Sequence[SegmentEntryLike]) -> list[int]:
+    def commit_segment(
+        self,
+        object_key: str,
+        entries: Sequence[SegmentEntryLike],
+        producer_batches: Sequence[ProducerBatch] = (),
+    ) -> list[int]:
         """Index ``entries`` of one object at their partitions' high watermarks and advance
         them, all or nothing; returns the base offset assigned to each entry.
+
+        The sequence states of the producers of ``producer_batches`` are read in the first
+        round trip, after the lock (the partitions' locks guard them too), and written in the
+        second: idempotence costs no round trip.
 
         The partitions' rows stay locked from the read to ``COMMIT``: a concurrent commit to
         one of them waits, then continues after this one. Four statements however many
@@ -404,13 +431,19 @@ class PostgresMetadata:
             return []
         for _ in range(POOL_SIZE):  # each pooled connection may have been closed
             try:
-                return self._commit_segment(object_key, entries)
+                return self._commit_segment(object_key, entries, producer_batches)
             except _ClosedByServer:
                 continue
-        return self._commit_segment(object_key, entries)
+        return self._commit_segment(object_key, entries, producer_batches)
 
-    def _commit_segment(self, object_key: str, entries: list[SegmentEntryLike]) -> list[int]:
+    def _commit_segment(
+        self,
+        object_key: str,
+        entries: list[SegmentEntryLike],
+        producer_batches: Sequence[ProducerBatch],
+    ) -> list[int]:
         keys = sorted({(entry.topic, entry.partition) for entry in entries})
+        producers = producer_keys(entries, producer_batches)
         with self._connection(f"commit segment {object_key!r}") as conn:
             try:
                 # BEGIN and COMMIT as statements, not conn.transaction(): in a pipeline that
@@ -418,19 +451,33 @@ class PostgresMetadata:
                 with conn.pipeline():
                     try:
                         conn.execute("BEGIN")
-                        locked = conn.execute(
+                        locking = conn.execute(
                             "SELECT p.topic, p.partition_id, p.high_watermark, p.max_timestamp"
                             " FROM partitions AS p"
                             " JOIN unnest(%s::text[], %s::integer[]) AS k (topic, partition_id)"
                             " ON p.topic = k.topic AND p.partition_id = k.partition_id"
                             f" ORDER BY p.topic {_BYTE_ORDER}, p.partition_id FOR UPDATE OF p",
                             ([topic for topic, _ in keys], [partition for _, partition in keys]),
-                        ).fetchall()
+                        )
+                        reading = (
+                            conn.execute(
+                                _READ_PRODUCERS, [list(c) for c in zip(*producers, strict=True)]
+                            )
+                            if producers
+                            else None
+                        )
+                        locked = locking.fetchall()  # one round trip for both
+                        states = {
+                            (t, p, pid): ProducerState.decode(*state)
+                            for t, p, pid, *state in (reading.fetchall() if reading else ())
+                        }
                     except psycopg.OperationalError as exc:
                         if conn.broken or (exc.sqlstate or "").startswith(_CLOSING_SQLSTATES):
                             raise _ClosedByServer from exc
                         raise
-                    plan = self._write_commit(conn, object_key, entries, locked)
+                    plan = self._write_commit(
+                        conn, object_key, entries, locked, producer_batches, states
+                    )
                     committed = conn.execute("COMMIT")
                 # Leaving the pipeline waited for every result and raised the first error.
                 if committed.statusmessage != "COMMIT":
@@ -452,13 +499,23 @@ class PostgresMetadata:
         object_key: str,
         entries: list[SegmentEntryLike],
         locked: list[tuple[str, int, int, int]],
+        producer_batches: Sequence[ProducerBatch],
+        states: dict[tuple[str, int, int], ProducerState],
     ) -> SegmentCommit:
-        """Queue a commit's writes: the partitions' new high watermarks, the index rows, and
-        the notification of :data:`COMMIT_CHANNEL` (delivered when the transaction commits)."""
+        """Queue a commit's writes: the partitions' new high watermarks, the index rows, the
+        producers' sequence states, and the notification of :data:`COMMIT_CHANNEL` (delivered
+        when the transaction commits). ``RefusedBatchesError`` before any write is queued if a
+        producer batch may not be indexed."""
         current = {(t, p): (hw, ts) for t, p, hw, ts in locked}
         plan = plan_segment_commit(
             object_key, entries, current, lambda t: self._read_topic(conn, t) is not None
         )
+        changed = check_producer_batches(entries, plan.bases, producer_batches, states)
+        if changed:
+            conn.execute(
+                _WRITE_PRODUCERS,
+                [list(column) for column in zip(*producer_rows(changed), strict=True)],
+            )
         advanced = [(t, p, hw, ts) for (t, p), (hw, ts) in plan.partitions.items()]
         conn.execute(
             "UPDATE partitions AS p SET high_watermark = u.high_watermark,"

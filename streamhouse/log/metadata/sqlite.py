@@ -49,6 +49,7 @@ from streamhouse.log.metadata import (
     Commit,
     GroupOffset,
     PartitionOffsets,
+    ProducerBatch,
     SegmentEntryLike,
     SegmentRow,
     TopicInfo,
@@ -60,12 +61,18 @@ from streamhouse.log.metadata.rules import (
     DUE_OBJECTS,
     MARK_UNREFERENCED,
     OLDEST_ROW_WITHIN_BYTES,
+    PRODUCER_COLUMNS,
+    PRODUCER_UPSERT,
     SEGMENT_INSERT_COLUMNS,
+    ProducerState,
     changed_config,
+    check_producer_batches,
     config_json,
     plan_delete_records,
     plan_restore,
     plan_segment_commit,
+    producer_keys,
+    producer_rows,
 )
 from streamhouse.log.metadata.rules import SEGMENT_SELECT_COLUMNS as _SEGMENT_COLUMNS
 from streamhouse.log.metadata.rules import now_ms as _now_ms
@@ -295,7 +302,7 @@ class SQLiteMetadata:
                     "SELECT DISTINCT object_key FROM segments WHERE topic = ?", (name,)
                 )
             ]
-            for table in ("segments", "partitions", "group_offsets"):
+            for table in ("segments", "partitions", "group_offsets", "producer_sequences"):
                 conn.execute(f"DELETE FROM {table} WHERE topic = ?", (name,))
             conn.execute("DELETE FROM topics WHERE name = ?", (name,))
             orphaned = [
@@ -392,7 +399,12 @@ class SQLiteMetadata:
 
     # -- the segment index -------------------------------------------------------------------
 
-    def commit_segment(self, object_key: str, entries: Sequence[SegmentEntryLike]) -> list[int]:
+    def commit_segment(
+        self,
+        object_key: str,
+        entries: Sequence[SegmentEntryLike],
+        producer_batches: Sequence[ProducerBatch] = (),
+    ) -> list[int]:
         entries = list(entries)
         if not entries:
             return []
@@ -428,6 +440,23 @@ class SQLiteMetadata:
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 plan.rows,
             )
+            if producer_batches:
+                states = {
+                    key: ProducerState.decode(*row)
+                    for key in producer_keys(entries, producer_batches)
+                    for row in conn.execute(
+                        "SELECT producer_epoch, last_sequence, recent_batches"
+                        " FROM producer_sequences"
+                        " WHERE topic = ? AND partition_id = ? AND producer_id = ?",
+                        key,
+                    )
+                }
+                changed = check_producer_batches(entries, plan.bases, producer_batches, states)
+                conn.executemany(
+                    f"INSERT INTO producer_sequences ({PRODUCER_COLUMNS})"
+                    f" VALUES (?, ?, ?, ?, ?, ?, ?){PRODUCER_UPSERT}",
+                    producer_rows(changed),
+                )
         logger.debug("committed segment %r with %d index row(s)", object_key, len(entries))
         return plan.bases
 
