@@ -269,6 +269,10 @@ def test_producer_sequences_are_checked_in_the_commit(open_store: OpenStore) -> 
     md.delete_topic("t")
     md.create_topic("t")
     assert md.commit_segment("m", [Entry("t", 0, 0, 1)], [B(0, 0, 7, 0, 12, 12)]) == [0]
+    # idle producers are forgotten (then start afresh)
+    assert md.forget_producers(now_ms() - 60_000) == 0
+    assert md.forget_producers(now_ms() + 1) == 1
+    assert md.commit_segment("n", [Entry("t", 0, 0, 0)], [B(0, 0, 7, 0, 99, 99)]) == [2]
 
 
 def test_segments_range_queries(md: Store) -> None:

@@ -296,6 +296,11 @@ class Metadata(Protocol):
         """Remove ``keys`` from the deletion queue (their objects are gone)."""
         ...
 
+    def forget_producers(self, idle_before_ms: int) -> int:
+        """Forget the sequence state of producers on partitions they last wrote to before
+        ``idle_before_ms`` (as Kafka's ``producer.id.expiration.ms``); how many states."""
+        ...
+
     def commit_group_offsets(
         self, group: str, offsets: Mapping[tuple[str, int], tuple[int, str]]
     ) -> None:

@@ -407,6 +407,9 @@ class CachedMetadata:
     def forget_objects(self, keys: Sequence[str]) -> None:
         self.inner.forget_objects(keys)
 
+    def forget_producers(self, idle_before_ms: int) -> int:
+        return self.inner.forget_producers(idle_before_ms)
+
     def segment_for_timestamp(
         self, topic: str, partition: int, timestamp_ms: int
     ) -> SegmentRow | None:

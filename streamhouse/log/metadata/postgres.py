@@ -55,6 +55,7 @@ from streamhouse.log.metadata.feed import FeedThread
 from streamhouse.log.metadata.migrations import POSTGRESQL, migrate
 from streamhouse.log.metadata.rules import (
     DUE_OBJECTS,
+    FORGET_PRODUCERS,
     MARK_UNREFERENCED,
     OLDEST_ROW_WITHIN_BYTES,
     PRODUCER_COLUMNS,
@@ -703,6 +704,10 @@ class PostgresMetadata:
     def forget_objects(self, keys: Sequence[str]) -> None:
         with self._transaction(f"forget {len(keys)} deleted object(s)") as conn:
             conn.execute("DELETE FROM deleted_objects WHERE object_key = ANY(%s)", (list(keys),))
+
+    def forget_producers(self, idle_before_ms: int) -> int:
+        with self._connection("forget idle producers") as conn:
+            return conn.execute(POSTGRESQL.sql(FORGET_PRODUCERS), (idle_before_ms,)).rowcount
 
     # -- consumer groups ---------------------------------------------------------------------
 

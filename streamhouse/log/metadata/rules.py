@@ -175,6 +175,9 @@ PRODUCER_UPSERT = (
 )
 """What an insert of an existing producer's row does instead."""
 
+FORGET_PRODUCERS = "DELETE FROM producer_sequences WHERE updated_ms < ?"
+"""Forget producer states last written before the parameter (milliseconds)."""
+
 
 @dataclass(frozen=True, slots=True)
 class ProducerState:

@@ -59,6 +59,7 @@ from streamhouse.log.metadata.feed import FeedThread
 from streamhouse.log.metadata.migrations import SQLITE, migrate
 from streamhouse.log.metadata.rules import (
     DUE_OBJECTS,
+    FORGET_PRODUCERS,
     MARK_UNREFERENCED,
     OLDEST_ROW_WITHIN_BYTES,
     PRODUCER_COLUMNS,
@@ -639,6 +640,10 @@ class SQLiteMetadata:
             conn.executemany(
                 "DELETE FROM deleted_objects WHERE object_key = ?", [(key,) for key in keys]
             )
+
+    def forget_producers(self, idle_before_ms: int) -> int:
+        with self._transaction("forget idle producers") as conn:
+            return conn.execute(FORGET_PRODUCERS, (idle_before_ms,)).rowcount
 
     # -- consumer groups ---------------------------------------------------------------------
 
