@@ -133,3 +133,18 @@ def metadata_url(request: pytest.FixtureRequest) -> str | None:
     if request.param == "sqlite":
         return None
     return request.getfixturevalue("postgres_url")
+
+
+@pytest.fixture
+def md(tmp_path, metadata_url: str | None) -> Iterator[object]:
+    """A fresh metadata store of each backend in turn, closed after the test."""
+    from streamhouse.log.metadata.postgres import PostgresMetadata
+    from streamhouse.log.metadata.sqlite import SQLiteMetadata
+
+    store = (
+        SQLiteMetadata(tmp_path / "metadata.sqlite3")
+        if metadata_url is None
+        else PostgresMetadata(metadata_url)
+    )
+    yield store
+    store.close()

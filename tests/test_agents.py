@@ -29,17 +29,6 @@ Store = SQLiteMetadata | PostgresMetadata
 TTL_S = 3.0
 
 
-@pytest.fixture
-def md(tmp_path: Path, metadata_url: str | None) -> Iterator[Store]:
-    store = (
-        SQLiteMetadata(tmp_path / "metadata.sqlite3")
-        if metadata_url is None
-        else PostgresMetadata(metadata_url)
-    )
-    yield store
-    store.close()
-
-
 # -- the store ------------------------------------------------------------------------------------
 
 

@@ -25,6 +25,7 @@ from streamhouse.errors import ConfigError, LogError
 
 if TYPE_CHECKING:
     from streamhouse.config import Settings
+    from streamhouse.log.metadata.leases import Lease
 
 __all__ = [
     "CATALOG_KINDS",
@@ -360,6 +361,25 @@ class Metadata(Protocol):
     def forget_agents(self, silent_for_ms: int) -> int:
         """Deregister the agents whose last heartbeat is more than ``silent_for_ms`` old (by
         the store's clock); how many."""
+        ...
+
+    def acquire_lease(self, name: str, holder: str, ttl_ms: int) -> Lease | None:
+        """Hold ``name`` for ``ttl_ms`` (store clock): the lease when ``holder`` now holds it
+        (its epoch unchanged when it renews a live lease of its own, raised otherwise), ``None``
+        while another holder's lease is live. See :mod:`~streamhouse.log.metadata.leases`."""
+        ...
+
+    def renew_lease(self, lease: Lease, ttl_ms: int) -> bool:
+        """Extend ``lease`` by ``ttl_ms`` from now; ``False`` once it expired or was taken over
+        (the holder then stops the work and may :meth:`acquire_lease` again)."""
+        ...
+
+    def release_lease(self, lease: Lease) -> None:
+        """Give ``lease`` up at once (nothing happens if it was taken over meanwhile)."""
+        ...
+
+    def list_leases(self, prefix: str = "") -> list[Lease]:
+        """Every lease whose name starts with ``prefix``, live or expired, by name."""
         ...
 
     def commit_feed(

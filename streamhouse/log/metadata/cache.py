@@ -53,6 +53,7 @@ from streamhouse.log.metadata import (
     SegmentRow,
     TopicInfo,
 )
+from streamhouse.log.metadata.leases import Lease
 
 logger = logging.getLogger(__name__)
 
@@ -462,6 +463,18 @@ class CachedMetadata:
 
     def forget_agents(self, silent_for_ms: int) -> int:
         return self.inner.forget_agents(silent_for_ms)
+
+    def acquire_lease(self, name: str, holder: str, ttl_ms: int) -> Lease | None:
+        return self.inner.acquire_lease(name, holder, ttl_ms)
+
+    def renew_lease(self, lease: Lease, ttl_ms: int) -> bool:
+        return self.inner.renew_lease(lease, ttl_ms)
+
+    def release_lease(self, lease: Lease) -> None:
+        self.inner.release_lease(lease)
+
+    def list_leases(self, prefix: str = "") -> list[Lease]:
+        return self.inner.list_leases(prefix)
 
     def close(self) -> None:
         if self._feed is not None:

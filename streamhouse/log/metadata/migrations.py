@@ -26,6 +26,8 @@ Tables (one row per ...):
   address clients reach it at, its zone and agent group, and the store-clock milliseconds of
   its start and last heartbeat. A clean stop deletes the row; a killed agent's row stays,
   and readers drop it once its heartbeat is older than the TTL.
+- ``leases``: named work one agent does at a time (``leases.py``): its holder, fencing
+  ``epoch`` and expiry in store-clock milliseconds.
 - ``producer_sequences``: idempotent producer on a partition, keyed by (topic, partition_id,
   producer_id): its epoch, the last sequence number indexed, and its last five batches as
   ``first:last:base_offset`` items joined by ``,`` (oldest first), checked and written by
@@ -142,6 +144,17 @@ MIGRATIONS: tuple[Migration, ...] = (
     ),
     Migration(
         4,
+        "leases",
+        (
+            "CREATE TABLE leases ("
+            " name TEXT PRIMARY KEY,"
+            " holder TEXT NOT NULL,"
+            " epoch BIGINT NOT NULL,"
+            " expires_ms BIGINT NOT NULL)",
+        ),
+    ),
+    Migration(
+        5,
         "producer sequences",
         (
             "CREATE TABLE producer_sequences ("
@@ -165,13 +178,15 @@ LATEST_VERSION = MIGRATIONS[-1].version
 class Dialect:
     """What differs between the SQL of two backends, spelled once.
 
-    ``param`` is the driver's placeholder (sqlite3 ``?``, psycopg ``%s``); ``serialize`` runs
+    ``param`` is the driver's placeholder (sqlite3 ``?``, psycopg ``%s``); ``now_ms`` the
+    store's wall clock in milliseconds, as SQL; ``serialize`` runs
     first in the migration transaction so that two processes opening one fresh store at once
     apply each migration once (SQLite's ``BEGIN IMMEDIATE`` does that by itself).
     """
 
     name: str
     param: str
+    now_ms: str
     serialize: tuple[str, ...] = ()
 
     def sql(self, text: str) -> str:
@@ -183,10 +198,11 @@ class Dialect:
         return text if self.param == "?" else text.replace("?", self.param)
 
 
-SQLITE = Dialect("sqlite", "?")
+SQLITE = Dialect("sqlite", "?", "CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER)")
 POSTGRESQL = Dialect(
     "postgresql",
     "%s",
+    "(extract(epoch FROM clock_timestamp()) * 1000)::bigint",
     # One lock for every schema of the database: migrations are rare and short.
     serialize=("SELECT pg_advisory_xact_lock(7387617889248309554)",),
 )

@@ -49,9 +49,11 @@ from streamhouse.log.metadata import (
     SegmentEntryLike,
     SegmentRow,
     TopicInfo,
+    leases,
     validate_topic_name,
 )
 from streamhouse.log.metadata.feed import FeedThread
+from streamhouse.log.metadata.leases import Lease
 from streamhouse.log.metadata.migrations import POSTGRESQL, migrate
 from streamhouse.log.metadata.rules import (
     DUE_OBJECTS,
@@ -856,6 +858,36 @@ class PostgresMetadata:
             )
             return cursor.rowcount
 
+    # -- leases ------------------------------------------------------------------------------
 
-_STORE_NOW_MS = "(extract(epoch FROM clock_timestamp()) * 1000)::bigint"
+    def acquire_lease(self, name: str, holder: str, ttl_ms: int) -> Lease | None:
+        with self._connection(f"acquire lease {name!r}") as conn:
+            row = conn.execute(
+                leases.sql(leases.ACQUIRE, POSTGRESQL), (name, holder, leases.check_ttl(ttl_ms))
+            ).fetchone()
+        return None if row is None else Lease(*row)
+
+    def renew_lease(self, lease: Lease, ttl_ms: int) -> bool:
+        with self._connection(f"renew lease {lease.name!r}") as conn:
+            cursor = conn.execute(
+                leases.sql(leases.RENEW, POSTGRESQL),
+                (leases.check_ttl(ttl_ms), lease.name, lease.holder, lease.epoch),
+            )
+            return cursor.rowcount > 0
+
+    def release_lease(self, lease: Lease) -> None:
+        with self._connection(f"release lease {lease.name!r}") as conn:
+            conn.execute(
+                leases.sql(leases.RELEASE, POSTGRESQL), (lease.name, lease.holder, lease.epoch)
+            )
+
+    def list_leases(self, prefix: str = "") -> list[Lease]:
+        with self._connection("list leases") as conn:
+            rows = conn.execute(
+                leases.sql(leases.LIST, POSTGRESQL), leases.prefix_bounds(prefix)
+            ).fetchall()
+        return [Lease(*row) for row in rows]
+
+
+_STORE_NOW_MS = POSTGRESQL.now_ms
 """The database's wall clock in milliseconds, as SQL."""

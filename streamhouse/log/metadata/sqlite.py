@@ -53,9 +53,11 @@ from streamhouse.log.metadata import (
     SegmentEntryLike,
     SegmentRow,
     TopicInfo,
+    leases,
     validate_topic_name,
 )
 from streamhouse.log.metadata.feed import FeedThread
+from streamhouse.log.metadata.leases import Lease
 from streamhouse.log.metadata.migrations import SQLITE, migrate
 from streamhouse.log.metadata.rules import (
     DUE_OBJECTS,
@@ -798,3 +800,35 @@ class SQLiteMetadata:
                 "DELETE FROM agents WHERE heartbeat_ms < ?", (_now_ms() - silent_for_ms,)
             )
             return cursor.rowcount
+
+    # -- leases ------------------------------------------------------------------------------
+
+    def acquire_lease(self, name: str, holder: str, ttl_ms: int) -> Lease | None:
+        with self._transaction(f"acquire lease {name!r}") as conn:
+            row = conn.execute(
+                leases.sql(leases.ACQUIRE, SQLITE), (name, holder, leases.check_ttl(ttl_ms))
+            ).fetchone()
+        return None if row is None else Lease(*row)
+
+    def renew_lease(self, lease: Lease, ttl_ms: int) -> bool:
+        with self._transaction(f"renew lease {lease.name!r}") as conn:
+            cursor = conn.execute(
+                leases.sql(leases.RENEW, SQLITE),
+                (leases.check_ttl(ttl_ms), lease.name, lease.holder, lease.epoch),
+            )
+            return cursor.rowcount > 0
+
+    def release_lease(self, lease: Lease) -> None:
+        with self._transaction(f"release lease {lease.name!r}") as conn:
+            conn.execute(
+                leases.sql(leases.RELEASE, SQLITE), (lease.name, lease.holder, lease.epoch)
+            )
+
+    def list_leases(self, prefix: str = "") -> list[Lease]:
+        with self._storage_errors("list leases"):
+            rows = (
+                self._connection()
+                .execute(leases.sql(leases.LIST, SQLITE), leases.prefix_bounds(prefix))
+                .fetchall()
+            )
+        return [Lease(*row) for row in rows]
