@@ -1,9 +1,11 @@
 """Agents: ``serve`` processes sharing one PostgreSQL metadata store and one object store
 register, heartbeat and are answered as the brokers of one cluster (issue 15, parts 1, 2, 6);
-idempotent producers keep their sequences across agents (part 3)."""
+idempotent producers keep their sequences across agents (part 3); one agent at a time
+coordinates a consumer group, by a lease, and another takes over when it dies (part 4)."""
 
 from __future__ import annotations
 
+import collections
 import re
 import signal
 import time
@@ -12,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from group_members import PARTITIONS, PER_ROUND, Member, balanced, consumed, produce_round, wait
 from kafka_fixtures import KafkaServer, RawClient, produce_request
 
 import streamhouse
@@ -400,3 +403,82 @@ def test_an_idempotent_producer_across_agent_kills_writes_every_record_once(
     assert len(values) == len(set(values)) == sent  # every record once
     assert set(values) == set(deliveries.acked)
     assert all(got == list(range(len(got))) for got in offsets.values())  # dense
+
+
+# -- group coordination across agents (part 4) -------------------------------------------------------
+
+
+def _coordinator(server: KafkaServer, group: str) -> tuple[int, int]:
+    """(error code, port) of a raw FindCoordinator of ``group`` asked of ``server``."""
+    with RawClient(server.bootstrap) as client:
+        found = client.request(10, 1, key=group, key_type=0)
+    return found.error_code, found.port
+
+
+def _committed(servers: list[KafkaServer], group: str) -> tuple[int, dict[int, int]]:
+    """(error code, partition -> committed offset of topic ``t``) of a raw OffsetFetch asked
+    of the coordinator the first of ``servers`` names."""
+    _, port = _coordinator(servers[0], group)
+    (coordinator,) = [s for s in servers if s.port == port] or servers[:1]
+    with RawClient(coordinator.bootstrap) as client:
+        answer = client.request(9, 5, group_id=group, topics=None)
+    offsets = {p.partition_index: p.committed_offset for t in answer.topics for p in t.partitions}
+    return answer.error_code, offsets
+
+
+def test_a_group_goes_on_when_its_coordinating_agent_is_killed(
+    tmp_path: Path, postgres_url: str, agents: Callable[..., KafkaServer]
+) -> None:
+    """Three members of one group, each bootstrapped on another agent: one agent coordinates
+    the group (FindCoordinator names it from every agent; the others answer its requests
+    NOT_COORDINATOR). Killed with -9, its lease expires, another agent is named, the members
+    rejoin there and read every later record; the offsets committed before the kill survive,
+    so nothing committed is read again."""
+    with streamhouse.connect(tmp_path / "data", metadata=postgres_url) as sh:
+        sh.create_topic("t", partitions=PARTITIONS)
+    servers = [agents() for _ in range(3)]
+    _wait_for(lambda: all(len(_metadata(s)[0]) == 3 for s in servers), 10, "3 brokers")
+    produced = produce_round(servers[0].bootstrap, "t", 0)
+    members = [
+        Member(f"m{i}", "confluent-kafka", "range", (s.bootstrap, "t", "g"), tmp_path)
+        for i, s in enumerate(servers)
+    ]
+    try:
+        wait(lambda: balanced(members), "three members sharing six partitions")
+        wait(lambda: produced <= consumed(members), "round 0 consumed")
+        full = dict.fromkeys(range(PARTITIONS), PER_ROUND)
+        wait(lambda: _committed(servers, "g")[1] == full, "round 0 committed", 20)
+        ports = {_coordinator(s, "g") for s in servers}
+        assert len(ports) == 1  # every agent names the same one
+        ((error, port),) = ports
+        (coordinator,) = [s for s in servers if s.port == port]
+        others = [s for s in servers if s is not coordinator]
+        with RawClient(others[0].bootstrap) as client:
+            refused = client.request(12, 1, group_id="g", generation_id=1, member_id="m")
+        assert refused.error_code == ErrorCode.not_coordinator
+
+        coordinator.process.send_signal(signal.SIGKILL)  # type: ignore[union-attr]
+        coordinator.process.wait()  # type: ignore[union-attr]
+        took = _wait_for(
+            lambda: (
+                all(_coordinator(s, "g")[0] == ErrorCode.none for s in others)
+                and {_coordinator(s, "g")[1] for s in others} < {o.port for o in others}
+            ),
+            TTL_S + 5,
+            "another agent named",
+        )
+        assert took <= TTL_S + 3
+        assert _committed(others, "g") == (ErrorCode.none, full)  # nothing lost
+        produced |= produce_round(others[0].bootstrap, "t", 1)
+        wait(lambda: produced <= consumed(members), "round 1 consumed after the failover", 40)
+        wait(
+            lambda: _committed(others, "g")[1] == dict.fromkeys(range(PARTITIONS), 2 * PER_ROUND),
+            "round 1 committed",
+            20,
+        )
+        counts = collections.Counter(r for m in members for r in m.records())
+        assert [r for r, n in counts.items() if n > 1 and r[1] < PER_ROUND] == []
+        assert consumed(members) == produced
+    finally:
+        for m in members:
+            m.kill()
