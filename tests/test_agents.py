@@ -161,6 +161,17 @@ def _wait_for(check: Callable[[], bool], timeout: float, what: str) -> float:
     return time.monotonic() - start
 
 
+def _cluster_status(data: Path, postgres_url: str) -> str:
+    """What ``streamhouse cluster status`` prints (a wide table)."""
+    result = CliRunner().invoke(
+        cli,
+        ["--data-dir", str(data), "cluster", "status", "--metadata", postgres_url],
+        env={"COLUMNS": "400", "STREAMHOUSE_AGENT_TTL_S": str(TTL_S)},
+    )
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
 def _states(status: str) -> list[str]:
     """The state column of ``cluster status``."""
     return re.findall(r"\b(live|dead)\b", status)
@@ -260,13 +271,7 @@ def test_three_agents_are_one_cluster_and_survive_a_kill(
     assert set(answers[0][1].values()) == answers[0][0]  # leadership spread over all
 
     def status() -> str:
-        result = CliRunner().invoke(
-            cli,
-            ["--data-dir", str(data), "cluster", "status", "--metadata", postgres_url],
-            env={"COLUMNS": "400", "STREAMHOUSE_AGENT_TTL_S": str(TTL_S)},
-        )
-        assert result.exit_code == 0, result.output
-        return result.output
+        return _cluster_status(data, postgres_url)
 
     shown = status()
     assert _states(shown) == ["live"] * 3 and all(f"127.0.0.1:{s.port}" in shown for s in servers)
@@ -469,6 +474,10 @@ def test_a_group_goes_on_when_its_coordinating_agent_is_killed(
         )
         assert took <= TTL_S + 3
         assert _committed(others, "g") == (ErrorCode.none, full)  # nothing lost
+        _, port = _coordinator(others[0], "g")
+        shown = _cluster_status(tmp_path / "data", postgres_url).splitlines()
+        (row,) = [line for line in shown if line.rstrip(" │").endswith(" g")]
+        assert f"127.0.0.1:{port}" in row and "live" in row  # status names the new one
         produced |= produce_round(others[0].bootstrap, "t", 1)
         wait(lambda: produced <= consumed(members), "round 1 consumed after the failover", 40)
         wait(
