@@ -5,6 +5,7 @@ coordinates a consumer group, by a lease, and another takes over when it dies (p
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import re
 import signal
@@ -20,7 +21,8 @@ from kafka_fixtures import KafkaServer, RawClient, produce_request
 import streamhouse
 from streamhouse.cli import main as cli
 from streamhouse.config import Settings
-from streamhouse.kafka.cluster import Cluster, node_id_of
+from streamhouse.kafka.cluster import Cluster, Node, node_id_of
+from streamhouse.kafka.coordination import GroupLeases
 from streamhouse.kafka.wire import ErrorCode, ms
 from streamhouse.log.metadata import AgentInfo
 from streamhouse.log.metadata.postgres import PostgresMetadata
@@ -429,6 +431,40 @@ def _committed(servers: list[KafkaServer], group: str) -> tuple[int, dict[int, i
         answer = client.request(9, 5, group_id=group, topics=None)
     offsets = {p.partition_index: p.committed_offset for t in answer.topics for p in t.partitions}
     return answer.error_code, offsets
+
+
+def test_group_leases_one_holder_takeover_and_release(md: Store) -> None:
+    """Two agents' group leases on one store: one holder at a time; the other names it once
+    it is a live agent; a holder that stops renewing stops coordinating by its own clock, is
+    taken over, and learns it lost the group; idle groups and a clean stop give leases up."""
+    ttl = 0.5
+
+    async def scenario() -> None:
+        clusters = [Cluster(md, Settings(agent_ttl_s=ttl, port=port)) for port in (1, 2)]
+        a, b = (GroupLeases(c, md, ttl) for c in clusters)
+        lost: list[str] = []
+        a.on_lost = lost.append
+        assert await a.coordinator("g") == clusters[0].me
+        assert a.holds("g") and not a.took_over("g") and a.held_groups() == ["g"]
+        assert not await b.ensure("g")
+        assert await b.coordinator("g") is None  # the holder is no live agent b knows of
+        md.register_agent(clusters[0].agent_id, "10.0.0.1", 9092, "", "default")
+        await clusters[1].refresh()
+        assert await b.coordinator("g") == Node(clusters[0].node_id, "10.0.0.1", 9092, "")
+        await a.renew()  # in time: still held
+        assert a.holds("g") and not await b.ensure("g")
+        await asyncio.sleep(ttl + 0.1)  # a is paused past its lease
+        assert not a.holds("g")
+        assert await b.ensure("g") and b.took_over("g")
+        await a.renew()
+        assert lost == ["g"] and a.held_groups() == []
+        b._held["g"].used -= 100 * ttl  # idle, no members: released, a takes it at once
+        await b.renew()
+        assert b.held_groups() == [] and await a.ensure("g")
+        await a.release_all()
+        assert await b.ensure("g")
+
+    asyncio.run(scenario())
 
 
 def test_a_group_goes_on_when_its_coordinating_agent_is_killed(
