@@ -21,6 +21,7 @@ from kafka_fixtures import KafkaServer, RawClient, produce_request
 import streamhouse
 from streamhouse.cli import main as cli
 from streamhouse.config import Settings
+from streamhouse.errors import LeaseLostError
 from streamhouse.kafka.cluster import Cluster, Node, node_id_of
 from streamhouse.kafka.coordination import GroupLeases
 from streamhouse.kafka.wire import ErrorCode, ms
@@ -368,6 +369,8 @@ def test_a_batch_replayed_through_another_agent_is_not_written_twice(
         assert ca.produce("t", 0, batch(9, b"gap"))[0] == ErrorCode.out_of_order_sequence_number
         assert cb.produce("t", 0, batch(0, b"a", b"b")) == (ErrorCode.none, 0)
         assert ca.produce("t", 0, batch(3, b"d")) == (ErrorCode.none, 3)
+        # B hears of A's commit through the store's commit feed, a moment later
+        _wait_for(lambda: cb.fetch("t", [(0, 0)])[0].high_watermark >= 4, 10, "A's last commit")
         fetched = cb.fetch("t", [(0, 0)])[0]
     assert fetched.high_watermark == 4
     assert [v.as_py() for v in decode_batches(fetched.records)["value"]] == [b"a", b"b", b"c", b"d"]
@@ -436,7 +439,8 @@ def _committed(servers: list[KafkaServer], group: str) -> tuple[int, dict[int, i
 def test_group_leases_one_holder_takeover_and_release(md: Store) -> None:
     """Two agents' group leases on one store: one holder at a time; the other names it once
     it is a live agent; a holder that stops renewing stops coordinating by its own clock, is
-    taken over, and learns it lost the group; idle groups and a clean stop give leases up."""
+    taken over (its offset commits fenced), and learns it lost the group; idle groups and a
+    clean stop give leases up."""
     ttl = 0.5
 
     async def scenario() -> None:
@@ -456,6 +460,12 @@ def test_group_leases_one_holder_takeover_and_release(md: Store) -> None:
         await asyncio.sleep(ttl + 0.1)  # a is paused past its lease
         assert not a.holds("g")
         assert await b.ensure("g") and b.took_over("g")
+        stale = a.lease_of("g")
+        assert stale is not None
+        with pytest.raises(LeaseLostError):  # the paused holder's commit is fenced
+            md.commit_group_offsets("g", {("t", 0): (5, "")}, stale)
+        md.commit_group_offsets("g", {("t", 0): (7, "")}, b.lease_of("g"))
+        assert md.group_offsets("g")[("t", 0)].offset == 7
         await a.renew()
         assert lost == ["g"] and a.held_groups() == []
         b._held["g"].used -= 100 * ttl  # idle, no members: released, a takes it at once

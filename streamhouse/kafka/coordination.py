@@ -16,6 +16,8 @@ the new coordinator and rejoin there. A holder that fails to renew in time (a pa
 a store out of reach) stops coordinating the group as soon as its own clock says the lease
 may have expired (it measures from before the request that took or renewed the lease, so it
 never believes in a lease longer than the store does) and drops the group's members.
+Offset commits are fenced: stored only while the coordinator's lease is still held, checked
+in the commit's statement, so a coordinator paused past its lease stores nothing on waking.
 Until the members of a group taken over rejoin, the new coordinator takes their offset
 commits (``GroupCoordinator.validate_commit``'s ``adopt``), so what they processed under the
 dead coordinator stays committed.
@@ -94,6 +96,17 @@ class GroupLeases:
             return False
         held.used = now
         return True
+
+    def lease_of(self, group_id: str) -> Lease | None:
+        """The lease this agent holds of ``group_id``, to fence its writes with (``None``
+        without a shared store, or when it holds none)."""
+        held = self._held.get(group_id)
+        return None if held is None else held.lease
+
+    def lost(self, group_id: str) -> None:
+        """A write under the group's lease was refused: the lease is gone."""
+        if group_id in self._held:
+            self._lose(group_id, "a write under its lease was refused")
 
     def took_over(self, group_id: str) -> bool:
         """Whether this agent holds ``group_id``'s lease after another agent held it (its

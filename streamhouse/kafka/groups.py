@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
-from streamhouse.errors import StreamHouseError
+from streamhouse.errors import LeaseLostError, StreamHouseError
 from streamhouse.kafka.api_keys import ApiKey
 from streamhouse.kafka.wire import ErrorCode, RequestHeader, make, messages, to_ms
 
@@ -624,8 +624,14 @@ async def handle_offset_commit(broker: Broker, header: RequestHeader, request: A
                 errors[key] = ErrorCode.none
                 offsets[key] = (p.committed_offset, metadata)
     if offsets:
+        lease = broker.coordination.lease_of(request.group_id)
         try:
-            broker.log.metadata.commit_group_offsets(request.group_id, offsets)
+            broker.log.metadata.commit_group_offsets(request.group_id, offsets, lease)
+        except LeaseLostError as exc:
+            log.warning("group %s: offsets not committed: %s", request.group_id, exc)
+            broker.coordination.lost(request.group_id)
+            for key in offsets:
+                errors[key] = ErrorCode.not_coordinator
         except StreamHouseError:
             log.exception("group %s: committing offsets failed", request.group_id)
             for key in offsets:

@@ -303,9 +303,14 @@ class Metadata(Protocol):
         ...
 
     def commit_group_offsets(
-        self, group: str, offsets: Mapping[tuple[str, int], tuple[int, str]]
+        self,
+        group: str,
+        offsets: Mapping[tuple[str, int], tuple[int, str]],
+        lease: Lease | None = None,
     ) -> None:
-        """Store ``(topic, partition) -> (offset, metadata)`` for ``group`` in one transaction."""
+        """Store ``(topic, partition) -> (offset, metadata)`` for ``group`` in one transaction;
+        with ``lease`` (the group coordinator's), only while it still holds it: else nothing
+        is stored and ``LeaseLostError`` is raised (a coordinator paused past its lease)."""
         ...
 
     def group_offsets(self, group: str) -> dict[tuple[str, int], GroupOffset]:

@@ -419,9 +419,12 @@ class CachedMetadata:
     # -- passed through ------------------------------------------------------------------------
 
     def commit_group_offsets(
-        self, group: str, offsets: Mapping[tuple[str, int], tuple[int, str]]
+        self,
+        group: str,
+        offsets: Mapping[tuple[str, int], tuple[int, str]],
+        lease: Lease | None = None,
     ) -> None:
-        self.inner.commit_group_offsets(group, offsets)
+        self.inner.commit_group_offsets(group, offsets, lease)
 
     def group_offsets(self, group: str) -> dict[tuple[str, int], GroupOffset]:
         return self.inner.group_offsets(group)

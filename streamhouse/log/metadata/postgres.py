@@ -32,6 +32,7 @@ from psycopg.pq import TransactionStatus
 from psycopg_pool import ConnectionPool
 
 from streamhouse.errors import (
+    LeaseLostError,
     LogError,
     SqlError,
     StorageError,
@@ -714,9 +715,13 @@ class PostgresMetadata:
     # -- consumer groups ---------------------------------------------------------------------
 
     def commit_group_offsets(
-        self, group: str, offsets: Mapping[tuple[str, int], tuple[int, str]]
+        self,
+        group: str,
+        offsets: Mapping[tuple[str, int], tuple[int, str]],
+        lease: Lease | None = None,
     ) -> None:
-        """Store ``(topic, partition) -> (offset, metadata)`` for ``group`` in one transaction.
+        """Store ``(topic, partition) -> (offset, metadata)`` for ``group`` in one transaction,
+        fenced by ``lease`` in the same statement (no round trip more).
 
         Topics are not checked here; ``delete_topic`` removes their offsets."""
         if not offsets:
@@ -726,16 +731,23 @@ class PostgresMetadata:
             (group, topic, partition, offset, metadata or "", now)
             for (topic, partition), (offset, metadata) in offsets.items()
         ]
+        params: list[object] = [list(column) for column in zip(*rows, strict=True)]
+        fence = ""
+        if lease is not None:
+            fence = f" WHERE EXISTS ({leases.sql(leases.HOLDS, POSTGRESQL)})"
+            params += [lease.name, lease.holder, lease.epoch]
         with self._transaction(f"commit offsets of group {group!r}") as conn:
-            conn.execute(
+            stored = conn.execute(
                 "INSERT INTO group_offsets (group_id, topic, partition_id, committed_offset,"
                 " metadata, commit_ms) SELECT * FROM unnest(%s::text[], %s::text[],"
-                " %s::integer[], %s::bigint[], %s::text[], %s::bigint[])"
+                f" %s::integer[], %s::bigint[], %s::text[], %s::bigint[]){fence}"
                 " ON CONFLICT (group_id, topic, partition_id) DO UPDATE SET"
                 " committed_offset = excluded.committed_offset,"
                 " metadata = excluded.metadata, commit_ms = excluded.commit_ms",
-                [list(column) for column in zip(*rows, strict=True)],
-            )
+                params,
+            ).rowcount
+            if lease is not None and not stored:
+                raise LeaseLostError(f"group {group!r}: lease {lease.name!r} is no longer held")
 
     def group_offsets(self, group: str) -> dict[tuple[str, int], GroupOffset]:
         with self._connection(f"read offsets of group {group!r}") as conn:

@@ -35,6 +35,7 @@ from types import TracebackType
 from urllib.parse import quote
 
 from streamhouse.errors import (
+    LeaseLostError,
     LogError,
     SqlError,
     StorageError,
@@ -650,7 +651,10 @@ class SQLiteMetadata:
     # -- consumer groups ---------------------------------------------------------------------
 
     def commit_group_offsets(
-        self, group: str, offsets: Mapping[tuple[str, int], tuple[int, str]]
+        self,
+        group: str,
+        offsets: Mapping[tuple[str, int], tuple[int, str]],
+        lease: Lease | None = None,
     ) -> None:
         """Store ``(topic, partition) -> (offset, metadata)`` for ``group`` in one transaction.
 
@@ -661,6 +665,13 @@ class SQLiteMetadata:
             for (topic, partition), (offset, metadata) in offsets.items()
         ]
         with self._transaction(f"commit offsets of group {group!r}") as conn:
+            if (
+                lease is not None
+                and not conn.execute(
+                    leases.sql(leases.HOLDS, SQLITE), (lease.name, lease.holder, lease.epoch)
+                ).fetchone()
+            ):
+                raise LeaseLostError(f"group {group!r}: lease {lease.name!r} is no longer held")
             conn.executemany(
                 "INSERT INTO group_offsets (group_id, topic, partition_id, committed_offset,"
                 " metadata, commit_ms) VALUES (?, ?, ?, ?, ?, ?)"
