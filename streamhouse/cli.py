@@ -559,11 +559,12 @@ def cluster() -> None:
 @friendly_errors
 def cluster_status(ctx: click.Context, data_dir: str | None) -> None:
     """List the agents registered in a PostgreSQL metadata store: node id, address, zone,
-    group, last heartbeat, and whether it is live (heartbeat within this process's
-    agent_ttl_s)."""
+    group, last heartbeat, whether it is live (heartbeat within this process's agent_ttl_s),
+    and the consumer groups it coordinates (holds a live lease of)."""
     from datetime import UTC, datetime
 
     from streamhouse.kafka.cluster import node_id_of
+    from streamhouse.kafka.coordination import GROUP_LEASE_PREFIX, group_of_lease
     from streamhouse.log.metadata import open_metadata, sqlite_path
 
     settings = _settings(ctx)
@@ -577,8 +578,13 @@ def cluster_status(ctx: click.Context, data_dir: str | None) -> None:
     md = open_metadata(settings)
     try:
         agents = md.list_agents()
+        leases = md.list_leases(GROUP_LEASE_PREFIX)
     finally:
         md.close()
+    coordinates: dict[str, list[str]] = {}
+    for lease in leases:
+        if lease.live:
+            coordinates.setdefault(lease.holder, []).append(group_of_lease(lease.name))
     ttl_ms = settings.agent_ttl_s * 1000
     rows = [
         {
@@ -592,6 +598,7 @@ def cluster_status(ctx: click.Context, data_dir: str | None) -> None:
             ),
             "heartbeat_age_s": round(agent.heartbeat_age_ms / 1000, 1),
             "state": "live" if agent.heartbeat_age_ms <= ttl_ms else "dead",
+            "coordinates": ", ".join(coordinates.get(agent.agent_id, [])),
         }
         for agent in agents
     ]
@@ -605,6 +612,7 @@ def cluster_status(ctx: click.Context, data_dir: str | None) -> None:
             ("last_heartbeat", pa.string()),
             ("heartbeat_age_s", pa.float64()),
             ("state", pa.string()),
+            ("coordinates", pa.string()),
         ]
     )
     _print_table(pa.Table.from_pylist(rows, schema=schema))

@@ -22,14 +22,11 @@ new_topic = kafka_fixtures.new_topic
 
 
 def _produce(client: RawClient, topic: str, partition: int, records: bytes, acks: int = -1):
-    resp = client.request(0, 8, **produce_request(topic, partition, records, acks))
-    part = resp.responses[0].partition_responses[0]
-    return part.error_code, part.base_offset
+    return client.produce(topic, partition, records, acks)
 
 
 def _fetch(client: RawClient, topic: str, partitions, **kw):
-    resp = client.request(1, 11, **fetch_request(topic, partitions, **kw))
-    return {p.partition_index: p for p in resp.responses[0].partitions}
+    return client.fetch(topic, partitions, **kw)
 
 
 def _values(records: bytes) -> list[bytes]:

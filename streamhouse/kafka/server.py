@@ -275,6 +275,7 @@ async def serve(log_: Log, settings: Settings, *, ready: asyncio.Event | None = 
         broker.port = settings.advertised_port
     await broker.cluster.join(broker.host, broker.port)
     heartbeat = asyncio.create_task(broker.cluster.heartbeat())
+    group_leases = asyncio.create_task(broker.coordination.maintain())
     sweeper = asyncio.create_task(_sweep_groups(broker))
     retention = asyncio.create_task(_enforce_retention(log_, settings.retention_check_interval_s))
     log.info(
@@ -293,7 +294,9 @@ async def serve(log_: Log, settings: Settings, *, ready: asyncio.Event | None = 
         sweeper.cancel()
         retention.cancel()
         heartbeat.cancel()
+        group_leases.cancel()
         server.close()
+        await broker.coordination.release_all()
         await broker.cluster.leave()
         for task in list(connections):
             task.cancel()

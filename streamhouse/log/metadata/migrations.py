@@ -28,6 +28,10 @@ Tables (one row per ...):
   and readers drop it once its heartbeat is older than the TTL.
 - ``leases``: named work one agent does at a time (``leases.py``): its holder, fencing
   ``epoch`` and expiry in store-clock milliseconds.
+- ``producer_sequences``: idempotent producer on a partition, keyed by (topic, partition_id,
+  producer_id): its epoch, the last sequence number indexed, and its last five batches as
+  ``first:last:base_offset`` items joined by ``,`` (oldest first), checked and written by
+  every segment commit that holds a batch of it.
 """
 
 from __future__ import annotations
@@ -147,6 +151,21 @@ MIGRATIONS: tuple[Migration, ...] = (
             " holder TEXT NOT NULL,"
             " epoch BIGINT NOT NULL,"
             " expires_ms BIGINT NOT NULL)",
+        ),
+    ),
+    Migration(
+        5,
+        "producer sequences",
+        (
+            "CREATE TABLE producer_sequences ("
+            " topic TEXT NOT NULL,"
+            " partition_id INTEGER NOT NULL,"
+            " producer_id BIGINT NOT NULL,"
+            " producer_epoch INTEGER NOT NULL,"
+            " last_sequence BIGINT NOT NULL,"
+            " recent_batches TEXT NOT NULL,"
+            " updated_ms BIGINT NOT NULL,"
+            " PRIMARY KEY (topic, partition_id, producer_id))",
         ),
     ),
 )

@@ -30,6 +30,7 @@ from psycopg.pq import TransactionStatus
 from psycopg_pool import ConnectionPool
 
 from streamhouse.errors import (
+    LeaseLostError,
     SqlError,
     StorageError,
     TopicExistsError,
@@ -39,24 +40,34 @@ from streamhouse.log.metadata import (
     AgentInfo,
     CatalogEntry,
     Commit,
+    ProducerBatch,
     SegmentEntryLike,
     SegmentRow,
     TopicInfo,
+    leases,
     validate_topic_name,
 )
 from streamhouse.log.metadata.feed import FeedThread
+from streamhouse.log.metadata.leases import Lease
 from streamhouse.log.metadata.migrations import POSTGRESQL, migrate
 from streamhouse.log.metadata.rules import (
+    FORGET_PRODUCERS,
     MARK_UNREFERENCED,
+    PRODUCER_COLUMNS,
+    PRODUCER_UPSERT,
     SEGMENT_INSERT_COLUMNS,
+    ProducerState,
     SegmentCommit,
     check_catalog_entry,
     check_partition_count,
+    check_producer_batches,
     config_json,
     now_ms,
     plan_delete_records,
     plan_restore,
     plan_segment_commit,
+    producer_keys,
+    producer_rows,
     topic_config,
 )
 from streamhouse.log.metadata.sqlstore import TOPIC_COLUMNS, SqlMetadata
@@ -84,6 +95,21 @@ _INSERT_SEGMENTS = (
     " %s::text[], %s::bigint[], %s::bigint[], %s::bigint[], %s::bigint[],"
     " %s::bigint[], %s::bigint[], %s::bigint[])"
 )
+_READ_PRODUCERS = (
+    "SELECT s.topic, s.partition_id, s.producer_id, s.producer_epoch, s.last_sequence,"
+    " s.recent_batches FROM producer_sequences AS s"
+    " JOIN unnest(%s::text[], %s::integer[], %s::bigint[]) AS k (topic, partition_id, producer_id)"
+    " ON s.topic = k.topic AND s.partition_id = k.partition_id AND s.producer_id = k.producer_id"
+)
+_WRITE_PRODUCERS = (
+    f"INSERT INTO producer_sequences ({PRODUCER_COLUMNS})"
+    " SELECT * FROM unnest(%s::text[], %s::integer[], %s::bigint[], %s::integer[],"
+    f" %s::bigint[], %s::text[], %s::bigint[]){PRODUCER_UPSERT}"
+)
+_TOPIC_COLUMNS = "name, partitions, config, topic_id, created_ms"
+# Byte order, as SQLite sorts text: the protocol's "sorted by name" must not depend on the
+# database's locale.
+_BYTE_ORDER = 'COLLATE "C"'
 
 
 def redacted(url: str) -> str:
@@ -274,7 +300,7 @@ class PostgresMetadata(SqlMetadata):
                 "DELETE FROM segments WHERE topic = %s RETURNING object_key", (name,)
             ).fetchall()
             keys = sorted({key for (key,) in deleted})
-            for table in ("partitions", "group_offsets"):
+            for table in ("partitions", "group_offsets", "producer_sequences"):
                 conn.execute(f"DELETE FROM {table} WHERE topic = %s", (name,))
             conn.execute("DELETE FROM topics WHERE name = %s", (name,))
             still_used = conn.execute(
@@ -286,9 +312,18 @@ class PostgresMetadata(SqlMetadata):
 
     # -- the segment index -------------------------------------------------------------------
 
-    def commit_segment(self, object_key: str, entries: Sequence[SegmentEntryLike]) -> list[int]:
+    def commit_segment(
+        self,
+        object_key: str,
+        entries: Sequence[SegmentEntryLike],
+        producer_batches: Sequence[ProducerBatch] = (),
+    ) -> list[int]:
         """Index ``entries`` of one object at their partitions' high watermarks and advance
         them, all or nothing; returns the base offset assigned to each entry.
+
+        The sequence states of the producers of ``producer_batches`` are read in the first
+        round trip, after the lock (the partitions' locks guard them too), and written in the
+        second: idempotence costs no round trip.
 
         The partitions' rows stay locked from the read to ``COMMIT``: a concurrent commit to
         one of them waits, then continues after this one. Four statements however many
@@ -305,13 +340,19 @@ class PostgresMetadata(SqlMetadata):
             return []
         for _ in range(POOL_SIZE):  # each pooled connection may have been closed
             try:
-                return self._commit_segment(object_key, entries)
+                return self._commit_segment(object_key, entries, producer_batches)
             except _ClosedByServer:
                 continue
-        return self._commit_segment(object_key, entries)
+        return self._commit_segment(object_key, entries, producer_batches)
 
-    def _commit_segment(self, object_key: str, entries: list[SegmentEntryLike]) -> list[int]:
+    def _commit_segment(
+        self,
+        object_key: str,
+        entries: list[SegmentEntryLike],
+        producer_batches: Sequence[ProducerBatch],
+    ) -> list[int]:
         keys = sorted({(entry.topic, entry.partition) for entry in entries})
+        producers = producer_keys(entries, producer_batches)
         with self._connection(f"commit segment {object_key!r}") as conn:
             try:
                 # BEGIN and COMMIT as statements, not conn.transaction(): in a pipeline that
@@ -319,7 +360,7 @@ class PostgresMetadata(SqlMetadata):
                 with conn.pipeline():
                     try:
                         conn.execute("BEGIN")
-                        locked = conn.execute(
+                        locking = conn.execute(
                             "SELECT p.topic, p.partition_id, p.high_watermark, p.max_timestamp"
                             " FROM partitions AS p"
                             " JOIN unnest(%s::text[], %s::integer[]) AS k (topic, partition_id)"
@@ -327,12 +368,26 @@ class PostgresMetadata(SqlMetadata):
                             f" ORDER BY p.topic{POSTGRESQL.byte_order}, p.partition_id"
                             " FOR UPDATE OF p",
                             ([topic for topic, _ in keys], [partition for _, partition in keys]),
-                        ).fetchall()
+                        )
+                        reading = (
+                            conn.execute(
+                                _READ_PRODUCERS, [list(c) for c in zip(*producers, strict=True)]
+                            )
+                            if producers
+                            else None
+                        )
+                        locked = locking.fetchall()  # one round trip for both
+                        states = {
+                            (t, p, pid): ProducerState.decode(*state)
+                            for t, p, pid, *state in (reading.fetchall() if reading else ())
+                        }
                     except psycopg.OperationalError as exc:
                         if conn.broken or (exc.sqlstate or "").startswith(_CLOSING_SQLSTATES):
                             raise _ClosedByServer from exc
                         raise
-                    plan = self._write_commit(conn, object_key, entries, locked)
+                    plan = self._write_commit(
+                        conn, object_key, entries, locked, producer_batches, states
+                    )
                     committed = conn.execute("COMMIT")
                 # Leaving the pipeline waited for every result and raised the first error.
                 if committed.statusmessage != "COMMIT":
@@ -354,13 +409,23 @@ class PostgresMetadata(SqlMetadata):
         object_key: str,
         entries: list[SegmentEntryLike],
         locked: list[tuple[str, int, int, int]],
+        producer_batches: Sequence[ProducerBatch],
+        states: dict[tuple[str, int, int], ProducerState],
     ) -> SegmentCommit:
-        """Queue a commit's writes: the partitions' new high watermarks, the index rows, and
-        the notification of :data:`COMMIT_CHANNEL` (delivered when the transaction commits)."""
+        """Queue a commit's writes: the partitions' new high watermarks, the index rows, the
+        producers' sequence states, and the notification of :data:`COMMIT_CHANNEL` (delivered
+        when the transaction commits). ``RefusedBatchesError`` before any write is queued if a
+        producer batch may not be indexed."""
         current = {(t, p): (hw, ts) for t, p, hw, ts in locked}
         plan = plan_segment_commit(
             object_key, entries, current, lambda t: self._read_topic(conn, t) is not None
         )
+        changed = check_producer_batches(entries, plan.bases, producer_batches, states)
+        if changed:
+            conn.execute(
+                _WRITE_PRODUCERS,
+                [list(column) for column in zip(*producer_rows(changed), strict=True)],
+            )
         advanced = [(t, p, hw, ts) for (t, p), (hw, ts) in plan.partitions.items()]
         conn.execute(
             "UPDATE partitions AS p SET high_watermark = u.high_watermark,"
@@ -470,12 +535,20 @@ class PostgresMetadata(SqlMetadata):
         with self._transaction(f"forget {len(keys)} deleted object(s)") as conn:
             conn.execute("DELETE FROM deleted_objects WHERE object_key = ANY(%s)", (list(keys),))
 
+    def forget_producers(self, idle_before_ms: int) -> int:
+        with self._connection("forget idle producers") as conn:
+            return conn.execute(POSTGRESQL.sql(FORGET_PRODUCERS), (idle_before_ms,)).rowcount
+
     # -- consumer groups ---------------------------------------------------------------------
 
     def commit_group_offsets(
-        self, group: str, offsets: Mapping[tuple[str, int], tuple[int, str]]
+        self,
+        group: str,
+        offsets: Mapping[tuple[str, int], tuple[int, str]],
+        lease: Lease | None = None,
     ) -> None:
-        """Store ``(topic, partition) -> (offset, metadata)`` for ``group`` in one transaction.
+        """Store ``(topic, partition) -> (offset, metadata)`` for ``group`` in one transaction,
+        fenced by ``lease`` in the same statement (no round trip more).
 
         Topics are not checked here; ``delete_topic`` removes their offsets."""
         if not offsets:
@@ -485,16 +558,23 @@ class PostgresMetadata(SqlMetadata):
             (group, topic, partition, offset, metadata or "", now)
             for (topic, partition), (offset, metadata) in offsets.items()
         ]
+        params: list[object] = [list(column) for column in zip(*rows, strict=True)]
+        fence = ""
+        if lease is not None:
+            fence = f" WHERE EXISTS ({leases.sql(leases.HOLDS, POSTGRESQL)})"
+            params += [lease.name, lease.holder, lease.epoch]
         with self._transaction(f"commit offsets of group {group!r}") as conn:
-            conn.execute(
+            stored = conn.execute(
                 "INSERT INTO group_offsets (group_id, topic, partition_id, committed_offset,"
                 " metadata, commit_ms) SELECT * FROM unnest(%s::text[], %s::text[],"
-                " %s::integer[], %s::bigint[], %s::text[], %s::bigint[])"
+                f" %s::integer[], %s::bigint[], %s::text[], %s::bigint[]){fence}"
                 " ON CONFLICT (group_id, topic, partition_id) DO UPDATE SET"
                 " committed_offset = excluded.committed_offset,"
                 " metadata = excluded.metadata, commit_ms = excluded.commit_ms",
-                [list(column) for column in zip(*rows, strict=True)],
-            )
+                params,
+            ).rowcount
+            if lease is not None and not stored:
+                raise LeaseLostError(f"group {group!r}: lease {lease.name!r} is no longer held")
 
     # -- the SQL catalog ---------------------------------------------------------------------
 

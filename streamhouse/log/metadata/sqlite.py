@@ -34,6 +34,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 from streamhouse.errors import (
+    LeaseLostError,
     LogError,
     SqlError,
     StorageError,
@@ -45,19 +46,29 @@ from streamhouse.log.metadata import (
     AgentInfo,
     CatalogEntry,
     Commit,
+    ProducerBatch,
     SegmentEntryLike,
     SegmentRow,
     TopicInfo,
+    leases,
     validate_topic_name,
 )
 from streamhouse.log.metadata.feed import FeedThread
+from streamhouse.log.metadata.leases import Lease
 from streamhouse.log.metadata.migrations import SQLITE, migrate
 from streamhouse.log.metadata.rules import (
+    FORGET_PRODUCERS,
     MARK_UNREFERENCED,
+    PRODUCER_COLUMNS,
+    PRODUCER_UPSERT,
     SEGMENT_INSERT_COLUMNS,
+    ProducerState,
+    check_producer_batches,
     plan_delete_records,
     plan_restore,
     plan_segment_commit,
+    producer_keys,
+    producer_rows,
 )
 from streamhouse.log.metadata.rules import now_ms as _now_ms
 from streamhouse.log.metadata.rules import topic_config as _config_dict
@@ -274,7 +285,7 @@ class SQLiteMetadata(SqlMetadata):
                     "SELECT DISTINCT object_key FROM segments WHERE topic = ?", (name,)
                 )
             ]
-            for table in ("segments", "partitions", "group_offsets"):
+            for table in ("segments", "partitions", "group_offsets", "producer_sequences"):
                 conn.execute(f"DELETE FROM {table} WHERE topic = ?", (name,))
             conn.execute("DELETE FROM topics WHERE name = ?", (name,))
             orphaned = [
@@ -290,7 +301,12 @@ class SQLiteMetadata(SqlMetadata):
 
     # -- the segment index -------------------------------------------------------------------
 
-    def commit_segment(self, object_key: str, entries: Sequence[SegmentEntryLike]) -> list[int]:
+    def commit_segment(
+        self,
+        object_key: str,
+        entries: Sequence[SegmentEntryLike],
+        producer_batches: Sequence[ProducerBatch] = (),
+    ) -> list[int]:
         entries = list(entries)
         if not entries:
             return []
@@ -326,6 +342,23 @@ class SQLiteMetadata(SqlMetadata):
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 plan.rows,
             )
+            if producer_batches:
+                states = {
+                    key: ProducerState.decode(*row)
+                    for key in producer_keys(entries, producer_batches)
+                    for row in conn.execute(
+                        "SELECT producer_epoch, last_sequence, recent_batches"
+                        " FROM producer_sequences"
+                        " WHERE topic = ? AND partition_id = ? AND producer_id = ?",
+                        key,
+                    )
+                }
+                changed = check_producer_batches(entries, plan.bases, producer_batches, states)
+                conn.executemany(
+                    f"INSERT INTO producer_sequences ({PRODUCER_COLUMNS})"
+                    f" VALUES (?, ?, ?, ?, ?, ?, ?){PRODUCER_UPSERT}",
+                    producer_rows(changed),
+                )
         logger.debug("committed segment %r with %d index row(s)", object_key, len(entries))
         return plan.bases
 
@@ -427,10 +460,17 @@ class SQLiteMetadata(SqlMetadata):
                 "DELETE FROM deleted_objects WHERE object_key = ?", [(key,) for key in keys]
             )
 
+    def forget_producers(self, idle_before_ms: int) -> int:
+        with self._transaction("forget idle producers") as conn:
+            return conn.execute(FORGET_PRODUCERS, (idle_before_ms,)).rowcount
+
     # -- consumer groups ---------------------------------------------------------------------
 
     def commit_group_offsets(
-        self, group: str, offsets: Mapping[tuple[str, int], tuple[int, str]]
+        self,
+        group: str,
+        offsets: Mapping[tuple[str, int], tuple[int, str]],
+        lease: Lease | None = None,
     ) -> None:
         """Store ``(topic, partition) -> (offset, metadata)`` for ``group`` in one transaction.
 
@@ -441,6 +481,13 @@ class SQLiteMetadata(SqlMetadata):
             for (topic, partition), (offset, metadata) in offsets.items()
         ]
         with self._transaction(f"commit offsets of group {group!r}") as conn:
+            if (
+                lease is not None
+                and not conn.execute(
+                    leases.sql(leases.HOLDS, SQLITE), (lease.name, lease.holder, lease.epoch)
+                ).fetchone()
+            ):
+                raise LeaseLostError(f"group {group!r}: lease {lease.name!r} is no longer held")
             conn.executemany(
                 "INSERT INTO group_offsets (group_id, topic, partition_id, committed_offset,"
                 " metadata, commit_ms) VALUES (?, ?, ?, ?, ?, ?)"
