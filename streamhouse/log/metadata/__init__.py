@@ -26,6 +26,7 @@ from streamhouse.errors import ConfigError, LogError
 if TYPE_CHECKING:
     from streamhouse.config import Settings
     from streamhouse.log.metadata.leases import Lease
+    from streamhouse.log.metadata.swaps import SegmentSwap, SwapOutcome
 
 __all__ = [
     "CATALOG_KINDS",
@@ -269,6 +270,12 @@ class Metadata(Protocol):
 
     def forget_objects(self, keys: Sequence[str]) -> None:
         """Remove ``keys`` from the deletion queue (their objects are gone)."""
+        ...
+
+    def replace_segments(self, swap: SegmentSwap, lease: Lease) -> SwapOutcome:
+        """Replace the index rows ``swap.old`` by ``swap.new`` in one transaction, if ``lease``
+        is still held and the rows are all still there; old objects no row names any more are
+        queued (see :mod:`~streamhouse.log.metadata.swaps`)."""
         ...
 
     def commit_group_offsets(

@@ -53,6 +53,7 @@ from streamhouse.log.metadata import (
     TopicInfo,
 )
 from streamhouse.log.metadata.leases import Lease
+from streamhouse.log.metadata.swaps import SegmentSwap, SwapOutcome
 
 logger = logging.getLogger(__name__)
 
@@ -83,6 +84,11 @@ class _Index:
     def extend(self, rows: Sequence[SegmentRow]) -> None:
         for row in rows:  # rows of a partition never overlap
             if row.last_offset >= self.end:
+                if row.base_offset < self.end:
+                    # Compaction elsewhere replaced rows held here by one reaching past them:
+                    # it holds their offsets too, so it takes their place.
+                    del self.rows[bisect.bisect_left(self.bases, row.base_offset) :]
+                    del self.bases[len(self.rows) :]
                 self.rows.append(row)
                 self.bases.append(row.base_offset)
 
@@ -392,6 +398,15 @@ class CachedMetadata:
             return self.inner.delete_records(topic, offsets)
         finally:
             self._forget_topic(topic)  # log starts moved, index rows dropped
+
+    def replace_segments(self, swap: SegmentSwap, lease: Lease) -> SwapOutcome:
+        key = (swap.new.topic, swap.new.partition)
+        try:
+            return self.inner.replace_segments(swap, lease)
+        finally:
+            with self._lock:  # the partition's rows changed: read them afresh
+                index = self._indexes.pop(key, None)
+                self._rows -= len(index.rows) if index is not None else 0
 
     def oldest_row_within_bytes(self, topic: str, partition: int, max_bytes: int) -> int | None:
         return self.inner.oldest_row_within_bytes(topic, partition, max_bytes)

@@ -71,6 +71,7 @@ from streamhouse.log.metadata.rules import (
     plan_segment_commit,
     topic_config,
 )
+from streamhouse.log.metadata.swaps import SegmentSwap, SwapOutcome, swap_segments
 
 logger = logging.getLogger(__name__)
 
@@ -648,6 +649,19 @@ class PostgresMetadata:
     def forget_objects(self, keys: Sequence[str]) -> None:
         with self._transaction(f"forget {len(keys)} deleted object(s)") as conn:
             conn.execute("DELETE FROM deleted_objects WHERE object_key = ANY(%s)", (list(keys),))
+
+    # -- compaction ----------------------------------------------------------------------------
+
+    def replace_segments(self, swap: SegmentSwap, lease: Lease) -> SwapOutcome:
+        """As in SQLite; the partition row is locked first, as delete_records and
+        commit_segment lock it, so a swap and retention never interleave."""
+        new = swap.new
+        with self._transaction(f"swap index rows of {new.topic}/{new.partition}") as conn:
+            conn.execute(
+                "SELECT 1 FROM partitions WHERE topic = %s AND partition_id = %s FOR UPDATE",
+                (new.topic, new.partition),
+            )
+            return swap_segments(conn, POSTGRESQL, swap, lease)
 
     # -- consumer groups ---------------------------------------------------------------------
 

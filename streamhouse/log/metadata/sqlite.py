@@ -72,6 +72,7 @@ from streamhouse.log.metadata.rules import (
 from streamhouse.log.metadata.rules import SEGMENT_SELECT_COLUMNS as _SEGMENT_COLUMNS
 from streamhouse.log.metadata.rules import now_ms as _now_ms
 from streamhouse.log.metadata.rules import topic_config as _config_dict
+from streamhouse.log.metadata.swaps import SegmentSwap, SwapOutcome, swap_segments
 
 logger = logging.getLogger(__name__)
 
@@ -612,6 +613,13 @@ class SQLiteMetadata:
             conn.executemany(
                 "DELETE FROM deleted_objects WHERE object_key = ?", [(key,) for key in keys]
             )
+
+    # -- compaction ----------------------------------------------------------------------------
+
+    def replace_segments(self, swap: SegmentSwap, lease: Lease) -> SwapOutcome:
+        new = swap.new
+        with self._transaction(f"swap index rows of {new.topic}/{new.partition}") as conn:
+            return swap_segments(conn, SQLITE, swap, lease)
 
     # -- consumer groups ---------------------------------------------------------------------
 
