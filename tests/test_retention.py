@@ -23,7 +23,7 @@ from confluent_kafka.admin import (
 )
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import ConfigResource as KPConfigResource
-from kafka_fixtures import KafkaServer, RawClient, fetch_request
+from kafka_fixtures import KafkaServer, RawClient, fetch_request, guarded
 
 import streamhouse
 from streamhouse import InvalidConfigError, OffsetOutOfRangeError, StreamHouse
@@ -345,20 +345,11 @@ class Readers:
         self.errors: list[BaseException] = []
         self._stop = threading.Event()
         self._threads = [
-            threading.Thread(target=self._guard(self._consume), daemon=True),
-            threading.Thread(target=self._guard(self._query), daemon=True),
+            threading.Thread(target=guarded(self._consume, self.errors), daemon=True),
+            threading.Thread(target=guarded(self._query, self.errors), daemon=True),
         ]
         for thread in self._threads:
             thread.start()
-
-    def _guard(self, body: Callable[[], None]) -> Callable[[], None]:
-        def run() -> None:
-            try:
-                body()
-            except BaseException as exc:  # noqa: BLE001 (the test asserts there were none)
-                self.errors.append(exc)
-
-        return run
 
     def _consume(self) -> None:
         consumer = KafkaConsumer(

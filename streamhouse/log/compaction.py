@@ -3,9 +3,9 @@ per-partition objects, recompressed with larger batches (as WarpStream's compact
 
 A pass (:func:`compact`), for every partition of the topics asked for:
 
-1. takes the lease ``compact/<topic>/<partition>`` (one compactor per partition at a time over
-   every agent sharing the metadata store; a partition whose lease another holds is passed
-   over) and reads the partition's index rows from the store;
+1. takes the lease ``compact/<topic>/<partition>`` for ``compaction_lease_s``, renewed per
+   group (one compactor per partition at a time over every agent sharing the metadata store;
+   a partition whose lease another holds is passed over) and reads the partition's index rows from the store;
 2. picks groups, size-tiered (:func:`plan_groups`): runs of consecutive rows each smaller than
    half of ``compaction_target_bytes``, cut where the next row would take the group past the
    target; a group of one row stays as it is. Rows merged once are merged again with their
@@ -53,9 +53,6 @@ if TYPE_CHECKING:
 __all__ = ["CompactionReport", "codec_for", "compact", "compactor_id", "plan_groups"]
 
 log = logging.getLogger(__name__)
-
-LEASE_TTL_MS = 60_000
-"""How long a compactor holds a partition's lease without renewing it (renewed per group)."""
 
 CODECS = {
     "uncompressed": Compression.NONE,
@@ -139,15 +136,16 @@ def compact(
     holder = holder or compactor_id()
     report = CompactionReport()
     metadata = log_.metadata
+    ttl_ms = max(1, int(log_.settings.compaction_lease_s * 1000))
     for info in log_.topic_infos(topics):
         codec = codec_for(info.config, log_.settings.compaction_compression)
         for partition in range(info.partitions):
-            lease = metadata.acquire_lease(lease_name(info.name, partition), holder, LEASE_TTL_MS)
+            lease = metadata.acquire_lease(lease_name(info.name, partition), holder, ttl_ms)
             if lease is None:
                 report.busy.append((info.name, partition))
                 continue
             try:
-                _compact_partition(log_, info.name, partition, lease, codec, report)
+                _compact_partition(log_, info.name, partition, lease, codec, ttl_ms, report)
             except UnknownTopicError:
                 break  # deleted meanwhile
             finally:
@@ -171,12 +169,13 @@ def _compact_partition(
     partition: int,
     lease: Lease,
     codec: Compression | None,
+    ttl_ms: int,
     report: CompactionReport,
 ) -> None:
     metadata, store = log_.metadata, log_.store
     rows = metadata.inner.segments(topic, partition)  # the store's rows, not a cached view
     for group in plan_groups(rows, log_.settings.compaction_target_bytes):
-        if not metadata.renew_lease(lease, LEASE_TTL_MS):
+        if not metadata.renew_lease(lease, ttl_ms):
             log.warning("compaction of %s-%d: lease lost, stopping", topic, partition)
             return
         try:

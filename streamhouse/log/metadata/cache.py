@@ -415,7 +415,12 @@ class CachedMetadata:
         return self.inner.due_objects(unreferenced_before_ms)
 
     def forget_objects(self, keys: Sequence[str]) -> None:
-        self.inner.forget_objects(keys)
+        try:
+            self.inner.forget_objects(keys)
+        finally:
+            with self._lock:  # cached rows may name the deleted objects (rows another
+                self._indexes.clear()  # process's compaction replaced): read them afresh
+                self._rows = 0
 
     def segment_for_timestamp(
         self, topic: str, partition: int, timestamp_ms: int
