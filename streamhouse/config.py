@@ -36,7 +36,7 @@ class Settings:
     before it is deleted (as Kafka's ``file.delete.delay.ms``): fetches and queries that read
     the index before find it for that long.
     ``compaction_target_bytes`` is the size compaction merges small objects up to (per
-    partition); ``compaction_compression`` the codec of the batches it writes where a topic's
+    partition; 0 turns compaction off); ``compaction_compression`` the codec of the batches it writes where a topic's
     ``compression.type`` is ``producer`` (``zstd``, ``lz4``, ``snappy``, ``gzip``,
     ``uncompressed``, or ``producer`` to keep each batch's); ``compaction_lease_s`` how long a
     compactor's lease on a partition lasts unrenewed (a killed compactor's partitions wait

@@ -171,6 +171,32 @@ def test_partitions_leased_elsewhere_are_passed_over(tmp_path: Path) -> None:
         assert len(rows[1]) == 1 and rows[1][0].record_count == sum(r.record_count for r in rows[0])
 
 
+def test_compaction_keeps_retention_fine_grained(tmp_path: Path, metadata_url: str | None) -> None:
+    """Rows are merged only within a tenth of retention.ms and retention.bytes, so retention
+    still drops exactly the old records after compaction."""
+    with streamhouse.connect(
+        tmp_path / "data", metadata=metadata_url, linger_ms=1, object_delete_delay_s=0
+    ) as sh:
+        hour = 3_600_000
+        sh.create_topic("t", config={"retention.ms": str(hour)})
+        sh.create_topic("u", config={"retention.bytes": "20000"})
+        old = int(time.time() * 1000) - 3 * hour
+        for i in range(30):
+            sh.produce("t", [{"seq": 10 * i + j} for j in range(10)], timestamp=old + i)
+            sh.produce("u", [{"seq": 10 * i + j, "pad": "z" * 40} for j in range(10)])
+        for i in range(30, 60):
+            sh.produce("t", [{"seq": 10 * i + j} for j in range(10)])
+        report = sh.compact()
+        assert report.rows_replaced > 0
+        rows = sh.log.metadata.inner.segments("t", 0)
+        assert all(r.last_offset < 300 or r.base_offset >= 300 for r in rows)
+        assert all(r.length <= 2000 for r in sh.log.metadata.inner.segments("u", 0))
+        sh.enforce_retention()
+        assert sh.log.offsets("t", 0).log_start_offset == 300
+        seqs = sh.sql("SELECT seq FROM t").to_arrow_table()["seq"].to_pylist()
+        assert sorted(seqs) == list(range(300, 600))
+
+
 # -- through a real server, on both metadata backends -----------------------------------------
 
 TOPIC = "clicks"

@@ -46,6 +46,7 @@ from streamhouse.log.metadata.swaps import SegmentSwap, SwapOutcome, lease_name
 from streamhouse.log.records import Compression
 from streamhouse.log.records.merge import DEFAULT_MAX_BATCH_BYTES, merge_batches
 from streamhouse.log.segment import SegmentBuilder, segment_key
+from streamhouse.log.topic_config import Retention
 
 if TYPE_CHECKING:
     from streamhouse.log import Log
@@ -102,29 +103,69 @@ def codec_for(config: dict[str, str], default: str) -> Compression | None:
         raise StorageError(f"unknown compression {name!r} for compacted batches") from None
 
 
-def plan_groups(rows: Sequence[SegmentRow], target_bytes: int) -> list[list[SegmentRow]]:
-    """Groups of consecutive small rows to merge, each of two rows or more (see the module).
+def plan_groups(
+    rows: Sequence[SegmentRow], target_bytes: int, max_span_ms: int | None = None
+) -> list[list[SegmentRow]]:
+    """Groups of consecutive small rows to merge, each of two rows or more (see the module);
+    a group's records span at most ``max_span_ms`` of timestamps.
 
     >>> from types import SimpleNamespace as Row
-    >>> rows = [Row(length=n, base_offset=i, last_offset=i) for i, n in enumerate([3, 3, 9, 2, 2, 2])]
+    >>> sizes = [3, 3, 9, 2, 2, 2]
+    >>> rows = [Row(length=n, base_offset=i, last_offset=i, min_timestamp=i, max_timestamp=i)
+    ...         for i, n in enumerate(sizes)]
     >>> [[r.base_offset for r in g] for g in plan_groups(rows, 10)]
     [[0, 1], [3, 4, 5]]
+    >>> [[r.base_offset for r in g] for g in plan_groups(rows, 10, max_span_ms=1)]
+    [[0, 1], [3, 4]]
     """
     groups: list[list[SegmentRow]] = []
     group: list[SegmentRow] = []
-    size = 0
+    size = low = high = 0  # the group's bytes and its timestamps' range
     for row in rows:
-        follows = bool(group) and row.base_offset == group[-1].last_offset + 1
-        if row.length * 2 >= target_bytes or not follows or size + row.length > target_bytes:
+        small = row.length * 2 < target_bytes
+        fits = (
+            bool(group)
+            and row.base_offset == group[-1].last_offset + 1
+            and size + row.length <= target_bytes
+            and (
+                max_span_ms is None
+                or max(high, row.max_timestamp) - min(low, row.min_timestamp) <= max_span_ms
+            )
+        )
+        if not (small and fits):
             if len(group) > 1:
                 groups.append(group)
-            group, size = [], 0
-        if row.length * 2 < target_bytes:
+            group, size, low, high = [], 0, row.min_timestamp, row.max_timestamp
+        if small:
             group.append(row)
             size += row.length
+            low, high = min(low, row.min_timestamp), max(high, row.max_timestamp)
     if len(group) > 1:
         groups.append(group)
     return groups
+
+
+def limits(config: dict[str, str], target_bytes: int) -> tuple[int, int | None]:
+    """The group size and time span compaction keeps to for a topic: never coarser than a
+    tenth of its retention limits (or its ``segment.bytes``/``segment.ms``), so retention,
+    which drops whole index rows, still acts at a fine grain.
+
+    >>> limits({"retention.bytes": "20000", "retention.ms": "3600000"}, 1 << 24)
+    (2000, 360000)
+    >>> limits({}, 1 << 24)
+    (16777216, None)
+    """
+    retention = Retention.of(config)
+    size, span = target_bytes, None
+    if retention.bytes is not None:
+        size = min(size, max(1, retention.bytes // 10))
+    if "segment.bytes" in config:
+        size = min(size, max(1, int(config["segment.bytes"])))
+    if retention.ms is not None:
+        span = max(1, retention.ms // 10)
+    if "segment.ms" in config:
+        span = min(span or int(config["segment.ms"]), int(config["segment.ms"]))
+    return size, span
 
 
 def compact(
@@ -174,7 +215,9 @@ def _compact_partition(
 ) -> None:
     metadata, store = log_.metadata, log_.store
     rows = metadata.inner.segments(topic, partition)  # the store's rows, not a cached view
-    for group in plan_groups(rows, log_.settings.compaction_target_bytes):
+    info = log_.topic(topic)
+    target, span = limits(info.config, log_.settings.compaction_target_bytes)
+    for group in plan_groups(rows, target, span):
         if not metadata.renew_lease(lease, ttl_ms):
             log.warning("compaction of %s-%d: lease lost, stopping", topic, partition)
             return

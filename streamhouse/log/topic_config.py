@@ -8,8 +8,10 @@ of range raises :class:`~streamhouse.errors.InvalidConfigError` (Kafka's INVALID
 Those the log acts on: ``max.message.bytes`` (on produce), ``retention.ms`` and
 ``retention.bytes`` (the retention pass, :mod:`streamhouse.log.retention`), ``cleanup.policy``
 (only ``delete``: ``compact`` is refused, as compaction by key is not built yet).
-``segment.ms`` is checked and stored; every flush is its own segment already, so it has no
-effect. The others are stored and reported as given.
+``segment.ms`` and ``segment.bytes`` bound the index rows compaction merges (as do a tenth of
+``retention.ms`` and ``retention.bytes``: :func:`streamhouse.log.compaction.limits`), so
+retention keeps dropping rows at a fine grain; ``compression.type`` is the codec compaction
+recompresses to. The others are stored and reported as given.
 
 >>> validate_topic_config({"retention.ms": "3600000"})
 {'retention.ms': '3600000'}

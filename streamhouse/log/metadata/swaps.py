@@ -20,6 +20,7 @@ runs :func:`swap_segments` inside its own write transaction.
 
 from __future__ import annotations
 
+import sqlite3
 from dataclasses import dataclass
 from enum import Enum
 
@@ -114,6 +115,10 @@ def swap_segments(
          new.record_count, new.crc),
     )  # fmt: skip
     now = now_ms()
-    for key in sorted({r.object_key for r in swap.old}):
-        conn.execute(dialect.sql(MARK_UNREFERENCED), (key, now, key))
+    marks = [(key, now, key) for key in sorted({r.object_key for r in swap.old})]
+    if isinstance(conn, sqlite3.Connection):
+        conn.executemany(dialect.sql(MARK_UNREFERENCED), marks)
+    else:  # psycopg: executemany is the cursor's (pipelined)
+        with conn.cursor() as cursor:  # type: ignore[attr-defined]
+            cursor.executemany(dialect.sql(MARK_UNREFERENCED), marks)
     return SwapOutcome.SWAPPED
