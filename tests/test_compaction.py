@@ -18,10 +18,13 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
+import pyarrow as pa
 import pytest
 from click.testing import CliRunner
 from confluent_kafka import Consumer, Producer
 from confluent_kafka import TopicPartition as CTopicPartition
+from kafka import KafkaConsumer, TopicPartition
 from kafka_fixtures import REPO, KafkaServer, guarded
 
 import streamhouse
@@ -31,6 +34,7 @@ from streamhouse.log import fsck
 from streamhouse.log.metadata import SegmentRow
 from streamhouse.log.metadata.swaps import SegmentSwap, SwapOutcome, lease_name
 from streamhouse.log.records import Compression, build_batch, decode_batches, split_batches
+from streamhouse.log.records.filter import drop_records
 from streamhouse.log.records.merge import merge_batches
 from streamhouse.log.segment import SEGMENT_PREFIX
 
@@ -111,6 +115,22 @@ def test_control_and_transactional_batches_are_kept_as_they_are() -> None:
     headers = [h for _, _, h in split_batches(merged)]
     assert [(h.base_offset, h.record_count) for h in headers] == [(0, 3), (3, 1), (4, 1)]
     assert bytes(control) in merged
+
+
+def test_dropped_records_leave_the_others_and_the_offsets_as_they_were() -> None:
+    rng = random.Random(3)
+    for _ in range(20):
+        run, _ = _random_run(rng, -1)
+        everything = decode_batches(run)
+        offsets = everything["offset"].to_pylist()
+        keep = np.array(sorted(rng.sample(offsets, rng.randint(0, len(offsets)))), np.int64)
+        cleaned = merge_batches(drop_records(run, keep))
+        expected = everything.filter(pa.array(np.isin(offsets, keep)))
+        table = decode_batches(cleaned)
+        for column in table.column_names:
+            assert table[column].to_pylist() == expected[column].to_pylist()
+        headers = [h for _, _, h in split_batches(cleaned)]
+        assert headers[0].base_offset == 0 and headers[-1].last_offset == offsets[-1]
 
 
 # -- the index swap ---------------------------------------------------------------------------
@@ -195,6 +215,105 @@ def test_compaction_keeps_retention_fine_grained(tmp_path: Path, metadata_url: s
         assert sh.log.offsets("t", 0).log_start_offset == 300
         seqs = sh.sql("SELECT seq FROM t").to_arrow_table()["seq"].to_pylist()
         assert sorted(seqs) == list(range(300, 600))
+
+
+def _latest_per_key(sh: StreamHouse, topic: str) -> dict:
+    """key -> (offset, value) of every record as fetched, the latest record per key."""
+    table = sh.fetch(topic, 0)
+    latest: dict = {}
+    for key, offset, value in zip(
+        table["key"].to_pylist(), table["offset"].to_pylist(), table["value"].to_pylist(),
+        strict=True,
+    ):  # fmt: skip
+        latest[key] = (offset, value)
+    return latest
+
+
+def test_key_compaction_keeps_the_latest_record_per_key(
+    tmp_path: Path, metadata_url: str | None
+) -> None:
+    """cleanup.policy=compact against a dict of the latest value per key: offsets never
+    change, tombstones stay for delete.retention.ms, the last row is never cleaned."""
+    rng = random.Random(5)
+    with streamhouse.connect(
+        tmp_path / "data", metadata=metadata_url, linger_ms=1, object_delete_delay_s=0
+    ) as sh:
+        sh.create_topic("kv", config={"cleanup.policy": "compact"})
+        expected: dict[bytes, tuple[int, bytes | None]] = {}
+        offset = 0
+        for flush in range(40):
+            keys = [f"k{rng.randint(0, 19)}".encode() for _ in range(10)]
+            values = [None if rng.random() < 0.15 else f"v{flush}-{i}".encode() for i in range(10)]
+            sh.produce("kv", values, key=keys)
+            for key, value in zip(keys, values, strict=True):
+                expected[key] = (offset, value)
+                offset += 1
+        everything = sh.fetch("kv", 0)
+        last_row = sh.log.metadata.inner.segments("kv", 0)[-1]
+
+        report = sh.compact(["kv"])
+        assert report.rows_replaced == 39 and report.records < offset  # not the last row
+        table = sh.fetch("kv", 0)
+        assert _latest_per_key(sh, "kv") == expected  # the latest value of every key
+        kept = dict(zip(everything["offset"].to_pylist(), everything["value"].to_pylist(),
+                        strict=True))  # fmt: skip
+        for o, v in zip(table["offset"].to_pylist(), table["value"].to_pylist(), strict=True):
+            assert kept[o] == v  # offsets never change
+        latest = {o for o, _ in expected.values()}
+        cleaned = [o for o in table["offset"].to_pylist() if o < last_row.base_offset]
+        assert set(cleaned) <= latest  # only the latest record of a key stays in cleaned rows
+        assert any(v is None for _, v in expected.values())  # tombstones kept (1 day)
+        assert sh.log.metadata.inner.segments("kv", 0)[-1] == last_row
+        assert sh.log.offsets("kv", 0).high_watermark == offset
+
+        sh.alter_topic("kv", {"delete.retention.ms": "0"})
+        sh.compact(["kv"])
+        after = _latest_per_key(sh, "kv")
+        gone = {k for k, (o, v) in expected.items() if v is None and o < last_row.base_offset}
+        assert gone and set(after) == set(expected) - gone
+        assert {k: ov for k, ov in expected.items() if k not in gone} == after
+        sql = sh.sql("SELECT _offset FROM kv").to_arrow_table()["_offset"].to_pylist()
+        assert sorted(sql) == sh.fetch("kv", 0)["offset"].to_pylist()
+        report = fsck.check(sh.log.store, sh.log.metadata.inner, orphan_min_age_s=0)
+        assert report.findings == []
+
+
+def test_kafka_clients_read_a_key_compacted_topic_with_its_gaps(tmp_path: Path) -> None:
+    """confluent-kafka and kafka-python read the cleaned rows (offset gaps, batches left empty
+    at a row's start or end) and get exactly the records that stayed."""
+    with streamhouse.connect(tmp_path / "data", linger_ms=1, object_delete_delay_s=0) as sh:
+        sh.create_topic("kv", config={"cleanup.policy": "compact"})
+        for flush in range(11):  # every flush overwrites the keys of the one before
+            sh.produce("kv", [f"v{flush}-{i}" for i in range(6)], key=[f"k{i}" for i in range(6)])
+        sh.produce("kv", ["last-0", "last-1", "last-2"], key=["k0", "k1", "k2"])
+        sh.compact(["kv"])
+        table = sh.fetch("kv", 0)
+        stayed = list(zip(table["offset"].to_pylist(), table["value"].to_pylist(), strict=True))
+    # k3..k5 of flush 10 (offsets 63-65: 0-62 went), then the last row, never cleaned
+    assert stayed == [(63, b"v10-3"), (64, b"v10-4"), (65, b"v10-5")] + [
+        (66 + i, f"last-{i}".encode()) for i in range(3)
+    ]
+    server = KafkaServer(tmp_path / "data").start()
+    try:
+        consumer = Consumer(
+            {"bootstrap.servers": server.bootstrap, "group.id": "g", "enable.auto.commit": False}
+        )
+        consumer.assign([CTopicPartition("kv", 0, 0)])
+        got: list[tuple[int, bytes]] = []
+        deadline = time.monotonic() + 30
+        while len(got) < len(stayed) and time.monotonic() < deadline:
+            got += [(m.offset(), m.value()) for m in consumer.consume(100, timeout=0.5)]
+        consumer.close()
+        assert got == stayed
+        kp = KafkaConsumer(
+            bootstrap_servers=server.bootstrap, auto_offset_reset="earliest",
+            consumer_timeout_ms=3000,
+        )  # fmt: skip
+        kp.assign([TopicPartition("kv", 0)])
+        assert [(m.offset, m.value) for m in kp] == stayed
+        kp.close()
+    finally:
+        server.stop()
 
 
 # -- through a real server, on both metadata backends -----------------------------------------

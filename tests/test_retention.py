@@ -63,9 +63,8 @@ def produce(sh: StreamHouse, topic: str, first: int, count: int, **kwargs: objec
         ({"retention.ms": "soon"}, "retention.ms='soon' is not an integer"),
         ({"retention.bytes": "-2"}, "retention.bytes=-2 is out of range"),
         ({"segment.ms": "0"}, "segment.ms=0 is out of range"),
-        ({"cleanup.policy": "compact"}, "does not compact topics by key"),
-        ({"cleanup.policy": "delete,compact"}, "not supported yet"),
-        ({"cleanup.policy": "shred"}, "expected 'delete'"),
+        ({"cleanup.policy": "shred"}, "expected 'delete', 'compact' or both"),
+        ({"cleanup.policy": "compact,shred"}, "expected 'delete', 'compact' or both"),
         ({"preallocate": "maybe"}, "is not true or false"),
     ],
 )
@@ -274,9 +273,10 @@ def test_kafka_admin_configs_and_delete_records(server: KafkaServer) -> None:
         _result(admin.create_topics([bad]), "bad")
     assert info.value.args[0].name() == "INVALID_CONFIG"
     assert "retention.ms='x' is not an integer" in info.value.args[0].str()
-    compact = NewTopic("bad", 1, 1, config={"cleanup.policy": "compact"})
-    with pytest.raises(KafkaException, match="does not compact"):
-        _result(admin.create_topics([compact]), "bad")
+    shred = NewTopic("bad", 1, 1, config={"cleanup.policy": "shred"})
+    with pytest.raises(KafkaException, match="expected 'delete', 'compact' or both"):
+        _result(admin.create_topics([shred]), "bad")
+    _result(admin.create_topics([NewTopic("kv", 1, 1, config={"cleanup.policy": "compact"})]), "kv")
     _result(admin.create_topics([NewTopic("t", 2, 1, config={"retention.ms": "3600000"})]), "t")
 
     ops = [

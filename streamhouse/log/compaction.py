@@ -19,6 +19,9 @@ A pass (:func:`compact`), for every partition of the topics asked for:
    swaps the group's rows for one row naming it in one metadata transaction fenced by the
    lease (:mod:`~streamhouse.log.metadata.swaps`).
 
+Topics with ``cleanup.policy=compact`` are also cleaned by key in the same pass (the groups
+and the records that stay: :mod:`streamhouse.log.key_compaction`).
+
 The replaced objects are queued once no row names them and deleted after
 ``object_delete_delay_s`` by the retention pass, so a fetch or query that read the old rows
 still finds them. A swap refused (the lease was lost, or retention dropped a row meanwhile)
@@ -40,10 +43,13 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from streamhouse.errors import DamagedRangeError, StorageError, UnknownTopicError
+from streamhouse.log.key_compaction import is_compacted, plan_cleaning
 from streamhouse.log.metadata import SegmentRow
 from streamhouse.log.metadata.leases import Lease
+from streamhouse.log.metadata.rules import now_ms
 from streamhouse.log.metadata.swaps import SegmentSwap, SwapOutcome, lease_name
-from streamhouse.log.records import Compression
+from streamhouse.log.records import Compression, split_batches
+from streamhouse.log.records.filter import drop_records
 from streamhouse.log.records.merge import DEFAULT_MAX_BATCH_BYTES, merge_batches
 from streamhouse.log.segment import SegmentBuilder, segment_key
 from streamhouse.log.topic_config import Retention
@@ -217,7 +223,13 @@ def _compact_partition(
     rows = metadata.inner.segments(topic, partition)  # the store's rows, not a cached view
     info = log_.topic(topic)
     target, span = limits(info.config, log_.settings.compaction_target_bytes)
-    for group in plan_groups(rows, target, span):
+    cleaning = None
+    if is_compacted(info.config) and target > 0:
+        cleaning = plan_cleaning(log_, rows, info.config, target, now_ms())
+        groups = cleaning.groups
+    else:
+        groups = plan_groups(rows, target, span)
+    for group in groups:
         if not metadata.renew_lease(lease, ttl_ms):
             log.warning("compaction of %s-%d: lease lost, stopping", topic, partition)
             return
@@ -229,9 +241,12 @@ def _compact_partition(
         except DamagedRangeError as exc:
             log.warning("compaction of %s-%d: group passed over: %s", topic, partition, exc)
             continue
-        batches = merge_batches(
-            b"".join(runs), compression=codec, max_batch_bytes=DEFAULT_MAX_BATCH_BYTES
-        )
+        run = b"".join(runs)
+        record_count = sum(r.record_count for r in group)
+        if cleaning is not None:  # key compaction: only the latest record per key stays
+            run = drop_records(run, cleaning.keep)
+            record_count = sum(h.record_count for _, _, h in split_batches(run))
+        batches = merge_batches(run, compression=codec, max_batch_bytes=DEFAULT_MAX_BATCH_BYTES)
         first, last = group[0], group[-1]
         builder = SegmentBuilder()
         builder.add(
@@ -242,7 +257,7 @@ def _compact_partition(
             last_offset=last.last_offset,
             min_timestamp=min(r.min_timestamp for r in group),
             max_timestamp=max(r.max_timestamp for r in group),
-            record_count=sum(r.record_count for r in group),
+            record_count=record_count,
         )
         data, (entry,) = builder.build()
         key = segment_key(time.time_ns() // 1000)
