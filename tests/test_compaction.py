@@ -15,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -314,6 +315,28 @@ def test_kafka_clients_read_a_key_compacted_topic_with_its_gaps(tmp_path: Path) 
         kp.close()
     finally:
         server.stop()
+
+
+def test_compaction_on_s3(tmp_path: Path, moto_server: str, s3_url: Callable[[str], str]) -> None:
+    """Range reads of the old runs and the put of the new object go through S3 (moto)."""
+    url = s3_url("compaction")
+    with streamhouse.connect(
+        tmp_path, object_store=url, s3_endpoint_url=moto_server, linger_ms=1,
+        object_delete_delay_s=0,
+    ) as sh:  # fmt: skip
+        sh.create_topic("t", partitions=2)
+        for i in range(20):
+            sh.produce(
+                "t", [{"seq": 10 * i + j} for j in range(10)], key=[str(j) for j in range(10)]
+            )
+        before = sh.fetch("t")
+        assert len(_objects(sh)) == 20
+        report = sh.compact()
+        assert report.rows_replaced == 40 and len(report.objects_written) == 2
+        assert sorted(sh.enforce_retention().deleted_objects) != []
+        assert _objects(sh) == set(report.objects_written)
+        assert sh.fetch("t").equals(before)
+        assert fsck.check(sh.log.store, sh.log.metadata.inner, orphan_min_age_s=0).findings == []
 
 
 # -- through a real server, on both metadata backends -----------------------------------------
