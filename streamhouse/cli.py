@@ -501,7 +501,7 @@ def serve(
     data_dir: str | None,
 ) -> None:
     """Serve the Kafka protocol over the log (and run continuous queries and, every
-    retention_check_interval_s, a retention pass) until Ctrl-C."""
+    retention_check_interval_s, a retention and a compaction pass) until Ctrl-C."""
     import asyncio
     import contextlib
     import signal
@@ -753,18 +753,29 @@ def demo(ctx: click.Context, events: int, data_dir: str | None) -> None:
 def compact(ctx: click.Context, topic_name: str | None, data_dir: str | None) -> None:
     """Run one storage-lifecycle pass now over TOPIC (default: every topic), then exit.
 
-    For now this is retention only: retention.ms and retention.bytes move log start offsets,
-    and segment objects no index row names any more are deleted once unreferenced for
-    object_delete_delay_s. Merging small objects is not done yet. `serve` runs the same pass
+    Retention: retention.ms and retention.bytes move log start offsets, and segment objects no
+    index row names any more are deleted once unreferenced for object_delete_delay_s.
+    Compaction: the small objects of many flushes are merged into larger per-partition
+    objects (up to compaction_target_bytes), their batches merged and recompressed
+    (compaction_compression, or the topic's compression.type). `serve` runs the same pass
     every retention_check_interval_s.
     """
+    topics = None if topic_name is None else [topic_name]
     with _open(ctx) as sh:
-        report = sh.enforce_retention(None if topic_name is None else [topic_name])
+        report = sh.enforce_retention(topics)
+        compacted = sh.compact(topics)
     for (name, partition), (old, new) in sorted(report.advanced.items()):
         click.echo(f"{name}-{partition}: log start offset {old} -> {new}", err=True)
     click.echo(
         f"retention: {len(report.advanced)} partition(s) advanced,"
         f" {len(report.deleted_objects)} object(s) deleted",
+        err=True,
+    )
+    click.echo(
+        f"compaction: {compacted.rows_replaced} index row(s) merged into"
+        f" {len(compacted.objects_written)} object(s), {compacted.bytes_read:,} -> "
+        f"{compacted.bytes_written:,} bytes in {compacted.seconds:.2f} s"
+        + (f"; {len(compacted.busy)} partition(s) busy elsewhere" if compacted.busy else ""),
         err=True,
     )
 

@@ -18,7 +18,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,7 @@ __all__ = [
     "KafkaServer",
     "RawClient",
     "free_port",
+    "guarded",
     "kafka_server",
     "new_topic",
     "server_command",
@@ -38,6 +39,19 @@ __all__ = [
 
 REPO = Path(__file__).resolve().parent.parent
 _LENGTH = struct.Struct(">i")
+
+
+def guarded(body: Callable[[], None], errors: list[BaseException]) -> Callable[[], None]:
+    """``body`` for a reader thread: whatever it raises goes to ``errors`` (the test asserts
+    there were none)."""
+
+    def run() -> None:
+        try:
+            body()
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    return run
 
 
 def free_port() -> int:

@@ -237,14 +237,19 @@ async def _sweep_groups(broker: Broker) -> None:
             log.exception("group coordinator sweep failed")
 
 
-async def _enforce_retention(log_: Log, interval_s: float) -> None:
-    """Run a retention pass every ``interval_s`` (in a worker thread)."""
+async def _storage_lifecycle(log_: Log, interval_s: float) -> None:
+    """Run a retention pass, then a compaction pass, every ``interval_s`` (in a worker
+    thread)."""
     while True:
         await asyncio.sleep(interval_s)
         try:
             await asyncio.to_thread(log_.enforce_retention)
         except Exception:
             log.exception("retention pass failed; the next one retries")
+        try:
+            await asyncio.to_thread(log_.compact)
+        except Exception:
+            log.exception("compaction pass failed; the next one retries")
 
 
 async def serve(log_: Log, settings: Settings, *, ready: asyncio.Event | None = None) -> None:
@@ -277,7 +282,7 @@ async def serve(log_: Log, settings: Settings, *, ready: asyncio.Event | None = 
     heartbeat = asyncio.create_task(broker.cluster.heartbeat())
     group_leases = asyncio.create_task(broker.coordination.maintain())
     sweeper = asyncio.create_task(_sweep_groups(broker))
-    retention = asyncio.create_task(_enforce_retention(log_, settings.retention_check_interval_s))
+    retention = asyncio.create_task(_storage_lifecycle(log_, settings.retention_check_interval_s))
     log.info(
         "Kafka protocol on %s:%d, advertised as %s:%d",
         settings.host,

@@ -79,8 +79,7 @@ def enforce_retention(
     pass is passed over."""
     now = now_ms() if now is None else now
     report = RetentionReport()
-    infos = log_.metadata.list_topics() if topics is None else [log_.topic(name) for name in topics]
-    for info in infos:
+    for info in log_.topic_infos(topics):
         retention = Retention.of(info.config)
         if not retention.limited:
             continue

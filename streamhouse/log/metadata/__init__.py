@@ -26,6 +26,7 @@ from streamhouse.errors import ConfigError, LogError
 if TYPE_CHECKING:
     from streamhouse.config import Settings
     from streamhouse.log.metadata.leases import Lease
+    from streamhouse.log.metadata.swaps import SegmentSwap, SwapOutcome
 
 __all__ = [
     "CATALOG_KINDS",
@@ -300,6 +301,12 @@ class Metadata(Protocol):
     def forget_producers(self, idle_before_ms: int) -> int:
         """Forget the sequence state of producers on partitions they last wrote to before
         ``idle_before_ms`` (as Kafka's ``producer.id.expiration.ms``); how many states."""
+        ...
+
+    def replace_segments(self, swap: SegmentSwap, lease: Lease) -> SwapOutcome:
+        """Replace the index rows ``swap.old`` by ``swap.new`` in one transaction, if ``lease``
+        is still held and the rows are all still there; old objects no row names any more are
+        queued (see :mod:`~streamhouse.log.metadata.swaps`)."""
         ...
 
     def commit_group_offsets(

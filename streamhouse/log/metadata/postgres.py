@@ -71,6 +71,7 @@ from streamhouse.log.metadata.rules import (
     topic_config,
 )
 from streamhouse.log.metadata.sqlstore import TOPIC_COLUMNS, SqlMetadata
+from streamhouse.log.metadata.swaps import SegmentSwap, SwapOutcome, swap_segments
 
 logger = logging.getLogger(__name__)
 
@@ -538,6 +539,19 @@ class PostgresMetadata(SqlMetadata):
     def forget_producers(self, idle_before_ms: int) -> int:
         with self._connection("forget idle producers") as conn:
             return conn.execute(POSTGRESQL.sql(FORGET_PRODUCERS), (idle_before_ms,)).rowcount
+
+    # -- compaction ----------------------------------------------------------------------------
+
+    def replace_segments(self, swap: SegmentSwap, lease: Lease) -> SwapOutcome:
+        """As in SQLite; the partition row is locked first, as delete_records and
+        commit_segment lock it, so a swap and retention never interleave."""
+        new = swap.new
+        with self._transaction(f"swap index rows of {new.topic}/{new.partition}") as conn:
+            conn.execute(
+                "SELECT 1 FROM partitions WHERE topic = %s AND partition_id = %s FOR UPDATE",
+                (new.topic, new.partition),
+            )
+            return swap_segments(conn, POSTGRESQL, swap, lease)
 
     # -- consumer groups ---------------------------------------------------------------------
 

@@ -73,6 +73,7 @@ from streamhouse.log.metadata.rules import (
 from streamhouse.log.metadata.rules import now_ms as _now_ms
 from streamhouse.log.metadata.rules import topic_config as _config_dict
 from streamhouse.log.metadata.sqlstore import SqlMetadata
+from streamhouse.log.metadata.swaps import SegmentSwap, SwapOutcome, swap_segments
 
 logger = logging.getLogger(__name__)
 
@@ -463,6 +464,13 @@ class SQLiteMetadata(SqlMetadata):
     def forget_producers(self, idle_before_ms: int) -> int:
         with self._transaction("forget idle producers") as conn:
             return conn.execute(FORGET_PRODUCERS, (idle_before_ms,)).rowcount
+
+    # -- compaction ----------------------------------------------------------------------------
+
+    def replace_segments(self, swap: SegmentSwap, lease: Lease) -> SwapOutcome:
+        new = swap.new
+        with self._transaction(f"swap index rows of {new.topic}/{new.partition}") as conn:
+            return swap_segments(conn, SQLITE, swap, lease)
 
     # -- consumer groups ---------------------------------------------------------------------
 
