@@ -44,6 +44,7 @@ from itertools import count
 
 from streamhouse.errors import LogError, StorageError, StreamHouseError, UnknownPartitionError
 from streamhouse.log.metadata import Metadata
+from streamhouse.log.metadata.leases import Lease
 from streamhouse.log.objectstore import ObjectStore
 from streamhouse.log.records import BatchHeader
 from streamhouse.log.records.header import BASE_OFFSET
@@ -67,6 +68,7 @@ class _Append:
     future: Future[int] | asyncio.Future[int]
     loop: asyncio.AbstractEventLoop | None  # set for asyncio futures: resolved on that loop
     sequence: int = 0
+    fence: Lease | None = None  # committed only while this lease is held
 
 
 _Outcome = tuple[_Append, int, BaseException | None]
@@ -113,6 +115,15 @@ def _fail(appends: Iterable[_Append], error: BaseException) -> None:
     _settle((item, -1, error) for item in appends)
 
 
+def _same_fence(pending: list[_Append]) -> tuple[list[_Append], list[_Append]]:
+    """(the appends of the next flush, those left pending): the longest run from the first
+    pending append that shares its fence, so a flush's commit is fenced by one lease or none
+    and a refused fence fails no other producer's records."""
+    fence = pending[0].fence
+    cut = next((i for i, item in enumerate(pending) if item.fence is not fence), len(pending))
+    return pending[:cut], pending[cut:]
+
+
 @dataclass(slots=True)
 class _Flush:
     """One segment object on its way from the writer thread to the committer thread."""
@@ -123,6 +134,7 @@ class _Flush:
     data: bytes = b""
     entries: list[SegmentEntry] = field(default_factory=list)
     resolved: list[tuple[_Append, int]] = field(default_factory=list)  # tentative offsets
+    fence: Lease | None = None  # the lease every append of the flush is fenced by, if any
     assigned: dict[_Key, int] = field(default_factory=dict)  # tentative next offsets
     error: BaseException | None = None  # the put failed
 
@@ -166,6 +178,7 @@ class LogWriter:
         # guarded by _lock:
         self._pending: list[_Append] = []
         self._pending_bytes = 0
+        self._fenced = 0  # pending appends with a fence
         self._first_pending_at = 0.0
         self._appended = 0  # sequence number of the last append
         self._settled = 0  # every append up to this sequence number is resolved
@@ -193,10 +206,14 @@ class LogWriter:
         partition: int,
         data: bytes | memoryview,
         headers: list[tuple[int, BatchHeader]],
+        fence: Lease | None = None,
     ) -> Future[int]:
-        """Queue validated batches; the future resolves to the first batch's base offset."""
+        """Queue validated batches; the future resolves to the first batch's base offset.
+
+        With ``fence``, they are committed only while that lease is held: in a flush of
+        their own, whose commit checks the lease (``FencedError`` otherwise)."""
         future: Future[int] = Future()
-        self._queue(_Append(topic, partition, data, headers, future, None))
+        self._queue(_Append(topic, partition, data, headers, future, None, fence=fence))
         return future
 
     def append_async(
@@ -223,6 +240,7 @@ class LogWriter:
             item.sequence = self._appended
             self._pending.append(item)
             self._pending_bytes += len(item.data)
+            self._fenced += item.fence is not None
             if first or self._pending_bytes >= self._max_bytes:  # else the linger timer runs
                 self._work.notify()
 
@@ -268,8 +286,13 @@ class LogWriter:
                         return
                     else:
                         self._work.wait()
-                batch, self._pending = self._pending, []
-                self._pending_bytes = 0
+                if self._fenced:  # appends fenced by a lease go in flushes of their own
+                    batch, self._pending = _same_fence(self._pending)
+                    self._pending_bytes = sum(len(item.data) for item in self._pending)
+                    self._fenced = sum(item.fence is not None for item in self._pending)
+                else:
+                    batch, self._pending = self._pending, []
+                    self._pending_bytes = 0
             flush = self._write(batch)
             with self._lock:
                 self._handoff = flush
@@ -277,7 +300,7 @@ class LogWriter:
 
     def _write(self, appends: list[_Append]) -> _Flush:
         """Stamp, encode and put one object; failures are left for the committer to handle."""
-        flush = _Flush(appends)
+        flush = _Flush(appends, fence=appends[0].fence)
         try:
             for item in appends:
                 flush.by_partition.setdefault((item.topic, item.partition), []).append(item)
@@ -401,7 +424,13 @@ class LogWriter:
         if not flush.resolved:  # every append failed at stamping
             return
         try:
-            bases = self._metadata.commit_segment(flush.object_key, flush.entries)
+            bases = (
+                self._metadata.commit_segment(flush.object_key, flush.entries)
+                if flush.fence is None
+                else self._metadata.commit_segment(
+                    flush.object_key, flush.entries, fence=flush.fence
+                )
+            )
         except Exception as exc:
             self._forget_offsets()
             self._abandon(flush.object_key, exc)

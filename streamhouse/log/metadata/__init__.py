@@ -207,8 +207,17 @@ class Metadata(Protocol):
         has); ``UnknownTopicError``/``UnknownPartitionError``."""
         ...
 
-    def commit_segment(self, object_key: str, entries: Sequence[SegmentEntryLike]) -> list[int]:
+    def commit_segment(
+        self,
+        object_key: str,
+        entries: Sequence[SegmentEntryLike],
+        *,
+        fence: Lease | None = None,
+    ) -> list[int]:
         """Index ``entries`` of one object and advance each high watermark, all or nothing.
+
+        With ``fence``, only while that lease is held, checked in the same transaction:
+        ``FencedError`` and nothing indexed otherwise.
 
         The store sequences offsets: each entry is indexed at its partition's high watermark
         (entries of one partition one after the other), whatever base offset it was written
@@ -349,6 +358,15 @@ class Metadata(Protocol):
 
     def list_leases(self, prefix: str = "") -> list[Lease]:
         """Every lease whose name starts with ``prefix``, live or expired, by name."""
+        ...
+
+    def record_query_checkpoint(self, lease: Lease, query: str, checkpoint_id: str) -> None:
+        """Name ``checkpoint_id`` the checkpoint ``query`` resumes from, only while ``lease``
+        is held (``FencedError`` otherwise). See :mod:`~streamhouse.log.metadata.checkpoints`."""
+        ...
+
+    def query_checkpoint(self, query: str) -> str | None:
+        """The id of the checkpoint ``query`` resumes from, ``None`` before its first."""
         ...
 
     def commit_feed(

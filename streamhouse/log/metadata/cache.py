@@ -312,9 +312,19 @@ class CachedMetadata:
 
     # -- the segment index ---------------------------------------------------------------------
 
-    def commit_segment(self, object_key: str, entries: Sequence[SegmentEntryLike]) -> list[int]:
+    def commit_segment(
+        self,
+        object_key: str,
+        entries: Sequence[SegmentEntryLike],
+        *,
+        fence: Lease | None = None,
+    ) -> list[int]:
         entries = list(entries)
-        bases = self.inner.commit_segment(object_key, entries)
+        bases = (
+            self.inner.commit_segment(object_key, entries)
+            if fence is None
+            else self.inner.commit_segment(object_key, entries, fence=fence)
+        )
         with self._lock:
             for entry, base in zip(entries, bases, strict=True):
                 key = (entry.topic, entry.partition)
@@ -466,6 +476,12 @@ class CachedMetadata:
 
     def list_leases(self, prefix: str = "") -> list[Lease]:
         return self.inner.list_leases(prefix)
+
+    def record_query_checkpoint(self, lease: Lease, query: str, checkpoint_id: str) -> None:
+        self.inner.record_query_checkpoint(lease, query, checkpoint_id)
+
+    def query_checkpoint(self, query: str) -> str | None:
+        return self.inner.query_checkpoint(query)
 
     def close(self) -> None:
         if self._feed is not None:

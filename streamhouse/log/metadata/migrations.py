@@ -28,6 +28,8 @@ Tables (one row per ...):
   and readers drop it once its heartbeat is older than the TTL.
 - ``leases``: named work one agent does at a time (``leases.py``): its holder, fencing
   ``epoch`` and expiry in store-clock milliseconds.
+- ``query_checkpoints``: continuous query (``query_name``): the checkpoint in the object store
+  it resumes from (``checkpoints.py``), recorded under its lease's fencing ``epoch``.
 """
 
 from __future__ import annotations
@@ -147,6 +149,17 @@ MIGRATIONS: tuple[Migration, ...] = (
             " holder TEXT NOT NULL,"
             " epoch BIGINT NOT NULL,"
             " expires_ms BIGINT NOT NULL)",
+        ),
+    ),
+    Migration(
+        5,
+        "query checkpoints",
+        (
+            "CREATE TABLE query_checkpoints ("
+            " query_name TEXT PRIMARY KEY,"
+            " checkpoint_id TEXT NOT NULL,"
+            " epoch BIGINT NOT NULL,"
+            " written_ms BIGINT NOT NULL)",
         ),
     ),
 )

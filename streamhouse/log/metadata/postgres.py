@@ -48,6 +48,7 @@ from streamhouse.log.metadata import (
     SegmentEntryLike,
     SegmentRow,
     TopicInfo,
+    checkpoints,
     leases,
     validate_topic_name,
 )
@@ -387,7 +388,13 @@ class PostgresMetadata:
 
     # -- the segment index -------------------------------------------------------------------
 
-    def commit_segment(self, object_key: str, entries: Sequence[SegmentEntryLike]) -> list[int]:
+    def commit_segment(
+        self,
+        object_key: str,
+        entries: Sequence[SegmentEntryLike],
+        *,
+        fence: Lease | None = None,
+    ) -> list[int]:
         """Index ``entries`` of one object at their partitions' high watermarks and advance
         them, all or nothing; returns the base offset assigned to each entry.
 
@@ -400,18 +407,23 @@ class PostgresMetadata:
 
         A connection found closed by the server at the first round trip (the pool's check
         makes no round trip of its own) is replaced and the commit made again on another:
-        ``COMMIT`` was not sent yet, so nothing of it can have been committed."""
+        ``COMMIT`` was not sent yet, so nothing of it can have been committed.
+
+        With ``fence``, the lease is checked (and its row share-locked) in the first round
+        trip: ``FencedError`` and nothing committed unless it is still held."""
         entries = list(entries)
         if not entries:
             return []
         for _ in range(POOL_SIZE):  # each pooled connection may have been closed
             try:
-                return self._commit_segment(object_key, entries)
+                return self._commit_segment(object_key, entries, fence)
             except _ClosedByServer:
                 continue
-        return self._commit_segment(object_key, entries)
+        return self._commit_segment(object_key, entries, fence)
 
-    def _commit_segment(self, object_key: str, entries: list[SegmentEntryLike]) -> list[int]:
+    def _commit_segment(
+        self, object_key: str, entries: list[SegmentEntryLike], fence: Lease | None
+    ) -> list[int]:
         keys = sorted({(entry.topic, entry.partition) for entry in entries})
         with self._connection(f"commit segment {object_key!r}") as conn:
             try:
@@ -420,6 +432,11 @@ class PostgresMetadata:
                 with conn.pipeline():
                     try:
                         conn.execute("BEGIN")
+                        held = None
+                        if fence is not None:
+                            held = conn.execute(
+                                leases.fence(POSTGRESQL), leases.fence_params(fence)
+                            )
                         locked = conn.execute(
                             "SELECT p.topic, p.partition_id, p.high_watermark, p.max_timestamp"
                             " FROM partitions AS p"
@@ -432,6 +449,8 @@ class PostgresMetadata:
                         if conn.broken or (exc.sqlstate or "").startswith(_CLOSING_SQLSTATES):
                             raise _ClosedByServer from exc
                         raise
+                    if held is not None and fence is not None and held.fetchone() is None:
+                        raise leases.refused(fence, f"commit of segment {object_key!r}")
                     plan = self._write_commit(conn, object_key, entries, locked)
                     committed = conn.execute("COMMIT")
                 # Leaving the pipeline waited for every result and raised the first error.
@@ -825,6 +844,24 @@ class PostgresMetadata:
                 leases.sql(leases.LIST, POSTGRESQL), leases.prefix_bounds(prefix)
             ).fetchall()
         return [Lease(*row) for row in rows]
+
+    # -- query checkpoints -------------------------------------------------------------------
+
+    def record_query_checkpoint(self, lease: Lease, query: str, checkpoint_id: str) -> None:
+        with self._transaction(f"record checkpoint of query {query!r}") as conn:
+            if (
+                conn.execute(leases.fence(POSTGRESQL), leases.fence_params(lease)).fetchone()
+                is None
+            ):
+                raise leases.refused(lease, f"checkpoint {checkpoint_id} of query {query!r}")
+            conn.execute(
+                leases.sql(checkpoints.RECORD, POSTGRESQL), (query, checkpoint_id, lease.epoch)
+            )
+
+    def query_checkpoint(self, query: str) -> str | None:
+        with self._connection(f"read checkpoint of query {query!r}") as conn:
+            row = conn.execute(leases.sql(checkpoints.LATEST, POSTGRESQL), (query,)).fetchone()
+        return None if row is None else str(row[0])
 
 
 _STORE_NOW_MS = POSTGRESQL.now_ms

@@ -52,6 +52,7 @@ from streamhouse.log.metadata import (
     SegmentEntryLike,
     SegmentRow,
     TopicInfo,
+    checkpoints,
     leases,
     validate_topic_name,
 )
@@ -394,11 +395,19 @@ class SQLiteMetadata:
 
     # -- the segment index -------------------------------------------------------------------
 
-    def commit_segment(self, object_key: str, entries: Sequence[SegmentEntryLike]) -> list[int]:
+    def commit_segment(
+        self,
+        object_key: str,
+        entries: Sequence[SegmentEntryLike],
+        *,
+        fence: Lease | None = None,
+    ) -> list[int]:
         entries = list(entries)
         if not entries:
             return []
         with self._transaction(f"commit segment {object_key!r}") as conn:
+            if fence is not None:
+                self._check_fence(conn, fence, f"commit of segment {object_key!r}")
             # One read of every partition involved, then one executemany per table: a flush
             # commits a row per partition, and a statement per row costs more than the rows.
             current: dict[tuple[str, int], tuple[int, int]] = {}
@@ -798,3 +807,26 @@ class SQLiteMetadata:
                 .fetchall()
             )
         return [Lease(*row) for row in rows]
+
+    @staticmethod
+    def _check_fence(conn: sqlite3.Connection, lease: Lease, what: str) -> None:
+        if conn.execute(leases.fence(SQLITE), leases.fence_params(lease)).fetchone() is None:
+            raise leases.refused(lease, what)
+
+    # -- query checkpoints -------------------------------------------------------------------
+
+    def record_query_checkpoint(self, lease: Lease, query: str, checkpoint_id: str) -> None:
+        with self._transaction(f"record checkpoint of query {query!r}") as conn:
+            self._check_fence(conn, lease, f"checkpoint {checkpoint_id} of query {query!r}")
+            conn.execute(
+                leases.sql(checkpoints.RECORD, SQLITE), (query, checkpoint_id, lease.epoch)
+            )
+
+    def query_checkpoint(self, query: str) -> str | None:
+        with self._storage_errors(f"read checkpoint of query {query!r}"):
+            row = (
+                self._connection()
+                .execute(leases.sql(checkpoints.LATEST, SQLITE), (query,))
+                .fetchone()
+            )
+        return None if row is None else str(row[0])
