@@ -12,10 +12,11 @@ import json
 import logging
 import sys
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from functools import wraps
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 import pyarrow as pa
@@ -26,6 +27,9 @@ from streamhouse.errors import StreamHouseError
 from streamhouse.output import DEFAULT_MAX_ROWS
 from streamhouse.output import print_table as _print_table
 from streamhouse.output import write_result as _write_result
+
+if TYPE_CHECKING:
+    from streamhouse.runtime.supervisor import QuerySupervisor
 
 log = logging.getLogger("streamhouse")
 
@@ -507,6 +511,7 @@ def serve(
     import signal
 
     from streamhouse.kafka.server import serve as serve_kafka
+    from streamhouse.log.metadata import sqlite_path
 
     advertised_port = None
     if advertise is not None:
@@ -526,26 +531,67 @@ def serve(
         agent_group=agent_group,
         auto_create_topics=auto_create_topics,
     )
+    files = sorted(Path(queries_dir).glob("*.sql")) if queries_dir else []
     with StreamHouse(settings) as sh:
-        for path in sorted(Path(queries_dir).glob("*.sql")) if queries_dir else []:
-            try:
-                query = sh.start(path)
-            except StreamHouseError as exc:  # that query alone fails; Kafka and the rest go on
-                log.error("continuous query from %s not started: %s", path, exc)
-                continue
-            log.warning("continuous query %s running from %s", query.name, path)
-        for query in sh.start_materialized_views():
-            log.warning("materialized view %s running", query.name)
+        agent_id = None
+        supervisor = None
+        if sqlite_path(settings) is None:  # one agent of several: each query on one of them
+            agent_id = uuid.uuid4().hex
+            supervisor = _supervise_queries(sh, agent_id, files)
+        else:
+            _start_queries(sh, files)
 
         async def until_signalled() -> None:
             loop = asyncio.get_running_loop()
-            serving = asyncio.create_task(serve_kafka(sh.log, settings))
+            serving = asyncio.create_task(serve_kafka(sh.log, settings, agent_id=agent_id))
             for signum in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(signum, serving.cancel)
             with contextlib.suppress(asyncio.CancelledError):
                 await serving
 
-        asyncio.run(until_signalled())
+        try:
+            asyncio.run(until_signalled())
+        finally:
+            if supervisor is not None:
+                supervisor.stop()
+
+
+def _start_queries(sh: StreamHouse, files: list[Path]) -> None:
+    """Run every query file and materialized view in this process (the store is not shared)."""
+    for path in files:
+        try:
+            query = sh.start(path)
+        except StreamHouseError as exc:  # that query alone fails; Kafka and the rest go on
+            log.error("continuous query from %s not started: %s", path, exc)
+            continue
+        log.warning("continuous query %s running from %s", query.name, path)
+    for query in sh.start_materialized_views():
+        log.warning("materialized view %s running", query.name)
+
+
+def _supervise_queries(sh: StreamHouse, agent_id: str, files: list[Path]) -> QuerySupervisor:
+    """Start supervising every query file and materialized view: each runs on the one agent
+    that holds its lease (see :mod:`streamhouse.runtime.supervisor`)."""
+    from streamhouse.runtime.launch import QueryFile, is_materialized_view
+    from streamhouse.runtime.supervisor import QuerySupervisor
+    from streamhouse.sql.parse import parse
+
+    supervisor = QuerySupervisor(
+        sh.engine,
+        agent_id,
+        sh.settings.query_lease_ttl_s,
+        sh.settings.data_dir / "agents" / agent_id,
+    )
+    for path in files:
+        try:
+            supervisor.add(QueryFile.read(path))
+        except StreamHouseError as exc:  # that query alone fails; Kafka and the rest go on
+            log.error("continuous query from %s not started: %s", path, exc)
+    for entry in sh.log.metadata.list_catalog():
+        if entry.kind == "view" and is_materialized_view(parse(entry.sql)[0]):
+            supervisor.add(QueryFile.read(entry.sql, name=entry.name))
+    log.warning("agent %s runs the continuous queries it holds the lease of", agent_id)
+    return supervisor.start()
 
 
 @main.group()
