@@ -606,11 +606,13 @@ def cluster() -> None:
 def cluster_status(ctx: click.Context, data_dir: str | None) -> None:
     """List the agents registered in a PostgreSQL metadata store: node id, address, zone,
     group, last heartbeat, and whether it is live (heartbeat within this process's
-    agent_ttl_s)."""
+    agent_ttl_s); then the continuous queries: which agent holds each, at which lease epoch,
+    and the checkpoint a new holder would resume from."""
     from datetime import UTC, datetime
 
     from streamhouse.kafka.cluster import node_id_of
     from streamhouse.log.metadata import open_metadata, sqlite_path
+    from streamhouse.runtime.supervisor import LEASE_PREFIX
 
     settings = _settings(ctx)
     if sqlite_path(settings) is not None:
@@ -623,6 +625,11 @@ def cluster_status(ctx: click.Context, data_dir: str | None) -> None:
     md = open_metadata(settings)
     try:
         agents = md.list_agents()
+        query_leases = md.list_leases(LEASE_PREFIX)
+        checkpoints = {
+            lease.name: md.query_checkpoint(lease.name.removeprefix(LEASE_PREFIX))
+            for lease in query_leases
+        }
     finally:
         md.close()
     ttl_ms = settings.agent_ttl_s * 1000
@@ -654,6 +661,29 @@ def cluster_status(ctx: click.Context, data_dir: str | None) -> None:
         ]
     )
     _print_table(pa.Table.from_pylist(rows, schema=schema))
+    addresses = {agent.agent_id: f"{agent.host}:{agent.port}" for agent in agents}
+    queries = [
+        {
+            "query": lease.name.removeprefix(LEASE_PREFIX),
+            "agent": lease.holder if lease.live else None,
+            "address": addresses.get(lease.holder) if lease.live else None,
+            "epoch": lease.epoch,
+            "lease_left_s": round(max(lease.remaining_ms, 0) / 1000, 1),
+            "checkpoint": checkpoints.get(lease.name),
+        }
+        for lease in query_leases
+    ]
+    query_schema = pa.schema(
+        [
+            ("query", pa.string()),
+            ("agent", pa.string()),
+            ("address", pa.string()),
+            ("epoch", pa.int64()),
+            ("lease_left_s", pa.float64()),
+            ("checkpoint", pa.string()),
+        ]
+    )
+    _print_table(pa.Table.from_pylist(queries, schema=query_schema))
 
 
 @main.command()

@@ -15,10 +15,12 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 import pytest
+from click.testing import CliRunner
 from kafka import KafkaProducer
 from kafka_fixtures import REPO, KafkaServer
 
 import streamhouse
+from streamhouse.cli import main as cli
 from streamhouse.errors import FencedError
 from streamhouse.log.metadata.postgres import PostgresMetadata
 from streamhouse.runtime.launch import start_query
@@ -209,6 +211,15 @@ def test_the_agent_running_a_query_is_killed_and_another_resumes_it_exactly_once
     failover_s = time.monotonic() - killed_at
     second, new_epoch = cluster.holder()
     assert second is not first and new_epoch > epoch
+    status = CliRunner().invoke(
+        cli,
+        ["--data-dir", str(cluster.data), "cluster", "status", "--metadata", cluster.url],
+        env={"COLUMNS": "400"},
+    )
+    assert status.exit_code == 0, status.output
+    (row,) = [line for line in status.output.splitlines() if "clicks" in line]
+    assert f"127.0.0.1:{second.port}" in row and f" {new_epoch} " in row
+    assert f"{new_epoch:012d}-" in row  # the checkpoint the new holder recorded
     print(f"failover: kill -9 to the first new output record in {failover_s:.2f} s")
     assert failover_s < 15
 
