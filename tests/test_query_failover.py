@@ -25,7 +25,7 @@ from streamhouse.errors import FencedError
 from streamhouse.log.metadata.postgres import PostgresMetadata
 from streamhouse.runtime.launch import start_query
 from streamhouse.runtime.supervisor import lease_name
-from streamhouse.state.remote import PREFIX
+from streamhouse.state.remote import PREFIX, SST, _manifest
 
 T0 = 1_767_225_600  # 2026-01-01 00:00:00 UTC, in seconds
 LEASE_TTL_S = 2.0
@@ -86,9 +86,12 @@ class Cluster:
     """Agents on one PostgreSQL schema and one shared data directory, all running
     ``serve --queries`` over a copy of ``queries/clicks.sql``; a reader of the output."""
 
-    def __init__(self, tmp_path: Path, postgres_url: str) -> None:
+    def __init__(
+        self, tmp_path: Path, postgres_url: str, s3: tuple[str, str] | None = None
+    ) -> None:
         self.tmp_path = tmp_path
         self.url = postgres_url
+        self.s3 = s3  # (s3://bucket/prefix, moto's endpoint) instead of the data dir's objects
         self.data = tmp_path / "data"
         self.queries = tmp_path / "queries"
         self.queries.mkdir()
@@ -108,6 +111,14 @@ class Cluster:
             env={
                 "STREAMHOUSE_QUERY_LEASE_TTL_S": str(LEASE_TTL_S),
                 "STREAMHOUSE_AGENT_TTL_S": "3",
+                **(
+                    {
+                        "STREAMHOUSE_OBJECT_STORE": self.s3[0],
+                        "STREAMHOUSE_S3_ENDPOINT_URL": self.s3[1],
+                    }
+                    if self.s3
+                    else {}
+                ),
             },
         )
         server.log_path = self.tmp_path / f"agent-{len(self.agents)}.log"
@@ -134,7 +145,8 @@ class Cluster:
 
     def output(self) -> list[dict[str, object]]:
         if self.sh is None:
-            self.sh = streamhouse.connect(self.data, metadata=self.url)
+            store = {"object_store": self.s3[0], "s3_endpoint_url": self.s3[1]} if self.s3 else {}
+            self.sh = streamhouse.connect(self.data, metadata=self.url, **store)
         if self.sh.log.get_topic(OUTPUT) is None:
             return []
         return [json.loads(v) for v in self.sh.fetch(OUTPUT)["value"].to_pylist()]
@@ -162,9 +174,13 @@ class Cluster:
         self.md.close()
 
 
-@pytest.fixture
-def cluster(tmp_path: Path, postgres_url: str) -> Iterator[Cluster]:
-    made = Cluster(tmp_path, postgres_url)
+@pytest.fixture(params=["local"])
+def cluster(request: pytest.FixtureRequest, tmp_path: Path, postgres_url: str) -> Iterator[Cluster]:
+    """Agents sharing the data directory's objects (``local``) or a moto S3 bucket (``s3``)."""
+    s3 = None
+    if request.param == "s3":
+        s3 = (request.getfixturevalue("s3_url")("agents"), request.getfixturevalue("moto_server"))
+    made = Cluster(tmp_path, postgres_url, s3)
     made.output()  # opens the store
     assert made.sh is not None
     made.sh.create_topic("events", partitions=PARTITIONS)  # before a producer auto-creates it
@@ -191,6 +207,7 @@ def _exactly_once(cluster: Cluster, produced: list[dict[str, object]]) -> None:
     assert cluster.sh.log.offsets(OUTPUT, 0).high_watermark == len(want)
 
 
+@pytest.mark.parametrize("cluster", ["local", "s3"], indirect=True)
 def test_the_agent_running_a_query_is_killed_and_another_resumes_it_exactly_once(
     cluster: Cluster,
 ) -> None:
@@ -304,7 +321,12 @@ def test_a_holder_that_lost_its_lease_is_refused_and_the_next_resumes_from_its_c
             (r["k"], r["window_start"], r["n"], r["total"])
             for r in (json.loads(v) for v in sh.fetch("per_window")["value"].to_pylist())
         )
-        ids = {key.split("/")[2] for key in sh.log.store.list(f"{PREFIX}/windows/")}
+        keys = sh.log.store.list(f"{PREFIX}/windows/")
+        ids = {key.split("/")[2] for key in keys} - {SST}
+        recorded = md.query_checkpoint("windows")
+        assert recorded is not None
+        needed = set(_manifest(sh.log.store, "windows", recorded).values())
+        shared = {key for key in keys if key.split("/")[2] == SST}
     want: Counter[tuple[str, str, int, int]] = Counter()
     for start in range(0, 120, 10):
         for k in "ab":
@@ -313,3 +335,5 @@ def test_a_holder_that_lost_its_lease_is_refused_and_the_next_resumes_from_its_c
             want[(k, stamp, len(vs), sum(vs))] += 1
     assert got == want  # every window exactly once
     assert 1 <= len(ids) <= 2  # older checkpoints deleted
+    assert shared and any(key in needed for key in shared)  # SST files shared, not copied
+    assert needed <= set(keys)

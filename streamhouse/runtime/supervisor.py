@@ -56,7 +56,8 @@ class _Held:
 
 
 class QuerySupervisor:
-    """Runs this agent's share of the continuous queries (see module); one thread for all."""
+    """Runs this agent's share of the continuous queries (see module): a thread per query, so
+    that one query's restore never delays the renewal of another's lease."""
 
     def __init__(self, engine: Engine, holder: str, ttl_s: float, state_root: Path) -> None:
         self.engine = engine
@@ -66,7 +67,7 @@ class QuerySupervisor:
         self.state_root = state_root
         self._queries: dict[str, _Held] = {}
         self._stopping = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
 
     def add(self, query_file: QueryFile) -> bool:
         """Supervise a query; False if one of that name is supervised already."""
@@ -81,15 +82,19 @@ class QuerySupervisor:
         return [held.query for held in self._queries.values() if held.query is not None]
 
     def start(self) -> QuerySupervisor:
-        self._thread = threading.Thread(target=self._run, name="query-supervisor", daemon=True)
-        self._thread.start()
+        for name, held in self._queries.items():
+            thread = threading.Thread(
+                target=self._run, args=(name, held), name=f"lease-{name}", daemon=True
+            )
+            thread.start()
+            self._threads.append(thread)
         return self
 
     def stop(self) -> None:
         """Stop every query this agent runs (each with a last checkpoint) and release its lease."""
         self._stopping.set()
-        if self._thread is not None:
-            self._thread.join()
+        for thread in self._threads:
+            thread.join()
         for held in self._queries.values():
             if held.query is not None:
                 self._give_up(held, checkpoint=True)
@@ -97,19 +102,16 @@ class QuerySupervisor:
 
     # -- the supervisor thread ------------------------------------------------------------------
 
-    def _run(self) -> None:
+    def _run(self, name: str, held: _Held) -> None:
         interval = self.ttl_ms / 3000
         while not self._stopping.is_set():
-            for name, held in self._queries.items():
-                if self._stopping.is_set():
-                    break
-                try:
-                    if held.query is None:
-                        self._try_to_take(name, held)
-                    else:
-                        self._keep(name, held)
-                except StreamHouseError as exc:  # the store is away: try again next round
-                    log.warning("query %s: %s", name, exc)
+            try:
+                if held.query is None:
+                    self._try_to_take(name, held)
+                else:
+                    self._keep(name, held)
+            except StreamHouseError as exc:  # the store is away: try again next round
+                log.warning("query %s: %s", name, exc)
             self._stopping.wait(interval)
 
     def _try_to_take(self, name: str, held: _Held) -> None:
@@ -127,8 +129,11 @@ class QuerySupervisor:
                 state_root=self.state_root,
                 fence=lease,
             )
-        except StreamHouseError as exc:
-            log.error("continuous query %s not started: %s", name, exc)
+        except Exception as exc:  # that query alone fails; this agent and the others go on
+            if isinstance(exc, StreamHouseError):
+                log.error("continuous query %s not started: %s", name, exc)
+            else:
+                log.exception("continuous query %s not started", name)
             self._release(held)
             held.retry_at = time.monotonic() + RETRY_FAILED_S
             return
