@@ -23,7 +23,9 @@ import json
 import logging
 import shutil
 import tempfile
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from streamhouse.log.metadata import Metadata
@@ -35,8 +37,24 @@ log = logging.getLogger(__name__)
 
 PREFIX = "checkpoints"
 KEEP = 2
+TRANSFERS = 8
+"""Files of one checkpoint put or got at once."""
 SST = "sst"
 """Under ``checkpoints/<query>/sst/``: SST files shared by the checkpoints of a leased query."""
+
+
+_pool: ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
+
+
+def _transfers() -> ThreadPoolExecutor:
+    """The threads that put and get a checkpoint's files, :data:`TRANSFERS` at a time (S3
+    requests wait on the network, local puts on fsync)."""
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(TRANSFERS, thread_name_prefix="streamhouse-checkpoint")
+        return _pool
 
 
 def _epochs(objects: ObjectStore, query: str) -> list[str]:
@@ -61,6 +79,7 @@ def _upload(
     with tempfile.TemporaryDirectory(prefix="sh-checkpoint-") as tmp:
         copy = Path(tmp) / "state"
         store.checkpoint(copy)
+        uploads: list[tuple[str, Path]] = []
         for path in sorted(p for p in copy.rglob("*") if p.is_file()):
             name = path.relative_to(copy).as_posix()
             if reuse is not None and name in reuse:
@@ -69,7 +88,9 @@ def _upload(
             shared = reuse is not None and name.endswith(".sst") and "/" not in name
             key = f"{PREFIX}/{query}/{SST}/{checkpoint_id}-{name}" if shared else None
             files[name] = key or f"{PREFIX}/{query}/{checkpoint_id}/{name}"
-            objects.put(files[name], path.read_bytes())
+            uploads.append((files[name], path))
+        for _ in _transfers().map(lambda item: objects.put(item[0], item[1].read_bytes()), uploads):
+            pass  # every put done (or its error raised) before the manifest
     objects.put(f"{PREFIX}/{query}/{checkpoint_id}/MANIFEST", json.dumps({"files": files}).encode())
     return files
 
@@ -111,10 +132,14 @@ def download_checkpoint(
     staging = state_dir.with_name(state_dir.name + ".restoring")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
-    for name, key in files.items():
-        target = staging / name
+
+    def fetch(item: tuple[str, str]) -> None:
+        target = staging / item[0]
         target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(objects.get(key))
+        target.write_bytes(objects.get(item[1]))
+
+    for _ in _transfers().map(fetch, files.items()):
+        pass
     staging.replace(state_dir)
     log.info("query %s: resumed from checkpoint %s in the object store", query, epoch)
     return files
