@@ -607,7 +607,8 @@ def cluster_status(ctx: click.Context, data_dir: str | None) -> None:
     """List the agents registered in a PostgreSQL metadata store: node id, address, zone,
     group, last heartbeat, and whether it is live (heartbeat within this process's
     agent_ttl_s); then the continuous queries: which agent holds each, at which lease epoch,
-    and the checkpoint a new holder would resume from."""
+    the checkpoint a new holder would resume from, how old it is and how many source records
+    it had not read then (lag_at_checkpoint: what a new holder reads again)."""
     from datetime import UTC, datetime
 
     from streamhouse.kafka.cluster import node_id_of
@@ -626,10 +627,8 @@ def cluster_status(ctx: click.Context, data_dir: str | None) -> None:
     try:
         agents = md.list_agents()
         query_leases = md.list_leases(LEASE_PREFIX)
-        checkpoints = {
-            lease.name: md.query_checkpoint(lease.name.removeprefix(LEASE_PREFIX))
-            for lease in query_leases
-        }
+        checkpoints = {c.query: c for c in md.list_query_checkpoints()}
+        lags = {name: _lag(md, c.positions) for name, c in checkpoints.items()}
     finally:
         md.close()
     ttl_ms = settings.agent_ttl_s * 1000
@@ -662,17 +661,22 @@ def cluster_status(ctx: click.Context, data_dir: str | None) -> None:
     )
     _print_table(pa.Table.from_pylist(rows, schema=schema))
     addresses = {agent.agent_id: f"{agent.host}:{agent.port}" for agent in agents}
-    queries = [
-        {
-            "query": lease.name.removeprefix(LEASE_PREFIX),
-            "agent": lease.holder if lease.live else None,
-            "address": addresses.get(lease.holder) if lease.live else None,
-            "epoch": lease.epoch,
-            "lease_left_s": round(max(lease.remaining_ms, 0) / 1000, 1),
-            "checkpoint": checkpoints.get(lease.name),
-        }
-        for lease in query_leases
-    ]
+    queries = []
+    for lease in query_leases:
+        name = lease.name.removeprefix(LEASE_PREFIX)
+        checkpoint = checkpoints.get(name)
+        queries.append(
+            {
+                "query": name,
+                "agent": lease.holder if lease.live else None,
+                "address": addresses.get(lease.holder) if lease.live else None,
+                "epoch": lease.epoch,
+                "lease_left_s": round(max(lease.remaining_ms, 0) / 1000, 1),
+                "checkpoint": checkpoint.checkpoint_id if checkpoint else None,
+                "checkpoint_age_s": round(checkpoint.age_ms / 1000, 1) if checkpoint else None,
+                "lag_at_checkpoint": lags.get(name),
+            }
+        )
     query_schema = pa.schema(
         [
             ("query", pa.string()),
@@ -681,9 +685,23 @@ def cluster_status(ctx: click.Context, data_dir: str | None) -> None:
             ("epoch", pa.int64()),
             ("lease_left_s", pa.float64()),
             ("checkpoint", pa.string()),
+            ("checkpoint_age_s", pa.float64()),
+            ("lag_at_checkpoint", pa.int64()),
         ]
     )
     _print_table(pa.Table.from_pylist(queries, schema=query_schema))
+
+
+def _lag(md: Any, positions: dict[str, dict[int, int]]) -> int | None:
+    """Records of the source topics past ``positions`` (None if a topic is gone)."""
+    lag = 0
+    for topic, offsets in positions.items():
+        try:
+            now = md.partition_offsets(topic)
+        except StreamHouseError:
+            return None
+        lag += sum(max(0, now[p].high_watermark - o) for p, o in offsets.items() if p in now)
+    return lag
 
 
 @main.command()

@@ -11,6 +11,7 @@ from test_metadata import Entry
 
 from streamhouse.errors import FencedError
 from streamhouse.log.metadata import leases
+from streamhouse.log.metadata.checkpoints import QueryCheckpoint
 from streamhouse.log.metadata.migrations import POSTGRESQL, SQLITE
 from streamhouse.log.metadata.postgres import PostgresMetadata
 from streamhouse.log.metadata.sqlite import SQLiteMetadata
@@ -120,17 +121,22 @@ def test_query_checkpoints_are_recorded_under_the_lease(md: Store) -> None:
     assert md.query_checkpoint("q") is None
     old = md.acquire_lease("query/q", "agent-a", 200)
     assert old is not None
-    md.record_query_checkpoint(old, "q", "00001-0001")
-    md.record_query_checkpoint(old, "q", "00001-0002")
+    md.record_query_checkpoint(old, QueryCheckpoint("q", "00001-0001"))
+    md.record_query_checkpoint(old, QueryCheckpoint("q", "00001-0002"))
     assert md.query_checkpoint("q") == "00001-0002"
     time.sleep(0.3)
     new = md.acquire_lease("query/q", "agent-b", 10_000)
     assert new is not None
     with pytest.raises(FencedError, match="checkpoint 00001-0003 of query 'q' refused"):
-        md.record_query_checkpoint(old, "q", "00001-0003")
+        md.record_query_checkpoint(old, QueryCheckpoint("q", "00001-0003"))
     assert md.query_checkpoint("q") == "00001-0002"
-    md.record_query_checkpoint(new, "q", "00002-0001")
+    md.record_query_checkpoint(
+        new, QueryCheckpoint("q", "00002-0001", 0, {"events": {0: 12, 1: 7}})
+    )
     assert md.query_checkpoint("q") == "00002-0001" and md.query_checkpoint("other") is None
+    (recorded,) = md.list_query_checkpoints()
+    assert (recorded.query, recorded.checkpoint_id, recorded.epoch) == ("q", "00002-0001", 2)
+    assert recorded.positions == {"events": {0: 12, 1: 7}} and 0 <= recorded.age_ms < 5_000
 
 
 def test_bad_ttl_is_refused(md: Store) -> None:

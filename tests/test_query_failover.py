@@ -237,6 +237,9 @@ def test_the_agent_running_a_query_is_killed_and_another_resumes_it_exactly_once
     (row,) = [line for line in status.output.splitlines() if "clicks" in line]
     assert f"127.0.0.1:{second.port}" in row and f" {new_epoch} " in row
     assert f"{new_epoch:012d}-" in row  # the checkpoint the new holder recorded
+    (recorded,) = cluster.md.list_query_checkpoints()
+    assert recorded.query == "clicks" and recorded.epoch == new_epoch
+    assert 0 < sum(recorded.positions["events"].values()) <= len(produced)
     print(f"failover: kill -9 to the first new output record in {failover_s:.2f} s")
     assert failover_s < 15
 

@@ -302,6 +302,16 @@ class ContinuousQuery:
                 stored = self.store.get_int(partition_key(SINK, p))
                 self.sink_marks[p] = stored if stored is not None else hw
 
+    def _positions(self) -> dict[str, dict[int, int]]:
+        """The next offset to read of each source partition, by topic (the lowest where two
+        sources read one topic)."""
+        positions: dict[str, dict[int, int]] = {}
+        for source in self.sources.values():
+            known = positions.setdefault(source.topic, {})
+            for p, offset in source.positions.items():
+                known[p] = min(offset, known.get(p, offset))
+        return positions
+
     def _on_commit(self, topic: str, partition: int, high_watermark: int) -> None:
         if any(topic == s.topic for s in self.sources.values()):
             self._wake.set()
@@ -348,7 +358,7 @@ class ContinuousQuery:
                 self._closed = True
                 try:
                     if self.checkpoints is not None and checkpoint and self.error is None:
-                        self.checkpoints.publish(self.store)
+                        self.checkpoints.publish(self.store, self._positions())
                     elif self.options.checkpoint_object_store:
                         upload_checkpoint(self.store, self.log.store, self.name)
                 except FencedError as exc:
@@ -450,7 +460,7 @@ class ContinuousQuery:
                 self.store.commit(intent)
                 del intent
                 if self.checkpoints is not None:  # the agent taking over replays this batch
-                    self.checkpoints.publish(self.store)
+                    self.checkpoints.publish(self.store, self._positions())
                     self._uploaded_at = time.monotonic()
             empty = pa.table({})
             marks_after = self.sink.write(
@@ -519,7 +529,7 @@ class ContinuousQuery:
             time.monotonic() - self._uploaded_at >= self.options.checkpoint_interval_ms / 1000
         ):
             if self.checkpoints is not None:
-                self.checkpoints.publish(self.store)
+                self.checkpoints.publish(self.store, self._positions())
             else:
                 upload_checkpoint(self.store, self.log.store, self.name)
             self._uploaded_at = time.monotonic()

@@ -25,10 +25,12 @@ import shutil
 import tempfile
 import threading
 import time
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from streamhouse.log.metadata import Metadata
+from streamhouse.log.metadata.checkpoints import QueryCheckpoint
 from streamhouse.log.metadata.leases import Lease
 from streamhouse.log.objectstore import ObjectStore
 from streamhouse.state.store import StateStore
@@ -180,14 +182,16 @@ class LeasedCheckpoints:
             )
         return self.recorded
 
-    def publish(self, store: StateStore) -> str:
-        """Upload the state and record it as the one to resume from; delete what neither it
-        nor the one recorded before needs (a reader may be downloading that one)."""
+    def publish(self, store: StateStore, positions: Mapping[str, Mapping[int, int]]) -> str:
+        """Upload the state and record it as the one to resume from, with the source
+        ``positions`` it holds (topic -> partition -> offset); delete what neither it nor the
+        one recorded before needs (a reader may be downloading that one)."""
         epoch = f"{self.lease.epoch:012d}"
         checkpoint_id = f"{epoch}-{time.time_ns():020d}"
         reuse = {name: key for name, key in self._files.items() if name.endswith(".sst")}
         files = _upload(store, self.objects, self.query, checkpoint_id, reuse)
-        self.metadata.record_query_checkpoint(self.lease, self.query, checkpoint_id)
+        recorded = QueryCheckpoint(self.query, checkpoint_id, positions=positions)
+        self.metadata.record_query_checkpoint(self.lease, recorded)
         previous, self.recorded = self.recorded, checkpoint_id
         self._before, self._files = set(self._files.values()), files
         kept = self._before | set(files.values())

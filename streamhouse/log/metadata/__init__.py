@@ -25,6 +25,7 @@ from streamhouse.errors import ConfigError, LogError
 
 if TYPE_CHECKING:
     from streamhouse.config import Settings
+    from streamhouse.log.metadata.checkpoints import QueryCheckpoint
     from streamhouse.log.metadata.leases import Lease
 
 __all__ = [
@@ -360,9 +361,14 @@ class Metadata(Protocol):
         """Every lease whose name starts with ``prefix``, live or expired, by name."""
         ...
 
-    def record_query_checkpoint(self, lease: Lease, query: str, checkpoint_id: str) -> None:
-        """Name ``checkpoint_id`` the checkpoint ``query`` resumes from, only while ``lease``
-        is held (``FencedError`` otherwise). See :mod:`~streamhouse.log.metadata.checkpoints`."""
+    def record_query_checkpoint(self, lease: Lease, checkpoint: QueryCheckpoint) -> None:
+        """Record ``checkpoint`` as the one its query resumes from, at ``lease``'s epoch,
+        only while ``lease`` is held (``FencedError`` otherwise). See
+        :mod:`~streamhouse.log.metadata.checkpoints`."""
+        ...
+
+    def list_query_checkpoints(self) -> list[QueryCheckpoint]:
+        """Every query's recorded checkpoint, by query name."""
         ...
 
     def query_checkpoint(self, query: str) -> str | None:

@@ -52,6 +52,7 @@ from streamhouse.log.metadata import (
     SegmentRow,
     TopicInfo,
 )
+from streamhouse.log.metadata.checkpoints import QueryCheckpoint
 from streamhouse.log.metadata.leases import Lease
 
 logger = logging.getLogger(__name__)
@@ -477,8 +478,11 @@ class CachedMetadata:
     def list_leases(self, prefix: str = "") -> list[Lease]:
         return self.inner.list_leases(prefix)
 
-    def record_query_checkpoint(self, lease: Lease, query: str, checkpoint_id: str) -> None:
-        self.inner.record_query_checkpoint(lease, query, checkpoint_id)
+    def record_query_checkpoint(self, lease: Lease, checkpoint: QueryCheckpoint) -> None:
+        self.inner.record_query_checkpoint(lease, checkpoint)
+
+    def list_query_checkpoints(self) -> list[QueryCheckpoint]:
+        return self.inner.list_query_checkpoints()
 
     def query_checkpoint(self, query: str) -> str | None:
         return self.inner.query_checkpoint(query)

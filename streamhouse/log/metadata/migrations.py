@@ -29,7 +29,8 @@ Tables (one row per ...):
 - ``leases``: named work one agent does at a time (``leases.py``): its holder, fencing
   ``epoch`` and expiry in store-clock milliseconds.
 - ``query_checkpoints``: continuous query (``query_name``): the checkpoint in the object store
-  it resumes from (``checkpoints.py``), recorded under its lease's fencing ``epoch``.
+  it resumes from (``checkpoints.py``), recorded under its lease's fencing ``epoch``, with the
+  source offsets it holds (a JSON object: topic -> partition -> offset).
 """
 
 from __future__ import annotations
@@ -159,6 +160,7 @@ MIGRATIONS: tuple[Migration, ...] = (
             " query_name TEXT PRIMARY KEY,"
             " checkpoint_id TEXT NOT NULL,"
             " epoch BIGINT NOT NULL,"
+            " positions TEXT NOT NULL,"
             " written_ms BIGINT NOT NULL)",
         ),
     ),

@@ -52,6 +52,7 @@ from streamhouse.log.metadata import (
     leases,
     validate_topic_name,
 )
+from streamhouse.log.metadata.checkpoints import QueryCheckpoint
 from streamhouse.log.metadata.feed import FeedThread
 from streamhouse.log.metadata.leases import Lease
 from streamhouse.log.metadata.migrations import POSTGRESQL, migrate
@@ -847,16 +848,22 @@ class PostgresMetadata:
 
     # -- query checkpoints -------------------------------------------------------------------
 
-    def record_query_checkpoint(self, lease: Lease, query: str, checkpoint_id: str) -> None:
-        with self._transaction(f"record checkpoint of query {query!r}") as conn:
+    def record_query_checkpoint(self, lease: Lease, checkpoint: QueryCheckpoint) -> None:
+        with self._transaction(f"record checkpoint of query {checkpoint.query!r}") as conn:
             if (
                 conn.execute(leases.fence(POSTGRESQL), leases.fence_params(lease)).fetchone()
                 is None
             ):
-                raise leases.refused(lease, f"checkpoint {checkpoint_id} of query {query!r}")
+                raise leases.refused(lease, checkpoints.describe(checkpoint))
             conn.execute(
-                leases.sql(checkpoints.RECORD, POSTGRESQL), (query, checkpoint_id, lease.epoch)
+                leases.sql(checkpoints.RECORD, POSTGRESQL),
+                checkpoints.record_params(lease, checkpoint),
             )
+
+    def list_query_checkpoints(self) -> list[QueryCheckpoint]:
+        with self._connection("list query checkpoints") as conn:
+            rows = conn.execute(leases.sql(checkpoints.LIST, POSTGRESQL)).fetchall()
+        return [QueryCheckpoint.of(row) for row in rows]
 
     def query_checkpoint(self, query: str) -> str | None:
         with self._connection(f"read checkpoint of query {query!r}") as conn:

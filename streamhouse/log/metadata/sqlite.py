@@ -56,6 +56,7 @@ from streamhouse.log.metadata import (
     leases,
     validate_topic_name,
 )
+from streamhouse.log.metadata.checkpoints import QueryCheckpoint
 from streamhouse.log.metadata.feed import FeedThread
 from streamhouse.log.metadata.leases import Lease
 from streamhouse.log.metadata.migrations import SQLITE, migrate
@@ -815,12 +816,18 @@ class SQLiteMetadata:
 
     # -- query checkpoints -------------------------------------------------------------------
 
-    def record_query_checkpoint(self, lease: Lease, query: str, checkpoint_id: str) -> None:
-        with self._transaction(f"record checkpoint of query {query!r}") as conn:
-            self._check_fence(conn, lease, f"checkpoint {checkpoint_id} of query {query!r}")
+    def record_query_checkpoint(self, lease: Lease, checkpoint: QueryCheckpoint) -> None:
+        with self._transaction(f"record checkpoint of query {checkpoint.query!r}") as conn:
+            self._check_fence(conn, lease, checkpoints.describe(checkpoint))
             conn.execute(
-                leases.sql(checkpoints.RECORD, SQLITE), (query, checkpoint_id, lease.epoch)
+                leases.sql(checkpoints.RECORD, SQLITE),
+                checkpoints.record_params(lease, checkpoint),
             )
+
+    def list_query_checkpoints(self) -> list[QueryCheckpoint]:
+        with self._storage_errors("list query checkpoints"):
+            rows = self._connection().execute(leases.sql(checkpoints.LIST, SQLITE)).fetchall()
+        return [QueryCheckpoint.of(row) for row in rows]
 
     def query_checkpoint(self, query: str) -> str | None:
         with self._storage_errors(f"read checkpoint of query {query!r}"):
