@@ -21,10 +21,13 @@ from kafka_fixtures import REPO, KafkaServer
 
 import streamhouse
 from streamhouse.cli import main as cli
+from streamhouse.config import Settings
 from streamhouse.errors import FencedError
+from streamhouse.log import Log
 from streamhouse.log.metadata.postgres import PostgresMetadata
-from streamhouse.runtime.launch import start_query
-from streamhouse.runtime.supervisor import lease_name
+from streamhouse.log.records import build_batch, decode_batches
+from streamhouse.runtime.launch import QueryFile, start_query
+from streamhouse.runtime.supervisor import QuerySupervisor, lease_name
 from streamhouse.state.remote import PREFIX, SST, _manifest
 
 T0 = 1_767_225_600  # 2026-01-01 00:00:00 UTC, in seconds
@@ -342,3 +345,83 @@ def test_a_holder_that_lost_its_lease_is_refused_and_the_next_resumes_from_its_c
     assert 1 <= len(ids) <= 2  # older checkpoints deleted
     assert shared and any(key in needed for key in shared)  # SST files shared, not copied
     assert needed <= set(keys)
+
+
+def test_a_fenced_append_fails_alone_in_the_log_writer(tmp_path: Path) -> None:
+    """Appends under a lost lease are refused at their commit; appends queued beside them
+    (another producer's, in the same linger) are flushed apart and acknowledged."""
+    with Log.open(Settings.load(data_dir=tmp_path, linger_ms=50)) as log:
+        log.create_topic("t", partitions=1)
+        lease = log.metadata.acquire_lease(lease_name("q"), "agent-a", 10_000)
+        assert lease is not None
+        assert log.append("t", 0, build_batch([b"held"]), fence=lease).result() == 0
+        assert log.metadata.renew_lease(lease, 1)
+        time.sleep(0.05)  # expired
+        plain = [log.append("t", 0, build_batch([b"before"]))]
+        fenced = log.append("t", 0, build_batch([b"stale"]), fence=lease)
+        plain.append(log.append("t", 0, build_batch([b"after"])))
+        with pytest.raises(FencedError):
+            fenced.result()
+        assert sorted(f.result() for f in plain) == [1, 2]
+        rows = log.metadata.segments("t", 0)
+        values = decode_batches(b"".join(log.reader.run_bytes(r) for r in rows))["value"]
+        assert values.to_pylist() == [b"held", b"before", b"after"]
+
+
+def test_the_supervisor_hands_a_query_over_when_its_lease_is_lost_or_released(
+    tmp_path: Path,
+) -> None:
+    """Two supervisors (two agents) in one process: one runs the query; when its lease is
+    taken (it expired unrenewed) it stops the query, and the other resumes it; a clean stop
+    releases the lease at once. Every window once."""
+    query = f"SET 'poll-interval' = '20 ms';\n{QUERY}"
+    with streamhouse.connect(tmp_path / "data") as sh:
+        sh.sql(
+            "CREATE STREAM ev (k STRING, v BIGINT, t TIMESTAMP(3), WATERMARK FOR t AS t)"
+            " WITH (topic = 'ev', partitions = '1')"
+        )
+        md = sh.log.metadata
+        agents = {
+            name: QuerySupervisor(sh.engine, name, 0.6, tmp_path / name) for name in ("a", "b")
+        }
+        for supervisor in agents.values():
+            supervisor.add(QueryFile.read(query, name="windows"))
+        agents["a"].start()
+        _until(lambda: bool(agents["a"].running), "a runs the query")
+        agents["b"].start()
+        rows = [{"k": "ab"[i % 2], "v": i, "t": i * 1000} for i in range(120)]
+        sh.produce("ev", rows[:40], key=[r["k"] for r in rows[:40]])
+        _until(lambda: _written(sh) >= 6, "a writes windows")
+        assert not agents["b"].running
+
+        (lease,) = md.list_leases(lease_name("windows"))
+        assert md.renew_lease(lease, 1)  # as if a paused past it: b takes it, a stops
+        _until(lambda: bool(agents["b"].running) and not agents["a"].running, "b took over")
+        sh.produce("ev", rows[40:80], key=[r["k"] for r in rows[40:80]])
+        _until(lambda: _written(sh) >= 14, "b writes windows")
+
+        agents["b"].stop()  # a clean stop: a last checkpoint, the lease released
+        _until(lambda: bool(agents["a"].running), "a took it back")
+        sh.produce("ev", rows[80:], key=[r["k"] for r in rows[80:]])
+        _until(lambda: _written(sh) >= 22, "a writes the rest")
+        agents["a"].stop()
+        epochs = [lease.epoch for lease in md.list_leases(lease_name("windows"))]
+        got = Counter(
+            (r["k"], r["window_start"])
+            for r in (json.loads(v) for v in sh.fetch("per_window")["value"].to_pylist())
+        )
+    assert epochs == [3]
+    assert len(got) == 22 and set(got.values()) == {1}  # windows 0-100 s of both keys, once
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()  # state dropped
+
+
+def _written(sh: streamhouse.StreamHouse) -> int:
+    topic = sh.log.get_topic("per_window")
+    return 0 if topic is None else sh.log.offsets("per_window", 0).high_watermark
+
+
+def _until(check: Callable[[], bool], what: str, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"not within {timeout} s: {what}"
+        time.sleep(0.02)
