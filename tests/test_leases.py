@@ -139,6 +139,36 @@ def test_query_checkpoints_are_recorded_under_the_lease(md: Store) -> None:
     assert recorded.positions == {"events": {0: 12, 1: 7}} and 0 <= recorded.age_ms < 5_000
 
 
+def test_a_holder_paused_inside_a_fenced_transaction_does_not_keep_the_lease(
+    postgres_url: str,
+) -> None:
+    """PostgreSQL: the fence share-locks the lease row, so a takeover waits for the fenced
+    transaction; a holder paused inside it is cut off after the lease's TTL, and the lease is
+    taken over then (its COMMIT fails: nothing of it is written)."""
+    import psycopg
+
+    from streamhouse.log.metadata.postgres import _fence
+
+    md = PostgresMetadata(postgres_url)
+    try:
+        old = md.acquire_lease("query/q", "agent-a", 1_000)
+        assert old is not None
+        paused = psycopg.connect(postgres_url)
+        assert _fence(paused, old).fetchone() is not None  # inside the transaction, then paused
+        started = time.monotonic()
+        new = None
+        while new is None and time.monotonic() - started < 10:
+            new = md.acquire_lease("query/q", "agent-b", 10_000)  # waits on the lock
+        took = time.monotonic() - started
+        assert new is not None and new.epoch == old.epoch + 1
+        assert took < 4  # the lease's 1 s, the server's timeout check, the acquire
+        with pytest.raises(psycopg.errors.IdleInTransactionSessionTimeout):
+            paused.execute("COMMIT")
+        paused.close()
+    finally:
+        md.close()
+
+
 def test_bad_ttl_is_refused(md: Store) -> None:
     with pytest.raises(ValueError, match="positive integer"):
         md.acquire_lease("x", "a", 0)

@@ -433,11 +433,7 @@ class PostgresMetadata:
                 with conn.pipeline():
                     try:
                         conn.execute("BEGIN")
-                        held = None
-                        if fence is not None:
-                            held = conn.execute(
-                                leases.fence(POSTGRESQL), leases.fence_params(fence)
-                            )
+                        held = _fence(conn, fence) if fence is not None else None
                         locked = conn.execute(
                             "SELECT p.topic, p.partition_id, p.high_watermark, p.max_timestamp"
                             " FROM partitions AS p"
@@ -850,10 +846,7 @@ class PostgresMetadata:
 
     def record_query_checkpoint(self, lease: Lease, checkpoint: QueryCheckpoint) -> None:
         with self._transaction(f"record checkpoint of query {checkpoint.query!r}") as conn:
-            if (
-                conn.execute(leases.fence(POSTGRESQL), leases.fence_params(lease)).fetchone()
-                is None
-            ):
+            if _fence(conn, lease).fetchone() is None:
                 raise leases.refused(lease, checkpoints.describe(checkpoint))
             conn.execute(
                 leases.sql(checkpoints.RECORD, POSTGRESQL),
@@ -869,6 +862,19 @@ class PostgresMetadata:
         with self._connection(f"read checkpoint of query {query!r}") as conn:
             row = conn.execute(leases.sql(checkpoints.LATEST, POSTGRESQL), (query,)).fetchone()
         return None if row is None else str(row[0])
+
+
+def _fence(conn: psycopg.Connection, lease: Lease) -> psycopg.Cursor:
+    """Check ``lease`` inside the open transaction (its row share-locked until the end).
+
+    A holder paused in the middle of the transaction (SIGSTOP) would keep that lock, and so
+    the lease from being taken over, for as long as it is paused: the server ends the session
+    instead once the transaction has idled for the lease's TTL (its commit then fails)."""
+    conn.execute(
+        "SELECT set_config('idle_in_transaction_session_timeout', %s, true)",
+        (str(max(1000, lease.remaining_ms)),),
+    )
+    return conn.execute(leases.fence(POSTGRESQL), leases.fence_params(lease))
 
 
 _STORE_NOW_MS = POSTGRESQL.now_ms
