@@ -463,9 +463,16 @@ def _check_time_attribute(node: nodes.TimeSort | OverAggregate, context: QueryCo
         if time_column is not None
         else f"{node.source!r} has no time attribute (declare a WATERMARK)"
     )
+    instead = (
+        f"; write ORDER BY {time_column or '<time attribute>'}, {node.time_column} to sort by"
+        f" time, or ROW_NUMBER() OVER (ORDER BY {node.time_column} ...) <= N in a subquery for"
+        " the first N rows (a Top-N)"
+        if isinstance(node, nodes.TimeSort)
+        else ""
+    )
     raise SqlError(
         f"ORDER BY in a continuous query must start with the time attribute, ascending: "
-        f"{node.time_column!r} is not it ({reason})",
+        f"{node.time_column!r} is not it ({reason}){instead}",
         *node_position(where),
     )
 
