@@ -12,6 +12,7 @@ import duckdb
 import pyarrow as pa
 import pytest
 from join_cases import event_table
+from window_cases import start_paused
 
 import streamhouse
 from streamhouse.errors import SqlError
@@ -132,3 +133,32 @@ def test_bounded_hop_tvf_joined_to_a_stream_equals_duckdb(tmp_path: Path) -> Non
     assert sorted(zip(ms("window_start"), ms("window_end"), got["n"].to_pylist(), strict=True)) == (
         sorted(want)
     )
+
+
+def test_interval_join_over_window_rows_evicts_as_over_the_stream(tmp_path: Path) -> None:
+    """WindowRows keeps its stream's time attribute, so an interval join over it evicts both
+    sides by the watermark, as it does over the stream itself."""
+    over = {
+        "tvf": "TABLE(HOP(TABLE a, DESCRIPTOR(t), INTERVAL '5' SECOND, INTERVAL '10' SECOND))",
+        "stream": "a",
+    }
+    held = {}
+    with streamhouse.connect(tmp_path) as sh:
+        for statement in STREAMS:
+            sh.sql(statement)
+        sh.produce("a", [{"k": "x", "t": T0 + i * 1_000, "v": i} for i in range(300)])
+        sh.produce("b", [{"k": "x", "t": T0 + i * 1_000, "w": i} for i in range(300)])
+        for name, source in over.items():
+            query = start_paused(
+                sh,
+                f"SELECT x.k, x.v, y.w FROM {source} AS x JOIN b AS y"
+                " ON x.k = y.k AND y.t BETWEEN x.t - INTERVAL '2' SECOND AND x.t",
+                name,
+            )
+            try:
+                while query.step(max_records=40):
+                    pass
+                held[name] = query.status()["open_windows"]
+            finally:
+                query.stop()
+    assert held["tvf"] == held["stream"] < 20

@@ -46,6 +46,10 @@ class WindowRows(PlanNode):
     source: str
     window: WindowSpec
 
+    @property
+    def time_source(self) -> str | None:
+        return self.source  # each row's event time, as it came
+
     def explain(self) -> list[str]:
         w = self.window
         slide = f" slide={w.slide_ms}ms" if w.slide_ms else ""
