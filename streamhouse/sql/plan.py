@@ -49,7 +49,7 @@ from streamhouse.sql.time_sort import plan_time_sort
 from streamhouse.sql.top_n import plan_top_n, top_n_over_updates
 from streamhouse.sql.union import plan_distinct_union, plan_union, window_over_union
 from streamhouse.sql.window_aggregate import plan_window
-from streamhouse.sql.window_inputs import window_inputs
+from streamhouse.sql.window_inputs import session_aggregates_as_inputs, window_inputs
 from streamhouse.sql.window_rows import SESSION_ROWS, joins_window_rows, window_rows_in_join
 from streamhouse.sql.window_spec import WindowKind, find_window, take_out_windows
 
@@ -222,7 +222,10 @@ def plan_select(
                 log.info("falling back to per-window evaluation")
         specs = {w for _, w in windowed.values()}
         if any(w.kind == WindowKind.SESSION for w in specs):
-            raise sql_error(SESSION_ROWS, select)
+            inputs = session_aggregates_as_inputs(select, derived, plan_select)
+            if inputs is None:
+                raise sql_error(SESSION_ROWS, select)
+            return plan_select(inputs, derived)
         if len(specs) > 1:
             raise sql_error(
                 "every input of a windowed continuous query needs the same window", select

@@ -155,3 +155,27 @@ def _passes_time(select: exp.Select, column: str) -> bool:
         if projection.alias_or_name == column:
             return isinstance(body, exp.Column) and body.name == column
     return False
+
+
+def session_aggregates_as_inputs(
+    query: exp.Select, derived: dict[str, Operator], plan_select: SelectPlanner
+) -> exp.Select | None:
+    """``query`` reading each SESSION window aggregate it nests (``(SELECT k, window_start,
+    COUNT(*) ... GROUP BY k, SESSION(...))``) as a derived input: the session operator's rows,
+    final as each session closes, are append-only rows the outer query (a Top-N, a join) reads
+    as a stream's. None when it nests none (a session's own rows are refused)."""
+    result = query.copy()
+    found = False
+    for sub in list(result.find_all(exp.Subquery)):
+        inner = sub.this
+        if not isinstance(inner, exp.Select) or inner.args.get("group") is None:
+            continue
+        spec, _ = find_window(inner)
+        if spec is None or spec.kind != WindowKind.SESSION:
+            continue
+        op = plan_select(inner, derived)
+        name = f"__derived_{len(derived)}"
+        derived[name] = op
+        sub.replace(exp.to_table(name).as_(sub.alias or name))
+        found = True
+    return result if found else None

@@ -64,7 +64,7 @@ class WindowRows(PlanNode):
 _SESSION_INSTEAD = (
     "a row's session is known only when the watermark closes it. Aggregate per session first"
     " (SELECT k, window_start, window_end, COUNT(*) ... FROM TABLE(SESSION(TABLE s PARTITION BY"
-    " k, ...)) GROUP BY k, window_start, window_end) and join that result, or use a"
+    " k, ...)) GROUP BY k, window_start, window_end) and join or rank that result, or use a"
     " TUMBLE, HOP or CUMULATE window"
 )
 SESSION_JOIN = f"a SESSION window TVF cannot be joined to a stream: {_SESSION_INSTEAD}"
