@@ -10,7 +10,9 @@ aggregate emits its first row with its first input row, as in Flink; DuckDB answ
 Each query runs continuously over random events with random micro-batch splits and restarts
 from its checkpoint; its sink — appends, or the latest row per key of an updating query — must
 equal DuckDB's batch answer over the same rows (as a multiset; timestamps compared as epoch ms).
-DuckDB has the macros ``tumble_start(t, seconds)`` and ``tumble_end(t, seconds)``.
+DuckDB has the macros ``tumble_start(t, seconds)`` and ``tumble_end(t, seconds)``, and the lists
+``hop_starts(t, slide, size)`` (window starts, epoch ms) and ``cumulate_ends(t, step, size)``
+(window ends, epoch ms).
 """
 
 from __future__ import annotations
@@ -47,6 +49,13 @@ STREAMS = (CORPUS / "streams.sql").read_text()
 MACROS = [
     "CREATE MACRO tumble_start(t, s) AS epoch_ms(epoch_ms(t) - epoch_ms(t) % (s * 1000))",
     "CREATE MACRO tumble_end(t, s) AS epoch_ms(epoch_ms(t) - epoch_ms(t) % (s * 1000) + s * 1000)",
+    # the starts (epoch ms) of the HOP windows of t, and the ends of its CUMULATE windows
+    "CREATE MACRO hop_starts(t, slide, size) AS generate_series(epoch_ms(t) - epoch_ms(t)"
+    " % (slide * 1000) - (size - slide) * 1000, epoch_ms(t) - epoch_ms(t) % (slide * 1000),"
+    " slide * 1000)",
+    "CREATE MACRO cumulate_ends(t, step, size) AS list_filter(generate_series(epoch_ms(t)"
+    " - epoch_ms(t) % (size * 1000) + step * 1000, epoch_ms(t) - epoch_ms(t) % (size * 1000)"
+    " + size * 1000, step * 1000), lambda e: e > epoch_ms(t))",
 ]
 _REFUSED = re.compile(r"^-- refused: (.+)$", re.MULTILINE)
 

@@ -31,13 +31,14 @@ from streamhouse.sql.over import FRESH, OverAggregate
 from streamhouse.sql.parse import node_position
 from streamhouse.sql.projection import declared_stars_sql
 from streamhouse.sql.source import METADATA_COLUMNS
+from streamhouse.sql.window_rows import WindowRows
 from streamhouse.state.store import StateView
 from streamhouse.views.group_by import GroupAggregate
 from streamhouse.views.recompute import RecomputeOperator
 from streamhouse.views.top_n import TopNOperator
 from streamhouse.windows.operator import SessionOperator, WindowOperator, make_operator
 from streamhouse.windows.over import OverAggregateOperator
-from streamhouse.windows.table import event_time_ms
+from streamhouse.windows.table import event_time_ms, window_table
 from streamhouse.windows.time_sort import TimeSortOperator
 
 GLOBAL_KEY = b"{}"
@@ -101,6 +102,16 @@ class StatelessSql(Adapter[nodes.Stateless]):
             return Changelog()
         sql = _declared_stars(self.node.sql, self.node.source, rows.schema)
         return Changelog(run_ordered(sql, {self.node.source: rows}))
+
+
+class WindowRowsAssign(Adapter[WindowRows]):
+    """A window TVF's rows: each input row once per window it falls in, window columns added."""
+
+    def process(self, batch: MicroBatch) -> Changelog:
+        rows = batch.inputs[self.node.source]
+        if rows is None:
+            return Changelog()
+        return Changelog(window_table(rows, self.node.window))
 
 
 def _declared_stars(sql: str, source: str, schema: pa.Schema) -> str:
@@ -452,9 +463,16 @@ def _check_time_attribute(node: nodes.TimeSort | OverAggregate, context: QueryCo
         if time_column is not None
         else f"{node.source!r} has no time attribute (declare a WATERMARK)"
     )
+    instead = (
+        f"; write ORDER BY {time_column or '<time attribute>'}, {node.time_column} to sort by"
+        f" time, or ROW_NUMBER() OVER (ORDER BY {node.time_column} ...) <= N in a subquery for"
+        " the first N rows (a Top-N)"
+        if isinstance(node, nodes.TimeSort)
+        else ""
+    )
     raise SqlError(
         f"ORDER BY in a continuous query must start with the time attribute, ascending: "
-        f"{node.time_column!r} is not it ({reason})",
+        f"{node.time_column!r} is not it ({reason}){instead}",
         *node_position(where),
     )
 
@@ -495,6 +513,7 @@ ADAPTERS: dict[type[PlanNode], type[Adapter]] = {
     nodes.TimeSort: TimeSorting,
     nodes.UnionAll: UnionAllRows,
     OverAggregate: OverAggregation,
+    WindowRows: WindowRowsAssign,
 }
 """The adapter of each plan node type."""
 

@@ -246,7 +246,11 @@ class ContinuousQuery:
         return pa.schema([*source.schema, *computed, *meta] + (_WINDOW_FIELDS if windowed else []))
 
     def time_column(self, name: str) -> str | None:
-        """The time attribute (WATERMARK column) of source ``name``, if it has one."""
+        """The time attribute (WATERMARK column) of source ``name``, if it has one (a derived
+        input's: that of the input it keeps the time attribute of)."""
+        derived = self.plan.derived.get(name)
+        if derived is not None:
+            return self.time_column(derived.time_source) if derived.time_source else None
         source = self.sources.get(name)
         return source.time_column if source is not None else None
 

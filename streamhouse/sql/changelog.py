@@ -78,6 +78,12 @@ class PlanNode:
         return None
 
     @property
+    def time_source(self) -> str | None:
+        """The input whose time attribute the node's rows keep as it is (same column, never
+        older than that input's watermark), if any: a join over the node evicts by it."""
+        return None
+
+    @property
     def keeps_metadata(self) -> bool:
         """Whether the node reads its inputs with every metadata column (``_partition``,
         ``_offset``, ...) rather than only those the query names."""

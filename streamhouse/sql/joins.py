@@ -1,5 +1,6 @@
 """Planning continuous joins: stream joins (regular and interval), their outer variants,
-temporal joins, aggregates over joins and a TUMBLE TVF joined to streams."""
+temporal joins and aggregates over joins (a window TVF joined to streams is
+:mod:`streamhouse.sql.window_rows`)."""
 
 from __future__ import annotations
 
@@ -21,7 +22,6 @@ from streamhouse.sql.parse import sql_error
 from streamhouse.sql.plan_checks import refuse_retractions
 from streamhouse.sql.recompute import recompute_over_retractions
 from streamhouse.sql.window_aggregate import plan_window
-from streamhouse.sql.window_spec import WINDOW_COLUMNS, WindowKind, find_window, tvf_call
 
 
 def plan_temporal_join(select: exp.Select) -> TemporalJoin | None:
@@ -214,51 +214,3 @@ def _refuse_padded_key(select: exp.Select) -> None:
             " group by a column of the side the join keeps, or add a second GROUP BY column",
             key,
         )
-
-
-def tumbles_as_columns(select: exp.Select) -> exp.Select:
-    """``select`` with the one TUMBLE TVF it joins to streams (``TABLE(TUMBLE(TABLE a,
-    DESCRIPTOR(t), size)) AS x JOIN b ...``) as a subquery computing window_start, window_end and window_time per row
-    (each row has one tumbling window), so the join and an aggregate over it run as over any
-    other input: its rows are the join's, and a GROUP BY window_start updates per window as
-    the join's rows come (a join with a stream can add rows to a window at any time)."""
-    sides = [select.args.get("from_"), *select.args["joins"]]
-    tvfs = [s for s in sides if s is not None and tvf_call(s.this) is not None]
-    plain = [s for s in sides if s is not None and s not in tvfs and isinstance(s.this, exp.Table)]
-    if len(tvfs) != 1 or len(plain) != len(sides) - 1:  # window joins are planned as such
-        return select
-    result = select.copy()
-    for side in [result.args.get("from_"), *result.args["joins"]]:
-        source = side.this if side is not None else None
-        if source is None or tvf_call(source) is None:
-            continue
-        spec, rest = find_window(exp.select(exp.Star()).from_(source.copy()))
-        if spec is None or spec.kind != WindowKind.TUMBLE:
-            continue
-        data = rest.args["from_"].this
-        alias = data.alias_or_name
-        data.set("alias", None)
-        time = exp.column(spec.time_column)
-        size = exp.Interval(this=exp.Literal.string(str(spec.size_ms)), unit=exp.var("MILLISECOND"))
-        start = exp.Anonymous(
-            this="date_bin",
-            expressions=[size, time, exp.cast(exp.Literal.string("1970-01-01"), "TIMESTAMP")],
-        )
-        end = exp.Add(this=start.copy(), expression=size.copy())
-        last = exp.Interval(this=exp.Literal.string("1"), unit=exp.var("MILLISECOND"))
-        windowed = (
-            exp.select(
-                exp.Star(),
-                start.as_("window_start"),
-                end.as_("window_end"),
-                exp.Sub(this=end.copy(), expression=last).as_("window_time"),
-            )
-            .from_(data)
-            .where(time.is_(exp.null()).not_())
-        )
-        source.replace(windowed.subquery(alias))
-        for column in result.find_all(exp.Column):  # the window columns are this side's
-            outer = column.find_ancestor(exp.Select) is result
-            if outer and not column.table and column.name in WINDOW_COLUMNS:
-                column.set("table", exp.to_identifier(alias))
-    return result

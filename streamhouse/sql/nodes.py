@@ -13,6 +13,7 @@ from streamhouse.sql.aggregates import AggregateCall
 from streamhouse.sql.bounds import TimeBound
 from streamhouse.sql.changelog import ChangelogMode, PlanNode
 from streamhouse.sql.over import OverAggregate
+from streamhouse.sql.window_rows import WindowRows
 from streamhouse.sql.window_spec import WindowKind, WindowSpec
 
 FLOWS = "__windows"
@@ -404,6 +405,7 @@ Operator = Union[
     "TimeSort",
     "UnionAll",
     "OverAggregate",
+    "WindowRows",
 ]
 
 

@@ -23,7 +23,7 @@ from sqlglot import exp
 from streamhouse.errors import SqlError
 from streamhouse.sql.functions import to_datafusion
 from streamhouse.sql.inline import inline
-from streamhouse.sql.joins import plan_join, tumbles_as_columns
+from streamhouse.sql.joins import plan_join
 from streamhouse.sql.nodes import (
     Operator,
     Recompute,
@@ -49,6 +49,8 @@ from streamhouse.sql.time_sort import plan_time_sort
 from streamhouse.sql.top_n import plan_top_n, top_n_over_updates
 from streamhouse.sql.union import plan_distinct_union, plan_union, window_over_union
 from streamhouse.sql.window_aggregate import plan_window
+from streamhouse.sql.window_inputs import session_aggregates_as_inputs, window_inputs
+from streamhouse.sql.window_rows import SESSION_ROWS, joins_window_rows, window_rows_in_join
 from streamhouse.sql.window_spec import WindowKind, find_window, take_out_windows
 
 log = logging.getLogger(__name__)
@@ -178,12 +180,13 @@ def plan_select(
     the nested queries it reads are planned into ``derived`` first, by name."""
     if select.args.get("limit") is not None:
         raise sql_error("LIMIT has no meaning in a continuous query", select.args["limit"])
+    if select.args.get("joins"):
+        select = window_rows_in_join(select, derived, plan_select)
+    joins = select.args.get("joins") or []
     over_union = window_over_union(select, derived, plan_select)
     if over_union is not None:
         return over_union
-    joins = select.args.get("joins") or []
-    if joins:
-        select = tumbles_as_columns(select)
+    select = window_inputs(select, derived, plan_select)
     sides = [select.args.get("from_")] + list(joins)
     if joins and any(isinstance(s.this, exp.Subquery) for s in sides if s is not None):
         windowed_inputs = take_out_windows(select)[1]
@@ -195,7 +198,7 @@ def plan_select(
     rewritten, windowed = take_out_windows(select)
     tables = source_tables(rewritten)
     plain = [t for t in tables if t.name not in windowed]
-    if windowed:
+    if windowed and not joins_window_rows(select):
         if plain:
             raise sql_error(
                 "a continuous query cannot yet mix windowed and unwindowed streams", plain[0]
@@ -219,7 +222,10 @@ def plan_select(
                 log.info("falling back to per-window evaluation")
         specs = {w for _, w in windowed.values()}
         if any(w.kind == WindowKind.SESSION for w in specs):
-            raise sql_error("SESSION windows support windowed aggregates only", select)
+            inputs = session_aggregates_as_inputs(select, derived, plan_select)
+            if inputs is None:
+                raise sql_error(SESSION_ROWS, select)
+            return plan_select(inputs, derived)
         if len(specs) > 1:
             raise sql_error(
                 "every input of a windowed continuous query needs the same window", select

@@ -73,7 +73,9 @@ def order_error(first: exp.Ordered) -> SqlError:
     return sql_error(
         "ORDER BY in a continuous query must start with the time attribute, ascending "
         "(a stream's WATERMARK column; window_start/window_end of a window aggregate): "
-        f"ORDER BY {first.sql(dialect='postgres')} is not supported",
+        f"ORDER BY {first.sql(dialect='postgres')} is not supported; order by the time"
+        " attribute first, or keep the first N rows with ROW_NUMBER() OVER (ORDER BY ...) <= N"
+        " in a subquery (a Top-N)",
         first,
     )
 

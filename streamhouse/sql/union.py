@@ -15,7 +15,7 @@ def plan_union(
     union: exp.Union, derived: dict[str, Operator], plan_select: SelectPlanner
 ) -> UnionAll:
     """Each SELECT of ``a UNION ALL b ...`` as a derived input of one :class:`UnionAll`."""
-    return _union_of(_union_branches(union), derived, plan_select)
+    return _union_of(union_branches(union), derived, plan_select)
 
 
 def plan_distinct_union(
@@ -37,7 +37,7 @@ def plan_distinct_union(
     return plan_window(distinct, None, exp.to_table(name))
 
 
-def _union_branches(union: exp.Union) -> list[exp.Select]:
+def union_branches(union: exp.Union) -> list[exp.Select]:
     """The SELECTs of ``a UNION ALL b ...``, in order."""
     for key in ("order", "limit", "offset"):
         if union.args.get(key) is not None:
@@ -107,7 +107,7 @@ def window_over_union(
         or not isinstance(sub.this, exp.Union)
     ):
         return None
-    branches = [b.copy() for b in _union_branches(sub.this)]
+    branches = [b.copy() for b in union_branches(sub.this)]
     names = [e.alias_or_name for e in branches[0].expressions]
     if spec.time_column not in names:
         raise sql_error(f"{spec.time_column!r} is not a column of the UNION ALL", sub)

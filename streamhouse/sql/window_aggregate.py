@@ -32,10 +32,10 @@ _AGGREGATES: dict[type, AggregateFunction] = {
 
 def plan_window(rest: exp.Select, spec: WindowSpec | None, table: exp.Table) -> WindowAggregate:
     group = rest.args.get("group")
-    keys = [
+    keys = [  # the window's own columns are not keys (an updating aggregate's are)
         g
         for g in (group.expressions if group is not None else [])
-        if not (isinstance(g, exp.Column) and g.name in WINDOW_COLUMNS)
+        if spec is None or not (isinstance(g, exp.Column) and g.name in WINDOW_COLUMNS)
     ]
     if spec is not None and spec.kind == WindowKind.SESSION:
         # Sessions are tracked per group key; a TVF without PARTITION BY means sessions over

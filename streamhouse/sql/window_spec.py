@@ -248,6 +248,26 @@ def find_window(select: exp.Select) -> tuple[WindowSpec | None, exp.Select]:
     return spec, result
 
 
+def windowed_side(select: exp.Select, rest: exp.Select) -> exp.Expr | None:
+    """The FROM or JOIN of ``rest`` (``select`` without its window) whose rows are windowed:
+    the TVF's side (a TVF joined to streams, in a bounded query: the join then runs over its
+    windowed rows), or the FROM of a query without joins."""
+    sides = [select.args.get("from_"), *(select.args.get("joins") or [])]
+    rest_sides = [rest.args.get("from_"), *(rest.args.get("joins") or [])]
+    if len(sides) == 1:
+        return rest_sides[0]
+    for side, rest_side in zip(sides, rest_sides, strict=True):
+        if side is not None and tvf_call(side.this) is not None:
+            return rest_side
+    raise _error(
+        "a GROUP BY window over a join is not supported: join a window TVF of one input to"
+        " the other (FROM TABLE(TUMBLE(TABLE a, DESCRIPTOR(t), ...)) AS x JOIN b ... GROUP BY"
+        " window_start, window_end), or window each input with a TVF and join them on"
+        " window_start and window_end (a window join)",
+        rest_sides[1],
+    )
+
+
 def take_out_windows(query: exp.Query) -> tuple[exp.Query, dict[str, tuple[str, WindowSpec]]]:
     """Replace each windowed SELECT by plain SQL over a windowed copy of its source.
 
@@ -260,12 +280,10 @@ def take_out_windows(query: exp.Query) -> tuple[exp.Query, dict[str, tuple[str, 
         spec, rest = find_window(select)
         if spec is None:
             continue
-        source = rest.args.get("from_")
+        source = windowed_side(select, rest)
         table = source.this if source is not None else None
         if not isinstance(table, exp.Table) or isinstance(table.this, exp.Func):
             raise _error("a window must be over a stream, view or topic", table, select)
-        if rest.args.get("joins"):
-            raise _error("windows over joins are not supported yet", rest.args["joins"][0])
         name = f"__window_{len(windowed)}_{table.name}"
         windowed[name] = (table.name, spec)
         alias = table.alias or table.name
