@@ -505,7 +505,7 @@ def serve(
     data_dir: str | None,
 ) -> None:
     """Serve the Kafka protocol over the log (and run continuous queries and, every
-    retention_check_interval_s, a retention pass) until Ctrl-C."""
+    retention_check_interval_s, a retention and a compaction pass) until Ctrl-C."""
     import asyncio
     import contextlib
     import signal
@@ -610,13 +610,15 @@ def cluster() -> None:
 @friendly_errors
 def cluster_status(ctx: click.Context, data_dir: str | None) -> None:
     """List the agents registered in a PostgreSQL metadata store: node id, address, zone,
-    group, last heartbeat, and whether it is live (heartbeat within this process's
-    agent_ttl_s); then the continuous queries: which agent holds each, at which lease epoch,
-    the checkpoint a new holder would resume from, how old it is and how many source records
-    it had not read then (lag_at_checkpoint: what a new holder reads again)."""
+    group, last heartbeat, whether it is live (heartbeat within this process's agent_ttl_s),
+    and the consumer groups it coordinates (holds a live lease of); then the continuous
+    queries: which agent holds each, at which lease epoch, the checkpoint a new holder would
+    resume from, how old it is and how many source records it had not read then
+    (lag_at_checkpoint: what a new holder reads again)."""
     from datetime import UTC, datetime
 
     from streamhouse.kafka.cluster import node_id_of
+    from streamhouse.kafka.coordination import GROUP_LEASE_PREFIX, group_of_lease
     from streamhouse.log.metadata import open_metadata, sqlite_path
     from streamhouse.runtime.supervisor import LEASE_PREFIX
 
@@ -631,11 +633,16 @@ def cluster_status(ctx: click.Context, data_dir: str | None) -> None:
     md = open_metadata(settings)
     try:
         agents = md.list_agents()
+        leases = md.list_leases(GROUP_LEASE_PREFIX)
         query_leases = md.list_leases(LEASE_PREFIX)
         checkpoints = {c.query: c for c in md.list_query_checkpoints()}
         lags = {name: _lag(md, c.positions) for name, c in checkpoints.items()}
     finally:
         md.close()
+    coordinates: dict[str, list[str]] = {}
+    for lease in leases:
+        if lease.live:
+            coordinates.setdefault(lease.holder, []).append(group_of_lease(lease.name))
     ttl_ms = settings.agent_ttl_s * 1000
     rows = [
         {
@@ -649,6 +656,7 @@ def cluster_status(ctx: click.Context, data_dir: str | None) -> None:
             ),
             "heartbeat_age_s": round(agent.heartbeat_age_ms / 1000, 1),
             "state": "live" if agent.heartbeat_age_ms <= ttl_ms else "dead",
+            "coordinates": ", ".join(coordinates.get(agent.agent_id, [])),
         }
         for agent in agents
     ]
@@ -662,6 +670,7 @@ def cluster_status(ctx: click.Context, data_dir: str | None) -> None:
             ("last_heartbeat", pa.string()),
             ("heartbeat_age_s", pa.float64()),
             ("state", pa.string()),
+            ("coordinates", pa.string()),
         ]
     )
     _print_table(pa.Table.from_pylist(rows, schema=schema))
@@ -844,18 +853,29 @@ def demo(ctx: click.Context, events: int, data_dir: str | None) -> None:
 def compact(ctx: click.Context, topic_name: str | None, data_dir: str | None) -> None:
     """Run one storage-lifecycle pass now over TOPIC (default: every topic), then exit.
 
-    For now this is retention only: retention.ms and retention.bytes move log start offsets,
-    and segment objects no index row names any more are deleted once unreferenced for
-    object_delete_delay_s. Merging small objects is not done yet. `serve` runs the same pass
+    Retention: retention.ms and retention.bytes move log start offsets, and segment objects no
+    index row names any more are deleted once unreferenced for object_delete_delay_s.
+    Compaction: the small objects of many flushes are merged into larger per-partition
+    objects (up to compaction_target_bytes), their batches merged and recompressed
+    (compaction_compression, or the topic's compression.type). `serve` runs the same pass
     every retention_check_interval_s.
     """
+    topics = None if topic_name is None else [topic_name]
     with _open(ctx) as sh:
-        report = sh.enforce_retention(None if topic_name is None else [topic_name])
+        report = sh.enforce_retention(topics)
+        compacted = sh.compact(topics)
     for (name, partition), (old, new) in sorted(report.advanced.items()):
         click.echo(f"{name}-{partition}: log start offset {old} -> {new}", err=True)
     click.echo(
         f"retention: {len(report.advanced)} partition(s) advanced,"
         f" {len(report.deleted_objects)} object(s) deleted",
+        err=True,
+    )
+    click.echo(
+        f"compaction: {compacted.rows_replaced} index row(s) merged into"
+        f" {len(compacted.objects_written)} object(s), {compacted.bytes_read:,} -> "
+        f"{compacted.bytes_written:,} bytes in {compacted.seconds:.2f} s"
+        + (f"; {len(compacted.busy)} partition(s) busy elsewhere" if compacted.busy else ""),
         err=True,
     )
 
@@ -865,7 +885,7 @@ def compact(ctx: click.Context, topic_name: str | None, data_dir: str | None) ->
     "--rebuild-metadata",
     is_flag=True,
     help="Rebuild topics, partitions and offsets from the objects' footers into a fresh"
-    " metadata store (the old file is kept aside), then check.",
+    " metadata store (the old SQLite file, or PostgreSQL tables, kept aside), then check.",
 )
 @click.option(
     "--delete-orphans",
@@ -926,11 +946,18 @@ def fsck(
                 report = checker.check(
                     store, metadata, orphan_min_age_s=min_age, progress=advance, on_start=on_start
                 )
+            noted = checker.write_missing_notes(store, report)
             deletion = checker.OrphanDeletion()
             if delete_orphans:
                 deletion = checker.delete_orphans(store, metadata, report, orphan_min_age_s=min_age)
         finally:
             metadata.close()
+    for key in noted:
+        click.echo(
+            f"noted: {key} is indexed at other offsets than written and had no sequence note;"
+            " it is written now (a rebuild of lost metadata needs it)",
+            err=True,
+        )
     deleted = set(deletion.deleted)
     for finding in report.findings:
         key = finding.object_key
@@ -973,13 +1000,16 @@ def fsck(
 def _report_rebuild(rebuilt: Any) -> None:
     click.echo(
         f"rebuilt the metadata from {rebuilt.objects} object(s): {len(rebuilt.topics)} topic(s),"
-        f" {len(rebuilt.offsets)} partition(s) with records, {rebuilt.rows} index row(s)",
+        f" {len(rebuilt.offsets)} partition(s) with records, {rebuilt.rows} index row(s)"
+        + (f", {rebuilt.notes} sequence note(s)" if rebuilt.notes else ""),
         err=True,
     )
     for (topic, partition), (start, end) in sorted(rebuilt.offsets.items()):
         click.echo(f"  {topic}/{partition}: offsets {start}-{end - 1}", err=True)
     for path in rebuilt.kept_aside:
         click.echo(f"the old metadata file is kept as {path}", err=True)
+    if rebuilt.kept_schema is not None:
+        click.echo(f"the old metadata tables are kept in schema {rebuilt.kept_schema}", err=True)
     for key in rebuilt.unreadable:
         click.echo(f"not rebuilt: {key} has a damaged footer", err=True)
     for key in rebuilt.overlapping:
@@ -992,6 +1022,13 @@ def _report_rebuild(rebuilt: Any) -> None:
         )
     for gap in rebuilt.gaps:
         click.echo(f"gap: no object holds {gap}", err=True)
+    for (topic, partition), offset in sorted(rebuilt.uncertain.items()):
+        click.echo(
+            f"offsets may differ: {topic}/{partition} from offset {offset} on may not be the"
+            " offsets producers were acknowledged with (runs written by concurrent writers at"
+            " the same offsets, without a sequence note of where the store put them)",
+            err=True,
+        )
     click.echo("could not be rebuilt (the objects do not hold them):", err=True)
     for line in rebuilt.not_rebuilt():
         click.echo(f"  - {line}", err=True)
