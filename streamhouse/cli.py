@@ -590,7 +590,12 @@ def _supervise_queries(sh: StreamHouse, agent_id: str, files: list[Path]) -> Que
     for entry in sh.log.metadata.list_catalog():
         if entry.kind == "view" and is_materialized_view(parse(entry.sql)[0]):
             supervisor.add(QueryFile.read(entry.sql, name=entry.name))
-    log.warning("agent %s runs the continuous queries it holds the lease of", agent_id)
+    if supervisor.names:
+        log.warning(
+            "agent %s runs those of the continuous queries %s it holds the lease of",
+            agent_id,
+            ", ".join(supervisor.names),
+        )
     return supervisor.start()
 
 

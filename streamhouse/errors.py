@@ -109,11 +109,6 @@ class InvalidProducerEpochError(ProducerSequenceError):
     """The batch carries an older epoch than the store has seen of its producer id."""
 
 
-class LeaseLostError(LogError):
-    """A write made under a lease its writer no longer holds (it expired or was taken over)
-    was refused; nothing of it was stored."""
-
-
 class RefusedBatchesError(LogError):
     """A segment commit was rolled back because some idempotent producer batches in it may not
     be indexed: ``verdicts`` maps the index of each such batch (in the commit's list) to the

@@ -21,7 +21,7 @@ from kafka_fixtures import KafkaServer, RawClient, produce_request
 import streamhouse
 from streamhouse.cli import main as cli
 from streamhouse.config import Settings
-from streamhouse.errors import LeaseLostError
+from streamhouse.errors import FencedError
 from streamhouse.kafka.cluster import Cluster, Node, node_id_of
 from streamhouse.kafka.coordination import ADOPT_COMMITS_S, GroupLeases
 from streamhouse.kafka.wire import ErrorCode, ms
@@ -466,7 +466,7 @@ def test_group_leases_one_holder_takeover_and_release(md: Store) -> None:
         assert not b.took_over("g")
         stale = a.lease_of("g")
         assert stale is not None
-        with pytest.raises(LeaseLostError):  # the paused holder's commit is fenced
+        with pytest.raises(FencedError):  # the paused holder's commit is fenced
             md.commit_group_offsets("g", {("t", 0): (5, "")}, stale)
         md.commit_group_offsets("g", {("t", 0): (7, "")}, b.lease_of("g"))
         assert md.group_offsets("g")[("t", 0)].offset == 7

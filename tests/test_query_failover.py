@@ -253,7 +253,18 @@ def test_the_agent_running_a_query_is_killed_and_another_resumes_it_exactly_once
     assert "restored checkpoint" in second.log(400)
 
 
+VIEWED = (
+    "CREATE MATERIALIZED VIEW viewed AS"
+    " SELECT user_id, `timestamp` FROM events WHERE event_type = 'view'"
+)
+"""A materialized view in the catalog (no file): the agents run it too, one at a time."""
+
+
 def test_a_paused_holder_is_fenced_and_writes_nothing_after_it_resumes(cluster: Cluster) -> None:
+    assert cluster.sh is not None
+    for declaration in QueryFile.read(cluster.queries / "clicks.sql").declarations:
+        cluster.sh.engine.statement(declaration)  # the stream the view reads
+    cluster.md.put_catalog("viewed", "view", VIEWED)
     agents = [cluster.start_agent() for _ in range(2)]
     first, epoch = cluster.holder()
     other = next(a for a in agents if a is not first)
@@ -279,6 +290,23 @@ def test_a_paused_holder_is_fenced_and_writes_nothing_after_it_resumes(cluster: 
 
     cluster.append(_closing(1800))
     _exactly_once(cluster, produced)
+    views = Counter(
+        (e["user_id"], e["timestamp"])
+        for e in produced + _closing(1800)
+        if e["event_type"] == "view"
+    )
+    held = {lease.name: lease.holder for lease in cluster.md.list_leases() if lease.live}
+    assert set(held) == {lease_name("clicks"), lease_name("viewed")}
+
+    def viewed() -> Counter[tuple[object, object]]:
+        return Counter(
+            (row["user_id"], row["timestamp"])
+            for row in (json.loads(v) for v in cluster.sh.fetch("viewed")["value"].to_pylist())  # type: ignore[union-attr]
+        )
+
+    _until(lambda: sum(viewed().values()) >= sum(views.values()), "the view's rows")
+    time.sleep(1.0)
+    assert viewed() == views  # each view event once
 
 
 # -- in one process: the fence and the recorded checkpoint, step by step -------------------------

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
-from streamhouse.errors import LeaseLostError, StreamHouseError
+from streamhouse.errors import FencedError, StreamHouseError
 from streamhouse.kafka.api_keys import ApiKey
 from streamhouse.kafka.wire import ErrorCode, RequestHeader, make, messages, to_ms
 
@@ -627,7 +627,7 @@ async def handle_offset_commit(broker: Broker, header: RequestHeader, request: A
         lease = broker.coordination.lease_of(request.group_id)
         try:
             broker.log.metadata.commit_group_offsets(request.group_id, offsets, lease)
-        except LeaseLostError as exc:
+        except FencedError as exc:
             log.warning("group %s: offsets not committed: %s", request.group_id, exc)
             broker.coordination.lost(request.group_id)
             for key in offsets:

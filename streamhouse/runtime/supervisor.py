@@ -77,6 +77,11 @@ class QuerySupervisor:
         return True
 
     @property
+    def names(self) -> list[str]:
+        """The queries supervised, by name."""
+        return sorted(self._queries)
+
+    @property
     def running(self) -> list[ContinuousQuery]:
         """The queries this agent runs now."""
         return [held.query for held in self._queries.values() if held.query is not None]

@@ -323,7 +323,7 @@ class Metadata(Protocol):
     ) -> None:
         """Store ``(topic, partition) -> (offset, metadata)`` for ``group`` in one transaction;
         with ``lease`` (the group coordinator's), only while it still holds it: else nothing
-        is stored and ``LeaseLostError`` is raised (a coordinator paused past its lease)."""
+        is stored and ``FencedError`` is raised (a coordinator paused past its lease)."""
         ...
 
     def group_offsets(self, group: str) -> dict[tuple[str, int], GroupOffset]:

@@ -30,7 +30,6 @@ from psycopg.pq import TransactionStatus
 from psycopg_pool import ConnectionPool
 
 from streamhouse.errors import (
-    LeaseLostError,
     SqlError,
     StorageError,
     TopicExistsError,
@@ -599,7 +598,7 @@ class PostgresMetadata(SqlMetadata):
                 params,
             ).rowcount
             if lease is not None and not stored:
-                raise LeaseLostError(f"group {group!r}: lease {lease.name!r} is no longer held")
+                raise leases.refused(lease, f"commit of group {group!r} offsets")
 
     # -- the SQL catalog ---------------------------------------------------------------------
 

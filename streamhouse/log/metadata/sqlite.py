@@ -34,7 +34,6 @@ from pathlib import Path
 from urllib.parse import quote
 
 from streamhouse.errors import (
-    LeaseLostError,
     LogError,
     SqlError,
     StorageError,
@@ -501,7 +500,7 @@ class SQLiteMetadata(SqlMetadata):
                     leases.sql(leases.HOLDS, SQLITE), (lease.name, lease.holder, lease.epoch)
                 ).fetchone()
             ):
-                raise LeaseLostError(f"group {group!r}: lease {lease.name!r} is no longer held")
+                raise leases.refused(lease, f"commit of group {group!r} offsets")
             conn.executemany(
                 "INSERT INTO group_offsets (group_id, topic, partition_id, committed_offset,"
                 " metadata, commit_ms) VALUES (?, ?, ?, ?, ?, ?)"
