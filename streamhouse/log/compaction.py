@@ -39,15 +39,17 @@ import socket
 import time
 import uuid
 from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from streamhouse.errors import DamagedRangeError, StorageError, UnknownTopicError
-from streamhouse.log.key_compaction import is_compacted, plan_cleaning
+from streamhouse.log.key_compaction import Cleaning, is_compacted, plan_cleaning
 from streamhouse.log.metadata import SegmentRow
 from streamhouse.log.metadata.leases import Lease
 from streamhouse.log.metadata.rules import now_ms
 from streamhouse.log.metadata.swaps import SegmentSwap, SwapOutcome, lease_name
+from streamhouse.log.objectstore import ObjectStore
 from streamhouse.log.records import Compression, split_batches
 from streamhouse.log.records.filter import drop_records
 from streamhouse.log.records.merge import DEFAULT_MAX_BATCH_BYTES, merge_batches
@@ -229,15 +231,40 @@ def _compact_partition(
         groups = cleaning.groups
     else:
         groups = plan_groups(rows, target, span)
+    if not groups:
+        return
+    with ThreadPoolExecutor(store.read_parallelism, thread_name_prefix="compact") as reads:
+        _rewrite_groups(
+            log_, topic, partition, lease, codec, ttl_ms, groups, cleaning, reads, report
+        )
+
+
+def _range(store: ObjectStore, row: SegmentRow) -> bytes:
+    """The bytes of ``row``'s run: one range read."""
+    return store.get(row.object_key, row.position, row.position + row.length)
+
+
+def _rewrite_groups(
+    log_: Log,
+    topic: str,
+    partition: int,
+    lease: Lease,
+    codec: Compression | None,
+    ttl_ms: int,
+    groups: list[list[SegmentRow]],
+    cleaning: Cleaning | None,
+    reads: ThreadPoolExecutor,
+    report: CompactionReport,
+) -> None:
+    """Write each group as one object and swap it in (the old runs read ``reads`` at a time:
+    on S3 each is a round trip)."""
+    metadata, store = log_.metadata, log_.store
     for group in groups:
         if not metadata.renew_lease(lease, ttl_ms):
             log.warning("compaction of %s-%d: lease lost, stopping", topic, partition)
             return
         try:
-            runs = [
-                log_.reader.run_view(r, store.get(r.object_key, r.position, r.position + r.length))
-                for r in group
-            ]
+            runs = list(reads.map(lambda r: log_.reader.run_view(r, _range(store, r)), group))
         except DamagedRangeError as exc:
             log.warning("compaction of %s-%d: group passed over: %s", topic, partition, exc)
             continue
