@@ -48,8 +48,9 @@ import streamhouse  # noqa: E402
 from benchmarks.nexmark import NexmarkConfig, generate_tables, json_values  # noqa: E402
 from benchmarks.nexmark.runner import query_file  # noqa: E402
 from streamhouse.sql.execute import run_sql  # noqa: E402
+from streamhouse.sql.nodes import FLOWS  # noqa: E402
 from streamhouse.sql.parse import parse  # noqa: E402
-from streamhouse.sql.plan import FLOWS, plan_query  # noqa: E402
+from streamhouse.sql.plan import plan_query  # noqa: E402
 from streamhouse.state.store import StateStore  # noqa: E402
 from streamhouse.windows.operator import make_operator  # noqa: E402
 from streamhouse.windows.table import event_time_ms  # noqa: E402

@@ -559,11 +559,12 @@ def cluster() -> None:
 @friendly_errors
 def cluster_status(ctx: click.Context, data_dir: str | None) -> None:
     """List the agents registered in a PostgreSQL metadata store: node id, address, zone,
-    group, last heartbeat, and whether it is live (heartbeat within this process's
-    agent_ttl_s)."""
+    group, last heartbeat, whether it is live (heartbeat within this process's agent_ttl_s),
+    and the consumer groups it coordinates (holds a live lease of)."""
     from datetime import UTC, datetime
 
     from streamhouse.kafka.cluster import node_id_of
+    from streamhouse.kafka.coordination import GROUP_LEASE_PREFIX, group_of_lease
     from streamhouse.log.metadata import open_metadata, sqlite_path
 
     settings = _settings(ctx)
@@ -577,8 +578,13 @@ def cluster_status(ctx: click.Context, data_dir: str | None) -> None:
     md = open_metadata(settings)
     try:
         agents = md.list_agents()
+        leases = md.list_leases(GROUP_LEASE_PREFIX)
     finally:
         md.close()
+    coordinates: dict[str, list[str]] = {}
+    for lease in leases:
+        if lease.live:
+            coordinates.setdefault(lease.holder, []).append(group_of_lease(lease.name))
     ttl_ms = settings.agent_ttl_s * 1000
     rows = [
         {
@@ -592,6 +598,7 @@ def cluster_status(ctx: click.Context, data_dir: str | None) -> None:
             ),
             "heartbeat_age_s": round(agent.heartbeat_age_ms / 1000, 1),
             "state": "live" if agent.heartbeat_age_ms <= ttl_ms else "dead",
+            "coordinates": ", ".join(coordinates.get(agent.agent_id, [])),
         }
         for agent in agents
     ]
@@ -605,6 +612,7 @@ def cluster_status(ctx: click.Context, data_dir: str | None) -> None:
             ("last_heartbeat", pa.string()),
             ("heartbeat_age_s", pa.float64()),
             ("state", pa.string()),
+            ("coordinates", pa.string()),
         ]
     )
     _print_table(pa.Table.from_pylist(rows, schema=schema))
@@ -777,7 +785,7 @@ def compact(ctx: click.Context, topic_name: str | None, data_dir: str | None) ->
     "--rebuild-metadata",
     is_flag=True,
     help="Rebuild topics, partitions and offsets from the objects' footers into a fresh"
-    " metadata store (the old file is kept aside), then check.",
+    " metadata store (the old SQLite file, or PostgreSQL tables, kept aside), then check.",
 )
 @click.option(
     "--delete-orphans",
@@ -838,11 +846,18 @@ def fsck(
                 report = checker.check(
                     store, metadata, orphan_min_age_s=min_age, progress=advance, on_start=on_start
                 )
+            noted = checker.write_missing_notes(store, report)
             deletion = checker.OrphanDeletion()
             if delete_orphans:
                 deletion = checker.delete_orphans(store, metadata, report, orphan_min_age_s=min_age)
         finally:
             metadata.close()
+    for key in noted:
+        click.echo(
+            f"noted: {key} is indexed at other offsets than written and had no sequence note;"
+            " it is written now (a rebuild of lost metadata needs it)",
+            err=True,
+        )
     deleted = set(deletion.deleted)
     for finding in report.findings:
         key = finding.object_key
@@ -885,13 +900,16 @@ def fsck(
 def _report_rebuild(rebuilt: Any) -> None:
     click.echo(
         f"rebuilt the metadata from {rebuilt.objects} object(s): {len(rebuilt.topics)} topic(s),"
-        f" {len(rebuilt.offsets)} partition(s) with records, {rebuilt.rows} index row(s)",
+        f" {len(rebuilt.offsets)} partition(s) with records, {rebuilt.rows} index row(s)"
+        + (f", {rebuilt.notes} sequence note(s)" if rebuilt.notes else ""),
         err=True,
     )
     for (topic, partition), (start, end) in sorted(rebuilt.offsets.items()):
         click.echo(f"  {topic}/{partition}: offsets {start}-{end - 1}", err=True)
     for path in rebuilt.kept_aside:
         click.echo(f"the old metadata file is kept as {path}", err=True)
+    if rebuilt.kept_schema is not None:
+        click.echo(f"the old metadata tables are kept in schema {rebuilt.kept_schema}", err=True)
     for key in rebuilt.unreadable:
         click.echo(f"not rebuilt: {key} has a damaged footer", err=True)
     for key in rebuilt.overlapping:
@@ -904,6 +922,13 @@ def _report_rebuild(rebuilt: Any) -> None:
         )
     for gap in rebuilt.gaps:
         click.echo(f"gap: no object holds {gap}", err=True)
+    for (topic, partition), offset in sorted(rebuilt.uncertain.items()):
+        click.echo(
+            f"offsets may differ: {topic}/{partition} from offset {offset} on may not be the"
+            " offsets producers were acknowledged with (runs written by concurrent writers at"
+            " the same offsets, without a sequence note of where the store put them)",
+            err=True,
+        )
     click.echo("could not be rebuilt (the objects do not hold them):", err=True)
     for line in rebuilt.not_rebuilt():
         click.echo(f"  - {line}", err=True)

@@ -266,6 +266,19 @@ class RawClient:
         assert got == correlation
         return response
 
+    def produce(
+        self, topic: str, partition: int, records: bytes, acks: int = -1
+    ) -> tuple[int, int]:
+        """``(error_code, base_offset)`` of a Produce v8 of ``records`` to one partition."""
+        resp = self.request(0, 8, **produce_request(topic, partition, records, acks))
+        part = resp.responses[0].partition_responses[0]
+        return part.error_code, part.base_offset
+
+    def fetch(self, topic: str, partitions: Sequence[tuple[int, int]], **kw: Any) -> dict[int, Any]:
+        """The Fetch v11 answer of each partition of ``(partition, offset)`` pairs, by index."""
+        resp = self.request(1, 11, **fetch_request(topic, partitions, **kw))
+        return {p.partition_index: p for p in resp.responses[0].partitions}
+
     def closed_by_server(self, wait: float = 5.0) -> bool:
         """Whether the server closes the connection within ``wait`` seconds."""
         self.sock.settimeout(wait)

@@ -18,8 +18,10 @@ from streamhouse.runtime.operator import MicroBatch
 from streamhouse.runtime.operators import ADAPTERS
 from streamhouse.runtime.sources import NO_WATERMARK
 from streamhouse.sql.changelog import ChangelogMode, PlanNode
+from streamhouse.sql.nodes import Recompute
 from streamhouse.sql.parse import parse_one
-from streamhouse.sql.plan import Recompute, check_changelogs, plan_query
+from streamhouse.sql.plan import plan_query
+from streamhouse.sql.plan_checks import check_changelogs
 from streamhouse.state.store import ScopedBatch
 from tests.join_cases import stream_ddl
 from tests.window_cases import start_paused

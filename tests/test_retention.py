@@ -28,7 +28,9 @@ from kafka_fixtures import KafkaServer, RawClient, fetch_request, guarded
 import streamhouse
 from streamhouse import InvalidConfigError, OffsetOutOfRangeError, StreamHouse
 from streamhouse.cli import main
+from streamhouse.errors import OutOfOrderSequenceError
 from streamhouse.log import fsck
+from streamhouse.log.records import build_batch
 from streamhouse.log.segment import SEGMENT_PREFIX
 
 HOUR_MS = 3_600_000
@@ -148,6 +150,27 @@ def test_objects_are_deleted_after_the_grace_period_and_only_when_unreferenced(
     assert report.deleted_objects == [a_row.object_key]
     assert set(sh.log.store.list(SEGMENT_PREFIX)) == keys - {a_row.object_key}
     assert seqs(sh, "b") == [3, 4]
+
+
+def test_a_retention_pass_forgets_idle_producers(tmp_path: Path, metadata_url: str | None) -> None:
+    """Producer states older than producer_id_expiration_s go (then the producer starts
+    afresh: any sequence is taken); a pass over named topics leaves them."""
+    with streamhouse.connect(
+        tmp_path / "data", metadata=metadata_url, linger_ms=1, producer_id_expiration_s=0.2
+    ) as sh:
+        sh.create_topic("t")
+
+        def idempotent(seq: int) -> int:
+            batch = build_batch([b"v"], producer_id=3, producer_epoch=0, base_sequence=seq)
+            return sh.log.append("t", 0, batch).result(10)
+
+        assert idempotent(0) == 0
+        with pytest.raises(OutOfOrderSequenceError):
+            idempotent(7)
+        time.sleep(0.3)
+        assert sh.enforce_retention(["t"]).forgotten_producers == 0
+        assert sh.enforce_retention().forgotten_producers == 1
+        assert idempotent(7) == 1
 
 
 def test_fsck_does_not_take_objects_awaiting_deletion_for_orphans(sh: StreamHouse) -> None:

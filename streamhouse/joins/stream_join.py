@@ -25,7 +25,7 @@ import pyarrow.compute as pc
 from streamhouse.joins.columns import pruned, referenced_names
 from streamhouse.sql.bounds import TimeBound
 from streamhouse.sql.execute import run_sql
-from streamhouse.sql.plan import OuterJoin
+from streamhouse.sql.nodes import OuterJoin
 from streamhouse.state.store import (
     ColumnFamily,
     StateBatch,

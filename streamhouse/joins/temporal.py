@@ -23,7 +23,7 @@ import pyarrow as pa
 
 from streamhouse.key_codes import group_codes
 from streamhouse.sql.execute import run_sql
-from streamhouse.sql.plan import ROW
+from streamhouse.sql.nodes import ROW
 from streamhouse.state.store import ColumnFamily, StateBatch, StateStore, decode_table, encode_table
 from streamhouse.windows.table import event_time_ms
 

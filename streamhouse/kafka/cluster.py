@@ -146,6 +146,17 @@ class Cluster:
         except Exception as exc:
             log.warning("agent %s: deregistering failed: %s", self.agent_id, exc)
 
+    def node_of(self, agent_id: str) -> Node | None:
+        """The live agent ``agent_id`` (of any agent group: a group lease may be held by one
+        of another), or ``None`` if it is not live."""
+        if agent_id == self.agent_id:
+            return self.me
+        aged = int((time.monotonic() - self._read_at) * 1000)
+        for agent in self._agents:
+            if agent.agent_id == agent_id and agent.heartbeat_age_ms + aged <= self.ttl_ms:
+                return Node(node_id_of(agent_id), agent.host, agent.port, agent.zone)
+        return None
+
     def nodes(self, zone: str | None = None) -> tuple[Node, ...]:
         """The live agents of this agent's group (this one always among them), by node id;
         those of ``zone`` only when ``zone`` has any."""

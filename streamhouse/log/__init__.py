@@ -41,6 +41,7 @@ from streamhouse.log.reader import FetchResult, LogReader, ObjectCache
 from streamhouse.log.records import BatchHeader, decode_batches, split_batches, verify_crc
 from streamhouse.log.retention import RetentionReport, enforce_retention
 from streamhouse.log.segment import SEGMENT_PREFIX
+from streamhouse.log.sequence_notes import delete_notes
 from streamhouse.log.topic_config import check_config_name, validate_topic_config
 from streamhouse.log.writer import LogWriter
 
@@ -143,6 +144,7 @@ class Log:
         for key in orphans:
             self.cache.discard(key)
             self.store.delete(key)
+        delete_notes(self.store, orphans)
 
     def get_topic(self, name: str) -> TopicInfo | None:
         return self.metadata.get_topic(name)

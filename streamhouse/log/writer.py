@@ -12,7 +12,9 @@ it; :meth:`~streamhouse.log.metadata.Metadata.commit_segment` then indexes each 
 at that partition's high watermark in one transaction and says where. The object is never
 rewritten: where the guess was wrong (another process committed to the partition meanwhile,
 or an earlier flush failed) the index row holds the assigned offsets, the object's footer the
-written ones, and the reader re-stamps the batches by the difference. No record is decoded on
+written ones, and the reader re-stamps the batches by the difference; a sequence note
+(:mod:`~streamhouse.log.sequence_notes`) records the assigned ones in the object store before
+the flush is acknowledged. No record is decoded on
 this path. Flushes are pipelined over two threads, so that the object of one flush is written
 while the index rows of the one before are committed:
 
@@ -42,12 +44,20 @@ from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
 from itertools import count
 
-from streamhouse.errors import LogError, StorageError, StreamHouseError, UnknownPartitionError
-from streamhouse.log.metadata import Metadata
+from streamhouse.errors import (
+    LogError,
+    RefusedBatchesError,
+    StorageError,
+    StreamHouseError,
+    UnknownPartitionError,
+)
+from streamhouse.log.metadata import Metadata, ProducerBatch
+from streamhouse.log.metadata.rules import SEQUENCE_MODULO
 from streamhouse.log.objectstore import ObjectStore
 from streamhouse.log.records import BatchHeader
 from streamhouse.log.records.header import BASE_OFFSET
 from streamhouse.log.segment import SegmentBuilder, SegmentEntry, segment_key
+from streamhouse.log.sequence_notes import write_note
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +134,8 @@ class _Flush:
     entries: list[SegmentEntry] = field(default_factory=list)
     resolved: list[tuple[_Append, int]] = field(default_factory=list)  # tentative offsets
     assigned: dict[_Key, int] = field(default_factory=dict)  # tentative next offsets
+    producer_batches: list[ProducerBatch] = field(default_factory=list)  # idempotent ones
+    claims: list[_Append] = field(default_factory=list)  # the append of each producer batch
     error: BaseException | None = None  # the put failed
 
 
@@ -139,6 +151,7 @@ class WriterStats:
     objects_put: int = 0
     objects_committed: int = 0
     sequenced_elsewhere: int = 0
+    duplicate_batches: int = 0  # idempotent batches the store had indexed already
 
 
 class LogWriter:
@@ -282,10 +295,9 @@ class LogWriter:
             for item in appends:
                 flush.by_partition.setdefault((item.topic, item.partition), []).append(item)
             with self._offsets_lock:
-                built = self._build(flush.by_partition)
-            if built is None:
+                self._build(flush)
+            if not flush.entries:
                 return flush
-            flush.data, flush.entries, flush.resolved, flush.assigned = built
             flush.object_key = segment_key(next(self._sequence))
             self._store.put(flush.object_key, flush.data)
             self.stats.objects_put += 1
@@ -293,34 +305,34 @@ class LogWriter:
             flush.error = exc
         return flush
 
-    def _build(
-        self, by_partition: dict[_Key, list[_Append]]
-    ) -> tuple[bytes, list[SegmentEntry], list[tuple[_Append, int]], dict[_Key, int]] | None:
-        """Stamp tentative offsets following ``_next_offsets`` and encode one segment object.
+    def _build(self, flush: _Flush) -> None:
+        """Stamp tentative offsets following ``_next_offsets`` and encode one segment object
+        into ``flush`` (its data, entries, tentative offsets and idempotent producer batches).
 
         Called with ``_offsets_lock`` held; advances ``_next_offsets`` (the committer corrects
         them by the offsets the store assigns, or forgets them if the flush fails). Appends to partitions that cannot be written
-        (unknown ones) are failed and dropped from ``by_partition``; ``None`` if nothing is
+        (unknown ones) are failed and dropped from ``by_partition``; no entries if nothing is
         left to write.
         """
         builder = SegmentBuilder()
-        assigned: dict[_Key, int] = {}
-        resolved: list[tuple[_Append, int]] = []
-        for key, items in list(by_partition.items()):
+        producers: list[tuple[_Key, int, int, BatchHeader, _Append]] = []
+        for key, items in list(flush.by_partition.items()):
             try:
                 next_offset = self._next_offset(key)
             except StreamHouseError as exc:
                 _fail(items, exc)
-                del by_partition[key]
+                del flush.by_partition[key]
                 continue
             base = next_offset
             buf = bytearray(items[0].data if len(items) == 1 else b"".join(i.data for i in items))
             position = 0
             min_ts, max_ts, records = None, None, 0
             for item in items:
-                resolved.append((item, next_offset))
+                flush.resolved.append((item, next_offset))
                 for start, header in item.headers:
                     BASE_OFFSET.pack_into(buf, position + start, next_offset)
+                    if header.producer_id >= 0:
+                        producers.append((key, base, next_offset - base, header, item))
                     next_offset += header.last_offset_delta + 1
                     records += header.record_count
                     lo, hi = header.base_timestamp, header.max_timestamp
@@ -337,12 +349,24 @@ class LogWriter:
                 max_timestamp=max_ts if max_ts is not None else -1,
                 record_count=records,
             )
-            assigned[key] = next_offset
+            flush.assigned[key] = next_offset
             self._next_offsets[key] = next_offset
-        if not assigned:
-            return None
-        data, entries = builder.build()
-        return data, entries, resolved, assigned
+        if not flush.assigned:
+            return
+        flush.data, flush.entries = builder.build()
+        entry_of = {(e.topic, e.partition): i for i, e in enumerate(flush.entries)}
+        for key, _, delta, header, item in producers:
+            flush.producer_batches.append(
+                ProducerBatch(
+                    entry_of[key],
+                    delta,
+                    header.producer_id,
+                    header.producer_epoch,
+                    header.base_sequence,
+                    (header.base_sequence + header.last_offset_delta) % SEQUENCE_MODULO,
+                )
+            )
+            flush.claims.append(item)
 
     def _next_offset(self, key: _Key) -> int:
         cached = self._next_offsets.get(key)
@@ -387,28 +411,68 @@ class LogWriter:
                 self._done.notify_all()
 
     def _commit(self, flush: _Flush) -> None:
-        """Commit one put flush; every future is resolved on return."""
-        if flush.error is not None:
-            exc = flush.error
-            log.error("flush failed: %s", exc)
-            self._forget_offsets()
-            if flush.object_key and flush.entries:
-                self._delete_orphan(flush.object_key)  # never committed
-            _fail(
-                flush.appends, exc if isinstance(exc, StreamHouseError) else StorageError(str(exc))
-            )
+        """Commit one put flush; every future is resolved on return.
+
+        A commit the store refuses for some idempotent producer batches (duplicates of batches
+        it indexed already, perhaps through another process, or out of order) was rolled back:
+        those appends are answered, and the rest of the flush is written and committed again
+        as a new object (rare: retries after a failover, or a misbehaving producer)."""
+        while True:
+            if flush.error is not None:
+                exc = flush.error
+                log.error("flush failed: %s", exc)
+                self._forget_offsets()
+                if flush.object_key and flush.entries:
+                    self._delete_orphan(flush.object_key)  # never committed
+                error = exc if isinstance(exc, StreamHouseError) else StorageError(str(exc))
+                _fail(flush.appends, error)
+                return
+            if not flush.resolved:  # every append failed at stamping
+                return
+            try:
+                bases = self._metadata.commit_segment(
+                    flush.object_key, flush.entries, flush.producer_batches
+                )
+            except RefusedBatchesError as refused:
+                kept = self._answer_refused(flush, refused)
+                if not kept:
+                    return
+                flush = self._write(kept)
+                continue
+            except Exception as exc:
+                self._forget_offsets()
+                self._abandon(flush.object_key, exc)
+                log.error("flush of %s failed: %s", flush.object_key, exc)
+                error = exc if isinstance(exc, StreamHouseError) else StorageError(str(exc))
+                _fail((item for item, _ in flush.resolved), error)
+                return
+            self._acknowledge_commit(flush, bases)
             return
-        if not flush.resolved:  # every append failed at stamping
-            return
-        try:
-            bases = self._metadata.commit_segment(flush.object_key, flush.entries)
-        except Exception as exc:
-            self._forget_offsets()
-            self._abandon(flush.object_key, exc)
-            log.error("flush of %s failed: %s", flush.object_key, exc)
-            error = exc if isinstance(exc, StreamHouseError) else StorageError(str(exc))
-            _fail((item for item, _ in flush.resolved), error)
-            return
+
+    def _answer_refused(self, flush: _Flush, refused: RefusedBatchesError) -> list[_Append]:
+        """Answer the appends whose batches a (rolled back) commit refused: a duplicate with
+        the offset its first copy got, the others with their error; the appends left."""
+        self._delete_orphan(flush.object_key)  # rolled back: no index row names it
+        self._forget_offsets()
+        answered: dict[int, _Outcome] = {}
+        for index, verdict in sorted(refused.verdicts.items()):
+            item = flush.claims[index]
+            if id(item) in answered:
+                continue
+            if isinstance(verdict, int):
+                self.stats.duplicate_batches += 1
+                log.info(
+                    "%s/%d: duplicate batch, indexed at %d", item.topic, item.partition, verdict
+                )
+                answered[id(item)] = (item, verdict, None)
+            else:
+                log.info("%s/%d: %s", item.topic, item.partition, verdict)
+                answered[id(item)] = (item, -1, verdict)
+        _settle(answered.values())
+        return [item for item, _ in flush.resolved if id(item) not in answered]
+
+    def _acknowledge_commit(self, flush: _Flush, bases: list[int]) -> None:
+        """Resolve a committed flush's appends with the offsets the store gave its entries."""
         shift = {
             (e.topic, e.partition): base - e.base_offset
             for e, base in zip(flush.entries, bases, strict=True)
@@ -419,6 +483,9 @@ class LogWriter:
             log.debug(
                 "segment %s indexed at other offsets than written: %s", flush.object_key, shift
             )
+            # Before acknowledging: a rebuild of lost metadata must find the offsets the
+            # producers are told, and the footer holds the written ones only.
+            write_note(self._store, flush.object_key, flush.entries, bases)
             with self._offsets_lock:  # guess on from the assigned offsets, unless a later
                 # flush was stamped already (its own commit corrects the guess then)
                 for key, delta in shift.items():

@@ -22,13 +22,13 @@ from streamhouse.joins.temporal import VERSIONS, TemporalJoin
 from streamhouse.joins.windowed import WindowedQuery
 from streamhouse.runtime.operator import Changelog, MicroBatch, Operator, QueryContext
 from streamhouse.runtime.sink import key_strings
-from streamhouse.sql import plan as plans
+from streamhouse.sql import nodes
 from streamhouse.sql.bounds import evictable_bound
 from streamhouse.sql.changelog import PlanNode
 from streamhouse.sql.execute import run_sql
+from streamhouse.sql.nodes import FLOWS, ROW
 from streamhouse.sql.over import FRESH, OverAggregate
 from streamhouse.sql.parse import node_position
-from streamhouse.sql.plan import FLOWS, ROW
 from streamhouse.sql.projection import declared_stars_sql
 from streamhouse.sql.source import METADATA_COLUMNS
 from streamhouse.state.store import StateView
@@ -86,11 +86,11 @@ class Adapter(Generic[Node]):
         pass
 
 
-class StatelessSql(Adapter[plans.Stateless]):
+class StatelessSql(Adapter[nodes.Stateless]):
     """A filter/projection: the node's SQL over each micro-batch."""
 
     @staticmethod
-    def checks(node: plans.Stateless, context: QueryContext) -> list[Check]:
+    def checks(node: nodes.Stateless, context: QueryContext) -> list[Check]:
         schema = context.schema(node.source)
         sql = node.sql if schema is None else _declared_stars(node.sql, node.source, schema)
         return [(sql, {node.source: schema})]
@@ -136,27 +136,27 @@ class _Stateful(Adapter[Node]):
         self.executor.rollback()
 
 
-class WindowAggregation(_Stateful[plans.WindowAggregate]):
+class WindowAggregation(_Stateful[nodes.WindowAggregate]):
     """A windowed GROUP BY: partials merged into state, final rows as windows close."""
 
     executor: WindowOperator | SessionOperator
 
     def __init__(
-        self, node: plans.WindowAggregate, state: StateView, context: QueryContext
+        self, node: nodes.WindowAggregate, state: StateView, context: QueryContext
     ) -> None:
         super().__init__(node, state, context)
         self.executor = make_operator(node, state, context.options.allowed_lateness_ms)
         self.late_topic = context.options.late_topic
 
     @classmethod
-    def open(cls, node: plans.WindowAggregate, state: StateView, context: QueryContext) -> Operator:
+    def open(cls, node: nodes.WindowAggregate, state: StateView, context: QueryContext) -> Operator:
         """A GROUP BY with a window (append-only) or without one (upserts)."""
         if node.window is None:
             return GroupAggregation(node, state, context)
         return cls(node, state, context)
 
     @staticmethod
-    def checks(node: plans.WindowAggregate, context: QueryContext) -> list[Check]:
+    def checks(node: nodes.WindowAggregate, context: QueryContext) -> list[Check]:
         return [(node.pre_sql, {node.source: context.schema(node.source, all_metadata=True)})]
 
     def process(self, batch: MicroBatch) -> Changelog:
@@ -178,14 +178,14 @@ class WindowAggregation(_Stateful[plans.WindowAggregate]):
         return out
 
 
-class GroupAggregation(_Stateful[plans.WindowAggregate]):
+class GroupAggregation(_Stateful[nodes.WindowAggregate]):
     """A GROUP BY without a window: an upsert per changed group, a tombstone when HAVING drops
     one (the one group of an aggregate without GROUP BY has the record key ``{}``)."""
 
     executor: GroupAggregate
 
     def __init__(
-        self, node: plans.WindowAggregate, state: StateView, context: QueryContext
+        self, node: nodes.WindowAggregate, state: StateView, context: QueryContext
     ) -> None:
         super().__init__(node, state, context)
         self.executor = GroupAggregate(node, state)
@@ -223,18 +223,18 @@ class GroupAggregation(_Stateful[plans.WindowAggregate]):
         return sorted(k for k in before - after if k is not None)
 
 
-class WindowedEvaluation(_Stateful[plans.Windowed]):
+class WindowedEvaluation(_Stateful[nodes.Windowed]):
     """A query over windowed inputs (a window join), evaluated once per closed window."""
 
     executor: WindowedQuery
 
-    def __init__(self, node: plans.Windowed, state: StateView, context: QueryContext) -> None:
+    def __init__(self, node: nodes.Windowed, state: StateView, context: QueryContext) -> None:
         super().__init__(node, state, context)
         specs = {n: spec for n, (_, spec) in node.inputs.items()}
         self.executor = WindowedQuery(node.sql, state, specs)
 
     @staticmethod
-    def checks(node: plans.Windowed, context: QueryContext) -> list[Check]:
+    def checks(node: nodes.Windowed, context: QueryContext) -> list[Check]:
         return [(node.sql, {n: context.schema(s, True) for n, (s, _) in node.inputs.items()})]
 
     def process(self, batch: MicroBatch) -> Changelog:
@@ -248,12 +248,12 @@ class WindowedEvaluation(_Stateful[plans.Windowed]):
         return out
 
 
-class StreamJoining(_Stateful[plans.StreamJoin]):
+class StreamJoining(_Stateful[nodes.StreamJoin]):
     """An interval or regular join (inner: appends; outer: upserts keyed by row ids)."""
 
     executor: StreamJoin
 
-    def __init__(self, node: plans.StreamJoin, state: StateView, context: QueryContext) -> None:
+    def __init__(self, node: nodes.StreamJoin, state: StateView, context: QueryContext) -> None:
         super().__init__(node, state, context)
         left_time, right_time = context.time_column(node.left), context.time_column(node.right)
         bound = evictable_bound(
@@ -265,7 +265,7 @@ class StreamJoining(_Stateful[plans.StreamJoin]):
         self.executor = StreamJoin(node.sql, state, left_time, right_time, bound, ttl, node.outer)
 
     @staticmethod
-    def checks(node: plans.StreamJoin, context: QueryContext) -> list[Check]:
+    def checks(node: nodes.StreamJoin, context: QueryContext) -> list[Check]:
         schemas = {"__left": context.schema(node.left), "__right": context.schema(node.right)}
         return [(node.sql, schemas)]
 
@@ -280,12 +280,12 @@ class StreamJoining(_Stateful[plans.StreamJoin]):
         return out
 
 
-class TemporalJoining(_Stateful[plans.TemporalJoin]):
+class TemporalJoining(_Stateful[nodes.TemporalJoin]):
     """A probe stream joined with the version of a table current at each probe row's time."""
 
     executor: TemporalJoin
 
-    def __init__(self, node: plans.TemporalJoin, state: StateView, context: QueryContext) -> None:
+    def __init__(self, node: nodes.TemporalJoin, state: StateView, context: QueryContext) -> None:
         super().__init__(node, state, context)
         version_time = context.time_column(node.right)
         if version_time is None:
@@ -299,7 +299,7 @@ class TemporalJoining(_Stateful[plans.TemporalJoin]):
         )
 
     @staticmethod
-    def checks(node: plans.TemporalJoin, context: QueryContext) -> list[Check]:
+    def checks(node: nodes.TemporalJoin, context: QueryContext) -> list[Check]:
         row = pa.field(ROW, pa.int64())
         left, right = context.schema(node.left), context.schema(node.right)
         schemas = {
@@ -315,17 +315,17 @@ class TemporalJoining(_Stateful[plans.TemporalJoin]):
         return Changelog(self.executor.process(left, right, batch.watermark, schemas, batch.state))
 
 
-class TopNRanking(_Stateful[plans.TopN]):
+class TopNRanking(_Stateful[nodes.TopN]):
     """Top-N per key: an upsert per (key, rank) that changed, a tombstone per one now empty."""
 
     executor: TopNOperator
 
-    def __init__(self, node: plans.TopN, state: StateView, context: QueryContext) -> None:
+    def __init__(self, node: nodes.TopN, state: StateView, context: QueryContext) -> None:
         super().__init__(node, state, context)
         self.executor = TopNOperator(node, state)
 
     @staticmethod
-    def checks(node: plans.TopN, context: QueryContext) -> list[Check]:
+    def checks(node: nodes.TopN, context: QueryContext) -> list[Check]:
         return [(node.sql, {node.source: context.schema(node.source)})]
 
     def process(self, batch: MicroBatch) -> Changelog:
@@ -342,12 +342,12 @@ class TopNRanking(_Stateful[plans.TopN]):
         return out
 
 
-class Recomputation(_Stateful[plans.Recompute]):
+class Recomputation(_Stateful[nodes.Recompute]):
     """A query over an updating input, re-run for the groups each micro-batch touches."""
 
     executor: RecomputeOperator
 
-    def __init__(self, node: plans.Recompute, state: StateView, context: QueryContext) -> None:
+    def __init__(self, node: nodes.Recompute, state: StateView, context: QueryContext) -> None:
         super().__init__(node, state, context)
         self.executor = RecomputeOperator(node, state)
 
@@ -379,19 +379,19 @@ def _one_group(outputs: pa.Table | None, gone: pa.Table | None) -> Changelog:
     return Changelog(outputs.append_column("__key", keys))
 
 
-class TimeSorting(_Stateful[plans.TimeSort]):
+class TimeSorting(_Stateful[nodes.TimeSort]):
     """A continuous ORDER BY the time attribute: rows released in order as the watermark
     passes them."""
 
     executor: TimeSortOperator
 
-    def __init__(self, node: plans.TimeSort, state: StateView, context: QueryContext) -> None:
+    def __init__(self, node: nodes.TimeSort, state: StateView, context: QueryContext) -> None:
         super().__init__(node, state, context)
         _check_time_attribute(node, context)
         self.executor = TimeSortOperator(node, state)
 
     @staticmethod
-    def checks(node: plans.TimeSort, context: QueryContext) -> list[Check]:
+    def checks(node: nodes.TimeSort, context: QueryContext) -> list[Check]:
         schemas = {node.source: context.schema(node.source)}
         return [(node.pre_sql, schemas), (node.sql, schemas)]
 
@@ -439,7 +439,7 @@ def _released(
     return Changelog(rows, late=late)
 
 
-def _check_time_attribute(node: plans.TimeSort | OverAggregate, context: QueryContext) -> None:
+def _check_time_attribute(node: nodes.TimeSort | OverAggregate, context: QueryContext) -> None:
     """A continuous ORDER BY (or an OVER's) sorts on the source's time attribute (its WATERMARK
     column)."""
     time_column = context.time_column(node.source)
@@ -470,7 +470,7 @@ def _rows_by_position(source: pa.Table, late_pre: pa.Table) -> pa.Table:
     return source.filter(pc.is_in(have, value_set=pc.unique(wanted)))
 
 
-class UnionAllRows(Adapter[plans.UnionAll]):
+class UnionAllRows(Adapter[nodes.UnionAll]):
     """UNION ALL: the rows of every input, renamed to the first input's column names."""
 
     def process(self, batch: MicroBatch) -> Changelog:
@@ -485,15 +485,15 @@ class UnionAllRows(Adapter[plans.UnionAll]):
 
 
 ADAPTERS: dict[type[PlanNode], type[Adapter]] = {
-    plans.Stateless: StatelessSql,
-    plans.WindowAggregate: WindowAggregation,
-    plans.Windowed: WindowedEvaluation,
-    plans.StreamJoin: StreamJoining,
-    plans.TemporalJoin: TemporalJoining,
-    plans.TopN: TopNRanking,
-    plans.Recompute: Recomputation,
-    plans.TimeSort: TimeSorting,
-    plans.UnionAll: UnionAllRows,
+    nodes.Stateless: StatelessSql,
+    nodes.WindowAggregate: WindowAggregation,
+    nodes.Windowed: WindowedEvaluation,
+    nodes.StreamJoin: StreamJoining,
+    nodes.TemporalJoin: TemporalJoining,
+    nodes.TopN: TopNRanking,
+    nodes.Recompute: Recomputation,
+    nodes.TimeSort: TimeSorting,
+    nodes.UnionAll: UnionAllRows,
     OverAggregate: OverAggregation,
 }
 """The adapter of each plan node type."""

@@ -43,7 +43,7 @@ from streamhouse.runtime.operators import checks, open_operator
 from streamhouse.runtime.options import QueryOptions
 from streamhouse.runtime.sink import TopicSink
 from streamhouse.runtime.sources import NO_WATERMARK, QuerySource
-from streamhouse.sql import plan as plans
+from streamhouse.sql import nodes
 from streamhouse.sql.changelog import PlanNode
 from streamhouse.sql.computed import ComputedColumns
 from streamhouse.sql.ddl import stream_definition
@@ -52,7 +52,8 @@ from streamhouse.sql.execute import run_sql
 from streamhouse.sql.hints import SourceOptions, source_options
 from streamhouse.sql.inline import catalog_views, inline
 from streamhouse.sql.parse import DIALECT, node_position, parse
-from streamhouse.sql.plan import ContinuousPlan, check_columns, plan_query
+from streamhouse.sql.plan import ContinuousPlan, plan_query
+from streamhouse.sql.plan_checks import check_columns
 from streamhouse.sql.source import METADATA_FIELDS, RejectedRow
 from streamhouse.state.remote import download_checkpoint, upload_checkpoint
 from streamhouse.state.store import (
@@ -109,7 +110,7 @@ class ContinuousQuery:
         self.plan: ContinuousPlan = plan_query(statement)
         self.options = options or QueryOptions()
         if self.options.late_topic and any(
-            isinstance(node, plans.UnionAll) for node in self.plan.derived.values()
+            isinstance(node, nodes.UnionAll) for node in self.plan.derived.values()
         ):
             # late rows are traced back to their source rows by (partition, offset), which
             # the streams of a union share: the side topic would get other streams' rows

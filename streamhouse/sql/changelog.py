@@ -30,7 +30,7 @@ class ChangelogMode(StrEnum):
 
 
 APPEND_ONLY = frozenset({ChangelogMode.APPEND})
-"""What every node but :class:`~streamhouse.sql.plan.Recompute` takes: rows never revised."""
+"""What every node but :class:`~streamhouse.sql.nodes.Recompute` takes: rows never revised."""
 
 
 class PlanNode:

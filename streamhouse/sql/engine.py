@@ -43,8 +43,10 @@ from streamhouse.sql.dialect import Explain
 from streamhouse.sql.execute import Answer, register, run_sql, session_context, sql_errors
 from streamhouse.sql.functions import functions, to_datafusion
 from streamhouse.sql.hints import SourceOptions, check_hints, source_options
+from streamhouse.sql.joins import plan_temporal_join
+from streamhouse.sql.nodes import TemporalJoin
 from streamhouse.sql.parse import DIALECT, nesting_guard, node_position, parse, sql_error
-from streamhouse.sql.plan import TemporalJoin, plan_temporal_join, source_tables
+from streamhouse.sql.plan import source_tables
 from streamhouse.sql.projection import declared_stars, distinct_outputs, star_query
 from streamhouse.sql.source import (
     METADATA_COLUMNS,

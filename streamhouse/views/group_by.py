@@ -30,7 +30,7 @@ import pyarrow.compute as pc
 
 from streamhouse.key_codes import group_codes
 from streamhouse.sql.aggregates import AggregateFunction
-from streamhouse.sql.plan import WindowAggregate
+from streamhouse.sql.nodes import WindowAggregate
 from streamhouse.state.store import StateBatch, StateStore, TableState
 from streamhouse.windows import aggregate
 

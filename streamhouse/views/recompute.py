@@ -29,7 +29,7 @@ import pyarrow.compute as pc
 
 from streamhouse.key_codes import group_codes
 from streamhouse.sql.execute import run_sql
-from streamhouse.sql.plan import Recompute
+from streamhouse.sql.nodes import Recompute
 from streamhouse.state.store import StateBatch, StateView, TableState
 
 log = logging.getLogger(__name__)

@@ -23,7 +23,7 @@ import pyarrow.compute as pc
 
 from streamhouse.key_codes import group_codes
 from streamhouse.sql.execute import run_sql
-from streamhouse.sql.plan import RANKED, TopN
+from streamhouse.sql.nodes import RANKED, TopN
 from streamhouse.state.store import StateBatch, StateStore, TableState
 
 log = logging.getLogger(__name__)

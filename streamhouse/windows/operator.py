@@ -29,7 +29,7 @@ import pyarrow.compute as pc
 
 from streamhouse.errors import StorageError
 from streamhouse.key_codes import group_codes
-from streamhouse.sql.plan import WindowAggregate
+from streamhouse.sql.nodes import WindowAggregate
 from streamhouse.sql.window_spec import WindowKind
 from streamhouse.state.store import (
     ColumnFamily,

@@ -21,7 +21,7 @@ import pyarrow as pa
 
 from streamhouse.errors import SqlError
 from streamhouse.sql.execute import run_sql
-from streamhouse.sql.plan import TimeSort
+from streamhouse.sql.nodes import TimeSort
 from streamhouse.state.store import ScopedBatch, StateView
 from streamhouse.windows.table import event_time_ms
 from streamhouse.windows.waiting import WaitingRows

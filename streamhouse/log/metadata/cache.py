@@ -48,6 +48,7 @@ from streamhouse.log.metadata import (
     GroupOffset,
     Metadata,
     PartitionOffsets,
+    ProducerBatch,
     SegmentEntryLike,
     SegmentRow,
     TopicInfo,
@@ -318,9 +319,14 @@ class CachedMetadata:
 
     # -- the segment index ---------------------------------------------------------------------
 
-    def commit_segment(self, object_key: str, entries: Sequence[SegmentEntryLike]) -> list[int]:
+    def commit_segment(
+        self,
+        object_key: str,
+        entries: Sequence[SegmentEntryLike],
+        producer_batches: Sequence[ProducerBatch] = (),
+    ) -> list[int]:
         entries = list(entries)
-        bases = self.inner.commit_segment(object_key, entries)
+        bases = self.inner.commit_segment(object_key, entries, producer_batches)
         with self._lock:
             for entry, base in zip(entries, bases, strict=True):
                 key = (entry.topic, entry.partition)
@@ -422,6 +428,9 @@ class CachedMetadata:
                 self._indexes.clear()  # process's compaction replaced): read them afresh
                 self._rows = 0
 
+    def forget_producers(self, idle_before_ms: int) -> int:
+        return self.inner.forget_producers(idle_before_ms)
+
     def segment_for_timestamp(
         self, topic: str, partition: int, timestamp_ms: int
     ) -> SegmentRow | None:
@@ -430,9 +439,12 @@ class CachedMetadata:
     # -- passed through ------------------------------------------------------------------------
 
     def commit_group_offsets(
-        self, group: str, offsets: Mapping[tuple[str, int], tuple[int, str]]
+        self,
+        group: str,
+        offsets: Mapping[tuple[str, int], tuple[int, str]],
+        lease: Lease | None = None,
     ) -> None:
-        self.inner.commit_group_offsets(group, offsets)
+        self.inner.commit_group_offsets(group, offsets, lease)
 
     def group_offsets(self, group: str) -> dict[tuple[str, int], GroupOffset]:
         return self.inner.group_offsets(group)

@@ -1,0 +1,264 @@
+"""Planning continuous joins: stream joins (regular and interval), their outer variants,
+temporal joins, aggregates over joins and a TUMBLE TVF joined to streams."""
+
+from __future__ import annotations
+
+from sqlglot import exp
+
+from streamhouse.sql.bounds import candidate_bounds, conjuncts
+from streamhouse.sql.functions import to_datafusion
+from streamhouse.sql.nodes import (
+    ALL_ROWS,
+    ROW,
+    Operator,
+    OuterJoin,
+    Recompute,
+    StreamJoin,
+    TemporalJoin,
+    WindowAggregate,
+)
+from streamhouse.sql.parse import sql_error
+from streamhouse.sql.plan_checks import refuse_retractions
+from streamhouse.sql.recompute import recompute_over_retractions
+from streamhouse.sql.window_aggregate import plan_window
+from streamhouse.sql.window_spec import WINDOW_COLUMNS, WindowKind, find_window, tvf_call
+
+
+def plan_temporal_join(select: exp.Select) -> TemporalJoin | None:
+    """The temporal join of ``select`` (``JOIN t FOR SYSTEM_TIME AS OF x.ts``), if it has one."""
+    joins = select.args.get("joins") or []
+    if len(joins) != 1 or not isinstance(joins[0].this, exp.Table):
+        return None
+    join, right = joins[0], joins[0].this
+    version = right.args.get("version")
+    if version is None:
+        return None
+    left = select.args["from_"].this
+    if not isinstance(left, exp.Table) or isinstance(left.this, exp.Func):
+        raise sql_error("a temporal join probes a stream directly", left)
+    if join.side and join.side.upper() != "LEFT":
+        raise sql_error("a temporal join is INNER or LEFT", join)
+    left_alias, right_alias = left.alias_or_name, right.alias_or_name
+    at = version.expression
+    if not isinstance(at, exp.Column) or (at.table and at.table != left_alias):
+        raise sql_error("FOR SYSTEM_TIME AS OF takes a time column of the probe side", at)
+    probe_keys, version_keys = [], []
+    for item in conjuncts(join.args.get("on")):
+        if isinstance(item, exp.EQ) and all(
+            isinstance(x, exp.Column) for x in (item.this, item.expression)
+        ):
+            a, b = item.this, item.expression
+            if a.table == right_alias and b.table == left_alias:
+                a, b = b, a
+            if a.table == left_alias and b.table == right_alias:
+                probe_keys.append(a.name)
+                version_keys.append(b.name)
+    if not probe_keys:
+        raise sql_error("a temporal join needs an equality on the versioned table's key", join)
+    rewritten = select.copy()
+    rewritten.args["from_"].this.replace(exp.to_table("__left").as_(left_alias))
+    new_join = rewritten.args["joins"][0]
+    new_join.this.replace(exp.to_table("__right").as_(right_alias))
+    row = exp.EQ(
+        this=exp.column(ROW, table=left_alias), expression=exp.column(ROW, table=right_alias)
+    )
+    on = new_join.args.get("on")
+    new_join.set("on", exp.and_(row, on) if on is not None else row)
+    return TemporalJoin(
+        left.name, right.name, to_datafusion(rewritten), at.name, probe_keys, version_keys
+    )
+
+
+def plan_join(
+    select: exp.Select, joins: list[exp.Join], derived: dict[str, Operator] | None = None
+) -> StreamJoin | TemporalJoin | WindowAggregate | Recompute:
+    temporal = plan_temporal_join(select)
+    if temporal is not None:
+        return temporal
+    if len(joins) != 1:
+        raise sql_error("a continuous query joins two streams at most (for now)", joins[1])
+    join = joins[0]
+    if (join.kind or "").upper() in ("SEMI", "ANTI"):
+        raise sql_error(
+            f"{join.kind.upper()} JOIN of unwindowed streams is not supported; use a window join",
+            join,
+        )
+    left = select.args["from_"].this
+    right = join.this
+    for side in (left, right):
+        if not isinstance(side, exp.Table) or isinstance(side.this, exp.Func):
+            raise sql_error("a continuous join reads two streams directly", side)
+    if select.args.get("group") is not None or any(True for _ in select.find_all(exp.AggFunc)):
+        return _aggregate_over_join(select, derived)
+    left_alias, right_alias = left.alias_or_name, right.alias_or_name
+    if left_alias == right_alias:
+        raise sql_error("a self-join needs an alias on each side", right)
+    where = select.args.get("where")
+    parts = [c for c in (join.args.get("on"), where.this if where is not None else None) if c]
+    condition = exp.and_(*parts) if parts else None
+    candidates = tuple(candidate_bounds(condition, left_alias, right_alias))
+    rewritten = select.copy()
+    rewritten.args["from_"].this.replace(exp.to_table("__left").as_(left_alias))
+    rewritten.args["joins"][0].this.replace(exp.to_table("__right").as_(right_alias))
+    bound = candidates[0] if candidates else None
+    outer = None
+    side = (join.side or "").upper()
+    if side in ("LEFT", "RIGHT", "FULL"):
+        outer = _outer_variants(rewritten, left_alias, right_alias, side)
+    return StreamJoin(left.name, right.name, to_datafusion(rewritten), bound, candidates, outer)
+
+
+def _outer_variants(select: exp.Select, left: str, right: str, side: str) -> OuterJoin:
+    """The INNER, LEFT and RIGHT forms of an outer join, each projecting the row ids."""
+
+    def variant(kind: str | None) -> str:
+        form = select.copy()
+        form.set(
+            "expressions",
+            [
+                *form.expressions,
+                exp.column("__lid", table=left).as_("__lid"),
+                exp.column("__rid", table=right).as_("__rid"),
+            ],
+        )
+        form.args["joins"][0].set("side", kind)
+        return to_datafusion(form)
+
+    return OuterJoin(
+        inner_sql=variant(None),
+        left_sql=variant("LEFT"),
+        right_sql=variant("RIGHT"),
+        keep_left=side in ("LEFT", "FULL"),
+        keep_right=side in ("RIGHT", "FULL"),
+    )
+
+
+def _aggregate_over_join(
+    select: exp.Select, derived: dict[str, Operator] | None
+) -> WindowAggregate | Recompute:
+    """A GROUP BY over a join: the join becomes a derived input (its rows carry the columns the
+    aggregate needs, as ``<alias>__<column>``), the aggregate an updating one over it."""
+    if derived is None:
+        raise sql_error("aggregates over a continuous join are not supported here", select)
+    used: dict[tuple[str, str], str] = {}
+    for key in ("expressions", "group", "having"):
+        node = select.args.get(key)
+        for part in node if isinstance(node, list) else [node] if node is not None else []:
+            for column in part.find_all(exp.Column):
+                if column.table and not isinstance(column.this, exp.Star):
+                    used[(column.table, column.name)] = f"{column.table}__{column.name}"
+    join_select = select.copy()
+    join_select.set("expressions", [exp.column(c, table=t).as_(n) for (t, c), n in used.items()])
+    for key in ("group", "having", "order"):
+        join_select.set(key, None)
+    one_group = select.args.get("group") is None and _outer(select)
+    if one_group:  # one group, keyed by a constant column, recomputed as retractions come
+        join_select.select(exp.alias_(exp.Literal.number(0), ALL_ROWS), copy=False)
+    op = plan_join(join_select, join_select.args["joins"], derived)
+    retracting = isinstance(op, StreamJoin) and op.outer is not None
+    if retracting and select.args.get("group") is None and not one_group:
+        refuse_retractions(op, "an aggregate without GROUP BY", select)
+    if retracting and not one_group:
+        _refuse_padded_key(select)
+    name = f"__derived_{len(derived)}"
+    derived[name] = op
+
+    def rename(node: exp.Expr) -> exp.Expr:
+        if isinstance(node, exp.Column) and (node.table, node.name) in used:
+            return exp.column(used[(node.table, node.name)])
+        return node
+
+    aggregate = select.copy()
+    aggregate.set(
+        "expressions",
+        [
+            e.as_(e.name) if isinstance(e, exp.Column) and e.table else e
+            for e in aggregate.expressions
+        ],
+    )
+    aggregate.set("joins", None)
+    aggregate.set("where", None)
+    aggregate.set("from_", exp.From(this=exp.to_table(name)))
+    for key in ("expressions", "group", "having"):
+        node = aggregate.args.get(key)
+        if isinstance(node, list):
+            aggregate.set(key, [part.transform(rename) for part in node])
+        elif node is not None:
+            aggregate.set(key, node.transform(rename))
+    if one_group:
+        aggregate.set("group", exp.Group(expressions=[exp.column(ALL_ROWS)]))
+    if retracting:  # the join retracts padded rows: recompute the groups they leave
+        return recompute_over_retractions(aggregate, name, one_group)
+    return plan_window(aggregate, None, exp.to_table(name))
+
+
+def _outer(select: exp.Select) -> bool:
+    """Whether a join of ``select`` is LEFT, RIGHT or FULL."""
+    return any(j.side for j in select.args.get("joins") or [])
+
+
+def _refuse_padded_key(select: exp.Select) -> None:
+    """Refuse ``GROUP BY x`` over an outer join when ``x`` alone is a column of a side the join
+    pads with NULLs: the group of padded rows would be keyed by NULL, and an upsert topic can
+    neither key nor tombstone it."""
+    keys = select.args["group"].expressions
+    join = select.args["joins"][0]
+    side = (join.side or "").upper()
+    left, right = select.args["from_"].this.alias_or_name, join.this.alias_or_name
+    padded = {"LEFT": {right}, "RIGHT": {left}, "FULL": {left, right}}.get(side, set())
+    if len(keys) == 1 and isinstance(keys[0], exp.Column) and keys[0].table in padded:
+        key = keys[0]
+        raise sql_error(
+            f"GROUP BY {key.sql(dialect='postgres')} over a {side} JOIN: rows padded with NULLs"
+            " would be grouped under a NULL key, which an upsert topic cannot key or retract;"
+            " group by a column of the side the join keeps, or add a second GROUP BY column",
+            key,
+        )
+
+
+def tumbles_as_columns(select: exp.Select) -> exp.Select:
+    """``select`` with the one TUMBLE TVF it joins to streams (``TABLE(TUMBLE(TABLE a,
+    DESCRIPTOR(t), size)) AS x JOIN b ...``) as a subquery computing window_start, window_end and window_time per row
+    (each row has one tumbling window), so the join and an aggregate over it run as over any
+    other input: its rows are the join's, and a GROUP BY window_start updates per window as
+    the join's rows come (a join with a stream can add rows to a window at any time)."""
+    sides = [select.args.get("from_"), *select.args["joins"]]
+    tvfs = [s for s in sides if s is not None and tvf_call(s.this) is not None]
+    plain = [s for s in sides if s is not None and s not in tvfs and isinstance(s.this, exp.Table)]
+    if len(tvfs) != 1 or len(plain) != len(sides) - 1:  # window joins are planned as such
+        return select
+    result = select.copy()
+    for side in [result.args.get("from_"), *result.args["joins"]]:
+        source = side.this if side is not None else None
+        if source is None or tvf_call(source) is None:
+            continue
+        spec, rest = find_window(exp.select(exp.Star()).from_(source.copy()))
+        if spec is None or spec.kind != WindowKind.TUMBLE:
+            continue
+        data = rest.args["from_"].this
+        alias = data.alias_or_name
+        data.set("alias", None)
+        time = exp.column(spec.time_column)
+        size = exp.Interval(this=exp.Literal.string(str(spec.size_ms)), unit=exp.var("MILLISECOND"))
+        start = exp.Anonymous(
+            this="date_bin",
+            expressions=[size, time, exp.cast(exp.Literal.string("1970-01-01"), "TIMESTAMP")],
+        )
+        end = exp.Add(this=start.copy(), expression=size.copy())
+        last = exp.Interval(this=exp.Literal.string("1"), unit=exp.var("MILLISECOND"))
+        windowed = (
+            exp.select(
+                exp.Star(),
+                start.as_("window_start"),
+                end.as_("window_end"),
+                exp.Sub(this=end.copy(), expression=last).as_("window_time"),
+            )
+            .from_(data)
+            .where(time.is_(exp.null()).not_())
+        )
+        source.replace(windowed.subquery(alias))
+        for column in result.find_all(exp.Column):  # the window columns are this side's
+            outer = column.find_ancestor(exp.Select) is result
+            if outer and not column.table and column.name in WINDOW_COLUMNS:
+                column.set("table", exp.to_identifier(alias))
+    return result

@@ -1,0 +1,140 @@
+"""Planning ``UNION ALL`` (each input a derived input of one :class:`UnionAll`), ``UNION``
+(DISTINCT: an updating GROUP BY every column over the UNION ALL) and a window over a UNION ALL."""
+
+from __future__ import annotations
+
+from sqlglot import exp
+
+from streamhouse.sql.nodes import Operator, SelectPlanner, Stateless, UnionAll, WindowAggregate
+from streamhouse.sql.parse import sql_error
+from streamhouse.sql.window_aggregate import plan_window
+from streamhouse.sql.window_spec import find_window
+
+
+def plan_union(
+    union: exp.Union, derived: dict[str, Operator], plan_select: SelectPlanner
+) -> UnionAll:
+    """Each SELECT of ``a UNION ALL b ...`` as a derived input of one :class:`UnionAll`."""
+    return _union_of(_union_branches(union), derived, plan_select)
+
+
+def plan_distinct_union(
+    union: exp.Union, derived: dict[str, Operator], plan_select: SelectPlanner
+) -> WindowAggregate:
+    """``q1 UNION q2 ...`` (DISTINCT over every input, nested UNIONs included): the UNION ALL
+    of the inputs as a derived input, and an updating GROUP BY all its columns over it (an
+    upsert per distinct row, keyed by the row)."""
+    every = union.copy()
+    for node in [every, *every.find_all(exp.Union)]:
+        node.set("distinct", False)
+    inputs = plan_union(every, derived, plan_select)
+    if inputs.columns is None:
+        raise sql_error("a continuous UNION names its columns (not *)", union)
+    name = f"__derived_{len(derived)}"
+    derived[name] = inputs
+    columns = [exp.column(c) for c in inputs.columns]
+    distinct = exp.select(*columns).from_(name).group_by(*[c.copy() for c in columns])
+    return plan_window(distinct, None, exp.to_table(name))
+
+
+def _union_branches(union: exp.Union) -> list[exp.Select]:
+    """The SELECTs of ``a UNION ALL b ...``, in order."""
+    for key in ("order", "limit", "offset"):
+        if union.args.get(key) is not None:
+            raise sql_error(
+                f"{key.upper()} over a continuous UNION ALL is not supported", union.args[key]
+            )
+    branches: list[exp.Expr] = []
+    pending: list[exp.Expr] = [union]
+    while pending:
+        node = pending.pop(0)
+        if isinstance(node, exp.Subquery):
+            node = node.this
+        if isinstance(node, exp.Union):
+            if node.args.get("distinct"):
+                raise sql_error(
+                    "a UNION (DISTINCT) under a UNION ALL is not supported continuously: use"
+                    " UNION ALL, or make the outer one a UNION too",
+                    node,
+                )
+            pending[:0] = [node.this, node.expression]
+        else:
+            branches.append(node)
+    for branch in branches:
+        if not isinstance(branch, exp.Select):
+            raise sql_error("each input of a continuous UNION ALL is a SELECT", branch)
+    return branches  # type: ignore[return-value]
+
+
+def _union_of(
+    branches: list[exp.Select], derived: dict[str, Operator], plan_select: SelectPlanner
+) -> UnionAll:
+    inputs = []
+    for branch in branches:
+        op = plan_select(branch, derived)
+        if op.updating:
+            raise sql_error(
+                "UNION ALL of an updating query is not supported continuously yet: each input"
+                " must be append-only (a filter, a projection, a window aggregate, a join)",
+                branch,
+            )
+        name = f"__derived_{len(derived)}"
+        derived[name] = op
+        inputs.append(name)
+    first = branches[0]
+    columns = None
+    if not any(isinstance(e, exp.Star) or isinstance(e.this, exp.Star) for e in first.expressions):
+        columns = tuple(e.alias_or_name for e in first.expressions)
+    return UnionAll(tuple(inputs), columns)
+
+
+_METADATA = ("_partition", "_offset")  # what a window's late rows are traced back by
+
+
+def window_over_union(
+    select: exp.Select, derived: dict[str, Operator], plan_select: SelectPlanner
+) -> WindowAggregate | None:
+    """A window aggregate over ``(q1 UNION ALL q2 ...)`` (GROUP BY syntax, or a TVF over a view
+    or CTE that is one), if ``select`` is one: the union becomes a derived input whose inputs
+    filter and project streams and pass each stream's time attribute on as it is."""
+    spec, rest = find_window(select)
+    source = rest.args.get("from_")
+    sub = source.this if source is not None else None
+    if (
+        spec is None
+        or rest.args.get("joins")
+        or not isinstance(sub, exp.Subquery)
+        or not isinstance(sub.this, exp.Union)
+    ):
+        return None
+    branches = [b.copy() for b in _union_branches(sub.this)]
+    names = [e.alias_or_name for e in branches[0].expressions]
+    if spec.time_column not in names:
+        raise sql_error(f"{spec.time_column!r} is not a column of the UNION ALL", sub)
+    index = names.index(spec.time_column)
+    for branch in branches:
+        item = branch.expressions[index] if index < len(branch.expressions) else branch
+        body = item.this if isinstance(item, exp.Alias) else item
+        if not isinstance(body, exp.Column):
+            raise sql_error(
+                f"{spec.time_column!r} is computed ({body.sql(dialect='postgres')}) in an input"
+                " of the UNION ALL, so it is not a time attribute: pass each stream's time"
+                " column on as it is",
+                body,
+            )
+        branch.set("expressions", [*branch.expressions, *(exp.column(m).as_(m) for m in _METADATA)])
+    union = _union_of(branches, derived, plan_select)
+    for name in union.inputs:
+        op = derived[name]
+        if not isinstance(op, Stateless):
+            raise sql_error(
+                "a window over a UNION ALL takes filters and projections of streams as its"
+                " inputs (aggregate each input first, then UNION ALL the results)",
+                sub,
+            )
+        derived[name] = Stateless(op.source, op.sql, metadata=True)
+    name = f"__derived_{len(derived)}"
+    derived[name] = UnionAll(union.inputs, union.columns, metadata=True)
+    table = exp.to_table(name).as_(sub.alias or name)
+    sub.replace(table)
+    return plan_window(rest, spec, table)
