@@ -27,7 +27,9 @@ The replaced objects are queued once no row names them and deleted after
 still finds them. A swap refused (the lease was lost, or retention dropped a row meanwhile)
 deletes the new object at once: nothing ever named it. A compactor killed between writing an
 object and its swap leaves an orphan that ``fsck`` reports (and ``--delete-orphans`` removes);
-the old rows and objects stay as they were. A damaged run is left where it is (its group is
+the old rows and objects stay as they were. Each new object's compaction note
+(:mod:`~streamhouse.log.compaction_notes`) tells a rebuild of lost metadata which runs it
+replaced, so the records are indexed once. A damaged run is left where it is (its group is
 passed over) and logged.
 """
 
@@ -44,6 +46,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from streamhouse.errors import DamagedRangeError, StorageError, UnknownTopicError
+from streamhouse.log.compaction_notes import delete_notes, write_note
 from streamhouse.log.key_compaction import Cleaning, is_compacted, plan_cleaning
 from streamhouse.log.metadata import SegmentRow
 from streamhouse.log.metadata.leases import Lease
@@ -289,6 +292,7 @@ def _rewrite_groups(
         data, (entry,) = builder.build()
         key = segment_key(time.time_ns() // 1000)
         store.put(key, data)
+        write_note(store, key, group)  # before the swap: a rebuild must know what it replaces
         new = SegmentRow(
             key, topic, partition, entry.base_offset, entry.last_offset, entry.position,
             entry.length, entry.min_timestamp, entry.max_timestamp, entry.record_count, entry.crc,
@@ -296,6 +300,7 @@ def _rewrite_groups(
         outcome = metadata.replace_segments(SegmentSwap(tuple(group), new), lease)
         if outcome is not SwapOutcome.SWAPPED:
             store.delete(key)  # nothing ever named it
+            delete_notes(store, [key])
             report.refused += 1
             log.info("compaction of %s-%d: swap %s", topic, partition, outcome.value)
             if outcome is SwapOutcome.FENCED:
