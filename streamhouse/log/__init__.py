@@ -26,6 +26,7 @@ from streamhouse.errors import (
     UnknownPartitionError,
     UnknownTopicError,
 )
+from streamhouse.log import compaction_notes
 from streamhouse.log.compaction import CompactionReport, compact, compactor_id
 from streamhouse.log.metadata import (
     Metadata,
@@ -145,6 +146,7 @@ class Log:
             self.cache.discard(key)
             self.store.delete(key)
         delete_notes(self.store, orphans)
+        compaction_notes.delete_notes(self.store, orphans)
 
     def get_topic(self, name: str) -> TopicInfo | None:
         return self.metadata.get_topic(name)
