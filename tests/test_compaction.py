@@ -31,6 +31,7 @@ from kafka_fixtures import REPO, KafkaServer, guarded
 import streamhouse
 from streamhouse import StreamHouse
 from streamhouse.cli import main
+from streamhouse.errors import InvalidRecordError
 from streamhouse.log import compaction_notes, fsck
 from streamhouse.log.metadata import SegmentRow
 from streamhouse.log.metadata.swaps import SegmentSwap, SwapOutcome, lease_name
@@ -284,6 +285,8 @@ def test_kafka_clients_read_a_key_compacted_topic_with_its_gaps(tmp_path: Path) 
     at a row's start or end) and get exactly the records that stayed."""
     with streamhouse.connect(tmp_path / "data", linger_ms=1, object_delete_delay_s=0) as sh:
         sh.create_topic("kv", config={"cleanup.policy": "compact"})
+        with pytest.raises(InvalidRecordError, match="cannot accept message without key"):
+            sh.produce("kv", ["no key"])
         for flush in range(11):  # every flush overwrites the keys of the one before
             sh.produce("kv", [f"v{flush}-{i}" for i in range(6)], key=[f"k{i}" for i in range(6)])
         sh.produce("kv", ["last-0", "last-1", "last-2"], key=["k0", "k1", "k2"])
@@ -296,6 +299,11 @@ def test_kafka_clients_read_a_key_compacted_topic_with_its_gaps(tmp_path: Path) 
     ]
     server = KafkaServer(tmp_path / "data").start()
     try:
+        errors: list = []
+        producer = Producer({"bootstrap.servers": server.bootstrap, "retries": 0})
+        producer.produce("kv", b"no key", on_delivery=lambda err, _: errors.append(err))
+        producer.flush(15)
+        assert [e.name() for e in errors] == ["INVALID_RECORD"]  # as Kafka refuses it
         consumer = Consumer(
             {"bootstrap.servers": server.bootstrap, "group.id": "g", "enable.auto.commit": False}
         )

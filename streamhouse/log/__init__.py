@@ -21,6 +21,7 @@ import pyarrow.compute as pc
 from streamhouse.config import Settings
 from streamhouse.errors import (
     CorruptRecordError,
+    InvalidRecordError,
     RecordTooLargeError,
     StorageError,
     UnknownPartitionError,
@@ -28,6 +29,7 @@ from streamhouse.errors import (
 )
 from streamhouse.log import compaction_notes
 from streamhouse.log.compaction import CompactionReport, compact, compactor_id
+from streamhouse.log.key_compaction import is_compacted
 from streamhouse.log.metadata import (
     Metadata,
     PartitionOffsets,
@@ -278,6 +280,11 @@ class Log:
             headers.append((start, header))
         if not headers:
             raise CorruptRecordError("no record batch in the produce request")
+        if is_compacted(info.config) and decode_batches(batches, verify=False)["key"].null_count:
+            raise InvalidRecordError(  # Kafka's words
+                f"Compacted topic cannot accept message without key in topic partition"
+                f" {topic}-{partition}."
+            )
         return headers
 
     def flush(self) -> None:

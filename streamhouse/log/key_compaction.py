@@ -11,7 +11,8 @@ What a pass cleans in a partition: the index rows before the last one (the last 
 - a tombstone (null value) that is the latest of its key goes once it is older than
   ``delete.retention.ms`` (a consumer that read the key's earlier value had that long to see
   the delete);
-- records without a key are kept (Kafka refuses them on compacted topics at produce).
+- records without a key are kept (produce refuses them on compacted topics, as Kafka does,
+  but the topic may have had another policy when they were written).
 
 Offsets never change: the records that stay keep theirs, with gaps where others went
 (:func:`~streamhouse.log.records.filter.drop_records`), and every row still spans the offsets
