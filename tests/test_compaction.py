@@ -399,6 +399,30 @@ def test_a_rebuild_indexes_compacted_records_once(tmp_path: Path) -> None:
         assert sh.fetch("t").equals(before)
 
 
+def test_an_updating_materialized_view_writes_to_a_key_compacted_topic(tmp_path: Path) -> None:
+    with streamhouse.connect(tmp_path / "data", linger_ms=1, object_delete_delay_s=0) as sh:
+        sh.sql("CREATE STREAM s (k STRING, v BIGINT) WITH (topic = 's', format = 'json')")
+        sh.sql(
+            "CREATE MATERIALIZED VIEW v AS SELECT k, COUNT(*) AS n, SUM(v) AS sv FROM s GROUP BY k"
+        )
+        (view,) = sh._queries
+        assert sh.topic("v").config == {"cleanup.policy": "compact"}
+        for i in range(12):  # each round updates every key: a row per key per round
+            sh.produce("s", [{"k": f"k{j}", "v": i * j} for j in range(5)])
+            view.run_until_caught_up()
+        answer = sh.sql("SELECT * FROM v").to_arrow_table().sort_by("k")
+        written = sh.fetch("v").num_rows
+        assert sh.compact(["v"]).rows_replaced > 0
+        assert sh.fetch("v").num_rows < written
+        assert sh.sql("SELECT * FROM v").to_arrow_table().sort_by("k").equals(answer)
+        assert answer.to_pydict() == {
+            "k": [f"k{j}" for j in range(5)],
+            "n": [12] * 5,
+            "sv": [sum(i * j for i in range(12)) for j in range(5)],
+        }
+        view.stop()
+
+
 # -- through a real server, on both metadata backends -----------------------------------------
 
 TOPIC = "clicks"
