@@ -230,7 +230,7 @@ def _compact_partition(
     target, span = limits(info.config, log_.settings.compaction_target_bytes)
     cleaning = None
     if is_compacted(info.config) and target > 0:
-        cleaning = plan_cleaning(log_, rows, info.config, target, now_ms())
+        cleaning = plan_cleaning(log_, rows, info.config, target, now_ms(), span)
         groups = cleaning.groups
     else:
         groups = plan_groups(rows, target, span)
