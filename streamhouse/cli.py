@@ -12,10 +12,11 @@ import json
 import logging
 import sys
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from functools import wraps
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 import pyarrow as pa
@@ -26,6 +27,9 @@ from streamhouse.errors import StreamHouseError
 from streamhouse.output import DEFAULT_MAX_ROWS
 from streamhouse.output import print_table as _print_table
 from streamhouse.output import write_result as _write_result
+
+if TYPE_CHECKING:
+    from streamhouse.runtime.supervisor import QuerySupervisor
 
 log = logging.getLogger("streamhouse")
 
@@ -507,6 +511,7 @@ def serve(
     import signal
 
     from streamhouse.kafka.server import serve as serve_kafka
+    from streamhouse.log.metadata import sqlite_path
 
     advertised_port = None
     if advertise is not None:
@@ -526,26 +531,67 @@ def serve(
         agent_group=agent_group,
         auto_create_topics=auto_create_topics,
     )
+    files = sorted(Path(queries_dir).glob("*.sql")) if queries_dir else []
     with StreamHouse(settings) as sh:
-        for path in sorted(Path(queries_dir).glob("*.sql")) if queries_dir else []:
-            try:
-                query = sh.start(path)
-            except StreamHouseError as exc:  # that query alone fails; Kafka and the rest go on
-                log.error("continuous query from %s not started: %s", path, exc)
-                continue
-            log.warning("continuous query %s running from %s", query.name, path)
-        for query in sh.start_materialized_views():
-            log.warning("materialized view %s running", query.name)
+        agent_id = None
+        supervisor = None
+        if sqlite_path(settings) is None:  # one agent of several: each query on one of them
+            agent_id = uuid.uuid4().hex
+            supervisor = _supervise_queries(sh, agent_id, files)
+        else:
+            _start_queries(sh, files)
 
         async def until_signalled() -> None:
             loop = asyncio.get_running_loop()
-            serving = asyncio.create_task(serve_kafka(sh.log, settings))
+            serving = asyncio.create_task(serve_kafka(sh.log, settings, agent_id=agent_id))
             for signum in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(signum, serving.cancel)
             with contextlib.suppress(asyncio.CancelledError):
                 await serving
 
-        asyncio.run(until_signalled())
+        try:
+            asyncio.run(until_signalled())
+        finally:
+            if supervisor is not None:
+                supervisor.stop()
+
+
+def _start_queries(sh: StreamHouse, files: list[Path]) -> None:
+    """Run every query file and materialized view in this process (the store is not shared)."""
+    for path in files:
+        try:
+            query = sh.start(path)
+        except StreamHouseError as exc:  # that query alone fails; Kafka and the rest go on
+            log.error("continuous query from %s not started: %s", path, exc)
+            continue
+        log.warning("continuous query %s running from %s", query.name, path)
+    for query in sh.start_materialized_views():
+        log.warning("materialized view %s running", query.name)
+
+
+def _supervise_queries(sh: StreamHouse, agent_id: str, files: list[Path]) -> QuerySupervisor:
+    """Start supervising every query file and materialized view: each runs on the one agent
+    that holds its lease (see :mod:`streamhouse.runtime.supervisor`)."""
+    from streamhouse.runtime.launch import QueryFile, is_materialized_view
+    from streamhouse.runtime.supervisor import QuerySupervisor
+    from streamhouse.sql.parse import parse
+
+    supervisor = QuerySupervisor(
+        sh.engine,
+        agent_id,
+        sh.settings.query_lease_ttl_s,
+        sh.settings.data_dir / "agents" / agent_id,
+    )
+    for path in files:
+        try:
+            supervisor.add(QueryFile.read(path))
+        except StreamHouseError as exc:  # that query alone fails; Kafka and the rest go on
+            log.error("continuous query from %s not started: %s", path, exc)
+    for entry in sh.log.metadata.list_catalog():
+        if entry.kind == "view" and is_materialized_view(parse(entry.sql)[0]):
+            supervisor.add(QueryFile.read(entry.sql, name=entry.name))
+    log.warning("agent %s runs the continuous queries it holds the lease of", agent_id)
+    return supervisor.start()
 
 
 @main.group()
@@ -560,12 +606,16 @@ def cluster() -> None:
 def cluster_status(ctx: click.Context, data_dir: str | None) -> None:
     """List the agents registered in a PostgreSQL metadata store: node id, address, zone,
     group, last heartbeat, whether it is live (heartbeat within this process's agent_ttl_s),
-    and the consumer groups it coordinates (holds a live lease of)."""
+    and the consumer groups it coordinates (holds a live lease of); then the continuous
+    queries: which agent holds each, at which lease epoch, the checkpoint a new holder would
+    resume from, how old it is and how many source records it had not read then
+    (lag_at_checkpoint: what a new holder reads again)."""
     from datetime import UTC, datetime
 
     from streamhouse.kafka.cluster import node_id_of
     from streamhouse.kafka.coordination import GROUP_LEASE_PREFIX, group_of_lease
     from streamhouse.log.metadata import open_metadata, sqlite_path
+    from streamhouse.runtime.supervisor import LEASE_PREFIX
 
     settings = _settings(ctx)
     if sqlite_path(settings) is not None:
@@ -579,6 +629,9 @@ def cluster_status(ctx: click.Context, data_dir: str | None) -> None:
     try:
         agents = md.list_agents()
         leases = md.list_leases(GROUP_LEASE_PREFIX)
+        query_leases = md.list_leases(LEASE_PREFIX)
+        checkpoints = {c.query: c for c in md.list_query_checkpoints()}
+        lags = {name: _lag(md, c.positions) for name, c in checkpoints.items()}
     finally:
         md.close()
     coordinates: dict[str, list[str]] = {}
@@ -616,6 +669,48 @@ def cluster_status(ctx: click.Context, data_dir: str | None) -> None:
         ]
     )
     _print_table(pa.Table.from_pylist(rows, schema=schema))
+    addresses = {agent.agent_id: f"{agent.host}:{agent.port}" for agent in agents}
+    queries = []
+    for lease in query_leases:
+        name = lease.name.removeprefix(LEASE_PREFIX)
+        checkpoint = checkpoints.get(name)
+        queries.append(
+            {
+                "query": name,
+                "agent": lease.holder if lease.live else None,
+                "address": addresses.get(lease.holder) if lease.live else None,
+                "epoch": lease.epoch,
+                "lease_left_s": round(max(lease.remaining_ms, 0) / 1000, 1),
+                "checkpoint": checkpoint.checkpoint_id if checkpoint else None,
+                "checkpoint_age_s": round(checkpoint.age_ms / 1000, 1) if checkpoint else None,
+                "lag_at_checkpoint": lags.get(name),
+            }
+        )
+    query_schema = pa.schema(
+        [
+            ("query", pa.string()),
+            ("agent", pa.string()),
+            ("address", pa.string()),
+            ("epoch", pa.int64()),
+            ("lease_left_s", pa.float64()),
+            ("checkpoint", pa.string()),
+            ("checkpoint_age_s", pa.float64()),
+            ("lag_at_checkpoint", pa.int64()),
+        ]
+    )
+    _print_table(pa.Table.from_pylist(queries, schema=query_schema))
+
+
+def _lag(md: Any, positions: dict[str, dict[int, int]]) -> int | None:
+    """Records of the source topics past ``positions`` (None if a topic is gone)."""
+    lag = 0
+    for topic, offsets in positions.items():
+        try:
+            now = md.partition_offsets(topic)
+        except StreamHouseError:
+            return None
+        lag += sum(max(0, now[p].high_watermark - o) for p, o in offsets.items() if p in now)
+    return lag
 
 
 @main.command()

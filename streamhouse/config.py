@@ -47,6 +47,9 @@ class Settings:
     ``zone`` and ``agent_group`` place this process among the agents sharing a PostgreSQL
     metadata store, which heartbeat every ``agent_ttl_s / 3`` seconds and drop out of
     every Metadata answer once their heartbeat is older than ``agent_ttl_s``.
+    ``query_lease_ttl_s`` is how long an agent's hold on a continuous query lasts unless
+    renewed (every third of it): after a holder dies, another agent resumes the query within
+    about that long.
     """
 
     data_dir: Path = field(default_factory=lambda: Path(DEFAULT_DATA_DIR))
@@ -67,6 +70,7 @@ class Settings:
     zone: str = ""
     agent_group: str = "default"
     agent_ttl_s: float = 6.0
+    query_lease_ttl_s: float = 10.0
     auto_create_topics: bool = True
     orphan_min_age_s: float = 3600.0
     retention_check_interval_s: float = 60.0

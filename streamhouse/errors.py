@@ -129,6 +129,11 @@ class StorageError(LogError):
     """The object store or the metadata store failed (disk full, unwritable directory, S3 error)."""
 
 
+class FencedError(LogError):
+    """A write made under a lease this process no longer holds (it expired or was taken over):
+    refused in the transaction that would have committed it, so nothing of it is visible."""
+
+
 class StateFormatError(StorageError):
     """A query's state directory was written in a state format this build does not read."""
 

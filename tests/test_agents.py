@@ -23,7 +23,7 @@ from streamhouse.cli import main as cli
 from streamhouse.config import Settings
 from streamhouse.errors import LeaseLostError
 from streamhouse.kafka.cluster import Cluster, Node, node_id_of
-from streamhouse.kafka.coordination import GroupLeases
+from streamhouse.kafka.coordination import ADOPT_COMMITS_S, GroupLeases
 from streamhouse.kafka.wire import ErrorCode, ms
 from streamhouse.log.metadata import AgentInfo
 from streamhouse.log.metadata.postgres import PostgresMetadata
@@ -460,6 +460,10 @@ def test_group_leases_one_holder_takeover_and_release(md: Store) -> None:
         await asyncio.sleep(ttl + 0.1)  # a is paused past its lease
         assert not a.holds("g")
         assert await b.ensure("g") and b.took_over("g")
+        await b.renew()
+        assert b.took_over("g")  # renewing keeps the takeover's time
+        b._held["g"].since -= ADOPT_COMMITS_S  # members had their time to rejoin
+        assert not b.took_over("g")
         stale = a.lease_of("g")
         assert stale is not None
         with pytest.raises(LeaseLostError):  # the paused holder's commit is fenced

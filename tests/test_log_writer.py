@@ -48,14 +48,14 @@ def test_a_failed_commit_leaves_the_flush_written_behind_it_to_the_store(tmp_pat
         entered, release = threading.Event(), threading.Event()
         calls = 0
 
-        def failing_first_commit(object_key, entries, producer_batches=()):  # type: ignore[no-untyped-def]
+        def failing_first_commit(object_key, entries, producer_batches=(), *, fence=None):  # type: ignore[no-untyped-def]
             nonlocal calls
             calls += 1
             if calls == 1:
                 entered.set()
                 release.wait(10)
                 raise StorageError("commit refused")
-            return commit(object_key, entries, producer_batches)
+            return commit(object_key, entries, producer_batches, fence=fence)
 
         log.metadata.commit_segment = failing_first_commit  # type: ignore[method-assign]
         first = log.append("t", 0, build_batch([b"lost-1", b"lost-2"]))

@@ -34,13 +34,13 @@ class Broker:
 
     cluster_id = CLUSTER_ID
 
-    def __init__(self, log_: Log, settings: Settings) -> None:
+    def __init__(self, log_: Log, settings: Settings, agent_id: str | None = None) -> None:
         self.log = log_
         self.settings = settings
         self.host = settings.advertised_host
         self.port = settings.port
         shared = sqlite_path(settings) is None
-        self.cluster = Cluster(log_.metadata if shared else None, settings)
+        self.cluster = Cluster(log_.metadata if shared else None, settings, agent_id)
         self.groups = GroupCoordinator()
         self.coordination = GroupLeases(
             self.cluster, log_.metadata if shared else None, settings.agent_ttl_s

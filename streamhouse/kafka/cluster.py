@@ -77,9 +77,11 @@ class Cluster:
     registered and :meth:`nodes` is this process alone, node 0.
     """
 
-    def __init__(self, metadata: Metadata | None, settings: Settings) -> None:
+    def __init__(
+        self, metadata: Metadata | None, settings: Settings, agent_id: str | None = None
+    ) -> None:
         self.metadata = metadata
-        self.agent_id = uuid.uuid4().hex
+        self.agent_id = agent_id or uuid.uuid4().hex
         self.node_id = node_id_of(self.agent_id) if metadata is not None else 0
         self.zone = settings.zone
         self.group = settings.agent_group

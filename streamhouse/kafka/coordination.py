@@ -44,6 +44,10 @@ log = logging.getLogger(__name__)
 GROUP_LEASE_PREFIX = "group/"
 IDLE_RELEASE_TTLS = 5
 """A held group with no members and no request for this many TTLs gives its lease up."""
+ADOPT_COMMITS_S = 60.0
+"""How long after taking a group over its members' commits of the old generation are taken:
+longer than they take to learn of the move (Kafka's default session timeout is 45 s), short
+enough that a member paused for longer cannot overwrite newer offsets."""
 
 
 def lease_name(group_id: str) -> str:
@@ -69,6 +73,7 @@ class _Held:
     lease: Lease
     deadline: float  # monotonic: before it, the store's lease is certainly still live
     used: float  # monotonic time of the last request for the group
+    since: float  # monotonic time this epoch of the lease was taken
 
 
 class GroupLeases:
@@ -109,10 +114,15 @@ class GroupLeases:
             self._lose(group_id, "a write under its lease was refused")
 
     def took_over(self, group_id: str) -> bool:
-        """Whether this agent holds ``group_id``'s lease after another agent held it (its
-        epoch is above 1): the group's members may not have rejoined here yet."""
+        """Whether this agent took ``group_id``'s lease over from another holder (its epoch
+        is above 1) less than :data:`ADOPT_COMMITS_S` ago: the group's members may not have
+        rejoined here yet."""
         held = self._held.get(group_id)
-        return held is not None and held.lease.epoch > 1
+        return (
+            held is not None
+            and held.lease.epoch > 1
+            and time.monotonic() - held.since < ADOPT_COMMITS_S
+        )
 
     async def ensure(self, group_id: str) -> bool:
         """Whether this agent coordinates ``group_id``, taking its lease if nobody holds it."""
@@ -148,7 +158,9 @@ class GroupLeases:
         if known is None or known.lease.epoch != lease.epoch:
             log.info("coordinating group %s (lease epoch %d)", group_id, lease.epoch)
         deadline = started + lease.remaining_ms / 1000
-        self._held[group_id] = _Held(lease, deadline, started)
+        same = known is not None and known.lease.epoch == lease.epoch
+        since = known.since if same and known is not None else started
+        self._held[group_id] = _Held(lease, deadline, started, since)
         return True
 
     def _lose(self, group_id: str, why: str) -> None:

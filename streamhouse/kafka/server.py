@@ -252,13 +252,19 @@ async def _storage_lifecycle(log_: Log, interval_s: float) -> None:
             log.exception("compaction pass failed; the next one retries")
 
 
-async def serve(log_: Log, settings: Settings, *, ready: asyncio.Event | None = None) -> None:
+async def serve(
+    log_: Log,
+    settings: Settings,
+    *,
+    ready: asyncio.Event | None = None,
+    agent_id: str | None = None,
+) -> None:
     """Serve the Kafka protocol over ``log_`` on ``settings.host:settings.port`` until cancelled.
 
     ``ready`` is set once the socket listens; with ``settings.port == 0`` the bound port is
-    the one advertised.
+    the one advertised. ``agent_id`` names this agent (default: a new random id).
     """
-    broker = Broker(log_, settings)
+    broker = Broker(log_, settings, agent_id)
     broker.attach(asyncio.get_running_loop())
     connections: set[asyncio.Task[None]] = set()
 

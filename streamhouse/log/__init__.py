@@ -39,6 +39,7 @@ from streamhouse.log.metadata import (
     sqlite_path,
 )
 from streamhouse.log.metadata.cache import CachedMetadata
+from streamhouse.log.metadata.leases import Lease
 from streamhouse.log.objectstore import ObjectStore, open_object_store
 from streamhouse.log.reader import FetchResult, LogReader, ObjectCache
 from streamhouse.log.records import BatchHeader, decode_batches, split_batches, verify_crc
@@ -222,14 +223,16 @@ class Log:
         partition: int,
         batches: bytes | memoryview,
         split: SplitBatches | None = None,
+        fence: Lease | None = None,
     ) -> Future[int]:
         """Append client batches; the future resolves to the first batch's base offset once durable.
 
-        ``split`` is ``split_batches(batches)`` if the caller has it already.
+        ``split`` is ``split_batches(batches)`` if the caller has it already. With ``fence``
+        the batches are committed only while that lease is held (``FencedError`` otherwise).
         """
         headers = self._validate(topic, partition, batches, split)
         data = batches if isinstance(batches, bytes) else bytes(batches)
-        return self.writer.append(topic, partition, data, headers)
+        return self.writer.append(topic, partition, data, headers, fence)
 
     def append_async(
         self,

@@ -52,6 +52,7 @@ from streamhouse.errors import (
     UnknownPartitionError,
 )
 from streamhouse.log.metadata import Metadata, ProducerBatch
+from streamhouse.log.metadata.leases import Lease
 from streamhouse.log.metadata.rules import SEQUENCE_MODULO
 from streamhouse.log.objectstore import ObjectStore
 from streamhouse.log.records import BatchHeader
@@ -77,6 +78,7 @@ class _Append:
     future: Future[int] | asyncio.Future[int]
     loop: asyncio.AbstractEventLoop | None  # set for asyncio futures: resolved on that loop
     sequence: int = 0
+    fence: Lease | None = None  # committed only while this lease is held
 
 
 _Outcome = tuple[_Append, int, BaseException | None]
@@ -123,6 +125,15 @@ def _fail(appends: Iterable[_Append], error: BaseException) -> None:
     _settle((item, -1, error) for item in appends)
 
 
+def _same_fence(pending: list[_Append]) -> tuple[list[_Append], list[_Append]]:
+    """(the appends of the next flush, those left pending): the longest run from the first
+    pending append that shares its fence, so a flush's commit is fenced by one lease or none
+    and a refused fence fails no other producer's records."""
+    fence = pending[0].fence
+    cut = next((i for i, item in enumerate(pending) if item.fence is not fence), len(pending))
+    return pending[:cut], pending[cut:]
+
+
 @dataclass(slots=True)
 class _Flush:
     """One segment object on its way from the writer thread to the committer thread."""
@@ -133,6 +144,7 @@ class _Flush:
     data: bytes = b""
     entries: list[SegmentEntry] = field(default_factory=list)
     resolved: list[tuple[_Append, int]] = field(default_factory=list)  # tentative offsets
+    fence: Lease | None = None  # the lease every append of the flush is fenced by, if any
     assigned: dict[_Key, int] = field(default_factory=dict)  # tentative next offsets
     producer_batches: list[ProducerBatch] = field(default_factory=list)  # idempotent ones
     claims: list[_Append] = field(default_factory=list)  # the append of each producer batch
@@ -179,6 +191,7 @@ class LogWriter:
         # guarded by _lock:
         self._pending: list[_Append] = []
         self._pending_bytes = 0
+        self._fenced = 0  # pending appends with a fence
         self._first_pending_at = 0.0
         self._appended = 0  # sequence number of the last append
         self._settled = 0  # every append up to this sequence number is resolved
@@ -206,10 +219,14 @@ class LogWriter:
         partition: int,
         data: bytes | memoryview,
         headers: list[tuple[int, BatchHeader]],
+        fence: Lease | None = None,
     ) -> Future[int]:
-        """Queue validated batches; the future resolves to the first batch's base offset."""
+        """Queue validated batches; the future resolves to the first batch's base offset.
+
+        With ``fence``, they are committed only while that lease is held: in a flush of
+        their own, whose commit checks the lease (``FencedError`` otherwise)."""
         future: Future[int] = Future()
-        self._queue(_Append(topic, partition, data, headers, future, None))
+        self._queue(_Append(topic, partition, data, headers, future, None, fence=fence))
         return future
 
     def append_async(
@@ -236,6 +253,7 @@ class LogWriter:
             item.sequence = self._appended
             self._pending.append(item)
             self._pending_bytes += len(item.data)
+            self._fenced += item.fence is not None
             if first or self._pending_bytes >= self._max_bytes:  # else the linger timer runs
                 self._work.notify()
 
@@ -281,8 +299,13 @@ class LogWriter:
                         return
                     else:
                         self._work.wait()
-                batch, self._pending = self._pending, []
-                self._pending_bytes = 0
+                if self._fenced:  # appends fenced by a lease go in flushes of their own
+                    batch, self._pending = _same_fence(self._pending)
+                    self._pending_bytes = sum(len(item.data) for item in self._pending)
+                    self._fenced = sum(item.fence is not None for item in self._pending)
+                else:
+                    batch, self._pending = self._pending, []
+                    self._pending_bytes = 0
             flush = self._write(batch)
             with self._lock:
                 self._handoff = flush
@@ -290,7 +313,7 @@ class LogWriter:
 
     def _write(self, appends: list[_Append]) -> _Flush:
         """Stamp, encode and put one object; failures are left for the committer to handle."""
-        flush = _Flush(appends)
+        flush = _Flush(appends, fence=appends[0].fence)
         try:
             for item in appends:
                 flush.by_partition.setdefault((item.topic, item.partition), []).append(item)
@@ -431,7 +454,7 @@ class LogWriter:
                 return
             try:
                 bases = self._metadata.commit_segment(
-                    flush.object_key, flush.entries, flush.producer_batches
+                    flush.object_key, flush.entries, flush.producer_batches, fence=flush.fence
                 )
             except RefusedBatchesError as refused:
                 kept = self._answer_refused(flush, refused)

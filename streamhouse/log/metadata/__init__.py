@@ -25,6 +25,7 @@ from streamhouse.errors import ConfigError, LogError
 
 if TYPE_CHECKING:
     from streamhouse.config import Settings
+    from streamhouse.log.metadata.checkpoints import QueryCheckpoint
     from streamhouse.log.metadata.leases import Lease
     from streamhouse.log.metadata.swaps import SegmentSwap, SwapOutcome
 
@@ -229,8 +230,13 @@ class Metadata(Protocol):
         object_key: str,
         entries: Sequence[SegmentEntryLike],
         producer_batches: Sequence[ProducerBatch] = (),
+        *,
+        fence: Lease | None = None,
     ) -> list[int]:
         """Index ``entries`` of one object and advance each high watermark, all or nothing.
+
+        With ``fence``, only while that lease is held, checked in the same transaction:
+        ``FencedError`` and nothing indexed otherwise.
 
         The store sequences offsets: each entry is indexed at its partition's high watermark
         (entries of one partition one after the other), whatever base offset it was written
@@ -392,6 +398,20 @@ class Metadata(Protocol):
 
     def list_leases(self, prefix: str = "") -> list[Lease]:
         """Every lease whose name starts with ``prefix``, live or expired, by name."""
+        ...
+
+    def record_query_checkpoint(self, lease: Lease, checkpoint: QueryCheckpoint) -> None:
+        """Record ``checkpoint`` as the one its query resumes from, at ``lease``'s epoch,
+        only while ``lease`` is held (``FencedError`` otherwise). See
+        :mod:`~streamhouse.log.metadata.checkpoints`."""
+        ...
+
+    def list_query_checkpoints(self) -> list[QueryCheckpoint]:
+        """Every query's recorded checkpoint, by query name."""
+        ...
+
+    def query_checkpoint(self, query: str) -> str | None:
+        """The id of the checkpoint ``query`` resumes from, ``None`` before its first."""
         ...
 
     def commit_feed(

@@ -53,6 +53,7 @@ from streamhouse.log.metadata import (
     SegmentRow,
     TopicInfo,
 )
+from streamhouse.log.metadata.checkpoints import QueryCheckpoint
 from streamhouse.log.metadata.leases import Lease
 from streamhouse.log.metadata.swaps import SegmentSwap, SwapOutcome
 
@@ -324,9 +325,11 @@ class CachedMetadata:
         object_key: str,
         entries: Sequence[SegmentEntryLike],
         producer_batches: Sequence[ProducerBatch] = (),
+        *,
+        fence: Lease | None = None,
     ) -> list[int]:
         entries = list(entries)
-        bases = self.inner.commit_segment(object_key, entries, producer_batches)
+        bases = self.inner.commit_segment(object_key, entries, producer_batches, fence=fence)
         with self._lock:
             for entry, base in zip(entries, bases, strict=True):
                 key = (entry.topic, entry.partition)
@@ -498,6 +501,15 @@ class CachedMetadata:
 
     def list_leases(self, prefix: str = "") -> list[Lease]:
         return self.inner.list_leases(prefix)
+
+    def record_query_checkpoint(self, lease: Lease, checkpoint: QueryCheckpoint) -> None:
+        self.inner.record_query_checkpoint(lease, checkpoint)
+
+    def list_query_checkpoints(self) -> list[QueryCheckpoint]:
+        return self.inner.list_query_checkpoints()
+
+    def query_checkpoint(self, query: str) -> str | None:
+        return self.inner.query_checkpoint(query)
 
     def close(self) -> None:
         if self._feed is not None:

@@ -32,6 +32,9 @@ Tables (one row per ...):
   producer_id): its epoch, the last sequence number indexed, and its last five batches as
   ``first:last:base_offset`` items joined by ``,`` (oldest first), checked and written by
   every segment commit that holds a batch of it.
+- ``query_checkpoints``: continuous query (``query_name``): the checkpoint in the object store
+  it resumes from (``checkpoints.py``), recorded under its lease's fencing ``epoch``, with the
+  source offsets it holds (a JSON object: topic -> partition -> offset).
 """
 
 from __future__ import annotations
@@ -166,6 +169,18 @@ MIGRATIONS: tuple[Migration, ...] = (
             " recent_batches TEXT NOT NULL,"
             " updated_ms BIGINT NOT NULL,"
             " PRIMARY KEY (topic, partition_id, producer_id))",
+        ),
+    ),
+    Migration(
+        6,
+        "query checkpoints",
+        (
+            "CREATE TABLE query_checkpoints ("
+            " query_name TEXT PRIMARY KEY,"
+            " checkpoint_id TEXT NOT NULL,"
+            " epoch BIGINT NOT NULL,"
+            " positions TEXT NOT NULL,"
+            " written_ms BIGINT NOT NULL)",
         ),
     ),
 )

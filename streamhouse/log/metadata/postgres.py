@@ -44,9 +44,11 @@ from streamhouse.log.metadata import (
     SegmentEntryLike,
     SegmentRow,
     TopicInfo,
+    checkpoints,
     leases,
     validate_topic_name,
 )
+from streamhouse.log.metadata.checkpoints import QueryCheckpoint
 from streamhouse.log.metadata.feed import FeedThread
 from streamhouse.log.metadata.leases import Lease
 from streamhouse.log.metadata.migrations import POSTGRESQL, migrate
@@ -318,6 +320,8 @@ class PostgresMetadata(SqlMetadata):
         object_key: str,
         entries: Sequence[SegmentEntryLike],
         producer_batches: Sequence[ProducerBatch] = (),
+        *,
+        fence: Lease | None = None,
     ) -> list[int]:
         """Index ``entries`` of one object at their partitions' high watermarks and advance
         them, all or nothing; returns the base offset assigned to each entry.
@@ -335,22 +339,26 @@ class PostgresMetadata(SqlMetadata):
 
         A connection found closed by the server at the first round trip (the pool's check
         makes no round trip of its own) is replaced and the commit made again on another:
-        ``COMMIT`` was not sent yet, so nothing of it can have been committed."""
+        ``COMMIT`` was not sent yet, so nothing of it can have been committed.
+
+        With ``fence``, the lease is checked (and its row share-locked) in the first round
+        trip: ``FencedError`` and nothing committed unless it is still held."""
         entries = list(entries)
         if not entries:
             return []
         for _ in range(POOL_SIZE):  # each pooled connection may have been closed
             try:
-                return self._commit_segment(object_key, entries, producer_batches)
+                return self._commit_segment(object_key, entries, producer_batches, fence)
             except _ClosedByServer:
                 continue
-        return self._commit_segment(object_key, entries, producer_batches)
+        return self._commit_segment(object_key, entries, producer_batches, fence)
 
     def _commit_segment(
         self,
         object_key: str,
         entries: list[SegmentEntryLike],
         producer_batches: Sequence[ProducerBatch],
+        fence: Lease | None,
     ) -> list[int]:
         keys = sorted({(entry.topic, entry.partition) for entry in entries})
         producers = producer_keys(entries, producer_batches)
@@ -361,6 +369,7 @@ class PostgresMetadata(SqlMetadata):
                 with conn.pipeline():
                     try:
                         conn.execute("BEGIN")
+                        held = _fence(conn, fence) if fence is not None else None
                         locking = conn.execute(
                             "SELECT p.topic, p.partition_id, p.high_watermark, p.max_timestamp"
                             " FROM partitions AS p"
@@ -386,6 +395,8 @@ class PostgresMetadata(SqlMetadata):
                         if conn.broken or (exc.sqlstate or "").startswith(_CLOSING_SQLSTATES):
                             raise _ClosedByServer from exc
                         raise
+                    if held is not None and fence is not None and held.fetchone() is None:
+                        raise leases.refused(fence, f"commit of segment {object_key!r}")
                     plan = self._write_commit(
                         conn, object_key, entries, locked, producer_batches, states
                     )
@@ -665,6 +676,40 @@ class PostgresMetadata(SqlMetadata):
                 f"DELETE FROM agents WHERE heartbeat_ms < {_STORE_NOW_MS} - %s", (silent_for_ms,)
             )
             return cursor.rowcount
+
+    # -- query checkpoints -------------------------------------------------------------------
+
+    def record_query_checkpoint(self, lease: Lease, checkpoint: QueryCheckpoint) -> None:
+        with self._transaction(f"record checkpoint of query {checkpoint.query!r}") as conn:
+            if _fence(conn, lease).fetchone() is None:
+                raise leases.refused(lease, checkpoints.describe(checkpoint))
+            conn.execute(
+                leases.sql(checkpoints.RECORD, POSTGRESQL),
+                checkpoints.record_params(lease, checkpoint),
+            )
+
+    def list_query_checkpoints(self) -> list[QueryCheckpoint]:
+        with self._connection("list query checkpoints") as conn:
+            rows = conn.execute(leases.sql(checkpoints.LIST, POSTGRESQL)).fetchall()
+        return [QueryCheckpoint.of(row) for row in rows]
+
+    def query_checkpoint(self, query: str) -> str | None:
+        with self._connection(f"read checkpoint of query {query!r}") as conn:
+            row = conn.execute(leases.sql(checkpoints.LATEST, POSTGRESQL), (query,)).fetchone()
+        return None if row is None else str(row[0])
+
+
+def _fence(conn: psycopg.Connection, lease: Lease) -> psycopg.Cursor:
+    """Check ``lease`` inside the open transaction (its row share-locked until the end).
+
+    A holder paused in the middle of the transaction (SIGSTOP) would keep that lock, and so
+    the lease from being taken over, for as long as it is paused: the server ends the session
+    instead once the transaction has idled for the lease's TTL (its commit then fails)."""
+    conn.execute(
+        "SELECT set_config('idle_in_transaction_session_timeout', %s, true)",
+        (str(max(1000, lease.remaining_ms)),),
+    )
+    return conn.execute(leases.fence(POSTGRESQL), leases.fence_params(lease))
 
 
 _STORE_NOW_MS = POSTGRESQL.now_ms

@@ -50,9 +50,11 @@ from streamhouse.log.metadata import (
     SegmentEntryLike,
     SegmentRow,
     TopicInfo,
+    checkpoints,
     leases,
     validate_topic_name,
 )
+from streamhouse.log.metadata.checkpoints import QueryCheckpoint
 from streamhouse.log.metadata.feed import FeedThread
 from streamhouse.log.metadata.leases import Lease
 from streamhouse.log.metadata.migrations import SQLITE, migrate
@@ -307,11 +309,15 @@ class SQLiteMetadata(SqlMetadata):
         object_key: str,
         entries: Sequence[SegmentEntryLike],
         producer_batches: Sequence[ProducerBatch] = (),
+        *,
+        fence: Lease | None = None,
     ) -> list[int]:
         entries = list(entries)
         if not entries:
             return []
         with self._transaction(f"commit segment {object_key!r}") as conn:
+            if fence is not None:
+                self._check_fence(conn, fence, f"commit of segment {object_key!r}")
             # One read of every partition involved, then one executemany per table: a flush
             # commits a row per partition, and a statement per row costs more than the rows.
             current: dict[tuple[str, int], tuple[int, int]] = {}
@@ -587,3 +593,32 @@ class SQLiteMetadata(SqlMetadata):
                 "DELETE FROM agents WHERE heartbeat_ms < ?", (_now_ms() - silent_for_ms,)
             )
             return cursor.rowcount
+
+    @staticmethod
+    def _check_fence(conn: sqlite3.Connection, lease: Lease, what: str) -> None:
+        if conn.execute(leases.fence(SQLITE), leases.fence_params(lease)).fetchone() is None:
+            raise leases.refused(lease, what)
+
+    # -- query checkpoints -------------------------------------------------------------------
+
+    def record_query_checkpoint(self, lease: Lease, checkpoint: QueryCheckpoint) -> None:
+        with self._transaction(f"record checkpoint of query {checkpoint.query!r}") as conn:
+            self._check_fence(conn, lease, checkpoints.describe(checkpoint))
+            conn.execute(
+                leases.sql(checkpoints.RECORD, SQLITE),
+                checkpoints.record_params(lease, checkpoint),
+            )
+
+    def list_query_checkpoints(self) -> list[QueryCheckpoint]:
+        with self._storage_errors("list query checkpoints"):
+            rows = self._connection().execute(leases.sql(checkpoints.LIST, SQLITE)).fetchall()
+        return [QueryCheckpoint.of(row) for row in rows]
+
+    def query_checkpoint(self, query: str) -> str | None:
+        with self._storage_errors(f"read checkpoint of query {query!r}"):
+            row = (
+                self._connection()
+                .execute(leases.sql(checkpoints.LATEST, SQLITE), (query,))
+                .fetchone()
+            )
+        return None if row is None else str(row[0])
