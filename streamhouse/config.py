@@ -39,10 +39,10 @@ class Settings:
     Kafka's ``producer.id.expiration.ms``; each retention pass forgets older ones).
     ``compaction_target_bytes`` is the size compaction merges small objects up to (per
     partition; 0 turns compaction off); ``compaction_compression`` the codec of the batches
-    it writes where a topic's ``compression.type`` is ``producer`` (``zstd``, ``lz4``, ``snappy``, ``gzip``,
-    ``uncompressed``, or ``producer`` to keep each batch's); ``compaction_lease_s`` how long a
-    compactor's lease on a partition lasts unrenewed (a killed compactor's partitions wait
-    that long for the next).
+    it writes where a topic's ``compression.type`` is ``producer`` (``zstd``, ``lz4``,
+    ``snappy``, ``gzip``, ``uncompressed``, or ``producer`` to keep each batch's);
+    ``compaction_lease_s`` how long a compactor's lease on a partition lasts unrenewed (a
+    killed compactor's partitions wait that long for the next).
     ``advertised_port`` is the port clients are told to connect to (0: the one served);
     ``zone`` and ``agent_group`` place this process among the agents sharing a PostgreSQL
     metadata store, which heartbeat every ``agent_ttl_s / 3`` seconds and drop out of

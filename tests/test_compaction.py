@@ -31,13 +31,14 @@ from kafka_fixtures import REPO, KafkaServer, guarded
 import streamhouse
 from streamhouse import StreamHouse
 from streamhouse.cli import main
-from streamhouse.log import fsck
+from streamhouse.errors import InvalidRecordError
+from streamhouse.log import compaction_notes, fsck
 from streamhouse.log.metadata import SegmentRow
 from streamhouse.log.metadata.swaps import SegmentSwap, SwapOutcome, lease_name
 from streamhouse.log.records import Compression, build_batch, decode_batches, split_batches
 from streamhouse.log.records.filter import drop_records
 from streamhouse.log.records.merge import merge_batches
-from streamhouse.log.segment import SEGMENT_PREFIX
+from streamhouse.log.segment import SEGMENT_PREFIX, SegmentBuilder, segment_key
 
 BASE_TS = 1_767_225_600_000  # 2026-01-01
 
@@ -284,6 +285,8 @@ def test_kafka_clients_read_a_key_compacted_topic_with_its_gaps(tmp_path: Path) 
     at a row's start or end) and get exactly the records that stayed."""
     with streamhouse.connect(tmp_path / "data", linger_ms=1, object_delete_delay_s=0) as sh:
         sh.create_topic("kv", config={"cleanup.policy": "compact"})
+        with pytest.raises(InvalidRecordError, match="cannot accept message without key"):
+            sh.produce("kv", ["no key"])
         for flush in range(11):  # every flush overwrites the keys of the one before
             sh.produce("kv", [f"v{flush}-{i}" for i in range(6)], key=[f"k{i}" for i in range(6)])
         sh.produce("kv", ["last-0", "last-1", "last-2"], key=["k0", "k1", "k2"])
@@ -296,6 +299,11 @@ def test_kafka_clients_read_a_key_compacted_topic_with_its_gaps(tmp_path: Path) 
     ]
     server = KafkaServer(tmp_path / "data").start()
     try:
+        errors: list = []
+        producer = Producer({"bootstrap.servers": server.bootstrap, "retries": 0})
+        producer.produce("kv", b"no key", on_delivery=lambda err, _: errors.append(err))
+        producer.flush(15)
+        assert [e.name() for e in errors] == ["INVALID_RECORD"]  # as Kafka refuses it
         consumer = Consumer(
             {"bootstrap.servers": server.bootstrap, "group.id": "g", "enable.auto.commit": False}
         )
@@ -340,6 +348,79 @@ def test_compaction_on_s3(tmp_path: Path, moto_server: str, s3_url: Callable[[st
         assert _objects(sh) == set(report.objects_written)
         assert sh.fetch("t").equals(before)
         assert fsck.check(sh.log.store, sh.log.metadata.inner, orphan_min_age_s=0).findings == []
+
+
+def _rebuild(data: Path) -> None:
+    (data / "metadata.sqlite3").unlink()  # the metadata is lost
+    for extra in data.glob("metadata.sqlite3-*"):
+        extra.unlink()
+    result = CliRunner().invoke(main, ["--data-dir", str(data), "fsck", "--rebuild-metadata"])
+    # the replaced objects are orphans now (fsck --delete-orphans removes them); nothing else
+    findings = [line for line in result.stdout.splitlines() if not line.startswith(" ")]
+    assert all(line.startswith("orphan ") for line in findings), result.output
+
+
+def test_a_rebuild_indexes_compacted_records_once(tmp_path: Path) -> None:
+    """Lost metadata rebuilt while replaced objects are still there (the grace period), or
+    beside a killed compactor's orphan: every record once, at its offset."""
+    data = tmp_path / "data"
+    with streamhouse.connect(data, linger_ms=1, object_delete_delay_s=3600) as sh:
+        sh.create_topic("t", partitions=2)
+        for i in range(12):
+            sh.produce(
+                "t", [{"seq": 10 * i + j} for j in range(10)], key=[str(j) for j in range(10)]
+            )
+        before = sh.fetch("t")
+        assert len(sh.compact().objects_written) == 2
+        sources = _objects(sh)
+    _rebuild(data)
+    with streamhouse.connect(data) as sh:
+        assert sh.fetch("t").equals(before)
+        rows = [r for p in range(2) for r in sh.log.metadata.inner.segments("t", p)]
+        assert len(rows) == 2  # the compacted runs, not the 24 they replaced
+        # A compactor killed before its swap: the old rows are indexed, its object an orphan.
+        sh.produce("t", [{"seq": 1000 + j} for j in range(4)], key=["a", "b", "c", "d"])
+        sh.produce("t", [{"seq": 2000 + j} for j in range(4)], key=["a", "b", "c", "d"])
+        before = sh.fetch("t")
+        p = next(p for p in range(2) if len(sh.log.metadata.inner.segments("t", p)) == 3)
+        group = sh.log.metadata.inner.segments("t", p)[1:]
+        run = b"".join(sh.log.reader.run_bytes(r) for r in group)
+        builder = SegmentBuilder()
+        builder.add(
+            "t", p, run, base_offset=group[0].base_offset, last_offset=group[-1].last_offset,
+            min_timestamp=0, max_timestamp=0, record_count=sum(r.record_count for r in group),
+        )  # fmt: skip
+        orphan = segment_key(time.time_ns() // 1000)
+        sh.log.store.put(orphan, builder.build()[0])
+        compaction_notes.write_note(sh.log.store, orphan, group)
+        assert sources < _objects(sh)
+    _rebuild(data)
+    with streamhouse.connect(data) as sh:
+        assert sh.fetch("t").equals(before)
+
+
+def test_an_updating_materialized_view_writes_to_a_key_compacted_topic(tmp_path: Path) -> None:
+    with streamhouse.connect(tmp_path / "data", linger_ms=1, object_delete_delay_s=0) as sh:
+        sh.sql("CREATE STREAM s (k STRING, v BIGINT) WITH (topic = 's', format = 'json')")
+        sh.sql(
+            "CREATE MATERIALIZED VIEW v AS SELECT k, COUNT(*) AS n, SUM(v) AS sv FROM s GROUP BY k"
+        )
+        (view,) = sh._queries
+        assert sh.topic("v").config == {"cleanup.policy": "compact"}
+        for i in range(12):  # each round updates every key: a row per key per round
+            sh.produce("s", [{"k": f"k{j}", "v": i * j} for j in range(5)])
+            view.run_until_caught_up()
+        answer = sh.sql("SELECT * FROM v").to_arrow_table().sort_by("k")
+        written = sh.fetch("v").num_rows
+        assert sh.compact(["v"]).rows_replaced > 0
+        assert sh.fetch("v").num_rows < written
+        assert sh.sql("SELECT * FROM v").to_arrow_table().sort_by("k").equals(answer)
+        assert answer.to_pydict() == {
+            "k": [f"k{j}" for j in range(5)],
+            "n": [12] * 5,
+            "sv": [sum(i * j for i in range(12)) for j in range(5)],
+        }
+        view.stop()
 
 
 # -- through a real server, on both metadata backends -----------------------------------------

@@ -226,6 +226,7 @@ _ERRORS: tuple[tuple[type[BaseException], ErrorCode], ...] = (
     (errors.InvalidConfigError, ErrorCode.invalid_config),
     (errors.RecordTooLargeError, ErrorCode.message_too_large),
     (errors.CorruptRecordError, ErrorCode.corrupt_message),
+    (errors.InvalidRecordError, ErrorCode.invalid_record),
     # CORRUPT_MESSAGE, not KAFKA_STORAGE_ERROR: librdkafka retries the latter silently (it takes
     # it for a leader change) but hands the former to the consumer's poll; kafka-python raises it.
     (errors.CorruptSegmentError, ErrorCode.corrupt_message),

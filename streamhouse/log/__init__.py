@@ -21,12 +21,15 @@ import pyarrow.compute as pc
 from streamhouse.config import Settings
 from streamhouse.errors import (
     CorruptRecordError,
+    InvalidRecordError,
     RecordTooLargeError,
     StorageError,
     UnknownPartitionError,
     UnknownTopicError,
 )
+from streamhouse.log import compaction_notes
 from streamhouse.log.compaction import CompactionReport, compact, compactor_id
+from streamhouse.log.key_compaction import is_compacted
 from streamhouse.log.metadata import (
     Metadata,
     PartitionOffsets,
@@ -146,6 +149,7 @@ class Log:
             self.cache.discard(key)
             self.store.delete(key)
         delete_notes(self.store, orphans)
+        compaction_notes.delete_notes(self.store, orphans)
 
     def get_topic(self, name: str) -> TopicInfo | None:
         return self.metadata.get_topic(name)
@@ -279,6 +283,11 @@ class Log:
             headers.append((start, header))
         if not headers:
             raise CorruptRecordError("no record batch in the produce request")
+        if is_compacted(info.config) and decode_batches(batches, verify=False)["key"].null_count:
+            raise InvalidRecordError(  # Kafka's words
+                f"Compacted topic cannot accept message without key in topic partition"
+                f" {topic}-{partition}."
+            )
         return headers
 
     def flush(self) -> None:

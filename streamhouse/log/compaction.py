@@ -27,7 +27,9 @@ The replaced objects are queued once no row names them and deleted after
 still finds them. A swap refused (the lease was lost, or retention dropped a row meanwhile)
 deletes the new object at once: nothing ever named it. A compactor killed between writing an
 object and its swap leaves an orphan that ``fsck`` reports (and ``--delete-orphans`` removes);
-the old rows and objects stay as they were. A damaged run is left where it is (its group is
+the old rows and objects stay as they were. Each new object's compaction note
+(:mod:`~streamhouse.log.compaction_notes`) tells a rebuild of lost metadata which runs it
+replaced, so the records are indexed once. A damaged run is left where it is (its group is
 passed over) and logged.
 """
 
@@ -39,15 +41,18 @@ import socket
 import time
 import uuid
 from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from streamhouse.errors import DamagedRangeError, StorageError, UnknownTopicError
-from streamhouse.log.key_compaction import is_compacted, plan_cleaning
+from streamhouse.log.compaction_notes import delete_notes, write_note
+from streamhouse.log.key_compaction import Cleaning, is_compacted, plan_cleaning
 from streamhouse.log.metadata import SegmentRow
 from streamhouse.log.metadata.leases import Lease
 from streamhouse.log.metadata.rules import now_ms
 from streamhouse.log.metadata.swaps import SegmentSwap, SwapOutcome, lease_name
+from streamhouse.log.objectstore import ObjectStore
 from streamhouse.log.records import Compression, split_batches
 from streamhouse.log.records.filter import drop_records
 from streamhouse.log.records.merge import DEFAULT_MAX_BATCH_BYTES, merge_batches
@@ -225,19 +230,44 @@ def _compact_partition(
     target, span = limits(info.config, log_.settings.compaction_target_bytes)
     cleaning = None
     if is_compacted(info.config) and target > 0:
-        cleaning = plan_cleaning(log_, rows, info.config, target, now_ms())
+        cleaning = plan_cleaning(log_, rows, info.config, target, now_ms(), span)
         groups = cleaning.groups
     else:
         groups = plan_groups(rows, target, span)
+    if not groups:
+        return
+    with ThreadPoolExecutor(store.read_parallelism, thread_name_prefix="compact") as reads:
+        _rewrite_groups(
+            log_, topic, partition, lease, codec, ttl_ms, groups, cleaning, reads, report
+        )
+
+
+def _range(store: ObjectStore, row: SegmentRow) -> bytes:
+    """The bytes of ``row``'s run: one range read."""
+    return store.get(row.object_key, row.position, row.position + row.length)
+
+
+def _rewrite_groups(
+    log_: Log,
+    topic: str,
+    partition: int,
+    lease: Lease,
+    codec: Compression | None,
+    ttl_ms: int,
+    groups: list[list[SegmentRow]],
+    cleaning: Cleaning | None,
+    reads: ThreadPoolExecutor,
+    report: CompactionReport,
+) -> None:
+    """Write each group as one object and swap it in (the old runs read ``reads`` at a time:
+    on S3 each is a round trip)."""
+    metadata, store = log_.metadata, log_.store
     for group in groups:
         if not metadata.renew_lease(lease, ttl_ms):
             log.warning("compaction of %s-%d: lease lost, stopping", topic, partition)
             return
         try:
-            runs = [
-                log_.reader.run_view(r, store.get(r.object_key, r.position, r.position + r.length))
-                for r in group
-            ]
+            runs = list(reads.map(lambda r: log_.reader.run_view(r, _range(store, r)), group))
         except DamagedRangeError as exc:
             log.warning("compaction of %s-%d: group passed over: %s", topic, partition, exc)
             continue
@@ -262,6 +292,7 @@ def _compact_partition(
         data, (entry,) = builder.build()
         key = segment_key(time.time_ns() // 1000)
         store.put(key, data)
+        write_note(store, key, group)  # before the swap: a rebuild must know what it replaces
         new = SegmentRow(
             key, topic, partition, entry.base_offset, entry.last_offset, entry.position,
             entry.length, entry.min_timestamp, entry.max_timestamp, entry.record_count, entry.crc,
@@ -269,6 +300,7 @@ def _compact_partition(
         outcome = metadata.replace_segments(SegmentSwap(tuple(group), new), lease)
         if outcome is not SwapOutcome.SWAPPED:
             store.delete(key)  # nothing ever named it
+            delete_notes(store, [key])
             report.refused += 1
             log.info("compaction of %s-%d: swap %s", topic, partition, outcome.value)
             if outcome is SwapOutcome.FENCED:

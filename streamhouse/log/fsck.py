@@ -45,6 +45,7 @@ from streamhouse.errors import (
     ObjectNotFoundError,
     StorageError,
 )
+from streamhouse.log.compaction_notes import replaced_runs
 from streamhouse.log.metadata import Metadata, SegmentRow, sqlite_path
 from streamhouse.log.objectstore import ObjectInfo, ObjectStore
 from streamhouse.log.segment import (
@@ -668,6 +669,13 @@ def rebuild_metadata(
             if progress is not None:
                 progress(1)
     report.objects = len(footers)
+    # Runs that compacted objects replaced are indexed once, in the compacted object.
+    replaced = replaced_runs(store, {key for key, _ in footers})
+    footers = [
+        (key, kept)
+        for key, entries in footers
+        if (kept := [e for e in entries if (key, e.topic, e.partition) not in replaced])
+    ]
     notes = read_notes(store)
     report.notes = len(notes)
     rows = _choose(footers, report, notes)

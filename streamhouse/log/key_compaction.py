@@ -11,7 +11,8 @@ What a pass cleans in a partition: the index rows before the last one (the last 
 - a tombstone (null value) that is the latest of its key goes once it is older than
   ``delete.retention.ms`` (a consumer that read the key's earlier value had that long to see
   the delete);
-- records without a key are kept (Kafka refuses them on compacted topics at produce).
+- records without a key are kept (produce refuses them on compacted topics, as Kafka does,
+  but the topic may have had another policy when they were written).
 
 Offsets never change: the records that stay keep theirs, with gaps where others went
 (:func:`~streamhouse.log.records.filter.drop_records`), and every row still spans the offsets
@@ -65,8 +66,11 @@ def plan_cleaning(
     config: Mapping[str, str],
     target_bytes: int,
     now: int,
+    max_span_ms: int | None = None,
 ) -> Cleaning:
-    """What to clean in one partition whose index rows are ``rows`` (see the module)."""
+    """What to clean in one partition whose index rows are ``rows`` (see the module); a group
+    holds up to ``target_bytes`` and ``max_span_ms`` of timestamps (the topic's
+    :func:`~streamhouse.log.compaction.limits`)."""
     lag = int(config.get("min.compaction.lag.ms", 0))
     delete_retention = int(config.get("delete.retention.ms", DEFAULT_DELETE_RETENTION_MS))
     cleanable: list[SegmentRow] = []
@@ -97,13 +101,18 @@ def plan_cleaning(
 
     groups: list[list[SegmentRow]] = []
     group: list[SegmentRow] = []
-    size = 0
+    size = low = high = 0
     for row in cleanable:
-        if group and size + row.length > target_bytes:
+        spans = max(high, row.max_timestamp) - min(low, row.min_timestamp)
+        too_long = max_span_ms is not None and spans > max_span_ms
+        if group and (size + row.length > target_bytes or too_long):
             groups.append(group)
-            group, size = [], 0
+            group = []
+        if not group:
+            size, low, high = 0, row.min_timestamp, row.max_timestamp
         group.append(row)
         size += row.length
+        low, high = min(low, row.min_timestamp), max(high, row.max_timestamp)
     if group:
         groups.append(group)
     dropped = offsets[~keep]

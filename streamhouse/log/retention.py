@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from streamhouse.errors import UnknownTopicError
+from streamhouse.log import compaction_notes
 from streamhouse.log.metadata.rules import now_ms
 from streamhouse.log.sequence_notes import delete_notes
 from streamhouse.log.topic_config import Retention
@@ -121,6 +122,7 @@ def delete_unreferenced_objects(log_: Log, *, now: int | None = None) -> list[st
         log_.store.delete(key)
     if keys:
         delete_notes(log_.store, keys)
+        compaction_notes.delete_notes(log_.store, keys)
         log_.metadata.forget_objects(keys)
         log.info("retention: deleted %d unreferenced object(s)", len(keys))
     return keys

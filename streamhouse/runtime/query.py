@@ -155,7 +155,10 @@ class ContinuousQuery:
         self.sink = None
         if self.plan.sink_kind == "topic" and self.plan.sink:
             if self.log.get_topic(self.plan.sink) is None:
-                self.log.create_topic(self.plan.sink, 1)
+                # An updating query's output is an upsert per key: a key-compacted topic, whose
+                # compaction keeps the latest row of each key (what reading the view gives).
+                config = {"cleanup.policy": "compact"} if self.updating else None
+                self.log.create_topic(self.plan.sink, 1, config)
             self.sink = TopicSink(
                 self.log, self.plan.sink, self.plan.operator.key_columns, fence=fence
             )
