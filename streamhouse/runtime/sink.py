@@ -47,6 +47,25 @@ def key_strings(table: pa.Table, key_columns: list[str]) -> list[bytes | None]:
     return keys.to_pylist() if keys is not None else [None] * table.num_rows
 
 
+def row_keys(table: pa.Table, columns: list[str]) -> pa.Array:
+    """The identity of each row on a changelog edge between operators: a JSON object of
+    ``columns`` (``{}`` for none), as binary. Unlike a record key of one column it tells a NULL
+    key from the text 'null', so an operator's upserts and retractions of a NULL key meet."""
+    if not columns or table.num_rows == 0:
+        return pa.array([b"{}"] * table.num_rows, pa.binary())
+    con = _cursor()
+    try:
+        con.register("rows_out", table.select(columns))
+        quoted = ['"' + c.replace('"', '""') + '"' for c in columns]
+        packed = ", ".join(f"{q} := {q}" for q in quoted)
+        result = con.sql(
+            f"SELECT CAST(to_json(struct_pack({packed})) AS VARCHAR) AS k FROM rows_out"
+        ).to_arrow_table()
+    finally:
+        con.close()
+    return result["k"].combine_chunks().cast(pa.binary())
+
+
 def encode_rows(table: pa.Table, key_columns: list[str]) -> tuple[list[bytes], list[bytes | None]]:
     """(JSON value, key) per row of ``table``, in order, as Python bytes."""
     values, keys = encode_columns(table, key_columns)

@@ -29,6 +29,14 @@ class ChangelogMode(StrEnum):
         return self is not ChangelogMode.APPEND
 
 
+ROW_KEY = "__key"
+"""The column that keys each row an updating operator hands to the operator over it (a derived
+input): upserts replace the row of their key, retractions (``MicroBatch.retracted``) name keys
+whose row is gone. Every updating node has one, so an edge needs no -U/+U pairs: a row's key is
+a unique key of the node's output (the group keys of an aggregate, the (partition, rank) of a
+Top-N, the pair of input row keys of a join), and an update is an upsert of that key."""
+
+
 APPEND_ONLY = frozenset({ChangelogMode.APPEND})
 """What every node but :class:`~streamhouse.sql.nodes.Recompute` takes: rows never revised."""
 

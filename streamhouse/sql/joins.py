@@ -6,6 +6,7 @@ from __future__ import annotations
 from sqlglot import exp
 
 from streamhouse.sql.bounds import candidate_bounds, conjuncts
+from streamhouse.sql.changelog_join import ChangelogJoin, plan_changelog_join
 from streamhouse.sql.functions import to_datafusion
 from streamhouse.sql.nodes import (
     ALL_ROWS,
@@ -71,7 +72,7 @@ def plan_temporal_join(select: exp.Select) -> TemporalJoin | None:
 
 def plan_join(
     select: exp.Select, joins: list[exp.Join], derived: dict[str, Operator] | None = None
-) -> StreamJoin | TemporalJoin | WindowAggregate | Recompute:
+) -> StreamJoin | TemporalJoin | WindowAggregate | Recompute | ChangelogJoin:
     temporal = plan_temporal_join(select)
     if temporal is not None:
         return temporal
@@ -103,9 +104,19 @@ def plan_join(
     bound = candidates[0] if candidates else None
     outer = None
     side = (join.side or "").upper()
+    updating = (_updating(left, derived), _updating(right, derived))
+    if any(updating):  # an input's rows change: the join's rows change with them
+        variants = _outer_variants(rewritten, left_alias, right_alias, side or "INNER")
+        return plan_changelog_join(select, join, updating, variants, left_alias, right_alias)
     if side in ("LEFT", "RIGHT", "FULL"):
         outer = _outer_variants(rewritten, left_alias, right_alias, side)
     return StreamJoin(left.name, right.name, to_datafusion(rewritten), bound, candidates, outer)
+
+
+def _updating(side: exp.Table, derived: dict[str, Operator] | None) -> bool:
+    """Whether join input ``side`` is a derived input whose rows update."""
+    node = (derived or {}).get(side.name)
+    return node is not None and node.updating
 
 
 def _outer_variants(select: exp.Select, left: str, right: str, side: str) -> OuterJoin:
@@ -151,14 +162,16 @@ def _aggregate_over_join(
     join_select.set("expressions", [exp.column(c, table=t).as_(n) for (t, c), n in used.items()])
     for key in ("group", "having", "order"):
         join_select.set(key, None)
-    one_group = select.args.get("group") is None and _outer(select)
+    sides = [select.args["from_"].this, *(j.this for j in select.args["joins"])]
+    updates = any(_updating(t, derived) for t in sides if isinstance(t, exp.Table))
+    one_group = select.args.get("group") is None and (_outer(select) or updates)
     if one_group:  # one group, keyed by a constant column, recomputed as retractions come
         join_select.select(exp.alias_(exp.Literal.number(0), ALL_ROWS), copy=False)
     op = plan_join(join_select, join_select.args["joins"], derived)
-    retracting = isinstance(op, StreamJoin) and op.outer is not None
+    retracting = op.updating
     if retracting and select.args.get("group") is None and not one_group:
         refuse_retractions(op, "an aggregate without GROUP BY", select)
-    if retracting and not one_group:
+    if retracting and not one_group and _outer(select):
         _refuse_padded_key(select)
     name = f"__derived_{len(derived)}"
     derived[name] = op
