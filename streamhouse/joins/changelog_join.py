@@ -71,24 +71,20 @@ class ChangelogJoinOperator:
         rows: Sequence[pa.Table | None],
         retracted: Sequence[Sequence[bytes]],
         batch: StateBatch | ScopedBatch,
-    ) -> tuple[pa.Table | None, list[bytes]]:
-        """Apply each side's upserted rows and retracted keys; returns (the output rows they
-        change, keyed by ROW_KEY; the keys of output rows now gone)."""
+    ) -> tuple[pa.Table | None, pa.Table | None]:
+        """Apply each side's upserted rows and retracted keys; returns the output rows they
+        change, after and before, each keyed by ROW_KEY (a key only before is gone)."""
         before = [self._live(side) for side in (LEFT, RIGHT)]
         changed = [self._apply(side, rows[side], retracted[side], batch) for side in (LEFT, RIGHT)]
         if not any(len(c) for c in changed):
-            return None, []
+            return None, None
         after = [self._live(side) for side in (LEFT, RIGHT)]
         affected = [pc.unique(c) for c in changed]
         if self.plan.match_sql is not None:
             affected = self._padding_affected(before, after, changed, affected)
-        old = self._output(before, affected)
-        new = self._output(after, affected)
-        old_keys = set(old[ROW_KEY].to_pylist()) if old is not None else set()
-        new_keys = set(new[ROW_KEY].to_pylist()) if new is not None else set()
         if self.sequence != self._committed_sequence:
             batch.put(ColumnFamily.SESSIONS, SEQUENCE, _U64.pack(self.sequence))
-        return new, sorted(old_keys - new_keys)
+        return self._output(after, affected), self._output(before, affected)
 
     # -- state --------------------------------------------------------------------------------
 

@@ -301,8 +301,17 @@ class ChangelogJoining(_Stateful[ChangelogJoin]):
         retracted = [batch.retracted.get(node.left, []), batch.retracted.get(node.right, [])]
         if all(r is None for r in rows) and not any(retracted):
             return Changelog()
-        outputs, gone = self.executor.process(rows, retracted, batch.state)
-        return Changelog(outputs, gone)
+        after, before = self.executor.process(rows, retracted, batch.state)
+        names = node.key_columns
+        if batch.derived or not names or after is None and before is None:
+            now = set(after[ROW_KEY].to_pylist()) if after is not None else set()
+            was = set(before[ROW_KEY].to_pylist()) if before is not None else set()
+            return Changelog(after, sorted(was - now))
+        # keyed by a surviving upsert key: the sink keys the rows by those columns
+        now = set(key_strings(after, names)) if after is not None else set()
+        was = set(key_strings(before, names)) if before is not None else set()
+        rows = after.drop_columns([ROW_KEY]) if after is not None else None
+        return Changelog(rows, sorted(k for k in was - now if k is not None))
 
 
 class TemporalJoining(_Stateful[nodes.TemporalJoin]):

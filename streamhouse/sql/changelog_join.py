@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from sqlglot import exp
 
+from streamhouse.sql.bounds import conjuncts
 from streamhouse.sql.changelog import ChangelogMode, PlanNode
 from streamhouse.sql.functions import to_datafusion
 from streamhouse.sql.nodes import OuterJoin
@@ -36,10 +37,17 @@ class ChangelogJoin(PlanNode):
     variants: OuterJoin  # the SQL over __left and __right, projecting __lid and __rid
     match_sql: str | None  # the pairs the ON condition matches (outer joins: who is padded)
     columns: tuple[tuple[str, ...], tuple[str, ...]]  # the columns of each input the SQL names
+    # output columns that are a unique key of the output (an input's upsert key that survives
+    # the join); none: the output is keyed by the pair of input row keys
+    unique_key: tuple[str, ...] = ()
 
     @property
     def mode(self) -> ChangelogMode:
         return ChangelogMode.UPSERT
+
+    @property
+    def key_columns(self) -> list[str]:
+        return list(self.unique_key)
 
     @property
     def accepts(self) -> frozenset[ChangelogMode]:
@@ -47,7 +55,7 @@ class ChangelogJoin(PlanNode):
 
     @property
     def upsert_key(self) -> str:
-        return "left row key, right row key"
+        return ", ".join(self.unique_key) or "left row key, right row key"
 
     @property
     def source(self) -> str:
@@ -85,7 +93,7 @@ class ChangelogJoin(PlanNode):
 def plan_changelog_join(
     select: exp.Select,
     join: exp.Join,
-    updating: tuple[bool, bool],
+    keys: tuple[list[str] | None, list[str] | None],
     variants: OuterJoin,
     left_alias: str,
     right_alias: str,
@@ -127,11 +135,63 @@ def plan_changelog_join(
         )
         match_sql = to_datafusion(match)
     left = select.args["from_"].this.name
+    unique_key: tuple[str, ...] = ()
+    if not (variants.keep_left or variants.keep_right):
+        unique_key = _surviving_key(select, on, (left_alias, right_alias), keys)
     return ChangelogJoin(
         left,
         join.this.name,
-        updating,
+        (keys[0] is not None, keys[1] is not None),
         variants,
         match_sql,
         (tuple(sorted(columns[left_alias])), tuple(sorted(columns[right_alias]))),
+        unique_key,
     )
+
+
+def _surviving_key(
+    select: exp.Select,
+    on: exp.Expr | None,
+    aliases: tuple[str, str],
+    keys: tuple[list[str] | None, list[str] | None],
+) -> tuple[str, ...]:
+    """The output columns that key an inner join's rows, as Flink derives a join's unique key:
+    when the equalities of the ON condition cover one input's upsert key, each row of the other
+    input matches at most one row, and the other's key keys the output; otherwise both keys do.
+    Each key column must be selected (itself or a column the ON equates it to); () if not."""
+    if not keys[0] or not keys[1]:
+        return ()  # an append-only input has no key but its row's position
+    same: dict[tuple[str, str], set[tuple[str, str]]] = {}
+    for item in conjuncts(on):
+        if isinstance(item, exp.EQ) and all(
+            isinstance(x, exp.Column) for x in (item.this, item.expression)
+        ):
+            a, b = ((c.table, c.name) for c in (item.this, item.expression))
+            group = same.get(a, {a}) | same.get(b, {b})
+            for column in group:
+                same[column] = group
+    sides = [
+        [(alias, k) for k in side_keys or []]
+        for alias, side_keys in zip(aliases, keys, strict=True)
+    ]
+    # each key column of an input equated to a column of the other one
+    covered = [
+        all(any(o[0] != alias for o in same.get(c, {c})) for c in side)
+        for alias, side in zip(aliases, sides, strict=True)
+    ]
+    needed = sides[0] if covered[1] else sides[1] if covered[0] else sides[0] + sides[1]
+    outputs: dict[tuple[str, str], str] = {}
+    for projection in select.expressions:
+        body = projection.this if isinstance(projection, exp.Alias) else projection
+        if isinstance(body, exp.Column):
+            outputs.setdefault((body.table, body.name), projection.alias_or_name)
+    if len(needed) == 1 and len(same.get(needed[0], ())) < 2:
+        return ()  # one column the ON does not equate may be NULL: no record key for that row
+    names: list[str] = []
+    for column in needed:
+        found = next((outputs[c] for c in sorted(same.get(column, {column})) if c in outputs), None)
+        if found is None:
+            return ()
+        if found not in names:
+            names.append(found)
+    return tuple(names)

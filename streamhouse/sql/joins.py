@@ -104,10 +104,10 @@ def plan_join(
     bound = candidates[0] if candidates else None
     outer = None
     side = (join.side or "").upper()
-    updating = (_updating(left, derived), _updating(right, derived))
-    if any(updating):  # an input's rows change: the join's rows change with them
+    keys = (_upsert_key(left, derived), _upsert_key(right, derived))
+    if any(k is not None for k in keys):  # an input's rows change: the join's rows with them
         variants = _outer_variants(rewritten, left_alias, right_alias, side or "INNER")
-        return plan_changelog_join(select, join, updating, variants, left_alias, right_alias)
+        return plan_changelog_join(select, join, keys, variants, left_alias, right_alias)
     if side in ("LEFT", "RIGHT", "FULL"):
         outer = _outer_variants(rewritten, left_alias, right_alias, side)
     return StreamJoin(left.name, right.name, to_datafusion(rewritten), bound, candidates, outer)
@@ -117,6 +117,19 @@ def _updating(side: exp.Table, derived: dict[str, Operator] | None) -> bool:
     """Whether join input ``side`` is a derived input whose rows update."""
     node = (derived or {}).get(side.name)
     return node is not None and node.updating
+
+
+def _upsert_key(side: exp.Table, derived: dict[str, Operator] | None) -> list[str] | None:
+    """The columns keying the rows of join input ``side`` when it updates ([] when they are
+    not all known, e.g. a Top-N that does not select its rank); None when it is append-only."""
+    node = (derived or {}).get(side.name)
+    if node is None or not node.updating:
+        return None
+    if isinstance(node, WindowAggregate) and None not in node.key_outputs and node.key_outputs:
+        return node.key_columns
+    if isinstance(node, Recompute) and not node.ranks and None not in node.key_outputs:
+        return node.key_columns
+    return []
 
 
 def _outer_variants(select: exp.Select, left: str, right: str, side: str) -> OuterJoin:
