@@ -21,7 +21,8 @@ class ChangelogMode(StrEnum):
     UPSERT = "upsert"
     """+I/+U by a key (a later row for a key replaces the earlier one), -D as a tombstone."""
     RETRACT = "retract"
-    """-U/+U/-D of whole rows; no operator emits it yet (the dataflow planner of issue 13)."""
+    """-U/+U/-D of whole rows. No operator emits it: every updating node's rows have a unique
+    key (:data:`ROW_KEY`), so upserts and tombstones by it carry the same changes."""
 
     @property
     def updating(self) -> bool:

@@ -283,6 +283,16 @@ class Recompute(PlanNode):
         retracted = (
             "; a retracted key is kept as a dead row (__live false)" if self.retracts else ""
         )
+        if self.ranks:
+            return [
+                f"Recompute  Top-N per ({', '.join(self.group_by) or 'all rows'}) over the latest"
+                f" row per ({', '.join(self.input_keys)}) of {self.source} (updating: each touched"
+                " partition ranked before and after a micro-batch; an upsert per"
+                f" ({', '.join(self.key_columns)}), a tombstone for a rank gone)",
+                f"  sql: {self.sql}",
+                "  state: column family 'sessions', key b'recompute'|u32(run) -> IPC(latest input"
+                f" rows of changed keys{retracted})",
+            ]
         return [
             f"Recompute  groups ({', '.join(self.group_by)}) over the latest row per"
             f" ({', '.join(self.input_keys)}) of {self.source} (updating: an upsert per group,"
