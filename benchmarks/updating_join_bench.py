@@ -9,6 +9,8 @@ Usage::
 uniformly from ``--keys``) are produced into a fresh data directory, then each query below runs
 continuously into a topic sink in micro-batches of at most ``--batch`` records until caught up:
 
+- ``one_aggregate``: the count per key of ``a`` alone (a GroupAggregate: the baseline the
+  join adds to);
 - ``two_aggregates``: two updating aggregates joined on their key (a ChangelogJoin of two
   GroupAggregates): its state is one row per key per side, whatever the input size;
 - ``stream_to_aggregate``: the b events enriched with a's current count per key (a ChangelogJoin
@@ -50,6 +52,7 @@ from streamhouse.sql.engine import latest_per_key  # noqa: E402
 COUNTS = "(SELECT k, COUNT(*) AS n FROM a GROUP BY k)"
 TOTALS = "(SELECT k, SUM(w) AS total FROM b GROUP BY k)"
 QUERIES = {
+    "one_aggregate": "SELECT k, COUNT(*) AS n FROM a GROUP BY k",
     "two_aggregates": f"SELECT x.k, x.n, y.total FROM {COUNTS} AS x JOIN {TOTALS} AS y ON x.k = y.k",
     "stream_to_aggregate": f"SELECT b.k, b.t, b.w, x.n FROM {COUNTS} AS x JOIN b ON x.k = b.k",
     "aggregate_over_join": (
@@ -147,7 +150,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=200_000)
     parser.add_argument("--keys", type=int, default=1_000)
     parser.add_argument("--batch", type=int, default=10_000)
-    parser.add_argument("--only", default=",".join(QUERIES))
+    parser.add_argument("--only", default=",".join(QUERIES))  # comma-separated names
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     inputs = {"a": events(args.rows // 2, args.keys, 1), "b": events(args.rows // 2, args.keys, 2)}

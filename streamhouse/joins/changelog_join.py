@@ -29,6 +29,7 @@ import pyarrow.compute as pc
 
 from streamhouse.joins.columns import kept_columns, pruned, referenced_names
 from streamhouse.key_codes import group_codes
+from streamhouse.runtime.sink import json_strings
 from streamhouse.sql.changelog import ROW_KEY
 from streamhouse.sql.changelog_join import LEFT_ID, RIGHT_ID, ChangelogJoin
 from streamhouse.sql.execute import run_sql
@@ -222,13 +223,6 @@ def _last_per_key(rows: pa.Table, column: str) -> pa.Table:
     if len(last_from_end) == rows.num_rows:
         return rows
     return rows.take(pa.array(np.sort(len(codes) - 1 - last_from_end)))
-
-
-def json_strings(ids: pa.ChunkedArray | pa.Array) -> pa.Array:
-    """Each id as a JSON string (``null`` for a padded side)."""
-    text = pc.cast(ids, pa.string())
-    text = pc.replace_substring(pc.replace_substring(text, "\\", "\\\\"), '"', '\\"')
-    return pc.fill_null(pc.binary_join_element_wise('"', text, '"', ""), "null")
 
 
 def pair_keys(left: pa.ChunkedArray | pa.Array, right: pa.ChunkedArray | pa.Array) -> pa.Array:

@@ -18,12 +18,12 @@ import pyarrow.compute as pc
 from sqlglot import exp
 
 from streamhouse.errors import SqlError, StreamHouseError
-from streamhouse.joins.changelog_join import ChangelogJoinOperator, json_strings
+from streamhouse.joins.changelog_join import ChangelogJoinOperator
 from streamhouse.joins.stream_join import LEFT, RIGHT, StreamJoin
 from streamhouse.joins.temporal import VERSIONS, TemporalJoin
 from streamhouse.joins.windowed import WindowedQuery
 from streamhouse.runtime.operator import Changelog, MicroBatch, Operator, QueryContext
-from streamhouse.runtime.sink import key_strings, row_keys
+from streamhouse.runtime.sink import json_strings, key_strings, row_keys
 from streamhouse.sql import nodes
 from streamhouse.sql.bounds import evictable_bound
 from streamhouse.sql.changelog import ROW_KEY, PlanNode
