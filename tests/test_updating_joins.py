@@ -1,5 +1,6 @@
 """Joins over updating inputs (a ChangelogJoin): their changelog key as EXPLAIN and the sink
-show it, tombstones when a joined row goes, and the forms refused with what to write instead.
+show it, tombstones when a joined row goes, and the forms over updating inputs refused with
+what to write instead.
 The answers themselves, over random inputs, micro-batch splits and restarts, are the
 conformance corpus's (``join_*``, ``top*_over_*``, ``distinct_*`` in tests/fixtures/continuous).
 """
@@ -85,6 +86,7 @@ def test_a_stream_joined_to_an_aggregate_is_keyed_by_both_rows(sh: StreamHouse) 
             f" FROM {COUNTS} AS c JOIN b ON c.k = b.k) WHERE rn <= 3",
             "select rn",
         ),
+        (f"SELECT n FROM {COUNTS} AS c WHERE n > 2", r"select k \(the keys of its upserts\)"),
     ],
 )
 def test_joins_over_updates_that_cannot_run_say_what_to_write(

@@ -284,11 +284,13 @@ class Recompute(PlanNode):
             "; a retracted key is kept as a dead row (__live false)" if self.retracts else ""
         )
         if self.ranks:
+            per_row = self.group_by == self.input_keys  # a filter/projection of each row
+            what = "each input row" if per_row else "Top-N per"
             return [
-                f"Recompute  Top-N per ({', '.join(self.group_by) or 'all rows'}) over the latest"
+                f"Recompute  {what} ({', '.join(self.group_by) or 'all rows'}) over the latest"
                 f" row per ({', '.join(self.input_keys)}) of {self.source} (updating: each touched"
-                " partition ranked before and after a micro-batch; an upsert per"
-                f" ({', '.join(self.key_columns)}), a tombstone for a rank gone)",
+                f" {'row' if per_row else 'partition'} recomputed before and after a micro-batch;"
+                f" an upsert per ({', '.join(self.key_columns)}), a tombstone for a row gone)",
                 f"  sql: {self.sql}",
                 "  state: column family 'sessions', key b'recompute'|u32(run) -> IPC(latest input"
                 f" rows of changed keys{retracted})",

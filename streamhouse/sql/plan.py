@@ -43,7 +43,7 @@ from streamhouse.sql.plan_checks import (
     check_order,
     check_upsert_key,
 )
-from streamhouse.sql.recompute import distinct_as_group_by, plan_recompute
+from streamhouse.sql.recompute import distinct_as_group_by, filter_over_changes, plan_recompute
 from streamhouse.sql.time_sort import plan_time_sort
 from streamhouse.sql.top_n import plan_top_n, top_n_over_updates
 from streamhouse.sql.top_n_changes import top_n_over_changes
@@ -235,6 +235,7 @@ def plan_select(
             plan_recompute(select, table, derived, plan_select)
             or top_n_over_changes(select, derived, plan_select)
             or top_n_over_updates(select, derived, plan_select)
+            or filter_over_changes(select, table, derived, plan_select)
         )
         if recompute is not None:
             return recompute

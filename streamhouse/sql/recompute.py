@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from sqlglot import exp
 
+from streamhouse.sql.changelog import ROW_KEY
 from streamhouse.sql.functions import to_datafusion
 from streamhouse.sql.nodes import Operator, Recompute, SelectPlanner, UnionAll, WindowAggregate
 from streamhouse.sql.parse import sql_error
@@ -126,3 +127,63 @@ def _key_outputs(select: exp.Select, group_by: list[str]) -> list[str | None]:
                 output = projection.alias_or_name
         key_outputs.append(output)
     return key_outputs
+
+
+def filter_over_changes(
+    select: exp.Select,
+    subquery: exp.Subquery,
+    derived: dict[str, Operator],
+    plan_select: SelectPlanner,
+) -> Recompute | None:
+    """``SELECT cols FROM (q) [WHERE ...]`` over an updating ``q`` (a filter or projection of an
+    aggregate, say): each input row is its own group (by row key), its output recomputed as it
+    changes, before and after, and retracted when the WHERE stops passing it or the input
+    retracts it. The output is keyed by the input's upsert key, which must be selected, as a
+    Flink Calc passes an upsert key on."""
+    if any(
+        select.args.get(k) is not None for k in ("group", "having", "order", "joins", "distinct")
+    ) or any(p.find(exp.AggFunc, exp.Window) is not None for p in select.expressions):
+        return None
+    if not isinstance(subquery.this, exp.Select | exp.Union):
+        return None
+    saved = dict(derived)
+    inner = plan_input(subquery.this, derived, plan_select)
+    if inner is None or not inner.updating:
+        derived.clear()
+        derived.update(saved)
+        return None
+    keys = inner.key_columns
+    if not keys or (isinstance(inner, WindowAggregate) and None in inner.key_outputs):
+        raise sql_error(
+            "a query over an updating subquery needs the subquery's rows keyed by columns it"
+            " selects (select every GROUP BY key, or the partition and rank of a Top-N)",
+            subquery,
+        )
+    name = f"__derived_{len(derived)}"
+    derived[name] = inner
+    outer = select.copy()
+    alias = subquery.alias_or_name or name
+    outer.args["from_"].this.replace(exp.to_table(name).as_(alias))
+    if any(isinstance(p, exp.Star) for p in outer.expressions):
+        inner_select = subquery.this if isinstance(subquery.this, exp.Select) else None
+        names = [p.alias_or_name for p in inner_select.expressions] if inner_select else []
+        if not names or "*" in names:
+            raise sql_error("name the columns of a query over an updating subquery", outer)
+        outer.set("expressions", [exp.column(n) for n in names])
+    key_outputs = _key_outputs(outer, keys)
+    if None in key_outputs:
+        missing = [k for k, o in zip(keys, key_outputs, strict=True) if o is None]
+        raise sql_error(
+            f"a query over an updating subquery writes a row per input key: select"
+            f" {', '.join(missing)} (the keys of its upserts)",
+            select,
+        )
+    return Recompute(
+        name,
+        to_datafusion(outer),
+        [ROW_KEY],
+        [ROW_KEY],
+        key_outputs,
+        retracts=True,
+        ranks=True,
+    )
