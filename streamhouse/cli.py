@@ -12,10 +12,11 @@ import json
 import logging
 import sys
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from functools import wraps
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 import pyarrow as pa
@@ -26,6 +27,9 @@ from streamhouse.errors import StreamHouseError
 from streamhouse.output import DEFAULT_MAX_ROWS
 from streamhouse.output import print_table as _print_table
 from streamhouse.output import write_result as _write_result
+
+if TYPE_CHECKING:
+    from streamhouse.runtime.supervisor import QuerySupervisor
 
 log = logging.getLogger("streamhouse")
 
@@ -501,12 +505,13 @@ def serve(
     data_dir: str | None,
 ) -> None:
     """Serve the Kafka protocol over the log (and run continuous queries and, every
-    retention_check_interval_s, a retention pass) until Ctrl-C."""
+    retention_check_interval_s, a retention and a compaction pass) until Ctrl-C."""
     import asyncio
     import contextlib
     import signal
 
     from streamhouse.kafka.server import serve as serve_kafka
+    from streamhouse.log.metadata import sqlite_path
 
     advertised_port = None
     if advertise is not None:
@@ -526,26 +531,67 @@ def serve(
         agent_group=agent_group,
         auto_create_topics=auto_create_topics,
     )
+    files = sorted(Path(queries_dir).glob("*.sql")) if queries_dir else []
     with StreamHouse(settings) as sh:
-        for path in sorted(Path(queries_dir).glob("*.sql")) if queries_dir else []:
-            try:
-                query = sh.start(path)
-            except StreamHouseError as exc:  # that query alone fails; Kafka and the rest go on
-                log.error("continuous query from %s not started: %s", path, exc)
-                continue
-            log.warning("continuous query %s running from %s", query.name, path)
-        for query in sh.start_materialized_views():
-            log.warning("materialized view %s running", query.name)
+        agent_id = None
+        supervisor = None
+        if sqlite_path(settings) is None:  # one agent of several: each query on one of them
+            agent_id = uuid.uuid4().hex
+            supervisor = _supervise_queries(sh, agent_id, files)
+        else:
+            _start_queries(sh, files)
 
         async def until_signalled() -> None:
             loop = asyncio.get_running_loop()
-            serving = asyncio.create_task(serve_kafka(sh.log, settings))
+            serving = asyncio.create_task(serve_kafka(sh.log, settings, agent_id=agent_id))
             for signum in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(signum, serving.cancel)
             with contextlib.suppress(asyncio.CancelledError):
                 await serving
 
-        asyncio.run(until_signalled())
+        try:
+            asyncio.run(until_signalled())
+        finally:
+            if supervisor is not None:
+                supervisor.stop()
+
+
+def _start_queries(sh: StreamHouse, files: list[Path]) -> None:
+    """Run every query file and materialized view in this process (the store is not shared)."""
+    for path in files:
+        try:
+            query = sh.start(path)
+        except StreamHouseError as exc:  # that query alone fails; Kafka and the rest go on
+            log.error("continuous query from %s not started: %s", path, exc)
+            continue
+        log.warning("continuous query %s running from %s", query.name, path)
+    for query in sh.start_materialized_views():
+        log.warning("materialized view %s running", query.name)
+
+
+def _supervise_queries(sh: StreamHouse, agent_id: str, files: list[Path]) -> QuerySupervisor:
+    """Start supervising every query file and materialized view: each runs on the one agent
+    that holds its lease (see :mod:`streamhouse.runtime.supervisor`)."""
+    from streamhouse.runtime.launch import QueryFile, is_materialized_view
+    from streamhouse.runtime.supervisor import QuerySupervisor
+    from streamhouse.sql.parse import parse
+
+    supervisor = QuerySupervisor(
+        sh.engine,
+        agent_id,
+        sh.settings.query_lease_ttl_s,
+        sh.settings.data_dir / "agents" / agent_id,
+    )
+    for path in files:
+        try:
+            supervisor.add(QueryFile.read(path))
+        except StreamHouseError as exc:  # that query alone fails; Kafka and the rest go on
+            log.error("continuous query from %s not started: %s", path, exc)
+    for entry in sh.log.metadata.list_catalog():
+        if entry.kind == "view" and is_materialized_view(parse(entry.sql)[0]):
+            supervisor.add(QueryFile.read(entry.sql, name=entry.name))
+    log.warning("agent %s runs the continuous queries it holds the lease of", agent_id)
+    return supervisor.start()
 
 
 @main.group()
@@ -559,12 +605,17 @@ def cluster() -> None:
 @friendly_errors
 def cluster_status(ctx: click.Context, data_dir: str | None) -> None:
     """List the agents registered in a PostgreSQL metadata store: node id, address, zone,
-    group, last heartbeat, and whether it is live (heartbeat within this process's
-    agent_ttl_s)."""
+    group, last heartbeat, whether it is live (heartbeat within this process's agent_ttl_s),
+    and the consumer groups it coordinates (holds a live lease of); then the continuous
+    queries: which agent holds each, at which lease epoch, the checkpoint a new holder would
+    resume from, how old it is and how many source records it had not read then
+    (lag_at_checkpoint: what a new holder reads again)."""
     from datetime import UTC, datetime
 
     from streamhouse.kafka.cluster import node_id_of
+    from streamhouse.kafka.coordination import GROUP_LEASE_PREFIX, group_of_lease
     from streamhouse.log.metadata import open_metadata, sqlite_path
+    from streamhouse.runtime.supervisor import LEASE_PREFIX
 
     settings = _settings(ctx)
     if sqlite_path(settings) is not None:
@@ -577,8 +628,16 @@ def cluster_status(ctx: click.Context, data_dir: str | None) -> None:
     md = open_metadata(settings)
     try:
         agents = md.list_agents()
+        leases = md.list_leases(GROUP_LEASE_PREFIX)
+        query_leases = md.list_leases(LEASE_PREFIX)
+        checkpoints = {c.query: c for c in md.list_query_checkpoints()}
+        lags = {name: _lag(md, c.positions) for name, c in checkpoints.items()}
     finally:
         md.close()
+    coordinates: dict[str, list[str]] = {}
+    for lease in leases:
+        if lease.live:
+            coordinates.setdefault(lease.holder, []).append(group_of_lease(lease.name))
     ttl_ms = settings.agent_ttl_s * 1000
     rows = [
         {
@@ -592,6 +651,7 @@ def cluster_status(ctx: click.Context, data_dir: str | None) -> None:
             ),
             "heartbeat_age_s": round(agent.heartbeat_age_ms / 1000, 1),
             "state": "live" if agent.heartbeat_age_ms <= ttl_ms else "dead",
+            "coordinates": ", ".join(coordinates.get(agent.agent_id, [])),
         }
         for agent in agents
     ]
@@ -605,9 +665,52 @@ def cluster_status(ctx: click.Context, data_dir: str | None) -> None:
             ("last_heartbeat", pa.string()),
             ("heartbeat_age_s", pa.float64()),
             ("state", pa.string()),
+            ("coordinates", pa.string()),
         ]
     )
     _print_table(pa.Table.from_pylist(rows, schema=schema))
+    addresses = {agent.agent_id: f"{agent.host}:{agent.port}" for agent in agents}
+    queries = []
+    for lease in query_leases:
+        name = lease.name.removeprefix(LEASE_PREFIX)
+        checkpoint = checkpoints.get(name)
+        queries.append(
+            {
+                "query": name,
+                "agent": lease.holder if lease.live else None,
+                "address": addresses.get(lease.holder) if lease.live else None,
+                "epoch": lease.epoch,
+                "lease_left_s": round(max(lease.remaining_ms, 0) / 1000, 1),
+                "checkpoint": checkpoint.checkpoint_id if checkpoint else None,
+                "checkpoint_age_s": round(checkpoint.age_ms / 1000, 1) if checkpoint else None,
+                "lag_at_checkpoint": lags.get(name),
+            }
+        )
+    query_schema = pa.schema(
+        [
+            ("query", pa.string()),
+            ("agent", pa.string()),
+            ("address", pa.string()),
+            ("epoch", pa.int64()),
+            ("lease_left_s", pa.float64()),
+            ("checkpoint", pa.string()),
+            ("checkpoint_age_s", pa.float64()),
+            ("lag_at_checkpoint", pa.int64()),
+        ]
+    )
+    _print_table(pa.Table.from_pylist(queries, schema=query_schema))
+
+
+def _lag(md: Any, positions: dict[str, dict[int, int]]) -> int | None:
+    """Records of the source topics past ``positions`` (None if a topic is gone)."""
+    lag = 0
+    for topic, offsets in positions.items():
+        try:
+            now = md.partition_offsets(topic)
+        except StreamHouseError:
+            return None
+        lag += sum(max(0, now[p].high_watermark - o) for p, o in offsets.items() if p in now)
+    return lag
 
 
 @main.command()
@@ -745,18 +848,29 @@ def demo(ctx: click.Context, events: int, data_dir: str | None) -> None:
 def compact(ctx: click.Context, topic_name: str | None, data_dir: str | None) -> None:
     """Run one storage-lifecycle pass now over TOPIC (default: every topic), then exit.
 
-    For now this is retention only: retention.ms and retention.bytes move log start offsets,
-    and segment objects no index row names any more are deleted once unreferenced for
-    object_delete_delay_s. Merging small objects is not done yet. `serve` runs the same pass
+    Retention: retention.ms and retention.bytes move log start offsets, and segment objects no
+    index row names any more are deleted once unreferenced for object_delete_delay_s.
+    Compaction: the small objects of many flushes are merged into larger per-partition
+    objects (up to compaction_target_bytes), their batches merged and recompressed
+    (compaction_compression, or the topic's compression.type). `serve` runs the same pass
     every retention_check_interval_s.
     """
+    topics = None if topic_name is None else [topic_name]
     with _open(ctx) as sh:
-        report = sh.enforce_retention(None if topic_name is None else [topic_name])
+        report = sh.enforce_retention(topics)
+        compacted = sh.compact(topics)
     for (name, partition), (old, new) in sorted(report.advanced.items()):
         click.echo(f"{name}-{partition}: log start offset {old} -> {new}", err=True)
     click.echo(
         f"retention: {len(report.advanced)} partition(s) advanced,"
         f" {len(report.deleted_objects)} object(s) deleted",
+        err=True,
+    )
+    click.echo(
+        f"compaction: {compacted.rows_replaced} index row(s) merged into"
+        f" {len(compacted.objects_written)} object(s), {compacted.bytes_read:,} -> "
+        f"{compacted.bytes_written:,} bytes in {compacted.seconds:.2f} s"
+        + (f"; {len(compacted.busy)} partition(s) busy elsewhere" if compacted.busy else ""),
         err=True,
     )
 
@@ -766,7 +880,7 @@ def compact(ctx: click.Context, topic_name: str | None, data_dir: str | None) ->
     "--rebuild-metadata",
     is_flag=True,
     help="Rebuild topics, partitions and offsets from the objects' footers into a fresh"
-    " metadata store (the old file is kept aside), then check.",
+    " metadata store (the old SQLite file, or PostgreSQL tables, kept aside), then check.",
 )
 @click.option(
     "--delete-orphans",
@@ -827,11 +941,18 @@ def fsck(
                 report = checker.check(
                     store, metadata, orphan_min_age_s=min_age, progress=advance, on_start=on_start
                 )
+            noted = checker.write_missing_notes(store, report)
             deletion = checker.OrphanDeletion()
             if delete_orphans:
                 deletion = checker.delete_orphans(store, metadata, report, orphan_min_age_s=min_age)
         finally:
             metadata.close()
+    for key in noted:
+        click.echo(
+            f"noted: {key} is indexed at other offsets than written and had no sequence note;"
+            " it is written now (a rebuild of lost metadata needs it)",
+            err=True,
+        )
     deleted = set(deletion.deleted)
     for finding in report.findings:
         key = finding.object_key
@@ -874,13 +995,16 @@ def fsck(
 def _report_rebuild(rebuilt: Any) -> None:
     click.echo(
         f"rebuilt the metadata from {rebuilt.objects} object(s): {len(rebuilt.topics)} topic(s),"
-        f" {len(rebuilt.offsets)} partition(s) with records, {rebuilt.rows} index row(s)",
+        f" {len(rebuilt.offsets)} partition(s) with records, {rebuilt.rows} index row(s)"
+        + (f", {rebuilt.notes} sequence note(s)" if rebuilt.notes else ""),
         err=True,
     )
     for (topic, partition), (start, end) in sorted(rebuilt.offsets.items()):
         click.echo(f"  {topic}/{partition}: offsets {start}-{end - 1}", err=True)
     for path in rebuilt.kept_aside:
         click.echo(f"the old metadata file is kept as {path}", err=True)
+    if rebuilt.kept_schema is not None:
+        click.echo(f"the old metadata tables are kept in schema {rebuilt.kept_schema}", err=True)
     for key in rebuilt.unreadable:
         click.echo(f"not rebuilt: {key} has a damaged footer", err=True)
     for key in rebuilt.overlapping:
@@ -893,6 +1017,13 @@ def _report_rebuild(rebuilt: Any) -> None:
         )
     for gap in rebuilt.gaps:
         click.echo(f"gap: no object holds {gap}", err=True)
+    for (topic, partition), offset in sorted(rebuilt.uncertain.items()):
+        click.echo(
+            f"offsets may differ: {topic}/{partition} from offset {offset} on may not be the"
+            " offsets producers were acknowledged with (runs written by concurrent writers at"
+            " the same offsets, without a sequence note of where the store put them)",
+            err=True,
+        )
     click.echo("could not be rebuilt (the objects do not hold them):", err=True)
     for line in rebuilt.not_rebuilt():
         click.echo(f"  - {line}", err=True)

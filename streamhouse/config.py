@@ -34,11 +34,22 @@ class Settings:
     ``retention_check_interval_s`` is how often ``serve`` runs a retention pass;
     ``object_delete_delay_s`` how long a segment object no index row names any more is kept
     before it is deleted (as Kafka's ``file.delete.delay.ms``): fetches and queries that read
-    the index before find it for that long.
+    the index before find it for that long. ``producer_id_expiration_s`` is how long the
+    sequence state of an idempotent producer that stopped writing to a partition is kept (as
+    Kafka's ``producer.id.expiration.ms``; each retention pass forgets older ones).
+    ``compaction_target_bytes`` is the size compaction merges small objects up to (per
+    partition; 0 turns compaction off); ``compaction_compression`` the codec of the batches
+    it writes where a topic's ``compression.type`` is ``producer`` (``zstd``, ``lz4``, ``snappy``, ``gzip``,
+    ``uncompressed``, or ``producer`` to keep each batch's); ``compaction_lease_s`` how long a
+    compactor's lease on a partition lasts unrenewed (a killed compactor's partitions wait
+    that long for the next).
     ``advertised_port`` is the port clients are told to connect to (0: the one served);
     ``zone`` and ``agent_group`` place this process among the agents sharing a PostgreSQL
     metadata store, which heartbeat every ``agent_ttl_s / 3`` seconds and drop out of
     every Metadata answer once their heartbeat is older than ``agent_ttl_s``.
+    ``query_lease_ttl_s`` is how long an agent's hold on a continuous query lasts unless
+    renewed (every third of it): after a holder dies, another agent resumes the query within
+    about that long.
     """
 
     data_dir: Path = field(default_factory=lambda: Path(DEFAULT_DATA_DIR))
@@ -59,10 +70,15 @@ class Settings:
     zone: str = ""
     agent_group: str = "default"
     agent_ttl_s: float = 6.0
+    query_lease_ttl_s: float = 10.0
     auto_create_topics: bool = True
     orphan_min_age_s: float = 3600.0
     retention_check_interval_s: float = 60.0
     object_delete_delay_s: float = 60.0
+    producer_id_expiration_s: float = 86400.0
+    compaction_target_bytes: int = 16 * 1024 * 1024
+    compaction_compression: str = "zstd"
+    compaction_lease_s: float = 60.0
 
     @classmethod
     def load(cls, config_file: str | Path | None = None, **overrides: Any) -> Settings:

@@ -36,6 +36,7 @@ from streamhouse.errors import (
     UnknownPartitionError,
 )
 from streamhouse.log import Log, TopicInfo
+from streamhouse.log.compaction import CompactionReport
 from streamhouse.log.partitioner import partition_for_key
 from streamhouse.log.records import BATCH_OVERHEAD, Compression, build_batch
 from streamhouse.log.retention import RetentionReport
@@ -133,6 +134,13 @@ class StreamHouse:
         ``retention.bytes`` move log start offsets; objects nothing names any more are deleted
         once unreferenced for ``object_delete_delay_s``."""
         return self.log.enforce_retention(topics)
+
+    def compact(self, topics: Iterable[str] | None = None) -> CompactionReport:
+        """Run one compaction pass now over ``topics`` (default all): small objects merged into
+        larger per-partition ones, recompressed (``compaction_target_bytes``,
+        ``compaction_compression``); the objects they replace are deleted by a later retention
+        pass, once unreferenced for ``object_delete_delay_s``."""
+        return self.log.compact(topics)
 
     def topics(self) -> list[TopicInfo]:
         return self.log.list_topics()

@@ -96,8 +96,42 @@ class DamagedRangeError(CorruptSegmentError):
         return self.last_offset - self.base_offset + 1
 
 
+class ProducerSequenceError(LogError):
+    """An idempotent producer's batch does not follow the batches the store has of it."""
+
+
+class OutOfOrderSequenceError(ProducerSequenceError):
+    """The batch's first sequence number is not one past the last one stored (a gap, or an
+    old batch no longer remembered): Kafka's OUT_OF_ORDER_SEQUENCE_NUMBER."""
+
+
+class InvalidProducerEpochError(ProducerSequenceError):
+    """The batch carries an older epoch than the store has seen of its producer id."""
+
+
+class LeaseLostError(LogError):
+    """A write made under a lease its writer no longer holds (it expired or was taken over)
+    was refused; nothing of it was stored."""
+
+
+class RefusedBatchesError(LogError):
+    """A segment commit was rolled back because some idempotent producer batches in it may not
+    be indexed: ``verdicts`` maps the index of each such batch (in the commit's list) to the
+    base offset its earlier copy got (a duplicate: the producer is answered with it) or to the
+    :class:`ProducerSequenceError` to answer with."""
+
+    def __init__(self, verdicts: dict[int, int | ProducerSequenceError]) -> None:
+        super().__init__(f"{len(verdicts)} idempotent producer batch(es) refused")
+        self.verdicts = verdicts
+
+
 class StorageError(LogError):
     """The object store or the metadata store failed (disk full, unwritable directory, S3 error)."""
+
+
+class FencedError(LogError):
+    """A write made under a lease this process no longer holds (it expired or was taken over):
+    refused in the transaction that would have committed it, so nothing of it is visible."""
 
 
 class StateFormatError(StorageError):

@@ -18,7 +18,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,7 @@ __all__ = [
     "KafkaServer",
     "RawClient",
     "free_port",
+    "guarded",
     "kafka_server",
     "new_topic",
     "server_command",
@@ -38,6 +39,19 @@ __all__ = [
 
 REPO = Path(__file__).resolve().parent.parent
 _LENGTH = struct.Struct(">i")
+
+
+def guarded(body: Callable[[], None], errors: list[BaseException]) -> Callable[[], None]:
+    """``body`` for a reader thread: whatever it raises goes to ``errors`` (the test asserts
+    there were none)."""
+
+    def run() -> None:
+        try:
+            body()
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    return run
 
 
 def free_port() -> int:
@@ -251,6 +265,19 @@ class RawClient:
         got, response = self.decode(api_key, version, self.read_frame())
         assert got == correlation
         return response
+
+    def produce(
+        self, topic: str, partition: int, records: bytes, acks: int = -1
+    ) -> tuple[int, int]:
+        """``(error_code, base_offset)`` of a Produce v8 of ``records`` to one partition."""
+        resp = self.request(0, 8, **produce_request(topic, partition, records, acks))
+        part = resp.responses[0].partition_responses[0]
+        return part.error_code, part.base_offset
+
+    def fetch(self, topic: str, partitions: Sequence[tuple[int, int]], **kw: Any) -> dict[int, Any]:
+        """The Fetch v11 answer of each partition of ``(partition, offset)`` pairs, by index."""
+        resp = self.request(1, 11, **fetch_request(topic, partitions, **kw))
+        return {p.partition_index: p for p in resp.responses[0].partitions}
 
     def closed_by_server(self, wait: float = 5.0) -> bool:
         """Whether the server closes the connection within ``wait`` seconds."""

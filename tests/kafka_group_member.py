@@ -31,7 +31,7 @@ def _assign_line(out: IO[str], owned: set[int]) -> None:
 
 
 def run_confluent(bootstrap: str, topic: str, group: str, out: IO[str], strategy: str) -> None:
-    from confluent_kafka import Consumer
+    from confluent_kafka import Consumer, KafkaException
 
     consumer = Consumer(
         {
@@ -66,7 +66,10 @@ def run_confluent(bootstrap: str, topic: str, group: str, out: IO[str], strategy
             out.write(f"rec {m.partition()} {m.offset()}\n")
         if good:
             out.flush()
-            consumer.commit(asynchronous=False)
+            try:
+                consumer.commit(asynchronous=False)
+            except KafkaException as exc:  # a rebalance under way: as an application would,
+                out.write(f"commitfail {exc}\n")  # go on; the records come again
     consumer.close()
 
 

@@ -1,8 +1,12 @@
 """Agents: ``serve`` processes sharing one PostgreSQL metadata store and one object store
-register, heartbeat and are answered as the brokers of one cluster (issue 15, parts 1, 2, 6)."""
+register, heartbeat and are answered as the brokers of one cluster (issue 15, parts 1, 2, 6);
+idempotent producers keep their sequences across agents (part 3); one agent at a time
+coordinates a consumer group, by a lease, and another takes over when it dies (part 4)."""
 
 from __future__ import annotations
 
+import asyncio
+import collections
 import re
 import signal
 import time
@@ -11,15 +15,20 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from kafka_fixtures import KafkaServer, RawClient
+from group_members import PARTITIONS, PER_ROUND, Member, balanced, consumed, produce_round, wait
+from kafka_fixtures import KafkaServer, RawClient, produce_request
 
 import streamhouse
 from streamhouse.cli import main as cli
 from streamhouse.config import Settings
-from streamhouse.kafka.cluster import Cluster, node_id_of
+from streamhouse.errors import LeaseLostError
+from streamhouse.kafka.cluster import Cluster, Node, node_id_of
+from streamhouse.kafka.coordination import ADOPT_COMMITS_S, GroupLeases
+from streamhouse.kafka.wire import ErrorCode, ms
 from streamhouse.log.metadata import AgentInfo
 from streamhouse.log.metadata.postgres import PostgresMetadata
 from streamhouse.log.metadata.sqlite import SQLiteMetadata
+from streamhouse.log.records import build_batch, decode_batches
 
 Store = SQLiteMetadata | PostgresMetadata
 
@@ -155,9 +164,73 @@ def _wait_for(check: Callable[[], bool], timeout: float, what: str) -> float:
     return time.monotonic() - start
 
 
+def _cluster_status(data: Path, postgres_url: str) -> str:
+    """What ``streamhouse cluster status`` prints (a wide table)."""
+    result = CliRunner().invoke(
+        cli,
+        ["--data-dir", str(data), "cluster", "status", "--metadata", postgres_url],
+        env={"COLUMNS": "400", "STREAMHOUSE_AGENT_TTL_S": str(TTL_S)},
+    )
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
 def _states(status: str) -> list[str]:
     """The state column of ``cluster status``."""
     return re.findall(r"\b(live|dead)\b", status)
+
+
+class _Deliveries:
+    """A confluent-kafka ``on_delivery`` callback keeping the values acknowledged and the
+    errors."""
+
+    def __init__(self) -> None:
+        self.acked: list[bytes] = []
+        self.failed: list[str] = []
+
+    def __call__(self, err: object, msg: object) -> None:
+        if err is None:
+            self.acked.append(msg.value())  # type: ignore[attr-defined]
+        else:
+            self.failed.append(str(err))
+
+
+def _producer(servers: list[KafkaServer], **config: object) -> object:
+    """A confluent-kafka producer bootstrapped with every agent of ``servers``."""
+    from confluent_kafka import Producer
+
+    return Producer(
+        {
+            "bootstrap.servers": ",".join(s.bootstrap for s in servers),
+            "linger.ms": 5,
+            "topic.metadata.refresh.interval.ms": 1000,
+            **config,
+        }
+    )
+
+
+def _read_all(
+    server: KafkaServer, partitions: int, count: int, settle_s: float = 0.0
+) -> tuple[dict[int, list[int]], list[bytes]]:
+    """Offsets by partition and values of topic ``t`` from its start, until ``count`` records
+    arrived (then ``settle_s`` more, for anything beyond them) or 60 s passed."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    consumer = Consumer({"bootstrap.servers": server.bootstrap, "group.id": "check"})
+    consumer.assign([TopicPartition("t", p, 0) for p in range(partitions)])
+    offsets: dict[int, list[int]] = {}
+    values: list[bytes] = []
+    deadline = time.monotonic() + 60
+    settled = None
+    while time.monotonic() < deadline and (settled is None or time.monotonic() < settled):
+        for msg in consumer.consume(1000, 0.5):
+            if not msg.error():
+                offsets.setdefault(msg.partition(), []).append(msg.offset())
+                values.append(msg.value())
+        if settled is None and len(values) >= count:
+            settled = time.monotonic() + settle_s
+    consumer.close()
+    return offsets, values
 
 
 @pytest.fixture
@@ -188,9 +261,8 @@ def test_three_agents_are_one_cluster_and_survive_a_kill(
     """Three agents, one database, one object store: a producer bootstrapped with all three
     keeps being acknowledged across a kill -9 (the agent leaves every answer within the TTL)
     and a restart; every acknowledged record is read back once, at dense offsets. The kill
-    falls between flushes: with no batch in flight, no retry can write one twice (sequence
-    checks across agents, issue 15 part 3, are not done yet)."""
-    from confluent_kafka import Consumer, Producer, TopicPartition
+    falls between flushes and the producer is not idempotent; kills mid-stream are in
+    test_an_idempotent_producer_across_agent_kills_writes_every_record_once."""
 
     data = tmp_path / "data"
     with streamhouse.connect(data, metadata=postgres_url) as sh:
@@ -202,41 +274,19 @@ def test_three_agents_are_one_cluster_and_survive_a_kill(
     assert set(answers[0][1].values()) == answers[0][0]  # leadership spread over all
 
     def status() -> str:
-        result = CliRunner().invoke(
-            cli,
-            ["--data-dir", str(data), "cluster", "status", "--metadata", postgres_url],
-            env={"COLUMNS": "400", "STREAMHOUSE_AGENT_TTL_S": str(TTL_S)},
-        )
-        assert result.exit_code == 0, result.output
-        return result.output
+        return _cluster_status(data, postgres_url)
 
     shown = status()
     assert _states(shown) == ["live"] * 3 and all(f"127.0.0.1:{s.port}" in shown for s in servers)
 
-    acked: list[bytes] = []
-    failed: list[str] = []
-
-    def delivered(err: object, msg: object) -> None:
-        if err is None:
-            acked.append(msg.value())  # type: ignore[attr-defined]
-        else:
-            failed.append(str(err))
-
-    producer = Producer(
-        {
-            "bootstrap.servers": ",".join(s.bootstrap for s in servers),
-            "linger.ms": 5,
-            "acks": "all",
-            "enable.idempotence": False,
-            "topic.metadata.refresh.interval.ms": 1000,
-        }
-    )
+    deliveries = _Deliveries()
+    producer = _producer(servers, acks="all", **{"enable.idempotence": False})
     sent = 0
 
     def produce(count: int) -> None:
         nonlocal sent
         for _ in range(count):
-            producer.produce("t", f"v{sent}".encode(), on_delivery=delivered)
+            producer.produce("t", f"v{sent}".encode(), on_delivery=deliveries)
             sent += 1
         assert producer.flush(60) == 0
 
@@ -258,27 +308,9 @@ def test_three_agents_are_one_cluster_and_survive_a_kill(
     _wait_for(lambda: all(len(_metadata(s)[0]) == 3 for s in servers), 10, "3 brokers again")
     for _ in range(5):
         produce(100)
-    assert not failed and len(acked) == sent == 1500
-
-    consumer = Consumer(
-        {
-            "bootstrap.servers": survivors[0].bootstrap,
-            "group.id": "check",
-            "enable.auto.commit": False,
-        }
-    )
-    consumer.assign([TopicPartition("t", p, 0) for p in range(6)])
-    got: dict[int, list[int]] = {}
-    values: list[bytes] = []
-    deadline = time.monotonic() + 60
-    while len(values) < sent and time.monotonic() < deadline:
-        msg = consumer.poll(1.0)
-        if msg is None or msg.error():
-            continue
-        got.setdefault(msg.partition(), []).append(msg.offset())
-        values.append(msg.value())
-    consumer.close()
-    assert sorted(values) == sorted(acked)  # nothing lost, nothing doubled
+    assert not deliveries.failed and len(deliveries.acked) == sent == 1500
+    got, values = _read_all(survivors[0], 6, sent)
+    assert sorted(values) == sorted(deliveries.acked)  # nothing lost, nothing doubled
     assert all(offsets == list(range(len(offsets))) for offsets in got.values())  # dense
 
     survivors[0].stop()
@@ -306,3 +338,206 @@ def test_advertise_flag(agents: Callable[..., KafkaServer]) -> None:
     with RawClient(a.bootstrap) as client:
         response = client.request(3, 1, topics=None)
     assert [(b.host, b.port) for b in response.brokers] == [("agent-a.example", 19092)]
+
+
+# -- idempotent producers across agents (part 3) ----------------------------------------------------
+
+
+def test_a_batch_replayed_through_another_agent_is_not_written_twice(
+    tmp_path: Path, postgres_url: str, agents: Callable[..., KafkaServer]
+) -> None:
+    """Agent A commits an idempotent batch but its answer never reaches the producer (acks=0
+    sends none); the producer's retry through agent B, which never saw the producer, gets the
+    original offset back and nothing is written again. Sequences are judged by the store."""
+    with streamhouse.connect(tmp_path / "data", metadata=postgres_url) as sh:
+        sh.create_topic("t")
+    a, b = agents(), agents()
+    with RawClient(a.bootstrap) as ca, RawClient(b.bootstrap) as cb:
+        pid = ca.request(22, 1, transactional_id=None, transaction_timeout=ms(60_000)).producer_id
+        other = cb.request(22, 1, transactional_id=None, transaction_timeout=ms(60_000)).producer_id
+        assert pid > 0 and other > 0 and other != pid  # ids come from the store
+
+        def batch(seq: int, *values: bytes) -> bytes:
+            return build_batch(list(values), producer_id=pid, producer_epoch=0, base_sequence=seq)
+
+        _, frame = ca.encode(0, 8, **produce_request("t", 0, batch(0, b"a", b"b"), acks=0))
+        ca.send_frame(frame)
+        _wait_for(lambda: cb.fetch("t", [(0, 0)])[0].high_watermark == 2, 10, "A's commit")
+        assert cb.produce("t", 0, batch(0, b"a", b"b")) == (ErrorCode.none, 0)  # the retry
+        assert cb.produce("t", 0, batch(2, b"c")) == (ErrorCode.none, 2)
+        assert ca.produce("t", 0, batch(2, b"c")) == (ErrorCode.none, 2)  # and back through A
+        assert ca.produce("t", 0, batch(9, b"gap"))[0] == ErrorCode.out_of_order_sequence_number
+        assert cb.produce("t", 0, batch(0, b"a", b"b")) == (ErrorCode.none, 0)
+        assert ca.produce("t", 0, batch(3, b"d")) == (ErrorCode.none, 3)
+        # B hears of A's commit through the store's commit feed, a moment later
+        _wait_for(lambda: cb.fetch("t", [(0, 0)])[0].high_watermark >= 4, 10, "A's last commit")
+        fetched = cb.fetch("t", [(0, 0)])[0]
+    assert fetched.high_watermark == 4
+    assert [v.as_py() for v in decode_batches(fetched.records)["value"]] == [b"a", b"b", b"c", b"d"]
+
+
+def test_an_idempotent_producer_across_agent_kills_writes_every_record_once(
+    tmp_path: Path, postgres_url: str, agents: Callable[..., KafkaServer]
+) -> None:
+    """confluent-kafka's idempotent producer bootstrapped with three agents while one agent,
+    then another, is killed with -9 mid-stream and restarted: batches in flight at a killed
+    agent are retried through the others, and every acknowledged record is in the log exactly
+    once, at dense offsets."""
+
+    with streamhouse.connect(tmp_path / "data", metadata=postgres_url) as sh:
+        sh.create_topic("t", partitions=6)
+    servers = [agents() for _ in range(3)]
+    _wait_for(lambda: all(len(_metadata(s)[0]) == 3 for s in servers), 10, "3 brokers")
+    deliveries = _Deliveries()
+    producer = _producer(servers, **{"enable.idempotence": True, "message.timeout.ms": 60_000})
+    events = [(3.0, servers[1], "kill"), (6.0, servers[1], "start")]
+    events += [(9.0, servers[2], "kill"), (12.0, servers[2], "start")]
+    sent = 0
+    started = time.monotonic()
+    while time.monotonic() - started < 15.0:
+        for _ in range(20):
+            producer.produce("t", f"v{sent}".encode(), on_delivery=deliveries)
+            sent += 1
+        producer.poll(0.01)
+        while events and time.monotonic() - started >= events[0][0]:
+            _, server, action = events.pop(0)
+            if action == "kill":
+                server.process.send_signal(signal.SIGKILL)  # type: ignore[union-attr]
+                server.process.wait()  # type: ignore[union-attr]
+            else:
+                server.start()
+    assert producer.flush(60) == 0
+    assert not deliveries.failed, deliveries.failed[:5]
+    assert len(deliveries.acked) == sent
+    offsets, values = _read_all(servers[0], 6, sent, settle_s=1.0)  # anything doubled too
+    assert len(values) == len(set(values)) == sent  # every record once
+    assert set(values) == set(deliveries.acked)
+    assert all(got == list(range(len(got))) for got in offsets.values())  # dense
+
+
+# -- group coordination across agents (part 4) -------------------------------------------------------
+
+
+def _coordinator(server: KafkaServer, group: str) -> tuple[int, int]:
+    """(error code, port) of a raw FindCoordinator of ``group`` asked of ``server``."""
+    with RawClient(server.bootstrap) as client:
+        found = client.request(10, 1, key=group, key_type=0)
+    return found.error_code, found.port
+
+
+def _committed(servers: list[KafkaServer], group: str) -> tuple[int, dict[int, int]]:
+    """(error code, partition -> committed offset of topic ``t``) of a raw OffsetFetch asked
+    of the coordinator the first of ``servers`` names."""
+    _, port = _coordinator(servers[0], group)
+    (coordinator,) = [s for s in servers if s.port == port] or servers[:1]
+    with RawClient(coordinator.bootstrap) as client:
+        answer = client.request(9, 5, group_id=group, topics=None)
+    offsets = {p.partition_index: p.committed_offset for t in answer.topics for p in t.partitions}
+    return answer.error_code, offsets
+
+
+def test_group_leases_one_holder_takeover_and_release(md: Store) -> None:
+    """Two agents' group leases on one store: one holder at a time; the other names it once
+    it is a live agent; a holder that stops renewing stops coordinating by its own clock, is
+    taken over (its offset commits fenced), and learns it lost the group; idle groups and a
+    clean stop give leases up."""
+    ttl = 0.5
+
+    async def scenario() -> None:
+        clusters = [Cluster(md, Settings(agent_ttl_s=ttl, port=port)) for port in (1, 2)]
+        a, b = (GroupLeases(c, md, ttl) for c in clusters)
+        lost: list[str] = []
+        a.on_lost = lost.append
+        assert await a.coordinator("g") == clusters[0].me
+        assert a.holds("g") and not a.took_over("g") and a.held_groups() == ["g"]
+        assert not await b.ensure("g")
+        assert await b.coordinator("g") is None  # the holder is no live agent b knows of
+        md.register_agent(clusters[0].agent_id, "10.0.0.1", 9092, "", "default")
+        await clusters[1].refresh()
+        assert await b.coordinator("g") == Node(clusters[0].node_id, "10.0.0.1", 9092, "")
+        await a.renew()  # in time: still held
+        assert a.holds("g") and not await b.ensure("g")
+        await asyncio.sleep(ttl + 0.1)  # a is paused past its lease
+        assert not a.holds("g")
+        assert await b.ensure("g") and b.took_over("g")
+        await b.renew()
+        assert b.took_over("g")  # renewing keeps the takeover's time
+        b._held["g"].since -= ADOPT_COMMITS_S  # members had their time to rejoin
+        assert not b.took_over("g")
+        stale = a.lease_of("g")
+        assert stale is not None
+        with pytest.raises(LeaseLostError):  # the paused holder's commit is fenced
+            md.commit_group_offsets("g", {("t", 0): (5, "")}, stale)
+        md.commit_group_offsets("g", {("t", 0): (7, "")}, b.lease_of("g"))
+        assert md.group_offsets("g")[("t", 0)].offset == 7
+        await a.renew()
+        assert lost == ["g"] and a.held_groups() == []
+        b._held["g"].used -= 100 * ttl  # idle, no members: released, a takes it at once
+        await b.renew()
+        assert b.held_groups() == [] and await a.ensure("g")
+        await a.release_all()
+        assert await b.ensure("g")
+
+    asyncio.run(scenario())
+
+
+def test_a_group_goes_on_when_its_coordinating_agent_is_killed(
+    tmp_path: Path, postgres_url: str, agents: Callable[..., KafkaServer]
+) -> None:
+    """Three members of one group, each bootstrapped on another agent: one agent coordinates
+    the group (FindCoordinator names it from every agent; the others answer its requests
+    NOT_COORDINATOR). Killed with -9, its lease expires, another agent is named, the members
+    rejoin there and read every later record; the offsets committed before the kill survive,
+    so nothing committed is read again."""
+    with streamhouse.connect(tmp_path / "data", metadata=postgres_url) as sh:
+        sh.create_topic("t", partitions=PARTITIONS)
+    servers = [agents() for _ in range(3)]
+    _wait_for(lambda: all(len(_metadata(s)[0]) == 3 for s in servers), 10, "3 brokers")
+    produced = produce_round(servers[0].bootstrap, "t", 0)
+    members = [
+        Member(f"m{i}", "confluent-kafka", "range", (s.bootstrap, "t", "g"), tmp_path)
+        for i, s in enumerate(servers)
+    ]
+    try:
+        wait(lambda: balanced(members), "three members sharing six partitions")
+        wait(lambda: produced <= consumed(members), "round 0 consumed")
+        full = dict.fromkeys(range(PARTITIONS), PER_ROUND)
+        wait(lambda: _committed(servers, "g")[1] == full, "round 0 committed", 20)
+        ports = {_coordinator(s, "g") for s in servers}
+        assert len(ports) == 1  # every agent names the same one
+        ((error, port),) = ports
+        (coordinator,) = [s for s in servers if s.port == port]
+        others = [s for s in servers if s is not coordinator]
+        with RawClient(others[0].bootstrap) as client:
+            refused = client.request(12, 1, group_id="g", generation_id=1, member_id="m")
+        assert refused.error_code == ErrorCode.not_coordinator
+
+        coordinator.process.send_signal(signal.SIGKILL)  # type: ignore[union-attr]
+        coordinator.process.wait()  # type: ignore[union-attr]
+        took = _wait_for(
+            lambda: (
+                all(_coordinator(s, "g")[0] == ErrorCode.none for s in others)
+                and {_coordinator(s, "g")[1] for s in others} < {o.port for o in others}
+            ),
+            TTL_S + 5,
+            "another agent named",
+        )
+        assert took <= TTL_S + 3
+        assert _committed(others, "g") == (ErrorCode.none, full)  # nothing lost
+        _, port = _coordinator(others[0], "g")
+        shown = _cluster_status(tmp_path / "data", postgres_url).splitlines()
+        (row,) = [line for line in shown if line.rstrip(" │").endswith(" g")]
+        assert f"127.0.0.1:{port}" in row and "live" in row  # status names the new one
+        produced |= produce_round(others[0].bootstrap, "t", 1)
+        wait(lambda: produced <= consumed(members), "round 1 consumed after the failover", 40)
+        wait(
+            lambda: _committed(others, "g")[1] == dict.fromkeys(range(PARTITIONS), 2 * PER_ROUND),
+            "round 1 committed",
+            20,
+        )
+        counts = collections.Counter(r for m in members for r in m.records())
+        assert [r for r, n in counts.items() if n > 1 and r[1] < PER_ROUND] == []
+        assert consumed(members) == produced
+    finally:
+        for m in members:
+            m.kill()

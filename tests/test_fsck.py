@@ -435,21 +435,110 @@ def test_fsck_while_producing_finds_nothing(tmp_path: Path) -> None:
     assert fsck(data_dir).exit_code == 0
 
 
-def test_an_empty_postgresql_store_over_existing_objects_is_refused(
-    data_dir: Path, postgres_url: str
+@pytest.fixture
+def pg_data_dir(tmp_path: Path, postgres_url: str) -> Path:
+    """A data dir whose metadata is the fresh PostgreSQL schema of ``postgres_url``: three
+    objects, each holding runs of the three partitions of ``t``; group ``g`` at offset 5."""
+    path = tmp_path / "data"
+    with streamhouse.connect(path, metadata=postgres_url, linger_ms=200) as sh:
+        sh.create_topic(TOPIC, partitions=3)
+        for call in range(3):
+            sh.produce(TOPIC, [{"call": call, "i": i} for i in range(300)])
+        sh.log.metadata.commit_group_offsets("g", {(TOPIC, 0): (5, "")})
+    assert len(_keys(path)) == 3
+    return path
+
+
+def _pg_records(data_dir: Path, url: str) -> tuple[dict[int, pa.Table], dict]:
+    with streamhouse.connect(data_dir, metadata=url) as sh:
+        records = {
+            p: sh.fetch(TOPIC, p).select(["offset", "timestamp", "key", "value"]) for p in range(3)
+        }
+        return records, sh.log.metadata.partition_offsets(TOPIC)
+
+
+def _pg_fsck(data_dir: Path, url: str, *args: str) -> Result:
+    return CliRunner().invoke(main, ["--data-dir", str(data_dir), "--metadata", url, "fsck", *args])
+
+
+def _schema_rows(url: str, schema: str, table: str) -> int:
+    import psycopg
+    from psycopg import sql
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        query = sql.SQL("SELECT count(*) FROM {}.{}").format(
+            sql.Identifier(schema), sql.Identifier(table)
+        )
+        return conn.execute(query).fetchone()[0]
+
+
+def test_rebuild_into_postgresql_after_its_tables_were_lost(
+    pg_data_dir: Path, postgres_url: str
 ) -> None:
-    with pytest.raises(StorageError) as info:
-        streamhouse.connect(data_dir, metadata=postgres_url)
-    assert "holds no topics but the object store holds 3 segment object(s)" in str(info.value)
-    result = CliRunner().invoke(
-        main, ["--data-dir", str(data_dir), "fsck", "--rebuild-metadata"],
-        env={"STREAMHOUSE_METADATA": postgres_url},
-    )  # fmt: skip
-    assert result.exit_code == 1
-    assert result.stderr.splitlines() == [
-        "Error: fsck --rebuild-metadata writes a SQLite metadata store; rebuilding PostgreSQL"
-        " metadata is not supported yet"
-    ]
+    import psycopg
+
+    before, offsets = _pg_records(pg_data_dir, postgres_url)
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        (schema,) = conn.execute("SELECT current_schema()").fetchone()
+        for table in ("segments", "partitions", "topics", "group_offsets"):
+            conn.execute(f"TRUNCATE {table}")  # lost: an empty store over existing objects
+    with pytest.raises(StorageError, match="holds no topics but the object store holds 3"):
+        streamhouse.connect(pg_data_dir, metadata=postgres_url)
+
+    result = _pg_fsck(pg_data_dir, postgres_url, "--rebuild-metadata")
+    assert result.exit_code == 0, result.output
+    assert result.stdout == ""
+    assert "rebuilt the metadata from 3 object(s): 1 topic(s), 3 partition(s)" in result.stderr
+    assert "consumer group offsets" in result.stderr
+    (line,) = [x for x in result.stderr.splitlines() if "old metadata tables" in x]
+    aside = line.removeprefix("the old metadata tables are kept in schema ")
+    assert aside.startswith(f"{schema}_replaced_")
+    assert _schema_rows(postgres_url, aside, "schema_migrations") >= 3  # the old, emptied store
+    assert _schema_rows(postgres_url, aside, "topics") == 0
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        schemas = {name for (name,) in conn.execute("SELECT nspname FROM pg_namespace")}
+    assert not [name for name in schemas if name.startswith(f"{schema}_rebuild_")]
+
+    assert _pg_records(pg_data_dir, postgres_url) == (before, offsets)
+    with streamhouse.connect(pg_data_dir, metadata=postgres_url) as sh:
+        assert sh.log.metadata.group_offsets("g") == {}
+        assert sh.produce(TOPIC, [b"next"], partition=0).offsets == {
+            0: (offsets[0].high_watermark, offsets[0].high_watermark)
+        }
+    assert _pg_fsck(pg_data_dir, postgres_url).exit_code == 0
+
+
+def test_rebuild_into_postgresql_keeps_a_sound_store_aside(
+    pg_data_dir: Path, postgres_url: str
+) -> None:
+    before, offsets = _pg_records(pg_data_dir, postgres_url)
+    result = _pg_fsck(pg_data_dir, postgres_url, "--rebuild-metadata")
+    assert result.exit_code == 0, result.output
+    (line,) = [x for x in result.stderr.splitlines() if "old metadata tables" in x]
+    aside = line.removeprefix("the old metadata tables are kept in schema ")
+    assert _schema_rows(postgres_url, aside, "topics") == 1  # nothing of it lost
+    assert _schema_rows(postgres_url, aside, "group_offsets") == 1
+    assert _schema_rows(postgres_url, aside, "segments") == 9
+    assert _pg_records(pg_data_dir, postgres_url) == (before, offsets)
+
+
+def test_rebuild_into_postgresql_refuses_while_an_agent_is_alive(
+    pg_data_dir: Path, postgres_url: str
+) -> None:
+    from streamhouse.log.metadata.postgres import PostgresMetadata
+
+    with PostgresMetadata(postgres_url) as metadata:
+        metadata.register_agent("agent-1", "127.0.0.1", 9092, "", "default")
+        result = _pg_fsck(pg_data_dir, postgres_url, "--rebuild-metadata")
+        assert result.exit_code == 1
+        assert result.stderr.splitlines() == [
+            f"Error: metadata store {postgres_url} is in use by 1 live agent(s) (agent-1):"
+            " stop every process using it (e.g. `streamhouse serve`) before rebuilding its"
+            " metadata"
+        ]
+        assert metadata.list_agents()[0].agent_id == "agent-1"  # the store left alone
+        metadata.deregister_agent("agent-1")
+    assert _pg_fsck(pg_data_dir, postgres_url, "--rebuild-metadata").exit_code == 0
 
 
 def test_fsck_with_postgresql_metadata(tmp_path: Path, postgres_url: str) -> None:
@@ -495,26 +584,77 @@ def test_delete_orphans_refuses_when_the_metadata_was_emptied(data_dir: Path) ->
     assert sum(t.num_rows for t in _records(data_dir).values()) == 900
 
 
-def test_runs_sequenced_after_another_writers_are_checked_and_rebuilt(tmp_path: Path) -> None:
-    """Two logs on one store guess the same offsets for runs of one partition; the store
-    sequenced the second after the first. fsck finds the index consistent with the footers,
-    and a rebuild from the footers gives every record an offset again, once, densely."""
-    settings = Settings.load(data_dir=tmp_path, linger_ms=1)
+def _two_writers_guess_alike(data_dir: Path) -> list[int]:
+    """Two logs on one data dir: ``b`` commits a run of ``t``/0 at the offset ``a`` then guesses
+    for its next run, which the store sequences after ``b``'s. The acknowledged offsets."""
+    settings = Settings.load(data_dir=data_dir, linger_ms=1)
     with Log.open(settings) as a, Log.open(settings) as b:
         a.create_topic(TOPIC)
-        a.append(TOPIC, 0, build_batch([b"a0", b"a1"])).result(10)
-        b.append(TOPIC, 0, build_batch([b"b2"])).result(10)
-        a.append(TOPIC, 0, build_batch([b"a3", b"a4"])).result(10)  # written at 2-3, moved
+        acks = [a.append(TOPIC, 0, build_batch([b"a0", b"a1"])).result(10)]
+        acks.append(b.append(TOPIC, 0, build_batch([b"b2"])).result(10))
+        acks.append(a.append(TOPIC, 0, build_batch([b"a3", b"a4"])).result(10))  # written at 2
         assert a.writer.stats.sequenced_elsewhere == 1
+    return acks
+
+
+def test_runs_sequenced_after_another_writers_are_rebuilt_at_their_acknowledged_offsets(
+    tmp_path: Path,
+) -> None:
+    """The footer of ``a``'s second object says offsets 2-3, the store gave 3-4: its sequence
+    note says so, and a rebuild from the objects gives back exactly the acknowledged offsets
+    (by written offsets and keys alone ``a``'s run would come first, at 2)."""
+    assert _two_writers_guess_alike(tmp_path) == [0, 2, 3]
+    (note,) = (tmp_path / "objects" / "sequenced").iterdir()
     result = fsck(tmp_path)
     assert result.exit_code == 0, result.output
 
     _drop_metadata(tmp_path)
     result = fsck(tmp_path, "--rebuild-metadata")
     assert result.exit_code == 0, result.output
-    assert "moved: segments/" in result.stderr
+    assert "index row(s), 1 sequence note(s)" in result.stderr
+    assert "moved:" not in result.stderr
+    assert "offsets may differ" not in result.stderr
     with streamhouse.connect(tmp_path) as sh:
         table = sh.fetch(TOPIC, 0)
         assert table["offset"].to_pylist() == [0, 1, 2, 3, 4]
-        assert sorted(table["value"].to_pylist()) == [b"a0", b"a1", b"a3", b"a4", b"b2"]
-    assert fsck(tmp_path).exit_code == 0
+        assert table["value"].to_pylist() == [b"a0", b"a1", b"b2", b"a3", b"a4"]
+        sh.delete_topic(TOPIC)
+    assert not note.exists()  # deleted with its object
+
+
+def test_a_rebuild_without_the_sequence_note_says_which_offsets_may_differ(
+    tmp_path: Path,
+) -> None:
+    _two_writers_guess_alike(tmp_path)
+    shutil.rmtree(tmp_path / "objects" / "sequenced")  # e.g. the writer died before its put
+    _drop_metadata(tmp_path)
+    result = fsck(tmp_path, "--rebuild-metadata")
+    assert result.exit_code == 0, result.output
+    assert "moved: segments/" in result.stderr
+    assert (
+        "offsets may differ: t/0 from offset 2 on may not be the offsets producers were"
+        " acknowledged with (runs written by concurrent writers at the same offsets, without a"
+        " sequence note of where the store put them)"
+    ) in result.stderr.splitlines()
+    with streamhouse.connect(tmp_path) as sh:
+        table = sh.fetch(TOPIC, 0)  # every record once, densely, but not as acknowledged
+        assert table["offset"].to_pylist() == [0, 1, 2, 3, 4]
+        assert table["value"].to_pylist() == [b"a0", b"a1", b"a3", b"a4", b"b2"]
+
+
+def test_fsck_writes_a_missing_sequence_note_while_the_metadata_knows_it(tmp_path: Path) -> None:
+    _two_writers_guess_alike(tmp_path)
+    notes = tmp_path / "objects" / "sequenced"
+    ((name, text),) = [(p.name, p.read_bytes()) for p in notes.iterdir()]
+    shutil.rmtree(notes)  # e.g. the writer died between its commit and its note
+    result = fsck(tmp_path)
+    assert result.exit_code == 0, result.output
+    (line,) = [x for x in result.stderr.splitlines() if x.startswith("noted: ")]
+    assert line.startswith(f"noted: segments/{name.removesuffix('.json')} is indexed at other")
+    assert (notes / name).read_bytes() == text  # the note the writer would have written
+    assert "noted:" not in fsck(tmp_path).stderr  # once
+
+    _drop_metadata(tmp_path)
+    assert fsck(tmp_path, "--rebuild-metadata").exit_code == 0
+    with streamhouse.connect(tmp_path) as sh:
+        assert sh.fetch(TOPIC, 0)["value"].to_pylist() == [b"a0", b"a1", b"b2", b"a3", b"a4"]

@@ -22,14 +22,11 @@ new_topic = kafka_fixtures.new_topic
 
 
 def _produce(client: RawClient, topic: str, partition: int, records: bytes, acks: int = -1):
-    resp = client.request(0, 8, **produce_request(topic, partition, records, acks))
-    part = resp.responses[0].partition_responses[0]
-    return part.error_code, part.base_offset
+    return client.produce(topic, partition, records, acks)
 
 
 def _fetch(client: RawClient, topic: str, partitions, **kw):
-    resp = client.request(1, 11, **fetch_request(topic, partitions, **kw))
-    return {p.partition_index: p for p in resp.responses[0].partitions}
+    return client.fetch(topic, partitions, **kw)
 
 
 def _values(records: bytes) -> list[bytes]:
@@ -120,6 +117,42 @@ def test_responses_to_pipelined_requests_come_in_order(
         for correlation, key, version in expected:
             got, _ = client.decode(key, version, client.read_frame())
             assert got == correlation
+
+
+def test_pipelined_produce_requests_to_many_partitions_share_flushes(tmp_path: Path) -> None:
+    """librdkafka sends a Produce request per partition: 300 of them pipelined on one
+    connection are all read before the first is answered, so they land in a flush or two,
+    not in one flush per 64 requests (the old per-connection bound: at least 5 objects)."""
+    import streamhouse
+
+    data_dir = tmp_path / "data"
+    with streamhouse.connect(data_dir) as sh:
+        sh.create_topic("wide", partitions=300)
+    server = KafkaServer(data_dir, env={"STREAMHOUSE_LINGER_MS": "300"}).start()
+    try:
+        with RawClient(server.bootstrap) as client:
+            frames, expected = [], []
+            for p in range(300):
+                request = produce_request("wide", p, build_batch([b"v%d" % p]))
+                correlation, frame = client.encode(0, 8, **request)
+                frames.append(frame)
+                expected.append(correlation)
+            client.send_frame(b"".join(frames))
+            for p, correlation in enumerate(expected):
+                got, resp = client.decode(0, 8, client.read_frame())
+                part = resp.responses[0].partition_responses[0]
+                assert (got, part.index, part.error_code, part.base_offset) == (
+                    correlation,
+                    p,
+                    ErrorCode.none,
+                    0,
+                )
+    finally:
+        assert server.stop() == 0, server.log()
+    objects = list((data_dir / "objects" / "segments").iterdir())
+    assert 1 <= len(objects) <= 3
+    with streamhouse.connect(data_dir) as sh:
+        assert sh.sql("SELECT count(*) AS n FROM wide").to_arrow_table()["n"].to_pylist() == [300]
 
 
 # -- produce errors ------------------------------------------------------------------------

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from streamhouse.config import Settings
-from streamhouse.errors import StorageError, UnknownPartitionError
+from streamhouse.errors import OutOfOrderSequenceError, StorageError, UnknownPartitionError
 from streamhouse.log import Log
 from streamhouse.log.records import build_batch, decode_batches
 
@@ -48,14 +48,14 @@ def test_a_failed_commit_leaves_the_flush_written_behind_it_to_the_store(tmp_pat
         entered, release = threading.Event(), threading.Event()
         calls = 0
 
-        def failing_first_commit(object_key, entries):  # type: ignore[no-untyped-def]
+        def failing_first_commit(object_key, entries, producer_batches=(), *, fence=None):  # type: ignore[no-untyped-def]
             nonlocal calls
             calls += 1
             if calls == 1:
                 entered.set()
                 release.wait(10)
                 raise StorageError("commit refused")
-            return commit(object_key, entries)
+            return commit(object_key, entries, producer_batches, fence=fence)
 
         log.metadata.commit_segment = failing_first_commit  # type: ignore[method-assign]
         first = log.append("t", 0, build_batch([b"lost-1", b"lost-2"]))
@@ -123,3 +123,36 @@ def test_two_logs_on_one_store_are_sequenced_by_it(tmp_path: Path) -> None:
         assert a.append("t", 0, build_batch([b"a8"])).result(10) == 8  # guesses right again
         assert a.writer.stats.sequenced_elsewhere == 1
     assert len(list((tmp_path / "objects" / "segments").iterdir())) == 4
+
+
+def test_a_flush_holding_a_duplicate_is_written_again_without_it(tmp_path: Path) -> None:
+    """Log ``b`` gets a retry of an idempotent batch ``a`` committed, in one flush with other
+    appends: the store refuses that commit, the retry is answered with the first copy's
+    offset, the out-of-order batch with its error, and the rest is written and committed as a
+    new object (the refused one deleted)."""
+
+    def idempotent(pid: int, seq: int, *values: bytes) -> bytes:
+        return build_batch(list(values), producer_id=pid, producer_epoch=0, base_sequence=seq)
+
+    with (
+        Log.open(Settings.load(data_dir=tmp_path, linger_ms=1)) as a,
+        Log.open(Settings.load(data_dir=tmp_path, linger_ms=300)) as b,
+    ):
+        a.create_topic("t", partitions=2)
+        assert a.append("t", 0, idempotent(5, 0, b"x", b"y")).result(10) == 0
+        in_one_flush = [
+            b.append("t", 0, build_batch([b"plain"])),
+            b.append("t", 0, idempotent(5, 0, b"x", b"y")),  # the retry
+            b.append("t", 1, idempotent(6, 0, b"p6")),
+            b.append("t", 0, idempotent(5, 2, b"z")),
+            b.append("t", 0, idempotent(6, 0, b"q6")),
+            b.append("t", 0, idempotent(5, 40, b"gap")),
+        ]
+        assert [f.result(10) for f in in_one_flush[:5]] == [2, 0, 0, 3, 4]
+        with pytest.raises(OutOfOrderSequenceError, match="sequence 40"):
+            in_one_flush[5].result(10)
+        assert b.writer.stats.duplicate_batches == 1
+        assert (b.writer.stats.objects_put, b.writer.stats.objects_committed) == (2, 1)
+        assert _values(a) == [b"x", b"y", b"plain", b"z", b"q6"]
+        assert _values(a, 1) == [b"p6"]
+    assert len(list((tmp_path / "objects" / "segments").iterdir())) == 2

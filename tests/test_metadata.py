@@ -20,6 +20,7 @@ from streamhouse.errors import (
     ConfigError,
     LogError,
     OffsetOutOfRangeError,
+    RefusedBatchesError,
     SqlError,
     StorageError,
     TopicExistsError,
@@ -29,6 +30,7 @@ from streamhouse.errors import (
 from streamhouse.log.metadata import (
     GroupOffset,
     PartitionOffsets,
+    ProducerBatch,
     SegmentRow,
     migrations,
     open_metadata,
@@ -212,6 +214,65 @@ def test_commit_segment_unknown_topic_or_partition_rolls_back(md: Store) -> None
     assert md.segments("t", 0) == []
     with pytest.raises(LogError, match="below base"):
         md.commit_segment("o", [Entry("t", 0, 0, -1)])
+
+
+# -- idempotent producers ----------------------------------------------------------------------
+
+
+def _refusals(md: Store, key: str, entries: list[Entry], batches: list[ProducerBatch]) -> dict:
+    """The verdicts of a commit that must be refused, with its proof that nothing committed."""
+    before = {p: md.partition_offsets("t")[p] for p in md.partition_offsets("t")}
+    with pytest.raises(RefusedBatchesError) as refused:
+        md.commit_segment(key, entries, batches)
+    assert md.partition_offsets("t") == before and not md.is_indexed(key)
+    return {
+        i: v if isinstance(v, int) else type(v).__name__ for i, v in refused.value.verdicts.items()
+    }
+
+
+def test_producer_sequences_are_checked_in_the_commit(open_store: OpenStore) -> None:
+    """A producer's batches are judged against the state the store keeps, whichever process
+    (store) committed them: a duplicate gets its first copy's offset and nothing commits."""
+    md, other = open_store(), open_store()  # two processes
+    md.create_topic("t", partitions=2)
+    B = ProducerBatch
+    # producer 7: two batches in one entry; producer 8 on partition 1
+    batches = [B(0, 0, 7, 0, 0, 4), B(0, 5, 7, 0, 5, 9), B(1, 0, 8, 0, 0, 4)]
+    assert md.commit_segment("a", [Entry("t", 0, 0, 9), Entry("t", 1, 0, 4)], batches) == [0, 0]
+    # the second batch again, through the other process: a duplicate of offset 5
+    retry = [Entry("t", 0, 0, 4), Entry("t", 1, 0, 0)]
+    assert _refusals(other, "b", retry, [B(0, 0, 7, 0, 5, 9)]) == {0: 5}
+    other.commit_segment("c", [Entry("t", 0, 0, 0)])  # someone else's record at offset 10
+    # in order: indexed at the offsets the store gives, remembered there
+    assert other.commit_segment("d", [Entry("t", 0, 50, 52)], [B(0, 1, 7, 0, 10, 11)]) == [11]
+    assert _refusals(md, "e", [Entry("t", 0, 0, 1)], [B(0, 0, 7, 0, 10, 11)]) == {0: 12}
+    # a gap, a stale epoch and a duplicate in one commit: every one is named
+    other.commit_segment("f", [Entry("t", 1, 0, 0)], [B(0, 0, 8, 1, 0, 0)])  # new epoch: afresh
+    mixed = [B(0, 0, 7, 0, 13, 13), B(1, 0, 8, 0, 5, 5), B(1, 1, 8, 1, 0, 0), B(1, 2, 9, 0, 77, 77)]
+    assert _refusals(md, "g", [Entry("t", 0, 0, 0), Entry("t", 1, 0, 2)], mixed) == {
+        0: "OutOfOrderSequenceError",
+        1: "InvalidProducerEpochError",
+        2: 5,
+    }
+    # five batches are remembered (at offsets 14-18 here); older ones are out of order
+    for n in range(5):
+        seq = 12 + n
+        md.commit_segment(f"h{n}", [Entry("t", 0, 0, 0)], [B(0, 0, 7, 0, seq, seq)])
+    assert _refusals(md, "i", [Entry("t", 0, 0, 0)], [B(0, 0, 7, 0, 12, 12)]) == {0: 14}
+    assert _refusals(md, "j", [Entry("t", 0, 0, 1)], [B(0, 0, 7, 0, 10, 11)]) == {
+        0: "OutOfOrderSequenceError"
+    }
+    # sequences wrap after 2**31 - 1
+    md.commit_segment("k", [Entry("t", 1, 0, 0)], [B(0, 0, 5, 0, 2**31 - 1, 2**31 - 1)])
+    assert md.commit_segment("l", [Entry("t", 1, 0, 1)], [B(0, 0, 5, 0, 0, 1)]) == [7]
+    # a deleted topic's producers are forgotten
+    md.delete_topic("t")
+    md.create_topic("t")
+    assert md.commit_segment("m", [Entry("t", 0, 0, 1)], [B(0, 0, 7, 0, 12, 12)]) == [0]
+    # idle producers are forgotten (then start afresh)
+    assert md.forget_producers(now_ms() - 60_000) == 0
+    assert md.forget_producers(now_ms() + 1) == 1
+    assert md.commit_segment("n", [Entry("t", 0, 0, 0)], [B(0, 0, 7, 0, 99, 99)]) == [2]
 
 
 def test_segments_range_queries(md: Store) -> None:

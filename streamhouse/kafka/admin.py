@@ -4,10 +4,12 @@ AlterConfigs, IncrementalAlterConfigs and DeleteRecords.
 The replication factor is accepted and ignored: durability comes from the object store, not
 from replicas. Topic configs are checked by :mod:`streamhouse.log.topic_config` (unknown or bad
 ones get INVALID_CONFIG with the reason); the log acts on ``max.message.bytes``,
-``retention.ms``, ``retention.bytes`` and ``cleanup.policy=delete``. DescribeConfigs reports
+``retention.ms``, ``retention.bytes``, ``cleanup.policy`` (``delete``, ``compact``),
+``min.compaction.lag.ms``, ``delete.retention.ms``, ``segment.ms``, ``segment.bytes`` and
+``compression.type`` (the last five in compaction). DescribeConfigs reports
 every default with its source, as Kafka does. AlterConfigs replaces a topic's whole config;
 IncrementalAlterConfigs sets or deletes single entries (APPEND and SUBTRACT, for list configs,
-are refused: the one list config the log reads, ``cleanup.policy``, has one legal value).
+are refused: set ``cleanup.policy`` whole, e.g. ``compact,delete``).
 DeleteRecords moves log start offsets forward (``-1``: to the high watermark).
 """
 

@@ -1,5 +1,6 @@
 """The broker: what the request handlers share — the log, the settings, the group
-coordinator, idempotent producer state, and wake-ups for long-polling fetches."""
+coordinator and the group leases saying which groups it coordinates, idempotent producer
+state, and wake-ups for long-polling fetches."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from collections.abc import Iterable
 
 from streamhouse.config import Settings
 from streamhouse.kafka.cluster import Cluster
+from streamhouse.kafka.coordination import GroupLeases
 from streamhouse.kafka.groups import GroupCoordinator
 from streamhouse.kafka.producers import ProducerRegistry
 from streamhouse.log import Log
@@ -32,14 +34,19 @@ class Broker:
 
     cluster_id = CLUSTER_ID
 
-    def __init__(self, log_: Log, settings: Settings) -> None:
+    def __init__(self, log_: Log, settings: Settings, agent_id: str | None = None) -> None:
         self.log = log_
         self.settings = settings
         self.host = settings.advertised_host
         self.port = settings.port
         shared = sqlite_path(settings) is None
-        self.cluster = Cluster(log_.metadata if shared else None, settings)
+        self.cluster = Cluster(log_.metadata if shared else None, settings, agent_id)
         self.groups = GroupCoordinator()
+        self.coordination = GroupLeases(
+            self.cluster, log_.metadata if shared else None, settings.agent_ttl_s
+        )
+        self.coordination.on_lost = lambda group_id: self.groups.abandon(group_id)
+        self.coordination.has_members = self.groups.has_members
         self.producers = ProducerRegistry()
         self._arrivals: dict[tuple[str, int], set[asyncio.Future[None]]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None

@@ -77,9 +77,11 @@ class Cluster:
     registered and :meth:`nodes` is this process alone, node 0.
     """
 
-    def __init__(self, metadata: Metadata | None, settings: Settings) -> None:
+    def __init__(
+        self, metadata: Metadata | None, settings: Settings, agent_id: str | None = None
+    ) -> None:
         self.metadata = metadata
-        self.agent_id = uuid.uuid4().hex
+        self.agent_id = agent_id or uuid.uuid4().hex
         self.node_id = node_id_of(self.agent_id) if metadata is not None else 0
         self.zone = settings.zone
         self.group = settings.agent_group
@@ -145,6 +147,17 @@ class Cluster:
             await asyncio.to_thread(self.metadata.deregister_agent, self.agent_id)
         except Exception as exc:
             log.warning("agent %s: deregistering failed: %s", self.agent_id, exc)
+
+    def node_of(self, agent_id: str) -> Node | None:
+        """The live agent ``agent_id`` (of any agent group: a group lease may be held by one
+        of another), or ``None`` if it is not live."""
+        if agent_id == self.agent_id:
+            return self.me
+        aged = int((time.monotonic() - self._read_at) * 1000)
+        for agent in self._agents:
+            if agent.agent_id == agent_id and agent.heartbeat_age_ms + aged <= self.ttl_ms:
+                return Node(node_id_of(agent_id), agent.host, agent.port, agent.zone)
+        return None
 
     def nodes(self, zone: str | None = None) -> tuple[Node, ...]:
         """The live agents of this agent's group (this one always among them), by node id;

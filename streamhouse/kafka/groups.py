@@ -1,10 +1,14 @@
 """Consumer groups: the classic group coordinator and its APIs.
 
 FindCoordinator, JoinGroup, SyncGroup, Heartbeat, LeaveGroup, OffsetCommit, OffsetFetch,
-DescribeGroups, ListGroups and DeleteGroups. This broker coordinates every group.
+DescribeGroups, ListGroups and DeleteGroups. Which agent coordinates a group is decided by a
+lease in the metadata store (:mod:`~streamhouse.kafka.coordination`): FindCoordinator names
+its holder, and any other agent answers the group's requests ``NOT_COORDINATOR``. Alone
+(SQLite), this broker coordinates every group.
 
-Membership lives in memory (members rejoin after a restart, as they do when a Kafka
-coordinator moves); committed offsets live in the metadata store and survive restarts.
+Membership lives in memory on the coordinator (members rejoin after a restart or when the
+group moves to another agent, as they do when a Kafka coordinator moves); committed offsets
+live in the metadata store and survive both.
 
 A group moves through the states Kafka names::
 
@@ -31,7 +35,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
-from streamhouse.errors import StreamHouseError
+from streamhouse.errors import LeaseLostError, StreamHouseError
 from streamhouse.kafka.api_keys import ApiKey
 from streamhouse.kafka.wire import ErrorCode, RequestHeader, make, messages, to_ms
 
@@ -311,11 +315,18 @@ class GroupCoordinator:
             self._after_removal(group, time.monotonic())
         return results
 
-    def validate_commit(self, group_id: str, generation: int, member_id: str) -> ErrorCode:
-        """Whether an OffsetCommit with this generation and member may store offsets."""
+    def validate_commit(
+        self, group_id: str, generation: int, member_id: str, *, adopt: bool = False
+    ) -> ErrorCode:
+        """Whether an OffsetCommit with this generation and member may store offsets.
+
+        ``adopt``: the group came to this broker from a coordinator that died, with its
+        members in that one's memory; until they rejoin here, their commits are taken (they
+        are of its last generation: no other can have formed since), so nothing they
+        processed before they learn of the move is read again."""
         group = self.groups.get(group_id)
         if group is None:
-            return ErrorCode.none if generation < 0 else ErrorCode.illegal_generation
+            return ErrorCode.none if generation < 0 or adopt else ErrorCode.illegal_generation
         if generation < 0 and not group.members:
             return ErrorCode.none
         member = group.members.get(member_id)
@@ -355,6 +366,14 @@ class GroupCoordinator:
 
     def forget(self, group_id: str) -> None:
         self.groups.pop(group_id, None)
+
+    def abandon(self, group_id: str) -> None:
+        """Drop a group this broker no longer coordinates: parked members are answered
+        ``NOT_COORDINATOR`` (they find the new coordinator and rejoin there)."""
+        group = self.groups.pop(group_id, None)
+        if group is not None:
+            for member in list(group.members.values()):
+                self._remove_member(group, member, ErrorCode.not_coordinator)
 
     # -- transitions ----------------------------------------------------------------------
 
@@ -447,21 +466,47 @@ class GroupCoordinator:
 
 
 async def handle_find_coordinator(broker: Broker, header: RequestHeader, request: Any) -> Any:
-    """This broker coordinates every group."""
+    """The agent holding the group's lease (this one if the lease was free);
+    ``COORDINATOR_NOT_AVAILABLE`` while a dead holder's lease has yet to expire."""
     module = messages(ApiKey.FIND_COORDINATOR, header.api_version, True)
+    node = broker.cluster.me
+    if getattr(request, "key_type", 0) == 0:  # transactions (1) are refused elsewhere
+        found = await broker.coordination.coordinator(request.key)
+        if found is None:
+            return make(
+                module.FindCoordinatorResponse,
+                throttle_time=0,
+                error_code=ErrorCode.coordinator_not_available,
+                error_message="the group's coordinator died; its lease has yet to expire",
+                node_id=-1,
+                host="",
+                port=-1,
+            )
+        node = found
     return make(
         module.FindCoordinatorResponse,
         throttle_time=0,
         error_code=ErrorCode.none,
         error_message=None,
-        node_id=broker.node_id,
-        host=broker.host,
-        port=broker.port,
+        node_id=node.node_id,
+        host=node.host,
+        port=node.port,
     )
 
 
 async def handle_join_group(broker: Broker, header: RequestHeader, request: Any) -> Any:
     module = messages(ApiKey.JOIN_GROUP, header.api_version, True)
+    if not await broker.coordination.ensure(request.group_id):
+        return make(
+            module.JoinGroupResponse,
+            throttle_time=0,
+            error_code=ErrorCode.not_coordinator,
+            generation_id=-1,
+            protocol_name="",
+            leader="",
+            member_id=request.member_id,
+            members=(),
+        )
     rebalance = getattr(request, "rebalance_timeout", None)
     waiter = broker.groups.join(
         group_id=request.group_id,
@@ -497,6 +542,13 @@ async def handle_join_group(broker: Broker, header: RequestHeader, request: Any)
 
 async def handle_sync_group(broker: Broker, header: RequestHeader, request: Any) -> Any:
     module = messages(ApiKey.SYNC_GROUP, header.api_version, True)
+    if not await broker.coordination.ensure(request.group_id):
+        return make(
+            module.SyncGroupResponse,
+            throttle_time=0,
+            error_code=ErrorCode.not_coordinator,
+            assignment=b"",
+        )
     assignments = {a.member_id: bytes(a.assignment) for a in request.assignments}
     error, assignment = await broker.groups.sync(
         request.group_id, request.generation_id, request.member_id, assignments
@@ -506,12 +558,25 @@ async def handle_sync_group(broker: Broker, header: RequestHeader, request: Any)
 
 async def handle_heartbeat(broker: Broker, header: RequestHeader, request: Any) -> Any:
     module = messages(ApiKey.HEARTBEAT, header.api_version, True)
+    if not await broker.coordination.ensure(request.group_id):
+        return make(module.HeartbeatResponse, throttle_time=0, error_code=ErrorCode.not_coordinator)
     error = broker.groups.heartbeat(request.group_id, request.generation_id, request.member_id)
     return make(module.HeartbeatResponse, throttle_time=0, error_code=error)
 
 
 async def handle_leave_group(broker: Broker, header: RequestHeader, request: Any) -> Any:
     module = messages(ApiKey.LEAVE_GROUP, header.api_version, True)
+    if not await broker.coordination.ensure(request.group_id):
+        if header.api_version < 3:
+            return make(
+                module.LeaveGroupResponse, throttle_time=0, error_code=ErrorCode.not_coordinator
+            )
+        return make(
+            module.LeaveGroupResponse,
+            throttle_time=0,
+            error_code=ErrorCode.not_coordinator,
+            members=(),
+        )
     if header.api_version < 3:
         results = broker.groups.leave(request.group_id, [(request.member_id, None)])
         return make(module.LeaveGroupResponse, throttle_time=0, error_code=results[0][2])
@@ -533,7 +598,15 @@ async def handle_offset_commit(broker: Broker, header: RequestHeader, request: A
     """Store committed offsets (and their metadata strings) in the metadata store."""
     module = messages(ApiKey.OFFSET_COMMIT, header.api_version, True)
     generation = getattr(request, "generation_id_or_member_epoch", -1)
-    group_error = broker.groups.validate_commit(request.group_id, generation, request.member_id)
+    if await broker.coordination.ensure(request.group_id):
+        group_error = broker.groups.validate_commit(
+            request.group_id,
+            generation,
+            request.member_id,
+            adopt=broker.coordination.took_over(request.group_id),
+        )
+    else:
+        group_error = ErrorCode.not_coordinator
     errors: dict[tuple[str, int], ErrorCode] = {}
     offsets: dict[tuple[str, int], tuple[int, str]] = {}
     for topic in request.topics:
@@ -551,8 +624,14 @@ async def handle_offset_commit(broker: Broker, header: RequestHeader, request: A
                 errors[key] = ErrorCode.none
                 offsets[key] = (p.committed_offset, metadata)
     if offsets:
+        lease = broker.coordination.lease_of(request.group_id)
         try:
-            broker.log.metadata.commit_group_offsets(request.group_id, offsets)
+            broker.log.metadata.commit_group_offsets(request.group_id, offsets, lease)
+        except LeaseLostError as exc:
+            log.warning("group %s: offsets not committed: %s", request.group_id, exc)
+            broker.coordination.lost(request.group_id)
+            for key in offsets:
+                errors[key] = ErrorCode.not_coordinator
         except StreamHouseError:
             log.exception("group %s: committing offsets failed", request.group_id)
             for key in offsets:
@@ -579,6 +658,8 @@ async def handle_offset_commit(broker: Broker, header: RequestHeader, request: A
 async def handle_offset_fetch(broker: Broker, header: RequestHeader, request: Any) -> Any:
     """Committed offsets of the requested partitions (all of the group's if topics is null)."""
     module = messages(ApiKey.OFFSET_FETCH, header.api_version, True)
+    if not await broker.coordination.ensure(request.group_id):
+        return _offset_fetch_refused(module, request, ErrorCode.not_coordinator)
     committed = broker.log.metadata.group_offsets(request.group_id)
     if request.topics is None:
         wanted: dict[str, list[int]] = {}
@@ -607,11 +688,46 @@ async def handle_offset_fetch(broker: Broker, header: RequestHeader, request: An
     )
 
 
+def _offset_fetch_refused(module: Any, request: Any, error: ErrorCode) -> Any:
+    """An OffsetFetch answer of ``error`` for the group and every partition asked for."""
+    topics = tuple(
+        module.OffsetFetchResponseTopic(
+            name=t.name,
+            partitions=tuple(
+                make(
+                    module.OffsetFetchResponsePartition,
+                    partition_index=p,
+                    committed_offset=-1,
+                    committed_leader_epoch=-1,
+                    metadata="",
+                    error_code=error,
+                )
+                for p in t.partition_indexes
+            ),
+        )
+        for t in request.topics or ()
+    )
+    return make(module.OffsetFetchResponse, throttle_time=0, topics=topics, error_code=error)
+
+
 async def handle_describe_groups(broker: Broker, header: RequestHeader, request: Any) -> Any:
     module = messages(ApiKey.DESCRIBE_GROUPS, header.api_version, True)
     known = set(broker.log.metadata.list_groups())
     described = []
     for group_id in request.groups:
+        if not await broker.coordination.ensure(group_id):
+            described.append(
+                make(
+                    module.DescribedGroup,
+                    error_code=ErrorCode.not_coordinator,
+                    group_id=group_id,
+                    group_state="",
+                    protocol_type="",
+                    protocol_data="",
+                    members=(),
+                )
+            )
+            continue
         group = broker.groups.describe(group_id)
         if group is None:
             state = GroupState.EMPTY if group_id in known else GroupState.DEAD
@@ -675,7 +791,9 @@ async def handle_delete_groups(broker: Broker, header: RequestHeader, request: A
     known = set(broker.log.metadata.list_groups())
     results = []
     for group_id in request.groups_names:
-        if broker.groups.has_members(group_id):
+        if not await broker.coordination.ensure(group_id):
+            error = ErrorCode.not_coordinator
+        elif broker.groups.has_members(group_id):
             error = ErrorCode.non_empty_group
         elif group_id not in known and broker.groups.describe(group_id) is None:
             error = ErrorCode.group_id_not_found

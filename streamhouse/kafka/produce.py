@@ -20,7 +20,7 @@ import struct
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from streamhouse.errors import ProtocolError, StreamHouseError
+from streamhouse.errors import ProducerSequenceError, ProtocolError, StreamHouseError
 from streamhouse.kafka.api_keys import ApiKey
 from streamhouse.kafka.wire import ErrorCode, error_code_for
 from streamhouse.log.records import split_batches
@@ -136,7 +136,10 @@ def _result(outcome: Outcome) -> tuple[int, int]:
         return ErrorCode.unknown_server_error, -1
     exc = outcome.exception()
     if exc is not None:
-        log.warning("append failed: %s", exc)
+        if isinstance(exc, ProducerSequenceError):  # the producer's doing; the log says so
+            log.debug("append refused: %s", exc)
+        else:
+            log.warning("append failed: %s", exc)
         return error_code_for(exc), -1
     return ErrorCode.none, outcome.result()
 
@@ -181,11 +184,9 @@ def _start_append(
     if idempotent:
         if len(batches) != 1:
             return ErrorCode.invalid_record  # Kafka: exactly one batch per partition from v3
-        verdict = broker.producers.check(topic, partition, header)
-        if verdict.error is not ErrorCode.none:
-            return verdict.error
-        if verdict.duplicate_of is not None:
-            return verdict.duplicate_of
+        duplicate_of = broker.producers.duplicate_of(topic, partition, header)
+        if duplicate_of is not None:
+            return duplicate_of
     try:
         offset = broker.log.append_async(topic, partition, records, batches)
     except StreamHouseError as exc:

@@ -1,17 +1,18 @@
-"""Idempotent producers: InitProducerId and per-partition sequence checks.
+"""Idempotent producers: InitProducerId, and the retries this agent answers by itself.
 
-An idempotent producer stamps each batch with its producer id, epoch and the sequence number
-of the batch's first record; sequences count records per partition from 0, wrapping after
-2**31 - 1. For each (producer, partition) this broker remembers the last sequence accepted
-and the last few batches (Kafka keeps 5, the most a producer may have in flight), so:
+An idempotent producer stamps each batch with its producer id (allocated by the metadata
+store, so unique across agents), epoch and the sequence number of the batch's first record;
+sequences count records per partition from 0, wrapping after 2**31 - 1. The metadata store
+checks them when it commits the batch (``rules.check_producer_batches``): it remembers the
+last sequence and the last five batches of each producer on each partition, so a batch
+retried through another agent after its first agent died is answered with the offset of its
+first copy, never indexed twice, and a gap is ``OUT_OF_ORDER_SEQUENCE_NUMBER``.
 
-- a batch whose sequences match a remembered one is a retry: answered with the offset the
-  original got, not appended again;
-- a batch that starts right after the last accepted sequence is appended;
-- anything else is ``OUT_OF_ORDER_SEQUENCE_NUMBER``; an older epoch is ``INVALID_PRODUCER_EPOCH``.
-
-The state is in memory. After a restart, a producer's first batch on a partition is accepted
-whatever its sequence (Kafka would ask it to reset), and checks resume from there.
+This agent also remembers the last few batches it was handed of each producer (Kafka keeps
+5, the most a producer may have in flight): a retry of one of those, committed or still on
+its way, is answered with the same offset without being written again. Nothing else is
+judged here: another agent may have taken batches of the producer since, so only the store
+knows which sequence comes next.
 """
 
 from __future__ import annotations
@@ -24,17 +25,15 @@ from typing import TYPE_CHECKING, Any
 
 from streamhouse.kafka.api_keys import ApiKey
 from streamhouse.kafka.wire import ErrorCode, RequestHeader, make, messages
+from streamhouse.log.metadata.rules import MAX_REMEMBERED_BATCHES, SEQUENCE_MODULO
 
 if TYPE_CHECKING:
     from streamhouse.kafka.broker import Broker
     from streamhouse.log.records import BatchHeader
 
-__all__ = ["HANDLERS", "ProducerRegistry", "SequenceCheck"]
+__all__ = ["HANDLERS", "ProducerRegistry"]
 
 log = logging.getLogger(__name__)
-
-MAX_REMEMBERED_BATCHES = 5
-_SEQUENCE_MODULO = 2**31
 
 
 @dataclass(slots=True)
@@ -47,66 +46,46 @@ class _Batch:
 @dataclass(slots=True)
 class _PartitionProducer:
     epoch: int
-    last_sequence: int
     batches: deque[_Batch] = field(default_factory=lambda: deque(maxlen=MAX_REMEMBERED_BATCHES))
 
 
-@dataclass(frozen=True, slots=True)
-class SequenceCheck:
-    """The verdict on one batch: append it, answer with a remembered offset, or refuse it."""
-
-    error: ErrorCode = ErrorCode.none
-    duplicate_of: asyncio.Future[int] | None = None
-
-
 def _last_sequence(header: BatchHeader) -> int:
-    return (header.base_sequence + header.record_count - 1) % _SEQUENCE_MODULO
+    return (header.base_sequence + header.last_offset_delta) % SEQUENCE_MODULO
 
 
 class ProducerRegistry:
-    """Sequence state of every idempotent producer, by (producer id, topic, partition)."""
+    """The batches this agent was last handed, by (producer id, topic, partition)."""
 
     def __init__(self) -> None:
         self._state: dict[tuple[int, str, int], _PartitionProducer] = {}
 
-    def check(self, topic: str, partition: int, header: BatchHeader) -> SequenceCheck:
-        """Judge a batch before it is appended; batches without a producer id always pass."""
+    def duplicate_of(
+        self, topic: str, partition: int, header: BatchHeader
+    ) -> asyncio.Future[int] | None:
+        """The offset of the remembered batch ``header`` repeats, or ``None``."""
         if header.producer_id < 0:
-            return SequenceCheck()
+            return None
         state = self._state.get((header.producer_id, topic, partition))
-        if state is None or header.producer_epoch > state.epoch:
-            return SequenceCheck()
-        if header.producer_epoch < state.epoch:
-            return SequenceCheck(ErrorCode.invalid_producer_epoch)
+        if state is None or header.producer_epoch != state.epoch:
+            return None
         last = _last_sequence(header)
         for batch in state.batches:
             if batch.first_sequence == header.base_sequence and batch.last_sequence == last:
-                return SequenceCheck(duplicate_of=batch.offset)
-        if header.base_sequence != (state.last_sequence + 1) % _SEQUENCE_MODULO:
-            log.info(
-                "producer %d on %s/%d: sequence %d, expected %d",
-                header.producer_id,
-                topic,
-                partition,
-                header.base_sequence,
-                state.last_sequence + 1,
-            )
-            return SequenceCheck(ErrorCode.out_of_order_sequence_number)
-        return SequenceCheck()
+                return batch.offset
+        return None
 
     def record(
         self, topic: str, partition: int, header: BatchHeader, offset: asyncio.Future[int]
     ) -> None:
-        """Remember a batch that was handed to the log; forget the producer if it fails."""
+        """Remember a batch that was handed to the log; forget the producer if it fails (or is
+        refused by the store)."""
         if header.producer_id < 0:
             return
         key = (header.producer_id, topic, partition)
         state = self._state.get(key)
         if state is None or header.producer_epoch != state.epoch:
-            state = self._state[key] = _PartitionProducer(header.producer_epoch, -1)
-        last = _last_sequence(header)
-        state.last_sequence = last
-        state.batches.append(_Batch(header.base_sequence, last, offset))
+            state = self._state[key] = _PartitionProducer(header.producer_epoch)
+        state.batches.append(_Batch(header.base_sequence, _last_sequence(header), offset))
 
         def forget_on_failure(done: asyncio.Future[int]) -> None:
             failed = done.cancelled() or done.exception() is not None

@@ -33,7 +33,15 @@ from streamhouse.kafka.versions import SUPPORTED, handle_api_versions, unsupport
 from streamhouse.kafka.wire import RequestHeader, encode_response, parse_request, peek_header
 from streamhouse.log import Log
 
-__all__ = ["HANDLERS", "MAX_IN_FLIGHT", "MAX_REQUEST_BYTES", "RAW_HANDLERS", "run", "serve"]
+__all__ = [
+    "HANDLERS",
+    "MAX_IN_FLIGHT",
+    "MAX_IN_FLIGHT_BYTES",
+    "MAX_REQUEST_BYTES",
+    "RAW_HANDLERS",
+    "run",
+    "serve",
+]
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +66,15 @@ assert set(HANDLERS) | set(RAW_HANDLERS) == set(SUPPORTED), "every advertised AP
 
 MAX_REQUEST_BYTES = 100 * 1024 * 1024
 """Kafka's ``socket.request.max.bytes``; larger frames close the connection."""
-MAX_IN_FLIGHT = 64
-"""Requests of one connection being handled at once; reading pauses beyond that."""
+MAX_IN_FLIGHT = 1024
+"""Requests of one connection being handled at once; reading pauses beyond that. librdkafka
+sends one Produce request per partition, so a producer to many partitions keeps hundreds in
+flight on one connection: they must all reach the writer to share one flush (at 64, a 1,000
+partition producer was served 64 requests per flush, and its queue grew to seconds)."""
+MAX_IN_FLIGHT_BYTES = 64 * 1024 * 1024
+"""Bytes of request frames of one connection being handled at once (the frames stay in memory
+until answered: produced records are views of them); reading pauses beyond that, except for a
+request alone (Kafka's ``queued.max.request.bytes``)."""
 GROUP_SWEEP_SECONDS = 0.1
 _WRITE_HIGH_WATER = 4 * 1024 * 1024
 _LENGTH = struct.Struct(">i")
@@ -108,7 +123,9 @@ class _Connection:
         peer = writer.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
         self.client_host = f"/{peer[0]}" if isinstance(peer, tuple) else ""
-        self.pending: asyncio.Queue[Response | None] = asyncio.Queue(MAX_IN_FLIGHT)
+        self.pending: asyncio.Queue[tuple[Response, int] | None] = asyncio.Queue(MAX_IN_FLIGHT)
+        self.pending_bytes = 0  # frame bytes of the requests in `pending`
+        self.room = asyncio.Event()  # set when pending_bytes went down
 
     async def run(self) -> None:
         reading = asyncio.current_task()
@@ -139,6 +156,9 @@ class _Connection:
             if not 8 <= size <= MAX_REQUEST_BYTES:
                 log.info("connection %s: frame of %d bytes refused", self.peer, size)
                 return
+            while self.pending_bytes and self.pending_bytes + size > MAX_IN_FLIGHT_BYTES:
+                self.room.clear()
+                await self.room.wait()
             try:
                 frame = await self.reader.readexactly(size)
             except (asyncio.IncompleteReadError, ConnectionError):
@@ -152,7 +172,8 @@ class _Connection:
                 log.exception("connection %s: request failed; closing", self.peer)
                 return
             if response is not None:
-                await self.pending.put(response)
+                self.pending_bytes += size
+                await self.pending.put((response, size))
 
     async def _send(self, reading: asyncio.Task[None]) -> None:
         """Write responses in request order; on any failure, stop the reading loop.
@@ -168,13 +189,16 @@ class _Connection:
                     if item is None:
                         self._write(ready)
                         return
-                    if isinstance(item, bytes):
-                        data: bytes | None = item
-                    elif item.done():
-                        data = item.result()
+                    response, size = item
+                    if isinstance(response, bytes):
+                        data: bytes | None = response
+                    elif response.done():
+                        data = response.result()
                     else:
                         await self._write_and_drain(ready)
-                        data = await item
+                        data = await response
+                    self.pending_bytes -= size
+                    self.room.set()
                     if data is not None:
                         ready.append(data)
                     if queue.empty():
@@ -200,8 +224,8 @@ class _Connection:
     def _cancel_pending(self) -> None:
         while not self.pending.empty():
             item = self.pending.get_nowait()
-            if item is not None and not isinstance(item, bytes):
-                item.cancel()
+            if item is not None and not isinstance(item[0], bytes):
+                item[0].cancel()
 
 
 async def _sweep_groups(broker: Broker) -> None:
@@ -213,23 +237,34 @@ async def _sweep_groups(broker: Broker) -> None:
             log.exception("group coordinator sweep failed")
 
 
-async def _enforce_retention(log_: Log, interval_s: float) -> None:
-    """Run a retention pass every ``interval_s`` (in a worker thread)."""
+async def _storage_lifecycle(log_: Log, interval_s: float) -> None:
+    """Run a retention pass, then a compaction pass, every ``interval_s`` (in a worker
+    thread)."""
     while True:
         await asyncio.sleep(interval_s)
         try:
             await asyncio.to_thread(log_.enforce_retention)
         except Exception:
             log.exception("retention pass failed; the next one retries")
+        try:
+            await asyncio.to_thread(log_.compact)
+        except Exception:
+            log.exception("compaction pass failed; the next one retries")
 
 
-async def serve(log_: Log, settings: Settings, *, ready: asyncio.Event | None = None) -> None:
+async def serve(
+    log_: Log,
+    settings: Settings,
+    *,
+    ready: asyncio.Event | None = None,
+    agent_id: str | None = None,
+) -> None:
     """Serve the Kafka protocol over ``log_`` on ``settings.host:settings.port`` until cancelled.
 
     ``ready`` is set once the socket listens; with ``settings.port == 0`` the bound port is
-    the one advertised.
+    the one advertised. ``agent_id`` names this agent (default: a new random id).
     """
-    broker = Broker(log_, settings)
+    broker = Broker(log_, settings, agent_id)
     broker.attach(asyncio.get_running_loop())
     connections: set[asyncio.Task[None]] = set()
 
@@ -251,8 +286,9 @@ async def serve(log_: Log, settings: Settings, *, ready: asyncio.Event | None = 
         broker.port = settings.advertised_port
     await broker.cluster.join(broker.host, broker.port)
     heartbeat = asyncio.create_task(broker.cluster.heartbeat())
+    group_leases = asyncio.create_task(broker.coordination.maintain())
     sweeper = asyncio.create_task(_sweep_groups(broker))
-    retention = asyncio.create_task(_enforce_retention(log_, settings.retention_check_interval_s))
+    retention = asyncio.create_task(_storage_lifecycle(log_, settings.retention_check_interval_s))
     log.info(
         "Kafka protocol on %s:%d, advertised as %s:%d",
         settings.host,
@@ -269,7 +305,9 @@ async def serve(log_: Log, settings: Settings, *, ready: asyncio.Event | None = 
         sweeper.cancel()
         retention.cancel()
         heartbeat.cancel()
+        group_leases.cancel()
         server.close()
+        await broker.coordination.release_all()
         await broker.cluster.leave()
         for task in list(connections):
             task.cancel()

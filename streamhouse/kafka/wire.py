@@ -230,5 +230,7 @@ _ERRORS: tuple[tuple[type[BaseException], ErrorCode], ...] = (
     # it for a leader change) but hands the former to the consumer's poll; kafka-python raises it.
     (errors.CorruptSegmentError, ErrorCode.corrupt_message),
     (errors.TopicExistsError, ErrorCode.topic_already_exists),
+    (errors.OutOfOrderSequenceError, ErrorCode.out_of_order_sequence_number),
+    (errors.InvalidProducerEpochError, ErrorCode.invalid_producer_epoch),
     (errors.StorageError, ErrorCode.kafka_storage_error),
 )

@@ -26,6 +26,7 @@ from streamhouse.errors import (
     UnknownPartitionError,
     UnknownTopicError,
 )
+from streamhouse.log.compaction import CompactionReport, compact, compactor_id
 from streamhouse.log.metadata import (
     Metadata,
     PartitionOffsets,
@@ -35,11 +36,13 @@ from streamhouse.log.metadata import (
     sqlite_path,
 )
 from streamhouse.log.metadata.cache import CachedMetadata
+from streamhouse.log.metadata.leases import Lease
 from streamhouse.log.objectstore import ObjectStore, open_object_store
 from streamhouse.log.reader import FetchResult, LogReader, ObjectCache
 from streamhouse.log.records import BatchHeader, decode_batches, split_batches, verify_crc
 from streamhouse.log.retention import RetentionReport, enforce_retention
 from streamhouse.log.segment import SEGMENT_PREFIX
+from streamhouse.log.sequence_notes import delete_notes
 from streamhouse.log.topic_config import check_config_name, validate_topic_config
 from streamhouse.log.writer import LogWriter
 
@@ -91,6 +94,7 @@ class Log:
         )
         self.reader = LogReader(metadata, self.cache, fresh_offset=metadata.fresh_offset)
         self._topics: dict[str, tuple[float, TopicInfo, int]] = {}  # name -> (expiry, info, limit)
+        self.compactor = compactor_id()  # this process's name as a holder of compaction leases
 
     @classmethod
     def open(cls, settings: Settings) -> Log:
@@ -141,6 +145,7 @@ class Log:
         for key in orphans:
             self.cache.discard(key)
             self.store.delete(key)
+        delete_notes(self.store, orphans)
 
     def get_topic(self, name: str) -> TopicInfo | None:
         return self.metadata.get_topic(name)
@@ -153,6 +158,11 @@ class Log:
 
     def list_topics(self) -> list[TopicInfo]:
         return self.metadata.list_topics()
+
+    def topic_infos(self, names: Iterable[str] | None) -> list[TopicInfo]:
+        """The topics ``names`` (``None``: every topic); ``UnknownTopicError`` for one that
+        does not exist."""
+        return self.metadata.list_topics() if names is None else [self.topic(n) for n in names]
 
     def set_partitions(self, name: str, count: int) -> TopicInfo:
         try:
@@ -193,6 +203,10 @@ class Log:
         """One retention pass now (see :mod:`streamhouse.log.retention`)."""
         return enforce_retention(self, topics)
 
+    def compact(self, topics: Iterable[str] | None = None) -> CompactionReport:
+        """One compaction pass now (see :mod:`streamhouse.log.compaction`)."""
+        return compact(self, topics, holder=self.compactor)
+
     # -- produce ----------------------------------------------------------------------------
 
     def max_message_bytes(self, info: TopicInfo) -> int:
@@ -205,14 +219,16 @@ class Log:
         partition: int,
         batches: bytes | memoryview,
         split: SplitBatches | None = None,
+        fence: Lease | None = None,
     ) -> Future[int]:
         """Append client batches; the future resolves to the first batch's base offset once durable.
 
-        ``split`` is ``split_batches(batches)`` if the caller has it already.
+        ``split`` is ``split_batches(batches)`` if the caller has it already. With ``fence``
+        the batches are committed only while that lease is held (``FencedError`` otherwise).
         """
         headers = self._validate(topic, partition, batches, split)
         data = batches if isinstance(batches, bytes) else bytes(batches)
-        return self.writer.append(topic, partition, data, headers)
+        return self.writer.append(topic, partition, data, headers, fence)
 
     def append_async(
         self,

@@ -16,7 +16,7 @@
 :func:`delete_orphans` removes the orphans :func:`check` found, never an object the metadata
 names or one younger than the age bound. :func:`rebuild_metadata` writes a fresh metadata
 store from the objects' footers (topics, partitions, the segment index, offsets), keeping the
-old file aside, and says what footers cannot give back.
+old file (SQLite) or tables (PostgreSQL) aside, and says what footers cannot give back.
 
 Objects are read whole with one request each, by ``store.read_parallelism`` threads unless told
 otherwise (reads and CRC-32C release the GIL; S3 reads wait on round trips), and checksummed
@@ -25,12 +25,13 @@ in place, without copies. The index is read by one more thread meanwhile.
 
 from __future__ import annotations
 
+import bisect
 import fcntl
 import logging
 import operator
 import os
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -40,7 +41,6 @@ import crc32c
 
 from streamhouse.config import Settings
 from streamhouse.errors import (
-    ConfigError,
     CorruptSegmentError,
     ObjectNotFoundError,
     StorageError,
@@ -53,6 +53,7 @@ from streamhouse.log.segment import (
     read_footer,
     read_footer_from_store,
 )
+from streamhouse.log.sequence_notes import NOTE_PREFIX, Placement, note_key, read_notes, write_note
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +67,7 @@ __all__ = [
     "delete_orphans",
     "index_row",
     "rebuild_metadata",
+    "write_missing_notes",
 ]
 
 CHUNK_OBJECTS = 16
@@ -126,6 +128,9 @@ class FsckReport:
     partitions' high watermarks: possibly flushes on their way to their commit."""
     retiring: list[str] = field(default_factory=list)
     """Objects retention queued for deletion once their grace period has passed."""
+    unnoted: list[tuple[str, list[SegmentEntry], list[int]]] = field(default_factory=list)
+    """Objects indexed at other offsets than written that have no sequence note: (key, footer
+    entries, the base offset the index gives each); see :func:`write_missing_notes`."""
 
     @property
     def sound(self) -> bool:
@@ -204,7 +209,8 @@ def _compare(key: str, rows: list[SegmentRow], entries: list[SegmentEntry]) -> l
 
     A row and an entry are matched by partition and base offset, or else by byte position and
     checksum: the metadata store sequences offsets at commit, so a row may sit at other offsets
-    than its footer entry says the batches were written with, but it must span as many."""
+    than its footer entry says the batches were written with, but it must span as many.
+    Footer entries no row names are reported only beside rows that do not match either."""
     if sorted(map(_FIELDS, rows)) == sorted(map(_FIELDS, entries)):
         return []  # the usual case: written at the offsets the store assigned
     footer = {(e.topic, e.partition, e.base_offset): e for e in entries}
@@ -231,7 +237,9 @@ def _compare(key: str, rows: list[SegmentRow], entries: list[SegmentEntry]) -> l
                 continue
             detail = "index row vs footer: " + ", ".join(differ)
         findings.append(Finding(FindingKind.MISMATCH, key, _ranges([row]), detail))
-    if footer:
+    # Entries left over beside rows that all match are runs retention or compaction took out
+    # of the index (the object stays while its other partitions' runs are named): no finding.
+    if footer and findings:
         findings.append(
             Finding(
                 FindingKind.MISMATCH,
@@ -312,6 +320,29 @@ def _judge(
     return findings, False
 
 
+def _sequenced_elsewhere(
+    rows: list[SegmentRow], entries: list[SegmentEntry]
+) -> tuple[list[SegmentEntry], list[int]] | None:
+    """The footer entries matched to index rows (by partition, byte position and checksum)
+    and the base offset of each row, if any row sits at other offsets than its entry."""
+    by_position = {(e.topic, e.partition, e.position, e.crc): e for e in entries}
+    matched = [
+        (entry, row.base_offset)
+        for row in rows
+        if (entry := by_position.get((row.topic, row.partition, row.position, row.crc)))
+    ]
+    if all(entry.base_offset == base for entry, base in matched):
+        return None
+    return [entry for entry, _ in matched], [base for _, base in matched]
+
+
+def write_missing_notes(store: ObjectStore, report: FsckReport) -> list[str]:
+    """Write the sequence notes :func:`check` found missing (while the metadata still knows
+    where the store put those runs, e.g. a writer died between its commit and its note);
+    the keys of the objects noted."""
+    return [key for key, entries, bases in report.unnoted if write_note(store, key, entries, bases)]
+
+
 ALL_QUEUED = 1 << 62
 """A time after every object queued for deletion became unreferenced."""
 
@@ -333,6 +364,7 @@ def check(
     and one still on its way to its commit holds offsets at or past the high watermarks read.
     """
     started = time.perf_counter()
+    noted = set(store.list(NOTE_PREFIX))
     listed = store.list_info(SEGMENT_PREFIX)
     if on_start is not None:
         on_start(sum(info.size for info in listed))
@@ -373,8 +405,13 @@ def check(
                     e.base_offset >= high_watermarks.get((e.topic, e.partition), e.base_offset + 1)
                     for e in read.entries
                 )
-                found, young = _judge(read, by_key.get(read.info.key), in_flight)
+                rows = by_key.get(read.info.key)
+                found, young = _judge(read, rows, in_flight)
                 report.findings.extend(found)
+                if rows and note_key(read.info.key) not in noted:
+                    placed = _sequenced_elsewhere(rows, read.entries)
+                    if placed:
+                        report.unnoted.append((read.info.key, *placed))
                 if young:
                     report.young.append(read.info.key)
             if progress is not None:
@@ -450,7 +487,16 @@ class RebuildReport:
     """Objects with a run indexed at other offsets than written (another writer's run was
     written with the same ones)."""
     gaps: list[OffsetRange] = field(default_factory=list)
+    uncertain: dict[tuple[str, int], int] = field(default_factory=dict)
+    """(topic, partition) -> the offset from which the rebuilt offsets may differ from those
+    the store gave (runs written at the same offsets, at least one of them without a sequence
+    note saying where the store put it)."""
+    notes: int = 0
+    """Sequence notes read (runs placed at the offsets the store gave them)."""
     kept_aside: list[Path] = field(default_factory=list)
+    """SQLite: the old metadata files, renamed."""
+    kept_schema: str | None = None
+    """PostgreSQL: the schema the old metadata tables were moved to (``None``: there were none)."""
     producer_id_floor: int = 0
 
     def not_rebuilt(self) -> list[str]:
@@ -466,40 +512,57 @@ class RebuildReport:
 
 
 def _choose(
-    footers: Sequence[tuple[str, list[SegmentEntry]]], report: RebuildReport
+    footers: Sequence[tuple[str, list[SegmentEntry]]],
+    report: RebuildReport,
+    notes: Mapping[str, Placement] | None = None,
 ) -> list[SegmentRow]:
-    """Index rows of every object, with offsets dense where the footers allow.
+    """Index rows of every object, at the offsets the metadata store gave them where the
+    objects tell, with offsets dense where the footers allow.
 
     A writer never rewrites an object, but several writers may write runs of one partition
     with the same (guessed) offsets, which the metadata store then sequenced at commit; the
-    footers hold the written offsets only. So an object whose every run is a byte-identical
-    copy (offsets and checksum) of a newer object's is left out whole, and the runs of each
-    partition are taken by written offset (then object key): a run keeps its written offsets
-    unless an earlier run holds some of them, and then follows that run.
+    footers hold the written offsets, and a sequence note (``notes``: object key -> written
+    to assigned base offset per run) the assigned ones of a run whose guess was wrong. So an
+    object whose every run is a byte-identical copy (offsets and checksum) of a newer
+    object's is left out whole, and the runs of each partition are taken by assigned offset
+    (the written one where the object has no note; then object key): a run keeps those
+    offsets unless an earlier run holds some of them, and then follows that run — offsets
+    from the first run it collided with on may then differ from those acknowledged
+    (:attr:`RebuildReport.uncertain`).
     """
+    notes = notes or {}
     seen: set[tuple[str, int, int, int, int]] = set()
-    kept: list[tuple[str, SegmentEntry]] = []
+    kept: list[tuple[int, str, SegmentEntry]] = []
     for key, entries in sorted(footers, key=lambda f: f[0], reverse=True):
         runs = {(e.topic, e.partition, e.base_offset, e.last_offset, e.crc) for e in entries}
         if runs and runs <= seen:
             report.overlapping.append(key)
             continue
         seen |= runs
-        kept.extend((key, e) for e in entries)
-    kept.sort(key=lambda run: (run[1].topic, run[1].partition, run[1].base_offset, run[0]))
+        placed = notes.get(key, {})
+        kept.extend(
+            (placed.get((e.topic, e.partition, e.base_offset), e.base_offset), key, e)
+            for e in entries
+        )
+    kept.sort(key=lambda run: (run[2].topic, run[2].partition, run[0], run[1]))
     rows = []
     moved: set[str] = set()
     bounds: dict[tuple[str, int], tuple[int, int]] = {}  # (log start, high watermark)
-    for key, e in kept:
+    starts: dict[tuple[str, int], list[int]] = {}  # base offsets given so far, ascending
+    for placed, key, e in kept:
         partition = (e.topic, e.partition)
-        start, next_offset = bounds.get(partition, (e.base_offset, e.base_offset))
-        if e.base_offset > next_offset:
-            report.gaps.append(OffsetRange(e.topic, e.partition, next_offset, e.base_offset - 1))
-        base = max(e.base_offset, next_offset)
-        if base != e.base_offset:
+        start, next_offset = bounds.get(partition, (placed, placed))
+        if placed > next_offset:
+            report.gaps.append(OffsetRange(e.topic, e.partition, next_offset, placed - 1))
+        base = max(placed, next_offset)
+        if base != placed:
             moved.add(key)
+            given = starts[partition]
+            first = given[bisect.bisect_right(given, placed) - 1]  # the run holding `placed`
+            report.uncertain[partition] = min(report.uncertain.get(partition, first), first)
         last = base + e.last_offset - e.base_offset
         bounds[partition] = (start, last + 1)
+        starts.setdefault(partition, []).append(base)
         rows.append(index_row(key, e, base))
     for (topic, partition), offsets in bounds.items():
         report.offsets[(topic, partition)] = offsets
@@ -567,21 +630,22 @@ def rebuild_metadata(
     on_start: Progress | None = None,
     threads: int | None = None,
 ) -> RebuildReport:
-    """Write a fresh SQLite metadata store from the footers of every segment object in ``store``.
+    """Write a fresh metadata store from the footers of every segment object in ``store``.
 
-    The file ``settings`` names (and its ``-wal``/``-shm`` files) is renamed to
-    ``<name>.replaced-<UTC time>`` first, never deleted. Every process using the data
-    directory must be stopped. Objects with a damaged footer, and objects that claim offsets a
-    newer object holds (failed flushes written again), are reported and left unindexed.
+    SQLite: the file ``settings`` names (and its ``-wal``/``-shm`` files) is renamed to
+    ``<name>.replaced-<UTC time>`` first, never deleted. PostgreSQL: the store is built in a
+    schema of its own and swapped in, the old tables moved to ``<schema>_replaced_<UTC time>``
+    (:mod:`~streamhouse.log.metadata.postgres_rebuild`). Every process using the store must be
+    stopped. Objects with a damaged footer, and objects that claim offsets a newer object holds
+    (failed flushes written again), are reported and left unindexed.
     ``on_start(objects)`` is called once the objects are listed, ``progress(1)`` per footer.
     """
     path = sqlite_path(settings)
     if path is None:
-        raise ConfigError(
-            "fsck --rebuild-metadata writes a SQLite metadata store; rebuilding PostgreSQL"
-            " metadata is not supported yet"
-        )
-    if _in_use(path):
+        from streamhouse.log.metadata.postgres_rebuild import refuse_if_in_use
+
+        refuse_if_in_use(str(settings.metadata), agent_ttl_s=settings.agent_ttl_s)
+    elif _in_use(path):
         raise StorageError(
             f"metadata store {path} is open in another process: stop every process using"
             " this data directory (e.g. `streamhouse serve`) before rebuilding its metadata"
@@ -604,22 +668,40 @@ def rebuild_metadata(
             if progress is not None:
                 progress(1)
     report.objects = len(footers)
-    rows = _choose(footers, report)
+    notes = read_notes(store)
+    report.notes = len(notes)
+    rows = _choose(footers, report, notes)
     report.rows = len(rows)
     report.producer_id_floor = time.time_ns() // 1_000_000
+
+    def fill(metadata: Metadata) -> None:
+        for topic, partitions in sorted(report.topics.items()):
+            metadata.create_topic(topic, partitions)
+        metadata.restore_segments(rows, producer_id_floor=report.producer_id_floor)
+
+    if path is None:
+        from streamhouse.log.metadata.postgres_rebuild import rebuild_postgres_store
+
+        report.kept_schema = rebuild_postgres_store(
+            str(settings.metadata), fill, agent_ttl_s=settings.agent_ttl_s
+        )
+    else:
+        _replace_sqlite(path, fill, report)
+    log.info("rebuilt the metadata from %d object(s): %d index row(s)", report.objects, report.rows)
+    return report
+
+
+def _replace_sqlite(path: Path, fill: Callable[[Metadata], None], report: RebuildReport) -> None:
+    """Fill a fresh SQLite file beside ``path``, move ``path`` aside, and put it in its place."""
     fresh = path.with_name(f"{path.name}.rebuild-{os.getpid()}")
     _move_aside(fresh, fresh)  # a leftover of an interrupted rebuild
     from streamhouse.log.metadata.sqlite import SQLiteMetadata
 
     with SQLiteMetadata(fresh) as metadata:
-        for topic, partitions in sorted(report.topics.items()):
-            metadata.create_topic(topic, partitions)
-        metadata.restore_segments(rows, producer_id_floor=report.producer_id_floor)
+        fill(metadata)
     report.kept_aside = _move_aside(path, path)
     os.replace(fresh, path)
     _fsync_directory(path.parent)
-    log.info("rebuilt %s from %d object(s): %d index row(s)", path, report.objects, report.rows)
-    return report
 
 
 _SQLITE_SUFFIXES = ("", "-wal", "-shm", "-journal")

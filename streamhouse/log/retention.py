@@ -11,7 +11,9 @@ A pass (:func:`enforce_retention`), for every topic with ``retention.ms`` or
 2. moves the log start offset there and drops the index rows below it in one metadata
    transaction (:meth:`~streamhouse.log.metadata.Metadata.delete_records`, which DeleteRecords
    uses too); an object no row names any more is queued with the time it became unreferenced;
-3. deletes queued objects unreferenced for longer than ``settings.object_delete_delay_s``
+3. forgets the sequence state of idempotent producers that wrote nothing to a partition
+   for ``settings.producer_id_expiration_s`` (a producer back after that starts afresh);
+4. deletes queued objects unreferenced for longer than ``settings.object_delete_delay_s``
    that still no index row names: a fetch or query that read the index before step 2 finds
    its objects for that long.
 
@@ -27,6 +29,7 @@ from typing import TYPE_CHECKING
 
 from streamhouse.errors import UnknownTopicError
 from streamhouse.log.metadata.rules import now_ms
+from streamhouse.log.sequence_notes import delete_notes
 from streamhouse.log.topic_config import Retention
 
 if TYPE_CHECKING:
@@ -39,11 +42,12 @@ log = logging.getLogger(__name__)
 
 @dataclass(slots=True)
 class RetentionReport:
-    """What one pass did: ``(topic, partition) -> (old, new)`` log start offsets, and the keys
-    of the objects it deleted."""
+    """What one pass did: ``(topic, partition) -> (old, new)`` log start offsets, the keys
+    of the objects it deleted, and how many idle producer states it forgot."""
 
     advanced: dict[tuple[str, int], tuple[int, int]] = field(default_factory=dict)
     deleted_objects: list[str] = field(default_factory=list)
+    forgotten_producers: int = 0
 
 
 def retention_targets(
@@ -75,8 +79,7 @@ def enforce_retention(
     pass is passed over."""
     now = now_ms() if now is None else now
     report = RetentionReport()
-    infos = log_.metadata.list_topics() if topics is None else [log_.topic(name) for name in topics]
-    for info in infos:
+    for info in log_.topic_infos(topics):
         retention = Retention.of(info.config)
         if not retention.limited:
             continue
@@ -99,6 +102,11 @@ def enforce_retention(
                     old,
                     after[partition],
                 )
+    if topics is None:
+        expiry_ms = int(log_.settings.producer_id_expiration_s * 1000)
+        report.forgotten_producers = log_.metadata.forget_producers(now - expiry_ms)
+        if report.forgotten_producers:
+            log.info("retention: forgot %d idle producer state(s)", report.forgotten_producers)
     report.deleted_objects = delete_unreferenced_objects(log_, now=now)
     return report
 
@@ -112,6 +120,7 @@ def delete_unreferenced_objects(log_: Log, *, now: int | None = None) -> list[st
         log_.cache.discard(key)
         log_.store.delete(key)
     if keys:
+        delete_notes(log_.store, keys)
         log_.metadata.forget_objects(keys)
         log.info("retention: deleted %d unreferenced object(s)", len(keys))
     return keys

@@ -7,9 +7,12 @@ of range raises :class:`~streamhouse.errors.InvalidConfigError` (Kafka's INVALID
 
 Those the log acts on: ``max.message.bytes`` (on produce), ``retention.ms`` and
 ``retention.bytes`` (the retention pass, :mod:`streamhouse.log.retention`), ``cleanup.policy``
-(only ``delete``: ``compact`` is refused, as compaction by key is not built yet).
-``segment.ms`` is checked and stored; every flush is its own segment already, so it has no
-effect. The others are stored and reported as given.
+(``compact`` adds key compaction, :mod:`streamhouse.log.key_compaction`, with
+``min.compaction.lag.ms`` and ``delete.retention.ms``).
+``segment.ms`` and ``segment.bytes`` bound the index rows compaction merges (as do a tenth of
+``retention.ms`` and ``retention.bytes``: :func:`streamhouse.log.compaction.limits`), so
+retention keeps dropping rows at a fine grain; ``compression.type`` is the codec compaction
+recompresses to. The others are stored and reported as given.
 
 >>> validate_topic_config({"retention.ms": "3600000"})
 {'retention.ms': '3600000'}
@@ -155,13 +158,8 @@ def _problem(name: str, value: object) -> str | None:
         return f"topic config {name}={value!r} is not true or false"
     elif name == "cleanup.policy":
         policies = {p.strip() for p in value.split(",")}
-        if "compact" in policies:
-            return (
-                f"cleanup.policy={value!r} is not supported yet: StreamHouse does not compact"
-                " topics by key; only 'delete' (retention by time and size) is"
-            )
-        if policies != {"delete"}:
-            return f"cleanup.policy={value!r}: expected 'delete'"
+        if not policies or not policies <= {"delete", "compact"}:
+            return f"cleanup.policy={value!r}: expected 'delete', 'compact' or both"
     return None
 
 

@@ -12,7 +12,9 @@ it; :meth:`~streamhouse.log.metadata.Metadata.commit_segment` then indexes each 
 at that partition's high watermark in one transaction and says where. The object is never
 rewritten: where the guess was wrong (another process committed to the partition meanwhile,
 or an earlier flush failed) the index row holds the assigned offsets, the object's footer the
-written ones, and the reader re-stamps the batches by the difference. No record is decoded on
+written ones, and the reader re-stamps the batches by the difference; a sequence note
+(:mod:`~streamhouse.log.sequence_notes`) records the assigned ones in the object store before
+the flush is acknowledged. No record is decoded on
 this path. Flushes are pipelined over two threads, so that the object of one flush is written
 while the index rows of the one before are committed:
 
@@ -42,12 +44,21 @@ from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
 from itertools import count
 
-from streamhouse.errors import LogError, StorageError, StreamHouseError, UnknownPartitionError
-from streamhouse.log.metadata import Metadata
+from streamhouse.errors import (
+    LogError,
+    RefusedBatchesError,
+    StorageError,
+    StreamHouseError,
+    UnknownPartitionError,
+)
+from streamhouse.log.metadata import Metadata, ProducerBatch
+from streamhouse.log.metadata.leases import Lease
+from streamhouse.log.metadata.rules import SEQUENCE_MODULO
 from streamhouse.log.objectstore import ObjectStore
 from streamhouse.log.records import BatchHeader
 from streamhouse.log.records.header import BASE_OFFSET
 from streamhouse.log.segment import SegmentBuilder, SegmentEntry, segment_key
+from streamhouse.log.sequence_notes import write_note
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +78,7 @@ class _Append:
     future: Future[int] | asyncio.Future[int]
     loop: asyncio.AbstractEventLoop | None  # set for asyncio futures: resolved on that loop
     sequence: int = 0
+    fence: Lease | None = None  # committed only while this lease is held
 
 
 _Outcome = tuple[_Append, int, BaseException | None]
@@ -113,6 +125,15 @@ def _fail(appends: Iterable[_Append], error: BaseException) -> None:
     _settle((item, -1, error) for item in appends)
 
 
+def _same_fence(pending: list[_Append]) -> tuple[list[_Append], list[_Append]]:
+    """(the appends of the next flush, those left pending): the longest run from the first
+    pending append that shares its fence, so a flush's commit is fenced by one lease or none
+    and a refused fence fails no other producer's records."""
+    fence = pending[0].fence
+    cut = next((i for i, item in enumerate(pending) if item.fence is not fence), len(pending))
+    return pending[:cut], pending[cut:]
+
+
 @dataclass(slots=True)
 class _Flush:
     """One segment object on its way from the writer thread to the committer thread."""
@@ -123,7 +144,10 @@ class _Flush:
     data: bytes = b""
     entries: list[SegmentEntry] = field(default_factory=list)
     resolved: list[tuple[_Append, int]] = field(default_factory=list)  # tentative offsets
+    fence: Lease | None = None  # the lease every append of the flush is fenced by, if any
     assigned: dict[_Key, int] = field(default_factory=dict)  # tentative next offsets
+    producer_batches: list[ProducerBatch] = field(default_factory=list)  # idempotent ones
+    claims: list[_Append] = field(default_factory=list)  # the append of each producer batch
     error: BaseException | None = None  # the put failed
 
 
@@ -139,6 +163,7 @@ class WriterStats:
     objects_put: int = 0
     objects_committed: int = 0
     sequenced_elsewhere: int = 0
+    duplicate_batches: int = 0  # idempotent batches the store had indexed already
 
 
 class LogWriter:
@@ -166,6 +191,7 @@ class LogWriter:
         # guarded by _lock:
         self._pending: list[_Append] = []
         self._pending_bytes = 0
+        self._fenced = 0  # pending appends with a fence
         self._first_pending_at = 0.0
         self._appended = 0  # sequence number of the last append
         self._settled = 0  # every append up to this sequence number is resolved
@@ -193,10 +219,14 @@ class LogWriter:
         partition: int,
         data: bytes | memoryview,
         headers: list[tuple[int, BatchHeader]],
+        fence: Lease | None = None,
     ) -> Future[int]:
-        """Queue validated batches; the future resolves to the first batch's base offset."""
+        """Queue validated batches; the future resolves to the first batch's base offset.
+
+        With ``fence``, they are committed only while that lease is held: in a flush of
+        their own, whose commit checks the lease (``FencedError`` otherwise)."""
         future: Future[int] = Future()
-        self._queue(_Append(topic, partition, data, headers, future, None))
+        self._queue(_Append(topic, partition, data, headers, future, None, fence=fence))
         return future
 
     def append_async(
@@ -223,6 +253,7 @@ class LogWriter:
             item.sequence = self._appended
             self._pending.append(item)
             self._pending_bytes += len(item.data)
+            self._fenced += item.fence is not None
             if first or self._pending_bytes >= self._max_bytes:  # else the linger timer runs
                 self._work.notify()
 
@@ -268,8 +299,13 @@ class LogWriter:
                         return
                     else:
                         self._work.wait()
-                batch, self._pending = self._pending, []
-                self._pending_bytes = 0
+                if self._fenced:  # appends fenced by a lease go in flushes of their own
+                    batch, self._pending = _same_fence(self._pending)
+                    self._pending_bytes = sum(len(item.data) for item in self._pending)
+                    self._fenced = sum(item.fence is not None for item in self._pending)
+                else:
+                    batch, self._pending = self._pending, []
+                    self._pending_bytes = 0
             flush = self._write(batch)
             with self._lock:
                 self._handoff = flush
@@ -277,15 +313,14 @@ class LogWriter:
 
     def _write(self, appends: list[_Append]) -> _Flush:
         """Stamp, encode and put one object; failures are left for the committer to handle."""
-        flush = _Flush(appends)
+        flush = _Flush(appends, fence=appends[0].fence)
         try:
             for item in appends:
                 flush.by_partition.setdefault((item.topic, item.partition), []).append(item)
             with self._offsets_lock:
-                built = self._build(flush.by_partition)
-            if built is None:
+                self._build(flush)
+            if not flush.entries:
                 return flush
-            flush.data, flush.entries, flush.resolved, flush.assigned = built
             flush.object_key = segment_key(next(self._sequence))
             self._store.put(flush.object_key, flush.data)
             self.stats.objects_put += 1
@@ -293,34 +328,34 @@ class LogWriter:
             flush.error = exc
         return flush
 
-    def _build(
-        self, by_partition: dict[_Key, list[_Append]]
-    ) -> tuple[bytes, list[SegmentEntry], list[tuple[_Append, int]], dict[_Key, int]] | None:
-        """Stamp tentative offsets following ``_next_offsets`` and encode one segment object.
+    def _build(self, flush: _Flush) -> None:
+        """Stamp tentative offsets following ``_next_offsets`` and encode one segment object
+        into ``flush`` (its data, entries, tentative offsets and idempotent producer batches).
 
         Called with ``_offsets_lock`` held; advances ``_next_offsets`` (the committer corrects
         them by the offsets the store assigns, or forgets them if the flush fails). Appends to partitions that cannot be written
-        (unknown ones) are failed and dropped from ``by_partition``; ``None`` if nothing is
+        (unknown ones) are failed and dropped from ``by_partition``; no entries if nothing is
         left to write.
         """
         builder = SegmentBuilder()
-        assigned: dict[_Key, int] = {}
-        resolved: list[tuple[_Append, int]] = []
-        for key, items in list(by_partition.items()):
+        producers: list[tuple[_Key, int, int, BatchHeader, _Append]] = []
+        for key, items in list(flush.by_partition.items()):
             try:
                 next_offset = self._next_offset(key)
             except StreamHouseError as exc:
                 _fail(items, exc)
-                del by_partition[key]
+                del flush.by_partition[key]
                 continue
             base = next_offset
             buf = bytearray(items[0].data if len(items) == 1 else b"".join(i.data for i in items))
             position = 0
             min_ts, max_ts, records = None, None, 0
             for item in items:
-                resolved.append((item, next_offset))
+                flush.resolved.append((item, next_offset))
                 for start, header in item.headers:
                     BASE_OFFSET.pack_into(buf, position + start, next_offset)
+                    if header.producer_id >= 0:
+                        producers.append((key, base, next_offset - base, header, item))
                     next_offset += header.last_offset_delta + 1
                     records += header.record_count
                     lo, hi = header.base_timestamp, header.max_timestamp
@@ -337,12 +372,24 @@ class LogWriter:
                 max_timestamp=max_ts if max_ts is not None else -1,
                 record_count=records,
             )
-            assigned[key] = next_offset
+            flush.assigned[key] = next_offset
             self._next_offsets[key] = next_offset
-        if not assigned:
-            return None
-        data, entries = builder.build()
-        return data, entries, resolved, assigned
+        if not flush.assigned:
+            return
+        flush.data, flush.entries = builder.build()
+        entry_of = {(e.topic, e.partition): i for i, e in enumerate(flush.entries)}
+        for key, _, delta, header, item in producers:
+            flush.producer_batches.append(
+                ProducerBatch(
+                    entry_of[key],
+                    delta,
+                    header.producer_id,
+                    header.producer_epoch,
+                    header.base_sequence,
+                    (header.base_sequence + header.last_offset_delta) % SEQUENCE_MODULO,
+                )
+            )
+            flush.claims.append(item)
 
     def _next_offset(self, key: _Key) -> int:
         cached = self._next_offsets.get(key)
@@ -387,28 +434,68 @@ class LogWriter:
                 self._done.notify_all()
 
     def _commit(self, flush: _Flush) -> None:
-        """Commit one put flush; every future is resolved on return."""
-        if flush.error is not None:
-            exc = flush.error
-            log.error("flush failed: %s", exc)
-            self._forget_offsets()
-            if flush.object_key and flush.entries:
-                self._delete_orphan(flush.object_key)  # never committed
-            _fail(
-                flush.appends, exc if isinstance(exc, StreamHouseError) else StorageError(str(exc))
-            )
+        """Commit one put flush; every future is resolved on return.
+
+        A commit the store refuses for some idempotent producer batches (duplicates of batches
+        it indexed already, perhaps through another process, or out of order) was rolled back:
+        those appends are answered, and the rest of the flush is written and committed again
+        as a new object (rare: retries after a failover, or a misbehaving producer)."""
+        while True:
+            if flush.error is not None:
+                exc = flush.error
+                log.error("flush failed: %s", exc)
+                self._forget_offsets()
+                if flush.object_key and flush.entries:
+                    self._delete_orphan(flush.object_key)  # never committed
+                error = exc if isinstance(exc, StreamHouseError) else StorageError(str(exc))
+                _fail(flush.appends, error)
+                return
+            if not flush.resolved:  # every append failed at stamping
+                return
+            try:
+                bases = self._metadata.commit_segment(
+                    flush.object_key, flush.entries, flush.producer_batches, fence=flush.fence
+                )
+            except RefusedBatchesError as refused:
+                kept = self._answer_refused(flush, refused)
+                if not kept:
+                    return
+                flush = self._write(kept)
+                continue
+            except Exception as exc:
+                self._forget_offsets()
+                self._abandon(flush.object_key, exc)
+                log.error("flush of %s failed: %s", flush.object_key, exc)
+                error = exc if isinstance(exc, StreamHouseError) else StorageError(str(exc))
+                _fail((item for item, _ in flush.resolved), error)
+                return
+            self._acknowledge_commit(flush, bases)
             return
-        if not flush.resolved:  # every append failed at stamping
-            return
-        try:
-            bases = self._metadata.commit_segment(flush.object_key, flush.entries)
-        except Exception as exc:
-            self._forget_offsets()
-            self._abandon(flush.object_key, exc)
-            log.error("flush of %s failed: %s", flush.object_key, exc)
-            error = exc if isinstance(exc, StreamHouseError) else StorageError(str(exc))
-            _fail((item for item, _ in flush.resolved), error)
-            return
+
+    def _answer_refused(self, flush: _Flush, refused: RefusedBatchesError) -> list[_Append]:
+        """Answer the appends whose batches a (rolled back) commit refused: a duplicate with
+        the offset its first copy got, the others with their error; the appends left."""
+        self._delete_orphan(flush.object_key)  # rolled back: no index row names it
+        self._forget_offsets()
+        answered: dict[int, _Outcome] = {}
+        for index, verdict in sorted(refused.verdicts.items()):
+            item = flush.claims[index]
+            if id(item) in answered:
+                continue
+            if isinstance(verdict, int):
+                self.stats.duplicate_batches += 1
+                log.info(
+                    "%s/%d: duplicate batch, indexed at %d", item.topic, item.partition, verdict
+                )
+                answered[id(item)] = (item, verdict, None)
+            else:
+                log.info("%s/%d: %s", item.topic, item.partition, verdict)
+                answered[id(item)] = (item, -1, verdict)
+        _settle(answered.values())
+        return [item for item, _ in flush.resolved if id(item) not in answered]
+
+    def _acknowledge_commit(self, flush: _Flush, bases: list[int]) -> None:
+        """Resolve a committed flush's appends with the offsets the store gave its entries."""
         shift = {
             (e.topic, e.partition): base - e.base_offset
             for e, base in zip(flush.entries, bases, strict=True)
@@ -419,6 +506,9 @@ class LogWriter:
             log.debug(
                 "segment %s indexed at other offsets than written: %s", flush.object_key, shift
             )
+            # Before acknowledging: a rebuild of lost metadata must find the offsets the
+            # producers are told, and the footer holds the written ones only.
+            write_note(self._store, flush.object_key, flush.entries, bases)
             with self._offsets_lock:  # guess on from the assigned offsets, unless a later
                 # flush was stamped already (its own commit corrects the guess then)
                 for key, delta in shift.items():

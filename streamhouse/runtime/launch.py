@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from sqlglot import exp
 
 from streamhouse.errors import SqlError
 from streamhouse.log.metadata import CatalogEntry
+from streamhouse.log.metadata.leases import Lease
 from streamhouse.runtime.options import QueryOptions, set_options
 from streamhouse.runtime.query import ContinuousQuery
 from streamhouse.sql.declarations import created_name, declaration_difference
@@ -91,56 +93,86 @@ def _declare(engine: Engine, statement: exp.Expr, source: str) -> None:
     engine.statement(statement)
 
 
+@dataclass(frozen=True)
+class QueryFile:
+    """A query file (or text) read and parsed: its SET options, its DDL statements, its one
+    continuous statement and the name the query runs under."""
+
+    source: str  # how messages name it
+    settings: dict[str, Any]
+    declarations: list[exp.Expr]
+    statement: exp.Expr
+    name: str
+
+    @classmethod
+    def read(cls, sql_or_path: str | Path, name: str | None = None) -> QueryFile:
+        """Parse ``sql_or_path``: ``SqlError`` unless it holds exactly one continuous statement."""
+        text, default_name = read_source(sql_or_path)
+        source = f"query file {sql_or_path}" if default_name is not None else "query"
+        settings: dict[str, Any] = {}
+        continuous: list[exp.Expr] = []
+        declarations: list[exp.Expr] = []
+        for statement in parse(text):
+            if isinstance(statement, exp.Set):
+                settings.update(set_options(statement))
+            elif isinstance(statement, exp.Insert | exp.Query) or is_materialized_view(statement):
+                continuous.append(statement)
+            else:
+                declarations.append(statement)
+        if len(continuous) != 1:
+            where = continuous[1] if len(continuous) > 1 else None
+            if where is None:
+                raise SqlError(
+                    "no continuous statement (SELECT, INSERT INTO or CREATE MATERIALIZED VIEW)"
+                    " found"
+                )
+            raise sql_error("a query file holds one continuous statement", where)
+        statement = continuous[0]
+        if is_materialized_view(statement):
+            name = name or statement.this.name
+        name = _NAME.sub("_", name or default_name or "query")
+        return cls(source, settings, declarations, statement, name)
+
+
 def start_query(
     engine: Engine,
-    sql_or_path: str | Path,
+    sql_or_path: str | Path | QueryFile,
     *,
     name: str | None = None,
     state_root: Path,
     options: dict[str, Any] | None = None,
     on_results: Callable[[pa.Table], None] | None = None,
     start: bool = True,
+    fence: Lease | None = None,
 ) -> ContinuousQuery:
-    """Run the DDL and SET lines of ``sql_or_path``, then start its continuous statement."""
-    text, default_name = read_source(sql_or_path)
-    source = f"query file {sql_or_path}" if default_name is not None else "query"
-    statements = parse(text)
-    settings: dict[str, Any] = {}
-    continuous: list[exp.Expr] = []
-    for statement in statements:
-        if isinstance(statement, exp.Set):
-            settings.update(set_options(statement))
-        elif isinstance(statement, exp.Insert | exp.Query) or is_materialized_view(statement):
-            continuous.append(statement)
-        else:
-            _declare(engine, statement, source)
-    if len(continuous) != 1:
-        where = continuous[1] if len(continuous) > 1 else None
-        if where is None:
-            raise SqlError(
-                "no continuous statement (SELECT, INSERT INTO or CREATE MATERIALIZED VIEW) found"
-            )
-        raise sql_error("a query file holds one continuous statement", where)
-    statement = continuous[0]
+    """Run the DDL and SET lines of ``sql_or_path``, then start its continuous statement.
+
+    With ``fence`` (the query's lease), the query restores the checkpoint recorded under it
+    and writes only while it is held."""
+    query_file = (
+        sql_or_path if isinstance(sql_or_path, QueryFile) else QueryFile.read(sql_or_path, name)
+    )
+    source = query_file.source
+    for declaration in query_file.declarations:
+        _declare(engine, declaration, source)
+    statement = query_file.statement
     if is_materialized_view(statement):
         view = statement.this.name
-        name = name or view
         existing = engine.log.metadata.get_catalog(view)
         if existing is None:
             engine.log.metadata.put_catalog(view, "view", statement.sql(dialect=DIALECT))
         else:
             _check_same(existing, statement, source)
-    name = name or default_name or "query"
-    name = _NAME.sub("_", name)
-    query_options = QueryOptions().with_options({**settings, **(options or {})})
+    query_options = QueryOptions().with_options({**query_file.settings, **(options or {})})
     query = ContinuousQuery(
         engine.log,
         engine._resolve,
         statement,
-        name,
-        state_root / name,
+        query_file.name,
+        state_root / query_file.name,
         query_options,
         on_results=on_results,
+        fence=fence,
     )
     if start:
         query.start()

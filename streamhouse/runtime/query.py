@@ -35,8 +35,9 @@ from typing import Any
 import pyarrow as pa
 from sqlglot import exp
 
-from streamhouse.errors import SqlError, StreamHouseError
+from streamhouse.errors import FencedError, SqlError, StreamHouseError
 from streamhouse.log import Log
+from streamhouse.log.metadata.leases import Lease
 from streamhouse.log.records import Compression, build_batch
 from streamhouse.runtime.operator import Changelog, MicroBatch
 from streamhouse.runtime.operators import checks, open_operator
@@ -55,7 +56,7 @@ from streamhouse.sql.parse import DIALECT, node_position, parse
 from streamhouse.sql.plan import ContinuousPlan, plan_query
 from streamhouse.sql.plan_checks import check_columns
 from streamhouse.sql.source import METADATA_FIELDS, RejectedRow
-from streamhouse.state.remote import download_checkpoint, upload_checkpoint
+from streamhouse.state.remote import LeasedCheckpoints, download_checkpoint, upload_checkpoint
 from streamhouse.state.store import (
     ColumnFamily,
     ScopedBatch,
@@ -101,9 +102,11 @@ class ContinuousQuery:
         state_dir: Path,
         options: QueryOptions | None = None,
         on_results: Callable[[pa.Table], None] | None = None,
+        fence: Lease | None = None,
     ) -> None:
         self.log = log_
         self.name = name
+        self.fence = fence  # the lease every write of the query is fenced by (serve agents)
         # views and CTEs inlined, filtering subqueries merged: the query over the streams
         statement = inline(statement, catalog_views(resolve))
         self.statement = statement
@@ -126,7 +129,14 @@ class ContinuousQuery:
         self._on_results = on_results
         self._results: deque[pa.RecordBatch] = deque()
         self._results_ready = threading.Condition()
-        if self.options.checkpoint_object_store and not _has_state(state_dir):
+        self.checkpoints = (
+            LeasedCheckpoints(self.log.store, self.log.metadata, name, fence)
+            if fence is not None
+            else None
+        )
+        if self.checkpoints is not None:
+            self.checkpoints.restore(state_dir)
+        elif self.options.checkpoint_object_store and not _has_state(state_dir):
             if state_dir.exists():
                 state_dir.rmdir()
             download_checkpoint(self.log.store, name, state_dir)
@@ -146,7 +156,9 @@ class ContinuousQuery:
         if self.plan.sink_kind == "topic" and self.plan.sink:
             if self.log.get_topic(self.plan.sink) is None:
                 self.log.create_topic(self.plan.sink, 1)
-            self.sink = TopicSink(self.log, self.plan.sink, self.plan.operator.key_columns)
+            self.sink = TopicSink(
+                self.log, self.plan.sink, self.plan.operator.key_columns, fence=fence
+            )
         self.dead_letter_topic = self.options.dead_letter_topic or f"{name}.dlq"
         counters = self.store.get_json(COUNTERS) or {}
         self.rows_in = int(counters.get("rows_in", 0))
@@ -290,6 +302,16 @@ class ContinuousQuery:
                 stored = self.store.get_int(partition_key(SINK, p))
                 self.sink_marks[p] = stored if stored is not None else hw
 
+    def _positions(self) -> dict[str, dict[int, int]]:
+        """The next offset to read of each source partition, by topic (the lowest where two
+        sources read one topic)."""
+        positions: dict[str, dict[int, int]] = {}
+        for source in self.sources.values():
+            known = positions.setdefault(source.topic, {})
+            for p, offset in source.positions.items():
+                known[p] = min(offset, known.get(p, offset))
+        return positions
+
     def _on_commit(self, topic: str, partition: int, high_watermark: int) -> None:
         if any(topic == s.topic for s in self.sources.values()):
             self._wake.set()
@@ -309,6 +331,10 @@ class ContinuousQuery:
         while not self._stop.is_set():
             try:
                 progressed = self.step()
+            except FencedError as exc:  # another agent runs it now: this one wrote nothing
+                log.warning("query %s stopped: %s", self.name, exc)
+                self.error = exc
+                break
             except BaseException as exc:  # the query stops; the server and other queries go on
                 log.exception("query %s failed", self.name)
                 self.error = exc
@@ -318,8 +344,10 @@ class ContinuousQuery:
                 self._wake.clear()
         log.info("query %s stopped", self.name)
 
-    def stop(self) -> None:
-        """Stop after the current micro-batch is committed, and release the state."""
+    def stop(self, checkpoint: bool = True) -> None:
+        """Stop after the current micro-batch is committed, and release the state; a last
+        checkpoint goes to the object store if it is used (unless not ``checkpoint``: the
+        query's lease was lost)."""
         already = self._stop.is_set()
         self._stop.set()
         self._wake.set()
@@ -328,9 +356,15 @@ class ContinuousQuery:
         with self._step_lock:
             if not already:
                 self._closed = True
-                if self.options.checkpoint_object_store:
-                    upload_checkpoint(self.store, self.log.store, self.name)
-                self.store.close()
+                try:
+                    if self.checkpoints is not None and checkpoint and self.error is None:
+                        self.checkpoints.publish(self.store, self._positions())
+                    elif self.options.checkpoint_object_store:
+                        upload_checkpoint(self.store, self.log.store, self.name)
+                except FencedError as exc:
+                    log.warning("query %s: no last checkpoint: %s", self.name, exc)
+                finally:
+                    self.store.close()
         with self._results_ready:
             self._results_ready.notify_all()
 
@@ -425,6 +459,9 @@ class ContinuousQuery:
                     intent.put_int(partition_key(SINK, p), hw)
                 self.store.commit(intent)
                 del intent
+                if self.checkpoints is not None:  # the agent taking over replays this batch
+                    self.checkpoints.publish(self.store, self._positions())
+                    self._uploaded_at = time.monotonic()
             empty = pa.table({})
             marks_after = self.sink.write(
                 outputs if outputs is not None else empty, self.sink_marks, tombstones
@@ -488,11 +525,13 @@ class ContinuousQuery:
         self.batches += 1
         if outputs is not None and outputs.num_rows:
             self._deliver(outputs)
-        if (
-            self.options.checkpoint_object_store
-            and time.monotonic() - self._uploaded_at >= self.options.checkpoint_interval_ms / 1000
+        if (self.checkpoints is not None or self.options.checkpoint_object_store) and (
+            time.monotonic() - self._uploaded_at >= self.options.checkpoint_interval_ms / 1000
         ):
-            upload_checkpoint(self.store, self.log.store, self.name)
+            if self.checkpoints is not None:
+                self.checkpoints.publish(self.store, self._positions())
+            else:
+                upload_checkpoint(self.store, self.log.store, self.name)
             self._uploaded_at = time.monotonic()
         return True
 
@@ -565,7 +604,7 @@ class ContinuousQuery:
             headers,
             compression=Compression.LZ4,
         )
-        self.log.append(self.dead_letter_topic, 0, batch).result()
+        self.log.append(self.dead_letter_topic, 0, batch, fence=self.fence).result()
         log.warning(
             "query %s: %d row(s) did not parse and went to %s",
             self.name,
@@ -583,7 +622,8 @@ class ContinuousQuery:
         values, _ = encode_rows(
             late.drop_columns([c for c in late.column_names if c.startswith("_")]), []
         )
-        self.log.append(topic, 0, build_batch(values, compression=Compression.LZ4)).result()
+        batch = build_batch(values, compression=Compression.LZ4)
+        self.log.append(topic, 0, batch, fence=self.fence).result()
 
     # -- results ------------------------------------------------------------------------------
 

@@ -5,6 +5,9 @@ written as ``YYYY-MM-DD HH:MM:SS[.fff]``, which StreamHouse, Flink's JSON format
 read. Records are keyed by the query's group keys (one key: its text; several: a JSON object) and
 go to the partition Kafka's default partitioner picks for the key.
 
+A sink with a fence (a query of ``serve`` agents, held by a lease) writes only while the lease
+is held: each append is committed in a transaction that checks it (``FencedError`` otherwise).
+
 Exactly once: the query remembers, per sink partition, the high watermark its last committed
 micro-batch left. A micro-batch replayed after a crash produces the same rows in the same
 order, so the records already in the partition past that mark are exactly the first ones of the
@@ -23,6 +26,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from streamhouse.log import Log
+from streamhouse.log.metadata.leases import Lease
 from streamhouse.log.partitioner import partition_for_key
 from streamhouse.log.records import Compression, build_batch
 
@@ -140,13 +144,21 @@ def encode_columns(table: pa.Table, key_columns: list[str]) -> tuple[pa.Array, p
 class TopicSink:
     """Appends a query's rows to a topic, skipping rows a crashed attempt already wrote."""
 
-    def __init__(self, log_: Log, topic: str, key_columns: list[str]) -> None:
+    def __init__(
+        self, log_: Log, topic: str, key_columns: list[str], fence: Lease | None = None
+    ) -> None:
         self.log = log_
         self.topic = topic
         self.key_columns = key_columns
+        self.fence = fence
 
     def high_watermarks(self) -> dict[int, int]:
-        offsets = self.log.metadata.partition_offsets(self.topic)
+        """Each partition's high watermark; with a fence read from the store itself, since
+        another agent that ran the query before may have written a moment ago (a cache hears
+        of it through the commit feed, later)."""
+        metadata = self.log.metadata
+        store = metadata if self.fence is None else metadata.inner
+        offsets = store.partition_offsets(self.topic)
         return {p: o.high_watermark for p, o in offsets.items()}
 
     def write(
@@ -211,7 +223,8 @@ class TopicSink:
                         compression=Compression.LZ4,
                     )
                 )
-            futures.append(self.log.append(self.topic, partition, b"".join(batches)))
+            data = b"".join(batches)
+            futures.append(self.log.append(self.topic, partition, data, fence=self.fence))
         for future in futures:
             future.result()
         return self.high_watermarks()

@@ -25,7 +25,9 @@ from streamhouse.errors import ConfigError, LogError
 
 if TYPE_CHECKING:
     from streamhouse.config import Settings
+    from streamhouse.log.metadata.checkpoints import QueryCheckpoint
     from streamhouse.log.metadata.leases import Lease
+    from streamhouse.log.metadata.swaps import SegmentSwap, SwapOutcome
 
 __all__ = [
     "CATALOG_KINDS",
@@ -36,6 +38,7 @@ __all__ = [
     "GroupOffset",
     "Metadata",
     "PartitionOffsets",
+    "ProducerBatch",
     "SegmentEntryLike",
     "SegmentRow",
     "TopicInfo",
@@ -151,6 +154,21 @@ class SegmentEntryLike(Protocol):
     def crc(self) -> int: ...
 
 
+@dataclass(frozen=True, slots=True)
+class ProducerBatch:
+    """A batch of an idempotent producer inside a segment commit: it lies in entry number
+    ``entry`` of the commit, ``delta`` offsets after the entry's first, and holds sequence
+    numbers ``first_sequence`` to ``last_sequence`` (modulo 2**31) of that producer on the
+    entry's partition."""
+
+    entry: int
+    delta: int
+    producer_id: int
+    producer_epoch: int
+    first_sequence: int
+    last_sequence: int
+
+
 Commit = tuple[str, int, int, int]
 """(topic, partition, log start offset, high watermark) after a commit or a ``delete_records``;
 the log start is -1 where it did not change (a commit)."""
@@ -207,14 +225,29 @@ class Metadata(Protocol):
         has); ``UnknownTopicError``/``UnknownPartitionError``."""
         ...
 
-    def commit_segment(self, object_key: str, entries: Sequence[SegmentEntryLike]) -> list[int]:
+    def commit_segment(
+        self,
+        object_key: str,
+        entries: Sequence[SegmentEntryLike],
+        producer_batches: Sequence[ProducerBatch] = (),
+        *,
+        fence: Lease | None = None,
+    ) -> list[int]:
         """Index ``entries`` of one object and advance each high watermark, all or nothing.
+
+        With ``fence``, only while that lease is held, checked in the same transaction:
+        ``FencedError`` and nothing indexed otherwise.
 
         The store sequences offsets: each entry is indexed at its partition's high watermark
         (entries of one partition one after the other), whatever base offset it was written
         with; returns the base offset assigned to each entry, in order. Several writers
         committing to one partition are serialized, never refused.
-        ``UnknownTopicError``/``UnknownPartitionError`` for unknown partitions."""
+        ``UnknownTopicError``/``UnknownPartitionError`` for unknown partitions.
+
+        ``producer_batches`` are checked against the sequence state of their producers in the
+        same transaction (see ``rules.check_producer_batches``), which they then advance; if
+        any is a duplicate or out of order, nothing is committed and
+        ``RefusedBatchesError`` says which."""
         ...
 
     def is_indexed(self, object_key: str) -> bool:
@@ -271,10 +304,26 @@ class Metadata(Protocol):
         """Remove ``keys`` from the deletion queue (their objects are gone)."""
         ...
 
+    def forget_producers(self, idle_before_ms: int) -> int:
+        """Forget the sequence state of producers on partitions they last wrote to before
+        ``idle_before_ms`` (as Kafka's ``producer.id.expiration.ms``); how many states."""
+        ...
+
+    def replace_segments(self, swap: SegmentSwap, lease: Lease) -> SwapOutcome:
+        """Replace the index rows ``swap.old`` by ``swap.new`` in one transaction, if ``lease``
+        is still held and the rows are all still there; old objects no row names any more are
+        queued (see :mod:`~streamhouse.log.metadata.swaps`)."""
+        ...
+
     def commit_group_offsets(
-        self, group: str, offsets: Mapping[tuple[str, int], tuple[int, str]]
+        self,
+        group: str,
+        offsets: Mapping[tuple[str, int], tuple[int, str]],
+        lease: Lease | None = None,
     ) -> None:
-        """Store ``(topic, partition) -> (offset, metadata)`` for ``group`` in one transaction."""
+        """Store ``(topic, partition) -> (offset, metadata)`` for ``group`` in one transaction;
+        with ``lease`` (the group coordinator's), only while it still holds it: else nothing
+        is stored and ``LeaseLostError`` is raised (a coordinator paused past its lease)."""
         ...
 
     def group_offsets(self, group: str) -> dict[tuple[str, int], GroupOffset]:
@@ -349,6 +398,20 @@ class Metadata(Protocol):
 
     def list_leases(self, prefix: str = "") -> list[Lease]:
         """Every lease whose name starts with ``prefix``, live or expired, by name."""
+        ...
+
+    def record_query_checkpoint(self, lease: Lease, checkpoint: QueryCheckpoint) -> None:
+        """Record ``checkpoint`` as the one its query resumes from, at ``lease``'s epoch,
+        only while ``lease`` is held (``FencedError`` otherwise). See
+        :mod:`~streamhouse.log.metadata.checkpoints`."""
+        ...
+
+    def list_query_checkpoints(self) -> list[QueryCheckpoint]:
+        """Every query's recorded checkpoint, by query name."""
+        ...
+
+    def query_checkpoint(self, query: str) -> str | None:
+        """The id of the checkpoint ``query`` resumes from, ``None`` before its first."""
         ...
 
     def commit_feed(

@@ -48,11 +48,14 @@ from streamhouse.log.metadata import (
     GroupOffset,
     Metadata,
     PartitionOffsets,
+    ProducerBatch,
     SegmentEntryLike,
     SegmentRow,
     TopicInfo,
 )
+from streamhouse.log.metadata.checkpoints import QueryCheckpoint
 from streamhouse.log.metadata.leases import Lease
+from streamhouse.log.metadata.swaps import SegmentSwap, SwapOutcome
 
 logger = logging.getLogger(__name__)
 
@@ -83,6 +86,11 @@ class _Index:
     def extend(self, rows: Sequence[SegmentRow]) -> None:
         for row in rows:  # rows of a partition never overlap
             if row.last_offset >= self.end:
+                if row.base_offset < self.end:
+                    # Compaction elsewhere replaced rows held here by one reaching past them:
+                    # it holds their offsets too, so it takes their place.
+                    del self.rows[bisect.bisect_left(self.bases, row.base_offset) :]
+                    del self.bases[len(self.rows) :]
                 self.rows.append(row)
                 self.bases.append(row.base_offset)
 
@@ -312,9 +320,16 @@ class CachedMetadata:
 
     # -- the segment index ---------------------------------------------------------------------
 
-    def commit_segment(self, object_key: str, entries: Sequence[SegmentEntryLike]) -> list[int]:
+    def commit_segment(
+        self,
+        object_key: str,
+        entries: Sequence[SegmentEntryLike],
+        producer_batches: Sequence[ProducerBatch] = (),
+        *,
+        fence: Lease | None = None,
+    ) -> list[int]:
         entries = list(entries)
-        bases = self.inner.commit_segment(object_key, entries)
+        bases = self.inner.commit_segment(object_key, entries, producer_batches, fence=fence)
         with self._lock:
             for entry, base in zip(entries, bases, strict=True):
                 key = (entry.topic, entry.partition)
@@ -393,6 +408,15 @@ class CachedMetadata:
         finally:
             self._forget_topic(topic)  # log starts moved, index rows dropped
 
+    def replace_segments(self, swap: SegmentSwap, lease: Lease) -> SwapOutcome:
+        key = (swap.new.topic, swap.new.partition)
+        try:
+            return self.inner.replace_segments(swap, lease)
+        finally:
+            with self._lock:  # the partition's rows changed: read them afresh
+                index = self._indexes.pop(key, None)
+                self._rows -= len(index.rows) if index is not None else 0
+
     def oldest_row_within_bytes(self, topic: str, partition: int, max_bytes: int) -> int | None:
         return self.inner.oldest_row_within_bytes(topic, partition, max_bytes)
 
@@ -400,7 +424,15 @@ class CachedMetadata:
         return self.inner.due_objects(unreferenced_before_ms)
 
     def forget_objects(self, keys: Sequence[str]) -> None:
-        self.inner.forget_objects(keys)
+        try:
+            self.inner.forget_objects(keys)
+        finally:
+            with self._lock:  # cached rows may name the deleted objects (rows another
+                self._indexes.clear()  # process's compaction replaced): read them afresh
+                self._rows = 0
+
+    def forget_producers(self, idle_before_ms: int) -> int:
+        return self.inner.forget_producers(idle_before_ms)
 
     def segment_for_timestamp(
         self, topic: str, partition: int, timestamp_ms: int
@@ -410,9 +442,12 @@ class CachedMetadata:
     # -- passed through ------------------------------------------------------------------------
 
     def commit_group_offsets(
-        self, group: str, offsets: Mapping[tuple[str, int], tuple[int, str]]
+        self,
+        group: str,
+        offsets: Mapping[tuple[str, int], tuple[int, str]],
+        lease: Lease | None = None,
     ) -> None:
-        self.inner.commit_group_offsets(group, offsets)
+        self.inner.commit_group_offsets(group, offsets, lease)
 
     def group_offsets(self, group: str) -> dict[tuple[str, int], GroupOffset]:
         return self.inner.group_offsets(group)
@@ -466,6 +501,15 @@ class CachedMetadata:
 
     def list_leases(self, prefix: str = "") -> list[Lease]:
         return self.inner.list_leases(prefix)
+
+    def record_query_checkpoint(self, lease: Lease, checkpoint: QueryCheckpoint) -> None:
+        self.inner.record_query_checkpoint(lease, checkpoint)
+
+    def list_query_checkpoints(self) -> list[QueryCheckpoint]:
+        return self.inner.list_query_checkpoints()
+
+    def query_checkpoint(self, query: str) -> str | None:
+        return self.inner.query_checkpoint(query)
 
     def close(self) -> None:
         if self._feed is not None:

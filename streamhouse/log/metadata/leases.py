@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from streamhouse.errors import FencedError
 from streamhouse.log.metadata.migrations import Dialect
 
 
@@ -65,6 +66,33 @@ HOLDS = (
 )
 """A row when ``holder`` still holds ``name`` at ``epoch``: run it inside a write transaction
 to fence the write (commit it only when a row came back). Parameters: name, holder, epoch."""
+
+_SHARE_LOCKING = {"postgresql": " FOR SHARE"}
+
+
+def fence(dialect: Dialect) -> str:
+    """:data:`HOLDS` in ``dialect``, locking the lease row where the store would otherwise let a
+    takeover commit between this check and the fenced transaction's ``COMMIT``.
+
+    PostgreSQL: ``FOR SHARE`` makes :data:`ACQUIRE` wait for the fenced transaction, so a new
+    holder that reads what the old one wrote reads all of it. SQLite serializes write
+    transactions already (``BEGIN IMMEDIATE``).
+    """
+    return sql(HOLDS, dialect) + _SHARE_LOCKING.get(dialect.name, "")
+
+
+def fence_params(lease: Lease) -> tuple[str, str, int]:
+    """The parameters of :func:`fence` (and :data:`HOLDS`) for ``lease``."""
+    return lease.name, lease.holder, lease.epoch
+
+
+def refused(lease: Lease, what: str) -> FencedError:
+    """The error of a write refused because ``lease`` is no longer held."""
+    return FencedError(
+        f"{what} refused: lease {lease.name!r} at epoch {lease.epoch} is no longer held by"
+        f" {lease.holder} (it expired or was taken over)"
+    )
+
 
 LIST = (
     "SELECT name, holder, epoch, expires_ms - {now} FROM leases"

@@ -28,6 +28,13 @@ Tables (one row per ...):
   and readers drop it once its heartbeat is older than the TTL.
 - ``leases``: named work one agent does at a time (``leases.py``): its holder, fencing
   ``epoch`` and expiry in store-clock milliseconds.
+- ``producer_sequences``: idempotent producer on a partition, keyed by (topic, partition_id,
+  producer_id): its epoch, the last sequence number indexed, and its last five batches as
+  ``first:last:base_offset`` items joined by ``,`` (oldest first), checked and written by
+  every segment commit that holds a batch of it.
+- ``query_checkpoints``: continuous query (``query_name``): the checkpoint in the object store
+  it resumes from (``checkpoints.py``), recorded under its lease's fencing ``epoch``, with the
+  source offsets it holds (a JSON object: topic -> partition -> offset).
 """
 
 from __future__ import annotations
@@ -149,6 +156,33 @@ MIGRATIONS: tuple[Migration, ...] = (
             " expires_ms BIGINT NOT NULL)",
         ),
     ),
+    Migration(
+        5,
+        "producer sequences",
+        (
+            "CREATE TABLE producer_sequences ("
+            " topic TEXT NOT NULL,"
+            " partition_id INTEGER NOT NULL,"
+            " producer_id BIGINT NOT NULL,"
+            " producer_epoch INTEGER NOT NULL,"
+            " last_sequence BIGINT NOT NULL,"
+            " recent_batches TEXT NOT NULL,"
+            " updated_ms BIGINT NOT NULL,"
+            " PRIMARY KEY (topic, partition_id, producer_id))",
+        ),
+    ),
+    Migration(
+        6,
+        "query checkpoints",
+        (
+            "CREATE TABLE query_checkpoints ("
+            " query_name TEXT PRIMARY KEY,"
+            " checkpoint_id TEXT NOT NULL,"
+            " epoch BIGINT NOT NULL,"
+            " positions TEXT NOT NULL,"
+            " written_ms BIGINT NOT NULL)",
+        ),
+    ),
 )
 """Every migration, ascending by version with no gaps."""
 
@@ -163,12 +197,27 @@ class Dialect:
     store's wall clock in milliseconds, as SQL; ``serialize`` runs
     first in the migration transaction so that two processes opening one fresh store at once
     apply each migration once (SQLite's ``BEGIN IMMEDIATE`` does that by itself).
+    ``byte_order`` follows a text column to sort it byte by byte whatever the database's locale
+    (SQLite always does); ``for_update`` follows a ``SELECT`` whose rows a write transaction
+    locks (a SQLite write transaction locks the whole file from its ``BEGIN IMMEDIATE``);
+    ``index_hints`` says whether the planner takes ``INDEXED BY`` (see :meth:`indexed_by`).
     """
 
     name: str
     param: str
     now_ms: str
     serialize: tuple[str, ...] = ()
+    byte_order: str = ""
+    for_update: str = ""
+    index_hints: bool = False
+
+    def indexed_by(self, index: str) -> str:
+        """The clause that makes the planner read through ``index``, where it takes one.
+
+        >>> SQLITE.indexed_by("segments_by_last_offset"), POSTGRESQL.indexed_by("x")
+        (' INDEXED BY segments_by_last_offset', '')
+        """
+        return f" INDEXED BY {index}" if self.index_hints else ""
 
     def sql(self, text: str) -> str:
         """``text`` with its ``?`` placeholders in this dialect's style.
@@ -179,13 +228,21 @@ class Dialect:
         return text if self.param == "?" else text.replace("?", self.param)
 
 
-SQLITE = Dialect("sqlite", "?", "CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER)")
+SQLITE = Dialect(
+    "sqlite",
+    "?",
+    "CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER)",
+    index_hints=True,
+)
 POSTGRESQL = Dialect(
     "postgresql",
     "%s",
     "(extract(epoch FROM clock_timestamp()) * 1000)::bigint",
     # One lock for every schema of the database: migrations are rare and short.
     serialize=("SELECT pg_advisory_xact_lock(7387617889248309554)",),
+    # Byte order, as SQLite sorts text: "sorted by name" must not depend on the locale.
+    byte_order=' COLLATE "C"',
+    for_update=" FOR UPDATE",
 )
 
 

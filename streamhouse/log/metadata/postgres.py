@@ -16,15 +16,13 @@ Every ``psycopg.Error`` surfaces as :class:`~streamhouse.errors.StorageError` na
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import select
 import threading
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager, suppress
-from types import TracebackType
+from contextlib import AbstractContextManager, contextmanager, suppress
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
@@ -32,45 +30,50 @@ from psycopg.pq import TransactionStatus
 from psycopg_pool import ConnectionPool
 
 from streamhouse.errors import (
-    LogError,
+    LeaseLostError,
     SqlError,
     StorageError,
     TopicExistsError,
-    UnknownPartitionError,
     UnknownTopicError,
 )
 from streamhouse.log.metadata import (
     AgentInfo,
     CatalogEntry,
     Commit,
-    GroupOffset,
-    PartitionOffsets,
+    ProducerBatch,
     SegmentEntryLike,
     SegmentRow,
     TopicInfo,
+    checkpoints,
     leases,
     validate_topic_name,
 )
+from streamhouse.log.metadata.checkpoints import QueryCheckpoint
 from streamhouse.log.metadata.feed import FeedThread
 from streamhouse.log.metadata.leases import Lease
 from streamhouse.log.metadata.migrations import POSTGRESQL, migrate
 from streamhouse.log.metadata.rules import (
-    DUE_OBJECTS,
+    FORGET_PRODUCERS,
     MARK_UNREFERENCED,
-    OLDEST_ROW_WITHIN_BYTES,
+    PRODUCER_COLUMNS,
+    PRODUCER_UPSERT,
     SEGMENT_INSERT_COLUMNS,
-    SEGMENT_SELECT_COLUMNS,
+    ProducerState,
     SegmentCommit,
-    changed_config,
     check_catalog_entry,
     check_partition_count,
+    check_producer_batches,
     config_json,
     now_ms,
     plan_delete_records,
     plan_restore,
     plan_segment_commit,
+    producer_keys,
+    producer_rows,
     topic_config,
 )
+from streamhouse.log.metadata.sqlstore import TOPIC_COLUMNS, SqlMetadata
+from streamhouse.log.metadata.swaps import SegmentSwap, SwapOutcome, swap_segments
 
 logger = logging.getLogger(__name__)
 
@@ -94,6 +97,17 @@ _INSERT_SEGMENTS = (
     " SELECT * FROM unnest(%s::text[], %s::integer[], %s::bigint[], %s::bigint[],"
     " %s::text[], %s::bigint[], %s::bigint[], %s::bigint[], %s::bigint[],"
     " %s::bigint[], %s::bigint[], %s::bigint[])"
+)
+_READ_PRODUCERS = (
+    "SELECT s.topic, s.partition_id, s.producer_id, s.producer_epoch, s.last_sequence,"
+    " s.recent_batches FROM producer_sequences AS s"
+    " JOIN unnest(%s::text[], %s::integer[], %s::bigint[]) AS k (topic, partition_id, producer_id)"
+    " ON s.topic = k.topic AND s.partition_id = k.partition_id AND s.producer_id = k.producer_id"
+)
+_WRITE_PRODUCERS = (
+    f"INSERT INTO producer_sequences ({PRODUCER_COLUMNS})"
+    " SELECT * FROM unnest(%s::text[], %s::integer[], %s::bigint[], %s::integer[],"
+    f" %s::bigint[], %s::text[], %s::bigint[]){PRODUCER_UPSERT}"
 )
 _TOPIC_COLUMNS = "name, partitions, config, topic_id, created_ms"
 # Byte order, as SQLite sorts text: the protocol's "sorted by name" must not depend on the
@@ -162,24 +176,29 @@ def _check_connection(conn: psycopg.Connection) -> None:
         ConnectionPool.check_connection(conn)
 
 
-class PostgresMetadata:
+class PostgresMetadata(SqlMetadata):
     """The :class:`~streamhouse.log.metadata.Metadata` protocol on a PostgreSQL database."""
 
-    def __init__(self, url: str, *, pool_size: int = POOL_SIZE) -> None:
+    dialect = POSTGRESQL
+
+    def __init__(self, url: str, *, pool_size: int = POOL_SIZE, schema: str | None = None) -> None:
+        """``schema``: the store lives in this schema, not the first of the URL's search_path
+        (``fsck --rebuild-metadata`` builds a store beside the one it replaces)."""
         self.url = url
-        self.name = redacted(url)
+        self.name = redacted(url) + (f" (schema {schema})" if schema else "")
         self._closed = False
+        self._connect_kwargs: dict[str, object] = {"connect_timeout": CONNECT_TIMEOUT_S}
+        if schema is not None:
+            quoted = '"' + schema.replace('"', '""') + '"'  # a name of any case
+            self._connect_kwargs["options"] = f"-csearch_path={quoted}"
         with self._storage_errors("open"):
-            with (
-                psycopg.connect(url, connect_timeout=CONNECT_TIMEOUT_S) as conn,
-                conn.transaction(),
-            ):
+            with psycopg.connect(url, **self._connect_kwargs) as conn, conn.transaction():
                 migrate(conn, POSTGRESQL, self.name)
             self._pool = ConnectionPool(
                 url,
                 min_size=1,
                 max_size=pool_size,
-                kwargs={"autocommit": True, "connect_timeout": CONNECT_TIMEOUT_S},
+                kwargs={"autocommit": True, **self._connect_kwargs},
                 # A connection the server dropped (restart, failover, idle timeout) is
                 # replaced when it is next taken, instead of failing that call.
                 check=_check_connection,
@@ -212,6 +231,12 @@ class PostgresMetadata:
         with self._storage_errors(action), self._pool.connection() as conn:
             yield conn
 
+    def _reader(self, action: str) -> AbstractContextManager[psycopg.Connection]:
+        return self._connection(action)
+
+    def _statement(self, action: str) -> AbstractContextManager[psycopg.Connection]:
+        return self._connection(action)  # autocommit: the statement is its own transaction
+
     @contextmanager
     def _transaction(self, action: str) -> Iterator[psycopg.Connection]:
         """A write transaction: committed if the block returns, rolled back if it raises."""
@@ -234,33 +259,10 @@ class PostgresMetadata:
         if pool is not None:
             pool.close()
 
-    def __enter__(self) -> PostgresMetadata:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
     def __repr__(self) -> str:
         return f"PostgresMetadata({self.name!r})"
 
     # -- topics ------------------------------------------------------------------------------
-
-    @staticmethod
-    def _topic_from_row(row: tuple[str, int, str, str, int]) -> TopicInfo:
-        name, partitions, config, topic_id, created_ms = row
-        return TopicInfo(name, partitions, json.loads(config), topic_id, created_ms)
-
-    def _read_topic(
-        self, conn: psycopg.Connection, name: str, *, lock: bool = False
-    ) -> TopicInfo | None:
-        sql = f"SELECT {_TOPIC_COLUMNS} FROM topics WHERE name = %s"
-        row = conn.execute(sql + (" FOR UPDATE" if lock else ""), (name,)).fetchone()
-        return None if row is None else self._topic_from_row(row)
 
     def create_topic(
         self, name: str, partitions: int = 1, config: Mapping[str, str] | None = None
@@ -270,7 +272,7 @@ class PostgresMetadata:
         info = TopicInfo(name, partitions, topic_config(config), str(uuid.uuid4()), now_ms())
         with self._transaction(f"create topic {name!r}") as conn:
             inserted = conn.execute(
-                f"INSERT INTO topics ({_TOPIC_COLUMNS}) VALUES (%s, %s, %s, %s, %s)"
+                f"INSERT INTO topics ({TOPIC_COLUMNS}) VALUES (%s, %s, %s, %s, %s)"
                 " ON CONFLICT (name) DO NOTHING",
                 (name, partitions, config_json(info.config), info.topic_id, info.created_ms),
             ).rowcount
@@ -301,7 +303,7 @@ class PostgresMetadata:
                 "DELETE FROM segments WHERE topic = %s RETURNING object_key", (name,)
             ).fetchall()
             keys = sorted({key for (key,) in deleted})
-            for table in ("partitions", "group_offsets"):
+            for table in ("partitions", "group_offsets", "producer_sequences"):
                 conn.execute(f"DELETE FROM {table} WHERE topic = %s", (name,))
             conn.execute("DELETE FROM topics WHERE name = %s", (name,))
             still_used = conn.execute(
@@ -311,85 +313,22 @@ class PostgresMetadata:
         logger.info("deleted topic %r; %d object(s) unreferenced", name, len(orphaned))
         return orphaned
 
-    def get_topic(self, name: str) -> TopicInfo | None:
-        with self._connection(f"read topic {name!r}") as conn:
-            return self._read_topic(conn, name)
-
-    def list_topics(self) -> list[TopicInfo]:
-        with self._connection("list topics") as conn:
-            rows = conn.execute(
-                f"SELECT {_TOPIC_COLUMNS} FROM topics ORDER BY name {_BYTE_ORDER}"
-            ).fetchall()
-        return [self._topic_from_row(row) for row in rows]
-
-    def set_partitions(self, name: str, count: int) -> TopicInfo:
-        if isinstance(count, bool) or not isinstance(count, int):
-            raise LogError(f"topic {name!r}: partition count must be an integer, got {count!r}")
-        with self._transaction(f"set partitions of {name!r}") as conn:
-            info = self._read_topic(conn, name, lock=True)
-            if info is None:
-                raise UnknownTopicError(name)
-            if count < info.partitions:
-                raise LogError(
-                    f"topic {name!r} has {info.partitions} partitions; cannot shrink to {count}"
-                )
-            if count == info.partitions:
-                return info
-            conn.execute("UPDATE topics SET partitions = %s WHERE name = %s", (count, name))
-            self._add_partitions(conn, name, info.partitions, count)
-        logger.info("topic %r grown from %d to %d partitions", name, info.partitions, count)
-        return TopicInfo(name, count, info.config, info.topic_id, info.created_ms)
-
-    def set_topic_config(self, name: str, config: Mapping[str, str]) -> TopicInfo:
-        new_config = topic_config(config)
-        with self._transaction(f"set config of {name!r}") as conn:
-            info = self._read_topic(conn, name, lock=True)
-            if info is None:
-                raise UnknownTopicError(name)
-            conn.execute(
-                "UPDATE topics SET config = %s WHERE name = %s", (config_json(new_config), name)
-            )
-        return TopicInfo(name, info.partitions, new_config, info.topic_id, info.created_ms)
-
-    def update_topic_config(self, name: str, changes: Mapping[str, str | None]) -> TopicInfo:
-        with self._transaction(f"update config of {name!r}") as conn:
-            info = self._read_topic(conn, name, lock=True)
-            if info is None:
-                raise UnknownTopicError(name)
-            config = changed_config(info.config, changes)
-            conn.execute(
-                "UPDATE topics SET config = %s WHERE name = %s", (config_json(config), name)
-            )
-        return TopicInfo(name, info.partitions, config, info.topic_id, info.created_ms)
-
-    def partition_offsets(self, topic: str) -> dict[int, PartitionOffsets]:
-        with self._connection(f"read offsets of {topic!r}") as conn:
-            rows = conn.execute(
-                "SELECT partition_id, log_start_offset, high_watermark FROM partitions"
-                " WHERE topic = %s ORDER BY partition_id",
-                (topic,),
-            ).fetchall()
-        if not rows:  # every topic has at least one partition
-            raise UnknownTopicError(topic)
-        return {p: PartitionOffsets(start, hw) for p, start, hw in rows}
-
-    def partition_offset(self, topic: str, partition: int) -> PartitionOffsets:
-        with self._connection(f"read offsets of {topic!r}") as conn:
-            row = conn.execute(
-                "SELECT log_start_offset, high_watermark FROM partitions"
-                " WHERE topic = %s AND partition_id = %s",
-                (topic, partition),
-            ).fetchone()
-        if row is None:
-            self.partition_offsets(topic)  # UnknownTopicError if the topic is unknown
-            raise UnknownPartitionError(topic, partition)
-        return PartitionOffsets(*row)
-
     # -- the segment index -------------------------------------------------------------------
 
-    def commit_segment(self, object_key: str, entries: Sequence[SegmentEntryLike]) -> list[int]:
+    def commit_segment(
+        self,
+        object_key: str,
+        entries: Sequence[SegmentEntryLike],
+        producer_batches: Sequence[ProducerBatch] = (),
+        *,
+        fence: Lease | None = None,
+    ) -> list[int]:
         """Index ``entries`` of one object at their partitions' high watermarks and advance
         them, all or nothing; returns the base offset assigned to each entry.
+
+        The sequence states of the producers of ``producer_batches`` are read in the first
+        round trip, after the lock (the partitions' locks guard them too), and written in the
+        second: idempotence costs no round trip.
 
         The partitions' rows stay locked from the read to ``COMMIT``: a concurrent commit to
         one of them waits, then continues after this one. Four statements however many
@@ -400,19 +339,29 @@ class PostgresMetadata:
 
         A connection found closed by the server at the first round trip (the pool's check
         makes no round trip of its own) is replaced and the commit made again on another:
-        ``COMMIT`` was not sent yet, so nothing of it can have been committed."""
+        ``COMMIT`` was not sent yet, so nothing of it can have been committed.
+
+        With ``fence``, the lease is checked (and its row share-locked) in the first round
+        trip: ``FencedError`` and nothing committed unless it is still held."""
         entries = list(entries)
         if not entries:
             return []
         for _ in range(POOL_SIZE):  # each pooled connection may have been closed
             try:
-                return self._commit_segment(object_key, entries)
+                return self._commit_segment(object_key, entries, producer_batches, fence)
             except _ClosedByServer:
                 continue
-        return self._commit_segment(object_key, entries)
+        return self._commit_segment(object_key, entries, producer_batches, fence)
 
-    def _commit_segment(self, object_key: str, entries: list[SegmentEntryLike]) -> list[int]:
+    def _commit_segment(
+        self,
+        object_key: str,
+        entries: list[SegmentEntryLike],
+        producer_batches: Sequence[ProducerBatch],
+        fence: Lease | None,
+    ) -> list[int]:
         keys = sorted({(entry.topic, entry.partition) for entry in entries})
+        producers = producer_keys(entries, producer_batches)
         with self._connection(f"commit segment {object_key!r}") as conn:
             try:
                 # BEGIN and COMMIT as statements, not conn.transaction(): in a pipeline that
@@ -420,19 +369,37 @@ class PostgresMetadata:
                 with conn.pipeline():
                     try:
                         conn.execute("BEGIN")
-                        locked = conn.execute(
+                        held = _fence(conn, fence) if fence is not None else None
+                        locking = conn.execute(
                             "SELECT p.topic, p.partition_id, p.high_watermark, p.max_timestamp"
                             " FROM partitions AS p"
                             " JOIN unnest(%s::text[], %s::integer[]) AS k (topic, partition_id)"
                             " ON p.topic = k.topic AND p.partition_id = k.partition_id"
-                            f" ORDER BY p.topic {_BYTE_ORDER}, p.partition_id FOR UPDATE OF p",
+                            f" ORDER BY p.topic{POSTGRESQL.byte_order}, p.partition_id"
+                            " FOR UPDATE OF p",
                             ([topic for topic, _ in keys], [partition for _, partition in keys]),
-                        ).fetchall()
+                        )
+                        reading = (
+                            conn.execute(
+                                _READ_PRODUCERS, [list(c) for c in zip(*producers, strict=True)]
+                            )
+                            if producers
+                            else None
+                        )
+                        locked = locking.fetchall()  # one round trip for both
+                        states = {
+                            (t, p, pid): ProducerState.decode(*state)
+                            for t, p, pid, *state in (reading.fetchall() if reading else ())
+                        }
                     except psycopg.OperationalError as exc:
                         if conn.broken or (exc.sqlstate or "").startswith(_CLOSING_SQLSTATES):
                             raise _ClosedByServer from exc
                         raise
-                    plan = self._write_commit(conn, object_key, entries, locked)
+                    if held is not None and fence is not None and held.fetchone() is None:
+                        raise leases.refused(fence, f"commit of segment {object_key!r}")
+                    plan = self._write_commit(
+                        conn, object_key, entries, locked, producer_batches, states
+                    )
                     committed = conn.execute("COMMIT")
                 # Leaving the pipeline waited for every result and raised the first error.
                 if committed.statusmessage != "COMMIT":
@@ -454,13 +421,23 @@ class PostgresMetadata:
         object_key: str,
         entries: list[SegmentEntryLike],
         locked: list[tuple[str, int, int, int]],
+        producer_batches: Sequence[ProducerBatch],
+        states: dict[tuple[str, int, int], ProducerState],
     ) -> SegmentCommit:
-        """Queue a commit's writes: the partitions' new high watermarks, the index rows, and
-        the notification of :data:`COMMIT_CHANNEL` (delivered when the transaction commits)."""
+        """Queue a commit's writes: the partitions' new high watermarks, the index rows, the
+        producers' sequence states, and the notification of :data:`COMMIT_CHANNEL` (delivered
+        when the transaction commits). ``RefusedBatchesError`` before any write is queued if a
+        producer batch may not be indexed."""
         current = {(t, p): (hw, ts) for t, p, hw, ts in locked}
         plan = plan_segment_commit(
             object_key, entries, current, lambda t: self._read_topic(conn, t) is not None
         )
+        changed = check_producer_batches(entries, plan.bases, producer_batches, states)
+        if changed:
+            conn.execute(
+                _WRITE_PRODUCERS,
+                [list(column) for column in zip(*producer_rows(changed), strict=True)],
+            )
         advanced = [(t, p, hw, ts) for (t, p), (hw, ts) in plan.partitions.items()]
         conn.execute(
             "UPDATE partitions AS p SET high_watermark = u.high_watermark,"
@@ -509,13 +486,6 @@ class PostgresMetadata:
             )
         logger.info("restored %d index row(s) of %d partition(s)", len(rows), len(plan.partitions))
 
-    def is_indexed(self, object_key: str) -> bool:
-        with self._connection(f"look up object {object_key!r}") as conn:
-            row = conn.execute(
-                "SELECT 1 FROM segments WHERE object_key = %s LIMIT 1", (object_key,)
-            ).fetchone()
-        return row is not None
-
     def commit_feed(
         self, on_commits: Callable[[list[Commit]], None], on_live: Callable[[bool], None]
     ) -> FeedThread:
@@ -523,9 +493,7 @@ class PostgresMetadata:
         every commit of any process is heard as soon as it commits."""
 
         def follow(stopping: threading.Event) -> None:
-            with psycopg.connect(
-                self.url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S
-            ) as conn:
+            with psycopg.connect(self.url, autocommit=True, **self._connect_kwargs) as conn:
                 conn.execute(f"LISTEN {COMMIT_CHANNEL}")
                 on_live(True)
                 while not stopping.is_set():
@@ -533,64 +501,6 @@ class PostgresMetadata:
                         on_commits(parse_payload(notify.payload))
 
         return FeedThread(self.name, follow, on_live)
-
-    def segments(
-        self,
-        topic: str,
-        partition: int,
-        from_offset: int = 0,
-        to_offset: int | None = None,
-        *,
-        limit: int | None = None,
-    ) -> list[SegmentRow]:
-        """Rows with ``last_offset >= from_offset`` (and ``base_offset < to_offset``), ordered
-        by offset; at most ``limit`` rows. Unknown topics and partitions have no rows."""
-        # As in SQLite: seek the first row with last_offset >= from_offset, then read a
-        # primary-key range from its base offset (rows of a partition never overlap).
-        sql = (
-            f"SELECT {SEGMENT_SELECT_COLUMNS} FROM segments"
-            " WHERE topic = %s AND partition_id = %s AND base_offset >= ("
-            "  SELECT base_offset FROM segments"
-            "  WHERE topic = %s AND partition_id = %s AND last_offset >= %s"
-            "  ORDER BY last_offset LIMIT 1)"
-        )
-        params: list[object] = [topic, partition, topic, partition, from_offset]
-        if to_offset is not None:
-            sql += " AND base_offset < %s"
-            params.append(to_offset)
-        sql += " ORDER BY base_offset"
-        if limit is not None:
-            sql += " LIMIT %s"
-            params.append(limit)
-        with self._connection(f"read segments of {topic}/{partition}") as conn:
-            rows = conn.execute(sql, params).fetchall()
-        return [SegmentRow(*row) for row in rows]
-
-    def segment_for_timestamp(
-        self, topic: str, partition: int, timestamp_ms: int
-    ) -> SegmentRow | None:
-        action = f"find timestamp {timestamp_ms} in {topic}/{partition}"
-        with self._connection(action) as conn:
-            row = conn.execute(
-                f"SELECT {SEGMENT_SELECT_COLUMNS} FROM segments"
-                " WHERE topic = %s AND partition_id = %s AND running_max_timestamp >= %s"
-                " ORDER BY running_max_timestamp, base_offset LIMIT 1",
-                (topic, partition, timestamp_ms),
-            ).fetchone()
-            if row is None:
-                return None
-            found = SegmentRow(*row)
-            if found.max_timestamp >= timestamp_ms:
-                return found
-            # The row that raised the running maximum is gone (retention); every row before
-            # `found` has max_timestamp < timestamp_ms, so scan forward from it.
-            row = conn.execute(
-                f"SELECT {SEGMENT_SELECT_COLUMNS} FROM segments"
-                " WHERE topic = %s AND partition_id = %s AND base_offset > %s"
-                " AND max_timestamp >= %s ORDER BY base_offset LIMIT 1",
-                (topic, partition, found.base_offset, timestamp_ms),
-            ).fetchone()
-        return None if row is None else SegmentRow(*row)
 
     # -- retention -----------------------------------------------------------------------------
 
@@ -633,28 +543,37 @@ class PostgresMetadata:
                 )
         return starts
 
-    def oldest_row_within_bytes(self, topic: str, partition: int, max_bytes: int) -> int | None:
-        with self._connection(f"measure {topic}/{partition}") as conn:
-            row = conn.execute(
-                POSTGRESQL.sql(OLDEST_ROW_WITHIN_BYTES), (topic, partition, max_bytes)
-            ).fetchone()
-        return None if row is None else row[0]
-
-    def due_objects(self, unreferenced_before_ms: int) -> list[str]:
-        with self._connection("list objects awaiting deletion") as conn:
-            rows = conn.execute(POSTGRESQL.sql(DUE_OBJECTS), (unreferenced_before_ms,)).fetchall()
-        return [key for (key,) in rows]
-
     def forget_objects(self, keys: Sequence[str]) -> None:
         with self._transaction(f"forget {len(keys)} deleted object(s)") as conn:
             conn.execute("DELETE FROM deleted_objects WHERE object_key = ANY(%s)", (list(keys),))
 
+    def forget_producers(self, idle_before_ms: int) -> int:
+        with self._connection("forget idle producers") as conn:
+            return conn.execute(POSTGRESQL.sql(FORGET_PRODUCERS), (idle_before_ms,)).rowcount
+
+    # -- compaction ----------------------------------------------------------------------------
+
+    def replace_segments(self, swap: SegmentSwap, lease: Lease) -> SwapOutcome:
+        """As in SQLite; the partition row is locked first, as delete_records and
+        commit_segment lock it, so a swap and retention never interleave."""
+        new = swap.new
+        with self._transaction(f"swap index rows of {new.topic}/{new.partition}") as conn:
+            conn.execute(
+                "SELECT 1 FROM partitions WHERE topic = %s AND partition_id = %s FOR UPDATE",
+                (new.topic, new.partition),
+            )
+            return swap_segments(conn, POSTGRESQL, swap, lease)
+
     # -- consumer groups ---------------------------------------------------------------------
 
     def commit_group_offsets(
-        self, group: str, offsets: Mapping[tuple[str, int], tuple[int, str]]
+        self,
+        group: str,
+        offsets: Mapping[tuple[str, int], tuple[int, str]],
+        lease: Lease | None = None,
     ) -> None:
-        """Store ``(topic, partition) -> (offset, metadata)`` for ``group`` in one transaction.
+        """Store ``(topic, partition) -> (offset, metadata)`` for ``group`` in one transaction,
+        fenced by ``lease`` in the same statement (no round trip more).
 
         Topics are not checked here; ``delete_topic`` removes their offsets."""
         if not offsets:
@@ -664,37 +583,23 @@ class PostgresMetadata:
             (group, topic, partition, offset, metadata or "", now)
             for (topic, partition), (offset, metadata) in offsets.items()
         ]
+        params: list[object] = [list(column) for column in zip(*rows, strict=True)]
+        fence = ""
+        if lease is not None:
+            fence = f" WHERE EXISTS ({leases.sql(leases.HOLDS, POSTGRESQL)})"
+            params += [lease.name, lease.holder, lease.epoch]
         with self._transaction(f"commit offsets of group {group!r}") as conn:
-            conn.execute(
+            stored = conn.execute(
                 "INSERT INTO group_offsets (group_id, topic, partition_id, committed_offset,"
                 " metadata, commit_ms) SELECT * FROM unnest(%s::text[], %s::text[],"
-                " %s::integer[], %s::bigint[], %s::text[], %s::bigint[])"
+                f" %s::integer[], %s::bigint[], %s::text[], %s::bigint[]){fence}"
                 " ON CONFLICT (group_id, topic, partition_id) DO UPDATE SET"
                 " committed_offset = excluded.committed_offset,"
                 " metadata = excluded.metadata, commit_ms = excluded.commit_ms",
-                [list(column) for column in zip(*rows, strict=True)],
-            )
-
-    def group_offsets(self, group: str) -> dict[tuple[str, int], GroupOffset]:
-        with self._connection(f"read offsets of group {group!r}") as conn:
-            rows = conn.execute(
-                "SELECT topic, partition_id, committed_offset, metadata, commit_ms"
-                f" FROM group_offsets WHERE group_id = %s ORDER BY topic {_BYTE_ORDER},"
-                " partition_id",
-                (group,),
-            ).fetchall()
-        return {(t, p): GroupOffset(o, m, ms) for t, p, o, m, ms in rows}
-
-    def list_groups(self) -> list[str]:
-        with self._connection("list groups") as conn:
-            rows = conn.execute(
-                f"SELECT DISTINCT group_id {_BYTE_ORDER} FROM group_offsets ORDER BY 1"
-            ).fetchall()
-        return [group for (group,) in rows]
-
-    def delete_group(self, group: str) -> None:
-        with self._connection(f"delete group {group!r}") as conn:
-            conn.execute("DELETE FROM group_offsets WHERE group_id = %s", (group,))
+                params,
+            ).rowcount
+            if lease is not None and not stored:
+                raise LeaseLostError(f"group {group!r}: lease {lease.name!r} is no longer held")
 
     # -- the SQL catalog ---------------------------------------------------------------------
 
@@ -720,27 +625,6 @@ class PostgresMetadata:
                 ).fetchone()
                 raise SqlError(f"{existing[1]} {existing[0]!r} already exists")
         return entry
-
-    def get_catalog(self, name: str) -> CatalogEntry | None:
-        with self._connection(f"read catalog entry {name!r}") as conn:
-            row = conn.execute(
-                "SELECT name, kind, sql_text, created_ms FROM catalog WHERE name_key = %s",
-                (name.lower(),),
-            ).fetchone()
-        return None if row is None else CatalogEntry(*row)
-
-    def list_catalog(self) -> list[CatalogEntry]:
-        with self._connection("list the catalog") as conn:
-            rows = conn.execute(
-                "SELECT name, kind, sql_text, created_ms FROM catalog"
-                f" ORDER BY name_key {_BYTE_ORDER}"
-            ).fetchall()
-        return [CatalogEntry(*row) for row in rows]
-
-    def drop_catalog(self, name: str) -> bool:
-        with self._connection(f"drop catalog entry {name!r}") as conn:
-            cursor = conn.execute("DELETE FROM catalog WHERE name_key = %s", (name.lower(),))
-            return cursor.rowcount > 0
 
     # -- producer ids ------------------------------------------------------------------------
 
@@ -777,15 +661,12 @@ class PostgresMetadata:
             )
             return cursor.rowcount > 0
 
-    def deregister_agent(self, agent_id: str) -> None:
-        with self._connection(f"deregister agent {agent_id!r}") as conn:
-            conn.execute("DELETE FROM agents WHERE agent_id = %s", (agent_id,))
-
     def list_agents(self) -> list[AgentInfo]:
         with self._connection("list agents") as conn:
             rows = conn.execute(
                 "SELECT agent_id, host, port, zone, agent_group, started_ms, heartbeat_ms,"
-                f" {_STORE_NOW_MS} - heartbeat_ms FROM agents ORDER BY agent_id {_BYTE_ORDER}"
+                f" {_STORE_NOW_MS} - heartbeat_ms FROM agents"
+                f" ORDER BY agent_id{POSTGRESQL.byte_order}"
             ).fetchall()
         return [AgentInfo(*row) for row in rows]
 
@@ -796,35 +677,39 @@ class PostgresMetadata:
             )
             return cursor.rowcount
 
-    # -- leases ------------------------------------------------------------------------------
+    # -- query checkpoints -------------------------------------------------------------------
 
-    def acquire_lease(self, name: str, holder: str, ttl_ms: int) -> Lease | None:
-        with self._connection(f"acquire lease {name!r}") as conn:
-            row = conn.execute(
-                leases.sql(leases.ACQUIRE, POSTGRESQL), (name, holder, leases.check_ttl(ttl_ms))
-            ).fetchone()
-        return None if row is None else Lease(*row)
-
-    def renew_lease(self, lease: Lease, ttl_ms: int) -> bool:
-        with self._connection(f"renew lease {lease.name!r}") as conn:
-            cursor = conn.execute(
-                leases.sql(leases.RENEW, POSTGRESQL),
-                (leases.check_ttl(ttl_ms), lease.name, lease.holder, lease.epoch),
-            )
-            return cursor.rowcount > 0
-
-    def release_lease(self, lease: Lease) -> None:
-        with self._connection(f"release lease {lease.name!r}") as conn:
+    def record_query_checkpoint(self, lease: Lease, checkpoint: QueryCheckpoint) -> None:
+        with self._transaction(f"record checkpoint of query {checkpoint.query!r}") as conn:
+            if _fence(conn, lease).fetchone() is None:
+                raise leases.refused(lease, checkpoints.describe(checkpoint))
             conn.execute(
-                leases.sql(leases.RELEASE, POSTGRESQL), (lease.name, lease.holder, lease.epoch)
+                leases.sql(checkpoints.RECORD, POSTGRESQL),
+                checkpoints.record_params(lease, checkpoint),
             )
 
-    def list_leases(self, prefix: str = "") -> list[Lease]:
-        with self._connection("list leases") as conn:
-            rows = conn.execute(
-                leases.sql(leases.LIST, POSTGRESQL), leases.prefix_bounds(prefix)
-            ).fetchall()
-        return [Lease(*row) for row in rows]
+    def list_query_checkpoints(self) -> list[QueryCheckpoint]:
+        with self._connection("list query checkpoints") as conn:
+            rows = conn.execute(leases.sql(checkpoints.LIST, POSTGRESQL)).fetchall()
+        return [QueryCheckpoint.of(row) for row in rows]
+
+    def query_checkpoint(self, query: str) -> str | None:
+        with self._connection(f"read checkpoint of query {query!r}") as conn:
+            row = conn.execute(leases.sql(checkpoints.LATEST, POSTGRESQL), (query,)).fetchone()
+        return None if row is None else str(row[0])
+
+
+def _fence(conn: psycopg.Connection, lease: Lease) -> psycopg.Cursor:
+    """Check ``lease`` inside the open transaction (its row share-locked until the end).
+
+    A holder paused in the middle of the transaction (SIGSTOP) would keep that lock, and so
+    the lease from being taken over, for as long as it is paused: the server ends the session
+    instead once the transaction has idled for the lease's TTL (its commit then fails)."""
+    conn.execute(
+        "SELECT set_config('idle_in_transaction_session_timeout', %s, true)",
+        (str(max(1000, lease.remaining_ms)),),
+    )
+    return conn.execute(leases.fence(POSTGRESQL), leases.fence_params(lease))
 
 
 _STORE_NOW_MS = POSTGRESQL.now_ms

@@ -22,13 +22,17 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from streamhouse.errors import (
+    InvalidProducerEpochError,
     LogError,
     OffsetOutOfRangeError,
+    OutOfOrderSequenceError,
+    ProducerSequenceError,
+    RefusedBatchesError,
     SqlError,
     UnknownPartitionError,
     UnknownTopicError,
 )
-from streamhouse.log.metadata import CATALOG_KINDS, SegmentEntryLike, SegmentRow
+from streamhouse.log.metadata import CATALOG_KINDS, ProducerBatch, SegmentEntryLike, SegmentRow
 
 PartitionKey = tuple[str, int]
 """(topic, partition)."""
@@ -150,6 +154,133 @@ def plan_segment_commit(
              entry.min_timestamp, entry.max_timestamp, running_max, entry.record_count, entry.crc)
         )  # fmt: skip
     return plan
+
+
+MAX_REMEMBERED_BATCHES = 5
+"""Batches remembered per producer and partition: the most a Kafka producer has in flight."""
+SEQUENCE_MODULO = 2**31
+"""Sequence numbers wrap to 0 after 2**31 - 1."""
+
+ProducerKey = tuple[str, int, int]
+"""(topic, partition, producer id)."""
+
+PRODUCER_COLUMNS = (
+    "topic, partition_id, producer_id, producer_epoch, last_sequence, recent_batches, updated_ms"
+)
+"""The columns of ``producer_sequences``, in the order :func:`producer_rows` gives them."""
+PRODUCER_UPSERT = (
+    " ON CONFLICT (topic, partition_id, producer_id) DO UPDATE SET"
+    " producer_epoch = excluded.producer_epoch, last_sequence = excluded.last_sequence,"
+    " recent_batches = excluded.recent_batches, updated_ms = excluded.updated_ms"
+)
+"""What an insert of an existing producer's row does instead."""
+
+FORGET_PRODUCERS = "DELETE FROM producer_sequences WHERE updated_ms < ?"
+"""Forget producer states last written before the parameter (milliseconds)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ProducerState:
+    """What the store keeps of one producer on one partition: its epoch, the last sequence
+    number indexed, and ``(first sequence, last sequence, base offset)`` of its last
+    :data:`MAX_REMEMBERED_BATCHES` batches, oldest first.
+
+    >>> state = ProducerState.decode(3, 9, "0:4:100,5:9:120")
+    >>> state.recent, state.encode_recent()
+    (((0, 4, 100), (5, 9, 120)), '0:4:100,5:9:120')
+    """
+
+    epoch: int
+    last_sequence: int
+    recent: tuple[tuple[int, int, int], ...]
+
+    @classmethod
+    def decode(cls, epoch: int, last_sequence: int, recent: str) -> ProducerState:
+        batches = (tuple(int(n) for n in item.split(":")) for item in recent.split(",") if item)
+        return cls(epoch, last_sequence, tuple(batches))  # type: ignore[arg-type]
+
+    def encode_recent(self) -> str:
+        return ",".join(f"{first}:{last}:{offset}" for first, last, offset in self.recent)
+
+
+def producer_keys(
+    entries: Sequence[SegmentEntryLike], batches: Sequence[ProducerBatch]
+) -> list[ProducerKey]:
+    """The producers whose state a commit of ``batches`` reads, sorted."""
+    return sorted(
+        {(entries[b.entry].topic, entries[b.entry].partition, b.producer_id) for b in batches}
+    )
+
+
+def check_producer_batches(
+    entries: Sequence[SegmentEntryLike],
+    bases: Sequence[int],
+    batches: Sequence[ProducerBatch],
+    states: Mapping[ProducerKey, ProducerState],
+) -> dict[ProducerKey, ProducerState]:
+    """Judge ``batches`` in order against ``states`` (read in the commit transaction, with
+    their partitions locked) and return the states to write; ``bases`` are the base offsets
+    the commit gives ``entries``.
+
+    As Kafka: a batch of an older epoch is refused (``InvalidProducerEpochError``); one of a
+    newer epoch, or of a producer the store has no state of, starts the state afresh; one
+    whose sequences equal a remembered batch's is a duplicate, answered with that batch's
+    offset; one that does not start right after the last sequence is out of order. If any
+    batch is refused, ``RefusedBatchesError`` names them all (the caller rolls back).
+
+    >>> from types import SimpleNamespace as Entry
+    >>> entries = [Entry(topic="t", partition=0)]
+    >>> first = [ProducerBatch(0, 0, 7, 0, 0, 4)]
+    >>> states = check_producer_batches(entries, [100], first, {})
+    >>> states
+    {('t', 0, 7): ProducerState(epoch=0, last_sequence=4, recent=((0, 4, 100),))}
+    >>> check_producer_batches(entries, [200], first, states)
+    Traceback (most recent call last):
+    ...
+    streamhouse.errors.RefusedBatchesError: 1 idempotent producer batch(es) refused
+    """
+    changed: dict[ProducerKey, ProducerState] = {}
+    verdicts: dict[int, int | ProducerSequenceError] = {}
+    for index, batch in enumerate(batches):
+        entry = entries[batch.entry]
+        key = (entry.topic, entry.partition, batch.producer_id)
+        state = changed.get(key) or states.get(key)
+        first, last = batch.first_sequence, batch.last_sequence
+        if state is not None and batch.producer_epoch < state.epoch:
+            verdicts[index] = InvalidProducerEpochError(
+                f"producer {batch.producer_id} on {entry.topic}/{entry.partition}:"
+                f" epoch {batch.producer_epoch} is older than {state.epoch}"
+            )
+            continue
+        if state is None or batch.producer_epoch > state.epoch:
+            recent: tuple[tuple[int, int, int], ...] = ()
+        else:
+            duplicate = [o for f, la, o in state.recent if f == first and la == last]
+            if duplicate:
+                verdicts[index] = duplicate[0]
+                continue
+            expected = (state.last_sequence + 1) % SEQUENCE_MODULO
+            if first != expected:
+                verdicts[index] = OutOfOrderSequenceError(
+                    f"producer {batch.producer_id} on {entry.topic}/{entry.partition}:"
+                    f" sequence {first}, expected {expected}"
+                )
+                continue
+            recent = state.recent[1 - MAX_REMEMBERED_BATCHES :]
+        offset = bases[batch.entry] + batch.delta
+        changed[key] = ProducerState(batch.producer_epoch, last, (*recent, (first, last, offset)))
+    if verdicts:
+        raise RefusedBatchesError(verdicts)
+    return changed
+
+
+def producer_rows(states: Mapping[ProducerKey, ProducerState]) -> list[tuple]:
+    """``states`` as ``producer_sequences`` rows (:data:`PRODUCER_COLUMNS`), stamped now."""
+    now = now_ms()
+    return [
+        (topic, partition, producer_id, s.epoch, s.last_sequence, s.encode_recent(), now)
+        for (topic, partition, producer_id), s in states.items()
+    ]
 
 
 @dataclass(slots=True)

@@ -29,17 +29,16 @@ import sqlite3
 import threading
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
-from types import TracebackType
 from urllib.parse import quote
 
 from streamhouse.errors import (
+    LeaseLostError,
     LogError,
     SqlError,
     StorageError,
     TopicExistsError,
-    UnknownPartitionError,
     UnknownTopicError,
 )
 from streamhouse.log.metadata import (
@@ -47,31 +46,36 @@ from streamhouse.log.metadata import (
     AgentInfo,
     CatalogEntry,
     Commit,
-    GroupOffset,
-    PartitionOffsets,
+    ProducerBatch,
     SegmentEntryLike,
     SegmentRow,
     TopicInfo,
+    checkpoints,
     leases,
     validate_topic_name,
 )
+from streamhouse.log.metadata.checkpoints import QueryCheckpoint
 from streamhouse.log.metadata.feed import FeedThread
 from streamhouse.log.metadata.leases import Lease
 from streamhouse.log.metadata.migrations import SQLITE, migrate
 from streamhouse.log.metadata.rules import (
-    DUE_OBJECTS,
+    FORGET_PRODUCERS,
     MARK_UNREFERENCED,
-    OLDEST_ROW_WITHIN_BYTES,
+    PRODUCER_COLUMNS,
+    PRODUCER_UPSERT,
     SEGMENT_INSERT_COLUMNS,
-    changed_config,
-    config_json,
+    ProducerState,
+    check_producer_batches,
     plan_delete_records,
     plan_restore,
     plan_segment_commit,
+    producer_keys,
+    producer_rows,
 )
-from streamhouse.log.metadata.rules import SEGMENT_SELECT_COLUMNS as _SEGMENT_COLUMNS
 from streamhouse.log.metadata.rules import now_ms as _now_ms
 from streamhouse.log.metadata.rules import topic_config as _config_dict
+from streamhouse.log.metadata.sqlstore import SqlMetadata
+from streamhouse.log.metadata.swaps import SegmentSwap, SwapOutcome, swap_segments
 
 logger = logging.getLogger(__name__)
 
@@ -81,8 +85,10 @@ POLL_S = 0.04
 """How often the commit feed asks whether another connection committed (``data_version``)."""
 
 
-class SQLiteMetadata:
+class SQLiteMetadata(SqlMetadata):
     """The :class:`~streamhouse.log.metadata.Metadata` protocol on a SQLite file."""
+
+    dialect = SQLITE
 
     def __init__(self, path: str | Path, *, busy_timeout_s: float = 30.0) -> None:
         self.path = Path(path)
@@ -196,7 +202,15 @@ class SQLiteMetadata:
             conn.execute("COMMIT")
 
     @contextmanager
-    def _reading(self, action: str) -> Iterator[sqlite3.Connection]:
+    def _reader(self, action: str) -> Iterator[sqlite3.Connection]:
+        with self._storage_errors(action):
+            yield self._connection()
+
+    def _statement(self, action: str) -> AbstractContextManager[sqlite3.Connection]:
+        return self._transaction(action)
+
+    @contextmanager
+    def _snapshot(self, action: str) -> Iterator[sqlite3.Connection]:
         """A connection for reads that need one consistent snapshot."""
         conn = self._connection()
         with self._storage_errors(action):
@@ -231,33 +245,10 @@ class SQLiteMetadata:
                     logger.exception("metadata store %s: close failed", self.path)
             self._connections.clear()
 
-    def __enter__(self) -> SQLiteMetadata:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
     def __repr__(self) -> str:
         return f"SQLiteMetadata({str(self.path)!r})"
 
     # -- topics ------------------------------------------------------------------------------
-
-    @staticmethod
-    def _topic_from_row(row: tuple[str, int, str, str, int]) -> TopicInfo:
-        name, partitions, config, topic_id, created_ms = row
-        return TopicInfo(name, partitions, json.loads(config), topic_id, created_ms)
-
-    def _read_topic(self, conn: sqlite3.Connection, name: str) -> TopicInfo | None:
-        row = conn.execute(
-            "SELECT name, partitions, config, topic_id, created_ms FROM topics WHERE name = ?",
-            (name,),
-        ).fetchone()
-        return None if row is None else self._topic_from_row(row)
 
     def create_topic(
         self, name: str, partitions: int = 1, config: Mapping[str, str] | None = None
@@ -297,7 +288,7 @@ class SQLiteMetadata:
                     "SELECT DISTINCT object_key FROM segments WHERE topic = ?", (name,)
                 )
             ]
-            for table in ("segments", "partitions", "group_offsets"):
+            for table in ("segments", "partitions", "group_offsets", "producer_sequences"):
                 conn.execute(f"DELETE FROM {table} WHERE topic = ?", (name,))
             conn.execute("DELETE FROM topics WHERE name = ?", (name,))
             orphaned = [
@@ -311,94 +302,22 @@ class SQLiteMetadata:
         logger.info("deleted topic %r; %d object(s) unreferenced", name, len(orphaned))
         return sorted(orphaned)
 
-    def get_topic(self, name: str) -> TopicInfo | None:
-        with self._storage_errors(f"read topic {name!r}"):
-            return self._read_topic(self._connection(), name)
-
-    def list_topics(self) -> list[TopicInfo]:
-        with self._storage_errors("list topics"):
-            rows = self._connection().execute(
-                "SELECT name, partitions, config, topic_id, created_ms FROM topics ORDER BY name"
-            )
-            return [self._topic_from_row(row) for row in rows]
-
-    def set_partitions(self, name: str, count: int) -> TopicInfo:
-        if isinstance(count, bool) or not isinstance(count, int):
-            raise LogError(f"topic {name!r}: partition count must be an integer, got {count!r}")
-        with self._transaction(f"set partitions of {name!r}") as conn:
-            info = self._read_topic(conn, name)
-            if info is None:
-                raise UnknownTopicError(name)
-            if count < info.partitions:
-                raise LogError(
-                    f"topic {name!r} has {info.partitions} partitions; cannot shrink to {count}"
-                )
-            if count == info.partitions:
-                return info
-            conn.execute("UPDATE topics SET partitions = ? WHERE name = ?", (count, name))
-            self._add_partitions(conn, name, info.partitions, count)
-        logger.info("topic %r grown from %d to %d partitions", name, info.partitions, count)
-        return TopicInfo(name, count, info.config, info.topic_id, info.created_ms)
-
-    def set_topic_config(self, name: str, config: Mapping[str, str]) -> TopicInfo:
-        new_config = _config_dict(config)
-        with self._transaction(f"set config of {name!r}") as conn:
-            info = self._read_topic(conn, name)
-            if info is None:
-                raise UnknownTopicError(name)
-            conn.execute(
-                "UPDATE topics SET config = ? WHERE name = ?",
-                (json.dumps(new_config, sort_keys=True), name),
-            )
-        return TopicInfo(name, info.partitions, new_config, info.topic_id, info.created_ms)
-
-    def update_topic_config(self, name: str, changes: Mapping[str, str | None]) -> TopicInfo:
-        with self._transaction(f"update config of {name!r}") as conn:
-            info = self._read_topic(conn, name)
-            if info is None:
-                raise UnknownTopicError(name)
-            config = changed_config(info.config, changes)
-            conn.execute("UPDATE topics SET config = ? WHERE name = ?", (config_json(config), name))
-        return TopicInfo(name, info.partitions, config, info.topic_id, info.created_ms)
-
-    def partition_offsets(self, topic: str) -> dict[int, PartitionOffsets]:
-        with self._storage_errors(f"read offsets of {topic!r}"):
-            rows = (
-                self._connection()
-                .execute(
-                    "SELECT partition_id, log_start_offset, high_watermark FROM partitions"
-                    " WHERE topic = ? ORDER BY partition_id",
-                    (topic,),
-                )
-                .fetchall()
-            )
-        if not rows:  # every topic has at least one partition
-            raise UnknownTopicError(topic)
-        return {p: PartitionOffsets(start, hw) for p, start, hw in rows}
-
-    def partition_offset(self, topic: str, partition: int) -> PartitionOffsets:
-        with self._storage_errors(f"read offsets of {topic!r}"):
-            row = (
-                self._connection()
-                .execute(
-                    "SELECT log_start_offset, high_watermark FROM partitions"
-                    " WHERE topic = ? AND partition_id = ?",
-                    (topic, partition),
-                )
-                .fetchone()
-            )
-        if row is None:
-            self.partition_offsets(topic)  # UnknownTopicError if the topic is unknown
-            raise UnknownPartitionError(topic, partition)
-        return PartitionOffsets(*row)
-
     # -- the segment index -------------------------------------------------------------------
 
-    def commit_segment(self, object_key: str, entries: Sequence[SegmentEntryLike]) -> list[int]:
+    def commit_segment(
+        self,
+        object_key: str,
+        entries: Sequence[SegmentEntryLike],
+        producer_batches: Sequence[ProducerBatch] = (),
+        *,
+        fence: Lease | None = None,
+    ) -> list[int]:
         entries = list(entries)
         if not entries:
             return []
         with self._transaction(f"commit segment {object_key!r}") as conn:
+            if fence is not None:
+                self._check_fence(conn, fence, f"commit of segment {object_key!r}")
             # One read of every partition involved, then one executemany per table: a flush
             # commits a row per partition, and a statement per row costs more than the rows.
             current: dict[tuple[str, int], tuple[int, int]] = {}
@@ -430,6 +349,23 @@ class SQLiteMetadata:
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 plan.rows,
             )
+            if producer_batches:
+                states = {
+                    key: ProducerState.decode(*row)
+                    for key in producer_keys(entries, producer_batches)
+                    for row in conn.execute(
+                        "SELECT producer_epoch, last_sequence, recent_batches"
+                        " FROM producer_sequences"
+                        " WHERE topic = ? AND partition_id = ? AND producer_id = ?",
+                        key,
+                    )
+                }
+                changed = check_producer_batches(entries, plan.bases, producer_batches, states)
+                conn.executemany(
+                    f"INSERT INTO producer_sequences ({PRODUCER_COLUMNS})"
+                    f" VALUES (?, ?, ?, ?, ?, ?, ?){PRODUCER_UPSERT}",
+                    producer_rows(changed),
+                )
         logger.debug("committed segment %r with %d index row(s)", object_key, len(entries))
         return plan.bases
 
@@ -452,15 +388,6 @@ class SQLiteMetadata:
                 (producer_id_floor,),
             )
         logger.info("restored %d index row(s) of %d partition(s)", len(rows), len(plan.partitions))
-
-    def is_indexed(self, object_key: str) -> bool:
-        with self._storage_errors(f"look up object {object_key!r}"):
-            row = (
-                self._connection()
-                .execute("SELECT 1 FROM segments WHERE object_key = ? LIMIT 1", (object_key,))
-                .fetchone()
-            )
-        return row is not None
 
     def commit_feed(
         self, on_commits: Callable[[list[Commit]], None], on_live: Callable[[bool], None]
@@ -504,65 +431,6 @@ class SQLiteMetadata:
 
         return FeedThread(str(self.path), follow, on_live)
 
-    def segments(
-        self,
-        topic: str,
-        partition: int,
-        from_offset: int = 0,
-        to_offset: int | None = None,
-        *,
-        limit: int | None = None,
-    ) -> list[SegmentRow]:
-        """Rows with ``last_offset >= from_offset`` (and ``base_offset < to_offset``), ordered
-        by offset; at most ``limit`` rows. Unknown topics and partitions have no rows."""
-        # Rows of a partition never overlap (commit_segment sequences them), so base and last offsets
-        # rise together: seek the first row with last_offset >= from_offset on its index, then
-        # read a primary-key range from that row's base offset (stopping at to_offset).
-        sql = (
-            f"SELECT {_SEGMENT_COLUMNS} FROM segments"
-            " WHERE topic = ? AND partition_id = ? AND base_offset >= ("
-            "  SELECT base_offset FROM segments INDEXED BY segments_by_last_offset"
-            "  WHERE topic = ? AND partition_id = ? AND last_offset >= ?"
-            "  ORDER BY last_offset LIMIT 1)"
-        )
-        params: list[object] = [topic, partition, topic, partition, from_offset]
-        if to_offset is not None:
-            sql += " AND base_offset < ?"
-            params.append(to_offset)
-        sql += " ORDER BY base_offset"
-        if limit is not None:
-            sql += " LIMIT ?"
-            params.append(limit)
-        with self._storage_errors(f"read segments of {topic}/{partition}"):
-            rows = self._connection().execute(sql, params).fetchall()
-        return [SegmentRow(*row) for row in rows]
-
-    def segment_for_timestamp(
-        self, topic: str, partition: int, timestamp_ms: int
-    ) -> SegmentRow | None:
-        with self._reading(f"find timestamp {timestamp_ms} in {topic}/{partition}") as conn:
-            row = conn.execute(
-                f"SELECT {_SEGMENT_COLUMNS} FROM segments"
-                " INDEXED BY segments_by_running_max_timestamp"
-                " WHERE topic = ? AND partition_id = ? AND running_max_timestamp >= ?"
-                " ORDER BY running_max_timestamp, base_offset LIMIT 1",
-                (topic, partition, timestamp_ms),
-            ).fetchone()
-            if row is None:
-                return None
-            found = SegmentRow(*row)
-            if found.max_timestamp >= timestamp_ms:
-                return found
-            # The row that raised the running maximum is gone (retention); every row before
-            # `found` has max_timestamp < timestamp_ms, so scan forward from it.
-            row = conn.execute(
-                f"SELECT {_SEGMENT_COLUMNS} FROM segments"
-                " WHERE topic = ? AND partition_id = ? AND base_offset > ? AND max_timestamp >= ?"
-                " ORDER BY base_offset LIMIT 1",
-                (topic, partition, found.base_offset, timestamp_ms),
-            ).fetchone()
-            return None if row is None else SegmentRow(*row)
-
     # -- retention -----------------------------------------------------------------------------
 
     def delete_records(self, topic: str, offsets: Mapping[int, int]) -> dict[int, int]:
@@ -593,30 +461,30 @@ class SQLiteMetadata:
             conn.executemany(MARK_UNREFERENCED, [(key, now, key) for key in sorted(keys)])
         return starts
 
-    def oldest_row_within_bytes(self, topic: str, partition: int, max_bytes: int) -> int | None:
-        with self._storage_errors(f"measure {topic}/{partition}"):
-            row = (
-                self._connection()
-                .execute(OLDEST_ROW_WITHIN_BYTES, (topic, partition, max_bytes))
-                .fetchone()
-            )
-        return None if row is None else row[0]
-
-    def due_objects(self, unreferenced_before_ms: int) -> list[str]:
-        with self._storage_errors("list objects awaiting deletion"):
-            rows = self._connection().execute(DUE_OBJECTS, (unreferenced_before_ms,))
-            return [key for (key,) in rows]
-
     def forget_objects(self, keys: Sequence[str]) -> None:
         with self._transaction(f"forget {len(keys)} deleted object(s)") as conn:
             conn.executemany(
                 "DELETE FROM deleted_objects WHERE object_key = ?", [(key,) for key in keys]
             )
 
+    def forget_producers(self, idle_before_ms: int) -> int:
+        with self._transaction("forget idle producers") as conn:
+            return conn.execute(FORGET_PRODUCERS, (idle_before_ms,)).rowcount
+
+    # -- compaction ----------------------------------------------------------------------------
+
+    def replace_segments(self, swap: SegmentSwap, lease: Lease) -> SwapOutcome:
+        new = swap.new
+        with self._transaction(f"swap index rows of {new.topic}/{new.partition}") as conn:
+            return swap_segments(conn, SQLITE, swap, lease)
+
     # -- consumer groups ---------------------------------------------------------------------
 
     def commit_group_offsets(
-        self, group: str, offsets: Mapping[tuple[str, int], tuple[int, str]]
+        self,
+        group: str,
+        offsets: Mapping[tuple[str, int], tuple[int, str]],
+        lease: Lease | None = None,
     ) -> None:
         """Store ``(topic, partition) -> (offset, metadata)`` for ``group`` in one transaction.
 
@@ -627,6 +495,13 @@ class SQLiteMetadata:
             for (topic, partition), (offset, metadata) in offsets.items()
         ]
         with self._transaction(f"commit offsets of group {group!r}") as conn:
+            if (
+                lease is not None
+                and not conn.execute(
+                    leases.sql(leases.HOLDS, SQLITE), (lease.name, lease.holder, lease.epoch)
+                ).fetchone()
+            ):
+                raise LeaseLostError(f"group {group!r}: lease {lease.name!r} is no longer held")
             conn.executemany(
                 "INSERT INTO group_offsets (group_id, topic, partition_id, committed_offset,"
                 " metadata, commit_ms) VALUES (?, ?, ?, ?, ?, ?)"
@@ -635,26 +510,6 @@ class SQLiteMetadata:
                 " metadata = excluded.metadata, commit_ms = excluded.commit_ms",
                 rows,
             )
-
-    def group_offsets(self, group: str) -> dict[tuple[str, int], GroupOffset]:
-        with self._storage_errors(f"read offsets of group {group!r}"):
-            rows = self._connection().execute(
-                "SELECT topic, partition_id, committed_offset, metadata, commit_ms"
-                " FROM group_offsets WHERE group_id = ? ORDER BY topic, partition_id",
-                (group,),
-            )
-            return {(t, p): GroupOffset(o, m, ms) for t, p, o, m, ms in rows}
-
-    def list_groups(self) -> list[str]:
-        with self._storage_errors("list groups"):
-            rows = self._connection().execute(
-                "SELECT DISTINCT group_id FROM group_offsets ORDER BY group_id"
-            )
-            return [group for (group,) in rows]
-
-    def delete_group(self, group: str) -> None:
-        with self._transaction(f"delete group {group!r}") as conn:
-            conn.execute("DELETE FROM group_offsets WHERE group_id = ?", (group,))
 
     # -- the SQL catalog ---------------------------------------------------------------------
 
@@ -684,30 +539,6 @@ class SQLiteMetadata:
                 (key, entry.name, entry.kind, entry.sql, entry.created_ms),
             )
         return entry
-
-    def get_catalog(self, name: str) -> CatalogEntry | None:
-        with self._storage_errors(f"read catalog entry {name!r}"):
-            row = (
-                self._connection()
-                .execute(
-                    "SELECT name, kind, sql_text, created_ms FROM catalog WHERE name_key = ?",
-                    (name.lower(),),
-                )
-                .fetchone()
-            )
-        return None if row is None else CatalogEntry(*row)
-
-    def list_catalog(self) -> list[CatalogEntry]:
-        with self._storage_errors("list the catalog"):
-            rows = self._connection().execute(
-                "SELECT name, kind, sql_text, created_ms FROM catalog ORDER BY name_key"
-            )
-            return [CatalogEntry(*row) for row in rows]
-
-    def drop_catalog(self, name: str) -> bool:
-        with self._transaction(f"drop catalog entry {name!r}") as conn:
-            cursor = conn.execute("DELETE FROM catalog WHERE name_key = ?", (name.lower(),))
-            return cursor.rowcount > 0
 
     # -- producer ids ------------------------------------------------------------------------
 
@@ -743,10 +574,6 @@ class SQLiteMetadata:
             )
             return cursor.rowcount > 0
 
-    def deregister_agent(self, agent_id: str) -> None:
-        with self._transaction(f"deregister agent {agent_id!r}") as conn:
-            conn.execute("DELETE FROM agents WHERE agent_id = ?", (agent_id,))
-
     def list_agents(self) -> list[AgentInfo]:
         with self._storage_errors("list agents"):
             rows = (
@@ -767,34 +594,31 @@ class SQLiteMetadata:
             )
             return cursor.rowcount
 
-    # -- leases ------------------------------------------------------------------------------
+    @staticmethod
+    def _check_fence(conn: sqlite3.Connection, lease: Lease, what: str) -> None:
+        if conn.execute(leases.fence(SQLITE), leases.fence_params(lease)).fetchone() is None:
+            raise leases.refused(lease, what)
 
-    def acquire_lease(self, name: str, holder: str, ttl_ms: int) -> Lease | None:
-        with self._transaction(f"acquire lease {name!r}") as conn:
-            row = conn.execute(
-                leases.sql(leases.ACQUIRE, SQLITE), (name, holder, leases.check_ttl(ttl_ms))
-            ).fetchone()
-        return None if row is None else Lease(*row)
+    # -- query checkpoints -------------------------------------------------------------------
 
-    def renew_lease(self, lease: Lease, ttl_ms: int) -> bool:
-        with self._transaction(f"renew lease {lease.name!r}") as conn:
-            cursor = conn.execute(
-                leases.sql(leases.RENEW, SQLITE),
-                (leases.check_ttl(ttl_ms), lease.name, lease.holder, lease.epoch),
-            )
-            return cursor.rowcount > 0
-
-    def release_lease(self, lease: Lease) -> None:
-        with self._transaction(f"release lease {lease.name!r}") as conn:
+    def record_query_checkpoint(self, lease: Lease, checkpoint: QueryCheckpoint) -> None:
+        with self._transaction(f"record checkpoint of query {checkpoint.query!r}") as conn:
+            self._check_fence(conn, lease, checkpoints.describe(checkpoint))
             conn.execute(
-                leases.sql(leases.RELEASE, SQLITE), (lease.name, lease.holder, lease.epoch)
+                leases.sql(checkpoints.RECORD, SQLITE),
+                checkpoints.record_params(lease, checkpoint),
             )
 
-    def list_leases(self, prefix: str = "") -> list[Lease]:
-        with self._storage_errors("list leases"):
-            rows = (
+    def list_query_checkpoints(self) -> list[QueryCheckpoint]:
+        with self._storage_errors("list query checkpoints"):
+            rows = self._connection().execute(leases.sql(checkpoints.LIST, SQLITE)).fetchall()
+        return [QueryCheckpoint.of(row) for row in rows]
+
+    def query_checkpoint(self, query: str) -> str | None:
+        with self._storage_errors(f"read checkpoint of query {query!r}"):
+            row = (
                 self._connection()
-                .execute(leases.sql(leases.LIST, SQLITE), leases.prefix_bounds(prefix))
-                .fetchall()
+                .execute(leases.sql(checkpoints.LATEST, SQLITE), (query,))
+                .fetchone()
             )
-        return [Lease(*row) for row in rows]
+        return None if row is None else str(row[0])

@@ -39,7 +39,7 @@ from streamhouse.log.records.varints import (
     zigzag,
 )
 
-__all__ = ["build_batch"]
+__all__ = ["build_batch", "frame_batch"]
 
 
 def _as_binary(values: Sequence[bytes | None] | pa.Array | pa.ChunkedArray) -> pa.Array:
@@ -61,7 +61,7 @@ def _binary_lengths(arr: pa.Array) -> np.ndarray:
     return lengths
 
 
-def _binary_from_matrix(b: np.ndarray, mask: np.ndarray) -> pa.Array:
+def binary_from_matrix(b: np.ndarray, mask: np.ndarray) -> pa.Array:
     """A binary array whose element i is the masked bytes of row i."""
     data = b[mask]
     offsets = np.zeros(len(b) + 1, np.int32)
@@ -117,7 +117,7 @@ def build_batch(
         records, base_ts, max_ts = _encode_records(values, keys, timestamps, headers)
     else:
         records, base_ts, max_ts = _encode_columns(values, keys, timestamps, headers)
-    return _frame(
+    return frame_batch(
         records,
         n,
         base_ts,
@@ -177,15 +177,15 @@ def _encode_columns(
     head = [mats[0], attr, mats[1], mats[2], mats[3]]
     if key_arr is None:
         head.append(mats[4])
-        prefix = _binary_from_matrix(
+        prefix = binary_from_matrix(
             np.hstack([m[0] for m in head]), np.hstack([m[1] for m in head])
         )
         parts = [prefix, value_arr, tail]
     else:
-        prefix = _binary_from_matrix(
+        prefix = binary_from_matrix(
             np.hstack([m[0] for m in head]), np.hstack([m[1] for m in head])
         )
-        middle = _binary_from_matrix(*mats[4])
+        middle = binary_from_matrix(*mats[4])
         parts = [prefix, key_arr, middle, value_arr, tail]
     joined = pc.binary_join_element_wise(
         *parts, pa.scalar(b""), null_handling="replace", null_replacement=""
@@ -195,7 +195,7 @@ def _encode_columns(
     return records, base_ts, max_ts
 
 
-def _frame(
+def frame_batch(
     records: bytes | memoryview,
     n: int,
     base_ts: int,
@@ -205,15 +205,19 @@ def _frame(
     producer_id: int,
     producer_epoch: int,
     base_sequence: int,
+    *,
+    last_offset_delta: int | None = None,
+    leader_epoch: int = -1,
 ) -> bytes:
-    """Compress the records and put the batch header with its CRC in front."""
+    """Compress the ``n`` records and put the batch header with its CRC in front (offsets
+    ``base_offset`` to ``base_offset + last_offset_delta``, by default ``n - 1``)."""
     payload = compress(compression, records)
     batch_length = BATCH_OVERHEAD - LENGTH_END + len(payload)
     if batch_length > 0x7FFFFFFF:
         raise RecordTooLargeError(f"record batch of {batch_length} bytes exceeds 2 GiB")
     body = CRC_COVERED.pack(  # attributes .. recordCount
         int(compression),
-        n - 1,
+        n - 1 if last_offset_delta is None else last_offset_delta,
         base_ts,
         max_ts,
         producer_id,
@@ -222,7 +226,7 @@ def _frame(
         n,
     )
     crc = crc32c.crc32c(payload, crc32c.crc32c(body))
-    framing = FRAMING.pack(base_offset, batch_length, -1, 2, crc)  # no leader epoch, magic 2
+    framing = FRAMING.pack(base_offset, batch_length, leader_epoch, 2, crc)  # magic 2
     return b"".join((framing, body, payload))
 
 

@@ -248,16 +248,17 @@ def _assemble(regions: list[_Region]) -> tuple[np.ndarray, list[tuple[BatchHeade
     return buf[: pos + _PAD], batches
 
 
-def _decode_chunk(regions: list[_Region], json_lines: bool) -> _Chunk | None:
-    """Decode the records sections of ``regions`` (one per data batch) in one go."""
-    buf, batches = _assemble(regions)
-    total = len(buf) - _PAD
-    counts = np.array([h.record_count for h, _ in batches], np.int64)
-    region_ends = np.cumsum([size for _, size in batches], dtype=np.int64)
-    region_starts = region_ends - [size for _, size in batches]
+def record_ends(
+    buf: np.ndarray,
+    batches: Sequence[tuple[BatchHeader, int]],
+    region_starts: np.ndarray,
+    region_ends: np.ndarray,
+    counts: np.ndarray,
+) -> np.ndarray:
+    """Where each record of the records sections ``batches`` (``(header, size)``, back to back
+    in ``buf`` from ``region_starts``) ends; ``CorruptRecordError`` if a batch's records do
+    not fill it."""
     n = int(counts.sum())
-    if n <= SMALL:
-        return _decode_small(buf.tobytes(), regions, batches, json_lines)
     nxt = None
     if n >= _PARALLEL_MIN * int(counts.max()):
         nxt = _record_ends_parallel(buf, region_starts, counts)
@@ -281,6 +282,21 @@ def _decode_chunk(regions: list[_Region], json_lines: bool) -> _Chunk | None:
                 )
             ends += batch_ends
         nxt = np.array(ends, np.int64)
+
+    return nxt
+
+
+def _decode_chunk(regions: list[_Region], json_lines: bool) -> _Chunk | None:
+    """Decode the records sections of ``regions`` (one per data batch) in one go."""
+    buf, batches = _assemble(regions)
+    total = len(buf) - _PAD
+    counts = np.array([h.record_count for h, _ in batches], np.int64)
+    region_ends = np.cumsum([size for _, size in batches], dtype=np.int64)
+    region_starts = region_ends - [size for _, size in batches]
+    n = int(counts.sum())
+    if n <= SMALL:
+        return _decode_small(buf.tobytes(), regions, batches, json_lines)
+    nxt = record_ends(buf, batches, region_starts, region_ends, counts)
 
     p = np.empty(n, np.int64)
     p[0] = 0

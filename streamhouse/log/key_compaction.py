@@ -1,0 +1,115 @@
+"""Key compaction of topics with ``cleanup.policy=compact``: the latest record of each key
+survives, as in Kafka's log cleaner. It is part of a compaction pass
+(:mod:`streamhouse.log.compaction`), which writes the cleaned rows as new objects and swaps
+them into the index the same way.
+
+What a pass cleans in a partition: the index rows before the last one (the last is the
+"active segment", never cleaned, as in Kafka) whose records are all older than
+``min.compaction.lag.ms`` (it stops at the first row with a younger record). In them:
+
+- a record whose key has a later record anywhere in the partition goes;
+- a tombstone (null value) that is the latest of its key goes once it is older than
+  ``delete.retention.ms`` (a consumer that read the key's earlier value had that long to see
+  the delete);
+- records without a key are kept (Kafka refuses them on compacted topics at produce).
+
+Offsets never change: the records that stay keep theirs, with gaps where others went
+(:func:`~streamhouse.log.records.filter.drop_records`), and every row still spans the offsets
+it did, so the index has no gaps. The latest record per key is found over every record of the
+partition (keys, offsets, timestamps: one decode of the partition per pass).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from streamhouse.log.metadata import SegmentRow
+from streamhouse.log.records import decode_batches
+
+if TYPE_CHECKING:
+    from streamhouse.log import Log
+
+__all__ = ["Cleaning", "is_compacted", "plan_cleaning"]
+
+DEFAULT_DELETE_RETENTION_MS = 86_400_000
+"""Kafka's default ``delete.retention.ms`` (one day)."""
+
+
+def is_compacted(config: Mapping[str, str]) -> bool:
+    """Whether the topic's ``cleanup.policy`` includes ``compact``.
+
+    >>> is_compacted({"cleanup.policy": "compact,delete"}), is_compacted({})
+    (True, False)
+    """
+    policies = {p.strip() for p in config.get("cleanup.policy", "delete").split(",")}
+    return "compact" in policies
+
+
+@dataclass(frozen=True, slots=True)
+class Cleaning:
+    """Groups of consecutive rows to rewrite, and the offsets (sorted) whose records stay."""
+
+    groups: list[list[SegmentRow]]
+    keep: np.ndarray
+
+
+def plan_cleaning(
+    log_: Log,
+    rows: Sequence[SegmentRow],
+    config: Mapping[str, str],
+    target_bytes: int,
+    now: int,
+) -> Cleaning:
+    """What to clean in one partition whose index rows are ``rows`` (see the module)."""
+    lag = int(config.get("min.compaction.lag.ms", 0))
+    delete_retention = int(config.get("delete.retention.ms", DEFAULT_DELETE_RETENTION_MS))
+    cleanable: list[SegmentRow] = []
+    for row in rows[:-1]:
+        if row.max_timestamp > now - lag:
+            break
+        cleanable.append(row)
+    if not cleanable:
+        return Cleaning([], np.zeros(0, np.int64))
+    table = decode_batches([log_.reader.run_bytes(r) for r in rows])
+    offsets = table["offset"].to_numpy()
+    latest = (
+        pa.table({"key": table["key"], "offset": table["offset"]})
+        .filter(pc.is_valid(table["key"]))
+        .group_by("key")
+        .aggregate([("offset", "max")])
+    )
+    is_latest = np.isin(offsets, latest["offset_max"].to_numpy())
+    stamps = pc.cast(table["timestamp"], pa.int64()).to_numpy()
+    expired_tombstone = (
+        is_latest
+        & table["value"].is_null().to_numpy(zero_copy_only=False)
+        & (stamps < now - delete_retention)
+    )
+    keyless = table["key"].is_null().to_numpy(zero_copy_only=False)
+    keep = (keyless | (is_latest & ~expired_tombstone)) | (offsets > cleanable[-1].last_offset)
+    keep_offsets = offsets[keep]
+
+    groups: list[list[SegmentRow]] = []
+    group: list[SegmentRow] = []
+    size = 0
+    for row in cleanable:
+        if group and size + row.length > target_bytes:
+            groups.append(group)
+            group, size = [], 0
+        group.append(row)
+        size += row.length
+    if group:
+        groups.append(group)
+    dropped = offsets[~keep]
+
+    def worth(g: list[SegmentRow]) -> bool:  # merges rows or drops a record
+        inside = (dropped >= g[0].base_offset) & (dropped <= g[-1].last_offset)
+        return len(g) > 1 or bool(inside.any())
+
+    return Cleaning([g for g in groups if worth(g)], keep_offsets)
