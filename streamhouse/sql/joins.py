@@ -77,7 +77,11 @@ def plan_join(
     if temporal is not None:
         return temporal
     if len(joins) != 1:
-        raise sql_error("a continuous query joins two streams at most (for now)", joins[1])
+        raise sql_error(
+            "a continuous query joins two inputs at a time: join the first two in a subquery"
+            " (SELECT ... FROM (SELECT x.c, y.d FROM x JOIN y ON ...) AS j JOIN z ON ...)",
+            joins[1],
+        )
     join = joins[0]
     if (join.kind or "").upper() in ("SEMI", "ANTI"):
         raise sql_error(
