@@ -16,6 +16,7 @@ from hypothesis import given, settings
 import streamhouse
 from streamhouse.errors import SqlError
 from tests.join_cases import (
+    Schedule,
     duck,
     events,
     latest_records,
@@ -84,43 +85,36 @@ def test_a_padded_row_is_tombstoned_when_its_match_arrives(
             sh.close()
 
 
-@pytest.mark.parametrize(
-    ("sql", "what", "side"),
-    [
-        (
-            "SELECT j.ak, c.v FROM (SELECT a.k AS ak, b.w FROM a FULL JOIN b ON a.k = b.k) j"
-            " JOIN a AS c ON j.ak = c.k",
-            "a join",
-            "FULL",
-        ),
-    ],
+JOIN_OVER_FULL = (
+    "SELECT j.ak, j.w, c.v FROM (SELECT a.k AS ak, b.w FROM a FULL JOIN b ON a.k = b.k) j"
+    " JOIN a AS c ON j.ak = c.k"
 )
-def test_operators_over_an_outer_join_are_refused_not_wrong(
-    sql: str, what: str, side: str, tmp_path: Path
+
+
+@pytest.mark.parametrize(
+    "schedule", [Schedule((1,), frozenset()), Schedule((2, 1), frozenset({2}))]
+)
+def test_a_join_over_an_outer_join_takes_its_retractions(
+    schedule: Schedule, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
-    """An outer join retracts its padded rows; an aggregate or a join over it took only the
-    appends and counted each padded row on top of its match (COUNT(*) 11 where DuckDB says 8).
-    Until those operators take retractions, the query is refused, naming the join; bounded,
-    it answers as DuckDB does."""
+    """An outer join retracts its padded rows; a join over it took only the appends and kept
+    each padded row on top of its match. It now consumes the
+    retractions (a ChangelogJoin): read as a table, its output is DuckDB's answer."""
     a = [("x", 1_000, 1), ("y", 2_000, 2), ("x", 3_000, 3)]
-    b = [("x", 5_000, 10), ("z", 6_000, 20)]
-    with streamhouse.connect(tmp_path, linger_ms=1) as sh:
-        sh.sql(stream_ddl("a", 0))
-        sh.sql(stream_ddl("b", 0))
-        produce(sh, "a", a)
-        produce(sh, "b", b)
-        with pytest.raises(SqlError) as error:
-            start_paused(sh, f"INSERT INTO out {sql}", "q")
-        message = str(error.value)
-        assert f"{what} over a {side} JOIN is not supported continuously yet" in message
-        # the error points at the outer join's right side
-        column = sql.index(f"{side} JOIN ") + len(f"{side} JOIN ") + 1
-        assert (error.value.line, error.value.column) == (1, column + len("INSERT INTO out "))
-        bounded = sh.sql(sql).to_arrow_table().to_pylist()
-        want = duck(sql, {"a": a, "b": b})
-        assert sorted(map(repr, rows_of(bounded, tuple(bounded[0]), ()))) == sorted(
-            map(repr, rows_of(want, tuple(bounded[0]), ()))
-        )
+    b = [("z", 5_000, 20), ("x", 6_000, 10)]  # x's match comes after x's padded row
+    inputs = {"a": a, "b": b}
+    columns = ("ak", "w", "v")
+    with scratch_dir(tmp_path_factory.getbasetemp()) as root:
+        ddl = [stream_ddl("a", 0), stream_ddl("b", 0)]
+        sql = f"INSERT INTO out {JOIN_OVER_FULL}"
+        sh, _ = run_continuously(root, ddl, inputs, sql, schedule)
+        try:
+            want = rows_of(duck(JOIN_OVER_FULL, inputs), columns)
+            assert len(want) == 5
+            assert rows_of(latest_records(sh, "out"), columns) == want
+            assert tombstones(sh, "out") > 0  # padded rows were retracted downstream
+        finally:
+            sh.close()
 
 
 AGGREGATES = {

@@ -129,8 +129,10 @@ def test_unions_equal_the_batch_answer(tmp_path_factory: pytest.TempPathFactory)
         ("SELECT * FROM a UNION SELECT * FROM b", "names its columns"),
         ("SELECT k FROM b UNION ALL (SELECT k FROM a UNION SELECT k FROM b)", "use UNION ALL"),
         (
-            "SELECT k, COUNT(*) AS n FROM a GROUP BY k UNION ALL SELECT k, 1 FROM b",
-            "each input must be append-only",
+            "SELECT window_start, COUNT(*) AS n FROM (SELECT k, t FROM (SELECT k, t,"
+            " ROW_NUMBER() OVER (PARTITION BY k ORDER BY t DESC) AS rn FROM a) WHERE rn = 1"
+            " UNION ALL SELECT k, t FROM b) GROUP BY TUMBLING(t, INTERVAL '10' SECOND)",
+            "a window takes appends only",
         ),
         (
             "SELECT window_start, COUNT(*) AS n FROM (SELECT k, t FROM a UNION ALL SELECT k,"

@@ -12,19 +12,22 @@ from __future__ import annotations
 
 from typing import Generic, Protocol, TypeVar
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from sqlglot import exp
 
 from streamhouse.errors import SqlError, StreamHouseError
+from streamhouse.joins.changelog_join import ChangelogJoinOperator
 from streamhouse.joins.stream_join import LEFT, RIGHT, StreamJoin
 from streamhouse.joins.temporal import VERSIONS, TemporalJoin
 from streamhouse.joins.windowed import WindowedQuery
 from streamhouse.runtime.operator import Changelog, MicroBatch, Operator, QueryContext
-from streamhouse.runtime.sink import key_strings
+from streamhouse.runtime.sink import json_strings, key_strings, row_keys
 from streamhouse.sql import nodes
 from streamhouse.sql.bounds import evictable_bound
-from streamhouse.sql.changelog import PlanNode
+from streamhouse.sql.changelog import ROW_KEY, PlanNode
+from streamhouse.sql.changelog_join import ChangelogJoin
 from streamhouse.sql.execute import run_sql
 from streamhouse.sql.nodes import FLOWS, ROW
 from streamhouse.sql.over import FRESH, OverAggregate
@@ -32,7 +35,7 @@ from streamhouse.sql.parse import node_position
 from streamhouse.sql.projection import declared_stars_sql
 from streamhouse.sql.source import METADATA_COLUMNS
 from streamhouse.sql.window_rows import WindowRows
-from streamhouse.state.store import StateView
+from streamhouse.state.store import ColumnFamily, StateView
 from streamhouse.views.group_by import GroupAggregate
 from streamhouse.views.recompute import RecomputeOperator
 from streamhouse.views.top_n import TopNOperator
@@ -210,11 +213,12 @@ class GroupAggregation(_Stateful[nodes.WindowAggregate]):
         changed = self.executor.process(pre, batch.state)
         if changed is None or not changed.num_rows:
             return Changelog()
-        outputs = run_ordered(
-            node.keyed_post_sql if batch.derived else node.post_sql, {FLOWS: changed}
-        )
+        if batch.derived:  # rows keyed by their group (__k..), for the operator over them
+            outputs = run_ordered(node.keyed_post_sql, {FLOWS: changed})
+            return keyed_changes(outputs, changed, node.keys)
+        outputs = run_ordered(node.post_sql, {FLOWS: changed})
         retracted = self._dropped_keys(changed, outputs)
-        if not node.keys and not batch.derived:  # one group: one record key for all updates
+        if not node.keys:  # one group: one record key for all updates
             outputs = outputs.append_column(
                 "__key", pa.array([GLOBAL_KEY] * outputs.num_rows, pa.binary())
             )
@@ -291,6 +295,36 @@ class StreamJoining(_Stateful[nodes.StreamJoin]):
         return out
 
 
+class ChangelogJoining(_Stateful[ChangelogJoin]):
+    """A regular join over updating inputs: upserts keyed by the pair of input row keys, a
+    tombstone per output row that stops matching."""
+
+    executor: ChangelogJoinOperator
+
+    def __init__(self, node: ChangelogJoin, state: StateView, context: QueryContext) -> None:
+        super().__init__(node, state, context)
+        schemas = [context.schema(node.left), context.schema(node.right)]
+        self.executor = ChangelogJoinOperator(node, state, schemas)
+
+    def process(self, batch: MicroBatch) -> Changelog:
+        node = self.node
+        rows = [batch.inputs[node.left], batch.inputs[node.right]]
+        retracted = [batch.retracted.get(node.left, []), batch.retracted.get(node.right, [])]
+        if all(r is None for r in rows) and not any(retracted):
+            return Changelog()
+        after, before = self.executor.process(rows, retracted, batch.state)
+        names = node.key_columns
+        if batch.derived or not names or after is None and before is None:
+            now = set(after[ROW_KEY].to_pylist()) if after is not None else set()
+            was = set(before[ROW_KEY].to_pylist()) if before is not None else set()
+            return Changelog(after, sorted(was - now))
+        # keyed by a surviving upsert key: the sink keys the rows by those columns
+        now = set(key_strings(after, names)) if after is not None else set()
+        was = set(key_strings(before, names)) if before is not None else set()
+        rows = after.drop_columns([ROW_KEY]) if after is not None else None
+        return Changelog(rows, sorted(k for k in was - now if k is not None))
+
+
 class TemporalJoining(_Stateful[nodes.TemporalJoin]):
     """A probe stream joined with the version of a table current at each probe row's time."""
 
@@ -344,6 +378,11 @@ class TopNRanking(_Stateful[nodes.TopN]):
         if rows is None:
             return Changelog()
         outputs, before = self.executor.process(rows, batch.state)
+        if batch.derived:
+            present = outputs if outputs is not None else before
+            names = present.column_names if present is not None else []
+            keys = [k for k in self.node.key_columns if k in names]
+            return keyed_changes(outputs, before, keys)
         out = Changelog(outputs)
         if before is not None and before.num_rows:  # (key, rank) rows no longer output
             keys = self.node.key_columns
@@ -369,14 +408,40 @@ class Recomputation(_Stateful[nodes.Recompute]):
         if changes is None and not retracted:
             return Changelog()
         outputs, gone = self.executor.process(changes, batch.state, retracted)
-        if node.one_group and not batch.derived:
+        names = node.key_columns
+        if node.ranks:  # gone: the touched partitions' rows before
+            if batch.derived:
+                return keyed_changes(outputs, gone, names)
+            now = set(key_strings(outputs, names)) if outputs is not None else set()
+            before = set(key_strings(gone, names)) if gone is not None else set()
+            return Changelog(outputs, sorted(k for k in before - now if k is not None))
+        if batch.derived:
+            if gone is not None and len(names) == len(gone.column_names):
+                gone = gone.rename_columns(names)
+            return keyed_changes(outputs, gone, names)
+        if node.one_group:
             return _one_group(outputs, gone)
         out = Changelog(outputs)
-        names = node.key_columns
         if gone is not None and gone.num_rows and len(names) == len(node.group_by):
             keyed = gone.rename_columns(names)
             out.retracted = [k for k in key_strings(keyed, names) if k is not None]
         return out
+
+
+def keyed_changes(outputs: pa.Table | None, before: pa.Table | None, keys: list[str]) -> Changelog:
+    """The changelog of an updating operator whose rows feed another operator: each row keyed
+    by :data:`~streamhouse.sql.changelog.ROW_KEY` (its ``keys`` as JSON), and a retraction per
+    key of ``before`` (rows of keys the operator output or touched) that ``outputs`` no longer
+    has."""
+    now: set[bytes] = set()
+    if outputs is not None and outputs.num_rows:
+        ids = row_keys(outputs, keys)
+        now = set(ids.to_pylist())
+        outputs = outputs.append_column(ROW_KEY, ids)
+    gone: list[bytes] = []
+    if before is not None and before.num_rows:
+        gone = sorted(set(row_keys(before, keys).to_pylist()) - now)
+    return Changelog(outputs, gone)
 
 
 def _one_group(outputs: pa.Table | None, gone: pa.Table | None) -> Changelog:
@@ -489,9 +554,25 @@ def _rows_by_position(source: pa.Table, late_pre: pa.Table) -> pa.Table:
 
 
 class UnionAllRows(Adapter[nodes.UnionAll]):
-    """UNION ALL: the rows of every input, renamed to the first input's column names."""
+    """UNION ALL: the rows of every input, renamed to the first input's column names. When an
+    input updates (:attr:`~streamhouse.sql.nodes.UnionAll.keyed`), each row is keyed by its
+    input's position and its row key there (an append-only input's rows by a sequence number,
+    kept in state), and each input's retractions are passed on under those keys."""
+
+    def __init__(self, node: nodes.UnionAll, state: StateView, context: QueryContext) -> None:
+        super().__init__(node, state, context)
+        stored = state.get(ColumnFamily.SESSIONS, UNION_SEQUENCE) if node.keyed else None
+        self.sequence = self.committed = int(stored) if stored is not None else 0
+
+    def commit(self) -> None:
+        self.committed = self.sequence
+
+    def rollback(self) -> None:
+        self.sequence = self.committed
 
     def process(self, batch: MicroBatch) -> Changelog:
+        if self.node.keyed:
+            return self._keyed(batch)
         names = self.node.columns
         tables = [batch.inputs[name] for name in self.node.inputs]
         present = [t for t in tables if t is not None and t.num_rows]
@@ -501,6 +582,42 @@ class UnionAllRows(Adapter[nodes.UnionAll]):
             present = [t.rename_columns(list(names)) for t in present]
         return Changelog(pa.concat_tables(present, promote_options="permissive"))
 
+    def _keyed(self, batch: MicroBatch) -> Changelog:
+        names = list(self.node.columns or ())
+        rows, gone = [], []
+        for position, name in enumerate(self.node.inputs):
+            table = batch.inputs[name]
+            prefix = f"[{position},"
+            if table is not None and table.num_rows:
+                if ROW_KEY in table.column_names:
+                    keys = table[ROW_KEY]
+                    table = table.drop_columns([ROW_KEY])
+                else:
+                    numbers = np.arange(self.sequence, self.sequence + table.num_rows)
+                    self.sequence += table.num_rows
+                    keys = pc.cast(pa.array(numbers), pa.string())
+                table = table.select(list(range(len(names)))).rename_columns(names)
+                rows.append(table.append_column(ROW_KEY, _prefixed(prefix, keys)))
+            retracted = batch.retracted.get(name, [])
+            if retracted:
+                gone += _prefixed(prefix, pa.array(retracted, pa.binary())).to_pylist()
+        if self.sequence != self.committed:
+            batch.state.put(ColumnFamily.SESSIONS, UNION_SEQUENCE, str(self.sequence).encode())
+        out = pa.concat_tables(rows, promote_options="permissive") if rows else None
+        return Changelog(out, gone)
+
+
+UNION_SEQUENCE = b"union_seq"
+
+
+def _prefixed(prefix: str, keys: pa.Array | pa.ChunkedArray) -> pa.Array:
+    """``keys`` as the JSON array ``[position,"key"]``."""
+    quoted = json_strings(keys)
+    joined = pc.binary_join_element_wise(prefix, quoted, "]", "")
+    if isinstance(joined, pa.ChunkedArray):
+        joined = joined.combine_chunks()
+    return pc.cast(joined, pa.binary())
+
 
 ADAPTERS: dict[type[PlanNode], type[Adapter]] = {
     nodes.Stateless: StatelessSql,
@@ -508,6 +625,7 @@ ADAPTERS: dict[type[PlanNode], type[Adapter]] = {
     nodes.Windowed: WindowedEvaluation,
     nodes.StreamJoin: StreamJoining,
     nodes.TemporalJoin: TemporalJoining,
+    ChangelogJoin: ChangelogJoining,
     nodes.TopN: TopNRanking,
     nodes.Recompute: Recomputation,
     nodes.TimeSort: TimeSorting,

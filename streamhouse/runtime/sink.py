@@ -16,6 +16,7 @@ replay, and are skipped.
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 
@@ -49,6 +50,54 @@ def key_strings(table: pa.Table, key_columns: list[str]) -> list[bytes | None]:
     """The record key of each row, as :func:`encode_columns` makes it."""
     _, keys = encode_columns(table, key_columns)
     return keys.to_pylist() if keys is not None else [None] * table.num_rows
+
+
+def row_keys(table: pa.Table, columns: list[str]) -> pa.Array:
+    """The identity of each row on a changelog edge between operators: a JSON object of
+    ``columns`` (``{}`` for none), as binary, built column-wise by Arrow. Unlike a record key of
+    one column it tells a NULL key from the text 'null', so an operator's upserts and
+    retractions of a NULL key meet. (Strings are quoted with their quotes and backslashes
+    escaped, other control characters kept as they are: one text per row, all it must be.)"""
+    n = table.num_rows
+    if not columns or n == 0:
+        return pa.array([b"{}"] * n, pa.binary())
+    parts: list[pa.Array | str] = []
+    for i, name in enumerate(columns):
+        column = table[name]
+        if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
+            text = json_strings(column)
+        else:
+            try:
+                text = pc.fill_null(pc.cast(column, pa.string()), "null")
+            except (pa.ArrowNotImplementedError, pa.ArrowInvalid):
+                return _row_keys_by_duckdb(table, columns)
+        parts += [("{" if i == 0 else ",") + json.dumps(name) + ":", text]
+    joined = pc.binary_join_element_wise(*parts, "}", "")
+    if isinstance(joined, pa.ChunkedArray):
+        joined = joined.combine_chunks()
+    return pc.cast(joined, pa.binary())
+
+
+def json_strings(values: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
+    """Each value as a quoted string, its quotes and backslashes escaped (``null`` for NULL)."""
+    text = pc.cast(values, pa.string())
+    text = pc.replace_substring(pc.replace_substring(text, "\\", "\\\\"), '"', '\\"')
+    return pc.fill_null(pc.binary_join_element_wise('"', text, '"', ""), "null")
+
+
+def _row_keys_by_duckdb(table: pa.Table, columns: list[str]) -> pa.Array:
+    """:func:`row_keys` for column types Arrow cannot cast to text: DuckDB's ``to_json``."""
+    con = _cursor()
+    try:
+        con.register("rows_out", table.select(columns))
+        quoted = ['"' + c.replace('"', '""') + '"' for c in columns]
+        packed = ", ".join(f"{q} := {q}" for q in quoted)
+        result = con.sql(
+            f"SELECT CAST(to_json(struct_pack({packed})) AS VARCHAR) AS k FROM rows_out"
+        ).to_arrow_table()
+    finally:
+        con.close()
+    return result["k"].combine_chunks().cast(pa.binary())
 
 
 def encode_rows(table: pa.Table, key_columns: list[str]) -> tuple[list[bytes], list[bytes | None]]:

@@ -21,12 +21,21 @@ class ChangelogMode(StrEnum):
     UPSERT = "upsert"
     """+I/+U by a key (a later row for a key replaces the earlier one), -D as a tombstone."""
     RETRACT = "retract"
-    """-U/+U/-D of whole rows; no operator emits it yet (the dataflow planner of issue 13)."""
+    """-U/+U/-D of whole rows. No operator emits it: every updating node's rows have a unique
+    key (:data:`ROW_KEY`), so upserts and tombstones by it carry the same changes."""
 
     @property
     def updating(self) -> bool:
         """Whether a later row may revise an earlier one."""
         return self is not ChangelogMode.APPEND
+
+
+ROW_KEY = "__key"
+"""The column that keys each row an updating operator hands to the operator over it (a derived
+input): upserts replace the row of their key, retractions (``MicroBatch.retracted``) name keys
+whose row is gone. Every updating node has one, so an edge needs no -U/+U pairs: a row's key is
+a unique key of the node's output (the group keys of an aggregate, the (partition, rank) of a
+Top-N, the pair of input row keys of a join), and an update is an upsert of that key."""
 
 
 APPEND_ONLY = frozenset({ChangelogMode.APPEND})

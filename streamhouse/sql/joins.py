@@ -7,6 +7,7 @@ from __future__ import annotations
 from sqlglot import exp
 
 from streamhouse.sql.bounds import candidate_bounds, conjuncts
+from streamhouse.sql.changelog_join import ChangelogJoin, plan_changelog_join
 from streamhouse.sql.functions import to_datafusion
 from streamhouse.sql.nodes import (
     ALL_ROWS,
@@ -71,12 +72,16 @@ def plan_temporal_join(select: exp.Select) -> TemporalJoin | None:
 
 def plan_join(
     select: exp.Select, joins: list[exp.Join], derived: dict[str, Operator] | None = None
-) -> StreamJoin | TemporalJoin | WindowAggregate | Recompute:
+) -> StreamJoin | TemporalJoin | WindowAggregate | Recompute | ChangelogJoin:
     temporal = plan_temporal_join(select)
     if temporal is not None:
         return temporal
     if len(joins) != 1:
-        raise sql_error("a continuous query joins two streams at most (for now)", joins[1])
+        raise sql_error(
+            "a continuous query joins two inputs at a time: join the first two in a subquery"
+            " (SELECT ... FROM (SELECT x.c, y.d FROM x JOIN y ON ...) AS j JOIN z ON ...)",
+            joins[1],
+        )
     join = joins[0]
     if (join.kind or "").upper() in ("SEMI", "ANTI"):
         raise sql_error(
@@ -103,9 +108,32 @@ def plan_join(
     bound = candidates[0] if candidates else None
     outer = None
     side = (join.side or "").upper()
+    keys = (_upsert_key(left, derived), _upsert_key(right, derived))
+    if any(k is not None for k in keys):  # an input's rows change: the join's rows with them
+        variants = _outer_variants(rewritten, left_alias, right_alias, side or "INNER")
+        return plan_changelog_join(select, join, keys, variants, left_alias, right_alias)
     if side in ("LEFT", "RIGHT", "FULL"):
         outer = _outer_variants(rewritten, left_alias, right_alias, side)
     return StreamJoin(left.name, right.name, to_datafusion(rewritten), bound, candidates, outer)
+
+
+def _updating(side: exp.Table, derived: dict[str, Operator] | None) -> bool:
+    """Whether join input ``side`` is a derived input whose rows update."""
+    node = (derived or {}).get(side.name)
+    return node is not None and node.updating
+
+
+def _upsert_key(side: exp.Table, derived: dict[str, Operator] | None) -> list[str] | None:
+    """The columns keying the rows of join input ``side`` when it updates ([] when they are
+    not all known, e.g. a Top-N that does not select its rank); None when it is append-only."""
+    node = (derived or {}).get(side.name)
+    if node is None or not node.updating:
+        return None
+    if isinstance(node, WindowAggregate) and None not in node.key_outputs and node.key_outputs:
+        return node.key_columns
+    if isinstance(node, Recompute) and not node.ranks and None not in node.key_outputs:
+        return node.key_columns
+    return []
 
 
 def _outer_variants(select: exp.Select, left: str, right: str, side: str) -> OuterJoin:
@@ -151,14 +179,16 @@ def _aggregate_over_join(
     join_select.set("expressions", [exp.column(c, table=t).as_(n) for (t, c), n in used.items()])
     for key in ("group", "having", "order"):
         join_select.set(key, None)
-    one_group = select.args.get("group") is None and _outer(select)
+    sides = [select.args["from_"].this, *(j.this for j in select.args["joins"])]
+    updates = any(_updating(t, derived) for t in sides if isinstance(t, exp.Table))
+    one_group = select.args.get("group") is None and (_outer(select) or updates)
     if one_group:  # one group, keyed by a constant column, recomputed as retractions come
         join_select.select(exp.alias_(exp.Literal.number(0), ALL_ROWS), copy=False)
     op = plan_join(join_select, join_select.args["joins"], derived)
-    retracting = isinstance(op, StreamJoin) and op.outer is not None
+    retracting = op.updating
     if retracting and select.args.get("group") is None and not one_group:
         refuse_retractions(op, "an aggregate without GROUP BY", select)
-    if retracting and not one_group:
+    if retracting and not one_group and _outer(select):
         _refuse_padded_key(select)
     name = f"__derived_{len(derived)}"
     derived[name] = op

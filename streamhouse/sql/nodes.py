@@ -259,6 +259,9 @@ class Recompute(PlanNode):
     key_outputs: list[str | None]  # the output column of each group_by column
     # the input also retracts rows by record key (``__key``: an outer join's padded rows)
     retracts: bool = False
+    # the output is keyed by (partition, rank), a Top-N's: a key the touched groups output
+    # before the micro-batch and not after is tombstoned
+    ranks: bool = False
 
     @property
     def mode(self) -> ChangelogMode:
@@ -281,6 +284,18 @@ class Recompute(PlanNode):
         retracted = (
             "; a retracted key is kept as a dead row (__live false)" if self.retracts else ""
         )
+        if self.ranks:
+            per_row = self.group_by == self.input_keys  # a filter/projection of each row
+            what = "each input row" if per_row else "Top-N per"
+            return [
+                f"Recompute  {what} ({', '.join(self.group_by) or 'all rows'}) over the latest"
+                f" row per ({', '.join(self.input_keys)}) of {self.source} (updating: each touched"
+                f" {'row' if per_row else 'partition'} recomputed before and after a micro-batch;"
+                f" an upsert per ({', '.join(self.key_columns)}), a tombstone for a row gone)",
+                f"  sql: {self.sql}",
+                "  state: column family 'sessions', key b'recompute'|u32(run) -> IPC(latest input"
+                f" rows of changed keys{retracted})",
+            ]
         return [
             f"Recompute  groups ({', '.join(self.group_by)}) over the latest row per"
             f" ({', '.join(self.input_keys)}) of {self.source} (updating: an upsert per group,"
@@ -326,6 +341,23 @@ class UnionAll(PlanNode):
     inputs: tuple[str, ...]  # the derived inputs, in the query's order
     columns: tuple[str, ...] | None  # the output names; None: the inputs' own (``SELECT *``)
     metadata: bool = False  # its inputs' metadata columns pass (the input of a window)
+    # an input updates: every row is keyed by its input and its key there (append-only
+    # inputs' rows by a sequence number), and each input's retractions are passed on
+    keyed: bool = False
+
+    @property
+    def mode(self) -> ChangelogMode:
+        return ChangelogMode.UPSERT if self.keyed else ChangelogMode.APPEND
+
+    @property
+    def accepts(self) -> frozenset[ChangelogMode]:
+        if self.keyed:
+            return frozenset({ChangelogMode.APPEND, ChangelogMode.UPSERT})
+        return super().accepts
+
+    @property
+    def upsert_key(self) -> str:
+        return "input, its row key"
 
     @property
     def keeps_metadata(self) -> bool:
@@ -343,7 +375,12 @@ class UnionAll(PlanNode):
         return [
             f"UnionAll  {' + '.join(self.inputs)} (rows concatenated; watermark: the minimum of"
             " its inputs')",
-            "  state: none",
+            "  state: none"
+            + (
+                " but b'union_seq' -> u64 (the sequence keying append-only inputs' rows)"
+                if self.keyed
+                else ""
+            ),
         ]
 
 

@@ -42,11 +42,11 @@ from streamhouse.sql.plan_checks import (
     check_changelogs,
     check_order,
     check_upsert_key,
-    refuse_retractions,
 )
-from streamhouse.sql.recompute import plan_recompute
+from streamhouse.sql.recompute import distinct_as_group_by, filter_over_changes, plan_recompute
 from streamhouse.sql.time_sort import plan_time_sort
 from streamhouse.sql.top_n import plan_top_n, top_n_over_updates
+from streamhouse.sql.top_n_changes import top_n_over_changes
 from streamhouse.sql.union import plan_distinct_union, plan_union, window_over_union
 from streamhouse.sql.window_aggregate import plan_window
 from streamhouse.sql.window_inputs import session_aggregates_as_inputs, window_inputs
@@ -153,10 +153,7 @@ def _derive(select: exp.Select, derived: dict[str, Operator]) -> exp.Select:
         sub = side.this
         if not isinstance(sub, exp.Subquery) or not isinstance(sub.this, exp.Select):
             continue
-        op = plan_select(sub.this, derived)
-        refuse_retractions(op, "a join", sub)
-        if op.updating:
-            raise sql_error("a join input must be append-only (not an updating view)", sub)
+        op = plan_select(sub.this, derived)  # an updating one makes a ChangelogJoin
         name = f"__derived_{len(derived)}"
         derived[name] = op
         sub.replace(exp.to_table(name).as_(sub.alias_or_name or name))
@@ -180,6 +177,7 @@ def plan_select(
     the nested queries it reads are planned into ``derived`` first, by name."""
     if select.args.get("limit") is not None:
         raise sql_error("LIMIT has no meaning in a continuous query", select.args["limit"])
+    select = distinct_as_group_by(select)
     if select.args.get("joins"):
         select = window_rows_in_join(select, derived, plan_select)
     joins = select.args.get("joins") or []
@@ -239,8 +237,11 @@ def plan_select(
         top_n = plan_top_n(select, derived, plan_select)
         if top_n is not None:
             return top_n
-        recompute = plan_recompute(select, table, derived, plan_select) or top_n_over_updates(
-            select, derived, plan_select
+        recompute = (
+            plan_recompute(select, table, derived, plan_select)
+            or top_n_over_changes(select, derived, plan_select)
+            or top_n_over_updates(select, derived, plan_select)
+            or filter_over_changes(select, table, derived, plan_select)
         )
         if recompute is not None:
             return recompute

@@ -18,12 +18,12 @@ from streamhouse.sql.nodes import (
     WindowAggregate,
 )
 from streamhouse.sql.parse import sql_error
-from streamhouse.sql.plan_checks import refuse_retractions
+from streamhouse.sql.top_n_changes import ranked_recompute
 
 
 def plan_top_n(
     select: exp.Select, derived: dict[str, Operator], plan_select: SelectPlanner
-) -> TopN | None:
+) -> TopN | Recompute | None:
     """A TopN plan if ``select`` is ``SELECT .. FROM (SELECT .., ROW_NUMBER() OVER (PARTITION BY
     k ORDER BY ..) AS rn FROM s ..) WHERE rn <= N`` (or ``rn = 1``, ``rn < N``). When the inner
     query joins streams, the join becomes a derived input the ranking reads."""
@@ -37,6 +37,9 @@ def plan_top_n(
         if rewritten is None:
             return None
         select, inner = rewritten, rewritten.args["from_"].this.this
+        name = inner.args["from_"].this.name
+        if derived[name].updating:  # the join's rows change: rank them as they do
+            return ranked_recompute(select, name)
     inner_from = inner.args.get("from_")
     table = inner_from.this if inner_from is not None else None
     if (
@@ -243,9 +246,8 @@ def _rank_over_join(
     join_select = inner.copy()
     join_select.set("expressions", projections)
     op = plan_select(join_select, derived)
-    if not isinstance(op, StreamJoin | TemporalJoin):
+    if not (isinstance(op, StreamJoin | TemporalJoin) or op.updating):
         return None
-    refuse_retractions(op, "a Top-N", inner)
     name = f"__derived_{len(derived)}"
     derived[name] = op
 

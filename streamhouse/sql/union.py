@@ -34,6 +34,10 @@ def plan_distinct_union(
     derived[name] = inputs
     columns = [exp.column(c) for c in inputs.columns]
     distinct = exp.select(*columns).from_(name).group_by(*[c.copy() for c in columns])
+    if inputs.keyed:  # an input retracts rows: recompute the distinct rows they leave
+        from streamhouse.sql.recompute import recompute_over_retractions
+
+        return recompute_over_retractions(distinct, name)
     return plan_window(distinct, None, exp.to_table(name))
 
 
@@ -70,14 +74,10 @@ def _union_of(
     branches: list[exp.Select], derived: dict[str, Operator], plan_select: SelectPlanner
 ) -> UnionAll:
     inputs = []
+    keyed = False
     for branch in branches:
         op = plan_select(branch, derived)
-        if op.updating:
-            raise sql_error(
-                "UNION ALL of an updating query is not supported continuously yet: each input"
-                " must be append-only (a filter, a projection, a window aggregate, a join)",
-                branch,
-            )
+        keyed = keyed or op.updating
         name = f"__derived_{len(derived)}"
         derived[name] = op
         inputs.append(name)
@@ -85,7 +85,11 @@ def _union_of(
     columns = None
     if not any(isinstance(e, exp.Star) or isinstance(e.this, exp.Star) for e in first.expressions):
         columns = tuple(e.alias_or_name for e in first.expressions)
-    return UnionAll(tuple(inputs), columns)
+    if keyed and columns is None:
+        raise sql_error(
+            "a UNION ALL of an updating query names its columns (not *)", first.expressions[0]
+        )
+    return UnionAll(tuple(inputs), columns, keyed=keyed)
 
 
 _METADATA = ("_partition", "_offset")  # what a window's late rows are traced back by
@@ -124,6 +128,12 @@ def window_over_union(
             )
         branch.set("expressions", [*branch.expressions, *(exp.column(m).as_(m) for m in _METADATA)])
     union = _union_of(branches, derived, plan_select)
+    if union.keyed:
+        raise sql_error(
+            "a window over a UNION ALL of an updating query: a window takes appends only"
+            " (window each input, then UNION ALL the results)",
+            sub,
+        )
     for name in union.inputs:
         op = derived[name]
         if not isinstance(op, Stateless):

@@ -16,6 +16,10 @@ An input that also retracts rows by record key (an outer join, whose rows padded
 tombstoned when their match arrives: :attr:`Recompute.retracts`) keeps a ``__live`` column: a
 retracted key's row stays, marked dead, so its group is recomputed without it (and a restart
 does not bring it back). A group left without live rows, or dropped by HAVING, is tombstoned.
+
+A Top-N over an updating input (:attr:`Recompute.ranks`) is keyed by (partition, rank), not by
+group: its rows for the touched partitions are computed before and after the micro-batch's
+changes, and a (partition, rank) only before is tombstoned (a partition may lose rows).
 """
 
 from __future__ import annotations
@@ -67,6 +71,10 @@ class RecomputeOperator:
         if len(replaced):
             old = self.table.take(replaced).select(groups)
             touched = pa.concat_tables([old, touched], promote_options="permissive")
+        if self.plan.ranks:  # rows keyed by rank: compare the touched groups' rows before
+            before = self._output(self._rows_of(touched))
+            self.table.replace(replaced, latest, batch)
+            return self._output(self._rows_of(touched)), before
         self.table.replace(replaced, latest, batch)
         if not groups:  # one group: every kept row (a global Top-N)
             rows = self.table.current()
@@ -88,6 +96,20 @@ class RecomputeOperator:
         gone_codes = codes[rows.num_rows :][~still]
         _, first = np.unique(gone_codes, return_index=True)
         return result, gone.take(pa.array(np.sort(first)))
+
+    def _rows_of(self, touched: pa.Table) -> pa.Table:
+        """The current live input rows of the ``touched`` groups (every row without groups)."""
+        groups = self.plan.group_by
+        rows = self.table.take(self.table.find(touched, groups)) if groups else self.table.current()
+        if self.plan.retracts and rows.num_rows:
+            rows = rows.filter(rows[LIVE]).drop_columns([LIVE])
+        return rows
+
+    def _output(self, rows: pa.Table) -> pa.Table | None:
+        """The query's rows over ``rows`` (None for none)."""
+        if rows.num_rows == 0:
+            return None
+        return run_sql(self.plan.sql, {self.plan.source: rows}, ordered=True)
 
     def _with_retractions(
         self, changes: pa.Table | None, retracted: Sequence[bytes]

@@ -1,0 +1,97 @@
+"""Joins over updating inputs (a ChangelogJoin): their changelog key as EXPLAIN and the sink
+show it, tombstones when a joined row goes, and the forms over updating inputs refused with
+what to write instead.
+The answers themselves, over random inputs, micro-batch splits and restarts, are the
+conformance corpus's (``join_*``, ``top*_over_*``, ``distinct_*`` in tests/fixtures/continuous).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from join_cases import T0, Schedule, drive, duck, latest_records, produce, stream_ddl, tombstones
+
+import streamhouse
+from streamhouse import StreamHouse
+from streamhouse.errors import SqlError
+
+COUNTS = "(SELECT k, COUNT(*) AS n FROM a GROUP BY k)"
+SMALL_TOTALS = "(SELECT k, SUM(w) AS total FROM b GROUP BY k HAVING SUM(w) < 5)"
+TWO_AGGREGATES = (
+    f"SELECT x.k, x.n, y.total FROM {COUNTS} AS x JOIN {SMALL_TOTALS} AS y ON x.k = y.k"
+)
+
+
+@pytest.fixture
+def sh(tmp_path: Path) -> Iterator[StreamHouse]:
+    with streamhouse.connect(tmp_path / "data", linger_ms=1) as conn:
+        conn.sql(stream_ddl("a", 1))
+        conn.sql(stream_ddl("b", 1))
+        yield conn
+
+
+def test_a_join_of_two_aggregates_is_keyed_by_the_key_that_survives(sh: StreamHouse) -> None:
+    """Each side is keyed by k and the ON equates them: every x row matches at most one y row,
+    so the output is keyed by k (Flink's unique key of a join), and a pair HAVING drops on one
+    side is tombstoned by k."""
+    explain = sh.sql(f"EXPLAIN {TWO_AGGREGATES}").to_arrow_table().column(0).to_pylist()
+    text = "\n".join(str(line) for line in explain)
+    assert "ChangelogJoin  INNER" in text and "changelog: upsert by (k)" in text
+    a = [("x", T0, 1), ("y", T0 + 1_000, 1), ("x", T0 + 2_000, 1)]
+    b = [("x", T0, 1), ("y", T0 + 1_000, 2), ("x", T0 + 3_000, 4), ("y", T0 + 4_000, 1)]
+    produce(sh, "a", a)
+    produce(sh, "b", b)
+    drive(sh, f"INSERT INTO out {TWO_AGGREGATES}", Schedule((1,), frozenset({3})))
+    keys = sh.fetch("out")["key"].to_pylist()
+    assert set(keys) == {b"x", b"y"}
+    assert tombstones(sh, "out") == 1  # x's total reached 5: HAVING dropped it, the join too
+    got = sorted((r["k"], r["n"], r["total"]) for r in latest_records(sh, "out"))
+    want = sorted((r["k"], r["n"], r["total"]) for r in duck(TWO_AGGREGATES, {"a": a, "b": b}))
+    assert got == want == [("y", 1, 3)]
+
+
+def test_a_stream_joined_to_an_aggregate_is_keyed_by_both_rows(sh: StreamHouse) -> None:
+    """A stream row has no key but its position: each output row is keyed by the pair of input
+    row keys, and a new count upserts every b row of its key again under the same pair."""
+    sql = f"SELECT b.k, b.w, x.n FROM {COUNTS} AS x JOIN b ON x.k = b.k"
+    text = "\n".join(
+        str(line) for line in sh.sql(f"EXPLAIN {sql}").to_arrow_table().column(0).to_pylist()
+    )
+    assert "changelog: upsert by (left row key, right row key)" in text
+    produce(sh, "b", [("x", T0, 7), ("x", T0 + 1_000, 8)])
+    produce(sh, "a", [("x", T0, 1), ("x", T0 + 1_000, 1)])
+    drive(sh, f"INSERT INTO out {sql}", Schedule((1,), frozenset()))
+    records = sh.fetch("out")
+    assert len(set(records["key"].to_pylist())) == 2  # one key per b row
+    # a micro-batch reads one record of each stream: (x, 7) with n = 1, then n = 2 upserts
+    # the row of 7 again beside the new row of 8
+    assert records.num_rows == 3
+    assert sorted((r["w"], r["n"]) for r in latest_records(sh, "out")) == [(7, 2), (8, 2)]
+
+
+@pytest.mark.parametrize(
+    ("sql", "message"),
+    [
+        (f"SELECT * FROM {COUNTS} AS c JOIN b ON c.k = b.k", "name the columns it outputs"),
+        (f"SELECT c.k, n FROM {COUNTS} AS c JOIN b ON c.k = b.k", "qualified by its input's alias"),
+        (
+            f"SELECT c.k, ROW_NUMBER() OVER (ORDER BY c.n) AS r FROM {COUNTS} AS c"
+            " JOIN b ON c.k = b.k",
+            "rank in a subquery over the join",
+        ),
+        (
+            "SELECT k, n FROM (SELECT c.k, c.n, ROW_NUMBER() OVER (ORDER BY c.n DESC) AS rn"
+            f" FROM {COUNTS} AS c JOIN b ON c.k = b.k) WHERE rn <= 3",
+            "select rn",
+        ),
+        (f"SELECT n FROM {COUNTS} AS c WHERE n > 2", r"select k \(the keys of its upserts\)"),
+    ],
+)
+def test_joins_over_updates_that_cannot_run_say_what_to_write(
+    sh: StreamHouse, sql: str, message: str
+) -> None:
+    with pytest.raises(SqlError, match=message) as error:
+        sh.start(f"INSERT INTO out {sql}", name="refused").stop()
+    assert error.value.line == 1 and error.value.column is not None
