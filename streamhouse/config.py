@@ -63,6 +63,7 @@ class Settings:
     orphan_min_age_s: float = 3600.0
     retention_check_interval_s: float = 60.0
     object_delete_delay_s: float = 60.0
+    memory_limit: str | int | None = None  # bounded queries' memory pool; None: half the RAM
 
     @classmethod
     def load(cls, config_file: str | Path | None = None, **overrides: Any) -> Settings:

@@ -1,0 +1,308 @@
+"""A topic as a streaming source of a bounded query: segments decoded group by group as
+DataFusion pulls its record batches, so no source is ever one table in memory.
+
+DataFusion takes a :class:`pyarrow.dataset.Dataset` as a table provider and only calls
+``schema``, ``scanner(columns, filter)`` and ``get_fragments(filter)`` on it, then
+``fragment.scanner(schema, columns, filter, batch_size).to_batches()`` on each fragment, one
+partition of its plan per fragment. :class:`TopicDataset` is such a dataset: each fragment is
+a lazy generator over its share of the segment groups (group ``i`` goes to fragment
+``i % fragments``), so the fragments decode on as many threads as DataFusion runs them on, and
+a query that stops pulling (``LIMIT`` without ``ORDER BY``) stops reading. Scanning again
+(a self-join, a subquery over the same source) reads again; nothing is kept.
+
+Each group: its objects read once (counted in :class:`~streamhouse.log.reader.ReadCounter`),
+its runs checked and trimmed (damage fails the query, or with ``skip_damaged`` is left out and
+listed), decoded, the named JSON fields parsed (:mod:`streamhouse.sql.source`), the metadata
+and computed columns added, then DataFusion's pushed-down filter (which it counts on being
+applied: pushdown is exact) and projection. Index rows the query's WHERE rules out
+(:mod:`streamhouse.sql.pruning`) are never read.
+
+An error in a fragment (a damaged range, a row that does not parse with
+``'json.ignore-parse-errors' = 'false'``) is kept in :attr:`TopicScan.error`, so the caller
+raises it as it is rather than as DataFusion's text of it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.dataset as ds
+
+from streamhouse.errors import DamagedRangeError
+from streamhouse.log import Log
+from streamhouse.log.metadata import SegmentRow
+from streamhouse.log.reader import ReadCounter
+from streamhouse.log.records import split_batches
+from streamhouse.sql.pruning import NO_BOUNDS, ScanBounds
+from streamhouse.sql.source import (
+    INFER_SAMPLE_ROWS,
+    SCAN_GROUP_RECORDS,
+    VIEW_SCHEMA,
+    RejectedRow,
+    RunScan,
+    decode_json_lines,
+    infer_schema,
+    project_schema,
+    rejected_rows,
+    with_metadata,
+)
+
+log = logging.getLogger(__name__)
+
+
+class TopicScan:
+    """The rows of one topic for one query: which index rows to read, in which groups, and
+    how a group becomes record batches of :attr:`schema`."""
+
+    def __init__(
+        self,
+        log_: Log,
+        name: str,
+        topic: str,
+        schema: pa.Schema | None,
+        columns: set[str] | None,
+        *,
+        finish: Callable[[pa.Table], pa.Table] = lambda table: table,
+        bounds: ScanBounds = NO_BOUNDS,
+        skip_damaged: bool = False,
+        fail_on_rejected: Callable[[RejectedRow], Exception] | None = None,
+        fragments: int = 2,
+    ) -> None:
+        self.name = name
+        self.topic = topic
+        self.counter = ReadCounter()
+        self.rows_read = 0
+        self.rejected: list[RejectedRow] = []
+        self.damaged: list[DamagedRangeError] = []
+        self.error: BaseException | None = None
+        self._log = log_
+        self._finish = finish
+        self._skip_damaged = skip_damaged
+        self._fail_on_rejected = fail_on_rejected
+        self._lock = threading.Lock()
+        self._idle = threading.Condition()
+        self._active = 0
+        self._closed = False
+        partitions = range(log_.topic(topic).partitions)
+        if bounds.partitions is not None:
+            partitions = [p for p in partitions if p in bounds.partitions]
+        parts = list(partitions)
+        self._scan = RunScan(
+            log_,
+            topic,
+            parts,
+            {p: bounds.start_offset for p in parts},
+            {p: bounds.end_offset for p in parts} if bounds.end_offset is not None else None,
+            read=False,
+        )
+        rows = [
+            row
+            for p in parts
+            for row in log_.metadata.segments(
+                topic, p, from_offset=self._scan.starts[p], to_offset=self._scan.ends[p]
+            )
+            if bounds.keeps(row)
+        ]
+        if schema is None:
+            schema = self._infer(rows)
+        self.value_schema = schema if schema is None else project_schema(schema, columns)
+        self._groups = _groups(rows)
+        self.fragments = max(1, min(fragments, len(self._groups)))
+        self.schema = self._batch(self._scan.decode([], json_lines=True)).schema
+
+    def _infer(self, rows: list[SegmentRow]) -> pa.Schema | None:
+        """The schema inferred from the first values (by partition, then offset)."""
+        sample: list[SegmentRow] = []
+        for row in rows:
+            if sum(r.record_count for r in sample) >= INFER_SAMPLE_ROWS:
+                break
+            sample.append(row)
+        runs = self._log.reader.read_runs(
+            sample,
+            self._scan.starts,
+            [] if self._skip_damaged else None,  # listed when the scan reads them
+            self.counter,
+            cache=False,
+        )
+        records, _ = self._scan.decode(runs, json_lines=True)
+        values = records["value"]
+        return infer_schema(pa.chunked_array(values.chunks, VIEW_SCHEMA.field("value").type))
+
+    def _runs(self, rows: list[SegmentRow]) -> list[tuple[SegmentRow, memoryview]]:
+        damaged = [] if self._skip_damaged else None
+        runs = self._log.reader.read_runs(
+            rows, self._scan.starts, damaged, self.counter, cache=False
+        )
+        if damaged:
+            with self._lock:
+                self.damaged.extend(damaged)
+        return runs
+
+    def _batch(self, decoded: tuple[pa.Table, list]) -> pa.Table:
+        """One group's rows: values parsed, metadata and computed columns added."""
+        records, lines = decoded
+        schema = self.value_schema
+        rows = np.arange(records.num_rows)
+        if schema is None:  # not JSON: the raw value as text
+            table = pa.table({"value": records["value"].cast(pa.string(), safe=False)})
+        elif len(schema) == 0 or records.num_rows == 0:
+            table = pa.table({}) if len(schema) == 0 else schema.empty_table()
+        else:
+            table, rows, rejected = decode_json_lines(records, lines, schema)
+            if rejected:
+                found = rejected_rows(self.topic, records, rejected)
+                if self._fail_on_rejected is not None:
+                    raise self._fail_on_rejected(found[0])
+                with self._lock:
+                    self.rejected.extend(found)
+        return self._finish(with_metadata(table, records, rows))
+
+    def batches(
+        self, fragment: int, columns: list[str] | None, filter_: Any
+    ) -> Iterator[pa.RecordBatch]:
+        """The record batches of ``fragment``'s groups: ``filter_`` applied, ``columns`` kept.
+        Each group's objects are read at once, then decoded a piece (about
+        :data:`PIECE_RECORDS` records) at a time, so a query that stops pulling stops early."""
+        for group in self._groups[fragment :: self.fragments]:
+            with self._step() as open_:
+                if not open_:
+                    return
+                runs = self._runs(group)
+            for piece in _pieces(runs, PIECE_RECORDS):
+                with self._step() as open_:
+                    if not open_:
+                        return
+                    decoded = self._scan.decode(piece, json_lines=True)
+                    table = self._batch(decoded)
+                    with self._lock:
+                        self.rows_read += decoded[0].num_rows
+                    if table.schema != self.schema:
+                        table = table.cast(self.schema)
+                    if filter_ is not None:
+                        table = table.filter(filter_)
+                    if columns is not None:
+                        table = table.select(columns)
+                    out = table.to_batches()
+                yield from out
+
+    @contextmanager
+    def _step(self) -> Iterator[bool]:
+        """One step of a fragment's work, counted so :meth:`close` can wait for it; yields
+        False once the scan is closed (the step is then not to be taken). Its error is kept."""
+        with self._idle:
+            if self._closed:
+                yield False
+                return
+            self._active += 1
+        try:
+            yield True
+        except Exception as exc:
+            with self._lock:
+                if self.error is None:
+                    self.error = exc
+            raise
+        finally:
+            with self._idle:
+                self._active -= 1
+                self._idle.notify_all()
+
+    def close(self, timeout: float = 60.0) -> None:
+        """Stop the fragments (a LIMIT may leave some unread) and wait for the steps under
+        way, so no DataFusion thread is still in Python when the caller goes on (or exits)."""
+        with self._idle:
+            self._closed = True
+            self._idle.wait_for(lambda: self._active == 0, timeout)
+
+    def dataset(self) -> TopicDataset:
+        return TopicDataset(self)
+
+
+PIECE_RECORDS = 1 << 14
+"""Records decoded and parsed at a time by a fragment (whole batches: about that many)."""
+
+
+def _pieces(
+    runs: list[tuple[SegmentRow, memoryview]], records: int
+) -> Iterator[list[tuple[SegmentRow, memoryview]]]:
+    """``runs`` cut at batch boundaries into pieces of about ``records`` records."""
+    piece: list[tuple[SegmentRow, memoryview]] = []
+    count = 0
+    for row, view in runs:
+        start = 0
+        for _, end, header in split_batches(view):
+            count += header.record_count
+            if count >= records:
+                piece.append((row, view[start:end]))
+                yield piece
+                piece, count, start = [], 0, end
+        if start < len(view):
+            piece.append((row, view[start:]))
+    if piece:
+        yield piece
+
+
+def _groups(rows: list[SegmentRow]) -> list[list[SegmentRow]]:
+    """Index rows cut into groups of whole objects, about :data:`SCAN_GROUP_RECORDS` records
+    each, in object order; a group's rows by partition, then offset."""
+    by_object: dict[str, list[SegmentRow]] = {}
+    for row in rows:
+        by_object.setdefault(row.object_key, []).append(row)
+    groups: list[list[SegmentRow]] = []
+    current: list[SegmentRow] = []
+    for key in sorted(by_object):
+        current += by_object[key]
+        if sum(r.record_count for r in current) >= SCAN_GROUP_RECORDS:
+            groups.append(sorted(current, key=lambda r: (r.partition, r.base_offset)))
+            current = []
+    if current:
+        groups.append(sorted(current, key=lambda r: (r.partition, r.base_offset)))
+    return groups
+
+
+class _Scanner:
+    """What DataFusion asks of a scanner: its projected schema and its batches."""
+
+    def __init__(self, scan: TopicScan, fragment: int, columns: list[str] | None, filter_: Any):
+        self._scan = scan
+        self._fragment = fragment
+        self._columns = columns
+        self._filter = filter_
+        fields = scan.schema if columns is None else [scan.schema.field(c) for c in columns]
+        self.projected_schema = pa.schema(fields)
+
+    def to_batches(self) -> Iterator[pa.RecordBatch]:
+        return self._scan.batches(self._fragment, self._columns, self._filter)
+
+
+class TopicFragment:
+    """One partition of DataFusion's scan: every ``fragments``-th group."""
+
+    def __init__(self, scan: TopicScan, index: int) -> None:
+        self._scan = scan
+        self._index = index
+
+    def scanner(self, schema: pa.Schema | None = None, **options: Any) -> _Scanner:
+        return _Scanner(self._scan, self._index, options.get("columns"), options.get("filter"))
+
+
+class TopicDataset(ds.Dataset):
+    """A :class:`TopicScan` as the pyarrow dataset DataFusion scans (the methods it calls)."""
+
+    def __init__(self, scan: TopicScan) -> None:  # noqa: D107 - no pyarrow dataset under it
+        self._topic_scan = scan
+
+    @property
+    def schema(self) -> pa.Schema:  # type: ignore[override]
+        return self._topic_scan.schema
+
+    def scanner(self, *args: Any, **options: Any) -> _Scanner:  # type: ignore[override]
+        return _Scanner(self._topic_scan, 0, options.get("columns"), options.get("filter"))
+
+    def get_fragments(self, filter: Any = None) -> list[TopicFragment]:  # type: ignore[override]  # noqa: A002
+        return [TopicFragment(self._topic_scan, i) for i in range(self._topic_scan.fragments)]
