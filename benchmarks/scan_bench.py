@@ -10,15 +10,17 @@ Per size, a fresh data directory gets a 4-partition topic ``t`` of JSON records
 as a JSON-lines file. Then, each in a new process (peak resident memory from ``ru_maxrss``),
 through the Python API:
 
-- ``group``: ``SELECT k, count(*), sum(x) FROM t GROUP BY k ORDER BY k``;
-- ``limit``: ``SELECT * FROM t LIMIT 10``;
+- ``group``: ``SELECT k, count(*), sum(x) FROM t GROUP BY k ORDER BY k``, cold (the
+  columnar cache emptied first), then ``group_warm``: the same again, from the cache;
+- ``limit``: ``SELECT * FROM t LIMIT 10`` (cold);
 - ``tail``: ``SELECT count(*) FROM t WHERE _offset >= H``, H keeping the last 1% of each
-  partition (the partitions are equal: records go round-robin);
+  partition (the partitions are equal: records go round-robin; cold);
 - ``duckdb``: the ``group`` query in DuckDB over the JSON-lines file (2 threads, as the
   machine has 2 cores), checked equal to StreamHouse's answer.
 
 The commands run round-robin ``--repeat`` times; times are each one's best, memory its
-largest; every run carries the 1-minute load average and what the scan read (objects, bytes).
+largest; every run carries the 1-minute load average and what the scan read (objects, bytes,
+runs from the cache).
 """
 
 from __future__ import annotations
@@ -43,10 +45,11 @@ import streamhouse  # noqa: E402
 PARTITIONS = 4
 CHUNK = 250_000
 GROUP = "SELECT k, count(*) AS n, sum(x) AS sx FROM t GROUP BY k ORDER BY k"
-QUERIES = {
-    "group": GROUP,
-    "limit": "SELECT * FROM t LIMIT 10",
-    "tail": "SELECT count(*) AS n FROM t WHERE _offset >= {tail}",
+QUERIES = {  # name: (SQL, whether the columnar cache is emptied first)
+    "group": (GROUP, True),
+    "group_warm": (GROUP, False),
+    "limit": ("SELECT * FROM t LIMIT 10", True),
+    "tail": ("SELECT count(*) AS n FROM t WHERE _offset >= {tail}", True),
 }
 STREAMHOUSE_SCRIPT = """
 import json, resource, sys, time
@@ -60,6 +63,7 @@ stats = rel.stats
 print(json.dumps({"seconds": seconds, "rows": table.num_rows,
     "answer": table.slice(0, 20).to_pylist() if table.num_rows <= 1000 else None,
     "objects_read": stats.objects_read, "bytes_read": stats.bytes_read,
+    "cached_runs": stats.cached_runs,
     "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}, default=str))
 """
 DUCKDB_SCRIPT = """
@@ -122,7 +126,9 @@ def bench(records: int, repeat: int, settings: dict[str, Any]) -> dict[str, Any]
         tail = records // PARTITIONS - records // PARTITIONS // 100
         runs: dict[str, list[dict[str, Any]]] = {name: [] for name in [*QUERIES, "duckdb"]}
         for _ in range(repeat):
-            for name, sql in QUERIES.items():
+            for name, (sql, cold) in QUERIES.items():
+                if cold:
+                    shutil.rmtree(work / "data" / "scan-cache", ignore_errors=True)
                 args = [str(work / "data"), sql.format(tail=tail), json.dumps(settings)]
                 runs[name].append(run(STREAMHOUSE_SCRIPT, args))
             runs["duckdb"].append(run(DUCKDB_SCRIPT, [str(work / "t.jsonl"), GROUP]))
@@ -133,13 +139,16 @@ def bench(records: int, repeat: int, settings: dict[str, Any]) -> dict[str, Any]
                 "seconds": min(r["seconds"] for r in measured),
                 "peak_mb": max(r["peak_mb"] for r in measured),
             }
-            for key in ("objects_read", "bytes_read"):
+            for key in ("objects_read", "bytes_read", "cached_runs"):
                 if key in measured[0]:
                     result[name][key] = measured[0][key]
         result["answers_match"] = runs["group"][0]["answer"] == [
             {**row, "sx": float(row["sx"])} for row in runs["duckdb"][0]["answer"]
         ]
         result["group_vs_duckdb_time"] = result["group"]["seconds"] / result["duckdb"]["seconds"]
+        result["warm_vs_duckdb_time"] = (
+            result["group_warm"]["seconds"] / result["duckdb"]["seconds"]
+        )
         result["tail_vs_group_time"] = result["tail"]["seconds"] / result["group"]["seconds"]
         return result
     finally:
@@ -161,6 +170,7 @@ def main() -> None:
     for r in results:
         print(
             f"{r['records']:>11,}  group {r['group']['seconds']:.2f} s {r['group']['peak_mb']:.0f} MB"
+            f"  warm {r['group_warm']['seconds']:.2f} s"
             f"  duckdb {r['duckdb']['seconds']:.2f} s {r['duckdb']['peak_mb']:.0f} MB"
             f"  limit {r['limit']['seconds']:.2f} s  tail {r['tail']['seconds']:.2f} s"
             f"  match {r['answers_match']}"

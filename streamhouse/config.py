@@ -63,6 +63,7 @@ class Settings:
     orphan_min_age_s: float = 3600.0
     retention_check_interval_s: float = 60.0
     object_delete_delay_s: float = 60.0
+    scan_cache_bytes: int = 1 << 30  # columnar cache of decoded runs (data_dir/scan-cache); 0: none
     memory_limit: str | int | None = None  # bounded queries' memory pool; None: half the RAM
 
     @classmethod

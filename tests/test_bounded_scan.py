@@ -21,6 +21,7 @@ from streamhouse.cli import main
 from streamhouse.errors import ConfigError, SqlError
 from streamhouse.sql import scan as scan_module
 from streamhouse.sql import source as source_module
+from streamhouse.sql.scan_cache import ColumnarCache
 
 PARTITIONS = 3
 BASE_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z
@@ -115,12 +116,19 @@ def test_answers_equal_the_whole_table_path_and_duckdb(
             "CREATE STREAM loose (k BIGINT, x DOUBLE, s STRING) WITH ('topic' = 'events', "
             "'json.ignore-parse-errors' = 'true')"
         )
+        cache = sh.engine.scan_cache
         for template in QUERIES:
             sql = template.format(**params)
-            streamed = _answer(sh, sql.replace("FROM t", "FROM loose"), stream=True)
-            whole = _answer(sh, sql.replace("FROM t", "FROM loose"), stream=False)
-            assert streamed == whole, sql
-            assert streamed == _duckdb(rows, sql), sql
+            loose = sql.replace("FROM t", "FROM loose")
+            whole = _answer(sh, loose, stream=False)
+            assert whole == _duckdb(rows, sql), sql
+            sh.engine.scan_cache = None  # decoded piece by piece
+            assert _answer(sh, loose, stream=True) == whole, sql
+            sh.engine.scan_cache = cache  # cold, then warm
+            assert _answer(sh, loose, stream=True) == whole, sql
+            hits = cache.hits
+            assert _answer(sh, loose, stream=True) == whole, sql
+            assert cache.hits > hits
 
 
 def test_a_value_that_does_not_parse_fails_the_stream_naming_it(
@@ -272,3 +280,45 @@ def test_cli_memory_limit(tmp_path: Path) -> None:
     bad = runner.invoke(main, ["--data-dir", data, "query", "--memory-limit", "x", "SELECT 1"])
     assert bad.exit_code == 1
     assert "memory limit 'x' is not a size" in bad.stderr
+
+
+def test_columnar_cache_is_only_a_cache(many_objects: tuple[StreamHouse, list]) -> None:
+    sh, _ = many_objects
+    cache = sh.engine.scan_cache
+    sql = "SELECT k % 10 AS m, count(*) AS n, sum(k) AS sk, max(s) AS top FROM t GROUP BY m ORDER BY m"
+    cold = sh.sql(sql)
+    expected = cold.fetchall()
+    assert cold.stats.objects_read == 40 and cold.stats.cached_runs == 0
+    warm = sh.sql(sql)
+    assert warm.fetchall() == expected
+    assert (warm.stats.objects_read, warm.stats.cached_runs) == (0, 40)
+    files = sorted(cache.directory.iterdir())
+    assert len(files) == 40
+    # a flipped byte in one file, another cut short: both found, decoded again, answer the same
+    data = bytearray(files[0].read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    files[0].write_bytes(bytes(data))
+    files[1].write_bytes(files[1].read_bytes()[:100])
+    damaged = sh.sql(sql)
+    assert damaged.fetchall() == expected
+    assert (damaged.stats.objects_read, damaged.stats.cached_runs) == (2, 38)
+    assert cache.damaged == 2
+    # deleting the whole cache loses nothing
+    for path in cache.directory.iterdir():
+        path.unlink()
+    sh.engine.scan_cache = ColumnarCache(cache.directory, cache.capacity)
+    again = sh.sql(sql)
+    assert again.fetchall() == expected
+    assert again.stats.objects_read == 40
+
+
+def test_columnar_cache_keeps_within_its_size(many_objects: tuple[StreamHouse, list]) -> None:
+    sh, _ = many_objects
+    one_run = sh.engine.scan_cache
+    sh.sql("SELECT k FROM t WHERE _offset < 100 AND _partition = 0").fetchall()
+    size = next(one_run.directory.iterdir()).stat().st_size
+    sh.engine.scan_cache = small = ColumnarCache(one_run.directory, 5 * size + size // 2)
+    assert sh.sql("SELECT sum(k) AS sk FROM t").fetchall() == [(sum(range(4000)),)]
+    sizes = [p.stat().st_size for p in small.directory.iterdir()]
+    assert len(sizes) <= 6 and sum(sizes) <= small.capacity + size
+    assert sh.sql("SELECT sum(k) AS sk FROM t").fetchall() == [(sum(range(4000)),)]

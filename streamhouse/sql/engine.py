@@ -59,6 +59,7 @@ from streamhouse.sql.plan import TemporalJoin, plan_temporal_join, source_tables
 from streamhouse.sql.projection import declared_stars, distinct_outputs, star_query
 from streamhouse.sql.pruning import scan_bounds
 from streamhouse.sql.scan import TopicScan
+from streamhouse.sql.scan_cache import ColumnarCache
 from streamhouse.sql.source import (
     METADATA_COLUMNS,
     RejectedRow,
@@ -88,6 +89,7 @@ class QueryStats:
     rows_read: int = 0
     objects_read: int = 0  # segment objects the streaming scans read (pruning, LIMIT)
     bytes_read: int = 0
+    cached_runs: int = 0  # runs the columnar cache answered
     rejected: list[RejectedRow] = field(default_factory=list)
     damaged: list[DamagedRangeError] = field(default_factory=list)  # ranges skipped
 
@@ -102,6 +104,10 @@ class Engine:
         # Streams and topics reach DataFusion as streaming scans (sql/scan.py); False reads
         # each whole into one table first, as order-sensitive queries and views still do.
         self.stream_sources = True
+        capacity = log_.settings.scan_cache_bytes
+        self.scan_cache = (
+            ColumnarCache(log_.settings.data_dir / "scan-cache", capacity) if capacity > 0 else None
+        )
         limit = log_.settings.memory_limit  # SET 'memory.limit' = '512MB'
         self.memory_limit = default_memory_limit() if limit is None else parse_memory_limit(limit)
 
@@ -293,7 +299,7 @@ class Engine:
     def _answer(self, query: exp.Query, stats: QueryStats) -> Answer:
         """The answer of a top-level query, not yet computed: its output names as written
         (duplicates too), its types plain (no view types)."""
-        stats.rows_read = stats.objects_read = stats.bytes_read = 0
+        stats.rows_read = stats.objects_read = stats.bytes_read = stats.cached_runs = 0
         stats.rejected.clear()
         stats.damaged.clear()
         planned = self._plan(query, stats)
@@ -332,6 +338,7 @@ class Engine:
             _report(scan.name, scan, stats)
             stats.objects_read += scan.counter.objects
             stats.bytes_read += scan.counter.bytes
+            stats.cached_runs += scan.cached_runs
 
     def _plan(
         self, query: exp.Query, stats: QueryStats
@@ -454,6 +461,7 @@ class Engine:
                 None if options.ignore_parse_errors else lambda row: parse_failure(name, row)
             ),
             fragments=SCAN_FRAGMENTS,
+            cache=self.scan_cache,
         )
 
     def _declared(

@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
 from streamhouse.errors import DamagedRangeError
@@ -40,6 +41,7 @@ from streamhouse.log.metadata import SegmentRow
 from streamhouse.log.reader import ReadCounter
 from streamhouse.log.records import split_batches
 from streamhouse.sql.pruning import NO_BOUNDS, ScanBounds
+from streamhouse.sql.scan_cache import ColumnarCache
 from streamhouse.sql.source import (
     INFER_SAMPLE_ROWS,
     SCAN_GROUP_RECORDS,
@@ -73,6 +75,7 @@ class TopicScan:
         skip_damaged: bool = False,
         fail_on_rejected: Callable[[RejectedRow], Exception] | None = None,
         fragments: int = 2,
+        cache: ColumnarCache | None = None,
     ) -> None:
         self.name = name
         self.topic = topic
@@ -81,6 +84,8 @@ class TopicScan:
         self.rejected: list[RejectedRow] = []
         self.damaged: list[DamagedRangeError] = []
         self.error: BaseException | None = None
+        self.cached_runs = 0  # runs read from the columnar cache
+        self._cache = cache
         self._log = log_
         self._finish = finish
         self._skip_damaged = skip_damaged
@@ -134,42 +139,70 @@ class TopicScan:
         values = records["value"]
         return infer_schema(pa.chunked_array(values.chunks, VIEW_SCHEMA.field("value").type))
 
-    def _runs(self, rows: list[SegmentRow]) -> list[tuple[SegmentRow, memoryview]]:
+    def _runs(
+        self, rows: list[SegmentRow], *, whole: bool = False
+    ) -> list[tuple[SegmentRow, memoryview]]:
+        """The runs of ``rows``, trimmed to the scan's start offsets (unless ``whole``)."""
         damaged = [] if self._skip_damaged else None
         runs = self._log.reader.read_runs(
-            rows, self._scan.starts, damaged, self.counter, cache=False
+            rows, {} if whole else self._scan.starts, damaged, self.counter, cache=False
         )
         if damaged:
             with self._lock:
                 self.damaged.extend(damaged)
         return runs
 
-    def _batch(self, decoded: tuple[pa.Table, list]) -> pa.Table:
-        """One group's rows: values parsed, metadata and computed columns added."""
+    def _parse(self, decoded: tuple[pa.Table, list]) -> tuple[pa.Table, list[RejectedRow]]:
+        """Decoded records as rows: values parsed, metadata columns added; and the records
+        whose values do not fit the schema."""
         records, lines = decoded
         schema = self.value_schema
         rows = np.arange(records.num_rows)
+        rejected: list[RejectedRow] = []
         if schema is None:  # not JSON: the raw value as text
             table = pa.table({"value": records["value"].cast(pa.string(), safe=False)})
         elif len(schema) == 0 or records.num_rows == 0:
             table = pa.table({}) if len(schema) == 0 else schema.empty_table()
         else:
-            table, rows, rejected = decode_json_lines(records, lines, schema)
-            if rejected:
-                found = rejected_rows(self.topic, records, rejected)
-                if self._fail_on_rejected is not None:
-                    raise self._fail_on_rejected(found[0])
-                with self._lock:
-                    self.rejected.extend(found)
-        return self._finish(with_metadata(table, records, rows))
+            table, rows, bad = decode_json_lines(records, lines, schema)
+            rejected = rejected_rows(self.topic, records, bad)
+        return with_metadata(table, records, rows), rejected
+
+    def _reject(self, rejected: list[RejectedRow]) -> None:
+        if rejected and self._fail_on_rejected is not None:
+            raise self._fail_on_rejected(rejected[0])
+        with self._lock:
+            self.rejected.extend(rejected)
+
+    def _batch(self, decoded: tuple[pa.Table, list]) -> pa.Table:
+        """One piece's rows: values parsed, metadata and computed columns added."""
+        table, rejected = self._parse(decoded)
+        self._reject(rejected)
+        return self._finish(table)
+
+    def _out(
+        self, table: pa.Table, columns: list[str] | None, filter_: Any
+    ) -> list[pa.RecordBatch]:
+        """Rows as DataFusion asked for them: the scan's schema, filtered, projected."""
+        if table.schema != self.schema:
+            table = table.cast(self.schema)
+        if filter_ is not None:
+            table = table.filter(filter_)
+        if columns is not None:
+            table = table.select(columns)
+        return table.to_batches(max_chunksize=BATCH_ROWS)
 
     def batches(
         self, fragment: int, columns: list[str] | None, filter_: Any
     ) -> Iterator[pa.RecordBatch]:
         """The record batches of ``fragment``'s groups: ``filter_`` applied, ``columns`` kept.
         Each group's objects are read at once, then decoded a piece (about
-        :data:`PIECE_RECORDS` records) at a time, so a query that stops pulling stops early."""
+        :data:`PIECE_RECORDS` records) at a time, so a query that stops pulling stops early;
+        with a columnar cache, a run at a time, from the cache where it holds the run."""
         for group in self._groups[fragment :: self.fragments]:
+            if self._cache is not None:
+                yield from self._cached(group, columns, filter_)
+                continue
             with self._step() as open_:
                 if not open_:
                     return
@@ -182,14 +215,59 @@ class TopicScan:
                     table = self._batch(decoded)
                     with self._lock:
                         self.rows_read += decoded[0].num_rows
-                    if table.schema != self.schema:
-                        table = table.cast(self.schema)
-                    if filter_ is not None:
-                        table = table.filter(filter_)
-                    if columns is not None:
-                        table = table.select(columns)
-                    out = table.to_batches()
+                    out = self._out(table, columns, filter_)
                 yield from out
+
+    def _cached(
+        self, group: list[SegmentRow], columns: list[str] | None, filter_: Any
+    ) -> Iterator[pa.RecordBatch]:
+        """A group through the columnar cache: cached runs read from it, the others read
+        whole from their objects, decoded and cached (unless damaged or with rejected
+        values); each run then trimmed to the scan's offsets."""
+        cache = self._cache
+        assert cache is not None
+        with self._step() as open_:
+            if not open_:
+                return
+            keys = {row: cache.key(row, self.value_schema) for row in group}
+            tables = {row: cache.get(key) for row, key in keys.items()}
+            missing = [row for row in group if tables[row] is None]
+            runs = dict(self._runs(missing, whole=True)) if missing else {}
+        with self._lock:
+            self.cached_runs += len(group) - len(missing)
+        for row in group:
+            with self._step() as open_:
+                if not open_:
+                    return
+                table = tables[row]
+                if table is None:
+                    if row not in runs:  # damaged, and skipped
+                        continue
+                    decoded = self._scan.decode([(row, runs[row])], json_lines=True, whole=True)
+                    table, rejected = self._parse(decoded)
+                    if not rejected:
+                        cache.put(keys[row], table)
+                    self._reject([r for r in rejected if self._within(r.partition, r.offset)])
+                table = self._trim(row, table)
+                with self._lock:
+                    self.rows_read += table.num_rows
+                out = self._out(self._finish(table), columns, filter_)
+            yield from out
+
+    def _within(self, partition: int, offset: int) -> bool:
+        end = self._scan.ends[partition]
+        return self._scan.starts[partition] <= offset and (end is None or offset < end)
+
+    def _trim(self, row: SegmentRow, table: pa.Table) -> pa.Table:
+        """A whole run's rows within the scan's offsets of its partition."""
+        start, end = self._scan.starts[row.partition], self._scan.ends[row.partition]
+        if row.base_offset >= start and (end is None or row.last_offset < end):
+            return table
+        offsets = table["_offset"]
+        keep = pc.greater_equal(offsets, start)
+        if end is not None:
+            keep = pc.and_(keep, pc.less(offsets, end))
+        return table.filter(keep)
 
     @contextmanager
     def _step(self) -> Iterator[bool]:
@@ -222,6 +300,9 @@ class TopicScan:
     def dataset(self) -> TopicDataset:
         return TopicDataset(self)
 
+
+BATCH_ROWS = 8192
+"""Rows of a record batch handed to DataFusion at most (its own batch size)."""
 
 PIECE_RECORDS = 1 << 14
 """Records decoded and parsed at a time by a fragment (whole batches: about that many)."""
