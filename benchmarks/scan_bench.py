@@ -113,7 +113,8 @@ def run(script: str, args: list[str]) -> dict[str, Any]:
         [sys.executable, "-c", script, *args], capture_output=True, text=True, env=env
     )
     if done.returncode != 0:
-        raise RuntimeError(done.stderr.strip().splitlines()[-1])
+        lines = done.stderr.strip().splitlines() or [f"exit status {done.returncode}"]
+        raise RuntimeError(f"{args[1][:60]}: {lines[-1]}")
     return {**json.loads(done.stdout.strip().splitlines()[-1]), "load": before}
 
 

@@ -231,23 +231,23 @@ def test_answers_stream_out_before_the_scan_ends(many_objects: tuple[StreamHouse
 
 
 def test_memory_limit_spills_or_fails_naming_the_limit(tmp_path: Path) -> None:
-    with streamhouse.connect(tmp_path / "data", memory_limit="24MB") as sh:
-        assert sh.engine.memory_limit == 24 << 20
+    with streamhouse.connect(tmp_path / "data", memory_limit="48MB") as sh:
+        assert sh.engine.memory_limit == 48 << 20
         sh.create_topic("e", partitions=2)
         for start in range(0, 400_000, 100_000):
             sh.produce(
                 "e",
                 [
-                    b'{"a": %d, "s": "%s"}' % (i, b"x%d" % i * 8)
+                    b'{"a": %d, "s": "%s"}' % (i, b"x%d" % i * 16)
                     for i in range(start, start + 100_000)
                 ],
             )
-        # a sort of about 40 MB of rows: spilled, and right
+        # a sort of about 60 MB of rows: spilled, and right
         got = sh.sql("SELECT a FROM e ORDER BY s DESC").to_arrow_table()
-        expected = sorted(range(400_000), key=lambda i: f"x{i}" * 8, reverse=True)
+        expected = sorted(range(400_000), key=lambda i: f"x{i}" * 16, reverse=True)
         assert got["a"].to_pylist() == expected
         # a hash join's build side cannot spill: a clear error naming the limit
-        with pytest.raises(SqlError, match=r"needs more memory than memory\.limit = 24 MB allows"):
+        with pytest.raises(SqlError, match=r"needs more memory than memory\.limit = 48 MB allows"):
             sh.sql("SELECT count(*) FROM e x JOIN e y ON x.s = y.s").to_arrow_table()
         sh.sql("SET 'memory.limit' = '1GB'")
         assert sh.engine.memory_limit == 1 << 30
@@ -322,3 +322,13 @@ def test_columnar_cache_keeps_within_its_size(many_objects: tuple[StreamHouse, l
     sizes = [p.stat().st_size for p in small.directory.iterdir()]
     assert len(sizes) <= 6 and sum(sizes) <= small.capacity + size
     assert sh.sql("SELECT sum(k) AS sk FROM t").fetchall() == [(sum(range(4000)),)]
+
+
+def test_a_topic_pruned_to_nothing_keeps_its_inferred_columns(tmp_path: Path) -> None:
+    with streamhouse.connect(tmp_path / "data") as sh:
+        sh.create_topic("e", partitions=2)
+        sh.produce("e", [{"k": i, "s": f"v{i}"} for i in range(50)], partition=1)
+        empty = sh.sql("SELECT k, s FROM e WHERE _offset >= 1000000").to_arrow_table()
+        assert (empty.num_rows, empty.column_names) == (0, ["k", "s"])
+        tail = sh.sql("SELECT k FROM e WHERE _partition = 1 AND _offset >= 45 ORDER BY k")
+        assert tail.fetchall() == [(k,) for k in range(45, 50)]

@@ -115,37 +115,42 @@ class TopicScan:
             if bounds.keeps(row)
         ]
         if schema is None:
-            schema = self._infer(rows)
+            schema = self._infer()
         self.value_schema = schema if schema is None else project_schema(schema, columns)
         self._groups = _groups(rows)
         self.fragments = max(1, min(fragments, len(self._groups)))
         self.schema = self._batch(self._scan.decode([], json_lines=True)).schema
 
-    def _infer(self, rows: list[SegmentRow]) -> pa.Schema | None:
-        """The schema inferred from the first values (by partition, then offset)."""
+    def _infer(self) -> pa.Schema | None:
+        """The schema inferred from the topic's first values (by partition, then offset,
+        from the log start: whatever the query's WHERE prunes, as the whole-table path)."""
+        whole = RunScan(self._log, self.topic, None, None, None, read=False)
         sample: list[SegmentRow] = []
-        for row in rows:
-            if sum(r.record_count for r in sample) >= INFER_SAMPLE_ROWS:
-                break
-            sample.append(row)
+        count = 0
+        for partition, start in whole.starts.items():
+            wanted = max(1, INFER_SAMPLE_ROWS - count)  # rows hold at least a record each
+            rows = self._log.metadata.segments(self.topic, partition, start, limit=wanted)
+            for row in rows:
+                if count >= INFER_SAMPLE_ROWS:
+                    break
+                sample.append(row)
+                count += row.record_count
         runs = self._log.reader.read_runs(
             sample,
-            self._scan.starts,
+            whole.starts,
             [] if self._skip_damaged else None,  # listed when the scan reads them
             self.counter,
             cache=False,
         )
-        records, _ = self._scan.decode(runs, json_lines=True)
+        records, _ = whole.decode(runs, json_lines=True)
         values = records["value"]
         return infer_schema(pa.chunked_array(values.chunks, VIEW_SCHEMA.field("value").type))
 
-    def _runs(
-        self, rows: list[SegmentRow], *, whole: bool = False
-    ) -> list[tuple[SegmentRow, memoryview]]:
-        """The runs of ``rows``, trimmed to the scan's start offsets (unless ``whole``)."""
+    def _runs(self, rows: list[SegmentRow]) -> list[tuple[SegmentRow, memoryview]]:
+        """The runs of ``rows``, trimmed to the scan's start offsets."""
         damaged = [] if self._skip_damaged else None
         runs = self._log.reader.read_runs(
-            rows, {} if whole else self._scan.starts, damaged, self.counter, cache=False
+            rows, self._scan.starts, damaged, self.counter, cache=False
         )
         if damaged:
             with self._lock:
@@ -222,8 +227,8 @@ class TopicScan:
         self, group: list[SegmentRow], columns: list[str] | None, filter_: Any
     ) -> Iterator[pa.RecordBatch]:
         """A group through the columnar cache: cached runs read from it, the others read
-        whole from their objects, decoded and cached (unless damaged or with rejected
-        values); each run then trimmed to the scan's offsets."""
+        from their objects and decoded a piece at a time; a run read whole (not cut by the
+        scan's offsets, no rejected values, not left early) is then cached."""
         cache = self._cache
         assert cache is not None
         with self._step() as open_:
@@ -232,37 +237,52 @@ class TopicScan:
             keys = {row: cache.key(row, self.value_schema) for row in group}
             tables = {row: cache.get(key) for row, key in keys.items()}
             missing = [row for row in group if tables[row] is None]
-            runs = dict(self._runs(missing, whole=True)) if missing else {}
+            runs = dict(self._runs(missing)) if missing else {}
         with self._lock:
             self.cached_runs += len(group) - len(missing)
         for row in group:
-            with self._step() as open_:
-                if not open_:
-                    return
-                table = tables[row]
-                if table is None:
-                    if row not in runs:  # damaged, and skipped
-                        continue
-                    decoded = self._scan.decode([(row, runs[row])], json_lines=True, whole=True)
+            table = tables[row]
+            if table is not None:
+                with self._step() as open_:
+                    if not open_:
+                        return
+                    table = self._trim(row, table)
+                    with self._lock:
+                        self.rows_read += table.num_rows
+                    out = self._out(self._finish(table), columns, filter_)
+                yield from out
+                continue
+            if row not in runs:  # damaged, and skipped
+                continue
+            parts: list[pa.Table] | None = [] if self._whole(row) else None
+            for piece in _pieces([(row, runs[row])], PIECE_RECORDS):
+                with self._step() as open_:
+                    if not open_:
+                        return
+                    decoded = self._scan.decode(piece, json_lines=True)
                     table, rejected = self._parse(decoded)
-                    if not rejected:
-                        cache.put(keys[row], table)
-                    self._reject([r for r in rejected if self._within(r.partition, r.offset)])
-                table = self._trim(row, table)
-                with self._lock:
-                    self.rows_read += table.num_rows
-                out = self._out(self._finish(table), columns, filter_)
-            yield from out
+                    self._reject(rejected)
+                    if rejected:
+                        parts = None
+                    elif parts is not None:
+                        parts.append(table)
+                    with self._lock:
+                        self.rows_read += decoded[0].num_rows
+                    out = self._out(self._finish(table), columns, filter_)
+                yield from out
+            if parts:
+                cache.put(keys[row], pa.concat_tables(parts))
 
-    def _within(self, partition: int, offset: int) -> bool:
-        end = self._scan.ends[partition]
-        return self._scan.starts[partition] <= offset and (end is None or offset < end)
+    def _whole(self, row: SegmentRow) -> bool:
+        """Whether the scan reads every record of ``row`` (its offsets do not cut it)."""
+        start, end = self._scan.starts[row.partition], self._scan.ends[row.partition]
+        return row.base_offset >= start and (end is None or row.last_offset < end)
 
     def _trim(self, row: SegmentRow, table: pa.Table) -> pa.Table:
         """A whole run's rows within the scan's offsets of its partition."""
-        start, end = self._scan.starts[row.partition], self._scan.ends[row.partition]
-        if row.base_offset >= start and (end is None or row.last_offset < end):
+        if self._whole(row):
             return table
+        start, end = self._scan.starts[row.partition], self._scan.ends[row.partition]
         offsets = table["_offset"]
         keep = pc.greater_equal(offsets, start)
         if end is not None:

@@ -246,22 +246,14 @@ class RunScan:
         return groups
 
     def decode(
-        self,
-        runs: list[tuple[SegmentRow, memoryview]],
-        json_lines: bool = False,
-        *,
-        whole: bool = False,
+        self, runs: list[tuple[SegmentRow, memoryview]], json_lines: bool = False
     ) -> tuple[pa.Table, list[JsonLines]]:
-        """The records of ``runs`` within the scan's offset ranges (every record with
-        ``whole``), with their partition (and, with ``json_lines``, their values as JSON
-        lines: see :func:`decode_records`)."""
+        """The records of ``runs`` within the scan's offset ranges, with their partition (and,
+        with ``json_lines``, their values as JSON lines: see :func:`decode_records`)."""
         schema = _VIEW_RECORDS_SCHEMA if json_lines else _RECORDS_SCHEMA
         if not runs:
             return schema.empty_table(), []
-        ranges = [
-            (0, _NO_END) if whole else (self.starts[row.partition], _end(self.ends[row.partition]))
-            for row, _ in runs
-        ]
+        ranges = [(self.starts[row.partition], _end(self.ends[row.partition])) for row, _ in runs]
         # The run CRC-32C was checked on the way out of the store and every batch's at produce.
         decoded = decode_records(
             [view for _, view in runs], ranges, verify=False, json_lines=json_lines
