@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -93,6 +94,7 @@ class TopicScan:
         self._lock = threading.Lock()
         self._idle = threading.Condition()
         self._active = 0
+        self._live = 0  # fragments started and not ended
         self._closed = False
         partitions = range(log_.topic(topic).partitions)
         if bounds.partitions is not None:
@@ -198,6 +200,19 @@ class TopicScan:
         return table.to_batches(max_chunksize=BATCH_ROWS)
 
     def batches(
+        self, fragment: int, columns: list[str] | None, filter_: Any
+    ) -> Iterator[pa.RecordBatch]:
+        """:meth:`_batches`, counted live until it ends (exhausted, closed or dropped)."""
+        with self._idle:
+            self._live += 1
+        try:
+            yield from self._batches(fragment, columns, filter_)
+        finally:
+            with self._idle:
+                self._live -= 1
+                self._idle.notify_all()
+
+    def _batches(
         self, fragment: int, columns: list[str] | None, filter_: Any
     ) -> Iterator[pa.RecordBatch]:
         """The record batches of ``fragment``'s groups: ``filter_`` applied, ``columns`` kept.
@@ -312,14 +327,26 @@ class TopicScan:
 
     def close(self, timeout: float = 60.0) -> None:
         """Stop the fragments (a LIMIT may leave some unread) and wait for the steps under
-        way, so no DataFusion thread is still in Python when the caller goes on (or exits)."""
+        way, then (briefly) for fragments a DataFusion thread is about to resume, which end at
+        once: a thread still entering Python when the interpreter exits aborts the process."""
+        started = time.perf_counter()
         with self._idle:
             self._closed = True
             self._idle.wait_for(lambda: self._active == 0, timeout)
+            self._idle.wait_for(lambda: self._live == 0, CLOSE_GRACE_S)
+        log.debug(
+            "scan of %r closed in %.3f s, %d fragment(s) left suspended",
+            self.name,
+            time.perf_counter() - started,
+            self._live,
+        )
 
     def dataset(self) -> TopicDataset:
         return TopicDataset(self)
 
+
+CLOSE_GRACE_S = 1.0
+"""How long closing a scan waits for fragments left suspended (by a LIMIT) to end."""
 
 BATCH_ROWS = 8192
 """Rows of a record batch handed to DataFusion at most (its own batch size)."""
