@@ -332,3 +332,14 @@ def test_a_topic_pruned_to_nothing_keeps_its_inferred_columns(tmp_path: Path) ->
         assert (empty.num_rows, empty.column_names) == (0, ["k", "s"])
         tail = sh.sql("SELECT k FROM e WHERE _partition = 1 AND _offset >= 45 ORDER BY k")
         assert tail.fetchall() == [(k,) for k in range(45, 50)]
+
+
+def test_an_unusable_cache_directory_leaves_queries_uncached(tmp_path: Path) -> None:
+    with streamhouse.connect(tmp_path / "data") as sh:
+        sh.create_topic("e")
+        sh.produce("e", [{"a": i} for i in range(10)])
+        (tmp_path / "data" / "scan-cache").write_text("not a directory")
+        for _ in range(2):
+            relation = sh.sql("SELECT sum(a) AS s FROM e")
+            assert relation.fetchall() == [(45,)]
+            assert (relation.stats.objects_read, relation.stats.cached_runs) == (2, 0)

@@ -73,12 +73,18 @@ class ColumnarCache:
 
     def _index(self) -> OrderedDict[str, int]:
         if self._files is None:
-            self.directory.mkdir(parents=True, exist_ok=True)
             found = []
-            for entry in os.scandir(self.directory):
-                if entry.name.endswith(".arrow") and entry.is_file():
-                    stat = entry.stat()
-                    found.append((stat.st_mtime, entry.name, stat.st_size))
+            try:
+                self.directory.mkdir(parents=True, exist_ok=True)
+                for entry in os.scandir(self.directory):
+                    if entry.name.endswith(".arrow") and entry.is_file():
+                        stat = entry.stat()
+                        found.append((stat.st_mtime, entry.name, stat.st_size))
+            except OSError as exc:  # e.g. a read-only data directory: queries go on uncached
+                log.warning(
+                    "columnar cache %s is not usable, queries read objects: %s", self.directory, exc
+                )
+                self.capacity = 0
             self._files = OrderedDict((name, size) for _, name, size in sorted(found))
             self._size = sum(self._files.values())
         return self._files
