@@ -69,7 +69,7 @@ print(json.dumps({"seconds": seconds, "rows": table.num_rows,
 DUCKDB_SCRIPT = """
 import json, resource, sys, time
 import duckdb
-con = duckdb.connect(config={"threads": 2})
+con = duckdb.connect(config={"threads": 2, "enable_progress_bar": False})
 t0 = time.perf_counter()
 table = con.sql(sys.argv[2].replace("FROM t", "FROM read_json('" + sys.argv[1] + "', "
     "columns={k: 'BIGINT', x: 'DOUBLE', s: 'VARCHAR', ts: 'TIMESTAMP'}, format='newline_delimited')")).arrow()
@@ -115,7 +115,8 @@ def run(script: str, args: list[str]) -> dict[str, Any]:
     if done.returncode != 0:
         lines = done.stderr.strip().splitlines() or [f"exit status {done.returncode}"]
         raise RuntimeError(f"{args[1][:60]}: {lines[-1]}")
-    return {**json.loads(done.stdout.strip().splitlines()[-1]), "load": before}
+    answer = [line for line in done.stdout.splitlines() if line.startswith("{")][-1]
+    return {**json.loads(answer), "load": before}
 
 
 def bench(records: int, repeat: int, settings: dict[str, Any]) -> dict[str, Any]:
@@ -167,7 +168,11 @@ def main() -> None:
     global CODE
     CODE = args.code
     settings = {} if args.memory_limit is None else {"memory_limit": args.memory_limit}
-    results = [bench(n, args.repeat, settings) for n in args.records]
+    results = []
+    for records in args.records:
+        results.append(bench(records, args.repeat, settings))
+        if args.out is not None:  # after every size: a later one may take long
+            args.out.write_text(json.dumps({"peak_rss_unit": "MB", "results": results}, indent=1))
     for r in results:
         print(
             f"{r['records']:>11,}  group {r['group']['seconds']:.2f} s {r['group']['peak_mb']:.0f} MB"
