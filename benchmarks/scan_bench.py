@@ -69,7 +69,8 @@ print(json.dumps({"seconds": seconds, "rows": table.num_rows,
 DUCKDB_SCRIPT = """
 import json, resource, sys, time
 import duckdb
-con = duckdb.connect(config={"threads": 2, "enable_progress_bar": False})
+con = duckdb.connect(config={"threads": 2})
+con.execute("SET enable_progress_bar = false")
 t0 = time.perf_counter()
 table = con.sql(sys.argv[2].replace("FROM t", "FROM read_json('" + sys.argv[1] + "', "
     "columns={k: 'BIGINT', x: 'DOUBLE', s: 'VARCHAR', ts: 'TIMESTAMP'}, format='newline_delimited')")).arrow()
