@@ -7,11 +7,13 @@ Usage::
 
 Per size, a fresh data directory gets a 4-partition topic ``t`` of JSON records
 ``{"k": 17, "x": 8.5, "s": "name-17", "ts": "2026-01-01T00:00:17"}`` and the same records
-as a JSON-lines file. Then, each in a new process (peak resident memory from ``ru_maxrss``),
+as a JSON-lines file. Then, each in a new process (its peak resident memory: ``VmHWM``),
 through the Python API:
 
 - ``group``: ``SELECT k, count(*), sum(x) FROM t GROUP BY k ORDER BY k``, cold (the
   columnar cache emptied first), then ``group_warm``: the same again, from the cache;
+- ``group_whole``: the same over the whole-table path (every source decoded into one table
+  first, as before issue 23: ``engine.stream_sources = False``);
 - ``limit``: ``SELECT * FROM t LIMIT 10`` (cold);
 - ``tail``: ``SELECT count(*) FROM t WHERE _offset >= H``, H keeping the last 1% of each
   partition (the partitions are equal: records go round-robin; cold);
@@ -45,16 +47,26 @@ import streamhouse  # noqa: E402
 PARTITIONS = 4
 CHUNK = 250_000
 GROUP = "SELECT k, count(*) AS n, sum(x) AS sx FROM t GROUP BY k ORDER BY k"
-QUERIES = {  # name: (SQL, whether the columnar cache is emptied first)
-    "group": (GROUP, True),
-    "group_warm": (GROUP, False),
-    "limit": ("SELECT * FROM t LIMIT 10", True),
-    "tail": ("SELECT count(*) AS n FROM t WHERE _offset >= {tail}", True),
+QUERIES = {  # name: (SQL, whether the columnar cache is emptied first, the path)
+    "group": (GROUP, True, "stream"),
+    "group_warm": (GROUP, False, "stream"),
+    "group_whole": (GROUP, True, "whole"),
+    "limit": ("SELECT * FROM t LIMIT 10", True, "stream"),
+    "tail": ("SELECT count(*) AS n FROM t WHERE _offset >= {tail}", True, "stream"),
 }
-STREAMHOUSE_SCRIPT = """
-import json, resource, sys, time
+PEAK_MB = """
+def peak_mb():  # this process's own peak (ru_maxrss would carry the forking parent's over exec)
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+"""
+STREAMHOUSE_SCRIPT = (
+    PEAK_MB
+    + """
+import json, sys, time
 import streamhouse
 sh = streamhouse.connect(sys.argv[1], **json.loads(sys.argv[3]))
+sh.engine.stream_sources = sys.argv[4] != "whole"
 t0 = time.perf_counter()
 rel = sh.sql(sys.argv[2])
 table = rel.to_arrow_table()
@@ -64,10 +76,13 @@ print(json.dumps({"seconds": seconds, "rows": table.num_rows,
     "answer": table.slice(0, 20).to_pylist() if table.num_rows <= 1000 else None,
     "objects_read": stats.objects_read, "bytes_read": stats.bytes_read,
     "cached_runs": stats.cached_runs,
-    "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}, default=str))
+    "peak_mb": peak_mb()}, default=str))
 """
-DUCKDB_SCRIPT = """
-import json, resource, sys, time
+)
+DUCKDB_SCRIPT = (
+    PEAK_MB
+    + """
+import json, sys, time
 import duckdb
 con = duckdb.connect(config={"threads": 2})
 con.execute("SET enable_progress_bar = false")
@@ -78,8 +93,9 @@ if not hasattr(table, "num_rows"):
     table = table.read_all()
 seconds = time.perf_counter() - t0
 print(json.dumps({"seconds": seconds, "rows": table.num_rows, "answer": table.slice(0, 20).to_pylist(),
-    "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}, default=str))
+    "peak_mb": peak_mb()}, default=str))
 """
+)
 
 
 def load() -> float:
@@ -129,10 +145,10 @@ def bench(records: int, repeat: int, settings: dict[str, Any]) -> dict[str, Any]
         tail = records // PARTITIONS - records // PARTITIONS // 100
         runs: dict[str, list[dict[str, Any]]] = {name: [] for name in [*QUERIES, "duckdb"]}
         for _ in range(repeat):
-            for name, (sql, cold) in QUERIES.items():
+            for name, (sql, cold, path) in QUERIES.items():
                 if cold:
                     shutil.rmtree(work / "data" / "scan-cache", ignore_errors=True)
-                args = [str(work / "data"), sql.format(tail=tail), json.dumps(settings)]
+                args = [str(work / "data"), sql.format(tail=tail), json.dumps(settings), path]
                 runs[name].append(run(STREAMHOUSE_SCRIPT, args))
             runs["duckdb"].append(run(DUCKDB_SCRIPT, [str(work / "t.jsonl"), GROUP]))
             print({k: round(v[-1]["seconds"], 2) for k, v in runs.items()}, flush=True)
@@ -178,6 +194,7 @@ def main() -> None:
         print(
             f"{r['records']:>11,}  group {r['group']['seconds']:.2f} s {r['group']['peak_mb']:.0f} MB"
             f"  warm {r['group_warm']['seconds']:.2f} s"
+            f"  whole {r['group_whole']['seconds']:.2f} s {r['group_whole']['peak_mb']:.0f} MB"
             f"  duckdb {r['duckdb']['seconds']:.2f} s {r['duckdb']['peak_mb']:.0f} MB"
             f"  limit {r['limit']['seconds']:.2f} s  tail {r['tail']['seconds']:.2f} s"
             f"  match {r['answers_match']}"
