@@ -46,6 +46,7 @@ def small_pieces(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(source_module, "SCAN_GROUP_RECORDS", 300)
     monkeypatch.setattr(scan_module, "SCAN_GROUP_RECORDS", 300)
     monkeypatch.setattr(scan_module, "PIECE_RECORDS", 64)
+    monkeypatch.setattr(scan_module, "FIRST_PIECE_RECORDS", 16)
 
 
 def _fill(sh: StreamHouse, rng: random.Random) -> list[dict]:

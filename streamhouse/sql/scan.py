@@ -216,18 +216,19 @@ class TopicScan:
         self, fragment: int, columns: list[str] | None, filter_: Any
     ) -> Iterator[pa.RecordBatch]:
         """The record batches of ``fragment``'s groups: ``filter_`` applied, ``columns`` kept.
-        Each group's objects are read at once, then decoded a piece (about
-        :data:`PIECE_RECORDS` records) at a time, so a query that stops pulling stops early;
-        with a columnar cache, a run at a time, from the cache where it holds the run."""
+        Each group's objects are read at once, then decoded a piece (:func:`_growing`) at a
+        time, so a query that stops pulling stops early; with a columnar cache, a run at a
+        time, from the cache where it holds the run."""
+        sizes = _growing()
         for group in self._groups[fragment :: self.fragments]:
             if self._cache is not None:
-                yield from self._cached(group, columns, filter_)
+                yield from self._cached(group, columns, filter_, sizes)
                 continue
             with self._step() as open_:
                 if not open_:
                     return
                 runs = self._runs(group)
-            for piece in _pieces(runs, PIECE_RECORDS):
+            for piece in _pieces(runs, sizes):
                 with self._step() as open_:
                     if not open_:
                         return
@@ -239,7 +240,11 @@ class TopicScan:
                 yield from out
 
     def _cached(
-        self, group: list[SegmentRow], columns: list[str] | None, filter_: Any
+        self,
+        group: list[SegmentRow],
+        columns: list[str] | None,
+        filter_: Any,
+        sizes: Iterator[int],
     ) -> Iterator[pa.RecordBatch]:
         """A group through the columnar cache: cached runs read from it, the others read
         from their objects and decoded a piece at a time; a run read whole (not cut by the
@@ -270,7 +275,7 @@ class TopicScan:
             if row not in runs:  # damaged, and skipped
                 continue
             parts: list[pa.Table] | None = [] if self._whole(row) else None
-            for piece in _pieces([(row, runs[row])], PIECE_RECORDS):
+            for piece in _pieces([(row, runs[row])], sizes):
                 with self._step() as open_:
                     if not open_:
                         return
@@ -351,16 +356,19 @@ CLOSE_GRACE_S = 1.0
 BATCH_ROWS = 8192
 """Rows of a record batch handed to DataFusion at most (its own batch size)."""
 
-PIECE_RECORDS = 1 << 14
-"""Records decoded and parsed at a time by a fragment (whole batches: about that many)."""
+PIECE_RECORDS = 1 << 16
+"""Records decoded and parsed at a time by a fragment at most (whole batches: about that
+many); its first pieces are smaller (:func:`_growing`)."""
+FIRST_PIECE_RECORDS = 1 << 12
 
 
 def _pieces(
-    runs: list[tuple[SegmentRow, memoryview]], records: int
+    runs: list[tuple[SegmentRow, memoryview]], sizes: Iterator[int]
 ) -> Iterator[list[tuple[SegmentRow, memoryview]]]:
-    """``runs`` cut at batch boundaries into pieces of about ``records`` records."""
+    """``runs`` cut at batch boundaries into pieces of about ``next(sizes)`` records each."""
     piece: list[tuple[SegmentRow, memoryview]] = []
     count = 0
+    records = next(sizes)
     for row, view in runs:
         start = 0
         for _, end, header in split_batches(view):
@@ -369,10 +377,21 @@ def _pieces(
                 piece.append((row, view[start:end]))
                 yield piece
                 piece, count, start = [], 0, end
+                records = next(sizes)
         if start < len(view):
             piece.append((row, view[start:]))
     if piece:
         yield piece
+
+
+def _growing() -> Iterator[int]:
+    """Piece sizes of a fragment: :data:`FIRST_PIECE_RECORDS`, doubling up to
+    :data:`PIECE_RECORDS` (a LIMIT meets its rows soon; a whole scan pays the per-piece cost
+    of parsing seldom)."""
+    size = min(FIRST_PIECE_RECORDS, PIECE_RECORDS)
+    while True:
+        yield size
+        size = min(size * 2, PIECE_RECORDS)
 
 
 def _groups(rows: list[SegmentRow]) -> list[list[SegmentRow]]:
