@@ -27,6 +27,7 @@ from streamhouse.errors import StreamHouseError
 from streamhouse.output import DEFAULT_MAX_ROWS
 from streamhouse.output import print_table as _print_table
 from streamhouse.output import write_result as _write_result
+from streamhouse.sql.memory import parse_memory_limit
 
 if TYPE_CHECKING:
     from streamhouse.runtime.supervisor import QuerySupervisor
@@ -418,6 +419,12 @@ def consume(
     help="Leave damaged ranges of records out and report them (SET 'read.on-damage' = 'skip').",
 )
 @click.option(
+    "--memory-limit",
+    metavar="SIZE",
+    help="Memory the query may use before it spills to disk or fails: '512MB', '2GB', "
+    "'25%' of the machine's (SET 'memory.limit'; default half the machine's memory).",
+)
+@click.option(
     "--max-rows",
     type=click.IntRange(min=0),
     default=DEFAULT_MAX_ROWS,
@@ -433,6 +440,7 @@ def query(
     fmt: str,
     output: str | None,
     skip_damaged: bool,
+    memory_limit: str | None,
     max_rows: int,
     data_dir: str | None,
 ) -> None:
@@ -446,8 +454,12 @@ def query(
     with _open(ctx) as sh:
         if skip_damaged:
             sh.sql("SET 'read.on-damage' = 'skip'")
+        if memory_limit is not None:
+            sh.engine.memory_limit = parse_memory_limit(memory_limit)
         relation = sh.sql(sql)
         rows = relation.to_arrow_reader()
+        _write_result(rows, fmt, output, 0 if relation.listing else max_rows)
+        # Sources stream as the rows are written: what they left out is known at the end.
         stats = getattr(relation, "stats", None)
         if stats is not None and stats.rejected:
             click.echo(
@@ -456,7 +468,6 @@ def query(
             )
         for damaged in stats.damaged if stats is not None else ():
             click.echo(f"warning: {damaged.records} record(s) skipped: {damaged}", err=True)
-        _write_result(rows, fmt, output, 0 if relation.listing else max_rows)
 
 
 # -- server and demo ---------------------------------------------------------------------------

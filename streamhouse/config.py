@@ -79,6 +79,8 @@ class Settings:
     compaction_target_bytes: int = 16 * 1024 * 1024
     compaction_compression: str = "zstd"
     compaction_lease_s: float = 60.0
+    scan_cache_bytes: int = 1 << 30  # columnar cache of decoded runs (data_dir/scan-cache); 0: none
+    memory_limit: str | int | None = None  # bounded queries' memory pool; None: half the RAM
 
     @classmethod
     def load(cls, config_file: str | Path | None = None, **overrides: Any) -> Settings:

@@ -66,6 +66,17 @@ class ObjectCache:
         self.put(key, data)
         return data
 
+    def read(self, key: str) -> bytes:
+        """An object from the cache if there, else from the store without caching it: a
+        scan passing through a whole topic does not push out what fetches read again."""
+        with self._lock:
+            data = self._objects.get(key)
+            if data is not None:
+                self.hits += 1
+                return data
+            self.misses += 1
+        return self._store.get(key)
+
     def put(self, key: str, data: bytes) -> None:
         if len(data) > self._capacity:
             return
@@ -211,7 +222,25 @@ class LogReader:
                 to_offset=end_offsets.get(partition),
             )
         ]
-        objects = {key: self._cache.get(key) for key in sorted({r.object_key for r in rows})}
+        return self.read_runs(rows, start_offsets, damaged)
+
+    def read_runs(
+        self,
+        rows: Sequence[SegmentRow],
+        start_offsets: Mapping[int, int],
+        damaged: list[DamagedRangeError] | None = None,
+        counter: ReadCounter | None = None,
+        *,
+        cache: bool = True,
+    ) -> list[tuple[SegmentRow, memoryview]]:
+        """The runs of index ``rows`` (in their order), each object read once (kept in the
+        cache unless ``cache`` is false); a partition's run is trimmed to start at the batch
+        holding its start offset. Damage as in :meth:`scan`; every object read is counted in
+        ``counter``."""
+        get = self._cache.get if cache else self._cache.read
+        objects = {key: get(key) for key in sorted({r.object_key for r in rows})}
+        if counter is not None:
+            counter.add(len(objects), sum(len(data) for data in objects.values()))
         out = []
         for row in rows:
             try:
@@ -227,6 +256,21 @@ class LogReader:
             if len(run):
                 out.append((row, run))
         return out
+
+
+class ReadCounter:
+    """How many segment objects, and bytes of them, a scan read (from the cache or the
+    store); thread-safe."""
+
+    def __init__(self) -> None:
+        self.objects = 0
+        self.bytes = 0
+        self._lock = threading.Lock()
+
+    def add(self, objects: int, size: int) -> None:
+        with self._lock:
+            self.objects += objects
+            self.bytes += size
 
 
 def _check_run(data: bytes, row: SegmentRow) -> memoryview:

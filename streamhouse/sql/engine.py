@@ -18,6 +18,7 @@ case-sensitive, as in Flink SQL.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -40,14 +41,27 @@ from streamhouse.result import Relation, status
 from streamhouse.sql.computed import ComputedColumnError, ComputedColumns
 from streamhouse.sql.ddl import stream_definition
 from streamhouse.sql.dialect import Explain
-from streamhouse.sql.execute import Answer, register, run_sql, session_context, sql_errors
+from streamhouse.sql.execute import (
+    Answer,
+    register,
+    run_sql,
+    session_context,
+    sql_errors,
+)
+from streamhouse.sql.execute import (
+    quoted as _quoted,
+)
 from streamhouse.sql.functions import functions, to_datafusion
 from streamhouse.sql.hints import SourceOptions, check_hints, source_options
 from streamhouse.sql.joins import plan_temporal_join
+from streamhouse.sql.memory import default_memory_limit, parse_memory_limit
 from streamhouse.sql.nodes import TemporalJoin
 from streamhouse.sql.parse import DIALECT, nesting_guard, node_position, parse, sql_error
 from streamhouse.sql.plan import source_tables
 from streamhouse.sql.projection import declared_stars, distinct_outputs, star_query
+from streamhouse.sql.pruning import scan_bounds
+from streamhouse.sql.scan import TopicScan
+from streamhouse.sql.scan_cache import ColumnarCache
 from streamhouse.sql.source import (
     METADATA_COLUMNS,
     RejectedRow,
@@ -60,10 +74,14 @@ from streamhouse.sql.source import (
 )
 from streamhouse.sql.window_spec import take_out_windows
 from streamhouse.windows.table import window_table
+from streamhouse.workers import worker
 
 log = logging.getLogger(__name__)
 
 STREAM_KINDS = {"STREAM": "stream", "TABLE": "table"}
+MEMORY_LIMIT = "memory.limit"
+SCAN_FRAGMENTS = max(2, os.cpu_count() or 2)
+"""Fragments of a streaming scan: DataFusion decodes that many segment groups at a time."""
 
 
 @dataclass(slots=True)
@@ -71,6 +89,9 @@ class QueryStats:
     """What the last run of a query read and left out."""
 
     rows_read: int = 0
+    objects_read: int = 0  # segment objects the streaming scans read (pruning, LIMIT)
+    bytes_read: int = 0
+    cached_runs: int = 0  # runs the columnar cache answered
     rejected: list[RejectedRow] = field(default_factory=list)
     damaged: list[DamagedRangeError] = field(default_factory=list)  # ranges skipped
 
@@ -82,6 +103,15 @@ class Engine:
         self.log = log_
         self.on_materialized_view: Callable[[exp.Create], object] | None = None
         self.skip_damaged = False  # SET 'read.on-damage' = 'skip'
+        # Streams and topics reach DataFusion as streaming scans (sql/scan.py); False reads
+        # each whole into one table first, as order-sensitive queries and views still do.
+        self.stream_sources = True
+        capacity = log_.settings.scan_cache_bytes
+        self.scan_cache = (
+            ColumnarCache(log_.settings.data_dir / "scan-cache", capacity) if capacity > 0 else None
+        )
+        limit = log_.settings.memory_limit  # SET 'memory.limit' = '512MB'
+        self.memory_limit = default_memory_limit() if limit is None else parse_memory_limit(limit)
 
     def execute(self, sql: str) -> Relation:
         """Run every statement of ``sql``; the result of the last one is returned."""
@@ -142,16 +172,20 @@ class Engine:
         return Relation(lambda: table, description="EXPLAIN", listing=True)
 
     def _set(self, statement: exp.Set) -> Relation:
-        """``SET 'read.on-damage' = 'fail' | 'skip'``: the one setting of bounded queries."""
+        """``SET 'read.on-damage' = 'fail' | 'skip'`` and ``SET 'memory.limit' = '512MB'``:
+        the settings of bounded queries."""
         from streamhouse.runtime.options import READ_ON_DAMAGE, on_damage, set_options
 
         for key, value in set_options(statement).items():
-            if key.lower() != READ_ON_DAMAGE:
+            if key.lower() == READ_ON_DAMAGE:
+                self.skip_damaged = on_damage(value) == "skip"
+            elif key.lower() == MEMORY_LIMIT:
+                self.memory_limit = parse_memory_limit(value)
+            else:
                 raise ConfigError(
-                    f"unknown setting {key!r} for bounded queries (known: {READ_ON_DAMAGE});"
-                    " continuous query options are SET in the query's file"
+                    f"unknown setting {key!r} for bounded queries (known: {READ_ON_DAMAGE}, "
+                    f"{MEMORY_LIMIT}); continuous query options are SET in the query's file"
                 )
-            self.skip_damaged = on_damage(value) == "skip"
         return status("SET")
 
     # -- DDL ----------------------------------------------------------------------------------
@@ -267,32 +301,53 @@ class Engine:
     def _answer(self, query: exp.Query, stats: QueryStats) -> Answer:
         """The answer of a top-level query, not yet computed: its output names as written
         (duplicates too), its types plain (no view types)."""
-        stats.rows_read = 0
+        stats.rows_read = stats.objects_read = stats.bytes_read = stats.cached_runs = 0
         stats.rejected.clear()
         stats.damaged.clear()
         planned = self._plan(query, stats)
         if isinstance(planned, pa.Table):
             return Answer(planned)
-        ctx, sql_query = planned
+        ctx, sql_query, scans = planned
         sql_query, renamed = distinct_outputs(
             sql_query, lambda select: _output_names(ctx, star_query(select))
         )
-        return Answer(self._dataframe(ctx, sql_query), _pos(query), renamed)
+        return Answer(
+            self._dataframe(ctx, sql_query),
+            _pos(query),
+            renamed,
+            scans=scans,
+            done=lambda: self._scanned(scans, stats),
+            memory_limit=self.memory_limit,
+        )
 
     def _run(self, query: exp.Query, stats: QueryStats) -> pa.Table:
         """The rows of ``query`` (a view's, read as a source of another query)."""
         planned = self._plan(query, stats)
         if isinstance(planned, pa.Table):
             return planned
-        ctx, sql_query = planned
+        ctx, sql_query, scans = planned
         frame = self._dataframe(ctx, sql_query)
-        return sql_errors(frame.to_arrow_table, _pos(query))
+        try:
+            table = sql_errors(frame.to_arrow_table, _pos(query), scans, self.memory_limit)
+        finally:
+            self._scanned(scans, stats)
+        return table
+
+    def _scanned(self, scans: list[TopicScan], stats: QueryStats) -> None:
+        """Adds what the streaming scans read and left out to ``stats`` (once they ran)."""
+        for scan in scans:
+            scan.close()
+            _report(scan.name, scan, stats)
+            stats.objects_read += scan.counter.objects
+            stats.bytes_read += scan.counter.bytes
+            stats.cached_runs += scan.cached_runs
 
     def _plan(
         self, query: exp.Query, stats: QueryStats
-    ) -> pa.Table | tuple[datafusion.SessionContext, exp.Query]:
+    ) -> pa.Table | tuple[datafusion.SessionContext, exp.Query, list[TopicScan]]:
         """A context holding ``query``'s sources and the query to run there (windows taken
-        out, stars spelled out), or the rows themselves (a temporal join)."""
+        out, stars spelled out) and the sources it streams, or the rows themselves (a
+        temporal join)."""
         columns = referenced_columns(query)
         named = column_names(query)
         hints = source_options(query)
@@ -301,9 +356,19 @@ class Engine:
         query, windowed = take_out_windows(query)
         # FIRST_VALUE, LISTAGG, ... depend on the order rows arrive in: one partition
         # keeps the log's order (DataFusion's repartitioning would not)
-        ctx = session_context(ordered=order_sensitive(query))
+        ordered = order_sensitive(query)
+        ctx = session_context(ordered=ordered, memory_limit=self.memory_limit)
         schemas: dict[str, pa.Schema] = {}
+        scans: list[TopicScan] = []
         for name in sorted({t.name for t in source_tables(query)}):
+            scan = None
+            if name not in windowed and not ordered and self.stream_sources:
+                scan = self.source_scan(name, columns, named, query, hints.get(name))
+            if scan is not None:
+                scans.append(scan)
+                schemas[name] = scan.schema
+                ctx.register_dataset(_quoted(name), scan.dataset())
+                continue
             if name in windowed:
                 source, spec = windowed[name]
                 needed = (
@@ -319,7 +384,7 @@ class Engine:
             register(ctx, name, table)
         if named & METADATA_COLUMNS:
             query = declared_stars(query, schemas, METADATA_COLUMNS)
-        return ctx, query
+        return ctx, query, scans
 
     def _dataframe(self, ctx: datafusion.SessionContext, query: exp.Query) -> datafusion.DataFrame:
         with nesting_guard(query):
@@ -358,6 +423,77 @@ class Engine:
             ordered=False,
         )
 
+    def source_scan(
+        self,
+        name: str,
+        columns: set[str] | None,
+        named: set[str],
+        query: exp.Query,
+        hint: dict[str, str] | None = None,
+    ) -> TopicScan | None:
+        """A stream or topic as a streaming scan (``columns``: those needed; the WHERE of
+        ``query`` prunes its segments), or None for a view (read as a table)."""
+        resolved = self._resolve(name)
+        if resolved is None:
+            raise UnknownStreamError(f"unknown stream, view or topic {name!r}")
+        kind, entry = resolved
+        if kind == "view":
+            return None
+        topic, schema, computed, options, columns = self._declared(name, kind, entry, hint, columns)
+        declared = set() if schema is None else set(schema.names)
+        if computed is not None:
+            declared |= {c.name for c in computed.columns}
+        bounds = scan_bounds(query, name, frozenset(METADATA_COLUMNS - declared))
+
+        def finish(table: pa.Table) -> pa.Table:
+            if computed:  # DataFusion, not from the DataFusion thread that runs the scan
+                table = worker("computed").submit(computed.apply, table).result()
+            return hide_metadata(table, named)
+
+        return TopicScan(
+            self.log,
+            name,
+            topic,
+            schema,
+            columns,
+            finish=finish,
+            bounds=bounds,
+            skip_damaged=self.skip_damaged,
+            fail_on_rejected=(
+                None if options.ignore_parse_errors else lambda row: parse_failure(name, row)
+            ),
+            fragments=SCAN_FRAGMENTS,
+            cache=self.scan_cache,
+        )
+
+    def _declared(
+        self,
+        name: str,
+        kind: str,
+        entry: object,
+        hint: dict[str, str] | None,
+        columns: set[str] | None,
+    ) -> tuple[str, pa.Schema | None, ComputedColumns | None, SourceOptions, set[str] | None]:
+        """What a stream or topic's declaration says: the topic it reads, its value schema
+        (None: inferred), its computed columns, its options, and the columns to parse for
+        ``columns`` (a computed column's inputs too)."""
+        topic, schema, computed = name, None, None
+        options = SourceOptions.of({}, hint)
+        if kind != "topic":
+            definition = stream_definition(parse(entry.sql)[0])  # type: ignore[attr-defined]
+            topic = definition.topic
+            schema = definition.schema()
+            computed = ComputedColumns.of(definition)
+            columns = computed.needs(columns)
+            options = SourceOptions.of(definition.options, hint)
+        if options.topic is not None and options.topic != topic:
+            topic = options.topic
+            if self.log.get_topic(topic) is None:
+                raise UnknownStreamError(
+                    f"topic {topic!r} of the OPTIONS hint on {name!r} does not exist"
+                )
+        return topic, schema, computed, options, columns
+
     def source_table(
         self,
         name: str,
@@ -394,20 +530,7 @@ class Engine:
                 return with_metadata(pa.table({}), records, np.arange(records.num_rows))
             table, kept, _ = decode_json(records["value"], schema)
             return with_metadata(table, records, kept)
-        computed = None
-        if kind != "topic":
-            definition = stream_definition(parse(entry.sql)[0])  # type: ignore[attr-defined]
-            topic = definition.topic
-            schema = definition.schema()
-            computed = ComputedColumns.of(definition)
-            columns = computed.needs(columns)
-            options = SourceOptions.of(definition.options, hint)
-        if options.topic is not None and options.topic != topic:
-            topic = options.topic
-            if self.log.get_topic(topic) is None:
-                raise UnknownStreamError(
-                    f"topic {topic!r} of the OPTIONS hint on {name!r} does not exist"
-                )
+        topic, schema, computed, options, columns = self._declared(name, kind, entry, hint, columns)
         source = read_source(self.log, topic, schema, columns, skip_damaged=self.skip_damaged)
         if source.rejected and not options.ignore_parse_errors:
             raise parse_failure(name, source.rejected[0])
@@ -464,7 +587,7 @@ def _updating(view: exp.Expr) -> bool:
         return False
 
 
-def _report(name: str, source: SourceTable, stats: QueryStats) -> None:
+def _report(name: str, source: SourceTable | TopicScan, stats: QueryStats) -> None:
     stats.rows_read += source.rows_read
     stats.damaged.extend(source.damaged)
     _report_damage(name, source.damaged)

@@ -9,8 +9,8 @@ the exactly-once sink relies on replays producing identical output.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator, Mapping
-from typing import TypeVar
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Protocol, TypeVar
 
 import datafusion
 import pyarrow as pa
@@ -18,26 +18,44 @@ import pyarrow as pa
 from streamhouse.errors import SqlError, StreamHouseError
 from streamhouse.result import check_batch, conform, plain_schema
 from streamhouse.sql.functions import functions
+from streamhouse.sql.memory import format_bytes
 
 T = TypeVar("T")
 
 
-def session_context(*, ordered: bool = False) -> datafusion.SessionContext:
+def session_context(
+    *, ordered: bool = False, memory_limit: int | None = None
+) -> datafusion.SessionContext:
+    """A fresh context; with ``memory_limit``, its operators reserve memory from a pool of
+    that many bytes and spill to temporary files when it runs out (:mod:`.memory`)."""
     config = datafusion.SessionConfig().set(
         "datafusion.sql_parser.enable_ident_normalization", "false"
     )
     if ordered:
         config = config.with_target_partitions(1)
-    ctx = datafusion.SessionContext(config)
+    runtime = None
+    if memory_limit is not None:
+        # what a sort keeps back to merge its spilled runs (DataFusion's default: 10 MB)
+        reserve = min(10 << 20, memory_limit // 8)
+        config = config.set("datafusion.execution.sort_spill_reservation_bytes", str(reserve))
+        runtime = (
+            datafusion.RuntimeEnvBuilder().with_disk_manager_os().with_fair_spill_pool(memory_limit)
+        )
+    ctx = datafusion.SessionContext(config, runtime)
     for function in functions():
         ctx.register_udf(function)
     return ctx
 
 
+def quoted(name: str) -> str:
+    """``name`` as DataFusion registers it: quoted, as it lower-cases an unquoted name here
+    while the SQL keeps its case."""
+    return '"' + name.replace('"', '""') + '"'
+
+
 def register(ctx: datafusion.SessionContext, name: str, table: pa.Table) -> None:
     batches = table.to_batches() or [pa.RecordBatch.from_pylist([], schema=table.schema)]
-    # Quoted: DataFusion lower-cases an unquoted name here, while the SQL keeps its case.
-    ctx.register_record_batches('"' + name.replace('"', '""') + '"', [batches])
+    ctx.register_record_batches(quoted(name), [batches])
 
 
 def run_sql(sql: str, tables: dict[str, pa.Table], *, ordered: bool = True) -> pa.Table:
@@ -106,15 +124,38 @@ def datafusion_message(exc: Exception) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-def sql_errors(step: Callable[[], T], where: tuple[int | None, int | None] = (None, None)) -> T:
+class Scanned(Protocol):
+    """A source DataFusion pulls batches from, which keeps the error that stopped it."""
+
+    error: BaseException | None
+
+
+def sql_errors(
+    step: Callable[[], T],
+    where: tuple[int | None, int | None] = (None, None),
+    scans: Sequence[Scanned] = (),
+    memory_limit: int | None = None,
+) -> T:
     """``step()``, with DataFusion's planning and execution errors raised as :class:`SqlError`
-    (at ``where``, the statement's line and column)."""
+    (at ``where``, the statement's line and column); an error a source of ``scans`` raised
+    while DataFusion pulled from it is raised as it is. Running out of the memory pool names
+    ``memory_limit`` and how to raise it."""
     try:
         return step()
     except StreamHouseError:
         raise
     except Exception as exc:  # DataFusion raises plain exceptions for planning and execution
-        raise SqlError(datafusion_message(exc), *where) from None
+        for scan in scans:
+            if scan.error is not None:
+                raise scan.error from None
+        message = datafusion_message(exc)
+        if memory_limit is not None and "Resources exhausted" in str(exc):
+            message = (
+                f"the query needs more memory than memory.limit = {format_bytes(memory_limit)} "
+                "allows, even spilling to disk (raise it with SET 'memory.limit' = '...', "
+                f"--memory-limit or connect(memory_limit=...)): {message}"
+            )
+        raise SqlError(message, *where) from None
 
 
 class Answer:
@@ -127,10 +168,17 @@ class Answer:
         rows: datafusion.DataFrame | pa.Table,
         where: tuple[int | None, int | None] = (None, None),
         renamed: Mapping[str, str] | None = None,
+        *,
+        scans: Sequence[Scanned] = (),
+        done: Callable[[], None] = lambda: None,
+        memory_limit: int | None = None,
     ) -> None:
         self._rows = rows
         self._where = where
         self._renamed = dict(renamed or {})
+        self._scans = scans
+        self._done = done  # called once every row was read
+        self._memory_limit = memory_limit
 
     def _schema(self, schema: pa.Schema) -> pa.Schema:
         schema = plain_schema(schema)
@@ -142,7 +190,15 @@ class Answer:
 
     def to_arrow_table(self) -> pa.Table:
         rows = self._rows
-        table = rows if isinstance(rows, pa.Table) else sql_errors(rows.to_arrow_table, self._where)
+        if isinstance(rows, pa.Table):
+            table = rows
+        else:
+            try:
+                table = sql_errors(
+                    rows.to_arrow_table, self._where, self._scans, self._memory_limit
+                )
+            finally:
+                self._done()
         schema = self._schema(table.schema)
         return pa.Table.from_batches(list(conform(iter(table.to_batches()), schema)), schema)
 
@@ -152,14 +208,26 @@ class Answer:
         if isinstance(rows, pa.Table):
             reader = pa.RecordBatchReader.from_batches(rows.schema, rows.to_batches())
         else:
-            reader = sql_errors(lambda: pa.RecordBatchReader.from_stream(rows), self._where)
+            reader = sql_errors(
+                lambda: pa.RecordBatchReader.from_stream(rows),
+                self._where,
+                self._scans,
+                self._memory_limit,
+            )
         schema = self._schema(reader.schema)
         return pa.RecordBatchReader.from_batches(schema, conform(self._read(reader), schema))
 
     def _read(self, reader: pa.RecordBatchReader) -> Iterator[pa.RecordBatch]:
         batches = iter(reader)
         while True:
-            batch = sql_errors(lambda: next(batches, None), self._where)
+            try:
+                batch = sql_errors(
+                    lambda: next(batches, None), self._where, self._scans, self._memory_limit
+                )
+            except BaseException:
+                self._done()
+                raise
             if batch is None:
+                self._done()
                 return
             yield batch

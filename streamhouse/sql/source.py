@@ -82,7 +82,7 @@ def read_records(
     run raises its :class:`~streamhouse.errors.DamagedRangeError`, or, if ``damaged`` is a
     list, is left out and its error appended there.
     """
-    scan = _Scan(log_, topic, partitions, start_offsets, end_offsets, damaged)
+    scan = RunScan(log_, topic, partitions, start_offsets, end_offsets, damaged)
     return scan.decode(scan.runs)[0]
 
 
@@ -110,7 +110,7 @@ def read_source(
     """
     out = SourceTable(pa.table({}))
     damaged = out.damaged if skip_damaged else None
-    scan = _Scan(log_, topic, partitions, start_offsets, end_offsets, damaged)
+    scan = RunScan(log_, topic, partitions, start_offsets, end_offsets, damaged)
     decoded: list[tuple[pa.Table, list[JsonLines]]] = []  # waiting for the schema to be known
     parsing: deque[tuple[pa.Table, Future | tuple]] = deque()
     tables: list[pa.Table] = []
@@ -119,27 +119,13 @@ def read_source(
         """Take one group's parsed rows; its decoded bytes can go (and be reused, warm)."""
         table, rows, rejected = parse.result() if isinstance(parse, Future) else parse
         out.rows_read += records.num_rows
-        if rejected:
-            partition = records["partition"].to_numpy()
-            offset = records["offset"].to_numpy()
-            key, value = records["key"], records["value"]  # views: no take kernel, one by one
-            out.rejected.extend(
-                RejectedRow(
-                    topic,
-                    int(partition[i]),
-                    int(offset[i]),
-                    reason,
-                    key[i].as_py(),
-                    value[i].as_py(),
-                )
-                for i, reason in rejected
-            )
+        out.rejected.extend(rejected_rows(topic, records, rejected))
         tables.append(with_metadata(table, records, rows))
 
     value_schema = schema
     known = schema is not None
     if known:
-        value_schema = _project(schema, columns)
+        value_schema = project_schema(schema, columns)
     groups = scan.groups() or [[]]
     for i, group in enumerate(groups):
         decoded.append(scan.decode(group, json_lines=True))
@@ -151,7 +137,7 @@ def read_source(
             )
             value_schema = infer_schema(sample)
             if value_schema is not None:
-                value_schema = _project(value_schema, columns)
+                value_schema = project_schema(value_schema, columns)
             known = True
         for records, lines in decoded:
             parsing.append((records, _start_parse(records, lines, value_schema)))
@@ -169,12 +155,29 @@ def read_source(
     return out
 
 
+def rejected_rows(
+    topic: str, records: pa.Table, rejected: list[tuple[int, str]]
+) -> list[RejectedRow]:
+    """The :class:`RejectedRow` of each (index into ``records``, reason) in ``rejected``."""
+    if not rejected:
+        return []
+    partition = records["partition"].to_numpy()
+    offset = records["offset"].to_numpy()
+    key, value = records["key"], records["value"]  # views: no take kernel, one by one
+    return [
+        RejectedRow(
+            topic, int(partition[i]), int(offset[i]), reason, key[i].as_py(), value[i].as_py()
+        )
+        for i, reason in rejected
+    ]
+
+
 def _queued(parse: Future | tuple) -> bool:
     """Whether a parse is waiting for the JSON thread (not started, not done)."""
     return isinstance(parse, Future) and not parse.running() and not parse.done()
 
 
-def _project(schema: pa.Schema, columns: Collection[str] | None) -> pa.Schema:
+def project_schema(schema: pa.Schema, columns: Collection[str] | None) -> pa.Schema:
     return schema if columns is None else pa.schema([f for f in schema if f.name in columns])
 
 
@@ -195,7 +198,7 @@ SCAN_GROUP_RECORDS = 1 << 16
 (small enough that a micro-batch of a continuous query is several)."""
 
 
-class _Scan:
+class RunScan:
     """The runs of some partitions of a topic in offset ranges, and their decoding."""
 
     def __init__(
@@ -206,6 +209,8 @@ class _Scan:
         start_offsets: dict[int, int] | None,
         end_offsets: dict[int, int] | None,
         damaged: list[DamagedRangeError] | None = None,
+        *,
+        read: bool = True,
     ) -> None:
         info = log_.topic(topic)
         parts = list(partitions) if partitions is not None else list(range(info.partitions))
@@ -220,7 +225,8 @@ class _Scan:
             for p in parts
         }
         self.ends = {p: (end_offsets or {}).get(p) for p in parts}
-        self.runs = log_.reader.scan(topic, parts, self.starts, self.ends, damaged)
+        # read=False: the caller reads the runs of the index rows it picks (read_runs)
+        self.runs = log_.reader.scan(topic, parts, self.starts, self.ends, damaged) if read else []
 
     def groups(self, records: int | None = None) -> list[list[tuple[SegmentRow, memoryview]]]:
         """The runs in order, cut into groups of whole runs of about ``records`` records

@@ -1,0 +1,455 @@
+"""A topic as a streaming source of a bounded query: segments decoded group by group as
+DataFusion pulls its record batches, so no source is ever one table in memory.
+
+DataFusion takes a :class:`pyarrow.dataset.Dataset` as a table provider and only calls
+``schema``, ``scanner(columns, filter)`` and ``get_fragments(filter)`` on it, then
+``fragment.scanner(schema, columns, filter, batch_size).to_batches()`` on each fragment, one
+partition of its plan per fragment. :class:`TopicDataset` is such a dataset: each fragment is
+a lazy generator over its share of the segment groups (group ``i`` goes to fragment
+``i % fragments``), so the fragments decode on as many threads as DataFusion runs them on, and
+a query that stops pulling (``LIMIT`` without ``ORDER BY``) stops reading. Scanning again
+(a self-join, a subquery over the same source) reads again; nothing is kept.
+
+Each group: its objects read once (counted in :class:`~streamhouse.log.reader.ReadCounter`),
+its runs checked and trimmed (damage fails the query, or with ``skip_damaged`` is left out and
+listed), decoded, the named JSON fields parsed (:mod:`streamhouse.sql.source`), the metadata
+and computed columns added, then DataFusion's pushed-down filter (which it counts on being
+applied: pushdown is exact) and projection. Index rows the query's WHERE rules out
+(:mod:`streamhouse.sql.pruning`) are never read.
+
+An error in a fragment (a damaged range, a row that does not parse with
+``'json.ignore-parse-errors' = 'false'``) is kept in :attr:`TopicScan.error`, so the caller
+raises it as it is rather than as DataFusion's text of it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
+
+from streamhouse.errors import DamagedRangeError
+from streamhouse.log import Log
+from streamhouse.log.metadata import SegmentRow
+from streamhouse.log.reader import ReadCounter
+from streamhouse.log.records import split_batches
+from streamhouse.sql.pruning import NO_BOUNDS, ScanBounds
+from streamhouse.sql.scan_cache import ColumnarCache
+from streamhouse.sql.source import (
+    INFER_SAMPLE_ROWS,
+    SCAN_GROUP_RECORDS,
+    VIEW_SCHEMA,
+    RejectedRow,
+    RunScan,
+    decode_json_lines,
+    infer_schema,
+    project_schema,
+    rejected_rows,
+    with_metadata,
+)
+
+log = logging.getLogger(__name__)
+
+
+class TopicScan:
+    """The rows of one topic for one query: which index rows to read, in which groups, and
+    how a group becomes record batches of :attr:`schema`."""
+
+    def __init__(
+        self,
+        log_: Log,
+        name: str,
+        topic: str,
+        schema: pa.Schema | None,
+        columns: set[str] | None,
+        *,
+        finish: Callable[[pa.Table], pa.Table] = lambda table: table,
+        bounds: ScanBounds = NO_BOUNDS,
+        skip_damaged: bool = False,
+        fail_on_rejected: Callable[[RejectedRow], Exception] | None = None,
+        fragments: int = 2,
+        cache: ColumnarCache | None = None,
+    ) -> None:
+        self.name = name
+        self.topic = topic
+        self.counter = ReadCounter()
+        self.rows_read = 0
+        self.rejected: list[RejectedRow] = []
+        self.damaged: list[DamagedRangeError] = []
+        self.error: BaseException | None = None
+        self.cached_runs = 0  # runs read from the columnar cache
+        self._cache = cache
+        self._log = log_
+        self._finish = finish
+        self._skip_damaged = skip_damaged
+        self._fail_on_rejected = fail_on_rejected
+        self._lock = threading.Lock()
+        self._idle = threading.Condition()
+        self._active = 0
+        self._live = 0  # fragments started and not ended
+        self._closed = False
+        partitions = range(log_.topic(topic).partitions)
+        if bounds.partitions is not None:
+            partitions = [p for p in partitions if p in bounds.partitions]
+        parts = list(partitions)
+        self._scan = RunScan(
+            log_,
+            topic,
+            parts,
+            {p: bounds.start_offset for p in parts},
+            {p: bounds.end_offset for p in parts} if bounds.end_offset is not None else None,
+            read=False,
+        )
+        rows = [
+            row
+            for p in parts
+            for row in log_.metadata.segments(
+                topic, p, from_offset=self._scan.starts[p], to_offset=self._scan.ends[p]
+            )
+            if bounds.keeps(row)
+        ]
+        if schema is None:
+            schema = self._infer()
+        self.value_schema = schema if schema is None else project_schema(schema, columns)
+        self._groups = _groups(rows)
+        self.fragments = max(1, min(fragments, len(self._groups)))
+        self.schema = self._batch(self._scan.decode([], json_lines=True)).schema
+
+    def _infer(self) -> pa.Schema | None:
+        """The schema inferred from the topic's first values (by partition, then offset,
+        from the log start: whatever the query's WHERE prunes, as the whole-table path)."""
+        whole = RunScan(self._log, self.topic, None, None, None, read=False)
+        sample: list[SegmentRow] = []
+        count = 0
+        for partition, start in whole.starts.items():
+            wanted = max(1, INFER_SAMPLE_ROWS - count)  # rows hold at least a record each
+            rows = self._log.metadata.segments(self.topic, partition, start, limit=wanted)
+            for row in rows:
+                if count >= INFER_SAMPLE_ROWS:
+                    break
+                sample.append(row)
+                count += row.record_count
+        runs = self._log.reader.read_runs(
+            sample,
+            whole.starts,
+            [] if self._skip_damaged else None,  # listed when the scan reads them
+            self.counter,
+            cache=False,
+        )
+        records, _ = whole.decode(runs, json_lines=True)
+        values = records["value"]
+        return infer_schema(pa.chunked_array(values.chunks, VIEW_SCHEMA.field("value").type))
+
+    def _runs(self, rows: list[SegmentRow]) -> list[tuple[SegmentRow, memoryview]]:
+        """The runs of ``rows``, trimmed to the scan's start offsets."""
+        damaged = [] if self._skip_damaged else None
+        runs = self._log.reader.read_runs(
+            rows, self._scan.starts, damaged, self.counter, cache=False
+        )
+        if damaged:
+            with self._lock:
+                self.damaged.extend(damaged)
+        return runs
+
+    def _parse(self, decoded: tuple[pa.Table, list]) -> tuple[pa.Table, list[RejectedRow]]:
+        """Decoded records as rows: values parsed, metadata columns added; and the records
+        whose values do not fit the schema."""
+        records, lines = decoded
+        schema = self.value_schema
+        rows = np.arange(records.num_rows)
+        rejected: list[RejectedRow] = []
+        if schema is None:  # not JSON: the raw value as text
+            table = pa.table({"value": records["value"].cast(pa.string(), safe=False)})
+        elif len(schema) == 0 or records.num_rows == 0:
+            table = pa.table({}) if len(schema) == 0 else schema.empty_table()
+        else:
+            table, rows, bad = decode_json_lines(records, lines, schema)
+            rejected = rejected_rows(self.topic, records, bad)
+        return with_metadata(table, records, rows), rejected
+
+    def _reject(self, rejected: list[RejectedRow]) -> None:
+        if rejected and self._fail_on_rejected is not None:
+            raise self._fail_on_rejected(rejected[0])
+        with self._lock:
+            self.rejected.extend(rejected)
+
+    def _batch(self, decoded: tuple[pa.Table, list]) -> pa.Table:
+        """One piece's rows: values parsed, metadata and computed columns added."""
+        table, rejected = self._parse(decoded)
+        self._reject(rejected)
+        return self._finish(table)
+
+    def _out(
+        self, table: pa.Table, columns: list[str] | None, filter_: Any
+    ) -> list[pa.RecordBatch]:
+        """Rows as DataFusion asked for them: the scan's schema, filtered, projected."""
+        if table.schema != self.schema:
+            table = table.cast(self.schema)
+        if filter_ is not None:
+            table = table.filter(filter_)
+        if columns is not None:
+            table = table.select(columns)
+        return table.to_batches(max_chunksize=BATCH_ROWS)
+
+    def batches(
+        self, fragment: int, columns: list[str] | None, filter_: Any
+    ) -> Iterator[pa.RecordBatch]:
+        """:meth:`_batches`, counted live until it ends (exhausted, closed or dropped)."""
+        with self._idle:
+            self._live += 1
+        try:
+            yield from self._batches(fragment, columns, filter_)
+        finally:
+            with self._idle:
+                self._live -= 1
+                self._idle.notify_all()
+
+    def _batches(
+        self, fragment: int, columns: list[str] | None, filter_: Any
+    ) -> Iterator[pa.RecordBatch]:
+        """The record batches of ``fragment``'s groups: ``filter_`` applied, ``columns`` kept.
+        Each group's objects are read at once, then decoded a piece (:func:`_growing`) at a
+        time, so a query that stops pulling stops early; with a columnar cache, a run at a
+        time, from the cache where it holds the run."""
+        sizes = _growing()
+        for group in self._groups[fragment :: self.fragments]:
+            if self._cache is not None:
+                yield from self._cached(group, columns, filter_, sizes)
+                continue
+            with self._step() as open_:
+                if not open_:
+                    return
+                runs = self._runs(group)
+            for piece in _pieces(runs, sizes):
+                with self._step() as open_:
+                    if not open_:
+                        return
+                    decoded = self._scan.decode(piece, json_lines=True)
+                    table = self._batch(decoded)
+                    with self._lock:
+                        self.rows_read += decoded[0].num_rows
+                    out = self._out(table, columns, filter_)
+                yield from out
+
+    def _cached(
+        self,
+        group: list[SegmentRow],
+        columns: list[str] | None,
+        filter_: Any,
+        sizes: Iterator[int],
+    ) -> Iterator[pa.RecordBatch]:
+        """A group through the columnar cache: cached runs read from it, the others read
+        from their objects and decoded a piece at a time; a run read whole (not cut by the
+        scan's offsets, no rejected values, not left early) is then cached."""
+        cache = self._cache
+        assert cache is not None
+        with self._step() as open_:
+            if not open_:
+                return
+            keys = {row: cache.key(row, self.value_schema) for row in group}
+            tables = {row: cache.get(key) for row, key in keys.items()}
+            missing = [row for row in group if tables[row] is None]
+            runs = dict(self._runs(missing)) if missing else {}
+        with self._lock:
+            self.cached_runs += len(group) - len(missing)
+        for row in group:
+            table = tables[row]
+            if table is not None:
+                with self._step() as open_:
+                    if not open_:
+                        return
+                    table = self._trim(row, table)
+                    with self._lock:
+                        self.rows_read += table.num_rows
+                    out = self._out(self._finish(table), columns, filter_)
+                yield from out
+                continue
+            if row not in runs:  # damaged, and skipped
+                continue
+            parts: list[pa.Table] | None = [] if self._whole(row) else None
+            for piece in _pieces([(row, runs[row])], sizes):
+                with self._step() as open_:
+                    if not open_:
+                        return
+                    decoded = self._scan.decode(piece, json_lines=True)
+                    table, rejected = self._parse(decoded)
+                    self._reject(rejected)
+                    if rejected:
+                        parts = None
+                    elif parts is not None:
+                        parts.append(table)
+                    with self._lock:
+                        self.rows_read += decoded[0].num_rows
+                    out = self._out(self._finish(table), columns, filter_)
+                yield from out
+            if parts:
+                cache.put(keys[row], pa.concat_tables(parts))
+
+    def _whole(self, row: SegmentRow) -> bool:
+        """Whether the scan reads every record of ``row`` (its offsets do not cut it)."""
+        start, end = self._scan.starts[row.partition], self._scan.ends[row.partition]
+        return row.base_offset >= start and (end is None or row.last_offset < end)
+
+    def _trim(self, row: SegmentRow, table: pa.Table) -> pa.Table:
+        """A whole run's rows within the scan's offsets of its partition."""
+        if self._whole(row):
+            return table
+        start, end = self._scan.starts[row.partition], self._scan.ends[row.partition]
+        offsets = table["_offset"]
+        keep = pc.greater_equal(offsets, start)
+        if end is not None:
+            keep = pc.and_(keep, pc.less(offsets, end))
+        return table.filter(keep)
+
+    @contextmanager
+    def _step(self) -> Iterator[bool]:
+        """One step of a fragment's work, counted so :meth:`close` can wait for it; yields
+        False once the scan is closed (the step is then not to be taken). Its error is kept."""
+        with self._idle:
+            if self._closed:
+                yield False
+                return
+            self._active += 1
+        try:
+            yield True
+        except Exception as exc:
+            with self._lock:
+                if self.error is None:
+                    self.error = exc
+            raise
+        finally:
+            with self._idle:
+                self._active -= 1
+                self._idle.notify_all()
+
+    def close(self, timeout: float = 60.0) -> None:
+        """Stop the fragments (a LIMIT may leave some unread) and wait for the steps under
+        way, then (briefly) for fragments a DataFusion thread is about to resume, which end at
+        once: a thread still entering Python when the interpreter exits aborts the process."""
+        started = time.perf_counter()
+        with self._idle:
+            self._closed = True
+            self._idle.wait_for(lambda: self._active == 0, timeout)
+            self._idle.wait_for(lambda: self._live == 0, CLOSE_GRACE_S)
+        log.debug(
+            "scan of %r closed in %.3f s, %d fragment(s) left suspended",
+            self.name,
+            time.perf_counter() - started,
+            self._live,
+        )
+
+    def dataset(self) -> TopicDataset:
+        return TopicDataset(self)
+
+
+CLOSE_GRACE_S = 1.0
+"""How long closing a scan waits for fragments left suspended (by a LIMIT) to end."""
+
+BATCH_ROWS = 8192
+"""Rows of a record batch handed to DataFusion at most (its own batch size)."""
+
+PIECE_RECORDS = 1 << 16
+"""Records decoded and parsed at a time by a fragment at most (whole batches: about that
+many); its first pieces are smaller (:func:`_growing`)."""
+FIRST_PIECE_RECORDS = 1 << 12
+
+
+def _pieces(
+    runs: list[tuple[SegmentRow, memoryview]], sizes: Iterator[int]
+) -> Iterator[list[tuple[SegmentRow, memoryview]]]:
+    """``runs`` cut at batch boundaries into pieces of about ``next(sizes)`` records each."""
+    piece: list[tuple[SegmentRow, memoryview]] = []
+    count = 0
+    records = next(sizes)
+    for row, view in runs:
+        start = 0
+        for _, end, header in split_batches(view):
+            count += header.record_count
+            if count >= records:
+                piece.append((row, view[start:end]))
+                yield piece
+                piece, count, start = [], 0, end
+                records = next(sizes)
+        if start < len(view):
+            piece.append((row, view[start:]))
+    if piece:
+        yield piece
+
+
+def _growing() -> Iterator[int]:
+    """Piece sizes of a fragment: :data:`FIRST_PIECE_RECORDS`, doubling up to
+    :data:`PIECE_RECORDS` (a LIMIT meets its rows soon; a whole scan pays the per-piece cost
+    of parsing seldom)."""
+    size = min(FIRST_PIECE_RECORDS, PIECE_RECORDS)
+    while True:
+        yield size
+        size = min(size * 2, PIECE_RECORDS)
+
+
+def _groups(rows: list[SegmentRow]) -> list[list[SegmentRow]]:
+    """Index rows cut into groups of whole objects, about :data:`SCAN_GROUP_RECORDS` records
+    each, in object order; a group's rows by partition, then offset."""
+    by_object: dict[str, list[SegmentRow]] = {}
+    for row in rows:
+        by_object.setdefault(row.object_key, []).append(row)
+    groups: list[list[SegmentRow]] = []
+    current: list[SegmentRow] = []
+    for key in sorted(by_object):
+        current += by_object[key]
+        if sum(r.record_count for r in current) >= SCAN_GROUP_RECORDS:
+            groups.append(sorted(current, key=lambda r: (r.partition, r.base_offset)))
+            current = []
+    if current:
+        groups.append(sorted(current, key=lambda r: (r.partition, r.base_offset)))
+    return groups
+
+
+class _Scanner:
+    """What DataFusion asks of a scanner: its projected schema and its batches."""
+
+    def __init__(self, scan: TopicScan, fragment: int, columns: list[str] | None, filter_: Any):
+        self._scan = scan
+        self._fragment = fragment
+        self._columns = columns
+        self._filter = filter_
+        fields = scan.schema if columns is None else [scan.schema.field(c) for c in columns]
+        self.projected_schema = pa.schema(fields)
+
+    def to_batches(self) -> Iterator[pa.RecordBatch]:
+        return self._scan.batches(self._fragment, self._columns, self._filter)
+
+
+class TopicFragment:
+    """One partition of DataFusion's scan: every ``fragments``-th group."""
+
+    def __init__(self, scan: TopicScan, index: int) -> None:
+        self._scan = scan
+        self._index = index
+
+    def scanner(self, schema: pa.Schema | None = None, **options: Any) -> _Scanner:
+        return _Scanner(self._scan, self._index, options.get("columns"), options.get("filter"))
+
+
+class TopicDataset(ds.Dataset):
+    """A :class:`TopicScan` as the pyarrow dataset DataFusion scans (the methods it calls)."""
+
+    def __init__(self, scan: TopicScan) -> None:  # noqa: D107 - no pyarrow dataset under it
+        self._topic_scan = scan
+
+    @property
+    def schema(self) -> pa.Schema:  # type: ignore[override]
+        return self._topic_scan.schema
+
+    def scanner(self, *args: Any, **options: Any) -> _Scanner:  # type: ignore[override]
+        return _Scanner(self._topic_scan, 0, options.get("columns"), options.get("filter"))
+
+    def get_fragments(self, filter: Any = None) -> list[TopicFragment]:  # type: ignore[override]  # noqa: A002
+        return [TopicFragment(self._topic_scan, i) for i in range(self._topic_scan.fragments)]

@@ -1,0 +1,172 @@
+"""A local columnar cache of decoded runs: a repeat query reads Arrow, not Kafka records and JSON.
+
+A run (one index row: one partition's batches in one segment object) decoded for a scan, its
+JSON values parsed with the fields the query reads and its metadata columns added, is written
+as an Arrow IPC file under ``<data_dir>/scan-cache``, keyed by the index row (object key,
+position, length, CRC-32C, base offset: a run re-sequenced by a metadata rebuild is another
+entry) and the parse schema. The next scan of that run with that schema reads the file instead
+of the object.
+
+The cache is only a cache: deleting it loses nothing. Each file ends with the CRC-32C of its
+Arrow bytes; a file that fails it, or does not read as Arrow, is deleted and its run decoded
+again from the object. Runs with damage or with values that do not fit the schema are not
+cached (their errors and rejected rows come from decoding). The files are bounded by
+``scan_cache_bytes``, the least recently used going first; several processes may share the
+directory (writes go to a temporary name and are renamed into place).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import struct
+import threading
+from collections import OrderedDict
+from pathlib import Path
+
+import crc32c
+import pyarrow as pa
+
+from streamhouse.log.metadata import SegmentRow
+
+log = logging.getLogger(__name__)
+
+FORMAT = "1"  # part of every key: a change of what is cached makes old files unreachable
+_TRAILER = struct.Struct("<I4s")
+_MAGIC = b"SHc1"
+
+
+class ColumnarCache:
+    """Decoded runs as Arrow IPC files in ``directory``, at most ``capacity`` bytes."""
+
+    def __init__(self, directory: Path, capacity: int) -> None:
+        self.directory = directory
+        self.capacity = capacity
+        self._files: OrderedDict[str, int] | None = None  # name -> size, least recent first
+        self._size = 0
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+        self.damaged = 0
+
+    @staticmethod
+    def key(row: SegmentRow, schema: pa.Schema | None) -> str:
+        """The file name of ``row``'s run parsed with ``schema`` (None: values as text)."""
+        text = "|".join(
+            map(
+                str,
+                (
+                    FORMAT,
+                    row.object_key,
+                    row.partition,
+                    row.position,
+                    row.length,
+                    row.crc,
+                    row.base_offset,
+                    "text" if schema is None else schema.to_string(show_schema_metadata=False),
+                ),
+            )
+        )
+        return hashlib.sha256(text.encode()).hexdigest()[:40] + ".arrow"
+
+    def _index(self) -> OrderedDict[str, int]:
+        if self._files is None:
+            found = []
+            try:
+                self.directory.mkdir(parents=True, exist_ok=True)
+                for entry in os.scandir(self.directory):
+                    if entry.name.endswith(".arrow") and entry.is_file():
+                        stat = entry.stat()
+                        found.append((stat.st_mtime, entry.name, stat.st_size))
+            except OSError as exc:  # e.g. a read-only data directory: queries go on uncached
+                log.warning(
+                    "columnar cache %s is not usable, queries read objects: %s", self.directory, exc
+                )
+                self.capacity = 0
+            self._files = OrderedDict((name, size) for _, name, size in sorted(found))
+            self._size = sum(self._files.values())
+        return self._files
+
+    def get(self, key: str) -> pa.Table | None:
+        """The cached table of ``key``, or None (not cached, or damaged: then deleted)."""
+        with self._lock:
+            files = self._index()
+            if key not in files:
+                self.misses += 1
+                return None
+            files.move_to_end(key)
+        path = self.directory / key
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:  # evicted by another process
+            self._forget(key)
+            with self._lock:
+                self.misses += 1
+            return None
+        table = _decode(data)
+        if table is None:
+            log.warning("columnar cache file %s is damaged: decoding its run again", path)
+            self._forget(key, delete=True)
+            with self._lock:
+                self.damaged += 1
+                self.misses += 1
+            return None
+        with self._lock:
+            self.hits += 1
+        with contextlib.suppress(OSError):  # recently used, for the next process's listing
+            os.utime(path)
+        return table
+
+    def put(self, key: str, table: pa.Table) -> None:
+        sink = pa.BufferOutputStream()
+        with pa.ipc.new_file(sink, table.schema) as writer:
+            writer.write_table(table)
+        body = sink.getvalue()
+        size = body.size + _TRAILER.size
+        if size > self.capacity:
+            return
+        path = self.directory / key
+        temporary = path.with_name(f".{key}.{os.getpid()}.{threading.get_ident()}")
+        try:
+            with temporary.open("wb") as out:
+                out.write(body)
+                out.write(_TRAILER.pack(crc32c.crc32c(body), _MAGIC))
+            os.replace(temporary, path)
+        except OSError as exc:  # a full or read-only disk: the query goes on uncached
+            log.warning("columnar cache: cannot write %s: %s", path, exc)
+            temporary.unlink(missing_ok=True)
+            return
+        evicted: list[str] = []
+        with self._lock:
+            files = self._index()
+            self._size += size - files.pop(key, 0)
+            files[key] = size
+            while self._size > self.capacity and len(files) > 1:
+                name, old = files.popitem(last=False)
+                self._size -= old
+                evicted.append(name)
+        for name in evicted:
+            (self.directory / name).unlink(missing_ok=True)
+
+    def _forget(self, key: str, delete: bool = False) -> None:
+        with self._lock:
+            files = self._index()
+            self._size -= files.pop(key, 0)
+        if delete:
+            (self.directory / key).unlink(missing_ok=True)
+
+
+def _decode(data: bytes) -> pa.Table | None:
+    """The table of a cache file, or None if its trailer or checksum or Arrow is wrong."""
+    if len(data) < _TRAILER.size:
+        return None
+    crc, magic = _TRAILER.unpack_from(data, len(data) - _TRAILER.size)
+    body = memoryview(data)[: len(data) - _TRAILER.size]
+    if magic != _MAGIC or crc32c.crc32c(body) != crc:
+        return None
+    try:
+        return pa.ipc.open_file(pa.py_buffer(body)).read_all()
+    except (pa.ArrowInvalid, OSError):
+        return None

@@ -1,0 +1,346 @@
+"""Streaming scans of bounded queries (issue 23): answers equal the whole-table path and
+DuckDB at random segment and batch states; LIMIT and WHERE on the metadata columns are
+checked by what the scan read; the memory limit spills or fails naming itself; answers stream
+out before the scan has read everything."""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Iterator
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+import pytest
+from click.testing import CliRunner
+
+import streamhouse
+from streamhouse import StreamHouse
+from streamhouse.cli import main
+from streamhouse.errors import ConfigError, SqlError
+from streamhouse.sql import scan as scan_module
+from streamhouse.sql import source as source_module
+from streamhouse.sql.scan_cache import ColumnarCache
+
+PARTITIONS = 3
+BASE_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z
+
+QUERIES = [
+    "SELECT k, count(*) AS n, sum(x) AS sx, min(s) AS lo FROM t GROUP BY k ORDER BY k",
+    "SELECT count(*) AS n, sum(x) AS sx FROM t WHERE _offset >= {mid}",
+    "SELECT _partition, count(*) AS n, max(_offset) AS top FROM t "
+    "WHERE _partition IN (0, 2) GROUP BY _partition ORDER BY _partition",
+    "SELECT _partition, _offset, k, s FROM t WHERE _offset BETWEEN {low} AND {mid} "
+    "AND x > 10 ORDER BY _partition, _offset",
+    "SELECT count(*) AS n FROM t WHERE _timestamp >= TIMESTAMP '{tail_time}'",
+    "SELECT k, count(*) AS n FROM t WHERE _partition = 1 AND _offset < {mid} GROUP BY k ORDER BY k",
+    "SELECT a.k, count(*) AS n FROM t a JOIN (SELECT k FROM t WHERE x < 50) b ON a.k = b.k "
+    "GROUP BY a.k ORDER BY a.k",
+]
+
+
+@pytest.fixture
+def small_pieces(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Groups and pieces of a few hundred records, so every topic here makes many."""
+    monkeypatch.setattr(source_module, "SCAN_GROUP_RECORDS", 300)
+    monkeypatch.setattr(scan_module, "SCAN_GROUP_RECORDS", 300)
+    monkeypatch.setattr(scan_module, "PIECE_RECORDS", 64)
+    monkeypatch.setattr(scan_module, "FIRST_PIECE_RECORDS", 16)
+
+
+def _fill(sh: StreamHouse, rng: random.Random) -> list[dict]:
+    """A stream ``t`` over a topic of random objects and batches; returns every stored row
+    with its metadata as DuckDB will read it."""
+    sh.sql(
+        "CREATE STREAM t (k BIGINT, x DOUBLE, s STRING) "
+        f"WITH ('topic' = 'events', 'partitions' = '{PARTITIONS}')"
+    )
+    rows: list[dict] = []
+    next_offset = dict.fromkeys(range(PARTITIONS), 0)
+    i = 0
+    for _ in range(rng.randint(12, 20)):  # one object each
+        partition = rng.randrange(PARTITIONS)
+        values: list[bytes] = []
+        stamps: list[int] = []
+        for _ in range(rng.randint(1, 160)):
+            i += 1
+            stamp = BASE_MS + i * 1000
+            row = {"k": rng.randrange(7), "x": rng.randrange(100) + 0.5, "s": f"v{i}"}
+            values.append(json.dumps(row).encode())
+            offset = next_offset[partition] + len(values) - 1
+            rows.append({**row, "_partition": partition, "_offset": offset, "_ts": stamp})
+            stamps.append(stamp)
+        sh.produce("events", values, partition=partition, timestamp=stamps)
+        next_offset[partition] += len(values)
+    return rows
+
+
+def _duckdb(rows: list[dict], sql: str) -> list[tuple]:
+    con = duckdb.connect()
+    table = pa.Table.from_pylist(rows).rename_columns(
+        ["k", "x", "s", "_partition", "_offset", "_timestamp"]
+    )
+    table = table.set_column(5, "_timestamp", table["_timestamp"].cast(pa.timestamp("ms")))
+    con.register("t", table)
+    return con.sql(sql).fetchall()
+
+
+def _answer(sh: StreamHouse, sql: str, *, stream: bool) -> list[tuple]:
+    sh.engine.stream_sources = stream
+    try:
+        return sh.sql(sql).fetchall()
+    finally:
+        sh.engine.stream_sources = True
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_answers_equal_the_whole_table_path_and_duckdb(
+    tmp_path: Path, small_pieces: None, seed: int
+) -> None:
+    rng = random.Random(seed)
+    with streamhouse.connect(tmp_path / "data") as sh:
+        rows = _fill(sh, rng)
+        if seed == 3:  # the log start inside a stored batch: never read below it
+            start = {p: rng.randint(1, 40) for p in range(PARTITIONS)}
+            sh.delete_records("events", start)
+            rows = [r for r in rows if r["_offset"] >= start[r["_partition"]]]
+        top = max(r["_offset"] for r in rows)
+        params = {
+            "low": top // 5,
+            "mid": top // 2,
+            "tail_time": "2026-01-01 00:{:02d}:{:02d}".format(
+                *divmod(len(rows) * 3 // 4 % 3600, 60)
+            ),
+        }
+        sh.sql(
+            "CREATE STREAM loose (k BIGINT, x DOUBLE, s STRING) WITH ('topic' = 'events', "
+            "'json.ignore-parse-errors' = 'true')"
+        )
+        cache = sh.engine.scan_cache
+        for template in QUERIES:
+            sql = template.format(**params)
+            loose = sql.replace("FROM t", "FROM loose")
+            whole = _answer(sh, loose, stream=False)
+            assert whole == _duckdb(rows, sql), sql
+            sh.engine.scan_cache = None  # decoded piece by piece
+            assert _answer(sh, loose, stream=True) == whole, sql
+            sh.engine.scan_cache = cache  # cold, then warm
+            assert _answer(sh, loose, stream=True) == whole, sql
+            hits = cache.hits
+            assert _answer(sh, loose, stream=True) == whole, sql
+            assert cache.hits > hits
+
+
+def test_a_value_that_does_not_parse_fails_the_stream_naming_it(
+    tmp_path: Path, small_pieces: None
+) -> None:
+    with streamhouse.connect(tmp_path / "data") as sh:
+        sh.sql(
+            "CREATE STREAM t (k BIGINT) WITH ('topic' = 'e', 'json.ignore-parse-errors' = 'false')"
+        )
+        sh.produce("e", [b'{"k": %d}' % i for i in range(500)] + [b"oops"])
+        with pytest.raises(
+            SqlError, match=r"partition 0 offset 500: .*'json.ignore-parse-errors' is 'false'"
+        ):
+            sh.sql("SELECT sum(k) FROM t").to_arrow_table()
+        relation = sh.sql("SELECT sum(k) AS n FROM t WHERE _offset < 500")
+        assert relation.fetchall() == [
+            (sum(range(500)),)
+        ]  # the bad record is pruned away, never read
+
+
+@pytest.fixture
+def many_objects(tmp_path: Path, small_pieces: None) -> Iterator[tuple[StreamHouse, list]]:
+    """A declared stream over 40 objects, one partition each (round-robin), 100 records
+    each, timestamps rising by a second per record."""
+    with streamhouse.connect(tmp_path / "data") as sh:
+        sh.sql("CREATE STREAM t (k BIGINT, s STRING) WITH ('topic' = 'e', 'partitions' = '4')")
+        for n in range(40):
+            base = n * 100
+            sh.produce(
+                "e",
+                [{"k": base + i, "s": f"v{base + i}"} for i in range(100)],
+                partition=n % 4,
+                timestamp=[BASE_MS + (base + i) * 1000 for i in range(100)],
+            )
+        rows = [r for p in range(4) for r in sh.log.metadata.segments("e", p)]
+        yield sh, rows
+
+
+def test_limit_without_order_by_stops_reading(many_objects: tuple[StreamHouse, list]) -> None:
+    sh, rows = many_objects
+    full = sh.sql("SELECT count(*) AS n FROM t")
+    assert full.fetchall() == [(4000,)]
+    assert full.stats.objects_read == 40
+    assert full.stats.bytes_read == sum(sh.log.store.size(r.object_key) for r in rows)
+    limited = sh.sql("SELECT k, s FROM t LIMIT 5")
+    got = limited.to_arrow_table()
+    assert got.num_rows == 5
+    assert set(got["s"].to_pylist()) <= {f"v{k}" for k in range(4000)}
+    # each fragment has read at most its first group (of whole objects) when the limit is met
+    assert limited.stats.objects_read <= 2 * scan_module.SCAN_GROUP_RECORDS // 100 + 2
+    assert limited.stats.rows_read < 1000
+    ordered = sh.sql("SELECT k FROM t ORDER BY k DESC LIMIT 3")  # ORDER BY reads everything
+    assert ordered.fetchall() == [(3999,), (3998,), (3997,)]
+    assert ordered.stats.objects_read == 40
+
+
+@pytest.mark.parametrize(
+    ("where", "keeps"),
+    [
+        # offsets of partition p: object n (n % 4 == p) holds [n // 4 * 100, n // 4 * 100 + 99]
+        ("_offset >= 950", lambda n: n // 4 == 9),
+        ("_offset > 899 AND _offset < 905", lambda n: n // 4 == 9),
+        ("_offset = 150", lambda n: n // 4 == 1),
+        ("_partition = 2", lambda n: n % 4 == 2),
+        ("_partition IN (1, 3) AND _offset BETWEEN 0 AND 99", lambda n: n % 2 == 1 and n < 4),
+        ("_timestamp >= TIMESTAMP '2026-01-01 01:05:00'", lambda n: (n + 1) * 100 > 3900),
+        ("k >= 3900", lambda n: True),  # not a metadata column: no pruning
+        ("_offset >= 950 OR k = 1", lambda n: True),  # a disjunction: no pruning
+    ],
+)
+def test_where_on_metadata_columns_prunes_segments(
+    many_objects: tuple[StreamHouse, list], where: str, keeps
+) -> None:
+    sh, _ = many_objects
+    relation = sh.sql(f"SELECT count(*) AS n, sum(k) AS sk FROM t WHERE {where}")
+    got = relation.fetchall()
+    con = duckdb.connect()
+    con.execute(
+        "CREATE TABLE t AS SELECT i AS k, i % 4 AS _partition, "
+        "(i // 400) * 100 + i % 100 AS _offset, "
+        "TIMESTAMP '2026-01-01' + to_seconds(i) AS _timestamp FROM range(4000) r(i)"
+    )
+    # record i lies in object i // 100, partition (i // 100) % 4
+    con.execute("UPDATE t SET _partition = (k // 100) % 4, _offset = (k // 400) * 100 + k % 100")
+    assert got == con.sql(f"SELECT count(*), sum(k) FROM t WHERE {where}").fetchall()
+    assert relation.stats.objects_read == sum(1 for n in range(40) if keeps(n))
+
+
+def test_answers_stream_out_before_the_scan_ends(many_objects: tuple[StreamHouse, list]) -> None:
+    sh, _ = many_objects
+    relation = sh.sql("SELECT k, s, _offset FROM t WHERE k % 2 = 0")
+    reader = relation.to_arrow_reader()
+    first = reader.read_next_batch()
+    assert 0 < first.num_rows < 2000
+    assert relation.stats.objects_read == 0  # counted once the answer is read to its end
+    rest = reader.read_all()
+    assert first.num_rows + rest.num_rows == 2000
+    assert sorted(first["k"].to_pylist() + rest["k"].to_pylist()) == list(range(0, 4000, 2))
+    assert relation.stats.objects_read == 40
+
+
+def test_memory_limit_spills_or_fails_naming_the_limit(tmp_path: Path) -> None:
+    with streamhouse.connect(tmp_path / "data", memory_limit="48MB") as sh:
+        assert sh.engine.memory_limit == 48 << 20
+        sh.create_topic("e", partitions=2)
+        for start in range(0, 400_000, 100_000):
+            sh.produce(
+                "e",
+                [
+                    b'{"a": %d, "s": "%s"}' % (i, b"x%d" % i * 16)
+                    for i in range(start, start + 100_000)
+                ],
+            )
+        # a sort of about 60 MB of rows: spilled, and right
+        got = sh.sql("SELECT a FROM e ORDER BY s DESC").to_arrow_table()
+        expected = sorted(range(400_000), key=lambda i: f"x{i}" * 16, reverse=True)
+        assert got["a"].to_pylist() == expected
+        # a hash join's build side cannot spill: a clear error naming the limit
+        with pytest.raises(SqlError, match=r"needs more memory than memory\.limit = 48 MB allows"):
+            sh.sql("SELECT count(*) FROM e x JOIN e y ON x.s = y.s").to_arrow_table()
+        sh.sql("SET 'memory.limit' = '1GB'")
+        assert sh.engine.memory_limit == 1 << 30
+        assert sh.sql("SELECT count(*) FROM e x JOIN e y ON x.s = y.s").fetchall() == [(400_000,)]
+        with pytest.raises(ConfigError, match="memory limit 'lots' is not a size"):
+            sh.sql("SET 'memory.limit' = 'lots'")
+
+
+def test_cli_memory_limit(tmp_path: Path) -> None:
+    data = str(tmp_path / "data")
+    with streamhouse.connect(data) as sh:
+        sh.create_topic("e")
+        sh.produce("e", [{"a": i} for i in range(100)])
+    runner = CliRunner()
+    ok = runner.invoke(
+        main,
+        [
+            "--data-dir",
+            data,
+            "query",
+            "--memory-limit",
+            "64MB",
+            "--format",
+            "csv",
+            "SELECT count(*) AS n FROM e",
+        ],
+    )
+    assert ok.exit_code == 0, ok.output
+    assert ok.stdout.splitlines() == ['"n"', "100"]
+    bad = runner.invoke(main, ["--data-dir", data, "query", "--memory-limit", "x", "SELECT 1"])
+    assert bad.exit_code == 1
+    assert "memory limit 'x' is not a size" in bad.stderr
+
+
+def test_columnar_cache_is_only_a_cache(many_objects: tuple[StreamHouse, list]) -> None:
+    sh, _ = many_objects
+    cache = sh.engine.scan_cache
+    sql = "SELECT k % 10 AS m, count(*) AS n, sum(k) AS sk, max(s) AS top FROM t GROUP BY m ORDER BY m"
+    cold = sh.sql(sql)
+    expected = cold.fetchall()
+    assert cold.stats.objects_read == 40 and cold.stats.cached_runs == 0
+    warm = sh.sql(sql)
+    assert warm.fetchall() == expected
+    assert (warm.stats.objects_read, warm.stats.cached_runs) == (0, 40)
+    files = sorted(cache.directory.iterdir())
+    assert len(files) == 40
+    # a flipped byte in one file, another cut short: both found, decoded again, answer the same
+    data = bytearray(files[0].read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    files[0].write_bytes(bytes(data))
+    files[1].write_bytes(files[1].read_bytes()[:100])
+    damaged = sh.sql(sql)
+    assert damaged.fetchall() == expected
+    assert (damaged.stats.objects_read, damaged.stats.cached_runs) == (2, 38)
+    assert cache.damaged == 2
+    # deleting the whole cache loses nothing
+    for path in cache.directory.iterdir():
+        path.unlink()
+    sh.engine.scan_cache = ColumnarCache(cache.directory, cache.capacity)
+    again = sh.sql(sql)
+    assert again.fetchall() == expected
+    assert again.stats.objects_read == 40
+
+
+def test_columnar_cache_keeps_within_its_size(many_objects: tuple[StreamHouse, list]) -> None:
+    sh, _ = many_objects
+    one_run = sh.engine.scan_cache
+    sh.sql("SELECT k FROM t WHERE _offset < 100 AND _partition = 0").fetchall()
+    size = next(one_run.directory.iterdir()).stat().st_size
+    sh.engine.scan_cache = small = ColumnarCache(one_run.directory, 5 * size + size // 2)
+    assert sh.sql("SELECT sum(k) AS sk FROM t").fetchall() == [(sum(range(4000)),)]
+    sizes = [p.stat().st_size for p in small.directory.iterdir()]
+    assert len(sizes) <= 6 and sum(sizes) <= small.capacity + size
+    assert sh.sql("SELECT sum(k) AS sk FROM t").fetchall() == [(sum(range(4000)),)]
+
+
+def test_a_topic_pruned_to_nothing_keeps_its_inferred_columns(tmp_path: Path) -> None:
+    with streamhouse.connect(tmp_path / "data") as sh:
+        sh.create_topic("e", partitions=2)
+        sh.produce("e", [{"k": i, "s": f"v{i}"} for i in range(50)], partition=1)
+        empty = sh.sql("SELECT k, s FROM e WHERE _offset >= 1000000").to_arrow_table()
+        assert (empty.num_rows, empty.column_names) == (0, ["k", "s"])
+        tail = sh.sql("SELECT k FROM e WHERE _partition = 1 AND _offset >= 45 ORDER BY k")
+        assert tail.fetchall() == [(k,) for k in range(45, 50)]
+
+
+def test_an_unusable_cache_directory_leaves_queries_uncached(tmp_path: Path) -> None:
+    with streamhouse.connect(tmp_path / "data") as sh:
+        sh.create_topic("e")
+        sh.produce("e", [{"a": i} for i in range(10)])
+        (tmp_path / "data" / "scan-cache").write_text("not a directory")
+        for _ in range(2):
+            relation = sh.sql("SELECT sum(a) AS s FROM e")
+            assert relation.fetchall() == [(45,)]
+            assert (relation.stats.objects_read, relation.stats.cached_runs) == (2, 0)
