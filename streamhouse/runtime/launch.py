@@ -1,7 +1,8 @@
 """Turn a ``.sql`` file (or text) into a running continuous query.
 
 A file holds any number of DDL statements (``CREATE STREAM ...``: one the catalog holds already,
-declared the same, is a no-op, so the file runs again after a restart), ``SET 'option' =
+declared the same, is a no-op, so the file runs again after a restart; ``CREATE TEMPORARY ...``
+declares an object of the query's session only), ``SET 'option' =
 'value';`` lines (see :mod:`.options`) and exactly one continuous statement: ``SELECT``,
 ``INSERT INTO sink SELECT`` or ``CREATE MATERIALIZED VIEW v AS SELECT``. The query's name (its
 state directory, its dead-letter topic) is the view's name, else the file's stem, else given.
@@ -27,6 +28,7 @@ from streamhouse.runtime.query import ContinuousQuery
 from streamhouse.sql.declarations import created_name, declaration_difference
 from streamhouse.sql.engine import Engine
 from streamhouse.sql.parse import DIALECT, parse, sql_error
+from streamhouse.sql.session import is_temporary
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +84,7 @@ def _declare(engine: Engine, statement: exp.Expr, source: str) -> None:
     """
     if (
         isinstance(statement, exp.Create)
+        and not is_temporary(statement)  # the query's session declares it anew at each start
         and not statement.args.get("replace")
         and not statement.args.get("exists")
     ):
@@ -148,11 +151,13 @@ def start_query(
     """Run the DDL and SET lines of ``sql_or_path``, then start its continuous statement.
 
     With ``fence`` (the query's lease), the query restores the checkpoint recorded under it
-    and writes only while it is held."""
+    and writes only while it is held. The file's temporary objects live in a session of the
+    query's own, which starts from ``engine``'s."""
     query_file = (
         sql_or_path if isinstance(sql_or_path, QueryFile) else QueryFile.read(sql_or_path, name)
     )
     source = query_file.source
+    engine = engine.session()
     for declaration in query_file.declarations:
         _declare(engine, declaration, source)
     statement = query_file.statement

@@ -10,8 +10,12 @@ answer reflects the log as of the moment it runs.
 ranges of records out (listed in ``stats.damaged`` and logged); by default (``'fail'``) they
 fail naming the range and its object.
 
-Name resolution, in order: a stream or table declared with ``CREATE STREAM``/``CREATE TABLE``;
-a view; a plain topic (its JSON schema inferred from a sample of its values). Names are
+``CREATE TEMPORARY STREAM | TABLE | VIEW`` declares an object of the engine's session only
+(see :mod:`streamhouse.sql.session`): never written to the catalog, and refused if its name
+clashes with a catalog object or another temporary object; ``DROP TEMPORARY ...`` drops it.
+
+Name resolution, in order: a temporary object of the session; a stream or table declared with
+``CREATE STREAM``/``CREATE TABLE``; a view; a plain topic (its JSON schema inferred from a sample of its values). Names are
 case-sensitive, as in Flink SQL.
 """
 
@@ -36,6 +40,7 @@ from streamhouse.errors import (
 from streamhouse.joins.temporal import match_versions, temporal_inputs
 from streamhouse.key_codes import group_codes
 from streamhouse.log import Log
+from streamhouse.log.metadata import CatalogEntry
 from streamhouse.result import Relation, status
 from streamhouse.sql.computed import ComputedColumnError, ComputedColumns
 from streamhouse.sql.ddl import stream_definition
@@ -48,6 +53,7 @@ from streamhouse.sql.nodes import TemporalJoin
 from streamhouse.sql.parse import DIALECT, nesting_guard, node_position, parse, sql_error
 from streamhouse.sql.plan import source_tables
 from streamhouse.sql.projection import declared_stars, distinct_outputs, star_query
+from streamhouse.sql.session import TemporaryObjects, is_temporary, without_temporary
 from streamhouse.sql.source import (
     METADATA_COLUMNS,
     RejectedRow,
@@ -78,10 +84,19 @@ class QueryStats:
 class Engine:
     """Runs StreamHouse SQL statements over one :class:`~streamhouse.log.Log`."""
 
-    def __init__(self, log_: Log) -> None:
+    def __init__(self, log_: Log, temporary: TemporaryObjects | None = None) -> None:
         self.log = log_
         self.on_materialized_view: Callable[[exp.Create], object] | None = None
         self.skip_damaged = False  # SET 'read.on-damage' = 'skip'
+        self.temporary = temporary if temporary is not None else TemporaryObjects()
+
+    def session(self) -> Engine:
+        """An engine over the same log in a session of its own (a continuous query's file):
+        it sees this engine's temporary objects; those it declares stay its own."""
+        engine = Engine(self.log, self.temporary.child())
+        engine.on_materialized_view = self.on_materialized_view
+        engine.skip_damaged = self.skip_damaged
+        return engine
 
     def execute(self, sql: str) -> Relation:
         """Run every statement of ``sql``; the result of the last one is returned."""
@@ -166,25 +181,21 @@ class Engine:
         replace = bool(statement.args.get("replace"))
         if_not_exists = bool(statement.args.get("exists"))
         existing = self.log.metadata.get_catalog(name)
+        temporary = self.temporary.get(name)
+        if is_temporary(statement):
+            return self._create_temporary(statement, kind, name, existing, temporary)
+        if temporary is not None:
+            raise sql_error(
+                f"a temporary {temporary.kind} {name!r} exists in this session: DROP TEMPORARY "
+                f"{_drop_kind(temporary.kind)} {name} first",
+                statement.this,
+            )
         if existing is not None and if_not_exists:
             return status(f"{existing.kind.upper()} {name} exists already")
         if existing is not None and not replace:
             raise sql_error(f"{existing.kind} {name!r} already exists", statement.this)
         if kind in STREAM_KINDS:
-            definition = stream_definition(statement)
-            try:
-                ComputedColumns.of(definition).check()
-            except ComputedColumnError as error:
-                raise sql_error(error.message, _column_def(statement, error.column)) from None
-            try:
-                SourceOptions.of(definition.options)  # the options StreamHouse reads are valid
-            except SqlError as error:
-                raise sql_error(error.message, statement.args.get("properties")) from None
-            if self.log.get_topic(definition.topic) is None:
-                partitions = int(
-                    definition.options.get("partitions", self.log.settings.default_partitions)
-                )
-                self.log.create_topic(definition.topic, partitions)
+            self._declare_stream(statement)
             self.log.metadata.put_catalog(
                 name, STREAM_KINDS[kind], statement.sql(dialect=DIALECT), replace=replace
             )
@@ -209,10 +220,79 @@ class Engine:
             )
         raise sql_error(f"CREATE {kind} is not supported", statement)
 
+    def _declare_stream(self, statement: exp.Create) -> None:
+        """Check a ``CREATE STREAM | TABLE`` and create its topic if there is none."""
+        definition = stream_definition(statement)
+        try:
+            ComputedColumns.of(definition).check()
+        except ComputedColumnError as error:
+            raise sql_error(error.message, _column_def(statement, error.column)) from None
+        try:
+            SourceOptions.of(definition.options)  # the options StreamHouse reads are valid
+        except SqlError as error:
+            raise sql_error(error.message, statement.args.get("properties")) from None
+        if self.log.get_topic(definition.topic) is None:
+            partitions = int(
+                definition.options.get("partitions", self.log.settings.default_partitions)
+            )
+            self.log.create_topic(definition.topic, partitions)
+
+    def _create_temporary(
+        self,
+        statement: exp.Create,
+        kind: str,
+        name: str,
+        existing: CatalogEntry | None,
+        temporary: CatalogEntry | None,
+    ) -> Relation:
+        """``CREATE TEMPORARY STREAM | TABLE | VIEW``: an object of this session only."""
+        if existing is not None:
+            raise sql_error(
+                f"{existing.kind} {name!r} exists in the catalog: a temporary {kind.lower()} "
+                "of the same name would shadow it; choose another name",
+                statement.this,
+            )
+        if temporary is not None and statement.args.get("exists"):
+            return status(f"TEMPORARY {temporary.kind.upper()} {name} exists already")
+        if temporary is not None and not statement.args.get("replace"):
+            raise sql_error(f"temporary {temporary.kind} {name!r} already exists", statement.this)
+        if _materialized(statement):
+            raise sql_error(
+                "CREATE TEMPORARY MATERIALIZED VIEW is not supported: a materialized view is a "
+                "continuous query with an output topic, which outlives the session",
+                statement,
+            )
+        plain = without_temporary(statement)
+        if kind in STREAM_KINDS:
+            self._declare_stream(plain)
+            self.temporary.put(name, STREAM_KINDS[kind], plain.sql(dialect=DIALECT))
+        elif kind == "VIEW":
+            self._check_names(plain.expression)
+            self.temporary.put(name, "view", plain.sql(dialect=DIALECT))
+        else:
+            raise sql_error(
+                f"CREATE TEMPORARY {kind} is not supported (TEMPORARY STREAM, TABLE or VIEW)",
+                statement,
+            )
+        return status(f"CREATE TEMPORARY {kind} {name}")
+
     def _drop(self, statement: exp.Drop) -> Relation:
         target = (statement.args.get("tables") or [statement.this])[0]  # sqlglot 30: `tables`
         name = target.name
         kind = (statement.args.get("kind") or "").upper()
+        temporary = self.temporary.get(name)
+        if is_temporary(statement):
+            if not self.temporary.drop(name) and not statement.args.get("exists"):
+                raise UnknownStreamError(
+                    f"temporary {kind.lower() or 'stream'} {name!r} does not exist", *_pos(target)
+                )
+            return status(f"DROP TEMPORARY {kind} {name}")
+        if temporary is not None:
+            raise sql_error(
+                f"{name!r} is a temporary {temporary.kind}: DROP TEMPORARY "
+                f"{_drop_kind(temporary.kind)} {name}",
+                target,
+            )
         if not self.log.metadata.drop_catalog(name) and not statement.args.get("exists"):
             raise UnknownStreamError(
                 f"{kind.lower() or 'stream'} {name!r} does not exist", *_pos(target)
@@ -228,6 +308,9 @@ class Engine:
             rows = [
                 {"name": e.name, "kind": e.kind, "sql": e.sql}
                 for e in self.log.metadata.list_catalog()
+            ] + [
+                {"name": e.name, "kind": f"temporary {e.kind}", "sql": e.sql}
+                for e in self.temporary.entries()
             ]
             schema = pa.schema([("name", pa.string()), ("kind", pa.string()), ("sql", pa.string())])
         else:
@@ -257,7 +340,7 @@ class Engine:
                 )
 
     def _resolve(self, name: str) -> tuple[str, object] | None:
-        entry = self.log.metadata.get_catalog(name)
+        entry = self.temporary.get(name) or self.log.metadata.get_catalog(name)
         if entry is not None:
             return entry.kind, entry
         if self.log.get_topic(name) is not None:
@@ -445,6 +528,11 @@ def _column_def(statement: exp.Create, name: str) -> exp.Expr:
         if coldef.name == name:
             return coldef
     return statement
+
+
+def _drop_kind(kind: str) -> str:
+    """The word DROP takes for an object of ``kind`` (a stream is dropped as a TABLE too)."""
+    return "VIEW" if kind == "view" else kind.upper()
 
 
 def _materialized(statement: exp.Expr) -> bool:
