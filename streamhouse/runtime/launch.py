@@ -4,7 +4,9 @@ A file holds any number of DDL statements (``CREATE STREAM ...``: one the catalo
 declared the same, is a no-op, so the file runs again after a restart; ``CREATE TEMPORARY ...``
 declares an object of the query's session only), ``SET 'option' =
 'value';`` lines (see :mod:`.options`) and exactly one continuous statement: ``SELECT``,
-``INSERT INTO sink SELECT`` or ``CREATE MATERIALIZED VIEW v AS SELECT``. The query's name (its
+``INSERT INTO sink SELECT``, ``CREATE MATERIALIZED VIEW v AS SELECT``, or a statement set
+(``EXECUTE STATEMENT SET BEGIN INSERT ...; INSERT ...; END;``): one query with a sink per
+INSERT, one read of the sources and one checkpoint (see :mod:`.branch`). The query's name (its
 state directory, its dead-letter topic) is the view's name, else the file's stem, else given.
 """
 
@@ -27,8 +29,9 @@ from streamhouse.runtime.options import QueryOptions, set_options
 from streamhouse.runtime.query import ContinuousQuery
 from streamhouse.sql.declarations import created_name, declaration_difference
 from streamhouse.sql.engine import Engine
-from streamhouse.sql.parse import DIALECT, parse, sql_error
+from streamhouse.sql.parse import DIALECT, sql_error
 from streamhouse.sql.session import is_temporary
+from streamhouse.sql.statement_set import StatementSet, parse_with_sets
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +107,7 @@ class QueryFile:
     source: str  # how messages name it
     settings: dict[str, Any]
     declarations: list[exp.Expr]
-    statement: exp.Expr
+    statement: exp.Expr | StatementSet
     name: str
 
     @classmethod
@@ -113,10 +116,12 @@ class QueryFile:
         text, default_name = read_source(sql_or_path)
         source = f"query file {sql_or_path}" if default_name is not None else "query"
         settings: dict[str, Any] = {}
-        continuous: list[exp.Expr] = []
+        continuous: list[exp.Expr | StatementSet] = []
         declarations: list[exp.Expr] = []
-        for statement in parse(text):
-            if isinstance(statement, exp.Set):
+        for statement in parse_with_sets(text):
+            if isinstance(statement, StatementSet):
+                continuous.append(statement)
+            elif isinstance(statement, exp.Set):
                 settings.update(set_options(statement))
             elif isinstance(statement, exp.Insert | exp.Query) or is_materialized_view(statement):
                 continuous.append(statement)
@@ -129,7 +134,17 @@ class QueryFile:
                     "no continuous statement (SELECT, INSERT INTO or CREATE MATERIALIZED VIEW)"
                     " found"
                 )
-            raise sql_error("a query file holds one continuous statement", where)
+            if isinstance(where, StatementSet):
+                raise SqlError(
+                    "a query file holds one continuous statement (or one statement set)",
+                    where.line,
+                    where.column,
+                )
+            raise sql_error(
+                "a query file holds one continuous statement (several INSERTs: put them in"
+                " EXECUTE STATEMENT SET BEGIN ... END)",
+                where,
+            )
         statement = continuous[0]
         if is_materialized_view(statement):
             name = name or statement.this.name
