@@ -14,10 +14,12 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 import pytest
+from click.testing import CliRunner
 from window_cases import start_paused, to_ms, topic_rows
 
 import streamhouse
 from streamhouse import StreamHouse
+from streamhouse.cli import main
 from streamhouse.errors import SqlError
 from streamhouse.runtime.launch import QueryFile
 from streamhouse.runtime.sink import TopicSink
@@ -200,3 +202,24 @@ def test_end_inside_a_string_is_not_the_end(sh: StreamHouse) -> None:
         query.stop()
     assert [json.loads(v) for v in sh.fetch("ends")["value"].to_pylist()] == [{"page": "END;"}]
     assert [json.loads(v) for v in sh.fetch("ids")["value"].to_pylist()] == [{"user_id": 1}]
+
+
+def test_bounded_statement_set_from_the_command_line(sh: StreamHouse, tmp_path: Path) -> None:
+    """``streamhouse query`` with a statement set: each INSERT runs once, over the log as it
+    was before the set wrote anything."""
+    clicks, orders = _clicks(4), _orders(4)
+    _produce(sh, clicks, orders)
+    sh.close()
+    runner = CliRunner()
+    result = runner.invoke(
+        main, ["--data-dir", str(tmp_path / "data"), "query", BEGIN_SET, "--format", "json"]
+    )
+    assert result.exit_code == 0, result.output
+    oracle = _oracle(clicks, orders)
+    assert [json.loads(line)["status"] for line in result.stdout.splitlines()] == [
+        f"INSERT INTO views_per_window: {len(oracle['views_per_window'])} rows",
+        f"INSERT INTO cart_clicks: {len(oracle['cart_clicks'])} rows",
+        f"INSERT INTO spend: {len(oracle['spend'])} rows",
+    ]
+    with streamhouse.connect(tmp_path / "data") as again:
+        assert _answers(again) == oracle

@@ -1,7 +1,10 @@
 """Bounded SQL over the log: statements in, Arrow out.
 
 DDL (``CREATE STREAM``, ``CREATE TABLE``, ``CREATE VIEW``, ``DROP``) runs at once against the
-catalog in the metadata store. A query runs when its :class:`~streamhouse.result.Relation` is
+catalog in the metadata store. ``INSERT INTO t SELECT`` runs at once too: the rows the query
+answers now are appended to topic ``t`` as JSON records (keyed by the upsert key of an updating
+query, as its continuous query's are); a statement set (``EXECUTE STATEMENT SET BEGIN ...
+END``) answers every SELECT first, then runs each INSERT once. A query runs when its :class:`~streamhouse.result.Relation` is
 read: every stream, view or topic it names is decoded from the log into Arrow (only the columns
 the query uses), registered in a fresh DataFusion context, and the statement runs there. The
 answer reflects the log as of the moment it runs.
@@ -64,6 +67,7 @@ from streamhouse.sql.source import (
     read_source,
     with_metadata,
 )
+from streamhouse.sql.statement_set import StatementSet, parse_with_sets
 from streamhouse.sql.window_spec import take_out_windows
 from streamhouse.windows.table import window_table
 
@@ -100,11 +104,14 @@ class Engine:
 
     def execute(self, sql: str) -> Relation:
         """Run every statement of ``sql``; the result of the last one is returned."""
-        statements = parse(sql)
+        statements = parse_with_sets(sql)
         if not statements:
             raise SqlError("no SQL statement given", 1, 1)
         result: Relation | None = None
         for statement in statements:
+            if isinstance(statement, StatementSet):
+                result = self._statement_set(statement)
+                continue
             with nesting_guard(statement):
                 result = self.statement(statement)
         assert result is not None
@@ -120,11 +127,53 @@ class Engine:
             return self._show(statement)
         if isinstance(statement, exp.Query):
             return self.query(statement)
+        if isinstance(statement, exp.Insert):
+            return status(self._write(*self._inserted(statement)))
         if isinstance(statement, Explain):
             return self._explain(statement.this)
         if isinstance(statement, exp.Set):
             return self._set(statement)
         raise sql_error(f"{statement.key.upper()} statements are not supported here", statement)
+
+    # -- INSERT --------------------------------------------------------------------------------
+
+    def _inserted(self, statement: exp.Insert) -> tuple[str, pa.Table, list[str]]:
+        """(sink topic, rows, record key columns) of a bounded ``INSERT INTO t SELECT``: the
+        rows the continuous query would end with, keyed as its records would be."""
+        from streamhouse.sql.plan import plan_query
+
+        check_hints(statement)
+        target = statement.this
+        while target is not None and not isinstance(target, exp.Table):
+            target = target.this
+        query = statement.expression
+        if target is None or not isinstance(query, exp.Query):
+            raise sql_error("INSERT takes INSERT INTO <topic> SELECT ...", statement)
+        with nesting_guard(statement):
+            rows = self.query(query).to_arrow_table()
+        try:  # an updating query's records are keyed (upserts), as the continuous query's
+            keys = plan_query(statement).operator.key_columns
+        except SqlError:
+            keys = []
+        return target.name, rows, list(keys)
+
+    def _write(self, topic: str, rows: pa.Table, keys: list[str]) -> str:
+        """Append ``rows`` to ``topic`` as the continuous INSERT's sink does (JSON records);
+        what was done, in words."""
+        from streamhouse.runtime.sink import TopicSink
+
+        if self.log.get_topic(topic) is None:
+            self.log.create_topic(topic, 1, {"cleanup.policy": "compact"} if keys else None)
+        sink = TopicSink(self.log, topic, keys)
+        sink.write(rows, sink.high_watermarks())
+        return f"INSERT INTO {topic}: {rows.num_rows} rows"
+
+    def _statement_set(self, statements: StatementSet) -> Relation:
+        """A bounded statement set: every SELECT answers over the log as it is before any of
+        the set's INSERTs writes, then each INSERT writes once."""
+        inserted = [self._inserted(insert) for insert in statements.inserts]
+        table = pa.table({"status": [self._write(*each) for each in inserted]})
+        return Relation(lambda: table, description="STATEMENT SET")
 
     def _explain(self, statement: exp.Expr) -> Relation:
         """The continuous plan (stateless parts, stateful operators and their state layout),
