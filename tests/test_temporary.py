@@ -124,6 +124,13 @@ def test_name_clashes_are_errors(sh: StreamHouse) -> None:
         sh.sql("CREATE TEMPORARY MATERIALIZED VIEW m AS SELECT a FROM mine")
     with pytest.raises(UnknownStreamError, match="'nowhere'"):
         sh.sql("CREATE TEMPORARY VIEW bad AS SELECT * FROM nowhere")
+    with pytest.raises(SqlError) as caught:
+        sh.sql("CREATE VIEW lasting AS SELECT a FROM mine")
+    assert caught.value.message == (
+        "a view in the catalog cannot read temporary view 'mine' (the view outlives this"
+        " session): CREATE TEMPORARY VIEW instead"
+    )
+    assert (caught.value.line, caught.value.column) == (1, 38)
     assert [e.name for e in sh.log.metadata.list_catalog()] == ["kept"]
 
 

@@ -252,6 +252,13 @@ class Engine:
         if kind == "VIEW":
             query = statement.expression
             self._check_names(query)  # names must resolve now, not when the view is read
+            for table in source_tables(query):
+                if (used := self.temporary.get(table.name)) is not None:
+                    raise sql_error(
+                        f"a view in the catalog cannot read temporary {used.kind} {table.name!r}"
+                        " (the view outlives this session): CREATE TEMPORARY VIEW instead",
+                        table,
+                    )
             if _materialized(statement) and self.on_materialized_view is not None:
                 self.on_materialized_view(statement)  # registers it and starts it
                 return status(f"CREATE MATERIALIZED VIEW {name}")
