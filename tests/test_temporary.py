@@ -98,15 +98,21 @@ def test_bounded_in_the_connection_and_not_in_the_catalog(sh: StreamHouse, tmp_p
         other.close()
 
 
+def _refusal(sh: StreamHouse, sql: str) -> tuple[str, int | None, int | None]:
+    """The message, line and column of the SqlError ``sql`` raises."""
+    with pytest.raises(SqlError) as caught:
+        sh.sql(sql)
+    return caught.value.message, caught.value.line, caught.value.column
+
+
 def test_name_clashes_are_errors(sh: StreamHouse) -> None:
     sh.sql("CREATE VIEW kept AS SELECT 1 AS a")
-    with pytest.raises(SqlError) as caught:
-        sh.sql("SELECT 1;\nCREATE TEMPORARY VIEW kept AS SELECT 2 AS a")
-    assert caught.value.message == (
+    assert _refusal(sh, "SELECT 1;\nCREATE TEMPORARY VIEW kept AS SELECT 2 AS a") == (
         "view 'kept' exists in the catalog: a temporary view of the same name would shadow it;"
-        " choose another name"
+        " choose another name",
+        2,
+        23,
     )
-    assert (caught.value.line, caught.value.column) == (2, 23)
     sh.sql("CREATE TEMPORARY VIEW mine AS SELECT 1 AS a")
     with pytest.raises(SqlError, match="^temporary view 'mine' already exists"):
         sh.sql("CREATE TEMPORARY VIEW mine AS SELECT 2 AS a")
@@ -124,13 +130,12 @@ def test_name_clashes_are_errors(sh: StreamHouse) -> None:
         sh.sql("CREATE TEMPORARY MATERIALIZED VIEW m AS SELECT a FROM mine")
     with pytest.raises(UnknownStreamError, match="'nowhere'"):
         sh.sql("CREATE TEMPORARY VIEW bad AS SELECT * FROM nowhere")
-    with pytest.raises(SqlError) as caught:
-        sh.sql("CREATE VIEW lasting AS SELECT a FROM mine")
-    assert caught.value.message == (
+    assert _refusal(sh, "CREATE VIEW lasting AS SELECT a FROM mine") == (
         "a view in the catalog cannot read temporary view 'mine' (the view outlives this"
-        " session): CREATE TEMPORARY VIEW instead"
+        " session): CREATE TEMPORARY VIEW instead",
+        1,
+        38,
     )
-    assert (caught.value.line, caught.value.column) == (1, 38)
     assert [e.name for e in sh.log.metadata.list_catalog()] == ["kept"]
 
 
