@@ -1,9 +1,12 @@
 """Turn a ``.sql`` file (or text) into a running continuous query.
 
 A file holds any number of DDL statements (``CREATE STREAM ...``: one the catalog holds already,
-declared the same, is a no-op, so the file runs again after a restart), ``SET 'option' =
+declared the same, is a no-op, so the file runs again after a restart; ``CREATE TEMPORARY ...``
+declares an object of the query's session only), ``SET 'option' =
 'value';`` lines (see :mod:`.options`) and exactly one continuous statement: ``SELECT``,
-``INSERT INTO sink SELECT`` or ``CREATE MATERIALIZED VIEW v AS SELECT``. The query's name (its
+``INSERT INTO sink SELECT``, ``CREATE MATERIALIZED VIEW v AS SELECT``, or a statement set
+(``EXECUTE STATEMENT SET BEGIN INSERT ...; INSERT ...; END;``): one query with a sink per
+INSERT, one read of the sources and one checkpoint (see :mod:`.branch`). The query's name (its
 state directory, its dead-letter topic) is the view's name, else the file's stem, else given.
 """
 
@@ -26,7 +29,9 @@ from streamhouse.runtime.options import QueryOptions, set_options
 from streamhouse.runtime.query import ContinuousQuery
 from streamhouse.sql.declarations import created_name, declaration_difference
 from streamhouse.sql.engine import Engine
-from streamhouse.sql.parse import DIALECT, parse, sql_error
+from streamhouse.sql.parse import DIALECT, sql_error
+from streamhouse.sql.session import is_temporary
+from streamhouse.sql.statement_set import StatementSet, parse_with_sets
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +87,7 @@ def _declare(engine: Engine, statement: exp.Expr, source: str) -> None:
     """
     if (
         isinstance(statement, exp.Create)
+        and not is_temporary(statement)  # the query's session declares it anew at each start
         and not statement.args.get("replace")
         and not statement.args.get("exists")
     ):
@@ -101,7 +107,7 @@ class QueryFile:
     source: str  # how messages name it
     settings: dict[str, Any]
     declarations: list[exp.Expr]
-    statement: exp.Expr
+    statement: exp.Expr | StatementSet
     name: str
 
     @classmethod
@@ -110,10 +116,12 @@ class QueryFile:
         text, default_name = read_source(sql_or_path)
         source = f"query file {sql_or_path}" if default_name is not None else "query"
         settings: dict[str, Any] = {}
-        continuous: list[exp.Expr] = []
+        continuous: list[exp.Expr | StatementSet] = []
         declarations: list[exp.Expr] = []
-        for statement in parse(text):
-            if isinstance(statement, exp.Set):
+        for statement in parse_with_sets(text):
+            if isinstance(statement, StatementSet):
+                continuous.append(statement)
+            elif isinstance(statement, exp.Set):
                 settings.update(set_options(statement))
             elif isinstance(statement, exp.Insert | exp.Query) or is_materialized_view(statement):
                 continuous.append(statement)
@@ -126,7 +134,17 @@ class QueryFile:
                     "no continuous statement (SELECT, INSERT INTO or CREATE MATERIALIZED VIEW)"
                     " found"
                 )
-            raise sql_error("a query file holds one continuous statement", where)
+            if isinstance(where, StatementSet):
+                raise SqlError(
+                    "a query file holds one continuous statement (or one statement set)",
+                    where.line,
+                    where.column,
+                )
+            raise sql_error(
+                "a query file holds one continuous statement (several INSERTs: put them in"
+                " EXECUTE STATEMENT SET BEGIN ... END)",
+                where,
+            )
         statement = continuous[0]
         if is_materialized_view(statement):
             name = name or statement.this.name
@@ -148,11 +166,13 @@ def start_query(
     """Run the DDL and SET lines of ``sql_or_path``, then start its continuous statement.
 
     With ``fence`` (the query's lease), the query restores the checkpoint recorded under it
-    and writes only while it is held."""
+    and writes only while it is held. The file's temporary objects live in a session of the
+    query's own, which starts from ``engine``'s."""
     query_file = (
         sql_or_path if isinstance(sql_or_path, QueryFile) else QueryFile.read(sql_or_path, name)
     )
     source = query_file.source
+    engine = engine.session()
     for declaration in query_file.declarations:
         _declare(engine, declaration, source)
     statement = query_file.statement

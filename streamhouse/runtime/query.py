@@ -39,8 +39,9 @@ from streamhouse.errors import FencedError, SqlError, StreamHouseError
 from streamhouse.log import Log
 from streamhouse.log.metadata.leases import Lease
 from streamhouse.log.records import Compression, build_batch
+from streamhouse.runtime.branch import Branch
 from streamhouse.runtime.operator import Changelog, MicroBatch
-from streamhouse.runtime.operators import checks, open_operator
+from streamhouse.runtime.operators import checks
 from streamhouse.runtime.options import QueryOptions
 from streamhouse.runtime.sink import TopicSink
 from streamhouse.runtime.sources import NO_WATERMARK, QuerySource
@@ -53,19 +54,18 @@ from streamhouse.sql.execute import run_sql
 from streamhouse.sql.hints import SourceOptions, source_options
 from streamhouse.sql.inline import catalog_views, inline
 from streamhouse.sql.parse import DIALECT, node_position, parse
-from streamhouse.sql.plan import ContinuousPlan, plan_query
+from streamhouse.sql.plan import ContinuousPlan
 from streamhouse.sql.plan_checks import check_columns
 from streamhouse.sql.source import METADATA_FIELDS, RejectedRow
+from streamhouse.sql.statement_set import StatementSet
 from streamhouse.state.remote import LeasedCheckpoints, download_checkpoint, upload_checkpoint
 from streamhouse.state.store import (
     ColumnFamily,
     ScopedBatch,
     StateBatch,
     StateStore,
-    StateView,
     partition_key,
 )
-from streamhouse.windows.table import WINDOW_TYPE
 
 DEFINITION_KEY = b"definition"
 """``meta`` key: the statement the state was built by (views inlined), as SQL text."""
@@ -79,11 +79,6 @@ SINK = b"sink/"
 PENDING = b"pending"
 COUNTERS = b"counters"
 WATERMARK = b"watermark"
-_WINDOW_FIELDS = [
-    pa.field("window_start", WINDOW_TYPE),
-    pa.field("window_end", WINDOW_TYPE),
-    pa.field("window_time", WINDOW_TYPE),
-]
 
 
 class ContinuousQuery:
@@ -97,7 +92,7 @@ class ContinuousQuery:
         self,
         log_: Log,
         resolve: Callable[[str], tuple[str, Any] | None],
-        statement: exp.Expr,
+        statement: exp.Expr | StatementSet,
         name: str,
         state_dir: Path,
         options: QueryOptions | None = None,
@@ -107,13 +102,24 @@ class ContinuousQuery:
         self.log = log_
         self.name = name
         self.fence = fence  # the lease every write of the query is fenced by (serve agents)
-        # views and CTEs inlined, filtering subqueries merged: the query over the streams
-        statement = inline(statement, catalog_views(resolve))
-        self.statement = statement
-        self.plan: ContinuousPlan = plan_query(statement)
         self.options = options or QueryOptions()
+        # views and CTEs inlined, filtering subqueries merged: the query over the streams
+        views = catalog_views(resolve)
+        if isinstance(statement, StatementSet):
+            inserts = [inline(insert, views) for insert in statement.inserts]
+            self.definition = StatementSet(tuple(inserts), statement.line, statement.column).sql()
+            self.branches = [Branch(self, s, f"set{i}/".encode()) for i, s in enumerate(inserts)]
+            _check_sinks(self.branches)
+        else:
+            statement = inline(statement, views)
+            self.definition = statement.sql(dialect=DIALECT)
+            self.branches = [Branch(self, statement, b"")]
+        self.statement = self.branches[0].statement
+        self.plan: ContinuousPlan = self.branches[0].plan
         if self.options.late_topic and any(
-            isinstance(node, nodes.UnionAll) for node in self.plan.derived.values()
+            isinstance(node, nodes.UnionAll)
+            for branch in self.branches
+            for node in branch.plan.derived.values()
         ):
             # late rows are traced back to their source rows by (partition, offset), which
             # the streams of a union share: the side topic would get other streams' rows
@@ -121,9 +127,9 @@ class ContinuousQuery:
                 "'late-rows.topic' is not supported for a query over a UNION ALL yet: its late"
                 " rows could not be told apart by stream (the late-row count is kept anyway)"
             )
-        self.hints = source_options(statement)  # OPTIONS hints by source
+        self.hints = _hints(self.branches)  # OPTIONS hints by source
         self.read_options: dict[str, SourceOptions] = {}  # per source: declared, then hinted
-        self._named = {c.name for c in statement.find_all(exp.Column)}
+        self._named = set().union(*(b.named for b in self.branches))
         self.sources = self._resolve_sources(resolve)
         self._validate()
         self._on_results = on_results
@@ -144,24 +150,24 @@ class ContinuousQuery:
         self._uploaded_at = time.monotonic()
         try:
             self._check_definition()
-            self.operator = open_operator(self.plan.operator, StateView(self.store, b"0/"), self)
-            self.children = {
-                name: (node, open_operator(node, StateView(self.store, f"{i + 1}/".encode()), self))
-                for i, (name, node) in enumerate(self.plan.derived.items())
-            }
+            for branch in self.branches:
+                branch.open(self.store)
         except BaseException:
             self.store.close()
             raise
-        self.sink = None
-        if self.plan.sink_kind == "topic" and self.plan.sink:
-            if self.log.get_topic(self.plan.sink) is None:
-                # An updating query's output is an upsert per key: a key-compacted topic, whose
-                # compaction keeps the latest row of each key (what reading the view gives).
-                config = {"cleanup.policy": "compact"} if self.updating else None
-                self.log.create_topic(self.plan.sink, 1, config)
-            self.sink = TopicSink(
-                self.log, self.plan.sink, self.plan.operator.key_columns, fence=fence
-            )
+        self.operator = self.branches[0].operator
+        self.children = self.branches[0].children
+        for branch in self.branches:
+            plan = branch.plan
+            if plan.sink_kind == "topic" and plan.sink:
+                if self.log.get_topic(plan.sink) is None:
+                    # An updating query's output is an upsert per key: a key-compacted topic,
+                    # whose compaction keeps the latest row of each key (what reading the view
+                    # gives).
+                    config = {"cleanup.policy": "compact"} if plan.operator.updating else None
+                    self.log.create_topic(plan.sink, 1, config)
+                branch.sink = TopicSink(self.log, plan.sink, plan.operator.key_columns, fence=fence)
+        self.sink = self.branches[0].sink
         self.dead_letter_topic = self.options.dead_letter_topic or f"{name}.dlq"
         counters = self.store.get_json(COUNTERS) or {}
         self.rows_in = int(counters.get("rows_in", 0))
@@ -189,11 +195,15 @@ class ContinuousQuery:
     def _resolve_sources(
         self, resolve: Callable[[str], tuple[str, Any] | None]
     ) -> dict[str, QuerySource]:
-        window_column = self.plan.operator.window_column
+        window_columns: dict[str, str | None] = {}
+        for branch in reversed(self.branches):  # the first INSERT reading a source names it
+            window_columns |= dict.fromkeys(branch.plan.sources, branch.plan.operator.window_column)
         sources: dict[str, QuerySource] = {}
         columns: dict[str, pa.DataType] = {f.name: f.type for f in METADATA_FIELDS}
         known = True
-        for index, name in enumerate(self.plan.sources):
+        names = list(dict.fromkeys(n for b in self.branches for n in b.plan.sources))
+        for index, name in enumerate(names):
+            window_column = window_columns[name]
             resolved = resolve(name)
             if resolved is None:
                 raise self.error(f"unknown stream or topic {name!r}", name)
@@ -221,8 +231,10 @@ class ContinuousQuery:
             )
             sources[name].computed = ComputedColumns.of(definition)
         if known:
-            check_columns(self.plan, self.statement, columns)
-        needed = referenced_columns(self.statement)
+            for branch in self.branches:
+                check_columns(branch.plan, branch.statement, columns)
+        wanted = [referenced_columns(b.statement) for b in self.branches]
+        needed = None if any(w is None for w in wanted) else set().union(*wanted)  # type: ignore[arg-type]
         for source in sources.values():
             source.columns = needed
             source.skip_damaged = self.options.on_damage == "skip"
@@ -238,31 +250,19 @@ class ContinuousQuery:
     def schema(
         self, name: str, windowed: bool = False, all_metadata: bool = False
     ) -> pa.Schema | None:
-        """The rows of source ``name`` as an operator sees them: with the window columns if
-        ``windowed``, with every metadata column if ``all_metadata`` (else those the query
-        names); None for a derived input or a topic whose schema is not inferred yet."""
-        source = self.sources.get(name)
-        if source is None or source.schema is None:
-            return None
-        meta = [f for f in METADATA_FIELDS if all_metadata or f.name in self._named]
-        computed = source.computed.fields() if source.computed else []
-        return pa.schema([*source.schema, *computed, *meta] + (_WINDOW_FIELDS if windowed else []))
+        """The rows of source ``name`` as the (first) statement's operators see them."""
+        return self.branches[0].schema(name, windowed, all_metadata)
 
     def time_column(self, name: str) -> str | None:
-        """The time attribute (WATERMARK column) of source ``name``, if it has one (a derived
-        input's: that of the input it keeps the time attribute of)."""
-        derived = self.plan.derived.get(name)
-        if derived is not None:
-            return self.time_column(derived.time_source) if derived.time_source else None
-        source = self.sources.get(name)
-        return source.time_column if source is not None else None
+        """The time attribute of source ``name`` (or of a derived input of the first statement)."""
+        return self.branches[0].time_column(name)
 
     def _check_definition(self) -> None:
         """Refuse state checkpointed by another definition of the query.
 
         The definition is the statement as it runs: views and CTEs inlined. A view redefined
         since the checkpoint would otherwise run over state its old definition built."""
-        definition = self.statement.sql(dialect=DIALECT).encode()
+        definition = self.definition.encode()
         stored = self.store.get(ColumnFamily.META, DEFINITION_KEY)
         if stored == definition:
             return
@@ -278,13 +278,15 @@ class ContinuousQuery:
 
     def _validate(self) -> None:
         """Plan the query's SQL on DataFusion over empty inputs, so errors show before it runs."""
-        for sql, schemas in checks(self.plan.operator, self):
-            if any(s is None for s in schemas.values()):
-                continue  # a topic's schema is inferred from its first records
-            try:
-                run_sql(sql, {name: schema.empty_table() for name, schema in schemas.items()})  # type: ignore[union-attr]
-            except SqlError as exc:
-                raise SqlError(exc.message, *node_position(self.statement)) from None
+        for branch in self.branches:
+            for sql, schemas in checks(branch.plan.operator, branch):
+                if any(s is None for s in schemas.values()):
+                    continue  # a topic's schema is inferred from its first records
+                tables = {name: schema.empty_table() for name, schema in schemas.items()}  # type: ignore[union-attr]
+                try:
+                    run_sql(sql, tables)
+                except SqlError as exc:
+                    raise SqlError(exc.message, *node_position(branch.statement)) from None
 
     @property
     def updating(self) -> bool:
@@ -302,12 +304,11 @@ class ContinuousQuery:
             source.load(self.log, self.store, startup == "latest-offset")
         stored_wm = self.store.get_int(WATERMARK)
         self.watermark = stored_wm - (1 << 63) if stored_wm is not None else NO_WATERMARK
-        self.sink_marks: dict[int, int] = {}
-        if self.sink is not None:
-            current = self.sink.high_watermarks()
-            for p, hw in current.items():
-                stored = self.store.get_int(partition_key(SINK, p))
-                self.sink_marks[p] = stored if stored is not None else hw
+        for branch in self.branches:
+            if branch.sink is not None:
+                for p, hw in branch.sink.high_watermarks().items():
+                    stored = self.store.get_int(partition_key(SINK + branch.prefix, p))
+                    branch.sink_marks[p] = stored if stored is not None else hw
 
     def _positions(self) -> dict[str, dict[int, int]]:
         """The next offset to read of each source partition, by topic (the lowest where two
@@ -442,12 +443,16 @@ class ContinuousQuery:
 
         batch = self.store.batch()
         tables = {name: r.table for name, r in reads.items()}
-        changes = self._operate(tables, new_watermark, batch)
-        outputs, tombstones, late_rows = changes.rows, changes.retracted, changes.late
-        late_table = changes.late_rows
-
-        marks_after = None
-        if self.sink is not None and ((outputs is not None and outputs.num_rows) or tombstones):
+        changes = [self._operate(b, tables, new_watermark, batch) for b in self.branches]
+        late_rows = sum(c.late for c in changes)
+        writing = [
+            (branch, change)
+            for branch, change in zip(self.branches, changes, strict=True)
+            if branch.sink is not None
+            and ((change.rows is not None and change.rows.num_rows) or change.retracted)
+        ]
+        marks_after: dict[int, dict[int, int]] = {}  # by branch index
+        if writing:
             if pending is None:
                 intent = self.store.batch()
                 intent.put_json(
@@ -462,19 +467,21 @@ class ContinuousQuery:
                 )
                 # The sink marks the replay of this batch skips from: never stored before the
                 # first output of a query, and a restart must not take the topic's end for them.
-                for p, hw in self.sink_marks.items():
-                    intent.put_int(partition_key(SINK, p), hw)
+                for branch in self.branches:
+                    for p, hw in branch.sink_marks.items():
+                        intent.put_int(partition_key(SINK + branch.prefix, p), hw)
                 self.store.commit(intent)
                 del intent
                 if self.checkpoints is not None:  # the agent taking over replays this batch
                     self.checkpoints.publish(self.store, self._positions())
                     self._uploaded_at = time.monotonic()
-            empty = pa.table({})
-            marks_after = self.sink.write(
-                outputs if outputs is not None else empty, self.sink_marks, tombstones
-            )
-            for p, hw in marks_after.items():
-                batch.put_int(partition_key(SINK, p), hw)
+            for branch, change in writing:
+                assert branch.sink is not None
+                rows = change.rows if change.rows is not None else pa.table({})
+                after = branch.sink.write(rows, branch.sink_marks, change.retracted)
+                marks_after[self.branches.index(branch)] = after
+                for p, hw in after.items():
+                    batch.put_int(partition_key(SINK + branch.prefix, p), hw)
         rejected_count = 0
         for read in reads.values():
             if read.rejected:
@@ -485,11 +492,12 @@ class ContinuousQuery:
                     "query %s: %d record(s) skipped: %s", self.name, damaged.records, damaged
                 )
         damaged_count = sum(d.records for r in reads.values() for d in r.damaged)
-        if late_table is not None and late_table.num_rows:
-            self._late_rows(late_table)
+        for change in changes:
+            if change.late_rows is not None and change.late_rows.num_rows:
+                self._late_rows(change.late_rows)
 
         rows_in = self.rows_in + sum(r.records for r in reads.values())
-        rows_out = self.rows_out + (outputs.num_rows if outputs is not None else 0)
+        rows_out = self.rows_out + sum(c.rows.num_rows for c in changes if c.rows is not None)
         late_total = self.late_rows + late_rows
         rejected_total = self.rejected_rows + rejected_count
         damaged_total = self.damaged_rows + damaged_count
@@ -507,7 +515,7 @@ class ContinuousQuery:
             },
         )
         batch.delete(ColumnFamily.META, PENDING)
-        operators = [self.operator, *(o for _, o in self.children.values())]
+        operators = [o for branch in self.branches for o in branch.operators]
         try:
             self.store.commit(batch)
         except BaseException:
@@ -520,8 +528,8 @@ class ContinuousQuery:
         for name, source in self.sources.items():
             source.advance(ends[name], event_times[name])
         self.watermark = new_watermark
-        if marks_after is not None:
-            self.sink_marks = marks_after
+        for index, marks in marks_after.items():
+            self.branches[index].sink_marks = marks
         self.rows_in, self.rows_out, self.late_rows, self.rejected_rows = (
             rows_in,
             rows_out,
@@ -530,8 +538,9 @@ class ContinuousQuery:
         )
         self.damaged_rows = damaged_total
         self.batches += 1
-        if outputs is not None and outputs.num_rows:
-            self._deliver(outputs)
+        for change in changes:
+            if change.rows is not None and change.rows.num_rows:
+                self._deliver(change.rows)
         if (self.checkpoints is not None or self.options.checkpoint_object_store) and (
             time.monotonic() - self._uploaded_at >= self.options.checkpoint_interval_ms / 1000
         ):
@@ -543,7 +552,11 @@ class ContinuousQuery:
         return True
 
     def _operate(
-        self, tables: dict[str, pa.Table | None], watermark: int, batch: StateBatch
+        self,
+        branch: Branch,
+        tables: dict[str, pa.Table | None],
+        watermark: int,
+        batch: StateBatch,
     ) -> Changelog:
         """Run the operators on this batch: derived inputs first, then the query's own one.
 
@@ -554,23 +567,27 @@ class ContinuousQuery:
         tables = dict(tables)
         retracted: dict[str, list[bytes]] = {}
         late = 0
-        for i, (name, (node, operator)) in enumerate(self.children.items()):
-            scoped = ScopedBatch(batch, f"{i + 1}/".encode())
-            micro = self._micro_batch(node, tables, watermark, scoped, True, retracted)
+        for i, (name, (node, operator)) in enumerate(branch.children.items()):
+            scoped = ScopedBatch(batch, branch.state_prefix(i + 1))
+            micro = self._micro_batch(branch, node, tables, watermark, scoped, True, retracted)
             derived = operator.process(micro)
             tables[name] = derived.rows
             if derived.retracted:
                 retracted[name] = derived.retracted
             late += derived.late
-        top = self.plan.operator
-        result = self.operator.process(
-            self._micro_batch(top, tables, watermark, ScopedBatch(batch, b"0/"), False, retracted)
+        assert branch.operator is not None
+        scoped = ScopedBatch(batch, branch.state_prefix(0))
+        result = branch.operator.process(
+            self._micro_batch(
+                branch, branch.plan.operator, tables, watermark, scoped, False, retracted
+            )
         )
         result.late += late
         return result
 
     def _micro_batch(
         self,
+        branch: Branch,
         node: PlanNode,
         tables: dict[str, pa.Table | None],
         watermark: int,
@@ -586,7 +603,7 @@ class ContinuousQuery:
             if table is None or not table.num_rows:
                 inputs[name] = None
             else:
-                inputs[name] = table if node.keeps_metadata else hide_metadata(table, self._named)
+                inputs[name] = table if node.keeps_metadata else hide_metadata(table, branch.named)
         taken = {n: keys for n, keys in (retracted or {}).items() if n in node.sources}
         return MicroBatch(inputs, self.watermark, watermark, state, derived, taken)
 
@@ -668,7 +685,7 @@ class ContinuousQuery:
             "state": "failed" if self.error is not None else ("running" if running else "stopped"),
             "error": str(self.error) if self.error is not None else None,
             "source": ", ".join(s.topic for s in self.sources.values()),
-            "sink": self.plan.sink,
+            "sink": ", ".join(str(b.plan.sink) for b in self.branches),
             "offsets": (
                 dict(self.source.positions)
                 if len(self.sources) == 1
@@ -680,13 +697,43 @@ class ContinuousQuery:
             "late_rows": self.late_rows,
             "rejected_rows": self.rejected_rows,
             "damaged_rows": self.damaged_rows,
-            "open_windows": self.operator.state_size,
+            "open_windows": sum(b.operator.state_size for b in self.branches if b.operator),
             "state_bytes": self.store.size_bytes() if not self._stop.is_set() else None,
             "batches": self.batches,
         }
 
     def explain(self) -> str:
-        return self.plan.explain()
+        return "\n".join(b.plan.explain() for b in self.branches)
+
+
+def _check_sinks(branches: list[Branch]) -> None:
+    """Refuse a statement set whose INSERTs write one topic twice (each sink's progress is
+    its own: two writers of a topic would skip each other's rows on a replay)."""
+    seen: set[str] = set()
+    for branch in branches:
+        sink = branch.plan.sink
+        if sink in seen:
+            raise SqlError(
+                f"a statement set writes {sink!r} twice: INSERT INTO it once, the SELECTs"
+                " joined by UNION ALL",
+                *node_position(branch.statement),
+            )
+        seen.add(str(sink))
+
+
+def _hints(branches: list[Branch]) -> dict[str, dict[str, str]]:
+    """The OPTIONS hints by source of every statement; one read serves them all, so two
+    statements must not hint one source differently."""
+    hints: dict[str, dict[str, str]] = {}
+    for branch in branches:
+        for name, options in source_options(branch.statement).items():
+            if hints.setdefault(name, options) != options:
+                raise SqlError(
+                    f"the INSERTs of a statement set give {name!r} different OPTIONS hints:"
+                    " one read of it serves them all",
+                    *node_position(branch.statement),
+                )
+    return hints
 
 
 def _has_state(state_dir: Path) -> bool:

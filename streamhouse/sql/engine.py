@@ -1,7 +1,10 @@
 """Bounded SQL over the log: statements in, Arrow out.
 
 DDL (``CREATE STREAM``, ``CREATE TABLE``, ``CREATE VIEW``, ``DROP``) runs at once against the
-catalog in the metadata store. A query runs when its :class:`~streamhouse.result.Relation` is
+catalog in the metadata store. ``INSERT INTO t SELECT`` runs at once too: the rows the query
+answers now are appended to topic ``t`` as JSON records (keyed by the upsert key of an updating
+query, as its continuous query's are); a statement set (``EXECUTE STATEMENT SET BEGIN ...
+END``) answers every SELECT first, then runs each INSERT once. A query runs when its :class:`~streamhouse.result.Relation` is
 read: every stream, view or topic it names is decoded from the log into Arrow (only the columns
 the query uses), registered in a fresh DataFusion context, and the statement runs there. The
 answer reflects the log as of the moment it runs.
@@ -10,8 +13,12 @@ answer reflects the log as of the moment it runs.
 ranges of records out (listed in ``stats.damaged`` and logged); by default (``'fail'``) they
 fail naming the range and its object.
 
-Name resolution, in order: a stream or table declared with ``CREATE STREAM``/``CREATE TABLE``;
-a view; a plain topic (its JSON schema inferred from a sample of its values). Names are
+``CREATE TEMPORARY STREAM | TABLE | VIEW`` declares an object of the engine's session only
+(see :mod:`streamhouse.sql.session`): never written to the catalog, and refused if its name
+clashes with a catalog object or another temporary object; ``DROP TEMPORARY ...`` drops it.
+
+Name resolution, in order: a temporary object of the session; a stream or table declared with
+``CREATE STREAM``/``CREATE TABLE``; a view; a plain topic (its JSON schema inferred from a sample of its values). Names are
 case-sensitive, as in Flink SQL.
 """
 
@@ -37,6 +44,7 @@ from streamhouse.errors import (
 from streamhouse.joins.temporal import match_versions, temporal_inputs
 from streamhouse.key_codes import group_codes
 from streamhouse.log import Log
+from streamhouse.log.metadata import CatalogEntry
 from streamhouse.result import Relation, status
 from streamhouse.sql.computed import ComputedColumnError, ComputedColumns
 from streamhouse.sql.ddl import stream_definition
@@ -62,6 +70,7 @@ from streamhouse.sql.projection import declared_stars, distinct_outputs, star_qu
 from streamhouse.sql.pruning import scan_bounds
 from streamhouse.sql.scan import TopicScan
 from streamhouse.sql.scan_cache import ColumnarCache
+from streamhouse.sql.session import TemporaryObjects, is_temporary, without_temporary
 from streamhouse.sql.source import (
     METADATA_COLUMNS,
     RejectedRow,
@@ -72,6 +81,7 @@ from streamhouse.sql.source import (
     read_source,
     with_metadata,
 )
+from streamhouse.sql.statement_set import StatementSet, parse_with_sets
 from streamhouse.sql.window_spec import take_out_windows
 from streamhouse.windows.table import window_table
 from streamhouse.workers import worker
@@ -99,7 +109,7 @@ class QueryStats:
 class Engine:
     """Runs StreamHouse SQL statements over one :class:`~streamhouse.log.Log`."""
 
-    def __init__(self, log_: Log) -> None:
+    def __init__(self, log_: Log, temporary: TemporaryObjects | None = None) -> None:
         self.log = log_
         self.on_materialized_view: Callable[[exp.Create], object] | None = None
         self.skip_damaged = False  # SET 'read.on-damage' = 'skip'
@@ -112,14 +122,29 @@ class Engine:
         )
         limit = log_.settings.memory_limit  # SET 'memory.limit' = '512MB'
         self.memory_limit = default_memory_limit() if limit is None else parse_memory_limit(limit)
+        self.temporary = temporary if temporary is not None else TemporaryObjects()
+
+    def session(self) -> Engine:
+        """An engine over the same log in a session of its own (a continuous query's file):
+        it sees this engine's temporary objects; those it declares stay its own."""
+        engine = Engine(self.log, self.temporary.child())
+        engine.on_materialized_view = self.on_materialized_view
+        engine.skip_damaged = self.skip_damaged
+        engine.stream_sources = self.stream_sources
+        engine.scan_cache = self.scan_cache  # one cache (and its size bound) per directory
+        engine.memory_limit = self.memory_limit
+        return engine
 
     def execute(self, sql: str) -> Relation:
         """Run every statement of ``sql``; the result of the last one is returned."""
-        statements = parse(sql)
+        statements = parse_with_sets(sql)
         if not statements:
             raise SqlError("no SQL statement given", 1, 1)
         result: Relation | None = None
         for statement in statements:
+            if isinstance(statement, StatementSet):
+                result = self._statement_set(statement)
+                continue
             with nesting_guard(statement):
                 result = self.statement(statement)
         assert result is not None
@@ -135,11 +160,53 @@ class Engine:
             return self._show(statement)
         if isinstance(statement, exp.Query):
             return self.query(statement)
+        if isinstance(statement, exp.Insert):
+            return status(self._write(*self._inserted(statement)))
         if isinstance(statement, Explain):
             return self._explain(statement.this)
         if isinstance(statement, exp.Set):
             return self._set(statement)
         raise sql_error(f"{statement.key.upper()} statements are not supported here", statement)
+
+    # -- INSERT --------------------------------------------------------------------------------
+
+    def _inserted(self, statement: exp.Insert) -> tuple[str, pa.Table, list[str]]:
+        """(sink topic, rows, record key columns) of a bounded ``INSERT INTO t SELECT``: the
+        rows the continuous query would end with, keyed as its records would be."""
+        from streamhouse.sql.plan import plan_query
+
+        check_hints(statement)
+        target = statement.this
+        while target is not None and not isinstance(target, exp.Table):
+            target = target.this
+        query = statement.expression
+        if target is None or not isinstance(query, exp.Query):
+            raise sql_error("INSERT takes INSERT INTO <topic> SELECT ...", statement)
+        with nesting_guard(statement):
+            rows = self.query(query).to_arrow_table()
+        try:  # an updating query's records are keyed (upserts), as the continuous query's
+            keys = plan_query(statement).operator.key_columns
+        except SqlError:
+            keys = []
+        return target.name, rows, list(keys)
+
+    def _write(self, topic: str, rows: pa.Table, keys: list[str]) -> str:
+        """Append ``rows`` to ``topic`` as the continuous INSERT's sink does (JSON records);
+        what was done, in words."""
+        from streamhouse.runtime.sink import TopicSink
+
+        if self.log.get_topic(topic) is None:
+            self.log.create_topic(topic, 1, {"cleanup.policy": "compact"} if keys else None)
+        sink = TopicSink(self.log, topic, keys)
+        sink.write(rows, sink.high_watermarks())
+        return f"INSERT INTO {topic}: {rows.num_rows} rows"
+
+    def _statement_set(self, statements: StatementSet) -> Relation:
+        """A bounded statement set: every SELECT answers over the log as it is before any of
+        the set's INSERTs writes, then each INSERT writes once."""
+        inserted = [self._inserted(insert) for insert in statements.inserts]
+        table = pa.table({"status": [self._write(*each) for each in inserted]})
+        return Relation(lambda: table, description="STATEMENT SET")
 
     def _explain(self, statement: exp.Expr) -> Relation:
         """The continuous plan (stateless parts, stateful operators and their state layout),
@@ -200,25 +267,21 @@ class Engine:
         replace = bool(statement.args.get("replace"))
         if_not_exists = bool(statement.args.get("exists"))
         existing = self.log.metadata.get_catalog(name)
+        temporary = self.temporary.get(name)
+        if is_temporary(statement):
+            return self._create_temporary(statement, kind, name, existing, temporary)
+        if temporary is not None:
+            raise sql_error(
+                f"a temporary {temporary.kind} {name!r} exists in this session: DROP TEMPORARY "
+                f"{_drop_kind(temporary.kind)} {name} first",
+                statement.this,
+            )
         if existing is not None and if_not_exists:
             return status(f"{existing.kind.upper()} {name} exists already")
         if existing is not None and not replace:
             raise sql_error(f"{existing.kind} {name!r} already exists", statement.this)
         if kind in STREAM_KINDS:
-            definition = stream_definition(statement)
-            try:
-                ComputedColumns.of(definition).check()
-            except ComputedColumnError as error:
-                raise sql_error(error.message, _column_def(statement, error.column)) from None
-            try:
-                SourceOptions.of(definition.options)  # the options StreamHouse reads are valid
-            except SqlError as error:
-                raise sql_error(error.message, statement.args.get("properties")) from None
-            if self.log.get_topic(definition.topic) is None:
-                partitions = int(
-                    definition.options.get("partitions", self.log.settings.default_partitions)
-                )
-                self.log.create_topic(definition.topic, partitions)
+            self._declare_stream(statement)
             self.log.metadata.put_catalog(
                 name, STREAM_KINDS[kind], statement.sql(dialect=DIALECT), replace=replace
             )
@@ -226,6 +289,13 @@ class Engine:
         if kind == "VIEW":
             query = statement.expression
             self._check_names(query)  # names must resolve now, not when the view is read
+            for table in source_tables(query):
+                if (used := self.temporary.get(table.name)) is not None:
+                    raise sql_error(
+                        f"a view in the catalog cannot read temporary {used.kind} {table.name!r}"
+                        " (the view outlives this session): CREATE TEMPORARY VIEW instead",
+                        table,
+                    )
             if _materialized(statement) and self.on_materialized_view is not None:
                 self.on_materialized_view(statement)  # registers it and starts it
                 return status(f"CREATE MATERIALIZED VIEW {name}")
@@ -243,10 +313,79 @@ class Engine:
             )
         raise sql_error(f"CREATE {kind} is not supported", statement)
 
+    def _declare_stream(self, statement: exp.Create) -> None:
+        """Check a ``CREATE STREAM | TABLE`` and create its topic if there is none."""
+        definition = stream_definition(statement)
+        try:
+            ComputedColumns.of(definition).check()
+        except ComputedColumnError as error:
+            raise sql_error(error.message, _column_def(statement, error.column)) from None
+        try:
+            SourceOptions.of(definition.options)  # the options StreamHouse reads are valid
+        except SqlError as error:
+            raise sql_error(error.message, statement.args.get("properties")) from None
+        if self.log.get_topic(definition.topic) is None:
+            partitions = int(
+                definition.options.get("partitions", self.log.settings.default_partitions)
+            )
+            self.log.create_topic(definition.topic, partitions)
+
+    def _create_temporary(
+        self,
+        statement: exp.Create,
+        kind: str,
+        name: str,
+        existing: CatalogEntry | None,
+        temporary: CatalogEntry | None,
+    ) -> Relation:
+        """``CREATE TEMPORARY STREAM | TABLE | VIEW``: an object of this session only."""
+        if existing is not None:
+            raise sql_error(
+                f"{existing.kind} {name!r} exists in the catalog: a temporary {kind.lower()} "
+                "of the same name would shadow it; choose another name",
+                statement.this,
+            )
+        if temporary is not None and statement.args.get("exists"):
+            return status(f"TEMPORARY {temporary.kind.upper()} {name} exists already")
+        if temporary is not None and not statement.args.get("replace"):
+            raise sql_error(f"temporary {temporary.kind} {name!r} already exists", statement.this)
+        if _materialized(statement):
+            raise sql_error(
+                "CREATE TEMPORARY MATERIALIZED VIEW is not supported: a materialized view is a "
+                "continuous query with an output topic, which outlives the session",
+                statement,
+            )
+        plain = without_temporary(statement)
+        if kind in STREAM_KINDS:
+            self._declare_stream(plain)
+            self.temporary.put(name, STREAM_KINDS[kind], plain.sql(dialect=DIALECT))
+        elif kind == "VIEW":
+            self._check_names(plain.expression)
+            self.temporary.put(name, "view", plain.sql(dialect=DIALECT))
+        else:
+            raise sql_error(
+                f"CREATE TEMPORARY {kind} is not supported (TEMPORARY STREAM, TABLE or VIEW)",
+                statement,
+            )
+        return status(f"CREATE TEMPORARY {kind} {name}")
+
     def _drop(self, statement: exp.Drop) -> Relation:
         target = (statement.args.get("tables") or [statement.this])[0]  # sqlglot 30: `tables`
         name = target.name
         kind = (statement.args.get("kind") or "").upper()
+        temporary = self.temporary.get(name)
+        if is_temporary(statement):
+            if not self.temporary.drop(name) and not statement.args.get("exists"):
+                raise UnknownStreamError(
+                    f"temporary {kind.lower() or 'stream'} {name!r} does not exist", *_pos(target)
+                )
+            return status(f"DROP TEMPORARY {kind} {name}")
+        if temporary is not None:
+            raise sql_error(
+                f"{name!r} is a temporary {temporary.kind}: DROP TEMPORARY "
+                f"{_drop_kind(temporary.kind)} {name}",
+                target,
+            )
         if not self.log.metadata.drop_catalog(name) and not statement.args.get("exists"):
             raise UnknownStreamError(
                 f"{kind.lower() or 'stream'} {name!r} does not exist", *_pos(target)
@@ -262,6 +401,9 @@ class Engine:
             rows = [
                 {"name": e.name, "kind": e.kind, "sql": e.sql}
                 for e in self.log.metadata.list_catalog()
+            ] + [
+                {"name": e.name, "kind": f"temporary {e.kind}", "sql": e.sql}
+                for e in self.temporary.entries()
             ]
             schema = pa.schema([("name", pa.string()), ("kind", pa.string()), ("sql", pa.string())])
         else:
@@ -291,7 +433,7 @@ class Engine:
                 )
 
     def _resolve(self, name: str) -> tuple[str, object] | None:
-        entry = self.log.metadata.get_catalog(name)
+        entry = self.temporary.get(name) or self.log.metadata.get_catalog(name)
         if entry is not None:
             return entry.kind, entry
         if self.log.get_topic(name) is not None:
@@ -568,6 +710,11 @@ def _column_def(statement: exp.Create, name: str) -> exp.Expr:
         if coldef.name == name:
             return coldef
     return statement
+
+
+def _drop_kind(kind: str) -> str:
+    """The word DROP takes for an object of ``kind`` (a stream is dropped as a TABLE too)."""
+    return "VIEW" if kind == "view" else kind.upper()
 
 
 def _materialized(statement: exp.Expr) -> bool:

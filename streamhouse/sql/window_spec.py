@@ -212,6 +212,17 @@ def _replace_auxiliary(select: exp.Select) -> None:
                         call.replace(replacement)
 
 
+def _selects(select: exp.Select, column: str) -> bool:
+    """Whether the SELECT list, HAVING or ORDER BY of ``select`` (not its subqueries) names
+    ``column``."""
+    for key in ("expressions", "having", "order"):
+        value = select.args.get(key)
+        for node in value if isinstance(value, list) else [value] if value is not None else []:
+            if any(c.name == column for c in node.find_all(exp.Column)):
+                return True
+    return False
+
+
 def find_window(select: exp.Select) -> tuple[WindowSpec | None, exp.Select]:
     """The window of ``select`` (None if it has none) and a copy of it without the window."""
     result = select.copy()
@@ -238,7 +249,9 @@ def find_window(select: exp.Select) -> tuple[WindowSpec | None, exp.Select]:
         if calls:
             _replace_auxiliary(result)
             names = {k.name for k in keys if isinstance(k, exp.Column)}
-            extra = [exp.column(c) for c in WINDOW_COLUMNS[:2] if c not in names]
+            # window_time (TUMBLE_ROWTIME, ...) follows from window_end: a key only if selected
+            used = WINDOW_COLUMNS if _selects(result, "window_time") else WINDOW_COLUMNS[:2]
+            extra = [exp.column(c) for c in used if c not in names]
             group.set("expressions", keys + extra)
 
     if len(found) > 1:
