@@ -91,6 +91,86 @@ def test_explain_shows_each_nodes_changelog_mode(sh: StreamHouse) -> None:
     assert windowed.count("changelog: append-only") == 2
 
 
+COUNTS = "(SELECT k, COUNT(*) AS n FROM a GROUP BY k)"
+SUMS = "(SELECT k, SUM(w) AS total FROM b GROUP BY k)"
+
+
+@pytest.mark.parametrize(
+    ("sql", "node", "changelog", "state"),
+    [
+        (  # DISTINCT is a GROUP BY of its columns with no aggregate
+            "SELECT DISTINCT k, v FROM a",
+            "GroupAggregate",
+            "changelog: upsert by (k, v)",
+            "state: column family 'sessions', key b'groups'",
+        ),
+        (  # a filter over an updating input: each row recomputed by the input's key
+            f"SELECT k, n FROM {COUNTS} AS c WHERE n <= 2",
+            "Recompute  each input row",
+            "changelog: upsert by (k)",
+            "state: column family 'sessions', key b'recompute'",
+        ),
+        (  # a Top-N over an updating input
+            f"SELECT k, n, rn FROM (SELECT k, n, ROW_NUMBER() OVER (ORDER BY n DESC, k) AS rn"
+            f" FROM {COUNTS} AS c) WHERE rn <= 3",
+            "Recompute  groups ()",
+            "changelog: upsert by (rn)",
+            "state: column family 'sessions', key b'recompute'",
+        ),
+        (  # a join of two updating inputs, keyed by the key that survives it
+            f"SELECT x.k, x.n, y.total FROM {COUNTS} AS x JOIN {SUMS} AS y ON x.k = y.k",
+            "ChangelogJoin  INNER",
+            "changelog: upsert by (k)",
+            "state: column family 'sessions', key b'cjoin_l'|u32(run), b'cjoin_r'|u32(run)",
+        ),
+        (  # a window TVF joined to a stream: its rows, once per window
+            "SELECT x.k, window_start, b.w FROM TABLE(HOP(TABLE a, DESCRIPTOR(t),"
+            " INTERVAL '5' SECOND, INTERVAL '10' SECOND)) AS x JOIN b ON x.k = b.k",
+            "WindowRows  HOP(a.t, size=10000ms slide=5000ms)",
+            "changelog: append-only",
+            "state: none",
+        ),
+        (  # UNION ALL of updating inputs: keyed by input and its row key
+            f"SELECT k, n FROM {COUNTS} AS x UNION ALL SELECT k, total AS n FROM {SUMS} AS y",
+            "UnionAll",
+            "changelog: upsert by (input, its row key)",
+            "state: none but b'union_seq'",
+        ),
+    ],
+)
+def test_explain_shows_the_mode_key_and_state_of_each_operator_over_changes(
+    sh: StreamHouse, sql: str, node: str, changelog: str, state: str
+) -> None:
+    lines = sh.sql(f"EXPLAIN {sql}").to_arrow_table()["plan"].to_pylist()
+    at = next(i for i, line in enumerate(lines) if node in line)
+    # the operator's own lines: those indented deeper than it, up to the next at its depth
+    depth = len(lines[at]) - len(lines[at].lstrip())
+    own = []
+    for line in lines[at + 1 :]:
+        if len(line) - len(line.lstrip()) <= depth:
+            break
+        own.append(line.strip())
+    # a node nested in a Project states its mode on the Project's line above it
+    block = own if changelog in "\n".join(own) else [lines[at - 1].strip(), *own]
+    assert changelog in "\n".join(block)
+    assert any(line.startswith(state) for line in own), own
+    if "DISTINCT" in sql:
+        assert "aggregates: none (the keys alone: DISTINCT)" in own
+
+
+def test_explain_shows_the_continuous_plan_of_a_query_bounded_sql_cannot_run(
+    sh: StreamHouse,
+) -> None:
+    """A window TVF over a subquery runs continuously only: EXPLAIN still prints its plan."""
+    sql = (
+        "SELECT k, window_start, COUNT(*) AS n FROM TABLE(TUMBLE(TABLE (SELECT k, t FROM a"
+        " WHERE v > 1), DESCRIPTOR(t), INTERVAL '10' SECOND)) GROUP BY k, window_start, window_end"
+    )
+    lines = sh.sql(f"EXPLAIN {sql}").to_arrow_table()["plan"].to_pylist()
+    assert "WindowAggregate  TUMBLE(t, size=10000ms)" in [line.strip() for line in lines]
+    assert lines[-1].startswith("bounded plan: not possible: TUMBLE: the first argument")
+
+
 def test_an_operator_emits_upserts_and_retractions_through_the_interface(
     sh: StreamHouse,
 ) -> None:

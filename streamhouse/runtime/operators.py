@@ -215,7 +215,9 @@ class GroupAggregation(_Stateful[nodes.WindowAggregate]):
             return Changelog()
         if batch.derived:  # rows keyed by their group (__k..), for the operator over them
             outputs = run_ordered(node.keyed_post_sql, {FLOWS: changed})
-            return keyed_changes(outputs, changed, node.keys)
+            # a row per changed group that HAVING keeps: none dropped when the counts agree
+            dropped = changed if outputs.num_rows < changed.num_rows else None
+            return keyed_changes(outputs, dropped, node.keys)
         outputs = run_ordered(node.post_sql, {FLOWS: changed})
         retracted = self._dropped_keys(changed, outputs)
         if not node.keys:  # one group: one record key for all updates
@@ -315,9 +317,8 @@ class ChangelogJoining(_Stateful[ChangelogJoin]):
         after, before = self.executor.process(rows, retracted, batch.state)
         names = node.key_columns
         if batch.derived or not names or after is None and before is None:
-            now = set(after[ROW_KEY].to_pylist()) if after is not None else set()
-            was = set(before[ROW_KEY].to_pylist()) if before is not None else set()
-            return Changelog(after, sorted(was - now))
+            now = after[ROW_KEY] if after is not None else None
+            return Changelog(after, gone_keys(before[ROW_KEY] if before is not None else None, now))
         # keyed by a surviving upsert key: the sink keys the rows by those columns
         now = set(key_strings(after, names)) if after is not None else set()
         was = set(key_strings(before, names)) if before is not None else set()
@@ -433,15 +434,25 @@ def keyed_changes(outputs: pa.Table | None, before: pa.Table | None, keys: list[
     by :data:`~streamhouse.sql.changelog.ROW_KEY` (its ``keys`` as JSON), and a retraction per
     key of ``before`` (rows of keys the operator output or touched) that ``outputs`` no longer
     has."""
-    now: set[bytes] = set()
+    now = None
     if outputs is not None and outputs.num_rows:
-        ids = row_keys(outputs, keys)
-        now = set(ids.to_pylist())
-        outputs = outputs.append_column(ROW_KEY, ids)
-    gone: list[bytes] = []
-    if before is not None and before.num_rows:
-        gone = sorted(set(row_keys(before, keys).to_pylist()) - now)
-    return Changelog(outputs, gone)
+        now = row_keys(outputs, keys)
+        outputs = outputs.append_column(ROW_KEY, now)
+    was = row_keys(before, keys) if before is not None and before.num_rows else None
+    return Changelog(outputs, gone_keys(was, now))
+
+
+def gone_keys(
+    was: pa.Array | pa.ChunkedArray | None, now: pa.Array | pa.ChunkedArray | None
+) -> list[bytes]:
+    """The keys of ``was`` that ``now`` lacks, once each and sorted (NULLs left out), by Arrow
+    kernels: the touched keys of a micro-batch are many, the gone ones few."""
+    if was is None or not len(was):
+        return []
+    gone = pc.unique(pc.drop_null(was))
+    if now is not None and len(now):
+        gone = gone.filter(pc.invert(pc.is_in(gone, value_set=now)))
+    return sorted(gone.to_pylist())
 
 
 def _one_group(outputs: pa.Table | None, gone: pa.Table | None) -> Changelog:

@@ -77,8 +77,9 @@ class WindowAggregate(PlanNode):
 
     def explain(self) -> list[str]:
         w = self.window
+        aggs = ", ".join(f"{a.func}({a.arg or '*'}) AS {a.output}" for a in self.aggregates)
+        aggs = aggs or "none (the keys alone: DISTINCT)"
         if w is None:
-            aggs = ", ".join(f"{a.func}({a.arg or '*'}) AS {a.output}" for a in self.aggregates)
             return [
                 f"Project  {self.post_sql}",
                 "  GroupAggregate  (updating: an upsert per changed key, a tombstone when HAVING drops it)",
@@ -97,7 +98,6 @@ class WindowAggregate(PlanNode):
             if w.kind == WindowKind.SESSION
             else "u64(window_end)|u64(window_start)|u32(run) -> IPC(keys, partials of one micro-batch run)"
         )
-        aggs = ", ".join(f"{a.func}({a.arg or '*'}) AS {a.output}" for a in self.aggregates)
         return [
             f"Project  {self.post_sql}",
             f"  WindowAggregate  {w.kind.upper()}({w.time_column}, {size}{slide})",
