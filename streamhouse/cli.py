@@ -484,6 +484,26 @@ def query(
     help="Create topics on first use, like Kafka.",
 )
 @click.option(
+    "--security-protocol",
+    type=click.Choice(["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"], case_sensitive=False),
+    default=None,
+    help="Security protocol of the --host/--port listener (default PLAINTEXT).",
+)
+@click.option(
+    "--listener",
+    "listeners",
+    metavar="PROTOCOL://HOST:PORT",
+    multiple=True,
+    help="Another listener on its own port, e.g. SSL://127.0.0.1:9093 (repeatable).",
+)
+@click.option("--tls-cert", default=None, help="PEM certificate (chain) of TLS listeners.")
+@click.option("--tls-key", default=None, help="PEM private key of --tls-cert.")
+@click.option(
+    "--tls-client-ca",
+    default=None,
+    help="PEM CA: TLS clients must present a certificate it signed (mTLS).",
+)
+@click.option(
     "--queries",
     "queries_dir",
     type=click.Path(exists=True, file_okay=False),
@@ -501,6 +521,11 @@ def serve(
     zone: str | None,
     agent_group: str | None,
     auto_create_topics: bool | None,
+    security_protocol: str | None,
+    listeners: tuple[str, ...],
+    tls_cert: str | None,
+    tls_key: str | None,
+    tls_client_ca: str | None,
     queries_dir: str | None,
     data_dir: str | None,
 ) -> None:
@@ -510,6 +535,7 @@ def serve(
     import contextlib
     import signal
 
+    from streamhouse.kafka.listeners import listeners_of, server_tls_context
     from streamhouse.kafka.server import serve as serve_kafka
     from streamhouse.log.metadata import sqlite_path
 
@@ -530,7 +556,14 @@ def serve(
         zone=zone,
         agent_group=agent_group,
         auto_create_topics=auto_create_topics,
+        security_protocol=security_protocol,
+        listeners=",".join(listeners) or None,
+        tls_cert=tls_cert,
+        tls_key=tls_key,
+        tls_client_ca=tls_client_ca,
     )
+    if any(listener.tls for listener in listeners_of(settings)):
+        server_tls_context(settings)  # bad certificate files: one line now, before anything opens
     files = sorted(Path(queries_dir).glob("*.sql")) if queries_dir else []
     with StreamHouse(settings) as sh:
         agent_id = None

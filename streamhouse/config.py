@@ -50,6 +50,10 @@ class Settings:
     ``query_lease_ttl_s`` is how long an agent's hold on a continuous query lasts unless
     renewed (every third of it): after a holder dies, another agent resumes the query within
     about that long.
+    ``security_protocol`` is the main listener's (``host:port``): ``PLAINTEXT`` or ``SSL``
+    (Kafka's names); ``listeners`` adds more, comma-separated ``PROTOCOL://HOST:PORT``, each
+    on its own port. TLS listeners serve ``tls_cert`` with ``tls_key`` (PEM files); with
+    ``tls_client_ca`` (PEM) every client must present a certificate that CA signed (mTLS).
     """
 
     data_dir: Path = field(default_factory=lambda: Path(DEFAULT_DATA_DIR))
@@ -79,6 +83,11 @@ class Settings:
     compaction_target_bytes: int = 16 * 1024 * 1024
     compaction_compression: str = "zstd"
     compaction_lease_s: float = 60.0
+    security_protocol: str = "PLAINTEXT"
+    listeners: str = ""
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_client_ca: str = ""
 
     @classmethod
     def load(cls, config_file: str | Path | None = None, **overrides: Any) -> Settings:
