@@ -54,6 +54,8 @@ class Settings:
     (Kafka's names); ``listeners`` adds more, comma-separated ``PROTOCOL://HOST:PORT``, each
     on its own port. TLS listeners serve ``tls_cert`` with ``tls_key`` (PEM files); with
     ``tls_client_ca`` (PEM) every client must present a certificate that CA signed (mTLS).
+    ``sasl_mechanisms`` are those SASL listeners offer: ``PLAIN``, ``SCRAM-SHA-256``,
+    ``SCRAM-SHA-512`` (comma-separated).
     """
 
     data_dir: Path = field(default_factory=lambda: Path(DEFAULT_DATA_DIR))
@@ -88,6 +90,7 @@ class Settings:
     tls_cert: str = ""
     tls_key: str = ""
     tls_client_ca: str = ""
+    sasl_mechanisms: str = "SCRAM-SHA-256,SCRAM-SHA-512"
 
     @classmethod
     def load(cls, config_file: str | Path | None = None, **overrides: Any) -> Settings:

@@ -5,8 +5,6 @@ and takes one with as its subject; bad certificate files are one line at start."
 
 from __future__ import annotations
 
-import datetime
-import ipaddress
 import json
 import shutil
 import socket
@@ -17,96 +15,20 @@ import sys
 import threading
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from confluent_kafka import Consumer, KafkaException, Producer
+import tls_fixtures
+from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from kafka_fixtures import REPO, KafkaServer, RawClient, free_port
+from tls_fixtures import Pki, expected, round_trip_confluent, round_trip_kafka_python
 
 from streamhouse.config import Settings
 from streamhouse.kafka.listeners import principal_of, server_tls_context
 
+pki = tls_fixtures.pki
 TIMEOUT = 30
-
-
-# -- a throwaway PKI ---------------------------------------------------------------------------
-
-
-def _name(common: str) -> x509.Name:
-    return x509.Name(
-        [
-            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "StreamHouse Tests"),
-            x509.NameAttribute(NameOID.COMMON_NAME, common),
-        ]
-    )
-
-
-def _issue(
-    directory: Path,
-    stem: str,
-    subject: str,
-    issuer: tuple[x509.Certificate, ec.EllipticCurvePrivateKey] | None = None,
-) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
-    """A certificate and key as ``stem.pem``/``stem.key``; a CA if ``issuer`` is None, else a
-    leaf it signs (for 127.0.0.1 and localhost)."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    now = datetime.datetime.now(datetime.UTC)
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(_name(subject))
-        .issuer_name(issuer[0].subject if issuer else _name(subject))
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=issuer is None, path_length=None), critical=True)
-    )
-    if issuer is not None:
-        builder = builder.add_extension(
-            x509.SubjectAlternativeName(
-                [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]
-            ),
-            critical=False,
-        )
-    cert = builder.sign(issuer[1] if issuer else key, hashes.SHA256())
-    (directory / f"{stem}.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    (directory / f"{stem}.key").write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return cert, key
-
-
-@dataclass
-class Pki:
-    directory: Path
-
-    def pem(self, stem: str) -> str:
-        return str(self.directory / f"{stem}.pem")
-
-    def key(self, stem: str) -> str:
-        return str(self.directory / f"{stem}.key")
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
-    """ca, server (127.0.0.1) and client (CN=app) signed by it; other-ca and its rogue client."""
-    directory = tmp_path_factory.mktemp("pki")
-    ca = _issue(directory, "ca", "Test CA")
-    _issue(directory, "server", "127.0.0.1", ca)
-    _issue(directory, "client", "app", ca)
-    other = _issue(directory, "other-ca", "Unrelated CA")
-    _issue(directory, "rogue", "rogue", other)
-    return Pki(directory)
 
 
 def _server(tmp_path_factory: pytest.TempPathFactory, pki: Pki, *extra: str) -> KafkaServer:
@@ -149,39 +71,12 @@ def _confluent_tls(pki: Pki, server: KafkaServer, **extra: str) -> dict[str, str
     }
 
 
-def _round_trip_confluent(config: dict[str, str], count: int = 50) -> list[tuple[bytes, bytes]]:
-    """Produce ``count`` records to a new topic with ``config``, read them back."""
-    topic = f"tls-{uuid.uuid4().hex[:8]}"
-    producer = Producer({**config, "linger.ms": 5, "compression.type": "lz4"})
-    for i in range(count):
-        producer.produce(topic, key=f"k{i}".encode(), value=f"value {i}".encode())
-    assert producer.flush(TIMEOUT) == 0
-    consumer = Consumer(
-        {**config, "group.id": topic, "auto.offset.reset": "earliest", "enable.auto.commit": False}
-    )
-    consumer.subscribe([topic])
-    got: list[tuple[bytes, bytes]] = []
-    try:
-        while len(got) < count:
-            msg = consumer.poll(TIMEOUT)
-            assert msg is not None, f"only {len(got)} of {count} records came back"
-            assert msg.error() is None, msg.error()
-            got.append((msg.key(), msg.value()))
-    finally:
-        consumer.close()
-    return got
-
-
-def _expected(count: int = 50) -> list[tuple[bytes, bytes]]:
-    return [(f"k{i}".encode(), f"value {i}".encode()) for i in range(count)]
-
-
 # -- TLS ---------------------------------------------------------------------------------------
 
 
 def test_confluent_produces_and_consumes_over_tls(tls_server: KafkaServer, pki: Pki) -> None:
     config = _confluent_tls(pki, tls_server)
-    assert _round_trip_confluent(config) == _expected()
+    assert round_trip_confluent(config) == expected()
     # Metadata answers a TLS client with the TLS listener, a plaintext one with its own.
     brokers = AdminClient(config).list_topics(timeout=TIMEOUT).brokers
     assert [(b.host, b.port) for b in brokers.values()] == [
@@ -192,29 +87,12 @@ def test_confluent_produces_and_consumes_over_tls(tls_server: KafkaServer, pki: 
 
 
 def test_kafka_python_produces_and_consumes_over_tls(tls_server: KafkaServer, pki: Pki) -> None:
-    from kafka import KafkaConsumer, KafkaProducer
-
-    topic = f"tls-kp-{uuid.uuid4().hex[:8]}"
     tls = {
         "bootstrap_servers": tls_server.tls_bootstrap,  # type: ignore[attr-defined]
         "security_protocol": "SSL",
         "ssl_cafile": pki.pem("ca"),
     }
-    producer = KafkaProducer(**tls)
-    for i in range(50):
-        producer.send(topic, key=f"k{i}".encode(), value=f"value {i}".encode())
-    producer.flush(TIMEOUT)
-    producer.close()
-    consumer = KafkaConsumer(
-        topic, auto_offset_reset="earliest", consumer_timeout_ms=TIMEOUT * 1000, **tls
-    )
-    got = []
-    for msg in consumer:
-        got.append((msg.key, msg.value))
-        if len(got) == 50:
-            break
-    consumer.close()
-    assert got == _expected()
+    assert round_trip_kafka_python(tls) == expected()
 
 
 def test_kcat_produces_and_consumes_over_tls(tls_server: KafkaServer, pki: Pki) -> None:
@@ -272,7 +150,7 @@ def test_plaintext_client_on_the_tls_port_is_closed(tls_server: KafkaServer, pki
         finally:
             sock.close()
     # The server goes on, on both listeners.
-    assert _round_trip_confluent(_confluent_tls(pki, tls_server), 5) == _expected(5)
+    assert round_trip_confluent(_confluent_tls(pki, tls_server), 5) == expected(5)
     with RawClient(tls_server.bootstrap) as raw:
         assert raw.request(18, 0).error_code == 0
     assert tls_server.alive()
@@ -325,7 +203,7 @@ def test_mtls_accepts_a_client_certificate(mtls_server: KafkaServer, pki: Pki) -
         mtls_server,
         **{"ssl.certificate.location": pki.pem("client"), "ssl.key.location": pki.key("client")},
     )
-    assert _round_trip_confluent(config, 10) == _expected(10)
+    assert round_trip_confluent(config, 10) == expected(10)
 
 
 def test_the_principal_is_the_client_certificate_subject(pki: Pki) -> None:

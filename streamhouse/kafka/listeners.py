@@ -1,8 +1,8 @@
 """Listeners: where the Kafka protocol is served, and with which security protocol.
 
 A listener is one socket with one of Kafka's security protocols: ``PLAINTEXT`` or ``SSL``
-(TLS from the standard library's :mod:`ssl`; ``SASL_PLAINTEXT`` and ``SASL_SSL`` are
-Kafka's names too, refused until SASL is served). The main listener is ``settings.host:port``
+(TLS from the standard library's :mod:`ssl`), ``SASL_PLAINTEXT`` or ``SASL_SSL`` (a login
+first, :mod:`streamhouse.kafka.sasl`). The main listener is ``settings.host:port``
 with ``settings.security_protocol``; ``settings.listeners`` adds others, each on its own port
 (``SSL://127.0.0.1:9093,PLAINTEXT://0.0.0.0:9094``), so plaintext and TLS clients are served
 side by side. Every TLS listener uses ``tls_cert`` and ``tls_key`` (PEM); with
@@ -27,6 +27,7 @@ from streamhouse.errors import ConfigError
 
 if TYPE_CHECKING:
     from streamhouse.kafka.cluster import Node
+    from streamhouse.security.scram import ScramServer
 
 __all__ = [
     "ANONYMOUS",
@@ -43,8 +44,6 @@ log = logging.getLogger(__name__)
 
 PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 """Kafka's security protocols."""
-SERVED = ("PLAINTEXT", "SSL")
-"""The ones served so far."""
 ANONYMOUS = "User:ANONYMOUS"
 """Kafka's principal of a client that did not authenticate."""
 HANDSHAKE_TIMEOUT_S = 10.0
@@ -71,16 +70,35 @@ class Listener:
     def tls(self) -> bool:
         return self.protocol in ("SSL", "SASL_SSL")
 
+    @property
+    def sasl(self) -> bool:
+        return self.protocol.startswith("SASL_")
+
     def __str__(self) -> str:
         return f"{self.protocol}://{self.host}:{self.port}"
 
 
 @dataclass
 class Session:
-    """What the server knows of one connection: its listener and its principal."""
+    """What the server knows of one connection: its listener and its principal; on a SASL
+    listener, the login under way (``mechanism``, ``scram``, the ``sasl_user`` it names) and
+    whether it ``failed`` (the connection is then closed)."""
 
     listener: Listener
     principal: str = ANONYMOUS
+    authenticated: bool = True
+    mechanism: str | None = None
+    scram: ScramServer | None = None
+    sasl_user: str = ""
+    failed: bool = False
+
+    def __post_init__(self) -> None:
+        self.authenticated = not self.listener.sasl
+
+    def login(self, user: str) -> None:
+        """The SASL login succeeded: the principal is ``User:<user>``."""
+        self.authenticated = True
+        self.principal = f"User:{user}"
 
 
 def seen_through(
@@ -106,8 +124,6 @@ def _protocol(name: str, where: str) -> str:
         raise ConfigError(
             f"{where}: unknown security protocol {name!r} (one of {', '.join(PROTOCOLS)})"
         )
-    if protocol not in SERVED:
-        raise ConfigError(f"{where}: {protocol} needs SASL, which is not served yet")
     return protocol
 
 

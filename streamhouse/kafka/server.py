@@ -26,7 +26,7 @@ from typing import Any
 
 from streamhouse.config import Settings
 from streamhouse.errors import ProtocolError
-from streamhouse.kafka import admin, fetch, groups, metadata, offsets, produce, producers
+from streamhouse.kafka import admin, fetch, groups, metadata, offsets, produce, producers, sasl
 from streamhouse.kafka.api_keys import ApiKey
 from streamhouse.kafka.broker import Broker
 from streamhouse.kafka.listeners import (
@@ -67,6 +67,7 @@ HANDLERS: dict[ApiKey, Handler] = {
     **groups.HANDLERS,
     **admin.HANDLERS,
     **producers.HANDLERS,
+    **sasl.HANDLERS,
 }
 RAW_HANDLERS: dict[ApiKey, RawHandler] = {**produce.RAW_HANDLERS, **fetch.RAW_HANDLERS}
 assert not set(HANDLERS) & set(RAW_HANDLERS)
@@ -96,6 +97,8 @@ def _start(broker: Broker, frame: bytes, client_host: str, session: Session) -> 
     api_key, api_version, correlation_id = peek_header(frame)
     if api_key == ApiKey.API_VERSIONS and api_version > SUPPORTED[ApiKey.API_VERSIONS][1]:
         return encode_response(correlation_id, unsupported_api_versions(), header_v0=True)
+    if not session.authenticated and api_key not in sasl.PRE_AUTHENTICATION:
+        raise ProtocolError(f"api key {api_key} before SASL authentication")
     versions = SUPPORTED.get(api_key)
     if versions is None:
         raise ProtocolError(f"unsupported api key {api_key}")
@@ -189,6 +192,10 @@ class _Connection:
             if response is not None:
                 self.pending_bytes += size
                 await self.pending.put((response, size))
+                if not self.session.authenticated and not isinstance(response, bytes):
+                    await asyncio.wait([response])  # a login goes one step at a time
+                    if self.session.failed:
+                        return  # the answer goes out, then the connection closes
 
     async def _send(self, reading: asyncio.Task[None]) -> None:
         """Write responses in request order; on any failure, stop the reading loop.

@@ -53,7 +53,7 @@ __all__ = [
 
 _PREFIX = struct.Struct(">hhi")
 _LENGTH = struct.Struct(">i")
-_TIMEDELTA_FIELDS = ("throttle_time",)
+_TIMEDELTA_FIELDS = ("throttle_time", "session_lifetime")
 
 
 @dataclass(frozen=True, slots=True)
