@@ -205,3 +205,26 @@ def test_user_list_and_delete(tmp_path: Path) -> None:
     empty = runner.invoke(cli, ["user", "add", "dave", "--password-stdin", "--data-dir", data],
                           input="\n")  # fmt: skip
     assert empty.exit_code == 1 and "no password" in empty.stderr
+
+
+def test_credentials_in_each_metadata_store(md) -> None:
+    """SQLite and PostgreSQL keep the same credentials: replaced per user, listed, deleted."""
+    from streamhouse.security.scram import make_credential, verify_password
+
+    first = [make_credential(m, "one", user="erin") for m in ("SCRAM-SHA-256", "SCRAM-SHA-512")]
+    md.put_credentials("erin", first)
+    md.put_credentials("erin", [make_credential("SCRAM-SHA-512", "two", user="erin")])
+    md.put_credentials(
+        "frank", [make_credential("SCRAM-SHA-256", "x", user="frank", iterations=8192)]
+    )
+    assert md.list_credentials() == [
+        ("erin", "SCRAM-SHA-512", 4096),
+        ("frank", "SCRAM-SHA-256", 8192),
+    ]
+    stored = md.get_credential("erin", "SCRAM-SHA-512")
+    assert (
+        stored is not None and verify_password(stored, "two") and not verify_password(stored, "one")
+    )
+    assert md.get_credential("erin", "SCRAM-SHA-256") is None
+    assert md.delete_credentials("erin") and not md.delete_credentials("erin")
+    assert [user for user, _, _ in md.list_credentials()] == ["frank"]
