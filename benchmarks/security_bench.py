@@ -39,10 +39,16 @@ REPO = Path(__file__).resolve().parent.parent
 PASSWORD = "bench-password"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _free_ports(count: int) -> list[int]:
+    """Different free ports on 127.0.0.1 (held open together while chosen)."""
+    socks = [socket.socket() for _ in range(count)]
+    try:
+        for sock in socks:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in socks]
+    finally:
+        for sock in socks:
+            sock.close()
 
 
 def _certificates(directory: Path) -> tuple[str, str, str]:
@@ -162,7 +168,7 @@ def main() -> None:
         cli = [sys.executable, "-m", "streamhouse"]
         subprocess.run([*cli, "user", "add", "bench", "--password-stdin", "--data-dir", data],
                        input=PASSWORD + "\n", text=True, check=True, env=env)  # fmt: skip
-        plain, sasl, sasl_ssl = _free_port(), _free_port(), _free_port()
+        plain, sasl, sasl_ssl = _free_ports(3)
         server = subprocess.Popen(
             [*cli, "serve", "--data-dir", data, "--port", str(plain),
              "--listener", f"SASL_PLAINTEXT://127.0.0.1:{sasl}",

@@ -16,8 +16,8 @@ import tls_fixtures
 from click.testing import CliRunner
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
-from kafka_fixtures import REPO, KafkaServer, RawClient, free_port
-from tls_fixtures import Pki, expected, round_trip_confluent, round_trip_kafka_python
+from kafka_fixtures import REPO, KafkaServer, RawClient
+from tls_fixtures import Pki, expected, free_ports, round_trip_confluent, round_trip_kafka_python
 
 from streamhouse.cli import main as cli
 
@@ -37,9 +37,11 @@ def sasl_server(tmp_path_factory: pytest.TempPathFactory, pki: Pki) -> Iterator[
         input=PASSWORD + "\n", capture_output=True, text=True, cwd=REPO, timeout=TIMEOUT,
     )  # fmt: skip
     assert added.returncode == 0, added.stderr
-    ports = {"SASL_PLAINTEXT": free_port(), "SASL_SSL": free_port()}
+    port, sasl, sasl_ssl = free_ports(3)
+    ports = {"SASL_PLAINTEXT": sasl, "SASL_SSL": sasl_ssl}
     server = KafkaServer(
         data,
+        port,
         args=["--listener", f"SASL_PLAINTEXT://127.0.0.1:{ports['SASL_PLAINTEXT']}",
               "--listener", f"SASL_SSL://127.0.0.1:{ports['SASL_SSL']}",
               "--sasl-mechanisms", ",".join(MECHANISMS),

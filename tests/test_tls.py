@@ -22,7 +22,7 @@ import tls_fixtures
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
 from kafka_fixtures import REPO, KafkaServer, RawClient, free_port
-from tls_fixtures import Pki, expected, round_trip_confluent, round_trip_kafka_python
+from tls_fixtures import Pki, expected, free_ports, round_trip_confluent, round_trip_kafka_python
 
 from streamhouse.config import Settings
 from streamhouse.kafka.listeners import principal_of, server_tls_context
@@ -32,9 +32,10 @@ TIMEOUT = 30
 
 
 def _server(tmp_path_factory: pytest.TempPathFactory, pki: Pki, *extra: str) -> KafkaServer:
-    tls_port = free_port()
+    port, tls_port = free_ports(2)
     server = KafkaServer(
         tmp_path_factory.mktemp("tls") / "data",
+        port,
         args=["--listener", f"SSL://127.0.0.1:{tls_port}", "--tls-cert", pki.pem("server"),
               "--tls-key", pki.key("server"), *extra],
     )  # fmt: skip

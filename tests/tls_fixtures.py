@@ -8,8 +8,10 @@ topic, read back. Test modules bind the fixture with ``pki = tls_fixtures.pki``.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import ipaddress
+import socket
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +23,14 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-__all__ = ["Pki", "expected", "pki", "round_trip_confluent", "round_trip_kafka_python"]
+__all__ = [
+    "Pki",
+    "expected",
+    "free_ports",
+    "pki",
+    "round_trip_confluent",
+    "round_trip_kafka_python",
+]
 
 TIMEOUT = 30
 
@@ -147,3 +156,13 @@ def round_trip_kafka_python(config: dict[str, Any], count: int = 50) -> list[tup
             break
     consumer.close()
     return got
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` different TCP ports on 127.0.0.1 nobody listens on right now (held open
+    together while chosen, so no two are the same)."""
+    with contextlib.ExitStack() as stack:
+        socks = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for sock in socks:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in socks]
