@@ -495,6 +495,31 @@ def query(
     help="Create topics on first use, like Kafka.",
 )
 @click.option(
+    "--security-protocol",
+    type=click.Choice(["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"], case_sensitive=False),
+    default=None,
+    help="Security protocol of the --host/--port listener (default PLAINTEXT).",
+)
+@click.option(
+    "--listener",
+    "listeners",
+    metavar="PROTOCOL://HOST:PORT",
+    multiple=True,
+    help="Another listener on its own port, e.g. SSL://127.0.0.1:9093 (repeatable).",
+)
+@click.option(
+    "--sasl-mechanisms",
+    default=None,
+    help="SASL mechanisms offered: PLAIN,SCRAM-SHA-256,SCRAM-SHA-512 (default: both SCRAMs).",
+)
+@click.option("--tls-cert", default=None, help="PEM certificate (chain) of TLS listeners.")
+@click.option("--tls-key", default=None, help="PEM private key of --tls-cert.")
+@click.option(
+    "--tls-client-ca",
+    default=None,
+    help="PEM CA: TLS clients must present a certificate it signed (mTLS).",
+)
+@click.option(
     "--queries",
     "queries_dir",
     type=click.Path(exists=True, file_okay=False),
@@ -512,6 +537,12 @@ def serve(
     zone: str | None,
     agent_group: str | None,
     auto_create_topics: bool | None,
+    security_protocol: str | None,
+    listeners: tuple[str, ...],
+    sasl_mechanisms: str | None,
+    tls_cert: str | None,
+    tls_key: str | None,
+    tls_client_ca: str | None,
     queries_dir: str | None,
     data_dir: str | None,
 ) -> None:
@@ -521,6 +552,8 @@ def serve(
     import contextlib
     import signal
 
+    from streamhouse.kafka.listeners import listeners_of, server_tls_context
+    from streamhouse.kafka.sasl import enabled_mechanisms
     from streamhouse.kafka.server import serve as serve_kafka
     from streamhouse.log.metadata import sqlite_path
 
@@ -541,7 +574,16 @@ def serve(
         zone=zone,
         agent_group=agent_group,
         auto_create_topics=auto_create_topics,
+        security_protocol=security_protocol,
+        listeners=",".join(listeners) or None,
+        sasl_mechanisms=sasl_mechanisms,
+        tls_cert=tls_cert,
+        tls_key=tls_key,
+        tls_client_ca=tls_client_ca,
     )
+    enabled_mechanisms(settings.sasl_mechanisms)
+    if any(listener.tls for listener in listeners_of(settings)):
+        server_tls_context(settings)  # bad certificate files: one line now, before anything opens
     files = sorted(Path(queries_dir).glob("*.sql")) if queries_dir else []
     with StreamHouse(settings) as sh:
         agent_id = None
@@ -608,6 +650,94 @@ def _supervise_queries(sh: StreamHouse, agent_id: str, files: list[Path]) -> Que
             ", ".join(supervisor.names),
         )
     return supervisor.start()
+
+
+@main.group()
+def user() -> None:
+    """SASL users (PLAIN, SCRAM-SHA-256, SCRAM-SHA-512) in the metadata store."""
+
+
+def _metadata(ctx: click.Context) -> Any:
+    from streamhouse.log.metadata import open_metadata, sqlite_path
+
+    settings = _settings(ctx)
+    path = sqlite_path(settings)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    return open_metadata(settings)
+
+
+@user.command("add")
+@click.argument("name")
+@click.option(
+    "--password-stdin",
+    is_flag=True,
+    required=True,
+    help="Read the password from stdin's first line.",
+)
+@click.option("--iterations", type=click.IntRange(4096, 1_000_000), default=4096, show_default=True)
+@data_dir_option
+@click.pass_context
+@friendly_errors
+def user_add(
+    ctx: click.Context, name: str, password_stdin: bool, iterations: int, data_dir: str | None
+) -> None:
+    """Add user NAME, or set its password: salted SCRAM credentials for SHA-256 and SHA-512
+    (PLAIN logins are checked against them); the password itself is stored nowhere."""
+    from streamhouse.security.scram import MECHANISMS, make_credential
+
+    password = sys.stdin.readline().rstrip("\r\n")
+    if not name or "," in name or "=" in name or any(ord(c) < 32 for c in name):
+        raise click.BadParameter(
+            "a user name must be non-empty, without ',', '=' or control characters",
+            param_hint="NAME",
+        )
+    if not password:
+        raise click.ClickException("no password on stdin")
+    credentials = [
+        make_credential(m, password, user=name, iterations=iterations) for m in MECHANISMS
+    ]
+    metadata = _metadata(ctx)
+    try:
+        metadata.put_credentials(name, credentials)
+    finally:
+        metadata.close()
+    click.echo(f"user {name}: {', '.join(MECHANISMS)} credentials stored", err=True)
+
+
+@user.command("list")
+@data_dir_option
+@click.pass_context
+@friendly_errors
+def user_list(ctx: click.Context, data_dir: str | None) -> None:
+    """Every user, with its mechanisms and iteration counts."""
+    metadata = _metadata(ctx)
+    try:
+        rows = metadata.list_credentials()
+    finally:
+        metadata.close()
+    users: dict[str, list[str]] = {}
+    for name, mechanism, iterations in rows:
+        users.setdefault(name, []).append(f"{mechanism}(iterations={iterations})")
+    for name, mechanisms in users.items():
+        click.echo(f"{name}\t{' '.join(mechanisms)}")
+
+
+@user.command("delete")
+@click.argument("name")
+@data_dir_option
+@click.pass_context
+@friendly_errors
+def user_delete(ctx: click.Context, name: str, data_dir: str | None) -> None:
+    """Delete user NAME: it can no longer log in (connections logged in already stay)."""
+    metadata = _metadata(ctx)
+    try:
+        found = metadata.delete_credentials(name)
+    finally:
+        metadata.close()
+    if not found:
+        raise click.ClickException(f"no user {name!r}")
+    click.echo(f"user {name} deleted", err=True)
 
 
 @main.group()

@@ -50,6 +50,12 @@ class Settings:
     ``query_lease_ttl_s`` is how long an agent's hold on a continuous query lasts unless
     renewed (every third of it): after a holder dies, another agent resumes the query within
     about that long.
+    ``security_protocol`` is the main listener's (``host:port``): ``PLAINTEXT`` or ``SSL``
+    (Kafka's names); ``listeners`` adds more, comma-separated ``PROTOCOL://HOST:PORT``, each
+    on its own port. TLS listeners serve ``tls_cert`` with ``tls_key`` (PEM files); with
+    ``tls_client_ca`` (PEM) every client must present a certificate that CA signed (mTLS).
+    ``sasl_mechanisms`` are those SASL listeners offer: ``PLAIN``, ``SCRAM-SHA-256``,
+    ``SCRAM-SHA-512`` (comma-separated).
     """
 
     data_dir: Path = field(default_factory=lambda: Path(DEFAULT_DATA_DIR))
@@ -81,6 +87,12 @@ class Settings:
     compaction_lease_s: float = 60.0
     scan_cache_bytes: int = 1 << 30  # columnar cache of decoded runs (data_dir/scan-cache); 0: none
     memory_limit: str | int | None = None  # bounded queries' memory pool; None: half the RAM
+    security_protocol: str = "PLAINTEXT"
+    listeners: str = ""
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_client_ca: str = ""
+    sasl_mechanisms: str = "SCRAM-SHA-256,SCRAM-SHA-512"
 
     @classmethod
     def load(cls, config_file: str | Path | None = None, **overrides: Any) -> Settings:

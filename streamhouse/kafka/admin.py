@@ -59,7 +59,14 @@ def _broker_configs(broker: Broker) -> dict[str, tuple[str, int]]:
     s = broker.settings
     return {
         "broker.id": (str(broker.node_id), ConfigType.INT),
-        "advertised.listeners": (f"PLAINTEXT://{broker.host}:{broker.port}", ConfigType.STRING),
+        "advertised.listeners": (
+            ",".join(
+                f"{lst.protocol}://{lst.advertised_host}:{lst.advertised_port}"
+                for lst in broker.listeners
+            )
+            or f"PLAINTEXT://{broker.host}:{broker.port}",
+            ConfigType.STRING,
+        ),
         "auto.create.topics.enable": (str(s.auto_create_topics).lower(), ConfigType.BOOLEAN),
         "num.partitions": (str(s.default_partitions), ConfigType.INT),
         "default.replication.factor": ("1", ConfigType.INT),

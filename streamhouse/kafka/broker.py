@@ -13,7 +13,9 @@ from streamhouse.config import Settings
 from streamhouse.kafka.cluster import Cluster
 from streamhouse.kafka.coordination import GroupLeases
 from streamhouse.kafka.groups import GroupCoordinator
+from streamhouse.kafka.listeners import Listener
 from streamhouse.kafka.producers import ProducerRegistry
+from streamhouse.kafka.sasl import enabled_mechanisms
 from streamhouse.log import Log
 from streamhouse.log.metadata import sqlite_path
 
@@ -39,6 +41,8 @@ class Broker:
         self.settings = settings
         self.host = settings.advertised_host
         self.port = settings.port
+        self.listeners: list[Listener] = []  # what it serves on, once bound
+        self.sasl_mechanisms = enabled_mechanisms(settings.sasl_mechanisms)
         shared = sqlite_path(settings) is None
         self.cluster = Cluster(log_.metadata if shared else None, settings, agent_id)
         self.groups = GroupCoordinator()

@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 from streamhouse.errors import FencedError, StreamHouseError
 from streamhouse.kafka.api_keys import ApiKey
+from streamhouse.kafka.listeners import seen_through
 from streamhouse.kafka.wire import ErrorCode, RequestHeader, make, messages, to_ms
 
 if TYPE_CHECKING:
@@ -483,6 +484,7 @@ async def handle_find_coordinator(broker: Broker, header: RequestHeader, request
                 port=-1,
             )
         node = found
+    (node,) = seen_through(header.session, broker.node_id, (node,))
     return make(
         module.FindCoordinatorResponse,
         throttle_time=0,

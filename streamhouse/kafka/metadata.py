@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from streamhouse.errors import LogError, TopicExistsError
 from streamhouse.kafka.api_keys import ApiKey
 from streamhouse.kafka.cluster import client_zone
+from streamhouse.kafka.listeners import seen_through
 from streamhouse.kafka.wire import ErrorCode, RequestHeader, make, messages
 from streamhouse.log.metadata import validate_topic_name
 
@@ -92,6 +93,7 @@ async def handle_metadata(broker: Broker, header: RequestHeader, request: Any) -
         auto = getattr(request, "allow_auto_topic_creation", True)
         found = [(t.name, topic_for_client(broker, t.name, auto)) for t in request.topics]
     nodes = broker.cluster.nodes(client_zone(header.client_id))
+    nodes = seen_through(header.session, broker.node_id, nodes)
     node_ids = tuple(node.node_id for node in nodes)
     topics = []
     for name, info in found:

@@ -26,9 +26,17 @@ from typing import Any
 
 from streamhouse.config import Settings
 from streamhouse.errors import ProtocolError
-from streamhouse.kafka import admin, fetch, groups, metadata, offsets, produce, producers
+from streamhouse.kafka import admin, fetch, groups, metadata, offsets, produce, producers, sasl
 from streamhouse.kafka.api_keys import ApiKey
 from streamhouse.kafka.broker import Broker
+from streamhouse.kafka.listeners import (
+    HANDSHAKE_TIMEOUT_S,
+    Listener,
+    Session,
+    listeners_of,
+    principal_of,
+    server_tls_context,
+)
 from streamhouse.kafka.versions import SUPPORTED, handle_api_versions, unsupported_api_versions
 from streamhouse.kafka.wire import RequestHeader, encode_response, parse_request, peek_header
 from streamhouse.log import Log
@@ -59,6 +67,7 @@ HANDLERS: dict[ApiKey, Handler] = {
     **groups.HANDLERS,
     **admin.HANDLERS,
     **producers.HANDLERS,
+    **sasl.HANDLERS,
 }
 RAW_HANDLERS: dict[ApiKey, RawHandler] = {**produce.RAW_HANDLERS, **fetch.RAW_HANDLERS}
 assert not set(HANDLERS) & set(RAW_HANDLERS)
@@ -80,7 +89,7 @@ _WRITE_HIGH_WATER = 4 * 1024 * 1024
 _LENGTH = struct.Struct(">i")
 
 
-def _start(broker: Broker, frame: bytes, client_host: str) -> Response | None:
+def _start(broker: Broker, frame: bytes, client_host: str, session: Session) -> Response | None:
     """Decode a request and start its handler; ProtocolError closes the connection.
 
     ``None`` if the request gets no response (produce with ``acks=0``).
@@ -88,6 +97,8 @@ def _start(broker: Broker, frame: bytes, client_host: str) -> Response | None:
     api_key, api_version, correlation_id = peek_header(frame)
     if api_key == ApiKey.API_VERSIONS and api_version > SUPPORTED[ApiKey.API_VERSIONS][1]:
         return encode_response(correlation_id, unsupported_api_versions(), header_v0=True)
+    if not session.authenticated and api_key not in sasl.PRE_AUTHENTICATION:
+        raise ProtocolError(f"api key {api_key} before SASL authentication")
     versions = SUPPORTED.get(api_key)
     if versions is None:
         raise ProtocolError(f"unsupported api key {api_key}")
@@ -98,7 +109,7 @@ def _start(broker: Broker, frame: bytes, client_host: str) -> Response | None:
     raw = RAW_HANDLERS.get(api_key)
     if raw is not None:
         return raw(broker, frame, client_host)
-    header, request = parse_request(frame, client_host)
+    header, request = parse_request(frame, client_host, session)
     return asyncio.ensure_future(_respond(header, HANDLERS[api_key](broker, header, request)))
 
 
@@ -115,11 +126,18 @@ class _Connection:
     """One client connection: a reading loop and an in-order sending loop."""
 
     def __init__(
-        self, broker: Broker, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+        self,
+        broker: Broker,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        listener: Listener,
     ) -> None:
         self.broker = broker
         self.reader = reader
         self.writer = writer
+        self.session = Session(listener)
+        if listener.tls:  # the handshake is done: a client certificate, if any, was verified
+            self.session.principal = principal_of(writer.get_extra_info("peercert"))
         peer = writer.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
         self.client_host = f"/{peer[0]}" if isinstance(peer, tuple) else ""
@@ -164,7 +182,7 @@ class _Connection:
             except (asyncio.IncompleteReadError, ConnectionError):
                 return
             try:
-                response = _start(self.broker, frame, self.client_host)
+                response = _start(self.broker, frame, self.client_host, self.session)
             except ProtocolError as exc:
                 log.info("connection %s: %s; closing", self.peer, exc)
                 return
@@ -174,6 +192,10 @@ class _Connection:
             if response is not None:
                 self.pending_bytes += size
                 await self.pending.put((response, size))
+                if not self.session.authenticated and not isinstance(response, bytes):
+                    await asyncio.wait([response])  # a login goes one step at a time
+                    if self.session.failed:
+                        return  # the answer goes out, then the connection closes
 
     async def _send(self, reading: asyncio.Task[None]) -> None:
         """Write responses in request order; on any failure, stop the reading loop.
@@ -264,49 +286,72 @@ async def serve(
     ``ready`` is set once the socket listens; with ``settings.port == 0`` the bound port is
     the one advertised. ``agent_id`` names this agent (default: a new random id).
     """
+    listeners = listeners_of(settings)
+    tls = server_tls_context(settings) if any(lst.tls for lst in listeners) else None
     broker = Broker(log_, settings, agent_id)
     broker.attach(asyncio.get_running_loop())
     connections: set[asyncio.Task[None]] = set()
 
-    async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        connections.add(task)
-        try:
-            await _Connection(broker, reader, writer).run()
-        except asyncio.CancelledError:
-            pass  # shutting down; asyncio's stream callback would log a cancelled task
-        finally:
-            connections.discard(task)
+    def accepting(listener: Listener) -> Callable[..., Awaitable[None]]:
+        async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            task = asyncio.current_task()
+            assert task is not None
+            connections.add(task)
+            try:
+                await _Connection(broker, reader, writer, listener).run()
+            except asyncio.CancelledError:
+                pass  # shutting down; asyncio's stream callback would log a cancelled task
+            finally:
+                connections.discard(task)
 
-    server = await asyncio.start_server(on_connect, settings.host, settings.port, limit=1 << 20)
-    if settings.port == 0:
-        broker.port = server.sockets[0].getsockname()[1]
-    if settings.advertised_port:
-        broker.port = settings.advertised_port
+        return on_connect
+
+    servers = []
+    try:
+        for listener in listeners:
+            server = await asyncio.start_server(
+                accepting(listener),
+                listener.host,
+                listener.port,
+                limit=1 << 20,
+                ssl=tls if listener.tls else None,
+                ssl_handshake_timeout=HANDSHAKE_TIMEOUT_S if listener.tls else None,
+            )
+            servers.append(server)
+            listener.port = server.sockets[0].getsockname()[1]
+            listener.advertised_port = listener.advertised_port or listener.port
+    except BaseException:
+        for server in servers:
+            server.close()
+        raise
+    broker.listeners = listeners
+    broker.port = listeners[0].advertised_port
     await broker.cluster.join(broker.host, broker.port)
     heartbeat = asyncio.create_task(broker.cluster.heartbeat())
     group_leases = asyncio.create_task(broker.coordination.maintain())
     sweeper = asyncio.create_task(_sweep_groups(broker))
     retention = asyncio.create_task(_storage_lifecycle(log_, settings.retention_check_interval_s))
-    log.info(
-        "Kafka protocol on %s:%d, advertised as %s:%d",
-        settings.host,
-        server.sockets[0].getsockname()[1],
-        broker.host,
-        broker.port,
-    )
+    for listener in listeners:
+        log.info(
+            "Kafka protocol %s on %s:%d, advertised as %s:%d%s",
+            listener.protocol,
+            listener.host,
+            listener.port,
+            listener.advertised_host,
+            listener.advertised_port,
+            " (client certificates required)" if listener.tls and settings.tls_client_ca else "",
+        )
     if ready is not None:
         ready.set()
     try:
-        async with server:
-            await server.serve_forever()
+        await asyncio.gather(*(server.serve_forever() for server in servers))
     finally:
         sweeper.cancel()
         retention.cancel()
         heartbeat.cancel()
         group_leases.cancel()
-        server.close()
+        for server in servers:
+            server.close()
         await broker.coordination.release_all()
         await broker.cluster.leave()
         for task in list(connections):

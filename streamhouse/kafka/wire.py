@@ -24,7 +24,7 @@ import typing
 from dataclasses import dataclass
 from functools import cache
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import kio.schema.response_header.v0.header as response_header_v0
 import kio.schema.response_header.v1.header as response_header_v1
@@ -35,6 +35,9 @@ from kio.static.constants import EntityType
 
 from streamhouse import errors
 from streamhouse.errors import ProtocolError
+
+if TYPE_CHECKING:
+    from streamhouse.kafka.listeners import Session
 
 __all__ = [
     "ErrorCode",
@@ -50,7 +53,7 @@ __all__ = [
 
 _PREFIX = struct.Struct(">hhi")
 _LENGTH = struct.Struct(">i")
-_TIMEDELTA_FIELDS = ("throttle_time",)
+_TIMEDELTA_FIELDS = ("throttle_time", "session_lifetime")
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +65,8 @@ class RequestHeader:
     correlation_id: int
     client_id: str | None
     client_host: str = ""
+    session: Session | None = None
+    """The connection's listener and principal (None outside a server)."""
 
 
 def peek_header(frame: bytes) -> tuple[int, int, int]:
@@ -98,7 +103,9 @@ def response_class(api_key: int, api_version: int) -> type:
     raise ProtocolError(f"no response class for api {api_key} v{api_version}")
 
 
-def parse_request(frame: bytes, client_host: str = "") -> tuple[RequestHeader, Any]:
+def parse_request(
+    frame: bytes, client_host: str = "", session: Session | None = None
+) -> tuple[RequestHeader, Any]:
     """Decode the header and body of a request whose version kio knows.
 
     ProtocolError for anything kio cannot decode (truncated, bad lengths, bad UTF-8...).
@@ -117,7 +124,10 @@ def parse_request(frame: bytes, client_host: str = "") -> tuple[RequestHeader, A
     if null is not None:
         raise ProtocolError(f"api {api_key} v{api_version} request: {null} is null")
     client_id = header.client_id
-    return RequestHeader(api_key, api_version, header.correlation_id, client_id, client_host), body
+    return (
+        RequestHeader(api_key, api_version, header.correlation_id, client_id, client_host, session),
+        body,
+    )
 
 
 @cache

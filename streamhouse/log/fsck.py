@@ -509,6 +509,7 @@ class RebuildReport:
             "topic configs (back to defaults) and partitions that never got a record"
             " (each topic has as many partitions as its highest partition with records + 1)",
             "the SQL catalog (CREATE STREAM/TABLE/VIEW statements): create them again",
+            "SASL users: add them again (streamhouse user add NAME --password-stdin)",
         ]
 
 

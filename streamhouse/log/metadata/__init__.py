@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from streamhouse.log.metadata.checkpoints import QueryCheckpoint
     from streamhouse.log.metadata.leases import Lease
     from streamhouse.log.metadata.swaps import SegmentSwap, SwapOutcome
+    from streamhouse.security.scram import ScramCredential
 
 __all__ = [
     "CATALOG_KINDS",
@@ -354,6 +355,22 @@ class Metadata(Protocol):
 
     def drop_catalog(self, name: str) -> bool:
         """Remove the entry; ``False`` if there was none."""
+        ...
+
+    def put_credentials(self, user: str, credentials: Sequence[ScramCredential]) -> None:
+        """Replace ``user``'s SASL credentials (one per mechanism) with ``credentials``."""
+        ...
+
+    def get_credential(self, user: str, mechanism: str) -> ScramCredential | None:
+        """``user``'s credential for ``mechanism``, or ``None``."""
+        ...
+
+    def list_credentials(self) -> list[tuple[str, str, int]]:
+        """``(user, mechanism, iterations)`` of every credential, by user and mechanism."""
+        ...
+
+    def delete_credentials(self, user: str) -> bool:
+        """Remove every credential of ``user``; ``False`` if there was none."""
         ...
 
     def next_producer_id(self) -> int:

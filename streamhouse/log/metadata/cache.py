@@ -56,6 +56,7 @@ from streamhouse.log.metadata import (
 from streamhouse.log.metadata.checkpoints import QueryCheckpoint
 from streamhouse.log.metadata.leases import Lease
 from streamhouse.log.metadata.swaps import SegmentSwap, SwapOutcome
+from streamhouse.security.scram import ScramCredential
 
 logger = logging.getLogger(__name__)
 
@@ -471,6 +472,18 @@ class CachedMetadata:
 
     def drop_catalog(self, name: str) -> bool:
         return self.inner.drop_catalog(name)
+
+    def put_credentials(self, user: str, credentials: Sequence[ScramCredential]) -> None:
+        self.inner.put_credentials(user, credentials)
+
+    def get_credential(self, user: str, mechanism: str) -> ScramCredential | None:
+        return self.inner.get_credential(user, mechanism)
+
+    def list_credentials(self) -> list[tuple[str, str, int]]:
+        return self.inner.list_credentials()
+
+    def delete_credentials(self, user: str) -> bool:
+        return self.inner.delete_credentials(user)
 
     def next_producer_id(self) -> int:
         return self.inner.next_producer_id()

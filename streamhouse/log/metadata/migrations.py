@@ -35,6 +35,8 @@ Tables (one row per ...):
 - ``query_checkpoints``: continuous query (``query_name``): the checkpoint in the object store
   it resumes from (``checkpoints.py``), recorded under its lease's fencing ``epoch``, with the
   source offsets it holds (a JSON object: topic -> partition -> offset).
+- ``scram_credentials``: (user_name, mechanism) SASL credential (``kafka/scram.py``): salt,
+  iteration count, StoredKey and ServerKey (base64), never the password.
 """
 
 from __future__ import annotations
@@ -181,6 +183,21 @@ MIGRATIONS: tuple[Migration, ...] = (
             " epoch BIGINT NOT NULL,"
             " positions TEXT NOT NULL,"
             " written_ms BIGINT NOT NULL)",
+        ),
+    ),
+    Migration(
+        7,
+        "scram credentials",
+        (
+            "CREATE TABLE scram_credentials ("
+            " user_name TEXT NOT NULL,"
+            " mechanism TEXT NOT NULL,"
+            " salt TEXT NOT NULL,"
+            " iterations INTEGER NOT NULL,"
+            " stored_key TEXT NOT NULL,"
+            " server_key TEXT NOT NULL,"
+            " updated_ms BIGINT NOT NULL,"
+            " PRIMARY KEY (user_name, mechanism))",
         ),
     ),
 )

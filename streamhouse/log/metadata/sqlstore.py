@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Mapping
+from base64 import b64decode, b64encode
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from types import TracebackType
 from typing import Any, ClassVar, Self
@@ -37,6 +38,7 @@ from streamhouse.log.metadata.rules import (
     config_json,
     topic_config,
 )
+from streamhouse.security.scram import ScramCredential
 
 logger = logging.getLogger(__name__)
 
@@ -328,6 +330,54 @@ class SqlMetadata:
             )
             return cursor.rowcount > 0
 
+    # -- SASL credentials --------------------------------------------------------------------
+
+    def put_credentials(self, user: str, credentials: Sequence[ScramCredential]) -> None:
+        with self._transaction(f"store credentials of user {user!r}") as conn:
+            conn.execute(self._sql("DELETE FROM scram_credentials WHERE user_name = ?"), (user,))
+            for c in credentials:
+                conn.execute(
+                    self._sql(
+                        "INSERT INTO scram_credentials (user_name, mechanism, salt, iterations,"
+                        f" stored_key, server_key, updated_ms) VALUES (?, ?, ?, ?, ?, ?,"
+                        f" {self.dialect.now_ms})"
+                    ),
+                    (user, c.mechanism, _b64(c.salt), c.iterations, _b64(c.stored_key),
+                     _b64(c.server_key)),
+                )  # fmt: skip
+
+    def get_credential(self, user: str, mechanism: str) -> ScramCredential | None:
+        with self._reader(f"read credential of user {user!r}") as conn:
+            row = conn.execute(
+                self._sql(
+                    "SELECT salt, iterations, stored_key, server_key FROM scram_credentials"
+                    " WHERE user_name = ? AND mechanism = ?"
+                ),
+                (user, mechanism),
+            ).fetchone()
+        if row is None:
+            return None
+        salt, iterations, stored_key, server_key = row
+        return ScramCredential(
+            user, mechanism, b64decode(salt), iterations, b64decode(stored_key),
+            b64decode(server_key),
+        )  # fmt: skip
+
+    def list_credentials(self) -> list[tuple[str, str, int]]:
+        with self._reader("list credentials") as conn:
+            rows = conn.execute(
+                "SELECT user_name, mechanism, iterations FROM scram_credentials"
+                f" ORDER BY user_name{self.dialect.byte_order}, mechanism"
+            ).fetchall()
+        return [(user, mechanism, iterations) for user, mechanism, iterations in rows]
+
+    def delete_credentials(self, user: str) -> bool:
+        with self._statement(f"delete credentials of user {user!r}") as conn:
+            cursor = conn.execute(
+                self._sql("DELETE FROM scram_credentials WHERE user_name = ?"), (user,)
+            )
+            return cursor.rowcount > 0
+
     # -- agents ------------------------------------------------------------------------------
 
     def deregister_agent(self, agent_id: str) -> None:
@@ -363,3 +413,7 @@ class SqlMetadata:
                 leases.sql(leases.LIST, self.dialect), leases.prefix_bounds(prefix)
             ).fetchall()
         return [Lease(*row) for row in rows]
+
+
+def _b64(data: bytes) -> str:
+    return b64encode(data).decode()

@@ -1,0 +1,1 @@
+"""Security: SASL credentials (SCRAM, checked by PLAIN too)."""
