@@ -2,7 +2,9 @@
 
 The ranges are non-flexible wherever the four target clients allow it (kafka-python 3,
 librdkafka via confluent-kafka and kcat, aiokafka): each negotiates the highest version both
-sides know, and all of them speak these. Lower bounds are where ``kio`` starts (Produce v3
+sides know, and all of them speak these. The group admin APIs go up to what Kafka 3.x
+advertises (ListGroups v4 for group states, DescribeGroups v5, DeleteGroups v2, OffsetDelete),
+flexible versions among them: clients ask for those features by version. Lower bounds are where ``kio`` starts (Produce v3
 is the first with record format v2, which is the only format the log stores).
 
 A request for a newer ApiVersions than we know (kafka-python 3 opens with v4) gets the v0
@@ -33,8 +35,8 @@ SUPPORTED: dict[ApiKey, tuple[int, int]] = {
     ApiKey.HEARTBEAT: (0, 3),  # Heartbeat (v4+ flexible)
     ApiKey.LEAVE_GROUP: (0, 3),  # LeaveGroup (v4+ flexible)
     ApiKey.SYNC_GROUP: (0, 3),  # SyncGroup (v4+ flexible)
-    ApiKey.DESCRIBE_GROUPS: (0, 4),  # DescribeGroups (v5+ flexible)
-    ApiKey.LIST_GROUPS: (0, 2),  # ListGroups (v3+ flexible)
+    ApiKey.DESCRIBE_GROUPS: (0, 5),  # DescribeGroups (v5 flexible; v3+ authorized operations)
+    ApiKey.LIST_GROUPS: (0, 4),  # ListGroups (v3+ flexible; v4 group states, KIP-518)
     ApiKey.API_VERSIONS: (0, 3),  # ApiVersions (v3 flexible; its response header is always v0)
     ApiKey.CREATE_TOPICS: (2, 4),  # CreateTopics (v5+ flexible)
     ApiKey.DELETE_TOPICS: (1, 3),  # DeleteTopics (v4+ flexible)
@@ -43,8 +45,9 @@ SUPPORTED: dict[ApiKey, tuple[int, int]] = {
     ApiKey.DESCRIBE_CONFIGS: (1, 3),  # DescribeConfigs (v4+ flexible)
     ApiKey.ALTER_CONFIGS: (0, 1),  # AlterConfigs (v2+ flexible)
     ApiKey.CREATE_PARTITIONS: (0, 1),  # CreatePartitions (v2+ flexible)
-    ApiKey.DELETE_GROUPS: (0, 1),  # DeleteGroups (v2+ flexible)
+    ApiKey.DELETE_GROUPS: (0, 2),  # DeleteGroups (v2 flexible)
     ApiKey.INCREMENTAL_ALTER_CONFIGS: (0, 0),  # IncrementalAlterConfigs (v1+ flexible)
+    ApiKey.OFFSET_DELETE: (0, 0),  # OffsetDelete (KIP-496; Kafka 3.x's only version)
 }
 """API key -> (min version, max version), both inclusive."""
 
