@@ -4,7 +4,8 @@ The ranges are non-flexible wherever the four target clients allow it (kafka-pyt
 librdkafka via confluent-kafka and kcat, aiokafka): each negotiates the highest version both
 sides know, and all of them speak these. The group admin APIs go up to what Kafka 3.x
 advertises (ListGroups v4 for group states, DescribeGroups v5, DeleteGroups v2, OffsetDelete),
-flexible versions among them: clients ask for those features by version. Lower bounds are where ``kio`` starts (Produce v3
+and Metadata to v12 for topic ids: flexible versions among them, as clients ask for those
+features by version. Lower bounds are where ``kio`` starts (Produce v3
 is the first with record format v2, which is the only format the log stores).
 
 A request for a newer ApiVersions than we know (kafka-python 3 opens with v4) gets the v0
@@ -27,7 +28,7 @@ SUPPORTED: dict[ApiKey, tuple[int, int]] = {
     ApiKey.PRODUCE: (3, 8),  # Produce (v9+ flexible)
     ApiKey.FETCH: (4, 11),  # Fetch (v12+ flexible)
     ApiKey.LIST_OFFSETS: (1, 5),  # ListOffsets (v6+ flexible)
-    ApiKey.METADATA: (0, 8),  # Metadata (v9+ flexible)
+    ApiKey.METADATA: (0, 12),  # Metadata (v9+ flexible; v10+ topic ids, KIP-516)
     ApiKey.OFFSET_COMMIT: (2, 7),  # OffsetCommit (v8+ flexible)
     ApiKey.OFFSET_FETCH: (1, 5),  # OffsetFetch (v6+ flexible)
     ApiKey.FIND_COORDINATOR: (0, 2),  # FindCoordinator (v3+ flexible)
