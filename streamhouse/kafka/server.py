@@ -138,6 +138,12 @@ class _Connection:
         sender = asyncio.create_task(self._send(reading))
         try:
             await self._read()
+            if self.parked:
+                log.info(
+                    "connection %s closed with %d group requests parked",
+                    self.peer,
+                    len(self.parked),
+                )
             for waiting in self.parked:
                 waiting.cancel()  # the member went away: its session timer runs from here
             await self.pending.put(None)
