@@ -22,27 +22,41 @@ class Member:
     """A group member process and what it reported."""
 
     def __init__(
-        self, name: str, client: str, strategy: str, args: tuple[str, str, str], tmp: Path
+        self,
+        name: str,
+        client: str,
+        strategy: str,
+        args: tuple[str, str, str],
+        tmp: Path,
+        instance: str | None = None,
     ):
+        """``instance``: a static member's ``group.instance.id`` (confluent-kafka)."""
         bootstrap, topic, group = args
         self.name = name
         self.out = tmp / f"{name}.out"
         self.out.touch()
         self.process = subprocess.Popen(
-            [sys.executable, str(MEMBER), client, bootstrap, topic, group, str(self.out), strategy],
+            [sys.executable, str(MEMBER), client, bootstrap, topic, group, str(self.out), strategy]
+            + ([instance] if instance is not None else []),
             stderr=(tmp / f"{name}.err").open("wb"),
         )
 
     def lines(self) -> list[str]:
         return self.out.read_text().splitlines()
 
+    def assignments(self) -> list[set[int]]:
+        """Every assignment this member reported, in order (a revoke reports the empty set)."""
+        return [
+            {int(p) for p in text.split(",")} if text else set()
+            for text in (
+                ln.removeprefix("assign").strip() for ln in self.lines() if ln.startswith("assign")
+            )
+        ]
+
     def assignment(self) -> set[int] | None:
         """The partitions this member last reported owning (None before any assignment)."""
-        assigns = [line for line in self.lines() if line.startswith("assign")]
-        if not assigns:
-            return None
-        text = assigns[-1].removeprefix("assign").strip()
-        return {int(p) for p in text.split(",")} if text else set()
+        assigns = self.assignments()
+        return assigns[-1] if assigns else None
 
     def records(self) -> list[tuple[int, int]]:
         return [

@@ -1,12 +1,14 @@
 """One consumer-group member for the group tests, run as its own process.
 
-``python tests/kafka_group_member.py CLIENT BOOTSTRAP TOPIC GROUP OUT_FILE STRATEGY``
+``python tests/kafka_group_member.py CLIENT BOOTSTRAP TOPIC GROUP OUT_FILE STRATEGY [INSTANCE]``
 
 CLIENT is ``confluent-kafka``, ``kafka-python`` or ``aiokafka``; STRATEGY an assignor name
 the client knows (``range``, ``roundrobin``, ``cooperative-sticky`` for librdkafka). The
 member writes one line per record (``rec PARTITION OFFSET``) and one per assignment change
 (``assign P,P,...``) to OUT_FILE, flushing before it commits each batch synchronously.
-SIGTERM makes it close its consumer cleanly (it leaves the group).
+SIGTERM makes it close its consumer cleanly (it leaves the group, unless it is a static
+member: INSTANCE, confluent-kafka only, is its ``group.instance.id``; then its session timeout
+is STATIC_SESSION_TIMEOUT_MS, long enough for a restart).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import sys
 from typing import IO
 
 SESSION_TIMEOUT_MS = 4000
+STATIC_SESSION_TIMEOUT_MS = 10_000
 HEARTBEAT_MS = 300
 stopping = False
 
@@ -30,20 +33,24 @@ def _assign_line(out: IO[str], owned: set[int]) -> None:
     out.write(f"assign {','.join(map(str, sorted(owned)))}\n")
 
 
-def run_confluent(bootstrap: str, topic: str, group: str, out: IO[str], strategy: str) -> None:
+def run_confluent(
+    bootstrap: str, topic: str, group: str, out: IO[str], strategy: str, instance: str | None = None
+) -> None:
     from confluent_kafka import Consumer, KafkaException
 
-    consumer = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": group,
-            "auto.offset.reset": "earliest",
-            "enable.auto.commit": False,
-            "session.timeout.ms": SESSION_TIMEOUT_MS,
-            "heartbeat.interval.ms": HEARTBEAT_MS,
-            "partition.assignment.strategy": strategy,
-        }
-    )
+    config = {
+        "bootstrap.servers": bootstrap,
+        "group.id": group,
+        "auto.offset.reset": "earliest",
+        "enable.auto.commit": False,
+        "session.timeout.ms": SESSION_TIMEOUT_MS,
+        "heartbeat.interval.ms": HEARTBEAT_MS,
+        "partition.assignment.strategy": strategy,
+    }
+    if instance is not None:
+        config["group.instance.id"] = instance
+        config["session.timeout.ms"] = STATIC_SESSION_TIMEOUT_MS
+    consumer = Consumer(config)
     owned: set[int] = set()
     cooperative = strategy == "cooperative-sticky"
 
@@ -156,10 +163,11 @@ RUNNERS = {
 
 def main() -> None:
     client, bootstrap, topic, group, out_path, strategy = sys.argv[1:7]
+    static = sys.argv[7:8]  # a group.instance.id: confluent-kafka only
     signal.signal(signal.SIGTERM, _stop)
     with open(out_path, "a", buffering=1) as out:
         out.write("ready\n")
-        RUNNERS[client](bootstrap, topic, group, out, strategy)
+        RUNNERS[client](bootstrap, topic, group, out, strategy, *static)
         out.write("closed\n")
 
 

@@ -20,13 +20,19 @@ from streamhouse.log.records import build_batch, read_header
 PROTOCOLS = (("range", b"m1"), ("roundrobin", b"m2"))
 
 
+FLEXIBLE = {(18, 3), (15, 5), (16, 3), (16, 4), (42, 2), (3, 9), (3, 10), (3, 11), (3, 12)}
+"""The flexible versions advertised: ApiVersions v3, and the group admin APIs up to Kafka 3.x's
+and Metadata (the features clients ask for by version: group states, authorized operations,
+topic ids)."""
+
+
 def test_every_supported_api_has_a_handler_and_kio_classes() -> None:
     assert set(HANDLERS) | set(RAW_HANDLERS) == set(SUPPORTED)
     assert not set(HANDLERS) & set(RAW_HANDLERS)
     for key, (low, high) in SUPPORTED.items():
         for version in range(low, high + 1):
             flexible = response_class(key, version).__flexible__
-            assert flexible == (key == 18 and version == 3)  # prefer non-flexible versions
+            assert flexible == ((key, version) in FLEXIBLE)  # else prefer non-flexible versions
 
 
 def test_unsupported_api_versions_answer_is_v0_with_error_35() -> None:
@@ -51,10 +57,76 @@ def _join(
     member_id: str = "",
     protocols=PROTOCOLS,
     session_ms: int = 10_000,
+    instance: str | None = None,
 ) -> asyncio.Future:
     return coordinator.join(
-        "g", member_id, None, "client", "/127.0.0.1", session_ms, 10_000, "consumer", protocols
+        "g", member_id, instance, "client", "/127.0.0.1", session_ms, 10_000, "consumer", protocols
     )
+
+
+async def _stable_pair(groups: GroupCoordinator) -> tuple:
+    """Static members a (the leader) and b, stable in generation 2 with p0 and p1."""
+    a = await _join(groups, instance="a")
+    b_join = _join(groups, instance="b")
+    a = await _join(groups, a.member_id, instance="a")
+    b = await b_join
+    b_sync = groups.sync("g", 2, b.member_id, {}, "b")
+    await groups.sync("g", 2, a.member_id, {a.member_id: b"p0", b.member_id: b"p1"}, "a")
+    assert await b_sync == (ErrorCode.none, b"p1")
+    return a, b
+
+
+def test_static_member_rejoining_keeps_its_assignment_without_rebalance() -> None:
+    async def scenario() -> None:
+        groups = GroupCoordinator()
+        a, b = await _stable_pair(groups)
+        back = await _join(groups, instance="b")  # b restarted: no member id
+        assert back.error is ErrorCode.none and back.generation == 2
+        assert back.member_id != b.member_id and back.members == ()
+        assert groups.groups["g"].state is GroupState.STABLE
+        assert await groups.sync("g", 2, back.member_id, {}, "b") == (ErrorCode.none, b"p1")
+        assert groups.heartbeat("g", 2, a.member_id, "a") is ErrorCode.none
+        # the old process of b is fenced wherever it shows up
+        assert groups.heartbeat("g", 2, b.member_id, "b") is ErrorCode.fenced_instance_id
+        stale = await _join(groups, b.member_id, instance="b")
+        assert stale.error is ErrorCode.fenced_instance_id
+        assert groups.validate_commit("g", 2, b.member_id, group_instance_id="b") is (
+            ErrorCode.fenced_instance_id
+        )
+        # the leader restarted: still the leader, same generation, the members to assign
+        leader = await _join(groups, instance="a")
+        assert leader.generation == 2 and leader.leader == leader.member_id
+        assert len(leader.members) == 2
+        # a changed subscription rebalances
+        changed = _join(groups, instance="b", protocols=(("range", b"other"),))
+        await asyncio.sleep(0)
+        assert groups.groups["g"].state is GroupState.PREPARING_REBALANCE
+        assert groups.heartbeat("g", 2, leader.member_id, "a") is ErrorCode.rebalance_in_progress
+        again = await _join(groups, leader.member_id, instance="a")
+        assert again.generation == 3 and (await changed).generation == 3
+
+    asyncio.run(scenario())
+
+
+def test_static_members_leave_by_instance_id_and_expire_whatever_they_awaited() -> None:
+    async def scenario() -> None:
+        groups = GroupCoordinator()
+        a, b = await _stable_pair(groups)
+        assert groups.leave("g", [("other", "b")])[0][2] is ErrorCode.fenced_instance_id
+        assert groups.leave("g", [("", "b")])[0][2] is ErrorCode.none
+        assert groups.leave("g", [("", "b")])[0][2] is ErrorCode.unknown_member_id
+        # a rejoins and its connection closes while it is parked: it expires all the same
+        parked = _join(groups, a.member_id, instance="a")
+        c = _join(groups, instance="c")
+        await asyncio.sleep(0)
+        assert not parked.done() or parked.result().error is ErrorCode.none
+        parked.cancel()
+        c.cancel()
+        group = groups.groups["g"]
+        groups.expire(now=max(m.deadline for m in group.members.values()) + 0.1)
+        assert group.members == {} and group.state is GroupState.EMPTY
+
+    asyncio.run(scenario())
 
 
 def test_group_first_member_becomes_leader_and_stable_after_sync() -> None:

@@ -348,6 +348,9 @@ def test_group_offsets_round_trip(md: Store) -> None:
     assert offsets["t", 1] == GroupOffset(7, "", offsets["t", 1].commit_ms)
     assert offsets["t", 1].commit_ms > 1_600_000_000_000
     assert md.list_groups() == ["g0", "g1"]
+    md.delete_group_offsets("g0", [("u", 3), ("u", 4), ("gone", 0)])  # OffsetDelete
+    assert md.group_offsets("g0") == {} and md.list_groups() == ["g1"]
+    md.commit_group_offsets("g0", {("u", 3): (1, "x")})
     md.delete_group("g1")
     md.delete_group("never")
     assert md.group_offsets("g1") == {}

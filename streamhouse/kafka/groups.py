@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import struct
 import time
 import uuid
 from collections.abc import Iterable
@@ -128,6 +129,21 @@ class Group:
     rebalance_deadline: float = 0.0
     not_before: float = 0.0
 
+    def static_member(self, group_instance_id: str | None) -> Member | None:
+        """The member holding this ``group.instance.id`` (KIP-345), if any."""
+        if group_instance_id is None:
+            return None
+        for member in self.members.values():
+            if member.group_instance_id == group_instance_id:
+                return member
+        return None
+
+    def fenced(self, member_id: str, group_instance_id: str | None) -> bool:
+        """Whether a request naming this instance comes from a member id it no longer has:
+        a newer process of the same static member took its place."""
+        static = self.static_member(group_instance_id)
+        return static is not None and static.member_id != member_id
+
     def supports(self, protocol_type: str, protocols: Iterable[str]) -> bool:
         """Whether a joiner with these protocols could be a member."""
         if not self.members:
@@ -154,6 +170,22 @@ class Group:
                     break
         ordered = [name for name, _ in next(iter(self.members.values())).protocols]
         return max(ordered, key=lambda n: votes.get(n, 0) if n in common else -1)
+
+
+def subscription_topics(metadata: bytes) -> set[str]:
+    """The topics of a consumer protocol subscription (version int16, then an int32 count of
+    int16-length topic names); empty if the bytes are not one."""
+    topics: set[str] = set()
+    try:
+        (count,) = struct.unpack_from(">i", metadata, 2)
+        at = 6
+        for _ in range(count):
+            (size,) = struct.unpack_from(">h", metadata, at)
+            topics.add(metadata[at + 2 : at + 2 + size].decode())
+            at += 2 + size
+    except (struct.error, UnicodeDecodeError):
+        return set()
+    return topics
 
 
 class GroupCoordinator:
@@ -195,15 +227,27 @@ class GroupCoordinator:
         if rebalance_timeout_ms < 0:  # JoinGroup v0 has no rebalance timeout
             rebalance_timeout_ms = session_timeout_ms
 
+        static = group.static_member(group_instance_id)
+        if member_id and static is not None and static.member_id != member_id:
+            done.set_result(JoinResult(ErrorCode.fenced_instance_id, member_id=member_id))
+            return done
+        if not member_id and static is not None:
+            return self._rejoin_static(
+                group,
+                static,
+                done,
+                client_id,
+                client_host,
+                now,
+                session_timeout_ms,
+                rebalance_timeout_ms,
+                protocols,
+            )
         member = group.members.get(member_id) if member_id else None
         if member_id and member is None:
             done.set_result(JoinResult(ErrorCode.unknown_member_id, member_id=member_id))
             return done
         if member is None:
-            if group_instance_id is not None:
-                for old in list(group.members.values()):
-                    if old.group_instance_id == group_instance_id:
-                        self._remove_member(group, old, ErrorCode.fenced_instance_id)
             member_id = f"{client_id or 'member'}-{uuid.uuid4()}"
             member = Member(
                 member_id,
@@ -240,13 +284,70 @@ class GroupCoordinator:
         self._maybe_complete_join(group, now)
         return done
 
+    def _rejoin_static(
+        self,
+        group: Group,
+        old: Member,
+        done: asyncio.Future[JoinResult],
+        client_id: str,
+        client_host: str,
+        now: float,
+        session_timeout_ms: int,
+        rebalance_timeout_ms: int,
+        protocols: tuple[tuple[str, bytes], ...],
+    ) -> asyncio.Future[JoinResult]:
+        """A static member back with no member id (a restarted process, KIP-345): it gets a
+        new member id in its old place and keeps its assignment. A stable group does not
+        rebalance unless its subscription changed; the old id's parked requests and any later
+        ones are answered ``FENCED_INSTANCE_ID``."""
+        member_id = f"{client_id or 'member'}-{uuid.uuid4()}"
+        member = Member(
+            member_id,
+            old.group_instance_id,
+            client_id,
+            client_host,
+            session_timeout_ms,
+            rebalance_timeout_ms,
+            protocols,
+            assignment=old.assignment,
+        )
+        self._remove_member(group, old, ErrorCode.fenced_instance_id)
+        group.members[member_id] = member
+        if group.leader_id == old.member_id:
+            group.leader_id = member_id
+        log.info(
+            "group %s: static member %s rejoins as %s (was %s)",
+            group.group_id,
+            old.group_instance_id,
+            member_id,
+            old.member_id,
+        )
+        member.touch(now)
+        member.join_waiter = done
+        changed = old.protocols != protocols
+        if group.state is GroupState.STABLE and not changed:
+            done.set_result(self._join_result(group, member))
+            return done
+        if group.state in (GroupState.STABLE, GroupState.COMPLETING_REBALANCE):
+            self._prepare_rebalance(group, now)
+        self._maybe_complete_join(group, now)
+        return done
+
     def sync(
-        self, group_id: str, generation: int, member_id: str, assignments: dict[str, bytes]
+        self,
+        group_id: str,
+        generation: int,
+        member_id: str,
+        assignments: dict[str, bytes],
+        group_instance_id: str | None = None,
     ) -> asyncio.Future[tuple[ErrorCode, bytes]]:
         """Handle a SyncGroup; the future resolves once the leader's assignment is known."""
         done: asyncio.Future[tuple[ErrorCode, bytes]] = asyncio.get_running_loop().create_future()
         group = self.groups.get(group_id)
         member = group.members.get(member_id) if group else None
+        if group is not None and group.fenced(member_id, group_instance_id):
+            done.set_result((ErrorCode.fenced_instance_id, b""))
+            return done
         if group is None or member is None:
             done.set_result((ErrorCode.unknown_member_id, b""))
             return done
@@ -278,9 +379,13 @@ class GroupCoordinator:
                         waiter.set_result((ErrorCode.none, each.assignment))
         return done
 
-    def heartbeat(self, group_id: str, generation: int, member_id: str) -> ErrorCode:
+    def heartbeat(
+        self, group_id: str, generation: int, member_id: str, group_instance_id: str | None = None
+    ) -> ErrorCode:
         """Handle a Heartbeat: restart the session timer, say whether to rejoin."""
         group = self.groups.get(group_id)
+        if group is not None and group.fenced(member_id, group_instance_id):
+            return ErrorCode.fenced_instance_id
         member = group.members.get(member_id) if group else None
         if group is None or member is None:
             return ErrorCode.unknown_member_id
@@ -299,13 +404,15 @@ class GroupCoordinator:
         results: list[tuple[str, str | None, ErrorCode]] = []
         for member_id, instance_id in members:
             member = None
-            if group is not None:
+            if group is not None and instance_id is not None:
+                # KIP-345: a static member leaves by its instance id, with its member id or
+                # none; a member id that is not the instance's current one is fenced
+                member = group.static_member(instance_id)
+                if member is not None and member_id and member.member_id != member_id:
+                    results.append((member_id, instance_id, ErrorCode.fenced_instance_id))
+                    continue
+            elif group is not None:
                 member = group.members.get(member_id)
-                if member is None and instance_id is not None:
-                    member = next(
-                        (m for m in group.members.values() if m.group_instance_id == instance_id),
-                        None,
-                    )
             if group is None or member is None:
                 results.append((member_id, instance_id, ErrorCode.unknown_member_id))
                 continue
@@ -317,7 +424,13 @@ class GroupCoordinator:
         return results
 
     def validate_commit(
-        self, group_id: str, generation: int, member_id: str, *, adopt: bool = False
+        self,
+        group_id: str,
+        generation: int,
+        member_id: str,
+        *,
+        group_instance_id: str | None = None,
+        adopt: bool = False,
     ) -> ErrorCode:
         """Whether an OffsetCommit with this generation and member may store offsets.
 
@@ -330,6 +443,8 @@ class GroupCoordinator:
             return ErrorCode.none if generation < 0 or adopt else ErrorCode.illegal_generation
         if generation < 0 and not group.members:
             return ErrorCode.none
+        if group.fenced(member_id, group_instance_id):
+            return ErrorCode.fenced_instance_id
         member = group.members.get(member_id)
         if member is None:
             return ErrorCode.unknown_member_id
@@ -360,6 +475,17 @@ class GroupCoordinator:
     def describe(self, group_id: str) -> Group | None:
         """The live group, or ``None``."""
         return self.groups.get(group_id)
+
+    def subscribed_topics(self, group_id: str) -> set[str]:
+        """The topics the members of a consumer group subscribe to (empty without members)."""
+        group = self.groups.get(group_id)
+        if group is None or group.protocol_type != "consumer":
+            return set()
+        topics: set[str] = set()
+        for member in group.members.values():
+            for _, metadata in member.protocols:
+                topics |= subscription_topics(metadata)
+        return topics
 
     def has_members(self, group_id: str) -> bool:
         group = self.groups.get(group_id)
@@ -553,7 +679,11 @@ async def handle_sync_group(broker: Broker, header: RequestHeader, request: Any)
         )
     assignments = {a.member_id: bytes(a.assignment) for a in request.assignments}
     error, assignment = await broker.groups.sync(
-        request.group_id, request.generation_id, request.member_id, assignments
+        request.group_id,
+        request.generation_id,
+        request.member_id,
+        assignments,
+        getattr(request, "group_instance_id", None),
     )
     return make(module.SyncGroupResponse, throttle_time=0, error_code=error, assignment=assignment)
 
@@ -562,7 +692,12 @@ async def handle_heartbeat(broker: Broker, header: RequestHeader, request: Any) 
     module = messages(ApiKey.HEARTBEAT, header.api_version, True)
     if not await broker.coordination.ensure(request.group_id):
         return make(module.HeartbeatResponse, throttle_time=0, error_code=ErrorCode.not_coordinator)
-    error = broker.groups.heartbeat(request.group_id, request.generation_id, request.member_id)
+    error = broker.groups.heartbeat(
+        request.group_id,
+        request.generation_id,
+        request.member_id,
+        getattr(request, "group_instance_id", None),
+    )
     return make(module.HeartbeatResponse, throttle_time=0, error_code=error)
 
 
@@ -605,6 +740,7 @@ async def handle_offset_commit(broker: Broker, header: RequestHeader, request: A
             request.group_id,
             generation,
             request.member_id,
+            group_instance_id=getattr(request, "group_instance_id", None),
             adopt=broker.coordination.took_over(request.group_id),
         )
     else:
@@ -641,19 +777,32 @@ async def handle_offset_commit(broker: Broker, header: RequestHeader, request: A
     return make(
         module.OffsetCommitResponse,
         throttle_time=0,
-        topics=tuple(
-            module.OffsetCommitResponseTopic(
-                name=topic.name,
-                partitions=tuple(
-                    module.OffsetCommitResponsePartition(
-                        partition_index=p.partition_index,
-                        error_code=errors[(topic.name, p.partition_index)],
-                    )
-                    for p in topic.partitions
-                ),
-            )
-            for topic in request.topics
+        topics=_partition_errors(
+            module.OffsetCommitResponseTopic,
+            module.OffsetCommitResponsePartition,
+            request.topics,
+            errors,
         ),
+    )
+
+
+def _partition_errors(
+    topic_cls: type, partition_cls: type, topics: Iterable[Any], errors: dict[tuple[str, int], Any]
+) -> tuple[Any, ...]:
+    """Per topic of a request, its partitions' error codes (as OffsetCommit and OffsetDelete
+    answer)."""
+    return tuple(
+        topic_cls(
+            name=topic.name,
+            partitions=tuple(
+                partition_cls(
+                    partition_index=p.partition_index,
+                    error_code=errors[(topic.name, p.partition_index)],
+                )
+                for p in topic.partitions
+            ),
+        )
+        for topic in topics
     )
 
 
@@ -712,9 +861,18 @@ def _offset_fetch_refused(module: Any, request: Any, error: ErrorCode) -> Any:
     return make(module.OffsetFetchResponse, throttle_time=0, topics=topics, error_code=error)
 
 
+GROUP_OPERATIONS = (1 << 3) | (1 << 6) | (1 << 8)
+"""What a client may do to a group, as Kafka's ACL operation bits (READ 3, DELETE 6,
+DESCRIBE 8): all of them, as a broker without an authorizer answers."""
+UNASKED_OPERATIONS = -(2**31)
+"""``authorized_operations`` when the request did not ask for them (Kafka's Int.MinValue)."""
+
+
 async def handle_describe_groups(broker: Broker, header: RequestHeader, request: Any) -> Any:
     module = messages(ApiKey.DESCRIBE_GROUPS, header.api_version, True)
     known = set(broker.log.metadata.list_groups())
+    asked = getattr(request, "include_authorized_operations", False)
+    operations = GROUP_OPERATIONS if asked else UNASKED_OPERATIONS
     described = []
     for group_id in request.groups:
         if not await broker.coordination.ensure(group_id):
@@ -727,6 +885,7 @@ async def handle_describe_groups(broker: Broker, header: RequestHeader, request:
                     protocol_type="",
                     protocol_data="",
                     members=(),
+                    authorized_operations=operations,
                 )
             )
             continue
@@ -742,6 +901,7 @@ async def handle_describe_groups(broker: Broker, header: RequestHeader, request:
                     protocol_type="consumer" if group_id in known else "",
                     protocol_data="",
                     members=(),
+                    authorized_operations=operations,
                 )
             )
             continue
@@ -767,23 +927,31 @@ async def handle_describe_groups(broker: Broker, header: RequestHeader, request:
                 protocol_type=group.protocol_type or "",
                 protocol_data=group.protocol_name or "" if stable else "",
                 members=members,
+                authorized_operations=operations,
             )
         )
     return make(module.DescribeGroupsResponse, throttle_time=0, groups=tuple(described))
 
 
 async def handle_list_groups(broker: Broker, header: RequestHeader, request: Any) -> Any:
+    """Every group with members or committed offsets, with its state (v4, KIP-518), only
+    those in one of ``states_filter`` if it names any (case-insensitive, as Kafka)."""
     module = messages(ApiKey.LIST_GROUPS, header.api_version, True)
-    listed: dict[str, str] = dict.fromkeys(broker.log.metadata.list_groups(), "consumer")
+    listed: dict[str, tuple[str, str]] = dict.fromkeys(
+        broker.log.metadata.list_groups(), ("consumer", str(GroupState.EMPTY))
+    )
     for group in broker.groups.groups.values():
         if group.members or group.generation:
-            listed[group.group_id] = group.protocol_type or "consumer"
+            listed[group.group_id] = (group.protocol_type or "consumer", str(group.state))
+    wanted = {s.lower() for s in getattr(request, "states_filter", ()) or ()}
     return make(
         module.ListGroupsResponse,
         throttle_time=0,
         error_code=ErrorCode.none,
         groups=tuple(
-            module.ListedGroup(group_id=g, protocol_type=t) for g, t in sorted(listed.items())
+            make(module.ListedGroup, group_id=g, protocol_type=t, group_state=state)
+            for g, (t, state) in sorted(listed.items())
+            if not wanted or state.lower() in wanted
         ),
     )
 
@@ -807,7 +975,52 @@ async def handle_delete_groups(broker: Broker, header: RequestHeader, request: A
     return make(module.DeleteGroupsResponse, throttle_time=0, results=tuple(results))
 
 
+async def handle_offset_delete(broker: Broker, header: RequestHeader, request: Any) -> Any:
+    """Forget a group's committed offsets of some partitions (KIP-496). A group with members
+    keeps those of topics it subscribes to (``GROUP_SUBSCRIBED_TO_TOPIC``)."""
+    module = messages(ApiKey.OFFSET_DELETE, header.api_version, True)
+    group_id = request.group_id
+    group_error = ErrorCode.none
+    if not await broker.coordination.ensure(group_id):
+        group_error = ErrorCode.not_coordinator
+    elif group_id not in broker.log.metadata.list_groups() and not broker.groups.has_members(
+        group_id
+    ):
+        group_error = ErrorCode.group_id_not_found
+    subscribed = broker.groups.subscribed_topics(group_id)
+    errors: dict[tuple[str, int], ErrorCode] = {}
+    for topic in request.topics if group_error is ErrorCode.none else ():
+        info = broker.log.get_topic(topic.name)
+        for p in topic.partitions:
+            if info is None or not 0 <= p.partition_index < info.partitions:
+                error = ErrorCode.unknown_topic_or_partition
+            elif topic.name in subscribed:
+                error = ErrorCode.group_subscribed_to_topic
+            else:
+                error = ErrorCode.none
+            errors[(topic.name, p.partition_index)] = error
+    gone = [key for key, error in errors.items() if error is ErrorCode.none]
+    if gone:
+        try:
+            broker.log.metadata.delete_group_offsets(group_id, gone)
+        except StreamHouseError:
+            log.exception("group %s: deleting offsets failed", group_id)
+            group_error = ErrorCode.kafka_storage_error
+    return make(
+        module.OffsetDeleteResponse,
+        error_code=group_error,
+        throttle_time=0,
+        topics=_partition_errors(
+            module.OffsetDeleteResponseTopic,
+            module.OffsetDeleteResponsePartition,
+            request.topics if group_error is ErrorCode.none else (),
+            errors,
+        ),
+    )
+
+
 HANDLERS = {
+    ApiKey.OFFSET_DELETE: handle_offset_delete,
     ApiKey.OFFSET_COMMIT: handle_offset_commit,
     ApiKey.OFFSET_FETCH: handle_offset_fetch,
     ApiKey.FIND_COORDINATOR: handle_find_coordinator,

@@ -1,6 +1,10 @@
 """Metadata: the live agents as brokers, and the topics with their partitions, whose
 leadership is spread over those agents (:mod:`streamhouse.kafka.cluster`).
 
+From v10 each topic carries its id (a UUID, new for every creation: a client sees a topic that
+was deleted and created again as a new topic, KIP-516), and v12 requests may name topics by id
+alone (``UNKNOWN_TOPIC_ID`` when none has it).
+
 Unknown topics are created with ``settings.default_partitions`` partitions when the broker
 allows it (``settings.auto_create_topics``, Kafka's ``auto.create.topics.enable``) and the
 request does (``allow_auto_topic_creation``, always true before v4).
@@ -10,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import uuid
 import zlib
 from typing import TYPE_CHECKING, Any
 
@@ -24,9 +29,22 @@ if TYPE_CHECKING:
     from streamhouse.kafka.broker import Broker
     from streamhouse.log import TopicInfo
 
-__all__ = ["HANDLERS", "handle_metadata", "topic_for_client"]
+__all__ = ["HANDLERS", "NO_TOPIC_ID", "handle_metadata", "topic_for_client", "topic_uuid"]
 
 log = logging.getLogger(__name__)
+
+NO_TOPIC_ID = uuid.UUID(int=0)
+"""Kafka's zero UUID: no topic id (a topic named by name, or an error)."""
+
+
+def topic_uuid(info: TopicInfo) -> uuid.UUID:
+    """The topic's id as the wire carries it."""
+    return uuid.UUID(info.topic_id)
+
+
+def _topic_by_id(broker: Broker, topic_id: uuid.UUID) -> TopicInfo | None:
+    wanted = str(topic_id)
+    return next((t for t in broker.log.list_topics() if t.topic_id == wanted), None)
 
 
 def topic_for_client(broker: Broker, name: str, auto_create: bool) -> TopicInfo | ErrorCode:
@@ -86,12 +104,20 @@ def _partitions(module: Any, count: int, node_ids: tuple[int, ...], start: int) 
 async def handle_metadata(broker: Broker, header: RequestHeader, request: Any) -> Any:
     module = messages(ApiKey.METADATA, header.api_version, True)
     if request.topics is None or (header.api_version == 0 and not request.topics):
-        found: list[tuple[str, TopicInfo | ErrorCode]] = [
+        found: list[tuple[str | None, TopicInfo | ErrorCode]] = [
             (t.name, t) for t in broker.log.list_topics()
         ]
     else:
         auto = getattr(request, "allow_auto_topic_creation", True)
-        found = [(t.name, topic_for_client(broker, t.name, auto)) for t in request.topics]
+        found = []
+        for t in request.topics:
+            topic_id = getattr(t, "topic_id", NO_TOPIC_ID)
+            if t.name is None or (not t.name and topic_id != NO_TOPIC_ID):  # v12: by id alone
+                info = _topic_by_id(broker, topic_id)
+                unnamed = None if header.api_version >= 12 else ""
+                found.append((info.name, info) if info else (unnamed, ErrorCode.unknown_topic_id))
+            else:
+                found.append((t.name, topic_for_client(broker, t.name, auto)))
     nodes = broker.cluster.nodes(client_zone(header.client_id))
     nodes = seen_through(header.session, broker.node_id, nodes)
     node_ids = tuple(node.node_id for node in nodes)
@@ -99,7 +125,13 @@ async def handle_metadata(broker: Broker, header: RequestHeader, request: Any) -
     for name, info in found:
         if isinstance(info, ErrorCode):
             topics.append(
-                make(module.MetadataResponseTopic, error_code=info, name=name, partitions=())
+                make(
+                    module.MetadataResponseTopic,
+                    error_code=info,
+                    name=name,
+                    topic_id=NO_TOPIC_ID,
+                    partitions=(),
+                )
             )
             continue
         start = leader_start(name, len(node_ids))
@@ -109,6 +141,7 @@ async def handle_metadata(broker: Broker, header: RequestHeader, request: Any) -
                 module.MetadataResponseTopic,
                 error_code=ErrorCode.none,
                 name=name,
+                topic_id=topic_uuid(info),
                 is_internal=False,
                 partitions=partitions,
             )

@@ -85,6 +85,10 @@ MAX_IN_FLIGHT_BYTES = 64 * 1024 * 1024
 until answered: produced records are views of them); reading pauses beyond that, except for a
 request alone (Kafka's ``queued.max.request.bytes``)."""
 GROUP_SWEEP_SECONDS = 0.1
+_PARKING = frozenset((ApiKey.JOIN_GROUP, ApiKey.SYNC_GROUP))
+"""Requests the coordinator parks until a rebalance moves on. A connection that closed stops
+waiting for them, so the member's session times out like any other (a member left parked kept
+its group from ever emptying)."""
 _WRITE_HIGH_WATER = 4 * 1024 * 1024
 _LENGTH = struct.Struct(">i")
 
@@ -144,6 +148,7 @@ class _Connection:
         self.pending: asyncio.Queue[tuple[Response, int] | None] = asyncio.Queue(MAX_IN_FLIGHT)
         self.pending_bytes = 0  # frame bytes of the requests in `pending`
         self.room = asyncio.Event()  # set when pending_bytes went down
+        self.parked: set[asyncio.Future[Any]] = set()  # JoinGroup/SyncGroup being answered
 
     async def run(self) -> None:
         reading = asyncio.current_task()
@@ -151,6 +156,14 @@ class _Connection:
         sender = asyncio.create_task(self._send(reading))
         try:
             await self._read()
+            if self.parked:
+                log.info(
+                    "connection %s closed with %d group requests parked",
+                    self.peer,
+                    len(self.parked),
+                )
+            for waiting in self.parked:
+                waiting.cancel()  # the member went away: its session timer runs from here
             await self.pending.put(None)
             await sender
         except asyncio.CancelledError:
@@ -189,6 +202,9 @@ class _Connection:
             except Exception:
                 log.exception("connection %s: request failed; closing", self.peer)
                 return
+            if isinstance(response, asyncio.Future) and peek_header(frame)[0] in _PARKING:
+                self.parked.add(response)
+                response.add_done_callback(self.parked.discard)
             if response is not None:
                 self.pending_bytes += size
                 await self.pending.put((response, size))
@@ -215,10 +231,10 @@ class _Connection:
                     if isinstance(response, bytes):
                         data: bytes | None = response
                     elif response.done():
-                        data = response.result()
+                        data = None if response.cancelled() else response.result()
                     else:
                         await self._write_and_drain(ready)
-                        data = await response
+                        data = await _outcome(response)
                     self.pending_bytes -= size
                     self.room.set()
                     if data is not None:
@@ -248,6 +264,17 @@ class _Connection:
             item = self.pending.get_nowait()
             if item is not None and not isinstance(item[0], bytes):
                 item[0].cancel()
+
+
+async def _outcome(response: asyncio.Future[Any]) -> bytes | None:
+    """A response frame once ready; None for a request cancelled because its client left."""
+    try:
+        return await response
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if not response.cancelled() or (task is not None and task.cancelling()):
+            raise
+        return None
 
 
 async def _sweep_groups(broker: Broker) -> None:

@@ -2,7 +2,10 @@
 
 The ranges are non-flexible wherever the four target clients allow it (kafka-python 3,
 librdkafka via confluent-kafka and kcat, aiokafka): each negotiates the highest version both
-sides know, and all of them speak these. Lower bounds are where ``kio`` starts (Produce v3
+sides know, and all of them speak these. The group admin APIs go up to what Kafka 3.x
+advertises (ListGroups v4 for group states, DescribeGroups v5, DeleteGroups v2, OffsetDelete),
+and Metadata to v12 for topic ids: flexible versions among them, as clients ask for those
+features by version. Lower bounds are where ``kio`` starts (Produce v3
 is the first with record format v2, which is the only format the log stores).
 
 A request for a newer ApiVersions than we know (kafka-python 3 opens with v4) gets the v0
@@ -25,7 +28,7 @@ SUPPORTED: dict[ApiKey, tuple[int, int]] = {
     ApiKey.PRODUCE: (3, 8),  # Produce (v9+ flexible)
     ApiKey.FETCH: (4, 11),  # Fetch (v12+ flexible)
     ApiKey.LIST_OFFSETS: (1, 5),  # ListOffsets (v6+ flexible)
-    ApiKey.METADATA: (0, 8),  # Metadata (v9+ flexible)
+    ApiKey.METADATA: (0, 12),  # Metadata (v9+ flexible; v10+ topic ids, KIP-516)
     ApiKey.OFFSET_COMMIT: (2, 7),  # OffsetCommit (v8+ flexible)
     ApiKey.OFFSET_FETCH: (1, 5),  # OffsetFetch (v6+ flexible)
     ApiKey.FIND_COORDINATOR: (0, 2),  # FindCoordinator (v3+ flexible)
@@ -33,8 +36,8 @@ SUPPORTED: dict[ApiKey, tuple[int, int]] = {
     ApiKey.HEARTBEAT: (0, 3),  # Heartbeat (v4+ flexible)
     ApiKey.LEAVE_GROUP: (0, 3),  # LeaveGroup (v4+ flexible)
     ApiKey.SYNC_GROUP: (0, 3),  # SyncGroup (v4+ flexible)
-    ApiKey.DESCRIBE_GROUPS: (0, 4),  # DescribeGroups (v5+ flexible)
-    ApiKey.LIST_GROUPS: (0, 2),  # ListGroups (v3+ flexible)
+    ApiKey.DESCRIBE_GROUPS: (0, 5),  # DescribeGroups (v5 flexible; v3+ authorized operations)
+    ApiKey.LIST_GROUPS: (0, 4),  # ListGroups (v3+ flexible; v4 group states, KIP-518)
     ApiKey.SASL_HANDSHAKE: (1, 1),  # SaslHandshake (v0 sends raw tokens: not served)
     ApiKey.API_VERSIONS: (0, 3),  # ApiVersions (v3 flexible; its response header is always v0)
     ApiKey.CREATE_TOPICS: (2, 4),  # CreateTopics (v5+ flexible)
@@ -45,8 +48,9 @@ SUPPORTED: dict[ApiKey, tuple[int, int]] = {
     ApiKey.ALTER_CONFIGS: (0, 1),  # AlterConfigs (v2+ flexible)
     ApiKey.SASL_AUTHENTICATE: (0, 1),  # SaslAuthenticate (v2+ flexible)
     ApiKey.CREATE_PARTITIONS: (0, 1),  # CreatePartitions (v2+ flexible)
-    ApiKey.DELETE_GROUPS: (0, 1),  # DeleteGroups (v2+ flexible)
+    ApiKey.DELETE_GROUPS: (0, 2),  # DeleteGroups (v2 flexible)
     ApiKey.INCREMENTAL_ALTER_CONFIGS: (0, 0),  # IncrementalAlterConfigs (v1+ flexible)
+    ApiKey.OFFSET_DELETE: (0, 0),  # OffsetDelete (KIP-496; Kafka 3.x's only version)
 }
 """API key -> (min version, max version), both inclusive."""
 

@@ -16,7 +16,7 @@ from several threads at once.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
@@ -337,6 +337,11 @@ class Metadata(Protocol):
 
     def delete_group(self, group: str) -> None:
         """Forget the group's committed offsets (no error if it has none)."""
+        ...
+
+    def delete_group_offsets(self, group: str, partitions: Iterable[tuple[str, int]]) -> None:
+        """Forget the group's committed offsets of these ``(topic, partition)``s (Kafka's
+        OffsetDelete); partitions without one are skipped."""
         ...
 
     def put_catalog(

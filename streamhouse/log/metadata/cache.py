@@ -37,7 +37,7 @@ import logging
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from streamhouse.log.metadata import (
@@ -458,6 +458,9 @@ class CachedMetadata:
 
     def delete_group(self, group: str) -> None:
         self.inner.delete_group(group)
+
+    def delete_group_offsets(self, group: str, partitions: Iterable[tuple[str, int]]) -> None:
+        self.inner.delete_group_offsets(group, partitions)
 
     def put_catalog(
         self, entry_name: str, kind: str, sql: str, *, replace: bool = False

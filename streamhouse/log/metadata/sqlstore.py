@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import logging
 from base64 import b64decode, b64encode
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from types import TracebackType
 from typing import Any, ClassVar, Self
@@ -302,6 +302,14 @@ class SqlMetadata:
     def delete_group(self, group: str) -> None:
         with self._statement(f"delete group {group!r}") as conn:
             conn.execute(self._sql("DELETE FROM group_offsets WHERE group_id = ?"), (group,))
+
+    def delete_group_offsets(self, group: str, partitions: Iterable[tuple[str, int]]) -> None:
+        sql = self._sql(
+            "DELETE FROM group_offsets WHERE group_id = ? AND topic = ? AND partition_id = ?"
+        )
+        with self._statement(f"delete offsets of group {group!r}") as conn:
+            for topic, partition in partitions:  # one statement per partition an admin names
+                conn.execute(sql, (group, topic, partition))
 
     # -- the SQL catalog ---------------------------------------------------------------------
 

@@ -1,0 +1,105 @@
+"""A topic deleted and re-created under a consumer group (librdkafka's tests 0107 and 0113):
+the re-created topic has a new topic id (Metadata v10+, KIP-516), the consumer goes on with
+it, its commits land, and ``close()`` returns at once."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import kafka_fixtures
+from confluent_kafka import Consumer, KafkaError, Producer, TopicCollection
+from confluent_kafka.admin import AdminClient, NewTopic
+from kafka_fixtures import KafkaServer, RawClient
+
+from streamhouse.kafka.wire import messages
+
+kafka_server = kafka_fixtures.kafka_server
+
+
+def _produce(server: KafkaServer, topic: str, values: list[bytes], partitions: int) -> None:
+    producer = Producer({"bootstrap.servers": server.bootstrap})
+    for i, value in enumerate(values):
+        producer.produce(topic, value, partition=i % partitions)
+    assert producer.flush(10) == 0
+
+
+def _consume_until(consumer: Consumer, wanted: set[bytes], seen: list[bytes], errors: list) -> None:
+    deadline = time.monotonic() + 30
+    while not wanted <= set(seen):
+        assert time.monotonic() < deadline, f"missing {sorted(wanted - set(seen))[:5]}"
+        for m in consumer.consume(100, timeout=0.2):
+            if m.error() is None:
+                seen.append(m.value())
+            else:
+                errors.append(m.error())
+        consumer.commit(asynchronous=True) if seen else None
+
+
+def _metadata_v12(server: KafkaServer, name: str | None, topic_id: uuid.UUID) -> tuple:
+    """(error code, name, topic id, partition count) of one topic asked by name or by id."""
+    module = messages(3, 12, False)
+    topic = module.MetadataRequestTopic(topic_id=topic_id, name=name)
+    with RawClient(server.bootstrap) as client:
+        answer = client.request(
+            3,
+            12,
+            topics=(topic,),
+            allow_auto_topic_creation=False,
+            include_topic_authorized_operations=False,
+        )
+    (found,) = answer.topics
+    return found.error_code, found.name, found.topic_id, len(found.partitions)
+
+
+def _topic_id(admin: AdminClient, topic: str) -> str:
+    return str(admin.describe_topics(TopicCollection([topic]))[topic].result(10).topic_id)
+
+
+def test_delete_and_recreate_subscribed_topic(kafka_server: KafkaServer) -> None:
+    topic = "recreated"
+    admin = AdminClient({"bootstrap.servers": kafka_server.bootstrap})
+    admin.create_topics([NewTopic(topic, 4)])[topic].result(10)
+    old_id = _topic_id(admin, topic)
+    error, _, old_uuid, count = _metadata_v12(kafka_server, topic, uuid.UUID(int=0))
+    assert (error, count) == (0, 4) and old_uuid != uuid.UUID(int=0)
+    assert _metadata_v12(kafka_server, None, old_uuid)[:2] == (0, topic)
+    before = [f"old-{i}".encode() for i in range(40)]
+    _produce(kafka_server, topic, before, 4)
+    consumer = Consumer(
+        {
+            "bootstrap.servers": kafka_server.bootstrap,
+            "group.id": f"g-{topic}",
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+            "topic.metadata.refresh.interval.ms": 500,
+            "session.timeout.ms": 6000,
+        }
+    )
+    seen: list[bytes] = []
+    errors: list[KafkaError] = []
+    consumer.subscribe([topic])
+    try:
+        _consume_until(consumer, set(before), seen, errors)
+        consumer.commit(asynchronous=False)
+
+        admin.delete_topics([topic])[topic].result(10)
+        for _ in range(10):  # the consumer hears the topic is gone
+            consumer.poll(0.2)
+        admin.create_topics([NewTopic(topic, 2)])[topic].result(10)
+        assert _topic_id(admin, topic) not in (old_id, "AAAAAAAAAAAAAAAAAAAAAA")
+        error, _, new_uuid, count = _metadata_v12(kafka_server, topic, uuid.UUID(int=0))
+        assert (error, count) == (0, 2) and new_uuid not in (old_uuid, uuid.UUID(int=0))
+        assert _metadata_v12(kafka_server, None, old_uuid)[0] == 100  # UNKNOWN_TOPIC_ID
+        after = [f"new-{i}".encode() for i in range(20)]
+        _produce(kafka_server, topic, after, 2)
+        _consume_until(consumer, set(after), seen, errors)
+        consumer.commit(asynchronous=False)
+        committed = consumer.committed([*consumer.assignment()], timeout=10)
+        assert sorted((tp.partition, tp.offset) for tp in committed) == [(0, 10), (1, 10)]
+    finally:
+        started = time.monotonic()
+        consumer.close()
+        closing = time.monotonic() - started
+    assert closing < 3.0, f"close took {closing:.1f} s"
+    assert seen.count(b"new-0") == 1
