@@ -110,7 +110,7 @@ class ContinuousQuery:
         # views and CTEs inlined, filtering subqueries merged: the query over the streams
         statement = inline(statement, catalog_views(resolve))
         self.statement = statement
-        self.plan: ContinuousPlan = plan_query(statement)
+        self.plan: ContinuousPlan = self._planned(plan_query(statement))
         self.options = options or QueryOptions()
         if self.options.late_topic and any(
             isinstance(node, nodes.UnionAll) for node in self.plan.derived.values()
@@ -157,7 +157,11 @@ class ContinuousQuery:
             if self.log.get_topic(self.plan.sink) is None:
                 self.log.create_topic(self.plan.sink, 1)
             self.sink = TopicSink(
-                self.log, self.plan.sink, self.plan.operator.key_columns, fence=fence
+                self.log,
+                self.plan.sink,
+                self.plan.operator.key_columns,
+                fence=fence,
+                partition=self.sink_partition,
             )
         self.dead_letter_topic = self.options.dead_letter_topic or f"{name}.dlq"
         counters = self.store.get_json(COUNTERS) or {}
@@ -177,6 +181,13 @@ class ContinuousQuery:
         self.log.add_listener(self._on_commit)
 
     # -- setup --------------------------------------------------------------------------------
+
+    sink_partition: int | None = None
+    """The one sink partition this query writes (a task of a parallel query), else all."""
+
+    def _planned(self, plan: ContinuousPlan) -> ContinuousPlan:
+        """The plan this query runs (a task of a parallel query runs part of it)."""
+        return plan
 
     @property
     def source(self) -> QuerySource:

@@ -1,0 +1,261 @@
+"""The exchange of a parallel query: rows cross from the task that read them to the task owning
+their key group through an internal topic of our own log, ``<query>.exchange``.
+
+The exchange topic has one partition per task. Each micro-batch of a *producing* side
+(:class:`ExchangeWriter`: task ``i`` reads its share of the source partitions, runs the keyed
+operator's stateless ``pre_sql`` and computes each row's key group) appends one record to every
+partition: the rows of the key groups that partition's task owns, as an Arrow IPC stream, and
+the record key ``<task>:<sequence>:<watermark>``. Every record carries the producer's
+watermark, also when it holds no rows, so a consuming task's watermark (the minimum over the
+producing tasks, :class:`ExchangeSource`) moves on even for key groups without new rows. A
+producer whose source partitions are idle computes its watermark without them (as at
+parallelism 1), so idle inputs do not hold the consumers back.
+
+Exactly once, per task (Kafka Streams' model, not Flink's aligned barriers: each side commits
+its own progress atomically, no task waits for another to checkpoint, and a task killed alone
+resumes alone):
+
+- a producer records its micro-batch (end offsets, watermark, sequence number) as ``pending``
+  in its RocksDB before appending; after a crash it replays the batch with the same bounds and
+  sequence number, so its records are the same;
+- a consumer keeps, per producer, the last sequence number it took, committed in the same
+  RocksDB write batch as its operator state, its exchange offsets and its sink marks; a record
+  replayed by a producer (sequence number not above the last taken) is skipped.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import pyarrow as pa
+
+from streamhouse.errors import StreamHouseError
+from streamhouse.log import Log
+from streamhouse.log.records import Compression, build_batch
+from streamhouse.runtime.key_groups import key_groups, task_of
+from streamhouse.runtime.operators import run_ordered
+from streamhouse.runtime.sources import NO_WATERMARK, QuerySource, SourceRead
+from streamhouse.sql.source import read_records
+from streamhouse.state.store import ColumnFamily, StateBatch, StateStore, partition_key
+
+log = logging.getLogger(__name__)
+
+SEQUENCE = b"exchange/sequence"
+PENDING = b"exchange/pending"
+WATERMARK = b"exchange/watermark"
+TAKEN = b"exchange/taken/"
+_BIAS = 1 << 63
+
+
+def exchange_topic(query: str) -> str:
+    """The internal topic a parallel query's rows cross tasks through."""
+    return f"{query}.exchange"
+
+
+def encode(table: pa.Table) -> bytes:
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return sink.getvalue().to_pybytes()
+
+
+def decode(value: bytes) -> pa.Table:
+    return pa.ipc.open_stream(value).read_all()
+
+
+class ExchangeWriter:
+    """The producing side of task ``task``: its source partitions, to the exchange by key group."""
+
+    def __init__(
+        self,
+        log_: Log,
+        source: QuerySource,
+        pre_sql: str,
+        key_columns: list[str],
+        task: int,
+        parallelism: int,
+        store: StateStore,
+        topic: str,
+        max_batch_records: int,
+        idle_timeout_ms: int,
+    ) -> None:
+        self.log = log_
+        self.source = source
+        self.pre_sql = pre_sql
+        self.key_columns = key_columns
+        self.task = task
+        self.parallelism = parallelism
+        self.store = store
+        self.topic = topic
+        self.max_batch_records = max_batch_records
+        self.idle_timeout_ms = idle_timeout_ms
+        source.load(log_, store, False)
+        self.sequence = store.get_int(SEQUENCE) or 0
+        stored = store.get_int(WATERMARK)
+        self.watermark = stored - _BIAS if stored is not None else NO_WATERMARK
+        self.rows_in = 0
+
+    def caught_up(self, targets: dict[int, int]) -> bool:
+        """Whether every owned partition was read up to ``targets``."""
+        return all(self.source.positions.get(p, 0) >= o for p, o in targets.items())
+
+    def step(self, final: bool = False) -> bool:
+        """Read, route and append one micro-batch; False if there was nothing to send.
+        ``final``: the watermark becomes ``final_watermark`` (end of input)."""
+        from streamhouse.runtime.query import FINAL_WATERMARK
+
+        pending = self.store.get_json(PENDING)
+        source = self.source
+        if pending is not None:
+            ends = {int(p): int(o) for p, o in pending["end"].items()}
+            sequence = int(pending["sequence"])
+        else:
+            ends = source.plan_batch(self.log, self.max_batch_records) if not final else {}
+            ends = ends or dict(source.positions)
+            sequence = self.sequence + 1
+        has_data = any(ends[p] > source.positions.get(p, 0) for p in ends)
+        read = source.read(self.log, ends) if has_data else SourceRead(None)
+        if read.rejected:
+            log.warning(
+                "exchange %s task %d: %d row(s) did not parse and were left out",
+                self.topic,
+                self.task,
+                len(read.rejected),
+            )
+        event_times = source.event_times_after(read.table)
+        if pending is not None:
+            watermark = int(pending["watermark"])
+        elif final:
+            watermark = FINAL_WATERMARK
+        else:
+            watermark = max(self.watermark, source.watermark(event_times, self.idle_timeout_ms))
+        if pending is None and not has_data and watermark == self.watermark:
+            return False
+        if pending is None:
+            intent = self.store.batch()
+            intent.put_json(PENDING, {"end": ends, "watermark": watermark, "sequence": sequence})
+            self.store.commit(intent)
+        self._send(read.table, sequence, watermark)
+        batch = self.store.batch()
+        source.save(batch, ends, event_times)
+        batch.put_int(SEQUENCE, sequence)
+        batch.put_int(WATERMARK, watermark + _BIAS)
+        batch.delete(ColumnFamily.META, PENDING)
+        self.store.commit(batch)
+        source.advance(ends, event_times)
+        self.sequence, self.watermark = sequence, watermark
+        self.rows_in += read.records
+        return True
+
+    def _send(self, table: pa.Table | None, sequence: int, watermark: int) -> None:
+        """One record to every exchange partition: the rows its task owns, and the watermark."""
+        rows = run_ordered(self.pre_sql, {self.source.name: table}) if table is not None else None
+        owner = (
+            task_of(key_groups(rows, self.key_columns), self.parallelism)
+            if rows is not None
+            else None
+        )
+        key = f"{self.task}:{sequence}:{watermark}".encode()
+        futures = []
+        for target in range(self.parallelism):
+            share = b""
+            if rows is not None and owner is not None:
+                picked = rows.filter(pa.array(owner == target))
+                if picked.num_rows:
+                    share = encode(picked)
+            record = build_batch([share], [key], compression=Compression.LZ4)
+            futures.append(self.log.append(self.topic, target, record))
+        for future in futures:
+            future.result()
+
+
+class ExchangeSource(QuerySource):
+    """The consuming side of task ``task``: its exchange partition, rows of its key groups.
+
+    Its "event times" are the producers' watermarks, by producing task; its watermark is the
+    minimum over the producers (a producer reading no source partition does not count)."""
+
+    def __init__(self, index: int, name: str, topic: str, task: int, producers: int) -> None:
+        super().__init__(index, name, topic, None, None, 0)
+        self.owned = {task}
+        self.producers = producers
+        self.taken: dict[int, int] = {}  # last sequence number taken, by producer
+        self._read_marks: dict[int, int] = {}
+        self._read_taken: dict[int, int] = {}
+
+    def load(self, log_: Log, store: StateStore, latest: bool) -> None:
+        super().load(log_, store, False)
+        for producer in range(self.producers):
+            stored = store.get_int(partition_key(TAKEN + self._prefix, producer))
+            if stored is not None:
+                self.taken[producer] = stored
+
+    def prefetch(self, log_: Log, starts: dict[int, int], ends: dict[int, int]) -> None:
+        return  # records of the exchange are few and already Arrow
+
+    def read(self, log_: Log, ends: dict[int, int]) -> SourceRead:
+        wanted = [p for p in ends if ends[p] > self.positions[p]]
+        self._read_marks, self._read_taken = {}, dict(self.taken)
+        if not wanted:
+            return SourceRead(None)
+        now = time.monotonic()
+        for p in wanted:
+            self.last_data[p] = now
+        records = read_records(
+            log_, self.topic, wanted, {p: self.positions[p] for p in wanted}, ends
+        )
+        tables = []
+        for key, value in zip(
+            records["key"].to_pylist(), records["value"].to_pylist(), strict=True
+        ):  # one record per producer micro-batch, not per row
+            producer, sequence, watermark = (int(x) for x in key.split(b":"))
+            if sequence <= self._read_taken.get(producer, 0):
+                continue  # a producer's replay of a batch taken before
+            self._read_taken[producer] = sequence
+            self._read_marks[producer] = max(watermark, self._read_marks.get(producer, watermark))
+            if value:
+                tables.append(decode(value))
+        if not tables:
+            return SourceRead(None, len(records))
+        table = pa.concat_tables(tables, promote_options="default")
+        return SourceRead(table, table.num_rows)
+
+    def event_times_after(self, table: pa.Table | None) -> dict[int, int]:
+        times = dict(self.event_times)
+        for producer, mark in self._read_marks.items():
+            times[producer] = max(mark, times.get(producer, NO_WATERMARK))
+        return times
+
+    def watermark(self, event_times: dict[int, int], idle_timeout_ms: int) -> int:
+        marks = [event_times.get(p, NO_WATERMARK) for p in range(self.producers)]
+        return min(marks) if marks else NO_WATERMARK
+
+    def save(self, batch: StateBatch, ends: dict[int, int], event_times: dict[int, int]) -> None:
+        super().save(batch, ends, event_times)
+        for producer, sequence in self._read_taken.items():
+            batch.put_int(partition_key(TAKEN + self._prefix, producer), sequence)
+
+    def advance(self, ends: dict[int, int], event_times: dict[int, int]) -> None:
+        super().advance(ends, event_times)
+        self.taken = dict(self._read_taken)
+
+
+def producing_tasks(partitions: int, parallelism: int) -> int:
+    """How many tasks read a source partition (task ``i`` reads those ``p % n == i``)."""
+    if partitions <= 0:
+        raise StreamHouseError("a parallel query's source has no partitions")
+    return min(partitions, parallelism)
+
+
+def owned_partitions(task: int, parallelism: int, partitions: int) -> set[int]:
+    return {p for p in range(partitions) if p % parallelism == task}
+
+
+__all__ = [
+    "ExchangeSource",
+    "ExchangeWriter",
+    "exchange_topic",
+    "owned_partitions",
+    "producing_tasks",
+]

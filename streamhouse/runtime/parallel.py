@@ -1,0 +1,407 @@
+"""A continuous query at parallelism N: N task processes of the launching process.
+
+``SET 'parallelism' = '2';`` in the query file, ``streamhouse run --parallelism 2`` or
+``sh.start(..., parallelism=2)``. Task ``i`` of ``n`` reads the source partitions ``p % n ==
+i`` and is a process of its own (``python -m streamhouse.runtime.parallel``), so one query
+uses every core.
+
+- A stateless query (filter, project) needs nothing more: each task runs it over its share of
+  the partitions.
+- A keyed aggregation (a windowed GROUP BY, an updating GROUP BY) is split by key group (see
+  :mod:`.key_groups`): each task's producing side sends its rows, after the aggregate's
+  stateless part, through the exchange topic to the task owning their key group
+  (:mod:`.exchange`), and its consuming side aggregates the key groups it owns, with the
+  watermark the minimum over the producers.
+
+Task ``i`` writes sink partition ``i`` only (the sink is created with ``n`` partitions), so its
+exactly-once sink marks are its own. State: ``<data_dir>/queries/<name>.p<n>/task-<i>`` (the
+consuming side, a :class:`~.query.ContinuousQuery`) and ``exchange-<i>`` (the producing side);
+each task writes ``task-<i>.json`` with its progress for :meth:`ParallelQuery.status`.
+Restarting at another parallelism (rescaling) is refused until state moves by key group.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from streamhouse.errors import SqlError, StreamHouseError
+from streamhouse.runtime.exchange import (
+    ExchangeSource,
+    ExchangeWriter,
+    exchange_topic,
+    owned_partitions,
+    producing_tasks,
+)
+from streamhouse.runtime.options import QueryOptions
+from streamhouse.runtime.query import FINAL_WATERMARK, ContinuousQuery, _format_time
+from streamhouse.runtime.sources import QuerySource
+from streamhouse.sql import nodes
+from streamhouse.sql.hints import SourceOptions
+from streamhouse.sql.plan import ContinuousPlan, plan_query
+
+log = logging.getLogger(__name__)
+
+
+def parallel_shape(plan: ContinuousPlan) -> str:
+    """``"keyed"`` or ``"stateless"``: how a plan runs in parallel; SqlError if it cannot yet."""
+    operator = plan.operator
+    if plan.derived or len(plan.sources) != 1:
+        raise SqlError("parallelism > 1 runs queries over one stream without subqueries yet")
+    if isinstance(operator, nodes.Stateless):
+        return "stateless"
+    if isinstance(operator, nodes.WindowAggregate) and (
+        operator.window is None or operator.window.kind != "session"
+    ):
+        return "keyed"
+    raise SqlError(
+        "parallelism > 1 runs stateless queries and GROUP BY aggregations (windowed by"
+        " TUMBLE/HOP/CUMULATE, or updating) yet; run this query at parallelism 1"
+    )
+
+
+def explain_parallel(plan: ContinuousPlan, parallelism: int, name: str) -> str:
+    """``EXPLAIN`` of a query at ``parallelism``: the plan with its exchange and tasks."""
+    shape = parallel_shape(plan)
+    lines = [f"Parallel  {parallelism} tasks (processes), sink partition i written by task i"]
+    if shape == "stateless":
+        lines.append("  Tasks read source partitions p % n == i; no exchange")
+        return "\n".join([*lines, *("  " + line for line in plan.explain().splitlines())])
+    operator = plan.operator
+    assert isinstance(operator, nodes.WindowAggregate)
+    lines += [
+        f"  Exchange  topic {exchange_topic(name)} ({parallelism} partitions, Arrow IPC records)"
+        f" by key group of ({', '.join(operator.key_sql) or 'one group'}), 128 key groups,"
+        " task i owns [i*128/n, (i+1)*128/n)",
+        f"    each task: Stateless {operator.pre_sql} over source partitions p % n == i",
+        "    watermark: per task the minimum over the producing tasks' watermarks",
+    ]
+    return "\n".join([*lines, *("  " + line for line in plan.explain().splitlines())])
+
+
+class TaskQuery(ContinuousQuery):
+    """The part of a parallel query task ``task`` runs as a continuous query: the whole query
+    over its source partitions (stateless), or the aggregation of its key groups (keyed)."""
+
+    def __init__(self, *args: Any, task: int, parallelism: int, **kwargs: Any) -> None:
+        self.task = task
+        self.parallelism = parallelism
+        self.sink_partition = task
+        super().__init__(*args, **kwargs)
+
+    def _planned(self, plan: ContinuousPlan) -> ContinuousPlan:
+        self.shape = parallel_shape(plan)
+        if self.shape == "stateless":
+            return plan
+        operator = plan.operator
+        assert isinstance(operator, nodes.WindowAggregate)
+        # the producing side ran pre_sql already: the exchange carries its rows
+        passthrough = f'SELECT * FROM "{operator.source}"'
+        return dataclasses.replace(
+            plan, operator=dataclasses.replace(operator, pre_sql=passthrough)
+        )
+
+    def _resolve_sources(self, resolve: Any) -> dict[str, QuerySource]:
+        sources = super()._resolve_sources(resolve)
+        for source in sources.values():
+            partitions = self.log.topic(source.topic).partitions
+            source.owned = owned_partitions(self.task, self.parallelism, partitions)
+        if self.shape == "stateless":
+            return sources
+        # keyed: the source is read by the producing side (ExchangeWriter); this query reads
+        # the exchange
+        name, self.upstream = next(iter(sources.items()))
+        producers = producing_tasks(
+            self.log.topic(self.upstream.topic).partitions, self.parallelism
+        )
+        self.read_options.setdefault(name, SourceOptions.of({}, None))
+        return {name: ExchangeSource(0, name, exchange_topic(self.name), self.task, producers)}
+
+
+def task_root(state_root: Path, name: str, parallelism: int) -> Path:
+    """Where the tasks of query ``name`` at ``parallelism`` keep their state."""
+    return state_root / f"{name}.p{parallelism}"
+
+
+class ParallelQuery:
+    """A continuous query run as ``parallelism`` task processes; the launcher's handle on them
+    (``start``, ``stop``, ``status``, ``run_until_caught_up`` as a :class:`ContinuousQuery`)."""
+
+    def __init__(
+        self,
+        sh_settings: Any,
+        log_: Any,
+        query_file: Any,
+        state_root: Path,
+        options: QueryOptions,
+        raw_options: dict[str, Any],
+        parallelism: int,
+    ) -> None:
+        self.log = log_
+        self.settings = sh_settings
+        self.name = query_file.name
+        self.query_file = query_file
+        self.options = options
+        self.raw_options = raw_options
+        self.parallelism = parallelism
+        self.statement = query_file.statement
+        self.plan = plan_query(self.statement)
+        if self.plan.sink_kind != "topic" or not self.plan.sink:
+            raise SqlError(
+                "parallelism > 1 writes into a topic yet: use INSERT INTO <topic> SELECT ..."
+            )
+        if options.late_topic:
+            raise SqlError("'late-rows.topic' is not supported at parallelism > 1 yet")
+        self.shape = parallel_shape(self.plan)
+        self.root = task_root(state_root, self.name, parallelism)
+        others = [
+            p
+            for p in state_root.glob(f"{self.name}.p*")
+            if p != self.root and p.name[len(self.name) + 2 :].isdigit()
+        ]
+        if (state_root / self.name).exists():
+            others.append(state_root / self.name)
+        if others:
+            raise SqlError(
+                f"query {self.name!r} was checkpointed at another parallelism ({others[0]}):"
+                " rescaling is not supported yet; run it at that parallelism, or delete its"
+                " state to run it afresh"
+            )
+        self._ensure_topic(self.plan.sink, "sink")
+        if self.shape == "keyed":
+            self._ensure_topic(exchange_topic(self.name), "exchange")
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.processes: list[subprocess.Popen[bytes]] = []
+        self.error: BaseException | None = None
+
+    def _ensure_topic(self, topic: str, role: str) -> None:
+        info = self.log.get_topic(topic)
+        if info is None:
+            self.log.create_topic(topic, self.parallelism)
+        elif info.partitions < self.parallelism:
+            raise SqlError(
+                f"the {role} topic {topic!r} has {info.partitions} partition(s): a query at"
+                f" parallelism {self.parallelism} writes one per task"
+            )
+
+    def _spawn(self, until_end: bool) -> None:
+        settings = {
+            k: str(v) if isinstance(v, Path) else v
+            for k, v in dataclasses.asdict(self.settings).items()
+        }
+        for task in range(self.parallelism):
+            spec = {
+                "settings": settings,
+                "sql": self.query_file_text(),
+                "name": self.name,
+                "options": self.raw_options,
+                "task": task,
+                "parallelism": self.parallelism,
+                "root": str(self.root),
+                "until_end": until_end,
+            }
+            env = dict(os.environ)
+            env["PYTHONPATH"] = os.pathsep.join(
+                [str(Path(__file__).resolve().parents[2]), env.get("PYTHONPATH", "")]
+            )
+            self.processes.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "streamhouse.runtime.parallel", json.dumps(spec)],
+                    env=env,
+                )
+            )
+
+    def query_file_text(self) -> str:
+        from streamhouse.sql.parse import DIALECT
+
+        sets = "".join(f"SET '{k}' = '{v}';\n" for k, v in self.query_file.settings.items())
+        return sets + self.statement.sql(dialect=DIALECT) + ";"
+
+    def start(self) -> ParallelQuery:
+        if not self.processes:
+            self._spawn(until_end=False)
+        return self
+
+    def run_until_caught_up(self, final: bool = True) -> None:
+        """Run every task to the end of what the sources hold now, close every window, exit."""
+        self._spawn(until_end=True)
+        self._wait()
+
+    def _wait(self) -> None:
+        failed = []
+        for task, process in enumerate(self.processes):
+            if process.wait() != 0:
+                failed.append(f"task {task} exited with status {process.returncode}")
+        self.processes = []
+        if failed:
+            self.error = StreamHouseError(f"query {self.name}: " + "; ".join(failed))
+            raise self.error
+
+    def stop(self, checkpoint: bool = True) -> None:
+        """Stop every task after its current micro-batch (SIGTERM) and wait for them."""
+        for process in self.processes:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        try:
+            self._wait()
+        except StreamHouseError as exc:
+            log.warning("%s", exc)
+
+    def status(self) -> dict[str, Any]:
+        tasks = []
+        for task in range(self.parallelism):
+            path = self.root / f"task-{task}.json"
+            try:
+                tasks.append(json.loads(path.read_text()))
+            except (OSError, ValueError):
+                tasks.append({"task": task})
+        running = any(p.poll() is None for p in self.processes)
+        marks = [t.get("watermark_ms") for t in tasks]
+        watermark = min(marks) if marks and None not in marks else None
+        return {
+            "name": self.name,
+            "state": "failed" if self.error else ("running" if running else "stopped"),
+            "parallelism": self.parallelism,
+            "sink": self.plan.sink,
+            "watermark": _format_time(watermark) if watermark is not None else None,
+            "rows_in": sum(t.get("rows_in", 0) for t in tasks),
+            "rows_out": sum(t.get("rows_out", 0) for t in tasks),
+            "late_rows": sum(t.get("late_rows", 0) for t in tasks),
+            "rejected_rows": sum(t.get("rejected_rows", 0) for t in tasks),
+            "damaged_rows": 0,
+            "tasks": tasks,
+        }
+
+    def explain(self) -> str:
+        return explain_parallel(self.plan, self.parallelism, self.name)
+
+
+def run_task(spec: dict[str, Any]) -> None:
+    """The body of one task process (see :class:`ParallelQuery`)."""
+    from streamhouse.config import Settings
+    from streamhouse.connection import StreamHouse
+    from streamhouse.runtime.launch import QueryFile
+    from streamhouse.state.store import StateStore
+
+    settings = Settings(
+        **{k: Path(v) if k == "data_dir" else v for k, v in spec["settings"].items()}
+    )
+    task, parallelism = int(spec["task"]), int(spec["parallelism"])
+    root = Path(spec["root"])
+    stopping = False
+
+    def on_term(*_: Any) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, on_term)
+    with StreamHouse(settings) as sh:
+        query_file = QueryFile.read(spec["sql"], spec["name"])
+        options = QueryOptions().with_options({**query_file.settings, **spec["options"]})
+        query = TaskQuery(
+            sh.log,
+            sh.engine._resolve,
+            query_file.statement,
+            query_file.name,
+            root / f"task-{task}",
+            options,
+            task=task,
+            parallelism=parallelism,
+        )
+        writer = None
+        writer_store = None
+        try:
+            if query.shape == "keyed":
+                operator = plan_query(query_file.statement).operator
+                assert isinstance(operator, nodes.WindowAggregate)
+                writer_store = StateStore(root / f"exchange-{task}")
+                writer = ExchangeWriter(
+                    sh.log,
+                    query.upstream,
+                    operator.pre_sql,
+                    [f"__k{i}" for i in range(len(operator.keys))],
+                    task,
+                    parallelism,
+                    writer_store,
+                    exchange_topic(query.name),
+                    options.max_batch_records,
+                    options.idle_timeout_ms,
+                )
+            _run(
+                query, writer, root / f"task-{task}.json", bool(spec["until_end"]), lambda: stopping
+            )
+        finally:
+            query.stop()
+            if writer_store is not None:
+                writer_store.close()
+
+
+def _run(
+    query: TaskQuery,
+    writer: ExchangeWriter | None,
+    status_path: Path,
+    until_end: bool,
+    stopping: Any,
+) -> None:
+    """Alternate the task's producing and consuming sides until stopped (or, ``until_end``, until
+    every window closed)."""
+    targets = None
+    if until_end and writer is not None:
+        offsets = query.log.metadata.partition_offsets(writer.source.topic)
+        targets = {p: offsets[p].high_watermark for p in writer.source.positions}
+    sent_final = False
+    while not stopping():
+        progressed = False
+        if writer is not None:
+            if targets is not None and not sent_final and writer.caught_up(targets):
+                writer.step(final=True)
+                sent_final = progressed = True
+            elif targets is None or not sent_final:
+                progressed = writer.step() or progressed
+        if until_end and writer is None:
+            query.run_until_caught_up(final=True)
+            _write_status(query, writer, status_path)
+            return
+        progressed = query.step() or progressed
+        if progressed:
+            _write_status(query, writer, status_path)
+        elif until_end and query.watermark >= FINAL_WATERMARK:
+            return
+        else:
+            time.sleep(query.options.poll_interval_ms / 1000)
+    _write_status(query, writer, status_path)
+
+
+def _write_status(query: TaskQuery, writer: ExchangeWriter | None, path: Path) -> None:
+    source = writer.source if writer is not None else query.source
+    status = {
+        "task": query.task,
+        "offsets": {str(p): o for p, o in source.positions.items()},
+        "watermark_ms": query.watermark,
+        "rows_in": writer.rows_in if writer is not None else query.rows_in,
+        "rows_out": query.rows_out,
+        "late_rows": query.late_rows,
+        "rejected_rows": query.rejected_rows,
+        "state_bytes": query.store.size_bytes(),
+        "pid": os.getpid(),
+    }
+    temporary = path.with_suffix(".tmp")
+    temporary.write_text(json.dumps(status))
+    temporary.replace(path)
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        run_task(json.loads(sys.argv[1]))
+    except StreamHouseError as exc:
+        print(f"error: {exc}", file=sys.stderr)  # noqa: T201 - the task's one-line failure
+        sys.exit(1)
