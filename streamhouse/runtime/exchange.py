@@ -45,6 +45,7 @@ SEQUENCE = b"exchange/sequence"
 PENDING = b"exchange/pending"
 WATERMARK = b"exchange/watermark"
 TAKEN = b"exchange/taken/"
+ROWS_IN = b"exchange/rows_in"
 _BIAS = 1 << 63
 
 
@@ -94,7 +95,7 @@ class ExchangeWriter:
         self.sequence = store.get_int(SEQUENCE) or 0
         stored = store.get_int(WATERMARK)
         self.watermark = stored - _BIAS if stored is not None else NO_WATERMARK
-        self.rows_in = 0
+        self.rows_in = store.get_int(ROWS_IN) or 0  # source records read, over every run
 
     def caught_up(self, targets: dict[int, int]) -> bool:
         """Whether every owned partition was read up to ``targets``."""
@@ -140,6 +141,7 @@ class ExchangeWriter:
         batch = self.store.batch()
         source.save(batch, ends, event_times)
         batch.put_int(SEQUENCE, sequence)
+        batch.put_int(ROWS_IN, self.rows_in + read.records)
         batch.put_int(WATERMARK, watermark + _BIAS)
         batch.delete(ColumnFamily.META, PENDING)
         self.store.commit(batch)

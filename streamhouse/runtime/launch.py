@@ -183,6 +183,10 @@ def start_query(
         if start:
             parallel.start()
         return parallel  # type: ignore[return-value]
+    if state_root.exists():
+        from streamhouse.runtime.parallel import check_parallelism
+
+        check_parallelism(state_root, query_file.name, 1)
     query = ContinuousQuery(
         engine.log,
         engine._resolve,

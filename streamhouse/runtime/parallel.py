@@ -131,6 +131,23 @@ def task_root(state_root: Path, name: str, parallelism: int) -> Path:
     return state_root / f"{name}.p{parallelism}"
 
 
+def check_parallelism(state_root: Path, name: str, parallelism: int) -> None:
+    """Refuse to run query ``name`` at ``parallelism`` over state checkpointed at another one
+    (it would start from its sources again and write every window twice)."""
+    own = state_root / name if parallelism == 1 else task_root(state_root, name, parallelism)
+    others = [
+        p for p in state_root.glob(f"{name}.p*") if p != own and p.name[len(name) + 2 :].isdigit()
+    ]
+    if parallelism > 1 and (state_root / name).exists():
+        others.append(state_root / name)
+    if others:
+        raise SqlError(
+            f"query {name!r} was checkpointed at another parallelism ({others[0]}):"
+            " rescaling is not supported yet; run it at that parallelism, or delete its"
+            " state to run it afresh"
+        )
+
+
 class ParallelQuery:
     """A continuous query run as ``parallelism`` task processes; the launcher's handle on them
     (``start``, ``stop``, ``status``, ``run_until_caught_up`` as a :class:`ContinuousQuery`)."""
@@ -162,19 +179,7 @@ class ParallelQuery:
             raise SqlError("'late-rows.topic' is not supported at parallelism > 1 yet")
         self.shape = parallel_shape(self.plan)
         self.root = task_root(state_root, self.name, parallelism)
-        others = [
-            p
-            for p in state_root.glob(f"{self.name}.p*")
-            if p != self.root and p.name[len(self.name) + 2 :].isdigit()
-        ]
-        if (state_root / self.name).exists():
-            others.append(state_root / self.name)
-        if others:
-            raise SqlError(
-                f"query {self.name!r} was checkpointed at another parallelism ({others[0]}):"
-                " rescaling is not supported yet; run it at that parallelism, or delete its"
-                " state to run it afresh"
-            )
+        check_parallelism(state_root, self.name, parallelism)
         self._ensure_topic(self.plan.sink, "sink")
         if self.shape == "keyed":
             self._ensure_topic(exchange_topic(self.name), "exchange")

@@ -82,6 +82,7 @@ class Engine:
         self.log = log_
         self.on_materialized_view: Callable[[exp.Create], object] | None = None
         self.skip_damaged = False  # SET 'read.on-damage' = 'skip'
+        self.parallelism = 1  # SET 'parallelism': what EXPLAIN plans continuous queries at
 
     def execute(self, sql: str) -> Relation:
         """Run every statement of ``sql``; the result of the last one is returned."""
@@ -120,10 +121,14 @@ class Engine:
         lines: list[str] = []
         try:
             continuous = inline(statement, catalog_views(self._resolve))
-            lines += [
-                "continuous plan:",
-                *("  " + x for x in plan_query(continuous).explain().splitlines()),
-            ]
+            plan = plan_query(continuous)
+            if self.parallelism > 1:
+                from streamhouse.runtime.parallel import explain_parallel
+
+                explained = explain_parallel(plan, self.parallelism, "<query>")
+            else:
+                explained = plan.explain()
+            lines += ["continuous plan:", *("  " + x for x in explained.splitlines())]
         except SqlError as exc:
             lines += [f"continuous plan: not possible: {exc}"]
         query = (
@@ -142,14 +147,18 @@ class Engine:
         return Relation(lambda: table, description="EXPLAIN", listing=True)
 
     def _set(self, statement: exp.Set) -> Relation:
-        """``SET 'read.on-damage' = 'fail' | 'skip'``: the one setting of bounded queries."""
-        from streamhouse.runtime.options import READ_ON_DAMAGE, on_damage, set_options
+        """``SET 'read.on-damage' = 'fail' | 'skip'``, the one setting of bounded queries, and
+        ``SET 'parallelism' = 'N'``, the parallelism ``EXPLAIN`` plans continuous queries at."""
+        from streamhouse.runtime.options import READ_ON_DAMAGE, on_damage, parallelism, set_options
 
         for key, value in set_options(statement).items():
+            if key.lower() == "parallelism":
+                self.parallelism = parallelism(value)
+                continue
             if key.lower() != READ_ON_DAMAGE:
                 raise ConfigError(
-                    f"unknown setting {key!r} for bounded queries (known: {READ_ON_DAMAGE});"
-                    " continuous query options are SET in the query's file"
+                    f"unknown setting {key!r} for bounded queries (known: {READ_ON_DAMAGE},"
+                    " parallelism); continuous query options are SET in the query's file"
                 )
             self.skip_damaged = on_damage(value) == "skip"
         return status("SET")
