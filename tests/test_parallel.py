@@ -149,6 +149,7 @@ def test_updating_group_by_at_parallelism_2(sh: StreamHouse, tmp_path: Path) -> 
     rows = [{"id": rng.randrange(300), "x": rng.randrange(-50, 50)} for _ in range(4_000)]
     for i in range(0, len(rows), 250):
         sh.produce("nums", rows[i : i + 250], partition=(i // 250) % 4)
+    sh.produce("nums", [b"not json"], partition=3)
     path = write(
         tmp_path,
         "upd",
@@ -156,7 +157,10 @@ def test_updating_group_by_at_parallelism_2(sh: StreamHouse, tmp_path: Path) -> 
         "INSERT INTO totals SELECT id, COUNT(*) AS n, SUM(x) AS s, MAX(x) AS hi"
         " FROM nums GROUP BY id",
     )
-    run_to_end(sh, path, 2)
+    status = run_to_end(sh, path, 2)
+    assert status["rejected_rows"] == 1
+    dead = sh.fetch("upd.dlq")
+    assert dead["value"].to_pylist() == [b"not json"]
     latest = {}
     for record in topic_rows(sh, "totals"):  # by partition, then offset: upserts in order
         latest[record["id"]] = (record["id"], record["n"], record["s"], record["hi"])
@@ -220,7 +224,7 @@ def _wait_for(predicate, timeout: float = 60.0) -> None:  # type: ignore[no-unty
 def test_stop_kill_9_and_restart_give_every_window_once(sh: StreamHouse, tmp_path: Path) -> None:
     rng = random.Random(11)
     parts = events(rng, 900)
-    path = write(tmp_path, "agg", WINDOWED.format(batch=53, sink="out", window=WINDOWS["hop"][0]))
+    path = write(tmp_path, "agg", WINDOWED.format(batch=157, sink="out", window=WINDOWS["hop"][0]))
     thirds = [[rows[i * 300 : (i + 1) * 300] for rows in parts] for i in range(3)]
 
     # 1. runs in the background over the first third, stopped cleanly (SIGTERM)

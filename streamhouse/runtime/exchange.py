@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 
 import pyarrow as pa
 
@@ -36,7 +37,8 @@ from streamhouse.log.records import Compression, build_batch
 from streamhouse.runtime.key_groups import key_groups, task_of
 from streamhouse.runtime.operators import run_ordered
 from streamhouse.runtime.sources import NO_WATERMARK, QuerySource, SourceRead
-from streamhouse.sql.source import read_records
+from streamhouse.sql.engine import parse_failure
+from streamhouse.sql.source import RejectedRow, read_records
 from streamhouse.state.store import ColumnFamily, StateBatch, StateStore, partition_key
 
 log = logging.getLogger(__name__)
@@ -46,6 +48,7 @@ PENDING = b"exchange/pending"
 WATERMARK = b"exchange/watermark"
 TAKEN = b"exchange/taken/"
 ROWS_IN = b"exchange/rows_in"
+REJECTED = b"exchange/rejected_rows"
 _BIAS = 1 << 63
 
 
@@ -80,6 +83,8 @@ class ExchangeWriter:
         topic: str,
         max_batch_records: int,
         idle_timeout_ms: int,
+        dead_letters: Callable[[list[RejectedRow]], None],
+        strict: bool = False,
     ) -> None:
         self.log = log_
         self.source = source
@@ -91,11 +96,14 @@ class ExchangeWriter:
         self.topic = topic
         self.max_batch_records = max_batch_records
         self.idle_timeout_ms = idle_timeout_ms
+        self.dead_letters = dead_letters  # rows that do not parse go there
+        self.strict = strict  # json.ignore-parse-errors = 'false': such a row fails the query
         source.load(log_, store, False)
         self.sequence = store.get_int(SEQUENCE) or 0
         stored = store.get_int(WATERMARK)
         self.watermark = stored - _BIAS if stored is not None else NO_WATERMARK
         self.rows_in = store.get_int(ROWS_IN) or 0  # source records read, over every run
+        self.rejected_rows = store.get_int(REJECTED) or 0
 
     def caught_up(self, targets: dict[int, int]) -> bool:
         """Whether every owned partition was read up to ``targets``."""
@@ -117,13 +125,15 @@ class ExchangeWriter:
             sequence = self.sequence + 1
         has_data = any(ends[p] > source.positions.get(p, 0) for p in ends)
         read = source.read(self.log, ends) if has_data else SourceRead(None)
-        if read.rejected:
-            log.warning(
-                "exchange %s task %d: %d row(s) did not parse and were left out",
-                self.topic,
-                self.task,
-                len(read.rejected),
+        if has_data and not final:  # catching up: decode the next batch while this one is sent
+            source.prefetch(
+                self.log, ends, source.plan_batch(self.log, self.max_batch_records, ends)
             )
+        if read.rejected:
+            if self.strict:
+                raise parse_failure(source.name, read.rejected[0])
+            if pending is None:  # (a replay sent them before: at least once, as at parallelism 1)
+                self.dead_letters(read.rejected)
         event_times = source.event_times_after(read.table)
         if pending is not None:
             watermark = int(pending["watermark"])
@@ -142,12 +152,14 @@ class ExchangeWriter:
         source.save(batch, ends, event_times)
         batch.put_int(SEQUENCE, sequence)
         batch.put_int(ROWS_IN, self.rows_in + read.records)
+        batch.put_int(REJECTED, self.rejected_rows + len(read.rejected))
         batch.put_int(WATERMARK, watermark + _BIAS)
         batch.delete(ColumnFamily.META, PENDING)
         self.store.commit(batch)
         source.advance(ends, event_times)
         self.sequence, self.watermark = sequence, watermark
         self.rows_in += read.records
+        self.rejected_rows += len(read.rejected)
         return True
 
     def _send(self, table: pa.Table | None, sequence: int, watermark: int) -> None:

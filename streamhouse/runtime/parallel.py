@@ -339,6 +339,8 @@ def run_task(spec: dict[str, Any]) -> None:
                     exchange_topic(query.name),
                     options.max_batch_records,
                     options.idle_timeout_ms,
+                    query._dead_letters,
+                    not query.read_options[query.upstream.name].ignore_parse_errors,
                 )
             _run(
                 query, writer, root / f"task-{task}.json", bool(spec["until_end"]), lambda: stopping
@@ -358,6 +360,8 @@ def _run(
 ) -> None:
     """Alternate the task's producing and consuming sides until stopped (or, ``until_end``, until
     every window closed)."""
+    ready = time.time()  # set up: from here on the task processes records
+    _write_status(query, writer, status_path, ready)
     targets = None
     if until_end and writer is not None:
         offsets = query.log.metadata.partition_offsets(writer.source.topic)
@@ -373,19 +377,21 @@ def _run(
                 progressed = writer.step() or progressed
         if until_end and writer is None:
             query.run_until_caught_up(final=True)
-            _write_status(query, writer, status_path)
+            _write_status(query, writer, status_path, ready)
             return
         progressed = query.step() or progressed
         if progressed:
-            _write_status(query, writer, status_path)
+            _write_status(query, writer, status_path, ready)
         elif until_end and query.watermark >= FINAL_WATERMARK:
             return
         else:
             time.sleep(query.options.poll_interval_ms / 1000)
-    _write_status(query, writer, status_path)
+    _write_status(query, writer, status_path, ready)
 
 
-def _write_status(query: TaskQuery, writer: ExchangeWriter | None, path: Path) -> None:
+def _write_status(
+    query: TaskQuery, writer: ExchangeWriter | None, path: Path, ready: float
+) -> None:
     source = writer.source if writer is not None else query.source
     status = {
         "task": query.task,
@@ -394,9 +400,11 @@ def _write_status(query: TaskQuery, writer: ExchangeWriter | None, path: Path) -
         "rows_in": writer.rows_in if writer is not None else query.rows_in,
         "rows_out": query.rows_out,
         "late_rows": query.late_rows,
-        "rejected_rows": query.rejected_rows,
+        "rejected_rows": writer.rejected_rows if writer is not None else query.rejected_rows,
         "state_bytes": query.store.size_bytes(),
         "pid": os.getpid(),
+        "ready_at": ready,
+        "updated_at": time.time(),
     }
     temporary = path.with_suffix(".tmp")
     temporary.write_text(json.dumps(status))
