@@ -146,7 +146,7 @@ def main() -> None:
         print(json.dumps([one, two]), file=sys.stderr)
     result = {
         "benchmark": "windowed COUNT per user, TUMBLE 1 minute, to the end of the log",
-        "events": args.events,
+        "events": runs[0]["events"],
         "partitions": args.partitions,
         "cores": os.cpu_count(),
         "runs": runs,

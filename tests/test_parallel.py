@@ -235,15 +235,20 @@ def test_stop_kill_9_and_restart_give_every_window_once(sh: StreamHouse, tmp_pat
     first = len(topic_rows(sh, "out"))
     assert first > 0
 
-    # 2. resumed over the second third while records arrive; both tasks killed -9 mid-run
-    query = sh.start(path, parallelism=2)
-    produce(sh, rng, thirds[1])
-    _wait_for(lambda: query.status()["rows_in"] > PARTITIONS * 300 + 100)
-    victim = rng.randrange(2)
-    query.processes[victim].kill()
-    time.sleep(rng.uniform(0.05, 0.4))
-    query.processes[1 - victim].kill()
-    query.stop()
+    # 2. the second third produced in 4 slices; after each, the query resumed and its tasks
+    #    killed -9 one after the other at random moments (mid-batch, or idle)
+    for round_ in range(4):
+        produce(sh, rng, [rows[round_ * 75 : (round_ + 1) * 75] for rows in thirds[1]])
+        query = sh.start(path, parallelism=2)
+        read = PARTITIONS * (300 + round_ * 75)
+        _wait_for(lambda read=read: query.status()["rows_in"] > read)  # noqa: B023
+        victim = rng.randrange(2)
+        time.sleep(rng.uniform(0, 0.2))
+        assert query.processes[victim].poll() is None  # killed while it runs
+        query.processes[victim].kill()
+        time.sleep(rng.uniform(0, 0.3))
+        query.processes[1 - victim].kill()
+        query.stop()
 
     # 3. resumed to the end with the last third
     produce(sh, rng, thirds[2])

@@ -50,6 +50,7 @@ TAKEN = b"exchange/taken/"
 ROWS_IN = b"exchange/rows_in"
 REJECTED = b"exchange/rejected_rows"
 _BIAS = 1 << 63
+_POSITIONS = ("__partition", "__offset")
 
 
 def exchange_topic(query: str) -> str:
@@ -165,6 +166,8 @@ class ExchangeWriter:
     def _send(self, table: pa.Table | None, sequence: int, watermark: int) -> None:
         """One record to every exchange partition: the rows its task owns, and the watermark."""
         rows = run_ordered(self.pre_sql, {self.source.name: table}) if table is not None else None
+        if rows is not None:  # source positions are for the late-row side output, not sent
+            rows = rows.drop_columns([c for c in _POSITIONS if c in rows.column_names])
         owner = (
             task_of(key_groups(rows, self.key_columns), self.parallelism)
             if rows is not None

@@ -3,7 +3,7 @@
 ``SET 'parallelism' = '2';`` in the query file, ``streamhouse run --parallelism 2`` or
 ``sh.start(..., parallelism=2)``. Task ``i`` of ``n`` reads the source partitions ``p % n ==
 i`` and is a process of its own (``python -m streamhouse.runtime.parallel``), so one query
-uses every core.
+uses every core (forked from one preloaded process, :mod:`.task_processes`).
 
 - A stateless query (filter, project) needs nothing more: each task runs it over its share of
   the partitions.
@@ -27,8 +27,6 @@ import json
 import logging
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -44,6 +42,7 @@ from streamhouse.runtime.exchange import (
 from streamhouse.runtime.options import QueryOptions
 from streamhouse.runtime.query import FINAL_WATERMARK, ContinuousQuery, _format_time
 from streamhouse.runtime.sources import QuerySource
+from streamhouse.runtime.task_processes import TaskProcess, Zygote
 from streamhouse.sql import nodes
 from streamhouse.sql.hints import SourceOptions
 from streamhouse.sql.plan import ContinuousPlan, plan_query
@@ -184,7 +183,7 @@ class ParallelQuery:
         if self.shape == "keyed":
             self._ensure_topic(exchange_topic(self.name), "exchange")
         self.root.mkdir(parents=True, exist_ok=True)
-        self.processes: list[subprocess.Popen[bytes]] = []
+        self.processes: list[TaskProcess] = []
         self.error: BaseException | None = None
 
     def _ensure_topic(self, topic: str, role: str) -> None:
@@ -213,16 +212,7 @@ class ParallelQuery:
                 "root": str(self.root),
                 "until_end": until_end,
             }
-            env = dict(os.environ)
-            env["PYTHONPATH"] = os.pathsep.join(
-                [str(Path(__file__).resolve().parents[2]), env.get("PYTHONPATH", "")]
-            )
-            self.processes.append(
-                subprocess.Popen(
-                    [sys.executable, "-m", "streamhouse.runtime.parallel", json.dumps(spec)],
-                    env=env,
-                )
-            )
+            self.processes.append(Zygote.get().spawn(spec))
 
     def query_file_text(self) -> str:
         from streamhouse.sql.parse import DIALECT
@@ -411,10 +401,17 @@ def _write_status(
     temporary.replace(path)
 
 
-if __name__ == "__main__":
+def task_main(spec: dict[str, Any]) -> int:
+    """A forked task process's body: its exit status (1 after a one-line error)."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
-        run_task(json.loads(sys.argv[1]))
+        run_task(spec)
     except StreamHouseError as exc:
-        print(f"error: {exc}", file=sys.stderr)  # noqa: T201 - the task's one-line failure
-        sys.exit(1)
+        log.error("query %s task %s: %s", spec.get("name"), spec.get("task"), exc)
+        return 1
+    except BaseException:
+        log.exception("query %s task %s failed", spec.get("name"), spec.get("task"))
+        return 1
+    finally:
+        logging.shutdown()
+    return 0
