@@ -227,9 +227,15 @@ def test_stop_kill_9_and_restart_give_every_window_once(sh: StreamHouse, tmp_pat
     path = write(tmp_path, "agg", WINDOWED.format(batch=157, sink="out", window=WINDOWS["hop"][0]))
     thirds = [[rows[i * 300 : (i + 1) * 300] for rows in parts] for i in range(3)]
 
-    # 1. runs in the background over the first third, stopped cleanly (SIGTERM)
+    # 1. runs in the background over the first third; task 0 killed -9 at once is restarted by
+    #    the launcher from its checkpoint; then stopped cleanly (SIGTERM)
     produce(sh, rng, thirds[0])
     query = sh.start(path, parallelism=2)
+    time.sleep(rng.uniform(0, 0.3))
+    killed = query.processes[0].pid
+    query.processes[0].kill()
+    _wait_for(lambda: query.status()["restarts"] == 1)
+    assert query.processes[0].pid != killed
     _wait_for(lambda: query.status()["rows_in"] >= PARTITIONS * 300)
     query.stop()
     first = len(topic_rows(sh, "out"))

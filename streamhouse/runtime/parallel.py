@@ -27,6 +27,7 @@ import json
 import logging
 import os
 import signal
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -48,6 +49,9 @@ from streamhouse.sql.hints import SourceOptions
 from streamhouse.sql.plan import ContinuousPlan, plan_query
 
 log = logging.getLogger(__name__)
+
+SUPERVISE_S = 0.2
+"""How often the launcher checks its task processes."""
 
 
 def parallel_shape(plan: ContinuousPlan) -> str:
@@ -185,6 +189,9 @@ class ParallelQuery:
         self.root.mkdir(parents=True, exist_ok=True)
         self.processes: list[TaskProcess] = []
         self.error: BaseException | None = None
+        self.restarts = 0  # tasks restarted after a signal killed them
+        self._stopping = threading.Event()
+        self._lock = threading.Lock()
 
     def _ensure_topic(self, topic: str, role: str) -> None:
         info = self.log.get_topic(topic)
@@ -196,23 +203,53 @@ class ParallelQuery:
                 f" parallelism {self.parallelism} writes one per task"
             )
 
-    def _spawn(self, until_end: bool) -> None:
+    def _spec(self, task: int, until_end: bool) -> dict[str, Any]:
         settings = {
             k: str(v) if isinstance(v, Path) else v
             for k, v in dataclasses.asdict(self.settings).items()
         }
-        for task in range(self.parallelism):
-            spec = {
-                "settings": settings,
-                "sql": self.query_file_text(),
-                "name": self.name,
-                "options": self.raw_options,
-                "task": task,
-                "parallelism": self.parallelism,
-                "root": str(self.root),
-                "until_end": until_end,
-            }
-            self.processes.append(Zygote.get().spawn(spec))
+        return {
+            "settings": settings,
+            "sql": self.query_file_text(),
+            "name": self.name,
+            "options": self.raw_options,
+            "task": task,
+            "parallelism": self.parallelism,
+            "root": str(self.root),
+            "until_end": until_end,
+        }
+
+    def _spawn(self, until_end: bool) -> None:
+        zygote = Zygote.get()
+        self.processes = [zygote.spawn(self._spec(t, until_end)) for t in range(self.parallelism)]
+
+    def _supervise(self) -> None:
+        """Restart a task killed by a signal (kill -9, the OOM killer) from its checkpoint;
+        a task that failed (exit status 1: an error it logged) stops the query."""
+        while not self._stopping.wait(SUPERVISE_S):
+            with self._lock:
+                if self._stopping.is_set():
+                    return
+                for task, process in enumerate(self.processes):
+                    status = process.poll()
+                    if status is None:
+                        continue
+                    if status > 0:
+                        self.error = StreamHouseError(
+                            f"query {self.name}: task {task} failed (exit status {status})"
+                        )
+                        log.error("%s; stopping the other tasks", self.error)
+                        for other in self.processes:
+                            other.send_signal(signal.SIGTERM)
+                        return
+                    log.warning(
+                        "query %s: task %d ended by signal %d; restarting it from its checkpoint",
+                        self.name,
+                        task,
+                        -status,
+                    )
+                    self.processes[task] = Zygote.get().spawn(self._spec(task, False))
+                    self.restarts += 1
 
     def query_file_text(self) -> str:
         from streamhouse.sql.parse import DIALECT
@@ -223,6 +260,9 @@ class ParallelQuery:
     def start(self) -> ParallelQuery:
         if not self.processes:
             self._spawn(until_end=False)
+            threading.Thread(
+                target=self._supervise, name=f"query-{self.name}-tasks", daemon=True
+            ).start()
         return self
 
     def run_until_caught_up(self, final: bool = True) -> None:
@@ -242,9 +282,11 @@ class ParallelQuery:
 
     def stop(self, checkpoint: bool = True) -> None:
         """Stop every task after its current micro-batch (SIGTERM) and wait for them."""
-        for process in self.processes:
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
+        with self._lock:
+            self._stopping.set()
+            for process in self.processes:
+                if process.poll() is None:
+                    process.send_signal(signal.SIGTERM)
         try:
             self._wait()
         except StreamHouseError as exc:
@@ -265,6 +307,7 @@ class ParallelQuery:
             "name": self.name,
             "state": "failed" if self.error else ("running" if running else "stopped"),
             "parallelism": self.parallelism,
+            "restarts": self.restarts,
             "sink": self.plan.sink,
             "watermark": _format_time(watermark) if watermark is not None else None,
             "rows_in": sum(t.get("rows_in", 0) for t in tasks),
