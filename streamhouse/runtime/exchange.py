@@ -4,7 +4,10 @@ their key group through an internal topic of our own log, ``<query>.exchange``.
 The exchange topic has one partition per task. Each micro-batch of a *producing* side
 (:class:`ExchangeWriter`: task ``i`` reads its share of the source partitions, runs the keyed
 operator's stateless ``pre_sql`` and computes each row's key group) appends one record to every
-partition: the rows of the key groups that partition's task owns, as an Arrow IPC stream, and
+partition: the rows of the key groups that partition's task owns — for a TUMBLE, HOP or
+CUMULATE aggregate, their partial aggregates per key and pane instead (two-phase aggregation,
+as Flink's local/global: a windowed COUNT ships a row per key and pane, not per event) — as an
+Arrow IPC stream, and
 the record key ``<task>:<sequence>:<watermark>``. Every record carries the producer's
 watermark, also when it holds no rows, so a consuming task's watermark (the minimum over the
 producing tasks, :class:`ExchangeSource`) moves on even for key groups without new rows. A
@@ -38,8 +41,11 @@ from streamhouse.runtime.key_groups import key_groups, task_of
 from streamhouse.runtime.operators import run_ordered
 from streamhouse.runtime.sources import NO_WATERMARK, QuerySource, SourceRead
 from streamhouse.sql.engine import parse_failure
+from streamhouse.sql.nodes import WindowAggregate
 from streamhouse.sql.source import RejectedRow, read_records
 from streamhouse.state.store import ColumnFamily, StateBatch, StateStore, partition_key
+from streamhouse.windows.operator import pane_partials
+from streamhouse.windows.table import event_time_ms
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +92,7 @@ class ExchangeWriter:
         idle_timeout_ms: int,
         dead_letters: Callable[[list[RejectedRow]], None],
         strict: bool = False,
+        window: WindowAggregate | None = None,
     ) -> None:
         self.log = log_
         self.source = source
@@ -99,6 +106,7 @@ class ExchangeWriter:
         self.idle_timeout_ms = idle_timeout_ms
         self.dead_letters = dead_letters  # rows that do not parse go there
         self.strict = strict  # json.ignore-parse-errors = 'false': such a row fails the query
+        self.window = window  # a TUMBLE/HOP/CUMULATE aggregate: partials cross, not rows
         source.load(log_, store, False)
         self.sequence = store.get_int(SEQUENCE) or 0
         stored = store.get_int(WATERMARK)
@@ -168,6 +176,12 @@ class ExchangeWriter:
         rows = run_ordered(self.pre_sql, {self.source.name: table}) if table is not None else None
         if rows is not None:  # source positions are for the late-row side output, not sent
             rows = rows.drop_columns([c for c in _POSITIONS if c in rows.column_names])
+        if rows is not None and self.window is not None:  # partials per key and pane instead
+            ts, valid = event_time_ms(rows, "__ts")
+            if not valid.all():
+                rows, ts = rows.filter(pa.array(valid)), ts[valid]
+            # lateness is the consuming task's to judge (by the minimum of every producer)
+            rows, _ = pane_partials(self.window, rows, ts, NO_WATERMARK)
         owner = (
             task_of(key_groups(rows, self.key_columns), self.parallelism)
             if rows is not None

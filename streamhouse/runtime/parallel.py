@@ -40,13 +40,18 @@ from streamhouse.runtime.exchange import (
     owned_partitions,
     producing_tasks,
 )
+from streamhouse.runtime.operator import Changelog, MicroBatch
+from streamhouse.runtime.operators import WindowAggregation, run_ordered
 from streamhouse.runtime.options import QueryOptions
 from streamhouse.runtime.query import FINAL_WATERMARK, ContinuousQuery, _format_time
 from streamhouse.runtime.sources import QuerySource
 from streamhouse.runtime.task_processes import TaskProcess, Zygote
 from streamhouse.sql import nodes
 from streamhouse.sql.hints import SourceOptions
+from streamhouse.sql.nodes import FLOWS
 from streamhouse.sql.plan import ContinuousPlan, plan_query
+from streamhouse.state.store import StateView
+from streamhouse.windows.operator import WindowOperator
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +104,9 @@ class TaskQuery(ContinuousQuery):
         self.parallelism = parallelism
         self.sink_partition = task
         super().__init__(*args, **kwargs)
+        operator = self.plan.operator
+        if isinstance(operator, nodes.WindowAggregate) and operator.window is not None:
+            self.operator = ExchangedWindowAggregation(operator, StateView(self.store, b"0/"), self)
 
     def _planned(self, plan: ContinuousPlan) -> ContinuousPlan:
         self.shape = parallel_shape(plan)
@@ -127,6 +135,25 @@ class TaskQuery(ContinuousQuery):
         )
         self.read_options.setdefault(name, SourceOptions.of({}, None))
         return {name: ExchangeSource(0, name, exchange_topic(self.name), self.task, producers)}
+
+
+class ExchangedWindowAggregation(WindowAggregation):
+    """The consuming side of a windowed GROUP BY at parallelism > 1: it merges the producers'
+    partials per key and pane (:class:`~.exchange.ExchangeWriter`) instead of rows."""
+
+    def process(self, batch: MicroBatch) -> Changelog:
+        out = Changelog()
+        partials = batch.inputs[self.node.source]
+        executor = self.executor
+        assert isinstance(executor, WindowOperator)
+        if partials is not None:
+            out.late = executor.merge_panes(
+                partials, batch.previous_watermark, batch.state, exchanged=True
+            )
+        emitted = executor.emit(batch.watermark, batch.state)
+        if emitted is not None and emitted.num_rows:
+            out.rows = run_ordered(self.node.post_sql, {FLOWS: emitted})
+        return out
 
 
 def task_root(state_root: Path, name: str, parallelism: int) -> Path:
@@ -374,6 +401,7 @@ def run_task(spec: dict[str, Any]) -> None:
                     options.idle_timeout_ms,
                     query._dead_letters,
                     not query.read_options[query.upstream.name].ignore_parse_errors,
+                    operator if operator.window is not None else None,
                 )
             _run(
                 query, writer, root / f"task-{task}.json", bool(spec["until_end"]), lambda: stopping
