@@ -12,7 +12,8 @@ rising) into ``--partitions`` partitions once, then runs the query below to the 
 (A B A B: the machine is shared, and pairing keeps the ratio meaningful while its load drifts).
 Each run is a fresh query (its own name and sink topic) and is timed from its start (the task
 processes' start-up included) to the last window written. Reported per run: wall seconds,
-events/s, the 1-minute load average; and the median of the paired ratios.
+events/s, the same after the tasks were set up, CPU seconds (the launcher's and every task
+process's), the 1-minute load average; and the median of the paired ratios.
 
     INSERT INTO <sink> SELECT user_id, window_start, COUNT(*) AS clicks
     FROM clicks GROUP BY user_id, TUMBLE(ts, INTERVAL '1' MINUTE)
@@ -86,7 +87,7 @@ def run_once(data: Path, parallelism: int) -> dict[str, Any]:
         events = sum(o.high_watermark for o in sh.log.metadata.partition_offsets("clicks").values())
         path = Path(tempfile.mkdtemp()) / f"{name}.sql"
         path.write_text(QUERY.format(sink=f"out_{name}") + ";")
-        started, started_at = time.perf_counter(), time.time()
+        started, started_at, cpu = time.perf_counter(), time.time(), time.process_time()
         query = start_query(
             sh.engine,
             path,
@@ -99,8 +100,10 @@ def run_once(data: Path, parallelism: int) -> dict[str, Any]:
         seconds = time.perf_counter() - started
         status = query.status()
         ended_at = time.time()
-        if parallelism > 1:  # the task processes say when they were set up
+        cpu = time.process_time() - cpu
+        if parallelism > 1:  # the task processes say when they were set up, and their CPU
             ready_at = max(t["ready_at"] for t in status["tasks"])
+            cpu += sum(t["cpu_seconds"] for t in status["tasks"])
         query.stop()
     return {
         "parallelism": parallelism,
@@ -111,6 +114,7 @@ def run_once(data: Path, parallelism: int) -> dict[str, Any]:
         "processing_seconds": round(ended_at - ready_at, 3),
         "events_per_s_after_startup": round(events / (ended_at - ready_at)),
         "rows_out": status["rows_out"],
+        "cpu_seconds": round(cpu, 3),
         "load_1m": os.getloadavg()[0],
     }
 

@@ -465,6 +465,7 @@ def _write_status(
         "state_bytes": query.store.size_bytes(),
         "pid": os.getpid(),
         "ready_at": ready,
+        "cpu_seconds": round(time.process_time(), 3),  # of this task process
         "updated_at": time.time(),
     }
     temporary = path.with_suffix(".tmp")
