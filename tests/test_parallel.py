@@ -278,6 +278,7 @@ def test_explain_and_refusals(sh: StreamHouse, tmp_path: Path) -> None:
     assert "Parallel  3 tasks (processes)" in plan
     assert "Exchange  topic <query>.exchange (3 partitions, Arrow IPC records)" in plan
     assert "by key group of (k), 128 key groups" in plan
+    assert "partial aggregates per key and pane are exchanged, not rows" in plan
     assert "WindowAggregate  TUMBLE(t, size=10000ms)" in plan
 
     with pytest.raises(ConfigError, match="parallelism must be an integer from 1 to 128"):

@@ -39,6 +39,7 @@ from streamhouse.log import Log
 from streamhouse.log.records import Compression, build_batch
 from streamhouse.runtime.key_groups import key_groups, task_of
 from streamhouse.runtime.operators import run_ordered
+from streamhouse.runtime.query import FINAL_WATERMARK
 from streamhouse.runtime.sources import NO_WATERMARK, QuerySource, SourceRead
 from streamhouse.sql.engine import parse_failure
 from streamhouse.sql.nodes import WindowAggregate
@@ -121,8 +122,6 @@ class ExchangeWriter:
     def step(self, final: bool = False) -> bool:
         """Read, route and append one micro-batch; False if there was nothing to send.
         ``final``: the watermark becomes ``final_watermark`` (end of input)."""
-        from streamhouse.runtime.query import FINAL_WATERMARK
-
         pending = self.store.get_json(PENDING)
         source = self.source
         if pending is not None:

@@ -90,6 +90,14 @@ def explain_parallel(plan: ContinuousPlan, parallelism: int, name: str) -> str:
         f" by key group of ({', '.join(operator.key_sql) or 'one group'}), 128 key groups,"
         " task i owns [i*128/n, (i+1)*128/n)",
         f"    each task: Stateless {operator.pre_sql} over source partitions p % n == i",
+        *(
+            [
+                "    then LocalWindowAggregate: partial aggregates per key and pane are exchanged,"
+                " not rows"
+            ]
+            if operator.window is not None
+            else []
+        ),
         "    watermark: per task the minimum over the producing tasks' watermarks",
     ]
     return "\n".join([*lines, *("  " + line for line in plan.explain().splitlines())])
