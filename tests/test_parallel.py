@@ -302,3 +302,29 @@ def test_explain_and_refusals(sh: StreamHouse, tmp_path: Path) -> None:
         run_to_end(sh, path, 3)
     with pytest.raises(SqlError, match="rescaling is not supported yet"):
         run_to_end(sh, path, 1)
+
+
+def test_an_idle_task_does_not_hold_the_watermark_back(sh: StreamHouse, tmp_path: Path) -> None:
+    """Partition 2 (all of task 2's input at parallelism 3) gets one early record and then
+    nothing while partitions 0 and 1 go on: once it is idle, the other tasks' windows close
+    without it, as at parallelism 1."""
+    rng = random.Random(13)
+    parts = events(rng, 300)
+    parts[2] = parts[2][:1]
+    text = WINDOWED.format(batch=1000, sink="out", window=WINDOWS["tumble"][0])
+    path = write(tmp_path, "idle", text.replace("'1 h'", "'1 s'"))
+    produce(sh, rng, [rows[:20] for rows in parts])
+    query = sh.start(path, parallelism=3)
+    try:
+        for i in range(20, 300, 10):  # partitions 0 and 1 stay active (a chunk every ~0.1 s,
+            time.sleep(0.1)  # well inside the idle timeout, also under load), 2 goes idle
+            produce(sh, rng, [parts[0][i : i + 10], parts[1][i : i + 10], []])
+        # the watermark without partition 2: the lowest of partitions 0 and 1, minus the delay
+        watermark = min(max(t for _, t, _ in rows) for rows in parts[:2]) - 3_000
+        closed = [r for r in oracle(flat(parts), "tumble", 10_000) if r[2] <= watermark]
+        assert len(closed) > 20
+        _wait_for(lambda: len(topic_rows(sh, "out")) >= len(closed), timeout=30)
+        assert query.status()["late_rows"] == 0
+    finally:
+        query.stop()
+    assert rows_of(topic_rows(sh, "out"), COLUMNS) == closed

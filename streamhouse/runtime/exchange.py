@@ -8,11 +8,12 @@ partition: the rows of the key groups that partition's task owns — for a TUMBL
 CUMULATE aggregate, their partial aggregates per key and pane instead (two-phase aggregation,
 as Flink's local/global: a windowed COUNT ships a row per key and pane, not per event) — as an
 Arrow IPC stream, and
-the record key ``<task>:<sequence>:<watermark>``. Every record carries the producer's
+the record key ``<task>:<sequence>:<watermark>:<idle>``. Every record carries the producer's
 watermark, also when it holds no rows, so a consuming task's watermark (the minimum over the
 producing tasks, :class:`ExchangeSource`) moves on even for key groups without new rows. A
-producer whose source partitions are idle computes its watermark without them (as at
-parallelism 1), so idle inputs do not hold the consumers back.
+producer computes its watermark without its idle partitions (as at parallelism 1); one whose
+partitions are all idle says so (``idle`` 1), and the consumers leave it out of the minimum
+until it sends rows again, so idle inputs do not hold them back.
 
 Exactly once, per task (Kafka Streams' model, not Flink's aligned barriers: each side commits
 its own progress atomically, no task waits for another to checkpoint, and a task killed alone
@@ -56,6 +57,7 @@ WATERMARK = b"exchange/watermark"
 TAKEN = b"exchange/taken/"
 ROWS_IN = b"exchange/rows_in"
 REJECTED = b"exchange/rejected_rows"
+IDLE = b"exchange/idle/"
 _BIAS = 1 << 63
 _POSITIONS = ("__partition", "__offset")
 
@@ -113,6 +115,7 @@ class ExchangeWriter:
         stored = store.get_int(WATERMARK)
         self.watermark = stored - _BIAS if stored is not None else NO_WATERMARK
         self.rows_in = store.get_int(ROWS_IN) or 0  # source records read, over every run
+        self.idle = False  # every source partition idle: the consumers leave this task out
         self.rejected_rows = store.get_int(REJECTED) or 0
 
     def caught_up(self, targets: dict[int, int]) -> bool:
@@ -149,13 +152,17 @@ class ExchangeWriter:
             watermark = FINAL_WATERMARK
         else:
             watermark = max(self.watermark, source.watermark(event_times, self.idle_timeout_ms))
-        if pending is None and not has_data and watermark == self.watermark:
+        idle = bool(pending["idle"]) if pending is not None else source.idle(self.idle_timeout_ms)
+        if pending is None and not has_data and watermark == self.watermark and idle == self.idle:
             return False
         if pending is None:
             intent = self.store.batch()
-            intent.put_json(PENDING, {"end": ends, "watermark": watermark, "sequence": sequence})
+            intent.put_json(
+                PENDING,
+                {"end": ends, "watermark": watermark, "sequence": sequence, "idle": idle},
+            )
             self.store.commit(intent)
-        self._send(read.table, sequence, watermark)
+        self._send(read.table, sequence, watermark, idle)
         batch = self.store.batch()
         source.save(batch, ends, event_times)
         batch.put_int(SEQUENCE, sequence)
@@ -165,12 +172,12 @@ class ExchangeWriter:
         batch.delete(ColumnFamily.META, PENDING)
         self.store.commit(batch)
         source.advance(ends, event_times)
-        self.sequence, self.watermark = sequence, watermark
+        self.sequence, self.watermark, self.idle = sequence, watermark, idle
         self.rows_in += read.records
         self.rejected_rows += len(read.rejected)
         return True
 
-    def _send(self, table: pa.Table | None, sequence: int, watermark: int) -> None:
+    def _send(self, table: pa.Table | None, sequence: int, watermark: int, idle: bool) -> None:
         """One record to every exchange partition: the rows its task owns, and the watermark."""
         rows = run_ordered(self.pre_sql, {self.source.name: table}) if table is not None else None
         if rows is not None:  # source positions are for the late-row side output, not sent
@@ -186,7 +193,7 @@ class ExchangeWriter:
             if rows is not None
             else None
         )
-        key = f"{self.task}:{sequence}:{watermark}".encode()
+        key = f"{self.task}:{sequence}:{watermark}:{int(idle)}".encode()
         futures = []
         for target in range(self.parallelism):
             share = b""
@@ -213,6 +220,8 @@ class ExchangeSource(QuerySource):
         self.taken: dict[int, int] = {}  # last sequence number taken, by producer
         self._read_marks: dict[int, int] = {}
         self._read_taken: dict[int, int] = {}
+        self.idle_producers: set[int] = set()  # as their latest records say
+        self._read_idle: set[int] = set()
 
     def load(self, log_: Log, store: StateStore, latest: bool) -> None:
         super().load(log_, store, False)
@@ -220,6 +229,8 @@ class ExchangeSource(QuerySource):
             stored = store.get_int(partition_key(TAKEN + self._prefix, producer))
             if stored is not None:
                 self.taken[producer] = stored
+        self.idle_producers = set(store.get_json(IDLE + self._prefix) or [])
+        self._read_idle = set(self.idle_producers)
 
     def prefetch(self, log_: Log, starts: dict[int, int], ends: dict[int, int]) -> None:
         return  # records of the exchange are few and already Arrow
@@ -227,6 +238,7 @@ class ExchangeSource(QuerySource):
     def read(self, log_: Log, ends: dict[int, int]) -> SourceRead:
         wanted = [p for p in ends if ends[p] > self.positions[p]]
         self._read_marks, self._read_taken = {}, dict(self.taken)
+        self._read_idle = set(self.idle_producers)
         if not wanted:
             return SourceRead(None)
         now = time.monotonic()
@@ -239,9 +251,13 @@ class ExchangeSource(QuerySource):
         for key, value in zip(
             records["key"].to_pylist(), records["value"].to_pylist(), strict=True
         ):  # one record per producer micro-batch, not per row
-            producer, sequence, watermark = (int(x) for x in key.split(b":"))
+            producer, sequence, watermark, idle = (int(x) for x in key.split(b":"))
             if sequence <= self._read_taken.get(producer, 0):
                 continue  # a producer's replay of a batch taken before
+            if idle:
+                self._read_idle.add(producer)
+            else:
+                self._read_idle.discard(producer)
             self._read_taken[producer] = sequence
             self._read_marks[producer] = max(watermark, self._read_marks.get(producer, watermark))
             if value:
@@ -258,17 +274,22 @@ class ExchangeSource(QuerySource):
         return times
 
     def watermark(self, event_times: dict[int, int], idle_timeout_ms: int) -> int:
-        marks = [event_times.get(p, NO_WATERMARK) for p in range(self.producers)]
+        """The minimum over the producers, those whose source partitions are all idle left out
+        (unless every one is), as idle partitions at parallelism 1."""
+        active = [p for p in range(self.producers) if p not in self._read_idle]
+        marks = [event_times.get(p, NO_WATERMARK) for p in active or range(self.producers)]
         return min(marks) if marks else NO_WATERMARK
 
     def save(self, batch: StateBatch, ends: dict[int, int], event_times: dict[int, int]) -> None:
         super().save(batch, ends, event_times)
         for producer, sequence in self._read_taken.items():
             batch.put_int(partition_key(TAKEN + self._prefix, producer), sequence)
+        batch.put_json(IDLE + self._prefix, sorted(self._read_idle))
 
     def advance(self, ends: dict[int, int], event_times: dict[int, int]) -> None:
         super().advance(ends, event_times)
         self.taken = dict(self._read_taken)
+        self.idle_producers = set(self._read_idle)
 
 
 def producing_tasks(partitions: int, parallelism: int) -> int:

@@ -190,6 +190,13 @@ class QuerySource:
             times[p] = max(t, times.get(p, NO_WATERMARK))
         return times
 
+    def idle(self, idle_timeout_ms: int) -> bool:
+        """Whether every partition read had no new records for ``idle_timeout_ms``."""
+        now = time.monotonic()
+        return bool(self.positions) and all(
+            now - self.last_data.get(p, now) >= idle_timeout_ms / 1000 for p in self.positions
+        )
+
     def watermark(self, event_times: dict[int, int], idle_timeout_ms: int) -> int:
         now = time.monotonic()
         partitions = sorted(self.positions)
