@@ -241,12 +241,12 @@ def test_stop_kill_9_and_restart_give_every_window_once(sh: StreamHouse, tmp_pat
     first = len(topic_rows(sh, "out"))
     assert first > 0
 
-    # 2. the second third produced in 4 slices; after each, the query resumed and its tasks
+    # 2. the second third produced in 3 slices; after each, the query resumed and its tasks
     #    killed -9 one after the other at random moments (mid-batch, or idle)
-    for round_ in range(4):
-        produce(sh, rng, [rows[round_ * 75 : (round_ + 1) * 75] for rows in thirds[1]])
+    for round_ in range(3):
+        produce(sh, rng, [rows[round_ * 100 : (round_ + 1) * 100] for rows in thirds[1]])
         query = sh.start(path, parallelism=2)
-        read = PARTITIONS * (300 + round_ * 75)
+        read = PARTITIONS * (300 + round_ * 100)
         _wait_for(lambda read=read: query.status()["rows_in"] > read)  # noqa: B023
         victim = rng.randrange(2)
         time.sleep(rng.uniform(0, 0.2))
