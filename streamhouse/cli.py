@@ -873,6 +873,12 @@ def _lag(md: Any, positions: dict[str, dict[int, int]]) -> int | None:
 @click.option(
     "--set", "options", multiple=True, metavar="KEY=VALUE", help="Query option (like SET in SQL)."
 )
+@click.option(
+    "--parallelism",
+    type=click.IntRange(1, 128),
+    default=None,
+    help="Run the query as this many task processes (like SET 'parallelism').",
+)
 @data_dir_option
 @click.pass_context
 @friendly_errors
@@ -883,6 +889,7 @@ def run(
     fmt: str,
     until_end: bool,
     options: tuple[str, ...],
+    parallelism: int | None,
     data_dir: str | None,
 ) -> None:
     """Run the continuous query in PATH, printing results as windows close (Ctrl-C stops it).
@@ -896,6 +903,8 @@ def run(
         if not sep:
             raise click.BadParameter(f"expected KEY=VALUE, got {item!r}", param_hint="--set")
         values[key.strip()] = value.strip()
+    if parallelism is not None:
+        values["parallelism"] = str(parallelism)
 
     def show(table: pa.Table) -> None:
         if fmt == "table":

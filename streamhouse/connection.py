@@ -275,8 +275,12 @@ class StreamHouse:
         name: str | None = None,
         options: Mapping[str, Any] | None = None,
         on_results: Callable[[pa.Table], None] | None = None,
+        parallelism: int | None = None,
     ) -> ContinuousQuery:
         """Start a continuous query from a ``.sql`` file or SQL text; it runs in the background.
+
+        ``parallelism`` > 1 runs it as that many task processes (a stateless query or a
+        GROUP BY; see :mod:`streamhouse.runtime.parallel`), as ``SET 'parallelism' = 'N'``.
 
         Its state (RocksDB) lives in ``<data_dir>/queries/<name>``: starting a query of the same
         name again resumes from its last checkpoint. ``options`` are query options
@@ -290,7 +294,10 @@ class StreamHouse:
             path,
             name=name,
             state_root=self.settings.data_dir / "queries",
-            options=dict(options or {}),
+            options={
+                **(options or {}),
+                **({"parallelism": parallelism} if parallelism is not None else {}),
+            },
             on_results=on_results,
         )
         self._queries.append(query)

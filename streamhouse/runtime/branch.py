@@ -45,7 +45,7 @@ class Branch:
         self.query = query
         self.statement = statement
         self.prefix = prefix
-        self.plan: ContinuousPlan = plan_query(statement)
+        self.plan: ContinuousPlan = query._planned(plan_query(statement))
         self.named = {c.name for c in statement.find_all(exp.Column)}
         self.operator: Operator | None = None
         self.children: dict[str, tuple[PlanNode, Operator]] = {}

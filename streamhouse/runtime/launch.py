@@ -184,6 +184,29 @@ def start_query(
         else:
             _check_same(existing, statement, source)
     query_options = QueryOptions().with_options({**query_file.settings, **(options or {})})
+    if query_options.parallelism > 1:
+        from streamhouse.runtime.parallel import ParallelQuery
+
+        if fence is not None or is_materialized_view(statement):
+            raise SqlError(
+                "parallelism > 1 runs queries of one process (not views, not agents) yet"
+            )
+        parallel = ParallelQuery(
+            engine.log.settings,
+            engine.log,
+            query_file,
+            state_root,
+            query_options,
+            dict(options or {}),
+            query_options.parallelism,
+        )
+        if start:
+            parallel.start()
+        return parallel  # type: ignore[return-value]
+    if state_root.exists():
+        from streamhouse.runtime.parallel import check_parallelism
+
+        check_parallelism(state_root, query_file.name, 1)
     query = ContinuousQuery(
         engine.log,
         engine._resolve,

@@ -13,6 +13,8 @@ option                   meaning                                             def
 ``poll-interval``        how long an idle query waits for new records        ``200 ms``
 ``read.on-damage``       ``fail``: a damaged range of a source fails the      ``fail``
                          query; ``skip``: it is left out and reported
+``parallelism``          tasks (processes) the query runs as; see            ``1``
+                         :mod:`streamhouse.runtime.parallel`
 =======================  ==================================================  ==============
 
 ``read.on-damage`` is also a setting of bounded queries (``SET 'read.on-damage' = 'skip';``
@@ -49,6 +51,7 @@ _NAMES = {
     "checkpoint.interval": "checkpoint_interval_ms",
     "table.exec.state.ttl": "state_ttl_ms",
     READ_ON_DAMAGE: "on_damage",
+    "parallelism": "parallelism",
 }
 _DURATIONS = {
     "allowed_lateness_ms",
@@ -72,6 +75,7 @@ class QueryOptions:
     checkpoint_object_store: bool = False
     checkpoint_interval_ms: int = 60_000
     on_damage: str = "fail"  # read.on-damage: "fail" or "skip"
+    parallelism: int = 1  # tasks (processes); 1: the query runs in this process
 
     def with_options(self, options: dict[str, Any]) -> QueryOptions:
         """These options with ``options`` (SQL names like ``allowed-lateness`` or field names) applied."""
@@ -85,6 +89,8 @@ class QueryOptions:
                 changes[name] = duration_ms(value)
             elif name == "max_batch_records":
                 changes[name] = int(value)
+            elif name == "parallelism":
+                changes[name] = parallelism(value)
             elif name == "checkpoint_object_store":
                 changes[name] = str(value).strip().lower() in ("1", "true", "yes", "on")
             elif name == "on_damage":
@@ -99,6 +105,22 @@ class QueryOptions:
             else:
                 changes[name] = None if value is None else str(value)
         return replace(self, **changes)
+
+
+def parallelism(value: Any) -> int:
+    """The ``parallelism`` ``value`` names: an integer from 1 to the key groups (128).
+
+    >>> parallelism("2")
+    2
+    """
+    from streamhouse.runtime.key_groups import MAX_PARALLELISM
+
+    text = str(value).strip()
+    if not text.isdigit() or not 1 <= int(text) <= MAX_PARALLELISM:
+        raise ConfigError(
+            f"parallelism must be an integer from 1 to {MAX_PARALLELISM}, not {value!r}"
+        )
+    return int(text)
 
 
 def on_damage(value: Any) -> str:

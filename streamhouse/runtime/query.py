@@ -166,7 +166,13 @@ class ContinuousQuery:
                     # gives).
                     config = {"cleanup.policy": "compact"} if plan.operator.updating else None
                     self.log.create_topic(plan.sink, 1, config)
-                branch.sink = TopicSink(self.log, plan.sink, plan.operator.key_columns, fence=fence)
+                branch.sink = TopicSink(
+                    self.log,
+                    plan.sink,
+                    plan.operator.key_columns,
+                    fence=fence,
+                    partition=self.sink_partition,
+                )
         self.sink = self.branches[0].sink
         self.dead_letter_topic = self.options.dead_letter_topic or f"{name}.dlq"
         counters = self.store.get_json(COUNTERS) or {}
@@ -186,6 +192,13 @@ class ContinuousQuery:
         self.log.add_listener(self._on_commit)
 
     # -- setup --------------------------------------------------------------------------------
+
+    sink_partition: int | None = None
+    """The one sink partition this query writes (a task of a parallel query), else all."""
+
+    def _planned(self, plan: ContinuousPlan) -> ContinuousPlan:
+        """The plan this query runs (a task of a parallel query runs part of it)."""
+        return plan
 
     @property
     def source(self) -> QuerySource:

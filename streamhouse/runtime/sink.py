@@ -145,9 +145,15 @@ class TopicSink:
     """Appends a query's rows to a topic, skipping rows a crashed attempt already wrote."""
 
     def __init__(
-        self, log_: Log, topic: str, key_columns: list[str], fence: Lease | None = None
+        self,
+        log_: Log,
+        topic: str,
+        key_columns: list[str],
+        fence: Lease | None = None,
+        partition: int | None = None,
     ) -> None:
         self.log = log_
+        self.partition = partition  # all rows to this partition (a task of a parallel query)
         self.topic = topic
         self.key_columns = key_columns
         self.fence = fence
@@ -189,7 +195,10 @@ class TopicSink:
         if n == 0:
             return current
         partitions = self.log.topic(self.topic).partitions
-        assignment = _partitions(keys, n, partitions)
+        if self.partition is not None:
+            assignment = np.full(n, self.partition, dtype=np.int64)
+        else:
+            assignment = _partitions(keys, n, partitions)
         limit = max(1024, self.log.max_message_bytes(self.log.topic(self.topic)) // 2)
         sizes = pc.fill_null(pc.binary_length(values), 0).to_numpy(zero_copy_only=False)
         if keys is not None:

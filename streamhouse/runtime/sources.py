@@ -68,6 +68,7 @@ class QuerySource:
         self.skip_damaged = False  # read.on-damage = 'skip'
         self.computed: ComputedColumns | None = None  # evaluated on every decoded batch
         self._prefetched: tuple[tuple[dict, dict], Future[SourceRead]] | None = None
+        self.owned: set[int] | None = None  # the partitions a task of a parallel query reads
         self.positions: dict[int, int] = {}
         self.event_times: dict[int, int] = {}
         self.last_data: dict[int, float] = {}
@@ -78,6 +79,8 @@ class QuerySource:
         now = time.monotonic()
         offsets = log_.metadata.partition_offsets(self.topic)  # every partition in one query
         for p in range(info.partitions):
+            if not self.owns(p):
+                continue
             stored = store.get_int(partition_key(SOURCE + self._prefix, p))
             if stored is None:
                 bounds = offsets[p]
@@ -88,13 +91,20 @@ class QuerySource:
                 self.event_times[p] = event_time - _BIAS
             self.last_data[p] = now
 
+    def owns(self, partition: int) -> bool:
+        """Whether this source reads ``partition`` (all of them, unless a task of a parallel
+        query reads only its share)."""
+        return self.owned is None or partition in self.owned
+
     def plan_batch(
         self, log_: Log, budget: int, positions: dict[int, int] | None = None
     ) -> dict[int, int]:
         """End offsets of the next micro-batch, at most ``budget`` records, from ``positions``
         (default: where the source stands)."""
         info = log_.topic(self.topic)
-        for p in range(len(self.positions), info.partitions):  # partitions added since
+        for p in range(info.partitions):  # partitions added since
+            if p in self.positions or not self.owns(p):
+                continue
             self.positions[p] = 0
             self.last_data[p] = time.monotonic()
         starts = {**self.positions, **(positions or {})}
@@ -179,6 +189,13 @@ class QuerySource:
         for p, t in zip(parts[order][last].tolist(), ts[order][last].tolist(), strict=True):
             times[p] = max(t, times.get(p, NO_WATERMARK))
         return times
+
+    def idle(self, idle_timeout_ms: int) -> bool:
+        """Whether every partition read had no new records for ``idle_timeout_ms``."""
+        now = time.monotonic()
+        return bool(self.positions) and all(
+            now - self.last_data.get(p, now) >= idle_timeout_ms / 1000 for p in self.positions
+        )
 
     def watermark(self, event_times: dict[int, int], idle_timeout_ms: int) -> int:
         now = time.monotonic()

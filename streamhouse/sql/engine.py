@@ -123,6 +123,7 @@ class Engine:
         limit = log_.settings.memory_limit  # SET 'memory.limit' = '512MB'
         self.memory_limit = default_memory_limit() if limit is None else parse_memory_limit(limit)
         self.temporary = temporary if temporary is not None else TemporaryObjects()
+        self.parallelism = 1  # SET 'parallelism': what EXPLAIN plans continuous queries at
 
     def session(self) -> Engine:
         """An engine over the same log in a session of its own (a continuous query's file):
@@ -133,6 +134,7 @@ class Engine:
         engine.stream_sources = self.stream_sources
         engine.scan_cache = self.scan_cache  # one cache (and its size bound) per directory
         engine.memory_limit = self.memory_limit
+        engine.parallelism = self.parallelism
         return engine
 
     def execute(self, sql: str) -> Relation:
@@ -217,10 +219,14 @@ class Engine:
         lines: list[str] = []
         try:
             continuous = inline(statement, catalog_views(self._resolve))
-            lines += [
-                "continuous plan:",
-                *("  " + x for x in plan_query(continuous).explain().splitlines()),
-            ]
+            plan = plan_query(continuous)
+            if self.parallelism > 1:
+                from streamhouse.runtime.parallel import explain_parallel
+
+                explained = explain_parallel(plan, self.parallelism, "<query>")
+            else:
+                explained = plan.explain()
+            lines += ["continuous plan:", *("  " + x for x in explained.splitlines())]
         except SqlError as exc:
             lines += [f"continuous plan: not possible: {exc}"]
         query = (
@@ -245,18 +251,22 @@ class Engine:
 
     def _set(self, statement: exp.Set) -> Relation:
         """``SET 'read.on-damage' = 'fail' | 'skip'`` and ``SET 'memory.limit' = '512MB'``:
-        the settings of bounded queries."""
-        from streamhouse.runtime.options import READ_ON_DAMAGE, on_damage, set_options
+        the settings of bounded queries; ``SET 'parallelism' = 'N'``, the parallelism
+        ``EXPLAIN`` plans continuous queries at."""
+        from streamhouse.runtime.options import READ_ON_DAMAGE, on_damage, parallelism, set_options
 
         for key, value in set_options(statement).items():
             if key.lower() == READ_ON_DAMAGE:
                 self.skip_damaged = on_damage(value) == "skip"
             elif key.lower() == MEMORY_LIMIT:
                 self.memory_limit = parse_memory_limit(value)
+            elif key.lower() == "parallelism":
+                self.parallelism = parallelism(value)
             else:
                 raise ConfigError(
                     f"unknown setting {key!r} for bounded queries (known: {READ_ON_DAMAGE}, "
-                    f"{MEMORY_LIMIT}); continuous query options are SET in the query's file"
+                    f"{MEMORY_LIMIT}, parallelism); continuous query options are SET in the"
+                    " query's file"
                 )
         return status("SET")
 

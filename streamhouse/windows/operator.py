@@ -51,6 +51,34 @@ SESSIONS_KEY = b"open"
 _PANE = "__pane"
 
 
+def pane_partials(
+    plan: WindowAggregate, pre: pa.Table, ts: np.ndarray, watermark: int, lateness: int = 0
+) -> tuple[pa.Table | None, np.ndarray]:
+    """Partial aggregates of ``pre`` (keys ``__k*``, args ``__a*``; ``ts`` its event times)
+    per key and pane (column ``__pane``: a slide of a hop, a step of a cumulate, a tumbling
+    window), and the indices of the rows late for every window they belong to (left out).
+
+    Rows of one pane belong to the same windows: aggregating per pane first, then spreading the
+    few pane partials over their windows, is what makes HOP cheap; and partials are what a
+    parallel query's tasks exchange instead of rows."""
+    spec = plan.window
+    assert spec is not None
+    size = spec.size_ms
+    pane = size if spec.kind == WindowKind.TUMBLE else (spec.slide_ms or size)
+    panes = assign.tumble(ts, pane)
+    last_end = panes + size if spec.kind != WindowKind.CUMULATE else assign.tumble(ts, size) + size
+    on_time = last_end + lateness > watermark  # on time for at least one window
+    late_rows = np.flatnonzero(~on_time)
+    if len(late_rows):
+        pre, panes = pre.filter(pa.array(on_time)), panes[on_time]
+    if len(panes) == 0:
+        return None, late_rows
+    keys = [*plan.keys, _PANE]
+    return aggregate.partial(
+        pre.append_column(_PANE, pa.array(panes)), keys, plan.aggregates
+    ), late_rows
+
+
 def _with_window_types(table: pa.Table) -> pa.Table:
     """Window bounds as TIMESTAMP(3), plus ``window_time`` (end - 1 ms) as in Flink."""
     end = table["window_end"]
@@ -172,25 +200,40 @@ class WindowOperator:
 
         Returns the indices of rows that were late for every window they belong to.
         """
+        partials, late_rows = pane_partials(self.plan, pre, ts, watermark, self.lateness)
+        if partials is not None:
+            self.merge_panes(partials, watermark, batch)
+        return late_rows
+
+    def merge_panes(
+        self, partials: pa.Table, watermark: int, batch: StateBatch, exchanged: bool = False
+    ) -> int:
+        """Merge pane partials (keys, ``__pane``, partial columns; :func:`pane_partials`) into
+        the windows' runs. ``exchanged``: partials of several tasks of a parallel query, one
+        row per key and pane each: they are combined, and panes late for every window (before
+        ``watermark``) left out; returns how many such partial rows there were."""
         self._stage()
         spec = self.plan.window
         size = spec.size_ms
         pane = size if spec.kind == WindowKind.TUMBLE else (spec.slide_ms or size)
-        # Rows of one pane (a slide of a hop, a step of a cumulate) belong to the same windows:
-        # aggregate per pane first, then spread the few pane partials over their windows.
-        panes = assign.tumble(ts, pane)
-        last_end = (
-            panes + size if spec.kind != WindowKind.CUMULATE else assign.tumble(ts, size) + size
-        )
-        on_time = last_end + self.lateness > watermark  # on time for at least one window
-        late_rows = np.flatnonzero(~on_time)
-        if len(late_rows):
-            pre, panes = pre.filter(pa.array(on_time)), panes[on_time]
-        if len(panes) == 0:
-            return late_rows
-        partials = aggregate.partial(
-            pre.append_column(_PANE, pa.array(panes)), [*self.plan.keys, _PANE], self._calls
-        )
+        late = 0
+        if exchanged:
+            group = [*self.plan.keys, _PANE]
+            partials = aggregate.combine([partials], group, group, self._calls)
+            if not partials.num_rows:
+                return 0
+            panes = partials[_PANE].to_numpy()
+            last_end = (
+                panes + size
+                if spec.kind != WindowKind.CUMULATE
+                else assign.tumble(panes, size) + size
+            )
+            on_time = last_end + self.lateness > watermark
+            late = int((~on_time).sum())
+            if late:
+                partials = partials.filter(pa.array(on_time))
+            if not partials.num_rows:
+                return late
         pane_starts = partials[_PANE].to_numpy()
         partials = partials.drop_columns([_PANE])
         if spec.kind == WindowKind.TUMBLE:
@@ -221,7 +264,7 @@ class WindowOperator:
             if rows is not None:  # a hop's or cumulate's panes give a key several rows
                 fresh = aggregate.combine([fresh], group_keys, self.keys, self._calls)
             self._add_run(window, fresh.combine_chunks(), batch)
-        return late_rows
+        return late
 
     def emit(self, watermark: int, batch: StateBatch) -> pa.Table | None:
         """Finalized rows of every window the watermark closes, in (end, start) order."""

@@ -1,0 +1,169 @@
+"""Parallel continuous queries (issue 16): a windowed COUNT at parallelism 1 vs 2.
+
+Usage::
+
+    python benchmarks/parallel_bench.py [--events 1000000] [--partitions 4] [--pairs 3]
+        [--out benchmarks/results/parallel.json]
+    python benchmarks/parallel_bench.py --data DIR --only 2   # one run over DIR (for farm-bench)
+
+Produces ``--events`` click events (``{"user_id", "url", "ts"}``, 1,000 users, event time
+rising) into ``--partitions`` partitions once, then runs the query below to the end of the log
+(``run --until-end``: every window closed) at parallelism 1 and 2 in turn, ``--pairs`` times
+(A B A B: the machine is shared, and pairing keeps the ratio meaningful while its load drifts).
+Each run is a fresh query (its own name and sink topic) and is timed from its start (the task
+processes' start-up included) to the last window written. Reported per run: wall seconds,
+events/s, the same after the tasks were set up, CPU seconds (the launcher's and every task
+process's), the 1-minute load average; and the median of the paired ratios.
+
+    INSERT INTO <sink> SELECT user_id, window_start, COUNT(*) AS clicks
+    FROM clicks GROUP BY user_id, TUMBLE(ts, INTERVAL '1' MINUTE)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import streamhouse  # noqa: E402
+from streamhouse.runtime.launch import start_query  # noqa: E402
+
+STREAM = """CREATE STREAM clicks (user_id BIGINT, url VARCHAR, ts TIMESTAMP(3),
+    WATERMARK FOR ts AS ts - INTERVAL '2' SECOND) WITH (topic = 'clicks', format = 'json')"""
+QUERY = """INSERT INTO {sink} SELECT user_id, window_start, COUNT(*) AS clicks
+FROM clicks GROUP BY user_id, TUMBLE(ts, INTERVAL '1' MINUTE)"""
+T0 = 1_767_225_600_000
+USERS = 1_000
+
+
+def produce(data: Path, events: int, partitions: int) -> None:
+    rng = np.random.default_rng(16)
+    with streamhouse.connect(data) as sh:
+        sh.create_topic("clicks", partitions=partitions)
+        sh.sql(STREAM)
+        per = events // partitions
+        for p in range(partitions):
+            for start in range(0, per, 50_000):
+                n = min(50_000, per - start)
+                ts = T0 + (np.arange(start, start + n) * 3_600_000 // per)
+                table = pa.table(
+                    {
+                        "user_id": rng.integers(0, USERS, n),
+                        "url": pc.binary_join_element_wise(
+                            "/page/", pa.array(rng.integers(0, 50, n)).cast(pa.string()), ""
+                        ),
+                        "ts": pa.array(ts, pa.timestamp("ms")),
+                    }
+                )
+                values = [json.dumps(r).encode() for r in _records(table)]
+                sh.produce("clicks", values, partition=p)
+
+
+def _records(table: pa.Table) -> list[dict[str, Any]]:
+    rows = table.to_pylist()
+    for row in rows:
+        row["ts"] = row["ts"].strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
+    return rows
+
+
+def run_once(data: Path, parallelism: int) -> dict[str, Any]:
+    name = f"bench_{parallelism}_{uuid.uuid4().hex[:8]}"
+    with streamhouse.connect(data) as sh:
+        events = sum(o.high_watermark for o in sh.log.metadata.partition_offsets("clicks").values())
+        path = Path(tempfile.mkdtemp()) / f"{name}.sql"
+        path.write_text(QUERY.format(sink=f"out_{name}") + ";")
+        started, started_at, cpu = time.perf_counter(), time.time(), time.process_time()
+        query = start_query(
+            sh.engine,
+            path,
+            state_root=sh.settings.data_dir / "queries",
+            options={"parallelism": parallelism},
+            start=False,
+        )
+        ready_at = time.time()
+        query.run_until_caught_up(final=True)
+        seconds = time.perf_counter() - started
+        status = query.status()
+        ended_at = time.time()
+        cpu = time.process_time() - cpu
+        if parallelism > 1:  # the task processes say when they were set up, and their CPU
+            ready_at = max(t["ready_at"] for t in status["tasks"])
+            cpu += sum(t["cpu_seconds"] for t in status["tasks"])
+        query.stop()
+    return {
+        "parallelism": parallelism,
+        "seconds": round(seconds, 3),
+        "events": events,
+        "events_per_s": round(events / seconds),
+        "startup_seconds": round(ready_at - started_at, 3),
+        "processing_seconds": round(ended_at - ready_at, 3),
+        "events_per_s_after_startup": round(events / (ended_at - ready_at)),
+        "rows_out": status["rows_out"],
+        "cpu_seconds": round(cpu, 3),
+        "load_1m": os.getloadavg()[0],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=1_000_000)
+    parser.add_argument("--partitions", type=int, default=4)
+    parser.add_argument("--pairs", type=int, default=3)
+    parser.add_argument("--data", type=Path, help="an existing data dir (else a fresh one)")
+    parser.add_argument("--only", type=int, help="one run at this parallelism, then exit")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/parallel.json")
+    args = parser.parse_args()
+    data = args.data or Path(tempfile.mkdtemp()) / "data"
+    if not (data / "metadata.sqlite3").exists():
+        started = time.perf_counter()
+        produce(data, args.events, args.partitions)
+        print(
+            f"produced {args.events} events in {time.perf_counter() - started:.1f} s",
+            file=sys.stderr,
+        )
+    if args.only is not None:
+        print(json.dumps(run_once(data, args.only)))
+        return
+    runs, ratios, steady = [], [], []
+    for _ in range(args.pairs):
+        one = run_once(data, 1)
+        two = run_once(data, 2)
+        assert one["rows_out"] == two["rows_out"], (one, two)
+        runs += [one, two]
+        ratios.append(one["seconds"] / two["seconds"])
+        steady.append(one["processing_seconds"] / two["processing_seconds"])
+        print(json.dumps([one, two]), file=sys.stderr)
+    result = {
+        "benchmark": "windowed COUNT per user, TUMBLE 1 minute, to the end of the log",
+        "events": runs[0]["events"],
+        "partitions": args.partitions,
+        "cores": os.cpu_count(),
+        "runs": runs,
+        "speedup_2_vs_1_paired": [round(r, 3) for r in ratios],
+        "speedup_2_vs_1_median": round(statistics.median(ratios), 3),
+        "speedup_after_startup_paired": [round(r, 3) for r in steady],
+        "speedup_after_startup_median": round(statistics.median(steady), 3),
+        "load_1m_range": [min(r["load_1m"] for r in runs), max(r["load_1m"] for r in runs)],
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

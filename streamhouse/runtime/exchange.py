@@ -1,0 +1,312 @@
+"""The exchange of a parallel query: rows cross from the task that read them to the task owning
+their key group through an internal topic of our own log, ``<query>.exchange``.
+
+The exchange topic has one partition per task. Each micro-batch of a *producing* side
+(:class:`ExchangeWriter`: task ``i`` reads its share of the source partitions, runs the keyed
+operator's stateless ``pre_sql`` and computes each row's key group) appends one record to every
+partition: the rows of the key groups that partition's task owns — for a TUMBLE, HOP or
+CUMULATE aggregate, their partial aggregates per key and pane instead (two-phase aggregation,
+as Flink's local/global: a windowed COUNT ships a row per key and pane, not per event) — as an
+Arrow IPC stream, and
+the record key ``<task>:<sequence>:<watermark>:<idle>``. Every record carries the producer's
+watermark, also when it holds no rows, so a consuming task's watermark (the minimum over the
+producing tasks, :class:`ExchangeSource`) moves on even for key groups without new rows. A
+producer computes its watermark without its idle partitions (as at parallelism 1); one whose
+partitions are all idle says so (``idle`` 1), and the consumers leave it out of the minimum
+until it sends rows again, so idle inputs do not hold them back.
+
+Exactly once, per task (Kafka Streams' model, not Flink's aligned barriers: each side commits
+its own progress atomically, no task waits for another to checkpoint, and a task killed alone
+resumes alone):
+
+- a producer records its micro-batch (end offsets, watermark, sequence number) as ``pending``
+  in its RocksDB before appending; after a crash it replays the batch with the same bounds and
+  sequence number, so its records are the same;
+- a consumer keeps, per producer, the last sequence number it took, committed in the same
+  RocksDB write batch as its operator state, its exchange offsets and its sink marks; a record
+  replayed by a producer (sequence number not above the last taken) is skipped.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+import pyarrow as pa
+
+from streamhouse.errors import StreamHouseError
+from streamhouse.log import Log
+from streamhouse.log.records import Compression, build_batch
+from streamhouse.runtime.key_groups import key_groups, task_of
+from streamhouse.runtime.operators import run_ordered
+from streamhouse.runtime.query import FINAL_WATERMARK
+from streamhouse.runtime.sources import NO_WATERMARK, QuerySource, SourceRead
+from streamhouse.sql.engine import parse_failure
+from streamhouse.sql.nodes import WindowAggregate
+from streamhouse.sql.source import RejectedRow, read_records
+from streamhouse.state.store import ColumnFamily, StateBatch, StateStore, partition_key
+from streamhouse.windows.operator import pane_partials
+from streamhouse.windows.table import event_time_ms
+
+log = logging.getLogger(__name__)
+
+SEQUENCE = b"exchange/sequence"
+PENDING = b"exchange/pending"
+WATERMARK = b"exchange/watermark"
+TAKEN = b"exchange/taken/"
+ROWS_IN = b"exchange/rows_in"
+REJECTED = b"exchange/rejected_rows"
+IDLE = b"exchange/idle/"
+_BIAS = 1 << 63
+_POSITIONS = ("__partition", "__offset")
+
+
+def exchange_topic(query: str) -> str:
+    """The internal topic a parallel query's rows cross tasks through."""
+    return f"{query}.exchange"
+
+
+def encode(table: pa.Table) -> bytes:
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return sink.getvalue().to_pybytes()
+
+
+def decode(value: bytes) -> pa.Table:
+    return pa.ipc.open_stream(value).read_all()
+
+
+class ExchangeWriter:
+    """The producing side of task ``task``: its source partitions, to the exchange by key group."""
+
+    def __init__(
+        self,
+        log_: Log,
+        source: QuerySource,
+        pre_sql: str,
+        key_columns: list[str],
+        task: int,
+        parallelism: int,
+        store: StateStore,
+        topic: str,
+        max_batch_records: int,
+        idle_timeout_ms: int,
+        dead_letters: Callable[[list[RejectedRow]], None],
+        strict: bool = False,
+        window: WindowAggregate | None = None,
+    ) -> None:
+        self.log = log_
+        self.source = source
+        self.pre_sql = pre_sql
+        self.key_columns = key_columns
+        self.task = task
+        self.parallelism = parallelism
+        self.store = store
+        self.topic = topic
+        self.max_batch_records = max_batch_records
+        self.idle_timeout_ms = idle_timeout_ms
+        self.dead_letters = dead_letters  # rows that do not parse go there
+        self.strict = strict  # json.ignore-parse-errors = 'false': such a row fails the query
+        self.window = window  # a TUMBLE/HOP/CUMULATE aggregate: partials cross, not rows
+        source.load(log_, store, False)
+        self.sequence = store.get_int(SEQUENCE) or 0
+        stored = store.get_int(WATERMARK)
+        self.watermark = stored - _BIAS if stored is not None else NO_WATERMARK
+        self.rows_in = store.get_int(ROWS_IN) or 0  # source records read, over every run
+        self.idle = False  # every source partition idle: the consumers leave this task out
+        self.rejected_rows = store.get_int(REJECTED) or 0
+
+    def caught_up(self, targets: dict[int, int]) -> bool:
+        """Whether every owned partition was read up to ``targets``."""
+        return all(self.source.positions.get(p, 0) >= o for p, o in targets.items())
+
+    def step(self, final: bool = False) -> bool:
+        """Read, route and append one micro-batch; False if there was nothing to send.
+        ``final``: the watermark becomes ``final_watermark`` (end of input)."""
+        pending = self.store.get_json(PENDING)
+        source = self.source
+        if pending is not None:
+            ends = {int(p): int(o) for p, o in pending["end"].items()}
+            sequence = int(pending["sequence"])
+        else:
+            ends = source.plan_batch(self.log, self.max_batch_records) if not final else {}
+            ends = ends or dict(source.positions)
+            sequence = self.sequence + 1
+        has_data = any(ends[p] > source.positions.get(p, 0) for p in ends)
+        read = source.read(self.log, ends) if has_data else SourceRead(None)
+        if has_data and not final:  # catching up: decode the next batch while this one is sent
+            source.prefetch(
+                self.log, ends, source.plan_batch(self.log, self.max_batch_records, ends)
+            )
+        if read.rejected:
+            if self.strict:
+                raise parse_failure(source.name, read.rejected[0])
+            if pending is None:  # (a replay sent them before: at least once, as at parallelism 1)
+                self.dead_letters(read.rejected)
+        event_times = source.event_times_after(read.table)
+        if pending is not None:
+            watermark = int(pending["watermark"])
+        elif final:
+            watermark = FINAL_WATERMARK
+        else:
+            watermark = max(self.watermark, source.watermark(event_times, self.idle_timeout_ms))
+        idle = bool(pending["idle"]) if pending is not None else source.idle(self.idle_timeout_ms)
+        if pending is None and not has_data and watermark == self.watermark and idle == self.idle:
+            return False
+        if pending is None:
+            intent = self.store.batch()
+            intent.put_json(
+                PENDING,
+                {"end": ends, "watermark": watermark, "sequence": sequence, "idle": idle},
+            )
+            self.store.commit(intent)
+        self._send(read.table, sequence, watermark, idle)
+        batch = self.store.batch()
+        source.save(batch, ends, event_times)
+        batch.put_int(SEQUENCE, sequence)
+        batch.put_int(ROWS_IN, self.rows_in + read.records)
+        batch.put_int(REJECTED, self.rejected_rows + len(read.rejected))
+        batch.put_int(WATERMARK, watermark + _BIAS)
+        batch.delete(ColumnFamily.META, PENDING)
+        self.store.commit(batch)
+        source.advance(ends, event_times)
+        self.sequence, self.watermark, self.idle = sequence, watermark, idle
+        self.rows_in += read.records
+        self.rejected_rows += len(read.rejected)
+        return True
+
+    def _send(self, table: pa.Table | None, sequence: int, watermark: int, idle: bool) -> None:
+        """One record to every exchange partition: the rows its task owns, and the watermark."""
+        rows = run_ordered(self.pre_sql, {self.source.name: table}) if table is not None else None
+        if rows is not None:  # source positions are for the late-row side output, not sent
+            rows = rows.drop_columns([c for c in _POSITIONS if c in rows.column_names])
+        if rows is not None and self.window is not None:  # partials per key and pane instead
+            ts, valid = event_time_ms(rows, "__ts")
+            if not valid.all():
+                rows, ts = rows.filter(pa.array(valid)), ts[valid]
+            # lateness is the consuming task's to judge (by the minimum of every producer)
+            rows, _ = pane_partials(self.window, rows, ts, NO_WATERMARK)
+        owner = (
+            task_of(key_groups(rows, self.key_columns), self.parallelism)
+            if rows is not None
+            else None
+        )
+        key = f"{self.task}:{sequence}:{watermark}:{int(idle)}".encode()
+        futures = []
+        for target in range(self.parallelism):
+            share = b""
+            if rows is not None and owner is not None:
+                picked = rows.filter(pa.array(owner == target))
+                if picked.num_rows:
+                    share = encode(picked)
+            record = build_batch([share], [key], compression=Compression.LZ4)
+            futures.append(self.log.append(self.topic, target, record))
+        for future in futures:
+            future.result()
+
+
+class ExchangeSource(QuerySource):
+    """The consuming side of task ``task``: its exchange partition, rows of its key groups.
+
+    Its "event times" are the producers' watermarks, by producing task; its watermark is the
+    minimum over the producers (a producer reading no source partition does not count)."""
+
+    def __init__(self, index: int, name: str, topic: str, task: int, producers: int) -> None:
+        super().__init__(index, name, topic, None, None, 0)
+        self.owned = {task}
+        self.producers = producers
+        self.taken: dict[int, int] = {}  # last sequence number taken, by producer
+        self._read_marks: dict[int, int] = {}
+        self._read_taken: dict[int, int] = {}
+        self.idle_producers: set[int] = set()  # as their latest records say
+        self._read_idle: set[int] = set()
+
+    def load(self, log_: Log, store: StateStore, latest: bool) -> None:
+        super().load(log_, store, False)
+        for producer in range(self.producers):
+            stored = store.get_int(partition_key(TAKEN + self._prefix, producer))
+            if stored is not None:
+                self.taken[producer] = stored
+        self.idle_producers = set(store.get_json(IDLE + self._prefix) or [])
+        self._read_idle = set(self.idle_producers)
+
+    def prefetch(self, log_: Log, starts: dict[int, int], ends: dict[int, int]) -> None:
+        return  # records of the exchange are few and already Arrow
+
+    def read(self, log_: Log, ends: dict[int, int]) -> SourceRead:
+        wanted = [p for p in ends if ends[p] > self.positions[p]]
+        self._read_marks, self._read_taken = {}, dict(self.taken)
+        self._read_idle = set(self.idle_producers)
+        if not wanted:
+            return SourceRead(None)
+        now = time.monotonic()
+        for p in wanted:
+            self.last_data[p] = now
+        records = read_records(
+            log_, self.topic, wanted, {p: self.positions[p] for p in wanted}, ends
+        )
+        tables = []
+        for key, value in zip(
+            records["key"].to_pylist(), records["value"].to_pylist(), strict=True
+        ):  # one record per producer micro-batch, not per row
+            producer, sequence, watermark, idle = (int(x) for x in key.split(b":"))
+            if sequence <= self._read_taken.get(producer, 0):
+                continue  # a producer's replay of a batch taken before
+            if idle:
+                self._read_idle.add(producer)
+            else:
+                self._read_idle.discard(producer)
+            self._read_taken[producer] = sequence
+            self._read_marks[producer] = max(watermark, self._read_marks.get(producer, watermark))
+            if value:
+                tables.append(decode(value))
+        if not tables:
+            return SourceRead(None, len(records))
+        table = pa.concat_tables(tables, promote_options="default")
+        return SourceRead(table, table.num_rows)
+
+    def event_times_after(self, table: pa.Table | None) -> dict[int, int]:
+        times = dict(self.event_times)
+        for producer, mark in self._read_marks.items():
+            times[producer] = max(mark, times.get(producer, NO_WATERMARK))
+        return times
+
+    def watermark(self, event_times: dict[int, int], idle_timeout_ms: int) -> int:
+        """The minimum over the producers, those whose source partitions are all idle left out
+        (unless every one is), as idle partitions at parallelism 1."""
+        active = [p for p in range(self.producers) if p not in self._read_idle]
+        marks = [event_times.get(p, NO_WATERMARK) for p in active or range(self.producers)]
+        return min(marks) if marks else NO_WATERMARK
+
+    def save(self, batch: StateBatch, ends: dict[int, int], event_times: dict[int, int]) -> None:
+        super().save(batch, ends, event_times)
+        for producer, sequence in self._read_taken.items():
+            batch.put_int(partition_key(TAKEN + self._prefix, producer), sequence)
+        batch.put_json(IDLE + self._prefix, sorted(self._read_idle))
+
+    def advance(self, ends: dict[int, int], event_times: dict[int, int]) -> None:
+        super().advance(ends, event_times)
+        self.taken = dict(self._read_taken)
+        self.idle_producers = set(self._read_idle)
+
+
+def producing_tasks(partitions: int, parallelism: int) -> int:
+    """How many tasks read a source partition (task ``i`` reads those ``p % n == i``)."""
+    if partitions <= 0:
+        raise StreamHouseError("a parallel query's source has no partitions")
+    return min(partitions, parallelism)
+
+
+def owned_partitions(task: int, parallelism: int, partitions: int) -> set[int]:
+    return {p for p in range(partitions) if p % parallelism == task}
+
+
+__all__ = [
+    "ExchangeSource",
+    "ExchangeWriter",
+    "exchange_topic",
+    "owned_partitions",
+    "producing_tasks",
+]

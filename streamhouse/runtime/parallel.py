@@ -1,0 +1,503 @@
+"""A continuous query at parallelism N: N task processes of the launching process.
+
+``SET 'parallelism' = '2';`` in the query file, ``streamhouse run --parallelism 2`` or
+``sh.start(..., parallelism=2)``. Task ``i`` of ``n`` reads the source partitions ``p % n ==
+i`` and is a process of its own (``python -m streamhouse.runtime.parallel``), so one query
+uses every core (forked from one preloaded process, :mod:`.task_processes`).
+
+- A stateless query (filter, project) needs nothing more: each task runs it over its share of
+  the partitions.
+- A keyed aggregation (a windowed GROUP BY, an updating GROUP BY) is split by key group (see
+  :mod:`.key_groups`): each task's producing side sends its rows, after the aggregate's
+  stateless part, through the exchange topic to the task owning their key group
+  (:mod:`.exchange`), and its consuming side aggregates the key groups it owns, with the
+  watermark the minimum over the producers.
+
+Task ``i`` writes sink partition ``i`` only (the sink is created with ``n`` partitions), so its
+exactly-once sink marks are its own. State: ``<data_dir>/queries/<name>.p<n>/task-<i>`` (the
+consuming side, a :class:`~.query.ContinuousQuery`) and ``exchange-<i>`` (the producing side);
+each task writes ``task-<i>.json`` with its progress for :meth:`ParallelQuery.status`.
+Restarting at another parallelism (rescaling) is refused until state moves by key group.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from streamhouse.errors import SqlError, StreamHouseError
+from streamhouse.runtime.exchange import (
+    ExchangeSource,
+    ExchangeWriter,
+    exchange_topic,
+    owned_partitions,
+    producing_tasks,
+)
+from streamhouse.runtime.operator import Changelog, MicroBatch
+from streamhouse.runtime.operators import WindowAggregation, run_ordered
+from streamhouse.runtime.options import QueryOptions
+from streamhouse.runtime.query import FINAL_WATERMARK, ContinuousQuery, _format_time
+from streamhouse.runtime.sources import QuerySource
+from streamhouse.runtime.task_processes import TaskProcess, Zygote
+from streamhouse.sql import nodes
+from streamhouse.sql.hints import SourceOptions
+from streamhouse.sql.nodes import FLOWS
+from streamhouse.sql.plan import ContinuousPlan, plan_query
+from streamhouse.sql.statement_set import StatementSet
+from streamhouse.state.store import StateView
+from streamhouse.windows.operator import WindowOperator
+
+log = logging.getLogger(__name__)
+
+SUPERVISE_S = 0.2
+"""How often the launcher checks its task processes."""
+
+
+def parallel_shape(plan: ContinuousPlan) -> str:
+    """``"keyed"`` or ``"stateless"``: how a plan runs in parallel; SqlError if it cannot yet."""
+    operator = plan.operator
+    if plan.derived or len(plan.sources) != 1:
+        raise SqlError("parallelism > 1 runs queries over one stream without subqueries yet")
+    if isinstance(operator, nodes.Stateless):
+        return "stateless"
+    if isinstance(operator, nodes.WindowAggregate) and (
+        operator.window is None or operator.window.kind != "session"
+    ):
+        return "keyed"
+    raise SqlError(
+        "parallelism > 1 runs stateless queries and GROUP BY aggregations (windowed by"
+        " TUMBLE/HOP/CUMULATE, or updating) yet; run this query at parallelism 1"
+    )
+
+
+def explain_parallel(plan: ContinuousPlan, parallelism: int, name: str) -> str:
+    """``EXPLAIN`` of a query at ``parallelism``: the plan with its exchange and tasks."""
+    shape = parallel_shape(plan)
+    lines = [f"Parallel  {parallelism} tasks (processes), sink partition i written by task i"]
+    if shape == "stateless":
+        lines.append("  Tasks read source partitions p % n == i; no exchange")
+        return "\n".join([*lines, *("  " + line for line in plan.explain().splitlines())])
+    operator = plan.operator
+    assert isinstance(operator, nodes.WindowAggregate)
+    lines += [
+        f"  Exchange  topic {exchange_topic(name)} ({parallelism} partitions, Arrow IPC records)"
+        f" by key group of ({', '.join(operator.key_sql) or 'one group'}), 128 key groups,"
+        " task i owns [i*128/n, (i+1)*128/n)",
+        f"    each task: Stateless {operator.pre_sql} over source partitions p % n == i",
+        *(
+            [
+                "    then LocalWindowAggregate: partial aggregates per key and pane are exchanged,"
+                " not rows"
+            ]
+            if operator.window is not None
+            else []
+        ),
+        "    watermark: per task the minimum over the producing tasks' watermarks",
+    ]
+    return "\n".join([*lines, *("  " + line for line in plan.explain().splitlines())])
+
+
+class TaskQuery(ContinuousQuery):
+    """The part of a parallel query task ``task`` runs as a continuous query: the whole query
+    over its source partitions (stateless), or the aggregation of its key groups (keyed)."""
+
+    def __init__(self, *args: Any, task: int, parallelism: int, **kwargs: Any) -> None:
+        self.task = task
+        self.parallelism = parallelism
+        self.sink_partition = task
+        super().__init__(*args, **kwargs)
+        operator = self.plan.operator
+        if isinstance(operator, nodes.WindowAggregate) and operator.window is not None:
+            branch = self.branches[0]  # a parallel query is one statement (no statement set)
+            self.operator = branch.operator = ExchangedWindowAggregation(
+                operator, StateView(self.store, b"0/"), branch
+            )
+
+    def _planned(self, plan: ContinuousPlan) -> ContinuousPlan:
+        self.shape = parallel_shape(plan)
+        if self.shape == "stateless":
+            return plan
+        operator = plan.operator
+        assert isinstance(operator, nodes.WindowAggregate)
+        # the producing side ran pre_sql already: the exchange carries its rows
+        passthrough = f'SELECT * FROM "{operator.source}"'
+        return dataclasses.replace(
+            plan, operator=dataclasses.replace(operator, pre_sql=passthrough)
+        )
+
+    def _resolve_sources(self, resolve: Any) -> dict[str, QuerySource]:
+        sources = super()._resolve_sources(resolve)
+        for source in sources.values():
+            partitions = self.log.topic(source.topic).partitions
+            source.owned = owned_partitions(self.task, self.parallelism, partitions)
+        if self.shape == "stateless":
+            return sources
+        # keyed: the source is read by the producing side (ExchangeWriter); this query reads
+        # the exchange
+        name, self.upstream = next(iter(sources.items()))
+        producers = producing_tasks(
+            self.log.topic(self.upstream.topic).partitions, self.parallelism
+        )
+        self.read_options.setdefault(name, SourceOptions.of({}, None))
+        return {name: ExchangeSource(0, name, exchange_topic(self.name), self.task, producers)}
+
+
+class ExchangedWindowAggregation(WindowAggregation):
+    """The consuming side of a windowed GROUP BY at parallelism > 1: it merges the producers'
+    partials per key and pane (:class:`~.exchange.ExchangeWriter`) instead of rows."""
+
+    def process(self, batch: MicroBatch) -> Changelog:
+        out = Changelog()
+        partials = batch.inputs[self.node.source]
+        executor = self.executor
+        assert isinstance(executor, WindowOperator)
+        if partials is not None:
+            out.late = executor.merge_panes(
+                partials, batch.previous_watermark, batch.state, exchanged=True
+            )
+        emitted = executor.emit(batch.watermark, batch.state)
+        if emitted is not None and emitted.num_rows:
+            out.rows = run_ordered(self.node.post_sql, {FLOWS: emitted})
+        return out
+
+
+def task_root(state_root: Path, name: str, parallelism: int) -> Path:
+    """Where the tasks of query ``name`` at ``parallelism`` keep their state."""
+    return state_root / f"{name}.p{parallelism}"
+
+
+def check_parallelism(state_root: Path, name: str, parallelism: int) -> None:
+    """Refuse to run query ``name`` at ``parallelism`` over state checkpointed at another one
+    (it would start from its sources again and write every window twice)."""
+    own = state_root / name if parallelism == 1 else task_root(state_root, name, parallelism)
+    others = [
+        p for p in state_root.glob(f"{name}.p*") if p != own and p.name[len(name) + 2 :].isdigit()
+    ]
+    if parallelism > 1 and (state_root / name).exists():
+        others.append(state_root / name)
+    if others:
+        raise SqlError(
+            f"query {name!r} was checkpointed at another parallelism ({others[0]}):"
+            " rescaling is not supported yet; run it at that parallelism, or delete its"
+            " state to run it afresh"
+        )
+
+
+class ParallelQuery:
+    """A continuous query run as ``parallelism`` task processes; the launcher's handle on them
+    (``start``, ``stop``, ``status``, ``run_until_caught_up`` as a :class:`ContinuousQuery`)."""
+
+    def __init__(
+        self,
+        sh_settings: Any,
+        log_: Any,
+        query_file: Any,
+        state_root: Path,
+        options: QueryOptions,
+        raw_options: dict[str, Any],
+        parallelism: int,
+    ) -> None:
+        self.log = log_
+        self.settings = sh_settings
+        self.name = query_file.name
+        self.query_file = query_file
+        self.options = options
+        self.raw_options = raw_options
+        self.parallelism = parallelism
+        self.statement = query_file.statement
+        if isinstance(self.statement, StatementSet):
+            raise SqlError("a statement set runs at parallelism 1 yet: drop 'parallelism'")
+        self.plan = plan_query(self.statement)
+        if self.plan.sink_kind != "topic" or not self.plan.sink:
+            raise SqlError(
+                "parallelism > 1 writes into a topic yet: use INSERT INTO <topic> SELECT ..."
+            )
+        if options.late_topic:
+            raise SqlError("'late-rows.topic' is not supported at parallelism > 1 yet")
+        self.shape = parallel_shape(self.plan)
+        self.root = task_root(state_root, self.name, parallelism)
+        check_parallelism(state_root, self.name, parallelism)
+        self._ensure_topic(self.plan.sink, "sink")
+        if self.shape == "keyed":
+            self._ensure_topic(exchange_topic(self.name), "exchange")
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.processes: list[TaskProcess] = []
+        self.error: BaseException | None = None
+        self.restarts = 0  # tasks restarted after a signal killed them
+        self._stopping = threading.Event()
+        self._lock = threading.Lock()
+
+    def _ensure_topic(self, topic: str, role: str) -> None:
+        info = self.log.get_topic(topic)
+        if info is None:
+            self.log.create_topic(topic, self.parallelism)
+        elif info.partitions < self.parallelism:
+            raise SqlError(
+                f"the {role} topic {topic!r} has {info.partitions} partition(s): a query at"
+                f" parallelism {self.parallelism} writes one per task"
+            )
+
+    def _spec(self, task: int, until_end: bool) -> dict[str, Any]:
+        settings = {
+            k: str(v) if isinstance(v, Path) else v
+            for k, v in dataclasses.asdict(self.settings).items()
+        }
+        return {
+            "settings": settings,
+            "sql": self.query_file_text(),
+            "name": self.name,
+            "options": self.raw_options,
+            "task": task,
+            "parallelism": self.parallelism,
+            "root": str(self.root),
+            "until_end": until_end,
+        }
+
+    def _spawn(self, until_end: bool) -> None:
+        zygote = Zygote.get()
+        self.processes = [zygote.spawn(self._spec(t, until_end)) for t in range(self.parallelism)]
+
+    def _supervise(self) -> None:
+        """Restart a task killed by a signal (kill -9, the OOM killer) from its checkpoint;
+        a task that failed (exit status 1: an error it logged) stops the query."""
+        while not self._stopping.wait(SUPERVISE_S):
+            with self._lock:
+                if self._stopping.is_set():
+                    return
+                for task, process in enumerate(self.processes):
+                    status = process.poll()
+                    if status is None:
+                        continue
+                    if status > 0:
+                        self.error = StreamHouseError(
+                            f"query {self.name}: task {task} failed (exit status {status})"
+                        )
+                        log.error("%s; stopping the other tasks", self.error)
+                        for other in self.processes:
+                            other.send_signal(signal.SIGTERM)
+                        return
+                    log.warning(
+                        "query %s: task %d ended by signal %d; restarting it from its checkpoint",
+                        self.name,
+                        task,
+                        -status,
+                    )
+                    self.processes[task] = Zygote.get().spawn(self._spec(task, False))
+                    self.restarts += 1
+
+    def query_file_text(self) -> str:
+        from streamhouse.sql.parse import DIALECT
+
+        sets = "".join(f"SET '{k}' = '{v}';\n" for k, v in self.query_file.settings.items())
+        return sets + self.statement.sql(dialect=DIALECT) + ";"
+
+    def start(self) -> ParallelQuery:
+        if not self.processes:
+            self._spawn(until_end=False)
+            threading.Thread(
+                target=self._supervise, name=f"query-{self.name}-tasks", daemon=True
+            ).start()
+        return self
+
+    def run_until_caught_up(self, final: bool = True) -> None:
+        """Run every task to the end of what the sources hold now, close every window, exit."""
+        self._spawn(until_end=True)
+        self._wait()
+
+    def _wait(self) -> None:
+        failed = []
+        for task, process in enumerate(self.processes):
+            if process.wait() != 0:
+                failed.append(f"task {task} exited with status {process.returncode}")
+        self.processes = []
+        if failed:
+            self.error = StreamHouseError(f"query {self.name}: " + "; ".join(failed))
+            raise self.error
+
+    def stop(self, checkpoint: bool = True) -> None:
+        """Stop every task after its current micro-batch (SIGTERM) and wait for them."""
+        with self._lock:
+            self._stopping.set()
+            for process in self.processes:
+                if process.poll() is None:
+                    process.send_signal(signal.SIGTERM)
+        try:
+            self._wait()
+        except StreamHouseError as exc:
+            log.warning("%s", exc)
+
+    def status(self) -> dict[str, Any]:
+        tasks = []
+        for task in range(self.parallelism):
+            path = self.root / f"task-{task}.json"
+            try:
+                tasks.append(json.loads(path.read_text()))
+            except (OSError, ValueError):
+                tasks.append({"task": task})
+        running = any(p.poll() is None for p in self.processes)
+        marks = [t.get("watermark_ms") for t in tasks]
+        watermark = min(marks) if marks and None not in marks else None
+        return {
+            "name": self.name,
+            "state": "failed" if self.error else ("running" if running else "stopped"),
+            "parallelism": self.parallelism,
+            "restarts": self.restarts,
+            "sink": self.plan.sink,
+            "watermark": _format_time(watermark) if watermark is not None else None,
+            "rows_in": sum(t.get("rows_in", 0) for t in tasks),
+            "rows_out": sum(t.get("rows_out", 0) for t in tasks),
+            "late_rows": sum(t.get("late_rows", 0) for t in tasks),
+            "rejected_rows": sum(t.get("rejected_rows", 0) for t in tasks),
+            "damaged_rows": 0,
+            "tasks": tasks,
+        }
+
+    def explain(self) -> str:
+        return explain_parallel(self.plan, self.parallelism, self.name)
+
+
+def run_task(spec: dict[str, Any]) -> None:
+    """The body of one task process (see :class:`ParallelQuery`)."""
+    from streamhouse.config import Settings
+    from streamhouse.connection import StreamHouse
+    from streamhouse.runtime.launch import QueryFile
+    from streamhouse.state.store import StateStore
+
+    settings = Settings(
+        **{k: Path(v) if k == "data_dir" else v for k, v in spec["settings"].items()}
+    )
+    task, parallelism = int(spec["task"]), int(spec["parallelism"])
+    root = Path(spec["root"])
+    stopping = False
+
+    def on_term(*_: Any) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, on_term)
+    with StreamHouse(settings) as sh:
+        query_file = QueryFile.read(spec["sql"], spec["name"])
+        options = QueryOptions().with_options({**query_file.settings, **spec["options"]})
+        query = TaskQuery(
+            sh.log,
+            sh.engine._resolve,
+            query_file.statement,
+            query_file.name,
+            root / f"task-{task}",
+            options,
+            task=task,
+            parallelism=parallelism,
+        )
+        writer = None
+        writer_store = None
+        try:
+            if query.shape == "keyed":
+                operator = plan_query(query_file.statement).operator
+                assert isinstance(operator, nodes.WindowAggregate)
+                writer_store = StateStore(root / f"exchange-{task}")
+                writer = ExchangeWriter(
+                    sh.log,
+                    query.upstream,
+                    operator.pre_sql,
+                    [f"__k{i}" for i in range(len(operator.keys))],
+                    task,
+                    parallelism,
+                    writer_store,
+                    exchange_topic(query.name),
+                    options.max_batch_records,
+                    options.idle_timeout_ms,
+                    query._dead_letters,
+                    not query.read_options[query.upstream.name].ignore_parse_errors,
+                    operator if operator.window is not None else None,
+                )
+            _run(
+                query, writer, root / f"task-{task}.json", bool(spec["until_end"]), lambda: stopping
+            )
+        finally:
+            query.stop()
+            if writer_store is not None:
+                writer_store.close()
+
+
+def _run(
+    query: TaskQuery,
+    writer: ExchangeWriter | None,
+    status_path: Path,
+    until_end: bool,
+    stopping: Any,
+) -> None:
+    """Alternate the task's producing and consuming sides until stopped (or, ``until_end``, until
+    every window closed)."""
+    ready = time.time()  # set up: from here on the task processes records
+    _write_status(query, writer, status_path, ready)
+    targets = None
+    if until_end and writer is not None:
+        offsets = query.log.metadata.partition_offsets(writer.source.topic)
+        targets = {p: offsets[p].high_watermark for p in writer.source.positions}
+    sent_final = False
+    while not stopping():
+        progressed = False
+        if writer is not None:
+            if targets is not None and not sent_final and writer.caught_up(targets):
+                writer.step(final=True)
+                sent_final = progressed = True
+            elif targets is None or not sent_final:
+                progressed = writer.step() or progressed
+        if until_end and writer is None:
+            query.run_until_caught_up(final=True)
+            _write_status(query, writer, status_path, ready)
+            return
+        progressed = query.step() or progressed
+        if progressed:
+            _write_status(query, writer, status_path, ready)
+        elif until_end and query.watermark >= FINAL_WATERMARK:
+            return
+        else:
+            time.sleep(query.options.poll_interval_ms / 1000)
+    _write_status(query, writer, status_path, ready)
+
+
+def _write_status(
+    query: TaskQuery, writer: ExchangeWriter | None, path: Path, ready: float
+) -> None:
+    source = writer.source if writer is not None else query.source
+    status = {
+        "task": query.task,
+        "offsets": {str(p): o for p, o in source.positions.items()},
+        "watermark_ms": query.watermark,
+        "rows_in": writer.rows_in if writer is not None else query.rows_in,
+        "rows_out": query.rows_out,
+        "late_rows": query.late_rows,
+        "rejected_rows": writer.rejected_rows if writer is not None else query.rejected_rows,
+        "state_bytes": query.store.size_bytes(),
+        "pid": os.getpid(),
+        "ready_at": ready,
+        "cpu_seconds": round(time.process_time(), 3),  # of this task process
+        "updated_at": time.time(),
+    }
+    temporary = path.with_suffix(".tmp")
+    temporary.write_text(json.dumps(status))
+    temporary.replace(path)
+
+
+def task_main(spec: dict[str, Any]) -> int:
+    """A forked task process's body: its exit status (1 after a one-line error)."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        run_task(spec)
+    except StreamHouseError as exc:
+        log.error("query %s task %s: %s", spec.get("name"), spec.get("task"), exc)
+        return 1
+    except BaseException:
+        log.exception("query %s task %s failed", spec.get("name"), spec.get("task"))
+        return 1
+    finally:
+        logging.shutdown()
+    return 0

@@ -1,0 +1,178 @@
+"""Task processes of parallel queries, forked from one preloaded process.
+
+Importing StreamHouse (DataFusion, DuckDB, pandas, sqlglot) takes about a second of CPU; a
+query at parallelism N would pay it N times at every start. Instead, the first parallel query
+of a process starts one *zygote* (``python -m streamhouse.runtime.task_processes``): it imports
+the runtime once, opens nothing and starts no thread, and forks a task process for each spec it
+reads on stdin (forking a process without threads is safe; the launching process, which has
+threads, never forks). It answers ``<request> <pid>`` when a task started and ``exit <pid>
+<status>`` when one ended. A task's stdout is its stderr. When the launching process goes away
+(the zygote's stdin closes), the zygote stops its tasks (SIGTERM) and exits.
+
+:class:`TaskProcess` is the launcher's handle on one task (``pid``, ``poll``, ``wait``,
+``send_signal``, ``kill``, as a :class:`subprocess.Popen`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import select
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import IO, Any
+
+from streamhouse.errors import StreamHouseError
+
+log = logging.getLogger(__name__)
+
+
+class TaskProcess:
+    """One task forked by the zygote."""
+
+    def __init__(self, zygote: Zygote, pid: int) -> None:
+        self._zygote = zygote
+        self.pid = pid
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        self.returncode = self._zygote.exit_status(self.pid)
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        self.returncode = self._zygote.wait_exit(self.pid, timeout)
+        return self.returncode
+
+    def send_signal(self, sig: int) -> None:
+        if self.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, sig)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+
+class Zygote:
+    """The launcher's side of the zygote process (one per launching process)."""
+
+    _instance: Zygote | None = None
+    _instance_lock = threading.Lock()
+
+    @classmethod
+    def get(cls) -> Zygote:
+        with cls._instance_lock:
+            if cls._instance is None or cls._instance.process.poll() is not None:
+                cls._instance = cls()
+            return cls._instance
+
+    def __init__(self) -> None:
+        env = dict(os.environ)
+        root = str(Path(__file__).resolve().parents[2])
+        env["PYTHONPATH"] = os.pathsep.join(p for p in [root, env.get("PYTHONPATH")] if p)
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "streamhouse.runtime.task_processes"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            env=env,
+        )
+        self._changed = threading.Condition()
+        self._started: dict[int, int] = {}  # request -> pid
+        self._exits: dict[int, int] = {}  # pid -> status
+        self._requests = 0
+        self._write_lock = threading.Lock()
+        threading.Thread(target=self._read, name="task-zygote", daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            parts = line.decode().split()
+            with self._changed:
+                if parts[0] == "exit":
+                    self._exits[int(parts[1])] = int(parts[2])
+                else:
+                    self._started[int(parts[0])] = int(parts[1])
+                self._changed.notify_all()
+        with self._changed:
+            self._changed.notify_all()
+
+    def spawn(self, spec: dict[str, Any]) -> TaskProcess:
+        with self._write_lock:
+            self._requests += 1
+            request = self._requests
+            assert self.process.stdin is not None
+            self.process.stdin.write(
+                json.dumps({"request": request, "spec": spec}).encode() + b"\n"
+            )
+            self.process.stdin.flush()
+        with self._changed:
+            while request not in self._started:
+                if self.process.poll() is not None:
+                    raise StreamHouseError("the task process launcher exited")
+                self._changed.wait(0.5)
+            return TaskProcess(self, self._started.pop(request))
+
+    def exit_status(self, pid: int) -> int | None:
+        with self._changed:
+            if pid not in self._exits and self.process.poll() is not None:
+                return -signal.SIGKILL  # the zygote is gone: so are its tasks' reports
+            return self._exits.get(pid)
+
+    def wait_exit(self, pid: int, timeout: float | None = None) -> int:
+        with self._changed:
+            if not self._changed.wait_for(
+                lambda: pid in self._exits or self.process.poll() is not None, timeout
+            ):
+                raise subprocess.TimeoutExpired(f"task {pid}", timeout or 0)
+            return self._exits.get(pid, -signal.SIGKILL)
+
+
+def _serve(requests: IO[bytes], replies: IO[bytes]) -> None:
+    """The zygote's loop: fork a task per request, report starts and exits."""
+    from streamhouse.runtime.parallel import task_main
+
+    children: set[int] = set()
+    pending = b""
+    stdin = requests.fileno()
+    while True:
+        readable, _, _ = select.select([stdin], [], [], 0.05)
+        if readable:
+            chunk = os.read(stdin, 1 << 16)
+            if not chunk:  # the launching process went away: so do its tasks
+                for pid in children:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGTERM)
+                return
+            pending += chunk
+            while b"\n" in pending:
+                line, pending = pending.split(b"\n", 1)
+                message = json.loads(line)
+                pid = os.fork()
+                if pid == 0:  # the task
+                    os.dup2(2, 1)  # its stdout is not the reply pipe
+                    os.close(stdin)
+                    os._exit(task_main(message["spec"]))
+                children.add(pid)
+                replies.write(f"{message['request']} {pid}\n".encode())
+                replies.flush()
+        while children:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                break
+            if pid == 0:
+                break
+            children.discard(pid)
+            replies.write(f"exit {pid} {os.waitstatus_to_exitcode(status)}\n".encode())
+            replies.flush()
+
+
+if __name__ == "__main__":
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the launcher, which stops tasks
+    import streamhouse.runtime.parallel  # noqa: F401 - preloaded for every task
+
+    _serve(sys.stdin.buffer, sys.stdout.buffer)

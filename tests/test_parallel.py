@@ -1,0 +1,330 @@
+"""Continuous queries at parallelism N (task processes, an exchange topic by key group).
+
+- a windowed GROUP BY (TUMBLE, HOP, CUMULATE) at parallelism 1, 2 and 3, micro-batches of
+  random sizes over records produced in random chunks: the sink equals DuckDB's batch answer;
+- an updating GROUP BY and a stateless filter at parallelism 2 (the stateless one through the
+  command line);
+- a query stopped mid-way and restarted, and one whose task processes are killed with SIGKILL
+  mid-run, then resumed: every window exactly once;
+- EXPLAIN shows the exchange and the tasks; bad settings, shapes not parallel yet and a restart
+  at another parallelism are refused with one clear message.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+import pytest
+from window_cases import oracle, rows_of, topic_rows
+
+import streamhouse
+from streamhouse import StreamHouse
+from streamhouse.errors import ConfigError, SqlError
+from streamhouse.runtime.launch import start_query
+
+T0 = 1_767_225_600_000  # 2026-01-01 00:00:00 UTC
+PARTITIONS = 3
+KEYS = [f"user-{i}" for i in range(17)]
+
+STREAM = """CREATE STREAM IF NOT EXISTS ev (k STRING, t TIMESTAMP(3), v BIGINT,
+    WATERMARK FOR t AS t - INTERVAL '3' SECOND) WITH (topic = 'ev', format = 'json');
+SET 'poll-interval' = '20 ms';
+SET 'idle-timeout' = '1 h';
+"""
+WINDOWED = (
+    STREAM
+    + """SET 'max-batch-records' = '{batch}';
+INSERT INTO {sink}
+SELECT k, window_start, window_end, COUNT(*) AS n, COUNT(DISTINCT v) AS nd, SUM(v) AS s,
+       AVG(v) AS a, MIN(v) AS lo, MAX(v) AS hi
+FROM ev
+GROUP BY k, {window}
+"""
+)
+COLUMNS = ["k", "window_start", "window_end", "n", "nd", "s", "a", "lo", "hi"]
+WINDOWS = {
+    "tumble": ("TUMBLE(t, INTERVAL '10' SECOND)", 10_000, None),
+    "hop": ("HOP(t, INTERVAL '5' SECOND, INTERVAL '10' SECOND)", 10_000, 5_000),
+    "cumulate": ("CUMULATE(t, INTERVAL '5' SECOND, INTERVAL '15' SECOND)", 15_000, 5_000),
+}
+
+
+@pytest.fixture
+def sh(tmp_path: Path) -> Iterator[StreamHouse]:
+    with streamhouse.connect(tmp_path / "data", linger_ms=1) as conn:
+        conn.create_topic("ev", partitions=PARTITIONS)
+        yield conn
+
+
+def events(rng: random.Random, per_partition: int) -> list[list[tuple[str, int, int | None]]]:
+    """Per partition, (k, t, v) with event time rising but up to 2 s out of order (inside the
+    3 s watermark delay, so no row is late at any parallelism or split)."""
+    out = []
+    for _ in range(PARTITIONS):
+        t, rows = T0, []
+        for _ in range(per_partition):
+            t += rng.randrange(0, 400)
+            jitter = rng.randrange(0, 2_000) if rng.random() < 0.2 else 0
+            v = rng.randrange(100) if rng.random() < 0.95 else None
+            rows.append((rng.choice(KEYS), t - jitter, v))
+        out.append(rows)
+    return out
+
+
+def produce(sh: StreamHouse, rng: random.Random, parts: list[list[tuple]]) -> None:
+    """Each partition's rows in random chunks (one produce each: batches of random sizes)."""
+    for partition, rows in enumerate(parts):
+        i = 0
+        while i < len(rows):
+            n = rng.randrange(1, 120)
+            chunk = rows[i : i + n]
+            sh.produce(
+                "ev",
+                [{"k": k, "t": t, "v": v} for k, t, v in chunk],
+                partition=partition,
+            )
+            i += n
+
+
+def flat(parts: list[list[tuple]]) -> list[tuple]:
+    return [row for rows in parts for row in rows]
+
+
+def write(tmp_path: Path, name: str, text: str) -> Path:
+    path = tmp_path / f"{name}.sql"
+    path.write_text(text)
+    return path
+
+
+def run_to_end(sh: StreamHouse, path: Path, parallelism: int) -> dict:
+    query = start_query(
+        sh.engine,
+        path,
+        state_root=sh.settings.data_dir / "queries",
+        options={"parallelism": parallelism},
+        start=False,
+    )
+    query.run_until_caught_up(final=True)
+    return query.status()
+
+
+@pytest.mark.parametrize(
+    ("parallelism", "window"), [(1, "tumble"), (2, "hop"), (3, "tumble"), (2, "cumulate")]
+)
+def test_windowed_count_equals_duckdb_at_any_parallelism(
+    sh: StreamHouse, tmp_path: Path, parallelism: int, window: str
+) -> None:
+    rng = random.Random(f"{parallelism}{window}")
+    parts = events(rng, 500)
+    produce(sh, rng, parts)
+    spec, size, slide = WINDOWS[window]
+    batch = rng.choice([37, 160, 5_000])
+    path = write(tmp_path, "agg", WINDOWED.format(batch=batch, sink="out", window=spec))
+    status = run_to_end(sh, path, parallelism)
+    expected = oracle(flat(parts), window, size, slide)
+    assert rows_of(topic_rows(sh, "out"), COLUMNS) == expected
+    assert status["rows_in"] == PARTITIONS * 500
+    assert status["late_rows"] == 0
+    assert status["rows_out"] == len(expected)
+    if parallelism > 1:
+        assert status["parallelism"] == parallelism
+        # task i wrote sink partition i, and every task wrote some of the windows
+        assert sh.log.topic("out").partitions == parallelism
+        offsets = sh.log.metadata.partition_offsets("out")
+        assert all(offsets[p].high_watermark > 0 for p in range(parallelism))
+        assert sum(t["rows_out"] for t in status["tasks"]) == len(expected)
+
+
+def test_updating_group_by_at_parallelism_2(sh: StreamHouse, tmp_path: Path) -> None:
+    rng = random.Random(7)
+    sh.create_topic("nums", partitions=4)
+    rows = [{"id": rng.randrange(300), "x": rng.randrange(-50, 50)} for _ in range(4_000)]
+    for i in range(0, len(rows), 250):
+        sh.produce("nums", rows[i : i + 250], partition=(i // 250) % 4)
+    sh.produce("nums", [b"not json"], partition=3)
+    path = write(
+        tmp_path,
+        "upd",
+        "SET 'max-batch-records' = '300';\n"
+        "INSERT INTO totals SELECT id, COUNT(*) AS n, SUM(x) AS s, MAX(x) AS hi"
+        " FROM nums GROUP BY id",
+    )
+    status = run_to_end(sh, path, 2)
+    assert status["rejected_rows"] == 1
+    dead = sh.fetch("upd.dlq")
+    assert dead["value"].to_pylist() == [b"not json"]
+    latest = {}
+    for record in topic_rows(sh, "totals"):  # by partition, then offset: upserts in order
+        latest[record["id"]] = (record["id"], record["n"], record["s"], record["hi"])
+    con = duckdb.connect()
+    con.register("tbl", pa.Table.from_pylist(rows))
+    expected = con.execute("SELECT id, COUNT(*), SUM(x), MAX(x) FROM tbl GROUP BY id").fetchall()
+    assert sorted(latest.values()) == sorted(expected)
+    # each key's upserts all come from one task: one sink partition per key
+    by_key: dict[int, set[int]] = {}
+    table = sh.fetch("totals")
+    for partition, value in zip(
+        table["partition"].to_pylist(), table["value"].to_pylist(), strict=True
+    ):
+        by_key.setdefault(json.loads(value)["id"], set()).add(partition)
+    assert all(len(p) == 1 for p in by_key.values())
+    assert {p for ps in by_key.values() for p in ps} == {0, 1}
+
+
+def test_stateless_filter_through_the_command_line(sh: StreamHouse, tmp_path: Path) -> None:
+    rng = random.Random(3)
+    parts = events(rng, 400)
+    produce(sh, rng, parts)
+    path = write(
+        tmp_path,
+        "flt",
+        STREAM
+        + "SET 'max-batch-records' = '90';\nINSERT INTO big SELECT k, v FROM ev WHERE v > 60",
+    )
+    data_dir = sh.settings.data_dir
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "streamhouse",
+            "run",
+            str(path),
+            "--until-end",
+            "--parallelism",
+            "2",
+            "--data-dir",
+            str(data_dir),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    expected = sorted((k, v) for k, _, v in flat(parts) if v is not None and v > 60)
+    got = sorted((r["k"], r["v"]) for r in topic_rows(sh, "big"))
+    assert got == expected
+    assert f"{PARTITIONS * 400} rows in, {len(expected)} rows out" in result.stderr
+
+
+def _wait_for(predicate, timeout: float = 60.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def test_stop_kill_9_and_restart_give_every_window_once(sh: StreamHouse, tmp_path: Path) -> None:
+    rng = random.Random(11)
+    parts = events(rng, 900)
+    path = write(tmp_path, "agg", WINDOWED.format(batch=157, sink="out", window=WINDOWS["hop"][0]))
+    thirds = [[rows[i * 300 : (i + 1) * 300] for rows in parts] for i in range(3)]
+
+    # 1. runs in the background over the first third; task 0 killed -9 at once is restarted by
+    #    the launcher from its checkpoint; then stopped cleanly (SIGTERM)
+    produce(sh, rng, thirds[0])
+    query = sh.start(path, parallelism=2)
+    time.sleep(rng.uniform(0, 0.3))
+    killed = query.processes[0].pid
+    query.processes[0].kill()
+    _wait_for(lambda: query.status()["restarts"] == 1)
+    assert query.processes[0].pid != killed
+    _wait_for(lambda: query.status()["rows_in"] >= PARTITIONS * 300)
+    query.stop()
+    first = len(topic_rows(sh, "out"))
+    assert first > 0
+
+    # 2. the second third produced in 3 slices; after each, the query resumed and its tasks
+    #    killed -9 one after the other at random moments (mid-batch, or idle)
+    for round_ in range(3):
+        produce(sh, rng, [rows[round_ * 100 : (round_ + 1) * 100] for rows in thirds[1]])
+        query = sh.start(path, parallelism=2)
+        read = PARTITIONS * (300 + round_ * 100)
+        _wait_for(lambda read=read: query.status()["rows_in"] > read)  # noqa: B023
+        victim = rng.randrange(2)
+        time.sleep(rng.uniform(0, 0.2))
+        assert query.processes[victim].poll() is None  # killed while it runs
+        query.processes[victim].kill()
+        time.sleep(rng.uniform(0, 0.3))
+        query.processes[1 - victim].kill()
+        query.stop()
+
+    # 3. resumed to the end with the last third
+    produce(sh, rng, thirds[2])
+    status = run_to_end(sh, path, 2)
+    assert status["watermark"] == "end of input"
+    expected = oracle(flat(parts), "hop", 10_000, 5_000)
+    assert rows_of(topic_rows(sh, "out"), COLUMNS) == expected  # none lost, none twice
+
+
+def test_explain_and_refusals(sh: StreamHouse, tmp_path: Path) -> None:
+    sh.sql(STREAM.split(";")[0])
+    sh.sql("SET 'parallelism' = '3'")
+    plan = "\n".join(
+        sh.sql(
+            "EXPLAIN INSERT INTO out SELECT k, window_start, COUNT(*) AS n FROM ev"
+            " GROUP BY k, TUMBLE(t, INTERVAL '10' SECOND)"
+        )
+        .to_arrow_table()["plan"]
+        .to_pylist()
+    )
+    assert "Parallel  3 tasks (processes)" in plan
+    assert "Exchange  topic <query>.exchange (3 partitions, Arrow IPC records)" in plan
+    assert "by key group of (k), 128 key groups" in plan
+    assert "partial aggregates per key and pane are exchanged, not rows" in plan
+    assert "WindowAggregate  TUMBLE(t, size=10000ms)" in plan
+
+    with pytest.raises(ConfigError, match="parallelism must be an integer from 1 to 128"):
+        sh.start("SET 'parallelism' = '0';\nINSERT INTO o SELECT k FROM ev", name="zero")
+    with pytest.raises(SqlError, match="parallelism > 1 runs stateless queries and GROUP BY"):
+        sh.start(
+            "INSERT INTO o SELECT k, window_start, COUNT(*) AS n FROM ev"
+            " GROUP BY k, SESSION(t, INTERVAL '5' SECOND)",
+            parallelism=2,
+        )
+    with pytest.raises(SqlError, match="writes into a topic yet"):
+        sh.start("SELECT k FROM ev", parallelism=2, name="sel")
+
+    rng = random.Random(5)
+    produce(sh, rng, events(rng, 50))
+    path = write(
+        tmp_path, "agg", WINDOWED.format(batch=1000, sink="out", window=WINDOWS["tumble"][0])
+    )
+    run_to_end(sh, path, 2)
+    with pytest.raises(SqlError, match="rescaling is not supported yet"):
+        run_to_end(sh, path, 3)
+    with pytest.raises(SqlError, match="rescaling is not supported yet"):
+        run_to_end(sh, path, 1)
+
+
+def test_an_idle_task_does_not_hold_the_watermark_back(sh: StreamHouse, tmp_path: Path) -> None:
+    """Partition 2 (all of task 2's input at parallelism 3) gets one early record and then
+    nothing while partitions 0 and 1 go on: once it is idle, the other tasks' windows close
+    without it, as at parallelism 1."""
+    rng = random.Random(13)
+    parts = events(rng, 300)
+    parts[2] = parts[2][:1]
+    text = WINDOWED.format(batch=1000, sink="out", window=WINDOWS["tumble"][0])
+    path = write(tmp_path, "idle", text.replace("'1 h'", "'1 s'"))
+    produce(sh, rng, [rows[:20] for rows in parts])
+    query = sh.start(path, parallelism=3)
+    try:
+        for i in range(20, 300, 10):  # partitions 0 and 1 stay active (a chunk every ~0.1 s,
+            time.sleep(0.1)  # well inside the idle timeout, also under load), 2 goes idle
+            produce(sh, rng, [parts[0][i : i + 10], parts[1][i : i + 10], []])
+        # the watermark without partition 2: the lowest of partitions 0 and 1, minus the delay
+        watermark = min(max(t for _, t, _ in rows) for rows in parts[:2]) - 3_000
+        closed = [r for r in oracle(flat(parts), "tumble", 10_000) if r[2] <= watermark]
+        assert len(closed) > 20
+        _wait_for(lambda: len(topic_rows(sh, "out")) >= len(closed), timeout=30)
+        assert query.status()["late_rows"] == 0
+    finally:
+        query.stop()
+    assert rows_of(topic_rows(sh, "out"), COLUMNS) == closed
