@@ -102,6 +102,27 @@ def _consume(bootstrap: str, topic: str, records: int, client_id: str, out: dict
     consumer.close()
 
 
+def _transactions(url: str) -> int:
+    """Transactions committed in the database so far (every client's, heartbeats too)."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        query = "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()"
+        return int(conn.execute(query).fetchone()[0])
+
+
+def _objects(data: Path, records: int) -> dict:
+    """Segment objects the agents wrote for ``records`` records, and their bytes."""
+    sizes = [p.stat().st_size for p in (data / "objects").rglob("*.seg")]
+    notes = sum(1 for p in (data / "objects").rglob("*") if p.is_file()) - len(sizes)
+    return {
+        "records": records,
+        "segment_objects": len(sizes),
+        "other_objects": notes,
+        "segment_bytes": sum(sizes),
+        "mean_object_bytes": round(sum(sizes) / max(1, len(sizes))),
+        "objects_per_gib": round(len(sizes) * 2**30 / max(1, sum(sizes)), 1),
+    }
+
+
 def _stall(servers: list[KafkaServer], topic: str) -> dict:
     """Delivery report gaps of a steady idempotent producer across a kill -9 and restart."""
     from confluent_kafka import Producer
@@ -203,6 +224,7 @@ def main() -> None:
                 servers.append(server)
                 return server.start()
 
+            commits_before = _transactions(args.postgres)
             throughput: dict[str, list[float]] = {}
             for n in (1, 2, 3):
                 agent(n - 1)
@@ -226,6 +248,10 @@ def main() -> None:
                 reader.join()
                 pinned.append({"producer_records_s": round(rate), **consumed})
                 pinned[-1]["consumer_records_s"] = round(pinned[-1]["consumer_records_s"])
+            result["objects"] = _objects(data, args.records * args.rounds * 4)
+            result["objects"]["postgres_transactions"] = (
+                _transactions(args.postgres) - commits_before
+            )
             result["throughput_records_s"] = throughput
             result["medians_records_s"] = {k: median(v) for k, v in throughput.items()}
             result["producer_z0_consumer_z1"] = pinned
