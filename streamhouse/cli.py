@@ -741,6 +741,26 @@ def user_delete(ctx: click.Context, name: str, data_dir: str | None) -> None:
 
 
 @main.group()
+def iceberg() -> None:
+    """The Iceberg tables of streams declared WITH ('iceberg' = 'true')."""
+
+
+@iceberg.command("catalog")
+@data_dir_option
+@click.pass_context
+@friendly_errors
+def iceberg_catalog(ctx: click.Context, data_dir: str | None) -> None:
+    """Print, as JSON, the properties pyiceberg.catalog.load_catalog(**props) opens the
+    Iceberg catalog with (the SQL catalog in the metadata database, the warehouse in the
+    object store); stream s is its table streamhouse.s."""
+    import json
+
+    from streamhouse.iceberg import catalog_properties
+
+    click.echo(json.dumps(catalog_properties(_settings(ctx)), indent=2))
+
+
+@main.group()
 def cluster() -> None:
     """The agents (``serve`` processes) sharing one metadata store."""
 
@@ -1009,11 +1029,19 @@ def compact(ctx: click.Context, topic_name: str | None, data_dir: str | None) ->
     objects (up to compaction_target_bytes), their batches merged and recompressed
     (compaction_compression, or the topic's compression.type). `serve` runs the same pass
     every retention_check_interval_s.
+    Iceberg: the new rows of streams declared WITH ('iceberg' = 'true') are appended to their
+    Iceberg tables, exactly once (`serve` does every iceberg_freshness_s).
     """
     topics = None if topic_name is None else [topic_name]
     with _open(ctx) as sh:
         report = sh.enforce_retention(topics)
         compacted = sh.compact(topics)
+        streams = None
+        if topics is not None:  # the Iceberg streams of that topic
+            from streamhouse.iceberg.tableflow import iceberg_streams
+
+            streams = [d.name for d in iceberg_streams(sh.log) if d.topic == topic_name]
+        appended = sh.append_iceberg(streams)
     for (name, partition), (old, new) in sorted(report.advanced.items()):
         click.echo(f"{name}-{partition}: log start offset {old} -> {new}", err=True)
     click.echo(
@@ -1028,6 +1056,18 @@ def compact(ctx: click.Context, topic_name: str | None, data_dir: str | None) ->
         + (f"; {len(compacted.busy)} partition(s) busy elsewhere" if compacted.busy else ""),
         err=True,
     )
+    if sum(appended.rows.values()) or appended.busy or appended.failed:
+        click.echo(
+            f"iceberg: {sum(appended.rows.values()):,} row(s) appended to"
+            f" {len(appended.rows)} table(s) in {appended.snapshots} snapshot(s),"
+            f" {appended.rejected} to dead letters, in {appended.seconds:.2f} s"
+            + (f"; {len(appended.busy)} stream(s) busy elsewhere" if appended.busy else ""),
+            err=True,
+        )
+    for name, error in sorted(appended.failed.items()):
+        click.echo(f"iceberg: stream {name} failed: {error}", err=True)
+    if appended.failed:
+        ctx.exit(1)
 
 
 @main.command()

@@ -43,6 +43,10 @@ class Settings:
     ``snappy``, ``gzip``, ``uncompressed``, or ``producer`` to keep each batch's);
     ``compaction_lease_s`` how long a compactor's lease on a partition lasts unrenewed (a
     killed compactor's partitions wait that long for the next).
+    ``iceberg_freshness_s`` is how often ``serve`` appends the new rows of streams declared
+    ``WITH ('iceberg' = 'true')`` to their Iceberg tables (how stale a table may be);
+    ``iceberg_commit_records`` the most records one Iceberg snapshot takes (a backlog is
+    appended as several).
     ``advertised_port`` is the port clients are told to connect to (0: the one served);
     ``zone`` and ``agent_group`` place this process among the agents sharing a PostgreSQL
     metadata store, which heartbeat every ``agent_ttl_s / 3`` seconds and drop out of
@@ -85,6 +89,8 @@ class Settings:
     compaction_target_bytes: int = 16 * 1024 * 1024
     compaction_compression: str = "zstd"
     compaction_lease_s: float = 60.0
+    iceberg_freshness_s: float = 60.0
+    iceberg_commit_records: int = 1_000_000
     scan_cache_bytes: int = 1 << 30  # columnar cache of decoded runs (data_dir/scan-cache); 0: none
     memory_limit: str | int | None = None  # bounded queries' memory pool; None: half the RAM
     security_protocol: str = "PLAINTEXT"

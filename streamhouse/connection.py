@@ -35,6 +35,7 @@ from streamhouse.errors import (
     StreamHouseError,
     UnknownPartitionError,
 )
+from streamhouse.iceberg.tableflow import TableflowReport
 from streamhouse.log import Log, TopicInfo
 from streamhouse.log.compaction import CompactionReport
 from streamhouse.log.partitioner import partition_for_key
@@ -141,6 +142,21 @@ class StreamHouse:
         ``compaction_compression``); the objects they replace are deleted by a later retention
         pass, once unreferenced for ``object_delete_delay_s``."""
         return self.log.compact(topics)
+
+    def append_iceberg(self, streams: Iterable[str] | None = None) -> TableflowReport:
+        """Append the new rows of the streams declared ``WITH ('iceberg' = 'true')`` (of
+        ``streams``, default all) to their Iceberg tables now, exactly once (see
+        :mod:`streamhouse.iceberg.tableflow`)."""
+        from streamhouse.iceberg import append_streams
+
+        return append_streams(self.log, streams, holder=self.log.compactor)
+
+    def iceberg_catalog(self) -> dict[str, str]:
+        """The properties ``pyiceberg.catalog.load_catalog(**props)`` opens this StreamHouse's
+        Iceberg catalog with; stream ``s`` is its table ``streamhouse.s``."""
+        from streamhouse.iceberg import catalog_properties
+
+        return catalog_properties(self.settings)
 
     def topics(self) -> list[TopicInfo]:
         return self.log.list_topics()

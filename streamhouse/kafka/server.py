@@ -301,6 +301,25 @@ async def _storage_lifecycle(log_: Log, interval_s: float) -> None:
             log.exception("compaction pass failed; the next one retries")
 
 
+async def _tableflow(log_: Log, interval_s: float) -> None:
+    """Append the new rows of every stream with an Iceberg table every ``interval_s`` (in a
+    worker thread; see :mod:`streamhouse.iceberg.tableflow`)."""
+    from streamhouse.iceberg import append_streams, open_catalog
+    from streamhouse.iceberg.tableflow import iceberg_streams
+
+    catalog = None
+    while True:
+        await asyncio.sleep(interval_s)
+        try:
+            if not await asyncio.to_thread(iceberg_streams, log_):
+                continue
+            if catalog is None:
+                catalog = await asyncio.to_thread(open_catalog, log_.settings)
+            await asyncio.to_thread(append_streams, log_, catalog=catalog, holder=log_.compactor)
+        except Exception:
+            log.exception("Iceberg append pass failed; the next one retries")
+
+
 async def serve(
     log_: Log,
     settings: Settings,
@@ -358,6 +377,7 @@ async def serve(
     group_leases = asyncio.create_task(broker.coordination.maintain())
     sweeper = asyncio.create_task(_sweep_groups(broker))
     retention = asyncio.create_task(_storage_lifecycle(log_, settings.retention_check_interval_s))
+    tableflow = asyncio.create_task(_tableflow(log_, settings.iceberg_freshness_s))
     for listener in listeners:
         log.info(
             "Kafka protocol %s on %s:%d, advertised as %s:%d%s",
@@ -375,6 +395,7 @@ async def serve(
     finally:
         sweeper.cancel()
         retention.cancel()
+        tableflow.cancel()
         heartbeat.cancel()
         group_leases.cancel()
         for server in servers:

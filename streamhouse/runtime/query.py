@@ -49,6 +49,7 @@ from streamhouse.sql import nodes
 from streamhouse.sql.changelog import PlanNode
 from streamhouse.sql.computed import ComputedColumns
 from streamhouse.sql.ddl import stream_definition
+from streamhouse.sql.dead_letters import write_dead_letters
 from streamhouse.sql.engine import hide_metadata, parse_failure, referenced_columns
 from streamhouse.sql.execute import run_sql
 from streamhouse.sql.hints import SourceOptions, source_options
@@ -623,25 +624,7 @@ class ContinuousQuery:
     # -- side outputs -------------------------------------------------------------------------
 
     def _dead_letters(self, rejected: list[RejectedRow]) -> None:
-        if self.log.get_topic(self.dead_letter_topic) is None:
-            self.log.create_topic(self.dead_letter_topic, 1)
-        headers = [
-            [
-                ("reason", row.reason.encode()),
-                ("topic", row.topic.encode()),
-                ("partition", str(row.partition).encode()),
-                ("offset", str(row.offset).encode()),
-            ]
-            for row in rejected
-        ]
-        batch = build_batch(
-            [row.value for row in rejected],
-            [row.key for row in rejected],
-            None,
-            headers,
-            compression=Compression.LZ4,
-        )
-        self.log.append(self.dead_letter_topic, 0, batch, fence=self.fence).result()
+        write_dead_letters(self.log, self.dead_letter_topic, rejected, fence=self.fence)
         log.warning(
             "query %s: %d row(s) did not parse and went to %s",
             self.name,

@@ -12,7 +12,8 @@ On top of Postgres it accepts:
   ``WATERMARK FOR c AS expr`` (``exp.WatermarkColumnConstraint``), ``PRIMARY KEY (..) NOT
   ENFORCED``, computed columns (``exp.ComputedColumnConstraint``), metadata columns
   (:class:`MetadataColumnConstraint`), ``WITH (key = 'value', ...)`` options (``exp.Property``),
-  backtick identifiers, ``ROW<..>`` / ``ROW(..)`` types; ``DROP STREAM``;
+  backtick identifiers, ``ROW<..>`` / ``ROW(..)`` types; ``DROP STREAM``; ``ALTER STREAM s
+  SET ('key' = 'value', ...)`` (``exp.Alter`` of kind ``STREAM``, an ``exp.AlterSet`` action);
 - ``EXPLAIN <statement>`` (:class:`Explain`) and ``SHOW STREAMS`` / ``SHOW TOPICS`` (``exp.Show``).
 
 Anything the parser cannot read raises ``ParseError``; it never falls back to ``exp.Command``.
@@ -106,6 +107,7 @@ class StreamHouse(Postgres):
         FUNC_TOKENS: ClassVar = {*PostgresParser.FUNC_TOKENS, TokenType.SESSION}
         DB_CREATABLES: ClassVar = {*PostgresParser.DB_CREATABLES, TokenType.STREAM}
         CREATABLES: ClassVar = {*PostgresParser.CREATABLES, TokenType.STREAM}
+        ALTERABLES: ClassVar = {*PostgresParser.ALTERABLES, TokenType.STREAM}
 
         FUNCTIONS: ClassVar = {
             **PostgresParser.FUNCTIONS,

@@ -39,6 +39,7 @@ from streamhouse.errors import (
     ConfigError,
     DamagedRangeError,
     SqlError,
+    StreamHouseError,
     UnknownStreamError,
 )
 from streamhouse.joins.temporal import match_versions, temporal_inputs
@@ -158,6 +159,8 @@ class Engine:
             return self._create(statement)
         if isinstance(statement, exp.Drop):
             return self._drop(statement)
+        if isinstance(statement, exp.Alter):
+            return self._alter(statement)
         if isinstance(statement, exp.Show):
             return self._show(statement)
         if isinstance(statement, exp.Query):
@@ -339,11 +342,55 @@ class Engine:
             SourceOptions.of(definition.options)  # the options StreamHouse reads are valid
         except SqlError as error:
             raise sql_error(error.message, statement.args.get("properties")) from None
+        from streamhouse.iceberg.tableflow import iceberg_enabled
+
+        try:
+            iceberg_enabled(definition)
+        except StreamHouseError as error:
+            raise sql_error(str(error), statement.args.get("properties")) from None
         if self.log.get_topic(definition.topic) is None:
             partitions = int(
                 definition.options.get("partitions", self.log.settings.default_partitions)
             )
             self.log.create_topic(definition.topic, partitions)
+
+    def _alter(self, statement: exp.Alter) -> Relation:
+        """``ALTER STREAM | TABLE s SET ('key' = 'value', ...)``: the options set (added or
+        replaced) in the declaration in the catalog, checked as at ``CREATE``."""
+        kind = (statement.args.get("kind") or "").upper()
+        name = statement.this.name
+        actions = statement.args.get("actions") or []
+        if (
+            kind not in STREAM_KINDS
+            or len(actions) != 1
+            or not isinstance(actions[0], exp.AlterSet)
+        ):
+            raise sql_error("ALTER takes ALTER STREAM <name> SET ('key' = 'value', ...)", statement)
+        if (temporary := self.temporary.get(name)) is not None:
+            raise sql_error(
+                f"{name!r} is a temporary {temporary.kind}: it cannot be altered", statement.this
+            )
+        entry = self.log.metadata.get_catalog(name)
+        if entry is None or entry.kind not in STREAM_KINDS.values():
+            raise UnknownStreamError(f"stream {name!r} does not exist", *_pos(statement.this))
+        changes: dict[str, exp.Expr] = {}
+        for pair in actions[0].expressions:
+            if not (isinstance(pair, exp.EQ) and isinstance(pair.expression, exp.Literal)):
+                raise sql_error("SET takes 'key' = 'value' pairs", pair)
+            key = pair.this.name if isinstance(pair.this, exp.Literal) else pair.this.sql()
+            changes[key.lower()] = pair.expression
+        create = parse(entry.sql)[0]
+        properties = create.args.get("properties") or exp.Properties(expressions=[])
+        kept = [p for p in properties.expressions if _option_key(p) not in changes]
+        added = [exp.Property(this=exp.Literal.string(k), value=v) for k, v in changes.items()]
+        properties.set("expressions", kept + added)
+        create.set("properties", properties)
+        try:
+            self._declare_stream(create)
+        except SqlError as error:  # located in the ALTER, not in the stored declaration
+            raise sql_error(error.message, actions[0]) from None
+        self.log.metadata.put_catalog(name, entry.kind, create.sql(dialect=DIALECT), replace=True)
+        return status(f"ALTER {kind} {name}")
 
     def _create_temporary(
         self,
@@ -725,6 +772,12 @@ def _column_def(statement: exp.Create, name: str) -> exp.Expr:
         if coldef.name == name:
             return coldef
     return statement
+
+
+def _option_key(option: exp.Expr) -> str:
+    """The lower-cased key of a ``WITH (key = 'value')`` option."""
+    key = option.this
+    return (key.name if isinstance(key, exp.Literal) else key.sql()).lower()
 
 
 def _drop_kind(kind: str) -> str:

@@ -1,0 +1,76 @@
+"""Where a StreamHouse's Iceberg tables live: pyiceberg's SQL catalog in the metadata database
+(SQLite file or PostgreSQL, through SQLAlchemy) and the warehouse beside the segment objects.
+
+:func:`catalog_properties` are the properties ``pyiceberg.catalog.load_catalog(**props)``
+takes to open that catalog from any process (``streamhouse iceberg catalog`` prints them); a
+stream ``s`` is the table ``streamhouse.s`` there.
+
+>>> from streamhouse.config import Settings
+>>> props = catalog_properties(Settings.load(data_dir="/data"))
+>>> props["uri"], props["warehouse"]
+('sqlite:////data/metadata.sqlite3', 'file:///data/objects/iceberg')
+>>> catalog_properties(Settings.load(data_dir="/d", metadata="postgres://u@h:5432/db?x=1"))["uri"]
+'postgresql+psycopg://u@h:5432/db?x=1'
+>>> props = catalog_properties(Settings.load(object_store="s3://b/p/", s3_endpoint_url="http://s3"))
+>>> props["warehouse"], props["s3.endpoint"]
+('s3://b/p/iceberg', 'http://s3')
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+from urllib.parse import urlparse
+
+from streamhouse.config import Settings
+from streamhouse.log.metadata import POSTGRESQL_SCHEMES, sqlite_path
+
+if TYPE_CHECKING:
+    from pyiceberg.catalog.sql import SqlCatalog
+
+__all__ = ["CATALOG_NAME", "NAMESPACE", "WAREHOUSE_PREFIX", "catalog_properties", "open_catalog"]
+
+CATALOG_NAME = "streamhouse"
+NAMESPACE = "streamhouse"
+"""The Iceberg namespace of every stream's table: stream ``s`` is ``streamhouse.s``."""
+WAREHOUSE_PREFIX = "iceberg"
+"""The warehouse's place in the object store (beside ``segments/``, which fsck lists)."""
+
+
+def catalog_properties(settings: Settings) -> dict[str, str]:
+    """The properties of the SQL catalog ``settings`` name (see the module)."""
+    path = sqlite_path(settings)
+    if path is None:  # PostgreSQL, through psycopg 3 (libpq query options kept)
+        url = str(settings.metadata)
+        scheme = next(s for s in POSTGRESQL_SCHEMES if url.startswith(s))
+        uri = "postgresql+psycopg://" + url.removeprefix(scheme)
+    else:
+        uri = f"sqlite:///{Path(path).resolve()}"
+    props = {
+        "name": CATALOG_NAME,
+        "type": "sql",
+        "uri": uri,
+        "py-io-impl": "pyiceberg.io.pyarrow.PyArrowFileIO",
+    }
+    if settings.object_store:
+        parsed = urlparse(settings.object_store)
+        prefix = "/".join(p for p in (parsed.path.strip("/"), WAREHOUSE_PREFIX) if p)
+        props["warehouse"] = f"s3://{parsed.netloc}/{prefix}"
+        props["s3.region"] = settings.s3_region
+        if settings.s3_endpoint_url:
+            props["s3.endpoint"] = settings.s3_endpoint_url
+    else:
+        root = (Path(settings.data_dir) / "objects").resolve()
+        props["warehouse"] = f"file://{root}/{WAREHOUSE_PREFIX}"
+    return props
+
+
+def open_catalog(settings: Settings) -> SqlCatalog:
+    """The SQL catalog of ``settings`` (its tables created in the metadata database on first
+    use), with the namespace :data:`NAMESPACE`."""
+    from pyiceberg.catalog.sql import SqlCatalog  # pyiceberg and SQLAlchemy only when used
+
+    props = catalog_properties(settings)
+    catalog = SqlCatalog(props.pop("name"), **props)
+    catalog.create_namespace_if_not_exists(NAMESPACE)
+    return catalog

@@ -1,0 +1,291 @@
+"""Tableflow: the committed rows of a stream appended to its Iceberg table, exactly once.
+
+A stream declared ``WITH ('iceberg' = 'true')`` has the Iceberg table ``streamhouse.<name>``
+(:mod:`streamhouse.iceberg.catalog`): its declared physical columns plus ``_partition``,
+``_offset`` and ``_timestamp``, one row per record whose value fits the declared schema. A
+pass (:func:`append_streams`, run by ``streamhouse compact`` and every
+``iceberg_freshness_s`` by ``serve``), for every such stream:
+
+1. takes the lease ``iceberg/<stream>`` (one appender per stream over every agent sharing
+   the metadata store; a stream whose lease another holds is passed over);
+2. reads the offsets the table covers from its newest snapshot that records them: the
+   snapshot summary property :data:`OFFSETS_PROPERTY`, a JSON object of the last offset
+   appended per partition;
+3. appends the records after them up to the high watermarks (at most
+   ``iceberg_commit_records`` records per snapshot), each snapshot's summary naming the
+   offsets it covers. The Parquet files and the offsets are committed together by the one
+   catalog update that makes the snapshot current (pyiceberg's SQL catalog swaps the table's
+   metadata location only if it is still the one the append started from), so an appender
+   killed at any point leaves either the old snapshot (its files unreferenced, the next pass
+   appends the same records again) or the new one (the next pass starts after it): no record
+   is appended twice and none is skipped.
+
+Records below the log start offset (retention, DeleteRecords) before they were appended are
+gone and are skipped (logged). A record whose value does not fit the schema goes to the dead
+letter topic ``<stream>.dlq`` (at least once, as a continuous query's), not to the table.
+A change of the declared columns adds the new ones to the table (Iceberg schema evolution).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import pyarrow as pa
+
+from streamhouse.errors import StreamHouseError
+from streamhouse.log.compaction import compactor_id
+from streamhouse.log.metadata.leases import Lease
+from streamhouse.sql.ddl import StreamDef, stream_definition
+from streamhouse.sql.dead_letters import write_dead_letters
+from streamhouse.sql.parse import parse
+from streamhouse.sql.source import METADATA_FIELDS, read_source
+
+if TYPE_CHECKING:
+    from pyiceberg.catalog.sql import SqlCatalog
+    from pyiceberg.table import Table
+
+    from streamhouse.log import Log
+
+__all__ = [
+    "ICEBERG_OPTION",
+    "OFFSETS_PROPERTY",
+    "TableflowReport",
+    "append_streams",
+    "covered_offsets",
+    "iceberg_enabled",
+    "iceberg_streams",
+    "table_identifier",
+]
+
+log = logging.getLogger(__name__)
+
+ICEBERG_OPTION = "iceberg"
+OFFSETS_PROPERTY = "streamhouse.last-offsets"
+"""Snapshot summary property: ``{"<partition>": <last offset appended>, ...}`` (JSON)."""
+TOPIC_PROPERTY = "streamhouse.topic"
+"""Snapshot summary property: the topic the offsets are of."""
+ROW_FIELDS = [f for f in METADATA_FIELDS if f.name in ("_partition", "_offset", "_timestamp")]
+"""The metadata columns a table holds beside the declared ones."""
+TABLE_PROPERTIES = {"write.parquet.row-group-limit": str(1 << 17)}
+"""Row groups of 128 Ki rows: readers skip row groups by their statistics (``_offset``)."""
+_BOOLEANS = {"true": True, "false": False}
+
+
+@dataclass(slots=True)
+class TableflowReport:
+    """What one pass appended: rows and snapshots per stream, rows sent to dead letters,
+    streams another appender holds, and streams that failed (their error)."""
+
+    rows: dict[str, int] = field(default_factory=dict)
+    snapshots: int = 0
+    rejected: int = 0
+    skipped_records: int = 0  # below the log start offset before they were appended
+    busy: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+def iceberg_enabled(definition: StreamDef) -> bool:
+    """Whether ``definition`` has ``'iceberg' = 'true'``; ``StreamHouseError`` for a value
+    other than true or false.
+
+    >>> from streamhouse.sql.parse import parse_one
+    >>> iceberg_enabled(stream_definition(parse_one("CREATE STREAM s (a INT) WITH (iceberg='true')")))
+    True
+    """
+    value = definition.options.get(ICEBERG_OPTION, "false").lower()
+    if value not in _BOOLEANS:
+        raise StreamHouseError(f"option 'iceberg' is 'true' or 'false', not {value!r}")
+    return _BOOLEANS[value]
+
+
+def table_identifier(stream: str) -> str:
+    from streamhouse.iceberg.catalog import NAMESPACE
+
+    return f"{NAMESPACE}.{stream}"
+
+
+def iceberg_streams(log_: Log, names: Iterable[str] | None = None) -> list[StreamDef]:
+    """The declared streams with an Iceberg table (of ``names``, or all)."""
+    wanted = None if names is None else set(names)
+    streams = []
+    for entry in log_.metadata.list_catalog():
+        if entry.kind not in ("stream", "table") or (
+            wanted is not None and entry.name not in wanted
+        ):
+            continue
+        definition = stream_definition(parse(entry.sql)[0])
+        if iceberg_enabled(definition):
+            streams.append(definition)
+    return streams
+
+
+def table_schema(definition: StreamDef) -> pa.Schema:
+    """The Arrow schema of a stream's table: its physical columns, every one optional (a
+    timestamp in ns stored in us, Iceberg's finest unit), then :data:`ROW_FIELDS` (those a
+    declared column of the same name does not hide)."""
+    fields = [_storable(f).with_nullable(True) for f in definition.schema()]
+    names = {f.name for f in fields}
+    return pa.schema(fields + [f for f in ROW_FIELDS if f.name not in names])
+
+
+def _storable(f: pa.Field) -> pa.Field:
+    if pa.types.is_timestamp(f.type) and f.type.unit == "ns":
+        return f.with_type(pa.timestamp("us", f.type.tz))
+    return f
+
+
+def covered_offsets(table: Table) -> dict[int, int]:
+    """The last offset appended per partition: from the newest snapshot (walking back from
+    the current one, past snapshots other writers made) whose summary records them."""
+    snapshot = table.current_snapshot()
+    while snapshot is not None:
+        recorded = snapshot.summary.get(OFFSETS_PROPERTY) if snapshot.summary else None
+        if recorded is not None:
+            return {int(p): int(o) for p, o in json.loads(recorded).items()}
+        parent = snapshot.parent_snapshot_id
+        snapshot = None if parent is None else table.snapshot_by_id(parent)
+    return {}
+
+
+def append_streams(
+    log_: Log,
+    streams: Iterable[str] | None = None,
+    *,
+    catalog: SqlCatalog | None = None,
+    holder: str | None = None,
+) -> TableflowReport:
+    """One pass over the Iceberg streams ``streams`` (default: every one; see the module)."""
+    started = time.monotonic()
+    report = TableflowReport()
+    definitions = iceberg_streams(log_, streams)
+    if definitions and catalog is None:
+        from streamhouse.iceberg.catalog import open_catalog
+
+        catalog = open_catalog(log_.settings)
+    holder = holder or compactor_id()
+    ttl_ms = max(1, int(log_.settings.compaction_lease_s * 1000))
+    for definition in definitions:
+        lease = log_.metadata.acquire_lease(f"iceberg/{definition.name}", holder, ttl_ms)
+        if lease is None:
+            report.busy.append(definition.name)
+            continue
+        try:
+            assert catalog is not None
+            _append_stream(log_, catalog, definition, lease, ttl_ms, report)
+        except Exception as exc:  # that stream alone fails this pass; the next one retries
+            log.exception("Iceberg append of stream %s failed", definition.name)
+            report.failed[definition.name] = str(exc)
+        finally:
+            log_.metadata.release_lease(lease)
+    report.seconds = time.monotonic() - started
+    return report
+
+
+def _table(catalog: SqlCatalog, definition: StreamDef) -> Table:
+    """The stream's table, created if missing, with any declared column it lacks added."""
+    schema = table_schema(definition)
+    table = catalog.create_table_if_not_exists(
+        table_identifier(definition.name), schema=schema, properties=TABLE_PROPERTIES
+    )
+    have = set(table.schema().column_names)
+    if any(name not in have for name in schema.names):
+        with table.update_schema() as update:
+            update.union_by_name(schema)
+        table = catalog.load_table(table_identifier(definition.name))
+    return table
+
+
+def _append_stream(
+    log_: Log,
+    catalog: SqlCatalog,
+    definition: StreamDef,
+    lease: Lease,
+    ttl_ms: int,
+    report: TableflowReport,
+) -> None:
+    table = _table(catalog, definition)
+    topic = definition.topic
+    covered = covered_offsets(table)
+    budget = max(1, log_.settings.iceberg_commit_records)
+    schema = table_schema(definition)
+    report.rows.setdefault(definition.name, 0)
+    while True:
+        offsets = log_.metadata.inner.partition_offsets(topic)
+        starts: dict[int, int] = {}
+        for p, bounds in offsets.items():
+            start = covered.get(p, -1) + 1
+            if start < bounds.log_start_offset:
+                report.skipped_records += bounds.log_start_offset - start
+                log.warning(
+                    "stream %s: records %d-%d of %s-%d were deleted before they reached the"
+                    " Iceberg table",
+                    definition.name,
+                    start,
+                    bounds.log_start_offset - 1,
+                    topic,
+                    p,
+                )
+                start = bounds.log_start_offset
+            starts[p] = start
+        ends = _chunk_ends(
+            log_, topic, starts, {p: b.high_watermark for p, b in offsets.items()}, budget
+        )
+        parts = [p for p in sorted(starts) if ends[p] > starts[p]]
+        if not parts:
+            return
+        source = read_source(
+            log_,
+            topic,
+            definition.schema(),
+            None,
+            parts,
+            {p: starts[p] for p in parts},
+            {p: ends[p] for p in parts},
+        )
+        if source.rejected:
+            write_dead_letters(log_, f"{definition.name}.dlq", source.rejected)
+            report.rejected += len(source.rejected)
+        rows = source.table.select(schema.names).cast(schema)
+        covered = covered | {p: ends[p] - 1 for p in parts}
+        summary = {
+            OFFSETS_PROPERTY: json.dumps({str(p): o for p, o in sorted(covered.items())}),
+            TOPIC_PROPERTY: topic,
+        }
+        table.append(rows, snapshot_properties=summary)
+        report.rows[definition.name] += rows.num_rows
+        report.snapshots += 1
+        log.info(
+            "stream %s: %d row(s) appended to Iceberg table %s (offsets %s)",
+            definition.name,
+            rows.num_rows,
+            table_identifier(definition.name),
+            summary[OFFSETS_PROPERTY],
+        )
+        if not log_.metadata.renew_lease(lease, ttl_ms):
+            log.warning("stream %s: Iceberg lease lost; another appender goes on", definition.name)
+            return
+
+
+def _chunk_ends(
+    log_: Log, topic: str, starts: dict[int, int], highs: dict[int, int], budget: int
+) -> dict[int, int]:
+    """Per partition, the end (exclusive) of the next snapshot's records: whole index rows
+    from ``starts`` up to the high watermark, about ``budget`` records over all partitions."""
+    share = max(1, budget // max(1, len(starts)))
+    ends = {}
+    for p, start in starts.items():
+        end, count = start, 0
+        if start < highs[p]:
+            for row in log_.metadata.segments(topic, p, from_offset=start, to_offset=highs[p]):
+                if count >= share:
+                    break
+                end = min(row.last_offset + 1, highs[p])
+                count += end - max(start, row.base_offset)
+        ends[p] = max(end, start)
+    return ends
