@@ -28,6 +28,7 @@ import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import datafusion
 import numpy as np
@@ -42,6 +43,9 @@ from streamhouse.errors import (
     StreamHouseError,
     UnknownStreamError,
 )
+from streamhouse.iceberg.catalog import open_catalog
+from streamhouse.iceberg.read import ColumnarCopy, columnar_copy
+from streamhouse.iceberg.tableflow import iceberg_enabled
 from streamhouse.joins.temporal import match_versions, temporal_inputs
 from streamhouse.key_codes import group_codes
 from streamhouse.log import Log
@@ -87,9 +91,13 @@ from streamhouse.sql.window_spec import take_out_windows
 from streamhouse.windows.table import window_table
 from streamhouse.workers import worker
 
+if TYPE_CHECKING:
+    from pyiceberg.catalog.sql import SqlCatalog
+
 log = logging.getLogger(__name__)
 
 STREAM_KINDS = {"STREAM": "stream", "TABLE": "table"}
+READ_ICEBERG = "read.iceberg"
 MEMORY_LIMIT = "memory.limit"
 SCAN_FRAGMENTS = max(2, os.cpu_count() or 2)
 """Fragments of a streaming scan: DataFusion decodes that many segment groups at a time."""
@@ -103,6 +111,7 @@ class QueryStats:
     objects_read: int = 0  # segment objects the streaming scans read (pruning, LIMIT)
     bytes_read: int = 0
     cached_runs: int = 0  # runs the columnar cache answered
+    iceberg_files: int = 0  # Parquet files of Iceberg tables read in place of the log
     rejected: list[RejectedRow] = field(default_factory=list)
     damaged: list[DamagedRangeError] = field(default_factory=list)  # ranges skipped
 
@@ -125,6 +134,8 @@ class Engine:
         self.memory_limit = default_memory_limit() if limit is None else parse_memory_limit(limit)
         self.temporary = temporary if temporary is not None else TemporaryObjects()
         self.parallelism = 1  # SET 'parallelism': what EXPLAIN plans continuous queries at
+        self.read_iceberg = True  # SET 'read.iceberg': streams' Iceberg tables read for the log
+        self._iceberg: list[SqlCatalog] = []  # the catalog, once opened (shared by sessions)
 
     def session(self) -> Engine:
         """An engine over the same log in a session of its own (a continuous query's file):
@@ -136,6 +147,8 @@ class Engine:
         engine.scan_cache = self.scan_cache  # one cache (and its size bound) per directory
         engine.memory_limit = self.memory_limit
         engine.parallelism = self.parallelism
+        engine.read_iceberg = self.read_iceberg
+        engine._iceberg = self._iceberg
         return engine
 
     def execute(self, sql: str) -> Relation:
@@ -253,9 +266,11 @@ class Engine:
         return Relation(lambda: table, description="EXPLAIN", listing=True)
 
     def _set(self, statement: exp.Set) -> Relation:
-        """``SET 'read.on-damage' = 'fail' | 'skip'`` and ``SET 'memory.limit' = '512MB'``:
-        the settings of bounded queries; ``SET 'parallelism' = 'N'``, the parallelism
-        ``EXPLAIN`` plans continuous queries at."""
+        """``SET 'read.on-damage' = 'fail' | 'skip'``, ``SET 'memory.limit' = '512MB'`` and
+        ``SET 'read.iceberg' = 'true' | 'false'`` (streams' Iceberg tables read in place of
+        the log's records they hold: :mod:`streamhouse.iceberg.read`): the settings of
+        bounded queries; ``SET 'parallelism' = 'N'``, the parallelism ``EXPLAIN`` plans
+        continuous queries at."""
         from streamhouse.runtime.options import READ_ON_DAMAGE, on_damage, parallelism, set_options
 
         for key, value in set_options(statement).items():
@@ -265,11 +280,15 @@ class Engine:
                 self.memory_limit = parse_memory_limit(value)
             elif key.lower() == "parallelism":
                 self.parallelism = parallelism(value)
+            elif key.lower() == READ_ICEBERG:
+                if value.lower() not in ("true", "false"):
+                    raise ConfigError(f"{READ_ICEBERG} is 'true' or 'false', not {value!r}")
+                self.read_iceberg = value.lower() == "true"
             else:
                 raise ConfigError(
                     f"unknown setting {key!r} for bounded queries (known: {READ_ON_DAMAGE}, "
-                    f"{MEMORY_LIMIT}, parallelism); continuous query options are SET in the"
-                    " query's file"
+                    f"{MEMORY_LIMIT}, parallelism, {READ_ICEBERG}); continuous query options"
+                    " are SET in the query's file"
                 )
         return status("SET")
 
@@ -342,8 +361,6 @@ class Engine:
             SourceOptions.of(definition.options)  # the options StreamHouse reads are valid
         except SqlError as error:
             raise sql_error(error.message, statement.args.get("properties")) from None
-        from streamhouse.iceberg.tableflow import iceberg_enabled
-
         try:
             iceberg_enabled(definition)
         except StreamHouseError as error:
@@ -506,6 +523,7 @@ class Engine:
         """The answer of a top-level query, not yet computed: its output names as written
         (duplicates too), its types plain (no view types)."""
         stats.rows_read = stats.objects_read = stats.bytes_read = stats.cached_runs = 0
+        stats.iceberg_files = 0
         stats.rejected.clear()
         stats.damaged.clear()
         planned = self._plan(query, stats)
@@ -545,6 +563,7 @@ class Engine:
             stats.objects_read += scan.counter.objects
             stats.bytes_read += scan.counter.bytes
             stats.cached_runs += scan.cached_runs
+            stats.iceberg_files += len(scan.columnar)
 
     def _plan(
         self, query: exp.Query, stats: QueryStats
@@ -648,6 +667,7 @@ class Engine:
         if computed is not None:
             declared |= {c.name for c in computed.columns}
         bounds = scan_bounds(query, name, frozenset(METADATA_COLUMNS - declared))
+        columnar = self._columnar_copy(kind, entry, topic, options, named, computed)
 
         def finish(table: pa.Table) -> pa.Table:
             if computed:  # DataFusion, not from the DataFusion thread that runs the scan
@@ -668,7 +688,29 @@ class Engine:
             ),
             fragments=SCAN_FRAGMENTS,
             cache=self.scan_cache,
+            start_offsets=columnar.tail_starts if columnar else None,
+            columnar=columnar.parts if columnar else (),
         )
+
+    def _columnar_copy(
+        self,
+        kind: str,
+        entry: object,
+        topic: str,
+        options: SourceOptions,
+        named: set[str],
+        computed: ComputedColumns | None,
+    ) -> ColumnarCopy | None:
+        """The Iceberg table's part of a stream a streaming scan reads in place of the log's
+        records, where the answer is the same (see :mod:`streamhouse.iceberg.read`)."""
+        if kind == "topic" or not self.read_iceberg or not options.ignore_parse_errors:
+            return None
+        definition = stream_definition(parse(entry.sql)[0])  # type: ignore[attr-defined]
+        if "_key" in named or topic != definition.topic or not iceberg_enabled(definition):
+            return None
+        if not self._iceberg:
+            self._iceberg.append(open_catalog(self.log.settings))
+        return columnar_copy(self.log, self._iceberg[0], definition, pushdown=not computed)
 
     def _declared(
         self,

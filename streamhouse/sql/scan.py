@@ -27,9 +27,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import pyarrow as pa
@@ -77,6 +77,8 @@ class TopicScan:
         fail_on_rejected: Callable[[RejectedRow], Exception] | None = None,
         fragments: int = 2,
         cache: ColumnarCache | None = None,
+        start_offsets: Mapping[int, int] | None = None,
+        columnar: Sequence[ColumnarPart] = (),
     ) -> None:
         self.name = name
         self.topic = topic
@@ -86,6 +88,7 @@ class TopicScan:
         self.damaged: list[DamagedRangeError] = []
         self.error: BaseException | None = None
         self.cached_runs = 0  # runs read from the columnar cache
+        self.columnar = list(columnar)  # read before the log, from ``start_offsets`` on
         self._cache = cache
         self._log = log_
         self._finish = finish
@@ -104,7 +107,7 @@ class TopicScan:
             log_,
             topic,
             parts,
-            {p: bounds.start_offset for p in parts},
+            {p: max(bounds.start_offset, (start_offsets or {}).get(p, 0)) for p in parts},
             {p: bounds.end_offset for p in parts} if bounds.end_offset is not None else None,
             read=False,
         )
@@ -238,6 +241,32 @@ class TopicScan:
                         self.rows_read += decoded[0].num_rows
                     out = self._out(table, columns, filter_)
                 yield from out
+
+    def columnar_batches(
+        self, index: int, columns: list[str] | None, filter_: Any
+    ) -> Iterator[pa.RecordBatch]:
+        """The record batches of columnar part ``index``, counted live as :meth:`batches`."""
+        with self._idle:
+            self._live += 1
+        try:
+            part = self.columnar[index]
+            tables = iter(part.tables(self.value_schema, filter_))
+            self.counter.add(1, part.size)
+            while True:
+                with self._step() as open_:
+                    if not open_:
+                        return
+                    table = next(tables, None)
+                    if table is None:
+                        return
+                    with self._lock:
+                        self.rows_read += table.num_rows
+                    out = self._out(self._finish(table), columns, filter_)
+                yield from out
+        finally:
+            with self._idle:
+                self._live -= 1
+                self._idle.notify_all()
 
     def _cached(
         self,
@@ -412,30 +441,56 @@ def _groups(rows: list[SegmentRow]) -> list[list[SegmentRow]]:
     return groups
 
 
+class ColumnarPart(Protocol):
+    """Rows of a source already stored as columns (a Parquet file of its Iceberg table), read
+    in place of the log's records at the offsets they hold."""
+
+    size: int  # bytes
+
+    def tables(self, value_schema: pa.Schema | None, filter_: Any) -> Iterator[pa.Table]:
+        """Rows with ``value_schema``'s columns, then ``_offset``, ``_partition``,
+        ``_timestamp`` and ``_key`` (as :func:`~streamhouse.sql.source.with_metadata` gives
+        them); ``filter_`` (DataFusion's, over the scan's schema) may be applied."""
+        ...
+
+
 class _Scanner:
     """What DataFusion asks of a scanner: its projected schema and its batches."""
 
-    def __init__(self, scan: TopicScan, fragment: int, columns: list[str] | None, filter_: Any):
+    def __init__(
+        self,
+        scan: TopicScan,
+        fragment: int,
+        columns: list[str] | None,
+        filter_: Any,
+        columnar: bool = False,
+    ):
         self._scan = scan
         self._fragment = fragment
         self._columns = columns
         self._filter = filter_
+        self._columnar = columnar
         fields = scan.schema if columns is None else [scan.schema.field(c) for c in columns]
         self.projected_schema = pa.schema(fields)
 
     def to_batches(self) -> Iterator[pa.RecordBatch]:
-        return self._scan.batches(self._fragment, self._columns, self._filter)
+        read = self._scan.columnar_batches if self._columnar else self._scan.batches
+        return read(self._fragment, self._columns, self._filter)
 
 
 class TopicFragment:
-    """One partition of DataFusion's scan: every ``fragments``-th group."""
+    """One partition of DataFusion's scan: every ``fragments``-th group, or (``columnar``) a
+    columnar part."""
 
-    def __init__(self, scan: TopicScan, index: int) -> None:
+    def __init__(self, scan: TopicScan, index: int, columnar: bool = False) -> None:
         self._scan = scan
         self._index = index
+        self._columnar = columnar
 
     def scanner(self, schema: pa.Schema | None = None, **options: Any) -> _Scanner:
-        return _Scanner(self._scan, self._index, options.get("columns"), options.get("filter"))
+        return _Scanner(
+            self._scan, self._index, options.get("columns"), options.get("filter"), self._columnar
+        )
 
 
 class TopicDataset(ds.Dataset):
@@ -452,4 +507,7 @@ class TopicDataset(ds.Dataset):
         return _Scanner(self._topic_scan, 0, options.get("columns"), options.get("filter"))
 
     def get_fragments(self, filter: Any = None) -> list[TopicFragment]:  # type: ignore[override]  # noqa: A002
-        return [TopicFragment(self._topic_scan, i) for i in range(self._topic_scan.fragments)]
+        scan = self._topic_scan
+        return [TopicFragment(scan, i) for i in range(scan.fragments)] + [
+            TopicFragment(scan, i, columnar=True) for i in range(len(scan.columnar))
+        ]

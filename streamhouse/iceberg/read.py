@@ -1,0 +1,148 @@
+"""Bounded reads of a stream through its Iceberg table: the Parquet files up to the offsets
+its snapshot covers, then the log's records after them.
+
+A bounded query over a stream declared ``WITH ('iceberg' = 'true')`` reads, per partition,
+the offsets from the log start offset to the last one the table covers from the table's
+Parquet files (each file a fragment of DataFusion's scan; its filter and columns pushed down
+to the Parquet reader, which skips row groups by their statistics), and the records after
+them from the log (:class:`~streamhouse.sql.scan.TopicScan`). The answer is the log's: the
+table holds the same rows at the same offsets (:mod:`streamhouse.iceberg.tableflow`).
+
+The log is read instead where the two could differ: a key-compacted topic (the table keeps
+every version), ``'json.ignore-parse-errors' = 'false'`` (a row that does not parse must fail
+the query; the table left it out), a query naming ``_key`` (not in the table), an OPTIONS hint
+naming another topic, or ``SET 'read.iceberg' = 'false'``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
+
+from streamhouse.iceberg.tableflow import (
+    ROW_FIELDS,
+    TOPIC_PROPERTY,
+    covered_offsets,
+    iceberg_enabled,
+    table_identifier,
+)
+from streamhouse.log.key_compaction import is_compacted
+from streamhouse.sql.ddl import StreamDef
+
+if TYPE_CHECKING:
+    from pyarrow.fs import FileSystem
+    from pyiceberg.catalog.sql import SqlCatalog
+
+    from streamhouse.log import Log
+
+__all__ = ["ColumnarCopy", "ParquetPart", "columnar_copy"]
+
+log = logging.getLogger(__name__)
+
+KEY_FIELD = pa.field("_key", pa.string())
+BATCH_ROWS = 1 << 16
+
+
+@dataclass(frozen=True)
+class ParquetPart:
+    """One Parquet file of the table, read for the offsets ``ranges`` gives per partition
+    (first, last: both included); ``pushdown``: DataFusion's filter can go to the reader
+    (it names no computed column)."""
+
+    path: str
+    size: int
+    filesystem: FileSystem
+    ranges: dict[int, tuple[int, int]]
+    pushdown: bool
+
+    def tables(self, value_schema: pa.Schema | None, filter_: Any) -> Iterator[pa.Table]:
+        fields = list(value_schema or [])
+        names = {f.name for f in fields}
+        schema = pa.schema(fields + [f for f in ROW_FIELDS if f.name not in names])
+        dataset = ds.dataset(
+            [self.path], schema=schema, format="parquet", filesystem=self.filesystem
+        )
+        keep = None
+        for p, (first, last) in sorted(self.ranges.items()):
+            held = (
+                (pc.field("_partition") == p)
+                & (pc.field("_offset") >= first)
+                & (pc.field("_offset") <= last)
+            )
+            keep = held if keep is None else keep | held
+        if keep is None:
+            return
+        if self.pushdown and filter_ is not None:
+            keep = keep & filter_
+        for batch in dataset.to_batches(filter=keep, batch_size=BATCH_ROWS):
+            table = pa.Table.from_batches([batch], schema)
+            if KEY_FIELD.name not in names:
+                table = table.append_column(KEY_FIELD, pa.nulls(table.num_rows, pa.string()))
+            yield table
+
+
+@dataclass(frozen=True)
+class ColumnarCopy:
+    """The part of a stream its Iceberg table holds: ``parts`` (its Parquet files) and, per
+    partition, the offset the log's records are read from (after the table's)."""
+
+    parts: list[ParquetPart]
+    tail_starts: dict[int, int]
+
+
+def columnar_copy(
+    log_: Log,
+    catalog: SqlCatalog,
+    definition: StreamDef,
+    *,
+    pushdown: bool,
+) -> ColumnarCopy | None:
+    """The columnar copy a bounded read of ``definition`` can use, or None (no table, no
+    snapshot with offsets yet, or a key-compacted topic)."""
+    from pyiceberg.exceptions import NoSuchTableError
+    from pyiceberg.io.pyarrow import PyArrowFileIO
+
+    if not iceberg_enabled(definition):
+        return None
+    info = log_.topic(definition.topic)
+    if is_compacted(info.config):
+        return None
+    try:
+        table = catalog.load_table(table_identifier(definition.name))
+    except NoSuchTableError:
+        return None
+    snapshot = table.current_snapshot()
+    covered = covered_offsets(table)
+    if snapshot is None or not covered:
+        return None
+    if (snapshot.summary.get(TOPIC_PROPERTY) if snapshot.summary else None) not in (
+        None,
+        definition.topic,
+    ):
+        return None
+    starts = {p: b.log_start_offset for p, b in log_.metadata.partition_offsets(info.name).items()}
+    ranges = {
+        p: (starts.get(p, 0), last) for p, last in covered.items() if last >= starts.get(p, 0)
+    }
+    io = table.io
+    assert isinstance(io, PyArrowFileIO)
+    parts = []
+    for task in table.scan(snapshot_id=snapshot.snapshot_id).plan_files():
+        scheme, netloc, path = PyArrowFileIO.parse_location(task.file.file_path)
+        parts.append(
+            ParquetPart(
+                path,
+                task.file.file_size_in_bytes,
+                io.fs_by_scheme(scheme, netloc),
+                ranges,
+                pushdown,
+            )
+        )
+    tail = {p: last + 1 for p, last in covered.items()}
+    return ColumnarCopy(parts, tail)
