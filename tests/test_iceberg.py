@@ -308,6 +308,9 @@ READ_QUERIES = [
     "SELECT id FROM orders WHERE _offset BETWEEN 100 AND 180",
     "SELECT a.id, b.name FROM orders a JOIN orders b ON a.id = b.id + 1 WHERE a.id < 50",
     "SELECT count(*) AS n FROM (SELECT id FROM orders WHERE name = 'n3' LIMIT 20) t",
+    "SELECT window_start, count(*) AS n, max(doubled) AS top, min(_offset) AS first FROM"
+    " TABLE(TUMBLE(TABLE orders, DESCRIPTOR(ts), INTERVAL '5' MINUTE))"
+    " GROUP BY window_start, window_end",
 ]
 
 

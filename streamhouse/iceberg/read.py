@@ -95,6 +95,14 @@ class ColumnarCopy:
     parts: list[ParquetPart]
     tail_starts: dict[int, int]
 
+    def table_with(self, tail: pa.Table, value_schema: pa.Schema | None, stats: Any) -> pa.Table:
+        """The rows of every part (``value_schema``'s columns and the metadata columns, as
+        ``tail`` has them), then ``tail``'s; the files counted in ``stats.iceberg_files``."""
+        pieces = [t.cast(tail.schema) for p in self.parts for t in p.tables(value_schema, None)]
+        stats.iceberg_files += len(self.parts)
+        stats.rows_read += sum(t.num_rows for t in pieces)
+        return pa.concat_tables([*pieces, tail])
+
 
 def columnar_copy(
     log_: Log,

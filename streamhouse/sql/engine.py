@@ -597,8 +597,12 @@ class Engine:
                 needed = (
                     None if columns is None else columns | {spec.time_column, *spec.partition_by}
                 )
+                # a window's rows in any order: the Iceberg table may give some (not ORDER-ed)
                 table = window_table(
-                    self.source_table(source, needed, stats, hints.get(source)), spec
+                    self.source_table(
+                        source, needed, stats, hints.get(source), None if ordered else named
+                    ),
+                    spec,
                 )
             else:
                 table = self.source_table(name, columns, stats, hints.get(name))
@@ -746,9 +750,11 @@ class Engine:
         columns: set[str] | None,
         stats: QueryStats,
         hint: dict[str, str] | None = None,
+        named: set[str] | None = None,
     ) -> pa.Table:
         """The rows of a stream, view or topic as one Arrow table (``columns``: those needed;
-        ``hint``: its OPTIONS hint)."""
+        ``hint``: its OPTIONS hint). With ``named`` (the query's column names), rows may come
+        from the stream's Iceberg table (then not by partition and offset)."""
         resolved = self._resolve(name)
         if resolved is None:
             raise UnknownStreamError(f"unknown stream, view or topic {name!r}")
@@ -777,11 +783,24 @@ class Engine:
             table, kept, _ = decode_json(records["value"], schema)
             return with_metadata(table, records, kept)
         topic, schema, computed, options, columns = self._declared(name, kind, entry, hint, columns)
-        source = read_source(self.log, topic, schema, columns, skip_damaged=self.skip_damaged)
+        columnar = None
+        if named is not None:
+            columnar = self._columnar_copy(kind, entry, topic, options, named, computed)
+        source = read_source(
+            self.log,
+            topic,
+            schema,
+            columns,
+            start_offsets=columnar.tail_starts if columnar else None,
+            skip_damaged=self.skip_damaged,
+        )
         if source.rejected and not options.ignore_parse_errors:
             raise parse_failure(name, source.rejected[0])
         _report(name, source, stats)
-        return computed.apply(source.table) if computed else source.table
+        table = source.table
+        if columnar is not None and columnar.parts:
+            table = columnar.table_with(table, source.schema, stats)
+        return computed.apply(table) if computed else table
 
 
 def parse_failure(name: str, row: RejectedRow) -> SqlError:
