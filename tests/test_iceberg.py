@@ -236,11 +236,11 @@ def test_kill_9_during_iceberg_commits_neither_repeats_nor_skips(
     for kill_after in (1, 4):  # the kill-th new Parquet file of this run
         before = _data_files(data)
         process = subprocess.Popen(
-            command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
         )
         deadline = time.monotonic() + 60
         while len(_data_files(data) - before) < kill_after:
-            assert process.poll() is None, "the pass ended before it could be killed"
+            assert process.poll() is None, process.stderr.read().decode()
             assert time.monotonic() < deadline
             time.sleep(0.002)
         process.send_signal(signal.SIGKILL)

@@ -171,20 +171,42 @@ def append_streams(
     holder = holder or compactor_id()
     ttl_ms = max(1, int(log_.settings.compaction_lease_s * 1000))
     for definition in definitions:
-        lease = log_.metadata.acquire_lease(f"iceberg/{definition.name}", holder, ttl_ms)
-        if lease is None:
+        lease = _StreamLease(log_, f"iceberg/{definition.name}", holder, ttl_ms)
+        if not lease.keep():
             report.busy.append(definition.name)
             continue
         try:
             assert catalog is not None
-            _append_stream(log_, catalog, definition, lease, ttl_ms, report)
+            _append_stream(log_, catalog, definition, lease, report)
         except Exception as exc:  # that stream alone fails this pass; the next one retries
             log.exception("Iceberg append of stream %s failed", definition.name)
             report.failed[definition.name] = str(exc)
         finally:
-            log_.metadata.release_lease(lease)
+            lease.release()
     report.seconds = time.monotonic() - started
     return report
+
+
+class _StreamLease:
+    """The lease on appending to one stream's table: taken, renewed between snapshots (or
+    taken again, if it lapsed and nobody else took it: a slow snapshot loses no work), and
+    released. Exactly-once never rests on it (the catalog's conditional commit does); it
+    keeps two appenders from writing the same files."""
+
+    def __init__(self, log_: Log, name: str, holder: str, ttl_ms: int) -> None:
+        self._log, self._name, self._holder, self._ttl_ms = log_, name, holder, ttl_ms
+        self._lease: Lease | None = None
+
+    def keep(self) -> bool:
+        metadata = self._log.metadata
+        if self._lease is not None and metadata.renew_lease(self._lease, self._ttl_ms):
+            return True
+        self._lease = metadata.acquire_lease(self._name, self._holder, self._ttl_ms)
+        return self._lease is not None
+
+    def release(self) -> None:
+        if self._lease is not None:
+            self._log.metadata.release_lease(self._lease)
 
 
 def _table(catalog: SqlCatalog, definition: StreamDef) -> Table:
@@ -205,12 +227,19 @@ def _append_stream(
     log_: Log,
     catalog: SqlCatalog,
     definition: StreamDef,
-    lease: Lease,
-    ttl_ms: int,
+    lease: _StreamLease,
     report: TableflowReport,
 ) -> None:
     table = _table(catalog, definition)
     topic = definition.topic
+    snapshot = table.current_snapshot()
+    held = snapshot.summary.get(TOPIC_PROPERTY) if snapshot and snapshot.summary else None
+    if held not in (None, topic):
+        raise StreamHouseError(
+            f"stream {definition.name} reads topic {topic!r} but its Iceberg table holds the"
+            f" records of {held!r}: drop the table {table_identifier(definition.name)} to start"
+            " it again from this topic"
+        )
     covered = covered_offsets(table)
     budget = max(1, log_.settings.iceberg_commit_records)
     schema = table_schema(definition)
@@ -267,7 +296,7 @@ def _append_stream(
             table_identifier(definition.name),
             summary[OFFSETS_PROPERTY],
         )
-        if not log_.metadata.renew_lease(lease, ttl_ms):
+        if not lease.keep():
             log.warning("stream %s: Iceberg lease lost; another appender goes on", definition.name)
             return
 

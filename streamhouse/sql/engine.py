@@ -712,9 +712,15 @@ class Engine:
         definition = stream_definition(parse(entry.sql)[0])  # type: ignore[attr-defined]
         if "_key" in named or topic != definition.topic or not iceberg_enabled(definition):
             return None
-        if not self._iceberg:
-            self._iceberg.append(open_catalog(self.log.settings))
-        return columnar_copy(self.log, self._iceberg[0], definition, pushdown=not computed)
+        try:  # the copy is an optimisation: if it cannot be read, the log still can
+            if not self._iceberg:
+                self._iceberg.append(open_catalog(self.log.settings))
+            return columnar_copy(self.log, self._iceberg[0], definition, pushdown=not computed)
+        except Exception:
+            log.warning(
+                "Iceberg table of %r not read; reading the log", definition.name, exc_info=True
+            )
+            return None
 
     def _declared(
         self,
