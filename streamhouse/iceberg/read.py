@@ -30,6 +30,7 @@ from streamhouse.iceberg.tableflow import (
     TOPIC_PROPERTY,
     covered_offsets,
     iceberg_enabled,
+    recording_snapshot,
     table_identifier,
 )
 from streamhouse.log.key_compaction import is_compacted
@@ -41,7 +42,7 @@ if TYPE_CHECKING:
 
     from streamhouse.log import Log
 
-__all__ = ["ColumnarCopy", "ParquetPart", "columnar_copy"]
+__all__ = ["ColumnarCopy", "ParquetPart", "columnar_copy", "kept_rows"]
 
 log = logging.getLogger(__name__)
 
@@ -51,14 +52,13 @@ BATCH_ROWS = 1 << 16
 
 @dataclass(frozen=True)
 class ParquetPart:
-    """One Parquet file of the table, read for the offsets ``ranges`` gives per partition
-    (first, last: both included); ``pushdown``: DataFusion's filter can go to the reader
-    (it names no computed column)."""
+    """One Parquet file of the table, its rows that ``keep`` holds for read (None: all);
+    ``pushdown``: DataFusion's filter can go to the reader (it names no computed column)."""
 
     path: str
     size: int
     filesystem: FileSystem
-    ranges: dict[int, tuple[int, int]]
+    keep: pc.Expression | None
     pushdown: bool
 
     def tables(self, value_schema: pa.Schema | None, filter_: Any) -> Iterator[pa.Table]:
@@ -68,18 +68,9 @@ class ParquetPart:
         dataset = ds.dataset(
             [self.path], schema=schema, format="parquet", filesystem=self.filesystem
         )
-        keep = None
-        for p, (first, last) in sorted(self.ranges.items()):
-            held = (
-                (pc.field("_partition") == p)
-                & (pc.field("_offset") >= first)
-                & (pc.field("_offset") <= last)
-            )
-            keep = held if keep is None else keep | held
-        if keep is None:
-            return
+        keep = self.keep
         if self.pushdown and filter_ is not None:
-            keep = keep & filter_
+            keep = filter_ if keep is None else keep & filter_
         for batch in dataset.to_batches(filter=keep, batch_size=BATCH_ROWS):
             table = pa.Table.from_batches([batch], schema)
             if KEY_FIELD.name not in names:
@@ -126,8 +117,9 @@ def columnar_copy(
     except NoSuchTableError:
         return None
     snapshot = table.current_snapshot()
+    recorded = recording_snapshot(table)
     covered = covered_offsets(table)
-    if snapshot is None or not covered:
+    if snapshot is None or recorded is None or not covered:
         return None
     if (snapshot.summary.get(TOPIC_PROPERTY) if snapshot.summary else None) not in (
         None,
@@ -135,9 +127,7 @@ def columnar_copy(
     ):
         return None
     starts = {p: b.log_start_offset for p, b in log_.metadata.partition_offsets(info.name).items()}
-    ranges = {
-        p: (starts.get(p, 0), last) for p, last in covered.items() if last >= starts.get(p, 0)
-    }
+    keep = kept_rows(covered, starts, recorded.snapshot_id == snapshot.snapshot_id)
     io = table.io
     assert isinstance(io, PyArrowFileIO)
     parts = []
@@ -148,9 +138,37 @@ def columnar_copy(
                 path,
                 task.file.file_size_in_bytes,
                 io.fs_by_scheme(scheme, netloc),
-                ranges,
+                keep,
                 pushdown,
             )
         )
     tail = {p: last + 1 for p, last in covered.items()}
     return ColumnarCopy(parts, tail)
+
+
+def kept_rows(
+    covered: dict[int, int], starts: dict[int, int], current: bool
+) -> pc.Expression | None:
+    """The table's rows a read keeps: per partition, the offsets from the log start offset
+    to the last one ``covered`` names. Bounds that every row meets are left out: a log start
+    of 0, and the upper bounds when the offsets were recorded by the ``current`` snapshot (the
+    table then holds nothing beyond them); so a table whose log was not trimmed is read whole,
+    without a filter.
+
+    >>> kept_rows({0: 9, 1: 5}, {0: 0, 1: 0}, True) is None
+    True
+    >>> str(kept_rows({0: 9}, {0: 3}, True))
+    'invert(((_partition == 0) and (_offset < 3)))'
+    >>> str(kept_rows({0: 9}, {0: 0}, False))
+    'invert(((_partition == 0) and (_offset > 9)))'
+    """
+    keep = None
+    for p, last in sorted(covered.items()):
+        dropped = []
+        if starts.get(p, 0) > 0:
+            dropped.append((pc.field("_partition") == p) & (pc.field("_offset") < starts[p]))
+        if not current:
+            dropped.append((pc.field("_partition") == p) & (pc.field("_offset") > last))
+        for rows in dropped:
+            keep = ~rows if keep is None else keep & ~rows
+    return keep

@@ -48,6 +48,7 @@ from streamhouse.sql.source import METADATA_FIELDS, read_source
 if TYPE_CHECKING:
     from pyiceberg.catalog.sql import SqlCatalog
     from pyiceberg.table import Table
+    from pyiceberg.table.snapshots import Snapshot
 
     from streamhouse.log import Log
 
@@ -140,17 +141,24 @@ def _storable(f: pa.Field) -> pa.Field:
     return f
 
 
-def covered_offsets(table: Table) -> dict[int, int]:
-    """The last offset appended per partition: from the newest snapshot (walking back from
-    the current one, past snapshots other writers made) whose summary records them."""
+def recording_snapshot(table: Table) -> Snapshot | None:
+    """The newest snapshot (walking back from the current one, past snapshots other writers
+    made) whose summary records the offsets appended."""
     snapshot = table.current_snapshot()
     while snapshot is not None:
-        recorded = snapshot.summary.get(OFFSETS_PROPERTY) if snapshot.summary else None
-        if recorded is not None:
-            return {int(p): int(o) for p, o in json.loads(recorded).items()}
+        if snapshot.summary is not None and OFFSETS_PROPERTY in snapshot.summary:
+            return snapshot
         parent = snapshot.parent_snapshot_id
         snapshot = None if parent is None else table.snapshot_by_id(parent)
-    return {}
+    return None
+
+
+def covered_offsets(table: Table) -> dict[int, int]:
+    """The last offset appended per partition (see :func:`recording_snapshot`)."""
+    snapshot = recording_snapshot(table)
+    if snapshot is None or snapshot.summary is None:
+        return {}
+    return {int(p): int(o) for p, o in json.loads(snapshot.summary[OFFSETS_PROPERTY]).items()}
 
 
 def append_streams(
