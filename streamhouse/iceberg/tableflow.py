@@ -72,8 +72,13 @@ TOPIC_PROPERTY = "streamhouse.topic"
 """Snapshot summary property: the topic the offsets are of."""
 ROW_FIELDS = [f for f in METADATA_FIELDS if f.name in ("_partition", "_offset", "_timestamp")]
 """The metadata columns a table holds beside the declared ones."""
-TABLE_PROPERTIES = {"write.parquet.row-group-limit": str(1 << 17)}
-"""Row groups of 128 Ki rows: readers skip row groups by their statistics (``_offset``)."""
+TABLE_PROPERTIES = {
+    "write.parquet.row-group-limit": str(1 << 17),
+    "commit.manifest-merge.enabled": "true",
+}
+"""Row groups of 128 Ki rows: readers skip row groups by their statistics (``_offset``).
+Appends merge small manifests (past 100 of them), so planning a read does not grow with
+every snapshot a freshness interval adds."""
 _BOOLEANS = {"true": True, "false": False}
 
 
