@@ -27,8 +27,16 @@ from streamhouse.log.metadata import POSTGRESQL_SCHEMES, sqlite_path
 
 if TYPE_CHECKING:
     from pyiceberg.catalog.sql import SqlCatalog
+    from pyiceberg.table import StaticTable
 
-__all__ = ["CATALOG_NAME", "NAMESPACE", "WAREHOUSE_PREFIX", "catalog_properties", "open_catalog"]
+__all__ = [
+    "CATALOG_NAME",
+    "NAMESPACE",
+    "WAREHOUSE_PREFIX",
+    "catalog_properties",
+    "current_table",
+    "open_catalog",
+]
 
 CATALOG_NAME = "streamhouse"
 NAMESPACE = "streamhouse"
@@ -74,3 +82,49 @@ def open_catalog(settings: Settings) -> SqlCatalog:
     catalog = SqlCatalog(props.pop("name"), **props)
     catalog.create_namespace_if_not_exists(NAMESPACE)
     return catalog
+
+
+METADATA_LOCATION = (
+    "SELECT metadata_location FROM iceberg_tables"
+    " WHERE catalog_name = {p} AND table_namespace = {p} AND table_name = {p}"
+)
+"""The row pyiceberg's SQL catalog keeps per table: where its current metadata file is."""
+
+
+def current_table(settings: Settings, stream: str) -> StaticTable | None:
+    """Stream ``stream``'s table as it is now, for reading (None: it has none): its metadata
+    file found with one query of the catalog's table, then read. Lighter than
+    :func:`open_catalog` (no SQLAlchemy), which a bounded query would pay for every time."""
+    from pyiceberg.table import StaticTable
+
+    location = _metadata_location(settings, stream)
+    if location is None:
+        return None
+    props = catalog_properties(settings)
+    for catalog_only in ("name", "type", "uri", "warehouse"):
+        props.pop(catalog_only)
+    return StaticTable.from_metadata(location, properties=props)
+
+
+def _metadata_location(settings: Settings, stream: str) -> str | None:
+    key = (CATALOG_NAME, NAMESPACE, stream)
+    path = sqlite_path(settings)
+    if path is not None:
+        import sqlite3
+
+        try:
+            with sqlite3.connect(f"file:{Path(path).resolve()}?mode=ro", uri=True) as conn:
+                row = conn.execute(METADATA_LOCATION.format(p="?"), key).fetchone()
+        except sqlite3.OperationalError as exc:
+            if "no such table" in str(exc):
+                return None  # no Iceberg table was ever made here
+            raise
+        return None if row is None else row[0]
+    import psycopg
+
+    try:
+        with psycopg.connect(str(settings.metadata), connect_timeout=10) as conn:
+            row = conn.execute(METADATA_LOCATION.format(p="%s"), key).fetchone()
+    except psycopg.errors.UndefinedTable:
+        return None
+    return None if row is None else row[0]

@@ -25,20 +25,19 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
+from streamhouse.iceberg.catalog import current_table
 from streamhouse.iceberg.tableflow import (
     ROW_FIELDS,
     TOPIC_PROPERTY,
     covered_offsets,
     iceberg_enabled,
     recording_snapshot,
-    table_identifier,
 )
 from streamhouse.log.key_compaction import is_compacted
 from streamhouse.sql.ddl import StreamDef
 
 if TYPE_CHECKING:
     from pyarrow.fs import FileSystem
-    from pyiceberg.catalog.sql import SqlCatalog
 
     from streamhouse.log import Log
 
@@ -97,14 +96,12 @@ class ColumnarCopy:
 
 def columnar_copy(
     log_: Log,
-    catalog: SqlCatalog,
     definition: StreamDef,
     *,
     pushdown: bool,
 ) -> ColumnarCopy | None:
     """The columnar copy a bounded read of ``definition`` can use, or None (no table, no
     snapshot with offsets yet, or a key-compacted topic)."""
-    from pyiceberg.exceptions import NoSuchTableError
     from pyiceberg.io.pyarrow import PyArrowFileIO
 
     if not iceberg_enabled(definition):
@@ -112,9 +109,8 @@ def columnar_copy(
     info = log_.topic(definition.topic)
     if is_compacted(info.config):
         return None
-    try:
-        table = catalog.load_table(table_identifier(definition.name))
-    except NoSuchTableError:
+    table = current_table(log_.settings, definition.name)
+    if table is None:
         return None
     snapshot = table.current_snapshot()
     recorded = recording_snapshot(table)

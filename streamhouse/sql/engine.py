@@ -28,7 +28,6 @@ import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import datafusion
 import numpy as np
@@ -43,7 +42,6 @@ from streamhouse.errors import (
     StreamHouseError,
     UnknownStreamError,
 )
-from streamhouse.iceberg.catalog import open_catalog
 from streamhouse.iceberg.read import ColumnarCopy, columnar_copy
 from streamhouse.iceberg.tableflow import iceberg_enabled
 from streamhouse.joins.temporal import match_versions, temporal_inputs
@@ -91,9 +89,6 @@ from streamhouse.sql.window_spec import take_out_windows
 from streamhouse.windows.table import window_table
 from streamhouse.workers import worker
 
-if TYPE_CHECKING:
-    from pyiceberg.catalog.sql import SqlCatalog
-
 log = logging.getLogger(__name__)
 
 STREAM_KINDS = {"STREAM": "stream", "TABLE": "table"}
@@ -135,7 +130,6 @@ class Engine:
         self.temporary = temporary if temporary is not None else TemporaryObjects()
         self.parallelism = 1  # SET 'parallelism': what EXPLAIN plans continuous queries at
         self.read_iceberg = True  # SET 'read.iceberg': streams' Iceberg tables read for the log
-        self._iceberg: list[SqlCatalog] = []  # the catalog, once opened (shared by sessions)
 
     def session(self) -> Engine:
         """An engine over the same log in a session of its own (a continuous query's file):
@@ -148,7 +142,6 @@ class Engine:
         engine.memory_limit = self.memory_limit
         engine.parallelism = self.parallelism
         engine.read_iceberg = self.read_iceberg
-        engine._iceberg = self._iceberg
         return engine
 
     def execute(self, sql: str) -> Relation:
@@ -713,9 +706,7 @@ class Engine:
         if "_key" in named or topic != definition.topic or not iceberg_enabled(definition):
             return None
         try:  # the copy is an optimisation: if it cannot be read, the log still can
-            if not self._iceberg:
-                self._iceberg.append(open_catalog(self.log.settings))
-            return columnar_copy(self.log, self._iceberg[0], definition, pushdown=not computed)
+            return columnar_copy(self.log, definition, pushdown=not computed)
         except Exception:
             log.warning(
                 "Iceberg table of %r not read; reading the log", definition.name, exc_info=True
