@@ -341,8 +341,9 @@ def test_bounded_queries_read_the_table_then_the_log_tail(tmp_path: Path) -> Non
 
 
 def test_the_log_is_read_where_the_table_could_differ(tmp_path: Path) -> None:
-    """``_key`` (not in the table) and a key-compacted topic (the table keeps every version)
-    are read from the log; so is a stream whose table has no snapshot yet."""
+    """``_key`` (not in the table), a table that left out a record that did not fit the
+    schema, and a key-compacted topic (the table keeps every version) are read from the log;
+    so is a stream whose table has no snapshot yet."""
     with streamhouse.connect(tmp_path / "data") as sh:
         sh.sql(DECLARE.format(extra=", 'iceberg' = 'true'"))
         _produce(sh, 0, 200)
@@ -355,6 +356,12 @@ def test_the_log_is_read_where_the_table_could_differ(tmp_path: Path) -> None:
         assert keyed.stats.iceberg_files == 0
         plain = sh.sql("SELECT count(*) AS n FROM orders")
         assert plain.to_arrow_table()["n"][0].as_py() == 200 and plain.stats.iceberg_files == 1
+        # A value that does not fit every column: the table leaves the record out, a query
+        # parsing only `name` keeps it; such a table is not read.
+        sh.produce("orders", [{"id": "not a number", "name": "n1"}], partition=0)
+        assert sh.append_iceberg().rejected == 1
+        names = sh.sql("SELECT count(name) AS n FROM orders")
+        assert names.to_arrow_table()["n"][0].as_py() == 201 and names.stats.iceberg_files == 0
         sh.sql("CREATE STREAM latest (k VARCHAR, v BIGINT) WITH (topic = 'kv', 'iceberg' = 'true')")
         sh.alter_topic("kv", {"cleanup.policy": "compact"})
         sh.produce("kv", [{"k": "a", "v": i} for i in range(5)], key="a")

@@ -8,10 +8,11 @@ to the Parquet reader, which skips row groups by their statistics), and the reco
 them from the log (:class:`~streamhouse.sql.scan.TopicScan`). The answer is the log's: the
 table holds the same rows at the same offsets (:mod:`streamhouse.iceberg.tableflow`).
 
-The log is read instead where the two could differ: a key-compacted topic (the table keeps
-every version), ``'json.ignore-parse-errors' = 'false'`` (a row that does not parse must fail
-the query; the table left it out), a query naming ``_key`` (not in the table), an OPTIONS hint
-naming another topic, or ``SET 'read.iceberg' = 'false'``.
+The log is read instead where the two could differ: a table that left out a record whose
+value did not fit the schema (a query parsing fewer columns may keep it), a key-compacted
+topic (the table keeps every version), ``'json.ignore-parse-errors' = 'false'`` (a row that
+does not parse must fail the query; the table left it out), a query naming ``_key`` (not in
+the table), an OPTIONS hint naming another topic, or ``SET 'read.iceberg' = 'false'``.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import pyarrow.dataset as ds
 
 from streamhouse.iceberg.catalog import current_table
 from streamhouse.iceberg.tableflow import (
+    REJECTED_PROPERTY,
     ROW_FIELDS,
     TOPIC_PROPERTY,
     covered_offsets,
@@ -116,6 +118,10 @@ def columnar_copy(
     recorded = recording_snapshot(table)
     covered = covered_offsets(table)
     if snapshot is None or recorded is None or not covered:
+        return None
+    if int((recorded.summary or {}).get(REJECTED_PROPERTY, 0)):
+        # Some value did not fit the schema: a query parsing fewer columns may keep its
+        # record, the table has not; only the log answers such a query.
         return None
     if (snapshot.summary.get(TOPIC_PROPERTY) if snapshot.summary else None) not in (
         None,

@@ -70,6 +70,9 @@ OFFSETS_PROPERTY = "streamhouse.last-offsets"
 """Snapshot summary property: ``{"<partition>": <last offset appended>, ...}`` (JSON)."""
 TOPIC_PROPERTY = "streamhouse.topic"
 """Snapshot summary property: the topic the offsets are of."""
+REJECTED_PROPERTY = "streamhouse.rejected-records"
+"""Snapshot summary property: how many records of the offsets covered did not fit the schema
+(left out of the table, sent to dead letters), over every snapshot so far."""
 ROW_FIELDS = [f for f in METADATA_FIELDS if f.name in ("_partition", "_offset", "_timestamp")]
 """The metadata columns a table holds beside the declared ones."""
 TABLE_PROPERTIES = {
@@ -254,6 +257,8 @@ def _append_stream(
             " it again from this topic"
         )
     covered = covered_offsets(table)
+    recorded = recording_snapshot(table)
+    rejected = int((recorded.summary or {}).get(REJECTED_PROPERTY, 0)) if recorded else 0
     budget = max(1, log_.settings.iceberg_commit_records)
     schema = table_schema(definition)
     report.rows.setdefault(definition.name, 0)
@@ -293,11 +298,13 @@ def _append_stream(
         if source.rejected:
             write_dead_letters(log_, f"{definition.name}.dlq", source.rejected)
             report.rejected += len(source.rejected)
+            rejected += len(source.rejected)
         rows = source.table.select(schema.names).cast(schema)
         covered = covered | {p: ends[p] - 1 for p in parts}
         summary = {
             OFFSETS_PROPERTY: json.dumps({str(p): o for p, o in sorted(covered.items())}),
             TOPIC_PROPERTY: topic,
+            REJECTED_PROPERTY: str(rejected),
         }
         table.append(rows, snapshot_properties=summary)
         report.rows[definition.name] += rows.num_rows
