@@ -28,12 +28,12 @@ import pyarrow.dataset as ds
 
 from streamhouse.iceberg.catalog import current_table
 from streamhouse.iceberg.tableflow import (
-    REJECTED_PROPERTY,
     ROW_FIELDS,
     TOPIC_PROPERTY,
     covered_offsets,
     iceberg_enabled,
     recording_snapshot,
+    rejected_records,
 )
 from streamhouse.log.key_compaction import is_compacted
 from streamhouse.sql.ddl import StreamDef
@@ -119,7 +119,7 @@ def columnar_copy(
     covered = covered_offsets(table)
     if snapshot is None or recorded is None or not covered:
         return None
-    if int((recorded.summary or {}).get(REJECTED_PROPERTY, 0)):
+    if rejected_records(recorded):
         # Some value did not fit the schema: a query parsing fewer columns may keep its
         # record, the table has not; only the log answers such a query.
         return None

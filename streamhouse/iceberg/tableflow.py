@@ -161,6 +161,13 @@ def recording_snapshot(table: Table) -> Snapshot | None:
     return None
 
 
+def rejected_records(snapshot: Snapshot | None) -> int:
+    """How many records of the offsets ``snapshot`` covers the table left out (0 if it
+    does not say)."""
+    value = snapshot.summary.get(REJECTED_PROPERTY) if snapshot and snapshot.summary else None
+    return 0 if value is None else int(value)
+
+
 def covered_offsets(table: Table) -> dict[int, int]:
     """The last offset appended per partition (see :func:`recording_snapshot`)."""
     snapshot = recording_snapshot(table)
@@ -258,7 +265,7 @@ def _append_stream(
         )
     covered = covered_offsets(table)
     recorded = recording_snapshot(table)
-    rejected = int((recorded.summary or {}).get(REJECTED_PROPERTY, 0)) if recorded else 0
+    rejected = rejected_records(recorded)
     budget = max(1, log_.settings.iceberg_commit_records)
     schema = table_schema(definition)
     report.rows.setdefault(definition.name, 0)
