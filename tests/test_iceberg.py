@@ -213,6 +213,7 @@ def _data_files(data: Path) -> set[Path]:
 TOTAL = 4_800
 
 
+@pytest.mark.slow
 def test_kill_9_during_iceberg_commits_neither_repeats_nor_skips(
     tmp_path: Path, metadata_url: str | None
 ) -> None:
@@ -274,6 +275,7 @@ def test_kill_9_during_iceberg_commits_neither_repeats_nor_skips(
         _same_rows(_as_ms(table), _log_rows(sh))
 
 
+@pytest.mark.slow
 def test_serve_appends_in_the_background(tmp_path: Path) -> None:
     """`serve` appends every iceberg_freshness_s: rows produced through it reach the table."""
     data = tmp_path / "data"
