@@ -241,11 +241,11 @@ def agents(tmp_path: Path, postgres_url: str) -> Iterator[Callable[..., KafkaSer
     data = tmp_path / "data"
     started: list[KafkaServer] = []
 
-    def start(*args: str) -> KafkaServer:
+    def start(*args: str, ttl_s: float = TTL_S) -> KafkaServer:
         server = KafkaServer(
             data,
             args=["--metadata", postgres_url, *args],
-            env={"STREAMHOUSE_AGENT_TTL_S": str(TTL_S)},
+            env={"STREAMHOUSE_AGENT_TTL_S": str(ttl_s)},
         )
         server.log_path = tmp_path / f"agent-{len(started)}.log"
         started.append(server)
@@ -303,8 +303,8 @@ def test_three_agents_are_one_cluster_and_survive_a_kill(
     assert took <= TTL_S + 2
     for _ in range(5):  # keeps going, every partition served by a live agent
         produce(100)
-    shown = status()
-    assert sorted(_states(shown)) == ["dead", "live", "live"]
+    # the status tells by heartbeats alone: dead once the heartbeat is a TTL old
+    _wait_for(lambda: sorted(_states(status())) == ["dead", "live", "live"], TTL_S + 3, "dead")
     victim.start()  # restarted: a new agent at the old address
     _wait_for(lambda: all(len(_metadata(s)[0]) == 3 for s in servers), 10, "3 brokers again")
     for _ in range(5):
@@ -316,6 +316,32 @@ def test_three_agents_are_one_cluster_and_survive_a_kill(
 
     survivors[0].stop()
     _wait_for(lambda: len(_metadata(survivors[1])[0]) == 2, 2.5, "clean stop deregisters at once")
+
+
+def test_a_killed_or_stopped_agent_leaves_answers_at_once_a_paused_one_does_not(
+    agents: Callable[..., KafkaServer],
+) -> None:
+    """With a TTL far longer than the test, only direct evidence can drop an agent: a kill -9
+    or a clean stop closes the other agents' links to it and its address refuses them, so it
+    leaves their answers within a second or two; a paused agent (SIGSTOP) still accepts
+    connections, so it stays named until its heartbeat is a TTL old."""
+    ttl_s = 15.0
+    a, b, c = (agents(ttl_s=ttl_s) for _ in range(3))
+    _wait_for(lambda: len(_metadata(a)[0]) == 3, 10, "3 brokers")
+    everyone = _metadata(a)[0]
+    b.process.send_signal(signal.SIGSTOP)  # type: ignore[union-attr]
+    try:
+        time.sleep(2.0)
+        assert _metadata(a)[0] == everyone == _metadata(c)[0]  # paused is not gone
+    finally:
+        b.process.send_signal(signal.SIGCONT)  # type: ignore[union-attr]
+    b.process.send_signal(signal.SIGKILL)  # type: ignore[union-attr]
+    b.process.wait()  # type: ignore[union-attr]
+    took = _wait_for(lambda: len(_metadata(a)[0]) == len(_metadata(c)[0]) == 2, 10, "b gone")
+    assert took < 5.0  # its heartbeat is 12.5 s from a TTL old
+    assert c.stop() == 0
+    took = _wait_for(lambda: len(_metadata(a)[0]) == 1, 10, "c gone")
+    assert took < 5.0
 
 
 def test_zones_and_agent_groups(agents: Callable[..., KafkaServer]) -> None:
