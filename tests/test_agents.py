@@ -25,6 +25,7 @@ from streamhouse.config import Settings
 from streamhouse.errors import FencedError
 from streamhouse.kafka.cluster import Cluster, Node, node_id_of
 from streamhouse.kafka.coordination import ADOPT_COMMITS_S, GroupLeases
+from streamhouse.kafka.peers import PeerLinks
 from streamhouse.kafka.wire import ErrorCode, ms
 from streamhouse.log.metadata import AgentInfo
 from streamhouse.log.metadata.postgres import PostgresMetadata
@@ -124,6 +125,78 @@ def test_an_unshared_store_answers_with_node_0_alone() -> None:
     cluster = Cluster(None, Settings(port=9999))
     assert cluster.node_id == 0
     assert [(n.node_id, n.port) for n in cluster.nodes("z1")] == [(0, 9999)]
+
+
+def test_peer_links_report_a_peer_whose_link_closed_and_address_refuses() -> None:
+    """Only a link that was up, closed, and then a refused address is evidence: a listener that
+    closes every connection (as a TLS listener does without a handshake) keeps accepting, and
+    an address never reached says nothing."""
+
+    async def scenario() -> list[str]:
+        held: list[asyncio.StreamWriter] = []
+
+        async def keep(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            held.append(writer)
+            await reader.read()
+
+        async def drop(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            writer.close()
+
+        alive = await asyncio.start_server(keep, "127.0.0.1", 0)
+        closing = await asyncio.start_server(drop, "127.0.0.1", 0)
+        nowhere = await asyncio.start_server(drop, "127.0.0.1", 0)
+        addresses = {
+            name: server.sockets[0].getsockname()[:2]
+            for name, server in [("alive", alive), ("closing", closing), ("nowhere", nowhere)]
+        }
+        nowhere.close()  # its port now refuses: never reached
+        await nowhere.wait_closed()
+        gone: list[str] = []
+        links = PeerLinks(gone.append)
+        links.watch(addresses)
+        await asyncio.sleep(1.5)  # several relinks of "closing", attempts at "nowhere"
+        assert gone == [] and len(held) == 1
+        alive.close()  # the process ends: listener and connections closed
+        for writer in held:
+            writer.close()
+        await asyncio.sleep(0.5)
+        await links.close()
+        closing.close()
+        return gone
+
+    assert asyncio.run(scenario()) == ["alive"]
+
+
+def test_a_peer_found_gone_is_named_again_once_it_heartbeats() -> None:
+    """A peer found gone is left out of answers while its heartbeat is older than the moment
+    it was found gone, named again once it beats after that, forgotten once unlisted."""
+
+    def agent(age_ms: int) -> AgentInfo:
+        return AgentInfo("p", "127.0.0.1", 1, "", "default", 0, 0, age_ms)
+
+    async def scenario() -> None:
+        store = _Agents([agent(0)])
+        cluster = _cluster(store.agents)
+        cluster.metadata = store  # type: ignore[assignment]
+        peer = node_id_of("p")
+        assert peer in {n.node_id for n in cluster.nodes()}
+        cluster._peer_gone("p")
+        assert peer not in {n.node_id for n in cluster.nodes()}
+        assert cluster.node_of("p") is None
+        cluster._gone["p"] -= 1.0  # found gone a second ago
+        store.agents = [agent(1_500)]  # its last beat before that
+        await cluster.refresh()
+        assert peer not in {n.node_id for n in cluster.nodes()}  # though live by the TTL
+        store.agents = [agent(200)]  # it beat since: alive after all
+        await cluster.refresh()
+        assert peer in {n.node_id for n in cluster.nodes()}
+        cluster._peer_gone("p")
+        store.agents = []
+        await cluster.refresh()
+        assert cluster._gone == {}
+        await cluster.leave()
+
+    asyncio.run(scenario())
 
 
 def test_cluster_status_on_sqlite_says_there_are_no_agents(tmp_path: Path) -> None:

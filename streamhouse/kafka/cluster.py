@@ -206,15 +206,15 @@ class Cluster:
         to it close and its address refuses them; those that read the store, at their next
         read)."""
         await self._links.close()
-        if self.metadata is None or not self._registered:
-            return
-        self._registered = False
-        try:
-            await self._call(self.metadata.deregister_agent, self.agent_id)
-        except Exception as exc:
-            log.warning("agent %s: deregistering failed: %s", self.agent_id, exc)
+        if self.metadata is not None and self._registered:
+            self._registered = False
+            try:
+                await self._call(self.metadata.deregister_agent, self.agent_id)
+            except Exception as exc:
+                log.warning("agent %s: deregistering failed: %s", self.agent_id, exc)
         if self._store_thread is not None:
             self._store_thread.shutdown(wait=False)
+            self._store_thread = None
 
     def _live(self, agent: AgentInfo, aged_ms: int) -> bool:
         """Whether ``agent`` heartbeat within the TTL and was not found gone since."""
