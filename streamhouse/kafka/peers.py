@@ -85,10 +85,11 @@ class PeerLinks:
                 if reached:
                     reached = False
                     log.info(
-                        "agent %s at %s:%d is gone: its link closed and %s",
+                        "agent %s at %s:%d is gone: its link closed and a new connection"
+                        " failed (%s)",
                         agent_id,
                         *address,
-                        exc.strerror or exc,
+                        exc,
                     )
                     self._on_gone(agent_id)
                 await asyncio.sleep(RELINK_DELAY_S)
