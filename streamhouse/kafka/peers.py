@@ -58,10 +58,6 @@ class PeerLinks:
                 task = asyncio.create_task(self._link(agent_id, address), name=f"link {agent_id}")
                 self._links[agent_id] = (address, task)
 
-    def watched(self) -> list[str]:
-        """The agent ids linked to (or being linked to), sorted."""
-        return sorted(self._links)
-
     async def close(self) -> None:
         """Drop every link."""
         tasks = [task for _, task in self._links.values()]
