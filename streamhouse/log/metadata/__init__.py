@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from streamhouse.log.metadata.checkpoints import QueryCheckpoint
     from streamhouse.log.metadata.leases import Lease
     from streamhouse.log.metadata.swaps import SegmentSwap, SwapOutcome
+    from streamhouse.log.metadata.transactions import TransactionStore
     from streamhouse.security.scram import ScramCredential
 
 __all__ = [
@@ -376,6 +377,11 @@ class Metadata(Protocol):
 
     def delete_credentials(self, user: str) -> bool:
         """Remove every credential of ``user``; ``False`` if there was none."""
+        ...
+
+    @property
+    def transactions(self) -> TransactionStore:
+        """The state of Kafka transactions (see :mod:`~streamhouse.log.metadata.transactions`)."""
         ...
 
     def next_producer_id(self) -> int:
