@@ -1,0 +1,380 @@
+"""Kafka transactions against a real ``streamhouse serve``: confluent-kafka transactional
+producers and read_committed / read_uncommitted consumers, zombie fencing, the timeout, garbage
+and out-of-order requests with the raw protocol, and a consume-transform-produce loop killed
+with -9 and restarted; plus the store's transaction state on both metadata backends."""
+
+from __future__ import annotations
+
+import random
+import subprocess
+import sys
+import time
+import uuid
+from collections import Counter
+from pathlib import Path
+
+import kafka_fixtures
+import pytest
+from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
+from kafka_fixtures import KafkaServer, RawClient, produce_request
+
+from streamhouse.kafka.wire import messages, ms
+from streamhouse.log.metadata.transactions import State, Verdict
+from streamhouse.log.records import build_batch, decode_batches
+from streamhouse.log.records.build import encode_records, frame_batch
+from streamhouse.log.records.control import marker_batch
+from streamhouse.log.records.header import ATTR_TRANSACTIONAL, Compression
+
+kafka_server = kafka_fixtures.kafka_server
+new_topic = kafka_fixtures.new_topic
+
+TIMEOUT = 30.0
+LOOP = Path(__file__).with_name("txn_loop.py")
+
+
+def producer(server: KafkaServer, transactional_id: str, **config: object) -> Producer:
+    p = Producer(
+        {
+            "bootstrap.servers": server.bootstrap,
+            "transactional.id": transactional_id,
+            "linger.ms": 5,
+            **config,
+        }
+    )
+    p.init_transactions(TIMEOUT)
+    return p
+
+
+def read_all(
+    server: KafkaServer, topic: str, partitions: int, isolation: str, settle: float = 2.0
+) -> list[bytes]:
+    """Every value a consumer of ``isolation`` reads from the start, once nothing more comes
+    for ``settle`` seconds."""
+    consumer = Consumer(
+        {
+            "bootstrap.servers": server.bootstrap,
+            "group.id": f"reader-{uuid.uuid4().hex[:8]}",
+            "isolation.level": isolation,
+            "enable.auto.commit": False,
+            "fetch.wait.max.ms": 100,
+        }
+    )
+    consumer.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
+    values: list[bytes] = []
+    quiet_since = time.monotonic()
+    deadline = time.monotonic() + TIMEOUT
+    while time.monotonic() - quiet_since < settle and time.monotonic() < deadline:
+        for m in consumer.consume(100, timeout=0.2):
+            assert m.error() is None, m.error()
+            values.append(m.value())
+            quiet_since = time.monotonic()
+    consumer.close()
+    return values
+
+
+def send(p: Producer, topic: str, values: list[str], partitions: int = 2) -> None:
+    for i, v in enumerate(values):
+        p.produce(topic, v.encode(), partition=i % partitions)
+    p.flush(TIMEOUT)
+
+
+def test_commit_and_abort_seen_by_isolation_level(kafka_server: KafkaServer, new_topic) -> None:
+    topic = new_topic(2)
+    p = producer(kafka_server, f"tx-{uuid.uuid4().hex[:8]}")
+    plain = Producer({"bootstrap.servers": kafka_server.bootstrap, "linger.ms": 5})
+    p.begin_transaction()
+    send(p, topic, [f"c1-{i}" for i in range(10)])
+    p.commit_transaction(TIMEOUT)
+    p.begin_transaction()
+    send(p, topic, [f"a-{i}" for i in range(10)])
+    send(plain, topic, [f"plain-{i}" for i in range(4)])  # between, not in the transaction
+    p.abort_transaction(TIMEOUT)
+    p.begin_transaction()
+    send(p, topic, [f"c2-{i}" for i in range(6)])
+    p.commit_transaction(TIMEOUT)
+
+    committed = sorted(v.decode() for v in read_all(kafka_server, topic, 2, "read_committed"))
+    everything = sorted(v.decode() for v in read_all(kafka_server, topic, 2, "read_uncommitted"))
+    expected = [f"c1-{i}" for i in range(10)] + [f"c2-{i}" for i in range(6)]
+    expected += [f"plain-{i}" for i in range(4)]
+    assert committed == sorted(expected)
+    assert everything == sorted(expected + [f"a-{i}" for i in range(10)])
+
+
+def _list_latest(server: KafkaServer, topic: str, isolation: int) -> int:
+    module = messages(2, 5, False)
+    with RawClient(server.bootstrap) as client:
+        resp = client.request(
+            2,
+            5,
+            replica_id=-1,
+            isolation_level=isolation,
+            topics=(
+                module.ListOffsetsTopic(
+                    name=topic,
+                    partitions=(
+                        module.ListOffsetsPartition(
+                            partition_index=0, current_leader_epoch=-1, timestamp=-1
+                        ),
+                    ),
+                ),
+            ),
+        )
+    part = resp.topics[0].partitions[0]
+    assert part.error_code == 0
+    return part.offset
+
+
+def test_open_transaction_holds_back_read_committed(kafka_server: KafkaServer, new_topic) -> None:
+    """The last stable offset stops at an open transaction's first offset: later plain
+    records wait too, and appear with the transaction's once it commits."""
+    topic = new_topic(1)
+    plain = Producer({"bootstrap.servers": kafka_server.bootstrap, "linger.ms": 5})
+    send(plain, topic, ["before"], partitions=1)
+    p = producer(kafka_server, f"tx-{uuid.uuid4().hex[:8]}")
+    p.begin_transaction()
+    send(p, topic, ["t-0", "t-1"], partitions=1)
+    send(plain, topic, ["after"], partitions=1)
+    assert _list_latest(kafka_server, topic, 0) == 4  # before, t-0, t-1, after
+    assert _list_latest(kafka_server, topic, 1) == 1  # the transaction starts at 1
+    assert read_all(kafka_server, topic, 1, "read_committed", settle=1.0) == [b"before"]
+    p.commit_transaction(TIMEOUT)
+    assert _list_latest(kafka_server, topic, 1) == 5  # the marker is offset 4
+    assert read_all(kafka_server, topic, 1, "read_committed") == [
+        b"before",
+        b"t-0",
+        b"t-1",
+        b"after",
+    ]
+
+
+def test_zombie_producer_is_fenced(kafka_server: KafkaServer, new_topic) -> None:
+    topic = new_topic(2)
+    transactional_id = f"tx-{uuid.uuid4().hex[:8]}"
+    old = producer(kafka_server, transactional_id)
+    old.begin_transaction()
+    send(old, topic, [f"zombie-{i}" for i in range(4)])
+    new = producer(kafka_server, transactional_id)  # aborts the old one's transaction
+    for i in range(4):
+        old.produce(topic, f"late-{i}".encode(), partition=i % 2)
+    with pytest.raises(KafkaException) as failed:
+        old.commit_transaction(TIMEOUT)
+    assert "fenced" in str(failed.value).lower() or failed.value.args[0].fatal()
+    new.begin_transaction()
+    send(new, topic, [f"new-{i}" for i in range(4)])
+    new.commit_transaction(TIMEOUT)
+
+    committed = sorted(v.decode() for v in read_all(kafka_server, topic, 2, "read_committed"))
+    everything = sorted(v.decode() for v in read_all(kafka_server, topic, 2, "read_uncommitted"))
+    assert committed == [f"new-{i}" for i in range(4)]
+    assert not [v for v in everything if v.startswith("late-")]  # nothing written once fenced
+    assert everything == sorted([f"new-{i}" for i in range(4)] + [f"zombie-{i}" for i in range(4)])
+
+
+def test_transaction_left_open_is_aborted_at_its_timeout(
+    kafka_server: KafkaServer, new_topic
+) -> None:
+    topic = new_topic(1)
+    p = producer(kafka_server, f"tx-{uuid.uuid4().hex[:8]}", **{"transaction.timeout.ms": 1500})
+    p.begin_transaction()
+    send(p, topic, ["abandoned-0", "abandoned-1"], partitions=1)
+    deadline = time.monotonic() + 10
+    while _list_latest(kafka_server, topic, 1) == 0 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _list_latest(kafka_server, topic, 1) == 3  # two records and the ABORT marker
+    plain = Producer({"bootstrap.servers": kafka_server.bootstrap, "linger.ms": 5})
+    send(plain, topic, ["later"], partitions=1)
+    assert read_all(kafka_server, topic, 1, "read_committed") == [b"later"]
+    with pytest.raises(KafkaException):
+        p.commit_transaction(TIMEOUT)  # fenced by the coordinator's abort
+
+
+def test_consume_transform_produce_killed_and_restarted_outputs_each_once(
+    kafka_server: KafkaServer, new_topic
+) -> None:
+    source, sink = new_topic(2), new_topic(2)
+    n = 400
+    plain = Producer({"bootstrap.servers": kafka_server.bootstrap, "linger.ms": 5})
+    send(plain, source, [f"in-{i}" for i in range(n)])
+    group, transactional_id = f"g-{uuid.uuid4().hex[:8]}", f"loop-{uuid.uuid4().hex[:8]}"
+    command = [sys.executable, str(LOOP), kafka_server.bootstrap, source, sink, group]
+    command += [transactional_id, "2"]
+    rng = random.Random(18)
+    for _ in range(3):  # start, let it commit a little, kill -9 at a random moment
+        loop = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+        assert loop.stdout is not None
+        line = loop.stdout.readline()
+        assert line.startswith("committed"), line
+        time.sleep(rng.uniform(0.0, 0.3))
+        loop.kill()
+        loop.wait()
+    finished = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert finished.returncode == 0, finished.stderr
+
+    committed = Counter(v.decode() for v in read_all(kafka_server, sink, 2, "read_committed"))
+    assert committed == Counter(f"out-in-{i}" for i in range(n)), (
+        f"duplicates {[v for v, c in committed.items() if c > 1][:5]}, missing {n - len(committed)}"
+    )
+    everything = Counter(v.decode() for v in read_all(kafka_server, sink, 2, "read_uncommitted"))
+    assert set(everything) == set(committed) and everything.total() >= n
+
+
+# -- the raw protocol: garbage and out-of-order requests --------------------------------------
+
+
+def _init(
+    client: RawClient, transactional_id: str, timeout_ms: int = 60_000
+) -> tuple[int, int, int]:
+    resp = client.request(
+        22, 1, transactional_id=transactional_id, transaction_timeout=ms(timeout_ms)
+    )
+    return resp.error_code, resp.producer_id, resp.producer_epoch
+
+
+def _add(client: RawClient, version: int, tid: str, pid: int, epoch: int, *parts) -> dict:
+    module = messages(24, version, False)
+    topics: dict[str, list[int]] = {}
+    for topic, partition in parts:
+        topics.setdefault(topic, []).append(partition)
+    resp = client.request(
+        24,
+        version,
+        v3_and_below_transactional_id=tid,
+        v3_and_below_producer_id=pid,
+        v3_and_below_producer_epoch=epoch,
+        v3_and_below_topics=tuple(
+            module.AddPartitionsToTxnTopic(name=t, partitions=tuple(ps)) for t, ps in topics.items()
+        ),
+    )
+    return {
+        (t.name, r.partition_index): r.partition_error_code
+        for t in resp.results_by_topic_v3_and_below
+        for r in t.results_by_partition
+    }
+
+
+def _end(client: RawClient, version: int, tid: str, pid: int, epoch: int, commit: bool) -> int:
+    resp = client.request(
+        26, version, transactional_id=tid, producer_id=pid, producer_epoch=epoch, committed=commit
+    )
+    return resp.error_code
+
+
+def _txn_batch(pid: int, epoch: int, sequence: int, values: list[bytes]) -> bytes:
+    records, base_ts, max_ts = encode_records(values, None, [1000] * len(values), None)
+    return frame_batch(
+        records, len(values), base_ts, max_ts, Compression.NONE, 0, pid, epoch, sequence,
+        flags=ATTR_TRANSACTIONAL,
+    )  # fmt: skip
+
+
+def _produce(client: RawClient, topic: str, tid: str | None, records: bytes) -> int:
+    fields = produce_request(topic, 0, records)
+    fields["transactional_id"] = tid
+    resp = client.request(0, 8, **fields)
+    return resp.responses[0].partition_responses[0].error_code
+
+
+def test_garbage_and_out_of_order_requests_get_kafka_errors(
+    kafka_server: KafkaServer, new_topic
+) -> None:
+    topic = new_topic(1)
+    tid = f"raw-{uuid.uuid4().hex[:8]}"
+    with RawClient(kafka_server.bootstrap) as c:
+        versions = {k.api_key: (k.min_version, k.max_version) for k in c.request(18, 0).api_keys}
+        assert [versions.get(k) for k in (22, 24, 25, 26, 28)] == [(0, 1)] + [(0, 2)] * 4
+        assert 27 not in versions  # WriteTxnMarkers: markers are written by the coordinator
+        assert _end(c, 2, tid, 5, 0, True) == 49  # EndTxn before InitProducerId
+        assert _init(c, tid, 0)[0] == 50  # INVALID_TRANSACTION_TIMEOUT
+        assert _init(c, tid, 10_000_000)[0] == 50
+        error, pid, epoch = _init(c, tid)
+        assert (error, epoch) == (0, 0) and pid > 0
+        assert _end(c, 2, tid, pid, epoch, True) == 48  # nothing begun: INVALID_TXN_STATE
+        assert _end(c, 2, tid, pid + 1, epoch, True) == 49  # another producer id
+        assert _add(c, 2, tid, pid, epoch + 1, (topic, 0)) == {(topic, 0): 90}  # PRODUCER_FENCED
+        assert _add(c, 1, tid, pid, epoch + 1, (topic, 0)) == {(topic, 0): 47}  # before v2
+        assert _add(c, 2, tid, pid, epoch, ("ghost", 0), (topic, 0)) == {
+            ("ghost", 0): 3,  # UNKNOWN_TOPIC_OR_PARTITION
+            (topic, 0): 55,  # OPERATION_NOT_ATTEMPTED
+        }
+        batch = _txn_batch(pid, epoch, 0, [b"x"])
+        assert _produce(c, topic, tid, batch) == 48  # partition not in the transaction
+        assert _produce(c, topic, None, batch) == 87  # transactional batch, no transactional id
+        marker = marker_batch(pid, epoch, commit=True)
+        assert _produce(c, topic, None, marker) == 87  # clients never write markers
+        assert _produce(c, topic, tid, marker) == 87
+        plain = build_batch([b"plain"], producer_id=pid, producer_epoch=epoch, base_sequence=0)
+        assert _produce(c, topic, tid, plain) == 87  # not transactional
+        assert _add(c, 2, tid, pid, epoch, (topic, 0)) == {(topic, 0): 0}
+        assert _produce(c, topic, tid, batch) == 0
+        assert _produce(c, topic, tid, _txn_batch(pid, epoch + 1, 1, [b"y"])) == 47
+        error, pid2, epoch2 = _init(c, tid)  # a new producer: the open transaction is aborted
+        assert (error, pid2, epoch2) == (0, pid, epoch + 2)
+        assert _produce(c, topic, tid, _txn_batch(pid, epoch, 1, [b"z"])) == 47  # fenced
+        assert _end(c, 2, tid, pid, epoch, True) == 90
+        assert _end(c, 1, tid, pid, epoch, True) == 47
+        resp = c.request(
+            25, 2, transactional_id=tid, producer_id=pid, producer_epoch=epoch, group_id="g"
+        )
+        assert resp.error_code == 90
+        txn_offsets = messages(28, 2, False)
+        resp = c.request(
+            28,
+            2,
+            transactional_id=tid,
+            group_id="g",
+            producer_id=pid,
+            producer_epoch=epoch,
+            topics=(
+                txn_offsets.TxnOffsetCommitRequestTopic(
+                    name=topic,
+                    partitions=(
+                        txn_offsets.TxnOffsetCommitRequestPartition(
+                            partition_index=0,
+                            committed_offset=1,
+                            committed_leader_epoch=-1,
+                            committed_metadata=None,
+                        ),
+                    ),
+                ),
+            ),
+        )
+        assert resp.topics[0].partitions[0].error_code == 47
+        fetched = c.fetch(topic, [(0, 0)])[0]
+    # the aborted record (read_uncommitted) is shown, the ABORT marker after it is not
+    assert decode_batches(fetched.records).num_rows == 1
+    assert fetched.high_watermark == 2
+
+
+# -- the store, on both backends ---------------------------------------------------------------
+
+
+def test_store_moves_transactions_on_by_their_expected_state(md) -> None:
+    md.create_topic("t", partitions=2)
+    store = md.transactions
+    assert store.register("a", 60_000, None, 7, 0) is Verdict.OK
+    assert store.register("a", 60_000, None, 8, 0) is Verdict.BUSY  # it is known now
+    assert store.add_partitions("a", 7, 0, [("t", 0), ("t", 5)]) == (Verdict.OK, [("t", 5)])
+    assert store.add_partitions("a", 7, 1, [("t", 0)]) == (Verdict.FENCED, [])
+    assert store.add_partitions("a", 7, 0, [("t", 0), ("t", 1)]) == (Verdict.OK, [])
+    assert store.last_stable_offset("t", 0) == 0
+    assert store.commit_offsets("a", 7, 0, "g", {("t", 0): (3, "m")}) is Verdict.OK
+    verdict, txn = store.prepare("a", 7, 0, True)
+    assert verdict is Verdict.OK and txn is not None and txn.state is State.PREPARE_COMMIT
+    assert store.add_partitions("a", 7, 0, [("t", 0)]) == (Verdict.BUSY, [])
+    assert [t.transactional_id for t in store.due()] == ["a"]  # decided, markers unwritten
+    assert store.complete(txn, {("t", 0): 4, ("t", 1): 9})
+    assert not store.complete(txn, {("t", 0): 4, ("t", 1): 9})  # finished already
+    assert md.group_offsets("g")[("t", 0)].offset == 3
+    assert store.last_stable_offset("t", 0) is None and store.due() == []
+    assert store.prepare("a", 7, 0, True) == (Verdict.OK, None)  # a retried EndTxn
+    assert store.prepare("a", 7, 0, False)[0] is Verdict.INVALID_STATE
+    store.add_partitions("a", 7, 0, [("t", 1)])
+    verdict, txn = store.prepare("a", 7, 0, False, new_epoch=1)
+    assert verdict is Verdict.OK and txn is not None and txn.producer_epoch == 1
+    assert store.complete(txn, {("t", 1): 12})
+    assert store.aborted("t", 1, 0, 20) == [(7, 0)]  # from its high watermark on joining
+    assert store.aborted("t", 1, 13, 20) == []
+    assert store.get("a").producer_epoch == 1
+    md.delete_topic("t")
+    assert store.aborted("t", 1, 0, 20) == []
