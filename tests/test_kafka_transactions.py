@@ -378,3 +378,51 @@ def test_store_moves_transactions_on_by_their_expected_state(md) -> None:
     assert store.get("a").producer_epoch == 1
     md.delete_topic("t")
     assert store.aborted("t", 1, 0, 20) == []
+
+
+# -- restarts ------------------------------------------------------------------------------------
+
+
+def test_transactions_survive_a_kill_and_a_decided_one_is_finished(tmp_path: Path) -> None:
+    """An open transaction still holds back read_committed after a kill -9 and restart, and
+    the next producer of its id aborts it; a transaction decided (PrepareCommit stored) by a
+    coordinator that died before its markers is committed by the next one's sweep."""
+    from streamhouse.log.metadata.sqlite import SQLiteMetadata
+
+    server = KafkaServer(tmp_path / "data").start()
+    try:
+        with RawClient(server.bootstrap) as c:
+            module = messages(19, 4, False)
+            topic = module.CreatableTopic(
+                name="t", num_partitions=1, replication_factor=1, assignments=(), configs=()
+            )
+            resp = c.request(19, 4, topics=(topic,), timeout=ms(30_000), validate_only=False)
+            assert resp.topics[0].error_code == 0
+        p = producer(server, "crashed")
+        p.begin_transaction()
+        send(p, "t", ["crash-0", "crash-1"], partitions=1)
+        server.kill()
+        server.start()
+        assert _list_latest(server, "t", 1) == 0  # still open after the restart
+        assert _list_latest(server, "t", 0) == 2
+        producer(server, "crashed")  # aborts it: fenced
+        assert _list_latest(server, "t", 1) == 3  # two records and the ABORT marker
+        assert read_all(server, "t", 1, "read_committed", settle=1.0) == []
+
+        with RawClient(server.bootstrap) as c:
+            error, pid, epoch = _init(c, "decided")
+            assert error == 0
+            assert _add(c, 2, "decided", pid, epoch, ("t", 0)) == {("t", 0): 0}
+            assert _produce(c, "t", "decided", _txn_batch(pid, epoch, 0, [b"kept"])) == 0
+        assert server.stop() == 0
+        with SQLiteMetadata(tmp_path / "data" / "metadata.sqlite3") as md:
+            verdict, txn = md.transactions.prepare("decided", pid, epoch, True)
+            assert verdict is Verdict.OK and txn is not None
+        server.start()
+        deadline = time.monotonic() + 10
+        while _list_latest(server, "t", 1) < 5 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert _list_latest(server, "t", 1) == 5  # 3 before, the record and its COMMIT marker
+        assert read_all(server, "t", 1, "read_committed", settle=1.0) == [b"kept"]
+    finally:
+        server.stop()

@@ -29,6 +29,17 @@ wall-clock figures move with its load. A short fsync probe in the data directory
 disk: StreamHouse acknowledges a produce only once its segment object and index rows are
 durable, the mock cluster keeps everything in memory.
 
+``--transactions`` runs issue 18's phases instead, against StreamHouse only, alternating
+``--rounds`` times (the machine's speed drifts; quote the medians):
+
+- **idempotent produce**: phase 1 with ``enable.idempotence``;
+- **transactional produce**: the same records and producer settings, ``--per-transaction``
+  records (100) per transaction, each transaction committed before the next begins (as a
+  consume-transform-produce loop does): records/s from the first ``begin_transaction`` to
+  the last commit;
+- **read_committed vs read_uncommitted fetch**: phase 2 over the transactional topic with
+  each ``isolation.level``.
+
 The mock cluster cannot create topics with a chosen partition count (it answers no
 CreateTopics), so its topics are auto-created with librdkafka's default of 4 partitions.
 Results are JSON on stdout and in ``--out``; progress goes to stderr through ``logging``.
@@ -161,21 +172,23 @@ def _create_topic(conf: dict[str, Any], topic: str, partitions: int, *, mock: bo
     return len(metadata.topics[topic].partitions)
 
 
+def _producer_conf(conf: dict[str, Any], per_record: bool) -> dict[str, Any]:
+    return {
+        **conf,
+        "compression.type": "lz4",
+        "linger.ms": 5,
+        "acks": "all",
+        "batch.size": 1_000_000,
+        "queue.buffering.max.messages": 2_000_000,
+        "delivery.report.only.error": not per_record,
+    }
+
+
 def produce(
     conf: dict[str, Any], topic: str, n: int, partitions: int, value: bytes, per_record: bool
 ) -> dict[str, Any]:
     """Records per second of an unthrottled lz4 producer, acks=all."""
-    producer = Producer(
-        {
-            **conf,
-            "compression.type": "lz4",
-            "linger.ms": 5,
-            "acks": "all",
-            "batch.size": 1_000_000,
-            "queue.buffering.max.messages": 2_000_000,
-            "delivery.report.only.error": not per_record,
-        }
-    )
+    producer = Producer(_producer_conf(conf, per_record))
     producer.list_topics(topic, timeout=10)  # connected, metadata known
     failures = 0
 
@@ -201,11 +214,38 @@ def produce(
     return {"records": n, "records_per_s": round(n / elapsed)}
 
 
-def consume(conf: dict[str, Any], topic: str, n: int, partitions: int) -> dict[str, Any]:
+def produce_transactions(
+    conf: dict[str, Any], topic: str, n: int, partitions: int, value: bytes, per_transaction: int
+) -> dict[str, Any]:
+    """Records per second of a transactional producer committing every ``per_transaction``."""
+    producer = Producer(
+        {**_producer_conf(conf, False), "transactional.id": f"bench-{uuid.uuid4().hex[:8]}"}
+    )
+    producer.init_transactions(30)
+    producer.list_topics(topic, timeout=10)
+    started = time.perf_counter()
+    send = producer.produce
+    for start in range(0, n, per_transaction):
+        producer.begin_transaction()
+        for i in range(start, min(start + per_transaction, n)):
+            send(topic, value, partition=i % partitions)
+        producer.commit_transaction(30)  # flushes the transaction's records first
+    elapsed = time.perf_counter() - started
+    return {
+        "records": n,
+        "records_per_s": round(n / elapsed),
+        "transactions_per_s": round(n / per_transaction / elapsed, 1),
+    }
+
+
+def consume(
+    conf: dict[str, Any], topic: str, n: int, partitions: int, isolation: str = "read_uncommitted"
+) -> dict[str, Any]:
     """Records per second of one consumer reading everything from the beginning."""
     consumer = Consumer(
         {
             **conf,
+            "isolation.level": isolation,
             "group.id": f"bench-{uuid.uuid4().hex[:8]}",
             "enable.auto.commit": False,
             "fetch.max.bytes": 52_428_800,
@@ -345,6 +385,68 @@ def run_suite(
     return out
 
 
+def _transaction_round(
+    conf: dict[str, Any], args: argparse.Namespace, server_pid: int | None, first: str
+) -> dict[str, Any]:
+    """One round of issue 18's phases on fresh topics; ``first`` isolation level reads first."""
+    value = os.urandom(args.value_bytes // 2).hex().encode()[: args.value_bytes]
+    n = args.records
+    plain, txn = f"bench-idem-{uuid.uuid4().hex[:8]}", f"bench-txn-{uuid.uuid4().hex[:8]}"
+    partitions = _create_topic(conf, plain, args.partitions, mock=False)
+    _create_topic(conf, txn, args.partitions, mock=False)
+    idempotent = {**conf, "enable.idempotence": True}
+    figures = {
+        "idempotent_produce": _measured(
+            server_pid, lambda: produce(idempotent, plain, n, partitions, value, False)
+        ),
+        "transactional_produce": _measured(
+            server_pid,
+            lambda: produce_transactions(conf, txn, n, partitions, value, args.per_transaction),
+        ),
+    }
+    levels = ["read_committed", "read_uncommitted"]
+    for isolation in sorted(levels, key=lambda level: level != first):
+        figures[f"{isolation}_fetch"] = _measured(
+            server_pid, lambda i=isolation: consume(conf, txn, n, partitions, i)
+        )
+    return figures
+
+
+def run_transactions(
+    conf: dict[str, Any], args: argparse.Namespace, server_pid: int | None
+) -> dict[str, Any]:
+    """Issue 18's phases, alternating ``args.rounds`` times; medians of records/s."""
+    rounds = []
+    for r in range(args.rounds):
+        log.info("round %d: idempotent and transactional produce, then both fetches", r + 1)
+        # each isolation level reads first in turn, so neither always finds a warmer cache
+        first = "read_committed" if r % 2 == 0 else "read_uncommitted"
+        rounds.append(_transaction_round(conf, args, server_pid, first))
+
+    def median(phase: str) -> float:
+        values = sorted(f[phase]["records_per_s"] for f in rounds)
+        mid = len(values) // 2
+        return values[mid] if len(values) % 2 else (values[mid - 1] + values[mid]) / 2
+
+    phases = (
+        "idempotent_produce",
+        "transactional_produce",
+        "read_committed_fetch",
+        "read_uncommitted_fetch",
+    )
+    medians = {phase: median(phase) for phase in phases}
+    return {
+        "rounds": rounds,
+        "median_records_per_s": medians,
+        "transactional_to_idempotent": round(
+            medians["transactional_produce"] / medians["idempotent_produce"], 3
+        ),
+        "read_committed_to_uncommitted": round(
+            medians["read_committed_fetch"] / medians["read_uncommitted_fetch"], 3
+        ),
+    }
+
+
 def _machine() -> dict[str, Any]:
     import confluent_kafka
 
@@ -368,7 +470,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--per-record-callbacks", action="store_true")
     parser.add_argument("--no-mock", action="store_true", help="skip the mock-cluster run")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument(
+        "--transactions", action="store_true", help="issue 18's phases (see module)"
+    )
+    parser.add_argument("--per-transaction", type=int, default=100)
+    parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args(argv)
+    if args.transactions and args.out == DEFAULT_OUT:
+        args.out = DEFAULT_OUT.with_name("kafka_transactions.json")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
 
     results: dict[str, Any] = {
@@ -385,17 +494,17 @@ def main(argv: list[str] | None = None) -> None:
             server = _start_server(data_dir, port)
             bootstrap = f"127.0.0.1:{port}"
         try:
-            results["streamhouse"] = run_suite(
-                {"bootstrap.servers": bootstrap},
-                args,
-                mock=False,
-                server_pid=None if server is None else server.pid,
-            )
+            pid = None if server is None else server.pid
+            conf = {"bootstrap.servers": bootstrap}
+            if args.transactions:
+                results["transactions"] = run_transactions(conf, args, pid)
+            else:
+                results["streamhouse"] = run_suite(conf, args, mock=False, server_pid=pid)
         finally:
             if server is not None:
                 server.terminate()
                 server.wait(30)
-    if not args.no_mock:
+    if not args.no_mock and not args.transactions:
         cluster = Producer({"test.mock.num.brokers": 1})
         brokers = cluster.list_topics(timeout=10).brokers.values()
         mock_bootstrap = ",".join(f"{b.host}:{b.port}" for b in brokers)
