@@ -426,3 +426,85 @@ def test_transactions_survive_a_kill_and_a_decided_one_is_finished(tmp_path: Pat
         assert read_all(server, "t", 1, "read_committed", settle=1.0) == [b"kept"]
     finally:
         server.stop()
+
+
+# -- a second client library -------------------------------------------------------------------
+
+
+def test_aiokafka_transactions_commit_abort_fence_and_send_offsets(
+    kafka_server: KafkaServer, new_topic
+) -> None:
+    import asyncio
+
+    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+    from aiokafka.errors import KafkaError
+    from aiokafka.structs import TopicPartition as AioPartition
+
+    topic, source = new_topic(2), new_topic(1)
+    transactional_id, group = f"aio-{uuid.uuid4().hex[:8]}", f"g-{uuid.uuid4().hex[:8]}"
+    plain = Producer({"bootstrap.servers": kafka_server.bootstrap, "linger.ms": 5})
+    send(plain, source, [f"in-{i}" for i in range(5)], partitions=1)
+
+    async def scenario() -> list[str]:
+        def new() -> AIOKafkaProducer:
+            return AIOKafkaProducer(
+                bootstrap_servers=kafka_server.bootstrap, transactional_id=transactional_id
+            )
+
+        old = new()
+        await old.start()
+        try:
+            async with old.transaction():
+                for i in range(4):
+                    await old.send_and_wait(topic, f"ok-{i}".encode(), partition=i % 2)
+                await old.send_offsets_to_transaction({AioPartition(source, 0): 3}, group)
+            await old.begin_transaction()
+            for i in range(4):
+                await old.send_and_wait(topic, f"aborted-{i}".encode(), partition=i % 2)
+            await old.abort_transaction()
+            await old.begin_transaction()
+            await old.send_and_wait(topic, b"zombie", partition=0)
+            fresh = new()
+            await fresh.start()  # fences the old producer, aborting its transaction
+            try:
+                with pytest.raises(KafkaError):
+                    await old.send_and_wait(topic, b"late", partition=1)
+                    await old.commit_transaction()
+                async with fresh.transaction():
+                    await fresh.send_and_wait(topic, b"fresh", partition=1)
+            finally:
+                await fresh.stop()
+        finally:
+            await old.stop()
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=kafka_server.bootstrap,
+            isolation_level="read_committed",
+            enable_auto_commit=False,
+        )
+        await consumer.start()
+        try:
+            consumer.assign([AioPartition(topic, 0), AioPartition(topic, 1)])
+            await consumer.seek_to_beginning()
+            got: list[str] = []
+            for _ in range(20):  # until the five committed records and one empty poll
+                batches = await consumer.getmany(timeout_ms=300)
+                if not batches and len(got) >= 5:
+                    break
+                got += [m.value.decode() for ms_ in batches.values() for m in ms_]
+            return got
+        finally:
+            await consumer.stop()
+
+    got = asyncio.run(scenario())
+    expected = sorted([f"ok-{i}" for i in range(4)] + ["fresh"])
+    assert sorted(got) == expected
+    assert (
+        sorted(v.decode() for v in read_all(kafka_server, topic, 2, "read_committed")) == expected
+    )
+    everything = {v.decode() for v in read_all(kafka_server, topic, 2, "read_uncommitted")}
+    assert {f"aborted-{i}" for i in range(4)} | {"zombie"} <= everything
+    assert "late" not in everything
+    committed = Consumer({"bootstrap.servers": kafka_server.bootstrap, "group.id": group})
+    offsets = committed.committed([TopicPartition(source, 0)], timeout=TIMEOUT)
+    committed.close()
+    assert offsets[0].offset == 3  # sent inside the committed transaction
