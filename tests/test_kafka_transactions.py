@@ -508,3 +508,30 @@ def test_aiokafka_transactions_commit_abort_fence_and_send_offsets(
     offsets = committed.committed([TopicPartition(source, 0)], timeout=TIMEOUT)
     committed.close()
     assert offsets[0].offset == 3  # sent inside the committed transaction
+
+
+def test_markers_set_the_producer_epoch_the_store_checks() -> None:
+    """An ABORT marker at a bumped epoch fences the old epoch in the commit transaction (any
+    agent's batches); a marker of the current epoch leaves the sequences going on."""
+    from types import SimpleNamespace
+
+    from streamhouse.errors import RefusedBatchesError
+    from streamhouse.log.metadata import ProducerBatch
+    from streamhouse.log.metadata.rules import ProducerState, check_producer_batches
+
+    entries = [SimpleNamespace(topic="t", partition=0)]
+    key = ("t", 0, 7)
+    data = ProducerBatch(0, 0, 7, 3, 0, 4)
+    states = check_producer_batches(entries, [10], [data], {})
+    assert states[key] == ProducerState(3, 4, ((0, 4, 10),))
+    same_epoch_marker = ProducerBatch(0, 5, 7, 3, -1, -1)
+    assert check_producer_batches(entries, [10], [same_epoch_marker], states) == {}
+    fencing_marker = ProducerBatch(0, 5, 7, 4, -1, -1)
+    fenced = check_producer_batches(entries, [10], [fencing_marker], states)
+    assert fenced[key] == ProducerState(4, -1, ())
+    with pytest.raises(RefusedBatchesError) as refused:
+        check_producer_batches(entries, [20], [ProducerBatch(0, 0, 7, 3, 5, 5)], fenced)
+    assert "epoch 3 is older than 4" in str(refused.value.verdicts[0])
+    assert check_producer_batches(entries, [20], [ProducerBatch(0, 0, 7, 4, 0, 1)], fenced)[
+        key
+    ] == ProducerState(4, 1, ((0, 1, 20),))

@@ -56,7 +56,7 @@ from streamhouse.log.metadata.leases import Lease
 from streamhouse.log.metadata.rules import SEQUENCE_MODULO
 from streamhouse.log.objectstore import ObjectStore
 from streamhouse.log.records import BatchHeader
-from streamhouse.log.records.header import ATTR_CONTROL, BASE_OFFSET
+from streamhouse.log.records.header import BASE_OFFSET
 from streamhouse.log.segment import SegmentBuilder, SegmentEntry, segment_key
 from streamhouse.log.sequence_notes import write_note
 
@@ -354,7 +354,7 @@ class LogWriter:
                 flush.resolved.append((item, next_offset))
                 for start, header in item.headers:
                     BASE_OFFSET.pack_into(buf, position + start, next_offset)
-                    if header.producer_id >= 0 and not header.attributes & ATTR_CONTROL:
+                    if header.producer_id >= 0:
                         producers.append((key, base, next_offset - base, header, item))
                     next_offset += header.last_offset_delta + 1
                     records += header.record_count
@@ -379,14 +379,16 @@ class LogWriter:
         flush.data, flush.entries = builder.build()
         entry_of = {(e.topic, e.partition): i for i, e in enumerate(flush.entries)}
         for key, _, delta, header, item in producers:
+            first = header.base_sequence
+            last = (first + header.last_offset_delta) % SEQUENCE_MODULO if first >= 0 else -1
             flush.producer_batches.append(
                 ProducerBatch(
                     entry_of[key],
                     delta,
                     header.producer_id,
                     header.producer_epoch,
-                    header.base_sequence,
-                    (header.base_sequence + header.last_offset_delta) % SEQUENCE_MODULO,
+                    first,
+                    last,
                 )
             )
             flush.claims.append(item)

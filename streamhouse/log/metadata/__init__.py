@@ -161,7 +161,7 @@ class ProducerBatch:
     """A batch of an idempotent producer inside a segment commit: it lies in entry number
     ``entry`` of the commit, ``delta`` offsets after the entry's first, and holds sequence
     numbers ``first_sequence`` to ``last_sequence`` (modulo 2**31) of that producer on the
-    entry's partition."""
+    entry's partition; both are -1 for a transaction marker, which carries an epoch only."""
 
     entry: int
     delta: int
