@@ -535,3 +535,43 @@ def test_markers_set_the_producer_epoch_the_store_checks() -> None:
     assert check_producer_batches(entries, [20], [ProducerBatch(0, 0, 7, 4, 0, 1)], fenced)[
         key
     ] == ProducerState(4, 1, ((0, 1, 20),))
+
+
+# -- two agents on PostgreSQL ------------------------------------------------------------------
+
+
+def test_two_agents_share_transactions_and_fence_across_them(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    """The old producer coordinated by one agent, the new one by the other: the new one's
+    InitProducerId aborts the old transaction through the store, the old producer's later
+    batches and commit are refused whichever agent they reach, and read_committed consumers
+    of either agent see the committed records only."""
+    import streamhouse
+
+    data = tmp_path / "data"
+    with streamhouse.connect(data, metadata=postgres_url) as sh:
+        sh.create_topic("shared", partitions=2)
+    agents = [KafkaServer(data, args=["--metadata", postgres_url]) for _ in range(2)]
+    try:
+        for agent in agents:
+            agent.start()
+        old = producer(agents[0], "two-agents")
+        old.begin_transaction()
+        send(old, "shared", [f"zombie-{i}" for i in range(4)])
+        new = producer(agents[1], "two-agents")
+        for i in range(4):
+            old.produce("shared", f"late-{i}".encode(), partition=i % 2)
+        with pytest.raises(KafkaException):
+            old.commit_transaction(TIMEOUT)
+        new.begin_transaction()
+        send(new, "shared", [f"new-{i}" for i in range(4)])
+        new.commit_transaction(TIMEOUT)
+        for agent in agents:
+            committed = read_all(agent, "shared", 2, "read_committed", settle=1.0)
+            assert sorted(v.decode() for v in committed) == [f"new-{i}" for i in range(4)]
+            everything = {v.decode() for v in read_all(agent, "shared", 2, "read_uncommitted")}
+            assert not {v for v in everything if v.startswith("late-")}, agent.log()
+    finally:
+        for agent in agents:
+            agent.stop()
