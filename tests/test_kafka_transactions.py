@@ -375,7 +375,16 @@ def test_store_moves_transactions_on_by_their_expected_state(md) -> None:
     assert store.complete(txn, {("t", 1): 12})
     assert store.aborted("t", 1, 0, 20) == [(7, 0)]  # from its high watermark on joining
     assert store.aborted("t", 1, 13, 20) == []
+    assert store.forget_aborted() == 0  # the log start (0) is below its marker
+    with md._transaction("retention, by hand") as conn:  # as retention would have moved it
+        conn.execute("UPDATE partitions SET log_start_offset = 13, high_watermark = 13")
+    assert store.forget_aborted() == 1
+    assert store.aborted("t", 1, 0, 20) == []
     assert store.get("a").producer_epoch == 1
+    assert store.add_partitions("a", 7, 1, [("t", 1)]) == (Verdict.OK, [])
+    verdict, txn = store.prepare("a", 7, 1, False)
+    assert store.complete(txn, {("t", 1): 14})
+    assert store.aborted("t", 1, 0, 20) == [(7, 13)]
     md.delete_topic("t")
     assert store.aborted("t", 1, 0, 20) == []
 

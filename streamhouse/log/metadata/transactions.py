@@ -155,6 +155,12 @@ ABORTED_BETWEEN = (
     " ORDER BY first_offset"
 )
 """Aborted transactions overlapping offsets [from, to) of a partition."""
+FORGET_ABORTED = (
+    "DELETE FROM aborted_transactions WHERE last_offset < (SELECT p.log_start_offset"
+    " FROM partitions AS p WHERE p.topic = aborted_transactions.topic"
+    " AND p.partition_id = aborted_transactions.partition_id)"
+)
+"""Aborted transactions wholly below their partition's log start offset."""
 FORGET_TOPIC: tuple[str, ...] = tuple(
     f"DELETE FROM {table} WHERE topic = ?"
     for table in ("transaction_partitions", "transaction_offsets", "aborted_transactions")
@@ -391,6 +397,12 @@ class TransactionStore:
             ids = [row[0] for row in conn.execute(sql, params).fetchall()]
             found = [self._read(conn, t, lock=False) for t in ids]
         return [t for t in found if t is not None]
+
+    def forget_aborted(self) -> int:
+        """Forget the aborted transactions whose marker is below their partition's log start
+        offset (retention deleted them): no fetch can meet them again. How many."""
+        with self._transaction("forget aborted transactions") as conn:
+            return int(conn.execute(self._sql(FORGET_ABORTED)).rowcount or 0)
 
     def last_stable_offset(self, topic: str, partition: int) -> int | None:
         """The first offset of the oldest transaction open on the partition, ``None`` if none
