@@ -283,6 +283,7 @@ def test_garbage_and_out_of_order_requests_get_kafka_errors(
     with RawClient(kafka_server.bootstrap) as c:
         versions = {k.api_key: (k.min_version, k.max_version) for k in c.request(18, 0).api_keys}
         assert [versions.get(k) for k in (22, 24, 25, 26, 28)] == [(0, 1)] + [(0, 2)] * 4
+        assert [versions.get(k) for k in (65, 66)] == [(0, 0), (0, 0)]
         assert 27 not in versions  # WriteTxnMarkers: markers are written by the coordinator
         assert _end(c, 2, tid, 5, 0, True) == 49  # EndTxn before InitProducerId
         assert _init(c, tid, 0)[0] == 50  # INVALID_TRANSACTION_TIMEOUT
@@ -344,6 +345,41 @@ def test_garbage_and_out_of_order_requests_get_kafka_errors(
     # the aborted record (read_uncommitted) is shown, the ABORT marker after it is not
     assert decode_batches(fetched.records).num_rows == 1
     assert fetched.high_watermark == 2
+
+
+def test_describe_and_list_transactions(kafka_server: KafkaServer, new_topic) -> None:
+    topic = new_topic(2)
+    tid = f"described-{uuid.uuid4().hex[:8]}"
+    with RawClient(kafka_server.bootstrap) as c:
+        error, pid, epoch = _init(c, tid, 45_000)
+        assert _add(c, 2, tid, pid, epoch, (topic, 1), (topic, 0)) == {(topic, 0): 0, (topic, 1): 0}
+        (mine,) = c.request(65, 0, transactional_ids=(tid,)).transaction_states
+        assert (mine.transactional_id, mine.error_code) == (tid, 0)
+        assert (mine.transaction_state, mine.producer_id, mine.producer_epoch) == (
+            "Ongoing",
+            pid,
+            epoch,
+        )
+        assert [(t.topic, t.partitions) for t in mine.topics] == [(topic, (0, 1))]
+        assert mine.transaction_timeout == ms(45_000)
+        assert abs(mine.transaction_start_time.timestamp() - time.time()) < 60
+        listed = c.request(66, 0, state_filters=("Ongoing", "Bogus"), producer_id_filters=(pid,))
+        assert [(t.transactional_id, t.transaction_state) for t in listed.transaction_states] == [
+            (tid, "Ongoing")
+        ]
+        assert listed.unknown_state_filters == ("Bogus",)
+        # an unknown id: start time -1 on the wire, as Kafka (which kio cannot decode)
+        c.send_frame(c.encode(65, 0, transactional_ids=("ghost",))[1])
+        frame = c.read_frame()
+        # correlation id, tagged fields, throttle time, compact array of one, then error code
+        assert frame[4:11] == bytes([0, 0, 0, 0, 0, 2, 0]) and frame[11] == 105
+        # the entry ends: start time, producer id, epoch (all -1), topics [], tagged fields x2
+        assert frame[-21:] == b"\xff" * 18 + bytes([1, 0, 0])
+        assert _end(c, 2, tid, pid, epoch, False) == 0
+        listed = c.request(66, 0, state_filters=(), producer_id_filters=(pid,))
+        assert [(t.transactional_id, t.transaction_state) for t in listed.transaction_states] == [
+            (tid, "CompleteAbort")
+        ]
 
 
 # -- the store, on both backends ---------------------------------------------------------------

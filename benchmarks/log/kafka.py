@@ -33,12 +33,13 @@ durable, the mock cluster keeps everything in memory.
 ``--rounds`` times (the machine's speed drifts; quote the medians):
 
 - **idempotent produce**: phase 1 with ``enable.idempotence``;
-- **transactional produce**: the same records and producer settings, ``--per-transaction``
-  records (100) per transaction, each transaction committed before the next begins (as a
-  consume-transform-produce loop does): records/s from the first ``begin_transaction`` to
-  the last commit;
-- **read_committed vs read_uncommitted fetch**: phase 2 over the transactional topic with
-  each ``isolation.level``.
+- **transactional produce**: ``--transactional-records`` (20,000) with the same producer
+  settings, ``--per-transaction`` records (100) per transaction, each committed before the
+  next begins (as a consume-transform-produce loop does); then ``--producers`` (8) such
+  producers at once, each sending that many: records/s from their start (``init_transactions``
+  included) to the last commit;
+- **read_committed vs read_uncommitted fetch**: phase 2 over the topic the 8 producers wrote
+  (transactions of 100 records, a marker per partition of each) with each ``isolation.level``.
 
 The mock cluster cannot create topics with a chosen partition count (it answers no
 CreateTopics), so its topics are auto-created with librdkafka's default of 4 partitions.
@@ -214,25 +215,52 @@ def produce(
     return {"records": n, "records_per_s": round(n / elapsed)}
 
 
-def produce_transactions(
-    conf: dict[str, Any], topic: str, n: int, partitions: int, value: bytes, per_transaction: int
-) -> dict[str, Any]:
-    """Records per second of a transactional producer committing every ``per_transaction``."""
+def _transactional_producer(
+    conf: dict[str, Any], topic: str, records: range, partitions: int, value: bytes, per: int
+) -> None:
+    """Send ``records`` (indexes: their partitions) in transactions of ``per``."""
     producer = Producer(
         {**_producer_conf(conf, False), "transactional.id": f"bench-{uuid.uuid4().hex[:8]}"}
     )
     producer.init_transactions(30)
     producer.list_topics(topic, timeout=10)
-    started = time.perf_counter()
     send = producer.produce
-    for start in range(0, n, per_transaction):
+    for start in range(records.start, records.stop, per):
         producer.begin_transaction()
-        for i in range(start, min(start + per_transaction, n)):
+        for i in range(start, min(start + per, records.stop)):
             send(topic, value, partition=i % partitions)
         producer.commit_transaction(30)  # flushes the transaction's records first
+
+
+def produce_transactions(
+    conf: dict[str, Any],
+    topic: str,
+    n: int,
+    partitions: int,
+    value: bytes,
+    per_transaction: int,
+    producers: int = 1,
+) -> dict[str, Any]:
+    """Records per second of ``producers`` transactional producers at once, each committing
+    every ``per_transaction`` records (set-up and ``init_transactions`` included)."""
+    share = -(-n // producers)
+    threads = [
+        threading.Thread(
+            target=_transactional_producer,
+            args=(conf, topic, range(k * share, min(n, (k + 1) * share)), partitions, value),
+            kwargs={"per": per_transaction},
+        )
+        for k in range(producers)
+    ]
+    started = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
     elapsed = time.perf_counter() - started
     return {
         "records": n,
+        "producers": producers,
         "records_per_s": round(n / elapsed),
         "transactions_per_s": round(n / per_transaction / elapsed, 1),
     }
@@ -390,24 +418,31 @@ def _transaction_round(
 ) -> dict[str, Any]:
     """One round of issue 18's phases on fresh topics; ``first`` isolation level reads first."""
     value = os.urandom(args.value_bytes // 2).hex().encode()[: args.value_bytes]
-    n = args.records
-    plain, txn = f"bench-idem-{uuid.uuid4().hex[:8]}", f"bench-txn-{uuid.uuid4().hex[:8]}"
+    n, m, per = args.records, args.transactional_records, args.per_transaction
+    plain, one, many = (f"bench-{kind}-{uuid.uuid4().hex[:8]}" for kind in ("idem", "one", "many"))
     partitions = _create_topic(conf, plain, args.partitions, mock=False)
-    _create_topic(conf, txn, args.partitions, mock=False)
+    for topic in (one, many):
+        _create_topic(conf, topic, args.partitions, mock=False)
     idempotent = {**conf, "enable.idempotence": True}
+    many_n = m * args.producers
     figures = {
         "idempotent_produce": _measured(
             server_pid, lambda: produce(idempotent, plain, n, partitions, value, False)
         ),
         "transactional_produce": _measured(
+            server_pid, lambda: produce_transactions(conf, one, m, partitions, value, per)
+        ),
+        "transactional_produce_many": _measured(
             server_pid,
-            lambda: produce_transactions(conf, txn, n, partitions, value, args.per_transaction),
+            lambda: produce_transactions(
+                conf, many, many_n, partitions, value, per, args.producers
+            ),
         ),
     }
     levels = ["read_committed", "read_uncommitted"]
     for isolation in sorted(levels, key=lambda level: level != first):
         figures[f"{isolation}_fetch"] = _measured(
-            server_pid, lambda i=isolation: consume(conf, txn, n, partitions, i)
+            server_pid, lambda i=isolation: consume(conf, many, many_n, partitions, i)
         )
     return figures
 
@@ -431,6 +466,7 @@ def run_transactions(
     phases = (
         "idempotent_produce",
         "transactional_produce",
+        "transactional_produce_many",
         "read_committed_fetch",
         "read_uncommitted_fetch",
     )
@@ -474,6 +510,8 @@ def main(argv: list[str] | None = None) -> None:
         "--transactions", action="store_true", help="issue 18's phases (see module)"
     )
     parser.add_argument("--per-transaction", type=int, default=100)
+    parser.add_argument("--transactional-records", type=int, default=20_000)
+    parser.add_argument("--producers", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args(argv)
     if args.transactions and args.out == DEFAULT_OUT:

@@ -18,6 +18,7 @@ transaction on. Within this agent the requests of one transactional id run one a
 - **EndTxn** decides (``PREPARE_COMMIT``/``PREPARE_ABORT`` stored), writes a marker to every
   partition of the transaction and answers once they are durable and the transaction is
   complete. Markers go through the log like any batch.
+- **DescribeTransactions** and **ListTransactions** (v0) answer from the store.
 - A transaction open longer than its ``transaction.timeout.ms`` is aborted by the sweep
   (:meth:`TransactionCoordinator.sweep`), at a bumped epoch; so is the remnant of a coordinator
   that died between deciding and completing (its markers are written again).
@@ -30,13 +31,15 @@ what it learns from the store it keeps in memory until the transaction ends here
 from __future__ import annotations
 
 import asyncio
+import datetime
 import logging
+import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from streamhouse.errors import StreamHouseError, UnknownPartitionError, UnknownTopicError
 from streamhouse.kafka.api_keys import ApiKey
-from streamhouse.kafka.wire import ErrorCode, RequestHeader, make, messages, to_ms
+from streamhouse.kafka.wire import ErrorCode, RequestHeader, make, messages, ms, to_ms
 from streamhouse.log.metadata.transactions import (
     MAX_EPOCH,
     State,
@@ -424,7 +427,86 @@ async def init_transactional_producer(
     return error_of(verdict, header.api_version), producer_id, epoch
 
 
+_NO_START = datetime.datetime.fromtimestamp(-0.001, datetime.UTC)  # -1 on the wire
+
+
+def _describe(module: Any, transactional_id: str, txn: TransactionState | None) -> Any:
+    if txn is None:
+        return module.TransactionState(
+            error_code=ErrorCode.transactional_id_not_found,
+            transactional_id=transactional_id,
+            transaction_state="",
+            transaction_timeout=ms(0),
+            transaction_start_time=_NO_START,
+            producer_id=-1,
+            producer_epoch=-1,
+            topics=(),
+        )
+    topics: dict[str, list[int]] = {}
+    for part in txn.partitions:
+        topics.setdefault(part.topic, []).append(part.partition)
+    started = _NO_START
+    if txn.age_ms >= 0:
+        started = datetime.datetime.fromtimestamp(time.time() - txn.age_ms / 1000, datetime.UTC)
+    return module.TransactionState(
+        error_code=ErrorCode.none,
+        transactional_id=transactional_id,
+        transaction_state=txn.state.value,
+        transaction_timeout=ms(txn.timeout_ms),
+        transaction_start_time=started,
+        producer_id=txn.producer_id,
+        producer_epoch=txn.producer_epoch,
+        topics=tuple(
+            module.TopicData(topic=t, partitions=tuple(ps)) for t, ps in sorted(topics.items())
+        ),
+    )
+
+
+async def handle_describe_transactions(broker: Broker, header: RequestHeader, request: Any) -> Any:
+    """Each transactional id's state, producer, timeout, start and open partitions."""
+    module = messages(ApiKey.DESCRIBE_TRANSACTIONS, header.api_version, True)
+    store = broker.transactions.store
+    states = []
+    for transactional_id in request.transactional_ids:
+        txn = await asyncio.to_thread(store.get, transactional_id)
+        states.append(_describe(module, transactional_id, txn))
+    return make(
+        module.DescribeTransactionsResponse, throttle_time=0, transaction_states=tuple(states)
+    )
+
+
+async def handle_list_transactions(broker: Broker, header: RequestHeader, request: Any) -> Any:
+    """Every transactional id, or those in the states and of the producers asked for."""
+    module = messages(ApiKey.LIST_TRANSACTIONS, header.api_version, True)
+    names = {state.value for state in State}
+    wanted = set(request.state_filters) & names
+    unknown = tuple(f for f in request.state_filters if f not in names)
+    producers = set(request.producer_id_filters)
+    found = [
+        txn
+        for txn in await asyncio.to_thread(broker.transactions.store.list)
+        if (not request.state_filters or txn.state.value in wanted)
+        and (not producers or txn.producer_id in producers)
+    ]
+    return make(
+        module.ListTransactionsResponse,
+        throttle_time=0,
+        error_code=ErrorCode.none,
+        unknown_state_filters=unknown,
+        transaction_states=tuple(
+            module.TransactionState(
+                transactional_id=txn.transactional_id,
+                producer_id=txn.producer_id,
+                transaction_state=txn.state.value,
+            )
+            for txn in found
+        ),
+    )
+
+
 HANDLERS = {
+    ApiKey.DESCRIBE_TRANSACTIONS: handle_describe_transactions,
+    ApiKey.LIST_TRANSACTIONS: handle_list_transactions,
     ApiKey.ADD_PARTITIONS_TO_TXN: handle_add_partitions,
     ApiKey.ADD_OFFSETS_TO_TXN: handle_add_offsets,
     ApiKey.END_TXN: handle_end_txn,

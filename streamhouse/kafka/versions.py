@@ -55,6 +55,8 @@ SUPPORTED: dict[ApiKey, tuple[int, int]] = {
     ApiKey.DELETE_GROUPS: (0, 2),  # DeleteGroups (v2 flexible)
     ApiKey.INCREMENTAL_ALTER_CONFIGS: (0, 0),  # IncrementalAlterConfigs (v1+ flexible)
     ApiKey.OFFSET_DELETE: (0, 0),  # OffsetDelete (KIP-496; Kafka 3.x's only version)
+    ApiKey.DESCRIBE_TRANSACTIONS: (0, 0),  # DescribeTransactions (KIP-664; flexible)
+    ApiKey.LIST_TRANSACTIONS: (0, 0),  # ListTransactions (KIP-664; flexible; v1+ filters)
 }
 """API key -> (min version, max version), both inclusive."""
 
