@@ -5,7 +5,8 @@ librdkafka via confluent-kafka and kcat, aiokafka): each negotiates the highest 
 sides know, and all of them speak these. The group admin APIs go up to what Kafka 3.x
 advertises (ListGroups v4 for group states, DescribeGroups v5, DeleteGroups v2, OffsetDelete),
 and Metadata to v12 for topic ids: flexible versions among them, as clients ask for those
-features by version. Lower bounds are where ``kio`` starts (Produce v3
+features by version. The transaction APIs stop before their first flexible version, except
+DescribeTransactions and ListTransactions, flexible from v0. Lower bounds are where ``kio`` starts (Produce v3
 is the first with record format v2, which is the only format the log stores).
 
 A request for a newer ApiVersions than we know (kafka-python 3 opens with v4) gets the v0
