@@ -161,23 +161,19 @@ def _read_partition(
 
 def _committed(broker: Broker, topic: str, fetch_offset: int, read: PartitionRead) -> PartitionRead:
     """``read`` cut at the partition's last stable offset, with the aborted transactions
-    among its records (read after the records: see module)."""
+    among its records (read after the records: see module); one store statement."""
     transactions = broker.log.metadata.transactions
+    hw = read.high_watermark
     try:
-        open_from = transactions.last_stable_offset(topic, read.partition)
-        stable = read.high_watermark if open_from is None else min(open_from, read.high_watermark)
-        records = read.records
-        if stable < read.high_watermark:
-            records = records[: _end_before(records, stable)]
-        aborted = (
-            transactions.aborted(topic, read.partition, fetch_offset, stable) if records else []
-        )
+        open_from, aborted = transactions.stability(topic, read.partition, fetch_offset, hw)
     except StreamHouseError as exc:
         log.debug("fetch %s/%d: %s", topic, read.partition, exc)
         return PartitionRead(read.partition, error_code_for(exc), b"", -1, -1, exc)
-    read.records = records
+    stable = hw if open_from is None else min(open_from, hw)
+    if stable < hw:
+        read.records = read.records[: _end_before(read.records, stable)]
     read.last_stable_offset = stable
-    read.aborted = aborted
+    read.aborted = [a for a in aborted if a[1] < stable] if read.records else []
     return read
 
 
