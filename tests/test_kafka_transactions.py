@@ -703,7 +703,7 @@ def test_two_agents_share_transactions_and_fence_across_them(
 
     data = tmp_path / "data"
     with streamhouse.connect(data, metadata=postgres_url) as sh:
-        sh.create_topic("shared", partitions=2)
+        sh.create_topic("shared", partitions=4)
     agents = [KafkaServer(data, args=["--metadata", postgres_url]) for _ in range(2)]
     try:
         for agent in agents:
@@ -719,10 +719,15 @@ def test_two_agents_share_transactions_and_fence_across_them(
         new.begin_transaction()
         send(new, "shared", [f"new-{i}" for i in range(4)])
         new.commit_transaction(TIMEOUT)
+        for partition in range(4):  # one partition per transaction: an agent leading two
+            new.begin_transaction()  # meets a partition its last transaction did not have
+            new.produce("shared", f"one-{partition}".encode(), partition=partition)
+            new.commit_transaction(TIMEOUT)
+        expected = sorted([f"new-{i}" for i in range(4)] + [f"one-{p}" for p in range(4)])
         for agent in agents:
-            committed = read_all(agent, "shared", 2, "read_committed", settle=1.0)
-            assert sorted(v.decode() for v in committed) == [f"new-{i}" for i in range(4)]
-            everything = {v.decode() for v in read_all(agent, "shared", 2, "read_uncommitted")}
+            committed = read_all(agent, "shared", 4, "read_committed", settle=1.0)
+            assert sorted(v.decode() for v in committed) == expected
+            everything = {v.decode() for v in read_all(agent, "shared", 4, "read_uncommitted")}
             assert not {v for v in everything if v.startswith("late-")}, agent.log()
     finally:
         for agent in agents:

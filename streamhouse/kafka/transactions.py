@@ -25,7 +25,11 @@ transaction on. Within this agent the requests of one transactional id run one a
 
 Produce checks transactional batches against the producer's transaction
 (:meth:`TransactionCoordinator.refusal`): right epoch, partition added, transaction ongoing;
-what it learns from the store it keeps in memory until the transaction ends here.
+what it learns from the store it keeps in memory until the transaction ends here, and asks
+the store again before refusing a batch (another agent may have moved the transaction on).
+That check is a courtesy to well-behaved clients; the guarantee is in the segment commit:
+markers set the producer's epoch on their partitions, so a fenced producer's batches are
+refused there (``rules.check_producer_batches``).
 """
 
 from __future__ import annotations
@@ -128,7 +132,11 @@ class TransactionCoordinator:
             if h.producer_epoch != first.producer_epoch:
                 return ErrorCode.invalid_record
         writer = self._writers.get(transactional_id)
-        if writer is None or writer[:2] != (first.producer_id, first.producer_epoch):
+        if (
+            writer is None
+            or writer[:2] != (first.producer_id, first.producer_epoch)
+            or (topic, partition) not in writer[2]
+        ):  # unknown here, or changed through another agent's coordinator: ask the store
             writer = self._load_writer(transactional_id)
         if writer is None or writer[0] != first.producer_id:
             return ErrorCode.invalid_producer_id_mapping
