@@ -38,6 +38,7 @@ import asyncio
 import datetime
 import logging
 import time
+import weakref
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -95,7 +96,8 @@ class TransactionCoordinator:
     def __init__(self, log_: Log, wake: Callable[[Iterable[tuple[str, int]]], None]) -> None:
         self._log = log_
         self._wake = wake
-        self._locks: dict[str, asyncio.Lock] = {}
+        # one lock per transactional id while anyone holds or awaits it
+        self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
         # Ongoing transactions as produce checks them: transactional id -> (producer id,
         # epoch, partitions added). Dropped whenever the transaction ends here.
         self._writers: dict[str, tuple[int, int, set[tuple[str, int]]]] = {}
