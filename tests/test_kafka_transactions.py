@@ -258,6 +258,7 @@ def test_consume_transform_produce_survives_server_kills(tmp_path: Path) -> None
     a cached group coordinator that went away is never asked again, whatever the timeout):
     then it is killed and started again, which exactly-once must survive too."""
     server = KafkaServer(tmp_path / "data").start()
+    loop: _Loop | None = None
     try:
         admin_topics(server, ("in", 2), ("out", 2))
         n = 2000  # about 100 transactions: the loop is still busy when the server dies
@@ -297,6 +298,8 @@ def test_consume_transform_produce_survives_server_kills(tmp_path: Path) -> None
             f" missing {n - len(committed)} ({restarts} loop restarts)"
         )
     finally:
+        if loop is not None:
+            loop.kill()
         server.stop()
 
 
