@@ -264,7 +264,10 @@ def pairs_of(
 
 def _top_n(node: TopN, plan: ContinuousPlan) -> Routing:
     _plain(plan, node)
-    return Routing("rows", "TopN", {node.source: tuple(node.partition_by)})
+    columns = [_identifier(c) for c in node.partition_by]
+    if None in columns:
+        raise refusal(_name(node), "its PARTITION BY is not a list of columns")
+    return Routing("rows", "TopN", {node.source: tuple(c for c in columns if c is not None)})
 
 
 _ROUTES: dict[type, Callable[..., Routing]] = {
