@@ -3,21 +3,28 @@
 ``SET 'parallelism' = '2';`` in the query file, ``streamhouse run --parallelism 2`` or
 ``sh.start(..., parallelism=2)``. Task ``i`` of ``n`` reads the source partitions ``p % n ==
 i`` and is a process of its own (``python -m streamhouse.runtime.parallel``), so one query
-uses every core (forked from one preloaded process, :mod:`.task_processes`).
+uses every core (forked from one preloaded process, :mod:`.task_processes`). How a plan is
+split is :mod:`.routing`'s:
 
 - A stateless query (filter, project) needs nothing more: each task runs it over its share of
   the partitions.
-- A keyed aggregation (a windowed GROUP BY, an updating GROUP BY) is split by key group (see
-  :mod:`.key_groups`): each task's producing side sends its rows, after the aggregate's
-  stateless part, through the exchange topic to the task owning their key group
+- A keyed aggregation (a windowed GROUP BY, SESSION included, an updating GROUP BY) is split by
+  key group (see :mod:`.key_groups`): each task's producing side sends its rows, after the
+  aggregate's stateless part, through the exchange topic to the task owning their key group
   (:mod:`.exchange`), and its consuming side aggregates the key groups it owns, with the
   watermark the minimum over the producers.
+- Joins, window joins, Top-N and deduplication: each task's producing side sends the source
+  rows as read, one exchange topic per source (``<query>.exchange``, ``<query>.exchange1``),
+  by the key group of the join key (PARTITION BY), and its consuming side runs the whole
+  unchanged plan over the rows of its key groups. Record keys made of row ids (an outer
+  join's pairs) are prefixed with ``<task>/``: row ids are unique within a task only.
 
 Task ``i`` writes sink partition ``i`` only (the sink is created with ``n`` partitions), so its
 exactly-once sink marks are its own. State: ``<data_dir>/queries/<name>.p<n>/task-<i>`` (the
-consuming side, a :class:`~.query.ContinuousQuery`) and ``exchange-<i>`` (the producing side);
-each task writes ``task-<i>.json`` with its progress for :meth:`ParallelQuery.status`.
-Restarting at another parallelism (rescaling) is refused until state moves by key group.
+consuming side, a :class:`~.query.ContinuousQuery`) and ``exchange-<i>[-<source>]`` (the
+producing side, one store per source); each task writes ``task-<i>.json`` with its progress
+for :meth:`ParallelQuery.status`. Restarting at another parallelism (rescaling) is refused
+until state moves by key group.
 """
 
 from __future__ import annotations
@@ -63,6 +70,11 @@ log = logging.getLogger(__name__)
 
 SUPERVISE_S = 0.2
 """How often the launcher checks its task processes."""
+
+FIRST_POLL_S = 0.005
+"""A task's first wait for new records after it made progress, doubled while none come, up to
+``poll-interval``: the other tasks' exchange records come soon after its own (another process
+appends them, so no commit of this one wakes it)."""
 
 
 def parallel_shape(plan: ContinuousPlan) -> str:
@@ -531,6 +543,7 @@ def _run(
             offsets = query.log.metadata.partition_offsets(writer.source.topic)
             targets.append({p: offsets[p].high_watermark for p in writer.source.positions})
     sent_final = [False] * len(writers)
+    pause = FIRST_POLL_S
     while not stopping():
         progressed = False
         for i, writer in enumerate(writers):
@@ -544,10 +557,12 @@ def _run(
         progressed = query.step() or progressed
         if progressed:
             _write_status(query, writers, status_path, ready)
+            pause = FIRST_POLL_S
         elif until_end and query.watermark >= FINAL_WATERMARK:
             return
         else:
-            time.sleep(query.options.poll_interval_ms / 1000)
+            time.sleep(pause)
+            pause = min(pause * 2, query.options.poll_interval_ms / 1000)
     _write_status(query, writers, status_path, ready)
 
 
