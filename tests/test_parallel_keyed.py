@@ -386,3 +386,27 @@ def test_a_partition_left_for_a_later_batch_is_not_idle(sh: StreamHouse, tmp_pat
     finally:
         query.stop()
     assert {"k": "b", "n": 20} in [{"k": r["k"], "n": r["n"]} for r in topic_rows(sh, "w")]
+
+
+def test_latest_offset_starts_every_task_at_the_end(sh: StreamHouse, tmp_path: Path) -> None:
+    """``scan.startup.mode = 'latest-offset'`` at parallelism 2: the tasks' producing sides
+    start at the end of the sources, so rows produced before the query joins nothing."""
+    rng = random.Random(30)
+    before, after = generate(rng, 40), generate(rng, 40)
+    produce(sh, rng, before)
+    text = INTERVAL_JOIN.replace("INSERT", "SET 'scan.startup.mode' = 'latest-offset';\nINSERT")
+    query = sh.start(write(tmp_path, "late", text, 1000), parallelism=2)
+    try:
+        wait_for(lambda: all("ready_at" in t for t in query.status()["tasks"]))
+        produce(sh, rng, after)
+        expected = duck(after, INTERVAL_ORACLE)
+        assert expected and len(expected) < len(
+            duck({s: before[s] + after[s] for s in after}, INTERVAL_ORACLE)
+        )
+        wait_for(lambda: query.status()["rows_in"] >= 40 * 5)
+        wait_for(lambda: len(topic_rows(sh, "joined")) >= len(expected), timeout=30)
+    finally:
+        query.stop()
+    got = appended(sh, "joined", JOIN_COLUMNS, {"at", "bt"})
+    assert query.status()["rows_in"] == 40 * 5
+    assert got == expected  # none of the rows produced before the start

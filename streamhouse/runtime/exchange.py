@@ -105,6 +105,7 @@ class ExchangeWriter:
         strict: bool = False,
         window: WindowAggregate | None = None,
         text_keys: bool = False,
+        latest: bool = False,
     ) -> None:
         self.log = log_
         self.text_keys = text_keys
@@ -120,7 +121,7 @@ class ExchangeWriter:
         self.dead_letters = dead_letters  # rows that do not parse go there
         self.strict = strict  # json.ignore-parse-errors = 'false': such a row fails the query
         self.window = window  # a TUMBLE/HOP/CUMULATE aggregate: partials cross, not rows
-        source.load(log_, store, False)
+        source.load(log_, store, latest)  # latest: a first run starts at the end ('latest-offset')
         self.sequence = store.get_int(SEQUENCE) or 0
         stored = store.get_int(WATERMARK)
         self.watermark = stored - _BIAS if stored is not None else NO_WATERMARK

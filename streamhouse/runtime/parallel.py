@@ -227,6 +227,8 @@ class TaskQuery(ContinuousQuery):
                     not self.read_options[name].ignore_parse_errors,
                     window,
                     text_keys=text,
+                    latest=(self.read_options[name].startup or self.options.startup)
+                    == "latest-offset",
                 )
             )
         return writers
