@@ -100,6 +100,9 @@ _KINDS = {
     "OverAggregate": "an OVER aggregation",
     "WindowRows": "a window TVF joined to a stream",
     "Windowed": "a per-window query without a join key",
+    "StreamJoin": "a stream join",
+    "ChangelogJoin": "a join over an updating input",
+    "TopN": "a Top-N",
 }
 
 
