@@ -210,7 +210,7 @@ def test_left_join_window_join_and_changelog_join_at_parallelism_2(
     sh: StreamHouse, tmp_path: Path
 ) -> None:
     rng = random.Random(8)
-    rows = generate(rng, 250)
+    rows = generate(rng, 150)
     produce(sh, rng, rows)
 
     # a regular LEFT JOIN: updating, padded rows tombstoned when their first match comes
@@ -269,7 +269,7 @@ def test_left_join_window_join_and_changelog_join_at_parallelism_2(
 
 def test_session_window_top_n_and_dedup_at_parallelism_2(sh: StreamHouse, tmp_path: Path) -> None:
     rng = random.Random(4)
-    rows = generate(rng, 300)
+    rows = generate(rng, 180)
     produce(sh, rng, rows)
 
     sinks = at_1_and_2(
@@ -282,7 +282,7 @@ def test_session_window_top_n_and_dedup_at_parallelism_2(sh: StreamHouse, tmp_pa
         61,
     )
     expected = oracle([r for part in rows["ev"] for r in part], "session", 2_000)
-    assert len(expected) > 100
+    assert len(expected) > 40
     columns = ["k", "window_start", "window_end", "n", "nd", "s", "a", "lo", "hi"]
     for sink in sinks:
         assert rows_of(topic_rows(sh, sink), columns) == expected
