@@ -266,7 +266,7 @@ def test_explain_and_refusals(sh: StreamHouse, tmp_path: Path) -> None:
         sh.start("SET 'parallelism' = '0';\nINSERT INTO o SELECT k FROM ev", name="zero")
     with pytest.raises(SqlError, match=r"parallelism > 1 does not run OverAggregate \(an OVER"):
         sh.start(
-            "INSERT INTO o SELECT k, SUM(v) OVER (PARTITION BY k ORDER BY t"
+            "INSERT INTO o SELECT k, SUM(v) OVER (ORDER BY t"
             " ROWS BETWEEN 2 PRECEDING AND CURRENT ROW) AS s FROM ev",
             parallelism=2,
         )

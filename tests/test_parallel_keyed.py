@@ -321,6 +321,29 @@ def test_session_window_top_n_and_dedup_at_parallelism_2(sh: StreamHouse, tmp_pa
         assert upserted(sh, sink, ["k", "t", "w"], {"t"}) == expected
 
 
+def test_over_aggregation_by_partition_at_parallelism_2(sh: StreamHouse, tmp_path: Path) -> None:
+    rng = random.Random(12)
+    rows = generate(rng, 150)
+    for stream, parts in rows.items():  # event times unique per key (no ties to order)
+        rows[stream] = [[(k, t * 4 + i, v) for k, t, v in part] for i, part in enumerate(parts)]
+    produce(sh, rng, rows)
+    sinks = at_1_and_2(
+        sh,
+        tmp_path,
+        "over",
+        "INSERT INTO {sink} SELECT k, t, v, SUM(v) OVER (PARTITION BY k ORDER BY t"
+        " ROWS BETWEEN 2 PRECEDING AND CURRENT ROW) AS s FROM ev",
+        59,
+    )
+    expected = duck(
+        rows,
+        "SELECT k, t, v, SUM(v) OVER (PARTITION BY k ORDER BY t ROWS BETWEEN 2 PRECEDING AND"
+        " CURRENT ROW) FROM ev",
+    )
+    for sink in sinks:
+        assert appended(sh, sink, ["k", "t", "v", "s"], {"t"}) == expected
+
+
 def test_explain_and_what_is_refused(sh: StreamHouse, tmp_path: Path) -> None:
     for statement in STREAMS.format(batch=100).split(";")[:2]:
         sh.sql(statement)
@@ -340,7 +363,7 @@ def test_explain_and_what_is_refused(sh: StreamHouse, tmp_path: Path) -> None:
         "TemporalJoin (a temporal join)": "INSERT INTO o SELECT a.k, b.w FROM ev a"
         " JOIN ev2 FOR SYSTEM_TIME AS OF a.t AS b ON a.k = b.k",
         "OverAggregate (an OVER aggregation)": "INSERT INTO o SELECT k, SUM(v) OVER"
-        " (PARTITION BY k ORDER BY t ROWS BETWEEN 2 PRECEDING AND CURRENT ROW) AS s FROM ev",
+        " (ORDER BY t ROWS BETWEEN 2 PRECEDING AND CURRENT ROW) AS s FROM ev",
         "UnionAll (UNION ALL)": "INSERT INTO o SELECT k, t FROM ev UNION ALL SELECT k, t FROM ev2",
         "StreamJoin (a stream join)": "INSERT INTO o SELECT a.k, b.w FROM ev a JOIN ev2 b"
         " ON a.t BETWEEN b.t - INTERVAL '1' SECOND AND b.t",

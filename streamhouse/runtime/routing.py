@@ -9,11 +9,12 @@ Three shapes (:func:`plan_routing`):
   CUMULATE: partial aggregates per key and pane) to the task owning the group's key group.
 - ``rows``: any other keyed operator over streams: a stream join (regular or interval, inner or
   outer), a window join, a join over an updating GROUP BY or Top-N of a stream (ChangelogJoin),
-  a Top-N or deduplication per key. The producing side sends each *source row*, as read, to
-  the task owning the key group of its routing key, and every task runs the whole unchanged
-  plan over the rows of its key groups. The routing key of a source is a list of its columns:
-  the columns of the join's equalities (both inputs of a join list theirs in the same order,
-  so matching rows meet in one task), or the PARTITION BY of a Top-N. For a join over an
+  a Top-N or deduplication per key, an OVER aggregation with a PARTITION BY. The producing
+  side sends each *source row*, as read, to the task owning the key group of its routing key,
+  and every task runs the whole unchanged plan over the rows of its key groups. The routing
+  key of a source is a list of its columns: the columns of the join's equalities (both inputs
+  of a join list theirs in the same order, so matching rows meet in one task), or the
+  PARTITION BY of a Top-N or of every OVER. For a join over an
   updating input (an aggregate, a Top-N), a join column must be one of that input's group keys
   (its PARTITION BY), so that each of its groups stays whole in one task. A window join is
   routed by its key alone, not by key and window: a row's windows then never span two tasks
@@ -50,6 +51,7 @@ from streamhouse.sql.nodes import (
     WindowAggregate,
     Windowed,
 )
+from streamhouse.sql.over import OverAggregate
 from streamhouse.sql.plan import ContinuousPlan
 from streamhouse.sql.window_spec import WindowKind
 
@@ -84,7 +86,7 @@ def refusal(what: str, why: str = "") -> SqlError:
         f"parallelism > 1 does not run {what} yet{': ' + why if why else ''}; run this query at"
         " parallelism 1 (in parallel now: filters and projections, GROUP BY aggregations"
         " windowed or updating, stream joins and window joins on an equality, joins over an"
-        " updating GROUP BY or Top-N, Top-N and deduplication)"
+        " updating GROUP BY or Top-N, Top-N and deduplication, OVER with PARTITION BY)"
     )
 
 
@@ -273,6 +275,22 @@ def _top_n(node: TopN, plan: ContinuousPlan) -> Routing:
     return Routing("rows", "TopN", {node.source: tuple(c for c in columns if c is not None)})
 
 
+def _over(node: OverAggregate, plan: ContinuousPlan) -> Routing:
+    """An OVER aggregation is routed by the PARTITION BY columns every OVER of it shares: each
+    partition's rows, and so its frames, stay in one task."""
+    _plain(plan, node)
+    shared: list[str] | None = None
+    sql = node.running_sql if node.unbounded else node.sql  # where its OVERs are
+    for window in sqlglot.parse_one(sql, read="postgres").find_all(exp.Window):
+        columns = [
+            c.name for c in window.args.get("partition_by") or [] if isinstance(c, exp.Column)
+        ]
+        shared = columns if shared is None else [c for c in shared if c in columns]
+    if not shared:
+        raise refusal(_name(node), "it has no PARTITION BY column shared by every OVER")
+    return Routing("rows", "OverAggregate", {node.source: tuple(shared)})
+
+
 _ROUTES: dict[type, Callable[..., Routing]] = {
     Stateless: _stateless,
     WindowAggregate: _aggregate,
@@ -280,6 +298,7 @@ _ROUTES: dict[type, Callable[..., Routing]] = {
     Windowed: _window_join,
     ChangelogJoin: _changelog_join,
     TopN: _top_n,
+    OverAggregate: _over,
 }
 """The planner of each operator that runs in parallel, by plan node type."""
 
