@@ -9,9 +9,10 @@ Three shapes (:func:`plan_routing`):
   CUMULATE: partial aggregates per key and pane) to the task owning the group's key group.
 - ``rows``: any other keyed operator over streams: a stream join (regular or interval, inner or
   outer), a window join, a join over an updating GROUP BY or Top-N of a stream (ChangelogJoin),
-  a Top-N or deduplication per key, an OVER aggregation with a PARTITION BY. The producing
-  side sends each *source row*, as read, to the task owning the key group of its routing key,
-  and every task runs the whole unchanged plan over the rows of its key groups. The routing
+  a Top-N or deduplication per key, an OVER aggregation with a PARTITION BY, a temporal join
+  (by the versioned table's key). The producing side sends each *source row*, as read, to
+  the task owning the key group of its routing key, and every task runs the whole unchanged
+  plan over the rows of its key groups. The routing
   key of a source is a list of its columns: the columns of the join's equalities (both inputs
   of a join list theirs in the same order, so matching rows meet in one task), or the
   PARTITION BY of a Top-N or of every OVER. For a join over an
@@ -47,6 +48,7 @@ from streamhouse.sql.nodes import (
     Operator,
     Stateless,
     StreamJoin,
+    TemporalJoin,
     TopN,
     WindowAggregate,
     Windowed,
@@ -86,7 +88,8 @@ def refusal(what: str, why: str = "") -> SqlError:
         f"parallelism > 1 does not run {what} yet{': ' + why if why else ''}; run this query at"
         " parallelism 1 (in parallel now: filters and projections, GROUP BY aggregations"
         " windowed or updating, stream joins and window joins on an equality, joins over an"
-        " updating GROUP BY or Top-N, Top-N and deduplication, OVER with PARTITION BY)"
+        " updating GROUP BY or Top-N, temporal joins, Top-N and deduplication, OVER with"
+        " PARTITION BY)"
     )
 
 
@@ -275,6 +278,15 @@ def _top_n(node: TopN, plan: ContinuousPlan) -> Routing:
     return Routing("rows", "TopN", {node.source: tuple(c for c in columns if c is not None)})
 
 
+def _temporal_join(node: TemporalJoin, plan: ContinuousPlan) -> Routing:
+    """A temporal join is routed by its equalities on the versioned table's key: a probe row
+    meets every version of its key in one task."""
+    _plain(plan, node)
+    pairs = [list(zip(node.probe_keys, node.version_keys, strict=True))]
+    keys = _join_keys(node, [(node.left, _same), (node.right, _same)], pairs)
+    return Routing("rows", "TemporalJoin", keys)
+
+
 def _over(node: OverAggregate, plan: ContinuousPlan) -> Routing:
     """An OVER aggregation is routed by the PARTITION BY columns every OVER of it shares: each
     partition's rows, and so its frames, stay in one task."""
@@ -299,6 +311,7 @@ _ROUTES: dict[type, Callable[..., Routing]] = {
     ChangelogJoin: _changelog_join,
     TopN: _top_n,
     OverAggregate: _over,
+    TemporalJoin: _temporal_join,
 }
 """The planner of each operator that runs in parallel, by plan node type."""
 
