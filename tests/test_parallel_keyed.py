@@ -377,6 +377,25 @@ def test_temporal_join_at_parallelism_2(sh: StreamHouse, tmp_path: Path) -> None
         assert appended(sh, sink, ["k", "t", "v", "w", "bt"], {"t", "bt"}) == expected
 
 
+def test_union_all_of_filters_at_parallelism_2(sh: StreamHouse, tmp_path: Path) -> None:
+    rng = random.Random(19)
+    rows = generate(rng, 120)
+    produce(sh, rng, rows)
+    sinks = at_1_and_2(
+        sh,
+        tmp_path,
+        "un",
+        "INSERT INTO {sink} SELECT k, t, v AS x FROM ev WHERE v > 50"
+        " UNION ALL SELECT k, t, w AS x FROM ev2 WHERE w < 20",
+        83,
+    )
+    expected = duck(
+        rows, "SELECT k, t, v FROM ev WHERE v > 50 UNION ALL SELECT k, t, w FROM ev2 WHERE w < 20"
+    )
+    for sink in sinks:
+        assert appended(sh, sink, ["k", "t", "x"], {"t"}) == expected
+
+
 def test_explain_and_what_is_refused(sh: StreamHouse, tmp_path: Path) -> None:
     for statement in STREAMS.format(batch=100).split(";")[:2]:
         sh.sql(statement)
@@ -395,7 +414,8 @@ def test_explain_and_what_is_refused(sh: StreamHouse, tmp_path: Path) -> None:
     refused = {
         "OverAggregate (an OVER aggregation)": "INSERT INTO o SELECT k, SUM(v) OVER"
         " (ORDER BY t ROWS BETWEEN 2 PRECEDING AND CURRENT ROW) AS s FROM ev",
-        "UnionAll (UNION ALL)": "INSERT INTO o SELECT k, t FROM ev UNION ALL SELECT k, t FROM ev2",
+        "UnionAll (UNION ALL)": "INSERT INTO o SELECT k, COUNT(*) AS n FROM ev GROUP BY k"
+        " UNION ALL SELECT k, COUNT(*) AS n FROM ev2 GROUP BY k",
         "StreamJoin (a stream join)": "INSERT INTO o SELECT a.k, b.w FROM ev a JOIN ev2 b"
         " ON a.t BETWEEN b.t - INTERVAL '1' SECOND AND b.t",
         "TimeSort (ORDER BY on the time attribute)": "INSERT INTO o SELECT k, t FROM ev ORDER BY t",

@@ -571,7 +571,7 @@ def _run(
 def _write_status(
     query: TaskQuery, writers: list[ExchangeWriter], path: Path, ready: float
 ) -> None:
-    read = [w.source for w in writers] if query.shape != "stateless" else [query.source]
+    read = [w.source for w in writers] if query.shape != "stateless" else [*query.sources.values()]
     offsets: dict[str, Any] = {
         source.name: {str(p): o for p, o in source.positions.items()} for source in read
     }

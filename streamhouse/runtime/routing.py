@@ -2,8 +2,8 @@
 
 Three shapes (:func:`plan_routing`):
 
-- ``stateless``: a filter or projection; each task runs the whole query over its share of the
-  source partitions, no exchange.
+- ``stateless``: a filter or projection (or a UNION ALL of them); each task runs the whole
+  query over its share of the source partitions, no exchange.
 - ``aggregate``: a GROUP BY over one stream (TUMBLE, HOP, CUMULATE, SESSION or updating); the
   producing side runs the aggregate's stateless part and sends its rows (for TUMBLE, HOP and
   CUMULATE: partial aggregates per key and pane) to the task owning the group's key group.
@@ -50,6 +50,7 @@ from streamhouse.sql.nodes import (
     StreamJoin,
     TemporalJoin,
     TopN,
+    UnionAll,
     WindowAggregate,
     Windowed,
 )
@@ -89,7 +90,7 @@ def refusal(what: str, why: str = "") -> SqlError:
         " parallelism 1 (in parallel now: filters and projections, GROUP BY aggregations"
         " windowed or updating, stream joins and window joins on an equality, joins over an"
         " updating GROUP BY or Top-N, temporal joins, Top-N and deduplication, OVER with"
-        " PARTITION BY)"
+        " PARTITION BY, UNION ALL of filters)"
     )
 
 
@@ -278,6 +279,17 @@ def _top_n(node: TopN, plan: ContinuousPlan) -> Routing:
     return Routing("rows", "TopN", {node.source: tuple(c for c in columns if c is not None)})
 
 
+def _union(node: UnionAll, plan: ContinuousPlan) -> Routing:
+    """A UNION ALL of filters and projections of streams is stateless: each task runs it over
+    its share of every stream's partitions."""
+    inputs = [plan.derived.get(name) for name in node.inputs]
+    if node.keyed or not all(
+        isinstance(i, Stateless) and i.source not in plan.derived for i in inputs
+    ):
+        raise refusal(_name(node), "its inputs are not all filters or projections of streams")
+    return Routing("stateless", "UnionAll")
+
+
 def _temporal_join(node: TemporalJoin, plan: ContinuousPlan) -> Routing:
     """A temporal join is routed by its equalities on the versioned table's key: a probe row
     meets every version of its key in one task."""
@@ -312,6 +324,7 @@ _ROUTES: dict[type, Callable[..., Routing]] = {
     TopN: _top_n,
     OverAggregate: _over,
     TemporalJoin: _temporal_join,
+    UnionAll: _union,
 }
 """The planner of each operator that runs in parallel, by plan node type."""
 
