@@ -69,6 +69,16 @@ def generate(rng: random.Random, per_partition: int) -> Rows:
     return out
 
 
+def unique_times(rows: Rows) -> None:
+    """Drop the rows of a stream whose key already has a row at that event time."""
+    for stream, parts in rows.items():
+        seen: set[tuple[str, int]] = set()
+        rows[stream] = [
+            [r for r in part if (r[0], r[1]) not in seen and not seen.add((r[0], r[1]))]
+            for part in parts
+        ]
+
+
 def produce(sh: StreamHouse, rng: random.Random, rows: Rows, start: int = 0, end: int = 0) -> None:
     """Rows ``[start, end)`` of each partition (all: ``end`` 0) in random chunks."""
     for stream, parts in rows.items():
@@ -146,7 +156,8 @@ def at_1_and_2(sh: StreamHouse, tmp_path: Path, name: str, text: str, batch: int
     sinks = []
     for parallelism in (1, 2):
         sink = f"{name}{parallelism}"
-        run_to_end(sh, write(tmp_path, sink, text.format(sink=sink), batch), parallelism)
+        status = run_to_end(sh, write(tmp_path, sink, text.format(sink=sink), batch), parallelism)
+        assert status["late_rows"] == 0  # none is: the rows are inside the watermark's delay
         sinks.append(sink)
     return sinks
 
@@ -324,8 +335,7 @@ def test_session_window_top_n_and_dedup_at_parallelism_2(sh: StreamHouse, tmp_pa
 def test_over_aggregation_by_partition_at_parallelism_2(sh: StreamHouse, tmp_path: Path) -> None:
     rng = random.Random(12)
     rows = generate(rng, 150)
-    for stream, parts in rows.items():  # event times unique per key (no ties to order)
-        rows[stream] = [[(k, t * 4 + i, v) for k, t, v in part] for i, part in enumerate(parts)]
+    unique_times(rows)  # no ties to order
     produce(sh, rng, rows)
     sinks = at_1_and_2(
         sh,
@@ -349,12 +359,7 @@ def test_temporal_join_at_parallelism_2(sh: StreamHouse, tmp_path: Path) -> None
     row gets the version of its key current at its time, as DuckDB's ASOF join."""
     rng = random.Random(17)
     rows = generate(rng, 150)
-    for stream, parts in rows.items():  # no two versions (or probes) of a key at one time
-        seen: set[tuple[str, int]] = set()
-        rows[stream] = [
-            [r for r in part if (r[0], r[1]) not in seen and not seen.add((r[0], r[1]))]
-            for part in parts
-        ]
+    unique_times(rows)  # no two versions (or probes) of a key at one time
     produce(sh, rng, rows)
     sh.sql(
         "CREATE STREAM ver (k STRING, t TIMESTAMP(3), w BIGINT, PRIMARY KEY (k) NOT ENFORCED,"
