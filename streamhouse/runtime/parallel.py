@@ -170,7 +170,6 @@ class TaskQuery(ContinuousQuery):
         # the sources are read by the producing side (ExchangeWriter); this query reads the
         # exchange
         self.upstreams = sources
-        self.upstream = next(iter(sources.values()))
         exchanged: dict[str, QuerySource] = {}
         for name, source in sources.items():
             producers = producing_tasks(self.log.topic(source.topic).partitions, self.parallelism)
