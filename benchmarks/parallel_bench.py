@@ -1,13 +1,16 @@
-"""Parallel continuous queries (issue 16): a windowed COUNT at parallelism 1 vs 2.
+"""Parallel continuous queries (issue 16): a windowed COUNT, or an interval join, at
+parallelism 1 vs 2.
 
 Usage::
 
-    python benchmarks/parallel_bench.py [--events 1000000] [--partitions 4] [--pairs 3]
-        [--out benchmarks/results/parallel.json]
+    python benchmarks/parallel_bench.py [--query tumble|join] [--events 1000000]
+        [--partitions 4] [--pairs 3] [--out benchmarks/results/parallel.json]
     python benchmarks/parallel_bench.py --data DIR --only 2   # one run over DIR (for farm-bench)
 
 Produces ``--events`` click events (``{"user_id", "url", "ts"}``, 1,000 users, event time
-rising) into ``--partitions`` partitions once, then runs the query below to the end of the log
+rising) into ``--partitions`` partitions once, and as many page views (``{"user_id", "page",
+"ts"}``, same users and hour: the two streams advance together in event time, micro-batches
+take an equal share of each) for the join, then runs the query to the end of the log
 (``run --until-end``: every window closed) at parallelism 1 and 2 in turn, ``--pairs`` times
 (A B A B: the machine is shared, and pairing keeps the ratio meaningful while its load drifts).
 Each run is a fresh query (its own name and sink topic) and is timed from its start (the task
@@ -15,8 +18,12 @@ processes' start-up included) to the last window written. Reported per run: wall
 events/s, the same after the tasks were set up, CPU seconds (the launcher's and every task
 process's), the 1-minute load average; and the median of the paired ratios.
 
+    -- tumble
     INSERT INTO <sink> SELECT user_id, window_start, COUNT(*) AS clicks
     FROM clicks GROUP BY user_id, TUMBLE(ts, INTERVAL '1' MINUTE)
+    -- join: each click with the user's page views of the 2 seconds before it
+    INSERT INTO <sink> SELECT c.user_id, c.url, c.ts, v.page FROM clicks c JOIN views v
+    ON c.user_id = v.user_id AND c.ts BETWEEN v.ts AND v.ts + INTERVAL '2' SECOND
 """
 
 from __future__ import annotations
@@ -45,8 +52,19 @@ from streamhouse.runtime.launch import start_query  # noqa: E402
 
 STREAM = """CREATE STREAM clicks (user_id BIGINT, url VARCHAR, ts TIMESTAMP(3),
     WATERMARK FOR ts AS ts - INTERVAL '2' SECOND) WITH (topic = 'clicks', format = 'json')"""
-QUERY = """INSERT INTO {sink} SELECT user_id, window_start, COUNT(*) AS clicks
-FROM clicks GROUP BY user_id, TUMBLE(ts, INTERVAL '1' MINUTE)"""
+VIEWS = """CREATE STREAM views (user_id BIGINT, page VARCHAR, ts TIMESTAMP(3),
+    WATERMARK FOR ts AS ts - INTERVAL '2' SECOND) WITH (topic = 'views', format = 'json')"""
+QUERIES = {
+    "tumble": """INSERT INTO {sink} SELECT user_id, window_start, COUNT(*) AS clicks
+FROM clicks GROUP BY user_id, TUMBLE(ts, INTERVAL '1' MINUTE)""",
+    "join": """SET 'max-batch-records' = '20000';
+INSERT INTO {sink} SELECT c.user_id, c.url, c.ts, v.page FROM clicks c JOIN views v
+ON c.user_id = v.user_id AND c.ts BETWEEN v.ts AND v.ts + INTERVAL '2' SECOND""",
+}
+BENCHMARKS = {
+    "tumble": "windowed COUNT per user, TUMBLE 1 minute, to the end of the log",
+    "join": "interval join of clicks and page views on user_id (2 s), to the end of the log",
+}
 T0 = 1_767_225_600_000
 USERS = 1_000
 
@@ -54,24 +72,28 @@ USERS = 1_000
 def produce(data: Path, events: int, partitions: int) -> None:
     rng = np.random.default_rng(16)
     with streamhouse.connect(data) as sh:
-        sh.create_topic("clicks", partitions=partitions)
-        sh.sql(STREAM)
-        per = events // partitions
-        for p in range(partitions):
-            for start in range(0, per, 50_000):
-                n = min(50_000, per - start)
-                ts = T0 + (np.arange(start, start + n) * 3_600_000 // per)
-                table = pa.table(
-                    {
-                        "user_id": rng.integers(0, USERS, n),
-                        "url": pc.binary_join_element_wise(
-                            "/page/", pa.array(rng.integers(0, 50, n)).cast(pa.string()), ""
-                        ),
-                        "ts": pa.array(ts, pa.timestamp("ms")),
-                    }
-                )
-                values = [json.dumps(r).encode() for r in _records(table)]
-                sh.produce("clicks", values, partition=p)
+        for topic, stream, count, column in (
+            ("clicks", STREAM, events, "url"),
+            ("views", VIEWS, events, "page"),
+        ):
+            sh.create_topic(topic, partitions=partitions)
+            sh.sql(stream)
+            per = count // partitions
+            for p in range(partitions):
+                for start in range(0, per, 50_000):
+                    n = min(50_000, per - start)
+                    ts = T0 + (np.arange(start, start + n) * 3_600_000 // per)
+                    table = pa.table(
+                        {
+                            "user_id": rng.integers(0, USERS, n),
+                            column: pc.binary_join_element_wise(
+                                "/page/", pa.array(rng.integers(0, 50, n)).cast(pa.string()), ""
+                            ),
+                            "ts": pa.array(ts, pa.timestamp("ms")),
+                        }
+                    )
+                    values = [json.dumps(r).encode() for r in _records(table)]
+                    sh.produce(topic, values, partition=p)
 
 
 def _records(table: pa.Table) -> list[dict[str, Any]]:
@@ -81,12 +103,17 @@ def _records(table: pa.Table) -> list[dict[str, Any]]:
     return rows
 
 
-def run_once(data: Path, parallelism: int) -> dict[str, Any]:
+def run_once(data: Path, parallelism: int, query_name: str = "tumble") -> dict[str, Any]:
     name = f"bench_{parallelism}_{uuid.uuid4().hex[:8]}"
     with streamhouse.connect(data) as sh:
-        events = sum(o.high_watermark for o in sh.log.metadata.partition_offsets("clicks").values())
+        topics = ["clicks", "views"] if query_name == "join" else ["clicks"]
+        events = sum(
+            o.high_watermark
+            for topic in topics
+            for o in sh.log.metadata.partition_offsets(topic).values()
+        )
         path = Path(tempfile.mkdtemp()) / f"{name}.sql"
-        path.write_text(QUERY.format(sink=f"out_{name}") + ";")
+        path.write_text(QUERIES[query_name].format(sink=f"out_{name}") + ";")
         started, started_at, cpu = time.perf_counter(), time.time(), time.process_time()
         query = start_query(
             sh.engine,
@@ -119,8 +146,14 @@ def run_once(data: Path, parallelism: int) -> dict[str, Any]:
     }
 
 
+def _has_views(data: Path) -> bool:
+    with streamhouse.connect(data) as sh:
+        return sh.log.get_topic("views") is not None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--query", choices=sorted(QUERIES), default="tumble")
     parser.add_argument("--events", type=int, default=1_000_000)
     parser.add_argument("--partitions", type=int, default=4)
     parser.add_argument("--pairs", type=int, default=3)
@@ -129,7 +162,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/parallel.json")
     args = parser.parse_args()
     data = args.data or Path(tempfile.mkdtemp()) / "data"
-    if not (data / "metadata.sqlite3").exists():
+    if not (data / "metadata.sqlite3").exists() or not _has_views(data):
         started = time.perf_counter()
         produce(data, args.events, args.partitions)
         print(
@@ -137,19 +170,20 @@ def main() -> None:
             file=sys.stderr,
         )
     if args.only is not None:
-        print(json.dumps(run_once(data, args.only)))
+        print(json.dumps(run_once(data, args.only, args.query)))
         return
     runs, ratios, steady = [], [], []
     for _ in range(args.pairs):
-        one = run_once(data, 1)
-        two = run_once(data, 2)
+        one = run_once(data, 1, args.query)
+        two = run_once(data, 2, args.query)
         assert one["rows_out"] == two["rows_out"], (one, two)
         runs += [one, two]
         ratios.append(one["seconds"] / two["seconds"])
         steady.append(one["processing_seconds"] / two["processing_seconds"])
         print(json.dumps([one, two]), file=sys.stderr)
     result = {
-        "benchmark": "windowed COUNT per user, TUMBLE 1 minute, to the end of the log",
+        "benchmark": BENCHMARKS[args.query],
+        "query": QUERIES[args.query].format(sink="<sink>"),
         "events": runs[0]["events"],
         "partitions": args.partitions,
         "cores": os.cpu_count(),

@@ -49,8 +49,10 @@ class Settings:
     appended as several).
     ``advertised_port`` is the port clients are told to connect to (0: the one served);
     ``zone`` and ``agent_group`` place this process among the agents sharing a PostgreSQL
-    metadata store, which heartbeat every ``agent_ttl_s / 3`` seconds and drop out of
-    every Metadata answer once their heartbeat is older than ``agent_ttl_s``.
+    metadata store, which heartbeat six times per ``agent_ttl_s`` and drop out of every
+    Metadata answer once their heartbeat is older than ``agent_ttl_s`` (at once when another
+    agent's link to them closes and their address refuses connections: a killed process).
+    Group coordinator leases last ``agent_ttl_s`` too.
     ``query_lease_ttl_s`` is how long an agent's hold on a continuous query lasts unless
     renewed (every third of it): after a holder dies, another agent resumes the query within
     about that long.
@@ -79,7 +81,7 @@ class Settings:
     advertised_port: int = 0
     zone: str = ""
     agent_group: str = "default"
-    agent_ttl_s: float = 6.0
+    agent_ttl_s: float = 3.0
     query_lease_ttl_s: float = 10.0
     auto_create_topics: bool = True
     orphan_min_age_s: float = 3600.0

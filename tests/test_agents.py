@@ -25,6 +25,7 @@ from streamhouse.config import Settings
 from streamhouse.errors import FencedError
 from streamhouse.kafka.cluster import Cluster, Node, node_id_of
 from streamhouse.kafka.coordination import ADOPT_COMMITS_S, GroupLeases
+from streamhouse.kafka.peers import PeerLinks
 from streamhouse.kafka.wire import ErrorCode, ms
 from streamhouse.log.metadata import AgentInfo
 from streamhouse.log.metadata.postgres import PostgresMetadata
@@ -124,6 +125,78 @@ def test_an_unshared_store_answers_with_node_0_alone() -> None:
     cluster = Cluster(None, Settings(port=9999))
     assert cluster.node_id == 0
     assert [(n.node_id, n.port) for n in cluster.nodes("z1")] == [(0, 9999)]
+
+
+def test_peer_links_report_a_peer_whose_link_closed_and_address_refuses() -> None:
+    """Only a link that was up, closed, and then a refused address is evidence: a listener that
+    closes every connection (as a TLS listener does without a handshake) keeps accepting, and
+    an address never reached says nothing."""
+
+    async def scenario() -> list[str]:
+        held: list[asyncio.StreamWriter] = []
+
+        async def keep(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            held.append(writer)
+            await reader.read()
+
+        async def drop(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            writer.close()
+
+        alive = await asyncio.start_server(keep, "127.0.0.1", 0)
+        closing = await asyncio.start_server(drop, "127.0.0.1", 0)
+        nowhere = await asyncio.start_server(drop, "127.0.0.1", 0)
+        addresses = {
+            name: server.sockets[0].getsockname()[:2]
+            for name, server in [("alive", alive), ("closing", closing), ("nowhere", nowhere)]
+        }
+        nowhere.close()  # its port now refuses: never reached
+        await nowhere.wait_closed()
+        gone: list[str] = []
+        links = PeerLinks(gone.append)
+        links.watch(addresses)
+        await asyncio.sleep(1.5)  # several relinks of "closing", attempts at "nowhere"
+        assert gone == [] and len(held) == 1
+        alive.close()  # the process ends: listener and connections closed
+        for writer in held:
+            writer.close()
+        await asyncio.sleep(0.5)
+        await links.close()
+        closing.close()
+        return gone
+
+    assert asyncio.run(scenario()) == ["alive"]
+
+
+def test_a_peer_found_gone_is_named_again_once_it_heartbeats() -> None:
+    """A peer found gone is left out of answers while its heartbeat is older than the moment
+    it was found gone, named again once it beats after that, forgotten once unlisted."""
+
+    def agent(age_ms: int) -> AgentInfo:
+        return AgentInfo("p", "127.0.0.1", 1, "", "default", 0, 0, age_ms)
+
+    async def scenario() -> None:
+        store = _Agents([agent(0)])
+        cluster = _cluster(store.agents)
+        cluster.metadata = store  # type: ignore[assignment]
+        peer = node_id_of("p")
+        assert peer in {n.node_id for n in cluster.nodes()}
+        cluster._peer_gone("p")
+        assert peer not in {n.node_id for n in cluster.nodes()}
+        assert cluster.node_of("p") is None
+        cluster._gone["p"] -= 1.0  # found gone a second ago
+        store.agents = [agent(1_500)]  # its last beat before that
+        await cluster.refresh()
+        assert peer not in {n.node_id for n in cluster.nodes()}  # though live by the TTL
+        store.agents = [agent(200)]  # it beat since: alive after all
+        await cluster.refresh()
+        assert peer in {n.node_id for n in cluster.nodes()}
+        cluster._peer_gone("p")
+        store.agents = []
+        await cluster.refresh()
+        assert cluster._gone == {}
+        await cluster.leave()
+
+    asyncio.run(scenario())
 
 
 def test_cluster_status_on_sqlite_says_there_are_no_agents(tmp_path: Path) -> None:
@@ -241,11 +314,11 @@ def agents(tmp_path: Path, postgres_url: str) -> Iterator[Callable[..., KafkaSer
     data = tmp_path / "data"
     started: list[KafkaServer] = []
 
-    def start(*args: str) -> KafkaServer:
+    def start(*args: str, ttl_s: float = TTL_S) -> KafkaServer:
         server = KafkaServer(
             data,
             args=["--metadata", postgres_url, *args],
-            env={"STREAMHOUSE_AGENT_TTL_S": str(TTL_S)},
+            env={"STREAMHOUSE_AGENT_TTL_S": str(ttl_s)},
         )
         server.log_path = tmp_path / f"agent-{len(started)}.log"
         started.append(server)
@@ -303,8 +376,8 @@ def test_three_agents_are_one_cluster_and_survive_a_kill(
     assert took <= TTL_S + 2
     for _ in range(5):  # keeps going, every partition served by a live agent
         produce(100)
-    shown = status()
-    assert sorted(_states(shown)) == ["dead", "live", "live"]
+    # the status tells by heartbeats alone: dead once the heartbeat is a TTL old
+    _wait_for(lambda: sorted(_states(status())) == ["dead", "live", "live"], TTL_S + 3, "dead")
     victim.start()  # restarted: a new agent at the old address
     _wait_for(lambda: all(len(_metadata(s)[0]) == 3 for s in servers), 10, "3 brokers again")
     for _ in range(5):
@@ -316,6 +389,32 @@ def test_three_agents_are_one_cluster_and_survive_a_kill(
 
     survivors[0].stop()
     _wait_for(lambda: len(_metadata(survivors[1])[0]) == 2, 2.5, "clean stop deregisters at once")
+
+
+def test_a_killed_or_stopped_agent_leaves_answers_at_once_a_paused_one_does_not(
+    agents: Callable[..., KafkaServer],
+) -> None:
+    """With a TTL far longer than the test, only direct evidence can drop an agent: a kill -9
+    or a clean stop closes the other agents' links to it and its address refuses them, so it
+    leaves their answers within a second or two; a paused agent (SIGSTOP) still accepts
+    connections, so it stays named until its heartbeat is a TTL old."""
+    ttl_s = 15.0
+    a, b, c = (agents(ttl_s=ttl_s) for _ in range(3))
+    _wait_for(lambda: len(_metadata(a)[0]) == 3, 10, "3 brokers")
+    everyone = _metadata(a)[0]
+    b.process.send_signal(signal.SIGSTOP)  # type: ignore[union-attr]
+    try:
+        time.sleep(2.0)
+        assert _metadata(a)[0] == everyone == _metadata(c)[0]  # paused is not gone
+    finally:
+        b.process.send_signal(signal.SIGCONT)  # type: ignore[union-attr]
+    b.process.send_signal(signal.SIGKILL)  # type: ignore[union-attr]
+    b.process.wait()  # type: ignore[union-attr]
+    took = _wait_for(lambda: len(_metadata(a)[0]) == len(_metadata(c)[0]) == 2, 10, "b gone")
+    assert took < 5.0  # its heartbeat is 12.5 s from a TTL old
+    assert c.stop() == 0
+    took = _wait_for(lambda: len(_metadata(a)[0]) == 1, 10, "c gone")
+    assert took < 5.0
 
 
 def test_zones_and_agent_groups(agents: Callable[..., KafkaServer]) -> None:

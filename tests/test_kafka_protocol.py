@@ -247,8 +247,10 @@ def test_idempotent_retries_do_not_duplicate_and_gaps_are_refused(
         assert error == ErrorCode.out_of_order_sequence_number
         assert _produce(client, topic, 0, batch(3, [b"d"])) == (ErrorCode.none, 3)
         assert _values(_fetch(client, topic, [(0, 0)])[0].records) == [b"a", b"b", b"c", b"d"]
+        # a transactional id gets its own producer id (test_kafka_transactions has the rest)
         transactional = client.request(22, 1, transactional_id="tx", transaction_timeout=ms(1000))
-        assert transactional.error_code != ErrorCode.none
+        assert transactional.error_code == ErrorCode.none
+        assert transactional.producer_id not in (-1, init.producer_id)
 
 
 # -- fetch -------------------------------------------------------------------------------------

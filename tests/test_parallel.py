@@ -23,12 +23,12 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 import pytest
+from parallel_cases import run_to_end, wait_for
 from window_cases import oracle, rows_of, topic_rows
 
 import streamhouse
 from streamhouse import StreamHouse
 from streamhouse.errors import ConfigError, SqlError
-from streamhouse.runtime.launch import start_query
 
 T0 = 1_767_225_600_000  # 2026-01-01 00:00:00 UTC
 PARTITIONS = 3
@@ -102,18 +102,6 @@ def write(tmp_path: Path, name: str, text: str) -> Path:
     path = tmp_path / f"{name}.sql"
     path.write_text(text)
     return path
-
-
-def run_to_end(sh: StreamHouse, path: Path, parallelism: int) -> dict:
-    query = start_query(
-        sh.engine,
-        path,
-        state_root=sh.settings.data_dir / "queries",
-        options={"parallelism": parallelism},
-        start=False,
-    )
-    query.run_until_caught_up(final=True)
-    return query.status()
 
 
 @pytest.mark.parametrize(
@@ -214,13 +202,6 @@ def test_stateless_filter_through_the_command_line(sh: StreamHouse, tmp_path: Pa
     assert f"{PARTITIONS * 400} rows in, {len(expected)} rows out" in result.stderr
 
 
-def _wait_for(predicate, timeout: float = 60.0) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.05)
-
-
 def test_stop_kill_9_and_restart_give_every_window_once(sh: StreamHouse, tmp_path: Path) -> None:
     rng = random.Random(11)
     parts = events(rng, 900)
@@ -234,9 +215,9 @@ def test_stop_kill_9_and_restart_give_every_window_once(sh: StreamHouse, tmp_pat
     time.sleep(rng.uniform(0, 0.3))
     killed = query.processes[0].pid
     query.processes[0].kill()
-    _wait_for(lambda: query.status()["restarts"] == 1)
+    wait_for(lambda: query.status()["restarts"] == 1)
     assert query.processes[0].pid != killed
-    _wait_for(lambda: query.status()["rows_in"] >= PARTITIONS * 300)
+    wait_for(lambda: query.status()["rows_in"] >= PARTITIONS * 300)
     query.stop()
     first = len(topic_rows(sh, "out"))
     assert first > 0
@@ -247,7 +228,7 @@ def test_stop_kill_9_and_restart_give_every_window_once(sh: StreamHouse, tmp_pat
         produce(sh, rng, [rows[round_ * 100 : (round_ + 1) * 100] for rows in thirds[1]])
         query = sh.start(path, parallelism=2)
         read = PARTITIONS * (300 + round_ * 100)
-        _wait_for(lambda read=read: query.status()["rows_in"] > read)  # noqa: B023
+        wait_for(lambda read=read: query.status()["rows_in"] > read)  # noqa: B023
         victim = rng.randrange(2)
         time.sleep(rng.uniform(0, 0.2))
         assert query.processes[victim].poll() is None  # killed while it runs
@@ -283,10 +264,10 @@ def test_explain_and_refusals(sh: StreamHouse, tmp_path: Path) -> None:
 
     with pytest.raises(ConfigError, match="parallelism must be an integer from 1 to 128"):
         sh.start("SET 'parallelism' = '0';\nINSERT INTO o SELECT k FROM ev", name="zero")
-    with pytest.raises(SqlError, match="parallelism > 1 runs stateless queries and GROUP BY"):
+    with pytest.raises(SqlError, match=r"parallelism > 1 does not run OverAggregate \(an OVER"):
         sh.start(
-            "INSERT INTO o SELECT k, window_start, COUNT(*) AS n FROM ev"
-            " GROUP BY k, SESSION(t, INTERVAL '5' SECOND)",
+            "INSERT INTO o SELECT k, SUM(v) OVER (ORDER BY t"
+            " ROWS BETWEEN 2 PRECEDING AND CURRENT ROW) AS s FROM ev",
             parallelism=2,
         )
     with pytest.raises(SqlError, match="writes into a topic yet"):
@@ -323,7 +304,7 @@ def test_an_idle_task_does_not_hold_the_watermark_back(sh: StreamHouse, tmp_path
         watermark = min(max(t for _, t, _ in rows) for rows in parts[:2]) - 3_000
         closed = [r for r in oracle(flat(parts), "tumble", 10_000) if r[2] <= watermark]
         assert len(closed) > 20
-        _wait_for(lambda: len(topic_rows(sh, "out")) >= len(closed), timeout=30)
+        wait_for(lambda: len(topic_rows(sh, "out")) >= len(closed), timeout=30)
         assert query.status()["late_rows"] == 0
     finally:
         query.stop()

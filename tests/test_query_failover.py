@@ -90,9 +90,14 @@ class Cluster:
     ``serve --queries`` over a copy of ``queries/clicks.sql``; a reader of the output."""
 
     def __init__(
-        self, tmp_path: Path, postgres_url: str, s3: tuple[str, str] | None = None
+        self,
+        tmp_path: Path,
+        postgres_url: str,
+        s3: tuple[str, str] | None = None,
+        lease_ttl_s: float | None = LEASE_TTL_S,
     ) -> None:
         self.tmp_path = tmp_path
+        self.lease_ttl_s = lease_ttl_s  # None: the agents' defaults (query lease, agent TTL)
         self.url = postgres_url
         self.s3 = s3  # (s3://bucket/prefix, moto's endpoint) instead of the data dir's objects
         self.data = tmp_path / "data"
@@ -112,8 +117,11 @@ class Cluster:
             self.data,
             args=["--metadata", self.url, "--queries", str(self.queries)],
             env={
-                "STREAMHOUSE_QUERY_LEASE_TTL_S": str(LEASE_TTL_S),
-                "STREAMHOUSE_AGENT_TTL_S": "3",
+                **(
+                    {"STREAMHOUSE_QUERY_LEASE_TTL_S": str(self.lease_ttl_s)}
+                    if self.lease_ttl_s is not None
+                    else {}
+                ),
                 **(
                     {
                         "STREAMHOUSE_OBJECT_STORE": self.s3[0],

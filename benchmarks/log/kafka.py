@@ -29,6 +29,20 @@ wall-clock figures move with its load. A short fsync probe in the data directory
 disk: StreamHouse acknowledges a produce only once its segment object and index rows are
 durable, the mock cluster keeps everything in memory.
 
+``--transactions`` runs issue 18's phases instead, against StreamHouse only, alternating
+``--rounds`` times (the machine's speed drifts; quote the medians):
+
+- **idempotent produce**: phase 1 with ``enable.idempotence``;
+- **transactional produce**: ``--transactional-records`` (20,000) with the same producer
+  settings, ``--per-transaction`` records (100) per transaction, each committed before the
+  next begins (as a consume-transform-produce loop does); then ``--producers`` (8) such
+  producers at once, each sending that many: records/s from their start (``init_transactions``
+  included) to the last commit;
+- **read_committed vs read_uncommitted fetch**: phase 2 over the topic the 8 producers wrote
+  (transactions of 100 records, a marker per partition of each) with each ``isolation.level``,
+  in the order A B B A (a reader after another finds warmer caches: measured up to 2x), each
+  level's figure the mean of its two reads.
+
 The mock cluster cannot create topics with a chosen partition count (it answers no
 CreateTopics), so its topics are auto-created with librdkafka's default of 4 partitions.
 Results are JSON on stdout and in ``--out``; progress goes to stderr through ``logging``.
@@ -161,21 +175,23 @@ def _create_topic(conf: dict[str, Any], topic: str, partitions: int, *, mock: bo
     return len(metadata.topics[topic].partitions)
 
 
+def _producer_conf(conf: dict[str, Any], per_record: bool) -> dict[str, Any]:
+    return {
+        **conf,
+        "compression.type": "lz4",
+        "linger.ms": 5,
+        "acks": "all",
+        "batch.size": 1_000_000,
+        "queue.buffering.max.messages": 2_000_000,
+        "delivery.report.only.error": not per_record,
+    }
+
+
 def produce(
     conf: dict[str, Any], topic: str, n: int, partitions: int, value: bytes, per_record: bool
 ) -> dict[str, Any]:
     """Records per second of an unthrottled lz4 producer, acks=all."""
-    producer = Producer(
-        {
-            **conf,
-            "compression.type": "lz4",
-            "linger.ms": 5,
-            "acks": "all",
-            "batch.size": 1_000_000,
-            "queue.buffering.max.messages": 2_000_000,
-            "delivery.report.only.error": not per_record,
-        }
-    )
+    producer = Producer(_producer_conf(conf, per_record))
     producer.list_topics(topic, timeout=10)  # connected, metadata known
     failures = 0
 
@@ -201,11 +217,65 @@ def produce(
     return {"records": n, "records_per_s": round(n / elapsed)}
 
 
-def consume(conf: dict[str, Any], topic: str, n: int, partitions: int) -> dict[str, Any]:
+def _transactional_producer(
+    conf: dict[str, Any], topic: str, records: range, partitions: int, value: bytes, per: int
+) -> None:
+    """Send ``records`` (indexes: their partitions) in transactions of ``per``."""
+    producer = Producer(
+        {**_producer_conf(conf, False), "transactional.id": f"bench-{uuid.uuid4().hex[:8]}"}
+    )
+    producer.init_transactions(30)
+    producer.list_topics(topic, timeout=10)
+    send = producer.produce
+    for start in range(records.start, records.stop, per):
+        producer.begin_transaction()
+        for i in range(start, min(start + per, records.stop)):
+            send(topic, value, partition=i % partitions)
+        producer.commit_transaction(30)  # flushes the transaction's records first
+
+
+def produce_transactions(
+    conf: dict[str, Any],
+    topic: str,
+    n: int,
+    partitions: int,
+    value: bytes,
+    per_transaction: int,
+    producers: int = 1,
+) -> dict[str, Any]:
+    """Records per second of ``producers`` transactional producers at once, each committing
+    every ``per_transaction`` records (set-up and ``init_transactions`` included)."""
+    share = -(-n // producers)
+    threads = [
+        threading.Thread(
+            target=_transactional_producer,
+            args=(conf, topic, range(k * share, min(n, (k + 1) * share)), partitions, value),
+            kwargs={"per": per_transaction},
+        )
+        for k in range(producers)
+    ]
+    started = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    elapsed = time.perf_counter() - started
+    return {
+        "records": n,
+        "producers": producers,
+        "records_per_s": round(n / elapsed),
+        "transactions_per_s": round(n / per_transaction / elapsed, 1),
+    }
+
+
+def consume(
+    conf: dict[str, Any], topic: str, n: int, partitions: int, isolation: str = "read_uncommitted"
+) -> dict[str, Any]:
     """Records per second of one consumer reading everything from the beginning."""
     consumer = Consumer(
         {
             **conf,
+            "isolation.level": isolation,
             "group.id": f"bench-{uuid.uuid4().hex[:8]}",
             "enable.auto.commit": False,
             "fetch.max.bytes": 52_428_800,
@@ -345,6 +415,82 @@ def run_suite(
     return out
 
 
+def _transaction_round(
+    conf: dict[str, Any], args: argparse.Namespace, server_pid: int | None, first: str
+) -> dict[str, Any]:
+    """One round of issue 18's phases on fresh topics; ``first`` isolation level reads first."""
+    value = os.urandom(args.value_bytes // 2).hex().encode()[: args.value_bytes]
+    n, m, per = args.records, args.transactional_records, args.per_transaction
+    plain, one, many = (f"bench-{kind}-{uuid.uuid4().hex[:8]}" for kind in ("idem", "one", "many"))
+    partitions = _create_topic(conf, plain, args.partitions, mock=False)
+    for topic in (one, many):
+        _create_topic(conf, topic, args.partitions, mock=False)
+    idempotent = {**conf, "enable.idempotence": True}
+    many_n = m * args.producers
+    figures = {
+        "idempotent_produce": _measured(
+            server_pid, lambda: produce(idempotent, plain, n, partitions, value, False)
+        ),
+        "transactional_produce": _measured(
+            server_pid, lambda: produce_transactions(conf, one, m, partitions, value, per)
+        ),
+        "transactional_produce_many": _measured(
+            server_pid,
+            lambda: produce_transactions(
+                conf, many, many_n, partitions, value, per, args.producers
+            ),
+        ),
+    }
+    levels = sorted(["read_committed", "read_uncommitted"], key=lambda level: level != first)
+    reads: dict[str, list[dict[str, Any]]] = {level: [] for level in levels}
+    for isolation in [*levels, *reversed(levels)]:  # A B B A: a warming trend cancels out
+        reads[isolation].append(
+            _measured(server_pid, lambda i=isolation: consume(conf, many, many_n, partitions, i))
+        )
+    for isolation, runs in reads.items():
+        figures[f"{isolation}_fetch"] = {
+            "records_per_s": round(sum(r["records_per_s"] for r in runs) / len(runs)),
+            "runs": runs,
+        }
+    return figures
+
+
+def run_transactions(
+    conf: dict[str, Any], args: argparse.Namespace, server_pid: int | None
+) -> dict[str, Any]:
+    """Issue 18's phases, alternating ``args.rounds`` times; medians of records/s."""
+    rounds = []
+    for r in range(args.rounds):
+        log.info("round %d: idempotent and transactional produce, then both fetches", r + 1)
+        # each isolation level reads first in turn, so neither always finds a warmer cache
+        first = "read_committed" if r % 2 == 0 else "read_uncommitted"
+        rounds.append(_transaction_round(conf, args, server_pid, first))
+
+    def median(phase: str) -> float:
+        values = sorted(f[phase]["records_per_s"] for f in rounds)
+        mid = len(values) // 2
+        return values[mid] if len(values) % 2 else (values[mid - 1] + values[mid]) / 2
+
+    phases = (
+        "idempotent_produce",
+        "transactional_produce",
+        "transactional_produce_many",
+        "read_committed_fetch",
+        "read_uncommitted_fetch",
+    )
+    medians = {phase: median(phase) for phase in phases}
+    return {
+        "rounds": rounds,
+        "median_records_per_s": medians,
+        "transactional_to_idempotent": round(
+            medians["transactional_produce"] / medians["idempotent_produce"], 3
+        ),
+        "read_committed_to_uncommitted": round(
+            medians["read_committed_fetch"] / medians["read_uncommitted_fetch"], 3
+        ),
+    }
+
+
 def _machine() -> dict[str, Any]:
     import confluent_kafka
 
@@ -368,7 +514,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--per-record-callbacks", action="store_true")
     parser.add_argument("--no-mock", action="store_true", help="skip the mock-cluster run")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument(
+        "--transactions", action="store_true", help="issue 18's phases (see module)"
+    )
+    parser.add_argument("--per-transaction", type=int, default=100)
+    parser.add_argument("--transactional-records", type=int, default=20_000)
+    parser.add_argument("--producers", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args(argv)
+    if args.transactions and args.out == DEFAULT_OUT:
+        args.out = DEFAULT_OUT.with_name("kafka_transactions.json")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
 
     results: dict[str, Any] = {
@@ -385,17 +540,17 @@ def main(argv: list[str] | None = None) -> None:
             server = _start_server(data_dir, port)
             bootstrap = f"127.0.0.1:{port}"
         try:
-            results["streamhouse"] = run_suite(
-                {"bootstrap.servers": bootstrap},
-                args,
-                mock=False,
-                server_pid=None if server is None else server.pid,
-            )
+            pid = None if server is None else server.pid
+            conf = {"bootstrap.servers": bootstrap}
+            if args.transactions:
+                results["transactions"] = run_transactions(conf, args, pid)
+            else:
+                results["streamhouse"] = run_suite(conf, args, mock=False, server_pid=pid)
         finally:
             if server is not None:
                 server.terminate()
                 server.wait(30)
-    if not args.no_mock:
+    if not args.no_mock and not args.transactions:
         cluster = Producer({"test.mock.num.brokers": 1})
         brokers = cluster.list_topics(timeout=10).brokers.values()
         mock_bootstrap = ",".join(f"{b.host}:{b.port}" for b in brokers)

@@ -1,6 +1,6 @@
 """The broker: what the request handlers share — the log, the settings, the group
 coordinator and the group leases saying which groups it coordinates, idempotent producer
-state, and wake-ups for long-polling fetches."""
+state, the transaction coordinator, and wake-ups for long-polling fetches."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from streamhouse.kafka.groups import GroupCoordinator
 from streamhouse.kafka.listeners import Listener
 from streamhouse.kafka.producers import ProducerRegistry
 from streamhouse.kafka.sasl import enabled_mechanisms
+from streamhouse.kafka.transactions import TransactionCoordinator
 from streamhouse.log import Log
 from streamhouse.log.metadata import sqlite_path
 
@@ -52,6 +53,7 @@ class Broker:
         self.coordination.on_lost = lambda group_id: self.groups.abandon(group_id)
         self.coordination.has_members = self.groups.has_members
         self.producers = ProducerRegistry()
+        self.transactions = TransactionCoordinator(log_, self.wake)
         self._arrivals: dict[tuple[str, int], set[asyncio.Future[None]]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._commits: list[tuple[str, int]] = []  # heard from the log, not yet on the loop
@@ -94,6 +96,13 @@ class Broker:
         if not waiter.done():
             waiter.cancel()
 
+    def wake(self, keys: Iterable[tuple[str, int]]) -> None:
+        """Wake the fetches waiting on ``keys`` (their last stable offset moved)."""
+        for key in keys:
+            for waiter in self._arrivals.pop(key, ()):
+                if not waiter.done():
+                    waiter.set_result(None)
+
     def _on_commit_threadsafe(self, topic: str, partition: int, high_watermark: int) -> None:
         """Called by the log's committer thread; wakes the loop once for many commits."""
         loop = self._loop
@@ -112,9 +121,5 @@ class Broker:
     def _on_commits(self) -> None:
         with self._commits_lock:
             commits, self._commits = self._commits, []
-        if not self._arrivals:
-            return
-        for key in commits:
-            for waiter in self._arrivals.pop(key, ()):
-                if not waiter.done():
-                    waiter.set_result(None)
+        if self._arrivals:
+            self.wake(commits)

@@ -8,7 +8,8 @@ holder keeps the group's membership in memory and answers its group requests; an
 agent answers them ``NOT_COORDINATOR``, so clients ask FindCoordinator again and go to the
 holder. Committed offsets are in the metadata store, so nothing of them moves with the group.
 
-The holder renews its leases every ``agent_ttl_s / 3`` seconds and releases those of groups
+The holder renews its leases :data:`~streamhouse.kafka.cluster.HEARTBEATS_PER_TTL` times per
+``agent_ttl_s`` and releases those of groups
 that have had no members and no requests for a while; a clean stop releases them all, so
 another agent takes over at once. A holder that dies stops renewing: its leases expire
 within ``agent_ttl_s`` (by the store's clock) and the members, whose connections broke, find
@@ -33,7 +34,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from streamhouse.kafka.cluster import Cluster, Node
+from streamhouse.kafka.cluster import HEARTBEATS_PER_TTL, Cluster, Node
 from streamhouse.log.metadata import Metadata
 from streamhouse.log.metadata.leases import Lease
 
@@ -169,13 +170,13 @@ class GroupLeases:
         self.on_lost(group_id)
 
     async def maintain(self) -> None:
-        """Every TTL / 3 until cancelled: renew the leases of groups in use, release the
-        others; a lease that cannot be renewed is lost (a store failure is retried next time,
-        while the lease lasts)."""
+        """:data:`HEARTBEATS_PER_TTL` times per TTL until cancelled: renew the leases of groups
+        in use, release the others; a lease that cannot be renewed is lost (a store failure is
+        retried next time, while the lease lasts)."""
         if self.metadata is None:
             return
         while True:
-            await asyncio.sleep(self.ttl_ms / 3000)
+            await asyncio.sleep(self.ttl_ms / 1000 / HEARTBEATS_PER_TTL)
             try:
                 await self.renew()
             except Exception as exc:

@@ -7,8 +7,13 @@ and the response at most ``max_bytes``, except that the first non-empty partitio
 returns at least one whole batch so that a batch bigger than the limits can be consumed.
 
 Fetch sessions (KIP-227) are not kept: every answer has session id 0, which tells clients to
-send full fetch requests. There are no transactions, so the last stable offset is the high
-watermark and no aborted transactions are listed.
+send full fetch requests.
+
+With ``isolation_level=1`` (read_committed) a partition's answer stops before its last stable
+offset (the first offset of its oldest open transaction, read after the records so that a
+transaction starting meanwhile cannot slip in) and lists the aborted transactions that overlap
+the records returned, so clients drop their batches. A read_uncommitted answer reports the
+high watermark as the last stable offset and lists none: its path reads nothing more.
 
 Requests are decoded by kio; the response, mostly record bytes, is written directly by
 :func:`encode_fetch_response` (byte for byte what kio would write, ``test_kafka_codec``), so the
@@ -43,6 +48,7 @@ from streamhouse.kafka.wire import (
     parse_request,
     to_ms,
 )
+from streamhouse.log.records import read_header
 
 if TYPE_CHECKING:
     from streamhouse.kafka.broker import Broker
@@ -59,6 +65,8 @@ _TOP_V7 = struct.Struct(">ihi")  # throttle_time, error_code, session_id
 _PARTITION = struct.Struct(">ihqq")  # index, error_code, high_watermark, last_stable_offset
 _I64 = struct.Struct(">q")
 _NULL_ARRAY = _I32.pack(-1)  # aborted_transactions: none
+_ABORTED = struct.Struct(">qq")  # producer_id, first_offset
+READ_COMMITTED = 1
 
 
 @dataclass(slots=True)
@@ -71,6 +79,8 @@ class PartitionRead:
     high_watermark: int
     log_start_offset: int
     failure: StreamHouseError | None = None  # why ``error`` is set, if the log raised it
+    last_stable_offset: int = -1  # -1: the high watermark
+    aborted: list[tuple[int, int]] | None = None  # (producer id, first offset), read_committed
 
 
 def encode_fetch_response(
@@ -88,10 +98,15 @@ def encode_fetch_response(
         parts.append(encoded)
         parts.append(_I32.pack(len(partitions)))
         for r in partitions:
-            parts.append(_PARTITION.pack(r.partition, r.error, r.high_watermark, r.high_watermark))
+            stable = r.high_watermark if r.last_stable_offset < 0 else r.last_stable_offset
+            parts.append(_PARTITION.pack(r.partition, r.error, r.high_watermark, stable))
             if api_version >= 5:
                 parts.append(_I64.pack(r.log_start_offset))
-            parts.append(_NULL_ARRAY)
+            if r.aborted is None:
+                parts.append(_NULL_ARRAY)
+            else:
+                parts.append(_I32.pack(len(r.aborted)))
+                parts.extend(_ABORTED.pack(pid, first) for pid, first in r.aborted)
             if api_version >= 11:
                 parts.append(_I32.pack(-1))  # preferred_read_replica
             parts.append(_I32.pack(len(r.records)))
@@ -106,10 +121,13 @@ def _read(broker: Broker, request: Any) -> tuple[list[tuple[str, list[PartitionR
     remaining = max(request.max_bytes, 0)
     total = 0
     out: list[tuple[str, list[PartitionRead]]] = []
+    committed = request.isolation_level == READ_COMMITTED
     for topic in request.topics:
         reads = []
         for p in topic.partitions:
             reads.append(_read_partition(broker, topic.topic, p, remaining, total))
+            if committed and reads[-1].error is ErrorCode.none:
+                reads[-1] = _committed(broker, topic.topic, p.fetch_offset, reads[-1])
             size = len(reads[-1].records)
             total += size
             remaining -= size
@@ -139,6 +157,36 @@ def _read_partition(
     return PartitionRead(
         p.partition, ErrorCode.none, records, result.high_watermark, result.log_start_offset
     )
+
+
+def _committed(broker: Broker, topic: str, fetch_offset: int, read: PartitionRead) -> PartitionRead:
+    """``read`` cut at the partition's last stable offset, with the aborted transactions
+    among its records (read after the records: see module); one store statement."""
+    transactions = broker.log.metadata.transactions
+    hw = read.high_watermark
+    try:
+        open_from, aborted = transactions.stability(topic, read.partition, fetch_offset, hw)
+    except StreamHouseError as exc:
+        log.debug("fetch %s/%d: %s", topic, read.partition, exc)
+        return PartitionRead(read.partition, error_code_for(exc), b"", -1, -1, exc)
+    stable = hw if open_from is None else min(open_from, hw)
+    if stable < hw:
+        read.records = read.records[: _end_before(read.records, stable)]
+    read.last_stable_offset = stable
+    read.aborted = [a for a in aborted if a[1] < stable] if read.records else []
+    return read
+
+
+def _end_before(records: bytes, offset: int) -> int:
+    """The length of the batches of ``records`` that start before ``offset``."""
+    view = memoryview(records)
+    pos = 0
+    while pos < len(records):
+        header = read_header(view, pos)
+        if header.base_offset >= offset:
+            break
+        pos += header.size
+    return pos
 
 
 async def handle_fetch(broker: Broker, header: RequestHeader, request: Any) -> bytes:

@@ -594,10 +594,11 @@ class GroupCoordinator:
 
 async def handle_find_coordinator(broker: Broker, header: RequestHeader, request: Any) -> Any:
     """The agent holding the group's lease (this one if the lease was free);
-    ``COORDINATOR_NOT_AVAILABLE`` while a dead holder's lease has yet to expire."""
+    ``COORDINATOR_NOT_AVAILABLE`` while a dead holder's lease has yet to expire. Any agent
+    coordinates transactions (key type 1): the one asked."""
     module = messages(ApiKey.FIND_COORDINATOR, header.api_version, True)
     node = broker.cluster.me
-    if getattr(request, "key_type", 0) == 0:  # transactions (1) are refused elsewhere
+    if getattr(request, "key_type", 0) == 0:
         found = await broker.coordination.coordinator(request.key)
         if found is None:
             return make(

@@ -1,4 +1,5 @@
-"""ListOffsets: the earliest offset, the latest (high watermark), or the first at a timestamp.
+"""ListOffsets: the earliest offset, the latest (high watermark; the last stable offset for
+isolation level 1, read_committed), or the first at a timestamp.
 
 Timestamp -2 asks for the log start offset, -1 for the high watermark, anything else for the
 first record whose timestamp is at or after it (offset -1 and timestamp -1 when there is none,
@@ -19,17 +20,23 @@ if TYPE_CHECKING:
 
 __all__ = ["EARLIEST", "HANDLERS", "LATEST", "handle_list_offsets"]
 
+READ_COMMITTED = 1
 LATEST = -1
 EARLIEST = -2
 
 
 def _lookup(
-    broker: Broker, topic: str, partition: int, timestamp: int
+    broker: Broker, topic: str, partition: int, timestamp: int, committed: bool
 ) -> tuple[ErrorCode, int, int]:
-    """``(error, offset, timestamp)`` of one partition."""
+    """``(error, offset, timestamp)`` of one partition; ``committed``: latest is the last
+    stable offset (read_committed)."""
     try:
         if timestamp == LATEST:
-            return ErrorCode.none, broker.log.offsets(topic, partition).high_watermark, -1
+            latest = broker.log.offsets(topic, partition).high_watermark
+            if committed:
+                open_from = broker.log.metadata.transactions.last_stable_offset(topic, partition)
+                latest = latest if open_from is None else min(latest, open_from)
+            return ErrorCode.none, latest, -1
         if timestamp == EARLIEST:
             return ErrorCode.none, broker.log.offsets(topic, partition).log_start_offset, -1
         if timestamp < 0:
@@ -45,10 +52,13 @@ def _lookup(
 
 def _answer(broker: Broker, module: Any, request: Any) -> Any:
     topics = []
+    committed = getattr(request, "isolation_level", 0) == READ_COMMITTED
     for topic in request.topics:
         rows = []
         for p in topic.partitions:
-            error, offset, stamp = _lookup(broker, topic.name, p.partition_index, p.timestamp)
+            error, offset, stamp = _lookup(
+                broker, topic.name, p.partition_index, p.timestamp, committed
+            )
             rows.append(
                 make(
                     module.ListOffsetsPartitionResponse,

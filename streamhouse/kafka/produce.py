@@ -24,6 +24,7 @@ from streamhouse.errors import ProducerSequenceError, ProtocolError, StreamHouse
 from streamhouse.kafka.api_keys import ApiKey
 from streamhouse.kafka.wire import ErrorCode, error_code_for
 from streamhouse.log.records import split_batches
+from streamhouse.log.records.header import ATTR_CONTROL, ATTR_TRANSACTIONAL
 
 if TYPE_CHECKING:
     from streamhouse.kafka.broker import Broker
@@ -38,7 +39,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-_ATTR_TRANSACTIONAL_OR_CONTROL = 0x30
+_ATTR_TRANSACTIONAL_OR_CONTROL = ATTR_TRANSACTIONAL | ATTR_CONTROL
 
 _I16 = struct.Struct(">h")
 _I32 = struct.Struct(">i")
@@ -167,9 +168,18 @@ def encode_produce_response(
 
 
 def _start_append(
-    broker: Broker, topic: str, partition: int, records: memoryview | None
+    broker: Broker,
+    topic: str,
+    partition: int,
+    records: memoryview | None,
+    transactional_id: str | None = None,
 ) -> Outcome:
-    """Validate one partition's batches and hand them to the log, without waiting."""
+    """Validate one partition's batches and hand them to the log, without waiting.
+
+    Batches of a transactional producer (``transactional_id``) must be transactional and
+    belong to its ongoing transaction; others must be neither transactional nor control
+    batches (markers are written by the coordinator only).
+    """
     if not records:
         return ErrorCode.corrupt_message
     try:
@@ -177,9 +187,15 @@ def _start_append(
     except StreamHouseError as exc:
         return error_code_for(exc)
     header = batches[0][2]
-    for _, _, h in batches:
-        if h.attributes & _ATTR_TRANSACTIONAL_OR_CONTROL:
-            return ErrorCode.invalid_record
+    if transactional_id is None:
+        for _, _, h in batches:
+            if h.attributes & _ATTR_TRANSACTIONAL_OR_CONTROL:
+                return ErrorCode.invalid_record
+    else:
+        headers = [h for _, _, h in batches]
+        refused = broker.transactions.refusal(transactional_id, topic, partition, headers)
+        if refused is not None:
+            return refused
     idempotent = header.producer_id >= 0
     if idempotent:
         if len(batches) != 1:
@@ -218,10 +234,8 @@ def handle_produce_frame(
         for index, records in partitions:
             if acks not in (0, 1, -1):
                 outcome: Outcome = ErrorCode.invalid_required_acks
-            elif request.transactional_id is not None:
-                outcome = ErrorCode.transactional_id_authorization_failed
             else:
-                outcome = _start_append(broker, name, index, records)
+                outcome = _start_append(broker, name, index, records, request.transactional_id)
                 if not isinstance(outcome, ErrorCode):
                     waiting.append(outcome)
             outcomes.append((index, outcome))

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from streamhouse.kafka.api_keys import ApiKey
+from streamhouse.kafka.transactions import init_transactional_producer
 from streamhouse.kafka.wire import ErrorCode, RequestHeader, make, messages
 from streamhouse.log.metadata.rules import MAX_REMEMBERED_BATCHES, SEQUENCE_MODULO
 
@@ -101,23 +102,19 @@ class ProducerRegistry:
 
 
 async def handle_init_producer_id(broker: Broker, header: RequestHeader, request: Any) -> Any:
-    """A fresh producer id at epoch 0; transactions are not supported."""
+    """A fresh producer id at epoch 0; with a transactional id, the transaction coordinator's
+    answer (:func:`~streamhouse.kafka.transactions.init_transactional_producer`)."""
     module = messages(ApiKey.INIT_PRODUCER_ID, header.api_version, True)
     if request.transactional_id is not None:
-        return make(
-            module.InitProducerIdResponse,
-            throttle_time=0,
-            error_code=ErrorCode.transactional_id_authorization_failed,
-            producer_id=-1,
-            producer_epoch=-1,
-        )
-    producer_id = broker.log.metadata.next_producer_id()
+        error, producer_id, epoch = await init_transactional_producer(broker, header, request)
+    else:
+        error, producer_id, epoch = ErrorCode.none, broker.log.metadata.next_producer_id(), 0
     return make(
         module.InitProducerIdResponse,
         throttle_time=0,
-        error_code=ErrorCode.none,
+        error_code=error,
         producer_id=producer_id,
-        producer_epoch=0,
+        producer_epoch=epoch,
     )
 
 

@@ -26,7 +26,17 @@ from typing import Any
 
 from streamhouse.config import Settings
 from streamhouse.errors import ProtocolError
-from streamhouse.kafka import admin, fetch, groups, metadata, offsets, produce, producers, sasl
+from streamhouse.kafka import (
+    admin,
+    fetch,
+    groups,
+    metadata,
+    offsets,
+    produce,
+    producers,
+    sasl,
+    transactions,
+)
 from streamhouse.kafka.api_keys import ApiKey
 from streamhouse.kafka.broker import Broker
 from streamhouse.kafka.listeners import (
@@ -67,6 +77,7 @@ HANDLERS: dict[ApiKey, Handler] = {
     **groups.HANDLERS,
     **admin.HANDLERS,
     **producers.HANDLERS,
+    **transactions.HANDLERS,
     **sasl.HANDLERS,
 }
 RAW_HANDLERS: dict[ApiKey, RawHandler] = {**produce.RAW_HANDLERS, **fetch.RAW_HANDLERS}
@@ -376,6 +387,7 @@ async def serve(
     heartbeat = asyncio.create_task(broker.cluster.heartbeat())
     group_leases = asyncio.create_task(broker.coordination.maintain())
     sweeper = asyncio.create_task(_sweep_groups(broker))
+    transaction_sweeps = asyncio.create_task(broker.transactions.run_sweeps())
     retention = asyncio.create_task(_storage_lifecycle(log_, settings.retention_check_interval_s))
     tableflow = asyncio.create_task(_tableflow(log_, settings.iceberg_freshness_s))
     for listener in listeners:
@@ -394,6 +406,7 @@ async def serve(
         await asyncio.gather(*(server.serve_forever() for server in servers))
     finally:
         sweeper.cancel()
+        transaction_sweeps.cancel()
         retention.cancel()
         tableflow.cancel()
         heartbeat.cancel()

@@ -5,7 +5,8 @@ librdkafka via confluent-kafka and kcat, aiokafka): each negotiates the highest 
 sides know, and all of them speak these. The group admin APIs go up to what Kafka 3.x
 advertises (ListGroups v4 for group states, DescribeGroups v5, DeleteGroups v2, OffsetDelete),
 and Metadata to v12 for topic ids: flexible versions among them, as clients ask for those
-features by version. Lower bounds are where ``kio`` starts (Produce v3
+features by version. The transaction APIs stop before their first flexible version, except
+DescribeTransactions and ListTransactions, flexible from v0. Lower bounds are where ``kio`` starts (Produce v3
 is the first with record format v2, which is the only format the log stores).
 
 A request for a newer ApiVersions than we know (kafka-python 3 opens with v4) gets the v0
@@ -44,6 +45,10 @@ SUPPORTED: dict[ApiKey, tuple[int, int]] = {
     ApiKey.DELETE_TOPICS: (1, 3),  # DeleteTopics (v4+ flexible)
     ApiKey.DELETE_RECORDS: (0, 1),  # DeleteRecords (v2+ flexible)
     ApiKey.INIT_PRODUCER_ID: (0, 1),  # InitProducerId (v2+ flexible)
+    ApiKey.ADD_PARTITIONS_TO_TXN: (0, 2),  # AddPartitionsToTxn (v3+ flexible)
+    ApiKey.ADD_OFFSETS_TO_TXN: (0, 2),  # AddOffsetsToTxn (v3+ flexible)
+    ApiKey.END_TXN: (0, 2),  # EndTxn (v3+ flexible)
+    ApiKey.TXN_OFFSET_COMMIT: (0, 2),  # TxnOffsetCommit (v3+ flexible)
     ApiKey.DESCRIBE_CONFIGS: (1, 3),  # DescribeConfigs (v4+ flexible)
     ApiKey.ALTER_CONFIGS: (0, 1),  # AlterConfigs (v2+ flexible)
     ApiKey.SASL_AUTHENTICATE: (0, 1),  # SaslAuthenticate (v2+ flexible)
@@ -51,6 +56,8 @@ SUPPORTED: dict[ApiKey, tuple[int, int]] = {
     ApiKey.DELETE_GROUPS: (0, 2),  # DeleteGroups (v2 flexible)
     ApiKey.INCREMENTAL_ALTER_CONFIGS: (0, 0),  # IncrementalAlterConfigs (v1+ flexible)
     ApiKey.OFFSET_DELETE: (0, 0),  # OffsetDelete (KIP-496; Kafka 3.x's only version)
+    ApiKey.DESCRIBE_TRANSACTIONS: (0, 0),  # DescribeTransactions (KIP-664; flexible)
+    ApiKey.LIST_TRANSACTIONS: (0, 0),  # ListTransactions (KIP-664; flexible; v1+ filters)
 }
 """API key -> (min version, max version), both inclusive."""
 

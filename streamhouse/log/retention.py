@@ -44,11 +44,13 @@ log = logging.getLogger(__name__)
 @dataclass(slots=True)
 class RetentionReport:
     """What one pass did: ``(topic, partition) -> (old, new)`` log start offsets, the keys
-    of the objects it deleted, and how many idle producer states it forgot."""
+    of the objects it deleted, how many idle producer states and aborted transactions it
+    forgot."""
 
     advanced: dict[tuple[str, int], tuple[int, int]] = field(default_factory=dict)
     deleted_objects: list[str] = field(default_factory=list)
     forgotten_producers: int = 0
+    forgotten_aborts: int = 0  # aborted transactions wholly below their log start
 
 
 def retention_targets(
@@ -108,6 +110,7 @@ def enforce_retention(
         report.forgotten_producers = log_.metadata.forget_producers(now - expiry_ms)
         if report.forgotten_producers:
             log.info("retention: forgot %d idle producer state(s)", report.forgotten_producers)
+        report.forgotten_aborts = log_.metadata.transactions.forget_aborted()
     report.deleted_objects = delete_unreferenced_objects(log_, now=now)
     return report
 

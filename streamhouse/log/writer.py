@@ -379,14 +379,16 @@ class LogWriter:
         flush.data, flush.entries = builder.build()
         entry_of = {(e.topic, e.partition): i for i, e in enumerate(flush.entries)}
         for key, _, delta, header, item in producers:
+            first = header.base_sequence
+            last = (first + header.last_offset_delta) % SEQUENCE_MODULO if first >= 0 else -1
             flush.producer_batches.append(
                 ProducerBatch(
                     entry_of[key],
                     delta,
                     header.producer_id,
                     header.producer_epoch,
-                    header.base_sequence,
-                    (header.base_sequence + header.last_offset_delta) % SEQUENCE_MODULO,
+                    first,
+                    last,
                 )
             )
             flush.claims.append(item)

@@ -6,8 +6,10 @@ The exchange topic has one partition per task. Each micro-batch of a *producing*
 operator's stateless ``pre_sql`` and computes each row's key group) appends one record to every
 partition: the rows of the key groups that partition's task owns — for a TUMBLE, HOP or
 CUMULATE aggregate, their partial aggregates per key and pane instead (two-phase aggregation,
-as Flink's local/global: a windowed COUNT ships a row per key and pane, not per event) — as an
-Arrow IPC stream, and
+as Flink's local/global: a windowed COUNT ships a row per key and pane, not per event); for a
+join, Top-N or deduplication, the source rows as read (one exchange topic per source,
+``<query>.exchange`` then ``<query>.exchange1``, see :mod:`.routing`) — as an Arrow IPC stream,
+and
 the record key ``<task>:<sequence>:<watermark>:<idle>``. Every record carries the producer's
 watermark, also when it holds no rows, so a consuming task's watermark (the minimum over the
 producing tasks, :class:`ExchangeSource`) moves on even for key groups without new rows. A
@@ -33,6 +35,7 @@ import logging
 import time
 from collections.abc import Callable
 
+import numpy as np
 import pyarrow as pa
 
 from streamhouse.errors import StreamHouseError
@@ -62,9 +65,10 @@ _BIAS = 1 << 63
 _POSITIONS = ("__partition", "__offset")
 
 
-def exchange_topic(query: str) -> str:
-    """The internal topic a parallel query's rows cross tasks through."""
-    return f"{query}.exchange"
+def exchange_topic(query: str, source: int = 0) -> str:
+    """The internal topic a parallel query's rows of its source ``source`` (by index) cross
+    tasks through."""
+    return f"{query}.exchange" if source == 0 else f"{query}.exchange{source}"
 
 
 def encode(table: pa.Table) -> bytes:
@@ -79,13 +83,17 @@ def decode(value: bytes) -> pa.Table:
 
 
 class ExchangeWriter:
-    """The producing side of task ``task``: its source partitions, to the exchange by key group."""
+    """The producing side of task ``task``: its source partitions, to the exchange by key group.
+
+    With ``pre_sql``, the rows it selects are sent (keyed by ``key_columns`` of its output);
+    without, the source rows as read (keyed by ``key_columns`` of the source, hashed as text
+    if ``text_keys``: the other input of a join keys by a column of another type)."""
 
     def __init__(
         self,
         log_: Log,
         source: QuerySource,
-        pre_sql: str,
+        pre_sql: str | None,
         key_columns: list[str],
         task: int,
         parallelism: int,
@@ -96,8 +104,11 @@ class ExchangeWriter:
         dead_letters: Callable[[list[RejectedRow]], None],
         strict: bool = False,
         window: WindowAggregate | None = None,
+        text_keys: bool = False,
+        latest: bool = False,
     ) -> None:
         self.log = log_
+        self.text_keys = text_keys
         self.source = source
         self.pre_sql = pre_sql
         self.key_columns = key_columns
@@ -110,7 +121,7 @@ class ExchangeWriter:
         self.dead_letters = dead_letters  # rows that do not parse go there
         self.strict = strict  # json.ignore-parse-errors = 'false': such a row fails the query
         self.window = window  # a TUMBLE/HOP/CUMULATE aggregate: partials cross, not rows
-        source.load(log_, store, False)
+        source.load(log_, store, latest)  # latest: a first run starts at the end ('latest-offset')
         self.sequence = store.get_int(SEQUENCE) or 0
         stored = store.get_int(WATERMARK)
         self.watermark = stored - _BIAS if stored is not None else NO_WATERMARK
@@ -179,8 +190,10 @@ class ExchangeWriter:
 
     def _send(self, table: pa.Table | None, sequence: int, watermark: int, idle: bool) -> None:
         """One record to every exchange partition: the rows its task owns, and the watermark."""
-        rows = run_ordered(self.pre_sql, {self.source.name: table}) if table is not None else None
-        if rows is not None:  # source positions are for the late-row side output, not sent
+        rows = table
+        if rows is not None and self.pre_sql is not None:
+            rows = run_ordered(self.pre_sql, {self.source.name: table})
+            # source positions are for the late-row side output, not sent
             rows = rows.drop_columns([c for c in _POSITIONS if c in rows.column_names])
         if rows is not None and self.window is not None:  # partials per key and pane instead
             ts, valid = event_time_ms(rows, "__ts")
@@ -188,11 +201,7 @@ class ExchangeWriter:
                 rows, ts = rows.filter(pa.array(valid)), ts[valid]
             # lateness is the consuming task's to judge (by the minimum of every producer)
             rows, _ = pane_partials(self.window, rows, ts, NO_WATERMARK)
-        owner = (
-            task_of(key_groups(rows, self.key_columns), self.parallelism)
-            if rows is not None
-            else None
-        )
+        owner = task_of(self._key_groups(rows), self.parallelism) if rows is not None else None
         key = f"{self.task}:{sequence}:{watermark}:{int(idle)}".encode()
         futures = []
         for target in range(self.parallelism):
@@ -205,6 +214,15 @@ class ExchangeWriter:
             futures.append(self.log.append(self.topic, target, record))
         for future in futures:
             future.result()
+
+    def _key_groups(self, rows: pa.Table) -> np.ndarray:
+        keys = rows.select(self.key_columns)
+        if self.text_keys:
+            keys = pa.table(
+                [c.cast(pa.string()) if pa.types.is_integer(c.type) else c for c in keys.columns],
+                names=keys.column_names,
+            )
+        return key_groups(keys, self.key_columns)
 
 
 class ExchangeSource(QuerySource):

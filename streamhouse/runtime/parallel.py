@@ -3,21 +3,28 @@
 ``SET 'parallelism' = '2';`` in the query file, ``streamhouse run --parallelism 2`` or
 ``sh.start(..., parallelism=2)``. Task ``i`` of ``n`` reads the source partitions ``p % n ==
 i`` and is a process of its own (``python -m streamhouse.runtime.parallel``), so one query
-uses every core (forked from one preloaded process, :mod:`.task_processes`).
+uses every core (forked from one preloaded process, :mod:`.task_processes`). How a plan is
+split is :mod:`.routing`'s:
 
 - A stateless query (filter, project) needs nothing more: each task runs it over its share of
   the partitions.
-- A keyed aggregation (a windowed GROUP BY, an updating GROUP BY) is split by key group (see
-  :mod:`.key_groups`): each task's producing side sends its rows, after the aggregate's
-  stateless part, through the exchange topic to the task owning their key group
+- A keyed aggregation (a windowed GROUP BY, SESSION included, an updating GROUP BY) is split by
+  key group (see :mod:`.key_groups`): each task's producing side sends its rows, after the
+  aggregate's stateless part, through the exchange topic to the task owning their key group
   (:mod:`.exchange`), and its consuming side aggregates the key groups it owns, with the
   watermark the minimum over the producers.
+- Joins, window joins, Top-N and deduplication: each task's producing side sends the source
+  rows as read, one exchange topic per source (``<query>.exchange``, ``<query>.exchange1``),
+  by the key group of the join key (PARTITION BY), and its consuming side runs the whole
+  unchanged plan over the rows of its key groups. Record keys made of row ids (an outer
+  join's pairs) are prefixed with ``<task>/``: row ids are unique within a task only.
 
 Task ``i`` writes sink partition ``i`` only (the sink is created with ``n`` partitions), so its
 exactly-once sink marks are its own. State: ``<data_dir>/queries/<name>.p<n>/task-<i>`` (the
-consuming side, a :class:`~.query.ContinuousQuery`) and ``exchange-<i>`` (the producing side);
-each task writes ``task-<i>.json`` with its progress for :meth:`ParallelQuery.status`.
-Restarting at another parallelism (rescaling) is refused until state moves by key group.
+consuming side, a :class:`~.query.ContinuousQuery`) and ``exchange-<i>[-<source>]`` (the
+producing side, one store per source); each task writes ``task-<i>.json`` with its progress
+for :meth:`ParallelQuery.status`. Restarting at another parallelism (rescaling) is refused
+until state moves by key group.
 """
 
 from __future__ import annotations
@@ -32,6 +39,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.compute as pc
+
 from streamhouse.errors import SqlError, StreamHouseError
 from streamhouse.runtime.exchange import (
     ExchangeSource,
@@ -44,6 +54,7 @@ from streamhouse.runtime.operator import Changelog, MicroBatch
 from streamhouse.runtime.operators import WindowAggregation, run_ordered
 from streamhouse.runtime.options import QueryOptions
 from streamhouse.runtime.query import FINAL_WATERMARK, ContinuousQuery, _format_time
+from streamhouse.runtime.routing import plan_routing
 from streamhouse.runtime.sources import QuerySource
 from streamhouse.runtime.task_processes import TaskProcess, Zygote
 from streamhouse.sql import nodes
@@ -51,7 +62,8 @@ from streamhouse.sql.hints import SourceOptions
 from streamhouse.sql.nodes import FLOWS
 from streamhouse.sql.plan import ContinuousPlan, plan_query
 from streamhouse.sql.statement_set import StatementSet
-from streamhouse.state.store import StateView
+from streamhouse.sql.window_spec import WindowKind
+from streamhouse.state.store import StateBatch, StateStore, StateView
 from streamhouse.windows.operator import WindowOperator
 
 log = logging.getLogger(__name__)
@@ -59,70 +71,86 @@ log = logging.getLogger(__name__)
 SUPERVISE_S = 0.2
 """How often the launcher checks its task processes."""
 
+FIRST_POLL_S = 0.005
+"""A task's first wait for new records after it made progress, doubled while none come, up to
+``poll-interval``: the other tasks' exchange records come soon after its own (another process
+appends them, so no commit of this one wakes it)."""
+
 
 def parallel_shape(plan: ContinuousPlan) -> str:
-    """``"keyed"`` or ``"stateless"``: how a plan runs in parallel; SqlError if it cannot yet."""
-    operator = plan.operator
-    if plan.derived or len(plan.sources) != 1:
-        raise SqlError("parallelism > 1 runs queries over one stream without subqueries yet")
-    if isinstance(operator, nodes.Stateless):
-        return "stateless"
-    if isinstance(operator, nodes.WindowAggregate) and (
-        operator.window is None or operator.window.kind != "session"
-    ):
-        return "keyed"
-    raise SqlError(
-        "parallelism > 1 runs stateless queries and GROUP BY aggregations (windowed by"
-        " TUMBLE/HOP/CUMULATE, or updating) yet; run this query at parallelism 1"
-    )
+    """``"stateless"``, ``"aggregate"`` or ``"rows"``: how a plan runs in parallel (see
+    :mod:`.routing`); a SqlError naming the operator if it cannot yet."""
+    return plan_routing(plan).shape
+
+
+def _partials(operator: nodes.WindowAggregate) -> bool:
+    """Whether the producing side aggregates panes before the exchange (not for SESSION, whose
+    windows are only known once a key's rows meet)."""
+    return operator.window is not None and operator.window.kind != WindowKind.SESSION
 
 
 def explain_parallel(plan: ContinuousPlan, parallelism: int, name: str) -> str:
     """``EXPLAIN`` of a query at ``parallelism``: the plan with its exchange and tasks."""
-    shape = parallel_shape(plan)
+    routing = plan_routing(plan)
     lines = [f"Parallel  {parallelism} tasks (processes), sink partition i written by task i"]
-    if shape == "stateless":
+    exchange = f"({parallelism} partitions, Arrow IPC records)"
+    groups = "128 key groups, task i owns [i*128/n, (i+1)*128/n)"
+    if routing.shape == "stateless":
         lines.append("  Tasks read source partitions p % n == i; no exchange")
-        return "\n".join([*lines, *("  " + line for line in plan.explain().splitlines())])
-    operator = plan.operator
-    assert isinstance(operator, nodes.WindowAggregate)
-    lines += [
-        f"  Exchange  topic {exchange_topic(name)} ({parallelism} partitions, Arrow IPC records)"
-        f" by key group of ({', '.join(operator.key_sql) or 'one group'}), 128 key groups,"
-        " task i owns [i*128/n, (i+1)*128/n)",
-        f"    each task: Stateless {operator.pre_sql} over source partitions p % n == i",
-        *(
-            [
-                "    then LocalWindowAggregate: partial aggregates per key and pane are exchanged,"
-                " not rows"
-            ]
-            if operator.window is not None
-            else []
-        ),
-        "    watermark: per task the minimum over the producing tasks' watermarks",
-    ]
+    elif routing.shape == "rows":
+        for index, source in enumerate(plan.sources):
+            columns = ", ".join(routing.keys[source]) or "one group"
+            lines.append(
+                f"  Exchange  topic {exchange_topic(name, index)} {exchange}: the rows of"
+                f" {source} by key group of ({columns}), {groups}"
+            )
+        lines += [
+            "    each task: source partitions p % n == i, rows sent as read",
+            f"    then {routing.operator} over the rows of the task's key groups",
+            "    watermark: per task the minimum over the producing tasks' watermarks",
+        ]
+    else:
+        operator = plan.operator
+        assert isinstance(operator, nodes.WindowAggregate)
+        lines += [
+            f"  Exchange  topic {exchange_topic(name)} {exchange}"
+            f" by key group of ({', '.join(operator.key_sql) or 'one group'}), {groups}",
+            f"    each task: Stateless {operator.pre_sql} over source partitions p % n == i",
+            *(
+                [
+                    "    then LocalWindowAggregate: partial aggregates per key and pane are"
+                    " exchanged, not rows"
+                ]
+                if _partials(operator)
+                else []
+            ),
+            "    watermark: per task the minimum over the producing tasks' watermarks",
+        ]
     return "\n".join([*lines, *("  " + line for line in plan.explain().splitlines())])
 
 
 class TaskQuery(ContinuousQuery):
     """The part of a parallel query task ``task`` runs as a continuous query: the whole query
-    over its source partitions (stateless), or the aggregation of its key groups (keyed)."""
+    over its source partitions (stateless), the aggregation of its key groups (aggregate), or
+    the whole query over the source rows of its key groups (rows)."""
 
     def __init__(self, *args: Any, task: int, parallelism: int, **kwargs: Any) -> None:
         self.task = task
         self.parallelism = parallelism
         self.sink_partition = task
+        self.upstreams: dict[str, QuerySource] = {}  # the sources the producing side reads
         super().__init__(*args, **kwargs)
         operator = self.plan.operator
-        if isinstance(operator, nodes.WindowAggregate) and operator.window is not None:
+        if isinstance(operator, nodes.WindowAggregate) and _partials(operator):
             branch = self.branches[0]  # a parallel query is one statement (no statement set)
             self.operator = branch.operator = ExchangedWindowAggregation(
                 operator, StateView(self.store, b"0/"), branch
             )
 
     def _planned(self, plan: ContinuousPlan) -> ContinuousPlan:
-        self.shape = parallel_shape(plan)
-        if self.shape == "stateless":
+        self.routing = plan_routing(plan)
+        self.shape = self.routing.shape
+        if self.shape != "aggregate":
             return plan
         operator = plan.operator
         assert isinstance(operator, nodes.WindowAggregate)
@@ -139,14 +167,91 @@ class TaskQuery(ContinuousQuery):
             source.owned = owned_partitions(self.task, self.parallelism, partitions)
         if self.shape == "stateless":
             return sources
-        # keyed: the source is read by the producing side (ExchangeWriter); this query reads
-        # the exchange
-        name, self.upstream = next(iter(sources.items()))
-        producers = producing_tasks(
-            self.log.topic(self.upstream.topic).partitions, self.parallelism
-        )
-        self.read_options.setdefault(name, SourceOptions.of({}, None))
-        return {name: ExchangeSource(0, name, exchange_topic(self.name), self.task, producers)}
+        # the sources are read by the producing side (ExchangeWriter); this query reads the
+        # exchange
+        self.upstreams = sources
+        exchanged: dict[str, QuerySource] = {}
+        for name, source in sources.items():
+            producers = producing_tasks(self.log.topic(source.topic).partitions, self.parallelism)
+            topic = exchange_topic(self.name, source.index)
+            exchanged[name] = ExchangeSource(source.index, name, topic, self.task, producers)
+            if self.shape == "rows":  # the rows are the source's as read
+                exchanged[name].schema, exchanged[name].computed = source.schema, source.computed
+                exchanged[name].time_column = source.time_column
+            self.read_options.setdefault(name, SourceOptions.of({}, None))
+        return exchanged
+
+    def text_keys(self) -> bool:
+        """Whether routing keys are hashed as text: two inputs key by columns of which one is
+        an integer and the other not (or not known), so both hash the same text."""
+        kinds = set()
+        for name, columns in self.routing.keys.items():
+            schema = self.upstreams[name].schema
+            names = schema.names if schema is not None else []
+            if any(c not in names for c in columns):
+                return len(self.routing.keys) > 1
+            kinds.add(tuple(pa.types.is_integer(schema.field(c).type) for c in columns))  # type: ignore[union-attr]
+        return len(kinds) > 1
+
+    def writers(self, log_: Any, root: Path) -> list[ExchangeWriter]:
+        """The producing side: one writer per source this task reads partitions of."""
+        writers = []
+        text = self.shape == "rows" and self.text_keys()
+        operator = plan_query(self.statement).operator  # pre_sql as planned, not passed through
+        window = None
+        if isinstance(operator, nodes.WindowAggregate) and _partials(operator):
+            window = operator
+        for name, source in self.upstreams.items():
+            if not source.owned:
+                continue
+            suffix = "" if source.index == 0 else f"-{source.index}"
+            if isinstance(operator, nodes.WindowAggregate):
+                pre_sql: str | None = operator.pre_sql
+                keys = [f"__k{i}" for i in range(len(operator.keys))]
+            else:
+                pre_sql, keys = None, list(self.routing.keys[name])
+            writers.append(
+                ExchangeWriter(
+                    log_,
+                    source,
+                    pre_sql,
+                    keys,
+                    self.task,
+                    self.parallelism,
+                    StateStore(root / f"exchange-{self.task}{suffix}"),
+                    exchange_topic(self.name, source.index),
+                    self.options.max_batch_records,
+                    self.options.idle_timeout_ms,
+                    self._dead_letters,
+                    not self.read_options[name].ignore_parse_errors,
+                    window,
+                    text_keys=text,
+                    latest=(self.read_options[name].startup or self.options.startup)
+                    == "latest-offset",
+                )
+            )
+        return writers
+
+    def _operate(
+        self,
+        branch: Any,
+        tables: dict[str, pa.Table | None],
+        watermark: int,
+        batch: StateBatch,
+    ) -> Changelog:
+        change = super()._operate(branch, tables, watermark, batch)
+        if self.shape != "rows":
+            return change
+        # rows keyed by row ids (a join's pairs) are unique within a task: the task's number
+        # makes them unique in the sink
+        prefix = f"{self.task}/".encode()
+        rows = change.rows
+        if rows is not None and "__key" in rows.column_names:
+            keys = rows["__key"].combine_chunks().cast(pa.binary())
+            keyed = pc.binary_join_element_wise(pa.scalar(prefix), keys, pa.scalar(b""))
+            change.rows = rows.set_column(rows.column_names.index("__key"), "__key", keyed)
+        change.retracted = [prefix + key for key in change.retracted]
+        return change
 
 
 class ExchangedWindowAggregation(WindowAggregation):
@@ -213,7 +318,11 @@ class ParallelQuery:
         self.parallelism = parallelism
         self.statement = query_file.statement
         if isinstance(self.statement, StatementSet):
-            raise SqlError("a statement set runs at parallelism 1 yet: drop 'parallelism'")
+            raise SqlError(
+                "parallelism > 1 does not run a statement set yet (its INSERTs share one read"
+                " of the sources and one checkpoint): run it at parallelism 1, or each INSERT"
+                " as a query of its own at parallelism > 1"
+            )
         self.plan = plan_query(self.statement)
         if self.plan.sink_kind != "topic" or not self.plan.sink:
             raise SqlError(
@@ -224,9 +333,12 @@ class ParallelQuery:
         self.shape = parallel_shape(self.plan)
         self.root = task_root(state_root, self.name, parallelism)
         check_parallelism(state_root, self.name, parallelism)
-        self._ensure_topic(self.plan.sink, "sink")
-        if self.shape == "keyed":
-            self._ensure_topic(exchange_topic(self.name), "exchange")
+        # an updating query's output is an upsert per key: key-compacted, as at parallelism 1
+        updating = {"cleanup.policy": "compact"} if self.plan.operator.updating else None
+        self._ensure_topic(self.plan.sink, "sink", updating)
+        if self.shape != "stateless":
+            for index in range(len(self.plan.sources)):
+                self._ensure_topic(exchange_topic(self.name, index), "exchange")
         self.root.mkdir(parents=True, exist_ok=True)
         self.processes: list[TaskProcess] = []
         self.error: BaseException | None = None
@@ -234,10 +346,10 @@ class ParallelQuery:
         self._stopping = threading.Event()
         self._lock = threading.Lock()
 
-    def _ensure_topic(self, topic: str, role: str) -> None:
+    def _ensure_topic(self, topic: str, role: str, config: dict[str, str] | None = None) -> None:
         info = self.log.get_topic(topic)
         if info is None:
-            self.log.create_topic(topic, self.parallelism)
+            self.log.create_topic(topic, self.parallelism, config)
         elif info.partitions < self.parallelism:
             raise SqlError(
                 f"the {role} topic {topic!r} has {info.partitions} partition(s): a query at"
@@ -368,7 +480,6 @@ def run_task(spec: dict[str, Any]) -> None:
     from streamhouse.config import Settings
     from streamhouse.connection import StreamHouse
     from streamhouse.runtime.launch import QueryFile
-    from streamhouse.state.store import StateStore
 
     settings = Settings(
         **{k: Path(v) if k == "data_dir" else v for k, v in spec["settings"].items()}
@@ -395,40 +506,25 @@ def run_task(spec: dict[str, Any]) -> None:
             task=task,
             parallelism=parallelism,
         )
-        writer = None
-        writer_store = None
+        writers: list[ExchangeWriter] = []
         try:
-            if query.shape == "keyed":
-                operator = plan_query(query_file.statement).operator
-                assert isinstance(operator, nodes.WindowAggregate)
-                writer_store = StateStore(root / f"exchange-{task}")
-                writer = ExchangeWriter(
-                    sh.log,
-                    query.upstream,
-                    operator.pre_sql,
-                    [f"__k{i}" for i in range(len(operator.keys))],
-                    task,
-                    parallelism,
-                    writer_store,
-                    exchange_topic(query.name),
-                    options.max_batch_records,
-                    options.idle_timeout_ms,
-                    query._dead_letters,
-                    not query.read_options[query.upstream.name].ignore_parse_errors,
-                    operator if operator.window is not None else None,
-                )
+            writers = query.writers(sh.log, root)
             _run(
-                query, writer, root / f"task-{task}.json", bool(spec["until_end"]), lambda: stopping
+                query,
+                writers,
+                root / f"task-{task}.json",
+                bool(spec["until_end"]),
+                lambda: stopping,
             )
         finally:
             query.stop()
-            if writer_store is not None:
-                writer_store.close()
+            for writer in writers:
+                writer.store.close()
 
 
 def _run(
     query: TaskQuery,
-    writer: ExchangeWriter | None,
+    writers: list[ExchangeWriter],
     status_path: Path,
     until_end: bool,
     stopping: Any,
@@ -436,46 +532,61 @@ def _run(
     """Alternate the task's producing and consuming sides until stopped (or, ``until_end``, until
     every window closed)."""
     ready = time.time()  # set up: from here on the task processes records
-    _write_status(query, writer, status_path, ready)
-    targets = None
-    if until_end and writer is not None:
-        offsets = query.log.metadata.partition_offsets(writer.source.topic)
-        targets = {p: offsets[p].high_watermark for p in writer.source.positions}
-    sent_final = False
+    _write_status(query, writers, status_path, ready)
+    if until_end and query.shape == "stateless":
+        query.run_until_caught_up(final=True)
+        _write_status(query, writers, status_path, ready)
+        return
+    targets: list[dict[int, int]] | None = None
+    if until_end:
+        targets = []
+        for writer in writers:
+            offsets = query.log.metadata.partition_offsets(writer.source.topic)
+            targets.append({p: offsets[p].high_watermark for p in writer.source.positions})
+    sent_final = [False] * len(writers)
+    pause = FIRST_POLL_S
     while not stopping():
         progressed = False
-        if writer is not None:
-            if targets is not None and not sent_final and writer.caught_up(targets):
+        for i, writer in enumerate(writers):
+            if sent_final[i]:
+                continue
+            if targets is not None and writer.caught_up(targets[i]):
                 writer.step(final=True)
-                sent_final = progressed = True
-            elif targets is None or not sent_final:
+                sent_final[i] = progressed = True
+            else:
                 progressed = writer.step() or progressed
-        if until_end and writer is None:
-            query.run_until_caught_up(final=True)
-            _write_status(query, writer, status_path, ready)
-            return
         progressed = query.step() or progressed
         if progressed:
-            _write_status(query, writer, status_path, ready)
+            _write_status(query, writers, status_path, ready)
+            pause = FIRST_POLL_S
         elif until_end and query.watermark >= FINAL_WATERMARK:
             return
         else:
-            time.sleep(query.options.poll_interval_ms / 1000)
-    _write_status(query, writer, status_path, ready)
+            time.sleep(pause)
+            pause = min(pause * 2, query.options.poll_interval_ms / 1000)
+    _write_status(query, writers, status_path, ready)
 
 
 def _write_status(
-    query: TaskQuery, writer: ExchangeWriter | None, path: Path, ready: float
+    query: TaskQuery, writers: list[ExchangeWriter], path: Path, ready: float
 ) -> None:
-    source = writer.source if writer is not None else query.source
+    read = [w.source for w in writers] if query.shape != "stateless" else [*query.sources.values()]
+    offsets: dict[str, Any] = {
+        source.name: {str(p): o for p, o in source.positions.items()} for source in read
+    }
+    if len(query.upstreams or query.sources) == 1:
+        offsets = next(iter(offsets.values()), {})
+    stateless = query.shape == "stateless"
     status = {
         "task": query.task,
-        "offsets": {str(p): o for p, o in source.positions.items()},
+        "offsets": offsets,
         "watermark_ms": query.watermark,
-        "rows_in": writer.rows_in if writer is not None else query.rows_in,
+        "rows_in": query.rows_in if stateless else sum(w.rows_in for w in writers),
         "rows_out": query.rows_out,
         "late_rows": query.late_rows,
-        "rejected_rows": writer.rejected_rows if writer is not None else query.rejected_rows,
+        "rejected_rows": (
+            query.rejected_rows if stateless else sum(w.rejected_rows for w in writers)
+        ),
         "state_bytes": query.store.size_bytes(),
         "pid": os.getpid(),
         "ready_at": ready,

@@ -408,12 +408,21 @@ class ContinuousQuery:
             return self._step(final, max_records)
 
     def _plan(self, budget: int, starts: dict[str, dict[int, int]]) -> dict[str, dict[int, int]]:
-        """End offsets of a micro-batch from ``starts``: at most ``budget`` records in all."""
+        """End offsets of a micro-batch from ``starts``: at most ``budget`` records in all,
+        an equal share per source first (a join's inputs advance together, so the watermark,
+        the minimum of theirs, moves and the join's state is evicted as it goes), then what
+        a source left of its share to the others."""
         ends: dict[str, dict[int, int]] = {}
+        share = max(1, budget // len(self.sources))
         for name, source in self.sources.items():
-            ends[name] = source.plan_batch(self.log, budget, starts[name])
+            ends[name] = source.plan_batch(self.log, share, starts[name])
             budget -= sum(ends[name][p] - starts[name].get(p, 0) for p in ends[name])
-            budget = max(budget, 1)
+        for name, source in self.sources.items():
+            if budget <= 0 or len(self.sources) == 1:
+                break
+            more = source.plan_batch(self.log, budget, ends[name])
+            budget -= sum(more[p] - ends[name].get(p, 0) for p in more)
+            ends[name] = more
         return ends
 
     def _step(self, final: bool, max_records: int | None) -> bool:

@@ -110,8 +110,11 @@ class QuerySource:
         starts = {**self.positions, **(positions or {})}
         offsets = log_.metadata.partition_offsets(self.topic)  # every partition in one query
         ends = {}
+        now = time.monotonic()
         for p in sorted(starts):
             available = offsets[p].high_watermark - starts[p]
+            if available > 0:  # records wait: not idle, though the budget may leave them for later
+                self.last_data[p] = now
             ends[p] = starts[p] + max(0, min(available, budget))
             budget -= ends[p] - starts[p]
         return ends

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from streamhouse.log.metadata.checkpoints import QueryCheckpoint
     from streamhouse.log.metadata.leases import Lease
     from streamhouse.log.metadata.swaps import SegmentSwap, SwapOutcome
+    from streamhouse.log.metadata.transactions import TransactionStore
     from streamhouse.security.scram import ScramCredential
 
 __all__ = [
@@ -160,7 +161,7 @@ class ProducerBatch:
     """A batch of an idempotent producer inside a segment commit: it lies in entry number
     ``entry`` of the commit, ``delta`` offsets after the entry's first, and holds sequence
     numbers ``first_sequence`` to ``last_sequence`` (modulo 2**31) of that producer on the
-    entry's partition."""
+    entry's partition; both are -1 for a transaction marker, which carries an epoch only."""
 
     entry: int
     delta: int
@@ -376,6 +377,11 @@ class Metadata(Protocol):
 
     def delete_credentials(self, user: str) -> bool:
         """Remove every credential of ``user``; ``False`` if there was none."""
+        ...
+
+    @property
+    def transactions(self) -> TransactionStore:
+        """The state of Kafka transactions (see :mod:`~streamhouse.log.metadata.transactions`)."""
         ...
 
     def next_producer_id(self) -> int:

@@ -56,6 +56,7 @@ from streamhouse.log.metadata import (
 from streamhouse.log.metadata.checkpoints import QueryCheckpoint
 from streamhouse.log.metadata.leases import Lease
 from streamhouse.log.metadata.swaps import SegmentSwap, SwapOutcome
+from streamhouse.log.metadata.transactions import TransactionStore
 from streamhouse.security.scram import ScramCredential
 
 logger = logging.getLogger(__name__)
@@ -487,6 +488,10 @@ class CachedMetadata:
 
     def delete_credentials(self, user: str) -> bool:
         return self.inner.delete_credentials(user)
+
+    @property
+    def transactions(self) -> TransactionStore:
+        return self.inner.transactions
 
     def next_producer_id(self) -> int:
         return self.inner.next_producer_id()

@@ -37,6 +37,19 @@ Tables (one row per ...):
   source offsets it holds (a JSON object: topic -> partition -> offset).
 - ``scram_credentials``: (user_name, mechanism) SASL credential (``kafka/scram.py``): salt,
   iteration count, StoredKey and ServerKey (base64), never the password.
+- ``transactions``: transactional producer (``transactional_id``): its producer id and epoch,
+  the state of its transaction (``transactions.py``), its timeout and the store-clock
+  milliseconds its ongoing transaction started (-1 when none is).
+- ``transaction_partitions``: partition in an open transaction, keyed by (transactional_id,
+  topic, partition_id): ``first_offset`` is the partition's high watermark when it joined, at
+  or below the transaction's first record there; the smallest of a partition is its last
+  stable offset.
+- ``transaction_offsets``: consumer offset committed inside an open transaction
+  (TxnOffsetCommit), keyed by (transactional_id, group_id, topic, partition_id); it moves to
+  ``group_offsets`` when the transaction commits.
+- ``aborted_transactions``: aborted transaction on a partition, keyed by (topic,
+  partition_id, last_offset): the producer id, the first offset and the offset of its ABORT
+  marker (``last_offset``), which read_committed fetches list.
 """
 
 from __future__ import annotations
@@ -198,6 +211,44 @@ MIGRATIONS: tuple[Migration, ...] = (
             " server_key TEXT NOT NULL,"
             " updated_ms BIGINT NOT NULL,"
             " PRIMARY KEY (user_name, mechanism))",
+        ),
+    ),
+    Migration(
+        8,
+        "transactions",
+        (
+            "CREATE TABLE transactions ("
+            " transactional_id TEXT PRIMARY KEY,"
+            " producer_id BIGINT NOT NULL,"
+            " producer_epoch INTEGER NOT NULL,"
+            " state TEXT NOT NULL,"
+            " timeout_ms BIGINT NOT NULL,"
+            " started_ms BIGINT NOT NULL,"
+            " updated_ms BIGINT NOT NULL)",
+            "CREATE TABLE transaction_partitions ("
+            " transactional_id TEXT NOT NULL,"
+            " topic TEXT NOT NULL,"
+            " partition_id INTEGER NOT NULL,"
+            " producer_id BIGINT NOT NULL,"
+            " first_offset BIGINT NOT NULL,"
+            " PRIMARY KEY (transactional_id, topic, partition_id))",
+            "CREATE INDEX transaction_partitions_by_partition"
+            " ON transaction_partitions (topic, partition_id, first_offset)",
+            "CREATE TABLE transaction_offsets ("
+            " transactional_id TEXT NOT NULL,"
+            " group_id TEXT NOT NULL,"
+            " topic TEXT NOT NULL,"
+            " partition_id INTEGER NOT NULL,"
+            " committed_offset BIGINT NOT NULL,"
+            " metadata TEXT NOT NULL,"
+            " PRIMARY KEY (transactional_id, group_id, topic, partition_id))",
+            "CREATE TABLE aborted_transactions ("
+            " topic TEXT NOT NULL,"
+            " partition_id INTEGER NOT NULL,"
+            " last_offset BIGINT NOT NULL,"
+            " producer_id BIGINT NOT NULL,"
+            " first_offset BIGINT NOT NULL,"
+            " PRIMARY KEY (topic, partition_id, last_offset))",
         ),
     ),
 )

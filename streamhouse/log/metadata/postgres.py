@@ -45,6 +45,7 @@ from streamhouse.log.metadata import (
     TopicInfo,
     checkpoints,
     leases,
+    transactions,
     validate_topic_name,
 )
 from streamhouse.log.metadata.checkpoints import QueryCheckpoint
@@ -304,6 +305,8 @@ class PostgresMetadata(SqlMetadata):
             keys = sorted({key for (key,) in deleted})
             for table in ("partitions", "group_offsets", "producer_sequences"):
                 conn.execute(f"DELETE FROM {table} WHERE topic = %s", (name,))
+            for statement in transactions.FORGET_TOPIC:
+                conn.execute(self._sql(statement), (name,))
             conn.execute("DELETE FROM topics WHERE name = %s", (name,))
             still_used = conn.execute(
                 "SELECT DISTINCT object_key FROM segments WHERE object_key = ANY(%s)", (keys,)

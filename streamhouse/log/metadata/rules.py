@@ -228,6 +228,11 @@ def check_producer_batches(
     offset; one that does not start right after the last sequence is out of order. If any
     batch is refused, ``RefusedBatchesError`` names them all (the caller rolls back).
 
+    A transaction marker (a batch without sequence numbers, ``first_sequence`` -1) sets the
+    producer's epoch on its partition: the coordinator writes the ABORT markers of a fenced
+    producer at a bumped epoch, so whatever that producer sends there afterwards, through any
+    agent, is refused here, in the commit transaction.
+
     >>> from types import SimpleNamespace as Entry
     >>> entries = [Entry(topic="t", partition=0)]
     >>> first = [ProducerBatch(0, 0, 7, 0, 0, 4)]
@@ -246,6 +251,11 @@ def check_producer_batches(
         key = (entry.topic, entry.partition, batch.producer_id)
         state = changed.get(key) or states.get(key)
         first, last = batch.first_sequence, batch.last_sequence
+        if first < 0 and (state is None or batch.producer_epoch > state.epoch):
+            changed[key] = ProducerState(batch.producer_epoch, -1, ())  # a marker, fencing
+            continue
+        if first < 0 and batch.producer_epoch == state.epoch:  # type: ignore[union-attr]
+            continue  # a marker of the current epoch: the sequences go on
         if state is not None and batch.producer_epoch < state.epoch:
             verdicts[index] = InvalidProducerEpochError(
                 f"producer {batch.producer_id} on {entry.topic}/{entry.partition}:"

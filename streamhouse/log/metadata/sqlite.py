@@ -51,6 +51,7 @@ from streamhouse.log.metadata import (
     TopicInfo,
     checkpoints,
     leases,
+    transactions,
     validate_topic_name,
 )
 from streamhouse.log.metadata.checkpoints import QueryCheckpoint
@@ -289,6 +290,8 @@ class SQLiteMetadata(SqlMetadata):
             ]
             for table in ("segments", "partitions", "group_offsets", "producer_sequences"):
                 conn.execute(f"DELETE FROM {table} WHERE topic = ?", (name,))
+            for statement in transactions.FORGET_TOPIC:
+                conn.execute(statement, (name,))
             conn.execute("DELETE FROM topics WHERE name = ?", (name,))
             orphaned = [
                 key

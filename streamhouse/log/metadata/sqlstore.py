@@ -38,6 +38,7 @@ from streamhouse.log.metadata.rules import (
     config_json,
     topic_config,
 )
+from streamhouse.log.metadata.transactions import TransactionStore
 from streamhouse.security.scram import ScramCredential
 
 logger = logging.getLogger(__name__)
@@ -79,6 +80,20 @@ class SqlMetadata:
 
     def _sql(self, text: str) -> str:
         return self.dialect.sql(text)
+
+    @property
+    def transactions(self) -> TransactionStore:
+        """The state of Kafka transactions in this store."""
+        store = self.__dict__.get("_transaction_store")
+        if store is None:
+            store = self.__dict__["_transaction_store"] = TransactionStore(
+                self._transaction,
+                self._reader,
+                self._sql,
+                self.dialect.now_ms,
+                self.dialect.for_update,
+            )
+        return store
 
     def close(self) -> None:
         raise NotImplementedError

@@ -114,7 +114,7 @@ def build_batch(
             values = _as_binary(values).to_pylist()
         if isinstance(keys, pa.Array | pa.ChunkedArray):
             keys = _as_binary(keys).to_pylist()
-        records, base_ts, max_ts = _encode_records(values, keys, timestamps, headers)
+        records, base_ts, max_ts = encode_records(values, keys, timestamps, headers)
     else:
         records, base_ts, max_ts = _encode_columns(values, keys, timestamps, headers)
     return frame_batch(
@@ -208,15 +208,17 @@ def frame_batch(
     *,
     last_offset_delta: int | None = None,
     leader_epoch: int = -1,
+    flags: int = 0,
 ) -> bytes:
     """Compress the ``n`` records and put the batch header with its CRC in front (offsets
-    ``base_offset`` to ``base_offset + last_offset_delta``, by default ``n - 1``)."""
+    ``base_offset`` to ``base_offset + last_offset_delta``, by default ``n - 1``); ``flags``
+    are attribute bits beside the codec (``ATTR_TRANSACTIONAL``, ``ATTR_CONTROL``)."""
     payload = compress(compression, records)
     batch_length = BATCH_OVERHEAD - LENGTH_END + len(payload)
     if batch_length > 0x7FFFFFFF:
         raise RecordTooLargeError(f"record batch of {batch_length} bytes exceeds 2 GiB")
     body = CRC_COVERED.pack(  # attributes .. recordCount
-        int(compression),
+        int(compression) | flags,
         n - 1 if last_offset_delta is None else last_offset_delta,
         base_ts,
         max_ts,
@@ -230,7 +232,7 @@ def frame_batch(
     return b"".join((framing, body, payload))
 
 
-def _encode_records(
+def encode_records(
     values: Sequence[bytes | None],
     keys: Sequence[bytes | None] | None,
     timestamps: Sequence[int] | None,

@@ -20,6 +20,8 @@ from streamhouse.errors import CorruptRecordError
 
 __all__ = [
     "ATTR_COMPRESSION",
+    "ATTR_CONTROL",
+    "ATTR_TRANSACTIONAL",
     "BASE_OFFSET",
     "BATCH_OVERHEAD",
     "CRC_COVERED",
@@ -85,8 +87,10 @@ _MIN_BATCH_LENGTH = BATCH_OVERHEAD - LENGTH_END
 
 ATTR_COMPRESSION = 0x07
 _ATTR_TIMESTAMP_TYPE = 0x08
-_ATTR_TRANSACTIONAL = 0x10
-_ATTR_CONTROL = 0x20
+ATTR_TRANSACTIONAL = 0x10
+"""Attributes bit: the batch belongs to a transaction."""
+ATTR_CONTROL = 0x20
+"""Attributes bit: the batch holds a transaction marker, not data."""
 
 
 class Compression(IntEnum):
@@ -130,12 +134,12 @@ class BatchHeader:
     @property
     def is_transactional(self) -> bool:
         """True if the batch belongs to a transaction."""
-        return bool(self.attributes & _ATTR_TRANSACTIONAL)
+        return bool(self.attributes & ATTR_TRANSACTIONAL)
 
     @property
     def is_control(self) -> bool:
         """True if the batch holds transaction markers rather than data."""
-        return bool(self.attributes & _ATTR_CONTROL)
+        return bool(self.attributes & ATTR_CONTROL)
 
     @property
     def size(self) -> int:

@@ -1,0 +1,525 @@
+"""The transaction coordinator: InitProducerId with a ``transactional.id``, AddPartitionsToTxn,
+AddOffsetsToTxn, TxnOffsetCommit and EndTxn, transaction markers and timeouts.
+
+Transaction state lives in the metadata store (:mod:`~streamhouse.log.metadata.transactions`),
+where every change checks the producer id, epoch and state it expects in its own store
+transaction; so any agent can coordinate any transactional id (FindCoordinator with key type 1
+names the agent asked), a restart loses nothing, and two coordinators never both move one
+transaction on. Within this agent the requests of one transactional id run one at a time.
+
+- **InitProducerId** gives the transactional id its producer id at a new epoch (a new id at
+  first, or once the epoch would pass :data:`MAX_EPOCH`). A transaction the previous producer
+  left open is aborted first, at a bumped epoch: that producer is fenced, its later requests
+  get ``PRODUCER_FENCED`` (``INVALID_PRODUCER_EPOCH`` at versions before 2, as Kafka) and its
+  batches ``INVALID_PRODUCER_EPOCH``.
+- **AddPartitionsToTxn** starts the transaction; each partition joins at its high watermark,
+  which holds its last stable offset there until the transaction ends.
+- **TxnOffsetCommit** keeps consumer offsets aside until the transaction commits.
+- **EndTxn** decides (``PREPARE_COMMIT``/``PREPARE_ABORT`` stored), writes a marker to every
+  partition of the transaction and answers once they are durable and the transaction is
+  complete. Markers go through the log like any batch.
+- **DescribeTransactions** and **ListTransactions** (v0) answer from the store.
+- A transaction open longer than its ``transaction.timeout.ms`` is aborted by the sweep
+  (:meth:`TransactionCoordinator.sweep`), at a bumped epoch; so is the remnant of a coordinator
+  that died between deciding and completing (its markers are written again).
+
+Produce checks transactional batches against the producer's transaction
+(:meth:`TransactionCoordinator.refusal`): right epoch, partition added, transaction ongoing;
+what it learns from the store it keeps in memory until the transaction ends here, and asks
+the store again before refusing a batch (another agent may have moved the transaction on).
+That check is a courtesy to well-behaved clients; the guarantee is in the segment commit:
+markers set the producer's epoch on their partitions, so a fenced producer's batches are
+refused there (``rules.check_producer_batches``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import logging
+import time
+import weakref
+from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from streamhouse.errors import StreamHouseError, UnknownPartitionError, UnknownTopicError
+from streamhouse.kafka.api_keys import ApiKey
+from streamhouse.kafka.wire import ErrorCode, RequestHeader, make, messages, ms, to_ms
+from streamhouse.log.metadata.transactions import (
+    MAX_EPOCH,
+    State,
+    TransactionState,
+    TransactionStore,
+    Verdict,
+)
+from streamhouse.log.records.control import marker_batch
+from streamhouse.log.records.header import ATTR_CONTROL, ATTR_TRANSACTIONAL
+
+if TYPE_CHECKING:
+    from streamhouse.kafka.broker import Broker
+    from streamhouse.log import Log
+    from streamhouse.log.records import BatchHeader
+
+__all__ = ["HANDLERS", "MAX_TIMEOUT_MS", "TransactionCoordinator"]
+
+log = logging.getLogger(__name__)
+
+MAX_TIMEOUT_MS = 900_000
+"""Kafka's ``transaction.max.timeout.ms``: a longer ``transaction.timeout.ms`` is refused."""
+SWEEP_SECONDS = 1.0
+"""How often the coordinator looks for transactions to abort or finish."""
+
+_VERDICT_ERRORS = {
+    Verdict.OK: ErrorCode.none,
+    Verdict.UNKNOWN: ErrorCode.invalid_producer_id_mapping,
+    Verdict.FENCED: ErrorCode.producer_fenced,
+    Verdict.BUSY: ErrorCode.concurrent_transactions,
+    Verdict.INVALID_STATE: ErrorCode.invalid_txn_state,
+}
+
+
+def error_of(verdict: Verdict, api_version: int, fenced_from: int = 2) -> ErrorCode:
+    """The Kafka error of a store verdict; versions before ``fenced_from`` know no
+    PRODUCER_FENCED (INVALID_PRODUCER_EPOCH instead, as Kafka answers them).
+
+    >>> error_of(Verdict.FENCED, 1).name, error_of(Verdict.FENCED, 2).name
+    ('invalid_producer_epoch', 'producer_fenced')
+    """
+    if verdict is Verdict.FENCED and api_version < fenced_from:
+        return ErrorCode.invalid_producer_epoch
+    return _VERDICT_ERRORS[verdict]
+
+
+class TransactionCoordinator:
+    """Transactions coordinated by this agent (see module); used from the event loop."""
+
+    def __init__(self, log_: Log, wake: Callable[[Iterable[tuple[str, int]]], None]) -> None:
+        self._log = log_
+        self._wake = wake
+        # one lock per transactional id while anyone holds or awaits it
+        self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
+        # Ongoing transactions as produce checks them: transactional id -> (producer id,
+        # epoch, partitions added). Dropped whenever the transaction ends here.
+        self._writers: dict[str, tuple[int, int, set[tuple[str, int]]]] = {}
+
+    @property
+    def store(self) -> TransactionStore:
+        return self._log.metadata.transactions
+
+    def _lock(self, transactional_id: str) -> asyncio.Lock:
+        lock = self._locks.get(transactional_id)
+        if lock is None:
+            lock = self._locks[transactional_id] = asyncio.Lock()
+        return lock
+
+    # -- produce ----------------------------------------------------------------------------
+
+    def refusal(
+        self,
+        transactional_id: str,
+        topic: str,
+        partition: int,
+        headers: Sequence[BatchHeader],
+    ) -> ErrorCode | None:
+        """Why the batches of a transactional produce request may not be appended, or ``None``.
+
+        Each must be a transactional data batch of the producer holding ``transactional_id``
+        at its current epoch, with the partition in its ongoing transaction.
+        """
+        first = headers[0]
+        for h in headers:
+            flags = h.attributes & (ATTR_TRANSACTIONAL | ATTR_CONTROL)
+            if flags != ATTR_TRANSACTIONAL or h.producer_id != first.producer_id:
+                return ErrorCode.invalid_record
+            if h.producer_epoch != first.producer_epoch:
+                return ErrorCode.invalid_record
+        writer = self._writers.get(transactional_id)
+        if (
+            writer is None
+            or writer[:2] != (first.producer_id, first.producer_epoch)
+            or (topic, partition) not in writer[2]
+        ):  # unknown here, or changed through another agent's coordinator: ask the store
+            writer = self._load_writer(transactional_id)
+        if writer is None or writer[0] != first.producer_id:
+            return ErrorCode.invalid_producer_id_mapping
+        if writer[1] != first.producer_epoch:
+            return ErrorCode.invalid_producer_epoch
+        if (topic, partition) not in writer[2]:
+            return ErrorCode.invalid_txn_state
+        return None
+
+    def _load_writer(self, transactional_id: str) -> tuple[int, int, set[tuple[str, int]]] | None:
+        try:
+            txn = self.store.get(transactional_id)
+        except StreamHouseError as exc:
+            log.warning("transaction %r: %s", transactional_id, exc)
+            return None
+        if txn is None:
+            return None
+        partitions = {(p.topic, p.partition) for p in txn.partitions}
+        writer = (txn.producer_id, txn.producer_epoch, partitions)
+        if txn.state is State.ONGOING:
+            self._writers[transactional_id] = writer
+        else:
+            writer = (txn.producer_id, txn.producer_epoch, set())
+        return writer
+
+    # -- the APIs ---------------------------------------------------------------------------
+
+    async def init_producer(
+        self, transactional_id: str, timeout_ms: int
+    ) -> tuple[Verdict, int, int]:
+        """``(verdict, producer id, epoch)`` of the producer taking ``transactional_id``."""
+        async with self._lock(transactional_id):
+            txn = await asyncio.to_thread(self.store.get, transactional_id)
+            if txn is not None and (txn.state is State.ONGOING or txn.state.preparing):
+                if not await self._abort_or_finish(txn):
+                    return Verdict.BUSY, -1, -1
+                txn = await asyncio.to_thread(self.store.get, transactional_id)
+            if txn is None or txn.producer_epoch + 1 > MAX_EPOCH:
+                producer_id = await asyncio.to_thread(self._log.metadata.next_producer_id)
+                epoch = 0
+            else:
+                producer_id, epoch = txn.producer_id, txn.producer_epoch + 1
+            verdict = await asyncio.to_thread(
+                self.store.register, transactional_id, timeout_ms, txn, producer_id, epoch
+            )
+            self._writers.pop(transactional_id, None)
+        if verdict is not Verdict.OK:
+            return verdict, -1, -1
+        log.info("transactional id %r: producer %d epoch %d", transactional_id, producer_id, epoch)
+        return verdict, producer_id, epoch
+
+    async def add_partitions(
+        self, transactional_id: str, producer_id: int, epoch: int, partitions: list[tuple[str, int]]
+    ) -> tuple[Verdict, list[tuple[str, int]]]:
+        """The verdict and the partitions that do not exist (then none was added)."""
+        async with self._lock(transactional_id):
+            verdict, missing = await asyncio.to_thread(
+                self.store.add_partitions, transactional_id, producer_id, epoch, partitions
+            )
+            if verdict is Verdict.OK and not missing:
+                writer = self._writers.get(transactional_id)
+                if writer is None or writer[:2] != (producer_id, epoch):
+                    writer = self._writers[transactional_id] = (producer_id, epoch, set())
+                writer[2].update(partitions)
+        return verdict, missing
+
+    async def add_offsets(self, transactional_id: str, producer_id: int, epoch: int) -> Verdict:
+        async with self._lock(transactional_id):
+            return await asyncio.to_thread(
+                self.store.add_offsets, transactional_id, producer_id, epoch
+            )
+
+    async def commit_offsets(
+        self,
+        transactional_id: str,
+        producer_id: int,
+        epoch: int,
+        group: str,
+        offsets: dict[tuple[str, int], tuple[int, str]],
+    ) -> Verdict:
+        async with self._lock(transactional_id):
+            return await asyncio.to_thread(
+                self.store.commit_offsets, transactional_id, producer_id, epoch, group, offsets
+            )
+
+    async def end(
+        self, transactional_id: str, producer_id: int, epoch: int, commit: bool
+    ) -> Verdict:
+        """Commit or abort the producer's transaction; answers once it is complete."""
+        async with self._lock(transactional_id):
+            verdict, txn = await asyncio.to_thread(
+                self.store.prepare, transactional_id, producer_id, epoch, commit
+            )
+            if verdict is not Verdict.OK:
+                return verdict
+            self._writers.pop(transactional_id, None)
+            if txn is not None and not await self._finish(txn):
+                return Verdict.BUSY  # the markers failed; the client retries EndTxn
+        return Verdict.OK
+
+    # -- ending transactions ----------------------------------------------------------------
+
+    async def _abort_or_finish(self, txn: TransactionState) -> bool:
+        """Abort ``txn`` at a bumped epoch if it is ongoing (fencing its producer), or finish
+        it if it was decided; ``False`` if that failed (or another agent moved it on)."""
+        self._writers.pop(txn.transactional_id, None)
+        if txn.state is State.ONGOING:
+            bumped = min(txn.producer_epoch + 1, MAX_EPOCH)
+            verdict, prepared = await asyncio.to_thread(
+                self.store.prepare,
+                txn.transactional_id,
+                txn.producer_id,
+                txn.producer_epoch,
+                False,
+                new_epoch=bumped,
+            )
+            if verdict is not Verdict.OK or prepared is None:
+                return False
+            txn = prepared
+        return await self._finish(txn)
+
+    async def _finish(self, txn: TransactionState) -> bool:
+        """Write ``txn``'s markers to its partitions, then complete it in the store."""
+        marker = marker_batch(txn.producer_id, txn.producer_epoch, commit=txn.state.committing)
+        keys = [(p.topic, p.partition) for p in txn.partitions]
+        outcomes = await asyncio.gather(
+            *(self._append_marker(topic, partition, marker) for topic, partition in keys)
+        )
+        if any(o is False for o in outcomes):
+            return False
+        markers = {key: o for key, o in zip(keys, outcomes, strict=True) if o is not None}
+        done = await asyncio.to_thread(self.store.complete, txn, markers)
+        self._wake(keys)
+        if done:
+            log.info(
+                "transactional id %r: %s (producer %d epoch %d, %d partitions)",
+                txn.transactional_id,
+                "committed" if txn.state.committing else "aborted",
+                txn.producer_id,
+                txn.producer_epoch,
+                len(keys),
+            )
+        return done
+
+    async def _append_marker(self, topic: str, partition: int, marker: bytes) -> int | bool | None:
+        """The marker's offset; ``None`` if the partition is gone, ``False`` if it failed."""
+        try:
+            return await self._log.append_async(topic, partition, marker)
+        except (UnknownTopicError, UnknownPartitionError):
+            return None
+        except StreamHouseError as exc:
+            log.warning("transaction marker to %s-%d failed: %s", topic, partition, exc)
+            return False
+
+    async def sweep(self) -> int:
+        """Abort the transactions open past their timeout and finish the decided ones left
+        behind; how many were ended."""
+        ended = 0
+        for txn in await asyncio.to_thread(self.store.due):
+            async with self._lock(txn.transactional_id):
+                current = await asyncio.to_thread(self.store.get, txn.transactional_id)
+                if current is None or not (current.expired or current.state.preparing):
+                    continue
+                if current.expired:
+                    log.info(
+                        "transactional id %r: open %d ms, past its timeout of %d ms: aborting",
+                        current.transactional_id,
+                        current.age_ms,
+                        current.timeout_ms,
+                    )
+                if await self._abort_or_finish(current):
+                    ended += 1
+        return ended
+
+    async def run_sweeps(self) -> None:
+        """:meth:`sweep` every :data:`SWEEP_SECONDS` until cancelled."""
+        while True:
+            try:
+                await self.sweep()
+            except Exception:
+                log.exception("transaction sweep failed; the next one retries")
+            await asyncio.sleep(SWEEP_SECONDS)
+
+
+# -- handlers ---------------------------------------------------------------------------------
+
+
+async def handle_add_partitions(broker: Broker, header: RequestHeader, request: Any) -> Any:
+    module = messages(ApiKey.ADD_PARTITIONS_TO_TXN, header.api_version, True)
+    topics = request.v3_and_below_topics
+    wanted = [(t.name, int(p)) for t in topics for p in t.partitions]
+    verdict, missing = await broker.transactions.add_partitions(
+        request.v3_and_below_transactional_id,
+        request.v3_and_below_producer_id,
+        request.v3_and_below_producer_epoch,
+        wanted,
+    )
+    unknown = set(missing)
+
+    def code(key: tuple[str, int]) -> ErrorCode:
+        if verdict is not Verdict.OK:
+            return error_of(verdict, header.api_version)
+        if not unknown:
+            return ErrorCode.none
+        return (
+            ErrorCode.unknown_topic_or_partition
+            if key in unknown
+            else ErrorCode.operation_not_attempted
+        )
+
+    results = tuple(
+        module.AddPartitionsToTxnTopicResult(
+            name=t.name,
+            results_by_partition=tuple(
+                module.AddPartitionsToTxnPartitionResult(
+                    partition_index=p, partition_error_code=code((t.name, int(p)))
+                )
+                for p in t.partitions
+            ),
+        )
+        for t in topics
+    )
+    return make(
+        module.AddPartitionsToTxnResponse, throttle_time=0, results_by_topic_v3_and_below=results
+    )
+
+
+async def handle_add_offsets(broker: Broker, header: RequestHeader, request: Any) -> Any:
+    module = messages(ApiKey.ADD_OFFSETS_TO_TXN, header.api_version, True)
+    verdict = await broker.transactions.add_offsets(
+        request.transactional_id, request.producer_id, request.producer_epoch
+    )
+    return make(
+        module.AddOffsetsToTxnResponse,
+        throttle_time=0,
+        error_code=error_of(verdict, header.api_version),
+    )
+
+
+async def handle_txn_offset_commit(broker: Broker, header: RequestHeader, request: Any) -> Any:
+    """Offsets held until the transaction commits; sent to the group's coordinator."""
+    module = messages(ApiKey.TXN_OFFSET_COMMIT, header.api_version, True)
+    if not await broker.coordination.ensure(request.group_id):
+        error = ErrorCode.not_coordinator
+    else:
+        offsets = {
+            (t.name, int(p.partition_index)): (int(p.committed_offset), p.committed_metadata or "")
+            for t in request.topics
+            for p in t.partitions
+        }
+        verdict = await broker.transactions.commit_offsets(
+            request.transactional_id,
+            request.producer_id,
+            request.producer_epoch,
+            request.group_id,
+            offsets,
+        )
+        error = error_of(verdict, header.api_version, fenced_from=3)
+    topics = tuple(
+        module.TxnOffsetCommitResponseTopic(
+            name=t.name,
+            partitions=tuple(
+                module.TxnOffsetCommitResponsePartition(
+                    partition_index=p.partition_index, error_code=error
+                )
+                for p in t.partitions
+            ),
+        )
+        for t in request.topics
+    )
+    return make(module.TxnOffsetCommitResponse, throttle_time=0, topics=topics)
+
+
+async def handle_end_txn(broker: Broker, header: RequestHeader, request: Any) -> Any:
+    module = messages(ApiKey.END_TXN, header.api_version, True)
+    verdict = await broker.transactions.end(
+        request.transactional_id, request.producer_id, request.producer_epoch, request.committed
+    )
+    return make(
+        module.EndTxnResponse, throttle_time=0, error_code=error_of(verdict, header.api_version)
+    )
+
+
+async def init_transactional_producer(
+    broker: Broker, header: RequestHeader, request: Any
+) -> tuple[ErrorCode, int, int]:
+    """InitProducerId with a transactional id: ``(error, producer id, epoch)``."""
+    timeout_ms = to_ms(request.transaction_timeout)
+    if not 0 < timeout_ms <= MAX_TIMEOUT_MS:
+        return ErrorCode.invalid_transaction_timeout, -1, -1
+    if not request.transactional_id:
+        return ErrorCode.invalid_request, -1, -1
+    verdict, producer_id, epoch = await broker.transactions.init_producer(
+        request.transactional_id, timeout_ms
+    )
+    return error_of(verdict, header.api_version), producer_id, epoch
+
+
+_NO_START = datetime.datetime.fromtimestamp(-0.001, datetime.UTC)  # -1 on the wire
+
+
+def _describe(module: Any, transactional_id: str, txn: TransactionState | None) -> Any:
+    if txn is None:
+        return module.TransactionState(
+            error_code=ErrorCode.transactional_id_not_found,
+            transactional_id=transactional_id,
+            transaction_state="",
+            transaction_timeout=ms(0),
+            transaction_start_time=_NO_START,
+            producer_id=-1,
+            producer_epoch=-1,
+            topics=(),
+        )
+    topics: dict[str, list[int]] = {}
+    for part in txn.partitions:
+        topics.setdefault(part.topic, []).append(part.partition)
+    started = _NO_START
+    if txn.age_ms >= 0:
+        started = datetime.datetime.fromtimestamp(time.time() - txn.age_ms / 1000, datetime.UTC)
+    return module.TransactionState(
+        error_code=ErrorCode.none,
+        transactional_id=transactional_id,
+        transaction_state=txn.state.value,
+        transaction_timeout=ms(txn.timeout_ms),
+        transaction_start_time=started,
+        producer_id=txn.producer_id,
+        producer_epoch=txn.producer_epoch,
+        topics=tuple(
+            module.TopicData(topic=t, partitions=tuple(ps)) for t, ps in sorted(topics.items())
+        ),
+    )
+
+
+async def handle_describe_transactions(broker: Broker, header: RequestHeader, request: Any) -> Any:
+    """Each transactional id's state, producer, timeout, start and open partitions."""
+    module = messages(ApiKey.DESCRIBE_TRANSACTIONS, header.api_version, True)
+    store = broker.transactions.store
+    states = []
+    for transactional_id in request.transactional_ids:
+        txn = await asyncio.to_thread(store.get, transactional_id)
+        states.append(_describe(module, transactional_id, txn))
+    return make(
+        module.DescribeTransactionsResponse, throttle_time=0, transaction_states=tuple(states)
+    )
+
+
+async def handle_list_transactions(broker: Broker, header: RequestHeader, request: Any) -> Any:
+    """Every transactional id, or those in the states and of the producers asked for."""
+    module = messages(ApiKey.LIST_TRANSACTIONS, header.api_version, True)
+    names = {state.value for state in State}
+    wanted = set(request.state_filters) & names
+    unknown = tuple(f for f in request.state_filters if f not in names)
+    producers = set(request.producer_id_filters)
+    found = [
+        txn
+        for txn in await asyncio.to_thread(broker.transactions.store.list)
+        if (not request.state_filters or txn.state.value in wanted)
+        and (not producers or txn.producer_id in producers)
+    ]
+    return make(
+        module.ListTransactionsResponse,
+        throttle_time=0,
+        error_code=ErrorCode.none,
+        unknown_state_filters=unknown,
+        transaction_states=tuple(
+            module.TransactionState(
+                transactional_id=txn.transactional_id,
+                producer_id=txn.producer_id,
+                transaction_state=txn.state.value,
+            )
+            for txn in found
+        ),
+    )
+
+
+HANDLERS = {
+    ApiKey.DESCRIBE_TRANSACTIONS: handle_describe_transactions,
+    ApiKey.LIST_TRANSACTIONS: handle_list_transactions,
+    ApiKey.ADD_PARTITIONS_TO_TXN: handle_add_partitions,
+    ApiKey.ADD_OFFSETS_TO_TXN: handle_add_offsets,
+    ApiKey.END_TXN: handle_end_txn,
+    ApiKey.TXN_OFFSET_COMMIT: handle_txn_offset_commit,
+}
+"""API key -> handler."""

@@ -1,0 +1,448 @@
+"""Kafka transactions in the metadata store: each transactional producer's state, the
+partitions its open transaction holds, its pending consumer offsets, and the aborted
+transactions read_committed fetches list.
+
+Every change is one store transaction that first reads (and locks) the producer's row and
+checks it is still what the caller expects: producer id, epoch and state. Two agents, or a
+coordinator and its timeout sweep, therefore never both move one transaction on; the loser
+gets a :class:`Verdict` saying why. The SQL is written once for every backend.
+
+A transaction's life (Kafka's states)::
+
+    EMPTY --add--> ONGOING --end--> PREPARE_COMMIT | PREPARE_ABORT --markers written-->
+    COMPLETE_COMMIT | COMPLETE_ABORT --add--> ONGOING ...
+
+In a ``PREPARE_*`` state the outcome is decided (it survives a crash) but the markers may not
+all be written: whoever finds it there writes them (again: a repeated marker changes
+nothing a reader sees) and completes it. Completing removes the transaction's partitions,
+which moves each partition's last stable offset up; an abort also records an
+``aborted_transactions`` row per partition; a commit moves its pending offsets into
+``group_offsets``.
+
+>>> Verdict.FENCED.value, State.ONGOING.value
+('fenced', 'Ongoing')
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable, Iterable, Mapping
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = [
+    "MAX_EPOCH",
+    "OpenPartition",
+    "State",
+    "TransactionState",
+    "TransactionStore",
+    "Verdict",
+]
+
+MAX_EPOCH = 32766
+"""The highest epoch a producer id is given; past it the transactional id gets a new one."""
+
+
+class State(enum.Enum):
+    """Where a transactional producer's current transaction is (stored by value)."""
+
+    EMPTY = "Empty"
+    ONGOING = "Ongoing"
+    PREPARE_COMMIT = "PrepareCommit"
+    PREPARE_ABORT = "PrepareAbort"
+    COMPLETE_COMMIT = "CompleteCommit"
+    COMPLETE_ABORT = "CompleteAbort"
+
+    @property
+    def preparing(self) -> bool:
+        return self in (State.PREPARE_COMMIT, State.PREPARE_ABORT)
+
+    @property
+    def committing(self) -> bool:
+        return self in (State.PREPARE_COMMIT, State.COMPLETE_COMMIT)
+
+
+class Verdict(enum.Enum):
+    """Why a change was refused (or ``OK``)."""
+
+    OK = "ok"
+    UNKNOWN = "unknown"  # no such transactional id, or another producer id holds it
+    FENCED = "fenced"  # the producer's epoch is not the current one
+    BUSY = "busy"  # markers of the last transaction are still being written
+    INVALID_STATE = "invalid state"  # the request does not fit the state
+
+
+@dataclass(frozen=True, slots=True)
+class OpenPartition:
+    """A partition in an open transaction, from ``first_offset`` (its high watermark when it
+    joined) on."""
+
+    topic: str
+    partition: int
+    first_offset: int
+
+
+@dataclass(frozen=True, slots=True)
+class TransactionState:
+    """A transactional producer as stored; ``age_ms`` is how long its ongoing transaction has
+    been open by the store's clock (-1 when none is)."""
+
+    transactional_id: str
+    producer_id: int
+    producer_epoch: int
+    state: State
+    timeout_ms: int
+    age_ms: int
+    partitions: tuple[OpenPartition, ...] = ()
+
+    @property
+    def expired(self) -> bool:
+        """An ongoing transaction open longer than its timeout."""
+        return self.state is State.ONGOING and self.age_ms > self.timeout_ms
+
+
+_COLUMNS = "transactional_id, producer_id, producer_epoch, state, timeout_ms, {age}"
+_AGE = "CASE WHEN started_ms < 0 THEN -1 ELSE {now} - started_ms END"
+_SELECT = "SELECT " + _COLUMNS + " FROM transactions"
+_UPSERT = (
+    "INSERT INTO transactions (transactional_id, producer_id, producer_epoch, state,"
+    " timeout_ms, started_ms, updated_ms) VALUES (?, ?, ?, ?, ?, -1, {now})"
+    " ON CONFLICT (transactional_id) DO UPDATE SET producer_id = excluded.producer_id,"
+    " producer_epoch = excluded.producer_epoch, state = excluded.state,"
+    " timeout_ms = excluded.timeout_ms, started_ms = -1, updated_ms = excluded.updated_ms"
+)
+_SET_STATE = (
+    "UPDATE transactions SET state = ?, producer_epoch = ?, started_ms = {started},"
+    " updated_ms = {now} WHERE transactional_id = ?"
+)
+_PARTITIONS = (
+    "SELECT topic, partition_id, first_offset FROM transaction_partitions"
+    " WHERE transactional_id = ? ORDER BY topic, partition_id"
+)
+_JOIN = (
+    "INSERT INTO transaction_partitions (transactional_id, topic, partition_id, producer_id,"
+    " first_offset) SELECT ?, topic, partition_id, ?, high_watermark FROM partitions"
+    " WHERE topic = ? AND partition_id = ?"
+    " ON CONFLICT (transactional_id, topic, partition_id) DO NOTHING"
+)
+_PENDING_OFFSET = (
+    "INSERT INTO transaction_offsets (transactional_id, group_id, topic, partition_id,"
+    " committed_offset, metadata) VALUES (?, ?, ?, ?, ?, ?)"
+    " ON CONFLICT (transactional_id, group_id, topic, partition_id) DO UPDATE SET"
+    " committed_offset = excluded.committed_offset, metadata = excluded.metadata"
+)
+_PUBLISH_OFFSETS = (
+    "INSERT INTO group_offsets (group_id, topic, partition_id, committed_offset, metadata,"
+    " commit_ms) SELECT group_id, topic, partition_id, committed_offset, metadata, {now}"
+    " FROM transaction_offsets WHERE transactional_id = ?"
+    " ON CONFLICT (group_id, topic, partition_id) DO UPDATE SET"
+    " committed_offset = excluded.committed_offset, metadata = excluded.metadata,"
+    " commit_ms = excluded.commit_ms"
+)
+_ABORTED = (
+    "INSERT INTO aborted_transactions (topic, partition_id, last_offset, producer_id,"
+    " first_offset) VALUES (?, ?, ?, ?, ?) ON CONFLICT (topic, partition_id, last_offset)"
+    " DO NOTHING"
+)
+LAST_STABLE = (
+    "SELECT min(first_offset) FROM transaction_partitions WHERE topic = ? AND partition_id = ?"
+)
+"""The first offset of the oldest open transaction on a partition (NULL when none is)."""
+ABORTED_BETWEEN = (
+    "SELECT producer_id, first_offset FROM aborted_transactions"
+    " WHERE topic = ? AND partition_id = ? AND last_offset >= ? AND first_offset < ?"
+    " ORDER BY first_offset"
+)
+"""Aborted transactions overlapping offsets [from, to) of a partition."""
+STABILITY = (
+    "SELECT -1, min(first_offset) FROM transaction_partitions"
+    " WHERE topic = ? AND partition_id = ?"
+    " UNION ALL SELECT producer_id, first_offset FROM aborted_transactions"
+    " WHERE topic = ? AND partition_id = ? AND last_offset >= ? AND first_offset < ?"
+)
+""":data:`LAST_STABLE` (the row with producer id -1) and :data:`ABORTED_BETWEEN` in one
+statement: what a read_committed fetch asks of each partition."""
+FORGET_ABORTED = (
+    "DELETE FROM aborted_transactions WHERE last_offset < (SELECT p.log_start_offset"
+    " FROM partitions AS p WHERE p.topic = aborted_transactions.topic"
+    " AND p.partition_id = aborted_transactions.partition_id)"
+)
+"""Aborted transactions wholly below their partition's log start offset."""
+FORGET_TOPIC: tuple[str, ...] = tuple(
+    f"DELETE FROM {table} WHERE topic = ?"
+    for table in ("transaction_partitions", "transaction_offsets", "aborted_transactions")
+)
+"""What deleting a topic removes of transactions."""
+
+Connection = Any
+"""A DB-API connection of the store's driver."""
+
+
+class TransactionStore:
+    """The transactional state of one metadata store (see module)."""
+
+    def __init__(
+        self,
+        transaction: Callable[[str], AbstractContextManager[Connection]],
+        reader: Callable[[str], AbstractContextManager[Connection]],
+        sql: Callable[[str], str],
+        now_ms: str,
+        for_update: str,
+    ) -> None:
+        self._transaction = transaction
+        self._reader = reader
+        self._sql = sql
+        self._now = now_ms
+        self._for_update = for_update
+
+    def _text(self, template: str, **extra: str) -> str:
+        age = _AGE.format(now=self._now)
+        return self._sql(template.format(now=self._now, age=age, **extra))
+
+    def _read(
+        self, conn: Connection, transactional_id: str, *, lock: bool
+    ) -> TransactionState | None:
+        sql = self._text(_SELECT + " WHERE transactional_id = ?") + (
+            self._for_update if lock else ""
+        )
+        row = conn.execute(sql, (transactional_id,)).fetchone()
+        if row is None:
+            return None
+        parts = conn.execute(self._sql(_PARTITIONS), (transactional_id,)).fetchall()
+        txn, pid, epoch, state, timeout, age = row
+        opened = tuple(OpenPartition(t, int(p), int(o)) for t, p, o in parts)
+        return TransactionState(
+            txn, int(pid), int(epoch), State(state), int(timeout), int(age), opened
+        )
+
+    def get(self, transactional_id: str) -> TransactionState | None:
+        """The producer's state and open partitions, or ``None``."""
+        with self._reader(f"read transaction {transactional_id!r}") as conn:
+            return self._read(conn, transactional_id, lock=False)
+
+    def list(self) -> list[TransactionState]:
+        """Every transactional producer (without partitions), by id."""
+        with self._reader("list transactions") as conn:
+            rows = conn.execute(self._text(_SELECT + " ORDER BY transactional_id")).fetchall()
+        return [
+            TransactionState(t, int(p), int(e), State(s), int(to), int(a))
+            for t, p, e, s, to, a in rows
+        ]
+
+    def _set_state(
+        self, conn: Connection, txn: TransactionState, state: State, epoch: int, *, start: bool
+    ) -> None:
+        started = self._now if start else ("started_ms" if state is State.ONGOING else "-1")
+        conn.execute(
+            self._text(_SET_STATE, started=started), (state.value, epoch, txn.transactional_id)
+        )
+
+    def register(
+        self,
+        transactional_id: str,
+        timeout_ms: int,
+        expect: TransactionState | None,
+        producer_id: int,
+        epoch: int,
+    ) -> Verdict:
+        """Give ``transactional_id`` producer id and epoch in state ``EMPTY`` (InitProducerId),
+        if it is still as ``expect`` (``None``: unknown) and holds no transaction."""
+        with self._transaction(f"register transactional id {transactional_id!r}") as conn:
+            now = self._read(conn, transactional_id, lock=True)
+            if _key(now) != _key(expect):
+                return Verdict.BUSY
+            if now is not None and (now.state is State.ONGOING or now.state.preparing):
+                return Verdict.BUSY
+            conn.execute(
+                self._text(_UPSERT),
+                (transactional_id, producer_id, epoch, State.EMPTY.value, timeout_ms),
+            )
+        return Verdict.OK
+
+    def _current(
+        self, conn: Connection, transactional_id: str, producer_id: int, epoch: int
+    ) -> tuple[Verdict, TransactionState | None]:
+        txn = self._read(conn, transactional_id, lock=True)
+        if txn is None or txn.producer_id != producer_id:
+            return Verdict.UNKNOWN, txn
+        if txn.producer_epoch != epoch:
+            return Verdict.FENCED, txn
+        if txn.state.preparing:
+            return Verdict.BUSY, txn
+        return Verdict.OK, txn
+
+    def add_partitions(
+        self,
+        transactional_id: str,
+        producer_id: int,
+        epoch: int,
+        partitions: Iterable[tuple[str, int]],
+    ) -> tuple[Verdict, list[tuple[str, int]]]:
+        """Put ``partitions`` in the producer's transaction (starting it); the verdict and
+        the partitions that do not exist (then nothing is added)."""
+        with self._transaction(f"add partitions to {transactional_id!r}") as conn:
+            verdict, txn = self._current(conn, transactional_id, producer_id, epoch)
+            if verdict is not Verdict.OK:
+                return verdict, []
+            assert txn is not None
+            wanted = sorted(set(partitions))
+            exists = self._sql("SELECT 1 FROM partitions WHERE topic = ? AND partition_id = ?")
+            missing = [p for p in wanted if conn.execute(exists, p).fetchone() is None]
+            if missing:
+                return Verdict.OK, missing
+            for topic, partition in wanted:
+                conn.execute(self._sql(_JOIN), (transactional_id, producer_id, topic, partition))
+            self._begin(conn, txn)
+        return Verdict.OK, []
+
+    def _begin(self, conn: Connection, txn: TransactionState) -> None:
+        if txn.state is not State.ONGOING:
+            self._set_state(conn, txn, State.ONGOING, txn.producer_epoch, start=True)
+
+    def add_offsets(self, transactional_id: str, producer_id: int, epoch: int) -> Verdict:
+        """Start the producer's transaction if it is not (AddOffsetsToTxn: its consumer
+        offsets will be committed with it)."""
+        with self._transaction(f"add offsets to {transactional_id!r}") as conn:
+            verdict, txn = self._current(conn, transactional_id, producer_id, epoch)
+            if verdict is Verdict.OK:
+                assert txn is not None
+                self._begin(conn, txn)
+        return verdict
+
+    def commit_offsets(
+        self,
+        transactional_id: str,
+        producer_id: int,
+        epoch: int,
+        group: str,
+        offsets: Mapping[tuple[str, int], tuple[int, str]],
+    ) -> Verdict:
+        """Hold ``(topic, partition) -> (offset, metadata)`` of ``group`` until the producer's
+        ongoing transaction ends (TxnOffsetCommit)."""
+        with self._transaction(f"commit offsets in {transactional_id!r}") as conn:
+            verdict, txn = self._current(conn, transactional_id, producer_id, epoch)
+            if verdict is not Verdict.OK:
+                return verdict
+            assert txn is not None
+            if txn.state is not State.ONGOING:
+                return Verdict.INVALID_STATE
+            for (topic, partition), (offset, metadata) in offsets.items():
+                conn.execute(
+                    self._sql(_PENDING_OFFSET),
+                    (transactional_id, group, topic, partition, offset, metadata or ""),
+                )
+        return Verdict.OK
+
+    def prepare(
+        self,
+        transactional_id: str,
+        producer_id: int,
+        epoch: int,
+        commit: bool,
+        *,
+        new_epoch: int | None = None,
+    ) -> tuple[Verdict, TransactionState | None]:
+        """Decide the producer's ongoing transaction: ``PREPARE_COMMIT`` or
+        ``PREPARE_ABORT`` (at ``new_epoch`` if given: a timeout or a new producer fences the
+        old one). The state with the partitions whose markers are to be written.
+
+        A transaction already prepared the same way is handed back as it is (finish it); one
+        completed the same way is ``OK`` with no partitions (a retried EndTxn)."""
+        with self._transaction(f"end transaction {transactional_id!r}") as conn:
+            txn = self._read(conn, transactional_id, lock=True)
+            if txn is None or txn.producer_id != producer_id:
+                return Verdict.UNKNOWN, txn
+            if txn.producer_epoch != epoch:
+                return Verdict.FENCED, txn
+            target = State.PREPARE_COMMIT if commit else State.PREPARE_ABORT
+            done = State.COMPLETE_COMMIT if commit else State.COMPLETE_ABORT
+            if txn.state in (target, done):
+                return Verdict.OK, txn if txn.state is target else None
+            if txn.state is not State.ONGOING:
+                return Verdict.INVALID_STATE, txn
+            bumped = epoch if new_epoch is None else new_epoch
+            self._set_state(conn, txn, target, bumped, start=False)
+        return Verdict.OK, TransactionState(
+            txn.transactional_id, producer_id, bumped, target, txn.timeout_ms, -1, txn.partitions
+        )
+
+    def complete(self, txn: TransactionState, markers: Mapping[tuple[str, int], int]) -> bool:
+        """Finish ``txn`` (as :meth:`prepare` returned it) once its markers are durable at
+        ``markers`` (partition -> marker offset): partitions leave it, an abort is recorded
+        for read_committed fetches, a commit publishes its offsets. ``False`` if someone
+        else finished it first."""
+        commit = txn.state.committing
+        with self._transaction(f"complete transaction {txn.transactional_id!r}") as conn:
+            now = self._read(conn, txn.transactional_id, lock=True)
+            if _key(now) != _key(txn) or now is None or now.state is not txn.state:
+                return False
+            tid = txn.transactional_id
+            if commit:
+                conn.execute(self._text(_PUBLISH_OFFSETS), (tid,))
+            else:
+                for part in now.partitions:
+                    last = markers[(part.topic, part.partition)]
+                    conn.execute(
+                        self._sql(_ABORTED),
+                        (part.topic, part.partition, last, txn.producer_id, part.first_offset),
+                    )
+            for table in ("transaction_partitions", "transaction_offsets"):
+                conn.execute(self._sql(f"DELETE FROM {table} WHERE transactional_id = ?"), (tid,))
+            done = State.COMPLETE_COMMIT if commit else State.COMPLETE_ABORT
+            self._set_state(conn, now, done, now.producer_epoch, start=False)
+        return True
+
+    def due(self) -> list[TransactionState]:
+        """Transactions to finish by the coordinator itself: ongoing past their timeout, or
+        prepared (a coordinator died writing their markers)."""
+        sql = self._text(
+            _SELECT + " WHERE state IN (?, ?) OR (state = ? AND started_ms >= 0"
+            " AND {now} - started_ms > timeout_ms) ORDER BY transactional_id"
+        )
+        params = (State.PREPARE_COMMIT.value, State.PREPARE_ABORT.value, State.ONGOING.value)
+        with self._reader("list due transactions") as conn:
+            ids = [row[0] for row in conn.execute(sql, params).fetchall()]
+            found = [self._read(conn, t, lock=False) for t in ids]
+        return [t for t in found if t is not None]
+
+    def forget_aborted(self) -> int:
+        """Forget the aborted transactions whose marker is below their partition's log start
+        offset (retention deleted them): no fetch can meet them again. How many."""
+        with self._transaction("forget aborted transactions") as conn:
+            return int(conn.execute(self._sql(FORGET_ABORTED)).rowcount or 0)
+
+    def last_stable_offset(self, topic: str, partition: int) -> int | None:
+        """The first offset of the oldest transaction open on the partition, ``None`` if none
+        is (then the last stable offset is the high watermark)."""
+        with self._reader(f"read the last stable offset of {topic}-{partition}") as conn:
+            row = conn.execute(self._sql(LAST_STABLE), (topic, partition)).fetchone()
+        return None if row is None or row[0] is None else int(row[0])
+
+    def stability(
+        self, topic: str, partition: int, from_offset: int, to_offset: int
+    ) -> tuple[int | None, list[tuple[int, int]]]:
+        """:meth:`last_stable_offset` and :meth:`aborted` in one statement."""
+        with self._reader(f"read the transactions of {topic}-{partition}") as conn:
+            rows = conn.execute(
+                self._sql(STABILITY),
+                (topic, partition, topic, partition, from_offset, to_offset),
+            ).fetchall()
+        open_from = next((o for p, o in rows if p == -1), None)
+        aborted = sorted((int(p), int(o)) for p, o in rows if p != -1)
+        return (None if open_from is None else int(open_from)), aborted
+
+    def aborted(
+        self, topic: str, partition: int, from_offset: int, to_offset: int
+    ) -> list[tuple[int, int]]:
+        """``(producer id, first offset)`` of the aborted transactions overlapping offsets
+        ``[from_offset, to_offset)``, by first offset."""
+        with self._reader(f"read aborted transactions of {topic}-{partition}") as conn:
+            rows = conn.execute(
+                self._sql(ABORTED_BETWEEN), (topic, partition, from_offset, to_offset)
+            ).fetchall()
+        return [(int(p), int(o)) for p, o in rows]
+
+
+def _key(txn: TransactionState | None) -> tuple[int, int] | None:
+    return None if txn is None else (txn.producer_id, txn.producer_epoch)

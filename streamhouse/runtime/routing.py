@@ -1,0 +1,332 @@
+"""How the rows of a continuous query are routed to the tasks of a parallel query.
+
+Three shapes (:func:`plan_routing`):
+
+- ``stateless``: a filter or projection (or a UNION ALL of them); each task runs the whole
+  query over its share of the source partitions, no exchange.
+- ``aggregate``: a GROUP BY over one stream (TUMBLE, HOP, CUMULATE, SESSION or updating); the
+  producing side runs the aggregate's stateless part and sends its rows (for TUMBLE, HOP and
+  CUMULATE: partial aggregates per key and pane) to the task owning the group's key group.
+- ``rows``: any other keyed operator over streams: a stream join (regular or interval, inner or
+  outer), a window join, a join over an updating GROUP BY or Top-N of a stream (ChangelogJoin),
+  a Top-N or deduplication per key, an OVER aggregation with a PARTITION BY, a temporal join
+  (by the versioned table's key). The producing side sends each *source row*, as read, to
+  the task owning the key group of its routing key, and every task runs the whole unchanged
+  plan over the rows of its key groups. The routing
+  key of a source is a list of its columns: the columns of the join's equalities (both inputs
+  of a join list theirs in the same order, so matching rows meet in one task), or the
+  PARTITION BY of a Top-N or of every OVER. For a join over an
+  updating input (an aggregate, a Top-N), a join column must be one of that input's group keys
+  (its PARTITION BY), so that each of its groups stays whole in one task. A window join is
+  routed by its key alone, not by key and window: a row's windows then never span two tasks
+  (HOP windows overlap), and every pair it joins is in one task.
+
+Anything else is refused at parallelism > 1 with a :class:`~streamhouse.errors.SqlError` that
+names the operator (never run in parallel and silently wrong).
+
+>>> from streamhouse.sql.parse import parse_one
+>>> from streamhouse.sql.plan import plan_query
+>>> plan_routing(plan_query(parse_one(
+...     "SELECT a.k, b.w FROM ev a JOIN ev2 b ON a.k = b.k AND a.x > 1"))).keys
+{'ev': ('k',), 'ev2': ('k',)}
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Literal
+
+import sqlglot
+from sqlglot import exp
+from sqlglot.errors import ParseError
+
+from streamhouse.errors import SqlError
+from streamhouse.sql.bounds import conjuncts
+from streamhouse.sql.changelog_join import ChangelogJoin
+from streamhouse.sql.nodes import (
+    Operator,
+    Stateless,
+    StreamJoin,
+    TemporalJoin,
+    TopN,
+    UnionAll,
+    WindowAggregate,
+    Windowed,
+)
+from streamhouse.sql.over import OverAggregate
+from streamhouse.sql.plan import ContinuousPlan
+from streamhouse.sql.window_spec import WindowKind
+
+Shape = Literal["stateless", "aggregate", "rows"]
+
+_WINDOW_COLUMNS = frozenset({"window_start", "window_end", "window_time"})
+
+
+@dataclass(frozen=True)
+class Routing:
+    """How a plan runs at parallelism > 1 (see the module's docstring)."""
+
+    shape: Shape
+    operator: str  # what EXPLAIN calls it
+    # ``rows``: per source, the columns whose key group picks the task (in one order across
+    # the inputs of a join)
+    keys: dict[str, tuple[str, ...]] = field(default_factory=dict)
+
+
+def plan_routing(plan: ContinuousPlan) -> Routing:
+    """How ``plan`` runs in parallel; a SqlError naming its operator if it cannot yet."""
+    node = plan.operator
+    planner = _ROUTES.get(type(node))
+    if planner is None:
+        raise refusal(_name(node))
+    return planner(node, plan)
+
+
+def refusal(what: str, why: str = "") -> SqlError:
+    """The error for an operator that does not run at parallelism > 1 yet."""
+    return SqlError(
+        f"parallelism > 1 does not run {what} yet{': ' + why if why else ''}; run this query at"
+        " parallelism 1 (in parallel now: filters and projections, GROUP BY aggregations"
+        " windowed or updating, stream joins and window joins on an equality, joins over an"
+        " updating GROUP BY or Top-N, temporal joins, Top-N and deduplication, OVER with"
+        " PARTITION BY, UNION ALL of filters)"
+    )
+
+
+def _name(node: Operator) -> str:
+    return f"{type(node).__name__} ({_KINDS.get(type(node).__name__, 'this operator')})"
+
+
+_KINDS = {
+    "TemporalJoin": "a temporal join",
+    "Recompute": "an aggregate or ranking over an updating input",
+    "TimeSort": "ORDER BY on the time attribute",
+    "UnionAll": "UNION ALL",
+    "OverAggregate": "an OVER aggregation",
+    "WindowRows": "a window TVF joined to a stream",
+    "Windowed": "a per-window query without a join key",
+    "StreamJoin": "a stream join",
+    "ChangelogJoin": "a join over an updating input",
+    "TopN": "a Top-N",
+}
+
+
+def _plain(plan: ContinuousPlan, node: Operator) -> None:
+    if plan.derived:
+        raise refusal(_name(node), "it reads a subquery")
+
+
+def _stateless(node: Stateless, plan: ContinuousPlan) -> Routing:
+    _plain(plan, node)
+    return Routing("stateless", "Stateless")
+
+
+def _aggregate(node: WindowAggregate, plan: ContinuousPlan) -> Routing:
+    _plain(plan, node)
+    kind = "SESSION" if node.window is not None and node.window.kind == WindowKind.SESSION else ""
+    return Routing("aggregate", f"{kind} WindowAggregate".strip())
+
+
+def _stream_join(node: StreamJoin, plan: ContinuousPlan) -> Routing:
+    _plain(plan, node)
+    pairs = equi_columns(node.sql)
+    keys = _join_keys(
+        node,
+        [(node.left, lambda c: c), (node.right, lambda c: c)],
+        [(pairs_of(pairs, "__left", "__right"))],
+    )
+    return Routing("rows", "StreamJoin", keys)
+
+
+def _window_join(node: Windowed, plan: ContinuousPlan) -> Routing:
+    _plain(plan, node)
+    names = list(node.inputs)
+    if len(names) != 2:
+        raise refusal(_name(node))
+    pairs = [
+        (a, b)
+        for a, b in pairs_of(equi_columns(node.sql), names[0], names[1])
+        if a not in _WINDOW_COLUMNS and b not in _WINDOW_COLUMNS
+    ]
+    sources = [node.inputs[n][0] for n in names]
+    keys = _join_keys(node, [(s, lambda c: c) for s in sources], [pairs])
+    return Routing("rows", "window join", keys)
+
+
+def _changelog_join(node: ChangelogJoin, plan: ContinuousPlan) -> Routing:
+    sides = []
+    for name in (node.left, node.right):
+        derived = plan.derived.get(name)
+        sides.append(_through(derived, name, node) if derived is not None else (name, _same))
+    if set(plan.derived) - {node.left, node.right}:
+        raise refusal(_name(node), "it reads nested subqueries")
+    pairs = pairs_of(equi_columns(node.variants.inner_sql), "__left", "__right")
+    return Routing("rows", "ChangelogJoin", _join_keys(node, sides, [pairs]))
+
+
+def _same(column: str) -> str | None:
+    return column
+
+
+def _through(
+    derived: Operator, name: str, join: Operator
+) -> tuple[str, Callable[[str], str | None]]:
+    """The source an updating join input reads, and the source column each of its output
+    columns is, when that column keeps the input's groups whole (a group key, a PARTITION BY)."""
+    if isinstance(derived, WindowAggregate) and derived.window is None:
+        keys = {
+            out: _identifier(sql)
+            for out, sql in zip(derived.key_outputs, derived.key_sql, strict=True)
+            if out is not None
+        }
+        return derived.source, lambda c: keys.get(c)
+    if isinstance(derived, TopN) and derived.partition_by:
+        columns = set(derived.partition_by)
+        return derived.source, lambda c: c if c in columns else None
+    raise refusal(
+        _name(join), f"its input {name} is a {type(derived).__name__}, not a GROUP BY or Top-N"
+    )
+
+
+def _identifier(sql: str) -> str | None:
+    """The column ``sql`` names, if it is a bare column."""
+    try:
+        node = sqlglot.parse_one(sql, read="postgres")
+    except ParseError:
+        return None
+    return node.name if isinstance(node, exp.Column) and not node.table else None
+
+
+def _join_keys(
+    node: Operator,
+    sides: list[tuple[str, Callable[[str], str | None]]],
+    pair_lists: list[list[tuple[str, str]]],
+) -> dict[str, tuple[str, ...]]:
+    """Per source, the routing columns of a join's two sides: the equalities whose columns map
+    to source columns on both sides (each side's ``(source, column -> source column)``)."""
+    (left, left_map), (right, right_map) = sides
+    chosen = []
+    for pairs in pair_lists:
+        for a, b in pairs:
+            mapped = (left_map(a), right_map(b))
+            if mapped[0] is not None and mapped[1] is not None:
+                chosen.append(mapped)
+    if not chosen:
+        raise refusal(
+            _name(node),
+            "its condition has no equality between a column of each input (a group key or"
+            " PARTITION BY of an updating input) to route rows by",
+        )
+    keys = {left: tuple(a for a, _ in chosen)}
+    right_keys = tuple(b for _, b in chosen)
+    if keys.setdefault(right, right_keys) != right_keys:  # a self-join on different columns
+        raise refusal(_name(node), f"it joins {right} to itself on different columns")
+    return keys
+
+
+def equi_columns(sql: str) -> list[tuple[str, str, str, str]]:
+    """``(table, column, table, column)`` of each equality between two columns of different
+    relations in the ON and WHERE conditions of the join in ``sql``, the relations named by
+    the table each reads (through ``(SELECT * FROM t AS x) AS x``)."""
+    select = sqlglot.parse_one(sql, read="postgres")  # the SQL text DataFusion runs
+    if not isinstance(select, exp.Select):
+        return []
+    relations: dict[str, str] = {}
+    for side in [select.args.get("from_"), *(select.args.get("joins") or [])]:
+        if side is None:
+            continue
+        relation = side.this
+        table = relation
+        while isinstance(table, exp.Subquery) and isinstance(table.this, exp.Select):
+            table = table.this.args["from_"].this
+        if isinstance(table, exp.Table):
+            relations[relation.alias_or_name] = table.name
+    where = select.args.get("where")
+    parts = [j.args.get("on") for j in select.args.get("joins") or []]
+    parts.append(where.this if where is not None else None)
+    found = []
+    for part in parts:
+        for item in conjuncts(part):
+            if not isinstance(item, exp.EQ):
+                continue
+            a, b = item.this, item.expression
+            if isinstance(a, exp.Column) and isinstance(b, exp.Column):
+                ta, tb = relations.get(a.table), relations.get(b.table)
+                if ta is not None and tb is not None and a.table != b.table:
+                    found.append((ta, a.name, tb, b.name))
+    return found
+
+
+def pairs_of(
+    found: list[tuple[str, str, str, str]], left: str, right: str
+) -> list[tuple[str, str]]:
+    """The ``(left column, right column)`` equalities between relations ``left`` and ``right``."""
+    pairs = []
+    for ta, a, tb, b in found:
+        if (ta, tb) == (left, right):
+            pairs.append((a, b))
+        elif (ta, tb) == (right, left):
+            pairs.append((b, a))
+    return pairs
+
+
+def _top_n(node: TopN, plan: ContinuousPlan) -> Routing:
+    _plain(plan, node)
+    columns = [_identifier(c) for c in node.partition_by]
+    if None in columns:
+        raise refusal(_name(node), "its PARTITION BY is not a list of columns")
+    return Routing("rows", "TopN", {node.source: tuple(c for c in columns if c is not None)})
+
+
+def _union(node: UnionAll, plan: ContinuousPlan) -> Routing:
+    """A UNION ALL of filters and projections of streams is stateless: each task runs it over
+    its share of every stream's partitions."""
+    inputs = [plan.derived.get(name) for name in node.inputs]
+    if node.keyed or not all(
+        isinstance(i, Stateless) and i.source not in plan.derived for i in inputs
+    ):
+        raise refusal(_name(node), "its inputs are not all filters or projections of streams")
+    return Routing("stateless", "UnionAll")
+
+
+def _temporal_join(node: TemporalJoin, plan: ContinuousPlan) -> Routing:
+    """A temporal join is routed by its equalities on the versioned table's key: a probe row
+    meets every version of its key in one task."""
+    _plain(plan, node)
+    pairs = [list(zip(node.probe_keys, node.version_keys, strict=True))]
+    keys = _join_keys(node, [(node.left, _same), (node.right, _same)], pairs)
+    return Routing("rows", "TemporalJoin", keys)
+
+
+def _over(node: OverAggregate, plan: ContinuousPlan) -> Routing:
+    """An OVER aggregation is routed by the PARTITION BY columns every OVER of it shares: each
+    partition's rows, and so its frames, stay in one task."""
+    _plain(plan, node)
+    shared: list[str] | None = None
+    sql = node.running_sql if node.unbounded else node.sql  # where its OVERs are
+    for window in sqlglot.parse_one(sql, read="postgres").find_all(exp.Window):
+        columns = [
+            c.name for c in window.args.get("partition_by") or [] if isinstance(c, exp.Column)
+        ]
+        shared = columns if shared is None else [c for c in shared if c in columns]
+    if not shared:
+        raise refusal(_name(node), "it has no PARTITION BY column shared by every OVER")
+    return Routing("rows", "OverAggregate", {node.source: tuple(shared)})
+
+
+_ROUTES: dict[type, Callable[..., Routing]] = {
+    Stateless: _stateless,
+    WindowAggregate: _aggregate,
+    StreamJoin: _stream_join,
+    Windowed: _window_join,
+    ChangelogJoin: _changelog_join,
+    TopN: _top_n,
+    OverAggregate: _over,
+    TemporalJoin: _temporal_join,
+    UnionAll: _union,
+}
+"""The planner of each operator that runs in parallel, by plan node type."""
+
+
+__all__ = ["Routing", "equi_columns", "plan_routing", "refusal"]

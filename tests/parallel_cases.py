@@ -1,0 +1,33 @@
+"""Helpers for the tests of parallel continuous queries: run a query file to the end of its
+sources at a parallelism, and wait for a condition on a running one."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from streamhouse import StreamHouse
+from streamhouse.runtime.launch import start_query
+
+
+def run_to_end(sh: StreamHouse, path: Path, parallelism: int) -> dict[str, Any]:
+    """Run query file ``path`` at ``parallelism`` over what its sources hold now, every window
+    closed; its status."""
+    query = start_query(
+        sh.engine,
+        path,
+        state_root=sh.settings.data_dir / "queries",
+        options={"parallelism": parallelism},
+        start=False,
+    )
+    query.run_until_caught_up(final=True)
+    return query.status()
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)

@@ -1,0 +1,737 @@
+"""Kafka transactions against a real ``streamhouse serve``: confluent-kafka transactional
+producers and read_committed / read_uncommitted consumers, zombie fencing, the timeout, garbage
+and out-of-order requests with the raw protocol, and a consume-transform-produce loop killed
+with -9 and restarted; plus the store's transaction state on both metadata backends."""
+
+from __future__ import annotations
+
+import queue
+import random
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections import Counter
+from pathlib import Path
+
+import kafka_fixtures
+import pytest
+from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
+from kafka_fixtures import KafkaServer, RawClient, produce_request
+
+from streamhouse.kafka.wire import messages, ms
+from streamhouse.log.metadata.transactions import State, Verdict
+from streamhouse.log.records import build_batch, decode_batches
+from streamhouse.log.records.build import encode_records, frame_batch
+from streamhouse.log.records.control import marker_batch
+from streamhouse.log.records.header import ATTR_TRANSACTIONAL, Compression
+
+kafka_server = kafka_fixtures.kafka_server
+new_topic = kafka_fixtures.new_topic
+
+TIMEOUT = 30.0
+LOOP = Path(__file__).with_name("txn_loop.py")
+
+
+def producer(server: KafkaServer, transactional_id: str, **config: object) -> Producer:
+    p = Producer(
+        {
+            "bootstrap.servers": server.bootstrap,
+            "transactional.id": transactional_id,
+            "linger.ms": 5,
+            **config,
+        }
+    )
+    p.init_transactions(TIMEOUT)
+    return p
+
+
+def read_all(
+    server: KafkaServer, topic: str, partitions: int, isolation: str, settle: float = 2.0
+) -> list[bytes]:
+    """Every value a consumer of ``isolation`` reads from the start, once nothing more comes
+    for ``settle`` seconds."""
+    consumer = Consumer(
+        {
+            "bootstrap.servers": server.bootstrap,
+            "group.id": f"reader-{uuid.uuid4().hex[:8]}",
+            "isolation.level": isolation,
+            "enable.auto.commit": False,
+            "fetch.wait.max.ms": 100,
+        }
+    )
+    consumer.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
+    values: list[bytes] = []
+    quiet_since = time.monotonic()
+    deadline = time.monotonic() + TIMEOUT
+    while time.monotonic() - quiet_since < settle and time.monotonic() < deadline:
+        for m in consumer.consume(100, timeout=0.2):
+            assert m.error() is None, m.error()
+            values.append(m.value())
+            quiet_since = time.monotonic()
+    consumer.close()
+    return values
+
+
+def send(p: Producer, topic: str, values: list[str], partitions: int = 2) -> None:
+    for i, v in enumerate(values):
+        p.produce(topic, v.encode(), partition=i % partitions)
+    p.flush(TIMEOUT)
+
+
+def test_commit_and_abort_seen_by_isolation_level(kafka_server: KafkaServer, new_topic) -> None:
+    topic = new_topic(2)
+    p = producer(kafka_server, f"tx-{uuid.uuid4().hex[:8]}")
+    plain = Producer({"bootstrap.servers": kafka_server.bootstrap, "linger.ms": 5})
+    p.begin_transaction()
+    send(p, topic, [f"c1-{i}" for i in range(10)])
+    p.commit_transaction(TIMEOUT)
+    p.begin_transaction()
+    send(p, topic, [f"a-{i}" for i in range(10)])
+    send(plain, topic, [f"plain-{i}" for i in range(4)])  # between, not in the transaction
+    p.abort_transaction(TIMEOUT)
+    p.begin_transaction()
+    send(p, topic, [f"c2-{i}" for i in range(6)])
+    p.commit_transaction(TIMEOUT)
+
+    committed = sorted(v.decode() for v in read_all(kafka_server, topic, 2, "read_committed"))
+    everything = sorted(v.decode() for v in read_all(kafka_server, topic, 2, "read_uncommitted"))
+    expected = [f"c1-{i}" for i in range(10)] + [f"c2-{i}" for i in range(6)]
+    expected += [f"plain-{i}" for i in range(4)]
+    assert committed == sorted(expected)
+    assert everything == sorted(expected + [f"a-{i}" for i in range(10)])
+
+
+def _list_latest(server: KafkaServer, topic: str, isolation: int) -> int:
+    module = messages(2, 5, False)
+    with RawClient(server.bootstrap) as client:
+        resp = client.request(
+            2,
+            5,
+            replica_id=-1,
+            isolation_level=isolation,
+            topics=(
+                module.ListOffsetsTopic(
+                    name=topic,
+                    partitions=(
+                        module.ListOffsetsPartition(
+                            partition_index=0, current_leader_epoch=-1, timestamp=-1
+                        ),
+                    ),
+                ),
+            ),
+        )
+    part = resp.topics[0].partitions[0]
+    assert part.error_code == 0
+    return part.offset
+
+
+def test_open_transaction_holds_back_read_committed(kafka_server: KafkaServer, new_topic) -> None:
+    """The last stable offset stops at an open transaction's first offset: later plain
+    records wait too, and appear with the transaction's once it commits."""
+    topic = new_topic(1)
+    plain = Producer({"bootstrap.servers": kafka_server.bootstrap, "linger.ms": 5})
+    send(plain, topic, ["before"], partitions=1)
+    p = producer(kafka_server, f"tx-{uuid.uuid4().hex[:8]}")
+    p.begin_transaction()
+    send(p, topic, ["t-0", "t-1"], partitions=1)
+    send(plain, topic, ["after"], partitions=1)
+    assert _list_latest(kafka_server, topic, 0) == 4  # before, t-0, t-1, after
+    assert _list_latest(kafka_server, topic, 1) == 1  # the transaction starts at 1
+    assert read_all(kafka_server, topic, 1, "read_committed", settle=1.0) == [b"before"]
+    p.commit_transaction(TIMEOUT)
+    assert _list_latest(kafka_server, topic, 1) == 5  # the marker is offset 4
+    assert read_all(kafka_server, topic, 1, "read_committed") == [
+        b"before",
+        b"t-0",
+        b"t-1",
+        b"after",
+    ]
+
+
+def test_zombie_producer_is_fenced(kafka_server: KafkaServer, new_topic) -> None:
+    topic = new_topic(2)
+    transactional_id = f"tx-{uuid.uuid4().hex[:8]}"
+    old = producer(kafka_server, transactional_id)
+    old.begin_transaction()
+    send(old, topic, [f"zombie-{i}" for i in range(4)])
+    new = producer(kafka_server, transactional_id)  # aborts the old one's transaction
+    for i in range(4):
+        old.produce(topic, f"late-{i}".encode(), partition=i % 2)
+    with pytest.raises(KafkaException) as failed:
+        old.commit_transaction(TIMEOUT)
+    assert "fenced" in str(failed.value).lower() or failed.value.args[0].fatal()
+    new.begin_transaction()
+    send(new, topic, [f"new-{i}" for i in range(4)])
+    new.commit_transaction(TIMEOUT)
+
+    committed = sorted(v.decode() for v in read_all(kafka_server, topic, 2, "read_committed"))
+    everything = sorted(v.decode() for v in read_all(kafka_server, topic, 2, "read_uncommitted"))
+    assert committed == [f"new-{i}" for i in range(4)]
+    assert not [v for v in everything if v.startswith("late-")]  # nothing written once fenced
+    assert everything == sorted([f"new-{i}" for i in range(4)] + [f"zombie-{i}" for i in range(4)])
+
+
+def test_transaction_left_open_is_aborted_at_its_timeout(
+    kafka_server: KafkaServer, new_topic
+) -> None:
+    topic = new_topic(1)
+    p = producer(kafka_server, f"tx-{uuid.uuid4().hex[:8]}", **{"transaction.timeout.ms": 1500})
+    p.begin_transaction()
+    send(p, topic, ["abandoned-0", "abandoned-1"], partitions=1)
+    deadline = time.monotonic() + 10
+    while _list_latest(kafka_server, topic, 1) == 0 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _list_latest(kafka_server, topic, 1) == 3  # two records and the ABORT marker
+    plain = Producer({"bootstrap.servers": kafka_server.bootstrap, "linger.ms": 5})
+    send(plain, topic, ["later"], partitions=1)
+    assert read_all(kafka_server, topic, 1, "read_committed") == [b"later"]
+    with pytest.raises(KafkaException):
+        p.commit_transaction(TIMEOUT)  # fenced by the coordinator's abort
+
+
+def test_consume_transform_produce_killed_and_restarted_outputs_each_once(
+    kafka_server: KafkaServer, new_topic
+) -> None:
+    source, sink = new_topic(2), new_topic(2)
+    n = 400
+    plain = Producer({"bootstrap.servers": kafka_server.bootstrap, "linger.ms": 5})
+    send(plain, source, [f"in-{i}" for i in range(n)])
+    group, transactional_id = f"g-{uuid.uuid4().hex[:8]}", f"loop-{uuid.uuid4().hex[:8]}"
+    command = [sys.executable, str(LOOP), kafka_server.bootstrap, source, sink, group]
+    command += [transactional_id, "2"]
+    rng = random.Random(18)
+    for _ in range(3):  # start, let it commit a little, kill -9 at a random moment
+        loop = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+        assert loop.stdout is not None
+        line = loop.stdout.readline()
+        assert line.startswith("committed"), line
+        time.sleep(rng.uniform(0.0, 0.3))
+        loop.kill()
+        loop.wait()
+    finished = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert finished.returncode == 0, finished.stderr
+
+    committed = Counter(v.decode() for v in read_all(kafka_server, sink, 2, "read_committed"))
+    assert committed == Counter(f"out-in-{i}" for i in range(n)), (
+        f"duplicates {[v for v, c in committed.items() if c > 1][:5]}, missing {n - len(committed)}"
+    )
+    everything = Counter(v.decode() for v in read_all(kafka_server, sink, 2, "read_uncommitted"))
+    assert set(everything) == set(committed) and everything.total() >= n
+
+
+class _Loop:
+    """``txn_loop.py`` in a subprocess, its output lines gathered by a thread."""
+
+    def __init__(self, command: list[str]) -> None:
+        self.process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+        self.lines: queue.Queue[str] = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self.lines.put(line)
+
+    def committed(self, timeout: float) -> bool:
+        """Whether it commits a transaction within ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                if self.lines.get(timeout=0.2).startswith("committed"):
+                    return True
+            except queue.Empty:
+                if self.process.poll() is not None and self.lines.empty():
+                    return False
+        return False
+
+    def kill(self) -> None:
+        self.process.kill()
+        self.process.wait()
+
+
+def test_consume_transform_produce_survives_server_kills(tmp_path: Path) -> None:
+    """The server killed with -9 and restarted twice under the loop: a read_committed
+    consumer still sees every output exactly once. The loop aborts and rewinds, or exits
+    fenced, or hangs in ``send_offsets_to_transaction`` (librdkafka issues #5456 and #5511:
+    a cached group coordinator that went away is never asked again, whatever the timeout):
+    then it is killed and started again, which exactly-once must survive too."""
+    server = KafkaServer(tmp_path / "data").start()
+    loop: _Loop | None = None
+    try:
+        admin_topics(server, ("in", 2), ("out", 2))
+        n = 2000  # about 100 transactions: the loop is still busy when the server dies
+        plain = Producer({"bootstrap.servers": server.bootstrap, "linger.ms": 5})
+        send(plain, "in", [f"in-{i}" for i in range(n)])
+        command = [sys.executable, str(LOOP), server.bootstrap, "in", "out", "g", "loop", "2"]
+        rng = random.Random(180)
+        loop = _Loop(command)
+        restarts = 0
+        for _ in range(2):
+            if not loop.committed(30):
+                loop.kill()
+                loop = _Loop(command)
+                restarts += 1
+                assert loop.committed(60)
+            time.sleep(rng.uniform(0.0, 0.3))
+            server.kill()
+            time.sleep(0.5)
+            server.start()
+            if not loop.committed(15):
+                loop.kill()
+                loop = _Loop(command)
+                restarts += 1
+        for _ in range(5):  # to the end: started again if it stopped early or hung
+            while loop.committed(15):
+                pass
+            if _committed_input(server, "g", "in", 2) == n:
+                break
+            loop.kill()
+            loop = _Loop(command)
+            restarts += 1
+        loop.kill()
+        assert _committed_input(server, "g", "in", 2) == n
+        committed = Counter(v.decode() for v in read_all(server, "out", 2, "read_committed"))
+        assert committed == Counter(f"out-in-{i}" for i in range(n)), (
+            f"duplicates {[v for v, c in committed.items() if c > 1][:5]},"
+            f" missing {n - len(committed)} ({restarts} loop restarts)"
+        )
+    finally:
+        if loop is not None:
+            loop.kill()
+        server.stop()
+
+
+def _committed_input(server: KafkaServer, group: str, topic: str, partitions: int) -> int:
+    """How many input records the group's committed offsets account for."""
+    consumer = Consumer({"bootstrap.servers": server.bootstrap, "group.id": group})
+    try:
+        wanted = [TopicPartition(topic, p) for p in range(partitions)]
+        return sum(max(tp.offset, 0) for tp in consumer.committed(wanted, timeout=TIMEOUT))
+    finally:
+        consumer.close()
+
+
+def admin_topics(server: KafkaServer, *topics: tuple[str, int]) -> None:
+    module = messages(19, 4, False)
+    with RawClient(server.bootstrap) as c:
+        resp = c.request(
+            19,
+            4,
+            topics=tuple(
+                module.CreatableTopic(
+                    name=name,
+                    num_partitions=count,
+                    replication_factor=1,
+                    assignments=(),
+                    configs=(),
+                )
+                for name, count in topics
+            ),
+            timeout=ms(30_000),
+            validate_only=False,
+        )
+    assert all(t.error_code == 0 for t in resp.topics), resp
+
+
+# -- the raw protocol: garbage and out-of-order requests --------------------------------------
+
+
+def _init(
+    client: RawClient, transactional_id: str, timeout_ms: int = 60_000
+) -> tuple[int, int, int]:
+    resp = client.request(
+        22, 1, transactional_id=transactional_id, transaction_timeout=ms(timeout_ms)
+    )
+    return resp.error_code, resp.producer_id, resp.producer_epoch
+
+
+def _add(client: RawClient, version: int, tid: str, pid: int, epoch: int, *parts) -> dict:
+    module = messages(24, version, False)
+    topics: dict[str, list[int]] = {}
+    for topic, partition in parts:
+        topics.setdefault(topic, []).append(partition)
+    resp = client.request(
+        24,
+        version,
+        v3_and_below_transactional_id=tid,
+        v3_and_below_producer_id=pid,
+        v3_and_below_producer_epoch=epoch,
+        v3_and_below_topics=tuple(
+            module.AddPartitionsToTxnTopic(name=t, partitions=tuple(ps)) for t, ps in topics.items()
+        ),
+    )
+    return {
+        (t.name, r.partition_index): r.partition_error_code
+        for t in resp.results_by_topic_v3_and_below
+        for r in t.results_by_partition
+    }
+
+
+def _end(client: RawClient, version: int, tid: str, pid: int, epoch: int, commit: bool) -> int:
+    resp = client.request(
+        26, version, transactional_id=tid, producer_id=pid, producer_epoch=epoch, committed=commit
+    )
+    return resp.error_code
+
+
+def _txn_batch(pid: int, epoch: int, sequence: int, values: list[bytes]) -> bytes:
+    records, base_ts, max_ts = encode_records(values, None, [1000] * len(values), None)
+    return frame_batch(
+        records, len(values), base_ts, max_ts, Compression.NONE, 0, pid, epoch, sequence,
+        flags=ATTR_TRANSACTIONAL,
+    )  # fmt: skip
+
+
+def _produce(client: RawClient, topic: str, tid: str | None, records: bytes) -> int:
+    fields = produce_request(topic, 0, records)
+    fields["transactional_id"] = tid
+    resp = client.request(0, 8, **fields)
+    return resp.responses[0].partition_responses[0].error_code
+
+
+def test_garbage_and_out_of_order_requests_get_kafka_errors(
+    kafka_server: KafkaServer, new_topic
+) -> None:
+    topic = new_topic(1)
+    tid = f"raw-{uuid.uuid4().hex[:8]}"
+    with RawClient(kafka_server.bootstrap) as c:
+        versions = {k.api_key: (k.min_version, k.max_version) for k in c.request(18, 0).api_keys}
+        assert [versions.get(k) for k in (22, 24, 25, 26, 28)] == [(0, 1)] + [(0, 2)] * 4
+        assert [versions.get(k) for k in (65, 66)] == [(0, 0), (0, 0)]
+        assert 27 not in versions  # WriteTxnMarkers: markers are written by the coordinator
+        assert _end(c, 2, tid, 5, 0, True) == 49  # EndTxn before InitProducerId
+        assert _init(c, tid, 0)[0] == 50  # INVALID_TRANSACTION_TIMEOUT
+        assert _init(c, tid, 10_000_000)[0] == 50
+        error, pid, epoch = _init(c, tid)
+        assert (error, epoch) == (0, 0) and pid > 0
+        assert _end(c, 2, tid, pid, epoch, True) == 48  # nothing begun: INVALID_TXN_STATE
+        assert _end(c, 2, tid, pid + 1, epoch, True) == 49  # another producer id
+        assert _add(c, 2, tid, pid, epoch + 1, (topic, 0)) == {(topic, 0): 90}  # PRODUCER_FENCED
+        assert _add(c, 1, tid, pid, epoch + 1, (topic, 0)) == {(topic, 0): 47}  # before v2
+        assert _add(c, 2, tid, pid, epoch, ("ghost", 0), (topic, 0)) == {
+            ("ghost", 0): 3,  # UNKNOWN_TOPIC_OR_PARTITION
+            (topic, 0): 55,  # OPERATION_NOT_ATTEMPTED
+        }
+        batch = _txn_batch(pid, epoch, 0, [b"x"])
+        assert _produce(c, topic, tid, batch) == 48  # partition not in the transaction
+        assert _produce(c, topic, None, batch) == 87  # transactional batch, no transactional id
+        marker = marker_batch(pid, epoch, commit=True)
+        assert _produce(c, topic, None, marker) == 87  # clients never write markers
+        assert _produce(c, topic, tid, marker) == 87
+        plain = build_batch([b"plain"], producer_id=pid, producer_epoch=epoch, base_sequence=0)
+        assert _produce(c, topic, tid, plain) == 87  # not transactional
+        assert _add(c, 2, tid, pid, epoch, (topic, 0)) == {(topic, 0): 0}
+        assert _produce(c, topic, tid, batch) == 0
+        assert _produce(c, topic, tid, _txn_batch(pid, epoch + 1, 1, [b"y"])) == 47
+        error, pid2, epoch2 = _init(c, tid)  # a new producer: the open transaction is aborted
+        assert (error, pid2, epoch2) == (0, pid, epoch + 2)
+        assert _produce(c, topic, tid, _txn_batch(pid, epoch, 1, [b"z"])) == 47  # fenced
+        assert _end(c, 2, tid, pid, epoch, True) == 90
+        assert _end(c, 1, tid, pid, epoch, True) == 47
+        resp = c.request(
+            25, 2, transactional_id=tid, producer_id=pid, producer_epoch=epoch, group_id="g"
+        )
+        assert resp.error_code == 90
+        txn_offsets = messages(28, 2, False)
+        resp = c.request(
+            28,
+            2,
+            transactional_id=tid,
+            group_id="g",
+            producer_id=pid,
+            producer_epoch=epoch,
+            topics=(
+                txn_offsets.TxnOffsetCommitRequestTopic(
+                    name=topic,
+                    partitions=(
+                        txn_offsets.TxnOffsetCommitRequestPartition(
+                            partition_index=0,
+                            committed_offset=1,
+                            committed_leader_epoch=-1,
+                            committed_metadata=None,
+                        ),
+                    ),
+                ),
+            ),
+        )
+        assert resp.topics[0].partitions[0].error_code == 47
+        fetched = c.fetch(topic, [(0, 0)])[0]
+    # the aborted record (read_uncommitted) is shown, the ABORT marker after it is not
+    assert decode_batches(fetched.records).num_rows == 1
+    assert fetched.high_watermark == 2
+
+
+def test_describe_and_list_transactions(kafka_server: KafkaServer, new_topic) -> None:
+    topic = new_topic(2)
+    tid = f"described-{uuid.uuid4().hex[:8]}"
+    with RawClient(kafka_server.bootstrap) as c:
+        error, pid, epoch = _init(c, tid, 45_000)
+        assert _add(c, 2, tid, pid, epoch, (topic, 1), (topic, 0)) == {(topic, 0): 0, (topic, 1): 0}
+        (mine,) = c.request(65, 0, transactional_ids=(tid,)).transaction_states
+        assert (mine.transactional_id, mine.error_code) == (tid, 0)
+        assert (mine.transaction_state, mine.producer_id, mine.producer_epoch) == (
+            "Ongoing",
+            pid,
+            epoch,
+        )
+        assert [(t.topic, t.partitions) for t in mine.topics] == [(topic, (0, 1))]
+        assert mine.transaction_timeout == ms(45_000)
+        assert abs(mine.transaction_start_time.timestamp() - time.time()) < 60
+        listed = c.request(66, 0, state_filters=("Ongoing", "Bogus"), producer_id_filters=(pid,))
+        assert [(t.transactional_id, t.transaction_state) for t in listed.transaction_states] == [
+            (tid, "Ongoing")
+        ]
+        assert listed.unknown_state_filters == ("Bogus",)
+        # an unknown id: start time -1 on the wire, as Kafka (which kio cannot decode)
+        c.send_frame(c.encode(65, 0, transactional_ids=("ghost",))[1])
+        frame = c.read_frame()
+        # correlation id, tagged fields, throttle time, compact array of one, then error code
+        assert frame[4:11] == bytes([0, 0, 0, 0, 0, 2, 0]) and frame[11] == 105
+        # the entry ends: start time, producer id, epoch (all -1), topics [], tagged fields x2
+        assert frame[-21:] == b"\xff" * 18 + bytes([1, 0, 0])
+        assert _end(c, 2, tid, pid, epoch, False) == 0
+        listed = c.request(66, 0, state_filters=(), producer_id_filters=(pid,))
+        assert [(t.transactional_id, t.transaction_state) for t in listed.transaction_states] == [
+            (tid, "CompleteAbort")
+        ]
+
+
+# -- the store, on both backends ---------------------------------------------------------------
+
+
+def test_store_moves_transactions_on_by_their_expected_state(md) -> None:
+    md.create_topic("t", partitions=2)
+    store = md.transactions
+    assert store.register("a", 60_000, None, 7, 0) is Verdict.OK
+    assert store.register("a", 60_000, None, 8, 0) is Verdict.BUSY  # it is known now
+    assert store.add_partitions("a", 7, 0, [("t", 0), ("t", 5)]) == (Verdict.OK, [("t", 5)])
+    assert store.add_partitions("a", 7, 1, [("t", 0)]) == (Verdict.FENCED, [])
+    assert store.add_partitions("a", 7, 0, [("t", 0), ("t", 1)]) == (Verdict.OK, [])
+    assert store.last_stable_offset("t", 0) == 0
+    assert store.commit_offsets("a", 7, 0, "g", {("t", 0): (3, "m")}) is Verdict.OK
+    verdict, txn = store.prepare("a", 7, 0, True)
+    assert verdict is Verdict.OK and txn is not None and txn.state is State.PREPARE_COMMIT
+    assert store.add_partitions("a", 7, 0, [("t", 0)]) == (Verdict.BUSY, [])
+    assert [t.transactional_id for t in store.due()] == ["a"]  # decided, markers unwritten
+    assert store.complete(txn, {("t", 0): 4, ("t", 1): 9})
+    assert not store.complete(txn, {("t", 0): 4, ("t", 1): 9})  # finished already
+    assert md.group_offsets("g")[("t", 0)].offset == 3
+    assert store.last_stable_offset("t", 0) is None and store.due() == []
+    assert store.prepare("a", 7, 0, True) == (Verdict.OK, None)  # a retried EndTxn
+    assert store.prepare("a", 7, 0, False)[0] is Verdict.INVALID_STATE
+    store.add_partitions("a", 7, 0, [("t", 1)])
+    verdict, txn = store.prepare("a", 7, 0, False, new_epoch=1)
+    assert verdict is Verdict.OK and txn is not None and txn.producer_epoch == 1
+    assert store.complete(txn, {("t", 1): 12})
+    assert store.aborted("t", 1, 0, 20) == [(7, 0)]  # from its high watermark on joining
+    assert store.aborted("t", 1, 13, 20) == []
+    assert store.forget_aborted() == 0  # the log start (0) is below its marker
+    with md._transaction("retention, by hand") as conn:  # as retention would have moved it
+        conn.execute("UPDATE partitions SET log_start_offset = 13, high_watermark = 13")
+    assert store.forget_aborted() == 1
+    assert store.aborted("t", 1, 0, 20) == []
+    assert store.get("a").producer_epoch == 1
+    assert store.add_partitions("a", 7, 1, [("t", 1)]) == (Verdict.OK, [])
+    verdict, txn = store.prepare("a", 7, 1, False)
+    assert store.complete(txn, {("t", 1): 14})
+    assert store.aborted("t", 1, 0, 20) == [(7, 13)]
+    md.delete_topic("t")
+    assert store.aborted("t", 1, 0, 20) == []
+
+
+# -- restarts ------------------------------------------------------------------------------------
+
+
+def test_transactions_survive_a_kill_and_a_decided_one_is_finished(tmp_path: Path) -> None:
+    """An open transaction still holds back read_committed after a kill -9 and restart, and
+    the next producer of its id aborts it; a transaction decided (PrepareCommit stored) by a
+    coordinator that died before its markers is committed by the next one's sweep."""
+    from streamhouse.log.metadata.sqlite import SQLiteMetadata
+
+    server = KafkaServer(tmp_path / "data").start()
+    try:
+        admin_topics(server, ("t", 1))
+        p = producer(server, "crashed")
+        p.begin_transaction()
+        send(p, "t", ["crash-0", "crash-1"], partitions=1)
+        server.kill()
+        server.start()
+        assert _list_latest(server, "t", 1) == 0  # still open after the restart
+        assert _list_latest(server, "t", 0) == 2
+        producer(server, "crashed")  # aborts it: fenced
+        assert _list_latest(server, "t", 1) == 3  # two records and the ABORT marker
+        assert read_all(server, "t", 1, "read_committed", settle=1.0) == []
+
+        with RawClient(server.bootstrap) as c:
+            error, pid, epoch = _init(c, "decided")
+            assert error == 0
+            assert _add(c, 2, "decided", pid, epoch, ("t", 0)) == {("t", 0): 0}
+            assert _produce(c, "t", "decided", _txn_batch(pid, epoch, 0, [b"kept"])) == 0
+        assert server.stop() == 0
+        with SQLiteMetadata(tmp_path / "data" / "metadata.sqlite3") as md:
+            verdict, txn = md.transactions.prepare("decided", pid, epoch, True)
+            assert verdict is Verdict.OK and txn is not None
+        server.start()
+        deadline = time.monotonic() + 10
+        while _list_latest(server, "t", 1) < 5 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert _list_latest(server, "t", 1) == 5  # 3 before, the record and its COMMIT marker
+        assert read_all(server, "t", 1, "read_committed", settle=1.0) == [b"kept"]
+    finally:
+        server.stop()
+
+
+# -- a second client library -------------------------------------------------------------------
+
+
+def test_aiokafka_transactions_commit_abort_fence_and_send_offsets(
+    kafka_server: KafkaServer, new_topic
+) -> None:
+    import asyncio
+
+    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+    from aiokafka.errors import KafkaError
+    from aiokafka.structs import TopicPartition as AioPartition
+
+    topic, source = new_topic(2), new_topic(1)
+    transactional_id, group = f"aio-{uuid.uuid4().hex[:8]}", f"g-{uuid.uuid4().hex[:8]}"
+    plain = Producer({"bootstrap.servers": kafka_server.bootstrap, "linger.ms": 5})
+    send(plain, source, [f"in-{i}" for i in range(5)], partitions=1)
+
+    async def scenario() -> list[str]:
+        def new() -> AIOKafkaProducer:
+            return AIOKafkaProducer(
+                bootstrap_servers=kafka_server.bootstrap, transactional_id=transactional_id
+            )
+
+        old = new()
+        await old.start()
+        try:
+            async with old.transaction():
+                for i in range(4):
+                    await old.send_and_wait(topic, f"ok-{i}".encode(), partition=i % 2)
+                await old.send_offsets_to_transaction({AioPartition(source, 0): 3}, group)
+            await old.begin_transaction()
+            for i in range(4):
+                await old.send_and_wait(topic, f"aborted-{i}".encode(), partition=i % 2)
+            await old.abort_transaction()
+            await old.begin_transaction()
+            await old.send_and_wait(topic, b"zombie", partition=0)
+            fresh = new()
+            await fresh.start()  # fences the old producer, aborting its transaction
+            try:
+                with pytest.raises(KafkaError):
+                    await old.send_and_wait(topic, b"late", partition=1)
+                    await old.commit_transaction()
+                async with fresh.transaction():
+                    await fresh.send_and_wait(topic, b"fresh", partition=1)
+            finally:
+                await fresh.stop()
+        finally:
+            await old.stop()
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=kafka_server.bootstrap,
+            isolation_level="read_committed",
+            enable_auto_commit=False,
+        )
+        await consumer.start()
+        try:
+            consumer.assign([AioPartition(topic, 0), AioPartition(topic, 1)])
+            await consumer.seek_to_beginning()
+            got: list[str] = []
+            for _ in range(20):  # until the five committed records and one empty poll
+                batches = await consumer.getmany(timeout_ms=300)
+                if not batches and len(got) >= 5:
+                    break
+                got += [m.value.decode() for ms_ in batches.values() for m in ms_]
+            return got
+        finally:
+            await consumer.stop()
+
+    got = asyncio.run(scenario())
+    expected = sorted([f"ok-{i}" for i in range(4)] + ["fresh"])
+    assert sorted(got) == expected
+    assert (
+        sorted(v.decode() for v in read_all(kafka_server, topic, 2, "read_committed")) == expected
+    )
+    everything = {v.decode() for v in read_all(kafka_server, topic, 2, "read_uncommitted")}
+    assert {f"aborted-{i}" for i in range(4)} | {"zombie"} <= everything
+    assert "late" not in everything
+    committed = Consumer({"bootstrap.servers": kafka_server.bootstrap, "group.id": group})
+    offsets = committed.committed([TopicPartition(source, 0)], timeout=TIMEOUT)
+    committed.close()
+    assert offsets[0].offset == 3  # sent inside the committed transaction
+
+
+def test_markers_set_the_producer_epoch_the_store_checks() -> None:
+    """An ABORT marker at a bumped epoch fences the old epoch in the commit transaction (any
+    agent's batches); a marker of the current epoch leaves the sequences going on."""
+    from types import SimpleNamespace
+
+    from streamhouse.errors import RefusedBatchesError
+    from streamhouse.log.metadata import ProducerBatch
+    from streamhouse.log.metadata.rules import ProducerState, check_producer_batches
+
+    entries = [SimpleNamespace(topic="t", partition=0)]
+    key = ("t", 0, 7)
+    data = ProducerBatch(0, 0, 7, 3, 0, 4)
+    states = check_producer_batches(entries, [10], [data], {})
+    assert states[key] == ProducerState(3, 4, ((0, 4, 10),))
+    same_epoch_marker = ProducerBatch(0, 5, 7, 3, -1, -1)
+    assert check_producer_batches(entries, [10], [same_epoch_marker], states) == {}
+    fencing_marker = ProducerBatch(0, 5, 7, 4, -1, -1)
+    fenced = check_producer_batches(entries, [10], [fencing_marker], states)
+    assert fenced[key] == ProducerState(4, -1, ())
+    with pytest.raises(RefusedBatchesError) as refused:
+        check_producer_batches(entries, [20], [ProducerBatch(0, 0, 7, 3, 5, 5)], fenced)
+    assert "epoch 3 is older than 4" in str(refused.value.verdicts[0])
+    assert check_producer_batches(entries, [20], [ProducerBatch(0, 0, 7, 4, 0, 1)], fenced)[
+        key
+    ] == ProducerState(4, 1, ((0, 1, 20),))
+
+
+# -- two agents on PostgreSQL ------------------------------------------------------------------
+
+
+def test_two_agents_share_transactions_and_fence_across_them(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    """The old producer coordinated by one agent, the new one by the other: the new one's
+    InitProducerId aborts the old transaction through the store, the old producer's later
+    batches and commit are refused whichever agent they reach, and read_committed consumers
+    of either agent see the committed records only."""
+    import streamhouse
+
+    data = tmp_path / "data"
+    with streamhouse.connect(data, metadata=postgres_url) as sh:
+        sh.create_topic("shared", partitions=4)
+    agents = [KafkaServer(data, args=["--metadata", postgres_url]) for _ in range(2)]
+    try:
+        for agent in agents:
+            agent.start()
+        old = producer(agents[0], "two-agents")
+        old.begin_transaction()
+        send(old, "shared", [f"zombie-{i}" for i in range(4)])
+        new = producer(agents[1], "two-agents")
+        for i in range(4):
+            old.produce("shared", f"late-{i}".encode(), partition=i % 2)
+        with pytest.raises(KafkaException):
+            old.commit_transaction(TIMEOUT)
+        new.begin_transaction()
+        send(new, "shared", [f"new-{i}" for i in range(4)])
+        new.commit_transaction(TIMEOUT)
+        for partition in range(4):  # one partition per transaction: an agent leading two
+            new.begin_transaction()  # meets a partition its last transaction did not have
+            new.produce("shared", f"one-{partition}".encode(), partition=partition)
+            new.commit_transaction(TIMEOUT)
+        expected = sorted([f"new-{i}" for i in range(4)] + [f"one-{p}" for p in range(4)])
+        for agent in agents:
+            committed = read_all(agent, "shared", 4, "read_committed", settle=1.0)
+            assert sorted(v.decode() for v in committed) == expected
+            everything = {v.decode() for v in read_all(agent, "shared", 4, "read_uncommitted")}
+            assert not {v for v in everything if v.startswith("late-")}, agent.log()
+    finally:
+        for agent in agents:
+            agent.stop()
