@@ -22,17 +22,22 @@ from __future__ import annotations
 import logging
 import struct
 from collections.abc import Sequence
+from dataclasses import replace
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import sqlglot
+from sqlglot import exp
 
 from streamhouse.joins.columns import kept_columns, pruned, referenced_names
 from streamhouse.key_codes import group_codes
+from streamhouse.result import unique_names
 from streamhouse.runtime.sink import json_strings
 from streamhouse.sql.changelog import ROW_KEY
 from streamhouse.sql.changelog_join import LEFT_ID, RIGHT_ID, ChangelogJoin
 from streamhouse.sql.execute import run_sql
+from streamhouse.sql.projection import declared_stars
 from streamhouse.state.store import ColumnFamily, ScopedBatch, StateBatch, StateView, TableState
 
 log = logging.getLogger(__name__)
@@ -214,6 +219,48 @@ class ChangelogJoinOperator:
         for table in self.tables:
             table.rollback()
         self.sequence = self._committed_sequence
+
+
+def spelled_out(
+    plan: ChangelogJoin, schemas: Sequence[pa.Schema | None], hidden: frozenset[str]
+) -> ChangelogJoin:
+    """``plan`` with each ``alias.*`` over a stream input spelled out as the stream's declared
+    columns (``schemas``: each input's, None for a derived one; ``hidden`` left out), and a
+    repeated output name (``SELECT *`` over ``c JOIN b ON c.k = b.k``) renamed ``k_1`` as
+    DuckDB and the sink name it: Arrow cannot concatenate tables with repeated names."""
+    v = plan.variants
+    sources = {}
+    for name, schema, columns in zip(("__left", "__right"), schemas, plan.columns, strict=True):
+        sources[name] = (
+            schema if schema is not None else pa.schema([(c, pa.null()) for c in columns])
+        )
+
+    def spelled(sql: str) -> str:
+        query = sqlglot.parse_one(sql, read="postgres")
+        if "*" in sql:
+            query = declared_stars(query, sources, hidden)
+        if not isinstance(query, exp.Select):
+            return sql
+        names = [p.alias_or_name for p in query.expressions]
+        unique = unique_names(names)
+        if unique == names:
+            return sql if "*" not in sql else query.sql(dialect="postgres", identify=True)
+        query.set(
+            "expressions",
+            [
+                p if new == old else exp.alias_(p.this if isinstance(p, exp.Alias) else p, new)
+                for p, old, new in zip(query.expressions, names, unique, strict=True)
+            ],
+        )
+        return query.sql(dialect="postgres", identify=True)
+
+    variants = replace(
+        v,
+        inner_sql=spelled(v.inner_sql),
+        left_sql=spelled(v.left_sql),
+        right_sql=spelled(v.right_sql),
+    )
+    return replace(plan, variants=variants)
 
 
 def _last_per_key(rows: pa.Table, column: str) -> pa.Table:

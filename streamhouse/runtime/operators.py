@@ -18,7 +18,7 @@ import pyarrow.compute as pc
 from sqlglot import exp
 
 from streamhouse.errors import SqlError, StreamHouseError
-from streamhouse.joins.changelog_join import ChangelogJoinOperator
+from streamhouse.joins.changelog_join import ChangelogJoinOperator, spelled_out
 from streamhouse.joins.stream_join import LEFT, RIGHT, StreamJoin
 from streamhouse.joins.temporal import VERSIONS, TemporalJoin
 from streamhouse.joins.windowed import WindowedQuery
@@ -306,6 +306,8 @@ class ChangelogJoining(_Stateful[ChangelogJoin]):
     def __init__(self, node: ChangelogJoin, state: StateView, context: QueryContext) -> None:
         super().__init__(node, state, context)
         schemas = [context.schema(node.left), context.schema(node.right)]
+        node = spelled_out(node, schemas, METADATA_COLUMNS)
+        self.node = node
         self.executor = ChangelogJoinOperator(node, state, schemas)
 
     def process(self, batch: MicroBatch) -> Changelog:
