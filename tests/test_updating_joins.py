@@ -74,7 +74,18 @@ def test_a_stream_joined_to_an_aggregate_is_keyed_by_both_rows(sh: StreamHouse) 
 @pytest.mark.parametrize(
     ("sql", "message"),
     [
-        (f"SELECT * FROM {COUNTS} AS c JOIN b ON c.k = b.k", "name the columns it outputs"),
+        (  # a subquery column without a name: what would * call it?
+            "SELECT * FROM (SELECT k, COUNT(*) FROM a GROUP BY k) AS c JOIN b ON c.k = b.k",
+            "name the columns it outputs",
+        ),
+        (
+            f"SELECT * FROM {COUNTS} AS c JOIN b ON c.k = b.k JOIN a ON a.k = b.k",
+            "over three or more joined inputs: name the columns",
+        ),
+        (
+            f"SELECT c.k, w FROM {COUNTS} AS c JOIN b ON c.k = b.k JOIN a ON a.k = b.k",
+            "qualified by its input's alias",
+        ),
         (f"SELECT c.k, n FROM {COUNTS} AS c JOIN b ON c.k = b.k", "qualified by its input's alias"),
         (
             f"SELECT c.k, ROW_NUMBER() OVER (ORDER BY c.n) AS r FROM {COUNTS} AS c"

@@ -184,7 +184,7 @@ class WindowAggregation(_Stateful[nodes.WindowAggregate]):
                 pre, ts = pre.filter(pa.array(valid)), ts[valid]
             late = self.executor.process(pre, ts, batch.previous_watermark, batch.state)
             out.late = len(late)
-            if out.late and self.late_topic:
+            if out.late and self.late_topic and "__partition" in pre.column_names:
                 out.late_rows = _rows_by_position(table, pre.take(pa.array(late)))
         emitted = self.executor.emit(batch.watermark, batch.state)
         if emitted is not None and emitted.num_rows:

@@ -226,7 +226,8 @@ def plan_select(
         )
         if simple:
             try:
-                return plan_window(rest, spec, table)  # type: ignore[arg-type]
+                positions = table.name not in derived  # type: ignore[union-attr]
+                return plan_window(rest, spec, table, positions)  # type: ignore[arg-type]
             except SqlError:
                 if spec.kind == WindowKind.SESSION:  # type: ignore[union-attr]
                     raise
