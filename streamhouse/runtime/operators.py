@@ -308,15 +308,18 @@ class ChangelogJoining(_Stateful[ChangelogJoin]):
         schemas = [context.schema(node.left), context.schema(node.right)]
         node = spelled_out(node, schemas, METADATA_COLUMNS)
         self.node = node
-        self.executor = ChangelogJoinOperator(node, state, schemas)
+        ttl = context.options.state_ttl_ms or None
+        self.executor = ChangelogJoinOperator(node, state, schemas, ttl)
 
     def process(self, batch: MicroBatch) -> Changelog:
         node = self.node
         rows = [batch.inputs[node.left], batch.inputs[node.right]]
         retracted = [batch.retracted.get(node.left, []), batch.retracted.get(node.right, [])]
         if all(r is None for r in rows) and not any(retracted):
+            self.executor.expire(batch.watermark, batch.state)
             return Changelog()
-        after, before = self.executor.process(rows, retracted, batch.state)
+        after, before = self.executor.process(rows, retracted, batch.state, batch.watermark)
+        self.executor.expire(batch.watermark, batch.state)  # rows this batch wrote are kept
         names = node.key_columns
         if batch.derived or not names or after is None and before is None:
             now = after[ROW_KEY] if after is not None else None

@@ -86,7 +86,8 @@ class ChangelogJoin(PlanNode):
             *sides,
             "  state: column family 'sessions', key b'cjoin_l'|u32(run), b'cjoin_r'|u32(run)"
             " -> IPC(latest row per input row key; a retracted key kept as a dead row)",
-            "  eviction: none (every current input row is kept)",
+            "  eviction: none (every current input row is kept); with 'state.ttl', the rows"
+            " of keys idle longer (no change while the watermark moved on by the TTL)",
         ]
 
 
