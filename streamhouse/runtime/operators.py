@@ -415,6 +415,9 @@ class Recomputation(_Stateful[nodes.Recompute]):
             return Changelog()
         outputs, gone = self.executor.process(changes, batch.state, retracted)
         names = node.key_columns
+        if node.ranks and not names:  # each row keyed by its input row's key (ROW_KEY)
+            now = outputs[ROW_KEY] if outputs is not None else None
+            return Changelog(outputs, gone_keys(gone[ROW_KEY] if gone is not None else None, now))
         if node.ranks:  # gone: the touched partitions' rows before
             if batch.derived:
                 return keyed_changes(outputs, gone, names)

@@ -276,6 +276,12 @@ class Recompute(PlanNode):
         return [k for k in self.key_outputs if k is not None]
 
     @property
+    def upsert_key(self) -> str:
+        if self.ranks and not self.key_columns:  # a filter of rows no columns key
+            return "input row key"
+        return super().upsert_key
+
+    @property
     def one_group(self) -> bool:
         """An aggregate without GROUP BY: its one group has the record key ``{}``."""
         return self.group_by == [ALL_ROWS]
@@ -291,7 +297,7 @@ class Recompute(PlanNode):
                 f"Recompute  {what} ({', '.join(self.group_by) or 'all rows'}) over the latest"
                 f" row per ({', '.join(self.input_keys)}) of {self.source} (updating: each touched"
                 f" {'row' if per_row else 'partition'} recomputed before and after a micro-batch;"
-                f" an upsert per ({', '.join(self.key_columns)}), a tombstone for a row gone)",
+                f" an upsert per ({self.upsert_key}), a tombstone for a row gone)",
                 f"  sql: {self.sql}",
                 "  state: column family 'sessions', key b'recompute'|u32(run) -> IPC(latest input"
                 f" rows of changed keys{retracted})",
