@@ -169,3 +169,18 @@ def test_a_ttl_drops_the_join_state_of_idle_keys(sh: StreamHouse) -> None:
     assert without[("k3", 9)] == with_ttl[("k3", 9)] == 2  # joined once k3's count changed
     assert without[("k3", 3)] == 2 and with_ttl[("k3", 3)] == 1  # expired: not updated
     assert len(without) == len(with_ttl) == 22
+
+
+def test_three_inputs_explain_as_a_chain_of_changelog_joins(sh: StreamHouse) -> None:
+    """``x JOIN b JOIN y`` is ``(x JOIN b) JOIN y``: two ChangelogJoins, the first a derived
+    input of the second under ``__chain``, each with its changelog mode and state."""
+    sql = (
+        f"SELECT x.k, b.w, y.total FROM {COUNTS} AS x JOIN b ON x.k = b.k"
+        f" LEFT JOIN {SMALL_TOTALS} AS y ON b.k = y.k"
+    )
+    text = "\n".join(map(str, sh.sql(f"EXPLAIN {sql}").to_arrow_table().column(0).to_pylist()))
+    assert text.count("ChangelogJoin  ") == 2
+    assert "ChangelogJoin  LEFT" in text and "ChangelogJoin  INNER" in text
+    assert 'AS "__chain"' in text and '"__chain"."b__k"' in text
+    assert text.count("changelog: upsert by (left row key, right row key)") == 2
+    assert text.count("state: column family 'sessions', key b'cjoin_l'") == 2
