@@ -35,10 +35,15 @@ class Stateless(PlanNode):
     source: str
     sql: str
     metadata: bool = False  # reads every metadata column (an input of a window over a union)
+    time_column: str | None = None  # passes the source's time attribute on as it is (OVER)
 
     @property
     def keeps_metadata(self) -> bool:
         return self.metadata
+
+    @property
+    def time_source(self) -> str | None:
+        return self.source if self.time_column is not None else None
 
     def explain(self) -> list[str]:
         return [f"Stateless  source={self.source}", f"  sql: {self.sql}"]
@@ -350,6 +355,12 @@ class UnionAll(PlanNode):
     # an input updates: every row is keyed by its input and its key there (append-only
     # inputs' rows by a sequence number), and each input's retractions are passed on
     keyed: bool = False
+    # every input passes its stream's time attribute on as this column (the input of an OVER)
+    time_column: str | None = None
+
+    @property
+    def time_source(self) -> str | None:
+        return self.inputs[0] if self.time_column is not None else None
 
     @property
     def mode(self) -> ChangelogMode:

@@ -49,7 +49,12 @@ from streamhouse.sql.recompute import distinct_as_group_by, filter_over_changes,
 from streamhouse.sql.time_sort import plan_time_sort
 from streamhouse.sql.top_n import plan_top_n, top_n_over_updates
 from streamhouse.sql.top_n_changes import top_n_over_changes
-from streamhouse.sql.union import plan_distinct_union, plan_union, window_over_union
+from streamhouse.sql.union import (
+    plan_distinct_union,
+    plan_over_union,
+    plan_union,
+    window_over_union,
+)
 from streamhouse.sql.window_aggregate import plan_window
 from streamhouse.sql.window_inputs import session_aggregates_as_inputs, window_inputs
 from streamhouse.sql.window_rows import SESSION_ROWS, joins_window_rows, window_rows_in_join
@@ -250,6 +255,9 @@ def plan_select(
     source = select.args.get("from_")
     table = source.this if source is not None else None
     if isinstance(table, exp.Subquery):
+        over = plan_over_union(select, derived, plan_select)
+        if over is not None:
+            return over
         top_n = plan_top_n(select, derived, plan_select)
         if top_n is not None:
             return top_n
