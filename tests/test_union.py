@@ -145,6 +145,18 @@ def test_unions_equal_the_batch_answer(tmp_path_factory: pytest.TempPathFactory)
             " GROUP BY TUMBLING(t, INTERVAL '10' SECOND)",
             "filters and projections of streams",
         ),
+        (  # an OVER orders by the time attribute: b's t + 1 s is not one
+            "SELECT k, COUNT(*) OVER (PARTITION BY k ORDER BY t ROWS BETWEEN 1 PRECEDING AND"
+            " CURRENT ROW) AS n FROM (SELECT k, t FROM a UNION ALL SELECT k,"
+            " t + INTERVAL '1' SECOND AS t FROM b)",
+            "does not pass 't' on as it is, so it is not a time attribute",
+        ),
+        (
+            "SELECT k, COUNT(*) OVER (PARTITION BY k ORDER BY t ROWS BETWEEN 1 PRECEDING AND"
+            " CURRENT ROW) AS n FROM (SELECT k, t FROM a UNION ALL SELECT k, MAX(t) AS t FROM b"
+            " GROUP BY k)",
+            "not a time attribute",
+        ),
     ],
 )
 def test_a_union_that_cannot_run_is_refused(tmp_path: Path, sql: str, message: str) -> None:

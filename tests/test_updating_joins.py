@@ -11,11 +11,24 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from join_cases import T0, Schedule, drive, duck, latest_records, produce, stream_ddl, tombstones
+from join_cases import (
+    SECOND,
+    T0,
+    Schedule,
+    drive,
+    duck,
+    latest_records,
+    produce,
+    stream_ddl,
+    tombstones,
+)
+from window_cases import start_paused
 
 import streamhouse
 from streamhouse import StreamHouse
 from streamhouse.errors import SqlError
+from streamhouse.runtime.query import ContinuousQuery
+from streamhouse.state.store import ColumnFamily, decode_table
 
 COUNTS = "(SELECT k, COUNT(*) AS n FROM a GROUP BY k)"
 SMALL_TOTALS = "(SELECT k, SUM(w) AS total FROM b GROUP BY k HAVING SUM(w) < 5)"
@@ -74,7 +87,18 @@ def test_a_stream_joined_to_an_aggregate_is_keyed_by_both_rows(sh: StreamHouse) 
 @pytest.mark.parametrize(
     ("sql", "message"),
     [
-        (f"SELECT * FROM {COUNTS} AS c JOIN b ON c.k = b.k", "name the columns it outputs"),
+        (  # a subquery column without a name: what would * call it?
+            "SELECT * FROM (SELECT k, COUNT(*) FROM a GROUP BY k) AS c JOIN b ON c.k = b.k",
+            "name the columns it outputs",
+        ),
+        (
+            f"SELECT * FROM {COUNTS} AS c JOIN b ON c.k = b.k JOIN a ON a.k = b.k",
+            "over three or more joined inputs: name the columns",
+        ),
+        (
+            f"SELECT c.k, w FROM {COUNTS} AS c JOIN b ON c.k = b.k JOIN a ON a.k = b.k",
+            "qualified by its input's alias",
+        ),
         (f"SELECT c.k, n FROM {COUNTS} AS c JOIN b ON c.k = b.k", "qualified by its input's alias"),
         (
             f"SELECT c.k, ROW_NUMBER() OVER (ORDER BY c.n) AS r FROM {COUNTS} AS c"
@@ -95,3 +119,68 @@ def test_joins_over_updates_that_cannot_run_say_what_to_write(
     with pytest.raises(SqlError, match=message) as error:
         sh.start(f"INSERT INTO out {sql}", name="refused").stop()
     assert error.value.line == 1 and error.value.column is not None
+
+
+def _join_state(query: ContinuousQuery) -> tuple[int, int, int]:
+    """(RocksDB keys, their bytes, rows held) of the ChangelogJoin's input tables."""
+    keys = size = rows = 0
+    for key, value in query.store.items(ColumnFamily.SESSIONS):
+        if b"cjoin_l" in key or b"cjoin_r" in key:
+            keys += 1
+            size += len(key) + len(value)
+            rows += decode_table(value).num_rows
+    return keys, size, rows
+
+
+def test_a_ttl_drops_the_join_state_of_idle_keys(sh: StreamHouse) -> None:
+    """``state.ttl`` is idle state retention for a join over updating inputs: a key neither
+    side changed while the watermark moved on by more than the TTL is forgotten. As in Flink,
+    its output rows stay, and a later b event of the key finds no count to join until the
+    count changes again (which brings its whole row back)."""
+    sql = f"INSERT INTO {{sink}} SELECT b.k, b.w, x.n FROM {COUNTS} AS x JOIN b ON x.k = b.k"
+    explain = sh.sql("EXPLAIN " + sql.format(sink="out")).to_arrow_table().column(0).to_pylist()
+    assert any("with 'state.ttl', the rows of keys idle longer" in str(x) for x in explain)
+    kept = start_paused(sh, sql.format(sink="out1"), "kept")
+    ttl = start_paused(sh, "SET 'state.ttl' = '10 s';\n" + sql.format(sink="out2"), "ttl")
+    early = [(f"k{i}", T0 + i * 100, i) for i in range(20)]
+    late = T0 + 60 * SECOND
+    try:
+
+        def run(a: list, b: list) -> None:
+            produce(sh, "a", a)
+            produce(sh, "b", b)
+            kept.run_until_caught_up()
+            ttl.run_until_caught_up()
+
+        run(early, early)
+        assert _join_state(ttl)[2] == _join_state(kept)[2] == 2 * 20  # nothing idle yet
+        run([("x", late, 1)], [("x", late, 2)])  # the watermark moves on by 59 s
+        full, idle = _join_state(kept), _join_state(ttl)
+        assert full[2] == 2 * 21  # every count and b row is kept without a TTL
+        assert idle[2] == 2  # x's count and b row: the 20 idle keys are gone
+        assert idle[0] <= full[0] and idle[1] < full[1] * 2 / 3
+        run([], [("k3", late + SECOND, 9)])  # k3's count expired: nothing to join
+        run([("k3", late + 2 * SECOND, 1)], [])  # its new count joins the new b row
+    finally:
+        kept.stop()
+        ttl.stop()
+    without = {(r["k"], r["w"]): r["n"] for r in latest_records(sh, "out1")}
+    with_ttl = {(r["k"], r["w"]): r["n"] for r in latest_records(sh, "out2")}
+    assert without[("k3", 9)] == with_ttl[("k3", 9)] == 2  # joined once k3's count changed
+    assert without[("k3", 3)] == 2 and with_ttl[("k3", 3)] == 1  # expired: not updated
+    assert len(without) == len(with_ttl) == 22
+
+
+def test_three_inputs_explain_as_a_chain_of_changelog_joins(sh: StreamHouse) -> None:
+    """``x JOIN b JOIN y`` is ``(x JOIN b) JOIN y``: two ChangelogJoins, the first a derived
+    input of the second under ``__chain``, each with its changelog mode and state."""
+    sql = (
+        f"SELECT x.k, b.w, y.total FROM {COUNTS} AS x JOIN b ON x.k = b.k"
+        f" LEFT JOIN {SMALL_TOTALS} AS y ON b.k = y.k"
+    )
+    text = "\n".join(map(str, sh.sql(f"EXPLAIN {sql}").to_arrow_table().column(0).to_pylist()))
+    assert text.count("ChangelogJoin  ") == 2
+    assert "ChangelogJoin  LEFT" in text and "ChangelogJoin  INNER" in text
+    assert 'AS "__chain"' in text and '"__chain"."b__k"' in text
+    assert text.count("changelog: upsert by (left row key, right row key)") == 2
+    assert text.count("state: column family 'sessions', key b'cjoin_l'") == 2

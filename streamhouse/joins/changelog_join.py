@@ -8,6 +8,14 @@ State: the current row of every input row key of each side, in a
 append-only side keys its rows by a sequence number (``b"cjoin_seq"``). A retracted key is kept
 as a dead row (``__live`` false), so a restart does not bring its older row back.
 
+Idle state retention (``SET 'state.ttl'``, Flink's ``table.exec.state.ttl``): each row also
+holds ``__touched``, the watermark of the micro-batch that last wrote it, and a row whose key
+has not changed while the watermark moved on by more than the TTL is deleted, dead rows too.
+The clock is event time, as for the TTL of regular stream joins (Flink's is processing time).
+As in Flink, an expired row no longer joins: a later change of its key comes in as a new row
+(an aggregate's upsert carries its whole row, so it joins again as it should), but output rows
+it was in are not retracted, and a retraction of its key finds nothing to retract.
+
 Each micro-batch applies the changes of both sides, then computes on DataFusion, with the
 query's own SQL, the output rows that involve an *affected* input row, once over the state
 before the batch and once after: the rows after are upserted, and the pairs only before get
@@ -22,17 +30,23 @@ from __future__ import annotations
 import logging
 import struct
 from collections.abc import Sequence
+from dataclasses import replace
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import sqlglot
+from sqlglot import exp
 
 from streamhouse.joins.columns import kept_columns, pruned, referenced_names
 from streamhouse.key_codes import group_codes
+from streamhouse.result import unique_names
 from streamhouse.runtime.sink import json_strings
+from streamhouse.runtime.sources import NO_WATERMARK
 from streamhouse.sql.changelog import ROW_KEY
 from streamhouse.sql.changelog_join import LEFT_ID, RIGHT_ID, ChangelogJoin
 from streamhouse.sql.execute import run_sql
+from streamhouse.sql.projection import declared_stars
 from streamhouse.state.store import ColumnFamily, ScopedBatch, StateBatch, StateView, TableState
 
 log = logging.getLogger(__name__)
@@ -40,6 +54,7 @@ log = logging.getLogger(__name__)
 LEFT, RIGHT = 0, 1
 IDS = (LEFT_ID, RIGHT_ID)
 LIVE = "__live"
+TOUCHED = "__touched"  # with a TTL: the watermark of the micro-batch that last wrote the row
 _STATE_KEYS = (b"cjoin_l", b"cjoin_r")
 SEQUENCE = b"cjoin_seq"
 _U64 = struct.Struct(">Q")
@@ -47,9 +62,15 @@ _U64 = struct.Struct(">Q")
 
 class ChangelogJoinOperator:
     def __init__(
-        self, plan: ChangelogJoin, store: StateView, schemas: Sequence[pa.Schema | None]
+        self,
+        plan: ChangelogJoin,
+        store: StateView,
+        schemas: Sequence[pa.Schema | None],
+        ttl_ms: int | None = None,
     ) -> None:
         self.plan = plan
+        self.ttl_ms = ttl_ms
+        self.watermark = NO_WATERMARK  # the micro-batch's, written into rows as TOUCHED
         self.tables = [
             TableState(store, key, [ID]) for key, ID in zip(_STATE_KEYS, IDS, strict=True)
         ]
@@ -72,9 +93,11 @@ class ChangelogJoinOperator:
         rows: Sequence[pa.Table | None],
         retracted: Sequence[Sequence[bytes]],
         batch: StateBatch | ScopedBatch,
+        watermark: int = NO_WATERMARK,
     ) -> tuple[pa.Table | None, pa.Table | None]:
         """Apply each side's upserted rows and retracted keys; returns the output rows they
         change, after and before, each keyed by ROW_KEY (a key only before is gone)."""
+        self.watermark = watermark
         before = [self._live(side) for side in (LEFT, RIGHT)]
         changed = [self._apply(side, rows[side], retracted[side], batch) for side in (LEFT, RIGHT)]
         if not any(len(c) for c in changed):
@@ -93,7 +116,8 @@ class ChangelogJoinOperator:
         """The side's current rows (id column included, no dead rows)."""
         table = self.tables[side].current()
         if table.num_columns:
-            return table.filter(table[LIVE]).drop_columns([LIVE])
+            internal = [c for c in (LIVE, TOUCHED) if c in table.column_names]
+            return table.filter(table[LIVE]).drop_columns(internal)
         schema = self.schemas[side]
         if schema is not None:  # a stream: its declared columns
             kept = set(kept_columns(schema.names, self.referenced))
@@ -141,8 +165,30 @@ class ChangelogJoinOperator:
         if not parts:
             return pa.array([], pa.string())
         changes = _last_per_key(pa.concat_tables(parts, promote_options="permissive"), id_column)
+        if self.ttl_ms is not None:
+            touched = pa.array(np.full(changes.num_rows, self.watermark, np.int64))
+            if TOUCHED in changes.column_names:
+                changes = changes.drop_columns([TOUCHED])
+            changes = changes.append_column(TOUCHED, touched)
         table.replace(table.find(changes), changes, batch)
         return changes[id_column].combine_chunks()
+
+    def expire(self, watermark: int, batch: StateBatch | ScopedBatch) -> int:
+        """Delete the rows (live or dead) not written while the watermark moved on by more than
+        the TTL; returns how many."""
+        if self.ttl_ms is None or watermark <= NO_WATERMARK:
+            return 0
+        limit = watermark - self.ttl_ms
+        expired = 0
+        for table in self.tables:
+            held = table.table
+            if TOUCHED not in held.column_names:
+                continue
+            touched = pc.fill_null(held[TOUCHED], limit).to_numpy()  # unknown: not idle
+            idle = np.flatnonzero((touched < limit) & table.live)
+            table.delete(idle, batch)
+            expired += len(idle)
+        return expired
 
     # -- output -------------------------------------------------------------------------------
 
@@ -214,6 +260,48 @@ class ChangelogJoinOperator:
         for table in self.tables:
             table.rollback()
         self.sequence = self._committed_sequence
+
+
+def spelled_out(
+    plan: ChangelogJoin, schemas: Sequence[pa.Schema | None], hidden: frozenset[str]
+) -> ChangelogJoin:
+    """``plan`` with each ``alias.*`` over a stream input spelled out as the stream's declared
+    columns (``schemas``: each input's, None for a derived one; ``hidden`` left out), and a
+    repeated output name (``SELECT *`` over ``c JOIN b ON c.k = b.k``) renamed ``k_1`` as
+    DuckDB and the sink name it: Arrow cannot concatenate tables with repeated names."""
+    v = plan.variants
+    sources = {}
+    for name, schema, columns in zip(("__left", "__right"), schemas, plan.columns, strict=True):
+        sources[name] = (
+            schema if schema is not None else pa.schema([(c, pa.null()) for c in columns])
+        )
+
+    def spelled(sql: str) -> str:
+        query = sqlglot.parse_one(sql, read="postgres")
+        if "*" in sql:
+            query = declared_stars(query, sources, hidden)
+        if not isinstance(query, exp.Select):
+            return sql
+        names = [p.alias_or_name for p in query.expressions]
+        unique = unique_names(names)
+        if unique == names:
+            return sql if "*" not in sql else query.sql(dialect="postgres", identify=True)
+        query.set(
+            "expressions",
+            [
+                p if new == old else exp.alias_(p.this if isinstance(p, exp.Alias) else p, new)
+                for p, old, new in zip(query.expressions, names, unique, strict=True)
+            ],
+        )
+        return query.sql(dialect="postgres", identify=True)
+
+    variants = replace(
+        v,
+        inner_sql=spelled(v.inner_sql),
+        left_sql=spelled(v.left_sql),
+        right_sql=spelled(v.right_sql),
+    )
+    return replace(plan, variants=variants)
 
 
 def _last_per_key(rows: pa.Table, column: str) -> pa.Table:

@@ -20,6 +20,7 @@ from streamhouse.runtime.operators import open_operator
 from streamhouse.runtime.options import QueryOptions
 from streamhouse.runtime.sink import TopicSink
 from streamhouse.sql.changelog import PlanNode
+from streamhouse.sql.nodes import UnionAll
 from streamhouse.sql.parse import node_position
 from streamhouse.sql.plan import ContinuousPlan, plan_query
 from streamhouse.sql.source import METADATA_FIELDS
@@ -87,6 +88,9 @@ class Branch:
         """The time attribute (WATERMARK column) of source ``name``, if it has one (a derived
         input's: that of the input it keeps the time attribute of)."""
         derived = self.plan.derived.get(name)
+        if isinstance(derived, UnionAll) and derived.time_column is not None:
+            columns = {self.time_column(i) for i in derived.inputs}  # one for every input
+            return columns.pop() if len(columns) == 1 else None
         if derived is not None:
             return self.time_column(derived.time_source) if derived.time_source else None
         source = self.query.sources.get(name)

@@ -18,7 +18,7 @@ import pyarrow.compute as pc
 from sqlglot import exp
 
 from streamhouse.errors import SqlError, StreamHouseError
-from streamhouse.joins.changelog_join import ChangelogJoinOperator
+from streamhouse.joins.changelog_join import ChangelogJoinOperator, spelled_out
 from streamhouse.joins.stream_join import LEFT, RIGHT, StreamJoin
 from streamhouse.joins.temporal import VERSIONS, TemporalJoin
 from streamhouse.joins.windowed import WindowedQuery
@@ -184,7 +184,7 @@ class WindowAggregation(_Stateful[nodes.WindowAggregate]):
                 pre, ts = pre.filter(pa.array(valid)), ts[valid]
             late = self.executor.process(pre, ts, batch.previous_watermark, batch.state)
             out.late = len(late)
-            if out.late and self.late_topic:
+            if out.late and self.late_topic and "__partition" in pre.column_names:
                 out.late_rows = _rows_by_position(table, pre.take(pa.array(late)))
         emitted = self.executor.emit(batch.watermark, batch.state)
         if emitted is not None and emitted.num_rows:
@@ -306,15 +306,20 @@ class ChangelogJoining(_Stateful[ChangelogJoin]):
     def __init__(self, node: ChangelogJoin, state: StateView, context: QueryContext) -> None:
         super().__init__(node, state, context)
         schemas = [context.schema(node.left), context.schema(node.right)]
-        self.executor = ChangelogJoinOperator(node, state, schemas)
+        node = spelled_out(node, schemas, METADATA_COLUMNS)
+        self.node = node
+        ttl = context.options.state_ttl_ms or None
+        self.executor = ChangelogJoinOperator(node, state, schemas, ttl)
 
     def process(self, batch: MicroBatch) -> Changelog:
         node = self.node
         rows = [batch.inputs[node.left], batch.inputs[node.right]]
         retracted = [batch.retracted.get(node.left, []), batch.retracted.get(node.right, [])]
         if all(r is None for r in rows) and not any(retracted):
+            self.executor.expire(batch.watermark, batch.state)
             return Changelog()
-        after, before = self.executor.process(rows, retracted, batch.state)
+        after, before = self.executor.process(rows, retracted, batch.state, batch.watermark)
+        self.executor.expire(batch.watermark, batch.state)  # rows this batch wrote are kept
         names = node.key_columns
         if batch.derived or not names or after is None and before is None:
             now = after[ROW_KEY] if after is not None else None
@@ -410,6 +415,9 @@ class Recomputation(_Stateful[nodes.Recompute]):
             return Changelog()
         outputs, gone = self.executor.process(changes, batch.state, retracted)
         names = node.key_columns
+        if node.ranks and not names:  # each row keyed by its input row's key (ROW_KEY)
+            now = outputs[ROW_KEY] if outputs is not None else None
+            return Changelog(outputs, gone_keys(gone[ROW_KEY] if gone is not None else None, now))
         if node.ranks:  # gone: the touched partitions' rows before
             if batch.derived:
                 return keyed_changes(outputs, gone, names)

@@ -15,6 +15,11 @@ option                   meaning                                             def
                          query; ``skip``: it is left out and reported
 ``parallelism``          tasks (processes) the query runs as; see            ``1``
                          :mod:`streamhouse.runtime.parallel`
+``state.ttl``            idle state retention (also                          none
+                         ``table.exec.state.ttl``): a regular stream join
+                         drops rows older than the watermark minus it; a
+                         join over updating inputs the rows of keys not
+                         changed while the watermark moved on by it
 =======================  ==================================================  ==============
 
 ``read.on-damage`` is also a setting of bounded queries (``SET 'read.on-damage' = 'skip';``

@@ -86,7 +86,8 @@ class ChangelogJoin(PlanNode):
             *sides,
             "  state: column family 'sessions', key b'cjoin_l'|u32(run), b'cjoin_r'|u32(run)"
             " -> IPC(latest row per input row key; a retracted key kept as a dead row)",
-            "  eviction: none (every current input row is kept)",
+            "  eviction: none (every current input row is kept); with 'state.ttl', the rows"
+            " of keys idle longer (no change while the watermark moved on by the TTL)",
         ]
 
 
@@ -101,8 +102,10 @@ def plan_changelog_join(
     """The :class:`ChangelogJoin` of ``select`` (``left JOIN right ON ...``, either side an
     updating derived input); ``variants`` are its SQL forms over ``__left`` and ``__right``."""
     what = "a join over an updating input"
+    streams = {a for a, k in zip((left_alias, right_alias), keys, strict=True) if k is None}
     for projection in select.expressions:
-        if isinstance(projection, exp.Star) or isinstance(projection.this, exp.Star):
+        star = isinstance(projection, exp.Star) or isinstance(projection.this, exp.Star)
+        if star and not (isinstance(projection, exp.Column) and projection.table in streams):
             raise sql_error(
                 f"SELECT * in {what}: name the columns it outputs (alias.column)", projection
             )
@@ -121,7 +124,8 @@ def plan_changelog_join(
                 f" ({left_alias}.{column.name} or {right_alias}.{column.name})",
                 column,
             )
-        columns[column.table].add(column.name)
+        if not isinstance(column.this, exp.Star):  # a stream's *: its declared columns
+            columns[column.table].add(column.name)
     on = join.args.get("on")
     match_sql = None
     if variants.keep_left or variants.keep_right:
@@ -147,6 +151,48 @@ def plan_changelog_join(
         (tuple(sorted(columns[left_alias])), tuple(sorted(columns[right_alias]))),
         unique_key,
     )
+
+
+def output_names(select: exp.Select) -> list[str] | None:
+    """The output column names of ``select``, or None when they are not all known (a ``*``, an
+    expression without an alias)."""
+    names = []
+    for projection in select.expressions:
+        body = projection.this if isinstance(projection, exp.Alias) else projection
+        star = isinstance(body, exp.Star) or (
+            isinstance(body, exp.Column) and isinstance(body.this, exp.Star)
+        )
+        if star or not isinstance(projection, exp.Alias | exp.Column):
+            return None
+        names.append(projection.alias_or_name)
+    return names
+
+
+def spelled_out_stars(select: exp.Select, outputs: dict[str, list[str] | None]) -> exp.Select:
+    """``select`` (a join) with each ``*`` and ``alias.*`` over a subquery spelled out as its
+    columns. ``outputs`` holds each input's names by alias, in FROM order: None for a stream,
+    whose star stays ``alias.*`` for the runtime (which knows its declared columns); a subquery
+    whose names are not all known is left out, and a star over it stays (to be refused)."""
+    projections: list[exp.Expr] = []
+    for projection in select.expressions:
+        aliases: list[str] = []
+        if isinstance(projection, exp.Star) and not projection.args.get("except"):
+            sides = [select.args["from_"], *(select.args.get("joins") or [])]
+            aliases = [side.this.alias_or_name for side in sides]
+        elif isinstance(projection, exp.Column) and isinstance(projection.this, exp.Star):
+            aliases = [projection.table]
+        if not aliases or any(a not in outputs for a in aliases):
+            projections.append(projection)
+            continue
+        for alias in aliases:
+            names = outputs[alias]
+            if names is None:
+                projections.append(exp.Column(this=exp.Star(), table=exp.to_identifier(alias)))
+            else:
+                projections += [exp.column(n, table=alias) for n in names]
+    select = select.copy()
+    select.set("expressions", projections)
+    return select
 
 
 def _surviving_key(

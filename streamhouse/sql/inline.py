@@ -68,9 +68,9 @@ def inline(query: exp.Expr, views: ViewQuery | None = None) -> exp.Expr:
         _inline_views(query, views, set())
     for select in list(query.find_all(exp.Select, exp.Union)):
         _inline_ctes(select)
-    for call in list(query.find_all(exp.Anonymous)):  # TABLE (q1 UNION ALL q2) in a TVF
+    for call in list(query.find_all(exp.Anonymous)):  # TABLE (q1 UNION ALL q2 / SELECT ...)
         inner = call.expressions[0] if len(call.expressions) == 1 else None
-        if call.name.upper() == "TABLE" and isinstance(inner, exp.Union):
+        if call.name.upper() == "TABLE" and isinstance(inner, exp.Union | exp.Select):
             call.replace(TableArgument(this=inner.subquery()))
     body = query.expression if isinstance(query, exp.Insert | exp.Create) else query
     for select in _branches(body):

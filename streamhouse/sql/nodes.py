@@ -35,10 +35,15 @@ class Stateless(PlanNode):
     source: str
     sql: str
     metadata: bool = False  # reads every metadata column (an input of a window over a union)
+    time_column: str | None = None  # passes the source's time attribute on as it is (OVER)
 
     @property
     def keeps_metadata(self) -> bool:
         return self.metadata
+
+    @property
+    def time_source(self) -> str | None:
+        return self.source if self.time_column is not None else None
 
     def explain(self) -> list[str]:
         return [f"Stateless  source={self.source}", f"  sql: {self.sql}"]
@@ -276,6 +281,12 @@ class Recompute(PlanNode):
         return [k for k in self.key_outputs if k is not None]
 
     @property
+    def upsert_key(self) -> str:
+        if self.ranks and not self.key_columns:  # a filter of rows no columns key
+            return "input row key"
+        return super().upsert_key
+
+    @property
     def one_group(self) -> bool:
         """An aggregate without GROUP BY: its one group has the record key ``{}``."""
         return self.group_by == [ALL_ROWS]
@@ -291,7 +302,7 @@ class Recompute(PlanNode):
                 f"Recompute  {what} ({', '.join(self.group_by) or 'all rows'}) over the latest"
                 f" row per ({', '.join(self.input_keys)}) of {self.source} (updating: each touched"
                 f" {'row' if per_row else 'partition'} recomputed before and after a micro-batch;"
-                f" an upsert per ({', '.join(self.key_columns)}), a tombstone for a row gone)",
+                f" an upsert per ({self.upsert_key}), a tombstone for a row gone)",
                 f"  sql: {self.sql}",
                 "  state: column family 'sessions', key b'recompute'|u32(run) -> IPC(latest input"
                 f" rows of changed keys{retracted})",
@@ -344,6 +355,12 @@ class UnionAll(PlanNode):
     # an input updates: every row is keyed by its input and its key there (append-only
     # inputs' rows by a sequence number), and each input's retractions are passed on
     keyed: bool = False
+    # every input passes its stream's time attribute on as this column (the input of an OVER)
+    time_column: str | None = None
+
+    @property
+    def time_source(self) -> str | None:
+        return self.inputs[0] if self.time_column is not None else None
 
     @property
     def mode(self) -> ChangelogMode:

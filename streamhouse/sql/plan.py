@@ -21,9 +21,11 @@ from dataclasses import dataclass, field
 from sqlglot import exp
 
 from streamhouse.errors import SqlError
+from streamhouse.sql.changelog_join import output_names, spelled_out_stars
 from streamhouse.sql.functions import to_datafusion
 from streamhouse.sql.inline import inline
-from streamhouse.sql.joins import plan_join
+from streamhouse.sql.join_chain import nested_joins
+from streamhouse.sql.joins import plan_join, plan_temporal_join
 from streamhouse.sql.nodes import (
     Operator,
     Recompute,
@@ -47,7 +49,12 @@ from streamhouse.sql.recompute import distinct_as_group_by, filter_over_changes,
 from streamhouse.sql.time_sort import plan_time_sort
 from streamhouse.sql.top_n import plan_top_n, top_n_over_updates
 from streamhouse.sql.top_n_changes import top_n_over_changes
-from streamhouse.sql.union import plan_distinct_union, plan_union, window_over_union
+from streamhouse.sql.union import (
+    plan_distinct_union,
+    plan_over_union,
+    plan_union,
+    window_over_union,
+)
 from streamhouse.sql.window_aggregate import plan_window
 from streamhouse.sql.window_inputs import session_aggregates_as_inputs, window_inputs
 from streamhouse.sql.window_rows import SESSION_ROWS, joins_window_rows, window_rows_in_join
@@ -149,15 +156,24 @@ def _derive(select: exp.Select, derived: dict[str, Operator]) -> exp.Select:
     ``select`` reading them by name."""
     select = select.copy()
     sides = [select.args["from_"]] + list(select.args.get("joins") or [])
+    outputs: dict[str, list[str] | None] = {}  # each input's columns, by alias (None: a stream's)
+    updating = False
     for side in sides:
         sub = side.this
         if not isinstance(sub, exp.Subquery) or not isinstance(sub.this, exp.Select):
+            if isinstance(sub, exp.Table) and sub.name not in derived:
+                outputs[sub.alias_or_name] = None
             continue
         op = plan_select(sub.this, derived)  # an updating one makes a ChangelogJoin
+        updating = updating or op.updating
         name = f"__derived_{len(derived)}"
         derived[name] = op
-        sub.replace(exp.to_table(name).as_(sub.alias_or_name or name))
-    return select
+        alias = sub.alias_or_name or name
+        names = output_names(sub.this)
+        if names is not None:
+            outputs[alias] = names
+        sub.replace(exp.to_table(name).as_(alias))
+    return spelled_out_stars(select, outputs) if updating else select
 
 
 def plan_select(
@@ -191,6 +207,8 @@ def plan_select(
         if not windowed_inputs or any(
             not isinstance(s.this, exp.Subquery) for s in sides if s is not None
         ):
+            if len(joins) > 1:  # three or more inputs: a chain of joins of two
+                return plan_select(nested_joins(select), derived)
             rewritten = _derive(select, derived)
             return plan_join(rewritten, rewritten.args["joins"], derived)
     rewritten, windowed = take_out_windows(select)
@@ -213,7 +231,8 @@ def plan_select(
         )
         if simple:
             try:
-                return plan_window(rest, spec, table)  # type: ignore[arg-type]
+                positions = table.name not in derived  # type: ignore[union-attr]
+                return plan_window(rest, spec, table, positions)  # type: ignore[arg-type]
             except SqlError:
                 if spec.kind == WindowKind.SESSION:  # type: ignore[union-attr]
                     raise
@@ -229,11 +248,16 @@ def plan_select(
                 "every input of a windowed continuous query needs the same window", select
             )
         return Windowed(to_datafusion(rewritten), windowed)
+    if len(joins) > 1 and plan_temporal_join(select) is None:
+        return plan_select(nested_joins(select), derived)
     if joins:
         return plan_join(select, select.args.get("joins"), derived)
     source = select.args.get("from_")
     table = source.this if source is not None else None
     if isinstance(table, exp.Subquery):
+        over = plan_over_union(select, derived, plan_select)
+        if over is not None:
+            return over
         top_n = plan_top_n(select, derived, plan_select)
         if top_n is not None:
             return top_n

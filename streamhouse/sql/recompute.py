@@ -153,7 +153,13 @@ def filter_over_changes(
         derived.update(saved)
         return None
     keys = inner.key_columns
-    if not keys or (isinstance(inner, WindowAggregate) and None in inner.key_outputs):
+    # no output columns key the input's rows (an outer join of aggregates: a padded row has one
+    # side's key alone): each output row keeps its input row's key (ROW_KEY) as its record key,
+    # as a Flink Calc passes on a changelog it cannot key by columns
+    by_row_key = not keys and not isinstance(inner, WindowAggregate)
+    if not by_row_key and (
+        not keys or (isinstance(inner, WindowAggregate) and None in inner.key_outputs)
+    ):
         raise sql_error(
             "a query over an updating subquery needs the subquery's rows keyed by columns it"
             " selects (select every GROUP BY key, or the partition and rank of a Top-N)",
@@ -170,6 +176,8 @@ def filter_over_changes(
         if not names or "*" in names:
             raise sql_error("name the columns of a query over an updating subquery", outer)
         outer.set("expressions", [exp.column(n) for n in names])
+    if by_row_key:
+        outer.select(exp.column(ROW_KEY, table=alias).as_(ROW_KEY), copy=False)
     key_outputs = _key_outputs(outer, keys)
     if None in key_outputs:
         missing = [k for k, o in zip(keys, key_outputs, strict=True) if o is None]

@@ -23,7 +23,7 @@ from streamhouse.sql.top_n_changes import ranked_recompute
 
 def plan_top_n(
     select: exp.Select, derived: dict[str, Operator], plan_select: SelectPlanner
-) -> TopN | Recompute | None:
+) -> Operator | None:
     """A TopN plan if ``select`` is ``SELECT .. FROM (SELECT .., ROW_NUMBER() OVER (PARTITION BY
     k ORDER BY ..) AS rn FROM s ..) WHERE rn <= N`` (or ``rn = 1``, ``rn < N``). When the inner
     query joins streams, the join becomes a derived input the ranking reads."""
@@ -31,6 +31,21 @@ def plan_top_n(
     sub = source.this if source is not None else None
     if not isinstance(sub, exp.Subquery) or not isinstance(sub.this, exp.Select):
         return None
+    if select.args.get("group") is not None or any(
+        p.find(exp.AggFunc) is not None for p in select.expressions
+    ):  # an aggregate over the ranking: over a Top-N (the WHERE bounding the rank), updating
+        where = select.args.get("where")
+        ranks = any(
+            isinstance(p.this if isinstance(p, exp.Alias) else p, exp.Window)
+            for p in sub.this.expressions
+        )
+        if where is None or not ranks:
+            return None
+        top_n = exp.select(exp.Star()).from_(sub.copy()).where(where.this.copy())
+        aggregate = select.copy()
+        aggregate.set("where", None)
+        aggregate.set("from_", exp.From(this=top_n.subquery(sub.alias_or_name or "__top_n")))
+        return plan_select(aggregate, derived)
     inner = sub.this
     if inner.args.get("joins") and derived is not None:
         rewritten = _rank_over_join(select, inner, derived, plan_select)
@@ -243,8 +258,21 @@ def _rank_over_join(
             stars.append(body.table)
     if window_projection is None:
         return None
+    # the window's expressions the join selects (ORDER BY x.n + y.m, selected AS score) are
+    # read by name; other columns it names are passed on by the join under names of our own
+    by_value = {
+        p.this: p.alias_or_name
+        for p in projections
+        if isinstance(p, exp.Alias) and not isinstance(p.this, exp.Column)
+    }
+    hidden: list[exp.Expr] = []
+    for column in window_projection.find_all(exp.Column):
+        key = (column.table, column.name)
+        if column.table and key not in names and column.table not in stars:
+            names[key] = f"__rank_{column.table}_{column.name}"
+            hidden.append(column.copy().as_(names[key]))
     join_select = inner.copy()
-    join_select.set("expressions", projections)
+    join_select.set("expressions", projections + hidden)
     op = plan_select(join_select, derived)
     if not (isinstance(op, StreamJoin | TemporalJoin) or op.updating):
         return None
@@ -260,8 +288,16 @@ def _rank_over_join(
                 return exp.column(node.name)
         return node
 
-    window = window_projection.copy().transform(rename)
-    ranked = exp.select(exp.Star(), window).from_(exp.to_table(name))
+    def named(node: exp.Expr) -> exp.Expr:
+        if node in by_value and not isinstance(node, exp.Column):
+            return exp.column(by_value[node])
+        return rename(node)
+
+    window = window_projection.copy().transform(named)
+    passed: list[exp.Expr] = [exp.Star()]
+    if hidden and not stars:  # the join's own columns only
+        passed = [exp.column(p.alias_or_name) for p in projections]
+    ranked = exp.select(*passed, window).from_(exp.to_table(name))
     outer = select.copy()
     outer.args["from_"].this.replace(ranked.subquery(select.args["from_"].this.alias or None))
     return outer

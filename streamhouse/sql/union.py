@@ -3,9 +3,12 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from sqlglot import exp
 
 from streamhouse.sql.nodes import Operator, SelectPlanner, Stateless, UnionAll, WindowAggregate
+from streamhouse.sql.over import OverAggregate, plan_over
 from streamhouse.sql.parse import sql_error
 from streamhouse.sql.window_aggregate import plan_window
 from streamhouse.sql.window_spec import find_window
@@ -102,23 +105,11 @@ def window_over_union(
     or CTE that is one), if ``select`` is one: the union becomes a derived input whose inputs
     filter and project streams and pass each stream's time attribute on as it is."""
     spec, rest = find_window(select)
-    source = rest.args.get("from_")
-    sub = source.this if source is not None else None
-    if (
-        spec is None
-        or rest.args.get("joins")
-        or not isinstance(sub, exp.Subquery)
-        or not isinstance(sub.this, exp.Union)
-    ):
+    sub = _union_source(rest)
+    if spec is None or sub is None:
         return None
     branches = [b.copy() for b in union_branches(sub.this)]
-    names = [e.alias_or_name for e in branches[0].expressions]
-    if spec.time_column not in names:
-        raise sql_error(f"{spec.time_column!r} is not a column of the UNION ALL", sub)
-    index = names.index(spec.time_column)
-    for branch in branches:
-        item = branch.expressions[index] if index < len(branch.expressions) else branch
-        body = item.this if isinstance(item, exp.Alias) else item
+    for branch, body in zip(branches, _time_items(branches, spec.time_column, sub), strict=True):
         if not isinstance(body, exp.Column):
             raise sql_error(
                 f"{spec.time_column!r} is computed ({body.sql(dialect='postgres')}) in an input"
@@ -134,17 +125,86 @@ def window_over_union(
             " (window each input, then UNION ALL the results)",
             sub,
         )
-    for name in union.inputs:
-        op = derived[name]
-        if not isinstance(op, Stateless):
-            raise sql_error(
-                "a window over a UNION ALL takes filters and projections of streams as its"
-                " inputs (aggregate each input first, then UNION ALL the results)",
-                sub,
-            )
+    what = "a window over a UNION ALL"
+    for name, op in _stateless_inputs(union, derived, what, sub):
         derived[name] = Stateless(op.source, op.sql, metadata=True)
     name = f"__derived_{len(derived)}"
     derived[name] = UnionAll(union.inputs, union.columns, metadata=True)
     table = exp.to_table(name).as_(sub.alias or name)
     sub.replace(table)
     return plan_window(rest, spec, table)
+
+
+def plan_over_union(
+    select: exp.Select, derived: dict[str, Operator], plan_select: SelectPlanner
+) -> OverAggregate | None:
+    """An OVER aggregation over ``(q1 UNION ALL q2 ...)``, if ``select`` is one: the union a
+    derived input whose inputs filter and project streams, each passing its stream's time
+    attribute on as it is under the name the OVER orders by."""
+    sub = _union_source(select)
+    window = select.find(exp.Window)
+    if window is None or sub is None:
+        return None
+    order = window.args.get("order")
+    keys = order.expressions if order is not None else []
+    if not keys or not isinstance(keys[0].this, exp.Column):
+        return None
+    time_column = keys[0].this.name
+    branches = [b.copy() for b in union_branches(sub.this)]
+    for body in _time_items(branches, time_column, sub):
+        if not isinstance(body, exp.Column) or body.name != time_column:
+            raise sql_error(
+                f"an input of the UNION ALL does not pass {time_column!r} on as it is, so it"
+                " is not a time attribute: pass each stream's time column on as it is, under"
+                " one name",
+                body,
+            )
+    union = _union_of(branches, derived, plan_select)
+    for name, op in _stateless_inputs(union, derived, "an OVER aggregation over a UNION ALL", sub):
+        derived[name] = replace(op, time_column=time_column)
+    name = f"__derived_{len(derived)}"
+    derived[name] = UnionAll(union.inputs, union.columns, time_column=time_column)
+    table = exp.to_table(name).as_(sub.alias or name)
+    rest = select.copy()
+    rest.args["from_"].this.replace(table)
+    return plan_over(rest, table)
+
+
+def _union_source(select: exp.Select) -> exp.Subquery | None:
+    """The ``(q1 UNION ALL q2 ...)`` ``select`` reads alone, if it reads one."""
+    source = select.args.get("from_")
+    sub = source.this if source is not None else None
+    if select.args.get("joins") or not isinstance(sub, exp.Subquery):
+        return None
+    return sub if isinstance(sub.this, exp.Union) else None
+
+
+def _time_items(branches: list[exp.Select], column: str, sub: exp.Subquery) -> list[exp.Expr]:
+    """What each input of the union outputs as its time column ``column`` (by the position of
+    the first input's column of that name)."""
+    names = [e.alias_or_name for e in branches[0].expressions]
+    if column not in names:
+        raise sql_error(f"{column!r} is not a column of the UNION ALL", sub)
+    index = names.index(column)
+    items = []
+    for branch in branches:
+        item = branch.expressions[index] if index < len(branch.expressions) else branch
+        items.append(item.this if isinstance(item, exp.Alias) else item)
+    return items
+
+
+def _stateless_inputs(
+    union: UnionAll, derived: dict[str, Operator], what: str, sub: exp.Subquery
+) -> list[tuple[str, Stateless]]:
+    """The union's inputs by name, each a filter or projection of a stream, or an error."""
+    inputs = []
+    for name in union.inputs:
+        op = derived[name]
+        if not isinstance(op, Stateless):
+            raise sql_error(
+                f"{what} takes filters and projections of streams as its inputs (aggregate"
+                " each input first, then UNION ALL the results)",
+                sub,
+            )
+        inputs.append((name, op))
+    return inputs

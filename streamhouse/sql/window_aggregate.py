@@ -30,7 +30,12 @@ _AGGREGATES: dict[type, AggregateFunction] = {
 }
 
 
-def plan_window(rest: exp.Select, spec: WindowSpec | None, table: exp.Table) -> WindowAggregate:
+def plan_window(
+    rest: exp.Select, spec: WindowSpec | None, table: exp.Table, positions: bool = True
+) -> WindowAggregate:
+    """The aggregate of ``rest`` over ``table`` (windowed by ``spec``, or updating without one);
+    ``positions``: the input rows have a source position (``_partition``, ``_offset``) a late
+    row is traced back by (a derived input's rows have none)."""
     group = rest.args.get("group")
     keys = [  # the window's own columns are not keys (an updating aggregate's are)
         g
@@ -153,7 +158,7 @@ def plan_window(rest: exp.Select, spec: WindowSpec | None, table: exp.Table) -> 
         # which source rows were late (the late-row side output) — windows only
         *(
             [exp.column("_partition").as_("__partition"), exp.column("_offset").as_("__offset")]
-            if spec is not None
+            if spec is not None and positions
             else []
         ),
     ).from_(exp.to_table(table.name).as_(alias) if table.alias else exp.to_table(table.name))

@@ -49,7 +49,7 @@ def window_inputs(
         op = _plan_input(sub, derived, plan_select)
         name = f"__derived_{len(derived)}"
         derived[name] = op
-        if preserving:
+        if preserving or _window_time(sub.this, spec.time_column):
             replace(exp.to_table(name))
             continue
         if isinstance(op, Stateless | UnionAll):
@@ -142,6 +142,24 @@ def _plan_input(
             sub,
         )
     return op
+
+
+def _window_time(query: exp.Expr, column: str) -> bool:
+    """Whether ``query`` is a window aggregate passing its ``window_time`` on as ``column``:
+    a time attribute, as in Flink (its rows come out as the watermark passes their window's end,
+    so a window over them — a 1 minute TUMBLE over 10 s ones — is a window, append-only)."""
+    if not isinstance(query, exp.Select) or query.args.get("group") is None:
+        return False
+    spec, _ = find_window(query)
+    if spec is None:
+        return False
+    for projection in query.expressions:
+        if projection.alias_or_name == column:
+            body = projection.this if isinstance(projection, exp.Alias) else projection
+            if isinstance(body, exp.Anonymous):  # TUMBLE_ROWTIME(t, ...) and the like
+                return body.name.upper().endswith("_ROWTIME")
+            return isinstance(body, exp.Column) and body.name == "window_time"
+    return False
 
 
 def _passes_time(select: exp.Select, column: str) -> bool:

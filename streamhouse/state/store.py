@@ -413,6 +413,19 @@ class TableState:
         else:
             batch.put(ColumnFamily.SESSIONS, self._run_key(seq), encode_table(rows))
 
+    def delete(self, positions: np.ndarray, batch: StateBatch | ScopedBatch) -> None:
+        """Stage the removal of the current rows at ``positions`` (in :attr:`table`): their keys
+        are gone. A run can only supersede keys, so the current rows are rewritten as one run
+        (as a compaction does)."""
+        if not len(positions):
+            return
+        if self._saved is None:
+            self._saved = (list(self._runs), list(self._held), self.live)
+        live = self.live.copy()
+        live[positions] = False
+        self.live = live
+        self._compact(batch)
+
     def _should_compact(self) -> bool:
         if len(self._runs) <= 1:
             return False
