@@ -104,10 +104,16 @@ async def handle_init_producer_id(broker: Broker, header: RequestHeader, request
     """A fresh producer id at epoch 0; transactions are not supported."""
     module = messages(ApiKey.INIT_PRODUCER_ID, header.api_version, True)
     if request.transactional_id is not None:
+        refused = ErrorCode.transactional_id_authorization_failed
+    elif not broker.access.may_write_idempotently(header.session):
+        refused = ErrorCode.cluster_authorization_failed
+    else:
+        refused = None
+    if refused is not None:
         return make(
             module.InitProducerIdResponse,
             throttle_time=0,
-            error_code=ErrorCode.transactional_id_authorization_failed,
+            error_code=refused,
             producer_id=-1,
             producer_epoch=-1,
         )

@@ -26,7 +26,17 @@ from typing import Any
 
 from streamhouse.config import Settings
 from streamhouse.errors import ProtocolError
-from streamhouse.kafka import admin, fetch, groups, metadata, offsets, produce, producers, sasl
+from streamhouse.kafka import (
+    acls,
+    admin,
+    fetch,
+    groups,
+    metadata,
+    offsets,
+    produce,
+    producers,
+    sasl,
+)
 from streamhouse.kafka.api_keys import ApiKey
 from streamhouse.kafka.broker import Broker
 from streamhouse.kafka.listeners import (
@@ -57,8 +67,8 @@ Handler = Callable[[Broker, RequestHeader, Any], Awaitable[Any]]
 """A kio-decoded request -> a kio response object (or None: no response)."""
 Response = bytes | asyncio.Future[bytes] | asyncio.Future[bytes | None]
 """A response frame, now or later (a future resolving to None answers nothing)."""
-RawHandler = Callable[[Broker, bytes, str], Response | None]
-"""Hot APIs decode their frames themselves: (broker, frame, client host) -> response."""
+RawHandler = Callable[[Broker, bytes, str, Session], Response | None]
+"""Hot APIs decode their frames themselves: (broker, frame, client host, session) -> response."""
 
 HANDLERS: dict[ApiKey, Handler] = {
     ApiKey.API_VERSIONS: handle_api_versions,
@@ -68,6 +78,7 @@ HANDLERS: dict[ApiKey, Handler] = {
     **admin.HANDLERS,
     **producers.HANDLERS,
     **sasl.HANDLERS,
+    **acls.HANDLERS,
 }
 RAW_HANDLERS: dict[ApiKey, RawHandler] = {**produce.RAW_HANDLERS, **fetch.RAW_HANDLERS}
 assert not set(HANDLERS) & set(RAW_HANDLERS)
@@ -112,7 +123,7 @@ def _start(broker: Broker, frame: bytes, client_host: str, session: Session) -> 
         log.debug("%s: api %d v%d #%d", client_host, api_key, api_version, correlation_id)
     raw = RAW_HANDLERS.get(api_key)
     if raw is not None:
-        return raw(broker, frame, client_host)
+        return raw(broker, frame, client_host, session)
     header, request = parse_request(frame, client_host, session)
     return asyncio.ensure_future(_respond(header, HANDLERS[api_key](broker, header, request)))
 
@@ -145,6 +156,7 @@ class _Connection:
         peer = writer.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
         self.client_host = f"/{peer[0]}" if isinstance(peer, tuple) else ""
+        self.session.host = peer[0] if isinstance(peer, tuple) else ""
         self.pending: asyncio.Queue[tuple[Response, int] | None] = asyncio.Queue(MAX_IN_FLIGHT)
         self.pending_bytes = 0  # frame bytes of the requests in `pending`
         self.room = asyncio.Event()  # set when pending_bytes went down
@@ -316,6 +328,8 @@ async def serve(
     listeners = listeners_of(settings)
     tls = server_tls_context(settings) if any(lst.tls for lst in listeners) else None
     broker = Broker(log_, settings, agent_id)
+    if broker.access.enabled:
+        await asyncio.to_thread(broker.access.reload)
     broker.attach(asyncio.get_running_loop())
     connections: set[asyncio.Task[None]] = set()
 
@@ -358,6 +372,7 @@ async def serve(
     group_leases = asyncio.create_task(broker.coordination.maintain())
     sweeper = asyncio.create_task(_sweep_groups(broker))
     retention = asyncio.create_task(_storage_lifecycle(log_, settings.retention_check_interval_s))
+    acl_refresh = asyncio.create_task(broker.access.refresh()) if broker.access.enabled else None
     for listener in listeners:
         log.info(
             "Kafka protocol %s on %s:%d, advertised as %s:%d%s",
@@ -375,6 +390,8 @@ async def serve(
     finally:
         sweeper.cancel()
         retention.cancel()
+        if acl_refresh is not None:
+            acl_refresh.cancel()
         heartbeat.cancel()
         group_leases.cancel()
         for server in servers:

@@ -44,6 +44,9 @@ SUPPORTED: dict[ApiKey, tuple[int, int]] = {
     ApiKey.DELETE_TOPICS: (1, 3),  # DeleteTopics (v4+ flexible)
     ApiKey.DELETE_RECORDS: (0, 1),  # DeleteRecords (v2+ flexible)
     ApiKey.INIT_PRODUCER_ID: (0, 1),  # InitProducerId (v2+ flexible)
+    ApiKey.DESCRIBE_ACLS: (1, 3),  # DescribeAcls (v2+ flexible; v1+ pattern types)
+    ApiKey.CREATE_ACLS: (1, 3),  # CreateAcls (v2+ flexible)
+    ApiKey.DELETE_ACLS: (1, 3),  # DeleteAcls (v2+ flexible)
     ApiKey.DESCRIBE_CONFIGS: (1, 3),  # DescribeConfigs (v4+ flexible)
     ApiKey.ALTER_CONFIGS: (0, 1),  # AlterConfigs (v2+ flexible)
     ApiKey.SASL_AUTHENTICATE: (0, 1),  # SaslAuthenticate (v2+ flexible)
@@ -51,6 +54,8 @@ SUPPORTED: dict[ApiKey, tuple[int, int]] = {
     ApiKey.DELETE_GROUPS: (0, 2),  # DeleteGroups (v2 flexible)
     ApiKey.INCREMENTAL_ALTER_CONFIGS: (0, 0),  # IncrementalAlterConfigs (v1+ flexible)
     ApiKey.OFFSET_DELETE: (0, 0),  # OffsetDelete (KIP-496; Kafka 3.x's only version)
+    ApiKey.DESCRIBE_USER_SCRAM_CREDENTIALS: (0, 0),  # KIP-554 (flexible)
+    ApiKey.ALTER_USER_SCRAM_CREDENTIALS: (0, 0),  # KIP-554 (flexible)
 }
 """API key -> (min version, max version), both inclusive."""
 

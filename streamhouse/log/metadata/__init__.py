@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from streamhouse.log.metadata.checkpoints import QueryCheckpoint
     from streamhouse.log.metadata.leases import Lease
     from streamhouse.log.metadata.swaps import SegmentSwap, SwapOutcome
+    from streamhouse.security.acl import AclBinding
     from streamhouse.security.scram import ScramCredential
 
 __all__ = [
@@ -376,6 +377,22 @@ class Metadata(Protocol):
 
     def delete_credentials(self, user: str) -> bool:
         """Remove every credential of ``user``; ``False`` if there was none."""
+        ...
+
+    def create_acls(self, bindings: Sequence[AclBinding]) -> None:
+        """Store ACL bindings (one already stored is kept once)."""
+        ...
+
+    def list_acls(self) -> list[AclBinding]:
+        """Every ACL binding, in no set order."""
+        ...
+
+    def delete_acls(self, bindings: Sequence[AclBinding]) -> None:
+        """Remove these ACL bindings (those not stored are skipped)."""
+        ...
+
+    def acl_version(self) -> int:
+        """A number every ACL change increases: a reader reloads the ACLs when it moved."""
         ...
 
     def next_producer_id(self) -> int:

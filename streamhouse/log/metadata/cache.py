@@ -56,6 +56,7 @@ from streamhouse.log.metadata import (
 from streamhouse.log.metadata.checkpoints import QueryCheckpoint
 from streamhouse.log.metadata.leases import Lease
 from streamhouse.log.metadata.swaps import SegmentSwap, SwapOutcome
+from streamhouse.security.acl import AclBinding
 from streamhouse.security.scram import ScramCredential
 
 logger = logging.getLogger(__name__)
@@ -487,6 +488,18 @@ class CachedMetadata:
 
     def delete_credentials(self, user: str) -> bool:
         return self.inner.delete_credentials(user)
+
+    def create_acls(self, bindings: Sequence[AclBinding]) -> None:
+        self.inner.create_acls(bindings)
+
+    def list_acls(self) -> list[AclBinding]:
+        return self.inner.list_acls()
+
+    def delete_acls(self, bindings: Sequence[AclBinding]) -> None:
+        self.inner.delete_acls(bindings)
+
+    def acl_version(self) -> int:
+        return self.inner.acl_version()
 
     def next_producer_id(self) -> int:
         return self.inner.next_producer_id()

@@ -37,6 +37,9 @@ Tables (one row per ...):
   source offsets it holds (a JSON object: topic -> partition -> offset).
 - ``scram_credentials``: (user_name, mechanism) SASL credential (``kafka/scram.py``): salt,
   iteration count, StoredKey and ServerKey (base64), never the password.
+- ``acls``: Kafka ACL binding (``security/acl.py``), every column part of the key; the
+  numbers are Kafka's (resource type, pattern type, operation, permission). Every change also
+  bumps the ``acls`` row of ``counters``, which agents poll to reload their copy.
 """
 
 from __future__ import annotations
@@ -198,6 +201,23 @@ MIGRATIONS: tuple[Migration, ...] = (
             " server_key TEXT NOT NULL,"
             " updated_ms BIGINT NOT NULL,"
             " PRIMARY KEY (user_name, mechanism))",
+        ),
+    ),
+    Migration(
+        9,
+        "acls",
+        (
+            "CREATE TABLE acls ("
+            " resource_type INTEGER NOT NULL,"
+            " resource_name TEXT NOT NULL,"
+            " pattern_type INTEGER NOT NULL,"
+            " principal TEXT NOT NULL,"
+            " host TEXT NOT NULL,"
+            " operation INTEGER NOT NULL,"
+            " permission INTEGER NOT NULL,"
+            " PRIMARY KEY (resource_type, resource_name, pattern_type, principal, host,"
+            " operation, permission))",
+            "INSERT INTO counters (name, counter_value) VALUES ('acls', 0)",
         ),
     ),
 )

@@ -38,6 +38,13 @@ from streamhouse.log.metadata.rules import (
     config_json,
     topic_config,
 )
+from streamhouse.security.acl import (
+    AclBinding,
+    AclOperation,
+    AclPermission,
+    PatternType,
+    ResourceType,
+)
 from streamhouse.security.scram import ScramCredential
 
 logger = logging.getLogger(__name__)
@@ -386,6 +393,47 @@ class SqlMetadata:
             )
             return cursor.rowcount > 0
 
+    # -- ACLs --------------------------------------------------------------------------------
+
+    def create_acls(self, bindings: Sequence[AclBinding]) -> None:
+        with self._transaction(f"create {len(bindings)} ACL(s)") as conn:
+            for b in bindings:
+                conn.execute(
+                    self._sql(
+                        f"INSERT INTO acls ({_ACL_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)"
+                        " ON CONFLICT DO NOTHING"
+                    ),
+                    _acl_row(b),
+                )
+            conn.execute(_BUMP_ACLS)
+
+    def list_acls(self) -> list[AclBinding]:
+        with self._reader("list ACLs") as conn:
+            rows = conn.execute(f"SELECT {_ACL_COLUMNS} FROM acls").fetchall()
+        return [
+            AclBinding(ResourceType(t), name, PatternType(pt), principal, host,
+                       AclOperation(op), AclPermission(perm))
+            for t, name, pt, principal, host, op, perm in rows
+        ]  # fmt: skip
+
+    def delete_acls(self, bindings: Sequence[AclBinding]) -> None:
+        with self._transaction(f"delete {len(bindings)} ACL(s)") as conn:
+            for b in bindings:
+                conn.execute(
+                    self._sql(
+                        "DELETE FROM acls WHERE resource_type = ? AND resource_name = ?"
+                        " AND pattern_type = ? AND principal = ? AND host = ? AND operation = ?"
+                        " AND permission = ?"
+                    ),
+                    _acl_row(b),
+                )
+            conn.execute(_BUMP_ACLS)
+
+    def acl_version(self) -> int:
+        with self._reader("read the ACL version") as conn:
+            row = conn.execute("SELECT counter_value FROM counters WHERE name = 'acls'").fetchone()
+        return 0 if row is None else int(row[0])
+
     # -- agents ------------------------------------------------------------------------------
 
     def deregister_agent(self, agent_id: str) -> None:
@@ -421,6 +469,15 @@ class SqlMetadata:
                 leases.sql(leases.LIST, self.dialect), leases.prefix_bounds(prefix)
             ).fetchall()
         return [Lease(*row) for row in rows]
+
+
+_ACL_COLUMNS = "resource_type, resource_name, pattern_type, principal, host, operation, permission"
+_BUMP_ACLS = "UPDATE counters SET counter_value = counter_value + 1 WHERE name = 'acls'"
+
+
+def _acl_row(b: AclBinding) -> tuple[object, ...]:
+    return (int(b.resource_type), b.resource_name, int(b.pattern_type), b.principal, b.host,
+            int(b.operation), int(b.permission))  # fmt: skip
 
 
 def _b64(data: bytes) -> str:
