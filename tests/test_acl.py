@@ -117,14 +117,14 @@ def test_acls_in_each_metadata_store(md) -> None:
     """SQLite and PostgreSQL keep the same ACLs; each change moves the version."""
     op = acl.AclOperation
     first = [_binding("orders", op.WRITE), _binding("logs-", op.READ, prefixed=True)]
-    v0 = md.acl_version()
+    v0 = md.security_version()
     md.create_acls(first)
     md.create_acls(first[:1])  # again: kept once
     assert sorted(md.list_acls(), key=str) == sorted(first, key=str)
-    v1 = md.acl_version()
+    v1 = md.security_version()
     md.delete_acls(first[:1])
     assert md.list_acls() == first[1:]
-    assert v0 < v1 < md.acl_version()
+    assert v0 < v1 < md.security_version()
 
 
 # -- end to end ----------------------------------------------------------------------------

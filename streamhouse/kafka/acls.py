@@ -8,8 +8,9 @@ a Kafka broker without an authorizer. A denial answers with Kafka's code for the
 (TOPIC/GROUP/CLUSTER_AUTHORIZATION_FAILED, 29/30/31) and an INFO audit line (rate-limited).
 
 The ACLs live in the metadata store, so every agent shares them. Each agent keeps them in
-memory (:class:`Access`) and reloads them when the store's ACL version moves: at once after
-its own Create/DeleteAcls, and within ``acl_refresh_s`` after another agent's.
+memory (:class:`Access`), with the SCRAM credentials logins read, and reloads both when the
+store's security version moves: at once after its own changes, and within ``acl_refresh_s``
+after another agent's (or ``streamhouse user``'s).
 
 CreateAcls, DescribeAcls and DeleteAcls need ALTER (DESCRIBE to describe) on the cluster;
 DescribeUserScramCredentials and AlterUserScramCredentials are for super users only.
@@ -58,6 +59,8 @@ DENIED: dict[ResourceType, ErrorCode] = {
 """Resource type -> the error a denied request gets."""
 SCRAM_MECHANISM_CODES = {1: "SCRAM-SHA-256", 2: "SCRAM-SHA-512"}
 """Kafka's ScramMechanism numbers."""
+MAX_CACHED_CREDENTIALS = 10_000
+"""Credentials (and unknown users) an agent remembers; then it starts over."""
 MAX_ITERATIONS = 16384
 """Kafka refuses more iterations than this."""
 
@@ -77,7 +80,8 @@ def super_users_of(text: str | list[str] | tuple[str, ...]) -> frozenset[str]:
 
 
 class Access:
-    """This agent's copy of the ACLs and the decisions made with it (event loop thread)."""
+    """This agent's copies of the ACLs and the SCRAM credentials, and the decisions made with
+    them (event loop thread). Both are reloaded when the store's security version moves."""
 
     def __init__(self, metadata: Metadata, settings: Settings) -> None:
         if settings.authorizer not in AUTHORIZERS:
@@ -90,26 +94,44 @@ class Access:
         self.metadata = metadata
         self.authorizer = Authorizer((), self.super_users)
         self.version = -1
+        self._credentials: dict[tuple[str, str], ScramCredential | None] = {}
 
     def reload(self) -> bool:
-        """Read the ACLs again if the store's version moved (blocking: a worker thread)."""
-        version = self.metadata.acl_version()
+        """Read the ACLs again and forget the credentials read, if the store's version moved
+        (blocking: a worker thread)."""
+        version = self.metadata.security_version()
         if version == self.version:
             return False
-        bindings = self.metadata.list_acls()
-        self.authorizer = Authorizer(bindings, self.super_users)
+        if self.enabled:
+            bindings = self.metadata.list_acls()
+            self.authorizer = Authorizer(bindings, self.super_users)
+            log.debug("ACLs reloaded: %d binding(s), version %d", len(bindings), version)
+        self._credentials = {}
         self.version = version
-        log.debug("ACLs reloaded: %d binding(s), version %d", len(bindings), version)
         return True
 
     async def refresh(self) -> None:
-        """Reload now and then, for ACLs changed through other agents."""
+        """Reload now and then, for ACLs and users changed through other agents."""
         while True:
             await asyncio.sleep(self.refresh_s)
             try:
                 await asyncio.to_thread(self.reload)
             except StreamHouseError as exc:
                 log.warning("ACLs not reloaded (the last ones stay in force): %s", exc)
+
+    async def credential(self, user: str, mechanism: str) -> ScramCredential | None:
+        """``user``'s SCRAM credential (None: no such user), read from the store once per
+        version: a login costs no store read (an unknown user is remembered too, up to
+        :data:`MAX_CACHED_CREDENTIALS` entries)."""
+        key = (user, mechanism)
+        cached = self._credentials
+        if key in cached:
+            return cached[key]
+        found = await asyncio.to_thread(self.metadata.get_credential, user, mechanism)
+        if len(cached) >= MAX_CACHED_CREDENTIALS:
+            cached.clear()
+        cached[key] = found
+        return found
 
     def is_super(self, session: Session | None) -> bool:
         return session is not None and session.principal in self.super_users
@@ -435,6 +457,7 @@ async def handle_alter_user_scram_credentials(
     else:
         try:
             outcome = await asyncio.to_thread(_alter_credentials, broker.log.metadata, request)
+            await asyncio.to_thread(broker.access.reload)
         except StreamHouseError as exc:
             outcome = dict.fromkeys(users, (ErrorCode.kafka_storage_error, str(exc)))
     return make(

@@ -8,7 +8,8 @@ password``, checked against the user's stored SCRAM credential), two for SCRAM (
 :mod:`streamhouse.security.scram`). A failed login is answered SASL_AUTHENTICATION_FAILED and
 the connection is closed; it is audited (:mod:`streamhouse.kafka.audit`: principal, client
 address, mechanism). Password hashing (PLAIN) runs in a worker thread; a SCRAM login costs
-the server two HMACs and a metadata read, an unknown user not even those.
+the server two HMACs, an unknown user not even those; credentials come from the agent's copy
+(:class:`streamhouse.kafka.acls.Access`), read from the store once per change.
 """
 
 from __future__ import annotations
@@ -122,16 +123,12 @@ async def _plain(broker: Broker, session: Session, message: bytes) -> bytes:
     session.sasl_user = user
     if authzid and authzid != user:
         raise ScramError("PLAIN authorization id differs from the user name")
-    metadata = broker.log.metadata
-
-    def check() -> bool:
-        for mechanism in MECHANISMS:
-            credential = metadata.get_credential(user, mechanism)
-            if credential is not None:
-                return verify_password(credential, password)
-        return False
-
-    if not user or not await asyncio.to_thread(check):
+    credential = None
+    for mechanism in MECHANISMS:
+        credential = await broker.access.credential(user, mechanism) if user else None
+        if credential is not None:
+            break
+    if credential is None or not await asyncio.to_thread(verify_password, credential, password):
         raise ScramError(f"wrong password or unknown user {user!r}")
     session.login(user)
     return b""
@@ -144,10 +141,7 @@ async def _scram(broker: Broker, session: Session, message: bytes) -> bytes:
         exchange = session.scram = ScramServer(session.mechanism)
         user = exchange.first(message)
         session.sasl_user = user
-        credential = await asyncio.to_thread(
-            broker.log.metadata.get_credential, user, exchange.mechanism
-        )
-        return exchange.server_first(credential)
+        return exchange.server_first(await broker.access.credential(user, exchange.mechanism))
     reply = exchange.final(message)
     session.scram = None
     session.login(exchange.user)

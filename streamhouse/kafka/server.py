@@ -328,8 +328,7 @@ async def serve(
     listeners = listeners_of(settings)
     tls = server_tls_context(settings) if any(lst.tls for lst in listeners) else None
     broker = Broker(log_, settings, agent_id)
-    if broker.access.enabled:
-        await asyncio.to_thread(broker.access.reload)
+    await asyncio.to_thread(broker.access.reload)
     broker.attach(asyncio.get_running_loop())
     connections: set[asyncio.Task[None]] = set()
 
@@ -372,7 +371,11 @@ async def serve(
     group_leases = asyncio.create_task(broker.coordination.maintain())
     sweeper = asyncio.create_task(_sweep_groups(broker))
     retention = asyncio.create_task(_storage_lifecycle(log_, settings.retention_check_interval_s))
-    acl_refresh = asyncio.create_task(broker.access.refresh()) if broker.access.enabled else None
+    acl_refresh = (
+        asyncio.create_task(broker.access.refresh())
+        if broker.access.enabled or any(listener.sasl for listener in listeners)
+        else None
+    )
     for listener in listeners:
         log.info(
             "Kafka protocol %s on %s:%d, advertised as %s:%d%s",

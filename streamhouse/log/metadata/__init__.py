@@ -391,8 +391,9 @@ class Metadata(Protocol):
         """Remove these ACL bindings (those not stored are skipped)."""
         ...
 
-    def acl_version(self) -> int:
-        """A number every ACL change increases: a reader reloads the ACLs when it moved."""
+    def security_version(self) -> int:
+        """A number every change of an ACL or a SCRAM credential increases: a reader of either
+        reloads its copy when it moved."""
         ...
 
     def next_producer_id(self) -> int:

@@ -498,8 +498,8 @@ class CachedMetadata:
     def delete_acls(self, bindings: Sequence[AclBinding]) -> None:
         self.inner.delete_acls(bindings)
 
-    def acl_version(self) -> int:
-        return self.inner.acl_version()
+    def security_version(self) -> int:
+        return self.inner.security_version()
 
     def next_producer_id(self) -> int:
         return self.inner.next_producer_id()

@@ -38,8 +38,9 @@ Tables (one row per ...):
 - ``scram_credentials``: (user_name, mechanism) SASL credential (``kafka/scram.py``): salt,
   iteration count, StoredKey and ServerKey (base64), never the password.
 - ``acls``: Kafka ACL binding (``security/acl.py``), every column part of the key; the
-  numbers are Kafka's (resource type, pattern type, operation, permission). Every change also
-  bumps the ``acls`` row of ``counters``, which agents poll to reload their copy.
+  numbers are Kafka's (resource type, pattern type, operation, permission). Every change of
+  an ACL or a SCRAM credential also bumps the ``security`` row of ``counters``, which agents
+  poll to reload their copies.
 """
 
 from __future__ import annotations
@@ -217,7 +218,7 @@ MIGRATIONS: tuple[Migration, ...] = (
             " permission INTEGER NOT NULL,"
             " PRIMARY KEY (resource_type, resource_name, pattern_type, principal, host,"
             " operation, permission))",
-            "INSERT INTO counters (name, counter_value) VALUES ('acls', 0)",
+            "INSERT INTO counters (name, counter_value) VALUES ('security', 0)",
         ),
     ),
 )

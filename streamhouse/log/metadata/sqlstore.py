@@ -350,6 +350,7 @@ class SqlMetadata:
     def put_credentials(self, user: str, credentials: Sequence[ScramCredential]) -> None:
         with self._transaction(f"store credentials of user {user!r}") as conn:
             conn.execute(self._sql("DELETE FROM scram_credentials WHERE user_name = ?"), (user,))
+            conn.execute(_BUMP_SECURITY)
             for c in credentials:
                 conn.execute(
                     self._sql(
@@ -387,10 +388,11 @@ class SqlMetadata:
         return [(user, mechanism, iterations) for user, mechanism, iterations in rows]
 
     def delete_credentials(self, user: str) -> bool:
-        with self._statement(f"delete credentials of user {user!r}") as conn:
+        with self._transaction(f"delete credentials of user {user!r}") as conn:
             cursor = conn.execute(
                 self._sql("DELETE FROM scram_credentials WHERE user_name = ?"), (user,)
             )
+            conn.execute(_BUMP_SECURITY)
             return cursor.rowcount > 0
 
     # -- ACLs --------------------------------------------------------------------------------
@@ -405,7 +407,7 @@ class SqlMetadata:
                     ),
                     _acl_row(b),
                 )
-            conn.execute(_BUMP_ACLS)
+            conn.execute(_BUMP_SECURITY)
 
     def list_acls(self) -> list[AclBinding]:
         with self._reader("list ACLs") as conn:
@@ -427,11 +429,13 @@ class SqlMetadata:
                     ),
                     _acl_row(b),
                 )
-            conn.execute(_BUMP_ACLS)
+            conn.execute(_BUMP_SECURITY)
 
-    def acl_version(self) -> int:
-        with self._reader("read the ACL version") as conn:
-            row = conn.execute("SELECT counter_value FROM counters WHERE name = 'acls'").fetchone()
+    def security_version(self) -> int:
+        with self._reader("read the security version") as conn:
+            row = conn.execute(
+                "SELECT counter_value FROM counters WHERE name = 'security'"
+            ).fetchone()
         return 0 if row is None else int(row[0])
 
     # -- agents ------------------------------------------------------------------------------
@@ -472,7 +476,7 @@ class SqlMetadata:
 
 
 _ACL_COLUMNS = "resource_type, resource_name, pattern_type, principal, host, operation, permission"
-_BUMP_ACLS = "UPDATE counters SET counter_value = counter_value + 1 WHERE name = 'acls'"
+_BUMP_SECURITY = "UPDATE counters SET counter_value = counter_value + 1 WHERE name = 'security'"
 
 
 def _acl_row(b: AclBinding) -> tuple[object, ...]:
