@@ -374,3 +374,50 @@ def test_a_user_created_over_the_admin_api_logs_in(acl_server: KafkaServer) -> N
     assert sorted(listed.topics) == ["private"]
     with pytest.raises(KafkaException):  # no SHA-512 credential was made
         AdminClient(_config(acl_server, user, "SCRAM-SHA-512")).list_topics(timeout=3)
+
+
+def test_an_agent_learns_of_acls_changed_elsewhere_on_reload(md) -> None:
+    """An agent's copy changes only when the store's security version moved: another agent's
+    CreateAcls, or a user added, is seen at the next reload (every acl_refresh_s)."""
+    from streamhouse.config import Settings
+    from streamhouse.kafka.acls import Access
+    from streamhouse.kafka.listeners import Listener, Session
+    from streamhouse.security.scram import make_credential
+
+    access = Access(md, Settings(authorizer="acl", super_users="User:root"))
+    assert access.reload() and not access.reload()
+    session = Session(Listener("PLAINTEXT", "127.0.0.1", 0, "127.0.0.1"), "User:alice")
+    write, topic = acl.AclOperation.WRITE, acl.ResourceType.TOPIC
+    assert not access.allowed(session, write, topic, "orders")
+    md.create_acls([_binding("orders", write)])  # through another agent
+    assert not access.allowed(session, write, topic, "orders")  # until the reload
+    assert access.reload() and access.allowed(session, write, topic, "orders")
+    md.put_credentials("zed", [make_credential("SCRAM-SHA-256", "pw", user="zed")])
+    assert access.reload()  # a credential change moves the version too
+
+
+def test_audit_lines_are_rate_limited(caplog: pytest.LogCaptureFixture) -> None:
+    from streamhouse.kafka.audit import AUDIT_LINES_PER_S, Audit
+
+    audit = Audit()
+    with caplog.at_level("INFO", logger="streamhouse.kafka.audit"):
+        for i in range(AUDIT_LINES_PER_S * 5):
+            audit.line("denied %s", i)
+    lines = [r.getMessage() for r in caplog.records]
+    assert 1 <= len(lines) <= 2 * AUDIT_LINES_PER_S + 1  # a second boundary may fall inside
+    assert lines[0] == "audit: denied 0"
+
+
+def test_serve_warns_of_a_data_dir_others_may_write(
+    tmp_path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from streamhouse.cli import _warn_if_others_may_write
+
+    tmp_path.chmod(0o700)
+    with caplog.at_level("WARNING", logger="streamhouse"):
+        _warn_if_others_may_write(tmp_path)
+        assert not caplog.records
+        tmp_path.chmod(0o777)
+        _warn_if_others_may_write(tmp_path)
+    tmp_path.chmod(0o700)
+    assert "world-writable (mode 777)" in caplog.records[0].getMessage()

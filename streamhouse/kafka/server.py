@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import signal
 import struct
@@ -386,6 +387,7 @@ async def serve(
             listener.advertised_port,
             " (client certificates required)" if listener.tls and settings.tls_client_ca else "",
         )
+    _warn_of_open_listeners(listeners, settings)
     if ready is not None:
         ready.set()
     try:
@@ -406,6 +408,37 @@ async def serve(
         if connections:
             await asyncio.gather(*connections, return_exceptions=True)
         broker.detach()
+
+
+def _warn_of_open_listeners(listeners: list[Listener], settings: Settings) -> None:
+    """Warn of a listener beyond the loopback interface that lets anyone in (no SASL, no client
+    certificates) or anyone do anything (no authorizer)."""
+    for listener in listeners:
+        if ipaddress_is_loopback(listener.host):
+            continue
+        if not (listener.sasl or (listener.tls and settings.tls_client_ca)):
+            log.warning(
+                "%s serves anyone who can reach it: use SASL_SSL (or SSL with --tls-client-ca)",
+                listener,
+            )
+        elif settings.authorizer != "acl":
+            log.warning(
+                "%s: every authenticated client may do anything: use --authorizer acl", listener
+            )
+
+
+def ipaddress_is_loopback(host: str) -> bool:
+    """Whether ``host`` names the loopback interface only.
+
+    >>> ipaddress_is_loopback("127.0.0.1"), ipaddress_is_loopback("0.0.0.0")
+    (True, False)
+    """
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def run(settings: Settings) -> None:
