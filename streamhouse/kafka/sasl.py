@@ -5,8 +5,9 @@ ApiVersions, SaslHandshake and SaslAuthenticate until it has logged in (the serv
 at any other request). The handshake picks a mechanism of ``settings.sasl_mechanisms``; then
 SaslAuthenticate carries the mechanism's messages: one for PLAIN (``authzid NUL user NUL
 password``, checked against the user's stored SCRAM credential), two for SCRAM (RFC 5802;
-:mod:`streamhouse.security.scram`). A failed login is answered SASL_AUTHENTICATION_FAILED and
-the connection is closed; it is audited (:mod:`streamhouse.kafka.audit`: principal, client
+:mod:`streamhouse.security.scram`). A failed login is answered SASL_AUTHENTICATION_FAILED, after
+``settings.failed_login_delay_ms`` (Kafka's ``connection.failed.authentication.delay.ms``:
+a client retrying in a loop costs the server little), and the connection is closed; it is audited (:mod:`streamhouse.kafka.audit`: principal, client
 address, mechanism). Password hashing (PLAIN) runs in a worker thread; a SCRAM login costs
 the server two HMACs, an unknown user not even those; credentials come from the agent's copy
 (:class:`streamhouse.kafka.acls.Access`), read from the store once per change.
@@ -94,6 +95,7 @@ async def handle_sasl_authenticate(broker: Broker, header: RequestHeader, reques
                 str(exc),
             )
         illegal = session is None or session.mechanism is None or session.authenticated
+        await asyncio.sleep(broker.settings.failed_login_delay_ms / 1000)
         return make(
             module.SaslAuthenticateResponse,
             error_code=ErrorCode.illegal_sasl_state
