@@ -50,6 +50,8 @@ CLUSTER_NAME = "kafka-cluster"
 
 
 class ResourceType(IntEnum):
+    __hash__ = int.__hash__  # C speed: Enum's own hash is a Python call (~0.1 µs)
+
     UNKNOWN = 0
     ANY = 1
     TOPIC = 2
@@ -61,6 +63,8 @@ class ResourceType(IntEnum):
 
 
 class PatternType(IntEnum):
+    __hash__ = int.__hash__  # C speed: Enum's own hash is a Python call (~0.1 µs)
+
     UNKNOWN = 0
     ANY = 1
     MATCH = 2
@@ -69,6 +73,8 @@ class PatternType(IntEnum):
 
 
 class AclOperation(IntEnum):
+    __hash__ = int.__hash__  # C speed: Enum's own hash is a Python call (~0.1 µs)
+
     UNKNOWN = 0
     ANY = 1
     ALL = 2
@@ -85,6 +91,8 @@ class AclOperation(IntEnum):
 
 
 class AclPermission(IntEnum):
+    __hash__ = int.__hash__  # C speed: Enum's own hash is a Python call (~0.1 µs)
+
     UNKNOWN = 0
     ANY = 1
     DENY = 2
