@@ -514,6 +514,17 @@ def query(
     default=None,
     help="SASL mechanisms offered: PLAIN,SCRAM-SHA-256,SCRAM-SHA-512 (default: both SCRAMs).",
 )
+@click.option(
+    "--authorizer",
+    type=click.Choice(["none", "acl"]),
+    default=None,
+    help="acl: Kafka ACLs (CreateAcls...) decide who may do what (default none: anyone).",
+)
+@click.option(
+    "--super-users",
+    default=None,
+    help="Principals that bypass ACLs, ';'-separated (User:admin;User:CN=ops).",
+)
 @click.option("--tls-cert", default=None, help="PEM certificate (chain) of TLS listeners.")
 @click.option("--tls-key", default=None, help="PEM private key of --tls-cert.")
 @click.option(
@@ -542,6 +553,8 @@ def serve(
     security_protocol: str | None,
     listeners: tuple[str, ...],
     sasl_mechanisms: str | None,
+    authorizer: str | None,
+    super_users: str | None,
     tls_cert: str | None,
     tls_key: str | None,
     tls_client_ca: str | None,
@@ -554,6 +567,7 @@ def serve(
     import contextlib
     import signal
 
+    from streamhouse.kafka.acls import super_users_of
     from streamhouse.kafka.listeners import listeners_of, server_tls_context
     from streamhouse.kafka.sasl import enabled_mechanisms
     from streamhouse.kafka.server import serve as serve_kafka
@@ -579,6 +593,8 @@ def serve(
         security_protocol=security_protocol,
         listeners=",".join(listeners) or None,
         sasl_mechanisms=sasl_mechanisms,
+        authorizer=authorizer,
+        super_users=super_users,
         tls_cert=tls_cert,
         tls_key=tls_key,
         tls_client_ca=tls_client_ca,
@@ -586,8 +602,10 @@ def serve(
     enabled_mechanisms(settings.sasl_mechanisms)
     if any(listener.tls for listener in listeners_of(settings)):
         server_tls_context(settings)  # bad certificate files: one line now, before anything opens
+    super_users_of(settings.super_users)
     files = sorted(Path(queries_dir).glob("*.sql")) if queries_dir else []
     with StreamHouse(settings) as sh:
+        _warn_if_others_may_write(settings.data_dir)
         agent_id = None
         supervisor = None
         if sqlite_path(settings) is None:  # one agent of several: each query on one of them
@@ -609,6 +627,25 @@ def serve(
         finally:
             if supervisor is not None:
                 supervisor.stop()
+
+
+def _warn_if_others_may_write(data_dir: Path) -> None:
+    """Local access (the CLI, the Python API) is governed by the data dir's permissions: warn
+    when other users may write it."""
+    import stat
+
+    try:
+        mode = data_dir.stat().st_mode
+    except OSError:
+        return
+    if mode & (stat.S_IWGRP | stat.S_IWOTH):
+        log.warning(
+            "data dir %s is %s-writable (mode %o): other local users can change the log and"
+            " the users; chmod go-w it",
+            data_dir,
+            "world" if mode & stat.S_IWOTH else "group",
+            stat.S_IMODE(mode),
+        )
 
 
 def _start_queries(sh: StreamHouse, files: list[Path]) -> None:

@@ -62,6 +62,10 @@ class Settings:
     ``tls_client_ca`` (PEM) every client must present a certificate that CA signed (mTLS).
     ``sasl_mechanisms`` are those SASL listeners offer: ``PLAIN``, ``SCRAM-SHA-256``,
     ``SCRAM-SHA-512`` (comma-separated).
+    ``authorizer`` is ``none`` (everything allowed) or ``acl`` (Kafka ACLs in the metadata
+    store decide); ``super_users`` (``User:admin;User:ops``) bypass them; each agent reloads
+    ACLs changed elsewhere within ``acl_refresh_s``. A failed SASL login is answered after
+    ``failed_login_delay_ms`` (Kafka's ``connection.failed.authentication.delay.ms``).
     """
 
     data_dir: Path = field(default_factory=lambda: Path(DEFAULT_DATA_DIR))
@@ -101,6 +105,10 @@ class Settings:
     tls_key: str = ""
     tls_client_ca: str = ""
     sasl_mechanisms: str = "SCRAM-SHA-256,SCRAM-SHA-512"
+    authorizer: str = "none"
+    super_users: str = ""
+    acl_refresh_s: float = 1.0
+    failed_login_delay_ms: float = 100.0
 
     @classmethod
     def load(cls, config_file: str | Path | None = None, **overrides: Any) -> Settings:

@@ -31,6 +31,7 @@ from streamhouse.kafka.wire import ErrorCode, RequestHeader, error_code_for, mak
 from streamhouse.log.metadata import validate_topic_name
 from streamhouse.log.topic_config import KNOWN_TOPIC_CONFIGS, ConfigType, validate_topic_config
 from streamhouse.log.topic_config import topic_config_defaults as config_defaults
+from streamhouse.security.acl import CLUSTER_NAME, AclOperation, ResourceType
 
 if TYPE_CHECKING:
     from streamhouse.config import Settings
@@ -81,19 +82,37 @@ def _broker_configs(broker: Broker) -> dict[str, tuple[str, int]]:
     }
 
 
+def _topic_denied(
+    broker: Broker, header: RequestHeader, operation: AclOperation, name: str
+) -> tuple[ErrorCode, str] | None:
+    """TOPIC_AUTHORIZATION_FAILED and why, if the connection may not; else None."""
+    if broker.access.allowed(header.session, operation, ResourceType.TOPIC, name):
+        return None
+    return ErrorCode.topic_authorization_failed, f"not authorized to {operation.name} {name!r}"
+
+
 async def handle_create_topics(broker: Broker, header: RequestHeader, request: Any) -> Any:
     module = messages(ApiKey.CREATE_TOPICS, header.api_version, True)
     results = []
     seen: set[str] = set()
+    access = broker.access
+    on_cluster = access.allowed(
+        header.session, AclOperation.CREATE, ResourceType.CLUSTER, CLUSTER_NAME, audit=False
+    )
     for topic in request.topics:
         error, message = ErrorCode.none, None
+        denied = (
+            None if on_cluster else _topic_denied(broker, header, AclOperation.CREATE, topic.name)
+        )
         configs = {c.name: c.value for c in topic.configs if c.value is not None}
         partitions = topic.num_partitions
         if partitions == -1:
             partitions = broker.settings.default_partitions
         if topic.assignments:
             partitions = len(topic.assignments)
-        if topic.name in seen:
+        if denied is not None:
+            error, message = denied
+        elif topic.name in seen:
             error, message = ErrorCode.invalid_request, "topic named twice in one request"
         else:
             seen.add(topic.name)
@@ -131,7 +150,9 @@ async def handle_delete_topics(broker: Broker, header: RequestHeader, request: A
     for name in request.topic_names:
         error = ErrorCode.none
         try:
-            if broker.log.get_topic(name) is None:
+            if _topic_denied(broker, header, AclOperation.DELETE, name):
+                error = ErrorCode.topic_authorization_failed
+            elif broker.log.get_topic(name) is None:
                 error = ErrorCode.unknown_topic_or_partition
             else:
                 broker.log.delete_topic(name)
@@ -148,7 +169,10 @@ async def handle_create_partitions(broker: Broker, header: RequestHeader, reques
     for topic in request.topics:
         error, message = ErrorCode.none, None
         info = broker.log.get_topic(topic.name)
-        if info is None:
+        denied = _topic_denied(broker, header, AclOperation.ALTER, topic.name)
+        if denied is not None:
+            error, message = denied
+        elif info is None:
             error = ErrorCode.unknown_topic_or_partition
         elif not info.partitions < topic.count <= MAX_PARTITIONS:
             error = ErrorCode.invalid_partitions
@@ -192,7 +216,10 @@ async def handle_describe_configs(broker: Broker, header: RequestHeader, request
     for resource in request.resources:
         error, message, entries = ErrorCode.none, None, []
         wanted = resource.configuration_keys
-        if resource.resource_type == RESOURCE_TOPIC:
+        denied = _config_denied(broker, header, resource, AclOperation.DESCRIBE_CONFIGS)
+        if denied is not None:
+            error, message = denied
+        elif resource.resource_type == RESOURCE_TOPIC:
             info = broker.log.get_topic(resource.resource_name)
             if info is None:
                 error = ErrorCode.unknown_topic_or_partition
@@ -225,6 +252,17 @@ async def handle_describe_configs(broker: Broker, header: RequestHeader, request
             )
         )
     return make(module.DescribeConfigsResponse, throttle_time=0, results=tuple(results))
+
+
+def _config_denied(
+    broker: Broker, header: RequestHeader, resource: Any, operation: AclOperation
+) -> tuple[ErrorCode, str] | None:
+    """The error of a config resource the connection may not describe or alter, or None."""
+    if resource.resource_type == RESOURCE_TOPIC:
+        return _topic_denied(broker, header, operation, resource.resource_name)
+    if broker.access.allowed(header.session, operation, ResourceType.CLUSTER, CLUSTER_NAME):
+        return None
+    return ErrorCode.cluster_authorization_failed, f"not authorized to {operation.name} brokers"
 
 
 OP_SET, OP_DELETE = 0, 1
@@ -265,10 +303,14 @@ def _handle_alter(api_key: ApiKey, incremental: bool) -> Any:
         results = []
         for resource in request.resources:
             error, message = ErrorCode.none, None
+            denied = _config_denied(broker, header, resource, AclOperation.ALTER_CONFIGS)
             try:
-                await asyncio.to_thread(
-                    _alter_topic, broker, resource, incremental, request.validate_only
-                )
+                if denied is not None:
+                    error, message = denied
+                else:
+                    await asyncio.to_thread(
+                        _alter_topic, broker, resource, incremental, request.validate_only
+                    )
             except StreamHouseError as exc:
                 error, message = error_code_for(exc), str(exc)
             results.append(
@@ -310,7 +352,11 @@ async def handle_delete_records(broker: Broker, header: RequestHeader, request: 
     module = messages(ApiKey.DELETE_RECORDS, header.api_version, True)
     topics = []
     for topic in request.topics:
-        rows = await asyncio.to_thread(_delete_topic_records, broker, topic)
+        if _topic_denied(broker, header, AclOperation.DELETE, topic.name):
+            error = ErrorCode.topic_authorization_failed
+            rows = [(p.partition_index, error, -1) for p in topic.partitions]
+        else:
+            rows = await asyncio.to_thread(_delete_topic_records, broker, topic)
         partitions = tuple(
             make(
                 module.DeleteRecordsPartitionResult,

@@ -10,6 +10,7 @@ import threading
 from collections.abc import Iterable
 
 from streamhouse.config import Settings
+from streamhouse.kafka.acls import Access
 from streamhouse.kafka.cluster import Cluster
 from streamhouse.kafka.coordination import GroupLeases
 from streamhouse.kafka.groups import GroupCoordinator
@@ -44,6 +45,7 @@ class Broker:
         self.port = settings.port
         self.listeners: list[Listener] = []  # what it serves on, once bound
         self.sasl_mechanisms = enabled_mechanisms(settings.sasl_mechanisms)
+        self.access = Access(log_.metadata, settings)
         shared = sqlite_path(settings) is None
         self.cluster = Cluster(log_.metadata if shared else None, settings, agent_id)
         self.groups = GroupCoordinator()

@@ -49,9 +49,11 @@ from streamhouse.kafka.wire import (
     to_ms,
 )
 from streamhouse.log.records import read_header
+from streamhouse.security.acl import AclOperation, ResourceType
 
 if TYPE_CHECKING:
     from streamhouse.kafka.broker import Broker
+    from streamhouse.kafka.listeners import Session
 
 __all__ = ["RAW_HANDLERS", "encode_fetch_response", "handle_fetch", "handle_fetch_frame"]
 
@@ -116,8 +118,11 @@ def encode_fetch_response(
     return b"".join(parts)
 
 
-def _read(broker: Broker, request: Any) -> tuple[list[tuple[str, list[PartitionRead]]], int]:
-    """Read every requested partition once (runs in a worker thread)."""
+def _read(
+    broker: Broker, request: Any, denied: frozenset[str] = frozenset()
+) -> tuple[list[tuple[str, list[PartitionRead]]], int]:
+    """Read every requested partition once (runs in a worker thread); those of ``denied``
+    topics are answered TOPIC_AUTHORIZATION_FAILED."""
     remaining = max(request.max_bytes, 0)
     total = 0
     out: list[tuple[str, list[PartitionRead]]] = []
@@ -125,6 +130,10 @@ def _read(broker: Broker, request: Any) -> tuple[list[tuple[str, list[PartitionR
     for topic in request.topics:
         reads = []
         for p in topic.partitions:
+            if topic.topic in denied:
+                error = ErrorCode.topic_authorization_failed
+                reads.append(PartitionRead(p.partition, error, b"", -1, -1))
+                continue
             reads.append(_read_partition(broker, topic.topic, p, remaining, total))
             if committed and reads[-1].error is ErrorCode.none:
                 reads[-1] = _committed(broker, topic.topic, p.fetch_offset, reads[-1])
@@ -196,10 +205,16 @@ async def handle_fetch(broker: Broker, header: RequestHeader, request: Any) -> b
     """
     deadline = time.monotonic() + max(to_ms(request.max_wait), 0) / 1000
     keys = {(t.topic, p.partition) for t in request.topics for p in t.partitions}
+    access = broker.access
+    denied = frozenset(
+        t.topic
+        for t in request.topics
+        if not access.allowed(header.session, AclOperation.READ, ResourceType.TOPIC, t.topic)
+    )
     while True:
         wakeup = broker.data_arrival(keys)
         try:
-            reads, total = await asyncio.to_thread(_read, broker, request)
+            reads, total = await asyncio.to_thread(_read, broker, request, denied)
             left = deadline - time.monotonic()
             errors = any(r.error is not ErrorCode.none for _, rs in reads for r in rs)
             if total >= request.min_bytes or errors or left <= 0 or not keys:
@@ -233,9 +248,11 @@ def _report_failures(broker: Broker, reads: list[tuple[str, list[PartitionRead]]
                     log.warning("fetch %s/%d: %s (clients retry)", topic, r.partition, exc)
 
 
-def handle_fetch_frame(broker: Broker, frame: bytes, client_host: str) -> asyncio.Future[bytes]:
+def handle_fetch_frame(
+    broker: Broker, frame: bytes, client_host: str, session: Session | None = None
+) -> asyncio.Future[bytes]:
     """Decode a Fetch request with kio and answer it from a task."""
-    header, request = parse_request(frame, client_host)
+    header, request = parse_request(frame, client_host, session)
     return asyncio.ensure_future(handle_fetch(broker, header, request))
 
 

@@ -40,6 +40,7 @@ from streamhouse.errors import FencedError, StreamHouseError
 from streamhouse.kafka.api_keys import ApiKey
 from streamhouse.kafka.listeners import seen_through
 from streamhouse.kafka.wire import ErrorCode, RequestHeader, make, messages, to_ms
+from streamhouse.security.acl import AclOperation, ResourceType
 
 if TYPE_CHECKING:
     from streamhouse.kafka.broker import Broker
@@ -592,12 +593,36 @@ class GroupCoordinator:
 # -- handlers ---------------------------------------------------------------------------------
 
 
+def _group_denied(
+    broker: Broker, header: RequestHeader, group_id: str, operation: AclOperation
+) -> bool:
+    return not broker.access.allowed(header.session, operation, ResourceType.GROUP, group_id)
+
+
+def _topic_denied(
+    broker: Broker, header: RequestHeader, topic: str, operation: AclOperation
+) -> bool:
+    return not broker.access.allowed(header.session, operation, ResourceType.TOPIC, topic)
+
+
 async def handle_find_coordinator(broker: Broker, header: RequestHeader, request: Any) -> Any:
     """The agent holding the group's lease (this one if the lease was free);
     ``COORDINATOR_NOT_AVAILABLE`` while a dead holder's lease has yet to expire. Any agent
     coordinates transactions (key type 1): the one asked."""
     module = messages(ApiKey.FIND_COORDINATOR, header.api_version, True)
     node = broker.cluster.me
+    if getattr(request, "key_type", 0) == 0 and _group_denied(
+        broker, header, request.key, AclOperation.DESCRIBE
+    ):
+        return make(
+            module.FindCoordinatorResponse,
+            throttle_time=0,
+            error_code=ErrorCode.group_authorization_failed,
+            error_message=f"not authorized to describe group {request.key!r}",
+            node_id=-1,
+            host="",
+            port=-1,
+        )
     if getattr(request, "key_type", 0) == 0:
         found = await broker.coordination.coordinator(request.key)
         if found is None:
@@ -625,11 +650,14 @@ async def handle_find_coordinator(broker: Broker, header: RequestHeader, request
 
 async def handle_join_group(broker: Broker, header: RequestHeader, request: Any) -> Any:
     module = messages(ApiKey.JOIN_GROUP, header.api_version, True)
-    if not await broker.coordination.ensure(request.group_id):
+    denied = _group_denied(broker, header, request.group_id, AclOperation.READ)
+    if denied or not await broker.coordination.ensure(request.group_id):
         return make(
             module.JoinGroupResponse,
             throttle_time=0,
-            error_code=ErrorCode.not_coordinator,
+            error_code=ErrorCode.group_authorization_failed
+            if denied
+            else ErrorCode.not_coordinator,
             generation_id=-1,
             protocol_name="",
             leader="",
@@ -671,11 +699,14 @@ async def handle_join_group(broker: Broker, header: RequestHeader, request: Any)
 
 async def handle_sync_group(broker: Broker, header: RequestHeader, request: Any) -> Any:
     module = messages(ApiKey.SYNC_GROUP, header.api_version, True)
-    if not await broker.coordination.ensure(request.group_id):
+    denied = _group_denied(broker, header, request.group_id, AclOperation.READ)
+    if denied or not await broker.coordination.ensure(request.group_id):
         return make(
             module.SyncGroupResponse,
             throttle_time=0,
-            error_code=ErrorCode.not_coordinator,
+            error_code=ErrorCode.group_authorization_failed
+            if denied
+            else ErrorCode.not_coordinator,
             assignment=b"",
         )
     assignments = {a.member_id: bytes(a.assignment) for a in request.assignments}
@@ -691,6 +722,9 @@ async def handle_sync_group(broker: Broker, header: RequestHeader, request: Any)
 
 async def handle_heartbeat(broker: Broker, header: RequestHeader, request: Any) -> Any:
     module = messages(ApiKey.HEARTBEAT, header.api_version, True)
+    if _group_denied(broker, header, request.group_id, AclOperation.READ):
+        error = ErrorCode.group_authorization_failed
+        return make(module.HeartbeatResponse, throttle_time=0, error_code=error)
     if not await broker.coordination.ensure(request.group_id):
         return make(module.HeartbeatResponse, throttle_time=0, error_code=ErrorCode.not_coordinator)
     error = broker.groups.heartbeat(
@@ -704,17 +738,10 @@ async def handle_heartbeat(broker: Broker, header: RequestHeader, request: Any) 
 
 async def handle_leave_group(broker: Broker, header: RequestHeader, request: Any) -> Any:
     module = messages(ApiKey.LEAVE_GROUP, header.api_version, True)
-    if not await broker.coordination.ensure(request.group_id):
-        if header.api_version < 3:
-            return make(
-                module.LeaveGroupResponse, throttle_time=0, error_code=ErrorCode.not_coordinator
-            )
-        return make(
-            module.LeaveGroupResponse,
-            throttle_time=0,
-            error_code=ErrorCode.not_coordinator,
-            members=(),
-        )
+    denied = _group_denied(broker, header, request.group_id, AclOperation.READ)
+    if denied or not await broker.coordination.ensure(request.group_id):
+        error = ErrorCode.group_authorization_failed if denied else ErrorCode.not_coordinator
+        return make(module.LeaveGroupResponse, throttle_time=0, error_code=error, members=())
     if header.api_version < 3:
         results = broker.groups.leave(request.group_id, [(request.member_id, None)])
         return make(module.LeaveGroupResponse, throttle_time=0, error_code=results[0][2])
@@ -736,7 +763,9 @@ async def handle_offset_commit(broker: Broker, header: RequestHeader, request: A
     """Store committed offsets (and their metadata strings) in the metadata store."""
     module = messages(ApiKey.OFFSET_COMMIT, header.api_version, True)
     generation = getattr(request, "generation_id_or_member_epoch", -1)
-    if await broker.coordination.ensure(request.group_id):
+    if _group_denied(broker, header, request.group_id, AclOperation.READ):
+        group_error = ErrorCode.group_authorization_failed
+    elif await broker.coordination.ensure(request.group_id):
         group_error = broker.groups.validate_commit(
             request.group_id,
             generation,
@@ -755,6 +784,8 @@ async def handle_offset_commit(broker: Broker, header: RequestHeader, request: A
             metadata = p.committed_metadata or ""
             if group_error is not ErrorCode.none:
                 errors[key] = group_error
+            elif _topic_denied(broker, header, topic.name, AclOperation.READ):
+                errors[key] = ErrorCode.topic_authorization_failed
             elif info is None or not 0 <= p.partition_index < info.partitions:
                 errors[key] = ErrorCode.unknown_topic_or_partition
             elif len(metadata) > MAX_METADATA_LENGTH:
@@ -810,20 +841,26 @@ def _partition_errors(
 async def handle_offset_fetch(broker: Broker, header: RequestHeader, request: Any) -> Any:
     """Committed offsets of the requested partitions (all of the group's if topics is null)."""
     module = messages(ApiKey.OFFSET_FETCH, header.api_version, True)
+    if _group_denied(broker, header, request.group_id, AclOperation.DESCRIBE):
+        return _offset_fetch_refused(module, request, ErrorCode.group_authorization_failed)
     if not await broker.coordination.ensure(request.group_id):
         return _offset_fetch_refused(module, request, ErrorCode.not_coordinator)
     committed = broker.log.metadata.group_offsets(request.group_id)
     if request.topics is None:
         wanted: dict[str, list[int]] = {}
         for topic, partition in sorted(committed):
-            wanted.setdefault(topic, []).append(partition)
+            if broker.access.allowed(
+                header.session, AclOperation.DESCRIBE, ResourceType.TOPIC, topic, audit=False
+            ):
+                wanted.setdefault(topic, []).append(partition)
     else:
         wanted = {t.name: list(t.partition_indexes) for t in request.topics}
     topics = []
     for name, partitions in wanted.items():
         rows = []
+        topic_denied = _topic_denied(broker, header, name, AclOperation.DESCRIBE)
         for partition in partitions:
-            entry = committed.get((name, partition))
+            entry = None if topic_denied else committed.get((name, partition))
             rows.append(
                 make(
                     module.OffsetFetchResponsePartition,
@@ -831,7 +868,9 @@ async def handle_offset_fetch(broker: Broker, header: RequestHeader, request: An
                     committed_offset=entry.offset if entry else -1,
                     committed_leader_epoch=-1,
                     metadata=entry.metadata if entry else "",
-                    error_code=ErrorCode.none,
+                    error_code=ErrorCode.topic_authorization_failed
+                    if topic_denied
+                    else ErrorCode.none,
                 )
             )
         topics.append(module.OffsetFetchResponseTopic(name=name, partitions=tuple(rows)))
@@ -876,11 +915,14 @@ async def handle_describe_groups(broker: Broker, header: RequestHeader, request:
     operations = GROUP_OPERATIONS if asked else UNASKED_OPERATIONS
     described = []
     for group_id in request.groups:
-        if not await broker.coordination.ensure(group_id):
+        denied = _group_denied(broker, header, group_id, AclOperation.DESCRIBE)
+        if denied or not await broker.coordination.ensure(group_id):
             described.append(
                 make(
                     module.DescribedGroup,
-                    error_code=ErrorCode.not_coordinator,
+                    error_code=ErrorCode.group_authorization_failed
+                    if denied
+                    else ErrorCode.not_coordinator,
                     group_id=group_id,
                     group_state="",
                     protocol_type="",
@@ -952,7 +994,10 @@ async def handle_list_groups(broker: Broker, header: RequestHeader, request: Any
         groups=tuple(
             make(module.ListedGroup, group_id=g, protocol_type=t, group_state=state)
             for g, (t, state) in sorted(listed.items())
-            if not wanted or state.lower() in wanted
+            if (not wanted or state.lower() in wanted)
+            and broker.access.allowed(
+                header.session, AclOperation.DESCRIBE, ResourceType.GROUP, g, audit=False
+            )
         ),
     )
 
@@ -962,7 +1007,9 @@ async def handle_delete_groups(broker: Broker, header: RequestHeader, request: A
     known = set(broker.log.metadata.list_groups())
     results = []
     for group_id in request.groups_names:
-        if not await broker.coordination.ensure(group_id):
+        if _group_denied(broker, header, group_id, AclOperation.DELETE):
+            error = ErrorCode.group_authorization_failed
+        elif not await broker.coordination.ensure(group_id):
             error = ErrorCode.not_coordinator
         elif broker.groups.has_members(group_id):
             error = ErrorCode.non_empty_group
@@ -982,7 +1029,9 @@ async def handle_offset_delete(broker: Broker, header: RequestHeader, request: A
     module = messages(ApiKey.OFFSET_DELETE, header.api_version, True)
     group_id = request.group_id
     group_error = ErrorCode.none
-    if not await broker.coordination.ensure(group_id):
+    if _group_denied(broker, header, group_id, AclOperation.DELETE):
+        group_error = ErrorCode.group_authorization_failed
+    elif not await broker.coordination.ensure(group_id):
         group_error = ErrorCode.not_coordinator
     elif group_id not in broker.log.metadata.list_groups() and not broker.groups.has_members(
         group_id
@@ -993,7 +1042,9 @@ async def handle_offset_delete(broker: Broker, header: RequestHeader, request: A
     for topic in request.topics if group_error is ErrorCode.none else ():
         info = broker.log.get_topic(topic.name)
         for p in topic.partitions:
-            if info is None or not 0 <= p.partition_index < info.partitions:
+            if _topic_denied(broker, header, topic.name, AclOperation.READ):
+                error = ErrorCode.topic_authorization_failed
+            elif info is None or not 0 <= p.partition_index < info.partitions:
                 error = ErrorCode.unknown_topic_or_partition
             elif topic.name in subscribed:
                 error = ErrorCode.group_subscribed_to_topic

@@ -91,6 +91,8 @@ class Session:
     scram: ScramServer | None = None
     sasl_user: str = ""
     failed: bool = False
+    host: str = ""
+    """The client's address (what ACLs name as the host)."""
 
     def __post_init__(self) -> None:
         self.authenticated = not self.listener.sasl

@@ -24,6 +24,7 @@ from streamhouse.kafka.cluster import client_zone
 from streamhouse.kafka.listeners import seen_through
 from streamhouse.kafka.wire import ErrorCode, RequestHeader, make, messages
 from streamhouse.log.metadata import validate_topic_name
+from streamhouse.security.acl import CLUSTER_NAME, AclOperation, ResourceType
 
 if TYPE_CHECKING:
     from streamhouse.kafka.broker import Broker
@@ -33,6 +34,7 @@ __all__ = ["HANDLERS", "NO_TOPIC_ID", "handle_metadata", "topic_for_client", "to
 
 log = logging.getLogger(__name__)
 
+DESCRIBE, TOPIC = AclOperation.DESCRIBE, ResourceType.TOPIC
 NO_TOPIC_ID = uuid.UUID(int=0)
 """Kafka's zero UUID: no topic id (a topic named by name, or an error)."""
 
@@ -45,6 +47,14 @@ def topic_uuid(info: TopicInfo) -> uuid.UUID:
 def _topic_by_id(broker: Broker, topic_id: uuid.UUID) -> TopicInfo | None:
     wanted = str(topic_id)
     return next((t for t in broker.log.list_topics() if t.topic_id == wanted), None)
+
+
+def _may_create(broker: Broker, header: RequestHeader, name: str) -> bool:
+    """CREATE on the cluster or on the topic (Kafka's rule for creating a topic)."""
+    access, session = broker.access, header.session
+    return access.allowed(
+        session, AclOperation.CREATE, ResourceType.CLUSTER, CLUSTER_NAME, audit=False
+    ) or access.allowed(session, AclOperation.CREATE, TOPIC, name)
 
 
 def topic_for_client(broker: Broker, name: str, auto_create: bool) -> TopicInfo | ErrorCode:
@@ -103,9 +113,12 @@ def _partitions(module: Any, count: int, node_ids: tuple[int, ...], start: int) 
 
 async def handle_metadata(broker: Broker, header: RequestHeader, request: Any) -> Any:
     module = messages(ApiKey.METADATA, header.api_version, True)
+    access, session = broker.access, header.session
     if request.topics is None or (header.api_version == 0 and not request.topics):
         found: list[tuple[str | None, TopicInfo | ErrorCode]] = [
-            (t.name, t) for t in broker.log.list_topics()
+            (t.name, t)
+            for t in broker.log.list_topics()
+            if access.allowed(session, DESCRIBE, TOPIC, t.name, audit=False)
         ]
     else:
         auto = getattr(request, "allow_auto_topic_creation", True)
@@ -114,10 +127,15 @@ async def handle_metadata(broker: Broker, header: RequestHeader, request: Any) -
             topic_id = getattr(t, "topic_id", NO_TOPIC_ID)
             if t.name is None or (not t.name and topic_id != NO_TOPIC_ID):  # v12: by id alone
                 info = _topic_by_id(broker, topic_id)
+                if info is not None and not access.allowed(session, DESCRIBE, TOPIC, info.name):
+                    info = None
                 unnamed = None if header.api_version >= 12 else ""
                 found.append((info.name, info) if info else (unnamed, ErrorCode.unknown_topic_id))
+            elif not access.allowed(session, DESCRIBE, TOPIC, t.name):
+                found.append((t.name, ErrorCode.topic_authorization_failed))
             else:
-                found.append((t.name, topic_for_client(broker, t.name, auto)))
+                may_create = auto and _may_create(broker, header, t.name)
+                found.append((t.name, topic_for_client(broker, t.name, may_create)))
     nodes = broker.cluster.nodes(client_zone(header.client_id))
     nodes = seen_through(header.session, broker.node_id, nodes)
     node_ids = tuple(node.node_id for node in nodes)

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from streamhouse.errors import StreamHouseError
 from streamhouse.kafka.api_keys import ApiKey
 from streamhouse.kafka.wire import ErrorCode, RequestHeader, error_code_for, make, messages
+from streamhouse.security.acl import AclOperation, ResourceType
 
 if TYPE_CHECKING:
     from streamhouse.kafka.broker import Broker
@@ -50,15 +51,18 @@ def _lookup(
     return ErrorCode.none, offset, stamp
 
 
-def _answer(broker: Broker, module: Any, request: Any) -> Any:
+def _answer(broker: Broker, module: Any, request: Any, denied: frozenset[str]) -> Any:
     topics = []
     committed = getattr(request, "isolation_level", 0) == READ_COMMITTED
     for topic in request.topics:
         rows = []
         for p in topic.partitions:
-            error, offset, stamp = _lookup(
-                broker, topic.name, p.partition_index, p.timestamp, committed
-            )
+            if topic.name in denied:
+                error, offset, stamp = ErrorCode.topic_authorization_failed, -1, -1
+            else:
+                error, offset, stamp = _lookup(
+                    broker, topic.name, p.partition_index, p.timestamp, committed
+                )
             rows.append(
                 make(
                     module.ListOffsetsPartitionResponse,
@@ -77,9 +81,15 @@ async def handle_list_offsets(broker: Broker, header: RequestHeader, request: An
     """Earliest and latest come from the catalog at once; a lookup by timestamp may read a
     segment, so a request holding one is answered from a worker thread."""
     module = messages(ApiKey.LIST_OFFSETS, header.api_version, True)
+    access = broker.access
+    denied = frozenset(
+        t.name
+        for t in request.topics
+        if not access.allowed(header.session, AclOperation.DESCRIBE, ResourceType.TOPIC, t.name)
+    )
     if all(p.timestamp < 0 for t in request.topics for p in t.partitions):
-        return _answer(broker, module, request)
-    return await asyncio.to_thread(_answer, broker, module, request)
+        return _answer(broker, module, request, denied)
+    return await asyncio.to_thread(_answer, broker, module, request, denied)
 
 
 HANDLERS = {ApiKey.LIST_OFFSETS: handle_list_offsets}

@@ -25,9 +25,11 @@ from streamhouse.kafka.api_keys import ApiKey
 from streamhouse.kafka.wire import ErrorCode, error_code_for
 from streamhouse.log.records import split_batches
 from streamhouse.log.records.header import ATTR_CONTROL, ATTR_TRANSACTIONAL
+from streamhouse.security.acl import AclOperation, ResourceType
 
 if TYPE_CHECKING:
     from streamhouse.kafka.broker import Broker
+    from streamhouse.kafka.listeners import Session
 
 __all__ = [
     "RAW_HANDLERS",
@@ -219,7 +221,7 @@ def _swallow(future: asyncio.Future[int]) -> None:
 
 
 def handle_produce_frame(
-    broker: Broker, frame: bytes, client_host: str
+    broker: Broker, frame: bytes, client_host: str, session: Session | None = None
 ) -> bytes | asyncio.Future[bytes] | None:
     """Append each partition's batches; the response frame, now or once all are durable.
 
@@ -229,11 +231,20 @@ def handle_produce_frame(
     acks = request.acks
     started: list[tuple[str, list[tuple[int, Outcome]]]] = []
     waiting: list[asyncio.Future[int]] = []
+    access = broker.access
+    transaction_denied = request.transactional_id is not None and not access.allowed(
+        session, AclOperation.WRITE, ResourceType.TRANSACTIONAL_ID, request.transactional_id
+    )
     for name, partitions in request.topics:
         outcomes: list[tuple[int, Outcome]] = []
+        allowed = access.allowed(session, AclOperation.WRITE, ResourceType.TOPIC, name)
         for index, records in partitions:
             if acks not in (0, 1, -1):
                 outcome: Outcome = ErrorCode.invalid_required_acks
+            elif not allowed:
+                outcome = ErrorCode.topic_authorization_failed
+            elif transaction_denied:
+                outcome = ErrorCode.transactional_id_authorization_failed
             else:
                 outcome = _start_append(broker, name, index, records, request.transactional_id)
                 if not isinstance(outcome, ErrorCode):

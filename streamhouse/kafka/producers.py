@@ -27,6 +27,7 @@ from streamhouse.kafka.api_keys import ApiKey
 from streamhouse.kafka.transactions import init_transactional_producer
 from streamhouse.kafka.wire import ErrorCode, RequestHeader, make, messages
 from streamhouse.log.metadata.rules import MAX_REMEMBERED_BATCHES, SEQUENCE_MODULO
+from streamhouse.security.acl import AclOperation, ResourceType
 
 if TYPE_CHECKING:
     from streamhouse.kafka.broker import Broker
@@ -105,6 +106,25 @@ async def handle_init_producer_id(broker: Broker, header: RequestHeader, request
     """A fresh producer id at epoch 0; with a transactional id, the transaction coordinator's
     answer (:func:`~streamhouse.kafka.transactions.init_transactional_producer`)."""
     module = messages(ApiKey.INIT_PRODUCER_ID, header.api_version, True)
+    if request.transactional_id is not None:
+        refused = broker.access.denied(
+            header.session,
+            AclOperation.WRITE,
+            ResourceType.TRANSACTIONAL_ID,
+            request.transactional_id,
+        )
+    elif not broker.access.may_write_idempotently(header.session):
+        refused = ErrorCode.cluster_authorization_failed
+    else:
+        refused = None
+    if refused is not None:
+        return make(
+            module.InitProducerIdResponse,
+            throttle_time=0,
+            error_code=refused,
+            producer_id=-1,
+            producer_epoch=-1,
+        )
     if request.transactional_id is not None:
         error, producer_id, epoch = await init_transactional_producer(broker, header, request)
     else:

@@ -5,20 +5,22 @@ ApiVersions, SaslHandshake and SaslAuthenticate until it has logged in (the serv
 at any other request). The handshake picks a mechanism of ``settings.sasl_mechanisms``; then
 SaslAuthenticate carries the mechanism's messages: one for PLAIN (``authzid NUL user NUL
 password``, checked against the user's stored SCRAM credential), two for SCRAM (RFC 5802;
-:mod:`streamhouse.security.scram`). A failed login is answered SASL_AUTHENTICATION_FAILED and
-the connection is closed; it is logged (INFO: principal, client address, mechanism) at most
-:data:`AUDIT_LINES_PER_S` times a second. Password hashing (PLAIN) runs in a worker thread;
-a SCRAM login costs the server two HMACs and a metadata read, an unknown user not even those.
+:mod:`streamhouse.security.scram`). A failed login is answered SASL_AUTHENTICATION_FAILED, after
+``settings.failed_login_delay_ms`` (Kafka's ``connection.failed.authentication.delay.ms``:
+a client retrying in a loop costs the server little), and the connection is closed; it is audited (:mod:`streamhouse.kafka.audit`: principal, client
+address, mechanism). Password hashing (PLAIN) runs in a worker thread; a SCRAM login costs
+the server two HMACs, an unknown user not even those; credentials come from the agent's copy
+(:class:`streamhouse.kafka.acls.Access`), read from the store once per change.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from typing import TYPE_CHECKING, Any
 
 from streamhouse.kafka.api_keys import ApiKey
+from streamhouse.kafka.audit import AUDIT
 from streamhouse.kafka.wire import ErrorCode, RequestHeader, make, messages
 from streamhouse.security.scram import MECHANISMS, ScramError, ScramServer, verify_password
 
@@ -36,7 +38,6 @@ PRE_AUTHENTICATION = frozenset(
 """What a SASL listener serves before the login."""
 SASL_MECHANISMS = ("PLAIN", *MECHANISMS)
 FAILED = "Authentication failed: invalid username or password"
-AUDIT_LINES_PER_S = 10
 
 
 def enabled_mechanisms(text: str | list[str] | tuple[str, ...]) -> tuple[str, ...]:
@@ -56,37 +57,6 @@ def enabled_mechanisms(text: str | list[str] | tuple[str, ...]) -> tuple[str, ..
             f" {', '.join(SASL_MECHANISMS)})"
         )
     return found
-
-
-class _Audit:
-    """Rate-limited audit lines: a storm of failed logins cannot flood the log."""
-
-    def __init__(self) -> None:
-        self.second = 0
-        self.lines = 0
-        self.suppressed = 0
-
-    def failed_login(self, session: Session, client_host: str, detail: str) -> None:
-        now = int(time.monotonic())
-        if now != self.second:
-            if self.suppressed:
-                log.info("audit: %d more failed login(s) not logged", self.suppressed)
-            self.second, self.lines, self.suppressed = now, 0, 0
-        if self.lines >= AUDIT_LINES_PER_S:
-            self.suppressed += 1
-            return
-        self.lines += 1
-        log.info(
-            "audit: failed login of %s from %s on %s (%s): %s",
-            session.sasl_user or "?",
-            client_host.lstrip("/") or "?",
-            session.listener,
-            session.mechanism or "no mechanism",
-            detail,
-        )
-
-
-_AUDIT = _Audit()
 
 
 async def handle_sasl_handshake(broker: Broker, header: RequestHeader, request: Any) -> Any:
@@ -116,8 +86,16 @@ async def handle_sasl_authenticate(broker: Broker, header: RequestHeader, reques
     except ScramError as exc:
         if session is not None:
             session.failed = True
-            _AUDIT.failed_login(session, header.client_host, str(exc))
+            AUDIT.line(
+                "failed login of %s from %s on %s (%s): %s",
+                session.sasl_user or "?",
+                header.client_host.lstrip("/") or "?",
+                session.listener,
+                session.mechanism or "no mechanism",
+                str(exc),
+            )
         illegal = session is None or session.mechanism is None or session.authenticated
+        await asyncio.sleep(broker.settings.failed_login_delay_ms / 1000)
         return make(
             module.SaslAuthenticateResponse,
             error_code=ErrorCode.illegal_sasl_state
@@ -147,16 +125,12 @@ async def _plain(broker: Broker, session: Session, message: bytes) -> bytes:
     session.sasl_user = user
     if authzid and authzid != user:
         raise ScramError("PLAIN authorization id differs from the user name")
-    metadata = broker.log.metadata
-
-    def check() -> bool:
-        for mechanism in MECHANISMS:
-            credential = metadata.get_credential(user, mechanism)
-            if credential is not None:
-                return verify_password(credential, password)
-        return False
-
-    if not user or not await asyncio.to_thread(check):
+    credential = None
+    for mechanism in MECHANISMS:
+        credential = await broker.access.credential(user, mechanism) if user else None
+        if credential is not None:
+            break
+    if credential is None or not await asyncio.to_thread(verify_password, credential, password):
         raise ScramError(f"wrong password or unknown user {user!r}")
     session.login(user)
     return b""
@@ -169,10 +143,7 @@ async def _scram(broker: Broker, session: Session, message: bytes) -> bytes:
         exchange = session.scram = ScramServer(session.mechanism)
         user = exchange.first(message)
         session.sasl_user = user
-        credential = await asyncio.to_thread(
-            broker.log.metadata.get_credential, user, exchange.mechanism
-        )
-        return exchange.server_first(credential)
+        return exchange.server_first(await broker.access.credential(user, exchange.mechanism))
     reply = exchange.final(message)
     session.scram = None
     session.login(exchange.user)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import signal
 import struct
@@ -27,6 +28,7 @@ from typing import Any
 from streamhouse.config import Settings
 from streamhouse.errors import ProtocolError
 from streamhouse.kafka import (
+    acls,
     admin,
     fetch,
     groups,
@@ -67,8 +69,8 @@ Handler = Callable[[Broker, RequestHeader, Any], Awaitable[Any]]
 """A kio-decoded request -> a kio response object (or None: no response)."""
 Response = bytes | asyncio.Future[bytes] | asyncio.Future[bytes | None]
 """A response frame, now or later (a future resolving to None answers nothing)."""
-RawHandler = Callable[[Broker, bytes, str], Response | None]
-"""Hot APIs decode their frames themselves: (broker, frame, client host) -> response."""
+RawHandler = Callable[[Broker, bytes, str, Session], Response | None]
+"""Hot APIs decode their frames themselves: (broker, frame, client host, session) -> response."""
 
 HANDLERS: dict[ApiKey, Handler] = {
     ApiKey.API_VERSIONS: handle_api_versions,
@@ -79,6 +81,7 @@ HANDLERS: dict[ApiKey, Handler] = {
     **producers.HANDLERS,
     **transactions.HANDLERS,
     **sasl.HANDLERS,
+    **acls.HANDLERS,
 }
 RAW_HANDLERS: dict[ApiKey, RawHandler] = {**produce.RAW_HANDLERS, **fetch.RAW_HANDLERS}
 assert not set(HANDLERS) & set(RAW_HANDLERS)
@@ -123,7 +126,7 @@ def _start(broker: Broker, frame: bytes, client_host: str, session: Session) -> 
         log.debug("%s: api %d v%d #%d", client_host, api_key, api_version, correlation_id)
     raw = RAW_HANDLERS.get(api_key)
     if raw is not None:
-        return raw(broker, frame, client_host)
+        return raw(broker, frame, client_host, session)
     header, request = parse_request(frame, client_host, session)
     return asyncio.ensure_future(_respond(header, HANDLERS[api_key](broker, header, request)))
 
@@ -156,6 +159,7 @@ class _Connection:
         peer = writer.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
         self.client_host = f"/{peer[0]}" if isinstance(peer, tuple) else ""
+        self.session.host = peer[0] if isinstance(peer, tuple) else ""
         self.pending: asyncio.Queue[tuple[Response, int] | None] = asyncio.Queue(MAX_IN_FLIGHT)
         self.pending_bytes = 0  # frame bytes of the requests in `pending`
         self.room = asyncio.Event()  # set when pending_bytes went down
@@ -346,6 +350,7 @@ async def serve(
     listeners = listeners_of(settings)
     tls = server_tls_context(settings) if any(lst.tls for lst in listeners) else None
     broker = Broker(log_, settings, agent_id)
+    await asyncio.to_thread(broker.access.reload)
     broker.attach(asyncio.get_running_loop())
     connections: set[asyncio.Task[None]] = set()
 
@@ -390,6 +395,11 @@ async def serve(
     transaction_sweeps = asyncio.create_task(broker.transactions.run_sweeps())
     retention = asyncio.create_task(_storage_lifecycle(log_, settings.retention_check_interval_s))
     tableflow = asyncio.create_task(_tableflow(log_, settings.iceberg_freshness_s))
+    acl_refresh = (
+        asyncio.create_task(broker.access.refresh())
+        if broker.access.enabled or any(listener.sasl for listener in listeners)
+        else None
+    )
     for listener in listeners:
         log.info(
             "Kafka protocol %s on %s:%d, advertised as %s:%d%s",
@@ -400,6 +410,7 @@ async def serve(
             listener.advertised_port,
             " (client certificates required)" if listener.tls and settings.tls_client_ca else "",
         )
+    _warn_of_open_listeners(listeners, settings)
     if ready is not None:
         ready.set()
     try:
@@ -409,6 +420,8 @@ async def serve(
         transaction_sweeps.cancel()
         retention.cancel()
         tableflow.cancel()
+        if acl_refresh is not None:
+            acl_refresh.cancel()
         heartbeat.cancel()
         group_leases.cancel()
         for server in servers:
@@ -420,6 +433,37 @@ async def serve(
         if connections:
             await asyncio.gather(*connections, return_exceptions=True)
         broker.detach()
+
+
+def _warn_of_open_listeners(listeners: list[Listener], settings: Settings) -> None:
+    """Warn of a listener beyond the loopback interface that lets anyone in (no SASL, no client
+    certificates) or anyone do anything (no authorizer)."""
+    for listener in listeners:
+        if ipaddress_is_loopback(listener.host):
+            continue
+        if not (listener.sasl or (listener.tls and settings.tls_client_ca)):
+            log.warning(
+                "%s serves anyone who can reach it: use SASL_SSL (or SSL with --tls-client-ca)",
+                listener,
+            )
+        elif settings.authorizer != "acl":
+            log.warning(
+                "%s: every authenticated client may do anything: use --authorizer acl", listener
+            )
+
+
+def ipaddress_is_loopback(host: str) -> bool:
+    """Whether ``host`` names the loopback interface only.
+
+    >>> ipaddress_is_loopback("127.0.0.1"), ipaddress_is_loopback("0.0.0.0")
+    (True, False)
+    """
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def run(settings: Settings) -> None:

@@ -49,6 +49,9 @@ SUPPORTED: dict[ApiKey, tuple[int, int]] = {
     ApiKey.ADD_OFFSETS_TO_TXN: (0, 2),  # AddOffsetsToTxn (v3+ flexible)
     ApiKey.END_TXN: (0, 2),  # EndTxn (v3+ flexible)
     ApiKey.TXN_OFFSET_COMMIT: (0, 2),  # TxnOffsetCommit (v3+ flexible)
+    ApiKey.DESCRIBE_ACLS: (1, 1),  # DescribeAcls (v1: pattern types, KIP-290; v2+ flexible)
+    ApiKey.CREATE_ACLS: (1, 1),  # CreateAcls (v2+ flexible)
+    ApiKey.DELETE_ACLS: (1, 1),  # DeleteAcls (v2+ flexible)
     ApiKey.DESCRIBE_CONFIGS: (1, 3),  # DescribeConfigs (v4+ flexible)
     ApiKey.ALTER_CONFIGS: (0, 1),  # AlterConfigs (v2+ flexible)
     ApiKey.SASL_AUTHENTICATE: (0, 1),  # SaslAuthenticate (v2+ flexible)
@@ -58,6 +61,8 @@ SUPPORTED: dict[ApiKey, tuple[int, int]] = {
     ApiKey.OFFSET_DELETE: (0, 0),  # OffsetDelete (KIP-496; Kafka 3.x's only version)
     ApiKey.DESCRIBE_TRANSACTIONS: (0, 0),  # DescribeTransactions (KIP-664; flexible)
     ApiKey.LIST_TRANSACTIONS: (0, 0),  # ListTransactions (KIP-664; flexible; v1+ filters)
+    ApiKey.DESCRIBE_USER_SCRAM_CREDENTIALS: (0, 0),  # KIP-554 (flexible)
+    ApiKey.ALTER_USER_SCRAM_CREDENTIALS: (0, 0),  # KIP-554 (flexible)
 }
 """API key -> (min version, max version), both inclusive."""
 

@@ -26,6 +26,7 @@ __all__ = [
     "ScramCredential",
     "ScramError",
     "ScramServer",
+    "credential_of",
     "make_credential",
     "verify_password",
 ]
@@ -58,6 +59,10 @@ def _hmac(algorithm: str, key: bytes, message: bytes) -> bytes:
 
 def _keys(algorithm: str, password: str, salt: bytes, iterations: int) -> tuple[bytes, bytes]:
     salted = hashlib.pbkdf2_hmac(algorithm, password.encode(), salt, iterations)
+    return _keys_of_salted(algorithm, salted)
+
+
+def _keys_of_salted(algorithm: str, salted: bytes) -> tuple[bytes, bytes]:
     client_key = _hmac(algorithm, salted, b"Client Key")
     stored_key = hashlib.new(algorithm, client_key).digest()
     return stored_key, _hmac(algorithm, salted, b"Server Key")
@@ -75,6 +80,15 @@ def make_credential(
     algorithm = MECHANISMS[mechanism]
     salt = salt if salt is not None else secrets.token_bytes(32)
     stored_key, server_key = _keys(algorithm, password, salt, iterations)
+    return ScramCredential(user, mechanism, salt, iterations, stored_key, server_key)
+
+
+def credential_of(
+    user: str, mechanism: str, salt: bytes, iterations: int, salted_password: bytes
+) -> ScramCredential:
+    """The credential of a SaltedPassword a client computed (Kafka's AlterUserScramCredentials
+    sends that, never the password)."""
+    stored_key, server_key = _keys_of_salted(MECHANISMS[mechanism], salted_password)
     return ScramCredential(user, mechanism, salt, iterations, stored_key, server_key)
 
 

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from streamhouse.log.metadata.leases import Lease
     from streamhouse.log.metadata.swaps import SegmentSwap, SwapOutcome
     from streamhouse.log.metadata.transactions import TransactionStore
+    from streamhouse.security.acl import AclBinding
     from streamhouse.security.scram import ScramCredential
 
 __all__ = [
@@ -382,6 +383,23 @@ class Metadata(Protocol):
     @property
     def transactions(self) -> TransactionStore:
         """The state of Kafka transactions (see :mod:`~streamhouse.log.metadata.transactions`)."""
+        ...
+
+    def create_acls(self, bindings: Sequence[AclBinding]) -> None:
+        """Store ACL bindings (one already stored is kept once)."""
+        ...
+
+    def list_acls(self) -> list[AclBinding]:
+        """Every ACL binding, in no set order."""
+        ...
+
+    def delete_acls(self, bindings: Sequence[AclBinding]) -> None:
+        """Remove these ACL bindings (those not stored are skipped)."""
+        ...
+
+    def security_version(self) -> int:
+        """A number every change of an ACL or a SCRAM credential increases: a reader of either
+        reloads its copy when it moved."""
         ...
 
     def next_producer_id(self) -> int:

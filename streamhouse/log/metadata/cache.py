@@ -57,6 +57,7 @@ from streamhouse.log.metadata.checkpoints import QueryCheckpoint
 from streamhouse.log.metadata.leases import Lease
 from streamhouse.log.metadata.swaps import SegmentSwap, SwapOutcome
 from streamhouse.log.metadata.transactions import TransactionStore
+from streamhouse.security.acl import AclBinding
 from streamhouse.security.scram import ScramCredential
 
 logger = logging.getLogger(__name__)
@@ -492,6 +493,18 @@ class CachedMetadata:
     @property
     def transactions(self) -> TransactionStore:
         return self.inner.transactions
+
+    def create_acls(self, bindings: Sequence[AclBinding]) -> None:
+        self.inner.create_acls(bindings)
+
+    def list_acls(self) -> list[AclBinding]:
+        return self.inner.list_acls()
+
+    def delete_acls(self, bindings: Sequence[AclBinding]) -> None:
+        self.inner.delete_acls(bindings)
+
+    def security_version(self) -> int:
+        return self.inner.security_version()
 
     def next_producer_id(self) -> int:
         return self.inner.next_producer_id()

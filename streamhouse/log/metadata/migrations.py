@@ -50,6 +50,10 @@ Tables (one row per ...):
 - ``aborted_transactions``: aborted transaction on a partition, keyed by (topic,
   partition_id, last_offset): the producer id, the first offset and the offset of its ABORT
   marker (``last_offset``), which read_committed fetches list.
+- ``acls``: Kafka ACL binding (``security/acl.py``), every column part of the key; the
+  numbers are Kafka's (resource type, pattern type, operation, permission). Every change of
+  an ACL or a SCRAM credential also bumps the ``security`` row of ``counters``, which agents
+  poll to reload their copies.
 """
 
 from __future__ import annotations
@@ -249,6 +253,23 @@ MIGRATIONS: tuple[Migration, ...] = (
             " producer_id BIGINT NOT NULL,"
             " first_offset BIGINT NOT NULL,"
             " PRIMARY KEY (topic, partition_id, last_offset))",
+        ),
+    ),
+    Migration(
+        9,
+        "acls",
+        (
+            "CREATE TABLE acls ("
+            " resource_type INTEGER NOT NULL,"
+            " resource_name TEXT NOT NULL,"
+            " pattern_type INTEGER NOT NULL,"
+            " principal TEXT NOT NULL,"
+            " host TEXT NOT NULL,"
+            " operation INTEGER NOT NULL,"
+            " permission INTEGER NOT NULL,"
+            " PRIMARY KEY (resource_type, resource_name, pattern_type, principal, host,"
+            " operation, permission))",
+            "INSERT INTO counters (name, counter_value) VALUES ('security', 0)",
         ),
     ),
 )

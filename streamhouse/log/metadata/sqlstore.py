@@ -39,6 +39,13 @@ from streamhouse.log.metadata.rules import (
     topic_config,
 )
 from streamhouse.log.metadata.transactions import TransactionStore
+from streamhouse.security.acl import (
+    AclBinding,
+    AclOperation,
+    AclPermission,
+    PatternType,
+    ResourceType,
+)
 from streamhouse.security.scram import ScramCredential
 
 logger = logging.getLogger(__name__)
@@ -358,6 +365,7 @@ class SqlMetadata:
     def put_credentials(self, user: str, credentials: Sequence[ScramCredential]) -> None:
         with self._transaction(f"store credentials of user {user!r}") as conn:
             conn.execute(self._sql("DELETE FROM scram_credentials WHERE user_name = ?"), (user,))
+            conn.execute(_BUMP_SECURITY)
             for c in credentials:
                 conn.execute(
                     self._sql(
@@ -395,11 +403,55 @@ class SqlMetadata:
         return [(user, mechanism, iterations) for user, mechanism, iterations in rows]
 
     def delete_credentials(self, user: str) -> bool:
-        with self._statement(f"delete credentials of user {user!r}") as conn:
+        with self._transaction(f"delete credentials of user {user!r}") as conn:
             cursor = conn.execute(
                 self._sql("DELETE FROM scram_credentials WHERE user_name = ?"), (user,)
             )
+            conn.execute(_BUMP_SECURITY)
             return cursor.rowcount > 0
+
+    # -- ACLs --------------------------------------------------------------------------------
+
+    def create_acls(self, bindings: Sequence[AclBinding]) -> None:
+        with self._transaction(f"create {len(bindings)} ACL(s)") as conn:
+            for b in bindings:
+                conn.execute(
+                    self._sql(
+                        f"INSERT INTO acls ({_ACL_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)"
+                        " ON CONFLICT DO NOTHING"
+                    ),
+                    _acl_row(b),
+                )
+            conn.execute(_BUMP_SECURITY)
+
+    def list_acls(self) -> list[AclBinding]:
+        with self._reader("list ACLs") as conn:
+            rows = conn.execute(f"SELECT {_ACL_COLUMNS} FROM acls").fetchall()
+        return [
+            AclBinding(ResourceType(t), name, PatternType(pt), principal, host,
+                       AclOperation(op), AclPermission(perm))
+            for t, name, pt, principal, host, op, perm in rows
+        ]  # fmt: skip
+
+    def delete_acls(self, bindings: Sequence[AclBinding]) -> None:
+        with self._transaction(f"delete {len(bindings)} ACL(s)") as conn:
+            for b in bindings:
+                conn.execute(
+                    self._sql(
+                        "DELETE FROM acls WHERE resource_type = ? AND resource_name = ?"
+                        " AND pattern_type = ? AND principal = ? AND host = ? AND operation = ?"
+                        " AND permission = ?"
+                    ),
+                    _acl_row(b),
+                )
+            conn.execute(_BUMP_SECURITY)
+
+    def security_version(self) -> int:
+        with self._reader("read the security version") as conn:
+            row = conn.execute(
+                "SELECT counter_value FROM counters WHERE name = 'security'"
+            ).fetchone()
+        return 0 if row is None else int(row[0])
 
     # -- agents ------------------------------------------------------------------------------
 
@@ -436,6 +488,15 @@ class SqlMetadata:
                 leases.sql(leases.LIST, self.dialect), leases.prefix_bounds(prefix)
             ).fetchall()
         return [Lease(*row) for row in rows]
+
+
+_ACL_COLUMNS = "resource_type, resource_name, pattern_type, principal, host, operation, permission"
+_BUMP_SECURITY = "UPDATE counters SET counter_value = counter_value + 1 WHERE name = 'security'"
+
+
+def _acl_row(b: AclBinding) -> tuple[object, ...]:
+    return (int(b.resource_type), b.resource_name, int(b.pattern_type), b.principal, b.host,
+            int(b.operation), int(b.permission))  # fmt: skip
 
 
 def _b64(data: bytes) -> str:

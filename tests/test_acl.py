@@ -1,0 +1,423 @@
+"""Kafka ACLs and the SCRAM credential APIs: a ``serve --authorizer acl`` with a SASL listener,
+managed through confluent-kafka's AdminClient and kafka-python's KafkaAdminClient; literal,
+prefixed, group and deny ACLs checked with real producers and consumers; a non-superuser
+cannot grant; a user made over AlterUserScramCredentials logs in. The authorizer's decisions
+and the ACL store are checked directly too."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
+from confluent_kafka.admin import (
+    AclBinding,
+    AclBindingFilter,
+    AclOperation,
+    AclPermissionType,
+    AdminClient,
+    NewTopic,
+    ResourcePatternType,
+    ResourceType,
+    ScramCredentialInfo,
+    ScramMechanism,
+    UserScramCredentialUpsertion,
+)
+from kafka_fixtures import KafkaServer
+from tls_fixtures import free_ports
+
+from streamhouse.cli import main as cli
+from streamhouse.security import acl
+from streamhouse.security.acl import AclFilter, Authorizer
+
+TIMEOUT = 30
+PASSWORD = "s3cret-pw"
+USERS = ("admin", "alice", "bob")
+
+
+# -- the authorizer alone -----------------------------------------------------------------
+
+
+def _binding(name: str, op: acl.AclOperation, *, prefixed: bool = False, deny: bool = False,
+             principal: str = "User:alice", rtype: acl.ResourceType = acl.ResourceType.TOPIC,
+             host: str = "*") -> acl.AclBinding:  # fmt: skip
+    return acl.AclBinding(
+        rtype,
+        name,
+        acl.PatternType.PREFIXED if prefixed else acl.PatternType.LITERAL,
+        principal,
+        host,
+        op,
+        acl.AclPermission.DENY if deny else acl.AclPermission.ALLOW,
+    )
+
+
+def test_authorizer_decides_as_kafka() -> None:
+    op, topic, group = acl.AclOperation, acl.ResourceType.TOPIC, acl.ResourceType.GROUP
+    auth = Authorizer(
+        [
+            _binding("orders", op.WRITE),
+            _binding("logs-", op.READ, prefixed=True),
+            _binding("logs-secret", op.ALL, deny=True, principal="User:*"),
+            _binding("*", op.DESCRIBE, principal="User:bob"),
+            _binding("g-", op.READ, prefixed=True, rtype=group),
+            _binding("pinned", op.READ, host="10.0.0.1"),
+        ],
+        super_users=["User:admin"],
+    )
+
+    def ok(principal: str, operation: acl.AclOperation, rtype: acl.ResourceType, name: str,
+           host: str = "127.0.0.1") -> bool:  # fmt: skip
+        return auth.allowed(principal, host, operation, rtype, name)
+
+    assert ok("User:alice", op.WRITE, topic, "orders")
+    assert ok("User:alice", op.DESCRIBE, topic, "orders")  # WRITE implies DESCRIBE
+    assert not ok("User:alice", op.READ, topic, "orders")
+    assert not ok("User:alice", op.WRITE, topic, "orders2")  # literal is exact
+    assert ok("User:alice", op.READ, topic, "logs-eu") and ok("User:alice", op.READ, topic, "logs-")
+    assert not ok("User:alice", op.READ, topic, "logs")  # shorter than the prefix
+    assert not ok("User:alice", op.READ, topic, "logs-secret")  # DENY wins
+    assert not ok("User:bob", op.DESCRIBE, topic, "logs-secret")  # even over a wildcard ALLOW
+    assert ok("User:bob", op.DESCRIBE, topic, "anything") and not ok(
+        "User:bob", op.READ, topic, "x"
+    )
+    assert ok("User:alice", op.READ, group, "g-1") and not ok("User:alice", op.READ, group, "h")
+    assert ok("User:alice", op.READ, topic, "pinned", "10.0.0.1")
+    assert not ok("User:alice", op.READ, topic, "pinned", "10.0.0.2")
+    assert ok("User:admin", op.DELETE, topic, "logs-secret")  # super users bypass
+    assert not ok("User:carol", op.DESCRIBE, topic, "orders")  # no ACL: no
+    assert auth.writes_some_topic("User:alice", "1.2.3.4")
+    assert not auth.writes_some_topic("User:bob", "1.2.3.4")
+
+
+def test_filters_match_as_describe_and_delete_do() -> None:
+    op = acl.AclOperation
+    literal = _binding("orders", op.WRITE)
+    prefixed = _binding("ord", op.READ, prefixed=True)
+    wildcard = _binding("*", op.DESCRIBE, principal="User:bob")
+
+    def f(name: str | None, pattern: acl.PatternType, principal: str | None = None) -> AclFilter:
+        return AclFilter(acl.ResourceType.ANY, name, pattern, principal, None, op.ANY,
+                         acl.AclPermission.ANY)  # fmt: skip
+
+    every = [literal, prefixed, wildcard]
+    assert [b for b in every if f(None, acl.PatternType.ANY).matches(b)] == every
+    assert [b for b in every if f("orders", acl.PatternType.LITERAL).matches(b)] == [literal]
+    assert [b for b in every if f("orders", acl.PatternType.MATCH).matches(b)] == every
+    assert [b for b in every if f("ord", acl.PatternType.PREFIXED).matches(b)] == [prefixed]
+    assert [b for b in every if f(None, acl.PatternType.ANY, "User:bob").matches(b)] == [wildcard]
+
+
+def test_acls_in_each_metadata_store(md) -> None:
+    """SQLite and PostgreSQL keep the same ACLs; each change moves the version."""
+    op = acl.AclOperation
+    first = [_binding("orders", op.WRITE), _binding("logs-", op.READ, prefixed=True)]
+    v0 = md.security_version()
+    md.create_acls(first)
+    md.create_acls(first[:1])  # again: kept once
+    assert sorted(md.list_acls(), key=str) == sorted(first, key=str)
+    v1 = md.security_version()
+    md.delete_acls(first[:1])
+    assert md.list_acls() == first[1:]
+    assert v0 < v1 < md.security_version()
+
+
+# -- end to end ----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def acl_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaServer]:
+    """``--authorizer acl --super-users User:admin``: SASL_PLAINTEXT with SCRAM and PLAIN; users
+    admin, alice and bob."""
+    data = tmp_path_factory.mktemp("acl") / "data"
+    for user in USERS:
+        added = CliRunner().invoke(
+            cli, ["user", "add", user, "--password-stdin", "--data-dir", str(data)],
+            input=PASSWORD + "\n",
+        )  # fmt: skip
+        assert added.exit_code == 0, added.output
+    port, sasl = free_ports(2)
+    server = KafkaServer(
+        data,
+        port,
+        args=["--listener", f"SASL_PLAINTEXT://127.0.0.1:{sasl}",
+              "--sasl-mechanisms", "PLAIN,SCRAM-SHA-256,SCRAM-SHA-512",
+              "--authorizer", "acl", "--super-users", "User:admin"],
+    )  # fmt: skip
+    server.sasl_port = sasl  # type: ignore[attr-defined]
+    server.start()
+    try:
+        admin = AdminClient(_config(server, "admin"))
+        topics = ["orders", "logs-a", "logs-secret", "private"]
+        for future in admin.create_topics([NewTopic(t, 1) for t in topics]).values():
+            future.result(TIMEOUT)
+        yield server
+    finally:
+        assert server.stop() == 0, server.log()
+
+
+def _config(server: KafkaServer, user: str, mechanism: str = "PLAIN") -> dict:
+    return {
+        "bootstrap.servers": f"127.0.0.1:{server.sasl_port}",  # type: ignore[attr-defined]
+        "security.protocol": "sasl_plaintext",
+        "sasl.mechanisms": mechanism,
+        "sasl.username": user,
+        "sasl.password": PASSWORD,
+    }
+
+
+def _grant(server: KafkaServer, *bindings: AclBinding) -> None:
+    admin = AdminClient(_config(server, "admin"))
+    for future in admin.create_acls(list(bindings)).values():
+        future.result(TIMEOUT)
+
+
+def _acl(name: str, op: AclOperation, *, user: str = "alice", prefixed: bool = False,
+         deny: bool = False, rtype: ResourceType = ResourceType.TOPIC) -> AclBinding:  # fmt: skip
+    return AclBinding(
+        rtype,
+        name,
+        ResourcePatternType.PREFIXED if prefixed else ResourcePatternType.LITERAL,
+        f"User:{user}",
+        "*",
+        op,
+        AclPermissionType.DENY if deny else AclPermissionType.ALLOW,
+    )
+
+
+def _produce(server: KafkaServer, user: str, topic: str) -> KafkaError | None:
+    """Produce one record as ``user``; the delivery error, if any."""
+    errors: list[KafkaError | None] = []
+    producer = Producer({**_config(server, user), "message.timeout.ms": 5000})
+    producer.produce(topic, b"v", on_delivery=lambda err, _msg: errors.append(err))
+    producer.flush(TIMEOUT)
+    assert len(errors) == 1
+    return errors[0]
+
+
+def _consume(server: KafkaServer, user: str, topic: str, group: str) -> list[bytes] | KafkaError:
+    consumer = Consumer(
+        {**_config(server, user), "group.id": group, "auto.offset.reset": "earliest"}
+    )
+    consumer.subscribe([topic])
+    values: list[bytes] = []
+    deadline = time.monotonic() + 15
+    try:
+        while time.monotonic() < deadline and not values:
+            msg = consumer.poll(0.5)
+            if msg is None:
+                continue
+            if msg.error():
+                return msg.error()
+            values.append(msg.value())
+    finally:
+        consumer.close()
+    return values
+
+
+def test_literal_acl_lets_one_user_write_and_no_other(acl_server: KafkaServer) -> None:
+    _grant(acl_server, _acl("orders", AclOperation.WRITE))
+    assert _produce(acl_server, "alice", "orders") is None
+    refused = _produce(acl_server, "bob", "orders")
+    assert refused is not None and refused.code() == KafkaError.TOPIC_AUTHORIZATION_FAILED
+    assert "audit: denied DESCRIBE on TOPIC 'orders' to User:bob" in acl_server.log()
+
+
+def test_prefixed_and_group_acls_let_a_consumer_read(acl_server: KafkaServer) -> None:
+    _grant(
+        acl_server,
+        _acl("logs-", AclOperation.READ, prefixed=True),
+        _acl("readers-", AclOperation.READ, prefixed=True, rtype=ResourceType.GROUP),
+        _acl("logs-a", AclOperation.WRITE, user="admin"),
+    )
+    assert _produce(acl_server, "admin", "logs-a") is None
+    assert _consume(acl_server, "alice", "logs-a", "readers-1") == [b"v"]
+    refused = _consume(acl_server, "alice", "logs-a", "others")
+    assert isinstance(refused, KafkaError)
+    assert refused.code() == KafkaError.GROUP_AUTHORIZATION_FAILED
+
+
+def test_deny_wins_and_metadata_lists_only_describable_topics(acl_server: KafkaServer) -> None:
+    _grant(
+        acl_server,
+        _acl("logs-", AclOperation.READ, prefixed=True, user="bob"),
+        _acl("logs-secret", AclOperation.ALL, deny=True, user="bob"),
+        _acl("readers-", AclOperation.READ, prefixed=True, rtype=ResourceType.GROUP, user="bob"),
+    )
+    listed = AdminClient(_config(acl_server, "bob")).list_topics(timeout=TIMEOUT)
+    assert sorted(listed.topics) == ["logs-a"]  # READ implies DESCRIBE; the DENY hides one
+    everything = AdminClient(_config(acl_server, "admin")).list_topics(timeout=TIMEOUT)
+    assert {"orders", "logs-a", "logs-secret", "private"} <= set(everything.topics)
+    refused = _consume(acl_server, "bob", "logs-secret", "readers-bob")
+    assert isinstance(refused, KafkaError)
+    assert refused.code() == KafkaError.TOPIC_AUTHORIZATION_FAILED
+
+
+@contextlib.contextmanager
+def _kafka_python_admin(server: KafkaServer, user: str) -> Iterator[Any]:
+    from kafka.admin import KafkaAdminClient
+
+    admin = KafkaAdminClient(
+        bootstrap_servers=f"127.0.0.1:{server.sasl_port}",  # type: ignore[attr-defined]
+        security_protocol="SASL_PLAINTEXT",
+        sasl_mechanism="SCRAM-SHA-512",
+        sasl_plain_username=user,
+        sasl_plain_password=PASSWORD,
+    )
+    try:
+        yield admin
+    finally:
+        admin.close()
+
+
+def test_kafka_python_describes_and_deletes_acls(acl_server: KafkaServer) -> None:
+    from kafka.admin import (
+        ACL,
+        ACLFilter,
+        ACLOperation,
+        ACLPermissionType,
+        ACLResourcePatternType,
+        ResourcePattern,
+        ResourcePatternFilter,
+    )
+    from kafka.admin import NewTopic as KNewTopic
+    from kafka.admin import ResourceType as KResourceType
+
+    with _kafka_python_admin(acl_server, "admin") as admin:
+        name = f"kp-{uuid.uuid4().hex[:6]}"
+        made = admin.create_acls(
+            [ACL("User:bob", "*", ACLOperation.WRITE, ACLPermissionType.ALLOW,
+                 ResourcePattern(KResourceType.TOPIC, name, ACLResourcePatternType.LITERAL))]
+        )  # fmt: skip
+        assert not made["failed"] and len(made["succeeded"]) == 1
+        admin.create_topics([KNewTopic(name, 1, 1)])
+        assert _produce(acl_server, "bob", name) is None
+        wanted = ACLFilter(
+            "User:bob", None, ACLOperation.ANY, ACLPermissionType.ANY,
+            ResourcePatternFilter(KResourceType.TOPIC, name, ACLResourcePatternType.LITERAL),
+        )  # fmt: skip
+        found, error = admin.describe_acls(wanted)
+        assert error.errno == 0
+        assert [(a.principal, a.operation, a.resource_pattern.resource_name) for a in found] == [
+            ("User:bob", ACLOperation.WRITE, name)
+        ]
+        deleted = admin.delete_acls([wanted])
+        (_, matched, error), *_ = deleted
+        assert [a.resource_pattern.resource_name for a in matched] == [name] and error.errno == 0
+        assert admin.describe_acls(wanted)[0] == []
+        refused = _produce(acl_server, "bob", name)
+        assert refused is not None and refused.code() == KafkaError.TOPIC_AUTHORIZATION_FAILED
+
+
+def test_confluent_describes_and_deletes_acls(acl_server: KafkaServer) -> None:
+    _grant(acl_server, _acl("private", AclOperation.DESCRIBE, user="bob"))
+    admin = AdminClient(_config(acl_server, "admin"))
+    wanted = AclBindingFilter(ResourceType.TOPIC, "private", ResourcePatternType.MATCH,
+                              "User:bob", None, AclOperation.ANY, AclPermissionType.ANY)  # fmt: skip
+    found = admin.describe_acls(wanted).result(TIMEOUT)
+    assert [(b.name, b.operation) for b in found] == [("private", AclOperation.DESCRIBE)]
+    (deleted,) = admin.delete_acls([wanted]).values()
+    assert [b.name for b in deleted.result(TIMEOUT)] == ["private"]
+    assert admin.describe_acls(wanted).result(TIMEOUT) == []
+
+
+def test_a_non_superuser_cannot_grant_or_manage_users(acl_server: KafkaServer) -> None:
+    alice = AdminClient(_config(acl_server, "alice"))
+    (future,) = alice.create_acls([_acl("private", AclOperation.ALL)]).values()
+    with pytest.raises(KafkaException) as raised:
+        future.result(TIMEOUT)
+    assert raised.value.args[0].code() == KafkaError.CLUSTER_AUTHORIZATION_FAILED
+    from kafka.admin import (
+        ACLFilter,
+        ACLOperation,
+        ACLPermissionType,
+        ACLResourcePatternType,
+        ResourcePatternFilter,
+    )
+    from kafka.admin import ResourceType as KResourceType
+    from kafka.errors import ClusterAuthorizationFailedError
+
+    every = ACLFilter(None, None, ACLOperation.ANY, ACLPermissionType.ANY,
+                      ResourcePatternFilter(KResourceType.ANY, None, ACLResourcePatternType.ANY))  # fmt: skip
+    with (
+        _kafka_python_admin(acl_server, "alice") as kp_alice,
+        pytest.raises(ClusterAuthorizationFailedError),
+    ):
+        kp_alice.describe_acls(every)
+    assert "audit: denied DESCRIBE on CLUSTER 'kafka-cluster' to User:alice" in acl_server.log()
+    info = ScramCredentialInfo(ScramMechanism.SCRAM_SHA_256, 4096)
+    (future,) = alice.alter_user_scram_credentials(
+        [UserScramCredentialUpsertion("mallory", info, b"pw")]
+    ).values()
+    with pytest.raises(KafkaException):
+        future.result(TIMEOUT)
+
+
+def test_a_user_created_over_the_admin_api_logs_in(acl_server: KafkaServer) -> None:
+    admin = AdminClient(_config(acl_server, "admin"))
+    user = f"carol{uuid.uuid4().hex[:4]}"
+    info = ScramCredentialInfo(ScramMechanism.SCRAM_SHA_256, 4096)
+    for future in admin.alter_user_scram_credentials(
+        [UserScramCredentialUpsertion(user, info, PASSWORD.encode())]
+    ).values():
+        future.result(TIMEOUT)
+    described = admin.describe_user_scram_credentials([user])[user].result(TIMEOUT)
+    infos = described.scram_credential_infos
+    assert [(i.mechanism, i.iterations) for i in infos] == [(ScramMechanism.SCRAM_SHA_256, 4096)]
+    _grant(acl_server, _acl("private", AclOperation.DESCRIBE, user=user))
+    listed = AdminClient(_config(acl_server, user, "SCRAM-SHA-256")).list_topics(timeout=TIMEOUT)
+    assert sorted(listed.topics) == ["private"]
+    with pytest.raises(KafkaException):  # no SHA-512 credential was made
+        AdminClient(_config(acl_server, user, "SCRAM-SHA-512")).list_topics(timeout=3)
+
+
+def test_an_agent_learns_of_acls_changed_elsewhere_on_reload(md) -> None:
+    """An agent's copy changes only when the store's security version moved: another agent's
+    CreateAcls, or a user added, is seen at the next reload (every acl_refresh_s)."""
+    from streamhouse.config import Settings
+    from streamhouse.kafka.acls import Access
+    from streamhouse.kafka.listeners import Listener, Session
+    from streamhouse.security.scram import make_credential
+
+    access = Access(md, Settings(authorizer="acl", super_users="User:root"))
+    assert access.reload() and not access.reload()
+    session = Session(Listener("PLAINTEXT", "127.0.0.1", 0, "127.0.0.1"), "User:alice")
+    write, topic = acl.AclOperation.WRITE, acl.ResourceType.TOPIC
+    assert not access.allowed(session, write, topic, "orders")
+    md.create_acls([_binding("orders", write)])  # through another agent
+    assert not access.allowed(session, write, topic, "orders")  # until the reload
+    assert access.reload() and access.allowed(session, write, topic, "orders")
+    md.put_credentials("zed", [make_credential("SCRAM-SHA-256", "pw", user="zed")])
+    assert access.reload()  # a credential change moves the version too
+
+
+def test_audit_lines_are_rate_limited(caplog: pytest.LogCaptureFixture) -> None:
+    from streamhouse.kafka.audit import AUDIT_LINES_PER_S, Audit
+
+    audit = Audit()
+    with caplog.at_level("INFO", logger="streamhouse.kafka.audit"):
+        for i in range(AUDIT_LINES_PER_S * 5):
+            audit.line("denied %s", i)
+    lines = [r.getMessage() for r in caplog.records]
+    assert 1 <= len(lines) <= 2 * AUDIT_LINES_PER_S + 1  # a second boundary may fall inside
+    assert lines[0] == "audit: denied 0"
+
+
+def test_serve_warns_of_a_data_dir_others_may_write(
+    tmp_path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from streamhouse.cli import _warn_if_others_may_write
+
+    tmp_path.chmod(0o700)
+    with caplog.at_level("WARNING", logger="streamhouse"):
+        _warn_if_others_may_write(tmp_path)
+        assert not caplog.records
+        tmp_path.chmod(0o777)
+        _warn_if_others_may_write(tmp_path)
+    tmp_path.chmod(0o700)
+    assert "world-writable (mode 777)" in caplog.records[0].getMessage()
