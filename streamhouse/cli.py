@@ -554,6 +554,7 @@ def serve(
 
     from streamhouse.kafka.listeners import listeners_of, server_tls_context
     from streamhouse.kafka.sasl import enabled_mechanisms
+    from streamhouse.kafka.server import favour_waiting_threads
     from streamhouse.kafka.server import serve as serve_kafka
     from streamhouse.log.metadata import sqlite_path
 
@@ -585,6 +586,7 @@ def serve(
     if any(listener.tls for listener in listeners_of(settings)):
         server_tls_context(settings)  # bad certificate files: one line now, before anything opens
     files = sorted(Path(queries_dir).glob("*.sql")) if queries_dir else []
+    favour_waiting_threads()
     with StreamHouse(settings) as sh:
         agent_id = None
         supervisor = None
