@@ -447,7 +447,7 @@ class PostgresMetadata(SqlMetadata):
                     with suppress(psycopg.Error):
                         conn.execute("ROLLBACK")
                 raise
-        logger.debug("%s: %d index row(s)", what, len(keys))
+        logger.debug("%s: %d index row(s)", what, sum(len(s.entries) for s in segments))
         return [plan.bases for plan in plans]
 
     def _write_commit(
