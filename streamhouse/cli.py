@@ -570,6 +570,7 @@ def serve(
     from streamhouse.kafka.acls import super_users_of
     from streamhouse.kafka.listeners import listeners_of, server_tls_context
     from streamhouse.kafka.sasl import enabled_mechanisms
+    from streamhouse.kafka.server import favour_waiting_threads
     from streamhouse.kafka.server import serve as serve_kafka
     from streamhouse.log.metadata import sqlite_path
 
@@ -604,6 +605,7 @@ def serve(
         server_tls_context(settings)  # bad certificate files: one line now, before anything opens
     super_users_of(settings.super_users)
     files = sorted(Path(queries_dir).glob("*.sql")) if queries_dir else []
+    favour_waiting_threads()
     with StreamHouse(settings) as sh:
         _warn_if_others_may_write(settings.data_dir)
         agent_id = None

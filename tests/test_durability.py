@@ -22,14 +22,16 @@ import pytest
 import streamhouse
 
 # A producer that prints every acknowledged record as "partition offset ident padding" once
-# produce() has returned. Arguments: data_dir topic tag linger_ms calls (0: until killed).
-# It prints "ready" once connected and starts producing when a line arrives on stdin; at the
+# produce() has returned. Arguments: data_dir topic tag linger_ms calls (0: until killed)
+# [threads, default 2: each has one produce() in flight; with more, flushes are put while
+# earlier ones are committed, and committed in groups]. It prints "ready" once connected and starts producing when a line arrives on stdin; at the
 # end, "stats <objects put> <objects committed> <commits sequenced elsewhere>".
 PRODUCER = r"""
 import os, random, sys, threading, traceback
 import streamhouse
 
 data_dir, topic, tag, linger_ms, calls = sys.argv[1:6]
+workers = int(sys.argv[6]) if len(sys.argv) > 6 else 2
 sh = streamhouse.connect(data_dir, linger_ms=float(linger_ms))
 partitions = sh.topic(topic).partitions
 lock = threading.Lock()
@@ -56,7 +58,7 @@ def produce(worker):
             sys.stdout.write(lines)
             sys.stdout.flush()
 
-threads = [threading.Thread(target=run, args=(w,)) for w in range(2)]
+threads = [threading.Thread(target=run, args=(w,)) for w in range(workers)]
 print("ready", flush=True)
 sys.stdin.readline()
 for t in threads:
@@ -72,9 +74,12 @@ Ack = tuple[int, int, str, int]  # partition, offset, ident, padding
 Stats = tuple[int, int, int]  # objects put, objects committed, commits sequenced elsewhere
 
 
-def _spawn_producer(data_dir: Path, topic: str, tag: str, linger_ms: float, calls: int):
+def _spawn_producer(
+    data_dir: Path, topic: str, tag: str, linger_ms: float, calls: int, threads: int = 2
+):
     return subprocess.Popen(
-        [sys.executable, "-c", PRODUCER, str(data_dir), topic, tag, str(linger_ms), str(calls)],
+        [sys.executable, "-c", PRODUCER, str(data_dir), topic, tag, str(linger_ms), str(calls)]
+        + [str(threads)],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -185,16 +190,24 @@ def metadata_env(metadata_url: str | None, monkeypatch: pytest.MonkeyPatch) -> s
 def test_kill_9_mid_produce_loses_nothing_acknowledged(
     tmp_path: Path, metadata_env: str | None
 ) -> None:
+    """Rounds of a producer killed -9 mid-produce, with 2 or 12 threads producing at once (12:
+    several flushes put while one commits, then committed as a group, at the kill). After each
+    kill: every acknowledged record is stored at its offset, offsets dense, nothing twice, and
+    every object the index names exists."""
     with streamhouse.connect(tmp_path) as sh:
         sh.create_topic("acks", partitions=3)
     rng = random.Random(9)
     acks: list[Ack] = []
     for round_ in range(5):
-        child = _spawn_producer(tmp_path, "acks", f"r{round_}", rng.choice([0, 1, 5]), 0)
+        threads = 12 if round_ % 2 else 2
+        linger_ms = rng.choice([0, 1, 5])
+        child = _spawn_producer(tmp_path, "acks", f"r{round_}", linger_ms, 0, threads)
         _start(child)
         acks.extend(_kill_mid_produce(child, rng.uniform(0, 0.5)))
         high_watermarks = _check_log(tmp_path, "acks", acks)
         assert sum(high_watermarks.values()) >= len(acks)
+        on_disk, indexed = _objects(tmp_path, "acks", 3)
+        assert indexed <= on_disk
 
     # The log still takes writes, continuing each partition's offsets.
     with streamhouse.connect(tmp_path) as sh:

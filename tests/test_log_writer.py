@@ -12,7 +12,7 @@ import pytest
 
 from streamhouse.config import Settings
 from streamhouse.errors import OutOfOrderSequenceError, StorageError, UnknownPartitionError
-from streamhouse.log import Log
+from streamhouse.log import Log, writer
 from streamhouse.log.records import build_batch, decode_batches
 
 
@@ -156,3 +156,109 @@ def test_a_flush_holding_a_duplicate_is_written_again_without_it(tmp_path: Path)
         assert _values(a) == [b"x", b"y", b"plain", b"z", b"q6"]
         assert _values(a, 1) == [b"p6"]
     assert len(list((tmp_path / "objects" / "segments").iterdir())) == 2
+
+
+def _blocking_first_commit(log: Log) -> tuple[threading.Event, threading.Event, list[int]]:
+    """Hold the writer's first commit until ``release`` is set (``entered`` is set when it
+    starts); the sizes of the group commits made after it go into the list."""
+    commit, commit_group = log.metadata.commit_segment, log.metadata.commit_segments
+    entered, release = threading.Event(), threading.Event()
+    groups: list[int] = []
+
+    def first_blocks(object_key, entries, producer_batches=(), *, fence=None):  # type: ignore[no-untyped-def]
+        if not entered.is_set():
+            entered.set()
+            assert release.wait(10)
+        return commit(object_key, entries, producer_batches, fence=fence)
+
+    def counted(segments):  # type: ignore[no-untyped-def]
+        groups.append(len(segments))
+        return commit_group(segments)
+
+    log.metadata.commit_segment = first_blocks  # type: ignore[method-assign]
+    log.metadata.commit_segments = counted  # type: ignore[method-assign]
+    return entered, release, groups
+
+
+def _put_behind_the_commit(log: Log, values: list[tuple[int, bytes]]) -> list:
+    """Append each (partition, value) as a flush of its own while the first commit is held."""
+    futures = []
+    for partition, value in values:
+        put = log.writer.stats.objects_put
+        futures.append(log.append("t", partition, build_batch([value])))
+        deadline = time.monotonic() + 10
+        while log.writer.stats.objects_put == put and time.monotonic() < deadline:
+            time.sleep(0.005)
+    assert not any(f.done() for f in futures)  # put, not acknowledged: the commit is held
+    return futures
+
+
+def test_flushes_put_during_a_commit_are_committed_together_in_order(
+    tmp_path: Path, metadata_url: str | None
+) -> None:
+    """Four flushes are put while the first one's commit is held; they are then indexed by
+    one group commit, each partition's offsets dense and in the order of the appends."""
+    settings = Settings.load(data_dir=tmp_path, linger_ms=1, metadata=metadata_url)
+    with Log.open(settings) as log:
+        log.create_topic("t", partitions=2)
+        entered, release, groups = _blocking_first_commit(log)
+        first = log.append("t", 0, build_batch([b"a0", b"a1"]))
+        assert entered.wait(10)
+        later = _put_behind_the_commit(
+            log, [(0, b"b2"), (1, b"c0"), (0, b"d3"), (1, b"e1")][: writer.MAX_PUT_AHEAD]
+        )
+        assert log.writer.stats.objects_put == 1 + len(later)
+        release.set()
+        assert first.result(10) == 0
+        assert [f.result(10) for f in later] == [2, 0, 3, 1]
+        assert groups == [len(later)]  # one transaction for all of them
+        assert log.writer.stats.objects_committed == 1 + len(later)
+        assert log.writer.stats.sequenced_elsewhere == 0  # the guesses were right
+        assert _values(log, 0) == [b"a0", b"a1", b"b2", b"d3"]
+        assert _values(log, 1) == [b"c0", b"e1"]
+        for partition, expected in ((0, [0, 1, 2, 3]), (1, [0, 1])):
+            fetched = decode_batches(log.fetch("t", partition, 0, 1 << 20).records)
+            assert fetched.column("offset").to_pylist() == expected
+
+
+def test_a_failed_flush_in_a_group_fails_its_own_appends_only(
+    tmp_path: Path, metadata_url: str | None
+) -> None:
+    """The group commit of three put flushes fails; they are committed again one at a time,
+    and the middle one's commit fails too. Its append fails and nothing of it is stored (its
+    object deleted); the flushes before and after it, written and put around it, are
+    acknowledged at dense offsets (the last one re-sequenced by the store)."""
+    settings = Settings.load(data_dir=tmp_path, linger_ms=1, metadata=metadata_url)
+    with Log.open(settings) as log:
+        log.create_topic("t")
+        entered, release, _ = _blocking_first_commit(log)
+        held_commit = log.metadata.commit_segment
+        commits: list[str] = []
+
+        def refuse_group(segments):  # type: ignore[no-untyped-def]
+            raise StorageError("group refused")
+
+        def refuse_the_second(object_key, entries, producer_batches=(), *, fence=None):  # type: ignore[no-untyped-def]
+            commits.append(object_key)
+            if len(commits) == 3:  # the held one, then the group's first, then its second
+                raise StorageError("commit refused")
+            return held_commit(object_key, entries, producer_batches, fence=fence)
+
+        log.metadata.commit_segments = refuse_group  # type: ignore[method-assign]
+        log.metadata.commit_segment = refuse_the_second  # type: ignore[method-assign]
+        first = log.append("t", 0, build_batch([b"a0"]))
+        assert entered.wait(10)
+        kept, lost, after = _put_behind_the_commit(log, [(0, b"b1"), (0, b"lost"), (0, b"c2")])
+        release.set()
+        assert first.result(10) == 0
+        assert kept.result(10) == 1
+        with pytest.raises(StorageError, match="commit refused"):
+            lost.result(10)
+        assert after.result(10) == 2  # written at 3, indexed at 2: no gap
+        assert log.writer.stats.sequenced_elsewhere == 1
+        assert _values(log) == [b"a0", b"b1", b"c2"]
+        offsets = decode_batches(log.fetch("t", 0, 0, 1 << 20).records).column("offset")
+        assert offsets.to_pylist() == [0, 1, 2]
+        assert not log.metadata.is_indexed(commits[2])
+    objects = {p.name for p in (tmp_path / "objects" / "segments").glob("*.seg")}
+    assert len(objects) == 3 and commits[2].rsplit("/", 1)[1] not in objects

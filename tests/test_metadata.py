@@ -28,6 +28,7 @@ from streamhouse.errors import (
     UnknownTopicError,
 )
 from streamhouse.log.metadata import (
+    FlushedSegment,
     GroupOffset,
     PartitionOffsets,
     ProducerBatch,
@@ -202,6 +203,40 @@ def test_the_store_sequences_offsets_whatever_the_entries_were_written_with(md: 
         ("o3", 22, 22, 0),
     ]
     assert md.is_indexed("o2") and not md.is_indexed("o4")
+
+
+def test_a_group_commit_indexes_each_object_after_the_one_before(md: Store) -> None:
+    """``commit_segments``: one transaction, each object's entries following the previous
+    object's in their partitions, producer states carried from one object to the next; one
+    refused batch anywhere and nothing of the group is committed."""
+    md.create_topic("t", partitions=2)
+    md.commit_segment("o0", [Entry("t", 0, 0, 2)])
+    B = ProducerBatch
+    group = [
+        FlushedSegment("o1", [Entry("t", 0, 3, 4), Entry("t", 1, 0, 0)], [B(0, 0, 7, 0, 0, 1)]),
+        FlushedSegment("o2", []),
+        FlushedSegment("o3", [Entry("t", 0, 5, 5), Entry("t", 0, 6, 8)], [B(0, 0, 7, 0, 2, 2)]),
+    ]
+    assert md.commit_segments(group) == [[3, 0], [], [5, 6]]
+    assert md.partition_offsets("t") == {0: PartitionOffsets(0, 9), 1: PartitionOffsets(0, 1)}
+    rows = md.segments("t", 0)
+    assert [(r.object_key, r.base_offset, r.last_offset) for r in rows] == [
+        ("o0", 0, 2), ("o1", 3, 4), ("o3", 5, 5), ("o3", 6, 8),
+    ]  # fmt: skip
+    refused = [
+        FlushedSegment("o4", [Entry("t", 0, 0, 0)], [B(0, 0, 7, 0, 3, 3)]),
+        FlushedSegment("o5", [Entry("t", 0, 0, 0)], [B(0, 0, 7, 0, 9, 9)]),  # out of order
+    ]
+    with pytest.raises(RefusedBatchesError) as error:
+        md.commit_segments(refused)
+    assert list(error.value.verdicts) == [0]
+    assert md.partition_offsets("t") == {0: PartitionOffsets(0, 9), 1: PartitionOffsets(0, 1)}
+    assert not md.is_indexed("o4") and not md.is_indexed("o5")
+    with pytest.raises(UnknownPartitionError):
+        md.commit_segments([FlushedSegment("o6", [Entry("t", 0, 0, 0)]),
+                            FlushedSegment("o7", [Entry("t", 2, 0, 0)])])  # fmt: skip
+    assert not md.is_indexed("o6")
+    assert md.commit_segments([]) == []
 
 
 def test_commit_segment_unknown_topic_or_partition_rolls_back(md: Store) -> None:

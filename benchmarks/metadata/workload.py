@@ -9,7 +9,8 @@ The producer (librdkafka, linger 5 ms, ``batch.num.messages`` 1, acks=all) sends
 round, one record to each partition per round, every record a RecordBatch of its own; ``ack_ms`` are
 librdkafka's per-message latencies (``produce()`` to acknowledgement). A consumer then reads
 everything back. The server's metadata cache logs its hit rate when it stops (INFO), which is
-read back from its log. ``--rate`` paces the producer (records/s), so that ack latencies are the
+read back from its log, and the server's CPU seconds during the produce phase (per record: a
+figure the machine's load moves less than latencies). ``--rate`` paces the producer (records/s), so that ack latencies are the
 server's and not those of a client queue holding 100,000 records. Targets (issue 14): produce
 ack p99 < 500 ms, cache hit rate > 90%.
 """
@@ -30,6 +31,7 @@ from typing import Any
 
 import psycopg
 
+from benchmarks.log.kafka import _process_cpu
 from benchmarks.metadata.partitions import free_port, serve
 
 TOPIC = "tiny"
@@ -69,7 +71,7 @@ def run(
             else:
                 latencies.append(msg.latency())
 
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), _process_cpu(server.pid)
         for round_no in range(batches):
             due = start + round_no * partitions / rate if rate else 0.0
             while time.perf_counter() < due:  # paced: latencies are the server's
@@ -85,6 +87,7 @@ def run(
             producer.poll(0.001)
         assert producer.flush(300) == 0 and not failed, failed[:3]
         wall = time.perf_counter() - start
+        server_cpu = _process_cpu(server.pid) - cpu
         ordered = sorted(latencies)
         result["produce"] = {
             "records": len(ordered),
@@ -92,6 +95,9 @@ def run(
             "ack_p50_ms": round(statistics.median(ordered) * 1000, 1),
             "ack_p99_ms": round(ordered[int(len(ordered) * 0.99)] * 1000, 1),
             "wall_s": round(wall, 2),
+            "server_cpu_s": round(server_cpu, 2),
+            "server_cpu_us_per_record": round(server_cpu / len(ordered) * 1e6, 1),
+            "load_1m_after": round(os.getloadavg()[0], 2),
         }
         consumer = Consumer(
             {"bootstrap.servers": bootstrap, "group.id": "tiny", "enable.auto.commit": False}

@@ -22,6 +22,7 @@ import ipaddress
 import logging
 import signal
 import struct
+import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -104,6 +105,16 @@ _PARKING = frozenset((ApiKey.JOIN_GROUP, ApiKey.SYNC_GROUP))
 waiting for them, so the member's session times out like any other (a member left parked kept
 its group from ever emptying)."""
 _WRITE_HIGH_WATER = 4 * 1024 * 1024
+THREAD_SWITCH_INTERVAL_S = 0.0005
+"""How long a thread waiting for the GIL lets a running one keep it (Python's default: 5 ms).
+
+A serving process is one event loop thread parsing requests beside the writer's flusher and
+committer threads, which hold the GIL briefly between blocking calls (a PUT, an fsync, a
+round trip to the metadata store) and must take it back after each. While the loop is busy
+with a burst of requests, each take-back waited up to the whole interval, a commit made a
+dozen of them, and produce acknowledgements queued behind commits: in the 1,000 partitions x
+60 one-record batches workload on PostgreSQL at load 11-14, ack p50 1,345-6,820 ms at 5 ms
+against 354-409 ms at 0.5 ms."""
 _LENGTH = struct.Struct(">i")
 
 
@@ -466,8 +477,15 @@ def ipaddress_is_loopback(host: str) -> bool:
         return False
 
 
+def favour_waiting_threads() -> None:
+    """Set this process's thread switch interval to :data:`THREAD_SWITCH_INTERVAL_S`: for a
+    process whose job is serving (``serve``), never for a library user's."""
+    sys.setswitchinterval(THREAD_SWITCH_INTERVAL_S)
+
+
 def run(settings: Settings) -> None:
     """Open the log, serve until SIGINT or SIGTERM, then close the log cleanly."""
+    favour_waiting_threads()
     log_ = Log.open(settings)
     try:
         asyncio.run(_serve_until_signalled(log_, settings))

@@ -15,18 +15,23 @@ or an earlier flush failed) the index row holds the assigned offsets, the object
 written ones, and the reader re-stamps the batches by the difference; a sequence note
 (:mod:`~streamhouse.log.sequence_notes`) records the assigned ones in the object store before
 the flush is acknowledged. No record is decoded on
-this path. Flushes are pipelined over two threads, so that the object of one flush is written
-while the index rows of the one before are committed:
+this path. Flushes are pipelined over two threads, so that objects are written while the
+index rows of the ones before are committed (group commit):
 
 - the *writer* thread collects pending appends, stamps their tentative offsets, encodes one
-  segment object and puts it;
-- the *committer* thread commits each flush's index rows, strictly in order, and only then
-  resolves its appends' futures with the assigned offsets and tells listeners.
+  segment object and puts it, ``linger_ms`` after the first of them, whether or not earlier
+  flushes are committed yet (up to :data:`MAX_PUT_AHEAD` of them may wait for their commit);
+- the *committer* thread commits, strictly in order, every put flush waiting when it is free,
+  all in one transaction (:meth:`~streamhouse.log.metadata.Metadata.commit_segments`), and
+  only then resolves their appends' futures with the assigned offsets and tells listeners.
 
-At most one put flush waits for its commit while the next is being written. If the object store
-or the commit fails, every append of that flush fails, nothing of it is acknowledged or indexed
-(a commit is all or nothing), its object is deleted when the index provably does not name it,
-and later flushes guess again from the committed high watermarks.
+So an append waits for its own put and for at most the one commit in flight, never for a
+queue of commits: under load more flushes share a transaction, and its round trips and
+``COMMIT`` are paid once. If the object store or the commit fails, every append of that flush
+fails, nothing of it is acknowledged or indexed (a commit is all or nothing), its object is
+deleted when the index provably does not name it, and later flushes guess again from the
+committed high watermarks. A group commit that fails is made again flush by flush (unless the
+store may have committed it), so a flush the store refuses fails its own appends only.
 
 Futures: :meth:`LogWriter.append` returns a :class:`concurrent.futures.Future`;
 :meth:`LogWriter.append_async` an :class:`asyncio.Future` that is resolved on its event loop,
@@ -39,6 +44,7 @@ import asyncio
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
@@ -51,7 +57,7 @@ from streamhouse.errors import (
     StreamHouseError,
     UnknownPartitionError,
 )
-from streamhouse.log.metadata import Metadata, ProducerBatch
+from streamhouse.log.metadata import FlushedSegment, Metadata, ProducerBatch
 from streamhouse.log.metadata.leases import Lease
 from streamhouse.log.metadata.rules import SEQUENCE_MODULO
 from streamhouse.log.objectstore import ObjectStore
@@ -61,6 +67,11 @@ from streamhouse.log.segment import SegmentBuilder, SegmentEntry, segment_key
 from streamhouse.log.sequence_notes import write_note
 
 log = logging.getLogger(__name__)
+
+MAX_PUT_AHEAD = 4
+"""Put flushes waiting for their commit before the writer thread waits too: at most this many
+are being committed, as many waiting, and one being put; a process killed loses the
+acknowledgement of all of them (nothing acknowledged), and leaves their objects unindexed."""
 
 CommitListener = Callable[[str, int, int], None]
 """Called after each commit with (topic, partition, new high watermark)."""
@@ -164,6 +175,7 @@ class WriterStats:
     objects_committed: int = 0
     sequenced_elsewhere: int = 0
     duplicate_batches: int = 0  # idempotent batches the store had indexed already
+    group_commits: int = 0  # commits that indexed several objects in one transaction
 
 
 class LogWriter:
@@ -195,7 +207,7 @@ class LogWriter:
         self._first_pending_at = 0.0
         self._appended = 0  # sequence number of the last append
         self._settled = 0  # every append up to this sequence number is resolved
-        self._handoff: _Flush | None = None  # put, waiting for the committer
+        self._put: deque[_Flush] = deque()  # put, waiting for the committer, in order
         self._closed = False
         # guarded by _offsets_lock:
         self._offsets_lock = threading.Lock()
@@ -286,7 +298,7 @@ class LogWriter:
         while True:
             with self._lock:
                 while True:
-                    if self._handoff is not None:  # the committer has not taken the last one
+                    if len(self._put) >= MAX_PUT_AHEAD:  # the committer is far behind
                         self._work.wait()
                     elif self._pending:
                         wait = self._first_pending_at + self._linger - time.monotonic()
@@ -294,7 +306,7 @@ class LogWriter:
                             break
                         self._work.wait(wait)
                     elif self._closed:
-                        self._handoff = _STOP
+                        self._put.append(_STOP)
                         self._ready.notify()
                         return
                     else:
@@ -308,7 +320,7 @@ class LogWriter:
                     self._pending_bytes = 0
             flush = self._write(batch)
             with self._lock:
-                self._handoff = flush
+                self._put.append(flush)
                 self._ready.notify()
 
     def _write(self, appends: list[_Append]) -> _Flush:
@@ -414,14 +426,14 @@ class LogWriter:
     def _commit_loop(self) -> None:
         while True:
             with self._lock:
-                while self._handoff is None:
+                while not self._put:
                     self._ready.wait()
-                flush, self._handoff = self._handoff, None
+                group = self._take_group()
                 self._work.notify()
-            if flush is _STOP:
+            if not group:
                 return
             try:
-                self._commit(flush)
+                self._commit_group(group)
             except Exception as exc:  # the committer must never die with producers waiting
                 log.exception("flush failed")
                 error = (
@@ -430,10 +442,74 @@ class LogWriter:
                     else StorageError(f"flush failed: {exc}")
                 )
                 self._forget_offsets()
-                _fail(flush.appends, error)
+                for flush in group:
+                    _fail(flush.appends, error)
             with self._lock:
-                self._settled = flush.appends[-1].sequence
+                self._settled = group[-1].appends[-1].sequence
                 self._done.notify_all()
+
+    def _take_group(self) -> list[_Flush]:
+        """The put flushes to commit next, in order (called with ``_lock`` held): all those
+        waiting; a fenced flush alone (its commit checks its lease). Empty at the end
+        (:data:`_STOP`)."""
+        group: list[_Flush] = []
+        while self._put:
+            flush = self._put[0]
+            if flush is _STOP:
+                if not group:
+                    self._put.popleft()
+                break
+            if group and (flush.fence is not None or group[0].fence is not None):
+                break
+            group.append(self._put.popleft())
+        return group
+
+    def _commit_group(self, group: list[_Flush]) -> None:
+        """Commit put flushes in one transaction; every future is resolved on return.
+
+        Flushes whose put failed, or with nothing left to write, are settled first. If the
+        group commit fails, and the store provably did not commit it, each flush is committed
+        on its own, in order, so that a refusal fails only the flush it concerns."""
+        whole = [f for f in group if f.error is None and f.resolved]
+        for flush in group:
+            if flush.error is not None or not flush.resolved:
+                self._commit(flush)  # fails its appends, or has nothing to commit
+        if len(whole) <= 1:
+            for flush in whole:
+                self._commit(flush)
+            return
+        try:
+            bases = self._metadata.commit_segments(
+                [FlushedSegment(f.object_key, f.entries, f.producer_batches) for f in whole]
+            )
+        except Exception as exc:
+            if self._group_committed(whole, exc):
+                return
+            log.info("group commit of %d flushes failed (%s); one at a time", len(whole), exc)
+            for flush in whole:
+                self._commit(flush)
+            return
+        self.stats.group_commits += 1
+        for flush, assigned in zip(whole, bases, strict=True):
+            self._acknowledge_commit(flush, assigned)
+
+    def _group_committed(self, group: list[_Flush], error: BaseException) -> bool:
+        """After a failed group commit: True (and every append failed, the objects left) if
+        the store committed it or cannot tell; False if it provably did not (a refusal rolled
+        it back, or the index does not name the first object)."""
+        if isinstance(error, LogError) and not isinstance(error, StorageError):
+            return False  # refused: rolled back
+        try:
+            if not self._metadata.is_indexed(group[0].object_key):
+                return False
+            log.warning("group commit from %s happened although it failed", group[0].object_key)
+        except StreamHouseError as exc:
+            log.warning("cannot tell whether a group commit happened; leaving it: %s", exc)
+        self._forget_offsets()
+        failure = error if isinstance(error, StreamHouseError) else StorageError(str(error))
+        for flush in group:
+            _fail((item for item, _ in flush.resolved), failure)
+        return True
 
     def _commit(self, flush: _Flush) -> None:
         """Commit one put flush; every future is resolved on return.

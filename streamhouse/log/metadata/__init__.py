@@ -38,6 +38,7 @@ __all__ = [
     "CatalogEntry",
     "Commit",
     "CommitFeed",
+    "FlushedSegment",
     "GroupOffset",
     "Metadata",
     "PartitionOffsets",
@@ -172,6 +173,16 @@ class ProducerBatch:
     last_sequence: int
 
 
+@dataclass(frozen=True, slots=True)
+class FlushedSegment:
+    """One segment object put by a flush, to be indexed: its entries and the batches of
+    idempotent producers in them (see :meth:`Metadata.commit_segment`)."""
+
+    object_key: str
+    entries: Sequence[SegmentEntryLike]
+    producer_batches: Sequence[ProducerBatch] = ()
+
+
 Commit = tuple[str, int, int, int]
 """(topic, partition, log start offset, high watermark) after a commit or a ``delete_records``;
 the log start is -1 where it did not change (a commit)."""
@@ -251,6 +262,14 @@ class Metadata(Protocol):
         same transaction (see ``rules.check_producer_batches``), which they then advance; if
         any is a duplicate or out of order, nothing is committed and
         ``RefusedBatchesError`` says which."""
+        ...
+
+    def commit_segments(self, segments: Sequence[FlushedSegment]) -> list[list[int]]:
+        """Group commit: index several objects in one transaction, as :meth:`commit_segment`
+        would one after the other (the entries of each later object follow those of the
+        earlier ones in their partitions), all or nothing; returns each object's base
+        offsets. ``RefusedBatchesError`` (its verdicts indexed by the producer batches of the
+        first object with a refused one) and nothing committed if any batch is refused."""
         ...
 
     def is_indexed(self, object_key: str) -> bool:

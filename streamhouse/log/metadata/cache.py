@@ -45,6 +45,7 @@ from streamhouse.log.metadata import (
     CatalogEntry,
     Commit,
     CommitFeed,
+    FlushedSegment,
     GroupOffset,
     Metadata,
     PartitionOffsets,
@@ -333,6 +334,24 @@ class CachedMetadata:
     ) -> list[int]:
         entries = list(entries)
         bases = self.inner.commit_segment(object_key, entries, producer_batches, fence=fence)
+        self._committed(object_key, entries, bases)
+        self._log_stats()
+        return bases
+
+    def commit_segments(self, segments: Sequence[FlushedSegment]) -> list[list[int]]:
+        segments = [
+            FlushedSegment(s.object_key, list(s.entries), s.producer_batches) for s in segments
+        ]
+        bases = self.inner.commit_segments(segments)
+        for segment, assigned in zip(segments, bases, strict=True):
+            self._committed(segment.object_key, segment.entries, assigned)
+        self._log_stats()
+        return bases
+
+    def _committed(
+        self, object_key: str, entries: Sequence[SegmentEntryLike], bases: list[int]
+    ) -> None:
+        """Advance the cached high watermarks and extend the cached indexes by a commit."""
         with self._lock:
             for entry, base in zip(entries, bases, strict=True):
                 key = (entry.topic, entry.partition)
@@ -344,8 +363,6 @@ class CachedMetadata:
                 if index is not None and index.end == base:
                     index.extend([_row(object_key, entry, base, last)])
                     self._rows += 1
-        self._log_stats()
-        return bases
 
     def is_indexed(self, object_key: str) -> bool:
         return self.inner.is_indexed(object_key)

@@ -45,6 +45,7 @@ from streamhouse.log.metadata import (
     AgentInfo,
     CatalogEntry,
     Commit,
+    FlushedSegment,
     ProducerBatch,
     SegmentEntryLike,
     SegmentRow,
@@ -320,55 +321,77 @@ class SQLiteMetadata(SqlMetadata):
         with self._transaction(f"commit segment {object_key!r}") as conn:
             if fence is not None:
                 self._check_fence(conn, fence, f"commit of segment {object_key!r}")
-            # One read of every partition involved, then one executemany per table: a flush
-            # commits a row per partition, and a statement per row costs more than the rows.
-            current: dict[tuple[str, int], tuple[int, int]] = {}
-            by_topic: dict[str, set[int]] = {}
-            for entry in entries:
-                by_topic.setdefault(entry.topic, set()).add(entry.partition)
-            for topic, wanted in by_topic.items():
-                keys = sorted(wanted)
-                for i in range(0, len(keys), _PARTITIONS_BY_KEY):  # by primary key, in chunks
-                    chunk = keys[i : i + _PARTITIONS_BY_KEY]
-                    sql = (
-                        "SELECT partition_id, high_watermark, max_timestamp FROM partitions"
-                        f" WHERE topic = ? AND partition_id IN ({', '.join('?' * len(chunk))})"
-                    )
-                    for partition, high_watermark, max_timestamp in conn.execute(
-                        sql, (topic, *chunk)
-                    ):
-                        current[(topic, partition)] = (high_watermark, max_timestamp)
-            plan = plan_segment_commit(
-                object_key, entries, current, lambda t: self._read_topic(conn, t) is not None
-            )
-            conn.executemany(
-                "UPDATE partitions SET high_watermark = ?, max_timestamp = ?"
-                " WHERE topic = ? AND partition_id = ?",
-                ((hw, ts, t, p) for (t, p), (hw, ts) in plan.partitions.items()),
-            )
-            conn.executemany(
-                f"INSERT INTO segments ({SEGMENT_INSERT_COLUMNS})"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                plan.rows,
-            )
-            if producer_batches:
-                states = {
-                    key: ProducerState.decode(*row)
-                    for key in producer_keys(entries, producer_batches)
-                    for row in conn.execute(
-                        "SELECT producer_epoch, last_sequence, recent_batches"
-                        " FROM producer_sequences"
-                        " WHERE topic = ? AND partition_id = ? AND producer_id = ?",
-                        key,
-                    )
-                }
-                changed = check_producer_batches(entries, plan.bases, producer_batches, states)
-                conn.executemany(
-                    f"INSERT INTO producer_sequences ({PRODUCER_COLUMNS})"
-                    f" VALUES (?, ?, ?, ?, ?, ?, ?){PRODUCER_UPSERT}",
-                    producer_rows(changed),
-                )
+            bases = self._commit_in(conn, object_key, entries, producer_batches)
         logger.debug("committed segment %r with %d index row(s)", object_key, len(entries))
+        return bases
+
+    def commit_segments(self, segments: Sequence[FlushedSegment]) -> list[list[int]]:
+        written = [s for s in segments if s.entries]
+        if not written:
+            return [[] for _ in segments]
+        with self._transaction(f"commit {len(written)} segment(s)") as conn:
+            bases = iter(
+                [
+                    self._commit_in(conn, s.object_key, s.entries, s.producer_batches)
+                    for s in written
+                ]
+            )
+        return [next(bases) if s.entries else [] for s in segments]
+
+    def _commit_in(
+        self,
+        conn: sqlite3.Connection,
+        object_key: str,
+        entries: Sequence[SegmentEntryLike],
+        producer_batches: Sequence[ProducerBatch],
+    ) -> list[int]:
+        """Index one object's ``entries`` in the open transaction of ``conn``."""
+        # One read of every partition involved, then one executemany per table: a flush
+        # commits a row per partition, and a statement per row costs more than the rows.
+        current: dict[tuple[str, int], tuple[int, int]] = {}
+        by_topic: dict[str, set[int]] = {}
+        for entry in entries:
+            by_topic.setdefault(entry.topic, set()).add(entry.partition)
+        for topic, wanted in by_topic.items():
+            keys = sorted(wanted)
+            for i in range(0, len(keys), _PARTITIONS_BY_KEY):  # by primary key, in chunks
+                chunk = keys[i : i + _PARTITIONS_BY_KEY]
+                sql = (
+                    "SELECT partition_id, high_watermark, max_timestamp FROM partitions"
+                    f" WHERE topic = ? AND partition_id IN ({', '.join('?' * len(chunk))})"
+                )
+                for partition, high_watermark, max_timestamp in conn.execute(sql, (topic, *chunk)):
+                    current[(topic, partition)] = (high_watermark, max_timestamp)
+        plan = plan_segment_commit(
+            object_key, entries, current, lambda t: self._read_topic(conn, t) is not None
+        )
+        conn.executemany(
+            "UPDATE partitions SET high_watermark = ?, max_timestamp = ?"
+            " WHERE topic = ? AND partition_id = ?",
+            ((hw, ts, t, p) for (t, p), (hw, ts) in plan.partitions.items()),
+        )
+        conn.executemany(
+            f"INSERT INTO segments ({SEGMENT_INSERT_COLUMNS})"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            plan.rows,
+        )
+        if producer_batches:
+            states = {
+                key: ProducerState.decode(*row)
+                for key in producer_keys(entries, producer_batches)
+                for row in conn.execute(
+                    "SELECT producer_epoch, last_sequence, recent_batches"
+                    " FROM producer_sequences"
+                    " WHERE topic = ? AND partition_id = ? AND producer_id = ?",
+                    key,
+                )
+            }
+            changed = check_producer_batches(entries, plan.bases, producer_batches, states)
+            conn.executemany(
+                f"INSERT INTO producer_sequences ({PRODUCER_COLUMNS})"
+                f" VALUES (?, ?, ?, ?, ?, ?, ?){PRODUCER_UPSERT}",
+                producer_rows(changed),
+            )
         return plan.bases
 
     def restore_segments(self, rows: Sequence[SegmentRow], *, producer_id_floor: int = 0) -> None:
