@@ -158,3 +158,30 @@ def test_options_from_create_table() -> None:
         JdbcLookupOptions.from_options({**definition.options, "lookup.cache.ttl": "soon"})
     with pytest.raises(ConfigError, match="unsupported jdbc option"):
         JdbcLookupOptions.from_options({**definition.options, "lookup.async": "true"})
+
+
+def test_string_keys_with_quotes_commas_and_backslashes(postgres_url: str) -> None:
+    keys = ["a", "b,c", 'q"x', "back\\slash", "NULL", "", "{}", " sp ", "é"]
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE sdim (k TEXT PRIMARY KEY, v INT)")
+        for i, k in enumerate(keys[:-2]):
+            conn.execute("INSERT INTO sdim VALUES (%s, %s)", (k, i))
+        dim = pa.table(
+            list(zip(*conn.execute("SELECT k, v FROM sdim").fetchall(), strict=True)),
+            names=["k", "v"],
+        )
+    schema = pa.schema([("k", pa.string()), ("v", pa.int32())])
+    opts = JdbcLookupOptions.from_options(
+        {"connector": "jdbc", "url": postgres_url, "table-name": "sdim"}
+    )
+    join = LookupJoin(PostgresLookup(opts, schema, "k"), "k", left=True, prefix="d_")
+    probe = pa.table({"id": list(range(len(keys) + 1)), "k": [*keys, None]})
+    out = join.join(probe)
+    db = duckdb.connect()
+    db.register("probe", probe)
+    db.register("dim", dim)
+    expected = db.execute(
+        "SELECT p.id, p.k, d.k, d.v FROM probe p LEFT JOIN dim d ON p.k = d.k ORDER BY p.id"
+    ).fetchall()
+    cols = ["id", "k", "d_k", "d_v"]
+    assert list(zip(*(out.column(c).to_pylist() for c in cols), strict=True)) == expected

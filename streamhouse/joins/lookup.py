@@ -151,6 +151,7 @@ class LookupCache:
         self.loaded = np.empty(0, dtype=np.float64)
         self.used = np.empty(0, dtype=np.int64)
         self.batches = 0
+        self.index: tuple[np.ndarray, np.ndarray] | None = None  # sorted keys, positions
 
     def __len__(self) -> int:
         return self.rows.num_rows
@@ -158,7 +159,7 @@ class LookupCache:
     def positions(self, keys: pa.Array, now: float) -> pa.Array:
         """The cache position of each key (null: absent or expired); marks them used."""
         self.batches += 1
-        found = pc.index_in(keys, value_set=self.rows.column(self.key).combine_chunks())
+        found = self._find(keys)
         if self.ttl is not None and len(self):
             fresh = pa.array(now - self.loaded < self.ttl)
             found = pc.if_else(pc.fill_null(pc.take(fresh, found), False), found, None)
@@ -166,12 +167,29 @@ class LookupCache:
         self.used[valid] = self.batches
         return found
 
+    def _find(self, keys: pa.Array) -> pa.Array:
+        """Positions of ``keys`` (no nulls) in the cache: integer keys by binary search in a
+        sorted index kept between batches, others by an Arrow hash lookup."""
+        if not pa.types.is_integer(keys.type):
+            return pc.index_in(keys, value_set=self.rows.column(self.key).combine_chunks())
+        if self.index is None:
+            cached = self.rows.column(self.key).to_numpy()
+            order = np.argsort(cached, kind="stable")
+            self.index = (cached[order], order)
+        ordered, order = self.index
+        wanted = keys.to_numpy()
+        at = np.minimum(np.searchsorted(ordered, wanted), max(len(ordered) - 1, 0))
+        if len(ordered) == 0:
+            return pa.nulls(len(keys), pa.int64())
+        return pa.array(order[at], mask=ordered[at] != wanted)
+
     def add(self, rows: pa.Table, now: float) -> None:
         """Insert freshly loaded ``rows`` (replacing their keys), then evict down to size."""
         keys = rows.column(self.key).combine_chunks()
         keep = pc.invert(pc.is_in(self.rows.column(self.key), value_set=keys))
         keep_np = keep.to_numpy(zero_copy_only=False)
         self.rows = pa.concat_tables([self.rows.filter(keep), rows.select(self.schema.names)])
+        self.index = None
         self.loaded = np.concatenate([self.loaded[keep_np], np.full(rows.num_rows, now)])
         self.used = np.concatenate(
             [self.used[keep_np], np.full(rows.num_rows, self.batches, dtype=np.int64)]
@@ -188,6 +206,7 @@ class LookupCache:
             self._take(np.flatnonzero(mask))
 
     def _take(self, indices: np.ndarray) -> None:
+        self.index = None
         self.rows = self.rows.take(pa.array(indices))
         self.loaded = self.loaded[indices]
         self.used = self.used[indices]
@@ -222,7 +241,7 @@ class PostgresLookup:
         """The table's rows whose key is one of ``keys`` (each key at most once)."""
         import psycopg
 
-        values = keys.to_pylist()
+        values = array_literal(keys)
         attempts = self.options.max_retries + 1
         for attempt in range(1, attempts + 1):
             try:
@@ -266,6 +285,26 @@ class PostgresLookup:
                 self.connection.close()
             finally:
                 self.connection = None
+
+
+def array_literal(keys: pa.Array) -> str | list[object]:
+    """``keys`` as a PostgreSQL array literal built by Arrow (integers and strings), else a list.
+
+    A literal is an ``unknown``-typed parameter that PostgreSQL reads as the key column's array
+    type; it spares psycopg adapting every key in Python.
+
+    >>> array_literal(pa.array([1, 2])), array_literal(pa.array(['a', 'b,c']))
+    ('{1,2}', '{"a","b,c"}')
+    """
+    if pa.types.is_integer(keys.type):
+        text = pc.cast(keys, pa.string())
+    elif pa.types.is_string(keys.type) or pa.types.is_large_string(keys.type):
+        escaped = pc.replace_substring(pc.replace_substring(keys, "\\", "\\\\"), '"', '\\"')
+        text = pc.binary_join_element_wise('"', escaped, '"', "")
+    else:
+        return keys.to_pylist()
+    items = pa.ListArray.from_arrays(pa.array([0, len(text)], pa.int32()), text)
+    return "{" + pc.binary_join(items, ",")[0].as_py() + "}"
 
 
 class LookupJoin:
