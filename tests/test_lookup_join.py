@@ -185,3 +185,27 @@ def test_string_keys_with_quotes_commas_and_backslashes(postgres_url: str) -> No
     ).fetchall()
     cols = ["id", "k", "d_k", "d_v"]
     assert list(zip(*(out.column(c).to_pylist() for c in cols), strict=True)) == expected
+
+
+def test_sql_lookup_table_has_no_topic_and_event_time_is_refused(tmp_path, dim_url: str) -> None:
+    import streamhouse
+    from streamhouse.errors import SqlError
+
+    with streamhouse.connect(tmp_path) as sh:
+        sh.sql(
+            "CREATE TABLE dim (k BIGINT, name STRING, price DOUBLE, PRIMARY KEY (k) NOT ENFORCED)"
+            f" WITH ('connector'='jdbc', 'url'='{dim_url}', 'table-name'='dim',"
+            " 'lookup.cache.max-rows'='100', 'lookup.cache.ttl'='10 s')"
+        ).to_arrow_table()
+        assert sh.log.get_topic("dim") is None  # an external table, not a topic
+        with pytest.raises(SqlError, match=r"lookup table bad: .*'lookup.cache.ttl'='soon'"):
+            sh.sql(
+                "CREATE TABLE bad (k BIGINT) WITH ('connector'='jdbc', 'url'='postgresql://h/d',"
+                " 'table-name'='t', 'lookup.cache.max-rows'='1', 'lookup.cache.ttl'='soon')"
+            )
+        assert sh.log.metadata.get_catalog("bad") is None
+        sh.sql("CREATE STREAM s (id BIGINT, k BIGINT, ts TIMESTAMP(3), WATERMARK FOR ts AS ts)")
+        with pytest.raises(SqlError, match="takes a PROCTIME.. column of s, not ts"):
+            sh.sql(
+                "SELECT s.id, dim.name FROM s JOIN dim FOR SYSTEM_TIME AS OF s.ts ON s.k = dim.k"
+            ).to_arrow_table()

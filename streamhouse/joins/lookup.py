@@ -186,13 +186,14 @@ class LookupCache:
     def add(self, rows: pa.Table, now: float) -> None:
         """Insert freshly loaded ``rows`` (replacing their keys), then evict down to size."""
         keys = rows.column(self.key).combine_chunks()
-        keep = pc.invert(pc.is_in(self.rows.column(self.key), value_set=keys))
-        keep_np = keep.to_numpy(zero_copy_only=False)
-        self.rows = pa.concat_tables([self.rows.filter(keep), rows.select(self.schema.names)])
+        replaced = pc.is_in(self.rows.column(self.key), value_set=keys)
+        if pc.any(replaced).as_py():  # expired keys reloaded: their old rows go
+            self._keep(pc.invert(replaced).to_numpy(zero_copy_only=False))
+        self.rows = pa.concat_tables([self.rows, rows.select(self.schema.names)])
         self.index = None
-        self.loaded = np.concatenate([self.loaded[keep_np], np.full(rows.num_rows, now)])
+        self.loaded = np.concatenate([self.loaded, np.full(rows.num_rows, now)])
         self.used = np.concatenate(
-            [self.used[keep_np], np.full(rows.num_rows, self.batches, dtype=np.int64)]
+            [self.used, np.full(rows.num_rows, self.batches, dtype=np.int64)]
         )
         if self.ttl is not None:
             self._keep(now - self.loaded < self.ttl)
@@ -339,28 +340,29 @@ class LookupJoin:
 
     def join(self, probe: pa.Table) -> pa.Table:
         """The joined rows of one micro-batch."""
-        now = self.clock()
-        keys = probe.column(self.probe_key).combine_chunks()
-        if keys.type != self.cache.rows.schema.field(self.source.key).type:
-            keys = keys.cast(self.cache.rows.schema.field(self.source.key).type)
-        if self.cache.max_rows > 0:
-            rows = self._cached_rows(keys, now)
-        else:
-            rows = self._fetch(pc.unique(keys.drop_null()), now)
-        at = pc.index_in(keys, value_set=rows.column(self.source.key).combine_chunks())
-        matched = pc.fill_null(pc.take(rows.column(FOUND), at), False)
-        dim = rows.take(at).drop_columns([FOUND])
+        rows, at = self.matches(probe)
+        dim = rows.take(at)  # a probe row without a match: nulls
         if not self.left:
+            matched = pc.is_valid(at)
             probe, dim = probe.filter(matched), dim.filter(matched)
-        else:
-            dim = pa.table(
-                [pc.if_else(matched, c, pa.nulls(len(c), c.type)) for c in dim.columns],
-                names=dim.column_names,
-            )
         out = probe
         for name, column in zip(dim.column_names, dim.columns, strict=True):
             out = out.append_column(self.prefix + name, column)
         return out
+
+    def matches(self, probe: pa.Table) -> tuple[pa.Table, pa.Array]:
+        """(dimension rows, the position there of each probe row's match or null)."""
+        now = self.clock()
+        keys = probe.column(self.probe_key).combine_chunks()
+        key_type = self.cache.rows.schema.field(self.source.key).type
+        if keys.type != key_type:
+            keys = keys.cast(key_type)
+        if self.cache.max_rows > 0:
+            rows = self._cached_rows(keys, now)
+        else:
+            rows = self._fetch(pc.unique(keys.drop_null()), now)
+        rows = rows.filter(rows.column(FOUND)).drop_columns([FOUND])
+        return rows, pc.index_in(keys, value_set=rows.column(self.source.key).combine_chunks())
 
     def _cached_rows(self, keys: pa.Array, now: float) -> pa.Table:
         distinct = pc.unique(keys.drop_null())
