@@ -209,3 +209,23 @@ def test_sql_lookup_table_has_no_topic_and_event_time_is_refused(tmp_path, dim_u
             sh.sql(
                 "SELECT s.id, dim.name FROM s JOIN dim FOR SYSTEM_TIME AS OF s.ts ON s.k = dim.k"
             ).to_arrow_table()
+
+
+def test_matches_feed_the_bounded_join_as_the_engine_runs_it(dim_url: str) -> None:
+    """The bounded SQL path (``Engine._lookup``): matches -> temporal_inputs -> run_sql."""
+    from streamhouse.joins.temporal import temporal_inputs
+    from streamhouse.sql.execute import run_sql
+    from streamhouse.sql.nodes import ROW
+
+    join = lookup_join(dim_url)
+    probes = pa.concat_tables(probe_batches(seed=7))
+    rows, at = join.matches(probes)
+    assert join.lookups == 1
+    left, right = temporal_inputs(probes, rows, at.fill_null(-1).to_numpy())
+    out = run_sql(
+        f"SELECT l.id, l.k, r.k AS d_k, r.name AS d_name, r.price AS d_price FROM __left l"
+        f' LEFT JOIN __right r ON l."{ROW}" = r."{ROW}"',
+        {"__left": left, "__right": right},
+        ordered=False,
+    )
+    assert joined_rows(out) == sorted(oracle(dim_url, probes, "LEFT"))
