@@ -50,7 +50,7 @@ from streamhouse.log import Log
 from streamhouse.log.metadata import CatalogEntry
 from streamhouse.result import Relation, status
 from streamhouse.sql.computed import ComputedColumnError, ComputedColumns
-from streamhouse.sql.ddl import stream_definition
+from streamhouse.sql.ddl import StreamDef, stream_definition
 from streamhouse.sql.dialect import Explain
 from streamhouse.sql.execute import (
     Answer,
@@ -65,6 +65,7 @@ from streamhouse.sql.execute import (
 from streamhouse.sql.functions import functions, to_datafusion
 from streamhouse.sql.hints import SourceOptions, check_hints, source_options
 from streamhouse.sql.joins import plan_temporal_join
+from streamhouse.sql.lookup import is_lookup_table, lookup_join_of, lookup_options
 from streamhouse.sql.memory import default_memory_limit, parse_memory_limit
 from streamhouse.sql.nodes import TemporalJoin
 from streamhouse.sql.parse import DIALECT, nesting_guard, node_position, parse, sql_error
@@ -346,6 +347,12 @@ class Engine:
     def _declare_stream(self, statement: exp.Create) -> None:
         """Check a ``CREATE STREAM | TABLE`` and create its topic if there is none."""
         definition = stream_definition(statement)
+        if is_lookup_table(definition):  # an external table: no topic
+            try:
+                lookup_options(definition)
+            except SqlError as error:
+                raise sql_error(error.message, statement.args.get("properties")) from None
+            return
         try:
             ComputedColumns.of(definition).check()
         except ComputedColumnError as error:
@@ -624,6 +631,8 @@ class Engine:
         version_time = None
         if resolved is not None and resolved[0] in ("stream", "table"):
             definition = stream_definition(parse(resolved[1].sql)[0])  # type: ignore[attr-defined]
+            if is_lookup_table(definition):
+                return self._lookup(plan, definition, columns, named, stats, hints)
             version_time = definition.watermark.column if definition.watermark else None
         if version_time is None:
             raise SqlError(
@@ -637,6 +646,36 @@ class Engine:
             probes, plan.probe_time, plan.probe_keys, versions, version_time, plan.version_keys
         )
         left, right = temporal_inputs(probes, versions, matched)
+        return run_sql(
+            plan.sql,
+            {"__left": hide_metadata(left, named), "__right": hide_metadata(right, named)},
+            ordered=False,
+        )
+
+    def _lookup(
+        self,
+        plan: TemporalJoin,
+        dim: StreamDef,
+        columns: set[str] | None,
+        named: set[str],
+        stats: QueryStats,
+        hints: dict[str, dict[str, str]],
+    ) -> pa.Table:
+        """A bounded lookup join: every probe row with the lookup table's row for its key."""
+        resolved = self._resolve(plan.left)
+        entry = resolved[1] if resolved is not None and resolved[0] != "view" else None
+        probe_sql = getattr(entry, "sql", None)
+        if probe_sql is None:
+            raise SqlError(f"a lookup join probes a declared stream, not {plan.left!r}")
+        probe = stream_definition(parse(probe_sql)[0])
+        join = lookup_join_of(dim, probe, plan.probe_time, plan.probe_keys, plan.version_keys)
+        wanted = None if columns is None else columns | {plan.probe_time}
+        probes = self.source_table(plan.left, wanted, stats, hints.get(plan.left))
+        try:
+            rows, at = join.matches(probes)
+        finally:
+            join.source.close()
+        left, right = temporal_inputs(probes, rows, pc.fill_null(at, -1).to_numpy())
         return run_sql(
             plan.sql,
             {"__left": hide_metadata(left, named), "__right": hide_metadata(right, named)},

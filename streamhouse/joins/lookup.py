@@ -1,0 +1,408 @@
+"""Lookup joins against an external PostgreSQL table (Flink's ``'connector'='jdbc'``).
+
+A micro-batch of probe rows is joined to the dimension table's rows for its keys: the keys
+the cache lacks (or holds past ``lookup.cache.ttl``) are fetched with one
+``SELECT ... WHERE key = ANY(%s)`` through psycopg 3; the join itself is Arrow
+(``index_in`` + ``take``), with no Python loop over rows.
+
+The cache holds, per key, the dimension row (or the fact that there is none, as Flink's
+``lookup.cache.caching-missing-key`` does by default), the time it was loaded and the time
+it was last used; past ``lookup.cache.max-rows`` the least recently used keys go.
+
+A database that goes away is retried ``lookup.max-retries`` times (reconnecting each time);
+then the batch fails with :class:`LookupError`. No row is emitted for a batch whose lookups
+did not all succeed, so a LEFT join never pads a row with NULLs because the database was down.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from streamhouse.errors import ConfigError, StreamHouseError
+
+logger = logging.getLogger(__name__)
+
+FOUND = "__found"  # cache column: the key has a row in the dimension table
+_DURATION = re.compile(r"^\s*(\d+)\s*([a-z]*)\s*$")
+_UNIT_SECONDS = {
+    "": 0.001,  # Flink: a bare number of a duration option is milliseconds
+    "ms": 0.001,
+    "milli": 0.001,
+    "millis": 0.001,
+    "millisecond": 0.001,
+    "milliseconds": 0.001,
+    "s": 1.0,
+    "sec": 1.0,
+    "secs": 1.0,
+    "second": 1.0,
+    "seconds": 1.0,
+    "min": 60.0,
+    "mins": 60.0,
+    "minute": 60.0,
+    "minutes": 60.0,
+    "h": 3600.0,
+    "hour": 3600.0,
+    "hours": 3600.0,
+    "d": 86400.0,
+    "day": 86400.0,
+    "days": 86400.0,
+}
+
+
+class LookupError(StreamHouseError):  # noqa: A001 - the domain's name; builtins' is unrelated
+    """A lookup against the dimension table failed after its retries."""
+
+
+def duration_seconds(text: str, option: str) -> float:
+    """A Flink duration option (``'10 s'``, ``'1min'``, ``'500'`` ms) in seconds.
+
+    >>> duration_seconds('10 s', 'lookup.cache.ttl'), duration_seconds('2min', 'x')
+    (10.0, 120.0)
+    """
+    match = _DURATION.match(text.lower())
+    if match is None or match.group(2) not in _UNIT_SECONDS:
+        raise ConfigError(f"'{option}'='{text}' is not a duration such as '10 s' or '1 min'")
+    return int(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+
+
+@dataclass(frozen=True)
+class JdbcLookupOptions:
+    """The options of ``CREATE TABLE dim (...) WITH ('connector'='jdbc', ...)``, Flink's names."""
+
+    url: str
+    table_name: str
+    cache_max_rows: int | None = None  # None: no cache (every batch asks the database)
+    cache_ttl_seconds: float | None = None  # None: rows never expire
+    max_retries: int = 3
+    cache_missing_key: bool = True
+
+    @classmethod
+    def from_options(cls, options: dict[str, str]) -> JdbcLookupOptions:
+        """Read Flink's ``jdbc`` connector options (keys lower-case).
+
+        >>> JdbcLookupOptions.from_options({'connector': 'jdbc', 'url': 'postgresql://h/db',
+        ...     'table-name': 'dim', 'lookup.cache.max-rows': '100', 'lookup.cache.ttl': '10s'})
+        JdbcLookupOptions(url='postgresql://h/db', table_name='dim', cache_max_rows=100, \
+cache_ttl_seconds=10.0, max_retries=3, cache_missing_key=True)
+        """
+        if options.get("connector") != "jdbc":
+            raise ConfigError("a lookup table needs 'connector'='jdbc'")
+        for required in ("url", "table-name"):
+            if required not in options:
+                raise ConfigError(f"the jdbc connector needs '{required}'")
+        url = options["url"].removeprefix("jdbc:")
+        if not url.startswith(("postgresql://", "postgres://")):
+            raise ConfigError(f"'url'='{options['url']}': only PostgreSQL URLs are supported")
+        known = {
+            "connector",
+            "url",
+            "table-name",
+            "username",
+            "password",
+            "lookup.cache.max-rows",
+            "lookup.cache.ttl",
+            "lookup.max-retries",
+            "lookup.cache.caching-missing-key",
+        }
+        unknown = sorted(set(options) - known)
+        if unknown:
+            raise ConfigError(f"unsupported jdbc option(s): {', '.join(unknown)}")
+        max_rows = options.get("lookup.cache.max-rows")
+        ttl = options.get("lookup.cache.ttl")
+        retries = options.get("lookup.max-retries", "3")
+        if (max_rows is None) != (ttl is None):
+            raise ConfigError("'lookup.cache.max-rows' and 'lookup.cache.ttl' go together")
+        try:
+            rows = int(max_rows) if max_rows is not None else None
+            attempts = int(retries)
+        except ValueError as error:
+            raise ConfigError(f"jdbc lookup option is not an integer: {error}") from None
+        return cls(
+            url=url,
+            table_name=options["table-name"],
+            cache_max_rows=rows,
+            cache_ttl_seconds=duration_seconds(ttl, "lookup.cache.ttl") if ttl else None,
+            max_retries=attempts,
+            cache_missing_key=options.get("lookup.cache.caching-missing-key", "true") == "true",
+        )
+
+
+class LookupCache:
+    """Dimension rows by key, least recently used first out, each valid for ``ttl`` seconds.
+
+    Columnar: the keys, the rows (with :data:`FOUND`), the load times and the last-use
+    batch numbers are arrays of the same length.
+    """
+
+    def __init__(self, schema: pa.Schema, key: str, max_rows: int, ttl: float | None) -> None:
+        self.schema = schema.append(pa.field(FOUND, pa.bool_()))
+        self.key = key
+        self.max_rows = max_rows
+        self.ttl = ttl
+        self.rows = self.schema.empty_table()
+        self.loaded = np.empty(0, dtype=np.float64)
+        self.used = np.empty(0, dtype=np.int64)
+        self.batches = 0
+        self.index: tuple[np.ndarray, np.ndarray] | None = None  # sorted keys, positions
+
+    def __len__(self) -> int:
+        return self.rows.num_rows
+
+    def positions(self, keys: pa.Array, now: float) -> pa.Array:
+        """The cache position of each key (null: absent or expired); marks them used."""
+        self.batches += 1
+        found = self._find(keys)
+        if self.ttl is not None and len(self):
+            fresh = pa.array(now - self.loaded < self.ttl)
+            found = pc.if_else(pc.fill_null(pc.take(fresh, found), False), found, None)
+        valid = found.drop_null().to_numpy()
+        self.used[valid] = self.batches
+        return found
+
+    def _find(self, keys: pa.Array) -> pa.Array:
+        """Positions of ``keys`` (no nulls) in the cache: integer keys by binary search in a
+        sorted index kept between batches, others by an Arrow hash lookup."""
+        if not pa.types.is_integer(keys.type):
+            return pc.index_in(keys, value_set=self.rows.column(self.key).combine_chunks())
+        if self.index is None:
+            cached = self.rows.column(self.key).to_numpy()
+            order = np.argsort(cached, kind="stable")
+            self.index = (cached[order], order)
+        ordered, order = self.index
+        wanted = keys.to_numpy()
+        at = np.minimum(np.searchsorted(ordered, wanted), max(len(ordered) - 1, 0))
+        if len(ordered) == 0:
+            return pa.nulls(len(keys), pa.int64())
+        return pa.array(order[at], mask=ordered[at] != wanted)
+
+    def add(self, rows: pa.Table, now: float) -> None:
+        """Insert freshly loaded ``rows`` (replacing their keys), then evict down to size."""
+        keys = rows.column(self.key).combine_chunks()
+        replaced = pc.is_in(self.rows.column(self.key), value_set=keys)
+        if pc.any(replaced).as_py():  # expired keys reloaded: their old rows go
+            self._keep(pc.invert(replaced).to_numpy(zero_copy_only=False))
+        self.rows = pa.concat_tables([self.rows, rows.select(self.schema.names)])
+        self.index = None
+        self.loaded = np.concatenate([self.loaded, np.full(rows.num_rows, now)])
+        self.used = np.concatenate(
+            [self.used, np.full(rows.num_rows, self.batches, dtype=np.int64)]
+        )
+        if self.ttl is not None:
+            self._keep(now - self.loaded < self.ttl)
+        if len(self) > self.max_rows:
+            newest = np.argsort(-self.used, kind="stable")[: self.max_rows]
+            newest.sort()
+            self._take(newest)
+
+    def _keep(self, mask: np.ndarray) -> None:
+        if not mask.all():
+            self._take(np.flatnonzero(mask))
+
+    def _take(self, indices: np.ndarray) -> None:
+        self.index = None
+        self.rows = self.rows.take(pa.array(indices))
+        self.loaded = self.loaded[indices]
+        self.used = self.used[indices]
+
+
+class PostgresLookup:
+    """One PostgreSQL table read by key with ``= ANY(%s)``, Arrow out, reconnecting on loss."""
+
+    def __init__(
+        self,
+        options: JdbcLookupOptions,
+        schema: pa.Schema,
+        key: str,
+        retry_delay: float = 0.2,
+        connect_timeout: int = 5,
+    ) -> None:
+        from psycopg import sql
+
+        self.options = options
+        self.schema = schema
+        self.key = key
+        self.retry_delay = retry_delay
+        self.connect_timeout = connect_timeout
+        self.connection = None
+        self.query = sql.SQL("SELECT {} FROM {} WHERE {} = ANY(%s)").format(
+            sql.SQL(", ").join(sql.Identifier(n) for n in schema.names),
+            sql.Identifier(*options.table_name.split(".")),
+            sql.Identifier(key),
+        )
+
+    def rows(self, keys: pa.Array) -> pa.Table:
+        """The table's rows whose key is one of ``keys`` (each key at most once)."""
+        import psycopg
+
+        values = array_literal(keys)
+        attempts = self.options.max_retries + 1
+        for attempt in range(1, attempts + 1):
+            try:
+                if self.connection is None or self.connection.closed:
+                    self.connection = psycopg.connect(
+                        self.options.url, autocommit=True, connect_timeout=self.connect_timeout
+                    )
+                with self.connection.cursor() as cursor:
+                    cursor.execute(self.query, (values,), prepare=True)
+                    fetched = cursor.fetchall()
+                break
+            except psycopg.OperationalError as error:
+                self.close()
+                logger.warning(
+                    "lookup of %d keys in %s failed (attempt %d of %d): %s",
+                    len(values),
+                    self.options.table_name,
+                    attempt,
+                    attempts,
+                    error,
+                )
+                if attempt == attempts:
+                    raise LookupError(
+                        f"lookup table {self.options.table_name}: the database did not answer"
+                        f" after {attempts} attempts: {str(error).strip()}"
+                    ) from error
+                time.sleep(self.retry_delay * attempt)
+            except psycopg.Error as error:
+                raise LookupError(
+                    f"lookup table {self.options.table_name}: {str(error).strip()}"
+                ) from error
+        columns = list(zip(*fetched, strict=True)) if fetched else [()] * len(self.schema)
+        return pa.table(
+            [pa.array(c, type=f.type) for c, f in zip(columns, self.schema, strict=True)],
+            schema=self.schema,
+        )
+
+    def close(self) -> None:
+        if self.connection is not None:
+            try:
+                self.connection.close()
+            finally:
+                self.connection = None
+
+
+def array_literal(keys: pa.Array) -> str | list[object]:
+    """``keys`` as a PostgreSQL array literal built by Arrow (integers and strings), else a list.
+
+    A literal is an ``unknown``-typed parameter that PostgreSQL reads as the key column's array
+    type; it spares psycopg adapting every key in Python.
+
+    >>> array_literal(pa.array([1, 2])), array_literal(pa.array(['a', 'b,c']))
+    ('{1,2}', '{"a","b,c"}')
+    """
+    if pa.types.is_integer(keys.type):
+        text = pc.cast(keys, pa.string())
+    elif pa.types.is_string(keys.type) or pa.types.is_large_string(keys.type):
+        escaped = pc.replace_substring(pc.replace_substring(keys, "\\", "\\\\"), '"', '\\"')
+        text = pc.binary_join_element_wise('"', escaped, '"', "")
+    else:
+        return keys.to_pylist()
+    items = pa.ListArray.from_arrays(pa.array([0, len(text)], pa.int32()), text)
+    return "{" + pc.binary_join(items, ",")[0].as_py() + "}"
+
+
+class LookupJoin:
+    """Join each probe batch to a dimension table on ``probe_key = dim_key`` (INNER or LEFT).
+
+    The output is the probe columns followed by the dimension columns (prefixed by
+    ``prefix``), in probe order.
+    """
+
+    def __init__(
+        self,
+        source: PostgresLookup,
+        probe_key: str,
+        left: bool = False,
+        prefix: str = "",
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.source = source
+        self.probe_key = probe_key
+        self.left = left
+        self.prefix = prefix
+        self.clock = clock
+        self.lookups = 0  # queries sent to the database
+        self.looked_up_keys = 0
+        options = source.options
+        self.cache = LookupCache(
+            source.schema,
+            source.key,
+            options.cache_max_rows if options.cache_max_rows is not None else 0,
+            options.cache_ttl_seconds,
+        )
+
+    def join(self, probe: pa.Table) -> pa.Table:
+        """The joined rows of one micro-batch."""
+        rows, at = self.matches(probe)
+        dim = rows.take(at)  # a probe row without a match: nulls
+        if not self.left:
+            matched = pc.is_valid(at)
+            probe, dim = probe.filter(matched), dim.filter(matched)
+        out = probe
+        for name, column in zip(dim.column_names, dim.columns, strict=True):
+            out = out.append_column(self.prefix + name, column)
+        return out
+
+    def matches(self, probe: pa.Table) -> tuple[pa.Table, pa.Array]:
+        """(dimension rows, the position there of each probe row's match or null)."""
+        now = self.clock()
+        keys = probe.column(self.probe_key).combine_chunks()
+        key_type = self.cache.rows.schema.field(self.source.key).type
+        if keys.type != key_type:
+            keys = keys.cast(key_type)
+        if self.cache.max_rows > 0:
+            rows = self._cached_rows(keys, now)
+        else:
+            rows = self._fetch(pc.unique(keys.drop_null()), now)
+        rows = rows.filter(rows.column(FOUND)).drop_columns([FOUND])
+        return rows, pc.index_in(keys, value_set=rows.column(self.source.key).combine_chunks())
+
+    def _cached_rows(self, keys: pa.Array, now: float) -> pa.Table:
+        distinct = pc.unique(keys.drop_null())
+        at = self.cache.positions(distinct, now)
+        missing = distinct.filter(pc.is_null(at))
+        hits = self.cache.rows.take(at.drop_null())
+        if len(missing) == 0:
+            return hits
+        fetched = self._fetch(missing, now)
+        self.cache.add(fetched if self.source.options.cache_missing_key else _found(fetched), now)
+        return pa.concat_tables([hits, fetched])
+
+    def _fetch(self, keys: pa.Array, now: float) -> pa.Table:
+        """The rows of ``keys``, with :data:`FOUND`; a key with no row gets a not-found row."""
+        if len(keys) == 0:
+            return self.cache.schema.empty_table()
+        self.lookups += 1
+        self.looked_up_keys += len(keys)
+        found = self.source.rows(keys)
+        absent = keys.filter(pc.invert(pc.is_in(keys, value_set=found.column(self.source.key))))
+        found = found.append_column(FOUND, pa.array(np.ones(found.num_rows, dtype=bool)))
+        columns = [
+            absent
+            if name == self.source.key
+            else pa.nulls(len(absent), found.schema.field(name).type)
+            for name in found.column_names
+        ]
+        columns[-1] = pa.array(np.zeros(len(absent), dtype=bool))
+        return pa.concat_tables([found, pa.table(columns, schema=found.schema)])
+
+
+def _found(rows: pa.Table) -> pa.Table:
+    return rows.filter(rows.column(FOUND))
+
+
+__all__ = [
+    "JdbcLookupOptions",
+    "LookupCache",
+    "LookupError",
+    "LookupJoin",
+    "PostgresLookup",
+    "duration_seconds",
+]
