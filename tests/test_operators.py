@@ -4,6 +4,8 @@ operator the runtime drives through :class:`~streamhouse.runtime.operator.Operat
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -204,6 +206,58 @@ def test_an_operator_emits_upserts_and_retractions_through_the_interface(
         assert changes.retracted == []
     finally:
         query.stop()
+
+
+@pytest.mark.parametrize(
+    ("inner", "reads_row_keys"),
+    [
+        # Nexmark q4's shape: the groups of the aggregate above key its rows, no retractions
+        ("SELECT k, MAX(v) AS m FROM a GROUP BY k", False),
+        # HAVING drops groups: the aggregate above keeps rows by row key, dead once retracted
+        ("SELECT k, MAX(v) AS m FROM a GROUP BY k HAVING MAX(v) < 5", True),
+    ],
+)
+def test_an_aggregate_hands_on_row_keys_only_to_an_operator_that_reads_them(
+    sh: StreamHouse, inner: str, reads_row_keys: bool
+) -> None:
+    query = start_paused(sh, f"SELECT m, COUNT(*) AS n FROM ({inner}) GROUP BY m", "q")
+    try:
+        branch = query.branches[0]
+        assert branch.row_keyed == ({"__derived_0"} if reads_row_keys else set())
+        node, operator = branch.children["__derived_0"]
+        rows = pa.table({"k": ["x", "y", "x"], "v": [3, 4, 7]})
+        state = ScopedBatch(query.store.batch(), b"1/")
+        batch = MicroBatch({"a": rows}, NO_WATERMARK, NO_WATERMARK, state, True)
+        keyed = operator.process(batch)
+        operator.rollback()
+        plain = operator.process(replace(batch, row_keys=False))
+        assert keyed.rows is not None and plain.rows is not None
+        assert keyed.rows.drop_columns(["__key"]) == plain.rows
+        assert plain.retracted == []
+        if reads_row_keys:  # x's MAX is 7: HAVING drops it
+            assert keyed.retracted == [b'{"__k0":"x"}']
+    finally:
+        query.stop()
+
+
+def test_a_query_at_parallelism_one_does_not_load_the_task_machinery(tmp_path: Path) -> None:
+    """Starting a query (with state from an earlier run) checks its parallelism without
+    importing the parallel runtime: a start's CPU is part of every short query's."""
+    script = f"""
+import sys
+import streamhouse
+with streamhouse.connect({str(tmp_path / "data")!r}) as sh:
+    sh.sql({stream_ddl("a", 2)!r})
+    for _ in range(2):
+        sh.start("SELECT k, COUNT(*) AS n FROM a GROUP BY k", name="q").stop()
+print(sorted(m for m in sys.modules if m.startswith("streamhouse.runtime.")))
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=True
+    )
+    loaded = done.stdout.split("\n")[-2]
+    assert "streamhouse.runtime.query" in loaded
+    assert "streamhouse.runtime.parallel" not in loaded, loaded
 
 
 def test_a_node_over_a_derived_input_it_cannot_take_is_refused() -> None:

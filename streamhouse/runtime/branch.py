@@ -48,6 +48,13 @@ class Branch:
         self.prefix = prefix
         self.plan: ContinuousPlan = query._planned(plan_query(statement))
         self.named = {c.name for c in statement.find_all(exp.Column)}
+        nodes = [self.plan.operator, *self.plan.derived.values()]
+        # the derived inputs read by an operator that reads their row keys
+        self.row_keyed = {
+            name
+            for name in self.plan.derived
+            if any(name in node.sources and node.reads_row_keys for node in nodes)
+        }
         self.operator: Operator | None = None
         self.children: dict[str, tuple[PlanNode, Operator]] = {}
         self.sink: TopicSink | None = None

@@ -27,6 +27,7 @@ from streamhouse.log.metadata import CatalogEntry
 from streamhouse.log.metadata.leases import Lease
 from streamhouse.runtime.options import QueryOptions, set_options
 from streamhouse.runtime.query import ContinuousQuery
+from streamhouse.runtime.task_state import check_parallelism
 from streamhouse.sql.declarations import created_name, declaration_difference
 from streamhouse.sql.engine import Engine
 from streamhouse.sql.parse import DIALECT, sql_error
@@ -204,8 +205,6 @@ def start_query(
             parallel.start()
         return parallel  # type: ignore[return-value]
     if state_root.exists():
-        from streamhouse.runtime.parallel import check_parallelism
-
         check_parallelism(state_root, query_file.name, 1)
     query = ContinuousQuery(
         engine.log,

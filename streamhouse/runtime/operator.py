@@ -39,6 +39,10 @@ class MicroBatch:
     """The rows feed another operator (a derived input), not the query's sink."""
     retracted: Mapping[str, list[bytes]] = field(default_factory=dict)
     """The record keys each derived input retracted (its tombstones), by name."""
+    row_keys: bool = True
+    """With ``derived``: whether the operator over the rows reads their row keys
+    (:attr:`~streamhouse.sql.changelog.PlanNode.reads_row_keys`); if not, an updating
+    operator hands on its rows without them and retracts nothing."""
 
 
 @dataclass

@@ -217,7 +217,7 @@ class GroupAggregation(_Stateful[nodes.WindowAggregate]):
             outputs = run_ordered(node.keyed_post_sql, {FLOWS: changed})
             # a row per changed group that HAVING keeps: none dropped when the counts agree
             dropped = changed if outputs.num_rows < changed.num_rows else None
-            return keyed_changes(outputs, dropped, node.keys)
+            return keyed_changes(outputs, dropped, node.keys, batch.row_keys)
         outputs = run_ordered(node.post_sql, {FLOWS: changed})
         retracted = self._dropped_keys(changed, outputs)
         if not node.keys:  # one group: one record key for all updates
@@ -388,7 +388,7 @@ class TopNRanking(_Stateful[nodes.TopN]):
             present = outputs if outputs is not None else before
             names = present.column_names if present is not None else []
             keys = [k for k in self.node.key_columns if k in names]
-            return keyed_changes(outputs, before, keys)
+            return keyed_changes(outputs, before, keys, batch.row_keys)
         out = Changelog(outputs)
         if before is not None and before.num_rows:  # (key, rank) rows no longer output
             keys = self.node.key_columns
@@ -420,14 +420,14 @@ class Recomputation(_Stateful[nodes.Recompute]):
             return Changelog(outputs, gone_keys(gone[ROW_KEY] if gone is not None else None, now))
         if node.ranks:  # gone: the touched partitions' rows before
             if batch.derived:
-                return keyed_changes(outputs, gone, names)
+                return keyed_changes(outputs, gone, names, batch.row_keys)
             now = set(key_strings(outputs, names)) if outputs is not None else set()
             before = set(key_strings(gone, names)) if gone is not None else set()
             return Changelog(outputs, sorted(k for k in before - now if k is not None))
         if batch.derived:
             if gone is not None and len(names) == len(gone.column_names):
                 gone = gone.rename_columns(names)
-            return keyed_changes(outputs, gone, names)
+            return keyed_changes(outputs, gone, names, batch.row_keys)
         if node.one_group:
             return _one_group(outputs, gone)
         out = Changelog(outputs)
@@ -437,11 +437,16 @@ class Recomputation(_Stateful[nodes.Recompute]):
         return out
 
 
-def keyed_changes(outputs: pa.Table | None, before: pa.Table | None, keys: list[str]) -> Changelog:
+def keyed_changes(
+    outputs: pa.Table | None, before: pa.Table | None, keys: list[str], keyed: bool = True
+) -> Changelog:
     """The changelog of an updating operator whose rows feed another operator: each row keyed
     by :data:`~streamhouse.sql.changelog.ROW_KEY` (its ``keys`` as JSON), and a retraction per
     key of ``before`` (rows of keys the operator output or touched) that ``outputs`` no longer
-    has."""
+    has. Not ``keyed`` (:attr:`MicroBatch.row_keys` false: the operator over the rows keys them
+    by columns of its own): the rows as they are, and no retractions."""
+    if not keyed:
+        return Changelog(outputs)
     now = None
     if outputs is not None and outputs.num_rows:
         now = row_keys(outputs, keys)

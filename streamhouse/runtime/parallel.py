@@ -57,6 +57,7 @@ from streamhouse.runtime.query import FINAL_WATERMARK, ContinuousQuery, _format_
 from streamhouse.runtime.routing import plan_routing
 from streamhouse.runtime.sources import QuerySource
 from streamhouse.runtime.task_processes import TaskProcess, Zygote
+from streamhouse.runtime.task_state import check_parallelism, task_root
 from streamhouse.sql import nodes
 from streamhouse.sql.hints import SourceOptions
 from streamhouse.sql.nodes import FLOWS
@@ -271,28 +272,6 @@ class ExchangedWindowAggregation(WindowAggregation):
         if emitted is not None and emitted.num_rows:
             out.rows = run_ordered(self.node.post_sql, {FLOWS: emitted})
         return out
-
-
-def task_root(state_root: Path, name: str, parallelism: int) -> Path:
-    """Where the tasks of query ``name`` at ``parallelism`` keep their state."""
-    return state_root / f"{name}.p{parallelism}"
-
-
-def check_parallelism(state_root: Path, name: str, parallelism: int) -> None:
-    """Refuse to run query ``name`` at ``parallelism`` over state checkpointed at another one
-    (it would start from its sources again and write every window twice)."""
-    own = state_root / name if parallelism == 1 else task_root(state_root, name, parallelism)
-    others = [
-        p for p in state_root.glob(f"{name}.p*") if p != own and p.name[len(name) + 2 :].isdigit()
-    ]
-    if parallelism > 1 and (state_root / name).exists():
-        others.append(state_root / name)
-    if others:
-        raise SqlError(
-            f"query {name!r} was checkpointed at another parallelism ({others[0]}):"
-            " rescaling is not supported yet; run it at that parallelism, or delete its"
-            " state to run it afresh"
-        )
 
 
 class ParallelQuery:

@@ -592,7 +592,10 @@ class ContinuousQuery:
         late = 0
         for i, (name, (node, operator)) in enumerate(branch.children.items()):
             scoped = ScopedBatch(batch, branch.state_prefix(i + 1))
-            micro = self._micro_batch(branch, node, tables, watermark, scoped, True, retracted)
+            row_keys = name in branch.row_keyed
+            micro = self._micro_batch(
+                branch, node, tables, watermark, scoped, True, retracted, row_keys
+            )
             derived = operator.process(micro)
             tables[name] = derived.rows
             if derived.retracted:
@@ -617,6 +620,7 @@ class ContinuousQuery:
         state: ScopedBatch,
         derived: bool = False,
         retracted: dict[str, list[bytes]] | None = None,
+        row_keys: bool = True,
     ) -> MicroBatch:
         """The micro-batch as ``node`` reads it: the new rows of each of its inputs (None if
         none), with the metadata columns the query does not name hidden unless it keeps them."""
@@ -628,7 +632,7 @@ class ContinuousQuery:
             else:
                 inputs[name] = table if node.keeps_metadata else hide_metadata(table, branch.named)
         taken = {n: keys for n, keys in (retracted or {}).items() if n in node.sources}
-        return MicroBatch(inputs, self.watermark, watermark, state, derived, taken)
+        return MicroBatch(inputs, self.watermark, watermark, state, derived, taken, row_keys)
 
     # -- side outputs -------------------------------------------------------------------------
 

@@ -93,6 +93,14 @@ class PlanNode:
         return None
 
     @property
+    def reads_row_keys(self) -> bool:
+        """Whether the node reads the row keys of its updating inputs (their :data:`ROW_KEY`
+        column and retractions). An updating input builds them only for a node that does: a
+        node keying the rows by columns of its own (a :class:`~streamhouse.sql.nodes.Recompute`
+        of groups) says it does not."""
+        return True
+
+    @property
     def keeps_metadata(self) -> bool:
         """Whether the node reads its inputs with every metadata column (``_partition``,
         ``_offset``, ...) rather than only those the query names."""

@@ -11,7 +11,7 @@ from sqlglot import exp
 
 from streamhouse.sql.aggregates import AggregateCall
 from streamhouse.sql.bounds import TimeBound
-from streamhouse.sql.changelog import ChangelogMode, PlanNode
+from streamhouse.sql.changelog import ROW_KEY, ChangelogMode, PlanNode
 from streamhouse.sql.over import OverAggregate
 from streamhouse.sql.window_rows import WindowRows
 from streamhouse.sql.window_spec import WindowKind, WindowSpec
@@ -285,6 +285,12 @@ class Recompute(PlanNode):
         if self.ranks and not self.key_columns:  # a filter of rows no columns key
             return "input row key"
         return super().upsert_key
+
+    @property
+    def reads_row_keys(self) -> bool:
+        """Only when rows are kept by row key, or retracted by it: the latest row per group
+        keys of the aggregate under it (Nexmark q4) needs neither."""
+        return self.retracts or ROW_KEY in self.input_keys
 
     @property
     def one_group(self) -> bool:

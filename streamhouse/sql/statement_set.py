@@ -42,6 +42,7 @@ class StatementSet:
 _EXECUTE = re.compile(r"EXECUTE\s+STATEMENT\s+SET\s+BEGIN\b", re.IGNORECASE)
 _BEGIN = re.compile(r"BEGIN\s+STATEMENT\s+SET\s*;", re.IGNORECASE)
 _END = re.compile(r"END\b\s*;?", re.IGNORECASE)
+_OPENING = re.compile(r"\b(?:EXECUTE|BEGIN)\b", re.IGNORECASE)  # a set can begin only here
 
 
 def _next_marker(text: str, opened: bool) -> tuple[str, int, int] | None:
@@ -65,6 +66,8 @@ def _next_marker(text: str, opened: bool) -> tuple[str, int, int] | None:
 def _markers(text: str) -> tuple[str, list[tuple[str, int, int]]]:
     """``text`` with every wrapping keyword run blanked, and where each was."""
     found: list[tuple[str, int, int]] = []
+    if _OPENING.search(text) is None:  # no set: spare tokenizing the text (every query start)
+        return text, found
     while (marker := _next_marker(text, bool(found) and found[-1][0] == "begin")) is not None:
         found.append(marker)
         _, start, end = marker

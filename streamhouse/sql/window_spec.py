@@ -224,7 +224,15 @@ def _selects(select: exp.Select, column: str) -> bool:
 
 
 def find_window(select: exp.Select) -> tuple[WindowSpec | None, exp.Select]:
-    """The window of ``select`` (None if it has none) and a copy of it without the window."""
+    """The window of ``select`` and a copy of it without the window; (None, ``select`` itself,
+    not copied) if it has none: the planner asks this of every SELECT of a query, most of them
+    without a window, and a copy of a large one costs milliseconds."""
+    sides = [select.args.get("from_"), *(select.args.get("joins") or [])]
+    group = select.args.get("group")
+    if not any(side is not None and tvf_call(side.this) for side in sides) and not (
+        group is not None and any(_window_kind(e) for e in group.expressions)
+    ):
+        return None, select
     result = select.copy()
     found: list[tuple[WindowSpec, exp.Expr]] = []
 
