@@ -47,6 +47,7 @@ from streamhouse.sql.recompute import distinct_as_group_by, filter_over_changes,
 from streamhouse.sql.time_sort import plan_time_sort
 from streamhouse.sql.top_n import plan_top_n, top_n_over_updates
 from streamhouse.sql.top_n_changes import top_n_over_changes
+from streamhouse.sql.unnest import is_unnest_join
 from streamhouse.sql.union import plan_distinct_union, plan_union, window_over_union
 from streamhouse.sql.window_aggregate import plan_window
 from streamhouse.sql.window_inputs import session_aggregates_as_inputs, window_inputs
@@ -177,6 +178,8 @@ def plan_select(
     the nested queries it reads are planned into ``derived`` first, by name."""
     if select.args.get("limit") is not None:
         raise sql_error("LIMIT has no meaning in a continuous query", select.args["limit"])
+    if any(is_unnest_join(j) for j in select.args.get("joins") or []):
+        return _plan_unnest(select)
     select = distinct_as_group_by(select)
     if select.args.get("joins"):
         select = window_rows_in_join(select, derived, plan_select)
@@ -256,6 +259,28 @@ def plan_select(
         return plan_window(select, None, table)  # an updating aggregate: upserts per key
     if select.args.get("order") is not None:
         return plan_time_sort(select, table)
+    return Stateless(table.name, to_datafusion(select))
+
+
+def _plan_unnest(select: exp.Select) -> Stateless:
+    """A query over one stream and its lateral UNNEST joins: stateless per row, the row's time
+    attribute passed through (see :mod:`streamhouse.sql.unnest`)."""
+    source = select.args.get("from_")
+    table = source.this if source is not None else None
+    if not isinstance(table, exp.Table) or isinstance(table.this, exp.Func):
+        raise sql_error("a continuous CROSS JOIN UNNEST must read a stream, view or topic", table)
+    others = [j for j in select.args["joins"] if not is_unnest_join(j)]
+    stateful = (
+        others[0] if others
+        else select.args.get("group") or select.find(exp.AggFunc) or select.find(exp.Window)
+        or select.args.get("order") or select.find(exp.Subquery)
+    )
+    if stateful is not None:
+        raise sql_error(
+            "a continuous query with CROSS JOIN UNNEST can only filter and project"
+            f" (not {stateful.key.upper()}) yet",
+            stateful,
+        )
     return Stateless(table.name, to_datafusion(select))
 
 
