@@ -132,8 +132,9 @@ def unnest_joins(query: exp.Expr) -> exp.Expr:
         if not isinstance(node, exp.Select):
             return node
         joins = node.args.get("joins") or []
+        lateral = [is_unnest_join(join) for join in joins]
         for position, join in enumerate(joins):
-            if is_unnest_join(join) and position > 0:
+            if lateral[position] and not all(lateral[:position]):
                 raise sql_error(
                     "UNNEST after another JOIN is not supported: UNNEST first, then join", join
                 )
