@@ -47,8 +47,8 @@ from streamhouse.sql.recompute import distinct_as_group_by, filter_over_changes,
 from streamhouse.sql.time_sort import plan_time_sort
 from streamhouse.sql.top_n import plan_top_n, top_n_over_updates
 from streamhouse.sql.top_n_changes import top_n_over_changes
-from streamhouse.sql.unnest import is_unnest_join
 from streamhouse.sql.union import plan_distinct_union, plan_union, window_over_union
+from streamhouse.sql.unnest import is_unnest_join
 from streamhouse.sql.window_aggregate import plan_window
 from streamhouse.sql.window_inputs import session_aggregates_as_inputs, window_inputs
 from streamhouse.sql.window_rows import SESSION_ROWS, joins_window_rows, window_rows_in_join
@@ -271,9 +271,13 @@ def _plan_unnest(select: exp.Select) -> Stateless:
         raise sql_error("a continuous CROSS JOIN UNNEST must read a stream, view or topic", table)
     others = [j for j in select.args["joins"] if not is_unnest_join(j)]
     stateful = (
-        others[0] if others
-        else select.args.get("group") or select.find(exp.AggFunc) or select.find(exp.Window)
-        or select.args.get("order") or select.find(exp.Subquery)
+        others[0]
+        if others
+        else select.args.get("group")
+        or select.find(exp.AggFunc)
+        or select.find(exp.Window)
+        or select.args.get("order")
+        or select.find(exp.Subquery)
     )
     if stateful is not None:
         raise sql_error(

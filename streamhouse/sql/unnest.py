@@ -70,7 +70,11 @@ def _outer(join: exp.Join) -> bool:
             raise sql_error("LEFT JOIN UNNEST takes ON TRUE only", on or join)
         return True
     if side or join.args.get("using") or (on is not None and on != exp.true()):
-        raise sql_error(f"{side or 'JOIN'} UNNEST is not supported: write CROSS JOIN UNNEST", join)
+        raise sql_error(
+            f"{side or 'INNER'} JOIN UNNEST with a condition is not supported: write CROSS JOIN UNNEST"
+            " or LEFT JOIN UNNEST ... ON TRUE",
+            join,
+        )
     return False
 
 
@@ -93,7 +97,9 @@ def _fold(select: exp.Select, join: exp.Join) -> exp.Select:
     outer = _outer(join)
     columns = [c.name for c in (alias.columns if alias else [])]
     offset = unnest.args.get("offset")
-    ordinality = bool(offset) or bool(isinstance(join.this, exp.Lateral) and join.this.args.get("ordinality"))
+    ordinality = bool(offset) or bool(
+        isinstance(join.this, exp.Lateral) and join.this.args.get("ordinality")
+    )
     if isinstance(offset, exp.Identifier):
         columns.append(offset.name)
     if len(columns) != 1 + ordinality:
@@ -106,11 +112,17 @@ def _fold(select: exp.Select, join: exp.Join) -> exp.Select:
         )
     source = select.args["from_"].this
     name = source.alias_or_name
-    items: list[exp.Expr] = [exp.Star() if not name else exp.Column(this=exp.Star(), table=exp.to_identifier(name))]
+    items: list[exp.Expr] = [
+        exp.Star() if not name else exp.Column(this=exp.Star(), table=exp.to_identifier(name))
+    ]
     items.append(exp.alias_(exp.Unnest(expressions=[_padded(array, array, outer)]), columns[0]))
     if ordinality:
-        numbers = exp.func("generate_series", exp.Literal.number(1), exp.func("cardinality", array.copy()))
-        items.append(exp.alias_(exp.Unnest(expressions=[_padded(numbers, array, outer)]), columns[1]))
+        numbers = exp.func(
+            "generate_series", exp.Literal.number(1), exp.func("cardinality", array.copy())
+        )
+        items.append(
+            exp.alias_(exp.Unnest(expressions=[_padded(numbers, array, outer)]), columns[1])
+        )
     inner = exp.Select(expressions=items).from_(source.copy())
     folded = select.copy()
     folded.set("from_", exp.From(this=inner.subquery(name)))
