@@ -115,3 +115,9 @@ def test_continuous_unnest_passes_the_time_attribute(tmp_path: Path) -> None:
         ]
     want = _duckdb(sql.replace(", ts FROM", ", strftime(ts, '%Y-%m-%d %H:%M:%S') FROM"))
     assert sorted(got, key=repr) == want and len(want) == 7
+
+
+def test_unnest_of_a_map_is_refused_by_name(sh: streamhouse.StreamHouse) -> None:
+    with pytest.raises(SqlError) as error:
+        sh.sql("SELECT id, x FROM s CROSS JOIN UNNEST(MAP['a', id]) AS t (x)").to_arrow_table()
+    assert "UNNEST takes an ARRAY" in str(error.value) and error.value.line == 1
