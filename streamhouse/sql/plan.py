@@ -248,6 +248,12 @@ def plan_select(
         )
         if recompute is not None:
             return recompute
+        if any(is_unnest_join(j) for j in table.find_all(exp.Join)):
+            raise sql_error(
+                "a query over a view or subquery with CROSS JOIN UNNEST is not supported"
+                " continuously yet: UNNEST in the outer query",
+                table,
+            )
         raise sql_error("subqueries in continuous queries are not supported yet", table)
     if not isinstance(table, exp.Table) or isinstance(table.this, exp.Func):
         raise sql_error("a continuous query must read a stream, view or topic", table or select)
