@@ -95,6 +95,10 @@ _EXPLAINED: list[tuple[re.Pattern[str], Callable[[re.Match[str]], str]]] = [
         ),
     ),
     (
+        re.compile(r"unnest\(\) can only be applied to array, struct and null"),
+        lambda m: "UNNEST takes an ARRAY (UNNEST of a MAP or a scalar is not supported)",
+    ),
+    (
         re.compile(r'While expanding wildcard, column "([^"]+)" must appear in the GROUP BY'),
         lambda m: (
             f"SELECT * in a grouped query: column {m.group(1)!r} is neither in GROUP BY "

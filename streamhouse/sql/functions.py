@@ -37,6 +37,7 @@ from streamhouse.errors import SqlError
 from streamhouse.sql.builtins import flink_function, register_duckdb_functions
 from streamhouse.sql.date_format import DateFormatError, date_format_sql
 from streamhouse.sql.parse import sql_error
+from streamhouse.sql.unnest import unnest_joins
 
 log = logging.getLogger(__name__)
 
@@ -213,7 +214,7 @@ _DATAFUSION = DataFusionSQL()
 
 def to_datafusion(expression: exp.Expr) -> str:
     """SQL text for DataFusion: Postgres-flavoured, identifiers quoted, Flink functions mapped."""
-    return _DATAFUSION.generate(expression.copy().transform(_rewrite), identify=True)
+    return _DATAFUSION.generate(unnest_joins(expression.copy()).transform(_rewrite), identify=True)
 
 
 register_duckdb_functions(register_function)

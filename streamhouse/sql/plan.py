@@ -55,6 +55,7 @@ from streamhouse.sql.union import (
     plan_union,
     window_over_union,
 )
+from streamhouse.sql.unnest import is_unnest_join
 from streamhouse.sql.window_aggregate import plan_window
 from streamhouse.sql.window_inputs import session_aggregates_as_inputs, window_inputs
 from streamhouse.sql.window_rows import SESSION_ROWS, joins_window_rows, window_rows_in_join
@@ -193,6 +194,8 @@ def plan_select(
     the nested queries it reads are planned into ``derived`` first, by name."""
     if select.args.get("limit") is not None:
         raise sql_error("LIMIT has no meaning in a continuous query", select.args["limit"])
+    if any(is_unnest_join(j) for j in select.args.get("joins") or []):
+        return _plan_unnest(select)
     select = distinct_as_group_by(select)
     if select.args.get("joins"):
         select = window_rows_in_join(select, derived, plan_select)
@@ -269,6 +272,12 @@ def plan_select(
         )
         if recompute is not None:
             return recompute
+        if any(is_unnest_join(j) for j in table.find_all(exp.Join)):
+            raise sql_error(
+                "a query over a view or subquery with CROSS JOIN UNNEST is not supported"
+                " continuously yet: UNNEST in the outer query",
+                table,
+            )
         raise sql_error("subqueries in continuous queries are not supported yet", table)
     if not isinstance(table, exp.Table) or isinstance(table.this, exp.Func):
         raise sql_error("a continuous query must read a stream, view or topic", table or select)
@@ -280,6 +289,32 @@ def plan_select(
         return plan_window(select, None, table)  # an updating aggregate: upserts per key
     if select.args.get("order") is not None:
         return plan_time_sort(select, table)
+    return Stateless(table.name, to_datafusion(select))
+
+
+def _plan_unnest(select: exp.Select) -> Stateless:
+    """A query over one stream and its lateral UNNEST joins: stateless per row, the row's time
+    attribute passed through (see :mod:`streamhouse.sql.unnest`)."""
+    source = select.args.get("from_")
+    table = source.this if source is not None else None
+    if not isinstance(table, exp.Table) or isinstance(table.this, exp.Func):
+        raise sql_error("a continuous CROSS JOIN UNNEST must read a stream, view or topic", table)
+    others = [j for j in select.args["joins"] if not is_unnest_join(j)]
+    stateful = (
+        others[0]
+        if others
+        else select.args.get("group")
+        or select.find(exp.AggFunc)
+        or select.find(exp.Window)
+        or select.args.get("order")
+        or select.find(exp.Subquery)
+    )
+    if stateful is not None:
+        raise sql_error(
+            "a continuous query with CROSS JOIN UNNEST can only filter and project"
+            f" (not {stateful.key.upper()}) yet",
+            stateful,
+        )
     return Stateless(table.name, to_datafusion(select))
 
 

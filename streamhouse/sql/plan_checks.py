@@ -137,6 +137,10 @@ def check_columns(
     if query is None or len(plan.sources) > 1:  # joins: each side is checked by its operator
         return
     aliases = {e.alias for e in query.find_all(exp.Alias) if e.alias}
+    aliases |= {
+        c.name for a in query.find_all(exp.TableAlias) for c in a.columns
+    }  # UNNEST AS t (x)
+    aliases |= {u.args["offset"].name for u in query.find_all(exp.Unnest) if u.args.get("offset")}
     known = set(columns) | set(WINDOW_COLUMNS) | aliases
     for column in query.find_all(exp.Column):
         if column.name not in known:

@@ -129,6 +129,11 @@ def _plan_input(
 ) -> Operator:
     """The plan node of the query a window reads (append-only)."""
     query = sub.this
+    for join in query.find_all(exp.Join):
+        if isinstance(join.this, exp.Unnest | exp.Lateral):
+            raise sql_error(
+                "a window over CROSS JOIN UNNEST is not supported continuously yet", join
+            )
     if isinstance(query, exp.Union):
         op: Operator = plan_union(query, derived, plan_select)
     elif isinstance(query, exp.Select):

@@ -1,0 +1,123 @@
+"""CROSS JOIN UNNEST and friends in bounded queries over a stream with array columns, checked
+against DuckDB doing the same over the same rows; refusals name the feature and its position."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+import pytest
+from join_cases import Schedule, drive, topic_records
+
+import streamhouse
+from streamhouse.errors import SqlError
+
+ROWS = [
+    {"id": 1, "tags": ["x", "y"], "ts": "2024-01-01 00:00:00"},
+    {"id": 2, "tags": [], "ts": "2024-01-01 00:00:01"},
+    {"id": 3, "tags": None, "ts": "2024-01-01 00:00:02"},
+    {"id": 4, "tags": ["z", None, "x"], "ts": "2024-01-01 00:00:03"},
+]
+
+QUERIES = [
+    "SELECT id, tag FROM s CROSS JOIN UNNEST(tags) AS t (tag)",
+    "SELECT s.id, t.tag FROM s, UNNEST(s.tags) AS t (tag) WHERE t.tag <> 'x'",
+    "SELECT id, tag, pos FROM s CROSS JOIN UNNEST(tags) WITH ORDINALITY AS t (tag, pos)",
+    "SELECT id, tag, pos FROM s LEFT JOIN UNNEST(tags) WITH ORDINALITY AS t (tag, pos) ON TRUE",
+    "SELECT id, tag FROM s LEFT JOIN UNNEST(s.tags) AS t (tag) ON TRUE",
+    "SELECT tag, COUNT(*) AS n FROM s CROSS JOIN UNNEST(tags) AS t (tag) GROUP BY tag",
+    "SELECT id, a, b FROM s CROSS JOIN UNNEST(tags) AS u (a) CROSS JOIN UNNEST(tags) AS w (b)",
+]
+
+
+@pytest.fixture(scope="module")
+def sh(tmp_path_factory: pytest.TempPathFactory):
+    with streamhouse.connect(tmp_path_factory.mktemp("unnest")) as sh:
+        sh.sql(
+            "CREATE STREAM s (id INT, tags ARRAY<STRING>, ts TIMESTAMP(3),"
+            " WATERMARK FOR ts AS ts - INTERVAL '1' SECOND)"
+        )
+        sh.produce("s", ROWS)
+        yield sh
+
+
+def _duckdb(sql: str) -> list[tuple]:
+    con = duckdb.connect()
+    table = pa.Table.from_pylist(
+        [{**r, "ts": datetime.fromisoformat(r["ts"])} for r in ROWS],
+        pa.schema(
+            [("id", pa.int32()), ("tags", pa.list_(pa.string())), ("ts", pa.timestamp("ms"))]
+        ),
+    )
+    con.register("s", table)
+    return sorted(map(tuple, con.sql(sql).fetchall()), key=repr)
+
+
+@pytest.mark.parametrize("sql", QUERIES)
+def test_bounded_unnest_equals_duckdb(sh: streamhouse.StreamHouse, sql: str) -> None:
+    got = sh.sql(sql).to_arrow_table()
+    rows = sorted((tuple(r.values()) for r in got.to_pylist()), key=repr)
+    assert rows == _duckdb(sql) and rows
+
+
+def test_lateral_table_unnest(sh: streamhouse.StreamHouse) -> None:
+    got = sh.sql("SELECT id, tag FROM s, LATERAL TABLE(UNNEST(tags)) AS t (tag)")
+    assert sorted(map(tuple, (r.values() for r in got.to_arrow_table().to_pylist())), key=repr) == (
+        _duckdb("SELECT id, tag FROM s CROSS JOIN UNNEST(tags) AS t (tag)")
+    )
+
+
+@pytest.mark.parametrize(
+    ("sql", "words", "column"),
+    [
+        ("SELECT id, y FROM s, LATERAL (SELECT id + 1 AS y) AS l", "LATERAL subqueries", None),
+        ("SELECT id, y FROM s, LATERAL TABLE(my_udtf(tags)) AS l (y)", "LATERAL TABLE over", None),
+        ("SELECT id, a FROM s CROSS JOIN UNNEST(tags) AS t (a, b)", "ARRAY<ROW>", 48),
+        ("SELECT id, a FROM s JOIN UNNEST(tags) AS t (a) ON id = 1", "ON TRUE", None),
+        (
+            "SELECT id FROM s AS x JOIN s AS y ON x.id = y.id CROSS JOIN UNNEST(x.tags) AS t (a)",
+            "UNNEST after another JOIN",
+            None,
+        ),
+    ],
+)
+def test_refused_by_name(
+    sh: streamhouse.StreamHouse, sql: str, words: str, column: int | None
+) -> None:
+    with pytest.raises(SqlError) as error:
+        sh.sql(sql).to_arrow_table()
+    assert words in str(error.value)
+    assert error.value.line == 1 and error.value.column is not None
+    if column is not None:
+        assert error.value.column == column
+
+
+def test_continuous_unnest_passes_the_time_attribute(tmp_path: Path) -> None:
+    """Array rows in one-record micro-batches with a restart: every element once, each with
+    its row's event time, equal to DuckDB's LEFT JOIN UNNEST."""
+    sql = (
+        "SELECT id, tag, pos, ts FROM s"
+        " LEFT JOIN UNNEST(tags) WITH ORDINALITY AS t (tag, pos) ON TRUE"
+    )
+    with streamhouse.connect(tmp_path, linger_ms=1) as sh:
+        sh.sql(
+            "CREATE STREAM s (id INT, tags ARRAY<STRING>, ts TIMESTAMP(3),"
+            " WATERMARK FOR ts AS ts - INTERVAL '1' SECOND)"
+        )
+        sh.produce("s", ROWS)
+        _, status = drive(sh, f"INSERT INTO out {sql}", Schedule((1,), frozenset({2})))
+        assert status["late_rows"] == 0 and status["rejected_rows"] == 0
+        got = [
+            (r["id"], r["tag"], r["pos"], r["ts"][:19].replace("T", " "))
+            for r in topic_records(sh, "out")
+        ]
+    want = _duckdb(sql.replace(", ts FROM", ", strftime(ts, '%Y-%m-%d %H:%M:%S') FROM"))
+    assert sorted(got, key=repr) == want and len(want) == 7
+
+
+def test_unnest_of_a_map_is_refused_by_name(sh: streamhouse.StreamHouse) -> None:
+    with pytest.raises(SqlError) as error:
+        sh.sql("SELECT id, x FROM s CROSS JOIN UNNEST(MAP['a', id]) AS t (x)").to_arrow_table()
+    assert "UNNEST takes an ARRAY" in str(error.value) and error.value.line == 1
