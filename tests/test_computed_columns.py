@@ -222,3 +222,23 @@ def test_proctime_is_the_clock_when_each_batch_is_read(sh: StreamHouse) -> None:
     assert table.column_names == ["a", "p", "b"] and table.schema.field("p").type == PROCTIME_TYPE
     assert table.column("b").to_pylist() == [1, 2, 3, 4, 5]
     assert all(before <= to_ms(t) <= after for t in table.column("p").to_pylist())
+
+
+def test_proctime_carries_no_watermark_and_continuous_windows_over_it_are_refused(
+    sh: StreamHouse,
+) -> None:
+    with pytest.raises(SqlError, match="a WATERMARK cannot be declared on the processing-time"):
+        sh.sql("CREATE STREAM w (a INT, p AS PROCTIME(), WATERMARK FOR p AS p) WITH (topic='w')")
+    assert sh.log.metadata.get_catalog("w") is None
+    sh.sql(
+        "CREATE STREAM s (a INT, p AS PROCTIME(), t TIMESTAMP(3), WATERMARK FOR t AS t)"
+        " WITH (topic='s')"
+    )
+    for window in (
+        "SELECT window_start, COUNT(*) AS n FROM s GROUP BY TUMBLE(p, INTERVAL '5' SECOND)",
+        "SELECT window_start, COUNT(*) AS n FROM TABLE(TUMBLE(TABLE s, DESCRIPTOR(p),"
+        " INTERVAL '5' SECOND)) GROUP BY window_start, window_end",
+    ):
+        with pytest.raises(SqlError, match="a window over the processing-time column 'p'") as e:
+            sh.start(f"INSERT INTO out {window}")
+        assert e.value.line == 1 and e.value.column > 0
