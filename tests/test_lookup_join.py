@@ -284,3 +284,27 @@ def test_sql_lookup_join_over_proctime_equals_duckdb(tmp_path, dim_url: str, sid
     assert cli.returncode == 0, cli.stderr
     rows = [tuple(json.loads(line).values()) for line in cli.stdout.splitlines()]
     assert sorted(rows, key=lambda r: r[0]) == want
+
+
+def test_sql_lookup_join_star_and_continuous_refusal(tmp_path, dim_url: str) -> None:
+    import streamhouse
+    from streamhouse.errors import SqlError
+
+    with streamhouse.connect(tmp_path / "data", linger_ms=1) as sh:
+        sh.sql(
+            "CREATE TABLE dim (k BIGINT, name STRING, price DOUBLE, PRIMARY KEY (k) NOT ENFORCED)"
+            f" WITH ('connector'='jdbc', 'url'='{dim_url}', 'table-name'='dim')"
+        )
+        sh.sql("CREATE STREAM s (id BIGINT, k BIGINT, p AS PROCTIME()) WITH (topic = 's')")
+        sh.produce("s", [{"id": 1, "k": 3}, {"id": 2, "k": 7}, {"id": 3, "k": 10}])
+        join = "FROM s JOIN dim FOR SYSTEM_TIME AS OF s.p ON s.k = dim.k"
+        star = sh.sql(f"SELECT * {join}").to_arrow_table()
+        assert star.column_names == ["id", "k", "p", "k", "name", "price"]
+        assert sorted(
+            (r[0], r[4], r[5]) for r in zip(*(c.to_pylist() for c in star.columns), strict=True)
+        ) == [
+            (1, "n3", 4.5),
+            (3, None, 15.0),  # 7 is missing, 10 has no name
+        ]
+        with pytest.raises(SqlError, match="a continuous lookup join against dim .* not supported"):
+            sh.start(f"INSERT INTO out SELECT s.id, dim.name {join}")

@@ -54,6 +54,7 @@ from streamhouse.sql.engine import hide_metadata, parse_failure, referenced_colu
 from streamhouse.sql.execute import run_sql
 from streamhouse.sql.hints import SourceOptions, source_options
 from streamhouse.sql.inline import catalog_views, inline
+from streamhouse.sql.lookup import is_lookup_table
 from streamhouse.sql.parse import DIALECT, node_position, parse
 from streamhouse.sql.plan import ContinuousPlan
 from streamhouse.sql.plan_checks import check_columns
@@ -235,6 +236,12 @@ class ContinuousQuery:
                     f"continuous queries read streams and topics; {name!r} is a {kind}", name
                 )
             definition = stream_definition(parse(entry.sql)[0])
+            if is_lookup_table(definition):
+                raise self.error(
+                    f"a continuous lookup join against {name} (connector jdbc) is not supported"
+                    " yet: lookup joins run in bounded queries (sh.sql, streamhouse query)",
+                    name,
+                )
             self._refuse_proctime_windows(definition)
             self.read_options[name] = SourceOptions.of(definition.options, self.hints.get(name))
             columns |= {c.name: c.type for c in definition.columns}
