@@ -9,10 +9,12 @@ bounded query too.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Iterator
 from pathlib import Path
 
+import pyarrow as pa
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -35,6 +37,9 @@ from window_cases import continuous_rows
 import streamhouse
 from streamhouse import StreamHouse
 from streamhouse.errors import SqlError
+from streamhouse.sql.computed import PROCTIME_TYPE, ComputedColumns, wall_clock_ms
+from streamhouse.sql.ddl import stream_definition
+from streamhouse.sql.parse import parse_one
 
 PROPERTY = settings(
     max_examples=8,
@@ -125,7 +130,11 @@ def test_select_star_lists_computed_columns_where_declared(sh: StreamHouse) -> N
 @pytest.mark.parametrize(
     ("ddl", "message"),
     [
-        ("p AS PROCTIME()", "computed column 'p': PROCTIME() (processing time is not supported"),
+        (
+            "p AS PROCTIME() + INTERVAL '1' SECOND",
+            "computed column 'p': PROCTIME() must be a column on its own",
+        ),
+        ("p AS PROCTIME(a)", "computed column 'p': PROCTIME() takes no arguments"),
         ("b AS a + 1, c AS b * 2", "computed column 'c': it names computed column 'b'"),
         ("b AS z + 1", "computed column 'b': 'z' is not a column of 's'"),
         (
@@ -188,3 +197,48 @@ def test_metadata_keys_it_does_not_have_are_refused(
 ) -> None:
     with pytest.raises(SqlError, match=re.escape(f"metadata column '{ddl.split()[0]}': {message}")):
         sh.sql(f"CREATE STREAM s (a INT, {ddl}) WITH (topic = 's')")
+
+
+def test_proctime_is_the_clock_when_each_batch_is_read(sh: StreamHouse) -> None:
+    """``p AS PROCTIME()``: TIMESTAMP(3) read from the clock once per decoded batch (an
+    injected clock here), between the wall-clock times before and after a bounded query."""
+    ddl = "CREATE STREAM s (a INT, p AS PROCTIME(), b AS a + 1) WITH (topic='s')"
+    sh.sql(ddl)
+    ticks = iter([5_000, 7_250])
+    computed = dataclasses.replace(
+        ComputedColumns.of(stream_definition(parse_one(ddl))), clock=lambda: next(ticks)
+    )
+    batch = pa.table({"a": pa.array([1, 2, 3], pa.int32())})
+    first, second = computed.apply(batch), computed.apply(batch.slice(1))
+    assert first.column_names == ["a", "p", "b"] and first.schema.field("p").type == PROCTIME_TYPE
+    assert [to_ms(t) for t in first.column("p").to_pylist()] == [5_000] * 3
+    assert [to_ms(t) for t in second.column("p").to_pylist()] == [7_250] * 2
+    assert computed.apply(batch.slice(0, 0)).column("p").type == PROCTIME_TYPE
+
+    sh.produce("s", [{"a": i} for i in range(5)])
+    before = wall_clock_ms()
+    table = sh.sql("SELECT * FROM s").to_arrow_table()
+    after = wall_clock_ms()
+    assert table.column_names == ["a", "p", "b"] and table.schema.field("p").type == PROCTIME_TYPE
+    assert table.column("b").to_pylist() == [1, 2, 3, 4, 5]
+    assert all(before <= to_ms(t) <= after for t in table.column("p").to_pylist())
+
+
+def test_proctime_carries_no_watermark_and_continuous_windows_over_it_are_refused(
+    sh: StreamHouse,
+) -> None:
+    with pytest.raises(SqlError, match="a WATERMARK cannot be declared on the processing-time"):
+        sh.sql("CREATE STREAM w (a INT, p AS PROCTIME(), WATERMARK FOR p AS p) WITH (topic='w')")
+    assert sh.log.metadata.get_catalog("w") is None
+    sh.sql(
+        "CREATE STREAM s (a INT, p AS PROCTIME(), t TIMESTAMP(3), WATERMARK FOR t AS t)"
+        " WITH (topic='s')"
+    )
+    for window in (
+        "SELECT window_start, COUNT(*) AS n FROM s GROUP BY TUMBLE(p, INTERVAL '5' SECOND)",
+        "SELECT window_start, COUNT(*) AS n FROM TABLE(TUMBLE(TABLE s, DESCRIPTOR(p),"
+        " INTERVAL '5' SECOND)) GROUP BY window_start, window_end",
+    ):
+        with pytest.raises(SqlError, match="a window over the processing-time column 'p'") as e:
+            sh.start(f"INSERT INTO out {window}")
+        assert e.value.line == 1 and e.value.column > 0

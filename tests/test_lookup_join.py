@@ -229,3 +229,82 @@ def test_matches_feed_the_bounded_join_as_the_engine_runs_it(dim_url: str) -> No
         ordered=False,
     )
     assert joined_rows(out) == sorted(oracle(dim_url, probes, "LEFT"))
+
+
+LOOKUP_SQL = (
+    "SELECT s.id, s.k, dim.k AS d_k, dim.name AS d_name, dim.price AS d_price{extra}"
+    " FROM s {side} JOIN dim FOR SYSTEM_TIME AS OF s.p ON s.k = dim.k"
+)
+
+
+@pytest.mark.parametrize("side", ["INNER", "LEFT"])
+def test_sql_lookup_join_over_proctime_equals_duckdb(tmp_path, dim_url: str, side: str) -> None:
+    """``JOIN dim FOR SYSTEM_TIME AS OF s.p`` with ``p AS PROCTIME()``, from ``sh.sql`` and
+    from a ``streamhouse query`` subprocess: DuckDB's join over the same rows; ``p`` is the
+    wall clock while the query ran."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import streamhouse
+    from streamhouse.sql.computed import PROCTIME_TYPE, wall_clock_ms
+
+    batches = probe_batches(seed=len(side), rows=600)
+    probe = pa.concat_tables(batches)
+    want = oracle(dim_url, probe, side)
+    with streamhouse.connect(tmp_path / "data") as sh:
+        sh.sql(
+            "CREATE TABLE dim (k BIGINT, name STRING, price DOUBLE, PRIMARY KEY (k) NOT ENFORCED)"
+            f" WITH ('connector'='jdbc', 'url'='{dim_url}', 'table-name'='dim',"
+            " 'lookup.cache.max-rows'='1000', 'lookup.cache.ttl'='1 min')"
+        )
+        sh.sql("CREATE STREAM s (id BIGINT, k BIGINT, p AS PROCTIME()) WITH (topic = 's')")
+        for batch in batches:
+            sh.produce("s", batch.to_pylist())
+        before = wall_clock_ms()
+        table = sh.sql(LOOKUP_SQL.format(side=side, extra=", s.p")).to_arrow_table()
+        after = wall_clock_ms()
+    assert table.schema.field("p").type == PROCTIME_TYPE
+    assert all(before <= t.value <= after for t in table.column("p"))
+    assert sorted(zip(*table.drop_columns(["p"]).to_pydict().values(), strict=True)) == want
+
+    root = Path(streamhouse.__file__).resolve().parent.parent
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    cli = subprocess.run(
+        [sys.executable, "-m", "streamhouse", "query", LOOKUP_SQL.format(side=side, extra="")]
+        + ["--format", "json", "--data-dir", str(tmp_path / "data")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=False,
+    )
+    assert cli.returncode == 0, cli.stderr
+    rows = [tuple(json.loads(line).values()) for line in cli.stdout.splitlines()]
+    assert sorted(rows, key=lambda r: r[0]) == want
+
+
+def test_sql_lookup_join_star_and_continuous_refusal(tmp_path, dim_url: str) -> None:
+    import streamhouse
+    from streamhouse.errors import SqlError
+
+    with streamhouse.connect(tmp_path / "data", linger_ms=1) as sh:
+        sh.sql(
+            "CREATE TABLE dim (k BIGINT, name STRING, price DOUBLE, PRIMARY KEY (k) NOT ENFORCED)"
+            f" WITH ('connector'='jdbc', 'url'='{dim_url}', 'table-name'='dim')"
+        )
+        sh.sql("CREATE STREAM s (id BIGINT, k BIGINT, p AS PROCTIME()) WITH (topic = 's')")
+        sh.produce("s", [{"id": 1, "k": 3}, {"id": 2, "k": 7}, {"id": 3, "k": 10}])
+        join = "FROM s JOIN dim FOR SYSTEM_TIME AS OF s.p ON s.k = dim.k"
+        star = sh.sql(f"SELECT * {join}").to_arrow_table()
+        assert star.column_names == ["id", "k", "p", "k", "name", "price"]
+        assert sorted(
+            (r[0], r[4], r[5]) for r in zip(*(c.to_pylist() for c in star.columns), strict=True)
+        ) == [
+            (1, "n3", 4.5),
+            (3, None, 15.0),  # 7 is missing, 10 has no name
+        ]
+        with pytest.raises(SqlError, match="a continuous lookup join against dim .* not supported"):
+            sh.start(f"INSERT INTO out SELECT s.id, dim.name {join}")

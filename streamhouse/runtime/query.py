@@ -48,12 +48,13 @@ from streamhouse.runtime.sources import NO_WATERMARK, QuerySource
 from streamhouse.sql import nodes
 from streamhouse.sql.changelog import PlanNode
 from streamhouse.sql.computed import ComputedColumns
-from streamhouse.sql.ddl import stream_definition
+from streamhouse.sql.ddl import StreamDef, stream_definition
 from streamhouse.sql.dead_letters import write_dead_letters
 from streamhouse.sql.engine import hide_metadata, parse_failure, referenced_columns
 from streamhouse.sql.execute import run_sql
 from streamhouse.sql.hints import SourceOptions, source_options
 from streamhouse.sql.inline import catalog_views, inline
+from streamhouse.sql.lookup import is_lookup_table
 from streamhouse.sql.parse import DIALECT, node_position, parse
 from streamhouse.sql.plan import ContinuousPlan
 from streamhouse.sql.plan_checks import check_columns
@@ -235,6 +236,13 @@ class ContinuousQuery:
                     f"continuous queries read streams and topics; {name!r} is a {kind}", name
                 )
             definition = stream_definition(parse(entry.sql)[0])
+            if is_lookup_table(definition):
+                raise self.error(
+                    f"a continuous lookup join against {name} (connector jdbc) is not supported"
+                    " yet: lookup joins run in bounded queries (sh.sql, streamhouse query)",
+                    name,
+                )
+            self._refuse_proctime_windows(definition)
             self.read_options[name] = SourceOptions.of(definition.options, self.hints.get(name))
             columns |= {c.name: c.type for c in definition.columns}
             watermark = definition.watermark
@@ -253,6 +261,19 @@ class ContinuousQuery:
             source.columns = needed
             source.skip_damaged = self.options.on_damage == "skip"
         return sources
+
+    def _refuse_proctime_windows(self, definition: StreamDef) -> None:
+        """Windows fire on event time: a window over a ``PROCTIME()`` column is refused."""
+        proctime = set(ComputedColumns.of(definition).proctime)
+        for branch in self.branches:
+            column = branch.plan.operator.window_column
+            if definition.name in branch.plan.sources and column in proctime:
+                raise self.error(
+                    f"a window over the processing-time column {column!r} (PROCTIME()) is not"
+                    " supported in a continuous query yet: window on the stream's event time"
+                    " (its WATERMARK column)",
+                    definition.name,
+                )
 
     def error(self, message: str, table_name: str) -> SqlError:
         """An error located at the query's reference to ``table_name``."""

@@ -9,8 +9,12 @@ be a stream's event time (``WATERMARK FOR ts AS ts - ...`` over ``ts AS TO_TIMES
 Bounded and continuous reads alike append the computed columns to each decoded table with one
 DataFusion projection (:meth:`ComputedColumns.apply`); ``SELECT *`` lists the columns in the
 order they were declared. Metadata columns take Flink's Kafka keys ``timestamp``, ``partition``
-and ``offset`` (cast to the declared type). ``PROCTIME()`` (processing time) and other metadata
-keys are refused when the stream is declared.
+and ``offset`` (cast to the declared type); other metadata keys are refused when the stream is
+declared.
+
+``p AS PROCTIME()`` is the processing time: the wall-clock time (UTC, ``TIMESTAMP(3)``) at which
+the rows are read, one reading of the clock per decoded batch (so not reproducible). It must be
+a column on its own; it is what ``FOR SYSTEM_TIME AS OF`` takes in a lookup join.
 
 >>> from streamhouse.sql.ddl import stream_definition
 >>> from streamhouse.sql.parse import parse_one
@@ -22,7 +26,9 @@ keys are refused when the stream is declared.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from functools import cached_property
 
 import pyarrow as pa
@@ -35,7 +41,14 @@ from streamhouse.sql.functions import to_datafusion
 from streamhouse.sql.parse import parse_one
 from streamhouse.sql.source import METADATA_FIELDS
 
-__all__ = ["METADATA_KEYS", "ComputedColumnError", "ComputedColumns"]
+__all__ = [
+    "METADATA_KEYS",
+    "PROCTIME_TYPE",
+    "ComputedColumnError",
+    "ComputedColumns",
+    "is_proctime_call",
+    "wall_clock_ms",
+]
 
 _SOURCE = "__source"
 
@@ -53,7 +66,18 @@ METADATA_KEYS = {"timestamp": "_timestamp", "partition": "_partition", "offset":
 _METADATA_TYPES = {f.name: f.type for f in METADATA_FIELDS}
 
 
-_UNSUPPORTED = {"PROCTIME": "processing time is not supported yet"}
+PROCTIME_TYPE = pa.timestamp("ms")
+"""The type of a ``PROCTIME()`` column: Flink's TIMESTAMP(3), the UTC wall clock."""
+
+
+def wall_clock_ms() -> int:
+    """Milliseconds since the epoch now: the processing time of the rows being read."""
+    return time.time_ns() // 1_000_000
+
+
+def is_proctime_call(tree: exp.Expr) -> bool:
+    """Whether ``tree`` is the call ``PROCTIME()``."""
+    return isinstance(tree, exp.Anonymous) and tree.name.upper() == "PROCTIME"
 
 
 @dataclass(frozen=True)
@@ -63,6 +87,8 @@ class ComputedColumns:
     stream: str
     columns: tuple[Column, ...]  # every declared column, computed or not
     physical: pa.Schema
+    clock: Callable[[], int] = field(default=wall_clock_ms, compare=False)
+    """Milliseconds since the epoch, read once per :meth:`apply` for ``PROCTIME()`` columns."""
 
     @classmethod
     def of(cls, definition: StreamDef) -> ComputedColumns:
@@ -89,10 +115,16 @@ class ComputedColumns:
         out: dict[str, exp.Expr] = {}
         for column in self.computed:
             tree = parse_one(f"SELECT {column.expression}").expressions[0]
-            for call in tree.find_all(exp.Anonymous):
-                reason = _UNSUPPORTED.get(call.name.upper())
-                if reason is not None:
-                    raise ComputedColumnError(column.name, f"{call.name.upper()}() ({reason})")
+            if is_proctime_call(tree) and tree.expressions:
+                raise ComputedColumnError(column.name, "PROCTIME() takes no arguments")
+            if not is_proctime_call(tree) and any(
+                map(is_proctime_call, tree.find_all(exp.Anonymous))
+            ):
+                raise ComputedColumnError(
+                    column.name,
+                    "PROCTIME() must be a column on its own (p AS PROCTIME()), "
+                    "not part of an expression",
+                )
             for ref in tree.find_all(exp.Column):
                 if ref.name in computed:
                     raise ComputedColumnError(
@@ -106,6 +138,11 @@ class ComputedColumns:
                     )
             out[column.name] = tree
         return out
+
+    @property
+    def proctime(self) -> list[str]:
+        """The ``PROCTIME()`` columns."""
+        return [n for n, tree in self._expressions.items() if is_proctime_call(tree)]
 
     def needs(self, columns: set[str] | None) -> set[str] | None:
         """``columns`` (those a query reads; None: all) with the physical columns the computed
@@ -129,6 +166,9 @@ class ComputedColumns:
         for column in self.columns:
             if column.expression is not None:
                 tree = self._expressions[column.name]
+                if is_proctime_call(tree):
+                    items.append(f'NULL AS "{column.name}"')  # the clock, set below
+                    continue
                 if not {ref.name for ref in tree.find_all(exp.Column)} <= present:
                     continue  # its columns were not parsed: the query does not read it
                 items.append(f'{to_datafusion(tree)} AS "{column.name}"')
@@ -145,6 +185,12 @@ class ComputedColumns:
             if column.name in out.column_names:
                 i = out.column_names.index(column.name)
                 out = out.set_column(i, column.name, out.column(i).cast(column.type))
+        if self.proctime:
+            at = pa.array([], PROCTIME_TYPE)
+            if out.num_rows:
+                at = pa.repeat(pa.scalar(self.clock(), PROCTIME_TYPE), out.num_rows)
+            for name in self.proctime:
+                out = out.set_column(out.column_names.index(name), name, at)
         return out
 
     def fields(self) -> list[pa.Field]:
@@ -183,6 +229,8 @@ class ComputedColumns:
                 ) from None
         empty = pa.schema([*self.physical, *METADATA_FIELDS]).empty_table()
         for column in self.computed:
+            if column.name in self.proctime:
+                continue
             sql = to_datafusion(self._expressions[column.name])
             try:
                 run_sql(f'SELECT {sql} FROM "{_SOURCE}"', {_SOURCE: empty})

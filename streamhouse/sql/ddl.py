@@ -376,6 +376,15 @@ def stream_definition(expr: exp.Expr) -> StreamDef:
         ]
     if watermark is not None and watermark.column not in names:
         raise _error(f"watermark column {watermark.column} is not a column", schema)
+    if watermark is not None and any(
+        c.name == watermark.column and (c.expression or "").replace(" ", "").upper() == "PROCTIME()"
+        for c in columns
+    ):
+        raise _error(
+            f"a WATERMARK cannot be declared on the processing-time column {watermark.column}"
+            " (PROCTIME()): declare it on an event-time column",
+            schema,
+        )
     if len(set(names)) != len(names):
         raise _error("duplicate column name", schema)
     definition = StreamDef(

@@ -67,7 +67,7 @@ from streamhouse.sql.hints import SourceOptions, check_hints, source_options
 from streamhouse.sql.joins import plan_temporal_join
 from streamhouse.sql.lookup import is_lookup_table, lookup_join_of, lookup_options
 from streamhouse.sql.memory import default_memory_limit, parse_memory_limit
-from streamhouse.sql.nodes import TemporalJoin
+from streamhouse.sql.nodes import ROW, TemporalJoin
 from streamhouse.sql.parse import DIALECT, nesting_guard, node_position, parse, sql_error
 from streamhouse.sql.plan import source_tables
 from streamhouse.sql.projection import declared_stars, distinct_outputs, star_query
@@ -676,11 +676,12 @@ class Engine:
         finally:
             join.source.close()
         left, right = temporal_inputs(probes, rows, pc.fill_null(at, -1).to_numpy())
-        return run_sql(
+        out = run_sql(
             plan.sql,
             {"__left": hide_metadata(left, named), "__right": hide_metadata(right, named)},
             ordered=False,
         )
+        return out.select([i for i, n in enumerate(out.column_names) if n != ROW])  # SELECT *
 
     def source_scan(
         self,
