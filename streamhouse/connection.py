@@ -37,6 +37,8 @@ from streamhouse.errors import (
 )
 from streamhouse.log import Log, TopicInfo
 from streamhouse.log.compaction import CompactionReport
+from streamhouse.log.isolation import Isolation
+from streamhouse.log.isolation import isolation_level as level_named
 from streamhouse.log.partitioner import partition_for_key
 from streamhouse.log.records import BATCH_OVERHEAD, Compression, build_batch
 from streamhouse.log.retention import RetentionReport
@@ -241,8 +243,14 @@ class StreamHouse:
         partition: int | None = None,
         offset: int = 0,
         max_records: int | None = None,
+        *,
+        isolation_level: Isolation | str = Isolation.READ_COMMITTED,
     ) -> pa.Table:
         """Records of a topic (one partition, or all) from ``offset`` on, as an Arrow table.
+
+        As a Kafka read_committed consumer, by default: records stop at each partition's last
+        stable offset and aborted transactions' records are left out;
+        ``isolation_level="read_uncommitted"`` reads every record.
 
         Columns: partition, offset, timestamp, key, value, headers. As in a Kafka fetch, a
         partition's records end before a damaged range of offsets, and a fetch from inside one
@@ -255,7 +263,12 @@ class StreamHouse:
         partitions = [partition] if partition is not None else list(range(info.partitions))
         damaged: list[DamagedRangeError] = []
         table = read_records(
-            self.log, topic, partitions, dict.fromkeys(partitions, offset), damaged=damaged
+            self.log,
+            topic,
+            partitions,
+            dict.fromkeys(partitions, offset),
+            damaged=damaged,
+            isolation=level_named(isolation_level),
         )
         if damaged:
             table = _before_damage(table, damaged, offset)

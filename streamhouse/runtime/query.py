@@ -251,6 +251,7 @@ class ContinuousQuery:
         for source in sources.values():
             source.columns = needed
             source.skip_damaged = self.options.on_damage == "skip"
+            source.isolation = self.options.isolation
         return sources
 
     def error(self, message: str, table_name: str) -> SqlError:
