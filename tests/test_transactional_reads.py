@@ -2,7 +2,8 @@
 confluent-kafka transactional producer against a real ``streamhouse serve``, then read by
 ``sh.fetch``, ``sh.sql`` (bounded), a continuous query, ``streamhouse consume`` and
 ``streamhouse query``: read_committed (the default) sees committed records only, and stops at
-an open transaction; read_uncommitted sees every record."""
+an open transaction; read_uncommitted sees every record. And ``sh.transaction()`` as Kafka
+consumers see it."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -17,12 +19,13 @@ import duckdb
 import kafka_fixtures
 import pyarrow as pa
 import pytest
-from confluent_kafka import Producer
+from confluent_kafka import Consumer, Producer, TopicPartition
 from kafka_fixtures import KafkaServer
 
 import streamhouse
-from streamhouse.errors import ConfigError
+from streamhouse.errors import ConfigError, UnknownTopicError
 from streamhouse.runtime.launch import start_query
+from streamhouse.transaction import TransactionError
 
 kafka_server = kafka_fixtures.kafka_server
 new_topic = kafka_fixtures.new_topic
@@ -176,3 +179,55 @@ def test_consume_and_query_commands_read_committed(
     lines = _cli(kafka_server, *consume)
     expected = [v for v in transactions["finally"] if not v.startswith("o-")]  # aborted now
     assert sorted(json.loads(line)["v"] for line in lines) == expected
+
+
+def _consume(server: KafkaServer, topics: list[str], isolation: str) -> list[str]:
+    consumer = Consumer(
+        {
+            "bootstrap.servers": server.bootstrap,
+            "group.id": f"reader-{uuid.uuid4().hex[:8]}",
+            "isolation.level": isolation,
+            "enable.auto.commit": False,
+            "fetch.wait.max.ms": 100,
+        }
+    )
+    consumer.assign([TopicPartition(t, p, 0) for t in topics for p in range(2)])
+    values: list[str] = []
+    quiet_since = deadline = time.monotonic()
+    deadline += TIMEOUT
+    while time.monotonic() - quiet_since < 2.0 and time.monotonic() < deadline:
+        for m in consumer.consume(100, timeout=0.2):
+            assert m.error() is None, m.error()
+            values.append(f"{m.topic()}:{m.value().decode()}")
+            quiet_since = time.monotonic()
+    consumer.close()
+    return sorted(values)
+
+
+def test_python_api_transaction_commits_several_topics_atomically(
+    kafka_server: KafkaServer, new_topic
+) -> None:
+    orders, audit = new_topic(2), new_topic(2)
+    with streamhouse.connect(kafka_server.data_dir) as sh:
+        with sh.transaction() as txn:
+            txn.produce(orders, ["o1", "o2", "o3"])
+            txn.produce(audit, ["placed 3"])
+            txn.produce(orders, ["o4"], partition=1)  # a second batch on a partition
+        with pytest.raises(RuntimeError, match="boom"), sh.transaction() as txn:
+            txn.produce(orders, ["x1", "x2"])
+            txn.produce(audit, ["placed x"])
+            raise RuntimeError("boom")
+        first = sh.transaction("same-id")
+        first.produce(orders, ["zombie"])
+        with sh.transaction("same-id") as second:  # fences the first, aborting its records
+            second.produce(audit, ["fenced"])
+        with pytest.raises(TransactionError, match="fenced"):
+            first.commit()
+        with pytest.raises(UnknownTopicError):
+            sh.transaction().produce("no-such-topic", ["v"])
+        assert sorted(sh.fetch(orders)["value"].to_pylist()) == [b"o1", b"o2", b"o3", b"o4"]
+    committed = [f"{orders}:o{i}" for i in range(1, 5)] + [f"{audit}:placed 3", f"{audit}:fenced"]
+    aborted = [f"{orders}:x1", f"{orders}:x2", f"{audit}:placed x", f"{orders}:zombie"]
+    assert _consume(kafka_server, [orders, audit], "read_committed") == sorted(committed)
+    everything = _consume(kafka_server, [orders, audit], "read_uncommitted")
+    assert everything == sorted(committed + aborted)

@@ -2,14 +2,14 @@
 the Python API read what Kafka's read_committed consumers see, unless asked otherwise.
 
 A read_committed read of a partition stops at its last stable offset (the first offset of
-its oldest open transaction, else the high watermark read *before* the transactions, so a
-transaction opening meanwhile cannot slip in) and leaves out the batches of aborted
+its oldest open transaction, else the high watermark read in the same store snapshot, so a
+transaction opening after it cannot slip in) and leaves out the batches of aborted
 transactions. read_uncommitted reads everything up to the high watermark, as before
 transactions existed. Markers (control batches) are never shown either way.
 
 >>> isolation_level("READ_UNCOMMITTED")
 <Isolation.READ_UNCOMMITTED: 'read_uncommitted'>
->>> stable_ends(TopicStability({0: 5}, {}), {0: 9, 1: 7}, {0: None, 1: 3})
+>>> stable_ends(TopicStability({0: 9, 1: 7}, {0: 5}, {}), {0: None, 1: 3})
 {0: 5, 1: 3}
 """
 
@@ -48,16 +48,12 @@ def isolation_level(value: Any) -> Isolation:
     )
 
 
-def stable_ends(
-    stability: TopicStability,
-    high_watermarks: Mapping[int, int],
-    ends: Mapping[int, int | None],
-) -> dict[int, int]:
+def stable_ends(stability: TopicStability, ends: Mapping[int, int | None]) -> dict[int, int]:
     """Each partition's end offset of a read_committed read: ``ends[p]`` (None: the high
     watermark) cut at the partition's last stable offset."""
     out = {}
     for p, end in ends.items():
-        stable = high_watermarks.get(p, 0)
+        stable = stability.high_watermarks.get(p, 0)
         if p in stability.open_from:
             stable = min(stable, stability.open_from[p])
         out[p] = stable if end is None else min(end, stable)

@@ -120,8 +120,7 @@ class QuerySource:
             # the source moves on to its ends, so records cut there would never be read
             low = min(starts.values(), default=0)
             stability = log_.metadata.transactions.topic_stability(self.topic, low)
-            high = {p: o.high_watermark for p, o in offsets.items()}
-            stable = stable_ends(stability, high, ends)  # type: ignore[arg-type]
+            stable = stable_ends(stability, ends)  # type: ignore[arg-type]
             ends = {p: max(starts[p], stable[p]) for p in ends}
         return ends
 

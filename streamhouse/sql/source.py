@@ -234,14 +234,12 @@ class RunScan:
             for p in parts
         }
         self.ends = {p: (end_offsets or {}).get(p) for p in parts}
-        # read_committed: cut at the last stable offsets, read after the high watermarks
-        # (see streamhouse.log.isolation); aborted transactions' batches are left out.
+        # read_committed: cut at the last stable offsets (see streamhouse.log.isolation); aborted transactions' batches are left out.
         self.aborted: dict[int, list[tuple[int, int, int]]] = {}
         if isolation is Isolation.READ_COMMITTED:
             low = min(self.starts.values(), default=0)
             stability = log_.metadata.transactions.topic_stability(topic, low)
-            high = {p: o.high_watermark for p, o in bounds.items()}
-            self.ends = stable_ends(stability, high, self.ends)  # type: ignore[assignment]
+            self.ends = stable_ends(stability, self.ends)  # type: ignore[assignment]
             self.aborted = stability.aborted
         # read=False: the caller reads the runs of the index rows it picks (read_runs)
         self.runs = log_.reader.scan(topic, parts, self.starts, self.ends, damaged) if read else []
