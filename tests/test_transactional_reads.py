@@ -11,7 +11,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 
@@ -19,8 +18,9 @@ import duckdb
 import kafka_fixtures
 import pyarrow as pa
 import pytest
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Producer
 from kafka_fixtures import KafkaServer
+from test_kafka_transactions import read_all
 
 import streamhouse
 from streamhouse.errors import ConfigError, UnknownTopicError
@@ -182,26 +182,8 @@ def test_consume_and_query_commands_read_committed(
 
 
 def _consume(server: KafkaServer, topics: list[str], isolation: str) -> list[str]:
-    consumer = Consumer(
-        {
-            "bootstrap.servers": server.bootstrap,
-            "group.id": f"reader-{uuid.uuid4().hex[:8]}",
-            "isolation.level": isolation,
-            "enable.auto.commit": False,
-            "fetch.wait.max.ms": 100,
-        }
-    )
-    consumer.assign([TopicPartition(t, p, 0) for t in topics for p in range(2)])
-    values: list[str] = []
-    quiet_since = deadline = time.monotonic()
-    deadline += TIMEOUT
-    while time.monotonic() - quiet_since < 2.0 and time.monotonic() < deadline:
-        for m in consumer.consume(100, timeout=0.2):
-            assert m.error() is None, m.error()
-            values.append(f"{m.topic()}:{m.value().decode()}")
-            quiet_since = time.monotonic()
-    consumer.close()
-    return sorted(values)
+    """Every value a consumer of ``isolation`` reads from ``topics``, as 'topic:value'."""
+    return sorted(f"{t}:{v.decode()}" for t in topics for v in read_all(server, t, 2, isolation))
 
 
 def test_python_api_transaction_commits_several_topics_atomically(
