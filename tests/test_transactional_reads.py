@@ -20,7 +20,7 @@ import pyarrow as pa
 import pytest
 from confluent_kafka import Producer
 from kafka_fixtures import KafkaServer
-from test_kafka_transactions import read_all
+from test_kafka_transactions import eventually, read_all
 
 import streamhouse
 from streamhouse.errors import ConfigError, UnknownTopicError
@@ -118,7 +118,11 @@ def test_fetch_and_sql_read_committed_by_default(
 
     transactions["producer"].commit_transaction(TIMEOUT)
     with streamhouse.connect(kafka_server.data_dir) as sh:
-        assert _values(sh.fetch(topic)) == transactions["finally"]
+        # EndTxn answers once decided; the last stable offset moves once markers are written
+        assert (
+            eventually(lambda: _values(sh.fetch(topic)), transactions["finally"])
+            == (transactions["finally"])
+        )
         rows = sh.sql(f'SELECT v FROM "{topic}"').to_arrow_table()
         assert sorted(rows["v"].to_pylist()) == transactions["finally"]
 
@@ -152,6 +156,7 @@ def test_a_continuous_query_waits_for_the_open_transaction(
             uncommitted.run_until_caught_up()
             assert sorted(raw) == transactions["everything"]
             transactions["producer"].commit_transaction(TIMEOUT)
+            eventually(lambda: _values(sh.fetch(topic)), transactions["finally"])
             query.run_until_caught_up()
             assert sorted(seen) == transactions["finally"]  # the open ones were not skipped
         finally:
@@ -176,8 +181,10 @@ def test_consume_and_query_commands_read_committed(
     )
     assert sorted(json.loads(line)["v"] for line in lines) == transactions["everything"]
     transactions["producer"].abort_transaction(TIMEOUT)
-    lines = _cli(kafka_server, *consume)
     expected = [v for v in transactions["finally"] if not v.startswith("o-")]  # aborted now
+    with streamhouse.connect(kafka_server.data_dir) as sh:
+        eventually(lambda: _values(sh.fetch(topic)), expected)
+    lines = _cli(kafka_server, *consume)
     assert sorted(json.loads(line)["v"] for line in lines) == expected
 
 
