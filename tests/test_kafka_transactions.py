@@ -543,6 +543,13 @@ def test_store_moves_transactions_on_by_their_expected_state(md) -> None:
     assert verdict is Verdict.OK and txn is not None and txn.producer_epoch == 1
     assert store.complete(txn, {("t", 1): 12})
     assert store.aborted("t", 1, 0, 20) == [(7, 0)]  # from its high watermark on joining
+    store.add_partitions("a", 7, 1, [("t", 0)])  # open again: holds partition 0 at 0
+    whole = store.topic_stability("t")  # every partition in one statement
+    assert (whole.open_from, whole.aborted) == ({0: 0}, {1: [(7, 0, 12)]})
+    assert set(whole.high_watermarks) == {0, 1}
+    assert store.topic_stability("t", 13).aborted == {}  # markers below 13 left out
+    verdict, txn = store.prepare("a", 7, 1, True)
+    assert store.complete(txn, {("t", 0): 5})
     assert store.aborted("t", 1, 13, 20) == []
     assert store.forget_aborted() == 0  # the log start (0) is below its marker
     with md._transaction("retention, by hand") as conn:  # as retention would have moved it
