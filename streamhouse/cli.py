@@ -24,6 +24,7 @@ import pyarrow as pa
 from streamhouse.config import DEFAULT_DATA_DIR, Settings
 from streamhouse.connection import StreamHouse
 from streamhouse.errors import StreamHouseError
+from streamhouse.log.isolation import Isolation
 from streamhouse.output import DEFAULT_MAX_ROWS
 from streamhouse.output import print_table as _print_table
 from streamhouse.output import write_result as _write_result
@@ -70,6 +71,16 @@ def metadata_option(f: Callable[..., Any]) -> Callable[..., Any]:
         help="Metadata store: postgresql://user@host:5432/db or sqlite:///path"
         " (default $STREAMHOUSE_METADATA, else SQLite in the data directory).",
     )(f)
+
+
+isolation_option = click.option(
+    "--isolation-level",
+    type=click.Choice([level.value for level in Isolation]),
+    default=Isolation.READ_COMMITTED.value,
+    show_default=True,
+    help="read_committed: records of open or aborted transactions are not read (as Kafka's"
+    " read_committed consumers); read_uncommitted: every record is.",
+)
 
 
 def data_dir_option(f: Callable[..., Any]) -> Callable[..., Any]:
@@ -346,6 +357,7 @@ def _integer(text: str) -> int | str:
     help="Exit after this many idle seconds (default: follow until Ctrl-C; 0 with --from-beginning: stop at the end).",
 )
 @click.option("--print-key", is_flag=True, help="Print KEY<TAB>VALUE.")
+@isolation_option
 @data_dir_option
 @click.pass_context
 @friendly_errors
@@ -357,6 +369,7 @@ def consume(
     max_records: int | None,
     timeout: float | None,
     print_key: bool,
+    isolation_level: str,
     data_dir: str | None,
 ) -> None:
     """Print TOPIC's record values, one per line, following new records like kafka-console-consumer."""
@@ -373,7 +386,7 @@ def consume(
         while max_records is None or printed < max_records:
             got = False
             for p in partitions:
-                table = sh.fetch(topic_name, p, positions[p])
+                table = sh.fetch(topic_name, p, positions[p], isolation_level=isolation_level)
                 if table.num_rows == 0:
                     continue
                 got = True
@@ -433,6 +446,7 @@ def consume(
     show_default=True,
     help="Table format: show at most this many rows, first and last halves (0 = all).",
 )
+@isolation_option
 @data_dir_option
 @click.pass_context
 @friendly_errors
@@ -444,6 +458,7 @@ def query(
     skip_damaged: bool,
     memory_limit: str | None,
     max_rows: int,
+    isolation_level: str,
     data_dir: str | None,
 ) -> None:
     """Run SQL over the log as of now and print the answer (SQL '-' reads it from stdin).
@@ -456,6 +471,7 @@ def query(
     with _open(ctx) as sh:
         if skip_damaged:
             sh.sql("SET 'read.on-damage' = 'skip'")
+        sh.sql(f"SET 'isolation.level' = '{isolation_level}'")
         if memory_limit is not None:
             sh.engine.memory_limit = parse_memory_limit(memory_limit)
         relation = sh.sql(sql)

@@ -38,6 +38,8 @@ from streamhouse.errors import (
 from streamhouse.iceberg.tableflow import TableflowReport
 from streamhouse.log import Log, TopicInfo
 from streamhouse.log.compaction import CompactionReport
+from streamhouse.log.isolation import Isolation
+from streamhouse.log.isolation import isolation_level as level_named
 from streamhouse.log.partitioner import partition_for_key
 from streamhouse.log.records import BATCH_OVERHEAD, Compression, build_batch
 from streamhouse.log.retention import RetentionReport
@@ -45,6 +47,7 @@ from streamhouse.result import Relation
 from streamhouse.runtime.query import ContinuousQuery
 from streamhouse.sql.engine import Engine
 from streamhouse.sql.source import read_records
+from streamhouse.transaction import DEFAULT_TIMEOUT_MS, ProducerStamp, Transaction
 
 log = logging.getLogger(__name__)
 
@@ -185,11 +188,37 @@ class StreamHouse:
         in contiguous runs. ``timestamp`` (ms since the epoch or a datetime, one or one per
         record) defaults to now; ``headers`` go on every record.
         """
+        payloads = self.batches(
+            topic,
+            records,
+            key=key,
+            partition=partition,
+            timestamp=timestamp,
+            headers=headers,
+            compression=compression,
+        )
+        return self.append_batches(topic, payloads)
+
+    def batches(
+        self,
+        topic: str,
+        records: Iterable[Value],
+        *,
+        key: bytes | str | Sequence[bytes | str | None] | None = None,
+        partition: int | None = None,
+        timestamp: int | datetime | Sequence[int | datetime] | None = None,
+        headers: Mapping[str, bytes | str | None] | Sequence[Header] | None = None,
+        compression: str | Compression = Compression.LZ4,
+        stamp: ProducerStamp | None = None,
+    ) -> list[tuple[int, int, bytes]]:
+        """What :meth:`produce` appends: (partition, records, batches) per partition, built
+        and checked against the topic's size limit before anything is written; ``stamp``
+        makes them a producer's (id, epoch, sequences, flags)."""
         info = self.log.topic(topic)
         values = _encoded(_encode_value, records, "value")
         n = len(values)
         if n == 0:
-            return Produced(0, {})
+            return []
         keys = _per_record(key, n, "key")
         key_bytes = _encoded(_encode_key, keys, "key") if keys is not None else None
         stamps = _per_record(timestamp, n, "timestamp")
@@ -216,15 +245,19 @@ class StreamHouse:
         sizes = _record_sizes(values, key_bytes, header_list)
         target = max(1, min(limit - BATCH_OVERHEAD, BATCH_TARGET_BYTES))
 
-        def encode(chunk: np.ndarray) -> list[tuple[np.ndarray, bytes]]:
+        def encode(chunk: np.ndarray, part: int) -> list[tuple[np.ndarray, bytes]]:
+            ids = stamp.batch_fields(topic, part) if stamp is not None else {}
             batch = build_batch(
                 [values[i] for i in chunk],
                 [key_bytes[i] for i in chunk] if key_bytes is not None else None,
                 [ts[i] for i in chunk] if ts is not None else None,
                 [header_list] * len(chunk) if header_list else None,
                 compression=codec,
+                **ids,
             )
             if len(batch) <= limit:
+                if stamp is not None:
+                    stamp.sent(topic, part, len(chunk))
                 return [(chunk, batch)]
             if len(chunk) == 1:
                 raise RecordTooLargeError(
@@ -232,7 +265,7 @@ class StreamHouse:
                     f" batch, over max.message.bytes={limit} of topic {topic!r}"
                 )
             half = len(chunk) // 2
-            return encode(chunk[:half]) + encode(chunk[half:])
+            return encode(chunk[:half], part) + encode(chunk[half:], part)
 
         # Every batch is built (and checked against the limit) before any is appended, so a
         # record that is too large fails the call with nothing written. A partition's batches
@@ -240,14 +273,30 @@ class StreamHouse:
         payloads: list[tuple[int, int, bytes]] = []
         for part in np.unique(assignment):
             rows = np.flatnonzero(assignment == part)
-            batches = [b for chunk in _chunks(rows, sizes, target) for _, b in encode(chunk)]
+            chunks = _chunks(rows, sizes, target)
+            batches = [b for chunk in chunks for _, b in encode(chunk, int(part))]
             payloads.append((int(part), len(rows), b"".join(batches)))
+        return payloads
+
+    def append_batches(self, topic: str, payloads: list[tuple[int, int, bytes]]) -> Produced:
+        """Append what :meth:`batches` built; returns once it is durable."""
+        n = sum(count for _, count, _ in payloads)
         pending = [(p, count, self.log.append(topic, p, data)) for p, count, data in payloads]
         offsets: dict[int, tuple[int, int]] = {}
         for part, count, future in pending:
             base = future.result()
             offsets[part] = (base, base + count - 1)
         return Produced(n, offsets)
+
+    def transaction(
+        self, transactional_id: str | None = None, *, timeout_ms: int = DEFAULT_TIMEOUT_MS
+    ) -> Transaction:
+        """A transaction to produce to several topics atomically: a context manager that
+        commits at the end of its block and aborts if the block raises (see
+        :mod:`streamhouse.transaction`). ``transactional_id`` fences an earlier producer of
+        the same id (default: a new id); a transaction left open longer than ``timeout_ms``
+        is aborted by a running server's coordinator."""
+        return Transaction(self, transactional_id, timeout_ms)
 
     # -- fetch --------------------------------------------------------------------------------
 
@@ -257,8 +306,14 @@ class StreamHouse:
         partition: int | None = None,
         offset: int = 0,
         max_records: int | None = None,
+        *,
+        isolation_level: Isolation | str = Isolation.READ_COMMITTED,
     ) -> pa.Table:
         """Records of a topic (one partition, or all) from ``offset`` on, as an Arrow table.
+
+        As a Kafka read_committed consumer, by default: records stop at each partition's last
+        stable offset and aborted transactions' records are left out;
+        ``isolation_level="read_uncommitted"`` reads every record.
 
         Columns: partition, offset, timestamp, key, value, headers. As in a Kafka fetch, a
         partition's records end before a damaged range of offsets, and a fetch from inside one
@@ -271,7 +326,12 @@ class StreamHouse:
         partitions = [partition] if partition is not None else list(range(info.partitions))
         damaged: list[DamagedRangeError] = []
         table = read_records(
-            self.log, topic, partitions, dict.fromkeys(partitions, offset), damaged=damaged
+            self.log,
+            topic,
+            partitions,
+            dict.fromkeys(partitions, offset),
+            damaged=damaged,
+            isolation=level_named(isolation_level),
         )
         if damaged:
             table = _before_damage(table, damaged, offset)

@@ -369,3 +369,29 @@ def test_the_log_is_read_where_the_table_could_differ(tmp_path: Path) -> None:
         sh.produce("kv", [{"k": "a", "v": i} for i in range(5)], key="a")
         assert sh.append_iceberg().rows["latest"] == 5
         assert sh.sql("SELECT count(*) AS n FROM latest").stats.iceberg_files == 0
+
+
+def test_only_committed_transactions_reach_the_table(tmp_path: Path) -> None:
+    """The appender stops at the last stable offset: an open transaction's records wait for
+    its commit (then arrive, none skipped), an aborted one's never arrive."""
+    with streamhouse.connect(tmp_path / "data") as sh:
+        sh.sql(DECLARE.format(extra=", 'iceberg' = 'true'"))
+        row = {"id": 0, "name": "n", "amount": "1.00", "ts": "2026-01-01T00:00:00"}
+        aborted = sh.transaction()
+        aborted.produce("orders", [{**row, "id": i} for i in range(1000, 1010)], partition=0)
+        aborted.abort()
+        _produce(sh, 0, 60)
+        held = sh.transaction()
+        held.produce("orders", [{**row, "id": i} for i in range(2000, 2020)], partition=1)
+        _produce(sh, 60, 60)
+        sh.append_iceberg()
+        ids = set(_iceberg(sh)["id"].to_pylist())
+        assert not ids & set(range(1000, 1010)), "an aborted transaction's rows were appended"
+        assert not ids & set(range(2000, 2020)), "an open transaction's rows were appended"
+        held.commit()
+        sh.append_iceberg()
+        table = _iceberg(sh)
+        ids = set(table["id"].to_pylist())
+        assert set(range(2000, 2020)) <= ids, "a committed transaction's rows were skipped"
+        assert not ids & set(range(1000, 1010))
+        _same_rows(_as_ms(table), _log_rows(sh))

@@ -13,7 +13,9 @@ import threading
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import kafka_fixtures
 import pytest
@@ -31,6 +33,7 @@ kafka_server = kafka_fixtures.kafka_server
 new_topic = kafka_fixtures.new_topic
 
 TIMEOUT = 30.0
+T = TypeVar("T")
 LOOP = Path(__file__).with_name("txn_loop.py")
 
 
@@ -72,6 +75,16 @@ def read_all(
             quiet_since = time.monotonic()
     consumer.close()
     return values
+
+
+def eventually(read: Callable[[], T], want: T, seconds: float = 10.0) -> T:
+    """``read()`` once it returns ``want``, or what it returns after ``seconds``."""
+    deadline = time.monotonic() + seconds
+    value = read()
+    while value != want and time.monotonic() < deadline:
+        time.sleep(0.05)
+        value = read()
+    return value
 
 
 def send(p: Producer, topic: str, values: list[str], partitions: int = 2) -> None:
@@ -141,7 +154,8 @@ def test_open_transaction_holds_back_read_committed(kafka_server: KafkaServer, n
     assert _list_latest(kafka_server, topic, 1) == 1  # the transaction starts at 1
     assert read_all(kafka_server, topic, 1, "read_committed", settle=1.0) == [b"before"]
     p.commit_transaction(TIMEOUT)
-    assert _list_latest(kafka_server, topic, 1) == 5  # the marker is offset 4
+    # EndTxn answers once the decision is durable; the marker follows at once
+    assert eventually(lambda: _list_latest(kafka_server, topic, 1), 5) == 5  # marker: offset 4
     assert read_all(kafka_server, topic, 1, "read_committed") == [
         b"before",
         b"t-0",
@@ -492,10 +506,13 @@ def test_describe_and_list_transactions(kafka_server: KafkaServer, new_topic) ->
         # the entry ends: start time, producer id, epoch (all -1), topics [], tagged fields x2
         assert frame[-21:] == b"\xff" * 18 + bytes([1, 0, 0])
         assert _end(c, 2, tid, pid, epoch, False) == 0
-        listed = c.request(66, 0, state_filters=(), producer_id_filters=(pid,))
-        assert [(t.transactional_id, t.transaction_state) for t in listed.transaction_states] == [
-            (tid, "CompleteAbort")
-        ]
+
+        def states() -> list[tuple[str, str]]:
+            listed = c.request(66, 0, state_filters=(), producer_id_filters=(pid,))
+            return [(t.transactional_id, t.transaction_state) for t in listed.transaction_states]
+
+        # PrepareAbort while its markers are written (EndTxn answered once it was decided)
+        assert eventually(states, [(tid, "CompleteAbort")]) == [(tid, "CompleteAbort")]
 
 
 # -- the store, on both backends ---------------------------------------------------------------
@@ -526,6 +543,13 @@ def test_store_moves_transactions_on_by_their_expected_state(md) -> None:
     assert verdict is Verdict.OK and txn is not None and txn.producer_epoch == 1
     assert store.complete(txn, {("t", 1): 12})
     assert store.aborted("t", 1, 0, 20) == [(7, 0)]  # from its high watermark on joining
+    store.add_partitions("a", 7, 1, [("t", 0)])  # open again: holds partition 0 at 0
+    whole = store.topic_stability("t")  # every partition in one statement
+    assert (whole.open_from, whole.aborted) == ({0: 0}, {1: [(7, 0, 12)]})
+    assert set(whole.high_watermarks) == {0, 1}
+    assert store.topic_stability("t", 13).aborted == {}  # markers below 13 left out
+    verdict, txn = store.prepare("a", 7, 1, True)
+    assert store.complete(txn, {("t", 0): 5})
     assert store.aborted("t", 1, 13, 20) == []
     assert store.forget_aborted() == 0  # the log start (0) is below its marker
     with md._transaction("retention, by hand") as conn:  # as retention would have moved it

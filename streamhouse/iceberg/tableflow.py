@@ -39,6 +39,7 @@ import pyarrow as pa
 
 from streamhouse.errors import StreamHouseError
 from streamhouse.log.compaction import compactor_id
+from streamhouse.log.isolation import stable_ends
 from streamhouse.log.metadata.leases import Lease
 from streamhouse.sql.ddl import StreamDef, stream_definition
 from streamhouse.sql.dead_letters import write_dead_letters
@@ -287,9 +288,13 @@ def _append_stream(
                 )
                 start = bounds.log_start_offset
             starts[p] = start
-        ends = _chunk_ends(
-            log_, topic, starts, {p: b.high_watermark for p, b in offsets.items()}, budget
+        # committed records only, up to the last stable offsets: what an open transaction
+        # holds back is appended once it ends (and an aborted one's records never are)
+        stability = log_.metadata.transactions.topic_stability(
+            topic, min(starts.values(), default=0)
         )
+        stable = stable_ends(stability, {p: b.high_watermark for p, b in offsets.items()})
+        ends = _chunk_ends(log_, topic, starts, stable, budget)
         parts = [p for p in sorted(starts) if ends[p] > starts[p]]
         if not parts:
             return

@@ -40,6 +40,7 @@ import pyarrow as pa
 
 from streamhouse.errors import StreamHouseError
 from streamhouse.log import Log
+from streamhouse.log.isolation import Isolation
 from streamhouse.log.records import Compression, build_batch
 from streamhouse.runtime.key_groups import key_groups, task_of
 from streamhouse.runtime.operators import run_ordered
@@ -233,6 +234,7 @@ class ExchangeSource(QuerySource):
 
     def __init__(self, index: int, name: str, topic: str, task: int, producers: int) -> None:
         super().__init__(index, name, topic, None, None, 0)
+        self.isolation = Isolation.READ_UNCOMMITTED  # our own records, never transactional
         self.owned = {task}
         self.producers = producers
         self.taken: dict[int, int] = {}  # last sequence number taken, by producer
@@ -263,7 +265,12 @@ class ExchangeSource(QuerySource):
         for p in wanted:
             self.last_data[p] = now
         records = read_records(
-            log_, self.topic, wanted, {p: self.positions[p] for p in wanted}, ends
+            log_,
+            self.topic,
+            wanted,
+            {p: self.positions[p] for p in wanted},
+            ends,
+            isolation=self.isolation,
         )
         tables = []
         for key, value in zip(

@@ -13,6 +13,9 @@ option                   meaning                                             def
 ``poll-interval``        how long an idle query waits for new records        ``200 ms``
 ``read.on-damage``       ``fail``: a damaged range of a source fails the      ``fail``
                          query; ``skip``: it is left out and reported
+``isolation.level``      ``read_committed``: records of open or aborted       committed
+                         transactions are not read; ``read_uncommitted``:
+                         every record is
 ``parallelism``          tasks (processes) the query runs as; see            ``1``
                          :mod:`streamhouse.runtime.parallel`
 ``state.ttl``            idle state retention (also                          none
@@ -36,6 +39,7 @@ from typing import Any
 from sqlglot import exp
 
 from streamhouse.errors import ConfigError, SqlError
+from streamhouse.log.isolation import ISOLATION_LEVEL, Isolation, isolation_level
 from streamhouse.sql.ddl import interval_ms
 from streamhouse.sql.parse import parse_one
 
@@ -56,6 +60,7 @@ _NAMES = {
     "checkpoint.interval": "checkpoint_interval_ms",
     "table.exec.state.ttl": "state_ttl_ms",
     READ_ON_DAMAGE: "on_damage",
+    ISOLATION_LEVEL: "isolation",
     "parallelism": "parallelism",
 }
 _DURATIONS = {
@@ -80,6 +85,7 @@ class QueryOptions:
     checkpoint_object_store: bool = False
     checkpoint_interval_ms: int = 60_000
     on_damage: str = "fail"  # read.on-damage: "fail" or "skip"
+    isolation: Isolation = Isolation.READ_COMMITTED  # isolation.level
     parallelism: int = 1  # tasks (processes); 1: the query runs in this process
 
     def with_options(self, options: dict[str, Any]) -> QueryOptions:
@@ -100,6 +106,8 @@ class QueryOptions:
                 changes[name] = str(value).strip().lower() in ("1", "true", "yes", "on")
             elif name == "on_damage":
                 changes[name] = on_damage(value)
+            elif name == "isolation":
+                changes[name] = isolation_level(value)
             elif name == "startup":
                 mode = str(value).lower()
                 if mode not in ("earliest-offset", "latest-offset", "earliest", "latest"):

@@ -260,6 +260,7 @@ class ContinuousQuery:
         for source in sources.values():
             source.columns = needed
             source.skip_damaged = self.options.on_damage == "skip"
+            source.isolation = self.options.isolation
         return sources
 
     def _refuse_proctime_windows(self, definition: StreamDef) -> None:

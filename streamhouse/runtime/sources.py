@@ -21,6 +21,7 @@ import pyarrow as pa
 
 from streamhouse.errors import DamagedRangeError, StreamHouseError
 from streamhouse.log import Log
+from streamhouse.log.isolation import Isolation, stable_ends
 from streamhouse.sql.computed import ComputedColumns
 from streamhouse.sql.source import RejectedRow, read_source
 from streamhouse.state.store import StateBatch, StateStore, partition_key
@@ -66,6 +67,7 @@ class QuerySource:
         self.delay_ms = delay_ms
         self.columns: set[str] | None = None  # value fields to parse (None: all)
         self.skip_damaged = False  # read.on-damage = 'skip'
+        self.isolation = Isolation.READ_COMMITTED  # isolation.level
         self.computed: ComputedColumns | None = None  # evaluated on every decoded batch
         self._prefetched: tuple[tuple[dict, dict], Future[SourceRead]] | None = None
         self.owned: set[int] | None = None  # the partitions a task of a parallel query reads
@@ -117,6 +119,12 @@ class QuerySource:
                 self.last_data[p] = now
             ends[p] = starts[p] + max(0, min(available, budget))
             budget -= ends[p] - starts[p]
+        if self.isolation is Isolation.READ_COMMITTED:  # never past a last stable offset:
+            # the source moves on to its ends, so records cut there would never be read
+            low = min(starts.values(), default=0)
+            stability = log_.metadata.transactions.topic_stability(self.topic, low)
+            stable = stable_ends(stability, ends)  # type: ignore[arg-type]
+            ends = {p: max(starts[p], stable[p]) for p in ends}
         return ends
 
     def read(self, log_: Log, ends: dict[int, int]) -> SourceRead:
@@ -159,6 +167,7 @@ class QuerySource:
             starts,
             ends,
             skip_damaged=self.skip_damaged,
+            isolation=self.isolation,
         )
         if self.schema is None and read.rows_read:  # a plain topic: its first values tell
             if read.schema is None:

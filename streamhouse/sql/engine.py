@@ -11,7 +11,9 @@ answer reflects the log as of the moment it runs.
 
 ``SET 'read.on-damage' = 'skip'`` makes the engine's queries read after it leave damaged
 ranges of records out (listed in ``stats.damaged`` and logged); by default (``'fail'``) they
-fail naming the range and its object.
+fail naming the range and its object. Queries read committed records only (Kafka's
+read_committed: see :mod:`streamhouse.log.isolation`); ``SET 'isolation.level' =
+'read_uncommitted'`` makes them read open and aborted transactions' records too.
 
 ``CREATE TEMPORARY STREAM | TABLE | VIEW`` declares an object of the engine's session only
 (see :mod:`streamhouse.sql.session`): never written to the catalog, and refused if its name
@@ -47,6 +49,7 @@ from streamhouse.iceberg.tableflow import iceberg_enabled
 from streamhouse.joins.temporal import match_versions, temporal_inputs
 from streamhouse.key_codes import group_codes
 from streamhouse.log import Log
+from streamhouse.log.isolation import ISOLATION_LEVEL, Isolation, isolation_level
 from streamhouse.log.metadata import CatalogEntry
 from streamhouse.result import Relation, status
 from streamhouse.sql.computed import ComputedColumnError, ComputedColumns
@@ -119,6 +122,7 @@ class Engine:
         self.log = log_
         self.on_materialized_view: Callable[[exp.Create], object] | None = None
         self.skip_damaged = False  # SET 'read.on-damage' = 'skip'
+        self.isolation = Isolation.READ_COMMITTED  # SET 'isolation.level'
         # Streams and topics reach DataFusion as streaming scans (sql/scan.py); False reads
         # each whole into one table first, as order-sensitive queries and views still do.
         self.stream_sources = True
@@ -138,6 +142,7 @@ class Engine:
         engine = Engine(self.log, self.temporary.child())
         engine.on_materialized_view = self.on_materialized_view
         engine.skip_damaged = self.skip_damaged
+        engine.isolation = self.isolation
         engine.stream_sources = self.stream_sources
         engine.scan_cache = self.scan_cache  # one cache (and its size bound) per directory
         engine.memory_limit = self.memory_limit
@@ -270,6 +275,8 @@ class Engine:
         for key, value in set_options(statement).items():
             if key.lower() == READ_ON_DAMAGE:
                 self.skip_damaged = on_damage(value) == "skip"
+            elif key.lower() == ISOLATION_LEVEL:
+                self.isolation = isolation_level(value)
             elif key.lower() == MEMORY_LIMIT:
                 self.memory_limit = parse_memory_limit(value)
             elif key.lower() == "parallelism":
@@ -281,8 +288,8 @@ class Engine:
             else:
                 raise ConfigError(
                     f"unknown setting {key!r} for bounded queries (known: {READ_ON_DAMAGE}, "
-                    f"{MEMORY_LIMIT}, parallelism, {READ_ICEBERG}); continuous query options"
-                    " are SET in the query's file"
+                    f"{ISOLATION_LEVEL}, {MEMORY_LIMIT}, parallelism, {READ_ICEBERG}); continuous"
+                    " query options are SET in the query's file"
                 )
         return status("SET")
 
@@ -720,6 +727,7 @@ class Engine:
             finish=finish,
             bounds=bounds,
             skip_damaged=self.skip_damaged,
+            isolation=self.isolation,
             fail_on_rejected=(
                 None if options.ignore_parse_errors else lambda row: parse_failure(name, row)
             ),
@@ -808,7 +816,12 @@ class Engine:
             # A materialized view is its output topic, read as a table: the latest record per
             # key, tombstones dropped (a windowed view's keys repeat per window: all stay).
             damaged: list[DamagedRangeError] = []
-            records = read_records(self.log, name, damaged=damaged if self.skip_damaged else None)
+            records = read_records(
+                self.log,
+                name,
+                damaged=damaged if self.skip_damaged else None,
+                isolation=self.isolation,
+            )
             stats.damaged.extend(damaged)
             _report_damage(name, damaged)
             rows = latest_per_key(records) if _updating(view) else np.arange(records.num_rows)
@@ -830,6 +843,7 @@ class Engine:
             columns,
             start_offsets=columnar.tail_starts if columnar else None,
             skip_damaged=self.skip_damaged,
+            isolation=self.isolation,
         )
         if source.rejected and not options.ignore_parse_errors:
             raise parse_failure(name, source.rejected[0])

@@ -38,6 +38,7 @@ import pyarrow.dataset as ds
 
 from streamhouse.errors import DamagedRangeError
 from streamhouse.log import Log
+from streamhouse.log.isolation import Isolation
 from streamhouse.log.metadata import SegmentRow
 from streamhouse.log.reader import ReadCounter
 from streamhouse.log.records import split_batches
@@ -74,6 +75,7 @@ class TopicScan:
         finish: Callable[[pa.Table], pa.Table] = lambda table: table,
         bounds: ScanBounds = NO_BOUNDS,
         skip_damaged: bool = False,
+        isolation: Isolation = Isolation.READ_COMMITTED,
         fail_on_rejected: Callable[[RejectedRow], Exception] | None = None,
         fragments: int = 2,
         cache: ColumnarCache | None = None,
@@ -110,6 +112,7 @@ class TopicScan:
             {p: max(bounds.start_offset, (start_offsets or {}).get(p, 0)) for p in parts},
             {p: bounds.end_offset for p in parts} if bounds.end_offset is not None else None,
             read=False,
+            isolation=isolation,
         )
         rows = [
             row
@@ -283,7 +286,7 @@ class TopicScan:
         with self._step() as open_:
             if not open_:
                 return
-            keys = {row: cache.key(row, self.value_schema) for row in group}
+            keys = {row: cache.key(row, self.value_schema, self._variant(row)) for row in group}
             tables = {row: cache.get(key) for row, key in keys.items()}
             missing = [row for row in group if tables[row] is None]
             runs = dict(self._runs(missing)) if missing else {}
@@ -321,6 +324,15 @@ class TopicScan:
                 yield from out
             if parts:
                 cache.put(keys[row], pa.concat_tables(parts))
+
+    def _variant(self, row: SegmentRow) -> str:
+        """The cache variant of ``row``'s run: "committed" when aborted transactions' batches
+        are left out of it (a run wholly below the last stable offset keeps what it has)."""
+        aborted = self._scan.aborted.get(row.partition, ())
+        overlaps = any(
+            first <= row.last_offset and last >= row.base_offset for _, first, last in aborted
+        )
+        return "committed" if overlaps else ""
 
     def _whole(self, row: SegmentRow) -> bool:
         """Whether the scan reads every record of ``row`` (its offsets do not cut it)."""

@@ -52,8 +52,10 @@ class ColumnarCache:
         self.damaged = 0
 
     @staticmethod
-    def key(row: SegmentRow, schema: pa.Schema | None) -> str:
-        """The file name of ``row``'s run parsed with ``schema`` (None: values as text)."""
+    def key(row: SegmentRow, schema: pa.Schema | None, variant: str = "") -> str:
+        """The file name of ``row``'s run parsed with ``schema`` (None: values as text);
+        ``variant`` tells apart decodings of one run that keep different records (its
+        aborted transactions left out, or not)."""
         text = "|".join(
             map(
                 str,
@@ -66,6 +68,7 @@ class ColumnarCache:
                     row.crc,
                     row.base_offset,
                     "text" if schema is None else schema.to_string(show_schema_metadata=False),
+                    *((variant,) if variant else ()),
                 ),
             )
         )

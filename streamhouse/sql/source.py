@@ -26,6 +26,7 @@ import pyarrow.json as pa_json
 
 from streamhouse.errors import DamagedRangeError
 from streamhouse.log import Log
+from streamhouse.log.isolation import Isolation, stable_ends
 from streamhouse.log.metadata import SegmentRow
 from streamhouse.log.records import DECODED_SCHEMA, VIEW_SCHEMA, JsonLines, decode_records
 from streamhouse.sql.json_guard import MAX_JSON_DEPTH, unreadable
@@ -74,15 +75,19 @@ def read_records(
     start_offsets: dict[int, int] | None = None,
     end_offsets: dict[int, int] | None = None,
     damaged: list[DamagedRangeError] | None = None,
+    isolation: Isolation = Isolation.READ_COMMITTED,
 ) -> pa.Table:
     """Every record of ``topic`` (optionally of some partitions and offset ranges), decoded.
 
     Columns: DECODED_SCHEMA plus ``partition`` (int32); rows by partition, then offset.
     The runs of all partitions are read (each object once) and decoded in one go. A damaged
     run raises its :class:`~streamhouse.errors.DamagedRangeError`, or, if ``damaged`` is a
-    list, is left out and its error appended there.
+    list, is left out and its error appended there. ``isolation``: see
+    :mod:`streamhouse.log.isolation`.
     """
-    scan = RunScan(log_, topic, partitions, start_offsets, end_offsets, damaged)
+    scan = RunScan(
+        log_, topic, partitions, start_offsets, end_offsets, damaged, isolation=isolation
+    )
     return scan.decode(scan.runs)[0]
 
 
@@ -95,6 +100,7 @@ def read_source(
     start_offsets: dict[int, int] | None = None,
     end_offsets: dict[int, int] | None = None,
     skip_damaged: bool = False,
+    isolation: Isolation = Isolation.READ_COMMITTED,
 ) -> SourceTable:
     """The rows of ``topic`` as a SQL source: its JSON values parsed, plus the metadata columns.
 
@@ -110,7 +116,9 @@ def read_source(
     """
     out = SourceTable(pa.table({}))
     damaged = out.damaged if skip_damaged else None
-    scan = RunScan(log_, topic, partitions, start_offsets, end_offsets, damaged)
+    scan = RunScan(
+        log_, topic, partitions, start_offsets, end_offsets, damaged, isolation=isolation
+    )
     decoded: list[tuple[pa.Table, list[JsonLines]]] = []  # waiting for the schema to be known
     parsing: deque[tuple[pa.Table, Future | tuple]] = deque()
     tables: list[pa.Table] = []
@@ -211,6 +219,7 @@ class RunScan:
         damaged: list[DamagedRangeError] | None = None,
         *,
         read: bool = True,
+        isolation: Isolation = Isolation.READ_COMMITTED,
     ) -> None:
         info = log_.topic(topic)
         parts = list(partitions) if partitions is not None else list(range(info.partitions))
@@ -225,6 +234,13 @@ class RunScan:
             for p in parts
         }
         self.ends = {p: (end_offsets or {}).get(p) for p in parts}
+        # read_committed: cut at the last stable offsets (see streamhouse.log.isolation); aborted transactions' batches are left out.
+        self.aborted: dict[int, list[tuple[int, int, int]]] = {}
+        if isolation is Isolation.READ_COMMITTED:
+            low = min(self.starts.values(), default=0)
+            stability = log_.metadata.transactions.topic_stability(topic, low)
+            self.ends = stable_ends(stability, self.ends)  # type: ignore[assignment]
+            self.aborted = stability.aborted
         # read=False: the caller reads the runs of the index rows it picks (read_runs)
         self.runs = log_.reader.scan(topic, parts, self.starts, self.ends, damaged) if read else []
 
@@ -255,8 +271,13 @@ class RunScan:
             return schema.empty_table(), []
         ranges = [(self.starts[row.partition], _end(self.ends[row.partition])) for row, _ in runs]
         # The run CRC-32C was checked on the way out of the store and every batch's at produce.
+        aborted = [self.aborted.get(row.partition, ()) for row, _ in runs] if self.aborted else None
         decoded = decode_records(
-            [view for _, view in runs], ranges, verify=False, json_lines=json_lines
+            [view for _, view in runs],
+            ranges,
+            verify=False,
+            json_lines=json_lines,
+            aborted=aborted,
         )
         partition = np.array([row.partition for row, _ in runs], np.int32)[decoded.source]
         table = decoded.table.append_column("partition", _chunked_like(partition, decoded.table))

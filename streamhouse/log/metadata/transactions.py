@@ -35,6 +35,7 @@ __all__ = [
     "MAX_EPOCH",
     "OpenPartition",
     "State",
+    "TopicStability",
     "TransactionState",
     "TransactionStore",
     "Verdict",
@@ -81,6 +82,18 @@ class OpenPartition:
     topic: str
     partition: int
     first_offset: int
+
+
+@dataclass(frozen=True, slots=True)
+class TopicStability:
+    """What transactions hide of a topic's partitions from a read_committed reader, read in one
+    snapshot: ``high_watermarks[p]``; ``open_from[p]``, the first offset of p's oldest open transaction (its last stable offset;
+    absent: none is open), and ``aborted[p]``, its aborted transactions as (producer id,
+    first offset, offset of the ABORT marker), by first offset."""
+
+    high_watermarks: dict[int, int]
+    open_from: dict[int, int]
+    aborted: dict[int, list[tuple[int, int, int]]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,6 +176,16 @@ STABILITY = (
 )
 """:data:`LAST_STABLE` (the row with producer id -1) and :data:`ABORTED_BETWEEN` in one
 statement: what a read_committed fetch asks of each partition."""
+TOPIC_STABILITY = (
+    "SELECT partition_id, -2, high_watermark, 0 FROM partitions WHERE topic = ?"
+    " UNION ALL SELECT partition_id, -1, min(first_offset), 0 FROM transaction_partitions"
+    " WHERE topic = ? GROUP BY partition_id"
+    " UNION ALL SELECT partition_id, producer_id, first_offset, last_offset"
+    " FROM aborted_transactions WHERE topic = ? AND last_offset >= ?"
+)
+"""Every partition of a topic at once, in one snapshot: its high watermark (rows with
+producer id -2), the first offset of its oldest open transaction (-1), and its aborted transactions ending at or after an offset (producer id,
+first offset, marker offset): what our own read_committed reads (SQL, ``consume``) ask."""
 FORGET_ABORTED = (
     "DELETE FROM aborted_transactions WHERE last_offset < (SELECT p.log_start_offset"
     " FROM partitions AS p WHERE p.topic = aborted_transactions.topic"
@@ -431,6 +454,29 @@ class TransactionStore:
         open_from = next((o for p, o in rows if p == -1), None)
         aborted = sorted((int(p), int(o)) for p, o in rows if p != -1)
         return (None if open_from is None else int(open_from)), aborted
+
+    def topic_stability(self, topic: str, from_offset: int = 0) -> TopicStability:
+        """:data:`TOPIC_STABILITY`: every partition's oldest open transaction and its aborted
+        transactions whose markers are at or after ``from_offset``; one statement."""
+        with self._reader(f"read the transactions of {topic}") as conn:
+            rows = conn.execute(
+                self._sql(TOPIC_STABILITY), (topic, topic, topic, from_offset)
+            ).fetchall()
+        high: dict[int, int] = {}
+        open_from: dict[int, int] = {}
+        aborted: dict[int, list[tuple[int, int, int]]] = {}
+        for partition, producer, first, last in rows:
+            if producer == -2:
+                high[int(partition)] = int(first)
+            elif producer == -1:
+                if first is not None:
+                    open_from[int(partition)] = int(first)
+            else:
+                aborted.setdefault(int(partition), []).append(
+                    (int(producer), int(first), int(last))
+                )
+        aborted = {p: sorted(a, key=lambda t: t[1]) for p, a in aborted.items()}
+        return TopicStability(high, open_from, aborted)
 
     def aborted(
         self, topic: str, partition: int, from_offset: int, to_offset: int

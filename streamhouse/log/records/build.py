@@ -94,8 +94,10 @@ def build_batch(
     producer_id: int = -1,
     producer_epoch: int = -1,
     base_sequence: int = -1,
+    flags: int = 0,
 ) -> bytes:
-    """One RecordBatch v2 holding the records, offsets ``base_offset`` onwards.
+    """One RecordBatch v2 holding the records, offsets ``base_offset`` onwards (``flags``:
+    attribute bits beside the codec, as :func:`frame_batch`).
 
     ``values`` and ``keys`` may be Arrow binary or string arrays (taken as they are, without a
     round trip through Python objects). ``timestamps`` are ms since the epoch (default: now,
@@ -127,6 +129,7 @@ def build_batch(
         producer_id,
         producer_epoch,
         base_sequence,
+        flags=flags,
     )
 
 

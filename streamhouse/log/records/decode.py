@@ -465,6 +465,17 @@ class DecodedRecords:
 _ALL = (0, (1 << 63) - 1)
 
 
+def _aborted(header: BatchHeader, aborted: Sequence[tuple[int, int, int]]) -> bool:
+    """Whether the batch belongs to one of the ``aborted`` transactions of its partition."""
+    if not header.is_transactional:
+        return False
+    offset = header.base_offset
+    return any(
+        producer == header.producer_id and first <= offset <= last
+        for producer, first, last in aborted
+    )
+
+
 def decode_batches(
     data: bytes | memoryview | Sequence[bytes | memoryview],
     *,
@@ -488,9 +499,14 @@ def decode_records(
     *,
     verify: bool = True,
     json_lines: bool = False,
+    aborted: Sequence[Sequence[tuple[int, int, int]]] | None = None,
 ) -> DecodedRecords:
     """The records of ``buffers`` (each holding whole batches) with offsets in ``ranges[i]``
     (``low <= offset < high``, per buffer), in order, and which buffer each came from.
+
+    ``aborted[i]`` lists the aborted transactions of buffer ``i``'s partition as (producer
+    id, first offset, marker offset): their batches are left out whole (a transactional batch
+    belongs to one transaction), so a record is never looked at on its own.
 
     With ``json_lines``, values are not copied out: the ``value`` column holds views of the
     decoded bytes (:data:`VIEW_SCHEMA`), and the bytes between values are blanked so that
@@ -510,6 +526,8 @@ def decode_records(
             if header.is_control or header.record_count <= 0:
                 continue
             if header.last_offset < low or header.base_offset >= high:
+                continue
+            if aborted is not None and aborted[index] and _aborted(header, aborted[index]):
                 continue
             region = _Region(header, view[start + BATCH_OVERHEAD : end], index, low, high)
             regions.append(region)
