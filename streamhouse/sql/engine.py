@@ -223,11 +223,13 @@ class Engine:
         """The continuous plan (stateless parts, stateful operators and their state layout),
         and for a query the bounded plan DataFusion would run."""
         from streamhouse.sql.inline import catalog_views, inline
+        from streamhouse.sql.join_chain import catalog_stream_columns, chain_stars
         from streamhouse.sql.plan import plan_query
 
         lines: list[str] = []
         try:
             continuous = inline(statement, catalog_views(self._resolve))
+            continuous = chain_stars(continuous, catalog_stream_columns(self._resolve))
             plan = plan_query(continuous)
             if self.parallelism > 1:
                 from streamhouse.runtime.parallel import explain_parallel
