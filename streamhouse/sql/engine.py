@@ -64,6 +64,7 @@ from streamhouse.sql.execute import (
 )
 from streamhouse.sql.functions import functions, to_datafusion
 from streamhouse.sql.hints import SourceOptions, check_hints, source_options
+from streamhouse.sql.join_chain import catalog_stream_columns, chain_stars
 from streamhouse.sql.joins import plan_temporal_join
 from streamhouse.sql.memory import default_memory_limit, parse_memory_limit
 from streamhouse.sql.nodes import TemporalJoin
@@ -223,7 +224,6 @@ class Engine:
         """The continuous plan (stateless parts, stateful operators and their state layout),
         and for a query the bounded plan DataFusion would run."""
         from streamhouse.sql.inline import catalog_views, inline
-        from streamhouse.sql.join_chain import catalog_stream_columns, chain_stars
         from streamhouse.sql.plan import plan_query
 
         lines: list[str] = []
@@ -773,7 +773,8 @@ class Engine:
             records = read_records(self.log, name, damaged=damaged if self.skip_damaged else None)
             stats.damaged.extend(damaged)
             _report_damage(name, damaged)
-            rows = latest_per_key(records) if _updating(view) else np.arange(records.num_rows)
+            updating = _updating(chain_stars(view, catalog_stream_columns(self._resolve)))
+            rows = latest_per_key(records) if updating else np.arange(records.num_rows)
             records = records.take(pa.array(rows))
             stats.rows_read += records.num_rows
             schema = infer_schema(records["value"])
