@@ -19,6 +19,7 @@ from join_cases import (
     duck,
     latest_records,
     produce,
+    rows_of,
     stream_ddl,
     tombstones,
 )
@@ -91,8 +92,9 @@ def test_a_stream_joined_to_an_aggregate_is_keyed_by_both_rows(sh: StreamHouse) 
             "SELECT * FROM (SELECT k, COUNT(*) FROM a GROUP BY k) AS c JOIN b ON c.k = b.k",
             "name the columns it outputs",
         ),
-        (
-            f"SELECT * FROM {COUNTS} AS c JOIN b ON c.k = b.k JOIN a ON a.k = b.k",
+        (  # three inputs: a stream's * is its declared columns, but what is COUNT(*)'s name?
+            "SELECT * FROM (SELECT k, COUNT(*) FROM a GROUP BY k) AS c JOIN b ON c.k = b.k"
+            " JOIN a ON a.k = b.k",
             "over three or more joined inputs: name the columns",
         ),
         (
@@ -184,3 +186,25 @@ def test_three_inputs_explain_as_a_chain_of_changelog_joins(sh: StreamHouse) -> 
     assert 'AS "__chain"' in text and '"__chain"."b__k"' in text
     assert text.count("changelog: upsert by (left row key, right row key)") == 2
     assert text.count("state: column family 'sessions', key b'cjoin_l'") == 2
+
+
+def test_a_materialized_view_of_a_star_over_three_inputs_reads_as_its_latest_rows(
+    sh: StreamHouse,
+) -> None:
+    """``SELECT *`` over a count joined to two streams is updating once its stars are spelled
+    out from the streams' definitions, so reading the view gives the latest row per key (each
+    with the final count), named as DuckDB names them (k, k_1, k_2, t_1)."""
+    sql = f"SELECT * FROM {COUNTS} AS x JOIN a ON x.k = a.k JOIN b ON a.k = b.k"
+    a = [("x", T0, 1), ("x", T0 + 1_000, 2), ("y", T0 + 2_000, 3)]
+    b = [("x", T0, 3), ("y", T0 + 1_000, 4)]
+    produce(sh, "a", a)
+    produce(sh, "b", b)
+    drive(sh, f"CREATE MATERIALIZED VIEW mv AS {sql}", Schedule((1, 2), frozenset({2})))
+    got = sh.sql("SELECT * FROM mv").to_arrow_table()
+    columns = ("k", "n", "k_1", "t", "v", "k_2", "t_1", "w")
+    assert tuple(got.column_names) == columns
+    named = "x.k, x.n, a.k AS k_1, a.t, a.v, b.k AS k_2, b.t AS t_1, b.w"
+    want = duck(sql.replace("SELECT *", f"SELECT {named}", 1), {"a": a, "b": b})
+    assert len(want) == 3
+    times = ("t", "t_1")
+    assert rows_of(got.to_pylist(), columns, times) == rows_of(want, columns, times)

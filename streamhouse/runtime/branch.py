@@ -96,8 +96,10 @@ class Branch:
         input's: that of the input it keeps the time attribute of)."""
         derived = self.plan.derived.get(name)
         if isinstance(derived, UnionAll) and derived.time_column is not None:
-            columns = {self.time_column(i) for i in derived.inputs}  # one for every input
-            return columns.pop() if len(columns) == 1 else None
+            # each input passes its stream's time attribute on (Stateless.time_column)
+            passed = [getattr(self.plan.derived[i], "time_column", None) for i in derived.inputs]
+            attributes = [self.time_column(i) for i in derived.inputs]
+            return derived.time_column if passed == attributes else None
         if derived is not None:
             return self.time_column(derived.time_source) if derived.time_source else None
         source = self.query.sources.get(name)

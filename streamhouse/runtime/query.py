@@ -54,6 +54,7 @@ from streamhouse.sql.engine import hide_metadata, parse_failure, referenced_colu
 from streamhouse.sql.execute import run_sql
 from streamhouse.sql.hints import SourceOptions, source_options
 from streamhouse.sql.inline import catalog_views, inline
+from streamhouse.sql.join_chain import catalog_stream_columns, chain_stars
 from streamhouse.sql.lookup import is_lookup_table
 from streamhouse.sql.parse import DIALECT, node_position, parse
 from streamhouse.sql.plan import ContinuousPlan
@@ -106,14 +107,14 @@ class ContinuousQuery:
         self.fence = fence  # the lease every write of the query is fenced by (serve agents)
         self.options = options or QueryOptions()
         # views and CTEs inlined, filtering subqueries merged: the query over the streams
-        views = catalog_views(resolve)
+        views, columns = catalog_views(resolve), catalog_stream_columns(resolve)
         if isinstance(statement, StatementSet):
-            inserts = [inline(insert, views) for insert in statement.inserts]
+            inserts = [chain_stars(inline(insert, views), columns) for insert in statement.inserts]
             self.definition = StatementSet(tuple(inserts), statement.line, statement.column).sql()
             self.branches = [Branch(self, s, f"set{i}/".encode()) for i, s in enumerate(inserts)]
             _check_sinks(self.branches)
         else:
-            statement = inline(statement, views)
+            statement = chain_stars(inline(statement, views), columns)
             self.definition = statement.sql(dialect=DIALECT)
             self.branches = [Branch(self, statement, b"")]
         self.statement = self.branches[0].statement

@@ -67,6 +67,7 @@ from streamhouse.sql.execute import (
 )
 from streamhouse.sql.functions import functions, to_datafusion
 from streamhouse.sql.hints import SourceOptions, check_hints, source_options
+from streamhouse.sql.join_chain import catalog_stream_columns, chain_stars
 from streamhouse.sql.joins import plan_temporal_join
 from streamhouse.sql.lookup import is_lookup_table, lookup_join_of, lookup_options
 from streamhouse.sql.memory import default_memory_limit, parse_memory_limit
@@ -234,6 +235,7 @@ class Engine:
         lines: list[str] = []
         try:
             continuous = inline(statement, catalog_views(self._resolve))
+            continuous = chain_stars(continuous, catalog_stream_columns(self._resolve))
             plan = plan_query(continuous)
             if self.parallelism > 1:
                 from streamhouse.runtime.parallel import explain_parallel
@@ -824,7 +826,8 @@ class Engine:
             )
             stats.damaged.extend(damaged)
             _report_damage(name, damaged)
-            rows = latest_per_key(records) if _updating(view) else np.arange(records.num_rows)
+            updating = _updating(chain_stars(view, catalog_stream_columns(self._resolve)))
+            rows = latest_per_key(records) if updating else np.arange(records.num_rows)
             records = records.take(pa.array(rows))
             stats.rows_read += records.num_rows
             schema = infer_schema(records["value"])

@@ -15,9 +15,16 @@ input updates, as Flink chains its joins). The query's WHERE stays over the whol
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from sqlglot import exp
 
-from streamhouse.sql.parse import sql_error
+from streamhouse.sql.changelog_join import output_names, spelled_out_stars
+from streamhouse.sql.ddl import stream_definition
+from streamhouse.sql.parse import parse, sql_error
+
+StreamColumns = Callable[[str], list[str] | None]
+"""The columns ``*`` reads of a stream, by name (declared order); None for anything else."""
 
 CHAIN = "__chain"
 """The alias of the nested join of all inputs but the last."""
@@ -87,3 +94,61 @@ def nested_joins(select: exp.Select) -> exp.Select:
         if part is not None:
             outer.set(key, part.transform(rename))
     return outer
+
+
+def catalog_stream_columns(resolve: Callable[[str], tuple[str, object] | None]) -> StreamColumns:
+    """The columns of the catalog's streams (``resolve`` is the engine's name lookup): the
+    declared ones, then the computed and metadata ones, as a stream's ``*`` reads them."""
+
+    def columns(name: str) -> list[str] | None:
+        resolved = resolve(name)
+        if resolved is None or resolved[0] not in ("stream", "table"):
+            return None
+        sql = getattr(resolved[1], "sql", None)
+        if not isinstance(sql, str):
+            return None
+        definition = stream_definition(parse(sql)[0])
+        extra = [c.name for c in definition.columns if c.expression or c.metadata]
+        return [*definition.schema().names, *extra]
+
+    return columns
+
+
+def chain_stars(query: exp.Expr, columns: StreamColumns) -> exp.Expr:
+    """``query`` with each ``*`` and ``alias.*`` of a join of three or more inputs spelled out
+    as ``alias.column`` (a stream's columns from ``columns``, a subquery's from its SELECT list),
+    so the join can be nested by name; a repeated name comes out as ``k_1``, as over two inputs.
+    A star over an input whose columns are not known stays (and is refused).
+
+    >>> from streamhouse.sql.parse import parse_one
+    >>> chain_stars(parse_one("SELECT * FROM (SELECT k, COUNT(*) AS n FROM y GROUP BY k) AS c"
+    ...     " JOIN x ON c.k = x.k JOIN z ON x.k = z.k"), lambda name: ["k", name]).sql()
+    'SELECT c.k, c.n, x.k, x.x, z.k, z.z FROM (SELECT k, COUNT(*) AS n FROM y GROUP BY k) AS c JOIN x ON c.k = x.k JOIN z ON x.k = z.k'
+    """
+    query = query.copy()
+    for select in reversed(list(query.find_all(exp.Select))):  # inner stars first
+        joins = select.args.get("joins") or []
+        if len(joins) < 2 or not any(_is_star(p) for p in select.expressions):
+            continue
+        outputs: dict[str, list[str] | None] = {}
+        for side in [select.args["from_"], *joins]:
+            source = side.this
+            if isinstance(source, exp.Table) and not isinstance(source.this, exp.Func):
+                names = columns(source.name)
+            elif isinstance(source, exp.Subquery) and isinstance(source.this, exp.Select):
+                names = output_names(source.this)
+            else:
+                names = None
+            if names is not None:
+                outputs[source.alias_or_name] = names
+        spelled = spelled_out_stars(select, outputs)
+        if select is query:
+            return spelled
+        select.replace(spelled)
+    return query
+
+
+def _is_star(projection: exp.Expr) -> bool:
+    return isinstance(projection, exp.Star) or (
+        isinstance(projection, exp.Column) and isinstance(projection.this, exp.Star)
+    )

@@ -35,7 +35,7 @@ class Stateless(PlanNode):
     source: str
     sql: str
     metadata: bool = False  # reads every metadata column (an input of a window over a union)
-    time_column: str | None = None  # passes the source's time attribute on as it is (OVER)
+    time_column: str | None = None  # the source's time attribute, passed on as it is (OVER)
 
     @property
     def keeps_metadata(self) -> bool:
@@ -361,7 +361,8 @@ class UnionAll(PlanNode):
     # an input updates: every row is keyed by its input and its key there (append-only
     # inputs' rows by a sequence number), and each input's retractions are passed on
     keyed: bool = False
-    # every input passes its stream's time attribute on as this column (the input of an OVER)
+    # every input passes its stream's time attribute on at the position of this column (the
+    # input of an OVER), whatever the input names it there
     time_column: str | None = None
 
     @property

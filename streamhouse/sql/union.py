@@ -140,7 +140,8 @@ def plan_over_union(
 ) -> OverAggregate | None:
     """An OVER aggregation over ``(q1 UNION ALL q2 ...)``, if ``select`` is one: the union a
     derived input whose inputs filter and project streams, each passing its stream's time
-    attribute on as it is under the name the OVER orders by."""
+    attribute on as it is: the union names it as its first input does (``t``, or ``t AS ts``),
+    each other input passing its own stream's time column at that position, under any name."""
     sub = _union_source(select)
     window = select.find(exp.Window)
     if window is None or sub is None:
@@ -151,17 +152,19 @@ def plan_over_union(
         return None
     time_column = keys[0].this.name
     branches = [b.copy() for b in union_branches(sub.this)]
-    for body in _time_items(branches, time_column, sub):
-        if not isinstance(body, exp.Column) or body.name != time_column:
+    passed = _time_items(branches, time_column, sub)
+    for body in passed:
+        if not isinstance(body, exp.Column):
             raise sql_error(
-                f"an input of the UNION ALL does not pass {time_column!r} on as it is, so it"
-                " is not a time attribute: pass each stream's time column on as it is, under"
-                " one name",
+                f"an input of the UNION ALL computes {time_column!r}"
+                f" ({body.sql(dialect='postgres')}), so it is not a time attribute: pass each"
+                " stream's time column on as it is, at the same position",
                 body,
             )
     union = _union_of(branches, derived, plan_select)
-    for name, op in _stateless_inputs(union, derived, "an OVER aggregation over a UNION ALL", sub):
-        derived[name] = replace(op, time_column=time_column)
+    inputs = _stateless_inputs(union, derived, "an OVER aggregation over a UNION ALL", sub)
+    for (name, op), body in zip(inputs, passed, strict=True):
+        derived[name] = replace(op, time_column=body.name)  # the stream's column it passes
     name = f"__derived_{len(derived)}"
     derived[name] = UnionAll(union.inputs, union.columns, time_column=time_column)
     table = exp.to_table(name).as_(sub.alias or name)
