@@ -27,6 +27,7 @@ from join_cases import (
     T0,
     Event,
     Schedule,
+    drive,
     duck,
     events,
     first_per_key_and_time,
@@ -316,6 +317,43 @@ def test_temporal_join_equals_the_batch_answer(tmp_path_factory: pytest.TempPath
             check(root, case, primary_key=True)
 
     run()
+
+
+@pytest.mark.parametrize(
+    ("items", "names", "times"),
+    [
+        ("*", ["k", "t", "v", "k", "t", "w"], [T0 + 5 * SECOND, T0]),
+        ("a.*, b.w", ["k", "t", "v", "w"], [T0 + 5 * SECOND]),
+        ("b.*, a.v", ["k", "t", "w", "v"], [T0]),
+    ],
+)
+def test_star_over_a_temporal_join_is_the_declared_columns(
+    tmp_path: Path, items: str, names: list[str], times: list[int]
+) -> None:
+    """As in Flink, ``*`` lists the declared columns of both sides and nothing the join adds
+    (its row numbers), bounded and continuously."""
+    sql = f"SELECT {items} FROM a JOIN b FOR SYSTEM_TIME AS OF a.t ON a.k = b.k"
+    a, b = [("x", T0 + 5 * SECOND, 1), ("y", T0 + 6 * SECOND, 2)], [("x", T0, 10)]
+    want = {"k": "x", "v": 1, "w": 10}
+    with streamhouse.connect(tmp_path, linger_ms=1) as sh:
+        sh.sql(stream_ddl("a", 0))
+        sh.sql(stream_ddl("b", 0, primary_key=True))
+        produce(sh, "b", b)
+        produce(sh, "a", a)
+        bounded = sh.sql(sql).to_arrow_table()
+        assert bounded.column_names == names and bounded.num_rows == 1
+        row = [column[0] for column in bounded.columns]
+        assert [v.as_py() for n, v in zip(names, row, strict=True) if n in want] == [
+            want[n] for n in names if n in want
+        ]
+        assert [
+            v.cast(pa.int64()).as_py() for n, v in zip(names, row, strict=True) if n == "t"
+        ] == times
+        _, status = drive(sh, f"INSERT INTO out {sql}", Schedule((1,), frozenset({1})))
+        assert status["late_rows"] == 0
+        (record,) = topic_records(sh, "out")
+    assert [name.removesuffix("_1") for name in record] == names
+    assert {n: record[n] for n in record if n in want} == want
 
 
 # -- state is evicted by the watermark ---------------------------------------------------------

@@ -71,7 +71,7 @@ from streamhouse.sql.join_chain import catalog_stream_columns, chain_stars
 from streamhouse.sql.joins import plan_temporal_join
 from streamhouse.sql.lookup import is_lookup_table, lookup_join_of, lookup_options
 from streamhouse.sql.memory import default_memory_limit, parse_memory_limit
-from streamhouse.sql.nodes import ROW, TemporalJoin
+from streamhouse.sql.nodes import TemporalJoin
 from streamhouse.sql.parse import DIALECT, nesting_guard, node_position, parse, sql_error
 from streamhouse.sql.plan import source_tables
 from streamhouse.sql.projection import declared_stars, distinct_outputs, star_query
@@ -90,6 +90,7 @@ from streamhouse.sql.source import (
     with_metadata,
 )
 from streamhouse.sql.statement_set import StatementSet, parse_with_sets
+from streamhouse.sql.unnest import refuse_row_elements
 from streamhouse.sql.window_spec import take_out_windows
 from streamhouse.windows.table import window_table
 from streamhouse.workers import worker
@@ -618,6 +619,7 @@ class Engine:
             table = hide_metadata(table, named)
             schemas[name] = table.schema
             register(ctx, name, table)
+        refuse_row_elements(query, {f.name: f.type for s in schemas.values() for f in s})
         if named & METADATA_COLUMNS:
             query = declared_stars(query, schemas, METADATA_COLUMNS)
         return ctx, query, scans
@@ -685,12 +687,11 @@ class Engine:
         finally:
             join.source.close()
         left, right = temporal_inputs(probes, rows, pc.fill_null(at, -1).to_numpy())
-        out = run_sql(
+        return run_sql(
             plan.sql,
             {"__left": hide_metadata(left, named), "__right": hide_metadata(right, named)},
             ordered=False,
         )
-        return out.select([i for i, n in enumerate(out.column_names) if n != ROW])  # SELECT *
 
     def source_scan(
         self,

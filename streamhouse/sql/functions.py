@@ -199,9 +199,11 @@ _DATE_PART_NAMES = {"HOUR": "hour", "MINUTE": "minute", "SECOND": "second", "DAY
 
 
 class DataFusionSQL(Postgres):
-    """Postgres as DataFusion reads it: ``TRY_CAST`` and ``IGNORE NULLS`` are kept."""
+    """Postgres as DataFusion reads it: ``TRY_CAST``, ``IGNORE NULLS`` and ``* EXCLUDE (c)``
+    are kept."""
 
     class Generator(PostgresGenerator):
+        STAR_EXCEPT = "EXCLUDE"
         TRANSFORMS: ClassVar = {
             **PostgresGenerator.TRANSFORMS,
             exp.TryCast: lambda self, e: f"TRY_CAST({self.sql(e, 'this')} AS {self.sql(e, 'to')})",

@@ -65,9 +65,26 @@ def plan_temporal_join(select: exp.Select) -> TemporalJoin | None:
     )
     on = new_join.args.get("on")
     new_join.set("on", exp.and_(row, on) if on is not None else row)
+    _hide_row(rewritten, left_alias, right_alias)
     return TemporalJoin(
         left.name, right.name, to_datafusion(rewritten), at.name, probe_keys, version_keys
     )
+
+
+def _hide_row(select: exp.Select, left_alias: str, right_alias: str) -> None:
+    """``*`` and ``x.*`` in ``select`` without the ``ROW`` column the join matches on: as in
+    Flink, ``*`` is the declared columns of both sides."""
+    items: list[exp.Expr] = []
+    for item in select.expressions:
+        if isinstance(item, exp.Star):
+            items += [exp.Column(this=exp.Star(), table=exp.to_identifier(a))
+                      for a in (left_alias, right_alias)]  # fmt: skip
+        else:
+            items.append(item)
+    for item in items:
+        if isinstance(item, exp.Column) and isinstance(item.this, exp.Star):
+            item.this.set("except_", [exp.column(ROW)])
+    select.set("expressions", items)
 
 
 def plan_join(

@@ -18,15 +18,21 @@ time attribute passes through.
 Refused, each by name at its position: an unnest after another join, an ``ON`` condition other
 than ``TRUE``, the expansion of ``ARRAY<ROW>`` elements into several columns, ``LATERAL``
 subqueries and ``LATERAL TABLE`` over any other function (Flink's user-defined table functions).
+An array column whose elements are ROWs is refused whatever the alias list
+(:func:`refuse_row_elements`, once the column's type is known): Flink expands each element's
+fields into columns, and one struct column in their place would be a wrong-typed answer.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
+import pyarrow as pa
 from sqlglot import exp
 
 from streamhouse.sql.parse import sql_error
 
-__all__ = ["is_unnest_join", "unnest_joins"]
+__all__ = ["is_unnest_join", "refuse_row_elements", "unnest_joins"]
 
 
 def _unnest_of(join: exp.Join) -> tuple[exp.Unnest | None, exp.TableAlias | None]:
@@ -59,6 +65,38 @@ def _unnest_of(join: exp.Join) -> tuple[exp.Unnest | None, exp.TableAlias | None
 def is_unnest_join(join: exp.Join) -> bool:
     """Whether ``join`` is a lateral ``UNNEST`` (refusing any other lateral join)."""
     return _unnest_of(join)[0] is not None
+
+
+def refuse_row_elements(query: exp.Expr, columns: Mapping[str, pa.DataType]) -> None:
+    """Refuse, at its position, an UNNEST of an array column (``columns``: name -> Arrow type)
+    whose elements are ROWs.
+
+    >>> from streamhouse.sql.parse import parse_one
+    >>> items = pa.list_(pa.struct([("name", pa.string())]))
+    >>> query = parse_one("SELECT n FROM s CROSS JOIN UNNEST(items) AS t (n)")
+    >>> refuse_row_elements(query, {"items": items})  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    streamhouse.errors.SqlError: UNNEST of 'items', an ARRAY<ROW<name>>, is not supported: ...
+    """
+    for select in query.find_all(exp.Select):
+        for join in select.args.get("joins") or []:
+            unnest = _unnest_of(join)[0]
+            array = unnest.expressions[0] if unnest is not None and unnest.expressions else None
+            if not isinstance(array, exp.Column):
+                continue
+            kind = columns.get(array.name)
+            if kind is None or not pa.types.is_list(kind) and not pa.types.is_large_list(kind):
+                continue
+            element = kind.value_type
+            if pa.types.is_struct(element):
+                fields = ", ".join(element.field(i).name for i in range(element.num_fields))
+                raise sql_error(
+                    f"UNNEST of {array.name!r}, an ARRAY<ROW<{fields}>>, is not supported: Flink"
+                    f" expands the fields of each ROW into columns (AS t ({fields})); StreamHouse"
+                    " unnests arrays of scalars only",
+                    unnest,
+                )
 
 
 def _outer(join: exp.Join) -> bool:
