@@ -273,11 +273,7 @@ class StreamJoining(_Stateful[nodes.StreamJoin]):
     def __init__(self, node: nodes.StreamJoin, state: StateView, context: QueryContext) -> None:
         super().__init__(node, state, context)
         left_time, right_time = context.time_column(node.left), context.time_column(node.right)
-        bound = evictable_bound(
-            list(node.candidates or ([node.bound] if node.bound else [])), left_time, right_time
-        )
-        if bound is not None:
-            left_time, right_time = bound.left_column, bound.right_column
+        bound = evictable_bound(list(node.candidates), left_time, right_time)
         ttl = context.options.state_ttl_ms or None
         self.executor = StreamJoin(node.sql, state, left_time, right_time, bound, ttl, node.outer)
 

@@ -735,7 +735,7 @@ class ContinuousQuery:
         }
 
     def explain(self) -> str:
-        return "\n".join(b.plan.explain() for b in self.branches)
+        return "\n".join(b.plan.explain(b.stream_time) for b in self.branches)
 
 
 def _check_sinks(branches: list[Branch]) -> None:

@@ -67,7 +67,7 @@ from streamhouse.sql.execute import (
 )
 from streamhouse.sql.functions import functions, to_datafusion
 from streamhouse.sql.hints import SourceOptions, check_hints, source_options
-from streamhouse.sql.join_chain import catalog_stream_columns, chain_stars
+from streamhouse.sql.join_chain import catalog_stream_columns, catalog_stream_time, chain_stars
 from streamhouse.sql.joins import plan_temporal_join
 from streamhouse.sql.lookup import is_lookup_table, lookup_join_of, lookup_options
 from streamhouse.sql.memory import default_memory_limit, parse_memory_limit
@@ -237,12 +237,13 @@ class Engine:
             continuous = inline(statement, catalog_views(self._resolve))
             continuous = chain_stars(continuous, catalog_stream_columns(self._resolve))
             plan = plan_query(continuous)
+            stream_time = catalog_stream_time(self._resolve)
             if self.parallelism > 1:
                 from streamhouse.runtime.parallel import explain_parallel
 
-                explained = explain_parallel(plan, self.parallelism, "<query>")
+                explained = explain_parallel(plan, self.parallelism, "<query>", stream_time)
             else:
-                explained = plan.explain()
+                explained = plan.explain(stream_time)
             lines += ["continuous plan:", *("  " + x for x in explained.splitlines())]
         except SqlError as exc:
             lines += [f"continuous plan: not possible: {exc}"]
