@@ -95,6 +95,10 @@ class Branch:
         input's: that of the input it keeps the time attribute of)."""
         return self.plan.time_attribute(name, self.stream_time)
 
+    def missing_time_attribute(self, name: str) -> str:
+        """Why source ``name`` has no time attribute, and what to write instead."""
+        return self.plan.missing_time_attribute(name, self.stream_time)
+
     def stream_time(self, name: str) -> str | None:
         """The time attribute of stream or topic ``name`` the query reads, if it has one."""
         source = self.query.sources.get(name)

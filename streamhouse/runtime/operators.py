@@ -546,7 +546,7 @@ def _check_time_attribute(node: nodes.TimeSort | OverAggregate, context: QueryCo
     reason = (
         f"the time attribute of {node.source!r} is {time_column!r}"
         if time_column is not None
-        else f"{node.source!r} has no time attribute (declare a WATERMARK)"
+        else context.missing_time_attribute(node.source)
     )
     instead = (
         f"; write ORDER BY {time_column or '<time attribute>'}, {node.time_column} to sort by"

@@ -120,6 +120,32 @@ class ContinuousPlan:
             return self.time_attribute(source, stream_time) if source else None
         return stream_time(name)
 
+    def missing_time_attribute(self, name: str, stream_time: StreamTime) -> str:
+        """Why input ``name`` has no time attribute, and what to write: for a UNION ALL, the
+        first input (by position and stream) that passes another column at the time position."""
+        union = self.derived.get(name)
+        if isinstance(union, UnionAll) and union.time_column is not None:
+            for position, branch in enumerate(union.inputs, 1):
+                op = self.derived[branch]
+                passed = getattr(op, "time_column", None)
+                stream = getattr(op, "source", branch)
+                attribute = self.time_attribute(branch, stream_time)
+                if passed == attribute:
+                    continue
+                if attribute is None:
+                    attribute = stream_time(stream)
+                where = f"input {position} of the UNION ALL (stream {stream!r}) passes {passed!r}"
+                if attribute is None:
+                    return (
+                        f"{where}, and {stream!r} has no time attribute: declare a WATERMARK"
+                        f" on {stream!r}, or leave it out of the union"
+                    )
+                return (
+                    f"{where}, not its time attribute {attribute!r}: select {attribute} there"
+                    f" (as {union.time_column}), as it is"
+                )
+        return f"{name!r} has no time attribute (declare a WATERMARK)"
+
     def join_bound(self, join: StreamJoin, stream_time: StreamTime) -> TimeBound | None:
         """The bound ``join`` evicts state by: the one between its inputs' time attributes."""
         left, right = (self.time_attribute(n, stream_time) for n in (join.left, join.right))
