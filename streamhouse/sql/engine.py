@@ -203,10 +203,18 @@ class Engine:
         with nesting_guard(statement):
             rows = self.query(query).to_arrow_table()
         try:  # an updating query's records are keyed (upserts), as the continuous query's
-            keys = plan_query(statement).operator.key_columns
+            keys = plan_query(self._as_continuous(statement)).operator.key_columns
         except SqlError:
             keys = []
         return target.name, rows, list(keys)
+
+    def _as_continuous(self, statement: exp.Expr) -> exp.Expr:
+        """``statement`` as a continuous query plans it: the catalog's views inlined, the stars
+        of joins of three or more inputs spelled out (as :mod:`streamhouse.runtime.query`)."""
+        from streamhouse.sql.inline import catalog_views, inline
+
+        inlined = inline(statement, catalog_views(self._resolve))
+        return chain_stars(inlined, catalog_stream_columns(self._resolve))
 
     def _write(self, topic: str, rows: pa.Table, keys: list[str]) -> str:
         """Append ``rows`` to ``topic`` as the continuous INSERT's sink does (JSON records);
@@ -229,14 +237,11 @@ class Engine:
     def _explain(self, statement: exp.Expr) -> Relation:
         """The continuous plan (stateless parts, stateful operators and their state layout),
         and for a query the bounded plan DataFusion would run."""
-        from streamhouse.sql.inline import catalog_views, inline
         from streamhouse.sql.plan import plan_query
 
         lines: list[str] = []
         try:
-            continuous = inline(statement, catalog_views(self._resolve))
-            continuous = chain_stars(continuous, catalog_stream_columns(self._resolve))
-            plan = plan_query(continuous)
+            plan = plan_query(self._as_continuous(statement))
             stream_time = catalog_stream_time(self._resolve)
             if self.parallelism > 1:
                 from streamhouse.runtime.parallel import explain_parallel
