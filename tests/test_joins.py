@@ -540,6 +540,30 @@ def test_explain_shows_each_operators_state(sh: StreamHouse) -> None:
     assert "eviction: a window is emitted and deleted when the watermark passes its end" in window
 
 
+def test_explain_bounds_joins_by_time_attributes_only(sh: StreamHouse) -> None:
+    """A comparison of value columns is a filter, never the interval a join evicts by."""
+    sh.sql(stream_ddl("a", 2))
+    sh.sql(stream_ddl("b", 2))
+    values_first = explain(
+        sh, PAIR_SELECT + "a.v > b.w AND a.t BETWEEN b.t - INTERVAL '3' SECOND AND b.t"
+    )
+    assert "StreamJoin  interval: right.t - 3000ms <= left.t <= right.t + 0ms" in values_first
+    assert "left.v" not in values_first and "right.w" not in values_first
+
+    values_only = explain(sh, PAIR_SELECT + "a.v > b.w")
+    assert "StreamJoin  regular (its column comparisons are filters" in values_only
+    assert "eviction: none" in values_only
+
+    # three inputs: the chain's output keeps no time attribute, so a2.v > b.w bounds nothing
+    three = explain(
+        sh,
+        "SELECT a.k, a.v, b.w, a2.v AS v2 FROM a JOIN b ON a.k = b.k"
+        " JOIN a AS a2 ON b.k = a2.k AND a2.v > b.w",
+    )
+    assert "interval:" not in three and "b__w" in three
+    assert "StreamJoin  regular (its column comparisons are filters" in three
+
+
 # -- user-defined scalar functions -------------------------------------------------------------
 
 

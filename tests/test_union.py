@@ -165,3 +165,27 @@ def test_a_union_that_cannot_run_is_refused(tmp_path: Path, sql: str, message: s
         sh.sql(stream_ddl("b", 0))
         with pytest.raises(SqlError, match=message):
             sh.start(sql, name="q")
+
+
+def test_a_union_input_passing_another_timestamp_is_named(tmp_path: Path) -> None:
+    """An OVER over a UNION ALL whose second input passes a timestamp that is not its
+    stream's time attribute: the error names that input, its stream and what to select."""
+    with streamhouse.connect(tmp_path) as sh:
+        sh.sql(stream_ddl("a", 0))
+        sh.sql(
+            "CREATE STREAM c (k STRING, t TIMESTAMP(3), t2 TIMESTAMP(3), v BIGINT,"
+            " WATERMARK FOR t2 AS t2) WITH (topic = 'c', format = 'json', partitions = '1')"
+        )
+        sh.sql("CREATE STREAM d (k STRING, t TIMESTAMP(3)) WITH (topic = 'd', format = 'json')")
+        over = (
+            "SELECT k, COUNT(*) OVER (PARTITION BY k ORDER BY t ROWS BETWEEN 1 PRECEDING AND"
+            " CURRENT ROW) AS n FROM (SELECT k, t FROM a UNION ALL SELECT k, t FROM {})"
+        )
+        with pytest.raises(SqlError) as refused:
+            sh.start(over.format("c"), name="q1")
+        message = str(refused.value)
+        assert "input 2 of the UNION ALL (stream 'c') passes 't'" in message
+        assert "not its time attribute 't2': select t2 there (as t)" in message
+        assert "__derived" not in message
+        with pytest.raises(SqlError, match="'d' has no time attribute: declare a WATERMARK on"):
+            sh.start(over.format("d"), name="q2")

@@ -7,6 +7,7 @@ conformance corpus's (``join_*``, ``top*_over_*``, ``distinct_*`` in tests/fixtu
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -83,6 +84,31 @@ def test_a_stream_joined_to_an_aggregate_is_keyed_by_both_rows(sh: StreamHouse) 
     # the row of 7 again beside the new row of 8
     assert records.num_rows == 3
     assert sorted((r["w"], r["n"]) for r in latest_records(sh, "out")) == [(7, 2), (8, 2)]
+
+
+def test_a_bounded_insert_plans_its_keys_as_the_continuous_query(sh: StreamHouse) -> None:
+    """A bounded ``INSERT INTO ... SELECT`` is planned as the continuous one (views inlined,
+    the stars of three joined inputs spelled out): its records are the continuous query's
+    latest rows, keyed as its upserts are (a join keyed by its input rows' keys cannot be keyed
+    outside a running query: its records have none)."""
+    a = [("x", T0, 1), ("y", T0 + 1_000, 2), ("x", T0 + 2_000, 3)]
+    b = [("x", T0, 5), ("y", T0 + 3_000, 6)]
+    produce(sh, "a", a)
+    produce(sh, "b", b)
+    sh.sql("CREATE VIEW counts AS SELECT k, COUNT(*) AS n FROM a GROUP BY k")
+    sh.sql("CREATE VIEW totals AS SELECT k, SUM(w) AS total FROM b GROUP BY k")
+    over_views = "SELECT c.k, c.n, d.total FROM counts AS c JOIN totals AS d ON c.k = d.k"
+    star = f"SELECT * FROM {COUNTS} AS c JOIN b ON c.k = b.k JOIN a ON a.k = b.k"
+    for sql, topic in ((over_views, "views"), (star, "star")):
+        drive(sh, f"INSERT INTO {topic} {sql}", Schedule((1,), frozenset()), name=topic)
+        sh.sql(f"INSERT INTO bounded_{topic} {sql}")
+    assert sorted(sh.fetch("bounded_views")["key"].to_pylist()) == [b"x", b"y"]
+    assert sorted(map(str, latest_records(sh, "bounded_views"))) == sorted(
+        map(str, latest_records(sh, "views"))
+    )
+    bounded = [json.loads(v) for v in sh.fetch("bounded_star")["value"].to_pylist()]
+    assert sorted(map(str, bounded)) == sorted(map(str, latest_records(sh, "star")))
+    assert list(bounded[0]) == ["k", "n", "k_1", "t", "w", "k_2", "t_1", "v"]
 
 
 @pytest.mark.parametrize(

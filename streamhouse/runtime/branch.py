@@ -20,7 +20,6 @@ from streamhouse.runtime.operators import open_operator
 from streamhouse.runtime.options import QueryOptions
 from streamhouse.runtime.sink import TopicSink
 from streamhouse.sql.changelog import PlanNode
-from streamhouse.sql.nodes import UnionAll
 from streamhouse.sql.parse import node_position
 from streamhouse.sql.plan import ContinuousPlan, plan_query
 from streamhouse.sql.source import METADATA_FIELDS
@@ -94,14 +93,14 @@ class Branch:
     def time_column(self, name: str) -> str | None:
         """The time attribute (WATERMARK column) of source ``name``, if it has one (a derived
         input's: that of the input it keeps the time attribute of)."""
-        derived = self.plan.derived.get(name)
-        if isinstance(derived, UnionAll) and derived.time_column is not None:
-            # each input passes its stream's time attribute on (Stateless.time_column)
-            passed = [getattr(self.plan.derived[i], "time_column", None) for i in derived.inputs]
-            attributes = [self.time_column(i) for i in derived.inputs]
-            return derived.time_column if passed == attributes else None
-        if derived is not None:
-            return self.time_column(derived.time_source) if derived.time_source else None
+        return self.plan.time_attribute(name, self.stream_time)
+
+    def missing_time_attribute(self, name: str) -> str:
+        """Why source ``name`` has no time attribute, and what to write instead."""
+        return self.plan.missing_time_attribute(name, self.stream_time)
+
+    def stream_time(self, name: str) -> str | None:
+        """The time attribute of stream or topic ``name`` the query reads, if it has one."""
         source = self.query.sources.get(name)
         return source.time_column if source is not None else None
 

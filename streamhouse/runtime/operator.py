@@ -101,6 +101,10 @@ class QueryContext(Protocol):
         """The time attribute (WATERMARK column) of source ``name``, if it has one."""
         ...
 
+    def missing_time_attribute(self, name: str) -> str:
+        """Why source ``name`` has no time attribute, and what to write instead."""
+        ...
+
     def error(self, message: str, table_name: str) -> SqlError:
         """An error located at the query's reference to ``table_name``."""
         ...

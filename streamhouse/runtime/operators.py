@@ -273,11 +273,7 @@ class StreamJoining(_Stateful[nodes.StreamJoin]):
     def __init__(self, node: nodes.StreamJoin, state: StateView, context: QueryContext) -> None:
         super().__init__(node, state, context)
         left_time, right_time = context.time_column(node.left), context.time_column(node.right)
-        bound = evictable_bound(
-            list(node.candidates or ([node.bound] if node.bound else [])), left_time, right_time
-        )
-        if bound is not None:
-            left_time, right_time = bound.left_column, bound.right_column
+        bound = evictable_bound(list(node.candidates), left_time, right_time)
         ttl = context.options.state_ttl_ms or None
         self.executor = StreamJoin(node.sql, state, left_time, right_time, bound, ttl, node.outer)
 
@@ -550,7 +546,7 @@ def _check_time_attribute(node: nodes.TimeSort | OverAggregate, context: QueryCo
     reason = (
         f"the time attribute of {node.source!r} is {time_column!r}"
         if time_column is not None
-        else f"{node.source!r} has no time attribute (declare a WATERMARK)"
+        else context.missing_time_attribute(node.source)
     )
     instead = (
         f"; write ORDER BY {time_column or '<time attribute>'}, {node.time_column} to sort by"

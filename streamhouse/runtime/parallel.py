@@ -61,7 +61,7 @@ from streamhouse.runtime.task_state import check_parallelism, task_root
 from streamhouse.sql import nodes
 from streamhouse.sql.hints import SourceOptions
 from streamhouse.sql.nodes import FLOWS
-from streamhouse.sql.plan import ContinuousPlan, plan_query
+from streamhouse.sql.plan import ContinuousPlan, StreamTime, plan_query
 from streamhouse.sql.statement_set import StatementSet
 from streamhouse.sql.window_spec import WindowKind
 from streamhouse.state.store import StateBatch, StateStore, StateView
@@ -90,7 +90,9 @@ def _partials(operator: nodes.WindowAggregate) -> bool:
     return operator.window is not None and operator.window.kind != WindowKind.SESSION
 
 
-def explain_parallel(plan: ContinuousPlan, parallelism: int, name: str) -> str:
+def explain_parallel(
+    plan: ContinuousPlan, parallelism: int, name: str, stream_time: StreamTime | None = None
+) -> str:
     """``EXPLAIN`` of a query at ``parallelism``: the plan with its exchange and tasks."""
     routing = plan_routing(plan)
     lines = [f"Parallel  {parallelism} tasks (processes), sink partition i written by task i"]
@@ -127,7 +129,8 @@ def explain_parallel(plan: ContinuousPlan, parallelism: int, name: str) -> str:
             ),
             "    watermark: per task the minimum over the producing tasks' watermarks",
         ]
-    return "\n".join([*lines, *("  " + line for line in plan.explain().splitlines())])
+    explained = plan.explain(stream_time).splitlines()
+    return "\n".join([*lines, *("  " + line for line in explained)])
 
 
 class TaskQuery(ContinuousQuery):

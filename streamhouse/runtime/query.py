@@ -294,6 +294,10 @@ class ContinuousQuery:
         """The time attribute of source ``name`` (or of a derived input of the first statement)."""
         return self.branches[0].time_column(name)
 
+    def missing_time_attribute(self, name: str) -> str:
+        """Why source ``name`` has no time attribute, and what to write instead."""
+        return self.branches[0].missing_time_attribute(name)
+
     def _check_definition(self) -> None:
         """Refuse state checkpointed by another definition of the query.
 
@@ -735,7 +739,7 @@ class ContinuousQuery:
         }
 
     def explain(self) -> str:
-        return "\n".join(b.plan.explain() for b in self.branches)
+        return "\n".join(b.plan.explain(b.stream_time) for b in self.branches)
 
 
 def _check_sinks(branches: list[Branch]) -> None:

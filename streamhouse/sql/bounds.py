@@ -108,15 +108,20 @@ def interval_bounds(condition: exp.Expr | None, left: str, right: str) -> TimeBo
 def evictable_bound(
     bounds: list[TimeBound], left_time: str | None, right_time: str | None
 ) -> TimeBound | None:
-    """The first of ``bounds`` the watermark can evict state by, given each stream's time
-    (watermark) column. Future rows of a stream are not older than the watermark in its time
-    column only, so a bound below on left rows (``before``) needs the right time column, a
-    bound above (``after``) the left one; a comparison of other columns (``a.v < b.w``) bounds
-    nothing.
+    """The first of ``bounds`` between the two inputs' time attributes (their watermark
+    columns, after renames), the one the watermark evicts state by; None when the condition
+    bounds no pair of them. A comparison of any other columns (``a.v > b.w``, or a value column
+    with a time attribute) is a residual filter: it bounds no state, as in Flink.
+
+    >>> bounds = [TimeBound("v", "w", 0, None), TimeBound("ts", "ts", 5, 0)]
+    >>> evictable_bound(bounds, "ts", "ts")
+    TimeBound(left_column='ts', right_column='ts', before_ms=5, after_ms=0)
+    >>> evictable_bound(bounds[:1], "ts", "ts") is None
+    True
     """
+    if left_time is None or right_time is None:
+        return None
     for b in bounds:
-        before = b.before_ms if b.right_column == right_time else None
-        after = b.after_ms if b.left_column == left_time else None
-        if before is not None or after is not None:
-            return TimeBound(b.left_column, b.right_column, before, after)
+        if (b.left_column, b.right_column) == (left_time, right_time):
+            return b
     return None

@@ -67,7 +67,7 @@ from streamhouse.sql.execute import (
 )
 from streamhouse.sql.functions import functions, to_datafusion
 from streamhouse.sql.hints import SourceOptions, check_hints, source_options
-from streamhouse.sql.join_chain import catalog_stream_columns, chain_stars
+from streamhouse.sql.join_chain import catalog_stream_columns, catalog_stream_time, chain_stars
 from streamhouse.sql.joins import plan_temporal_join
 from streamhouse.sql.lookup import is_lookup_table, lookup_join_of, lookup_options
 from streamhouse.sql.memory import default_memory_limit, parse_memory_limit
@@ -204,10 +204,18 @@ class Engine:
         with nesting_guard(statement):
             rows = self.query(query).to_arrow_table()
         try:  # an updating query's records are keyed (upserts), as the continuous query's
-            keys = plan_query(statement).operator.key_columns
+            keys = plan_query(self._as_continuous(statement)).operator.key_columns
         except SqlError:
             keys = []
         return target.name, rows, list(keys)
+
+    def _as_continuous(self, statement: exp.Expr) -> exp.Expr:
+        """``statement`` as a continuous query plans it: the catalog's views inlined, the stars
+        of joins of three or more inputs spelled out (as :mod:`streamhouse.runtime.query`)."""
+        from streamhouse.sql.inline import catalog_views, inline
+
+        inlined = inline(statement, catalog_views(self._resolve))
+        return chain_stars(inlined, catalog_stream_columns(self._resolve))
 
     def _write(self, topic: str, rows: pa.Table, keys: list[str]) -> str:
         """Append ``rows`` to ``topic`` as the continuous INSERT's sink does (JSON records);
@@ -230,20 +238,18 @@ class Engine:
     def _explain(self, statement: exp.Expr) -> Relation:
         """The continuous plan (stateless parts, stateful operators and their state layout),
         and for a query the bounded plan DataFusion would run."""
-        from streamhouse.sql.inline import catalog_views, inline
         from streamhouse.sql.plan import plan_query
 
         lines: list[str] = []
         try:
-            continuous = inline(statement, catalog_views(self._resolve))
-            continuous = chain_stars(continuous, catalog_stream_columns(self._resolve))
-            plan = plan_query(continuous)
+            plan = plan_query(self._as_continuous(statement))
+            stream_time = catalog_stream_time(self._resolve)
             if self.parallelism > 1:
                 from streamhouse.runtime.parallel import explain_parallel
 
-                explained = explain_parallel(plan, self.parallelism, "<query>")
+                explained = explain_parallel(plan, self.parallelism, "<query>", stream_time)
             else:
-                explained = plan.explain()
+                explained = plan.explain(stream_time)
             lines += ["continuous plan:", *("  " + x for x in explained.splitlines())]
         except SqlError as exc:
             lines += [f"continuous plan: not possible: {exc}"]

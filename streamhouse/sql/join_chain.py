@@ -20,7 +20,7 @@ from collections.abc import Callable
 from sqlglot import exp
 
 from streamhouse.sql.changelog_join import output_names, spelled_out_stars
-from streamhouse.sql.ddl import stream_definition
+from streamhouse.sql.ddl import StreamDef, stream_definition
 from streamhouse.sql.parse import parse, sql_error
 
 StreamColumns = Callable[[str], list[str] | None]
@@ -96,22 +96,41 @@ def nested_joins(select: exp.Select) -> exp.Select:
     return outer
 
 
-def catalog_stream_columns(resolve: Callable[[str], tuple[str, object] | None]) -> StreamColumns:
+Resolve = Callable[[str], tuple[str, object] | None]
+"""The engine's name lookup: (kind, catalog entry) of a name, None when it names nothing."""
+
+
+def _stream_definition(resolve: Resolve, name: str) -> StreamDef | None:
+    resolved = resolve(name)
+    if resolved is None or resolved[0] not in ("stream", "table"):
+        return None
+    sql = getattr(resolved[1], "sql", None)
+    return stream_definition(parse(sql)[0]) if isinstance(sql, str) else None
+
+
+def catalog_stream_columns(resolve: Resolve) -> StreamColumns:
     """The columns of the catalog's streams (``resolve`` is the engine's name lookup): the
     declared ones, then the computed and metadata ones, as a stream's ``*`` reads them."""
 
     def columns(name: str) -> list[str] | None:
-        resolved = resolve(name)
-        if resolved is None or resolved[0] not in ("stream", "table"):
+        definition = _stream_definition(resolve, name)
+        if definition is None:
             return None
-        sql = getattr(resolved[1], "sql", None)
-        if not isinstance(sql, str):
-            return None
-        definition = stream_definition(parse(sql)[0])
         extra = [c.name for c in definition.columns if c.expression or c.metadata]
         return [*definition.schema().names, *extra]
 
     return columns
+
+
+def catalog_stream_time(resolve: Resolve) -> Callable[[str], str | None]:
+    """The time attribute (WATERMARK column) of the catalog's streams, by name."""
+
+    def time(name: str) -> str | None:
+        definition = _stream_definition(resolve, name)
+        watermark = definition.watermark if definition is not None else None
+        return watermark.column if watermark is not None else None
+
+    return time
 
 
 def chain_stars(query: exp.Expr, columns: StreamColumns) -> exp.Expr:

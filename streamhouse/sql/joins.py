@@ -122,7 +122,6 @@ def plan_join(
     rewritten = select.copy()
     rewritten.args["from_"].this.replace(exp.to_table("__left").as_(left_alias))
     rewritten.args["joins"][0].this.replace(exp.to_table("__right").as_(right_alias))
-    bound = candidates[0] if candidates else None
     outer = None
     side = (join.side or "").upper()
     keys = (_upsert_key(left, derived), _upsert_key(right, derived))
@@ -131,7 +130,9 @@ def plan_join(
         return plan_changelog_join(select, join, keys, variants, left_alias, right_alias)
     if side in ("LEFT", "RIGHT", "FULL"):
         outer = _outer_variants(rewritten, left_alias, right_alias, side)
-    return StreamJoin(left.name, right.name, to_datafusion(rewritten), bound, candidates, outer)
+    # the bound is the candidate between the inputs' time attributes, known where the
+    # streams are (ContinuousPlan.join_bound)
+    return StreamJoin(left.name, right.name, to_datafusion(rewritten), None, candidates, outer)
 
 
 def _updating(side: exp.Table, derived: dict[str, Operator] | None) -> bool:

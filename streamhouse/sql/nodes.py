@@ -174,9 +174,9 @@ class StreamJoin(PlanNode):
     left: str
     right: str
     sql: str  # over __left and __right
-    bound: TimeBound | None
-    # every pair of columns the condition bounds; the runtime evicts by the first one that
-    # involves the streams' time columns (see sql.bounds.evictable_bound)
+    bound: TimeBound | None  # None until resolved (ContinuousPlan.join_bound)
+    # every pair of columns the condition bounds; the join evicts by the one between the
+    # inputs' time attributes (see sql.bounds.evictable_bound), the others are filters
     candidates: tuple[TimeBound, ...] = ()
     outer: OuterJoin | None = None  # LEFT/RIGHT/FULL: updating output, keyed by row ids
 
@@ -201,13 +201,15 @@ class StreamJoin(PlanNode):
         b = self.bound
         if b is None:
             kind, evict = "regular", "none (set 'state.ttl' to bound it by event time)"
+            if self.candidates:  # comparisons, but none between the inputs' time attributes
+                kind += " (its column comparisons are filters: none is between time attributes)"
         else:
             lo = f"right.{b.right_column} - {b.before_ms}ms <= " if b.before_ms is not None else ""
             hi = f" <= right.{b.right_column} + {b.after_ms}ms" if b.after_ms is not None else ""
             kind = f"interval: {lo}left.{b.left_column}{hi}"
             evict = (
                 "left rows older than watermark - before, right rows older than watermark - after"
-                " (by the bounds on the streams' time columns)"
+                " (the bound between the inputs' time attributes; other comparisons are filters)"
             )
         return [
             f"StreamJoin  {kind}",

@@ -16,11 +16,13 @@ the checks of a planned query :mod:`streamhouse.sql.plan_checks`.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 
 from sqlglot import exp
 
 from streamhouse.errors import SqlError
+from streamhouse.sql.bounds import TimeBound, evictable_bound
 from streamhouse.sql.changelog_join import output_names, spelled_out_stars
 from streamhouse.sql.functions import to_datafusion
 from streamhouse.sql.inline import inline
@@ -63,6 +65,9 @@ from streamhouse.sql.window_spec import WindowKind, find_window, take_out_window
 
 log = logging.getLogger(__name__)
 
+StreamTime = Callable[[str], str | None]
+"""The time attribute (WATERMARK column) of a stream, by name; None when it has none."""
+
 
 @dataclass(frozen=True)
 class ContinuousPlan:
@@ -101,11 +106,64 @@ class ContinuousPlan:
                     found.append(name)
         return found
 
-    def explain(self) -> str:
+    def time_attribute(self, name: str, stream_time: StreamTime) -> str | None:
+        """The time attribute (WATERMARK column) of input ``name``: a stream's from
+        ``stream_time``, a derived input's that of the input it keeps the time attribute of."""
+        derived = self.derived.get(name)
+        if isinstance(derived, UnionAll) and derived.time_column is not None:
+            # each input passes its stream's time attribute on (Stateless.time_column)
+            passed = [getattr(self.derived[i], "time_column", None) for i in derived.inputs]
+            attributes = [self.time_attribute(i, stream_time) for i in derived.inputs]
+            return derived.time_column if passed == attributes else None
+        if derived is not None:
+            source = derived.time_source
+            return self.time_attribute(source, stream_time) if source else None
+        return stream_time(name)
+
+    def missing_time_attribute(self, name: str, stream_time: StreamTime) -> str:
+        """Why input ``name`` has no time attribute, and what to write: for a UNION ALL, the
+        first input (by position and stream) that passes another column at the time position."""
+        union = self.derived.get(name)
+        if isinstance(union, UnionAll) and union.time_column is not None:
+            for position, branch in enumerate(union.inputs, 1):
+                op = self.derived[branch]
+                passed = getattr(op, "time_column", None)
+                stream = getattr(op, "source", branch)
+                attribute = self.time_attribute(branch, stream_time)
+                if passed == attribute:
+                    continue
+                if attribute is None:
+                    attribute = stream_time(stream)
+                where = f"input {position} of the UNION ALL (stream {stream!r}) passes {passed!r}"
+                if attribute is None:
+                    return (
+                        f"{where}, and {stream!r} has no time attribute: declare a WATERMARK"
+                        f" on {stream!r}, or leave it out of the union"
+                    )
+                return (
+                    f"{where}, not its time attribute {attribute!r}: select {attribute} there"
+                    f" (as {union.time_column}), as it is"
+                )
+        return f"{name!r} has no time attribute (declare a WATERMARK)"
+
+    def join_bound(self, join: StreamJoin, stream_time: StreamTime) -> TimeBound | None:
+        """The bound ``join`` evicts state by: the one between its inputs' time attributes."""
+        left, right = (self.time_attribute(n, stream_time) for n in (join.left, join.right))
+        return evictable_bound(list(join.candidates), left, right)
+
+    def explain(self, stream_time: StreamTime | None = None) -> str:
+        """The plan's operators; with ``stream_time`` (each stream's time attribute), each
+        stream join's interval bound as it runs (else the bounds its condition states)."""
+
+        def lines_of(node: Operator) -> list[str]:
+            if isinstance(node, StreamJoin) and stream_time is not None:
+                node = replace(node, bound=self.join_bound(node, stream_time))
+            return _explain_node(node)
+
         sink = f"Sink  topic {self.sink}" if self.sink_kind == "topic" else "Sink  results"
-        lines = [sink, *("  " + line for line in _explain_node(self.operator))]
+        lines = [sink, *("  " + line for line in lines_of(self.operator))]
         for name, op in self.derived.items():
-            lines += [f"  Derived input {name}:", *("    " + line for line in _explain_node(op))]
+            lines += [f"  Derived input {name}:", *("    " + line for line in lines_of(op))]
         return "\n".join(lines)
 
 
