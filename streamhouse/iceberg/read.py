@@ -18,13 +18,17 @@ the table), an OPTIONS hint naming another topic, or ``SET 'read.iceberg' = 'fal
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import reduce
 from typing import TYPE_CHECKING, Any
 
+import datafusion
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
+from pyarrow.fs import LocalFileSystem
 
 from streamhouse.iceberg.catalog import current_table
 from streamhouse.iceberg.tableflow import (
@@ -42,8 +46,9 @@ if TYPE_CHECKING:
     from pyarrow.fs import FileSystem
 
     from streamhouse.log import Log
+    from streamhouse.sql.scan import TopicScan
 
-__all__ = ["ColumnarCopy", "ParquetPart", "columnar_copy", "kept_rows"]
+__all__ = ["ColumnarCopy", "ParquetPart", "columnar_copy", "kept_rows", "register_parquet_scan"]
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +66,7 @@ class ParquetPart:
     filesystem: FileSystem
     keep: pc.Expression | None
     pushdown: bool
+    kept: datafusion.Expr | None = None  # ``keep`` as DataFusion's expression
 
     def tables(self, value_schema: pa.Schema | None, filter_: Any) -> Iterator[pa.Table]:
         fields = list(value_schema or [])
@@ -129,7 +135,9 @@ def columnar_copy(
     ):
         return None
     starts = {p: b.log_start_offset for p, b in log_.metadata.partition_offsets(info.name).items()}
-    keep = kept_rows(covered, starts, recorded.snapshot_id == snapshot.snapshot_id)
+    current = recorded.snapshot_id == snapshot.snapshot_id
+    keep = kept_rows(covered, starts, current)
+    kept = kept_rows(covered, starts, current, _column)
     io = table.io
     assert isinstance(io, PyArrowFileIO)
     parts = []
@@ -142,6 +150,7 @@ def columnar_copy(
                 io.fs_by_scheme(scheme, netloc),
                 keep,
                 pushdown,
+                kept,
             )
         )
     tail = {p: last + 1 for p, last in covered.items()}
@@ -149,13 +158,17 @@ def columnar_copy(
 
 
 def kept_rows(
-    covered: dict[int, int], starts: dict[int, int], current: bool
-) -> pc.Expression | None:
+    covered: dict[int, int],
+    starts: dict[int, int],
+    current: bool,
+    field: Callable[[str], Any] = pc.field,
+) -> Any:
     """The table's rows a read keeps: per partition, the offsets from the log start offset
     to the last one ``covered`` names. Bounds that every row meets are left out: a log start
     of 0, and the upper bounds when the offsets were recorded by the ``current`` snapshot (the
     table then holds nothing beyond them); so a table whose log was not trimmed is read whole,
-    without a filter.
+    without a filter. ``field`` makes a column's expression: pyarrow's (the default) or
+    DataFusion's.
 
     >>> kept_rows({0: 9, 1: 5}, {0: 0, 1: 0}, True) is None
     True
@@ -168,9 +181,51 @@ def kept_rows(
     for p, last in sorted(covered.items()):
         dropped = []
         if starts.get(p, 0) > 0:
-            dropped.append((pc.field("_partition") == p) & (pc.field("_offset") < starts[p]))
+            dropped.append((field("_partition") == p) & (field("_offset") < starts[p]))
         if not current:
-            dropped.append((pc.field("_partition") == p) & (pc.field("_offset") > last))
+            dropped.append((field("_partition") == p) & (field("_offset") > last))
         for rows in dropped:
             keep = ~rows if keep is None else keep & ~rows
     return keep
+
+
+def _column(name: str) -> datafusion.Expr:
+    """Column ``name`` as DataFusion's expression, its case kept."""
+    return datafusion.col('"' + name.replace('"', '""') + '"')
+
+
+def register_parquet_scan(ctx: datafusion.SessionContext, name: str, scan: TopicScan) -> bool:
+    """Registers ``scan`` as table ``name`` of ``ctx``: its Parquet parts as DataFusion's
+    Parquet scans (columns, filters and row-group statistics handled by its reader, in
+    Rust), each cut to the rows it keeps and cast to the scan's schema, then the log tail
+    after them, as one UNION ALL. False (nothing registered): some part needs the Python
+    path (a file not on the local filesystem, or computed columns to add)."""
+    parts = scan.columnar
+    if not parts or not all(
+        isinstance(p, ParquetPart) and p.pushdown and isinstance(p.filesystem, LocalFileSystem)
+        for p in parts
+    ):
+        return False
+    prefix = f"__iceberg_{uuid.uuid4().hex}"
+    frames = []
+    for i, part in enumerate(parts):
+        ctx.register_parquet(f"{prefix}_{i}", part.path)
+        frame = ctx.table(f"{prefix}_{i}")
+        have = {f.name: f.type for f in frame.schema()}
+        if part.kept is not None:
+            frame = frame.filter(part.kept)
+        frames.append(frame.select(*(_as(f, have.get(f.name)) for f in scan.schema)))
+    ctx.register_dataset(f"{prefix}_tail", scan.dataset(columnar=False))
+    frames.append(ctx.table(f"{prefix}_tail").select(*(_column(n) for n in scan.schema.names)))
+    ctx.register_view(name, reduce(datafusion.DataFrame.union, frames))
+    scan.counter.add(len(parts), sum(p.size for p in parts))
+    return True
+
+
+def _as(field: pa.Field, stored: pa.DataType | None) -> datafusion.Expr:
+    """Column ``field`` of a Parquet file whose type there is ``stored`` (None: not there)."""
+    if stored is None:
+        return datafusion.lit(None).cast(field.type).alias(field.name)
+    if stored == field.type:
+        return _column(field.name)
+    return _column(field.name).cast(field.type).alias(field.name)
