@@ -17,11 +17,13 @@ the table), an OPTIONS hint naming another topic, or ``SET 'read.iceberg' = 'fal
 
 from __future__ import annotations
 
+import json
 import logging
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import reduce
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import datafusion
@@ -30,14 +32,14 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 from pyarrow.fs import LocalFileSystem
 
-from streamhouse.iceberg.catalog import current_table
+from streamhouse.iceberg.catalog import metadata_location, static_table
+from streamhouse.iceberg.manifests import DataFile, TableState, UnsupportedTable, table_state
 from streamhouse.iceberg.tableflow import (
+    OFFSETS_PROPERTY,
+    REJECTED_PROPERTY,
     ROW_FIELDS,
     TOPIC_PROPERTY,
-    covered_offsets,
     iceberg_enabled,
-    recording_snapshot,
-    rejected_records,
 )
 from streamhouse.log.key_compaction import is_compacted
 from streamhouse.sql.ddl import StreamDef
@@ -45,6 +47,7 @@ from streamhouse.sql.ddl import StreamDef
 if TYPE_CHECKING:
     from pyarrow.fs import FileSystem
 
+    from streamhouse.config import Settings
     from streamhouse.log import Log
     from streamhouse.sql.scan import TopicScan
 
@@ -52,6 +55,7 @@ __all__ = ["ColumnarCopy", "ParquetPart", "columnar_copy", "kept_rows", "registe
 
 log = logging.getLogger(__name__)
 
+LOCAL_SCHEME = "file://"
 KEY_FIELD = pa.field("_key", pa.string())
 BATCH_ROWS = 1 << 16
 
@@ -109,52 +113,89 @@ def columnar_copy(
     pushdown: bool,
 ) -> ColumnarCopy | None:
     """The columnar copy a bounded read of ``definition`` can use, or None (no table, no
-    snapshot with offsets yet, or a key-compacted topic)."""
-    from pyiceberg.io.pyarrow import PyArrowFileIO
-
+    snapshot with offsets yet, or a key-compacted topic). A table on the local filesystem
+    is planned from its files (:mod:`streamhouse.iceberg.manifests`), others by pyiceberg."""
     if not iceberg_enabled(definition):
         return None
     info = log_.topic(definition.topic)
     if is_compacted(info.config):
         return None
-    table = current_table(log_.settings, definition.name)
-    if table is None:
+    location = metadata_location(log_.settings, definition.name)
+    if location is None:
         return None
-    snapshot = table.current_snapshot()
-    recorded = recording_snapshot(table)
-    covered = covered_offsets(table)
-    if snapshot is None or recorded is None or not covered:
+    state, filesystem = _local_state(location) or _pyiceberg_state(log_.settings, location)
+    recorded = next(((i, s) for i, s in state.summaries if OFFSETS_PROPERTY in s), None)
+    if state.snapshot_id is None or recorded is None:
         return None
-    if rejected_records(recorded):
+    covered = {int(p): int(o) for p, o in json.loads(recorded[1][OFFSETS_PROPERTY]).items()}
+    if not covered:
+        return None
+    if int(recorded[1].get(REJECTED_PROPERTY, 0)):
         # Some value did not fit the schema: a query parsing fewer columns may keep its
         # record, the table has not; only the log answers such a query.
         return None
-    if (snapshot.summary.get(TOPIC_PROPERTY) if snapshot.summary else None) not in (
-        None,
-        definition.topic,
-    ):
+    if state.summaries[0][1].get(TOPIC_PROPERTY) not in (None, definition.topic):
         return None
     starts = {p: b.log_start_offset for p, b in log_.metadata.partition_offsets(info.name).items()}
-    current = recorded.snapshot_id == snapshot.snapshot_id
+    current = recorded[0] == state.snapshot_id
     keep = kept_rows(covered, starts, current)
     kept = kept_rows(covered, starts, current, _column)
-    io = table.io
-    assert isinstance(io, PyArrowFileIO)
     parts = []
-    for task in table.scan(snapshot_id=snapshot.snapshot_id).plan_files():
-        scheme, netloc, path = PyArrowFileIO.parse_location(task.file.file_path)
-        parts.append(
-            ParquetPart(
-                path,
-                task.file.file_size_in_bytes,
-                io.fs_by_scheme(scheme, netloc),
-                keep,
-                pushdown,
-                kept,
-            )
-        )
+    for data_file in state.files:
+        fs, path = filesystem(data_file.path)
+        parts.append(ParquetPart(path, data_file.size, fs, keep, pushdown, kept))
     tail = {p: last + 1 for p, last in covered.items()}
     return ColumnarCopy(parts, tail)
+
+
+FileSystemOf = Callable[[str], tuple["FileSystem", str]]
+"""A data file's filesystem and path there, by its location."""
+
+
+def _local_state(location: str) -> tuple[TableState, FileSystemOf] | None:
+    """The state of a table on the local filesystem, read from its files (None: elsewhere,
+    or a table only pyiceberg reads)."""
+    if not location.startswith(LOCAL_SCHEME):
+        return None
+
+    def read(uri: str) -> bytes:
+        return Path(uri.removeprefix(LOCAL_SCHEME)).read_bytes()
+
+    try:
+        state = table_state(location, read)
+    except UnsupportedTable as exc:
+        log.info("Iceberg table %s planned by pyiceberg: %s", location, exc)
+        return None
+    local = LocalFileSystem()
+    return state, lambda uri: (local, uri.removeprefix(LOCAL_SCHEME))
+
+
+def _pyiceberg_state(settings: Settings, location: str) -> tuple[TableState, FileSystemOf]:
+    """The state of the table whose metadata file is ``location``, planned by pyiceberg."""
+    from pyiceberg.io.pyarrow import PyArrowFileIO
+
+    table = static_table(settings, location)
+    snapshot = table.current_snapshot()
+    if snapshot is None:
+        return TableState(None, [], []), lambda uri: (LocalFileSystem(), uri)
+    summaries = []
+    walked = table.current_snapshot()
+    while walked is not None:
+        summaries.append((walked.snapshot_id, dict(walked.summary or {})))
+        parent = walked.parent_snapshot_id
+        walked = None if parent is None else table.snapshot_by_id(parent)
+    files = [
+        DataFile(task.file.file_path, task.file.file_size_in_bytes)
+        for task in table.scan(snapshot_id=snapshot.snapshot_id).plan_files()
+    ]
+    io = table.io
+    assert isinstance(io, PyArrowFileIO)
+
+    def filesystem(uri: str) -> tuple[FileSystem, str]:
+        scheme, netloc, path = PyArrowFileIO.parse_location(uri)
+        return io.fs_by_scheme(scheme, netloc), path
+
+    return TableState(snapshot.snapshot_id, summaries, files), filesystem
 
 
 def kept_rows(
