@@ -34,9 +34,9 @@ __all__ = [
     "NAMESPACE",
     "WAREHOUSE_PREFIX",
     "catalog_properties",
-    "current_table",
     "metadata_location",
     "open_catalog",
+    "static_table",
 ]
 
 CATALOG_NAME = "streamhouse"
@@ -92,18 +92,10 @@ METADATA_LOCATION = (
 """The row pyiceberg's SQL catalog keeps per table: where its current metadata file is."""
 
 
-def current_table(settings: Settings, stream: str) -> StaticTable | None:
-    """Stream ``stream``'s table as it is now, for reading (None: it has none): its metadata
-    file found with one query of the catalog's table, then read. Lighter than
-    :func:`open_catalog` (no SQLAlchemy), which a bounded query would pay for every time."""
-    location = metadata_location(settings, stream)
-    if location is None:
-        return None
-    return static_table(settings, location)
-
-
 def static_table(settings: Settings, location: str) -> StaticTable:
-    """The table whose metadata file is ``location``, opened by pyiceberg for reading."""
+    """The table whose metadata file is ``location``, opened by pyiceberg for reading
+    (found by :func:`metadata_location`: one query of the catalog's table, lighter than
+    :func:`open_catalog`, which needs SQLAlchemy)."""
     from pyiceberg.table import StaticTable
 
     props = catalog_properties(settings)
