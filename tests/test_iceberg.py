@@ -24,6 +24,8 @@ import streamhouse
 from streamhouse import StreamHouse
 from streamhouse.cli import main
 from streamhouse.errors import SqlError
+from streamhouse.iceberg.catalog import metadata_location, static_table
+from streamhouse.iceberg.manifests import table_state
 from streamhouse.iceberg.tableflow import OFFSETS_PROPERTY, covered_offsets
 
 COLUMNS = "id, name, amount, ts, _partition, _offset, _timestamp"
@@ -325,11 +327,26 @@ def test_bounded_queries_read_the_table_then_the_log_tail(tmp_path: Path) -> Non
             "CREATE STREAM orders (id BIGINT, name VARCHAR, amount DECIMAL(10, 2),"
             " ts TIMESTAMP(3), doubled AS id * 2) WITH (partitions = '3', 'iceberg' = 'true')"
         )
+        # the same topic without a computed column: its files are DataFusion's Parquet scans
+        sh.sql(
+            "CREATE STREAM plain (id BIGINT, name VARCHAR, amount DECIMAL(10, 2), ts TIMESTAMP(3))"
+            " WITH (topic = 'orders', 'iceberg' = 'true')"
+        )
         _produce(sh, 0, 1500)
-        assert sh.append_iceberg().rows == {"orders": 1500}
+        assert sh.append_iceberg().rows == {"orders": 1500, "plain": 1500}
         _produce(sh, 1500, 400)
         sh.delete_records("orders", {2: 60})
-        for query in READ_QUERIES:
+        plain = [q.replace("orders", "plain").replace("doubled", "id * 2") for q in READ_QUERIES]
+        # the read's plan of the table, from its files without pyiceberg, is pyiceberg's
+        location = metadata_location(sh.log.settings, "plain")
+        state = table_state(location, lambda uri: Path(uri.removeprefix("file://")).read_bytes())
+        table = static_table(sh.log.settings, location)
+        assert state.snapshot_id == table.current_snapshot().snapshot_id
+        assert len(state.summaries) == 3
+        assert {(f.path, f.size) for f in state.files} == {
+            (t.file.file_path, t.file.file_size_in_bytes) for t in table.scan().plan_files()
+        }
+        for query in READ_QUERIES + plain:
             sh.sql("SET 'read.iceberg' = 'true'")
             columnar = sh.sql(query)
             through_table = columnar.to_arrow_table()

@@ -34,8 +34,9 @@ __all__ = [
     "NAMESPACE",
     "WAREHOUSE_PREFIX",
     "catalog_properties",
-    "current_table",
+    "metadata_location",
     "open_catalog",
+    "static_table",
 ]
 
 CATALOG_NAME = "streamhouse"
@@ -91,22 +92,20 @@ METADATA_LOCATION = (
 """The row pyiceberg's SQL catalog keeps per table: where its current metadata file is."""
 
 
-def current_table(settings: Settings, stream: str) -> StaticTable | None:
-    """Stream ``stream``'s table as it is now, for reading (None: it has none): its metadata
-    file found with one query of the catalog's table, then read. Lighter than
-    :func:`open_catalog` (no SQLAlchemy), which a bounded query would pay for every time."""
+def static_table(settings: Settings, location: str) -> StaticTable:
+    """The table whose metadata file is ``location``, opened by pyiceberg for reading
+    (found by :func:`metadata_location`: one query of the catalog's table, lighter than
+    :func:`open_catalog`, which needs SQLAlchemy)."""
     from pyiceberg.table import StaticTable
 
-    location = _metadata_location(settings, stream)
-    if location is None:
-        return None
     props = catalog_properties(settings)
     for catalog_only in ("name", "type", "uri", "warehouse"):
         props.pop(catalog_only)
     return StaticTable.from_metadata(location, properties=props)
 
 
-def _metadata_location(settings: Settings, stream: str) -> str | None:
+def metadata_location(settings: Settings, stream: str) -> str | None:
+    """Where stream ``stream``'s table's current metadata file is (None: it has no table)."""
     key = (CATALOG_NAME, NAMESPACE, stream)
     path = sqlite_path(settings)
     if path is not None:

@@ -17,23 +17,29 @@ the table), an OPTIONS hint naming another topic, or ``SET 'read.iceberg' = 'fal
 
 from __future__ import annotations
 
+import json
 import logging
-from collections.abc import Iterator
+import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import reduce
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import datafusion
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
+from pyarrow.fs import LocalFileSystem
 
-from streamhouse.iceberg.catalog import current_table
+from streamhouse.iceberg.catalog import metadata_location, static_table
+from streamhouse.iceberg.manifests import DataFile, TableState, UnsupportedTable, table_state
 from streamhouse.iceberg.tableflow import (
+    OFFSETS_PROPERTY,
+    REJECTED_PROPERTY,
     ROW_FIELDS,
     TOPIC_PROPERTY,
-    covered_offsets,
     iceberg_enabled,
-    recording_snapshot,
-    rejected_records,
 )
 from streamhouse.log.key_compaction import is_compacted
 from streamhouse.sql.ddl import StreamDef
@@ -41,12 +47,15 @@ from streamhouse.sql.ddl import StreamDef
 if TYPE_CHECKING:
     from pyarrow.fs import FileSystem
 
+    from streamhouse.config import Settings
     from streamhouse.log import Log
+    from streamhouse.sql.scan import TopicScan
 
-__all__ = ["ColumnarCopy", "ParquetPart", "columnar_copy", "kept_rows"]
+__all__ = ["ColumnarCopy", "ParquetPart", "columnar_copy", "kept_rows", "register_parquet_scan"]
 
 log = logging.getLogger(__name__)
 
+LOCAL_SCHEME = "file://"
 KEY_FIELD = pa.field("_key", pa.string())
 BATCH_ROWS = 1 << 16
 
@@ -61,6 +70,7 @@ class ParquetPart:
     filesystem: FileSystem
     keep: pc.Expression | None
     pushdown: bool
+    kept: datafusion.Expr | None = None  # ``keep`` as DataFusion's expression
 
     def tables(self, value_schema: pa.Schema | None, filter_: Any) -> Iterator[pa.Table]:
         fields = list(value_schema or [])
@@ -103,59 +113,103 @@ def columnar_copy(
     pushdown: bool,
 ) -> ColumnarCopy | None:
     """The columnar copy a bounded read of ``definition`` can use, or None (no table, no
-    snapshot with offsets yet, or a key-compacted topic)."""
-    from pyiceberg.io.pyarrow import PyArrowFileIO
-
+    snapshot with offsets yet, or a key-compacted topic). A table on the local filesystem
+    is planned from its files (:mod:`streamhouse.iceberg.manifests`), others by pyiceberg."""
     if not iceberg_enabled(definition):
         return None
     info = log_.topic(definition.topic)
     if is_compacted(info.config):
         return None
-    table = current_table(log_.settings, definition.name)
-    if table is None:
+    location = metadata_location(log_.settings, definition.name)
+    if location is None:
         return None
-    snapshot = table.current_snapshot()
-    recorded = recording_snapshot(table)
-    covered = covered_offsets(table)
-    if snapshot is None or recorded is None or not covered:
+    state, filesystem = _local_state(location) or _pyiceberg_state(log_.settings, location)
+    recorded = next(((i, s) for i, s in state.summaries if OFFSETS_PROPERTY in s), None)
+    if state.snapshot_id is None or recorded is None:
         return None
-    if rejected_records(recorded):
+    covered = {int(p): int(o) for p, o in json.loads(recorded[1][OFFSETS_PROPERTY]).items()}
+    if not covered:
+        return None
+    if int(recorded[1].get(REJECTED_PROPERTY, 0)):
         # Some value did not fit the schema: a query parsing fewer columns may keep its
         # record, the table has not; only the log answers such a query.
         return None
-    if (snapshot.summary.get(TOPIC_PROPERTY) if snapshot.summary else None) not in (
-        None,
-        definition.topic,
-    ):
+    if state.summaries[0][1].get(TOPIC_PROPERTY) not in (None, definition.topic):
         return None
     starts = {p: b.log_start_offset for p, b in log_.metadata.partition_offsets(info.name).items()}
-    keep = kept_rows(covered, starts, recorded.snapshot_id == snapshot.snapshot_id)
-    io = table.io
-    assert isinstance(io, PyArrowFileIO)
+    current = recorded[0] == state.snapshot_id
+    keep = kept_rows(covered, starts, current)
+    kept = kept_rows(covered, starts, current, _column)
     parts = []
-    for task in table.scan(snapshot_id=snapshot.snapshot_id).plan_files():
-        scheme, netloc, path = PyArrowFileIO.parse_location(task.file.file_path)
-        parts.append(
-            ParquetPart(
-                path,
-                task.file.file_size_in_bytes,
-                io.fs_by_scheme(scheme, netloc),
-                keep,
-                pushdown,
-            )
-        )
+    for data_file in state.files:
+        fs, path = filesystem(data_file.path)
+        parts.append(ParquetPart(path, data_file.size, fs, keep, pushdown, kept))
     tail = {p: last + 1 for p, last in covered.items()}
     return ColumnarCopy(parts, tail)
 
 
+FileSystemOf = Callable[[str], tuple["FileSystem", str]]
+"""A data file's filesystem and path there, by its location."""
+
+
+def _local_state(location: str) -> tuple[TableState, FileSystemOf] | None:
+    """The state of a table on the local filesystem, read from its files (None: elsewhere,
+    or a table only pyiceberg reads)."""
+    if not location.startswith(LOCAL_SCHEME):
+        return None
+
+    def read(uri: str) -> bytes:
+        return Path(uri.removeprefix(LOCAL_SCHEME)).read_bytes()
+
+    try:
+        state = table_state(location, read)
+    except UnsupportedTable as exc:
+        log.info("Iceberg table %s planned by pyiceberg: %s", location, exc)
+        return None
+    local = LocalFileSystem()
+    return state, lambda uri: (local, uri.removeprefix(LOCAL_SCHEME))
+
+
+def _pyiceberg_state(settings: Settings, location: str) -> tuple[TableState, FileSystemOf]:
+    """The state of the table whose metadata file is ``location``, planned by pyiceberg."""
+    from pyiceberg.io.pyarrow import PyArrowFileIO
+
+    table = static_table(settings, location)
+    snapshot = table.current_snapshot()
+    if snapshot is None:
+        return TableState(None, [], []), lambda uri: (LocalFileSystem(), uri)
+    summaries = []
+    walked = table.current_snapshot()
+    while walked is not None:
+        summaries.append((walked.snapshot_id, dict(walked.summary or {})))
+        parent = walked.parent_snapshot_id
+        walked = None if parent is None else table.snapshot_by_id(parent)
+    files = [
+        DataFile(task.file.file_path, task.file.file_size_in_bytes)
+        for task in table.scan(snapshot_id=snapshot.snapshot_id).plan_files()
+    ]
+    io = table.io
+    assert isinstance(io, PyArrowFileIO)
+
+    def filesystem(uri: str) -> tuple[FileSystem, str]:
+        scheme, netloc, path = PyArrowFileIO.parse_location(uri)
+        return io.fs_by_scheme(scheme, netloc), path
+
+    return TableState(snapshot.snapshot_id, summaries, files), filesystem
+
+
 def kept_rows(
-    covered: dict[int, int], starts: dict[int, int], current: bool
-) -> pc.Expression | None:
+    covered: dict[int, int],
+    starts: dict[int, int],
+    current: bool,
+    field: Callable[[str], Any] = pc.field,
+) -> Any:
     """The table's rows a read keeps: per partition, the offsets from the log start offset
     to the last one ``covered`` names. Bounds that every row meets are left out: a log start
     of 0, and the upper bounds when the offsets were recorded by the ``current`` snapshot (the
     table then holds nothing beyond them); so a table whose log was not trimmed is read whole,
-    without a filter.
+    without a filter. ``field`` makes a column's expression: pyarrow's (the default) or
+    DataFusion's.
 
     >>> kept_rows({0: 9, 1: 5}, {0: 0, 1: 0}, True) is None
     True
@@ -168,9 +222,51 @@ def kept_rows(
     for p, last in sorted(covered.items()):
         dropped = []
         if starts.get(p, 0) > 0:
-            dropped.append((pc.field("_partition") == p) & (pc.field("_offset") < starts[p]))
+            dropped.append((field("_partition") == p) & (field("_offset") < starts[p]))
         if not current:
-            dropped.append((pc.field("_partition") == p) & (pc.field("_offset") > last))
+            dropped.append((field("_partition") == p) & (field("_offset") > last))
         for rows in dropped:
             keep = ~rows if keep is None else keep & ~rows
     return keep
+
+
+def _column(name: str) -> datafusion.Expr:
+    """Column ``name`` as DataFusion's expression, its case kept."""
+    return datafusion.col('"' + name.replace('"', '""') + '"')
+
+
+def register_parquet_scan(ctx: datafusion.SessionContext, name: str, scan: TopicScan) -> bool:
+    """Registers ``scan`` as table ``name`` of ``ctx``: its Parquet parts as DataFusion's
+    Parquet scans (columns, filters and row-group statistics handled by its reader, in
+    Rust), each cut to the rows it keeps and cast to the scan's schema, then the log tail
+    after them, as one UNION ALL. False (nothing registered): some part needs the Python
+    path (a file not on the local filesystem, or computed columns to add)."""
+    parts = scan.columnar
+    if not parts or not all(
+        isinstance(p, ParquetPart) and p.pushdown and isinstance(p.filesystem, LocalFileSystem)
+        for p in parts
+    ):
+        return False
+    prefix = f"__iceberg_{uuid.uuid4().hex}"
+    frames = []
+    for i, part in enumerate(parts):
+        ctx.register_parquet(f"{prefix}_{i}", part.path)
+        frame = ctx.table(f"{prefix}_{i}")
+        have = {f.name: f.type for f in frame.schema()}
+        if part.kept is not None:
+            frame = frame.filter(part.kept)
+        frames.append(frame.select(*(_as(f, have.get(f.name)) for f in scan.schema)))
+    ctx.register_dataset(f"{prefix}_tail", scan.dataset(columnar=False))
+    frames.append(ctx.table(f"{prefix}_tail").select(*(_column(n) for n in scan.schema.names)))
+    ctx.register_view(name, reduce(datafusion.DataFrame.union, frames))
+    scan.counter.add(len(parts), sum(p.size for p in parts))
+    return True
+
+
+def _as(field: pa.Field, stored: pa.DataType | None) -> datafusion.Expr:
+    """Column ``field`` of a Parquet file whose type there is ``stored`` (None: not there)."""
+    if stored is None:
+        return datafusion.lit(None).cast(field.type).alias(field.name)
+    if stored == field.type:
+        return _column(field.name)
+    return _column(field.name).cast(field.type).alias(field.name)

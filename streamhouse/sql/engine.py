@@ -44,7 +44,7 @@ from streamhouse.errors import (
     StreamHouseError,
     UnknownStreamError,
 )
-from streamhouse.iceberg.read import ColumnarCopy, columnar_copy
+from streamhouse.iceberg.read import ColumnarCopy, columnar_copy, register_parquet_scan
 from streamhouse.iceberg.tableflow import iceberg_enabled
 from streamhouse.joins.temporal import match_versions, temporal_inputs
 from streamhouse.key_codes import group_codes
@@ -606,7 +606,8 @@ class Engine:
             if scan is not None:
                 scans.append(scan)
                 schemas[name] = scan.schema
-                ctx.register_dataset(_quoted(name), scan.dataset())
+                if not register_parquet_scan(ctx, _quoted(name), scan):
+                    ctx.register_dataset(_quoted(name), scan.dataset())
                 continue
             if name in windowed:
                 source, spec = windowed[name]

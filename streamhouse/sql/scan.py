@@ -387,8 +387,9 @@ class TopicScan:
             self._live,
         )
 
-    def dataset(self) -> TopicDataset:
-        return TopicDataset(self)
+    def dataset(self, columnar: bool = True) -> TopicDataset:
+        """The scan as DataFusion's dataset (``columnar``: its columnar parts too)."""
+        return TopicDataset(self, columnar)
 
 
 CLOSE_GRACE_S = 1.0
@@ -508,8 +509,9 @@ class TopicFragment:
 class TopicDataset(ds.Dataset):
     """A :class:`TopicScan` as the pyarrow dataset DataFusion scans (the methods it calls)."""
 
-    def __init__(self, scan: TopicScan) -> None:  # noqa: D107 - no pyarrow dataset under it
+    def __init__(self, scan: TopicScan, columnar: bool = True) -> None:  # noqa: D107
         self._topic_scan = scan
+        self._columnar = columnar
 
     @property
     def schema(self) -> pa.Schema:  # type: ignore[override]
@@ -520,6 +522,7 @@ class TopicDataset(ds.Dataset):
 
     def get_fragments(self, filter: Any = None) -> list[TopicFragment]:  # type: ignore[override]  # noqa: A002
         scan = self._topic_scan
+        columnar = range(len(scan.columnar) if self._columnar else 0)
         return [TopicFragment(scan, i) for i in range(scan.fragments)] + [
-            TopicFragment(scan, i, columnar=True) for i in range(len(scan.columnar))
+            TopicFragment(scan, i, columnar=True) for i in columnar
         ]
