@@ -198,8 +198,11 @@ UNION_OF_A_AND = "(SELECT k, t FROM a UNION ALL SELECT k, t FROM {})"
         "WITH u AS " + UNION_OF_A_AND + " SELECT window_start, window_end, COUNT(*) AS n"
         " FROM TABLE(CUMULATE(TABLE u, DESCRIPTOR(t), INTERVAL '5' SECOND, INTERVAL '10'"
         " SECOND)) GROUP BY window_start, window_end",
+        "SELECT * FROM (SELECT window_start, k, t, ROW_NUMBER() OVER (PARTITION BY"
+        " window_start ORDER BY t DESC) AS rn FROM TABLE(TUMBLE(TABLE " + UNION_OF_A_AND + ","
+        " DESCRIPTOR(t), INTERVAL '10' SECOND))) WHERE rn <= 1",
     ],
-    ids=["tumbling", "session", "hop-tvf", "cumulate-tvf"],
+    ids=["tumbling", "session", "hop-tvf", "cumulate-tvf", "window-top-n"],
 )
 def test_a_window_over_a_union_input_passing_another_timestamp_is_refused(
     tmp_path: Path, window: str

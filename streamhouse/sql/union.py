@@ -170,6 +170,22 @@ def plan_over_union(
     return plan_over(rest, table)
 
 
+def nested_window_union(
+    union: UnionAll, sub: exp.Subquery, time_column: str, derived: dict[str, Operator]
+) -> UnionAll:
+    """The UNION ALL of filters and projections of streams that a nested window (a window
+    Top-N, a window join) reads, each input marked with the column it passes at the window's
+    ``time_column`` (checked at runtime to be its stream's time attribute); as it is when an
+    input is not such a filter or projection, or the union's columns are ``*``."""
+    if union.columns is None or not all(isinstance(derived[i], Stateless) for i in union.inputs):
+        return union
+    passed = _time_items(union_branches(sub.this), time_column, sub)
+    if not all(isinstance(body, exp.Column) for body in passed):
+        return union
+    what = "a window over a UNION ALL"
+    return _passing_time(union, passed, time_column, derived, what, sub, union.metadata)
+
+
 def _union_source(select: exp.Select) -> exp.Subquery | None:
     """The ``(q1 UNION ALL q2 ...)`` ``select`` reads alone, if it reads one."""
     source = select.args.get("from_")
