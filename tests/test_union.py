@@ -28,6 +28,7 @@ from join_cases import (
 )
 
 import streamhouse
+from streamhouse.connection import StreamHouse
 from streamhouse.errors import SqlError
 
 PROPERTY = settings(
@@ -171,21 +172,63 @@ def test_a_union_input_passing_another_timestamp_is_named(tmp_path: Path) -> Non
     """An OVER over a UNION ALL whose second input passes a timestamp that is not its
     stream's time attribute: the error names that input, its stream and what to select."""
     with streamhouse.connect(tmp_path) as sh:
-        sh.sql(stream_ddl("a", 0))
-        sh.sql(
-            "CREATE STREAM c (k STRING, t TIMESTAMP(3), t2 TIMESTAMP(3), v BIGINT,"
-            " WATERMARK FOR t2 AS t2) WITH (topic = 'c', format = 'json', partitions = '1')"
-        )
-        sh.sql("CREATE STREAM d (k STRING, t TIMESTAMP(3)) WITH (topic = 'd', format = 'json')")
         over = (
             "SELECT k, COUNT(*) OVER (PARTITION BY k ORDER BY t ROWS BETWEEN 1 PRECEDING AND"
             " CURRENT ROW) AS n FROM (SELECT k, t FROM a UNION ALL SELECT k, t FROM {})"
         )
-        with pytest.raises(SqlError) as refused:
-            sh.start(over.format("c"), name="q1")
-        message = str(refused.value)
-        assert "input 2 of the UNION ALL (stream 'c') passes 't'" in message
-        assert "not its time attribute 't2': select t2 there (as t)" in message
-        assert "__derived" not in message
+        assert "__derived" not in str(_refused_over_a_and_c(sh, over))
+        sh.sql("CREATE STREAM d (k STRING, t TIMESTAMP(3)) WITH (topic = 'd', format = 'json')")
         with pytest.raises(SqlError, match="'d' has no time attribute: declare a WATERMARK on"):
             sh.start(over.format("d"), name="q2")
+
+
+UNION_OF_A_AND = "(SELECT k, t FROM a UNION ALL SELECT k, t FROM {})"
+
+
+@pytest.mark.parametrize(
+    "window",
+    [
+        f"SELECT window_start, COUNT(*) AS n FROM {UNION_OF_A_AND}"
+        " GROUP BY TUMBLING(t, INTERVAL '10' SECOND)",
+        f"SELECT window_start, COUNT(*) AS n FROM {UNION_OF_A_AND} AS u"
+        " GROUP BY SESSION(t, INTERVAL '10' SECOND)",
+        "WITH u AS " + UNION_OF_A_AND + " SELECT window_start, window_end, COUNT(*) AS n"
+        " FROM TABLE(HOP(TABLE u, DESCRIPTOR(t), INTERVAL '5' SECOND, INTERVAL '10' SECOND))"
+        " GROUP BY window_start, window_end",
+        "WITH u AS " + UNION_OF_A_AND + " SELECT window_start, window_end, COUNT(*) AS n"
+        " FROM TABLE(CUMULATE(TABLE u, DESCRIPTOR(t), INTERVAL '5' SECOND, INTERVAL '10'"
+        " SECOND)) GROUP BY window_start, window_end",
+        "SELECT * FROM (SELECT window_start, k, t, ROW_NUMBER() OVER (PARTITION BY"
+        " window_start ORDER BY t DESC) AS rn FROM TABLE(TUMBLE(TABLE " + UNION_OF_A_AND + ","
+        " DESCRIPTOR(t), INTERVAL '10' SECOND))) WHERE rn <= 1",
+    ],
+    ids=["tumbling", "session", "hop-tvf", "cumulate-tvf", "window-top-n"],
+)
+def test_a_window_over_a_union_input_passing_another_timestamp_is_refused(
+    tmp_path: Path, window: str
+) -> None:
+    """A window over a UNION ALL whose second input passes a timestamp that is not its
+    stream's time attribute would drop that input's rows as late: it is refused, naming the
+    input, its stream and what to select, at the stream's reference."""
+    with streamhouse.connect(tmp_path) as sh:
+        refused = _refused_over_a_and_c(sh, window)
+        assert refused.line == 1
+        assert refused.column == window.format("c").index("FROM c") + len("FROM c")
+        sh.start(window.format("a"), name="q2").stop()  # each input passes its own: it runs
+
+
+def _refused_over_a_and_c(sh: StreamHouse, query: str) -> SqlError:
+    """``query`` over a UNION ALL of ``a`` and ``c`` (``{}`` in it, formatted with the
+    stream), where ``c`` passes its ``t`` though its time attribute is ``t2``: refused, naming
+    input 2, its stream and what to select."""
+    sh.sql(stream_ddl("a", 0))
+    sh.sql(
+        "CREATE STREAM c (k STRING, t TIMESTAMP(3), t2 TIMESTAMP(3), v BIGINT,"
+        " WATERMARK FOR t2 AS t2) WITH (topic = 'c', format = 'json', partitions = '1')"
+    )
+    with pytest.raises(SqlError) as refused:
+        sh.start(query.format("c"), name="refused")
+    message = str(refused.value)
+    assert "input 2 of the UNION ALL (stream 'c') passes 't'" in message
+    assert "not its time attribute 't2': select t2 there (as t)" in message
+    return refused.value

@@ -72,6 +72,12 @@ class Branch:
             name: (node, open_operator(node, StateView(store, self.state_prefix(i + 1)), self))
             for i, (name, node) in enumerate(self.plan.derived.items())
         }
+        refused = self.plan.union_without_time(self.stream_time)
+        if refused is not None:  # a window's rows from that input would be dropped as late
+            stream, reason = refused
+            raise self.error(
+                f"a window over a UNION ALL needs its time attribute: {reason}", stream
+            )
 
     def state_prefix(self, index: int) -> bytes:
         """The key prefix of operator ``index`` (0: the branch's own, then its derived inputs)."""

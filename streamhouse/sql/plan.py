@@ -123,28 +123,45 @@ class ContinuousPlan:
     def missing_time_attribute(self, name: str, stream_time: StreamTime) -> str:
         """Why input ``name`` has no time attribute, and what to write: for a UNION ALL, the
         first input (by position and stream) that passes another column at the time position."""
+        found = self._union_input_without_time(name, stream_time)
+        return found[1] if found else f"{name!r} has no time attribute (declare a WATERMARK)"
+
+    def union_without_time(self, stream_time: StreamTime) -> tuple[str, str] | None:
+        """The first input of a UNION ALL under a window or an OVER that does not pass its
+        stream's time attribute at the union's time column (its rows would be dropped as
+        late): that stream, and what to write instead."""
+        for name in self.derived:
+            found = self._union_input_without_time(name, stream_time)
+            if found is not None:
+                return found
+        return None
+
+    def _union_input_without_time(
+        self, name: str, stream_time: StreamTime
+    ) -> tuple[str, str] | None:
         union = self.derived.get(name)
-        if isinstance(union, UnionAll) and union.time_column is not None:
-            for position, branch in enumerate(union.inputs, 1):
-                op = self.derived[branch]
-                passed = getattr(op, "time_column", None)
-                stream = getattr(op, "source", branch)
-                attribute = self.time_attribute(branch, stream_time)
-                if passed == attribute:
-                    continue
-                if attribute is None:
-                    attribute = stream_time(stream)
-                where = f"input {position} of the UNION ALL (stream {stream!r}) passes {passed!r}"
-                if attribute is None:
-                    return (
-                        f"{where}, and {stream!r} has no time attribute: declare a WATERMARK"
-                        f" on {stream!r}, or leave it out of the union"
-                    )
-                return (
-                    f"{where}, not its time attribute {attribute!r}: select {attribute} there"
-                    f" (as {union.time_column}), as it is"
+        if not isinstance(union, UnionAll) or union.time_column is None:
+            return None
+        for position, branch in enumerate(union.inputs, 1):
+            op = self.derived[branch]
+            passed = getattr(op, "time_column", None)
+            stream = getattr(op, "source", branch)
+            attribute = self.time_attribute(branch, stream_time)
+            if passed == attribute:
+                continue
+            if attribute is None:
+                attribute = stream_time(stream)
+            where = f"input {position} of the UNION ALL (stream {stream!r}) passes {passed!r}"
+            if attribute is None:
+                return stream, (
+                    f"{where}, and {stream!r} has no time attribute: declare a WATERMARK"
+                    f" on {stream!r}, or leave it out of the union"
                 )
-        return f"{name!r} has no time attribute (declare a WATERMARK)"
+            return stream, (
+                f"{where}, not its time attribute {attribute!r}: select {attribute} there"
+                f" (as {union.time_column}), as it is"
+            )
+        return None
 
     def join_bound(self, join: StreamJoin, stream_time: StreamTime) -> TimeBound | None:
         """The bound ``join`` evicts state by: the one between its inputs' time attributes."""

@@ -109,7 +109,8 @@ def window_over_union(
     if spec is None or sub is None:
         return None
     branches = [b.copy() for b in union_branches(sub.this)]
-    for branch, body in zip(branches, _time_items(branches, spec.time_column, sub), strict=True):
+    passed = _time_items(branches, spec.time_column, sub)
+    for branch, body in zip(branches, passed, strict=True):
         if not isinstance(body, exp.Column):
             raise sql_error(
                 f"{spec.time_column!r} is computed ({body.sql(dialect='postgres')}) in an input"
@@ -125,11 +126,9 @@ def window_over_union(
             " (window each input, then UNION ALL the results)",
             sub,
         )
-    what = "a window over a UNION ALL"
-    for name, op in _stateless_inputs(union, derived, what, sub):
-        derived[name] = Stateless(op.source, op.sql, metadata=True)
     name = f"__derived_{len(derived)}"
-    derived[name] = UnionAll(union.inputs, union.columns, metadata=True)
+    what = "a window over a UNION ALL"
+    derived[name] = _passing_time(union, passed, spec.time_column, derived, what, sub, True)
     table = exp.to_table(name).as_(sub.alias or name)
     sub.replace(table)
     return plan_window(rest, spec, table)
@@ -162,15 +161,29 @@ def plan_over_union(
                 body,
             )
     union = _union_of(branches, derived, plan_select)
-    inputs = _stateless_inputs(union, derived, "an OVER aggregation over a UNION ALL", sub)
-    for (name, op), body in zip(inputs, passed, strict=True):
-        derived[name] = replace(op, time_column=body.name)  # the stream's column it passes
     name = f"__derived_{len(derived)}"
-    derived[name] = UnionAll(union.inputs, union.columns, time_column=time_column)
+    what = "an OVER aggregation over a UNION ALL"
+    derived[name] = _passing_time(union, passed, time_column, derived, what, sub)
     table = exp.to_table(name).as_(sub.alias or name)
     rest = select.copy()
     rest.args["from_"].this.replace(table)
     return plan_over(rest, table)
+
+
+def nested_window_union(
+    union: UnionAll, sub: exp.Subquery, time_column: str, derived: dict[str, Operator]
+) -> UnionAll:
+    """The UNION ALL of filters and projections of streams that a nested window (a window
+    Top-N, a window join) reads, each input marked with the column it passes at the window's
+    ``time_column`` (checked at runtime to be its stream's time attribute); as it is when an
+    input is not such a filter or projection, or the union's columns are ``*``."""
+    if union.columns is None or not all(isinstance(derived[i], Stateless) for i in union.inputs):
+        return union
+    passed = _time_items(union_branches(sub.this), time_column, sub)
+    if not all(isinstance(body, exp.Column) for body in passed):
+        return union
+    what = "a window over a UNION ALL"
+    return _passing_time(union, passed, time_column, derived, what, sub, union.metadata)
 
 
 def _union_source(select: exp.Select) -> exp.Subquery | None:
@@ -194,6 +207,23 @@ def _time_items(branches: list[exp.Select], column: str, sub: exp.Subquery) -> l
         item = branch.expressions[index] if index < len(branch.expressions) else branch
         items.append(item.this if isinstance(item, exp.Alias) else item)
     return items
+
+
+def _passing_time(
+    union: UnionAll,
+    passed: list[exp.Expr],
+    time_column: str,
+    derived: dict[str, Operator],
+    what: str,
+    sub: exp.Subquery,
+    metadata: bool = False,
+) -> UnionAll:
+    """``union`` as the input of a window or an OVER on ``time_column``: each input names the
+    stream's column it passes there (``passed``), which the runtime checks is that stream's
+    time attribute (:meth:`~streamhouse.sql.plan.ContinuousPlan.missing_time_attribute`)."""
+    for (name, op), body in zip(_stateless_inputs(union, derived, what, sub), passed, strict=True):
+        derived[name] = replace(op, metadata=metadata, time_column=body.name)
+    return UnionAll(union.inputs, union.columns, metadata=metadata, time_column=time_column)
 
 
 def _stateless_inputs(

@@ -23,7 +23,7 @@ from sqlglot import exp
 
 from streamhouse.sql.nodes import Operator, SelectPlanner, Stateless, UnionAll
 from streamhouse.sql.parse import sql_error
-from streamhouse.sql.union import plan_union, union_branches
+from streamhouse.sql.union import nested_window_union, plan_union, union_branches
 from streamhouse.sql.window_rows import SESSION_ROWS, WindowRows
 from streamhouse.sql.window_spec import WindowKind, find_window, tvf_call, windowed_side
 
@@ -49,6 +49,8 @@ def window_inputs(
         op = _plan_input(sub, derived, plan_select)
         name = f"__derived_{len(derived)}"
         derived[name] = op
+        if preserving and isinstance(op, UnionAll):
+            derived[name] = nested_window_union(op, sub, spec.time_column, derived)
         if preserving or _window_time(sub.this, spec.time_column):
             replace(exp.to_table(name))
             continue
