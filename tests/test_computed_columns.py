@@ -242,3 +242,28 @@ def test_proctime_carries_no_watermark_and_continuous_windows_over_it_are_refuse
         with pytest.raises(SqlError, match="a window over the processing-time column 'p'") as e:
             sh.start(f"INSERT INTO out {window}")
         assert e.value.line == 1 and e.value.column > 0
+
+
+def test_continuous_windows_over_a_column_other_than_the_watermark_are_refused(
+    sh: StreamHouse,
+) -> None:
+    """A window over a declared TIMESTAMP that is not the WATERMARK column would close by the
+    other column's watermark and drop its rows as late: refused, as Flink refuses it."""
+    sh.sql(
+        "CREATE STREAM e (k INT, t TIMESTAMP(3), u TIMESTAMP(3),"
+        " WATERMARK FOR t AS t - INTERVAL '1' SECOND) WITH (topic='e')"
+    )
+    for window in (
+        "SELECT k, COUNT(*) AS n FROM e GROUP BY k, TUMBLE(u, INTERVAL '5' SECOND)",
+        "SELECT window_start, COUNT(*) AS n FROM TABLE(HOP(TABLE e, DESCRIPTOR(u),"
+        " INTERVAL '5' SECOND, INTERVAL '10' SECOND)) GROUP BY window_start, window_end",
+        "WITH v AS (SELECT k, u AS later FROM e) SELECT k, COUNT(*) AS n FROM v"
+        " GROUP BY k, TUMBLE(later, INTERVAL '5' SECOND)",
+    ):
+        with pytest.raises(SqlError, match="'u' is not a time attribute of 'e'") as e:
+            sh.start(f"INSERT INTO out_u {window}")
+        assert e.value.line == 1 and e.value.column > 0
+    query = sh.start(
+        "INSERT INTO out_t SELECT k, COUNT(*) AS n FROM e GROUP BY k, TUMBLE(t, INTERVAL '5' SECOND)"
+    )
+    query.stop()

@@ -243,7 +243,7 @@ class ContinuousQuery:
                     " yet: lookup joins run in bounded queries (sh.sql, streamhouse query)",
                     name,
                 )
-            self._refuse_proctime_windows(definition)
+            self._refuse_windows_off_time(definition)
             self.read_options[name] = SourceOptions.of(definition.options, self.hints.get(name))
             columns |= {c.name: c.type for c in definition.columns}
             watermark = definition.watermark
@@ -264,16 +264,35 @@ class ContinuousQuery:
             source.isolation = self.options.isolation
         return sources
 
-    def _refuse_proctime_windows(self, definition: StreamDef) -> None:
-        """Windows fire on event time: a window over a ``PROCTIME()`` column is refused."""
+    def _refuse_windows_off_time(self, definition: StreamDef) -> None:
+        """Windows fire on event time: a window over a ``PROCTIME()`` column is refused, and so
+        is one over a column other than the stream's WATERMARK column (its windows would close
+        by another column's watermark and drop rows as late, where Flink refuses the query)."""
         proctime = set(ComputedColumns.of(definition).proctime)
+        times = {c.name for c in definition.columns if pa.types.is_timestamp(c.type)}
+        watermark = definition.watermark
         for branch in self.branches:
             column = branch.plan.operator.window_column
-            if definition.name in branch.plan.sources and column in proctime:
+            if definition.name not in branch.plan.sources or column is None:
+                continue
+            if column in proctime:
                 raise self.error(
                     f"a window over the processing-time column {column!r} (PROCTIME()) is not"
                     " supported in a continuous query yet: window on the stream's event time"
                     " (its WATERMARK column)",
+                    definition.name,
+                )
+            if (
+                watermark is not None
+                and len(branch.plan.sources) == 1
+                and column in times  # (a window over another type gets its own error)
+                and column != watermark.column
+            ):
+                raise self.error(
+                    f"{column!r} is not a time attribute of {definition.name!r}: its WATERMARK"
+                    f" is on {watermark.column!r}, so a window over {column!r} would close by"
+                    f" another column's time; window on {watermark.column!r}, or declare the"
+                    f" WATERMARK FOR {column}",
                     definition.name,
                 )
 
