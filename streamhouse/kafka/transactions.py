@@ -293,9 +293,12 @@ class TransactionCoordinator:
         """Write ``txn``'s markers to its partitions, then complete it in the store."""
         marker = marker_batch(txn.producer_id, txn.producer_epoch, commit=txn.state.committing)
         keys = [(p.topic, p.partition) for p in txn.partitions]
-        outcomes = await asyncio.gather(
-            *(self._append_marker(topic, partition, marker) for topic, partition in keys)
-        )
+        # queued together, the last one urgent: one flush without lingering holds them all
+        appends = [
+            self._start_marker(topic, partition, marker, urgent=i == len(keys) - 1)
+            for i, (topic, partition) in enumerate(keys)
+        ]
+        outcomes = [await self._marker_offset(key, a) for key, a in zip(keys, appends, strict=True)]
         if any(o is False for o in outcomes):
             return False
         markers = {key: o for key, o in zip(keys, outcomes, strict=True) if o is not None}
@@ -312,14 +315,28 @@ class TransactionCoordinator:
             )
         return done
 
-    async def _append_marker(self, topic: str, partition: int, marker: bytes) -> int | bool | None:
+    def _start_marker(
+        self, topic: str, partition: int, marker: bytes, *, urgent: bool
+    ) -> asyncio.Future[int] | BaseException:
+        """Queue a marker to the partition (or the error that refused it)."""
+        try:
+            return self._log.append_async(topic, partition, marker, urgent=urgent)
+        except StreamHouseError as exc:
+            return exc
+
+    @staticmethod
+    async def _marker_offset(
+        key: tuple[str, int], append: asyncio.Future[int] | BaseException
+    ) -> int | bool | None:
         """The marker's offset; ``None`` if the partition is gone, ``False`` if it failed."""
         try:
-            return await self._log.append_async(topic, partition, marker)
+            if isinstance(append, BaseException):
+                raise append
+            return await append
         except (UnknownTopicError, UnknownPartitionError):
             return None
         except StreamHouseError as exc:
-            log.warning("transaction marker to %s-%d failed: %s", topic, partition, exc)
+            log.warning("transaction marker to %s-%d failed: %s", key[0], key[1], exc)
             return False
 
     async def sweep(self) -> int:

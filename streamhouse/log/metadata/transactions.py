@@ -7,6 +7,14 @@ checks it is still what the caller expects: producer id, epoch and state. Two ag
 coordinator and its timeout sweep, therefore never both move one transaction on; the loser
 gets a :class:`Verdict` saying why. The SQL is written once for every backend.
 
+Only what a client is told is final waits for the disk: a new producer (:meth:`register`) and
+a decision (:meth:`prepare`). Adding partitions and offsets and completing a decided
+transaction are *lazy* commits (no fsync of their own; a crash of the process keeps them): the
+store's log is written in order, so the next durable commit covers them (the segment commit
+acknowledging the transaction's first records, the decision). A power loss can take one only
+with everything after it: a lost addition with the records it admitted, unacknowledged; a
+lost completion leaves the decision, which the coordinator's sweep finishes again.
+
 A transaction's life (Kafka's states)::
 
     EMPTY --add--> ONGOING --end--> PREPARE_COMMIT | PREPARE_ABORT --markers written-->
@@ -208,12 +216,14 @@ class TransactionStore:
     def __init__(
         self,
         transaction: Callable[[str], AbstractContextManager[Connection]],
+        lazy: Callable[[str], AbstractContextManager[Connection]],
         reader: Callable[[str], AbstractContextManager[Connection]],
         sql: Callable[[str], str],
         now_ms: str,
         for_update: str,
     ) -> None:
         self._transaction = transaction
+        self._lazy = lazy
         self._reader = reader
         self._sql = sql
         self._now = now_ms
@@ -304,7 +314,7 @@ class TransactionStore:
     ) -> tuple[Verdict, list[tuple[str, int]]]:
         """Put ``partitions`` in the producer's transaction (starting it); the verdict and
         the partitions that do not exist (then nothing is added)."""
-        with self._transaction(f"add partitions to {transactional_id!r}") as conn:
+        with self._lazy(f"add partitions to {transactional_id!r}") as conn:
             verdict, txn = self._current(conn, transactional_id, producer_id, epoch)
             if verdict is not Verdict.OK:
                 return verdict, []
@@ -326,7 +336,7 @@ class TransactionStore:
     def add_offsets(self, transactional_id: str, producer_id: int, epoch: int) -> Verdict:
         """Start the producer's transaction if it is not (AddOffsetsToTxn: its consumer
         offsets will be committed with it)."""
-        with self._transaction(f"add offsets to {transactional_id!r}") as conn:
+        with self._lazy(f"add offsets to {transactional_id!r}") as conn:
             verdict, txn = self._current(conn, transactional_id, producer_id, epoch)
             if verdict is Verdict.OK:
                 assert txn is not None
@@ -343,7 +353,7 @@ class TransactionStore:
     ) -> Verdict:
         """Hold ``(topic, partition) -> (offset, metadata)`` of ``group`` until the producer's
         ongoing transaction ends (TxnOffsetCommit)."""
-        with self._transaction(f"commit offsets in {transactional_id!r}") as conn:
+        with self._lazy(f"commit offsets in {transactional_id!r}") as conn:
             verdict, txn = self._current(conn, transactional_id, producer_id, epoch)
             if verdict is not Verdict.OK:
                 return verdict
@@ -396,7 +406,7 @@ class TransactionStore:
         for read_committed fetches, a commit publishes its offsets. ``False`` if someone
         else finished it first."""
         commit = txn.state.committing
-        with self._transaction(f"complete transaction {txn.transactional_id!r}") as conn:
+        with self._lazy(f"complete transaction {txn.transactional_id!r}") as conn:
             now = self._read(conn, txn.transactional_id, lock=True)
             if _key(now) != _key(txn) or now is None or now.state is not txn.state:
                 return False
