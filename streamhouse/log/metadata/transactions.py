@@ -7,13 +7,14 @@ checks it is still what the caller expects: producer id, epoch and state. Two ag
 coordinator and its timeout sweep, therefore never both move one transaction on; the loser
 gets a :class:`Verdict` saying why. The SQL is written once for every backend.
 
-Only what a client is told is final waits for the disk: a new producer (:meth:`register`) and
-a decision (:meth:`prepare`). Adding partitions and offsets and completing a decided
-transaction are *lazy* commits (no fsync of their own; a crash of the process keeps them): the
-store's log is written in order, so the next durable commit covers them (the segment commit
-acknowledging the transaction's first records, the decision). A power loss can take one only
-with everything after it: a lost addition with the records it admitted, unacknowledged; a
-lost completion leaves the decision, which the coordinator's sweep finishes again.
+Only a new producer (:meth:`register`) waits for the disk on its own. Adding partitions and
+offsets, the decision of EndTxn and the completion are *lazy* commits (no fsync of their own;
+a crash of the process keeps them): the store's log is written in order, so the next durable
+commit covers them, and the coordinator answers nothing before one: the segment commit
+acknowledging the transaction's first records, the markers' segment commit (or a durable
+completion when no marker was written). A power loss can take a lazy commit only with
+everything after it: a lost addition with the records it admitted, unacknowledged; a lost
+decision with its markers, before EndTxn was answered.
 
 A transaction's life (Kafka's states)::
 
@@ -375,14 +376,18 @@ class TransactionStore:
         commit: bool,
         *,
         new_epoch: int | None = None,
+        durable: bool = True,
     ) -> tuple[Verdict, TransactionState | None]:
         """Decide the producer's ongoing transaction: ``PREPARE_COMMIT`` or
         ``PREPARE_ABORT`` (at ``new_epoch`` if given: a timeout or a new producer fences the
         old one). The state with the partitions whose markers are to be written.
+        ``durable=False`` commits lazily: for a caller that tells nobody before a durable
+        commit after it (the markers' segment commit, or :meth:`complete` with ``durable``).
 
         A transaction already prepared the same way is handed back as it is (finish it); one
         completed the same way is ``OK`` with no partitions (a retried EndTxn)."""
-        with self._transaction(f"end transaction {transactional_id!r}") as conn:
+        begin = self._transaction if durable else self._lazy
+        with begin(f"end transaction {transactional_id!r}") as conn:
             txn = self._read(conn, transactional_id, lock=True)
             if txn is None or txn.producer_id != producer_id:
                 return Verdict.UNKNOWN, txn
@@ -400,13 +405,20 @@ class TransactionStore:
             txn.transactional_id, producer_id, bumped, target, txn.timeout_ms, -1, txn.partitions
         )
 
-    def complete(self, txn: TransactionState, markers: Mapping[tuple[str, int], int]) -> bool:
+    def complete(
+        self,
+        txn: TransactionState,
+        markers: Mapping[tuple[str, int], int],
+        *,
+        durable: bool = False,
+    ) -> bool:
         """Finish ``txn`` (as :meth:`prepare` returned it) once its markers are durable at
         ``markers`` (partition -> marker offset): partitions leave it, an abort is recorded
         for read_committed fetches, a commit publishes its offsets. ``False`` if someone
-        else finished it first."""
+        else finished it first. A lazy commit unless ``durable``."""
         commit = txn.state.committing
-        with self._lazy(f"complete transaction {txn.transactional_id!r}") as conn:
+        begin = self._transaction if durable else self._lazy
+        with begin(f"complete transaction {txn.transactional_id!r}") as conn:
             now = self._read(conn, txn.transactional_id, lock=True)
             if _key(now) != _key(txn) or now is None or now.state is not txn.state:
                 return False
