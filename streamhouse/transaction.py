@@ -152,16 +152,11 @@ class Transaction:
         self.ended = True
         if not self._partitions:  # nothing produced: nothing to decide
             return
-        verdict = asyncio.run(self._decide(commit))
-        self._check(verdict, "commit" if commit else "abort")
-
-    async def _decide(self, commit: bool) -> Verdict:
-        """EndTxn, then wait for its markers: on return the outcome is what readers see."""
-        verdict = await self._coordinator.end(
+        # EndTxn: on return its markers are written, the outcome is what readers see
+        end = self._coordinator.end(
             self.transactional_id, self._stamp.producer_id, self._stamp.epoch, commit
         )
-        await self._coordinator.finished(self.transactional_id)
-        return verdict
+        self._check(asyncio.run(end), "commit" if commit else "abort")
 
     def _check(self, verdict: Verdict, what: str) -> None:
         if verdict is not Verdict.OK:

@@ -15,10 +15,12 @@ transaction on. Within this agent the requests of one transactional id run one a
 - **AddPartitionsToTxn** starts the transaction; each partition joins at its high watermark,
   which holds its last stable offset there until the transaction ends.
 - **TxnOffsetCommit** keeps consumer offsets aside until the transaction commits.
-- **EndTxn** decides (``PREPARE_COMMIT``/``PREPARE_ABORT`` stored) and answers once the
-  decision is durable, as Kafka does; then a marker goes to every partition of the transaction
-  (through the log like any batch) and the transaction is completed, which moves the
-  partitions' last stable offsets. The id's next request waits for that.
+- **EndTxn** decides (``PREPARE_COMMIT``/``PREPARE_ABORT`` stored), a marker goes to every
+  partition of the transaction (through the log like any batch, flushed without lingering)
+  and the transaction is completed, which moves the partitions' last stable offsets; then it
+  answers. Only the markers' segment commit waits for the disk: the decision and the
+  completion are lazy store commits, which it covers (Kafka answers once its PREPARE record
+  is durable, but its client's next AddPartitionsToTxn waits for the markers anyway).
 - **DescribeTransactions** and **ListTransactions** (v0) answer from the store.
 - A transaction open longer than its ``transaction.timeout.ms`` is aborted by the sweep
   (:meth:`TransactionCoordinator.sweep`), at a bumped epoch; so is the remnant of a coordinator
@@ -102,9 +104,6 @@ class TransactionCoordinator:
         # Ongoing transactions as produce checks them: transactional id -> (producer id,
         # epoch, partitions added). Dropped whenever the transaction ends here.
         self._writers: dict[str, tuple[int, int, set[tuple[str, int]]]] = {}
-        # Decided transactions whose markers are being written after EndTxn was answered:
-        # the next request of the transactional id waits for them (see end()).
-        self._finishing: dict[str, asyncio.Task[bool]] = {}
 
     @property
     def store(self) -> TransactionStore:
@@ -115,13 +114,6 @@ class TransactionCoordinator:
         if lock is None:
             lock = self._locks[transactional_id] = asyncio.Lock()
         return lock
-
-    async def finished(self, transactional_id: str) -> None:
-        """Wait for the markers of the id's last transaction, if still being written (a
-        failure leaves it decided in the store: the request then finds it so)."""
-        task = self._finishing.pop(transactional_id, None)
-        if task is not None:
-            await asyncio.wait([task])
 
     # -- produce ----------------------------------------------------------------------------
 
@@ -182,7 +174,6 @@ class TransactionCoordinator:
     ) -> tuple[Verdict, int, int]:
         """``(verdict, producer id, epoch)`` of the producer taking ``transactional_id``."""
         async with self._lock(transactional_id):
-            await self.finished(transactional_id)
             txn = await asyncio.to_thread(self.store.get, transactional_id)
             if txn is not None and (txn.state is State.ONGOING or txn.state.preparing):
                 if not await self._abort_or_finish(txn):
@@ -207,7 +198,6 @@ class TransactionCoordinator:
     ) -> tuple[Verdict, list[tuple[str, int]]]:
         """The verdict and the partitions that do not exist (then none was added)."""
         async with self._lock(transactional_id):
-            await self.finished(transactional_id)
             verdict, missing = await asyncio.to_thread(
                 self.store.add_partitions, transactional_id, producer_id, epoch, partitions
             )
@@ -220,7 +210,6 @@ class TransactionCoordinator:
 
     async def add_offsets(self, transactional_id: str, producer_id: int, epoch: int) -> Verdict:
         async with self._lock(transactional_id):
-            await self.finished(transactional_id)
             return await asyncio.to_thread(
                 self.store.add_offsets, transactional_id, producer_id, epoch
             )
@@ -241,21 +230,20 @@ class TransactionCoordinator:
     async def end(
         self, transactional_id: str, producer_id: int, epoch: int, commit: bool
     ) -> Verdict:
-        """Commit or abort the producer's transaction; answers once the decision is durable
-        (as Kafka, once its PREPARE record is). The markers are written after, and the
-        transaction completed: until then its partitions' last stable offsets stay where
-        they are, and the id's next request waits for them (:meth:`finished`); a failure
-        leaves the decision in the store, where the sweep finishes it."""
+        """Commit or abort the producer's transaction: decide it (a lazy store commit), write
+        its markers and complete it; answers once all that is durable (the markers' segment
+        commit covers the decision), since the id's next AddPartitionsToTxn would wait for the
+        markers anyway. ``BUSY`` (CONCURRENT_TRANSACTIONS: the client retries) if a marker
+        failed: the decision stays in the store, where a retry or the sweep finishes it."""
         async with self._lock(transactional_id):
-            await self.finished(transactional_id)
             verdict, txn = await asyncio.to_thread(
-                self.store.prepare, transactional_id, producer_id, epoch, commit
+                self.store.prepare, transactional_id, producer_id, epoch, commit, durable=False
             )
             if verdict is not Verdict.OK:
                 return verdict
             self._writers.pop(transactional_id, None)
-            if txn is not None:
-                self._finishing[transactional_id] = asyncio.ensure_future(self._finish_later(txn))
+            if txn is not None and not await self._finish(txn):
+                return Verdict.BUSY
         return Verdict.OK
 
     # -- ending transactions ----------------------------------------------------------------
@@ -279,27 +267,21 @@ class TransactionCoordinator:
             txn = prepared
         return await self._finish(txn)
 
-    async def _finish_later(self, txn: TransactionState) -> bool:
-        """:meth:`_finish` after EndTxn was answered: a failure is logged (the sweep retries)."""
-        try:
-            return await self._finish(txn)
-        except Exception as exc:
-            log.warning(
-                "transactional id %r: markers not written yet: %s", txn.transactional_id, exc
-            )
-            return False
-
     async def _finish(self, txn: TransactionState) -> bool:
-        """Write ``txn``'s markers to its partitions, then complete it in the store."""
+        """Write ``txn``'s markers to its partitions, then complete it in the store: a lazy
+        commit after the markers' durable one, a durable one if no marker was written."""
         marker = marker_batch(txn.producer_id, txn.producer_epoch, commit=txn.state.committing)
         keys = [(p.topic, p.partition) for p in txn.partitions]
-        outcomes = await asyncio.gather(
-            *(self._append_marker(topic, partition, marker) for topic, partition in keys)
-        )
+        # queued together, the last one urgent: one flush without lingering holds them all
+        appends = [
+            self._start_marker(topic, partition, marker, urgent=i == len(keys) - 1)
+            for i, (topic, partition) in enumerate(keys)
+        ]
+        outcomes = [await self._marker_offset(key, a) for key, a in zip(keys, appends, strict=True)]
         if any(o is False for o in outcomes):
             return False
         markers = {key: o for key, o in zip(keys, outcomes, strict=True) if o is not None}
-        done = await asyncio.to_thread(self.store.complete, txn, markers)
+        done = await asyncio.to_thread(self.store.complete, txn, markers, durable=not markers)
         self._wake(keys)
         if done:
             log.info(
@@ -312,14 +294,28 @@ class TransactionCoordinator:
             )
         return done
 
-    async def _append_marker(self, topic: str, partition: int, marker: bytes) -> int | bool | None:
+    def _start_marker(
+        self, topic: str, partition: int, marker: bytes, *, urgent: bool
+    ) -> asyncio.Future[int] | BaseException:
+        """Queue a marker to the partition (or the error that refused it)."""
+        try:
+            return self._log.append_async(topic, partition, marker, urgent=urgent)
+        except StreamHouseError as exc:
+            return exc
+
+    @staticmethod
+    async def _marker_offset(
+        key: tuple[str, int], append: asyncio.Future[int] | BaseException
+    ) -> int | bool | None:
         """The marker's offset; ``None`` if the partition is gone, ``False`` if it failed."""
         try:
-            return await self._log.append_async(topic, partition, marker)
+            if isinstance(append, BaseException):
+                raise append
+            return await append
         except (UnknownTopicError, UnknownPartitionError):
             return None
         except StreamHouseError as exc:
-            log.warning("transaction marker to %s-%d failed: %s", topic, partition, exc)
+            log.warning("transaction marker to %s-%d failed: %s", key[0], key[1], exc)
             return False
 
     async def sweep(self) -> int:
@@ -328,7 +324,6 @@ class TransactionCoordinator:
         ended = 0
         for txn in await asyncio.to_thread(self.store.due):
             async with self._lock(txn.transactional_id):
-                await self.finished(txn.transactional_id)
                 current = await asyncio.to_thread(self.store.get, txn.transactional_id)
                 if current is None or not (current.expired or current.state.preparing):
                     continue

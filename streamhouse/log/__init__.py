@@ -240,14 +240,16 @@ class Log:
         partition: int,
         batches: bytes | memoryview,
         split: SplitBatches | None = None,
+        *,
+        urgent: bool = False,
     ) -> asyncio.Future[int]:
         """:meth:`append` from a running event loop, with an asyncio future resolved on it.
 
         ``batches`` may be a view of a request frame (no copy): it must not change until the
-        future is resolved.
+        future is resolved. ``urgent`` flushes without lingering (a transaction marker).
         """
         headers = self._validate(topic, partition, batches, split)
-        return self.writer.append_async(topic, partition, batches, headers)
+        return self.writer.append_async(topic, partition, batches, headers, urgent=urgent)
 
     def _produce_target(self, topic: str) -> tuple[TopicInfo, int]:
         """The topic (cached up to ``TOPIC_CACHE_SECONDS``) and its max.message.bytes."""

@@ -247,14 +247,20 @@ class LogWriter:
         partition: int,
         data: bytes | memoryview,
         headers: list[tuple[int, BatchHeader]],
+        *,
+        urgent: bool = False,
     ) -> asyncio.Future[int]:
-        """Like :meth:`append`, on a running event loop: the future resolves on that loop."""
+        """Like :meth:`append`, on a running event loop: the future resolves on that loop.
+
+        ``urgent`` flushes now, with whatever else is pending, instead of ``linger_ms``
+        after the first pending append (for a batch someone waits on alone: a transaction
+        marker)."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[int] = loop.create_future()
-        self._queue(_Append(topic, partition, data, headers, future, loop))
+        self._queue(_Append(topic, partition, data, headers, future, loop), urgent=urgent)
         return future
 
-    def _queue(self, item: _Append) -> None:
+    def _queue(self, item: _Append, *, urgent: bool = False) -> None:
         with self._lock:
             if self._closed:
                 raise StorageError("the log is closed")
@@ -266,7 +272,9 @@ class LogWriter:
             self._pending.append(item)
             self._pending_bytes += len(item.data)
             self._fenced += item.fence is not None
-            if first or self._pending_bytes >= self._max_bytes:  # else the linger timer runs
+            if urgent:
+                self._first_pending_at = 0.0  # the linger is over
+            if first or urgent or self._pending_bytes >= self._max_bytes:  # else it lingers
                 self._work.notify()
 
     def forget(self, topic: str) -> None:

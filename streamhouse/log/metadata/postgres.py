@@ -268,6 +268,14 @@ class PostgresMetadata(SqlMetadata):
         with self._connection(action) as conn, conn.transaction():
             yield conn
 
+    @contextmanager
+    def _lazy_transaction(self, action: str) -> Iterator[psycopg.Connection]:
+        """:meth:`_transaction` with ``synchronous_commit = off``: its COMMIT does not wait for
+        the WAL flush, which the next synchronous commit's flush covers."""
+        with self._transaction(action) as conn:
+            conn.execute("SET LOCAL synchronous_commit = off")
+            yield conn
+
     @property
     def schema_version(self) -> int:
         """The newest migration applied to this store."""

@@ -203,6 +203,20 @@ class SQLiteMetadata(SqlMetadata):
             conn.execute("COMMIT")
 
     @contextmanager
+    def _lazy_transaction(self, action: str) -> Iterator[sqlite3.Connection]:
+        """:meth:`_transaction` at ``synchronous=NORMAL``: in WAL mode its COMMIT appends to the
+        WAL without an fsync, and the next ``FULL`` commit's fsync covers it."""
+        conn = self._connection()  # this thread's own: the setting concerns nobody else
+        with self._storage_errors(action):
+            conn.execute("PRAGMA synchronous=NORMAL")
+        try:
+            with self._transaction(action) as same:
+                yield same
+        finally:
+            with self._storage_errors(action):
+                conn.execute("PRAGMA synchronous=FULL")
+
+    @contextmanager
     def _reader(self, action: str) -> Iterator[sqlite3.Connection]:
         with self._storage_errors(action):
             yield self._connection()

@@ -81,6 +81,14 @@ class SqlMetadata:
         """A write transaction: committed if the block returns, rolled back if it raises."""
         raise NotImplementedError
 
+    def _lazy_transaction(self, action: str) -> AbstractContextManager[Connection]:
+        """A write transaction whose COMMIT does not wait for the disk (the default: it
+        does). A crash of this process keeps it; a power loss may lose it, but only together
+        with every later commit: it is durable once any later :meth:`_transaction` is (the
+        store's log is written in order). For changes nobody is told are final on their own.
+        """
+        return self._transaction(action)
+
     def _add_partitions(self, conn: Connection, topic: str, start: int, stop: int) -> None:
         """Insert the empty partitions ``[start, stop)`` of ``topic``."""
         raise NotImplementedError
@@ -95,6 +103,7 @@ class SqlMetadata:
         if store is None:
             store = self.__dict__["_transaction_store"] = TransactionStore(
                 self._transaction,
+                self._lazy_transaction,
                 self._reader,
                 self._sql,
                 self.dialect.now_ms,

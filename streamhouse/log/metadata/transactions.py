@@ -7,6 +7,15 @@ checks it is still what the caller expects: producer id, epoch and state. Two ag
 coordinator and its timeout sweep, therefore never both move one transaction on; the loser
 gets a :class:`Verdict` saying why. The SQL is written once for every backend.
 
+Only a new producer (:meth:`register`) waits for the disk on its own. Adding partitions and
+offsets, the decision of EndTxn and the completion are *lazy* commits (no fsync of their own;
+a crash of the process keeps them): the store's log is written in order, so the next durable
+commit covers them, and the coordinator answers nothing before one: the segment commit
+acknowledging the transaction's first records, the markers' segment commit (or a durable
+completion when no marker was written). A power loss can take a lazy commit only with
+everything after it: a lost addition with the records it admitted, unacknowledged; a lost
+decision with its markers, before EndTxn was answered.
+
 A transaction's life (Kafka's states)::
 
     EMPTY --add--> ONGOING --end--> PREPARE_COMMIT | PREPARE_ABORT --markers written-->
@@ -208,12 +217,14 @@ class TransactionStore:
     def __init__(
         self,
         transaction: Callable[[str], AbstractContextManager[Connection]],
+        lazy: Callable[[str], AbstractContextManager[Connection]],
         reader: Callable[[str], AbstractContextManager[Connection]],
         sql: Callable[[str], str],
         now_ms: str,
         for_update: str,
     ) -> None:
         self._transaction = transaction
+        self._lazy = lazy
         self._reader = reader
         self._sql = sql
         self._now = now_ms
@@ -304,7 +315,7 @@ class TransactionStore:
     ) -> tuple[Verdict, list[tuple[str, int]]]:
         """Put ``partitions`` in the producer's transaction (starting it); the verdict and
         the partitions that do not exist (then nothing is added)."""
-        with self._transaction(f"add partitions to {transactional_id!r}") as conn:
+        with self._lazy(f"add partitions to {transactional_id!r}") as conn:
             verdict, txn = self._current(conn, transactional_id, producer_id, epoch)
             if verdict is not Verdict.OK:
                 return verdict, []
@@ -326,7 +337,7 @@ class TransactionStore:
     def add_offsets(self, transactional_id: str, producer_id: int, epoch: int) -> Verdict:
         """Start the producer's transaction if it is not (AddOffsetsToTxn: its consumer
         offsets will be committed with it)."""
-        with self._transaction(f"add offsets to {transactional_id!r}") as conn:
+        with self._lazy(f"add offsets to {transactional_id!r}") as conn:
             verdict, txn = self._current(conn, transactional_id, producer_id, epoch)
             if verdict is Verdict.OK:
                 assert txn is not None
@@ -343,7 +354,7 @@ class TransactionStore:
     ) -> Verdict:
         """Hold ``(topic, partition) -> (offset, metadata)`` of ``group`` until the producer's
         ongoing transaction ends (TxnOffsetCommit)."""
-        with self._transaction(f"commit offsets in {transactional_id!r}") as conn:
+        with self._lazy(f"commit offsets in {transactional_id!r}") as conn:
             verdict, txn = self._current(conn, transactional_id, producer_id, epoch)
             if verdict is not Verdict.OK:
                 return verdict
@@ -365,14 +376,18 @@ class TransactionStore:
         commit: bool,
         *,
         new_epoch: int | None = None,
+        durable: bool = True,
     ) -> tuple[Verdict, TransactionState | None]:
         """Decide the producer's ongoing transaction: ``PREPARE_COMMIT`` or
         ``PREPARE_ABORT`` (at ``new_epoch`` if given: a timeout or a new producer fences the
         old one). The state with the partitions whose markers are to be written.
+        ``durable=False`` commits lazily: for a caller that tells nobody before a durable
+        commit after it (the markers' segment commit, or :meth:`complete` with ``durable``).
 
         A transaction already prepared the same way is handed back as it is (finish it); one
         completed the same way is ``OK`` with no partitions (a retried EndTxn)."""
-        with self._transaction(f"end transaction {transactional_id!r}") as conn:
+        begin = self._transaction if durable else self._lazy
+        with begin(f"end transaction {transactional_id!r}") as conn:
             txn = self._read(conn, transactional_id, lock=True)
             if txn is None or txn.producer_id != producer_id:
                 return Verdict.UNKNOWN, txn
@@ -390,13 +405,20 @@ class TransactionStore:
             txn.transactional_id, producer_id, bumped, target, txn.timeout_ms, -1, txn.partitions
         )
 
-    def complete(self, txn: TransactionState, markers: Mapping[tuple[str, int], int]) -> bool:
+    def complete(
+        self,
+        txn: TransactionState,
+        markers: Mapping[tuple[str, int], int],
+        *,
+        durable: bool = False,
+    ) -> bool:
         """Finish ``txn`` (as :meth:`prepare` returned it) once its markers are durable at
         ``markers`` (partition -> marker offset): partitions leave it, an abort is recorded
         for read_committed fetches, a commit publishes its offsets. ``False`` if someone
-        else finished it first."""
+        else finished it first. A lazy commit unless ``durable``."""
         commit = txn.state.committing
-        with self._transaction(f"complete transaction {txn.transactional_id!r}") as conn:
+        begin = self._transaction if durable else self._lazy
+        with begin(f"complete transaction {txn.transactional_id!r}") as conn:
             now = self._read(conn, txn.transactional_id, lock=True)
             if _key(now) != _key(txn) or now is None or now.state is not txn.state:
                 return False
