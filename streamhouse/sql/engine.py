@@ -663,12 +663,7 @@ class Engine:
         matched = match_versions(
             probes, plan.probe_time, plan.probe_keys, versions, version_time, plan.version_keys
         )
-        left, right = temporal_inputs(probes, versions, matched)
-        return run_sql(
-            plan.sql,
-            {"__left": hide_metadata(left, named), "__right": hide_metadata(right, named)},
-            ordered=False,
-        )
+        return _join_versions(plan, probes, versions, matched, named)
 
     def _lookup(
         self,
@@ -693,12 +688,7 @@ class Engine:
             rows, at = join.matches(probes)
         finally:
             join.source.close()
-        left, right = temporal_inputs(probes, rows, pc.fill_null(at, -1).to_numpy())
-        return run_sql(
-            plan.sql,
-            {"__left": hide_metadata(left, named), "__right": hide_metadata(right, named)},
-            ordered=False,
-        )
+        return _join_versions(plan, probes, rows, pc.fill_null(at, -1).to_numpy(), named)
 
     def source_scan(
         self,
@@ -863,6 +853,19 @@ class Engine:
         if columnar is not None and columnar.parts:
             table = columnar.table_with(table, source.schema, stats)
         return computed.apply(table) if computed else table
+
+
+def _join_versions(
+    plan: TemporalJoin, probes: pa.Table, versions: pa.Table, matched: np.ndarray, named: set[str]
+) -> pa.Table:
+    """The temporal (or lookup) join's SQL over each probe row beside the version it matched
+    (``matched``: a version row index per probe, -1 for none)."""
+    left, right = temporal_inputs(probes, versions, matched)
+    return run_sql(
+        plan.sql,
+        {"__left": hide_metadata(left, named), "__right": hide_metadata(right, named)},
+        ordered=False,
+    )
 
 
 def parse_failure(name: str, row: RejectedRow) -> SqlError:
