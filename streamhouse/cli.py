@@ -797,6 +797,154 @@ def user_delete(ctx: click.Context, name: str, data_dir: str | None) -> None:
     click.echo(f"user {name} deleted", err=True)
 
 
+# -- ACLs --------------------------------------------------------------------------------------
+
+
+@main.group()
+def acl() -> None:
+    """Kafka ACLs in the metadata store, as kafka-acls.sh manages them (--add, --list,
+    --remove): a running serve --authorizer acl applies a change within acl_refresh_s (1 s)."""
+
+
+def _resource_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """--topic, --group, --transactional-id, --cluster and --resource-pattern-type."""
+    options = [
+        click.option("--topic", "topics", multiple=True, metavar="NAME", help="A topic (repeatable)."),
+        click.option("--group", "groups", multiple=True, metavar="NAME", help="A consumer group (repeatable)."),
+        click.option("--transactional-id", "transactional_ids", multiple=True, metavar="ID",
+                     help="A transactional.id (repeatable)."),
+        click.option("--cluster", is_flag=True, help="The cluster (kafka-cluster)."),
+        click.option("--resource-pattern-type", "pattern", metavar="TYPE",
+                     help="literal or prefixed (list and delete also any or match)."),
+    ]  # fmt: skip
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def _entry_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """--allow/deny-principal, --allow/deny-host and --operation."""
+    options = [
+        click.option("--allow-principal", "allow_principals", multiple=True, metavar="PRINCIPAL",
+                     help="User:NAME allowed (repeatable; User:* is everyone)."),
+        click.option("--deny-principal", "deny_principals", multiple=True, metavar="PRINCIPAL",
+                     help="User:NAME denied (repeatable; a DENY wins over any ALLOW)."),
+        click.option("--allow-host", "allow_hosts", multiple=True, metavar="HOST",
+                     help="Address the allowed principals connect from (default *)."),
+        click.option("--deny-host", "deny_hosts", multiple=True, metavar="HOST",
+                     help="Address the denied principals connect from (default *)."),
+        click.option("--operation", "operations", multiple=True, metavar="OP",
+                     help="Read, Write, Create, Delete, Alter, Describe, DescribeConfigs,"
+                     " AlterConfigs, IdempotentWrite, ClusterAction or All (default All;"
+                     " repeatable)."),
+    ]  # fmt: skip
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def _acl_spec(options: dict[str, Any]) -> Any:
+    from streamhouse.security.acl_command import AclSpec
+
+    return AclSpec(**{k: v for k, v in options.items() if k in AclSpec.__slots__})
+
+
+def _echo_acls(metadata: Any, filters: list[Any]) -> None:
+    from streamhouse.security.acl_command import describe
+
+    found = [b for b in metadata.list_acls() if any(f.matches(b) for f in filters)]
+    for line in describe(found):
+        click.echo(line)
+
+
+@acl.command("add")
+@_resource_options
+@_entry_options
+@click.option("--producer", is_flag=True, help="WRITE, DESCRIBE and CREATE on the topics.")
+@click.option(
+    "--consumer", is_flag=True, help="READ and DESCRIBE on the topics, READ on the groups."
+)
+@click.option(
+    "--idempotent", is_flag=True, help="With --producer: IDEMPOTENT_WRITE on the cluster."
+)
+@data_dir_option
+@click.pass_context
+@friendly_errors
+def acl_add(ctx: click.Context, data_dir: str | None, **options: Any) -> None:
+    """Add ACLs: every principal x host x operation on every resource named, then print the
+    ACLs of those resources."""
+    from streamhouse.security.acl_command import bindings_to_add, list_filters
+
+    spec = _acl_spec(options)
+    bindings = bindings_to_add(spec)
+    metadata = _metadata(ctx)
+    try:
+        metadata.create_acls(bindings)
+        click.echo(f"added {len(bindings)} ACL(s)", err=True)
+        resources = {(b.resource_type, b.resource_name, b.pattern_type) for b in bindings}
+        _echo_acls(metadata, [f for r in resources for f in list_filters(_one(r), ())])
+    finally:
+        metadata.close()
+
+
+def _one(resource: tuple[Any, str, Any]) -> Any:
+    """A spec naming one resource exactly (for printing what a change left)."""
+    from streamhouse.security.acl import ResourceType
+    from streamhouse.security.acl_command import AclSpec
+
+    rtype, name, pattern = resource
+    field = {ResourceType.TOPIC: "topics", ResourceType.GROUP: "groups",
+             ResourceType.TRANSACTIONAL_ID: "transactional_ids"}.get(rtype)  # fmt: skip
+    named = {field: (name,)} if field else {"cluster": True}
+    return AclSpec(**named, pattern=pattern.name)  # type: ignore[arg-type]
+
+
+@acl.command("list")
+@_resource_options
+@click.option("--principal", "principals", multiple=True, metavar="PRINCIPAL",
+              help="Only the ACLs of this principal (repeatable).")  # fmt: skip
+@data_dir_option
+@click.pass_context
+@friendly_errors
+def acl_list(ctx: click.Context, data_dir: str | None, principals: tuple[str, ...],
+             **options: Any) -> None:  # fmt: skip
+    """The ACLs of the resources named (every ACL if none is), as kafka-acls.sh --list prints
+    them; --resource-pattern-type match also shows the wildcard and prefixed ACLs that apply."""
+    from streamhouse.security.acl_command import list_filters
+
+    filters = list_filters(_acl_spec(options), principals)
+    metadata = _metadata(ctx)
+    try:
+        _echo_acls(metadata, filters)
+    finally:
+        metadata.close()
+
+
+@acl.command("delete")
+@_resource_options
+@_entry_options
+@click.option("--force", is_flag=True, help="Do not ask before deleting every ACL of a resource.")
+@data_dir_option
+@click.pass_context
+@friendly_errors
+def acl_delete(ctx: click.Context, data_dir: str | None, force: bool, **options: Any) -> None:
+    """Delete the ACLs of the resources named that match the principals, hosts and operations
+    given (operation All unless given, as kafka-acls.sh --remove); with no principal, every
+    ACL of those resources, after asking (--force: without)."""
+    from streamhouse.security.acl_command import delete_filters
+
+    filters, everything = delete_filters(_acl_spec(options))
+    metadata = _metadata(ctx)
+    try:
+        doomed = [b for b in metadata.list_acls() if any(f.matches(b) for f in filters)]
+        if everything and doomed and not force:
+            click.confirm(f"Delete all {len(doomed)} ACL(s) of the resources named?", abort=True)
+        metadata.delete_acls(doomed)
+    finally:
+        metadata.close()
+    click.echo(f"deleted {len(doomed)} ACL(s)", err=True)
+
+
 @main.group()
 def iceberg() -> None:
     """The Iceberg tables of streams declared WITH ('iceberg' = 'true')."""

@@ -326,6 +326,145 @@ def test_confluent_describes_and_deletes_acls(acl_server: KafkaServer) -> None:
     assert admin.describe_acls(wanted).result(TIMEOUT) == []
 
 
+# -- streamhouse acl: the command line ------------------------------------------------------
+
+
+def _acl_cli(data: Any, *args: str, stdin: str | None = None) -> Any:
+    return CliRunner().invoke(cli, ["acl", *args, "--data-dir", str(data)], input=stdin)
+
+
+def _until(check: Any, timeout: float = 10.0) -> Any:
+    """``check()`` once it is truthy (the server reloads ACLs within acl_refresh_s)."""
+    deadline = time.monotonic() + timeout
+    while not (found := check()) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return found
+
+
+def test_acl_cli_grants_and_revokes_on_a_running_server(acl_server: KafkaServer) -> None:
+    """``acl add --producer`` lets bob write (the server picks it up from the store); ``acl
+    list`` shows what the Kafka Admin API describes; ``acl delete`` takes it back."""
+    topic = f"cli-{uuid.uuid4().hex[:6]}"
+    admin = AdminClient(_config(acl_server, "admin"))
+    for future in admin.create_topics([NewTopic(topic, 1)]).values():
+        future.result(TIMEOUT)
+    refused = _produce(acl_server, "bob", topic)
+    assert refused is not None and refused.code() == KafkaError.TOPIC_AUTHORIZATION_FAILED
+    data = acl_server.data_dir
+    added = _acl_cli(data, "add", "--allow-principal", "User:bob", "--producer", "--topic", "cli-",
+                     "--resource-pattern-type", "prefixed")  # fmt: skip
+    assert added.exit_code == 0, added.output
+    assert _until(lambda: _produce(acl_server, "bob", topic) is None)
+    wanted = AclBindingFilter(ResourceType.TOPIC, "cli-", ResourcePatternType.PREFIXED,
+                              None, None, AclOperation.ANY, AclPermissionType.ANY)  # fmt: skip
+    seen = admin.describe_acls(wanted).result(TIMEOUT)
+    assert sorted((b.principal, b.host, b.operation.name) for b in seen) == [
+        ("User:bob", "*", "CREATE"), ("User:bob", "*", "DESCRIBE"), ("User:bob", "*", "WRITE")
+    ]  # fmt: skip
+    listed = _acl_cli(data, "list", "--topic", "cli-", "--resource-pattern-type", "prefixed")
+    assert listed.exit_code == 0, listed.output
+    assert listed.output.splitlines()[:4] == [
+        "Current ACLs for resource `ResourcePattern(resourceType=TOPIC, name=cli-,"
+        " patternType=PREFIXED)`:",
+        *(f" \t(principal=User:bob, host=*, operation={op}, permissionType=ALLOW)"
+          for op in ("WRITE", "CREATE", "DESCRIBE")),
+    ]  # fmt: skip
+    assert _acl_cli(data, "delete", "--topic", "cli-", "--resource-pattern-type",
+                    "prefixed").exit_code == 1  # asks first; no answer: nothing deleted  # fmt: skip
+    assert len(admin.describe_acls(wanted).result(TIMEOUT)) == 3
+    deleted = _acl_cli(data, "delete", "--topic", "cli-", "--resource-pattern-type", "prefixed",
+                       "--force")  # fmt: skip
+    assert deleted.exit_code == 0, deleted.output
+    assert admin.describe_acls(wanted).result(TIMEOUT) == []
+
+    def bob_refused() -> bool:
+        error = _produce(acl_server, "bob", topic)
+        return error is not None and error.code() == KafkaError.TOPIC_AUTHORIZATION_FAILED
+
+    assert _until(bob_refused)
+
+
+def _listed(data: Any, *args: str) -> list[tuple[str, ...]]:
+    """(resource, principal, host, operation, permission) of what ``acl list`` prints."""
+    out = _acl_cli(data, "list", *args)
+    assert out.exit_code == 0, out.output
+    found, resource = [], ""
+    for line in out.output.splitlines():
+        if line.startswith("Current ACLs for resource"):
+            resource = line.split("(", 1)[1].split(")`")[0]
+        elif line.strip():
+            fields = dict(part.split("=", 1) for part in line.strip(" \t()").split(", "))
+            found.append((resource, fields["principal"], fields["host"], fields["operation"],
+                          fields["permissionType"]))  # fmt: skip
+    return found
+
+
+def test_acl_cli_follows_kafka_acls_options(tmp_path: Any) -> None:
+    """Hosts default to *, operations to All; --consumer and --idempotent grant Kafka's sets;
+    delete matches the operation given (All unless given), as kafka-acls.sh --remove."""
+    data = tmp_path / "data"
+    topic_orders = "resourceType=TOPIC, name=orders, patternType=LITERAL"
+    assert _acl_cli(data, "add", "--allow-principal", "User:alice", "--topic", "orders",
+                    "--deny-principal", "User:bob", "--deny-host", "10.0.0.9").exit_code == 0  # fmt: skip
+    assert _listed(data) == [(topic_orders, "User:alice", "*", "ALL", "ALLOW"),
+                             (topic_orders, "User:bob", "10.0.0.9", "ALL", "DENY")]  # fmt: skip
+    added = _acl_cli(data, "add", "--allow-principal", "User:carol", "--consumer", "--topic",
+                     "orders", "--group", "g1", "--allow-host", "10.0.0.1")  # fmt: skip
+    assert added.exit_code == 0, added.output
+    assert [row for row in _listed(data, "--principal", "User:carol")] == [
+        (topic_orders, "User:carol", "10.0.0.1", "READ", "ALLOW"),
+        (topic_orders, "User:carol", "10.0.0.1", "DESCRIBE", "ALLOW"),
+        ("resourceType=GROUP, name=g1, patternType=LITERAL", "User:carol", "10.0.0.1", "READ",
+         "ALLOW"),
+    ]  # fmt: skip
+    added = _acl_cli(data, "add", "--allow-principal", "User:dave", "--producer", "--idempotent",
+                     "--topic", "out")  # fmt: skip
+    assert added.exit_code == 0, added.output
+    assert ("resourceType=CLUSTER, name=kafka-cluster, patternType=LITERAL", "User:dave", "*",
+            "IDEMPOTENT_WRITE", "ALLOW") in _listed(data, "--cluster")  # fmt: skip
+    assert [row[3] for row in _listed(data, "--topic", "out")] == ["WRITE", "CREATE", "DESCRIBE"]
+    # --remove's default operation is All: carol's READ stays; READ named goes (both hosts' rows)
+    kept = _acl_cli(data, "delete", "--topic", "orders", "--allow-principal", "User:carol")
+    assert kept.exit_code == 0 and len(_listed(data, "--principal", "User:carol")) == 3
+    gone = _acl_cli(data, "delete", "--topic", "orders", "--allow-principal", "User:carol",
+                    "--allow-host", "10.0.0.1", "--operation", "read")  # fmt: skip
+    assert gone.exit_code == 0 and "deleted 1 ACL(s)" in gone.output
+    assert [row[3] for row in _listed(data, "--principal", "User:carol", "--topic", "orders")] == [
+        "DESCRIBE"
+    ]
+    assert _listed(data, "--topic", "orders-eu", "--resource-pattern-type", "match") == []
+    everything = _acl_cli(data, "delete", "--topic", "orders", stdin="y\n")
+    assert everything.exit_code == 0 and "deleted 3 ACL(s)" in everything.output
+    assert _listed(data, "--topic", "orders") == []
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["add", "--allow-principal", "alice", "--topic", "t"], "is not TYPE:NAME"),
+        (["add", "--allow-principal", "User:a", "--operation", "Fly", "--topic", "t"],
+         "unknown operation 'Fly'"),
+        (["add", "--allow-principal", "User:a", "--operation", "Write", "--group", "g"],
+         "GROUP has no operation WRITE"),
+        (["add", "--allow-principal", "User:a"], "name a resource"),
+        (["add", "--topic", "t"], "name a principal"),
+        (["add", "--allow-principal", "User:a", "--topic", "t", "--resource-pattern-type",
+          "match"], "LITERAL or PREFIXED"),
+        (["add", "--allow-principal", "User:a", "--consumer", "--topic", "t"], "needs --group"),
+        (["add", "--allow-host", "1.2.3.4", "--deny-principal", "User:a", "--topic", "t"],
+         "--allow-host needs --allow-principal"),
+        (["list", "--resource-pattern-type", "fuzzy"], "unknown resource pattern type"),
+        (["delete", "--allow-principal", "User:a"], "name a resource"),
+    ],
+)  # fmt: skip
+def test_acl_cli_refuses_bad_options_in_one_line(
+    tmp_path: Any, args: list[str], message: str
+) -> None:
+    out = _acl_cli(tmp_path / "data", *args)
+    assert out.exit_code == 1 and message in out.output and "Traceback" not in out.output
+    assert out.exception is None or isinstance(out.exception, SystemExit)
+
+
 def test_a_non_superuser_cannot_grant_or_manage_users(acl_server: KafkaServer) -> None:
     alice = AdminClient(_config(acl_server, "alice"))
     (future,) = alice.create_acls([_acl("private", AclOperation.ALL)]).values()
