@@ -182,7 +182,7 @@ class ScramServer:
         signature = _hmac(self.algorithm, credential.stored_key, auth_message)
         if len(proof) != len(signature):
             raise ScramError("SCRAM proof has the wrong length")
-        client_key = bytes(a ^ b for a, b in zip(proof, signature, strict=True))
+        client_key = (int.from_bytes(proof) ^ int.from_bytes(signature)).to_bytes(len(proof))
         if not hmac.compare_digest(
             hashlib.new(self.algorithm, client_key).digest(), credential.stored_key
         ):
