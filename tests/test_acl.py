@@ -7,9 +7,12 @@ and the ACL store are checked directly too."""
 from __future__ import annotations
 
 import contextlib
+import ipaddress
+import os
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -463,6 +466,37 @@ def test_acl_cli_refuses_bad_options_in_one_line(
     out = _acl_cli(tmp_path / "data", *args)
     assert out.exit_code == 1 and message in out.output and "Traceback" not in out.output
     assert out.exception is None or isinstance(out.exception, SystemExit)
+
+
+def _listening(pid: int) -> set[tuple[str, int]]:
+    """(address, port) of every TCP socket process ``pid`` listens on, and of every UDP socket
+    it has bound (/proc: the process's socket inodes, looked up in /proc/PID/net)."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(OSError):
+            target = os.readlink(fd)
+            if target.startswith("socket:["):
+                inodes.add(target[8:-1])
+    found = set()
+    for table in ("tcp", "tcp6", "udp", "udp6"):
+        for line in Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]:
+            fields = line.split()
+            listens = fields[3] == "0A" if table.startswith("tcp") else True
+            if listens and fields[9] in inodes:
+                address, port = fields[1].split(":")
+                raw = bytes.fromhex(address)
+                words = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))
+                found.add((str(ipaddress.ip_address(words)), int(port, 16)))
+    return found
+
+
+def test_serve_listens_on_its_listeners_and_nothing_else(acl_server: KafkaServer) -> None:
+    """No metrics or HTTP port, no UDP socket: the Kafka listeners named are the only ports."""
+    assert acl_server.process is not None
+    assert _listening(acl_server.process.pid) == {
+        ("127.0.0.1", acl_server.port),
+        ("127.0.0.1", acl_server.sasl_port),  # type: ignore[attr-defined]
+    }
 
 
 def test_a_non_superuser_cannot_grant_or_manage_users(acl_server: KafkaServer) -> None:
