@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -59,9 +60,11 @@ def main() -> None:
     args = parser.parse_args()
     load_before = os.getloadavg()
     servers = {}
+    work = Path(tempfile.mkdtemp(prefix="login-ab-"))
     try:
         for name, repo in (("a", args.a), ("b", args.b)):
-            servers[name] = _serve(repo, Path(tempfile.mkdtemp(prefix=f"login-{name}-")))
+            (work / name).mkdir()
+            servers[name] = _serve(repo, work / name)
         salted: dict = {}
         times: dict[str, list[float]] = {"a": [], "b": []}
         for _, port in servers.values():
@@ -79,6 +82,7 @@ def main() -> None:
         for server, _ in servers.values():
             server.terminate()
             server.wait(30)
+        shutil.rmtree(work, ignore_errors=True)
     result = {
         name: {
             "p50_ms": 1000 * _pct(t, 0.5),
