@@ -212,6 +212,10 @@ def _start_append(
         return error_code_for(exc)
     if idempotent:
         broker.producers.record(topic, partition, header, offset)
+    if transactional_id is not None and broker.transactions.answer_early(
+        transactional_id, header, offset
+    ):
+        return ErrorCode.none  # durable by the time its transaction commits
     return offset
 
 

@@ -8,7 +8,8 @@ names the agent asked), a restart loses nothing, and two coordinators never both
 transaction on. Within this agent the requests of one transactional id run one at a time.
 
 - **InitProducerId** gives the transactional id its producer id at a new epoch (a new id at
-  first, or once the epoch would pass :data:`MAX_EPOCH`). A transaction the previous producer
+  first, or once the epoch would pass :data:`MAX_EPOCH`); from v3 a producer may bump its own
+  epoch by sending its producer id and epoch (KIP-360), refused if they are not current. A transaction the previous producer
   left open is aborted first, at a bumped epoch: that producer is fenced, its later requests
   get ``PRODUCER_FENCED`` (``INVALID_PRODUCER_EPOCH`` at versions before 2, as Kafka) and its
   batches ``INVALID_PRODUCER_EPOCH``.
@@ -25,6 +26,20 @@ transaction on. Within this agent the requests of one transactional id run one a
 - A transaction open longer than its ``transaction.timeout.ms`` is aborted by the sweep
   (:meth:`TransactionCoordinator.sweep`), at a bumped epoch; so is the remnant of a coordinator
   that died between deciding and completing (its markers are written again).
+
+With SQLite (this agent alone), produce answers a transactional batch as soon as it is
+queued, before it is durable, when this agent saw its transaction begin (InitProducerId, the
+previous EndTxn or the AddPartitionsToTxn that started it): its records need be durable only
+once the transaction commits. EndTxn waits for them (flushed at once) before deciding; a
+commit whose records failed, or whose start this agent did not see (it restarted meanwhile,
+and may have lost records it had answered), is refused with ``UNKNOWN_PRODUCER_ID``, which
+clients take as abortable with an epoch bump (KIP-360): InitProducerId v3+ with their producer
+id and epoch aborts the transaction and gives them the next epoch, whose sequences start
+afresh (those of the lost records would leave a gap). Markers follow the records
+through the same writer, so they land after them. Aborts by anyone else (a new producer, the
+timeout) bump the epoch, so records answered early and committed later are refused by the
+segment commit. With agents (PostgreSQL) a transaction's records and its EndTxn may reach
+different agents, so every batch is durable before it is answered.
 
 Produce checks transactional batches against the producer's transaction
 (:meth:`TransactionCoordinator.refusal`): right epoch, partition added, transaction ongoing;
@@ -43,6 +58,7 @@ import logging
 import time
 import weakref
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from streamhouse.errors import StreamHouseError, UnknownPartitionError, UnknownTopicError
@@ -78,6 +94,7 @@ _VERDICT_ERRORS = {
     Verdict.FENCED: ErrorCode.producer_fenced,
     Verdict.BUSY: ErrorCode.concurrent_transactions,
     Verdict.INVALID_STATE: ErrorCode.invalid_txn_state,
+    Verdict.UNDURABLE: ErrorCode.unknown_producer_id,
 }
 
 
@@ -93,12 +110,34 @@ def error_of(verdict: Verdict, api_version: int, fenced_from: int = 2) -> ErrorC
     return _VERDICT_ERRORS[verdict]
 
 
-class TransactionCoordinator:
-    """Transactions coordinated by this agent (see module); used from the event loop."""
+@dataclass(slots=True)
+class _Begun:
+    """A transaction this agent saw begin: produce may answer its batches before they are
+    durable; ``unflushed`` are their appends, which EndTxn waits for."""
 
-    def __init__(self, log_: Log, wake: Callable[[Iterable[tuple[str, int]]], None]) -> None:
+    producer_id: int
+    epoch: int
+    unflushed: list[asyncio.Future[int]] = field(default_factory=list)
+
+
+class TransactionCoordinator:
+    """Transactions coordinated by this agent (see module); used from the event loop.
+
+    ``early_answers``: produce may answer transactional batches before they are durable (this
+    agent alone on its metadata store, see module)."""
+
+    def __init__(
+        self,
+        log_: Log,
+        wake: Callable[[Iterable[tuple[str, int]]], None],
+        *,
+        early_answers: bool = False,
+    ) -> None:
         self._log = log_
         self._wake = wake
+        self._early_answers = early_answers
+        # transactional id -> its transaction this agent saw begin (with early answers only)
+        self._begun: dict[str, _Begun] = {}
         # one lock per transactional id while anyone holds or awaits it
         self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
         # Ongoing transactions as produce checks them: transactional id -> (producer id,
@@ -167,14 +206,86 @@ class TransactionCoordinator:
             writer = (txn.producer_id, txn.producer_epoch, set())
         return writer
 
+    def answer_early(
+        self, transactional_id: str, header: BatchHeader, append: asyncio.Future[int]
+    ) -> bool:
+        """Whether produce may answer ``append`` (a transactional batch :meth:`refusal`
+        admitted) before it is durable: its transaction began in sight of this agent. Then
+        EndTxn waits for it."""
+        begun = self._begun.get(transactional_id)
+        if begun is None or (begun.producer_id, begun.epoch) != (
+            header.producer_id,
+            header.producer_epoch,
+        ):
+            return False
+        begun.unflushed.append(append)
+        return True
+
+    def _saw_begin(self, transactional_id: str, producer_id: int, epoch: int) -> None:
+        """The producer's next transaction begins in sight of this agent."""
+        if self._early_answers:
+            self._begun[transactional_id] = _Begun(producer_id, epoch)
+
+    async def _watch_begin(self, transactional_id: str, producer_id: int, epoch: int) -> None:
+        """Before a request that may start the producer's transaction: note it if it does
+        (the store holds no ongoing transaction of it yet)."""
+        begun = self._begun.get(transactional_id)
+        if not self._early_answers or (
+            begun is not None and (begun.producer_id, begun.epoch) == (producer_id, epoch)
+        ):
+            return
+        self._begun.pop(transactional_id, None)
+        txn = await asyncio.to_thread(self.store.get, transactional_id)
+        if (
+            txn is not None
+            and (txn.producer_id, txn.producer_epoch) == (producer_id, epoch)
+            and txn.state is not State.ONGOING
+            and not txn.state.preparing
+        ):
+            self._saw_begin(transactional_id, producer_id, epoch)
+
+    async def _records_durable(self, transactional_id: str, producer_id: int, epoch: int) -> bool:
+        """Wait for the records produce answered early in the producer's transaction;
+        ``False`` if any failed, or if this agent may have answered some it lost (it did not
+        see the transaction begin, and the transaction holds partitions)."""
+        if not self._early_answers:
+            return True
+        begun = self._begun.get(transactional_id)
+        if begun is None or (begun.producer_id, begun.epoch) != (producer_id, epoch):
+            txn = await asyncio.to_thread(self.store.get, transactional_id)
+            return txn is None or not txn.partitions
+        if not begun.unflushed:
+            return True
+        self._log.writer.hurry()
+        outcomes = await asyncio.gather(*begun.unflushed, return_exceptions=True)
+        failed = [o for o in outcomes if isinstance(o, BaseException)]
+        if failed:
+            log.warning(
+                "transactional id %r: %d of its batches failed after they were answered"
+                " (%s): the commit is refused",
+                transactional_id,
+                len(failed),
+                failed[0],
+            )
+        return not failed
+
     # -- the APIs ---------------------------------------------------------------------------
 
     async def init_producer(
-        self, transactional_id: str, timeout_ms: int
+        self, transactional_id: str, timeout_ms: int, current: tuple[int, int] | None = None
     ) -> tuple[Verdict, int, int]:
-        """``(verdict, producer id, epoch)`` of the producer taking ``transactional_id``."""
+        """``(verdict, producer id, epoch)`` of the producer taking ``transactional_id``.
+
+        ``current`` (InitProducerId v3+, KIP-360): the producer id and epoch of a producer
+        bumping its own epoch (after an abortable error that needs it); ``FENCED`` unless they
+        are the id's current ones, ``UNKNOWN`` if the id has none."""
         async with self._lock(transactional_id):
             txn = await asyncio.to_thread(self.store.get, transactional_id)
+            if current is not None and (
+                txn is None or (txn.producer_id, txn.producer_epoch) != current
+            ):
+                fenced = txn is not None and txn.producer_id == current[0]
+                return (Verdict.FENCED if fenced else Verdict.UNKNOWN), -1, -1
             if txn is not None and (txn.state is State.ONGOING or txn.state.preparing):
                 if not await self._abort_or_finish(txn):
                     return Verdict.BUSY, -1, -1
@@ -188,6 +299,9 @@ class TransactionCoordinator:
                 self.store.register, transactional_id, timeout_ms, txn, producer_id, epoch
             )
             self._writers.pop(transactional_id, None)
+            self._begun.pop(transactional_id, None)
+            if verdict is Verdict.OK:
+                self._saw_begin(transactional_id, producer_id, epoch)
         if verdict is not Verdict.OK:
             return verdict, -1, -1
         log.info("transactional id %r: producer %d epoch %d", transactional_id, producer_id, epoch)
@@ -198,6 +312,7 @@ class TransactionCoordinator:
     ) -> tuple[Verdict, list[tuple[str, int]]]:
         """The verdict and the partitions that do not exist (then none was added)."""
         async with self._lock(transactional_id):
+            await self._watch_begin(transactional_id, producer_id, epoch)
             verdict, missing = await asyncio.to_thread(
                 self.store.add_partitions, transactional_id, producer_id, epoch, partitions
             )
@@ -210,6 +325,7 @@ class TransactionCoordinator:
 
     async def add_offsets(self, transactional_id: str, producer_id: int, epoch: int) -> Verdict:
         async with self._lock(transactional_id):
+            await self._watch_begin(transactional_id, producer_id, epoch)
             return await asyncio.to_thread(
                 self.store.add_offsets, transactional_id, producer_id, epoch
             )
@@ -234,16 +350,23 @@ class TransactionCoordinator:
         its markers and complete it; answers once all that is durable (the markers' segment
         commit covers the decision), since the id's next AddPartitionsToTxn would wait for the
         markers anyway. ``BUSY`` (CONCURRENT_TRANSACTIONS: the client retries) if a marker
-        failed: the decision stays in the store, where a retry or the sweep finishes it."""
+        failed: the decision stays in the store, where a retry or the sweep finishes it.
+        A commit waits for the records answered early first; ``UNDURABLE`` refuses one they
+        may be missing from (the client aborts). An abort needs not wait: its markers follow
+        them through the writer."""
         async with self._lock(transactional_id):
+            if commit and not await self._records_durable(transactional_id, producer_id, epoch):
+                return Verdict.UNDURABLE
             verdict, txn = await asyncio.to_thread(
                 self.store.prepare, transactional_id, producer_id, epoch, commit, durable=False
             )
             if verdict is not Verdict.OK:
                 return verdict
             self._writers.pop(transactional_id, None)
+            self._begun.pop(transactional_id, None)
             if txn is not None and not await self._finish(txn):
                 return Verdict.BUSY
+            self._saw_begin(transactional_id, producer_id, epoch)
         return Verdict.OK
 
     # -- ending transactions ----------------------------------------------------------------
@@ -252,6 +375,7 @@ class TransactionCoordinator:
         """Abort ``txn`` at a bumped epoch if it is ongoing (fencing its producer), or finish
         it if it was decided; ``False`` if that failed (or another agent moved it on)."""
         self._writers.pop(txn.transactional_id, None)
+        self._begun.pop(txn.transactional_id, None)
         if txn.state is State.ONGOING:
             bumped = min(txn.producer_epoch + 1, MAX_EPOCH)
             verdict, prepared = await asyncio.to_thread(
@@ -456,10 +580,13 @@ async def init_transactional_producer(
         return ErrorCode.invalid_transaction_timeout, -1, -1
     if not request.transactional_id:
         return ErrorCode.invalid_request, -1, -1
+    current = None
+    if header.api_version >= 3 and request.producer_id >= 0:
+        current = (int(request.producer_id), int(request.producer_epoch))
     verdict, producer_id, epoch = await broker.transactions.init_producer(
-        request.transactional_id, timeout_ms
+        request.transactional_id, timeout_ms, current
     )
-    return error_of(verdict, header.api_version), producer_id, epoch
+    return error_of(verdict, header.api_version, fenced_from=4), producer_id, epoch
 
 
 _NO_START = datetime.datetime.fromtimestamp(-0.001, datetime.UTC)  # -1 on the wire

@@ -81,6 +81,7 @@ class Verdict(enum.Enum):
     FENCED = "fenced"  # the producer's epoch is not the current one
     BUSY = "busy"  # markers of the last transaction are still being written
     INVALID_STATE = "invalid state"  # the request does not fit the state
+    UNDURABLE = "undurable"  # records answered before they were durable may be missing
 
 
 @dataclass(frozen=True, slots=True)
