@@ -73,6 +73,7 @@ from streamhouse.log.metadata.transactions import (
 )
 from streamhouse.log.records.control import marker_batch
 from streamhouse.log.records.header import ATTR_CONTROL, ATTR_TRANSACTIONAL
+from streamhouse.security.acl import AclOperation, ResourceType
 
 if TYPE_CHECKING:
     from streamhouse.kafka.broker import Broker
@@ -475,21 +476,48 @@ class TransactionCoordinator:
 # -- handlers ---------------------------------------------------------------------------------
 
 
+def _transaction_denied(broker: Broker, header: RequestHeader, transactional_id: str) -> bool:
+    """WRITE on the TRANSACTIONAL_ID is what every transactional request needs (as Kafka)."""
+    return not broker.access.allowed(
+        header.session, AclOperation.WRITE, ResourceType.TRANSACTIONAL_ID, transactional_id
+    )
+
+
 async def handle_add_partitions(broker: Broker, header: RequestHeader, request: Any) -> Any:
+    """Partitions join the transaction; with ACLs, WRITE on the transactional id and on each
+    topic is needed (TOPIC_AUTHORIZATION_FAILED for the denied ones, OPERATION_NOT_ATTEMPTED
+    for the rest, and none is added)."""
     module = messages(ApiKey.ADD_PARTITIONS_TO_TXN, header.api_version, True)
     topics = request.v3_and_below_topics
+    transactional_id = request.v3_and_below_transactional_id
     wanted = [(t.name, int(p)) for t in topics for p in t.partitions]
-    verdict, missing = await broker.transactions.add_partitions(
-        request.v3_and_below_transactional_id,
-        request.v3_and_below_producer_id,
-        request.v3_and_below_producer_epoch,
-        wanted,
-    )
-    unknown = set(missing)
+    denied_topics = {
+        name
+        for name in {t.name for t in topics}
+        if not broker.access.allowed(header.session, AclOperation.WRITE, ResourceType.TOPIC, name)
+    }
+    unknown: set[tuple[str, int]] = set()
+    if _transaction_denied(broker, header, transactional_id):
+        verdict_error = ErrorCode.transactional_id_authorization_failed
+    elif denied_topics:
+        verdict_error = ErrorCode.none
+    else:
+        verdict, missing = await broker.transactions.add_partitions(
+            transactional_id,
+            request.v3_and_below_producer_id,
+            request.v3_and_below_producer_epoch,
+            wanted,
+        )
+        verdict_error = error_of(verdict, header.api_version)
+        unknown = set(missing)
 
     def code(key: tuple[str, int]) -> ErrorCode:
-        if verdict is not Verdict.OK:
-            return error_of(verdict, header.api_version)
+        if verdict_error is not ErrorCode.none:
+            return verdict_error
+        if denied_topics:
+            if key[0] in denied_topics:
+                return ErrorCode.topic_authorization_failed
+            return ErrorCode.operation_not_attempted
         if not unknown:
             return ErrorCode.none
         return (
@@ -516,26 +544,45 @@ async def handle_add_partitions(broker: Broker, header: RequestHeader, request: 
 
 
 async def handle_add_offsets(broker: Broker, header: RequestHeader, request: Any) -> Any:
+    """The group's offsets will be committed with the transaction; with ACLs, WRITE on the
+    transactional id and READ on the group are needed."""
     module = messages(ApiKey.ADD_OFFSETS_TO_TXN, header.api_version, True)
-    verdict = await broker.transactions.add_offsets(
-        request.transactional_id, request.producer_id, request.producer_epoch
-    )
-    return make(
-        module.AddOffsetsToTxnResponse,
-        throttle_time=0,
-        error_code=error_of(verdict, header.api_version),
-    )
+    if _transaction_denied(broker, header, request.transactional_id):
+        error = ErrorCode.transactional_id_authorization_failed
+    elif not broker.access.allowed(
+        header.session, AclOperation.READ, ResourceType.GROUP, request.group_id
+    ):
+        error = ErrorCode.group_authorization_failed
+    else:
+        verdict = await broker.transactions.add_offsets(
+            request.transactional_id, request.producer_id, request.producer_epoch
+        )
+        error = error_of(verdict, header.api_version)
+    return make(module.AddOffsetsToTxnResponse, throttle_time=0, error_code=error)
 
 
 async def handle_txn_offset_commit(broker: Broker, header: RequestHeader, request: Any) -> Any:
-    """Offsets held until the transaction commits; sent to the group's coordinator."""
+    """Offsets held until the transaction commits; sent to the group's coordinator. With
+    ACLs, READ on the group, WRITE on the transactional id and READ on each topic are needed
+    (a denied topic's partitions get TOPIC_AUTHORIZATION_FAILED, the others are held)."""
     module = messages(ApiKey.TXN_OFFSET_COMMIT, header.api_version, True)
-    if not await broker.coordination.ensure(request.group_id):
+    session = header.session
+    denied_topics = {
+        t.name
+        for t in request.topics
+        if not broker.access.allowed(session, AclOperation.READ, ResourceType.TOPIC, t.name)
+    }
+    if not broker.access.allowed(session, AclOperation.READ, ResourceType.GROUP, request.group_id):
+        error = ErrorCode.group_authorization_failed
+    elif _transaction_denied(broker, header, request.transactional_id):
+        error = ErrorCode.transactional_id_authorization_failed
+    elif not await broker.coordination.ensure(request.group_id):
         error = ErrorCode.not_coordinator
     else:
         offsets = {
             (t.name, int(p.partition_index)): (int(p.committed_offset), p.committed_metadata or "")
             for t in request.topics
+            if t.name not in denied_topics
             for p in t.partitions
         }
         verdict = await broker.transactions.commit_offsets(
@@ -551,7 +598,12 @@ async def handle_txn_offset_commit(broker: Broker, header: RequestHeader, reques
             name=t.name,
             partitions=tuple(
                 module.TxnOffsetCommitResponsePartition(
-                    partition_index=p.partition_index, error_code=error
+                    partition_index=p.partition_index,
+                    error_code=(
+                        ErrorCode.topic_authorization_failed
+                        if t.name in denied_topics and error is ErrorCode.none
+                        else error
+                    ),
                 )
                 for p in t.partitions
             ),
@@ -562,13 +614,19 @@ async def handle_txn_offset_commit(broker: Broker, header: RequestHeader, reques
 
 
 async def handle_end_txn(broker: Broker, header: RequestHeader, request: Any) -> Any:
+    """Commit or abort; with ACLs, WRITE on the transactional id is needed."""
     module = messages(ApiKey.END_TXN, header.api_version, True)
-    verdict = await broker.transactions.end(
-        request.transactional_id, request.producer_id, request.producer_epoch, request.committed
-    )
-    return make(
-        module.EndTxnResponse, throttle_time=0, error_code=error_of(verdict, header.api_version)
-    )
+    if _transaction_denied(broker, header, request.transactional_id):
+        error = ErrorCode.transactional_id_authorization_failed
+    else:
+        verdict = await broker.transactions.end(
+            request.transactional_id,
+            request.producer_id,
+            request.producer_epoch,
+            request.committed,
+        )
+        error = error_of(verdict, header.api_version)
+    return make(module.EndTxnResponse, throttle_time=0, error_code=error)
 
 
 async def init_transactional_producer(
@@ -592,10 +650,16 @@ async def init_transactional_producer(
 _NO_START = datetime.datetime.fromtimestamp(-0.001, datetime.UTC)  # -1 on the wire
 
 
-def _describe(module: Any, transactional_id: str, txn: TransactionState | None) -> Any:
+def _describe(
+    module: Any,
+    transactional_id: str,
+    txn: TransactionState | None,
+    error: ErrorCode = ErrorCode.transactional_id_not_found,
+) -> Any:
+    """The answer for one id: ``error`` (and nothing else) if ``txn`` is ``None``."""
     if txn is None:
         return module.TransactionState(
-            error_code=ErrorCode.transactional_id_not_found,
+            error_code=error,
             transactional_id=transactional_id,
             transaction_state="",
             transaction_timeout=ms(0),
@@ -625,11 +689,18 @@ def _describe(module: Any, transactional_id: str, txn: TransactionState | None) 
 
 
 async def handle_describe_transactions(broker: Broker, header: RequestHeader, request: Any) -> Any:
-    """Each transactional id's state, producer, timeout, start and open partitions."""
+    """Each transactional id's state, producer, timeout, start and open partitions; with ACLs,
+    DESCRIBE on the id is needed (TRANSACTIONAL_ID_AUTHORIZATION_FAILED)."""
     module = messages(ApiKey.DESCRIBE_TRANSACTIONS, header.api_version, True)
     store = broker.transactions.store
     states = []
     for transactional_id in request.transactional_ids:
+        if not broker.access.allowed(
+            header.session, AclOperation.DESCRIBE, ResourceType.TRANSACTIONAL_ID, transactional_id
+        ):
+            error = ErrorCode.transactional_id_authorization_failed
+            states.append(_describe(module, transactional_id, None, error))
+            continue
         txn = await asyncio.to_thread(store.get, transactional_id)
         states.append(_describe(module, transactional_id, txn))
     return make(
@@ -638,7 +709,8 @@ async def handle_describe_transactions(broker: Broker, header: RequestHeader, re
 
 
 async def handle_list_transactions(broker: Broker, header: RequestHeader, request: Any) -> Any:
-    """Every transactional id, or those in the states and of the producers asked for."""
+    """Every transactional id, or those in the states and of the producers asked for; with
+    ACLs, those the client may DESCRIBE."""
     module = messages(ApiKey.LIST_TRANSACTIONS, header.api_version, True)
     names = {state.value for state in State}
     wanted = set(request.state_filters) & names
@@ -649,6 +721,13 @@ async def handle_list_transactions(broker: Broker, header: RequestHeader, reques
         for txn in await asyncio.to_thread(broker.transactions.store.list)
         if (not request.state_filters or txn.state.value in wanted)
         and (not producers or txn.producer_id in producers)
+        and broker.access.allowed(
+            header.session,
+            AclOperation.DESCRIBE,
+            ResourceType.TRANSACTIONAL_ID,
+            txn.transactional_id,
+            audit=False,
+        )
     ]
     return make(
         module.ListTransactionsResponse,
