@@ -28,7 +28,7 @@ from confluent_kafka.admin import (
     ScramMechanism,
     UserScramCredentialUpsertion,
 )
-from kafka_fixtures import KafkaServer, RawClient
+from kafka_fixtures import KafkaServer, RawClient, txn_offset_commit_request
 from tls_fixtures import free_ports
 
 from streamhouse.cli import main as cli
@@ -332,32 +332,12 @@ def test_transaction_apis_need_their_acls(acl_server: KafkaServer) -> None:
 
         assert add_offsets("not-ours") == 30  # GROUP_AUTHORIZATION_FAILED
         assert add_offsets("anon-g") == 0
-        module = messages(28, 2, False)
 
         def commit_offsets(transactional_id: str, group: str) -> dict[str, int]:
-            resp = c.request(
-                28,
-                2,
-                transactional_id=transactional_id,
-                group_id=group,
-                producer_id=pid,
-                producer_epoch=epoch,
-                topics=tuple(
-                    module.TxnOffsetCommitRequestTopic(
-                        name=t,
-                        partitions=(
-                            module.TxnOffsetCommitRequestPartition(
-                                partition_index=0,
-                                committed_offset=0,
-                                committed_leader_epoch=-1,
-                                committed_metadata=None,
-                            ),
-                        ),
-                    )
-                    for t in ("logs-a", "orders")
-                ),
+            fields = txn_offset_commit_request(
+                transactional_id, group, pid, epoch, ["logs-a", "orders"], 0
             )
-            return {t.name: t.partitions[0].error_code for t in resp.topics}
+            return {t.name: t.partitions[0].error_code for t in c.request(28, 2, **fields).topics}
 
         assert commit_offsets(tid, "not-ours") == {"logs-a": 30, "orders": 30}
         assert commit_offsets("other", "anon-g") == {"logs-a": 53, "orders": 53}

@@ -20,7 +20,7 @@ from typing import TypeVar
 import kafka_fixtures
 import pytest
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
-from kafka_fixtures import KafkaServer, RawClient, produce_request
+from kafka_fixtures import KafkaServer, RawClient, produce_request, txn_offset_commit_request
 
 from streamhouse.kafka.wire import messages, ms
 from streamhouse.log.metadata.transactions import State, Verdict
@@ -448,28 +448,7 @@ def test_garbage_and_out_of_order_requests_get_kafka_errors(
             25, 2, transactional_id=tid, producer_id=pid, producer_epoch=epoch, group_id="g"
         )
         assert resp.error_code == 90
-        txn_offsets = messages(28, 2, False)
-        resp = c.request(
-            28,
-            2,
-            transactional_id=tid,
-            group_id="g",
-            producer_id=pid,
-            producer_epoch=epoch,
-            topics=(
-                txn_offsets.TxnOffsetCommitRequestTopic(
-                    name=topic,
-                    partitions=(
-                        txn_offsets.TxnOffsetCommitRequestPartition(
-                            partition_index=0,
-                            committed_offset=1,
-                            committed_leader_epoch=-1,
-                            committed_metadata=None,
-                        ),
-                    ),
-                ),
-            ),
-        )
+        resp = c.request(28, 2, **txn_offset_commit_request(tid, "g", pid, epoch, [topic], 1))
         assert resp.topics[0].partitions[0].error_code == 47
 
         def bump(version: int, producer_id: int, producer_epoch: int) -> tuple[int, int, int]:
