@@ -207,20 +207,19 @@ class TransactionCoordinator:
             writer = (txn.producer_id, txn.producer_epoch, set())
         return writer
 
-    def answer_early(
-        self, transactional_id: str, header: BatchHeader, append: asyncio.Future[int]
-    ) -> bool:
-        """Whether produce may answer ``append`` (a transactional batch :meth:`refusal`
-        admitted) before it is durable: its transaction began in sight of this agent. Then
-        EndTxn waits for it."""
+    def early_answers(
+        self, transactional_id: str, header: BatchHeader
+    ) -> list[asyncio.Future[int]] | None:
+        """Where produce puts the appends of a transactional batch (:meth:`refusal` admitted
+        it) that it answers before they are durable: its transaction began in sight of this
+        agent, and EndTxn waits for them. ``None``: answer once durable."""
         begun = self._begun.get(transactional_id)
         if begun is None or (begun.producer_id, begun.epoch) != (
             header.producer_id,
             header.producer_epoch,
         ):
-            return False
-        begun.unflushed.append(append)
-        return True
+            return None
+        return begun.unflushed
 
     def _saw_begin(self, transactional_id: str, producer_id: int, epoch: int) -> None:
         """The producer's next transaction begins in sight of this agent."""
