@@ -469,6 +469,20 @@ def test_garbage_and_out_of_order_requests_get_kafka_errors(
         assert bump(4, pid + 1, epoch + 3)[0] == 49  # INVALID_PRODUCER_ID_MAPPING
         assert bump(4, pid, epoch + 3) == (0, pid, epoch + 4)
         fetched = c.fetch(topic, [(0, 0)])[0]
+
+        # answered before they are durable, a batch the segment commit refuses (a sequence
+        # gap) fails the commit as abortable with an epoch bump (UNKNOWN_PRODUCER_ID)
+        gap_topic, gap_tid = new_topic(1), f"{tid}-gap"
+        error, gap_pid, gap_epoch = _init(c, gap_tid)
+        assert _add(c, 2, gap_tid, gap_pid, gap_epoch, (gap_topic, 0)) == {(gap_topic, 0): 0}
+        for sequence in (0, 5):  # 1-4 missing
+            batch = _txn_batch(gap_pid, gap_epoch, sequence, [b"gap"])
+            assert _produce(c, gap_topic, gap_tid, batch) == 0
+        assert _end(c, 2, gap_tid, gap_pid, gap_epoch, True) == 59
+        assert _end(c, 2, gap_tid, gap_pid, gap_epoch, False) == 0
+        assert c.fetch(gap_topic, [(0, 0)])[0].high_watermark == 2  # first record, marker
+    assert _list_latest(kafka_server, gap_topic, 1) == 2  # ended
+    assert read_all(kafka_server, gap_topic, 1, "read_committed", settle=0.5) == []
     # the aborted record (read_uncommitted) is shown, the ABORT marker after it is not
     assert decode_batches(fetched.records).num_rows == 1
     assert fetched.high_watermark == 2
