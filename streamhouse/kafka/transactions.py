@@ -8,11 +8,11 @@ names the agent asked), a restart loses nothing, and two coordinators never both
 transaction on. Within this agent the requests of one transactional id run one at a time.
 
 - **InitProducerId** gives the transactional id its producer id at a new epoch (a new id at
-  first, or once the epoch would pass :data:`MAX_EPOCH`); from v3 a producer may bump its own
-  epoch by sending its producer id and epoch (KIP-360), refused if they are not current. A transaction the previous producer
+  first, or once the epoch would pass :data:`MAX_EPOCH`). A transaction the previous producer
   left open is aborted first, at a bumped epoch: that producer is fenced, its later requests
   get ``PRODUCER_FENCED`` (``INVALID_PRODUCER_EPOCH`` at versions before 2, as Kafka) and its
-  batches ``INVALID_PRODUCER_EPOCH``.
+  batches ``INVALID_PRODUCER_EPOCH``. From v3 a producer may bump its own epoch by sending its
+  producer id and epoch (KIP-360), refused unless they are the current ones.
 - **AddPartitionsToTxn** starts the transaction; each partition joins at its high watermark,
   which holds its last stable offset there until the transaction ends.
 - **TxnOffsetCommit** keeps consumer offsets aside until the transaction commits.
@@ -35,11 +35,11 @@ commit whose records failed, or whose start this agent did not see (it restarted
 and may have lost records it had answered), is refused with ``UNKNOWN_PRODUCER_ID``, which
 clients take as abortable with an epoch bump (KIP-360): InitProducerId v3+ with their producer
 id and epoch aborts the transaction and gives them the next epoch, whose sequences start
-afresh (those of the lost records would leave a gap). Markers follow the records
-through the same writer, so they land after them. Aborts by anyone else (a new producer, the
-timeout) bump the epoch, so records answered early and committed later are refused by the
-segment commit. With agents (PostgreSQL) a transaction's records and its EndTxn may reach
-different agents, so every batch is durable before it is answered.
+afresh (those of the lost records would leave a gap). An abort needs not wait: its markers
+follow the records through the same writer, so they land after them. Aborts by anyone else (a
+new producer, the timeout) bump the epoch, so records answered early and committed later are
+refused by the segment commit. With agents (PostgreSQL) a transaction's records and its
+EndTxn may reach different agents, so every batch is durable before it is answered.
 
 Produce checks transactional batches against the producer's transaction
 (:meth:`TransactionCoordinator.refusal`): right epoch, partition added, transaction ongoing;
