@@ -452,6 +452,13 @@ class TransactionStore:
             found = [self._read(conn, t, lock=False) for t in ids]
         return [t for t in found if t is not None]
 
+    def restore_aborted(self, rows: Iterable[tuple[str, int, int, int, int]]) -> None:
+        """Record aborted transactions as ``(topic, partition, last offset, producer id, first
+        offset)``: a rebuild of lost metadata from the log (``fsck --rebuild-metadata``)."""
+        with self._transaction("restore aborted transactions") as conn:
+            for row in rows:
+                conn.execute(self._sql(_ABORTED), row)
+
     def forget_aborted(self) -> int:
         """Forget the aborted transactions whose marker is below their partition's log start
         offset (retention deleted them): no fetch can meet them again. How many."""
