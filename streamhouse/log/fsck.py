@@ -46,6 +46,7 @@ from streamhouse.errors import (
     CorruptSegmentError,
     ObjectNotFoundError,
     StorageError,
+    StreamHouseError,
 )
 from streamhouse.log.compaction_notes import replaced_runs
 from streamhouse.log.metadata import Metadata, SegmentRow, sqlite_path
@@ -731,7 +732,13 @@ def _transactional_batches(
     found = []
     for row in rows:
         run = memoryview(data)[row.position : row.position + row.length]
-        batches = split_batches(run)
+        try:
+            batches = split_batches(run)
+        except StreamHouseError as exc:  # indexed all the same, as its footer describes it
+            log.warning("%s: the run of %s/%d is damaged: %s", key, row.topic, row.partition, exc)
+            continue
+        if not batches:
+            continue
         shift = row.base_offset - batches[0][2].base_offset  # indexed minus written
         for start, end, header in batches:
             if not header.attributes & ATTR_TRANSACTIONAL:
