@@ -33,20 +33,20 @@ FROM ev GROUP BY k, TUMBLING(t, INTERVAL '10' SECOND)
 """
 
 
-def _fresh(metadata: str | None) -> str | None:
+def fresh_schema(metadata: str | None, prefix: str = "ckpt_bench") -> str | None:
     """A fresh schema of the PostgreSQL database ``metadata`` names (SQLite: None, a new file)."""
     if metadata is None:
         return None
     import psycopg
 
-    schema = f"ckpt_bench_{uuid.uuid4().hex[:12]}"
+    schema = f"{prefix}_{uuid.uuid4().hex[:12]}"
     with psycopg.connect(metadata, autocommit=True) as conn:
         conn.execute(f"CREATE SCHEMA {schema}")
     return f"{metadata}{'&' if '?' in metadata else '?'}options=-csearch_path%3D{schema}"
 
 
 def run(records: int, keys: int, batch: int, metadata: str | None, leased: bool) -> dict[str, Any]:
-    metadata = _fresh(metadata)
+    metadata = fresh_schema(metadata)
     with (
         tempfile.TemporaryDirectory(prefix="sh-ckpt-bench-") as tmp,
         streamhouse.connect(Path(tmp) / "data", metadata=metadata) as sh,

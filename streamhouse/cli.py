@@ -1391,7 +1391,13 @@ def _report_rebuild(rebuilt: Any) -> None:
     click.echo(
         f"rebuilt the metadata from {rebuilt.objects} object(s): {len(rebuilt.topics)} topic(s),"
         f" {len(rebuilt.offsets)} partition(s) with records, {rebuilt.rows} index row(s)"
-        + (f", {rebuilt.notes} sequence note(s)" if rebuilt.notes else ""),
+        + (f", {rebuilt.notes} sequence note(s)" if rebuilt.notes else "")
+        + (
+            f", {rebuilt.aborted_transactions} aborted transaction(s)"
+            f" ({rebuilt.open_transactions} of them left open)"
+            if rebuilt.aborted_transactions
+            else ""
+        ),
         err=True,
     )
     for (topic, partition), (start, end) in sorted(rebuilt.offsets.items()):

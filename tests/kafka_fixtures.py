@@ -292,6 +292,38 @@ class RawClient:
             return True
 
 
+def txn_offset_commit_request(
+    transactional_id: str,
+    group: str,
+    producer_id: int,
+    epoch: int,
+    topics: Sequence[str],
+    offset: int,
+) -> dict[str, Any]:
+    """Fields of a TxnOffsetCommit v2 request: partition 0 of each topic at ``offset``."""
+    module = messages(28, 2, False)
+    return {
+        "transactional_id": transactional_id,
+        "group_id": group,
+        "producer_id": producer_id,
+        "producer_epoch": epoch,
+        "topics": tuple(
+            module.TxnOffsetCommitRequestTopic(
+                name=topic,
+                partitions=(
+                    module.TxnOffsetCommitRequestPartition(
+                        partition_index=0,
+                        committed_offset=offset,
+                        committed_leader_epoch=-1,
+                        committed_metadata=None,
+                    ),
+                ),
+            )
+            for topic in topics
+        ),
+    }
+
+
 def produce_request(topic: str, partition: int, records: bytes, acks: int = -1) -> dict[str, Any]:
     """Fields of a Produce v8 request for one partition."""
     module = messages(0, 8, False)

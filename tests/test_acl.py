@@ -31,10 +31,11 @@ from confluent_kafka.admin import (
     ScramMechanism,
     UserScramCredentialUpsertion,
 )
-from kafka_fixtures import KafkaServer
+from kafka_fixtures import KafkaServer, RawClient, txn_offset_commit_request
 from tls_fixtures import free_ports
 
 from streamhouse.cli import main as cli
+from streamhouse.kafka.wire import messages, ms
 from streamhouse.security import acl
 from streamhouse.security.acl import AclFilter, Authorizer
 
@@ -276,6 +277,94 @@ def _kafka_python_admin(server: KafkaServer, user: str) -> Iterator[Any]:
         yield admin
     finally:
         admin.close()
+
+
+def test_transaction_apis_need_their_acls(acl_server: KafkaServer) -> None:
+    """The coordinator's APIs check Kafka's ACLs: WRITE on the transactional id for all of
+    them, WRITE on each topic added, READ on the group whose offsets join and on each topic
+    committed, DESCRIBE for DescribeTransactions and ListTransactions (raw requests as the
+    anonymous principal of the plaintext listener)."""
+    _grant(
+        acl_server,
+        _acl("anon-", AclOperation.WRITE, prefixed=True, rtype=ResourceType.TRANSACTIONAL_ID,
+             user="ANONYMOUS"),
+        _acl("orders", AclOperation.WRITE, user="ANONYMOUS"),
+        _acl("logs-a", AclOperation.READ, user="ANONYMOUS"),
+        _acl("anon-g", AclOperation.READ, rtype=ResourceType.GROUP, user="ANONYMOUS"),
+    )  # fmt: skip
+    tid = f"anon-{uuid.uuid4().hex[:6]}"
+    hidden = Producer({**_config(acl_server, "admin"), "transactional.id": "hidden"})
+    hidden.init_transactions(TIMEOUT)  # a transactional id the anonymous may not describe
+    with RawClient(acl_server.bootstrap) as c:
+
+        def init(transactional_id: str) -> Any:
+            return c.request(
+                22, 1, transactional_id=transactional_id, transaction_timeout=ms(60_000)
+            )
+
+        def add(transactional_id: str, pid: int, epoch: int, *topics: str) -> dict[str, int]:
+            module = messages(24, 2, False)
+            resp = c.request(
+                24,
+                2,
+                v3_and_below_transactional_id=transactional_id,
+                v3_and_below_producer_id=pid,
+                v3_and_below_producer_epoch=epoch,
+                v3_and_below_topics=tuple(
+                    module.AddPartitionsToTxnTopic(name=t, partitions=(0,)) for t in topics
+                ),
+            )
+            return {
+                t.name: t.results_by_partition[0].partition_error_code
+                for t in resp.results_by_topic_v3_and_below
+            }
+
+        assert init("other").error_code == 53  # TRANSACTIONAL_ID_AUTHORIZATION_FAILED
+        resp = init(tid)
+        assert resp.error_code == 0
+        pid, epoch = resp.producer_id, resp.producer_epoch
+        assert add("other", pid, epoch, "orders") == {"orders": 53}
+        # TOPIC_AUTHORIZATION_FAILED, and OPERATION_NOT_ATTEMPTED for the allowed one
+        assert add(tid, pid, epoch, "orders", "private") == {"orders": 55, "private": 29}
+        assert add(tid, pid, epoch, "orders") == {"orders": 0}
+
+        def add_offsets(group: str) -> int:
+            return c.request(
+                25, 2, transactional_id=tid, producer_id=pid, producer_epoch=epoch, group_id=group
+            ).error_code
+
+        assert add_offsets("not-ours") == 30  # GROUP_AUTHORIZATION_FAILED
+        assert add_offsets("anon-g") == 0
+
+        def commit_offsets(transactional_id: str, group: str) -> dict[str, int]:
+            fields = txn_offset_commit_request(
+                transactional_id, group, pid, epoch, ["logs-a", "orders"], 0
+            )
+            return {t.name: t.partitions[0].error_code for t in c.request(28, 2, **fields).topics}
+
+        assert commit_offsets(tid, "not-ours") == {"logs-a": 30, "orders": 30}
+        assert commit_offsets("other", "anon-g") == {"logs-a": 53, "orders": 53}
+        assert commit_offsets(tid, "anon-g") == {"logs-a": 0, "orders": 29}  # no READ on it
+
+        def end(transactional_id: str) -> int:
+            return c.request(
+                26,
+                2,
+                transactional_id=transactional_id,
+                producer_id=pid,
+                producer_epoch=epoch,
+                committed=True,
+            ).error_code
+
+        (mine,) = c.request(65, 0, transactional_ids=(tid,)).transaction_states
+        assert (mine.error_code, mine.transaction_state) == (0, "Ongoing")  # WRITE: DESCRIBE
+        # denied: start time -1 on the wire, which kio cannot decode; the error code is byte 11
+        c.send_frame(c.encode(65, 0, transactional_ids=("other",))[1])
+        assert c.read_frame()[11] == 53
+        assert end("other") == 53
+        assert end(tid) == 0
+        listed = c.request(66, 0, state_filters=(), producer_id_filters=()).transaction_states
+        assert [t.transactional_id for t in listed] == [tid]  # not "hidden"
 
 
 def test_kafka_python_describes_and_deletes_acls(acl_server: KafkaServer) -> None:

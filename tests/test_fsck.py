@@ -304,6 +304,36 @@ def test_rebuild_restores_every_record_and_offset(data_dir: Path) -> None:
     assert fsck(data_dir).exit_code == 0
 
 
+def test_rebuild_restores_aborted_and_open_transactions(tmp_path: Path) -> None:
+    """Aborted transactions come back from the markers in the objects, and a transaction
+    left open (its coordinator's state is lost with the metadata) is aborted: read_committed
+    readers see what they saw before, plus what the open one held back."""
+    data = tmp_path / "data"
+    with streamhouse.connect(data) as sh:
+        sh.create_topic("tx", partitions=2)
+        with sh.transaction() as committed:
+            committed.produce("tx", [b"committed"], partition=0)
+        aborted = sh.transaction()
+        aborted.produce("tx", [b"aborted-0"], partition=0)
+        aborted.produce("tx", [b"aborted-1"], partition=1)
+        aborted.abort()
+        left_open = sh.transaction()
+        left_open.produce("tx", [b"open"], partition=1)
+        sh.produce("tx", [b"after"], partition=1)
+        assert sorted(sh.fetch("tx")["value"].to_pylist()) == [b"committed"]
+    SQLiteMetadata(tmp_path / "fresh.sqlite3").close()
+    os.replace(tmp_path / "fresh.sqlite3", data / "metadata.sqlite3")  # lost: empty
+
+    result = fsck(data, "--rebuild-metadata")
+    assert result.exit_code == 0, result.output
+    assert "3 aborted transaction(s) (1 of them left open)" in result.stderr
+    assert "transactions open then are aborted (1 found)" in result.stderr
+    with streamhouse.connect(data) as sh:
+        assert sorted(sh.fetch("tx")["value"].to_pylist()) == [b"after", b"committed"]
+        everything = sh.fetch("tx", isolation_level="read_uncommitted")["value"].to_pylist()
+        assert sorted(everything) == [b"aborted-0", b"aborted-1", b"after", b"committed", b"open"]
+
+
 def test_rebuild_leaves_out_an_object_a_newer_one_overrides(data_dir: Path) -> None:
     keys = _keys(data_dir)
     before = _records(data_dir)

@@ -20,7 +20,7 @@ from typing import TypeVar
 import kafka_fixtures
 import pytest
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
-from kafka_fixtures import KafkaServer, RawClient, produce_request
+from kafka_fixtures import KafkaServer, RawClient, produce_request, txn_offset_commit_request
 
 from streamhouse.kafka.wire import messages, ms
 from streamhouse.log.metadata.transactions import State, Verdict
@@ -412,7 +412,7 @@ def test_garbage_and_out_of_order_requests_get_kafka_errors(
     tid = f"raw-{uuid.uuid4().hex[:8]}"
     with RawClient(kafka_server.bootstrap) as c:
         versions = {k.api_key: (k.min_version, k.max_version) for k in c.request(18, 0).api_keys}
-        assert [versions.get(k) for k in (22, 24, 25, 26, 28)] == [(0, 1)] + [(0, 2)] * 4
+        assert [versions.get(k) for k in (22, 24, 25, 26, 28)] == [(0, 4)] + [(0, 2)] * 4
         assert [versions.get(k) for k in (65, 66)] == [(0, 0), (0, 0)]
         assert 27 not in versions  # WriteTxnMarkers: markers are written by the coordinator
         assert _end(c, 2, tid, 5, 0, True) == 49  # EndTxn before InitProducerId
@@ -448,30 +448,41 @@ def test_garbage_and_out_of_order_requests_get_kafka_errors(
             25, 2, transactional_id=tid, producer_id=pid, producer_epoch=epoch, group_id="g"
         )
         assert resp.error_code == 90
-        txn_offsets = messages(28, 2, False)
-        resp = c.request(
-            28,
-            2,
-            transactional_id=tid,
-            group_id="g",
-            producer_id=pid,
-            producer_epoch=epoch,
-            topics=(
-                txn_offsets.TxnOffsetCommitRequestTopic(
-                    name=topic,
-                    partitions=(
-                        txn_offsets.TxnOffsetCommitRequestPartition(
-                            partition_index=0,
-                            committed_offset=1,
-                            committed_leader_epoch=-1,
-                            committed_metadata=None,
-                        ),
-                    ),
-                ),
-            ),
-        )
+        resp = c.request(28, 2, **txn_offset_commit_request(tid, "g", pid, epoch, [topic], 1))
         assert resp.topics[0].partitions[0].error_code == 47
+
+        def bump(version: int, producer_id: int, producer_epoch: int) -> tuple[int, int, int]:
+            resp = c.request(
+                22,
+                version,
+                transactional_id=tid,
+                transaction_timeout=ms(60_000),
+                producer_id=producer_id,
+                producer_epoch=producer_epoch,
+            )
+            return resp.error_code, resp.producer_id, resp.producer_epoch
+
+        # KIP-360 (v3+): the producer bumps its own epoch, if it is still the current one
+        assert bump(3, pid, epoch + 2) == (0, pid, epoch + 3)
+        assert bump(4, pid, epoch + 2)[0] == 90  # PRODUCER_FENCED
+        assert bump(3, pid, epoch + 2)[0] == 47  # INVALID_PRODUCER_EPOCH before v4
+        assert bump(4, pid + 1, epoch + 3)[0] == 49  # INVALID_PRODUCER_ID_MAPPING
+        assert bump(4, pid, epoch + 3) == (0, pid, epoch + 4)
         fetched = c.fetch(topic, [(0, 0)])[0]
+
+        # answered before they are durable, a batch the segment commit refuses (a sequence
+        # gap) fails the commit as abortable with an epoch bump (UNKNOWN_PRODUCER_ID)
+        gap_topic, gap_tid = new_topic(1), f"{tid}-gap"
+        error, gap_pid, gap_epoch = _init(c, gap_tid)
+        assert _add(c, 2, gap_tid, gap_pid, gap_epoch, (gap_topic, 0)) == {(gap_topic, 0): 0}
+        for sequence in (0, 5):  # 1-4 missing
+            batch = _txn_batch(gap_pid, gap_epoch, sequence, [b"gap"])
+            assert _produce(c, gap_topic, gap_tid, batch) == 0
+        assert _end(c, 2, gap_tid, gap_pid, gap_epoch, True) == 59
+        assert _end(c, 2, gap_tid, gap_pid, gap_epoch, False) == 0
+        assert c.fetch(gap_topic, [(0, 0)])[0].high_watermark == 2  # first record, marker
+    assert _list_latest(kafka_server, gap_topic, 1) == 2  # ended
+    assert read_all(kafka_server, gap_topic, 1, "read_committed", settle=0.5) == []
     # the aborted record (read_uncommitted) is shown, the ABORT marker after it is not
     assert decode_batches(fetched.records).num_rows == 1
     assert fetched.high_watermark == 2
@@ -569,8 +580,10 @@ def test_store_moves_transactions_on_by_their_expected_state(md) -> None:
 
 
 def test_transactions_survive_a_kill_and_a_decided_one_is_finished(tmp_path: Path) -> None:
-    """An open transaction still holds back read_committed after a kill -9 and restart, and
-    the next producer of its id aborts it; a transaction decided (PrepareCommit stored) by a
+    """An open transaction still holds back read_committed after a kill -9 and restart; its
+    records were answered before they were durable (they need be only once it commits), so
+    its commit is refused as abortable (the server cannot tell they all survived): the client
+    aborts and its next transaction commits. A transaction decided (PrepareCommit stored) by a
     coordinator that died before its markers is committed by the next one's sweep."""
     from streamhouse.log.metadata.sqlite import SQLiteMetadata
 
@@ -583,26 +596,39 @@ def test_transactions_survive_a_kill_and_a_decided_one_is_finished(tmp_path: Pat
         server.kill()
         server.start()
         assert _list_latest(server, "t", 1) == 0  # still open after the restart
-        assert _list_latest(server, "t", 0) == 2
-        producer(server, "crashed")  # aborts it: fenced
-        assert _list_latest(server, "t", 1) == 3  # two records and the ABORT marker
-        assert read_all(server, "t", 1, "read_committed", settle=1.0) == []
+        kept = _list_latest(server, "t", 0)
+        assert 0 <= kept <= 2  # flushed by the linger before the kill, or lost with it
+        with pytest.raises(KafkaException) as refused:
+            p.commit_transaction(TIMEOUT)
+        assert refused.value.args[0].txn_requires_abort(), refused.value
+        p.abort_transaction(TIMEOUT)  # InitProducerId with its producer id and epoch
+        assert _list_latest(server, "t", 0) == kept + 1  # the ABORT marker
+        p.begin_transaction()
+        send(p, "t", ["again-0", "again-1"], partitions=1)
+        p.commit_transaction(TIMEOUT)
+        assert read_all(server, "t", 1, "read_committed", settle=1.0) == [b"again-0", b"again-1"]
+        before = _list_latest(server, "t", 1)
+        assert before == kept + 4  # the ABORT marker, two records, the COMMIT marker
 
         with RawClient(server.bootstrap) as c:
             error, pid, epoch = _init(c, "decided")
             assert error == 0
             assert _add(c, 2, "decided", pid, epoch, ("t", 0)) == {("t", 0): 0}
             assert _produce(c, "t", "decided", _txn_batch(pid, epoch, 0, [b"kept"])) == 0
-        assert server.stop() == 0
+        assert server.stop() == 0  # flushes the record, answered before it was durable
         with SQLiteMetadata(tmp_path / "data" / "metadata.sqlite3") as md:
             verdict, txn = md.transactions.prepare("decided", pid, epoch, True)
             assert verdict is Verdict.OK and txn is not None
         server.start()
         deadline = time.monotonic() + 10
-        while _list_latest(server, "t", 1) < 5 and time.monotonic() < deadline:
+        while _list_latest(server, "t", 1) < before + 2 and time.monotonic() < deadline:
             time.sleep(0.2)
-        assert _list_latest(server, "t", 1) == 5  # 3 before, the record and its COMMIT marker
-        assert read_all(server, "t", 1, "read_committed", settle=1.0) == [b"kept"]
+        assert _list_latest(server, "t", 1) == before + 2  # the record and its COMMIT marker
+        assert read_all(server, "t", 1, "read_committed", settle=1.0) == [
+            b"again-0",
+            b"again-1",
+            b"kept",
+        ]
     finally:
         server.stop()
 

@@ -55,7 +55,8 @@ class Broker:
         self.coordination.on_lost = lambda group_id: self.groups.abandon(group_id)
         self.coordination.has_members = self.groups.has_members
         self.producers = ProducerRegistry()
-        self.transactions = TransactionCoordinator(log_, self.wake)
+        # alone on its store, this agent coordinates every transaction its batches belong to
+        self.transactions = TransactionCoordinator(log_, self.wake, early_answers=not shared)
         self._arrivals: dict[tuple[str, int], set[asyncio.Future[None]]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._commits: list[tuple[str, int]] = []  # heard from the log, not yet on the loop

@@ -9,7 +9,9 @@ Every partition of a request is validated and handed to the log before anything 
 batches of pipelined requests on one connection reach the log in request order. With
 ``acks=0`` nothing is answered; with ``acks=1`` or ``acks=-1`` (all) the answer waits until the
 segment object holding the batch is durable and indexed — there are no replicas, so both mean
-the same.
+the same — except for a transactional batch whose transaction the coordinator of this agent
+saw begin (:meth:`~streamhouse.kafka.transactions.TransactionCoordinator.early_answers`): it
+is answered at once, without a base offset, and EndTxn makes it durable before committing.
 """
 
 from __future__ import annotations
@@ -205,6 +207,9 @@ def _start_append(
         duplicate_of = broker.producers.duplicate_of(topic, partition, header)
         if duplicate_of is not None:
             return duplicate_of
+    early = None
+    if transactional_id is not None:
+        early = broker.transactions.early_answers(transactional_id, header)
     try:
         offset = broker.log.append_async(topic, partition, records, batches)
     except StreamHouseError as exc:
@@ -212,6 +217,9 @@ def _start_append(
         return error_code_for(exc)
     if idempotent:
         broker.producers.record(topic, partition, header, offset)
+    if early is not None:
+        early.append(offset)
+        return ErrorCode.none  # durable by the time its transaction commits
     return offset
 
 

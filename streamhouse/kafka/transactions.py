@@ -11,7 +11,8 @@ transaction on. Within this agent the requests of one transactional id run one a
   first, or once the epoch would pass :data:`MAX_EPOCH`). A transaction the previous producer
   left open is aborted first, at a bumped epoch: that producer is fenced, its later requests
   get ``PRODUCER_FENCED`` (``INVALID_PRODUCER_EPOCH`` at versions before 2, as Kafka) and its
-  batches ``INVALID_PRODUCER_EPOCH``.
+  batches ``INVALID_PRODUCER_EPOCH``. From v3 a producer may bump its own epoch by sending its
+  producer id and epoch (KIP-360), refused unless they are the current ones.
 - **AddPartitionsToTxn** starts the transaction; each partition joins at its high watermark,
   which holds its last stable offset there until the transaction ends.
 - **TxnOffsetCommit** keeps consumer offsets aside until the transaction commits.
@@ -25,6 +26,20 @@ transaction on. Within this agent the requests of one transactional id run one a
 - A transaction open longer than its ``transaction.timeout.ms`` is aborted by the sweep
   (:meth:`TransactionCoordinator.sweep`), at a bumped epoch; so is the remnant of a coordinator
   that died between deciding and completing (its markers are written again).
+
+With SQLite (this agent alone), produce answers a transactional batch as soon as it is
+queued, before it is durable, when this agent saw its transaction begin (InitProducerId, the
+previous EndTxn or the AddPartitionsToTxn that started it): its records need be durable only
+once the transaction commits. EndTxn waits for them (flushed at once) before deciding; a
+commit whose records failed, or whose start this agent did not see (it restarted meanwhile,
+and may have lost records it had answered), is refused with ``UNKNOWN_PRODUCER_ID``, which
+clients take as abortable with an epoch bump (KIP-360): InitProducerId v3+ with their producer
+id and epoch aborts the transaction and gives them the next epoch, whose sequences start
+afresh (those of the lost records would leave a gap). An abort needs not wait: its markers
+follow the records through the same writer, so they land after them. Aborts by anyone else (a
+new producer, the timeout) bump the epoch, so records answered early and committed later are
+refused by the segment commit. With agents (PostgreSQL) a transaction's records and its
+EndTxn may reach different agents, so every batch is durable before it is answered.
 
 Produce checks transactional batches against the producer's transaction
 (:meth:`TransactionCoordinator.refusal`): right epoch, partition added, transaction ongoing;
@@ -43,6 +58,7 @@ import logging
 import time
 import weakref
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from streamhouse.errors import StreamHouseError, UnknownPartitionError, UnknownTopicError
@@ -57,6 +73,7 @@ from streamhouse.log.metadata.transactions import (
 )
 from streamhouse.log.records.control import marker_batch
 from streamhouse.log.records.header import ATTR_CONTROL, ATTR_TRANSACTIONAL
+from streamhouse.security.acl import AclOperation, ResourceType
 
 if TYPE_CHECKING:
     from streamhouse.kafka.broker import Broker
@@ -78,6 +95,7 @@ _VERDICT_ERRORS = {
     Verdict.FENCED: ErrorCode.producer_fenced,
     Verdict.BUSY: ErrorCode.concurrent_transactions,
     Verdict.INVALID_STATE: ErrorCode.invalid_txn_state,
+    Verdict.UNDURABLE: ErrorCode.unknown_producer_id,
 }
 
 
@@ -93,12 +111,34 @@ def error_of(verdict: Verdict, api_version: int, fenced_from: int = 2) -> ErrorC
     return _VERDICT_ERRORS[verdict]
 
 
-class TransactionCoordinator:
-    """Transactions coordinated by this agent (see module); used from the event loop."""
+@dataclass(slots=True)
+class _Begun:
+    """A transaction this agent saw begin: produce may answer its batches before they are
+    durable; ``unflushed`` are their appends, which EndTxn waits for."""
 
-    def __init__(self, log_: Log, wake: Callable[[Iterable[tuple[str, int]]], None]) -> None:
+    producer_id: int
+    epoch: int
+    unflushed: list[asyncio.Future[int]] = field(default_factory=list)
+
+
+class TransactionCoordinator:
+    """Transactions coordinated by this agent (see module); used from the event loop.
+
+    ``early_answers``: produce may answer transactional batches before they are durable (this
+    agent alone on its metadata store, see module)."""
+
+    def __init__(
+        self,
+        log_: Log,
+        wake: Callable[[Iterable[tuple[str, int]]], None],
+        *,
+        early_answers: bool = False,
+    ) -> None:
         self._log = log_
         self._wake = wake
+        self._early_answers = early_answers
+        # transactional id -> its transaction this agent saw begin (with early answers only)
+        self._begun: dict[str, _Begun] = {}
         # one lock per transactional id while anyone holds or awaits it
         self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
         # Ongoing transactions as produce checks them: transactional id -> (producer id,
@@ -167,14 +207,85 @@ class TransactionCoordinator:
             writer = (txn.producer_id, txn.producer_epoch, set())
         return writer
 
+    def early_answers(
+        self, transactional_id: str, header: BatchHeader
+    ) -> list[asyncio.Future[int]] | None:
+        """Where produce puts the appends of a transactional batch (:meth:`refusal` admitted
+        it) that it answers before they are durable: its transaction began in sight of this
+        agent, and EndTxn waits for them. ``None``: answer once durable."""
+        begun = self._begun.get(transactional_id)
+        if begun is None or (begun.producer_id, begun.epoch) != (
+            header.producer_id,
+            header.producer_epoch,
+        ):
+            return None
+        return begun.unflushed
+
+    def _saw_begin(self, transactional_id: str, producer_id: int, epoch: int) -> None:
+        """The producer's next transaction begins in sight of this agent."""
+        if self._early_answers:
+            self._begun[transactional_id] = _Begun(producer_id, epoch)
+
+    async def _watch_begin(self, transactional_id: str, producer_id: int, epoch: int) -> None:
+        """Before a request that may start the producer's transaction: note it if it does
+        (the store holds no ongoing transaction of it yet)."""
+        begun = self._begun.get(transactional_id)
+        if not self._early_answers or (
+            begun is not None and (begun.producer_id, begun.epoch) == (producer_id, epoch)
+        ):
+            return
+        self._begun.pop(transactional_id, None)
+        txn = await asyncio.to_thread(self.store.get, transactional_id)
+        if (
+            txn is not None
+            and (txn.producer_id, txn.producer_epoch) == (producer_id, epoch)
+            and txn.state is not State.ONGOING
+            and not txn.state.preparing
+        ):
+            self._saw_begin(transactional_id, producer_id, epoch)
+
+    async def _records_durable(self, transactional_id: str, producer_id: int, epoch: int) -> bool:
+        """Wait for the records produce answered early in the producer's transaction;
+        ``False`` if any failed, or if this agent may have answered some it lost (it did not
+        see the transaction begin, and the transaction holds partitions)."""
+        if not self._early_answers:
+            return True
+        begun = self._begun.get(transactional_id)
+        if begun is None or (begun.producer_id, begun.epoch) != (producer_id, epoch):
+            txn = await asyncio.to_thread(self.store.get, transactional_id)
+            return txn is None or not txn.partitions
+        if not begun.unflushed:
+            return True
+        self._log.writer.hurry()
+        outcomes = await asyncio.gather(*begun.unflushed, return_exceptions=True)
+        failed = [o for o in outcomes if isinstance(o, BaseException)]
+        if failed:
+            log.warning(
+                "transactional id %r: %d of its batches failed after they were answered"
+                " (%s): the commit is refused",
+                transactional_id,
+                len(failed),
+                failed[0],
+            )
+        return not failed
+
     # -- the APIs ---------------------------------------------------------------------------
 
     async def init_producer(
-        self, transactional_id: str, timeout_ms: int
+        self, transactional_id: str, timeout_ms: int, current: tuple[int, int] | None = None
     ) -> tuple[Verdict, int, int]:
-        """``(verdict, producer id, epoch)`` of the producer taking ``transactional_id``."""
+        """``(verdict, producer id, epoch)`` of the producer taking ``transactional_id``.
+
+        ``current`` (InitProducerId v3+, KIP-360): the producer id and epoch of a producer
+        bumping its own epoch (after an abortable error that needs it); ``FENCED`` unless they
+        are the id's current ones, ``UNKNOWN`` if the id has none."""
         async with self._lock(transactional_id):
             txn = await asyncio.to_thread(self.store.get, transactional_id)
+            if current is not None and (
+                txn is None or (txn.producer_id, txn.producer_epoch) != current
+            ):
+                fenced = txn is not None and txn.producer_id == current[0]
+                return (Verdict.FENCED if fenced else Verdict.UNKNOWN), -1, -1
             if txn is not None and (txn.state is State.ONGOING or txn.state.preparing):
                 if not await self._abort_or_finish(txn):
                     return Verdict.BUSY, -1, -1
@@ -188,6 +299,9 @@ class TransactionCoordinator:
                 self.store.register, transactional_id, timeout_ms, txn, producer_id, epoch
             )
             self._writers.pop(transactional_id, None)
+            self._begun.pop(transactional_id, None)
+            if verdict is Verdict.OK:
+                self._saw_begin(transactional_id, producer_id, epoch)
         if verdict is not Verdict.OK:
             return verdict, -1, -1
         log.info("transactional id %r: producer %d epoch %d", transactional_id, producer_id, epoch)
@@ -198,6 +312,7 @@ class TransactionCoordinator:
     ) -> tuple[Verdict, list[tuple[str, int]]]:
         """The verdict and the partitions that do not exist (then none was added)."""
         async with self._lock(transactional_id):
+            await self._watch_begin(transactional_id, producer_id, epoch)
             verdict, missing = await asyncio.to_thread(
                 self.store.add_partitions, transactional_id, producer_id, epoch, partitions
             )
@@ -210,6 +325,7 @@ class TransactionCoordinator:
 
     async def add_offsets(self, transactional_id: str, producer_id: int, epoch: int) -> Verdict:
         async with self._lock(transactional_id):
+            await self._watch_begin(transactional_id, producer_id, epoch)
             return await asyncio.to_thread(
                 self.store.add_offsets, transactional_id, producer_id, epoch
             )
@@ -234,16 +350,23 @@ class TransactionCoordinator:
         its markers and complete it; answers once all that is durable (the markers' segment
         commit covers the decision), since the id's next AddPartitionsToTxn would wait for the
         markers anyway. ``BUSY`` (CONCURRENT_TRANSACTIONS: the client retries) if a marker
-        failed: the decision stays in the store, where a retry or the sweep finishes it."""
+        failed: the decision stays in the store, where a retry or the sweep finishes it.
+        A commit waits for the records answered early first; ``UNDURABLE`` refuses one they
+        may be missing from (the client aborts). An abort needs not wait: its markers follow
+        them through the writer."""
         async with self._lock(transactional_id):
+            if commit and not await self._records_durable(transactional_id, producer_id, epoch):
+                return Verdict.UNDURABLE
             verdict, txn = await asyncio.to_thread(
                 self.store.prepare, transactional_id, producer_id, epoch, commit, durable=False
             )
             if verdict is not Verdict.OK:
                 return verdict
             self._writers.pop(transactional_id, None)
+            self._begun.pop(transactional_id, None)
             if txn is not None and not await self._finish(txn):
                 return Verdict.BUSY
+            self._saw_begin(transactional_id, producer_id, epoch)
         return Verdict.OK
 
     # -- ending transactions ----------------------------------------------------------------
@@ -252,6 +375,7 @@ class TransactionCoordinator:
         """Abort ``txn`` at a bumped epoch if it is ongoing (fencing its producer), or finish
         it if it was decided; ``False`` if that failed (or another agent moved it on)."""
         self._writers.pop(txn.transactional_id, None)
+        self._begun.pop(txn.transactional_id, None)
         if txn.state is State.ONGOING:
             bumped = min(txn.producer_epoch + 1, MAX_EPOCH)
             verdict, prepared = await asyncio.to_thread(
@@ -351,21 +475,48 @@ class TransactionCoordinator:
 # -- handlers ---------------------------------------------------------------------------------
 
 
+def _transaction_denied(broker: Broker, header: RequestHeader, transactional_id: str) -> bool:
+    """WRITE on the TRANSACTIONAL_ID is what every transactional request needs (as Kafka)."""
+    return not broker.access.allowed(
+        header.session, AclOperation.WRITE, ResourceType.TRANSACTIONAL_ID, transactional_id
+    )
+
+
 async def handle_add_partitions(broker: Broker, header: RequestHeader, request: Any) -> Any:
+    """Partitions join the transaction; with ACLs, WRITE on the transactional id and on each
+    topic is needed (TOPIC_AUTHORIZATION_FAILED for the denied ones, OPERATION_NOT_ATTEMPTED
+    for the rest, and none is added)."""
     module = messages(ApiKey.ADD_PARTITIONS_TO_TXN, header.api_version, True)
     topics = request.v3_and_below_topics
+    transactional_id = request.v3_and_below_transactional_id
     wanted = [(t.name, int(p)) for t in topics for p in t.partitions]
-    verdict, missing = await broker.transactions.add_partitions(
-        request.v3_and_below_transactional_id,
-        request.v3_and_below_producer_id,
-        request.v3_and_below_producer_epoch,
-        wanted,
-    )
-    unknown = set(missing)
+    denied_topics = {
+        name
+        for name in {t.name for t in topics}
+        if not broker.access.allowed(header.session, AclOperation.WRITE, ResourceType.TOPIC, name)
+    }
+    unknown: set[tuple[str, int]] = set()
+    if _transaction_denied(broker, header, transactional_id):
+        verdict_error = ErrorCode.transactional_id_authorization_failed
+    elif denied_topics:
+        verdict_error = ErrorCode.none
+    else:
+        verdict, missing = await broker.transactions.add_partitions(
+            transactional_id,
+            request.v3_and_below_producer_id,
+            request.v3_and_below_producer_epoch,
+            wanted,
+        )
+        verdict_error = error_of(verdict, header.api_version)
+        unknown = set(missing)
 
     def code(key: tuple[str, int]) -> ErrorCode:
-        if verdict is not Verdict.OK:
-            return error_of(verdict, header.api_version)
+        if verdict_error is not ErrorCode.none:
+            return verdict_error
+        if denied_topics:
+            if key[0] in denied_topics:
+                return ErrorCode.topic_authorization_failed
+            return ErrorCode.operation_not_attempted
         if not unknown:
             return ErrorCode.none
         return (
@@ -392,26 +543,45 @@ async def handle_add_partitions(broker: Broker, header: RequestHeader, request: 
 
 
 async def handle_add_offsets(broker: Broker, header: RequestHeader, request: Any) -> Any:
+    """The group's offsets will be committed with the transaction; with ACLs, WRITE on the
+    transactional id and READ on the group are needed."""
     module = messages(ApiKey.ADD_OFFSETS_TO_TXN, header.api_version, True)
-    verdict = await broker.transactions.add_offsets(
-        request.transactional_id, request.producer_id, request.producer_epoch
-    )
-    return make(
-        module.AddOffsetsToTxnResponse,
-        throttle_time=0,
-        error_code=error_of(verdict, header.api_version),
-    )
+    if _transaction_denied(broker, header, request.transactional_id):
+        error = ErrorCode.transactional_id_authorization_failed
+    elif not broker.access.allowed(
+        header.session, AclOperation.READ, ResourceType.GROUP, request.group_id
+    ):
+        error = ErrorCode.group_authorization_failed
+    else:
+        verdict = await broker.transactions.add_offsets(
+            request.transactional_id, request.producer_id, request.producer_epoch
+        )
+        error = error_of(verdict, header.api_version)
+    return make(module.AddOffsetsToTxnResponse, throttle_time=0, error_code=error)
 
 
 async def handle_txn_offset_commit(broker: Broker, header: RequestHeader, request: Any) -> Any:
-    """Offsets held until the transaction commits; sent to the group's coordinator."""
+    """Offsets held until the transaction commits; sent to the group's coordinator. With
+    ACLs, READ on the group, WRITE on the transactional id and READ on each topic are needed
+    (a denied topic's partitions get TOPIC_AUTHORIZATION_FAILED, the others are held)."""
     module = messages(ApiKey.TXN_OFFSET_COMMIT, header.api_version, True)
-    if not await broker.coordination.ensure(request.group_id):
+    session = header.session
+    denied_topics = {
+        t.name
+        for t in request.topics
+        if not broker.access.allowed(session, AclOperation.READ, ResourceType.TOPIC, t.name)
+    }
+    if not broker.access.allowed(session, AclOperation.READ, ResourceType.GROUP, request.group_id):
+        error = ErrorCode.group_authorization_failed
+    elif _transaction_denied(broker, header, request.transactional_id):
+        error = ErrorCode.transactional_id_authorization_failed
+    elif not await broker.coordination.ensure(request.group_id):
         error = ErrorCode.not_coordinator
     else:
         offsets = {
             (t.name, int(p.partition_index)): (int(p.committed_offset), p.committed_metadata or "")
             for t in request.topics
+            if t.name not in denied_topics
             for p in t.partitions
         }
         verdict = await broker.transactions.commit_offsets(
@@ -427,7 +597,12 @@ async def handle_txn_offset_commit(broker: Broker, header: RequestHeader, reques
             name=t.name,
             partitions=tuple(
                 module.TxnOffsetCommitResponsePartition(
-                    partition_index=p.partition_index, error_code=error
+                    partition_index=p.partition_index,
+                    error_code=(
+                        ErrorCode.topic_authorization_failed
+                        if t.name in denied_topics and error is ErrorCode.none
+                        else error
+                    ),
                 )
                 for p in t.partitions
             ),
@@ -438,13 +613,19 @@ async def handle_txn_offset_commit(broker: Broker, header: RequestHeader, reques
 
 
 async def handle_end_txn(broker: Broker, header: RequestHeader, request: Any) -> Any:
+    """Commit or abort; with ACLs, WRITE on the transactional id is needed."""
     module = messages(ApiKey.END_TXN, header.api_version, True)
-    verdict = await broker.transactions.end(
-        request.transactional_id, request.producer_id, request.producer_epoch, request.committed
-    )
-    return make(
-        module.EndTxnResponse, throttle_time=0, error_code=error_of(verdict, header.api_version)
-    )
+    if _transaction_denied(broker, header, request.transactional_id):
+        error = ErrorCode.transactional_id_authorization_failed
+    else:
+        verdict = await broker.transactions.end(
+            request.transactional_id,
+            request.producer_id,
+            request.producer_epoch,
+            request.committed,
+        )
+        error = error_of(verdict, header.api_version)
+    return make(module.EndTxnResponse, throttle_time=0, error_code=error)
 
 
 async def init_transactional_producer(
@@ -456,19 +637,28 @@ async def init_transactional_producer(
         return ErrorCode.invalid_transaction_timeout, -1, -1
     if not request.transactional_id:
         return ErrorCode.invalid_request, -1, -1
+    current = None
+    if header.api_version >= 3 and request.producer_id >= 0:
+        current = (int(request.producer_id), int(request.producer_epoch))
     verdict, producer_id, epoch = await broker.transactions.init_producer(
-        request.transactional_id, timeout_ms
+        request.transactional_id, timeout_ms, current
     )
-    return error_of(verdict, header.api_version), producer_id, epoch
+    return error_of(verdict, header.api_version, fenced_from=4), producer_id, epoch
 
 
 _NO_START = datetime.datetime.fromtimestamp(-0.001, datetime.UTC)  # -1 on the wire
 
 
-def _describe(module: Any, transactional_id: str, txn: TransactionState | None) -> Any:
+def _describe(
+    module: Any,
+    transactional_id: str,
+    txn: TransactionState | None,
+    error: ErrorCode = ErrorCode.transactional_id_not_found,
+) -> Any:
+    """The answer for one id: ``error`` (and nothing else) if ``txn`` is ``None``."""
     if txn is None:
         return module.TransactionState(
-            error_code=ErrorCode.transactional_id_not_found,
+            error_code=error,
             transactional_id=transactional_id,
             transaction_state="",
             transaction_timeout=ms(0),
@@ -498,11 +688,18 @@ def _describe(module: Any, transactional_id: str, txn: TransactionState | None) 
 
 
 async def handle_describe_transactions(broker: Broker, header: RequestHeader, request: Any) -> Any:
-    """Each transactional id's state, producer, timeout, start and open partitions."""
+    """Each transactional id's state, producer, timeout, start and open partitions; with ACLs,
+    DESCRIBE on the id is needed (TRANSACTIONAL_ID_AUTHORIZATION_FAILED)."""
     module = messages(ApiKey.DESCRIBE_TRANSACTIONS, header.api_version, True)
     store = broker.transactions.store
     states = []
     for transactional_id in request.transactional_ids:
+        if not broker.access.allowed(
+            header.session, AclOperation.DESCRIBE, ResourceType.TRANSACTIONAL_ID, transactional_id
+        ):
+            error = ErrorCode.transactional_id_authorization_failed
+            states.append(_describe(module, transactional_id, None, error))
+            continue
         txn = await asyncio.to_thread(store.get, transactional_id)
         states.append(_describe(module, transactional_id, txn))
     return make(
@@ -511,7 +708,8 @@ async def handle_describe_transactions(broker: Broker, header: RequestHeader, re
 
 
 async def handle_list_transactions(broker: Broker, header: RequestHeader, request: Any) -> Any:
-    """Every transactional id, or those in the states and of the producers asked for."""
+    """Every transactional id, or those in the states and of the producers asked for; with
+    ACLs, those the client may DESCRIBE."""
     module = messages(ApiKey.LIST_TRANSACTIONS, header.api_version, True)
     names = {state.value for state in State}
     wanted = set(request.state_filters) & names
@@ -522,6 +720,13 @@ async def handle_list_transactions(broker: Broker, header: RequestHeader, reques
         for txn in await asyncio.to_thread(broker.transactions.store.list)
         if (not request.state_filters or txn.state.value in wanted)
         and (not producers or txn.producer_id in producers)
+        and broker.access.allowed(
+            header.session,
+            AclOperation.DESCRIBE,
+            ResourceType.TRANSACTIONAL_ID,
+            txn.transactional_id,
+            audit=False,
+        )
     ]
     return make(
         module.ListTransactionsResponse,

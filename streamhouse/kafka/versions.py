@@ -44,7 +44,7 @@ SUPPORTED: dict[ApiKey, tuple[int, int]] = {
     ApiKey.CREATE_TOPICS: (2, 4),  # CreateTopics (v5+ flexible)
     ApiKey.DELETE_TOPICS: (1, 3),  # DeleteTopics (v4+ flexible)
     ApiKey.DELETE_RECORDS: (0, 1),  # DeleteRecords (v2+ flexible)
-    ApiKey.INIT_PRODUCER_ID: (0, 1),  # InitProducerId (v2+ flexible)
+    ApiKey.INIT_PRODUCER_ID: (0, 4),  # InitProducerId (v2+ flexible; v3 epoch bump, KIP-360)
     ApiKey.ADD_PARTITIONS_TO_TXN: (0, 2),  # AddPartitionsToTxn (v3+ flexible)
     ApiKey.ADD_OFFSETS_TO_TXN: (0, 2),  # AddOffsetsToTxn (v3+ flexible)
     ApiKey.END_TXN: (0, 2),  # EndTxn (v3+ flexible)

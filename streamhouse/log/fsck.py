@@ -15,8 +15,10 @@
 
 :func:`delete_orphans` removes the orphans :func:`check` found, never an object the metadata
 names or one younger than the age bound. :func:`rebuild_metadata` writes a fresh metadata
-store from the objects' footers (topics, partitions, the segment index, offsets), keeping the
-old file (SQLite) or tables (PostgreSQL) aside, and says what footers cannot give back.
+store from the objects' footers (topics, partitions, the segment index, offsets) and the
+aborted transactions from their batch headers (so read_committed readers still leave aborted
+records out; transactions left open are aborted), keeping the old file (SQLite) or tables
+(PostgreSQL) aside, and says what the objects cannot give back.
 
 Objects are read whole with one request each, by ``store.read_parallelism`` threads unless told
 otherwise (reads and CRC-32C release the GIL; S3 reads wait on round trips), and checksummed
@@ -44,10 +46,14 @@ from streamhouse.errors import (
     CorruptSegmentError,
     ObjectNotFoundError,
     StorageError,
+    StreamHouseError,
 )
 from streamhouse.log.compaction_notes import replaced_runs
 from streamhouse.log.metadata import Metadata, SegmentRow, sqlite_path
 from streamhouse.log.objectstore import ObjectInfo, ObjectStore
+from streamhouse.log.records import split_batches
+from streamhouse.log.records.control import ABORT, marker_type
+from streamhouse.log.records.header import ATTR_CONTROL, ATTR_TRANSACTIONAL
 from streamhouse.log.segment import (
     SEGMENT_PREFIX,
     SegmentEntry,
@@ -500,6 +506,12 @@ class RebuildReport:
     """PostgreSQL: the schema the old metadata tables were moved to (``None``: there were none)."""
     producer_id_floor: int = 0
 
+    aborted_transactions: int = 0
+    """Aborted transactions found in the log (ABORT markers), and transactions left open
+    (no marker after their records: their coordinator's state is gone, so they are aborted)."""
+    open_transactions: int = 0
+    """Of those, the ones left open."""
+
     def not_rebuilt(self) -> list[str]:
         """What the footers do not hold, one sentence each."""
         return [
@@ -510,6 +522,9 @@ class RebuildReport:
             " (each topic has as many partitions as its highest partition with records + 1)",
             "the SQL catalog (CREATE STREAM/TABLE/VIEW statements): create them again",
             "SASL users: add them again (streamhouse user add NAME --password-stdin)",
+            "transactional ids: their producers start afresh (InitProducerId gives new"
+            " producer ids); transactions open then are aborted"
+            + (f" ({self.open_transactions} found)" if self.open_transactions else ""),
         ]
 
 
@@ -639,7 +654,9 @@ def rebuild_metadata(
     schema of its own and swapped in, the old tables moved to ``<schema>_replaced_<UTC time>``
     (:mod:`~streamhouse.log.metadata.postgres_rebuild`). Every process using the store must be
     stopped. Objects with a damaged footer, and objects that claim offsets a newer object holds
-    (failed flushes written again), are reported and left unindexed.
+    (failed flushes written again), are reported and left unindexed. The objects indexed are
+    then read whole once more for their batch headers: the aborted transactions (and those
+    left open, aborted) are restored, so that read_committed readers still leave them out.
     ``on_start(objects)`` is called once the objects are listed, ``progress(1)`` per footer.
     """
     path = sqlite_path(settings)
@@ -683,10 +700,13 @@ def rebuild_metadata(
     report.rows = len(rows)
     report.producer_id_floor = time.time_ns() // 1_000_000
 
+    aborted = _aborted_transactions(store, rows, report, threads or store.read_parallelism)
+
     def fill(metadata: Metadata) -> None:
         for topic, partitions in sorted(report.topics.items()):
             metadata.create_topic(topic, partitions)
         metadata.restore_segments(rows, producer_id_floor=report.producer_id_floor)
+        metadata.transactions.restore_aborted(aborted)
 
     if path is None:
         from streamhouse.log.metadata.postgres_rebuild import rebuild_postgres_store
@@ -698,6 +718,69 @@ def rebuild_metadata(
         _replace_sqlite(path, fill, report)
     log.info("rebuilt the metadata from %d object(s): %d index row(s)", report.objects, report.rows)
     return report
+
+
+_DATA = -2  # a transactional data batch, among marker types (ABORT 0, COMMIT 1, unknown -1)
+
+
+def _transactional_batches(
+    store: ObjectStore, key: str, rows: Sequence[SegmentRow]
+) -> list[tuple[str, int, int, int, int]]:
+    """``(topic, partition, offset, producer id, kind)`` of the transactional batches of one
+    object's ``rows``: a marker (its type) or a data batch (``_DATA``), at indexed offsets."""
+    data = store.get(key)
+    found = []
+    for row in rows:
+        run = memoryview(data)[row.position : row.position + row.length]
+        try:
+            batches = split_batches(run)
+        except StreamHouseError as exc:  # indexed all the same, as its footer describes it
+            log.warning("%s: the run of %s/%d is damaged: %s", key, row.topic, row.partition, exc)
+            continue
+        if not batches:
+            continue
+        shift = row.base_offset - batches[0][2].base_offset  # indexed minus written
+        for start, end, header in batches:
+            if not header.attributes & ATTR_TRANSACTIONAL:
+                continue
+            kind = marker_type(run[start:end]) if header.attributes & ATTR_CONTROL else _DATA
+            offset = header.base_offset + shift
+            found.append((row.topic, row.partition, offset, header.producer_id, kind))
+    return found
+
+
+def _aborted_transactions(
+    store: ObjectStore, rows: Sequence[SegmentRow], report: RebuildReport, threads: int
+) -> list[tuple[str, int, int, int, int]]:
+    """The aborted transactions of the log, as ``aborted_transactions`` rows (topic,
+    partition, last offset, producer id, first offset), read from every batch header: a
+    producer's transactional records up to its ABORT marker, and those no marker follows
+    (left open; the last offset is then that of its last batch there). Objects are read in
+    ``threads``; only headers are looked at."""
+    by_object: dict[str, list[SegmentRow]] = {}
+    for row in rows:
+        by_object.setdefault(row.object_key, []).append(row)
+    events: dict[tuple[str, int], list[tuple[int, int, int]]] = {}
+    with ThreadPoolExecutor(max(1, threads), thread_name_prefix="rebuild-txn") as pool:
+        for found in pool.map(lambda k: _transactional_batches(store, k, by_object[k]), by_object):
+            for topic, partition, offset, producer, kind in found:
+                events.setdefault((topic, partition), []).append((offset, producer, kind))
+    aborted = []
+    for (topic, partition), happened in sorted(events.items()):
+        opened: dict[int, tuple[int, int]] = {}  # producer -> (first offset, last batch's)
+        for offset, producer, kind in sorted(happened):
+            if kind == _DATA:
+                first = opened.get(producer, (offset, offset))[0]
+                opened[producer] = (first, offset)
+                continue
+            started = opened.pop(producer, None)
+            if started is not None and kind == ABORT:
+                aborted.append((topic, partition, offset, producer, started[0]))
+        for producer, (first, last) in opened.items():
+            aborted.append((topic, partition, last, producer, first))
+            report.open_transactions += 1
+    report.aborted_transactions = len(aborted)
+    return aborted
 
 
 def _replace_sqlite(path: Path, fill: Callable[[Metadata], None], report: RebuildReport) -> None:

@@ -277,6 +277,13 @@ class LogWriter:
             if first or urgent or self._pending_bytes >= self._max_bytes:  # else it lingers
                 self._work.notify()
 
+    def hurry(self) -> None:
+        """Flush what is pending now, without waiting for it (nor lingering)."""
+        with self._lock:
+            if self._pending:
+                self._first_pending_at = 0.0
+                self._work.notify()
+
     def forget(self, topic: str) -> None:
         """Drop cached offsets of a deleted or re-created topic."""
         with self._offsets_lock:

@@ -81,6 +81,7 @@ class Verdict(enum.Enum):
     FENCED = "fenced"  # the producer's epoch is not the current one
     BUSY = "busy"  # markers of the last transaction are still being written
     INVALID_STATE = "invalid state"  # the request does not fit the state
+    UNDURABLE = "undurable"  # records answered before they were durable may be missing
 
 
 @dataclass(frozen=True, slots=True)
@@ -450,6 +451,13 @@ class TransactionStore:
             ids = [row[0] for row in conn.execute(sql, params).fetchall()]
             found = [self._read(conn, t, lock=False) for t in ids]
         return [t for t in found if t is not None]
+
+    def restore_aborted(self, rows: Iterable[tuple[str, int, int, int, int]]) -> None:
+        """Record aborted transactions as ``(topic, partition, last offset, producer id, first
+        offset)``: a rebuild of lost metadata from the log (``fsck --rebuild-metadata``)."""
+        with self._transaction("restore aborted transactions") as conn:
+            for row in rows:
+                conn.execute(self._sql(_ABORTED), row)
 
     def forget_aborted(self) -> int:
         """Forget the aborted transactions whose marker is below their partition's log start
