@@ -6,8 +6,9 @@
   command line);
 - a query stopped mid-way and restarted, and one whose task processes are killed with SIGKILL
   mid-run, then resumed: every window exactly once;
-- EXPLAIN shows the exchange and the tasks; bad settings, shapes not parallel yet and a restart
-  at another parallelism are refused with one clear message.
+- EXPLAIN shows the exchange and the tasks; bad settings, shapes not parallel yet and an updating
+  query restarted at another parallelism are refused with one clear message (rescaling the
+  others: ``test_parallel_keyed.py``).
 """
 
 from __future__ import annotations
@@ -273,16 +274,16 @@ def test_explain_and_refusals(sh: StreamHouse, tmp_path: Path) -> None:
     with pytest.raises(SqlError, match="writes into a topic yet"):
         sh.start("SELECT k FROM ev", parallelism=2, name="sel")
 
+    # an updating query's upserts of a key would move to another sink partition
     rng = random.Random(5)
     produce(sh, rng, events(rng, 50))
     path = write(
-        tmp_path, "agg", WINDOWED.format(batch=1000, sink="out", window=WINDOWS["tumble"][0])
+        tmp_path, "agg", STREAM + "INSERT INTO cnt SELECT k, COUNT(*) AS n FROM ev GROUP BY k"
     )
     run_to_end(sh, path, 2)
-    with pytest.raises(SqlError, match="rescaling is not supported yet"):
-        run_to_end(sh, path, 3)
-    with pytest.raises(SqlError, match="rescaling is not supported yet"):
-        run_to_end(sh, path, 1)
+    for parallelism in (3, 1):
+        with pytest.raises(SqlError, match="cannot change parallelism: it is an updating query"):
+            run_to_end(sh, path, parallelism)
 
 
 def test_an_idle_task_does_not_hold_the_watermark_back(sh: StreamHouse, tmp_path: Path) -> None:

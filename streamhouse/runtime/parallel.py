@@ -23,8 +23,8 @@ Task ``i`` writes sink partition ``i`` only (the sink is created with ``n`` part
 exactly-once sink marks are its own. State: ``<data_dir>/queries/<name>.p<n>/task-<i>`` (the
 consuming side, a :class:`~.query.ContinuousQuery`) and ``exchange-<i>[-<source>]`` (the
 producing side, one store per source); each task writes ``task-<i>.json`` with its progress
-for :meth:`ParallelQuery.status`. Restarting at another parallelism (rescaling) is refused
-until state moves by key group.
+for :meth:`ParallelQuery.status`. Restarted at another parallelism, the query's state moves by
+key group to the new tasks first (rescaling, :mod:`.rescale`).
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ import dataclasses
 import json
 import logging
 import os
+import shutil
 import signal
 import threading
 import time
@@ -44,6 +45,9 @@ import pyarrow.compute as pc
 
 from streamhouse.errors import SqlError, StreamHouseError
 from streamhouse.runtime.exchange import (
+    PENDING as EXCHANGE_PENDING,
+)
+from streamhouse.runtime.exchange import (
     ExchangeSource,
     ExchangeWriter,
     exchange_topic,
@@ -54,10 +58,11 @@ from streamhouse.runtime.operator import Changelog, MicroBatch
 from streamhouse.runtime.operators import WindowAggregation, run_ordered
 from streamhouse.runtime.options import QueryOptions
 from streamhouse.runtime.query import FINAL_WATERMARK, ContinuousQuery, _format_time
+from streamhouse.runtime.rescale import KEYS_FILE, rescale
 from streamhouse.runtime.routing import plan_routing
 from streamhouse.runtime.sources import QuerySource
 from streamhouse.runtime.task_processes import TaskProcess, Zygote
-from streamhouse.runtime.task_state import check_parallelism, task_root
+from streamhouse.runtime.task_state import parallel_states, task_root
 from streamhouse.sql import nodes
 from streamhouse.sql.hints import SourceOptions
 from streamhouse.sql.nodes import FLOWS
@@ -201,6 +206,10 @@ class TaskQuery(ContinuousQuery):
         """The producing side: one writer per source this task reads partitions of."""
         writers = []
         text = self.shape == "rows" and self.text_keys()
+        keys_file = root / KEYS_FILE  # how keys were hashed, for a rescale to hash alike
+        temporary = keys_file.with_name(f"{KEYS_FILE}.{self.task}")
+        temporary.write_text(json.dumps({"text": text}))
+        temporary.replace(keys_file)
         operator = plan_query(self.statement).operator  # pre_sql as planned, not passed through
         window = None
         if isinstance(operator, nodes.WindowAggregate) and _partials(operator):
@@ -314,7 +323,8 @@ class ParallelQuery:
             raise SqlError("'late-rows.topic' is not supported at parallelism > 1 yet")
         self.shape = parallel_shape(self.plan)
         self.root = task_root(state_root, self.name, parallelism)
-        check_parallelism(state_root, self.name, parallelism)
+        self.processes: list[TaskProcess] = []
+        self._rescale_from(state_root)
         # an updating query's output is an upsert per key: key-compacted, as at parallelism 1
         updating = {"cleanup.policy": "compact"} if self.plan.operator.updating else None
         self._ensure_topic(self.plan.sink, "sink", updating)
@@ -322,7 +332,6 @@ class ParallelQuery:
             for index in range(len(self.plan.sources)):
                 self._ensure_topic(exchange_topic(self.name, index), "exchange")
         self.root.mkdir(parents=True, exist_ok=True)
-        self.processes: list[TaskProcess] = []
         self.error: BaseException | None = None
         self.restarts = 0  # tasks restarted after a signal killed them
         self._stopping = threading.Event()
@@ -336,6 +345,54 @@ class ParallelQuery:
             raise SqlError(
                 f"the {role} topic {topic!r} has {info.partitions} partition(s): a query at"
                 f" parallelism {self.parallelism} writes one per task"
+            )
+
+    def _rescale_from(self, state_root: Path) -> None:
+        """Move the state checkpointed at another parallelism to this one (:mod:`.rescale`)."""
+        if (state_root / self.name).exists():
+            raise SqlError(
+                f"query {self.name!r} was checkpointed at parallelism 1 outside a parallel run"
+                f" ({state_root / self.name}): rescaling it is not supported yet; run it at"
+                " parallelism 1, or delete its state to run it afresh"
+            )
+        others = {n: p for n, p in parallel_states(state_root, self.name).items() if p != self.root}
+        if others and (self.root / "rescaled.json").exists():
+            for path in others.values():  # a rescale renamed its state in, then stopped
+                shutil.rmtree(path)
+            return
+        if len(others) > 1 or (others and self.root.exists()):
+            found = ", ".join(str(p) for p in [*others.values(), self.root] if p.exists())
+            raise SqlError(
+                f"query {self.name!r} has state at several parallelisms ({found}): delete all"
+                " but one"
+            )
+        for old, old_root in others.items():
+            plan, routing = self.plan, plan_routing(self.plan)
+            rescale(
+                self.log,
+                plan,
+                routing,
+                self.name,
+                old_root,
+                old,
+                self.root,
+                self.parallelism,
+                lambda phase, old=old, old_root=old_root: self._drain(old, old_root, phase),
+            )
+
+    def _drain(self, parallelism: int, root: Path, phase: str) -> None:
+        """Run the tasks of the query's state at ``parallelism`` through a drain ``phase``."""
+        zygote = Zygote.get()
+        processes = []
+        for task in range(parallelism):
+            spec = self._spec(task, False)
+            spec.update(parallelism=parallelism, root=str(root), drain=phase)
+            processes.append(zygote.spawn(spec))
+        statuses = [process.wait() for process in processes]
+        if any(statuses):
+            raise StreamHouseError(
+                f"query {self.name}: draining its tasks at parallelism {parallelism} failed"
+                f" (exit statuses {statuses}); its state is unchanged"
             )
 
     def _spec(self, task: int, until_end: bool) -> dict[str, Any]:
@@ -489,8 +546,17 @@ def run_task(spec: dict[str, Any]) -> None:
             parallelism=parallelism,
         )
         writers: list[ExchangeWriter] = []
+        drain = spec.get("drain")
         try:
+            if drain == "consumers":
+                _take_exchange(query)
+                return
             writers = query.writers(sh.log, root)
+            if drain == "producers":  # a batch a kill left pending: sent again, whole
+                for writer in writers:
+                    if writer.store.get_json(EXCHANGE_PENDING) is not None:
+                        writer.step()
+                return
             _run(
                 query,
                 writers,
@@ -547,6 +613,28 @@ def _run(
             time.sleep(pause)
             pause = min(pause * 2, query.options.poll_interval_ms / 1000)
     _write_status(query, writers, status_path, ready)
+
+
+DRAIN_STALL_S = 60.0
+"""How long a draining task may take no exchange record before it gives up."""
+
+
+def _take_exchange(query: TaskQuery) -> None:
+    """A drain's consuming side: take every exchange record appended so far (no producer runs
+    any more), so that no row is in flight when the state moves."""
+    log_ = query.log
+    sources = [s for s in query.sources.values() if isinstance(s, ExchangeSource)]
+    targets = [log_.metadata.partition_offsets(s.topic)[query.task].high_watermark for s in sources]
+    deadline = time.monotonic() + DRAIN_STALL_S
+    while any(s.positions.get(query.task, 0) < t for s, t in zip(sources, targets, strict=True)):
+        if query.step():
+            deadline = time.monotonic() + DRAIN_STALL_S
+        elif time.monotonic() > deadline:
+            raise StreamHouseError(
+                f"task {query.task} took no exchange record for {DRAIN_STALL_S} s"
+            )
+        else:
+            time.sleep(FIRST_POLL_S)
 
 
 def _write_status(
