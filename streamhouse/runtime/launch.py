@@ -201,6 +201,7 @@ def start_query(
             query_options,
             dict(options or {}),
             query_options.parallelism,
+            on_results,
         )
         if start:
             parallel.start()
