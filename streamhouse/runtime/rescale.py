@@ -126,9 +126,11 @@ def rescale(
     rescalable(plan, routing)
     staging = new_root.with_name(new_root.name + ".rescaling")
     shutil.rmtree(staging, ignore_errors=True)
-    if routing.shape != "stateless":
-        drain("producers")
-        drain("consumers")
+    if routing.shape != "stateless":  # each drain only if needed (forking the tasks costs)
+        if any(_pending(path) for path in old_root.glob("exchange-*")):
+            drain("producers")
+        if _behind(log_, name, len(plan.sources), old_root, old):
+            drain("consumers")
     for index in range(len(plan.sources)):
         if routing.shape != "stateless":
             _grow(log_, exchange_topic(name, index), new)
@@ -149,6 +151,30 @@ def rescale(
     (staging / "rescaled.json").write_text(json.dumps({"from": old, "to": new}))
     staging.rename(new_root)
     shutil.rmtree(old_root)
+
+
+def _pending(path: Path) -> bool:
+    """Whether the producing side stored at ``path`` left a batch pending."""
+    store = StateStore(path)
+    try:
+        return store.get(ColumnFamily.META, EXCHANGE_PENDING) is not None
+    finally:
+        store.close()
+
+
+def _behind(log_: Log, name: str, sources: int, root: Path, parallelism: int) -> bool:
+    """Whether a consuming side has exchange records left to take."""
+    ends = [log_.metadata.partition_offsets(exchange_topic(name, i)) for i in range(sources)]
+    for task in range(parallelism):
+        store = StateStore(root / f"task-{task}")
+        try:
+            for index in range(sources):
+                taken = store.get_int(partition_key(SOURCE + bytes([index]), task))
+                if (taken or 0) < ends[index][task].high_watermark:
+                    return True
+        finally:
+            store.close()
+    return False
 
 
 def _grow(log_: Log, topic: str, partitions: int) -> None:
