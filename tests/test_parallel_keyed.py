@@ -6,7 +6,7 @@ Each runs over two streams produced in random chunks (``ev`` in 3 partitions, ``
 at parallelism 2 (and the join also at 1 and 3) and must equal DuckDB's batch answer over the
 same rows; the interval join also with its task processes killed -9 mid-run and restarted
 (every output row exactly once); a windowed GROUP BY, a SESSION window and the interval join
-rescaled 2 -> 3 -> 1 mid-run. Operators that do not run in parallel yet, and statement sets,
+(and a window join, a filter) rescaled 2 -> 3 -> 1 mid-run. Operators that do not run in parallel yet, and statement sets,
 are refused naming what is not parallel.
 
 The queries of a test run side by side (threads of the test, each query's tasks processes of
@@ -34,6 +34,7 @@ import streamhouse
 from streamhouse import StreamHouse
 from streamhouse.errors import SqlError
 from streamhouse.runtime.launch import start_query
+from streamhouse.runtime.rescale import RESCALED, finish
 
 T0 = 1_767_225_600_000  # 2026-01-01 00:00:00 UTC
 KEYS = [f"user-{i}" for i in range(17)]
@@ -256,10 +257,17 @@ WINDOWED_COUNT = """INSERT INTO counted SELECT k, window_start, COUNT(*) AS n, S
 FROM ev GROUP BY k, TUMBLE(t, INTERVAL '5' SECOND)"""
 SESSIONS = """INSERT INTO sessions SELECT k, window_start, window_end, COUNT(*) AS n, SUM(w) AS s
 FROM ev2 GROUP BY k, SESSION(t, INTERVAL '2' SECOND)"""
+WINDOW_JOIN = """INSERT INTO {sink} SELECT L.k, L.window_start, L.v, R.w
+FROM TABLE(TUMBLE(TABLE ev, DESCRIPTOR(t), INTERVAL '5' SECOND)) L
+JOIN TABLE(TUMBLE(TABLE ev2, DESCRIPTOR(t), INTERVAL '5' SECOND)) R
+ON L.k = R.k AND L.window_start = R.window_start AND L.window_end = R.window_end"""
+WINDOW_JOIN_ORACLE = """SELECT a.k, a.t - a.t % 5000, a.v, b.w FROM ev a JOIN ev2 b
+ON a.k = b.k AND a.t - a.t % 5000 = b.t - b.t % 5000"""
 
 
 def test_rescale_2_to_3_to_1_mid_run_equals_duckdb(sh: StreamHouse, tmp_path: Path) -> None:
-    """A windowed GROUP BY, a SESSION window and an interval join, each run over the first
+    """A windowed GROUP BY, a SESSION window, an interval join, a window join and a filter,
+    each run over the first
     third of the input at parallelism 2 and stopped with windows and join rows held, restarted
     at 3 over the second third (the join's task 1 killed -9 just before the stop: a batch may
     be left half sent), then at 1 to the end: their state moved by key group each time, every
@@ -270,9 +278,15 @@ def test_rescale_2_to_3_to_1_mid_run_equals_duckdb(sh: StreamHouse, tmp_path: Pa
         "counted": (WINDOWED_COUNT, 41, 1),
         "sessions": (SESSIONS, 59, 1),
         "joined": (INTERVAL_JOIN, 67, 1),
+        "wj": (WINDOW_JOIN, 73, 1),
+        "filtered": ("INSERT INTO {sink} SELECT k, t, v FROM ev WHERE v > 50", 37, 1),
     }
-    paths = {name: write(tmp_path, name, text, batch) for name, (text, batch, _) in runs.items()}
-    reads = {"counted": 240 * 3, "sessions": 240 * 2, "joined": 240 * 5}
+    paths = {
+        name: write(tmp_path, name, text.format(sink=name), batch)
+        for name, (text, batch, _) in runs.items()
+    }
+    reads = {"counted": 240 * 3, "sessions": 240 * 2, "joined": 240 * 5, "wj": 240 * 5}
+    reads["filtered"] = 240 * 3
     declare(sh)
     with ThreadPoolExecutor(len(runs)) as pool:
         for start, end, parallelism in [(0, 80, 2), (80, 160, 3)]:
@@ -310,6 +324,25 @@ def test_rescale_2_to_3_to_1_mid_run_equals_duckdb(sh: StreamHouse, tmp_path: Pa
     columns = ["k", "window_start", "window_end", "n", "s"]
     assert rows_of(topic_rows(sh, "sessions"), columns) == sessions
     assert appended(sh, "joined", JOIN_COLUMNS, {"at", "bt"}) == duck(rows, INTERVAL_ORACLE)
+    expected = duck(rows, WINDOW_JOIN_ORACLE)
+    assert len(expected) > 100
+    assert appended(sh, "wj", ["k", "window_start", "v", "w"], set()) == expected
+    expected = duck(rows, "SELECT k, t, v FROM ev WHERE v > 50")
+    assert appended(sh, "filtered", ["k", "t", "v"], {"t"}) == expected
+
+
+def test_a_rescale_stopped_after_its_rename_is_finished(tmp_path: Path) -> None:
+    """The new state was renamed into place but the old not yet deleted (a kill between the
+    two): the next start deletes the old, and only the moved state is left."""
+    old, moved = tmp_path / "q.p2", tmp_path / "q.p3"
+    (old / "task-0").mkdir(parents=True)
+    (moved / "task-0").mkdir(parents=True)
+    (moved / RESCALED).write_text(json.dumps({"from": old.name}))
+    finish(moved)
+    assert not old.exists() and not (moved / RESCALED).exists()
+    assert (moved / "task-0").is_dir()
+    finish(moved)  # nothing left to finish
+    assert (moved / "task-0").is_dir()
 
 
 def test_left_join_window_join_and_changelog_join_at_parallelism_2(
@@ -329,14 +362,7 @@ def test_left_join_window_join_and_changelog_join_at_parallelism_2(
                 71,
             ),
             # a window join (TUMBLE 5 s) on the key
-            "wj": (
-                "INSERT INTO {sink} SELECT L.k, L.window_start, L.v, R.w"
-                " FROM TABLE(TUMBLE(TABLE ev, DESCRIPTOR(t), INTERVAL '5' SECOND)) L"
-                " JOIN TABLE(TUMBLE(TABLE ev2, DESCRIPTOR(t), INTERVAL '5' SECOND)) R"
-                " ON L.k = R.k AND L.window_start = R.window_start"
-                " AND L.window_end = R.window_end",
-                133,
-            ),
+            "wj": (WINDOW_JOIN, 133),
             # an updating GROUP BY joined to a stream on its key (ChangelogJoin)
             "cj": (
                 "INSERT INTO {sink} SELECT a.k, a.n, b.t AS bt, b.w"
@@ -352,11 +378,7 @@ def test_left_join_window_join_and_changelog_join_at_parallelism_2(
     for sink in sinks_of("lj"):
         assert upserted(sh, sink, ["k", "at", "v", "w"], {"at"}) == expected
 
-    expected = duck(
-        rows,
-        "SELECT a.k, a.t - a.t % 5000, a.v, b.w FROM ev a JOIN ev2 b"
-        " ON a.k = b.k AND a.t - a.t % 5000 = b.t - b.t % 5000",
-    )
+    expected = duck(rows, WINDOW_JOIN_ORACLE)
     assert len(expected) > 100
     for sink in sinks_of("wj"):
         assert appended(sh, sink, ["k", "window_start", "v", "w"], set()) == expected

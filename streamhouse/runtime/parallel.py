@@ -33,7 +33,6 @@ import dataclasses
 import json
 import logging
 import os
-import shutil
 import signal
 import threading
 import time
@@ -64,7 +63,7 @@ from streamhouse.runtime.operator import Changelog, MicroBatch
 from streamhouse.runtime.operators import WindowAggregation, run_ordered
 from streamhouse.runtime.options import QueryOptions
 from streamhouse.runtime.query import FINAL_WATERMARK, ContinuousQuery, _format_time
-from streamhouse.runtime.rescale import KEYS_FILE, rescale
+from streamhouse.runtime.rescale import KEYS_FILE, finish, rescale
 from streamhouse.runtime.routing import plan_routing
 from streamhouse.runtime.sources import QuerySource
 from streamhouse.runtime.task_processes import TaskProcess, Zygote
@@ -353,12 +352,12 @@ class ParallelQuery:
         self.shape = parallel_shape(self.plan)
         self.root = task_root(state_root, self.name, parallelism)
         self.processes: list[TaskProcess] = []
+        self._results: ParallelResults | None = None  # a drain's results go to no caller
         self._rescale_from(state_root)
         # an updating query's output is an upsert per key: key-compacted, as at parallelism 1
         updating = {"cleanup.policy": "compact"} if self.plan.operator.updating else None
         if self.plan.sink:
             self._ensure_topic(self.plan.sink, "sink", updating)
-        self._results: ParallelResults | None = None
         if on_results is not None or self.plan.sink_kind == "results":
             topic = results_topic(self.name)
             self._ensure_topic(topic, "results", {"retention.ms": str(RESULTS_RETENTION_MS)})
@@ -390,11 +389,9 @@ class ParallelQuery:
                 f" ({state_root / self.name}): rescaling it is not supported yet; run it at"
                 " parallelism 1, or delete its state to run it afresh"
             )
+        for path in parallel_states(state_root, self.name).values():
+            finish(path)  # a rescale renamed its state in, then stopped
         others = {n: p for n, p in parallel_states(state_root, self.name).items() if p != self.root}
-        if others and (self.root / "rescaled.json").exists():
-            for path in others.values():  # a rescale renamed its state in, then stopped
-                shutil.rmtree(path)
-            return
         if len(others) > 1 or (others and self.root.exists()):
             found = ", ".join(str(p) for p in [*others.values(), self.root] if p.exists())
             raise SqlError(
@@ -417,6 +414,7 @@ class ParallelQuery:
 
     def _drain(self, parallelism: int, root: Path, phase: str) -> None:
         """Run the tasks of the query's state at ``parallelism`` through a drain ``phase``."""
+        log.info("query %s: draining its %d tasks (%s)", self.name, parallelism, phase)
         zygote = Zygote.get()
         processes = []
         for task in range(parallelism):

@@ -34,6 +34,7 @@ import json
 import logging
 import shutil
 import struct
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -64,6 +65,7 @@ from streamhouse.sql.plan import ContinuousPlan
 from streamhouse.state.store import (
     FORMAT,
     ColumnFamily,
+    StateBatch,
     StateStore,
     decode_table,
     encode_table,
@@ -135,22 +137,47 @@ def rescale(
         if routing.shape != "stateless":
             _grow(log_, exchange_topic(name, index), new)
     _grow(log_, plan.sink or "", new)
-    log.info("query %s: rescaling its state from %d to %d tasks", name, old, new)
+    began = time.monotonic()
     olds = [StateStore(old_root / f"task-{t}") for t in range(old)]
     news = [StateStore(staging / f"task-{t}") for t in range(new)]
     try:
+        batches = [store.batch() for store in news]  # each new task's state: one write
         if routing.shape == "stateless":
-            _move_positions(olds, news, old, new)
+            _move_positions(olds, batches, old, new)
         else:
-            _move_exchange(log_, plan, name, old_root, staging, olds, news, old, new)
-            _move_state(plan, routing, olds, news, _recorded_text(old_root))
-        _move_counters(olds, news)
+            _move_exchange(log_, plan, name, old_root, staging, olds, batches, old, new)
+            _move_state(plan, routing, olds, batches, _recorded_text(old_root))
+        _move_counters(olds, batches)
+        for store, batch in zip(news, batches, strict=True):
+            store.commit(batch)
     finally:
         for store in olds + news:
             store.close()
-    (staging / "rescaled.json").write_text(json.dumps({"from": old, "to": new}))
+    (staging / RESCALED).write_text(json.dumps({"from": old_root.name}))
     staging.rename(new_root)
-    shutil.rmtree(old_root)
+    finish(new_root)
+    log.info(
+        "query %s: state moved from %d to %d tasks by key group in %.2f s",
+        name,
+        old,
+        new,
+        time.monotonic() - began,
+    )
+
+
+RESCALED = "rescaled.json"
+"""In a rescaled state directory until the state it was moved from is deleted."""
+
+
+def finish(root: Path) -> None:
+    """Delete the state ``root`` was rescaled from, if a rescale stopped before it could."""
+    marker = root / RESCALED
+    try:
+        moved_from = root.with_name(json.loads(marker.read_text())["from"])
+    except (OSError, ValueError, KeyError):
+        return
+    shutil.rmtree(moved_from, ignore_errors=True)
+    marker.unlink()
 
 
 def _pending(path: Path) -> bool:
@@ -191,7 +218,7 @@ def _int(value: bytes | None) -> int | None:
     return _U64.unpack(value)[0] if value is not None else None
 
 
-def _move_positions(olds: list[StateStore], news: list[StateStore], old: int, new: int) -> None:
+def _move_positions(olds: list[StateStore], news: list[StateBatch], old: int, new: int) -> None:
     """A stateless query's tasks: each partition's offset and event time to its new reader."""
     marks = []
     for task, store in enumerate(olds):
@@ -204,20 +231,16 @@ def _move_positions(olds: list[StateStore], news: list[StateStore], old: int, ne
         for key, value in meta.items():
             if key.startswith((SOURCE, EVENT_TIME)):
                 partition = _U32.unpack(key[-4:])[0]
-                batch = news[partition % new].batch()
-                batch.put(ColumnFamily.META, key, value)
-                news[partition % new].commit(batch)
+                news[partition % new].put(ColumnFamily.META, key, value)
         if WATERMARK in meta:
             marks.append(meta[WATERMARK])
     _copy_shared(olds, news)
-    for store in news:
+    for batch in news:
         if marks:
-            batch = store.batch()
             batch.put(ColumnFamily.META, WATERMARK, min(marks))
-            store.commit(batch)
 
 
-def _copy_shared(olds: list[StateStore], news: list[StateStore]) -> None:
+def _copy_shared(olds: list[StateStore], news: list[StateBatch]) -> None:
     """The meta entries every old task holds the same (the definition, a window join's
     evaluated-up-to time: equal once drained) to every new task; a differing one refuses."""
     metas = [_meta(s) for s in olds]
@@ -231,22 +254,18 @@ def _copy_shared(olds: list[StateStore], news: list[StateStore]) -> None:
                 f"the tasks' state differs at {key!r} after draining; cannot rescale this query"
             )
         shared[key] = metas[0][key]
-    for store in news:
-        batch = store.batch()
+    for batch in news:
         for key, value in shared.items():
             batch.put(ColumnFamily.META, key, value)
-        store.commit(batch)
 
 
-def _move_counters(olds: list[StateStore], news: list[StateStore]) -> None:
+def _move_counters(olds: list[StateStore], news: list[StateBatch]) -> None:
     totals = dict.fromkeys(_COUNTERS, 0)
     for store in olds:
         for key, value in (store.get_json(COUNTERS) or {}).items():
             totals[key] = totals.get(key, 0) + int(value)
-    for task, store in enumerate(news):
-        batch = store.batch()
+    for task, batch in enumerate(news):
         batch.put_json(COUNTERS, totals if task == 0 else dict.fromkeys(totals, 0))
-        store.commit(batch)
 
 
 def _move_exchange(
@@ -256,7 +275,7 @@ def _move_exchange(
     old_root: Path,
     staging: Path,
     olds: list[StateStore],
-    news: list[StateStore],
+    news: list[StateBatch],
     old: int,
     new: int,
 ) -> None:
@@ -278,6 +297,7 @@ def _move_exchange(
         moved: dict[int, dict[bytes, bytes]] = {}
         rows_in = rejected = 0
         produced: list[int] = []
+        unknown = False
         for task in range(old):
             path = old_root / f"exchange-{task}{suffix}"
             if not path.exists():
@@ -293,11 +313,13 @@ def _move_exchange(
             rejected += _int(meta.get(REJECTED)) or 0
             if PRODUCER_WATERMARK in meta:
                 produced.append(_int(meta[PRODUCER_WATERMARK]) or 0)
+            else:  # a producer that never sent: its partitions' times are unknown
+                unknown = True
             for key, value in meta.items():
                 if key.startswith((SOURCE, EVENT_TIME)):
                     partition = _U32.unpack(key[-4:])[0]
                     moved.setdefault(partition % new, {})[key] = value
-        start = min(produced) if produced else None  # each new producer's watermark
+        start = min(produced) if produced and not unknown else None  # new producers' watermark
         producers = 0
         for task in range(new):
             if task in moved:
@@ -312,21 +334,17 @@ def _move_exchange(
                     batch.put_int(PRODUCER_WATERMARK, start)
                 writer.commit(batch)
                 writer.close()
-        for task, store in enumerate(news):
-            batch = store.batch()
-            offsets = log_.metadata.partition_offsets(topic)
+        offsets = log_.metadata.partition_offsets(topic)
+        for task, batch in enumerate(news):
             batch.put_int(
                 partition_key(SOURCE + bytes([index]), task), offsets[task].high_watermark
             )
             if start is not None:
                 for producer in range(producers):
                     batch.put_int(partition_key(EVENT_TIME + bytes([index]), producer), start)
-            store.commit(batch)
-    for store in news:
+    for batch in news:
         if watermark is not None:
-            batch = store.batch()
             batch.put_int(WATERMARK, watermark)
-            store.commit(batch)
     _copy_shared(olds, news)
 
 
@@ -334,7 +352,7 @@ def _move_state(
     plan: ContinuousPlan,
     routing: Routing,
     olds: list[StateStore],
-    news: list[StateStore],
+    batches: list[StateBatch],
     text: bool | None,
 ) -> None:
     """Every operator state entry, split by key group to the new tasks, renumbered."""
@@ -348,8 +366,7 @@ def _move_state(
                 own = key[len(OPERATOR) :]
                 entries.append((family, own, decode_table(value), _source_of(node, family, own)))
     text = _text_keys(routing, entries) if text is None else text
-    runs = [0] * len(news)
-    batches = [s.batch() for s in news]
+    runs = [0] * len(batches)
     for family, key, table, source in entries:
         columns = (
             list(routing.keys[source])
@@ -362,14 +379,12 @@ def _move_state(
                 f"state rows of {source or 'the aggregate'} lack the key column(s) {missing};"
                 " cannot rescale this query"
             )
-        owner = task_of(_groups(table, columns, text), len(news))
+        owner = task_of(_groups(table, columns, text), len(batches))
         for task in np.unique(owner).tolist():
             part = table.filter(pa.array(owner == task))
             fresh = _renumbered(family, key, runs[task])
             runs[task] += 1
             batches[task].put(family, OPERATOR + fresh, encode_table(part))
-    for store, batch in zip(news, batches, strict=True):
-        store.commit(batch)
 
 
 KEYS_FILE = "keys.json"
@@ -428,4 +443,4 @@ def _groups(table: pa.Table, columns: list[str], text: bool) -> np.ndarray:
     return key_groups(keys, columns)
 
 
-__all__ = ["rescalable", "rescale"]
+__all__ = ["finish", "rescalable", "rescale"]
