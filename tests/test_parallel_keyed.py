@@ -17,7 +17,11 @@ module's wall time down.
 from __future__ import annotations
 
 import json
+import logging
+import os
 import random
+import signal
+import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -265,13 +269,16 @@ WINDOW_JOIN_ORACLE = """SELECT a.k, a.t - a.t % 5000, a.v, b.w FROM ev a JOIN ev
 ON a.k = b.k AND a.t - a.t % 5000 = b.t - b.t % 5000"""
 
 
-def test_rescale_2_to_3_to_1_mid_run_equals_duckdb(sh: StreamHouse, tmp_path: Path) -> None:
+def test_rescale_2_to_3_to_1_mid_run_equals_duckdb(
+    sh: StreamHouse, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     """A windowed GROUP BY, a SESSION window, an interval join, a window join and a filter,
-    each run over the first
-    third of the input at parallelism 2 and stopped with windows and join rows held, restarted
-    at 3 over the second third (the join's task 1 killed -9 just before the stop: a batch may
-    be left half sent), then at 1 to the end: their state moved by key group each time, every
-    output row equals DuckDB's, none twice, and no source record read twice."""
+    each run over the first third of the input at parallelism 2 and stopped with windows and
+    join rows held, restarted at 3 over the second third, then at 1 to the end: their state
+    moved by key group each time, every output row equals DuckDB's, none twice, and no source
+    record read twice. At 2, the window join's task 1 is frozen (SIGSTOP) from the start and
+    killed -9 in the stop, so task 0's exchange records to it are left to drain; at 3, the
+    interval join's task 1 is killed -9 just before the stop (a batch may be left half sent)."""
     rng = random.Random(33)
     rows = generate(rng, 240)
     runs = {
@@ -287,6 +294,7 @@ def test_rescale_2_to_3_to_1_mid_run_equals_duckdb(sh: StreamHouse, tmp_path: Pa
     }
     reads = {"counted": 240 * 3, "sessions": 240 * 2, "joined": 240 * 5, "wj": 240 * 5}
     reads["filtered"] = 240 * 3
+    caplog.set_level(logging.INFO, "streamhouse.runtime.parallel")
     declare(sh)
     with ThreadPoolExecutor(len(runs)) as pool:
         for start, end, parallelism in [(0, 80, 2), (80, 160, 3)]:
@@ -294,17 +302,32 @@ def test_rescale_2_to_3_to_1_mid_run_equals_duckdb(sh: StreamHouse, tmp_path: Pa
             starts = [
                 pool.submit(sh.start, path, parallelism=parallelism) for path in paths.values()
             ]
-            running = [future.result() for future in starts]
+            running = dict(zip(paths, [future.result() for future in starts], strict=True))
+            frozen = running["wj"].processes[1] if parallelism == 2 else None
+            if frozen is not None:
+                os.kill(frozen.pid, signal.SIGSTOP)
             try:
-                for name, query in zip(paths, running, strict=True):
-                    total = reads[name] * end // 240
-                    wait_for(lambda q=query, total=total: q.status()["rows_in"] >= total)
+                for name, query in running.items():
+                    if query.processes[1] is frozen:  # task 0's share: ev 0 and 2, ev2 0
+                        share = (end - start) * 3
+                        wait_for(lambda q=query, n=share: q.status()["tasks"][0]["rows_in"] >= n)
+                    else:
+                        total = reads[name] * end // 240
+                        wait_for(lambda q=query, total=total: q.status()["rows_in"] >= total)
                     assert query.status()["parallelism"] == parallelism
                 if parallelism == 3:
-                    running[2].processes[1].kill()
+                    running["joined"].processes[1].kill()
             finally:
-                for query in running:
-                    query.stop()
+                for query in running.values():
+                    if query.processes[1] is frozen:
+                        stopping = threading.Thread(target=query.stop)
+                        stopping.start()  # task 0 ends (SIGTERM); frozen task 1 cannot
+                        wait_for(lambda q=query: q.processes[0].poll() is not None)
+                        frozen.kill()
+                        stopping.join()
+                    else:
+                        query.stop()
+    assert "query wj: draining its 2 tasks (consumers)" in caplog.text
     produce(sh, rng, rows, 160)
     for name, status in run_all(sh, tmp_path, runs).items():
         assert status["rows_in"] == reads[name]  # nothing read twice, nothing skipped
