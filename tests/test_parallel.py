@@ -210,22 +210,30 @@ def test_stateless_filter_through_the_command_line(sh: StreamHouse, tmp_path: Pa
 
 def test_results_reach_the_caller_at_parallelism_2(sh: StreamHouse, tmp_path: Path) -> None:
     """A SELECT's ``results()`` and ``on_results`` of an INSERT at parallelism 2 get every
-    row the tasks produce, with the types of parallelism 1, each once."""
+    row the tasks produce, with the types of parallelism 1, each once; the SELECT restarted at
+    parallelism 3 (rescaled) returns only the rows produced since."""
     rng = random.Random(23)
     parts = events(rng, 200)
     produce(sh, rng, parts)
-    query = sh.start(STREAM + "SELECT k, t, v FROM ev WHERE v > 60", parallelism=2, name="sel")
-    expected = sorted((k, t, v) for k, t, v in flat(parts) if v is not None and v > 60)
-    got: list[tuple] = []
-    try:
-        for batch in query.results(timeout=30):
-            assert batch.schema.field("t").type == pa.timestamp("ms")
-            got += [(r["k"], to_ms(r["t"]), r["v"]) for r in batch.to_pylist()]
-            if len(got) >= len(expected):
-                break
-    finally:
-        query.stop()
-    assert sorted(got) == expected
+    everything = [list(rows) for rows in parts]
+    selected = STREAM + "SELECT k, t, v FROM ev WHERE v > 60"
+    for parallelism in (2, 3):  # then rescaled: only the rows produced since
+        query = sh.start(selected, parallelism=parallelism, name="sel")
+        expected = sorted((k, t, v) for k, t, v in flat(parts) if v is not None and v > 60)
+        got: list[tuple] = []
+        try:
+            for batch in query.results(timeout=30):
+                assert batch.schema.field("t").type == pa.timestamp("ms")
+                got += [(r["k"], to_ms(r["t"]), r["v"]) for r in batch.to_pylist()]
+                if len(got) >= len(expected):
+                    break
+        finally:
+            query.stop()
+        assert sorted(got) == expected
+        later = 100_000 * parallelism  # after the rows before, in event time too
+        parts = [[(k, t + later, v) for k, t, v in rows] for rows in events(rng, 30)]
+        produce(sh, rng, parts)
+        everything = [a + b for a, b in zip(everything, parts, strict=True)]
 
     delivered: list[pa.Table] = []
     path = write(
@@ -240,7 +248,7 @@ def test_results_reach_the_caller_at_parallelism_2(sh: StreamHouse, tmp_path: Pa
         start=False,
     )
     query.run_until_caught_up(final=True)
-    expected = oracle(flat(parts), "tumble", 10_000)
+    expected = oracle(flat(everything), "tumble", 10_000)
     assert rows_of(pa.concat_tables(delivered).to_pylist(), COLUMNS) == expected
     assert rows_of(topic_rows(sh, "out"), COLUMNS) == expected
 

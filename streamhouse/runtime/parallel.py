@@ -375,6 +375,8 @@ class ParallelQuery:
         info = self.log.get_topic(topic)
         if info is None:
             self.log.create_topic(topic, self.parallelism, config)
+        elif info.partitions < self.parallelism and role != "sink":  # our own: one per task
+            self.log.set_partitions(topic, self.parallelism)
         elif info.partitions < self.parallelism:
             raise SqlError(
                 f"the {role} topic {topic!r} has {info.partitions} partition(s): a query at"
