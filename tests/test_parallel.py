@@ -6,8 +6,9 @@
   command line);
 - a query stopped mid-way and restarted, and one whose task processes are killed with SIGKILL
   mid-run, then resumed: every window exactly once;
-- EXPLAIN shows the exchange and the tasks; bad settings, shapes not parallel yet and a restart
-  at another parallelism are refused with one clear message.
+- EXPLAIN shows the exchange and the tasks; bad settings, shapes not parallel yet and an updating
+  query restarted at another parallelism are refused with one clear message (rescaling the
+  others: ``test_parallel_keyed.py``).
 """
 
 from __future__ import annotations
@@ -24,11 +25,12 @@ import duckdb
 import pyarrow as pa
 import pytest
 from parallel_cases import run_to_end, wait_for
-from window_cases import oracle, rows_of, topic_rows
+from window_cases import oracle, rows_of, to_ms, topic_rows
 
 import streamhouse
 from streamhouse import StreamHouse
 from streamhouse.errors import ConfigError, SqlError
+from streamhouse.runtime.launch import start_query
 
 T0 = 1_767_225_600_000  # 2026-01-01 00:00:00 UTC
 PARTITIONS = 3
@@ -188,6 +190,8 @@ def test_stateless_filter_through_the_command_line(sh: StreamHouse, tmp_path: Pa
             "--until-end",
             "--parallelism",
             "2",
+            "--format",
+            "json",
             "--data-dir",
             str(data_dir),
         ],
@@ -199,7 +203,54 @@ def test_stateless_filter_through_the_command_line(sh: StreamHouse, tmp_path: Pa
     expected = sorted((k, v) for k, _, v in flat(parts) if v is not None and v > 60)
     got = sorted((r["k"], r["v"]) for r in topic_rows(sh, "big"))
     assert got == expected
+    printed = [json.loads(line) for line in result.stdout.splitlines() if line.strip()]
+    assert sorted((r["k"], r["v"]) for r in printed) == expected  # the tasks' rows, as at 1
     assert f"{PARTITIONS * 400} rows in, {len(expected)} rows out" in result.stderr
+
+
+def test_results_reach_the_caller_at_parallelism_2(sh: StreamHouse, tmp_path: Path) -> None:
+    """A SELECT's ``results()`` and ``on_results`` of an INSERT at parallelism 2 get every
+    row the tasks produce, with the types of parallelism 1, each once; the SELECT restarted at
+    parallelism 3 (rescaled) returns only the rows produced since."""
+    rng = random.Random(23)
+    parts = events(rng, 200)
+    produce(sh, rng, parts)
+    everything = [list(rows) for rows in parts]
+    selected = STREAM + "SELECT k, t, v FROM ev WHERE v > 60"
+    for parallelism in (2, 3):  # then rescaled: only the rows produced since
+        query = sh.start(selected, parallelism=parallelism, name="sel")
+        expected = sorted((k, t, v) for k, t, v in flat(parts) if v is not None and v > 60)
+        got: list[tuple] = []
+        try:
+            for batch in query.results(timeout=30):
+                assert batch.schema.field("t").type == pa.timestamp("ms")
+                got += [(r["k"], to_ms(r["t"]), r["v"]) for r in batch.to_pylist()]
+                if len(got) >= len(expected):
+                    break
+        finally:
+            query.stop()
+        assert sorted(got) == expected
+        later = 100_000 * parallelism  # after the rows before, in event time too
+        parts = [[(k, t + later, v) for k, t, v in rows] for rows in events(rng, 30)]
+        produce(sh, rng, parts)
+        everything = [a + b for a, b in zip(everything, parts, strict=True)]
+
+    delivered: list[pa.Table] = []
+    path = write(
+        tmp_path, "agg", WINDOWED.format(batch=97, sink="out", window=WINDOWS["tumble"][0])
+    )
+    query = start_query(
+        sh.engine,
+        path,
+        state_root=sh.settings.data_dir / "queries",
+        options={"parallelism": 2},
+        on_results=delivered.append,
+        start=False,
+    )
+    query.run_until_caught_up(final=True)
+    expected = oracle(flat(everything), "tumble", 10_000)
+    assert rows_of(pa.concat_tables(delivered).to_pylist(), COLUMNS) == expected
+    assert rows_of(topic_rows(sh, "out"), COLUMNS) == expected
 
 
 def test_stop_kill_9_and_restart_give_every_window_once(sh: StreamHouse, tmp_path: Path) -> None:
@@ -270,19 +321,17 @@ def test_explain_and_refusals(sh: StreamHouse, tmp_path: Path) -> None:
             " ROWS BETWEEN 2 PRECEDING AND CURRENT ROW) AS s FROM ev",
             parallelism=2,
         )
-    with pytest.raises(SqlError, match="writes into a topic yet"):
-        sh.start("SELECT k FROM ev", parallelism=2, name="sel")
 
+    # an updating query's upserts of a key would move to another sink partition
     rng = random.Random(5)
     produce(sh, rng, events(rng, 50))
     path = write(
-        tmp_path, "agg", WINDOWED.format(batch=1000, sink="out", window=WINDOWS["tumble"][0])
+        tmp_path, "agg", STREAM + "INSERT INTO cnt SELECT k, COUNT(*) AS n FROM ev GROUP BY k"
     )
     run_to_end(sh, path, 2)
-    with pytest.raises(SqlError, match="rescaling is not supported yet"):
-        run_to_end(sh, path, 3)
-    with pytest.raises(SqlError, match="rescaling is not supported yet"):
-        run_to_end(sh, path, 1)
+    for parallelism in (3, 1):
+        with pytest.raises(SqlError, match="cannot change parallelism: it is an updating query"):
+            run_to_end(sh, path, parallelism)
 
 
 def test_an_idle_task_does_not_hold_the_watermark_back(sh: StreamHouse, tmp_path: Path) -> None:

@@ -5,17 +5,29 @@ joins over an updating GROUP BY (ChangelogJoin), SESSION windows, Top-N and dedu
 Each runs over two streams produced in random chunks (``ev`` in 3 partitions, ``ev2`` in 2)
 at parallelism 2 (and the join also at 1 and 3) and must equal DuckDB's batch answer over the
 same rows; the interval join also with its task processes killed -9 mid-run and restarted
-(every output row exactly once). Operators that do not run in parallel yet, and statement
-sets, are refused naming what is not parallel.
+(every output row exactly once); a windowed GROUP BY, a SESSION window and the interval join
+(and a window join) rescaled 2 -> 3 -> 1 mid-run (a stateless SELECT
+rescaled: ``test_parallel.py``). Operators that do not run in parallel yet, and statement sets,
+are refused naming what is not parallel.
+
+The queries of a test run side by side (threads of the test, each query's tasks processes of
+their own): a task waiting on its log or disk leaves the cores to the others, which keeps the
+module's wall time down.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import os
 import random
+import signal
+import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import pyarrow as pa
@@ -27,6 +39,7 @@ import streamhouse
 from streamhouse import StreamHouse
 from streamhouse.errors import SqlError
 from streamhouse.runtime.launch import start_query
+from streamhouse.runtime.rescale import RESCALED, finish
 
 T0 = 1_767_225_600_000  # 2026-01-01 00:00:00 UTC
 KEYS = [f"user-{i}" for i in range(17)]
@@ -150,16 +163,43 @@ def write(tmp_path: Path, name: str, text: str, batch: int) -> Path:
     return path
 
 
-def at_1_and_2(sh: StreamHouse, tmp_path: Path, name: str, text: str, batch: int) -> list[str]:
-    """``text`` (an INSERT INTO ``{sink}``) run to the end at parallelism 1 and 2, as queries
-    ``<name>1`` and ``<name>2`` into sinks of those names; the sinks."""
-    sinks = []
-    for parallelism in (1, 2):
-        sink = f"{name}{parallelism}"
-        status = run_to_end(sh, write(tmp_path, sink, text.format(sink=sink), batch), parallelism)
+def declare(sh: StreamHouse) -> None:
+    """The files' streams, declared before queries start side by side (each file's CREATE
+    STREAM IF NOT EXISTS checks, then creates: two at once would both create)."""
+    for statement in STREAMS.split(";")[:2]:
+        sh.sql(statement)
+
+
+def run_all(
+    sh: StreamHouse, tmp_path: Path, runs: dict[str, tuple[str, int, int]]
+) -> dict[str, dict[str, Any]]:
+    """Query files ``{name: (text, batch, parallelism)}`` (``text`` an INSERT INTO ``{sink}``,
+    written into a sink of the query's name) run to the end side by side (a task waiting on
+    its log or its disk leaves the cores to the others); their statuses by name."""
+    paths = {
+        name: write(tmp_path, name, text.format(sink=name), batch)
+        for name, (text, batch, _) in runs.items()
+    }
+    declare(sh)
+    with ThreadPoolExecutor(len(runs)) as pool:
+        futures = {name: pool.submit(run_to_end, sh, paths[name], runs[name][2]) for name in runs}
+        return {name: future.result() for name, future in futures.items()}
+
+
+def at_1_and_2(sh: StreamHouse, tmp_path: Path, cases: dict[str, tuple[str, int]]) -> None:
+    """Each case ``{name: (text, batch)}`` run to the end at parallelism 1 and 2, all side by
+    side, as queries (and into sinks) ``<name>1`` and ``<name>2``."""
+    runs = {
+        f"{name}{parallelism}": (text, batch, parallelism)
+        for name, (text, batch) in cases.items()
+        for parallelism in (1, 2)
+    }
+    for status in run_all(sh, tmp_path, runs).values():
         assert status["late_rows"] == 0  # none is: the rows are inside the watermark's delay
-        sinks.append(sink)
-    return sinks
+
+
+def sinks_of(name: str) -> list[str]:
+    return [f"{name}1", f"{name}2"]
 
 
 INTERVAL_JOIN = """INSERT INTO joined
@@ -170,20 +210,21 @@ ON a.k = b.k AND a.t BETWEEN b.t - 2000 AND b.t + 1000"""
 JOIN_COLUMNS = ["k", "at", "v", "bt", "w"]
 
 
-@pytest.mark.parametrize("parallelism", [1, 3])
-def test_interval_join_equals_duckdb(sh: StreamHouse, tmp_path: Path, parallelism: int) -> None:
-    rng = random.Random(parallelism)
+def test_interval_join_at_parallelism_1_and_3_equals_duckdb(
+    sh: StreamHouse, tmp_path: Path
+) -> None:
+    rng = random.Random(3)
     rows = generate(rng, 300)
     produce(sh, rng, rows)
-    path = write(tmp_path, "ij", INTERVAL_JOIN, rng.choice([53, 400]))
-    status = run_to_end(sh, path, parallelism)
+    text = INTERVAL_JOIN.replace("joined", "{sink}")
+    statuses = run_all(sh, tmp_path, {"ij1": (text, 53, 1), "ij3": (text, 400, 3)})
     expected = duck(rows, INTERVAL_ORACLE)
     assert len(expected) > 200
-    assert appended(sh, "joined", JOIN_COLUMNS, {"at", "bt"}) == expected
-    assert status["rows_in"] == 300 * 5
-    assert status["rows_out"] == len(expected)
-    if parallelism > 1:  # every task joined some of the keys
-        assert all(t["rows_out"] > 0 for t in status["tasks"])
+    for name, status in statuses.items():
+        assert appended(sh, name, JOIN_COLUMNS, {"at", "bt"}) == expected
+        assert status["rows_in"] == 300 * 5
+        assert status["rows_out"] == len(expected)
+    assert all(t["rows_out"] > 0 for t in statuses["ij3"]["tasks"])  # each task joined keys
 
 
 def test_interval_join_kill_9_and_restart_exactly_once(sh: StreamHouse, tmp_path: Path) -> None:
@@ -217,64 +258,157 @@ def test_interval_join_kill_9_and_restart_exactly_once(sh: StreamHouse, tmp_path
     assert appended(sh, "joined", JOIN_COLUMNS, {"at", "bt"}) == expected  # none lost, none twice
 
 
+WINDOWED_COUNT = """INSERT INTO counted SELECT k, window_start, COUNT(*) AS n, SUM(v) AS s
+FROM ev GROUP BY k, TUMBLE(t, INTERVAL '5' SECOND)"""
+SESSIONS = """INSERT INTO sessions SELECT k, window_start, window_end, COUNT(*) AS n, SUM(w) AS s
+FROM ev2 GROUP BY k, SESSION(t, INTERVAL '2' SECOND)"""
+WINDOW_JOIN = """INSERT INTO {sink} SELECT L.k, L.window_start, L.v, R.w
+FROM TABLE(TUMBLE(TABLE ev, DESCRIPTOR(t), INTERVAL '5' SECOND)) L
+JOIN TABLE(TUMBLE(TABLE ev2, DESCRIPTOR(t), INTERVAL '5' SECOND)) R
+ON L.k = R.k AND L.window_start = R.window_start AND L.window_end = R.window_end"""
+WINDOW_JOIN_ORACLE = """SELECT a.k, a.t - a.t % 5000, a.v, b.w FROM ev a JOIN ev2 b
+ON a.k = b.k AND a.t - a.t % 5000 = b.t - b.t % 5000"""
+
+
+def test_rescale_2_to_3_to_1_mid_run_equals_duckdb(
+    sh: StreamHouse, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A windowed GROUP BY, a SESSION window, an interval join and a window join, each run
+    over the first third of the input at parallelism 2 and stopped with windows and join rows
+    held, restarted at 3 over the second third, then at 1 to the end: their state moved by key
+    group each time, every output row equals DuckDB's, none twice, and no source record read
+    twice. At 2, the window join's task 1 is frozen (SIGSTOP) from the start and
+    killed -9 in the stop, so task 0's exchange records to it are left to drain; at 3, the
+    interval join's task 1 is killed -9 just before the stop (a batch may be left half sent)."""
+    rng = random.Random(33)
+    rows = generate(rng, 240)
+    runs = {
+        "counted": (WINDOWED_COUNT, 41, 1),
+        "sessions": (SESSIONS, 59, 1),
+        "joined": (INTERVAL_JOIN, 67, 1),
+        "wj": (WINDOW_JOIN, 73, 1),
+    }
+    paths = {
+        name: write(tmp_path, name, text.format(sink=name), batch)
+        for name, (text, batch, _) in runs.items()
+    }
+    reads = {"counted": 240 * 3, "sessions": 240 * 2, "joined": 240 * 5, "wj": 240 * 5}
+    caplog.set_level(logging.INFO, "streamhouse.runtime.parallel")
+    declare(sh)
+    with ThreadPoolExecutor(len(runs)) as pool:
+        for start, end, parallelism in [(0, 80, 2), (80, 160, 3)]:
+            produce(sh, rng, rows, start, end)
+            starts = [
+                pool.submit(sh.start, path, parallelism=parallelism) for path in paths.values()
+            ]
+            running = dict(zip(paths, [future.result() for future in starts], strict=True))
+            frozen = running["wj"].processes[1] if parallelism == 2 else None
+            if frozen is not None:
+                os.kill(frozen.pid, signal.SIGSTOP)
+            try:
+                for name, query in running.items():
+                    if query.processes[1] is frozen:  # task 0's share: ev 0 and 2, ev2 0
+                        share = (end - start) * 3
+                        wait_for(lambda q=query, n=share: q.status()["tasks"][0]["rows_in"] >= n)
+                    else:
+                        total = reads[name] * end // 240
+                        wait_for(lambda q=query, total=total: q.status()["rows_in"] >= total)
+                    assert query.status()["parallelism"] == parallelism
+                if parallelism == 3:
+                    running["joined"].processes[1].kill()
+            finally:
+                for query in running.values():
+                    if query.processes[1] is frozen:
+                        stopping = threading.Thread(target=query.stop)
+                        stopping.start()  # task 0 ends (SIGTERM); frozen task 1 cannot
+                        wait_for(lambda q=query: q.processes[0].poll() is not None)
+                        frozen.kill()
+                        stopping.join()
+                    else:
+                        query.stop()
+    assert "query wj: draining its 2 tasks (consumers)" in caplog.text
+    produce(sh, rng, rows, 160)
+    for name, status in run_all(sh, tmp_path, runs).items():
+        assert status["rows_in"] == reads[name]  # nothing read twice, nothing skipped
+        assert status["late_rows"] == 0
+        assert [p.name for p in (sh.settings.data_dir / "queries").glob(f"{name}.p*")] == [
+            f"{name}.p1"
+        ]
+    expected = duck(
+        rows,
+        "SELECT k, t - t % 5000, COUNT(*), SUM(v) FROM ev GROUP BY k, t - t % 5000",
+    )
+    got = appended(sh, "counted", ["k", "window_start", "n", "s"], {"window_start"})
+    assert got == expected
+    flat = [r for part in rows["ev2"] for r in part]
+    sessions = [row[:4] + row[5:6] for row in oracle(flat, "session", 2_000)]
+    assert len(sessions) > 30
+    columns = ["k", "window_start", "window_end", "n", "s"]
+    assert rows_of(topic_rows(sh, "sessions"), columns) == sessions
+    assert appended(sh, "joined", JOIN_COLUMNS, {"at", "bt"}) == duck(rows, INTERVAL_ORACLE)
+    expected = duck(rows, WINDOW_JOIN_ORACLE)
+    assert len(expected) > 100
+    assert appended(sh, "wj", ["k", "window_start", "v", "w"], set()) == expected
+
+
+def test_a_rescale_stopped_after_its_rename_is_finished(tmp_path: Path) -> None:
+    """The new state was renamed into place but the old not yet deleted (a kill between the
+    two): the next start deletes the old, and only the moved state is left."""
+    old, moved = tmp_path / "q.p2", tmp_path / "q.p3"
+    (old / "task-0").mkdir(parents=True)
+    (moved / "task-0").mkdir(parents=True)
+    (moved / RESCALED).write_text(json.dumps({"from": old.name}))
+    finish(moved)
+    assert not old.exists() and not (moved / RESCALED).exists()
+    assert (moved / "task-0").is_dir()
+    finish(moved)  # nothing left to finish
+    assert (moved / "task-0").is_dir()
+
+
 def test_left_join_window_join_and_changelog_join_at_parallelism_2(
     sh: StreamHouse, tmp_path: Path
 ) -> None:
     rng = random.Random(8)
     rows = generate(rng, 150)
     produce(sh, rng, rows)
-
-    # a regular LEFT JOIN: updating, padded rows tombstoned when their first match comes
-    sinks = at_1_and_2(
+    at_1_and_2(
         sh,
         tmp_path,
-        "lj",
-        "INSERT INTO {sink} SELECT a.k, a.t AS at, a.v, b.w FROM ev a LEFT JOIN ev2 b"
-        " ON a.k = b.k AND a.v = b.w",
-        71,
+        {
+            # a regular LEFT JOIN: updating, padded rows tombstoned when their first match comes
+            "lj": (
+                "INSERT INTO {sink} SELECT a.k, a.t AS at, a.v, b.w FROM ev a LEFT JOIN ev2 b"
+                " ON a.k = b.k AND a.v = b.w",
+                71,
+            ),
+            # a window join (TUMBLE 5 s) on the key
+            "wj": (WINDOW_JOIN, 133),
+            # an updating GROUP BY joined to a stream on its key (ChangelogJoin)
+            "cj": (
+                "INSERT INTO {sink} SELECT a.k, a.n, b.t AS bt, b.w"
+                " FROM (SELECT k, COUNT(*) AS n FROM ev GROUP BY k) a JOIN ev2 b ON a.k = b.k",
+                89,
+            ),
+        },
     )
     expected = duck(
         rows, "SELECT a.k, a.t, a.v, b.w FROM ev a LEFT JOIN ev2 b ON a.k = b.k AND a.v = b.w"
     )
     assert any(r[3] is None for r in expected) and any(r[3] is not None for r in expected)
-    for sink in sinks:
+    for sink in sinks_of("lj"):
         assert upserted(sh, sink, ["k", "at", "v", "w"], {"at"}) == expected
 
-    # a window join (TUMBLE 5 s) on the key
-    sinks = at_1_and_2(
-        sh,
-        tmp_path,
-        "wj",
-        "INSERT INTO {sink} SELECT L.k, L.window_start, L.v, R.w"
-        " FROM TABLE(TUMBLE(TABLE ev, DESCRIPTOR(t), INTERVAL '5' SECOND)) L"
-        " JOIN TABLE(TUMBLE(TABLE ev2, DESCRIPTOR(t), INTERVAL '5' SECOND)) R"
-        " ON L.k = R.k AND L.window_start = R.window_start AND L.window_end = R.window_end",
-        133,
-    )
-    expected = duck(
-        rows,
-        "SELECT a.k, a.t - a.t % 5000, a.v, b.w FROM ev a JOIN ev2 b"
-        " ON a.k = b.k AND a.t - a.t % 5000 = b.t - b.t % 5000",
-    )
+    expected = duck(rows, WINDOW_JOIN_ORACLE)
     assert len(expected) > 100
-    for sink in sinks:
+    for sink in sinks_of("wj"):
         assert appended(sh, sink, ["k", "window_start", "v", "w"], set()) == expected
 
-    # an updating GROUP BY joined to a stream on its key (ChangelogJoin)
-    sinks = at_1_and_2(
-        sh,
-        tmp_path,
-        "cj",
-        "INSERT INTO {sink} SELECT a.k, a.n, b.t AS bt, b.w"
-        " FROM (SELECT k, COUNT(*) AS n FROM ev GROUP BY k) a JOIN ev2 b ON a.k = b.k",
-        89,
-    )
     expected = duck(
         rows,
         "SELECT a.k, a.n, b.t, b.w FROM (SELECT k, COUNT(*) AS n FROM ev GROUP BY k) a"
         " JOIN ev2 b ON a.k = b.k",
     )
-    for sink in sinks:
+    for sink in sinks_of("cj"):
         assert upserted(sh, sink, ["k", "n", "bt", "w"], {"bt"}) == expected
 
 
@@ -282,122 +416,105 @@ def test_session_window_top_n_and_dedup_at_parallelism_2(sh: StreamHouse, tmp_pa
     rng = random.Random(4)
     rows = generate(rng, 180)
     produce(sh, rng, rows)
-
-    sinks = at_1_and_2(
+    at_1_and_2(
         sh,
         tmp_path,
-        "ses",
-        "INSERT INTO {sink} SELECT k, window_start, window_end, COUNT(*) AS n,"
-        " COUNT(DISTINCT v) AS nd, SUM(v) AS s, AVG(v) AS a, MIN(v) AS lo, MAX(v) AS hi"
-        " FROM ev GROUP BY k, SESSION(t, INTERVAL '2' SECOND)",
-        61,
+        {
+            "ses": (
+                "INSERT INTO {sink} SELECT k, window_start, window_end, COUNT(*) AS n,"
+                " COUNT(DISTINCT v) AS nd, SUM(v) AS s, AVG(v) AS a, MIN(v) AS lo, MAX(v) AS hi"
+                " FROM ev GROUP BY k, SESSION(t, INTERVAL '2' SECOND)",
+                61,
+            ),
+            "top": (
+                "INSERT INTO {sink} SELECT k, t, v, rn FROM (SELECT *, ROW_NUMBER() OVER"
+                " (PARTITION BY k ORDER BY v DESC, t) AS rn FROM ev) WHERE rn <= 3",
+                77,
+            ),
+            "first": (
+                "INSERT INTO {sink} SELECT k, t, w FROM (SELECT *, ROW_NUMBER() OVER"
+                " (PARTITION BY k ORDER BY t) AS rn FROM ev2) WHERE rn = 1",
+                45,
+            ),
+        },
     )
     expected = oracle([r for part in rows["ev"] for r in part], "session", 2_000)
     assert len(expected) > 40
     columns = ["k", "window_start", "window_end", "n", "nd", "s", "a", "lo", "hi"]
-    for sink in sinks:
+    for sink in sinks_of("ses"):
         assert rows_of(topic_rows(sh, sink), columns) == expected
 
-    sinks = at_1_and_2(
-        sh,
-        tmp_path,
-        "top",
-        "INSERT INTO {sink} SELECT k, t, v, rn FROM (SELECT *, ROW_NUMBER() OVER"
-        " (PARTITION BY k ORDER BY v DESC, t) AS rn FROM ev) WHERE rn <= 3",
-        77,
-    )
-    assert sh.log.get_topic(sinks[1]).config.get("cleanup.policy") == "compact"
+    assert sh.log.get_topic("top2").config.get("cleanup.policy") == "compact"
     expected = duck(
         rows,
         "SELECT k, t, v, rn FROM (SELECT *, ROW_NUMBER() OVER (PARTITION BY k ORDER BY v DESC"
         " NULLS FIRST, t) AS rn FROM ev) WHERE rn <= 3",
     )
-    for sink in sinks:
+    for sink in sinks_of("top"):
         assert upserted(sh, sink, ["k", "t", "v", "rn"], {"t"}) == expected
 
-    sinks = at_1_and_2(
-        sh,
-        tmp_path,
-        "first",
-        "INSERT INTO {sink} SELECT k, t, w FROM (SELECT *, ROW_NUMBER() OVER"
-        " (PARTITION BY k ORDER BY t) AS rn FROM ev2) WHERE rn = 1",
-        45,
-    )
     expected = duck(
         rows,
         "SELECT k, t, w FROM (SELECT *, ROW_NUMBER() OVER (PARTITION BY k ORDER BY t) AS rn"
         " FROM ev2) WHERE rn = 1",
     )
-    for sink in sinks:
+    for sink in sinks_of("first"):
         assert upserted(sh, sink, ["k", "t", "w"], {"t"}) == expected
 
 
-def test_over_aggregation_by_partition_at_parallelism_2(sh: StreamHouse, tmp_path: Path) -> None:
+def test_over_temporal_join_and_union_all_at_parallelism_2(sh: StreamHouse, tmp_path: Path) -> None:
+    """An OVER aggregation by partition; a LEFT temporal join of ``ev`` to the versions of
+    ``ev2`` (PRIMARY KEY k), each probe row getting the version of its key current at its time,
+    as DuckDB's ASOF join; and a UNION ALL of filters."""
     rng = random.Random(12)
     rows = generate(rng, 150)
-    unique_times(rows)  # no ties to order
+    unique_times(rows)  # no ties to order, no two versions (or probes) of a key at one time
     produce(sh, rng, rows)
-    sinks = at_1_and_2(
+    sh.sql(
+        "CREATE STREAM ver (k STRING, t TIMESTAMP(3), w BIGINT, PRIMARY KEY (k) NOT ENFORCED,"
+        " WATERMARK FOR t AS t - INTERVAL '3' SECOND) WITH (topic = 'ev2', format = 'json')"
+    )
+    at_1_and_2(
         sh,
         tmp_path,
-        "over",
-        "INSERT INTO {sink} SELECT k, t, v, SUM(v) OVER (PARTITION BY k ORDER BY t"
-        " ROWS BETWEEN 2 PRECEDING AND CURRENT ROW) AS s FROM ev",
-        59,
+        {
+            "over": (
+                "INSERT INTO {sink} SELECT k, t, v, SUM(v) OVER (PARTITION BY k ORDER BY t"
+                " ROWS BETWEEN 2 PRECEDING AND CURRENT ROW) AS s FROM ev",
+                59,
+            ),
+            "tj": (
+                "INSERT INTO {sink} SELECT ev.k, ev.t, ev.v, ver.w, ver.t AS bt FROM ev"
+                " LEFT JOIN ver FOR SYSTEM_TIME AS OF ev.t ON ev.k = ver.k",
+                67,
+            ),
+            "un": (
+                "INSERT INTO {sink} SELECT k, t, v AS x FROM ev WHERE v > 50"
+                " UNION ALL SELECT k, t, w AS x FROM ev2 WHERE w < 20",
+                83,
+            ),
+        },
     )
     expected = duck(
         rows,
         "SELECT k, t, v, SUM(v) OVER (PARTITION BY k ORDER BY t ROWS BETWEEN 2 PRECEDING AND"
         " CURRENT ROW) FROM ev",
     )
-    for sink in sinks:
+    for sink in sinks_of("over"):
         assert appended(sh, sink, ["k", "t", "v", "s"], {"t"}) == expected
 
-
-def test_temporal_join_at_parallelism_2(sh: StreamHouse, tmp_path: Path) -> None:
-    """A LEFT temporal join of ``ev`` to the versions of ``ev2`` (PRIMARY KEY k): each probe
-    row gets the version of its key current at its time, as DuckDB's ASOF join."""
-    rng = random.Random(17)
-    rows = generate(rng, 150)
-    unique_times(rows)  # no two versions (or probes) of a key at one time
-    produce(sh, rng, rows)
-    sh.sql(
-        "CREATE STREAM ver (k STRING, t TIMESTAMP(3), w BIGINT, PRIMARY KEY (k) NOT ENFORCED,"
-        " WATERMARK FOR t AS t - INTERVAL '3' SECOND) WITH (topic = 'ev2', format = 'json')"
-    )
-    sinks = at_1_and_2(
-        sh,
-        tmp_path,
-        "tj",
-        "INSERT INTO {sink} SELECT ev.k, ev.t, ev.v, ver.w, ver.t AS bt FROM ev"
-        " LEFT JOIN ver FOR SYSTEM_TIME AS OF ev.t ON ev.k = ver.k",
-        67,
-    )
     expected = duck(
         rows,
         "SELECT a.k, a.t, a.v, b.w, b.t FROM ev a ASOF LEFT JOIN ev2 b ON a.k = b.k AND a.t >= b.t",
     )
     assert any(r[3] is None for r in expected) and any(r[3] is not None for r in expected)
-    for sink in sinks:
+    for sink in sinks_of("tj"):
         assert appended(sh, sink, ["k", "t", "v", "w", "bt"], {"t", "bt"}) == expected
 
-
-def test_union_all_of_filters_at_parallelism_2(sh: StreamHouse, tmp_path: Path) -> None:
-    rng = random.Random(19)
-    rows = generate(rng, 120)
-    produce(sh, rng, rows)
-    sinks = at_1_and_2(
-        sh,
-        tmp_path,
-        "un",
-        "INSERT INTO {sink} SELECT k, t, v AS x FROM ev WHERE v > 50"
-        " UNION ALL SELECT k, t, w AS x FROM ev2 WHERE w < 20",
-        83,
-    )
     expected = duck(
         rows, "SELECT k, t, v FROM ev WHERE v > 50 UNION ALL SELECT k, t, w FROM ev2 WHERE w < 20"
     )
-    for sink in sinks:
+    for sink in sinks_of("un"):
         assert appended(sh, sink, ["k", "t", "x"], {"t"}) == expected
 
 

@@ -27,7 +27,7 @@ from streamhouse.log.metadata import CatalogEntry
 from streamhouse.log.metadata.leases import Lease
 from streamhouse.runtime.options import QueryOptions, set_options
 from streamhouse.runtime.query import ContinuousQuery
-from streamhouse.runtime.task_state import check_parallelism
+from streamhouse.runtime.task_state import parallel_states
 from streamhouse.sql.declarations import created_name, declaration_difference
 from streamhouse.sql.engine import Engine
 from streamhouse.sql.parse import DIALECT, sql_error
@@ -185,7 +185,8 @@ def start_query(
         else:
             _check_same(existing, statement, source)
     query_options = QueryOptions().with_options({**query_file.settings, **(options or {})})
-    if query_options.parallelism > 1:
+    rescaled = state_root.exists() and bool(parallel_states(state_root, query_file.name))
+    if query_options.parallelism > 1 or rescaled:  # rescaled: state of a parallel run
         from streamhouse.runtime.parallel import ParallelQuery
 
         if fence is not None or is_materialized_view(statement):
@@ -200,12 +201,11 @@ def start_query(
             query_options,
             dict(options or {}),
             query_options.parallelism,
+            on_results,
         )
         if start:
             parallel.start()
         return parallel  # type: ignore[return-value]
-    if state_root.exists():
-        check_parallelism(state_root, query_file.name, 1)
     query = ContinuousQuery(
         engine.log,
         engine._resolve,

@@ -23,8 +23,8 @@ Task ``i`` writes sink partition ``i`` only (the sink is created with ``n`` part
 exactly-once sink marks are its own. State: ``<data_dir>/queries/<name>.p<n>/task-<i>`` (the
 consuming side, a :class:`~.query.ContinuousQuery`) and ``exchange-<i>[-<source>]`` (the
 producing side, one store per source); each task writes ``task-<i>.json`` with its progress
-for :meth:`ParallelQuery.status`. Restarting at another parallelism (rescaling) is refused
-until state moves by key group.
+for :meth:`ParallelQuery.status`. Restarted at another parallelism, the query's state moves by
+key group to the new tasks first (rescaling, :mod:`.rescale`).
 """
 
 from __future__ import annotations
@@ -36,6 +36,8 @@ import os
 import signal
 import threading
 import time
+from collections import deque
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -43,9 +45,16 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from streamhouse.errors import SqlError, StreamHouseError
+from streamhouse.log.isolation import Isolation
+from streamhouse.log.records import Compression, build_batch
+from streamhouse.runtime.exchange import (
+    PENDING as EXCHANGE_PENDING,
+)
 from streamhouse.runtime.exchange import (
     ExchangeSource,
     ExchangeWriter,
+    decode,
+    encode,
     exchange_topic,
     owned_partitions,
     producing_tasks,
@@ -54,14 +63,16 @@ from streamhouse.runtime.operator import Changelog, MicroBatch
 from streamhouse.runtime.operators import WindowAggregation, run_ordered
 from streamhouse.runtime.options import QueryOptions
 from streamhouse.runtime.query import FINAL_WATERMARK, ContinuousQuery, _format_time
+from streamhouse.runtime.rescale import KEYS_FILE, finish, rescale
 from streamhouse.runtime.routing import plan_routing
 from streamhouse.runtime.sources import QuerySource
 from streamhouse.runtime.task_processes import TaskProcess, Zygote
-from streamhouse.runtime.task_state import check_parallelism, task_root
+from streamhouse.runtime.task_state import parallel_states, task_root
 from streamhouse.sql import nodes
 from streamhouse.sql.hints import SourceOptions
 from streamhouse.sql.nodes import FLOWS
 from streamhouse.sql.plan import ContinuousPlan, StreamTime, plan_query
+from streamhouse.sql.source import read_records
 from streamhouse.sql.statement_set import StatementSet
 from streamhouse.sql.window_spec import WindowKind
 from streamhouse.state.store import StateBatch, StateStore, StateView
@@ -138,10 +149,18 @@ class TaskQuery(ContinuousQuery):
     over its source partitions (stateless), the aggregation of its key groups (aggregate), or
     the whole query over the source rows of its key groups (rows)."""
 
-    def __init__(self, *args: Any, task: int, parallelism: int, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        task: int,
+        parallelism: int,
+        results_topic: str | None = None,
+        **kwargs: Any,
+    ) -> None:
         self.task = task
         self.parallelism = parallelism
         self.sink_partition = task
+        self.results_topic = results_topic  # where the caller's results go (ParallelResults)
         self.upstreams: dict[str, QuerySource] = {}  # the sources the producing side reads
         super().__init__(*args, **kwargs)
         operator = self.plan.operator
@@ -201,6 +220,10 @@ class TaskQuery(ContinuousQuery):
         """The producing side: one writer per source this task reads partitions of."""
         writers = []
         text = self.shape == "rows" and self.text_keys()
+        keys_file = root / KEYS_FILE  # how keys were hashed, for a rescale to hash alike
+        temporary = keys_file.with_name(f"{KEYS_FILE}.{self.task}")
+        temporary.write_text(json.dumps({"text": text}))
+        temporary.replace(keys_file)
         operator = plan_query(self.statement).operator  # pre_sql as planned, not passed through
         window = None
         if isinstance(operator, nodes.WindowAggregate) and _partials(operator):
@@ -257,6 +280,17 @@ class TaskQuery(ContinuousQuery):
         change.retracted = [prefix + key for key in change.retracted]
         return change
 
+    def _deliver(self, outputs: pa.Table) -> None:
+        """Results for the caller (``on_results``, a SELECT's ``results()``): one Arrow IPC
+        record per micro-batch to this task's partition of the results topic, after the
+        checkpoint, as at parallelism 1 after the commit."""
+        if self.results_topic is None:
+            return
+        if "__key" in outputs.column_names:
+            outputs = outputs.drop_columns(["__key"])
+        record = build_batch([encode(outputs)], compression=Compression.LZ4)
+        self.log.append(self.results_topic, self.task, record).result()
+
 
 class ExchangedWindowAggregation(WindowAggregation):
     """The consuming side of a windowed GROUP BY at parallelism > 1: it merges the producers'
@@ -290,6 +324,7 @@ class ParallelQuery:
         options: QueryOptions,
         raw_options: dict[str, Any],
         parallelism: int,
+        on_results: Callable[[pa.Table], None] | None = None,
     ) -> None:
         self.log = log_
         self.settings = sh_settings
@@ -306,23 +341,31 @@ class ParallelQuery:
                 " as a query of its own at parallelism > 1"
             )
         self.plan = plan_query(self.statement)
-        if self.plan.sink_kind != "topic" or not self.plan.sink:
+        to_topic = self.plan.sink_kind == "topic" and bool(self.plan.sink)
+        if not to_topic and self.plan.sink_kind != "results":
             raise SqlError(
-                "parallelism > 1 writes into a topic yet: use INSERT INTO <topic> SELECT ..."
+                "parallelism > 1 writes into a topic or returns results yet: use INSERT INTO"
+                " <topic> SELECT ... or SELECT ..."
             )
         if options.late_topic:
             raise SqlError("'late-rows.topic' is not supported at parallelism > 1 yet")
         self.shape = parallel_shape(self.plan)
         self.root = task_root(state_root, self.name, parallelism)
-        check_parallelism(state_root, self.name, parallelism)
+        self.processes: list[TaskProcess] = []
+        self._results: ParallelResults | None = None  # a drain's results go to no caller
+        self._rescale_from(state_root)
         # an updating query's output is an upsert per key: key-compacted, as at parallelism 1
         updating = {"cleanup.policy": "compact"} if self.plan.operator.updating else None
-        self._ensure_topic(self.plan.sink, "sink", updating)
+        if self.plan.sink:
+            self._ensure_topic(self.plan.sink, "sink", updating)
+        if on_results is not None or self.plan.sink_kind == "results":
+            topic = results_topic(self.name)
+            self._ensure_topic(topic, "results", {"retention.ms": str(RESULTS_RETENTION_MS)})
+            self._results = ParallelResults(log_, topic, parallelism, on_results)
         if self.shape != "stateless":
             for index in range(len(self.plan.sources)):
                 self._ensure_topic(exchange_topic(self.name, index), "exchange")
         self.root.mkdir(parents=True, exist_ok=True)
-        self.processes: list[TaskProcess] = []
         self.error: BaseException | None = None
         self.restarts = 0  # tasks restarted after a signal killed them
         self._stopping = threading.Event()
@@ -332,10 +375,59 @@ class ParallelQuery:
         info = self.log.get_topic(topic)
         if info is None:
             self.log.create_topic(topic, self.parallelism, config)
+        elif info.partitions < self.parallelism and role != "sink":  # our own: one per task
+            self.log.set_partitions(topic, self.parallelism)
         elif info.partitions < self.parallelism:
             raise SqlError(
                 f"the {role} topic {topic!r} has {info.partitions} partition(s): a query at"
                 f" parallelism {self.parallelism} writes one per task"
+            )
+
+    def _rescale_from(self, state_root: Path) -> None:
+        """Move the state checkpointed at another parallelism to this one (:mod:`.rescale`)."""
+        if (state_root / self.name).exists():
+            raise SqlError(
+                f"query {self.name!r} was checkpointed at parallelism 1 outside a parallel run"
+                f" ({state_root / self.name}): rescaling it is not supported yet; run it at"
+                " parallelism 1, or delete its state to run it afresh"
+            )
+        for path in parallel_states(state_root, self.name).values():
+            finish(path)  # a rescale renamed its state in, then stopped
+        others = {n: p for n, p in parallel_states(state_root, self.name).items() if p != self.root}
+        if len(others) > 1 or (others and self.root.exists()):
+            found = ", ".join(str(p) for p in [*others.values(), self.root] if p.exists())
+            raise SqlError(
+                f"query {self.name!r} has state at several parallelisms ({found}): delete all"
+                " but one"
+            )
+        for old, old_root in others.items():
+            plan, routing = self.plan, plan_routing(self.plan)
+            rescale(
+                self.log,
+                plan,
+                routing,
+                self.name,
+                old_root,
+                old,
+                self.root,
+                self.parallelism,
+                lambda phase, old=old, old_root=old_root: self._drain(old, old_root, phase),
+            )
+
+    def _drain(self, parallelism: int, root: Path, phase: str) -> None:
+        """Run the tasks of the query's state at ``parallelism`` through a drain ``phase``."""
+        log.info("query %s: draining its %d tasks (%s)", self.name, parallelism, phase)
+        zygote = Zygote.get()
+        processes = []
+        for task in range(parallelism):
+            spec = self._spec(task, False)
+            spec.update(parallelism=parallelism, root=str(root), drain=phase)
+            processes.append(zygote.spawn(spec))
+        statuses = [process.wait() for process in processes]
+        if any(statuses):
+            raise StreamHouseError(
+                f"query {self.name}: draining its tasks at parallelism {parallelism} failed"
+                f" (exit statuses {statuses}); its state is unchanged"
             )
 
     def _spec(self, task: int, until_end: bool) -> dict[str, Any]:
@@ -352,6 +444,7 @@ class ParallelQuery:
             "parallelism": self.parallelism,
             "root": str(self.root),
             "until_end": until_end,
+            "results_topic": self._results.topic if self._results is not None else None,
         }
 
     def _spawn(self, until_end: bool) -> None:
@@ -394,6 +487,8 @@ class ParallelQuery:
 
     def start(self) -> ParallelQuery:
         if not self.processes:
+            if self._results is not None:
+                self._results.start()
             self._spawn(until_end=False)
             threading.Thread(
                 target=self._supervise, name=f"query-{self.name}-tasks", daemon=True
@@ -402,8 +497,14 @@ class ParallelQuery:
 
     def run_until_caught_up(self, final: bool = True) -> None:
         """Run every task to the end of what the sources hold now, close every window, exit."""
+        if self._results is not None:
+            self._results.mark()
         self._spawn(until_end=True)
-        self._wait()
+        try:
+            self._wait()
+        finally:
+            if self._results is not None:
+                self._results.take()
 
     def _wait(self) -> None:
         failed = []
@@ -426,6 +527,14 @@ class ParallelQuery:
             self._wait()
         except StreamHouseError as exc:
             log.warning("%s", exc)
+        if self._results is not None:
+            self._results.stop()
+
+    def results(self, timeout: float | None = None) -> Iterator[pa.RecordBatch]:
+        """Result batches of a SELECT as the tasks produce them, as at parallelism 1."""
+        if self._results is None:
+            return iter(())
+        return self._results.batches(timeout)
 
     def status(self) -> dict[str, Any]:
         tasks = []
@@ -455,6 +564,113 @@ class ParallelQuery:
 
     def explain(self) -> str:
         return explain_parallel(self.plan, self.parallelism, self.name)
+
+
+RESULTS_RETENTION_MS = 3_600_000
+"""How long the results topic keeps a parallel query's results for its caller."""
+
+
+def results_topic(query: str) -> str:
+    """The internal topic a parallel query's tasks send the caller's results through."""
+    return f"{query}.results"
+
+
+class ParallelResults:
+    """The launcher's side of the results of a parallel query: a thread tails the results topic
+    (every task's partition) from where it stood at the start, and passes each batch to
+    ``on_results`` and to :meth:`batches` (a SELECT's ``results()``)."""
+
+    def __init__(
+        self,
+        log_: Any,
+        topic: str,
+        parallelism: int,
+        on_results: Callable[[pa.Table], None] | None,
+    ) -> None:
+        self.log = log_
+        self.topic = topic
+        self.partitions = list(range(parallelism))
+        self.on_results = on_results
+        self.positions: dict[int, int] = {}
+        self._queue: deque[pa.RecordBatch] = deque()
+        self._ready = threading.Condition()
+        self._stopped = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def mark(self) -> None:
+        """Results from here on are the caller's (earlier runs' are not)."""
+        offsets = self.log.metadata.partition_offsets(self.topic)
+        self.positions = {p: offsets[p].high_watermark for p in self.partitions}
+
+    def start(self) -> None:
+        self.mark()
+        self._thread = threading.Thread(
+            target=self._tail, name=f"results-{self.topic}", daemon=True
+        )
+        self._thread.start()
+
+    def _tail(self) -> None:
+        pause = FIRST_POLL_S
+        while not self._stopped.is_set():
+            try:
+                taken = self.take()
+            except Exception:
+                log.exception("results of %s", self.topic)
+                taken = False
+            pause = FIRST_POLL_S if taken else min(pause * 2, 0.2)
+            self._stopped.wait(pause)
+
+    def take(self) -> bool:
+        """Deliver every result appended since the last take; whether there was any."""
+        with self._lock:
+            offsets = self.log.metadata.partition_offsets(self.topic)
+            ends = {p: offsets[p].high_watermark for p in self.partitions}
+            wanted = [p for p in self.partitions if ends[p] > self.positions[p]]
+            if not wanted:
+                return False
+            records = read_records(
+                self.log,
+                self.topic,
+                wanted,
+                {p: self.positions[p] for p in wanted},
+                {p: ends[p] for p in wanted},
+                isolation=Isolation.READ_UNCOMMITTED,
+            )
+            self.positions.update({p: ends[p] for p in wanted})
+            for value in records["value"].to_pylist():  # one record per task micro-batch
+                table = decode(value)
+                if self.on_results is not None:
+                    self.on_results(table)
+                with self._ready:
+                    self._queue.extend(table.to_batches())
+                    self._ready.notify_all()
+            return True
+
+    def stop(self) -> None:
+        """Deliver what the tasks sent last, then end :meth:`batches`."""
+        self._stopped.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        self.take()
+        with self._ready:
+            self._ready.notify_all()
+
+    def batches(self, timeout: float | None = None) -> Iterator[pa.RecordBatch]:
+        """Result batches as they come; ends when the query stops (or after ``timeout`` idle
+        seconds)."""
+        while True:
+            with self._ready:
+                if not self._queue:
+                    if self._stopped.is_set():
+                        return
+                    if not self._ready.wait(timeout) and timeout is not None:
+                        return
+                if not self._queue:
+                    continue
+                item = self._queue.popleft()
+            yield item
 
 
 def run_task(spec: dict[str, Any]) -> None:
@@ -487,10 +703,20 @@ def run_task(spec: dict[str, Any]) -> None:
             options,
             task=task,
             parallelism=parallelism,
+            results_topic=spec.get("results_topic"),
         )
         writers: list[ExchangeWriter] = []
+        drain = spec.get("drain")
         try:
+            if drain == "consumers":
+                _take_exchange(query)
+                return
             writers = query.writers(sh.log, root)
+            if drain == "producers":  # a batch a kill left pending: sent again, whole
+                for writer in writers:
+                    if writer.store.get_json(EXCHANGE_PENDING) is not None:
+                        writer.step()
+                return
             _run(
                 query,
                 writers,
@@ -547,6 +773,28 @@ def _run(
             time.sleep(pause)
             pause = min(pause * 2, query.options.poll_interval_ms / 1000)
     _write_status(query, writers, status_path, ready)
+
+
+DRAIN_STALL_S = 60.0
+"""How long a draining task may take no exchange record before it gives up."""
+
+
+def _take_exchange(query: TaskQuery) -> None:
+    """A drain's consuming side: take every exchange record appended so far (no producer runs
+    any more), so that no row is in flight when the state moves."""
+    log_ = query.log
+    sources = [s for s in query.sources.values() if isinstance(s, ExchangeSource)]
+    targets = [log_.metadata.partition_offsets(s.topic)[query.task].high_watermark for s in sources]
+    deadline = time.monotonic() + DRAIN_STALL_S
+    while any(s.positions.get(query.task, 0) < t for s, t in zip(sources, targets, strict=True)):
+        if query.step():
+            deadline = time.monotonic() + DRAIN_STALL_S
+        elif time.monotonic() > deadline:
+            raise StreamHouseError(
+                f"task {query.task} took no exchange record for {DRAIN_STALL_S} s"
+            )
+        else:
+            time.sleep(FIRST_POLL_S)
 
 
 def _write_status(

@@ -1,8 +1,9 @@
-"""Where a continuous query keeps its state at each parallelism, and the refusal to run it at
-another parallelism than its state was checkpointed at (rescaling is not supported yet).
+"""Where a continuous query keeps its state at each parallelism.
 
 At parallelism 1 the state is ``<state_root>/<name>``; at N > 1 the tasks' states are under
-``<state_root>/<name>.p<N>`` (see :mod:`.parallel`). This module is apart from
+``<state_root>/<name>.p<N>`` (see :mod:`.parallel`). A query with state of a parallel run runs as
+a parallel query at any parallelism, 1 included (``<name>.p1``), its state moved to the new
+tasks first (:mod:`.rescale`). This module is apart from
 :mod:`.parallel` so that starting a query at parallelism 1 does not import the task machinery.
 """
 
@@ -10,9 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from streamhouse.errors import SqlError
-
-__all__ = ["check_parallelism", "task_root"]
+__all__ = ["parallel_states", "task_root"]
 
 
 def task_root(state_root: Path, name: str, parallelism: int) -> Path:
@@ -20,18 +19,11 @@ def task_root(state_root: Path, name: str, parallelism: int) -> Path:
     return state_root / f"{name}.p{parallelism}"
 
 
-def check_parallelism(state_root: Path, name: str, parallelism: int) -> None:
-    """Refuse to run query ``name`` at ``parallelism`` over state checkpointed at another one
-    (it would start from its sources again and write every window twice)."""
-    own = state_root / name if parallelism == 1 else task_root(state_root, name, parallelism)
-    others = [
-        p for p in state_root.glob(f"{name}.p*") if p != own and p.name[len(name) + 2 :].isdigit()
-    ]
-    if parallelism > 1 and (state_root / name).exists():
-        others.append(state_root / name)
-    if others:
-        raise SqlError(
-            f"query {name!r} was checkpointed at another parallelism ({others[0]}):"
-            " rescaling is not supported yet; run it at that parallelism, or delete its"
-            " state to run it afresh"
-        )
+def parallel_states(state_root: Path, name: str) -> dict[int, Path]:
+    """The state directories of query ``name``'s parallel runs, by parallelism."""
+    found = {}
+    for path in state_root.glob(f"{name}.p*"):
+        digits = path.name[len(name) + 2 :]
+        if digits.isdigit() and path.is_dir():
+            found[int(digits)] = path
+    return found

@@ -1,0 +1,446 @@
+"""Rescaling: a parallel query checkpointed at parallelism N restarts at parallelism M.
+
+As in Flink, state moves by key group, from the last checkpoint; nothing is read again from the
+sources. :meth:`~.parallel.ParallelQuery` calls :func:`rescale` before it starts its tasks when
+the query's state is at another parallelism (``<name>.p<N>``, see :mod:`.task_state`):
+
+1. **Drain** (:func:`~.parallel.run_task` with ``drain``): the old tasks finish the
+   micro-batch a kill may have left pending on their producing sides, then their consuming
+   sides take every exchange record already appended. Nothing is in flight after that: each
+   task's state covers exactly what the producers read, and the consumers all stand at one
+   watermark.
+2. **Split and merge** (:func:`_move_state`): each state entry of the old consuming sides (an
+   Arrow table of partial aggregates, open sessions or buffered join rows) is split by the key
+   group of its rows (the key columns it was routed by, hashed as the exchange hashed them),
+   each part written to the new task owning those key groups, the run or chunk number of its
+   key renumbered so that entries of two old tasks never collide.
+3. **Positions**: each new producing side takes the source offsets and event times of the
+   partitions it now reads (``p % M``) from the old side that read them; its sequence starts
+   afresh, and each new consuming side starts at the end of its exchange partition (the drained
+   records are behind it). Counters are summed into task 0 so ``status()`` totals stay.
+
+The new state is written beside the old (``<name>.p<M>.rescaling``) and renamed into place, and
+then the old is deleted: a crash leaves either the old state (rescaled again at the next start)
+or the new one.
+
+What rescales: stateless queries, windowed GROUP BY (TUMBLE, HOP, CUMULATE, SESSION), interval
+and regular inner stream joins, and window joins. Updating queries (their upserts of a key
+would move to another sink partition) and the other operators are refused by name.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import struct
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from streamhouse.errors import SqlError
+from streamhouse.log import Log
+from streamhouse.runtime.exchange import (
+    IDLE,
+    REJECTED,
+    ROWS_IN,
+    TAKEN,
+    exchange_topic,
+)
+from streamhouse.runtime.exchange import (
+    PENDING as EXCHANGE_PENDING,
+)
+from streamhouse.runtime.exchange import (
+    WATERMARK as PRODUCER_WATERMARK,
+)
+from streamhouse.runtime.key_groups import key_groups, task_of
+from streamhouse.runtime.query import COUNTERS, PENDING, SINK, WATERMARK
+from streamhouse.runtime.routing import Routing
+from streamhouse.runtime.sources import EVENT_TIME, SOURCE
+from streamhouse.sql import nodes
+from streamhouse.sql.plan import ContinuousPlan
+from streamhouse.state.store import (
+    FORMAT,
+    ColumnFamily,
+    StateBatch,
+    StateStore,
+    decode_table,
+    encode_table,
+    partition_key,
+)
+from streamhouse.windows.operator import SESSIONS_KEY
+
+log = logging.getLogger(__name__)
+
+OPERATOR = b"0/"
+"""The key prefix of a parallel query's one operator (a branch's operator 0)."""
+_U32 = struct.Struct(">I")
+_U64 = struct.Struct(">Q")
+_SESSION_RUN = struct.Struct(">BQI")
+_BIAS = 1 << 63
+_COUNTERS = ("rows_in", "rows_out", "late_rows", "rejected_rows", "damaged_rows")
+_OWN_META = (PENDING, SINK, WATERMARK, COUNTERS, SOURCE, EVENT_TIME, TAKEN, IDLE, FORMAT)
+"""Meta keys whose values are per task (rewritten here); any other is copied if every old task
+holds the same value."""
+
+
+_RESCALABLE = (
+    nodes.Stateless,
+    nodes.UnionAll,
+    nodes.WindowAggregate,
+    nodes.StreamJoin,
+    nodes.Windowed,
+)
+
+
+def rescalable(plan: ContinuousPlan, routing: Routing) -> None:
+    """Refuse (SqlError naming the operator) a query whose state cannot move by key group yet."""
+    node = plan.operator
+    why = ""
+    if node.updating:
+        why = "it is an updating query (its upserts of a key would move to another sink partition)"
+    elif not isinstance(node, _RESCALABLE):
+        why = f"its {routing.operator} state does not move by key group yet"
+    if why:
+        raise SqlError(
+            f"this query cannot change parallelism: {why}; run it at the parallelism it was"
+            " checkpointed at, or delete its state to run it afresh"
+        )
+
+
+def rescale(
+    log_: Log,
+    plan: ContinuousPlan,
+    routing: Routing,
+    name: str,
+    old_root: Path,
+    old: int,
+    new_root: Path,
+    new: int,
+    drain: Callable[[str], None],
+) -> None:
+    """Move the state of query ``name`` at parallelism ``old`` (``old_root``) to ``new``
+    (``new_root``); ``drain("producers")`` then ``drain("consumers")`` run the old tasks'
+    drains (see the module's docstring)."""
+    rescalable(plan, routing)
+    staging = new_root.with_name(new_root.name + ".rescaling")
+    shutil.rmtree(staging, ignore_errors=True)
+    if routing.shape != "stateless":  # each drain only if needed (forking the tasks costs)
+        if any(_pending(path) for path in old_root.glob("exchange-*")):
+            drain("producers")
+        if _behind(log_, name, len(plan.sources), old_root, old):
+            drain("consumers")
+    for index in range(len(plan.sources)):
+        if routing.shape != "stateless":
+            _grow(log_, exchange_topic(name, index), new)
+    _grow(log_, plan.sink or "", new)
+    began = time.monotonic()
+    olds = [StateStore(old_root / f"task-{t}") for t in range(old)]
+    news = [StateStore(staging / f"task-{t}") for t in range(new)]
+    try:
+        batches = [store.batch() for store in news]  # each new task's state: one write
+        if routing.shape == "stateless":
+            _move_positions(olds, batches, old, new)
+        else:
+            _move_exchange(log_, plan, name, old_root, staging, olds, batches, old, new)
+            _move_state(plan, routing, olds, batches, _recorded_text(old_root))
+        _move_counters(olds, batches)
+        for store, batch in zip(news, batches, strict=True):
+            store.commit(batch)
+    finally:
+        for store in olds + news:
+            store.close()
+    (staging / RESCALED).write_text(json.dumps({"from": old_root.name}))
+    staging.rename(new_root)
+    finish(new_root)
+    log.info(
+        "query %s: state moved from %d to %d tasks by key group in %.2f s",
+        name,
+        old,
+        new,
+        time.monotonic() - began,
+    )
+
+
+RESCALED = "rescaled.json"
+"""In a rescaled state directory until the state it was moved from is deleted."""
+
+
+def finish(root: Path) -> None:
+    """Delete the state ``root`` was rescaled from, if a rescale stopped before it could."""
+    marker = root / RESCALED
+    try:
+        moved_from = root.with_name(json.loads(marker.read_text())["from"])
+    except (OSError, ValueError, KeyError):
+        return
+    shutil.rmtree(moved_from, ignore_errors=True)
+    marker.unlink()
+
+
+def _pending(path: Path) -> bool:
+    """Whether the producing side stored at ``path`` left a batch pending."""
+    store = StateStore(path)
+    try:
+        return store.get(ColumnFamily.META, EXCHANGE_PENDING) is not None
+    finally:
+        store.close()
+
+
+def _behind(log_: Log, name: str, sources: int, root: Path, parallelism: int) -> bool:
+    """Whether a consuming side has exchange records left to take."""
+    ends = [log_.metadata.partition_offsets(exchange_topic(name, i)) for i in range(sources)]
+    for task in range(parallelism):
+        store = StateStore(root / f"task-{task}")
+        try:
+            for index in range(sources):
+                taken = store.get_int(partition_key(SOURCE + bytes([index]), task))
+                if (taken or 0) < ends[index][task].high_watermark:
+                    return True
+        finally:
+            store.close()
+    return False
+
+
+def _grow(log_: Log, topic: str, partitions: int) -> None:
+    info = log_.get_topic(topic)
+    if info is not None and info.partitions < partitions:
+        log_.set_partitions(topic, partitions)
+
+
+def _meta(store: StateStore) -> dict[bytes, bytes]:
+    return dict(store.items(ColumnFamily.META))
+
+
+def _int(value: bytes | None) -> int | None:
+    return _U64.unpack(value)[0] if value is not None else None
+
+
+def _move_positions(olds: list[StateStore], news: list[StateBatch], old: int, new: int) -> None:
+    """A stateless query's tasks: each partition's offset and event time to its new reader."""
+    marks = []
+    for task, store in enumerate(olds):
+        meta = _meta(store)
+        if PENDING in meta:
+            raise SqlError(
+                f"task {task} left a micro-batch half written; run the query at parallelism"
+                f" {old} once to finish it, then rescale"
+            )
+        for key, value in meta.items():
+            if key.startswith((SOURCE, EVENT_TIME)):
+                partition = _U32.unpack(key[-4:])[0]
+                news[partition % new].put(ColumnFamily.META, key, value)
+        if WATERMARK in meta:
+            marks.append(meta[WATERMARK])
+    _copy_shared(olds, news)
+    for batch in news:
+        if marks:
+            batch.put(ColumnFamily.META, WATERMARK, min(marks))
+
+
+def _copy_shared(olds: list[StateStore], news: list[StateBatch]) -> None:
+    """The meta entries every old task holds the same (the definition, a window join's
+    evaluated-up-to time: equal once drained) to every new task; a differing one refuses."""
+    metas = [_meta(s) for s in olds]
+    shared: dict[bytes, bytes] = {}
+    for key in set().union(*metas):
+        if key.startswith(_OWN_META):
+            continue
+        values = {m.get(key) for m in metas}
+        if len(values) != 1:
+            raise SqlError(
+                f"the tasks' state differs at {key!r} after draining; cannot rescale this query"
+            )
+        shared[key] = metas[0][key]
+    for batch in news:
+        for key, value in shared.items():
+            batch.put(ColumnFamily.META, key, value)
+
+
+def _move_counters(olds: list[StateStore], news: list[StateBatch]) -> None:
+    totals = dict.fromkeys(_COUNTERS, 0)
+    for store in olds:
+        for key, value in (store.get_json(COUNTERS) or {}).items():
+            totals[key] = totals.get(key, 0) + int(value)
+    for task, batch in enumerate(news):
+        batch.put_json(COUNTERS, totals if task == 0 else dict.fromkeys(totals, 0))
+
+
+def _move_exchange(
+    log_: Log,
+    plan: ContinuousPlan,
+    name: str,
+    old_root: Path,
+    staging: Path,
+    olds: list[StateStore],
+    news: list[StateBatch],
+    old: int,
+    new: int,
+) -> None:
+    """The producing sides' source positions to the new producers; each consuming side at the
+    end of its exchange partition, every new producer at the old consumers' watermark."""
+    marks = [s.get_int(WATERMARK) for s in olds]
+    watermark = min(m for m in marks if m is not None) if None not in marks else None
+    for index in range(len(plan.sources)):
+        suffix = "" if index == 0 else f"-{index}"
+        topic = exchange_topic(name, index)
+        ends = log_.metadata.partition_offsets(topic)
+        for task, store in enumerate(olds):  # drained: every exchange record taken
+            taken = store.get_int(partition_key(SOURCE + bytes([index]), task))
+            if taken is not None and taken < ends[task].high_watermark:
+                raise SqlError(
+                    f"task {task} of query {name} did not take every exchange record"
+                    f" ({taken} of {ends[task].high_watermark}); cannot rescale"
+                )
+        moved: dict[int, dict[bytes, bytes]] = {}
+        rows_in = rejected = 0
+        produced: list[int] = []
+        unknown = False
+        for task in range(old):
+            path = old_root / f"exchange-{task}{suffix}"
+            if not path.exists():
+                continue
+            writer = StateStore(path)
+            try:
+                meta = _meta(writer)
+            finally:
+                writer.close()
+            if EXCHANGE_PENDING in meta:
+                raise SqlError(f"task {task} of query {name} left a pending batch; cannot rescale")
+            rows_in += _int(meta.get(ROWS_IN)) or 0
+            rejected += _int(meta.get(REJECTED)) or 0
+            if PRODUCER_WATERMARK in meta:
+                produced.append(_int(meta[PRODUCER_WATERMARK]) or 0)
+            else:  # a producer that never sent: its partitions' times are unknown
+                unknown = True
+            for key, value in meta.items():
+                if key.startswith((SOURCE, EVENT_TIME)):
+                    partition = _U32.unpack(key[-4:])[0]
+                    moved.setdefault(partition % new, {})[key] = value
+        start = min(produced) if produced and not unknown else None  # new producers' watermark
+        producers = 0
+        for task in range(new):
+            if task in moved:
+                producers += 1
+                writer = StateStore(staging / f"exchange-{task}{suffix}")
+                batch = writer.batch()
+                for key, value in moved[task].items():
+                    batch.put(ColumnFamily.META, key, value)
+                batch.put_int(ROWS_IN, rows_in if task == 0 else 0)
+                batch.put_int(REJECTED, rejected if task == 0 else 0)
+                if start is not None:
+                    batch.put_int(PRODUCER_WATERMARK, start)
+                writer.commit(batch)
+                writer.close()
+        offsets = log_.metadata.partition_offsets(topic)
+        for task, batch in enumerate(news):
+            batch.put_int(
+                partition_key(SOURCE + bytes([index]), task), offsets[task].high_watermark
+            )
+            if start is not None:
+                for producer in range(producers):
+                    batch.put_int(partition_key(EVENT_TIME + bytes([index]), producer), start)
+    for batch in news:
+        if watermark is not None:
+            batch.put_int(WATERMARK, watermark)
+    _copy_shared(olds, news)
+
+
+def _move_state(
+    plan: ContinuousPlan,
+    routing: Routing,
+    olds: list[StateStore],
+    batches: list[StateBatch],
+    text: bool | None,
+) -> None:
+    """Every operator state entry, split by key group to the new tasks, renumbered."""
+    node = plan.operator
+    entries: list[tuple[str, bytes, pa.Table, str | None]] = []
+    for store in olds:
+        for family in (ColumnFamily.WINDOWS, ColumnFamily.SESSIONS, ColumnFamily.JOINS):
+            for key, value in store.items(family):
+                if not key.startswith(OPERATOR):
+                    raise SqlError(f"unexpected state entry {key!r}; cannot rescale this query")
+                own = key[len(OPERATOR) :]
+                entries.append((family, own, decode_table(value), _source_of(node, family, own)))
+    text = _text_keys(routing, entries) if text is None else text
+    runs = [0] * len(batches)
+    for family, key, table, source in entries:
+        columns = (
+            list(routing.keys[source])
+            if source is not None
+            else [f"__k{i}" for i in range(len(node.keys))]  # type: ignore[attr-defined]
+        )
+        missing = [c for c in columns if c not in table.column_names]
+        if missing:
+            raise SqlError(
+                f"state rows of {source or 'the aggregate'} lack the key column(s) {missing};"
+                " cannot rescale this query"
+            )
+        owner = task_of(_groups(table, columns, text), len(batches))
+        for task in np.unique(owner).tolist():
+            part = table.filter(pa.array(owner == task))
+            fresh = _renumbered(family, key, runs[task])
+            runs[task] += 1
+            batches[task].put(family, OPERATOR + fresh, encode_table(part))
+
+
+KEYS_FILE = "keys.json"
+"""Written by the tasks: whether their exchange hashes keys as text (see
+:meth:`~.parallel.TaskQuery.text_keys`), which the split must hash alike."""
+
+
+def _recorded_text(root: Path) -> bool | None:
+    try:
+        return bool(json.loads((root / KEYS_FILE).read_text())["text"])
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def _source_of(node: nodes.Operator, family: str, key: bytes) -> str | None:
+    """The source whose rows a state entry holds (a join's side), None for an aggregate's."""
+    if isinstance(node, nodes.StreamJoin):
+        return node.left if key[:1] == b"L" else node.right
+    if isinstance(node, nodes.Windowed):
+        names = sorted(node.inputs)
+        return node.inputs[names[key[0]]][0]
+    return None
+
+
+def _renumbered(family: str, key: bytes, run: int) -> bytes:
+    """``key`` with its run (or chunk) number replaced by ``run``; open sessions all in one
+    bucket (depth 0), which splits again when it grows."""
+    if family == ColumnFamily.SESSIONS:
+        if not key.startswith(SESSIONS_KEY):
+            raise SqlError(f"unexpected session state {key!r}; cannot rescale this query")
+        return SESSIONS_KEY + _SESSION_RUN.pack(0, 0, run)
+    if family == ColumnFamily.JOINS and len(key) == 17:  # side | u64 time | u64 sequence
+        return key[:9] + _U64.pack(run)
+    return key[:-4] + _U32.pack(run)  # windows, window-join panes: ... | u32 run
+
+
+def _text_keys(routing: Routing, entries: list[tuple[str, bytes, pa.Table, str | None]]) -> bool:
+    """Whether the exchange hashed the keys as text (as :meth:`~.parallel.TaskQuery.text_keys`):
+    the join's inputs key by columns of which one is an integer and the other not."""
+    kinds = {}
+    for _, _, table, source in entries:
+        if source is not None and source not in kinds:
+            kinds[source] = tuple(
+                pa.types.is_integer(table.schema.field(c).type) for c in routing.keys[source]
+            )
+    return len(set(kinds.values())) > 1
+
+
+def _groups(table: pa.Table, columns: list[str], text: bool) -> np.ndarray:
+    keys = table.select(columns)
+    if text:
+        keys = pa.table(
+            [c.cast(pa.string()) if pa.types.is_integer(c.type) else c for c in keys.columns],
+            names=keys.column_names,
+        )
+    return key_groups(keys, columns)
+
+
+__all__ = ["finish", "rescalable", "rescale"]
