@@ -299,3 +299,32 @@ def test_unknown_names_are_reported_where_they_appear(world: tuple[StreamHouse, 
         sh.sql("DROP STREAM gone")
     with pytest.raises(SqlError, match=r"no_such_column.*\(line 1, column 8\)"):
         sh.sql("SELECT no_such_column FROM ev").to_arrow_table()
+
+
+def test_two_sessions_declaring_one_stream_at_once_both_succeed(tmp_path: Path) -> None:
+    """`CREATE STREAM IF NOT EXISTS` from two sessions at the same moment (two query files of
+    one launch, or two tasks) declares it once and answers both; neither loses the race."""
+    import threading
+
+    sessions = [streamhouse.connect(tmp_path), streamhouse.connect(tmp_path)]
+    errors: list[BaseException] = []
+    for i in range(10):
+        barrier = threading.Barrier(len(sessions))
+
+        def declare(session: StreamHouse, i: int = i, barrier: threading.Barrier = barrier) -> None:
+            barrier.wait()
+            try:
+                session.sql(f"CREATE STREAM IF NOT EXISTS s{i} (k STRING, v BIGINT)")
+            except BaseException as exc:  # noqa: BLE001 - collected and asserted below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=declare, args=(s,)) for s in sessions]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    assert errors == []
+    names = sorted(topic.name for topic in sessions[0].topics())
+    assert names == sorted(f"s{i}" for i in range(10))
+    declared = sessions[1].sql("SHOW STREAMS").to_arrow_table().column(0).to_pylist()
+    assert sorted(declared) == names

@@ -26,6 +26,7 @@ case-sensitive, as in Flink SQL.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from collections.abc import Callable
@@ -42,6 +43,7 @@ from streamhouse.errors import (
     DamagedRangeError,
     SqlError,
     StreamHouseError,
+    TopicExistsError,
     UnknownStreamError,
 )
 from streamhouse.iceberg.read import ColumnarCopy, columnar_copy, register_parquet_scan
@@ -329,9 +331,16 @@ class Engine:
             raise sql_error(f"{existing.kind} {name!r} already exists", statement.this)
         if kind in STREAM_KINDS:
             self._declare_stream(statement)
-            self.log.metadata.put_catalog(
-                name, STREAM_KINDS[kind], statement.sql(dialect=DIALECT), replace=replace
-            )
+            try:
+                self.log.metadata.put_catalog(
+                    name, STREAM_KINDS[kind], statement.sql(dialect=DIALECT), replace=replace
+                )
+            except SqlError:
+                # Another session declared it between the look-up above and this write.
+                raced = self.log.metadata.get_catalog(name) if if_not_exists else None
+                if raced is None:
+                    raise
+                return status(f"{raced.kind.upper()} {name} exists already")
             return status(f"CREATE {kind} {name}")
         if kind == "VIEW":
             query = statement.expression
@@ -385,7 +394,9 @@ class Engine:
             partitions = int(
                 definition.options.get("partitions", self.log.settings.default_partitions)
             )
-            self.log.create_topic(definition.topic, partitions)
+            # Declared at the same moment by another session: one topic either way.
+            with contextlib.suppress(TopicExistsError):
+                self.log.create_topic(definition.topic, partitions)
 
     def _alter(self, statement: exp.Alter) -> Relation:
         """``ALTER STREAM | TABLE s SET ('key' = 'value', ...)``: the options set (added or
