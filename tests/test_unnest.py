@@ -29,6 +29,10 @@ QUERIES = [
     "SELECT id, tag FROM s LEFT JOIN UNNEST(s.tags) AS t (tag) ON TRUE",
     "SELECT tag, COUNT(*) AS n FROM s CROSS JOIN UNNEST(tags) AS t (tag) GROUP BY tag",
     "SELECT id, a, b FROM s CROSS JOIN UNNEST(tags) AS u (a) CROSS JOIN UNNEST(tags) AS w (b)",
+    "SELECT id, y FROM s, LATERAL (SELECT id + 1 AS y WHERE id > 1) AS l",
+    "SELECT id, l.z FROM s CROSS JOIN LATERAL (SELECT id * 2 AS y) AS l (z)",
+    "SELECT id, y FROM s LEFT JOIN LATERAL (SELECT id * 2 AS y WHERE id > 2) AS l ON TRUE",
+    "SELECT id, tag, y FROM s CROSS JOIN UNNEST(tags) AS t (tag), LATERAL (SELECT tag || '!' AS y) AS l",
 ]
 
 
@@ -72,7 +76,12 @@ def test_lateral_table_unnest(sh: streamhouse.StreamHouse) -> None:
 @pytest.mark.parametrize(
     ("sql", "words", "column"),
     [
-        ("SELECT id, y FROM s, LATERAL (SELECT id + 1 AS y) AS l", "LATERAL subqueries", None),
+        (
+            "SELECT id, y FROM s, LATERAL (SELECT o.id AS y FROM s AS o WHERE o.id < s.id) AS l",
+            "LATERAL subqueries over a table",
+            None,
+        ),
+        ("SELECT id, y FROM s, LATERAL (SELECT id + 1 AS y) AS l (y, z)", "alias names 2", None),
         ("SELECT id, y FROM s, LATERAL TABLE(my_udtf(tags)) AS l (y)", "LATERAL TABLE over", None),
         ("SELECT id, a FROM s CROSS JOIN UNNEST(tags) AS t (a, b)", "ARRAY<ROW>", 48),
         ("SELECT id, a FROM s JOIN UNNEST(tags) AS t (a) ON id = 1", "ON TRUE", None),
