@@ -10,6 +10,7 @@ import duckdb
 import pyarrow as pa
 import pytest
 from join_cases import Schedule, drive, topic_records
+from window_cases import start_paused
 
 import streamhouse
 from streamhouse.errors import SqlError
@@ -164,3 +165,33 @@ def test_unnest_of_an_array_of_rows_is_refused_bounded_and_continuous(
             if ", " not in alias:
                 assert error.value.column == sql.index("items") + 1
         assert topic_records(sh, "out") == []
+
+
+def test_late_elements_of_a_window_over_unnest_go_to_the_side_output(tmp_path: Path) -> None:
+    """A window over UNNEST reads the expansion, each row identified by its source row's
+    position and its element's number: the side output gets the late elements the WHERE kept,
+    not every element of the late row."""
+    sql = (
+        "INSERT INTO out SELECT tag, COUNT(*) AS n FROM s CROSS JOIN UNNEST(tags) AS t (tag)"
+        " WHERE tag <> 'x' GROUP BY tag, TUMBLE(ts, INTERVAL '10' SECOND)"
+    )
+    with streamhouse.connect(tmp_path, linger_ms=1) as sh:
+        sh.sql(
+            "CREATE STREAM s (id INT, tags ARRAY<STRING>, ts TIMESTAMP(3), WATERMARK FOR ts AS ts)"
+        )
+        query = start_paused(sh, sql, "q", {"late-rows.topic": "late"})
+        try:
+            sh.produce("s", [{"id": 1, "tags": ["a"], "ts": "2024-01-01 00:00:01"}])
+            sh.produce("s", [{"id": 2, "tags": ["b"], "ts": "2024-01-01 00:00:30"}])
+            query.run_until_caught_up()  # the watermark, 00:00:30, closed [00:00, 00:10)
+            late = {"id": 3, "tags": ["x", "c", "c", None], "ts": "2024-01-01 00:00:02"}
+            sh.produce("s", [late])
+            query.run_until_caught_up(final=True)
+            status = query.status()
+        finally:
+            query.stop()
+        out = sorted((r["tag"], r["n"]) for r in topic_records(sh, "out"))
+        side = [(r["ts"][:19], r["tag"]) for r in topic_records(sh, "late")]
+    assert status["late_rows"] == 2  # the two 'c' elements; 'x' and NULL fail the WHERE
+    assert side == [("2024-01-01 00:00:02", "c")] * 2
+    assert out == [("a", 1), ("b", 1)]

@@ -584,7 +584,7 @@ def _rows_by_position(source: pa.Table, late_pre: pa.Table) -> pa.Table:
         [have, *(pc.fill_null(rows[c], 0) for c in elements), rows["__row"]], names=[*keys, "__row"]
     )
     found = probe.join(late.group_by(keys).aggregate([]), keys, join_type="left semi")
-    return source.take(pc.sort_indices(found["__row"]))
+    return source.take(np.sort(found["__row"].to_numpy()))
 
 
 class UnionAllRows(Adapter[nodes.UnionAll]):

@@ -334,12 +334,16 @@ def plan_select(
         return plan_join(select, select.args.get("joins"), derived)
     source = select.args.get("from_")
     table = source.this if source is not None else None
-    if isinstance(table, exp.Subquery) and _expands(table.this):
-        # a view or subquery of UNNEST (or LATERAL) rows: an input of its own, appends
-        name = f"__derived_{len(derived)}"
-        derived[name] = plan_select(table.this, derived)
+    if isinstance(table, exp.Subquery) and _lateral(table.this):
         reading = select.copy()
-        reading.args["from_"].this.replace(exp.to_table(name).as_(table.alias_or_name))
+        sub = reading.args["from_"].this
+        if _stateful_part(table.this) is None:
+            # a view or subquery of UNNEST (or LATERAL) rows: an input of its own, appends
+            name = f"__derived_{len(derived)}"
+            derived[name] = plan_select(table.this, derived)
+            sub.replace(exp.to_table(name).as_(table.alias_or_name))
+        else:  # the subquery (a ranking, say) reads the expansion, as the planners expect
+            sub.this.replace(_read_expansion(table.this, derived))
         return plan_select(reading, derived)
     if isinstance(table, exp.Subquery):
         over = plan_over_union(select, derived, plan_select)
@@ -389,14 +393,10 @@ def _stateful_part(select: exp.Select) -> exp.Expr | None:
     )
 
 
-def _expands(query: exp.Expr) -> bool:
-    """Whether ``query`` only filters and projects the rows of lateral joins (UNNEST) of one
-    stream: a stateless input of its own (a view or subquery of UNNEST)."""
-    return (
-        isinstance(query, exp.Select)
-        and any(is_lateral_join(j) for j in query.args.get("joins") or [])
-        and _stateful_part(query) is None
-    )
+def _lateral(query: exp.Expr) -> bool:
+    """Whether ``query`` is a SELECT with lateral joins (UNNEST, LATERAL subqueries)."""
+    joins = query.args.get("joins") if isinstance(query, exp.Select) else None
+    return any(is_lateral_join(j) for j in joins or [])
 
 
 def _plan_lateral(select: exp.Select, derived: dict[str, Operator]) -> Operator:
@@ -405,12 +405,24 @@ def _plan_lateral(select: exp.Select, derived: dict[str, Operator]) -> Operator:
     (the row's time attribute passed through); any other reads the expansion as a derived
     input, each row identified by its source row's position and its element's number, and is
     planned over it as over a stream (an aggregate, a window, OVER, a join)."""
+    if _stateful_part(select) is None:
+        return Stateless(_lateral_source(select).name, to_datafusion(select))
+    return plan_select(_read_expansion(select, derived), derived)
+
+
+def _lateral_source(select: exp.Select) -> exp.Table:
+    """The stream ``select``'s lateral joins expand the rows of."""
     source = select.args.get("from_")
     table = source.this if source is not None else None
     if not isinstance(table, exp.Table) or isinstance(table.this, exp.Func):
         raise sql_error("a continuous CROSS JOIN UNNEST must read a stream, view or topic", table)
-    if _stateful_part(select) is None:
-        return Stateless(table.name, to_datafusion(select))
+    return table
+
+
+def _read_expansion(select: exp.Select, derived: dict[str, Operator]) -> exp.Select:
+    """``select`` reading its FROM and lateral joins as a derived input, each row identified
+    by its source row's position and its element's number (:func:`lateral_input`)."""
+    table = _lateral_source(select)
     expansion, outer = lateral_input(select)
     name = f"__derived_{len(derived)}"
     # every source column passes, its time attribute among them (as it is: a window or a join
@@ -422,7 +434,7 @@ def _plan_lateral(select: exp.Select, derived: dict[str, Operator]) -> Operator:
     for reference in outer.find_all(exp.Table):
         if reference.name == EXPANSION:
             reference.set("this", exp.to_identifier(name))
-    return plan_select(outer, derived)
+    return outer
 
 
 def source_tables(query: exp.Expr) -> list[exp.Table]:
