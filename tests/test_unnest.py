@@ -22,6 +22,10 @@ ROWS = [
     {"id": 4, "tags": ["z", None, "x"], "ts": "2024-01-01 00:00:03"},
 ]
 
+STREAM = (
+    "CREATE STREAM s (id INT, tags ARRAY<STRING>, ts TIMESTAMP(3), WATERMARK FOR ts AS {watermark})"
+)
+
 QUERIES = [
     "SELECT id, tag FROM s CROSS JOIN UNNEST(tags) AS t (tag)",
     "SELECT s.id, t.tag FROM s, UNNEST(s.tags) AS t (tag) WHERE t.tag <> 'x'",
@@ -40,10 +44,7 @@ QUERIES = [
 @pytest.fixture(scope="module")
 def sh(tmp_path_factory: pytest.TempPathFactory):
     with streamhouse.connect(tmp_path_factory.mktemp("unnest")) as sh:
-        sh.sql(
-            "CREATE STREAM s (id INT, tags ARRAY<STRING>, ts TIMESTAMP(3),"
-            " WATERMARK FOR ts AS ts - INTERVAL '1' SECOND)"
-        )
+        sh.sql(STREAM.format(watermark="ts - INTERVAL '1' SECOND"))
         sh.produce("s", ROWS)
         yield sh
 
@@ -112,10 +113,7 @@ def test_continuous_unnest_passes_the_time_attribute(tmp_path: Path) -> None:
         " LEFT JOIN UNNEST(tags) WITH ORDINALITY AS t (tag, pos) ON TRUE"
     )
     with streamhouse.connect(tmp_path, linger_ms=1) as sh:
-        sh.sql(
-            "CREATE STREAM s (id INT, tags ARRAY<STRING>, ts TIMESTAMP(3),"
-            " WATERMARK FOR ts AS ts - INTERVAL '1' SECOND)"
-        )
+        sh.sql(STREAM.format(watermark="ts - INTERVAL '1' SECOND"))
         sh.produce("s", ROWS)
         _, status = drive(sh, f"INSERT INTO out {sql}", Schedule((1,), frozenset({2})))
         assert status["late_rows"] == 0 and status["rejected_rows"] == 0
@@ -176,9 +174,7 @@ def test_late_elements_of_a_window_over_unnest_go_to_the_side_output(tmp_path: P
         " WHERE tag <> 'x' GROUP BY tag, TUMBLE(ts, INTERVAL '10' SECOND)"
     )
     with streamhouse.connect(tmp_path, linger_ms=1) as sh:
-        sh.sql(
-            "CREATE STREAM s (id INT, tags ARRAY<STRING>, ts TIMESTAMP(3), WATERMARK FOR ts AS ts)"
-        )
+        sh.sql(STREAM.format(watermark="ts"))
         query = start_paused(sh, sql, "q", {"late-rows.topic": "late"})
         try:
             sh.produce("s", [{"id": 1, "tags": ["a"], "ts": "2024-01-01 00:00:01"}])
