@@ -191,3 +191,45 @@ def test_late_elements_of_a_window_over_unnest_go_to_the_side_output(tmp_path: P
     assert status["late_rows"] == 2  # the two 'c' elements; 'x' and NULL fail the WHERE
     assert side == [("2024-01-01 00:00:02", "c")] * 2
     assert out == [("a", 1), ("b", 1)]
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "SELECT e, COUNT(*) AS n FROM s CROSS JOIN UNNEST(ARRAY[ts]) AS u (e)"
+        " GROUP BY e, TUMBLE(e, INTERVAL '2' SECOND)",
+        "SELECT window_start, COUNT(*) AS n FROM TABLE(TUMBLE(TABLE (SELECT id, e FROM s"
+        " CROSS JOIN UNNEST(ARRAY[ts]) AS u (e)), DESCRIPTOR(e), INTERVAL '2' SECOND))"
+        " GROUP BY window_start, window_end",
+        "SELECT l.later, COUNT(*) AS n FROM s, LATERAL (SELECT ts AS later) AS l"
+        " GROUP BY l.later, TUMBLE(l.later, INTERVAL '2' SECOND)",
+    ],
+)
+def test_a_continuous_window_on_a_lateral_column_is_refused(
+    sh: streamhouse.StreamHouse, sql: str
+) -> None:
+    """An element (or a LATERAL subquery's column) is computed per row: not a time attribute,
+    however it was computed, as Flink refuses a window on it."""
+    with pytest.raises(SqlError) as error:
+        sh.start(f"INSERT INTO w {sql}", name="w")
+    assert "is not a time attribute" in str(error.value)
+    assert error.value.line == 1 and error.value.column is not None
+
+
+def test_explain_shows_the_expansion_as_an_input_with_its_row_identity(
+    sh: streamhouse.StreamHouse,
+) -> None:
+    sql = (
+        "INSERT INTO w SELECT tag, COUNT(*) AS n FROM s CROSS JOIN UNNEST(tags) AS t (tag)"
+        " GROUP BY tag, TUMBLE(ts, INTERVAL '2' SECOND)"
+    )
+    text = "\n".join(
+        str(v)
+        for row in sh.sql(f"EXPLAIN {sql}").to_arrow_table().to_pylist()
+        for v in row.values()
+    )
+    plan = text.split("bounded plan")[0]
+    assert "WindowAggregate  TUMBLE(ts, size=2000ms)" in plan
+    assert "Derived input __derived_0:\n      Stateless  source=s" in plan
+    assert "row identity: (_partition, _offset, __element0)" in plan
+    assert '"_partition" AS "__partition", "_offset" AS "__offset", "__element0"' in plan

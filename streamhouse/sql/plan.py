@@ -58,9 +58,19 @@ from streamhouse.sql.union import (
     plan_union,
     window_over_union,
 )
-from streamhouse.sql.unnest import EXPANSION, is_lateral_join, lateral_elements, lateral_input
+from streamhouse.sql.unnest import (
+    EXPANSION,
+    is_lateral_join,
+    lateral_columns,
+    lateral_elements,
+    lateral_input,
+)
 from streamhouse.sql.window_aggregate import plan_window
-from streamhouse.sql.window_inputs import session_aggregates_as_inputs, window_inputs
+from streamhouse.sql.window_inputs import (
+    computed_time,
+    session_aggregates_as_inputs,
+    window_inputs,
+)
 from streamhouse.sql.window_rows import SESSION_ROWS, joins_window_rows, window_rows_in_join
 from streamhouse.sql.window_spec import WindowKind, find_window, take_out_windows
 
@@ -407,6 +417,12 @@ def _plan_lateral(select: exp.Select, derived: dict[str, Operator]) -> Operator:
     planned over it as over a stream (an aggregate, a window, OVER, a join)."""
     if _stateful_part(select) is None:
         return Stateless(_lateral_source(select).name, to_datafusion(select))
+    spec, _ = find_window(select)
+    if spec is not None and spec.time_column in lateral_columns(select):
+        group = select.args.get("group") or select
+        columns = (c for c in group.find_all(exp.Column) if c.name == spec.time_column)
+        where = next(columns, select)
+        raise sql_error(computed_time(spec.time_column, "a lateral join (UNNEST, LATERAL)"), where)
     return plan_select(_read_expansion(select, derived), derived)
 
 

@@ -46,6 +46,7 @@ __all__ = [
     "ELEMENT",
     "EXPANSION",
     "is_lateral_join",
+    "lateral_columns",
     "lateral_elements",
     "lateral_input",
     "refuse_row_elements",
@@ -327,3 +328,29 @@ def lateral_elements(expansion: exp.Select) -> list[str]:
         for p in select.expressions
         if p.alias_or_name.startswith(ELEMENT)
     ]
+
+
+def lateral_columns(select: exp.Select) -> set[str]:
+    """The names ``select``'s lateral joins add to its rows (elements, ordinalities, a LATERAL
+    subquery's columns): computed per row, none is a time attribute.
+
+    >>> from streamhouse.sql.parse import parse_one
+    >>> sorted(lateral_columns(parse_one(
+    ...     "SELECT * FROM a CROSS JOIN UNNEST(xs) WITH ORDINALITY AS u (x, n),"
+    ...     " LATERAL (SELECT t + INTERVAL '1' SECOND AS later) AS l")))
+    ['later', 'n', 'x']
+    """
+    names: set[str] = set()
+    for join in select.args.get("joins") or []:
+        if not is_lateral_join(join):
+            continue
+        query = _subquery_of(join)
+        alias = join.this.args.get("alias")
+        names |= {c.name for c in (alias.columns if alias else [])}
+        if query is not None:
+            names |= {p.alias_or_name for p in query.expressions}
+        else:
+            offset = _unnest_of(join)[0].args.get("offset")  # type: ignore[union-attr]
+            if isinstance(offset, exp.Identifier):
+                names.add(offset.name)
+    return names

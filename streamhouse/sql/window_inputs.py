@@ -24,7 +24,7 @@ from sqlglot import exp
 from streamhouse.sql.nodes import Operator, SelectPlanner, Stateless, UnionAll
 from streamhouse.sql.parse import sql_error
 from streamhouse.sql.union import nested_window_union, plan_union, union_branches
-from streamhouse.sql.unnest import is_lateral_join
+from streamhouse.sql.unnest import is_lateral_join, lateral_columns
 from streamhouse.sql.window_rows import SESSION_ROWS, WindowRows
 from streamhouse.sql.window_spec import WindowKind, find_window, tvf_call, windowed_side
 
@@ -56,11 +56,7 @@ def window_inputs(
             replace(exp.to_table(name))
             continue
         if isinstance(op, Stateless | UnionAll):
-            raise sql_error(
-                f"{spec.time_column!r} is computed or aggregated in the query the window reads,"
-                " so it is not a time attribute: pass the stream's time column on as it is",
-                sub,
-            )
+            raise sql_error(computed_time(spec.time_column, "the query the window reads"), sub)
         if spec.kind == WindowKind.SESSION:
             raise sql_error(SESSION_ROWS, sub)
         rows = f"__derived_{len(derived)}"
@@ -73,6 +69,14 @@ def window_inputs(
         else:
             select.replace(rest)
     return result
+
+
+def computed_time(column: str, where: str) -> str:
+    """The error of a window on ``column``, computed ``where``."""
+    return (
+        f"{column!r} is computed or aggregated in {where}, so it is not a time attribute: pass"
+        " the stream's time column on as it is"
+    )
 
 
 def _window_input(select: exp.Select):  # noqa: ANN202 - (subquery, how to replace it)
@@ -118,6 +122,7 @@ def _time_preserving(query: exp.Expr, time_column: str) -> bool:
     return all(
         isinstance(b, exp.Select)
         and _lateral(b) == bool(b.args.get("joins"))
+        and _time_source(b, time_column) not in lateral_columns(b)
         and not b.args.get("group")
         and not any(True for _ in b.find_all(exp.AggFunc, exp.Window))
         and isinstance(b.args.get("from_") and b.args["from_"].this, exp.Table)
@@ -125,6 +130,15 @@ def _time_preserving(query: exp.Expr, time_column: str) -> bool:
         and _passes_time(b, time_column)
         for b in branches
     )
+
+
+def _time_source(select: exp.Select, column: str) -> str:
+    """The name of the input column ``select`` passes on as ``column`` (itself under ``*``)."""
+    for projection in select.expressions:
+        body = projection.this if isinstance(projection, exp.Alias) else projection
+        if projection.alias_or_name == column and isinstance(body, exp.Column):
+            return body.name
+    return column
 
 
 def _lateral(query: exp.Expr) -> bool:
