@@ -233,3 +233,17 @@ def test_explain_shows_the_expansion_as_an_input_with_its_row_identity(
     assert "Derived input __derived_0:\n      Stateless  source=s" in plan
     assert "row identity: (_partition, _offset, __element0)" in plan
     assert '"_partition" AS "__partition", "_offset" AS "__offset", "__element0"' in plan
+
+
+def test_bounded_group_by_window_over_unnest(sh: streamhouse.StreamHouse) -> None:
+    """The window columns are added to the stream's rows, then UNNEST expands them."""
+    got = sh.sql(
+        "SELECT tag, CAST(TUMBLE_START(ts, INTERVAL '2' SECOND) AS STRING) AS ws, COUNT(*) AS n"
+        " FROM s CROSS JOIN UNNEST(tags) AS t (tag) GROUP BY tag, TUMBLE(ts, INTERVAL '2' SECOND)"
+    ).to_arrow_table()
+    rows = sorted(((r["tag"], r["ws"][:19], r["n"]) for r in got.to_pylist()), key=repr)
+    assert rows == _duckdb(
+        "SELECT tag, strftime(time_bucket(INTERVAL 2 SECOND, ts), '%Y-%m-%d %H:%M:%S') AS ws,"
+        " COUNT(*) AS n FROM s CROSS JOIN UNNEST(tags) AS t (tag) GROUP BY ALL"
+    )
+    assert len(rows) == 5  # x in both windows, y, z and the NULL element
