@@ -10,6 +10,7 @@ import duckdb
 import pyarrow as pa
 import pytest
 from join_cases import Schedule, drive, topic_records
+from window_cases import start_paused
 
 import streamhouse
 from streamhouse.errors import SqlError
@@ -21,6 +22,10 @@ ROWS = [
     {"id": 4, "tags": ["z", None, "x"], "ts": "2024-01-01 00:00:03"},
 ]
 
+STREAM = (
+    "CREATE STREAM s (id INT, tags ARRAY<STRING>, ts TIMESTAMP(3), WATERMARK FOR ts AS {watermark})"
+)
+
 QUERIES = [
     "SELECT id, tag FROM s CROSS JOIN UNNEST(tags) AS t (tag)",
     "SELECT s.id, t.tag FROM s, UNNEST(s.tags) AS t (tag) WHERE t.tag <> 'x'",
@@ -29,16 +34,17 @@ QUERIES = [
     "SELECT id, tag FROM s LEFT JOIN UNNEST(s.tags) AS t (tag) ON TRUE",
     "SELECT tag, COUNT(*) AS n FROM s CROSS JOIN UNNEST(tags) AS t (tag) GROUP BY tag",
     "SELECT id, a, b FROM s CROSS JOIN UNNEST(tags) AS u (a) CROSS JOIN UNNEST(tags) AS w (b)",
+    "SELECT id, y FROM s, LATERAL (SELECT id + 1 AS y WHERE id > 1) AS l",
+    "SELECT id, l.z FROM s CROSS JOIN LATERAL (SELECT id * 2 AS y) AS l (z)",
+    "SELECT id, y FROM s LEFT JOIN LATERAL (SELECT id * 2 AS y WHERE id > 2) AS l ON TRUE",
+    "SELECT id, tag, y FROM s CROSS JOIN UNNEST(tags) AS t (tag), LATERAL (SELECT tag || '!' AS y) AS l",
 ]
 
 
 @pytest.fixture(scope="module")
 def sh(tmp_path_factory: pytest.TempPathFactory):
     with streamhouse.connect(tmp_path_factory.mktemp("unnest")) as sh:
-        sh.sql(
-            "CREATE STREAM s (id INT, tags ARRAY<STRING>, ts TIMESTAMP(3),"
-            " WATERMARK FOR ts AS ts - INTERVAL '1' SECOND)"
-        )
+        sh.sql(STREAM.format(watermark="ts - INTERVAL '1' SECOND"))
         sh.produce("s", ROWS)
         yield sh
 
@@ -72,7 +78,12 @@ def test_lateral_table_unnest(sh: streamhouse.StreamHouse) -> None:
 @pytest.mark.parametrize(
     ("sql", "words", "column"),
     [
-        ("SELECT id, y FROM s, LATERAL (SELECT id + 1 AS y) AS l", "LATERAL subqueries", None),
+        (
+            "SELECT id, y FROM s, LATERAL (SELECT o.id AS y FROM s AS o WHERE o.id < s.id) AS l",
+            "LATERAL subqueries over a table",
+            None,
+        ),
+        ("SELECT id, y FROM s, LATERAL (SELECT id + 1 AS y) AS l (y, z)", "alias names 2", None),
         ("SELECT id, y FROM s, LATERAL TABLE(my_udtf(tags)) AS l (y)", "LATERAL TABLE over", None),
         ("SELECT id, a FROM s CROSS JOIN UNNEST(tags) AS t (a, b)", "ARRAY<ROW>", 48),
         ("SELECT id, a FROM s JOIN UNNEST(tags) AS t (a) ON id = 1", "ON TRUE", None),
@@ -102,10 +113,7 @@ def test_continuous_unnest_passes_the_time_attribute(tmp_path: Path) -> None:
         " LEFT JOIN UNNEST(tags) WITH ORDINALITY AS t (tag, pos) ON TRUE"
     )
     with streamhouse.connect(tmp_path, linger_ms=1) as sh:
-        sh.sql(
-            "CREATE STREAM s (id INT, tags ARRAY<STRING>, ts TIMESTAMP(3),"
-            " WATERMARK FOR ts AS ts - INTERVAL '1' SECOND)"
-        )
+        sh.sql(STREAM.format(watermark="ts - INTERVAL '1' SECOND"))
         sh.produce("s", ROWS)
         _, status = drive(sh, f"INSERT INTO out {sql}", Schedule((1,), frozenset({2})))
         assert status["late_rows"] == 0 and status["rejected_rows"] == 0
@@ -155,3 +163,87 @@ def test_unnest_of_an_array_of_rows_is_refused_bounded_and_continuous(
             if ", " not in alias:
                 assert error.value.column == sql.index("items") + 1
         assert topic_records(sh, "out") == []
+
+
+def test_late_elements_of_a_window_over_unnest_go_to_the_side_output(tmp_path: Path) -> None:
+    """A window over UNNEST reads the expansion, each row identified by its source row's
+    position and its element's number: the side output gets the late elements the WHERE kept,
+    not every element of the late row."""
+    sql = (
+        "INSERT INTO out SELECT tag, COUNT(*) AS n FROM s CROSS JOIN UNNEST(tags) AS t (tag)"
+        " WHERE tag <> 'x' GROUP BY tag, TUMBLE(ts, INTERVAL '10' SECOND)"
+    )
+    with streamhouse.connect(tmp_path, linger_ms=1) as sh:
+        sh.sql(STREAM.format(watermark="ts"))
+        query = start_paused(sh, sql, "q", {"late-rows.topic": "late"})
+        try:
+            sh.produce("s", [{"id": 1, "tags": ["a"], "ts": "2024-01-01 00:00:01"}])
+            sh.produce("s", [{"id": 2, "tags": ["b"], "ts": "2024-01-01 00:00:30"}])
+            query.run_until_caught_up()  # the watermark, 00:00:30, closed [00:00, 00:10)
+            late = {"id": 3, "tags": ["x", "c", "c", None], "ts": "2024-01-01 00:00:02"}
+            sh.produce("s", [late])
+            query.run_until_caught_up(final=True)
+            status = query.status()
+        finally:
+            query.stop()
+        out = sorted((r["tag"], r["n"]) for r in topic_records(sh, "out"))
+        side = [(r["ts"][:19], r["tag"]) for r in topic_records(sh, "late")]
+    assert status["late_rows"] == 2  # the two 'c' elements; 'x' and NULL fail the WHERE
+    assert side == [("2024-01-01 00:00:02", "c")] * 2
+    assert out == [("a", 1), ("b", 1)]
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "SELECT e, COUNT(*) AS n FROM s CROSS JOIN UNNEST(ARRAY[ts]) AS u (e)"
+        " GROUP BY e, TUMBLE(e, INTERVAL '2' SECOND)",
+        "SELECT window_start, COUNT(*) AS n FROM TABLE(TUMBLE(TABLE (SELECT id, e FROM s"
+        " CROSS JOIN UNNEST(ARRAY[ts]) AS u (e)), DESCRIPTOR(e), INTERVAL '2' SECOND))"
+        " GROUP BY window_start, window_end",
+        "SELECT l.later, COUNT(*) AS n FROM s, LATERAL (SELECT ts AS later) AS l"
+        " GROUP BY l.later, TUMBLE(l.later, INTERVAL '2' SECOND)",
+    ],
+)
+def test_a_continuous_window_on_a_lateral_column_is_refused(
+    sh: streamhouse.StreamHouse, sql: str
+) -> None:
+    """An element (or a LATERAL subquery's column) is computed per row: not a time attribute,
+    however it was computed, as Flink refuses a window on it."""
+    with pytest.raises(SqlError) as error:
+        sh.start(f"INSERT INTO w {sql}", name="w")
+    assert "is not a time attribute" in str(error.value)
+    assert error.value.line == 1 and error.value.column is not None
+
+
+def test_explain_shows_the_expansion_as_an_input_with_its_row_identity(
+    sh: streamhouse.StreamHouse,
+) -> None:
+    sql = (
+        "INSERT INTO w SELECT tag, COUNT(*) AS n FROM s CROSS JOIN UNNEST(tags) AS t (tag)"
+        " GROUP BY tag, TUMBLE(ts, INTERVAL '2' SECOND)"
+    )
+    text = "\n".join(
+        str(v)
+        for row in sh.sql(f"EXPLAIN {sql}").to_arrow_table().to_pylist()
+        for v in row.values()
+    )
+    plan = text.split("bounded plan")[0]
+    assert "WindowAggregate  TUMBLE(ts, size=2000ms)" in plan
+    assert "Derived input __derived_0:\n      Stateless  source=s" in plan
+    assert "row identity: (_partition, _offset, __element0)" in plan
+    assert '"_partition" AS "__partition", "_offset" AS "__offset", "__element0"' in plan
+
+
+def test_bounded_group_by_window_over_unnest(sh: streamhouse.StreamHouse) -> None:
+    """The window columns are added to the stream's rows, then UNNEST expands them."""
+    got = sh.sql(
+        "SELECT tag, CAST(TUMBLE_START(ts, INTERVAL '2' SECOND) AS STRING) AS ws, COUNT(*) AS n"
+        " FROM s CROSS JOIN UNNEST(tags) AS t (tag) GROUP BY tag, TUMBLE(ts, INTERVAL '2' SECOND)"
+    ).to_arrow_table()
+    rows = sorted(((r["tag"], r["ws"][:19], r["n"]) for r in got.to_pylist()), key=repr)
+    assert rows == _duckdb(
+        "SELECT tag, strftime(time_bucket(INTERVAL 2 SECOND, ts), '%Y-%m-%d %H:%M:%S') AS ws,"
+        " COUNT(*) AS n FROM s CROSS JOIN UNNEST(tags) AS t (tag) GROUP BY ALL"
+    )
+    assert len(rows) == 5  # x in both windows, y, z and the NULL element

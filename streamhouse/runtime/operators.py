@@ -34,6 +34,7 @@ from streamhouse.sql.over import FRESH, OverAggregate
 from streamhouse.sql.parse import node_position
 from streamhouse.sql.projection import declared_stars_sql
 from streamhouse.sql.source import METADATA_COLUMNS
+from streamhouse.sql.unnest import ELEMENT
 from streamhouse.sql.window_rows import WindowRows
 from streamhouse.state.store import ColumnFamily, StateView
 from streamhouse.views.group_by import GroupAggregate
@@ -563,14 +564,27 @@ def _check_time_attribute(node: nodes.TimeSort | OverAggregate, context: QueryCo
 
 
 def _rows_by_position(source: pa.Table, late_pre: pa.Table) -> pa.Table:
-    """The source rows (by partition and offset) behind late pre-projected rows."""
+    """The input rows behind late pre-projected rows: by source position (partition and
+    offset), and for an UNNEST's expansion by element number too (a row the WHERE dropped, or
+    another element of a late row's array, is not late)."""
     wanted = pc.add(
         pc.multiply(pc.cast(late_pre["__partition"], pa.int64()), 1 << 40), late_pre["__offset"]
     )
     have = pc.add(
         pc.multiply(pc.cast(source["_partition"], pa.int64()), 1 << 40), source["_offset"]
     )
-    return source.filter(pc.is_in(have, value_set=pc.unique(wanted)))
+    elements = [c for c in late_pre.column_names if c.startswith(ELEMENT)]
+    if not elements:
+        return source.filter(pc.is_in(have, value_set=pc.unique(wanted)))
+    # element numbers start at 1: 0 stands for the NULL of a row LEFT JOIN UNNEST padded
+    keys = ["__position", *elements]
+    late = pa.table([wanted, *(pc.fill_null(late_pre[c], 0) for c in elements)], names=keys)
+    rows = source.append_column("__row", pa.array(np.arange(source.num_rows)))
+    probe = pa.table(
+        [have, *(pc.fill_null(rows[c], 0) for c in elements), rows["__row"]], names=[*keys, "__row"]
+    )
+    found = probe.join(late.group_by(keys).aggregate([]), keys, join_type="left semi")
+    return source.take(np.sort(found["__row"].to_numpy()))
 
 
 class UnionAllRows(Adapter[nodes.UnionAll]):

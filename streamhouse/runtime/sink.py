@@ -3,7 +3,8 @@
 Rows are encoded as JSON objects by DuckDB (``to_json``, vectorized in C++); timestamps are
 written as ``YYYY-MM-DD HH:MM:SS[.fff]``, which StreamHouse, Flink's JSON format and pyarrow all
 read. Records are keyed by the query's group keys (one key: its text; several: a JSON object) and
-go to the partition Kafka's default partitioner picks for the key.
+go to the partition Kafka's default partitioner picks for the key. A NULL key of one column is
+written as the object (``{"k":null}``), since a key-compacted topic takes no record without one.
 
 A sink with a fence (a query of ``serve`` agents, held by a lease) writes only while the lease
 is held: each append is committed in a transaction that checks it (``FencedError`` otherwise).
@@ -119,7 +120,12 @@ def encode_columns(table: pa.Table, key_columns: list[str]) -> tuple[pa.Array, p
         if not keys:
             key_sql = "NULL"
         elif len(keys) == 1:
-            key_sql = f"CAST({quoted[0]} AS VARCHAR)"
+            # a NULL key (GROUP BY a nullable column) as the object of several keys: a
+            # compacted topic takes no record without a key, and NULL is not the text 'null'
+            key_sql = (
+                f"COALESCE(CAST({quoted[0]} AS VARCHAR),"
+                f" CAST(to_json(struct_pack({quoted[0]} := {quoted[0]})) AS VARCHAR))"
+            )
         else:
             key_sql = (
                 "CAST(to_json(struct_pack("

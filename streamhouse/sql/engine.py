@@ -92,7 +92,7 @@ from streamhouse.sql.source import (
     with_metadata,
 )
 from streamhouse.sql.statement_set import StatementSet, parse_with_sets
-from streamhouse.sql.unnest import refuse_row_elements
+from streamhouse.sql.unnest import ELEMENT, refuse_row_elements
 from streamhouse.sql.window_spec import take_out_windows
 from streamhouse.windows.table import window_table
 from streamhouse.workers import worker
@@ -890,8 +890,13 @@ def parse_failure(name: str, row: RejectedRow) -> SqlError:
 def hide_metadata(table: pa.Table, named: set[str]) -> pa.Table:
     """``table`` without the metadata columns the query does not name: as in Flink, ``*`` is
     the declared columns; ``_offset``, ``_partition``, ``_timestamp`` and ``_key`` are there
-    when asked for by name."""
-    hidden = [c for c in table.column_names if c in METADATA_COLUMNS and c not in named]
+    when asked for by name (and so are an UNNEST expansion's element numbers, see
+    :func:`~streamhouse.sql.unnest.lateral_input`)."""
+    hidden = [
+        c
+        for c in table.column_names
+        if (c in METADATA_COLUMNS or c.startswith(ELEMENT)) and c not in named
+    ]
     return table.drop_columns(hidden) if hidden else table
 
 

@@ -28,6 +28,11 @@ ROW = "__temporal_row"
 """The column a temporal join's inputs carry their row number in (see :mod:`streamhouse.joins.temporal`)."""
 
 
+PASSED = "*"
+""":attr:`Stateless.time_column` of an input that passes every source column on as it is (an
+UNNEST's expansion): the source's time attribute among them, whatever its name."""
+
+
 @dataclass(frozen=True)
 class Stateless(PlanNode):
     """A filter/projection: ``sql`` runs over each micro-batch registered as ``source``."""
@@ -36,6 +41,9 @@ class Stateless(PlanNode):
     sql: str
     metadata: bool = False  # reads every metadata column (an input of a window over a union)
     time_column: str | None = None  # the source's time attribute, passed on as it is (OVER)
+    # the columns identifying each row (an UNNEST's expansion: the source row's position and
+    # its element numbers), by which a window's late rows are traced back; () when none do
+    identity: tuple[str, ...] = ()
 
     @property
     def keeps_metadata(self) -> bool:
@@ -46,7 +54,10 @@ class Stateless(PlanNode):
         return self.source if self.time_column is not None else None
 
     def explain(self) -> list[str]:
-        return [f"Stateless  source={self.source}", f"  sql: {self.sql}"]
+        lines = [f"Stateless  source={self.source}", f"  sql: {self.sql}"]
+        if self.identity:
+            lines.append(f"  row identity: ({', '.join(self.identity)})")
+        return lines
 
 
 @dataclass(frozen=True)

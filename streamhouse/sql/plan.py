@@ -29,6 +29,7 @@ from streamhouse.sql.inline import inline
 from streamhouse.sql.join_chain import nested_joins
 from streamhouse.sql.joins import plan_join, plan_temporal_join
 from streamhouse.sql.nodes import (
+    PASSED,
     Operator,
     Recompute,
     Stateless,
@@ -57,9 +58,19 @@ from streamhouse.sql.union import (
     plan_union,
     window_over_union,
 )
-from streamhouse.sql.unnest import is_unnest_join
+from streamhouse.sql.unnest import (
+    EXPANSION,
+    is_lateral_join,
+    lateral_columns,
+    lateral_elements,
+    lateral_input,
+)
 from streamhouse.sql.window_aggregate import plan_window
-from streamhouse.sql.window_inputs import session_aggregates_as_inputs, window_inputs
+from streamhouse.sql.window_inputs import (
+    computed_time,
+    session_aggregates_as_inputs,
+    window_inputs,
+)
 from streamhouse.sql.window_rows import SESSION_ROWS, joins_window_rows, window_rows_in_join
 from streamhouse.sql.window_spec import WindowKind, find_window, take_out_windows
 
@@ -269,8 +280,8 @@ def plan_select(
     the nested queries it reads are planned into ``derived`` first, by name."""
     if select.args.get("limit") is not None:
         raise sql_error("LIMIT has no meaning in a continuous query", select.args["limit"])
-    if any(is_unnest_join(j) for j in select.args.get("joins") or []):
-        return _plan_unnest(select)
+    if any(is_lateral_join(j) for j in select.args.get("joins") or []):
+        return _plan_lateral(select, derived)
     select = distinct_as_group_by(select)
     if select.args.get("joins"):
         select = window_rows_in_join(select, derived, plan_select)
@@ -309,7 +320,8 @@ def plan_select(
         )
         if simple:
             try:
-                positions = table.name not in derived  # type: ignore[union-attr]
+                name = table.name  # type: ignore[union-attr]
+                positions = getattr(derived[name], "identity", ()) if name in derived else True
                 return plan_window(rest, spec, table, positions)  # type: ignore[arg-type]
             except SqlError:
                 if spec.kind == WindowKind.SESSION:  # type: ignore[union-attr]
@@ -332,6 +344,17 @@ def plan_select(
         return plan_join(select, select.args.get("joins"), derived)
     source = select.args.get("from_")
     table = source.this if source is not None else None
+    if isinstance(table, exp.Subquery) and _lateral(table.this):
+        reading = select.copy()
+        sub = reading.args["from_"].this
+        if _stateful_part(table.this) is None:
+            # a view or subquery of UNNEST (or LATERAL) rows: an input of its own, appends
+            name = f"__derived_{len(derived)}"
+            derived[name] = plan_select(table.this, derived)
+            sub.replace(exp.to_table(name).as_(table.alias_or_name))
+        else:  # the subquery (a ranking, say) reads the expansion, as the planners expect
+            sub.this.replace(_read_expansion(table.this, derived))
+        return plan_select(reading, derived)
     if isinstance(table, exp.Subquery):
         over = plan_over_union(select, derived, plan_select)
         if over is not None:
@@ -347,12 +370,6 @@ def plan_select(
         )
         if recompute is not None:
             return recompute
-        if any(is_unnest_join(j) for j in table.find_all(exp.Join)):
-            raise sql_error(
-                "a query over a view or subquery with CROSS JOIN UNNEST is not supported"
-                " continuously yet: UNNEST in the outer query",
-                table,
-            )
         raise sql_error("subqueries in continuous queries are not supported yet", table)
     if not isinstance(table, exp.Table) or isinstance(table.this, exp.Func):
         raise sql_error("a continuous query must read a stream, view or topic", table or select)
@@ -367,30 +384,73 @@ def plan_select(
     return Stateless(table.name, to_datafusion(select))
 
 
-def _plan_unnest(select: exp.Select) -> Stateless:
-    """A query over one stream and its lateral UNNEST joins: stateless per row, the row's time
-    attribute passed through (see :mod:`streamhouse.sql.unnest`)."""
+def _stateful_part(select: exp.Select) -> exp.Expr | None:
+    """The first part of ``select`` (a SELECT with lateral joins) that keeps state: a join
+    after them, a GROUP BY or aggregate, a window, an ORDER BY, a subquery, DISTINCT."""
+    joins = select.args.get("joins") or []
+    others = [j for j in joins if not is_lateral_join(j)]
+    if others:
+        return others[0]
+    rest = select.copy()
+    rest.set("joins", None)  # a LATERAL subquery is a lateral join, not a subquery to keep
+    return (
+        rest.args.get("group")
+        or rest.find(exp.AggFunc)
+        or rest.find(exp.Window)
+        or rest.args.get("order")
+        or rest.find(exp.Subquery)
+        or rest.args.get("distinct")
+    )
+
+
+def _lateral(query: exp.Expr) -> bool:
+    """Whether ``query`` is a SELECT with lateral joins (UNNEST, LATERAL subqueries)."""
+    joins = query.args.get("joins") if isinstance(query, exp.Select) else None
+    return any(is_lateral_join(j) for j in joins or [])
+
+
+def _plan_lateral(select: exp.Select, derived: dict[str, Operator]) -> Operator:
+    """A query over one stream and its lateral joins (UNNEST, LATERAL subqueries; see
+    :mod:`streamhouse.sql.unnest`). One that filters and projects is one stateless operator
+    (the row's time attribute passed through); any other reads the expansion as a derived
+    input, each row identified by its source row's position and its element's number, and is
+    planned over it as over a stream (an aggregate, a window, OVER, a join)."""
+    if _stateful_part(select) is None:
+        return Stateless(_lateral_source(select).name, to_datafusion(select))
+    spec, _ = find_window(select)
+    if spec is not None and spec.time_column in lateral_columns(select):
+        group = select.args.get("group") or select
+        columns = (c for c in group.find_all(exp.Column) if c.name == spec.time_column)
+        where = next(columns, select)
+        raise sql_error(computed_time(spec.time_column, "a lateral join (UNNEST, LATERAL)"), where)
+    return plan_select(_read_expansion(select, derived), derived)
+
+
+def _lateral_source(select: exp.Select) -> exp.Table:
+    """The stream ``select``'s lateral joins expand the rows of."""
     source = select.args.get("from_")
     table = source.this if source is not None else None
     if not isinstance(table, exp.Table) or isinstance(table.this, exp.Func):
         raise sql_error("a continuous CROSS JOIN UNNEST must read a stream, view or topic", table)
-    others = [j for j in select.args["joins"] if not is_unnest_join(j)]
-    stateful = (
-        others[0]
-        if others
-        else select.args.get("group")
-        or select.find(exp.AggFunc)
-        or select.find(exp.Window)
-        or select.args.get("order")
-        or select.find(exp.Subquery)
+    return table
+
+
+def _read_expansion(select: exp.Select, derived: dict[str, Operator]) -> exp.Select:
+    """``select`` reading its FROM and lateral joins as a derived input, each row identified
+    by its source row's position and its element's number (:func:`lateral_input`)."""
+    table = _lateral_source(select)
+    expansion, outer = lateral_input(select)
+    name = f"__derived_{len(derived)}"
+    # every source column passes, its time attribute among them (as it is: a window or a join
+    # over the expansion keeps the stream's)
+    identity = ("_partition", "_offset", *lateral_elements(expansion))
+    derived[name] = Stateless(
+        table.name, to_datafusion(expansion), True, time_column=PASSED, identity=identity
     )
-    if stateful is not None:
-        raise sql_error(
-            "a continuous query with CROSS JOIN UNNEST can only filter and project"
-            f" (not {stateful.key.upper()}) yet",
-            stateful,
-        )
-    return Stateless(table.name, to_datafusion(select))
+    for reference in outer.find_all(exp.Table):
+        if reference.name == EXPANSION:
+            reference.set("this", exp.to_identifier(name))
+    return outer
 
 
 def source_tables(query: exp.Expr) -> list[exp.Table]:

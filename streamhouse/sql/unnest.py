@@ -15,9 +15,19 @@ the same join. Several unnest joins in a row give their cross product. Per row t
 stateless, so a continuous query over one stream runs it as a stateless operator and the row's
 time attribute passes through.
 
+A ``LATERAL`` subquery without a FROM (``, LATERAL (SELECT v + 1 AS y [WHERE ...]) AS l``) is
+folded the same way: its expressions join the row's columns, its WHERE drops the row (a ``LEFT
+JOIN LATERAL ... ON TRUE`` keeps it with NULLs).
+
+A continuous query that does more than filter and project the rows (an aggregate, a window, an
+OVER, a join) reads the expansion as an input of its own (:func:`lateral_input`): each expanded
+row is then identified by its source row's position and its element's ordinality
+(:data:`ELEMENT`), so a window's late rows are traced back to the very rows that were late.
+
 Refused, each by name at its position: an unnest after another join, an ``ON`` condition other
 than ``TRUE``, the expansion of ``ARRAY<ROW>`` elements into several columns, ``LATERAL``
-subqueries and ``LATERAL TABLE`` over any other function (Flink's user-defined table functions).
+subqueries over a table (a correlated join) and ``LATERAL TABLE`` over any other function
+(Flink's user-defined table functions).
 An array column whose elements are ROWs is refused whatever the alias list
 (:func:`refuse_row_elements`, once the column's type is known): Flink expands each element's
 fields into columns, and one struct column in their place would be a wrong-typed answer.
@@ -32,7 +42,20 @@ from sqlglot import exp
 
 from streamhouse.sql.parse import sql_error
 
-__all__ = ["is_unnest_join", "refuse_row_elements", "unnest_joins"]
+__all__ = [
+    "ELEMENT",
+    "EXPANSION",
+    "is_lateral_join",
+    "lateral_columns",
+    "lateral_elements",
+    "lateral_input",
+    "refuse_row_elements",
+    "unnest_joins",
+]
+
+ELEMENT = "__element"
+"""The column numbering the rows one source row expands into (from 1, per UNNEST), which with
+the source row's ``_partition`` and ``_offset`` identifies each row of :func:`lateral_input`."""
 
 
 def _unnest_of(join: exp.Join) -> tuple[exp.Unnest | None, exp.TableAlias | None]:
@@ -54,17 +77,36 @@ def _unnest_of(join: exp.Join) -> tuple[exp.Unnest | None, exp.TableAlias | None
                 " (UNNEST) run; user-defined table functions are not supported",
                 this,
             )
-        raise sql_error(
-            "LATERAL subqueries are not supported: write CROSS JOIN UNNEST(array) AS t (x)"
-            " or a join",
-            this,
-        )
+        if _subquery_of(join) is None:
+            raise sql_error(
+                "LATERAL subqueries over a table are not supported: write a join, or CROSS JOIN"
+                " UNNEST(array) AS t (x)",
+                this,
+            )
     return None, None
 
 
-def is_unnest_join(join: exp.Join) -> bool:
-    """Whether ``join`` is a lateral ``UNNEST`` (refusing any other lateral join)."""
-    return _unnest_of(join)[0] is not None
+def _subquery_of(join: exp.Join) -> exp.Select | None:
+    """The query of ``LATERAL (SELECT ...)`` when it computes from the row alone: no FROM, no
+    aggregate, window or grouping (one output row per input row, at most)."""
+    this = join.this
+    if not isinstance(this, exp.Lateral) or not isinstance(this.this, exp.Subquery):
+        return None
+    query = this.this.this
+    if not isinstance(query, exp.Select) or set(k for k, v in query.args.items() if v) - {
+        "expressions",
+        "where",
+    }:
+        return None
+    if any(True for _ in query.find_all(exp.AggFunc, exp.Window, exp.Subquery)):
+        return None
+    return query
+
+
+def is_lateral_join(join: exp.Join) -> bool:
+    """Whether ``join`` is a lateral ``UNNEST`` or a ``LATERAL`` subquery over the row alone
+    (refusing any other lateral join)."""
+    return _unnest_of(join)[0] is not None or _subquery_of(join) is not None
 
 
 def refuse_row_elements(query: exp.Expr, columns: Mapping[str, pa.DataType]) -> None:
@@ -125,8 +167,12 @@ def _padded(values: exp.Expr, array: exp.Expr, outer: bool) -> exp.Expr:
     return exp.Case(ifs=[exp.If(this=nonempty, true=values)], default=null)
 
 
-def _fold(select: exp.Select, join: exp.Join) -> exp.Select:
-    """``select`` with its first join, an UNNEST, folded into its FROM as a derived table."""
+def _fold(select: exp.Select, join: exp.Join, element: str | None = None) -> exp.Select:
+    """``select`` with its first join, an UNNEST or a LATERAL subquery, folded into its FROM as
+    a derived table; ``element``: the column numbering each row's elements (from 1), if any."""
+    query = _subquery_of(join)
+    if query is not None:
+        return _fold_subquery(select, join, query)
     unnest, alias = _unnest_of(join)
     assert unnest is not None
     if len(unnest.expressions) != 1:
@@ -148,24 +194,57 @@ def _fold(select: exp.Select, join: exp.Join) -> exp.Select:
             " supported",
             alias or unnest,
         )
+    items = [exp.alias_(exp.Unnest(expressions=[_padded(array, array, outer)]), columns[0])]
+    numbers = exp.func(
+        "generate_series", exp.Literal.number(1), exp.func("cardinality", array.copy())
+    )
+    for name in [*columns[1:], *([element] if element else [])]:
+        items.append(exp.alias_(exp.Unnest(expressions=[_padded(numbers, array, outer)]), name))
+    return _folded(select, items, None, alias.name if alias else "")
+
+
+def _fold_subquery(select: exp.Select, join: exp.Join, query: exp.Select) -> exp.Select:
+    """``select`` with ``LATERAL (SELECT e AS y [WHERE c]) AS l [(names)]`` folded into its
+    FROM: ``e`` joins the row's columns; ``c`` drops the row, or for ``LEFT JOIN LATERAL ... ON
+    TRUE`` pads it with NULLs."""
+    outer = _outer(join)
+    alias = join.this.args.get("alias")
+    names = [c.name for c in (alias.columns if alias else [])]
+    if names and len(names) != len(query.expressions):
+        raise sql_error(
+            f"the LATERAL subquery has {len(query.expressions)} columns, its alias names"
+            f" {len(names)}",
+            alias,
+        )
+    where = query.args.get("where")
+    items = []
+    for position, projection in enumerate(query.expressions):
+        body = projection.this if isinstance(projection, exp.Alias) else projection
+        if isinstance(body, exp.Star) or isinstance(body.this, exp.Star):
+            raise sql_error("a LATERAL subquery names its columns (not *)", projection)
+        value = body.copy()
+        if outer and where is not None:
+            value = exp.Case(ifs=[exp.If(this=where.this.copy(), true=value)])
+        name = names[position] if names else projection.alias_or_name
+        items.append(exp.alias_(value, name, quoted=True))
+    condition = where.this.copy() if where is not None and not outer else None
+    return _folded(select, items, condition, alias.name if alias else "")
+
+
+def _folded(
+    select: exp.Select, items: list[exp.Expr], where: exp.Expr | None, table: str
+) -> exp.Select:
+    """``select`` reading its FROM with ``items`` added (and only the rows ``where`` keeps) as a
+    derived table under the FROM's name, in place of its first join (named ``table``)."""
     source = select.args["from_"].this
     name = source.alias_or_name
-    items: list[exp.Expr] = [
-        exp.Star() if not name else exp.Column(this=exp.Star(), table=exp.to_identifier(name))
-    ]
-    items.append(exp.alias_(exp.Unnest(expressions=[_padded(array, array, outer)]), columns[0]))
-    if ordinality:
-        numbers = exp.func(
-            "generate_series", exp.Literal.number(1), exp.func("cardinality", array.copy())
-        )
-        items.append(
-            exp.alias_(exp.Unnest(expressions=[_padded(numbers, array, outer)]), columns[1])
-        )
-    inner = exp.Select(expressions=items).from_(source.copy())
+    star = exp.Star() if not name else exp.Column(this=exp.Star(), table=exp.to_identifier(name))
+    inner = exp.Select(expressions=[star, *items]).from_(source.copy())
+    if where is not None:
+        inner = inner.where(where)
     folded = select.copy()
     folded.set("from_", exp.From(this=inner.subquery(name)))
     folded.set("joins", folded.args["joins"][1:] or None)
-    table = alias.name if alias else ""
     for column in list(folded.find_all(exp.Column)):
         if table and column.table == table:
             if isinstance(column.this, exp.Star):
@@ -175,21 +254,103 @@ def _fold(select: exp.Select, join: exp.Join) -> exp.Select:
     return folded
 
 
+def _check_order(select: exp.Select) -> None:
+    """Refuse a lateral join after another join, at its position."""
+    joins = select.args.get("joins") or []
+    lateral = [is_lateral_join(join) for join in joins]
+    for position, join in enumerate(joins):
+        if lateral[position] and not all(lateral[:position]):
+            raise sql_error(
+                "UNNEST after another JOIN is not supported: UNNEST first, then join", join
+            )
+
+
 def unnest_joins(query: exp.Expr) -> exp.Expr:
-    """``query`` with every SELECT's leading lateral UNNEST joins folded into its FROM."""
+    """``query`` with every SELECT's leading lateral joins folded into its FROM."""
 
     def fold(node: exp.Expr) -> exp.Expr:
         if not isinstance(node, exp.Select):
             return node
-        joins = node.args.get("joins") or []
-        lateral = [is_unnest_join(join) for join in joins]
-        for position, join in enumerate(joins):
-            if lateral[position] and not all(lateral[:position]):
-                raise sql_error(
-                    "UNNEST after another JOIN is not supported: UNNEST first, then join", join
-                )
-        while node.args.get("joins") and is_unnest_join(node.args["joins"][0]):
+        _check_order(node)
+        while node.args.get("joins") and is_lateral_join(node.args["joins"][0]):
             node = _fold(node, node.args["joins"][0])
         return node
 
     return query.transform(fold)
+
+
+def lateral_input(select: exp.Select) -> tuple[exp.Select, exp.Select]:
+    """``select``'s FROM and its leading lateral joins as a query of their own (the expansion:
+    the source's columns, the joins' columns, an :data:`ELEMENT` column per UNNEST and the
+    source row's ``_partition`` and ``_offset``), and ``select`` without those joins, reading
+    the expansion under the FROM's name.
+
+    >>> from streamhouse.sql.parse import parse_one
+    >>> expansion, outer = lateral_input(parse_one(
+    ...     "SELECT u.x, COUNT(*) AS n FROM a CROSS JOIN UNNEST(xs) AS u (x) GROUP BY u.x"))
+    >>> expansion.sql()
+    'SELECT a.*, UNNEST(xs) AS x, UNNEST(GENERATE_SERIES(1, CARDINALITY(xs))) AS __element0, a._partition, a._offset FROM a'
+    >>> outer.sql()
+    'SELECT a.x, COUNT(*) AS n FROM __expansion AS a GROUP BY a.x'
+    """
+    _check_order(select)
+    folded, count = select, 0
+    while folded.args.get("joins") and is_lateral_join(folded.args["joins"][0]):
+        join = folded.args["joins"][0]
+        element = f"{ELEMENT}{count}" if _subquery_of(join) is None else None
+        count += element is not None
+        folded = _fold(folded, join, element)
+    sub = folded.args["from_"].this
+    expansion = sub.this
+    innermost = expansion
+    while isinstance(innermost.args["from_"].this, exp.Subquery):
+        innermost = innermost.args["from_"].this.this
+    table = innermost.args["from_"].this
+    name = table.alias_or_name
+    innermost.set(
+        "expressions",
+        [*innermost.expressions, *(exp.column(c, table=name) for c in ("_partition", "_offset"))],
+    )
+    sub.replace(exp.to_table(EXPANSION).as_(sub.alias_or_name))
+    return expansion, folded
+
+
+EXPANSION = "__expansion"
+"""The name :func:`lateral_input`'s outer query reads the expansion under (the caller's to
+replace by the derived input's)."""
+
+
+def lateral_elements(expansion: exp.Select) -> list[str]:
+    """The :data:`ELEMENT` columns of :func:`lateral_input`'s expansion, outermost first."""
+    return [
+        p.alias_or_name
+        for select in expansion.find_all(exp.Select)
+        for p in select.expressions
+        if p.alias_or_name.startswith(ELEMENT)
+    ]
+
+
+def lateral_columns(select: exp.Select) -> set[str]:
+    """The names ``select``'s lateral joins add to its rows (elements, ordinalities, a LATERAL
+    subquery's columns): computed per row, none is a time attribute.
+
+    >>> from streamhouse.sql.parse import parse_one
+    >>> sorted(lateral_columns(parse_one(
+    ...     "SELECT * FROM a CROSS JOIN UNNEST(xs) WITH ORDINALITY AS u (x, n),"
+    ...     " LATERAL (SELECT t + INTERVAL '1' SECOND AS later) AS l")))
+    ['later', 'n', 'x']
+    """
+    names: set[str] = set()
+    for join in select.args.get("joins") or []:
+        if not is_lateral_join(join):
+            continue
+        query = _subquery_of(join)
+        alias = join.this.args.get("alias")
+        names |= {c.name for c in (alias.columns if alias else [])}
+        if query is not None:
+            names |= {p.alias_or_name for p in query.expressions}
+        else:
+            offset = _unnest_of(join)[0].args.get("offset")  # type: ignore[union-attr]
+            if isinstance(offset, exp.Identifier):
+                names.add(offset.name)
+    return names

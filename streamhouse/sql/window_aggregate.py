@@ -31,11 +31,17 @@ _AGGREGATES: dict[type, AggregateFunction] = {
 
 
 def plan_window(
-    rest: exp.Select, spec: WindowSpec | None, table: exp.Table, positions: bool = True
+    rest: exp.Select,
+    spec: WindowSpec | None,
+    table: exp.Table,
+    positions: bool | tuple[str, ...] = True,
 ) -> WindowAggregate:
     """The aggregate of ``rest`` over ``table`` (windowed by ``spec``, or updating without one);
-    ``positions``: the input rows have a source position (``_partition``, ``_offset``) a late
-    row is traced back by (a derived input's rows have none)."""
+    ``positions``: the columns identifying each input row, a late row is traced back by (True:
+    a stream's source position, ``_partition`` and ``_offset``; an UNNEST's expansion adds its
+    element numbers; most derived inputs' rows have none)."""
+    if positions is True:
+        positions = ("_partition", "_offset")
     group = rest.args.get("group")
     keys = [  # the window's own columns are not keys (an updating aggregate's are)
         g
@@ -157,7 +163,7 @@ def plan_window(
         *(a.as_(f"__a{i}") for i, a in enumerate(arguments)),
         # which source rows were late (the late-row side output) — windows only
         *(
-            [exp.column("_partition").as_("__partition"), exp.column("_offset").as_("__offset")]
+            [exp.column(c).as_(f"__{c.lstrip('_')}") for c in positions]
             if spec is not None and positions
             else []
         ),

@@ -24,6 +24,7 @@ from sqlglot import exp
 from streamhouse.sql.nodes import Operator, SelectPlanner, Stateless, UnionAll
 from streamhouse.sql.parse import sql_error
 from streamhouse.sql.union import nested_window_union, plan_union, union_branches
+from streamhouse.sql.unnest import is_lateral_join, lateral_columns
 from streamhouse.sql.window_rows import SESSION_ROWS, WindowRows
 from streamhouse.sql.window_spec import WindowKind, find_window, tvf_call, windowed_side
 
@@ -44,7 +45,7 @@ def window_inputs(
             continue
         sub, replace = data
         preserving = _time_preserving(sub.this, spec.time_column)
-        if preserving and select is result:
+        if preserving and select is result and not _lateral(sub.this):
             continue  # the query's own window: the window aggregate planners take it
         op = _plan_input(sub, derived, plan_select)
         name = f"__derived_{len(derived)}"
@@ -55,11 +56,7 @@ def window_inputs(
             replace(exp.to_table(name))
             continue
         if isinstance(op, Stateless | UnionAll):
-            raise sql_error(
-                f"{spec.time_column!r} is computed or aggregated in the query the window reads,"
-                " so it is not a time attribute: pass the stream's time column on as it is",
-                sub,
-            )
+            raise sql_error(computed_time(spec.time_column, "the query the window reads"), sub)
         if spec.kind == WindowKind.SESSION:
             raise sql_error(SESSION_ROWS, sub)
         rows = f"__derived_{len(derived)}"
@@ -72,6 +69,14 @@ def window_inputs(
         else:
             select.replace(rest)
     return result
+
+
+def computed_time(column: str, where: str) -> str:
+    """The error of a window on ``column``, computed ``where``."""
+    return (
+        f"{column!r} is computed or aggregated in {where}, so it is not a time attribute: pass"
+        " the stream's time column on as it is"
+    )
 
 
 def _window_input(select: exp.Select):  # noqa: ANN202 - (subquery, how to replace it)
@@ -116,7 +121,8 @@ def _time_preserving(query: exp.Expr, time_column: str) -> bool:
     branches = union_branches(query) if isinstance(query, exp.Union) else [query]
     return all(
         isinstance(b, exp.Select)
-        and not b.args.get("joins")
+        and _lateral(b) == bool(b.args.get("joins"))
+        and _time_source(b, time_column) not in lateral_columns(b)
         and not b.args.get("group")
         and not any(True for _ in b.find_all(exp.AggFunc, exp.Window))
         and isinstance(b.args.get("from_") and b.args["from_"].this, exp.Table)
@@ -126,16 +132,27 @@ def _time_preserving(query: exp.Expr, time_column: str) -> bool:
     )
 
 
+def _time_source(select: exp.Select, column: str) -> str:
+    """The name of the input column ``select`` passes on as ``column`` (itself under ``*``)."""
+    for projection in select.expressions:
+        body = projection.this if isinstance(projection, exp.Alias) else projection
+        if projection.alias_or_name == column and isinstance(body, exp.Column):
+            return body.name
+    return column
+
+
+def _lateral(query: exp.Expr) -> bool:
+    """Whether ``query`` is a SELECT whose joins are all lateral (UNNEST): its rows keep the
+    stream's time column as it is, but it is an input of its own, not a stream to window."""
+    joins = query.args.get("joins") if isinstance(query, exp.Select) else None
+    return bool(joins) and all(is_lateral_join(j) for j in joins)
+
+
 def _plan_input(
     sub: exp.Subquery, derived: dict[str, Operator], plan_select: SelectPlanner
 ) -> Operator:
     """The plan node of the query a window reads (append-only)."""
     query = sub.this
-    for join in query.find_all(exp.Join):
-        if isinstance(join.this, exp.Unnest | exp.Lateral):
-            raise sql_error(
-                "a window over CROSS JOIN UNNEST is not supported continuously yet", join
-            )
     if isinstance(query, exp.Union):
         op: Operator = plan_union(query, derived, plan_select)
     elif isinstance(query, exp.Select):

@@ -35,6 +35,7 @@ from streamhouse.errors import SqlError
 from streamhouse.sql.ddl import interval_ms
 from streamhouse.sql.dialect import StreamHouse, TableArgument
 from streamhouse.sql.parse import node_position
+from streamhouse.sql.unnest import is_lateral_join
 
 __all__ = ["WINDOW_COLUMNS", "WindowSpec", "find_window", "take_out_windows"]
 
@@ -275,7 +276,7 @@ def windowed_side(select: exp.Select, rest: exp.Select) -> exp.Expr | None:
     windowed rows), or the FROM of a query without joins."""
     sides = [select.args.get("from_"), *(select.args.get("joins") or [])]
     rest_sides = [rest.args.get("from_"), *(rest.args.get("joins") or [])]
-    if len(sides) == 1:
+    if all(is_lateral_join(j) for j in sides[1:]):  # UNNEST expands the windowed rows
         return rest_sides[0]
     for side, rest_side in zip(sides, rest_sides, strict=True):
         if side is not None and tvf_call(side.this) is not None:
