@@ -9,6 +9,11 @@ The cache holds, per key, the dimension row (or the fact that there is none, as 
 ``lookup.cache.caching-missing-key`` does by default), the time it was loaded and the time
 it was last used; past ``lookup.cache.max-rows`` the least recently used keys go.
 
+A composite key (``ON s.a = dim.a AND s.b = dim.b``) is fetched with one
+``WHERE (a, b) IN (SELECT * FROM unnest(%s::type[], %s::type[]))``, one typed array per key
+column; the cache and the join then key the rows by one string column made of the key's
+parts (each prefixed by its length, so no two keys give the same string).
+
 A database that goes away is retried ``lookup.max-retries`` times (reconnecting each time);
 then the batch fails with :class:`LookupError`. No row is emitted for a batch whose lookups
 did not all succeed, so a LEFT join never pads a row with NULLs because the database was down.
@@ -31,6 +36,19 @@ from streamhouse.errors import ConfigError, StreamHouseError
 logger = logging.getLogger(__name__)
 
 FOUND = "__found"  # cache column: the key has a row in the dimension table
+LOOKUP_KEY = "__lookup_key"  # cache column of a composite key: its parts as one string
+_PG_TYPES = {
+    pa.int8(): "smallint",
+    pa.int16(): "smallint",
+    pa.int32(): "integer",
+    pa.int64(): "bigint",
+    pa.float32(): "real",
+    pa.float64(): "double precision",
+    pa.string(): "text",
+    pa.large_string(): "text",
+    pa.bool_(): "boolean",
+    pa.date32(): "date",
+}
 _DURATION = re.compile(r"^\s*(\d+)\s*([a-z]*)\s*$")
 _UNIT_SECONDS = {
     "": 0.001,  # Flink: a bare number of a duration option is milliseconds
@@ -214,13 +232,14 @@ class LookupCache:
 
 
 class PostgresLookup:
-    """One PostgreSQL table read by key with ``= ANY(%s)``, Arrow out, reconnecting on loss."""
+    """One PostgreSQL table read by key with ``= ANY(%s)`` (a composite key: ``IN`` over
+    ``unnest`` of one array per key column), Arrow out, reconnecting on loss."""
 
     def __init__(
         self,
         options: JdbcLookupOptions,
         schema: pa.Schema,
-        key: str,
+        key: str | list[str],
         retry_delay: float = 0.2,
         connect_timeout: int = 5,
     ) -> None:
@@ -228,21 +247,45 @@ class PostgresLookup:
 
         self.options = options
         self.schema = schema
-        self.key = key
+        self.keys = [key] if isinstance(key, str) else list(key)
+        self.key = self.keys[0] if len(self.keys) == 1 else LOOKUP_KEY
+        """The column the rows are keyed by: the key column, or :data:`LOOKUP_KEY`."""
         self.retry_delay = retry_delay
         self.connect_timeout = connect_timeout
         self.connection = None
-        self.query = sql.SQL("SELECT {} FROM {} WHERE {} = ANY(%s)").format(
-            sql.SQL(", ").join(sql.Identifier(n) for n in schema.names),
-            sql.Identifier(*options.table_name.split(".")),
-            sql.Identifier(key),
+        columns = sql.SQL(", ").join(sql.Identifier(n) for n in schema.names)
+        table = sql.Identifier(*options.table_name.split("."))
+        if len(self.keys) == 1:
+            self.query = sql.SQL("SELECT {} FROM {} WHERE {} = ANY(%s)").format(
+                columns, table, sql.Identifier(self.keys[0])
+            )
+            return
+        arrays = []
+        for name in self.keys:
+            pg_type = _PG_TYPES.get(schema.field(name).type)
+            if pg_type is None:
+                raise ConfigError(
+                    f"lookup table {options.table_name}: key column {name!r} of type"
+                    f" {schema.field(name).type} cannot be part of a composite lookup key"
+                )
+            arrays.append(sql.SQL("%s::{}[]").format(sql.SQL(pg_type)))
+        self.query = sql.SQL("SELECT {} FROM {} WHERE ({}) IN (SELECT * FROM unnest({}))").format(
+            columns,
+            table,
+            sql.SQL(", ").join(sql.Identifier(n) for n in self.keys),
+            sql.SQL(", ").join(arrays),
         )
 
-    def rows(self, keys: pa.Array) -> pa.Table:
-        """The table's rows whose key is one of ``keys`` (each key at most once)."""
+    def key_of(self, columns: list[pa.Array]) -> pa.Array:
+        """The lookup key of rows whose key columns are ``columns`` (in :attr:`keys` order)."""
+        return columns[0] if len(columns) == 1 else composite_key(columns)
+
+    def rows(self, keys: list[pa.Array]) -> pa.Table:
+        """The table's rows whose key is one of ``keys`` (one array per key column, each
+        key at most once), with :attr:`key`."""
         import psycopg
 
-        values = array_literal(keys)
+        params = tuple(array_literal(k) for k in keys)
         attempts = self.options.max_retries + 1
         for attempt in range(1, attempts + 1):
             try:
@@ -251,14 +294,14 @@ class PostgresLookup:
                         self.options.url, autocommit=True, connect_timeout=self.connect_timeout
                     )
                 with self.connection.cursor() as cursor:
-                    cursor.execute(self.query, (values,), prepare=True)
+                    cursor.execute(self.query, params, prepare=True)
                     fetched = cursor.fetchall()
                 break
             except psycopg.OperationalError as error:
                 self.close()
                 logger.warning(
                     "lookup of %d keys in %s failed (attempt %d of %d): %s",
-                    len(values),
+                    len(keys[0]),
                     self.options.table_name,
                     attempt,
                     attempts,
@@ -275,10 +318,13 @@ class PostgresLookup:
                     f"lookup table {self.options.table_name}: {str(error).strip()}"
                 ) from error
         columns = list(zip(*fetched, strict=True)) if fetched else [()] * len(self.schema)
-        return pa.table(
+        rows = pa.table(
             [pa.array(c, type=f.type) for c, f in zip(columns, self.schema, strict=True)],
             schema=self.schema,
         )
+        if len(self.keys) == 1:
+            return rows
+        return rows.append_column(LOOKUP_KEY, self.key_of([rows.column(k) for k in self.keys]))
 
     def close(self) -> None:
         if self.connection is not None:
@@ -286,6 +332,25 @@ class PostgresLookup:
                 self.connection.close()
             finally:
                 self.connection = None
+
+
+def composite_key(columns: list[pa.Array | pa.ChunkedArray]) -> pa.Array:
+    """One string per row naming its key parts, each as its length, ``:`` and its text
+    (so ``('a:', 'b')`` and ``('a', ':b')`` differ); null where any part is null.
+
+    >>> composite_key([pa.array([1, None]), pa.array(['x', 'y'])]).to_pylist()
+    ['1:1|1:x', None]
+    """
+    parts = []
+    for column in columns:
+        text = pc.cast(column, pa.string())
+        length = pc.cast(pc.utf8_length(text), pa.string())
+        parts += [length, text]
+    pieces = []
+    for i in range(0, len(parts), 2):
+        pieces.append(pc.binary_join_element_wise(parts[i], parts[i + 1], ":"))
+    joined = pc.binary_join_element_wise(*pieces, "|") if len(pieces) > 1 else pieces[0]
+    return joined.combine_chunks() if isinstance(joined, pa.ChunkedArray) else joined
 
 
 def array_literal(keys: pa.Array) -> str | list[object]:
@@ -309,7 +374,8 @@ def array_literal(keys: pa.Array) -> str | list[object]:
 
 
 class LookupJoin:
-    """Join each probe batch to a dimension table on ``probe_key = dim_key`` (INNER or LEFT).
+    """Join each probe batch to a dimension table on ``probe_keys = dim keys`` (INNER or
+    LEFT).
 
     The output is the probe columns followed by the dimension columns (prefixed by
     ``prefix``), in probe order.
@@ -318,21 +384,26 @@ class LookupJoin:
     def __init__(
         self,
         source: PostgresLookup,
-        probe_key: str,
+        probe_key: str | list[str],
         left: bool = False,
         prefix: str = "",
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.source = source
-        self.probe_key = probe_key
+        self.probe_keys = [probe_key] if isinstance(probe_key, str) else list(probe_key)
+        if len(self.probe_keys) != len(source.keys):
+            raise ValueError("one probe column per key column of the lookup table")
         self.left = left
         self.prefix = prefix
         self.clock = clock
         self.lookups = 0  # queries sent to the database
         self.looked_up_keys = 0
         options = source.options
+        schema = source.schema
+        if source.key == LOOKUP_KEY:
+            schema = schema.append(pa.field(LOOKUP_KEY, pa.string()))
         self.cache = LookupCache(
-            source.schema,
+            schema,
             source.key,
             options.cache_max_rows if options.cache_max_rows is not None else 0,
             options.cache_ttl_seconds,
@@ -353,35 +424,50 @@ class LookupJoin:
     def matches(self, probe: pa.Table) -> tuple[pa.Table, pa.Array]:
         """(dimension rows, the position there of each probe row's match or null)."""
         now = self.clock()
-        keys = probe.column(self.probe_key).combine_chunks()
-        key_type = self.cache.rows.schema.field(self.source.key).type
-        if keys.type != key_type:
-            keys = keys.cast(key_type)
+        parts = []
+        for name, key in zip(self.probe_keys, self.source.keys, strict=True):
+            column = probe.column(name).combine_chunks()
+            key_type = self.source.schema.field(key).type
+            parts.append(column if column.type == key_type else column.cast(key_type))
+        keys = self.source.key_of(parts)
+        distinct, distinct_parts = self._distinct(keys, parts)
         if self.cache.max_rows > 0:
-            rows = self._cached_rows(keys, now)
+            rows = self._cached_rows(distinct, distinct_parts, now)
         else:
-            rows = self._fetch(pc.unique(keys.drop_null()), now)
+            rows = self._fetch(distinct, distinct_parts)
         rows = rows.filter(rows.column(FOUND)).drop_columns([FOUND])
-        return rows, pc.index_in(keys, value_set=rows.column(self.source.key).combine_chunks())
+        at = pc.index_in(keys, value_set=rows.column(self.source.key).combine_chunks())
+        if LOOKUP_KEY in rows.column_names:
+            rows = rows.drop_columns([LOOKUP_KEY])
+        return rows, at
 
-    def _cached_rows(self, keys: pa.Array, now: float) -> pa.Table:
-        distinct = pc.unique(keys.drop_null())
-        at = self.cache.positions(distinct, now)
-        missing = distinct.filter(pc.is_null(at))
+    def _distinct(self, keys: pa.Array, parts: list[pa.Array]) -> tuple[pa.Array, list[pa.Array]]:
+        """The distinct non-null keys and, per key column, their parts."""
+        if len(parts) == 1:
+            distinct = pc.unique(keys.drop_null())
+            return distinct, [distinct]
+        rows = pa.table({"k": keys, "i": pa.array(np.arange(len(keys)))}).filter(pc.is_valid(keys))
+        first = rows.group_by("k", use_threads=False).aggregate([("i", "min")])
+        at = first.column("i_min").combine_chunks()
+        return first.column("k").combine_chunks(), [p.take(at) for p in parts]
+
+    def _cached_rows(self, keys: pa.Array, parts: list[pa.Array], now: float) -> pa.Table:
+        at = self.cache.positions(keys, now)
+        absent = pc.is_null(at)
         hits = self.cache.rows.take(at.drop_null())
-        if len(missing) == 0:
+        if not pc.any(absent).as_py():
             return hits
-        fetched = self._fetch(missing, now)
+        fetched = self._fetch(keys.filter(absent), [p.filter(absent) for p in parts])
         self.cache.add(fetched if self.source.options.cache_missing_key else _found(fetched), now)
         return pa.concat_tables([hits, fetched])
 
-    def _fetch(self, keys: pa.Array, now: float) -> pa.Table:
+    def _fetch(self, keys: pa.Array, parts: list[pa.Array]) -> pa.Table:
         """The rows of ``keys``, with :data:`FOUND`; a key with no row gets a not-found row."""
         if len(keys) == 0:
             return self.cache.schema.empty_table()
         self.lookups += 1
         self.looked_up_keys += len(keys)
-        found = self.source.rows(keys)
+        found = self.source.rows(parts)
         absent = keys.filter(pc.invert(pc.is_in(keys, value_set=found.column(self.source.key))))
         found = found.append_column(FOUND, pa.array(np.ones(found.num_rows, dtype=bool)))
         columns = [
@@ -404,5 +490,6 @@ __all__ = [
     "LookupError",
     "LookupJoin",
     "PostgresLookup",
+    "composite_key",
     "duration_seconds",
 ]

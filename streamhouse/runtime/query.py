@@ -47,7 +47,7 @@ from streamhouse.runtime.sink import TopicSink
 from streamhouse.runtime.sources import NO_WATERMARK, QuerySource
 from streamhouse.sql import nodes
 from streamhouse.sql.changelog import PlanNode
-from streamhouse.sql.computed import ComputedColumns
+from streamhouse.sql.computed import ComputedColumns, wall_clock_ms
 from streamhouse.sql.ddl import StreamDef, stream_definition
 from streamhouse.sql.dead_letters import write_dead_letters
 from streamhouse.sql.engine import hide_metadata, parse_failure, referenced_columns
@@ -55,7 +55,7 @@ from streamhouse.sql.execute import run_sql
 from streamhouse.sql.hints import SourceOptions, source_options
 from streamhouse.sql.inline import catalog_views, inline
 from streamhouse.sql.join_chain import catalog_stream_columns, chain_stars
-from streamhouse.sql.lookup import is_lookup_table
+from streamhouse.sql.lookup import is_lookup_table, lookup_schema
 from streamhouse.sql.parse import DIALECT, node_position, parse
 from streamhouse.sql.plan import ContinuousPlan
 from streamhouse.sql.plan_checks import check_columns
@@ -196,6 +196,10 @@ class ContinuousQuery:
 
     # -- setup --------------------------------------------------------------------------------
 
+    clock: Callable[[], int] = staticmethod(wall_clock_ms)
+    """Milliseconds since the epoch: the processing time of a micro-batch (read once per
+    batch, recorded with its bounds; replaced in tests)."""
+
     sink_partition: int | None = None
     """The one sink partition this query writes (a task of a parallel query), else all."""
 
@@ -215,6 +219,8 @@ class ContinuousQuery:
         for branch in reversed(self.branches):  # the first INSERT reading a source names it
             window_columns |= dict.fromkeys(branch.plan.sources, branch.plan.operator.window_column)
         sources: dict[str, QuerySource] = {}
+        self.definitions: dict[str, StreamDef] = {}  # declared streams and tables read
+        self.lookup_tables: dict[str, StreamDef] = {}  # 'connector'='jdbc' tables joined
         columns: dict[str, pa.DataType] = {f.name: f.type for f in METADATA_FIELDS}
         known = True
         names = list(dict.fromkeys(n for b in self.branches for n in b.plan.sources))
@@ -237,12 +243,11 @@ class ContinuousQuery:
                     f"continuous queries read streams and topics; {name!r} is a {kind}", name
                 )
             definition = stream_definition(parse(entry.sql)[0])
-            if is_lookup_table(definition):
-                raise self.error(
-                    f"a continuous lookup join against {name} (connector jdbc) is not supported"
-                    " yet: lookup joins run in bounded queries (sh.sql, streamhouse query)",
-                    name,
-                )
+            self.definitions[name] = definition
+            if is_lookup_table(definition):  # read by key per micro-batch, not a source
+                self.lookup_tables[name] = definition
+                columns |= {f.name: f.type for f in lookup_schema(definition)}
+                continue
             self._refuse_windows_off_time(definition)
             self.read_options[name] = SourceOptions.of(definition.options, self.hints.get(name))
             columns |= {c.name: c.type for c in definition.columns}
@@ -475,11 +480,13 @@ class ContinuousQuery:
         pending = self.store.get_json(PENDING)
         budget = max_records or self.options.max_batch_records
         ends: dict[str, dict[int, int]] = {}
+        proctime = self.clock()  # the batch's processing time (PROCTIME() columns)
         if pending is not None:
             for name, source in self.sources.items():
                 stored = pending["end"].get(str(source.index), {})
                 ends[name] = {int(p): int(o) for p, o in stored.items()} or dict(source.positions)
             forced_watermark: int | None = int(pending["watermark"])
+            proctime = int(pending.get("proctime", proctime))
         else:
             ends = self._plan(budget, {n: s.positions for n, s in self.sources.items()})
             forced_watermark = None
@@ -511,7 +518,7 @@ class ContinuousQuery:
             return False
 
         batch = self.store.batch()
-        tables = {name: r.table for name, r in reads.items()}
+        tables = {name: self._stamped(name, r.table, proctime) for name, r in reads.items()}
         changes = [self._operate(b, tables, new_watermark, batch) for b in self.branches]
         late_rows = sum(c.late for c in changes)
         writing = [
@@ -532,6 +539,7 @@ class ContinuousQuery:
                             for n, s in self.sources.items()
                         },
                         "watermark": new_watermark,
+                        "proctime": proctime,
                     },
                 )
                 # The sink marks the replay of this batch skips from: never stored before the
@@ -619,6 +627,13 @@ class ContinuousQuery:
                 upload_checkpoint(self.store, self.log.store, self.name)
             self._uploaded_at = time.monotonic()
         return True
+
+    def _stamped(self, name: str, table: pa.Table | None, proctime: int) -> pa.Table | None:
+        """The rows of source ``name`` with its ``PROCTIME()`` columns at the batch's time."""
+        computed = self.sources[name].computed
+        if table is None or computed is None or not computed.proctime:
+            return table
+        return computed.stamp(table, proctime)
 
     def _operate(
         self,
