@@ -51,7 +51,7 @@ from streamhouse.sql.computed import ComputedColumns, wall_clock_ms
 from streamhouse.sql.ddl import StreamDef, stream_definition
 from streamhouse.sql.dead_letters import write_dead_letters
 from streamhouse.sql.engine import hide_metadata, parse_failure, referenced_columns
-from streamhouse.sql.execute import run_sql
+from streamhouse.sql.execute import current_watermark, run_sql
 from streamhouse.sql.hints import SourceOptions, source_options
 from streamhouse.sql.inline import catalog_views, inline
 from streamhouse.sql.join_chain import catalog_stream_columns, chain_stars
@@ -519,7 +519,9 @@ class ContinuousQuery:
 
         batch = self.store.batch()
         tables = {name: self._stamped(name, r.table, proctime) for name, r in reads.items()}
-        changes = [self._operate(b, tables, new_watermark, batch) for b in self.branches]
+        # CURRENT_WATERMARK(ts): the watermark the batch's rows arrive at (the last batch's)
+        with current_watermark(None if self.watermark == NO_WATERMARK else self.watermark):
+            changes = [self._operate(b, tables, new_watermark, batch) for b in self.branches]
         late_rows = sum(c.late for c in changes)
         writing = [
             (branch, change)
