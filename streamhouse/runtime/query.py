@@ -61,6 +61,7 @@ from streamhouse.sql.plan import ContinuousPlan
 from streamhouse.sql.plan_checks import check_columns
 from streamhouse.sql.source import METADATA_FIELDS, RejectedRow
 from streamhouse.sql.statement_set import StatementSet
+from streamhouse.sql.window_spec import WindowKind, WindowSpec
 from streamhouse.state.remote import LeasedCheckpoints, download_checkpoint, upload_checkpoint
 from streamhouse.state.store import (
     ColumnFamily,
@@ -196,6 +197,10 @@ class ContinuousQuery:
 
     # -- setup --------------------------------------------------------------------------------
 
+    proctime_window: WindowSpec | None = None
+    """The window of a query windowed on a ``PROCTIME()`` column: its watermark is the wall
+    clock, and it wakes when a window ends (see :meth:`_idle_wait`)."""
+
     clock: Callable[[], int] = staticmethod(wall_clock_ms)
     """Milliseconds since the epoch: the processing time of a micro-batch (read once per
     batch, recorded with its bounds; replaced in tests)."""
@@ -254,6 +259,8 @@ class ContinuousQuery:
             watermark = definition.watermark
             column = watermark.column if watermark is not None else window_column
             delay = watermark.delay_ms if watermark is not None else 0
+            if self.proctime_window is not None:  # the wall clock is the query's time
+                column, delay = None, 0
             sources[name] = QuerySource(
                 index, name, hinted or definition.topic, definition.schema(), column, delay
             )
@@ -281,12 +288,28 @@ class ContinuousQuery:
             if definition.name not in branch.plan.sources or column is None:
                 continue
             if column in proctime:
-                raise self.error(
-                    f"a window over the processing-time column {column!r} (PROCTIME()) is not"
-                    " supported in a continuous query yet: window on the stream's event time"
-                    " (its WATERMARK column)",
-                    definition.name,
-                )
+                if self.options.parallelism > 1:
+                    raise self.error(
+                        f"a window over the processing-time column {column!r} (PROCTIME()) runs"
+                        " at parallelism 1 only",
+                        definition.name,
+                    )
+                if len(self.branches) > 1 or len(branch.plan.sources) > 1 or branch.plan.derived:
+                    raise self.error(
+                        f"a window over the processing-time column {column!r} (PROCTIME()) runs"
+                        " over one stream in a query of its own: not in a join, a subquery,"
+                        " a UNION ALL or a statement set",
+                        definition.name,
+                    )
+                self.proctime_window = _window_spec(branch.plan.operator)
+                if self.proctime_window is None:
+                    raise self.error(
+                        f"a window over the processing-time column {column!r} (PROCTIME()) is"
+                        " supported in a window aggregate or a query per window, not in a"
+                        f" {type(branch.plan.operator).__name__}",
+                        definition.name,
+                    )
+                continue
             if (
                 watermark is not None
                 and len(branch.plan.sources) == 1
@@ -413,9 +436,32 @@ class ContinuousQuery:
                 self.error = exc
                 break
             if not progressed:
-                self._wake.wait(self.options.poll_interval_ms / 1000)
+                self._wake.wait(self._idle_wait())
                 self._wake.clear()
         log.info("query %s stopped", self.name)
+
+    def _idle_wait(self) -> float:
+        """Seconds to wait for new records: the poll interval, or less when a processing-time
+        window ends sooner (it fires then, within milliseconds of its end)."""
+        poll = self.options.poll_interval_ms / 1000
+        window = self.proctime_window
+        if window is None or window.kind == WindowKind.SESSION:
+            return poll
+        period, offset = _window_period(window)
+        now = self.clock()
+        next_end = ((now - offset) // period + 1) * period + offset
+        return max(0.0, min(poll, (next_end - now) / 1000))
+
+    def _window_due(self, watermark: int) -> bool:
+        """Whether the wall clock moving from the last watermark to ``watermark`` may close a
+        processing-time window that holds rows."""
+        window = self.proctime_window
+        if window is None or not any(b.operator and b.operator.state_size for b in self.branches):
+            return False
+        if window.kind == WindowKind.SESSION:
+            return watermark > self.watermark
+        period, offset = _window_period(window)
+        return (watermark - offset) // period > (self.watermark - offset) // period
 
     def stop(self, checkpoint: bool = True) -> None:
         """Stop after the current micro-batch is committed, and release the state; a last
@@ -508,6 +554,10 @@ class ContinuousQuery:
             new_watermark = forced_watermark
         elif final:
             new_watermark = FINAL_WATERMARK
+        elif self.proctime_window is not None:  # a window on PROCTIME() closes by the clock
+            new_watermark = max(self.watermark, proctime)
+            if not has_data and pending is None and not self._window_due(new_watermark):
+                return False
         else:
             marks = [
                 s.watermark(event_times[n], self.options.idle_timeout_ms)
@@ -818,3 +868,20 @@ def _format_time(ms: int) -> str | None:
     if ms >= FINAL_WATERMARK:
         return "end of input"
     return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
+
+
+def _window_spec(node: PlanNode) -> WindowSpec | None:
+    """The window of a windowed operator (a window aggregate or a query per window)."""
+    if isinstance(node, nodes.WindowAggregate):
+        return node.window
+    if isinstance(node, nodes.Windowed):
+        return next(iter(node.inputs.values()))[1]
+    return None
+
+
+def _window_period(window: WindowSpec) -> tuple[int, int]:
+    """(period, offset) of a TUMBLE, HOP or CUMULATE window's ends: every end is
+    ``offset + k * period``."""
+    period = window.slide_ms or window.size_ms
+    offset = window.size_ms % period if window.kind == WindowKind.HOP else 0
+    return period, offset
