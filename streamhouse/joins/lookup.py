@@ -21,15 +21,18 @@ did not all succeed, so a LEFT join never pads a row with NULLs because the data
 
 from __future__ import annotations
 
+import io
 import logging
 import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.csv as pa_csv
 
 from streamhouse.errors import ConfigError, StreamHouseError
 
@@ -253,27 +256,51 @@ class PostgresLookup:
         self.retry_delay = retry_delay
         self.connect_timeout = connect_timeout
         self.connection = None
-        columns = sql.SQL(", ").join(sql.Identifier(n) for n in schema.names)
-        table = sql.Identifier(*options.table_name.split("."))
-        if len(self.keys) == 1:
-            self.query = sql.SQL("SELECT {} FROM {} WHERE {} = ANY(%s)").format(
-                columns, table, sql.Identifier(self.keys[0])
-            )
-            return
-        arrays = []
+        self.key_types = []
         for name in self.keys:
             pg_type = _PG_TYPES.get(schema.field(name).type)
-            if pg_type is None:
+            if pg_type is None and len(self.keys) > 1:
                 raise ConfigError(
                     f"lookup table {options.table_name}: key column {name!r} of type"
                     f" {schema.field(name).type} cannot be part of a composite lookup key"
                 )
-            arrays.append(sql.SQL("%s::{}[]").format(sql.SQL(pg_type)))
-        self.query = sql.SQL("SELECT {} FROM {} WHERE ({}) IN (SELECT * FROM unnest({}))").format(
+            self.key_types.append(pg_type)
+        self.query = self._query([sql.Placeholder()] * len(self.keys))
+        self.csv_query = None
+        """The query's rows as one CSV text (see :meth:`_read`), if their types allow."""
+        if all(_csv_exact(f.type) for f in schema):
+            fields = []
+            for f in schema:
+                column = sql.Identifier(f.name)
+                if pa.types.is_string(f.type) or pa.types.is_large_string(f.type):
+                    text = "CASE WHEN {0} IS NULL THEN '' ELSE '\"' || replace({0}::text, '\"', '\"\"') || '\"' END"
+                else:
+                    text = "coalesce({0}::text, '')"
+                fields.append(sql.SQL(text).format(column))
+            self.csv_query = sql.SQL(
+                "SELECT convert_to(string_agg({}, E'\\n'), 'UTF8') FROM ({}) AS found"
+            ).format(sql.SQL(" || ',' || ").join(fields), self.query)
+
+    def _query(self, arrays: list[Any]) -> Any:
+        """The SELECT of the rows whose key is in ``arrays`` (placeholders or literals, one
+        per key column)."""
+        from psycopg import sql
+
+        columns = sql.SQL(", ").join(sql.Identifier(n) for n in self.schema.names)
+        table = sql.Identifier(*self.options.table_name.split("."))
+        if len(self.keys) == 1:
+            return sql.SQL("SELECT {} FROM {} WHERE {} = ANY({})").format(
+                columns, table, sql.Identifier(self.keys[0]), arrays[0]
+            )
+        typed = [
+            sql.SQL("{}::{}[]").format(array, sql.SQL(pg_type))
+            for array, pg_type in zip(arrays, self.key_types, strict=True)
+        ]
+        return sql.SQL("SELECT {} FROM {} WHERE ({}) IN (SELECT * FROM unnest({}))").format(
             columns,
             table,
             sql.SQL(", ").join(sql.Identifier(n) for n in self.keys),
-            sql.SQL(", ").join(arrays),
+            sql.SQL(", ").join(typed),
         )
 
     def key_of(self, columns: list[pa.Array]) -> pa.Array:
@@ -293,9 +320,7 @@ class PostgresLookup:
                     self.connection = psycopg.connect(
                         self.options.url, autocommit=True, connect_timeout=self.connect_timeout
                     )
-                with self.connection.cursor() as cursor:
-                    cursor.execute(self.query, params, prepare=True)
-                    fetched = cursor.fetchall()
+                rows = self._read(params)
                 break
             except psycopg.OperationalError as error:
                 self.close()
@@ -317,14 +342,41 @@ class PostgresLookup:
                 raise LookupError(
                     f"lookup table {self.options.table_name}: {str(error).strip()}"
                 ) from error
-        columns = list(zip(*fetched, strict=True)) if fetched else [()] * len(self.schema)
-        rows = pa.table(
-            [pa.array(c, type=f.type) for c, f in zip(columns, self.schema, strict=True)],
-            schema=self.schema,
-        )
         if len(self.keys) == 1:
             return rows
         return rows.append_column(LOOKUP_KEY, self.key_of([rows.column(k) for k in self.keys]))
+
+    def _read(self, params: tuple[str | list[object], ...]) -> pa.Table:
+        """The rows of the query with ``params``: PostgreSQL joins them into one CSV text
+        (one value, so no Python object per row) that Arrow parses, when every column has a
+        type whose text reads back exactly; else through psycopg's rows."""
+        assert self.connection is not None
+        if self.csv_query is None:
+            with self.connection.cursor() as cursor:
+                cursor.execute(self.query, params, prepare=True)
+                fetched = cursor.fetchall()
+            columns = list(zip(*fetched, strict=True)) if fetched else [()] * len(self.schema)
+            return pa.table(
+                [pa.array(c, type=f.type) for c, f in zip(columns, self.schema, strict=True)],
+                schema=self.schema,
+            )
+        with self.connection.cursor(binary=True) as cursor:
+            cursor.execute(self.csv_query, params, prepare=True)
+            row = cursor.fetchone()
+        data = row[0] if row is not None else None
+        if not data:
+            return self.schema.empty_table()
+        return pa_csv.read_csv(
+            io.BytesIO(data),
+            read_options=pa_csv.ReadOptions(column_names=self.schema.names),
+            parse_options=pa_csv.ParseOptions(newlines_in_values=True),
+            convert_options=pa_csv.ConvertOptions(
+                column_types=self.schema,
+                null_values=[""],  # a NULL is an empty field; an empty string is quoted
+                strings_can_be_null=True,
+                quoted_strings_can_be_null=False,
+            ),
+        ).cast(self.schema)
 
     def close(self) -> None:
         if self.connection is not None:
@@ -332,6 +384,17 @@ class PostgresLookup:
                 self.connection.close()
             finally:
                 self.connection = None
+
+
+def _csv_exact(data_type: pa.DataType) -> bool:
+    """Whether PostgreSQL's text of a column of ``data_type`` reads back exactly as CSV."""
+    return (
+        pa.types.is_integer(data_type)
+        or pa.types.is_floating(data_type)
+        or pa.types.is_string(data_type)
+        or pa.types.is_large_string(data_type)
+        or pa.types.is_boolean(data_type)
+    )
 
 
 def composite_key(columns: list[pa.Array | pa.ChunkedArray]) -> pa.Array:
