@@ -207,11 +207,15 @@ class LookupCache:
     def add(self, rows: pa.Table, now: float) -> None:
         """Insert freshly loaded ``rows`` (replacing their keys), then evict down to size."""
         keys = rows.column(self.key).combine_chunks()
-        replaced = pc.is_in(self.rows.column(self.key), value_set=keys)
-        if pc.any(replaced).as_py():  # expired keys reloaded: their old rows go
-            self._keep(pc.invert(replaced).to_numpy(zero_copy_only=False))
+        if len(self):
+            replaced = self._find(keys).drop_null().to_numpy()
+            if len(replaced):  # expired keys reloaded: their old rows go
+                mask = np.ones(len(self), dtype=bool)
+                mask[replaced] = False
+                self._take(np.flatnonzero(mask))
+        start = len(self)
         self.rows = pa.concat_tables([self.rows, rows.select(self.schema.names)])
-        self.index = None
+        self.index = self._merged_index(keys, start)
         self.loaded = np.concatenate([self.loaded, np.full(rows.num_rows, now)])
         self.used = np.concatenate(
             [self.used, np.full(rows.num_rows, self.batches, dtype=np.int64)]
@@ -222,6 +226,19 @@ class LookupCache:
             newest = np.argsort(-self.used, kind="stable")[: self.max_rows]
             newest.sort()
             self._take(newest)
+
+    def _merged_index(self, keys: pa.Array, start: int) -> tuple[np.ndarray, np.ndarray] | None:
+        """The sorted index with ``keys`` (now at positions ``start``...) merged in: a stable
+        sort of two sorted runs, linear, instead of sorting the whole cache again."""
+        if self.index is None or not pa.types.is_integer(keys.type):
+            return None
+        ordered, order = self.index
+        new = keys.to_numpy()
+        by_key = np.argsort(new, kind="stable")
+        merged = np.concatenate([ordered, new[by_key]])
+        positions = np.concatenate([order, by_key + start])
+        at = np.argsort(merged, kind="stable")
+        return merged[at], positions[at]
 
     def _keep(self, mask: np.ndarray) -> None:
         if not mask.all():
