@@ -20,7 +20,12 @@ from sqlglot import exp
 from streamhouse.errors import SqlError, StreamHouseError
 from streamhouse.joins.changelog_join import ChangelogJoinOperator, spelled_out
 from streamhouse.joins.stream_join import LEFT, RIGHT, StreamJoin
-from streamhouse.joins.temporal import VERSIONS, TemporalJoin, temporal_inputs
+from streamhouse.joins.temporal import (
+    VERSIONS,
+    LatestVersionJoin,
+    TemporalJoin,
+    temporal_inputs,
+)
 from streamhouse.joins.windowed import WindowedQuery
 from streamhouse.runtime.operator import Changelog, MicroBatch, Operator, QueryContext
 from streamhouse.runtime.sink import json_strings, key_strings, row_keys
@@ -29,7 +34,7 @@ from streamhouse.sql.bounds import evictable_bound
 from streamhouse.sql.changelog import ROW_KEY, PlanNode
 from streamhouse.sql.changelog_join import ChangelogJoin
 from streamhouse.sql.execute import run_sql
-from streamhouse.sql.lookup import lookup_join_of, lookup_schema
+from streamhouse.sql.lookup import is_proctime, lookup_join_of, lookup_schema
 from streamhouse.sql.nodes import FLOWS, ROW
 from streamhouse.sql.over import FRESH, OverAggregate
 from streamhouse.sql.parse import node_position
@@ -370,6 +375,23 @@ class LookupJoining(Adapter[nodes.TemporalJoin]):
         return Changelog(run_ordered(self.node.sql, {"__left": left, "__right": right}))
 
 
+class LatestJoining(_Stateful[nodes.TemporalJoin]):
+    """A probe stream joined at processing time (``AS OF`` a ``PROCTIME()`` column) with the
+    latest row of its key in a StreamHouse table."""
+
+    executor: LatestVersionJoin
+
+    def __init__(self, node: nodes.TemporalJoin, state: StateView, context: QueryContext) -> None:
+        super().__init__(node, state, context)
+        self.executor = LatestVersionJoin(node.sql, state, node.probe_keys, node.version_keys)
+
+    def process(self, batch: MicroBatch) -> Changelog:
+        node = self.node
+        left, right = batch.inputs[node.left], batch.inputs[node.right]
+        schema = self.context.schema(node.right)
+        return Changelog(self.executor.process(left, right, schema, batch.state))
+
+
 class TemporalJoining(_Stateful[nodes.TemporalJoin]):
     """A probe stream joined with the version of a table current at each probe row's time
     (a lookup table's: :class:`LookupJoining`)."""
@@ -380,6 +402,9 @@ class TemporalJoining(_Stateful[nodes.TemporalJoin]):
     def open(cls, node: nodes.TemporalJoin, state: StateView, context: QueryContext) -> Operator:
         if context.lookup_table(node.right) is not None:
             return LookupJoining(node, state, context)
+        probe = context.definition(node.left)
+        if probe is not None and is_proctime(probe, node.probe_time):
+            return LatestJoining(node, state, context)
         return super().open(node, state, context)
 
     def __init__(self, node: nodes.TemporalJoin, state: StateView, context: QueryContext) -> None:
