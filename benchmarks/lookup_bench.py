@@ -2,6 +2,11 @@
 query per micro-batch) and with a warm cache (no query), over a 1M-key dimension table.
 
     python benchmarks/lookup_bench.py [--keys 1000000] [--batch 50000] [--out results/lookup.json]
+    python benchmarks/lookup_bench.py --pairs 3   # cold A/B: rows read as CSV vs through psycopg
+
+Rows are read as one CSV text per batch (PostgreSQL's ``string_agg``, parsed by Arrow) when every
+column's type allows; ``--pairs`` alternates that with psycopg's rows on the same table, cold, and gives
+each pair's ratio (the shared machine's speed drifts; pairs keep the ratio meaningful).
 
 Needs a PostgreSQL server (``$STREAMHOUSE_TEST_POSTGRES``, default
 ``postgresql://postgres@127.0.0.1:5432/test``); a fresh database is created and dropped.
@@ -37,7 +42,14 @@ def fill(url: str, keys: int) -> None:
         conn.execute("ANALYZE dim")
 
 
-def run(url: str, keys: int, batch: int, seed: int) -> dict[str, float]:
+def run(
+    url: str,
+    keys: int,
+    batch: int,
+    seed: int,
+    csv: bool = True,
+    phases: tuple[str, ...] = ("cold", "warm"),
+) -> dict[str, float]:
     options = JdbcLookupOptions.from_options(
         {
             "connector": "jdbc",
@@ -47,12 +59,15 @@ def run(url: str, keys: int, batch: int, seed: int) -> dict[str, float]:
             "lookup.cache.ttl": "1 h",
         }
     )
-    join = LookupJoin(PostgresLookup(options, DIM_SCHEMA, "k"), "k", prefix="d_")
+    source = PostgresLookup(options, DIM_SCHEMA, "k")
+    if not csv:
+        source.csv_query = None  # psycopg's rows, as before
+    join = LookupJoin(source, "k", prefix="d_")
     order = np.random.default_rng(seed).permutation(keys)
     probe = pa.table({"id": np.arange(keys), "k": order, "v": order * 2.0})
     batches = [probe.slice(i, batch) for i in range(0, keys, batch)]
     figures: dict[str, float] = {}
-    for phase in ("cold", "warm"):
+    for phase in phases:
         lookups = join.lookups
         start = time.perf_counter()
         rows = sum(join.join(b).num_rows for b in batches)
@@ -71,6 +86,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=50_000)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--pairs", type=int, default=0, help="cold A/B pairs: CSV vs rows")
     args = parser.parse_args()
     server = os.environ.get(
         "STREAMHOUSE_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test"
@@ -81,6 +97,16 @@ def main() -> None:
     url = urlunsplit(urlsplit(server)._replace(path=f"/{database}"))
     try:
         fill(url, args.keys)
+        if args.pairs:
+            pairs = []
+            for seed in range(args.pairs):
+                csv = run(url, args.keys, args.batch, seed, True, ("cold",))["cold_rows_per_s"]
+                rows = run(url, args.keys, args.batch, seed, False, ("cold",))["cold_rows_per_s"]
+                pairs.append({"csv": csv, "rows": rows, "ratio": round(csv / rows, 3)})
+                print(json.dumps(pairs[-1]), flush=True)
+            ratios = [p["ratio"] for p in pairs]
+            print(json.dumps({"median_ratio": float(np.median(ratios)), "load": os.getloadavg()}))
+            return
         runs = []
         for seed in range(args.runs):
             runs.append(run(url, args.keys, args.batch, seed))

@@ -9,6 +9,11 @@ The cache holds, per key, the dimension row (or the fact that there is none, as 
 ``lookup.cache.caching-missing-key`` does by default), the time it was loaded and the time
 it was last used; past ``lookup.cache.max-rows`` the least recently used keys go.
 
+A composite key (``ON s.a = dim.a AND s.b = dim.b``) is fetched with one
+``WHERE (a, b) IN (SELECT * FROM unnest(%s::type[], %s::type[]))``, one typed array per key
+column; the cache and the join then key the rows by one string column made of the key's
+parts (each prefixed by its length, so no two keys give the same string).
+
 A database that goes away is retried ``lookup.max-retries`` times (reconnecting each time);
 then the batch fails with :class:`LookupError`. No row is emitted for a batch whose lookups
 did not all succeed, so a LEFT join never pads a row with NULLs because the database was down.
@@ -16,21 +21,37 @@ did not all succeed, so a LEFT join never pads a row with NULLs because the data
 
 from __future__ import annotations
 
+import io
 import logging
 import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.csv as pa_csv
 
 from streamhouse.errors import ConfigError, StreamHouseError
 
 logger = logging.getLogger(__name__)
 
 FOUND = "__found"  # cache column: the key has a row in the dimension table
+LOOKUP_KEY = "__lookup_key"  # cache column of a composite key: its parts as one string
+_PG_TYPES = {
+    pa.int8(): "smallint",
+    pa.int16(): "smallint",
+    pa.int32(): "integer",
+    pa.int64(): "bigint",
+    pa.float32(): "real",
+    pa.float64(): "double precision",
+    pa.string(): "text",
+    pa.large_string(): "text",
+    pa.bool_(): "boolean",
+    pa.date32(): "date",
+}
 _DURATION = re.compile(r"^\s*(\d+)\s*([a-z]*)\s*$")
 _UNIT_SECONDS = {
     "": 0.001,  # Flink: a bare number of a duration option is milliseconds
@@ -178,7 +199,11 @@ class LookupCache:
             self.index = (cached[order], order)
         ordered, order = self.index
         wanted = keys.to_numpy()
-        at = np.minimum(np.searchsorted(ordered, wanted), max(len(ordered) - 1, 0))
+        # searched in key order (several times faster than in probe order), then put back
+        by_key = np.argsort(wanted, kind="stable")
+        at = np.empty(len(wanted), dtype=np.int64)
+        at[by_key] = np.searchsorted(ordered, wanted[by_key])
+        at = np.minimum(at, max(len(ordered) - 1, 0))
         if len(ordered) == 0:
             return pa.nulls(len(keys), pa.int64())
         return pa.array(order[at], mask=ordered[at] != wanted)
@@ -186,11 +211,15 @@ class LookupCache:
     def add(self, rows: pa.Table, now: float) -> None:
         """Insert freshly loaded ``rows`` (replacing their keys), then evict down to size."""
         keys = rows.column(self.key).combine_chunks()
-        replaced = pc.is_in(self.rows.column(self.key), value_set=keys)
-        if pc.any(replaced).as_py():  # expired keys reloaded: their old rows go
-            self._keep(pc.invert(replaced).to_numpy(zero_copy_only=False))
+        if len(self):
+            replaced = self._find(keys).drop_null().to_numpy()
+            if len(replaced):  # expired keys reloaded: their old rows go
+                mask = np.ones(len(self), dtype=bool)
+                mask[replaced] = False
+                self._take(np.flatnonzero(mask))
+        start = len(self)
         self.rows = pa.concat_tables([self.rows, rows.select(self.schema.names)])
-        self.index = None
+        self.index = self._merged_index(keys, start)
         self.loaded = np.concatenate([self.loaded, np.full(rows.num_rows, now)])
         self.used = np.concatenate(
             [self.used, np.full(rows.num_rows, self.batches, dtype=np.int64)]
@@ -201,6 +230,19 @@ class LookupCache:
             newest = np.argsort(-self.used, kind="stable")[: self.max_rows]
             newest.sort()
             self._take(newest)
+
+    def _merged_index(self, keys: pa.Array, start: int) -> tuple[np.ndarray, np.ndarray] | None:
+        """The sorted index with ``keys`` (now at positions ``start``...) merged in: a stable
+        sort of two sorted runs, linear, instead of sorting the whole cache again."""
+        if self.index is None or not pa.types.is_integer(keys.type):
+            return None
+        ordered, order = self.index
+        new = keys.to_numpy()
+        by_key = np.argsort(new, kind="stable")
+        merged = np.concatenate([ordered, new[by_key]])
+        positions = np.concatenate([order, by_key + start])
+        at = np.argsort(merged, kind="stable")
+        return merged[at], positions[at]
 
     def _keep(self, mask: np.ndarray) -> None:
         if not mask.all():
@@ -214,13 +256,14 @@ class LookupCache:
 
 
 class PostgresLookup:
-    """One PostgreSQL table read by key with ``= ANY(%s)``, Arrow out, reconnecting on loss."""
+    """One PostgreSQL table read by key with ``= ANY(%s)`` (a composite key: ``IN`` over
+    ``unnest`` of one array per key column), Arrow out, reconnecting on loss."""
 
     def __init__(
         self,
         options: JdbcLookupOptions,
         schema: pa.Schema,
-        key: str,
+        key: str | list[str],
         retry_delay: float = 0.2,
         connect_timeout: int = 5,
     ) -> None:
@@ -228,21 +271,69 @@ class PostgresLookup:
 
         self.options = options
         self.schema = schema
-        self.key = key
+        self.keys = [key] if isinstance(key, str) else list(key)
+        self.key = self.keys[0] if len(self.keys) == 1 else LOOKUP_KEY
+        """The column the rows are keyed by: the key column, or :data:`LOOKUP_KEY`."""
         self.retry_delay = retry_delay
         self.connect_timeout = connect_timeout
         self.connection = None
-        self.query = sql.SQL("SELECT {} FROM {} WHERE {} = ANY(%s)").format(
-            sql.SQL(", ").join(sql.Identifier(n) for n in schema.names),
-            sql.Identifier(*options.table_name.split(".")),
-            sql.Identifier(key),
+        self.key_types = []
+        for name in self.keys:
+            pg_type = _PG_TYPES.get(schema.field(name).type)
+            if pg_type is None and len(self.keys) > 1:
+                raise ConfigError(
+                    f"lookup table {options.table_name}: key column {name!r} of type"
+                    f" {schema.field(name).type} cannot be part of a composite lookup key"
+                )
+            self.key_types.append(pg_type)
+        self.query = self._query([sql.Placeholder()] * len(self.keys))
+        self.csv_query = None
+        """The query's rows as one CSV text (see :meth:`_read`), if their types allow."""
+        if all(_csv_exact(f.type) for f in schema):
+            fields = []
+            for f in schema:
+                column = sql.Identifier(f.name)
+                if pa.types.is_string(f.type) or pa.types.is_large_string(f.type):
+                    text = "CASE WHEN {0} IS NULL THEN '' ELSE '\"' || replace({0}::text, '\"', '\"\"') || '\"' END"
+                else:
+                    text = "coalesce({0}::text, '')"
+                fields.append(sql.SQL(text).format(column))
+            self.csv_query = sql.SQL(
+                "SELECT convert_to(string_agg({}, E'\\n'), 'UTF8') FROM ({}) AS found"
+            ).format(sql.SQL(" || ',' || ").join(fields), self.query)
+
+    def _query(self, arrays: list[Any]) -> Any:
+        """The SELECT of the rows whose key is in ``arrays`` (placeholders or literals, one
+        per key column)."""
+        from psycopg import sql
+
+        columns = sql.SQL(", ").join(sql.Identifier(n) for n in self.schema.names)
+        table = sql.Identifier(*self.options.table_name.split("."))
+        if len(self.keys) == 1:
+            return sql.SQL("SELECT {} FROM {} WHERE {} = ANY({})").format(
+                columns, table, sql.Identifier(self.keys[0]), arrays[0]
+            )
+        typed = [
+            sql.SQL("{}::{}[]").format(array, sql.SQL(pg_type))
+            for array, pg_type in zip(arrays, self.key_types, strict=True)
+        ]
+        return sql.SQL("SELECT {} FROM {} WHERE ({}) IN (SELECT * FROM unnest({}))").format(
+            columns,
+            table,
+            sql.SQL(", ").join(sql.Identifier(n) for n in self.keys),
+            sql.SQL(", ").join(typed),
         )
 
-    def rows(self, keys: pa.Array) -> pa.Table:
-        """The table's rows whose key is one of ``keys`` (each key at most once)."""
+    def key_of(self, columns: list[pa.Array]) -> pa.Array:
+        """The lookup key of rows whose key columns are ``columns`` (in :attr:`keys` order)."""
+        return columns[0] if len(columns) == 1 else composite_key(columns)
+
+    def rows(self, keys: list[pa.Array]) -> pa.Table:
+        """The table's rows whose key is one of ``keys`` (one array per key column, each
+        key at most once), with :attr:`key`."""
         import psycopg
 
-        values = array_literal(keys)
+        params = tuple(array_literal(k) for k in keys)
         attempts = self.options.max_retries + 1
         for attempt in range(1, attempts + 1):
             try:
@@ -250,15 +341,13 @@ class PostgresLookup:
                     self.connection = psycopg.connect(
                         self.options.url, autocommit=True, connect_timeout=self.connect_timeout
                     )
-                with self.connection.cursor() as cursor:
-                    cursor.execute(self.query, (values,), prepare=True)
-                    fetched = cursor.fetchall()
+                rows = self._read(params)
                 break
             except psycopg.OperationalError as error:
                 self.close()
                 logger.warning(
                     "lookup of %d keys in %s failed (attempt %d of %d): %s",
-                    len(values),
+                    len(keys[0]),
                     self.options.table_name,
                     attempt,
                     attempts,
@@ -274,11 +363,45 @@ class PostgresLookup:
                 raise LookupError(
                     f"lookup table {self.options.table_name}: {str(error).strip()}"
                 ) from error
-        columns = list(zip(*fetched, strict=True)) if fetched else [()] * len(self.schema)
-        return pa.table(
-            [pa.array(c, type=f.type) for c, f in zip(columns, self.schema, strict=True)],
-            schema=self.schema,
-        )
+        if len(self.keys) == 1:
+            return rows
+        return rows.append_column(LOOKUP_KEY, self.key_of([rows.column(k) for k in self.keys]))
+
+    def _read(self, params: tuple[str | list[object], ...]) -> pa.Table:
+        """The rows of the query with ``params``: PostgreSQL joins them into one CSV text
+        (one value, so no Python object per row) that Arrow parses, when every column has a
+        type whose text reads back exactly; else through psycopg's rows."""
+        assert self.connection is not None
+        if self.csv_query is None:
+            with self.connection.cursor() as cursor:
+                cursor.execute(self.query, params, prepare=True)
+                fetched = cursor.fetchall()
+            columns = list(zip(*fetched, strict=True)) if fetched else [()] * len(self.schema)
+            return pa.table(
+                [pa.array(c, type=f.type) for c, f in zip(columns, self.schema, strict=True)],
+                schema=self.schema,
+            )
+        with self.connection.cursor(binary=True) as cursor:
+            cursor.execute(self.csv_query, params, prepare=True)
+            row = cursor.fetchone()
+        data = row[0] if row is not None else None
+        if not data:
+            return self.schema.empty_table()
+        return (
+            pa_csv.read_csv(
+                io.BytesIO(data),
+                read_options=pa_csv.ReadOptions(column_names=self.schema.names),
+                parse_options=pa_csv.ParseOptions(newlines_in_values=True),
+                convert_options=pa_csv.ConvertOptions(
+                    column_types=self.schema,
+                    null_values=[""],  # a NULL is an empty field; an empty string is quoted
+                    strings_can_be_null=True,
+                    quoted_strings_can_be_null=False,
+                ),
+            )
+            .cast(self.schema)
+            .combine_chunks()
+        )  # one chunk: the cache takes rows from it
 
     def close(self) -> None:
         if self.connection is not None:
@@ -286,6 +409,36 @@ class PostgresLookup:
                 self.connection.close()
             finally:
                 self.connection = None
+
+
+def _csv_exact(data_type: pa.DataType) -> bool:
+    """Whether PostgreSQL's text of a column of ``data_type`` reads back exactly as CSV."""
+    return (
+        pa.types.is_integer(data_type)
+        or pa.types.is_floating(data_type)
+        or pa.types.is_string(data_type)
+        or pa.types.is_large_string(data_type)
+        or pa.types.is_boolean(data_type)
+    )
+
+
+def composite_key(columns: list[pa.Array | pa.ChunkedArray]) -> pa.Array:
+    """One string per row naming its key parts, each as its length, ``:`` and its text
+    (so ``('a:', 'b')`` and ``('a', ':b')`` differ); null where any part is null.
+
+    >>> composite_key([pa.array([1, None]), pa.array(['x', 'y'])]).to_pylist()
+    ['1:1|1:x', None]
+    """
+    parts = []
+    for column in columns:
+        text = pc.cast(column, pa.string())
+        length = pc.cast(pc.utf8_length(text), pa.string())
+        parts += [length, text]
+    pieces = []
+    for i in range(0, len(parts), 2):
+        pieces.append(pc.binary_join_element_wise(parts[i], parts[i + 1], ":"))
+    joined = pc.binary_join_element_wise(*pieces, "|") if len(pieces) > 1 else pieces[0]
+    return joined.combine_chunks() if isinstance(joined, pa.ChunkedArray) else joined
 
 
 def array_literal(keys: pa.Array) -> str | list[object]:
@@ -309,7 +462,8 @@ def array_literal(keys: pa.Array) -> str | list[object]:
 
 
 class LookupJoin:
-    """Join each probe batch to a dimension table on ``probe_key = dim_key`` (INNER or LEFT).
+    """Join each probe batch to a dimension table on ``probe_keys = dim keys`` (INNER or
+    LEFT).
 
     The output is the probe columns followed by the dimension columns (prefixed by
     ``prefix``), in probe order.
@@ -318,21 +472,26 @@ class LookupJoin:
     def __init__(
         self,
         source: PostgresLookup,
-        probe_key: str,
+        probe_key: str | list[str],
         left: bool = False,
         prefix: str = "",
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.source = source
-        self.probe_key = probe_key
+        self.probe_keys = [probe_key] if isinstance(probe_key, str) else list(probe_key)
+        if len(self.probe_keys) != len(source.keys):
+            raise ValueError("one probe column per key column of the lookup table")
         self.left = left
         self.prefix = prefix
         self.clock = clock
         self.lookups = 0  # queries sent to the database
         self.looked_up_keys = 0
         options = source.options
+        schema = source.schema
+        if source.key == LOOKUP_KEY:
+            schema = schema.append(pa.field(LOOKUP_KEY, pa.string()))
         self.cache = LookupCache(
-            source.schema,
+            schema,
             source.key,
             options.cache_max_rows if options.cache_max_rows is not None else 0,
             options.cache_ttl_seconds,
@@ -353,35 +512,50 @@ class LookupJoin:
     def matches(self, probe: pa.Table) -> tuple[pa.Table, pa.Array]:
         """(dimension rows, the position there of each probe row's match or null)."""
         now = self.clock()
-        keys = probe.column(self.probe_key).combine_chunks()
-        key_type = self.cache.rows.schema.field(self.source.key).type
-        if keys.type != key_type:
-            keys = keys.cast(key_type)
+        parts = []
+        for name, key in zip(self.probe_keys, self.source.keys, strict=True):
+            column = probe.column(name).combine_chunks()
+            key_type = self.source.schema.field(key).type
+            parts.append(column if column.type == key_type else column.cast(key_type))
+        keys = self.source.key_of(parts)
+        distinct, distinct_parts = self._distinct(keys, parts)
         if self.cache.max_rows > 0:
-            rows = self._cached_rows(keys, now)
+            rows = self._cached_rows(distinct, distinct_parts, now)
         else:
-            rows = self._fetch(pc.unique(keys.drop_null()), now)
+            rows = self._fetch(distinct, distinct_parts)
         rows = rows.filter(rows.column(FOUND)).drop_columns([FOUND])
-        return rows, pc.index_in(keys, value_set=rows.column(self.source.key).combine_chunks())
+        at = pc.index_in(keys, value_set=rows.column(self.source.key).combine_chunks())
+        if LOOKUP_KEY in rows.column_names:
+            rows = rows.drop_columns([LOOKUP_KEY])
+        return rows, at
 
-    def _cached_rows(self, keys: pa.Array, now: float) -> pa.Table:
-        distinct = pc.unique(keys.drop_null())
-        at = self.cache.positions(distinct, now)
-        missing = distinct.filter(pc.is_null(at))
+    def _distinct(self, keys: pa.Array, parts: list[pa.Array]) -> tuple[pa.Array, list[pa.Array]]:
+        """The distinct non-null keys and, per key column, their parts."""
+        if len(parts) == 1:
+            distinct = pc.unique(keys.drop_null())
+            return distinct, [distinct]
+        rows = pa.table({"k": keys, "i": pa.array(np.arange(len(keys)))}).filter(pc.is_valid(keys))
+        first = rows.group_by("k", use_threads=False).aggregate([("i", "min")])
+        at = first.column("i_min").combine_chunks()
+        return first.column("k").combine_chunks(), [p.take(at) for p in parts]
+
+    def _cached_rows(self, keys: pa.Array, parts: list[pa.Array], now: float) -> pa.Table:
+        at = self.cache.positions(keys, now)
+        absent = pc.is_null(at)
         hits = self.cache.rows.take(at.drop_null())
-        if len(missing) == 0:
+        if not pc.any(absent).as_py():
             return hits
-        fetched = self._fetch(missing, now)
+        fetched = self._fetch(keys.filter(absent), [p.filter(absent) for p in parts])
         self.cache.add(fetched if self.source.options.cache_missing_key else _found(fetched), now)
         return pa.concat_tables([hits, fetched])
 
-    def _fetch(self, keys: pa.Array, now: float) -> pa.Table:
+    def _fetch(self, keys: pa.Array, parts: list[pa.Array]) -> pa.Table:
         """The rows of ``keys``, with :data:`FOUND`; a key with no row gets a not-found row."""
         if len(keys) == 0:
             return self.cache.schema.empty_table()
         self.lookups += 1
         self.looked_up_keys += len(keys)
-        found = self.source.rows(keys)
+        found = self.source.rows(parts)
         absent = keys.filter(pc.invert(pc.is_in(keys, value_set=found.column(self.source.key))))
         found = found.append_column(FOUND, pa.array(np.ones(found.num_rows, dtype=bool)))
         columns = [
@@ -404,5 +578,6 @@ __all__ = [
     "LookupError",
     "LookupJoin",
     "PostgresLookup",
+    "composite_key",
     "duration_seconds",
 ]

@@ -20,6 +20,7 @@ import logging
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from streamhouse.key_codes import group_codes
 from streamhouse.sql.execute import run_sql
@@ -44,12 +45,7 @@ def match_versions(
     n, m = probes.num_rows, versions.num_rows
     if n == 0 or m == 0:
         return np.full(n, -1, dtype=np.int64)
-    keys = [
-        pa.concat_arrays([_array(probes[p]), _array(versions[v]).cast(_array(probes[p]).type)])
-        for p, v in zip(probe_keys, version_keys, strict=True)
-    ]
-    codes = group_codes(keys)
-    probe_codes, version_codes = codes[:n], codes[n:]
+    probe_codes, version_codes = _key_codes(probes, probe_keys, versions, version_keys)
     probe_ts, probe_ok = event_time_ms(probes, probe_time)
     version_ts, version_ok = event_time_ms(versions, version_time)
     base = min(probe_ts.min(), version_ts.min())
@@ -75,6 +71,97 @@ def temporal_inputs(
     hits = matched >= 0
     right = versions.take(pa.array(matched[hits])).append_column(ROW, pa.array(rows[hits]))
     return left, right
+
+
+def latest_matches(
+    probes: pa.Table, probe_keys: list[str], versions: pa.Table, version_keys: list[str]
+) -> np.ndarray:
+    """For each probe row, the index of the last row of ``versions`` with its key (-1: none,
+    or a NULL in the probe's key): a processing-time temporal join, which sees the table as
+    it is now."""
+    n, m = probes.num_rows, versions.num_rows
+    if n == 0 or m == 0:
+        return np.full(n, -1, dtype=np.int64)
+    probe_codes, version_codes = _key_codes(probes, probe_keys, versions, version_keys)
+    distinct, from_end = np.unique(version_codes[::-1], return_index=True)
+    last = m - 1 - from_end
+    at = np.clip(np.searchsorted(distinct, probe_codes), 0, len(distinct) - 1)
+    found = distinct[at] == probe_codes
+    for name in probe_keys:
+        found &= pc.is_valid(probes[name]).to_numpy(zero_copy_only=False)
+    return np.where(found, last[at], -1)
+
+
+def latest_rows(versions: pa.Table, keys: list[str]) -> pa.Table:
+    """The last row of each key of ``versions`` (rows in arrival order), in arrival order."""
+    codes = group_codes([versions[k] for k in keys])
+    _, from_end = np.unique(codes[::-1], return_index=True)
+    last = np.sort(versions.num_rows - 1 - from_end)
+    return versions if len(last) == versions.num_rows else versions.take(pa.array(last))
+
+
+class LatestVersionJoin:
+    """Continuous processing-time temporal join against a StreamHouse table with a primary
+    key: each micro-batch's probe rows are joined at once with the latest row of their key
+    (this batch's rows of the table taken in first). State: ``joins`` column family,
+    ``b"V"`` -> IPC(the latest row per key)."""
+
+    def __init__(
+        self, sql: str, store: StateStore, probe_keys: list[str], version_keys: list[str]
+    ) -> None:
+        self.sql = sql
+        self.probe_keys, self.version_keys = probe_keys, version_keys
+        stored = dict(store.items(ColumnFamily.JOINS))
+        self.versions: pa.Table | None = (
+            decode_table(stored[VERSIONS]) if VERSIONS in stored else None
+        )
+        self._staged: pa.Table | None = None
+
+    @property
+    def open_windows(self) -> int:
+        return self.versions.num_rows if self.versions is not None else 0
+
+    def process(
+        self,
+        probes: pa.Table | None,
+        versions: pa.Table | None,
+        schema: pa.Schema | None,
+        batch: StateBatch,
+    ) -> pa.Table | None:
+        table = self.versions
+        if versions is not None and versions.num_rows:
+            table = latest_rows(_concat(table, versions), self.version_keys)  # type: ignore[arg-type]
+            batch.put(ColumnFamily.JOINS, VERSIONS, encode_table(table))
+            self._staged = table
+        if probes is None or not probes.num_rows:
+            return None
+        if table is None:
+            if schema is None:
+                return None
+            table = schema.empty_table()
+        matched = latest_matches(probes, self.probe_keys, table, self.version_keys)
+        left, right = temporal_inputs(probes, table, matched)
+        out = run_sql(self.sql, {"__left": left, "__right": right})
+        return out if out.num_rows else None
+
+    def commit(self) -> None:
+        if self._staged is not None:
+            self.versions, self._staged = self._staged, None
+
+    def rollback(self) -> None:
+        self._staged = None
+
+
+def _key_codes(
+    probes: pa.Table, probe_keys: list[str], versions: pa.Table, version_keys: list[str]
+) -> tuple[np.ndarray, np.ndarray]:
+    """(probe codes, version codes): equal where the probe's and the version's keys are."""
+    keys = [
+        pa.concat_arrays([_array(probes[p]), _array(versions[v]).cast(_array(probes[p]).type)])
+        for p, v in zip(probe_keys, version_keys, strict=True)
+    ]
+    codes = group_codes(keys)
+    return codes[: probes.num_rows], codes[probes.num_rows :]
 
 
 def _array(column: pa.ChunkedArray | pa.Array) -> pa.Array:
@@ -177,4 +264,11 @@ def _concat(old: pa.Table | None, new: pa.Table | None) -> pa.Table | None:
     return pa.concat_tables(tables, promote_options="permissive") if len(tables) > 1 else tables[0]
 
 
-__all__ = ["TemporalJoin", "match_versions", "temporal_inputs"]
+__all__ = [
+    "LatestVersionJoin",
+    "TemporalJoin",
+    "latest_matches",
+    "latest_rows",
+    "match_versions",
+    "temporal_inputs",
+]

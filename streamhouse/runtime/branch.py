@@ -20,6 +20,7 @@ from streamhouse.runtime.operators import open_operator
 from streamhouse.runtime.options import QueryOptions
 from streamhouse.runtime.sink import TopicSink
 from streamhouse.sql.changelog import PlanNode
+from streamhouse.sql.ddl import StreamDef
 from streamhouse.sql.parse import node_position
 from streamhouse.sql.plan import ContinuousPlan, plan_query
 from streamhouse.sql.source import METADATA_FIELDS
@@ -95,6 +96,14 @@ class Branch:
         meta = [f for f in METADATA_FIELDS if all_metadata or f.name in self.named]
         computed = source.computed.fields() if source.computed else []
         return pa.schema([*source.schema, *computed, *meta] + (WINDOW_FIELDS if windowed else []))
+
+    def lookup_table(self, name: str) -> StreamDef | None:
+        """The definition of ``name`` if it is a lookup table ('connector'='jdbc')."""
+        return self.query.lookup_tables.get(name)
+
+    def definition(self, name: str) -> StreamDef | None:
+        """The declaration of stream or table ``name`` (None: a topic or derived input)."""
+        return self.query.definitions.get(name)
 
     def time_column(self, name: str) -> str | None:
         """The time attribute (WATERMARK column) of source ``name``, if it has one (a derived

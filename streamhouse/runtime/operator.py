@@ -20,6 +20,7 @@ from sqlglot import exp
 
 from streamhouse.errors import SqlError
 from streamhouse.runtime.options import QueryOptions
+from streamhouse.sql.ddl import StreamDef
 from streamhouse.state.store import ScopedBatch, StateBatch
 
 
@@ -99,6 +100,14 @@ class QueryContext(Protocol):
 
     def time_column(self, name: str) -> str | None:
         """The time attribute (WATERMARK column) of source ``name``, if it has one."""
+        ...
+
+    def lookup_table(self, name: str) -> StreamDef | None:
+        """The definition of ``name`` if it is a lookup table ('connector'='jdbc')."""
+        ...
+
+    def definition(self, name: str) -> StreamDef | None:
+        """The declaration of stream or table ``name`` (None: a topic or derived input)."""
         ...
 
     def missing_time_attribute(self, name: str) -> str:

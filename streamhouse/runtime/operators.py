@@ -20,7 +20,12 @@ from sqlglot import exp
 from streamhouse.errors import SqlError, StreamHouseError
 from streamhouse.joins.changelog_join import ChangelogJoinOperator, spelled_out
 from streamhouse.joins.stream_join import LEFT, RIGHT, StreamJoin
-from streamhouse.joins.temporal import VERSIONS, TemporalJoin
+from streamhouse.joins.temporal import (
+    VERSIONS,
+    LatestVersionJoin,
+    TemporalJoin,
+    temporal_inputs,
+)
 from streamhouse.joins.windowed import WindowedQuery
 from streamhouse.runtime.operator import Changelog, MicroBatch, Operator, QueryContext
 from streamhouse.runtime.sink import json_strings, key_strings, row_keys
@@ -29,6 +34,7 @@ from streamhouse.sql.bounds import evictable_bound
 from streamhouse.sql.changelog import ROW_KEY, PlanNode
 from streamhouse.sql.changelog_join import ChangelogJoin
 from streamhouse.sql.execute import run_sql
+from streamhouse.sql.lookup import is_proctime, lookup_join_of, lookup_schema
 from streamhouse.sql.nodes import FLOWS, ROW
 from streamhouse.sql.over import FRESH, OverAggregate
 from streamhouse.sql.parse import node_position
@@ -328,10 +334,79 @@ class ChangelogJoining(_Stateful[ChangelogJoin]):
         return Changelog(rows, sorted(k for k in was - now if k is not None))
 
 
+class LookupJoining(Adapter[nodes.TemporalJoin]):
+    """A probe stream joined at processing time with a lookup table ('connector'='jdbc'):
+    each micro-batch's rows at once, with the table's rows for their keys (one query per
+    batch for the keys the cache lacks); nothing is kept in state."""
+
+    def __init__(self, node: nodes.TemporalJoin, state: StateView, context: QueryContext) -> None:
+        super().__init__(node, state, context)
+        dim, probe = context.lookup_table(node.right), context.definition(node.left)
+        assert dim is not None
+        if probe is None:
+            raise context.error(
+                f"a lookup join probes a declared stream with a PROCTIME() column, not {node.left!r}",
+                node.left,
+            )
+        try:
+            self.join = lookup_join_of(
+                dim, probe, node.probe_time, node.probe_keys, node.version_keys
+            )
+        except SqlError as error:
+            raise context.error(error.message, node.right) from None
+
+    @staticmethod
+    def checks(node: nodes.TemporalJoin, context: QueryContext) -> list[Check]:
+        dim = context.lookup_table(node.right)
+        assert dim is not None
+        row = pa.field(ROW, pa.int64())
+        left = context.schema(node.left)
+        schemas = {
+            "__left": left.append(row) if left is not None else None,
+            "__right": lookup_schema(dim).append(row),
+        }
+        return [(node.sql, schemas)]
+
+    def process(self, batch: MicroBatch) -> Changelog:
+        probes = batch.inputs[self.node.left]
+        if probes is None:
+            return Changelog()
+        rows, at = self.join.matches(probes)
+        left, right = temporal_inputs(probes, rows, pc.fill_null(at, -1).to_numpy())
+        return Changelog(run_ordered(self.node.sql, {"__left": left, "__right": right}))
+
+
+class LatestJoining(_Stateful[nodes.TemporalJoin]):
+    """A probe stream joined at processing time (``AS OF`` a ``PROCTIME()`` column) with the
+    latest row of its key in a StreamHouse table."""
+
+    executor: LatestVersionJoin
+
+    def __init__(self, node: nodes.TemporalJoin, state: StateView, context: QueryContext) -> None:
+        super().__init__(node, state, context)
+        self.executor = LatestVersionJoin(node.sql, state, node.probe_keys, node.version_keys)
+
+    def process(self, batch: MicroBatch) -> Changelog:
+        node = self.node
+        left, right = batch.inputs[node.left], batch.inputs[node.right]
+        schema = self.context.schema(node.right)
+        return Changelog(self.executor.process(left, right, schema, batch.state))
+
+
 class TemporalJoining(_Stateful[nodes.TemporalJoin]):
-    """A probe stream joined with the version of a table current at each probe row's time."""
+    """A probe stream joined with the version of a table current at each probe row's time
+    (a lookup table's: :class:`LookupJoining`)."""
 
     executor: TemporalJoin
+
+    @classmethod
+    def open(cls, node: nodes.TemporalJoin, state: StateView, context: QueryContext) -> Operator:
+        if context.lookup_table(node.right) is not None:
+            return LookupJoining(node, state, context)
+        probe = context.definition(node.left)
+        if probe is not None and is_proctime(probe, node.probe_time):
+            return LatestJoining(node, state, context)
+        return super().open(node, state, context)
 
     def __init__(self, node: nodes.TemporalJoin, state: StateView, context: QueryContext) -> None:
         super().__init__(node, state, context)
@@ -348,6 +423,8 @@ class TemporalJoining(_Stateful[nodes.TemporalJoin]):
 
     @staticmethod
     def checks(node: nodes.TemporalJoin, context: QueryContext) -> list[Check]:
+        if context.lookup_table(node.right) is not None:
+            return LookupJoining.checks(node, context)
         row = pa.field(ROW, pa.int64())
         left, right = context.schema(node.left), context.schema(node.right)
         schemas = {

@@ -47,20 +47,21 @@ from streamhouse.runtime.sink import TopicSink
 from streamhouse.runtime.sources import NO_WATERMARK, QuerySource
 from streamhouse.sql import nodes
 from streamhouse.sql.changelog import PlanNode
-from streamhouse.sql.computed import ComputedColumns
+from streamhouse.sql.computed import ComputedColumns, wall_clock_ms
 from streamhouse.sql.ddl import StreamDef, stream_definition
 from streamhouse.sql.dead_letters import write_dead_letters
 from streamhouse.sql.engine import hide_metadata, parse_failure, referenced_columns
-from streamhouse.sql.execute import run_sql
+from streamhouse.sql.execute import current_watermark, run_sql
 from streamhouse.sql.hints import SourceOptions, source_options
 from streamhouse.sql.inline import catalog_views, inline
 from streamhouse.sql.join_chain import catalog_stream_columns, chain_stars
-from streamhouse.sql.lookup import is_lookup_table
+from streamhouse.sql.lookup import is_lookup_table, lookup_schema
 from streamhouse.sql.parse import DIALECT, node_position, parse
 from streamhouse.sql.plan import ContinuousPlan
 from streamhouse.sql.plan_checks import check_columns
 from streamhouse.sql.source import METADATA_FIELDS, RejectedRow
 from streamhouse.sql.statement_set import StatementSet
+from streamhouse.sql.window_spec import WindowKind, WindowSpec
 from streamhouse.state.remote import LeasedCheckpoints, download_checkpoint, upload_checkpoint
 from streamhouse.state.store import (
     ColumnFamily,
@@ -196,6 +197,14 @@ class ContinuousQuery:
 
     # -- setup --------------------------------------------------------------------------------
 
+    proctime_window: WindowSpec | None = None
+    """The window of a query windowed on a ``PROCTIME()`` column: its watermark is the wall
+    clock, and it wakes when a window ends (see :meth:`_idle_wait`)."""
+
+    clock: Callable[[], int] = staticmethod(wall_clock_ms)
+    """Milliseconds since the epoch: the processing time of a micro-batch (read once per
+    batch, recorded with its bounds; replaced in tests)."""
+
     sink_partition: int | None = None
     """The one sink partition this query writes (a task of a parallel query), else all."""
 
@@ -215,6 +224,8 @@ class ContinuousQuery:
         for branch in reversed(self.branches):  # the first INSERT reading a source names it
             window_columns |= dict.fromkeys(branch.plan.sources, branch.plan.operator.window_column)
         sources: dict[str, QuerySource] = {}
+        self.definitions: dict[str, StreamDef] = {}  # declared streams and tables read
+        self.lookup_tables: dict[str, StreamDef] = {}  # 'connector'='jdbc' tables joined
         columns: dict[str, pa.DataType] = {f.name: f.type for f in METADATA_FIELDS}
         known = True
         names = list(dict.fromkeys(n for b in self.branches for n in b.plan.sources))
@@ -237,18 +248,19 @@ class ContinuousQuery:
                     f"continuous queries read streams and topics; {name!r} is a {kind}", name
                 )
             definition = stream_definition(parse(entry.sql)[0])
-            if is_lookup_table(definition):
-                raise self.error(
-                    f"a continuous lookup join against {name} (connector jdbc) is not supported"
-                    " yet: lookup joins run in bounded queries (sh.sql, streamhouse query)",
-                    name,
-                )
+            self.definitions[name] = definition
+            if is_lookup_table(definition):  # read by key per micro-batch, not a source
+                self.lookup_tables[name] = definition
+                columns |= {f.name: f.type for f in lookup_schema(definition)}
+                continue
             self._refuse_windows_off_time(definition)
             self.read_options[name] = SourceOptions.of(definition.options, self.hints.get(name))
             columns |= {c.name: c.type for c in definition.columns}
             watermark = definition.watermark
             column = watermark.column if watermark is not None else window_column
             delay = watermark.delay_ms if watermark is not None else 0
+            if self.proctime_window is not None:  # the wall clock is the query's time
+                column, delay = None, 0
             sources[name] = QuerySource(
                 index, name, hinted or definition.topic, definition.schema(), column, delay
             )
@@ -276,12 +288,28 @@ class ContinuousQuery:
             if definition.name not in branch.plan.sources or column is None:
                 continue
             if column in proctime:
-                raise self.error(
-                    f"a window over the processing-time column {column!r} (PROCTIME()) is not"
-                    " supported in a continuous query yet: window on the stream's event time"
-                    " (its WATERMARK column)",
-                    definition.name,
-                )
+                if self.options.parallelism > 1:
+                    raise self.error(
+                        f"a window over the processing-time column {column!r} (PROCTIME()) runs"
+                        " at parallelism 1 only",
+                        definition.name,
+                    )
+                if len(self.branches) > 1 or len(branch.plan.sources) > 1 or branch.plan.derived:
+                    raise self.error(
+                        f"a window over the processing-time column {column!r} (PROCTIME()) runs"
+                        " over one stream in a query of its own: not in a join, a subquery,"
+                        " a UNION ALL or a statement set",
+                        definition.name,
+                    )
+                self.proctime_window = _window_spec(branch.plan.operator)
+                if self.proctime_window is None:
+                    raise self.error(
+                        f"a window over the processing-time column {column!r} (PROCTIME()) is"
+                        " supported in a window aggregate or a query per window, not in a"
+                        f" {type(branch.plan.operator).__name__}",
+                        definition.name,
+                    )
+                continue
             if (
                 watermark is not None
                 and len(branch.plan.sources) == 1
@@ -408,9 +436,32 @@ class ContinuousQuery:
                 self.error = exc
                 break
             if not progressed:
-                self._wake.wait(self.options.poll_interval_ms / 1000)
+                self._wake.wait(self._idle_wait())
                 self._wake.clear()
         log.info("query %s stopped", self.name)
+
+    def _idle_wait(self) -> float:
+        """Seconds to wait for new records: the poll interval, or less when a processing-time
+        window ends sooner (it fires then, within milliseconds of its end)."""
+        poll = self.options.poll_interval_ms / 1000
+        window = self.proctime_window
+        if window is None or window.kind == WindowKind.SESSION:
+            return poll
+        period, offset = _window_period(window)
+        now = self.clock()
+        next_end = ((now - offset) // period + 1) * period + offset
+        return max(0.0, min(poll, (next_end - now) / 1000))
+
+    def _window_due(self, watermark: int) -> bool:
+        """Whether the wall clock moving from the last watermark to ``watermark`` may close a
+        processing-time window that holds rows."""
+        window = self.proctime_window
+        if window is None or not any(b.operator and b.operator.state_size for b in self.branches):
+            return False
+        if window.kind == WindowKind.SESSION:
+            return watermark > self.watermark
+        period, offset = _window_period(window)
+        return (watermark - offset) // period > (self.watermark - offset) // period
 
     def stop(self, checkpoint: bool = True) -> None:
         """Stop after the current micro-batch is committed, and release the state; a last
@@ -475,11 +526,13 @@ class ContinuousQuery:
         pending = self.store.get_json(PENDING)
         budget = max_records or self.options.max_batch_records
         ends: dict[str, dict[int, int]] = {}
+        proctime = self.clock()  # the batch's processing time (PROCTIME() columns)
         if pending is not None:
             for name, source in self.sources.items():
                 stored = pending["end"].get(str(source.index), {})
                 ends[name] = {int(p): int(o) for p, o in stored.items()} or dict(source.positions)
             forced_watermark: int | None = int(pending["watermark"])
+            proctime = int(pending.get("proctime", proctime))
         else:
             ends = self._plan(budget, {n: s.positions for n, s in self.sources.items()})
             forced_watermark = None
@@ -501,6 +554,10 @@ class ContinuousQuery:
             new_watermark = forced_watermark
         elif final:
             new_watermark = FINAL_WATERMARK
+        elif self.proctime_window is not None:  # a window on PROCTIME() closes by the clock
+            new_watermark = max(self.watermark, proctime)
+            if not has_data and pending is None and not self._window_due(new_watermark):
+                return False
         else:
             marks = [
                 s.watermark(event_times[n], self.options.idle_timeout_ms)
@@ -511,8 +568,10 @@ class ContinuousQuery:
             return False
 
         batch = self.store.batch()
-        tables = {name: r.table for name, r in reads.items()}
-        changes = [self._operate(b, tables, new_watermark, batch) for b in self.branches]
+        tables = {name: self._stamped(name, r.table, proctime) for name, r in reads.items()}
+        # CURRENT_WATERMARK(ts): the watermark the batch's rows arrive at (the last batch's)
+        with current_watermark(None if self.watermark == NO_WATERMARK else self.watermark):
+            changes = [self._operate(b, tables, new_watermark, batch) for b in self.branches]
         late_rows = sum(c.late for c in changes)
         writing = [
             (branch, change)
@@ -532,6 +591,7 @@ class ContinuousQuery:
                             for n, s in self.sources.items()
                         },
                         "watermark": new_watermark,
+                        "proctime": proctime,
                     },
                 )
                 # The sink marks the replay of this batch skips from: never stored before the
@@ -619,6 +679,13 @@ class ContinuousQuery:
                 upload_checkpoint(self.store, self.log.store, self.name)
             self._uploaded_at = time.monotonic()
         return True
+
+    def _stamped(self, name: str, table: pa.Table | None, proctime: int) -> pa.Table | None:
+        """The rows of source ``name`` with its ``PROCTIME()`` columns at the batch's time."""
+        computed = self.sources[name].computed
+        if table is None or computed is None or not computed.proctime:
+            return table
+        return computed.stamp(table, proctime)
 
     def _operate(
         self,
@@ -801,3 +868,20 @@ def _format_time(ms: int) -> str | None:
     if ms >= FINAL_WATERMARK:
         return "end of input"
     return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
+
+
+def _window_spec(node: PlanNode) -> WindowSpec | None:
+    """The window of a windowed operator (a window aggregate or a query per window)."""
+    if isinstance(node, nodes.WindowAggregate):
+        return node.window
+    if isinstance(node, nodes.Windowed):
+        return next(iter(node.inputs.values()))[1]
+    return None
+
+
+def _window_period(window: WindowSpec) -> tuple[int, int]:
+    """(period, offset) of a TUMBLE, HOP or CUMULATE window's ends: every end is
+    ``offset + k * period``."""
+    period = window.slide_ms or window.size_ms
+    offset = window.size_ms % period if window.kind == WindowKind.HOP else 0
+    return period, offset

@@ -30,7 +30,12 @@ from streamhouse.sql.date_format import DateFormatError, date_format_sql
 from streamhouse.sql.json_values import _cursor
 from streamhouse.sql.parse import sql_error
 
-__all__ = ["REFUSED", "flink_function", "register_duckdb_functions"]
+__all__ = ["REFUSED", "WATERMARK_MARKER", "flink_function", "register_duckdb_functions"]
+
+WATERMARK_MARKER = "NULLIF(-5839208157, -5839208157)"
+"""What ``CURRENT_WATERMARK(ts)`` becomes, inside a cast to TIMESTAMP(3): NULL (a bounded query
+has no watermark) until a continuous query's micro-batch puts its watermark in its place
+(:func:`streamhouse.sql.execute.current_watermark`)."""
 
 Deep = Callable[[exp.Expr], exp.Expr]
 
@@ -38,7 +43,6 @@ REFUSED: dict[str, str] = {
     "TYPEOF": "Flink's type names are not tracked",
     "GROUP_ID": "",
     "COLLECT": "there is no MULTISET type",
-    "CURRENT_WATERMARK": "",
 }
 """Flink functions refused by name (with the reason, when there is one to give)."""
 
@@ -798,7 +802,17 @@ def _quote(text: str) -> str:
 
 # -- dispatch ------------------------------------------------------------------------------------
 
+
+def _current_watermark(node: exp.Expr, args: list[exp.Expr], deep: Deep) -> exp.Expr:
+    """Flink's ``CURRENT_WATERMARK(rowtime)``: the watermark as a TIMESTAMP(3), NULL before
+    the first one (and in a bounded query, which has none)."""
+    if len(args) != 1 or not isinstance(args[0], exp.Column):
+        raise sql_error("CURRENT_WATERMARK takes the time attribute of a stream (a column)", node)
+    return _sql(f"arrow_cast(CAST({WATERMARK_MARKER} AS BIGINT), 'Timestamp(Millisecond, None)')")
+
+
 _NAMED: dict[str, Callable[[exp.Expr, list[exp.Expr], Deep], exp.Expr]] = {
+    "CURRENT_WATERMARK": _current_watermark,
     "SPLIT_INDEX": _split_index,
     "TIMESTAMPADD": _timestampadd,
     "TIMESTAMPDIFF": _timestampdiff,

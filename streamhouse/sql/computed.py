@@ -14,7 +14,9 @@ declared.
 
 ``p AS PROCTIME()`` is the processing time: the wall-clock time (UTC, ``TIMESTAMP(3)``) at which
 the rows are read, one reading of the clock per decoded batch (so not reproducible). It must be
-a column on its own; it is what ``FOR SYSTEM_TIME AS OF`` takes in a lookup join.
+a column on its own; it is what ``FOR SYSTEM_TIME AS OF`` takes in a lookup join. A continuous
+query reads the clock once per micro-batch and records the reading with the batch's bounds, so
+a micro-batch replayed after a crash gets the processing time it had (:meth:`stamp`).
 
 >>> from streamhouse.sql.ddl import stream_definition
 >>> from streamhouse.sql.parse import parse_one
@@ -185,13 +187,16 @@ class ComputedColumns:
             if column.name in out.column_names:
                 i = out.column_names.index(column.name)
                 out = out.set_column(i, column.name, out.column(i).cast(column.type))
-        if self.proctime:
-            at = pa.array([], PROCTIME_TYPE)
-            if out.num_rows:
-                at = pa.repeat(pa.scalar(self.clock(), PROCTIME_TYPE), out.num_rows)
-            for name in self.proctime:
-                out = out.set_column(out.column_names.index(name), name, at)
-        return out
+        return self.stamp(out, self.clock() if self.proctime and out.num_rows else 0)
+
+    def stamp(self, table: pa.Table, at_ms: int) -> pa.Table:
+        """``table`` with its ``PROCTIME()`` columns set to ``at_ms`` (a continuous query's
+        micro-batch sets the time it recorded, so a replay gives the same rows)."""
+        at = pa.repeat(pa.scalar(at_ms, PROCTIME_TYPE), table.num_rows)
+        for name in self.proctime:
+            if name in table.column_names:
+                table = table.set_column(table.column_names.index(name), name, at)
+        return table
 
     def fields(self) -> list[pa.Field]:
         """The computed and metadata columns as Arrow fields (the types DataFusion plans)."""

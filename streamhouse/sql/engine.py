@@ -48,7 +48,7 @@ from streamhouse.errors import (
 )
 from streamhouse.iceberg.read import ColumnarCopy, columnar_copy, register_parquet_scan
 from streamhouse.iceberg.tableflow import iceberg_enabled
-from streamhouse.joins.temporal import match_versions, temporal_inputs
+from streamhouse.joins.temporal import latest_matches, match_versions, temporal_inputs
 from streamhouse.key_codes import group_codes
 from streamhouse.log import Log
 from streamhouse.log.isolation import ISOLATION_LEVEL, Isolation, isolation_level
@@ -71,7 +71,7 @@ from streamhouse.sql.functions import functions, to_datafusion
 from streamhouse.sql.hints import SourceOptions, check_hints, source_options
 from streamhouse.sql.join_chain import catalog_stream_columns, catalog_stream_time, chain_stars
 from streamhouse.sql.joins import plan_temporal_join
-from streamhouse.sql.lookup import is_lookup_table, lookup_join_of, lookup_options
+from streamhouse.sql.lookup import is_lookup_table, is_proctime, lookup_join_of, lookup_options
 from streamhouse.sql.memory import default_memory_limit, parse_memory_limit
 from streamhouse.sql.nodes import TemporalJoin
 from streamhouse.sql.parse import DIALECT, nesting_guard, node_position, parse, sql_error
@@ -662,6 +662,15 @@ class Engine:
             definition = stream_definition(parse(resolved[1].sql)[0])  # type: ignore[attr-defined]
             if is_lookup_table(definition):
                 return self._lookup(plan, definition, columns, named, stats, hints)
+            probe = self._resolve(plan.left)
+            if probe is not None and probe[0] in ("stream", "table"):
+                probe_definition = stream_definition(parse(probe[1].sql)[0])  # type: ignore[attr-defined]
+                if is_proctime(probe_definition, plan.probe_time):  # the table as it is now
+                    wanted = None if columns is None else columns | {plan.probe_time}
+                    probes = self.source_table(plan.left, wanted, stats, hints.get(plan.left))
+                    versions = self.source_table(plan.right, wanted, stats, hints.get(plan.right))
+                    matched = latest_matches(probes, plan.probe_keys, versions, plan.version_keys)
+                    return _join_versions(plan, probes, versions, matched, named)
             version_time = definition.watermark.column if definition.watermark else None
         if version_time is None:
             raise SqlError(

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Protocol, TypeVar
 
 import datafusion
@@ -17,6 +19,7 @@ import pyarrow as pa
 
 from streamhouse.errors import SqlError, StreamHouseError
 from streamhouse.result import check_batch, conform, plain_schema
+from streamhouse.sql.builtins import WATERMARK_MARKER
 from streamhouse.sql.functions import functions
 from streamhouse.sql.memory import format_bytes
 
@@ -58,8 +61,25 @@ def register(ctx: datafusion.SessionContext, name: str, table: pa.Table) -> None
     ctx.register_record_batches(quoted(name), [batches])
 
 
+_WATERMARK: ContextVar[int | None] = ContextVar("watermark", default=None)
+
+
+@contextmanager
+def current_watermark(watermark_ms: int | None) -> Iterator[None]:
+    """``CURRENT_WATERMARK(ts)`` in the SQL run in this context is ``watermark_ms`` (None:
+    NULL, before the first watermark)."""
+    token = _WATERMARK.set(watermark_ms)
+    try:
+        yield
+    finally:
+        _WATERMARK.reset(token)
+
+
 def run_sql(sql: str, tables: dict[str, pa.Table], *, ordered: bool = True) -> pa.Table:
     """The answer of ``sql`` over ``tables``; DataFusion errors become :class:`SqlError`."""
+    watermark = _WATERMARK.get()
+    if watermark is not None and WATERMARK_MARKER in sql:
+        sql = sql.replace(WATERMARK_MARKER, str(watermark))
     ctx = session_context(ordered=ordered)
     for name, table in tables.items():
         register(ctx, name, table)

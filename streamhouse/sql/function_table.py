@@ -214,7 +214,12 @@ FUNCTIONS: list[Function] = [
         ("TO_TIMESTAMP_LTZ", "precision 0 (seconds) or 3 (milliseconds); the session zone is UTC"),
         ("TO_TIMESTAMP", "NULL when the text does not parse"),
     ),
-    _refused("temporal", "CURRENT_WATERMARK", "SELECT CURRENT_WATERMARK(ts) FROM fn"),
+    Function(
+        "CURRENT_WATERMARK",
+        "temporal",
+        "continuously, the watermark the micro-batch's rows arrive at; NULL before the first"
+        " watermark and in bounded queries",
+    ),
     *_group(
         "conditional",
         ("CASE value WHEN", "several values per WHEN too"),

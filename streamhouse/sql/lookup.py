@@ -47,11 +47,26 @@ def lookup_join_of(
             f" FOR SYSTEM_TIME AS OF takes a PROCTIME() column of {probe.name},"
             f" not {probe_time}"
         )
-    if len(dim_keys) != 1:
-        raise SqlError(f"a lookup join against {dim.name} joins on one key column")
-    schema = pa.schema([pa.field(c.name, c.type) for c in dim.columns if c.physical])
-    source = PostgresLookup(lookup_options(dim), schema, dim_keys[0])
-    return LookupJoin(source, probe_keys[0])
+    schema = lookup_schema(dim)
+    for key in dim_keys:
+        if key not in schema.names:
+            raise SqlError(f"{key!r} is not a column of lookup table {dim.name}")
+    try:
+        source = PostgresLookup(lookup_options(dim), schema, dim_keys)
+    except ConfigError as error:
+        raise SqlError(str(error)) from None
+    return LookupJoin(source, probe_keys)
 
 
-__all__ = ["is_lookup_table", "is_proctime", "lookup_join_of", "lookup_options"]
+def lookup_schema(dim: StreamDef) -> pa.Schema:
+    """The columns of lookup table ``dim`` (those the database holds)."""
+    return pa.schema([pa.field(c.name, c.type) for c in dim.columns if c.physical])
+
+
+__all__ = [
+    "is_lookup_table",
+    "is_proctime",
+    "lookup_join_of",
+    "lookup_options",
+    "lookup_schema",
+]
