@@ -315,6 +315,18 @@ READ_QUERIES = [
     "SELECT window_start, count(*) AS n, max(doubled) AS top, min(_offset) AS first FROM"
     " TABLE(TUMBLE(TABLE orders, DESCRIPTOR(ts), INTERVAL '5' MINUTE))"
     " GROUP BY window_start, window_end",
+    # windows DataFusion adds over the Parquet scan: HOP (a WHERE on the windowed side's
+    # offsets prunes that side only), CUMULATE, and a stream joined to a window aggregate
+    "SELECT window_start, window_end, count(*) AS n, sum(amount) AS total FROM"
+    " TABLE(HOP(TABLE orders, DESCRIPTOR(ts), INTERVAL '2' MINUTE, INTERVAL '6' MINUTE))"
+    " WHERE _offset >= 20 GROUP BY window_start, window_end",
+    "SELECT window_start, window_end, window_time, max(doubled) AS top FROM"
+    " TABLE(CUMULATE(TABLE orders, DESCRIPTOR(ts), INTERVAL '2' MINUTE, INTERVAL '10' MINUTE))"
+    " GROUP BY window_start, window_end, window_time",
+    "SELECT o.id, o.amount, o.ts FROM orders o JOIN (SELECT max(amount) AS top,"
+    " window_end AS te FROM TABLE(TUMBLE(TABLE orders, DESCRIPTOR(ts), INTERVAL '5' MINUTE))"
+    " WHERE _offset < 400 GROUP BY window_start, window_end) m ON o.amount = m.top"
+    " WHERE o.ts BETWEEN m.te - INTERVAL '5' MINUTE AND m.te AND o.id > 10",
 ]
 
 
