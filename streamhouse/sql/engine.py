@@ -763,7 +763,7 @@ class Engine:
         if computed is not None:
             declared |= {c.name for c in computed.columns}
         bounds = scan_bounds(query, bounds_of or name, frozenset(METADATA_COLUMNS - declared))
-        columnar = self._columnar_copy(kind, entry, topic, options, named, computed)
+        columnar = self._columnar_copy(kind, entry, topic, options, named)
 
         def finish(table: pa.Table) -> pa.Table:
             if computed:  # DataFusion, not from the DataFusion thread that runs the scan
@@ -796,7 +796,6 @@ class Engine:
         topic: str,
         options: SourceOptions,
         named: set[str],
-        computed: ComputedColumns | None,
     ) -> ColumnarCopy | None:
         """The Iceberg table's part of a stream a streaming scan reads in place of the log's
         records, where the answer is the same (see :mod:`streamhouse.iceberg.read`)."""
@@ -806,7 +805,7 @@ class Engine:
         if "_key" in named or topic != definition.topic or not iceberg_enabled(definition):
             return None
         try:  # the copy is an optimisation: if it cannot be read, the log still can
-            return columnar_copy(self.log, definition, pushdown=not computed)
+            return columnar_copy(self.log, definition)
         except Exception:
             log.warning(
                 "Iceberg table of %r not read; reading the log", definition.name, exc_info=True
@@ -888,7 +887,7 @@ class Engine:
         topic, schema, computed, options, columns = self._declared(name, kind, entry, hint, columns)
         columnar = None
         if named is not None:
-            columnar = self._columnar_copy(kind, entry, topic, options, named, computed)
+            columnar = self._columnar_copy(kind, entry, topic, options, named)
         source = read_source(
             self.log,
             topic,
