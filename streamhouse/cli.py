@@ -1113,6 +1113,11 @@ def compact(ctx: click.Context, topic_name: str | None, data_dir: str | None) ->
             f"iceberg: {sum(appended.rows.values()):,} row(s) appended to"
             f" {len(appended.rows)} table(s) in {appended.snapshots} snapshot(s),"
             f" {appended.rejected} to dead letters, in {appended.seconds:.2f} s"
+            + (
+                f"; {appended.expired_snapshots} snapshot(s) expired"
+                if appended.expired_snapshots
+                else ""
+            )
             + (f"; {len(appended.busy)} stream(s) busy elsewhere" if appended.busy else ""),
             err=True,
         )

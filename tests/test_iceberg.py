@@ -26,7 +26,7 @@ from streamhouse.cli import main
 from streamhouse.errors import SqlError
 from streamhouse.iceberg.catalog import metadata_location, static_table
 from streamhouse.iceberg.manifests import table_state
-from streamhouse.iceberg.tableflow import OFFSETS_PROPERTY, covered_offsets
+from streamhouse.iceberg.tableflow import OFFSETS_PROPERTY, covered_offsets, expire_snapshots
 
 COLUMNS = "id, name, amount, ts, _partition, _offset, _timestamp"
 DECLARE = (
@@ -439,3 +439,41 @@ def test_only_committed_transactions_reach_the_table(tmp_path: Path) -> None:
         assert set(range(2000, 2020)) <= ids, "a committed transaction's rows were skipped"
         assert not ids & set(range(1000, 1010))
         _same_rows(_as_ms(table), _log_rows(sh))
+
+
+def test_old_snapshots_expire_and_appends_go_on(tmp_path: Path) -> None:
+    """Each pass expires the snapshots older than the retention but the current one and
+    those back to the one recording the offsets: the table still equals the log, the next
+    pass neither repeats nor skips, and bounded reads still read the table."""
+    with streamhouse.connect(
+        tmp_path / "data", iceberg_commit_records=100, iceberg_snapshot_retention_s=0
+    ) as sh:
+        sh.sql(DECLARE.format(extra=", 'iceberg' = 'true'"))
+        _produce(sh, 0, 300)
+        first = sh.append_iceberg()
+        assert first.snapshots >= 3 and first.expired_snapshots == first.snapshots - 1
+        catalog = load_catalog(**sh.iceberg_catalog())
+        table = catalog.load_table("streamhouse.orders")
+        assert [s.snapshot_id for s in table.snapshots()] == [table.current_snapshot().snapshot_id]
+        _produce(sh, 300, 150)
+        second = sh.append_iceberg()
+        assert second.rows == {"orders": 150} and second.expired_snapshots == second.snapshots
+        rows = _iceberg(sh)
+        _each_offset_once(rows, sh)
+        _same_rows(_as_ms(rows), _log_rows(sh))
+        _same_answers(sh, READ_QUERIES[0].replace(", max(doubled) AS top", ""))
+        # another writer's snapshot on top: it and the one recording the offsets stay
+        table = catalog.load_table("streamhouse.orders")
+        recorded = table.current_snapshot().snapshot_id
+        table.append(rows.slice(0, 1).cast(table.schema().as_arrow()))
+        table = catalog.load_table("streamhouse.orders")
+        assert expire_snapshots(table, 0, now_ms=int(time.time() * 1000) + 60_000) == 0
+        table = catalog.load_table("streamhouse.orders")
+        assert {s.snapshot_id for s in table.snapshots()} == {
+            recorded,
+            table.current_snapshot().snapshot_id,
+        }
+        # the next pass starts after the offsets recorded below the other writer's snapshot
+        _produce(sh, 450, 30)
+        third = sh.append_iceberg()
+        assert third.failed == {} and third.rows == {"orders": 30}
