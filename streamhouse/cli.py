@@ -1257,6 +1257,8 @@ def _report_rebuild(rebuilt: Any) -> None:
         click.echo(f"the old metadata file is kept as {path}", err=True)
     if rebuilt.kept_schema is not None:
         click.echo(f"the old metadata tables are kept in schema {rebuilt.kept_schema}", err=True)
+    for table, location in sorted(rebuilt.iceberg_tables.items()):
+        click.echo(f"Iceberg table {table} registered again at {location}", err=True)
     for key in rebuilt.unreadable:
         click.echo(f"not rebuilt: {key} has a damaged footer", err=True)
     for key in rebuilt.overlapping:

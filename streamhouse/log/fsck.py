@@ -499,6 +499,8 @@ class RebuildReport:
     kept_schema: str | None = None
     """PostgreSQL: the schema the old metadata tables were moved to (``None``: there were none)."""
     producer_id_floor: int = 0
+    iceberg_tables: dict[str, str] = field(default_factory=dict)
+    """Iceberg tables registered in the catalog again, and their metadata files."""
 
     def not_rebuilt(self) -> list[str]:
         """What the footers do not hold, one sentence each."""
@@ -696,6 +698,9 @@ def rebuild_metadata(
         )
     else:
         _replace_sqlite(path, fill, report)
+    from streamhouse.iceberg.catalog import restore_tables
+
+    report.iceberg_tables = restore_tables(settings, store)
     log.info("rebuilt the metadata from %d object(s): %d index row(s)", report.objects, report.rows)
     return report
 
