@@ -236,14 +236,14 @@ def _data_files(data: Path) -> set[Path]:
     return set((data / "objects" / "iceberg" / "streamhouse" / "orders" / "data").glob("*"))
 
 
-TOTAL = 4_800
+TOTAL = 2_400
 
 
 @pytest.mark.slow
 def test_kill_9_during_iceberg_commits_neither_repeats_nor_skips(
     tmp_path: Path, metadata_url: str | None
 ) -> None:
-    """`streamhouse compact` appends 4,800 records in snapshots of 240 and is killed with
+    """`streamhouse compact` appends 2,400 records in snapshots of 240 and is killed with
     SIGKILL as its Parquet files land, twice: each time the table holds whole snapshots
     only, and the pass after that appends the rest, each record once."""
     data = tmp_path / "data"
@@ -265,7 +265,7 @@ def test_kill_9_during_iceberg_commits_neither_repeats_nor_skips(
         process = subprocess.Popen(
             command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
         )
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 120  # a loaded host starts Python slowly
         while len(_data_files(data) - before) < kill_after:
             assert process.poll() is None, process.stderr.read().decode()
             assert time.monotonic() < deadline
