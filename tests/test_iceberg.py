@@ -152,6 +152,7 @@ def test_alter_stream_turns_the_table_on_and_appends_the_history(tmp_path: Path)
         sh.sql(DECLARE.format(extra=""))
         _produce(sh, 0, 300)
         assert sh.append_iceberg().rows == {}  # no Iceberg stream yet
+        sh.sql("ALTER STREAM orders SET ('iceberg' = 'true')")
         assert "'iceberg'='true'" in sh.sql("SHOW STREAMS").to_arrow_table()["sql"][0].as_py()
         assert sh.append_iceberg().rows == {"orders": 300}
         _same_rows(_as_ms(_iceberg(sh)), _log_rows(sh))
