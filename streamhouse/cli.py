@@ -1261,6 +1261,11 @@ def compact(ctx: click.Context, topic_name: str | None, data_dir: str | None) ->
             f"iceberg: {sum(appended.rows.values()):,} row(s) appended to"
             f" {len(appended.rows)} table(s) in {appended.snapshots} snapshot(s),"
             f" {appended.rejected} to dead letters, in {appended.seconds:.2f} s"
+            + (
+                f"; {appended.expired_snapshots} snapshot(s) expired"
+                if appended.expired_snapshots
+                else ""
+            )
             + (f"; {len(appended.busy)} stream(s) busy elsewhere" if appended.busy else ""),
             err=True,
         )
@@ -1406,6 +1411,8 @@ def _report_rebuild(rebuilt: Any) -> None:
         click.echo(f"the old metadata file is kept as {path}", err=True)
     if rebuilt.kept_schema is not None:
         click.echo(f"the old metadata tables are kept in schema {rebuilt.kept_schema}", err=True)
+    for table, location in sorted(rebuilt.iceberg_tables.items()):
+        click.echo(f"Iceberg table {table} registered again at {location}", err=True)
     for key in rebuilt.unreadable:
         click.echo(f"not rebuilt: {key} has a damaged footer", err=True)
     for key in rebuilt.overlapping:

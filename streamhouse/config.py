@@ -46,7 +46,10 @@ class Settings:
     ``iceberg_freshness_s`` is how often ``serve`` appends the new rows of streams declared
     ``WITH ('iceberg' = 'true')`` to their Iceberg tables (how stale a table may be);
     ``iceberg_commit_records`` the most records one Iceberg snapshot takes (a backlog is
-    appended as several).
+    appended as several); ``iceberg_snapshot_retention_s`` how long a table's snapshots
+    stay readable by time travel once they are no longer current (each pass expires older
+    ones; the current snapshot and those back to the one recording the offsets appended
+    stay).
     ``advertised_port`` is the port clients are told to connect to (0: the one served);
     ``zone`` and ``agent_group`` place this process among the agents sharing a PostgreSQL
     metadata store, which heartbeat six times per ``agent_ttl_s`` and drop out of every
@@ -97,6 +100,7 @@ class Settings:
     compaction_lease_s: float = 60.0
     iceberg_freshness_s: float = 60.0
     iceberg_commit_records: int = 1_000_000
+    iceberg_snapshot_retention_s: float = 86_400.0
     scan_cache_bytes: int = 1 << 30  # columnar cache of decoded runs (data_dir/scan-cache); 0: none
     memory_limit: str | int | None = None  # bounded queries' memory pool; None: half the RAM
     security_protocol: str = "PLAINTEXT"

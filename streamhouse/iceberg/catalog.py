@@ -18,6 +18,8 @@ stream ``s`` is the table ``streamhouse.s`` there.
 
 from __future__ import annotations
 
+import json
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlparse
@@ -29,6 +31,8 @@ if TYPE_CHECKING:
     from pyiceberg.catalog.sql import SqlCatalog
     from pyiceberg.table import StaticTable
 
+    from streamhouse.log.objectstore import ObjectStore
+
 __all__ = [
     "CATALOG_NAME",
     "NAMESPACE",
@@ -36,6 +40,7 @@ __all__ = [
     "catalog_properties",
     "metadata_location",
     "open_catalog",
+    "restore_tables",
     "static_table",
 ]
 
@@ -127,3 +132,41 @@ def metadata_location(settings: Settings, stream: str) -> str | None:
     except psycopg.errors.UndefinedTable:
         return None
     return None if row is None else row[0]
+
+
+METADATA_FILE = re.compile(r"^(\d+)-[^/]*\.metadata\.json$")
+"""A table's metadata file in its ``metadata/`` folder: ``<version>-<uuid>.metadata.json``."""
+
+
+def restore_tables(settings: Settings, store: ObjectStore) -> dict[str, str]:
+    """Registers in the SQL catalog of ``settings`` every table of the warehouse in ``store``
+    it does not have (``fsck --rebuild-metadata`` starts a fresh metadata database, and the
+    catalog's rows are in it), each at its newest metadata file: the highest version, of two
+    of the same version (writers that raced) the one updated last. A metadata file whose
+    commit was cut short by a kill is newer than the catalog's: its snapshot holds its
+    Parquet files and records their offsets together, so Tableflow goes on after them.
+    Returns the tables registered and their metadata files."""
+    prefix = f"{WAREHOUSE_PREFIX}/{NAMESPACE}/"
+    newest: dict[str, tuple[int, int, str]] = {}
+    for key in store.list(prefix):
+        table, _, rest = key.removeprefix(prefix).partition("/metadata/")
+        found = METADATA_FILE.match(rest)
+        if not table or found is None:
+            continue
+        updated = json.loads(store.get(key)).get("last-updated-ms", 0)
+        candidate = (int(found.group(1)), updated, key.removeprefix(f"{WAREHOUSE_PREFIX}/"))
+        if table not in newest or candidate > newest[table]:
+            newest[table] = candidate
+    if not newest:
+        return {}
+    catalog = open_catalog(settings)
+    warehouse = catalog_properties(settings)["warehouse"]
+    restored = {}
+    for table, (_, _, key) in sorted(newest.items()):
+        identifier = f"{NAMESPACE}.{table}"
+        if catalog.table_exists(identifier):
+            continue
+        location = f"{warehouse}/{key}"
+        catalog.register_table(identifier, location)
+        restored[identifier] = location
+    return restored

@@ -31,7 +31,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -95,6 +95,7 @@ class TableflowReport:
     snapshots: int = 0
     rejected: int = 0
     skipped_records: int = 0  # below the log start offset before they were appended
+    expired_snapshots: int = 0
     busy: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
     seconds: float = 0.0
@@ -153,13 +154,21 @@ def _storable(f: pa.Field) -> pa.Field:
 def recording_snapshot(table: Table) -> Snapshot | None:
     """The newest snapshot (walking back from the current one, past snapshots other writers
     made) whose summary records the offsets appended."""
+    return next((s for s in _ancestry(table) if _records_offsets(s)), None)
+
+
+def _ancestry(table: Table) -> Iterator[Snapshot]:
+    """The current snapshot, then its parent, and so on (as far as they are kept)."""
     snapshot = table.current_snapshot()
     while snapshot is not None:
-        if snapshot.summary is not None and OFFSETS_PROPERTY in snapshot.summary:
-            return snapshot
+        yield snapshot
         parent = snapshot.parent_snapshot_id
         snapshot = None if parent is None else table.snapshot_by_id(parent)
-    return None
+
+
+def _records_offsets(snapshot: Snapshot) -> bool:
+    # pyiceberg's Summary answers ``in`` with True for any key: ask for the value
+    return snapshot.summary is not None and snapshot.summary.get(OFFSETS_PROPERTY) is not None
 
 
 def rejected_records(snapshot: Snapshot | None) -> int:
@@ -175,6 +184,31 @@ def covered_offsets(table: Table) -> dict[int, int]:
     if snapshot is None or snapshot.summary is None:
         return {}
     return {int(p): int(o) for p, o in json.loads(snapshot.summary[OFFSETS_PROPERTY]).items()}
+
+
+def expire_snapshots(table: Table, retention_s: float, now_ms: int | None = None) -> int:
+    """Expires ``table``'s snapshots made more than ``retention_s`` ago, and returns how many:
+    not the current snapshot, nor those back from it to the one recording the offsets
+    appended (:func:`recording_snapshot`: the next pass starts after them, and a bounded read
+    walks back to it). Appends never drop a data file, so no file of the current snapshot
+    goes; the expired snapshots' manifest lists stay in the warehouse (a reader that planned
+    from an older metadata file still finds them)."""
+    kept = set()
+    for snapshot in _ancestry(table):
+        kept.add(snapshot.snapshot_id)
+        if _records_offsets(snapshot):
+            break
+    now_ms = int(time.time() * 1000) if now_ms is None else now_ms
+    before = now_ms - int(retention_s * 1000)
+    expired = [
+        s.snapshot_id
+        for s in table.metadata.snapshots
+        if s.timestamp_ms < before and s.snapshot_id not in kept
+    ]
+    if expired:
+        table.maintenance.expire_snapshots().by_ids(expired).commit()
+        log.info("Iceberg table %s: %d snapshot(s) expired", table.name(), len(expired))
+    return len(expired)
 
 
 def append_streams(
@@ -202,6 +236,10 @@ def append_streams(
         try:
             assert catalog is not None
             _append_stream(log_, catalog, definition, lease, report)
+            table = catalog.load_table(table_identifier(definition.name))
+            report.expired_snapshots += expire_snapshots(
+                table, log_.settings.iceberg_snapshot_retention_s
+            )
         except Exception as exc:  # that stream alone fails this pass; the next one retries
             log.exception("Iceberg append of stream %s failed", definition.name)
             report.failed[definition.name] = str(exc)

@@ -505,6 +505,8 @@ class RebuildReport:
     kept_schema: str | None = None
     """PostgreSQL: the schema the old metadata tables were moved to (``None``: there were none)."""
     producer_id_floor: int = 0
+    iceberg_tables: dict[str, str] = field(default_factory=dict)
+    """Iceberg tables registered in the catalog again, and their metadata files."""
 
     aborted_transactions: int = 0
     """Aborted transactions found in the log (ABORT markers), and transactions left open
@@ -716,6 +718,9 @@ def rebuild_metadata(
         )
     else:
         _replace_sqlite(path, fill, report)
+    from streamhouse.iceberg.catalog import restore_tables
+
+    report.iceberg_tables = restore_tables(settings, store)
     log.info("rebuilt the metadata from %d object(s): %d index row(s)", report.objects, report.rows)
     return report
 

@@ -157,28 +157,34 @@ class ComputedColumns:
                 needed |= {ref.name for ref in tree.find_all(exp.Column)}
         return needed
 
-    def apply(self, table: pa.Table) -> pa.Table:
-        """``table`` (decoded rows of the stream) with the computed columns whose columns it
-        has (see :meth:`needs`), in declared order; its other columns (metadata) follow."""
-        if not self:
-            return table
+    def select_items(self, names: list[str]) -> list[str]:
+        """The SELECT items (DataFusion's SQL) that make :meth:`apply`'s columns of a table
+        whose columns are ``names``, before its metadata casts and clock (``PROCTIME()``
+        columns are NULL here)."""
         declared = {c.name for c in self.columns}
         items = []
-        present = set(table.column_names)
+        present = set(names)
         for column in self.columns:
             if column.expression is not None:
                 tree = self._expressions[column.name]
                 if is_proctime_call(tree):
-                    items.append(f'NULL AS "{column.name}"')  # the clock, set below
+                    items.append(f'NULL AS "{column.name}"')  # the clock, set by apply
                     continue
                 if not {ref.name for ref in tree.find_all(exp.Column)} <= present:
                     continue  # its columns were not parsed: the query does not read it
                 items.append(f'{to_datafusion(tree)} AS "{column.name}"')
             elif column.metadata is not None and METADATA_KEYS[column.metadata] in present:
                 items.append(f'"{METADATA_KEYS[column.metadata]}" AS "{column.name}"')
-            elif column.name in table.column_names:
+            elif column.name in present:
                 items.append(f'"{column.name}"')
-        items += [f'"{n}"' for n in table.column_names if n not in declared]
+        return items + [f'"{n}"' for n in names if n not in declared]
+
+    def apply(self, table: pa.Table) -> pa.Table:
+        """``table`` (decoded rows of the stream) with the computed columns whose columns it
+        has (see :meth:`needs`), in declared order; its other columns (metadata) follow."""
+        if not self:
+            return table
+        items = self.select_items(table.column_names)
         try:
             out = run_sql(f'SELECT {", ".join(items)} FROM "{_SOURCE}"', {_SOURCE: table})
         except SqlError as error:

@@ -70,6 +70,7 @@ from streamhouse.sql.execute import (
 from streamhouse.sql.functions import functions, to_datafusion
 from streamhouse.sql.hints import SourceOptions, check_hints, source_options
 from streamhouse.sql.join_chain import catalog_stream_columns, catalog_stream_time, chain_stars
+from streamhouse.sql.join_order import aggregate_first
 from streamhouse.sql.joins import plan_temporal_join
 from streamhouse.sql.lookup import is_lookup_table, is_proctime, lookup_join_of, lookup_options
 from streamhouse.sql.memory import default_memory_limit, parse_memory_limit
@@ -93,7 +94,8 @@ from streamhouse.sql.source import (
 )
 from streamhouse.sql.statement_set import StatementSet, parse_with_sets
 from streamhouse.sql.unnest import ELEMENT, refuse_row_elements
-from streamhouse.sql.window_spec import take_out_windows
+from streamhouse.sql.window_spec import WindowSpec, take_out_windows
+from streamhouse.windows.frame import NATIVE_KINDS, window_frame
 from streamhouse.windows.table import window_table
 from streamhouse.workers import worker
 
@@ -610,6 +612,7 @@ class Engine:
         ctx = session_context(ordered=ordered, memory_limit=self.memory_limit)
         schemas: dict[str, pa.Schema] = {}
         scans: list[TopicScan] = []
+        parquet: set[str] = set()  # sources DataFusion reads as Parquet files (and a tail)
         for name in sorted({t.name for t in source_tables(query)}):
             scan = None
             if name not in windowed and not ordered and self.stream_sources:
@@ -617,9 +620,17 @@ class Engine:
             if scan is not None:
                 scans.append(scan)
                 schemas[name] = scan.schema
-                if not register_parquet_scan(ctx, _quoted(name), scan):
+                if register_parquet_scan(ctx, _quoted(name), scan):
+                    parquet.add(name)
+                else:
                     ctx.register_dataset(_quoted(name), scan.dataset())
                 continue
+            if name in windowed and not ordered and self.stream_sources:
+                scan = self._window_scan(ctx, name, windowed[name], columns, named, query, hints)
+                if scan is not None:
+                    scans.append(scan)
+                    schemas[name] = ctx.table(_quoted(name)).schema()
+                    continue
             if name in windowed:
                 source, spec = windowed[name]
                 needed = (
@@ -640,6 +651,8 @@ class Engine:
         refuse_row_elements(query, {f.name: f.type for s in schemas.values() for f in s})
         if named & METADATA_COLUMNS:
             query = declared_stars(query, schemas, METADATA_COLUMNS)
+        if parquet:
+            query = aggregate_first(query, parquet)
         return ctx, query, scans
 
     def _dataframe(self, ctx: datafusion.SessionContext, query: exp.Query) -> datafusion.DataFrame:
@@ -710,6 +723,43 @@ class Engine:
             join.source.close()
         return _join_versions(plan, probes, rows, pc.fill_null(at, -1).to_numpy(), named)
 
+    def _window_scan(
+        self,
+        ctx: datafusion.SessionContext,
+        name: str,
+        window: tuple[str, WindowSpec],
+        columns: set[str] | None,
+        named: set[str],
+        query: exp.Query,
+        hints: dict[str, dict[str, str]],
+    ) -> TopicScan | None:
+        """Registers windowed source ``name`` (``window``: its source and window) as a view
+        of ``ctx`` that DataFusion windows (:func:`window_frame`) over its source's scan, when
+        that source is a stream with an Iceberg table: the windowed rows of its Parquet files
+        are then never Python's. None (nothing registered): windowed by ``window_table``."""
+        source, spec = window
+        if spec.kind not in NATIVE_KINDS or not self.read_iceberg:
+            return None
+        resolved = self._resolve(source)
+        if resolved is None or resolved[0] not in STREAM_KINDS.values():
+            return None
+        definition = stream_definition(parse(resolved[1].sql)[0])  # type: ignore[attr-defined]
+        if not iceberg_enabled(definition):
+            return None
+        needed = None if columns is None else columns | {spec.time_column}
+        scan = self.source_scan(source, needed, named, query, hints.get(source), bounds_of=name)
+        if scan is None:
+            return None
+        rows = _quoted(f"__rows_{name}")
+        if not register_parquet_scan(ctx, rows, scan):
+            ctx.register_dataset(rows, scan.dataset())
+        try:
+            ctx.register_view(_quoted(name), window_frame(ctx, ctx.table(rows), spec))
+        except Exception:
+            scan.close()
+            raise
+        return scan
+
     def source_scan(
         self,
         name: str,
@@ -717,9 +767,11 @@ class Engine:
         named: set[str],
         query: exp.Query,
         hint: dict[str, str] | None = None,
+        bounds_of: str | None = None,
     ) -> TopicScan | None:
         """A stream or topic as a streaming scan (``columns``: those needed; the WHERE of
-        ``query`` prunes its segments), or None for a view (read as a table)."""
+        ``query`` on ``bounds_of``, by default ``name``, prunes its segments), or None for a
+        view (read as a table)."""
         resolved = self._resolve(name)
         if resolved is None:
             raise UnknownStreamError(f"unknown stream, view or topic {name!r}")
@@ -730,8 +782,8 @@ class Engine:
         declared = set() if schema is None else set(schema.names)
         if computed is not None:
             declared |= {c.name for c in computed.columns}
-        bounds = scan_bounds(query, name, frozenset(METADATA_COLUMNS - declared))
-        columnar = self._columnar_copy(kind, entry, topic, options, named, computed)
+        bounds = scan_bounds(query, bounds_of or name, frozenset(METADATA_COLUMNS - declared))
+        columnar = self._columnar_copy(kind, entry, topic, options, named)
 
         def finish(table: pa.Table) -> pa.Table:
             if computed:  # DataFusion, not from the DataFusion thread that runs the scan
@@ -764,7 +816,6 @@ class Engine:
         topic: str,
         options: SourceOptions,
         named: set[str],
-        computed: ComputedColumns | None,
     ) -> ColumnarCopy | None:
         """The Iceberg table's part of a stream a streaming scan reads in place of the log's
         records, where the answer is the same (see :mod:`streamhouse.iceberg.read`)."""
@@ -774,7 +825,7 @@ class Engine:
         if "_key" in named or topic != definition.topic or not iceberg_enabled(definition):
             return None
         try:  # the copy is an optimisation: if it cannot be read, the log still can
-            return columnar_copy(self.log, definition, pushdown=not computed)
+            return columnar_copy(self.log, definition)
         except Exception:
             log.warning(
                 "Iceberg table of %r not read; reading the log", definition.name, exc_info=True
@@ -856,7 +907,7 @@ class Engine:
         topic, schema, computed, options, columns = self._declared(name, kind, entry, hint, columns)
         columnar = None
         if named is not None:
-            columnar = self._columnar_copy(kind, entry, topic, options, named, computed)
+            columnar = self._columnar_copy(kind, entry, topic, options, named)
         source = read_source(
             self.log,
             topic,
