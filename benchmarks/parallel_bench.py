@@ -5,7 +5,7 @@ Usage::
 
     python benchmarks/parallel_bench.py [--query tumble|join] [--events 1000000]
         [--partitions 4] [--pairs 3] [--out benchmarks/results/parallel.json]
-    python benchmarks/parallel_bench.py --data DIR --only 2   # one run over DIR (for farm-bench)
+    python benchmarks/parallel_bench.py --data DIR --only 2   # one run over DIR (for whole-process timing)
 
 Produces ``--events`` click events (``{"user_id", "url", "ts"}``, 1,000 users, event time
 rising) into ``--partitions`` partitions once, and as many page views (``{"user_id", "page",
