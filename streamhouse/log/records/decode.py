@@ -1,7 +1,10 @@
 """Decode record batches to Arrow: :func:`decode_batches` and :func:`decode_records`.
 
-Decoding is vectorized: a tight loop finds where each record starts (each begins with its
-own length, so this part is sequential), then numpy decodes every other field at once over
+Decoding is vectorized. Where each record starts is found in numpy steps that do not grow
+with the records: one step per record index across many small batches
+(:func:`_record_ends_parallel`), or, for large batches, the chain of record-start candidates
+(:func:`_record_ends_chained`); a plain loop only when neither finds the records (a record
+over 8 KiB, damage, which it then names). Numpy then decodes every other field at once over
 the array of starts, and Arrow copies keys and values out of the decompressed bytes. For SQL
 sources (:func:`decode_records` with ``json_lines``) values are not copied at all: they become
 views of the decompressed bytes (see :mod:`~streamhouse.log.records.json_lines`). Chunks of
