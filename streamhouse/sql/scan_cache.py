@@ -35,9 +35,12 @@ log = logging.getLogger(__name__)
 
 FORMAT = "1"  # part of every key: a change of what is cached makes old files unreachable
 _TRAILER = struct.Struct("<I4s")
-_WRITE_OPTIONS = pa.ipc.IpcWriteOptions(compression="lz4")
+_WRITE_OPTIONS = pa.ipc.IpcWriteOptions(compression="lz4", use_threads=False)
 """Buffers LZ4-compressed: about 8x fewer bytes to write (the cold query's cost) and to
-keep, for ~1 ms more per run to read back (files written without compression read as well)."""
+keep, for ~1.5 ms more per run to read back (files written without compression read as
+well). Compressed and decompressed on the scan's own thread: the scan's fragments already
+keep the cores busy, and a pool task per buffer waits long on a loaded machine."""
+_READ_OPTIONS = pa.ipc.IpcReadOptions(use_threads=False)
 _MAGIC = b"SHc1"
 
 
@@ -173,6 +176,6 @@ def _decode(data: bytes) -> pa.Table | None:
     if magic != _MAGIC or crc32c.crc32c(body) != crc:
         return None
     try:
-        return pa.ipc.open_file(pa.py_buffer(body)).read_all()
+        return pa.ipc.open_file(pa.py_buffer(body), options=_READ_OPTIONS).read_all()
     except (pa.ArrowInvalid, OSError):
         return None
