@@ -2,9 +2,9 @@
 
 A run (one index row: one partition's batches in one segment object) decoded for a scan, its
 JSON values parsed with the fields the query reads and its metadata columns added, is written
-as an Arrow IPC file (buffers LZ4-compressed) under ``<data_dir>/scan-cache``, keyed by the
-index row (object key, position, length, CRC-32C, base offset: a run re-sequenced by a
-metadata rebuild is another entry) and the parse schema. The next scan of that run with that schema reads the file instead
+as an Arrow IPC file under ``<data_dir>/scan-cache``, keyed by the index row (object key,
+position, length, CRC-32C, base offset: a run re-sequenced by a metadata rebuild is another
+entry) and the parse schema. The next scan of that run with that schema reads the file instead
 of the object.
 
 The cache is only a cache: deleting it loses nothing. Each file ends with the CRC-32C of its
@@ -35,12 +35,6 @@ log = logging.getLogger(__name__)
 
 FORMAT = "1"  # part of every key: a change of what is cached makes old files unreachable
 _TRAILER = struct.Struct("<I4s")
-_WRITE_OPTIONS = pa.ipc.IpcWriteOptions(compression="lz4", use_threads=False)
-"""Buffers LZ4-compressed: about 8x fewer bytes to write (the cold query's cost) and to
-keep, for ~1.5 ms more per run to read back (files written without compression read as
-well). Compressed and decompressed on the scan's own thread: the scan's fragments already
-keep the cores busy, and a pool task per buffer waits long on a loaded machine."""
-_READ_OPTIONS = pa.ipc.IpcReadOptions(use_threads=False)
 _MAGIC = b"SHc1"
 
 
@@ -130,7 +124,7 @@ class ColumnarCache:
 
     def put(self, key: str, table: pa.Table) -> None:
         sink = pa.BufferOutputStream()
-        with pa.ipc.new_file(sink, table.schema, options=_WRITE_OPTIONS) as writer:
+        with pa.ipc.new_file(sink, table.schema) as writer:
             writer.write_table(table)
         body = sink.getvalue()
         size = body.size + _TRAILER.size
@@ -176,6 +170,6 @@ def _decode(data: bytes) -> pa.Table | None:
     if magic != _MAGIC or crc32c.crc32c(body) != crc:
         return None
     try:
-        return pa.ipc.open_file(pa.py_buffer(body), options=_READ_OPTIONS).read_all()
+        return pa.ipc.open_file(pa.py_buffer(body)).read_all()
     except (pa.ArrowInvalid, OSError):
         return None
