@@ -6,6 +6,7 @@ import contextlib
 import struct
 
 import crc32c
+import numpy as np
 import pyarrow.compute as pc
 import pytest
 from aiokafka.record.default_records import DefaultRecordBatch as AioBatch
@@ -22,6 +23,7 @@ from streamhouse.log.records import (
     BatchHeader,
     Compression,
     build_batch,
+    decode,
     decode_batches,
     decode_records,
     read_header,
@@ -29,6 +31,7 @@ from streamhouse.log.records import (
     split_batches,
     verify_crc,
 )
+from streamhouse.log.records.codecs import decompress
 
 T0 = 1_700_000_000_000
 
@@ -476,3 +479,45 @@ def test_shift_offsets_moves_every_batch_and_keeps_crcs() -> None:
     )
     with pytest.raises(CorruptRecordError, match="truncated"):
         shift_offsets(run[:-1], 1)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.lists(st.binary(min_size=0, max_size=150), min_size=9, max_size=300),
+    st.booleans(),
+    st.sampled_from([Compression.NONE, Compression.LZ4]),
+)
+def test_one_large_batch_is_cut_without_a_per_record_loop(values, json_like, codec) -> None:
+    """A batch too large for the step-per-record search is cut by the chained search (every
+    record ends where the next one's length and zero attributes byte begin); its records
+    are the per-record loop's, for JSON-like values (no zero bytes: the chain is found) and
+    for any bytes (found, or left to the loop)."""
+    if json_like:
+        values = [b'{"v": "%s"}' % v.hex().encode() for v in values]
+    batch = build_batch(values, timestamps=[T0 + i for i in range(len(values))], compression=codec)
+    table = decode_batches(batch)
+    assert table.column("value").to_pylist() == values
+    assert table.column("offset").to_pylist() == list(range(len(values)))
+    section = memoryview(batch)[BATCH_OVERHEAD:]
+    if codec != Compression.NONE:
+        section = memoryview(decompress(codec, section))
+    buf = np.frombuffer(bytes(section) + b"\x00" * 16, np.uint8)
+    total = len(buf) - 16
+    chained = decode._record_ends_chained(buf, total, len(values))
+    expected = decode._record_ends(buf.tobytes(), 0, len(values))
+    if json_like:
+        assert chained is not None
+    if chained is not None:
+        assert chained.tolist() == expected
+
+
+def test_a_damaged_large_batch_still_fails_as_corrupt() -> None:
+    values = [b'{"k": %d}' % i for i in range(500)]
+    batch = bytearray(build_batch(values, timestamps=[T0] * 500))
+    record = BATCH_OVERHEAD + 200 * 12  # inside the records: a length made longer
+    for pos in range(record, record + 12):
+        damaged = bytearray(batch)
+        damaged[pos] ^= 0x04
+        with contextlib.suppress(CorruptRecordError):
+            table = decode_batches(bytes(damaged), verify=False)
+            assert table.num_rows == 500  # a flip inside a value leaves 500 records

@@ -1,7 +1,10 @@
 """Decode record batches to Arrow: :func:`decode_batches` and :func:`decode_records`.
 
-Decoding is vectorized: a tight loop finds where each record starts (each begins with its
-own length, so this part is sequential), then numpy decodes every other field at once over
+Decoding is vectorized. Where each record starts is found in numpy steps that do not grow
+with the records: one step per record index across many small batches
+(:func:`_record_ends_parallel`), or, for large batches, the chain of record-start candidates
+(:func:`_record_ends_chained`); a plain loop only when neither finds the records (a record
+over 8 KiB, damage, which it then names). Numpy then decodes every other field at once over
 the array of starts, and Arrow copies keys and values out of the decompressed bytes. For SQL
 sources (:func:`decode_records` with ``json_lines``) values are not copied at all: they become
 views of the decompressed bytes (see :mod:`~streamhouse.log.records.json_lines`). Chunks of
@@ -119,6 +122,58 @@ def _record_ends_parallel(
         out[k] = ptr
     taken = np.arange(steps)[None, :] < counts[:, None]
     return out.T[taken]
+
+
+_CANDIDATES_PER_RECORD = 8  # more (values full of zero bytes): the chain is not looked for
+_MIN_BODY = 6  # attributes, timestamp delta, offset delta, key and value lengths, header count
+
+
+def _record_ends_chained(buf: np.ndarray, total: int, n: int) -> np.ndarray | None:
+    """The ends of the ``n`` records filling ``buf[:total]`` back to back, in numpy steps
+    that do not grow with the records of a batch (a batch of 60,000 records is one chain).
+
+    A record starts with its length (a varint of 1 or 2 bytes here, at least
+    :data:`_MIN_BODY`), then its attributes byte, which is 0. So every record start is among
+    the candidates ``p``: such a length at ``p``, then a zero byte. JSON values hold no zero
+    byte, so the candidates are mostly the records themselves, each ending where the next
+    begins: that is checked at once. Otherwise the records are the chain of candidates from
+    byte 0, listed by doubling (the first ``2**k`` links, then with jumps of ``2**k`` the next
+    ``2**k``: ``log2(n)`` steps over the candidates). None when the chain breaks off before
+    ``n`` records (a longer length, an attributes byte that is not 0, damage) or values hold
+    too many zero bytes: the caller then finds the ends one by one, and says what is wrong.
+    """
+    zeros = np.flatnonzero(buf[:total] == 0)
+    if len(zeros) > _CANDIDATES_PER_RECORD * n:
+        return None
+    one = zeros[zeros >= 1] - 1  # a 1-byte length, not negative (zigzag bit 0 clear)
+    first = buf[one]
+    one = one[(first & 1 == 0) & (first >= 2 * _MIN_BODY) & (first < 0x80)]
+    two = zeros[zeros >= 2] - 2  # a 2-byte length
+    first = buf[two]
+    two = two[(first & 0x81 == 0x80) & (buf[two + 1] < 0x80)]
+    starts = np.sort(np.concatenate((one, two)), kind="stable")  # two sorted runs: a merge
+    if len(starts) < n or starts[0] != 0:
+        return None
+    pairs = np.ndarray((len(buf) - 1,), dtype="<u2", buffer=buf, strides=(1,))
+    ends = starts + _SKIP[pairs[starts]]
+    if len(starts) == n and np.array_equal(ends[:-1], starts[1:]):
+        return ends
+    m = len(starts)
+    dead = m  # the node past every candidate: where a broken chain goes, and stays
+    link = np.searchsorted(starts, ends)
+    found = link < m
+    found[found] = starts[link[found]] == ends[found]
+    link[~found] = dead
+    link = np.append(link, dead)
+    chain = np.zeros(1, np.int64)
+    while len(chain) < n:
+        chain = np.concatenate((chain, link[chain]))
+        if len(chain) < n:
+            link = link[link]
+    chain = chain[:n]
+    if chain[-1] == dead:  # (a chain that goes dead stays dead: its last node tells)
+        return None
+    return ends[chain]
 
 
 def _skip_record(blob: bytes, pos: int) -> int:
@@ -259,13 +314,14 @@ def record_ends(
     in ``buf`` from ``region_starts``) ends; ``CorruptRecordError`` if a batch's records do
     not fill it."""
     n = int(counts.sum())
-    nxt = None
-    if n >= _PARALLEL_MIN * int(counts.max()):
+    if n >= _PARALLEL_MIN * int(counts.max()):  # many short batches: a step per record index
         nxt = _record_ends_parallel(buf, region_starts, counts)
-        if not np.array_equal(nxt[np.cumsum(counts) - 1], region_ends):
-            logger.debug("record boundaries: numpy search stalled, using the per-record loop")
-            nxt = None  # a long record or a corrupt batch: find out which, one by one
-    if nxt is None:
+    else:
+        nxt = _record_ends_chained(buf, int(region_ends[-1]), n)
+    if nxt is not None and not np.array_equal(nxt[np.cumsum(counts) - 1], region_ends):
+        nxt = None
+    if nxt is None:  # a long record or a corrupt batch: find out which, one by one
+        logger.debug("record boundaries: numpy search stalled, using the per-record loop")
         blob = buf.tobytes()
         ends: list[int] = []
         for (header, size), start, end in zip(
@@ -357,7 +413,10 @@ def _decode_chunk(regions: list[_Region], json_lines: bool) -> _Chunk | None:
         except (IndexError, UnicodeDecodeError) as exc:
             raise CorruptRecordError(f"malformed record headers: {exc}") from exc
         headers = pa.array(rows, HEADERS_TYPE)
-    keys = _slices(data, key_start, key_len, kept)  # copied out before the buffer is blanked
+    if (key_len < 0).all():  # no keys (as most producers send)
+        keys = pa.nulls(len(kept), pa.binary())
+    else:  # copied out before the buffer is blanked
+        keys = _slices(data, key_start, key_len, kept)
     lines = None
     if json_lines:
         if len(buf) < 1 << 31:  # a view's offset is an int32

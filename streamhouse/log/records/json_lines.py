@@ -65,8 +65,12 @@ def value_views(
     words[long, 3] = start[long]
     raw = words.view(np.uint8).reshape(n, 16)
     short = np.flatnonzero(~long)
-    for k in range(4):  # a long value's first four bytes
-        raw[:, 4 + k] = buf.take(start + k, mode="clip")
+    if n and int(start.max()) <= len(buf) - 4:  # a long value's first four bytes, as a word
+        prefixes = np.ndarray((len(buf) - 3,), dtype="<i4", buffer=buf, strides=(1,))
+        words[:, 1] = prefixes[start]
+    else:
+        for k in range(4):
+            raw[:, 4 + k] = buf.take(start + k, mode="clip")
     if len(short):  # a short value is inlined, zero-padded
         head = buf.take(start[short, None] + _COLS12, mode="clip")
         head[_COLS12[None, :] >= size[short, None]] = 0

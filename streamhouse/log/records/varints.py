@@ -63,7 +63,11 @@ def read_varint(buf: bytes, pos: int) -> tuple[int, int]:
 
 
 def read_varints(buf: np.ndarray, pos: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]:
-    """Zigzag varints at every ``pos``: (values int64, sizes int64); size 0 if unterminated."""
+    """Zigzag varints at every ``pos``: (values int64, sizes int64); size 0 if unterminated.
+
+    Columns of 1- and 2-byte varints are read a byte at a time; longer ones of up to 4 bytes
+    (offset deltas past 8,191 records) as one little-endian word each, their 7-bit groups
+    packed with word operations; longer still (timestamp deltas of hours), byte by byte."""
     b0 = buf.take(pos, mode="clip").astype(np.int64)
     more = b0 >= 0x80
     if not more.any():
@@ -72,6 +76,33 @@ def read_varints(buf: np.ndarray, pos: np.ndarray, width: int) -> tuple[np.ndarr
     if not (more & (b1 >= 0x80)).any():
         u = np.where(more, (b0 & 0x7F) | (b1 << 7), b0)
         return (u >> 1) ^ -(u & 1), more + 1
+    if width < 4 or len(buf) < 4 or int(pos.max()) > len(buf) - 4:
+        return _read_varints_bytewise(buf, pos, width)
+    words = np.ndarray((len(buf) - 3,), dtype="<u4", buffer=buf, strides=(1,))[pos]
+    stop = ~words & _STOPS  # the high bit of each byte that would end the varint
+    last = stop & (~stop + np.uint32(1))  # the first of them
+    size = (last > 0x80).astype(np.int64) + (last > 0x8000) + (last > 0x800000) + 1
+    kept = words & ((last << np.uint32(1)) - np.uint32(1))  # the varint's bytes only
+    u = (
+        (kept & 0x7F)
+        | ((kept >> 1) & 0x3F80)
+        | ((kept >> 2) & 0x1FC000)
+        | ((kept >> 3) & 0xFE00000)
+    ).astype(np.int64)
+    values = (u >> 1) ^ -(u & 1)
+    long = np.flatnonzero(last == 0)
+    if len(long):  # 5 bytes or more (or none ending within ``width``)
+        values[long], size[long] = _read_varints_bytewise(buf, pos[long], width)
+    return values, size
+
+
+_STOPS = np.uint32(0x80808080)
+
+
+def _read_varints_bytewise(
+    buf: np.ndarray, pos: np.ndarray, width: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`read_varints` of up to ``width`` bytes each, as a matrix of their bytes."""
     b = buf.take(pos[:, None] + _COLS[:width], mode="clip")
     last = b < 0x80
     size = last.argmax(axis=1) + 1
