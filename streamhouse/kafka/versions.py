@@ -4,7 +4,7 @@ The ranges are non-flexible wherever the four target clients allow it (kafka-pyt
 librdkafka via confluent-kafka and kcat, aiokafka): each negotiates the highest version both
 sides know, and all of them speak these. The group admin APIs go up to what Kafka 3.x
 advertises (ListGroups v4 for group states, DescribeGroups v5, DeleteGroups v2, OffsetDelete),
-and Metadata to v12 for topic ids: flexible versions among them, as clients ask for those
+Metadata to v12 and Fetch to v13 for topic ids: flexible versions among them, as clients ask for those
 features by version. The transaction APIs stop before their first flexible version, except
 DescribeTransactions and ListTransactions, flexible from v0. Lower bounds are where ``kio`` starts (Produce v3
 is the first with record format v2, which is the only format the log stores).
@@ -27,7 +27,7 @@ __all__ = ["SUPPORTED", "handle_api_versions", "unsupported_api_versions"]
 
 SUPPORTED: dict[ApiKey, tuple[int, int]] = {
     ApiKey.PRODUCE: (3, 8),  # Produce (v9+ flexible)
-    ApiKey.FETCH: (4, 11),  # Fetch (v12+ flexible)
+    ApiKey.FETCH: (4, 13),  # Fetch (v12+ flexible; v13+ topic ids, KIP-516)
     ApiKey.LIST_OFFSETS: (1, 5),  # ListOffsets (v6+ flexible)
     ApiKey.METADATA: (0, 12),  # Metadata (v9+ flexible; v10+ topic ids, KIP-516)
     ApiKey.OFFSET_COMMIT: (2, 7),  # OffsetCommit (v8+ flexible)
