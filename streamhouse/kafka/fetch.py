@@ -55,6 +55,7 @@ from streamhouse.kafka.wire import (
     to_ms,
 )
 from streamhouse.log.records import read_header
+from streamhouse.log.records.varints import encode_uvarint
 from streamhouse.security.acl import AclOperation, ResourceType
 
 if TYPE_CHECKING:
@@ -95,15 +96,6 @@ class PartitionRead:
     failure: StreamHouseError | None = None  # why ``error`` is set, if the log raised it
     last_stable_offset: int = -1  # -1: the high watermark
     aborted: list[tuple[int, int]] | None = None  # (producer id, first offset), read_committed
-
-
-def _uvarint(value: int) -> bytes:
-    out = bytearray()
-    while value >= 0x80:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
 
 
 def encode_fetch_response(
@@ -147,15 +139,15 @@ def _encode_flexible(
 ) -> bytes:
     """v12+: compact arrays and strings, tagged-field sections (all empty), response header
     v1; from v13 a topic is its 16-byte id."""
-    parts = [b"", _TOP_V7.pack(0, 0, 0), _uvarint(len(reads) + 1)]
+    parts = [b"", _TOP_V7.pack(0, 0, 0), encode_uvarint(len(reads) + 1)]
     for key, partitions in reads:
         if api_version >= _BY_TOPIC_ID:
             parts.append(key.bytes if isinstance(key, uuid.UUID) else uuid.UUID(int=0).bytes)
         else:
             encoded = str(key).encode()
-            parts.append(_uvarint(len(encoded) + 1))
+            parts.append(encode_uvarint(len(encoded) + 1))
             parts.append(encoded)
-        parts.append(_uvarint(len(partitions) + 1))
+        parts.append(encode_uvarint(len(partitions) + 1))
         for r in partitions:
             stable = r.high_watermark if r.last_stable_offset < 0 else r.last_stable_offset
             parts.append(_PARTITION.pack(r.partition, r.error, r.high_watermark, stable))
@@ -163,12 +155,12 @@ def _encode_flexible(
             if r.aborted is None:
                 parts.append(b"\x00")  # null compact array
             else:
-                parts.append(_uvarint(len(r.aborted) + 1))
+                parts.append(encode_uvarint(len(r.aborted) + 1))
                 for pid, first in r.aborted:
                     parts.append(_ABORTED.pack(pid, first))
                     parts.append(_TAGS_NONE)
             parts.append(_I32.pack(-1))  # preferred_read_replica
-            parts.append(_uvarint(len(r.records) + 1))
+            parts.append(encode_uvarint(len(r.records) + 1))
             parts.append(r.records)
             parts.append(_TAGS_NONE)
         parts.append(_TAGS_NONE)
