@@ -99,7 +99,9 @@ def run_number(
     noautocreate = number in selection["noautocreate"]
     data = scratch / f"data-{number}"
     port = _free_port()
-    env = {"STREAMHOUSE_AUTO_CREATE_TOPICS": "false"} if noautocreate else {}
+    env = {f"STREAMHOUSE_{name.upper()}": value for name, value in selection["serve"].items()}
+    if noautocreate:
+        env["STREAMHOUSE_AUTO_CREATE_TOPICS"] = "false"
     server = _start_server(data, port, env=env, log_path=scratch / f"serve-{number}.log")
     conf = scratch / f"test-{number}.conf"
     conf.write_text(
@@ -188,6 +190,10 @@ def write_table(outcomes: list[Outcome], selection: dict, started: str, label: s
     )
 
 
+def _stop(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -200,6 +206,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--label", default="", help="what was run (e.g. a commit), for the table")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stdout)
+    signal.signal(signal.SIGTERM, _stop)  # so that the running test's serve is stopped too
     selection = tomllib.loads(SELECTION.read_text())
     runner = ensure_runner(args.source.resolve())
     check_selection(selection, args.source)
