@@ -158,3 +158,47 @@ def test_fetch_v13_names_topics_by_id_and_refuses_a_deleted_ones_id(
     assert new_uuid != old_uuid
     assert _fetch_v13(kafka_server, old_uuid) == (old_uuid, 100, [])  # UNKNOWN_TOPIC_ID
     assert _fetch_v13(kafka_server, new_uuid) == (new_uuid, 0, [b"new-0"])
+
+
+def test_create_topics_v7_returns_the_id_and_delete_topics_v6_deletes_by_it(
+    kafka_server: KafkaServer,
+) -> None:
+    """CreateTopics v7 answers each new topic's id, partitions and configs; DeleteTopics v6
+    deletes a topic named by its id alone, and answers UNKNOWN_TOPIC_ID for an id no topic
+    has (the deleted topic's, asked again)."""
+    create = messages(19, 7, False)
+    delete = messages(20, 6, False)
+    with RawClient(kafka_server.bootstrap) as client:
+        created = client.request(
+            19,
+            7,
+            topics=(
+                create.CreatableTopic(
+                    name="by-id",
+                    num_partitions=3,
+                    replication_factor=-1,
+                    assignments=(),
+                    configs=(create.CreatableTopicConfig(name="retention.ms", value="60000"),),
+                ),
+            ),
+            timeout=datetime.timedelta(seconds=10),
+            validate_only=False,
+        )
+        (result,) = created.topics
+        assert (result.error_code, result.num_partitions, result.replication_factor) == (0, 3, 1)
+        assert [(c.name, c.value) for c in result.configs] == [("retention.ms", "60000")]
+        assert _metadata_v12(kafka_server, "by-id", uuid.UUID(int=0))[2] == result.topic_id
+
+        def delete_by_id() -> tuple:
+            answer = client.request(
+                20,
+                6,
+                topics=(delete.DeleteTopicState(name=None, topic_id=result.topic_id),),
+                timeout=datetime.timedelta(seconds=10),
+            )
+            (deleted,) = answer.responses
+            return deleted.error_code, deleted.name, deleted.topic_id
+
+        assert delete_by_id() == (0, "by-id", result.topic_id)
+        assert delete_by_id() == (100, None, result.topic_id)  # UNKNOWN_TOPIC_ID
+    assert _metadata_v12(kafka_server, "by-id", uuid.UUID(int=0))[0] == 3  # gone
