@@ -11,6 +11,16 @@ linger. ``linger_ms`` (0 by default) adds a fixed wait after the first pending a
 those who want fewer, larger objects at the cost of latency; ``max_bytes`` pending flush at
 once either way.
 
+What overlaps and what does not: a flush's object is made durable before its commit starts,
+and the next flush's object is put while it commits. The local store fsyncs a new object and
+its directory at once (see :class:`~streamhouse.log.objectstore.LocalObjectStore`). The
+metadata commit of a flush never overlaps its own put: an index row committed before its
+object is durable would, after a crash or a kill during the put (an S3 PUT is not there until
+it completes), name an object that is not there, and readers would fail on offsets no producer
+was told of. ``serve`` logs where each flush's time went when it stops (``produce path, mean
+per flush``: waiting for the writer thread, encoding, the put and its parts, waiting for the
+committer, the commit, waking the event loop).
+
 Offsets are sequenced by the metadata store at commit: a flush proposes none. The writer stamps
 each batch's ``baseOffset`` (bytes 0-7, outside the CRC) with a *tentative* offset, its best
 guess (following the flush before it, committed or not), encodes one segment object and puts
