@@ -201,4 +201,21 @@ def test_create_topics_v7_returns_the_id_and_delete_topics_v6_deletes_by_it(
 
         assert delete_by_id() == (0, "by-id", result.topic_id)
         assert delete_by_id() == (100, None, result.topic_id)  # UNKNOWN_TOPIC_ID
+        v4 = messages(19, 4, False)  # what librdkafka sends: no configs in the answer
+        older = client.request(
+            19,
+            4,
+            topics=(
+                v4.CreatableTopic(
+                    name="by-name",
+                    num_partitions=1,
+                    replication_factor=1,
+                    assignments=(),
+                    configs=(v4.CreatableTopicConfig(name="retention.ms", value="60000"),),
+                ),
+            ),
+            timeout=datetime.timedelta(seconds=10),
+            validate_only=False,
+        )
+        assert [(t.name, t.error_code) for t in older.topics] == [("by-name", 0)]
     assert _metadata_v12(kafka_server, "by-id", uuid.UUID(int=0))[0] == 3  # gone

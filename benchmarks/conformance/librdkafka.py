@@ -95,8 +95,24 @@ def check_selection(selection: dict, source: Path) -> None:
 def run_number(
     runner: Path, number: str, selection: dict, scratch: Path
 ) -> tuple[list[Outcome], str]:
-    """Run one test number against a fresh serve; its outcomes and the runner's output."""
-    noautocreate = number in selection["noautocreate"]
+    """Run one test number in each of its scenarios; its outcomes and the runner's output.
+
+    A test skipped in one scenario and run in another keeps the verdict of the run."""
+    by_test: dict[str, Outcome] = {}
+    outputs = []
+    for scenario in selection["scenarios"].get(number, ["default"]):
+        found, output = _run_scenario(runner, number, scenario, selection, scratch)
+        outputs.append(output)
+        for outcome in found:
+            if outcome.test not in by_test or by_test[outcome.test].result == "SKIPPED":
+                by_test[outcome.test] = outcome
+    return sorted(by_test.values(), key=lambda o: o.test), "\n".join(outputs)
+
+
+def _run_scenario(
+    runner: Path, number: str, scenario: str, selection: dict, scratch: Path
+) -> tuple[list[Outcome], str]:
+    noautocreate = scenario == "noautocreate"
     data = scratch / f"data-{number}"
     port = _free_port()
     env = {f"STREAMHOUSE_{name.upper()}": value for name, value in selection["serve"].items()}
@@ -116,8 +132,11 @@ def run_number(
         "RDKAFKA_TEST_CONF": str(conf),
         "LD_LIBRARY_PATH": f"{tests.parent / 'src'}:{tests.parent / 'src-cpp'}",
     }
-    if noautocreate:
-        env["TEST_SCENARIO"] = "noautocreate"
+    env["TEST_SCENARIO"] = scenario
+    env["KAFKA_PATH"] = str(HERE / "kafka")  # kafka-topics.sh through the admin API
+    env["BROKERS"] = f"127.0.0.1:{port}"
+    env["CONFORMANCE_PYTHON"] = sys.executable
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
     started = time.monotonic()
     try:
         done = subprocess.run(
@@ -213,11 +232,15 @@ def main(argv: list[str] | None = None) -> None:
     numbers = [n for n in selection["run"] if not args.only or n in args.only.split(",")]
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     outcomes: list[Outcome] = []
+    if args.only and RESULTS.with_suffix(".json").exists():  # re-run some: keep the others
+        earlier = json.loads(RESULTS.with_suffix(".json").read_text())
+        started = f"{earlier['started']} (re-run {started}: {args.only})"
+        outcomes = [Outcome(**o) for o in earlier["outcomes"] if o["number"] not in numbers]
     with tempfile.TemporaryDirectory(prefix="conformance-") as tmp:
         scratch = Path(tmp)
         for number in numbers:
             found, output = run_number(runner, number, selection, scratch)
-            outcomes += found
+            outcomes = sorted([*outcomes, *found], key=lambda o: o.test)
             (RESULTS.parent / "conformance_logs").mkdir(exist_ok=True)
             if any(o.result not in ("PASSED", "SKIPPED") for o in found):
                 (RESULTS.parent / "conformance_logs" / f"{number}.txt").write_text(output[-20000:])

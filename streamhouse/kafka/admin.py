@@ -147,7 +147,9 @@ async def handle_create_topics(broker: Broker, header: RequestHeader, request: A
                 error_message=message,
                 num_partitions=partitions if ok else -1,  # v5+
                 replication_factor=1 if ok else -1,
-                configs=_created_configs(module, configs) if ok else None,
+                configs=_created_configs(module, configs)
+                if ok and header.api_version >= 5
+                else None,
             )
         )
     return make(module.CreateTopicsResponse, throttle_time=0, topics=tuple(results))
