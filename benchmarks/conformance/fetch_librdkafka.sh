@@ -20,4 +20,7 @@ Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
 SOURCES
 fi
 apt-get update -qq
+if [ "$(id -u)" = 0 ]; then  # what its configure needs for the codecs the tests use
+    apt-get install -y -qq libzstd-dev zlib1g-dev libssl-dev >/dev/null
+fi
 cd "$dest" && apt-get source -qq librdkafka=2.0.2-1
