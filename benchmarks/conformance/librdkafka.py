@@ -45,6 +45,7 @@ LZ4; no SASL/GSSAPI and no libcurl (the tests that need them are left out)."""
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m|\x1b\(B")
 _VERDICT = re.compile(r"^\|\s*(\d{4}_\w+)\s*\|\s*(PASSED|FAILED|SKIPPED|RUNNING)\s*\|")
+_WAITING = re.compile(r"test\(s\) running|postponing")  # the runner's once-a-second lines
 _FAILURE = re.compile(r"(TEST FAILURE|Test assertion failed|### Test .* failed|FAIL[: ])")
 
 
@@ -244,7 +245,10 @@ def main(argv: list[str] | None = None) -> None:
             outcomes = sorted([*outcomes, *found], key=lambda o: o.test)
             (RESULTS.parent / "conformance_logs").mkdir(exist_ok=True)
             if any(o.result not in ("PASSED", "SKIPPED") for o in found):
-                (RESULTS.parent / "conformance_logs" / f"{number}.txt").write_text(output[-20000:])
+                kept = [line for line in output.splitlines() if not _WAITING.search(line)]
+                (RESULTS.parent / "conformance_logs" / f"{number}.txt").write_text(
+                    "\n".join(kept)[-30000:]
+                )
             for o in found:
                 log.info("%s %s %.0f s %s", o.test, o.result, o.seconds, o.first_error)
             write_table(outcomes, selection, started, args.label)
