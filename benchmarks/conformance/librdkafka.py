@@ -163,9 +163,7 @@ def _run_scenario(
         except subprocess.TimeoutExpired:
             server.kill()
         shutil.rmtree(data, ignore_errors=True)
-    first_error = next(
-        (line.strip()[:300] for line in output.splitlines() if _FAILURE.search(line)), ""
-    )
+    first_error = first_failure(output)
     verdicts: dict[str, str] = {}
     for line in output.splitlines():
         found = _VERDICT.match(line.strip())
@@ -183,6 +181,18 @@ def _run_scenario(
         Outcome(number, name, result, seconds, first_error if result != "PASSED" else "")
         for name, result in sorted(verdicts.items())
     ], output
+
+
+def first_failure(output: str) -> str:
+    """The suite's first failure: the test and place (``### Test "..." failed at ...``) and the
+    message on the line after it; else the first line that says a test failed."""
+    lines = output.splitlines()
+    for i, line in enumerate(lines):
+        if line.startswith("### Test"):
+            where = line.strip("# ").split(" at ", 2)
+            message = lines[i + 1].strip() if i + 1 < len(lines) else ""
+            return f"{' at '.join(where[:2])}: {message}"[:300]
+    return next((line.strip()[:300] for line in lines if _FAILURE.search(line)), "")
 
 
 def write_table(outcomes: list[Outcome], selection: dict, started: str, label: str) -> None:
