@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint format bench clean kcat
+.PHONY: demo test lint format bench clean kcat conformance
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -31,6 +31,12 @@ kcat:
 	@command -v kcat >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq kcat) >/dev/null 2>&1 || \
 		(command -v sudo >/dev/null && sudo apt-get update -qq && sudo apt-get install -y -qq kcat) >/dev/null 2>&1 || \
 		echo "kcat is missing: install it with apt-get install kcat" >&2
+
+# librdkafka's own test suite against `serve` (about 30 minutes; not part of `make test`):
+# fetched with `apt-get source librdkafka`, built under build/conformance, results in
+# benchmarks/results/conformance_librdkafka.md. Selection: benchmarks/conformance/selection.toml.
+conformance: $(STAMP)
+	$(BIN)/python -m benchmarks.conformance.librdkafka
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/log_bench.py

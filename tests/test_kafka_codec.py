@@ -6,6 +6,7 @@ import asyncio
 import datetime
 import io
 import struct
+import uuid
 
 import pytest
 from kio.serial import entity_writer
@@ -148,12 +149,15 @@ def test_produce_response_matches_kio(version: int) -> None:
 def test_fetch_response_matches_kio(version: int) -> None:
     module = messages(1, version, True)
     batch = build_batch([b"v1", b"v2"])
+    by_id = version >= 13  # topics named by their ids (KIP-516)
+    first, second = (uuid.uuid4(), uuid.uuid4()) if by_id else ("tópic", "other")
     reads = [
-        ("tópic", [
+        (first, [
             PartitionRead(0, ErrorCode.none, batch, 10, 2),
             PartitionRead(1, ErrorCode.offset_out_of_range, b"", 5, 0),
+            PartitionRead(2, ErrorCode.none, batch, 12, 0, last_stable_offset=3, aborted=[(7, 1)]),
         ]),
-        ("other", []),
+        (second, []),
     ]  # fmt: skip
     expected = make(
         module.FetchResponse,
@@ -162,23 +166,32 @@ def test_fetch_response_matches_kio(version: int) -> None:
         session_id=0,
         responses=tuple(
             module.FetchableTopicResponse(
-                topic=name,
+                **({"topic_id": key} if by_id else {"topic": key}),
                 partitions=tuple(
                     make(
                         module.PartitionData,
                         partition_index=r.partition,
                         error_code=r.error,
                         high_watermark=r.high_watermark,
-                        last_stable_offset=r.high_watermark,
+                        last_stable_offset=(
+                            r.high_watermark if r.last_stable_offset < 0 else r.last_stable_offset
+                        ),
                         log_start_offset=r.log_start_offset,
-                        aborted_transactions=None,
+                        aborted_transactions=(
+                            None
+                            if r.aborted is None
+                            else tuple(
+                                module.AbortedTransaction(producer_id=p, first_offset=o)
+                                for p, o in r.aborted
+                            )
+                        ),
                         preferred_read_replica=-1,
                         records=r.records,
                     )
                     for r in rs
                 ),
             )
-            for name, rs in reads
+            for key, rs in reads
         ),
     )
     assert encode_fetch_response(9, version, reads) == encode_response(9, expected)

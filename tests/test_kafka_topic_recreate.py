@@ -4,6 +4,7 @@ it, its commits land, and ``close()`` returns at once."""
 
 from __future__ import annotations
 
+import datetime
 import time
 import uuid
 
@@ -13,6 +14,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from kafka_fixtures import KafkaServer, RawClient
 
 from streamhouse.kafka.wire import messages
+from streamhouse.log.records import decode_batches
 
 kafka_server = kafka_fixtures.kafka_server
 
@@ -103,3 +105,117 @@ def test_delete_and_recreate_subscribed_topic(kafka_server: KafkaServer) -> None
         closing = time.monotonic() - started
     assert closing < 3.0, f"close took {closing:.1f} s"
     assert seen.count(b"new-0") == 1
+
+
+def _fetch_v13(server: KafkaServer, topic_id: uuid.UUID) -> tuple[uuid.UUID, int, list[bytes]]:
+    """(topic id answered, error code, values) of partition 0 fetched from offset 0 by id."""
+    module = messages(1, 13, False)
+    partition = module.FetchPartition(
+        partition=0,
+        current_leader_epoch=-1,
+        fetch_offset=0,
+        last_fetched_epoch=-1,
+        log_start_offset=-1,
+        partition_max_bytes=1 << 20,
+    )
+    with RawClient(server.bootstrap) as client:
+        answer = client.request(
+            1,
+            13,
+            replica_id=-1,
+            max_wait=datetime.timedelta(milliseconds=100),
+            min_bytes=1,
+            max_bytes=1 << 20,
+            isolation_level=0,
+            session_id=0,
+            session_epoch=-1,
+            topics=(module.FetchTopic(topic_id=topic_id, partitions=(partition,)),),
+            forgotten_topics_data=(),
+            rack_id="",
+        )
+    (topic,) = answer.responses
+    (data,) = topic.partitions
+    values = decode_batches(data.records).column("value").to_pylist() if data.records else []
+    return topic.topic_id, data.error_code, values
+
+
+def test_fetch_v13_names_topics_by_id_and_refuses_a_deleted_ones_id(
+    kafka_server: KafkaServer,
+) -> None:
+    """Fetch v13 (KIP-516): the topic is asked and answered by its id; after the topic is
+    deleted and re-created under the same name, its old id gets UNKNOWN_TOPIC_ID, never the
+    new topic's records, and the new id reads the new records."""
+    topic = "fetched-by-id"
+    admin = AdminClient({"bootstrap.servers": kafka_server.bootstrap})
+    admin.create_topics([NewTopic(topic, 1)])[topic].result(10)
+    _produce(kafka_server, topic, [b"old-0", b"old-1"], 1)
+    old_uuid = _metadata_v12(kafka_server, topic, uuid.UUID(int=0))[2]
+    assert _fetch_v13(kafka_server, old_uuid) == (old_uuid, 0, [b"old-0", b"old-1"])
+    admin.delete_topics([topic])[topic].result(10)
+    admin.create_topics([NewTopic(topic, 1)])[topic].result(10)
+    _produce(kafka_server, topic, [b"new-0"], 1)
+    new_uuid = _metadata_v12(kafka_server, topic, uuid.UUID(int=0))[2]
+    assert new_uuid != old_uuid
+    assert _fetch_v13(kafka_server, old_uuid) == (old_uuid, 100, [])  # UNKNOWN_TOPIC_ID
+    assert _fetch_v13(kafka_server, new_uuid) == (new_uuid, 0, [b"new-0"])
+
+
+def test_create_topics_v7_returns_the_id_and_delete_topics_v6_deletes_by_it(
+    kafka_server: KafkaServer,
+) -> None:
+    """CreateTopics v7 answers each new topic's id, partitions and configs; DeleteTopics v6
+    deletes a topic named by its id alone, and answers UNKNOWN_TOPIC_ID for an id no topic
+    has (the deleted topic's, asked again)."""
+    create = messages(19, 7, False)
+    delete = messages(20, 6, False)
+    with RawClient(kafka_server.bootstrap) as client:
+        created = client.request(
+            19,
+            7,
+            topics=(
+                create.CreatableTopic(
+                    name="by-id",
+                    num_partitions=3,
+                    replication_factor=-1,
+                    assignments=(),
+                    configs=(create.CreatableTopicConfig(name="retention.ms", value="60000"),),
+                ),
+            ),
+            timeout=datetime.timedelta(seconds=10),
+            validate_only=False,
+        )
+        (result,) = created.topics
+        assert (result.error_code, result.num_partitions, result.replication_factor) == (0, 3, 1)
+        assert [(c.name, c.value) for c in result.configs] == [("retention.ms", "60000")]
+        assert _metadata_v12(kafka_server, "by-id", uuid.UUID(int=0))[2] == result.topic_id
+
+        def delete_by_id() -> tuple:
+            answer = client.request(
+                20,
+                6,
+                topics=(delete.DeleteTopicState(name=None, topic_id=result.topic_id),),
+                timeout=datetime.timedelta(seconds=10),
+            )
+            (deleted,) = answer.responses
+            return deleted.error_code, deleted.name, deleted.topic_id
+
+        assert delete_by_id() == (0, "by-id", result.topic_id)
+        assert delete_by_id() == (100, None, result.topic_id)  # UNKNOWN_TOPIC_ID
+        v4 = messages(19, 4, False)  # what librdkafka sends: no configs in the answer
+        older = client.request(
+            19,
+            4,
+            topics=(
+                v4.CreatableTopic(
+                    name="by-name",
+                    num_partitions=1,
+                    replication_factor=1,
+                    assignments=(),
+                    configs=(v4.CreatableTopicConfig(name="retention.ms", value="60000"),),
+                ),
+            ),
+            timeout=datetime.timedelta(seconds=10),
+            validate_only=False,
+        )
+        assert [(t.name, t.error_code) for t in older.topics] == [("by-name", 0)]
+    assert _metadata_v12(kafka_server, "by-id", uuid.UUID(int=0))[0] == 3  # gone

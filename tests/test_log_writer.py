@@ -262,3 +262,38 @@ def test_a_failed_flush_in_a_group_fails_its_own_appends_only(
         assert not log.metadata.is_indexed(commits[2])
     objects = {p.name for p in (tmp_path / "objects" / "segments").glob("*.seg")}
     assert len(objects) == 3 and commits[2].rsplit("/", 1)[1] not in objects
+
+
+def test_an_idle_writer_flushes_at_once_and_a_busy_one_batches_its_backlog(
+    tmp_path: Path,
+) -> None:
+    """Group commit driven by the backlog, with no linger: an append to an idle writer is
+    put alone at once; appends made while that put is under way go together in the next."""
+    with Log.open(Settings.load(data_dir=tmp_path)) as log:
+        log.create_topic("t")
+        put = log.store.put
+        entered, release = threading.Event(), threading.Event()
+
+        def first_put_waits(key: str, data: bytes) -> None:
+            if not entered.is_set():
+                entered.set()
+                assert release.wait(10)
+            put(key, data)
+
+        log.store.put = first_put_waits  # type: ignore[method-assign]
+        first = log.append("t", 0, build_batch([b"alone"]))
+        assert entered.wait(10)  # put with no linger, although nothing else came
+        backlog = [log.append("t", 0, build_batch([f"b{i}".encode()])) for i in range(10)]
+        release.set()
+        assert first.result(10) == 0
+        assert [f.result(10) for f in backlog] == list(range(1, 11))
+        assert log.writer.stats.objects_put == 2  # the backlog in one object
+        stages = log.writer.stats.times.means_ms()
+        assert stages["object put"]["count"] == 2
+        assert {"object fsync", "dir fsync (beside it)"} <= set(log.store.times.means_ms())
+    assert _values_after_reopen(tmp_path) == [b"alone", *(f"b{i}".encode() for i in range(10))]
+
+
+def _values_after_reopen(root: Path) -> list[bytes]:
+    with Log.open(Settings.load(data_dir=root)) as log:
+        return _values(log)

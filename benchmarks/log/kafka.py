@@ -84,10 +84,14 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _start_server(data_dir: Path, port: int) -> subprocess.Popen[bytes]:
-    cmd = [sys.executable, "-m", "streamhouse", "serve", "--data-dir", str(data_dir)]
-    cmd += ["--port", str(port), "--advertised-host", "127.0.0.1"]
-    process = subprocess.Popen(cmd, stderr=subprocess.DEVNULL)
+def _start_server(
+    data_dir: Path, port: int, *, env: dict[str, str] | None = None, log_path: Path | None = None
+) -> subprocess.Popen[bytes]:
+    """``streamhouse serve`` on ``data_dir``; with ``log_path``, its INFO log goes there."""
+    cmd = [sys.executable, "-m", "streamhouse", *(["-v"] if log_path else []), "serve"]
+    cmd += ["--data-dir", str(data_dir), "--port", str(port), "--advertised-host", "127.0.0.1"]
+    stderr = open(log_path, "wb") if log_path else subprocess.DEVNULL  # noqa: SIM115
+    process = subprocess.Popen(cmd, stderr=stderr, env={**os.environ, **(env or {})})
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         try:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import uuid
 from typing import TYPE_CHECKING, Any
 
 from streamhouse.errors import (
@@ -27,6 +28,7 @@ from streamhouse.errors import (
     UnknownTopicError,
 )
 from streamhouse.kafka.api_keys import ApiKey
+from streamhouse.kafka.metadata import NO_TOPIC_ID
 from streamhouse.kafka.wire import ErrorCode, RequestHeader, error_code_for, make, messages
 from streamhouse.log.metadata import validate_topic_name
 from streamhouse.log.topic_config import KNOWN_TOPIC_CONFIGS, ConfigType, validate_topic_config
@@ -100,7 +102,7 @@ async def handle_create_topics(broker: Broker, header: RequestHeader, request: A
         header.session, AclOperation.CREATE, ResourceType.CLUSTER, CLUSTER_NAME, audit=False
     )
     for topic in request.topics:
-        error, message = ErrorCode.none, None
+        error, message, created = ErrorCode.none, None, None
         denied = (
             None if on_cluster else _topic_denied(broker, header, AclOperation.CREATE, topic.name)
         )
@@ -126,31 +128,56 @@ async def handle_create_topics(broker: Broker, header: RequestHeader, request: A
                     error = ErrorCode.topic_already_exists
                     message = f"topic {topic.name!r} already exists"
                 elif not request.validate_only:
-                    broker.log.create_topic(topic.name, partitions=partitions, config=configs)
+                    created = broker.log.create_topic(
+                        topic.name, partitions=partitions, config=configs
+                    )
             except (TopicExistsError, InvalidConfigError) as exc:
                 error, message = error_code_for(exc), str(exc)
             except LogError as exc:
                 error, message = ErrorCode.invalid_topic_exception, str(exc)
             except StreamHouseError as exc:
                 error, message = error_code_for(exc), str(exc)
+        ok = error is ErrorCode.none
         results.append(
             make(
                 module.CreatableTopicResult,
                 name=topic.name,
+                topic_id=uuid.UUID(created.topic_id) if created else NO_TOPIC_ID,  # v7+
                 error_code=error,
                 error_message=message,
+                num_partitions=partitions if ok else -1,  # v5+
+                replication_factor=1 if ok else -1,
+                configs=_created_configs(module, configs)
+                if ok and header.api_version >= 5
+                else None,
             )
         )
     return make(module.CreateTopicsResponse, throttle_time=0, topics=tuple(results))
 
 
+def _created_configs(module: Any, configs: dict[str, str]) -> tuple[Any, ...]:
+    """CreateTopics v5+: the configs the topic was created with (the others are defaults)."""
+    return tuple(
+        module.CreatableTopicConfigs(
+            name=name,
+            value=value,
+            read_only=False,
+            config_source=SOURCE_DYNAMIC_TOPIC,
+            is_sensitive=False,
+        )
+        for name, value in sorted(configs.items())
+    )
+
+
 async def handle_delete_topics(broker: Broker, header: RequestHeader, request: Any) -> Any:
     module = messages(ApiKey.DELETE_TOPICS, header.api_version, True)
     results = []
-    for name in request.topic_names:
+    for name, topic_id in _topics_to_delete(broker, header.api_version, request):
         error = ErrorCode.none
         try:
-            if _topic_denied(broker, header, AclOperation.DELETE, name):
+            if name is None:
+                error = ErrorCode.unknown_topic_id
+            elif _topic_denied(broker, header, AclOperation.DELETE, name):
                 error = ErrorCode.topic_authorization_failed
             elif broker.log.get_topic(name) is None:
                 error = ErrorCode.unknown_topic_or_partition
@@ -159,8 +186,28 @@ async def handle_delete_topics(broker: Broker, header: RequestHeader, request: A
                 broker.producers.forget_topic(name)
         except StreamHouseError as exc:
             error = error_code_for(exc)
-        results.append(module.DeletableTopicResult(name=name, error_code=error))
+        results.append(
+            make(module.DeletableTopicResult, name=name, topic_id=topic_id, error_code=error)
+        )
     return make(module.DeleteTopicsResponse, throttle_time=0, responses=tuple(results))
+
+
+def _topics_to_delete(
+    broker: Broker, api_version: int, request: Any
+) -> list[tuple[str | None, uuid.UUID]]:
+    """(name, topic id) of each topic a DeleteTopics request names: by name before v6; from
+    v6 (KIP-516) by name or by id, an id no topic has giving no name."""
+    if api_version < 6:
+        return [(name, NO_TOPIC_ID) for name in request.topic_names]
+    by_id = {uuid.UUID(t.topic_id): t.name for t in broker.log.list_topics()}
+    named = []
+    for topic in request.topics:
+        if topic.name is not None and topic.topic_id == NO_TOPIC_ID:
+            info = broker.log.get_topic(topic.name)
+            named.append((topic.name, uuid.UUID(info.topic_id) if info else NO_TOPIC_ID))
+        else:
+            named.append((by_id.get(topic.topic_id), topic.topic_id))
+    return named
 
 
 async def handle_create_partitions(broker: Broker, header: RequestHeader, request: Any) -> Any:

@@ -9,6 +9,11 @@ returns at least one whole batch so that a batch bigger than the limits can be c
 Fetch sessions (KIP-227) are not kept: every answer has session id 0, which tells clients to
 send full fetch requests.
 
+From v12 the request and response are flexible; from v13 (KIP-516) topics are named by their
+topic id in both, so a client holding the id of a topic that was deleted (and perhaps
+re-created under the same name) gets UNKNOWN_TOPIC_ID for it, never the new topic's records:
+it refreshes its metadata and sees the new topic as new.
+
 With ``isolation_level=1`` (read_committed) a partition's answer stops before its last stable
 offset (the first offset of its oldest open transaction, read after the records so that a
 transaction starting meanwhile cannot slip in) and lists the aborted transactions that overlap
@@ -31,6 +36,7 @@ import asyncio
 import logging
 import struct
 import time
+import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -49,6 +55,7 @@ from streamhouse.kafka.wire import (
     to_ms,
 )
 from streamhouse.log.records import read_header
+from streamhouse.log.records.varints import encode_uvarint
 from streamhouse.security.acl import AclOperation, ResourceType
 
 if TYPE_CHECKING:
@@ -68,7 +75,13 @@ _PARTITION = struct.Struct(">ihqq")  # index, error_code, high_watermark, last_s
 _I64 = struct.Struct(">q")
 _NULL_ARRAY = _I32.pack(-1)  # aborted_transactions: none
 _ABORTED = struct.Struct(">qq")  # producer_id, first_offset
+_TAGS_NONE = b"\x00"  # an empty tagged-field section (flexible versions)
+_FLEXIBLE = 12  # the first flexible Fetch version
+_BY_TOPIC_ID = 13  # the first version naming topics by id (KIP-516)
 READ_COMMITTED = 1
+
+TopicKey = str | uuid.UUID
+"""How a response names a topic: by name (v4-v12) or by topic id (v13+)."""
 
 
 @dataclass(slots=True)
@@ -86,16 +99,19 @@ class PartitionRead:
 
 
 def encode_fetch_response(
-    correlation_id: int, api_version: int, reads: list[tuple[str, list[PartitionRead]]]
+    correlation_id: int, api_version: int, reads: list[tuple[TopicKey, list[PartitionRead]]]
 ) -> bytes:
-    """The whole response frame (v4-v11, length prefix included)."""
+    """The whole response frame (v4-v13, length prefix included); topics are keyed by name,
+    or by topic id from v13."""
+    if api_version >= _FLEXIBLE:
+        return _encode_flexible(correlation_id, api_version, reads)
     if api_version >= 7:
         parts = [b"", _TOP_V7.pack(0, 0, 0)]
     else:
         parts = [b"", _I32.pack(0)]
     parts.append(_I32.pack(len(reads)))
     for name, partitions in reads:
-        encoded = name.encode()
+        encoded = str(name).encode()
         parts.append(_I16.pack(len(encoded)))
         parts.append(encoded)
         parts.append(_I32.pack(len(partitions)))
@@ -118,29 +134,88 @@ def encode_fetch_response(
     return b"".join(parts)
 
 
+def _encode_flexible(
+    correlation_id: int, api_version: int, reads: list[tuple[TopicKey, list[PartitionRead]]]
+) -> bytes:
+    """v12+: compact arrays and strings, tagged-field sections (all empty), response header
+    v1; from v13 a topic is its 16-byte id."""
+    parts = [b"", _TOP_V7.pack(0, 0, 0), encode_uvarint(len(reads) + 1)]
+    for key, partitions in reads:
+        if api_version >= _BY_TOPIC_ID:
+            parts.append(key.bytes if isinstance(key, uuid.UUID) else uuid.UUID(int=0).bytes)
+        else:
+            encoded = str(key).encode()
+            parts.append(encode_uvarint(len(encoded) + 1))
+            parts.append(encoded)
+        parts.append(encode_uvarint(len(partitions) + 1))
+        for r in partitions:
+            stable = r.high_watermark if r.last_stable_offset < 0 else r.last_stable_offset
+            parts.append(_PARTITION.pack(r.partition, r.error, r.high_watermark, stable))
+            parts.append(_I64.pack(r.log_start_offset))
+            if r.aborted is None:
+                parts.append(b"\x00")  # null compact array
+            else:
+                parts.append(encode_uvarint(len(r.aborted) + 1))
+                for pid, first in r.aborted:
+                    parts.append(_ABORTED.pack(pid, first))
+                    parts.append(_TAGS_NONE)
+            parts.append(_I32.pack(-1))  # preferred_read_replica
+            parts.append(encode_uvarint(len(r.records) + 1))
+            parts.append(r.records)
+            parts.append(_TAGS_NONE)
+        parts.append(_TAGS_NONE)
+    parts.append(_TAGS_NONE)
+    size = sum(len(part) for part in parts)
+    parts[0] = _FRAME_HEAD.pack(size + 5, correlation_id) + _TAGS_NONE  # header v1
+    return b"".join(parts)
+
+
+@dataclass(slots=True)
+class _Topic:
+    """A requested topic: its name (None: an unknown topic id) and how the answer keys it."""
+
+    name: str | None
+    key: TopicKey
+    partitions: Any
+
+
+def _requested(broker: Broker, api_version: int, request: Any) -> list[_Topic]:
+    """The request's topics, by name; from v13 their ids resolved to the current topics'."""
+    if api_version < _BY_TOPIC_ID:
+        return [_Topic(t.topic, t.topic, t.partitions) for t in request.topics]
+    names = {uuid.UUID(t.topic_id): t.name for t in broker.log.list_topics()}
+    return [_Topic(names.get(t.topic_id), t.topic_id, t.partitions) for t in request.topics]
+
+
 def _read(
-    broker: Broker, request: Any, denied: frozenset[str] = frozenset()
-) -> tuple[list[tuple[str, list[PartitionRead]]], int]:
+    broker: Broker, request: Any, topics: list[_Topic], denied: frozenset[str] = frozenset()
+) -> tuple[list[tuple[TopicKey, list[PartitionRead]]], int]:
     """Read every requested partition once (runs in a worker thread); those of ``denied``
-    topics are answered TOPIC_AUTHORIZATION_FAILED."""
+    topics are answered TOPIC_AUTHORIZATION_FAILED, those of unknown topic ids
+    UNKNOWN_TOPIC_ID."""
     remaining = max(request.max_bytes, 0)
     total = 0
-    out: list[tuple[str, list[PartitionRead]]] = []
+    out: list[tuple[TopicKey, list[PartitionRead]]] = []
     committed = request.isolation_level == READ_COMMITTED
-    for topic in request.topics:
+    for topic in topics:
         reads = []
+        name = topic.name
         for p in topic.partitions:
-            if topic.topic in denied:
-                error = ErrorCode.topic_authorization_failed
+            if name is None or name in denied:
+                error = (
+                    ErrorCode.unknown_topic_id
+                    if name is None
+                    else ErrorCode.topic_authorization_failed
+                )
                 reads.append(PartitionRead(p.partition, error, b"", -1, -1))
                 continue
-            reads.append(_read_partition(broker, topic.topic, p, remaining, total))
+            reads.append(_read_partition(broker, name, p, remaining, total))
             if committed and reads[-1].error is ErrorCode.none:
-                reads[-1] = _committed(broker, topic.topic, p.fetch_offset, reads[-1])
+                reads[-1] = _committed(broker, name, p.fetch_offset, reads[-1])
             size = len(reads[-1].records)
             total += size
             remaining -= size
-        out.append((topic.topic, reads))
+        out.append((topic.key, reads))
     return out, total
 
 
@@ -204,17 +279,19 @@ async def handle_fetch(broker: Broker, header: RequestHeader, request: Any) -> b
     Returns the response frame.
     """
     deadline = time.monotonic() + max(to_ms(request.max_wait), 0) / 1000
-    keys = {(t.topic, p.partition) for t in request.topics for p in t.partitions}
+    topics = _requested(broker, header.api_version, request)
+    keys = {(t.name, p.partition) for t in topics if t.name is not None for p in t.partitions}
     access = broker.access
     denied = frozenset(
-        t.topic
-        for t in request.topics
-        if not access.allowed(header.session, AclOperation.READ, ResourceType.TOPIC, t.topic)
+        t.name
+        for t in topics
+        if t.name is not None
+        and not access.allowed(header.session, AclOperation.READ, ResourceType.TOPIC, t.name)
     )
     while True:
         wakeup = broker.data_arrival(keys)
         try:
-            reads, total = await asyncio.to_thread(_read, broker, request, denied)
+            reads, total = await asyncio.to_thread(_read, broker, request, topics, denied)
             left = deadline - time.monotonic()
             errors = any(r.error is not ErrorCode.none for _, rs in reads for r in rs)
             if total >= request.min_bytes or errors or left <= 0 or not keys:
@@ -232,7 +309,7 @@ async def handle_fetch(broker: Broker, header: RequestHeader, request: Any) -> b
 STORAGE_WARNING_SECONDS = 10.0
 
 
-def _report_failures(broker: Broker, reads: list[tuple[str, list[PartitionRead]]]) -> None:
+def _report_failures(broker: Broker, reads: list[tuple[TopicKey, list[PartitionRead]]]) -> None:
     """Log each damaged object the first time a fetch meets it, and a failing object store now
     and then (on the event loop thread)."""
     for topic, partitions in reads:

@@ -4,7 +4,7 @@ The ranges are non-flexible wherever the four target clients allow it (kafka-pyt
 librdkafka via confluent-kafka and kcat, aiokafka): each negotiates the highest version both
 sides know, and all of them speak these. The group admin APIs go up to what Kafka 3.x
 advertises (ListGroups v4 for group states, DescribeGroups v5, DeleteGroups v2, OffsetDelete),
-and Metadata to v12 for topic ids: flexible versions among them, as clients ask for those
+Metadata to v12, Fetch to v13, CreateTopics to v7 and DeleteTopics to v6 for topic ids: flexible versions among them, as clients ask for those
 features by version. The transaction APIs stop before their first flexible version, except
 DescribeTransactions and ListTransactions, flexible from v0. Lower bounds are where ``kio`` starts (Produce v3
 is the first with record format v2, which is the only format the log stores).
@@ -27,7 +27,7 @@ __all__ = ["SUPPORTED", "handle_api_versions", "unsupported_api_versions"]
 
 SUPPORTED: dict[ApiKey, tuple[int, int]] = {
     ApiKey.PRODUCE: (3, 8),  # Produce (v9+ flexible)
-    ApiKey.FETCH: (4, 11),  # Fetch (v12+ flexible)
+    ApiKey.FETCH: (4, 13),  # Fetch (v12+ flexible; v13+ topic ids, KIP-516)
     ApiKey.LIST_OFFSETS: (1, 5),  # ListOffsets (v6+ flexible)
     ApiKey.METADATA: (0, 12),  # Metadata (v9+ flexible; v10+ topic ids, KIP-516)
     ApiKey.OFFSET_COMMIT: (2, 7),  # OffsetCommit (v8+ flexible)
@@ -41,8 +41,8 @@ SUPPORTED: dict[ApiKey, tuple[int, int]] = {
     ApiKey.LIST_GROUPS: (0, 4),  # ListGroups (v3+ flexible; v4 group states, KIP-518)
     ApiKey.SASL_HANDSHAKE: (1, 1),  # SaslHandshake (v0 sends raw tokens: not served)
     ApiKey.API_VERSIONS: (0, 3),  # ApiVersions (v3 flexible; its response header is always v0)
-    ApiKey.CREATE_TOPICS: (2, 4),  # CreateTopics (v5+ flexible)
-    ApiKey.DELETE_TOPICS: (1, 3),  # DeleteTopics (v4+ flexible)
+    ApiKey.CREATE_TOPICS: (2, 7),  # CreateTopics (v5+ flexible; v7 returns topic ids)
+    ApiKey.DELETE_TOPICS: (1, 6),  # DeleteTopics (v4+ flexible; v6 deletes by topic id)
     ApiKey.DELETE_RECORDS: (0, 1),  # DeleteRecords (v2+ flexible)
     ApiKey.INIT_PRODUCER_ID: (0, 4),  # InitProducerId (v2+ flexible; v3 epoch bump, KIP-360)
     ApiKey.ADD_PARTITIONS_TO_TXN: (0, 2),  # AddPartitionsToTxn (v3+ flexible)

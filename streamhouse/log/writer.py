@@ -2,8 +2,24 @@
 
 Durability contract: an append's future resolves only after the segment object holding it is
 durable in the object store (fsync + atomic rename locally, a completed PUT on S3) AND its index
-rows are committed in the metadata store. A flush happens ``linger_ms`` after the first pending
-append or as soon as ``max_bytes`` are pending, whichever comes first.
+rows are committed in the metadata store.
+
+When flushes happen (group commit driven by the backlog): an idle writer flushes an append at
+once; while the writer thread is putting an object, appends pile up and go together in the
+next one, so a busy writer batches as much as its own put latency gathers, with no fixed
+linger. ``linger_ms`` (0 by default) adds a fixed wait after the first pending append for
+those who want fewer, larger objects at the cost of latency; ``max_bytes`` pending flush at
+once either way.
+
+What overlaps and what does not: a flush's object is made durable before its commit starts,
+and the next flush's object is put while it commits. The local store fsyncs a new object and
+its directory at once (see :class:`~streamhouse.log.objectstore.LocalObjectStore`). The
+metadata commit of a flush never overlaps its own put: an index row committed before its
+object is durable would, after a crash or a kill during the put (an S3 PUT is not there until
+it completes), name an object that is not there, and readers would fail on offsets no producer
+was told of. ``serve`` logs where each flush's time went when it stops (``produce path, mean
+per flush``: waiting for the writer thread, encoding, the put and its parts, waiting for the
+committer, the commit, waking the event loop).
 
 Offsets are sequenced by the metadata store at commit: a flush proposes none. The writer stamps
 each batch's ``baseOffset`` (bytes 0-7, outside the CRC) with a *tentative* offset, its best
@@ -19,8 +35,9 @@ this path. Flushes are pipelined over two threads, so that objects are written w
 index rows of the ones before are committed (group commit):
 
 - the *writer* thread collects pending appends, stamps their tentative offsets, encodes one
-  segment object and puts it, ``linger_ms`` after the first of them, whether or not earlier
-  flushes are committed yet (up to :data:`MAX_PUT_AHEAD` of them may wait for their commit);
+  segment object and puts it, as soon as it is free (``linger_ms`` after the first of them if
+  set), whether or not earlier flushes are committed yet (up to :data:`MAX_PUT_AHEAD` of them
+  may wait for their commit);
 - the *committer* thread commits, strictly in order, every put flush waiting when it is free,
   all in one transaction (:meth:`~streamhouse.log.metadata.Metadata.commit_segments`), and
   only then resolves their appends' futures with the assigned offsets and tells listeners.
@@ -41,6 +58,7 @@ all those of one flush in a single ``call_soon_threadsafe``.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import threading
 import time
@@ -65,6 +83,7 @@ from streamhouse.log.records import BatchHeader
 from streamhouse.log.records.header import BASE_OFFSET
 from streamhouse.log.segment import SegmentBuilder, SegmentEntry, segment_key
 from streamhouse.log.sequence_notes import write_note
+from streamhouse.log.stage_times import StageTimes
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +115,7 @@ _Outcome = tuple[_Append, int, BaseException | None]
 """An append and its base offset (on success) or its error."""
 
 
-def _settle(outcomes: Iterable[_Outcome]) -> None:
+def _settle(outcomes: Iterable[_Outcome], times: StageTimes | None = None) -> None:
     """Resolve the futures of finished appends; a future resolved already is left alone.
 
     :class:`concurrent.futures.Future` are set here; asyncio futures are set on their event
@@ -117,12 +136,14 @@ def _settle(outcomes: Iterable[_Outcome]) -> None:
             pass
     for loop, settled in by_loop.items():
         try:
-            loop.call_soon_threadsafe(_settle_on_loop, settled)
+            loop.call_soon_threadsafe(_settle_on_loop, settled, times, time.monotonic())
         except RuntimeError:  # the loop is closed: nobody is waiting any more
             log.debug("event loop closed; %d append(s) not reported", len(settled))
 
 
-def _settle_on_loop(settled: list[_Outcome]) -> None:
+def _settle_on_loop(settled: list[_Outcome], times: StageTimes | None, called_at: float) -> None:
+    if times is not None:
+        times.add("wake event loop", time.monotonic() - called_at)
     for item, offset, error in settled:
         if item.future.done():
             continue
@@ -160,6 +181,8 @@ class _Flush:
     producer_batches: list[ProducerBatch] = field(default_factory=list)  # idempotent ones
     claims: list[_Append] = field(default_factory=list)  # the append of each producer batch
     error: BaseException | None = None  # the put failed
+    first_at: float = 0.0  # time.monotonic() of its first append (0: flushed on demand)
+    put_at: float = 0.0  # time.monotonic() when its object was put
 
 
 _STOP = _Flush([])
@@ -176,6 +199,7 @@ class WriterStats:
     sequenced_elsewhere: int = 0
     duplicate_batches: int = 0  # idempotent batches the store had indexed already
     group_commits: int = 0  # commits that indexed several objects in one transaction
+    times: StageTimes = field(default_factory=StageTimes)  # per flush, by stage
 
 
 class LogWriter:
@@ -186,7 +210,7 @@ class LogWriter:
         store: ObjectStore,
         metadata: Metadata,
         *,
-        linger_ms: float = 5.0,
+        linger_ms: float = 0.0,
         max_bytes: int = 8 * 1024 * 1024,
         on_segment: Callable[[str, bytes], None] | None = None,
     ) -> None:
@@ -306,6 +330,9 @@ class LogWriter:
             self._work.notify()
         self._writer.join()
         self._committer.join()
+        if self.stats.objects_put:
+            stages = {**self.stats.times.means_ms(), **self._store.times.means_ms()}
+            log.info("produce path, mean per flush: %s", json.dumps(stages))
 
     # -- the writer thread ------------------------------------------------------------------
 
@@ -326,6 +353,7 @@ class LogWriter:
                         return
                     else:
                         self._work.wait()
+                first_at = self._first_pending_at
                 if self._fenced:  # appends fenced by a lease go in flushes of their own
                     batch, self._pending = _same_fence(self._pending)
                     self._pending_bytes = sum(len(item.data) for item in self._pending)
@@ -333,14 +361,18 @@ class LogWriter:
                 else:
                     batch, self._pending = self._pending, []
                     self._pending_bytes = 0
-            flush = self._write(batch)
+            flush = self._write(batch, first_at)
             with self._lock:
                 self._put.append(flush)
                 self._ready.notify()
 
-    def _write(self, appends: list[_Append]) -> _Flush:
+    def _write(self, appends: list[_Append], first_at: float = 0.0) -> _Flush:
         """Stamp, encode and put one object; failures are left for the committer to handle."""
-        flush = _Flush(appends, fence=appends[0].fence)
+        flush = _Flush(appends, fence=appends[0].fence, first_at=first_at)
+        times = self.stats.times
+        started = time.monotonic()
+        if first_at:
+            times.add("wait for the writer thread", started - first_at)
         try:
             for item in appends:
                 flush.by_partition.setdefault((item.topic, item.partition), []).append(item)
@@ -349,7 +381,11 @@ class LogWriter:
             if not flush.entries:
                 return flush
             flush.object_key = segment_key(next(self._sequence))
+            built = time.monotonic()
+            times.add("encode segment", built - started)
             self._store.put(flush.object_key, flush.data)
+            flush.put_at = time.monotonic()
+            times.add("object put", flush.put_at - built)
             self.stats.objects_put += 1
         except Exception as exc:  # reported by the committer, in order
             flush.error = exc
@@ -486,6 +522,9 @@ class LogWriter:
         group commit fails, and the store provably did not commit it, each flush is committed
         on its own, in order, so that a refusal fails only the flush it concerns."""
         whole = [f for f in group if f.error is None and f.resolved]
+        times, started = self.stats.times, time.monotonic()
+        for flush in whole:
+            times.add("wait for the committer", started - flush.put_at)
         for flush in group:
             if flush.error is not None or not flush.resolved:
                 self._commit(flush)  # fails its appends, or has nothing to commit
@@ -497,6 +536,7 @@ class LogWriter:
             bases = self._metadata.commit_segments(
                 [FlushedSegment(f.object_key, f.entries, f.producer_batches) for f in whole]
             )
+            times.add("metadata commit", time.monotonic() - started)
         except Exception as exc:
             if self._group_committed(whole, exc):
                 return
@@ -546,9 +586,11 @@ class LogWriter:
             if not flush.resolved:  # every append failed at stamping
                 return
             try:
+                started = time.monotonic()
                 bases = self._metadata.commit_segment(
                     flush.object_key, flush.entries, flush.producer_batches, fence=flush.fence
                 )
+                self.stats.times.add("metadata commit", time.monotonic() - started)
             except RefusedBatchesError as refused:
                 kept = self._answer_refused(flush, refused)
                 if not kept:
@@ -649,7 +691,7 @@ class LogWriter:
                 self._on_segment(object_key, data)
             except Exception:  # a cache failure must not fail a durable produce
                 log.exception("segment callback failed")
-        _settle((item, offset, None) for item, offset in resolved)
+        _settle(((item, offset, None) for item, offset in resolved), self.stats.times)
         for (topic, partition), high_watermark in assigned.items():
             for listener in self._listeners:
                 try:

@@ -16,6 +16,7 @@ from streamhouse.errors import CorruptRecordError
 
 __all__ = [
     "SMALL",
+    "encode_uvarint",
     "encode_varint",
     "read_varint",
     "read_varints",
@@ -36,7 +37,11 @@ _COLS = np.arange(10, dtype=np.int64)
 
 def encode_varint(value: int) -> bytes:
     """``value`` zigzagged, as varint bytes."""
-    u = (value << 1) ^ (value >> 63)
+    return encode_uvarint((value << 1) ^ (value >> 63))
+
+
+def encode_uvarint(u: int) -> bytes:
+    """A non-negative ``u`` as unsigned varint bytes (Kafka's compact lengths)."""
     out = bytearray()
     while u >= 0x80:
         out.append((u & 0x7F) | 0x80)
