@@ -77,7 +77,7 @@ class Settings:
     s3_region: str = "us-east-1"
     s3_max_attempts: int = 5
     metadata: str | None = None
-    linger_ms: float = 0.0
+    linger_ms: float = 5.0
     max_flush_bytes: int = 8 * 1024 * 1024
     max_message_bytes: int = 8 * 1024 * 1024
     default_partitions: int = 1

@@ -4,12 +4,13 @@ Durability contract: an append's future resolves only after the segment object h
 durable in the object store (fsync + atomic rename locally, a completed PUT on S3) AND its index
 rows are committed in the metadata store.
 
-When flushes happen (group commit driven by the backlog): an idle writer flushes an append at
-once; while the writer thread is putting an object, appends pile up and go together in the
-next one, so a busy writer batches as much as its own put latency gathers, with no fixed
-linger. ``linger_ms`` (0 by default) adds a fixed wait after the first pending append for
-those who want fewer, larger objects at the cost of latency; ``max_bytes`` pending flush at
-once either way.
+When flushes happen (group commit driven by the backlog): an idle writer (no object being
+put, none waiting for or in its commit) flushes an append at once, so a producer sending one
+record at a time waits for one put and one commit, nothing more. A busy writer batches: while
+objects are put and committed, appends pile up, and the next object takes them ``linger_ms``
+(5 by default) after the first of them, or at once when ``max_bytes`` are pending. Without
+that wait a busy writer on a fast disk puts many small objects, each with its own commit:
+fewer records per object cost CPU and throughput.
 
 What overlaps and what does not: a flush's object is made durable before its commit starts,
 and the next flush's object is put while it commits. The local store fsyncs a new object and
@@ -35,9 +36,9 @@ this path. Flushes are pipelined over two threads, so that objects are written w
 index rows of the ones before are committed (group commit):
 
 - the *writer* thread collects pending appends, stamps their tentative offsets, encodes one
-  segment object and puts it, as soon as it is free (``linger_ms`` after the first of them if
-  set), whether or not earlier flushes are committed yet (up to :data:`MAX_PUT_AHEAD` of them
-  may wait for their commit);
+  segment object and puts it, at once when idle (``linger_ms`` after the first of them while
+  earlier flushes are put or committed), whether or not earlier flushes are committed yet
+  (up to :data:`MAX_PUT_AHEAD` of them may wait for their commit);
 - the *committer* thread commits, strictly in order, every put flush waiting when it is free,
   all in one transaction (:meth:`~streamhouse.log.metadata.Metadata.commit_segments`), and
   only then resolves their appends' futures with the assigned offsets and tells listeners.
@@ -210,7 +211,7 @@ class LogWriter:
         store: ObjectStore,
         metadata: Metadata,
         *,
-        linger_ms: float = 0.0,
+        linger_ms: float = 5.0,
         max_bytes: int = 8 * 1024 * 1024,
         on_segment: Callable[[str, bytes], None] | None = None,
     ) -> None:
@@ -232,6 +233,7 @@ class LogWriter:
         self._appended = 0  # sequence number of the last append
         self._settled = 0  # every append up to this sequence number is resolved
         self._put: deque[_Flush] = deque()  # put, waiting for the committer, in order
+        self._committing = 0  # flushes the committer has taken and not yet settled
         self._closed = False
         # guarded by _offsets_lock:
         self._offsets_lock = threading.Lock()
@@ -343,7 +345,9 @@ class LogWriter:
                     if len(self._put) >= MAX_PUT_AHEAD:  # the committer is far behind
                         self._work.wait()
                     elif self._pending:
-                        wait = self._first_pending_at + self._linger - time.monotonic()
+                        busy = self._put or self._committing  # else idle: flush at once
+                        linger = self._linger if busy else 0.0
+                        wait = self._first_pending_at + linger - time.monotonic()
                         if wait <= 0 or self._pending_bytes >= self._max_bytes or self._closed:
                             break
                         self._work.wait(wait)
@@ -480,6 +484,7 @@ class LogWriter:
                 while not self._put:
                     self._ready.wait()
                 group = self._take_group()
+                self._committing = len(group)
                 self._work.notify()
             if not group:
                 return
@@ -497,7 +502,9 @@ class LogWriter:
                     _fail(flush.appends, error)
             with self._lock:
                 self._settled = group[-1].appends[-1].sequence
+                self._committing = 0
                 self._done.notify_all()
+                self._work.notify()  # an append lingering behind this commit may go now
 
     def _take_group(self) -> list[_Flush]:
         """The put flushes to commit next, in order (called with ``_lock`` held): all those
