@@ -23,8 +23,10 @@ format: $(STAMP)
 	$(BIN)/ruff format streamhouse tests benchmarks
 	$(BIN)/ruff check --fix streamhouse tests benchmarks
 
+# Two workers, a test file each at a time (module fixtures such as one `serve` per file stay
+# whole): most tests wait on servers and clients, so the suite takes about half the time.
 test: $(STAMP) lint kcat
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 # kcat, a real Kafka client the protocol tests drive, comes from Debian's packages.
 kcat:
