@@ -1,0 +1,112 @@
+"""``ORDER BY p`` over a ``PROCTIME()`` column, continuously: deduplication
+(``ROW_NUMBER() OVER (PARTITION BY k ORDER BY p [DESC]) = 1``) keeps the first row of each key
+(ascending) or the last (descending). A micro-batch's rows share one processing time, so they
+tie on it and are ranked by arrival, as Flink ranks rows that each have their own time. Tested
+with an injected clock that sometimes stands still (ties across micro-batches too), random
+micro-batch splits, a restart and a crash between output and checkpoint, against the first
+and last row of each key in the order produced."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from test_query_restart import Crash, crash_after_sink_write
+from window_cases import start_paused, topic_rows
+
+import streamhouse
+from streamhouse import StreamHouse
+from streamhouse.errors import SqlError
+
+T0 = 1_767_225_600_000  # 2026-01-01 00:00:00 UTC
+
+DEDUP = (
+    "INSERT INTO out SELECT k, v FROM (SELECT k, v, ROW_NUMBER() OVER (PARTITION BY k"
+    " ORDER BY p{order}) AS rn FROM ev) WHERE rn = 1"
+)
+
+
+@pytest.fixture
+def sh(tmp_path: Path) -> Iterator[StreamHouse]:
+    with streamhouse.connect(tmp_path / "data", linger_ms=1) as conn:
+        conn.sql("CREATE STREAM ev (k STRING, v BIGINT, p AS PROCTIME()) WITH (topic = 'ev')")
+        yield conn
+
+
+def run_in_random_batches(
+    sh: StreamHouse, sql: str, rows: list[dict], seed: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``sql`` over ``rows`` in random micro-batches on an injected clock that moves by 0 or
+    more ms, with a crash between a batch's output and its checkpoint (replayed an hour later
+    on the clock) and a restart."""
+    rng = random.Random(seed)
+    sh.produce("ev", rows)
+    clock = {"now": T0}
+    crash_after_sink_write(monkeypatch, 2)
+
+    def open_query():
+        query = start_paused(sh, sql, "po")
+        query.clock = lambda: clock["now"]
+        return query
+
+    query, read, crashed = open_query(), 0, False
+    try:
+        while read < len(rows):
+            size = min(rng.randrange(1, 9), len(rows) - read)
+            try:
+                assert query.step(max_records=size)
+            except Crash:
+                query.store.close()
+                monkeypatch.undo()
+                crashed = True
+                clock["now"] += 3_600_000  # the replay must take the recorded time, not this
+                query = open_query()
+                assert query.step()  # the crashed micro-batch again, as it was recorded
+            read += size
+            clock["now"] += rng.choice([0, 0, 1, 250])
+            if read > len(rows) // 2 and rng.random() < 0.2:
+                query.stop()
+                query = open_query()
+        while query.step():
+            pass
+        assert query.status()["error"] is None
+    finally:
+        query.stop()
+    assert crashed
+
+
+@pytest.mark.parametrize("order", ["", " DESC"])
+def test_dedup_on_processing_time_keeps_the_first_or_last_row(
+    sh: StreamHouse, monkeypatch: pytest.MonkeyPatch, order: str
+) -> None:
+    rng = random.Random(order)
+    rows = [{"k": rng.choice("abcd"), "v": i} for i in range(120)]
+    run_in_random_batches(sh, DEDUP.format(order=order), rows, order, monkeypatch)
+    expected: dict[str, int] = {}
+    for row in rows:  # first row per key ascending, last descending
+        if order or row["k"] not in expected:
+            expected[row["k"]] = row["v"]
+    out = topic_rows(sh, "out")
+    latest = {r["k"]: r["v"] for r in out}  # the upsert per key that stands
+    assert latest == expected
+    by_key: dict[str, list[int]] = {}
+    for r in out:
+        by_key.setdefault(r["k"], []).append(r["v"])
+    for key, values in by_key.items():
+        if order:  # each upsert is a later row of its key than the one before it
+            assert values == sorted(values), key
+        else:  # never any row but the first
+            assert set(values) == {expected[key]}, key
+
+
+def test_dedup_on_processing_time_with_a_where_in_the_ranking_is_refused(
+    sh: StreamHouse,
+) -> None:
+    sql = (
+        "INSERT INTO out SELECT k, v FROM (SELECT k, v,\\n ROW_NUMBER() OVER (PARTITION BY k"
+        " ORDER BY p) AS rn FROM ev WHERE v > 0) WHERE rn = 1"
+    ).replace("\\n", "\n")
+    with pytest.raises(SqlError, match=r"processing-time column 'p'.*\(line 2, column \d+\)"):
+        start_paused(sh, sql, "po")
