@@ -110,3 +110,32 @@ def test_dedup_on_processing_time_with_a_where_in_the_ranking_is_refused(
     ).replace("\\n", "\n")
     with pytest.raises(SqlError, match=r"processing-time column 'p'.*\(line 2, column \d+\)"):
         start_paused(sh, sql, "po")
+
+
+OVER_ROWS = (
+    "SELECT k, SUM(v) OVER (PARTITION BY k ORDER BY p ROWS BETWEEN 1 PRECEDING AND CURRENT ROW)"
+    " AS s FROM ev"
+)
+
+
+@pytest.mark.parametrize(
+    ("select", "refused", "at"),
+    [
+        (OVER_ROWS, "an OVER aggregation ordered by the processing-time column 'p'", " p "),
+        (
+            "SELECT k, COUNT(*) OVER (PARTITION BY k ORDER BY p) AS n FROM ev",
+            "an OVER aggregation ordered by the processing-time column 'p'",
+            " p)",
+        ),
+        ("SELECT k, v FROM ev ORDER BY p", "ORDER BY the processing-time column 'p'", " p"),
+        ("SELECT k, LAG(v) OVER (PARTITION BY k ORDER BY p) AS prev FROM ev", "LAG\\(v\\)", " L"),
+        ("SELECT k, LEAD(v) OVER (PARTITION BY k ORDER BY p) AS nx FROM ev", "LEAD\\(v\\)", " L"),
+    ],
+)
+def test_what_processing_time_order_does_not_run_yet_is_refused_where_written(
+    sh: StreamHouse, select: str, refused: str, at: str
+) -> None:
+    """Refused by name, at the clause (line and column), never run in some other order."""
+    column = select.index(at) + 2  # 1-based, on the statement's second line
+    with pytest.raises(SqlError, match=rf"{refused}.* \(line 2, column {column}\)$"):
+        start_paused(sh, f"INSERT INTO out\n{select}", "po")

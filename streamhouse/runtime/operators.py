@@ -648,6 +648,16 @@ def _check_time_attribute(node: nodes.TimeSort | OverAggregate, context: QueryCo
         return
     order = context.statement.find(exp.Order)
     where = order.expressions[0] if order is not None else context.statement
+    definition = context.definition(node.source)
+    if definition is not None and is_proctime(definition, node.time_column):
+        what = "ORDER BY" if isinstance(node, nodes.TimeSort) else "an OVER aggregation ordered by"
+        raise SqlError(
+            f"{what} the processing-time column {node.time_column!r} (PROCTIME())"
+            " is not supported continuously yet: order by an event-time column with a"
+            " WATERMARK, or keep the first or last row per key with ROW_NUMBER() OVER"
+            f" (PARTITION BY .. ORDER BY {node.time_column} [DESC]) = 1 in a subquery",
+            *node_position(where),
+        )
     reason = (
         f"the time attribute of {node.source!r} is {time_column!r}"
         if time_column is not None
