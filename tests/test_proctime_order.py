@@ -112,6 +112,25 @@ def test_dedup_on_processing_time_with_a_where_in_the_ranking_is_refused(
         start_paused(sh, sql, "po")
 
 
+@pytest.mark.parametrize("order", ["", " DESC"])
+def test_bounded_dedup_on_processing_time_ranks_one_read_by_arrival(
+    sh: StreamHouse, order: str
+) -> None:
+    """Bounded, the rows one read stamps tie on ``p`` too: the first or last row produced."""
+    rows = [{"k": "abc"[i % 3], "v": i} for i in range(3000)]
+    sh.produce("ev", rows)
+    got = sh.sql(
+        "SELECT * FROM (SELECT *, ROW_NUMBER() OVER (PARTITION BY k"
+        f" ORDER BY p{order}) AS rn FROM ev) WHERE rn = 1"
+    ).fetchall()
+    expected: dict[str, int] = {}
+    for row in rows:
+        if order or row["k"] not in expected:
+            expected[row["k"]] = row["v"]
+    assert {k: v for k, v, _, _ in got} == expected
+    assert len(got) == 3  # and no metadata column of the tie-break among SELECT *'s
+
+
 OVER_ROWS = (
     "SELECT k, SUM(v) OVER (PARTITION BY k ORDER BY p ROWS BETWEEN 1 PRECEDING AND CURRENT ROW)"
     " AS s FROM ev"
