@@ -650,9 +650,10 @@ def _check_time_attribute(node: nodes.TimeSort | OverAggregate, context: QueryCo
     where = order.expressions[0] if order is not None else context.statement
     definition = context.definition(node.source)
     if definition is not None and is_proctime(definition, node.time_column):
-        what = "ORDER BY" if isinstance(node, nodes.TimeSort) else "an OVER aggregation ordered by"
+        if isinstance(node, OverAggregate) and time_column is None:
+            return _check_proctime_frame(context)  # the query runs on the clock
         raise SqlError(
-            f"{what} the processing-time column {node.time_column!r} (PROCTIME())"
+            f"ORDER BY the processing-time column {node.time_column!r} (PROCTIME())"
             " is not supported continuously yet: order by an event-time column with a"
             " WATERMARK, or keep the first or last row per key with ROW_NUMBER() OVER"
             f" (PARTITION BY .. ORDER BY {node.time_column} [DESC]) = 1 in a subquery",
@@ -675,6 +676,22 @@ def _check_time_attribute(node: nodes.TimeSort | OverAggregate, context: QueryCo
         f"{node.time_column!r} is not it ({reason}){instead}",
         *node_position(where),
     )
+
+
+def _check_proctime_frame(context: QueryContext) -> None:
+    """An OVER ordered by a ``PROCTIME()`` column takes RANGE frames only: a micro-batch's rows
+    share one processing time, so they are peers, and a ROWS frame would count some of them
+    and not others in no order a replay could repeat."""
+    for window in context.statement.find_all(exp.Window):
+        spec = window.args.get("spec")
+        if spec is not None and str(spec.args.get("kind") or "").upper() == "ROWS":
+            raise SqlError(
+                "an OVER aggregation ordered by a processing-time column (PROCTIME()) takes a"
+                " RANGE frame (RANGE BETWEEN INTERVAL .. PRECEDING, or no frame): the rows of a"
+                " micro-batch share one processing time, and ROWS would split them in no"
+                " repeatable order",
+                *node_position(spec),
+            )
 
 
 def _rows_by_position(source: pa.Table, late_pre: pa.Table) -> pa.Table:
