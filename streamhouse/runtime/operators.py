@@ -650,15 +650,16 @@ def _check_time_attribute(node: nodes.TimeSort | OverAggregate, context: QueryCo
     where = order.expressions[0] if order is not None else context.statement
     definition = context.definition(node.source)
     if definition is not None and is_proctime(definition, node.time_column):
-        if isinstance(node, OverAggregate) and time_column is None:
-            return _check_proctime_frame(context)  # the query runs on the clock
-        raise SqlError(
-            f"ORDER BY the processing-time column {node.time_column!r} (PROCTIME())"
-            " is not supported continuously yet: order by an event-time column with a"
-            " WATERMARK, or keep the first or last row per key with ROW_NUMBER() OVER"
-            f" (PARTITION BY .. ORDER BY {node.time_column} [DESC]) = 1 in a subquery",
-            *node_position(where),
-        )
+        if not context.ordered_by_proctime:
+            raise SqlError(
+                f"an OVER or ORDER BY over the processing-time column {node.time_column!r}"
+                " (PROCTIME()) runs continuously as the whole query over one stream (not in"
+                " a subquery, UNION ALL or statement set)",
+                *node_position(where),
+            )
+        if isinstance(node, OverAggregate):  # the query runs on the clock
+            _check_proctime_frame(context)
+        return
     reason = (
         f"the time attribute of {node.source!r} is {time_column!r}"
         if time_column is not None

@@ -203,7 +203,7 @@ class ContinuousQuery:
     clock, and it wakes when a window ends (see :meth:`_idle_wait`)."""
 
     proctime_order: bool = False
-    """Whether the query is an OVER aggregation ordered by a ``PROCTIME()`` column: each
+    """Whether the query is an OVER aggregation (or an ORDER BY) by a ``PROCTIME()`` column: each
     micro-batch's rows are released at once (its watermark is its processing time + 1 ms),
     and a batch's processing time is at least the last one's + 1 ms, so none is late."""
 
@@ -291,10 +291,14 @@ class ContinuousQuery:
         watermark = definition.watermark
         for branch in self.branches:
             operator = branch.plan.operator
-            if isinstance(operator, OverAggregate) and operator.time_column in proctime:
+            if (
+                isinstance(operator, OverAggregate | nodes.TimeSort)
+                and operator.time_column in proctime
+            ):
                 if self.options.parallelism > 1 or len(self.branches) > 1:
+                    what = "an OVER" if isinstance(operator, OverAggregate) else "ORDER BY"
                     raise self.error(
-                        "an OVER aggregation ordered by the processing-time column"
+                        f"{what} ordered by the processing-time column"
                         f" {operator.time_column!r} (PROCTIME()) runs at parallelism 1, in a"
                         " query of its own",
                         definition.name,
