@@ -110,6 +110,10 @@ class Branch:
         input's: that of the input it keeps the time attribute of)."""
         return self.plan.time_attribute(name, self.stream_time)
 
+    @property
+    def ordered_by_proctime(self) -> bool:
+        return self.query.proctime_order
+
     def missing_time_attribute(self, name: str) -> str:
         """Why source ``name`` has no time attribute, and what to write instead."""
         return self.plan.missing_time_attribute(name, self.stream_time)

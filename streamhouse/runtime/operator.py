@@ -110,6 +110,12 @@ class QueryContext(Protocol):
         """The declaration of stream or table ``name`` (None: a topic or derived input)."""
         ...
 
+    @property
+    def ordered_by_proctime(self) -> bool:
+        """Whether the query is an OVER or ORDER BY over a ``PROCTIME()`` column, run on the
+        clock (its batches' processing times are its watermark)."""
+        ...
+
     def missing_time_attribute(self, name: str) -> str:
         """Why source ``name`` has no time attribute, and what to write instead."""
         ...

@@ -447,7 +447,7 @@ class TopNRanking(_Stateful[nodes.TopN]):
 
     def __init__(self, node: nodes.TopN, state: StateView, context: QueryContext) -> None:
         super().__init__(node, state, context)
-        self.executor = TopNOperator(node, state)
+        self.executor = TopNOperator(node, state, _arrival(node, context))
 
     @staticmethod
     def checks(node: nodes.TopN, context: QueryContext) -> list[Check]:
@@ -470,6 +470,33 @@ class TopNRanking(_Stateful[nodes.TopN]):
             gone = set(key_strings(before, keys)) - now
             out.retracted = sorted(k for k in gone if k is not None)
         return out
+
+
+def _arrival(node: nodes.TopN, context: QueryContext) -> str | None:
+    """How a Top-N ordered by a ``PROCTIME()`` column breaks its ties, or None when it is not.
+
+    A micro-batch's rows share one processing time, so they tie on it: as in Flink, where each
+    row has its own, the earlier arrival ranks first ascending (deduplication keeps the first
+    row) and the later one descending (it keeps the last). Arrival is the order the rows are
+    read in (the kept rows, then the batch's by partition and offset), the same on a replay."""
+    definition = context.definition(node.source)
+    if definition is None:
+        return None
+    proctime = [c for c in node.rank_order if is_proctime(definition, c)]
+    if not proctime:
+        return None
+    if node.order_by is None:
+        window = context.statement.find(exp.Window)
+        raise SqlError(
+            f"ROW_NUMBER() OVER (... ORDER BY {proctime[0]}) over the processing-time column"
+            f" {proctime[0]!r} (PROCTIME()) is supported continuously over the rows of"
+            f" {node.source!r} as they are, ordered by plain columns: not with a WHERE in the"
+            " ranking subquery or an ORDER BY expression (a micro-batch's rows tie on"
+            " processing time and are ranked by arrival)",
+            *node_position(window if window is not None else context.statement),
+        )
+    desc = dict(node.order_by)[proctime[0]]
+    return "descending" if desc else "ascending"
 
 
 class Recomputation(_Stateful[nodes.Recompute]):
@@ -621,6 +648,18 @@ def _check_time_attribute(node: nodes.TimeSort | OverAggregate, context: QueryCo
         return
     order = context.statement.find(exp.Order)
     where = order.expressions[0] if order is not None else context.statement
+    definition = context.definition(node.source)
+    if definition is not None and is_proctime(definition, node.time_column):
+        if not context.ordered_by_proctime:
+            raise SqlError(
+                f"an OVER or ORDER BY over the processing-time column {node.time_column!r}"
+                " (PROCTIME()) runs continuously as the whole query over one stream (not in"
+                " a subquery, UNION ALL or statement set)",
+                *node_position(where),
+            )
+        if isinstance(node, OverAggregate):  # the query runs on the clock
+            _check_proctime_frame(context)
+        return
     reason = (
         f"the time attribute of {node.source!r} is {time_column!r}"
         if time_column is not None
@@ -638,6 +677,22 @@ def _check_time_attribute(node: nodes.TimeSort | OverAggregate, context: QueryCo
         f"{node.time_column!r} is not it ({reason}){instead}",
         *node_position(where),
     )
+
+
+def _check_proctime_frame(context: QueryContext) -> None:
+    """An OVER ordered by a ``PROCTIME()`` column takes RANGE frames only: a micro-batch's rows
+    share one processing time, so they are peers, and a ROWS frame would count some of them
+    and not others in no order a replay could repeat."""
+    for window in context.statement.find_all(exp.Window):
+        spec = window.args.get("spec")
+        if spec is not None and str(spec.args.get("kind") or "").upper() == "ROWS":
+            raise SqlError(
+                "an OVER aggregation ordered by a processing-time column (PROCTIME()) takes a"
+                " RANGE frame (RANGE BETWEEN INTERVAL .. PRECEDING, or no frame): the rows of a"
+                " micro-batch share one processing time, and ROWS would split them in no"
+                " repeatable order",
+                *node_position(spec),
+            )
 
 
 def _rows_by_position(source: pa.Table, late_pre: pa.Table) -> pa.Table:

@@ -56,6 +56,7 @@ from streamhouse.sql.hints import SourceOptions, source_options
 from streamhouse.sql.inline import catalog_views, inline
 from streamhouse.sql.join_chain import catalog_stream_columns, chain_stars
 from streamhouse.sql.lookup import is_lookup_table, lookup_schema
+from streamhouse.sql.over import OverAggregate
 from streamhouse.sql.parse import DIALECT, node_position, parse
 from streamhouse.sql.plan import ContinuousPlan
 from streamhouse.sql.plan_checks import check_columns
@@ -201,6 +202,11 @@ class ContinuousQuery:
     """The window of a query windowed on a ``PROCTIME()`` column: its watermark is the wall
     clock, and it wakes when a window ends (see :meth:`_idle_wait`)."""
 
+    proctime_order: bool = False
+    """Whether the query is an OVER aggregation (or an ORDER BY) by a ``PROCTIME()`` column: each
+    micro-batch's rows are released at once (its watermark is its processing time + 1 ms),
+    and a batch's processing time is at least the last one's + 1 ms, so none is late."""
+
     clock: Callable[[], int] = staticmethod(wall_clock_ms)
     """Milliseconds since the epoch: the processing time of a micro-batch (read once per
     batch, recorded with its bounds; replaced in tests)."""
@@ -259,7 +265,7 @@ class ContinuousQuery:
             watermark = definition.watermark
             column = watermark.column if watermark is not None else window_column
             delay = watermark.delay_ms if watermark is not None else 0
-            if self.proctime_window is not None:  # the wall clock is the query's time
+            if self.proctime_window is not None or self.proctime_order:  # the clock's time
                 column, delay = None, 0
             sources[name] = QuerySource(
                 index, name, hinted or definition.topic, definition.schema(), column, delay
@@ -284,7 +290,22 @@ class ContinuousQuery:
         times = {c.name for c in definition.columns if pa.types.is_timestamp(c.type)}
         watermark = definition.watermark
         for branch in self.branches:
-            column = branch.plan.operator.window_column
+            operator = branch.plan.operator
+            if (
+                isinstance(operator, OverAggregate | nodes.TimeSort)
+                and operator.time_column in proctime
+            ):
+                if self.options.parallelism > 1 or len(self.branches) > 1:
+                    what = "an OVER" if isinstance(operator, OverAggregate) else "ORDER BY"
+                    raise self.error(
+                        f"{what} ordered by the processing-time column"
+                        f" {operator.time_column!r} (PROCTIME()) runs at parallelism 1, in a"
+                        " query of its own",
+                        definition.name,
+                    )
+                self.proctime_order = True
+                continue
+            column = operator.window_column
             if definition.name not in branch.plan.sources or column is None:
                 continue
             if column in proctime:
@@ -554,6 +575,12 @@ class ContinuousQuery:
             new_watermark = forced_watermark
         elif final:
             new_watermark = FINAL_WATERMARK
+        elif self.proctime_order:  # every row of the batch is released now
+            if pending is None:
+                proctime = max(proctime, self.watermark)
+            new_watermark = proctime + 1
+            if not has_data and pending is None:
+                return False
         elif self.proctime_window is not None:  # a window on PROCTIME() closes by the clock
             new_watermark = max(self.watermark, proctime)
             if not has_data and pending is None and not self._window_due(new_watermark):

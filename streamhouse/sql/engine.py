@@ -54,7 +54,7 @@ from streamhouse.log import Log
 from streamhouse.log.isolation import ISOLATION_LEVEL, Isolation, isolation_level
 from streamhouse.log.metadata import CatalogEntry
 from streamhouse.result import Relation, status
-from streamhouse.sql.computed import ComputedColumnError, ComputedColumns
+from streamhouse.sql.computed import ComputedColumnError, ComputedColumns, proctime_ties_by_arrival
 from streamhouse.sql.ddl import StreamDef, stream_definition
 from streamhouse.sql.dialect import Explain
 from streamhouse.sql.execute import (
@@ -600,6 +600,7 @@ class Engine:
         """A context holding ``query``'s sources and the query to run there (windows taken
         out, stars spelled out) and the sources it streams, or the rows themselves (a
         temporal join)."""
+        query = proctime_ties_by_arrival(query, self._proctime_columns)
         columns = referenced_columns(query)
         named = column_names(query)
         hints = source_options(query)
@@ -654,6 +655,14 @@ class Engine:
         if parquet:
             query = aggregate_first(query, parquet)
         return ctx, query, scans
+
+    def _proctime_columns(self, name: str) -> set[str]:
+        """The ``PROCTIME()`` columns of stream or table ``name`` (none for a topic or view)."""
+        resolved = self._resolve(name)
+        if resolved is None or resolved[0] not in ("stream", "table"):
+            return set()
+        definition = stream_definition(parse(resolved[1].sql)[0])  # type: ignore[attr-defined]
+        return set(ComputedColumns.of(definition).proctime)
 
     def _dataframe(self, ctx: datafusion.SessionContext, query: exp.Query) -> datafusion.DataFrame:
         with nesting_guard(query):

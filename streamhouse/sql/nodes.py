@@ -444,6 +444,9 @@ class TopN(PlanNode):
     # when the outer query only picks columns of RANKED (``*`` included) and bounds the rank:
     # those columns, so the operator can select them instead of running output_sql
     output_columns: tuple[str, ...] | None = None
+    # the plain columns of the ranking's ORDER BY, whatever else the query does (a PROCTIME()
+    # column among them ties a micro-batch's rows: they are ranked by arrival, see TopNRanking)
+    rank_order: tuple[str, ...] = ()
 
     @property
     def mode(self) -> ChangelogMode:

@@ -112,6 +112,7 @@ def plan_top_n(
         output_sql=to_datafusion(output) if output is not None else None,
         order_by=order_by,
         output_columns=output_columns,
+        rank_order=tuple(o.this.name for o in ordered if isinstance(o.this, exp.Column)),
     )
 
 

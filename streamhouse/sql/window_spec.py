@@ -193,12 +193,18 @@ def _tvf_window(call: exp.Anonymous, kind: WindowKind) -> tuple[WindowSpec, exp.
     return spec, data.this
 
 
-AUXILIARY = {"START": "window_start", "END": "window_end", "ROWTIME": "window_time"}
+AUXILIARY = {
+    "START": "window_start",
+    "END": "window_end",
+    "ROWTIME": "window_time",
+    "PROCTIME": "window_time",  # a window over a PROCTIME() column: its end minus 1 ms, as Flink
+}
 
 
 def _replace_auxiliary(select: exp.Select) -> None:
     """Flink's group-window functions (``TUMBLE_START(ts, size)``, ``SESSION_END(...)``,
-    ``HOP_ROWTIME(...)``) are the window's bounds: read them as ``window_start`` etc."""
+    ``HOP_ROWTIME(...)``, ``TUMBLE_PROCTIME(p, ...)``) are the window's bounds: read them as
+    ``window_start`` etc."""
     for key in ("expressions", "having", "order"):
         value = select.args.get(key)
         nodes = value if isinstance(value, list) else [value] if value is not None else []

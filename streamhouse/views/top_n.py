@@ -32,8 +32,9 @@ TOP_N_KEY = b"top_n"
 
 
 class TopNOperator:
-    def __init__(self, plan: TopN, store: StateStore) -> None:
+    def __init__(self, plan: TopN, store: StateStore, arrival: str | None = None) -> None:
         self.plan = plan
+        self.arrival = arrival  # ties broken by arrival, "ascending" or "descending" (PROCTIME)
         self.table = TableState(store, TOP_N_KEY, plan.partition_by)
 
     @property
@@ -85,7 +86,8 @@ class TopNOperator:
     def _arrow_ranks(self, candidates: pa.Table) -> tuple[np.ndarray, np.ndarray] | None:
         """(row, rank) of the candidates ranked within N, by rank within each key, when the plan
         ranks source rows by plain columns and those hold no NULL (None: rank them with SQL).
-        Arrow's sort is stable, as DataFusion's: rows that tie keep their order."""
+        Arrow's sort is stable, as DataFusion's: rows that tie keep their order (or, ordered by
+        a PROCTIME() column, the order :attr:`arrival` says: the latest row first for DESC)."""
         order_by = self.plan.order_by
         if order_by is None or any(candidates[c].null_count for c, _ in order_by):
             return None
@@ -97,6 +99,9 @@ class TopNOperator:
             (f"__o{i}", "descending" if desc else "ascending")
             for i, (_, desc) in enumerate(order_by)
         ]
+        if self.arrival is not None:  # kept rows first, then the batch's rows as read
+            keys = keys.append_column("__arrival", pa.array(np.arange(len(codes))))
+            sort_keys.append(("__arrival", self.arrival))
         order = pc.sort_indices(keys, sort_keys=sort_keys).to_numpy()
         sorted_codes = codes[order]
         n = len(order)
