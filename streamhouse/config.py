@@ -78,6 +78,7 @@ class Settings:
     s3_max_attempts: int = 5
     metadata: str | None = None
     linger_ms: float = 5.0
+    linger_when_idle: bool = False  # True: linger_ms holds every flush, an idle writer's too
     max_flush_bytes: int = 8 * 1024 * 1024
     max_message_bytes: int = 8 * 1024 * 1024
     default_partitions: int = 1

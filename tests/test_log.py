@@ -26,7 +26,7 @@ def data_dir(tmp_path: Path) -> Path:
 
 def _write_three_partitions(data_dir: Path) -> str:
     """Produce 10 records to each of three partitions in one flush; returns the object key."""
-    with Log.open(Settings.load(data_dir=data_dir, linger_ms=60_000)) as log:
+    with Log.open(Settings.load(data_dir=data_dir, linger_ms=60_000, linger_when_idle=True)) as log:
         log.create_topic("t", partitions=3)
         futures = [
             log.append("t", p, build_batch([f"p{p}-{i}".encode() for i in range(10)]))

@@ -479,7 +479,8 @@ def test_retention_while_a_consumer_and_sql_read(tmp_path: Path, metadata_url: s
         producer.flush()
 
         _wait_for(lambda: readers.consumed and readers.consumed[-1][0] == sent - 1, "consumer")
-        time.sleep(0.3)  # a last query or two over the final log
+        queried = len(readers.answers)
+        _wait_for(lambda: len(readers.answers) > max(queried, 5), "queries over the final log")
         readers.stop()
         assert readers.errors == []
         start = _log_start(sh, "live")

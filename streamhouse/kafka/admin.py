@@ -202,7 +202,7 @@ def _topics_to_delete(
     by_id = {uuid.UUID(t.topic_id): t.name for t in broker.log.list_topics()}
     named = []
     for topic in request.topics:
-        if topic.name is not None and topic.topic_id == NO_TOPIC_ID:
+        if topic.name is not None and topic.topic_id in (None, NO_TOPIC_ID):  # by name
             info = broker.log.get_topic(topic.name)
             named.append((topic.name, uuid.UUID(info.topic_id) if info else NO_TOPIC_ID))
         else:

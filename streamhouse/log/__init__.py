@@ -92,6 +92,7 @@ class Log:
             store,
             metadata,
             linger_ms=settings.linger_ms,
+            linger_when_idle=settings.linger_when_idle,
             max_bytes=settings.max_flush_bytes,
             on_segment=self.cache.put,
         )

@@ -10,7 +10,9 @@ record at a time waits for one put and one commit, nothing more. A busy writer b
 objects are put and committed, appends pile up, and the next object takes them ``linger_ms``
 (5 by default) after the first of them, or at once when ``max_bytes`` are pending. Without
 that wait a busy writer on a fast disk puts many small objects, each with its own commit:
-fewer records per object cost CPU and throughput.
+fewer records per object cost CPU and throughput. ``linger_when_idle`` makes every flush
+wait ``linger_ms``, an idle writer's too (fewer, larger objects; tests that need appends
+made together in one object).
 
 What overlaps and what does not: a flush's object is made durable before its commit starts,
 and the next flush's object is put while it commits. The local store fsyncs a new object and
@@ -212,12 +214,14 @@ class LogWriter:
         metadata: Metadata,
         *,
         linger_ms: float = 5.0,
+        linger_when_idle: bool = False,
         max_bytes: int = 8 * 1024 * 1024,
         on_segment: Callable[[str, bytes], None] | None = None,
     ) -> None:
         self._store = store
         self._metadata = metadata
         self._linger = linger_ms / 1000.0
+        self._linger_when_idle = linger_when_idle
         self._max_bytes = max_bytes
         self._on_segment = on_segment
         self._listeners: list[CommitListener] = []
@@ -345,7 +349,7 @@ class LogWriter:
                     if len(self._put) >= MAX_PUT_AHEAD:  # the committer is far behind
                         self._work.wait()
                     elif self._pending:
-                        busy = self._put or self._committing  # else idle: flush at once
+                        busy = self._put or self._committing or self._linger_when_idle
                         linger = self._linger if busy else 0.0
                         wait = self._first_pending_at + linger - time.monotonic()
                         if wait <= 0 or self._pending_bytes >= self._max_bytes or self._closed:
