@@ -686,8 +686,8 @@ def _check_proctime_frame(context: QueryContext) -> None:
     for window in context.statement.find_all(exp.Window):
         if isinstance(window.this, exp.Lag):
             raise SqlError(
-                "LAG(...) OVER ordered by a processing-time column (PROCTIME()) is not supported"
-                " continuously: the rows of a micro-batch share one processing time, so the row"
+                f"{window.this.sql(dialect='postgres')} OVER ordered by a processing-time"
+                " column (PROCTIME()) is not supported continuously: the rows of a micro-batch share one processing time, so the row"
                 " before each is in no order a replay could repeat; order it by the time"
                 " attribute (the WATERMARK column)",
                 *node_position(window),

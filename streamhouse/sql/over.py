@@ -6,8 +6,11 @@ one window (the same PARTITION BY, ORDER BY and frame), ordered by the time attr
 ascending (a ROWS frame may break ties by more keys), with a bounded frame ending at the
 current row: ``ROWS BETWEEN n PRECEDING`` or ``RANGE BETWEEN INTERVAL ... PRECEDING``, or
 reaching back to the partition's first row (``ROWS|RANGE BETWEEN UNBOUNDED PRECEDING``, or no
-frame with ORDER BY the time alone, which is RANGE UNBOUNDED), kept as running totals. Any
-other OVER is refused with what to write instead. See :mod:`streamhouse.windows.over`.
+frame with ORDER BY the time alone, which is RANGE UNBOUNDED), kept as running totals.
+``LAG(x [, n [, default]]) OVER (PARTITION BY k ORDER BY t ..)`` (no frame) is planned as a
+ROWS history of n rows, alone or beside ROWS frames of the same window. Any other OVER
+(LEAD among them: the next row is not known when the watermark passes a row) is refused
+with what to write instead. See :mod:`streamhouse.windows.over`.
 """
 
 from __future__ import annotations
@@ -87,7 +90,8 @@ def plan_over(select: exp.Select, table: exp.Table) -> OverAggregate:
     for window in windows:
         if isinstance(window.this, exp.Lead):
             raise sql_error(
-                "LEAD(...) OVER is not supported continuously: a row's LEAD is the row after"
+                f"{window.this.sql(dialect='postgres')} OVER is not supported continuously: a"
+                " row's LEAD is the row after"
                 " it, which a continuous query has not seen when the watermark passes the row;"
                 " write LAG(...) OVER (PARTITION BY k ORDER BY <time attribute>) and compare"
                 " each row with the one before it",
