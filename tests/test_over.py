@@ -1,5 +1,6 @@
 """Continuous OVER aggregations: each row comes out once the watermark passes it, in time
-order, with the aggregates of its frame (ROWS n PRECEDING or RANGE INTERVAL PRECEDING).
+order, with the aggregates of its frame (ROWS n PRECEDING or RANGE INTERVAL PRECEDING) and
+``LAG(x, n [, default])``, the value n rows back in its partition.
 
 For any split of stream ``a(k, t, v)`` into micro-batches, restarts from the checkpoint and
 disorder within the watermark delay, the output topic equals DuckDB's answer over all rows
@@ -72,6 +73,16 @@ QUERIES = {  # name -> (SQL, columns)
         "SELECT t, v, AVG(v) OVER (PARTITION BY k ORDER BY t) * 2 AS mean2, MAX(v) OVER"
         " (PARTITION BY k ORDER BY t) AS hi FROM a",
         ("t", "v", "mean2", "hi"),
+    ),
+    "lag": (
+        "SELECT k, t, v, LAG(v) OVER (PARTITION BY k ORDER BY t, v) AS prev, LAG(v, 2, -1) OVER"
+        " (PARTITION BY k ORDER BY t, v) AS prev2 FROM a WHERE v IS NOT NULL",
+        ("k", "t", "v", "prev", "prev2"),
+    ),
+    "lag_rows": (
+        "SELECT k, t, v, v - LAG(v, 3) OVER (ORDER BY t, k, v) AS d, SUM(v) OVER (ORDER BY t, k,"
+        " v ROWS BETWEEN 1 PRECEDING AND CURRENT ROW) AS s FROM a",
+        ("k", "t", "v", "d", "s"),
     ),
     "unbounded_global": (
         "SELECT k, t, COUNT(v) OVER (ORDER BY t RANGE BETWEEN UNBOUNDED PRECEDING AND CURRENT"
@@ -166,6 +177,12 @@ def test_rows_wait_for_the_watermark_and_late_rows_are_dropped(sh: StreamHouse) 
         ),
         ("SUM(v) OVER (ORDER BY t, k RANGE INTERVAL '1' SECOND PRECEDING)", "alone"),
         ("SUM(v) OVER (ORDER BY v ROWS 1 PRECEDING)", "'v' is not it"),
+        ("LEAD(v) OVER (PARTITION BY k ORDER BY t)", "LEAD.*not supported continuously"),
+        ("LAG(v, v) OVER (ORDER BY t)", "a whole number of rows"),
+        ("LAG(v) OVER (ORDER BY t ROWS 1 PRECEDING)", "takes no frame"),
+        ("LAG(v) OVER (ORDER BY t), LAG(v) OVER (PARTITION BY k ORDER BY t)", "same PARTITION"),
+        ("LAG(v) OVER (ORDER BY t), SUM(v) OVER (ORDER BY t)", "ROWS BETWEEN n PRECEDING"),
+        ("LAG(v) OVER (ORDER BY v)", "'v' is not it"),
     ],
 )
 def test_other_over_forms_are_refused(sh: StreamHouse, sql: str, message: str) -> None:

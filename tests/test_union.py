@@ -63,6 +63,14 @@ QUERIES = {
         ("side", "k", "window_start", "n"),
         ("window_start",),
     ),
+    "lag-over-a-union": Query(
+        "SELECT k, t, x, LAG(x, 2) OVER (PARTITION BY k ORDER BY t, x) AS before2 FROM (SELECT"
+        " k, t, v AS x FROM a WHERE v > 0 UNION ALL SELECT k, t, w FROM b) AS u",
+        "SELECT k, t, x, LAG(x, 2) OVER (PARTITION BY k ORDER BY t, x) AS before2 FROM (SELECT"
+        " k, t, v AS x FROM a WHERE v > 0 UNION ALL SELECT k, t, w FROM b) AS u",
+        ("k", "t", "x", "before2"),
+        ("t",),
+    ),
     "window-over-a-union": Query(
         "SELECT k, window_start, COUNT(*) AS n, SUM(x) AS s FROM (SELECT k, t, v AS x FROM a"
         " WHERE v > 0 UNION ALL SELECT k, t, w FROM b) AS u"

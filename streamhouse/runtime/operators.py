@@ -684,6 +684,14 @@ def _check_proctime_frame(context: QueryContext) -> None:
     share one processing time, so they are peers, and a ROWS frame would count some of them
     and not others in no order a replay could repeat."""
     for window in context.statement.find_all(exp.Window):
+        if isinstance(window.this, exp.Lag):
+            raise SqlError(
+                f"{window.this.sql(dialect='postgres')} OVER ordered by a processing-time"
+                " column (PROCTIME()) is not supported continuously: the rows of a micro-batch share one processing time, so the row"
+                " before each is in no order a replay could repeat; order it by the time"
+                " attribute (the WATERMARK column)",
+                *node_position(window),
+            )
         spec = window.args.get("spec")
         if spec is not None and str(spec.args.get("kind") or "").upper() == "ROWS":
             raise SqlError(

@@ -6,8 +6,11 @@ one window (the same PARTITION BY, ORDER BY and frame), ordered by the time attr
 ascending (a ROWS frame may break ties by more keys), with a bounded frame ending at the
 current row: ``ROWS BETWEEN n PRECEDING`` or ``RANGE BETWEEN INTERVAL ... PRECEDING``, or
 reaching back to the partition's first row (``ROWS|RANGE BETWEEN UNBOUNDED PRECEDING``, or no
-frame with ORDER BY the time alone, which is RANGE UNBOUNDED), kept as running totals. Any
-other OVER is refused with what to write instead. See :mod:`streamhouse.windows.over`.
+frame with ORDER BY the time alone, which is RANGE UNBOUNDED), kept as running totals.
+``LAG(x [, n [, default]]) OVER (PARTITION BY k ORDER BY t ..)`` (no frame) is planned as a
+ROWS history of n rows, alone or beside ROWS frames of the same window. Any other OVER
+(LEAD among them: the next row is not known when the watermark passes a row) is refused
+with what to write instead. See :mod:`streamhouse.windows.over`.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ RANK = "__rank"
 """The column of a ROWS frame's history query that numbers each partition's rows, newest first."""
 
 _FUNCTIONS = (exp.Sum, exp.Count, exp.Avg, exp.Min, exp.Max)
+"""The aggregates an OVER frame takes; ``LAG(x, n [, default])`` is a ROWS history of n rows."""
 
 _SHAPE = (
     "write SUM/COUNT/AVG/MIN/MAX(x) OVER (PARTITION BY k ORDER BY <time attribute> ROWS BETWEEN"
@@ -80,8 +84,21 @@ def plan_over(select: exp.Select, table: exp.Table) -> OverAggregate:
     """The OverAggregate of ``select``, which has an OVER and reads ``table``; SqlError (at the
     OVER) for a form that cannot run continuously."""
     windows = list(select.find_all(exp.Window))
+    lags = [w for w in windows if isinstance(w.this, exp.Lag)]
+    windows = [w for w in windows if not isinstance(w.this, exp.Lag)] or lags
     first = windows[0]
     for window in windows:
+        if isinstance(window.this, exp.Lead):
+            raise sql_error(
+                f"{window.this.sql(dialect='postgres')} OVER is not supported continuously: a"
+                " row's LEAD is the row after"
+                " it, which a continuous query has not seen when the watermark passes the row;"
+                " write LAG(...) OVER (PARTITION BY k ORDER BY <time attribute>) and compare"
+                " each row with the one before it",
+                window,
+            )
+        if window in lags:
+            continue
         if not isinstance(window.this, _FUNCTIONS):
             raise sql_error(
                 f"{window.this.sql(dialect='postgres')} OVER (...) is not supported continuously"
@@ -108,9 +125,16 @@ def plan_over(select: exp.Select, table: exp.Table) -> OverAggregate:
     pre = exp.select(exp.Star()).from_(table.copy())
     if select.args.get("where") is not None:
         pre.set("where", select.args["where"].copy())
-    if _unbounded(first, len(keys)):
-        return _plan_running(select, table, windows, first, time_column, pre)
-    rows, range_ms = _frame(first, len(keys))
+    if first in lags:
+        rows, range_ms = _lag_rows(lags, first), 0
+    else:
+        if lags:
+            _lag_beside(lags, first)
+        if _unbounded(first, len(keys)):
+            return _plan_running(select, table, windows, first, time_column, pre)
+        rows, range_ms = _frame(first, len(keys))
+        if lags:
+            rows = max(rows or 0, _lag_rows(lags, first))
     post = select.copy()
     post.set("where", None)
     post = post.select(exp.column(FRESH)).order_by(exp.column(time_column))
@@ -123,6 +147,54 @@ def plan_over(select: exp.Select, table: exp.Table) -> OverAggregate:
         range_ms,
         to_datafusion(_keep(first, table.name, rows or 0)),
     )
+
+
+def _lag_rows(lags: list[exp.Window], window: exp.Window) -> int:
+    """The most rows back any ``LAG(x, n [, default])`` reaches (n defaults to 1): the
+    history each partition keeps. Every LAG shares ``window``'s PARTITION BY and ORDER BY."""
+    reach = 0
+    for lag in lags:
+        if lag.args.get("spec") is not None:
+            raise sql_error("LAG(...) OVER takes no frame: PARTITION BY and ORDER BY only", lag)
+        if _order_text(lag) != _order_text(window):
+            raise sql_error(
+                "every LAG and OVER of a continuous query needs the same PARTITION BY and"
+                " ORDER BY; use one window, or join two queries",
+                lag,
+            )
+        offset = lag.this.args.get("offset")
+        if offset is None:
+            reach = max(reach, 1)
+            continue
+        if not isinstance(offset, exp.Literal) or offset.is_string or not offset.this.isdigit():
+            raise sql_error(
+                "LAG(x, n) needs n a whole number of rows (a literal) continuously", lag
+            )
+        reach = max(reach, int(offset.this))
+    return reach
+
+
+def _lag_beside(lags: list[exp.Window], first: exp.Window) -> None:
+    """LAG beside OVER aggregates: they keep one history, the last rows of each partition,
+    so the aggregates' frame is ROWS n PRECEDING."""
+    spec = first.args.get("spec")
+    if (
+        spec is None
+        or str(spec.args.get("kind") or "").upper() != "ROWS"
+        or _unbounded(first, len(first.args["order"].expressions))
+    ):
+        raise sql_error(
+            "LAG(...) OVER goes beside OVER aggregates with a ROWS BETWEEN n PRECEDING AND"
+            " CURRENT ROW frame only; run the LAG in a query of its own",
+            lags[0],
+        )
+
+
+def _order_text(window: exp.Window) -> str:
+    """``window``'s PARTITION BY and ORDER BY, without its function and frame."""
+    spec = window.copy()
+    spec.set("spec", None)
+    return _window_text(spec)
 
 
 def running_column(part: str, index: int) -> str:
