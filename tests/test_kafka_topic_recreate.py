@@ -9,7 +9,15 @@ import time
 import uuid
 
 import kafka_fixtures
-from confluent_kafka import Consumer, KafkaError, Producer, TopicCollection
+import pytest
+from confluent_kafka import (
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Producer,
+    TopicCollection,
+    TopicPartition,
+)
 from confluent_kafka.admin import AdminClient, NewTopic
 from kafka_fixtures import KafkaServer, RawClient
 
@@ -219,3 +227,49 @@ def test_create_topics_v7_returns_the_id_and_delete_topics_v6_deletes_by_it(
         )
         assert [(t.name, t.error_code) for t in older.topics] == [("by-name", 0)]
     assert _metadata_v12(kafka_server, "by-id", uuid.UUID(int=0))[0] == 3  # gone
+
+
+def _await_assignment(consumer: Consumer, wanted: set[tuple[str, int]]) -> None:
+    deadline = time.monotonic() + 30
+    while {(tp.topic, tp.partition) for tp in consumer.assignment()} != wanted:
+        assert time.monotonic() < deadline, f"assignment {consumer.assignment()} != {wanted}"
+        consumer.poll(0.2)
+
+
+def test_subscribed_topics_deleted_one_by_one(kafka_server: KafkaServer) -> None:
+    """librdkafka's 0045 topic_remove: a group member subscribed to two topics keeps the
+    other's partitions when one is deleted and ends with none when both are; a commit for the
+    deleted topic gets UNKNOWN_TOPIC_OR_PARTITION as from Kafka; ``close()`` returns at once."""
+    first, second = "removed-first", "removed-second"
+    admin = AdminClient({"bootstrap.servers": kafka_server.bootstrap})
+    for topic, partitions in ((first, 3), (second, 2)):
+        admin.create_topics([NewTopic(topic, partitions)])[topic].result(10)
+        _produce(kafka_server, topic, [f"{topic}-{i}".encode() for i in range(6)], partitions)
+    consumer = Consumer(
+        {
+            "bootstrap.servers": kafka_server.bootstrap,
+            "group.id": "g-removed",
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+            "topic.metadata.refresh.interval.ms": 500,
+            "session.timeout.ms": 6000,
+        }
+    )
+    consumer.subscribe([first, second])
+    try:
+        _await_assignment(consumer, {(first, p) for p in range(3)} | {(second, 0), (second, 1)})
+        admin.delete_topics([first])[first].result(10)
+        _await_assignment(consumer, {(second, 0), (second, 1)})
+        with pytest.raises(KafkaException) as refused:
+            consumer.commit(offsets=[TopicPartition(first, 0, 1)], asynchronous=False)
+        assert refused.value.args[0].code() == KafkaError.UNKNOWN_TOPIC_OR_PART
+        consumer.commit(offsets=[TopicPartition(second, 0, 1)], asynchronous=False)
+        (kept,) = consumer.committed([TopicPartition(second, 0)], timeout=10)
+        assert kept.offset == 1
+        admin.delete_topics([second])[second].result(10)
+        _await_assignment(consumer, set())
+    finally:
+        started = time.monotonic()
+        consumer.close()
+        closing = time.monotonic() - started
+    assert closing < 3.0, f"close took {closing:.1f} s"

@@ -215,10 +215,22 @@ def write_table(outcomes: list[Outcome], selection: dict, started: str, label: s
         lines.append(f"| {o.test} | {o.result} | {o.seconds:g} | {error} |")
     lines += ["", "Left out:", ""]
     lines += [f"- {number}: {why}" for number, why in sorted(selection["left_out"].items())]
-    RESULTS.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    RESULTS.with_suffix(".md").write_text("\n".join(lines) + "\n" + _notes())
     RESULTS.with_suffix(".json").write_text(
         json.dumps({"started": started, "outcomes": [asdict(o) for o in outcomes]}, indent=1) + "\n"
     )
+
+
+NOTES = "What the failures wait on"
+"""The heading of the hand-written notes under the table, kept when a re-run rewrites it."""
+
+
+def _notes() -> str:
+    """The notes under the table written so far (from their heading on), to keep."""
+    table = RESULTS.with_suffix(".md")
+    text = table.read_text() if table.exists() else ""
+    at = text.find(f"\n{NOTES}")
+    return text[at:] if at >= 0 else ""
 
 
 def _stop(signum: int, _frame: object) -> None:
