@@ -680,31 +680,33 @@ class Engine:
         """A bounded temporal join: every probe row with the version current at its time."""
         resolved = self._resolve(plan.right)
         version_time = None
+        latest = False  # a processing-time probe meets the table as it is now
         if resolved is not None and resolved[0] in ("stream", "table"):
             definition = stream_definition(parse(resolved[1].sql)[0])  # type: ignore[attr-defined]
             if is_lookup_table(definition):
                 return self._lookup(plan, definition, columns, named, stats, hints)
             probe = self._resolve(plan.left)
-            if probe is not None and probe[0] in ("stream", "table"):
-                probe_definition = stream_definition(parse(probe[1].sql)[0])  # type: ignore[attr-defined]
-                if is_proctime(probe_definition, plan.probe_time):  # the table as it is now
-                    wanted = None if columns is None else columns | {plan.probe_time}
-                    probes = self.source_table(plan.left, wanted, stats, hints.get(plan.left))
-                    versions = self.source_table(plan.right, wanted, stats, hints.get(plan.right))
-                    matched = latest_matches(probes, plan.probe_keys, versions, plan.version_keys)
-                    return _join_versions(plan, probes, versions, matched, named)
+            latest = (
+                probe is not None
+                and probe[0] in ("stream", "table")
+                and is_proctime(stream_definition(parse(probe[1].sql)[0]), plan.probe_time)  # type: ignore[attr-defined]
+            )
             version_time = definition.watermark.column if definition.watermark else None
-        if version_time is None:
+        if version_time is None and not latest:
             raise SqlError(
                 f"the versioned table {plan.right!r} of a temporal join needs a time column: "
                 "declare it as a stream with a WATERMARK"
             )
-        wanted = None if columns is None else columns | {version_time, plan.probe_time}
+        times = {plan.probe_time} if latest else {version_time, plan.probe_time}
+        wanted = None if columns is None else columns | times
         probes = self.source_table(plan.left, wanted, stats, hints.get(plan.left))
         versions = self.source_table(plan.right, wanted, stats, hints.get(plan.right))
-        matched = match_versions(
-            probes, plan.probe_time, plan.probe_keys, versions, version_time, plan.version_keys
-        )
+        if latest:
+            matched = latest_matches(probes, plan.probe_keys, versions, plan.version_keys)
+        else:
+            matched = match_versions(
+                probes, plan.probe_time, plan.probe_keys, versions, version_time, plan.version_keys
+            )
         return _join_versions(plan, probes, versions, matched, named)
 
     def _lookup(
