@@ -347,3 +347,40 @@ def test_an_unusable_cache_directory_leaves_queries_uncached(tmp_path: Path) -> 
             relation = sh.sql("SELECT sum(a) AS s FROM e")
             assert relation.fetchall() == [(45,)]
             assert (relation.stats.objects_read, relation.stats.cached_runs) == (2, 0)
+
+
+def test_a_wide_topic_of_short_runs_is_cached_run_by_run(tmp_path: Path) -> None:
+    """One object holding a short run of each of 200 partitions (and two long runs): cold,
+    the short runs are decoded together; every run is cached on its own, and warm answers,
+    from the cache alone, are the same as DuckDB's."""
+    rng = random.Random(5)
+    with streamhouse.connect(tmp_path / "data") as sh:
+        sh.sql("CREATE STREAM w (k BIGINT, x DOUBLE) WITH ('topic' = 'wide', 'partitions' = '200')")
+        rows: list[dict] = []
+        for partition in range(200):
+            count = 400 if partition in (17, 150) else rng.randint(1, 5)
+            for offset in range(count):
+                rows.append({"k": rng.randrange(9), "x": rng.random(), "_partition": partition,
+                             "_offset": offset})  # fmt: skip
+        payloads = []
+        for partition in range(200):
+            values = [json.dumps({"k": r["k"], "x": r["x"]}).encode()
+                      for r in rows if r["_partition"] == partition]  # fmt: skip
+            payloads += sh.batches("wide", values, partition=partition)
+        sh.append_batches("wide", payloads)
+        assert len(sh.log.metadata.segments("wide", 0)) == 1
+        sql = (
+            "SELECT k, count(*) AS n, sum(x) AS sx, max(_offset) AS o, "
+            "count(DISTINCT _partition) AS p FROM w GROUP BY k ORDER BY k"
+        )
+        con = duckdb.connect()
+        con.register("w", pa.Table.from_pylist(rows))
+        expected = [tuple(round(v, 6) if isinstance(v, float) else v for v in row)
+                    for row in con.sql(sql).fetchall()]  # fmt: skip
+        for runs_cached in (0, 200):
+            relation = sh.sql(sql)
+            got = [tuple(round(v, 6) if isinstance(v, float) else v for v in row)
+                   for row in relation.fetchall()]  # fmt: skip
+            assert got == expected
+            assert relation.stats.cached_runs == runs_cached
+        assert len(list(sh.engine.scan_cache.directory.iterdir())) == 200

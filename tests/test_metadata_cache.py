@@ -77,6 +77,38 @@ def test_the_cache_answers_as_the_store_does(stores: tuple[CachedMetadata, Store
     assert stats.hit_rate > 0.9, stats
 
 
+def test_segments_of_many_partitions_at_once_are_each_partitions_segments(
+    stores: tuple[CachedMetadata, Store],
+) -> None:
+    """One read for a topic's partitions (a bounded scan of a wide topic) gives what a read
+    per partition gives, cached or not, with other processes' commits heard in between."""
+    cached, other = stores
+    cached.create_topic("w", partitions=12)
+    rng = random.Random(23)
+    for i in range(120):
+        writer = cached if i % 3 else other
+        entries = [Entry("w", p, 0, rng.randrange(0, 3)) for p in rng.sample(range(12), 4)]
+        writer.commit_segment(f"w{i}", entries)
+    _until(
+        lambda: all(
+            cached.partition_offset("w", p) == other.partition_offset("w", p) for p in range(12)
+        ),
+        "the cache never heard the other process's commits",
+    )
+    cached.segments("w", 3, 5)  # one partition cached from offset 5 on, the rest not
+    found = 0
+    for _ in range(40):
+        ranges: dict[int, tuple[int, int | None]] = {}
+        for p in rng.sample(range(12), rng.choice([1, 5, 12])):
+            start = rng.randrange(0, 40)
+            ranges[p] = (start, rng.choice([None, start + rng.randrange(0, 20)]))
+        expected = {p: other.segments("w", p, start, end) for p, (start, end) in ranges.items()}
+        assert other.segments_of_partitions("w", ranges) == expected, ranges
+        assert cached.segments_of_partitions("w", ranges) == expected, ranges
+        found += sum(len(rows) for rows in expected.values())
+    assert found > 100
+
+
 def test_commits_of_other_processes_are_heard_and_wake_listeners(
     stores: tuple[CachedMetadata, Store],
 ) -> None:

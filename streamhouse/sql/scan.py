@@ -24,6 +24,7 @@ raises it as it is rather than as DataFusion's text of it.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 import time
@@ -114,14 +115,10 @@ class TopicScan:
             read=False,
             isolation=isolation,
         )
-        rows = [
-            row
-            for p in parts
-            for row in log_.metadata.segments(
-                topic, p, from_offset=self._scan.starts[p], to_offset=self._scan.ends[p]
-            )
-            if bounds.keeps(row)
-        ]
+        found = log_.metadata.segments_of_partitions(
+            topic, {p: (self._scan.starts[p], self._scan.ends[p]) for p in parts}
+        )
+        rows = [row for p in parts for row in found[p] if bounds.keeps(row)]
         if schema is None:
             schema = self._infer()
         self.value_schema = schema if schema is None else project_schema(schema, columns)
@@ -292,38 +289,104 @@ class TopicScan:
             runs = dict(self._runs(missing)) if missing else {}
         with self._lock:
             self.cached_runs += len(group) - len(missing)
-        for row in group:
-            table = tables[row]
-            if table is not None:
+        for kind, rows in self._chunks(group, tables, runs):
+            if kind == "cached":
                 with self._step() as open_:
                     if not open_:
                         return
-                    table = self._trim(row, table)
+                    table = pa.concat_tables([self._trim(row, tables[row]) for row in rows])
                     with self._lock:
                         self.rows_read += table.num_rows
                     out = self._out(self._finish(table), columns, filter_)
                 yield from out
+            elif kind == "small":
+                yield from self._small_runs(rows, runs, keys, columns, filter_)
+            else:
+                yield from self._large_run(rows[0], runs[rows[0]], keys, columns, filter_, sizes)
+
+    def _chunks(
+        self,
+        group: list[SegmentRow],
+        tables: Mapping[SegmentRow, pa.Table | None],
+        runs: Mapping[SegmentRow, memoryview],
+    ) -> list[tuple[str, list[SegmentRow]]]:
+        """``group``'s rows in order, in chunks handled together: runs the cache holds
+        ("cached"), whole runs too small to be worth a piece of their own ("small"), up to
+        :data:`PIECE_RECORDS` records a chunk; every other run alone ("large"). Damaged runs
+        left out (``skip_damaged``) are in none."""
+        chunks: list[tuple[str, list[SegmentRow]]] = []
+        records = 0
+        for row in group:
+            if tables[row] is not None:
+                kind = "cached"
+            elif row not in runs:
                 continue
-            if row not in runs:  # damaged, and skipped
-                continue
-            parts: list[pa.Table] | None = [] if self._whole(row) else None
-            for piece in _pieces([(row, runs[row])], sizes):
-                with self._step() as open_:
-                    if not open_:
-                        return
-                    decoded = self._scan.decode(piece, json_lines=True)
-                    table, rejected = self._parse(decoded)
-                    self._reject(rejected)
-                    if rejected:
-                        parts = None
-                    elif parts is not None:
-                        parts.append(table)
-                    with self._lock:
-                        self.rows_read += decoded[0].num_rows
-                    out = self._out(self._finish(table), columns, filter_)
-                yield from out
-            if parts:
-                cache.put(keys[row], pa.concat_tables(parts))
+            elif row.record_count < SMALL_RUN_RECORDS and self._whole(row):
+                kind = "small"
+            else:
+                kind = "large"
+            if kind != "large" and chunks and chunks[-1][0] == kind and records < PIECE_RECORDS:
+                chunks[-1][1].append(row)
+                records += row.record_count
+            else:
+                chunks.append((kind, [row]))
+                records = row.record_count
+        return chunks
+
+    def _large_run(
+        self,
+        row: SegmentRow,
+        run: memoryview,
+        keys: Mapping[SegmentRow, Any],
+        columns: list[str] | None,
+        filter_: Any,
+        sizes: Iterator[int],
+    ) -> Iterator[pa.RecordBatch]:
+        """One run read a piece at a time, and cached if it was read whole."""
+        parts: list[pa.Table] | None = [] if self._whole(row) else None
+        for piece in _pieces([(row, run)], sizes):
+            with self._step() as open_:
+                if not open_:
+                    return
+                decoded = self._scan.decode(piece, json_lines=True)
+                table, rejected = self._parse(decoded)
+                self._reject(rejected)
+                if rejected:
+                    parts = None
+                elif parts is not None:
+                    parts.append(table)
+                with self._lock:
+                    self.rows_read += decoded[0].num_rows
+                out = self._out(self._finish(table), columns, filter_)
+            yield from out
+        if parts:
+            assert self._cache is not None
+            self._cache.put(keys[row], pa.concat_tables(parts))
+
+    def _small_runs(
+        self,
+        rows: list[SegmentRow],
+        runs: Mapping[SegmentRow, memoryview],
+        keys: Mapping[SegmentRow, Any],
+        columns: list[str] | None,
+        filter_: Any,
+    ) -> Iterator[pa.RecordBatch]:
+        """Whole small runs (a topic of many partitions flushed together holds one short run
+        per partition) decoded and parsed as one piece, then cached run by run."""
+        cache = self._cache
+        assert cache is not None
+        with self._step() as open_:
+            if not open_:
+                return
+            decoded = self._scan.decode([(row, runs[row]) for row in rows], json_lines=True)
+            table, rejected = self._parse(decoded)
+            self._reject(rejected)
+            with self._lock:
+                self.rows_read += decoded[0].num_rows
+            for row, part in zip(rows, [] if rejected else _run_slices(table, rows), strict=False):
+                cache.put(keys[row], part)
+            out = self._out(self._finish(table), columns, filter_)
+        yield from out
 
     def _variant(self, row: SegmentRow) -> str:
         """The cache variant of ``row``'s run: "committed" when aborted transactions' batches
@@ -402,6 +465,10 @@ PIECE_RECORDS = 1 << 16
 """Records decoded and parsed at a time by a fragment at most (whole batches: about that
 many); its first pieces are smaller (:func:`_growing`)."""
 FIRST_PIECE_RECORDS = 1 << 12
+"""The first piece of a fragment, so that a LIMIT meets its rows soon."""
+SMALL_RUN_RECORDS = 256
+"""Runs shorter than this are read through the columnar cache several at a time (decoding and
+parsing a piece costs about as much for one record as for hundreds)."""
 
 
 def _pieces(
@@ -424,6 +491,21 @@ def _pieces(
             piece.append((row, view[start:]))
     if piece:
         yield piece
+
+
+def _run_slices(table: pa.Table, rows: list[SegmentRow]) -> list[pa.Table]:
+    """``table`` (the parsed records of ``rows``, whole runs in order) cut into each run's
+    rows; none if its rows are not in run order."""
+    partitions = table["_partition"].to_numpy().astype(np.int64)
+    offsets = table["_offset"].to_numpy()
+    if len(offsets) and (partitions.max() >= 1 << 19 or offsets.max() >= 1 << 44):
+        return []  # beyond the composite key's bits: left uncached
+    order = (partitions << 44) | offsets
+    if np.any(order[1:] < order[:-1]):
+        return []
+    starts = np.array([(r.partition << 44) | r.base_offset for r in rows], np.int64)
+    bounds = [*np.searchsorted(order, starts).tolist(), len(order)]
+    return [table.slice(a, b - a) for a, b in itertools.pairwise(bounds)]
 
 
 def _growing() -> Iterator[int]:

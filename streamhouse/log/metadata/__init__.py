@@ -297,6 +297,13 @@ class Metadata(Protocol):
         """Rows with ``last_offset >= from_offset`` (and ``base_offset < to_offset``), by offset."""
         ...
 
+    def segments_of_partitions(
+        self, topic: str, ranges: Mapping[int, tuple[int, int | None]]
+    ) -> dict[int, list[SegmentRow]]:
+        """:meth:`segments` of each partition of ``ranges`` (partition -> (from offset, to
+        offset)), read from the store at once rather than a partition at a time."""
+        ...
+
     def segment_for_timestamp(
         self, topic: str, partition: int, timestamp_ms: int
     ) -> SegmentRow | None:

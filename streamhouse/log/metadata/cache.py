@@ -385,15 +385,54 @@ class CachedMetadata:
         key = (topic, partition)
         self._refresh()
         self.get_topic(topic)  # forgets a deleted or re-created topic's index
-        with self._lock:
-            index = self._indexes.get(key) if self._live else None
-            if index is not None:
-                self._indexes.move_to_end(key)
-        if index is None or from_offset < index.start:
+        index = self._index(key, from_offset)
+        if index is None:
             self.stats.index_misses += 1
             index = _Index(from_offset)
             index.extend(self.inner.segments(topic, partition, from_offset))
             self._keep(key, index, [])
+        return self._select(key, index, from_offset, to_offset, limit)
+
+    def segments_of_partitions(
+        self, topic: str, ranges: Mapping[int, tuple[int, int | None]]
+    ) -> dict[int, list[SegmentRow]]:
+        self._refresh()
+        self.get_topic(topic)
+        if not self._live:
+            return self.inner.segments_of_partitions(topic, ranges)
+        self.partition_offsets(topic)  # every high watermark :meth:`_select` needs, at once
+        indexes = {p: self._index((topic, p), start) for p, (start, _) in ranges.items()}
+        missing = {p: (start, None) for p, (start, _) in ranges.items() if indexes[p] is None}
+        if missing:
+            fetched = self.inner.segments_of_partitions(topic, missing)
+            for partition, (start, _) in missing.items():
+                self.stats.index_misses += 1
+                index = indexes[partition] = _Index(start)
+                self._keep((topic, partition), index, fetched[partition])
+        return {
+            p: self._select((topic, p), indexes[p], start, end)  # type: ignore[arg-type]
+            for p, (start, end) in ranges.items()
+        }
+
+    def _index(self, key: tuple[str, int], from_offset: int) -> _Index | None:
+        """``key``'s cached index if it holds every row from ``from_offset`` on."""
+        with self._lock:
+            index = self._indexes.get(key) if self._live else None
+            if index is None or from_offset < index.start:
+                return None
+            self._indexes.move_to_end(key)
+            return index
+
+    def _select(
+        self,
+        key: tuple[str, int],
+        index: _Index,
+        from_offset: int,
+        to_offset: int | None,
+        limit: int | None = None,
+    ) -> list[SegmentRow]:
+        """``index``'s rows in the range, extended first by rows other processes committed."""
+        topic, partition = key
         high_watermark = self.partition_offset(topic, partition).high_watermark
         if index.end < high_watermark and (to_offset is None or index.end < to_offset):
             self.stats.index_misses += 1  # other processes committed: read just their rows

@@ -50,6 +50,10 @@ from streamhouse.security.scram import ScramCredential
 
 logger = logging.getLogger(__name__)
 
+BULK_SEGMENT_PARTITIONS = 4
+"""Above this many partitions, :meth:`SqlMetadata.segments_of_partitions` reads the topic's rows
+in one statement; at or below, a partition at a time (each a seek on the index)."""
+
 TOPIC_COLUMNS = "name, partitions, config, topic_id, created_ms"
 """The ``topics`` columns in the order :meth:`SqlMetadata._topic_from_row` reads them."""
 
@@ -264,6 +268,32 @@ class SqlMetadata:
         with self._reader(f"read segments of {topic}/{partition}") as conn:
             rows = conn.execute(self._sql(sql), params).fetchall()
         return [SegmentRow(*row) for row in rows]
+
+    def segments_of_partitions(
+        self, topic: str, ranges: Mapping[int, tuple[int, int | None]]
+    ) -> dict[int, list[SegmentRow]]:
+        if len(ranges) <= BULK_SEGMENT_PARTITIONS:
+            return {p: self.segments(topic, p, start, end) for p, (start, end) in ranges.items()}
+        # One read of the topic's rows from the lowest start on (ordered by the primary key),
+        # kept per partition by its own range: one round trip instead of one per partition.
+        lowest = min(start for start, _ in ranges.values())
+        found: dict[int, list[SegmentRow]] = {p: [] for p in ranges}
+        with self._reader(f"read segments of {topic}") as conn:
+            rows = conn.execute(
+                self._sql(
+                    f"SELECT {SEGMENT_SELECT_COLUMNS} FROM segments"
+                    " WHERE topic = ? AND last_offset >= ? ORDER BY partition_id, base_offset"
+                ),
+                (topic, lowest),
+            ).fetchall()
+        for values in rows:
+            row = SegmentRow(*values)
+            wanted = ranges.get(row.partition)
+            if wanted is None or row.last_offset < wanted[0]:
+                continue
+            if wanted[1] is None or row.base_offset < wanted[1]:
+                found[row.partition].append(row)
+        return found
 
     def segment_for_timestamp(
         self, topic: str, partition: int, timestamp_ms: int
