@@ -582,6 +582,20 @@ def test_stores_opened_at_once_apply_each_migration_once(open_store: OpenStore) 
     assert stores[3].next_producer_id() == 2
 
 
+def test_processes_opening_a_new_sqlite_store_at_once_all_open_it(tmp_path: Path) -> None:
+    """Switching a new file to WAL needs it to itself, and SQLite refuses a connection that
+    would deadlock at once ("database is locked", no busy wait): it is tried again (before,
+    about 1 in 100 of these rounds failed)."""
+    for round_ in range(60):
+        stores: list[SQLiteMetadata] = []
+        path = tmp_path / f"m{round_}.sqlite3"
+        errors = at_once(4, lambda _, s=stores, p=path: s.append(SQLiteMetadata(p)))
+        assert errors == []
+        assert {store.schema_version for store in stores} == {LATEST_VERSION}
+        for store in stores:
+            store.close()
+
+
 # -- open_metadata ----------------------------------------------------------------------------
 
 

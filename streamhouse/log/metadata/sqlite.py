@@ -27,6 +27,7 @@ import logging
 import os
 import sqlite3
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
@@ -108,8 +109,7 @@ class SQLiteMetadata(SqlMetadata):
                 f"metadata store {self.path}: cannot create directory {self.path.parent}: {exc}"
             ) from exc
         try:
-            with self._storage_errors("open"):
-                mode = self._connection().execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            mode = self._journal_mode_wal()
             if str(mode).lower() != "wal":
                 logger.warning("metadata store %s: journal mode is %s, not WAL", self.path, mode)
             self._identity = self._file_identity()
@@ -117,6 +117,26 @@ class SQLiteMetadata(SqlMetadata):
         except BaseException:
             self.close()
             raise
+
+    def _journal_mode_wal(self) -> str:
+        """Switch the file to WAL (a no-op once it is). The switch needs the file to itself,
+        and SQLite answers "database is locked" at once, without waiting, to a connection
+        that would otherwise deadlock with another one opening the file at the same moment:
+        that is tried again, for up to ``busy_timeout_s``."""
+        deadline = time.monotonic() + self._busy_timeout_s
+        pause = 0.001
+        while True:
+            try:
+                with self._storage_errors("open"):
+                    return str(self._connection().execute("PRAGMA journal_mode=WAL").fetchone()[0])
+            except StorageError as exc:
+                busy = isinstance(exc.__cause__, sqlite3.OperationalError) and (
+                    "locked" in str(exc.__cause__)
+                )
+                if not busy or time.monotonic() + pause > deadline:
+                    raise
+            time.sleep(pause)
+            pause = min(pause * 2, 0.05)
 
     # -- connections and transactions ---------------------------------------------------------
 
