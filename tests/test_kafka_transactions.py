@@ -93,23 +93,32 @@ def send(p: Producer, topic: str, values: list[str], partitions: int = 2) -> Non
     p.flush(TIMEOUT)
 
 
-def test_commit_and_abort_seen_by_isolation_level(kafka_server: KafkaServer, new_topic) -> None:
-    topic = new_topic(2)
+# 12 partitions: a read_committed fetch of more than WIDE_TOPIC_PARTITIONS partitions of a
+# topic reads their transactions in one statement, not one per partition.
+@pytest.mark.parametrize("partitions", [2, 12])
+def test_commit_and_abort_seen_by_isolation_level(
+    kafka_server: KafkaServer, new_topic, partitions: int
+) -> None:
+    topic = new_topic(partitions)
     p = producer(kafka_server, f"tx-{uuid.uuid4().hex[:8]}")
     plain = Producer({"bootstrap.servers": kafka_server.bootstrap, "linger.ms": 5})
     p.begin_transaction()
-    send(p, topic, [f"c1-{i}" for i in range(10)])
+    send(p, topic, [f"c1-{i}" for i in range(10)], partitions)
     p.commit_transaction(TIMEOUT)
     p.begin_transaction()
-    send(p, topic, [f"a-{i}" for i in range(10)])
-    send(plain, topic, [f"plain-{i}" for i in range(4)])  # between, not in the transaction
+    send(p, topic, [f"a-{i}" for i in range(10)], partitions)
+    send(plain, topic, [f"plain-{i}" for i in range(4)], partitions)  # not in the transaction
     p.abort_transaction(TIMEOUT)
     p.begin_transaction()
-    send(p, topic, [f"c2-{i}" for i in range(6)])
+    send(p, topic, [f"c2-{i}" for i in range(6)], partitions)
     p.commit_transaction(TIMEOUT)
 
-    committed = sorted(v.decode() for v in read_all(kafka_server, topic, 2, "read_committed"))
-    everything = sorted(v.decode() for v in read_all(kafka_server, topic, 2, "read_uncommitted"))
+    committed = sorted(
+        v.decode() for v in read_all(kafka_server, topic, partitions, "read_committed")
+    )
+    everything = sorted(
+        v.decode() for v in read_all(kafka_server, topic, partitions, "read_uncommitted")
+    )
     expected = [f"c1-{i}" for i in range(10)] + [f"c2-{i}" for i in range(6)]
     expected += [f"plain-{i}" for i in range(4)]
     assert committed == sorted(expected)
@@ -140,10 +149,13 @@ def _list_latest(server: KafkaServer, topic: str, isolation: int) -> int:
     return part.offset
 
 
-def test_open_transaction_holds_back_read_committed(kafka_server: KafkaServer, new_topic) -> None:
+@pytest.mark.parametrize("partitions", [1, 12])
+def test_open_transaction_holds_back_read_committed(
+    kafka_server: KafkaServer, new_topic, partitions: int
+) -> None:
     """The last stable offset stops at an open transaction's first offset: later plain
     records wait too, and appear with the transaction's once it commits."""
-    topic = new_topic(1)
+    topic = new_topic(partitions)
     plain = Producer({"bootstrap.servers": kafka_server.bootstrap, "linger.ms": 5})
     send(plain, topic, ["before"], partitions=1)
     p = producer(kafka_server, f"tx-{uuid.uuid4().hex[:8]}")
@@ -152,11 +164,11 @@ def test_open_transaction_holds_back_read_committed(kafka_server: KafkaServer, n
     send(plain, topic, ["after"], partitions=1)
     assert _list_latest(kafka_server, topic, 0) == 4  # before, t-0, t-1, after
     assert _list_latest(kafka_server, topic, 1) == 1  # the transaction starts at 1
-    assert read_all(kafka_server, topic, 1, "read_committed", settle=1.0) == [b"before"]
+    assert read_all(kafka_server, topic, partitions, "read_committed", settle=1.0) == [b"before"]
     p.commit_transaction(TIMEOUT)
     # EndTxn answers once the decision is durable; the marker follows at once
     assert eventually(lambda: _list_latest(kafka_server, topic, 1), 5) == 5  # marker: offset 4
-    assert read_all(kafka_server, topic, 1, "read_committed") == [
+    assert read_all(kafka_server, topic, partitions, "read_committed") == [
         b"before",
         b"t-0",
         b"t-1",

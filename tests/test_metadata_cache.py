@@ -107,6 +107,12 @@ def test_segments_of_many_partitions_at_once_are_each_partitions_segments(
         assert cached.segments_of_partitions("w", ranges) == expected, ranges
         found += sum(len(rows) for rows in expected.values())
     assert found > 100
+    # warm: what a wide fetch calls first; the reads that follow are all hits
+    cached.warm("w", dict.fromkeys(range(12), 0))
+    misses = (cached.stats.index_misses, cached.stats.offset_misses)
+    for p in range(12):
+        assert cached.segments("w", p) == other.segments("w", p)
+    assert (cached.stats.index_misses, cached.stats.offset_misses) == misses
 
 
 def test_commits_of_other_processes_are_heard_and_wake_listeners(

@@ -170,6 +170,12 @@ def _encode_flexible(
     return b"".join(parts)
 
 
+WIDE_TOPIC_PARTITIONS = 8
+"""A fetch of more partitions of one topic than this loads what the metadata cache lacks of
+them at once (:func:`_warm`) and, read_committed, reads their transactions in one statement
+(:func:`_committed_topic`), rather than a partition at a time."""
+
+
 @dataclass(slots=True)
 class _Topic:
     """A requested topic: its name (None: an unknown topic id) and how the answer keys it."""
@@ -200,6 +206,9 @@ def _read(
     for topic in topics:
         reads = []
         name = topic.name
+        wide = len(topic.partitions) > WIDE_TOPIC_PARTITIONS
+        if wide and name is not None and name not in denied:
+            _warm(broker, name, topic.partitions)
         for p in topic.partitions:
             if name is None or name in denied:
                 error = (
@@ -210,13 +219,25 @@ def _read(
                 reads.append(PartitionRead(p.partition, error, b"", -1, -1))
                 continue
             reads.append(_read_partition(broker, name, p, remaining, total))
-            if committed and reads[-1].error is ErrorCode.none:
+            if committed and not wide and reads[-1].error is ErrorCode.none:
                 reads[-1] = _committed(broker, name, p.fetch_offset, reads[-1])
             size = len(reads[-1].records)
             total += size
             remaining -= size
+        if committed and wide and name is not None and name not in denied:
+            total -= _committed_topic(broker, name, topic.partitions, reads)
         out.append((topic.key, reads))
     return out, total
+
+
+def _warm(broker: Broker, topic: str, requested: Any) -> None:
+    """Load what the metadata cache lacks for these partitions at once (after its periodic
+    refresh, a fetch of 10,000 partitions would otherwise read each one's offsets and index
+    rows in statements of its own)."""
+    try:
+        broker.log.metadata.warm(topic, {p.partition: p.fetch_offset for p in requested})
+    except StreamHouseError as exc:  # each partition's read reports it
+        log.debug("fetch %s: %s", topic, exc)
 
 
 def _read_partition(
@@ -253,6 +274,43 @@ def _committed(broker: Broker, topic: str, fetch_offset: int, read: PartitionRea
     except StreamHouseError as exc:
         log.debug("fetch %s/%d: %s", topic, read.partition, exc)
         return PartitionRead(read.partition, error_code_for(exc), b"", -1, -1, exc)
+    return _stable(read, open_from, aborted)
+
+
+def _committed_topic(broker: Broker, topic: str, requested: Any, reads: list[PartitionRead]) -> int:
+    """:func:`_committed` for every partition read of a topic at once: one store statement
+    for all (read after all their records), instead of one per partition. Returns how many
+    bytes the cuts removed."""
+    ok = [(p.fetch_offset, i) for i, p in enumerate(requested) if reads[i].error is ErrorCode.none]
+    if not ok:
+        return 0
+    try:
+        stability = broker.log.metadata.transactions.topic_stability(topic, min(ok)[0])
+    except StreamHouseError as exc:
+        log.debug("fetch %s: %s", topic, exc)
+        for _, i in ok:
+            reads[i] = PartitionRead(reads[i].partition, error_code_for(exc), b"", -1, -1, exc)
+        return 0
+    removed = 0
+    for fetch_offset, i in ok:
+        read = reads[i]
+        hw, size = read.high_watermark, len(read.records)
+        aborted = [
+            (producer, first)
+            for producer, first, last in stability.aborted.get(read.partition, ())
+            if last >= fetch_offset and first < hw
+        ]
+        reads[i] = _stable(read, stability.open_from.get(read.partition), aborted)
+        removed += size - len(reads[i].records)
+    return removed
+
+
+def _stable(
+    read: PartitionRead, open_from: int | None, aborted: list[tuple[int, int]]
+) -> PartitionRead:
+    """``read`` cut before the partition's oldest open transaction (``open_from``), with the
+    ``aborted`` transactions its records overlap."""
+    hw = read.high_watermark
     stable = hw if open_from is None else min(open_from, hw)
     if stable < hw:
         read.records = read.records[: _end_before(read.records, stable)]

@@ -304,6 +304,12 @@ class Metadata(Protocol):
         offset)), read from the store at once rather than a partition at a time."""
         ...
 
+    def warm(self, topic: str, from_offsets: Mapping[int, int]) -> None:
+        """Make the reads of these partitions from these offsets that follow read nothing a
+        partition at a time: a cache loads what it lacks of them at once; a store does
+        nothing."""
+        ...
+
     def segment_for_timestamp(
         self, topic: str, partition: int, timestamp_ms: int
     ) -> SegmentRow | None:

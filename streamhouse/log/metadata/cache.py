@@ -400,19 +400,35 @@ class CachedMetadata:
         self.get_topic(topic)
         if not self._live:
             return self.inner.segments_of_partitions(topic, ranges)
-        self.partition_offsets(topic)  # every high watermark :meth:`_select` needs, at once
-        indexes = {p: self._index((topic, p), start) for p, (start, _) in ranges.items()}
-        missing = {p: (start, None) for p, (start, _) in ranges.items() if indexes[p] is None}
+        indexes = self._load(topic, {p: start for p, (start, _) in ranges.items()})
+        return {
+            p: self._select((topic, p), indexes[p], start, end)
+            for p, (start, end) in ranges.items()
+        }
+
+    def warm(self, topic: str, from_offsets: Mapping[int, int]) -> None:
+        self._refresh()
+        self.get_topic(topic)
+        if self._live:
+            self._load(topic, from_offsets)
+
+    def _load(self, topic: str, from_offsets: Mapping[int, int]) -> dict[int, _Index]:
+        """The cached index of each partition from its offset on, those missing read from
+        the store in one statement; every partition's offsets cached too (one statement if
+        any is missing), so that what follows reads nothing a partition at a time."""
+        with self._lock:
+            offsets_missing = any((topic, p) not in self._offsets for p in from_offsets)
+        if offsets_missing:
+            self.partition_offsets(topic)
+        indexes = {p: self._index((topic, p), start) for p, start in from_offsets.items()}
+        missing = {p: (start, None) for p, start in from_offsets.items() if indexes[p] is None}
         if missing:
             fetched = self.inner.segments_of_partitions(topic, missing)
             for partition, (start, _) in missing.items():
                 self.stats.index_misses += 1
                 index = indexes[partition] = _Index(start)
                 self._keep((topic, partition), index, fetched[partition])
-        return {
-            p: self._select((topic, p), indexes[p], start, end)  # type: ignore[arg-type]
-            for p, (start, end) in ranges.items()
-        }
+        return indexes  # type: ignore[return-value]
 
     def _index(self, key: tuple[str, int], from_offset: int) -> _Index | None:
         """``key``'s cached index if it holds every row from ``from_offset`` on."""

@@ -295,6 +295,9 @@ class SqlMetadata:
                 found[row.partition].append(row)
         return found
 
+    def warm(self, topic: str, from_offsets: Mapping[int, int]) -> None:
+        """Nothing: the store caches nothing (:class:`CachedMetadata` does)."""
+
     def segment_for_timestamp(
         self, topic: str, partition: int, timestamp_ms: int
     ) -> SegmentRow | None:
