@@ -7,8 +7,11 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import os
 import re
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -17,7 +20,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 from group_members import PARTITIONS, PER_ROUND, Member, balanced, consumed, produce_round, wait
-from kafka_fixtures import KafkaServer, RawClient, produce_request
+from kafka_fixtures import REPO, KafkaServer, RawClient, free_port, produce_request
 
 import streamhouse
 from streamhouse.cli import main as cli
@@ -125,6 +128,50 @@ def test_an_unshared_store_answers_with_node_0_alone() -> None:
     cluster = Cluster(None, Settings(port=9999))
     assert cluster.node_id == 0
     assert [(n.node_id, n.port) for n in cluster.nodes("z1")] == [(0, 9999)]
+
+
+def test_serve_without_flags_is_the_embedded_single_process_default(tmp_path: Path) -> None:
+    """``streamhouse serve`` and nothing else (the port from the environment, as a free one
+    is needed here): SQLite in ./streamhouse-data, one broker, node 0, no agent registered;
+    the records it took are there."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMHOUSE_")}
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "streamhouse", "serve"],
+        cwd=tmp_path,
+        env={**env, "STREAMHOUSE_PORT": str(port), "PYTHONPATH": str(REPO)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        server = KafkaServer(tmp_path / "streamhouse-data", port)
+        _wait_for(lambda: _answers(server), 60, "serve answers")
+        with RawClient(server.bootstrap) as client:
+            response = client.request(3, 1, topics=None)
+        assert [(b.node_id, b.port) for b in response.brokers] == [(0, port)]
+        assert response.controller_id == 0
+        producer = _producer([server])
+        producer.produce("x", b"embedded")  # type: ignore[attr-defined]
+        assert producer.flush(30) == 0  # type: ignore[attr-defined]
+    finally:
+        process.send_signal(signal.SIGTERM)
+        _, err = process.communicate(timeout=30)
+    assert process.returncode == 0, err.decode()[-2000:]
+    data = tmp_path / "streamhouse-data"
+    assert (data / "metadata.sqlite3").is_file()
+    with SQLiteMetadata(data / "metadata.sqlite3") as md:
+        assert md.list_agents() == []
+    with streamhouse.connect(data) as sh:
+        assert sh.fetch("x")["value"].to_pylist() == [b"embedded"]
+
+
+def _answers(server: KafkaServer) -> bool:
+    try:
+        with RawClient(server.bootstrap, timeout=2) as client:
+            client.request(18, 0)
+    except OSError:
+        return False
+    return True
 
 
 def test_peer_links_report_a_peer_whose_link_closed_and_address_refuses() -> None:
