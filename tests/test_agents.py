@@ -355,16 +355,23 @@ def _read_all(
 
 
 @pytest.fixture
-def agents(tmp_path: Path, postgres_url: str) -> Iterator[Callable[..., KafkaServer]]:
+def agents(
+    request: pytest.FixtureRequest, tmp_path: Path, postgres_url: str
+) -> Iterator[Callable[..., KafkaServer]]:
     """Factory: a started ``serve`` agent on this test's database and the shared data
-    directory (its objects directory is the object store all agents share)."""
+    directory, whose objects directory is the object store all agents share (``local``, the
+    default), or a moto S3 bucket named by ``--object-store`` (indirect parameter ``s3``)."""
     data = tmp_path / "data"
     started: list[KafkaServer] = []
+    store: list[str] = []
+    if getattr(request, "param", "local") == "s3":
+        url = request.getfixturevalue("s3_url")("agents")
+        store = ["--object-store", url, "--s3-endpoint-url", request.getfixturevalue("moto_server")]
 
     def start(*args: str, ttl_s: float = TTL_S) -> KafkaServer:
         server = KafkaServer(
             data,
-            args=["--metadata", postgres_url, *args],
+            args=["--metadata", postgres_url, *store, *args],
             env={"STREAMHOUSE_AGENT_TTL_S": str(ttl_s)},
         )
         server.log_path = tmp_path / f"agent-{len(started)}.log"
@@ -376,10 +383,12 @@ def agents(tmp_path: Path, postgres_url: str) -> Iterator[Callable[..., KafkaSer
         server.kill()
 
 
+@pytest.mark.parametrize("agents", ["local", "s3"], indirect=True)
 def test_three_agents_are_one_cluster_and_survive_a_kill(
     tmp_path: Path, postgres_url: str, agents: Callable[..., KafkaServer]
 ) -> None:
-    """Three agents, one database, one object store: a producer bootstrapped with all three
+    """Three agents, one database, one object store (the data directory's, or S3 on moto):
+    a producer bootstrapped with all three
     keeps being acknowledged across a kill -9 (the agent leaves every answer within the TTL)
     and a restart; every acknowledged record is read back once, at dense offsets. The kill
     falls between flushes and the producer is not idempotent; kills mid-stream are in
@@ -433,6 +442,8 @@ def test_three_agents_are_one_cluster_and_survive_a_kill(
     got, values = _read_all(survivors[0], 6, sent)
     assert sorted(values) == sorted(deliveries.acked)  # nothing lost, nothing doubled
     assert all(offsets == list(range(len(offsets))) for offsets in got.values())  # dense
+    on_s3 = "--object-store" in servers[0].args
+    assert bool(list((data / "objects").rglob("*.seg"))) != on_s3  # S3: none in the data dir
 
     survivors[0].stop()
     _wait_for(lambda: len(_metadata(survivors[1])[0]) == 2, 2.5, "clean stop deregisters at once")
