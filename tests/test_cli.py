@@ -291,7 +291,7 @@ def test_object_store_options_put_the_log_in_s3(
 ) -> None:
     """``--object-store`` and ``--s3-endpoint-url``, of a command or of the group: segment
     objects go to the bucket and none to the data directory; a command without them does
-    not find them there."""
+    not find them, and says where it looked."""
     url = s3_url("cli")
     store = ["--object-store", url, "--s3-endpoint-url", moto_server]
     run(data_dir, "topic", "create", "lines", *store)
@@ -304,6 +304,7 @@ def test_object_store_options_put_the_log_in_s3(
         assert sh.fetch("lines")["value"].to_pylist() == [b'{"a": 1}', b'{"a": 2}']
     local = run(data_dir, "query", "SELECT sum(a) AS s FROM lines", ok=False)
     assert local.exit_code == 1 and "Traceback" not in local.output
+    assert f"not found under {data_dir / 'objects'}" in local.stderr  # where it looked
 
 
 def test_a_table_into_a_pipe_cuts_no_cell(data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
