@@ -1,8 +1,10 @@
 """The ``streamhouse`` command: thin click commands over the Python API.
 
 Tables and results go to stdout; progress, logs and errors go to stderr. Every command takes
-``--data-dir`` (default ``$STREAMHOUSE_DATA_DIR`` or ``./streamhouse-data``) and ``--metadata``
-(default ``$STREAMHOUSE_METADATA`` or SQLite in the data directory).
+``--data-dir`` (default ``$STREAMHOUSE_DATA_DIR`` or ``./streamhouse-data``), ``--metadata``
+(default ``$STREAMHOUSE_METADATA`` or SQLite in the data directory) and ``--object-store``
+with ``--s3-endpoint-url`` (default ``$STREAMHOUSE_OBJECT_STORE``, or the data directory's
+``objects``).
 """
 
 from __future__ import annotations
@@ -36,8 +38,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("streamhouse")
 
 
-_METADATA = "streamhouse.metadata"
-"""Where ``--metadata`` (of the group or of a command) leaves its URL in ``ctx.meta``."""
+_STORES = "streamhouse.stores"
+"""Where ``--metadata``, ``--object-store`` and ``--s3-endpoint-url`` (of the group or of a
+command) leave their values in ``ctx.meta``: a dict of setting name to value."""
 SHORT_AGENT_ID = 12
 """Characters of an agent id ``cluster status`` shows (of 32 random hex digits)."""
 
@@ -47,8 +50,7 @@ def _settings(ctx: click.Context, **overrides: Any) -> Settings:
     local = ctx.params.get("data_dir")
     return Settings.load(
         data_dir=Path(local or data_dir or DEFAULT_DATA_DIR),
-        metadata=ctx.meta.get(_METADATA),
-        **overrides,
+        **{**ctx.meta.get(_STORES, {}), **overrides},
     )
 
 
@@ -56,21 +58,46 @@ def _open(ctx: click.Context) -> StreamHouse:
     return StreamHouse(_settings(ctx))
 
 
-def _remember_metadata(ctx: click.Context, _: click.Parameter, url: str | None) -> None:
-    if url is not None:  # a command's --metadata wins over the group's
-        ctx.meta[_METADATA] = url
+def _remember(setting: str) -> Callable[[click.Context, click.Parameter, str | None], None]:
+    """A callback keeping an option's value as ``setting`` in ``ctx.meta`` (a command's
+    option is read after the group's, so it wins)."""
+
+    def remember(ctx: click.Context, _: click.Parameter, value: str | None) -> None:
+        if value is not None:
+            ctx.meta.setdefault(_STORES, {})[setting] = value
+
+    return remember
 
 
-def metadata_option(f: Callable[..., Any]) -> Callable[..., Any]:
-    """``--metadata URL``, kept in ``ctx.meta`` (commands need no parameter for it)."""
-    return click.option(
+_STORE_OPTIONS = (
+    (
         "--metadata",
-        metavar="URL",
-        expose_value=False,
-        callback=_remember_metadata,
-        help="Metadata store: postgresql://user@host:5432/db or sqlite:///path"
+        "metadata",
+        "Metadata store: postgresql://user@host:5432/db or sqlite:///path"
         " (default $STREAMHOUSE_METADATA, else SQLite in the data directory).",
-    )(f)
+    ),
+    (
+        "--object-store",
+        "object_store",
+        "Object store: s3://bucket/prefix (default $STREAMHOUSE_OBJECT_STORE, else the data"
+        " directory's objects).",
+    ),
+    (
+        "--s3-endpoint-url",
+        "s3_endpoint_url",
+        "Endpoint of an S3-compatible server for --object-store (default AWS).",
+    ),
+)
+
+
+def store_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """``--metadata``, ``--object-store`` and ``--s3-endpoint-url``: where the log is, kept in
+    ``ctx.meta`` (commands need no parameter for them)."""
+    for flag, setting, text in reversed(_STORE_OPTIONS):
+        f = click.option(
+            flag, metavar="URL", expose_value=False, callback=_remember(setting), help=text
+        )(f)
+    return f
 
 
 isolation_option = click.option(
@@ -84,8 +111,8 @@ isolation_option = click.option(
 
 
 def data_dir_option(f: Callable[..., Any]) -> Callable[..., Any]:
-    """``--data-dir`` and ``--metadata``: where a command finds the log."""
-    return metadata_option(
+    """``--data-dir`` and the store options: where a command finds the log."""
+    return store_options(
         click.option(
             "--data-dir",
             type=click.Path(file_okay=False),
@@ -123,7 +150,7 @@ def friendly_errors(f: Callable[..., Any]) -> Callable[..., Any]:
     envvar="STREAMHOUSE_DATA_DIR",
     help="Data directory (default ./streamhouse-data).",
 )
-@metadata_option
+@store_options
 @click.option("-v", "--verbose", count=True, help="More logging on stderr (-vv for debug).")
 @click.option("-q", "--quiet", is_flag=True, help="Only errors on stderr.")
 @click.version_option(package_name="streamhouse")

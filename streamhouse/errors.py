@@ -134,10 +134,12 @@ class StateFormatError(StorageError):
 
 
 class ObjectNotFoundError(StorageError):
-    """The object store has no object under that key."""
+    """The object store has no object under that key; ``place`` says where it looked
+    (``under /data/objects``, ``in s3://bucket/prefix``), so a command pointed at the wrong
+    object store says so."""
 
-    def __init__(self, key: str) -> None:
-        super().__init__(f"object {key!r} not found")
+    def __init__(self, key: str, place: str = "") -> None:
+        super().__init__(f"object {key!r} not found" + (f" {place}" if place else ""))
         self.key = key
 
 

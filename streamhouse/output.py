@@ -7,6 +7,7 @@ each batch as it arrives; the table keeps only the rows it shows (:class:`RowSam
 
 from __future__ import annotations
 
+import os
 import sys
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -21,6 +22,8 @@ from streamhouse.result import unique_names
 
 DEFAULT_MAX_ROWS = 40  # rows the table format shows, as DuckDB's shell does
 CELL_ESCAPES = str.maketrans({"\n": "\\n", "\r": "\\r", "\t": "\\t"})
+UNBOUNDED_WIDTH = 1 << 14
+"""Characters a table written to a file or a pipe may take per line (no cell is cut)."""
 
 
 def write_result(
@@ -142,9 +145,11 @@ WRITERS: dict[str, Callable[[pa.RecordBatchReader, BinaryIO], None]] = {
 def print_rows(
     rows: pa.RecordBatchReader, max_rows: int, title: str | None = None, file: Any = None
 ) -> None:
-    """Print ``rows`` with rich to stdout (or ``file``, unwrapped): all of them, or when there
-    are more than ``max_rows`` (> 0) the first and last halves of that with a ``…`` row
-    between; then the row count to stderr. Only the rows shown become Python values."""
+    """Print ``rows`` with rich to stdout (or ``file``): all of them, or when there are more
+    than ``max_rows`` (> 0) the first and last halves of that with a ``…`` row between; then
+    the row count to stderr. Only the rows shown become Python values. Cells are cut to fit
+    a terminal's width; into a file or a pipe the table is as wide as its cells (``COLUMNS``
+    set in the environment still bounds it)."""
     from rich.console import Console
     from rich.table import Table
     from rich.text import Text
@@ -167,7 +172,12 @@ def print_rows(
         view.add_row(*("…" for _ in rows.schema), style="dim")
         for row in _cells(tail):
             view.add_row(*map(Text, row))
-    console = Console(soft_wrap=True) if file is None else Console(file=file, width=1 << 14)
+    if file is not None:
+        console = Console(file=file, width=UNBOUNDED_WIDTH)
+    else:
+        console = Console(soft_wrap=True)
+        if not console.is_terminal and "COLUMNS" not in os.environ:
+            console = Console(soft_wrap=True, width=UNBOUNDED_WIDTH)
     console.print(view)
     total = f"{shown.total:,} row{'s' if shown.total != 1 else ''}"
     if tail is not None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
 import pytest
@@ -86,6 +86,23 @@ def with_schema(url: str, schema: str) -> str:
     return urlunsplit(parts._replace(query=f"{parts.query}&{option}" if parts.query else option))
 
 
+NO_POSTGRES_SERVER = "no PostgreSQL server"
+"""How the reason of every test skipped for want of a server starts."""
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """Skips for want of a PostgreSQL server are reported at this file rather than at each
+    test, so ``-ra`` folds them into one line: ``SKIPPED [n] tests/conftest.py: no ...``."""
+    report = yield
+    longrepr = report.longrepr
+    if report.skipped and isinstance(longrepr, tuple) and NO_POSTGRES_SERVER in longrepr[2]:
+        report.longrepr = (__file__, None, longrepr[2])
+    return report
+
+
 @pytest.fixture(scope="session")
 def postgres_database() -> Iterator[str]:
     """The URL of a database created for this test session on ``$STREAMHOUSE_TEST_POSTGRES``,
@@ -98,7 +115,7 @@ def postgres_database() -> Iterator[str]:
         admin = psycopg.connect(POSTGRES_URL, autocommit=True, connect_timeout=5)
     except psycopg.Error as exc:
         cause = str(exc).strip().splitlines()[0]  # the rest is libpq's advice
-        reason = f"no PostgreSQL server at {POSTGRES_URL} (set STREAMHOUSE_TEST_POSTGRES): {cause}"
+        reason = f"{NO_POSTGRES_SERVER} at {POSTGRES_URL} (set STREAMHOUSE_TEST_POSTGRES): {cause}"
         if os.environ.get("CI", "").lower() == "true":
             pytest.fail(reason, pytrace=False)
         pytest.skip(reason)

@@ -7,8 +7,11 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import os
 import re
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -17,7 +20,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 from group_members import PARTITIONS, PER_ROUND, Member, balanced, consumed, produce_round, wait
-from kafka_fixtures import KafkaServer, RawClient, produce_request
+from kafka_fixtures import REPO, KafkaServer, RawClient, free_port, produce_request
 
 import streamhouse
 from streamhouse.cli import main as cli
@@ -125,6 +128,50 @@ def test_an_unshared_store_answers_with_node_0_alone() -> None:
     cluster = Cluster(None, Settings(port=9999))
     assert cluster.node_id == 0
     assert [(n.node_id, n.port) for n in cluster.nodes("z1")] == [(0, 9999)]
+
+
+def test_serve_without_flags_is_the_embedded_single_process_default(tmp_path: Path) -> None:
+    """``streamhouse serve`` and nothing else (the port from the environment, as a free one
+    is needed here): SQLite in ./streamhouse-data, one broker, node 0, no agent registered;
+    the records it took are there."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMHOUSE_")}
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "streamhouse", "serve"],
+        cwd=tmp_path,
+        env={**env, "STREAMHOUSE_PORT": str(port), "PYTHONPATH": str(REPO)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        server = KafkaServer(tmp_path / "streamhouse-data", port)
+        _wait_for(lambda: _answers(server), 60, "serve answers")
+        with RawClient(server.bootstrap) as client:
+            response = client.request(3, 1, topics=None)
+        assert [(b.node_id, b.port) for b in response.brokers] == [(0, port)]
+        assert response.controller_id == 0
+        producer = _producer([server])
+        producer.produce("x", b"embedded")  # type: ignore[attr-defined]
+        assert producer.flush(30) == 0  # type: ignore[attr-defined]
+    finally:
+        process.send_signal(signal.SIGTERM)
+        _, err = process.communicate(timeout=30)
+    assert process.returncode == 0, err.decode()[-2000:]
+    data = tmp_path / "streamhouse-data"
+    assert (data / "metadata.sqlite3").is_file()
+    with SQLiteMetadata(data / "metadata.sqlite3") as md:
+        assert md.list_agents() == []
+    with streamhouse.connect(data) as sh:
+        assert sh.fetch("x")["value"].to_pylist() == [b"embedded"]
+
+
+def _answers(server: KafkaServer) -> bool:
+    try:
+        with RawClient(server.bootstrap, timeout=2) as client:
+            client.request(18, 0)
+    except OSError:
+        return False
+    return True
 
 
 def test_peer_links_report_a_peer_whose_link_closed_and_address_refuses() -> None:
@@ -308,16 +355,23 @@ def _read_all(
 
 
 @pytest.fixture
-def agents(tmp_path: Path, postgres_url: str) -> Iterator[Callable[..., KafkaServer]]:
+def agents(
+    request: pytest.FixtureRequest, tmp_path: Path, postgres_url: str
+) -> Iterator[Callable[..., KafkaServer]]:
     """Factory: a started ``serve`` agent on this test's database and the shared data
-    directory (its objects directory is the object store all agents share)."""
+    directory, whose objects directory is the object store all agents share (``local``, the
+    default), or a moto S3 bucket named by ``--object-store`` (indirect parameter ``s3``)."""
     data = tmp_path / "data"
     started: list[KafkaServer] = []
+    store: list[str] = []
+    if getattr(request, "param", "local") == "s3":
+        url = request.getfixturevalue("s3_url")("agents")
+        store = ["--object-store", url, "--s3-endpoint-url", request.getfixturevalue("moto_server")]
 
     def start(*args: str, ttl_s: float = TTL_S) -> KafkaServer:
         server = KafkaServer(
             data,
-            args=["--metadata", postgres_url, *args],
+            args=["--metadata", postgres_url, *store, *args],
             env={"STREAMHOUSE_AGENT_TTL_S": str(ttl_s)},
         )
         server.log_path = tmp_path / f"agent-{len(started)}.log"
@@ -329,10 +383,12 @@ def agents(tmp_path: Path, postgres_url: str) -> Iterator[Callable[..., KafkaSer
         server.kill()
 
 
+@pytest.mark.parametrize("agents", ["local", "s3"], indirect=True)
 def test_three_agents_are_one_cluster_and_survive_a_kill(
     tmp_path: Path, postgres_url: str, agents: Callable[..., KafkaServer]
 ) -> None:
-    """Three agents, one database, one object store: a producer bootstrapped with all three
+    """Three agents, one database, one object store (the data directory's, or S3 on moto):
+    a producer bootstrapped with all three
     keeps being acknowledged across a kill -9 (the agent leaves every answer within the TTL)
     and a restart; every acknowledged record is read back once, at dense offsets. The kill
     falls between flushes and the producer is not idempotent; kills mid-stream are in
@@ -386,6 +442,8 @@ def test_three_agents_are_one_cluster_and_survive_a_kill(
     got, values = _read_all(survivors[0], 6, sent)
     assert sorted(values) == sorted(deliveries.acked)  # nothing lost, nothing doubled
     assert all(offsets == list(range(len(offsets))) for offsets in got.values())  # dense
+    on_s3 = "--object-store" in servers[0].args
+    assert bool(list((data / "objects").rglob("*.seg"))) != on_s3  # S3: none in the data dir
 
     survivors[0].stop()
     _wait_for(lambda: len(_metadata(survivors[1])[0]) == 2, 2.5, "clean stop deregisters at once")

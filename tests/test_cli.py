@@ -7,6 +7,7 @@ import io
 import json
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pyarrow as pa
@@ -283,3 +284,36 @@ def test_produce_then_query_in_real_processes(tmp_path: Path) -> None:
     assert failed.returncode == 1
     assert failed.stderr.decode() == "Error: unknown topic 'nope'\n"
     assert failed.stdout == b""
+
+
+def test_object_store_options_put_the_log_in_s3(
+    data_dir: Path, s3_url: Callable[[str], str], moto_server: str
+) -> None:
+    """``--object-store`` and ``--s3-endpoint-url``, of a command or of the group: segment
+    objects go to the bucket and none to the data directory; a command without them does
+    not find them, and says where it looked."""
+    url = s3_url("cli")
+    store = ["--object-store", url, "--s3-endpoint-url", moto_server]
+    run(data_dir, "topic", "create", "lines", *store)
+    run(data_dir, *store, "produce", "lines", input='{"a": 1}\n{"a": 2}\n')
+    queried = run(data_dir, "query", "SELECT sum(a) AS s FROM lines", "--format", "json", *store)
+    assert [json.loads(line) for line in queried.stdout.splitlines()] == [{"s": 3}]
+    assert not [p for p in (data_dir / "objects").rglob("*") if p.is_file()]
+    with streamhouse.connect(data_dir, object_store=url, s3_endpoint_url=moto_server) as sh:
+        assert sh.log.store.list()  # the objects are in the bucket
+        assert sh.fetch("lines")["value"].to_pylist() == [b'{"a": 1}', b'{"a": 2}']
+    local = run(data_dir, "query", "SELECT sum(a) AS s FROM lines", ok=False)
+    assert local.exit_code == 1 and "Traceback" not in local.output
+    assert f"not found under {data_dir / 'objects'}" in local.stderr  # where it looked
+
+
+def test_a_table_into_a_pipe_cuts_no_cell(data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Piped (not a terminal), a listing is as wide as its cells, so ``| grep`` finds a long
+    topic name; ``COLUMNS`` still bounds it, as a terminal's width does."""
+    monkeypatch.delenv("COLUMNS", raising=False)
+    name = "clicks-of-the-checkout-service-" + "x" * 120
+    run(data_dir, "topic", "create", name)
+    assert name in run(data_dir, "topic", "list").stdout
+    monkeypatch.setenv("COLUMNS", "80")
+    cut = run(data_dir, "topic", "list").stdout
+    assert name not in cut and max(len(line) for line in cut.splitlines()) <= 80

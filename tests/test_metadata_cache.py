@@ -4,6 +4,7 @@ one ``serve`` process within 100 ms of a commit by another."""
 
 from __future__ import annotations
 
+import logging
 import random
 import statistics
 import threading
@@ -113,6 +114,24 @@ def test_segments_of_many_partitions_at_once_are_each_partitions_segments(
     for p in range(12):
         assert cached.segments("w", p) == other.segments("w", p)
     assert (cached.stats.index_misses, cached.stats.offset_misses) == misses
+
+
+def test_the_hit_rate_is_logged_at_close(
+    stores: tuple[CachedMetadata, Store], caplog: pytest.LogCaptureFixture
+) -> None:
+    """The hit rate is in the logs (at INFO: ``streamhouse -v``) when the store closes."""
+    cached, _ = stores
+    cached.create_topic("t", partitions=2)
+    for _ in range(9):
+        assert cached.get_topic("t") is not None
+    rate = cached.stats.hit_rate
+    assert rate > 0.5
+    with caplog.at_level(logging.INFO, logger="streamhouse.log.metadata.cache"):
+        cached.close()
+    (line,) = [
+        r.getMessage() for r in caplog.records if r.getMessage().startswith("metadata cache")
+    ]
+    assert line.startswith(f"metadata cache: {100 * rate:.1f}% hits (topics ")
 
 
 def test_commits_of_other_processes_are_heard_and_wake_listeners(

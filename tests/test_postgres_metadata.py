@@ -9,16 +9,19 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import uuid
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner, Result
+from conftest import with_schema
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka_fixtures import KafkaServer
 
 import streamhouse
 from streamhouse.cli import main
 from streamhouse.config import Settings
+from streamhouse.errors import StorageError
 from streamhouse.log.metadata.postgres import PostgresMetadata
 from streamhouse.log.metadata.sqlite import SQLiteMetadata
 
@@ -155,3 +158,12 @@ def test_two_servers_on_one_postgresql_database_share_a_partition(
         for server in servers:
             assert server.stop() == 0, server.log()
     assert not (data / "metadata.sqlite3").exists()
+
+
+def test_a_search_path_of_no_existing_schema_is_refused_saying_so(postgres_database: str) -> None:
+    """``?options=-csearch_path%3Dname`` picks a schema that exists; a typo is refused in one
+    line that says what to do, not PostgreSQL's "no schema has been selected" alone."""
+    missing = f"nowhere_{uuid.uuid4().hex[:8]}"
+    with pytest.raises(StorageError, match="no schema of the search_path exists") as info:
+        PostgresMetadata(with_schema(postgres_database, missing))
+    assert "\n" not in str(info.value) and missing in str(info.value)

@@ -113,24 +113,16 @@ class Cluster:
         self.sh: streamhouse.StreamHouse | None = None
 
     def start_agent(self) -> KafkaServer:
+        # the command line the issue names: serve --metadata ... --object-store s3://...
+        store = ["--object-store", self.s3[0], "--s3-endpoint-url", self.s3[1]] if self.s3 else []
         server = KafkaServer(
             self.data,
-            args=["--metadata", self.url, "--queries", str(self.queries)],
-            env={
-                **(
-                    {"STREAMHOUSE_QUERY_LEASE_TTL_S": str(self.lease_ttl_s)}
-                    if self.lease_ttl_s is not None
-                    else {}
-                ),
-                **(
-                    {
-                        "STREAMHOUSE_OBJECT_STORE": self.s3[0],
-                        "STREAMHOUSE_S3_ENDPOINT_URL": self.s3[1],
-                    }
-                    if self.s3
-                    else {}
-                ),
-            },
+            args=["--metadata", self.url, *store, "--queries", str(self.queries)],
+            env=(
+                {"STREAMHOUSE_QUERY_LEASE_TTL_S": str(self.lease_ttl_s)}
+                if self.lease_ttl_s is not None
+                else {}
+            ),
         )
         server.log_path = self.tmp_path / f"agent-{len(self.agents)}.log"
         self.agents.append(server)

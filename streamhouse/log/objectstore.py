@@ -229,7 +229,7 @@ class LocalObjectStore(ObjectStore):
                     return fh.read()
                 return fh.read(max(0, end - start))
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
-            raise ObjectNotFoundError(key) from None
+            raise ObjectNotFoundError(key, f"under {self.root}") from None
         except OSError as exc:
             raise StorageError(f"cannot read object {key!r} under {self.root}: {exc}") from exc
 
@@ -243,7 +243,7 @@ class LocalObjectStore(ObjectStore):
                 fh.seek(max(0, total - length))
                 return fh.read()
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
-            raise ObjectNotFoundError(key) from None
+            raise ObjectNotFoundError(key, f"under {self.root}") from None
         except OSError as exc:
             raise StorageError(f"cannot read object {key!r} under {self.root}: {exc}") from exc
 
@@ -301,11 +301,11 @@ class LocalObjectStore(ObjectStore):
         try:
             st = path.stat()
         except (FileNotFoundError, NotADirectoryError):
-            raise ObjectNotFoundError(key) from None
+            raise ObjectNotFoundError(key, f"under {self.root}") from None
         except OSError as exc:
             raise StorageError(f"cannot stat object {key!r} under {self.root}: {exc}") from exc
         if not path.is_file():
-            raise ObjectNotFoundError(key)
+            raise ObjectNotFoundError(key, f"under {self.root}")
         return st.st_size
 
 
@@ -388,7 +388,7 @@ class S3ObjectStore(ObjectStore):
 
     def _fail(self, verb: str, key: str, exc: Exception) -> StorageError:
         if isinstance(exc, ClientError) and _code(exc) in _NOT_FOUND_CODES:
-            return ObjectNotFoundError(key)
+            return ObjectNotFoundError(key, f"in s3://{self.bucket}/{self.prefix}")
         return StorageError(
             f"cannot {verb} object {key!r} in s3://{self.bucket}/{self.prefix}: {exc}"
         )

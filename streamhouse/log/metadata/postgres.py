@@ -217,8 +217,14 @@ class PostgresMetadata(SqlMetadata):
             quoted = '"' + schema.replace('"', '""') + '"'  # a name of any case
             self._connect_kwargs["options"] = f"-csearch_path={quoted}"
         with self._storage_errors("open"):
-            with psycopg.connect(url, **self._connect_kwargs) as conn, conn.transaction():
-                migrate(conn, POSTGRESQL, self.name)
+            try:
+                with psycopg.connect(url, **self._connect_kwargs) as conn, conn.transaction():
+                    migrate(conn, POSTGRESQL, self.name)
+            except psycopg.errors.InvalidSchemaName as exc:  # e.g. a search_path of a typo
+                raise StorageError(
+                    f"metadata store {self.name}: cannot open: {_one_line(exc)} (no schema of"
+                    " the search_path exists: create it first, or name one that does)"
+                ) from exc
             self._pool = ConnectionPool(
                 url,
                 min_size=1,
