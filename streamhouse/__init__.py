@@ -5,7 +5,20 @@
 >>> sh.close()
 """
 
-from streamhouse.connection import Produced, StreamHouse, connect
+import sys
+
+if "hypothesis" not in sys.modules:
+    # kio registers hypothesis strategies for its types whenever hypothesis can be imported
+    # (it comes with the test extras): 0.3 s of every command's start-up, and a .hypothesis/
+    # folder left in the working directory. A process that has not imported hypothesis first
+    # (as pytest's plugin does) has no use for them.
+    sys.modules["hypothesis"] = None  # type: ignore[assignment]
+    try:
+        import kio.static.primitive  # noqa: F401
+    finally:
+        del sys.modules["hypothesis"]
+
+from streamhouse.connection import Produced, StreamHouse, connect  # noqa: E402
 from streamhouse.errors import (
     ConfigError,
     CorruptRecordError,

@@ -8,6 +8,7 @@ import uuid
 from collections.abc import Callable, Generator, Iterator
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
+import hypothesis  # noqa: F401  before streamhouse, so that kio registers its strategies
 import pytest
 
 from streamhouse.log.objectstore import S3ObjectStore
