@@ -1,9 +1,9 @@
-"""Parallel continuous queries (issue 16): a windowed COUNT, or an interval join, at
-parallelism 1 vs 2.
+"""Parallel continuous queries (issue 16): a windowed COUNT, a filter, Nexmark q5's shape or
+an interval join, at parallelism 1 vs 2.
 
 Usage::
 
-    python benchmarks/parallel_bench.py [--query tumble|join] [--events 1000000]
+    python benchmarks/parallel_bench.py [--query tumble|stateless|q5|join] [--events 1000000]
         [--partitions 4] [--pairs 3] [--out benchmarks/results/parallel.json]
     python benchmarks/parallel_bench.py --data DIR --only 2   # one run over DIR (for whole-process timing)
 
@@ -21,6 +21,10 @@ process's), the 1-minute load average; and the median of the paired ratios.
     -- tumble
     INSERT INTO <sink> SELECT user_id, window_start, COUNT(*) AS clicks
     FROM clicks GROUP BY user_id, TUMBLE(ts, INTERVAL '1' MINUTE)
+    -- stateless: a filter and projection (no exchange)
+    INSERT INTO <sink> SELECT user_id, url, ts FROM clicks WHERE user_id % 4 <> 0
+    -- q5: the users with the most clicks per HOP window (2 s slide, 10 s size), Nexmark q5's
+    -- join of two window aggregates on their bounds (refused at parallelism > 1)
     -- join: each click with the user's page views of the 2 seconds before it
     INSERT INTO <sink> SELECT c.user_id, c.url, c.ts, v.page FROM clicks c JOIN views v
     ON c.user_id = v.user_id AND c.ts BETWEEN v.ts AND v.ts + INTERVAL '2' SECOND
