@@ -297,3 +297,27 @@ def test_an_idle_writer_flushes_at_once_and_a_busy_one_batches_its_backlog(
 def _values_after_reopen(root: Path) -> list[bytes]:
     with Log.open(Settings.load(data_dir=root)) as log:
         return _values(log)
+
+
+def test_appends_made_together_go_out_in_one_object(tmp_path: Path) -> None:
+    """``append_together`` (a parallel query's exchange records, one per task): queued at once,
+    so the idle writer's first flush takes them all (one object, one commit), while a
+    partition's own append can take it alone; each partition gets its batches at its offsets."""
+    with Log.open(Settings.load(data_dir=tmp_path, linger_ms=50)) as log:
+        log.create_topic("t", partitions=3)
+        assert log.append("t", 0, build_batch([b"s0"])).result(10) == 0
+        for round_ in range(3):
+            together = log.append_together(
+                "t", {p: build_batch([b"t%d" % p] * 2) for p in range(3)}
+            )
+            first = 1 if round_ == 0 else 3 + 2 * (round_ - 1)
+            assert [f.result(10) for f in together] == [first, first - 1, first - 1]
+            objects = {
+                row.object_key
+                for p in range(3)
+                for row in log.metadata.segments("t", p)
+                if row.base_offset == (first if p == 0 else first - 1)
+            }
+            assert len(objects) == 1
+        assert _values(log, 0) == [b"s0"] + [b"t0"] * 6
+        assert _values(log, 2) == [b"t2"] * 6

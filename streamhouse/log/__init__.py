@@ -235,6 +235,15 @@ class Log:
         data = batches if isinstance(batches, bytes) else bytes(batches)
         return self.writer.append(topic, partition, data, headers, fence)
 
+    def append_together(self, topic: str, batches: dict[int, bytes]) -> list[Future[int]]:
+        """:meth:`append` to several partitions of ``topic`` (``{partition: batches}``) in one
+        flush: one object and one commit for them all, not one per partition."""
+        appends = [
+            (topic, partition, data, self._validate(topic, partition, data, None))
+            for partition, data in batches.items()
+        ]
+        return self.writer.append_together(appends)
+
     def append_async(
         self,
         topic: str,

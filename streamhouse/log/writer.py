@@ -271,6 +271,18 @@ class LogWriter:
         self._queue(_Append(topic, partition, data, headers, future, None, fence=fence))
         return future
 
+    def append_together(
+        self, appends: list[tuple[str, int, bytes, list[tuple[int, BatchHeader]]]]
+    ) -> list[Future[int]]:
+        """Queue several partitions' validated batches at once, so that one flush (one object,
+        one commit) takes them all, as it would had they come while the writer was busy."""
+        futures: list[Future[int]] = []
+        with self._lock:
+            for topic, partition, data, headers in appends:
+                futures.append(Future())
+                self._queue_locked(_Append(topic, partition, data, headers, futures[-1], None))
+        return futures
+
     def append_async(
         self,
         topic: str,
@@ -292,20 +304,23 @@ class LogWriter:
 
     def _queue(self, item: _Append, *, urgent: bool = False) -> None:
         with self._lock:
-            if self._closed:
-                raise StorageError("the log is closed")
-            first = not self._pending
-            if first:
-                self._first_pending_at = time.monotonic()
-            self._appended += 1
-            item.sequence = self._appended
-            self._pending.append(item)
-            self._pending_bytes += len(item.data)
-            self._fenced += item.fence is not None
-            if urgent:
-                self._first_pending_at = 0.0  # the linger is over
-            if first or urgent or self._pending_bytes >= self._max_bytes:  # else it lingers
-                self._work.notify()
+            self._queue_locked(item, urgent=urgent)
+
+    def _queue_locked(self, item: _Append, *, urgent: bool = False) -> None:
+        if self._closed:
+            raise StorageError("the log is closed")
+        first = not self._pending
+        if first:
+            self._first_pending_at = time.monotonic()
+        self._appended += 1
+        item.sequence = self._appended
+        self._pending.append(item)
+        self._pending_bytes += len(item.data)
+        self._fenced += item.fence is not None
+        if urgent:
+            self._first_pending_at = 0.0  # the linger is over
+        if first or urgent or self._pending_bytes >= self._max_bytes:  # else it lingers
+            self._work.notify()
 
     def hurry(self) -> None:
         """Flush what is pending now, without waiting for it (nor lingering)."""

@@ -204,16 +204,16 @@ class ExchangeWriter:
             rows, _ = pane_partials(self.window, rows, ts, NO_WATERMARK)
         owner = task_of(self._key_groups(rows), self.parallelism) if rows is not None else None
         key = f"{self.task}:{sequence}:{watermark}:{int(idle)}".encode()
-        futures = []
+        records = {}
         for target in range(self.parallelism):
             share = b""
             if rows is not None and owner is not None:
                 picked = rows.filter(pa.array(owner == target))
                 if picked.num_rows:
                     share = encode(picked)
-            record = build_batch([share], [key], compression=Compression.LZ4)
-            futures.append(self.log.append(self.topic, target, record))
-        for future in futures:
+            records[target] = build_batch([share], [key], compression=Compression.LZ4)
+        # one flush for every task's record: one object, one fsync and one commit per batch
+        for future in self.log.append_together(self.topic, records):
             future.result()
 
     def _key_groups(self, rows: pa.Table) -> np.ndarray:

@@ -162,6 +162,7 @@ class TaskQuery(ContinuousQuery):
         self.sink_partition = task
         self.results_topic = results_topic  # where the caller's results go (ParallelResults)
         self.upstreams: dict[str, QuerySource] = {}  # the sources the producing side reads
+        self.setup_cpu_seconds = 0.0  # CPU seconds of the task process once it was set up
         super().__init__(*args, **kwargs)
         operator = self.plan.operator
         if isinstance(operator, nodes.WindowAggregate) and _partials(operator):
@@ -171,6 +172,7 @@ class TaskQuery(ContinuousQuery):
             )
 
     def _planned(self, plan: ContinuousPlan) -> ContinuousPlan:
+        self.whole_plan = plan  # as planned: the producing side runs its pre_sql
         self.routing = plan_routing(plan)
         self.shape = self.routing.shape
         if self.shape != "aggregate":
@@ -224,7 +226,7 @@ class TaskQuery(ContinuousQuery):
         temporary = keys_file.with_name(f"{KEYS_FILE}.{self.task}")
         temporary.write_text(json.dumps({"text": text}))
         temporary.replace(keys_file)
-        operator = plan_query(self.statement).operator  # pre_sql as planned, not passed through
+        operator = self.whole_plan.operator  # pre_sql as planned, not passed through
         window = None
         if isinstance(operator, nodes.WindowAggregate) and _partials(operator):
             window = operator
@@ -740,6 +742,7 @@ def _run(
     """Alternate the task's producing and consuming sides until stopped (or, ``until_end``, until
     every window closed)."""
     ready = time.time()  # set up: from here on the task processes records
+    query.setup_cpu_seconds = round(time.process_time(), 3)
     _write_status(query, writers, status_path, ready)
     if until_end and query.shape == "stateless":
         query.run_until_caught_up(final=True)
@@ -821,6 +824,7 @@ def _write_status(
         "pid": os.getpid(),
         "ready_at": ready,
         "cpu_seconds": round(time.process_time(), 3),  # of this task process
+        "setup_cpu_seconds": query.setup_cpu_seconds,  # of it, before the first micro-batch
         "updated_at": time.time(),
     }
     temporary = path.with_suffix(".tmp")

@@ -227,21 +227,17 @@ def _join_keys(
 
 def equi_columns(sql: str) -> list[tuple[str, str, str, str]]:
     """``(table, column, table, column)`` of each equality between two columns of different
-    relations in the ON and WHERE conditions of the join in ``sql``, the relations named by
-    the table each reads (through ``(SELECT * FROM t AS x) AS x``)."""
+    relations in the ON and WHERE conditions of the join in ``sql``, each column traced to the
+    table a relation reads and that table's column (through subqueries that pass it on as
+    ``*``, as itself or renamed; one it computes, such as a window bound of an aggregate, is
+    no column of the table and routes nothing)."""
     select = sqlglot.parse_one(sql, read="postgres")  # the SQL text DataFusion runs
     if not isinstance(select, exp.Select):
         return []
-    relations: dict[str, str] = {}
+    relations: dict[str, exp.Expression] = {}
     for side in [select.args.get("from_"), *(select.args.get("joins") or [])]:
-        if side is None:
-            continue
-        relation = side.this
-        table = relation
-        while isinstance(table, exp.Subquery) and isinstance(table.this, exp.Select):
-            table = table.this.args["from_"].this
-        if isinstance(table, exp.Table):
-            relations[relation.alias_or_name] = table.name
+        if side is not None:
+            relations[side.this.alias_or_name] = side.this
     where = select.args.get("where")
     parts = [j.args.get("on") for j in select.args.get("joins") or []]
     parts.append(where.this if where is not None else None)
@@ -251,11 +247,40 @@ def equi_columns(sql: str) -> list[tuple[str, str, str, str]]:
             if not isinstance(item, exp.EQ):
                 continue
             a, b = item.this, item.expression
-            if isinstance(a, exp.Column) and isinstance(b, exp.Column):
-                ta, tb = relations.get(a.table), relations.get(b.table)
-                if ta is not None and tb is not None and a.table != b.table:
-                    found.append((ta, a.name, tb, b.name))
+            if isinstance(a, exp.Column) and isinstance(b, exp.Column) and a.table != b.table:
+                ra, rb = relations.get(a.table), relations.get(b.table)
+                left = _table_column(ra, a.name) if ra is not None else None
+                right = _table_column(rb, b.name) if rb is not None else None
+                if left is not None and right is not None:
+                    found.append((*left, *right))
     return found
+
+
+def _table_column(relation: exp.Expression, column: str) -> tuple[str, str] | None:
+    """The (table, column) that ``column`` of ``relation`` (a table, or a subquery over one)
+    is, or None if a subquery computes it."""
+    while isinstance(relation, exp.Subquery) and isinstance(relation.this, exp.Select):
+        select = relation.this
+        passed = None
+        for projection in select.expressions:
+            if isinstance(projection, exp.Star) or (
+                isinstance(projection, exp.Column) and projection.name == column
+            ):
+                passed = column
+            elif (
+                isinstance(projection, exp.Alias)
+                and projection.alias == column
+                and isinstance(projection.this, exp.Column)
+            ):
+                passed = projection.this.name
+            else:
+                continue
+            break
+        source = select.args.get("from_")
+        if passed is None or source is None:
+            return None
+        relation, column = source.this, passed
+    return (relation.name, column) if isinstance(relation, exp.Table) else None
 
 
 def pairs_of(
