@@ -54,7 +54,8 @@ from streamhouse.log import Log
 from streamhouse.log.isolation import ISOLATION_LEVEL, Isolation, isolation_level
 from streamhouse.log.metadata import CatalogEntry
 from streamhouse.result import Relation, status
-from streamhouse.sql.computed import ComputedColumnError, ComputedColumns, proctime_ties_by_arrival
+from streamhouse.sql.arrival import proctime_ties_by_arrival
+from streamhouse.sql.computed import ComputedColumnError, ComputedColumns
 from streamhouse.sql.ddl import StreamDef, stream_definition
 from streamhouse.sql.dialect import Explain
 from streamhouse.sql.execute import (
@@ -69,7 +70,12 @@ from streamhouse.sql.execute import (
 )
 from streamhouse.sql.functions import functions, to_datafusion
 from streamhouse.sql.hints import SourceOptions, check_hints, source_options
-from streamhouse.sql.join_chain import catalog_stream_columns, catalog_stream_time, chain_stars
+from streamhouse.sql.join_chain import (
+    catalog_proctime_columns,
+    catalog_stream_columns,
+    catalog_stream_time,
+    chain_stars,
+)
 from streamhouse.sql.join_order import aggregate_first
 from streamhouse.sql.joins import plan_temporal_join
 from streamhouse.sql.lookup import is_lookup_table, is_proctime, lookup_join_of, lookup_options
@@ -93,7 +99,7 @@ from streamhouse.sql.source import (
     with_metadata,
 )
 from streamhouse.sql.statement_set import StatementSet, parse_with_sets
-from streamhouse.sql.unnest import ELEMENT, refuse_row_elements
+from streamhouse.sql.unnest import ELEMENT, expand_row_elements
 from streamhouse.sql.window_spec import WindowSpec, take_out_windows
 from streamhouse.windows.frame import NATIVE_KINDS, window_frame
 from streamhouse.windows.table import window_table
@@ -649,7 +655,7 @@ class Engine:
             table = hide_metadata(table, named)
             schemas[name] = table.schema
             register(ctx, name, table)
-        refuse_row_elements(query, {f.name: f.type for s in schemas.values() for f in s})
+        query = expand_row_elements(query, {f.name: f.type for s in schemas.values() for f in s})  # type: ignore[assignment]
         if named & METADATA_COLUMNS:
             query = declared_stars(query, schemas, METADATA_COLUMNS)
         if parquet:
@@ -658,11 +664,7 @@ class Engine:
 
     def _proctime_columns(self, name: str) -> set[str]:
         """The ``PROCTIME()`` columns of stream or table ``name`` (none for a topic or view)."""
-        resolved = self._resolve(name)
-        if resolved is None or resolved[0] not in ("stream", "table"):
-            return set()
-        definition = stream_definition(parse(resolved[1].sql)[0])  # type: ignore[attr-defined]
-        return set(ComputedColumns.of(definition).proctime)
+        return catalog_proctime_columns(self._resolve)(name)
 
     def _dataframe(self, ctx: datafusion.SessionContext, query: exp.Query) -> datafusion.DataFrame:
         with nesting_guard(query):
