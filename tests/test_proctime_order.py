@@ -256,3 +256,20 @@ def test_what_processing_time_order_does_not_run_yet_is_refused_where_written(
     column = select.index(at) + 2  # 1-based, on the statement's second line
     with pytest.raises(SqlError, match=rf"{refused}.* \(line 2, column {column}\)$"):
         start_paused(sh, f"INSERT INTO out\n{select}", "po")
+
+
+def test_bounded_range_frame_on_processing_time_takes_the_rows_of_a_time_as_peers(
+    sh: StreamHouse,
+) -> None:
+    """A RANGE frame reaching back an interval is ordered by ``p`` alone (no arrival after
+    it: one ORDER BY key only), the rows one read stamps being peers: DuckDB's answer over
+    the times the rows got."""
+    rng = random.Random(3)
+    rows = [{"k": rng.choice("abc"), "v": rng.randrange(100)} for _ in range(300)]
+    sh.produce("ev", rows)
+    got = sh.sql(f"SELECT k, v, p, {OVERS['range']} AS s FROM ev").fetchall()
+    values = ", ".join(f"('{k}', {v}, epoch_ms({to_ms(p)}))" for k, v, p, _ in got)
+    expected = duckdb.sql(
+        f"SELECT k, v, {OVERS['range']} FROM (VALUES {values}) AS ev(k, v, p)"
+    ).fetchall()
+    assert sorted((k, v, s) for k, v, _, s in got) == sorted(expected) and len(got) == 300

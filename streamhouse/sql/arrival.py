@@ -15,7 +15,7 @@ from sqlglot import exp
 
 from streamhouse.sql.changelog_join import spelled_out_stars
 
-__all__ = ["ARRIVAL", "proctime_ties_by_arrival", "rows_by_arrival"]
+__all__ = ["ARRIVAL", "orderable_by_arrival", "proctime_ties_by_arrival", "rows_by_arrival"]
 
 
 ARRIVAL = ("_partition", "_offset")
@@ -106,4 +106,16 @@ def _by_rows(window: exp.Window) -> bool:
     spec = window.args.get("spec")
     return isinstance(window.this, exp.Lag | exp.Lead) or (
         spec is not None and str(spec.args.get("kind") or "").upper() == "ROWS"
+    )
+
+
+def orderable_by_arrival(window: exp.Window) -> bool:
+    """Whether ``window`` can be ordered by more keys than its time: not a RANGE frame that
+    reaches back an interval (one ORDER BY key only; one read's rows are its peers)."""
+    spec = window.args.get("spec")
+    if spec is None or str(spec.args.get("kind") or "").upper() != "RANGE":
+        return True
+    return all(
+        str(spec.args.get(side) or "").upper() in ("", "UNBOUNDED", "CURRENT ROW")
+        for side in ("start", "end")
     )

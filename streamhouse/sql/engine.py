@@ -54,7 +54,7 @@ from streamhouse.log import Log
 from streamhouse.log.isolation import ISOLATION_LEVEL, Isolation, isolation_level
 from streamhouse.log.metadata import CatalogEntry
 from streamhouse.result import Relation, status
-from streamhouse.sql.arrival import proctime_ties_by_arrival
+from streamhouse.sql.arrival import orderable_by_arrival, proctime_ties_by_arrival
 from streamhouse.sql.computed import ComputedColumnError, ComputedColumns
 from streamhouse.sql.ddl import StreamDef, stream_definition
 from streamhouse.sql.dialect import Explain
@@ -606,7 +606,7 @@ class Engine:
         """A context holding ``query``'s sources and the query to run there (windows taken
         out, stars spelled out) and the sources it streams, or the rows themselves (a
         temporal join)."""
-        query = proctime_ties_by_arrival(query, self._proctime_columns)
+        query = proctime_ties_by_arrival(query, self._proctime_columns, orderable_by_arrival)
         columns = referenced_columns(query)
         named = column_names(query)
         hints = source_options(query)
