@@ -27,7 +27,7 @@ from streamhouse.sql.changelog_join import output_names, spelled_out_stars
 from streamhouse.sql.functions import to_datafusion
 from streamhouse.sql.inline import inline
 from streamhouse.sql.join_chain import nested_joins
-from streamhouse.sql.joins import plan_join, plan_temporal_join
+from streamhouse.sql.joins import plan_join, plan_temporal_join, plan_temporal_star
 from streamhouse.sql.nodes import (
     PASSED,
     Operator,
@@ -339,6 +339,12 @@ def plan_select(
             )
         return Windowed(to_datafusion(rewritten), windowed)
     if len(joins) > 1 and plan_temporal_join(select) is None:
+        if plan_temporal_star(select) is not None:
+            raise sql_error(
+                "several temporal joins in one query (a star schema) run bounded only;"
+                " continuously, a temporal join probes a stream with one versioned table",
+                joins[1],
+            )
         return plan_select(nested_joins(select), derived)
     if joins:
         return plan_join(select, select.args.get("joins"), derived)
