@@ -203,7 +203,8 @@ def test_star_over_an_unnest_of_rows_gives_the_fields_and_an_aggregate_reads_the
     tmp_path: Path,
 ) -> None:
     """``SELECT *`` lists the stream's columns, then the ROW's fields (no column the expansion
-    used on the way); a GROUP BY and a window over the fields, bounded and continuous."""
+    used on the way); a GROUP BY and a window over the fields (both window syntaxes), bounded
+    and continuous."""
     with streamhouse.connect(tmp_path, linger_ms=1) as sh:
         sh.sql(ITEMS_STREAM)
         sh.produce("u", _with_times(ITEMS))
@@ -216,28 +217,37 @@ def test_star_over_an_unnest_of_rows_gives_the_fields_and_an_aggregate_reads_the
         assert got == _items_duckdb(
             "SELECT e.name, SUM(e.qty) FROM (SELECT UNNEST(items) AS e FROM u) GROUP BY e.name"
         )
-        window = (
-            "SELECT TUMBLE_START(ts, INTERVAL '2' SECOND) AS window_start, n, SUM(q) AS total"
-            " FROM u CROSS JOIN UNNEST(items) AS t (n, q) GROUP BY TUMBLE(ts, INTERVAL '2' SECOND), n"
-        )
-        bounded = sorted(
-            (r["window_start"].second, r["n"], r["total"])
-            for r in sh.sql(window).to_arrow_table().to_pylist()
-            if r["n"] is not None
-        )
-        _, status = drive(sh, f"INSERT INTO out {window}", Schedule((1, 3), frozenset({1})))
-        assert status["late_rows"] == 0
-        continuous = sorted(
-            (int(r["window_start"][17:19]), r["n"], r["total"])
-            for r in topic_records(sh, "out")
-            if r["n"] is not None
-        )
     # ids 1 (0 s), 4 (3 s) and 5 (4 s) have items: windows [0, 2) and [2, 4) and [4, 6)
-    assert (
-        bounded
-        == continuous
-        == [(0, "p", 2), (0, "q", None), (2, "p", 7), (2, "r", 1), (4, "q", 3)]
-    )
+    want = [(0, "p", 2), (0, "q", None), (2, "p", 7), (2, "r", 1), (4, "q", 3)]
+    for window in WINDOWS_OVER_ROWS:
+        with streamhouse.connect(
+            tmp_path / str(WINDOWS_OVER_ROWS.index(window)), linger_ms=1
+        ) as sh:
+            sh.sql(ITEMS_STREAM)
+            sh.produce("u", _with_times(ITEMS))
+            bounded = sorted(
+                (r["window_start"].second, r["n"], r["total"])
+                for r in sh.sql(window).to_arrow_table().to_pylist()
+                if r["n"] is not None
+            )
+            _, status = drive(sh, f"INSERT INTO out {window}", Schedule((1, 3), frozenset({1})))
+            assert status["late_rows"] == 0
+            continuous = sorted(
+                (int(r["window_start"][17:19]), r["n"], r["total"])
+                for r in topic_records(sh, "out")
+                if r["n"] is not None
+            )
+        assert bounded == continuous == want, window
+
+
+WINDOWS_OVER_ROWS = [
+    "SELECT TUMBLE_START(ts, INTERVAL '2' SECOND) AS window_start, n, SUM(q) AS total"
+    " FROM u CROSS JOIN UNNEST(items) AS t (n, q) GROUP BY TUMBLE(ts, INTERVAL '2' SECOND), n",
+    # a window TVF joined to the UNNEST: the TVF reads the expansion continuously
+    "SELECT window_start, t.n, SUM(t.q) AS total FROM TABLE(TUMBLE(TABLE u, DESCRIPTOR(ts),"
+    " INTERVAL '2' SECOND)) CROSS JOIN UNNEST(items) AS t (n, q)"
+    " GROUP BY window_start, window_end, t.n",
+]
 
 
 @pytest.mark.parametrize("alias", ["AS t (n)", "AS t (n, q, z)", "WITH ORDINALITY AS t (n, q)"])
