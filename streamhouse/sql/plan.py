@@ -6,8 +6,7 @@ inputs in :mod:`~streamhouse.sql.recompute`, time sorts in :mod:`~streamhouse.sq
 OVER in :mod:`~streamhouse.sql.over`). The nodes they plan are :mod:`streamhouse.sql.nodes`;
 the checks of a planned query :mod:`streamhouse.sql.plan_checks`.
 
->>> from streamhouse.sql.dialect import TableArgument
-from streamhouse.sql.parse import parse_one
+>>> from streamhouse.sql.parse import parse_one
 >>> plan = plan_query(parse_one(
 ...     "SELECT user_id, COUNT(*) AS n FROM events GROUP BY user_id, TUMBLING(ts, INTERVAL '1' MINUTE)"))
 >>> plan.operator.keys, [str(c.func) for c in plan.operator.aggregates]
