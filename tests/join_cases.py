@@ -41,7 +41,7 @@ STREAM = """CREATE STREAM {name} (k STRING, t TIMESTAMP(3), {value} BIGINT{key},
     WATERMARK FOR t AS t - INTERVAL '{delay}' SECOND)
     WITH (topic = '{name}', format = 'json', partitions = '{partitions}')"""
 
-VALUE_COLUMN = {"a": "v", "b": "w"}
+VALUE_COLUMN = {"a": "v", "b": "w", "c": "w"}
 
 
 def stream_ddl(name: str, delay_s: int, partitions: int = 1, primary_key: bool = False) -> str:

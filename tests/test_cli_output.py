@@ -202,6 +202,27 @@ def test_string_casts_reach_csv_as_plain_strings(big: tuple[Path, Path]) -> None
     }
 
 
+def test_a_column_declared_as_another_string_type_than_it_comes_streams(
+    big: tuple[Path, Path],
+) -> None:
+    """DataFusion declares ``'{' || concat_ws(..) || '}'`` (JSON_OBJECT) as Utf8 and sends
+    Utf8View: read by the declared type, the buffers crashed the process in every format."""
+    data_dir, _ = big
+    sql = "SELECT i, JSON_OBJECT('k' VALUE i) AS j FROM big WHERE i < 3 ORDER BY i"
+    with streamhouse.connect(data_dir) as sh:
+        streamed = sh.sql(sql).to_arrow_reader().read_all()
+    assert streamed.column("j").to_pylist() == ['{"k":0}', '{"k":1}', '{"k":2}']
+    written = _stdout_bytes(data_dir, sql, "--format", "csv").decode()
+    assert list(csv.reader(io.StringIO(written)))[1:] == [
+        ["0", '{"k":0}'],
+        ["1", '{"k":1}'],
+        ["2", '{"k":2}'],
+    ]
+    lines = _stdout_bytes(data_dir, sql, "--format", "json").splitlines()
+    assert [json.loads(line)["j"] for line in lines] == ['{"k":0}', '{"k":1}', '{"k":2}']
+    assert b'{"k":2}' in _stdout_bytes(data_dir, sql)
+
+
 def test_nested_values_and_intervals_reach_csv_as_text(big: tuple[Path, Path]) -> None:
     data_dir, _ = big
     sql = (

@@ -715,3 +715,46 @@ def test_windowed_query_survives_many_micro_batches_and_restarts(
         # Every row once: a HOP row is in 5 windows, a CUMULATE row in up to 4.
         assert max(held) <= read
         assert rows_of(topic_records(sh, "out"), columns, times) == want
+
+
+def test_bounded_temporal_joins_of_several_tables_equal_duckdbs_asof_joins(
+    sh: StreamHouse,
+) -> None:
+    """A star schema: one probe stream joined with two versioned tables, each AS OF the
+    probe's time on the probe's key (INNER and LEFT); DuckDB's ASOF joins over the same rows.
+    A join on another table's key is refused at that join; continuously, refused by name."""
+    rng = random.Random(24)
+    sh.sql(stream_ddl("a", 0))
+    sh.sql(stream_ddl("b", 0, primary_key=True))
+    sh.sql(stream_ddl("c", 0, primary_key=True))
+    probes = [(rng.choice("xyz"), T0 + rng.randrange(60) * SECOND, i) for i in range(80)]
+    versions = {
+        name: [
+            (k, T0 + s * SECOND, rng.randrange(100))
+            for k in "xyz"
+            for s in rng.sample(range(60), 6)
+        ]
+        for name in ("b", "c")
+    }
+    produce(sh, "a", probes)
+    produce(sh, "b", versions["b"])
+    produce(sh, "c", [r for r in versions["c"] if r[0] != "z"])  # z has no c: LEFT keeps it
+    sql = (
+        "SELECT a.k, a.t, a.v, b.w AS bw, c.w AS cw FROM a JOIN b FOR SYSTEM_TIME AS OF a.t"
+        " ON a.k = b.k LEFT JOIN c FOR SYSTEM_TIME AS OF a.t ON c.k = a.k WHERE a.v > 3"
+    )
+    got = sh.sql(sql).to_arrow_table().to_pylist()
+    want = duck(
+        "SELECT a.k, a.t, a.v, b.w AS bw, c.w AS cw FROM a ASOF JOIN b ON a.k = b.k AND a.t >= b.t"
+        " ASOF LEFT JOIN (SELECT * FROM c WHERE k <> 'z') AS c ON c.k = a.k AND a.t >= c.t"
+        " WHERE a.v > 3",
+        {"a": probes, "b": versions["b"], "c": versions["c"]},
+    )
+    columns = ("k", "t", "v", "bw", "cw")
+    assert rows_of(got, columns, ("t",)) == rows_of(want, columns, ("t",)) and len(want) > 20
+    assert any(r["cw"] is None for r in want) and any(r["cw"] is not None for r in want)
+    snowflake = sql.replace("ON c.k = a.k", "ON c.k = b.k")
+    with pytest.raises(SqlError, match=r"keys of the probe stream 'a' \(a star schema\)"):
+        sh.sql(snowflake).to_arrow_table()
+    with pytest.raises(SqlError, match="several temporal joins in one query"):
+        start_paused(sh, f"INSERT INTO out {sql}", "q")

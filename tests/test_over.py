@@ -84,6 +84,17 @@ QUERIES = {  # name -> (SQL, columns)
         " v ROWS BETWEEN 1 PRECEDING AND CURRENT ROW) AS s FROM a",
         ("k", "t", "v", "d", "s"),
     ),
+    "lead": (
+        "SELECT k, t, v, LEAD(v) OVER (PARTITION BY k ORDER BY t, v) AS nx, LEAD(v, 2, -1) OVER"
+        " (PARTITION BY k ORDER BY t, v) AS nx2 FROM a WHERE v IS NOT NULL",
+        ("k", "t", "v", "nx", "nx2"),
+    ),
+    "lead_lag_rows": (
+        "SELECT k, t, v, LAG(v) OVER (ORDER BY t, k, v) AS pv, LEAD(v, 3) OVER (ORDER BY t, k, v)"
+        " - v AS d, SUM(v) OVER (ORDER BY t, k, v ROWS BETWEEN 2 PRECEDING AND CURRENT ROW) AS s"
+        " FROM a",
+        ("k", "t", "v", "pv", "d", "s"),
+    ),
     "unbounded_global": (
         "SELECT k, t, COUNT(v) OVER (ORDER BY t RANGE BETWEEN UNBOUNDED PRECEDING AND CURRENT"
         " ROW) AS n FROM a",
@@ -177,7 +188,10 @@ def test_rows_wait_for_the_watermark_and_late_rows_are_dropped(sh: StreamHouse) 
         ),
         ("SUM(v) OVER (ORDER BY t, k RANGE INTERVAL '1' SECOND PRECEDING)", "alone"),
         ("SUM(v) OVER (ORDER BY v ROWS 1 PRECEDING)", "'v' is not it"),
-        ("LEAD(v) OVER (PARTITION BY k ORDER BY t)", "LEAD.*not supported continuously"),
+        ("LEAD(v) OVER (PARTITION BY k ORDER BY t ROWS 1 PRECEDING)", "LEAD.*takes no frame"),
+        ("LEAD(v, 1.5) OVER (ORDER BY t)", "LEAD.*a whole number of rows"),
+        ("LEAD(v) OVER (ORDER BY t), SUM(v) OVER (ORDER BY t)", "LEAD.*ROWS BETWEEN n PRECEDING"),
+        ("LEAD(v) OVER (ORDER BY t), LAG(v) OVER (ORDER BY t, v)", "same PARTITION"),
         ("LAG(v, v) OVER (ORDER BY t)", "a whole number of rows"),
         ("LAG(v) OVER (ORDER BY t ROWS 1 PRECEDING)", "takes no frame"),
         ("LAG(v) OVER (ORDER BY t), LAG(v) OVER (PARTITION BY k ORDER BY t)", "same PARTITION"),
@@ -210,3 +224,31 @@ def test_unbounded_totals_of_a_null_partition_key_carry_over(sh: StreamHouse) ->
         query.stop()
     columns = ("k", "t", "s", "n")
     assert rows_of(topic_records(sh, "out"), columns, ("t",)) == rows_of(want, columns, ("t",))
+
+
+def test_a_row_waits_for_the_rows_its_lead_reaches(sh: StreamHouse) -> None:
+    """``LEAD(v)``: a row comes out once the row after it in its partition is released too
+    (the watermark has passed it), or, with none, when the input ends (its LEAD is the
+    default); ``LAG`` beside it still reads the rows before."""
+    sql = (
+        "INSERT INTO out SELECT k, t, v, LEAD(v, 1, -1) OVER (PARTITION BY k ORDER BY t) AS nx,"
+        " LAG(v) OVER (PARTITION BY k ORDER BY t) AS pv FROM a"
+    )
+    query = start_paused(sh, sql, "q")
+    try:
+        produce(sh, "a", [("x", T0 + SECOND, 1), ("y", T0 + 2 * SECOND, 2)])
+        produce(sh, "a", [("x", T0 + 3 * SECOND, 3), ("x", T0 + 10 * SECOND, 4)])
+        query.run_until_caught_up()  # watermark 9 s: x@1, y@2, x@3 released; x@10 waits
+        first = [(r["k"], r["v"], r["nx"], r["pv"]) for r in topic_records(sh, "out")]
+        assert first == [("x", 1, 3, None)]  # y@2 and x@3 have no released successor yet
+        produce(sh, "a", [("y", T0 + 12 * SECOND, 5)])
+        query.run_until_caught_up()  # watermark 11 s: x@10 released, so x@3's LEAD is known
+        second = [(r["k"], r["v"], r["nx"], r["pv"]) for r in topic_records(sh, "out")]
+        assert second == [*first, ("x", 3, 4, 1)]
+        query.stop()
+        query = start_paused(sh, sql, "q")  # the waiting rows are in the checkpoint
+        query.run_until_caught_up(final=True)
+    finally:
+        query.stop()
+    rows = [(r["k"], r["v"], r["nx"], r["pv"]) for r in topic_records(sh, "out")]
+    assert sorted(rows[2:]) == [("x", 4, -1, 3), ("y", 2, 5, None), ("y", 5, -1, 2)]

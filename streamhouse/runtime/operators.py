@@ -30,13 +30,14 @@ from streamhouse.joins.windowed import WindowedQuery
 from streamhouse.runtime.operator import Changelog, MicroBatch, Operator, QueryContext
 from streamhouse.runtime.sink import json_strings, key_strings, row_keys
 from streamhouse.sql import nodes
+from streamhouse.sql.arrival import ARRIVAL
 from streamhouse.sql.bounds import evictable_bound
 from streamhouse.sql.changelog import ROW_KEY, PlanNode
 from streamhouse.sql.changelog_join import ChangelogJoin
 from streamhouse.sql.execute import run_sql
 from streamhouse.sql.lookup import is_proctime, lookup_join_of, lookup_schema
 from streamhouse.sql.nodes import FLOWS, ROW
-from streamhouse.sql.over import FRESH, OverAggregate
+from streamhouse.sql.over import FRESH, ROW_INDEX, OverAggregate
 from streamhouse.sql.parse import node_position
 from streamhouse.sql.projection import declared_stars_sql
 from streamhouse.sql.source import METADATA_COLUMNS
@@ -615,6 +616,8 @@ class OverAggregation(_Stateful[OverAggregate]):
     def checks(node: OverAggregate, context: QueryContext) -> list[Check]:
         schema = context.schema(node.source)
         with_fresh = schema.append(pa.field(FRESH, pa.bool_())) if schema is not None else None
+        if node.lead and with_fresh is not None:  # the rows' positions, to keep those that wait
+            with_fresh = with_fresh.append(pa.field(ROW_INDEX, pa.int64()))
         if node.unbounded:  # the SELECT list runs over the running parts' output
             return [
                 (node.pre_sql, {node.source: schema}),
@@ -680,26 +683,25 @@ def _check_time_attribute(node: nodes.TimeSort | OverAggregate, context: QueryCo
 
 
 def _check_proctime_frame(context: QueryContext) -> None:
-    """An OVER ordered by a ``PROCTIME()`` column takes RANGE frames only: a micro-batch's rows
-    share one processing time, so they are peers, and a ROWS frame would count some of them
-    and not others in no order a replay could repeat."""
+    """An OVER ordered by a ``PROCTIME()`` column counts rows (LAG, LEAD, a ROWS frame) in
+    arrival order (:func:`~streamhouse.sql.arrival.rows_by_arrival` adds it after the time: a
+    micro-batch's rows share one processing time); one that could not be given it is
+    refused rather than run in no order a replay could repeat."""
     for window in context.statement.find_all(exp.Window):
-        if isinstance(window.this, exp.Lag):
+        spec = window.args.get("spec")
+        counts_rows = isinstance(window.this, exp.Lag | exp.Lead) or (
+            spec is not None and str(spec.args.get("kind") or "").upper() == "ROWS"
+        )
+        order = window.args.get("order")
+        keys = [k.this for k in order.expressions] if order is not None else []
+        if counts_rows and not any(
+            isinstance(k, exp.Column) and k.name == ARRIVAL[-1] for k in keys
+        ):
             raise SqlError(
                 f"{window.this.sql(dialect='postgres')} OVER ordered by a processing-time"
-                " column (PROCTIME()) is not supported continuously: the rows of a micro-batch share one processing time, so the row"
-                " before each is in no order a replay could repeat; order it by the time"
-                " attribute (the WATERMARK column)",
-                *node_position(window),
-            )
-        spec = window.args.get("spec")
-        if spec is not None and str(spec.args.get("kind") or "").upper() == "ROWS":
-            raise SqlError(
-                "an OVER aggregation ordered by a processing-time column (PROCTIME()) takes a"
-                " RANGE frame (RANGE BETWEEN INTERVAL .. PRECEDING, or no frame): the rows of a"
-                " micro-batch share one processing time, and ROWS would split them in no"
-                " repeatable order",
-                *node_position(spec),
+                " column (PROCTIME()) counts rows in the order they arrive, over the columns"
+                " of one stream read directly; this OVER reads no such stream",
+                *node_position(spec if spec is not None else window),
             )
 
 

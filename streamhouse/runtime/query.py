@@ -46,6 +46,7 @@ from streamhouse.runtime.options import QueryOptions
 from streamhouse.runtime.sink import TopicSink
 from streamhouse.runtime.sources import NO_WATERMARK, QuerySource
 from streamhouse.sql import nodes
+from streamhouse.sql.arrival import rows_by_arrival
 from streamhouse.sql.changelog import PlanNode
 from streamhouse.sql.computed import ComputedColumns, wall_clock_ms
 from streamhouse.sql.ddl import StreamDef, stream_definition
@@ -54,7 +55,12 @@ from streamhouse.sql.engine import hide_metadata, parse_failure, referenced_colu
 from streamhouse.sql.execute import current_watermark, run_sql
 from streamhouse.sql.hints import SourceOptions, source_options
 from streamhouse.sql.inline import catalog_views, inline
-from streamhouse.sql.join_chain import catalog_stream_columns, chain_stars
+from streamhouse.sql.join_chain import (
+    catalog_column_types,
+    catalog_proctime_columns,
+    catalog_stream_columns,
+    chain_stars,
+)
 from streamhouse.sql.lookup import is_lookup_table, lookup_schema
 from streamhouse.sql.over import OverAggregate
 from streamhouse.sql.parse import DIALECT, node_position, parse
@@ -62,6 +68,7 @@ from streamhouse.sql.plan import ContinuousPlan
 from streamhouse.sql.plan_checks import check_columns
 from streamhouse.sql.source import METADATA_FIELDS, RejectedRow
 from streamhouse.sql.statement_set import StatementSet
+from streamhouse.sql.unnest import expand_row_elements
 from streamhouse.sql.window_spec import WindowKind, WindowSpec
 from streamhouse.state.remote import LeasedCheckpoints, download_checkpoint, upload_checkpoint
 from streamhouse.state.store import (
@@ -71,19 +78,24 @@ from streamhouse.state.store import (
     StateStore,
     partition_key,
 )
+from streamhouse.windows.waiting import FINAL_WATERMARK
 
 DEFINITION_KEY = b"definition"
 """``meta`` key: the statement the state was built by (views inlined), as SQL text."""
 
 log = logging.getLogger(__name__)
 
-FINAL_WATERMARK = 1 << 62
-"""The watermark of a source that has ended: every window closes."""
 
 SINK = b"sink/"
 PENDING = b"pending"
 COUNTERS = b"counters"
 WATERMARK = b"watermark"
+
+
+def _expanded(statement: exp.Expr, resolve: Callable[[str], tuple[str, Any] | None]) -> exp.Expr:
+    """``statement`` with each UNNEST of an ARRAY<ROW> column expanded into the ROW's fields
+    (:func:`~streamhouse.sql.unnest.expand_row_elements`), by the declared column types."""
+    return expand_row_elements(statement, catalog_column_types(resolve, statement))
 
 
 class ContinuousQuery:
@@ -111,12 +123,16 @@ class ContinuousQuery:
         # views and CTEs inlined, filtering subqueries merged: the query over the streams
         views, columns = catalog_views(resolve), catalog_stream_columns(resolve)
         if isinstance(statement, StatementSet):
-            inserts = [chain_stars(inline(insert, views), columns) for insert in statement.inserts]
+            inserts = [
+                _expanded(chain_stars(inline(insert, views), columns), resolve)
+                for insert in statement.inserts
+            ]
             self.definition = StatementSet(tuple(inserts), statement.line, statement.column).sql()
             self.branches = [Branch(self, s, f"set{i}/".encode()) for i, s in enumerate(inserts)]
             _check_sinks(self.branches)
         else:
-            statement = chain_stars(inline(statement, views), columns)
+            statement = _expanded(chain_stars(inline(statement, views), columns), resolve)
+            statement = rows_by_arrival(statement, catalog_proctime_columns(resolve), columns)
             self.definition = statement.sql(dialect=DIALECT)
             self.branches = [Branch(self, statement, b"")]
         self.statement = self.branches[0].statement

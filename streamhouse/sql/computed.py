@@ -49,7 +49,6 @@ __all__ = [
     "ComputedColumnError",
     "ComputedColumns",
     "is_proctime_call",
-    "proctime_ties_by_arrival",
     "wall_clock_ms",
 ]
 
@@ -81,46 +80,6 @@ def wall_clock_ms() -> int:
 def is_proctime_call(tree: exp.Expr) -> bool:
     """Whether ``tree`` is the call ``PROCTIME()``."""
     return isinstance(tree, exp.Anonymous) and tree.name.upper() == "PROCTIME"
-
-
-def proctime_ties_by_arrival(
-    query: exp.Query, proctime_columns: Callable[[str], set[str]]
-) -> exp.Query:
-    """``query`` with each OVER ordered by a ``PROCTIME()`` column of the stream its SELECT
-    reads (``proctime_columns(name)``) ordered by arrival after it (``_partition, _offset`` in
-    the same direction): the rows one read stamps tie on their time, and ``ROW_NUMBER() OVER
-    (PARTITION BY k ORDER BY p DESC) = 1`` keeps the last row read, as Flink's does, not any.
-    ``query`` itself (not copied) when no OVER is ordered so."""
-    if not any(
-        _proctime_order(w, proctime_columns) is not None for w in query.find_all(exp.Window)
-    ):
-        return query
-    query = query.copy()
-    for window in list(query.find_all(exp.Window)):
-        desc = _proctime_order(window, proctime_columns)
-        if desc is not None:
-            order = window.args["order"]
-            arrival = [
-                exp.Ordered(this=exp.column(c), desc=desc) for c in ("_partition", "_offset")
-            ]
-            order.set("expressions", [*order.expressions, *arrival])
-    return query
-
-
-def _proctime_order(window: exp.Window, proctime_columns: Callable[[str], set[str]]) -> bool | None:
-    """Whether the first ``PROCTIME()`` column ``window`` is ordered by is descending; None if
-    it is ordered by none (or reads a join or subquery, whose columns are not followed)."""
-    order = window.args.get("order")
-    select = window.find_ancestor(exp.Select)
-    source = select.args.get("from_") if select is not None else None
-    table = source.this if source is not None else None
-    if order is None or not isinstance(table, exp.Table) or select.args.get("joins"):
-        return None
-    names = proctime_columns(table.name)
-    for key in order.expressions:
-        if isinstance(key.this, exp.Column) and key.this.name in names:
-            return bool(key.args.get("desc"))
-    return None
 
 
 @dataclass(frozen=True)

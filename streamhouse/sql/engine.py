@@ -54,7 +54,8 @@ from streamhouse.log import Log
 from streamhouse.log.isolation import ISOLATION_LEVEL, Isolation, isolation_level
 from streamhouse.log.metadata import CatalogEntry
 from streamhouse.result import Relation, status
-from streamhouse.sql.computed import ComputedColumnError, ComputedColumns, proctime_ties_by_arrival
+from streamhouse.sql.arrival import orderable_by_arrival, proctime_ties_by_arrival
+from streamhouse.sql.computed import ComputedColumnError, ComputedColumns
 from streamhouse.sql.ddl import StreamDef, stream_definition
 from streamhouse.sql.dialect import Explain
 from streamhouse.sql.execute import (
@@ -69,9 +70,14 @@ from streamhouse.sql.execute import (
 )
 from streamhouse.sql.functions import functions, to_datafusion
 from streamhouse.sql.hints import SourceOptions, check_hints, source_options
-from streamhouse.sql.join_chain import catalog_stream_columns, catalog_stream_time, chain_stars
+from streamhouse.sql.join_chain import (
+    catalog_proctime_columns,
+    catalog_stream_columns,
+    catalog_stream_time,
+    chain_stars,
+)
 from streamhouse.sql.join_order import aggregate_first
-from streamhouse.sql.joins import plan_temporal_join
+from streamhouse.sql.joins import TemporalStar, plan_temporal_join, plan_temporal_star
 from streamhouse.sql.lookup import is_lookup_table, is_proctime, lookup_join_of, lookup_options
 from streamhouse.sql.memory import default_memory_limit, parse_memory_limit
 from streamhouse.sql.nodes import TemporalJoin
@@ -93,7 +99,7 @@ from streamhouse.sql.source import (
     with_metadata,
 )
 from streamhouse.sql.statement_set import StatementSet, parse_with_sets
-from streamhouse.sql.unnest import ELEMENT, refuse_row_elements
+from streamhouse.sql.unnest import ELEMENT, expand_row_elements
 from streamhouse.sql.window_spec import WindowSpec, take_out_windows
 from streamhouse.windows.frame import NATIVE_KINDS, window_frame
 from streamhouse.windows.table import window_table
@@ -600,12 +606,14 @@ class Engine:
         """A context holding ``query``'s sources and the query to run there (windows taken
         out, stars spelled out) and the sources it streams, or the rows themselves (a
         temporal join)."""
-        query = proctime_ties_by_arrival(query, self._proctime_columns)
+        query = proctime_ties_by_arrival(query, self._proctime_columns, orderable_by_arrival)
         columns = referenced_columns(query)
         named = column_names(query)
         hints = source_options(query)
-        if isinstance(query, exp.Select) and (temporal := plan_temporal_join(query)) is not None:
-            return self._temporal(temporal, columns, named, stats, hints)
+        if isinstance(query, exp.Select):
+            temporal = plan_temporal_join(query) or plan_temporal_star(query)
+            if temporal is not None:
+                return self._temporal(temporal, columns, named, stats, hints)
         query, windowed = take_out_windows(query)
         # FIRST_VALUE, LISTAGG, ... depend on the order rows arrive in: one partition
         # keeps the log's order (DataFusion's repartitioning would not)
@@ -649,7 +657,7 @@ class Engine:
             table = hide_metadata(table, named)
             schemas[name] = table.schema
             register(ctx, name, table)
-        refuse_row_elements(query, {f.name: f.type for s in schemas.values() for f in s})
+        query = expand_row_elements(query, {f.name: f.type for s in schemas.values() for f in s})  # type: ignore[assignment]
         if named & METADATA_COLUMNS:
             query = declared_stars(query, schemas, METADATA_COLUMNS)
         if parquet:
@@ -658,11 +666,7 @@ class Engine:
 
     def _proctime_columns(self, name: str) -> set[str]:
         """The ``PROCTIME()`` columns of stream or table ``name`` (none for a topic or view)."""
-        resolved = self._resolve(name)
-        if resolved is None or resolved[0] not in ("stream", "table"):
-            return set()
-        definition = stream_definition(parse(resolved[1].sql)[0])  # type: ignore[attr-defined]
-        return set(ComputedColumns.of(definition).proctime)
+        return catalog_proctime_columns(self._resolve)(name)
 
     def _dataframe(self, ctx: datafusion.SessionContext, query: exp.Query) -> datafusion.DataFrame:
         with nesting_guard(query):
@@ -671,21 +675,45 @@ class Engine:
 
     def _temporal(
         self,
-        plan: TemporalJoin,
+        plan: TemporalJoin | TemporalStar,
         columns: set[str] | None,
         named: set[str],
         stats: QueryStats,
         hints: dict[str, dict[str, str]],
     ) -> pa.Table:
-        """A bounded temporal join: every probe row with the version current at its time."""
+        """A bounded temporal (or lookup) join: every probe row with the version of each
+        versioned table current at its time; the probes are read once."""
+        joins = plan.joins if isinstance(plan, TemporalStar) else (plan,)
+        probe = joins[0].left
+        wanted = None if columns is None else columns | {j.probe_time for j in joins}
+        probes = self.source_table(probe, wanted, stats, hints.get(probe))
+        inputs: dict[str, pa.Table] = {}
+        for index, join in enumerate(joins):
+            versions, matched = self._versions(join, probes, columns, stats, hints)
+            left, right = temporal_inputs(probes, versions, matched)
+            inputs["__left"] = hide_metadata(left, named)  # the same probes for every join
+            name = f"__right{index}" if isinstance(plan, TemporalStar) else "__right"
+            inputs[name] = hide_metadata(right, named)
+        return run_sql(plan.sql, inputs, ordered=False)
+
+    def _versions(
+        self,
+        plan: TemporalJoin,
+        probes: pa.Table,
+        columns: set[str] | None,
+        stats: QueryStats,
+        hints: dict[str, dict[str, str]],
+    ) -> tuple[pa.Table, np.ndarray]:
+        """The rows of ``plan``'s versioned (or lookup) table and, per probe row, the index of
+        the one current at its time (-1: none)."""
         resolved = self._resolve(plan.right)
         version_time = None
         latest = False  # a processing-time probe meets the table as it is now
+        probe = self._resolve(plan.left)
         if resolved is not None and resolved[0] in ("stream", "table"):
             definition = stream_definition(parse(resolved[1].sql)[0])  # type: ignore[attr-defined]
             if is_lookup_table(definition):
-                return self._lookup(plan, definition, columns, named, stats, hints)
-            probe = self._resolve(plan.left)
+                return self._lookup(plan, definition, probes, probe)
             latest = (
                 probe is not None
                 and probe[0] in ("stream", "table")
@@ -699,40 +727,33 @@ class Engine:
             )
         times = {plan.probe_time} if latest else {version_time, plan.probe_time}
         wanted = None if columns is None else columns | times
-        probes = self.source_table(plan.left, wanted, stats, hints.get(plan.left))
         versions = self.source_table(plan.right, wanted, stats, hints.get(plan.right))
         if latest:
-            matched = latest_matches(probes, plan.probe_keys, versions, plan.version_keys)
-        else:
-            matched = match_versions(
-                probes, plan.probe_time, plan.probe_keys, versions, version_time, plan.version_keys
-            )
-        return _join_versions(plan, probes, versions, matched, named)
+            return versions, latest_matches(probes, plan.probe_keys, versions, plan.version_keys)
+        return versions, match_versions(
+            probes, plan.probe_time, plan.probe_keys, versions, version_time, plan.version_keys
+        )
 
     def _lookup(
         self,
         plan: TemporalJoin,
         dim: StreamDef,
-        columns: set[str] | None,
-        named: set[str],
-        stats: QueryStats,
-        hints: dict[str, dict[str, str]],
-    ) -> pa.Table:
-        """A bounded lookup join: every probe row with the lookup table's row for its key."""
-        resolved = self._resolve(plan.left)
+        probes: pa.Table,
+        resolved: tuple[str, object] | None,
+    ) -> tuple[pa.Table, np.ndarray]:
+        """A bounded lookup join's rows of the lookup table and, per probe row, the index of
+        the one for its key (-1: none)."""
         entry = resolved[1] if resolved is not None and resolved[0] != "view" else None
         probe_sql = getattr(entry, "sql", None)
         if probe_sql is None:
             raise SqlError(f"a lookup join probes a declared stream, not {plan.left!r}")
         probe = stream_definition(parse(probe_sql)[0])
         join = lookup_join_of(dim, probe, plan.probe_time, plan.probe_keys, plan.version_keys)
-        wanted = None if columns is None else columns | {plan.probe_time}
-        probes = self.source_table(plan.left, wanted, stats, hints.get(plan.left))
         try:
             rows, at = join.matches(probes)
         finally:
             join.source.close()
-        return _join_versions(plan, probes, rows, pc.fill_null(at, -1).to_numpy(), named)
+        return rows, pc.fill_null(at, -1).to_numpy()
 
     def _window_scan(
         self,
@@ -935,19 +956,6 @@ class Engine:
         if columnar is not None and columnar.parts:
             table = columnar.table_with(table, source.schema, stats)
         return computed.apply(table) if computed else table
-
-
-def _join_versions(
-    plan: TemporalJoin, probes: pa.Table, versions: pa.Table, matched: np.ndarray, named: set[str]
-) -> pa.Table:
-    """The temporal (or lookup) join's SQL over each probe row beside the version it matched
-    (``matched``: a version row index per probe, -1 for none)."""
-    left, right = temporal_inputs(probes, versions, matched)
-    return run_sql(
-        plan.sql,
-        {"__left": hide_metadata(left, named), "__right": hide_metadata(right, named)},
-        ordered=False,
-    )
 
 
 def parse_failure(name: str, row: RejectedRow) -> SqlError:

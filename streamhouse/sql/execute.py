@@ -227,22 +227,23 @@ class Answer:
         return pa.Table.from_batches(list(conform(iter(table.to_batches()), schema)), schema)
 
     def to_arrow_reader(self) -> pa.RecordBatchReader:
-        """The rows as DataFusion produces them, batch by batch."""
+        """The rows as DataFusion produces them, batch by batch.
+
+        Each batch is taken with its own schema: the stream's declared schema can name another
+        type than its batches hold (``'{' || concat_ws(..) || '}'`` is declared Utf8 and comes
+        as Utf8View), and a reader trusting it reads the buffers as the wrong type (a crash).
+        """
         rows = self._rows
         if isinstance(rows, pa.Table):
-            reader = pa.RecordBatchReader.from_batches(rows.schema, rows.to_batches())
+            schema = self._schema(rows.schema)
+            batches: Iterator[pa.RecordBatch] = iter(rows.to_batches())
         else:
-            reader = sql_errors(
-                lambda: pa.RecordBatchReader.from_stream(rows),
-                self._where,
-                self._scans,
-                self._memory_limit,
-            )
-        schema = self._schema(reader.schema)
-        return pa.RecordBatchReader.from_batches(schema, conform(self._read(reader), schema))
+            stream = sql_errors(rows.execute_stream, self._where, self._scans, self._memory_limit)
+            schema = self._schema(rows.schema())
+            batches = (batch.to_pyarrow() for batch in stream)
+        return pa.RecordBatchReader.from_batches(schema, conform(self._read(batches), schema))
 
-    def _read(self, reader: pa.RecordBatchReader) -> Iterator[pa.RecordBatch]:
-        batches = iter(reader)
+    def _read(self, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         while True:
             try:
                 batch = sql_errors(

@@ -305,8 +305,17 @@ FUNCTIONS: list[Function] = [
         ("RANK", "OVER windows"),
         ("DENSE_RANK", "OVER windows"),
         ("ROW_NUMBER", "OVER windows"),
-        ("LEAD", "OVER windows"),
-        ("LAG", "OVER windows"),
+        (
+            "LEAD",
+            "OVER windows; continuously too (n a literal, no frame), each row once the n rows"
+            " after it in its partition are past the watermark, or at the input's end with"
+            " the default",
+        ),
+        (
+            "LAG",
+            "OVER windows; continuously too (n a literal, no frame), ordered by the time"
+            " attribute or a PROCTIME() column (a micro-batch's rows by arrival)",
+        ),
         ("FIRST_VALUE", "NULLs skipped; as an aggregate, in the log's order"),
         ("LAST_VALUE", "NULLs skipped; as an aggregate, in the log's order"),
         ("LISTAGG", "separator ',' by default; in the log's order"),

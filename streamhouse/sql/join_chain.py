@@ -17,9 +17,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import pyarrow as pa
 from sqlglot import exp
 
 from streamhouse.sql.changelog_join import output_names, spelled_out_stars
+from streamhouse.sql.computed import ComputedColumns
 from streamhouse.sql.ddl import StreamDef, stream_definition
 from streamhouse.sql.parse import parse, sql_error
 
@@ -131,6 +133,28 @@ def catalog_stream_time(resolve: Resolve) -> Callable[[str], str | None]:
         return watermark.column if watermark is not None else None
 
     return time
+
+
+def catalog_column_types(resolve: Resolve, query: exp.Expr) -> dict[str, pa.DataType]:
+    """The declared columns (name -> Arrow type) of the catalog's streams ``query`` reads."""
+    types: dict[str, pa.DataType] = {}
+    read = query.expression if isinstance(query, exp.Insert) else query  # not the sink
+    for table in read.find_all(exp.Table):
+        definition = _stream_definition(resolve, table.name)
+        if definition is not None:
+            types.update((f.name, f.type) for f in definition.schema())
+    return types
+
+
+def catalog_proctime_columns(resolve: Resolve) -> Callable[[str], set[str]]:
+    """The ``PROCTIME()`` columns of the catalog's streams and tables, by name (none for a
+    topic or view)."""
+
+    def proctime(name: str) -> set[str]:
+        definition = _stream_definition(resolve, name)
+        return set(ComputedColumns.of(definition).proctime) if definition is not None else set()
+
+    return proctime
 
 
 def chain_stars(query: exp.Expr, columns: StreamColumns) -> exp.Expr:

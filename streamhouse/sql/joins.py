@@ -4,6 +4,8 @@ temporal joins and aggregates over joins (a window TVF joined to streams is
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from sqlglot import exp
 
 from streamhouse.sql.bounds import candidate_bounds, conjuncts
@@ -71,14 +73,68 @@ def plan_temporal_join(select: exp.Select) -> TemporalJoin | None:
     )
 
 
-def _hide_row(select: exp.Select, left_alias: str, right_alias: str) -> None:
+@dataclass(frozen=True)
+class TemporalStar:
+    """A bounded query probing several versioned tables from one stream (a star schema):
+    ``FROM f AS o JOIN d1 FOR SYSTEM_TIME AS OF o.t AS u ON o.k1 = u.k JOIN d2 FOR SYSTEM_TIME
+    AS OF o.t AS r ON o.k2 = r.k``. Each join matches every probe row with a version on its
+    own (``joins[i]``, whose ``sql`` is not run); ``sql`` runs over the probes (``__left``) and
+    each table's matched versions (``__right0``, ``__right1``, ...), joined on the probe row."""
+
+    joins: tuple[TemporalJoin, ...]
+    sql: str
+
+
+def plan_temporal_star(select: exp.Select) -> TemporalStar | None:
+    """The :class:`TemporalStar` of ``select`` when it joins two or more versioned tables
+    (``FOR SYSTEM_TIME AS OF``) and nothing else; each joins on keys of the probe stream
+    (a key of another versioned table is refused at its join)."""
+    joins = select.args.get("joins") or []
+    versioned = [j for j in joins if isinstance(j.this, exp.Table) and j.this.args.get("version")]
+    if len(joins) < 2 or len(versioned) != len(joins):
+        return None
+    left_alias = select.args["from_"].this.alias_or_name
+    singles = []
+    for join in joins:
+        on = join.args.get("on")
+        others = {c.table for c in on.find_all(exp.Column)} if on is not None else set()
+        others -= {left_alias, join.this.alias_or_name}
+        if others:
+            raise sql_error(
+                "a temporal join of several versioned tables joins each on keys of the probe"
+                f" stream {left_alias!r} (a star schema), not of another table"
+                f" ({', '.join(sorted(others))})",
+                join,
+            )
+        one = select.copy()
+        one.set("joins", [join.copy()])
+        one.set("where", None)
+        single = plan_temporal_join(one)
+        assert single is not None
+        singles.append(single)
+    rewritten = select.copy()
+    rewritten.args["from_"].this.replace(exp.to_table("__left").as_(left_alias))
+    aliases = [left_alias]
+    for index, join in enumerate(rewritten.args["joins"]):
+        alias = join.this.alias_or_name
+        aliases.append(alias)
+        join.this.replace(exp.to_table(f"__right{index}").as_(alias))
+        row = exp.EQ(
+            this=exp.column(ROW, table=left_alias), expression=exp.column(ROW, table=alias)
+        )
+        on = join.args.get("on")
+        join.set("on", exp.and_(row, on) if on is not None else row)
+    _hide_row(rewritten, *aliases)
+    return TemporalStar(tuple(singles), to_datafusion(rewritten))
+
+
+def _hide_row(select: exp.Select, *aliases: str) -> None:
     """``*`` and ``x.*`` in ``select`` without the ``ROW`` column the join matches on: as in
-    Flink, ``*`` is the declared columns of both sides."""
+    Flink, ``*`` is the declared columns of every side."""
     items: list[exp.Expr] = []
     for item in select.expressions:
         if isinstance(item, exp.Star):
-            items += [exp.Column(this=exp.Star(), table=exp.to_identifier(a))
-                      for a in (left_alias, right_alias)]  # fmt: skip
+            items += [exp.Column(this=exp.Star(), table=exp.to_identifier(a)) for a in aliases]
         else:
             items.append(item)
     for item in items:

@@ -8,9 +8,11 @@ current row: ``ROWS BETWEEN n PRECEDING`` or ``RANGE BETWEEN INTERVAL ... PRECED
 reaching back to the partition's first row (``ROWS|RANGE BETWEEN UNBOUNDED PRECEDING``, or no
 frame with ORDER BY the time alone, which is RANGE UNBOUNDED), kept as running totals.
 ``LAG(x [, n [, default]]) OVER (PARTITION BY k ORDER BY t ..)`` (no frame) is planned as a
-ROWS history of n rows, alone or beside ROWS frames of the same window. Any other OVER
-(LEAD among them: the next row is not known when the watermark passes a row) is refused
-with what to write instead. See :mod:`streamhouse.windows.over`.
+ROWS history of n rows, alone or beside ROWS frames of the same window. ``LEAD(x [, n [,
+default]])`` needs the n rows after a row: a released row waits (pending) until n later rows
+of its partition are released too, or the source ends (the final watermark: then its LEAD is
+the default), as Flink's LEAD over a bounded input answers. Any other OVER is refused with
+what to write instead. See :mod:`streamhouse.windows.over`.
 """
 
 from __future__ import annotations
@@ -31,8 +33,19 @@ FRESH = "__fresh"
 RANK = "__rank"
 """The column of a ROWS frame's history query that numbers each partition's rows, newest first."""
 
+ROW_INDEX = "__row_index"
+"""With LEAD: the position of each row among the rows the SELECT list runs over."""
+
+SUCCESSORS = "__successors"
+"""With LEAD: non-NULL where a row has as many rows after it in its partition as the furthest
+LEAD reaches (``LEAD(TRUE, n) OVER`` the same window, so ties are ordered as the LEADs order
+them)."""
+
 _FUNCTIONS = (exp.Sum, exp.Count, exp.Avg, exp.Min, exp.Max)
 """The aggregates an OVER frame takes; ``LAG(x, n [, default])`` is a ROWS history of n rows."""
+
+_OFFSETS = (exp.Lag, exp.Lead)
+"""The offset functions: the value n rows before (LAG) or after (LEAD) a row."""
 
 _SHAPE = (
     "write SUM/COUNT/AVG/MIN/MAX(x) OVER (PARTITION BY k ORDER BY <time attribute> ROWS BETWEEN"
@@ -58,6 +71,7 @@ class OverAggregate(PlanNode):
     running_sql: str = ""  # unbounded: released rows with each OVER's running parts (RUNNING)
     functions: tuple[str, ...] = ()  # unbounded: each OVER's function (sum/count/avg/min/max)
     partitions: int = 0  # unbounded: the partition key columns (PART0, PART1, ..)
+    lead: int = 0  # the most rows after a row any LEAD reaches: a row waits for them
 
     def explain(self) -> list[str]:
         frame = (
@@ -67,6 +81,8 @@ class OverAggregate(PlanNode):
             if self.rows is not None
             else (f"RANGE {self.range_ms} ms PRECEDING")
         )
+        if self.lead:
+            frame += f", LEAD {self.lead} FOLLOWING (a row waits for them, b'olead')"
         return [
             f"OverAggregate  by {self.source}.{self.time_column} {frame}, as the watermark"
             " passes each row",
@@ -84,20 +100,11 @@ def plan_over(select: exp.Select, table: exp.Table) -> OverAggregate:
     """The OverAggregate of ``select``, which has an OVER and reads ``table``; SqlError (at the
     OVER) for a form that cannot run continuously."""
     windows = list(select.find_all(exp.Window))
-    lags = [w for w in windows if isinstance(w.this, exp.Lag)]
-    windows = [w for w in windows if not isinstance(w.this, exp.Lag)] or lags
+    offsets = [w for w in windows if isinstance(w.this, _OFFSETS)]
+    windows = [w for w in windows if not isinstance(w.this, _OFFSETS)] or offsets
     first = windows[0]
     for window in windows:
-        if isinstance(window.this, exp.Lead):
-            raise sql_error(
-                f"{window.this.sql(dialect='postgres')} OVER is not supported continuously: a"
-                " row's LEAD is the row after"
-                " it, which a continuous query has not seen when the watermark passes the row;"
-                " write LAG(...) OVER (PARTITION BY k ORDER BY <time attribute>) and compare"
-                " each row with the one before it",
-                window,
-            )
-        if window in lags:
+        if window in offsets:
             continue
         if not isinstance(window.this, _FUNCTIONS):
             raise sql_error(
@@ -125,19 +132,32 @@ def plan_over(select: exp.Select, table: exp.Table) -> OverAggregate:
     pre = exp.select(exp.Star()).from_(table.copy())
     if select.args.get("where") is not None:
         pre.set("where", select.args["where"].copy())
-    if first in lags:
-        rows, range_ms = _lag_rows(lags, first), 0
+    lead = 0
+    if first in offsets:
+        (rows, lead), range_ms = _offset_rows(offsets, first), 0
     else:
-        if lags:
-            _lag_beside(lags, first)
+        if offsets:
+            _offsets_beside(offsets, first)
         if _unbounded(first, len(keys)):
             return _plan_running(select, table, windows, first, time_column, pre)
         rows, range_ms = _frame(first, len(keys))
-        if lags:
-            rows = max(rows or 0, _lag_rows(lags, first))
+        if offsets:
+            back, lead = _offset_rows(offsets, first)
+            rows = max(rows or 0, back)
     post = select.copy()
     post.set("where", None)
-    post = post.select(exp.column(FRESH)).order_by(exp.column(time_column))
+    hidden = [FRESH, ROW_INDEX] if lead else [FRESH]  # the operator's columns, not the rows'
+    for star in [p for p in post.expressions if isinstance(p, exp.Star)]:
+        star.set("except_", [*(star.args.get("except_") or []), *map(exp.column, hidden)])
+    post = post.select(exp.column(FRESH))
+    if lead:
+        successors = exp.Window(
+            this=exp.Lead(this=exp.true(), offset=exp.Literal.number(lead)),
+            partition_by=[p.copy() for p in first.args.get("partition_by") or []],
+            order=first.args["order"].copy(),
+        )
+        post = post.select(exp.alias_(successors, SUCCESSORS), exp.column(ROW_INDEX))
+    post = post.order_by(exp.column(time_column))
     return OverAggregate(
         table.name,
         time_column,
@@ -146,47 +166,57 @@ def plan_over(select: exp.Select, table: exp.Table) -> OverAggregate:
         rows,
         range_ms,
         to_datafusion(_keep(first, table.name, rows or 0)),
+        lead=lead,
     )
 
 
-def _lag_rows(lags: list[exp.Window], window: exp.Window) -> int:
-    """The most rows back any ``LAG(x, n [, default])`` reaches (n defaults to 1): the
-    history each partition keeps. Every LAG shares ``window``'s PARTITION BY and ORDER BY."""
-    reach = 0
-    for lag in lags:
-        if lag.args.get("spec") is not None:
-            raise sql_error("LAG(...) OVER takes no frame: PARTITION BY and ORDER BY only", lag)
-        if _order_text(lag) != _order_text(window):
+def _offset_rows(offsets: list[exp.Window], window: exp.Window) -> tuple[int, int]:
+    """The most rows back any ``LAG(x, n [, default])`` reaches and the most rows ahead any
+    ``LEAD`` does (n defaults to 1): the history each partition keeps, and the rows a row
+    waits for. Every LAG and LEAD shares ``window``'s PARTITION BY and ORDER BY."""
+    back = ahead = 0
+    for call in offsets:
+        name = "LAG" if isinstance(call.this, exp.Lag) else "LEAD"
+        if call.args.get("spec") is not None:
             raise sql_error(
-                "every LAG and OVER of a continuous query needs the same PARTITION BY and"
+                f"{name}(...) OVER takes no frame: PARTITION BY and ORDER BY only", call
+            )
+        if _order_text(call) != _order_text(window):
+            raise sql_error(
+                "every LAG, LEAD and OVER of a continuous query needs the same PARTITION BY and"
                 " ORDER BY; use one window, or join two queries",
-                lag,
+                call,
             )
-        offset = lag.this.args.get("offset")
+        offset = call.this.args.get("offset")
         if offset is None:
-            reach = max(reach, 1)
-            continue
-        if not isinstance(offset, exp.Literal) or offset.is_string or not offset.this.isdigit():
+            reach = 1
+        elif not isinstance(offset, exp.Literal) or offset.is_string or not offset.this.isdigit():
             raise sql_error(
-                "LAG(x, n) needs n a whole number of rows (a literal) continuously", lag
+                f"{name}(x, n) needs n a whole number of rows (a literal) continuously", call
             )
-        reach = max(reach, int(offset.this))
-    return reach
+        else:
+            reach = int(offset.this)
+        if name == "LAG":
+            back = max(back, reach)
+        else:
+            ahead = max(ahead, reach)
+    return back, ahead
 
 
-def _lag_beside(lags: list[exp.Window], first: exp.Window) -> None:
-    """LAG beside OVER aggregates: they keep one history, the last rows of each partition,
-    so the aggregates' frame is ROWS n PRECEDING."""
+def _offsets_beside(offsets: list[exp.Window], first: exp.Window) -> None:
+    """LAG or LEAD beside OVER aggregates: they keep one history, the last rows of each
+    partition, so the aggregates' frame is ROWS n PRECEDING."""
     spec = first.args.get("spec")
     if (
         spec is None
         or str(spec.args.get("kind") or "").upper() != "ROWS"
         or _unbounded(first, len(first.args["order"].expressions))
     ):
+        name = "LAG" if isinstance(offsets[0].this, exp.Lag) else "LEAD"
         raise sql_error(
-            "LAG(...) OVER goes beside OVER aggregates with a ROWS BETWEEN n PRECEDING AND"
-            " CURRENT ROW frame only; run the LAG in a query of its own",
-            lags[0],
+            f"{name}(...) OVER goes beside OVER aggregates with a ROWS BETWEEN n PRECEDING AND"
+            f" CURRENT ROW frame only; run the {name} in a query of its own",
+            offsets[0],
         )
 
 

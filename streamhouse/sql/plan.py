@@ -24,10 +24,11 @@ from sqlglot import exp
 from streamhouse.errors import SqlError
 from streamhouse.sql.bounds import TimeBound, evictable_bound
 from streamhouse.sql.changelog_join import output_names, spelled_out_stars
+from streamhouse.sql.dialect import TableArgument
 from streamhouse.sql.functions import to_datafusion
 from streamhouse.sql.inline import inline
 from streamhouse.sql.join_chain import nested_joins
-from streamhouse.sql.joins import plan_join, plan_temporal_join
+from streamhouse.sql.joins import plan_join, plan_temporal_join, plan_temporal_star
 from streamhouse.sql.nodes import (
     PASSED,
     Operator,
@@ -281,6 +282,9 @@ def plan_select(
     if select.args.get("limit") is not None:
         raise sql_error("LIMIT has no meaning in a continuous query", select.args["limit"])
     if any(is_lateral_join(j) for j in select.args.get("joins") or []):
+        inside = _lateral_inside_window(select)
+        if inside is not None:
+            return plan_select(inside, derived)
         return _plan_lateral(select, derived)
     select = distinct_as_group_by(select)
     if select.args.get("joins"):
@@ -339,6 +343,12 @@ def plan_select(
             )
         return Windowed(to_datafusion(rewritten), windowed)
     if len(joins) > 1 and plan_temporal_join(select) is None:
+        if plan_temporal_star(select) is not None:
+            raise sql_error(
+                "several temporal joins in one query (a star schema) run bounded only;"
+                " continuously, a temporal join probes a stream with one versioned table",
+                joins[1],
+            )
         return plan_select(nested_joins(select), derived)
     if joins:
         return plan_join(select, select.args.get("joins"), derived)
@@ -424,6 +434,40 @@ def _plan_lateral(select: exp.Select, derived: dict[str, Operator]) -> Operator:
         where = next(columns, select)
         raise sql_error(computed_time(spec.time_column, "a lateral join (UNNEST, LATERAL)"), where)
     return plan_select(_read_expansion(select, derived), derived)
+
+
+def _lateral_inside_window(select: exp.Select) -> exp.Select | None:
+    """``FROM TABLE(TUMBLE(TABLE s, ..)) CROSS JOIN UNNEST(a) AS t (x)`` as ``FROM
+    TABLE(TUMBLE(TABLE (SELECT * FROM s CROSS JOIN UNNEST(a) AS t (x)), ..))``: a row's
+    windows do not depend on its elements, so the window TVF reads the expansion (a derived
+    input passing the stream's time attribute). None when the FROM is no window TVF over a
+    table or the joins are not all lateral."""
+    joins = select.args.get("joins") or []
+    source = select.args.get("from_")
+    tvf = source.this.this if source is not None and isinstance(source.this, exp.Table) else None
+    call = tvf.expressions[0] if isinstance(tvf, exp.Anonymous) and tvf.expressions else None
+    if (
+        not isinstance(tvf, exp.Anonymous)
+        or tvf.name.upper() != "TABLE"
+        or not isinstance(call, exp.Anonymous)
+        or not call.expressions
+        or not isinstance(call.expressions[0], TableArgument)
+        or not isinstance(call.expressions[0].this, exp.Table)
+        or not all(is_lateral_join(j) for j in joins)
+    ):
+        return None
+    table = call.expressions[0].this
+    expansion = exp.Select(expressions=[exp.Star()]).from_(table.copy())
+    expansion.set("joins", [j.copy() for j in joins])
+    rewritten = select.copy()
+    rewritten.set("joins", None)
+    argument = rewritten.args["from_"].this.this.expressions[0].expressions[0]
+    argument.replace(TableArgument(this=expansion.subquery()))
+    lateral = {j.this.args["alias"].name for j in joins if j.this.args.get("alias")}
+    for column in rewritten.find_all(exp.Column):
+        if column.table in lateral:  # the expansion's columns, unqualified
+            column.set("table", None)
+    return rewritten
 
 
 def _lateral_source(select: exp.Select) -> exp.Table:

@@ -20,7 +20,7 @@ from streamhouse.sql.nodes import (
     Windowed,
 )
 from streamhouse.sql.parse import sql_error
-from streamhouse.sql.unnest import refuse_row_elements
+from streamhouse.sql.unnest import expand_row_elements
 from streamhouse.sql.window_spec import KINDS, WINDOW_COLUMNS, WindowKind
 
 if TYPE_CHECKING:
@@ -137,7 +137,7 @@ def check_columns(
     query = statement.expression if isinstance(statement, exp.Insert | exp.Create) else statement
     if query is None or len(plan.sources) > 1:  # joins: each side is checked by its operator
         return
-    refuse_row_elements(query, columns)
+    query = expand_row_elements(query, columns)  # refuses a ROW's fields misnamed
     aliases = {e.alias for e in query.find_all(exp.Alias) if e.alias}
     aliases |= {
         c.name for a in query.find_all(exp.TableAlias) for c in a.columns

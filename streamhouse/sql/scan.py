@@ -53,6 +53,7 @@ from streamhouse.sql.source import (
     RunScan,
     decode_json_lines,
     infer_schema,
+    object_rows,
     project_schema,
     rejected_rows,
     with_metadata,
@@ -171,8 +172,12 @@ class TopicScan:
         rejected: list[RejectedRow] = []
         if schema is None:  # not JSON: the raw value as text
             table = pa.table({"value": records["value"].cast(pa.string(), safe=False)})
-        elif len(schema) == 0 or records.num_rows == 0:
-            table = pa.table({}) if len(schema) == 0 else schema.empty_table()
+        elif records.num_rows == 0:
+            table = schema.empty_table()
+        elif len(schema) == 0:  # only metadata columns: the values are not parsed
+            table = pa.table({})
+            rows, bad = object_rows(records)
+            rejected = rejected_rows(self.topic, records, bad)
         else:
             table, rows, bad = decode_json_lines(records, lines, schema)
             rejected = rejected_rows(self.topic, records, bad)

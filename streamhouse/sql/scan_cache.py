@@ -33,7 +33,7 @@ from streamhouse.log.metadata import SegmentRow
 
 log = logging.getLogger(__name__)
 
-FORMAT = "1"  # part of every key: a change of what is cached makes old files unreachable
+FORMAT = "2"  # part of every key: a change of what is cached makes old files unreachable
 _TRAILER = struct.Struct("<I4s")
 _MAGIC = b"SHc1"
 

@@ -196,9 +196,63 @@ def _start_parse(
     rows = np.arange(records.num_rows)
     if schema is None:  # not JSON: the raw value as text
         return pa.table({"value": records["value"].cast(pa.string(), safe=False)}), rows, []
-    if len(schema) == 0 or records.num_rows == 0:  # only metadata columns, or no records
-        return (pa.table({}) if len(schema) == 0 else schema.empty_table()), rows, []
+    if records.num_rows == 0:
+        return schema.empty_table(), rows, []
+    if len(schema) == 0:  # only metadata columns: the values are not parsed
+        rows, rejected = object_rows(records)
+        return pa.table({}), rows, rejected
     return worker("json").submit(decode_json_lines, records, lines, schema)
+
+
+def object_rows(records: pa.Table) -> tuple[np.ndarray, list[tuple[int, str]]]:
+    """The rows of ``records`` whose value reads as a JSON object by its first non-blank
+    character, and (index, reason) of the others, without parsing.
+
+    A query that reads no field of the value (``COUNT(*)``, metadata or ``PROCTIME()`` columns
+    only) counted every record: a value that is not JSON, not an object, empty or null was a
+    row there and left out of every query that parses. The first byte of each value is in its
+    view (its 4-byte prefix), read for all rows at once; the few values not starting with
+    ``{`` are checked for blanks around an object (``^\\s*{`` and ``}\\s*$``). A value
+    malformed after its ``{`` is only found by a parse."""
+    values = records["value"]
+    ok = _first_bytes(values) == ord("{")
+    if ok.all():
+        return np.arange(records.num_rows), []
+    others = np.flatnonzero(~ok)
+    # views have no take kernel: the few suspects one by one (as rejected_rows reads them)
+    suspects = pa.array([values[int(i)].as_py() for i in others], pa.binary())
+    padded = pc.and_(
+        pc.match_substring_regex(suspects, r"^\s*\{"),
+        pc.match_substring_regex(suspects, r"\}\s*$"),
+    )
+    padded = pc.fill_null(padded, False).to_numpy(zero_copy_only=False)
+    ok[others[padded]] = True
+    empty = pc.fill_null(pc.equal(pc.binary_length(suspects), 0), True).to_numpy(
+        zero_copy_only=False
+    )
+    rejected = [
+        (int(i), "empty or null value" if e else "not a JSON object")
+        for i, e, p in zip(others, empty, padded, strict=True)
+        if not p
+    ]
+    return np.flatnonzero(ok), rejected
+
+
+def _first_bytes(values: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """The first byte of each value (0 for an empty or null one), from the binary views."""
+    chunks = values.chunks if isinstance(values, pa.ChunkedArray) else [values]
+    firsts = []
+    for chunk in chunks:
+        if chunk.type != pa.binary_view():
+            chunk = chunk.cast(pa.binary_view())
+        views = np.frombuffer(chunk.buffers()[1], dtype=np.uint8).reshape(-1, 16)
+        views = views[chunk.offset : chunk.offset + len(chunk)]
+        lengths = np.ascontiguousarray(views[:, :4]).view("<i4")[:, 0]
+        first = np.where(lengths > 0, views[:, 4], 0)
+        if chunk.null_count:
+            first[~chunk.is_valid().to_numpy(zero_copy_only=False)] = 0
+        firsts.append(first)
+    return np.concatenate(firsts) if firsts else np.zeros(0, np.uint8)
 
 
 SCAN_GROUP_RECORDS = 1 << 16

@@ -24,13 +24,14 @@ OVER, a join) reads the expansion as an input of its own (:func:`lateral_input`)
 row is then identified by its source row's position and its element's ordinality
 (:data:`ELEMENT`), so a window's late rows are traced back to the very rows that were late.
 
+An array column whose elements are ROWs (``ARRAY<ROW<name STRING, qty INT>>``) is expanded
+into the ROW's fields, as Flink does (:func:`expand_row_elements`, once the column's type is
+known): ``CROSS JOIN UNNEST(items) AS t (name, qty)``, or the ROW's own field names when the
+alias lists none.
+
 Refused, each by name at its position: an unnest after another join, an ``ON`` condition other
-than ``TRUE``, the expansion of ``ARRAY<ROW>`` elements into several columns, ``LATERAL``
-subqueries over a table (a correlated join) and ``LATERAL TABLE`` over any other function
-(Flink's user-defined table functions).
-An array column whose elements are ROWs is refused whatever the alias list
-(:func:`refuse_row_elements`, once the column's type is known): Flink expands each element's
-fields into columns, and one struct column in their place would be a wrong-typed answer.
+than ``TRUE``, ``LATERAL`` subqueries over a table (a correlated join) and ``LATERAL TABLE``
+over any other function (Flink's user-defined table functions).
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ __all__ = [
     "lateral_columns",
     "lateral_elements",
     "lateral_input",
-    "refuse_row_elements",
+    "expand_row_elements",
     "unnest_joins",
 ]
 
@@ -109,36 +110,107 @@ def is_lateral_join(join: exp.Join) -> bool:
     return _unnest_of(join)[0] is not None or _subquery_of(join) is not None
 
 
-def refuse_row_elements(query: exp.Expr, columns: Mapping[str, pa.DataType]) -> None:
-    """Refuse, at its position, an UNNEST of an array column (``columns``: name -> Arrow type)
-    whose elements are ROWs.
+ROW_ELEMENT = "__row_"
+"""The prefix of the column an ARRAY<ROW> element is unnested into before its fields are."""
+
+
+def expand_row_elements(query: exp.Expr, columns: Mapping[str, pa.DataType]) -> exp.Expr:
+    """``query`` with each UNNEST of an array column whose elements are ROWs (``columns``:
+    name -> Arrow type) expanded into the fields of each ROW, as Flink does: ``CROSS JOIN
+    UNNEST(items) AS t (name, qty)`` names the fields in order (the ROW's own names when the
+    alias lists none; one more name with ``WITH ORDINALITY``). The element is unnested into
+    one column, then a ``LATERAL`` subquery reads its fields; a name count that is not the
+    ROW's is refused at the alias. ``query`` itself when no UNNEST reads such a column.
 
     >>> from streamhouse.sql.parse import parse_one
-    >>> items = pa.list_(pa.struct([("name", pa.string())]))
-    >>> query = parse_one("SELECT n FROM s CROSS JOIN UNNEST(items) AS t (n)")
-    >>> refuse_row_elements(query, {"items": items})  # doctest: +ELLIPSIS
-    Traceback (most recent call last):
-    ...
-    streamhouse.errors.SqlError: UNNEST of 'items', an ARRAY<ROW<name>>, is not supported: ...
+    >>> items = pa.list_(pa.struct([("name", pa.string()), ("qty", pa.int32())]))
+    >>> expand_row_elements(parse_one(
+    ...     "SELECT id, t.n FROM s CROSS JOIN UNNEST(items) AS t (n, q)"), {"items": items}).sql()
+    "SELECT id, t.n FROM s CROSS JOIN UNNEST(items) AS t(__row_t), LATERAL (SELECT GET_FIELD(t.__row_t, 'name') AS n, GET_FIELD(t.__row_t, 'qty') AS q) AS t"
     """
+    found = [
+        (select, join, fields)
+        for select in query.find_all(exp.Select)
+        for join in select.args.get("joins") or []
+        if (fields := _row_fields(join, columns)) is not None
+    ]
+    if not found:
+        return query
+    query = query.copy()
     for select in query.find_all(exp.Select):
-        for join in select.args.get("joins") or []:
-            unnest = _unnest_of(join)[0]
-            array = unnest.expressions[0] if unnest is not None and unnest.expressions else None
-            if not isinstance(array, exp.Column):
-                continue
-            kind = columns.get(array.name)
-            if kind is None or not pa.types.is_list(kind) and not pa.types.is_large_list(kind):
-                continue
-            element = kind.value_type
-            if pa.types.is_struct(element):
-                fields = ", ".join(element.field(i).name for i in range(element.num_fields))
-                raise sql_error(
-                    f"UNNEST of {array.name!r}, an ARRAY<ROW<{fields}>>, is not supported: Flink"
-                    f" expands the fields of each ROW into columns (AS t ({fields})); StreamHouse"
-                    " unnests arrays of scalars only",
-                    unnest,
-                )
+        joins = list(select.args.get("joins") or [])
+        expanded: list[exp.Join] = []
+        for join in joins:
+            expanded.append(join)
+            fields = _row_fields(join, columns)
+            if fields is not None:
+                expanded.append(_fields_of(join, fields))
+        if len(expanded) != len(joins):
+            select.set("joins", expanded)
+    return query
+
+
+def _row_fields(join: exp.Join, columns: Mapping[str, pa.DataType]) -> list[str] | None:
+    """The field names of the ROWs ``join`` unnests, None when it unnests no ARRAY<ROW>
+    column (or was expanded already)."""
+    unnest, alias = _unnest_of(join)
+    array = unnest.expressions[0] if unnest is not None and len(unnest.expressions) == 1 else None
+    if not isinstance(array, exp.Column):
+        return None
+    kind = columns.get(array.name)
+    if kind is None or not (pa.types.is_list(kind) or pa.types.is_large_list(kind)):
+        return None
+    element = kind.value_type
+    if not pa.types.is_struct(element):
+        return None
+    names = [c.name for c in (alias.columns if alias else [])]
+    if names and names[0].startswith(ROW_ELEMENT):
+        return None
+    return [element.field(i).name for i in range(element.num_fields)]
+
+
+def _fields_of(join: exp.Join, fields: list[str]) -> exp.Join:
+    """Rewrites ``join`` (an UNNEST of ROWs) to unnest each ROW into one column, and returns
+    the ``LATERAL`` join that reads the ROW's fields under the names its alias gives."""
+    unnest, alias = _unnest_of(join)
+    assert unnest is not None
+    offset = unnest.args.get("offset")
+    ordinality = bool(offset) or bool(
+        isinstance(join.this, exp.Lateral) and join.this.args.get("ordinality")
+    )
+    named = [c.name for c in (alias.columns if alias else [])]
+    table = alias.name if alias is not None and alias.name else "__unnest"
+    numbered = ordinality and not isinstance(offset, exp.Identifier)  # named in the alias
+    names = named[: len(named) - numbered] if named else list(fields)
+    if len(names) != len(fields) or (numbered and not named):
+        raise sql_error(
+            f"UNNEST of an ARRAY<ROW<{', '.join(fields)}>> gives {len(fields)} columns, one"
+            f" per field{' and one for its ordinality' if numbered else ''}: AS {table}"
+            f" ({', '.join(fields)}{', n' if numbered else ''})",
+            alias or unnest,
+        )
+    row = f"{ROW_ELEMENT}{table}"
+    renamed = [exp.to_identifier(row), *(exp.to_identifier(n) for n in named[len(names) :])]
+    target = alias if alias is not None else exp.TableAlias(this=exp.to_identifier(table))
+    target.set("columns", renamed)
+    if alias is None:
+        unnest.set("alias", target)
+    values = [
+        exp.alias_(
+            exp.Anonymous(
+                this="get_field",
+                expressions=[exp.column(row, table=table), exp.Literal.string(field)],
+            ),
+            name,
+        )
+        for field, name in zip(fields, names, strict=True)
+    ]
+    lateral = exp.Lateral(
+        this=exp.Select(expressions=values).subquery(),
+        alias=exp.TableAlias(this=exp.to_identifier(table)),
+    )
+    outer = (join.side or "").upper() == "LEFT"
+    return exp.Join(this=lateral, side="LEFT" if outer else None, on=exp.true() if outer else None)
 
 
 def _outer(join: exp.Join) -> bool:
@@ -190,8 +262,8 @@ def _fold(select: exp.Select, join: exp.Join, element: str | None = None) -> exp
         raise sql_error(
             "UNNEST needs one column name per element"
             + (" and one for its ordinality" if ordinality else "")
-            + ": AS t (x); expanding ARRAY<ROW> or MAP elements into several columns is not"
-            " supported",
+            + ": AS t (x); an ARRAY<ROW> gives one per field of the ROW (its column type"
+            " must be declared), a MAP is not supported",
             alias or unnest,
         )
     items = [exp.alias_(exp.Unnest(expressions=[_padded(array, array, outer)]), columns[0])]
@@ -228,17 +300,32 @@ def _fold_subquery(select: exp.Select, join: exp.Join, query: exp.Select) -> exp
         name = names[position] if names else projection.alias_or_name
         items.append(exp.alias_(value, name, quoted=True))
     condition = where.this.copy() if where is not None and not outer else None
-    return _folded(select, items, condition, alias.name if alias else "")
+    # an ARRAY<ROW> element's column, once its fields are read, is no column of the rows
+    hidden = sorted(
+        {
+            c.name
+            for item in items
+            for c in item.find_all(exp.Column)
+            if c.name.startswith(ROW_ELEMENT)
+        }
+    )
+    return _folded(select, items, condition, alias.name if alias else "", hidden)
 
 
 def _folded(
-    select: exp.Select, items: list[exp.Expr], where: exp.Expr | None, table: str
+    select: exp.Select,
+    items: list[exp.Expr],
+    where: exp.Expr | None,
+    table: str,
+    hidden: list[str] | None = None,
 ) -> exp.Select:
     """``select`` reading its FROM with ``items`` added (and only the rows ``where`` keeps) as a
-    derived table under the FROM's name, in place of its first join (named ``table``)."""
+    derived table under the FROM's name, in place of its first join (named ``table``), without
+    the FROM's ``hidden`` columns."""
     source = select.args["from_"].this
     name = source.alias_or_name
-    star = exp.Star() if not name else exp.Column(this=exp.Star(), table=exp.to_identifier(name))
+    star = exp.Star(except_=[exp.column(c) for c in hidden]) if hidden else exp.Star()
+    star = star if not name else exp.Column(this=star, table=exp.to_identifier(name))
     inner = exp.Select(expressions=[star, *items]).from_(source.copy())
     if where is not None:
         inner = inner.where(where)

@@ -17,6 +17,10 @@ State (under the operator's prefix, column family ``joins``):
 :mod:`streamhouse.windows.waiting`.
 ``b"ohist"`` -> Arrow IPC stream of the released rows later frames still reach; rewritten
 with each release, in the same write batch as the source offsets.
+``b"olead"`` -> with LEAD: Arrow IPC stream of the released rows still waiting for the rows
+after them (the newest n of each partition, n the furthest LEAD); they come out, in a later
+release, once n later rows of their partition are released, or at the final watermark (the
+source has ended: the LEADs past the end take their default).
 ``b"oagg"`` -> for UNBOUNDED PRECEDING frames (and no frame), instead of a history: one row per
 partition with each OVER's running count, sum or min/max. A release's running values are its
 own (DataFusion's window functions over the released rows, which all follow the earlier
@@ -34,7 +38,15 @@ from streamhouse.errors import SqlError
 from streamhouse.joins.stream_join import concat
 from streamhouse.key_codes import group_codes
 from streamhouse.sql.execute import run_sql
-from streamhouse.sql.over import FRESH, RANK, OverAggregate, partition_column, running_column
+from streamhouse.sql.over import (
+    FRESH,
+    RANK,
+    ROW_INDEX,
+    SUCCESSORS,
+    OverAggregate,
+    partition_column,
+    running_column,
+)
 from streamhouse.state.store import (
     ColumnFamily,
     ScopedBatch,
@@ -43,10 +55,11 @@ from streamhouse.state.store import (
     encode_table,
 )
 from streamhouse.windows.table import event_time_ms
-from streamhouse.windows.waiting import WaitingRows
+from streamhouse.windows.waiting import FINAL_WATERMARK, WaitingRows
 
 WAITING = b"owait"
 HISTORY = b"ohist"
+PENDING = b"olead"
 RUNNING = b"oagg"
 _ROW = "__row"
 _PARTITION = "__partition_code"
@@ -79,6 +92,8 @@ class OverAggregateOperator:
             kept = run_sql(self.plan.pre_sql, {self.plan.source: rows})
             fresh, late = self.waiting.on_time(kept, previous_watermark)
         released = self.waiting.release(fresh, watermark, batch, strict=True)
+        if self.plan.lead:
+            return self._emit_leading(released, watermark, batch), late
         if released is None:
             return None, late
         if self.plan.unbounded:
@@ -160,6 +175,41 @@ class OverAggregateOperator:
             reach = reach.filter(pa.array(times >= watermark - self.plan.range_ms))
         batch.put(ColumnFamily.JOINS, HISTORY, encode_table(reach))
         return out
+
+    def _emit_leading(
+        self, released: pa.Table | None, watermark: int, batch: ScopedBatch
+    ) -> pa.Table | None:
+        """With LEAD: the pending and released rows that have the rows their LEADs reach (all
+        of them at the final watermark); the rest wait, and the history LAG and ROWS frames
+        reach is kept."""
+        pending = self.state.get(ColumnFamily.JOINS, PENDING)
+        if released is None and (pending is None or watermark < FINAL_WATERMARK):
+            return None
+        stored = self.state.get(ColumnFamily.JOINS, HISTORY)
+        parts = [_flagged(decode_table(stored), False)] if stored is not None else []
+        if pending is not None:
+            parts.append(_flagged(decode_table(pending), True))
+        if released is not None:
+            parts.append(_flagged(released, True))
+        both = concat(parts)
+        both = both.append_column(ROW_INDEX, pa.array(np.arange(both.num_rows, dtype=np.int64)))
+        out = run_sql(self.plan.sql, {self.plan.source: both})
+        emit = out[FRESH]
+        if watermark < FINAL_WATERMARK:
+            emit = pc.and_(emit, pc.is_valid(out[SUCCESSORS]))
+        waits = np.sort(out.filter(pc.and_(out[FRESH], pc.invert(emit)))[ROW_INDEX].to_numpy())
+        both = both.drop_columns([FRESH, ROW_INDEX])
+        done = np.ones(both.num_rows, dtype=bool)
+        done[waits] = False
+        if len(waits):
+            batch.put(ColumnFamily.JOINS, PENDING, encode_table(both.take(pa.array(waits))))
+        elif pending is not None:
+            batch.delete(ColumnFamily.JOINS, PENDING)
+        if self.plan.rows:  # LAG or a ROWS frame reaches back: the rows before the waiting
+            kept = both.filter(pa.array(done))
+            reach = run_sql(self.plan.keep_sql, {self.plan.source: kept}).drop_columns([RANK])
+            batch.put(ColumnFamily.JOINS, HISTORY, encode_table(reach))
+        return out.filter(emit).drop_columns([FRESH, SUCCESSORS, ROW_INDEX])
 
     def _times(self, table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
         try:

@@ -34,6 +34,9 @@ from streamhouse.state.store import (
 
 _RUN = struct.Struct(">Q")
 
+FINAL_WATERMARK = 1 << 62
+"""The watermark of a source that has ended: every row is released, every window closes."""
+
 TimesOf = Callable[[pa.Table], tuple[np.ndarray, np.ndarray]]
 """A table's event times in ms, and which of them are valid (not NULL)."""
 
