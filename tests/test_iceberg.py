@@ -359,6 +359,14 @@ READ_QUERIES = [
     " window_end AS te FROM TABLE(TUMBLE(TABLE orders, DESCRIPTOR(ts), INTERVAL '5' MINUTE))"
     " WHERE _offset < 400 GROUP BY window_start, window_end) m ON o.amount = m.top"
     " WHERE o.ts BETWEEN m.te - INTERVAL '5' MINUTE AND m.te AND o.id > 10",
+    # q5's shape: two subqueries count alike (over two windowed copies): computed once
+    "SELECT a.name, a.n, a.ws FROM (SELECT name, count(*) AS n, window_start AS ws,"
+    " window_end AS we FROM TABLE(HOP(TABLE orders, DESCRIPTOR(ts), INTERVAL '1' MINUTE,"
+    " INTERVAL '3' MINUTE)) GROUP BY name, window_start, window_end) AS a JOIN (SELECT"
+    " max(c.n) AS top, c.ws, c.we FROM (SELECT count(*) AS n, window_start AS ws, window_end"
+    " AS we FROM TABLE(HOP(TABLE orders, DESCRIPTOR(ts), INTERVAL '1' MINUTE, INTERVAL '3'"
+    " MINUTE)) GROUP BY name, window_start, window_end) AS c GROUP BY c.ws, c.we) AS m"
+    " ON a.ws = m.ws AND a.we = m.we AND a.n >= m.top",
 ]
 
 
