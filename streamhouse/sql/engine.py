@@ -81,8 +81,8 @@ from streamhouse.sql.projection import declared_stars, distinct_outputs, star_qu
 from streamhouse.sql.pruning import scan_bounds
 from streamhouse.sql.scan import TopicScan
 from streamhouse.sql.scan_cache import ColumnarCache
-from streamhouse.sql.shared_subqueries import SharedSubquery, share_subqueries
 from streamhouse.sql.session import TemporaryObjects, is_temporary, without_temporary
+from streamhouse.sql.shared_subqueries import SharedSubquery, share_subqueries
 from streamhouse.sql.source import (
     METADATA_COLUMNS,
     RejectedRow,
@@ -620,7 +620,9 @@ class Engine:
         scans: list[TopicScan] = []
         parquet: set[str] = set()  # sources DataFusion reads as Parquet files (and a tail)
         read = [query, *(s.select for s in shared)]
-        for name in sorted({t.name for q in read for t in source_tables(q)} - {s.name for s in shared}):
+        for name in sorted(
+            {t.name for q in read for t in source_tables(q)} - {s.name for s in shared}
+        ):
             scan = None
             if name not in windowed and not ordered and self.stream_sources:
                 scan = self.source_scan(name, columns, named, bounded, hints.get(name))

@@ -88,7 +88,9 @@ def share_subqueries(
                     output = outputs[body.sql()] = f"{name}_{len(outputs)}"
                     projections.append(exp.alias_(body.copy(), output, quoted=True))
                 columns.append(
-                    exp.alias_(exp.column(output, quoted=True), projection.alias_or_name, quoted=True)
+                    exp.alias_(
+                        exp.column(output, quoted=True), projection.alias_or_name, quoted=True
+                    )
                 )
             readers.append(exp.select(*columns).from_(name))
         body = members[0].this.copy()
