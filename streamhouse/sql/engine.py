@@ -82,7 +82,7 @@ from streamhouse.sql.pruning import scan_bounds
 from streamhouse.sql.scan import TopicScan
 from streamhouse.sql.scan_cache import ColumnarCache
 from streamhouse.sql.session import TemporaryObjects, is_temporary, without_temporary
-from streamhouse.sql.shared_subqueries import SharedSubquery, share_subqueries
+from streamhouse.sql.shared_subqueries import SharedSubquery, computed_first, share_subqueries
 from streamhouse.sql.source import (
     METADATA_COLUMNS,
     RejectedRow,
@@ -661,7 +661,9 @@ class Engine:
         if named & METADATA_COLUMNS:
             query = declared_stars(query, schemas, METADATA_COLUMNS)
         if parquet:
-            query = aggregate_first(query, parquet)
+            query, moved = aggregate_first(query, parquet)
+            # each such aggregate computed first (few rows): DataFusion then broadcasts it
+            shared += filter(None, (computed_first(m, f"__first_{i}") for i, m in enumerate(moved)))
         for subquery in shared:
             self._computed_once(ctx, subquery, scans, _pos(query))
         return ctx, query, scans

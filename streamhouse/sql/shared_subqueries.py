@@ -37,7 +37,7 @@ from dataclasses import dataclass
 
 from sqlglot import exp
 
-__all__ = ["SharedSubquery", "share_subqueries"]
+__all__ = ["SharedSubquery", "computed_first", "share_subqueries"]
 
 _VOLATILE = (exp.Rand, exp.Uuid)
 
@@ -58,12 +58,10 @@ def share_subqueries(
     ``name``'s identity (two names of one identity hold the same rows). ``query`` itself is
     not changed."""
     query = query.copy()
-    # the shared SELECT is run on its own: one naming a CTE of the query stays inside it
-    ctes = {cte.alias_or_name for cte in query.find_all(exp.CTE)}
     identities: dict[Hashable, str] = {}
     groups: dict[str, list[exp.Subquery]] = {}
     for subquery in query.find_all(exp.Subquery):
-        if any(t.name in ctes for t in subquery.find_all(exp.Table)):
+        if _reads_cte(subquery):
             continue
         shape = _shape(subquery, same, identities)
         if shape is not None:
@@ -101,6 +99,48 @@ def share_subqueries(
     return query, shared
 
 
+def computed_first(subquery: exp.Subquery, name: str) -> SharedSubquery | None:
+    """``subquery``'s SELECT, to be computed before the query as table ``name``, and
+    ``subquery`` reading that table in its place (None, nothing changed: a ``*`` or an
+    unnamed column, or a function whose every call differs).
+
+    The engine does this for the aggregate an inner join builds its hash table from
+    (:func:`~streamhouse.sql.join_order.aggregate_first`): a memory table's size is known, so
+    DataFusion sends its few rows to every partition of the other side (no repartitioning of
+    that side by the join key) and filters that side's scan by them.
+
+    >>> from streamhouse.sql.parse import parse_one
+    >>> query = parse_one("SELECT b.p FROM (SELECT max(p) AS m FROM w GROUP BY s) AS x JOIN b ON b.p = x.m")
+    >>> first = computed_first(query.find(exp.Subquery), "__first_0")
+    >>> first.select.sql(), query.sql()
+    ('SELECT MAX(p) AS m FROM w GROUP BY s', 'SELECT b.p FROM (SELECT "m" FROM __first_0) AS x JOIN b ON b.p = x.m')
+    """
+    select = subquery.this
+    if not isinstance(select, exp.Select) or not _named(select):
+        return None
+    if any(True for _ in select.find_all(*_VOLATILE)) or _reads_cte(subquery):
+        return None
+    names = [exp.column(p.alias_or_name, quoted=True) for p in select.expressions]
+    subquery.set("this", exp.select(*names).from_(name))
+    return SharedSubquery(name, select)
+
+
+def _reads_cte(subquery: exp.Subquery) -> bool:
+    """Whether ``subquery`` names a CTE of its query (not known where it is run alone)."""
+    ctes = {cte.alias_or_name for cte in subquery.root().find_all(exp.CTE)}
+    return any(t.name in ctes for t in subquery.find_all(exp.Table))
+
+
+def _named(select: exp.Select) -> bool:
+    """Whether each column of ``select`` has a name (no ``*``, no unnamed expression)."""
+    for projection in select.expressions:
+        if isinstance(projection, exp.Star) or not projection.alias_or_name:
+            return False
+        if isinstance(projection, exp.Column) and isinstance(projection.this, exp.Star):
+            return False
+    return True
+
+
 def _shape(
     subquery: exp.Subquery, same: Callable[[str], Hashable], identities: dict[Hashable, str]
 ) -> str | None:
@@ -115,11 +155,8 @@ def _shape(
         or any(True for _ in select.find_all(*_VOLATILE))
     ):
         return None
-    for projection in select.expressions:
-        if isinstance(projection, exp.Star) or not projection.alias_or_name:
-            return None
-        if isinstance(projection, exp.Column) and isinstance(projection.this, exp.Star):
-            return None
+    if not _named(select):
+        return None
     shape = select.copy()
     shape.set("expressions", [exp.Star()])
     own = {t.alias_or_name for t in select.find_all(exp.Table, exp.Subquery)}
