@@ -348,8 +348,9 @@ def register_parquet_scan(ctx: datafusion.SessionContext, name: str, scan: Topic
             frame = _computed(frame, part.computed, scan.value_schema)
         have = {f.name: f.type for f in frame.schema()}
         frames.append(frame.select(*(_as(f, have.get(f.name)) for f in scan.schema)))
-    ctx.register_dataset(f"{prefix}_tail", scan.dataset(columnar=False))
-    frames.append(ctx.table(f"{prefix}_tail").select(*(_column(n) for n in scan.schema.names)))
+    if scan.reads_log:  # the log's records after the table's (none: no Python scan at all)
+        ctx.register_dataset(f"{prefix}_tail", scan.dataset(columnar=False))
+        frames.append(ctx.table(f"{prefix}_tail").select(*(_column(n) for n in scan.schema.names)))
     ctx.register_view(name, reduce(datafusion.DataFrame.union, frames))
     scan.counter.add(len(parts), sum(p.size for p in parts))
     return True

@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING
 import pyarrow as pa
 
 from streamhouse.errors import StreamHouseError
+from streamhouse.iceberg.page_index import write_page_index
 from streamhouse.log.compaction import compactor_id
 from streamhouse.log.isolation import stable_ends
 from streamhouse.log.metadata.leases import Lease
@@ -226,6 +227,8 @@ def append_streams(
         from streamhouse.iceberg.catalog import open_catalog
 
         catalog = open_catalog(log_.settings)
+    if definitions:
+        write_page_index()
     holder = holder or compactor_id()
     ttl_ms = max(1, int(log_.settings.compaction_lease_s * 1000))
     for definition in definitions:

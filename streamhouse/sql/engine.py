@@ -88,6 +88,7 @@ from streamhouse.sql.pruning import scan_bounds
 from streamhouse.sql.scan import TopicScan
 from streamhouse.sql.scan_cache import ColumnarCache
 from streamhouse.sql.session import TemporaryObjects, is_temporary, without_temporary
+from streamhouse.sql.shared_subqueries import SharedSubquery, computed_first, share_subqueries
 from streamhouse.sql.source import (
     METADATA_COLUMNS,
     RejectedRow,
@@ -615,6 +616,10 @@ class Engine:
             if temporal is not None:
                 return self._temporal(temporal, columns, named, stats, hints)
         query, windowed = take_out_windows(query)
+        # derived tables aggregating one source the same way (q5's two counts) are computed
+        # once; ``bounded`` is the query as written, whose WHERE clauses prune each source
+        bounded = query
+        query, shared = share_subqueries(query, lambda name: windowed.get(name, name))
         # FIRST_VALUE, LISTAGG, ... depend on the order rows arrive in: one partition
         # keeps the log's order (DataFusion's repartitioning would not)
         ordered = order_sensitive(query)
@@ -622,10 +627,13 @@ class Engine:
         schemas: dict[str, pa.Schema] = {}
         scans: list[TopicScan] = []
         parquet: set[str] = set()  # sources DataFusion reads as Parquet files (and a tail)
-        for name in sorted({t.name for t in source_tables(query)}):
+        read = [query, *(s.select for s in shared)]
+        for name in sorted(
+            {t.name for q in read for t in source_tables(q)} - {s.name for s in shared}
+        ):
             scan = None
             if name not in windowed and not ordered and self.stream_sources:
-                scan = self.source_scan(name, columns, named, query, hints.get(name))
+                scan = self.source_scan(name, columns, named, bounded, hints.get(name))
             if scan is not None:
                 scans.append(scan)
                 schemas[name] = scan.schema
@@ -635,7 +643,7 @@ class Engine:
                     ctx.register_dataset(_quoted(name), scan.dataset())
                 continue
             if name in windowed and not ordered and self.stream_sources:
-                scan = self._window_scan(ctx, name, windowed[name], columns, named, query, hints)
+                scan = self._window_scan(ctx, name, windowed[name], columns, named, bounded, hints)
                 if scan is not None:
                     scans.append(scan)
                     schemas[name] = ctx.table(_quoted(name)).schema()
@@ -661,8 +669,34 @@ class Engine:
         if named & METADATA_COLUMNS:
             query = declared_stars(query, schemas, METADATA_COLUMNS)
         if parquet:
-            query = aggregate_first(query, parquet)
+            query, moved = aggregate_first(query, parquet)
+            # each such aggregate computed first (few rows): DataFusion then broadcasts it
+            shared += filter(None, (computed_first(m, f"__first_{i}") for i, m in enumerate(moved)))
+        for subquery in shared:
+            self._computed_once(ctx, subquery, scans, _pos(query))
         return ctx, query, scans
+
+    def _computed_once(
+        self,
+        ctx: datafusion.SessionContext,
+        shared: SharedSubquery,
+        scans: list[TopicScan],
+        where: tuple[int | None, int | None],
+    ) -> None:
+        """Registers ``shared``'s rows, computed now, as table ``shared.name`` of ``ctx``
+        (kept in memory, in its partitions, for each reader)."""
+        try:
+            rows = sql_errors(
+                lambda: self._dataframe(ctx, shared.select).cache(),
+                where,
+                scans,
+                self.memory_limit,
+            )
+        except BaseException:
+            for scan in scans:
+                scan.close()
+            raise
+        ctx.register_view(_quoted(shared.name), rows)
 
     def _proctime_columns(self, name: str) -> set[str]:
         """The ``PROCTIME()`` columns of stream or table ``name`` (none for a topic or view)."""

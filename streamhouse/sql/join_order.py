@@ -13,9 +13,10 @@ order does not change (a ``*`` would: such a query is left as written).
 >>> from streamhouse.sql.parse import parse_one
 >>> query = parse_one(
 ...     "SELECT b.p FROM bid AS b JOIN (SELECT max(p) AS m FROM bid GROUP BY w) AS x ON b.p = x.m")
->>> aggregate_first(query, {"bid"}).sql()
-'SELECT b.p FROM (SELECT MAX(p) AS m FROM bid GROUP BY w) AS x JOIN bid AS b ON b.p = x.m'
->>> aggregate_first(query, set()).sql() == query.sql()
+>>> first, moved = aggregate_first(query, {"bid"})
+>>> first.sql(), [m.alias for m in moved]
+('SELECT b.p FROM (SELECT MAX(p) AS m FROM bid GROUP BY w) AS x JOIN bid AS b ON b.p = x.m', ['x'])
+>>> aggregate_first(query, set())[0].sql() == query.sql()
 True
 """
 
@@ -26,10 +27,12 @@ from sqlglot import exp
 __all__ = ["aggregate_first"]
 
 
-def aggregate_first(query: exp.Query, scanned: set[str]) -> exp.Query:
+def aggregate_first(query: exp.Query, scanned: set[str]) -> tuple[exp.Query, list[exp.Subquery]]:
     """``query`` with each inner join of a source of ``scanned`` (first) to an aggregating
-    subquery written the other way round (see the module); ``query`` itself is not changed."""
+    subquery written the other way round (see the module), and those subqueries (in the
+    query returned); ``query`` itself is not changed."""
     query = query.copy()
+    moved: list[exp.Subquery] = []
     for select in query.find_all(exp.Select):
         joins = select.args.get("joins") or []
         from_ = select.args.get("from_")
@@ -49,7 +52,8 @@ def aggregate_first(query: exp.Query, scanned: set[str]) -> exp.Query:
             continue
         from_.set("this", right.copy())
         join.set("this", left.copy())
-    return query
+        moved.append(from_.this)
+    return query, moved
 
 
 def _has_star(select: exp.Select) -> bool:

@@ -455,6 +455,11 @@ class TopicScan:
             self._live,
         )
 
+    @property
+    def reads_log(self) -> bool:
+        """Whether the log holds rows for the scan (past its columnar parts' offsets)."""
+        return bool(self._groups)
+
     def dataset(self, columnar: bool = True) -> TopicDataset:
         """The scan as DataFusion's dataset (``columnar``: its columnar parts too)."""
         return TopicDataset(self, columnar)
