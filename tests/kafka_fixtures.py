@@ -348,6 +348,7 @@ def fetch_request(
     min_bytes: int = 1,
     max_bytes: int = 50 << 20,
     partition_max_bytes: int = 1 << 20,
+    isolation_level: int = 0,
 ) -> dict[str, Any]:
     """Fields of a Fetch v11 request for ``(partition, offset)`` pairs of one topic."""
     module = messages(1, 11, False)
@@ -356,7 +357,7 @@ def fetch_request(
         "max_wait": _ms(max_wait_ms),
         "min_bytes": min_bytes,
         "max_bytes": max_bytes,
-        "isolation_level": 0,
+        "isolation_level": isolation_level,
         "session_id": 0,
         "session_epoch": -1,
         "topics": (

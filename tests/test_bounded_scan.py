@@ -19,6 +19,7 @@ import streamhouse
 from streamhouse import StreamHouse
 from streamhouse.cli import main
 from streamhouse.errors import ConfigError, SqlError
+from streamhouse.log.metadata import SegmentRow
 from streamhouse.sql import scan as scan_module
 from streamhouse.sql import source as source_module
 from streamhouse.sql.scan_cache import ColumnarCache
@@ -384,3 +385,25 @@ def test_a_wide_topic_of_short_runs_is_cached_run_by_run(tmp_path: Path) -> None
             assert got == expected
             assert relation.stats.cached_runs == runs_cached
         assert len(list(sh.engine.scan_cache.directory.iterdir())) == 200
+
+
+def _run(partition: int, base: int, last: int) -> SegmentRow:
+    return SegmentRow("obj", "t", partition, base, last, 0, 1, 0, 0, last - base + 1, 0)
+
+
+def test_decoded_runs_are_cut_run_by_run_and_those_beyond_the_key_bits_left_uncached() -> None:
+    """``_run_slices`` gives each run its own records (none for a run whose records were all
+    left out, such as an aborted transaction's), and nothing when a run's partition or
+    offsets do not fit the composite key, even if none of its records were decoded."""
+    runs = [_run(0, 0, 2), _run(0, 3, 4), _run(1, 0, 1), _run(3, 7, 7)]
+    table = pa.table({"_partition": [0, 0, 0, 1, 1, 3], "_offset": [0, 1, 2, 0, 1, 7]})
+    slices = scan_module._run_slices(table, runs)
+    assert [s.to_pylist() for s in slices] == [
+        table.slice(0, 3).to_pylist(),
+        [],
+        table.slice(3, 2).to_pylist(),
+        table.slice(5, 1).to_pylist(),
+    ]
+    empty = table.slice(0, 0)
+    assert scan_module._run_slices(empty, [_run(1 << 19, 0, 0)]) == []
+    assert scan_module._run_slices(table.slice(0, 3), [runs[0], _run(0, 1 << 44, 1 << 44)]) == []

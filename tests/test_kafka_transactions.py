@@ -500,6 +500,33 @@ def test_garbage_and_out_of_order_requests_get_kafka_errors(
     assert fetched.high_watermark == 2
 
 
+# 8 partitions: one store statement per partition; 12: one for all (a wide fetch)
+@pytest.mark.parametrize("partitions", [8, 12])
+def test_records_held_back_by_an_open_transaction_leave_room_for_the_others(
+    kafka_server: KafkaServer, new_topic, partitions: int
+) -> None:
+    """A read_committed fetch whose byte limit the first partition's records would fill
+    alone, all of them in an open transaction, still answers the next partition's records:
+    what the last stable offset holds back counts for nothing against the limit."""
+    topic = new_topic(partitions)
+    tid = f"held-{uuid.uuid4().hex[:8]}"
+    with RawClient(kafka_server.bootstrap) as c:
+        error, pid, epoch = _init(c, tid)
+        assert error == 0
+        assert _add(c, 2, tid, pid, epoch, (topic, 0)) == {(topic, 0): 0}
+        assert _produce(c, topic, tid, _txn_batch(pid, epoch, 0, [b"t" * 4000])) == 0
+        for p in range(1, partitions):
+            assert c.produce(topic, p, build_batch([f"plain-{p}".encode()]))[0] == 0
+        everything = [(p, 0) for p in range(partitions)]
+        held = c.fetch(topic, everything, max_bytes=1000, isolation_level=0)
+        assert len(held[0].records) > 1000 and not held[1].records  # the limit as such
+        got = c.fetch(topic, everything, max_bytes=1000, isolation_level=1)
+        assert (got[0].records, got[0].last_stable_offset) == (b"", 0)
+        assert decode_batches(got[1].records).column("value").to_pylist() == [b"plain-1"]
+        assert got[1].last_stable_offset == 1
+        assert _end(c, 2, tid, pid, epoch, False) == 0
+
+
 def test_describe_and_list_transactions(kafka_server: KafkaServer, new_topic) -> None:
     topic = new_topic(2)
     tid = f"described-{uuid.uuid4().hex[:8]}"

@@ -114,6 +114,12 @@ def test_segments_of_many_partitions_at_once_are_each_partitions_segments(
     for p in range(12):
         assert cached.segments("w", p) == other.segments("w", p)
     assert (cached.stats.index_misses, cached.stats.offset_misses) == misses
+    # partitions a fetch names that the topic lacks (it answers them an error): nothing is
+    # read or kept for them, however many a client names
+    indexes = len(cached._indexes)
+    cached.warm("w", dict.fromkeys([-1, *range(12, 5012)], 0))
+    assert (cached.stats.index_misses, cached.stats.offset_misses) == misses
+    assert len(cached._indexes) == indexes
 
 
 def test_the_hit_rate_is_logged_at_close(

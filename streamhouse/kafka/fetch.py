@@ -207,8 +207,11 @@ def _read(
         reads = []
         name = topic.name
         wide = len(topic.partitions) > WIDE_TOPIC_PARTITIONS
+        held: dict[int, int] = {}
         if wide and name is not None and name not in denied:
             _warm(broker, name, topic.partitions)
+            if committed:
+                held = _held_back(broker, name)
         for p in topic.partitions:
             if name is None or name in denied:
                 error = (
@@ -218,7 +221,7 @@ def _read(
                 )
                 reads.append(PartitionRead(p.partition, error, b"", -1, -1))
                 continue
-            reads.append(_read_partition(broker, name, p, remaining, total))
+            reads.append(_read_partition(broker, name, p, remaining, total, held.get(p.partition)))
             if committed and not wide and reads[-1].error is ErrorCode.none:
                 reads[-1] = _committed(broker, name, p.fetch_offset, reads[-1])
             size = len(reads[-1].records)
@@ -240,9 +243,29 @@ def _warm(broker: Broker, topic: str, requested: Any) -> None:
         log.debug("fetch %s: %s", topic, exc)
 
 
+def _held_back(broker: Broker, topic: str) -> dict[int, int]:
+    """The first offset of each partition's oldest open transaction, read before a wide
+    read_committed fetch reads its records: what that holds back then must not count against
+    the fetch's byte limit, or records held back in the first partition would crowd out every
+    other's, fetch after fetch (:func:`_committed_topic` cuts after the records only). An
+    error here is the later statement's to report."""
+    try:
+        return broker.log.metadata.transactions.open_from(topic)
+    except StreamHouseError as exc:
+        log.debug("fetch %s: %s", topic, exc)
+        return {}
+
+
 def _read_partition(
-    broker: Broker, topic: str, p: Any, remaining: int, total: int
+    broker: Broker,
+    topic: str,
+    p: Any,
+    remaining: int,
+    total: int,
+    held_from: int | None = None,
 ) -> PartitionRead:
+    """One partition's records within the limits; those from ``held_from`` on (an open
+    transaction's) left out before the limits are applied."""
     limit = max(min(p.partition_max_bytes, remaining), 1)
     try:
         result = broker.log.fetch(topic, p.partition, p.fetch_offset, limit)
@@ -257,6 +280,8 @@ def _read_partition(
         log.debug("fetch %s/%d: %s", topic, p.partition, exc)
         return PartitionRead(p.partition, error_code_for(exc), b"", -1, -1, exc)
     records = result.records
+    if held_from is not None and held_from < result.high_watermark:
+        records = records[: _end_before(records, held_from)]
     if total and len(records) > remaining:
         records = b""  # only the first non-empty partition may exceed the limits
     return PartitionRead(

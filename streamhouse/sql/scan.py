@@ -506,11 +506,11 @@ def _pieces(
 def _run_slices(table: pa.Table, rows: list[SegmentRow]) -> list[pa.Table]:
     """``table`` (the parsed records of ``rows``, whole runs in order) cut into each run's
     rows; none if its rows are not in run order."""
-    partitions = table["_partition"].to_numpy().astype(np.int64)
-    offsets = table["_offset"].to_numpy()
-    if len(offsets) and (partitions.max() >= 1 << 19 or offsets.max() >= 1 << 44):
+    # every record of a run is in [base_offset, last_offset]: the rows bound the table's keys
+    if max(r.partition for r in rows) >= 1 << 19 or max(r.last_offset for r in rows) >= 1 << 44:
         return []  # beyond the composite key's bits: left uncached
-    order = (partitions << 44) | offsets
+    partitions = table["_partition"].to_numpy().astype(np.int64)
+    order = (partitions << 44) | table["_offset"].to_numpy().astype(np.int64)
     if np.any(order[1:] < order[:-1]):
         return []
     starts = np.array([(r.partition << 44) | r.base_offset for r in rows], np.int64)

@@ -408,9 +408,9 @@ class CachedMetadata:
 
     def warm(self, topic: str, from_offsets: Mapping[int, int]) -> None:
         self._refresh()
-        self.get_topic(topic)
-        if self._live:
-            self._load(topic, from_offsets)
+        info = self.get_topic(topic)
+        if self._live and info is not None:  # partitions the topic lacks: nothing to keep
+            self._load(topic, {p: o for p, o in from_offsets.items() if 0 <= p < info.partitions})
 
     def _load(self, topic: str, from_offsets: Mapping[int, int]) -> dict[int, _Index]:
         """The cached index of each partition from its offset on, those missing read from

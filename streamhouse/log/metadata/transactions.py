@@ -172,6 +172,11 @@ LAST_STABLE = (
     "SELECT min(first_offset) FROM transaction_partitions WHERE topic = ? AND partition_id = ?"
 )
 """The first offset of the oldest open transaction on a partition (NULL when none is)."""
+OPEN_FROM = (
+    "SELECT partition_id, min(first_offset) FROM transaction_partitions"
+    " WHERE topic = ? GROUP BY partition_id"
+)
+""":data:`LAST_STABLE` of every partition of a topic with an open transaction."""
 ABORTED_BETWEEN = (
     "SELECT producer_id, first_offset FROM aborted_transactions"
     " WHERE topic = ? AND partition_id = ? AND last_offset >= ? AND first_offset < ?"
@@ -471,6 +476,13 @@ class TransactionStore:
         with self._reader(f"read the last stable offset of {topic}-{partition}") as conn:
             row = conn.execute(self._sql(LAST_STABLE), (topic, partition)).fetchone()
         return None if row is None or row[0] is None else int(row[0])
+
+    def open_from(self, topic: str) -> dict[int, int]:
+        """:meth:`last_stable_offset` of each partition of ``topic`` with a transaction open
+        on it (the others: none), in one statement."""
+        with self._reader(f"read the open transactions of {topic}") as conn:
+            rows = conn.execute(self._sql(OPEN_FROM), (topic,)).fetchall()
+        return {int(p): int(o) for p, o in rows}
 
     def stability(
         self, topic: str, partition: int, from_offset: int, to_offset: int
