@@ -302,6 +302,20 @@ class Log:
         self.writer.add_listener(listener)
         self.metadata.add_listener(listener)
 
+    def announce(self, keys: Iterable[tuple[str, int]]) -> None:
+        """Tell this process's commit listeners that the last stable offsets of ``keys``
+        moved (a transaction ended here), as after a commit there: readers waiting for
+        them look again."""
+        high: dict[tuple[str, int], int] = {}
+        for topic, partition in set(keys):
+            try:
+                high[(topic, partition)] = self.metadata.partition_offset(
+                    topic, partition
+                ).high_watermark
+            except (UnknownTopicError, UnknownPartitionError):  # gone: nobody waits on it
+                continue
+        self.writer.announce(high)
+
     # -- fetch ------------------------------------------------------------------------------
 
     def offsets(self, topic: str, partition: int) -> PartitionOffsets:

@@ -66,7 +66,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
 from itertools import count
@@ -703,7 +703,12 @@ class LogWriter:
             except Exception:  # a cache failure must not fail a durable produce
                 log.exception("segment callback failed")
         _settle(((item, offset, None) for item, offset in resolved), self.stats.times)
-        for (topic, partition), high_watermark in assigned.items():
+        self.announce(assigned)
+
+    def announce(self, high_watermarks: Mapping[_Key, int]) -> None:
+        """Tell the commit listeners each partition's high watermark (after a commit there,
+        or when its last stable offset moved)."""
+        for (topic, partition), high_watermark in high_watermarks.items():
             for listener in self._listeners:
                 try:
                     listener(topic, partition, high_watermark)
