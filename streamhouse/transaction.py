@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+import weakref
 from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -90,7 +91,9 @@ class TransactionalProducer:
     Kafka client's: :meth:`start` (InitProducerId) fences an earlier producer of the id and
     aborts what it left open; then one transaction after another, each begun by :meth:`add`
     (AddPartitionsToTxn before a partition's first batch) and ended by :meth:`end` (EndTxn).
-    Each step runs to completion (``asyncio.run``), so it is called from synchronous code.
+    Each step runs to completion on an event loop of the producer's own (made once: a loop
+    per step would make and join its thread pool each time), so it is called from
+    synchronous code, one step at a time; :meth:`close` releases the loop.
 
     ``wake``: told the partitions whose last stable offset an ended transaction moved (by
     default the log's commit listeners, so waiting readers of this process look again)."""
@@ -107,6 +110,7 @@ class TransactionalProducer:
         self._coordinator = TransactionCoordinator(log_, wake or log_.announce)
         self.stamp = ProducerStamp(-1, -1, ATTR_TRANSACTIONAL)
         self.partitions: set[tuple[str, int]] = set()  # in the open transaction
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def start(self) -> None:
         """InitProducerId: this producer holds the id at a new epoch, sequences afresh."""
@@ -150,13 +154,23 @@ class TransactionalProducer:
             lambda: self._coordinator.end(self.transactional_id, producer_id, epoch, commit)
         )
 
-    @staticmethod
-    def _run(step: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    def close(self) -> None:
+        """Release the producer's event loop (a later step makes another); a producer
+        dropped without it releases its loop when collected."""
+        if self._loop is not None:
+            self._loop.run_until_complete(self._loop.shutdown_default_executor())
+            self._loop.close()
+            self._loop = None
+
+    def _run(self, step: Callable[[], Coroutine[Any, Any, T]]) -> T:
         """Run a coordinator step; again while it answers ``BUSY`` (as a Kafka client retries
         CONCURRENT_TRANSACTIONS: another coordinator, a server's sweep, is finishing the
         transaction's markers), up to :data:`BUSY_RETRIES` times."""
         for attempt in range(BUSY_RETRIES):
-            result = asyncio.run(step())
+            if self._loop is None:
+                self._loop = asyncio.new_event_loop()
+                weakref.finalize(self, self._loop.close)
+            result = self._loop.run_until_complete(step())
             verdict = result[0] if isinstance(result, tuple) else result
             if verdict is not Verdict.BUSY:
                 break
@@ -182,7 +196,11 @@ class Transaction:
         self._sh = sh
         self.transactional_id = transactional_id or f"streamhouse-{uuid.uuid4().hex}"
         self._producer = TransactionalProducer(sh.log, self.transactional_id, timeout_ms)
-        self._producer.start()
+        try:
+            self._producer.start()
+        except BaseException:
+            self._producer.close()
+            raise
         self._stamp = self._producer.stamp
         self.ended = False
 
@@ -243,7 +261,10 @@ class Transaction:
         if self.ended:
             raise TransactionError(f"transaction {self.transactional_id!r} has ended")
         self.ended = True
-        self._producer.end(commit)
+        try:
+            self._producer.end(commit)
+        finally:
+            self._producer.close()
 
     def __enter__(self) -> Transaction:
         return self

@@ -189,6 +189,7 @@ class ContinuousQuery:
             try:
                 self.sink_transaction.recover(self.store)
             except BaseException:
+                self.sink_transaction.close()
                 self.store.close()
                 raise
         self.dead_letter_topic = self.options.dead_letter_topic or f"{name}.dlq"
@@ -523,6 +524,8 @@ class ContinuousQuery:
                     log.warning("query %s: no last checkpoint: %s", self.name, exc)
                 finally:
                     self.store.close()
+                    if self.sink_transaction is not None:
+                        self.sink_transaction.close()
         with self._results_ready:
             self._results_ready.notify_all()
 

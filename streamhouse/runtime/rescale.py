@@ -144,7 +144,11 @@ def rescale(
     try:
         if plan.sink_kind == "topic":  # each old task's sink transaction ended as recorded
             for task, store in enumerate(olds):
-                TwoPhaseCommit(log_, transactional_id(name, task)).recover(store)
+                settled = TwoPhaseCommit(log_, transactional_id(name, task))
+                try:
+                    settled.recover(store)
+                finally:
+                    settled.close()
         batches = [store.batch() for store in news]  # each new task's state: one write
         if routing.shape == "stateless":
             _move_positions(olds, batches, old, new)

@@ -151,6 +151,10 @@ class TwoPhaseCommit:
         else:
             self.producer.end(commit=False)
 
+    def close(self) -> None:
+        """Release the producer's event loop."""
+        self.producer.close()
+
     @staticmethod
     def forget(batch: StateBatch) -> None:
         """Clear the transaction recorded by the checkpoint before, in the ``batch`` written
