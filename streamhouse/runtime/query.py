@@ -533,7 +533,7 @@ class ContinuousQuery:
         assert self.sink_transaction is not None
         try:
             self.sink_transaction.settle(self.store, again=False)
-        except StreamHouseError as exc:  # the next start ends it
+        except Exception as exc:  # noqa: BLE001 (stopping goes on; the next start ends it)
             log.warning("query %s: its open sink transaction is left: %s", self.name, exc)
 
     def run_until_caught_up(self, final: bool = False) -> None:
