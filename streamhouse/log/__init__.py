@@ -235,6 +235,18 @@ class Log:
         data = batches if isinstance(batches, bytes) else bytes(batches)
         return self.writer.append(topic, partition, data, headers, fence)
 
+    def append_together(
+        self, topic: str, batches: Mapping[int, bytes], fence: Lease | None = None
+    ) -> dict[int, Future[int]]:
+        """:meth:`append` to several partitions of ``topic`` (partition -> batches), queued at
+        once: an idle writer flushes them in one object instead of the first alone."""
+        appends = [
+            (topic, partition, data, self._validate(topic, partition, data, None))
+            for partition, data in batches.items()
+        ]
+        futures = self.writer.append_together(appends, fence)
+        return dict(zip(batches, futures, strict=True))
+
     def append_async(
         self,
         topic: str,

@@ -66,7 +66,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
 from itertools import count
@@ -267,9 +267,21 @@ class LogWriter:
 
         With ``fence``, they are committed only while that lease is held: in a flush of
         their own, whose commit checks the lease (``FencedError`` otherwise)."""
-        future: Future[int] = Future()
-        self._queue(_Append(topic, partition, data, headers, future, None, fence=fence))
-        return future
+        return self.append_together([(topic, partition, data, headers)], fence)[0]
+
+    def append_together(
+        self,
+        appends: Sequence[tuple[str, int, bytes | memoryview, list[tuple[int, BatchHeader]]]],
+        fence: Lease | None = None,
+    ) -> list[Future[int]]:
+        """:meth:`append` of several partitions' batches queued at once, so that an idle
+        writer flushes them together instead of the first alone."""
+        items = [
+            _Append(topic, partition, data, headers, Future(), None, fence=fence)
+            for topic, partition, data, headers in appends
+        ]
+        self._queue(*items)
+        return [item.future for item in items]  # type: ignore[misc]
 
     def append_async(
         self,
@@ -290,18 +302,19 @@ class LogWriter:
         self._queue(_Append(topic, partition, data, headers, future, loop), urgent=urgent)
         return future
 
-    def _queue(self, item: _Append, *, urgent: bool = False) -> None:
+    def _queue(self, *items: _Append, urgent: bool = False) -> None:
         with self._lock:
             if self._closed:
                 raise StorageError("the log is closed")
             first = not self._pending
             if first:
                 self._first_pending_at = time.monotonic()
-            self._appended += 1
-            item.sequence = self._appended
-            self._pending.append(item)
-            self._pending_bytes += len(item.data)
-            self._fenced += item.fence is not None
+            for item in items:
+                self._appended += 1
+                item.sequence = self._appended
+                self._pending.append(item)
+                self._pending_bytes += len(item.data)
+                self._fenced += item.fence is not None
             if urgent:
                 self._first_pending_at = 0.0  # the linger is over
             if first or urgent or self._pending_bytes >= self._max_bytes:  # else it lingers

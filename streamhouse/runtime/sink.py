@@ -210,7 +210,7 @@ class TopicSink:
             missing = transaction.join((self.topic, p) for p in written)
             if missing:
                 raise UnknownPartitionError(*missing[0])
-        futures = []
+        data: dict[int, bytes] = {}
         for partition in written:
             rows = np.flatnonzero(assignment == partition)
             cuts = np.flatnonzero(np.diff(np.cumsum(sizes[rows] + 24) // limit)) + 1
@@ -229,9 +229,9 @@ class TopicSink:
                         **stamp,
                     )
                 )
-            data = b"".join(batches)
-            futures.append(self.log.append(self.topic, partition, data, fence=self.fence))
-        for future in futures:
+            data[partition] = b"".join(batches)
+        # queued together: one flush for every partition, not the first alone then the rest
+        for future in self.log.append_together(self.topic, data, fence=self.fence).values():
             future.result()
 
 
