@@ -23,27 +23,43 @@ EndTxn on exit: commit, or abort when the block raised. Each step runs to comple
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+import weakref
+from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from streamhouse.errors import LogError, UnknownPartitionError, UnknownTopicError
+from streamhouse.errors import FencedError, LogError, UnknownPartitionError, UnknownTopicError
 from streamhouse.kafka.transactions import TransactionCoordinator
 from streamhouse.log.metadata.transactions import Verdict
 from streamhouse.log.records.header import ATTR_TRANSACTIONAL, Compression
 
 if TYPE_CHECKING:
     from streamhouse.connection import Produced, StreamHouse
+    from streamhouse.log import Log
 
-__all__ = ["ProducerStamp", "Transaction", "TransactionError"]
+__all__ = [
+    "ProducerFencedError",
+    "ProducerStamp",
+    "Transaction",
+    "TransactionError",
+    "TransactionalProducer",
+]
 
 DEFAULT_TIMEOUT_MS = 60_000
+BUSY_RETRIES = 10
+BUSY_BACKOFF_S = 0.02
+T = TypeVar("T")
 
 
 class TransactionError(LogError):
     """A transaction could not go on: fenced by a newer producer of its transactional id,
     aborted by its timeout, or already ended."""
+
+
+class ProducerFencedError(TransactionError, FencedError):
+    """A newer producer of the transactional id (InitProducerId) fenced this one."""
 
 
 class ProducerStamp:
@@ -70,19 +86,122 @@ class ProducerStamp:
         self.sequences[key] = (self.sequences.get(key, 0) + records) % (1 << 31)
 
 
+class TransactionalProducer:
+    """The producer of one transactional id, through the coordinator and metadata store as a
+    Kafka client's: :meth:`start` (InitProducerId) fences an earlier producer of the id and
+    aborts what it left open; then one transaction after another, each begun by :meth:`add`
+    (AddPartitionsToTxn before a partition's first batch) and ended by :meth:`end` (EndTxn).
+    Each step runs to completion on an event loop of the producer's own (made once: a loop
+    per step would make and join its thread pool each time), so it is called from
+    synchronous code, one step at a time; :meth:`close` releases the loop.
+
+    ``wake``: told the partitions whose last stable offset an ended transaction moved (by
+    default the log's commit listeners, so waiting readers of this process look again)."""
+
+    def __init__(
+        self,
+        log_: Log,
+        transactional_id: str,
+        timeout_ms: int = DEFAULT_TIMEOUT_MS,
+        wake: Callable[[Iterable[tuple[str, int]]], None] | None = None,
+    ) -> None:
+        self.transactional_id = transactional_id
+        self.timeout_ms = timeout_ms
+        self._coordinator = TransactionCoordinator(log_, wake or log_.announce)
+        self.stamp = ProducerStamp(-1, -1, ATTR_TRANSACTIONAL)
+        self.partitions: set[tuple[str, int]] = set()  # in the open transaction
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def start(self) -> None:
+        """InitProducerId: this producer holds the id at a new epoch, sequences afresh."""
+        verdict, producer_id, epoch = self._run(
+            lambda: self._coordinator.init_producer(self.transactional_id, self.timeout_ms)
+        )
+        self.check(verdict, "start")
+        self.stamp = ProducerStamp(producer_id, epoch, ATTR_TRANSACTIONAL)
+        self.partitions = set()
+
+    def add(self, partitions: Iterable[tuple[str, int]]) -> list[tuple[str, int]]:
+        """Put the partitions not in the open transaction yet in it (starting it); the
+        partitions that do not exist (then none was added)."""
+        new = sorted(set(partitions) - self.partitions)
+        if not new:
+            return []
+        verdict, missing = self._run(
+            lambda: self._coordinator.add_partitions(
+                self.transactional_id, self.stamp.producer_id, self.stamp.epoch, new
+            )
+        )
+        if missing:
+            return missing
+        self.check(verdict, "add partitions to")
+        self.partitions.update(new)
+        return []
+
+    def end(self, commit: bool) -> None:
+        """Commit or abort the open transaction (nothing if it holds no partition); on return
+        its markers are written, the outcome is what readers see."""
+        if not self.partitions:
+            return
+        self.partitions = set()
+        verdict = self.settle(self.stamp.producer_id, self.stamp.epoch, commit)
+        self.check(verdict, "commit" if commit else "abort")
+
+    def settle(self, producer_id: int, epoch: int, commit: bool) -> Verdict:
+        """EndTxn for the transaction of ``producer_id`` at ``epoch`` (a commit of one already
+        committed, or being committed, finishes it or is a no-op); its verdict."""
+        return self._run(
+            lambda: self._coordinator.end(self.transactional_id, producer_id, epoch, commit)
+        )
+
+    def close(self) -> None:
+        """Release the producer's event loop (a later step makes another); a producer
+        dropped without it releases its loop when collected."""
+        if self._loop is not None:
+            self._loop.run_until_complete(self._loop.shutdown_default_executor())
+            self._loop.close()
+            self._loop = None
+
+    def _run(self, step: Callable[[], Coroutine[Any, Any, T]]) -> T:
+        """Run a coordinator step; again while it answers ``BUSY`` (as a Kafka client retries
+        CONCURRENT_TRANSACTIONS: another coordinator, a server's sweep, is finishing the
+        transaction's markers), up to :data:`BUSY_RETRIES` times."""
+        for attempt in range(BUSY_RETRIES):
+            if self._loop is None:
+                self._loop = asyncio.new_event_loop()
+                weakref.finalize(self, self._loop.close)
+            result = self._loop.run_until_complete(step())
+            verdict = result[0] if isinstance(result, tuple) else result
+            if verdict is not Verdict.BUSY:
+                break
+            time.sleep(BUSY_BACKOFF_S * (attempt + 1))
+        return result
+
+    def check(self, verdict: Verdict, what: str) -> None:
+        if verdict is Verdict.FENCED:
+            raise ProducerFencedError(
+                f"could not {what} transaction {self.transactional_id!r}: a newer producer"
+                " of the transactional id fenced this one"
+            )
+        if verdict is not Verdict.OK:
+            raise TransactionError(
+                f"could not {what} transaction {self.transactional_id!r}: {verdict.value}"
+            )
+
+
 class Transaction:
     """One transaction of a transactional id; a context manager (see module)."""
 
     def __init__(self, sh: StreamHouse, transactional_id: str | None, timeout_ms: int) -> None:
         self._sh = sh
         self.transactional_id = transactional_id or f"streamhouse-{uuid.uuid4().hex}"
-        self._coordinator = TransactionCoordinator(sh.log, lambda _keys: None)
-        verdict, producer_id, epoch = asyncio.run(
-            self._coordinator.init_producer(self.transactional_id, timeout_ms)
-        )
-        self._check(verdict, "start")
-        self._stamp = ProducerStamp(producer_id, epoch, ATTR_TRANSACTIONAL)
-        self._partitions: set[tuple[str, int]] = set()
+        self._producer = TransactionalProducer(sh.log, self.transactional_id, timeout_ms)
+        try:
+            self._producer.start()
+        except BaseException:
+            self._producer.close()
+            raise
+        self._stamp = self._producer.stamp
         self.ended = False
 
     @property
@@ -119,23 +238,15 @@ class Transaction:
         except BaseException:
             self._stamp.sequences = before  # nothing was written
             raise
-        new = sorted({(topic, p) for p, _, _ in payloads} - self._partitions)
-        if new:
-            verdict, missing = asyncio.run(
-                self._coordinator.add_partitions(
-                    self.transactional_id, self._stamp.producer_id, self._stamp.epoch, new
-                )
+        missing = self._producer.add((topic, p) for p, _, _ in payloads)
+        if missing:
+            self._stamp.sequences = before
+            t, p = missing[0]
+            raise (
+                UnknownTopicError(t)
+                if self._sh.log.get_topic(t) is None
+                else (UnknownPartitionError(t, p))
             )
-            if missing:
-                self._stamp.sequences = before
-                t, p = missing[0]
-                raise (
-                    UnknownTopicError(t)
-                    if self._sh.log.get_topic(t) is None
-                    else (UnknownPartitionError(t, p))
-                )
-            self._check(verdict, "add partitions to")
-            self._partitions.update(new)
         return self._sh.append_batches(topic, payloads)
 
     def commit(self) -> None:
@@ -150,19 +261,10 @@ class Transaction:
         if self.ended:
             raise TransactionError(f"transaction {self.transactional_id!r} has ended")
         self.ended = True
-        if not self._partitions:  # nothing produced: nothing to decide
-            return
-        # EndTxn: on return its markers are written, the outcome is what readers see
-        end = self._coordinator.end(
-            self.transactional_id, self._stamp.producer_id, self._stamp.epoch, commit
-        )
-        self._check(asyncio.run(end), "commit" if commit else "abort")
-
-    def _check(self, verdict: Verdict, what: str) -> None:
-        if verdict is not Verdict.OK:
-            raise TransactionError(
-                f"could not {what} transaction {self.transactional_id!r}: {verdict.value}"
-            )
+        try:
+            self._producer.end(commit)
+        finally:
+            self._producer.close()
 
     def __enter__(self) -> Transaction:
         return self

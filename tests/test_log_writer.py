@@ -311,7 +311,7 @@ def test_appends_made_together_go_out_in_one_object(tmp_path: Path) -> None:
                 "t", {p: build_batch([b"t%d" % p] * 2) for p in range(3)}
             )
             first = 1 if round_ == 0 else 3 + 2 * (round_ - 1)
-            assert [f.result(10) for f in together] == [first, first - 1, first - 1]
+            assert [f.result(10) for f in together.values()] == [first, first - 1, first - 1]
             objects = {
                 row.object_key
                 for p in range(3)

@@ -206,8 +206,7 @@ def _exactly_once(cluster: Cluster, produced: list[dict[str, object]]) -> None:
     keys = Counter((r["user_id"], r["window_start"]) for r in rows)
     assert [k for k, n in keys.items() if n > 1] == [], "a window was written twice"
     assert _windows(rows) == want
-    assert cluster.sh is not None
-    assert cluster.sh.log.offsets(OUTPUT, 0).high_watermark == len(want)
+    assert len(rows) == len(want)  # no extra record committed
 
 
 @pytest.mark.parametrize("cluster", ["local", "s3"], indirect=True)
@@ -346,8 +345,10 @@ def test_a_holder_that_lost_its_lease_is_refused_and_the_next_resumes_from_its_c
             sh.engine, QUERY, name="windows", state_root=tmp_path / "b", start=False, fence=new
         )
         assert 0 < sum(second.source.positions.values()) <= 75  # resumed, not started over
-        with pytest.raises(FencedError, match="is no longer held by agent-a"):
-            first.step(max_records=25)  # it wakes up: refused, nothing written
+        # it wakes up: refused, nothing written (the new holder's start fenced its producer,
+        # and its lease is gone)
+        with pytest.raises(FencedError, match="is no longer held by agent-a|fenced this one"):
+            first.step(max_records=25)
         assert sh.log.offsets("per_window", 0).high_watermark == written
         second.run_until_caught_up(final=True)
         second.stop()
@@ -444,8 +445,9 @@ def test_the_supervisor_hands_a_query_over_when_its_lease_is_lost_or_released(
 
 
 def _written(sh: streamhouse.StreamHouse) -> int:
+    """Output records committed (a transaction's markers take offsets too)."""
     topic = sh.log.get_topic("per_window")
-    return 0 if topic is None else sh.log.offsets("per_window", 0).high_watermark
+    return 0 if topic is None else sh.fetch("per_window").num_rows
 
 
 def _until(check: Callable[[], bool], what: str, timeout: float = 20.0) -> None:

@@ -2,8 +2,9 @@
 
 - a process running a query is killed with SIGKILL at random points, several times, and
   restarted; the output topic then equals the output of an uninterrupted run, record for record;
-- a crash between writing a micro-batch's output and committing its checkpoint (the window a
-  replay must not write twice), injected in-process, first for the very first output of a query;
+- a crash between writing a micro-batch's output and committing its checkpoint, injected
+  in-process, first for the very first output of a query: the attempt's transaction is aborted
+  (its rows hidden from read_committed readers), the batch runs again;
 - a stopped query restarted under the same name resumes from its checkpoint.
 """
 
@@ -166,16 +167,21 @@ def test_a_crash_between_output_and_checkpoint_is_replayed_exactly_once(
     query = start_paused(sh, sql, "hop")
     with pytest.raises(Crash):
         query.run_until_caught_up()
-    written = len(topic_rows(sh, "out"))
-    assert written > 0  # the crashed batch's rows are in the topic already
+    committed = len(topic_rows(sh, "out"))
+    # the crashed batch's rows are in the topic already, in a transaction not committed
+    assert len(topic_rows(sh, "out", "read_uncommitted")) > committed
     query.store.close()  # the process died: nothing else is cleaned up
     monkeypatch.undo()
     query = start_paused(sh, sql, "hop")
     try:
+        assert len(topic_rows(sh, "out")) == committed  # the start aborted it
         query.run_until_caught_up(final=True)
     finally:
         query.stop()
-    assert rows_of(topic_rows(sh, "out"), COLUMNS) == oracle(rows, "hop", 10 * SECOND, 5 * SECOND)
+    answer = oracle(rows, "hop", 10 * SECOND, 5 * SECOND)
+    assert rows_of(topic_rows(sh, "out"), COLUMNS) == answer
+    # read_uncommitted: the aborted attempt's rows as well
+    assert len(topic_rows(sh, "out", "read_uncommitted")) > len(answer)
 
 
 def test_a_restarted_query_resumes_from_its_checkpoint(sh: StreamHouse) -> None:

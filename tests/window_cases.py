@@ -56,11 +56,15 @@ def continuous_rows(sh: StreamHouse, sql: str, name: str, batch: int) -> list[di
     return topic_rows(sh, f"out_{name}")
 
 
-def topic_rows(sh: StreamHouse, topic: str) -> list[dict[str, Any]]:
-    """Every record value of ``topic`` (all partitions, by partition then offset) as JSON."""
+def topic_rows(
+    sh: StreamHouse, topic: str, isolation_level: str = "read_committed"
+) -> list[dict[str, Any]]:
+    """Every record value of ``topic`` (all partitions, by partition then offset) as JSON; at
+    read_uncommitted, the records of open and aborted transactions too."""
     if sh.log.get_topic(topic) is None:
         return []
-    return [json.loads(v) for v in sh.fetch(topic)["value"].to_pylist()]
+    values = sh.fetch(topic, isolation_level=isolation_level)["value"].to_pylist()
+    return [json.loads(v) for v in values]
 
 
 def to_ms(value: Any) -> int:

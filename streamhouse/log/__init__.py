@@ -235,14 +235,17 @@ class Log:
         data = batches if isinstance(batches, bytes) else bytes(batches)
         return self.writer.append(topic, partition, data, headers, fence)
 
-    def append_together(self, topic: str, batches: dict[int, bytes]) -> list[Future[int]]:
-        """:meth:`append` to several partitions of ``topic`` (``{partition: batches}``) in one
-        flush: one object and one commit for them all, not one per partition."""
+    def append_together(
+        self, topic: str, batches: Mapping[int, bytes], fence: Lease | None = None
+    ) -> dict[int, Future[int]]:
+        """:meth:`append` to several partitions of ``topic`` (partition -> batches), queued at
+        once: an idle writer flushes them in one object instead of the first alone."""
         appends = [
             (topic, partition, data, self._validate(topic, partition, data, None))
             for partition, data in batches.items()
         ]
-        return self.writer.append_together(appends)
+        futures = self.writer.append_together(appends, fence)
+        return dict(zip(batches, futures, strict=True))
 
     def append_async(
         self,
@@ -310,6 +313,20 @@ class Log:
         (from the committer thread) and of others (from the metadata cache's feed)."""
         self.writer.add_listener(listener)
         self.metadata.add_listener(listener)
+
+    def announce(self, keys: Iterable[tuple[str, int]]) -> None:
+        """Tell this process's commit listeners that the last stable offsets of ``keys``
+        moved (a transaction ended here), as after a commit there: readers waiting for
+        them look again."""
+        high: dict[tuple[str, int], int] = {}
+        for topic, partition in set(keys):
+            try:
+                high[(topic, partition)] = self.metadata.partition_offset(
+                    topic, partition
+                ).high_watermark
+            except (UnknownTopicError, UnknownPartitionError):  # gone: nobody waits on it
+                continue
+        self.writer.announce(high)
 
     # -- fetch ------------------------------------------------------------------------------
 

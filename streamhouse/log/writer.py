@@ -66,7 +66,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
 from itertools import count
@@ -267,21 +267,21 @@ class LogWriter:
 
         With ``fence``, they are committed only while that lease is held: in a flush of
         their own, whose commit checks the lease (``FencedError`` otherwise)."""
-        future: Future[int] = Future()
-        self._queue(_Append(topic, partition, data, headers, future, None, fence=fence))
-        return future
+        return self.append_together([(topic, partition, data, headers)], fence)[0]
 
     def append_together(
-        self, appends: list[tuple[str, int, bytes, list[tuple[int, BatchHeader]]]]
+        self,
+        appends: Sequence[tuple[str, int, bytes | memoryview, list[tuple[int, BatchHeader]]]],
+        fence: Lease | None = None,
     ) -> list[Future[int]]:
-        """Queue several partitions' validated batches at once, so that one flush (one object,
-        one commit) takes them all, as it would had they come while the writer was busy."""
-        futures: list[Future[int]] = []
-        with self._lock:
-            for topic, partition, data, headers in appends:
-                futures.append(Future())
-                self._queue_locked(_Append(topic, partition, data, headers, futures[-1], None))
-        return futures
+        """:meth:`append` of several partitions' batches queued at once, so that an idle
+        writer flushes them together instead of the first alone."""
+        items = [
+            _Append(topic, partition, data, headers, Future(), None, fence=fence)
+            for topic, partition, data, headers in appends
+        ]
+        self._queue(*items)
+        return [item.future for item in items]  # type: ignore[misc]
 
     def append_async(
         self,
@@ -302,25 +302,23 @@ class LogWriter:
         self._queue(_Append(topic, partition, data, headers, future, loop), urgent=urgent)
         return future
 
-    def _queue(self, item: _Append, *, urgent: bool = False) -> None:
+    def _queue(self, *items: _Append, urgent: bool = False) -> None:
         with self._lock:
-            self._queue_locked(item, urgent=urgent)
-
-    def _queue_locked(self, item: _Append, *, urgent: bool = False) -> None:
-        if self._closed:
-            raise StorageError("the log is closed")
-        first = not self._pending
-        if first:
-            self._first_pending_at = time.monotonic()
-        self._appended += 1
-        item.sequence = self._appended
-        self._pending.append(item)
-        self._pending_bytes += len(item.data)
-        self._fenced += item.fence is not None
-        if urgent:
-            self._first_pending_at = 0.0  # the linger is over
-        if first or urgent or self._pending_bytes >= self._max_bytes:  # else it lingers
-            self._work.notify()
+            if self._closed:
+                raise StorageError("the log is closed")
+            first = not self._pending
+            if first:
+                self._first_pending_at = time.monotonic()
+            for item in items:
+                self._appended += 1
+                item.sequence = self._appended
+                self._pending.append(item)
+                self._pending_bytes += len(item.data)
+                self._fenced += item.fence is not None
+            if urgent:
+                self._first_pending_at = 0.0  # the linger is over
+            if first or urgent or self._pending_bytes >= self._max_bytes:  # else it lingers
+                self._work.notify()
 
     def hurry(self) -> None:
         """Flush what is pending now, without waiting for it (nor lingering)."""
@@ -718,7 +716,12 @@ class LogWriter:
             except Exception:  # a cache failure must not fail a durable produce
                 log.exception("segment callback failed")
         _settle(((item, offset, None) for item, offset in resolved), self.stats.times)
-        for (topic, partition), high_watermark in assigned.items():
+        self.announce(assigned)
+
+    def announce(self, high_watermarks: Mapping[_Key, int]) -> None:
+        """Tell the commit listeners each partition's high watermark (after a commit there,
+        or when its last stable offset moved)."""
+        for (topic, partition), high_watermark in high_watermarks.items():
             for listener in self._listeners:
                 try:
                     listener(topic, partition, high_watermark)

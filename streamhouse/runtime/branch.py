@@ -58,7 +58,6 @@ class Branch:
         self.operator: Operator | None = None
         self.children: dict[str, tuple[PlanNode, Operator]] = {}
         self.sink: TopicSink | None = None
-        self.sink_marks: dict[int, int] = {}
 
     @property
     def options(self) -> QueryOptions:

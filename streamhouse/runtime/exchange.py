@@ -213,7 +213,7 @@ class ExchangeWriter:
                     share = encode(picked)
             records[target] = build_batch([share], [key], compression=Compression.LZ4)
         # one flush for every task's record: one object, one fsync and one commit per batch
-        for future in self.log.append_together(self.topic, records):
+        for future in self.log.append_together(self.topic, records).values():
             future.result()
 
     def _key_groups(self, rows: pa.Table) -> np.ndarray:

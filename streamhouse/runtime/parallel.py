@@ -68,6 +68,7 @@ from streamhouse.runtime.routing import plan_routing
 from streamhouse.runtime.sources import QuerySource
 from streamhouse.runtime.task_processes import TaskProcess, Zygote
 from streamhouse.runtime.task_state import parallel_states, task_root
+from streamhouse.runtime.two_phase import transactional_id
 from streamhouse.sql import nodes
 from streamhouse.sql.hints import SourceOptions
 from streamhouse.sql.nodes import FLOWS
@@ -170,6 +171,11 @@ class TaskQuery(ContinuousQuery):
             self.operator = branch.operator = ExchangedWindowAggregation(
                 operator, StateView(self.store, b"0/"), branch
             )
+
+    @property
+    def transactional_id(self) -> str:
+        """Each task writes its sink partition with a producer of its own."""
+        return transactional_id(self.name, self.task)
 
     def _planned(self, plan: ContinuousPlan) -> ContinuousPlan:
         self.whole_plan = plan  # as planned: the producing side runs its pre_sql

@@ -12,12 +12,15 @@ One micro-batch:
    and dropped or sent to the side output; closed windows emitted, then HAVING and the SELECT
    list on DataFusion); a windowed query or window join evaluated per closed window; an
    interval or regular join; an updating GROUP BY or Top-N (upserts per key);
-4. write results to the sink and commit state, source offsets, event times, sink progress and
-   counters in one synced RocksDB write batch — a checkpoint.
+4. write results to the sink as a Kafka transaction, commit state, source offsets, event
+   times, the transaction and counters in one synced RocksDB write batch — a checkpoint —
+   then commit the transaction.
 
-Exactly once into a topic sink: before writing results, the batch's end offsets and watermark
-are recorded as ``pending``; after a crash the same batch is replayed with the same bounds, so it
-produces the same rows, and the sink skips those already written (see :mod:`.sink`).
+Exactly once into a topic sink (a two-phase commit, :mod:`.two_phase`): a read_committed reader
+sees a micro-batch's output once its checkpoint is durable, and never the output of an attempt
+a crash cut short (its transaction is aborted when the query starts again). Before writing
+results, the batch's end offsets, watermark and processing time are recorded as ``pending``, so
+that the batch run again after a crash has the same bounds and produces the same rows.
 Dead-letter and late-row side outputs are at least once.
 """
 
@@ -45,6 +48,7 @@ from streamhouse.runtime.operators import checks
 from streamhouse.runtime.options import QueryOptions
 from streamhouse.runtime.sink import TopicSink
 from streamhouse.runtime.sources import NO_WATERMARK, QuerySource
+from streamhouse.runtime.two_phase import TwoPhaseCommit, transactional_id
 from streamhouse.sql import nodes
 from streamhouse.sql.arrival import rows_by_arrival
 from streamhouse.sql.changelog import PlanNode
@@ -76,7 +80,6 @@ from streamhouse.state.store import (
     ScopedBatch,
     StateBatch,
     StateStore,
-    partition_key,
 )
 from streamhouse.windows.waiting import FINAL_WATERMARK
 
@@ -87,6 +90,7 @@ log = logging.getLogger(__name__)
 
 
 SINK = b"sink/"
+"""``meta`` key prefix of the sink high watermarks an older build replayed by (no longer written)."""
 PENDING = b"pending"
 COUNTERS = b"counters"
 WATERMARK = b"watermark"
@@ -195,6 +199,15 @@ class ContinuousQuery:
                     partition=self.sink_partition,
                 )
         self.sink = self.branches[0].sink
+        self.sink_transaction: TwoPhaseCommit | None = None
+        if any(branch.sink is not None for branch in self.branches):
+            self.sink_transaction = TwoPhaseCommit(self.log, self.transactional_id)
+            try:
+                self.sink_transaction.recover(self.store)
+            except BaseException:
+                self.sink_transaction.close()
+                self.store.close()
+                raise
         self.dead_letter_topic = self.options.dead_letter_topic or f"{name}.dlq"
         counters = self.store.get_json(COUNTERS) or {}
         self.rows_in = int(counters.get("rows_in", 0))
@@ -229,6 +242,11 @@ class ContinuousQuery:
 
     sink_partition: int | None = None
     """The one sink partition this query writes (a task of a parallel query), else all."""
+
+    @property
+    def transactional_id(self) -> str:
+        """The transactional id this query writes its sinks with (:mod:`.two_phase`)."""
+        return transactional_id(self.name)
 
     def _planned(self, plan: ContinuousPlan) -> ContinuousPlan:
         """The plan this query runs (a task of a parallel query runs part of it)."""
@@ -429,11 +447,6 @@ class ContinuousQuery:
             source.load(self.log, self.store, startup == "latest-offset")
         stored_wm = self.store.get_int(WATERMARK)
         self.watermark = stored_wm - (1 << 63) if stored_wm is not None else NO_WATERMARK
-        for branch in self.branches:
-            if branch.sink is not None:
-                for p, hw in branch.sink.high_watermarks().items():
-                    stored = self.store.get_int(partition_key(SINK + branch.prefix, p))
-                    branch.sink_marks[p] = stored if stored is not None else hw
 
     def _positions(self) -> dict[str, dict[int, int]]:
         """The next offset to read of each source partition, by topic (the lowest where two
@@ -513,6 +526,12 @@ class ContinuousQuery:
             if not already:
                 self._closed = True
                 try:
+                    if (
+                        self.sink_transaction is not None
+                        and checkpoint
+                        and not isinstance(self.error, FencedError)
+                    ):  # a failed micro-batch's transaction ends now, not at the next start
+                        self._settle_at_stop()
                     if self.checkpoints is not None and checkpoint and self.error is None:
                         self.checkpoints.publish(self.store, self._positions())
                     elif self.options.checkpoint_object_store:
@@ -521,8 +540,17 @@ class ContinuousQuery:
                     log.warning("query %s: no last checkpoint: %s", self.name, exc)
                 finally:
                     self.store.close()
+                    if self.sink_transaction is not None:
+                        self.sink_transaction.close()
         with self._results_ready:
             self._results_ready.notify_all()
+
+    def _settle_at_stop(self) -> None:
+        assert self.sink_transaction is not None
+        try:
+            self.sink_transaction.settle(self.store, again=False)
+        except Exception as exc:  # noqa: BLE001 (stopping goes on; the next start ends it)
+            log.warning("query %s: its open sink transaction is left: %s", self.name, exc)
 
     def run_until_caught_up(self, final: bool = False) -> None:
         """Process every record in the sources now (in this thread); ``final`` closes every window."""
@@ -560,6 +588,8 @@ class ContinuousQuery:
         return ends
 
     def _step(self, final: bool, max_records: int | None) -> bool:
+        if self.sink_transaction is not None:  # left open by a micro-batch that failed
+            self.sink_transaction.settle(self.store)
         pending = self.store.get_json(PENDING)
         budget = max_records or self.options.max_batch_records
         ends: dict[str, dict[int, int]] = {}
@@ -622,7 +652,6 @@ class ContinuousQuery:
             if branch.sink is not None
             and ((change.rows is not None and change.rows.num_rows) or change.retracted)
         ]
-        marks_after: dict[int, dict[int, int]] = {}  # by branch index
         if writing:
             if pending is None:
                 intent = self.store.batch()
@@ -637,23 +666,13 @@ class ContinuousQuery:
                         "proctime": proctime,
                     },
                 )
-                # The sink marks the replay of this batch skips from: never stored before the
-                # first output of a query, and a restart must not take the topic's end for them.
-                for branch in self.branches:
-                    for p, hw in branch.sink_marks.items():
-                        intent.put_int(partition_key(SINK + branch.prefix, p), hw)
+                TwoPhaseCommit.forget(intent)
                 self.store.commit(intent)
                 del intent
-                if self.checkpoints is not None:  # the agent taking over replays this batch
-                    self.checkpoints.publish(self.store, self._positions())
-                    self._uploaded_at = time.monotonic()
             for branch, change in writing:
                 assert branch.sink is not None
                 rows = change.rows if change.rows is not None else pa.table({})
-                after = branch.sink.write(rows, branch.sink_marks, change.retracted)
-                marks_after[self.branches.index(branch)] = after
-                for p, hw in after.items():
-                    batch.put_int(partition_key(SINK + branch.prefix, p), hw)
+                branch.sink.write(rows, change.retracted, self.sink_transaction)
         rejected_count = 0
         for read in reads.values():
             if read.rejected:
@@ -687,6 +706,8 @@ class ContinuousQuery:
             },
         )
         batch.delete(ColumnFamily.META, PENDING)
+        if self.sink_transaction is not None:
+            self.sink_transaction.record(batch)
         operators = [o for branch in self.branches for o in branch.operators]
         try:
             self.store.commit(batch)
@@ -700,8 +721,6 @@ class ContinuousQuery:
         for name, source in self.sources.items():
             source.advance(ends[name], event_times[name])
         self.watermark = new_watermark
-        for index, marks in marks_after.items():
-            self.branches[index].sink_marks = marks
         self.rows_in, self.rows_out, self.late_rows, self.rejected_rows = (
             rows_in,
             rows_out,
@@ -710,6 +729,13 @@ class ContinuousQuery:
         )
         self.damaged_rows = damaged_total
         self.batches += 1
+        if self.sink_transaction is not None and self.sink_transaction.open:
+            # the checkpoint recording the transaction is durable where a restart (another
+            # agent's, under a lease) looks for it: now its output becomes visible
+            if self.checkpoints is not None:
+                self.checkpoints.publish(self.store, self._positions())
+                self._uploaded_at = time.monotonic()
+            self.sink_transaction.commit()
         for change in changes:
             if change.rows is not None and change.rows.num_rows:
                 self._deliver(change.rows)

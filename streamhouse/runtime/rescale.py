@@ -60,6 +60,7 @@ from streamhouse.runtime.key_groups import key_groups, task_of
 from streamhouse.runtime.query import COUNTERS, PENDING, SINK, WATERMARK
 from streamhouse.runtime.routing import Routing
 from streamhouse.runtime.sources import EVENT_TIME, SOURCE
+from streamhouse.runtime.two_phase import TwoPhaseCommit, transactional_id
 from streamhouse.sql import nodes
 from streamhouse.sql.plan import ContinuousPlan
 from streamhouse.state.store import (
@@ -141,6 +142,13 @@ def rescale(
     olds = [StateStore(old_root / f"task-{t}") for t in range(old)]
     news = [StateStore(staging / f"task-{t}") for t in range(new)]
     try:
+        if plan.sink_kind == "topic":  # each old task's sink transaction ended as recorded
+            for task, store in enumerate(olds):
+                settled = TwoPhaseCommit(log_, transactional_id(name, task))
+                try:
+                    settled.recover(store)
+                finally:
+                    settled.close()
         batches = [store.batch() for store in news]  # each new task's state: one write
         if routing.shape == "stateless":
             _move_positions(olds, batches, old, new)

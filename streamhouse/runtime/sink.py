@@ -9,10 +9,9 @@ written as the object (``{"k":null}``), since a key-compacted topic takes no rec
 A sink with a fence (a query of ``serve`` agents, held by a lease) writes only while the lease
 is held: each append is committed in a transaction that checks it (``FencedError`` otherwise).
 
-Exactly once: the query remembers, per sink partition, the high watermark its last committed
-micro-batch left. A micro-batch replayed after a crash produces the same rows in the same
-order, so the records already in the partition past that mark are exactly the first ones of the
-replay, and are skipped.
+Exactly once: a continuous query writes its sinks as a Kafka transaction that commits with its
+checkpoint (:mod:`.two_phase`); a replayed micro-batch writes its rows again, in a new
+transaction, and the attempt a crash cut short was aborted.
 """
 
 from __future__ import annotations
@@ -20,16 +19,21 @@ from __future__ import annotations
 import json
 import logging
 import threading
+from typing import TYPE_CHECKING
 
 import duckdb
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from streamhouse.errors import UnknownPartitionError
 from streamhouse.log import Log
 from streamhouse.log.metadata.leases import Lease
 from streamhouse.log.partitioner import partition_for_key
 from streamhouse.log.records import Compression, build_batch
+
+if TYPE_CHECKING:
+    from streamhouse.runtime.two_phase import TwoPhaseCommit
 
 log = logging.getLogger(__name__)
 
@@ -148,7 +152,7 @@ def encode_columns(table: pa.Table, key_columns: list[str]) -> tuple[pa.Array, p
 
 
 class TopicSink:
-    """Appends a query's rows to a topic, skipping rows a crashed attempt already wrote."""
+    """Appends a query's rows to a topic (in its sink transaction, see :mod:`.two_phase`)."""
 
     def __init__(
         self,
@@ -164,22 +168,15 @@ class TopicSink:
         self.key_columns = key_columns
         self.fence = fence
 
-    def high_watermarks(self) -> dict[int, int]:
-        """Each partition's high watermark; with a fence read from the store itself, since
-        another agent that ran the query before may have written a moment ago (a cache hears
-        of it through the commit feed, later)."""
-        metadata = self.log.metadata
-        store = metadata if self.fence is None else metadata.inner
-        offsets = store.partition_offsets(self.topic)
-        return {p: o.high_watermark for p, o in offsets.items()}
-
     def write(
-        self, table: pa.Table, committed: dict[int, int], tombstones: list[bytes] | None = None
-    ) -> dict[int, int]:
+        self,
+        table: pa.Table,
+        tombstones: list[bytes] | None = None,
+        transaction: TwoPhaseCommit | None = None,
+    ) -> None:
         """Append ``table``'s rows, then a tombstone (null value) per key in ``tombstones``;
-        returns each partition's high watermark afterwards.
+        in ``transaction`` if given (its partitions joined first, its batches stamped).
 
-        ``committed`` is the high watermark per partition as of the last committed micro-batch.
         Rows are encoded, partitioned and batched as Arrow arrays, without a Python object per
         record (a stateless query's output is as large as its input).
         """
@@ -196,10 +193,9 @@ class TopicSink:
                 keys if keys is not None else pa.nulls(len(values) - len(tombstones), pa.binary())
             )
             keys = pa.concat_arrays([base, pa.array(tombstones, pa.binary())])
-        current = self.high_watermarks()
         n = len(values)
         if n == 0:
-            return current
+            return
         partitions = self.log.topic(self.topic).partitions
         if self.partition is not None:
             assignment = np.full(n, self.partition, dtype=np.int64)
@@ -209,40 +205,34 @@ class TopicSink:
         sizes = pc.fill_null(pc.binary_length(values), 0).to_numpy(zero_copy_only=False)
         if keys is not None:
             sizes = sizes + pc.fill_null(pc.binary_length(keys), 0).to_numpy(zero_copy_only=False)
-        futures = []
-        for partition in range(partitions):
+        written = [int(p) for p in np.unique(assignment)]
+        if transaction is not None:
+            missing = transaction.join((self.topic, p) for p in written)
+            if missing:
+                raise UnknownPartitionError(*missing[0])
+        data: dict[int, bytes] = {}
+        for partition in written:
             rows = np.flatnonzero(assignment == partition)
-            if len(rows) == 0:
-                continue
-            already = current.get(partition, 0) - committed.get(
-                partition, current.get(partition, 0)
-            )
-            if already > 0:
-                log.info(
-                    "sink %s-%d: %d record(s) of a replayed batch were written before",
-                    self.topic,
-                    partition,
-                    already,
-                )
-                rows = rows[already:]
-            if len(rows) == 0:
-                continue
             cuts = np.flatnonzero(np.diff(np.cumsum(sizes[rows] + 24) // limit)) + 1
             batches = []
             for chunk in np.split(rows, cuts):
                 index = pa.array(chunk)
+                stamp: dict[str, int] = {}
+                if transaction is not None:
+                    stamp = transaction.stamp.batch_fields(self.topic, partition)
+                    transaction.stamp.sent(self.topic, partition, len(chunk))
                 batches.append(
                     build_batch(
                         values.take(index),
                         keys.take(index) if keys is not None else None,
                         compression=Compression.LZ4,
+                        **stamp,
                     )
                 )
-            data = b"".join(batches)
-            futures.append(self.log.append(self.topic, partition, data, fence=self.fence))
-        for future in futures:
+            data[partition] = b"".join(batches)
+        # queued together: one flush for every partition, not the first alone then the rest
+        for future in self.log.append_together(self.topic, data, fence=self.fence).values():
             future.result()
-        return self.high_watermarks()
 
 
 def _partitions(keys: pa.Array | None, n: int, partitions: int) -> np.ndarray:

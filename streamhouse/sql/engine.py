@@ -235,8 +235,7 @@ class Engine:
 
         if self.log.get_topic(topic) is None:
             self.log.create_topic(topic, 1, {"cleanup.policy": "compact"} if keys else None)
-        sink = TopicSink(self.log, topic, keys)
-        sink.write(rows, sink.high_watermarks())
+        TopicSink(self.log, topic, keys).write(rows)
         return f"INSERT INTO {topic}: {rows.num_rows} rows"
 
     def _statement_set(self, statements: StatementSet) -> Relation:
