@@ -70,6 +70,7 @@ from streamhouse.sql.execute import (
 )
 from streamhouse.sql.functions import functions, to_datafusion
 from streamhouse.sql.hints import SourceOptions, check_hints, source_options
+from streamhouse.sql.inline import inline_window_inputs
 from streamhouse.sql.join_chain import (
     catalog_proctime_columns,
     catalog_stream_columns,
@@ -606,6 +607,7 @@ class Engine:
         """A context holding ``query``'s sources and the query to run there (windows taken
         out, stars spelled out) and the sources it streams, or the rows themselves (a
         temporal join)."""
+        query = inline_window_inputs(query)  # type: ignore[assignment]
         query = proctime_ties_by_arrival(query, self._proctime_columns, orderable_by_arrival)
         columns = referenced_columns(query)
         named = column_names(query)

@@ -177,6 +177,18 @@ def tvf_call(table: exp.Expr) -> exp.Anonymous | None:
 def _tvf_window(call: exp.Anonymous, kind: WindowKind) -> tuple[WindowSpec, exp.Table]:
     params = _bind(kind, call, ("DATA", "TIMECOL"))
     data = params.get("DATA")
+    if (
+        isinstance(data, TableArgument)
+        and isinstance(data.this, exp.Subquery)
+        or (isinstance(data, exp.Anonymous) and data.name.upper() == "TABLE")
+    ):
+        raise _error(
+            f"{kind.upper()} over a subquery or CTE that does more than filter and project one"
+            " stream (a join, an aggregate, a UNION, ...) is not supported: window the stream"
+            " and filter or join the windows' rows in the query over the TVF",
+            data,
+            call,
+        )
     if not isinstance(data, TableArgument):
         raise _error(f"{kind.upper()}: the first argument must be TABLE <name>", data, call)
     descriptor = params.get("TIMECOL")
