@@ -70,7 +70,7 @@ from streamhouse.sql.execute import (
 )
 from streamhouse.sql.functions import functions, to_datafusion
 from streamhouse.sql.hints import SourceOptions, check_hints, source_options
-from streamhouse.sql.inline import inline_window_inputs
+from streamhouse.sql.inline import inline_window_inputs, name_window_inputs
 from streamhouse.sql.join_chain import (
     catalog_proctime_columns,
     catalog_stream_columns,
@@ -608,6 +608,7 @@ class Engine:
         out, stars spelled out) and the sources it streams, or the rows themselves (a
         temporal join)."""
         query = inline_window_inputs(query)  # type: ignore[assignment]
+        query, inputs = name_window_inputs(query)  # type: ignore[assignment]
         query = proctime_ties_by_arrival(query, self._proctime_columns, orderable_by_arrival)
         columns = referenced_columns(query)
         named = column_names(query)
@@ -648,12 +649,15 @@ class Engine:
                     None if columns is None else columns | {spec.time_column, *spec.partition_by}
                 )
                 # a window's rows in any order: the Iceberg table may give some (not ORDER-ed)
-                table = window_table(
-                    self.source_table(
+                # a window TVF's subquery input: its rows, as a view's
+                rows = (
+                    self._run(inputs[source], stats)
+                    if source in inputs
+                    else self.source_table(
                         source, needed, stats, hints.get(source), None if ordered else named
-                    ),
-                    spec,
+                    )
                 )
+                table = window_table(rows, spec)
             else:
                 table = self.source_table(name, columns, stats, hints.get(name))
             table = hide_metadata(table, named)

@@ -25,6 +25,7 @@ from typing import Protocol
 
 from sqlglot import exp
 
+from streamhouse.errors import SqlError
 from streamhouse.sql.dialect import TableArgument
 from streamhouse.sql.parse import parse, sql_error
 from streamhouse.sql.window_spec import KINDS, WINDOW_COLUMNS, tvf_call
@@ -320,8 +321,13 @@ def inline_window_inputs(query: exp.Expr) -> exp.Expr:
                 data.set("this", cte.this.copy().subquery())
                 changed = True
             select = call.find_ancestor(exp.Select)
-            merged = _merge_one(select) if select is not None else select
-            if merged is not select:
+            if select is None or KINDS[call.name.upper()] == "session":
+                continue  # a session's rows must be filtered before they are merged: named
+            try:  # merged in a copy: a refused merge leaves the input to be named
+                merged = _merge_one(select.copy())
+            except SqlError:  # e.g. a time column the input computes
+                continue
+            if merged != select:
                 select.replace(merged)
                 query = merged if select is query else query
                 changed = True
@@ -329,6 +335,49 @@ def inline_window_inputs(query: exp.Expr) -> exp.Expr:
             break
     _drop_unread_ctes(query)
     return query
+
+
+def name_window_inputs(query: exp.Expr) -> tuple[exp.Expr, dict[str, exp.Query]]:
+    """``query`` with each window TVF's subquery input (one :func:`inline_window_inputs` did
+    not merge: a session's, or one that joins, aggregates, ...) replaced by a name, and the
+    query of each name: a bounded query reads its rows and windows them as a view's."""
+    if not any(_window_input(call) is not None for call in query.find_all(exp.Anonymous)):
+        return query, {}
+    query = query.copy()
+    inputs: dict[str, exp.Query] = {}
+    for call in list(query.find_all(exp.Anonymous)):
+        data = _window_input(call)
+        if data is None:
+            continue
+        if isinstance(data, exp.Anonymous):
+            data = data.replace(TableArgument(this=data.expressions[0].subquery()))
+        if not isinstance(data.this, exp.Subquery):
+            continue
+        name = f"__input_{len(inputs)}"
+        inputs[name] = _with_ctes_in_scope(data.this.this, data)
+        data.set("this", exp.to_table(name))
+    _drop_unread_ctes(query)
+    return query, inputs
+
+
+def _with_ctes_in_scope(input_: exp.Query, where: exp.Expr) -> exp.Query:
+    """``input_`` (a copy) with the CTEs in scope at ``where`` that it reads, so that it can
+    run on its own."""
+    scopes: list[exp.With] = []
+    node: exp.Expr | None = where
+    while node is not None:
+        with_ = node.args.get("with_") if isinstance(node, exp.Query) else None
+        if with_ is not None:
+            scopes.append(with_)
+        node = node.parent
+    ctes = [cte.copy() for with_ in reversed(scopes) for cte in with_.expressions]
+    input_ = input_.copy()
+    if not ctes:
+        return input_
+    own = input_.args.get("with_")
+    input_.set("with_", exp.With(expressions=ctes + (own.expressions if own else [])))
+    _drop_unread_ctes(input_)
+    return input_
 
 
 def _window_input(call: exp.Anonymous) -> exp.Expr | None:
