@@ -269,13 +269,16 @@ class Engine:
         )
         if isinstance(query, exp.Query):
             self._check_names(query)
-            try:  # a query may run continuously only (a window TVF over a subquery)
-                rewritten, windowed = take_out_windows(query)
+            try:  # a query may run continuously only
+                merged, inputs = name_window_inputs(inline_window_inputs(query))
+                rewritten, windowed = take_out_windows(merged)  # type: ignore[arg-type]
                 bounded = to_datafusion(rewritten)
             except SqlError as exc:
                 lines += [f"bounded plan: not possible: {exc}"]
             else:
                 lines += ["bounded plan (windows added to the sources, then DataFusion):"]
+                for name, input_ in sorted(inputs.items()):
+                    lines.append(f"  {name} = {to_datafusion(input_)}")
                 for name, (source, spec) in sorted(windowed.items()):
                     lines.append(
                         f"  {name} = {spec.kind.upper()} window over {source}.{spec.time_column}"
