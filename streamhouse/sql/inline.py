@@ -393,7 +393,7 @@ def _window_input(call: exp.Anonymous) -> exp.Expr | None:
     data = call.expressions[0]
     if isinstance(data, exp.Anonymous) and data.name.upper() == "TABLE":
         inner = data.expressions[0] if len(data.expressions) == 1 else None
-        return data if isinstance(inner, exp.Select) else None
+        return data if isinstance(inner, exp.Select | exp.Union) else None
     if not isinstance(data, TableArgument):
         return None
     if isinstance(data.this, exp.Subquery):
