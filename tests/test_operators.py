@@ -160,17 +160,20 @@ def test_explain_shows_the_mode_key_and_state_of_each_operator_over_changes(
         assert "aggregates: none (the keys alone: DISTINCT)" in own
 
 
-def test_explain_shows_the_continuous_plan_of_a_query_bounded_sql_cannot_run(
+def test_explain_shows_both_plans_of_a_window_tvf_over_a_subquery(
     sh: StreamHouse,
 ) -> None:
-    """A window TVF over a subquery runs continuously only: EXPLAIN still prints its plan."""
+    """A window TVF over a subquery: the subquery merged into the query over the TVF, in the
+    continuous plan and in the bounded one (which once could not run it)."""
     sql = (
         "SELECT k, window_start, COUNT(*) AS n FROM TABLE(TUMBLE(TABLE (SELECT k, t FROM a"
         " WHERE v > 1), DESCRIPTOR(t), INTERVAL '10' SECOND)) GROUP BY k, window_start, window_end"
     )
     lines = sh.sql(f"EXPLAIN {sql}").to_arrow_table()["plan"].to_pylist()
     assert "WindowAggregate  TUMBLE(t, size=10000ms)" in [line.strip() for line in lines]
-    assert lines[-1].startswith("bounded plan: not possible: TUMBLE: the first argument")
+    bounded = lines.index("bounded plan (windows added to the sources, then DataFusion):")
+    assert lines[bounded + 1].strip() == "__window_0_a = TUMBLE window over a.t"
+    assert 'WHERE "v" > 1 GROUP BY "k", "window_start", "window_end"' in lines[bounded + 2]
 
 
 def test_an_operator_emits_upserts_and_retractions_through_the_interface(

@@ -70,6 +70,7 @@ from streamhouse.sql.execute import (
 )
 from streamhouse.sql.functions import functions, to_datafusion
 from streamhouse.sql.hints import SourceOptions, check_hints, source_options
+from streamhouse.sql.inline import inline_window_inputs, name_window_inputs
 from streamhouse.sql.join_chain import (
     catalog_proctime_columns,
     catalog_stream_columns,
@@ -268,13 +269,16 @@ class Engine:
         )
         if isinstance(query, exp.Query):
             self._check_names(query)
-            try:  # a query may run continuously only (a window TVF over a subquery)
-                rewritten, windowed = take_out_windows(query)
+            try:  # a query may run continuously only
+                merged, inputs = name_window_inputs(inline_window_inputs(query))
+                rewritten, windowed = take_out_windows(merged)  # type: ignore[arg-type]
                 bounded = to_datafusion(rewritten)
             except SqlError as exc:
                 lines += [f"bounded plan: not possible: {exc}"]
             else:
                 lines += ["bounded plan (windows added to the sources, then DataFusion):"]
+                for name, input_ in sorted(inputs.items()):
+                    lines.append(f"  {name} = {to_datafusion(input_)}")
                 for name, (source, spec) in sorted(windowed.items()):
                     lines.append(
                         f"  {name} = {spec.kind.upper()} window over {source}.{spec.time_column}"
@@ -606,6 +610,8 @@ class Engine:
         """A context holding ``query``'s sources and the query to run there (windows taken
         out, stars spelled out) and the sources it streams, or the rows themselves (a
         temporal join)."""
+        query = inline_window_inputs(query)  # type: ignore[assignment]
+        query, inputs = name_window_inputs(query)  # type: ignore[assignment]
         query = proctime_ties_by_arrival(query, self._proctime_columns, orderable_by_arrival)
         columns = referenced_columns(query)
         named = column_names(query)
@@ -653,12 +659,15 @@ class Engine:
                     None if columns is None else columns | {spec.time_column, *spec.partition_by}
                 )
                 # a window's rows in any order: the Iceberg table may give some (not ORDER-ed)
-                table = window_table(
-                    self.source_table(
+                # a window TVF's subquery input: its rows, as a view's
+                rows = (
+                    self._run(inputs[source], stats)
+                    if source in inputs
+                    else self.source_table(
                         source, needed, stats, hints.get(source), None if ordered else named
-                    ),
-                    spec,
+                    )
                 )
+                table = window_table(rows, spec)
             else:
                 table = self.source_table(name, columns, stats, hints.get(name))
             table = hide_metadata(table, named)

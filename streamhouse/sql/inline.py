@@ -25,6 +25,7 @@ from typing import Protocol
 
 from sqlglot import exp
 
+from streamhouse.errors import SqlError
 from streamhouse.sql.dialect import TableArgument
 from streamhouse.sql.parse import parse, sql_error
 from streamhouse.sql.window_spec import KINDS, WINDOW_COLUMNS, tvf_call
@@ -235,10 +236,10 @@ def _merge_into(
         if isinstance(body, exp.Star) or (
             isinstance(body, exp.Column) and isinstance(body.this, exp.Star)
         ):
-            if argument is not None:  # a TVF adds the window columns
-                projections.extend(exp.column(c) for c in WINDOW_COLUMNS)
             for item in inner.expressions:
                 projections.append(_unqualified(item))
+            if argument is not None and not star:  # the TVF's window columns come last
+                projections.extend(exp.column(c) for c in WINDOW_COLUMNS)  # (a star has them)
             continue
         output = projection.alias_or_name
         rewritten = projection.transform(substitute, copy=False)
@@ -294,3 +295,136 @@ def _time_arguments(select: exp.Select) -> set[int]:
             if isinstance(first, exp.Column):
                 found.add(id(first))
     return found
+
+
+def inline_window_inputs(query: exp.Expr) -> exp.Expr:
+    """``query`` with each window TVF that reads a subquery or a CTE (``TABLE(TUMBLE(TABLE
+    (SELECT * FROM s WHERE ...), ...))``, ``WITH f AS (...) ... TABLE f``) reading the stream
+    itself, the input's filter and projections merged into the SELECT over the TVF, as a
+    continuous query reads them. A bounded query's window needs a stream, view or topic; an
+    input doing more than filter and project one stream stays as it is (refused later). CTEs
+    left unread are dropped, so their streams are not read."""
+    if not any(_window_input(call) is not None for call in query.find_all(exp.Anonymous)):
+        return query
+    query = query.copy()
+    for _ in range(16):  # a CTE reading a CTE: one level a round
+        calls = [c for c in query.find_all(exp.Anonymous) if _window_input(c) is not None]
+        if not calls:
+            break
+        changed = False
+        for call in calls:
+            data = call.expressions[0]
+            if isinstance(data, exp.Anonymous):  # TABLE (SELECT ...) as sqlglot reads it
+                data = data.replace(TableArgument(this=data.expressions[0].subquery()))
+            cte = _cte_named(data.this) if isinstance(data.this, exp.Table) else None
+            if cte is not None:
+                data.set("this", cte.this.copy().subquery())
+                changed = True
+            select = call.find_ancestor(exp.Select)
+            if select is None or KINDS[call.name.upper()] == "session":
+                continue  # a session's rows must be filtered before they are merged: named
+            try:  # merged in a copy: a refused merge leaves the input to be named
+                merged = _merge_one(select.copy())
+            except SqlError:  # e.g. a time column the input computes
+                continue
+            if merged != select:
+                select.replace(merged)
+                query = merged if select is query else query
+                changed = True
+        if not changed:
+            break
+    _drop_unread_ctes(query)
+    return query
+
+
+def name_window_inputs(query: exp.Expr) -> tuple[exp.Expr, dict[str, exp.Query]]:
+    """``query`` with each window TVF's subquery input (one :func:`inline_window_inputs` did
+    not merge: a session's, or one that joins, aggregates, ...) replaced by a name, and the
+    query of each name: a bounded query reads its rows and windows them as a view's."""
+    if not any(_window_input(call) is not None for call in query.find_all(exp.Anonymous)):
+        return query, {}
+    query = query.copy()
+    inputs: dict[str, exp.Query] = {}
+    for call in list(query.find_all(exp.Anonymous)):
+        data = _window_input(call)
+        if data is None:
+            continue
+        if isinstance(data, exp.Anonymous):
+            data = data.replace(TableArgument(this=data.expressions[0].subquery()))
+        if not isinstance(data.this, exp.Subquery):
+            continue
+        name = f"__input_{len(inputs)}"
+        inputs[name] = _with_ctes_in_scope(data.this.this, data)
+        data.set("this", exp.to_table(name))
+    _drop_unread_ctes(query)
+    return query, inputs
+
+
+def _with_ctes_in_scope(input_: exp.Query, where: exp.Expr) -> exp.Query:
+    """``input_`` (a copy) with the CTEs in scope at ``where`` that it reads, so that it can
+    run on its own."""
+    scopes: list[exp.With] = []
+    node: exp.Expr | None = where
+    while node is not None:
+        with_ = node.args.get("with_") if isinstance(node, exp.Query) else None
+        if with_ is not None:
+            scopes.append(with_)
+        node = node.parent
+    ctes = [cte.copy() for with_ in reversed(scopes) for cte in with_.expressions]
+    input_ = input_.copy()
+    if not ctes:
+        return input_
+    own = input_.args.get("with_")
+    input_.set("with_", exp.With(expressions=ctes + (own.expressions if own else [])))
+    _drop_unread_ctes(input_)
+    return input_
+
+
+def _window_input(call: exp.Anonymous) -> exp.Expr | None:
+    """The data argument of window TVF ``call`` when it is a subquery or names a CTE."""
+    parent = call.parent
+    if (
+        not isinstance(parent, exp.Anonymous)
+        or parent.name.upper() != "TABLE"
+        or call.name.upper() not in KINDS
+        or not call.expressions
+    ):
+        return None
+    data = call.expressions[0]
+    if isinstance(data, exp.Anonymous) and data.name.upper() == "TABLE":
+        inner = data.expressions[0] if len(data.expressions) == 1 else None
+        return data if isinstance(inner, exp.Select | exp.Union) else None
+    if not isinstance(data, TableArgument):
+        return None
+    if isinstance(data.this, exp.Subquery):
+        return data
+    if isinstance(data.this, exp.Table) and _cte_named(data.this) is not None:
+        return data
+    return None
+
+
+def _cte_named(table: exp.Table) -> exp.CTE | None:
+    """The CTE in scope that unqualified ``table`` names, if any."""
+    if table.args.get("db"):
+        return None
+    scope: exp.Expr | None = table
+    while scope is not None:
+        with_ = scope.args.get("with_") if isinstance(scope, exp.Query) else None
+        for cte in with_.expressions if with_ is not None else []:
+            if cte.alias_or_name == table.name and table.find_ancestor(exp.CTE) is not cte:
+                return cte
+        scope = scope.parent
+    return None
+
+
+def _drop_unread_ctes(query: exp.Expr) -> None:
+    for with_ in list(query.find_all(exp.With)):
+        for cte in list(with_.expressions):
+            name = cte.alias_or_name
+            if not any(
+                t.name == name and not t.args.get("db") and _cte_named(t) is cte
+                for t in query.find_all(exp.Table)
+            ):
+                cte.pop()
+        if not with_.expressions:
+            with_.pop()

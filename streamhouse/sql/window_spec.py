@@ -310,6 +310,15 @@ def take_out_windows(query: exp.Query) -> tuple[exp.Query, dict[str, tuple[str, 
             continue
         source = windowed_side(select, rest)
         table = source.this if source is not None else None
+        if isinstance(table, exp.Subquery):  # one merging its input into ``select`` could not
+            raise _error(
+                f"{spec.kind.upper()} over a subquery or CTE that does more than filter and"
+                " project one stream (a join, an aggregate, a UNION, ...) is not supported:"
+                " window the stream and filter or join the windows' rows in the query over the"
+                " TVF",
+                table,
+                select,
+            )
         if not isinstance(table, exp.Table) or isinstance(table.this, exp.Func):
             raise _error("a window must be over a stream, view or topic", table, select)
         name = f"__window_{len(windowed)}_{table.name}"
