@@ -40,7 +40,7 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -180,10 +180,15 @@ def limits(config: dict[str, str], target_bytes: int) -> tuple[int, int | None]:
 
 
 def compact(
-    log_: Log, topics: Iterable[str] | None = None, *, holder: str | None = None
+    log_: Log,
+    topics: Iterable[str] | None = None,
+    *,
+    holder: str | None = None,
+    partitions: Mapping[str, Collection[int]] | None = None,
 ) -> CompactionReport:
-    """One compaction pass over ``topics`` (default: every topic) as ``holder`` of the
-    partitions' leases (see the module); a topic deleted meanwhile is passed over."""
+    """One compaction pass over ``topics`` (default: every topic; with ``partitions``, those
+    partitions of each topic only) as ``holder`` of the partitions' leases (see the module);
+    a topic deleted meanwhile is passed over."""
     started = time.monotonic()
     holder = holder or compactor_id()
     report = CompactionReport()
@@ -192,6 +197,8 @@ def compact(
     for info in log_.topic_infos(topics):
         codec = codec_for(info.config, log_.settings.compaction_compression)
         for partition in range(info.partitions):
+            if partitions is not None and partition not in partitions.get(info.name, ()):
+                continue
             lease = metadata.acquire_lease(lease_name(info.name, partition), holder, ttl_ms)
             if lease is None:
                 report.busy.append((info.name, partition))

@@ -5,7 +5,8 @@ API, Kafka CreateTopics, AlterConfigs and IncrementalAlterConfigs) goes through
 :func:`validate_topic_config`: a name Kafka does not define, a value of the wrong type or out
 of range raises :class:`~streamhouse.errors.InvalidConfigError` (Kafka's INVALID_CONFIG).
 
-Those the log acts on: ``max.message.bytes`` (on produce), ``retention.ms`` and
+Those the log acts on: ``max.message.bytes`` and ``message.timestamp.type`` (on produce:
+``LogAppendTime`` stamps each batch with the time of its append), ``retention.ms`` and
 ``retention.bytes`` (the retention pass, :mod:`streamhouse.log.retention`), ``cleanup.policy``
 (``compact`` adds key compaction, :mod:`streamhouse.log.key_compaction`, with
 ``min.compaction.lag.ms`` and ``delete.retention.ms``).
@@ -156,6 +157,8 @@ def _problem(name: str, value: object) -> str | None:
             return f"topic config {name}={value} is out of range: at least {lowest}"
     elif kind is ConfigType.BOOLEAN and value.lower() not in ("true", "false"):
         return f"topic config {name}={value!r} is not true or false"
+    elif name == "message.timestamp.type" and value not in ("CreateTime", "LogAppendTime"):
+        return f"message.timestamp.type={value!r}: expected 'CreateTime' or 'LogAppendTime'"
     elif name == "cleanup.policy":
         policies = {p.strip() for p in value.split(",")}
         if not policies or not policies <= {"delete", "compact"}:
