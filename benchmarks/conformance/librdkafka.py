@@ -284,11 +284,12 @@ def main(argv: list[str] | None = None) -> None:
             found, output = run_number(runner, number, selection, scratch)
             outcomes = sorted([*outcomes, *found], key=lambda o: o.test)
             (RESULTS.parent / "conformance_logs").mkdir(exist_ok=True)
+            saved = RESULTS.parent / "conformance_logs" / f"{number}.txt"
             if any(o.result not in ("PASSED", "SKIPPED") for o in found):
                 kept = [line for line in output.splitlines() if not _WAITING.search(line)]
-                (RESULTS.parent / "conformance_logs" / f"{number}.txt").write_text(
-                    "\n".join(kept)[-30000:]
-                )
+                saved.write_text("\n".join(kept)[-30000:])
+            else:
+                saved.unlink(missing_ok=True)  # an earlier failure's log no longer applies
             for o in found:
                 log.info("%s %s %.0f s %s", o.test, o.result, o.seconds, o.first_error)
             write_table(outcomes, selection, started, args.label)

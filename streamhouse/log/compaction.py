@@ -159,15 +159,19 @@ def plan_groups(
 def limits(config: dict[str, str], target_bytes: int) -> tuple[int, int | None]:
     """The group size and time span compaction keeps to for a topic: never coarser than a
     tenth of its retention limits (or its ``segment.bytes``/``segment.ms``), so retention,
-    which drops whole index rows, still acts at a fine grain.
+    which drops whole index rows, still acts at a fine grain. A topic without retention
+    limits (a compacted one, typically) has no grain to keep: its groups go up to
+    ``target_bytes``, so cleaning it writes few objects.
 
     >>> limits({"retention.bytes": "20000", "retention.ms": "3600000"}, 1 << 24)
     (2000, 360000)
-    >>> limits({}, 1 << 24)
-    (16777216, None)
+    >>> limits({}, 1 << 24), limits({"segment.bytes": "10000"}, 1 << 24)
+    ((16777216, None), (16777216, None))
     """
     retention = Retention.of(config)
     size, span = target_bytes, None
+    if not retention.limited:
+        return size, span
     if retention.bytes is not None:
         size = min(size, max(1, retention.bytes // 10))
     if "segment.bytes" in config:

@@ -9,11 +9,13 @@ Those the log acts on: ``max.message.bytes`` and ``message.timestamp.type`` (on 
 ``LogAppendTime`` stamps each batch with the time of its append), ``retention.ms`` and
 ``retention.bytes`` (the retention pass, :mod:`streamhouse.log.retention`), ``cleanup.policy``
 (``compact`` adds key compaction, :mod:`streamhouse.log.key_compaction`, with
-``min.compaction.lag.ms`` and ``delete.retention.ms``).
-``segment.ms`` and ``segment.bytes`` bound the index rows compaction merges (as do a tenth of
-``retention.ms`` and ``retention.bytes``: :func:`streamhouse.log.compaction.limits`), so
-retention keeps dropping rows at a fine grain; ``compression.type`` is the codec compaction
-recompresses to. The others are stored and reported as given.
+``min.compaction.lag.ms`` and ``delete.retention.ms``; ``min.cleanable.dirty.ratio`` and
+``max.compaction.lag.ms`` decide when the log cleaner runs, :mod:`streamhouse.log.cleaner`).
+On a topic with a retention limit, ``segment.ms`` and ``segment.bytes`` bound the index rows
+compaction merges (as do a tenth of ``retention.ms`` and ``retention.bytes``:
+:func:`streamhouse.log.compaction.limits`), so retention keeps dropping rows at a fine grain;
+``compression.type`` is the codec compaction recompresses to. The others are stored and
+reported as given.
 
 >>> validate_topic_config({"retention.ms": "3600000"})
 {'retention.ms': '3600000'}
