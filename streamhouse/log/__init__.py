@@ -246,14 +246,25 @@ class Log:
         split: SplitBatches | None = None,
         *,
         urgent: bool = False,
+        now_ms: int | None = None,
     ) -> asyncio.Future[int]:
         """:meth:`append` from a running event loop, with an asyncio future resolved on it.
 
         ``batches`` may be a view of a request frame (no copy): it must not change until the
         future is resolved. ``urgent`` flushes without lingering (a transaction marker).
+        ``now_ms`` is the log-append time to stamp (default: now) where the topic wants one.
         """
-        batches, headers = self._validate(topic, partition, batches, split)
+        batches, headers = self._validate(topic, partition, batches, split, now_ms)
         return self.writer.append_async(topic, partition, batches, headers, urgent=urgent)
+
+    def stamps_append_time(self, topic: str) -> bool:
+        """Whether appends to the topic carry the log-append time (``message.timestamp.type``
+        ``LogAppendTime``); False for a topic that does not exist."""
+        try:
+            info, _ = self._produce_target(topic)
+        except UnknownTopicError:
+            return False
+        return info.config.get(TIMESTAMP_TYPE) == LOG_APPEND_TIME
 
     def _produce_target(self, topic: str) -> tuple[TopicInfo, int]:
         """The topic (cached up to ``TOPIC_CACHE_SECONDS``) and its max.message.bytes."""
@@ -274,6 +285,7 @@ class Log:
         partition: int,
         batches: bytes | memoryview,
         split: SplitBatches | None,
+        now_ms: int | None = None,
     ) -> tuple[bytes | memoryview | bytearray, list[tuple[int, BatchHeader]]]:
         """The batches to append (stamped with the log-append time where the topic's
         ``message.timestamp.type`` is ``LogAppendTime``, as Kafka's broker does) and each
@@ -299,7 +311,8 @@ class Log:
                 f" {topic}-{partition}."
             )
         if info.config.get(TIMESTAMP_TYPE) == LOG_APPEND_TIME:
-            batches = stamp_log_append_time(batches, split, time.time_ns() // 1_000_000)
+            now_ms = time.time_ns() // 1_000_000 if now_ms is None else now_ms
+            batches = stamp_log_append_time(batches, split, now_ms)
             headers = [(start, header) for start, _, header in split_batches(batches)]
         return batches, headers
 
