@@ -164,7 +164,7 @@ def _run_scenario(
             cwd=tests,
             env=env,
             capture_output=True,
-            timeout=selection["test_timeout_s"],
+            timeout=_timeout_s(number, selection),
         )
         output = _ANSI.sub("", (done.stdout + done.stderr).decode(errors="replace"))
         timed_out = False
@@ -189,7 +189,7 @@ def _run_scenario(
             verdicts[found.group(1)] = found.group(2)
     if timed_out:
         verdicts = {name: "TIMEOUT" for name in verdicts} or {number: "TIMEOUT"}
-        first_error = first_error or f"no verdict within {selection['test_timeout_s']} s"
+        first_error = first_error or f"no verdict within {_timeout_s(number, selection)} s"
     if not verdicts:
         verdicts = {number: "ERROR"}
         first_error = (
@@ -199,6 +199,12 @@ def _run_scenario(
         Outcome(number, name, result, seconds, first_error if result != "PASSED" else "")
         for name, result in sorted(verdicts.items())
     ], output
+
+
+def _timeout_s(number: str, selection: dict) -> float:
+    """How long the runner gives one test number: ``test_timeout_s`` unless ``[timeouts]``
+    names it."""
+    return selection.get("timeouts", {}).get(number, selection["test_timeout_s"])
 
 
 def first_failure(output: str) -> str:
