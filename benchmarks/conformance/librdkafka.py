@@ -10,7 +10,7 @@ directory, and writes a table (test, result, seconds, first error) to
 
 A test number's result is librdkafka's own verdict for each of its tests (PASSED, FAILED,
 SKIPPED by the suite itself); a runner that hangs past ``test_timeout_s`` is TIMEOUT.
-Not part of ``make test``: the whole selection takes about half an hour.
+Not part of ``make test``: the whole selection takes about 45 minutes (0113 alone 15).
 """
 
 from __future__ import annotations
