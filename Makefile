@@ -34,7 +34,7 @@ kcat:
 		(command -v sudo >/dev/null && sudo apt-get update -qq && sudo apt-get install -y -qq kcat) >/dev/null 2>&1 || \
 		echo "kcat is missing: install it with apt-get install kcat" >&2
 
-# librdkafka's own test suite against `serve` (about 30 minutes; not part of `make test`):
+# librdkafka's own test suite against `serve` (about 45 minutes; not part of `make test`):
 # fetched with `apt-get source librdkafka`, built under build/conformance, results in
 # benchmarks/results/conformance_librdkafka.md. Selection: benchmarks/conformance/selection.toml.
 conformance: $(STAMP)

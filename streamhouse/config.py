@@ -32,6 +32,8 @@ class Settings:
     longest a flush can take between its put and its commit (S3 retries, metadata busy
     timeouts), so an object on its way to being committed is never taken for an orphan.
     ``retention_check_interval_s`` is how often ``serve`` runs a retention pass;
+    ``log_cleaner_backoff_s`` how often it looks for partitions of compacted topics due for
+    cleaning (Kafka's ``log.cleaner.backoff.ms``: :mod:`streamhouse.log.cleaner`);
     ``object_delete_delay_s`` how long a segment object no index row names any more is kept
     before it is deleted (as Kafka's ``file.delete.delay.ms``): fetches and queries that read
     the index before find it for that long. ``producer_id_expiration_s`` is how long the
@@ -56,6 +58,9 @@ class Settings:
     Metadata answer once their heartbeat is older than ``agent_ttl_s`` (at once when another
     agent's link to them closes and their address refuses connections: a killed process).
     Group coordinator leases last ``agent_ttl_s`` too.
+    ``group_initial_rebalance_delay_ms`` is how long an empty consumer group waits for more
+    members before its first generation (Kafka's ``group.initial.rebalance.delay.ms``:
+    Kafka's default is 3000, its shipped ``server.properties`` sets 0, as serve's default).
     ``query_lease_ttl_s`` is how long an agent's hold on a continuous query lasts unless
     renewed (every third of it): after a holder dies, another agent resumes the query within
     about that long.
@@ -66,7 +71,9 @@ class Settings:
     ``sasl_mechanisms`` are those SASL listeners offer: ``PLAIN``, ``SCRAM-SHA-256``,
     ``SCRAM-SHA-512`` (comma-separated).
     ``authorizer`` is ``none`` (everything allowed) or ``acl`` (Kafka ACLs in the metadata
-    store decide); ``super_users`` (``User:admin;User:ops``) bypass them; each agent reloads
+    store decide); ``super_users`` (``User:admin;User:ops``) bypass them;
+    ``allow_everyone_if_no_acl_found`` opens a resource no ACL names to everyone (Kafka's
+    ``allow.everyone.if.no.acl.found``, default false as there); each agent reloads
     ACLs changed elsewhere within ``acl_refresh_s``. A failed SASL login is answered after
     ``failed_login_delay_ms`` (Kafka's ``connection.failed.authentication.delay.ms``).
     """
@@ -90,10 +97,12 @@ class Settings:
     zone: str = ""
     agent_group: str = "default"
     agent_ttl_s: float = 3.0
+    group_initial_rebalance_delay_ms: float = 0.0
     query_lease_ttl_s: float = 10.0
     auto_create_topics: bool = True
     orphan_min_age_s: float = 3600.0
     retention_check_interval_s: float = 60.0
+    log_cleaner_backoff_s: float = 15.0
     object_delete_delay_s: float = 60.0
     producer_id_expiration_s: float = 86400.0
     compaction_target_bytes: int = 16 * 1024 * 1024
@@ -112,6 +121,7 @@ class Settings:
     sasl_mechanisms: str = "SCRAM-SHA-256,SCRAM-SHA-512"
     authorizer: str = "none"
     super_users: str = ""
+    allow_everyone_if_no_acl_found: bool = False
     acl_refresh_s: float = 1.0
     failed_login_delay_ms: float = 100.0
 

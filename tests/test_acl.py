@@ -99,6 +99,27 @@ def test_authorizer_decides_as_kafka() -> None:
     assert not auth.writes_some_topic("User:bob", "1.2.3.4")
 
 
+def test_allow_if_no_acl_opens_only_resources_no_acl_names() -> None:
+    """Kafka's ``allow.everyone.if.no.acl.found``: a resource with no ACL at all is open; one
+    ACL on it, even for someone else, closes it to the others; DENY still wins."""
+    op, topic = acl.AclOperation, acl.ResourceType.TOPIC
+    bindings = [_binding("orders", op.WRITE), _binding("logs-", op.READ, prefixed=True),
+                _binding("closed", op.ALL, deny=True, principal="User:*")]  # fmt: skip
+    auth = Authorizer(bindings, allow_if_no_acl=True)
+    strict = Authorizer(bindings)
+
+    def ok(a: Authorizer, principal: str, operation: acl.AclOperation, name: str) -> bool:
+        return a.allowed(principal, "127.0.0.1", operation, topic, name)
+
+    assert ok(auth, "User:ANONYMOUS", op.WRITE, "anything")  # no ACL names it
+    assert not ok(strict, "User:ANONYMOUS", op.WRITE, "anything")
+    assert ok(auth, "User:alice", op.WRITE, "orders")
+    assert not ok(auth, "User:bob", op.WRITE, "orders")  # an ACL for alice closes it to bob
+    assert not ok(auth, "User:bob", op.READ, "logs-eu")  # so does a prefixed one
+    assert not ok(auth, "User:ANONYMOUS", op.DESCRIBE, "closed")  # DENY wins
+    assert ok(auth, "User:ANONYMOUS", op.READ, "open")
+
+
 def test_filters_match_as_describe_and_delete_do() -> None:
     op = acl.AclOperation
     literal = _binding("orders", op.WRITE)
@@ -196,8 +217,13 @@ def _acl(name: str, op: AclOperation, *, user: str = "alice", prefixed: bool = F
 
 def _produce(server: KafkaServer, user: str, topic: str) -> KafkaError | None:
     """Produce one record as ``user``; the delivery error, if any."""
+    return _delivery_error(_config(server, user), topic)
+
+
+def _delivery_error(config: dict, topic: str) -> KafkaError | None:
+    """Produce one record with the client ``config``; the delivery error, if any."""
     errors: list[KafkaError | None] = []
-    producer = Producer({**_config(server, user), "message.timeout.ms": 5000})
+    producer = Producer({**config, "message.timeout.ms": 5000})
     producer.produce(topic, b"v", on_delivery=lambda err, _msg: errors.append(err))
     producer.flush(TIMEOUT)
     assert len(errors) == 1
@@ -416,6 +442,64 @@ def test_confluent_describes_and_deletes_acls(acl_server: KafkaServer) -> None:
     (deleted,) = admin.delete_acls([wanted]).values()
     assert [b.name for b in deleted.result(TIMEOUT)] == ["private"]
     assert admin.describe_acls(wanted).result(TIMEOUT) == []
+
+
+def test_acl_apis_without_an_authorizer_answer_security_disabled(tmp_path: Path) -> None:
+    """A serve without --authorizer answers CreateAcls and DescribeAcls SECURITY_DISABLED, as
+    a Kafka broker with no authorizer does, instead of storing ACLs that decide nothing."""
+    server = KafkaServer(tmp_path / "data").start()
+    try:
+        admin = AdminClient({"bootstrap.servers": server.bootstrap})
+        (created,) = admin.create_acls([_acl("orders", AclOperation.WRITE)]).values()
+        with pytest.raises(KafkaException) as raised:
+            created.result(TIMEOUT)
+        assert raised.value.args[0].code() == KafkaError.SECURITY_DISABLED
+        with RawClient(server.bootstrap) as client:  # confluent-kafka drops this error
+            described = client.request(
+                29, 1, resource_type_filter=1, resource_name_filter=None, pattern_type_filter=1,
+                principal_filter=None, host_filter=None, operation=1, permission_type=1,
+            )  # fmt: skip
+        assert described.error_code == KafkaError.SECURITY_DISABLED
+        assert described.error_message.startswith("No Authorizer is configured on the broker")
+    finally:
+        assert server.stop() == 0, server.log()
+
+
+def _produce_plain(server: KafkaServer, topic: str) -> KafkaError | None:
+    return _delivery_error({"bootstrap.servers": server.bootstrap}, topic)
+
+
+def test_allow_everyone_if_no_acl_found_as_librdkafkas_brokers(tmp_path: Path) -> None:
+    """``--authorizer acl`` with ``allow_everyone_if_no_acl_found`` (the broker configuration
+    librdkafka's own suite runs against): anonymous clients may do anything no ACL speaks of;
+    a DENY of everyone on one topic (librdkafka's 0109) shuts that topic alone, and the ACLs
+    anonymous clients create are the ones DescribeAcls lists (0081)."""
+    server = KafkaServer(
+        tmp_path / "data",
+        env={"STREAMHOUSE_ALLOW_EVERYONE_IF_NO_ACL_FOUND": "true"},
+        args=["--authorizer", "acl"],
+    ).start()
+    try:
+        admin = AdminClient({"bootstrap.servers": server.bootstrap})
+        for future in admin.create_topics([NewTopic(t, 1) for t in ("open", "shut")]).values():
+            future.result(TIMEOUT)
+        assert _produce_plain(server, "shut") is None
+        deny = _acl("shut", AclOperation.ALL, user="*", deny=True)
+        (created,) = admin.create_acls([deny]).values()
+        created.result(TIMEOUT)
+        refused = _produce_plain(server, "shut")
+        assert refused is not None and refused.code() == KafkaError.TOPIC_AUTHORIZATION_FAILED
+        assert _produce_plain(server, "open") is None
+        everything = AclBindingFilter(ResourceType.ANY, None, ResourcePatternType.ANY, None,
+                                      None, AclOperation.ANY, AclPermissionType.ANY)  # fmt: skip
+        found = admin.describe_acls(everything).result(TIMEOUT)
+        assert [(b.name, b.principal, b.permission_type) for b in found] == [
+            ("shut", "User:*", AclPermissionType.DENY)
+        ]
+        listed = admin.list_topics(timeout=TIMEOUT).topics
+        assert "open" in listed and "shut" not in listed
+    finally:
+        assert server.stop() == 0, server.log()
 
 
 # -- streamhouse acl: the command line ------------------------------------------------------

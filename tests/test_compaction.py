@@ -23,8 +23,9 @@ import numpy as np
 import pyarrow as pa
 import pytest
 from click.testing import CliRunner
-from confluent_kafka import Consumer, Producer
+from confluent_kafka import Consumer, KafkaError, Producer
 from confluent_kafka import TopicPartition as CTopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
 from kafka import KafkaConsumer, TopicPartition
 from kafka_fixtures import REPO, KafkaServer, guarded
 
@@ -33,6 +34,7 @@ from streamhouse import StreamHouse
 from streamhouse.cli import main
 from streamhouse.errors import InvalidRecordError
 from streamhouse.log import compaction_notes, fsck
+from streamhouse.log.cleaner import Cleaner
 from streamhouse.log.metadata import SegmentRow
 from streamhouse.log.metadata.swaps import SegmentSwap, SwapOutcome, lease_name
 from streamhouse.log.records import Compression, build_batch, decode_batches, split_batches
@@ -326,6 +328,105 @@ def test_kafka_clients_read_a_key_compacted_topic_with_its_gaps(tmp_path: Path) 
         assert read == stayed
     finally:
         server.stop()
+
+
+def test_the_cleaner_cleans_partitions_as_kafkas_dirty_ratio_and_lag_say(tmp_path: Path) -> None:
+    """Kafka's cleaner rules: a compacted partition is cleaned when the bytes written since its
+    last cleaning are more than ``min.cleanable.dirty.ratio`` of its cleanable bytes, or its
+    oldest uncleaned record is older than ``max.compaction.lag.ms``; never the active row; a
+    partition with nothing new is not touched; topics that are not compacted never."""
+    with streamhouse.connect(tmp_path / "data", linger_ms=1, object_delete_delay_s=0) as sh:
+        sh.create_topic("kv", partitions=2, config={"cleanup.policy": "compact"})
+        sh.create_topic("plain")
+        for flush in range(10):  # unique keys that stay, and "a" written over and over
+            keys = [f"u{flush}-{i}" for i in range(5)] + ["a"]
+            for partition in range(2):
+                sh.produce("kv", ["x" * 200] * 6, key=keys, partition=partition)
+            sh.produce("plain", [f"v{flush}"])
+        plain_rows = sh.log.metadata.inner.segments("plain", 0)
+        cleaner = Cleaner(sh.log)
+
+        def a_offsets(partition: int) -> list[int]:
+            table = sh.fetch("kv", partition)
+            keys, offsets = table["key"].to_pylist(), table["offset"].to_pylist()
+            assert {k for k in keys if k != b"a"} == {
+                f"u{f}-{i}".encode() for f in range(10) for i in range(5)
+            }
+            return [o for k, o in zip(keys, offsets, strict=True) if k == b"a"]  # fmt: skip
+
+        report = cleaner.run_once()  # never cleaned: all dirty (ratio 1 > 0.5)
+        assert report is not None and report.rows_replaced == 2 * 9  # not the active rows
+        assert a_offsets(0) == a_offsets(1) == [59]  # the latest "a", in the active row
+        assert sh.log.metadata.inner.segments("plain", 0) == plain_rows
+        assert cleaner.run_once() is None  # nothing written since
+        untouched = sh.log.metadata.inner.segments("kv", 1)
+
+        sh.produce("kv", ["y"], key=["a"], partition=0)  # the last row (with an "a") is dirty
+        assert cleaner.run_once() is None  # a dirty ratio below 0.5
+        sh.alter_topic("kv", {"min.cleanable.dirty.ratio": "0.01"})
+        assert cleaner.run_once() is not None
+        assert a_offsets(0) == [60]  # only the latest "a" is left
+        assert sh.log.metadata.inner.segments("kv", 1) == untouched
+
+        sh.alter_topic("kv", {"min.cleanable.dirty.ratio": "0.99"})
+        sh.produce("kv", ["z"], key=["a"], partition=0)
+        time.sleep(0.01)
+        assert cleaner.run_once() is None  # little dirty, and no max.compaction.lag.ms
+        sh.alter_topic("kv", {"max.compaction.lag.ms": "1"})
+        assert cleaner.run_once() is not None  # its oldest dirty record is older than that
+        assert a_offsets(0) == [61]
+
+
+def test_serve_cleans_a_compacted_topic_within_its_cleaner_backoff(tmp_path: Path) -> None:
+    """librdkafka's 0077 against serve: a topic created with cleanup.policy=compact and
+    min.cleanable.dirty.ratio=0.01 through the admin API is cleaned by the log cleaner
+    (log_cleaner_backoff_s), not the hourly compaction pass; consumers then read the latest
+    record of each key at its offset."""
+    env = _env(None, retention_check_interval_s="3600", log_cleaner_backoff_s="0.5")
+    server = KafkaServer(tmp_path / "data", env=env).start()
+    try:
+        admin = AdminClient({"bootstrap.servers": server.bootstrap})
+        config = {"cleanup.policy": "compact", "min.cleanable.dirty.ratio": "0.01",
+                  "segment.ms": "10000", "segment.bytes": "10000"}  # fmt: skip
+        admin.create_topics([NewTopic("kv", 1, 1, config=config)])["kv"].result(30)
+        producer = Producer({"bootstrap.servers": server.bootstrap, "linger.ms": 0})
+        for i in range(10):
+            producer.produce("kv", f"v{i}".encode(), key=b"k1")
+            assert producer.flush(30) == 0  # one batch, one index row each
+        producer.produce("kv", b"tombstone-next", key=b"k2")
+        producer.produce("kv", None, key=b"k2")
+        assert producer.flush(30) == 0
+        producer.produce("kv", b"filler", key=b"k3")  # the active row
+        assert producer.flush(30) == 0
+        cleaned = [(9, b"k1", b"v9"), (11, b"k2", None), (12, b"k3", b"filler")]
+        deadline = time.monotonic() + 60
+        while (got := _read_kv(server.bootstrap)) != cleaned:
+            assert time.monotonic() < deadline, f"not cleaned: {got}"
+            time.sleep(0.3)
+    finally:
+        assert server.stop() == 0, server.log()
+
+
+def _read_kv(bootstrap: str) -> list[tuple[int, bytes | None, bytes | None]]:
+    """(offset, key, value) of the records of kv-0 from its start, until the high watermark."""
+    consumer = Consumer(
+        {"bootstrap.servers": bootstrap, "group.id": "r", "enable.partition.eof": True}
+    )
+    consumer.assign([CTopicPartition("kv", 0, 0)])
+    got: list[tuple[int, bytes | None, bytes | None]] = []
+    deadline = time.monotonic() + 30
+    try:
+        while time.monotonic() < deadline:
+            m = consumer.poll(0.5)
+            if m is None:
+                continue
+            if m.error() is not None:
+                assert m.error().code() == KafkaError._PARTITION_EOF, m.error()
+                return got
+            got.append((m.offset(), m.key(), m.value()))
+        raise AssertionError(f"no end of kv-0 within 30 s: {got}")
+    finally:
+        consumer.close()
 
 
 def test_compaction_on_s3(tmp_path: Path, moto_server: str, s3_url: Callable[[str], str]) -> None:

@@ -514,3 +514,74 @@ def consume_confluent_one_partition(bootstrap: str, topic: str, count: int) -> l
         ]
     consumer.close()
     return got
+
+
+@pytest.mark.parametrize("codec", ["none", "gzip"])
+def test_log_append_time_topics_carry_the_brokers_time(
+    kafka_server: KafkaServer, new_topic, codec: str
+) -> None:
+    """``message.timestamp.type=LogAppendTime`` (librdkafka's 0052): the broker stamps every
+    batch with the time it appends it, whatever the producer set; consumers see that time
+    and its type. A topic with the default CreateTime keeps the producer's timestamps."""
+    from confluent_kafka import (
+        OFFSET_BEGINNING,
+        TIMESTAMP_CREATE_TIME,
+        TIMESTAMP_LOG_APPEND_TIME,
+        Consumer,
+        TopicPartition,
+    )
+
+    stamped = new_topic(partitions=PARTITIONS, message_timestamp_type="LogAppendTime")
+    plain = new_topic(partitions=PARTITIONS)
+    recs = records(20)  # the producer's timestamps are a minute old
+    before = int(time.time() * 1000)
+    for topic in (stamped, plain):
+        produce_confluent(kafka_server.bootstrap, topic, recs, codec)
+    after = int(time.time() * 1000)
+
+    got = consume_kafka_python(kafka_server.bootstrap, stamped, len(recs))
+    assert {(g[0], g[2], g[3]) for g in got} == {(r.partition, r.key, r.value) for r in recs}
+    assert len(got) == len(recs) and all(before <= g[5] <= after for g in got)
+    kept = consume_kafka_python(kafka_server.bootstrap, plain, len(recs))
+    assert sorted(g[5] for g in kept) == sorted(r.timestamp for r in recs)
+
+    from confluent_kafka import Producer
+
+    delivered: list[tuple[int, int]] = []
+    producer = Producer({"bootstrap.servers": kafka_server.bootstrap, "compression.type": codec})
+    producer.produce(stamped, b"one more", timestamp=1000,
+                     on_delivery=lambda _err, msg: delivered.append(msg.timestamp()))  # fmt: skip
+    assert producer.flush(TIMEOUT) == 0
+    ((kind, when),) = delivered  # the produce response carries the broker's time, as Kafka's
+    assert kind == TIMESTAMP_LOG_APPEND_TIME and after <= when <= int(time.time() * 1000)
+
+    consumer = Consumer({"bootstrap.servers": kafka_server.bootstrap, "group.id": "unused"})
+    try:
+        seen: dict[str, set[int]] = {stamped: set(), plain: set()}
+        consumer.assign(
+            [TopicPartition(t, p, OFFSET_BEGINNING) for t in seen for p in range(PARTITIONS)]
+        )
+        deadline = time.monotonic() + TIMEOUT
+        count = 0
+        while count < 2 * len(recs) + 1 and time.monotonic() < deadline:
+            for m in consumer.consume(100, timeout=0.5):
+                assert m.error() is None, m.error()
+                seen[m.topic()].add(m.timestamp()[0])
+                count += 1
+        assert count == 2 * len(recs) + 1
+        assert seen == {stamped: {TIMESTAMP_LOG_APPEND_TIME}, plain: {TIMESTAMP_CREATE_TIME}}
+    finally:
+        consumer.close()
+
+
+def test_an_unknown_timestamp_type_is_refused(kafka_server: KafkaServer) -> None:
+    from confluent_kafka import KafkaError, KafkaException
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    admin = AdminClient({"bootstrap.servers": kafka_server.bootstrap})
+    topic = f"ts-{time.monotonic_ns()}"
+    new = NewTopic(topic, 1, config={"message.timestamp.type": "WhenItArrives"})
+    with pytest.raises(KafkaException) as raised:
+        admin.create_topics([new])[topic].result(10)
+    assert raised.value.args[0].code() == KafkaError.INVALID_CONFIG
+    assert "expected 'CreateTime' or 'LogAppendTime'" in raised.value.args[0].str()

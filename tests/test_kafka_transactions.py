@@ -176,6 +176,26 @@ def test_open_transaction_holds_back_read_committed(
     ]
 
 
+def test_acknowledged_transactional_records_are_in_the_high_watermark(
+    kafka_server: KafkaServer, new_topic
+) -> None:
+    """librdkafka's 0103 (wmark_isolation_level): right after a transactional producer's
+    flush, ListOffsets sees its records in the high watermark (read_uncommitted) and not in
+    the last stable offset, as after a Kafka broker's acknowledgement, though serve answers
+    those batches before they are durable."""
+    topic = new_topic(1)
+    plain = Producer({"bootstrap.servers": kafka_server.bootstrap, "linger.ms": 5})
+    send(plain, topic, [f"before-{i}" for i in range(10)], partitions=1)
+    p = producer(kafka_server, f"tx-{uuid.uuid4().hex[:8]}")
+    for round_ in range(3):
+        p.begin_transaction()
+        send(p, topic, [f"t{round_}-{i}" for i in range(20)], partitions=1)
+        stable = 10 + round_ * 21  # each round's 20 records and its marker before
+        assert _list_latest(kafka_server, topic, 0) == stable + 20
+        assert _list_latest(kafka_server, topic, 1) == stable
+        p.commit_transaction(TIMEOUT)
+
+
 def test_zombie_producer_is_fenced(kafka_server: KafkaServer, new_topic) -> None:
     topic = new_topic(2)
     transactional_id = f"tx-{uuid.uuid4().hex[:8]}"

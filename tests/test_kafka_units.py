@@ -136,6 +136,45 @@ def test_static_members_leave_by_instance_id_and_expire_whatever_they_awaited() 
     asyncio.run(scenario())
 
 
+def test_initial_rebalance_delay_waits_for_members_joining_together_as_kafka() -> None:
+    """``group.initial.rebalance.delay.ms``: an empty group's first generation waits the
+    delay; a member joining a brand-new group during it extends the wait once more (Kafka's
+    InitialDelayedJoin); then both are in generation 1, nobody rebalances twice."""
+
+    async def scenario() -> None:
+        groups = GroupCoordinator(initial_rebalance_delay_ms=1000)
+        first = _join(groups)
+        start = groups.groups["g"].not_before - 1.0
+        second = _join(groups)
+        await asyncio.sleep(0)
+        groups.expire(now=start + 0.5)
+        assert not first.done() and not second.done()  # within the delay
+        groups.expire(now=start + 1.01)  # the delay ends; a member came meanwhile: once more
+        assert not first.done() and not second.done()
+        assert groups.groups["g"].not_before == pytest.approx(start + 2.01)
+        groups.expire(now=start + 2.02)
+        a, b = await first, await second
+        assert a.generation == b.generation == 1 and len(a.members) == 2
+        # a group that was stable and emptied waits the delay, but is never extended again
+        groups.leave("g", [(a.member_id, None), (b.member_id, None)])
+        again = _join(groups)
+        later = groups.groups["g"].not_before
+        _join(groups)
+        await asyncio.sleep(0)
+        groups.expire(now=later + 0.01)
+        assert (await again).generation == 3  # the empty group's generation, then this one
+
+    asyncio.run(scenario())
+
+
+def test_no_initial_rebalance_delay_starts_the_first_generation_at_once() -> None:
+    async def scenario() -> None:
+        joined = await asyncio.wait_for(_join(GroupCoordinator(0)), 1)
+        assert joined.generation == 1
+
+    asyncio.run(scenario())
+
+
 def test_group_first_member_becomes_leader_and_stable_after_sync() -> None:
     async def scenario() -> None:
         groups = GroupCoordinator()

@@ -9,19 +9,15 @@ same with confluent-kafka's AdminClient against ``--bootstrap-server``: ``--crea
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 from confluent_kafka.admin import AdminClient, NewPartitions, NewTopic
 
+from benchmarks.conformance.kafka_cli import run_command, tool_parser
+
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="kafka-topics.sh")
-    parser.add_argument("--bootstrap-server", required=True)
-    action = parser.add_mutually_exclusive_group(required=True)
-    action.add_argument("--create", action="store_true")
-    action.add_argument("--delete", action="store_true")
-    action.add_argument("--alter", action="store_true")
+    parser = tool_parser("kafka-topics.sh", ("create", "delete", "alter"))
     parser.add_argument("--topic", required=True)
     parser.add_argument("--partitions", type=int)
     parser.add_argument("--replication-factor", type=int, default=1)
@@ -39,12 +35,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.partitions is None:
             parser.error("--alter needs --partitions")
         futures = admin.create_partitions([NewPartitions(topic, args.partitions)])
-    try:
-        futures[topic].result(60)
-    except Exception as exc:  # the tool prints the broker's error and fails
-        print(f"Error while executing topic command: {exc}", file=sys.stderr)
-        return 1
-    return 0
+    return run_command("topic", lambda: futures[topic].result(60))
 
 
 if __name__ == "__main__":

@@ -3,9 +3,12 @@
 With ``settings.authorizer = "acl"`` every request that touches a topic, a group or the
 cluster is checked against Kafka ACLs (:mod:`streamhouse.security.acl`) for the connection's
 principal and address; ``settings.super_users`` (``User:admin;User:ops``, comma or
-semicolon separated) bypass them. With ``"none"`` (the default) everything is allowed, as
-a Kafka broker without an authorizer. A denial answers with Kafka's code for the resource
-(TOPIC/GROUP/CLUSTER_AUTHORIZATION_FAILED, 29/30/31) and an INFO audit line (rate-limited).
+semicolon separated) bypass them; with ``settings.allow_everyone_if_no_acl_found`` a resource
+no ACL names is open to everyone (Kafka's ``allow.everyone.if.no.acl.found``). A denial
+answers with Kafka's code for the resource (TOPIC/GROUP/CLUSTER_AUTHORIZATION_FAILED,
+29/30/31) and an INFO audit line (rate-limited). With ``"none"`` (the default) everything is
+allowed, as a Kafka broker without an authorizer, and the ACL APIs answer
+``SECURITY_DISABLED`` as that broker does: ACLs stored there would decide nothing.
 
 The ACLs live in the metadata store, so every agent shares them. Each agent keeps them in
 memory (:class:`Access`), with the SCRAM credentials logins read, and reloads both when the
@@ -63,6 +66,9 @@ MAX_CACHED_CREDENTIALS = 10_000
 """Credentials (and unknown users) an agent remembers; then it starts over."""
 MAX_ITERATIONS = 16384
 """Kafka refuses more iterations than this."""
+NO_AUTHORIZER = "No Authorizer is configured on the broker (serve --authorizer acl)"
+"""Kafka's message for an ACL API on a broker without an authorizer."""
+_ACL_VERBS = {AclOperation.ALTER: "change", AclOperation.DESCRIBE: "describe"}
 
 
 def super_users_of(text: str | list[str] | tuple[str, ...]) -> frozenset[str]:
@@ -90,9 +96,10 @@ class Access:
             )
         self.enabled = settings.authorizer == "acl"
         self.super_users = super_users_of(settings.super_users)
+        self.allow_if_no_acl = settings.allow_everyone_if_no_acl_found
         self.refresh_s = settings.acl_refresh_s
         self.metadata = metadata
-        self.authorizer = Authorizer((), self.super_users)
+        self.authorizer = Authorizer((), self.super_users, allow_if_no_acl=self.allow_if_no_acl)
         self.version = -1
         self._credentials: dict[tuple[str, str], ScramCredential | None] = {}
 
@@ -104,7 +111,9 @@ class Access:
             return False
         if self.enabled:
             bindings = self.metadata.list_acls()
-            self.authorizer = Authorizer(bindings, self.super_users)
+            self.authorizer = Authorizer(
+                bindings, self.super_users, allow_if_no_acl=self.allow_if_no_acl
+            )
             log.debug("ACLs reloaded: %d binding(s), version %d", len(bindings), version)
         self._credentials = {}
         self.version = version
@@ -190,6 +199,21 @@ class Access:
     def cluster_denied(self, session: Session | None, operation: AclOperation) -> ErrorCode | None:
         return self.denied(session, operation, ResourceType.CLUSTER, CLUSTER_NAME)
 
+    def acl_api_refused(
+        self, session: Session | None, operation: AclOperation
+    ) -> tuple[ErrorCode, str] | None:
+        """Why an ACL API (CreateAcls, DescribeAcls, DeleteAcls) is refused, if it is: no
+        authorizer (``SECURITY_DISABLED``, as from Kafka), or ``operation`` on the cluster
+        denied."""
+        if not self.enabled:
+            return ErrorCode.security_disabled, NO_AUTHORIZER
+        if self.cluster_denied(session, operation) is not None:
+            return (
+                ErrorCode.cluster_authorization_failed,
+                f"{operation.name} on the cluster is needed to {_ACL_VERBS[operation]} ACLs",
+            )
+        return None
+
 
 # -- ACL APIs ---------------------------------------------------------------------------------
 
@@ -225,12 +249,12 @@ def _enum_error(exc: ValueError) -> str:
 
 async def handle_create_acls(broker: Broker, header: RequestHeader, request: Any) -> Any:
     module = messages(ApiKey.CREATE_ACLS, header.api_version, True)
-    refused = broker.access.cluster_denied(header.session, AclOperation.ALTER)
+    refused = broker.access.acl_api_refused(header.session, AclOperation.ALTER)
     results: list[tuple[ErrorCode, str | None]] = []
     valid: list[AclBinding] = []
     for creation in request.creations:
         if refused is not None:
-            results.append((refused, "ALTER on the cluster is needed to create ACLs"))
+            results.append(refused)
             continue
         try:
             binding = _binding(creation)
@@ -265,11 +289,11 @@ def _store(broker: Broker, change: Any, bindings: list[AclBinding]) -> None:
 
 async def handle_describe_acls(broker: Broker, header: RequestHeader, request: Any) -> Any:
     module = messages(ApiKey.DESCRIBE_ACLS, header.api_version, True)
-    refused = broker.access.cluster_denied(header.session, AclOperation.DESCRIBE)
+    refused = broker.access.acl_api_refused(header.session, AclOperation.DESCRIBE)
     resources: dict[tuple[int, str, int], list[AclBinding]] = {}
     error, message = ErrorCode.none, None
     if refused is not None:
-        error, message = refused, "DESCRIBE on the cluster is needed to describe ACLs"
+        error, message = refused
     else:
         try:
             wanted = _filter(request)
@@ -309,7 +333,7 @@ async def handle_describe_acls(broker: Broker, header: RequestHeader, request: A
 
 async def handle_delete_acls(broker: Broker, header: RequestHeader, request: Any) -> Any:
     module = messages(ApiKey.DELETE_ACLS, header.api_version, True)
-    refused = broker.access.cluster_denied(header.session, AclOperation.ALTER)
+    refused = broker.access.acl_api_refused(header.session, AclOperation.ALTER)
     if refused is None:
         await asyncio.to_thread(broker.access.reload)
     current = broker.access.authorizer.bindings
@@ -317,7 +341,7 @@ async def handle_delete_acls(broker: Broker, header: RequestHeader, request: Any
     gone: dict[AclBinding, None] = {}
     for f in request.filters:
         if refused is not None:
-            results.append((refused, "ALTER on the cluster is needed to delete ACLs", []))
+            results.append((*refused, []))
             continue
         try:
             wanted = _filter(f)

@@ -79,7 +79,12 @@ def _broker_configs(broker: Broker) -> dict[str, tuple[str, int]]:
             str(int(s.retention_check_interval_s * 1000)),
             ConfigType.LONG,
         ),
+        "log.cleaner.backoff.ms": (str(int(s.log_cleaner_backoff_s * 1000)), ConfigType.LONG),
         "offsets.topic.replication.factor": ("1", ConfigType.INT),
+        "group.initial.rebalance.delay.ms": (
+            f"{s.group_initial_rebalance_delay_ms:g}",
+            ConfigType.INT,
+        ),
         "delete.topic.enable": ("true", ConfigType.BOOLEAN),
     }
 

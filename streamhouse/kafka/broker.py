@@ -48,7 +48,7 @@ class Broker:
         self.access = Access(log_.metadata, settings)
         shared = sqlite_path(settings) is None
         self.cluster = Cluster(log_.metadata if shared else None, settings, agent_id)
-        self.groups = GroupCoordinator()
+        self.groups = GroupCoordinator(settings.group_initial_rebalance_delay_ms)
         self.coordination = GroupLeases(
             self.cluster, log_.metadata if shared else None, settings.agent_ttl_s
         )

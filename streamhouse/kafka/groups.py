@@ -22,6 +22,13 @@ the longest rebalance timeout passes, dropping those that did not); then a new g
 starts, the leader receives every member's subscription and the followers wait in SyncGroup
 for the assignment the leader computes. Heartbeats answer ``REBALANCE_IN_PROGRESS`` while a
 rebalance is being prepared, which is how members learn to rejoin.
+
+The first rebalance of an empty group waits ``initial_rebalance_delay_ms`` (Kafka's
+``group.initial.rebalance.delay.ms``) so that consumers started together land in one
+generation instead of one rebalance each; as in Kafka, a brand-new group that gained members
+during the wait waits once more (each wait at most that long, all of them within the
+longest rebalance timeout). 0 (serve's default, as in the ``server.properties`` Kafka ships)
+starts the generation at once.
 """
 
 from __future__ import annotations
@@ -52,9 +59,6 @@ log = logging.getLogger(__name__)
 MIN_SESSION_TIMEOUT_MS = 1_000
 MAX_SESSION_TIMEOUT_MS = 1_800_000
 MAX_METADATA_LENGTH = 4096
-INITIAL_REBALANCE_DELAY_MS = 0
-"""Kafka waits ``group.initial.rebalance.delay.ms`` (3 s) before the first generation of an
-empty group; this broker starts at once and rebalances as members arrive."""
 
 
 class GroupState(StrEnum):
@@ -129,6 +133,11 @@ class Group:
     members: dict[str, Member] = field(default_factory=dict)
     rebalance_deadline: float = 0.0
     not_before: float = 0.0
+    """The initial rebalance delay's end: no generation starts before it."""
+    delay_left_s: float = 0.0
+    """How much longer the initial delay may still be extended."""
+    new_member_added: bool = False
+    """A member joined a brand-new group during the initial delay (Kafka extends it then)."""
 
     def static_member(self, group_instance_id: str | None) -> Member | None:
         """The member holding this ``group.instance.id`` (KIP-345), if any."""
@@ -192,8 +201,9 @@ def subscription_topics(metadata: bytes) -> set[str]:
 class GroupCoordinator:
     """Every group of this broker; all methods run on the event loop thread."""
 
-    def __init__(self) -> None:
+    def __init__(self, initial_rebalance_delay_ms: float = 0.0) -> None:
         self.groups: dict[str, Group] = {}
+        self.initial_delay_s = max(0.0, initial_rebalance_delay_ms) / 1000
 
     # -- membership -----------------------------------------------------------------------
 
@@ -261,6 +271,8 @@ class GroupCoordinator:
             )
             if not group.members:
                 group.protocol_type = protocol_type
+            elif group.state is GroupState.PREPARING_REBALANCE and not group.generation:
+                group.new_member_added = self.initial_delay_s > 0  # may extend the delay
             group.members[member_id] = member
             log.info("group %s: member %s joins", group_id, member_id)
             changed = True
@@ -511,9 +523,11 @@ class GroupCoordinator:
                 waiter = member.sync_waiter
                 if waiter is not None and not waiter.done():
                     waiter.set_result((ErrorCode.rebalance_in_progress, b""))
-        if group.state in (GroupState.EMPTY, GroupState.DEAD):
-            group.not_before = now + INITIAL_REBALANCE_DELAY_MS / 1000
         timeout = max((m.rebalance_timeout_ms for m in group.members.values()), default=0)
+        if group.state in (GroupState.EMPTY, GroupState.DEAD):
+            group.not_before = now + self.initial_delay_s
+            group.delay_left_s = max(timeout / 1000 - self.initial_delay_s, 0.0)
+            group.new_member_added = False
         group.rebalance_deadline = now + timeout / 1000
         if group.state is not GroupState.PREPARING_REBALANCE:
             log.info("group %s: preparing rebalance", group.group_id)
@@ -523,7 +537,13 @@ class GroupCoordinator:
         if group.state is not GroupState.PREPARING_REBALANCE:
             return
         everyone = all(m.awaiting_join for m in group.members.values())
-        if now < group.not_before and now < group.rebalance_deadline:
+        if now < group.not_before:
+            return
+        if group.new_member_added and group.delay_left_s > 0:  # Kafka's InitialDelayedJoin
+            group.new_member_added = False
+            wait = min(self.initial_delay_s, group.delay_left_s)
+            group.not_before = now + wait
+            group.delay_left_s -= wait
             return
         if not everyone and now < group.rebalance_deadline:
             return

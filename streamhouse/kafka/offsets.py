@@ -87,6 +87,8 @@ async def handle_list_offsets(broker: Broker, header: RequestHeader, request: An
         for t in request.topics
         if not access.allowed(header.session, AclOperation.DESCRIBE, ResourceType.TOPIC, t.name)
     )
+    if any(p.timestamp == LATEST for t in request.topics for p in t.partitions):
+        await broker.transactions.appended()  # what was acknowledged is in the high watermark
     if all(p.timestamp < 0 for t in request.topics for p in t.partitions):
         return _answer(broker, module, request, denied)
     return await asyncio.to_thread(_answer, broker, module, request, denied)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import struct
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -150,18 +151,25 @@ def _result(outcome: Outcome) -> tuple[int, int]:
 
 
 def encode_produce_response(
-    correlation_id: int, api_version: int, topics: list[tuple[str, list[tuple[int, Outcome]]]]
+    correlation_id: int,
+    api_version: int,
+    topics: list[tuple[str, list[tuple[int, Outcome]]]],
+    append_times: dict[str, int] | None = None,
 ) -> bytes:
-    """The whole response frame (length prefix included); every future must be done."""
+    """The whole response frame (length prefix included); every future must be done.
+    ``append_times`` gives the log-append time of the topics that stamp one (Kafka answers
+    -1 for the others)."""
+    append_times = append_times or {}
     parts = [b"", _I32.pack(len(topics))]
     for name, partitions in topics:
         encoded = name.encode()
         parts.append(_I16.pack(len(encoded)))
         parts.append(encoded)
         parts.append(_I32.pack(len(partitions)))
+        stamp = append_times.get(name, -1)
         for index, outcome in partitions:
             error, offset = _result(outcome)
-            parts.append(_PARTITION.pack(index, error, offset, -1))
+            parts.append(_PARTITION.pack(index, error, offset, stamp if error == 0 else -1))
             if api_version >= 5:
                 parts.append(_NO_LOG_START)
             if api_version >= 8:
@@ -177,6 +185,7 @@ def _start_append(
     partition: int,
     records: memoryview | None,
     transactional_id: str | None = None,
+    now_ms: int | None = None,
 ) -> Outcome:
     """Validate one partition's batches and hand them to the log, without waiting.
 
@@ -211,7 +220,7 @@ def _start_append(
     if transactional_id is not None:
         early = broker.transactions.early_answers(transactional_id, header)
     try:
-        offset = broker.log.append_async(topic, partition, records, batches)
+        offset = broker.log.append_async(topic, partition, records, batches, now_ms=now_ms)
     except StreamHouseError as exc:
         log.debug("produce to %s/%d refused: %s", topic, partition, exc)
         return error_code_for(exc)
@@ -243,9 +252,13 @@ def handle_produce_frame(
     transaction_denied = request.transactional_id is not None and not access.allowed(
         session, AclOperation.WRITE, ResourceType.TRANSACTIONAL_ID, request.transactional_id
     )
+    now_ms = time.time_ns() // 1_000_000  # the log-append time of this request's batches
+    append_times: dict[str, int] = {}
     for name, partitions in request.topics:
         outcomes: list[tuple[int, Outcome]] = []
         allowed = access.allowed(session, AclOperation.WRITE, ResourceType.TOPIC, name)
+        if allowed and broker.log.stamps_append_time(name):
+            append_times[name] = now_ms
         for index, records in partitions:
             if acks not in (0, 1, -1):
                 outcome: Outcome = ErrorCode.invalid_required_acks
@@ -254,7 +267,9 @@ def handle_produce_frame(
             elif transaction_denied:
                 outcome = ErrorCode.transactional_id_authorization_failed
             else:
-                outcome = _start_append(broker, name, index, records, request.transactional_id)
+                outcome = _start_append(
+                    broker, name, index, records, request.transactional_id, now_ms
+                )
                 if not isinstance(outcome, ErrorCode):
                     waiting.append(outcome)
             outcomes.append((index, outcome))
@@ -265,7 +280,7 @@ def handle_produce_frame(
         return None
     correlation_id, version = request.correlation_id, request.api_version
     if all(future.done() for future in waiting):
-        return encode_produce_response(correlation_id, version, started)
+        return encode_produce_response(correlation_id, version, started, append_times)
     response: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
     remaining = len(waiting)
 
@@ -273,7 +288,9 @@ def handle_produce_frame(
         nonlocal remaining
         remaining -= 1
         if remaining == 0 and not response.done():
-            response.set_result(encode_produce_response(correlation_id, version, started))
+            response.set_result(
+                encode_produce_response(correlation_id, version, started, append_times)
+            )
 
     for future in waiting:
         future.add_done_callback(one_done)

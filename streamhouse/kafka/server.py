@@ -352,19 +352,31 @@ async def _sweep_groups(broker: Broker) -> None:
             log.exception("group coordinator sweep failed")
 
 
-async def _storage_lifecycle(log_: Log, interval_s: float) -> None:
-    """Run a retention pass, then a compaction pass, every ``interval_s`` (in a worker
-    thread)."""
+async def _every(interval_s: float, *steps: tuple[str, Callable[[], object]]) -> None:
+    """Run each ``(what, step)`` in a worker thread every ``interval_s``, one after the other;
+    a step that fails is logged and tried again next time."""
     while True:
         await asyncio.sleep(interval_s)
-        try:
-            await asyncio.to_thread(log_.enforce_retention)
-        except Exception:
-            log.exception("retention pass failed; the next one retries")
-        try:
-            await asyncio.to_thread(log_.compact)
-        except Exception:
-            log.exception("compaction pass failed; the next one retries")
+        for what, step in steps:
+            try:
+                await asyncio.to_thread(step)
+            except Exception:
+                log.exception("%s failed; the next one retries", what)
+
+
+def _storage_lifecycle(log_: Log, settings: Settings) -> asyncio.Future[Any]:
+    """A retention pass, then a compaction pass, every ``retention_check_interval_s``; and
+    Kafka's log cleaner over compacted topics every ``log_cleaner_backoff_s``
+    (:mod:`streamhouse.log.cleaner`)."""
+    from streamhouse.log.cleaner import Cleaner
+
+    passes = _every(
+        settings.retention_check_interval_s,
+        ("retention pass", log_.enforce_retention),
+        ("compaction pass", log_.compact),
+    )
+    cleaning = _every(settings.log_cleaner_backoff_s, ("log cleaner pass", Cleaner(log_).run_once))
+    return asyncio.gather(passes, cleaning)
 
 
 async def _tableflow(log_: Log, interval_s: float) -> None:
@@ -444,7 +456,7 @@ async def serve(
     group_leases = asyncio.create_task(broker.coordination.maintain())
     sweeper = asyncio.create_task(_sweep_groups(broker))
     transaction_sweeps = asyncio.create_task(broker.transactions.run_sweeps())
-    retention = asyncio.create_task(_storage_lifecycle(log_, settings.retention_check_interval_s))
+    retention = _storage_lifecycle(log_, settings)
     tableflow = asyncio.create_task(_tableflow(log_, settings.iceberg_freshness_s))
     acl_refresh = (
         asyncio.create_task(broker.access.refresh())

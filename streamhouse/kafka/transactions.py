@@ -221,6 +221,14 @@ class TransactionCoordinator:
             return None
         return begun.unflushed
 
+    async def appended(self) -> None:
+        """Wait until every batch answered early is in the log (or failed): a ListOffsets
+        after a producer's answer then counts its records in the high watermark, as after a
+        Kafka broker's answer (librdkafka's 0103 asks right after its flush)."""
+        pending = [f for b in self._begun.values() for f in b.unflushed if not f.done()]
+        if pending:
+            await asyncio.wait(pending)
+
     def _saw_begin(self, transactional_id: str, producer_id: int, epoch: int) -> None:
         """The producer's next transaction begins in sight of this agent."""
         if self._early_answers:

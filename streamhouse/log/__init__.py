@@ -43,6 +43,7 @@ from streamhouse.log.metadata.leases import Lease
 from streamhouse.log.objectstore import ObjectStore, open_object_store
 from streamhouse.log.reader import FetchResult, LogReader, ObjectCache
 from streamhouse.log.records import BatchHeader, decode_batches, split_batches, verify_crc
+from streamhouse.log.records.header import stamp_log_append_time
 from streamhouse.log.retention import RetentionReport, enforce_retention
 from streamhouse.log.segment import SEGMENT_PREFIX
 from streamhouse.log.sequence_notes import delete_notes
@@ -54,6 +55,8 @@ __all__ = ["FetchResult", "Log", "PartitionOffsets", "TopicInfo"]
 log = logging.getLogger(__name__)
 
 MAX_MESSAGE_BYTES = "max.message.bytes"
+TIMESTAMP_TYPE = "message.timestamp.type"
+LOG_APPEND_TIME = "LogAppendTime"
 
 TOPIC_CACHE_SECONDS = 1.0
 """How long the produce path trusts a topic's cached partition count and config.
@@ -231,7 +234,7 @@ class Log:
         ``split`` is ``split_batches(batches)`` if the caller has it already. With ``fence``
         the batches are committed only while that lease is held (``FencedError`` otherwise).
         """
-        headers = self._validate(topic, partition, batches, split)
+        batches, headers = self._validate(topic, partition, batches, split)
         data = batches if isinstance(batches, bytes) else bytes(batches)
         return self.writer.append(topic, partition, data, headers, fence)
 
@@ -255,14 +258,25 @@ class Log:
         split: SplitBatches | None = None,
         *,
         urgent: bool = False,
+        now_ms: int | None = None,
     ) -> asyncio.Future[int]:
         """:meth:`append` from a running event loop, with an asyncio future resolved on it.
 
         ``batches`` may be a view of a request frame (no copy): it must not change until the
         future is resolved. ``urgent`` flushes without lingering (a transaction marker).
+        ``now_ms`` is the log-append time to stamp (default: now) where the topic wants one.
         """
-        headers = self._validate(topic, partition, batches, split)
+        batches, headers = self._validate(topic, partition, batches, split, now_ms)
         return self.writer.append_async(topic, partition, batches, headers, urgent=urgent)
+
+    def stamps_append_time(self, topic: str) -> bool:
+        """Whether appends to the topic carry the log-append time (``message.timestamp.type``
+        ``LogAppendTime``); False for a topic that does not exist."""
+        try:
+            info, _ = self._produce_target(topic)
+        except UnknownTopicError:
+            return False
+        return info.config.get(TIMESTAMP_TYPE) == LOG_APPEND_TIME
 
     def _produce_target(self, topic: str) -> tuple[TopicInfo, int]:
         """The topic (cached up to ``TOPIC_CACHE_SECONDS``) and its max.message.bytes."""
@@ -283,12 +297,17 @@ class Log:
         partition: int,
         batches: bytes | memoryview,
         split: SplitBatches | None,
-    ) -> list[tuple[int, BatchHeader]]:
+        now_ms: int | None = None,
+    ) -> tuple[bytes | memoryview | bytearray, list[tuple[int, BatchHeader]]]:
+        """The batches to append (stamped with the log-append time where the topic's
+        ``message.timestamp.type`` is ``LogAppendTime``, as Kafka's broker does) and each
+        one's start and header; the errors Kafka gives for batches it refuses."""
         info, limit = self._produce_target(topic)
         if not 0 <= partition < info.partitions:
             raise UnknownPartitionError(topic, partition)
         headers = []
-        for start, end, header in split_batches(batches) if split is None else split:
+        split = split_batches(batches) if split is None else split
+        for start, end, header in split:
             if end - start > limit:
                 raise RecordTooLargeError(
                     f"batch of {end - start} bytes exceeds max.message.bytes={limit} of {topic!r}"
@@ -303,7 +322,11 @@ class Log:
                 f"Compacted topic cannot accept message without key in topic partition"
                 f" {topic}-{partition}."
             )
-        return headers
+        if info.config.get(TIMESTAMP_TYPE) == LOG_APPEND_TIME:
+            now_ms = time.time_ns() // 1_000_000 if now_ms is None else now_ms
+            batches = stamp_log_append_time(batches, split, now_ms)
+            headers = [(start, header) for start, _, header in split_batches(batches)]
+        return batches, headers
 
     def flush(self) -> None:
         self.writer.flush()

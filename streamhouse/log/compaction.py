@@ -40,7 +40,7 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -159,15 +159,19 @@ def plan_groups(
 def limits(config: dict[str, str], target_bytes: int) -> tuple[int, int | None]:
     """The group size and time span compaction keeps to for a topic: never coarser than a
     tenth of its retention limits (or its ``segment.bytes``/``segment.ms``), so retention,
-    which drops whole index rows, still acts at a fine grain.
+    which drops whole index rows, still acts at a fine grain. A topic without retention
+    limits (a compacted one, typically) has no grain to keep: its groups go up to
+    ``target_bytes``, so cleaning it writes few objects.
 
     >>> limits({"retention.bytes": "20000", "retention.ms": "3600000"}, 1 << 24)
     (2000, 360000)
-    >>> limits({}, 1 << 24)
-    (16777216, None)
+    >>> limits({}, 1 << 24), limits({"segment.bytes": "10000"}, 1 << 24)
+    ((16777216, None), (16777216, None))
     """
     retention = Retention.of(config)
     size, span = target_bytes, None
+    if not retention.limited:
+        return size, span
     if retention.bytes is not None:
         size = min(size, max(1, retention.bytes // 10))
     if "segment.bytes" in config:
@@ -180,10 +184,15 @@ def limits(config: dict[str, str], target_bytes: int) -> tuple[int, int | None]:
 
 
 def compact(
-    log_: Log, topics: Iterable[str] | None = None, *, holder: str | None = None
+    log_: Log,
+    topics: Iterable[str] | None = None,
+    *,
+    holder: str | None = None,
+    partitions: Mapping[str, Collection[int]] | None = None,
 ) -> CompactionReport:
-    """One compaction pass over ``topics`` (default: every topic) as ``holder`` of the
-    partitions' leases (see the module); a topic deleted meanwhile is passed over."""
+    """One compaction pass over ``topics`` (default: every topic; with ``partitions``, those
+    partitions of each topic only) as ``holder`` of the partitions' leases (see the module);
+    a topic deleted meanwhile is passed over."""
     started = time.monotonic()
     holder = holder or compactor_id()
     report = CompactionReport()
@@ -192,6 +201,8 @@ def compact(
     for info in log_.topic_infos(topics):
         codec = codec_for(info.config, log_.settings.compaction_compression)
         for partition in range(info.partitions):
+            if partitions is not None and partition not in partitions.get(info.name, ()):
+                continue
             lease = metadata.acquire_lease(lease_name(info.name, partition), holder, ttl_ms)
             if lease is None:
                 report.busy.append((info.name, partition))

@@ -36,7 +36,7 @@ from streamhouse.log.records import decode_batches
 if TYPE_CHECKING:
     from streamhouse.log import Log
 
-__all__ = ["Cleaning", "is_compacted", "plan_cleaning"]
+__all__ = ["Cleaning", "cleanable_rows", "is_compacted", "plan_cleaning"]
 
 DEFAULT_DELETE_RETENTION_MS = 86_400_000
 """Kafka's default ``delete.retention.ms`` (one day)."""
@@ -50,6 +50,18 @@ def is_compacted(config: Mapping[str, str]) -> bool:
     """
     policies = {p.strip() for p in config.get("cleanup.policy", "delete").split(",")}
     return "compact" in policies
+
+
+def cleanable_rows(
+    rows: Sequence[SegmentRow], config: Mapping[str, str], now: int
+) -> Sequence[SegmentRow]:
+    """The rows a cleaning may rewrite: those before the last one (the active segment) up to
+    the first with a record younger than ``min.compaction.lag.ms``."""
+    lag = int(config.get("min.compaction.lag.ms", 0))
+    for i, row in enumerate(rows[:-1]):
+        if row.max_timestamp > now - lag:
+            return rows[:i]
+    return rows[:-1]
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,13 +83,8 @@ def plan_cleaning(
     """What to clean in one partition whose index rows are ``rows`` (see the module); a group
     holds up to ``target_bytes`` and ``max_span_ms`` of timestamps (the topic's
     :func:`~streamhouse.log.compaction.limits`)."""
-    lag = int(config.get("min.compaction.lag.ms", 0))
     delete_retention = int(config.get("delete.retention.ms", DEFAULT_DELETE_RETENTION_MS))
-    cleanable: list[SegmentRow] = []
-    for row in rows[:-1]:
-        if row.max_timestamp > now - lag:
-            break
-        cleanable.append(row)
+    cleanable = cleanable_rows(rows, config, now)
     if not cleanable:
         return Cleaning([], np.zeros(0, np.int64))
     table = decode_batches([log_.reader.run_bytes(r) for r in rows])

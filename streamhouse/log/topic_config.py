@@ -5,14 +5,17 @@ API, Kafka CreateTopics, AlterConfigs and IncrementalAlterConfigs) goes through
 :func:`validate_topic_config`: a name Kafka does not define, a value of the wrong type or out
 of range raises :class:`~streamhouse.errors.InvalidConfigError` (Kafka's INVALID_CONFIG).
 
-Those the log acts on: ``max.message.bytes`` (on produce), ``retention.ms`` and
+Those the log acts on: ``max.message.bytes`` and ``message.timestamp.type`` (on produce:
+``LogAppendTime`` stamps each batch with the time of its append), ``retention.ms`` and
 ``retention.bytes`` (the retention pass, :mod:`streamhouse.log.retention`), ``cleanup.policy``
 (``compact`` adds key compaction, :mod:`streamhouse.log.key_compaction`, with
-``min.compaction.lag.ms`` and ``delete.retention.ms``).
-``segment.ms`` and ``segment.bytes`` bound the index rows compaction merges (as do a tenth of
-``retention.ms`` and ``retention.bytes``: :func:`streamhouse.log.compaction.limits`), so
-retention keeps dropping rows at a fine grain; ``compression.type`` is the codec compaction
-recompresses to. The others are stored and reported as given.
+``min.compaction.lag.ms`` and ``delete.retention.ms``; ``min.cleanable.dirty.ratio`` and
+``max.compaction.lag.ms`` decide when the log cleaner runs, :mod:`streamhouse.log.cleaner`).
+On a topic with a retention limit, ``segment.ms`` and ``segment.bytes`` bound the index rows
+compaction merges (as do a tenth of ``retention.ms`` and ``retention.bytes``:
+:func:`streamhouse.log.compaction.limits`), so retention keeps dropping rows at a fine grain;
+``compression.type`` is the codec compaction recompresses to. The others are stored and
+reported as given.
 
 >>> validate_topic_config({"retention.ms": "3600000"})
 {'retention.ms': '3600000'}
@@ -156,6 +159,8 @@ def _problem(name: str, value: object) -> str | None:
             return f"topic config {name}={value} is out of range: at least {lowest}"
     elif kind is ConfigType.BOOLEAN and value.lower() not in ("true", "false"):
         return f"topic config {name}={value!r} is not true or false"
+    elif name == "message.timestamp.type" and value not in ("CreateTime", "LogAppendTime"):
+        return f"message.timestamp.type={value!r}: expected 'CreateTime' or 'LogAppendTime'"
     elif name == "cleanup.policy":
         policies = {p.strip() for p in value.split(",")}
         if not policies or not policies <= {"delete", "compact"}:

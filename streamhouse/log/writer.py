@@ -442,7 +442,8 @@ class LogWriter:
                         producers.append((key, base, next_offset - base, header, item))
                     next_offset += header.last_offset_delta + 1
                     records += header.record_count
-                    lo, hi = header.base_timestamp, header.max_timestamp
+                    hi = header.max_timestamp
+                    lo = hi if header.timestamp_type else header.base_timestamp  # log-append
                     min_ts = lo if min_ts is None or lo < min_ts else min_ts
                     max_ts = hi if max_ts is None or hi > max_ts else max_ts
                 position += len(item.data)

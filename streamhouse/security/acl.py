@@ -188,12 +188,22 @@ class AclFilter:
 class Authorizer:
     """Decisions over a set of bindings; build a new one when they change.
 
-    ``super_users`` are principals allowed everything (``User:admin``).
+    ``super_users`` are principals allowed everything (``User:admin``). With
+    ``allow_if_no_acl`` (Kafka's ``allow.everyone.if.no.acl.found``) a resource that no binding
+    names (literally, by prefix or by the wildcard) is open to everyone; one binding on it, for
+    whoever, closes it to the others.
     """
 
-    def __init__(self, bindings: Iterable[AclBinding], super_users: Iterable[str] = ()) -> None:
+    def __init__(
+        self,
+        bindings: Iterable[AclBinding],
+        super_users: Iterable[str] = (),
+        *,
+        allow_if_no_acl: bool = False,
+    ) -> None:
         self.bindings = tuple(bindings)
         self.super_users = frozenset(super_users)
+        self.allow_if_no_acl = allow_if_no_acl
         self._literal: dict[tuple[int, str], list[AclBinding]] = {}
         self._prefixed: dict[tuple[int, str], list[AclBinding]] = {}
         self._prefix_lengths: dict[int, list[int]] = {}
@@ -253,7 +263,10 @@ class Authorizer:
             return True
         granted_by = _GRANTED_BY[AclOperation(operation)]
         allow = False
-        for b in self._matching(resource_type, name):
+        matching = self._matching(resource_type, name)
+        if not matching and self.allow_if_no_acl:
+            return True
+        for b in matching:
             if b.principal not in (principal, WILDCARD_PRINCIPAL) or b.host not in (host, WILDCARD):
                 continue
             if b.permission is AclPermission.DENY:

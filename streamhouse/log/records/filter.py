@@ -88,6 +88,7 @@ def drop_records(run: bytes | memoryview, keep: np.ndarray) -> bytes:
             header.base_sequence,
             last_offset_delta=header.last_offset_delta,
             leader_epoch=header.partition_leader_epoch,
+            flags=header.attributes & ~ATTR_COMPRESSION,  # transactional, log-append time
         )
     out: list[bytes | memoryview] = []
     for i, (start, end, _) in enumerate(batches):

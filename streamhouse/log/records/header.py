@@ -33,6 +33,7 @@ __all__ = [
     "read_header",
     "shift_offsets",
     "split_batches",
+    "stamp_log_append_time",
     "verify_crc",
 ]
 
@@ -76,6 +77,8 @@ _CRC = struct.Struct(_layout("crc", "crc"))
 BASE_OFFSET = struct.Struct(_layout("base_offset", "base_offset"))
 """baseOffset alone: the bytes the log stamps, outside every CRC."""
 _BATCH_LENGTH = struct.Struct(_layout("batch_length", "batch_length"))
+_ATTRIBUTES = struct.Struct(_layout("attributes", "attributes"))
+_MAX_TIMESTAMP = struct.Struct(_layout("max_timestamp", "max_timestamp"))
 
 BATCH_OVERHEAD = _HEADER.size
 """Bytes of a batch header, baseOffset through recordCount."""
@@ -200,6 +203,30 @@ def verify_crc(buf: bytes | memoryview, start: int = 0, end: int | None = None) 
         return False
     (stored,) = _CRC.unpack_from(view, start + _CRC_AT)
     return crc32c.crc32c(view[start + _CRC_START : end]) == stored
+
+
+def stamp_log_append_time(
+    buf: bytes | memoryview, batches: list[tuple[int, int, BatchHeader]], now_ms: int
+) -> bytearray:
+    """A copy of ``buf`` whose batches (``split_batches(buf)``) carry the broker's log-append
+    time, as Kafka stamps a topic with ``message.timestamp.type=LogAppendTime``: the
+    timestamp-type attribute set and ``max_timestamp = now_ms`` (every record's timestamp
+    for readers), each batch's CRC-32C recomputed. The records themselves are untouched.
+
+    >>> from streamhouse.log.records.build import build_batch
+    >>> stamped = stamp_log_append_time(b := build_batch([b"a", b"b"]), split_batches(b), 7)
+    >>> [(h.timestamp_type, h.max_timestamp) for _, _, h in split_batches(stamped)]
+    [(1, 7)]
+    >>> verify_crc(stamped)
+    True
+    """
+    out = bytearray(buf)
+    view = memoryview(out)
+    for start, end, header in batches:
+        _ATTRIBUTES.pack_into(out, start + _CRC_START, header.attributes | _ATTR_TIMESTAMP_TYPE)
+        _MAX_TIMESTAMP.pack_into(out, start + _OFFSET["max_timestamp"], now_ms)
+        _CRC.pack_into(out, start + _CRC_AT, crc32c.crc32c(view[start + _CRC_START : end]))
+    return out
 
 
 def first_base_offset(run: bytes | memoryview) -> int:
