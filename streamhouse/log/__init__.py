@@ -243,10 +243,10 @@ class Log:
     ) -> dict[int, Future[int]]:
         """:meth:`append` to several partitions of ``topic`` (partition -> batches), queued at
         once: an idle writer flushes them in one object instead of the first alone."""
-        appends = [
-            (topic, partition, data, self._validate(topic, partition, data, None))
-            for partition, data in batches.items()
-        ]
+        appends = []
+        for partition, data in batches.items():
+            stamped, headers = self._validate(topic, partition, data, None)
+            appends.append((topic, partition, bytes(stamped), headers))
         futures = self.writer.append_together(appends, fence)
         return dict(zip(batches, futures, strict=True))
 
