@@ -282,6 +282,51 @@ def test_key_compaction_keeps_the_latest_record_per_key(
         assert report.findings == []
 
 
+def test_key_compaction_of_transactions_keeps_what_read_committed_readers_see(
+    tmp_path: Path,
+) -> None:
+    """Transactional records are cleaned like others (a query's sink writes in transactions),
+    but an aborted record is never its key's latest (the committed value before it stays),
+    and nothing at or after an open transaction's first offset is cleaned."""
+    with streamhouse.connect(tmp_path / "data", linger_ms=1, object_delete_delay_s=0) as sh:
+        sh.create_topic("kv", config={"cleanup.policy": "compact"})
+        for round_ in range(6):
+            with sh.transaction() as txn:
+                txn.produce("kv", [f"c{round_}-{k}" for k in "abc"], key=list("abc"))
+        with pytest.raises(RuntimeError), sh.transaction() as txn:
+            txn.produce("kv", ["aborted-a"], key=["a"])  # the latest record of "a", aborted
+            raise RuntimeError("abort it")
+        sh.produce("kv", ["plain-c"], key=["c"])
+        opened = sh.transaction()
+        opened.__enter__()
+        opened.produce("kv", ["open-b"], key=["b"])  # stays open through the compaction
+        sh.produce("kv", ["after-a"], key=["a"])  # beyond the open transaction's first offset
+        sh.produce("kv", ["last"], key=["z"])  # the active segment
+        written = sh.fetch("kv", 0, isolation_level="read_uncommitted").num_rows
+
+        assert sh.compact(["kv"]).rows_replaced > 0
+        committed = sh.fetch("kv", 0)
+        assert dict(
+            zip(committed["key"].to_pylist(), committed["value"].to_pylist(), strict=True)
+        ) == {  # fmt: skip
+            b"a": b"c5-a",  # after-a waits behind the open transaction
+            b"b": b"c5-b",
+            b"c": b"plain-c",
+        }
+        assert committed.num_rows == 3  # older committed values of a, b, c cleaned
+        everything = sh.fetch("kv", 0, isolation_level="read_uncommitted")
+        values = everything["value"].to_pylist()
+        assert b"aborted-a" not in values  # cleaned with the values it did not replace
+        assert {b"open-b", b"after-a", b"last"} <= set(values)  # not cleaned: open from there
+        assert everything.num_rows < written
+        opened.__exit__(None, None, None)  # commit
+        final = sh.fetch("kv", 0)
+        assert (
+            dict(zip(final["key"].to_pylist(), final["value"].to_pylist(), strict=False))[b"b"]
+            == b"open-b"
+        )
+
+
 def test_kafka_clients_read_a_key_compacted_topic_with_its_gaps(tmp_path: Path) -> None:
     """confluent-kafka and kafka-python read the cleaned rows (offset gaps, batches left empty
     at a row's start or end) and get exactly the records that stayed."""

@@ -12,7 +12,10 @@ What a pass cleans in a partition: the index rows before the last one (the last 
   ``delete.retention.ms`` (a consumer that read the key's earlier value had that long to see
   the delete);
 - records without a key are kept (produce refuses them on compacted topics, as Kafka does,
-  but the topic may have had another policy when they were written).
+  but the topic may have had another policy when they were written);
+- transactions: nothing at or after the oldest open transaction's first offset (the last
+  stable offset) is cleaned or counts as a key's latest, and aborted records never do and go
+  (their batches stay, emptied, beside their markers).
 
 Offsets never change: the records that stay keep theirs, with gaps where others went
 (:func:`~streamhouse.log.records.filter.drop_records`), and every row still spans the offsets
@@ -31,7 +34,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from streamhouse.log.metadata import SegmentRow
-from streamhouse.log.records import decode_batches
+from streamhouse.log.records import decode_records
 
 if TYPE_CHECKING:
     from streamhouse.log import Log
@@ -87,11 +90,28 @@ def plan_cleaning(
     cleanable = cleanable_rows(rows, config, now)
     if not cleanable:
         return Cleaning([], np.zeros(0, np.int64))
-    table = decode_batches([log_.reader.run_bytes(r) for r in rows])
+    # Transactions (a continuous query's sink writes its output in them): only what lies
+    # below the last stable offset is cleaned, and aborted records are never a key's latest:
+    # they are left out of the decode, so they go too (their batches stay, emptied, with
+    # their markers, as Kafka's cleaner leaves them).
+    topic, partition = rows[0].topic, rows[0].partition
+    stability = log_.metadata.transactions.topic_stability(topic)
+    open_from = stability.open_from.get(partition)
+    if open_from is not None:
+        cleanable = [r for r in cleanable if r.last_offset < open_from]
+        if not cleanable:
+            return Cleaning([], np.zeros(0, np.int64))
+    aborted = stability.aborted.get(partition, [])
+    table = decode_records(
+        [log_.reader.run_bytes(r) for r in rows], aborted=[aborted] * len(rows)
+    ).table
     offsets = table["offset"].to_numpy()
+    counted = pc.is_valid(table["key"])  # a key's latest is found below the last stable offset
+    if open_from is not None:  # (what lies beyond may be aborted yet, or wait behind it)
+        counted = pc.and_(counted, pc.less(table["offset"], open_from))
     latest = (
         pa.table({"key": table["key"], "offset": table["offset"]})
-        .filter(pc.is_valid(table["key"]))
+        .filter(counted)
         .group_by("key")
         .aggregate([("offset", "max")])
     )

@@ -25,6 +25,7 @@ from streamhouse.log.records.build import frame_batch
 from streamhouse.log.records.decode import _assemble, _Region, _slices, record_ends
 from streamhouse.log.records.header import (
     ATTR_COMPRESSION,
+    ATTR_CONTROL,
     BATCH_OVERHEAD,
     Compression,
     split_batches,
@@ -41,7 +42,7 @@ def drop_records(run: bytes | memoryview, keep: np.ndarray) -> bytes:
     data = [
         i
         for i, (_, _, h) in enumerate(batches)
-        if (h.attributes & ~ATTR_COMPRESSION) == 0 and h.record_count > 0
+        if not h.attributes & ATTR_CONTROL and h.record_count > 0
     ]
     if not data:
         return bytes(view)
