@@ -92,8 +92,8 @@ def test_metadata_deleted_under_serve_loses_nothing_acknowledged(tmp_path: Path)
                 "message.timeout.ms": 6000,
             }
         )
-        for i in range(2000):
-            producer.produce(topic, f"before-{i}".encode(), on_delivery=deliveries)
+        for i in range(2000):  # both partitions: a rebuild knows a partition by its objects
+            producer.produce(topic, f"before-{i}".encode(), partition=i % 2, on_delivery=deliveries)
         assert producer.flush(30) == 0
         assert len(deliveries.acked) == 2000 and deliveries.failed == []
 
