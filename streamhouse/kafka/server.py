@@ -364,7 +364,7 @@ async def _every(interval_s: float, *steps: tuple[str, Callable[[], object]]) ->
                 log.exception("%s failed; the next one retries", what)
 
 
-def _storage_lifecycle(log_: Log, settings: Settings) -> asyncio.Future[Any]:
+async def _storage_lifecycle(log_: Log, settings: Settings) -> None:
     """A retention pass, then a compaction pass, every ``retention_check_interval_s``; and
     Kafka's log cleaner over compacted topics every ``log_cleaner_backoff_s``
     (:mod:`streamhouse.log.cleaner`)."""
@@ -376,7 +376,7 @@ def _storage_lifecycle(log_: Log, settings: Settings) -> asyncio.Future[Any]:
         ("compaction pass", log_.compact),
     )
     cleaning = _every(settings.log_cleaner_backoff_s, ("log cleaner pass", Cleaner(log_).run_once))
-    return asyncio.gather(passes, cleaning)
+    await asyncio.gather(passes, cleaning)  # in a task: cancelled with it, nothing left unread
 
 
 async def _tableflow(log_: Log, interval_s: float) -> None:
@@ -456,7 +456,7 @@ async def serve(
     group_leases = asyncio.create_task(broker.coordination.maintain())
     sweeper = asyncio.create_task(_sweep_groups(broker))
     transaction_sweeps = asyncio.create_task(broker.transactions.run_sweeps())
-    retention = _storage_lifecycle(log_, settings)
+    retention = asyncio.create_task(_storage_lifecycle(log_, settings))
     tableflow = asyncio.create_task(_tableflow(log_, settings.iceberg_freshness_s))
     acl_refresh = (
         asyncio.create_task(broker.access.refresh())
