@@ -206,14 +206,15 @@ def _read(
     for topic in topics:
         reads = []
         name = topic.name
-        wide = len(topic.partitions) > WIDE_TOPIC_PARTITIONS
+        readable = name is not None and name not in denied
+        wide = readable and len(topic.partitions) > WIDE_TOPIC_PARTITIONS
         held: dict[int, int] = {}
-        if wide and name is not None and name not in denied:
+        if wide:
             _warm(broker, name, topic.partitions)
             if committed:
                 held = _held_back(broker, name)
         for p in topic.partitions:
-            if name is None or name in denied:
+            if not readable:
                 error = (
                     ErrorCode.unknown_topic_id
                     if name is None
@@ -227,7 +228,7 @@ def _read(
             size = len(reads[-1].records)
             total += size
             remaining -= size
-        if committed and wide and name is not None and name not in denied:
+        if committed and wide:
             total -= _committed_topic(broker, name, topic.partitions, reads)
         out.append((topic.key, reads))
     return out, total
