@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 
 class StreamHouseError(Exception):
     """Root of every error StreamHouse raises on purpose."""
@@ -113,11 +115,16 @@ class RefusedBatchesError(LogError):
     """A segment commit was rolled back because some idempotent producer batches in it may not
     be indexed: ``verdicts`` maps the index of each such batch (in the commit's list) to the
     base offset its earlier copy got (a duplicate: the producer is answered with it) or to the
-    :class:`ProducerSequenceError` to answer with."""
+    :class:`ProducerSequenceError` (or other refusal, such as a commit hook's) to answer with."""
 
-    def __init__(self, verdicts: dict[int, int | ProducerSequenceError]) -> None:
+    def __init__(self, verdicts: Mapping[int, int | LogError]) -> None:
         super().__init__(f"{len(verdicts)} idempotent producer batch(es) refused")
-        self.verdicts = verdicts
+        self.verdicts = dict(verdicts)
+
+
+class TransactionRefusedError(LogError):
+    """The store refused to decide a transaction in the commit of its markers (it was not in
+    the state expected, or some of its records were not indexed): the markers are not written."""
 
 
 class StorageError(LogError):

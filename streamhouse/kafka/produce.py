@@ -227,7 +227,7 @@ def _start_append(
     if idempotent:
         broker.producers.record(topic, partition, header, offset)
     if early is not None:
-        early.append(offset)
+        early.admit(topic, partition, header, offset)
         return ErrorCode.none  # durable by the time its transaction commits
     return offset
 

@@ -57,13 +57,19 @@ import datetime
 import logging
 import time
 import weakref
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from streamhouse.errors import StreamHouseError, UnknownPartitionError, UnknownTopicError
+from streamhouse.errors import (
+    StreamHouseError,
+    TransactionRefusedError,
+    UnknownPartitionError,
+    UnknownTopicError,
+)
 from streamhouse.kafka.api_keys import ApiKey
 from streamhouse.kafka.wire import ErrorCode, RequestHeader, make, messages, ms, to_ms
+from streamhouse.log.metadata.rules import SEQUENCE_MODULO
 from streamhouse.log.metadata.transactions import (
     MAX_EPOCH,
     State,
@@ -80,7 +86,7 @@ if TYPE_CHECKING:
     from streamhouse.log import Log
     from streamhouse.log.records import BatchHeader
 
-__all__ = ["HANDLERS", "MAX_TIMEOUT_MS", "TransactionCoordinator"]
+__all__ = ["HANDLERS", "MAX_TIMEOUT_MS", "Begun", "TransactionCoordinator"]
 
 log = logging.getLogger(__name__)
 
@@ -112,13 +118,24 @@ def error_of(verdict: Verdict, api_version: int, fenced_from: int = 2) -> ErrorC
 
 
 @dataclass(slots=True)
-class _Begun:
+class Begun:
     """A transaction this agent saw begin: produce may answer its batches before they are
-    durable; ``unflushed`` are their appends, which EndTxn waits for."""
+    durable; ``unflushed`` are their appends, which EndTxn waits for (or, committing at once,
+    the store checks: ``last_sequences`` holds the last sequence number of the batches
+    admitted to each partition)."""
 
     producer_id: int
     epoch: int
     unflushed: list[asyncio.Future[int]] = field(default_factory=list)
+    last_sequences: dict[tuple[str, int], int] = field(default_factory=dict)
+
+    def admit(
+        self, topic: str, partition: int, header: BatchHeader, append: asyncio.Future[int]
+    ) -> None:
+        """A batch of the transaction, answered before it is durable."""
+        self.unflushed.append(append)
+        last = (header.base_sequence + header.last_offset_delta) % SEQUENCE_MODULO
+        self.last_sequences[(topic, partition)] = last
 
 
 class TransactionCoordinator:
@@ -138,7 +155,7 @@ class TransactionCoordinator:
         self._wake = wake
         self._early_answers = early_answers
         # transactional id -> its transaction this agent saw begin (with early answers only)
-        self._begun: dict[str, _Begun] = {}
+        self._begun: dict[str, Begun] = {}
         # one lock per transactional id while anyone holds or awaits it
         self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
         # Ongoing transactions as produce checks them: transactional id -> (producer id,
@@ -207,19 +224,18 @@ class TransactionCoordinator:
             writer = (txn.producer_id, txn.producer_epoch, set())
         return writer
 
-    def early_answers(
-        self, transactional_id: str, header: BatchHeader
-    ) -> list[asyncio.Future[int]] | None:
-        """Where produce puts the appends of a transactional batch (:meth:`refusal` admitted
-        it) that it answers before they are durable: its transaction began in sight of this
-        agent, and EndTxn waits for them. ``None``: answer once durable."""
+    def early_answers(self, transactional_id: str, header: BatchHeader) -> Begun | None:
+        """Where produce notes the appends of a transactional batch (:meth:`refusal` admitted
+        it) that it answers before they are durable (:meth:`Begun.admit`): its transaction
+        began in sight of this agent, and EndTxn makes sure of them. ``None``: answer once
+        durable."""
         begun = self._begun.get(transactional_id)
         if begun is None or (begun.producer_id, begun.epoch) != (
             header.producer_id,
             header.producer_epoch,
         ):
             return None
-        return begun.unflushed
+        return begun
 
     async def appended(self) -> None:
         """Wait until every batch answered early is in the log (or failed): a ListOffsets
@@ -232,7 +248,7 @@ class TransactionCoordinator:
     def _saw_begin(self, transactional_id: str, producer_id: int, epoch: int) -> None:
         """The producer's next transaction begins in sight of this agent."""
         if self._early_answers:
-            self._begun[transactional_id] = _Begun(producer_id, epoch)
+            self._begun[transactional_id] = Begun(producer_id, epoch)
 
     async def _watch_begin(self, transactional_id: str, producer_id: int, epoch: int) -> None:
         """Before a request that may start the producer's transaction: note it if it does
@@ -363,6 +379,8 @@ class TransactionCoordinator:
         may be missing from (the client aborts). An abort needs not wait: its markers follow
         them through the writer."""
         async with self._lock(transactional_id):
+            if commit and await self._commit_at_once(transactional_id, producer_id, epoch):
+                return Verdict.OK
             if commit and not await self._records_durable(transactional_id, producer_id, epoch):
                 return Verdict.UNDURABLE
             verdict, txn = await asyncio.to_thread(
@@ -378,6 +396,57 @@ class TransactionCoordinator:
         return Verdict.OK
 
     # -- ending transactions ----------------------------------------------------------------
+
+    async def _commit_at_once(self, transactional_id: str, producer_id: int, epoch: int) -> bool:
+        """Commit a transaction this agent saw begin in one flush: its COMMIT markers are
+        queued behind its records (answered early, perhaps not yet flushed), and the commit
+        that indexes the markers decides and completes the transaction in the same store
+        transaction (:meth:`TransactionStore.commit_in`), which first checks that every
+        record is indexed. So the decision is durable with its markers and never without its
+        records; several producers' commits share a flush. ``False`` (nothing decided) if it
+        does not apply or was refused: EndTxn then goes the long way (:meth:`end`)."""
+        begun = self._begun.get(transactional_id)
+        writer = self._writers.pop(transactional_id, None)  # produce asks the store meanwhile
+        if (
+            begun is None
+            or writer is None
+            or (begun.producer_id, begun.epoch) != (producer_id, epoch)
+            or writer[:2] != (producer_id, epoch)
+            or not writer[2]
+        ):
+            return False
+        keys = sorted(writer[2])
+        sequences = dict(begun.last_sequences)
+        store = self.store
+        verdicts: list[Verdict] = []
+
+        def decide(conn: Any, _markers: Mapping[tuple[str, int], int]) -> None:
+            verdict = store.commit_in(conn, transactional_id, producer_id, epoch, keys, sequences)
+            verdicts.append(verdict)
+            if verdict is not Verdict.OK:
+                raise TransactionRefusedError(f"{transactional_id!r}: {verdict.value}")
+
+        marker = marker_batch(producer_id, epoch, commit=True)
+        appends = self._log.append_hooked([(t, p, marker) for t, p in keys], decide)
+        outcomes = [await self._marker_offset(k, a) for k, a in zip(keys, appends, strict=True)]
+        if not all(isinstance(o, int) and not isinstance(o, bool) for o in outcomes):
+            log.info(
+                "transactional id %r: commit at once refused (%s); deciding first",
+                transactional_id,
+                verdicts[-1].value if verdicts else "markers failed",
+            )
+            return False
+        self._begun.pop(transactional_id, None)
+        self._saw_begin(transactional_id, producer_id, epoch)
+        self._wake(keys)
+        log.debug(
+            "transactional id %r: committed (producer %d epoch %d, %d partitions)",
+            transactional_id,
+            producer_id,
+            epoch,
+            len(keys),
+        )
+        return True
 
     async def _abort_or_finish(self, txn: TransactionState) -> bool:
         """Abort ``txn`` at a bumped epoch if it is ongoing (fencing its producer), or finish

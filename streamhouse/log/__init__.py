@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future
 
 import pyarrow.compute as pc
@@ -24,6 +24,7 @@ from streamhouse.errors import (
     InvalidRecordError,
     RecordTooLargeError,
     StorageError,
+    StreamHouseError,
     UnknownPartitionError,
     UnknownTopicError,
 )
@@ -48,7 +49,7 @@ from streamhouse.log.retention import RetentionReport, enforce_retention
 from streamhouse.log.segment import SEGMENT_PREFIX
 from streamhouse.log.sequence_notes import delete_notes
 from streamhouse.log.topic_config import check_config_name, validate_topic_config
-from streamhouse.log.writer import LogWriter
+from streamhouse.log.writer import CommitHook, LogWriter
 
 __all__ = ["FetchResult", "Log", "PartitionOffsets", "TopicInfo"]
 
@@ -268,6 +269,23 @@ class Log:
         """
         batches, headers = self._validate(topic, partition, batches, split, now_ms)
         return self.writer.append_async(topic, partition, batches, headers, urgent=urgent)
+
+    def append_hooked(
+        self, appends: Sequence[tuple[str, int, bytes]], hook: CommitHook
+    ) -> list[asyncio.Future[int] | StreamHouseError]:
+        """:meth:`append_async` of batches to several partitions, flushed at once in one object
+        whose commit runs ``hook`` (see :data:`~streamhouse.log.writer.CommitHook`): each
+        partition's future, or the error that refused its batches (an unknown partition)."""
+        refused: list[StreamHouseError | None] = []
+        valid = []
+        for topic, partition, data in appends:
+            try:
+                valid.append((topic, partition, *self._validate(topic, partition, data, None)))
+                refused.append(None)
+            except StreamHouseError as exc:
+                refused.append(exc)
+        futures = iter(self.writer.append_hooked(valid, hook) if valid else [])
+        return [next(futures) if error is None else error for error in refused]
 
     def stamps_append_time(self, topic: str) -> bool:
         """Whether appends to the topic carry the log-append time (``message.timestamp.type``

@@ -70,6 +70,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
 from itertools import count
+from typing import Any
 
 from streamhouse.errors import (
     LogError,
@@ -98,6 +99,12 @@ acknowledgement of all of them (nothing acknowledged), and leaves their objects 
 CommitListener = Callable[[str, int, int], None]
 """Called after each commit with (topic, partition, new high watermark)."""
 
+CommitHook = Callable[[Any, Mapping[tuple[str, int], int]], None]
+"""Runs inside the metadata transaction that commits the appends it was queued with
+(:meth:`LogWriter.append_hooked`), given the store's connection and the offset the store gave
+each of them: what it writes commits with them, or not at all. A :class:`LogError` it raises
+refuses those appends (it is their answer) and the rest of their flush commits without them."""
+
 
 _Key = tuple[str, int]
 
@@ -112,6 +119,7 @@ class _Append:
     loop: asyncio.AbstractEventLoop | None  # set for asyncio futures: resolved on that loop
     sequence: int = 0
     fence: Lease | None = None  # committed only while this lease is held
+    hook: CommitHook | None = None  # runs in the transaction that commits it
 
 
 _Outcome = tuple[_Append, int, BaseException | None]
@@ -301,6 +309,22 @@ class LogWriter:
         future: asyncio.Future[int] = loop.create_future()
         self._queue(_Append(topic, partition, data, headers, future, loop), urgent=urgent)
         return future
+
+    def append_hooked(
+        self,
+        appends: Sequence[tuple[str, int, bytes | memoryview, list[tuple[int, BatchHeader]]]],
+        hook: CommitHook,
+    ) -> list[asyncio.Future[int]]:
+        """:meth:`append_async` of several partitions' batches, queued at once and flushed
+        now, so that one flush holds them all; ``hook`` runs in the transaction that commits
+        them (see :data:`CommitHook`), once per commit with the offsets of those it holds."""
+        loop = asyncio.get_running_loop()
+        items = [
+            _Append(topic, partition, data, headers, loop.create_future(), loop, hook=hook)
+            for topic, partition, data, headers in appends
+        ]
+        self._queue(*items, urgent=True)
+        return [item.future for item in items]  # type: ignore[misc]
 
     def _queue(self, *items: _Append, urgent: bool = False) -> None:
         with self._lock:
@@ -559,7 +583,10 @@ class LogWriter:
             return
         try:
             bases = self._metadata.commit_segments(
-                [FlushedSegment(f.object_key, f.entries, f.producer_batches) for f in whole]
+                [
+                    FlushedSegment(f.object_key, f.entries, f.producer_batches, self._then(f))
+                    for f in whole
+                ]
             )
             times.add("metadata commit", time.monotonic() - started)
         except Exception as exc:
@@ -613,7 +640,11 @@ class LogWriter:
             try:
                 started = time.monotonic()
                 bases = self._metadata.commit_segment(
-                    flush.object_key, flush.entries, flush.producer_batches, fence=flush.fence
+                    flush.object_key,
+                    flush.entries,
+                    flush.producer_batches,
+                    fence=flush.fence,
+                    then=self._then(flush),
                 )
                 self.stats.times.add("metadata commit", time.monotonic() - started)
             except RefusedBatchesError as refused:
@@ -631,6 +662,41 @@ class LogWriter:
                 return
             self._acknowledge_commit(flush, bases)
             return
+
+    @staticmethod
+    def _then(flush: _Flush) -> Callable[[Any, Sequence[int]], None] | None:
+        """What the commit of ``flush`` runs after indexing it (given the base offsets of its
+        entries): the hooks of its appends, each once with the offsets of its own ones. A
+        hook's refusal refuses its appends, as the store refuses producer batches."""
+        hooked = [(item, offset) for item, offset in flush.resolved if item.hook is not None]
+        if not hooked:
+            return None
+
+        def then(conn: Any, bases: Sequence[int]) -> None:
+            shift = {
+                (e.topic, e.partition): base - e.base_offset
+                for e, base in zip(flush.entries, bases, strict=True)
+            }
+            by_hook: dict[int, tuple[CommitHook, dict[_Key, int], list[_Append]]] = {}
+            for item, offset in hooked:
+                assert item.hook is not None
+                key = (item.topic, item.partition)
+                _, offsets, items = by_hook.setdefault(id(item.hook), (item.hook, {}, []))
+                offsets[key] = offset + shift[key]
+                items.append(item)
+            verdicts: dict[int, int | LogError] = {}
+            for hook, offsets, items in by_hook.values():
+                try:
+                    hook(conn, offsets)
+                except LogError as exc:
+                    claims = {id(claim): i for i, claim in enumerate(flush.claims)}
+                    if any(id(item) not in claims for item in items):
+                        raise  # not a producer batch: the flush fails with it
+                    verdicts.update((claims[id(item)], exc) for item in items)
+            if verdicts:
+                raise RefusedBatchesError(verdicts)
+
+        return then
 
     def _answer_refused(self, flush: _Flush, refused: RefusedBatchesError) -> list[_Append]:
         """Answer the appends whose batches a (rolled back) commit refused: a duplicate with

@@ -19,7 +19,7 @@ import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from streamhouse.errors import ConfigError, LogError
 
@@ -173,6 +173,11 @@ class ProducerBatch:
     last_sequence: int
 
 
+CommitThen = Callable[[Any, Sequence[int]], None]
+"""What a segment commit runs in its transaction after indexing the segment: given the store's
+connection and the base offsets assigned to the entries; if it raises, nothing is committed."""
+
+
 @dataclass(frozen=True, slots=True)
 class FlushedSegment:
     """One segment object put by a flush, to be indexed: its entries and the batches of
@@ -181,6 +186,7 @@ class FlushedSegment:
     object_key: str
     entries: Sequence[SegmentEntryLike]
     producer_batches: Sequence[ProducerBatch] = ()
+    then: CommitThen | None = None
 
 
 Commit = tuple[str, int, int, int]
@@ -246,6 +252,7 @@ class Metadata(Protocol):
         producer_batches: Sequence[ProducerBatch] = (),
         *,
         fence: Lease | None = None,
+        then: CommitThen | None = None,
     ) -> list[int]:
         """Index ``entries`` of one object and advance each high watermark, all or nothing.
 
@@ -261,7 +268,10 @@ class Metadata(Protocol):
         ``producer_batches`` are checked against the sequence state of their producers in the
         same transaction (see ``rules.check_producer_batches``), which they then advance; if
         any is a duplicate or out of order, nothing is committed and
-        ``RefusedBatchesError`` says which."""
+        ``RefusedBatchesError`` says which.
+
+        ``then`` runs in the same transaction, after the indexing (see :data:`CommitThen`);
+        only the SQLite store runs one (a store shared by agents refuses it)."""
         ...
 
     def commit_segments(self, segments: Sequence[FlushedSegment]) -> list[list[int]]:

@@ -45,6 +45,7 @@ from streamhouse.log.metadata import (
     CatalogEntry,
     Commit,
     CommitFeed,
+    CommitThen,
     FlushedSegment,
     GroupOffset,
     Metadata,
@@ -331,16 +332,20 @@ class CachedMetadata:
         producer_batches: Sequence[ProducerBatch] = (),
         *,
         fence: Lease | None = None,
+        then: CommitThen | None = None,
     ) -> list[int]:
         entries = list(entries)
-        bases = self.inner.commit_segment(object_key, entries, producer_batches, fence=fence)
+        bases = self.inner.commit_segment(
+            object_key, entries, producer_batches, fence=fence, then=then
+        )
         self._committed(object_key, entries, bases)
         self._log_stats()
         return bases
 
     def commit_segments(self, segments: Sequence[FlushedSegment]) -> list[list[int]]:
         segments = [
-            FlushedSegment(s.object_key, list(s.entries), s.producer_batches) for s in segments
+            FlushedSegment(s.object_key, list(s.entries), s.producer_batches, s.then)
+            for s in segments
         ]
         bases = self.inner.commit_segments(segments)
         for segment, assigned in zip(segments, bases, strict=True):

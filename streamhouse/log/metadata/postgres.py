@@ -30,6 +30,7 @@ from psycopg.pq import TransactionStatus
 from psycopg_pool import ConnectionPool
 
 from streamhouse.errors import (
+    LogError,
     SqlError,
     StorageError,
     TopicExistsError,
@@ -39,6 +40,7 @@ from streamhouse.log.metadata import (
     AgentInfo,
     CatalogEntry,
     Commit,
+    CommitThen,
     FlushedSegment,
     ProducerBatch,
     SegmentEntryLike,
@@ -363,6 +365,7 @@ class PostgresMetadata(SqlMetadata):
         producer_batches: Sequence[ProducerBatch] = (),
         *,
         fence: Lease | None = None,
+        then: CommitThen | None = None,
     ) -> list[int]:
         """Index ``entries`` of one object at their partitions' high watermarks and advance
         them, all or nothing; returns the base offset assigned to each entry.
@@ -387,6 +390,7 @@ class PostgresMetadata(SqlMetadata):
         entries = list(entries)
         if not entries:
             return []
+        _refuse_then(then)
         return self._commit_retrying(
             [FlushedSegment(object_key, entries, producer_batches)], fence
         )[0]
@@ -395,6 +399,8 @@ class PostgresMetadata(SqlMetadata):
         """Several objects in the transaction and the two round trips of one
         :meth:`commit_segment`: the partitions of all of them locked at once."""
         written = [s for s in segments if s.entries]
+        for segment in written:
+            _refuse_then(segment.then)
         bases = iter(self._commit_retrying(written, None) if written else [])
         return [next(bases) if s.entries else [] for s in segments]
 
@@ -772,3 +778,10 @@ def _fence(conn: psycopg.Connection, lease: Lease) -> psycopg.Cursor:
 
 _STORE_NOW_MS = POSTGRESQL.now_ms
 """The database's wall clock in milliseconds, as SQL."""
+
+
+def _refuse_then(then: CommitThen | None) -> None:
+    """Statements run inside a commit are SQLite's alone: the commits here are pipelined in
+    two round trips, with no place for them (nothing is committed)."""
+    if then is not None:
+        raise LogError("a segment commit with statements of its own needs the SQLite store")

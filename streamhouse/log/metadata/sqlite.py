@@ -46,6 +46,7 @@ from streamhouse.log.metadata import (
     AgentInfo,
     CatalogEntry,
     Commit,
+    CommitThen,
     FlushedSegment,
     ProducerBatch,
     SegmentEntryLike,
@@ -348,6 +349,7 @@ class SQLiteMetadata(SqlMetadata):
         producer_batches: Sequence[ProducerBatch] = (),
         *,
         fence: Lease | None = None,
+        then: CommitThen | None = None,
     ) -> list[int]:
         entries = list(entries)
         if not entries:
@@ -356,6 +358,8 @@ class SQLiteMetadata(SqlMetadata):
             if fence is not None:
                 self._check_fence(conn, fence, f"commit of segment {object_key!r}")
             bases = self._commit_in(conn, object_key, entries, producer_batches)
+            if then is not None:
+                then(conn, bases)
         logger.debug("committed segment %r with %d index row(s)", object_key, len(entries))
         return bases
 
@@ -364,13 +368,16 @@ class SQLiteMetadata(SqlMetadata):
         if not written:
             return [[] for _ in segments]
         with self._transaction(f"commit {len(written)} segment(s)") as conn:
-            bases = iter(
-                [
-                    self._commit_in(conn, s.object_key, s.entries, s.producer_batches)
-                    for s in written
-                ]
-            )
-        return [next(bases) if s.entries else [] for s in segments]
+            assigned = []
+            for segment in written:
+                bases = self._commit_in(
+                    conn, segment.object_key, segment.entries, segment.producer_batches
+                )
+                if segment.then is not None:
+                    segment.then(conn, bases)
+                assigned.append(bases)
+        by_segment = iter(assigned)
+        return [next(by_segment) if s.entries else [] for s in segments]
 
     def _commit_in(
         self,

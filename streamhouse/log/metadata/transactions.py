@@ -422,27 +422,70 @@ class TransactionStore:
         ``markers`` (partition -> marker offset): partitions leave it, an abort is recorded
         for read_committed fetches, a commit publishes its offsets. ``False`` if someone
         else finished it first. A lazy commit unless ``durable``."""
-        commit = txn.state.committing
         begin = self._transaction if durable else self._lazy
         with begin(f"complete transaction {txn.transactional_id!r}") as conn:
             now = self._read(conn, txn.transactional_id, lock=True)
             if _key(now) != _key(txn) or now is None or now.state is not txn.state:
                 return False
-            tid = txn.transactional_id
-            if commit:
-                conn.execute(self._text(_PUBLISH_OFFSETS), (tid,))
-            else:
-                for part in now.partitions:
-                    last = markers[(part.topic, part.partition)]
-                    conn.execute(
-                        self._sql(_ABORTED),
-                        (part.topic, part.partition, last, txn.producer_id, part.first_offset),
-                    )
-            for table in ("transaction_partitions", "transaction_offsets"):
-                conn.execute(self._sql(f"DELETE FROM {table} WHERE transactional_id = ?"), (tid,))
-            done = State.COMPLETE_COMMIT if commit else State.COMPLETE_ABORT
-            self._set_state(conn, now, done, now.producer_epoch, start=False)
+            self._complete_in(conn, now, txn.state.committing, markers)
         return True
+
+    def _complete_in(
+        self,
+        conn: Connection,
+        txn: TransactionState,
+        commit: bool,
+        markers: Mapping[tuple[str, int], int],
+    ) -> None:
+        """:meth:`complete` in the open transaction of ``conn``; ``txn`` as read there."""
+        tid = txn.transactional_id
+        if commit:
+            conn.execute(self._text(_PUBLISH_OFFSETS), (tid,))
+        else:
+            for part in txn.partitions:
+                last = markers[(part.topic, part.partition)]
+                conn.execute(
+                    self._sql(_ABORTED),
+                    (part.topic, part.partition, last, txn.producer_id, part.first_offset),
+                )
+        for table in ("transaction_partitions", "transaction_offsets"):
+            conn.execute(self._sql(f"DELETE FROM {table} WHERE transactional_id = ?"), (tid,))
+        done = State.COMPLETE_COMMIT if commit else State.COMPLETE_ABORT
+        self._set_state(conn, txn, done, txn.producer_epoch, start=False)
+
+    def commit_in(
+        self,
+        conn: Connection,
+        transactional_id: str,
+        producer_id: int,
+        epoch: int,
+        partitions: Iterable[tuple[str, int]],
+        sequences: Mapping[tuple[str, int], int],
+    ) -> Verdict:
+        """Decide and complete the producer's ongoing transaction as committed at once, in the
+        open transaction of ``conn``: the one that commits its markers (to ``partitions``,
+        which must be all of the transaction's) and, before them in the same segments or
+        earlier, its records. ``sequences`` gives the last sequence number of the producer's
+        records on each partition it wrote to: unless the store indexed every one
+        (``UNDURABLE`` otherwise), a record would be missing from the transaction. Nothing is
+        written unless ``OK``."""
+        verdict, txn = self._current(conn, transactional_id, producer_id, epoch)
+        if verdict is not Verdict.OK:
+            return verdict
+        assert txn is not None
+        joined = {(p.topic, p.partition) for p in txn.partitions}
+        if txn.state is not State.ONGOING or joined != set(partitions):
+            return Verdict.INVALID_STATE
+        indexed = self._sql(
+            "SELECT producer_epoch, last_sequence FROM producer_sequences"
+            " WHERE topic = ? AND partition_id = ? AND producer_id = ?"
+        )
+        for (topic, partition), last in sequences.items():
+            row = conn.execute(indexed, (topic, partition, producer_id)).fetchone()
+            if row is None or (int(row[0]), int(row[1])) != (epoch, last):
+                return Verdict.UNDURABLE
+        self._complete_in(conn, txn, True, {})
+        return Verdict.OK
 
     def due(self) -> list[TransactionState]:
         """Transactions to finish by the coordinator itself: ongoing past their timeout, or
