@@ -635,6 +635,96 @@ def test_store_moves_transactions_on_by_their_expected_state(md) -> None:
     assert store.aborted("t", 1, 0, 20) == []
 
 
+def test_commit_in_decides_only_a_transaction_whose_records_are_all_indexed(md) -> None:
+    """What EndTxn runs in the commit of its markers: nothing unless the transaction is the
+    producer's, ongoing, on exactly those partitions, and every record it answered early is
+    indexed (the producer's last sequence on each partition); then committed and completed
+    at once: the partitions leave it (the last stable offset moves) and its offsets publish."""
+    from streamhouse.log.metadata import ProducerBatch
+    from streamhouse.log.segment import SegmentEntry
+
+    md.create_topic("t", partitions=2)
+    store = md.transactions
+    assert store.register("a", 60_000, None, 7, 0) is Verdict.OK
+    assert store.add_partitions("a", 7, 0, [("t", 0), ("t", 1)]) == (Verdict.OK, [])
+    assert store.commit_offsets("a", 7, 0, "g", {("t", 0): (3, "m")}) is Verdict.OK
+    records = SegmentEntry("t", 0, 0, 1, 0, 100, 0, 0, 2, 0)  # sequences 0-1 of producer 7
+    assert md.commit_segment("s", [records], [ProducerBatch(0, 0, 7, 0, 0, 1)]) == [0]
+    both = [("t", 0), ("t", 1)]
+    with md._transaction("decide, by hand") as conn:
+        assert store.commit_in(conn, "a", 7, 0, both, {("t", 0): 2}) is Verdict.UNDURABLE
+        assert store.commit_in(conn, "a", 7, 0, both, {("t", 1): 0}) is Verdict.UNDURABLE
+        assert store.commit_in(conn, "a", 7, 0, both[:1], {("t", 0): 1}) is Verdict.INVALID_STATE
+        assert store.commit_in(conn, "a", 7, 1, both, {("t", 0): 1}) is Verdict.FENCED
+        assert store.commit_in(conn, "a", 8, 0, both, {("t", 0): 1}) is Verdict.UNKNOWN
+    assert store.get("a").state is State.ONGOING and store.last_stable_offset("t", 0) == 0
+    with md._transaction("decide, by hand") as conn:
+        assert store.commit_in(conn, "a", 7, 0, both, {("t", 0): 1}) is Verdict.OK
+    txn = store.get("a")
+    assert (txn.state, txn.partitions) == (State.COMPLETE_COMMIT, ())
+    assert store.last_stable_offset("t", 0) is None and store.due() == []
+    assert md.group_offsets("g")[("t", 0)].offset == 3
+    assert store.prepare("a", 7, 0, True) == (Verdict.OK, None)  # a retried EndTxn
+
+
+def test_concurrent_commits_killed_mid_flight_are_whole_or_absent(tmp_path: Path) -> None:
+    """Eight transactional producers commit transactions of 20 records over 4 partitions while
+    the server is killed with -9; after a restart a read_committed consumer sees every
+    transaction whose commit was acknowledged, and each transaction whole or not at all (the
+    records, markers and decision of a commit are made durable together)."""
+    server = KafkaServer(tmp_path / "data").start()
+    script = tmp_path / "committers.py"
+    script.write_text(_COMMITTERS)
+    try:
+        admin_topics(server, ("t", 4))
+        committers = _Loop([sys.executable, str(script), server.bootstrap, "t"])
+        acknowledged: set[str] = set()
+        deadline = time.monotonic() + TIMEOUT
+        while len(acknowledged) < 40 and time.monotonic() < deadline:
+            acknowledged.update(_acknowledged(committers.lines.get(timeout=TIMEOUT)))
+        time.sleep(random.Random(18).uniform(0.0, 0.2))
+        server.kill()
+        committers.kill()
+        while not committers.lines.empty():
+            acknowledged.update(_acknowledged(committers.lines.get()))
+        server.start()
+        seen = Counter(
+            v.decode().rsplit("-", 1)[0] for v in read_all(server, "t", 4, "read_committed")
+        )
+        assert acknowledged <= set(seen), sorted(acknowledged - set(seen))[:5]
+        assert set(seen.values()) == {20}, {t: n for t, n in seen.items() if n != 20}
+    finally:
+        server.stop()
+
+
+def _acknowledged(line: str) -> list[str]:
+    """The transaction a ``committed <name>`` line acknowledges (none for a line cut short by
+    the kill)."""
+    words = line.split()
+    return words[1:2] if len(words) == 2 and words[0] == "committed" and line.endswith("\n") else []
+
+
+_COMMITTERS = """
+import sys, threading, uuid
+from confluent_kafka import Producer
+
+def commit_forever(bootstrap, topic):
+    name = uuid.uuid4().hex[:8]
+    p = Producer({"bootstrap.servers": bootstrap, "transactional.id": name, "linger.ms": 5})
+    p.init_transactions(30)
+    for n in range(10**9):
+        p.begin_transaction()
+        for i in range(20):
+            p.produce(topic, f"{name}.{n}-{i}".encode(), partition=i % 4)
+        p.commit_transaction(30)
+        print("committed", f"{name}.{n}", flush=True)
+
+for _ in range(8):
+    threading.Thread(target=commit_forever, args=sys.argv[1:3], daemon=True).start()
+threading.Event().wait()
+"""
+
+
 # -- restarts ------------------------------------------------------------------------------------
 
 

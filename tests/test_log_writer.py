@@ -48,14 +48,16 @@ def test_a_failed_commit_leaves_the_flush_written_behind_it_to_the_store(tmp_pat
         entered, release = threading.Event(), threading.Event()
         calls = 0
 
-        def failing_first_commit(object_key, entries, producer_batches=(), *, fence=None):  # type: ignore[no-untyped-def]
+        def failing_first_commit(
+            object_key, entries, producer_batches=(), *, fence=None, then=None
+        ):  # type: ignore[no-untyped-def]
             nonlocal calls
             calls += 1
             if calls == 1:
                 entered.set()
                 release.wait(10)
                 raise StorageError("commit refused")
-            return commit(object_key, entries, producer_batches, fence=fence)
+            return commit(object_key, entries, producer_batches, fence=fence, then=then)
 
         log.metadata.commit_segment = failing_first_commit  # type: ignore[method-assign]
         first = log.append("t", 0, build_batch([b"lost-1", b"lost-2"]))
@@ -165,11 +167,11 @@ def _blocking_first_commit(log: Log) -> tuple[threading.Event, threading.Event, 
     entered, release = threading.Event(), threading.Event()
     groups: list[int] = []
 
-    def first_blocks(object_key, entries, producer_batches=(), *, fence=None):  # type: ignore[no-untyped-def]
+    def first_blocks(object_key, entries, producer_batches=(), *, fence=None, then=None):  # type: ignore[no-untyped-def]
         if not entered.is_set():
             entered.set()
             assert release.wait(10)
-        return commit(object_key, entries, producer_batches, fence=fence)
+        return commit(object_key, entries, producer_batches, fence=fence, then=then)
 
     def counted(segments):  # type: ignore[no-untyped-def]
         groups.append(len(segments))
@@ -238,11 +240,11 @@ def test_a_failed_flush_in_a_group_fails_its_own_appends_only(
         def refuse_group(segments):  # type: ignore[no-untyped-def]
             raise StorageError("group refused")
 
-        def refuse_the_second(object_key, entries, producer_batches=(), *, fence=None):  # type: ignore[no-untyped-def]
+        def refuse_the_second(object_key, entries, producer_batches=(), *, fence=None, then=None):  # type: ignore[no-untyped-def]
             commits.append(object_key)
             if len(commits) == 3:  # the held one, then the group's first, then its second
                 raise StorageError("commit refused")
-            return held_commit(object_key, entries, producer_batches, fence=fence)
+            return held_commit(object_key, entries, producer_batches, fence=fence, then=then)
 
         log.metadata.commit_segments = refuse_group  # type: ignore[method-assign]
         log.metadata.commit_segment = refuse_the_second  # type: ignore[method-assign]
@@ -321,3 +323,76 @@ def test_appends_made_together_go_out_in_one_object(tmp_path: Path) -> None:
             assert len(objects) == 1
         assert _values(log, 0) == [b"s0"] + [b"t0"] * 6
         assert _values(log, 2) == [b"t2"] * 6
+
+
+def test_a_commit_hook_commits_with_its_appends_and_its_refusal_fails_them_only(
+    tmp_path: Path,
+) -> None:
+    """Appends queued with a commit hook flush at once, taking a lazy append pending before
+    them; the hook runs in the transaction that commits them, given their offsets, and what
+    it writes commits with them. A hook that refuses fails its own appends only (with its
+    error): the rest of the flush is written again and committed without them, and the
+    refused hook's writes are rolled back."""
+    from streamhouse.errors import TransactionRefusedError
+    from streamhouse.log.records.control import marker_batch
+
+    seen: list[dict[tuple[str, int], int]] = []
+
+    def keep(conn, offsets) -> None:  # type: ignore[no-untyped-def]
+        seen.append(dict(offsets))
+        conn.execute("INSERT INTO counters (name, counter_value) VALUES ('kept', 1)")
+
+    def refuse(conn, offsets) -> None:  # type: ignore[no-untyped-def]
+        conn.execute("INSERT INTO counters (name, counter_value) VALUES ('refused', 1)")
+        raise TransactionRefusedError("refused by its hook")
+
+    with Log.open(Settings.load(data_dir=tmp_path, linger_ms=300)) as log:
+        log.create_topic("t", partitions=2)
+
+        async def append() -> list[object]:
+            lazy = log.append_async("t", 0, build_batch([b"lazy"]), lazy=True)
+            kept = log.append_hooked(
+                [
+                    ("t", 0, marker_batch(5, 0, commit=True)),
+                    ("t", 1, marker_batch(5, 0, commit=True)),
+                ],
+                keep,
+            )
+            refused = log.append_hooked([("t", 1, marker_batch(6, 0, commit=True))], refuse)
+            return await asyncio.gather(lazy, *kept, *refused, return_exceptions=True)
+
+        lazy, kept_0, kept_1, refused = asyncio.run(append())
+        assert (lazy, kept_0, kept_1) == (0, 1, 0)
+        assert isinstance(refused, TransactionRefusedError)
+        assert seen[-1] == {("t", 0): 1, ("t", 1): 0}
+        with log.metadata.inner._transaction("read, by hand") as conn:  # type: ignore[attr-defined]
+            names = {n for (n,) in conn.execute("SELECT name FROM counters")}
+        assert "kept" in names and "refused" not in names
+        assert log.offsets("t", 1).high_watermark == 1  # the refused marker is not there
+        assert (log.writer.stats.objects_put, log.writer.stats.objects_committed) == (2, 1)
+        assert _values(log) == [b"lazy"]
+
+
+def test_a_lazy_append_waits_for_a_flush_someone_needs_and_goes_out_with_it(
+    tmp_path: Path,
+) -> None:
+    """A lazy append does not wake an idle writer; an ordinary append after it does, and
+    both go out in one object. A lazy append alone still goes out, after at most
+    ``LAZY_WAIT_S``."""
+    with Log.open(Settings.load(data_dir=tmp_path, linger_ms=300)) as log:
+        log.create_topic("t")
+
+        async def append() -> list[int]:
+            lazy = log.append_async("t", 0, build_batch([b"lazy"]), lazy=True)
+            plain = log.append_async("t", 0, build_batch([b"plain"]))
+            return await asyncio.gather(lazy, plain)
+
+        assert asyncio.run(append()) == [0, 1]
+        assert log.writer.stats.objects_put == 1
+
+        async def alone() -> int:
+            return await log.append_async("t", 0, build_batch([b"alone"]), lazy=True)
+
+        assert asyncio.run(alone()) == 2
+        assert log.writer.stats.objects_put == 2
+        assert _values(log) == [b"lazy", b"plain", b"alone"]

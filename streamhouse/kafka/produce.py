@@ -220,7 +220,9 @@ def _start_append(
     if transactional_id is not None:
         early = broker.transactions.early_answers(transactional_id, header)
     try:
-        offset = broker.log.append_async(topic, partition, records, batches, now_ms=now_ms)
+        offset = broker.log.append_async(
+            topic, partition, records, batches, lazy=early is not None, now_ms=now_ms
+        )
     except StreamHouseError as exc:
         log.debug("produce to %s/%d refused: %s", topic, partition, exc)
         return error_code_for(exc)

@@ -243,6 +243,7 @@ class TransactionCoordinator:
         Kafka broker's answer (librdkafka's 0103 asks right after its flush)."""
         pending = [f for b in self._begun.values() for f in b.unflushed if not f.done()]
         if pending:
+            self._log.writer.hurry()
             await asyncio.wait(pending)
 
     def _saw_begin(self, transactional_id: str, producer_id: int, epoch: int) -> None:

@@ -259,16 +259,20 @@ class Log:
         split: SplitBatches | None = None,
         *,
         urgent: bool = False,
+        lazy: bool = False,
         now_ms: int | None = None,
     ) -> asyncio.Future[int]:
         """:meth:`append` from a running event loop, with an asyncio future resolved on it.
 
         ``batches`` may be a view of a request frame (no copy): it must not change until the
-        future is resolved. ``urgent`` flushes without lingering (a transaction marker).
+        future is resolved. ``urgent`` flushes without lingering (a transaction marker),
+        ``lazy`` waits for a flush someone else needs (a transactional batch answered early).
         ``now_ms`` is the log-append time to stamp (default: now) where the topic wants one.
         """
         batches, headers = self._validate(topic, partition, batches, split, now_ms)
-        return self.writer.append_async(topic, partition, batches, headers, urgent=urgent)
+        return self.writer.append_async(
+            topic, partition, batches, headers, urgent=urgent, lazy=lazy
+        )
 
     def append_hooked(
         self, appends: Sequence[tuple[str, int, bytes]], hook: CommitHook

@@ -96,6 +96,9 @@ MAX_PUT_AHEAD = 4
 are being committed, as many waiting, and one being put; a process killed loses the
 acknowledgement of all of them (nothing acknowledged), and leaves their objects unindexed."""
 
+LAZY_WAIT_S = 0.1
+"""How long a lazy append (:meth:`LogWriter.append_async`) waits for a flush someone needs."""
+
 CommitListener = Callable[[str, int, int], None]
 """Called after each commit with (topic, partition, new high watermark)."""
 
@@ -242,6 +245,7 @@ class LogWriter:
         self._pending_bytes = 0
         self._fenced = 0  # pending appends with a fence
         self._first_pending_at = 0.0
+        self._held = False  # every pending append is lazy (see append_async)
         self._appended = 0  # sequence number of the last append
         self._settled = 0  # every append up to this sequence number is resolved
         self._put: deque[_Flush] = deque()  # put, waiting for the committer, in order
@@ -299,15 +303,19 @@ class LogWriter:
         headers: list[tuple[int, BatchHeader]],
         *,
         urgent: bool = False,
+        lazy: bool = False,
     ) -> asyncio.Future[int]:
         """Like :meth:`append`, on a running event loop: the future resolves on that loop.
 
         ``urgent`` flushes now, with whatever else is pending, instead of ``linger_ms``
         after the first pending append (for a batch someone waits on alone: a transaction
-        marker)."""
+        marker). ``lazy`` waits for a flush someone else needs, for at most
+        :data:`LAZY_WAIT_S` (a transactional batch answered early, which its EndTxn flushes
+        together with its markers)."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[int] = loop.create_future()
-        self._queue(_Append(topic, partition, data, headers, future, loop), urgent=urgent)
+        item = _Append(topic, partition, data, headers, future, loop)
+        self._queue(item, urgent=urgent, lazy=lazy)
         return future
 
     def append_hooked(
@@ -326,13 +334,18 @@ class LogWriter:
         self._queue(*items, urgent=True)
         return [item.future for item in items]  # type: ignore[misc]
 
-    def _queue(self, *items: _Append, urgent: bool = False) -> None:
+    def _queue(self, *items: _Append, urgent: bool = False, lazy: bool = False) -> None:
         with self._lock:
             if self._closed:
                 raise StorageError("the log is closed")
-            first = not self._pending
+            first = wake = not self._pending
             if first:
                 self._first_pending_at = time.monotonic()
+                self._held = lazy
+            elif self._held and not lazy:  # someone waits now: linger as usual from here
+                self._held = False
+                self._first_pending_at = time.monotonic()
+                wake = True
             for item in items:
                 self._appended += 1
                 item.sequence = self._appended
@@ -341,7 +354,7 @@ class LogWriter:
                 self._fenced += item.fence is not None
             if urgent:
                 self._first_pending_at = 0.0  # the linger is over
-            if first or urgent or self._pending_bytes >= self._max_bytes:  # else it lingers
+            if wake or urgent or self._pending_bytes >= self._max_bytes:  # else it lingers
                 self._work.notify()
 
     def hurry(self) -> None:
@@ -388,6 +401,8 @@ class LogWriter:
                     elif self._pending:
                         busy = self._put or self._committing or self._linger_when_idle
                         linger = self._linger if busy else 0.0
+                        if self._held:  # only lazy appends are pending
+                            linger = LAZY_WAIT_S
                         wait = self._first_pending_at + linger - time.monotonic()
                         if wait <= 0 or self._pending_bytes >= self._max_bytes or self._closed:
                             break
