@@ -169,6 +169,7 @@ class SQLiteMetadata(SqlMetadata):
                 conn.execute("PRAGMA synchronous=FULL")
             self._connections[threading.get_ident()] = (threading.current_thread(), conn)
         self._local.conn = conn
+        self._local.synchronous = "FULL"
         return conn
 
     def _file_identity(self) -> tuple[int, int] | None:
@@ -206,10 +207,12 @@ class SQLiteMetadata(SqlMetadata):
             raise StorageError(f"metadata store {self.path}: cannot {action}: {exc}") from exc
 
     @contextmanager
-    def _transaction(self, action: str) -> Iterator[sqlite3.Connection]:
-        """A write transaction: committed if the block returns, rolled back if it raises."""
+    def _transaction(self, action: str, *, lazy: bool = False) -> Iterator[sqlite3.Connection]:
+        """A write transaction: committed if the block returns, rolled back if it raises.
+        ``lazy``: see :meth:`_lazy_transaction`."""
         conn = self._connection()
         with self._write_lock, self._storage_errors(action):
+            self._synchronous(conn, "NORMAL" if lazy else "FULL")
             conn.execute("BEGIN IMMEDIATE")
             try:
                 yield conn
@@ -223,19 +226,18 @@ class SQLiteMetadata(SqlMetadata):
                 raise
             conn.execute("COMMIT")
 
-    @contextmanager
-    def _lazy_transaction(self, action: str) -> Iterator[sqlite3.Connection]:
+    def _synchronous(self, conn: sqlite3.Connection, level: str) -> None:
+        """Set this thread's connection to ``synchronous=level`` unless it is already (a
+        thread that makes lazy commits one after the other sets it once)."""
+        if getattr(self._local, "synchronous", "FULL") != level:
+            conn.execute(f"PRAGMA synchronous={level}")
+            self._local.synchronous = level
+
+    def _lazy_transaction(self, action: str) -> AbstractContextManager[sqlite3.Connection]:
         """:meth:`_transaction` at ``synchronous=NORMAL``: in WAL mode its COMMIT appends to the
-        WAL without an fsync, and the next ``FULL`` commit's fsync covers it."""
-        conn = self._connection()  # this thread's own: the setting concerns nobody else
-        with self._storage_errors(action):
-            conn.execute("PRAGMA synchronous=NORMAL")
-        try:
-            with self._transaction(action) as same:
-                yield same
-        finally:
-            with self._storage_errors(action):
-                conn.execute("PRAGMA synchronous=FULL")
+        WAL without an fsync, and the next ``FULL`` commit's fsync covers it. The setting is
+        the connection's (this thread's own), and stays until a durable transaction here."""
+        return self._transaction(action, lazy=True)
 
     @contextmanager
     def _reader(self, action: str) -> Iterator[sqlite3.Connection]:
