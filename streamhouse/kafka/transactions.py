@@ -16,7 +16,11 @@ transaction on. Within this agent the requests of one transactional id run one a
 - **AddPartitionsToTxn** starts the transaction; each partition joins at its high watermark,
   which holds its last stable offset there until the transaction ends.
 - **TxnOffsetCommit** keeps consumer offsets aside until the transaction commits.
-- **EndTxn** decides (``PREPARE_COMMIT``/``PREPARE_ABORT`` stored), a marker goes to every
+- **EndTxn** committing a transaction whose records were answered early (below) does it in
+  one flush: its COMMIT markers queue behind the records, and the segment commit indexing the
+  markers decides and completes the transaction in its own store transaction, once it has
+  checked there that every record is indexed (:meth:`TransactionCoordinator._commit_at_once`).
+  Otherwise EndTxn decides (``PREPARE_COMMIT``/``PREPARE_ABORT`` stored), a marker goes to every
   partition of the transaction (through the log like any batch, flushed without lingering)
   and the transaction is completed, which moves the partitions' last stable offsets; then it
   answers. Only the markers' segment commit waits for the disk: the decision and the
@@ -371,7 +375,8 @@ class TransactionCoordinator:
     async def end(
         self, transactional_id: str, producer_id: int, epoch: int, commit: bool
     ) -> Verdict:
-        """Commit or abort the producer's transaction: decide it (a lazy store commit), write
+        """Commit or abort the producer's transaction: at once if it can
+        (:meth:`_commit_at_once`), else decide it (a lazy store commit), write
         its markers and complete it; answers once all that is durable (the markers' segment
         commit covers the decision), since the id's next AddPartitionsToTxn would wait for the
         markers anyway. ``BUSY`` (CONCURRENT_TRANSACTIONS: the client retries) if a marker

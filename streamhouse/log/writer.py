@@ -53,6 +53,13 @@ deleted when the index provably does not name it, and later flushes guess again 
 committed high watermarks. A group commit that fails is made again flush by flush (unless the
 store may have committed it), so a flush the store refuses fails its own appends only.
 
+Two kinds of appends serve transactions: a *lazy* append (a transactional batch answered
+before it is durable) wakes no idle writer and waits, at most :data:`LAZY_WAIT_S`, for a flush
+someone needs; appends queued with a commit hook (:meth:`LogWriter.append_hooked`, a
+transaction's markers) flush at once, and their hook runs inside the store transaction that
+commits them, so what it writes (the transaction's decision) is durable with them or not at
+all; a hook's refusal refuses its own appends only, as the store refuses producer batches.
+
 Futures: :meth:`LogWriter.append` returns a :class:`concurrent.futures.Future`;
 :meth:`LogWriter.append_async` an :class:`asyncio.Future` that is resolved on its event loop,
 all those of one flush in a single ``call_soon_threadsafe``.

@@ -16,6 +16,10 @@ completion when no marker was written). A power loss can take a lazy commit only
 everything after it: a lost addition with the records it admitted, unacknowledged; a lost
 decision with its markers, before EndTxn was answered.
 
+A commit of records answered early (:meth:`TransactionStore.commit_in`) is decided and completed
+at once, inside the segment commit that indexes its markers, never stored as
+``PREPARE_COMMIT``: it is durable with its markers, and refused unless every record is indexed.
+
 A transaction's life (Kafka's states)::
 
     EMPTY --add--> ONGOING --end--> PREPARE_COMMIT | PREPARE_ABORT --markers written-->
