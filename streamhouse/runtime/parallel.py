@@ -18,6 +18,8 @@ split is :mod:`.routing`'s:
   by the key group of the join key (PARTITION BY), and its consuming side runs the whole
   unchanged plan over the rows of its key groups. Record keys made of row ids (an outer
   join's pairs) are prefixed with ``<task>/``: row ids are unique within a task only.
+- A per-window query without a key (Nexmark q5): rows are routed by window, to every task
+  owning a window they fall in, and each task evaluates the windows it owns.
 
 Task ``i`` writes sink partition ``i`` only (the sink is created with ``n`` partitions), so its
 exactly-once sink marks are its own. State: ``<data_dir>/queries/<name>.p<n>/task-<i>`` (the
@@ -59,8 +61,9 @@ from streamhouse.runtime.exchange import (
     owned_partitions,
     producing_tasks,
 )
+from streamhouse.runtime.key_groups import window_tasks
 from streamhouse.runtime.operator import Changelog, MicroBatch
-from streamhouse.runtime.operators import WindowAggregation, run_ordered
+from streamhouse.runtime.operators import WindowAggregation, WindowedEvaluation, run_ordered
 from streamhouse.runtime.options import QueryOptions
 from streamhouse.runtime.query import FINAL_WATERMARK, ContinuousQuery, _format_time
 from streamhouse.runtime.rescale import KEYS_FILE, finish, rescale
@@ -115,13 +118,22 @@ def explain_parallel(
     elif routing.shape == "rows":
         for index, source in enumerate(plan.sources):
             columns = ", ".join(routing.keys[source]) or "one group"
+            by = f"key group of ({columns}), {groups}"
+            if routing.window is not None:
+                by = (
+                    "window: to every task owning a window the row falls in (a window's task"
+                    f" by the key group of its start), {groups}"
+                )
             lines.append(
                 f"  Exchange  topic {exchange_topic(name, index)} {exchange}: the rows of"
-                f" {source} by key group of ({columns}), {groups}"
+                f" {source} by {by}"
             )
+        owned = (
+            "the windows the task owns" if routing.window is not None else "the task's key groups"
+        )
         lines += [
             "    each task: source partitions p % n == i, rows sent as read",
-            f"    then {routing.operator} over the rows of the task's key groups",
+            f"    then {routing.operator} over the rows of {owned}",
             "    watermark: per task the minimum over the producing tasks' watermarks",
         ]
     else:
@@ -171,6 +183,9 @@ class TaskQuery(ContinuousQuery):
             self.operator = branch.operator = ExchangedWindowAggregation(
                 operator, StateView(self.store, b"0/"), branch
             )
+        if self.routing.window is not None:  # routed by window: evaluate the windows it owns
+            assert isinstance(self.operator, WindowedEvaluation)
+            self.operator.executor.owns = lambda starts: window_tasks(starts, parallelism) == task
 
     @property
     def transactional_id(self) -> str:
@@ -261,6 +276,7 @@ class TaskQuery(ContinuousQuery):
                     not self.read_options[name].ignore_parse_errors,
                     window,
                     text_keys=text,
+                    by_window=self.routing.window,
                     latest=(self.read_options[name].startup or self.options.startup)
                     == "latest-offset",
                 )

@@ -103,6 +103,11 @@ def rescalable(plan: ContinuousPlan, routing: Routing) -> None:
     why = ""
     if node.updating:
         why = "it is an updating query (its upserts of a key would move to another sink partition)"
+    elif routing.window is not None:
+        why = (
+            "it is routed by window (a per-window query without a key; a pane's rows are in"
+            " every task owning a window over it), and that state does not move yet"
+        )
     elif not isinstance(node, _RESCALABLE):
         why = f"its {routing.operator} state does not move by key group yet"
     if why:
