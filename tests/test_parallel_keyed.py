@@ -562,6 +562,17 @@ def test_explain_and_what_is_refused(sh: StreamHouse, tmp_path: Path) -> None:
             parallelism=2,
             name="refused",
         )
+    # an outer join's upserts are keyed by row ids numbered per task: not rescaled
+    produce(sh, random.Random(4), generate(random.Random(4), 20))
+    path = write(
+        tmp_path,
+        "lj",
+        "INSERT INTO lj SELECT a.k, a.t AS at, a.v, b.w FROM ev a LEFT JOIN ev2 b ON a.k = b.k",
+        100,
+    )
+    run_to_end(sh, path, 2)
+    with pytest.raises(SqlError, match="output is keyed by row ids"):
+        run_to_end(sh, path, 3)
     with pytest.raises(SqlError, match="parallelism > 1 does not run a statement set yet"):
         sh.start(
             "EXECUTE STATEMENT SET BEGIN INSERT INTO o1 SELECT k FROM ev;"

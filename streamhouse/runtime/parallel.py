@@ -21,8 +21,10 @@ split is :mod:`.routing`'s:
 - A per-window query without a key (Nexmark q5): rows are routed by window, to every task
   owning a window they fall in, and each task evaluates the windows it owns.
 
-Task ``i`` writes sink partition ``i`` only (the sink is created with ``n`` partitions), so its
-exactly-once sink marks are its own. State: ``<data_dir>/queries/<name>.p<n>/task-<i>`` (the
+Task ``i`` writes sink partition ``i`` only (the sink is created with ``n`` partitions); the
+tasks of an updating GROUP BY write each upsert to its key's partition (Kafka's default
+partitioner, as at parallelism 1), so that a key's upserts stay in one partition when it moves
+to another task (rescaling). Each task writes in transactions of its own (:mod:`.two_phase`). State: ``<data_dir>/queries/<name>.p<n>/task-<i>`` (the
 consuming side, a :class:`~.query.ContinuousQuery`) and ``exchange-<i>[-<source>]`` (the
 producing side, one store per source); each task writes ``task-<i>.json`` with its progress
 for :meth:`ParallelQuery.status`. Restarted at another parallelism, the query's state moves by
@@ -66,7 +68,7 @@ from streamhouse.runtime.operator import Changelog, MicroBatch
 from streamhouse.runtime.operators import WindowAggregation, WindowedEvaluation, run_ordered
 from streamhouse.runtime.options import QueryOptions
 from streamhouse.runtime.query import FINAL_WATERMARK, ContinuousQuery, _format_time
-from streamhouse.runtime.rescale import KEYS_FILE, finish, rescale
+from streamhouse.runtime.rescale import KEYS_FILE, finish, keyed_upserts, rescale
 from streamhouse.runtime.routing import plan_routing
 from streamhouse.runtime.sources import QuerySource
 from streamhouse.runtime.task_processes import TaskProcess, Zygote
@@ -183,6 +185,11 @@ class TaskQuery(ContinuousQuery):
             self.operator = branch.operator = ExchangedWindowAggregation(
                 operator, StateView(self.store, b"0/"), branch
             )
+        if keyed_upserts(self.plan):  # a key's upserts to its partition, whatever task owns it
+            self.sink_partition = None
+            for branch in self.branches:
+                if branch.sink is not None:
+                    branch.sink.partition = None
         if self.routing.window is not None:  # routed by window: evaluate the windows it owns
             assert isinstance(self.operator, WindowedEvaluation)
             self.operator.executor.owns = lambda starts: window_tasks(starts, parallelism) == task
@@ -401,7 +408,7 @@ class ParallelQuery:
             self.log.create_topic(topic, self.parallelism, config)
         elif info.partitions < self.parallelism and role != "sink":  # our own: one per task
             self.log.set_partitions(topic, self.parallelism)
-        elif info.partitions < self.parallelism:
+        elif info.partitions < self.parallelism and not keyed_upserts(self.plan):
             raise SqlError(
                 f"the {role} topic {topic!r} has {info.partitions} partition(s): a query at"
                 f" parallelism {self.parallelism} writes one per task"

@@ -23,9 +23,11 @@ The new state is written beside the old (``<name>.p<M>.rescaling``) and renamed 
 then the old is deleted: a crash leaves either the old state (rescaled again at the next start)
 or the new one.
 
-What rescales: stateless queries, windowed GROUP BY (TUMBLE, HOP, CUMULATE, SESSION), interval
-and regular inner stream joins, and window joins. Updating queries (their upserts of a key
-would move to another sink partition) and the other operators are refused by name.
+What rescales: stateless queries, windowed GROUP BY (TUMBLE, HOP, CUMULATE, SESSION), updating
+GROUP BY (its tasks write a key's upserts to the key's sink partition, so they stay there; its
+groups move with their current rows, :func:`_move_groups`), interval and regular inner stream
+joins, and window joins. Updating queries keyed by row ids (outer joins: their ids are numbered
+per task), per-window queries routed by window and the other operators are refused by name.
 """
 
 from __future__ import annotations
@@ -62,16 +64,20 @@ from streamhouse.runtime.routing import Routing
 from streamhouse.runtime.sources import EVENT_TIME, SOURCE
 from streamhouse.runtime.two_phase import TwoPhaseCommit, transactional_id
 from streamhouse.sql import nodes
+from streamhouse.sql.aggregates import AggregateFunction
 from streamhouse.sql.plan import ContinuousPlan
 from streamhouse.state.store import (
     FORMAT,
     ColumnFamily,
     StateBatch,
     StateStore,
+    StateView,
+    TableState,
     decode_table,
     encode_table,
     partition_key,
 )
+from streamhouse.views.group_by import DISTINCT_KEY, GROUP_ID, GROUPS_KEY
 from streamhouse.windows.operator import SESSIONS_KEY
 
 log = logging.getLogger(__name__)
@@ -101,8 +107,11 @@ def rescalable(plan: ContinuousPlan, routing: Routing) -> None:
     """Refuse (SqlError naming the operator) a query whose state cannot move by key group yet."""
     node = plan.operator
     why = ""
-    if node.updating:
-        why = "it is an updating query (its upserts of a key would move to another sink partition)"
+    if node.updating and not keyed_upserts(plan):
+        why = (
+            f"it is an updating query whose {routing.operator} output is keyed by row ids"
+            " (numbered per task: its retractions would miss the rows of other tasks)"
+        )
     elif routing.window is not None:
         why = (
             "it is routed by window (a per-window query without a key; a pane's rows are in"
@@ -115,6 +124,14 @@ def rescalable(plan: ContinuousPlan, routing: Routing) -> None:
             f"this query cannot change parallelism: {why}; run it at the parallelism it was"
             " checkpointed at, or delete its state to run it afresh"
         )
+
+
+def keyed_upserts(plan: ContinuousPlan) -> bool:
+    """Whether ``plan`` is an updating GROUP BY: its upserts are keyed by its group keys, and
+    its tasks write them to the sink partition of their key (Kafka's default partitioner, as at
+    parallelism 1), so a key's upserts stay in one partition whatever task owns it."""
+    node = plan.operator
+    return isinstance(node, nodes.WindowAggregate) and node.window is None
 
 
 def rescale(
@@ -142,7 +159,8 @@ def rescale(
     for index in range(len(plan.sources)):
         if routing.shape != "stateless":
             _grow(log_, exchange_topic(name, index), new)
-    _grow(log_, plan.sink or "", new)
+    if not keyed_upserts(plan):  # more partitions would move keys to other partitions
+        _grow(log_, plan.sink or "", new)
     began = time.monotonic()
     olds = [StateStore(old_root / f"task-{t}") for t in range(old)]
     news = [StateStore(staging / f"task-{t}") for t in range(new)]
@@ -370,6 +388,9 @@ def _move_state(
 ) -> None:
     """Every operator state entry, split by key group to the new tasks, renumbered."""
     node = plan.operator
+    if keyed_upserts(plan):
+        _move_groups(node, olds, batches)  # type: ignore[arg-type]
+        return
     entries: list[tuple[str, bytes, pa.Table, str | None]] = []
     for store in olds:
         for family in (ColumnFamily.WINDOWS, ColumnFamily.SESSIONS, ColumnFamily.JOINS):
@@ -398,6 +419,65 @@ def _move_state(
             fresh = _renumbered(family, key, runs[task])
             runs[task] += 1
             batches[task].put(family, OPERATOR + fresh, encode_table(part))
+
+
+def _move_groups(
+    node: nodes.WindowAggregate, olds: list[StateStore], batches: list[StateBatch]
+) -> None:
+    """An updating GROUP BY's groups (their current rows: a later run of a task supersedes its
+    earlier ones) to the tasks owning their key groups, one run per old task; with COUNT
+    (DISTINCT), each group's id renumbered in its new task and its (group, value) pairs
+    moved with it."""
+    view_keys = list(node.keys) or ["__all"]
+    columns = [f"__k{i}" for i in range(len(node.keys))]
+    distinct = [
+        i for i, c in enumerate(node.aggregates) if c.func is AggregateFunction.COUNT_DISTINCT
+    ]
+    next_id = [0] * len(batches)
+    for run, store in enumerate(olds):
+        view = StateView(store, OPERATOR)
+        for family in (ColumnFamily.WINDOWS, ColumnFamily.JOINS):
+            if next(view.items(family), None) is not None:
+                raise SqlError(f"unexpected {family} state of a GROUP BY; cannot rescale it")
+        groups = TableState(view, GROUPS_KEY, view_keys)
+        current = groups.current()
+        if current.num_rows == 0:
+            continue
+        owner = task_of(_groups(current, columns, False), len(batches))
+        ids = tasks = None
+        if distinct:  # old group id -> (new task, new group id)
+            old_ids = current[GROUP_ID].to_numpy()
+            ids = np.full(int(old_ids.max()) + 1, -1, dtype=np.int64)
+            tasks = np.full(len(ids), -1, dtype=np.int64)
+            tasks[old_ids] = owner
+        for task in np.unique(owner).tolist():
+            mine = owner == task
+            part = current.filter(pa.array(mine))
+            if ids is not None:
+                renumbered = next_id[task] + np.arange(part.num_rows, dtype=np.int64)
+                ids[part[GROUP_ID].to_numpy()] = renumbered
+                next_id[task] += part.num_rows
+                at = part.column_names.index(GROUP_ID)
+                part = part.set_column(at, GROUP_ID, pa.array(renumbered))
+            key = OPERATOR + GROUPS_KEY + _U32.pack(run)
+            batches[task].put(ColumnFamily.SESSIONS, key, encode_table(part))
+        for call in distinct:
+            name = DISTINCT_KEY + _U32.pack(call)
+            pairs = TableState(view, name, [GROUP_ID, "v"]).current()
+            if pairs.num_rows == 0:
+                continue
+            assert ids is not None and tasks is not None
+            gid = pairs[GROUP_ID].to_numpy()
+            if gid.max() >= len(ids) or (ids[gid] < 0).any():
+                raise SqlError("COUNT(DISTINCT) values of an unknown group; cannot rescale")
+            pair_tasks = tasks[gid]
+            pairs = pairs.set_column(
+                pairs.column_names.index(GROUP_ID), GROUP_ID, pa.array(ids[gid])
+            )
+            for task in np.unique(pair_tasks).tolist():
+                part = pairs.filter(pa.array(pair_tasks == task))
+                key = OPERATOR + name + _U32.pack(run)
+                batches[task].put(ColumnFamily.SESSIONS, key, encode_table(part))
 
 
 KEYS_FILE = "keys.json"
