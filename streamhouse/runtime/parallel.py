@@ -16,15 +16,16 @@ split is :mod:`.routing`'s:
 - Joins, window joins, Top-N and deduplication: each task's producing side sends the source
   rows as read, one exchange topic per source (``<query>.exchange``, ``<query>.exchange1``),
   by the key group of the join key (PARTITION BY), and its consuming side runs the whole
-  unchanged plan over the rows of its key groups. Record keys made of row ids (an outer
-  join's pairs) are prefixed with ``<task>/``: row ids are unique within a task only.
+  unchanged plan over the rows of its key groups. An outer stream join numbers its rows with
+  the task's number in their ids (unique over the tasks, also after a rescale); record keys
+  made of other operators' row ids are prefixed with ``<task>/``.
 - A per-window query without a key (Nexmark q5): rows are routed by window, to every task
   owning a window they fall in, and each task evaluates the windows it owns.
 
 Task ``i`` writes sink partition ``i`` only (the sink is created with ``n`` partitions); the
-tasks of an updating GROUP BY write each upsert to its key's partition (Kafka's default
-partitioner, as at parallelism 1), so that a key's upserts stay in one partition when it moves
-to another task (rescaling). Each task writes in transactions of its own (:mod:`.two_phase`). State: ``<data_dir>/queries/<name>.p<n>/task-<i>`` (the
+tasks of an updating GROUP BY or an outer join write each upsert to its key's partition
+(Kafka's default partitioner, as at parallelism 1), so that a key's upserts stay in one
+partition when it moves to another task (rescaling). Each task writes in transactions of its own (:mod:`.two_phase`). State: ``<data_dir>/queries/<name>.p<n>/task-<i>`` (the
 consuming side, a :class:`~.query.ContinuousQuery`) and ``exchange-<i>[-<source>]`` (the
 producing side, one store per source); each task writes ``task-<i>.json`` with its progress
 for :meth:`ParallelQuery.status`. Restarted at another parallelism, the query's state moves by
@@ -65,10 +66,15 @@ from streamhouse.runtime.exchange import (
 )
 from streamhouse.runtime.key_groups import window_tasks
 from streamhouse.runtime.operator import Changelog, MicroBatch
-from streamhouse.runtime.operators import WindowAggregation, WindowedEvaluation, run_ordered
+from streamhouse.runtime.operators import (
+    StreamJoining,
+    WindowAggregation,
+    WindowedEvaluation,
+    run_ordered,
+)
 from streamhouse.runtime.options import QueryOptions
 from streamhouse.runtime.query import FINAL_WATERMARK, ContinuousQuery, _format_time
-from streamhouse.runtime.rescale import KEYS_FILE, finish, keyed_upserts, rescale
+from streamhouse.runtime.rescale import KEYS_FILE, finish, rescale, upserts_by_key
 from streamhouse.runtime.routing import plan_routing
 from streamhouse.runtime.sources import QuerySource
 from streamhouse.runtime.task_processes import TaskProcess, Zygote
@@ -178,6 +184,7 @@ class TaskQuery(ContinuousQuery):
         self.results_topic = results_topic  # where the caller's results go (ParallelResults)
         self.upstreams: dict[str, QuerySource] = {}  # the sources the producing side reads
         self.setup_cpu_seconds = 0.0  # CPU seconds of the task process once it was set up
+        self.by_key = False  # upserts to their key's sink partition (see upserts_by_key)
         super().__init__(*args, **kwargs)
         operator = self.plan.operator
         if isinstance(operator, nodes.WindowAggregate) and _partials(operator):
@@ -185,11 +192,14 @@ class TaskQuery(ContinuousQuery):
             self.operator = branch.operator = ExchangedWindowAggregation(
                 operator, StateView(self.store, b"0/"), branch
             )
-        if keyed_upserts(self.plan):  # a key's upserts to its partition, whatever task owns it
+        self.by_key = upserts_by_key(self.plan)
+        if self.by_key:  # a key's upserts to its partition, whatever task owns it
             self.sink_partition = None
             for branch in self.branches:
                 if branch.sink is not None:
                     branch.sink.partition = None
+        if isinstance(self.operator, StreamJoining):  # row ids unique over every task
+            self.operator.executor.task = task
         if self.routing.window is not None:  # routed by window: evaluate the windows it owns
             assert isinstance(self.operator, WindowedEvaluation)
             self.operator.executor.owns = lambda starts: window_tasks(starts, parallelism) == task
@@ -298,7 +308,7 @@ class TaskQuery(ContinuousQuery):
         batch: StateBatch,
     ) -> Changelog:
         change = super()._operate(branch, tables, watermark, batch)
-        if self.shape != "rows":
+        if self.shape != "rows" or self.by_key:  # (an outer join's row ids name their task)
             return change
         # rows keyed by row ids (a join's pairs) are unique within a task: the task's number
         # makes them unique in the sink
@@ -408,7 +418,7 @@ class ParallelQuery:
             self.log.create_topic(topic, self.parallelism, config)
         elif info.partitions < self.parallelism and role != "sink":  # our own: one per task
             self.log.set_partitions(topic, self.parallelism)
-        elif info.partitions < self.parallelism and not keyed_upserts(self.plan):
+        elif info.partitions < self.parallelism and not upserts_by_key(self.plan):
             raise SqlError(
                 f"the {role} topic {topic!r} has {info.partitions} partition(s): a query at"
                 f" parallelism {self.parallelism} writes one per task"

@@ -25,9 +25,11 @@ or the new one.
 
 What rescales: stateless queries, windowed GROUP BY (TUMBLE, HOP, CUMULATE, SESSION), updating
 GROUP BY (its tasks write a key's upserts to the key's sink partition, so they stay there; its
-groups move with their current rows, :func:`_move_groups`), interval and regular inner stream
-joins, and window joins. Updating queries keyed by row ids (outer joins: their ids are numbered
-per task), per-window queries routed by window and the other operators are refused by name.
+groups move with their current rows, :func:`_move_groups`), interval and regular stream joins,
+inner and outer (an outer join's row ids carry the task that numbered them, and its upserts
+too go to their key's partition), and window joins. Other updating queries (a join over an
+updating input, Top-N), per-window queries routed by window and the other operators are
+refused by name.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ import numpy as np
 import pyarrow as pa
 
 from streamhouse.errors import SqlError
+from streamhouse.joins.stream_join import SEQUENCE
 from streamhouse.log import Log
 from streamhouse.runtime.exchange import (
     IDLE,
@@ -89,7 +92,19 @@ _U64 = struct.Struct(">Q")
 _SESSION_RUN = struct.Struct(">BQI")
 _BIAS = 1 << 63
 _COUNTERS = ("rows_in", "rows_out", "late_rows", "rejected_rows", "damaged_rows")
-_OWN_META = (PENDING, SINK, WATERMARK, COUNTERS, SOURCE, EVENT_TIME, TAKEN, IDLE, FORMAT)
+_JOIN_SEQUENCE = OPERATOR + SEQUENCE
+_OWN_META = (
+    PENDING,
+    SINK,
+    WATERMARK,
+    COUNTERS,
+    SOURCE,
+    EVENT_TIME,
+    TAKEN,
+    IDLE,
+    FORMAT,
+    _JOIN_SEQUENCE,
+)
 """Meta keys whose values are per task (rewritten here); any other is copied if every old task
 holds the same value."""
 
@@ -107,11 +122,8 @@ def rescalable(plan: ContinuousPlan, routing: Routing) -> None:
     """Refuse (SqlError naming the operator) a query whose state cannot move by key group yet."""
     node = plan.operator
     why = ""
-    if node.updating and not keyed_upserts(plan):
-        why = (
-            f"it is an updating query whose {routing.operator} output is keyed by row ids"
-            " (numbered per task: its retractions would miss the rows of other tasks)"
-        )
+    if node.updating and not upserts_by_key(plan):
+        why = f"its {routing.operator} upserts do not move between tasks yet"
     elif routing.window is not None:
         why = (
             "it is routed by window (a per-window query without a key; a pane's rows are in"
@@ -126,11 +138,14 @@ def rescalable(plan: ContinuousPlan, routing: Routing) -> None:
         )
 
 
-def keyed_upserts(plan: ContinuousPlan) -> bool:
-    """Whether ``plan`` is an updating GROUP BY: its upserts are keyed by its group keys, and
-    its tasks write them to the sink partition of their key (Kafka's default partitioner, as at
-    parallelism 1), so a key's upserts stay in one partition whatever task owns it."""
+def upserts_by_key(plan: ContinuousPlan) -> bool:
+    """Whether ``plan`` is an updating GROUP BY (upserts keyed by its group keys) or an outer
+    stream join (keyed by row ids that carry the task that numbered them): its tasks write each
+    upsert to the sink partition of its key (Kafka's default partitioner, as at parallelism 1),
+    so a key's upserts and its tombstone stay in one partition whatever task owns it."""
     node = plan.operator
+    if isinstance(node, nodes.StreamJoin):
+        return node.outer is not None
     return isinstance(node, nodes.WindowAggregate) and node.window is None
 
 
@@ -159,7 +174,7 @@ def rescale(
     for index in range(len(plan.sources)):
         if routing.shape != "stateless":
             _grow(log_, exchange_topic(name, index), new)
-    if not keyed_upserts(plan):  # more partitions would move keys to other partitions
+    if not upserts_by_key(plan):  # more partitions would move keys to other partitions
         _grow(log_, plan.sink or "", new)
     began = time.monotonic()
     olds = [StateStore(old_root / f"task-{t}") for t in range(old)]
@@ -388,8 +403,8 @@ def _move_state(
 ) -> None:
     """Every operator state entry, split by key group to the new tasks, renumbered."""
     node = plan.operator
-    if keyed_upserts(plan):
-        _move_groups(node, olds, batches)  # type: ignore[arg-type]
+    if isinstance(node, nodes.WindowAggregate) and node.window is None:
+        _move_groups(node, olds, batches)
         return
     entries: list[tuple[str, bytes, pa.Table, str | None]] = []
     for store in olds:
@@ -400,6 +415,13 @@ def _move_state(
                 own = key[len(OPERATOR) :]
                 entries.append((family, own, decode_table(value), _source_of(node, family, own)))
     text = _text_keys(routing, entries) if text is None else text
+    if isinstance(node, nodes.StreamJoin):  # no task numbers a row id twice after the move
+        floor = max(
+            [_int(store.get(ColumnFamily.META, _JOIN_SEQUENCE)) or 0 for store in olds]
+            + [_U64.unpack(key[9:17])[0] + 1 for _, key, _, _ in entries if len(key) == 17]
+        )
+        for batch in batches:
+            batch.put(ColumnFamily.META, _JOIN_SEQUENCE, _U64.pack(floor))
     runs = [0] * len(batches)
     for family, key, table, source in entries:
         columns = (
