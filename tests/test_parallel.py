@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import subprocess
 import sys
 import time
@@ -263,6 +264,17 @@ def test_stateless_filter_through_the_command_line(sh: StreamHouse, tmp_path: Pa
     printed = [json.loads(line) for line in result.stdout.splitlines() if line.strip()]
     assert sorted((r["k"], r["v"]) for r in printed) == expected  # the tasks' rows, as at 1
     assert f"{PARTITIONS * 400} rows in, {len(expected)} rows out" in result.stderr
+    # and each task's share: rows, rate, watermark, state size, offsets (2 tasks, 3 partitions)
+    tasks = re.findall(
+        r"task (\d): (\d+) rows in, \d+ rows out, ([\d.]+) rows/s; watermark (.+?); state (\d+)"
+        r" bytes; offsets (.*)",
+        result.stderr,
+    )
+    assert [t[0] for t in tasks] == ["0", "1"]
+    assert sum(int(t[1]) for t in tasks) == PARTITIONS * 400
+    assert all(float(t[2]) > 0 and int(t[4]) > 0 for t in tasks)
+    assert tasks[0][3] == tasks[1][3] == "end of input"
+    assert [json.loads(t[5]) for t in tasks] == [{"0": 400, "2": 400}, {"1": 400}]
 
 
 def test_results_reach_the_caller_at_parallelism_2(sh: StreamHouse, tmp_path: Path) -> None:

@@ -185,6 +185,9 @@ class TaskQuery(ContinuousQuery):
         self.upstreams: dict[str, QuerySource] = {}  # the sources the producing side reads
         self.setup_cpu_seconds = 0.0  # CPU seconds of the task process once it was set up
         self.by_key = False  # upserts to their key's sink partition (see upserts_by_key)
+        # (time, rows_in) at the start of the rate's interval, the last rate measured, and
+        # whether it was over a whole interval
+        self.rate_sample: tuple[float, int, float, bool] | None = None
         super().__init__(*args, **kwargs)
         operator = self.plan.operator
         if isinstance(operator, nodes.WindowAggregate) and _partials(operator):
@@ -596,6 +599,7 @@ class ParallelQuery:
             "sink": self.plan.sink,
             "watermark": _format_time(watermark) if watermark is not None else None,
             "rows_in": sum(t.get("rows_in", 0) for t in tasks),
+            "rows_per_s": round(sum(t.get("rows_per_s", 0.0) for t in tasks), 1),
             "rows_out": sum(t.get("rows_out", 0) for t in tasks),
             "late_rows": sum(t.get("late_rows", 0) for t in tasks),
             "rejected_rows": sum(t.get("rejected_rows", 0) for t in tasks),
@@ -817,6 +821,9 @@ def _run(
     _write_status(query, writers, status_path, ready)
 
 
+RATE_INTERVAL_S = 1.0
+"""The interval a task's ``rows_per_s`` is measured over."""
+
 DRAIN_STALL_S = 60.0
 """How long a draining task may take no exchange record before it gives up."""
 
@@ -849,11 +856,23 @@ def _write_status(
     if len(query.upstreams or query.sources) == 1:
         offsets = next(iter(offsets.values()), {})
     stateless = query.shape == "stateless"
+    rows_in = query.rows_in if stateless else sum(w.rows_in for w in writers)
+    now = time.time()
+    # source records read per second: over the last whole interval (before one: since set-up)
+    since, before, rate, whole = query.rate_sample or (ready, rows_in, 0.0, False)
+    if now - since >= RATE_INTERVAL_S:
+        rate, whole = (rows_in - before) / (now - since), True
+        since, before = now, rows_in
+    elif not whole and now > since:
+        rate = (rows_in - before) / (now - since)
+    query.rate_sample = (since, before, rate, whole)
     status = {
         "task": query.task,
         "offsets": offsets,
         "watermark_ms": query.watermark,
-        "rows_in": query.rows_in if stateless else sum(w.rows_in for w in writers),
+        "watermark": _format_time(query.watermark),
+        "rows_per_s": round(rate, 1),
+        "rows_in": rows_in,
         "rows_out": query.rows_out,
         "late_rows": query.late_rows,
         "rejected_rows": (
@@ -864,7 +883,7 @@ def _write_status(
         "ready_at": ready,
         "cpu_seconds": round(time.process_time(), 3),  # of this task process
         "setup_cpu_seconds": query.setup_cpu_seconds,  # of it, before the first micro-batch
-        "updated_at": time.time(),
+        "updated_at": now,
     }
     temporary = path.with_suffix(".tmp")
     temporary.write_text(json.dumps(status))
