@@ -227,6 +227,37 @@ def test_updating_group_by_rescaled_2_to_3_to_1(sh: StreamHouse, tmp_path: Path)
     assert got == rows_of([dict(zip(columns, row, strict=True)) for row in expected], columns)
 
 
+def test_runs_to_the_end_one_after_another_take_all_their_input(
+    sh: StreamHouse, tmp_path: Path
+) -> None:
+    """An updating GROUP BY run to the end at parallelism 3, four times with more input before
+    each: every run takes all of it (the watermark is final from the start of a later run,
+    so a task no longer ends on it alone: it waits for every task's producers to finish and
+    takes every exchange record they appended)."""
+    rng = random.Random(31)
+    parts = events(rng, 200)
+    path = write(tmp_path, "upd", UPDATING.format(batch=37))
+    con = duckdb.connect()
+    columns = ["k", "n", "nd", "s", "hi"]
+    for stage in range(4):
+        produce(sh, rng, [rows[stage * 50 : (stage + 1) * 50] for rows in parts])
+        status = run_to_end(sh, path, 3)
+        assert status["rows_in"] == PARTITIONS * 50 * (stage + 1)
+        latest: dict[bytes, dict | None] = {}
+        table = sh.fetch("totals")
+        for key, value in zip(table["key"].to_pylist(), table["value"].to_pylist(), strict=True):
+            latest[key] = json.loads(value) if value is not None else None
+        got = rows_of([v for v in latest.values() if v is not None], columns)
+        k, t, v = zip(*[r for rows in parts for r in rows[: (stage + 1) * 50]], strict=True)
+        con.register("ev", pa.table({"k": k, "t": t, "v": v}))
+        expected = con.execute(
+            "SELECT k, COUNT(*), COUNT(DISTINCT v), SUM(v), MAX(v) FROM ev GROUP BY k"
+            " HAVING COUNT(*) % 4 <> 1"
+        ).fetchall()
+        want = rows_of([dict(zip(columns, row, strict=True)) for row in expected], columns)
+        assert got == want, f"run {stage + 1}"
+
+
 def test_stateless_filter_through_the_command_line(sh: StreamHouse, tmp_path: Path) -> None:
     rng = random.Random(3)
     parts = events(rng, 400)

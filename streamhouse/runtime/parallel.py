@@ -41,6 +41,7 @@ import os
 import signal
 import threading
 import time
+import uuid
 from collections import deque
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -73,7 +74,7 @@ from streamhouse.runtime.operators import (
     run_ordered,
 )
 from streamhouse.runtime.options import QueryOptions
-from streamhouse.runtime.query import FINAL_WATERMARK, ContinuousQuery, _format_time
+from streamhouse.runtime.query import ContinuousQuery, _format_time
 from streamhouse.runtime.rescale import KEYS_FILE, finish, rescale, upserts_by_key
 from streamhouse.runtime.routing import plan_routing
 from streamhouse.runtime.sources import QuerySource
@@ -493,7 +494,9 @@ class ParallelQuery:
 
     def _spawn(self, until_end: bool) -> None:
         zygote = Zygote.get()
-        self.processes = [zygote.spawn(self._spec(t, until_end)) for t in range(self.parallelism)]
+        run = uuid.uuid4().hex  # a run to the end: each task's final-<task>.json names it
+        specs = [{**self._spec(t, until_end), "run": run} for t in range(self.parallelism)]
+        self.processes = [zygote.spawn(spec) for spec in specs]
 
     def _supervise(self) -> None:
         """Restart a task killed by a signal (kill -9, the OOM killer) from its checkpoint;
@@ -766,7 +769,7 @@ def run_task(spec: dict[str, Any]) -> None:
                 query,
                 writers,
                 root / f"task-{task}.json",
-                bool(spec["until_end"]),
+                spec.get("run") if spec["until_end"] else None,
                 lambda: stopping,
             )
         finally:
@@ -779,11 +782,13 @@ def _run(
     query: TaskQuery,
     writers: list[ExchangeWriter],
     status_path: Path,
-    until_end: bool,
+    run: str | None,
     stopping: Any,
 ) -> None:
-    """Alternate the task's producing and consuming sides until stopped (or, ``until_end``, until
-    every window closed)."""
+    """Alternate the task's producing and consuming sides until stopped (or, with ``run``, the
+    id of a run to the end: until every task sent what its sources held at the start and this
+    task took all of it, every window closed)."""
+    until_end = run is not None
     ready = time.time()  # set up: from here on the task processes records
     query.setup_cpu_seconds = round(time.process_time(), 3)
     _write_status(query, writers, status_path, ready)
@@ -798,6 +803,8 @@ def _run(
             offsets = query.log.metadata.partition_offsets(writer.source.topic)
             targets.append({p: offsets[p].high_watermark for p in writer.source.positions})
     sent_final = [False] * len(writers)
+    done = status_path.with_name(f"final-{query.task}.json")  # this task's producers finished
+    announced = False
     pause = FIRST_POLL_S
     while not stopping():
         progressed = False
@@ -809,16 +816,44 @@ def _run(
                 sent_final[i] = progressed = True
             else:
                 progressed = writer.step() or progressed
+        if until_end and all(sent_final) and not announced:
+            _write_atomically(done, {"run": run})
+            announced = True
         progressed = query.step() or progressed
         if progressed:
             _write_status(query, writers, status_path, ready)
             pause = FIRST_POLL_S
-        elif until_end and query.watermark >= FINAL_WATERMARK:
+        elif until_end and _took_every_final(query, status_path.parent, run):
             return
         else:
             time.sleep(pause)
             pause = min(pause * 2, query.options.poll_interval_ms / 1000)
     _write_status(query, writers, status_path, ready)
+
+
+def _took_every_final(query: TaskQuery, root: Path, run: str | None) -> bool:
+    """Whether every task's producers sent their last records of run ``run`` (each says so in
+    ``final-<task>.json`` once they are appended) and this task took every exchange record
+    appended by then. (The watermark alone does not tell: after an earlier run to the end it
+    is final from the start.)"""
+    for task in range(query.parallelism):
+        try:
+            if json.loads((root / f"final-{task}.json").read_text()).get("run") != run:
+                return False
+        except (OSError, ValueError):
+            return False
+    for source in query.sources.values():
+        if isinstance(source, ExchangeSource):
+            ends = query.log.metadata.partition_offsets(source.topic)
+            if source.positions.get(query.task, 0) < ends[query.task].high_watermark:
+                return False
+    return True
+
+
+def _write_atomically(path: Path, value: Any) -> None:
+    temporary = path.with_suffix(".tmp")
+    temporary.write_text(json.dumps(value))
+    temporary.replace(path)
 
 
 RATE_INTERVAL_S = 1.0
@@ -885,9 +920,7 @@ def _write_status(
         "setup_cpu_seconds": query.setup_cpu_seconds,  # of it, before the first micro-batch
         "updated_at": now,
     }
-    temporary = path.with_suffix(".tmp")
-    temporary.write_text(json.dumps(status))
-    temporary.replace(path)
+    _write_atomically(path, status)
 
 
 def task_main(spec: dict[str, Any]) -> int:
