@@ -842,10 +842,12 @@ def _took_every_final(query: TaskQuery, root: Path, run: str | None) -> bool:
                 return False
         except (OSError, ValueError):
             return False
-    for source in query.sources.values():
+    metadata = query.log.metadata
+    fresh = getattr(metadata, "fresh_offset", metadata.partition_offset)  # not the cache's:
+    for source in query.sources.values():  # other processes' appends reach it a poll later
         if isinstance(source, ExchangeSource):
-            ends = query.log.metadata.partition_offsets(source.topic)
-            if source.positions.get(query.task, 0) < ends[query.task].high_watermark:
+            end = fresh(source.topic, query.task).high_watermark
+            if source.positions.get(query.task, 0) < end:
                 return False
     return True
 
