@@ -46,7 +46,7 @@ from streamhouse.log.records import Compression, build_batch
 from streamhouse.runtime.key_groups import key_groups, task_of, window_tasks
 from streamhouse.runtime.operators import run_ordered
 from streamhouse.runtime.query import FINAL_WATERMARK
-from streamhouse.runtime.sources import NO_WATERMARK, QuerySource, SourceRead
+from streamhouse.runtime.sources import EVENT_TIME, NO_WATERMARK, QuerySource, SourceRead
 from streamhouse.sql.engine import parse_failure
 from streamhouse.sql.nodes import WindowAggregate
 from streamhouse.sql.source import RejectedRow, read_records
@@ -265,6 +265,12 @@ class ExchangeSource(QuerySource):
             stored = store.get_int(partition_key(TAKEN + self._prefix, producer))
             if stored is not None:
                 self.taken[producer] = stored
+            # every producer's watermark, not only the one of this task's own index (the
+            # partition it reads): else a restarted task's watermark waits for a record of
+            # every producer (and a drain, which runs none, never moves it)
+            mark = store.get_int(partition_key(EVENT_TIME + self._prefix, producer))
+            if mark is not None:
+                self.event_times[producer] = mark - _BIAS
         self.idle_producers = set(store.get_json(IDLE + self._prefix) or [])
         self._read_idle = set(self.idle_producers)
 

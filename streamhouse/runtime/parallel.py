@@ -867,7 +867,8 @@ DRAIN_STALL_S = 60.0
 
 def _take_exchange(query: TaskQuery) -> None:
     """A drain's consuming side: take every exchange record appended so far (no producer runs
-    any more), so that no row is in flight when the state moves."""
+    any more), and the watermark they carry, so that no row is in flight when the state moves
+    and every task stands at one watermark."""
     log_ = query.log
     sources = [s for s in query.sources.values() if isinstance(s, ExchangeSource)]
     targets = [log_.metadata.partition_offsets(s.topic)[query.task].high_watermark for s in sources]
@@ -881,6 +882,8 @@ def _take_exchange(query: TaskQuery) -> None:
             )
         else:
             time.sleep(FIRST_POLL_S)
+    while query.step():  # the watermark of the last records read moves on in a step of its own
+        pass
 
 
 def _write_status(

@@ -27,9 +27,9 @@ What rescales: stateless queries, windowed GROUP BY (TUMBLE, HOP, CUMULATE, SESS
 GROUP BY (its tasks write a key's upserts to the key's sink partition, so they stay there; its
 groups move with their current rows, :func:`_move_groups`), interval and regular stream joins,
 inner and outer (an outer join's row ids carry the task that numbered them, and its upserts
-too go to their key's partition), and window joins. Other updating queries (a join over an
-updating input, Top-N), per-window queries routed by window and the other operators are
-refused by name.
+too go to their key's partition), window joins, and per-window queries routed by window
+(:func:`_move_panes`). Other updating queries (a join over an updating input, Top-N) and the
+other operators are refused by name.
 """
 
 from __future__ import annotations
@@ -47,6 +47,7 @@ import pyarrow as pa
 
 from streamhouse.errors import SqlError
 from streamhouse.joins.stream_join import SEQUENCE
+from streamhouse.joins.windowed import EMITTED, Panes
 from streamhouse.log import Log
 from streamhouse.runtime.exchange import (
     IDLE,
@@ -61,7 +62,7 @@ from streamhouse.runtime.exchange import (
 from streamhouse.runtime.exchange import (
     WATERMARK as PRODUCER_WATERMARK,
 )
-from streamhouse.runtime.key_groups import key_groups, task_of
+from streamhouse.runtime.key_groups import key_groups, task_of, window_tasks
 from streamhouse.runtime.query import COUNTERS, PENDING, SINK, WATERMARK
 from streamhouse.runtime.routing import Routing
 from streamhouse.runtime.sources import EVENT_TIME, SOURCE
@@ -69,6 +70,7 @@ from streamhouse.runtime.two_phase import TwoPhaseCommit, transactional_id
 from streamhouse.sql import nodes
 from streamhouse.sql.aggregates import AggregateFunction
 from streamhouse.sql.plan import ContinuousPlan
+from streamhouse.sql.window_spec import WindowSpec
 from streamhouse.state.store import (
     FORMAT,
     ColumnFamily,
@@ -124,11 +126,6 @@ def rescalable(plan: ContinuousPlan, routing: Routing) -> None:
     why = ""
     if node.updating and not upserts_by_key(plan):
         why = f"its {routing.operator} upserts do not move between tasks yet"
-    elif routing.window is not None:
-        why = (
-            "it is routed by window (a per-window query without a key; a pane's rows are in"
-            " every task owning a window over it), and that state does not move yet"
-        )
     elif not isinstance(node, _RESCALABLE):
         why = f"its {routing.operator} state does not move by key group yet"
     if why:
@@ -236,18 +233,31 @@ def _pending(path: Path) -> bool:
 
 
 def _behind(log_: Log, name: str, sources: int, root: Path, parallelism: int) -> bool:
-    """Whether a consuming side has exchange records left to take."""
-    ends = [log_.metadata.partition_offsets(exchange_topic(name, i)) for i in range(sources)]
+    """Whether a consuming side has exchange records left to take, or has not yet moved its
+    watermark to what the records it took carry (the tasks' watermarks differ: a task stopped
+    between the step that read the last records and the step that moves the watermark)."""
+    ends = [_high_watermarks(log_, exchange_topic(name, i)) for i in range(sources)]
+    marks = set()
     for task in range(parallelism):
         store = StateStore(root / f"task-{task}")
         try:
+            marks.add(store.get_int(WATERMARK))
             for index in range(sources):
                 taken = store.get_int(partition_key(SOURCE + bytes([index]), task))
-                if (taken or 0) < ends[index][task].high_watermark:
+                if (taken or 0) < ends[index][task]:
                     return True
         finally:
             store.close()
-    return False
+    return len(marks) > 1
+
+
+def _high_watermarks(log_: Log, topic: str) -> dict[int, int]:
+    """Each partition's high watermark read from the store: the metadata cache learns the
+    task processes' appends a poll later, and a stale end would leave records undrained."""
+    metadata = log_.metadata
+    fresh = getattr(metadata, "fresh_offset", metadata.partition_offset)
+    partitions = log_.topic(topic).partitions
+    return {p: fresh(topic, p).high_watermark for p in range(partitions)}
 
 
 def _grow(log_: Log, topic: str, partitions: int) -> None:
@@ -332,13 +342,13 @@ def _move_exchange(
     for index in range(len(plan.sources)):
         suffix = "" if index == 0 else f"-{index}"
         topic = exchange_topic(name, index)
-        ends = log_.metadata.partition_offsets(topic)
+        ends = _high_watermarks(log_, topic)
         for task, store in enumerate(olds):  # drained: every exchange record taken
             taken = store.get_int(partition_key(SOURCE + bytes([index]), task))
-            if taken is not None and taken < ends[task].high_watermark:
+            if taken is not None and taken < ends[task]:
                 raise SqlError(
                     f"task {task} of query {name} did not take every exchange record"
-                    f" ({taken} of {ends[task].high_watermark}); cannot rescale"
+                    f" ({taken} of {ends[task]}); cannot rescale"
                 )
         moved: dict[int, dict[bytes, bytes]] = {}
         rows_in = rejected = 0
@@ -380,11 +390,9 @@ def _move_exchange(
                     batch.put_int(PRODUCER_WATERMARK, start)
                 writer.commit(batch)
                 writer.close()
-        offsets = log_.metadata.partition_offsets(topic)
+        offsets = _high_watermarks(log_, topic)
         for task, batch in enumerate(news):
-            batch.put_int(
-                partition_key(SOURCE + bytes([index]), task), offsets[task].high_watermark
-            )
+            batch.put_int(partition_key(SOURCE + bytes([index]), task), offsets[task])
             if start is not None:
                 for producer in range(producers):
                     batch.put_int(partition_key(EVENT_TIME + bytes([index]), producer), start)
@@ -405,6 +413,9 @@ def _move_state(
     node = plan.operator
     if isinstance(node, nodes.WindowAggregate) and node.window is None:
         _move_groups(node, olds, batches)
+        return
+    if routing.window is not None:
+        _move_panes(routing.window, olds, batches)
         return
     entries: list[tuple[str, bytes, pa.Table, str | None]] = []
     for store in olds:
@@ -441,6 +452,33 @@ def _move_state(
             fresh = _renumbered(family, key, runs[task])
             runs[task] += 1
             batches[task].put(family, OPERATOR + fresh, encode_table(part))
+
+
+def _move_panes(window: WindowSpec, olds: list[StateStore], batches: list[StateBatch]) -> None:
+    """A per-window query routed by window: each buffered pane, as one old task holding it
+    has it (every holder has all its rows: a task owning a window over a pane is sent every
+    row of it, and holds it only while that window is open, so it dropped none as late), to
+    every new task owning a window over it that is still open."""
+    panes = Panes.of(window)
+    emitted = [_int(store.get(ColumnFamily.META, OPERATOR + EMITTED)) for store in olds]
+    closed = max((e - _BIAS for e in emitted if e is not None), default=None)
+    taken: dict[bytes, int] = {}  # (input, pane) -> the old task its rows are taken from
+    runs = [0] * len(batches)
+    for task, store in enumerate(olds):
+        for key, value in store.items(ColumnFamily.JOINS):
+            if not key.startswith(OPERATOR) or len(key) != len(OPERATOR) + 21:
+                raise SqlError(f"unexpected state entry {key!r}; cannot rescale this query")
+            pane = key[len(OPERATOR) : len(OPERATOR) + 17]  # u8(input) | pane end | pane start
+            if taken.setdefault(pane, task) != task:
+                continue  # another old task's copy of this pane
+            start = np.array([_U64.unpack(pane[9:17])[0] - _BIAS], dtype=np.int64)
+            starts, ends = panes.windows(start)
+            if closed is not None:
+                starts = starts[ends > closed]
+            for owner in np.unique(window_tasks(starts, len(batches))).tolist():
+                fresh = OPERATOR + pane + _U32.pack(runs[owner])
+                runs[owner] += 1
+                batches[owner].put(ColumnFamily.JOINS, fresh, value)
 
 
 def _move_groups(
