@@ -24,7 +24,7 @@ process's), the 1-minute load average; and the median of the paired ratios.
     -- stateless: a filter and projection (no exchange)
     INSERT INTO <sink> SELECT user_id, url, ts FROM clicks WHERE user_id % 4 <> 0
     -- q5: the users with the most clicks per HOP window (2 s slide, 10 s size), Nexmark q5's
-    -- join of two window aggregates on their bounds (refused at parallelism > 1)
+    -- join of two window aggregates on their bounds (routed by window at parallelism > 1)
     -- join: each click with the user's page views of the 2 seconds before it
     INSERT INTO <sink> SELECT c.user_id, c.url, c.ts, v.page FROM clicks c JOIN views v
     ON c.user_id = v.user_id AND c.ts BETWEEN v.ts AND v.ts + INTERVAL '2' SECOND

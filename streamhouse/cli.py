@@ -1192,6 +1192,14 @@ def run(
             + f"; watermark {status['watermark']}",
             err=True,
         )
+        for task in status.get("tasks", []):  # a parallel query: each task's share
+            click.echo(
+                f"  task {task['task']}: {task.get('rows_in', 0)} rows in,"
+                f" {task.get('rows_out', 0)} rows out, {task.get('rows_per_s', 0.0)} rows/s;"
+                f" watermark {task.get('watermark')}; state {task.get('state_bytes', 0)} bytes;"
+                f" offsets {json.dumps(task.get('offsets', {}))}",
+                err=True,
+            )
 
 
 @main.command()

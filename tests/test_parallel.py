@@ -3,18 +3,19 @@
 - a windowed GROUP BY (TUMBLE, HOP, CUMULATE) at parallelism 1, 2 and 3, micro-batches of
   random sizes over records produced in random chunks: the sink equals DuckDB's batch answer;
 - an updating GROUP BY and a stateless filter at parallelism 2 (the stateless one through the
-  command line);
+  command line); the updating GROUP BY rescaled 2 -> 3 -> 1 (a task killed -9);
 - a query stopped mid-way and restarted, and one whose task processes are killed with SIGKILL
   mid-run, then resumed: every window exactly once;
-- EXPLAIN shows the exchange and the tasks; bad settings, shapes not parallel yet and an updating
-  query restarted at another parallelism are refused with one clear message (rescaling the
-  others: ``test_parallel_keyed.py``).
+- EXPLAIN shows the exchange and the tasks (Nexmark q5's shape routed by window); bad settings
+  and shapes not parallel yet are refused with one clear message (rescaling the others:
+  ``test_parallel_keyed.py``).
 """
 
 from __future__ import annotations
 
 import json
 import random
+import re
 import subprocess
 import sys
 import time
@@ -169,6 +170,94 @@ def test_updating_group_by_at_parallelism_2(sh: StreamHouse, tmp_path: Path) -> 
     assert {p for ps in by_key.values() for p in ps} == {0, 1}
 
 
+UPDATING = (
+    STREAM
+    + """SET 'max-batch-records' = '{batch}';
+INSERT INTO totals SELECT k, COUNT(*) AS n, COUNT(DISTINCT v) AS nd, SUM(v) AS s, MAX(v) AS hi
+FROM ev GROUP BY k HAVING COUNT(*) % 4 <> 1
+"""
+)
+
+
+def test_updating_group_by_rescaled_2_to_3_to_1(sh: StreamHouse, tmp_path: Path) -> None:
+    """An updating GROUP BY (COUNT DISTINCT; HAVING drops and brings back keys: tombstones)
+    started over a third of the input at parallelism 2 and stopped, restarted at 3 over the
+    next third (a task killed -9 before the stop), then at 1 to the end: its groups move by
+    key group, each key's upserts stay in one sink partition, no record is read twice, and the
+    latest row per key equals DuckDB's answer."""
+    rng = random.Random(29)
+    parts = events(rng, 300)
+    path = write(tmp_path, "upd", UPDATING.format(batch=53))
+    for stage, parallelism in enumerate((2, 3)):
+        produce(sh, rng, [rows[stage * 100 : (stage + 1) * 100] for rows in parts])
+        query = sh.start(path, parallelism=parallelism)
+        read = PARTITIONS * 100 * (stage + 1)
+        wait_for(lambda q=query, n=read: q.status()["rows_in"] >= n)
+        if parallelism == 3:
+            query.processes[2].kill()
+        query.stop()
+    produce(sh, rng, [rows[200:] for rows in parts])
+    status = run_to_end(sh, path, 1)
+    assert status["rows_in"] == PARTITIONS * 300  # none read twice, none skipped
+    assert [p.name for p in (sh.settings.data_dir / "queries").glob("upd.p*")] == ["upd.p1"]
+    latest: dict[bytes, dict | None] = {}
+    partitions: dict[bytes, set[int]] = {}
+    table = sh.fetch("totals")
+    for partition, key, value in zip(
+        table["partition"].to_pylist(),
+        table["key"].to_pylist(),
+        table["value"].to_pylist(),
+        strict=True,
+    ):
+        latest[key] = json.loads(value) if value is not None else None
+        partitions.setdefault(key, set()).add(partition)
+    assert sh.log.topic("totals").partitions == 2  # created at 2, never grown
+    assert all(len(p) == 1 for p in partitions.values())  # a key's upserts in one partition
+    assert {p for ps in partitions.values() for p in ps} == {0, 1}
+    assert any(v is None for v in latest.values())  # HAVING dropped some key
+    columns = ["k", "n", "nd", "s", "hi"]
+    got = rows_of([v for v in latest.values() if v is not None], columns)
+    con = duckdb.connect()
+    k, t, v = zip(*flat(parts), strict=True)
+    con.register("ev", pa.table({"k": k, "t": t, "v": v}))
+    expected = con.execute(
+        "SELECT k, COUNT(*), COUNT(DISTINCT v), SUM(v), MAX(v) FROM ev GROUP BY k"
+        " HAVING COUNT(*) % 4 <> 1"
+    ).fetchall()
+    assert got == rows_of([dict(zip(columns, row, strict=True)) for row in expected], columns)
+
+
+def test_runs_to_the_end_one_after_another_take_all_their_input(
+    sh: StreamHouse, tmp_path: Path
+) -> None:
+    """An updating GROUP BY run to the end at parallelism 3, four times with more input before
+    each: every run takes all of it (the watermark is final from the start of a later run,
+    so a task no longer ends on it alone: it waits for every task's producers to finish and
+    takes every exchange record they appended)."""
+    rng = random.Random(31)
+    parts = events(rng, 200)
+    path = write(tmp_path, "upd", UPDATING.format(batch=37))
+    con = duckdb.connect()
+    columns = ["k", "n", "nd", "s", "hi"]
+    for stage in range(4):
+        produce(sh, rng, [rows[stage * 50 : (stage + 1) * 50] for rows in parts])
+        status = run_to_end(sh, path, 3)
+        assert status["rows_in"] == PARTITIONS * 50 * (stage + 1)
+        latest: dict[bytes, dict | None] = {}
+        table = sh.fetch("totals")
+        for key, value in zip(table["key"].to_pylist(), table["value"].to_pylist(), strict=True):
+            latest[key] = json.loads(value) if value is not None else None
+        got = rows_of([v for v in latest.values() if v is not None], columns)
+        k, t, v = zip(*[r for rows in parts for r in rows[: (stage + 1) * 50]], strict=True)
+        con.register("ev", pa.table({"k": k, "t": t, "v": v}))
+        expected = con.execute(
+            "SELECT k, COUNT(*), COUNT(DISTINCT v), SUM(v), MAX(v) FROM ev GROUP BY k"
+            " HAVING COUNT(*) % 4 <> 1"
+        ).fetchall()
+        want = rows_of([dict(zip(columns, row, strict=True)) for row in expected], columns)
+        assert got == want, f"run {stage + 1}"
+
+
 def test_stateless_filter_through_the_command_line(sh: StreamHouse, tmp_path: Path) -> None:
     rng = random.Random(3)
     parts = events(rng, 400)
@@ -206,6 +295,17 @@ def test_stateless_filter_through_the_command_line(sh: StreamHouse, tmp_path: Pa
     printed = [json.loads(line) for line in result.stdout.splitlines() if line.strip()]
     assert sorted((r["k"], r["v"]) for r in printed) == expected  # the tasks' rows, as at 1
     assert f"{PARTITIONS * 400} rows in, {len(expected)} rows out" in result.stderr
+    # and each task's share: rows, rate, watermark, state size, offsets (2 tasks, 3 partitions)
+    tasks = re.findall(
+        r"task (\d): (\d+) rows in, \d+ rows out, ([\d.]+) rows/s; watermark (.+?); state (\d+)"
+        r" bytes; offsets (.*)",
+        result.stderr,
+    )
+    assert [t[0] for t in tasks] == ["0", "1"]
+    assert sum(int(t[1]) for t in tasks) == PARTITIONS * 400
+    assert all(float(t[2]) > 0 and int(t[4]) > 0 for t in tasks)
+    assert tasks[0][3] == tasks[1][3] == "end of input"
+    assert [json.loads(t[5]) for t in tasks] == [{"0": 400, "2": 400}, {"1": 400}]
 
 
 def test_results_reach_the_caller_at_parallelism_2(sh: StreamHouse, tmp_path: Path) -> None:
@@ -322,31 +422,25 @@ def test_explain_and_refusals(sh: StreamHouse, tmp_path: Path) -> None:
             parallelism=2,
         )
     # Nexmark q5's shape: two window aggregates joined on their (renamed) window bounds only;
-    # a bound is no column of the stream to route its rows by (it failed in the tasks)
+    # a bound is no column of the stream to route its rows by: routed by window (a key of
+    # the stream's rows failed in the tasks before)
     counts = (
         "SELECT k, COUNT(*) AS num, window_start AS starttime, window_end AS endtime"
         " FROM TABLE(HOP(TABLE ev, DESCRIPTOR(t), INTERVAL '2' SECOND, INTERVAL '10' SECOND))"
         " GROUP BY k, window_start, window_end"
     )
-    with pytest.raises(SqlError, match=r"does not run Windowed .*no equality between a column"):
-        sh.start(
-            f"INSERT INTO o SELECT hot.k, hot.num FROM ({counts}) AS hot JOIN"
+    hot = "\n".join(
+        sh.sql(
+            f"EXPLAIN INSERT INTO o SELECT hot.k, hot.num FROM ({counts}) AS hot JOIN"
             f" (SELECT MAX(c.num) AS maxn, c.starttime, c.endtime FROM ({counts}) AS c"
             " GROUP BY c.starttime, c.endtime) AS top ON hot.starttime = top.starttime"
-            " AND hot.endtime = top.endtime AND hot.num >= top.maxn",
-            parallelism=2,
+            " AND hot.endtime = top.endtime AND hot.num >= top.maxn"
         )
-
-    # an updating query's upserts of a key would move to another sink partition
-    rng = random.Random(5)
-    produce(sh, rng, events(rng, 50))
-    path = write(
-        tmp_path, "agg", STREAM + "INSERT INTO cnt SELECT k, COUNT(*) AS n FROM ev GROUP BY k"
+        .to_arrow_table()["plan"]
+        .to_pylist()
     )
-    run_to_end(sh, path, 2)
-    for parallelism in (3, 1):
-        with pytest.raises(SqlError, match="cannot change parallelism: it is an updating query"):
-            run_to_end(sh, path, parallelism)
+    assert "the rows of ev by window: to every task owning a window the row falls in" in hot
+    assert "then per-window query over the rows of the windows the task owns" in hot
 
 
 def test_an_idle_task_does_not_hold_the_watermark_back(sh: StreamHouse, tmp_path: Path) -> None:

@@ -9,7 +9,9 @@ so each matching pair is produced exactly once, whatever the micro-batch split. 
 (only the columns the SQL names, and the time column) are buffered in the ``joins`` column
 family in chunks keyed by ``side | u64(max event time) | u64(sequence)``. An interval join's bounds (:mod:`.bounds`) let a chunk go once the watermark
 shows that every row in it is too old to match a future row of the other side; a regular join
-keeps its rows (``state.ttl`` bounds them by event time).
+keeps its rows (``state.ttl`` bounds them by event time). The next chunk sequence is kept in
+``meta`` (``join/sequence``) too: an outer join numbers its rows by it, and an id must never
+recur once its chunks expired (a recurring id's tombstone would delete another row's output).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from streamhouse.errors import StreamHouseError
 from streamhouse.joins.columns import pruned, referenced_names
 from streamhouse.sql.bounds import TimeBound
 from streamhouse.sql.execute import run_sql
@@ -40,6 +43,11 @@ log = logging.getLogger(__name__)
 
 LEFT, RIGHT = b"L", b"R"
 _SEQ = struct.Struct(">Q")
+SEQUENCE = b"join/sequence"
+"""``meta`` key: the next chunk sequence number, so row ids are never numbered twice (also once
+every chunk holding them has expired)."""
+TASK_ROWS = 1 << 26
+"""Rows one chunk numbers at most at parallelism > 1 (see :meth:`StreamJoin._numbered`)."""
 
 
 @dataclass
@@ -70,7 +78,10 @@ class StreamJoin:
         self.ttl_ms = ttl_ms
         self.columns = _referenced(sql, outer)
         self.chunks: dict[bytes, list[_Chunk]] = {LEFT: [], RIGHT: []}
-        self.sequence = 0
+        stored = store.get(ColumnFamily.META, SEQUENCE)
+        self.sequence = _SEQ.unpack(stored)[0] if stored is not None else 0
+        # the task of a parallel query numbering rows (its number is in their ids), or None
+        self.task: int | None = None
         for key, value in store.items(ColumnFamily.JOINS):
             side = key[:1]
             if side in self.chunks:
@@ -187,10 +198,21 @@ class StreamJoin:
         return rows if rows is None else pruned(rows, self.columns, [self.times[side]])
 
     def _numbered(self, side: bytes, rows: pa.Table | None) -> pa.Table | None:
-        """``rows`` with a unique id per row (the chunk sequence, then the row index)."""
+        """``rows`` with a unique id per row: the chunk sequence, then the row index; in a task
+        of a parallel query, the sequence (30 bits), the task (7 bits) and the index (26 bits),
+        so ids of rows that other tasks numbered, moved here by a rescale, never recur."""
         if rows is None or rows.num_rows == 0:
             return None
-        ids = (self.sequence << 32) + np.arange(rows.num_rows, dtype=np.int64)
+        index = np.arange(rows.num_rows, dtype=np.int64)
+        if self.task is None:
+            ids = (self.sequence << 32) + index
+        elif rows.num_rows > TASK_ROWS:
+            raise StreamHouseError(
+                f"an outer join at parallelism > 1 numbers at most {TASK_ROWS} rows of a side per"
+                f" micro-batch ({rows.num_rows} came): lower 'max-batch-records'"
+            )
+        else:
+            ids = (self.sequence << 33) + (self.task << 26) + index
         return rows.append_column(ID[side], pa.array(ids))
 
     def _append(
@@ -203,6 +225,7 @@ class StreamJoin:
             max_ts = int(ts[valid].max()) if valid.any() else max_ts
         key = side + time_key(max_ts) + _SEQ.pack(self.sequence)
         self.sequence += 1
+        batch.put(ColumnFamily.META, SEQUENCE, _SEQ.pack(self.sequence))
         staged[side].append(_Chunk(key, max_ts, rows))
         batch.put(ColumnFamily.JOINS, key, encode_table(rows))
 

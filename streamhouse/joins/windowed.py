@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import logging
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from itertools import pairwise
 
@@ -90,6 +91,15 @@ class Panes:
             return starts - np.mod(starts, self.size) + self.size
         return starts + self.size
 
+    def window_starts(self, starts: np.ndarray) -> np.ndarray:
+        """The distinct starts of the windows over each pane, one row per pane (a CUMULATE's
+        windows over a pane all start at its base)."""
+        if self.kind == WindowKind.HOP:
+            return starts[:, None] - np.arange(self.size // self.width)[None, :] * self.width
+        if self.kind == WindowKind.CUMULATE:
+            return (starts - np.mod(starts, self.size))[:, None]
+        return starts[:, None]
+
     def windows(self, starts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(start, end) of every window over each pane, for all ``starts`` together."""
         if self.kind == WindowKind.TUMBLE:
@@ -115,8 +125,17 @@ class _State:
 class WindowedQuery:
     """Evaluates ``sql`` over the registered windowed ``inputs`` one closed window at a time."""
 
-    def __init__(self, sql: str, store: StateStore, inputs: dict[str, WindowSpec]) -> None:
+    def __init__(
+        self,
+        sql: str,
+        store: StateStore,
+        inputs: dict[str, WindowSpec],
+        owns: Callable[[np.ndarray], np.ndarray] | None = None,
+    ) -> None:
         self.sql = sql
+        # at parallelism > 1 routed by window: which window starts this task evaluates (it
+        # holds the rows of every pane of those, and of others' windows over the same panes)
+        self.owns = owns
         self.store = store
         self.names = sorted(inputs)
         self.windows = inputs
@@ -158,8 +177,11 @@ class WindowedQuery:
         starts = panes.start(ts)
         keep = valid & (panes.last_end(starts) > watermark)
         late = rows.num_rows - int(np.count_nonzero(keep))
+        late_here = late
+        if late and self.owns is not None:  # a late row counts once: at its last window's task
+            late_here = int(np.count_nonzero(self.owns(panes.window_starts(starts[~keep])[:, 0])))
         if late == rows.num_rows:
-            return late
+            return late_here
         rows = self._kept_columns(rows, self.windows[name])
         if late:
             rows, starts = rows.filter(pa.array(keep)), starts[keep]
@@ -177,7 +199,7 @@ class WindowedQuery:
             staged.panes[(index, start)] = (*staged.panes.get((index, start), ()), (key, part))
             batch.put(ColumnFamily.JOINS, key, encode_table(part))
         self.schemas.setdefault(index, rows.schema)
-        return late
+        return late_here
 
     def emit(
         self, watermark: int, schemas: dict[str, pa.Schema | None], batch: StateBatch
@@ -195,6 +217,8 @@ class WindowedQuery:
         closing = ends <= watermark
         if after is not None:
             closing &= ends > after
+        if self.owns is not None and closing.any():
+            closing[closing] = self.owns(starts[closing])
         outputs = []
         if closing.any():
             windows = np.unique(np.stack([ends[closing], starts[closing]], axis=1), axis=0)

@@ -39,16 +39,18 @@ import numpy as np
 import pyarrow as pa
 
 from streamhouse.errors import StreamHouseError
+from streamhouse.joins.windowed import Panes
 from streamhouse.log import Log
 from streamhouse.log.isolation import Isolation
 from streamhouse.log.records import Compression, build_batch
-from streamhouse.runtime.key_groups import key_groups, task_of
+from streamhouse.runtime.key_groups import key_groups, task_of, window_tasks
 from streamhouse.runtime.operators import run_ordered
 from streamhouse.runtime.query import FINAL_WATERMARK
-from streamhouse.runtime.sources import NO_WATERMARK, QuerySource, SourceRead
+from streamhouse.runtime.sources import EVENT_TIME, NO_WATERMARK, QuerySource, SourceRead
 from streamhouse.sql.engine import parse_failure
 from streamhouse.sql.nodes import WindowAggregate
 from streamhouse.sql.source import RejectedRow, read_records
+from streamhouse.sql.window_spec import WindowSpec
 from streamhouse.state.store import ColumnFamily, StateBatch, StateStore, partition_key
 from streamhouse.windows.operator import pane_partials
 from streamhouse.windows.table import event_time_ms
@@ -106,9 +108,12 @@ class ExchangeWriter:
         strict: bool = False,
         window: WindowAggregate | None = None,
         text_keys: bool = False,
+        by_window: WindowSpec | None = None,
         latest: bool = False,
     ) -> None:
         self.log = log_
+        # a per-window query routed by window: a row to every task owning a window of it
+        self.by_window = by_window
         self.text_keys = text_keys
         self.source = source
         self.pre_sql = pre_sql
@@ -202,19 +207,30 @@ class ExchangeWriter:
                 rows, ts = rows.filter(pa.array(valid)), ts[valid]
             # lateness is the consuming task's to judge (by the minimum of every producer)
             rows, _ = pane_partials(self.window, rows, ts, NO_WATERMARK)
-        owner = task_of(self._key_groups(rows), self.parallelism) if rows is not None else None
+        shares = self._shares(rows) if rows is not None and rows.num_rows else None
         key = f"{self.task}:{sequence}:{watermark}:{int(idle)}".encode()
         records = {}
         for target in range(self.parallelism):
             share = b""
-            if rows is not None and owner is not None:
-                picked = rows.filter(pa.array(owner == target))
+            if rows is not None and shares is not None:
+                picked = rows.filter(pa.array(shares[target]))
                 if picked.num_rows:
                     share = encode(picked)
             records[target] = build_batch([share], [key], compression=Compression.LZ4)
         # one flush for every task's record: one object, one fsync and one commit per batch
         for future in self.log.append_together(self.topic, records).values():
             future.result()
+
+    def _shares(self, rows: pa.Table) -> list[np.ndarray]:
+        """Per task, which of ``rows`` it is sent: those of its key groups (routed by window:
+        those in a window it owns, a row to several tasks when its windows overlap)."""
+        if self.by_window is not None:
+            ts, _ = event_time_ms(rows, self.by_window.time_column)  # no time: pane 0's tasks
+            panes = Panes.of(self.by_window)
+            tasks = window_tasks(panes.window_starts(panes.start(ts)), self.parallelism)
+            return [(tasks == target).any(axis=1) for target in range(self.parallelism)]
+        owner = task_of(self._key_groups(rows), self.parallelism)
+        return [owner == target for target in range(self.parallelism)]
 
     def _key_groups(self, rows: pa.Table) -> np.ndarray:
         keys = rows.select(self.key_columns)
@@ -249,6 +265,12 @@ class ExchangeSource(QuerySource):
             stored = store.get_int(partition_key(TAKEN + self._prefix, producer))
             if stored is not None:
                 self.taken[producer] = stored
+            # every producer's watermark, not only the one of this task's own index (the
+            # partition it reads): else a restarted task's watermark waits for a record of
+            # every producer (and a drain, which runs none, never moves it)
+            mark = store.get_int(partition_key(EVENT_TIME + self._prefix, producer))
+            if mark is not None:
+                self.event_times[producer] = mark - _BIAS
         self.idle_producers = set(store.get_json(IDLE + self._prefix) or [])
         self._read_idle = set(self.idle_producers)
 

@@ -51,6 +51,14 @@ def key_groups(table: pa.Table, columns: list[str]) -> np.ndarray:
     return (value % MAX_PARALLELISM).astype(np.int64)
 
 
+def window_tasks(starts: np.ndarray, parallelism: int) -> np.ndarray:
+    """The task (of ``parallelism``) owning each window, by the key group of its start (epoch
+    ms, any shape): a per-window query routed by window (:mod:`.routing`)."""
+    flat = np.ascontiguousarray(starts, dtype=np.int64).ravel()
+    groups = _integer_groups(pa.table({"start": flat}), ["start"])
+    return task_of(groups, parallelism).reshape(np.shape(starts))
+
+
 def _integer_groups(table: pa.Table, columns: list[str]) -> np.ndarray:
     mixed = np.zeros(table.num_rows, dtype=np.uint64)
     with np.errstate(over="ignore"):

@@ -16,11 +16,16 @@ split is :mod:`.routing`'s:
 - Joins, window joins, Top-N and deduplication: each task's producing side sends the source
   rows as read, one exchange topic per source (``<query>.exchange``, ``<query>.exchange1``),
   by the key group of the join key (PARTITION BY), and its consuming side runs the whole
-  unchanged plan over the rows of its key groups. Record keys made of row ids (an outer
-  join's pairs) are prefixed with ``<task>/``: row ids are unique within a task only.
+  unchanged plan over the rows of its key groups. An outer stream join numbers its rows with
+  the task's number in their ids (unique over the tasks, also after a rescale); record keys
+  made of other operators' row ids are prefixed with ``<task>/``.
+- A per-window query without a key (Nexmark q5): rows are routed by window, to every task
+  owning a window they fall in, and each task evaluates the windows it owns.
 
-Task ``i`` writes sink partition ``i`` only (the sink is created with ``n`` partitions), so its
-exactly-once sink marks are its own. State: ``<data_dir>/queries/<name>.p<n>/task-<i>`` (the
+Task ``i`` writes sink partition ``i`` only (the sink is created with ``n`` partitions); the
+tasks of an updating GROUP BY or an outer join write each upsert to its key's partition
+(Kafka's default partitioner, as at parallelism 1), so that a key's upserts stay in one
+partition when it moves to another task (rescaling). Each task writes in transactions of its own (:mod:`.two_phase`). State: ``<data_dir>/queries/<name>.p<n>/task-<i>`` (the
 consuming side, a :class:`~.query.ContinuousQuery`) and ``exchange-<i>[-<source>]`` (the
 producing side, one store per source); each task writes ``task-<i>.json`` with its progress
 for :meth:`ParallelQuery.status`. Restarted at another parallelism, the query's state moves by
@@ -36,6 +41,7 @@ import os
 import signal
 import threading
 import time
+import uuid
 from collections import deque
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -59,11 +65,17 @@ from streamhouse.runtime.exchange import (
     owned_partitions,
     producing_tasks,
 )
+from streamhouse.runtime.key_groups import window_tasks
 from streamhouse.runtime.operator import Changelog, MicroBatch
-from streamhouse.runtime.operators import WindowAggregation, run_ordered
+from streamhouse.runtime.operators import (
+    StreamJoining,
+    WindowAggregation,
+    WindowedEvaluation,
+    run_ordered,
+)
 from streamhouse.runtime.options import QueryOptions
-from streamhouse.runtime.query import FINAL_WATERMARK, ContinuousQuery, _format_time
-from streamhouse.runtime.rescale import KEYS_FILE, finish, rescale
+from streamhouse.runtime.query import ContinuousQuery, _format_time
+from streamhouse.runtime.rescale import KEYS_FILE, finish, rescale, upserts_by_key
 from streamhouse.runtime.routing import plan_routing
 from streamhouse.runtime.sources import QuerySource
 from streamhouse.runtime.task_processes import TaskProcess, Zygote
@@ -115,13 +127,22 @@ def explain_parallel(
     elif routing.shape == "rows":
         for index, source in enumerate(plan.sources):
             columns = ", ".join(routing.keys[source]) or "one group"
+            by = f"key group of ({columns}), {groups}"
+            if routing.window is not None:
+                by = (
+                    "window: to every task owning a window the row falls in (a window's task"
+                    f" by the key group of its start), {groups}"
+                )
             lines.append(
                 f"  Exchange  topic {exchange_topic(name, index)} {exchange}: the rows of"
-                f" {source} by key group of ({columns}), {groups}"
+                f" {source} by {by}"
             )
+        owned = (
+            "the windows the task owns" if routing.window is not None else "the task's key groups"
+        )
         lines += [
             "    each task: source partitions p % n == i, rows sent as read",
-            f"    then {routing.operator} over the rows of the task's key groups",
+            f"    then {routing.operator} over the rows of {owned}",
             "    watermark: per task the minimum over the producing tasks' watermarks",
         ]
     else:
@@ -164,6 +185,10 @@ class TaskQuery(ContinuousQuery):
         self.results_topic = results_topic  # where the caller's results go (ParallelResults)
         self.upstreams: dict[str, QuerySource] = {}  # the sources the producing side reads
         self.setup_cpu_seconds = 0.0  # CPU seconds of the task process once it was set up
+        self.by_key = False  # upserts to their key's sink partition (see upserts_by_key)
+        # (time, rows_in) at the start of the rate's interval, the last rate measured, and
+        # whether it was over a whole interval
+        self.rate_sample: tuple[float, int, float, bool] | None = None
         super().__init__(*args, **kwargs)
         operator = self.plan.operator
         if isinstance(operator, nodes.WindowAggregate) and _partials(operator):
@@ -171,6 +196,17 @@ class TaskQuery(ContinuousQuery):
             self.operator = branch.operator = ExchangedWindowAggregation(
                 operator, StateView(self.store, b"0/"), branch
             )
+        self.by_key = upserts_by_key(self.plan)
+        if self.by_key:  # a key's upserts to its partition, whatever task owns it
+            self.sink_partition = None
+            for branch in self.branches:
+                if branch.sink is not None:
+                    branch.sink.partition = None
+        if isinstance(self.operator, StreamJoining):  # row ids unique over every task
+            self.operator.executor.task = task
+        if self.routing.window is not None:  # routed by window: evaluate the windows it owns
+            assert isinstance(self.operator, WindowedEvaluation)
+            self.operator.executor.owns = lambda starts: window_tasks(starts, parallelism) == task
 
     @property
     def transactional_id(self) -> str:
@@ -261,6 +297,7 @@ class TaskQuery(ContinuousQuery):
                     not self.read_options[name].ignore_parse_errors,
                     window,
                     text_keys=text,
+                    by_window=self.routing.window,
                     latest=(self.read_options[name].startup or self.options.startup)
                     == "latest-offset",
                 )
@@ -275,7 +312,7 @@ class TaskQuery(ContinuousQuery):
         batch: StateBatch,
     ) -> Changelog:
         change = super()._operate(branch, tables, watermark, batch)
-        if self.shape != "rows":
+        if self.shape != "rows" or self.by_key:  # (an outer join's row ids name their task)
             return change
         # rows keyed by row ids (a join's pairs) are unique within a task: the task's number
         # makes them unique in the sink
@@ -385,7 +422,7 @@ class ParallelQuery:
             self.log.create_topic(topic, self.parallelism, config)
         elif info.partitions < self.parallelism and role != "sink":  # our own: one per task
             self.log.set_partitions(topic, self.parallelism)
-        elif info.partitions < self.parallelism:
+        elif info.partitions < self.parallelism and not upserts_by_key(self.plan):
             raise SqlError(
                 f"the {role} topic {topic!r} has {info.partitions} partition(s): a query at"
                 f" parallelism {self.parallelism} writes one per task"
@@ -457,7 +494,9 @@ class ParallelQuery:
 
     def _spawn(self, until_end: bool) -> None:
         zygote = Zygote.get()
-        self.processes = [zygote.spawn(self._spec(t, until_end)) for t in range(self.parallelism)]
+        run = uuid.uuid4().hex  # a run to the end: each task's final-<task>.json names it
+        specs = [{**self._spec(t, until_end), "run": run} for t in range(self.parallelism)]
+        self.processes = [zygote.spawn(spec) for spec in specs]
 
     def _supervise(self) -> None:
         """Restart a task killed by a signal (kill -9, the OOM killer) from its checkpoint;
@@ -563,6 +602,7 @@ class ParallelQuery:
             "sink": self.plan.sink,
             "watermark": _format_time(watermark) if watermark is not None else None,
             "rows_in": sum(t.get("rows_in", 0) for t in tasks),
+            "rows_per_s": round(sum(t.get("rows_per_s", 0.0) for t in tasks), 1),
             "rows_out": sum(t.get("rows_out", 0) for t in tasks),
             "late_rows": sum(t.get("late_rows", 0) for t in tasks),
             "rejected_rows": sum(t.get("rejected_rows", 0) for t in tasks),
@@ -729,7 +769,7 @@ def run_task(spec: dict[str, Any]) -> None:
                 query,
                 writers,
                 root / f"task-{task}.json",
-                bool(spec["until_end"]),
+                spec.get("run") if spec["until_end"] else None,
                 lambda: stopping,
             )
         finally:
@@ -742,11 +782,13 @@ def _run(
     query: TaskQuery,
     writers: list[ExchangeWriter],
     status_path: Path,
-    until_end: bool,
+    run: str | None,
     stopping: Any,
 ) -> None:
-    """Alternate the task's producing and consuming sides until stopped (or, ``until_end``, until
-    every window closed)."""
+    """Alternate the task's producing and consuming sides until stopped (or, with ``run``, the
+    id of a run to the end: until every task sent what its sources held at the start and this
+    task took all of it, every window closed)."""
+    until_end = run is not None
     ready = time.time()  # set up: from here on the task processes records
     query.setup_cpu_seconds = round(time.process_time(), 3)
     _write_status(query, writers, status_path, ready)
@@ -761,6 +803,8 @@ def _run(
             offsets = query.log.metadata.partition_offsets(writer.source.topic)
             targets.append({p: offsets[p].high_watermark for p in writer.source.positions})
     sent_final = [False] * len(writers)
+    done = status_path.with_name(f"final-{query.task}.json")  # this task's producers finished
+    announced = False
     pause = FIRST_POLL_S
     while not stopping():
         progressed = False
@@ -772,11 +816,14 @@ def _run(
                 sent_final[i] = progressed = True
             else:
                 progressed = writer.step() or progressed
+        if until_end and all(sent_final) and not announced:
+            _write_atomically(done, {"run": run})
+            announced = True
         progressed = query.step() or progressed
         if progressed:
             _write_status(query, writers, status_path, ready)
             pause = FIRST_POLL_S
-        elif until_end and query.watermark >= FINAL_WATERMARK:
+        elif until_end and _took_every_final(query, status_path.parent, run):
             return
         else:
             time.sleep(pause)
@@ -784,13 +831,44 @@ def _run(
     _write_status(query, writers, status_path, ready)
 
 
+def _took_every_final(query: TaskQuery, root: Path, run: str | None) -> bool:
+    """Whether every task's producers sent their last records of run ``run`` (each says so in
+    ``final-<task>.json`` once they are appended) and this task took every exchange record
+    appended by then. (The watermark alone does not tell: after an earlier run to the end it
+    is final from the start.)"""
+    for task in range(query.parallelism):
+        try:
+            if json.loads((root / f"final-{task}.json").read_text()).get("run") != run:
+                return False
+        except (OSError, ValueError):
+            return False
+    metadata = query.log.metadata
+    fresh = getattr(metadata, "fresh_offset", metadata.partition_offset)  # not the cache's:
+    for source in query.sources.values():  # other processes' appends reach it a poll later
+        if isinstance(source, ExchangeSource):
+            end = fresh(source.topic, query.task).high_watermark
+            if source.positions.get(query.task, 0) < end:
+                return False
+    return True
+
+
+def _write_atomically(path: Path, value: Any) -> None:
+    temporary = path.with_suffix(".tmp")
+    temporary.write_text(json.dumps(value))
+    temporary.replace(path)
+
+
+RATE_INTERVAL_S = 1.0
+"""The interval a task's ``rows_per_s`` is measured over."""
+
 DRAIN_STALL_S = 60.0
 """How long a draining task may take no exchange record before it gives up."""
 
 
 def _take_exchange(query: TaskQuery) -> None:
     """A drain's consuming side: take every exchange record appended so far (no producer runs
-    any more), so that no row is in flight when the state moves."""
+    any more), and the watermark they carry, so that no row is in flight when the state moves
+    and every task stands at one watermark."""
     log_ = query.log
     sources = [s for s in query.sources.values() if isinstance(s, ExchangeSource)]
     targets = [log_.metadata.partition_offsets(s.topic)[query.task].high_watermark for s in sources]
@@ -804,6 +882,8 @@ def _take_exchange(query: TaskQuery) -> None:
             )
         else:
             time.sleep(FIRST_POLL_S)
+    while query.step():  # the watermark of the last records read moves on in a step of its own
+        pass
 
 
 def _write_status(
@@ -816,11 +896,23 @@ def _write_status(
     if len(query.upstreams or query.sources) == 1:
         offsets = next(iter(offsets.values()), {})
     stateless = query.shape == "stateless"
+    rows_in = query.rows_in if stateless else sum(w.rows_in for w in writers)
+    now = time.time()
+    # source records read per second: over the last whole interval (before one: since set-up)
+    since, before, rate, whole = query.rate_sample or (ready, rows_in, 0.0, False)
+    if now - since >= RATE_INTERVAL_S:
+        rate, whole = (rows_in - before) / (now - since), True
+        since, before = now, rows_in
+    elif not whole and now > since:
+        rate = (rows_in - before) / (now - since)
+    query.rate_sample = (since, before, rate, whole)
     status = {
         "task": query.task,
         "offsets": offsets,
         "watermark_ms": query.watermark,
-        "rows_in": query.rows_in if stateless else sum(w.rows_in for w in writers),
+        "watermark": _format_time(query.watermark),
+        "rows_per_s": round(rate, 1),
+        "rows_in": rows_in,
         "rows_out": query.rows_out,
         "late_rows": query.late_rows,
         "rejected_rows": (
@@ -831,11 +923,9 @@ def _write_status(
         "ready_at": ready,
         "cpu_seconds": round(time.process_time(), 3),  # of this task process
         "setup_cpu_seconds": query.setup_cpu_seconds,  # of it, before the first micro-batch
-        "updated_at": time.time(),
+        "updated_at": now,
     }
-    temporary = path.with_suffix(".tmp")
-    temporary.write_text(json.dumps(status))
-    temporary.replace(path)
+    _write_atomically(path, status)
 
 
 def task_main(spec: dict[str, Any]) -> int:

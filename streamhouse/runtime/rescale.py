@@ -23,9 +23,13 @@ The new state is written beside the old (``<name>.p<M>.rescaling``) and renamed 
 then the old is deleted: a crash leaves either the old state (rescaled again at the next start)
 or the new one.
 
-What rescales: stateless queries, windowed GROUP BY (TUMBLE, HOP, CUMULATE, SESSION), interval
-and regular inner stream joins, and window joins. Updating queries (their upserts of a key
-would move to another sink partition) and the other operators are refused by name.
+What rescales: stateless queries, windowed GROUP BY (TUMBLE, HOP, CUMULATE, SESSION), updating
+GROUP BY (its tasks write a key's upserts to the key's sink partition, so they stay there; its
+groups move with their current rows, :func:`_move_groups`), interval and regular stream joins,
+inner and outer (an outer join's row ids carry the task that numbered them, and its upserts
+too go to their key's partition), window joins, and per-window queries routed by window
+(:func:`_move_panes`). Other updating queries (a join over an updating input, Top-N) and the
+other operators are refused by name.
 """
 
 from __future__ import annotations
@@ -42,6 +46,8 @@ import numpy as np
 import pyarrow as pa
 
 from streamhouse.errors import SqlError
+from streamhouse.joins.stream_join import SEQUENCE
+from streamhouse.joins.windowed import EMITTED, Panes
 from streamhouse.log import Log
 from streamhouse.runtime.exchange import (
     IDLE,
@@ -56,22 +62,27 @@ from streamhouse.runtime.exchange import (
 from streamhouse.runtime.exchange import (
     WATERMARK as PRODUCER_WATERMARK,
 )
-from streamhouse.runtime.key_groups import key_groups, task_of
+from streamhouse.runtime.key_groups import key_groups, task_of, window_tasks
 from streamhouse.runtime.query import COUNTERS, PENDING, SINK, WATERMARK
 from streamhouse.runtime.routing import Routing
 from streamhouse.runtime.sources import EVENT_TIME, SOURCE
 from streamhouse.runtime.two_phase import TwoPhaseCommit, transactional_id
 from streamhouse.sql import nodes
+from streamhouse.sql.aggregates import AggregateFunction
 from streamhouse.sql.plan import ContinuousPlan
+from streamhouse.sql.window_spec import WindowSpec
 from streamhouse.state.store import (
     FORMAT,
     ColumnFamily,
     StateBatch,
     StateStore,
+    StateView,
+    TableState,
     decode_table,
     encode_table,
     partition_key,
 )
+from streamhouse.views.group_by import DISTINCT_KEY, GROUP_ID, GROUPS_KEY
 from streamhouse.windows.operator import SESSIONS_KEY
 
 log = logging.getLogger(__name__)
@@ -83,7 +94,19 @@ _U64 = struct.Struct(">Q")
 _SESSION_RUN = struct.Struct(">BQI")
 _BIAS = 1 << 63
 _COUNTERS = ("rows_in", "rows_out", "late_rows", "rejected_rows", "damaged_rows")
-_OWN_META = (PENDING, SINK, WATERMARK, COUNTERS, SOURCE, EVENT_TIME, TAKEN, IDLE, FORMAT)
+_JOIN_SEQUENCE = OPERATOR + SEQUENCE
+_OWN_META = (
+    PENDING,
+    SINK,
+    WATERMARK,
+    COUNTERS,
+    SOURCE,
+    EVENT_TIME,
+    TAKEN,
+    IDLE,
+    FORMAT,
+    _JOIN_SEQUENCE,
+)
 """Meta keys whose values are per task (rewritten here); any other is copied if every old task
 holds the same value."""
 
@@ -101,8 +124,8 @@ def rescalable(plan: ContinuousPlan, routing: Routing) -> None:
     """Refuse (SqlError naming the operator) a query whose state cannot move by key group yet."""
     node = plan.operator
     why = ""
-    if node.updating:
-        why = "it is an updating query (its upserts of a key would move to another sink partition)"
+    if node.updating and not upserts_by_key(plan):
+        why = f"its {routing.operator} upserts do not move between tasks yet"
     elif not isinstance(node, _RESCALABLE):
         why = f"its {routing.operator} state does not move by key group yet"
     if why:
@@ -110,6 +133,17 @@ def rescalable(plan: ContinuousPlan, routing: Routing) -> None:
             f"this query cannot change parallelism: {why}; run it at the parallelism it was"
             " checkpointed at, or delete its state to run it afresh"
         )
+
+
+def upserts_by_key(plan: ContinuousPlan) -> bool:
+    """Whether ``plan`` is an updating GROUP BY (upserts keyed by its group keys) or an outer
+    stream join (keyed by row ids that carry the task that numbered them): its tasks write each
+    upsert to the sink partition of its key (Kafka's default partitioner, as at parallelism 1),
+    so a key's upserts and its tombstone stay in one partition whatever task owns it."""
+    node = plan.operator
+    if isinstance(node, nodes.StreamJoin):
+        return node.outer is not None
+    return isinstance(node, nodes.WindowAggregate) and node.window is None
 
 
 def rescale(
@@ -137,7 +171,8 @@ def rescale(
     for index in range(len(plan.sources)):
         if routing.shape != "stateless":
             _grow(log_, exchange_topic(name, index), new)
-    _grow(log_, plan.sink or "", new)
+    if not upserts_by_key(plan):  # more partitions would move keys to other partitions
+        _grow(log_, plan.sink or "", new)
     began = time.monotonic()
     olds = [StateStore(old_root / f"task-{t}") for t in range(old)]
     news = [StateStore(staging / f"task-{t}") for t in range(new)]
@@ -198,18 +233,31 @@ def _pending(path: Path) -> bool:
 
 
 def _behind(log_: Log, name: str, sources: int, root: Path, parallelism: int) -> bool:
-    """Whether a consuming side has exchange records left to take."""
-    ends = [log_.metadata.partition_offsets(exchange_topic(name, i)) for i in range(sources)]
+    """Whether a consuming side has exchange records left to take, or has not yet moved its
+    watermark to what the records it took carry (the tasks' watermarks differ: a task stopped
+    between the step that read the last records and the step that moves the watermark)."""
+    ends = [_high_watermarks(log_, exchange_topic(name, i)) for i in range(sources)]
+    marks = set()
     for task in range(parallelism):
         store = StateStore(root / f"task-{task}")
         try:
+            marks.add(store.get_int(WATERMARK))
             for index in range(sources):
                 taken = store.get_int(partition_key(SOURCE + bytes([index]), task))
-                if (taken or 0) < ends[index][task].high_watermark:
+                if (taken or 0) < ends[index][task]:
                     return True
         finally:
             store.close()
-    return False
+    return len(marks) > 1
+
+
+def _high_watermarks(log_: Log, topic: str) -> dict[int, int]:
+    """Each partition's high watermark read from the store: the metadata cache learns the
+    task processes' appends a poll later, and a stale end would leave records undrained."""
+    metadata = log_.metadata
+    fresh = getattr(metadata, "fresh_offset", metadata.partition_offset)
+    partitions = log_.topic(topic).partitions
+    return {p: fresh(topic, p).high_watermark for p in range(partitions)}
 
 
 def _grow(log_: Log, topic: str, partitions: int) -> None:
@@ -294,13 +342,13 @@ def _move_exchange(
     for index in range(len(plan.sources)):
         suffix = "" if index == 0 else f"-{index}"
         topic = exchange_topic(name, index)
-        ends = log_.metadata.partition_offsets(topic)
+        ends = _high_watermarks(log_, topic)
         for task, store in enumerate(olds):  # drained: every exchange record taken
             taken = store.get_int(partition_key(SOURCE + bytes([index]), task))
-            if taken is not None and taken < ends[task].high_watermark:
+            if taken is not None and taken < ends[task]:
                 raise SqlError(
                     f"task {task} of query {name} did not take every exchange record"
-                    f" ({taken} of {ends[task].high_watermark}); cannot rescale"
+                    f" ({taken} of {ends[task]}); cannot rescale"
                 )
         moved: dict[int, dict[bytes, bytes]] = {}
         rows_in = rejected = 0
@@ -342,11 +390,9 @@ def _move_exchange(
                     batch.put_int(PRODUCER_WATERMARK, start)
                 writer.commit(batch)
                 writer.close()
-        offsets = log_.metadata.partition_offsets(topic)
+        offsets = _high_watermarks(log_, topic)
         for task, batch in enumerate(news):
-            batch.put_int(
-                partition_key(SOURCE + bytes([index]), task), offsets[task].high_watermark
-            )
+            batch.put_int(partition_key(SOURCE + bytes([index]), task), offsets[task])
             if start is not None:
                 for producer in range(producers):
                     batch.put_int(partition_key(EVENT_TIME + bytes([index]), producer), start)
@@ -365,6 +411,12 @@ def _move_state(
 ) -> None:
     """Every operator state entry, split by key group to the new tasks, renumbered."""
     node = plan.operator
+    if isinstance(node, nodes.WindowAggregate) and node.window is None:
+        _move_groups(node, olds, batches)
+        return
+    if routing.window is not None:
+        _move_panes(routing.window, olds, batches)
+        return
     entries: list[tuple[str, bytes, pa.Table, str | None]] = []
     for store in olds:
         for family in (ColumnFamily.WINDOWS, ColumnFamily.SESSIONS, ColumnFamily.JOINS):
@@ -374,6 +426,13 @@ def _move_state(
                 own = key[len(OPERATOR) :]
                 entries.append((family, own, decode_table(value), _source_of(node, family, own)))
     text = _text_keys(routing, entries) if text is None else text
+    if isinstance(node, nodes.StreamJoin):  # no task numbers a row id twice after the move
+        floor = max(
+            [_int(store.get(ColumnFamily.META, _JOIN_SEQUENCE)) or 0 for store in olds]
+            + [_U64.unpack(key[9:17])[0] + 1 for _, key, _, _ in entries if len(key) == 17]
+        )
+        for batch in batches:
+            batch.put(ColumnFamily.META, _JOIN_SEQUENCE, _U64.pack(floor))
     runs = [0] * len(batches)
     for family, key, table, source in entries:
         columns = (
@@ -393,6 +452,92 @@ def _move_state(
             fresh = _renumbered(family, key, runs[task])
             runs[task] += 1
             batches[task].put(family, OPERATOR + fresh, encode_table(part))
+
+
+def _move_panes(window: WindowSpec, olds: list[StateStore], batches: list[StateBatch]) -> None:
+    """A per-window query routed by window: each buffered pane, as one old task holding it
+    has it (every holder has all its rows: a task owning a window over a pane is sent every
+    row of it, and holds it only while that window is open, so it dropped none as late), to
+    every new task owning a window over it that is still open."""
+    panes = Panes.of(window)
+    emitted = [_int(store.get(ColumnFamily.META, OPERATOR + EMITTED)) for store in olds]
+    closed = max((e - _BIAS for e in emitted if e is not None), default=None)
+    taken: dict[bytes, int] = {}  # (input, pane) -> the old task its rows are taken from
+    runs = [0] * len(batches)
+    for task, store in enumerate(olds):
+        for key, value in store.items(ColumnFamily.JOINS):
+            if not key.startswith(OPERATOR) or len(key) != len(OPERATOR) + 21:
+                raise SqlError(f"unexpected state entry {key!r}; cannot rescale this query")
+            pane = key[len(OPERATOR) : len(OPERATOR) + 17]  # u8(input) | pane end | pane start
+            if taken.setdefault(pane, task) != task:
+                continue  # another old task's copy of this pane
+            start = np.array([_U64.unpack(pane[9:17])[0] - _BIAS], dtype=np.int64)
+            starts, ends = panes.windows(start)
+            if closed is not None:
+                starts = starts[ends > closed]
+            for owner in np.unique(window_tasks(starts, len(batches))).tolist():
+                fresh = OPERATOR + pane + _U32.pack(runs[owner])
+                runs[owner] += 1
+                batches[owner].put(ColumnFamily.JOINS, fresh, value)
+
+
+def _move_groups(
+    node: nodes.WindowAggregate, olds: list[StateStore], batches: list[StateBatch]
+) -> None:
+    """An updating GROUP BY's groups (their current rows: a later run of a task supersedes its
+    earlier ones) to the tasks owning their key groups, one run per old task; with COUNT
+    (DISTINCT), each group's id renumbered in its new task and its (group, value) pairs
+    moved with it."""
+    view_keys = list(node.keys) or ["__all"]
+    columns = [f"__k{i}" for i in range(len(node.keys))]
+    distinct = [
+        i for i, c in enumerate(node.aggregates) if c.func is AggregateFunction.COUNT_DISTINCT
+    ]
+    next_id = [0] * len(batches)
+    for run, store in enumerate(olds):
+        view = StateView(store, OPERATOR)
+        for family in (ColumnFamily.WINDOWS, ColumnFamily.JOINS):
+            if next(view.items(family), None) is not None:
+                raise SqlError(f"unexpected {family} state of a GROUP BY; cannot rescale it")
+        groups = TableState(view, GROUPS_KEY, view_keys)
+        current = groups.current()
+        if current.num_rows == 0:
+            continue
+        owner = task_of(_groups(current, columns, False), len(batches))
+        ids = tasks = None
+        if distinct:  # old group id -> (new task, new group id)
+            old_ids = current[GROUP_ID].to_numpy()
+            ids = np.full(int(old_ids.max()) + 1, -1, dtype=np.int64)
+            tasks = np.full(len(ids), -1, dtype=np.int64)
+            tasks[old_ids] = owner
+        for task in np.unique(owner).tolist():
+            mine = owner == task
+            part = current.filter(pa.array(mine))
+            if ids is not None:
+                renumbered = next_id[task] + np.arange(part.num_rows, dtype=np.int64)
+                ids[part[GROUP_ID].to_numpy()] = renumbered
+                next_id[task] += part.num_rows
+                at = part.column_names.index(GROUP_ID)
+                part = part.set_column(at, GROUP_ID, pa.array(renumbered))
+            key = OPERATOR + GROUPS_KEY + _U32.pack(run)
+            batches[task].put(ColumnFamily.SESSIONS, key, encode_table(part))
+        for call in distinct:
+            name = DISTINCT_KEY + _U32.pack(call)
+            pairs = TableState(view, name, [GROUP_ID, "v"]).current()
+            if pairs.num_rows == 0:
+                continue
+            assert ids is not None and tasks is not None
+            gid = pairs[GROUP_ID].to_numpy()
+            if gid.max() >= len(ids) or (ids[gid] < 0).any():
+                raise SqlError("COUNT(DISTINCT) values of an unknown group; cannot rescale")
+            pair_tasks = tasks[gid]
+            pairs = pairs.set_column(
+                pairs.column_names.index(GROUP_ID), GROUP_ID, pa.array(ids[gid])
+            )
+            for task in np.unique(pair_tasks).tolist():
+                part = pairs.filter(pa.array(pair_tasks == task))
+                key = OPERATOR + name + _U32.pack(run)
+                batches[task].put(ColumnFamily.SESSIONS, key, encode_table(part))
 
 
 KEYS_FILE = "keys.json"

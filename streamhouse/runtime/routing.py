@@ -19,7 +19,11 @@ Three shapes (:func:`plan_routing`):
   updating input (an aggregate, a Top-N), a join column must be one of that input's group keys
   (its PARTITION BY), so that each of its groups stays whole in one task. A window join is
   routed by its key alone, not by key and window: a row's windows then never span two tasks
-  (HOP windows overlap), and every pair it joins is in one task.
+  (HOP windows overlap), and every pair it joins is in one task. A per-window query
+  without a key equality between its inputs (Nexmark q5: per-auction counts joined to the
+  maximum count of their window) is routed *by window*: a row goes to every task owning a
+  window it falls in (a window is owned by the task of its start's key group), and each task
+  evaluates only the windows it owns, over every row of them (:attr:`Routing.window`).
 
 Anything else is refused at parallelism > 1 with a :class:`~streamhouse.errors.SqlError` that
 names the operator (never run in parallel and silently wrong).
@@ -56,7 +60,7 @@ from streamhouse.sql.nodes import (
 )
 from streamhouse.sql.over import OverAggregate
 from streamhouse.sql.plan import ContinuousPlan
-from streamhouse.sql.window_spec import WindowKind
+from streamhouse.sql.window_spec import WindowKind, WindowSpec
 
 Shape = Literal["stateless", "aggregate", "rows"]
 
@@ -72,6 +76,8 @@ class Routing:
     # ``rows``: per source, the columns whose key group picks the task (in one order across
     # the inputs of a join)
     keys: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    # ``rows`` routed by window (a per-window query without a key): the windows of every input
+    window: WindowSpec | None = None
 
 
 def plan_routing(plan: ContinuousPlan) -> Routing:
@@ -140,18 +146,24 @@ def _stream_join(node: StreamJoin, plan: ContinuousPlan) -> Routing:
 
 
 def _window_join(node: Windowed, plan: ContinuousPlan) -> Routing:
+    """A window join on a key equality is routed by that key; any other per-window query
+    (every input windowed alike) by window."""
     _plain(plan, node)
     names = list(node.inputs)
-    if len(names) != 2:
-        raise refusal(_name(node))
-    pairs = [
-        (a, b)
-        for a, b in pairs_of(equi_columns(node.sql), names[0], names[1])
-        if a not in _WINDOW_COLUMNS and b not in _WINDOW_COLUMNS
-    ]
     sources = [node.inputs[n][0] for n in names]
-    keys = _join_keys(node, [(s, lambda c: c) for s in sources], [pairs])
-    return Routing("rows", "window join", keys)
+    if len(names) == 2:
+        pairs = [
+            (a, b)
+            for a, b in pairs_of(equi_columns(node.sql), names[0], names[1])
+            if a not in _WINDOW_COLUMNS and b not in _WINDOW_COLUMNS
+        ]
+        if pairs:
+            keys = _join_keys(node, [(s, lambda c: c) for s in sources], [pairs])
+            return Routing("rows", "window join", keys)
+    specs = {spec for _, spec in node.inputs.values()}
+    if len(specs) != 1 or next(iter(specs)).kind == WindowKind.SESSION:
+        raise refusal(_name(node), "its inputs are not windowed alike by TUMBLE, HOP or CUMULATE")
+    return Routing("rows", "per-window query", dict.fromkeys(sources, ()), next(iter(specs)))
 
 
 def _changelog_join(node: ChangelogJoin, plan: ContinuousPlan) -> Routing:
