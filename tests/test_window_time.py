@@ -121,6 +121,40 @@ def test_select_star_over_a_window_tvf(sh: StreamHouse) -> None:
     assert sorted(continuous) == expected
 
 
+@pytest.mark.parametrize(
+    ("kind", "call", "items"),
+    [
+        ("tumble", "TUMBLE({}, DESCRIPTOR(t), INTERVAL '30' SECOND)", "*, v * 2 AS y"),
+        ("hop", "HOP({}, DESCRIPTOR(t), INTERVAL '10' SECOND, INTERVAL '30' SECOND)",
+         "ev.*, v * 2 AS y"),
+        ("cumulate", "CUMULATE({}, DESCRIPTOR(t), INTERVAL '10' SECOND, INTERVAL '30' SECOND)",
+         "*, v * 2 AS y"),
+    ],
+)  # fmt: skip
+def test_select_star_over_a_window_tvf_of_a_projection(
+    sh: StreamHouse, kind: str, call: str, items: str
+) -> None:
+    """As in Flink, a window TVF's columns are its input's (here ``k, t, v, y``), then
+    ``window_start, window_end, window_time``: the input's computed columns come before the
+    window's, bounded and continuously."""
+    events = _events(11)
+    _produce(sh, events)
+    sql = f"SELECT * FROM TABLE({call.format(f'TABLE (SELECT {items} FROM ev)')})"
+    slide = 10_000 if kind != "tumble" else None
+    expected = _duckdb(
+        events, f"SELECT k, t, v, v * 2, ws, we, we - 1 FROM ({windowed_sql(kind, 30_000, slide)})"
+    )
+    names = ["k", "t", "v", "y", "window_start", "window_end", "window_time"]
+    table = sh.sql(sql).to_arrow_table()
+    assert table.column_names == names
+    assert sorted(tuple(normalize(r[c]) for c in names) for r in table.to_pylist()) == expected
+    records = continuous_rows(sh, sql, kind, batch=31)
+    assert {tuple(r) for r in records} == {tuple(names)}  # each record's columns, in order
+    times = ("t", "window_start", "window_end", "window_time")
+    continuous = [tuple(to_ms(r[c]) if c in times else r[c] for c in names) for r in records]
+    assert sorted(continuous) == expected
+
+
 def test_chained_windows(sh: StreamHouse, tmp_path: Path) -> None:
     """Per-key counts per 10 s, then summed per 30 s over their window_time, as in Flink's
     "cascading window aggregation" example (a view of the first window)."""

@@ -324,6 +324,11 @@ class StreamHouse(Postgres):
             exp.DType.TIMESTAMPLTZ: "TIMESTAMP_LTZ",
         }
 
+        def star_sql(self, expression: exp.Star) -> str:
+            """``* EXCEPT (...)``: a star the planner narrowed (a window TVF's input columns
+            without the window's), which PostgreSQL's generator warns of and drops."""
+            return Generator.star_sql(self, expression)
+
         def computedcolumnconstraint_sql(self, expression: exp.ComputedColumnConstraint) -> str:
             return Generator.computedcolumnconstraint_sql(self, expression)
 
