@@ -48,6 +48,7 @@ from streamhouse.errors import (
 )
 from streamhouse.iceberg.read import ColumnarCopy, columnar_copy, register_parquet_scan
 from streamhouse.iceberg.tableflow import iceberg_enabled
+from streamhouse.joins.lookup import LookupVersions
 from streamhouse.joins.temporal import latest_matches, match_versions, temporal_inputs
 from streamhouse.key_codes import group_codes
 from streamhouse.log import Log
@@ -78,10 +79,10 @@ from streamhouse.sql.join_chain import (
     chain_stars,
 )
 from streamhouse.sql.join_order import aggregate_first
-from streamhouse.sql.joins import TemporalStar, plan_temporal_join, plan_temporal_star
+from streamhouse.sql.joins import plan_temporal_join, plan_temporal_star
 from streamhouse.sql.lookup import is_lookup_table, is_proctime, lookup_join_of, lookup_options
 from streamhouse.sql.memory import default_memory_limit, parse_memory_limit
-from streamhouse.sql.nodes import TemporalJoin
+from streamhouse.sql.nodes import TemporalJoin, TemporalStar
 from streamhouse.sql.parse import DIALECT, nesting_guard, node_position, parse, sql_error
 from streamhouse.sql.plan import source_tables
 from streamhouse.sql.projection import declared_stars, distinct_outputs, star_query
@@ -725,16 +726,14 @@ class Engine:
     ) -> pa.Table:
         """A bounded temporal (or lookup) join: every probe row with the version of each
         versioned table current at its time; the probes are read once."""
-        joins = plan.joins if isinstance(plan, TemporalStar) else (plan,)
-        probe = joins[0].left
-        wanted = None if columns is None else columns | {j.probe_time for j in joins}
+        probe = plan.source
+        wanted = None if columns is None else columns | {j.probe_time for j in plan.tables.values()}
         probes = self.source_table(probe, wanted, stats, hints.get(probe))
         inputs: dict[str, pa.Table] = {}
-        for index, join in enumerate(joins):
+        for name, join in plan.tables.items():
             versions, matched = self._versions(join, probes, columns, stats, hints)
             left, right = temporal_inputs(probes, versions, matched)
             inputs["__left"] = hide_metadata(left, named)  # the same probes for every join
-            name = f"__right{index}" if isinstance(plan, TemporalStar) else "__right"
             inputs[name] = hide_metadata(right, named)
         return run_sql(plan.sql, inputs, ordered=False)
 
@@ -792,10 +791,9 @@ class Engine:
         probe = stream_definition(parse(probe_sql)[0])
         join = lookup_join_of(dim, probe, plan.probe_time, plan.probe_keys, plan.version_keys)
         try:
-            rows, at = join.matches(probes)
+            return LookupVersions(join).matches(probes)
         finally:
             join.source.close()
-        return rows, pc.fill_null(at, -1).to_numpy()
 
     def _window_scan(
         self,

@@ -4,8 +4,6 @@ temporal joins and aggregates over joins (a window TVF joined to streams is
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from sqlglot import exp
 
 from streamhouse.sql.bounds import candidate_bounds, conjuncts
@@ -19,6 +17,7 @@ from streamhouse.sql.nodes import (
     Recompute,
     StreamJoin,
     TemporalJoin,
+    TemporalStar,
     WindowAggregate,
 )
 from streamhouse.sql.parse import sql_error
@@ -71,18 +70,6 @@ def plan_temporal_join(select: exp.Select) -> TemporalJoin | None:
     return TemporalJoin(
         left.name, right.name, to_datafusion(rewritten), at.name, probe_keys, version_keys
     )
-
-
-@dataclass(frozen=True)
-class TemporalStar:
-    """A bounded query probing several versioned tables from one stream (a star schema):
-    ``FROM f AS o JOIN d1 FOR SYSTEM_TIME AS OF o.t AS u ON o.k1 = u.k JOIN d2 FOR SYSTEM_TIME
-    AS OF o.t AS r ON o.k2 = r.k``. Each join matches every probe row with a version on its
-    own (``joins[i]``, whose ``sql`` is not run); ``sql`` runs over the probes (``__left``) and
-    each table's matched versions (``__right0``, ``__right1``, ...), joined on the probe row."""
-
-    joins: tuple[TemporalJoin, ...]
-    sql: str
 
 
 def plan_temporal_star(select: exp.Select) -> TemporalStar | None:
@@ -145,9 +132,12 @@ def _hide_row(select: exp.Select, *aliases: str) -> None:
 
 def plan_join(
     select: exp.Select, joins: list[exp.Join], derived: dict[str, Operator] | None = None
-) -> StreamJoin | TemporalJoin | WindowAggregate | Recompute | ChangelogJoin:
-    temporal = plan_temporal_join(select)
+) -> StreamJoin | TemporalJoin | TemporalStar | WindowAggregate | Recompute | ChangelogJoin:
+    aggregates = select.args.get("group") is not None or select.find(exp.AggFunc) is not None
+    temporal = plan_temporal_join(select) or plan_temporal_star(select)
     if temporal is not None:
+        if aggregates:  # over every joined row, not each micro-batch's: an updating aggregate
+            return _aggregate_over_join(select, derived)
         return temporal
     if len(joins) != 1:
         raise sql_error(

@@ -36,6 +36,7 @@ from streamhouse.sql.nodes import (
     Stateless,
     StreamJoin,
     TemporalJoin,
+    TemporalStar,
     TimeSort,
     TopN,
     UnionAll,
@@ -92,6 +93,7 @@ class ContinuousPlan:
         | StreamJoin
         | TopN
         | TemporalJoin
+        | TemporalStar
         | Recompute
         | TimeSort
         | UnionAll
@@ -273,6 +275,7 @@ def plan_select(
     | StreamJoin
     | TopN
     | TemporalJoin
+    | TemporalStar
     | TimeSort
     | Recompute
     | OverAggregate
@@ -343,12 +346,8 @@ def plan_select(
             )
         return Windowed(to_datafusion(rewritten), windowed)
     if len(joins) > 1 and plan_temporal_join(select) is None:
-        if plan_temporal_star(select) is not None:
-            raise sql_error(
-                "several temporal joins in one query (a star schema) run bounded only;"
-                " continuously, a temporal join probes a stream with one versioned table",
-                joins[1],
-            )
+        if plan_temporal_star(select) is not None:  # several versioned tables: one operator
+            return plan_join(select, joins, derived)
         return plan_select(nested_joins(select), derived)
     if joins:
         return plan_join(select, select.args.get("joins"), derived)
