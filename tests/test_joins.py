@@ -847,3 +847,42 @@ def test_an_aggregate_over_temporal_joins_counts_every_joined_row(tmp_path: Path
             assert rows_of(sh.sql(sql).to_arrow_table().to_pylist(), columns) == want
         finally:
             sh.close()
+
+
+@pytest.mark.parametrize(
+    "join",
+    [
+        "a JOIN b FOR SYSTEM_TIME AS OF a.t ON a.k = b.k",
+        "a JOIN b ON a.k = b.k AND a.t BETWEEN b.t AND b.t + INTERVAL '1' MINUTE",
+    ],
+)
+@pytest.mark.parametrize(
+    "over",
+    [
+        "ROW_NUMBER() OVER (PARTITION BY a.k ORDER BY a.t)",
+        "SUM(a.v) OVER (PARTITION BY a.k ORDER BY a.t ROWS UNBOUNDED PRECEDING)",
+    ],
+)
+def test_an_over_window_in_a_joins_select_is_refused_continuously(
+    tmp_path: Path, join: str, over: str
+) -> None:
+    """An OVER window over a join's rows ran over each micro-batch's rows alone (ROW_NUMBER
+    1 for rows of one key the watermark released apart); it is refused, naming the function,
+    and runs bounded (DuckDB's answer)."""
+    sql = f"SELECT a.k, a.v, {over} AS r FROM {join}"
+    a = [("x", T0 + s * SECOND, s) for s in (5, 10, 20)]
+    b = [("x", T0, 10)]
+    with streamhouse.connect(tmp_path, linger_ms=1) as sh:
+        sh.sql(stream_ddl("a", 0))
+        sh.sql(stream_ddl("b", 0, primary_key=True))
+        produce(sh, "a", a)
+        produce(sh, "b", b)
+        want = rows_of(
+            duck(f"SELECT a.k, a.v, {over} AS r FROM a, b WHERE a.k = b.k", {"a": a, "b": b}),
+            ("k", "v", "r"),
+        )
+        assert rows_of(sh.sql(sql).to_arrow_table().to_pylist(), ("k", "v", "r")) == want
+        with pytest.raises(
+            SqlError, match=r"OVER \(\.\.\.\) in a continuous join's SELECT is not supported"
+        ):
+            start_paused(sh, f"INSERT INTO out {sql}", "q")

@@ -133,7 +133,18 @@ def _hide_row(select: exp.Select, *aliases: str) -> None:
 def plan_join(
     select: exp.Select, joins: list[exp.Join], derived: dict[str, Operator] | None = None
 ) -> StreamJoin | TemporalJoin | TemporalStar | WindowAggregate | Recompute | ChangelogJoin:
-    aggregates = select.args.get("group") is not None or select.find(exp.AggFunc) is not None
+    window = select.find(exp.Window)
+    if window is not None:  # it would rank or sum each micro-batch's joined rows alone
+        raise sql_error(
+            f"{window.this.sql(dialect='postgres')} OVER (...) in a continuous join's SELECT is"
+            " not supported (it runs bounded): rank in a subquery over the join instead, a Top-N"
+            " or deduplication (SELECT ... FROM (SELECT ..., ROW_NUMBER() OVER (...) AS rn FROM"
+            " x JOIN y ...) WHERE rn <= N)",
+            window,
+        )
+    aggregates = select.args.get("group") is not None or any(
+        a.find_ancestor(exp.Window) is None for a in select.find_all(exp.AggFunc)
+    )
     temporal = plan_temporal_join(select) or plan_temporal_star(select)
     if temporal is not None:
         if aggregates:  # over every joined row, not each micro-batch's: an updating aggregate
