@@ -20,6 +20,7 @@ from streamhouse.sql.functions import to_datafusion
 from streamhouse.sql.nodes import FLOWS, WindowAggregate
 from streamhouse.sql.parse import sql_error
 from streamhouse.sql.plan_checks import order_error
+from streamhouse.sql.window_rows import SESSION_ROWS
 from streamhouse.sql.window_spec import WINDOW_COLUMNS, WindowKind, WindowSpec
 
 _AGGREGATES: dict[type, AggregateFunction] = {
@@ -52,6 +53,8 @@ def plan_window(
         # Sessions are tracked per group key; a TVF without PARTITION BY means sessions over
         # all rows, which grouped by further keys the session operator cannot produce.
         key_names = {k.name if isinstance(k, exp.Column) else k.sql() for k in keys}
+        if group is None and rest.find(exp.AggFunc) is None:  # the window's rows themselves
+            raise sql_error(SESSION_ROWS, rest)
         if set(spec.partition_by) != key_names:
             raise sql_error(
                 "a continuous SESSION window must group by exactly its PARTITION BY keys "
