@@ -79,7 +79,7 @@ from streamhouse.sql.join_chain import (
     chain_stars,
 )
 from streamhouse.sql.join_order import aggregate_first
-from streamhouse.sql.joins import plan_temporal_join, plan_temporal_star
+from streamhouse.sql.joins import name_temporal_joins, plan_temporal_join, plan_temporal_star
 from streamhouse.sql.lookup import is_lookup_table, is_proctime, lookup_join_of, lookup_options
 from streamhouse.sql.memory import default_memory_limit, parse_memory_limit
 from streamhouse.sql.nodes import TemporalJoin, TemporalStar
@@ -621,6 +621,7 @@ class Engine:
             temporal = plan_temporal_join(query) or plan_temporal_star(query)
             if temporal is not None:
                 return self._temporal(temporal, columns, named, stats, hints)
+        query, temporal_rows = name_temporal_joins(query)  # computed first, as a view is
         query, windowed = take_out_windows(query)
         # derived tables aggregating one source the same way (q5's two counts) are computed
         # once; ``bounded`` is the query as written, whose WHERE clauses prune each source
@@ -637,6 +638,9 @@ class Engine:
         for name in sorted(
             {t.name for q in read for t in source_tables(q)} - {s.name for s in shared}
         ):
+            if name in temporal_rows:
+                register(ctx, name, self._run(temporal_rows[name], stats))
+                continue
             scan = None
             if name not in windowed and not ordered and self.stream_sources:
                 scan = self.source_scan(name, columns, named, bounded, hints.get(name))

@@ -115,6 +115,32 @@ def plan_temporal_star(select: exp.Select) -> TemporalStar | None:
     return TemporalStar(tuple(singles), to_datafusion(rewritten))
 
 
+def name_temporal_joins(query: exp.Expr) -> tuple[exp.Expr, dict[str, exp.Select]]:
+    """``query`` with each nested SELECT that is a temporal join (a subquery's, a CTE's) read
+    from a name (``SELECT * FROM __temporal_0``), and the SELECT of each name: a bounded query
+    computes those rows first, as it reads a view's.
+
+    >>> from streamhouse.sql.parse import parse_one
+    >>> query, nested = name_temporal_joins(parse_one(
+    ...     "WITH j AS (SELECT a.k, b.w FROM a JOIN b FOR SYSTEM_TIME AS OF a.t ON a.k = b.k)"
+    ...     " SELECT w, COUNT(*) AS n FROM j GROUP BY w"))
+    >>> query.sql(), sorted(nested)
+    ('WITH j AS (SELECT * FROM __temporal_0) SELECT w, COUNT(*) AS n FROM j GROUP BY w', ['__temporal_0'])
+    """
+    nested: dict[str, exp.Select] = {}
+    selects = [s for s in query.find_all(exp.Select) if s is not query]
+    if not any(j.this.args.get("version") for s in selects for j in s.args.get("joins") or []):
+        return query, nested
+    query = query.copy()
+    for select in [s for s in query.find_all(exp.Select) if s is not query]:
+        joins = select.args.get("joins") or []
+        if any(isinstance(j.this, exp.Table) and j.this.args.get("version") for j in joins):
+            name = f"__temporal_{len(nested)}"
+            nested[name] = select.copy()
+            select.replace(exp.select("*").from_(name))
+    return query, nested
+
+
 def _hide_row(select: exp.Select, *aliases: str) -> None:
     """``*`` and ``x.*`` in ``select`` without the ``ROW`` column the join matches on: as in
     Flink, ``*`` is the declared columns of every side."""

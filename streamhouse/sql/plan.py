@@ -379,6 +379,12 @@ def plan_select(
         )
         if recompute is not None:
             return recompute
+        if _append_only_join(table.this, derived):  # (a view enriching a stream, say)
+            reading = select.copy()
+            name = f"__derived_{len(derived)}"
+            derived[name] = plan_select(table.this, derived)
+            reading.args["from_"].this.replace(exp.to_table(name).as_(table.alias_or_name))
+            return plan_select(reading, derived)
         raise sql_error("subqueries in continuous queries are not supported yet", table)
     if not isinstance(table, exp.Table) or isinstance(table.this, exp.Func):
         raise sql_error("a continuous query must read a stream, view or topic", table or select)
@@ -391,6 +397,23 @@ def plan_select(
     if select.args.get("order") is not None:
         return plan_time_sort(select, table)
     return Stateless(table.name, to_datafusion(select))
+
+
+def _append_only_join(query: exp.Expr, derived: dict[str, Operator]) -> bool:
+    """Whether ``query`` is a join whose rows are final once out (a temporal join, an inner
+    interval or regular join of streams) and nothing after it: its rows are an input of
+    their own to the query over it."""
+    if not isinstance(query, exp.Select) or not query.args.get("joins"):
+        return False
+    rest = query.copy()
+    rest.set("joins", None)
+    if _stateful_part(rest) is not None:
+        return False
+    try:
+        op = plan_select(query.copy(), dict(derived))
+    except SqlError:
+        return False
+    return isinstance(op, StreamJoin | TemporalJoin | TemporalStar) and not op.updating
 
 
 def _stateful_part(select: exp.Select) -> exp.Expr | None:
