@@ -379,7 +379,7 @@ def plan_select(
         )
         if recompute is not None:
             return recompute
-        if _append_only_join(table.this, derived):  # (a view enriching a stream, say)
+        if _append_only_input(table.this, derived):  # (a view enriching a stream, say)
             reading = select.copy()
             name = f"__derived_{len(derived)}"
             derived[name] = plan_select(table.this, derived)
@@ -399,21 +399,18 @@ def plan_select(
     return Stateless(table.name, to_datafusion(select))
 
 
-def _append_only_join(query: exp.Expr, derived: dict[str, Operator]) -> bool:
-    """Whether ``query`` is a join whose rows are final once out (a temporal join, an inner
-    interval or regular join of streams) and nothing after it: its rows are an input of
-    their own to the query over it."""
-    if not isinstance(query, exp.Select) or not query.args.get("joins"):
-        return False
-    rest = query.copy()
-    rest.set("joins", None)
-    if _stateful_part(rest) is not None:
+def _append_only_input(query: exp.Expr, derived: dict[str, Operator]) -> bool:
+    """Whether ``query`` is a join or an OVER aggregation whose rows are final once out (a
+    temporal join, an inner interval or regular join of streams; LAG, a running SUM): its
+    rows are an input of their own to the query over it."""
+    if not isinstance(query, exp.Select):
         return False
     try:
         op = plan_select(query.copy(), dict(derived))
     except SqlError:
         return False
-    return isinstance(op, StreamJoin | TemporalJoin | TemporalStar) and not op.updating
+    kinds = StreamJoin | TemporalJoin | TemporalStar | OverAggregate
+    return isinstance(op, kinds) and not op.updating
 
 
 def _stateful_part(select: exp.Select) -> exp.Expr | None:
