@@ -44,6 +44,15 @@ def plan_window(
     if positions is True:
         positions = ("_partition", "_offset")
     group = rest.args.get("group")
+    sets = group.find(exp.GroupingSets, exp.Rollup, exp.Cube) if group is not None else None
+    if sets is not None:  # each set would be a group of its own, keyed by NULLs of the others
+        kind = {exp.GroupingSets: "GROUPING SETS", exp.Rollup: "ROLLUP"}.get(type(sets), "CUBE")
+        raise sql_error(
+            f"{kind} in a continuous GROUP BY is not supported yet (it runs bounded, and per"
+            " window: GROUP BY window_start, window_end, GROUPING SETS (...) over a window TVF);"
+            " write a UNION ALL of one GROUP BY per set",
+            sets,
+        )
     keys = [  # the window's own columns are not keys (an updating aggregate's are)
         g
         for g in (group.expressions if group is not None else [])
