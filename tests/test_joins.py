@@ -943,3 +943,28 @@ def test_a_query_over_a_temporal_join_equals_duckdb(
         assert rows_of(sh.sql(sql).to_arrow_table().to_pylist(), columns, ("t",)) == want
     finally:
         sh.close()
+
+
+@pytest.mark.parametrize(
+    "ddl",
+    [
+        "CREATE VIEW vb AS SELECT k, t, w FROM (SELECT *, ROW_NUMBER() OVER (PARTITION BY k"
+        " ORDER BY t DESC) AS rownum FROM b) WHERE rownum = 1",
+        "CREATE VIEW vb AS SELECT k, t, w FROM b WHERE w > 1",
+    ],
+)
+def test_a_view_as_the_versioned_table_is_refused(tmp_path: Path, ddl: str) -> None:
+    """Inlined as a subquery, a view lost its FOR SYSTEM_TIME AS OF: the temporal join ran as
+    a regular join over the view's updates (a probe row joined a version from after its time,
+    and twice). Refused at the view's reference, bounded and continuously."""
+    sql = "SELECT a.k, a.t, a.v, vb.w FROM a JOIN vb FOR SYSTEM_TIME AS OF a.t ON a.k = vb.k"
+    with streamhouse.connect(tmp_path, linger_ms=1) as sh:
+        sh.sql(stream_ddl("a", 0))
+        sh.sql(stream_ddl("b", 0))
+        sh.sql(ddl)
+        produce(sh, "a", [("x", T0 + 5 * SECOND, 1)])
+        produce(sh, "b", [("x", T0, 10), ("x", T0 + 9 * SECOND, 11)])
+        with pytest.raises(SqlError, match="versioned table"):
+            sh.sql(sql).to_arrow_table()
+        with pytest.raises(SqlError, match=r"'vb' is a view or CTE .*\(line 1, column 56\)"):
+            start_paused(sh, f"INSERT INTO out {sql}", "q")

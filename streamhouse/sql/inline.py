@@ -129,6 +129,13 @@ def _inline_ctes(select: exp.Select | exp.Union) -> None:
 
 def _replace_table(table: exp.Table, query: exp.Query) -> None:
     """Put ``query`` where ``table`` is, as a subquery under the table's alias (or name)."""
+    if table.args.get("version") is not None:  # as a subquery, the join would lose its AS OF
+        raise sql_error(
+            f"the versioned table of a temporal join is a stream or table with a PRIMARY KEY"
+            f" and a WATERMARK; {table.name!r} is a view or CTE (a versioned view is not"
+            " supported yet): join the stream it reads, FOR SYSTEM_TIME AS OF, on its key",
+            table,
+        )
     alias = table.alias or table.name
     table.replace(query.subquery(alias))
 
