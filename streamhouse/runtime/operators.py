@@ -377,6 +377,15 @@ class TemporalJoining(_Stateful[nodes.TemporalJoin | nodes.TemporalStar]):
         schema = context.schema(join.right)
         if probe is not None and is_proctime(probe, join.probe_time):
             return LatestVersions(state, key, schema, join.probe_keys, join.version_keys)
+        probe_time = context.time_column(join.left)
+        if probe_time is not None and probe_time != join.probe_time:
+            # versions older than the one current at the watermark are dropped: a probe row
+            # AS OF another column may need one (Flink refuses it too)
+            raise context.error(
+                f"FOR SYSTEM_TIME AS OF takes the time attribute of {join.left!r}: its WATERMARK"
+                f" column {probe_time!r} (or a PROCTIME() column), not {join.probe_time!r}",
+                join.right,
+            )
         version_time = context.time_column(join.right)
         if version_time is None:
             raise context.error(
