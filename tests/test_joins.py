@@ -49,6 +49,10 @@ from window_cases import start_paused
 import streamhouse
 from streamhouse import StreamHouse
 from streamhouse.errors import SqlError
+from streamhouse.runtime.routing import plan_routing
+from streamhouse.sql.nodes import TemporalStar
+from streamhouse.sql.parse import parse_one
+from streamhouse.sql.plan import plan_query
 from streamhouse.state.store import ColumnFamily, decode_table
 
 PROPERTY = settings(
@@ -997,3 +1001,11 @@ def test_as_of_a_column_other_than_the_time_attribute_is_refused_continuously(
         assert sorted((r["v"], r["w"]) for r in sh.sql(sql).to_arrow_table().to_pylist()) == want
         with pytest.raises(SqlError, match="its WATERMARK column 't' .*, not 't2'"):
             start_paused(sh, f"INSERT INTO out {sql}", "q")
+
+
+def test_a_star_schema_runs_at_parallelism_1_and_is_refused_in_parallel_by_name() -> None:
+    plan = plan_query(parse_one(f"INSERT INTO out {STAR.sql}"))
+    assert isinstance(plan.operator, TemporalStar)
+    assert plan.operator.sources == ["a", "b", "c"]
+    with pytest.raises(SqlError, match=r"does not run TemporalStar \(temporal joins of several"):
+        plan_routing(plan)
