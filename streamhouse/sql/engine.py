@@ -83,6 +83,7 @@ from streamhouse.sql.joins import name_temporal_joins, plan_temporal_join, plan_
 from streamhouse.sql.lookup import is_lookup_table, is_proctime, lookup_join_of, lookup_options
 from streamhouse.sql.memory import default_memory_limit, parse_memory_limit
 from streamhouse.sql.nodes import TemporalJoin, TemporalStar
+from streamhouse.sql.over import named_windows
 from streamhouse.sql.parse import DIALECT, nesting_guard, node_position, parse, sql_error
 from streamhouse.sql.plan import source_tables
 from streamhouse.sql.projection import declared_stars, distinct_outputs, star_query
@@ -611,7 +612,8 @@ class Engine:
         """A context holding ``query``'s sources and the query to run there (windows taken
         out, stars spelled out) and the sources it streams, or the rows themselves (a
         temporal join)."""
-        query = inline_window_inputs(query)  # type: ignore[assignment]
+        # OVER (w ROWS ...) of a WINDOW clause: DataFusion dropped w's PARTITION BY
+        query = inline_window_inputs(named_windows(query))  # type: ignore[assignment]
         query, inputs = name_window_inputs(query)  # type: ignore[assignment]
         query = proctime_ties_by_arrival(query, self._proctime_columns, orderable_by_arrival)
         columns = referenced_columns(query)

@@ -43,7 +43,7 @@ from streamhouse.sql.nodes import (
     WindowAggregate,
     Windowed,
 )
-from streamhouse.sql.over import OverAggregate, plan_over
+from streamhouse.sql.over import OverAggregate, named_windows, plan_over
 from streamhouse.sql.parse import sql_error
 from streamhouse.sql.plan_checks import (
     check_changelogs,
@@ -207,7 +207,7 @@ def _explain_node(node: Operator) -> list[str]:
 def plan_query(statement: exp.Expr) -> ContinuousPlan:
     """Plan ``SELECT``, ``INSERT INTO t SELECT`` or ``CREATE MATERIALIZED VIEW v AS SELECT``
     (its CTEs and filtering subqueries merged in, see :mod:`streamhouse.sql.inline`)."""
-    statement = inline(statement)
+    statement = named_windows(inline(statement))
     sink_kind, sink = "results", None
     query = statement
     if isinstance(statement, exp.Insert):
