@@ -205,3 +205,63 @@ def test_bounded_lookup_join_on_a_composite_key_equals_duckdb(
     ).to_arrow_table()
     got = sorted(zip(*(table.column(c).to_pylist() for c in COLUMNS), strict=True))
     assert got == sorted(oracle(dim_url, rows, "LEFT"))
+
+
+def test_a_star_of_a_lookup_and_a_versioned_table_equals_duckdb(
+    sh: StreamHouse, dim_url: str
+) -> None:
+    """One probe stream joined with a lookup table at processing time (``AS OF s.p``) and a
+    versioned table at event time (``AS OF s.ts``): probe rows wait for the watermark, then
+    meet both; random micro-batch sizes and a restart; DuckDB's join and ASOF join agree,
+    continuously and bounded."""
+    sh.sql(
+        "CREATE STREAM e (id BIGINT, a INT, b STRING, k STRING, ts TIMESTAMP(3),"
+        " p AS PROCTIME(), WATERMARK FOR ts AS ts - INTERVAL '1' SECOND) WITH (topic = 'e')"
+    )
+    sh.sql(
+        "CREATE STREAM r (k STRING, t TIMESTAMP(3), w BIGINT, PRIMARY KEY (k) NOT ENFORCED,"
+        " WATERMARK FOR t AS t) WITH (topic = 'r')"
+    )
+    rng = random.Random(31)
+    rows = [
+        {**row, "k": rng.choice("xyz"), "ts": T0 + i * 500 - rng.randrange(1_000)}
+        for i, row in enumerate(probes(300, seed=31))
+    ]
+    versions = [
+        {"k": k, "t": T0 + s * 500, "w": rng.randrange(100)}
+        for s in range(0, 310, 7)
+        for k in rng.sample("xyz", 2)
+    ]
+    sql = (
+        "SELECT e.id, e.a, e.b, d.name, d.price, r.w FROM e JOIN dim FOR SYSTEM_TIME AS OF e.p"
+        " AS d ON e.a = d.a AND e.b = d.b LEFT JOIN r FOR SYSTEM_TIME AS OF e.ts ON e.k = r.k"
+    )
+    sh.produce("r", versions[: len(versions) // 2])
+    sh.produce("e", rows[:150])
+    query = start_paused(sh, f"SET 'max-batch-records' = '23';\nINSERT INTO out {sql}", "star")
+    query.run_until_caught_up()
+    query.stop()
+    sh.produce("r", versions[len(versions) // 2 :])
+    sh.produce("e", rows[150:])
+    query = start_paused(sh, f"SET 'max-batch-records' = '41';\nINSERT INTO out {sql}", "star")
+    try:
+        query.run_until_caught_up(final=True)
+        assert query.status()["late_rows"] == 0
+    finally:
+        query.stop()
+    with psycopg.connect(dim_url) as conn:
+        dim = conn.execute("SELECT a, b, name, price FROM dim2").fetchall()
+    db = duckdb.connect()
+    db.execute("CREATE TABLE dim (a INT, b TEXT, name TEXT, price DOUBLE)")
+    db.executemany("INSERT INTO dim VALUES (?, ?, ?, ?)", dim)
+    db.register("e", pa.Table.from_pylist(rows))
+    db.register("r", pa.Table.from_pylist(versions))
+    want = db.execute(
+        "SELECT e.id, e.a, e.b, d.name, d.price, r.w FROM e JOIN dim d ON e.a = d.a"
+        " AND e.b = d.b ASOF LEFT JOIN r ON e.k = r.k AND e.ts >= r.t ORDER BY e.id"
+    ).fetchall()
+    columns = ["id", "a", "b", "name", "price", "w"]
+    got = sorted(tuple(r[c] for c in columns) for r in topic_rows(sh, "out"))
+    assert got == want and len(want) > 60 and any(w[-1] is None for w in want)
+    bounded = sh.sql(sql).to_arrow_table().to_pylist()
+    assert sorted(tuple(r[c] for c in columns) for r in bounded) == want

@@ -70,6 +70,22 @@ def test_table_argument_node() -> None:
     assert [c.name for c in argument.args["partition_by"]] == ["a", "b"]
 
 
+def test_table_argument_of_a_query_partitioned_by_keys() -> None:
+    """Flink's ``TABLE (SELECT ...) PARTITION BY k``; without PARTITION BY it stays sqlglot's
+    call of ``TABLE``, as every window TVF planner reads it."""
+    select = parse_one(
+        "SELECT * FROM TABLE(SESSION(TABLE (SELECT a, b FROM bid WHERE a > 1) PARTITION BY (a, b),"
+        " DESCRIPTOR(t), x))"
+    )
+    argument = select.find(TableArgument)
+    assert isinstance(argument.this, exp.Subquery) and argument.this.this.find(exp.Where)
+    assert [c.name for c in argument.args["partition_by"]] == ["a", "b"]
+    plain = parse_one("SELECT * FROM TABLE(TUMBLE(TABLE (SELECT a FROM bid), DESCRIPTOR(t), x))")
+    assert plain.find(TableArgument) is None
+    with pytest.raises(SqlError, match="line 1, column"):
+        parse_one("SELECT * FROM TABLE(SESSION(TABLE (SELECT a FROM bid) PARTITION BY, x))")
+
+
 def test_parse_many_statements() -> None:
     statements = parse("CREATE STREAM s (a INT);\nSELECT a FROM s;")
     assert [type(s) for s in statements] == [exp.Create, exp.Select]

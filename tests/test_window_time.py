@@ -24,6 +24,7 @@ from window_cases import (
 
 import streamhouse
 from streamhouse import StreamHouse
+from streamhouse.errors import SqlError
 
 T0 = 1_767_225_600_000  # 2026-01-01 00:00:00 UTC, in ms
 STREAM = """CREATE STREAM ev (k STRING, t TIMESTAMP(3), v BIGINT,
@@ -119,6 +120,90 @@ def test_select_star_over_a_window_tvf(sh: StreamHouse) -> None:
         for r in continuous_rows(sh, sql, "star", batch=29)
     ]
     assert sorted(continuous) == expected
+
+
+@pytest.mark.parametrize(
+    ("kind", "call", "items"),
+    [
+        ("tumble", "TUMBLE({}, DESCRIPTOR(t), INTERVAL '30' SECOND)", "*, v * 2 AS y"),
+        ("hop", "HOP({}, DESCRIPTOR(t), INTERVAL '10' SECOND, INTERVAL '30' SECOND)",
+         "ev.*, v * 2 AS y"),
+        ("cumulate", "CUMULATE({}, DESCRIPTOR(t), INTERVAL '10' SECOND, INTERVAL '30' SECOND)",
+         "*, v * 2 AS y"),
+    ],
+)  # fmt: skip
+def test_select_star_over_a_window_tvf_of_a_projection(
+    sh: StreamHouse, kind: str, call: str, items: str
+) -> None:
+    """As in Flink, a window TVF's columns are its input's (here ``k, t, v, y``), then
+    ``window_start, window_end, window_time``: the input's computed columns come before the
+    window's, bounded and continuously."""
+    events = _events(11)
+    _produce(sh, events)
+    sql = f"SELECT * FROM TABLE({call.format(f'TABLE (SELECT {items} FROM ev)')})"
+    slide = 10_000 if kind != "tumble" else None
+    expected = _duckdb(
+        events, f"SELECT k, t, v, v * 2, ws, we, we - 1 FROM ({windowed_sql(kind, 30_000, slide)})"
+    )
+    names = ["k", "t", "v", "y", "window_start", "window_end", "window_time"]
+    table = sh.sql(sql).to_arrow_table()
+    assert table.column_names == names
+    assert sorted(tuple(normalize(r[c]) for c in names) for r in table.to_pylist()) == expected
+    records = continuous_rows(sh, sql, kind, batch=31)
+    assert {tuple(r) for r in records} == {tuple(names)}  # each record's columns, in order
+    times = ("t", "window_start", "window_end", "window_time")
+    continuous = [tuple(to_ms(r[c]) if c in times else r[c] for c in names) for r in records]
+    assert sorted(continuous) == expected
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        "TABLE (SELECT k, t, v * 2 AS y FROM ev WHERE v >= 30) PARTITION BY k",
+        "TABLE (SELECT * FROM (SELECT k, t, v * 2 AS y FROM ev) WHERE y >= 60) PARTITION BY (k)",
+        "TABLE filtered PARTITION BY k",
+    ],
+)
+def test_a_session_window_over_a_query_partitioned_by_a_key(sh: StreamHouse, data: str) -> None:
+    """Flink's ``SESSION(TABLE (SELECT ...) PARTITION BY k, DESCRIPTOR(t), gap)`` (and over a
+    view): sessions per key over the query's rows, bounded and continuously, as DuckDB's gaps
+    and islands over the same rows."""
+    events = _events(13)
+    _produce(sh, events)
+    sh.sql("CREATE VIEW filtered AS SELECT k, t, v * 2 AS y FROM ev WHERE v >= 30")
+    sql = (
+        "SELECT k, window_start, window_end, COUNT(*) AS n, SUM(y) AS s FROM TABLE(SESSION("
+        f"{data}, DESCRIPTOR(t), INTERVAL '8' SECOND)) GROUP BY k, window_start, window_end"
+    )
+    kept = [e for e in events if e[2] >= 30]
+    expected = _duckdb(
+        kept,
+        f"SELECT k, ws, we, COUNT(*), SUM(v * 2) FROM ({windowed_sql('session', 8_000)})"
+        " GROUP BY k, ws, we",
+    )
+    assert len(expected) > 10 and len({row[0] for row in expected}) == 3
+    columns = ["k", "window_start", "window_end", "n", "s"]
+
+    def rows(records: list[dict]) -> list[tuple]:
+        return sorted(
+            tuple(to_ms(r[c]) if c in columns[1:3] else r[c] for c in columns) for r in records
+        )
+
+    assert rows(sh.sql(sql).to_arrow_table().to_pylist()) == expected
+    assert rows(continuous_rows(sh, sql, "session", batch=23)) == expected
+
+
+def test_the_rows_of_a_session_window_are_refused_continuously_by_name(sh: StreamHouse) -> None:
+    """``SELECT *`` over a SESSION TVF runs bounded; continuously a row's session is not known
+    until the watermark closes it, and the refusal says so (it named a missing PARTITION BY
+    of a TVF that has one)."""
+    _produce(sh, _events(3, n=20))
+    sql = (
+        "SELECT * FROM TABLE(SESSION(TABLE ev PARTITION BY k, DESCRIPTOR(t), INTERVAL '8' SECOND))"
+    )
+    assert sh.sql(sql).to_arrow_table().num_rows == 20
+    with pytest.raises(SqlError, match=r"SESSION window supports only a window aggregate.*line 1"):
+        start_paused(sh, f"INSERT INTO out {sql}", "rows")
 
 
 def test_chained_windows(sh: StreamHouse, tmp_path: Path) -> None:

@@ -568,6 +568,34 @@ class LookupJoin:
         return pa.concat_tables([found, pa.table(columns, schema=found.schema)])
 
 
+class LookupVersions:
+    """A lookup table as one table of a continuous temporal join
+    (:class:`~streamhouse.joins.temporal.TemporalJoin`): the probe rows are looked up as
+    they come (processing time); nothing is kept in state."""
+
+    waits_on = None
+    size = 0
+
+    def __init__(self, join: LookupJoin) -> None:
+        self.join = join
+
+    def take(self, rows: pa.Table | None) -> None:
+        pass  # the table is read by key, not as a source
+
+    def matches(self, probes: pa.Table) -> tuple[pa.Table, np.ndarray]:
+        rows, at = self.join.matches(probes)
+        return rows, pc.fill_null(at, -1).to_numpy()
+
+    def stage(self, watermark: int, batch: object) -> None:
+        pass
+
+    def commit(self) -> None:
+        pass
+
+    def rollback(self) -> None:
+        pass
+
+
 def _found(rows: pa.Table) -> pa.Table:
     return rows.filter(rows.column(FOUND))
 
@@ -577,6 +605,7 @@ __all__ = [
     "LookupCache",
     "LookupError",
     "LookupJoin",
+    "LookupVersions",
     "PostgresLookup",
     "composite_key",
     "duration_seconds",

@@ -17,6 +17,7 @@ than the one current at the watermark are dropped per key. State: ``joins`` colu
 from __future__ import annotations
 
 import logging
+from typing import Protocol
 
 import numpy as np
 import pyarrow as pa
@@ -100,58 +101,6 @@ def latest_rows(versions: pa.Table, keys: list[str]) -> pa.Table:
     return versions if len(last) == versions.num_rows else versions.take(pa.array(last))
 
 
-class LatestVersionJoin:
-    """Continuous processing-time temporal join against a StreamHouse table with a primary
-    key: each micro-batch's probe rows are joined at once with the latest row of their key
-    (this batch's rows of the table taken in first). State: ``joins`` column family,
-    ``b"V"`` -> IPC(the latest row per key)."""
-
-    def __init__(
-        self, sql: str, store: StateStore, probe_keys: list[str], version_keys: list[str]
-    ) -> None:
-        self.sql = sql
-        self.probe_keys, self.version_keys = probe_keys, version_keys
-        stored = dict(store.items(ColumnFamily.JOINS))
-        self.versions: pa.Table | None = (
-            decode_table(stored[VERSIONS]) if VERSIONS in stored else None
-        )
-        self._staged: pa.Table | None = None
-
-    @property
-    def open_windows(self) -> int:
-        return self.versions.num_rows if self.versions is not None else 0
-
-    def process(
-        self,
-        probes: pa.Table | None,
-        versions: pa.Table | None,
-        schema: pa.Schema | None,
-        batch: StateBatch,
-    ) -> pa.Table | None:
-        table = self.versions
-        if versions is not None and versions.num_rows:
-            table = latest_rows(_concat(table, versions), self.version_keys)  # type: ignore[arg-type]
-            batch.put(ColumnFamily.JOINS, VERSIONS, encode_table(table))
-            self._staged = table
-        if probes is None or not probes.num_rows:
-            return None
-        if table is None:
-            if schema is None:
-                return None
-            table = schema.empty_table()
-        matched = latest_matches(probes, self.probe_keys, table, self.version_keys)
-        left, right = temporal_inputs(probes, table, matched)
-        out = run_sql(self.sql, {"__left": left, "__right": right})
-        return out if out.num_rows else None
-
-    def commit(self) -> None:
-        if self._staged is not None:
-            self.versions, self._staged = self._staged, None
-
-    def rollback(self) -> None:
-        self._staged = None
-
-
 def _key_codes(
     probes: pa.Table, probe_keys: list[str], versions: pa.Table, version_keys: list[str]
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -168,71 +117,108 @@ def _array(column: pa.ChunkedArray | pa.Array) -> pa.Array:
     return column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
 
 
-class TemporalJoin:
-    """Continuous event-time temporal join (see the module docstring)."""
+class Versions(Protocol):
+    """One versioned table of a temporal join: how a probe row finds its row of the table."""
+
+    waits_on: str | None
+    """The probe's time column whose rows wait for the watermark (event time); None: probe
+    rows are matched as they come (processing time)."""
+
+    @property
+    def size(self) -> int:
+        """Rows kept in state."""
+        ...
+
+    def take(self, rows: pa.Table | None) -> None:
+        """The micro-batch's new rows of the table, before any probe of it is matched."""
+        ...
+
+    def matches(self, probes: pa.Table) -> tuple[pa.Table, np.ndarray]:
+        """The table's rows and, per probe row, the index of the one it joins (-1: none)."""
+        ...
+
+    def stage(self, watermark: int, batch: StateBatch) -> None:
+        """Write what is kept into ``batch`` (after the micro-batch's probes are matched)."""
+        ...
+
+    def commit(self) -> None: ...
+
+    def rollback(self) -> None: ...
+
+
+class _Kept:
+    """Versions kept in state under ``key`` of the ``joins`` column family: staged per
+    micro-batch, made current on commit."""
+
+    def __init__(self, store: StateStore, key: bytes, schema: pa.Schema | None) -> None:
+        self.key, self.schema = key, schema
+        stored = store.get(ColumnFamily.JOINS, key)
+        self.kept: pa.Table | None = decode_table(stored) if stored is not None else None
+        self.current: pa.Table | None = self.kept
+        self._staged: pa.Table | None = None
+
+    @property
+    def size(self) -> int:
+        return self.kept.num_rows if self.kept is not None else 0
+
+    def _table(self) -> pa.Table | None:
+        if self.current is None and self.schema is not None:
+            return self.schema.empty_table()
+        return self.current
+
+    def _put(self, table: pa.Table | None, batch: StateBatch) -> None:
+        if table is not None and table is not self.kept:
+            batch.put(ColumnFamily.JOINS, self.key, encode_table(table))
+            self._staged = table
+
+    def commit(self) -> None:
+        if self._staged is not None:
+            self.kept, self._staged = self._staged, None
+        self.current = self.kept
+
+    def rollback(self) -> None:
+        self._staged = None
+        self.current = self.kept
+
+
+class EventTimeVersions(_Kept):
+    """An event-time versioned table (a stream with a primary key and a WATERMARK): each probe
+    row joins the version current at its time; per key, versions older than the one current
+    at the watermark are dropped."""
 
     def __init__(
         self,
-        sql: str,
         store: StateStore,
+        key: bytes,
+        schema: pa.Schema | None,
         probe_time: str,
         probe_keys: list[str],
         version_time: str,
         version_keys: list[str],
     ) -> None:
-        self.sql = sql
-        self.probe_time, self.probe_keys = probe_time, probe_keys
-        self.version_time, self.version_keys = version_time, version_keys
-        stored = {k: decode_table(v) for k, v in store.items(ColumnFamily.JOINS)}
-        self.state: dict[bytes, pa.Table | None] = {
-            PROBES: stored.get(PROBES),
-            VERSIONS: stored.get(VERSIONS),
-        }
-        self._staged: dict[bytes, pa.Table | None] | None = None
+        super().__init__(store, key, schema)
+        self.waits_on: str | None = probe_time
+        self.probe_keys, self.version_time, self.version_keys = (
+            probe_keys, version_time, version_keys,
+        )  # fmt: skip
 
-    @property
-    def open_windows(self) -> int:
-        return sum(t.num_rows for t in self.state.values() if t is not None)
+    def take(self, rows: pa.Table | None) -> None:
+        self.current = _concat(self.current, rows)
 
-    def process(
-        self,
-        probes: pa.Table | None,
-        versions: pa.Table | None,
-        watermark: int,
-        schemas: dict[bytes, pa.Schema | None],
-        batch: StateBatch,
-    ) -> pa.Table | None:
-        """Take in new rows; join the probe rows the watermark has passed."""
-        all_probes = _concat(self.state[PROBES], probes)
-        all_versions = _concat(self.state[VERSIONS], versions)
-        outputs = None
-        waiting = all_probes
-        if all_probes is not None and all_probes.num_rows:
-            ts, _ = event_time_ms(all_probes, self.probe_time)
-            # A row at the watermark is still on time, so a version at exactly a probe's time
-            # may yet arrive: a probe row is ready once the watermark is past its time.
-            ready = ts < watermark
-            if ready.any():
-                now = all_probes.filter(pa.array(ready))
-                waiting = all_probes.filter(pa.array(~ready))
-                version_table = all_versions
-                if version_table is None:
-                    schema = schemas.get(VERSIONS)
-                    version_table = schema.empty_table() if schema is not None else None
-                if version_table is not None:
-                    matched = match_versions(
-                        now, self.probe_time, self.probe_keys,
-                        version_table, self.version_time, self.version_keys,
-                    )  # fmt: skip
-                    left, right = temporal_inputs(now, version_table, matched)
-                    outputs = run_sql(self.sql, {"__left": left, "__right": right})
-        if all_versions is not None and all_versions.num_rows:
-            all_versions = self._prune(all_versions, watermark)
-        self._staged = {PROBES: waiting, VERSIONS: all_versions}
-        for key, table in self._staged.items():
-            if table is not None:
-                batch.put(ColumnFamily.JOINS, key, encode_table(table))
-        return outputs if outputs is not None and outputs.num_rows else None
+    def matches(self, probes: pa.Table) -> tuple[pa.Table, np.ndarray]:
+        table = self._table()
+        if table is None:  # a topic whose schema is not known: nothing to join yet
+            return probes.schema.empty_table(), np.full(probes.num_rows, -1, dtype=np.int64)
+        assert self.waits_on is not None
+        return table, match_versions(
+            probes, self.waits_on, self.probe_keys, table, self.version_time, self.version_keys
+        )
+
+    def stage(self, watermark: int, batch: StateBatch) -> None:
+        table = self.current
+        if table is not None and table.num_rows:
+            table = self._prune(table, watermark)
+        self._put(table, batch)
 
     def _prune(self, versions: pa.Table, watermark: int) -> pa.Table:
         """Per key, drop versions older than the one current at the watermark."""
@@ -248,13 +234,105 @@ class TemporalJoin:
         keep[order[superseded]] = False
         return versions.filter(pa.array(keep)) if not keep.all() else versions
 
+
+class LatestVersions(_Kept):
+    """A StreamHouse table with a primary key probed at processing time (``AS OF`` a
+    ``PROCTIME()`` column): each probe row joins the latest row of its key, this micro-batch's
+    rows of the table taken in first."""
+
+    waits_on = None
+
+    def __init__(
+        self,
+        store: StateStore,
+        key: bytes,
+        schema: pa.Schema | None,
+        probe_keys: list[str],
+        version_keys: list[str],
+    ) -> None:
+        super().__init__(store, key, schema)
+        self.probe_keys, self.version_keys = probe_keys, version_keys
+
+    def take(self, rows: pa.Table | None) -> None:
+        if rows is not None and rows.num_rows:
+            self.current = latest_rows(_concat(self.current, rows), self.version_keys)  # type: ignore[arg-type]
+
+    def matches(self, probes: pa.Table) -> tuple[pa.Table, np.ndarray]:
+        table = self._table()
+        if table is None:
+            return probes.schema.empty_table(), np.full(probes.num_rows, -1, dtype=np.int64)
+        return table, latest_matches(probes, self.probe_keys, table, self.version_keys)
+
+    def stage(self, watermark: int, batch: StateBatch) -> None:
+        self._put(self.current, batch)
+
+
+def versions_key(index: int) -> bytes:
+    """The state key of the ``index``-th versioned table of a temporal join."""
+    return VERSIONS if index == 0 else VERSIONS + str(index).encode()
+
+
+class TemporalJoin:
+    """A continuous temporal join of a probe stream with one or more versioned tables (a star
+    schema), each named in ``sql`` (``__right``, or ``__right0``, ``__right1``, ...). While
+    a table is event-time, probe rows wait in state until the watermark is past their time."""
+
+    def __init__(self, sql: str, store: StateStore, tables: dict[str, Versions]) -> None:
+        self.sql, self.tables = sql, tables
+        self.times = sorted({t.waits_on for t in tables.values() if t.waits_on is not None})
+        stored = store.get(ColumnFamily.JOINS, PROBES)
+        self.waiting: pa.Table | None = decode_table(stored) if stored is not None else None
+        self._staged: pa.Table | None = None
+
+    @property
+    def open_windows(self) -> int:
+        waiting = self.waiting.num_rows if self.waiting is not None else 0
+        return waiting + sum(t.size for t in self.tables.values())
+
+    def process(
+        self,
+        probes: pa.Table | None,
+        rows: dict[str, pa.Table | None],
+        watermark: int,
+        batch: StateBatch,
+    ) -> pa.Table | None:
+        """Take in new rows; join the probe rows that are ready (each table's ``rows`` by its
+        name in ``sql``)."""
+        for name, table in self.tables.items():
+            table.take(rows.get(name))
+        waiting = _concat(self.waiting, probes)
+        outputs = None
+        if waiting is not None and waiting.num_rows:
+            # A row at the watermark is still on time, so a version at exactly a probe's time
+            # may yet arrive: a probe row is ready once the watermark is past its time.
+            ready = np.ones(waiting.num_rows, dtype=bool)
+            for column in self.times:
+                ready &= event_time_ms(waiting, column)[0] < watermark
+            if ready.any():
+                now = waiting.filter(pa.array(ready))
+                waiting = waiting.filter(pa.array(~ready))
+                inputs: dict[str, pa.Table] = {}
+                for name, table in self.tables.items():
+                    versions, matched = table.matches(now)
+                    inputs["__left"], inputs[name] = temporal_inputs(now, versions, matched)
+                outputs = run_sql(self.sql, inputs, ordered=True)
+        for table in self.tables.values():
+            table.stage(watermark, batch)
+        if self.times and waiting is not None:
+            batch.put(ColumnFamily.JOINS, PROBES, encode_table(waiting))
+            self._staged = waiting
+        return outputs if outputs is not None and outputs.num_rows else None
+
     def commit(self) -> None:
         if self._staged is not None:
-            self.state = self._staged
-            self._staged = None
+            self.waiting, self._staged = self._staged, None
+        for table in self.tables.values():
+            table.commit()
 
     def rollback(self) -> None:
         self._staged = None
+        for table in self.tables.values():
+            table.rollback()
 
 
 def _concat(old: pa.Table | None, new: pa.Table | None) -> pa.Table | None:
@@ -265,10 +343,13 @@ def _concat(old: pa.Table | None, new: pa.Table | None) -> pa.Table | None:
 
 
 __all__ = [
-    "LatestVersionJoin",
+    "EventTimeVersions",
+    "LatestVersions",
     "TemporalJoin",
+    "Versions",
     "latest_matches",
     "latest_rows",
     "match_versions",
     "temporal_inputs",
+    "versions_key",
 ]

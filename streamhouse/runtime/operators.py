@@ -19,12 +19,14 @@ from sqlglot import exp
 
 from streamhouse.errors import SqlError, StreamHouseError
 from streamhouse.joins.changelog_join import ChangelogJoinOperator, spelled_out
+from streamhouse.joins.lookup import LookupVersions
 from streamhouse.joins.stream_join import LEFT, RIGHT, StreamJoin
 from streamhouse.joins.temporal import (
-    VERSIONS,
-    LatestVersionJoin,
+    EventTimeVersions,
+    LatestVersions,
     TemporalJoin,
-    temporal_inputs,
+    Versions,
+    versions_key,
 )
 from streamhouse.joins.windowed import WindowedQuery
 from streamhouse.runtime.operator import Changelog, MicroBatch, Operator, QueryContext
@@ -335,110 +337,82 @@ class ChangelogJoining(_Stateful[ChangelogJoin]):
         return Changelog(rows, sorted(k for k in was - now if k is not None))
 
 
-class LookupJoining(Adapter[nodes.TemporalJoin]):
-    """A probe stream joined at processing time with a lookup table ('connector'='jdbc'):
-    each micro-batch's rows at once, with the table's rows for their keys (one query per
-    batch for the keys the cache lacks); nothing is kept in state."""
-
-    def __init__(self, node: nodes.TemporalJoin, state: StateView, context: QueryContext) -> None:
-        super().__init__(node, state, context)
-        dim, probe = context.lookup_table(node.right), context.definition(node.left)
-        assert dim is not None
-        if probe is None:
-            raise context.error(
-                f"a lookup join probes a declared stream with a PROCTIME() column, not {node.left!r}",
-                node.left,
-            )
-        try:
-            self.join = lookup_join_of(
-                dim, probe, node.probe_time, node.probe_keys, node.version_keys
-            )
-        except SqlError as error:
-            raise context.error(error.message, node.right) from None
-
-    @staticmethod
-    def checks(node: nodes.TemporalJoin, context: QueryContext) -> list[Check]:
-        dim = context.lookup_table(node.right)
-        assert dim is not None
-        row = pa.field(ROW, pa.int64())
-        left = context.schema(node.left)
-        schemas = {
-            "__left": left.append(row) if left is not None else None,
-            "__right": lookup_schema(dim).append(row),
-        }
-        return [(node.sql, schemas)]
-
-    def process(self, batch: MicroBatch) -> Changelog:
-        probes = batch.inputs[self.node.left]
-        if probes is None:
-            return Changelog()
-        rows, at = self.join.matches(probes)
-        left, right = temporal_inputs(probes, rows, pc.fill_null(at, -1).to_numpy())
-        return Changelog(run_ordered(self.node.sql, {"__left": left, "__right": right}))
-
-
-class LatestJoining(_Stateful[nodes.TemporalJoin]):
-    """A probe stream joined at processing time (``AS OF`` a ``PROCTIME()`` column) with the
-    latest row of its key in a StreamHouse table."""
-
-    executor: LatestVersionJoin
-
-    def __init__(self, node: nodes.TemporalJoin, state: StateView, context: QueryContext) -> None:
-        super().__init__(node, state, context)
-        self.executor = LatestVersionJoin(node.sql, state, node.probe_keys, node.version_keys)
-
-    def process(self, batch: MicroBatch) -> Changelog:
-        node = self.node
-        left, right = batch.inputs[node.left], batch.inputs[node.right]
-        schema = self.context.schema(node.right)
-        return Changelog(self.executor.process(left, right, schema, batch.state))
-
-
-class TemporalJoining(_Stateful[nodes.TemporalJoin]):
-    """A probe stream joined with the version of a table current at each probe row's time
-    (a lookup table's: :class:`LookupJoining`)."""
+class TemporalJoining(_Stateful[nodes.TemporalJoin | nodes.TemporalStar]):
+    """A probe stream joined with one row of each of its versioned tables (one, or several in
+    a star schema): an event-time table's version current at the probe's time; at processing
+    time (``AS OF`` a ``PROCTIME()`` column), a lookup table's row ('connector'='jdbc') or a
+    StreamHouse table's latest row of the key."""
 
     executor: TemporalJoin
 
-    @classmethod
-    def open(cls, node: nodes.TemporalJoin, state: StateView, context: QueryContext) -> Operator:
-        if context.lookup_table(node.right) is not None:
-            return LookupJoining(node, state, context)
-        probe = context.definition(node.left)
-        if probe is not None and is_proctime(probe, node.probe_time):
-            return LatestJoining(node, state, context)
-        return super().open(node, state, context)
-
-    def __init__(self, node: nodes.TemporalJoin, state: StateView, context: QueryContext) -> None:
+    def __init__(
+        self,
+        node: nodes.TemporalJoin | nodes.TemporalStar,
+        state: StateView,
+        context: QueryContext,
+    ) -> None:
         super().__init__(node, state, context)
-        version_time = context.time_column(node.right)
+        tables = {
+            name: self._versions(join, versions_key(index), state)
+            for index, (name, join) in enumerate(node.tables.items())
+        }
+        self.executor = TemporalJoin(node.sql, state, tables)
+
+    def _versions(self, join: nodes.TemporalJoin, key: bytes, state: StateView) -> Versions:
+        """How ``join``'s probe rows find their row of its table (state under ``key``)."""
+        context = self.context
+        dim, probe = context.lookup_table(join.right), context.definition(join.left)
+        if dim is not None:
+            if probe is None:
+                raise context.error(
+                    "a lookup join probes a declared stream with a PROCTIME() column, not"
+                    f" {join.left!r}",
+                    join.left,
+                )
+            try:
+                keys = (join.probe_keys, join.version_keys)
+                return LookupVersions(lookup_join_of(dim, probe, join.probe_time, *keys))
+            except SqlError as error:
+                raise context.error(error.message, join.right) from None
+        schema = context.schema(join.right)
+        if probe is not None and is_proctime(probe, join.probe_time):
+            return LatestVersions(state, key, schema, join.probe_keys, join.version_keys)
+        probe_time = context.time_column(join.left)
+        if probe_time is not None and probe_time != join.probe_time:
+            # versions older than the one current at the watermark are dropped: a probe row
+            # AS OF another column may need one (Flink refuses it too)
+            raise context.error(
+                f"FOR SYSTEM_TIME AS OF takes the time attribute of {join.left!r}: its WATERMARK"
+                f" column {probe_time!r} (or a PROCTIME() column), not {join.probe_time!r}",
+                join.right,
+            )
+        version_time = context.time_column(join.right)
         if version_time is None:
             raise context.error(
-                f"the versioned table {node.right!r} of a temporal join needs a time column: "
+                f"the versioned table {join.right!r} of a temporal join needs a time column: "
                 "declare a WATERMARK for it",
-                node.right,
+                join.right,
             )
-        self.executor = TemporalJoin(
-            node.sql, state, node.probe_time, node.probe_keys, version_time, node.version_keys
+        return EventTimeVersions(
+            state, key, schema, join.probe_time, join.probe_keys, version_time, join.version_keys
         )
 
     @staticmethod
-    def checks(node: nodes.TemporalJoin, context: QueryContext) -> list[Check]:
-        if context.lookup_table(node.right) is not None:
-            return LookupJoining.checks(node, context)
+    def checks(node: nodes.TemporalJoin | nodes.TemporalStar, context: QueryContext) -> list[Check]:
         row = pa.field(ROW, pa.int64())
-        left, right = context.schema(node.left), context.schema(node.right)
-        schemas = {
-            "__left": left.append(row) if left is not None else None,
-            "__right": right.append(row) if right is not None else None,
-        }
+        left = context.schema(node.source)
+        schemas = {"__left": left.append(row) if left is not None else None}
+        for name, join in node.tables.items():
+            dim = context.lookup_table(join.right)
+            right = lookup_schema(dim) if dim is not None else context.schema(join.right)
+            schemas[name] = right.append(row) if right is not None else None
         return [(node.sql, schemas)]
 
     def process(self, batch: MicroBatch) -> Changelog:
         node = self.node
-        schemas = {VERSIONS: self.context.schema(node.right)}
-        left, right = batch.inputs[node.left], batch.inputs[node.right]
-        return Changelog(self.executor.process(left, right, batch.watermark, schemas, batch.state))
+        rows = {name: batch.inputs.get(join.right) for name, join in node.tables.items()}
+        probes = batch.inputs[node.source]
+        return Changelog(self.executor.process(probes, rows, batch.watermark, batch.state))
 
 
 class TopNRanking(_Stateful[nodes.TopN]):
@@ -801,6 +775,7 @@ ADAPTERS: dict[type[PlanNode], type[Adapter]] = {
     nodes.Windowed: WindowedEvaluation,
     nodes.StreamJoin: StreamJoining,
     nodes.TemporalJoin: TemporalJoining,
+    nodes.TemporalStar: TemporalJoining,
     ChangelogJoin: ChangelogJoining,
     nodes.TopN: TopNRanking,
     nodes.Recompute: Recomputation,

@@ -106,6 +106,7 @@ def _name(node: Operator) -> str:
 
 _KINDS = {
     "TemporalJoin": "a temporal join",
+    "TemporalStar": "temporal joins of several versioned tables",
     "Recompute": "an aggregate or ranking over an updating input",
     "TimeSort": "ORDER BY on the time attribute",
     "UnionAll": "UNION ALL",

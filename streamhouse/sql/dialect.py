@@ -32,6 +32,7 @@ from sqlglot.dialects.postgres import Postgres
 from sqlglot.errors import ParseError
 from sqlglot.generator import Generator
 from sqlglot.generators.postgres import PostgresGenerator
+from sqlglot.helper import seq_get
 from sqlglot.parsers.postgres import PostgresParser
 from sqlglot.tokens import Token, TokenType
 
@@ -221,16 +222,25 @@ class StreamHouse(Postgres):
             return self.expression(exp.Case(ifs=ifs, default=default), comments=comments)
 
         def _parse_table_argument(self) -> TableArgument | None:
-            """``TABLE t [PARTITION BY k, ...]`` as a function argument; None if not there."""
-            if not (
-                self._curr
-                and self._curr.token_type == TokenType.TABLE
-                and self._next
-                and self._next.token_type != TokenType.L_PAREN
-            ):
+            """``TABLE t [PARTITION BY k, ...]`` or ``TABLE (SELECT ...) PARTITION BY k, ...``
+            as a function argument; None if not there (``TABLE (SELECT ...)`` alone is read
+            as sqlglot reads it, a call of ``TABLE``)."""
+            if not (self._curr and self._curr.token_type == TokenType.TABLE and self._next):
                 return None
-            self._advance()
-            table = self._parse_table_parts()
+            start = self._index
+            if self._next.token_type == TokenType.L_PAREN:
+                query = seq_get(self._tokens, self._index + 2)
+                if query is None or query.token_type not in (TokenType.SELECT, TokenType.WITH):
+                    return None
+                self._advance()
+                table: exp.Expr | None = self._parse_wrapped(self._parse_select)
+                if table is None or not self._match(TokenType.PARTITION_BY, advance=False):
+                    self._retreat(start)
+                    return None
+                table = exp.Subquery(this=table)
+            else:
+                self._advance()
+                table = self._parse_table_parts()
             partition_by = None
             if self._match(TokenType.PARTITION_BY):
                 # Flink: one key bare, several in parentheses (DESCRIPTOR(..) follows a comma).
@@ -238,6 +248,8 @@ class StreamHouse(Postgres):
                     partition_by = self._parse_wrapped_csv(self._parse_column)
                 else:
                     partition_by = [self._parse_column()]
+                if not partition_by or None in partition_by:
+                    self.raise_error("Expected a column after PARTITION BY")
             return self.expression(TableArgument(this=table, partition_by=partition_by))
 
         def _parse_interval(
@@ -323,6 +335,11 @@ class StreamHouse(Postgres):
             **PostgresGenerator.TYPE_MAPPING,
             exp.DType.TIMESTAMPLTZ: "TIMESTAMP_LTZ",
         }
+
+        def star_sql(self, expression: exp.Star) -> str:
+            """``* EXCEPT (...)``: a star the planner narrowed (a window TVF's input columns
+            without the window's), which PostgreSQL's generator warns of and drops."""
+            return Generator.star_sql(self, expression)
 
         def computedcolumnconstraint_sql(self, expression: exp.ComputedColumnConstraint) -> str:
             return Generator.computedcolumnconstraint_sql(self, expression)

@@ -48,6 +48,7 @@ from streamhouse.errors import (
 )
 from streamhouse.iceberg.read import ColumnarCopy, columnar_copy, register_parquet_scan
 from streamhouse.iceberg.tableflow import iceberg_enabled
+from streamhouse.joins.lookup import LookupVersions
 from streamhouse.joins.temporal import latest_matches, match_versions, temporal_inputs
 from streamhouse.key_codes import group_codes
 from streamhouse.log import Log
@@ -78,10 +79,11 @@ from streamhouse.sql.join_chain import (
     chain_stars,
 )
 from streamhouse.sql.join_order import aggregate_first
-from streamhouse.sql.joins import TemporalStar, plan_temporal_join, plan_temporal_star
+from streamhouse.sql.joins import name_temporal_joins, plan_temporal_join, plan_temporal_star
 from streamhouse.sql.lookup import is_lookup_table, is_proctime, lookup_join_of, lookup_options
 from streamhouse.sql.memory import default_memory_limit, parse_memory_limit
-from streamhouse.sql.nodes import TemporalJoin
+from streamhouse.sql.nodes import TemporalJoin, TemporalStar
+from streamhouse.sql.over import named_windows
 from streamhouse.sql.parse import DIALECT, nesting_guard, node_position, parse, sql_error
 from streamhouse.sql.plan import source_tables
 from streamhouse.sql.projection import declared_stars, distinct_outputs, star_query
@@ -610,7 +612,8 @@ class Engine:
         """A context holding ``query``'s sources and the query to run there (windows taken
         out, stars spelled out) and the sources it streams, or the rows themselves (a
         temporal join)."""
-        query = inline_window_inputs(query)  # type: ignore[assignment]
+        # OVER (w ROWS ...) of a WINDOW clause: DataFusion dropped w's PARTITION BY
+        query = inline_window_inputs(named_windows(query))  # type: ignore[assignment]
         query, inputs = name_window_inputs(query)  # type: ignore[assignment]
         query = proctime_ties_by_arrival(query, self._proctime_columns, orderable_by_arrival)
         columns = referenced_columns(query)
@@ -620,6 +623,7 @@ class Engine:
             temporal = plan_temporal_join(query) or plan_temporal_star(query)
             if temporal is not None:
                 return self._temporal(temporal, columns, named, stats, hints)
+        query, temporal_rows = name_temporal_joins(query)  # computed first, as a view is
         query, windowed = take_out_windows(query)
         # derived tables aggregating one source the same way (q5's two counts) are computed
         # once; ``bounded`` is the query as written, whose WHERE clauses prune each source
@@ -636,6 +640,9 @@ class Engine:
         for name in sorted(
             {t.name for q in read for t in source_tables(q)} - {s.name for s in shared}
         ):
+            if name in temporal_rows:
+                register(ctx, name, self._run(temporal_rows[name], stats))
+                continue
             scan = None
             if name not in windowed and not ordered and self.stream_sources:
                 scan = self.source_scan(name, columns, named, bounded, hints.get(name))
@@ -725,16 +732,14 @@ class Engine:
     ) -> pa.Table:
         """A bounded temporal (or lookup) join: every probe row with the version of each
         versioned table current at its time; the probes are read once."""
-        joins = plan.joins if isinstance(plan, TemporalStar) else (plan,)
-        probe = joins[0].left
-        wanted = None if columns is None else columns | {j.probe_time for j in joins}
+        probe = plan.source
+        wanted = None if columns is None else columns | {j.probe_time for j in plan.tables.values()}
         probes = self.source_table(probe, wanted, stats, hints.get(probe))
         inputs: dict[str, pa.Table] = {}
-        for index, join in enumerate(joins):
+        for name, join in plan.tables.items():
             versions, matched = self._versions(join, probes, columns, stats, hints)
             left, right = temporal_inputs(probes, versions, matched)
             inputs["__left"] = hide_metadata(left, named)  # the same probes for every join
-            name = f"__right{index}" if isinstance(plan, TemporalStar) else "__right"
             inputs[name] = hide_metadata(right, named)
         return run_sql(plan.sql, inputs, ordered=False)
 
@@ -792,10 +797,9 @@ class Engine:
         probe = stream_definition(parse(probe_sql)[0])
         join = lookup_join_of(dim, probe, plan.probe_time, plan.probe_keys, plan.version_keys)
         try:
-            rows, at = join.matches(probes)
+            return LookupVersions(join).matches(probes)
         finally:
             join.source.close()
-        return rows, pc.fill_null(at, -1).to_numpy()
 
     def _window_scan(
         self,

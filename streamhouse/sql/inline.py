@@ -129,6 +129,13 @@ def _inline_ctes(select: exp.Select | exp.Union) -> None:
 
 def _replace_table(table: exp.Table, query: exp.Query) -> None:
     """Put ``query`` where ``table`` is, as a subquery under the table's alias (or name)."""
+    if table.args.get("version") is not None:  # as a subquery, the join would lose its AS OF
+        raise sql_error(
+            f"the versioned table of a temporal join is a stream or table with a PRIMARY KEY"
+            f" and a WATERMARK; {table.name!r} is a view or CTE (a versioned view is not"
+            " supported yet): join the stream it reads, FOR SYSTEM_TIME AS OF, on its key",
+            table,
+        )
     alias = table.alias or table.name
     table.replace(query.subquery(alias))
 
@@ -237,9 +244,12 @@ def _merge_into(
             isinstance(body, exp.Column) and isinstance(body.this, exp.Star)
         ):
             for item in inner.expressions:
-                projections.append(_unqualified(item))
-            if argument is not None and not star:  # the TVF's window columns come last
-                projections.extend(exp.column(c) for c in WINDOW_COLUMNS)  # (a star has them)
+                item = _unqualified(item)
+                if argument is not None:  # the stream's columns only: the window's come last
+                    item = _except_window_columns(item)
+                projections.append(item)
+            if argument is not None:  # as in Flink, after every column of the TVF's input
+                projections.extend(exp.column(c) for c in WINDOW_COLUMNS)
             continue
         output = projection.alias_or_name
         rewritten = projection.transform(substitute, copy=False)
@@ -272,6 +282,16 @@ def _merge_into(
             exp.Where(this=exp.and_(condition, current.this) if current is not None else condition),
         )
     return outer
+
+
+def _except_window_columns(item: exp.Expr) -> exp.Expr:
+    """``item``, if it is ``*`` or ``x.*`` of the one stream under a window TVF, as ``*``
+    without the window's columns."""
+    if isinstance(item, exp.Star) or (
+        isinstance(item, exp.Column) and isinstance(item.this, exp.Star)
+    ):
+        return exp.Star(except_=[exp.column(c) for c in WINDOW_COLUMNS])
+    return item
 
 
 def _unqualified(node: exp.Expr) -> exp.Expr:

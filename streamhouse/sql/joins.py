@@ -4,8 +4,6 @@ temporal joins and aggregates over joins (a window TVF joined to streams is
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from sqlglot import exp
 
 from streamhouse.sql.bounds import candidate_bounds, conjuncts
@@ -19,6 +17,7 @@ from streamhouse.sql.nodes import (
     Recompute,
     StreamJoin,
     TemporalJoin,
+    TemporalStar,
     WindowAggregate,
 )
 from streamhouse.sql.parse import sql_error
@@ -73,18 +72,6 @@ def plan_temporal_join(select: exp.Select) -> TemporalJoin | None:
     )
 
 
-@dataclass(frozen=True)
-class TemporalStar:
-    """A bounded query probing several versioned tables from one stream (a star schema):
-    ``FROM f AS o JOIN d1 FOR SYSTEM_TIME AS OF o.t AS u ON o.k1 = u.k JOIN d2 FOR SYSTEM_TIME
-    AS OF o.t AS r ON o.k2 = r.k``. Each join matches every probe row with a version on its
-    own (``joins[i]``, whose ``sql`` is not run); ``sql`` runs over the probes (``__left``) and
-    each table's matched versions (``__right0``, ``__right1``, ...), joined on the probe row."""
-
-    joins: tuple[TemporalJoin, ...]
-    sql: str
-
-
 def plan_temporal_star(select: exp.Select) -> TemporalStar | None:
     """The :class:`TemporalStar` of ``select`` when it joins two or more versioned tables
     (``FOR SYSTEM_TIME AS OF``) and nothing else; each joins on keys of the probe stream
@@ -128,6 +115,32 @@ def plan_temporal_star(select: exp.Select) -> TemporalStar | None:
     return TemporalStar(tuple(singles), to_datafusion(rewritten))
 
 
+def name_temporal_joins(query: exp.Expr) -> tuple[exp.Expr, dict[str, exp.Select]]:
+    """``query`` with each nested SELECT that is a temporal join (a subquery's, a CTE's) read
+    from a name (``SELECT * FROM __temporal_0``), and the SELECT of each name: a bounded query
+    computes those rows first, as it reads a view's.
+
+    >>> from streamhouse.sql.parse import parse_one
+    >>> query, nested = name_temporal_joins(parse_one(
+    ...     "WITH j AS (SELECT a.k, b.w FROM a JOIN b FOR SYSTEM_TIME AS OF a.t ON a.k = b.k)"
+    ...     " SELECT w, COUNT(*) AS n FROM j GROUP BY w"))
+    >>> query.sql(), sorted(nested)
+    ('WITH j AS (SELECT * FROM __temporal_0) SELECT w, COUNT(*) AS n FROM j GROUP BY w', ['__temporal_0'])
+    """
+    nested: dict[str, exp.Select] = {}
+    selects = [s for s in query.find_all(exp.Select) if s is not query]
+    if not any(j.this.args.get("version") for s in selects for j in s.args.get("joins") or []):
+        return query, nested
+    query = query.copy()
+    for select in [s for s in query.find_all(exp.Select) if s is not query]:
+        joins = select.args.get("joins") or []
+        if any(isinstance(j.this, exp.Table) and j.this.args.get("version") for j in joins):
+            name = f"__temporal_{len(nested)}"
+            nested[name] = select.copy()
+            select.replace(exp.select("*").from_(name))
+    return query, nested
+
+
 def _hide_row(select: exp.Select, *aliases: str) -> None:
     """``*`` and ``x.*`` in ``select`` without the ``ROW`` column the join matches on: as in
     Flink, ``*`` is the declared columns of every side."""
@@ -145,9 +158,23 @@ def _hide_row(select: exp.Select, *aliases: str) -> None:
 
 def plan_join(
     select: exp.Select, joins: list[exp.Join], derived: dict[str, Operator] | None = None
-) -> StreamJoin | TemporalJoin | WindowAggregate | Recompute | ChangelogJoin:
-    temporal = plan_temporal_join(select)
+) -> StreamJoin | TemporalJoin | TemporalStar | WindowAggregate | Recompute | ChangelogJoin:
+    window = select.find(exp.Window)
+    if window is not None:  # it would rank or sum each micro-batch's joined rows alone
+        raise sql_error(
+            f"{window.this.sql(dialect='postgres')} OVER (...) in a continuous join's SELECT is"
+            " not supported (it runs bounded): rank in a subquery over the join instead, a Top-N"
+            " or deduplication (SELECT ... FROM (SELECT ..., ROW_NUMBER() OVER (...) AS rn FROM"
+            " x JOIN y ...) WHERE rn <= N)",
+            window,
+        )
+    aggregates = select.args.get("group") is not None or any(
+        a.find_ancestor(exp.Window) is None for a in select.find_all(exp.AggFunc)
+    )
+    temporal = plan_temporal_join(select) or plan_temporal_star(select)
     if temporal is not None:
+        if aggregates:  # over every joined row, not each micro-batch's: an updating aggregate
+            return _aggregate_over_join(select, derived)
         return temporal
     if len(joins) != 1:
         raise sql_error(

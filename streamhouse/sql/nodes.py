@@ -251,6 +251,11 @@ class TemporalJoin(PlanNode):
     def sources(self) -> list[str]:
         return sorted({self.left, self.right})
 
+    @property
+    def tables(self) -> dict[str, TemporalJoin]:
+        """The join by the name ``sql`` reads its matched rows under (as :class:`TemporalStar`)."""
+        return {"__right": self}
+
     def explain(self) -> list[str]:
         keys = ", ".join(
             f"{p} = {v}" for p, v in zip(self.probe_keys, self.version_keys, strict=True)
@@ -262,6 +267,49 @@ class TemporalJoin(PlanNode):
             " b'V' -> IPC(versions)",
             "  eviction: probe rows leave once joined; per key, versions older than the one"
             " current at the watermark",
+        ]
+
+
+@dataclass(frozen=True)
+class TemporalStar(PlanNode):
+    """One probe stream joined with several versioned (or lookup) tables, each ``FOR
+    SYSTEM_TIME AS OF`` the probe's time on keys of the probe (a star schema):
+    ``FROM f AS o JOIN d1 FOR SYSTEM_TIME AS OF o.t AS u ON o.k1 = u.k JOIN d2 FOR SYSTEM_TIME
+    AS OF o.t AS r ON o.k2 = r.k``. Each join matches every probe row with a row of its table
+    on its own (``joins[i]``, whose ``sql`` is not run); ``sql`` runs over the probes
+    (``__left``) and each table's matched rows (``__right0``, ``__right1``, ...), joined on
+    the probe row (see :mod:`streamhouse.joins.temporal`)."""
+
+    joins: tuple[TemporalJoin, ...]
+    sql: str
+
+    @property
+    def source(self) -> str:
+        return self.joins[0].left
+
+    @property
+    def sources(self) -> list[str]:
+        return sorted({self.source, *(j.right for j in self.joins)})
+
+    @property
+    def tables(self) -> dict[str, TemporalJoin]:
+        """Each join by the name ``sql`` reads its matched rows under."""
+        return {f"__right{i}": join for i, join in enumerate(self.joins)}
+
+    def explain(self) -> list[str]:
+        lines = [f"TemporalStar  {self.source} with {len(self.joins)} versioned tables"]
+        for name, join in self.tables.items():
+            keys = ", ".join(
+                f"{p} = {v}" for p, v in zip(join.probe_keys, join.version_keys, strict=True)
+            )
+            lines.append(f"  {name}: AS OF {join.probe_time} versions of {join.right} ON {keys}")
+        return [
+            *lines,
+            f"  sql: {self.sql}",
+            "  state: column family 'joins', b'P' -> IPC(probe rows waiting for the watermark),"
+            " b'V', b'V1', ... -> IPC(each table's versions)",
+            "  eviction: probe rows leave once joined; per table and key, versions older than"
+            " the one current at the watermark",
         ]
 
 
@@ -478,6 +526,7 @@ Operator = Union[
     "StreamJoin",
     "TopN",
     "TemporalJoin",
+    "TemporalStar",
     "Recompute",
     "TimeSort",
     "UnionAll",

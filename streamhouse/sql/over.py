@@ -27,6 +27,37 @@ from streamhouse.sql.ddl import interval_ms
 from streamhouse.sql.functions import to_datafusion
 from streamhouse.sql.parse import sql_error
 
+
+def named_windows(query: exp.Expr) -> exp.Expr:
+    """``query`` with each ``OVER w`` of a ``WINDOW w AS (...)`` clause spelled out in place
+    (``OVER (w ROWS ...)`` keeps its own frame), as the planners read an OVER.
+
+    >>> from streamhouse.sql.parse import parse_one
+    >>> named_windows(parse_one(
+    ...     "SELECT SUM(v) OVER w AS s FROM a WINDOW w AS (PARTITION BY k ORDER BY t)")).sql()
+    'SELECT SUM(v) OVER (PARTITION BY k ORDER BY t NULLS LAST) AS s FROM a'
+    """
+    if not any(s.args.get("windows") for s in query.find_all(exp.Select)):
+        return query
+    query = query.copy()
+    for select in list(query.find_all(exp.Select)):
+        named = {w.name: w for w in select.args.get("windows") or []}
+        if not named:
+            continue
+        for window in select.find_all(exp.Window):
+            alias = window.args.get("alias")
+            definition = named.get(alias.name) if alias is not None else None
+            if definition is None:
+                continue
+            window.set("alias", None)
+            for part in ("partition_by", "order", "spec"):
+                if not window.args.get(part) and definition.args.get(part):
+                    window.set(part, definition.args[part].copy() if part != "partition_by"
+                               else [c.copy() for c in definition.args[part]])  # fmt: skip
+        select.set("windows", None)
+    return query
+
+
 FRESH = "__fresh"
 """The column that tells released rows (true) from the history their frames reach (false)."""
 

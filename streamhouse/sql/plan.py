@@ -36,13 +36,14 @@ from streamhouse.sql.nodes import (
     Stateless,
     StreamJoin,
     TemporalJoin,
+    TemporalStar,
     TimeSort,
     TopN,
     UnionAll,
     WindowAggregate,
     Windowed,
 )
-from streamhouse.sql.over import OverAggregate, plan_over
+from streamhouse.sql.over import OverAggregate, named_windows, plan_over
 from streamhouse.sql.parse import sql_error
 from streamhouse.sql.plan_checks import (
     check_changelogs,
@@ -92,6 +93,7 @@ class ContinuousPlan:
         | StreamJoin
         | TopN
         | TemporalJoin
+        | TemporalStar
         | Recompute
         | TimeSort
         | UnionAll
@@ -205,7 +207,7 @@ def _explain_node(node: Operator) -> list[str]:
 def plan_query(statement: exp.Expr) -> ContinuousPlan:
     """Plan ``SELECT``, ``INSERT INTO t SELECT`` or ``CREATE MATERIALIZED VIEW v AS SELECT``
     (its CTEs and filtering subqueries merged in, see :mod:`streamhouse.sql.inline`)."""
-    statement = inline(statement)
+    statement = named_windows(inline(statement))
     sink_kind, sink = "results", None
     query = statement
     if isinstance(statement, exp.Insert):
@@ -273,6 +275,7 @@ def plan_select(
     | StreamJoin
     | TopN
     | TemporalJoin
+    | TemporalStar
     | TimeSort
     | Recompute
     | OverAggregate
@@ -343,12 +346,8 @@ def plan_select(
             )
         return Windowed(to_datafusion(rewritten), windowed)
     if len(joins) > 1 and plan_temporal_join(select) is None:
-        if plan_temporal_star(select) is not None:
-            raise sql_error(
-                "several temporal joins in one query (a star schema) run bounded only;"
-                " continuously, a temporal join probes a stream with one versioned table",
-                joins[1],
-            )
+        if plan_temporal_star(select) is not None:  # several versioned tables: one operator
+            return plan_join(select, joins, derived)
         return plan_select(nested_joins(select), derived)
     if joins:
         return plan_join(select, select.args.get("joins"), derived)
@@ -380,6 +379,12 @@ def plan_select(
         )
         if recompute is not None:
             return recompute
+        if _append_only_input(table.this, derived):  # (a view enriching a stream, say)
+            reading = select.copy()
+            name = f"__derived_{len(derived)}"
+            derived[name] = plan_select(table.this, derived)
+            reading.args["from_"].this.replace(exp.to_table(name).as_(table.alias_or_name))
+            return plan_select(reading, derived)
         raise sql_error("subqueries in continuous queries are not supported yet", table)
     if not isinstance(table, exp.Table) or isinstance(table.this, exp.Func):
         raise sql_error("a continuous query must read a stream, view or topic", table or select)
@@ -392,6 +397,20 @@ def plan_select(
     if select.args.get("order") is not None:
         return plan_time_sort(select, table)
     return Stateless(table.name, to_datafusion(select))
+
+
+def _append_only_input(query: exp.Expr, derived: dict[str, Operator]) -> bool:
+    """Whether ``query`` is a join or an OVER aggregation whose rows are final once out (a
+    temporal join, an inner interval or regular join of streams; LAG, a running SUM): its
+    rows are an input of their own to the query over it."""
+    if not isinstance(query, exp.Select):
+        return False
+    try:
+        op = plan_select(query.copy(), dict(derived))
+    except SqlError:
+        return False
+    kinds = StreamJoin | TemporalJoin | TemporalStar | OverAggregate
+    return isinstance(op, kinds) and not op.updating
 
 
 def _stateful_part(select: exp.Select) -> exp.Expr | None:

@@ -14,6 +14,7 @@ from streamhouse.sql.nodes import (
     SelectPlanner,
     StreamJoin,
     TemporalJoin,
+    TemporalStar,
     TopN,
     WindowAggregate,
 )
@@ -275,7 +276,7 @@ def _rank_over_join(
     join_select = inner.copy()
     join_select.set("expressions", projections + hidden)
     op = plan_select(join_select, derived)
-    if not (isinstance(op, StreamJoin | TemporalJoin) or op.updating):
+    if not (isinstance(op, StreamJoin | TemporalJoin | TemporalStar) or op.updating):
         return None
     name = f"__derived_{len(derived)}"
     derived[name] = op

@@ -20,6 +20,7 @@ from streamhouse.sql.functions import to_datafusion
 from streamhouse.sql.nodes import FLOWS, WindowAggregate
 from streamhouse.sql.parse import sql_error
 from streamhouse.sql.plan_checks import order_error
+from streamhouse.sql.window_rows import SESSION_ROWS
 from streamhouse.sql.window_spec import WINDOW_COLUMNS, WindowKind, WindowSpec
 
 _AGGREGATES: dict[type, AggregateFunction] = {
@@ -43,6 +44,15 @@ def plan_window(
     if positions is True:
         positions = ("_partition", "_offset")
     group = rest.args.get("group")
+    sets = group.find(exp.GroupingSets, exp.Rollup, exp.Cube) if group is not None else None
+    if sets is not None:  # each set would be a group of its own, keyed by NULLs of the others
+        kind = {exp.GroupingSets: "GROUPING SETS", exp.Rollup: "ROLLUP"}.get(type(sets), "CUBE")
+        raise sql_error(
+            f"{kind} in a continuous GROUP BY is not supported yet (it runs bounded, and per"
+            " window: GROUP BY window_start, window_end, GROUPING SETS (...) over a window TVF);"
+            " write a UNION ALL of one GROUP BY per set",
+            sets,
+        )
     keys = [  # the window's own columns are not keys (an updating aggregate's are)
         g
         for g in (group.expressions if group is not None else [])
@@ -52,6 +62,8 @@ def plan_window(
         # Sessions are tracked per group key; a TVF without PARTITION BY means sessions over
         # all rows, which grouped by further keys the session operator cannot produce.
         key_names = {k.name if isinstance(k, exp.Column) else k.sql() for k in keys}
+        if group is None and rest.find(exp.AggFunc) is None:  # the window's rows themselves
+            raise sql_error(SESSION_ROWS, rest)
         if set(spec.partition_by) != key_names:
             raise sql_error(
                 "a continuous SESSION window must group by exactly its PARTITION BY keys "
