@@ -35,6 +35,7 @@ from streamhouse.errors import (
     StreamHouseError,
     UnknownPartitionError,
 )
+from streamhouse.huge_pages import keep_off_huge_pages
 from streamhouse.iceberg.tableflow import TableflowReport
 from streamhouse.log import Log, TopicInfo
 from streamhouse.log.compaction import CompactionReport
@@ -97,6 +98,7 @@ class StreamHouse:
 
     def __init__(self, settings: Settings | None = None) -> None:
         self.settings = settings or Settings.load()  # $STREAMHOUSE_DATA_DIR or the default
+        keep_off_huge_pages(self.settings.transparent_huge_pages)
         self.log = Log.open(self.settings)
         self.engine = Engine(self.log)
         self.engine.on_materialized_view = self._start_view

@@ -28,6 +28,7 @@ from typing import Any
 
 from streamhouse.config import Settings
 from streamhouse.errors import ProtocolError
+from streamhouse.huge_pages import keep_off_huge_pages
 from streamhouse.kafka import (
     acls,
     admin,
@@ -538,6 +539,7 @@ def favour_waiting_threads() -> None:
 def run(settings: Settings) -> None:
     """Open the log, serve until SIGINT or SIGTERM, then close the log cleanly."""
     favour_waiting_threads()
+    keep_off_huge_pages(settings.transparent_huge_pages)
     log_ = Log.open(settings)
     try:
         asyncio.run(_serve_until_signalled(log_, settings))

@@ -1,0 +1,82 @@
+"""Transparent huge pages are off for a process serving or querying StreamHouse, unless its
+settings allow them (:mod:`streamhouse.huge_pages`). The flag is read from the kernel's view
+of each process (``THP_enabled`` in ``/proc/<pid>/status``)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.kafka_fixtures import KafkaServer
+
+pytestmark = pytest.mark.skipif(
+    not Path("/proc/self/status").read_text().count("THP_enabled:"),
+    reason="the kernel does not report THP_enabled (Linux 5.0 and later do)",
+)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def thp_enabled(pid: int | str = "self") -> bool:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("THP_enabled:"):
+            return line.split()[1] == "1"
+    raise AssertionError(f"no THP_enabled line for process {pid}")
+
+
+@pytest.mark.parametrize(("setting", "enabled"), [(None, False), ("true", True), ("false", False)])
+def test_serve_turns_transparent_huge_pages_off_unless_allowed(
+    tmp_path: Path, setting: str | None, enabled: bool
+) -> None:
+    env = {} if setting is None else {"STREAMHOUSE_TRANSPARENT_HUGE_PAGES": setting}
+    server = KafkaServer(tmp_path / "data", env=env).start()
+    try:
+        assert thp_enabled(server.process.pid) is enabled  # type: ignore[union-attr]
+    finally:
+        assert server.stop() == 0, server.log()
+
+
+CONNECT = """
+import sys, streamhouse
+from tests.test_huge_pages import thp_enabled
+before = thp_enabled()
+kwargs = {} if sys.argv[2] == "default" else {"transparent_huge_pages": sys.argv[2] == "true"}
+with streamhouse.connect(sys.argv[1], **kwargs) as sh:
+    sh.sql("SELECT 1 AS x").to_arrow_table()
+    print(before, thp_enabled())
+"""
+
+
+@pytest.mark.parametrize(("setting", "after"), [("default", "False"), ("true", "True")])
+def test_connect_sets_the_flag_for_its_process(tmp_path: Path, setting: str, after: str) -> None:
+    # the child starts with the flag cleared or set (inherited) either way: connect decides
+    for inherited in (False, True):
+        command = [sys.executable, "-c", CONNECT, str(tmp_path / setting), setting]
+        if inherited:  # started by a process that turned them off (a serve's child)
+            command = [sys.executable, "-c", _preset_off(command)]
+        done = subprocess.run(
+            command,
+            capture_output=True,
+            text=True,
+            cwd=REPO,
+            env={**os.environ, "PYTHONPATH": str(REPO)},
+            timeout=120,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr
+        before, now = done.stdout.split()
+        assert before == str(thp_enabled() and not inherited)
+        assert now == after
+
+
+def _preset_off(command: list[str]) -> str:
+    """Python source that turns huge pages off and then runs ``command`` (inheriting it)."""
+    return (
+        "import ctypes, subprocess, sys\n"
+        "ctypes.CDLL(None).prctl(41, 1, 0, 0, 0)\n"
+        f"sys.exit(subprocess.run({command!r}).returncode)\n"
+    )
