@@ -47,7 +47,7 @@ import streamhouse  # noqa: E402
 from benchmarks.nexmark import NexmarkConfig  # noqa: E402
 from benchmarks.nexmark.__main__ import prepare  # noqa: E402
 from benchmarks.nexmark.peers import reference_sql  # noqa: E402
-from streamhouse.huge_pages import keep_off_huge_pages  # noqa: E402
+from streamhouse.os_memory import keep_off_huge_pages  # noqa: E402
 
 QUERIES = ["q1", "q2", "q5", "q7"]
 BID_STREAM = """CREATE STREAM IF NOT EXISTS bid (

@@ -35,7 +35,6 @@ from streamhouse.errors import (
     StreamHouseError,
     UnknownPartitionError,
 )
-from streamhouse.huge_pages import keep_off_huge_pages
 from streamhouse.iceberg.tableflow import TableflowReport
 from streamhouse.log import Log, TopicInfo
 from streamhouse.log.compaction import CompactionReport
@@ -44,6 +43,7 @@ from streamhouse.log.isolation import isolation_level as level_named
 from streamhouse.log.partitioner import partition_for_key
 from streamhouse.log.records import BATCH_OVERHEAD, Compression, build_batch
 from streamhouse.log.retention import RetentionReport
+from streamhouse.os_memory import keep_off_huge_pages
 from streamhouse.result import Relation
 from streamhouse.runtime.query import ContinuousQuery
 from streamhouse.sql.engine import Engine

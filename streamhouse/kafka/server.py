@@ -28,7 +28,6 @@ from typing import Any
 
 from streamhouse.config import Settings
 from streamhouse.errors import ProtocolError
-from streamhouse.huge_pages import keep_off_huge_pages
 from streamhouse.kafka import (
     acls,
     admin,
@@ -54,6 +53,7 @@ from streamhouse.kafka.listeners import (
 from streamhouse.kafka.versions import SUPPORTED, handle_api_versions, unsupported_api_versions
 from streamhouse.kafka.wire import RequestHeader, encode_response, parse_request, peek_header
 from streamhouse.log import Log
+from streamhouse.os_memory import keep_off_huge_pages
 
 __all__ = [
     "HANDLERS",

@@ -1,10 +1,13 @@
-"""Transparent huge pages are off for a process serving or querying StreamHouse, unless its
-settings allow them (:mod:`streamhouse.huge_pages`). The flag is read from the kernel's view
-of each process (``THP_enabled`` in ``/proc/<pid>/status``)."""
+"""How a StreamHouse process takes memory pages from the kernel (:mod:`streamhouse.os_memory`):
+transparent huge pages are off for a process serving or querying, unless its settings allow
+them (read from the kernel's view of each process, ``THP_enabled`` in
+``/proc/<pid>/status``), and DataFusion's allocator keeps freed pages a second (read from
+the options mimalloc reports when it starts, ``MIMALLOC_VERBOSE``)."""
 
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -42,7 +45,7 @@ def test_serve_turns_transparent_huge_pages_off_unless_allowed(
 
 CONNECT = """
 import sys, streamhouse
-from tests.test_huge_pages import thp_enabled
+from tests.test_os_memory import thp_enabled
 before = thp_enabled()
 kwargs = {} if sys.argv[2] == "default" else {"transparent_huge_pages": sys.argv[2] == "true"}
 with streamhouse.connect(sys.argv[1], **kwargs) as sh:
@@ -80,3 +83,25 @@ def _preset_off(command: list[str]) -> str:
         "ctypes.CDLL(None).prctl(41, 1, 0, 0, 0)\n"
         f"sys.exit(subprocess.run({command!r}).returncode)\n"
     )
+
+
+@pytest.mark.parametrize(("environment", "delay"), [(None, "1000"), ("50", "50")])
+def test_datafusion_allocator_keeps_freed_pages(environment: str | None, delay: str) -> None:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "MIMALLOC_VERBOSE": "1"}
+    env.pop("MIMALLOC_PURGE_DELAY", None)
+    if environment is not None:  # the environment's own choice wins
+        env["MIMALLOC_PURGE_DELAY"] = environment
+    done = subprocess.run(
+        [sys.executable, "-c", "import streamhouse, datafusion"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=env,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    # pyarrow's mimalloc and DataFusion's (its own, loaded with it) each report their options
+    reported = re.findall(r"option 'purge_delay': (-?\d+)", done.stderr)
+    assert len(reported) == 2, done.stderr[-2000:]
+    assert reported == [delay, delay]
