@@ -61,19 +61,22 @@ def test_connect_sets_the_flag_for_its_process(tmp_path: Path, setting: str, aft
         command = [sys.executable, "-c", CONNECT, str(tmp_path / setting), setting]
         if inherited:  # started by a process that turned them off (a serve's child)
             command = [sys.executable, "-c", _preset_off(command)]
-        done = subprocess.run(
-            command,
-            capture_output=True,
-            text=True,
-            cwd=REPO,
-            env={**os.environ, "PYTHONPATH": str(REPO)},
-            timeout=120,
-            check=False,
-        )
-        assert done.returncode == 0, done.stderr
-        before, now = done.stdout.split()
+        before, now = python(command, {}).stdout.split()
         assert before == str(thp_enabled() and not inherited)
         assert now == after
+
+
+def python(command: list[str], env: dict[str, str | None]) -> subprocess.CompletedProcess[str]:
+    """``command`` run to its end with this checkout's code, ``env`` over the environment
+    (None: a variable left out); its output, once it exited 0."""
+    environ = {**os.environ, "PYTHONPATH": str(REPO)}
+    environ.pop("MIMALLOC_PURGE_DELAY", None)  # 'import streamhouse' here set it
+    environ.update({k: v for k, v in env.items() if v is not None})
+    done = subprocess.run(
+        command, capture_output=True, text=True, cwd=REPO, env=environ, timeout=120, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    return done
 
 
 def _preset_off(command: list[str]) -> str:
@@ -87,20 +90,8 @@ def _preset_off(command: list[str]) -> str:
 
 @pytest.mark.parametrize(("environment", "delay"), [(None, "1000"), ("50", "50")])
 def test_datafusion_allocator_keeps_freed_pages(environment: str | None, delay: str) -> None:
-    env = {**os.environ, "PYTHONPATH": str(REPO), "MIMALLOC_VERBOSE": "1"}
-    env.pop("MIMALLOC_PURGE_DELAY", None)
-    if environment is not None:  # the environment's own choice wins
-        env["MIMALLOC_PURGE_DELAY"] = environment
-    done = subprocess.run(
-        [sys.executable, "-c", "import streamhouse, datafusion"],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        env=env,
-        timeout=120,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
+    env = {"MIMALLOC_VERBOSE": "1", "MIMALLOC_PURGE_DELAY": environment}
+    done = python([sys.executable, "-c", "import streamhouse, datafusion"], env)
     # pyarrow's mimalloc and DataFusion's (its own, loaded with it) each report their options
     reported = re.findall(r"option 'purge_delay': (-?\d+)", done.stderr)
     assert len(reported) == 2, done.stderr[-2000:]
