@@ -7,6 +7,10 @@
 
 import sys
 
+from streamhouse.os_memory import keep_freed_pages
+
+keep_freed_pages()  # before anything imports DataFusion, whose allocator reads it when loaded
+
 if "hypothesis" not in sys.modules:
     # kio registers hypothesis strategies for its types whenever hypothesis can be imported
     # (it comes with the test extras): 0.3 s of every command's start-up, and a .hypothesis/
@@ -19,7 +23,7 @@ if "hypothesis" not in sys.modules:
         del sys.modules["hypothesis"]
 
 from streamhouse.connection import Produced, StreamHouse, connect  # noqa: E402
-from streamhouse.errors import (
+from streamhouse.errors import (  # noqa: E402
     ConfigError,
     CorruptRecordError,
     CorruptSegmentError,
@@ -37,7 +41,7 @@ from streamhouse.errors import (
     UnknownStreamError,
     UnknownTopicError,
 )
-from streamhouse.result import Relation
+from streamhouse.result import Relation  # noqa: E402
 
 __version__ = "0.1.0"
 

@@ -76,6 +76,9 @@ class Settings:
     ``allow.everyone.if.no.acl.found``, default false as there); each agent reloads
     ACLs changed elsewhere within ``acl_refresh_s``. A failed SASL login is answered after
     ``failed_login_delay_ms`` (Kafka's ``connection.failed.authentication.delay.ms``).
+    ``transparent_huge_pages`` false (the default) turns the kernel's transparent huge pages
+    off for the process that opens the log (:mod:`streamhouse.os_memory`: their faults cost
+    bounded queries materializing large answers several times their CPU).
     """
 
     data_dir: Path = field(default_factory=lambda: Path(DEFAULT_DATA_DIR))
@@ -124,6 +127,7 @@ class Settings:
     allow_everyone_if_no_acl_found: bool = False
     acl_refresh_s: float = 1.0
     failed_login_delay_ms: float = 100.0
+    transparent_huge_pages: bool = False  # False: off for the process (streamhouse.os_memory)
 
     @classmethod
     def load(cls, config_file: str | Path | None = None, **overrides: Any) -> Settings:

@@ -43,6 +43,7 @@ from streamhouse.log.isolation import isolation_level as level_named
 from streamhouse.log.partitioner import partition_for_key
 from streamhouse.log.records import BATCH_OVERHEAD, Compression, build_batch
 from streamhouse.log.retention import RetentionReport
+from streamhouse.os_memory import keep_off_huge_pages
 from streamhouse.result import Relation
 from streamhouse.runtime.query import ContinuousQuery
 from streamhouse.sql.engine import Engine
@@ -97,6 +98,7 @@ class StreamHouse:
 
     def __init__(self, settings: Settings | None = None) -> None:
         self.settings = settings or Settings.load()  # $STREAMHOUSE_DATA_DIR or the default
+        keep_off_huge_pages(self.settings.transparent_huge_pages)
         self.log = Log.open(self.settings)
         self.engine = Engine(self.log)
         self.engine.on_materialized_view = self._start_view

@@ -53,6 +53,7 @@ from streamhouse.kafka.listeners import (
 from streamhouse.kafka.versions import SUPPORTED, handle_api_versions, unsupported_api_versions
 from streamhouse.kafka.wire import RequestHeader, encode_response, parse_request, peek_header
 from streamhouse.log import Log
+from streamhouse.os_memory import keep_off_huge_pages
 
 __all__ = [
     "HANDLERS",
@@ -538,6 +539,7 @@ def favour_waiting_threads() -> None:
 def run(settings: Settings) -> None:
     """Open the log, serve until SIGINT or SIGTERM, then close the log cleanly."""
     favour_waiting_threads()
+    keep_off_huge_pages(settings.transparent_huge_pages)
     log_ = Log.open(settings)
     try:
         asyncio.run(_serve_until_signalled(log_, settings))
