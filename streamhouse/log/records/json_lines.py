@@ -17,7 +17,7 @@ from collections.abc import Callable
 import numpy as np
 import pyarrow as pa
 
-__all__ = ["JsonLines", "blank_between_values", "value_views"]
+__all__ = ["JsonLines", "blank_between_values", "value_views", "views_of"]
 
 
 class JsonLines:
@@ -79,6 +79,19 @@ def value_views(
     if (length < 0).any():
         validity = pa.py_buffer(np.packbits(length >= 0, bitorder="little"))
     return pa.Array.from_buffers(pa.binary_view(), n, [validity, pa.py_buffer(raw), data])
+
+
+def views_of(
+    data: pa.Buffer, raw: np.ndarray, length: np.ndarray, kept: np.ndarray, n: int
+) -> pa.Array:
+    """Binary view array over ``data`` of the view entries ``raw`` (n x 16 bytes, as
+    :func:`value_views` makes them) at rows ``kept`` (null where ``length`` < 0)."""
+    if len(kept) != n:
+        raw, length = raw[kept], length[kept]
+    validity = None
+    if (length < 0).any():
+        validity = pa.py_buffer(np.packbits(length >= 0, bitorder="little"))
+    return pa.Array.from_buffers(pa.binary_view(), len(raw), [validity, pa.py_buffer(raw), data])
 
 
 _COLS12 = np.arange(12, dtype=np.int64)
