@@ -1,8 +1,7 @@
 """Record framing in C: the fields of every record of many record batches in one pass.
 
-``_framing.c`` is built with the package (``setup.py``, an optional extension: without a C
-compiler the install still succeeds) and loaded here with ctypes, which releases the GIL
-while it runs, so two scan fragments frame their records on both cores. Without the library
+``_framing.c`` is built with the package and loaded here (:mod:`streamhouse.native`: the GIL
+is released while it runs), so two scan fragments frame their records on both cores. Without the library
 :data:`native` is False and :mod:`~streamhouse.log.records.decode` finds the same fields in
 numpy steps. Either way a malformed record is named by the numpy path: :func:`frame` only says
 that something is wrong (None).
@@ -10,16 +9,11 @@ that something is wrong (None).
 
 from __future__ import annotations
 
-import ctypes
-import importlib.machinery
-import logging
-import os
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
-log = logging.getLogger(__name__)
+from streamhouse.native import load as native_library
 
 __all__ = ["Frames", "frame", "native"]
 
@@ -42,28 +36,7 @@ class Frames:
     views: np.ndarray | None
 
 
-def _load() -> ctypes.CDLL | None:
-    if os.environ.get("STREAMHOUSE_NATIVE_FRAMING", "1") == "0":  # the numpy path, for A/B
-        return None
-    here = Path(__file__).parent
-    for suffix in importlib.machinery.EXTENSION_SUFFIXES:
-        path = here / f"_framing{suffix}"
-        if path.exists():
-            try:
-                library = ctypes.CDLL(str(path))
-            except OSError as exc:
-                log.warning("record framing in C not loaded (%s): numpy framing instead", exc)
-                return None
-            function = library.frame_records
-            pointer = ctypes.c_void_p
-            function.argtypes = [pointer, ctypes.c_int64] + [pointer] * 13
-            function.restype = ctypes.c_int64
-            return library
-    log.debug("record framing in C not built: numpy framing")
-    return None
-
-
-_library = _load()
+_library = native_library(__file__, "_framing", "frame_records", 15)
 native = _library is not None
 """Whether the C framing is loaded."""
 
@@ -88,7 +61,7 @@ def frame(
     sections = [np.ascontiguousarray(a, np.int64) for a in (starts, ends, counts)]
     out = np.empty((9, n), np.int64)
     raw = np.empty((n, 16), np.uint8) if views else None
-    bad = _library.frame_records(
+    bad = _library(
         _address(buf),
         len(counts),
         *(_address(a) for a in sections),
