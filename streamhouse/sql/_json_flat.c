@@ -85,8 +85,32 @@ static int parse_integer(const uint8_t *p, const uint8_t *e, int64_t *out)
     return 1;
 }
 
+/* 10**0 .. 10**22: exact as doubles. */
+static const double POWERS[] = {1e0,  1e1,  1e2,  1e3,  1e4,  1e5,  1e6,  1e7,
+                                1e8,  1e9,  1e10, 1e11, 1e12, 1e13, 1e14, 1e15,
+                                1e16, 1e17, 1e18, 1e19, 1e20, 1e21, 1e22};
+
+/* A JSON number (already checked) as the nearest double. Digits that make an integer below
+ * 2**53, scaled by at most 10**22, need one exact operation on two exact doubles, which IEEE
+ * arithmetic rounds correctly (Clinger's fast path); the rest go to strtod. */
 static int parse_float(const uint8_t *p, const uint8_t *e, double *out)
 {
+    const uint8_t *q = p;
+    int negative = *q == '-';
+    uint64_t digits = 0;
+    int count = 0, scale = 0;
+    for (q += negative; q < e && *q >= '0' && *q <= '9'; q++, count++)
+        digits = digits * 10 + (uint64_t)(*q - '0');
+    if (q < e && *q == '.') {
+        for (q++; q < e && *q >= '0' && *q <= '9'; q++, count++, scale--)
+            digits = digits * 10 + (uint64_t)(*q - '0');
+    }
+    if (q == e && count <= 19 && digits <= ((uint64_t)1 << 53) && scale >= -22) {
+        double value = (double)digits;
+        value = scale < 0 ? value / POWERS[-scale] : value;
+        *out = negative ? -value : value;
+        return 1;
+    }
     char text[64];
     size_t size = (size_t)(e - p);
     if (size >= sizeof text)

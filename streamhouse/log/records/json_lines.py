@@ -105,10 +105,12 @@ def blank_between_values(
     asked for: every byte outside the values (non-empty ones) becomes a space, and a newline
     follows each value (over the byte after it, which is part of its record). The caller
     copies out what it needs of those bytes (keys, headers) first."""
-    rows = np.flatnonzero(length > 0)
-    lo, end = start[rows], start[rows] + length[rows]
+    present = length > 0
+    rows = np.arange(len(length)) if present.all() else np.flatnonzero(present)
 
     def blank() -> tuple[pa.Buffer, np.ndarray]:
+        lo = start if len(rows) == len(start) else start[rows]
+        end = lo + length[rows]
         gap_lo = np.concatenate(([0], end))
         gap_hi = np.concatenate((lo, [total]))
         gap = gap_hi - gap_lo
