@@ -108,7 +108,8 @@ static int parse_float(const uint8_t *p, const uint8_t *e, double *out)
     if (q == e && count <= 19 && digits <= ((uint64_t)1 << 53) && scale >= -22) {
         double value = (double)digits;
         value = scale < 0 ? value / POWERS[-scale] : value;
-        *out = negative ? -value : value;
+        /* An integer is read as one, then made a double: -0 is 0 (but -0.0 is -0.0). */
+        *out = negative && (digits != 0 || scale < 0) ? -value : value;
         return 1;
     }
     char text[64];

@@ -1,0 +1,152 @@
+"""Fuzzing StreamHouse's C libraries against the paths they stand in for (the oracle): record
+framing (``_framing.c``) against the numpy framing, and the flat JSON reader
+(``_json_flat.c``) against the general reader (DuckDB, then pyarrow). Inputs are random and
+damaged: bit flips, truncations, huge and non-minimal varints, negative lengths, invalid
+UTF-8, lone surrogates, numbers at their limits, fields twice, nesting, every whitespace.
+
+Whatever the C code takes must come out exactly (bit for bit: -0.0 is not 0.0) as the
+oracle has it; what it refuses goes to the oracle anyway. Without the libraries built these
+tests check the fallback alone (``test_fallback_*``) and the differential ones are skipped.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from streamhouse.log.records import JsonLines, framing
+from streamhouse.sql import json_flat, json_values
+from tests.test_json_flat import SCHEMA  # k int64, i int32, x float64, s string, b bool
+
+JSON_NATIVE = json_flat.flat_readable(SCHEMA)
+needs_json = pytest.mark.skipif(not JSON_NATIVE, reason="the C JSON reader is not built")
+needs_framing = pytest.mark.skipif(not framing.native, reason="the C framing is not built")
+FUZZ = settings(
+    max_examples=120,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+
+# --------------------------------------------------------------------------- flat JSON
+
+NUMBERS = [
+    "0", "-0", "-0.0", "0e0", "-0e0", "-0E+0", "01", "-01", "1.", ".5", "-", "+1", "1e", "1e+",
+    "0x10", "1_0", "2147483647", "2147483648", "-2147483648", "-2147483649",
+    "9223372036854775807", "9223372036854775808", "-9223372036854775808",
+    "-9223372036854775809", "18446744073709551615", "18446744073709551616",
+    "9007199254740992", "9007199254740993", "9007199254740993.0", "1e22", "1e23", "1.5e-22",
+    "123456789012345678901234567890", "1" + "0" * 70, "0." + "0" * 30 + "1",
+    "1.7976931348623157e308", "1.7976931348623159e308", "1e309", "-1e309", "4.9e-324",
+    "2.4703282292062328e-324", "1e-400", "2.2250738585072011e-308", "0.1", "NaN", "Infinity",
+    "-Infinity",
+]  # fmt: skip
+TEXTS = [
+    '""', '"a"', '"a long enough text to stand outside a view"', '"\\u0000"', '"\\ud800"',
+    '"\\udc00\\ud800"', '"\\ud83d\\ude00"', '"caf\\u00e9"', '"tab\there"', '"\\/"', '"\x7f"',
+    '"unterminated', '"a\\"b"', '"\\x41"',
+]  # fmt: skip
+BYTES = [
+    b'"\xff"',
+    b'"\xc3("',
+    b'"\xc0\xaf"',
+    b'"\xed\xa0\x80"',
+    b'"caf\xc3\xa9"',
+    b'"\xf4\x90\x80\x80"',
+]
+OTHERS = ["true", "false", "null", "nul", "True", "tru", "[1]", "[]", '{"a": 1}', "{}", '{"k": 1}']
+KEYS = ['"k"', '"i"', '"x"', '"s"', '"b"', '"K"', '"X"', '"other"', '""', '"k "', '"\\u006b"']
+SPACES = ["", " ", "\n", "\t", "\r\n", "  \n\t ", "\f", "\v", "\xa0"]
+
+
+def _scalar() -> st.SearchStrategy[bytes]:
+    return st.one_of(
+        st.sampled_from(NUMBERS + TEXTS + OTHERS).map(str.encode),
+        st.sampled_from(BYTES),
+        st.integers(-(2**65), 2**65).map(lambda v: str(v).encode()),
+        st.floats(allow_nan=False, allow_infinity=False).map(lambda v: repr(v).encode()),
+        st.text(max_size=16).map(lambda t: json.dumps(t).encode()),
+        st.text(max_size=16).map(lambda t: json.dumps(t, ensure_ascii=False).encode()),
+        st.integers(1, 1200).map(lambda d: b"[" * d + b"]" * d),  # deep nesting
+        st.integers(1, 1200).map(lambda d: b'{"a":' * d + b"1" + b"}" * d),
+    )
+
+
+@st.composite
+def json_values_(draw: st.DrawFn) -> bytes:
+    """A JSON object of wanted and other fields, with every spacing, maybe damaged."""
+    pairs = draw(st.lists(st.tuples(st.sampled_from(KEYS), _scalar()), max_size=7))
+    ws = [s.encode() for s in draw(st.lists(st.sampled_from(SPACES), min_size=4, max_size=4))]
+    body = (b"," + ws[1]).join(k.encode() + ws[2] + b":" + ws[3] + v for k, v in pairs)
+    text = ws[0] + b"{" + ws[1] + body + ws[2] + b"}" + ws[3]
+    if len(text) < 13 and draw(st.booleans()):  # longer than a view's inlined 12 bytes
+        text = text.replace(b"{", b'{"pad": "padding", ', 1) if pairs else text + b" " * 13
+    damage = draw(st.sampled_from(["none"] * 4 + ["cut", "flip", "insert", "drop", "trail"]))
+    if damage == "none" or not text:
+        return text
+    at = draw(st.integers(0, len(text) - 1))
+    if damage == "cut":
+        return text[:at]
+    if damage == "flip":
+        return text[:at] + bytes([text[at] ^ (1 << draw(st.integers(0, 7)))]) + text[at + 1 :]
+    if damage == "insert":
+        extra = draw(st.sampled_from([b",", b"}", b"{", b'"', b"\\", b"\x00", b"\xff", b"-", b"e"]))
+        return text[:at] + extra + text[at:]
+    if damage == "drop":
+        return text[:at] + text[at + 1 :]
+    return text + draw(st.sampled_from([b"x", b",", b"}", b"\x00", b"{}", b" 1"]))
+
+
+def _exact(rows: list[dict]) -> list[dict]:
+    """Rows with floats as their bits, so that -0.0 and 0.0 differ."""
+    return [{k: (v.hex() if isinstance(v, float) else v) for k, v in row.items()} for row in rows]
+
+
+def _parse(values: list[bytes], typed: pa.DataType, flat: bool) -> tuple:
+    original = json_values.flat_readable
+    json_values.flat_readable = original if flat else (lambda schema: False)
+    try:
+        array = pa.array(values, typed)
+        table, rows, bad = json_values.parse_json(
+            JsonLines(np.arange(len(values)), None), array, SCHEMA
+        )
+    finally:
+        json_values.flat_readable = original
+    return _exact(table.to_pylist()), rows.tolist(), bad
+
+
+@needs_json
+@FUZZ
+@given(
+    values=st.lists(json_values_(), min_size=1, max_size=30),
+    typed=st.sampled_from([pa.binary(), pa.binary_view(), pa.large_binary()]),
+)
+def test_json_flat_reads_damaged_and_edge_values_as_the_general_reader(
+    values: list[bytes], typed: pa.DataType
+) -> None:
+    values = [v or b" " for v in values]  # (parse_json takes no empty value)
+    assert _parse(values, typed, True) == _parse(values, typed, False)
+
+
+@needs_json
+@pytest.mark.parametrize("number", ["-0", "-0E+0", "-0.0", "-0e-5", "-00", "-0.000"])
+def test_json_flat_negative_zero_reads_as_the_general_reader(number: str) -> None:
+    line = f'{{"x": {number}, "k": {number}, "pad": "a long enough text"}}'.encode()
+    assert _parse([line], pa.binary(), True) == _parse([line], pa.binary(), False)
+
+
+def test_fallback_json_reads_without_the_c_reader() -> None:
+    """The general reader alone (as without the C library) reads what the C one would."""
+    lines = [b'{"k": 1, "i": -2, "x": 2.5, "s": "text", "b": true}', b'{"x": -0}', b"[1]"]
+    table, rows, bad = _parse(lines, pa.binary(), False)
+    assert table == [
+        {"k": 1, "i": -2, "x": (2.5).hex(), "s": "text", "b": True},
+        {"k": None, "i": None, "x": (0.0).hex(), "s": None, "b": None},
+    ]
+    assert rows == [0, 1] and [row for row, _ in bad] == [2]
