@@ -205,9 +205,10 @@ class _DuckDBParser:
             except (duckdb.Error, UnicodeDecodeError) as exc:  # invalid JSON or UTF-8
                 if hi - lo == 1:
                     log.debug("JSON line %d: %s", lo, str(exc).splitlines()[0])
-                    self._redo.append(np.array([lo]))
-                    continue
             valid = self._valid(lo, hi)
+            if hi - lo == 1 and (valid is None or valid.all()):  # JSON, yet DuckDB fails
+                self._redo.append(np.array([lo]))
+                continue
             if valid is None or valid.all():  # DuckDB cannot say which: halve and retry
                 mid = (lo + hi) // 2
                 stack += [(mid, hi), (lo, mid)]
