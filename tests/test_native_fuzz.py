@@ -12,6 +12,7 @@ tests check the fallback alone (``test_fallback_*``) and the differential ones a
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import numpy as np
 import pyarrow as pa
@@ -19,7 +20,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from streamhouse.errors import CorruptRecordError
 from streamhouse.log.records import JsonLines, framing
+from streamhouse.log.records.decode import _frame_numpy, _parse_headers
+from streamhouse.log.records.json_lines import value_views
+from streamhouse.log.records.varints import encode_uvarint, encode_varint
 from streamhouse.sql import json_flat, json_values
 from tests.test_json_flat import SCHEMA  # k int64, i int32, x float64, s string, b bool
 
@@ -27,7 +32,7 @@ JSON_NATIVE = json_flat.flat_readable(SCHEMA)
 needs_json = pytest.mark.skipif(not JSON_NATIVE, reason="the C JSON reader is not built")
 needs_framing = pytest.mark.skipif(not framing.native, reason="the C framing is not built")
 FUZZ = settings(
-    max_examples=120,
+    max_examples=80,
     deadline=None,
     derandomize=True,
     database=None,
@@ -182,3 +187,100 @@ def test_json_rejection_does_not_depend_on_the_rows_beside_it(bad: bytes) -> Non
     among = _parse([b'{"k": 1}', bad, b'{"k": 2}'], pa.binary(), False)
     assert alone[:2] == ([], []) and among[1] == [0, 2]
     assert [reason for _, reason in alone[2]] == [reason for _, reason in among[2]]
+
+
+# --------------------------------------------------------------------------- record framing
+
+
+def _varint(draw: st.DrawFn, value: int, hostile: bool) -> bytes:
+    """``value`` as a zigzag varint: minimal, padded with continuation bytes, or (hostile)
+    huge or unended."""
+    how = draw(st.sampled_from(["plain"] * 12 + ["padded"] + ["huge", "unended"] * hostile))
+    if how == "padded":  # a non-minimal form of the same value (Kafka's readers take it)
+        u = (value << 1) ^ (value >> 63)
+        raw = bytearray(encode_uvarint(u))
+        raw[-1] |= 0x80
+        return bytes(raw) + b"\x80" * draw(st.integers(0, 3)) + b"\x00"
+    if how == "huge":
+        return draw(st.sampled_from([b"\xff\xff\xff\xff\x0f", b"\xfe\xff\xff\xff\x0f",
+                                     b"\xff" * 9 + b"\x01", b"\xff\xff\xff\xff\x7f"]))  # fmt: skip
+    if how == "unended":
+        return b"\xff" * draw(st.integers(1, 11))
+    return encode_varint(value)
+
+
+@st.composite
+def records_sections(draw: st.DrawFn) -> tuple[bytes, list[int]]:
+    """Records sections (and each one's record count as its header says), hand-written so
+    that any field can lie: lengths past the record or negative, varints too long."""
+    sections, counts = [], []
+    hostile = draw(st.booleans())
+    lies = [0] * 40 + [-1, 1, -3, 2**31, -(2**31)] * hostile
+    bad_headers = [b"\x01", b"\x02", b"\x04\x02h\x02v"] * hostile  # -1; 1 or 2 but 0 there
+    for _ in range(draw(st.integers(1, 4))):
+        records = []
+        for _ in range(draw(st.integers(1, 12))):
+            value = draw(st.binary(max_size=30))
+            key = draw(st.one_of(st.none(), st.binary(max_size=5)))
+            headers = draw(st.sampled_from([b"\x00"] * 3 + [b"\x02\x02h\x02v"] + bad_headers))
+            lie = draw(st.sampled_from(lies))
+            body = (
+                bytes([draw(st.sampled_from([0, 0, 0, 0xFF]))])
+                + _varint(draw, draw(st.sampled_from([0, 5, -5, 2**40, -(2**62)])), hostile)
+                + _varint(draw, len(records), hostile)
+                + _varint(draw, -1 if key is None else len(key) + lie * (value != b""), hostile)
+                + (key or b"")
+                + _varint(draw, len(value) + lie, hostile)
+                + value
+                + headers
+            )
+            length = len(body) + draw(st.sampled_from([x for x in lies if abs(x) < 2]))
+            records.append(_varint(draw, length, hostile) + body)
+        sections.append(b"".join(records))
+        counts.append(len(records) + draw(st.sampled_from([x for x in lies if abs(x) < 2])))
+    return b"".join(sections), [len(s) for s in sections], counts
+
+
+def _mutated(draw: st.DrawFn, data: bytes) -> bytes:
+    raw = bytearray(data)
+    for _ in range(draw(st.integers(0, 3))):
+        if not raw:
+            break
+        at = draw(st.integers(0, len(raw) - 1))
+        raw[at] = draw(st.sampled_from([raw[at] ^ (1 << draw(st.integers(0, 7))), 0x80, 0xFF, 0]))
+    return bytes(raw)
+
+
+@needs_framing
+@FUZZ
+@given(data=st.data())
+def test_native_framing_of_hostile_records_is_the_numpy_framing(data: st.DataObject) -> None:
+    """Whatever records the C framing finds, the numpy framing finds the same (every field
+    and view); what it refuses, numpy finds malformed or reads headers the record lacks."""
+    section, sizes, counts = data.draw(records_sections())
+    section = _mutated(data.draw, section) if data.draw(st.integers(0, 3)) == 0 else section
+    ends = np.cumsum(sizes, dtype=np.int64)
+    ends[-1] = len(section)
+    starts = np.concatenate(([0], ends[:-1])).astype(np.int64)
+    counts = np.array([max(c, 1) for c in counts], np.int64)
+    buf = np.frombuffer(section + bytes(16), np.uint8).copy()  # (zero padding, as decoded)
+    native = framing.frame(buf, starts, ends, counts, views=True)
+    batches = [(SimpleNamespace(record_count=int(c), base_offset=0), 0) for c in counts]
+    try:
+        oracle = _frame_numpy(buf, batches, starts, ends, counts)
+    except CorruptRecordError:
+        assert native is None
+        return
+    if native is None:  # numpy's framing passes it: then its headers must fail to parse
+        with pytest.raises((CorruptRecordError, IndexError, UnicodeDecodeError)):
+            for i in np.flatnonzero(oracle.header_count):
+                start = int(oracle.value_start[i] + max(oracle.value_len[i], 0))
+                _parse_headers(buf.tobytes(), start, int(oracle.end[i]))
+        return
+    for field in ("start", "end", "ts_delta", "off_delta", "key_start", "key_len"):
+        assert np.array_equal(getattr(native, field), getattr(oracle, field)), field
+    for field in ("value_start", "value_len", "header_count"):
+        assert np.array_equal(getattr(native, field), getattr(oracle, field)), field
+    views = value_views(pa.py_buffer(buf), buf, oracle.value_start, oracle.value_len)
+    expected = np.frombuffer(views.buffers()[1], np.uint8).reshape(-1, 16)
+    assert np.array_equal(native.views, expected)
