@@ -12,6 +12,9 @@ tests check the fallback alone (``test_fallback_*``) and the differential ones a
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from types import SimpleNamespace
 
 import numpy as np
@@ -284,3 +287,49 @@ def test_native_framing_of_hostile_records_is_the_numpy_framing(data: st.DataObj
     views = value_views(pa.py_buffer(buf), buf, oracle.value_start, oracle.value_len)
     expected = np.frombuffer(views.buffers()[1], np.uint8).reshape(-1, 16)
     assert np.array_equal(native.views, expected)
+
+
+_FALLBACK_PROBE = """
+import json, sys
+import numpy as np, pyarrow as pa
+from streamhouse.log.records import JsonLines, framing
+from streamhouse.log.records.build import build_batch
+from streamhouse.log.records.decode import decode_records
+from streamhouse.sql import json_flat, json_values
+SCHEMA = pa.schema([("k", pa.int64()), ("x", pa.float64()), ("s", pa.string()), ("b", pa.bool_())])
+values = [b'{"k": %d, "x": -0, "s": "text number %d", "b": true}' % (i, i) for i in range(40)]
+decoded = decode_records([build_batch(values + [b"[1]", b" "])], json_lines=True)
+column = decoded.table["value"].combine_chunks()
+table, rows, bad = json_values.parse_json(decoded.lines[0], column, SCHEMA)
+print(json.dumps([framing.native, json_flat.flat_readable(SCHEMA), decoded.table.num_rows,
+                  [str(v) for v in table.to_pylist()], rows.tolist(), bad]))
+"""
+
+
+def _probes(*natives: str) -> list[list]:
+    """The probe's answer in a fresh process with each STREAMHOUSE_NATIVE (run together)."""
+    runs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _FALLBACK_PROBE],
+            env={**os.environ, "STREAMHOUSE_NATIVE": native, "PYTHONPATH": os.getcwd()},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for native in natives
+    ]
+    answers = []
+    for run in runs:
+        out, err = run.communicate(timeout=120)
+        assert run.returncode == 0, err
+        answers.append(json.loads(out))
+    return answers
+
+
+def test_fallback_without_the_c_libraries_reads_as_with_them() -> None:
+    """STREAMHOUSE_NATIVE=0 (as where no C compiler built them): numpy framing and the
+    general JSON reader, with the same rows, values and rejections."""
+    without, with_ = _probes("0", "1")
+    assert without[:2] == [False, False] and without[2] == 42
+    assert len(without[3]) == 40 and [row for row, _ in without[5]] == [40, 41]
+    assert with_[2:] == without[2:]
