@@ -6,7 +6,10 @@ out before the scan has read everything."""
 from __future__ import annotations
 
 import json
+import os
 import random
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -407,3 +410,27 @@ def test_decoded_runs_are_cut_run_by_run_and_those_beyond_the_key_bits_left_unca
     empty = table.slice(0, 0)
     assert scan_module._run_slices(empty, [_run(1 << 19, 0, 0)]) == []
     assert scan_module._run_slices(table.slice(0, 3), [runs[0], _run(0, 1 << 44, 1 << 44)]) == []
+
+
+@pytest.mark.parametrize(("asked", "backend"), [(None, "system"), ("mimalloc", "mimalloc")])
+def test_arrow_buffers_come_from_the_system_allocator_unless_asked_otherwise(
+    tmp_path: Path, asked: str | None, backend: str
+) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "ARROW_DEFAULT_MEMORY_POOL"}
+    if asked is not None:
+        env["ARROW_DEFAULT_MEMORY_POOL"] = asked
+    script = (
+        "import sys, pyarrow as pa, streamhouse\n"
+        "with streamhouse.connect(sys.argv[1]) as sh:\n"
+        "    print(sh.sql('SELECT 1 AS one').to_arrow_table().num_rows,"
+        " pa.default_memory_pool().backend_name)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path / "data")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["1", backend]

@@ -127,11 +127,28 @@ static int parse_float(const uint8_t *p, const uint8_t *e, double *out)
     return 1;
 }
 
+/* An Arrow binary-view entry of [text, end) within base: the length, then the bytes inlined
+ * (12 or fewer) or a 4-byte prefix, buffer 0 and the offset. */
+static void write_view(uint8_t *view, const uint8_t *base, const uint8_t *text,
+                       const uint8_t *end)
+{
+    int32_t size = (int32_t)(end - text);
+    memset(view, 0, 16);
+    memcpy(view, &size, 4);
+    if (size <= 12) {
+        memcpy(view + 4, text, (size_t)size);
+    } else {
+        int32_t offset = (int32_t)(text - base);
+        memcpy(view + 4, text, 4);
+        memcpy(view + 12, &offset, 4);
+    }
+}
+
 /* One object at [p, e): 1 if read (outputs of row i written), 0 if left for the general
  * reader. */
 static int read_object(const uint8_t *base, const uint8_t *p, const uint8_t *e, int64_t i,
                        int64_t n, int32_t fields, const uint8_t *names, const int32_t *name_at,
-                       const int32_t *types, int64_t *values, int64_t *sizes, uint8_t *valid)
+                       const int32_t *types, int64_t *values, uint8_t *views, uint8_t *valid)
 {
     uint64_t seen = 0;
     while (p < e && is_ws(*p))
@@ -183,8 +200,7 @@ static int read_object(const uint8_t *base, const uint8_t *p, const uint8_t *e, 
                 if (f >= 0) {
                     if (types[f] != TEXT)
                         return 0;
-                    values[at] = text - base;
-                    sizes[at] = p - text;
+                    write_view(views + 16 * at, base, text, p);
                     valid[at] = 1;
                 }
                 p++;
@@ -252,13 +268,14 @@ static int read_object(const uint8_t *base, const uint8_t *p, const uint8_t *e, 
 
 /* Rows [start[i], end[i]) of base (start[i] < 0: left for the general reader). Field f
  * (names[name_at[f]:name_at[f + 1]], of type types[f]) of row i goes to values[f * n + i]
- * (an integer, a double's bits, 0 or 1, or a text's offset in base, with its length in
- * sizes), valid[f * n + i] set when not null. read[i]: whether row i was read here.
+ * (an integer, a double's bits, 0 or 1) or, for text, to views[16 * (f * n + i)] (an Arrow
+ * binary-view entry over base, which is shorter than 2**31 bytes), valid[f * n + i] set when
+ * not null. read[i]: whether row i was read here.
  * Returns how many rows were. At most 64 fields. */
 int64_t read_flat_objects(const uint8_t *base, int64_t n, const int64_t *start,
                           const int64_t *end, int32_t fields, const uint8_t *names,
                           const int32_t *name_at, const int32_t *types, int64_t *values,
-                          int64_t *sizes, uint8_t *valid, uint8_t *read)
+                          uint8_t *views, uint8_t *valid, uint8_t *read)
 {
     int64_t count = 0;
     if (fields > 64)
@@ -266,7 +283,7 @@ int64_t read_flat_objects(const uint8_t *base, int64_t n, const int64_t *start,
     memset(valid, 0, (size_t)(fields * n));
     for (int64_t i = 0; i < n; i++) {
         read[i] = start[i] >= 0 && read_object(base, base + start[i], base + end[i], i, n,
-                                                fields, names, name_at, types, values, sizes,
+                                                fields, names, name_at, types, values, views,
                                                 valid);
         if (!read[i]) {
             for (int32_t f = 0; f < fields; f++)

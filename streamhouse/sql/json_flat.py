@@ -14,7 +14,6 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-from streamhouse.log.records.json_lines import value_views
 from streamhouse.native import load as native_library
 
 __all__ = ["flat_readable", "read_flat"]
@@ -22,6 +21,7 @@ __all__ = ["flat_readable", "read_flat"]
 _read = native_library(__file__, "_json_flat", "read_flat_objects", 12)
 
 _TYPES = {pa.int64(): 0, pa.int32(): 1, pa.float64(): 2, pa.string(): 3, pa.bool_(): 4}
+_TEXT = 3
 _MAX_FIELDS = 64
 _INLINE = 12  # a binary view's longest inlined value: those are left to the general reader
 
@@ -74,7 +74,9 @@ def read_flat(text: pa.Array, schema: pa.Schema) -> tuple[pa.Table, np.ndarray] 
     packed = np.frombuffer(b"".join(names) or b"\0", np.uint8)
     types = np.array([_TYPES[f.type] for f in schema], np.int32)
     values = np.empty((fields, n), np.int64)
-    sizes = np.zeros((fields, n), np.int64)
+    views = (
+        np.zeros((fields, n, 16), np.uint8) if _TEXT in types else np.zeros((1, 1, 16), np.uint8)
+    )
     valid = np.empty((fields, n), np.uint8)
     read = np.empty(n, np.uint8)
     _read(
@@ -87,13 +89,12 @@ def read_flat(text: pa.Array, schema: pa.Schema) -> tuple[pa.Table, np.ndarray] 
         name_at.ctypes.data,
         types.ctypes.data,
         values.ctypes.data,
-        sizes.ctypes.data,
+        views.ctypes.data,
         valid.ctypes.data,
         read.ctypes.data,
     )
-    base = np.frombuffer(data, np.uint8)
     columns = [
-        _column(f.type, values[k], sizes[k], valid[k].view(np.bool_), data, base)
+        _column(f.type, values[k], views[k] if f.type == pa.string() else None, valid[k], data)
         for k, f in enumerate(schema)
     ]
     return pa.table(columns, schema=schema), read.view(np.bool_)
@@ -102,19 +103,16 @@ def read_flat(text: pa.Array, schema: pa.Schema) -> tuple[pa.Table, np.ndarray] 
 def _column(
     type_: pa.DataType,
     values: np.ndarray,
-    sizes: np.ndarray,
+    views: np.ndarray | None,
     valid: np.ndarray,
     data: pa.Buffer,
-    base: np.ndarray,
 ) -> pa.Array:
     n = len(values)
-    if type_ == pa.string():
-        if not valid.any():
-            return pa.nulls(n, type_)
-        start = np.where(valid, values, 0)
-        views = value_views(data, base, start, np.where(valid, sizes, -1))
-        return views.view(pa.string_view()).cast(pa.string())
+    valid = valid.view(np.bool_)
     bitmap = None if valid.all() else pa.py_buffer(np.packbits(valid, bitorder="little"))
+    if views is not None:  # text: binary views over ``data``, as the C reader wrote them
+        text = pa.Array.from_buffers(pa.string_view(), n, [bitmap, pa.py_buffer(views), data])
+        return text.cast(pa.string())
     if type_ == pa.bool_():
         bits = pa.py_buffer(np.packbits(values.astype(np.bool_), bitorder="little"))
         return pa.Array.from_buffers(type_, n, [bitmap, bits])
