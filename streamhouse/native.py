@@ -2,7 +2,9 @@
 compiler the install goes on), loaded with ctypes, which releases the GIL while they run.
 Each has a numpy or DuckDB path beside it for when it is not built.
 
-``STREAMHOUSE_NATIVE=0`` leaves them unloaded (the other paths, to compare).
+``STREAMHOUSE_NATIVE=0`` leaves them unloaded (the other paths, to compare), and so is a
+library older than its C source beside it: a checkout since it was built may have changed
+the arguments its caller passes, and a call with the wrong ones would write out of bounds.
 """
 
 from __future__ import annotations
@@ -25,6 +27,15 @@ def load(module_file: str, name: str, function: str, arguments: int) -> ctypes._
     for suffix in importlib.machinery.EXTENSION_SUFFIXES:
         path = here / f"{name}{suffix}"
         if path.exists():
+            source = here / f"{name}.c"  # (beside it in a source tree, not in a wheel)
+            if source.exists() and source.stat().st_mtime > path.stat().st_mtime:
+                log.warning(
+                    "C library %s is older than %s (rebuild it: pip install -e .): "
+                    "the slower path instead",
+                    path,
+                    source,
+                )
+                return None  # built from another source, it may take other arguments
             try:
                 found = getattr(ctypes.CDLL(str(path)), function)
             except (OSError, AttributeError) as exc:

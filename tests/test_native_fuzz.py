@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -23,6 +25,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from streamhouse import native
 from streamhouse.errors import CorruptRecordError
 from streamhouse.log.records import JsonLines, framing
 from streamhouse.log.records.decode import _frame_numpy, _parse_headers
@@ -333,3 +336,22 @@ def test_fallback_without_the_c_libraries_reads_as_with_them() -> None:
     assert without[:2] == [False, False] and without[2] == 42
     assert len(without[3]) == 40 and [row for row, _ in without[5]] == [40, 41]
     assert with_[2:] == without[2:]
+
+
+def test_a_library_older_than_its_source_is_not_loaded(tmp_path: Path) -> None:
+    """A C library built from an older source (a checkout since its build) may take other
+    arguments than its caller now passes: it is left for the slower path, never called."""
+    built = [p for p in Path(framing.__file__).parent.iterdir() if p.name.startswith("_framing.")]
+    built = [p for p in built if p.suffix != ".c"]
+    if not built:
+        pytest.skip("the C framing is not built")
+    library = tmp_path / built[0].name
+    shutil.copy(built[0], library)
+    source = tmp_path / "_framing.c"
+    source.write_text("/* changed since the build */")
+    module = str(tmp_path / "framing.py")
+    os.utime(library, (1_000_000, 1_000_000))
+    os.utime(source, (1_000_010, 1_000_010))
+    assert native.load(module, "_framing", "frame_records", 15) is None
+    os.utime(source, (999_990, 999_990))
+    assert native.load(module, "_framing", "frame_records", 15) is not None
