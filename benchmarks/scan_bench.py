@@ -55,6 +55,10 @@ QUERIES = {  # name: (SQL, whether the columnar cache is emptied first, the path
     "tail": ("SELECT count(*) AS n FROM t WHERE _offset >= {tail}", True, "stream"),
 }
 PEAK_MB = """
+import resource
+def cpu_s():  # the query's CPU seconds, over all its threads (load-robust beside the wall)
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
 def peak_mb():  # this process's own peak (ru_maxrss would carry the forking parent's over exec)
     for line in open("/proc/self/status"):
         if line.startswith("VmHWM:"):
@@ -67,12 +71,12 @@ import json, sys, time
 import streamhouse
 sh = streamhouse.connect(sys.argv[1], **json.loads(sys.argv[3]))
 sh.engine.stream_sources = sys.argv[4] != "whole"
-t0 = time.perf_counter()
+c0, t0 = cpu_s(), time.perf_counter()
 rel = sh.sql(sys.argv[2])
 table = rel.to_arrow_table()
-seconds = time.perf_counter() - t0
+seconds, cpu = time.perf_counter() - t0, cpu_s() - c0
 stats = rel.stats
-print(json.dumps({"seconds": seconds, "rows": table.num_rows,
+print(json.dumps({"seconds": seconds, "cpu_seconds": cpu, "rows": table.num_rows,
     "answer": table.slice(0, 20).to_pylist() if table.num_rows <= 1000 else None,
     "objects_read": stats.objects_read, "bytes_read": stats.bytes_read,
     "cached_runs": stats.cached_runs,
@@ -86,13 +90,14 @@ import json, sys, time
 import duckdb
 con = duckdb.connect(config={"threads": 2})
 con.execute("SET enable_progress_bar = false")
-t0 = time.perf_counter()
+c0, t0 = cpu_s(), time.perf_counter()
 table = con.sql(sys.argv[2].replace("FROM t", "FROM read_json('" + sys.argv[1] + "', "
     "columns={k: 'BIGINT', x: 'DOUBLE', s: 'VARCHAR', ts: 'TIMESTAMP'}, format='newline_delimited')")).arrow()
 if not hasattr(table, "num_rows"):
     table = table.read_all()
-seconds = time.perf_counter() - t0
-print(json.dumps({"seconds": seconds, "rows": table.num_rows, "answer": table.slice(0, 20).to_pylist(),
+seconds, cpu = time.perf_counter() - t0, cpu_s() - c0
+print(json.dumps({"seconds": seconds, "cpu_seconds": cpu, "rows": table.num_rows,
+    "answer": table.slice(0, 20).to_pylist(),
     "peak_mb": peak_mb()}, default=str))
 """
 )
@@ -156,6 +161,7 @@ def bench(records: int, repeat: int, settings: dict[str, Any]) -> dict[str, Any]
         for name, measured in runs.items():
             result[name] = {
                 "seconds": min(r["seconds"] for r in measured),
+                "cpu_seconds": min(r.get("cpu_seconds", float("nan")) for r in measured),
                 "peak_mb": max(r["peak_mb"] for r in measured),
             }
             for key in ("objects_read", "bytes_read", "cached_runs"):
@@ -165,6 +171,12 @@ def bench(records: int, repeat: int, settings: dict[str, Any]) -> dict[str, Any]
             {**row, "sx": float(row["sx"])} for row in runs["duckdb"][0]["answer"]
         ]
         result["group_vs_duckdb_time"] = result["group"]["seconds"] / result["duckdb"]["seconds"]
+        result["group_vs_duckdb_rounds"] = [  # each round runs both, one after the other
+            a["seconds"] / b["seconds"] for a, b in zip(runs["group"], runs["duckdb"], strict=True)
+        ]
+        result["group_vs_duckdb_cpu"] = (
+            result["group"]["cpu_seconds"] / result["duckdb"]["cpu_seconds"]
+        )
         result["warm_vs_duckdb_time"] = (
             result["group_warm"]["seconds"] / result["duckdb"]["seconds"]
         )

@@ -81,7 +81,7 @@ from streamhouse.sql.join_chain import (
 from streamhouse.sql.join_order import aggregate_first
 from streamhouse.sql.joins import name_temporal_joins, plan_temporal_join, plan_temporal_star
 from streamhouse.sql.lookup import is_lookup_table, is_proctime, lookup_join_of, lookup_options
-from streamhouse.sql.memory import default_memory_limit, parse_memory_limit
+from streamhouse.sql.memory import default_memory_limit, parse_memory_limit, use_system_allocator
 from streamhouse.sql.nodes import TemporalJoin, TemporalStar
 from streamhouse.sql.over import named_windows
 from streamhouse.sql.parse import DIALECT, nesting_guard, node_position, parse, sql_error
@@ -146,6 +146,7 @@ class Engine:
         self.scan_cache = (
             ColumnarCache(log_.settings.data_dir / "scan-cache", capacity) if capacity > 0 else None
         )
+        use_system_allocator()
         limit = log_.settings.memory_limit  # SET 'memory.limit' = '512MB'
         self.memory_limit = default_memory_limit() if limit is None else parse_memory_limit(limit)
         self.temporary = temporary if temporary is not None else TemporaryObjects()

@@ -42,6 +42,7 @@ import pyarrow.compute as pc
 import pyarrow.json as pa_json
 
 from streamhouse.log.records import JsonLines
+from streamhouse.sql.json_flat import flat_readable, read_flat
 from streamhouse.sql.json_guard import unreadable
 
 log = logging.getLogger(__name__)
@@ -69,7 +70,29 @@ def parse_json(
     text = _AS_TEXT.get(values.type) if values is not None else None
     if values is None or text is None:
         values, text = _lines(lines.buffer, lines.starts), None
-    return _DuckDBParser(values.view(text) if text else values, schema, structures).parse()
+    values = values.view(text) if text else values
+    if flat_readable(schema) and (flat := read_flat(values, schema)) is not None:
+        return _after_flat(values, schema, structures, *flat)
+    return _DuckDBParser(values, schema, structures).parse()
+
+
+def _after_flat(
+    values: pa.Array, schema: pa.Schema, structures: list[str], table: pa.Table, read: np.ndarray
+) -> tuple[pa.Table, np.ndarray, list[tuple[int, str]]]:
+    """The rows the C reader read (``table``, where ``read``), with the others read by the
+    general reader; as :func:`parse_json` returns them."""
+    if read.all():
+        return table, np.arange(len(values)), []
+    if not read.any():
+        return _DuckDBParser(values, schema, structures).parse()
+    rest = np.flatnonzero(~read)
+    if pa.types.is_string_view(values.type):  # (no take kernel for views)
+        values = values.view(pa.binary_view()).cast(pa.binary()).view(pa.string())
+    others, rows, bad = _DuckDBParser(values.take(pa.array(rest)), schema, structures).parse()
+    rows = np.concatenate((np.flatnonzero(read), rest[rows]))
+    order = np.argsort(rows, kind="stable")
+    merged = pa.concat_tables([table.filter(pa.array(read)), others]).take(pa.array(order))
+    return merged, rows[order], [(int(rest[i]), reason) for i, reason in bad]
 
 
 _AS_TEXT = {  # the text type each binary type is viewed as (the same buffers)
@@ -182,9 +205,10 @@ class _DuckDBParser:
             except (duckdb.Error, UnicodeDecodeError) as exc:  # invalid JSON or UTF-8
                 if hi - lo == 1:
                     log.debug("JSON line %d: %s", lo, str(exc).splitlines()[0])
-                    self._redo.append(np.array([lo]))
-                    continue
             valid = self._valid(lo, hi)
+            if hi - lo == 1 and (valid is None or valid.all()):  # JSON, yet DuckDB fails
+                self._redo.append(np.array([lo]))
+                continue
             if valid is None or valid.all():  # DuckDB cannot say which: halve and retry
                 mid = (lo + hi) // 2
                 stack += [(mid, hi), (lo, mid)]

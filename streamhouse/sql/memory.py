@@ -18,6 +18,8 @@ import os
 import re
 from pathlib import Path
 
+import pyarrow as pa
+
 from streamhouse.errors import ConfigError
 
 DEFAULT_FRACTION = 0.5
@@ -43,6 +45,17 @@ def parse_memory_limit(value: str | int | float) -> int:
     if size < 1 << 20:
         raise ConfigError(f"memory limit {value!r} is below 1 MB: too small to run a query")
     return size
+
+
+def use_system_allocator() -> None:
+    """Arrow's buffers from the C library's allocator, unless ``ARROW_DEFAULT_MEMORY_POOL``
+    names another. Arrow's default, mimalloc, keeps what a scan frees for reuse; the decode
+    path's buffers mostly come from numpy (the C library's) and Arrow's pool stays under 10
+    MB, so the two heaps only add up. A cold 4M-record GROUP BY peaked at 296-297 MB with
+    the system pool against 324-326 with mimalloc, and took 1.15-1.20 against 1.46-1.77 s of
+    CPU (alternating, load 7.6-7.9)."""
+    if "ARROW_DEFAULT_MEMORY_POOL" not in os.environ:
+        pa.set_memory_pool(pa.system_memory_pool())
 
 
 def default_memory_limit() -> int:

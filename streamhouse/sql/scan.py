@@ -124,6 +124,11 @@ class TopicScan:
             schema = self._infer()
         self.value_schema = schema if schema is None else project_schema(schema, columns)
         self._groups = _groups(rows)
+        self._cache_keys = frozenset(  # the cache files this scan reads: never evicted by it
+            ()
+            if cache is None
+            else (cache.key(row, self.value_schema, self._variant(row)) for row in rows)
+        )
         self.fragments = max(1, min(fragments, len(self._groups)))
         self.schema = self._batch(self._scan.decode([], json_lines=True)).schema
 
@@ -365,8 +370,7 @@ class TopicScan:
                 out = self._out(self._finish(table), columns, filter_)
             yield from out
         if parts:
-            assert self._cache is not None
-            self._cache.put(keys[row], pa.concat_tables(parts))
+            self._put(keys[row], pa.concat_tables(parts))
 
     def _small_runs(
         self,
@@ -378,8 +382,6 @@ class TopicScan:
     ) -> Iterator[pa.RecordBatch]:
         """Whole small runs (a topic of many partitions flushed together holds one short run
         per partition) decoded and parsed as one piece, then cached run by run."""
-        cache = self._cache
-        assert cache is not None
         with self._step() as open_:
             if not open_:
                 return
@@ -389,9 +391,14 @@ class TopicScan:
             with self._lock:
                 self.rows_read += decoded[0].num_rows
             for row, part in zip(rows, [] if rejected else _run_slices(table, rows), strict=False):
-                cache.put(keys[row], part)
+                self._put(keys[row], part)
             out = self._out(self._finish(table), columns, filter_)
         yield from out
+
+    def _put(self, key: str, table: pa.Table) -> None:
+        """Cache a run's table, evicting none of the runs this scan reads."""
+        assert self._cache is not None
+        self._cache.put(key, table, self._cache_keys)
 
     def _variant(self, row: SegmentRow) -> str:
         """The cache variant of ``row``'s run: "committed" when aborted transactions' batches

@@ -26,6 +26,7 @@ import numpy as np
 import pyarrow as pa
 
 from streamhouse.errors import CorruptRecordError
+from streamhouse.log.records import framing
 from streamhouse.log.records.codecs import decompress, lz4_blocks
 from streamhouse.log.records.header import (
     ATTR_COMPRESSION,
@@ -35,7 +36,12 @@ from streamhouse.log.records.header import (
     split_batches,
     verify_crc,
 )
-from streamhouse.log.records.json_lines import JsonLines, blank_between_values, value_views
+from streamhouse.log.records.json_lines import (
+    JsonLines,
+    blank_between_values,
+    value_views,
+    views_of,
+)
 from streamhouse.log.records.varints import SMALL, read_varint, read_varints
 
 __all__ = [
@@ -342,16 +348,17 @@ def record_ends(
     return nxt
 
 
-def _decode_chunk(regions: list[_Region], json_lines: bool) -> _Chunk | None:
-    """Decode the records sections of ``regions`` (one per data batch) in one go."""
-    buf, batches = _assemble(regions)
-    total = len(buf) - _PAD
-    counts = np.array([h.record_count for h, _ in batches], np.int64)
-    region_ends = np.cumsum([size for _, size in batches], dtype=np.int64)
-    region_starts = region_ends - [size for _, size in batches]
+def _frame_numpy(
+    buf: np.ndarray,
+    batches: Sequence[tuple[BatchHeader, int]],
+    region_starts: np.ndarray,
+    region_ends: np.ndarray,
+    counts: np.ndarray,
+) -> framing.Frames:
+    """:func:`~streamhouse.log.records.framing.frame` in numpy steps (without views);
+    ``CorruptRecordError`` naming what is malformed."""
+    total = int(region_ends[-1])
     n = int(counts.sum())
-    if n <= SMALL:
-        return _decode_small(buf.tobytes(), regions, batches, json_lines)
     nxt = record_ends(buf, batches, region_starts, region_ends, counts)
 
     p = np.empty(n, np.int64)
@@ -383,6 +390,32 @@ def _decode_chunk(regions: list[_Region], json_lines: bool) -> _Chunk | None:
     if not ok.all():
         bad = int(np.argmin(ok))
         raise CorruptRecordError(f"malformed record at byte {int(p[bad])} of a batch")
+
+    return framing.Frames(
+        p, nxt, ts_delta, off_delta, key_start, key_len, value_start, value_len, header_count, None
+    )
+
+
+def _decode_chunk(regions: list[_Region], json_lines: bool) -> _Chunk | None:
+    """Decode the records sections of ``regions`` (one per data batch) in one go."""
+    buf, batches = _assemble(regions)
+    total = len(buf) - _PAD
+    counts = np.array([h.record_count for h, _ in batches], np.int64)
+    region_ends = np.cumsum([size for _, size in batches], dtype=np.int64)
+    region_starts = region_ends - [size for _, size in batches]
+    n = int(counts.sum())
+    if n <= SMALL:
+        return _decode_small(buf.tobytes(), regions, batches, json_lines)
+    views = json_lines and len(buf) < 1 << 31  # a view's offset is an int32
+    frames = (
+        framing.frame(buf, region_starts, region_ends, counts, views) if framing.native else None
+    )
+    if frames is None:  # no C framing, or a malformed record (named here)
+        frames = _frame_numpy(buf, batches, region_starts, region_ends, counts)
+    off_delta, ts_delta = frames.off_delta, frames.ts_delta
+    key_start, key_len = frames.key_start, frames.key_len
+    value_start, value_len = frames.value_start, frames.value_len
+    plain, nxt = frames.header_count == 0, frames.end
 
     base_offset = np.repeat(np.array([h.base_offset for h, _ in batches], np.int64), counts)
     offsets = base_offset + off_delta
@@ -419,7 +452,9 @@ def _decode_chunk(regions: list[_Region], json_lines: bool) -> _Chunk | None:
         keys = _slices(data, key_start, key_len, kept)
     lines = None
     if json_lines:
-        if len(buf) < 1 << 31:  # a view's offset is an int32
+        if frames.views is not None:
+            values = views_of(data, frames.views, value_len, kept, n)
+        elif views:
             values = value_views(data, buf, value_start[kept], value_len[kept])
         else:
             values = _slices(data, value_start, value_len, kept).cast(pa.binary_view())

@@ -17,7 +17,7 @@ from collections.abc import Callable
 import numpy as np
 import pyarrow as pa
 
-__all__ = ["JsonLines", "blank_between_values", "value_views"]
+__all__ = ["JsonLines", "blank_between_values", "value_views", "views_of"]
 
 
 class JsonLines:
@@ -81,6 +81,19 @@ def value_views(
     return pa.Array.from_buffers(pa.binary_view(), n, [validity, pa.py_buffer(raw), data])
 
 
+def views_of(
+    data: pa.Buffer, raw: np.ndarray, length: np.ndarray, kept: np.ndarray, n: int
+) -> pa.Array:
+    """Binary view array over ``data`` of the view entries ``raw`` (n x 16 bytes, as
+    :func:`value_views` makes them) at rows ``kept`` (null where ``length`` < 0)."""
+    if len(kept) != n:
+        raw, length = raw[kept], length[kept]
+    validity = None
+    if (length < 0).any():
+        validity = pa.py_buffer(np.packbits(length >= 0, bitorder="little"))
+    return pa.Array.from_buffers(pa.binary_view(), len(raw), [validity, pa.py_buffer(raw), data])
+
+
 _COLS12 = np.arange(12, dtype=np.int64)
 _BLANK_GAPS = 1 << 14
 
@@ -92,10 +105,12 @@ def blank_between_values(
     asked for: every byte outside the values (non-empty ones) becomes a space, and a newline
     follows each value (over the byte after it, which is part of its record). The caller
     copies out what it needs of those bytes (keys, headers) first."""
-    rows = np.flatnonzero(length > 0)
-    lo, end = start[rows], start[rows] + length[rows]
+    present = length > 0
+    rows = np.arange(len(length)) if present.all() else np.flatnonzero(present)
 
     def blank() -> tuple[pa.Buffer, np.ndarray]:
+        lo = start if len(rows) == len(start) else start[rows]
+        end = lo + length[rows]
         gap_lo = np.concatenate(([0], end))
         gap_hi = np.concatenate((lo, [total]))
         gap = gap_hi - gap_lo
