@@ -941,3 +941,76 @@ def test_two_agents_share_transactions_and_fence_across_them(
     finally:
         for agent in agents:
             agent.stop()
+
+
+@pytest.mark.parametrize("failed_before_end_txn", [True, False])
+def test_a_commit_at_once_is_refused_when_an_early_answered_batch_was_lost(
+    tmp_path: Path, failed_before_end_txn: bool
+) -> None:
+    """The first transaction of a producer epoch: its first batch on a partition is answered
+    early and then lost (the put of its object fails), its second is indexed. The store
+    starts a producer's sequences afresh at a new epoch whatever the first sequence, so the
+    last sequence alone matches: the commit must still be refused (``UNDURABLE``, the client
+    aborts), not acknowledged with the first batch missing. The loss is known before EndTxn,
+    or only while its markers are on their way (the put fails slowly, the second batch and
+    the markers share the next object)."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from streamhouse.config import Settings
+    from streamhouse.errors import StorageError
+    from streamhouse.kafka.produce import _start_append
+    from streamhouse.kafka.producers import ProducerRegistry
+    from streamhouse.kafka.transactions import TransactionCoordinator
+    from streamhouse.kafka.wire import ErrorCode
+    from streamhouse.log import Log
+
+    with Log.open(Settings.load(data_dir=tmp_path, linger_ms=1)) as log:
+        log.create_topic("t")
+        coordinator = TransactionCoordinator(log, lambda keys: None, early_answers=True)
+        broker = SimpleNamespace(log=log, transactions=coordinator, producers=ProducerRegistry())
+        put = log.writer._store.put
+        puts = 0
+
+        def failing_first_put(key: str, data: bytes) -> None:
+            nonlocal puts
+            puts += 1
+            if puts == 1:
+                time.sleep(0 if failed_before_end_txn else 0.3)
+                raise StorageError("put failed")
+            put(key, data)
+
+        log.writer._store.put = failing_first_put  # type: ignore[method-assign]
+
+        async def run() -> tuple[Verdict, list[object]]:
+            verdict, pid, epoch = await coordinator.init_producer("x", 60_000)
+            assert verdict is Verdict.OK
+            added = await coordinator.add_partitions("x", pid, epoch, [("t", 0)])
+            assert added == (Verdict.OK, [])
+            outcomes = []
+            for sequence, values in ((0, [b"a0", b"a1"]), (2, [b"b0", b"b1"])):
+                data = build_batch(
+                    values,
+                    producer_id=pid,
+                    producer_epoch=epoch,
+                    base_sequence=sequence,
+                    flags=ATTR_TRANSACTIONAL,
+                )
+                outcomes.append(_start_append(broker, "t", 0, memoryview(data), "x"))  # type: ignore[arg-type]
+                if failed_before_end_txn:
+                    await coordinator.appended()  # each batch in an object of its own
+                else:
+                    log.writer.hurry()  # the first batch's object alone
+                    await asyncio.sleep(0.05)
+            return await coordinator.end("x", pid, epoch, commit=True), outcomes
+
+        verdict, outcomes = asyncio.run(run())
+        assert outcomes == [ErrorCode.none, ErrorCode.none]  # both answered early
+        # Known late, the second batch shared an object with the markers, was written again
+        # without them (refused by their commit hook).
+        assert puts == (2 if failed_before_end_txn else 3)
+        assert decode_batches(log.fetch("t", 0, 0, 1 << 20).records).column("value").to_pylist()[
+            :2
+        ] == [b"b0", b"b1"]  # the first batch is lost
+        assert verdict is Verdict.UNDURABLE
+        assert log.metadata.transactions.get("x").state is State.ONGOING

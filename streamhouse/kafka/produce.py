@@ -221,7 +221,13 @@ def _start_append(
         early = broker.transactions.early_answers(transactional_id, header)
     try:
         offset = broker.log.append_async(
-            topic, partition, records, batches, lazy=early is not None, now_ms=now_ms
+            topic,
+            partition,
+            records,
+            batches,
+            lazy=early is not None,
+            on_loss=None if early is None else early.lose,
+            now_ms=now_ms,
         )
     except StreamHouseError as exc:
         log.debug("produce to %s/%d refused: %s", topic, partition, exc)

@@ -132,6 +132,7 @@ class Begun:
     epoch: int
     unflushed: list[asyncio.Future[int]] = field(default_factory=list)
     last_sequences: dict[tuple[str, int], int] = field(default_factory=dict)
+    lost: bool = False  # one of them failed (set in the writer's thread, see lose)
 
     def admit(
         self, topic: str, partition: int, header: BatchHeader, append: asyncio.Future[int]
@@ -140,6 +141,14 @@ class Begun:
         self.unflushed.append(append)
         last = (header.base_sequence + header.last_offset_delta) % SEQUENCE_MODULO
         self.last_sequences[(topic, partition)] = last
+
+    def lose(self) -> None:
+        """One of the batches failed after it was answered: called in the writer's thread
+        before any later flush commits, so the commit of the markers (queued after every
+        batch) refuses the transaction. The last sequences do not tell: the store starts a
+        producer's sequences afresh at a new epoch whatever the first, so a lost first batch
+        leaves the last one matching."""
+        self.lost = True
 
 
 class TransactionCoordinator:
@@ -419,6 +428,7 @@ class TransactionCoordinator:
             or (begun.producer_id, begun.epoch) != (producer_id, epoch)
             or writer[:2] != (producer_id, epoch)
             or not writer[2]
+            or begun.lost
         ):
             return False
         keys = sorted(writer[2])
@@ -427,7 +437,12 @@ class TransactionCoordinator:
         verdicts: list[Verdict] = []
 
         def decide(conn: Any, _markers: Mapping[tuple[str, int], int]) -> None:
-            verdict = store.commit_in(conn, transactional_id, producer_id, epoch, keys, sequences)
+            if begun.lost:  # a batch failed in a flush before this one
+                verdict = Verdict.UNDURABLE
+            else:
+                verdict = store.commit_in(
+                    conn, transactional_id, producer_id, epoch, keys, sequences
+                )
             verdicts.append(verdict)
             if verdict is not Verdict.OK:
                 raise TransactionRefusedError(f"{transactional_id!r}: {verdict.value}")

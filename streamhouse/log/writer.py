@@ -130,6 +130,7 @@ class _Append:
     sequence: int = 0
     fence: Lease | None = None  # committed only while this lease is held
     hook: CommitHook | None = None  # runs in the transaction that commits it
+    on_loss: Callable[[], None] | None = None  # called where it fails (see append_async)
 
 
 _Outcome = tuple[_Append, int, BaseException | None]
@@ -145,6 +146,8 @@ def _settle(outcomes: Iterable[_Outcome], times: StageTimes | None = None) -> No
     by_loop: dict[asyncio.AbstractEventLoop, list[_Outcome]] = {}
     for outcome in outcomes:
         item, offset, error = outcome
+        if error is not None and item.on_loss is not None:
+            item.on_loss()  # now, before the committer goes on to later flushes
         if item.loop is not None:
             by_loop.setdefault(item.loop, []).append(outcome)
             continue
@@ -311,6 +314,7 @@ class LogWriter:
         *,
         urgent: bool = False,
         lazy: bool = False,
+        on_loss: Callable[[], None] | None = None,
     ) -> asyncio.Future[int]:
         """Like :meth:`append`, on a running event loop: the future resolves on that loop.
 
@@ -318,10 +322,12 @@ class LogWriter:
         after the first pending append (for a batch someone waits on alone: a transaction
         marker). ``lazy`` waits for a flush someone else needs, for at most
         :data:`LAZY_WAIT_S` (a transactional batch answered early, which its EndTxn flushes
-        together with its markers)."""
+        together with its markers). ``on_loss`` is called in the writer's thread if the
+        append fails, before any flush queued after it commits (so a :data:`CommitHook` of a
+        later append sees it, which its future, resolved later on the loop, would not tell)."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[int] = loop.create_future()
-        item = _Append(topic, partition, data, headers, future, loop)
+        item = _Append(topic, partition, data, headers, future, loop, on_loss=on_loss)
         self._queue(item, urgent=urgent, lazy=lazy)
         return future
 
