@@ -1014,3 +1014,71 @@ def test_a_commit_at_once_is_refused_when_an_early_answered_batch_was_lost(
         ] == [b"b0", b"b1"]  # the first batch is lost
         assert verdict is Verdict.UNDURABLE
         assert log.metadata.transactions.get("x").state is State.ONGOING
+
+
+def test_a_batch_checked_while_its_transaction_commits_at_once_leaves_no_stale_writer(
+    tmp_path: Path,
+) -> None:
+    """A produce request checked while EndTxn's markers are on their way (the transaction is
+    still ongoing in the store) reloads the producer's transaction into the coordinator's
+    cache; once the commit is done, a batch of the next transaction to a partition it did not
+    add is refused (``INVALID_TXN_STATE``), not taken on the committed one's stale partitions
+    (a transactional batch in no transaction: no marker, nothing holding the last stable
+    offset)."""
+    import asyncio
+    import threading as threads
+    from types import SimpleNamespace
+
+    from streamhouse.config import Settings
+    from streamhouse.kafka.produce import _start_append
+    from streamhouse.kafka.producers import ProducerRegistry
+    from streamhouse.kafka.transactions import TransactionCoordinator
+    from streamhouse.kafka.wire import ErrorCode
+    from streamhouse.log import Log
+    from streamhouse.log.records import split_batches
+
+    with Log.open(Settings.load(data_dir=tmp_path, linger_ms=1)) as log:
+        log.create_topic("t")
+        coordinator = TransactionCoordinator(log, lambda keys: None, early_answers=True)
+        broker = SimpleNamespace(log=log, transactions=coordinator, producers=ProducerRegistry())
+        put, entered, release = log.writer._store.put, threads.Event(), threads.Event()
+
+        def held_put(key: str, data: bytes) -> None:
+            entered.set()
+            release.wait(10)
+            put(key, data)
+
+        def batch(pid: int, epoch: int, sequence: int) -> bytes:
+            return build_batch(
+                [b"v"],
+                producer_id=pid,
+                producer_epoch=epoch,
+                base_sequence=sequence,
+                flags=ATTR_TRANSACTIONAL,
+            )
+
+        async def run() -> tuple[Verdict, ErrorCode | None]:
+            verdict, pid, epoch = await coordinator.init_producer("x", 60_000)
+            assert await coordinator.add_partitions("x", pid, epoch, [("t", 0)]) == (
+                Verdict.OK,
+                [],
+            )
+            assert (
+                _start_append(broker, "t", 0, memoryview(batch(pid, epoch, 0)), "x")
+                is ErrorCode.none
+            )  # type: ignore[arg-type]
+            log.writer._store.put = held_put  # type: ignore[method-assign]
+            ending = asyncio.ensure_future(coordinator.end("x", pid, epoch, commit=True))
+            while not entered.is_set():  # the record and the markers' object is being put
+                await asyncio.sleep(0.01)
+            header = split_batches(memoryview(batch(pid, epoch, 1)))[0][2]
+            assert coordinator.refusal("x", "t", 0, [header]) is None  # still ongoing
+            release.set()
+            verdict = await ending
+            log.writer._store.put = put  # type: ignore[method-assign]
+            return verdict, coordinator.refusal("x", "t", 0, [header])
+
+        verdict, refused = asyncio.run(run())
+        assert verdict is Verdict.OK
+        assert log.metadata.transactions.get("x").state is State.COMPLETE_COMMIT
+        assert refused is ErrorCode.invalid_txn_state

@@ -457,6 +457,9 @@ class TransactionCoordinator:
                 verdicts[-1].value if verdicts else "markers failed",
             )
             return False
+        # a produce request checked while the markers were on their way found the
+        # transaction ongoing in the store and cached it again: it is over
+        self._writers.pop(transactional_id, None)
         self._begun.pop(transactional_id, None)
         self._saw_begin(transactional_id, producer_id, epoch)
         self._wake(keys)
