@@ -1016,15 +1016,14 @@ def test_a_commit_at_once_is_refused_when_an_early_answered_batch_was_lost(
         assert log.metadata.transactions.get("x").state is State.ONGOING
 
 
-def test_a_batch_checked_while_its_transaction_commits_at_once_leaves_no_stale_writer(
+def test_batches_of_a_transaction_whose_end_txn_is_under_way_are_refused(
     tmp_path: Path,
 ) -> None:
-    """A produce request checked while EndTxn's markers are on their way (the transaction is
-    still ongoing in the store) reloads the producer's transaction into the coordinator's
-    cache; once the commit is done, a batch of the next transaction to a partition it did not
-    add is refused (``INVALID_TXN_STATE``), not taken on the committed one's stale partitions
-    (a transactional batch in no transaction: no marker, nothing holding the last stable
-    offset)."""
+    """A produce request arriving while EndTxn's markers are on their way (the transaction is
+    still ongoing in the store) is refused (``INVALID_TXN_STATE``): taken, it would land
+    behind the COMMIT markers, a transactional batch in no transaction (no marker, nothing
+    holding the last stable offset), and reloading the transaction into the coordinator's
+    cache let the next transaction's batches to a partition it did not add through too."""
     import asyncio
     import threading as threads
     from types import SimpleNamespace
@@ -1072,7 +1071,8 @@ def test_a_batch_checked_while_its_transaction_commits_at_once_leaves_no_stale_w
             while not entered.is_set():  # the record and the markers' object is being put
                 await asyncio.sleep(0.01)
             header = split_batches(memoryview(batch(pid, epoch, 1)))[0][2]
-            assert coordinator.refusal("x", "t", 0, [header]) is None  # still ongoing
+            assert log.metadata.transactions.get("x").state is State.ONGOING
+            assert coordinator.refusal("x", "t", 0, [header]) is ErrorCode.invalid_txn_state
             release.set()
             verdict = await ending
             log.writer._store.put = put  # type: ignore[method-assign]

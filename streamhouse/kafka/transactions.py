@@ -174,6 +174,8 @@ class TransactionCoordinator:
         # Ongoing transactions as produce checks them: transactional id -> (producer id,
         # epoch, partitions added). Dropped whenever the transaction ends here.
         self._writers: dict[str, tuple[int, int, set[tuple[str, int]]]] = {}
+        # transactional ids whose EndTxn is under way here: their batches are refused
+        self._ending: set[str] = set()
 
     @property
     def store(self) -> TransactionStore:
@@ -206,6 +208,10 @@ class TransactionCoordinator:
                 return ErrorCode.invalid_record
             if h.producer_epoch != first.producer_epoch:
                 return ErrorCode.invalid_record
+        if transactional_id in self._ending:
+            # it would land behind the markers (in no transaction), or be answered early
+            # after EndTxn made sure of the transaction's records
+            return ErrorCode.invalid_txn_state
         writer = self._writers.get(transactional_id)
         if (
             writer is None
@@ -394,20 +400,29 @@ class TransactionCoordinator:
         may be missing from (the client aborts). An abort needs not wait: its markers follow
         them through the writer."""
         async with self._lock(transactional_id):
-            if commit and await self._commit_at_once(transactional_id, producer_id, epoch):
-                return Verdict.OK
-            if commit and not await self._records_durable(transactional_id, producer_id, epoch):
-                return Verdict.UNDURABLE
-            verdict, txn = await asyncio.to_thread(
-                self.store.prepare, transactional_id, producer_id, epoch, commit, durable=False
-            )
-            if verdict is not Verdict.OK:
-                return verdict
-            self._writers.pop(transactional_id, None)
-            self._begun.pop(transactional_id, None)
-            if txn is not None and not await self._finish(txn):
-                return Verdict.BUSY
-            self._saw_begin(transactional_id, producer_id, epoch)
+            self._ending.add(transactional_id)
+            try:
+                return await self._end(transactional_id, producer_id, epoch, commit)
+            finally:
+                self._ending.discard(transactional_id)
+
+    async def _end(
+        self, transactional_id: str, producer_id: int, epoch: int, commit: bool
+    ) -> Verdict:
+        if commit and await self._commit_at_once(transactional_id, producer_id, epoch):
+            return Verdict.OK
+        if commit and not await self._records_durable(transactional_id, producer_id, epoch):
+            return Verdict.UNDURABLE
+        verdict, txn = await asyncio.to_thread(
+            self.store.prepare, transactional_id, producer_id, epoch, commit, durable=False
+        )
+        if verdict is not Verdict.OK:
+            return verdict
+        self._writers.pop(transactional_id, None)
+        self._begun.pop(transactional_id, None)
+        if txn is not None and not await self._finish(txn):
+            return Verdict.BUSY
+        self._saw_begin(transactional_id, producer_id, epoch)
         return Verdict.OK
 
     # -- ending transactions ----------------------------------------------------------------
