@@ -114,6 +114,7 @@ def _refused(admin: AdminClient, name: str, configs: dict[str, str]) -> KafkaErr
     return info.value.args[0]
 
 
+@pytest.mark.filterwarnings("ignore:alter_configs has been deprecated")  # the API under test
 def test_dynamic_broker_configs_with_confluent_kafka(
     server: KafkaServer, metadata_url: str | None
 ) -> None:
