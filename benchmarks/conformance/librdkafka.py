@@ -248,7 +248,7 @@ def write_table(outcomes: list[Outcome], selection: dict, started: str, label: s
     lines = [
         f"# librdkafka {selection['librdkafka']} test suite against `streamhouse serve`",
         "",
-        f"Run {started}{f' on {label}' if label else ''} (load at the start {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs),"
+        f"Run {started}{f' on {label}' if label else ''} ({os.cpu_count()} CPUs),"
         f" one test number at a time against a fresh `serve`: {summary}.",
         "Selection and the reasons for each test left out: `benchmarks/conformance/selection.toml`.",
         "",
@@ -305,6 +305,7 @@ def main(argv: list[str] | None = None) -> None:
     check_selection(selection, args.source)
     numbers = [n for n in selection["run"] if not args.only or n in args.only.split(",")]
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    started += f" (load {os.getloadavg()[0]:.1f} at the start)"
     outcomes: list[Outcome] = []
     if args.only and RESULTS.with_suffix(".json").exists():  # re-run some: keep the others
         earlier = json.loads(RESULTS.with_suffix(".json").read_text())
