@@ -46,6 +46,11 @@ class InvalidConfigError(LogError):
     """A topic config is unknown, malformed or not supported (Kafka's INVALID_CONFIG)."""
 
 
+class InvalidBrokerConfigError(LogError):
+    """A dynamic broker config that is read-only or has a bad value (Kafka answers
+    INVALID_REQUEST for these, not INVALID_CONFIG: KAFKA-13609)."""
+
+
 class RecordTooLargeError(LogError):
     """A record or batch is larger than the topic's max.message.bytes."""
 

@@ -22,7 +22,7 @@ import pytest
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 from kafka_fixtures import KafkaServer, RawClient, produce_request, txn_offset_commit_request
 
-from streamhouse.kafka.wire import messages, ms
+from streamhouse.kafka.wire import ErrorCode, messages, ms
 from streamhouse.log.metadata.transactions import State, Verdict
 from streamhouse.log.records import build_batch, decode_batches
 from streamhouse.log.records.build import encode_records, frame_batch
@@ -941,6 +941,59 @@ def test_two_agents_share_transactions_and_fence_across_them(
     finally:
         for agent in agents:
             agent.stop()
+
+
+def _offset_fetch(server: KafkaServer, version: int, group: str, topics, **extra) -> dict:
+    """OffsetFetch at ``version``: (topic, partition) -> (offset, error code)."""
+    with RawClient(server.bootstrap) as client:
+        answer = client.request(9, version, group_id=group, topics=topics, **extra)
+    assert answer.error_code == 0
+    return {
+        (t.name, p.partition_index): (p.committed_offset, p.error_code)
+        for t in answer.topics
+        for p in t.partitions
+    }
+
+
+def test_offset_fetch_v7_require_stable_waits_for_transactional_offsets(
+    kafka_server: KafkaServer, new_topic
+) -> None:
+    """OffsetFetch v7 (KIP-447): while a transaction holds a group's offset, require_stable
+    answers UNSTABLE_OFFSET_COMMIT for it (and the last committed one without it); after the
+    commit both see the new offset. v6 (flexible) with null topics lists every partition."""
+    source = new_topic(2)
+    group, tid = f"g-{uuid.uuid4().hex[:8]}", f"stable-{uuid.uuid4().hex[:8]}"
+    plain = Producer({"bootstrap.servers": kafka_server.bootstrap})
+    send(plain, source, [f"in-{i}" for i in range(6)], partitions=2)
+    committer = Consumer({"bootstrap.servers": kafka_server.bootstrap, "group.id": group})
+    committer.commit(offsets=[TopicPartition(source, 1, 2)], asynchronous=False)
+    committer.close()
+    p = producer(kafka_server, tid)
+    consumer = Consumer({"bootstrap.servers": kafka_server.bootstrap, "group.id": group})
+    p.begin_transaction()
+    p.send_offsets_to_transaction(
+        [TopicPartition(source, 0, 3), TopicPartition(source, 1, 4)],
+        consumer.consumer_group_metadata(),
+        TIMEOUT,
+    )
+    fetch = messages(9, 7, False)
+    topics = (fetch.OffsetFetchRequestTopic(name=source, partition_indexes=(0, 1)),)
+    unstable = ErrorCode.unstable_offset_commit
+    assert _offset_fetch(kafka_server, 7, group, topics, require_stable=True) == {
+        (source, 0): (-1, unstable),
+        (source, 1): (-1, unstable),
+    }
+    assert _offset_fetch(kafka_server, 7, group, topics, require_stable=False) == {
+        (source, 0): (-1, 0),
+        (source, 1): (2, 0),
+    }
+    p.commit_transaction(TIMEOUT)
+    consumer.close()
+    assert _offset_fetch(kafka_server, 7, group, topics, require_stable=True) == {
+        (source, 0): (3, 0),
+        (source, 1): (4, 0),
+    }
+    assert _offset_fetch(kafka_server, 6, group, None) == {(source, 0): (3, 0), (source, 1): (4, 0)}
 
 
 @pytest.mark.parametrize("failed_before_end_txn", [True, False])

@@ -28,6 +28,11 @@ from streamhouse.errors import (
     UnknownTopicError,
 )
 from streamhouse.kafka.api_keys import ApiKey
+from streamhouse.kafka.broker_config import (
+    BrokerConfigEntry,
+    alter_broker_config,
+    describe_broker,
+)
 from streamhouse.kafka.metadata import NO_TOPIC_ID
 from streamhouse.kafka.wire import ErrorCode, RequestHeader, error_code_for, make, messages
 from streamhouse.log.metadata import validate_topic_name
@@ -49,7 +54,6 @@ can make the metadata store do)."""
 RESOURCE_TOPIC = 2
 RESOURCE_BROKER = 4
 SOURCE_DYNAMIC_TOPIC = 1
-SOURCE_STATIC_BROKER = 4
 SOURCE_DEFAULT = 5
 
 
@@ -262,6 +266,25 @@ def _entry(module: Any, name: str, value: str, source: int, kind: int) -> Any:
     )
 
 
+def _broker_entry(module: Any, entry: BrokerConfigEntry, synonyms: bool) -> Any:
+    return make(
+        module.DescribeConfigsResourceResult,
+        name=entry.name,
+        value=entry.value,
+        read_only=entry.read_only,
+        config_source=entry.source,
+        is_sensitive=False,
+        synonyms=tuple(
+            make(module.DescribeConfigsSynonym, name=n, value=v, source=source)
+            for n, v, source in entry.synonyms
+        )
+        if synonyms
+        else (),
+        config_type=entry.kind,
+        documentation=None,
+    )
+
+
 async def handle_describe_configs(broker: Broker, header: RequestHeader, request: Any) -> Any:
     module = messages(ApiKey.DESCRIBE_CONFIGS, header.api_version, True)
     results = []
@@ -287,9 +310,22 @@ async def handle_describe_configs(broker: Broker, header: RequestHeader, request
                         kind = KNOWN_TOPIC_CONFIGS.get(name, ConfigType.STRING)
                         entries.append(_entry(module, name, value, source, kind))
         elif resource.resource_type == RESOURCE_BROKER:
-            for name, (value, kind) in sorted(_broker_configs(broker).items()):
-                if wanted is None or not wanted or name in wanted:
-                    entries.append(_entry(module, name, value, SOURCE_STATIC_BROKER, kind))
+            synonyms = request.include_synonyms  # v1+ (v0 is not offered)
+            try:
+                described = await asyncio.to_thread(
+                    describe_broker,
+                    broker.log.metadata,
+                    resource.resource_name,
+                    broker.node_id,
+                    _broker_configs(broker),
+                )
+            except StreamHouseError as exc:
+                error, message, described = error_code_for(exc), str(exc), []
+            entries = [
+                _broker_entry(module, e, synonyms)
+                for e in described
+                if wanted is None or not wanted or e.name in wanted
+            ]
         else:
             error = ErrorCode.invalid_request
             message = f"resource type {resource.resource_type} is not supported"
@@ -321,21 +357,11 @@ OP_SET, OP_DELETE = 0, 1
 """IncrementalAlterConfigs operations the log takes (APPEND=2 and SUBTRACT=3 are refused)."""
 
 
-def _alter_topic(broker: Broker, resource: Any, incremental: bool, validate_only: bool) -> None:
-    """Apply one AlterConfigs resource; raises what the client should be told."""
-    if resource.resource_type != RESOURCE_TOPIC:
-        raise InvalidConfigError(
-            f"resource type {resource.resource_type} cannot be altered: only topics (2) can"
-        )
-    name = resource.resource_name
-    if broker.log.get_topic(name) is None:
-        raise UnknownTopicError(name)
+def _changes(resource: Any, incremental: bool) -> dict[str, str | None]:
+    """The entries of one AlterConfigs resource (each a value, ``None`` to remove it) or of an
+    IncrementalAlterConfigs one (SET or DELETE)."""
     if not incremental:  # AlterConfigs: the request is the whole new config
-        config = {c.name: c.value for c in resource.configs if c.value is not None}
-        validate_topic_config(config)
-        if not validate_only:
-            broker.log.set_topic_config(name, config)
-        return
+        return {c.name: c.value for c in resource.configs if c.value is not None}
     changes: dict[str, str | None] = {}
     for c in resource.configs:
         if c.config_operation not in (OP_SET, OP_DELETE):
@@ -344,9 +370,36 @@ def _alter_topic(broker: Broker, resource: Any, incremental: bool, validate_only
                 " only SET (0) and DELETE (1) are"
             )
         changes[c.name] = c.value if c.config_operation == OP_SET else None
-    validate_topic_config({k: v for k, v in changes.items() if v is not None})
-    if not validate_only:
+    return changes
+
+
+def _alter(broker: Broker, resource: Any, incremental: bool, validate_only: bool) -> None:
+    """Apply one AlterConfigs resource; raises what the client should be told."""
+    changes = _changes(resource, incremental)
+    if resource.resource_type == RESOURCE_BROKER:
+        alter_broker_config(
+            broker.log.metadata,
+            resource.resource_name,
+            changes,
+            replace=not incremental,
+            validate_only=validate_only,
+        )
+        return
+    if resource.resource_type != RESOURCE_TOPIC:
+        raise InvalidConfigError(
+            f"resource type {resource.resource_type} cannot be altered: only topics (2) and"
+            " brokers (4) can"
+        )
+    name = resource.resource_name
+    if broker.log.get_topic(name) is None:
+        raise UnknownTopicError(name)
+    values = validate_topic_config({k: v for k, v in changes.items() if v is not None})
+    if validate_only:
+        return
+    if incremental:
         broker.log.alter_topic_config(name, changes)
+    else:
+        broker.log.set_topic_config(name, values)
 
 
 def _handle_alter(api_key: ApiKey, incremental: bool) -> Any:
@@ -361,7 +414,7 @@ def _handle_alter(api_key: ApiKey, incremental: bool) -> Any:
                     error, message = denied
                 else:
                     await asyncio.to_thread(
-                        _alter_topic, broker, resource, incremental, request.validate_only
+                        _alter, broker, resource, incremental, request.validate_only
                     )
             except StreamHouseError as exc:
                 error, message = error_code_for(exc), str(exc)

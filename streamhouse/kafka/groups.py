@@ -875,12 +875,22 @@ async def handle_offset_fetch(broker: Broker, header: RequestHeader, request: An
                 wanted.setdefault(topic, []).append(partition)
     else:
         wanted = {t.name: list(t.partition_indexes) for t in request.topics}
+    unstable = (  # v7+ (KIP-447): offsets a transaction still holds are not answered yet
+        broker.log.metadata.transactions.pending_offsets(request.group_id)
+        if getattr(request, "require_stable", False)
+        else set()
+    )
     topics = []
     for name, partitions in wanted.items():
         rows = []
         topic_denied = _topic_denied(broker, header, name, AclOperation.DESCRIBE)
         for partition in partitions:
-            entry = None if topic_denied else committed.get((name, partition))
+            error = ErrorCode.none
+            if topic_denied:
+                error = ErrorCode.topic_authorization_failed
+            elif (name, partition) in unstable:
+                error = ErrorCode.unstable_offset_commit
+            entry = committed.get((name, partition)) if error is ErrorCode.none else None
             rows.append(
                 make(
                     module.OffsetFetchResponsePartition,
@@ -888,9 +898,7 @@ async def handle_offset_fetch(broker: Broker, header: RequestHeader, request: An
                     committed_offset=entry.offset if entry else -1,
                     committed_leader_epoch=-1,
                     metadata=entry.metadata if entry else "",
-                    error_code=ErrorCode.topic_authorization_failed
-                    if topic_denied
-                    else ErrorCode.none,
+                    error_code=error,
                 )
             )
         topics.append(module.OffsetFetchResponseTopic(name=name, partitions=tuple(rows)))
@@ -1024,6 +1032,7 @@ async def handle_list_groups(broker: Broker, header: RequestHeader, request: Any
 
 async def handle_delete_groups(broker: Broker, header: RequestHeader, request: Any) -> Any:
     module = messages(ApiKey.DELETE_GROUPS, header.api_version, True)
+    broker.groups.expire()  # sessions that ran out since the last sweep end now, as in Kafka
     known = set(broker.log.metadata.list_groups())
     results = []
     for group_id in request.groups_names:

@@ -31,7 +31,7 @@ SUPPORTED: dict[ApiKey, tuple[int, int]] = {
     ApiKey.LIST_OFFSETS: (1, 5),  # ListOffsets (v6+ flexible)
     ApiKey.METADATA: (0, 12),  # Metadata (v9+ flexible; v10+ topic ids, KIP-516)
     ApiKey.OFFSET_COMMIT: (2, 7),  # OffsetCommit (v8+ flexible)
-    ApiKey.OFFSET_FETCH: (1, 5),  # OffsetFetch (v6+ flexible)
+    ApiKey.OFFSET_FETCH: (1, 7),  # OffsetFetch (v6+ flexible; v7 require_stable, KIP-447)
     ApiKey.FIND_COORDINATOR: (0, 2),  # FindCoordinator (v3+ flexible)
     ApiKey.JOIN_GROUP: (0, 5),  # JoinGroup (v6+ flexible)
     ApiKey.HEARTBEAT: (0, 3),  # Heartbeat (v4+ flexible)

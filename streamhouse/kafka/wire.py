@@ -245,6 +245,7 @@ _ERRORS: tuple[tuple[type[BaseException], ErrorCode], ...] = (
     (errors.UnknownPartitionError, ErrorCode.unknown_topic_or_partition),
     (errors.OffsetOutOfRangeError, ErrorCode.offset_out_of_range),
     (errors.InvalidConfigError, ErrorCode.invalid_config),
+    (errors.InvalidBrokerConfigError, ErrorCode.invalid_request),
     (errors.RecordTooLargeError, ErrorCode.message_too_large),
     (errors.CorruptRecordError, ErrorCode.corrupt_message),
     (errors.InvalidRecordError, ErrorCode.invalid_record),

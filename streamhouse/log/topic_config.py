@@ -35,6 +35,7 @@ from streamhouse.errors import InvalidConfigError
 
 __all__ = [
     "KNOWN_TOPIC_CONFIGS",
+    "INT_RANGE",
     "ConfigType",
     "Retention",
     "check_config_name",
@@ -49,9 +50,11 @@ class ConfigType(IntEnum):
     BOOLEAN = 1
     STRING = 2
     INT = 3
+    SHORT = 4
     LONG = 5
     DOUBLE = 6
     LIST = 7
+    CLASS = 8
 
 
 KNOWN_TOPIC_CONFIGS: dict[str, ConfigType] = {
@@ -99,7 +102,8 @@ _LOWEST: dict[str, int] = {
 }
 """The smallest value the integer configs the log reads may take."""
 
-_INT_RANGE = {ConfigType.INT: 2**31 - 1, ConfigType.LONG: 2**63 - 1}
+INT_RANGE = {ConfigType.SHORT: 2**15 - 1, ConfigType.INT: 2**31 - 1, ConfigType.LONG: 2**63 - 1}
+"""The largest value of each of Kafka's integer config types (the smallest is ``-max - 1``)."""
 
 
 def topic_config_defaults(max_message_bytes: int) -> dict[str, str]:
@@ -149,13 +153,13 @@ def _problem(name: str, value: object) -> str | None:
         return f"unknown topic config {name!r}"
     if not isinstance(value, str):
         return f"topic config {name} must be a string, got {type(value).__name__}"
-    if kind in _INT_RANGE:
+    if kind in INT_RANGE:
         try:
             number = int(value)
         except ValueError:
             return f"topic config {name}={value!r} is not an integer"
-        lowest = _LOWEST.get(name, -_INT_RANGE[kind] - 1)
-        if not lowest <= number <= _INT_RANGE[kind]:
+        lowest = _LOWEST.get(name, -INT_RANGE[kind] - 1)
+        if not lowest <= number <= INT_RANGE[kind]:
             return f"topic config {name}={value} is out of range: at least {lowest}"
     elif kind is ConfigType.BOOLEAN and value.lower() not in ("true", "false"):
         return f"topic config {name}={value!r} is not true or false"

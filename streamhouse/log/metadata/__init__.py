@@ -439,6 +439,18 @@ class Metadata(Protocol):
         """Remove these ACL bindings (those not stored are skipped)."""
         ...
 
+    def broker_config(self, broker: str) -> dict[str, str]:
+        """The dynamic configs stored for ``broker`` (a broker id in decimal, or ``""``: the
+        cluster-wide default), name -> value."""
+        ...
+
+    def alter_broker_config(
+        self, broker: str, changes: Mapping[str, str | None], *, replace: bool = False
+    ) -> dict[str, str]:
+        """Set (a value) or remove (``None``) dynamic configs of ``broker`` in one transaction,
+        first removing every other one if ``replace``; the configs it has now."""
+        ...
+
     def security_version(self) -> int:
         """A number every change of an ACL or a SCRAM credential increases: a reader of either
         reloads its copy when it moved."""

@@ -580,6 +580,14 @@ class CachedMetadata:
     def delete_acls(self, bindings: Sequence[AclBinding]) -> None:
         self.inner.delete_acls(bindings)
 
+    def broker_config(self, broker: str) -> dict[str, str]:
+        return self.inner.broker_config(broker)
+
+    def alter_broker_config(
+        self, broker: str, changes: Mapping[str, str | None], *, replace: bool = False
+    ) -> dict[str, str]:
+        return self.inner.alter_broker_config(broker, changes, replace=replace)
+
     def security_version(self) -> int:
         return self.inner.security_version()
 

@@ -54,6 +54,9 @@ Tables (one row per ...):
   numbers are Kafka's (resource type, pattern type, operation, permission). Every change of
   an ACL or a SCRAM credential also bumps the ``security`` row of ``counters``, which agents
   poll to reload their copies.
+- ``broker_configs``: dynamic broker config (Kafka's AlterConfigs of a BROKER resource), keyed
+  by (broker_name, config_name): ``broker_name`` is a broker id in decimal, or ``''`` for the
+  cluster-wide default (:mod:`streamhouse.kafka.broker_config`).
 """
 
 from __future__ import annotations
@@ -270,6 +273,18 @@ MIGRATIONS: tuple[Migration, ...] = (
             " PRIMARY KEY (resource_type, resource_name, pattern_type, principal, host,"
             " operation, permission))",
             "INSERT INTO counters (name, counter_value) VALUES ('security', 0)",
+        ),
+    ),
+    Migration(
+        10,
+        "dynamic broker configs",
+        (
+            "CREATE TABLE broker_configs ("
+            " broker_name TEXT NOT NULL,"
+            " config_name TEXT NOT NULL,"
+            " config_value TEXT NOT NULL,"
+            " updated_ms BIGINT NOT NULL,"
+            " PRIMARY KEY (broker_name, config_name))",
         ),
     ),
 )

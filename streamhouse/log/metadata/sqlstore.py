@@ -495,6 +495,49 @@ class SqlMetadata:
             ).fetchone()
         return 0 if row is None else int(row[0])
 
+    # -- dynamic broker configs --------------------------------------------------------------
+
+    def broker_config(self, broker: str) -> dict[str, str]:
+        with self._reader(f"read the dynamic configs of broker {broker!r}") as conn:
+            rows = conn.execute(
+                self._sql(_BROKER_CONFIG),
+                (broker,),
+            ).fetchall()
+        return dict(rows)
+
+    def alter_broker_config(
+        self, broker: str, changes: Mapping[str, str | None], *, replace: bool = False
+    ) -> dict[str, str]:
+        with self._transaction(f"alter the dynamic configs of broker {broker!r}") as conn:
+            if replace:
+                conn.execute(
+                    self._sql("DELETE FROM broker_configs WHERE broker_name = ?"), (broker,)
+                )
+            for name, value in changes.items():
+                if value is None:
+                    conn.execute(
+                        self._sql(
+                            "DELETE FROM broker_configs WHERE broker_name = ? AND config_name = ?"
+                        ),
+                        (broker, name),
+                    )
+                    continue
+                conn.execute(
+                    self._sql(
+                        "INSERT INTO broker_configs"
+                        " (broker_name, config_name, config_value, updated_ms)"
+                        f" VALUES (?, ?, ?, {self.dialect.now_ms})"
+                        " ON CONFLICT (broker_name, config_name) DO UPDATE"
+                        " SET config_value = excluded.config_value, updated_ms = excluded.updated_ms"
+                    ),
+                    (broker, name, value),
+                )
+            rows = conn.execute(
+                self._sql(_BROKER_CONFIG),
+                (broker,),
+            ).fetchall()
+        return dict(rows)
+
     # -- agents ------------------------------------------------------------------------------
 
     def deregister_agent(self, agent_id: str) -> None:
@@ -533,6 +576,7 @@ class SqlMetadata:
 
 
 _ACL_COLUMNS = "resource_type, resource_name, pattern_type, principal, host, operation, permission"
+_BROKER_CONFIG = "SELECT config_name, config_value FROM broker_configs WHERE broker_name = ?"
 _BUMP_SECURITY = "UPDATE counters SET counter_value = counter_value + 1 WHERE name = 'security'"
 
 

@@ -567,6 +567,16 @@ class TransactionStore:
         aborted = {p: sorted(a, key=lambda t: t[1]) for p, a in aborted.items()}
         return TopicStability(high, open_from, aborted)
 
+    def pending_offsets(self, group_id: str) -> set[tuple[str, int]]:
+        """``(topic, partition)`` of each offset of ``group_id`` committed inside a transaction
+        still open (TxnOffsetCommit): not final until that transaction ends."""
+        with self._reader(f"read pending offsets of group {group_id!r}") as conn:
+            rows = conn.execute(
+                self._sql("SELECT topic, partition_id FROM transaction_offsets WHERE group_id = ?"),
+                (group_id,),
+            ).fetchall()
+        return {(t, int(p)) for t, p in rows}
+
     def aborted(
         self, topic: str, partition: int, from_offset: int, to_offset: int
     ) -> list[tuple[int, int]]:
