@@ -70,6 +70,7 @@ from streamhouse.sql.over import OverAggregate
 from streamhouse.sql.parse import DIALECT, node_position, parse
 from streamhouse.sql.plan import ContinuousPlan
 from streamhouse.sql.plan_checks import check_columns
+from streamhouse.sql.proctime_select import ProctimeStream, resolve_with, with_proctime_streams
 from streamhouse.sql.source import METADATA_FIELDS, RejectedRow
 from streamhouse.sql.statement_set import StatementSet
 from streamhouse.sql.unnest import expand_row_elements
@@ -102,6 +103,24 @@ def _expanded(statement: exp.Expr, resolve: Callable[[str], tuple[str, Any] | No
     return expand_row_elements(statement, catalog_column_types(resolve, statement))
 
 
+def _with_proctime_streams(
+    statement: exp.Expr | StatementSet, resolve: Callable[[str], tuple[str, Any] | None]
+) -> tuple[exp.Expr | StatementSet, Callable[[str], tuple[str, Any] | None]]:
+    """``statement`` with its ``SELECT *, PROCTIME() AS p FROM s`` relations reading streams
+    with a ``PROCTIME()`` column, and ``resolve`` knowing those streams."""
+    streams: dict[str, ProctimeStream] = {}
+    if isinstance(statement, StatementSet):
+        inserts = []
+        for insert in statement.inserts:
+            rewritten, found = with_proctime_streams(insert, resolve)
+            inserts.append(rewritten)
+            streams |= found
+        statement = StatementSet(tuple(inserts), statement.line, statement.column)
+    else:
+        statement, streams = with_proctime_streams(statement, resolve)
+    return statement, resolve_with(resolve, streams)
+
+
 class ContinuousQuery:
     """A continuous query over one or two sources; runs in a background thread once started.
 
@@ -124,6 +143,7 @@ class ContinuousQuery:
         self.name = name
         self.fence = fence  # the lease every write of the query is fenced by (serve agents)
         self.options = options or QueryOptions()
+        statement, resolve = _with_proctime_streams(statement, resolve)
         # views and CTEs inlined, filtering subqueries merged: the query over the streams
         views, columns = catalog_views(resolve), catalog_stream_columns(resolve)
         if isinstance(statement, StatementSet):

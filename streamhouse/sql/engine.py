@@ -86,6 +86,7 @@ from streamhouse.sql.nodes import TemporalJoin, TemporalStar
 from streamhouse.sql.over import named_windows
 from streamhouse.sql.parse import DIALECT, nesting_guard, node_position, parse, sql_error
 from streamhouse.sql.plan import source_tables
+from streamhouse.sql.proctime_select import ProctimeStream, with_proctime_streams
 from streamhouse.sql.projection import declared_stars, distinct_outputs, star_query
 from streamhouse.sql.pruning import scan_bounds
 from streamhouse.sql.scan import TopicScan
@@ -152,6 +153,7 @@ class Engine:
         self.temporary = temporary if temporary is not None else TemporaryObjects()
         self.parallelism = 1  # SET 'parallelism': what EXPLAIN plans continuous queries at
         self.read_iceberg = True  # SET 'read.iceberg': streams' Iceberg tables read for the log
+        self._proctime_streams: dict[str, ProctimeStream] = {}  # streams + PROCTIME() AS p
 
     def session(self) -> Engine:
         """An engine over the same log in a session of its own (a continuous query's file):
@@ -184,6 +186,8 @@ class Engine:
 
     def statement(self, statement: exp.Expr) -> Relation:
         check_hints(statement)
+        if isinstance(statement, exp.Query | exp.Insert | Explain):
+            statement = self._with_proctime_streams(statement)
         if isinstance(statement, exp.Create):
             return self._create(statement)
         if isinstance(statement, exp.Drop):
@@ -553,7 +557,16 @@ class Engine:
                     f"unknown stream, view or topic {table.name!r}", *_pos(table)
                 )
 
+    def _with_proctime_streams(self, statement: exp.Expr) -> exp.Expr:
+        """``statement`` with its ``SELECT *, PROCTIME() AS p FROM s`` relations reading
+        streams with a ``PROCTIME()`` column (:mod:`streamhouse.sql.proctime_select`)."""
+        statement, streams = with_proctime_streams(statement, self._resolve)
+        self._proctime_streams.update(streams)
+        return statement
+
     def _resolve(self, name: str) -> tuple[str, object] | None:
+        if (stream := self._proctime_streams.get(name)) is not None:
+            return stream.kind, stream
         entry = self.temporary.get(name) or self.log.metadata.get_catalog(name)
         if entry is not None:
             return entry.kind, entry
