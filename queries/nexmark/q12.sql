@@ -1,5 +1,3 @@
--- cannot run yet: processing-time windows (PROCTIME()): StreamHouse windows on event time only, so that every answer is reproducible from the log
--- cannot run bounded yet: processing-time windows (PROCTIME()): StreamHouse windows on event time only
 -- Nexmark query 12: Processing time windows
 -- Bids per user in 10-second processing-time windows (not in the original suite).
 -- Query text as in the nexmark/nexmark Flink suite; only the DDL is StreamHouse's.

@@ -1,5 +1,3 @@
--- cannot run yet: a processing-time lookup join (FOR SYSTEM_TIME AS OF PROCTIME()) against a side-input file; StreamHouse joins versioned streams by event time (FOR SYSTEM_TIME AS OF <event time>) only
--- cannot run bounded yet: the same processing-time lookup join
 -- Nexmark query 13: Bounded side input join
 -- Bids enriched from a lookup table (not in the original suite). The side input is topic side_input, keys 0..9999.
 -- Query text as in the nexmark/nexmark Flink suite; only the DDL is StreamHouse's.

@@ -22,11 +22,12 @@ else (an aggregate's output, a join's SELECT list, WHERE, ...) is refused with t
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlglot import exp
 
+from streamhouse.sql.bounds import conjuncts
 from streamhouse.sql.computed import is_proctime_call
 from streamhouse.sql.inline import catalog_views
 from streamhouse.sql.parse import DIALECT, parse, sql_error
@@ -45,6 +46,9 @@ class ProctimeStream:
     name: str
     sql: str
     kind: str = "stream"
+    definition: exp.Expr | None = field(default=None, compare=False, repr=False)
+    stream: str = ""  # the stream it reads as
+    proctime: tuple[str, ...] = ()  # its PROCTIME() columns
 
 
 def resolve_with(resolve: Resolve, streams: dict[str, ProctimeStream]) -> Resolve:
@@ -72,6 +76,8 @@ def with_proctime_streams(
     streams: dict[str, ProctimeStream] = {}
     for select in list(statement.find_all(exp.Select)):
         _rewrite(select, resolve, streams)
+    for select in list(statement.find_all(exp.Select)):
+        _probe_keys(select, streams)
     for call in statement.find_all(exp.Anonymous):
         if is_proctime_call(call) and not isinstance(call.parent, exp.ComputedColumnConstraint):
             raise sql_error(_refusal(call), call)
@@ -140,7 +146,11 @@ def _rewrite(select: exp.Select, resolve: Resolve, streams: dict[str, ProctimeSt
     names = [p.alias for p in items]
     name = f"{PREFIX}{table.name}__{'__'.join(names)}"
     if name not in streams:
-        streams[name] = ProctimeStream(name, _declaration(definition, name, table.name, names))
+        columns = {n: exp.Anonymous(this="PROCTIME") for n in names}
+        declared = _declaration(definition, name, table.name, columns)
+        streams[name] = ProctimeStream(
+            name, declared, definition=definition, stream=table.name, proctime=tuple(names)
+        )
     star = any(
         isinstance(p, exp.Star) or (isinstance(p, exp.Column) and isinstance(p.this, exp.Star))
         for p in select.expressions
@@ -158,13 +168,63 @@ def _rewrite(select: exp.Select, resolve: Resolve, streams: dict[str, ProctimeSt
         parent.replace(exp.to_table(name).as_(parent.alias or table.alias or table.name))
 
 
+def _probe_keys(select: exp.Select, streams: dict[str, ProctimeStream]) -> None:
+    """In a temporal join probing a stream of :func:`_rewrite` (``ON mod(B.a, 10) = S.key``),
+    each probe-side key expression becomes a computed column of that stream, so the join
+    probes with a column (not for ``SELECT *``, which would show it)."""
+    source = select.args.get("from_")
+    table = source.this if source is not None else None
+    if not isinstance(table, exp.Table) or table.name not in streams:
+        return
+    if any(isinstance(p, exp.Star) or isinstance(p.this, exp.Star) for p in select.expressions):
+        return
+    probe, stream = table.alias_or_name, streams[table.name]
+    keys: dict[str, exp.Expr] = {}
+    for join in select.args.get("joins") or []:
+        right = join.this
+        if not isinstance(right, exp.Table) or right.args.get("version") is None:
+            continue
+        for item in conjuncts(join.args.get("on")):
+            if not isinstance(item, exp.EQ):
+                continue
+            for side, other in ((item.this, item.expression), (item.expression, item.this)):
+                refs = list(side.find_all(exp.Column))
+                if (
+                    isinstance(other, exp.Column)
+                    and other.table == right.alias_or_name
+                    and not isinstance(side, exp.Column)
+                    and refs
+                    and all(r.table in ("", probe) for r in refs)
+                ):
+                    key = f"__probe_key_{len(keys)}"
+                    keys[key] = side.transform(
+                        lambda n: (
+                            exp.column(n.name, quoted=n.this.quoted)
+                            if isinstance(n, exp.Column)
+                            else n
+                        )
+                    )
+                    side.replace(exp.column(key, table=probe))
+                    break
+    if not keys:
+        return
+    assert stream.definition is not None
+    name = f"{stream.name}__{len(streams)}"
+    computed = {c: exp.Anonymous(this="PROCTIME") for c in stream.proctime}
+    declared = _declaration(stream.definition, name, stream.stream, computed | keys)
+    streams[name] = ProctimeStream(
+        name, declared, definition=stream.definition, stream=stream.stream, proctime=stream.proctime
+    )
+    table.set("this", exp.to_identifier(name))
+
+
 def _set_args(select: exp.Select) -> list[str]:
     return [k for k, v in select.args.items() if v and k != "expressions"]
 
 
-def _declaration(create: exp.Expr, name: str, stream: str, columns: list[str]) -> str:
-    """``create`` (a CREATE STREAM or TABLE) as ``name``, with ``columns AS PROCTIME()``
-    added after its columns, reading the same topic."""
+def _declaration(create: exp.Expr, name: str, stream: str, columns: dict[str, exp.Expr]) -> str:
+    """``create`` (a CREATE STREAM or TABLE) as ``name``, with computed ``columns`` added after
+    its columns, reading the same topic."""
     create = create.copy()
     schema = create.this
     body = list(schema.expressions)
@@ -173,12 +233,10 @@ def _declaration(create: exp.Expr, name: str, stream: str, columns: list[str]) -
         exp.ColumnDef(
             this=exp.to_identifier(c),
             constraints=[
-                exp.ColumnConstraint(
-                    kind=exp.ComputedColumnConstraint(this=exp.Anonymous(this="PROCTIME"))
-                )
+                exp.ColumnConstraint(kind=exp.ComputedColumnConstraint(this=value.copy()))
             ],
         )
-        for c in columns
+        for c, value in columns.items()
     ]
     schema.set("expressions", body[:at] + added + body[at:])
     schema.set("this", exp.to_table(name))
