@@ -95,27 +95,28 @@ def test_proctime_in_a_view_cte_or_derived_table_equals_the_computed_column(
 def test_a_lookup_join_probes_at_the_proctime_of_a_derived_table(sh: StreamHouse) -> None:
     """Nexmark q13's shape: ``FROM (SELECT *, PROCTIME() AS p FROM s) B JOIN dim FOR
     SYSTEM_TIME AS OF B.p``; with the versioned table loaded first, each row gets its key's
-    latest version, bounded and continuously, as DuckDB's join of the latest rows."""
+    latest version, bounded and continuously (micro-batches smaller than the table and a
+    restart), as the join of the latest rows computed by hand."""
     sh.sql(
         "CREATE TABLE dim (key BIGINT, name STRING, PRIMARY KEY (key) NOT ENFORCED)"
         " WITH (topic = 'dim')"
     )
-    sh.produce(
-        "dim", [{"key": k, "name": f"n{k}-{version}"} for version in range(2) for k in range(5)]
-    )
+    # 400 versions of 200 keys: more than a micro-batch; all in the log before the probes
+    dim = [{"key": k, "name": f"n{k}-{version}"} for version in range(2) for k in range(200)]
+    sh.produce("dim", dim)
     rng = random.Random(13)
-    bids = [{"k": f"x{i}", "v": rng.randrange(7)} for i in range(60)]
+    bids = [{"k": f"x{i}", "v": rng.randrange(250)} for i in range(120)]
     sh.produce("ev", bids)
     sql = (
         "SELECT B.k, B.v, S.name FROM (SELECT *, PROCTIME() AS p FROM evr) B"
         " JOIN dim FOR SYSTEM_TIME AS OF B.p AS S ON B.v = S.key"
     )
-    expected = sorted((b["k"], b["v"], f"n{b['v']}-1") for b in bids if b["v"] < 5)
+    expected = sorted((b["k"], b["v"], f"n{b['v']}-1") for b in bids if b["v"] < 200)
     bounded = sh.sql(sql).to_arrow_table().to_pylist()
     assert sorted((r["k"], r["v"], r["name"]) for r in bounded) == expected
     query = start_paused(sh, f"INSERT INTO out_q13 {sql}", "q13")
     try:
-        query.step(max_records=25)
+        query.step(max_records=25)  # the table to its end, whatever the budget
         query.stop()
         query = start_paused(sh, f"INSERT INTO out_q13 {sql}", "q13")
         while query.step(max_records=17):

@@ -1,6 +1,7 @@
 -- Nexmark query 12: Processing time windows
 -- Bids per user in 10-second processing-time windows (not in the original suite).
 -- Query text as in the nexmark/nexmark Flink suite; only the DDL is StreamHouse's.
+-- The windows depend on the clock: tests compare per-bidder totals (every bid is counted once).
 
 CREATE STREAM IF NOT EXISTS bid (
     auction BIGINT,

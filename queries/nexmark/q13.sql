@@ -1,6 +1,8 @@
 -- Nexmark query 13: Bounded side input join
 -- Bids enriched from a lookup table (not in the original suite). The side input is topic side_input, keys 0..9999.
 -- Query text as in the nexmark/nexmark Flink suite; only the DDL is StreamHouse's.
+-- Each micro-batch reads side_input to the log's end before probing, so with the side input
+-- loaded first the answer is deterministic.
 
 CREATE STREAM IF NOT EXISTS bid (
     auction BIGINT,

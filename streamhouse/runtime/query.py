@@ -65,7 +65,7 @@ from streamhouse.sql.join_chain import (
     catalog_stream_columns,
     chain_stars,
 )
-from streamhouse.sql.lookup import is_lookup_table, lookup_schema
+from streamhouse.sql.lookup import is_lookup_table, is_proctime, lookup_schema
 from streamhouse.sql.over import OverAggregate
 from streamhouse.sql.parse import DIALECT, node_position, parse
 from streamhouse.sql.plan import ContinuousPlan
@@ -176,6 +176,7 @@ class ContinuousQuery:
         self.read_options: dict[str, SourceOptions] = {}  # per source: declared, then hinted
         self._named = set().union(*(b.named for b in self.branches))
         self.sources = self._resolve_sources(resolve)
+        self.current_tables = self._current_tables()
         self._validate()
         self._on_results = on_results
         self._results: deque[pa.RecordBatch] = deque()
@@ -589,19 +590,42 @@ class ContinuousQuery:
                 raise StreamHouseError(f"query {self.name} is stopped")
             return self._step(final, max_records)
 
+    def _current_tables(self) -> set[str]:
+        """The versioned tables a join probes at processing time (``AS OF`` a ``PROCTIME()``
+        column): each micro-batch reads them to the log's end first, so a probe row meets
+        the table as the log holds it when the row is processed (Nexmark q13's side input),
+        however the micro-batches split."""
+        current: set[str] = set()
+        for branch in self.branches:
+            for node in (branch.plan.operator, *branch.plan.derived.values()):
+                if not isinstance(node, nodes.TemporalJoin | nodes.TemporalStar):
+                    continue
+                for join in node.tables.values():
+                    probe = self.definitions.get(join.left)
+                    proctime = probe is not None and is_proctime(probe, join.probe_time)
+                    if proctime and join.right in self.sources:
+                        current.add(join.right)
+        return current
+
     def _plan(self, budget: int, starts: dict[str, dict[int, int]]) -> dict[str, dict[int, int]]:
         """End offsets of a micro-batch from ``starts``: at most ``budget`` records in all,
         an equal share per source first (a join's inputs advance together, so the watermark,
         the minimum of theirs, moves and the join's state is evicted as it goes), then what
         a source left of its share to the others."""
         ends: dict[str, dict[int, int]] = {}
-        share = max(1, budget // len(self.sources))
+        for name in self.current_tables:  # to its end, whatever the budget
+            ends[name] = self.sources[name].plan_batch(self.log, 1 << 62, starts[name])
+        share = max(1, budget // max(1, len(self.sources) - len(ends)))
         for name, source in self.sources.items():
+            if name in ends:
+                continue
             ends[name] = source.plan_batch(self.log, share, starts[name])
             budget -= sum(ends[name][p] - starts[name].get(p, 0) for p in ends[name])
         for name, source in self.sources.items():
             if budget <= 0 or len(self.sources) == 1:
                 break
+            if name in self.current_tables:
+                continue
             more = source.plan_batch(self.log, budget, ends[name])
             budget -= sum(more[p] - ends[name].get(p, 0) for p in more)
             ends[name] = more
