@@ -144,6 +144,7 @@ def test_bounded_proctime_of_a_view_is_one_reading_per_read(sh: StreamHouse) -> 
         ("SELECT a.k, PROCTIME() AS p FROM evr a JOIN ev b ON a.k = b.k", "of a join"),
         ("SELECT k FROM evr WHERE PROCTIME() > TIMESTAMP '2020-01-01 00:00:00'", "in WHERE"),
         ("SELECT k, CAST(PROCTIME() AS STRING) AS s FROM evr", "inside an expression"),
+        ("SELECT PROCTIME() AS p", "without a stream"),
     ],
 )
 def test_proctime_elsewhere_is_refused_with_its_clause(

@@ -265,6 +265,8 @@ def _refusal(call: exp.Expr) -> str:
     )
     if clause != "SELECT list":
         where = f"in {clause}"
+    elif select.args.get("from_") is None:
+        where = "in a SELECT without a stream (no FROM)"
     elif select.args.get("joins"):
         where = "in the SELECT list of a join"
     elif select.args.get("group") or any(True for _ in select.find_all(exp.AggFunc)):
