@@ -281,13 +281,20 @@ class StreamHouse:
         return payloads
 
     def append_batches(self, topic: str, payloads: list[tuple[int, int, bytes]]) -> Produced:
-        """Append what :meth:`batches` built; returns once it is durable."""
+        """Append what :meth:`batches` built, every partition's batches queued at once (an
+        idle writer then puts them in one object, not the first partition's alone); returns
+        once it is durable."""
         n = sum(count for _, count, _ in payloads)
-        pending = [(p, count, self.log.append(topic, p, data)) for p, count, data in payloads]
+        data: dict[int, list[bytes]] = {}
+        counts: dict[int, int] = {}
+        for part, count, batch in payloads:
+            data.setdefault(part, []).append(batch)
+            counts[part] = counts.get(part, 0) + count
+        futures = self.log.append_together(topic, {p: b"".join(d) for p, d in data.items()})
         offsets: dict[int, tuple[int, int]] = {}
-        for part, count, future in pending:
+        for part, future in futures.items():
             base = future.result()
-            offsets[part] = (base, base + count - 1)
+            offsets[part] = (base, base + counts[part] - 1)
         return Produced(n, offsets)
 
     def transaction(

@@ -25,12 +25,14 @@ FLEXIBLE = {
     *((65, 0), (66, 0), (50, 0), (51, 0)),
     *((22, 2), (22, 3), (22, 4)),
     *((1, 12), (1, 13), (19, 5), (19, 6), (19, 7), (20, 4), (20, 5), (20, 6)),
+    *((9, 6), (9, 7)),
 }
 """The flexible versions advertised: ApiVersions v3, and the group admin APIs up to Kafka 3.x's
 and Metadata, Fetch, CreateTopics and DeleteTopics (the features clients ask for by version:
 group states, authorized operations, topic ids); DescribeTransactions, ListTransactions and the
 SCRAM credential APIs (KIP-554), flexible from their first version; InitProducerId v2-v4 (v3: a
-producer bumps its own epoch, KIP-360)."""
+producer bumps its own epoch, KIP-360); OffsetFetch v6-v7 (librdkafka marks "all partitions"
+only there; v7: require_stable, KIP-447)."""
 
 
 def test_every_supported_api_has_a_handler_and_kio_classes() -> None:

@@ -22,6 +22,7 @@ import logging
 import os
 import random
 import signal
+import sqlite3
 import threading
 import time
 from collections.abc import Iterator
@@ -275,6 +276,25 @@ ON a.k = b.k AND a.v = b.w"""
 LEFT_JOIN_ORACLE = "SELECT a.k, a.t, a.v, b.w FROM ev a LEFT JOIN ev2 b ON a.k = b.k AND a.v = b.w"
 
 
+def freeze(pid: int, store: Path) -> None:
+    """SIGSTOP process ``pid`` at a moment it holds no write transaction of the SQLite store
+    (one frozen inside its BEGIN IMMEDIATE would hold every other process of the store to
+    'database is locked'): stopped, then let go and stopped again until a writer gets in."""
+    for _ in range(100):
+        os.kill(pid, signal.SIGSTOP)
+        conn = sqlite3.connect(store, timeout=2.0, isolation_level=None)
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute("ROLLBACK")
+            return
+        except sqlite3.OperationalError:
+            os.kill(pid, signal.SIGCONT)
+            time.sleep(0.02)
+        finally:
+            conn.close()
+    raise AssertionError(f"process {pid} held the store's write lock at every try")
+
+
 def test_rescale_2_to_3_to_1_mid_run_equals_duckdb(
     sh: StreamHouse, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -318,7 +338,7 @@ def test_rescale_2_to_3_to_1_mid_run_equals_duckdb(
             running = dict(zip(paths, [future.result() for future in starts], strict=True))
             frozen = running["wj"].processes[1] if parallelism == 2 else None
             if frozen is not None:
-                os.kill(frozen.pid, signal.SIGSTOP)
+                freeze(frozen.pid, tmp_path / "data" / "metadata.sqlite3")
             try:
                 for name, query in running.items():
                     if query.processes[1] is frozen:  # task 0's share: ev 0 and 2, ev2 0
