@@ -114,7 +114,8 @@ class Settings:
     iceberg_freshness_s: float = 60.0
     iceberg_commit_records: int = 1_000_000
     iceberg_snapshot_retention_s: float = 86_400.0
-    scan_cache_bytes: int = 1 << 30  # columnar cache of decoded runs (data_dir/scan-cache); 0: none
+    # columnar cache of decoded runs (data_dir/scan-cache); 0: none; None: a share of free disk
+    scan_cache_bytes: int | str | None = None
     memory_limit: str | int | None = None  # bounded queries' memory pool; None: half the RAM
     security_protocol: str = "PLAINTEXT"
     listeners: str = ""
@@ -162,6 +163,10 @@ class Settings:
 def _convert(name: str, raw: Any, default: Any) -> Any:
     if name == "data_dir":
         return Path(raw)
+    if name == "scan_cache_bytes":  # bytes, or a size such as "4GB"
+        from streamhouse.sql.scan_cache import parse_cache_bytes
+
+        return parse_cache_bytes(raw)
     if isinstance(default, bool):
         if isinstance(raw, bool):
             return raw

@@ -457,3 +457,36 @@ def test_arrow_buffers_come_from_the_system_allocator_unless_asked_otherwise(
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["1", backend]
+
+
+def test_columnar_cache_default_follows_the_disk(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from streamhouse.sql import scan_cache as scan_cache_module
+
+    def capacity(**settings: object) -> int:
+        sh = streamhouse.connect(tmp_path / "data", **settings)
+        try:
+            return 0 if sh.engine.scan_cache is None else sh.engine.scan_cache.capacity
+        finally:
+            sh.close()
+
+    free = os.statvfs(tmp_path).f_bavail * os.statvfs(tmp_path).f_frsize
+    assert capacity() == pytest.approx(free // 4, rel=0.01)
+    # what the cache already holds counts as its own: the bound does not shrink as it fills
+    held = tmp_path / "data" / "scan-cache" / ("0" * 40 + ".arrow")
+    held.parent.mkdir(parents=True, exist_ok=True)
+    held.write_bytes(os.urandom(8 << 20))
+    os.fsync(os.open(held, os.O_RDONLY))
+    free = os.statvfs(tmp_path).f_bavail * os.statvfs(tmp_path).f_frsize
+    assert capacity() == pytest.approx((free + (8 << 20)) // 4, rel=0.01)
+    monkeypatch.setattr(scan_cache_module, "DEFAULT_CAP", 3 << 20)
+    assert capacity() == 3 << 20
+    # an explicit setting wins, from connect() or the environment
+    assert capacity(scan_cache_bytes=12345) == 12345
+    assert capacity(scan_cache_bytes="2GB") == 2 << 30
+    monkeypatch.setenv("STREAMHOUSE_SCAN_CACHE_BYTES", "0")
+    assert capacity() == 0
+    monkeypatch.setenv("STREAMHOUSE_SCAN_CACHE_BYTES", "lots")
+    with pytest.raises(ConfigError, match="scan_cache_bytes 'lots' is not a size"):
+        capacity()

@@ -21,7 +21,6 @@ import logging
 import threading
 from typing import TYPE_CHECKING
 
-import duckdb
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -33,6 +32,8 @@ from streamhouse.log.partitioner import partition_for_key
 from streamhouse.log.records import Compression, build_batch
 
 if TYPE_CHECKING:
+    import duckdb
+
     from streamhouse.runtime.two_phase import TwoPhaseCommit
 
 log = logging.getLogger(__name__)
@@ -47,6 +48,8 @@ def _cursor() -> duckdb.DuckDBPyConnection:
     global _duckdb
     with _duckdb_lock:
         if _duckdb is None:
+            import duckdb  # at first use: rows of plain columns never need it
+
             _duckdb = duckdb.connect()
         return _duckdb.cursor()
 

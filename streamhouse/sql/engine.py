@@ -90,7 +90,7 @@ from streamhouse.sql.proctime_select import ProctimeStream, with_proctime_stream
 from streamhouse.sql.projection import declared_stars, distinct_outputs, star_query
 from streamhouse.sql.pruning import scan_bounds
 from streamhouse.sql.scan import TopicScan
-from streamhouse.sql.scan_cache import ColumnarCache
+from streamhouse.sql.scan_cache import ColumnarCache, default_capacity, parse_cache_bytes
 from streamhouse.sql.session import TemporaryObjects, is_temporary, without_temporary
 from streamhouse.sql.shared_subqueries import SharedSubquery, computed_first, share_subqueries
 from streamhouse.sql.source import (
@@ -143,10 +143,13 @@ class Engine:
         # Streams and topics reach DataFusion as streaming scans (sql/scan.py); False reads
         # each whole into one table first, as order-sensitive queries and views still do.
         self.stream_sources = True
+        cache_dir = log_.settings.data_dir / "scan-cache"
         capacity = log_.settings.scan_cache_bytes
-        self.scan_cache = (
-            ColumnarCache(log_.settings.data_dir / "scan-cache", capacity) if capacity > 0 else None
-        )
+        if capacity is None:
+            capacity = default_capacity(cache_dir)
+        elif not isinstance(capacity, int):  # Settings built directly, not through load()
+            capacity = parse_cache_bytes(capacity)
+        self.scan_cache = ColumnarCache(cache_dir, capacity) if capacity > 0 else None
         use_system_allocator()
         limit = log_.settings.memory_limit  # SET 'memory.limit' = '512MB'
         self.memory_limit = default_memory_limit() if limit is None else parse_memory_limit(limit)

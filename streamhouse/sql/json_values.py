@@ -34,8 +34,8 @@ import json
 import logging
 import threading
 from functools import reduce
+from typing import TYPE_CHECKING, Any
 
-import duckdb
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -163,8 +163,21 @@ def _lines(buffer: pa.Buffer, bounds: np.ndarray) -> pa.Array:
     )
 
 
+if TYPE_CHECKING:
+    import duckdb
+else:
+    duckdb: Any = None  # imported at first use (_load_duckdb): flat JSON never needs its 14 MB
+
 _database: duckdb.DuckDBPyConnection | None = None
 _database_lock = threading.Lock()
+
+
+def _load_duckdb() -> None:
+    global duckdb
+    if duckdb is None:
+        import duckdb as module
+
+        duckdb = module
 
 
 def _cursor() -> duckdb.DuckDBPyConnection:
@@ -177,6 +190,7 @@ def _cursor() -> duckdb.DuckDBPyConnection:
     global _database
     with _database_lock:
         if _database is None:
+            _load_duckdb()
             _database = duckdb.connect()
             _database.execute("SET GLOBAL TimeZone = 'UTC'")
         return _database.cursor()
@@ -184,6 +198,7 @@ def _cursor() -> duckdb.DuckDBPyConnection:
 
 class _DuckDBParser:
     def __init__(self, lines: pa.Array, schema: pa.Schema, structures: list[str]) -> None:
+        _load_duckdb()  # its errors are caught by name
         self._lines = lines
         self._schema = schema
         self._typed = [f"json_transform(line, {s})" for s in structures]
