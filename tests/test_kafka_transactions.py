@@ -642,19 +642,19 @@ def test_store_adds_partitions_of_several_producers_in_one_transaction(md) -> No
     store = md.transactions
     for tid, pid in (("a", 7), ("b", 8), ("c", 9)):
         assert store.register(tid, 60_000, None, pid, 0) is Verdict.OK
-    results = store.add_partitions_of(
+    results = store.add_partitions_of(  # not in the order of their ids (written in it)
         [
-            ("a", 7, 0, [("t", 0), ("t", 1)]),
-            ("b", 8, 1, [("t", 0)]),  # wrong epoch
             ("c", 9, 0, [("t", 1), ("t", 4)]),  # a partition that does not exist
+            ("a", 7, 0, [("t", 0), ("t", 1)]),
             ("d", 10, 0, [("t", 0)]),  # never registered
+            ("b", 8, 1, [("t", 0)]),  # wrong epoch
         ]
     )
     assert results == [
-        (Verdict.OK, []),
-        (Verdict.FENCED, []),
         (Verdict.OK, [("t", 4)]),
+        (Verdict.OK, []),
         (Verdict.UNKNOWN, []),
+        (Verdict.FENCED, []),
     ]
     assert [(p.topic, p.partition) for p in store.get("a").partitions] == [("t", 0), ("t", 1)]
     assert store.get("a").state is State.ONGOING

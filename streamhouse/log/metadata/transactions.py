@@ -339,10 +339,16 @@ class TransactionStore:
     ) -> list[tuple[Verdict, list[tuple[str, int]]]]:
         """:meth:`add_partitions` of several producers in one store transaction (a group
         commit: one write lock, one commit for all); their results in order. The
-        transactional ids must differ (each addition reads and changes its producer's row)."""
+        transactional ids must differ (each addition reads and changes its producer's row).
+        The rows are locked in the order of their ids, so two agents' groups (PostgreSQL)
+        cannot deadlock on them."""
         additions = list(additions)
+        order = sorted(range(len(additions)), key=lambda i: additions[i][0])
+        results: list[tuple[Verdict, list[tuple[str, int]]]] = [(Verdict.OK, [])] * len(order)
         with self._lazy(f"add partitions to {len(additions)} transactions") as conn:
-            return [self._add_partitions(conn, addition) for addition in additions]
+            for i in order:
+                results[i] = self._add_partitions(conn, additions[i])
+        return results
 
     def _add_partitions(
         self, conn: Connection, addition: PartitionAddition
