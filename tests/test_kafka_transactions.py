@@ -635,6 +635,66 @@ def test_store_moves_transactions_on_by_their_expected_state(md) -> None:
     assert store.aborted("t", 1, 0, 20) == []
 
 
+def test_store_adds_partitions_of_several_producers_in_one_transaction(md) -> None:
+    """A group commit of AddPartitionsToTxn: each addition gets the verdict it would get
+    alone, and only the accepted ones change anything."""
+    md.create_topic("t", partitions=2)
+    store = md.transactions
+    for tid, pid in (("a", 7), ("b", 8), ("c", 9)):
+        assert store.register(tid, 60_000, None, pid, 0) is Verdict.OK
+    results = store.add_partitions_of(  # not in the order of their ids (written in it)
+        [
+            ("c", 9, 0, [("t", 1), ("t", 4)]),  # a partition that does not exist
+            ("a", 7, 0, [("t", 0), ("t", 1)]),
+            ("d", 10, 0, [("t", 0)]),  # never registered
+            ("b", 8, 1, [("t", 0)]),  # wrong epoch
+        ]
+    )
+    assert results == [
+        (Verdict.OK, [("t", 4)]),
+        (Verdict.OK, []),
+        (Verdict.UNKNOWN, []),
+        (Verdict.FENCED, []),
+    ]
+    assert [(p.topic, p.partition) for p in store.get("a").partitions] == [("t", 0), ("t", 1)]
+    assert store.get("a").state is State.ONGOING
+    for tid in ("b", "c"):
+        assert store.get(tid).partitions == () and store.get(tid).state is State.EMPTY
+
+
+def test_concurrent_add_partitions_share_store_transactions(tmp_path: Path) -> None:
+    """AddPartitionsToTxn of producers at once are grouped into fewer store transactions,
+    each answered only after the one holding it committed (the partitions are in the store
+    when it answers)."""
+    import asyncio
+
+    from streamhouse.config import Settings
+    from streamhouse.kafka.transactions import TransactionCoordinator
+    from streamhouse.log import Log
+
+    with Log.open(Settings.load(data_dir=tmp_path, linger_ms=1)) as log:
+        log.create_topic("t", partitions=4)
+        coordinator = TransactionCoordinator(log, lambda keys: None, early_answers=True)
+
+        async def run() -> list[tuple[Verdict, list[tuple[str, int]]]]:
+            ids = [f"x{i}" for i in range(12)]
+            producers = [await coordinator.init_producer(tid, 60_000) for tid in ids]
+
+            async def add(tid: str, pid: int, epoch: int) -> tuple[Verdict, list]:
+                added = await coordinator.add_partitions(tid, pid, epoch, [("t", pid % 4)])
+                stored = log.metadata.transactions.get(tid)
+                assert [(p.topic, p.partition) for p in stored.partitions] == [("t", pid % 4)]
+                return added
+
+            return await asyncio.gather(
+                *(add(tid, pid, epoch) for tid, (_, pid, epoch) in zip(ids, producers, strict=True))
+            )
+
+        assert asyncio.run(run()) == [(Verdict.OK, [])] * 12
+        group = coordinator._additions
+        assert group.items == 12 and group.commits < 12
+
+
 def test_commit_in_decides_only_a_transaction_whose_records_are_all_indexed(md) -> None:
     """What EndTxn runs in the commit of its markers: nothing unless the transaction is the
     producer's, ongoing, on exactly those partitions, and every record it answered early is

@@ -72,10 +72,12 @@ from streamhouse.errors import (
     UnknownTopicError,
 )
 from streamhouse.kafka.api_keys import ApiKey
+from streamhouse.kafka.group_commit import GroupCommit
 from streamhouse.kafka.wire import ErrorCode, RequestHeader, make, messages, ms, to_ms
 from streamhouse.log.metadata.rules import SEQUENCE_MODULO
 from streamhouse.log.metadata.transactions import (
     MAX_EPOCH,
+    PartitionAddition,
     State,
     TransactionState,
     TransactionStore,
@@ -176,6 +178,11 @@ class TransactionCoordinator:
         self._writers: dict[str, tuple[int, int, set[tuple[str, int]]]] = {}
         # transactional ids whose EndTxn is under way here: their batches are refused
         self._ending: set[str] = set()
+        # AddPartitionsToTxn of concurrent producers, each answered after its store write
+        self._additions: GroupCommit[PartitionAddition, tuple[Verdict, list[tuple[str, int]]]]
+        self._additions = GroupCommit(
+            lambda additions: self.store.add_partitions_of(additions), "AddPartitionsToTxn"
+        )
 
     @property
     def store(self) -> TransactionStore:
@@ -357,8 +364,8 @@ class TransactionCoordinator:
         """The verdict and the partitions that do not exist (then none was added)."""
         async with self._lock(transactional_id):
             await self._watch_begin(transactional_id, producer_id, epoch)
-            verdict, missing = await asyncio.to_thread(
-                self.store.add_partitions, transactional_id, producer_id, epoch, partitions
+            verdict, missing = await self._additions.submit(
+                (transactional_id, producer_id, epoch, partitions)
             )
             if verdict is Verdict.OK and not missing:
                 writer = self._writers.get(transactional_id)

@@ -47,6 +47,7 @@ from typing import Any
 __all__ = [
     "MAX_EPOCH",
     "OpenPartition",
+    "PartitionAddition",
     "State",
     "TopicStability",
     "TransactionState",
@@ -220,6 +221,9 @@ FORGET_TOPIC: tuple[str, ...] = tuple(
 Connection = Any
 """A DB-API connection of the store's driver."""
 
+PartitionAddition = tuple[str, int, int, list[tuple[str, int]]]
+"""An AddPartitionsToTxn: transactional id, producer id, epoch and the partitions."""
+
 
 class TransactionStore:
     """The transactional state of one metadata store (see module)."""
@@ -326,18 +330,42 @@ class TransactionStore:
         """Put ``partitions`` in the producer's transaction (starting it); the verdict and
         the partitions that do not exist (then nothing is added)."""
         with self._lazy(f"add partitions to {transactional_id!r}") as conn:
-            verdict, txn = self._current(conn, transactional_id, producer_id, epoch)
-            if verdict is not Verdict.OK:
-                return verdict, []
-            assert txn is not None
-            wanted = sorted(set(partitions))
-            exists = self._sql("SELECT 1 FROM partitions WHERE topic = ? AND partition_id = ?")
-            missing = [p for p in wanted if conn.execute(exists, p).fetchone() is None]
-            if missing:
-                return Verdict.OK, missing
-            for topic, partition in wanted:
-                conn.execute(self._sql(_JOIN), (transactional_id, producer_id, topic, partition))
-            self._begin(conn, txn)
+            return self._add_partitions(
+                conn, (transactional_id, producer_id, epoch, list(partitions))
+            )
+
+    def add_partitions_of(
+        self, additions: Iterable[PartitionAddition]
+    ) -> list[tuple[Verdict, list[tuple[str, int]]]]:
+        """:meth:`add_partitions` of several producers in one store transaction (a group
+        commit: one write lock, one commit for all); their results in order. The
+        transactional ids must differ (each addition reads and changes its producer's row).
+        The rows are locked in the order of their ids, so two agents' groups (PostgreSQL)
+        cannot deadlock on them."""
+        additions = list(additions)
+        order = sorted(range(len(additions)), key=lambda i: additions[i][0])
+        results: list[tuple[Verdict, list[tuple[str, int]]]] = [(Verdict.OK, [])] * len(order)
+        with self._lazy(f"add partitions to {len(additions)} transactions") as conn:
+            for i in order:
+                results[i] = self._add_partitions(conn, additions[i])
+        return results
+
+    def _add_partitions(
+        self, conn: Connection, addition: PartitionAddition
+    ) -> tuple[Verdict, list[tuple[str, int]]]:
+        transactional_id, producer_id, epoch, partitions = addition
+        verdict, txn = self._current(conn, transactional_id, producer_id, epoch)
+        if verdict is not Verdict.OK:
+            return verdict, []
+        assert txn is not None
+        wanted = sorted(set(partitions))
+        exists = self._sql("SELECT 1 FROM partitions WHERE topic = ? AND partition_id = ?")
+        missing = [p for p in wanted if conn.execute(exists, p).fetchone() is None]
+        if missing:
+            return Verdict.OK, missing
+        for topic, partition in wanted:
+            conn.execute(self._sql(_JOIN), (transactional_id, producer_id, topic, partition))
+        self._begin(conn, txn)
         return Verdict.OK, []
 
     def _begin(self, conn: Connection, txn: TransactionState) -> None:
