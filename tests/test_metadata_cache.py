@@ -273,3 +273,25 @@ def test_records_deleted_by_another_process_are_heard(stores: tuple[CachedMetada
     assert other.delete_records("t", {0: 25}) == {0: 25}
     _until(lambda: cached.partition_offset("t", 0).log_start_offset == 25, "never heard")
     assert [r.object_key for r in cached.segments("t", 0)] == ["o2", "o3"]
+
+
+def test_an_index_taken_before_records_were_deleted_elsewhere_has_no_hole(
+    stores: tuple[CachedMetadata, Store],
+) -> None:
+    """A query that took a partition's cached index just before another process committed
+    more and deleted records past that index's end (its log start heard only after) reads
+    the partition again: it never answers with the rows below the deletion, then a hole, then
+    the rows after (a SQL answer concurrent with DeleteRecords missed offsets 1400-1439 so)."""
+    cached, other = stores
+    cached.create_topic("t")
+    for i in range(4):
+        cached.commit_segment(f"o{i}", [Entry("t", 0, 0, 9)])
+    assert len(cached.segments("t", 0)) == 4
+    index = cached._indexes[("t", 0)]  # held by a query while the rest happens
+    other.commit_segment("o4", [Entry("t", 0, 0, 9)])
+    other.commit_segment("o5", [Entry("t", 0, 0, 9)])
+    assert other.delete_records("t", {0: 55}) == {0: 55}
+    _until(lambda: cached.partition_offset("t", 0).high_watermark == 60, "never heard")
+    rows = cached._select(("t", 0), index, 0, None)
+    assert [r.object_key for r in rows] == ["o5"]
+    assert [r.object_key for r in cached.segments("t", 0)] == ["o5"]

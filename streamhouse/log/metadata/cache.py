@@ -457,7 +457,14 @@ class CachedMetadata:
         high_watermark = self.partition_offset(topic, partition).high_watermark
         if index.end < high_watermark and (to_offset is None or index.end < to_offset):
             self.stats.index_misses += 1  # other processes committed: read just their rows
-            self._keep(key, index, self.inner.segments(topic, partition, index.end))
+            rows = self.inner.segments(topic, partition, index.end)
+            if rows and rows[0].base_offset > index.end and index.rows:
+                # The rows from its end on were deleted (DeleteRecords or retention elsewhere,
+                # heard after this index was taken): what it holds is below the log start too.
+                # Read the partition again rather than answer around the hole.
+                index = _Index(from_offset)
+                rows = self.inner.segments(topic, partition, from_offset)
+            self._keep(key, index, rows)
         else:
             self.stats.index_hits += 1
         with self._lock:
