@@ -551,7 +551,7 @@ class ParallelQuery:
             self._wait()
         finally:
             if self._results is not None:
-                self._results.take()
+                self._results.take(fresh=True)  # every task has exited: all its results
 
     def _wait(self) -> None:
         failed = []
@@ -648,8 +648,18 @@ class ParallelResults:
 
     def mark(self) -> None:
         """Results from here on are the caller's (earlier runs' are not)."""
-        offsets = self.log.metadata.partition_offsets(self.topic)
-        self.positions = {p: offsets[p].high_watermark for p in self.partitions}
+        self.positions = self._high_watermarks(fresh=True)
+
+    def _high_watermarks(self, fresh: bool = False) -> dict[int, int]:
+        """The results topic's high watermarks; ``fresh``: read from the store (the metadata
+        cache learns the task processes' appends a poll later: the last results of a run to
+        the end could be left untaken, or an earlier run's taken)."""
+        metadata = self.log.metadata
+        if fresh:
+            read = getattr(metadata, "fresh_offset", metadata.partition_offset)
+            return {p: read(self.topic, p).high_watermark for p in self.partitions}
+        offsets = metadata.partition_offsets(self.topic)
+        return {p: offsets[p].high_watermark for p in self.partitions}
 
     def start(self) -> None:
         self.mark()
@@ -669,11 +679,11 @@ class ParallelResults:
             pause = FIRST_POLL_S if taken else min(pause * 2, 0.2)
             self._stopped.wait(pause)
 
-    def take(self) -> bool:
-        """Deliver every result appended since the last take; whether there was any."""
+    def take(self, fresh: bool = False) -> bool:
+        """Deliver every result appended since the last take (``fresh``: up to the store's
+        high watermarks); whether there was any."""
         with self._lock:
-            offsets = self.log.metadata.partition_offsets(self.topic)
-            ends = {p: offsets[p].high_watermark for p in self.partitions}
+            ends = self._high_watermarks(fresh)
             wanted = [p for p in self.partitions if ends[p] > self.positions[p]]
             if not wanted:
                 return False
