@@ -310,6 +310,13 @@ OVER_ROWS = """INSERT INTO {sink} SELECT k, t, v, SUM(v) OVER (PARTITION BY k OR
 ROWS BETWEEN 2 PRECEDING AND CURRENT ROW) AS s FROM ev"""
 OVER_ROWS_ORACLE = """SELECT k, t, v, SUM(v) OVER (PARTITION BY k ORDER BY t
 ROWS BETWEEN 2 PRECEDING AND CURRENT ROW) FROM ev"""
+OVER_LEAD = OVER_ROWS.replace(
+    " AS s", " AS s, LEAD(v, 2, -1) OVER (PARTITION BY k ORDER BY t) AS nx"
+)
+OVER_LEAD_ORACLE = OVER_ROWS_ORACLE.replace(
+    " FROM ev", ", LEAD(v, 2, -1) OVER (PARTITION BY k ORDER BY t) FROM ev"
+)
+"""The ROWS frame and a LEAD: each row waits for the two after it in its partition."""
 OVER_RUNNING = """INSERT INTO {sink} SELECT k, t, w, COUNT(*) OVER (PARTITION BY k ORDER BY t)
 AS c, MAX(w) OVER (PARTITION BY k ORDER BY t) AS m FROM ev2"""
 OVER_RUNNING_ORACLE = """SELECT k, t, w, COUNT(*) OVER (PARTITION BY k ORDER BY t),
@@ -501,22 +508,23 @@ def test_top_n_dedup_and_changelog_join_rescaled_2_to_3_to_1(
 
 
 def test_over_and_temporal_join_rescaled_2_to_3_to_1(sh: StreamHouse, tmp_path: Path) -> None:
-    """An OVER with a ROWS frame, running OVER aggregates (UNBOUNDED PRECEDING) and a LEFT
-    temporal join, rescaled 2 -> 3 -> 1 mid-run with a task killed -9 before each stop: rows
-    waiting for the watermark, the history frames reach, the running totals, the waiting probe
-    rows and the kept versions moved by key group; every row equals DuckDB's, none twice."""
+    """An OVER with a ROWS frame and a LEAD, running OVER aggregates (UNBOUNDED PRECEDING) and
+    a LEFT temporal join, rescaled 2 -> 3 -> 1 mid-run with a task killed -9 before each stop:
+    rows waiting for the watermark, the history frames reach, rows waiting for their LEAD, the
+    running totals, the waiting probe rows and the kept versions moved by key group; every row
+    equals DuckDB's, none twice."""
     rng = random.Random(52)
     rows = generate(rng, 240)
     unique_times(rows)
     sh.sql(VERSIONED)
     runs = {
-        "over": (OVER_ROWS, 47, ("ev",)),
+        "over": (OVER_LEAD, 47, ("ev",)),
         "run": (OVER_RUNNING, 39, ("ev2",)),
         "tj": (TEMPORAL, 61, ("ev", "ev2")),
     }
     rescaled(sh, tmp_path, rows, rng, runs, {2: "tj", 3: "over"})
-    expected = duck(rows, OVER_ROWS_ORACLE)
-    assert appended(sh, "over", ["k", "t", "v", "s"], {"t"}) == expected
+    expected = duck(rows, OVER_LEAD_ORACLE)
+    assert appended(sh, "over", ["k", "t", "v", "s", "nx"], {"t"}) == expected
     expected = duck(rows, OVER_RUNNING_ORACLE)
     assert appended(sh, "run", ["k", "t", "w", "c", "m"], {"t"}) == expected
     expected = duck(rows, TEMPORAL_ORACLE)
