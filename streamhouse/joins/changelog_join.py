@@ -5,7 +5,8 @@ output row that stops matching (see :mod:`streamhouse.sql.changelog_join`).
 State: the current row of every input row key of each side, in a
 :class:`~streamhouse.state.store.TableState` per side (``sessions`` column family,
 ``b"cjoin_l"|u32(run)`` and ``b"cjoin_r"|u32(run)``), with only the columns the SQL names; an
-append-only side keys its rows by a sequence number (``b"cjoin_seq"``). A retracted key is kept
+append-only side keys its rows by a sequence number (``b"cjoin_seq"``; in a task of a parallel
+query ``<task>:<n>``, so ids stay unique when a rescale moves rows between tasks). A retracted key is kept
 as a dead row (``__live`` false), so a restart does not bring its older row back.
 
 Idle state retention (``SET 'state.ttl'``, Flink's ``table.exec.state.ttl``): each row also
