@@ -306,6 +306,12 @@ COUNTS_JOINED = """INSERT INTO {sink} SELECT a.k, a.n, b.t AS bt, b.w
 FROM (SELECT k, COUNT(*) AS n FROM ev GROUP BY k) a JOIN ev2 b ON a.k = b.k"""
 COUNTS_JOINED_ORACLE = """SELECT a.k, a.n, b.t, b.w
 FROM (SELECT k, COUNT(*) AS n FROM ev GROUP BY k) a JOIN ev2 b ON a.k = b.k"""
+FIRST_JOINED = """INSERT INTO {sink} SELECT a.k, a.t AS at, a.v, b.w FROM ev a JOIN
+(SELECT k, w FROM (SELECT *, ROW_NUMBER() OVER (PARTITION BY k ORDER BY t) AS rn
+FROM ev2) WHERE rn = 1) b ON a.k = b.k"""
+FIRST_JOINED_ORACLE = FIRST_JOINED.replace("INSERT INTO {sink} ", "").replace(" AS at", "")
+"""Each ``ev`` row joined to the first ``w`` of its key in ``ev2`` (a join over a
+deduplication: a task that lost the first rows would take a later one)."""
 OVER_ROWS = """INSERT INTO {sink} SELECT k, t, v, SUM(v) OVER (PARTITION BY k ORDER BY t
 ROWS BETWEEN 2 PRECEDING AND CURRENT ROW) AS s FROM ev"""
 OVER_ROWS_ORACLE = """SELECT k, t, v, SUM(v) OVER (PARTITION BY k ORDER BY t
@@ -485,10 +491,11 @@ def test_top_n_dedup_and_changelog_join_rescaled_2_to_3_to_1(
     sh: StreamHouse, tmp_path: Path
 ) -> None:
     """A Top-3 per key (ranks whose row has a NULL or small ``v`` tombstoned), a deduplication
-    (the first row per key) and a join of an updating
-    GROUP BY to a stream, rescaled 2 -> 3 -> 1 mid-run with a task killed -9 before each stop:
-    the kept rows, the groups and the join's rows moved by key group; the final upserted row
-    of every record key equals DuckDB's answer, each key in one sink partition."""
+    (the first row per key), a join of an updating GROUP BY to a stream and a join of a stream
+    to a deduplication (the first row per key), rescaled 2 -> 3 -> 1 mid-run with a task
+    killed -9 before each stop: the kept rows, the groups and the joins' rows moved by key
+    group; the final upserted row of every record key equals DuckDB's answer, each key in one
+    sink partition."""
     rng = random.Random(41)
     rows = generate(rng, 240)
     unique_times(rows)
@@ -496,8 +503,9 @@ def test_top_n_dedup_and_changelog_join_rescaled_2_to_3_to_1(
         "top": (TOP_3_FILTERED, 37, ("ev",)),
         "first": (FIRST, 43, ("ev2",)),
         "cj": (COUNTS_JOINED, 53, ("ev", "ev2")),
+        "lt": (FIRST_JOINED, 59, ("ev", "ev2")),
     }
-    rescaled(sh, tmp_path, rows, rng, runs, {2: "cj", 3: "top"})
+    rescaled(sh, tmp_path, rows, rng, runs, {2: "cj", 3: "lt"})
     expected = duck(rows, TOP_3_FILTERED_ORACLE)
     assert 0 < len(expected) < 3 * len(KEYS)  # some ranks' rows filtered out (tombstoned)
     assert upserted(sh, "top", ["k", "t", "v", "rn"], {"t"}) == expected
@@ -505,6 +513,8 @@ def test_top_n_dedup_and_changelog_join_rescaled_2_to_3_to_1(
     assert upserted(sh, "first", ["k", "t", "w"], {"t"}) == expected
     expected = duck(rows, COUNTS_JOINED_ORACLE)
     assert upserted(sh, "cj", ["k", "n", "bt", "w"], {"bt"}) == expected
+    expected = duck(rows, FIRST_JOINED_ORACLE)
+    assert upserted(sh, "lt", ["k", "at", "v", "w"], {"at"}) == expected
 
 
 def test_over_and_temporal_join_rescaled_2_to_3_to_1(sh: StreamHouse, tmp_path: Path) -> None:
