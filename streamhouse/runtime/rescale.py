@@ -78,7 +78,7 @@ from streamhouse.runtime.exchange import (
 )
 from streamhouse.runtime.key_groups import key_groups, task_of, window_tasks
 from streamhouse.runtime.query import COUNTERS, PENDING, SINK, WATERMARK
-from streamhouse.runtime.routing import Routing
+from streamhouse.runtime.routing import Routing, bare_column
 from streamhouse.runtime.sources import EVENT_TIME, SOURCE
 from streamhouse.runtime.two_phase import TwoPhaseCommit, transactional_id
 from streamhouse.sql import nodes
@@ -445,7 +445,7 @@ def _move_state(
         return
     keyed = _KEYED_MOVES.get(type(node))
     if keyed is not None:
-        keyed(Move(plan, routing, olds, batches, _text_of(routing, olds, text)))
+        keyed(Move(plan, routing, olds, batches, _text_of(routing, text)))
         return
     if routing.window is not None:
         _move_panes(routing.window, olds, batches)
@@ -646,7 +646,7 @@ class Move:
                 self.batches[task].put(family, key, encode_table(whole))
 
 
-def _text_of(routing: Routing, olds: list[StateStore], recorded: bool | None) -> bool:
+def _text_of(routing: Routing, recorded: bool | None) -> bool:
     """Whether the exchange hashed the routing keys as text (as the tasks recorded it; a state
     from before they did: only for two inputs keyed by an integer and a non-integer column,
     which needs schemas this query's state does not say, so refused)."""
@@ -794,7 +794,7 @@ def _derived_outputs(derived: nodes.Operator, columns: list[str]) -> list[str]:
     routing ``columns``."""
     if isinstance(derived, nodes.WindowAggregate):
         outputs = {
-            _column_of(sql): out
+            bare_column(sql): out
             for out, sql in zip(derived.key_outputs, derived.key_sql, strict=True)
             if out is not None
         }
@@ -807,16 +807,11 @@ def _derived_outputs(derived: nodes.Operator, columns: list[str]) -> list[str]:
 
 def _group_key_columns(derived: nodes.WindowAggregate, columns: list[str]) -> list[str]:
     """The ``__k<i>`` columns of a GROUP BY's groups that are the routing ``columns``."""
-    index = {_column_of(sql): f"__k{i}" for i, sql in enumerate(derived.key_sql)}
+    index = {bare_column(sql): f"__k{i}" for i, sql in enumerate(derived.key_sql)}
     found = [index.get(c) for c in columns]
     if None in found:
         raise SqlError("a join column is not a group key; cannot rescale this query")
     return [f for f in found if f is not None]
-
-
-def _column_of(sql: str) -> str | None:
-    node = sqlglot.parse_one(sql, read="postgres")
-    return node.name if isinstance(node, exp.Column) and not node.table else None
 
 
 _KEYED_MOVES: dict[type, Callable[[Move], None]] = {
