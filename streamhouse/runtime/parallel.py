@@ -16,14 +16,16 @@ split is :mod:`.routing`'s:
 - Joins, window joins, Top-N and deduplication: each task's producing side sends the source
   rows as read, one exchange topic per source (``<query>.exchange``, ``<query>.exchange1``),
   by the key group of the join key (PARTITION BY), and its consuming side runs the whole
-  unchanged plan over the rows of its key groups. An outer stream join numbers its rows with
-  the task's number in their ids (unique over the tasks, also after a rescale); record keys
-  made of other operators' row ids are prefixed with ``<task>/``.
+  unchanged plan over the rows of its key groups. An outer stream join, and a join over an
+  updating input its append-only side's rows, number them with the task's number in their ids
+  (unique over the tasks, also after a rescale); record keys made of other operators' row ids
+  are prefixed with ``<task>/``.
 - A per-window query without a key (Nexmark q5): rows are routed by window, to every task
   owning a window they fall in, and each task evaluates the windows it owns.
 
 Task ``i`` writes sink partition ``i`` only (the sink is created with ``n`` partitions); the
-tasks of an updating GROUP BY or an outer join write each upsert to its key's partition
+tasks of an updating query (an updating GROUP BY, an outer join, a Top-N or deduplication, a
+join over an updating input) write each upsert to its key's partition
 (Kafka's default partitioner, as at parallelism 1), so that a key's upserts stay in one
 partition when it moves to another task (rescaling). Each task writes in transactions of its own (:mod:`.two_phase`). State: ``<data_dir>/queries/<name>.p<n>/task-<i>`` (the
 consuming side, a :class:`~.query.ContinuousQuery`) and ``exchange-<i>[-<source>]`` (the
@@ -68,6 +70,7 @@ from streamhouse.runtime.exchange import (
 from streamhouse.runtime.key_groups import window_tasks
 from streamhouse.runtime.operator import Changelog, MicroBatch
 from streamhouse.runtime.operators import (
+    ChangelogJoining,
     StreamJoining,
     WindowAggregation,
     WindowedEvaluation,
@@ -202,8 +205,8 @@ class TaskQuery(ContinuousQuery):
             for branch in self.branches:
                 if branch.sink is not None:
                     branch.sink.partition = None
-        if isinstance(self.operator, StreamJoining):  # row ids unique over every task
-            self.operator.executor.task = task
+        if isinstance(self.operator, StreamJoining | ChangelogJoining):  # row ids unique over
+            self.operator.executor.task = task  # every task
         if self.routing.window is not None:  # routed by window: evaluate the windows it owns
             assert isinstance(self.operator, WindowedEvaluation)
             self.operator.executor.owns = lambda starts: window_tasks(starts, parallelism) == task

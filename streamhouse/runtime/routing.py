@@ -189,7 +189,7 @@ def _through(
     columns is, when that column keeps the input's groups whole (a group key, a PARTITION BY)."""
     if isinstance(derived, WindowAggregate) and derived.window is None:
         keys = {
-            out: _identifier(sql)
+            out: bare_column(sql)
             for out, sql in zip(derived.key_outputs, derived.key_sql, strict=True)
             if out is not None
         }
@@ -202,7 +202,7 @@ def _through(
     )
 
 
-def _identifier(sql: str) -> str | None:
+def bare_column(sql: str) -> str | None:
     """The column ``sql`` names, if it is a bare column."""
     try:
         node = sqlglot.parse_one(sql, read="postgres")
@@ -311,7 +311,7 @@ def pairs_of(
 
 def _top_n(node: TopN, plan: ContinuousPlan) -> Routing:
     _plain(plan, node)
-    columns = [_identifier(c) for c in node.partition_by]
+    columns = [bare_column(c) for c in node.partition_by]
     if None in columns:
         raise refusal(_name(node), "its PARTITION BY is not a list of columns")
     return Routing("rows", "TopN", {node.source: tuple(c for c in columns if c is not None)})
@@ -367,4 +367,4 @@ _ROUTES: dict[type, Callable[..., Routing]] = {
 """The planner of each operator that runs in parallel, by plan node type."""
 
 
-__all__ = ["Routing", "equi_columns", "plan_routing", "refusal"]
+__all__ = ["Routing", "bare_column", "equi_columns", "plan_routing", "refusal"]
