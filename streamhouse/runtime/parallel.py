@@ -49,6 +49,7 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
+from sqlglot import exp
 
 from streamhouse.errors import SqlError, StreamHouseError
 from streamhouse.log.isolation import Isolation
@@ -74,7 +75,7 @@ from streamhouse.runtime.operators import (
     run_ordered,
 )
 from streamhouse.runtime.options import QueryOptions
-from streamhouse.runtime.query import ContinuousQuery, _format_time
+from streamhouse.runtime.query import ContinuousQuery, _format_time, planned_statement
 from streamhouse.runtime.rescale import KEYS_FILE, finish, rescale, upserts_by_key
 from streamhouse.runtime.routing import plan_routing
 from streamhouse.runtime.sources import QuerySource
@@ -82,7 +83,9 @@ from streamhouse.runtime.task_processes import TaskProcess, Zygote
 from streamhouse.runtime.task_state import parallel_states, task_root
 from streamhouse.runtime.two_phase import transactional_id
 from streamhouse.sql import nodes
+from streamhouse.sql.functions import exported_functions, import_functions
 from streamhouse.sql.hints import SourceOptions
+from streamhouse.sql.join_chain import catalog_proctime_columns
 from streamhouse.sql.nodes import FLOWS
 from streamhouse.sql.plan import ContinuousPlan, StreamTime, plan_query
 from streamhouse.sql.source import read_records
@@ -229,9 +232,10 @@ class TaskQuery(ContinuousQuery):
 
     def _resolve_sources(self, resolve: Any) -> dict[str, QuerySource]:
         sources = super()._resolve_sources(resolve)
-        for source in sources.values():
+        for name, source in sources.items():
             partitions = self.log.topic(source.topic).partitions
-            source.owned = owned_partitions(self.task, self.parallelism, partitions)
+            if name not in self.routing.broadcast:
+                source.owned = owned_partitions(self.task, self.parallelism, partitions)
         if self.shape == "stateless":
             return sources
         # the sources are read by the producing side (ExchangeWriter); this query reads the
@@ -370,6 +374,7 @@ class ParallelQuery:
         raw_options: dict[str, Any],
         parallelism: int,
         on_results: Callable[[pa.Table], None] | None = None,
+        resolve: Callable[[str], tuple[str, Any] | None] | None = None,
     ) -> None:
         self.log = log_
         self.settings = sh_settings
@@ -385,7 +390,7 @@ class ParallelQuery:
                 " of the sources and one checkpoint): run it at parallelism 1, or each INSERT"
                 " as a query of its own at parallelism > 1"
             )
-        self.plan = plan_query(self.statement)
+        self.plan = _launch_plan(self.statement, resolve)
         to_topic = self.plan.sink_kind == "topic" and bool(self.plan.sink)
         if not to_topic and self.plan.sink_kind != "results":
             raise SqlError(
@@ -395,6 +400,8 @@ class ParallelQuery:
         if options.late_topic:
             raise SqlError("'late-rows.topic' is not supported at parallelism > 1 yet")
         self.shape = parallel_shape(self.plan)
+        called = {f.name.lower() for f in self.statement.find_all(exp.Anonymous)}
+        self.functions = exported_functions(called)  # registered here: imported by the tasks
         self.root = task_root(state_root, self.name, parallelism)
         self.processes: list[TaskProcess] = []
         self._results: ParallelResults | None = None  # a drain's results go to no caller
@@ -490,6 +497,7 @@ class ParallelQuery:
             "root": str(self.root),
             "until_end": until_end,
             "results_topic": self._results.topic if self._results is not None else None,
+            "functions": self.functions,
         }
 
     def _spawn(self, until_end: bool) -> None:
@@ -616,6 +624,25 @@ class ParallelQuery:
 
 RESULTS_RETENTION_MS = 3_600_000
 """How long the results topic keeps a parallel query's results for its caller."""
+
+
+def _launch_plan(
+    statement: Any, resolve: Callable[[str], tuple[str, Any] | None] | None
+) -> ContinuousPlan:
+    """The plan the tasks will run (with ``resolve``, the catalog's: views inlined, a lookup
+    table known as one), so the launcher routes and refuses what they would."""
+    if resolve is None:
+        return plan_query(statement)
+    statement, resolve = planned_statement(statement, resolve)
+    plan = plan_query(statement)
+    proctime = catalog_proctime_columns(resolve)
+    column = getattr(plan.operator, "window_column", None)
+    if column is not None and any(column in proctime(s) for s in plan.sources):
+        raise SqlError(
+            f"a window over the processing-time column {column!r} (PROCTIME()) runs at"
+            " parallelism 1 only (its windows close by each task's clock)"
+        )
+    return plan
 
 
 def results_topic(query: str) -> str:
@@ -749,6 +776,7 @@ def run_task(spec: dict[str, Any]) -> None:
         stopping = True
 
     signal.signal(signal.SIGTERM, on_term)
+    import_functions(spec.get("functions") or [])
     with StreamHouse(settings) as sh:
         query_file = QueryFile.read(spec["sql"], spec["name"])
         options = QueryOptions().with_options({**query_file.settings, **spec["options"]})

@@ -60,6 +60,7 @@ from streamhouse.sql.nodes import (
 )
 from streamhouse.sql.over import OverAggregate
 from streamhouse.sql.plan import ContinuousPlan
+from streamhouse.sql.proctime_select import PROBE_KEY_PREFIX
 from streamhouse.sql.window_spec import WindowKind, WindowSpec
 
 Shape = Literal["stateless", "aggregate", "rows"]
@@ -78,6 +79,9 @@ class Routing:
     keys: dict[str, tuple[str, ...]] = field(default_factory=dict)
     # ``rows`` routed by window (a per-window query without a key): the windows of every input
     window: WindowSpec | None = None
+    # ``stateless``: the sources every task reads whole (a temporal join's versioned table
+    # when the probe's key is an expression: each task joins its probe partitions to all of it)
+    broadcast: frozenset[str] = frozenset()
 
 
 def plan_routing(plan: ContinuousPlan) -> Routing:
@@ -332,6 +336,10 @@ def _temporal_join(node: TemporalJoin, plan: ContinuousPlan) -> Routing:
     """A temporal join is routed by its equalities on the versioned table's key: a probe row
     meets every version of its key in one task."""
     _plain(plan, node)
+    if any(key.startswith(PROBE_KEY_PREFIX) for key in node.probe_keys):
+        # an expression of the probe (q13: mod(auction, 10000) = key) is no source column to
+        # route by: every task reads the whole table, and its own share of the probe stream
+        return Routing("stateless", "TemporalJoin", broadcast=frozenset({node.right}))
     pairs = [list(zip(node.probe_keys, node.version_keys, strict=True))]
     keys = _join_keys(node, [(node.left, _same), (node.right, _same)], pairs)
     return Routing("rows", "TemporalJoin", keys)

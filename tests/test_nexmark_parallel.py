@@ -1,0 +1,146 @@
+"""Every Nexmark query, and a GROUP BY of each window kind, at parallelism 2 and 3 against DuckDB.
+
+Each query runs over one small generated data set (bids, auctions and persons in 3 partitions)
+at parallelism 3 to the end of its sources, and at parallelism 2 stopped part way (every task
+checkpointed) and resumed to the end by a fresh query object. Both must end with the rows of the
+DuckDB reference in ``nexmark_reference.py`` (an updating query: the last row per key). The rows
+are the tasks' results as Arrow tables, read back whole from the query's results topic, so
+every micro-batch of both runs is in them, once.
+
+A query that cannot run at parallelism > 1 must say so by name (a SqlError naming its operator,
+never rows silently wrong): :data:`REFUSED` lists them, and the test checks the refusal.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+import pytest
+from nexmark_reference import comparable, connect, reference
+from parallel_cases import wait_for
+from sqlglot import exp
+
+import streamhouse
+from benchmarks.nexmark import QUERIES, NexmarkConfig, generate_tables, load, nexmark_query
+from benchmarks.nexmark.udfs import register as register_udfs
+from streamhouse.errors import SqlError
+from streamhouse.runtime.exchange import decode
+from streamhouse.runtime.launch import start_query
+from streamhouse.runtime.parallel import ParallelQuery, results_topic
+
+# 3,000 bids (about 3,260 events) over 15 s of event time, in 3 partitions: a few 10-second
+# windows, many 2-second hops, sessions of 10 s gap per bidder.
+CONFIG = NexmarkConfig.for_bids(3_000, events_per_second=200, seed=23)
+
+REFUSED: dict[str, str] = {
+    "q4": "Recompute (an aggregate or ranking over an updating input)",
+    "q7": "StreamJoin (a stream join) yet: it reads a subquery",
+    "q12": "processing-time column 'p_time' (PROCTIME()) runs at parallelism 1 only",
+}
+"""Queries refused at parallelism > 1: a word the refusal's message must contain."""
+
+
+@dataclass
+class Data:
+    sh: streamhouse.StreamHouse
+    duck: duckdb.DuckDBPyConnection
+    data_dir: Path
+    directory: Path
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Data]:
+    data_dir = tmp_path_factory.mktemp("nexpar")
+    sh = streamhouse.connect(data_dir / "data", linger_ms=1)
+    register_udfs(sh)
+    load(sh, CONFIG, partitions=3)
+    try:
+        yield Data(sh, connect(generate_tables(CONFIG)), data_dir / "data", data_dir)
+    finally:
+        sh.close()
+
+
+def _file(data: Data, text: str, name: str, sink: str) -> Path:
+    """``text`` (a query file) sinking into ``name``, in micro-batches of 300 records."""
+    path = data.directory / f"{name}.sql"
+    sets = "SET 'max-batch-records' = '300';\nSET 'poll-interval' = '20 ms';\n"
+    path.write_text(sets + text.replace(f"INTO {sink}", f"INTO {name}"))
+    return path
+
+
+def _start(data: Data, path: Path, parallelism: int) -> ParallelQuery:
+    query = start_query(
+        data.sh.engine,
+        path,
+        state_root=data.data_dir / "queries",
+        options={"parallelism": parallelism},
+        on_results=lambda _: None,  # the tasks send results; read back whole below
+        start=False,
+    )
+    assert isinstance(query, ParallelQuery)
+    return query
+
+
+def _results(data: Data, query: ParallelQuery) -> pa.Table:
+    """Every result the tasks sent (all runs), in order per task; an updating query's last row
+    per key."""
+    values = data.sh.fetch(results_topic(query.name))["value"].to_pylist()
+    tables = [decode(v) for v in values]
+    tables = [t for t in tables if t.num_rows]
+    assert tables, "no results"
+    same = all(t.schema.equals(tables[0].schema) for t in tables)  # names may repeat (q20)
+    result = pa.concat_tables(tables, promote_options="none" if same else "permissive")
+    operator = query.plan.operator
+    if operator.updating:
+        keys = [k for k in operator.key_columns if k in result.column_names]
+        frame = result.to_pandas().drop_duplicates(subset=keys, keep="last")
+        result = pa.Table.from_pandas(frame, schema=result.schema, preserve_index=False)
+    return result
+
+
+def run_in_parallel(data: Data, path: Path, parallelism: int, restart: bool) -> pa.Table:
+    """``path`` at ``parallelism`` to the end of its sources; with ``restart``, stopped part way
+    first and resumed by a fresh query object."""
+    if restart:
+        query = _start(data, path, parallelism).start()
+        read = {t.name for t in query.statement.find_all(exp.Table)}
+        total = sum(n for stream, n in CONFIG.counts().items() if stream in read)
+        try:
+            wait_for(lambda: query.status()["rows_in"] > total // 3, timeout=120)
+        finally:
+            query.stop()
+        assert query.error is None
+    query = _start(data, path, parallelism)
+    query.run_until_caught_up(final=True)
+    status = query.status()
+    assert status["watermark"] == "end of input", status
+    return _results(data, query)
+
+
+def _params() -> list[object]:
+    return [
+        pytest.param(name, parallelism, id=f"{name}-p{parallelism}")
+        for name in QUERIES
+        if not nexmark_query(name).blocked
+        for parallelism in (2, 3)
+    ]
+
+
+@pytest.mark.parametrize(("name", "parallelism"), _params())
+def test_nexmark_query_in_parallel(data: Data, name: str, parallelism: int) -> None:
+    """At parallelism 3 to the end, at 2 stopped and resumed: the DuckDB rows."""
+    text = nexmark_query(name).path.read_text()
+    path = _file(data, text, f"par_{name}_p{parallelism}", f"nexmark_{name}")
+    if name in REFUSED:
+        with pytest.raises(SqlError, match="parallelism") as refused:
+            _start(data, path, parallelism)
+        assert REFUSED[name] in str(refused.value)
+        return
+    got = run_in_parallel(data, path, parallelism, restart=parallelism == 2)
+    want = reference(data.duck, name)
+    assert got.num_columns == want.num_columns, (got.column_names, want.column_names)
+    assert comparable(name, got) == comparable(name, want)
