@@ -19,10 +19,12 @@ from pathlib import Path
 
 import duckdb
 import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 from nexmark_reference import comparable, connect, reference
 from parallel_cases import wait_for
 from sqlglot import exp
+from window_cases import windowed_sql
 
 import streamhouse
 from benchmarks.nexmark import QUERIES, NexmarkConfig, generate_tables, load, nexmark_query
@@ -144,3 +146,84 @@ def test_nexmark_query_in_parallel(data: Data, name: str, parallelism: int) -> N
     want = reference(data.duck, name)
     assert got.num_columns == want.num_columns, (got.column_names, want.column_names)
     assert comparable(name, got) == comparable(name, want)
+
+
+# -- each window kind ---------------------------------------------------------------------------
+
+BID_DDL = nexmark_query("q0").ddl()[0]
+
+# kind -> (window TVF over bid, size ms, slide ms for window_cases.windowed_sql)
+WINDOWS: dict[str, tuple[str, int, int | None]] = {
+    "tumble": ("TUMBLE(TABLE bid, DESCRIPTOR(dateTime), INTERVAL '2' SECOND)", 2_000, None),
+    "hop": (
+        "HOP(TABLE bid, DESCRIPTOR(dateTime), INTERVAL '1' SECOND, INTERVAL '3' SECOND)",
+        3_000,
+        1_000,
+    ),
+    "cumulate": (
+        "CUMULATE(TABLE bid, DESCRIPTOR(dateTime), INTERVAL '1' SECOND, INTERVAL '4' SECOND)",
+        4_000,
+        1_000,
+    ),
+    "session": (
+        "SESSION(TABLE bid PARTITION BY bidder, DESCRIPTOR(dateTime), INTERVAL '1' SECOND)",
+        1_000,
+        None,
+    ),
+}
+
+
+@pytest.mark.parametrize("parallelism", [2, 3])
+@pytest.mark.parametrize("kind", list(WINDOWS))
+def test_window_kind_in_parallel(data: Data, kind: str, parallelism: int) -> None:
+    """A per-bidder GROUP BY of each window kind (COUNT, COUNT DISTINCT, SUM, MIN, MAX) at
+    parallelism 3 to the end and 2 with a restart: DuckDB's windows."""
+    tvf, size, slide = WINDOWS[kind]
+    name = f"par_{kind}_p{parallelism}"
+    text = f"""{BID_DDL};
+INSERT INTO {name}
+SELECT bidder, window_start, window_end, count(*) AS n, count(DISTINCT auction) AS nd,
+       sum(price) AS s, min(price) AS lo, max(price) AS hi
+FROM TABLE({tvf})
+GROUP BY bidder, window_start, window_end;
+"""
+    got = run_in_parallel(data, _file(data, text, name, name), parallelism, parallelism == 2)
+    millis = {c: pc.cast(got[c], pa.int64()) for c in ("window_start", "window_end")}
+    got = got.drop_columns(list(millis)).append_column("ws", millis["window_start"])
+    got = got.append_column("we", millis["window_end"])
+    columns = ["bidder", "ws", "we", "n", "nd", "s", "lo", "hi"]
+    want = data.duck.sql(
+        f"""
+        WITH ev AS (
+            SELECT bidder AS k, epoch_ms(dateTime) AS t, price AS v, auction FROM bid
+        )
+        SELECT k AS bidder, ws, we, count(*) AS n, count(DISTINCT auction) AS nd, sum(v) AS s,
+               min(v) AS lo, max(v) AS hi
+        FROM ({windowed_sql(kind, size, slide).replace("SELECT k, t, v,", "SELECT k, t, v, auction,")})
+        GROUP BY ALL
+        """
+    ).to_arrow_table()
+    assert want.num_rows > 50
+    assert comparable(kind, got.select(columns)) == comparable(kind, want.select(columns))
+
+
+# -- refused by name ----------------------------------------------------------------------------
+
+
+def test_a_top_n_of_a_join_by_another_key_is_refused(data: Data) -> None:
+    """A Top-N over a join runs in the join's tasks only when its PARTITION BY holds the join's
+    key: ranked by another column, its partitions would span tasks."""
+    text = (
+        nexmark_query("q9").path.read_text().replace("PARTITION BY A.id", "PARTITION BY B.bidder")
+    )
+    path = _file(data, text, "par_q9_by_bidder", "nexmark_q9")
+    with pytest.raises(SqlError, match="PARTITION BY without the join's equality columns"):
+        _start(data, path, 2)
+
+
+def test_a_function_the_tasks_cannot_import_is_refused(data: Data) -> None:
+    data.sh.register_function("shout", lambda s: pc.utf8_upper(s), [pa.string()], pa.string())
+    text = f"{BID_DDL};\nINSERT INTO par_shout SELECT shout(channel) AS c FROM bid;\n"
+    path = _file(data, text, "par_shout", "par_shout")
+    with pytest.raises(SqlError, match="function 'shout' is not a module's top-level function"):
+        _start(data, path, 2)

@@ -314,11 +314,55 @@ def pairs_of(
 
 
 def _top_n(node: TopN, plan: ContinuousPlan) -> Routing:
-    _plain(plan, node)
     columns = [_identifier(c) for c in node.partition_by]
     if None in columns:
         raise refusal(_name(node), "its PARTITION BY is not a list of columns")
+    join = plan.derived.get(node.source)
+    if isinstance(join, StreamJoin) and join.outer is None and len(plan.derived) == 1:
+        return _top_n_of_join(node, join, [c for c in columns if c is not None])
+    _plain(plan, node)
     return Routing("rows", "TopN", {node.source: tuple(c for c in columns if c is not None)})
+
+
+def _top_n_of_join(node: TopN, join: StreamJoin, partition_by: list[str]) -> Routing:
+    """A Top-N over an inner stream join (Nexmark q9: each auction's highest bid) is routed as
+    the join is, when its PARTITION BY holds the join's routing key (on either side): every
+    pair the join makes of a partition then comes out of one task, whole."""
+    keys = _stream_join(join, ContinuousPlan(join, "results", None)).keys
+    outputs = {_join_output(join.sql, c) for c in partition_by}
+    routed = [(keys[join.left][i], keys[join.right][i]) for i in range(len(keys[join.left]))]
+    covered = all(("__left", a) in outputs or ("__right", b) in outputs for a, b in routed)
+    if not covered:
+        raise refusal(
+            _name(node),
+            "it ranks a join's rows by a PARTITION BY without the join's equality columns",
+        )
+    return Routing("rows", "TopN over a StreamJoin", keys)
+
+
+def _join_output(sql: str, column: str) -> tuple[str, str] | None:
+    """The ``(relation, column)`` (``__left``/``__right``) output ``column`` of the join in
+    ``sql`` passes on as it is (listed, renamed, or through the one ``alias.*``)."""
+    select = sqlglot.parse_one(sql, read="postgres")
+    if not isinstance(select, exp.Select):
+        return None
+    aliases = {
+        side.this.alias_or_name: side.this.name
+        for side in [select.args.get("from_"), *(select.args.get("joins") or [])]
+        if side is not None and isinstance(side.this, exp.Table)
+    }
+    stars = []
+    for projection in select.expressions:
+        if isinstance(projection, exp.Column) and isinstance(projection.this, exp.Star):
+            stars.append(projection.table)
+        elif isinstance(projection, exp.Column) and projection.name == column:
+            return (aliases.get(projection.table, ""), column)
+        elif isinstance(projection, exp.Alias) and projection.alias == column:
+            inner = projection.this
+            if isinstance(inner, exp.Column) and not isinstance(inner.this, exp.Star):
+                return (aliases.get(inner.table, ""), inner.name)
+            return None
+    return (aliases.get(stars[0], ""), column) if len(stars) == 1 else None
 
 
 def _union(node: UnionAll, plan: ContinuousPlan) -> Routing:
