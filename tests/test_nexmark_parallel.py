@@ -29,7 +29,7 @@ from window_cases import windowed_sql
 import streamhouse
 from benchmarks.nexmark import QUERIES, NexmarkConfig, generate_tables, load, nexmark_query
 from benchmarks.nexmark.udfs import register as register_udfs
-from streamhouse.errors import SqlError
+from streamhouse.errors import SqlError, StreamHouseError
 from streamhouse.runtime.exchange import decode
 from streamhouse.runtime.launch import start_query
 from streamhouse.runtime.parallel import ParallelQuery, results_topic
@@ -227,3 +227,22 @@ def test_a_function_the_tasks_cannot_import_is_refused(data: Data) -> None:
     path = _file(data, text, "par_shout", "par_shout")
     with pytest.raises(SqlError, match="function 'shout' is not a module's top-level function"):
         _start(data, path, 2)
+
+
+def test_a_task_error_reaches_the_caller(data: Data) -> None:
+    """A query its tasks refuse (a window over a column that is not the time attribute) fails
+    with the tasks' own error, not an exit status."""
+    text = """CREATE STREAM IF NOT EXISTS bid_times (
+    auction BIGINT,
+    dateTime TIMESTAMP(3),
+    other TIMESTAMP(3),
+    WATERMARK FOR dateTime AS dateTime - INTERVAL '4' SECOND
+) WITH (topic = 'bid', format = 'json');
+INSERT INTO par_other
+SELECT auction, window_start, count(*) AS n
+FROM TABLE(TUMBLE(TABLE bid_times, DESCRIPTOR(other), INTERVAL '2' SECOND))
+GROUP BY auction, window_start, window_end;
+"""
+    query = _start(data, _file(data, text, "par_other", "par_other"), 2)
+    with pytest.raises(StreamHouseError, match="'other' is not a time attribute of 'bid_times'"):
+        query.run_until_caught_up(final=True)

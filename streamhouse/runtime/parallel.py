@@ -34,6 +34,7 @@ key group to the new tasks first (rescaling, :mod:`.rescale`).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -501,6 +502,8 @@ class ParallelQuery:
         }
 
     def _spawn(self, until_end: bool) -> None:
+        for task in range(self.parallelism):  # an earlier run's errors are not this run's
+            _error_path(self.root, task).unlink(missing_ok=True)
         zygote = Zygote.get()
         run = uuid.uuid4().hex  # a run to the end: each task's final-<task>.json names it
         specs = [{**self._spec(t, until_end), "run": run} for t in range(self.parallelism)]
@@ -519,7 +522,7 @@ class ParallelQuery:
                         continue
                     if status > 0:
                         self.error = StreamHouseError(
-                            f"query {self.name}: task {task} failed (exit status {status})"
+                            f"query {self.name}: {_task_failure(self.root, task, status)}"
                         )
                         log.error("%s; stopping the other tasks", self.error)
                         for other in self.processes:
@@ -565,7 +568,7 @@ class ParallelQuery:
         failed = []
         for task, process in enumerate(self.processes):
             if process.wait() != 0:
-                failed.append(f"task {task} exited with status {process.returncode}")
+                failed.append(_task_failure(self.root, task, process.returncode))
         self.processes = []
         if failed:
             self.error = StreamHouseError(f"query {self.name}: " + "; ".join(failed))
@@ -924,6 +927,19 @@ def _take_exchange(query: TaskQuery) -> None:
         pass
 
 
+def _error_path(root: Path, task: int) -> Path:
+    """Where a task that failed leaves its error, for the launcher to tell the caller."""
+    return root / f"task-{task}.error"
+
+
+def _task_failure(root: Path, task: int, status: int | None) -> str:
+    """What the launcher says of task ``task``'s failure: its own error if it left one."""
+    try:
+        return f"task {task}: {_error_path(root, task).read_text()}"
+    except OSError:
+        return f"task {task} exited with status {status}"
+
+
 def _write_status(
     query: TaskQuery, writers: list[ExchangeWriter], path: Path, ready: float
 ) -> None:
@@ -973,6 +989,8 @@ def task_main(spec: dict[str, Any]) -> int:
         run_task(spec)
     except StreamHouseError as exc:
         log.error("query %s task %s: %s", spec.get("name"), spec.get("task"), exc)
+        with contextlib.suppress(OSError, KeyError):  # for the launcher's error
+            _error_path(Path(spec["root"]), int(spec["task"])).write_text(str(exc))
         return 1
     except BaseException:
         log.exception("query %s task %s failed", spec.get("name"), spec.get("task"))

@@ -3,14 +3,17 @@
 Three shapes (:func:`plan_routing`):
 
 - ``stateless``: a filter or projection (or a UNION ALL of them); each task runs the whole
-  query over its share of the source partitions, no exchange.
+  query over its share of the source partitions, no exchange. A temporal join probing by an
+  expression (Nexmark q13) too, every task reading the whole versioned table
+  (:attr:`Routing.broadcast`).
 - ``aggregate``: a GROUP BY over one stream (TUMBLE, HOP, CUMULATE, SESSION or updating); the
   producing side runs the aggregate's stateless part and sends its rows (for TUMBLE, HOP and
   CUMULATE: partial aggregates per key and pane) to the task owning the group's key group.
 - ``rows``: any other keyed operator over streams: a stream join (regular or interval, inner or
   outer), a window join, a join over an updating GROUP BY or Top-N of a stream (ChangelogJoin),
-  a Top-N or deduplication per key, an OVER aggregation with a PARTITION BY, a temporal join
-  (by the versioned table's key). The producing side sends each *source row*, as read, to
+  a Top-N or deduplication per key (of a stream, or of an inner stream join whose
+  PARTITION BY holds the join's keys: routed as the join), an OVER aggregation with a
+  PARTITION BY, a temporal join (by the versioned table's key). The producing side sends each *source row*, as read, to
   the task owning the key group of its routing key, and every task runs the whole unchanged
   plan over the rows of its key groups. The routing
   key of a source is a list of its columns: the columns of the join's equalities (both inputs
@@ -99,8 +102,8 @@ def refusal(what: str, why: str = "") -> SqlError:
         f"parallelism > 1 does not run {what} yet{': ' + why if why else ''}; run this query at"
         " parallelism 1 (in parallel now: filters and projections, GROUP BY aggregations"
         " windowed or updating, stream joins and window joins on an equality, joins over an"
-        " updating GROUP BY or Top-N, temporal joins, Top-N and deduplication, OVER with"
-        " PARTITION BY, UNION ALL of filters)"
+        " updating GROUP BY or Top-N, temporal joins, Top-N and deduplication (of a stream,"
+        " or of a join by its keys), OVER with PARTITION BY, UNION ALL of filters)"
     )
 
 
