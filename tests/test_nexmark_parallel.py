@@ -13,6 +13,7 @@ never rows silently wrong): :data:`REFUSED` lists them, and the test checks the 
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,8 @@ import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from nexmark_reference import comparable, connect, reference
 from parallel_cases import wait_for
 from sqlglot import exp
@@ -66,10 +69,10 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Data]:
         sh.close()
 
 
-def _file(data: Data, text: str, name: str, sink: str) -> Path:
-    """``text`` (a query file) sinking into ``name``, in micro-batches of 300 records."""
+def _file(data: Data, text: str, name: str, sink: str, batch: int = 300) -> Path:
+    """``text`` (a query file) sinking into ``name``, in micro-batches of ``batch`` records."""
     path = data.directory / f"{name}.sql"
-    sets = "SET 'max-batch-records' = '300';\nSET 'poll-interval' = '20 ms';\n"
+    sets = f"SET 'max-batch-records' = '{batch}';\nSET 'poll-interval' = '20 ms';\n"
     path.write_text(sets + text.replace(f"INTO {sink}", f"INTO {name}"))
     return path
 
@@ -104,15 +107,21 @@ def _results(data: Data, query: ParallelQuery) -> pa.Table:
     return result
 
 
-def run_in_parallel(data: Data, path: Path, parallelism: int, restart: bool) -> pa.Table:
+def run_in_parallel(
+    data: Data, path: Path, parallelism: int, restart: bool, stops: tuple[float, ...] = (1 / 3,)
+) -> pa.Table:
     """``path`` at ``parallelism`` to the end of its sources; with ``restart``, stopped part way
-    first and resumed by a fresh query object."""
-    if restart:
+    first (once past each fraction of ``stops`` of the source records read) and resumed by a
+    fresh query object."""
+    for fraction in stops if restart else ():
         query = _start(data, path, parallelism).start()
         read = {t.name for t in query.statement.find_all(exp.Table)}
         total = sum(n for stream, n in CONFIG.counts().items() if stream in read)
         try:
-            wait_for(lambda: query.status()["rows_in"] > total // 3, timeout=120)
+            wait_for(
+                lambda q=query, n=total * fraction: q.status()["rows_in"] > n,  # type: ignore[misc]
+                timeout=120,
+            )
         finally:
             query.stop()
         assert query.error is None
@@ -246,3 +255,26 @@ GROUP BY auction, window_start, window_end;
     query = _start(data, _file(data, text, "par_other", "par_other"), 2)
     with pytest.raises(StreamHouseError, match="'other' is not a time attribute of 'bid_times'"):
         query.run_until_caught_up(final=True)
+
+
+STATEFUL = ["q3", "q5", "q8", "q9", "q11", "q13", "q15", "q18", "q19", "q20"]
+_runs = itertools.count()
+
+
+@settings(max_examples=4, deadline=None, suppress_health_check=list(HealthCheck))
+@given(
+    name=st.sampled_from(STATEFUL),
+    parallelism=st.sampled_from([2, 3]),
+    batch=st.integers(20, 700),
+    stops=st.lists(st.floats(0.05, 0.95), min_size=1, max_size=2).map(sorted),
+)
+def test_split_points_do_not_change_the_answer(
+    data: Data, name: str, parallelism: int, batch: int, stops: list[float]
+) -> None:
+    """Hypothesis over the split points of a stateful query: micro-batches of any size, stopped
+    and resumed at any points (each task where it stands): the DuckDB rows."""
+    text = nexmark_query(name).path.read_text()
+    run = f"par_split{next(_runs)}_{name}"
+    path = _file(data, text, run, f"nexmark_{name}", batch)
+    got = run_in_parallel(data, path, parallelism, True, tuple(stops))
+    assert comparable(name, got) == comparable(name, reference(data.duck, name))

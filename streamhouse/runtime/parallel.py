@@ -564,10 +564,13 @@ class ParallelQuery:
             if self._results is not None:
                 self._results.take(fresh=True)  # every task has exited: all its results
 
-    def _wait(self) -> None:
+    def _wait(self, stopping: bool = False) -> None:
+        """Wait for every task to exit; ``stopping``: a task the SIGTERM of :meth:`stop` ended
+        before it set up its handler (stopped right after starting) stopped, not failed."""
         failed = []
         for task, process in enumerate(self.processes):
-            if process.wait() != 0:
+            status = process.wait()
+            if status != 0 and not (stopping and status == -signal.SIGTERM):
                 failed.append(_task_failure(self.root, task, process.returncode))
         self.processes = []
         if failed:
@@ -582,7 +585,7 @@ class ParallelQuery:
                 if process.poll() is None:
                     process.send_signal(signal.SIGTERM)
         try:
-            self._wait()
+            self._wait(stopping=True)
         except StreamHouseError as exc:
             log.warning("%s", exc)
         if self._results is not None:
