@@ -128,6 +128,8 @@ def explain_parallel(
     groups = "128 key groups, task i owns [i*128/n, (i+1)*128/n)"
     if routing.shape == "stateless":
         lines.append("  Tasks read source partitions p % n == i; no exchange")
+        for source in sorted(routing.broadcast):
+            lines.append(f"    except {source}: every task reads all of it")
     elif routing.shape == "rows":
         for index, source in enumerate(plan.sources):
             columns = ", ".join(routing.keys[source]) or "one group"
