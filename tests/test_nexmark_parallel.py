@@ -14,6 +14,7 @@ never rows silently wrong): :data:`REFUSED` lists them, and the test checks the 
 from __future__ import annotations
 
 import itertools
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -278,3 +279,41 @@ def test_split_points_do_not_change_the_answer(
     path = _file(data, text, run, f"nexmark_{name}", batch)
     got = run_in_parallel(data, path, parallelism, True, tuple(stops))
     assert comparable(name, got) == comparable(name, reference(data.duck, name))
+
+
+# -- a task killed -9 ---------------------------------------------------------------------------
+
+# query -> the columns compared (a JSON sink gives times as text)
+KILLED = {
+    "q9": ["id", "seller", "auction", "bidder", "price"],
+    "q13": ["auction", "bidder", "price", "value"],
+}
+
+
+@pytest.mark.parametrize("name", list(KILLED))
+def test_a_task_killed_mid_run_loses_and_doubles_nothing(data: Data, name: str) -> None:
+    """At parallelism 2, one task killed -9 mid-run (restarted from its checkpoint), the query
+    stopped, then run to the end: the sink holds DuckDB's rows, none twice (an updating query:
+    the latest row of each record key)."""
+    run = f"par_kill_{name}"
+    path = _file(data, nexmark_query(name).path.read_text(), run, f"nexmark_{name}", 100)
+    total = CONFIG.counts()["bid"]
+    query = _start(data, path, 2).start()
+    try:
+        wait_for(lambda: query.status()["rows_in"] > total // 3, timeout=120)
+        query.processes[1].kill()
+        wait_for(lambda: query.status()["restarts"] == 1, timeout=120)
+        wait_for(lambda: query.status()["rows_in"] > total * 2 // 3, timeout=120)
+    finally:
+        query.stop()
+    assert query.error is None
+    _start(data, path, 2).run_until_caught_up(final=True)
+    records = data.sh.fetch(run)
+    if query.plan.operator.updating:  # the latest value of each key, tombstones dropped
+        frame = records.to_pandas().drop_duplicates(subset=["key"], keep="last")
+        values = [v for v in frame["value"] if v is not None]
+    else:
+        values = records["value"].to_pylist()
+    got = pa.Table.from_pylist([json.loads(v) for v in values]).select(KILLED[name])
+    want = reference(data.duck, name).select(KILLED[name])
+    assert comparable(name, got) == comparable(name, want)
