@@ -13,9 +13,9 @@ Three shapes (:func:`plan_routing`):
   outer), a window join, a join over an updating GROUP BY or Top-N of a stream (ChangelogJoin),
   a Top-N or deduplication per key (of a stream, or of an inner stream join whose
   PARTITION BY holds the join's keys: routed as the join), an OVER aggregation with a
-  PARTITION BY, a temporal join (by the versioned table's key). The producing side sends each *source row*, as read, to
-  the task owning the key group of its routing key, and every task runs the whole unchanged
-  plan over the rows of its key groups. The routing
+  PARTITION BY, a temporal join (by the versioned table's key). The producing side sends each
+  *source row*, as read, to the task owning the key group of its routing key, and every task
+  runs the whole unchanged plan over the rows of its key groups. The routing
   key of a source is a list of its columns: the columns of the join's equalities (both inputs
   of a join list theirs in the same order, so matching rows meet in one task), or the
   PARTITION BY of a Top-N or of every OVER. For a join over an

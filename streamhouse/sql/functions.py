@@ -121,9 +121,15 @@ def exported_functions(called: set[str]) -> list[dict[str, str]]:
 def import_functions(exported: list[dict[str, str]]) -> None:
     """Register in this process the functions :func:`exported_functions` described."""
     for item in exported:
-        function: object = importlib.import_module(item["module"])
-        for part in item["qualname"].split("."):
-            function = getattr(function, part)
+        try:
+            function: object = importlib.import_module(item["module"])
+            for part in item["qualname"].split("."):
+                function = getattr(function, part)
+        except (ImportError, AttributeError) as exc:
+            raise SqlError(
+                f"function {item['name']!r} ({item['module']}.{item['qualname']}) cannot be"
+                f" imported by a task process of a query at parallelism > 1: {exc}"
+            ) from None
         types = pa.ipc.read_schema(pa.py_buffer(base64.b64decode(item["types"])))
         assert callable(function)
         register_function(
