@@ -202,6 +202,7 @@ def start_query(
             dict(options or {}),
             query_options.parallelism,
             on_results,
+            engine._resolve,
         )
         if start:
             parallel.start()

@@ -36,6 +36,7 @@ key group to the new tasks first (rescaling, :mod:`.rescale`).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -51,6 +52,7 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
+from sqlglot import exp
 
 from streamhouse.errors import SqlError, StreamHouseError
 from streamhouse.log.isolation import Isolation
@@ -77,7 +79,7 @@ from streamhouse.runtime.operators import (
     run_ordered,
 )
 from streamhouse.runtime.options import QueryOptions
-from streamhouse.runtime.query import ContinuousQuery, _format_time
+from streamhouse.runtime.query import ContinuousQuery, _format_time, planned_statement
 from streamhouse.runtime.rescale import KEYS_FILE, finish, rescale, upserts_by_key
 from streamhouse.runtime.routing import plan_routing
 from streamhouse.runtime.sources import QuerySource
@@ -85,7 +87,9 @@ from streamhouse.runtime.task_processes import TaskProcess, Zygote
 from streamhouse.runtime.task_state import parallel_states, task_root
 from streamhouse.runtime.two_phase import transactional_id
 from streamhouse.sql import nodes
+from streamhouse.sql.functions import exported_functions, import_functions
 from streamhouse.sql.hints import SourceOptions
+from streamhouse.sql.join_chain import catalog_proctime_columns
 from streamhouse.sql.nodes import FLOWS
 from streamhouse.sql.plan import ContinuousPlan, StreamTime, plan_query
 from streamhouse.sql.source import read_records
@@ -127,6 +131,8 @@ def explain_parallel(
     groups = "128 key groups, task i owns [i*128/n, (i+1)*128/n)"
     if routing.shape == "stateless":
         lines.append("  Tasks read source partitions p % n == i; no exchange")
+        for source in sorted(routing.broadcast):
+            lines.append(f"    except {source}: every task reads all of it")
     elif routing.shape == "rows":
         for index, source in enumerate(plan.sources):
             columns = ", ".join(routing.keys[source]) or "one group"
@@ -232,9 +238,10 @@ class TaskQuery(ContinuousQuery):
 
     def _resolve_sources(self, resolve: Any) -> dict[str, QuerySource]:
         sources = super()._resolve_sources(resolve)
-        for source in sources.values():
+        for name, source in sources.items():
             partitions = self.log.topic(source.topic).partitions
-            source.owned = owned_partitions(self.task, self.parallelism, partitions)
+            if name not in self.routing.broadcast:
+                source.owned = owned_partitions(self.task, self.parallelism, partitions)
         if self.shape == "stateless":
             return sources
         # the sources are read by the producing side (ExchangeWriter); this query reads the
@@ -373,6 +380,7 @@ class ParallelQuery:
         raw_options: dict[str, Any],
         parallelism: int,
         on_results: Callable[[pa.Table], None] | None = None,
+        resolve: Callable[[str], tuple[str, Any] | None] | None = None,
     ) -> None:
         self.log = log_
         self.settings = sh_settings
@@ -388,7 +396,7 @@ class ParallelQuery:
                 " of the sources and one checkpoint): run it at parallelism 1, or each INSERT"
                 " as a query of its own at parallelism > 1"
             )
-        self.plan = plan_query(self.statement)
+        self.plan = _launch_plan(self.statement, resolve)
         to_topic = self.plan.sink_kind == "topic" and bool(self.plan.sink)
         if not to_topic and self.plan.sink_kind != "results":
             raise SqlError(
@@ -398,6 +406,8 @@ class ParallelQuery:
         if options.late_topic:
             raise SqlError("'late-rows.topic' is not supported at parallelism > 1 yet")
         self.shape = parallel_shape(self.plan)
+        called = {f.name.lower() for f in self.statement.find_all(exp.Anonymous)}
+        self.functions = exported_functions(called)  # registered here: imported by the tasks
         self.root = task_root(state_root, self.name, parallelism)
         self.processes: list[TaskProcess] = []
         self._results: ParallelResults | None = None  # a drain's results go to no caller
@@ -493,9 +503,12 @@ class ParallelQuery:
             "root": str(self.root),
             "until_end": until_end,
             "results_topic": self._results.topic if self._results is not None else None,
+            "functions": self.functions,
         }
 
     def _spawn(self, until_end: bool) -> None:
+        for task in range(self.parallelism):  # an earlier run's errors are not this run's
+            _error_path(self.root, task).unlink(missing_ok=True)
         zygote = Zygote.get()
         run = uuid.uuid4().hex  # a run to the end: each task's final-<task>.json names it
         specs = [{**self._spec(t, until_end), "run": run} for t in range(self.parallelism)]
@@ -514,7 +527,7 @@ class ParallelQuery:
                         continue
                     if status > 0:
                         self.error = StreamHouseError(
-                            f"query {self.name}: task {task} failed (exit status {status})"
+                            f"query {self.name}: {_task_failure(self.root, task, status)}"
                         )
                         log.error("%s; stopping the other tasks", self.error)
                         for other in self.processes:
@@ -556,11 +569,14 @@ class ParallelQuery:
             if self._results is not None:
                 self._results.take(fresh=True)  # every task has exited: all its results
 
-    def _wait(self) -> None:
+    def _wait(self, stopping: bool = False) -> None:
+        """Wait for every task to exit; ``stopping``: a task the SIGTERM of :meth:`stop` ended
+        before it set up its handler (stopped right after starting) stopped, not failed."""
         failed = []
         for task, process in enumerate(self.processes):
-            if process.wait() != 0:
-                failed.append(f"task {task} exited with status {process.returncode}")
+            status = process.wait()
+            if status != 0 and not (stopping and status == -signal.SIGTERM):
+                failed.append(_task_failure(self.root, task, process.returncode))
         self.processes = []
         if failed:
             self.error = StreamHouseError(f"query {self.name}: " + "; ".join(failed))
@@ -574,7 +590,7 @@ class ParallelQuery:
                 if process.poll() is None:
                     process.send_signal(signal.SIGTERM)
         try:
-            self._wait()
+            self._wait(stopping=True)
         except StreamHouseError as exc:
             log.warning("%s", exc)
         if self._results is not None:
@@ -619,6 +635,25 @@ class ParallelQuery:
 
 RESULTS_RETENTION_MS = 3_600_000
 """How long the results topic keeps a parallel query's results for its caller."""
+
+
+def _launch_plan(
+    statement: Any, resolve: Callable[[str], tuple[str, Any] | None] | None
+) -> ContinuousPlan:
+    """The plan the tasks will run (with ``resolve``, the catalog's: views inlined, a lookup
+    table known as one), so the launcher routes and refuses what they would."""
+    if resolve is None:
+        return plan_query(statement)
+    statement, resolve = planned_statement(statement, resolve)
+    plan = plan_query(statement)
+    proctime = catalog_proctime_columns(resolve)
+    column = getattr(plan.operator, "window_column", None)
+    if column is not None and any(column in proctime(s) for s in plan.sources):
+        raise SqlError(
+            f"a window over the processing-time column {column!r} (PROCTIME()) runs at"
+            " parallelism 1 only (its windows close by each task's clock)"
+        )
+    return plan
 
 
 def results_topic(query: str) -> str:
@@ -752,6 +787,7 @@ def run_task(spec: dict[str, Any]) -> None:
         stopping = True
 
     signal.signal(signal.SIGTERM, on_term)
+    import_functions(spec.get("functions") or [])
     with StreamHouse(settings) as sh:
         query_file = QueryFile.read(spec["sql"], spec["name"])
         options = QueryOptions().with_options({**query_file.settings, **spec["options"]})
@@ -899,6 +935,19 @@ def _take_exchange(query: TaskQuery) -> None:
         pass
 
 
+def _error_path(root: Path, task: int) -> Path:
+    """Where a task that failed leaves its error, for the launcher to tell the caller."""
+    return root / f"task-{task}.error"
+
+
+def _task_failure(root: Path, task: int, status: int | None) -> str:
+    """What the launcher says of task ``task``'s failure: its own error if it left one."""
+    try:
+        return f"task {task}: {_error_path(root, task).read_text()}"
+    except OSError:
+        return f"task {task} exited with status {status}"
+
+
 def _write_status(
     query: TaskQuery, writers: list[ExchangeWriter], path: Path, ready: float
 ) -> None:
@@ -948,6 +997,8 @@ def task_main(spec: dict[str, Any]) -> int:
         run_task(spec)
     except StreamHouseError as exc:
         log.error("query %s task %s: %s", spec.get("name"), spec.get("task"), exc)
+        with contextlib.suppress(OSError, KeyError):  # for the launcher's error
+            _error_path(Path(spec["root"]), int(spec["task"])).write_text(str(exc))
         return 1
     except BaseException:
         log.exception("query %s task %s failed", spec.get("name"), spec.get("task"))

@@ -153,6 +153,10 @@ def rescalable(plan: ContinuousPlan, routing: Routing) -> None:
         why = f"its {routing.operator} upserts do not move between tasks yet"
     elif not isinstance(node, _RESCALABLE):
         why = f"its {routing.operator} state does not move by key group yet"
+    elif routing.broadcast:
+        why = f"its {routing.operator} reads {', '.join(sorted(routing.broadcast))} whole in every task"
+    elif isinstance(node, nodes.TopN) and plan.derived:
+        why = f"the state of its {routing.operator} does not move by key group yet"
     if why:
         raise SqlError(
             f"this query cannot change parallelism: {why}; run it at the parallelism it was"
