@@ -231,6 +231,28 @@ def test_a_top_n_of_a_join_by_another_key_is_refused(data: Data) -> None:
         _start(data, path, 2)
 
 
+@pytest.mark.parametrize(
+    ("name", "why"),
+    [
+        ("q9", "the state of its TopN over a StreamJoin does not move by key group yet"),
+        ("q13", "reads side_input whole in every task"),
+    ],
+)
+def test_a_rescale_it_cannot_move_is_refused(data: Data, name: str, why: str) -> None:
+    """q9 (a Top-N routed as the join under it) and q13 (a lookup table read whole by every
+    task) stopped part way at parallelism 2 refuse to start at 3: their state does not move by
+    key group, so they are never silently wrong."""
+    run = f"par_rescale_{name}"
+    path = _file(data, nexmark_query(name).path.read_text(), run, f"nexmark_{name}", 100)
+    query = _start(data, path, 2).start()
+    try:
+        wait_for(lambda: query.status()["rows_in"] > 200, timeout=120)
+    finally:
+        query.stop()
+    with pytest.raises(SqlError, match=f"cannot change parallelism: .*{why}"):
+        _start(data, path, 3).start()
+
+
 def test_a_function_the_tasks_cannot_import_is_refused(data: Data) -> None:
     data.sh.register_function("shout", lambda s: pc.utf8_upper(s), [pa.string()], pa.string())
     text = f"{BID_DDL};\nINSERT INTO par_shout SELECT shout(channel) AS c FROM bid;\n"
