@@ -33,19 +33,21 @@ log = logging.getLogger(__name__)
 
 
 class TaskProcess:
-    """One task forked by the zygote."""
+    """One task forked by the zygote: ``request`` is its spawn request's number, unique in the
+    zygote's life (a pid is not: the kernel hands an ended task's pid to a later process)."""
 
-    def __init__(self, zygote: Zygote, pid: int) -> None:
+    def __init__(self, zygote: Zygote, request: int, pid: int) -> None:
         self._zygote = zygote
+        self._request = request
         self.pid = pid
         self.returncode: int | None = None
 
     def poll(self) -> int | None:
-        self.returncode = self._zygote.exit_status(self.pid)
+        self.returncode = self._zygote.exit_status(self._request)
         return self.returncode
 
     def wait(self, timeout: float | None = None) -> int:
-        self.returncode = self._zygote.wait_exit(self.pid, timeout)
+        self.returncode = self._zygote.wait_exit(self._request, timeout)
         return self.returncode
 
     def send_signal(self, sig: int) -> None:
@@ -81,8 +83,9 @@ class Zygote:
             env=env,
         )
         self._changed = threading.Condition()
-        self._started: dict[int, int] = {}  # request -> pid
-        self._exits: dict[int, int] = {}  # pid -> status
+        self._started: dict[int, int] = {}  # request -> pid, until spawn() takes it
+        self._running: dict[int, int] = {}  # pid -> request of the task running with it
+        self._exits: dict[int, int] = {}  # request -> exit status
         self._requests = 0
         self._write_lock = threading.Lock()
         threading.Thread(target=self._read, name="task-zygote", daemon=True).start()
@@ -92,10 +95,13 @@ class Zygote:
         for line in self.process.stdout:
             parts = line.decode().split()
             with self._changed:
+                # The zygote reports a task's exit before it can fork another with that pid
+                # (it reaps, then reports): the pid names the latest task started with it.
                 if parts[0] == "exit":
-                    self._exits[int(parts[1])] = int(parts[2])
+                    self._exits[self._running.pop(int(parts[1]))] = int(parts[2])
                 else:
                     self._started[int(parts[0])] = int(parts[1])
+                    self._running[int(parts[1])] = int(parts[0])
                 self._changed.notify_all()
         with self._changed:
             self._changed.notify_all()
@@ -114,21 +120,21 @@ class Zygote:
                 if self.process.poll() is not None:
                     raise StreamHouseError("the task process launcher exited")
                 self._changed.wait(0.5)
-            return TaskProcess(self, self._started.pop(request))
+            return TaskProcess(self, request, self._started.pop(request))
 
-    def exit_status(self, pid: int) -> int | None:
+    def exit_status(self, request: int) -> int | None:
         with self._changed:
-            if pid not in self._exits and self.process.poll() is not None:
+            if request not in self._exits and self.process.poll() is not None:
                 return -signal.SIGKILL  # the zygote is gone: so are its tasks' reports
-            return self._exits.get(pid)
+            return self._exits.get(request)
 
-    def wait_exit(self, pid: int, timeout: float | None = None) -> int:
+    def wait_exit(self, request: int, timeout: float | None = None) -> int:
         with self._changed:
             if not self._changed.wait_for(
-                lambda: pid in self._exits or self.process.poll() is not None, timeout
+                lambda: request in self._exits or self.process.poll() is not None, timeout
             ):
-                raise subprocess.TimeoutExpired(f"task {pid}", timeout or 0)
-            return self._exits.get(pid, -signal.SIGKILL)
+                raise subprocess.TimeoutExpired(f"task request {request}", timeout or 0)
+            return self._exits.get(request, -signal.SIGKILL)
 
 
 def _serve(requests: IO[bytes], replies: IO[bytes]) -> None:
