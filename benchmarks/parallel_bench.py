@@ -120,6 +120,18 @@ def _records(table: pa.Table) -> list[dict[str, Any]]:
     return rows
 
 
+def _zygote_cpu() -> float:
+    """CPU seconds of this process's task zygote itself (importing the runtime once, forking),
+    not its tasks' (0 before it is started)."""
+    from streamhouse.runtime.task_processes import Zygote
+
+    zygote = Zygote._instance
+    if zygote is None or zygote.process.poll() is not None:
+        return 0.0
+    stat = Path(f"/proc/{zygote.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(stat[11]) + int(stat[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
 def run_once(data: Path, parallelism: int, query_name: str = "tumble") -> dict[str, Any]:
     name = f"bench_{parallelism}_{uuid.uuid4().hex[:8]}"
     with streamhouse.connect(data) as sh:
@@ -131,6 +143,7 @@ def run_once(data: Path, parallelism: int, query_name: str = "tumble") -> dict[s
         )
         path = Path(tempfile.mkdtemp()) / f"{name}.sql"
         path.write_text(QUERIES[query_name].format(sink=f"out_{name}") + ";")
+        zygote_before = _zygote_cpu()
         started, started_at, cpu = time.perf_counter(), time.time(), time.process_time()
         query = start_query(
             sh.engine,
@@ -151,6 +164,7 @@ def run_once(data: Path, parallelism: int, query_name: str = "tumble") -> dict[s
             ready_at = max(t["ready_at"] for t in status["tasks"])
             cpu += sum(t["cpu_seconds"] for t in status["tasks"])
             setup_cpu = sum(t.get("setup_cpu_seconds", 0) for t in status["tasks"])
+        zygote_cpu = _zygote_cpu() - zygote_before
         query.stop()
     return {
         "parallelism": parallelism,
@@ -164,6 +178,9 @@ def run_once(data: Path, parallelism: int, query_name: str = "tumble") -> dict[s
         "cpu_seconds": round(cpu, 3),
         "launcher_cpu_seconds": round(launcher_cpu, 3),
         "setup_cpu_seconds": round(setup_cpu, 3),  # the launcher's at p1, the tasks' at p > 1
+        # the task zygote's own (importing the runtime, once per launching process: in a run
+        # of its own, --only, this run's; else the first p > 1 run's), not in cpu_seconds
+        "zygote_cpu_seconds": round(zygote_cpu, 3),
         "load_1m": os.getloadavg()[0],
     }
 

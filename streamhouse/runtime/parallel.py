@@ -102,6 +102,11 @@ FIRST_POLL_S = 0.005
 appends them, so no commit of this one wakes it)."""
 
 
+UNTIL_END_POLL_S = 0.02
+"""The longest wait of a task running to the end for the other tasks' exchange records (a
+continuous query waits up to ``poll-interval``)."""
+
+
 def parallel_shape(plan: ContinuousPlan) -> str:
     """``"stateless"``, ``"aggregate"`` or ``"rows"``: how a plan runs in parallel (see
     :mod:`.routing`); a SqlError naming the operator if it cannot yet."""
@@ -395,6 +400,9 @@ class ParallelQuery:
         if options.late_topic:
             raise SqlError("'late-rows.topic' is not supported at parallelism > 1 yet")
         self.shape = parallel_shape(self.plan)
+        # the task processes' zygote imports the runtime (about a second of CPU) while this
+        # process moves state, creates the topics and spawns
+        Zygote.get()
         self.root = task_root(state_root, self.name, parallelism)
         self.processes: list[TaskProcess] = []
         self._results: ParallelResults | None = None  # a drain's results go to no caller
@@ -816,6 +824,8 @@ def _run(
     done = status_path.with_name(f"final-{query.task}.json")  # this task's producers finished
     announced = False
     pause = FIRST_POLL_S
+    # a run to the end waits for the other tasks' last records: no longer than UNTIL_END_POLL_S
+    longest = UNTIL_END_POLL_S if until_end else float("inf")
     while not stopping():
         progressed = False
         for i, writer in enumerate(writers):
@@ -837,7 +847,7 @@ def _run(
             return
         else:
             time.sleep(pause)
-            pause = min(pause * 2, query.options.poll_interval_ms / 1000)
+            pause = min(pause * 2, query.options.poll_interval_ms / 1000, longest)
     _write_status(query, writers, status_path, ready)
 
 
