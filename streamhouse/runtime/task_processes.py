@@ -16,7 +16,6 @@ threads, never forks). It answers ``<request> <pid>`` when a task started and ``
 from __future__ import annotations
 
 import contextlib
-import gc
 import json
 import logging
 import os
@@ -161,7 +160,6 @@ def _serve(requests: IO[bytes], replies: IO[bytes]) -> None:
             while b"\n" in pending:
                 line, pending = pending.split(b"\n", 1)
                 message = json.loads(line)
-                gc.freeze()  # the zygote's objects: no collection in a task copies their pages
                 pid = os.fork()
                 if pid == 0:  # the task
                     signal.set_wakeup_fd(-1)
