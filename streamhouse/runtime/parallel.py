@@ -800,8 +800,9 @@ def run_task(spec: dict[str, Any]) -> None:
 def _share_cores(parallelism: int) -> None:
     """Size the task's native thread pools (Arrow's, DuckDB's) to its share of the cores, not
     to all of them: the tasks of a query run at once, and at parallelism 2 on two cores each
-    task's pools of two threads contended with the other's (10% less CPU per event for the
-    windowed COUNT with one thread each, 3 alternating runs at load 15)."""
+    task's pools of two threads contended with the other's (the windowed COUNT's CPU per
+    event at parallelism 2 went from 1.29x to 1.14x of parallelism 1's, a filter's from 1.07x
+    to 1.01x: ``parallel_bench.py --steady``, 5 pairs each)."""
     from streamhouse.sql.json_values import set_duckdb_threads
 
     share = max(1, (os.cpu_count() or 1) // parallelism)

@@ -184,9 +184,9 @@ def _serve(requests: IO[bytes], replies: IO[bytes]) -> None:
 
 
 def preload() -> None:
-    """Import, once in the zygote, what every task imports at first use: DuckDB (JSON parsing,
-    sink keys: about 80 ms of CPU per task otherwise), the metadata store, the query file
-    reader. Importing starts no thread (forking stays safe); nothing is opened."""
+    """Import, once in the zygote, what every task imported again at first use: DuckDB (JSON
+    parsing, sink encoding), the SQLite metadata store, the query file reader. Importing starts
+    no thread (forking stays safe); nothing is opened."""
     import streamhouse.log.metadata.sqlite  # noqa: F401
     import streamhouse.runtime.launch  # noqa: F401
     import streamhouse.runtime.parallel  # noqa: F401
