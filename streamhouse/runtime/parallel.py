@@ -109,6 +109,11 @@ FIRST_POLL_S = 0.005
 appends them, so no commit of this one wakes it)."""
 
 
+UNTIL_END_POLL_S = 0.02
+"""The longest wait of a task running to the end for the other tasks' exchange records (a
+continuous query waits up to ``poll-interval``)."""
+
+
 def parallel_shape(plan: ContinuousPlan) -> str:
     """``"stateless"``, ``"aggregate"`` or ``"rows"``: how a plan runs in parallel (see
     :mod:`.routing`); a SqlError naming the operator if it cannot yet."""
@@ -408,6 +413,9 @@ class ParallelQuery:
         self.shape = parallel_shape(self.plan)
         called = {f.name.lower() for f in self.statement.find_all(exp.Anonymous)}
         self.functions = exported_functions(called)  # registered here: imported by the tasks
+        # the task processes' zygote imports the runtime (about a second of CPU) while this
+        # process moves state, creates the topics and spawns
+        Zygote.get()
         self.root = task_root(state_root, self.name, parallelism)
         self.processes: list[TaskProcess] = []
         self._results: ParallelResults | None = None  # a drain's results go to no caller
@@ -788,6 +796,7 @@ def run_task(spec: dict[str, Any]) -> None:
 
     signal.signal(signal.SIGTERM, on_term)
     import_functions(spec.get("functions") or [])
+    _share_cores(parallelism)
     with StreamHouse(settings) as sh:
         query_file = QueryFile.read(spec["sql"], spec["name"])
         options = QueryOptions().with_options({**query_file.settings, **spec["options"]})
@@ -827,6 +836,19 @@ def run_task(spec: dict[str, Any]) -> None:
                 writer.store.close()
 
 
+def _share_cores(parallelism: int) -> None:
+    """Size the task's native thread pools (Arrow's, DuckDB's) to its share of the cores, not
+    to all of them: the tasks of a query run at once, and at parallelism 2 on two cores each
+    task's pools of two threads contended with the other's (the windowed COUNT's CPU per
+    event at parallelism 2 went from 1.29x to 1.14x of parallelism 1's, a filter's from 1.07x
+    to 1.01x: ``parallel_bench.py --steady``, 5 pairs each)."""
+    from streamhouse.sql.json_values import set_duckdb_threads
+
+    share = max(1, (os.cpu_count() or 1) // parallelism)
+    pa.set_cpu_count(share)
+    set_duckdb_threads(share)
+
+
 def _run(
     query: TaskQuery,
     writers: list[ExchangeWriter],
@@ -855,6 +877,8 @@ def _run(
     done = status_path.with_name(f"final-{query.task}.json")  # this task's producers finished
     announced = False
     pause = FIRST_POLL_S
+    # a run to the end waits for the other tasks' last records: no longer than UNTIL_END_POLL_S
+    longest = UNTIL_END_POLL_S if until_end else float("inf")
     while not stopping():
         progressed = False
         for i, writer in enumerate(writers):
@@ -876,7 +900,7 @@ def _run(
             return
         else:
             time.sleep(pause)
-            pause = min(pause * 2, query.options.poll_interval_ms / 1000)
+            pause = min(pause * 2, query.options.poll_interval_ms / 1000, longest)
     _write_status(query, writers, status_path, ready)
 
 

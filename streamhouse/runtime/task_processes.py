@@ -138,15 +138,24 @@ class Zygote:
 
 
 def _serve(requests: IO[bytes], replies: IO[bytes]) -> None:
-    """The zygote's loop: fork a task per request, report starts and exits."""
+    """The zygote's loop: fork a task per request, report starts and exits (an exit at once:
+    SIGCHLD wakes the loop, so a run to the end is not held by a polling interval)."""
     from streamhouse.runtime.parallel import task_main
 
     children: set[int] = set()
     pending = b""
     stdin = requests.fileno()
+    wake, woken = os.pipe()
+    os.set_blocking(wake, False)
+    os.set_blocking(woken, False)
+    signal.set_wakeup_fd(woken)
+    signal.signal(signal.SIGCHLD, lambda *_: None)  # (the wakeup fd does the waking)
     while True:
-        readable, _, _ = select.select([stdin], [], [], 0.05)
-        if readable:
+        readable, _, _ = select.select([stdin, wake], [], [], 1.0)
+        if wake in readable:
+            with contextlib.suppress(BlockingIOError):
+                os.read(wake, 1 << 12)
+        if stdin in readable:
             chunk = os.read(stdin, 1 << 16)
             if not chunk:  # the launching process went away: so do its tasks
                 for pid in children:
@@ -159,8 +168,11 @@ def _serve(requests: IO[bytes], replies: IO[bytes]) -> None:
                 message = json.loads(line)
                 pid = os.fork()
                 if pid == 0:  # the task
+                    signal.set_wakeup_fd(-1)
+                    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+                    for fd in (wake, woken, stdin):
+                        os.close(fd)
                     os.dup2(2, 1)  # its stdout is not the reply pipe
-                    os.close(stdin)
                     os._exit(task_main(message["spec"]))
                 children.add(pid)
                 replies.write(f"{message['request']} {pid}\n".encode())
@@ -177,8 +189,19 @@ def _serve(requests: IO[bytes], replies: IO[bytes]) -> None:
             replies.flush()
 
 
+def preload() -> None:
+    """Import, once in the zygote, what every task imported again at first use: DuckDB (JSON
+    parsing, sink encoding), the SQLite metadata store, the query file reader. Importing starts
+    no thread (forking stays safe); nothing is opened."""
+    import streamhouse.log.metadata.sqlite  # noqa: F401
+    import streamhouse.runtime.launch  # noqa: F401
+    import streamhouse.runtime.parallel  # noqa: F401
+    from streamhouse.sql import json_values
+
+    json_values._load_duckdb()
+
+
 if __name__ == "__main__":
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the launcher, which stops tasks
-    import streamhouse.runtime.parallel  # noqa: F401 - preloaded for every task
-
+    preload()
     _serve(sys.stdin.buffer, sys.stdout.buffer)

@@ -171,6 +171,21 @@ else:
 
 _database: duckdb.DuckDBPyConnection | None = None
 _database_lock = threading.Lock()
+_threads: int | None = None  # DuckDB's threads per database (None: as many as cores)
+
+
+def set_duckdb_threads(threads: int) -> None:
+    """Run this process's in-memory DuckDB databases (JSON parsing here, sink encoding in
+    :mod:`streamhouse.runtime.sink`) on ``threads`` threads, not one per core: a task of a
+    parallel query takes its share of the cores (its sibling tasks parse at the same time).
+    For the databases opened after the call."""
+    global _threads
+    _threads = threads
+
+
+def duckdb_config() -> dict[str, str | int]:
+    """The configuration a DuckDB database of this process is opened with."""
+    return {"threads": _threads} if _threads is not None else {}
 
 
 def _load_duckdb() -> None:
@@ -192,7 +207,7 @@ def _cursor() -> duckdb.DuckDBPyConnection:
     with _database_lock:
         if _database is None:
             _load_duckdb()
-            _database = duckdb.connect()
+            _database = duckdb.connect(config=duckdb_config())
             _database.execute("SET GLOBAL TimeZone = 'UTC'")
         return _database.cursor()
 
