@@ -21,7 +21,9 @@ split is :mod:`.routing`'s:
   (unique over the tasks, also after a rescale); record keys made of other operators' row ids
   are prefixed with ``<task>/``.
 - A per-window query without a key (Nexmark q5): rows are routed by window, to every task
-  owning a window they fall in, and each task evaluates the windows it owns.
+  owning a window they fall in, and each task evaluates the windows it owns. A stream joined
+  to a window aggregate of itself (q7) likewise, each row also to the owners of the windows it
+  can join by the join's bound on time; each task's aggregate emits only the windows it owns.
 
 Task ``i`` writes sink partition ``i`` only (the sink is created with ``n`` partitions); the
 tasks of an updating query (an updating GROUP BY, an outer join, a Top-N or deduplication, a
