@@ -280,7 +280,7 @@ GROUP BY auction, window_start, window_end;
         query.run_until_caught_up(final=True)
 
 
-STATEFUL = ["q3", "q5", "q8", "q9", "q11", "q13", "q15", "q18", "q19", "q20"]
+STATEFUL = ["q3", "q5", "q7", "q8", "q9", "q11", "q13", "q15", "q18", "q19", "q20"]
 _runs = itertools.count()
 
 
