@@ -211,7 +211,7 @@ class ColumnarCache:
                 out.seek(0, os.SEEK_END)
                 out.write(_TRAILER.pack(crc, _MAGIC))
             os.replace(temporary, path)
-        except OSError as exc:  # a full or read-only disk: the query goes on uncached
+        except (OSError, ValueError) as exc:  # a full or read-only disk: the query goes on uncached
             log.warning("columnar cache: cannot write %s: %s", path, exc)
             temporary.unlink(missing_ok=True)
             return
