@@ -1,0 +1,225 @@
+"""Tasks of a parallel query on agents (issue 16 item 6): each task a lease of its own, spread
+over the live agents; kill -9 of an agent moves its task to another, which resumes it from the
+task's checkpoint in the object store, and every window is written exactly once (DuckDB's
+answer)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+import pytest
+from click.testing import CliRunner
+from kafka_fixtures import KafkaServer
+from test_query_failover import (
+    Cluster,
+    _events,
+    _exactly_once,
+    _minute,
+    _produce,
+    _until,
+)
+
+import streamhouse
+from streamhouse.cli import main as cli
+from streamhouse.runtime.launch import QueryFile
+from streamhouse.runtime.placement import AgentTask, share, task_lease_name
+
+PARALLELISM = 2
+
+
+@pytest.fixture
+def cluster(tmp_path: Path, postgres_url: str) -> Iterator[Cluster]:
+    made = Cluster(tmp_path, postgres_url)
+    roadmap = made.queries / "clicks.sql"
+    roadmap.write_text(f"SET 'parallelism' = '{PARALLELISM}';\n{roadmap.read_text()}")
+    made.output()  # opens the store
+    assert made.sh is not None
+    made.sh.create_topic("events", partitions=4)
+    yield made
+    made.close()
+
+
+def _holders(cluster: Cluster) -> dict[int, tuple[KafkaServer, int]]:
+    """Task -> (the agent holding its live lease, the lease's epoch)."""
+    ports = {a.agent_id: a.port for a in cluster.md.list_agents()}
+    held = {}
+    for task in range(PARALLELISM):
+        for lease in cluster.md.list_leases(task_lease_name("clicks", task)):
+            if lease.live and lease.holder in ports:
+                agent = next(s for s in cluster.agents if s.port == ports[lease.holder])
+                held[task] = (agent, lease.epoch)
+    return held
+
+
+def _until_held(
+    cluster: Cluster, by: KafkaServer | None = None, timeout: float = 30.0
+) -> dict[int, tuple[KafkaServer, int]]:
+    """Every task held: by agent ``by`` alone, else by as many agents as there are tasks."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        held = _holders(cluster)
+        agents = {agent.port for agent, _ in held.values()}
+        wanted = {by.port} if by is not None else agents
+        if (
+            len(held) == PARALLELISM
+            and agents == wanted
+            and len(agents) == (1 if by is not None else PARALLELISM)
+        ):
+            return held
+        time.sleep(0.1)
+    logs = "\n".join(a.log(30) for a in cluster.agents)
+    raise AssertionError(f"tasks not held as wanted within {timeout}s: {held}\n{logs}")
+
+
+def _task_table(cluster: Cluster, timeout: float = 20.0) -> list[list[str]]:
+    """The tasks' rows of ``cluster status`` (cells stripped), once every task's holder wrote
+    its progress (a new holder's row is empty until it did)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        status = CliRunner().invoke(
+            cli,
+            ["--data-dir", str(cluster.data), "cluster", "status", "--metadata", cluster.url],
+            env={"COLUMNS": "400"},
+        )
+        assert status.exit_code == 0, status.output
+        rows = [
+            [cell.strip() for cell in line.split("│")[1:-1]]
+            for line in status.output.splitlines()
+            if "│ clicks " in line
+        ]
+        assert len(rows) == PARALLELISM, status.output  # a row per task, the tasks' table
+        if all(row[5] for row in rows):  # offsets
+            return rows
+        assert time.monotonic() < deadline, status.output
+        time.sleep(0.2)
+
+
+def test_share() -> None:
+    assert [share(2, n) for n in (0, 1, 2, 3)] == [2, 2, 1, 1]
+    assert share(3, 2) == 2
+
+
+def test_a_killed_agents_task_moves_to_another_and_resumes_exactly_once(
+    cluster: Cluster,
+) -> None:
+    agents = [cluster.start_agent() for _ in range(PARALLELISM)]
+    before = _until_held(cluster)  # one task on each agent
+    produced = _events(range(0, 600))
+    _produce(agents[0].bootstrap, produced)
+    cluster.wait_for(lambda rows: _minute(rows, 8))  # minutes 0-8 closed by both tasks
+
+    victim, epoch = before[1]
+    survivor = next(a for a in agents if a is not victim)
+    victim.process.send_signal(signal.SIGKILL)  # type: ignore[union-attr]
+    victim.process.wait()  # type: ignore[union-attr]
+    more = _events(range(600, 1200))
+    cluster.append(more)  # straight into the log (see test_query_failover)
+    produced += more
+    after = _until_held(cluster, by=survivor)  # the killed agent's task moved
+    assert after[1][1] > epoch
+    cluster.wait_for(lambda rows: _minute(rows, 9))  # closed by both tasks on the survivor
+
+    rows = _task_table(cluster)
+    for task, row in enumerate(rows):
+        query, number, _, address, _, offsets, watermark, state_bytes, *_ = row
+        assert (query, int(number), address) == ("clicks", task, f"127.0.0.1:{survivor.port}")
+        # the source partitions the task reads (p % 2 == task), read (before the kill: not
+        # from the start again), at most to their end (600)
+        read = json.loads(offsets)
+        assert sorted(read) == [str(p) for p in range(task, 4, PARALLELISM)]
+        assert all(0 < o <= 600 for o in read.values()), read
+        assert watermark.startswith("2026-01-01 00:") and int(state_bytes) > 0
+
+    cluster.append([{"user_id": 0, "event_type": "view", "timestamp": "2026-01-01 00:30:00"}] * 4)
+    _exactly_once(cluster, produced)
+    assert "restored checkpoint" in survivor.log(600)  # the moved task's, not a fresh start
+    recorded = {c.query: c for c in cluster.md.list_query_checkpoints()}
+    assert {"clicks.p2.task-0", "clicks.p2.task-1", "clicks.p2.exchange-1"} <= set(recorded)
+    assert recorded["clicks.p2.task-1"].epoch == after[1][1]  # recorded by the new holder
+
+
+# -- in one process: a producer restored from an older copy of its state catches up ------------
+
+WINDOWS = """
+SET 'parallelism' = '2';
+SET 'poll-interval' = '20 ms';
+INSERT INTO per_window
+SELECT k, window_start, COUNT(*) AS n, SUM(v) AS total
+FROM ev GROUP BY k, TUMBLING(t, INTERVAL '10' SECOND)
+"""
+
+
+def _rows(ts_ms: list[int]) -> list[dict[str, object]]:
+    return [{"k": "abc"[t // 700 % 3], "v": t // 100, "t": t} for t in ts_ms]
+
+
+def test_a_moved_task_catches_up_with_what_its_producer_sent_after_its_last_checkpoint(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Task 1 stops without a last checkpoint after its producer sent batches that closed no
+    window (so no checkpoint copied its state): the agent taking it over restores the older
+    copy and reads those batches back from the exchange, sending none of their sequence
+    numbers again with other rows. Every window once, DuckDB's answer."""
+    caplog.set_level(logging.INFO, logger="streamhouse.runtime.exchange")
+    query = QueryFile.read(WINDOWS, name="windows")
+    produced: list[dict[str, object]] = []
+    with streamhouse.connect(tmp_path / "data") as sh:
+        sh.sql(
+            "CREATE STREAM ev (k STRING, v BIGINT, t TIMESTAMP(3), WATERMARK FOR t AS t)"
+            " WITH (topic = 'ev', partitions = '2')"
+        )
+        md = sh.log.metadata
+
+        def produce(ts_ms: list[int]) -> None:
+            rows = _rows(ts_ms)
+            for p in (0, 1):  # both partitions: each task's producer reads one
+                sh.produce("ev", rows, partition=p)
+                produced.extend(rows)
+
+        def output() -> list[tuple[object, ...]]:
+            if sh.log.get_topic("per_window") is None:
+                return []
+            values = sh.fetch("per_window")["value"].to_pylist()
+            return [tuple(json.loads(v).values()) for v in values]
+
+        leases = [md.acquire_lease(task_lease_name("windows", t), "a", 60_000) for t in (0, 1)]
+        tasks = [
+            AgentTask(sh.engine, query, t, tmp_path / "a", lease, "a")  # type: ignore[arg-type]
+            for t, lease in enumerate(leases)
+        ]
+        produce(list(range(0, 60_000, 500)))
+        _until(lambda: len(output()) >= 15, "windows [0, 50 s) written")  # 3 keys x 5
+        sent = tasks[1].writers[0].sequence
+        produce([59_100, 59_200, 59_300])  # in the open window [50, 60 s): no output
+        _until(lambda: tasks[1].writers[0].sequence > sent, "task 1 sent them")
+        tasks[1].stop(checkpoint=False)  # as killed: its copy is older than what it sent
+        assert leases[1] is not None
+        md.release_lease(leases[1])
+        lease = md.acquire_lease(task_lease_name("windows", 1), "b", 60_000)
+        assert lease is not None and lease.epoch == leases[1].epoch + 1
+        # before it is taken over: its first batch again would hold these too (a replay of
+        # the numbers it sent, with other rows, which its consumers would skip)
+        produce([61_000, 75_000, 200_000])  # closes every window but the last
+        tasks[1] = AgentTask(sh.engine, query, 1, tmp_path / "b", lease, "b")
+        assert "producer 1 caught up with 1 batch" in caplog.text
+        events_table = pa.Table.from_pylist(produced)  # noqa: F841 (read by DuckDB)
+        want = Counter(
+            duckdb.sql(
+                "SELECT k, strftime(time_bucket(INTERVAL 10 SECOND, make_timestamp(t * 1000)),"
+                " '%Y-%m-%d %H:%M:%S'), count(*)::BIGINT, sum(v)::BIGINT FROM events_table"
+                " WHERE t < 200000 GROUP BY ALL"
+            ).fetchall()
+        )
+        _until(lambda: len(output()) >= sum(want.values()), "every closed window written")
+        time.sleep(0.5)  # a duplicate would show up now
+        for task in tasks:
+            task.stop()
+        assert Counter(output()) == want
