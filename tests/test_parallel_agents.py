@@ -29,6 +29,7 @@ from test_query_failover import (
 
 import streamhouse
 from streamhouse.cli import main as cli
+from streamhouse.errors import SqlError
 from streamhouse.runtime.launch import QueryFile
 from streamhouse.runtime.placement import AgentTask, share, task_lease_name
 
@@ -96,7 +97,7 @@ def _task_table(cluster: Cluster, timeout: float = 20.0) -> list[list[str]]:
             if "│ clicks " in line
         ]
         assert len(rows) == PARALLELISM, status.output  # a row per task, the tasks' table
-        if all(row[5] for row in rows):  # offsets
+        if all(row[5] != "NULL" for row in rows):  # offsets
             return rows
         assert time.monotonic() < deadline, status.output
         time.sleep(0.2)
@@ -119,12 +120,14 @@ def test_a_killed_agents_task_moves_to_another_and_resumes_exactly_once(
     victim, epoch = before[1]
     survivor = next(a for a in agents if a is not victim)
     victim.process.send_signal(signal.SIGKILL)  # type: ignore[union-attr]
+    killed_at = time.monotonic()
     victim.process.wait()  # type: ignore[union-attr]
     more = _events(range(600, 1200))
     cluster.append(more)  # straight into the log (see test_query_failover)
     produced += more
     after = _until_held(cluster, by=survivor)  # the killed agent's task moved
     assert after[1][1] > epoch
+    print(f"task moved: kill -9 to its lease taken in {time.monotonic() - killed_at:.2f} s")
     cluster.wait_for(lambda rows: _minute(rows, 9))  # closed by both tasks on the survivor
 
     rows = _task_table(cluster)
@@ -220,6 +223,22 @@ def test_a_moved_task_catches_up_with_what_its_producer_sent_after_its_last_chec
         )
         _until(lambda: len(output()) >= sum(want.values()), "every closed window written")
         time.sleep(0.5)  # a duplicate would show up now
+        _until(lambda: tasks[1].status().get("rows_in") == 126, "task 1 reported")
+        status = tasks[1].status()
+        assert (status["agent"], status["epoch"], status["offsets"]) == (
+            "b",
+            lease.epoch,
+            {"1": 126},
+        )
+        assert status["watermark"] == "1970-01-01 00:03:20.000" and status["state_bytes"] > 0
         for task in tasks:
             task.stop()
         assert Counter(output()) == want
+
+        # restarted at another parallelism: refused (rescaling on agents is not built), not
+        # read again from the start
+        three = md.acquire_lease(task_lease_name("windows", 2), "c", 60_000)
+        assert three is not None
+        other = QueryFile.read(WINDOWS.replace("'2'", "'3'"), name="windows")
+        with pytest.raises(SqlError, match="checkpointed on agents at another parallelism"):
+            AgentTask(sh.engine, other, 2, tmp_path / "c", three, "c")

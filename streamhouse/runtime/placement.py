@@ -26,7 +26,7 @@ keep their state where another agent finds it:
 
 Each task writes its progress (source offsets, watermark, rows and rows/s, state size, the
 agent running it) to the object store, ``tasks/<name>/task-<i>.json``, about once a second:
-``streamhouse cluster status`` lists it (:func:`task_statuses`).
+``streamhouse cluster status`` lists it, :meth:`AgentTask.status` gives it.
 """
 
 from __future__ import annotations
@@ -41,7 +41,6 @@ from typing import Any
 
 from streamhouse.errors import FencedError, SqlError, StreamHouseError
 from streamhouse.log.metadata.leases import Lease
-from streamhouse.log.objectstore import ObjectStore
 from streamhouse.runtime.exchange import ExchangeWriter
 from streamhouse.runtime.launch import QueryFile, declared, is_materialized_view
 from streamhouse.runtime.options import QueryOptions
@@ -91,17 +90,6 @@ def share(parallelism: int, live_agents: int) -> int:
     (1, 2, 2)
     """
     return math.ceil(parallelism / max(1, live_agents))
-
-
-def task_statuses(objects: ObjectStore, query: str, parallelism: int) -> list[dict[str, Any]]:
-    """The progress each task of ``query`` last wrote (``{"task": i}`` alone if none yet)."""
-    statuses = []
-    for task in range(parallelism):
-        try:
-            statuses.append(json.loads(objects.get(status_key(query, task))))
-        except (StreamHouseError, ValueError):
-            statuses.append({"task": task})
-    return statuses
 
 
 class AgentTask:
@@ -158,6 +146,7 @@ class AgentTask:
             self._close()
             raise
         self.error: BaseException | None = None
+        self._status: dict[str, Any] = {"task": task}
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._loop, name=f"task-{self.name}", daemon=True)
         self._thread.start()
@@ -234,6 +223,12 @@ class AgentTask:
         status = task_status(self.query, self.writers, ready)
         status.update(agent=self.agent, epoch=self.lease.epoch, parallelism=self.parallelism)
         self.log.store.put(status_key(self.query_name, self.task), json.dumps(status).encode())
+        self._status = status
+
+    def status(self) -> dict[str, Any]:
+        """The task's progress as it last wrote it (see :func:`~.parallel.task_status`), with
+        the agent running it, the lease epoch and the query's parallelism."""
+        return dict(self._status)
 
     def stop(self, checkpoint: bool = True) -> None:
         """Stop after the current micro-batch; with ``checkpoint`` (and no error), publish
