@@ -29,7 +29,8 @@ partition when it moves to another task (rescaling). Each task writes in transac
 consuming side, a :class:`~.query.ContinuousQuery`) and ``exchange-<i>[-<source>]`` (the
 producing side, one store per source); each task writes ``task-<i>.json`` with its progress
 for :meth:`ParallelQuery.status`. Restarted at another parallelism, the query's state moves by
-key group to the new tasks first (rescaling, :mod:`.rescale`).
+key group to the new tasks first (rescaling, :mod:`.rescale`). On ``serve`` agents sharing a
+PostgreSQL store, the tasks are leased to the agents one by one instead (:mod:`.placement`).
 """
 
 from __future__ import annotations
