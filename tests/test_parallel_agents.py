@@ -29,7 +29,8 @@ from test_query_failover import (
 
 import streamhouse
 from streamhouse.cli import main as cli
-from streamhouse.errors import SqlError
+from streamhouse.errors import FencedError, SqlError
+from streamhouse.log.metadata.leases import Lease
 from streamhouse.runtime.launch import QueryFile
 from streamhouse.runtime.placement import AgentTask, share, task_lease_name
 
@@ -164,6 +165,57 @@ def _rows(ts_ms: list[int]) -> list[dict[str, object]]:
     return [{"k": "abc"[t // 700 % 3], "v": t // 100, "t": t} for t in ts_ms]
 
 
+class Windows:
+    """One process, SQLite: the stream ``ev`` (2 partitions), the tasks of query ``windows``
+    at parallelism 2 (:data:`WINDOWS`) as agents would run them, and its answers."""
+
+    def __init__(self, sh: streamhouse.StreamHouse, tmp_path: Path) -> None:
+        self.sh, self.md, self.tmp_path = sh, sh.log.metadata, tmp_path
+        self.query = QueryFile.read(WINDOWS, name="windows")
+        self.produced: list[dict[str, object]] = []
+        sh.sql(
+            "CREATE STREAM ev (k STRING, v BIGINT, t TIMESTAMP(3), WATERMARK FOR t AS t)"
+            " WITH (topic = 'ev', partitions = '2')"
+        )
+
+    def produce(self, ts_ms: list[int]) -> None:
+        rows = _rows(ts_ms)
+        for p in (0, 1):  # both partitions: each task's producer reads one
+            self.sh.produce("ev", rows, partition=p)
+            self.produced.extend(rows)
+
+    def output(self) -> list[tuple[object, ...]]:
+        if self.sh.log.get_topic("per_window") is None:
+            return []
+        values = self.sh.fetch("per_window")["value"].to_pylist()
+        return [tuple(json.loads(v).values()) for v in values]
+
+    def take(self, task: int, agent: str) -> tuple[AgentTask, Lease]:
+        """Task ``task`` run as agent ``agent`` would, under a new lease of it."""
+        lease = self.md.acquire_lease(task_lease_name("windows", task), agent, 60_000)
+        assert lease is not None
+        return AgentTask(
+            self.sh.engine, self.query, task, self.tmp_path / agent, lease, agent
+        ), lease
+
+    def closed_windows(self, before_ms: int) -> Counter[tuple[object, ...]]:
+        """DuckDB's answer: the windows ending before ``before_ms``, each once."""
+        events_table = pa.Table.from_pylist(self.produced)  # noqa: F841 (read by DuckDB)
+        return Counter(
+            duckdb.sql(
+                "SELECT k, strftime(time_bucket(INTERVAL 10 SECOND, make_timestamp(t * 1000)),"
+                " '%Y-%m-%d %H:%M:%S'), count(*)::BIGINT, sum(v)::BIGINT FROM events_table"
+                f" WHERE t < {before_ms} GROUP BY ALL"
+            ).fetchall()
+        )
+
+    def exactly_once(self, tasks: list[AgentTask], before_ms: int) -> None:
+        want = self.closed_windows(before_ms)
+        _until(lambda: len(self.output()) >= sum(want.values()), "every closed window written")
+        time.sleep(0.5)  # a duplicate would show up now
+        assert Counter(self.output()) == want
+
+
 def test_a_moved_task_catches_up_with_what_its_producer_sent_after_its_last_checkpoint(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -172,57 +224,24 @@ def test_a_moved_task_catches_up_with_what_its_producer_sent_after_its_last_chec
     copy and reads those batches back from the exchange, sending none of their sequence
     numbers again with other rows. Every window once, DuckDB's answer."""
     caplog.set_level(logging.INFO, logger="streamhouse.runtime.exchange")
-    query = QueryFile.read(WINDOWS, name="windows")
-    produced: list[dict[str, object]] = []
     with streamhouse.connect(tmp_path / "data") as sh:
-        sh.sql(
-            "CREATE STREAM ev (k STRING, v BIGINT, t TIMESTAMP(3), WATERMARK FOR t AS t)"
-            " WITH (topic = 'ev', partitions = '2')"
-        )
-        md = sh.log.metadata
-
-        def produce(ts_ms: list[int]) -> None:
-            rows = _rows(ts_ms)
-            for p in (0, 1):  # both partitions: each task's producer reads one
-                sh.produce("ev", rows, partition=p)
-                produced.extend(rows)
-
-        def output() -> list[tuple[object, ...]]:
-            if sh.log.get_topic("per_window") is None:
-                return []
-            values = sh.fetch("per_window")["value"].to_pylist()
-            return [tuple(json.loads(v).values()) for v in values]
-
-        leases = [md.acquire_lease(task_lease_name("windows", t), "a", 60_000) for t in (0, 1)]
-        tasks = [
-            AgentTask(sh.engine, query, t, tmp_path / "a", lease, "a")  # type: ignore[arg-type]
-            for t, lease in enumerate(leases)
-        ]
-        produce(list(range(0, 60_000, 500)))
-        _until(lambda: len(output()) >= 15, "windows [0, 50 s) written")  # 3 keys x 5
+        run = Windows(sh, tmp_path)
+        (first, _), (second, old) = run.take(0, "a"), run.take(1, "a")
+        tasks = [first, second]
+        run.produce(list(range(0, 60_000, 500)))
+        _until(lambda: len(run.output()) >= 15, "windows [0, 50 s) written")  # 3 keys x 5
         sent = tasks[1].writers[0].sequence
-        produce([59_100, 59_200, 59_300])  # in the open window [50, 60 s): no output
+        run.produce([59_100, 59_200, 59_300])  # in the open window [50, 60 s): no output
         _until(lambda: tasks[1].writers[0].sequence > sent, "task 1 sent them")
         tasks[1].stop(checkpoint=False)  # as killed: its copy is older than what it sent
-        assert leases[1] is not None
-        md.release_lease(leases[1])
-        lease = md.acquire_lease(task_lease_name("windows", 1), "b", 60_000)
-        assert lease is not None and lease.epoch == leases[1].epoch + 1
+        run.md.release_lease(old)
         # before it is taken over: its first batch again would hold these too (a replay of
         # the numbers it sent, with other rows, which its consumers would skip)
-        produce([61_000, 75_000, 200_000])  # closes every window but the last
-        tasks[1] = AgentTask(sh.engine, query, 1, tmp_path / "b", lease, "b")
+        run.produce([61_000, 75_000, 200_000])  # closes every window but the last
+        tasks[1], lease = run.take(1, "b")
+        assert lease.epoch == old.epoch + 1
         assert "producer 1 caught up with 1 batch" in caplog.text
-        events_table = pa.Table.from_pylist(produced)  # noqa: F841 (read by DuckDB)
-        want = Counter(
-            duckdb.sql(
-                "SELECT k, strftime(time_bucket(INTERVAL 10 SECOND, make_timestamp(t * 1000)),"
-                " '%Y-%m-%d %H:%M:%S'), count(*)::BIGINT, sum(v)::BIGINT FROM events_table"
-                " WHERE t < 200000 GROUP BY ALL"
-            ).fetchall()
-        )
-        _until(lambda: len(output()) >= sum(want.values()), "every closed window written")
-        time.sleep(0.5)  # a duplicate would show up now
+        run.exactly_once(tasks, 200_000)
         _until(lambda: tasks[1].status().get("rows_in") == 126, "task 1 reported")
         status = tasks[1].status()
         assert (status["agent"], status["epoch"], status["offsets"]) == (
@@ -233,12 +252,42 @@ def test_a_moved_task_catches_up_with_what_its_producer_sent_after_its_last_chec
         assert status["watermark"] == "1970-01-01 00:03:20.000" and status["state_bytes"] > 0
         for task in tasks:
             task.stop()
-        assert Counter(output()) == want
 
         # restarted at another parallelism: refused (rescaling on agents is not built), not
         # read again from the start
-        three = md.acquire_lease(task_lease_name("windows", 2), "c", 60_000)
-        assert three is not None
+        lease = run.md.acquire_lease(task_lease_name("windows", 2), "c", 60_000)
+        assert lease is not None
         other = QueryFile.read(WINDOWS.replace("'2'", "'3'"), name="windows")
         with pytest.raises(SqlError, match="checkpointed on agents at another parallelism"):
-            AgentTask(sh.engine, other, 2, tmp_path / "c", three, "c")
+            AgentTask(sh.engine, other, 2, tmp_path / "c", lease, "c")
+
+
+def test_a_task_paused_past_its_lease_appends_nothing_to_the_exchange(tmp_path: Path) -> None:
+    """Task 1's lease runs out while it runs (its agent paused) and another agent takes it: the
+    old holder's next exchange append is refused (FencedError), nothing of it reaches the
+    exchange, and the new holder's output is every window once."""
+    with streamhouse.connect(tmp_path / "data") as sh:
+        run = Windows(sh, tmp_path)
+        (first, _), (paused, old) = run.take(0, "a"), run.take(1, "a")
+        run.produce(list(range(0, 60_000, 500)))
+        _until(lambda: len(run.output()) >= 15, "windows [0, 50 s) written")
+
+        def sent_by_task_1() -> list[bytes]:
+            """Task 1's exchange records (one per batch in each partition: partition 0's)."""
+            fetched = sh.fetch("windows.exchange", 0, isolation_level="read_uncommitted")
+            return [key for key in fetched["key"].to_pylist() if key.startswith(b"1:")]
+
+        assert run.md.renew_lease(old, 1)  # then it runs out
+        time.sleep(0.05)
+        second, lease = run.take(1, "b")
+        assert lease.epoch == old.epoch + 1
+        before = len(sent_by_task_1())
+        run.produce([61_000, 75_000])
+        _until(lambda: paused.error is not None, "the old holder refused")
+        assert isinstance(paused.error, FencedError)
+        run.produce([200_000])
+        run.exactly_once([first, second], 200_000)
+        sent = sent_by_task_1()
+        assert len(sent) == len(set(sent)) > before  # no sequence number sent twice
+        for task in (first, second, paused):
+            task.stop(checkpoint=task is not paused)
