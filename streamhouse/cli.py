@@ -1015,7 +1015,6 @@ def cluster_status(ctx: click.Context, data_dir: str | None) -> None:
     from streamhouse.kafka.cluster import node_id_of
     from streamhouse.kafka.coordination import GROUP_LEASE_PREFIX, group_of_lease
     from streamhouse.log.metadata import open_metadata, sqlite_path
-    from streamhouse.runtime.placement import task_of_lease
     from streamhouse.runtime.supervisor import LEASE_PREFIX
 
     settings = _settings(ctx)
@@ -1069,9 +1068,9 @@ def cluster_status(ctx: click.Context, data_dir: str | None) -> None:
     addresses = {agent.agent_id: f"{agent.host}:{agent.port}" for agent in agents}
     queries = []
     for lease in query_leases:
-        if task_of_lease(lease.name) is not None:
-            continue  # a task of a parallel query: listed below
         name = lease.name.removeprefix(LEASE_PREFIX)
+        if "/" in name:  # a task of a parallel query (listed below) or an agent running it
+            continue
         checkpoint = checkpoints.get(name)
         queries.append(
             {

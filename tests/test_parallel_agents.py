@@ -33,6 +33,7 @@ from streamhouse.errors import FencedError, SqlError
 from streamhouse.log.metadata.leases import Lease
 from streamhouse.runtime.launch import QueryFile
 from streamhouse.runtime.placement import AgentTask, share, task_lease_name
+from streamhouse.runtime.supervisor import QuerySupervisor
 
 PARALLELISM = 2
 
@@ -209,7 +210,7 @@ class Windows:
             ).fetchall()
         )
 
-    def exactly_once(self, tasks: list[AgentTask], before_ms: int) -> None:
+    def exactly_once(self, before_ms: int) -> None:
         want = self.closed_windows(before_ms)
         _until(lambda: len(self.output()) >= sum(want.values()), "every closed window written")
         time.sleep(0.5)  # a duplicate would show up now
@@ -241,7 +242,7 @@ def test_a_moved_task_catches_up_with_what_its_producer_sent_after_its_last_chec
         tasks[1], lease = run.take(1, "b")
         assert lease.epoch == old.epoch + 1
         assert "producer 1 caught up with 1 batch" in caplog.text
-        run.exactly_once(tasks, 200_000)
+        run.exactly_once(200_000)
         _until(lambda: tasks[1].status().get("rows_in") == 126, "task 1 reported")
         status = tasks[1].status()
         assert (status["agent"], status["epoch"], status["offsets"]) == (
@@ -286,8 +287,37 @@ def test_a_task_paused_past_its_lease_appends_nothing_to_the_exchange(tmp_path: 
         _until(lambda: paused.error is not None, "the old holder refused")
         assert isinstance(paused.error, FencedError)
         run.produce([200_000])
-        run.exactly_once([first, second], 200_000)
+        run.exactly_once(200_000)
         sent = sent_by_task_1()
         assert len(sent) == len(set(sent)) > before  # no sequence number sent twice
         for task in (first, second, paused):
             task.stop(checkpoint=task is not paused)
+
+
+def test_two_supervisors_share_the_tasks_and_hand_them_back_and_forth(tmp_path: Path) -> None:
+    """Two agents' supervisors in one process: the first alone runs both tasks; once the second
+    runs the query too (its membership lease), the first hands one task over; when the second
+    stops, the first takes it back. Every window once."""
+    with streamhouse.connect(tmp_path / "data") as sh:
+        run = Windows(sh, tmp_path)
+        agents = {name: QuerySupervisor(sh.engine, name, 0.6, tmp_path / name) for name in "ab"}
+        for supervisor in agents.values():
+            supervisor.add(run.query)
+
+        def held_by(name: str) -> set[int]:
+            return {t.task for t in agents[name].running if isinstance(t, AgentTask)}
+
+        agents["a"].start()
+        _until(lambda: held_by("a") == {0, 1}, "a runs both tasks")
+        run.produce(list(range(0, 30_000, 500)))
+        _until(lambda: len(run.output()) >= 6, "windows [0, 20 s) written")
+        agents["b"].start()
+        _until(lambda: len(held_by("a")) == len(held_by("b")) == 1, "one task each")
+        assert held_by("a") == {0}  # the highest-numbered was handed over
+        run.produce(list(range(30_000, 60_000, 500)))
+        _until(lambda: len(run.output()) >= 15, "windows [0, 50 s) written")
+        agents["b"].stop()
+        _until(lambda: held_by("a") == {0, 1}, "a runs both tasks again")
+        run.produce([200_000])
+        run.exactly_once(200_000)
+        agents["a"].stop()

@@ -3,9 +3,12 @@
 A query file with ``SET 'parallelism' = 'N'`` given to agents sharing a PostgreSQL store
 (``serve --queries DIR``) is not one lease but N: ``query/<name>/task-<i>``
 (:func:`task_lease_name`). The agents' supervisors (:mod:`.supervisor`) take them as they take
-whole queries', spread over the live agents: an agent takes a task only while it holds fewer of
-the query's tasks than its share, ``ceil(N / live agents)``, and gives one back (with a last
-checkpoint) when it holds more, so tasks taken before another agent came up move to it. A dead
+whole queries', spread over the agents running the query: each such agent also holds a lease of
+its own, ``query/<name>/agent-<agent id>`` (:func:`member_lease_name`, renewed with the
+others), and takes a task only while it holds fewer of the query's tasks than its share,
+``ceil(N / agents holding such a live lease)``, and gives one back (with a last checkpoint) when
+it holds more, so tasks taken before another agent came up move to it. (Agents that serve Kafka
+but run no query do not count.) A dead
 agent's tasks are taken by the others once their leases expired, each resumed from its own
 checkpoint in the object store.
 
@@ -69,9 +72,19 @@ def task_lease_name(query: str, task: int) -> str:
 
 
 def task_of_lease(name: str) -> tuple[str, int] | None:
-    """(query, task) of a task's lease name; None for another lease (a whole query's)."""
+    """(query, task) of a task's lease name; None for another lease (a whole query's, an
+    agent's membership)."""
     query, _, task = name.removeprefix(LEASE_PREFIX).partition("/task-")
     return (query, int(task)) if task.isdigit() else None
+
+
+def member_lease_name(query: str, agent: str) -> str:
+    """The lease agent ``agent`` holds while it runs tasks of parallel query ``query``."""
+    return f"{members_prefix(query)}{agent}"
+
+
+def members_prefix(query: str) -> str:
+    return f"{LEASE_PREFIX}{query}/agent-"
 
 
 def status_key(query: str, task: int) -> str:

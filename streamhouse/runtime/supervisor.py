@@ -31,7 +31,14 @@ from streamhouse.errors import FencedError, StreamHouseError
 from streamhouse.log.metadata import Metadata
 from streamhouse.log.metadata.leases import Lease
 from streamhouse.runtime.launch import QueryFile, start_query
-from streamhouse.runtime.placement import AgentTask, parallelism_of, share, task_lease_name
+from streamhouse.runtime.placement import (
+    AgentTask,
+    member_lease_name,
+    members_prefix,
+    parallelism_of,
+    share,
+    task_lease_name,
+)
 from streamhouse.runtime.query import ContinuousQuery
 from streamhouse.sql.engine import Engine
 
@@ -60,6 +67,7 @@ class _Held:
     retry_at: float = 0.0
     task: int | None = None  # a task of a parallel query: its number
     parallelism: int = 1
+    member: Lease | None = None  # task 0: this agent's membership lease of the query
 
     @property
     def lease_name(self) -> str:
@@ -72,20 +80,11 @@ class QuerySupervisor:
     """Runs this agent's share of the continuous queries (see module): a thread per query, so
     that one query's restore never delays the renewal of another's lease."""
 
-    def __init__(
-        self,
-        engine: Engine,
-        holder: str,
-        ttl_s: float,
-        state_root: Path,
-        agent_ttl_s: float | None = None,
-    ) -> None:
+    def __init__(self, engine: Engine, holder: str, ttl_s: float, state_root: Path) -> None:
         self.engine = engine
         self.metadata: Metadata = engine.log.metadata
         self.holder = holder
         self.ttl_ms = max(1, int(ttl_s * 1000))
-        ttl = agent_ttl_s if agent_ttl_s is not None else engine.log.settings.agent_ttl_s
-        self.agent_ttl_ms = int(ttl * 1000)  # agents whose heartbeat is older are dead
         self.state_root = state_root
         self._queries: dict[str, _Held] = {}
         self._stopping = threading.Event()
@@ -136,6 +135,12 @@ class QuerySupervisor:
         for held in self._queries.values():
             if held.query is not None:
                 self._give_up(held, checkpoint=True)
+            member, held.member = held.member, None
+            if member is not None:
+                try:
+                    self.metadata.release_lease(member)
+                except StreamHouseError as exc:  # it expires by itself
+                    log.warning("lease %s not released: %s", member.name, exc)
         shutil.rmtree(self.state_root, ignore_errors=True)
 
     # -- the supervisor thread ------------------------------------------------------------------
@@ -144,6 +149,7 @@ class QuerySupervisor:
         interval = self.ttl_ms / 3000
         while not self._stopping.is_set():
             try:
+                self._join(held)
                 if held.query is None:
                     self._try_to_take(name, held)
                 else:
@@ -161,10 +167,18 @@ class QuerySupervisor:
         ]
 
     def _share(self, held: _Held) -> int:
-        """How many of ``held``'s query's tasks this agent may run (:func:`.placement.share`)."""
-        agents = self.metadata.list_agents()
-        live = sum(1 for agent in agents if agent.heartbeat_age_ms <= self.agent_ttl_ms)
-        return share(held.parallelism, live)
+        """How many of ``held``'s query's tasks this agent may run (:func:`.placement.share`):
+        over the agents holding a live membership lease of the query (this one included)."""
+        members = self.metadata.list_leases(members_prefix(held.query_file.name))
+        live = {lease.holder for lease in members if lease.live} | {self.holder}
+        return share(held.parallelism, len(live))
+
+    def _join(self, held: _Held) -> None:
+        """Hold (renew) this agent's membership lease of ``held``'s query (by the thread of its
+        task 0, each round), so the others count it when they share the tasks out."""
+        if held.task == 0:
+            name = member_lease_name(held.query_file.name, self.holder)
+            held.member = self.metadata.acquire_lease(name, self.holder, self.ttl_ms)
 
     def _acquire(self, held: _Held) -> Lease | None:
         """Take ``held``'s lease if it is free (a task: only while this agent runs fewer of
