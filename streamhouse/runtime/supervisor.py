@@ -136,11 +136,7 @@ class QuerySupervisor:
             if held.query is not None:
                 self._give_up(held, checkpoint=True)
             member, held.member = held.member, None
-            if member is not None:
-                try:
-                    self.metadata.release_lease(member)
-                except StreamHouseError as exc:  # it expires by itself
-                    log.warning("lease %s not released: %s", member.name, exc)
+            self._release_lease(member)
         shutil.rmtree(self.state_root, ignore_errors=True)
 
     # -- the supervisor thread ------------------------------------------------------------------
@@ -279,6 +275,9 @@ class QuerySupervisor:
 
     def _release(self, held: _Held) -> None:
         lease, held.lease = held.lease, None
+        self._release_lease(lease)
+
+    def _release_lease(self, lease: Lease | None) -> None:
         if lease is not None:
             try:
                 self.metadata.release_lease(lease)
