@@ -162,6 +162,9 @@ FROM ev GROUP BY k, TUMBLING(t, INTERVAL '10' SECOND)
 """
 
 
+WINDOWS_SELECT = "SELECT k, COUNT(*) AS n FROM ev GROUP BY k, TUMBLING(t, INTERVAL '10' SECOND)"
+
+
 def _rows(ts_ms: list[int]) -> list[dict[str, object]]:
     return [{"k": "abc"[t // 700 % 3], "v": t // 100, "t": t} for t in ts_ms]
 
@@ -261,6 +264,10 @@ def test_a_moved_task_catches_up_with_what_its_producer_sent_after_its_last_chec
         other = QueryFile.read(WINDOWS.replace("'2'", "'3'"), name="windows")
         with pytest.raises(SqlError, match="checkpointed on agents at another parallelism"):
             AgentTask(sh.engine, other, 2, tmp_path / "c", lease, "c")
+        # a SELECT: its results would have no caller on an agent
+        select = QueryFile.read(f"SET 'parallelism' = '2';\n{WINDOWS_SELECT}", name="s")
+        with pytest.raises(SqlError, match="on agents writes into a topic"):
+            AgentTask(sh.engine, select, 0, tmp_path / "c", lease, "c")
 
 
 def test_a_task_paused_past_its_lease_appends_nothing_to_the_exchange(tmp_path: Path) -> None:

@@ -131,6 +131,11 @@ class AgentTask:
         options = QueryOptions().with_options(query_file.settings)
         self.parallelism = parallelism = options.parallelism
         plan = parallel_plan(query_file.statement, options)
+        if plan.sink_kind != "topic":
+            raise SqlError(
+                "a query at parallelism > 1 on agents writes into a topic (its results have no"
+                " caller there): use INSERT INTO <topic> SELECT ..."
+            )
         self._refuse_other_parallelism()
         ensure_topics(self.log, plan, query_file.name, parallelism)
         self.root = task_root(state_root, query_file.name, parallelism)

@@ -15,7 +15,7 @@ A query that fails (not fenced) releases its lease and is tried again after
 :data:`RETRY_FAILED_S`, by whichever agent takes it.
 
 A query at parallelism N (``SET 'parallelism'``) is N such units, one lease per task, spread
-over the live agents (:mod:`.placement`).
+over the agents running the query (:mod:`.placement`).
 """
 
 from __future__ import annotations
