@@ -145,7 +145,8 @@ def test_a_killed_agents_task_moves_to_another_and_resumes_exactly_once(
 
     cluster.append([{"user_id": 0, "event_type": "view", "timestamp": "2026-01-01 00:30:00"}] * 4)
     _exactly_once(cluster, produced)
-    assert "restored checkpoint" in survivor.log(600)  # the moved task's, not a fresh start
+    # the moved task's, not a fresh start
+    assert "query clicks.p2.task-1: restored checkpoint" in survivor.log_path.read_text()
     recorded = {c.query: c for c in cluster.md.list_query_checkpoints()}
     assert {"clicks.p2.task-0", "clicks.p2.task-1", "clicks.p2.exchange-1"} <= set(recorded)
     assert recorded["clicks.p2.task-1"].epoch == after[1][1]  # recorded by the new holder
@@ -320,7 +321,6 @@ def test_two_supervisors_share_the_tasks_and_hand_them_back_and_forth(tmp_path: 
         _until(lambda: len(run.output()) >= 6, "windows [0, 20 s) written")
         agents["b"].start()
         _until(lambda: len(held_by("a")) == len(held_by("b")) == 1, "one task each")
-        assert held_by("a") == {0}  # the highest-numbered was handed over
         run.produce(list(range(30_000, 60_000, 500)))
         _until(lambda: len(run.output()) >= 15, "windows [0, 50 s) written")
         agents["b"].stop()
