@@ -6,7 +6,8 @@ STAMP := $(VENV)/.installed
 
 .PHONY: demo test lint format bench clean kcat conformance
 
-$(STAMP): pyproject.toml setup.py
+# The C extensions are built by the editable install: a changed .c file installs again.
+$(STAMP): pyproject.toml setup.py $(wildcard streamhouse/*/*.c streamhouse/*/*/*.c)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[test]'

@@ -120,6 +120,18 @@ def _records(table: pa.Table) -> list[dict[str, Any]]:
     return rows
 
 
+def _zygote_cpu() -> float:
+    """CPU seconds of this process's task zygote itself (importing the runtime once, forking),
+    not its tasks' (0 before it is started)."""
+    from streamhouse.runtime.task_processes import Zygote
+
+    zygote = Zygote._instance
+    if zygote is None or zygote.process.poll() is not None:
+        return 0.0
+    stat = Path(f"/proc/{zygote.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(stat[11]) + int(stat[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
 def run_once(data: Path, parallelism: int, query_name: str = "tumble") -> dict[str, Any]:
     name = f"bench_{parallelism}_{uuid.uuid4().hex[:8]}"
     with streamhouse.connect(data) as sh:
@@ -131,6 +143,7 @@ def run_once(data: Path, parallelism: int, query_name: str = "tumble") -> dict[s
         )
         path = Path(tempfile.mkdtemp()) / f"{name}.sql"
         path.write_text(QUERIES[query_name].format(sink=f"out_{name}") + ";")
+        zygote_before = _zygote_cpu()
         started, started_at, cpu = time.perf_counter(), time.time(), time.process_time()
         query = start_query(
             sh.engine,
@@ -151,6 +164,7 @@ def run_once(data: Path, parallelism: int, query_name: str = "tumble") -> dict[s
             ready_at = max(t["ready_at"] for t in status["tasks"])
             cpu += sum(t["cpu_seconds"] for t in status["tasks"])
             setup_cpu = sum(t.get("setup_cpu_seconds", 0) for t in status["tasks"])
+        zygote_cpu = _zygote_cpu() - zygote_before
         query.stop()
     return {
         "parallelism": parallelism,
@@ -164,6 +178,60 @@ def run_once(data: Path, parallelism: int, query_name: str = "tumble") -> dict[s
         "cpu_seconds": round(cpu, 3),
         "launcher_cpu_seconds": round(launcher_cpu, 3),
         "setup_cpu_seconds": round(setup_cpu, 3),  # the launcher's at p1, the tasks' at p > 1
+        # the task zygote's own (importing the runtime, once per launching process: in a run
+        # of its own, --only, this run's; else the first p > 1 run's), not in cpu_seconds
+        "zygote_cpu_seconds": round(zygote_cpu, 3),
+        "load_1m": os.getloadavg()[0],
+    }
+
+
+def run_steady(
+    data: Path, parallelism: int, query_name: str = "tumble", low: float = 0.1, high: float = 0.9
+) -> dict[str, Any]:
+    """The query as a continuous one (started, not run to the end) over the backlog: events/s
+    and CPU seconds per event between reading ``low`` and ``high`` of the events, so neither the
+    tasks' set-up nor the end of the run is in the figure (a continuous query's throughput).
+    The rows read and the CPU seconds are sampled together (at parallelism > 1 from each
+    task's status, written after each of its micro-batches)."""
+    name = f"steady_{parallelism}_{uuid.uuid4().hex[:8]}"
+    with streamhouse.connect(data) as sh:
+        topics = ["clicks", "views"] if query_name == "join" else ["clicks"]
+        events = sum(
+            o.high_watermark
+            for topic in topics
+            for o in sh.log.metadata.partition_offsets(topic).values()
+        )
+        path = Path(tempfile.mkdtemp()) / f"{name}.sql"
+        path.write_text(QUERIES[query_name].format(sink=f"out_{name}") + ";")
+        query = start_query(
+            sh.engine,
+            path,
+            state_root=sh.settings.data_dir / "queries",
+            options={"parallelism": parallelism},
+        )
+        marks: list[tuple[float, int, float]] = []  # (time, rows read, CPU s) at low and high
+        try:
+            while len(marks) < 2:
+                status = query.status()
+                if status["state"] == "failed":
+                    raise RuntimeError(f"query failed: {status}")
+                rows = status["rows_in"]
+                cpu = time.process_time()
+                if parallelism > 1:
+                    cpu += sum(t.get("cpu_seconds", 0.0) for t in status["tasks"])
+                if rows >= (low if not marks else high) * events:
+                    marks.append((time.perf_counter(), rows, cpu))
+                time.sleep(0.02)
+        finally:
+            query.stop()
+    (t0, rows0, cpu0), (t1, rows1, cpu1) = marks
+    return {
+        "parallelism": parallelism,
+        "events": rows1 - rows0,
+        "seconds": round(t1 - t0, 3),
+        "events_per_s": round((rows1 - rows0) / (t1 - t0)),
+        "cpu_seconds": round(cpu1 - cpu0, 3),
+        "cpu_us_per_event": round((cpu1 - cpu0) / (rows1 - rows0) * 1e6, 3),
         "load_1m": os.getloadavg()[0],
     }
 
@@ -181,6 +249,12 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=3)
     parser.add_argument("--data", type=Path, help="an existing data dir (else a fresh one)")
     parser.add_argument("--only", type=int, help="one run at this parallelism, then exit")
+    parser.add_argument(
+        "--steady",
+        action="store_true",
+        help="continuous queries over the backlog: events/s and CPU per event between 10%%"
+        " and 90%% of the events read (no set-up, no end of run)",
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/parallel.json")
     args = parser.parse_args()
     data = args.data or Path(tempfile.mkdtemp()) / "data"
@@ -194,7 +268,10 @@ def main() -> None:
     if args.only is not None:
         print(json.dumps(run_once(data, args.only, args.query)))
         return
-    runs, ratios, steady = [], [], []
+    if args.steady:
+        _steady_pairs(args)
+        return
+    runs, ratios, steady, cpu = [], [], [], []
     for _ in range(args.pairs):
         one = run_once(data, 1, args.query)
         two = run_once(data, 2, args.query)
@@ -202,6 +279,7 @@ def main() -> None:
         runs += [one, two]
         ratios.append(one["seconds"] / two["seconds"])
         steady.append(one["processing_seconds"] / two["processing_seconds"])
+        cpu.append(two["cpu_seconds"] / one["cpu_seconds"])
         print(json.dumps([one, two]), file=sys.stderr)
     result = {
         "benchmark": BENCHMARKS[args.query],
@@ -214,6 +292,37 @@ def main() -> None:
         "speedup_2_vs_1_median": round(statistics.median(ratios), 3),
         "speedup_after_startup_paired": [round(r, 3) for r in steady],
         "speedup_after_startup_median": round(statistics.median(steady), 3),
+        # CPU seconds per event at parallelism 2 over parallelism 1 (launcher and tasks; the
+        # zygote's one import is apart, zygote_cpu_seconds of the first p2 run)
+        "cpu_2_vs_1_paired": [round(r, 3) for r in cpu],
+        "cpu_2_vs_1_median": round(statistics.median(cpu), 3),
+        "load_1m_range": [min(r["load_1m"] for r in runs), max(r["load_1m"] for r in runs)],
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+
+
+def _steady_pairs(args: argparse.Namespace) -> None:
+    data = args.data
+    runs, speed, cpu = [], [], []
+    for _ in range(args.pairs):
+        one = run_steady(data, 1, args.query)
+        two = run_steady(data, 2, args.query)
+        runs += [one, two]
+        speed.append(two["events_per_s"] / one["events_per_s"])
+        cpu.append(two["cpu_us_per_event"] / one["cpu_us_per_event"])
+        print(json.dumps([one, two]), file=sys.stderr)
+    result = {
+        "benchmark": BENCHMARKS[args.query] + "; continuous, between 10% and 90% of the backlog",
+        "query": QUERIES[args.query].format(sink="<sink>"),
+        "partitions": args.partitions,
+        "cores": os.cpu_count(),
+        "runs": runs,
+        "speedup_2_vs_1_paired": [round(r, 3) for r in speed],
+        "speedup_2_vs_1_median": round(statistics.median(speed), 3),
+        "cpu_per_event_2_vs_1_paired": [round(r, 3) for r in cpu],
+        "cpu_per_event_2_vs_1_median": round(statistics.median(cpu), 3),
         "load_1m_range": [min(r["load_1m"] for r in runs), max(r["load_1m"] for r in runs)],
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)

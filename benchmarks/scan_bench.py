@@ -3,11 +3,20 @@
 Usage::
 
     python benchmarks/scan_bench.py [--records 1000000 4000000 16000000] [--repeat 2]
-        [--memory-limit 512MB] [--out benchmarks/results/scan.json]
+        [--memory-limit 512MB] [--out benchmarks/results/scan.json] [--data DIR]
+        [--only group duckdb] [--code CHECKOUT] [--as-installed]
 
 Per size, a fresh data directory gets a 4-partition topic ``t`` of JSON records
 ``{"k": 17, "x": 8.5, "s": "name-17", "ts": "2026-01-01T00:00:17"}`` and the same records
-as a JSON-lines file. Then, each in a new process (its peak resident memory: ``VmHWM``),
+as a JSON-lines file (deleted at the end). With ``--data DIR`` they are kept in
+``DIR/<records>/`` (``data/`` and ``t.jsonl``) and reused by later runs naming the same
+``DIR``: generate 64M records once (``--data /big/disk/scan-data --records 64000000
+--repeat 0`` only makes them), measure later on a quiet machine. A directory is reused only
+if its generation finished (a ``complete`` file holds the record count); a half-made one is
+made again. The cold queries empty its columnar cache (``data/scan-cache``) first, as
+always; nothing else in it changes. ``--only`` runs some of the queries below (and
+``duckdb``); ``--code`` measures another checkout's StreamHouse over the same data (A/B).
+Then, each in a new process (its peak resident memory: ``VmHWM``),
 through the Python API:
 
 - ``group``: ``SELECT k, count(*), sum(x) FROM t GROUP BY k ORDER BY k``, cold (the
@@ -158,23 +167,56 @@ def run(script: str, args: list[str]) -> dict[str, Any]:
     return {**json.loads(answer), "load": before}
 
 
-def bench(records: int, repeat: int, settings: dict[str, Any]) -> dict[str, Any]:
-    work = Path(tempfile.mkdtemp(prefix="scan-bench-"))
+def prepared(data: Path | None, records: int) -> Path:
+    """The directory holding ``data/`` and ``t.jsonl`` of ``records`` records: ``data``'s
+    (``--data``) if it was made before, else made now (in a new temporary directory when
+    ``data`` is None)."""
+    work = Path(tempfile.mkdtemp(prefix="scan-bench-")) if data is None else data / str(records)
+    complete = work / "complete"
+    if complete.exists() and complete.read_text().strip() == str(records):
+        print(f"{records:,} records reused from {work}", flush=True)
+        return work
+    shutil.rmtree(work / "data", ignore_errors=True)  # a generation that did not finish
+    (work / "t.jsonl").unlink(missing_ok=True)
+    work.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    make_data(work / "data", work / "t.jsonl", records)
+    complete.write_text(f"{records}\n")
+    print(f"{records:,} records made in {time.perf_counter() - started:.0f} s", flush=True)
+    return work
+
+
+def bench(
+    records: int,
+    repeat: int,
+    settings: dict[str, Any],
+    data: Path | None = None,
+    only: list[str] | None = None,
+) -> dict[str, Any]:
+    work = prepared(data, records)
+    queries = {n: q for n, q in QUERIES.items() if only is None or n in only}
     try:
-        started = time.perf_counter()
-        make_data(work / "data", work / "t.jsonl", records)
-        print(f"{records:,} records made in {time.perf_counter() - started:.0f} s", flush=True)
         tail = records // PARTITIONS - records // PARTITIONS // 100
-        runs: dict[str, list[dict[str, Any]]] = {name: [] for name in [*QUERIES, "duckdb"]}
+        names = [*queries, *(["duckdb"] if only is None or "duckdb" in only else [])]
+        runs: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
         for _ in range(repeat):
-            for name, (sql, cold, path) in QUERIES.items():
+            for name, (sql, cold, path) in queries.items():
                 if cold:
                     shutil.rmtree(work / "data" / "scan-cache", ignore_errors=True)
                 args = [str(work / "data"), sql.format(tail=tail), json.dumps(settings), path]
                 runs[name].append(run(STREAMHOUSE_SCRIPT, args))
-            runs["duckdb"].append(run(DUCKDB_SCRIPT, [str(work / "t.jsonl"), GROUP]))
-            print({k: round(v[-1]["seconds"], 2) for k, v in runs.items()}, flush=True)
+            if "duckdb" in runs:
+                runs["duckdb"].append(run(DUCKDB_SCRIPT, [str(work / "t.jsonl"), GROUP]))
+            print(
+                {
+                    k: (round(v[-1]["seconds"], 2), round(v[-1]["cpu_seconds"], 2))
+                    for k, v in runs.items()
+                },
+                flush=True,
+            )
         result: dict[str, Any] = {"records": records, "as_installed": AS_INSTALLED, "runs": runs}
+        if repeat == 0:
+            return result
         for name, measured in runs.items():
             result[name] = {
                 "seconds": min(r["seconds"] for r in measured),
@@ -184,6 +226,16 @@ def bench(records: int, repeat: int, settings: dict[str, Any]) -> dict[str, Any]
             for key in ("objects_read", "bytes_read", "cached_runs"):
                 if key in measured[0]:
                     result[name][key] = measured[0][key]
+        _compare(result, runs)
+        return result
+    finally:
+        if data is None:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def _compare(result: dict[str, Any], runs: dict[str, list[dict[str, Any]]]) -> None:
+    """The ratios of ``result`` (the queries' best times), where both queries ran."""
+    if "group" in runs and "duckdb" in runs:
         result["answers_match"] = runs["group"][0]["answer"] == [
             {**row, "sx": float(row["sx"])} for row in runs["duckdb"][0]["answer"]
         ]
@@ -194,13 +246,12 @@ def bench(records: int, repeat: int, settings: dict[str, Any]) -> dict[str, Any]
         result["group_vs_duckdb_cpu"] = (
             result["group"]["cpu_seconds"] / result["duckdb"]["cpu_seconds"]
         )
+    if "group_warm" in runs and "duckdb" in runs:
         result["warm_vs_duckdb_time"] = (
             result["group_warm"]["seconds"] / result["duckdb"]["seconds"]
         )
+    if "tail" in runs and "group" in runs:
         result["tail_vs_group_time"] = result["tail"]["seconds"] / result["group"]["seconds"]
-        return result
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
 
 
 def main() -> None:
@@ -211,24 +262,30 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--code", type=Path, default=ROOT)
     parser.add_argument("--as-installed", action="store_true", help="hide pandas (a test extra)")
+    parser.add_argument(
+        "--data", type=Path, default=None, help="keep the generated data here and reuse it"
+    )
+    parser.add_argument(
+        "--only", nargs="+", choices=[*QUERIES, "duckdb"], default=None, help="these queries"
+    )
     args = parser.parse_args()
     global CODE, AS_INSTALLED
     CODE, AS_INSTALLED = args.code, args.as_installed
     settings = {} if args.memory_limit is None else {"memory_limit": args.memory_limit}
     results = []
     for records in args.records:
-        results.append(bench(records, args.repeat, settings))
+        results.append(bench(records, args.repeat, settings, args.data, args.only))
         if args.out is not None:  # after every size: a later one may take long
             args.out.write_text(json.dumps({"peak_rss_unit": "MB", "results": results}, indent=1))
     for r in results:
-        print(
-            f"{r['records']:>11,}  group {r['group']['seconds']:.2f} s {r['group']['peak_mb']:.0f} MB"
-            f"  warm {r['group_warm']['seconds']:.2f} s"
-            f"  whole {r['group_whole']['seconds']:.2f} s {r['group_whole']['peak_mb']:.0f} MB"
-            f"  duckdb {r['duckdb']['seconds']:.2f} s {r['duckdb']['peak_mb']:.0f} MB"
-            f"  limit {r['limit']['seconds']:.2f} s  tail {r['tail']['seconds']:.2f} s"
-            f"  match {r['answers_match']}"
-        )
+        measured = [
+            f"{name} {r[name]['seconds']:.2f} s"
+            f" ({r[name]['cpu_seconds']:.2f} CPU s) {r[name]['peak_mb']:.0f} MB"
+            for name in [*QUERIES, "duckdb"]
+            if name in r
+        ]
+        match = f"  match {r['answers_match']}" if "answers_match" in r else ""
+        print(f"{r['records']:>11,}  " + "  ".join(measured) + match)
     if args.out is not None:
         args.out.write_text(json.dumps({"peak_rss_unit": "MB", "results": results}, indent=1))
 

@@ -417,7 +417,9 @@ class StreamHouse:
     ) -> None:
         """Make ``name(...)`` callable from SQL (bounded and continuous), vectorized.
 
-        ``function`` takes one Arrow array per argument and returns an Arrow array:
+        ``function`` takes one Arrow array per argument and returns an Arrow array. The task
+        processes of a query at parallelism > 1 import it by its module and name, so such a
+        query calls only a module's top-level functions (a lambda is refused at its start):
 
         >>> import pyarrow as pa, pyarrow.compute as pc, streamhouse, tempfile
         >>> sh = streamhouse.connect(tempfile.mkdtemp())

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from window_cases import AGGREGATES, oracle, rows_of, start_paused, topic_rows
+from window_cases import AGGREGATES, oracle, rows_of, run_on_clock, start_paused, topic_rows
 
 import streamhouse
 from streamhouse import StreamHouse
@@ -48,34 +48,9 @@ def run_windows(sh: StreamHouse, sql: str, name: str, seed: int) -> tuple[list, 
     """The windows of ``sql`` run continuously on an injected clock with random micro-batch
     splits and a restart (the same splits and clock for the same seed); and the (k, clock, v)
     of every row read."""
-    rng = random.Random(seed)
-    total = len(topic_rows(sh, "ev"))
-    clock = {"now": T0 + 123}
-    stamped: list[tuple[str, int, int]] = []
     rows = topic_rows(sh, "ev")
-
-    def open_query():
-        query = start_paused(sh, f"INSERT INTO out_{name} {sql}", name)
-        query.clock = lambda: clock["now"]
-        return query
-
-    query = open_query()
-    read = 0
-    try:
-        while read < total:
-            if read > total // 2 and rng.random() < 0.3:
-                query.stop()  # restart: processing times and windows come from the checkpoint
-                query = open_query()
-            size = min(rng.randrange(1, 12), total - read)
-            assert query.step(max_records=size)
-            stamped += [(r["k"], clock["now"], r["v"]) for r in rows[read : read + size]]
-            read += size
-            clock["now"] += rng.choice([0, 100, 700, 1600])
-        clock["now"] += 10_000
-        while query.step():
-            pass
-    finally:
-        query.stop()
+    query = f"INSERT INTO out_{name} {sql}"
+    stamped, _ = run_on_clock(sh, query, name, rows, random.Random(seed), T0 + 123)
     return rows_of(topic_rows(sh, f"out_{name}"), COLUMNS), stamped
 
 

@@ -12,7 +12,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from window_cases import AGGREGATES, oracle, rows_of, start_paused, to_ms, topic_rows
+from window_cases import (
+    AGGREGATES,
+    oracle,
+    rows_of,
+    run_on_clock,
+    start_paused,
+    to_ms,
+    topic_rows,
+)
 
 import streamhouse
 from streamhouse import StreamHouse
@@ -57,34 +65,13 @@ def test_proctime_windows_close_by_the_clock(sh: StreamHouse, kind: str) -> None
     rng = random.Random(kind)
     rows = [{"k": rng.choice("ab"), "v": rng.randrange(10)} for _ in range(80)]
     sh.produce("ev", rows)
-    clock = {"now": T0 + 123}
-    stamped: list[tuple[str, int, int]] = []  # (k, processing time, v) per row read
-    fired: list[tuple[int, dict]] = []  # (clock at emission, window)
 
-    def open_query():
-        query = start_paused(sh, query_sql(kind), "pt")
-        query.clock = lambda: clock["now"]
-        query._on_results = lambda t: fired.extend((clock["now"], r) for r in t.to_pylist())
-        return query
-
-    query = open_query()
-    read = 0
-    try:
-        while read < len(rows):
-            if read > len(rows) // 2 and query is not None and rng.random() < 0.3:
-                query.stop()  # a restart: processing time and windows come from the checkpoint
-                query = open_query()
-            size = min(rng.randrange(1, 12), len(rows) - read)
-            assert query.step(max_records=size)
-            stamped += [(r["k"], clock["now"], r["v"]) for r in rows[read : read + size]]
-            read += size
-            clock["now"] += rng.choice([0, 100, 700, 1600])
-        clock["now"] += 10_000
-        while query.step():
-            pass
+    def no_window_left_open(query) -> None:
         assert query.status()["open_windows"] == 0
-    finally:
-        query.stop()
+
+    stamped, fired = run_on_clock(
+        sh, query_sql(kind), "pt", rows, rng, T0 + 123, finished=no_window_left_open
+    )
     size, slide = WINDOWS[kind][1], WINDOWS[kind][2]
     out = topic_rows(sh, "out")
     assert rows_of(out, COLUMNS) == oracle(stamped, kind, size, slide)

@@ -8,7 +8,8 @@ Times are int64 epoch milliseconds throughout; window bounds read back from a to
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+import random
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -54,6 +55,53 @@ def continuous_rows(sh: StreamHouse, sql: str, name: str, batch: int) -> list[di
     finally:
         query.stop()
     return topic_rows(sh, f"out_{name}")
+
+
+def run_on_clock(
+    sh: StreamHouse,
+    sql: str,
+    name: str,
+    rows: Sequence[dict[str, Any]],
+    rng: random.Random,
+    start_ms: int,
+    finished: Callable[[ContinuousQuery], None] | None = None,
+) -> tuple[list[tuple[Any, int, Any]], list[tuple[int, dict]]]:
+    """``sql`` run continuously as query ``name`` on an injected clock (starting at
+    ``start_ms``) over ``rows`` (already produced, in topic order): micro-batches of 1-11
+    records, the clock moving 0-1.6 s between them, a restart after half the rows with
+    probability 0.3 per batch, then the clock 10 s on and every step taken; ``finished`` sees the
+    query before it stops. Returns the (k, clock, v) of every row read and the (clock at
+    emission, row) of every result row; the same ``rng`` seed gives the same run."""
+    clock = {"now": start_ms}
+    stamped: list[tuple[Any, int, Any]] = []
+    fired: list[tuple[int, dict]] = []
+
+    def open_query() -> ContinuousQuery:
+        query = start_paused(sh, sql, name)
+        query.clock = lambda: clock["now"]
+        query._on_results = lambda t: fired.extend((clock["now"], r) for r in t.to_pylist())
+        return query
+
+    query = open_query()
+    read = 0
+    try:
+        while read < len(rows):
+            if read > len(rows) // 2 and rng.random() < 0.3:
+                query.stop()  # restart: processing times and windows come from the checkpoint
+                query = open_query()
+            size = min(rng.randrange(1, 12), len(rows) - read)
+            assert query.step(max_records=size)
+            stamped += [(r["k"], clock["now"], r["v"]) for r in rows[read : read + size]]
+            read += size
+            clock["now"] += rng.choice([0, 100, 700, 1600])
+        clock["now"] += 10_000
+        while query.step():
+            pass
+        if finished is not None:
+            finished(query)
+    finally:
+        query.stop()
+    return stamped, fired
 
 
 def topic_rows(

@@ -5,7 +5,8 @@ output row that stops matching (see :mod:`streamhouse.sql.changelog_join`).
 State: the current row of every input row key of each side, in a
 :class:`~streamhouse.state.store.TableState` per side (``sessions`` column family,
 ``b"cjoin_l"|u32(run)`` and ``b"cjoin_r"|u32(run)``), with only the columns the SQL names; an
-append-only side keys its rows by a sequence number (``b"cjoin_seq"``). A retracted key is kept
+append-only side keys its rows by a sequence number (``b"cjoin_seq"``; in a task of a parallel
+query ``<task>:<n>``, so ids stay unique when a rescale moves rows between tasks). A retracted key is kept
 as a dead row (``__live`` false), so a restart does not bring its older row back.
 
 Idle state retention (``SET 'state.ttl'``, Flink's ``table.exec.state.ttl``): each row also
@@ -55,7 +56,7 @@ LEFT, RIGHT = 0, 1
 IDS = (LEFT_ID, RIGHT_ID)
 LIVE = "__live"
 TOUCHED = "__touched"  # with a TTL: the watermark of the micro-batch that last wrote the row
-_STATE_KEYS = (b"cjoin_l", b"cjoin_r")
+STATE_KEYS = (b"cjoin_l", b"cjoin_r")
 SEQUENCE = b"cjoin_seq"
 _U64 = struct.Struct(">Q")
 
@@ -72,11 +73,14 @@ class ChangelogJoinOperator:
         self.ttl_ms = ttl_ms
         self.watermark = NO_WATERMARK  # the micro-batch's, written into rows as TOUCHED
         self.tables = [
-            TableState(store, key, [ID]) for key, ID in zip(_STATE_KEYS, IDS, strict=True)
+            TableState(store, key, [ID]) for key, ID in zip(STATE_KEYS, IDS, strict=True)
         ]
         self.schemas = list(schemas)
         stored = store.get(ColumnFamily.SESSIONS, SEQUENCE)
         self.sequence = _U64.unpack(stored)[0] if stored is not None else 0
+        # the task of a parallel query numbering an append-only side's rows (its number starts
+        # their ids, ``<task>:<n>``, so that rows moved here by a rescale keep unique ids), or None
+        self.task: int | None = None
         self._committed_sequence = self.sequence
         v = plan.variants
         referenced = [referenced_names(sql) for sql in (v.inner_sql, v.left_sql, v.right_sql)]
@@ -142,6 +146,8 @@ class ChangelogJoinOperator:
             else:
                 numbers = pa.array(np.arange(self.sequence, self.sequence + rows.num_rows))
                 ids = pc.cast(numbers, pa.string())
+                if self.task is not None:
+                    ids = pc.binary_join_element_wise(f"{self.task}:", ids, "")
                 self.sequence += rows.num_rows
             kept = pruned(
                 rows.drop_columns([c for c in rows.column_names if c.startswith("__")]),

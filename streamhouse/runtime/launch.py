@@ -208,6 +208,7 @@ def start_query(
             dict(options or {}),
             query_options.parallelism,
             on_results,
+            engine._resolve,
         )
         if start:
             parallel.start()

@@ -16,14 +16,16 @@ split is :mod:`.routing`'s:
 - Joins, window joins, Top-N and deduplication: each task's producing side sends the source
   rows as read, one exchange topic per source (``<query>.exchange``, ``<query>.exchange1``),
   by the key group of the join key (PARTITION BY), and its consuming side runs the whole
-  unchanged plan over the rows of its key groups. An outer stream join numbers its rows with
-  the task's number in their ids (unique over the tasks, also after a rescale); record keys
-  made of other operators' row ids are prefixed with ``<task>/``.
+  unchanged plan over the rows of its key groups. An outer stream join, and a join over an
+  updating input its append-only side's rows, number them with the task's number in their ids
+  (unique over the tasks, also after a rescale); record keys made of other operators' row ids
+  are prefixed with ``<task>/``.
 - A per-window query without a key (Nexmark q5): rows are routed by window, to every task
   owning a window they fall in, and each task evaluates the windows it owns.
 
 Task ``i`` writes sink partition ``i`` only (the sink is created with ``n`` partitions); the
-tasks of an updating GROUP BY or an outer join write each upsert to its key's partition
+tasks of an updating query (an updating GROUP BY, an outer join, a Top-N or deduplication, a
+join over an updating input) write each upsert to its key's partition
 (Kafka's default partitioner, as at parallelism 1), so that a key's upserts stay in one
 partition when it moves to another task (rescaling). Each task writes in transactions of its own (:mod:`.two_phase`). State: ``<data_dir>/queries/<name>.p<n>/task-<i>`` (the
 consuming side, a :class:`~.query.ContinuousQuery`) and ``exchange-<i>[-<source>]`` (the
@@ -35,6 +37,7 @@ PostgreSQL store, the tasks are leased to the agents one by one instead (:mod:`.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -50,6 +53,7 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
+from sqlglot import exp
 
 from streamhouse.errors import SqlError, StreamHouseError, TopicExistsError
 from streamhouse.log.isolation import Isolation
@@ -69,13 +73,14 @@ from streamhouse.runtime.exchange import (
 from streamhouse.runtime.key_groups import window_tasks
 from streamhouse.runtime.operator import Changelog, MicroBatch
 from streamhouse.runtime.operators import (
+    ChangelogJoining,
     StreamJoining,
     WindowAggregation,
     WindowedEvaluation,
     run_ordered,
 )
 from streamhouse.runtime.options import QueryOptions
-from streamhouse.runtime.query import ContinuousQuery, _format_time
+from streamhouse.runtime.query import ContinuousQuery, _format_time, planned_statement
 from streamhouse.runtime.rescale import KEYS_FILE, finish, rescale, upserts_by_key
 from streamhouse.runtime.routing import plan_routing
 from streamhouse.runtime.sources import QuerySource
@@ -83,7 +88,9 @@ from streamhouse.runtime.task_processes import TaskProcess, Zygote
 from streamhouse.runtime.task_state import parallel_states, task_checkpoint_name, task_root
 from streamhouse.runtime.two_phase import transactional_id
 from streamhouse.sql import nodes
+from streamhouse.sql.functions import exported_functions, import_functions
 from streamhouse.sql.hints import SourceOptions
+from streamhouse.sql.join_chain import catalog_proctime_columns
 from streamhouse.sql.nodes import FLOWS
 from streamhouse.sql.plan import ContinuousPlan, StreamTime, plan_query
 from streamhouse.sql.source import read_records
@@ -101,6 +108,11 @@ FIRST_POLL_S = 0.005
 """A task's first wait for new records after it made progress, doubled while none come, up to
 ``poll-interval``: the other tasks' exchange records come soon after its own (another process
 appends them, so no commit of this one wakes it)."""
+
+
+UNTIL_END_POLL_S = 0.02
+"""The longest wait of a task running to the end for the other tasks' exchange records (a
+continuous query waits up to ``poll-interval``)."""
 
 
 def parallel_shape(plan: ContinuousPlan) -> str:
@@ -125,6 +137,8 @@ def explain_parallel(
     groups = "128 key groups, task i owns [i*128/n, (i+1)*128/n)"
     if routing.shape == "stateless":
         lines.append("  Tasks read source partitions p % n == i; no exchange")
+        for source in sorted(routing.broadcast):
+            lines.append(f"    except {source}: every task reads all of it")
     elif routing.shape == "rows":
         for index, source in enumerate(plan.sources):
             columns = ", ".join(routing.keys[source]) or "one group"
@@ -203,8 +217,8 @@ class TaskQuery(ContinuousQuery):
             for branch in self.branches:
                 if branch.sink is not None:
                     branch.sink.partition = None
-        if isinstance(self.operator, StreamJoining):  # row ids unique over every task
-            self.operator.executor.task = task
+        if isinstance(self.operator, StreamJoining | ChangelogJoining):  # row ids unique over
+            self.operator.executor.task = task  # every task
         if self.routing.window is not None:  # routed by window: evaluate the windows it owns
             assert isinstance(self.operator, WindowedEvaluation)
             self.operator.executor.owns = lambda starts: window_tasks(starts, parallelism) == task
@@ -235,9 +249,10 @@ class TaskQuery(ContinuousQuery):
 
     def _resolve_sources(self, resolve: Any) -> dict[str, QuerySource]:
         sources = super()._resolve_sources(resolve)
-        for source in sources.values():
+        for name, source in sources.items():
             partitions = self.log.topic(source.topic).partitions
-            source.owned = owned_partitions(self.task, self.parallelism, partitions)
+            if name not in self.routing.broadcast:
+                source.owned = owned_partitions(self.task, self.parallelism, partitions)
         if self.shape == "stateless":
             return sources
         # the sources are read by the producing side (ExchangeWriter); this query reads the
@@ -364,15 +379,20 @@ class ExchangedWindowAggregation(WindowAggregation):
         return out
 
 
-def parallel_plan(statement: Any, options: QueryOptions) -> ContinuousPlan:
-    """The plan of ``statement`` to run at parallelism > 1; SqlError if it cannot be yet."""
+def parallel_plan(
+    statement: Any,
+    options: QueryOptions,
+    resolve: Callable[[str], tuple[str, Any] | None] | None = None,
+) -> ContinuousPlan:
+    """The plan of ``statement`` to run at parallelism > 1 (see :func:`_launch_plan`); SqlError
+    if it cannot be yet."""
     if isinstance(statement, StatementSet):
         raise SqlError(
             "parallelism > 1 does not run a statement set yet (its INSERTs share one read"
             " of the sources and one checkpoint): run it at parallelism 1, or each INSERT"
             " as a query of its own at parallelism > 1"
         )
-    plan = plan_query(statement)
+    plan = _launch_plan(statement, resolve)
     to_topic = plan.sink_kind == "topic" and bool(plan.sink)
     if not to_topic and plan.sink_kind != "results":
         raise SqlError(
@@ -438,6 +458,7 @@ class ParallelQuery:
         raw_options: dict[str, Any],
         parallelism: int,
         on_results: Callable[[pa.Table], None] | None = None,
+        resolve: Callable[[str], tuple[str, Any] | None] | None = None,
     ) -> None:
         self.log = log_
         self.settings = sh_settings
@@ -447,8 +468,13 @@ class ParallelQuery:
         self.raw_options = raw_options
         self.parallelism = parallelism
         self.statement = query_file.statement
-        self.plan = parallel_plan(self.statement, options)
+        self.plan = parallel_plan(self.statement, options, resolve)
         self.shape = parallel_shape(self.plan)
+        called = {f.name.lower() for f in self.statement.find_all(exp.Anonymous)}
+        self.functions = exported_functions(called)  # registered here: imported by the tasks
+        # the task processes' zygote imports the runtime (about a second of CPU) while this
+        # process moves state, creates the topics and spawns
+        Zygote.get()
         self.root = task_root(state_root, self.name, parallelism)
         self.processes: list[TaskProcess] = []
         self._results: ParallelResults | None = None  # a drain's results go to no caller
@@ -533,9 +559,12 @@ class ParallelQuery:
             "root": str(self.root),
             "until_end": until_end,
             "results_topic": self._results.topic if self._results is not None else None,
+            "functions": self.functions,
         }
 
     def _spawn(self, until_end: bool) -> None:
+        for task in range(self.parallelism):  # an earlier run's errors are not this run's
+            _error_path(self.root, task).unlink(missing_ok=True)
         zygote = Zygote.get()
         run = uuid.uuid4().hex  # a run to the end: each task's final-<task>.json names it
         specs = [{**self._spec(t, until_end), "run": run} for t in range(self.parallelism)]
@@ -554,7 +583,7 @@ class ParallelQuery:
                         continue
                     if status > 0:
                         self.error = StreamHouseError(
-                            f"query {self.name}: task {task} failed (exit status {status})"
+                            f"query {self.name}: {_task_failure(self.root, task, status)}"
                         )
                         log.error("%s; stopping the other tasks", self.error)
                         for other in self.processes:
@@ -596,11 +625,14 @@ class ParallelQuery:
             if self._results is not None:
                 self._results.take(fresh=True)  # every task has exited: all its results
 
-    def _wait(self) -> None:
+    def _wait(self, stopping: bool = False) -> None:
+        """Wait for every task to exit; ``stopping``: a task the SIGTERM of :meth:`stop` ended
+        before it set up its handler (stopped right after starting) stopped, not failed."""
         failed = []
         for task, process in enumerate(self.processes):
-            if process.wait() != 0:
-                failed.append(f"task {task} exited with status {process.returncode}")
+            status = process.wait()
+            if status != 0 and not (stopping and status == -signal.SIGTERM):
+                failed.append(_task_failure(self.root, task, process.returncode))
         self.processes = []
         if failed:
             self.error = StreamHouseError(f"query {self.name}: " + "; ".join(failed))
@@ -614,7 +646,7 @@ class ParallelQuery:
                 if process.poll() is None:
                     process.send_signal(signal.SIGTERM)
         try:
-            self._wait()
+            self._wait(stopping=True)
         except StreamHouseError as exc:
             log.warning("%s", exc)
         if self._results is not None:
@@ -659,6 +691,25 @@ class ParallelQuery:
 
 RESULTS_RETENTION_MS = 3_600_000
 """How long the results topic keeps a parallel query's results for its caller."""
+
+
+def _launch_plan(
+    statement: Any, resolve: Callable[[str], tuple[str, Any] | None] | None
+) -> ContinuousPlan:
+    """The plan the tasks will run (with ``resolve``, the catalog's: views inlined, a lookup
+    table known as one), so the launcher routes and refuses what they would."""
+    if resolve is None:
+        return plan_query(statement)
+    statement, resolve = planned_statement(statement, resolve)
+    plan = plan_query(statement)
+    proctime = catalog_proctime_columns(resolve)
+    column = getattr(plan.operator, "window_column", None)
+    if column is not None and any(column in proctime(s) for s in plan.sources):
+        raise SqlError(
+            f"a window over the processing-time column {column!r} (PROCTIME()) runs at"
+            " parallelism 1 only (its windows close by each task's clock)"
+        )
+    return plan
 
 
 def results_topic(query: str) -> str:
@@ -792,6 +843,8 @@ def run_task(spec: dict[str, Any]) -> None:
         stopping = True
 
     signal.signal(signal.SIGTERM, on_term)
+    import_functions(spec.get("functions") or [])
+    _share_cores(parallelism)
     with StreamHouse(settings) as sh:
         query_file = QueryFile.read(spec["sql"], spec["name"])
         options = QueryOptions().with_options({**query_file.settings, **spec["options"]})
@@ -831,6 +884,19 @@ def run_task(spec: dict[str, Any]) -> None:
                 writer.store.close()
 
 
+def _share_cores(parallelism: int) -> None:
+    """Size the task's native thread pools (Arrow's, DuckDB's) to its share of the cores, not
+    to all of them: the tasks of a query run at once, and at parallelism 2 on two cores each
+    task's pools of two threads contended with the other's (the windowed COUNT's CPU per
+    event at parallelism 2 went from 1.29x to 1.14x of parallelism 1's, a filter's from 1.07x
+    to 1.01x: ``parallel_bench.py --steady``, 5 pairs each)."""
+    from streamhouse.sql.json_values import set_duckdb_threads
+
+    share = max(1, (os.cpu_count() or 1) // parallelism)
+    pa.set_cpu_count(share)
+    set_duckdb_threads(share)
+
+
 def _run(
     query: TaskQuery,
     writers: list[ExchangeWriter],
@@ -859,6 +925,8 @@ def _run(
     done = status_path.with_name(f"final-{query.task}.json")  # this task's producers finished
     announced = False
     pause = FIRST_POLL_S
+    # a run to the end waits for the other tasks' last records: no longer than UNTIL_END_POLL_S
+    longest = UNTIL_END_POLL_S if until_end else float("inf")
     while not stopping():
         progressed = False
         for i, writer in enumerate(writers):
@@ -880,7 +948,7 @@ def _run(
             return
         else:
             time.sleep(pause)
-            pause = min(pause * 2, query.options.poll_interval_ms / 1000)
+            pause = min(pause * 2, query.options.poll_interval_ms / 1000, longest)
     _write_status(query, writers, status_path, ready)
 
 
@@ -939,6 +1007,19 @@ def _take_exchange(query: TaskQuery) -> None:
         pass
 
 
+def _error_path(root: Path, task: int) -> Path:
+    """Where a task that failed leaves its error, for the launcher to tell the caller."""
+    return root / f"task-{task}.error"
+
+
+def _task_failure(root: Path, task: int, status: int | None) -> str:
+    """What the launcher says of task ``task``'s failure: its own error if it left one."""
+    try:
+        return f"task {task}: {_error_path(root, task).read_text()}"
+    except OSError:
+        return f"task {task} exited with status {status}"
+
+
 def _write_status(
     query: TaskQuery, writers: list[ExchangeWriter], path: Path, ready: float
 ) -> None:
@@ -994,6 +1075,8 @@ def task_main(spec: dict[str, Any]) -> int:
         run_task(spec)
     except StreamHouseError as exc:
         log.error("query %s task %s: %s", spec.get("name"), spec.get("task"), exc)
+        with contextlib.suppress(OSError, KeyError):  # for the launcher's error
+            _error_path(Path(spec["root"]), int(spec["task"])).write_text(str(exc))
         return 1
     except BaseException:
         log.exception("query %s task %s failed", spec.get("name"), spec.get("task"))

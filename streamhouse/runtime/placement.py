@@ -130,7 +130,7 @@ class AgentTask:
         self.log = engine.log
         options = QueryOptions().with_options(query_file.settings)
         self.parallelism = parallelism = options.parallelism
-        plan = parallel_plan(query_file.statement, options)
+        plan = parallel_plan(query_file.statement, options, engine._resolve)
         if plan.sink_kind != "topic":
             raise SqlError(
                 "a query at parallelism > 1 on agents writes into a topic (its results have no"

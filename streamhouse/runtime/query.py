@@ -121,6 +121,23 @@ def _with_proctime_streams(
     return statement, resolve_with(resolve, streams)
 
 
+def _rewritten(statement: exp.Expr, resolve: Callable[[str], tuple[str, Any] | None]) -> exp.Expr:
+    views, columns = catalog_views(resolve), catalog_stream_columns(resolve)
+    statement = _expanded(chain_stars(inline(statement, views), columns), resolve)
+    return rows_by_arrival(statement, catalog_proctime_columns(resolve), columns)
+
+
+def planned_statement(
+    statement: exp.Expr, resolve: Callable[[str], tuple[str, Any] | None]
+) -> tuple[exp.Expr, Callable[[str], tuple[str, Any] | None]]:
+    """``statement`` (one, not a statement set) as a continuous query plans it: its
+    ``PROCTIME()`` relations read as streams, views and CTEs inlined, stars spelled out; and
+    ``resolve`` knowing those streams. A parallel query's launcher plans what its tasks plan."""
+    statement, resolve = _with_proctime_streams(statement, resolve)
+    assert not isinstance(statement, StatementSet)
+    return _rewritten(statement, resolve), resolve
+
+
 class ContinuousQuery:
     """A continuous query over one or two sources; runs in a background thread once started.
 
@@ -155,8 +172,7 @@ class ContinuousQuery:
             self.branches = [Branch(self, s, f"set{i}/".encode()) for i, s in enumerate(inserts)]
             _check_sinks(self.branches)
         else:
-            statement = _expanded(chain_stars(inline(statement, views), columns), resolve)
-            statement = rows_by_arrival(statement, catalog_proctime_columns(resolve), columns)
+            statement = _rewritten(statement, resolve)
             self.definition = statement.sql(dialect=DIALECT)
             self.branches = [Branch(self, statement, b"")]
         self.statement = self.branches[0].statement

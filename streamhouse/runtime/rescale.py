@@ -27,9 +27,14 @@ What rescales: stateless queries, windowed GROUP BY (TUMBLE, HOP, CUMULATE, SESS
 GROUP BY (its tasks write a key's upserts to the key's sink partition, so they stay there; its
 groups move with their current rows, :func:`_move_groups`), interval and regular stream joins,
 inner and outer (an outer join's row ids carry the task that numbered them, and its upserts
-too go to their key's partition), window joins, and per-window queries routed by window
-(:func:`_move_panes`). Other updating queries (a join over an updating input, Top-N) and the
-other operators are refused by name.
+too go to their key's partition), window joins, per-window queries routed by window
+(:func:`_move_panes`), and the operators routed by source rows whose state is tables of rows
+keyed by their routing key (:data:`_KEYED_MOVES`, a :class:`Move` each): Top-N and
+deduplication (the kept rows; upserts to their key's partition), OVER aggregations (waiting
+rows, history, rows waiting for LEADs, running totals), temporal joins (waiting probe rows,
+versions) and joins over an updating input (both sides' rows, the derived GROUP BY's groups
+or Top-N's rows; an append-only side's row ids carry their task, upserts go to their key's
+partition). Any other state entry refuses the rescale, naming it.
 """
 
 from __future__ import annotations
@@ -39,14 +44,23 @@ import logging
 import shutil
 import struct
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
+import sqlglot
+from sqlglot import exp
 
 from streamhouse.errors import SqlError
+from streamhouse.joins.changelog_join import IDS
+from streamhouse.joins.changelog_join import SEQUENCE as CHANGELOG_JOIN_SEQUENCE
+from streamhouse.joins.changelog_join import STATE_KEYS as CHANGELOG_JOIN_STATE
 from streamhouse.joins.stream_join import SEQUENCE
+from streamhouse.joins.temporal import PROBES as TEMPORAL_PROBES
+from streamhouse.joins.temporal import versions_key
 from streamhouse.joins.windowed import EMITTED, Panes
 from streamhouse.log import Log
 from streamhouse.runtime.exchange import (
@@ -64,11 +78,13 @@ from streamhouse.runtime.exchange import (
 )
 from streamhouse.runtime.key_groups import key_groups, task_of, window_tasks
 from streamhouse.runtime.query import COUNTERS, PENDING, SINK, WATERMARK
-from streamhouse.runtime.routing import Routing
+from streamhouse.runtime.routing import Routing, bare_column
 from streamhouse.runtime.sources import EVENT_TIME, SOURCE
 from streamhouse.runtime.two_phase import TwoPhaseCommit, transactional_id
 from streamhouse.sql import nodes
 from streamhouse.sql.aggregates import AggregateFunction
+from streamhouse.sql.changelog_join import ChangelogJoin
+from streamhouse.sql.over import OverAggregate, partition_column
 from streamhouse.sql.plan import ContinuousPlan
 from streamhouse.sql.window_spec import WindowSpec
 from streamhouse.state.store import (
@@ -83,7 +99,12 @@ from streamhouse.state.store import (
     partition_key,
 )
 from streamhouse.views.group_by import DISTINCT_KEY, GROUP_ID, GROUPS_KEY
+from streamhouse.views.top_n import TOP_N_KEY
 from streamhouse.windows.operator import SESSIONS_KEY
+from streamhouse.windows.over import HISTORY as OVER_HISTORY
+from streamhouse.windows.over import PENDING as OVER_LEAD
+from streamhouse.windows.over import RUNNING as OVER_RUNNING
+from streamhouse.windows.over import WAITING as OVER_WAITING
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +138,10 @@ _RESCALABLE = (
     nodes.WindowAggregate,
     nodes.StreamJoin,
     nodes.Windowed,
+    nodes.TopN,
+    OverAggregate,
+    nodes.TemporalJoin,
+    ChangelogJoin,
 )
 
 
@@ -128,6 +153,10 @@ def rescalable(plan: ContinuousPlan, routing: Routing) -> None:
         why = f"its {routing.operator} upserts do not move between tasks yet"
     elif not isinstance(node, _RESCALABLE):
         why = f"its {routing.operator} state does not move by key group yet"
+    elif routing.broadcast:
+        why = f"its {routing.operator} reads {', '.join(sorted(routing.broadcast))} whole in every task"
+    elif isinstance(node, nodes.TopN) and plan.derived:
+        why = f"the state of its {routing.operator} does not move by key group yet"
     if why:
         raise SqlError(
             f"this query cannot change parallelism: {why}; run it at the parallelism it was"
@@ -136,13 +165,17 @@ def rescalable(plan: ContinuousPlan, routing: Routing) -> None:
 
 
 def upserts_by_key(plan: ContinuousPlan) -> bool:
-    """Whether ``plan`` is an updating GROUP BY (upserts keyed by its group keys) or an outer
-    stream join (keyed by row ids that carry the task that numbered them): its tasks write each
-    upsert to the sink partition of its key (Kafka's default partitioner, as at parallelism 1),
-    so a key's upserts and its tombstone stay in one partition whatever task owns it."""
+    """Whether ``plan`` is an updating GROUP BY (upserts keyed by its group keys), a Top-N or
+    deduplication (keyed by its PARTITION BY and rank), an outer stream join or a join over an
+    updating input (keyed by columns or row ids that carry the task that numbered them): its
+    tasks write each upsert to the sink partition of its key (Kafka's default partitioner, as at
+    parallelism 1), so a key's upserts and its tombstone stay in one partition whatever task
+    owns it."""
     node = plan.operator
     if isinstance(node, nodes.StreamJoin):
         return node.outer is not None
+    if isinstance(node, nodes.TopN | ChangelogJoin):
+        return True
     return isinstance(node, nodes.WindowAggregate) and node.window is None
 
 
@@ -414,6 +447,10 @@ def _move_state(
     if isinstance(node, nodes.WindowAggregate) and node.window is None:
         _move_groups(node, olds, batches)
         return
+    keyed = _KEYED_MOVES.get(type(node))
+    if keyed is not None:
+        keyed(Move(plan, routing, olds, batches, _text_of(routing, text)))
+        return
     if routing.window is not None:
         _move_panes(routing.window, olds, batches)
         return
@@ -482,20 +519,27 @@ def _move_panes(window: WindowSpec, olds: list[StateStore], batches: list[StateB
 
 
 def _move_groups(
-    node: nodes.WindowAggregate, olds: list[StateStore], batches: list[StateBatch]
+    node: nodes.WindowAggregate,
+    olds: list[StateStore],
+    batches: list[StateBatch],
+    prefix: bytes = OPERATOR,
+    columns: list[str] | None = None,
+    text: bool = False,
 ) -> None:
     """An updating GROUP BY's groups (their current rows: a later run of a task supersedes its
-    earlier ones) to the tasks owning their key groups, one run per old task; with COUNT
-    (DISTINCT), each group's id renumbered in its new task and its (group, value) pairs
-    moved with it."""
+    earlier ones) to the tasks owning their key groups (by the group keys ``columns``, all of
+    them by default), one run per old task; with COUNT (DISTINCT), each group's id renumbered
+    in its new task and its (group, value) pairs moved with it. ``prefix``: the GROUP BY's
+    state (a derived input's under a join)."""
     view_keys = list(node.keys) or ["__all"]
-    columns = [f"__k{i}" for i in range(len(node.keys))]
+    if columns is None:
+        columns = [f"__k{i}" for i in range(len(node.keys))]
     distinct = [
         i for i, c in enumerate(node.aggregates) if c.func is AggregateFunction.COUNT_DISTINCT
     ]
     next_id = [0] * len(batches)
     for run, store in enumerate(olds):
-        view = StateView(store, OPERATOR)
+        view = StateView(store, prefix)
         for family in (ColumnFamily.WINDOWS, ColumnFamily.JOINS):
             if next(view.items(family), None) is not None:
                 raise SqlError(f"unexpected {family} state of a GROUP BY; cannot rescale it")
@@ -503,7 +547,7 @@ def _move_groups(
         current = groups.current()
         if current.num_rows == 0:
             continue
-        owner = task_of(_groups(current, columns, False), len(batches))
+        owner = task_of(_groups(current, columns, text), len(batches))
         ids = tasks = None
         if distinct:  # old group id -> (new task, new group id)
             old_ids = current[GROUP_ID].to_numpy()
@@ -519,7 +563,7 @@ def _move_groups(
                 next_id[task] += part.num_rows
                 at = part.column_names.index(GROUP_ID)
                 part = part.set_column(at, GROUP_ID, pa.array(renumbered))
-            key = OPERATOR + GROUPS_KEY + _U32.pack(run)
+            key = prefix + GROUPS_KEY + _U32.pack(run)
             batches[task].put(ColumnFamily.SESSIONS, key, encode_table(part))
         for call in distinct:
             name = DISTINCT_KEY + _U32.pack(call)
@@ -536,8 +580,252 @@ def _move_groups(
             )
             for task in np.unique(pair_tasks).tolist():
                 part = pairs.filter(pa.array(pair_tasks == task))
-                key = OPERATOR + name + _U32.pack(run)
+                key = prefix + name + _U32.pack(run)
                 batches[task].put(ColumnFamily.SESSIONS, key, encode_table(part))
+
+
+@dataclass(frozen=True)
+class Move:
+    """What the state of one operator routed by source rows moves with: the plan and its
+    routing, the old tasks' stores, the new tasks' write batches, and whether the exchange
+    hashed the routing keys as text."""
+
+    plan: ContinuousPlan
+    routing: Routing
+    olds: list[StateStore]
+    batches: list[StateBatch]
+    text: bool
+
+    def split(self, table: pa.Table, columns: list[str]) -> Iterator[tuple[int, pa.Table]]:
+        """``(new task, its rows)`` of ``table`` by the key group of its ``columns``."""
+        if table.num_rows == 0:
+            return
+        missing = [c for c in columns if c not in table.column_names]
+        if missing:
+            raise SqlError(
+                f"state rows lack the key column(s) {missing}; cannot rescale this query"
+            )
+        owner = task_of(_groups(table, columns, self.text), len(self.batches))
+        for task in np.unique(owner).tolist():
+            yield task, table.filter(pa.array(owner == task))
+
+    def entries(
+        self, store: StateStore, prefix: bytes, known: dict[str, tuple[bytes, ...]]
+    ) -> Iterator[tuple[str, bytes, bytes]]:
+        """The state entries of ``store`` under ``prefix`` as ``(family, key, value)`` (keys
+        without the prefix); one of a family or key prefix not in ``known`` refuses."""
+        view = StateView(store, prefix)
+        for family in (ColumnFamily.WINDOWS, ColumnFamily.SESSIONS, ColumnFamily.JOINS):
+            for key, value in view.items(family):
+                if not key.startswith(known.get(family, ())):
+                    raise SqlError(
+                        f"unexpected {family} state entry {prefix + key!r}; cannot rescale"
+                        f" this query"
+                    )
+                yield family, key, value
+
+    def check(self, prefix: bytes, known: dict[str, tuple[bytes, ...]]) -> None:
+        """Refuse state under ``prefix`` other than ``known`` (see :meth:`entries`)."""
+        for store in self.olds:
+            for _ in self.entries(store, prefix, known):
+                pass
+
+    def tables(self, prefix: bytes, key: bytes, state_keys: list[str], columns: list[str]) -> None:
+        """A :class:`~streamhouse.state.store.TableState` (``key`` in the ``sessions`` family,
+        keyed by ``state_keys``): each old task's current rows, split by the key group of
+        ``columns``, as one run per old task in the new tasks (the keys of two old tasks never
+        meet: a key's rows all live in the task owning its key group)."""
+        for run, store in enumerate(self.olds):
+            current = TableState(StateView(store, prefix), key, state_keys).current()
+            for task, part in self.split(current, columns):
+                self.batches[task].put(
+                    ColumnFamily.SESSIONS, prefix + key + _U32.pack(run), encode_table(part)
+                )
+
+    def merged(self, parts: dict[int, list[pa.Table]], family: str, key: bytes) -> None:
+        """Each new task's parts (split from the old tasks' tables) as one table at ``key``."""
+        for task, tables in parts.items():
+            if tables:
+                whole = pa.concat_tables(tables, promote_options="permissive")
+                self.batches[task].put(family, key, encode_table(whole))
+
+
+def _text_of(routing: Routing, recorded: bool | None) -> bool:
+    """Whether the exchange hashed the routing keys as text (as the tasks recorded it; a state
+    from before they did: only for two inputs keyed by an integer and a non-integer column,
+    which needs schemas this query's state does not say, so refused)."""
+    if recorded is not None:
+        return recorded
+    if len(routing.keys) <= 1:
+        return False
+    raise SqlError("the tasks did not record how they hashed their keys; cannot rescale this query")
+
+
+def _move_top_n(move: Move) -> None:
+    """A Top-N (or deduplication): the kept rows of each PARTITION BY key."""
+    node = move.plan.operator
+    assert isinstance(node, nodes.TopN)
+    move.check(OPERATOR, {ColumnFamily.SESSIONS: (TOP_N_KEY,)})
+    columns = list(move.routing.keys[node.source])
+    move.tables(OPERATOR, TOP_N_KEY, list(node.partition_by), columns)
+
+
+def _move_over(move: Move) -> None:
+    """An OVER aggregation: the rows waiting for the watermark (each old run split, renumbered),
+    the history its frames reach, the rows waiting for their LEADs and the running totals (one
+    row per partition, keyed by the partition columns the query computes), split by the key
+    group of their PARTITION BY."""
+    node = move.plan.operator
+    assert isinstance(node, OverAggregate)
+    columns = list(move.routing.keys[node.source])
+    known = {ColumnFamily.JOINS: (OVER_WAITING, OVER_HISTORY, OVER_LEAD, OVER_RUNNING)}
+    runs = [0] * len(move.batches)
+    kept: dict[bytes, dict[int, list[pa.Table]]] = {
+        key: {task: [] for task in range(len(move.batches))}
+        for key in (OVER_HISTORY, OVER_LEAD, OVER_RUNNING)
+    }
+    waiting = len(OVER_WAITING) + 16  # prefix | u64 min event time | u64 run
+    for store in move.olds:
+        for _, key, value in move.entries(store, OPERATOR, known):
+            table = decode_table(value)
+            if key.startswith(OVER_WAITING) and len(key) == waiting:
+                for task, part in move.split(table, columns):
+                    fresh = key[: waiting - 8] + _U64.pack(runs[task])  # the same min time
+                    runs[task] += 1
+                    move.batches[task].put(ColumnFamily.JOINS, OPERATOR + fresh, encode_table(part))
+            elif key in kept:
+                by = _running_columns(node, columns) if key == OVER_RUNNING else columns
+                for task, part in move.split(table, by):
+                    kept[key][task].append(part)
+            else:
+                raise SqlError(f"unexpected OVER state {key!r}; cannot rescale this query")
+    for key, parts in kept.items():
+        move.merged(parts, ColumnFamily.JOINS, OPERATOR + key)
+
+
+def _running_columns(node: OverAggregate, columns: list[str]) -> list[str]:
+    """The columns of the running totals (``partition_column(i)``) that hold the routing
+    ``columns`` (PARTITION BY columns), in their order."""
+    select = sqlglot.parse_one(node.running_sql, read="postgres")
+    named: dict[str, str] = {}
+    for projection in select.expressions:
+        if isinstance(projection, exp.Alias) and isinstance(projection.this, exp.Column):
+            named.setdefault(projection.this.name, projection.alias)
+    found = [named.get(c) for c in columns]
+    if None in found or not all(f.startswith(partition_column(0)[:-1]) for f in found if f):
+        raise SqlError("the OVER's running totals lack its PARTITION BY; cannot rescale it")
+    return [f for f in found if f is not None]
+
+
+def _move_temporal(move: Move) -> None:
+    """A temporal join: the probe rows waiting for the watermark by the probe's key, the
+    versions kept by the versioned table's."""
+    node = move.plan.operator
+    assert isinstance(node, nodes.TemporalJoin)
+    versions = versions_key(0)
+    sides = {
+        TEMPORAL_PROBES: list(move.routing.keys[node.left]),
+        versions: list(move.routing.keys[node.right]),
+    }
+    parts: dict[bytes, dict[int, list[pa.Table]]] = {
+        key: {task: [] for task in range(len(move.batches))} for key in sides
+    }
+    known = {ColumnFamily.JOINS: tuple(sides)}
+    for store in move.olds:
+        for _, key, value in move.entries(store, OPERATOR, known):
+            if key not in sides:
+                raise SqlError(f"unexpected temporal join state {key!r}; cannot rescale it")
+            for task, part in move.split(decode_table(value), sides[key]):
+                parts[key][task].append(part)
+    for key, split in parts.items():
+        move.merged(split, ColumnFamily.JOINS, OPERATOR + key)
+
+
+def _move_changelog_join(move: Move) -> None:
+    """A join over an updating input: each side's current rows (a derived side's by the output
+    columns of its group keys), the sequence numbering an append-only side's rows (the largest
+    of the old tasks', whose numbers carry the task: none recurs), and the state of each derived
+    input (a GROUP BY's groups, a Top-N's kept rows) by the key group of its rows."""
+    plan, node = move.plan, move.plan.operator
+    assert isinstance(node, ChangelogJoin)
+    keys = CHANGELOG_JOIN_STATE
+    known = {ColumnFamily.SESSIONS: (*keys, CHANGELOG_JOIN_SEQUENCE)}
+    sequence = 0
+    for store in move.olds:
+        for _, key, value in move.entries(store, OPERATOR, known):
+            if key == CHANGELOG_JOIN_SEQUENCE:
+                sequence = max(sequence, _U64.unpack(value)[0])
+    for side, (name, key, id_column) in enumerate(
+        zip((node.left, node.right), keys, IDS, strict=True)
+    ):
+        derived = plan.derived.get(name)
+        source = derived.source if derived is not None else name  # type: ignore[attr-defined]
+        columns = list(move.routing.keys[source])
+        if derived is not None:
+            columns = _derived_outputs(derived, columns)
+        elif not node.input_updates[side]:
+            _check_numbered(move.olds, key, id_column)
+        move.tables(OPERATOR, key, [id_column], columns)
+    for batch in move.batches:
+        batch.put(ColumnFamily.SESSIONS, OPERATOR + CHANGELOG_JOIN_SEQUENCE, _U64.pack(sequence))
+    for index, (name, derived) in enumerate(plan.derived.items()):
+        prefix = f"{index + 1}/".encode()
+        columns = list(move.routing.keys[derived.source])  # type: ignore[attr-defined]
+        if isinstance(derived, nodes.WindowAggregate) and derived.window is None:
+            group_keys = _group_key_columns(derived, columns)
+            _move_groups(derived, move.olds, move.batches, prefix, group_keys, move.text)
+        elif isinstance(derived, nodes.TopN):
+            move.check(prefix, {ColumnFamily.SESSIONS: (TOP_N_KEY,)})
+            move.tables(prefix, TOP_N_KEY, list(derived.partition_by), columns)
+        else:
+            raise SqlError(f"the state of {name} ({type(derived).__name__}) does not move yet")
+
+
+def _check_numbered(olds: list[StateStore], key: bytes, id_column: str) -> None:
+    """Refuse an append-only side whose rows an earlier build numbered without their task (two
+    old tasks' numbers could then meet in one new task)."""
+    for store in olds:
+        ids = TableState(StateView(store, OPERATOR), key, [id_column]).current()
+        if ids.num_rows and not pc.all(pc.match_substring(ids[id_column], ":")).as_py():
+            raise SqlError(
+                "the join's rows were numbered by an earlier build, without their task;"
+                " cannot rescale this query"
+            )
+
+
+def _derived_outputs(derived: nodes.Operator, columns: list[str]) -> list[str]:
+    """The output columns of an updating input (a GROUP BY, a Top-N) that are its source's
+    routing ``columns``."""
+    if isinstance(derived, nodes.WindowAggregate):
+        outputs = {
+            bare_column(sql): out
+            for out, sql in zip(derived.key_outputs, derived.key_sql, strict=True)
+            if out is not None
+        }
+        found = [outputs.get(c) for c in columns]
+        if None in found:
+            raise SqlError("a join column is not a group key output; cannot rescale this query")
+        return [f for f in found if f is not None]
+    return columns
+
+
+def _group_key_columns(derived: nodes.WindowAggregate, columns: list[str]) -> list[str]:
+    """The ``__k<i>`` columns of a GROUP BY's groups that are the routing ``columns``."""
+    index = {bare_column(sql): f"__k{i}" for i, sql in enumerate(derived.key_sql)}
+    found = [index.get(c) for c in columns]
+    if None in found:
+        raise SqlError("a join column is not a group key; cannot rescale this query")
+    return [f for f in found if f is not None]
+
+
+_KEYED_MOVES: dict[type, Callable[[Move], None]] = {
+    nodes.TopN: _move_top_n,
+    OverAggregate: _move_over,
+    nodes.TemporalJoin: _move_temporal,
+    ChangelogJoin: _move_changelog_join,
+}
+"""How the state of each operator routed by source rows (see :mod:`.routing`) moves, by plan
+node type (the others: :func:`_move_state`)."""
 
 
 KEYS_FILE = "keys.json"

@@ -3,16 +3,19 @@
 Three shapes (:func:`plan_routing`):
 
 - ``stateless``: a filter or projection (or a UNION ALL of them); each task runs the whole
-  query over its share of the source partitions, no exchange.
+  query over its share of the source partitions, no exchange. A temporal join probing by an
+  expression (Nexmark q13) too, every task reading the whole versioned table
+  (:attr:`Routing.broadcast`).
 - ``aggregate``: a GROUP BY over one stream (TUMBLE, HOP, CUMULATE, SESSION or updating); the
   producing side runs the aggregate's stateless part and sends its rows (for TUMBLE, HOP and
   CUMULATE: partial aggregates per key and pane) to the task owning the group's key group.
 - ``rows``: any other keyed operator over streams: a stream join (regular or interval, inner or
   outer), a window join, a join over an updating GROUP BY or Top-N of a stream (ChangelogJoin),
-  a Top-N or deduplication per key, an OVER aggregation with a PARTITION BY, a temporal join
-  (by the versioned table's key). The producing side sends each *source row*, as read, to
-  the task owning the key group of its routing key, and every task runs the whole unchanged
-  plan over the rows of its key groups. The routing
+  a Top-N or deduplication per key (of a stream, or of an inner stream join whose
+  PARTITION BY holds the join's keys: routed as the join), an OVER aggregation with a
+  PARTITION BY, a temporal join (by the versioned table's key). The producing side sends each
+  *source row*, as read, to the task owning the key group of its routing key, and every task
+  runs the whole unchanged plan over the rows of its key groups. The routing
   key of a source is a list of its columns: the columns of the join's equalities (both inputs
   of a join list theirs in the same order, so matching rows meet in one task), or the
   PARTITION BY of a Top-N or of every OVER. For a join over an
@@ -60,6 +63,7 @@ from streamhouse.sql.nodes import (
 )
 from streamhouse.sql.over import OverAggregate
 from streamhouse.sql.plan import ContinuousPlan
+from streamhouse.sql.proctime_select import PROBE_KEY_PREFIX
 from streamhouse.sql.window_spec import WindowKind, WindowSpec
 
 Shape = Literal["stateless", "aggregate", "rows"]
@@ -78,6 +82,9 @@ class Routing:
     keys: dict[str, tuple[str, ...]] = field(default_factory=dict)
     # ``rows`` routed by window (a per-window query without a key): the windows of every input
     window: WindowSpec | None = None
+    # ``stateless``: the sources every task reads whole (a temporal join's versioned table
+    # when the probe's key is an expression: each task joins its probe partitions to all of it)
+    broadcast: frozenset[str] = frozenset()
 
 
 def plan_routing(plan: ContinuousPlan) -> Routing:
@@ -95,8 +102,8 @@ def refusal(what: str, why: str = "") -> SqlError:
         f"parallelism > 1 does not run {what} yet{': ' + why if why else ''}; run this query at"
         " parallelism 1 (in parallel now: filters and projections, GROUP BY aggregations"
         " windowed or updating, stream joins and window joins on an equality, joins over an"
-        " updating GROUP BY or Top-N, temporal joins, Top-N and deduplication, OVER with"
-        " PARTITION BY, UNION ALL of filters)"
+        " updating GROUP BY or Top-N, temporal joins, Top-N and deduplication (of a stream,"
+        " or of a join by its keys), OVER with PARTITION BY, UNION ALL of filters)"
     )
 
 
@@ -189,7 +196,7 @@ def _through(
     columns is, when that column keeps the input's groups whole (a group key, a PARTITION BY)."""
     if isinstance(derived, WindowAggregate) and derived.window is None:
         keys = {
-            out: _identifier(sql)
+            out: bare_column(sql)
             for out, sql in zip(derived.key_outputs, derived.key_sql, strict=True)
             if out is not None
         }
@@ -202,7 +209,7 @@ def _through(
     )
 
 
-def _identifier(sql: str) -> str | None:
+def bare_column(sql: str) -> str | None:
     """The column ``sql`` names, if it is a bare column."""
     try:
         node = sqlglot.parse_one(sql, read="postgres")
@@ -310,11 +317,55 @@ def pairs_of(
 
 
 def _top_n(node: TopN, plan: ContinuousPlan) -> Routing:
-    _plain(plan, node)
-    columns = [_identifier(c) for c in node.partition_by]
+    columns = [bare_column(c) for c in node.partition_by]
     if None in columns:
         raise refusal(_name(node), "its PARTITION BY is not a list of columns")
+    join = plan.derived.get(node.source)
+    if isinstance(join, StreamJoin) and join.outer is None and len(plan.derived) == 1:
+        return _top_n_of_join(node, join, [c for c in columns if c is not None])
+    _plain(plan, node)
     return Routing("rows", "TopN", {node.source: tuple(c for c in columns if c is not None)})
+
+
+def _top_n_of_join(node: TopN, join: StreamJoin, partition_by: list[str]) -> Routing:
+    """A Top-N over an inner stream join (Nexmark q9: each auction's highest bid) is routed as
+    the join is, when its PARTITION BY holds the join's routing key (on either side): every
+    pair the join makes of a partition then comes out of one task, whole."""
+    keys = _stream_join(join, ContinuousPlan(join, "results", None)).keys
+    outputs = {_join_output(join.sql, c) for c in partition_by}
+    routed = [(keys[join.left][i], keys[join.right][i]) for i in range(len(keys[join.left]))]
+    covered = all(("__left", a) in outputs or ("__right", b) in outputs for a, b in routed)
+    if not covered:
+        raise refusal(
+            _name(node),
+            "it ranks a join's rows by a PARTITION BY without the join's equality columns",
+        )
+    return Routing("rows", "TopN over a StreamJoin", keys)
+
+
+def _join_output(sql: str, column: str) -> tuple[str, str] | None:
+    """The ``(relation, column)`` (``__left``/``__right``) output ``column`` of the join in
+    ``sql`` passes on as it is (listed, renamed, or through the one ``alias.*``)."""
+    select = sqlglot.parse_one(sql, read="postgres")
+    if not isinstance(select, exp.Select):
+        return None
+    aliases = {
+        side.this.alias_or_name: side.this.name
+        for side in [select.args.get("from_"), *(select.args.get("joins") or [])]
+        if side is not None and isinstance(side.this, exp.Table)
+    }
+    stars = []
+    for projection in select.expressions:
+        if isinstance(projection, exp.Column) and isinstance(projection.this, exp.Star):
+            stars.append(projection.table)
+        elif isinstance(projection, exp.Column) and projection.name == column:
+            return (aliases.get(projection.table, ""), column)
+        elif isinstance(projection, exp.Alias) and projection.alias == column:
+            inner = projection.this
+            if isinstance(inner, exp.Column) and not isinstance(inner.this, exp.Star):
+                return (aliases.get(inner.table, ""), inner.name)
+            return None
+    return (aliases.get(stars[0], ""), column) if len(stars) == 1 else None
 
 
 def _union(node: UnionAll, plan: ContinuousPlan) -> Routing:
@@ -332,6 +383,10 @@ def _temporal_join(node: TemporalJoin, plan: ContinuousPlan) -> Routing:
     """A temporal join is routed by its equalities on the versioned table's key: a probe row
     meets every version of its key in one task."""
     _plain(plan, node)
+    if any(key.startswith(PROBE_KEY_PREFIX) for key in node.probe_keys):
+        # an expression of the probe (q13: mod(auction, 10000) = key) is no source column to
+        # route by: every task reads the whole table, and its own share of the probe stream
+        return Routing("stateless", "TemporalJoin", broadcast=frozenset({node.right}))
     pairs = [list(zip(node.probe_keys, node.version_keys, strict=True))]
     keys = _join_keys(node, [(node.left, _same), (node.right, _same)], pairs)
     return Routing("rows", "TemporalJoin", keys)
@@ -367,4 +422,4 @@ _ROUTES: dict[type, Callable[..., Routing]] = {
 """The planner of each operator that runs in parallel, by plan node type."""
 
 
-__all__ = ["Routing", "equi_columns", "plan_routing", "refusal"]
+__all__ = ["Routing", "bare_column", "equi_columns", "plan_routing", "refusal"]

@@ -50,7 +50,9 @@ def _cursor() -> duckdb.DuckDBPyConnection:
         if _duckdb is None:
             import duckdb  # at first use: rows of plain columns never need it
 
-            _duckdb = duckdb.connect()
+            from streamhouse.sql.json_values import duckdb_config
+
+            _duckdb = duckdb.connect(config=duckdb_config())
         return _duckdb.cursor()
 
 

@@ -33,19 +33,21 @@ log = logging.getLogger(__name__)
 
 
 class TaskProcess:
-    """One task forked by the zygote."""
+    """One task forked by the zygote: ``request`` is its spawn request's number, unique in the
+    zygote's life (a pid is not: the kernel hands an ended task's pid to a later process)."""
 
-    def __init__(self, zygote: Zygote, pid: int) -> None:
+    def __init__(self, zygote: Zygote, request: int, pid: int) -> None:
         self._zygote = zygote
+        self._request = request
         self.pid = pid
         self.returncode: int | None = None
 
     def poll(self) -> int | None:
-        self.returncode = self._zygote.exit_status(self.pid)
+        self.returncode = self._zygote.exit_status(self._request)
         return self.returncode
 
     def wait(self, timeout: float | None = None) -> int:
-        self.returncode = self._zygote.wait_exit(self.pid, timeout)
+        self.returncode = self._zygote.wait_exit(self._request, timeout)
         return self.returncode
 
     def send_signal(self, sig: int) -> None:
@@ -81,8 +83,9 @@ class Zygote:
             env=env,
         )
         self._changed = threading.Condition()
-        self._started: dict[int, int] = {}  # request -> pid
-        self._exits: dict[int, int] = {}  # pid -> status
+        self._started: dict[int, int] = {}  # request -> pid, until spawn() takes it
+        self._running: dict[int, int] = {}  # pid -> request of the task running with it
+        self._exits: dict[int, int] = {}  # request -> exit status
         self._requests = 0
         self._write_lock = threading.Lock()
         threading.Thread(target=self._read, name="task-zygote", daemon=True).start()
@@ -92,10 +95,13 @@ class Zygote:
         for line in self.process.stdout:
             parts = line.decode().split()
             with self._changed:
+                # The zygote reports a task's exit before it can fork another with that pid
+                # (it reaps, then reports): the pid names the latest task started with it.
                 if parts[0] == "exit":
-                    self._exits[int(parts[1])] = int(parts[2])
+                    self._exits[self._running.pop(int(parts[1]))] = int(parts[2])
                 else:
                     self._started[int(parts[0])] = int(parts[1])
+                    self._running[int(parts[1])] = int(parts[0])
                 self._changed.notify_all()
         with self._changed:
             self._changed.notify_all()
@@ -114,33 +120,42 @@ class Zygote:
                 if self.process.poll() is not None:
                     raise StreamHouseError("the task process launcher exited")
                 self._changed.wait(0.5)
-            return TaskProcess(self, self._started.pop(request))
+            return TaskProcess(self, request, self._started.pop(request))
 
-    def exit_status(self, pid: int) -> int | None:
+    def exit_status(self, request: int) -> int | None:
         with self._changed:
-            if pid not in self._exits and self.process.poll() is not None:
+            if request not in self._exits and self.process.poll() is not None:
                 return -signal.SIGKILL  # the zygote is gone: so are its tasks' reports
-            return self._exits.get(pid)
+            return self._exits.get(request)
 
-    def wait_exit(self, pid: int, timeout: float | None = None) -> int:
+    def wait_exit(self, request: int, timeout: float | None = None) -> int:
         with self._changed:
             if not self._changed.wait_for(
-                lambda: pid in self._exits or self.process.poll() is not None, timeout
+                lambda: request in self._exits or self.process.poll() is not None, timeout
             ):
-                raise subprocess.TimeoutExpired(f"task {pid}", timeout or 0)
-            return self._exits.get(pid, -signal.SIGKILL)
+                raise subprocess.TimeoutExpired(f"task request {request}", timeout or 0)
+            return self._exits.get(request, -signal.SIGKILL)
 
 
 def _serve(requests: IO[bytes], replies: IO[bytes]) -> None:
-    """The zygote's loop: fork a task per request, report starts and exits."""
+    """The zygote's loop: fork a task per request, report starts and exits (an exit at once:
+    SIGCHLD wakes the loop, so a run to the end is not held by a polling interval)."""
     from streamhouse.runtime.parallel import task_main
 
     children: set[int] = set()
     pending = b""
     stdin = requests.fileno()
+    wake, woken = os.pipe()
+    os.set_blocking(wake, False)
+    os.set_blocking(woken, False)
+    signal.set_wakeup_fd(woken)
+    signal.signal(signal.SIGCHLD, lambda *_: None)  # (the wakeup fd does the waking)
     while True:
-        readable, _, _ = select.select([stdin], [], [], 0.05)
-        if readable:
+        readable, _, _ = select.select([stdin, wake], [], [], 1.0)
+        if wake in readable:
+            with contextlib.suppress(BlockingIOError):
+                os.read(wake, 1 << 12)
+        if stdin in readable:
             chunk = os.read(stdin, 1 << 16)
             if not chunk:  # the launching process went away: so do its tasks
                 for pid in children:
@@ -153,8 +168,11 @@ def _serve(requests: IO[bytes], replies: IO[bytes]) -> None:
                 message = json.loads(line)
                 pid = os.fork()
                 if pid == 0:  # the task
+                    signal.set_wakeup_fd(-1)
+                    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+                    for fd in (wake, woken, stdin):
+                        os.close(fd)
                     os.dup2(2, 1)  # its stdout is not the reply pipe
-                    os.close(stdin)
                     os._exit(task_main(message["spec"]))
                 children.add(pid)
                 replies.write(f"{message['request']} {pid}\n".encode())
@@ -171,8 +189,19 @@ def _serve(requests: IO[bytes], replies: IO[bytes]) -> None:
             replies.flush()
 
 
+def preload() -> None:
+    """Import, once in the zygote, what every task imported again at first use: DuckDB (JSON
+    parsing, sink encoding), the SQLite metadata store, the query file reader. Importing starts
+    no thread (forking stays safe); nothing is opened."""
+    import streamhouse.log.metadata.sqlite  # noqa: F401
+    import streamhouse.runtime.launch  # noqa: F401
+    import streamhouse.runtime.parallel  # noqa: F401
+    from streamhouse.sql import json_values
+
+    json_values._load_duckdb()
+
+
 if __name__ == "__main__":
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the launcher, which stops tasks
-    import streamhouse.runtime.parallel  # noqa: F401 - preloaded for every task
-
+    preload()
     _serve(sys.stdin.buffer, sys.stdout.buffer)

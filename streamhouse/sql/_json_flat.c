@@ -18,6 +18,20 @@ enum { INT64 = 0, INT32 = 1, FLOAT64 = 2, TEXT = 3, BOOL = 4 };
 
 static int is_ws(uint8_t c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r'; }
 
+static const uint8_t *skip_ws(const uint8_t *p, const uint8_t *e)
+{
+    while (p < e && is_ws(*p))
+        p++;
+    return p;
+}
+
+/* Past whitespace, the byte c and the whitespace after it; NULL if c is not next. */
+static const uint8_t *past(const uint8_t *p, const uint8_t *e, uint8_t c)
+{
+    p = skip_ws(p, e);
+    return p < e && *p == c ? skip_ws(p + 1, e) : NULL;
+}
+
 /* A JSON number at p (before e): its end, or NULL if not one. *integral: no fraction or
  * exponent. */
 static const uint8_t *scan_number(const uint8_t *p, const uint8_t *e, int *integral)
@@ -151,12 +165,9 @@ static int read_object(const uint8_t *base, const uint8_t *p, const uint8_t *e, 
                        const int32_t *types, int64_t *values, uint8_t *views, uint8_t *valid)
 {
     uint64_t seen = 0;
-    while (p < e && is_ws(*p))
-        p++;
-    if (p >= e || *p++ != '{')
+    p = past(p, e, '{');
+    if (p == NULL)
         return 0;
-    while (p < e && is_ws(*p))
-        p++;
     if (p < e && *p == '}') {
         p++;
     } else {
@@ -168,14 +179,8 @@ static int read_object(const uint8_t *base, const uint8_t *p, const uint8_t *e, 
             if (p == NULL)
                 return 0;
             size_t key_size = (size_t)(p - key);
-            p++;
-            while (p < e && is_ws(*p))
-                p++;
-            if (p >= e || *p++ != ':')
-                return 0;
-            while (p < e && is_ws(*p))
-                p++;
-            if (p >= e)
+            p = past(p + 1, e, ':');
+            if (p == NULL || p >= e)
                 return 0;
             int32_t f = -1;
             for (int32_t k = 0; k < fields; k++) {
@@ -246,14 +251,11 @@ static int read_object(const uint8_t *base, const uint8_t *p, const uint8_t *e, 
             } else {
                 return 0; /* nested, or not JSON */
             }
-            while (p < e && is_ws(*p))
-                p++;
+            p = skip_ws(p, e);
             if (p >= e)
                 return 0;
             if (*p == ',') {
-                p++;
-                while (p < e && is_ws(*p))
-                    p++;
+                p = skip_ws(p + 1, e);
                 continue;
             }
             if (*p++ != '}')
@@ -261,9 +263,7 @@ static int read_object(const uint8_t *base, const uint8_t *p, const uint8_t *e, 
             break;
         }
     }
-    while (p < e && is_ws(*p))
-        p++;
-    return p == e;
+    return skip_ws(p, e) == e;
 }
 
 /* Rows [start[i], end[i]) of base (start[i] < 0: left for the general reader). Field f

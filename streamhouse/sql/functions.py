@@ -22,6 +22,8 @@ User-defined scalar functions take and return Arrow arrays (vectorized, no per-r
 
 from __future__ import annotations
 
+import base64
+import importlib
 import logging
 from collections.abc import Callable
 from typing import ClassVar
@@ -42,6 +44,9 @@ from streamhouse.sql.unnest import unnest_joins
 log = logging.getLogger(__name__)
 
 _FUNCTIONS: dict[str, datafusion.ScalarUDF] = {}
+# name -> (module, qualified name, types as a schema: arguments then result, volatility) of a
+# registered function another process can import (a module's top-level function)
+_IMPORTABLE: dict[str, tuple[str, str, pa.Schema, str]] = {}
 
 
 def register_function(
@@ -76,6 +81,64 @@ def register_function(
     _FUNCTIONS[name.lower()] = datafusion.udf(
         call, input_types, return_type, volatility, name.lower()
     )
+    module, qualname = getattr(function, "__module__", None), getattr(function, "__qualname__", "")
+    if module and module != "__main__" and "<" not in qualname:
+        types = pa.schema(
+            [*(pa.field(f"a{i}", t) for i, t in enumerate(input_types)), pa.field("r", return_type)]
+        )
+        _IMPORTABLE[name.lower()] = (module, qualname, types, volatility)
+    else:
+        _IMPORTABLE.pop(name.lower(), None)
+
+
+def exported_functions(called: set[str]) -> list[dict[str, str]]:
+    """The registered functions of ``called`` (lower-case names) as another process imports
+    them (:func:`import_functions`: a parallel query's tasks); a SqlError naming one that is
+    not a module's top-level function (a lambda, a nested function), which no task can
+    import."""
+    exported = []
+    for name in sorted(called & _FUNCTIONS.keys()):
+        if name not in _IMPORTABLE:
+            raise SqlError(
+                f"function {name!r} is not a module's top-level function: the task processes"
+                " of a query at parallelism > 1 cannot import it (define it at the top level"
+                " of a module, or run the query at parallelism 1)"
+            )
+        module, qualname, types, volatility = _IMPORTABLE[name]
+        schema = base64.b64encode(types.serialize().to_pybytes()).decode()
+        exported.append(
+            {
+                "name": name,
+                "module": module,
+                "qualname": qualname,
+                "types": schema,
+                "volatility": volatility,
+            }
+        )
+    return exported
+
+
+def import_functions(exported: list[dict[str, str]]) -> None:
+    """Register in this process the functions :func:`exported_functions` described."""
+    for item in exported:
+        try:
+            function: object = importlib.import_module(item["module"])
+            for part in item["qualname"].split("."):
+                function = getattr(function, part)
+        except (ImportError, AttributeError) as exc:
+            raise SqlError(
+                f"function {item['name']!r} ({item['module']}.{item['qualname']}) cannot be"
+                f" imported by a task process of a query at parallelism > 1: {exc}"
+            ) from None
+        types = pa.ipc.read_schema(pa.py_buffer(base64.b64decode(item["types"])))
+        assert callable(function)
+        register_function(
+            item["name"],
+            function,
+            types.types[:-1],
+            types.types[-1],
+            volatility=item["volatility"],
+        )
 
 
 def functions() -> list[datafusion.ScalarUDF]:

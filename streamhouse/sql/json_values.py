@@ -25,7 +25,8 @@ numeric field (``"8"``), a number or an object for a text field (its JSON text),
 Timestamps are ISO-8601 text (a zone or offset is honoured, none means UTC) or integer epoch
 milliseconds. DuckDB reads them with two structures, text first or numbers first (whichever
 read most rows of the last batch); the rows with a NULL field are read with the other
-structure before their NULLs are looked at, so a row's fate does not depend on the order.
+structure too, and a row is kept if either structure explains its NULLs, so a row's fate
+does not depend on the order (so not on the batch before).
 """
 
 from __future__ import annotations
@@ -170,6 +171,21 @@ else:
 
 _database: duckdb.DuckDBPyConnection | None = None
 _database_lock = threading.Lock()
+_threads: int | None = None  # DuckDB's threads per database (None: as many as cores)
+
+
+def set_duckdb_threads(threads: int) -> None:
+    """Run this process's in-memory DuckDB databases (JSON parsing here, sink encoding in
+    :mod:`streamhouse.runtime.sink`) on ``threads`` threads, not one per core: a task of a
+    parallel query takes its share of the cores (its sibling tasks parse at the same time).
+    For the databases opened after the call."""
+    global _threads
+    _threads = threads
+
+
+def duckdb_config() -> dict[str, str | int]:
+    """The configuration a DuckDB database of this process is opened with."""
+    return {"threads": _threads} if _threads is not None else {}
 
 
 def _load_duckdb() -> None:
@@ -191,7 +207,7 @@ def _cursor() -> duckdb.DuckDBPyConnection:
     with _database_lock:
         if _database is None:
             _load_duckdb()
-            _database = duckdb.connect()
+            _database = duckdb.connect(config=duckdb_config())
             _database.execute("SET GLOBAL TimeZone = 'UTC'")
         return _database.cursor()
 
@@ -282,6 +298,7 @@ class _DuckDBParser:
         at = np.arange(hi - lo) if picked is None else picked  # row i is line lo + at[i]
         table, nulls = self._typed_table(variant, lo, hi, picked)
         suspect = np.flatnonzero(nulls)
+        readings = [table.take(pa.array(suspect))]  # the suspect rows, by each structure
         if len(self._typed) > 1 and len(suspect):
             # Timestamps given the other way (text, or epoch milliseconds): every row has
             # both structures tried before pyarrow, whichever one is tried first.
@@ -293,30 +310,40 @@ class _DuckDBParser:
                 if read.sum() * 2 > len(nulls):
                     _preferred[key] = 1 - variant
             suspect = suspect[~read]
+            readings = [readings[0].filter(pa.array(~read)), other.filter(pa.array(~read))]
         keep = ~nulls  # (rows the other structure read are not kept from this one)
         if len(suspect):
-            typed = table.take(pa.array(suspect))
-            explained, objects = self._explained(typed, lo, hi, at[suspect])
-            self._redo.append(lo + at[suspect[~explained & objects]])
+            explained, objects = self._explained(readings, lo, hi, at[suspect])
+            # A row either structure explains reads the same by both (its timestamps are
+            # absent or null): which one was tried first never changes what it becomes.
+            keep[suspect[explained[0]]] = True
+            for reading, by in zip(readings[1:], explained[1:], strict=True):
+                if (alone := by & ~explained[0]).any():
+                    self._tables.append(reading.filter(pa.array(alone)))
+                    self._rows.append(lo + at[suspect[alone]])
+            unexplained = ~np.logical_or.reduce(explained)
+            self._redo.append(lo + at[suspect[unexplained & objects]])
             self._bad += [(lo + int(i), "not a JSON object") for i in at[suspect[~objects]]]
-            keep[suspect[explained]] = True
         self._tables.append(table if keep.all() else table.filter(pa.array(keep)))
         self._rows.append(lo + at[keep])
 
     def _explained(
-        self, typed: pa.Table, lo: int, hi: int, suspect: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Of the ``suspect`` lines (``lo + suspect``; ``typed``: as read, with a NULL field):
-        those whose every NULL field is absent or ``null`` in a JSON object, and those that are
-        JSON objects."""
+        self, readings: list[pa.Table], lo: int, hi: int, suspect: np.ndarray
+    ) -> tuple[list[np.ndarray], np.ndarray]:
+        """Of the ``suspect`` lines (``lo + suspect``; ``readings``: as each structure read
+        them, with a NULL field): for each reading, those whose every NULL field is absent or
+        ``null`` in a JSON object; and those that are JSON objects."""
         raw = self._query(f"json_type(line) = 'OBJECT' AS object, {self._raw}", lo, hi, suspect)
         raw_fields = _fields(raw.select([1]))
         objects = pc.fill_null(raw.column(0), False)
-        ok = objects
-        for i in range(typed.num_columns):
-            lost = pc.and_(pc.is_null(typed.column(i)), pc.is_valid(raw_fields[i]))
-            ok = pc.and_(ok, pc.invert(lost))
-        return ok.to_numpy(zero_copy_only=False), objects.to_numpy(zero_copy_only=False)
+        explained = []
+        for typed in readings:
+            ok = objects
+            for i in range(typed.num_columns):
+                lost = pc.and_(pc.is_null(typed.column(i)), pc.is_valid(raw_fields[i]))
+                ok = pc.and_(ok, pc.invert(lost))
+            explained.append(ok.to_numpy(zero_copy_only=False))
+        return explained, objects.to_numpy(zero_copy_only=False)
 
     def _with_pyarrow(self, rows: np.ndarray) -> None:
         table, good, bad = read_with_pyarrow(self._lines, rows, self._schema)

@@ -37,6 +37,9 @@ __all__ = ["ProctimeStream", "resolve_with", "with_proctime_streams"]
 Resolve = Callable[[str], tuple[str, Any] | None]
 PREFIX = "__proctime__"
 
+PROBE_KEY_PREFIX = "__probe_key_"
+"""The name of a computed column holding the expression a processing-time join probes by."""
+
 
 @dataclass(frozen=True)
 class ProctimeStream:
@@ -196,7 +199,7 @@ def _probe_keys(select: exp.Select, streams: dict[str, ProctimeStream]) -> None:
                     and refs
                     and all(r.table in ("", probe) for r in refs)
                 ):
-                    key = f"__probe_key_{len(keys)}"
+                    key = f"{PROBE_KEY_PREFIX}{len(keys)}"
                     keys[key] = side.transform(
                         lambda n: (
                             exp.column(n.name, quoted=n.this.quoted)

@@ -136,6 +136,7 @@ class StateStore:
         self._handles = {name: self._db.get_column_family_handle(name) for name in COLUMN_FAMILIES}
         self._sync = WriteOptions()
         self._sync.sync = True
+        self._unsynced = WriteOptions()  # written to the WAL file, not fsynced (see commit)
         try:
             self._check_format()
         except BaseException:
@@ -190,10 +191,13 @@ class StateStore:
     def batch(self) -> StateBatch:
         return StateBatch(self)
 
-    def commit(self, batch: StateBatch) -> None:
-        """Apply ``batch`` atomically and durably."""
+    def commit(self, batch: StateBatch, sync: bool = True) -> None:
+        """Apply ``batch`` atomically and durably; without ``sync`` atomically, and durable
+        against a killed process (the WAL is written) but not an operating system crash until
+        the next synced commit (the WAL is one ordered file: that commit makes this one
+        durable first)."""
         try:
-            self._db.write(batch.write_batch, self._sync)
+            self._db.write(batch.write_batch, self._sync if sync else self._unsynced)
         except Exception as exc:
             raise StorageError(f"cannot commit query state at {self.path}: {exc}") from None
 

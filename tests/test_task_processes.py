@@ -1,0 +1,48 @@
+"""The launcher's handles on task processes forked by the zygote."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import threading
+
+from streamhouse.runtime.task_processes import TaskProcess, Zygote
+
+
+def _zygote_saying(lines: str) -> Zygote:
+    """A Zygote whose process is a stand-in that writes ``lines`` as the real zygote would
+    (``<request> <pid>`` when a task started, ``exit <pid> <status>`` when one ended), then
+    waits for its stdin to close."""
+    zygote = Zygote.__new__(Zygote)
+    script = f"import sys; sys.stdout.write({lines!r}); sys.stdout.flush(); sys.stdin.read()"
+    zygote.process = subprocess.Popen(
+        [sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+    )
+    zygote._changed = threading.Condition()
+    zygote._started, zygote._running, zygote._exits = {}, {}, {}
+    zygote._requests = 0
+    zygote._write_lock = threading.Lock()
+    threading.Thread(target=zygote._read, daemon=True).start()
+    return zygote
+
+
+def test_a_reused_pid_is_not_taken_for_the_exit_of_the_task_before() -> None:
+    """The kernel hands an ended task's pid to a later one. The later task, running, must not
+    read as ended with the earlier one's status: the launcher took it for a task killed and
+    started a second copy of it, which kept the first's state locked."""
+    zygote = _zygote_saying("1 4242\nexit 4242 0\n2 4242\n3 4343\nexit 4343 -9\n")
+    try:
+        with zygote._changed:
+            assert zygote._changed.wait_for(lambda: len(zygote._exits) == 2, 10)
+        first, second = TaskProcess(zygote, 1, 4242), TaskProcess(zygote, 2, 4242)
+        third = TaskProcess(zygote, 3, 4343)
+        assert first.poll() == 0
+        assert second.poll() is None  # still running, with the pid the first had
+        assert third.poll() == -signal.SIGKILL
+        assert third.wait(timeout=1) == -9
+    finally:
+        assert zygote.process.stdin is not None
+        zygote.process.stdin.close()
+        zygote.process.wait()
+    assert second.poll() == -signal.SIGKILL  # the zygote gone, so are its tasks
