@@ -1,9 +1,9 @@
-"""Parallel continuous queries (issue 16): a windowed COUNT, a filter, Nexmark q5's shape or
-an interval join, at parallelism 1 vs 2.
+"""Parallel continuous queries (issue 16): a windowed COUNT, a filter, Nexmark q5's or q7's
+shape or an interval join, at parallelism 1 vs 2.
 
 Usage::
 
-    python benchmarks/parallel_bench.py [--query tumble|stateless|q5|join] [--events 1000000]
+    python benchmarks/parallel_bench.py [--query tumble|stateless|q5|q7|join] [--events 1000000]
         [--partitions 4] [--pairs 3] [--out benchmarks/results/parallel.json]
     python benchmarks/parallel_bench.py --data DIR --only 2   # one run over DIR (for whole-process timing)
 
@@ -25,6 +25,8 @@ process's), the 1-minute load average; and the median of the paired ratios.
     INSERT INTO <sink> SELECT user_id, url, ts FROM clicks WHERE user_id % 4 <> 0
     -- q5: the users with the most clicks per HOP window (2 s slide, 10 s size), Nexmark q5's
     -- join of two window aggregates on their bounds (routed by window at parallelism > 1)
+    -- q7: the clicks of the highest user id of each 10 s window, Nexmark q7's join of a
+    -- stream to a keyless window aggregate of itself with a BETWEEN (routed by window)
     -- join: each click with the user's page views of the 2 seconds before it
     INSERT INTO <sink> SELECT c.user_id, c.url, c.ts, v.page FROM clicks c JOIN views v
     ON c.user_id = v.user_id AND c.ts BETWEEN v.ts AND v.ts + INTERVAL '2' SECOND
@@ -71,6 +73,11 @@ FROM clicks GROUP BY user_id, TUMBLE(ts, INTERVAL '1' MINUTE)""",
 JOIN (SELECT MAX(counts.num) AS maxn, counts.starttime, counts.endtime
   FROM ({_HOP_COUNTS}) AS counts GROUP BY counts.starttime, counts.endtime) AS top
 ON hot.starttime = top.starttime AND hot.endtime = top.endtime AND hot.num >= top.maxn""",
+    "q7": """INSERT INTO {sink} SELECT c.user_id, c.url, c.ts FROM clicks c
+JOIN (SELECT MAX(user_id) AS top, window_end AS ts
+  FROM TABLE(TUMBLE(TABLE clicks, DESCRIPTOR(ts), INTERVAL '10' SECOND))
+  GROUP BY window_start, window_end) AS m
+ON c.user_id = m.top WHERE c.ts BETWEEN m.ts - INTERVAL '10' SECOND AND m.ts""",
     "join": """SET 'max-batch-records' = '20000';
 INSERT INTO {sink} SELECT c.user_id, c.url, c.ts, v.page FROM clicks c JOIN views v
 ON c.user_id = v.user_id AND c.ts BETWEEN v.ts AND v.ts + INTERVAL '2' SECOND""",
@@ -80,6 +87,8 @@ BENCHMARKS = {
     "q5": "Nexmark q5's shape over the clicks: the users with the most clicks per HOP"
     " window (2 s slide, 10 s size), a join of two window aggregates",
     "tumble": "windowed COUNT per user, TUMBLE 1 minute, to the end of the log",
+    "q7": "Nexmark q7's shape over the clicks: each click of the highest user id of its 10 s"
+    " TUMBLE window, a stream joined to a window aggregate of itself (routed by window)",
     "join": "interval join of clicks and page views on user_id (2 s), to the end of the log",
 }
 T0 = 1_767_225_600_000

@@ -442,6 +442,34 @@ def test_explain_and_refusals(sh: StreamHouse, tmp_path: Path) -> None:
     assert "the rows of ev by window: to every task owning a window the row falls in" in hot
     assert "then per-window query over the rows of the windows the task owns" in hot
 
+    # Nexmark q7's shape: the stream joined to its window aggregate by a bound on time, routed
+    # by window, each row also to the windows it can join
+    maxima = (
+        "SELECT MAX(v) AS top, window_end AS t FROM TABLE({tvf}(TABLE ev, DESCRIPTOR(t),"
+        " INTERVAL '10' SECOND{step})) GROUP BY window_start, window_end"
+    )
+    tumble = maxima.format(tvf="TUMBLE", step="")
+
+    def q7(join: str = "JOIN", window: str = tumble, bound: str = "AND e.t <= m.t") -> str:
+        return (
+            f"INSERT INTO o SELECT e.k, e.v, e.t FROM ev e {join} ({window}) AS m"
+            f" ON e.v = m.top AND e.t >= m.t - INTERVAL '10' SECOND {bound}"
+        )
+
+    highest = "\n".join(sh.sql(f"EXPLAIN {q7()}").to_arrow_table()["plan"].to_pylist())
+    assert "and to every task owning a window starting -10000 to 0 ms from the row's" in highest
+    assert "then StreamJoin over a window aggregate over the rows of the windows" in highest
+    refused = {
+        "it is an outer join of a window aggregate": q7(join="LEFT JOIN"),
+        "it reads a subquery that is not a TUMBLE or HOP aggregate": q7(
+            window=maxima.format(tvf="CUMULATE", step=", INTERVAL '20' SECOND")
+        ),
+        "its condition bounds the time of ev by no window column": q7(bound=""),
+    }
+    for why, text in refused.items():
+        with pytest.raises(SqlError, match=f"StreamJoin \\(a stream join\\) yet: {why}"):
+            sh.start(text, parallelism=2)
+
 
 def test_an_idle_task_does_not_hold_the_watermark_back(sh: StreamHouse, tmp_path: Path) -> None:
     """Partition 2 (all of task 2's input at parallelism 3) gets one early record and then

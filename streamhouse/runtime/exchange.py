@@ -125,12 +125,14 @@ class ExchangeWriter:
         text_keys: bool = False,
         by_window: WindowSpec | None = None,
         latest: bool = False,
+        reach: tuple[int, int] | None = None,
         fence: Lease | None = None,
     ) -> None:
         self.log = log_
         self.fence = fence  # the task's lease on an agent: appends only while it is held
         # a per-window query routed by window: a row to every task owning a window of it
         self.by_window = by_window
+        self.reach = reach  # and to the owners of the windows it joins (routing.Routing.reach)
         self.text_keys = text_keys
         self.source = source
         self.pre_sql = pre_sql
@@ -336,7 +338,10 @@ class ExchangeWriter:
         if self.by_window is not None:
             ts, _ = event_time_ms(rows, self.by_window.time_column)  # no time: pane 0's tasks
             panes = Panes.of(self.by_window)
-            tasks = window_tasks(panes.window_starts(panes.start(ts)), self.parallelism)
+            starts = panes.window_starts(panes.start(ts))
+            if self.reach is not None:
+                starts = np.hstack([starts, reached_windows(panes.width, ts, self.reach)])
+            tasks = window_tasks(starts, self.parallelism)
             return [(tasks == target).any(axis=1) for target in range(self.parallelism)]
         owner = task_of(self._key_groups(rows), self.parallelism)
         return [owner == target for target in range(self.parallelism)]
@@ -448,6 +453,19 @@ class ExchangeSource(QuerySource):
         self.idle_producers = set(self._read_idle)
 
 
+def reached_windows(width: int, ts: np.ndarray, reach: tuple[int, int]) -> np.ndarray:
+    """Per event time ``t``, the starts (multiples of ``width``) of the windows starting in
+    ``[t + reach[0], t + reach[1]]``, one row each (repeating its first where it has fewer).
+
+    >>> reached_windows(10, np.array([20, 25]), (-10, 0)).tolist()
+    [[10, 20], [20, 20]]
+    """
+    lo, hi = reach
+    first = -((-(ts + lo)) // width) * width  # the first multiple of width at or after t + lo
+    starts = first[:, None] + np.arange((hi - lo) // width + 1)[None, :] * width
+    return np.where(starts <= (ts + hi)[:, None], starts, first[:, None])
+
+
 def producing_tasks(partitions: int, parallelism: int) -> int:
     """How many tasks read a source partition (task ``i`` reads those ``p % n == i``)."""
     if partitions <= 0:
@@ -465,4 +483,5 @@ __all__ = [
     "exchange_topic",
     "owned_partitions",
     "producing_tasks",
+    "reached_windows",
 ]

@@ -10,6 +10,7 @@ the node's type up in :data:`ADAPTERS`, the one place that knows which adapter r
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Generic, Protocol, TypeVar
 
 import numpy as np
@@ -28,7 +29,7 @@ from streamhouse.joins.temporal import (
     Versions,
     versions_key,
 )
-from streamhouse.joins.windowed import WindowedQuery
+from streamhouse.joins.windowed import Panes, WindowedQuery
 from streamhouse.runtime.operator import Changelog, MicroBatch, Operator, QueryContext
 from streamhouse.runtime.sink import json_strings, key_strings, row_keys
 from streamhouse.sql import nodes
@@ -171,6 +172,9 @@ class WindowAggregation(_Stateful[nodes.WindowAggregate]):
         super().__init__(node, state, context)
         self.executor = make_operator(node, state, context.options.allowed_lateness_ms)
         self.late_topic = context.options.late_topic
+        # at parallelism > 1 routed by window (a join of its windows, routing.Routing.reach):
+        # which window starts this task evaluates; it may hold rows of other windows too
+        self.owns: Callable[[np.ndarray], np.ndarray] | None = None
 
     @classmethod
     def open(cls, node: nodes.WindowAggregate, state: StateView, context: QueryContext) -> Operator:
@@ -193,13 +197,22 @@ class WindowAggregation(_Stateful[nodes.WindowAggregate]):
             if not valid.all():
                 pre, ts = pre.filter(pa.array(valid)), ts[valid]
             late = self.executor.process(pre, ts, batch.previous_watermark, batch.state)
-            out.late = len(late)
+            out.late = len(late) if self.owns is None else self._late_here(ts[late])
             if out.late and self.late_topic and "__partition" in pre.column_names:
                 out.late_rows = _rows_by_position(table, pre.take(pa.array(late)))
         emitted = self.executor.emit(batch.watermark, batch.state)
+        if emitted is not None and self.owns is not None:
+            starts = pc.cast(emitted["window_start"], pa.int64()).to_numpy()
+            emitted = emitted.filter(pa.array(self.owns(starts)))
         if emitted is not None and emitted.num_rows:
             out.rows = run_ordered(node.post_sql, {FLOWS: emitted})
         return out
+
+    def _late_here(self, ts: np.ndarray) -> int:
+        """Late rows counted once over the tasks: at the task owning their last window."""
+        assert self.owns is not None and self.node.window is not None
+        panes = Panes.of(self.node.window)
+        return int(np.count_nonzero(self.owns(panes.window_starts(panes.start(ts))[:, 0])))
 
 
 class GroupAggregation(_Stateful[nodes.WindowAggregate]):

@@ -21,7 +21,9 @@ split is :mod:`.routing`'s:
   (unique over the tasks, also after a rescale); record keys made of other operators' row ids
   are prefixed with ``<task>/``.
 - A per-window query without a key (Nexmark q5): rows are routed by window, to every task
-  owning a window they fall in, and each task evaluates the windows it owns.
+  owning a window they fall in, and each task evaluates the windows it owns. A stream joined
+  to a window aggregate of itself (q7) likewise, each row also to the owners of the windows it
+  can join by the join's bound on time; each task's aggregate emits only the windows it owns.
 
 Task ``i`` writes sink partition ``i`` only (the sink is created with ``n`` partitions); the
 tasks of an updating query (an updating GROUP BY, an outer join, a Top-N or deduplication, a
@@ -51,6 +53,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from sqlglot import exp
@@ -148,6 +151,11 @@ def explain_parallel(
                     "window: to every task owning a window the row falls in (a window's task"
                     f" by the key group of its start), {groups}"
                 )
+            if routing.reach is not None:
+                by += (
+                    f", and to every task owning a window starting {routing.reach[0]} to"
+                    f" {routing.reach[1]} ms from the row's time (windows it joins)"
+                )
             lines.append(
                 f"  Exchange  topic {exchange_topic(name, index)} {exchange}: the rows of"
                 f" {source} by {by}"
@@ -220,8 +228,18 @@ class TaskQuery(ContinuousQuery):
         if isinstance(self.operator, StreamJoining | ChangelogJoining):  # row ids unique over
             self.operator.executor.task = task  # every task
         if self.routing.window is not None:  # routed by window: evaluate the windows it owns
-            assert isinstance(self.operator, WindowedEvaluation)
-            self.operator.executor.owns = lambda starts: window_tasks(starts, parallelism) == task
+            owns = self._owns_windows
+            if self.routing.reach is None:
+                assert isinstance(self.operator, WindowedEvaluation)
+                self.operator.executor.owns = owns
+            else:  # a stream joined to its window aggregate (q7): the aggregate's windows
+                for _, child in self.branches[0].children.values():
+                    assert isinstance(child, WindowAggregation)
+                    child.owns = owns
+
+    def _owns_windows(self, starts: np.ndarray) -> np.ndarray:
+        """Which of the windows starting at ``starts`` this task evaluates (routed by window)."""
+        return window_tasks(starts, self.parallelism) == self.task
 
     @property
     def transactional_id(self) -> str:
@@ -320,6 +338,7 @@ class TaskQuery(ContinuousQuery):
                     window,
                     text_keys=text,
                     by_window=self.routing.window,
+                    reach=self.routing.reach,
                     latest=(self.read_options[name].startup or self.options.startup)
                     == "latest-offset",
                     fence=self.fence,

@@ -157,6 +157,8 @@ def rescalable(plan: ContinuousPlan, routing: Routing) -> None:
         why = f"its {routing.operator} reads {', '.join(sorted(routing.broadcast))} whole in every task"
     elif isinstance(node, nodes.TopN) and plan.derived:
         why = f"the state of its {routing.operator} does not move by key group yet"
+    elif routing.reach is not None:  # its aggregate's windows and the join's rows by window
+        why = f"the state of its {routing.operator} does not move by window yet"
     if why:
         raise SqlError(
             f"this query cannot change parallelism: {why}; run it at the parallelism it was"

@@ -26,7 +26,13 @@ Three shapes (:func:`plan_routing`):
   without a key equality between its inputs (Nexmark q5: per-auction counts joined to the
   maximum count of their window) is routed *by window*: a row goes to every task owning a
   window it falls in (a window is owned by the task of its start's key group), and each task
-  evaluates only the windows it owns, over every row of them (:attr:`Routing.window`).
+  evaluates only the windows it owns, over every row of them (:attr:`Routing.window`). A
+  stream joined to a TUMBLE or HOP aggregate of itself by a time bound (Nexmark q7: each bid
+  joined to the highest price of its window) is routed by window too: a row goes to every task
+  owning a window it falls in, so that task aggregates the whole window, and to every task
+  owning a window whose row it can join by the bound (:attr:`Routing.reach`: a bid at a
+  window's end also joins the window ending then); each task aggregates and joins only the
+  windows it owns.
 
 Anything else is refused at parallelism > 1 with a :class:`~streamhouse.errors.SqlError` that
 names the operator (never run in parallel and silently wrong).
@@ -82,6 +88,9 @@ class Routing:
     keys: dict[str, tuple[str, ...]] = field(default_factory=dict)
     # ``rows`` routed by window (a per-window query without a key): the windows of every input
     window: WindowSpec | None = None
+    # routed by window, a stream joined to a window aggregate of itself: a row at event time
+    # ``t`` also goes to the owners of the windows starting in ``[t + reach[0], t + reach[1]]``
+    reach: tuple[int, int] | None = None
     # ``stateless``: the sources every task reads whole (a temporal join's versioned table
     # when the probe's key is an expression: each task joins its probe partitions to all of it)
     broadcast: frozenset[str] = frozenset()
@@ -143,7 +152,8 @@ def _aggregate(node: WindowAggregate, plan: ContinuousPlan) -> Routing:
 
 
 def _stream_join(node: StreamJoin, plan: ContinuousPlan) -> Routing:
-    _plain(plan, node)
+    if plan.derived:
+        return _join_of_windows(node, plan)
     pairs = equi_columns(node.sql)
     keys = _join_keys(
         node,
@@ -172,6 +182,69 @@ def _window_join(node: Windowed, plan: ContinuousPlan) -> Routing:
     if len(specs) != 1 or next(iter(specs)).kind == WindowKind.SESSION:
         raise refusal(_name(node), "its inputs are not windowed alike by TUMBLE, HOP or CUMULATE")
     return Routing("rows", "per-window query", dict.fromkeys(sources, ()), next(iter(specs)))
+
+
+def _join_of_windows(node: StreamJoin, plan: ContinuousPlan) -> Routing:
+    """An inner join of a stream to a TUMBLE or HOP aggregate of that stream, bounded in time
+    (Nexmark q7), is routed by the aggregate's windows: see :attr:`Routing.reach`."""
+    (name, aggregate), *others = plan.derived.items()
+    stream = node.left if name == node.right else node.right
+    if others or name not in (node.left, node.right):
+        raise refusal(_name(node), "it reads nested subqueries")
+    window = aggregate.window if isinstance(aggregate, WindowAggregate) else None
+    if window is None or window.kind not in (WindowKind.TUMBLE, WindowKind.HOP):
+        raise refusal(_name(node), "it reads a subquery that is not a TUMBLE or HOP aggregate")
+    if aggregate.source != stream:
+        raise refusal(_name(node), f"it joins a window aggregate of {aggregate.source} to {stream}")
+    if node.outer is not None:
+        raise refusal(_name(node), "it is an outer join of a window aggregate")
+    return Routing(
+        "rows",
+        "StreamJoin over a window aggregate",
+        {stream: ()},
+        window,
+        reach=_reach(node, name, aggregate, window),
+    )
+
+
+_WINDOW_OFFSETS: dict[str, Callable[[int], int]] = {
+    "window_start": lambda size: 0,
+    "window_end": lambda size: size,
+    "window_time": lambda size: size - 1,
+}
+"""Each window column's offset from the window's start, by the window's size (ms)."""
+
+
+def _reach(
+    node: StreamJoin, name: str, aggregate: WindowAggregate, window: WindowSpec
+) -> tuple[int, int]:
+    """The starts of the windows a row at ``t`` can join, as ``[t + lo, t + hi]``: from the
+    join's bound between the stream's time attribute and a window column of the aggregate."""
+    offsets = {}  # output column of the aggregate -> its window column's offset from the start
+    for projection in sqlglot.parse_one(aggregate.post_sql, read="postgres").expressions:
+        column = projection.unalias()
+        if isinstance(column, exp.Column) and column.name in _WINDOW_OFFSETS:
+            offsets[projection.alias_or_name] = _WINDOW_OFFSETS[column.name](window.size_ms)
+    for bound in node.candidates:
+        ours, theirs = bound.right_column, bound.left_column
+        if name == node.left:
+            ours, theirs = theirs, ours
+        if bound.before_ms is None or bound.after_ms is None:
+            continue
+        if ours not in offsets or theirs != window.time_column:
+            continue
+        # right.t - before <= left.t <= right.t + after, for the aggregate's column w:
+        # w in [t - after, t + before] on the right, [t - before, t + after] on the left
+        lo, hi = (-bound.after_ms, bound.before_ms)
+        if name == node.left:
+            lo, hi = -bound.before_ms, bound.after_ms
+        return lo - offsets[ours], hi - offsets[ours]
+    raise refusal(
+        _name(node),
+        f"its condition bounds the time of {node.left if name == node.right else node.right}"
+        " by no window column of the aggregate it joins (BETWEEN window_end - INTERVAL ... AND"
+        " window_end, say)",
+    )
 
 
 def _changelog_join(node: ChangelogJoin, plan: ContinuousPlan) -> Routing:
