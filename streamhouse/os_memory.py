@@ -23,6 +23,9 @@ its habits cost bounded queries more system time than their own work:
   names one; it must run before DataFusion is imported (``streamhouse`` does so first).
 
 Elsewhere than Linux neither does anything.
+
+:func:`resident_memory` reads a process's resident memory now and at its peak (``VmRSS`` and
+``VmHWM`` of ``/proc/<pid>/status``): what a parallel query reports per task process.
 """
 
 from __future__ import annotations
@@ -32,7 +35,12 @@ import logging
 import os
 import sys
 
-__all__ = ["huge_pages_disabled", "keep_freed_pages", "keep_off_huge_pages"]
+__all__ = [
+    "huge_pages_disabled",
+    "keep_freed_pages",
+    "keep_off_huge_pages",
+    "resident_memory",
+]
 
 log = logging.getLogger(__name__)
 
@@ -68,3 +76,28 @@ def huge_pages_disabled() -> bool | None:
     if not sys.platform.startswith("linux"):
         return None
     return bool(ctypes.CDLL(None).prctl(PR_GET_THP_DISABLE, 0, 0, 0, 0))
+
+
+def resident_memory(pid: int | None = None) -> tuple[int, int] | None:
+    """Bytes of process ``pid`` (default: this one) resident now and at its peak (``VmRSS``,
+    ``VmHWM``); None where there is no such process or no ``/proc`` (not Linux).
+
+    Pages a forked process still shares with its parent count in both (as ``ps`` counts them).
+
+    >>> now, peak = resident_memory()
+    >>> 0 < now <= peak
+    True
+    """
+    try:
+        with open(f"/proc/{pid or 'self'}/status", "rb") as status:
+            text = status.read()
+    except OSError:
+        return None
+    fields = {}
+    for line in text.splitlines():
+        name, _, value = line.partition(b":")
+        if name in (b"VmRSS", b"VmHWM"):
+            fields[name] = int(value.split()[0]) * 1024  # in kB
+    if len(fields) < 2:  # a zombie has no memory left to report
+        return None
+    return fields[b"VmRSS"], fields[b"VmHWM"]

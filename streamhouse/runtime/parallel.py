@@ -55,6 +55,7 @@ import pyarrow.compute as pc
 from streamhouse.errors import SqlError, StreamHouseError
 from streamhouse.log.isolation import Isolation
 from streamhouse.log.records import Compression, build_batch
+from streamhouse.os_memory import resident_memory
 from streamhouse.runtime.exchange import (
     PENDING as EXCHANGE_PENDING,
 )
@@ -595,6 +596,9 @@ class ParallelQuery:
             except (OSError, ValueError):
                 tasks.append({"task": task})
         running = any(p.poll() is None for p in self.processes)
+        for task_status, process in zip(tasks, self.processes, strict=False):
+            if process.poll() is None and task_status.get("pid") == process.pid:
+                _read_memory(task_status, process.pid)  # now, not as of its last micro-batch
         marks = [t.get("watermark_ms") for t in tasks]
         watermark = min(marks) if marks and None not in marks else None
         return {
@@ -610,6 +614,8 @@ class ParallelQuery:
             "late_rows": sum(t.get("late_rows", 0) for t in tasks),
             "rejected_rows": sum(t.get("rejected_rows", 0) for t in tasks),
             "damaged_rows": 0,
+            "rss_bytes": sum(t.get("rss_bytes", 0) for t in tasks),  # of the task processes
+            "peak_rss_bytes": sum(t.get("peak_rss_bytes", 0) for t in tasks),
             "tasks": tasks,
         }
 
@@ -837,7 +843,7 @@ def _run(
             _write_status(query, writers, status_path, ready)
             pause = FIRST_POLL_S
         elif until_end and _took_every_final(query, status_path.parent, run):
-            return
+            break
         else:
             time.sleep(pause)
             pause = min(pause * 2, query.options.poll_interval_ms / 1000)
@@ -938,7 +944,15 @@ def _write_status(
         "setup_cpu_seconds": query.setup_cpu_seconds,  # of it, before the first micro-batch
         "updated_at": now,
     }
+    _read_memory(status, None)
     _write_atomically(path, status)
+
+
+def _read_memory(status: dict[str, Any], pid: int | None) -> None:
+    """Put task process ``pid``'s resident bytes now and at its peak into its ``status``."""
+    memory = resident_memory(pid)
+    if memory is not None:
+        status["rss_bytes"], status["peak_rss_bytes"] = memory
 
 
 def task_main(spec: dict[str, Any]) -> int:
