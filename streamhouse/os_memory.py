@@ -24,6 +24,20 @@ its habits cost bounded queries more system time than their own work:
 
 Elsewhere than Linux neither does anything.
 
+- **Big buffers held after free** (task processes of parallel queries only). glibc's malloc
+  serves a buffer over its mmap threshold (128 KiB at first) from a mapping of its own and
+  gives it back when freed, but raises that threshold to the size of each such buffer freed
+  (up to 32 MiB), so a process that builds and frees large buffers soon keeps them in its
+  heap, where freed space is held resident and fragments; and each thread may get an arena
+  of its own. A task holding 5M open window keys merges runs of partials: the merged Arrow
+  table, its IPC bytes, RocksDB's write batch and memtable each hold a copy for a moment.
+  Its heap held 300-340 MB free beside 200-280 MB in use, and it peaked at 960 MB;
+  :func:`return_big_buffers` fixes the threshold at :data:`TASK_MMAP_THRESHOLD` and the
+  arenas at :data:`TASK_ARENAS` in each task process: the heap then holds 20-35 MB free and
+  the task peaked at 650-700 MB (``benchmarks/windows_bench.py --parts parallel``).
+  ``MALLOC_MMAP_THRESHOLD_`` or ``MALLOC_ARENA_MAX`` in the environment (glibc's own
+  settings) are left to decide; ``STREAMHOUSE_TASK_MALLOC=default`` leaves both to glibc.
+
 :func:`resident_memory` reads a process's resident memory now and at its peak (``VmRSS`` and
 ``VmHWM`` of ``/proc/<pid>/status``): what a parallel query reports per task process.
 """
@@ -40,6 +54,7 @@ __all__ = [
     "keep_freed_pages",
     "keep_off_huge_pages",
     "resident_memory",
+    "return_big_buffers",
 ]
 
 log = logging.getLogger(__name__)
@@ -48,6 +63,13 @@ PR_SET_THP_DISABLE = 41
 PR_GET_THP_DISABLE = 42
 PURGE_DELAY_ENV = "MIMALLOC_PURGE_DELAY"
 PURGE_DELAY_MS = 1000
+M_MMAP_THRESHOLD = -3  # mallopt parameters (malloc.h)
+M_ARENA_MAX = -8
+TASK_MMAP_THRESHOLD = 1 << 20
+"""Bytes from which a task process's buffers are mapped apart (and unmapped when freed)."""
+TASK_ARENAS = 2
+"""The most malloc arenas a task process's threads share."""
+TASK_MALLOC_ENV = "STREAMHOUSE_TASK_MALLOC"
 
 
 def keep_freed_pages() -> None:
@@ -101,3 +123,18 @@ def resident_memory(pid: int | None = None) -> tuple[int, int] | None:
     if len(fields) < 2:  # a zombie has no memory left to report
         return None
     return fields[b"VmRSS"], fields[b"VmHWM"]
+
+
+def return_big_buffers() -> None:
+    """In this process, map buffers of :data:`TASK_MMAP_THRESHOLD` bytes or more apart, so
+    freeing one returns it to the kernel, and share at most :data:`TASK_ARENAS` malloc arenas
+    among threads (glibc only; what the environment sets for glibc is kept)."""
+    if not sys.platform.startswith("linux") or os.environ.get(TASK_MALLOC_ENV) == "default":
+        return
+    libc = ctypes.CDLL(None)
+    if not hasattr(libc, "mallopt") or not hasattr(libc, "gnu_get_libc_version"):
+        return  # not glibc (musl has no such knobs)
+    if "MALLOC_MMAP_THRESHOLD_" not in os.environ:
+        libc.mallopt(M_MMAP_THRESHOLD, TASK_MMAP_THRESHOLD)
+    if "MALLOC_ARENA_MAX" not in os.environ:
+        libc.mallopt(M_ARENA_MAX, TASK_ARENAS)

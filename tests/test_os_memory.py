@@ -96,3 +96,45 @@ def test_datafusion_allocator_keeps_freed_pages(environment: str | None, delay: 
     reported = re.findall(r"option 'purge_delay': (-?\d+)", done.stderr)
     assert len(reported) == 2, done.stderr[-2000:]
     assert reported == [delay, delay]
+
+
+FREED_THEN_SMALLER = """
+import ctypes, sys
+from streamhouse.os_memory import return_big_buffers
+
+class MallocInfo(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in (
+        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks",
+        "fordblks", "keepcost")]
+
+libc = ctypes.CDLL(None)
+libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+libc.free.argtypes = [ctypes.c_void_p]
+libc.mallinfo2.restype = MallocInfo
+if sys.argv[1] == "task":
+    return_big_buffers()
+libc.free(libc.malloc(16 << 20))  # mapped apart; glibc's threshold then rises to 16 MiB
+before = libc.mallinfo2().hblks  # buffers mapped apart
+buffer = libc.malloc(2 << 20)
+print(libc.mallinfo2().hblks - before)  # the 2 MiB one mapped apart, or not
+libc.free(buffer)
+"""
+
+
+@pytest.mark.parametrize(("process", "mapped"), [("task", "1"), ("other", "0")])
+def test_a_task_process_maps_big_buffers_apart_after_freeing_bigger_ones(
+    process: str, mapped: str
+) -> None:
+    """In a task process a 2 MiB buffer is mapped apart (and unmapped when freed) after a 16
+    MiB one was freed; elsewhere glibc's raised threshold puts it in the heap, which keeps it."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+    env.pop("STREAMHOUSE_TASK_MALLOC", None)
+    done = subprocess.run(
+        [sys.executable, "-c", FREED_THEN_SMALLER, process],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={**env, "PYTHONPATH": str(REPO)},
+        check=True,
+    )
+    assert done.stdout.split() == [mapped]

@@ -55,7 +55,7 @@ import pyarrow.compute as pc
 from streamhouse.errors import SqlError, StreamHouseError
 from streamhouse.log.isolation import Isolation
 from streamhouse.log.records import Compression, build_batch
-from streamhouse.os_memory import resident_memory
+from streamhouse.os_memory import resident_memory, return_big_buffers
 from streamhouse.runtime.exchange import (
     PENDING as EXCHANGE_PENDING,
 )
@@ -958,6 +958,7 @@ def _read_memory(status: dict[str, Any], pid: int | None) -> None:
 def task_main(spec: dict[str, Any]) -> int:
     """A forked task process's body: its exit status (1 after a one-line error)."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    return_big_buffers()  # a task's heap would keep what its merges of state free
     try:
         run_task(spec)
     except StreamHouseError as exc:
