@@ -31,10 +31,12 @@ Elsewhere than Linux neither does anything.
   heap, where freed space is held resident and fragments; and each thread may get an arena
   of its own. A task holding 5M open window keys merges runs of partials: the merged Arrow
   table, its IPC bytes, RocksDB's write batch and memtable each hold a copy for a moment.
-  Its heap held 300-340 MB free beside 200-280 MB in use, and it peaked at 960 MB;
+  Its heap held 300-340 MB free beside 200-280 MB in use, and it peaked at 950-985 MiB;
   :func:`return_big_buffers` fixes the threshold at :data:`TASK_MMAP_THRESHOLD` and the
-  arenas at :data:`TASK_ARENAS` in each task process: the heap then holds 20-35 MB free and
-  the task peaked at 650-700 MB (``benchmarks/windows_bench.py --parts parallel``).
+  arenas at :data:`TASK_ARENAS` in each task process: it peaked at 700-750 MiB, for the
+  same CPU (``benchmarks/windows_bench.py --parts parallel``). A 1 MiB threshold
+  (``MALLOC_MMAP_THRESHOLD_=1048576``) took it to 650-700 MiB, at 20-25% more CPU: every
+  micro-batch's Arrow buffers were mapped and faulted in afresh.
   ``MALLOC_MMAP_THRESHOLD_`` or ``MALLOC_ARENA_MAX`` in the environment (glibc's own
   settings) are left to decide; ``STREAMHOUSE_TASK_MALLOC=default`` leaves both to glibc.
 
@@ -65,7 +67,7 @@ PURGE_DELAY_ENV = "MIMALLOC_PURGE_DELAY"
 PURGE_DELAY_MS = 1000
 M_MMAP_THRESHOLD = -3  # mallopt parameters (malloc.h)
 M_ARENA_MAX = -8
-TASK_MMAP_THRESHOLD = 1 << 20
+TASK_MMAP_THRESHOLD = 8 << 20
 """Bytes from which a task process's buffers are mapped apart (and unmapped when freed)."""
 TASK_ARENAS = 2
 """The most malloc arenas a task process's threads share."""

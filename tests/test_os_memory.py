@@ -113,10 +113,10 @@ libc.free.argtypes = [ctypes.c_void_p]
 libc.mallinfo2.restype = MallocInfo
 if sys.argv[1] == "task":
     return_big_buffers()
-libc.free(libc.malloc(16 << 20))  # mapped apart; glibc's threshold then rises to 16 MiB
+libc.free(libc.malloc(30 << 20))  # mapped apart; glibc's threshold then rises to 30 MiB
 before = libc.mallinfo2().hblks  # buffers mapped apart
-buffer = libc.malloc(2 << 20)
-print(libc.mallinfo2().hblks - before)  # the 2 MiB one mapped apart, or not
+buffer = libc.malloc(12 << 20)
+print(libc.mallinfo2().hblks - before)  # the 12 MiB one mapped apart, or not
 libc.free(buffer)
 """
 
@@ -125,7 +125,7 @@ libc.free(buffer)
 def test_a_task_process_maps_big_buffers_apart_after_freeing_bigger_ones(
     process: str, mapped: str
 ) -> None:
-    """In a task process a 2 MiB buffer is mapped apart (and unmapped when freed) after a 16
+    """In a task process a 12 MiB buffer is mapped apart (and unmapped when freed) after a 30
     MiB one was freed; elsewhere glibc's raised threshold puts it in the heap, which keeps it."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
     env.pop("STREAMHOUSE_TASK_MALLOC", None)
