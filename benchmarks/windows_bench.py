@@ -22,7 +22,19 @@ machine is shared, so wall-clock figures move with the load):
    tumbling window) into a topic and runs the continuous query over them without a final
    watermark, so every key stays open; ``operator`` feeds the same keys straight to the window
    operator. Reported: resident memory before and after (``VmRSS``), the peak (``VmHWM``), and
-   the query's state size in RocksDB.
+   the query's state size in RocksDB;
+4. **parallel state** (``--parts parallel``, issue 16): the same keys at ``--parallelism``
+   (default 1,2): one process produces them into ``--state-partitions`` topic partitions, a
+   fresh launcher process starts the query (``INSERT INTO`` a topic) at that parallelism and
+   waits until every record is read and no task has worked for ``QUIET_S`` (every key is in
+   the windows' state, none closed), then stops it (a checkpoint); meanwhile this process
+   samples every process of the launcher's tree (the launcher, its task-process zygote, the
+   tasks) from ``/proc`` every ``SAMPLE_S``. Reported: each process's peak (``VmHWM``) and
+   their sum (an upper bound: pages a forked task shares with the zygote count in both), the
+   highest sampled sum of resident (``VmRSS``) and proportional (``Pss``: a shared page split
+   among its sharers) memory, the query's status (the tasks' own memory and state bytes).
+   A third process then resumes the query and runs it to the end, closing every window: its
+   output rows must equal the keys (measured apart, as ``close``).
 """
 
 from __future__ import annotations
@@ -33,6 +45,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -293,6 +306,234 @@ def run_state(curve: list[int], e2e_max: int) -> list[dict[str, Any]]:
     return out
 
 
+# -- 4. parallel state -------------------------------------------------------------------------
+
+SAMPLE_S = 0.5
+"""How often the memory of the launcher's processes is sampled."""
+QUIET_S = 10.0
+"""How long no task may have worked before every key counts as in the state."""
+PRODUCE_ROWS = 500_000
+
+
+def _parallel_sql(kind: str, parallelism: int, sink: str) -> str:
+    return (
+        f"SET 'parallelism' = '{parallelism}';\n{STATE_DDL};\nINSERT INTO {sink} {STATE_SQL[kind]};"
+    )
+
+
+def produce_state(keys: int, partitions: int, work_dir: Path) -> dict[str, Any]:
+    """One JSON record per key (``_state_rows``), in ``PRODUCE_ROWS`` chunks round-robin over
+    ``partitions`` partitions: each partition's event time rises."""
+    wall = time.perf_counter()
+    with streamhouse.connect(work_dir / "data") as sh:
+        sh.create_topic("wb_state", partitions=partitions)
+        rows = _state_rows(keys)
+        for chunk, start in enumerate(range(0, keys, PRODUCE_ROWS)):
+            values = json_values(rows.slice(start, PRODUCE_ROWS)).to_pylist()
+            sh.produce("wb_state", values, partition=chunk % partitions)
+    return {"keys": keys, "partitions": partitions, "seconds": round(time.perf_counter() - wall, 1)}
+
+
+def launch_state(
+    kind: str, keys: int, parallelism: int, name: str, work_dir: Path, close: bool
+) -> dict[str, Any]:
+    """Run query ``name`` until every key is in its state (or, with ``close``, to the end)."""
+    from streamhouse.runtime.launch import start_query
+
+    sink = f"{name}_out"
+    path = work_dir / f"{name}.sql"
+    path.write_text(_parallel_sql(kind, parallelism, sink))
+    wall, cpu, before = time.perf_counter(), time.process_time(), load()
+    with streamhouse.connect(work_dir / "data") as sh:
+        query = start_query(sh.engine, path, state_root=work_dir / "queries", start=False)
+        if close:
+            query.run_until_caught_up(final=True)
+        elif parallelism == 1:
+            query.run_until_caught_up(final=False)
+        else:
+            query.start()
+            _wait_quiet(query, keys)
+        status = query.status()
+        query.stop()
+        offsets = sh.log.metadata.partition_offsets(sink) if sh.log.get_topic(sink) else {}
+        out_rows = sum(o.high_watermark for o in offsets.values())
+    return {
+        **_since(wall, cpu, before),
+        "rows_in": status["rows_in"],
+        "rows_out": status["rows_out"],
+        "sink_records": out_rows,
+        "state_bytes": status.get("state_bytes")
+        or sum(t.get("state_bytes", 0) for t in status.get("tasks", [])),
+        "tasks": [
+            {
+                k: t.get(k)
+                for k in (
+                    "task",
+                    "pid",
+                    "rows_in",
+                    "state_bytes",
+                    "rss_bytes",
+                    "peak_rss_bytes",
+                    "cpu_seconds",
+                )
+            }
+            for t in status.get("tasks", [])
+        ],
+    }
+
+
+def _wait_quiet(query: Any, keys: int) -> None:
+    """Until the tasks read every key and none wrote its status (it does after each step that
+    did something) for ``QUIET_S``."""
+    last, since = None, time.monotonic()
+    while True:
+        if query.error is not None:
+            raise query.error
+        status = query.status()
+        marks = [t.get("updated_at") for t in status["tasks"]]
+        if marks != last:
+            last, since = marks, time.monotonic()
+        elif status["rows_in"] >= keys and time.monotonic() - since >= QUIET_S:
+            return
+        time.sleep(SAMPLE_S)
+
+
+def _proc(pid: int, name: str) -> str:
+    try:
+        return Path(f"/proc/{pid}/{name}").read_text()
+    except OSError:
+        return ""
+
+
+def _children() -> dict[int, list[int]]:
+    """Parent pid -> child pids, over every process."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            stat = _proc(int(entry.name), "stat")
+            if stat:  # "pid (comm) state ppid ...": comm may hold spaces
+                ppid = int(stat.rsplit(")", 1)[1].split()[1])
+                children.setdefault(ppid, []).append(int(entry.name))
+    return children
+
+
+def _kb(text: str, field: str) -> int:
+    for line in text.splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+class TreeMemory(threading.Thread):
+    """Samples the memory of process ``root`` and its descendants until stopped."""
+
+    def __init__(self, root: int) -> None:
+        super().__init__(daemon=True)
+        self.root = root
+        self.peaks: dict[int, dict[str, Any]] = {}  # pid -> role, VmHWM, ...
+        self.peak_rss_sum = self.peak_pss_sum = self.samples = 0
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        while not self.done.wait(SAMPLE_S):
+            self.sample()
+
+    def sample(self) -> None:
+        children = _children()
+        tree, roles = [self.root], {self.root: "launcher"}
+        for pid in tree:
+            for child in children.get(pid, []):
+                tree.append(child)
+                if roles[pid] == "zygote":  # forked, not run: the zygote's command line
+                    roles[child] = "task"
+                elif "task_processes" in _proc(child, "cmdline"):
+                    roles[child] = "zygote"
+                else:
+                    roles[child] = "child"
+        rss = pss = 0
+        for pid in tree:
+            status = _proc(pid, "status")
+            hwm = _kb(status, "VmHWM")
+            if not hwm:
+                continue
+            rss += _kb(status, "VmRSS")
+            pss += _kb(_proc(pid, "smaps_rollup"), "Pss")
+            entry = self.peaks.setdefault(pid, {"pid": pid, "role": roles[pid]})
+            entry["peak_rss_bytes"] = max(entry.get("peak_rss_bytes", 0), hwm)
+        self.samples += 1
+        self.peak_rss_sum = max(self.peak_rss_sum, rss)
+        self.peak_pss_sum = max(self.peak_pss_sum, pss)
+
+    def report(self) -> dict[str, Any]:
+        processes = sorted(self.peaks.values(), key=lambda e: e["pid"])
+        return {
+            "processes": processes,
+            "sum_of_peaks_bytes": sum(p["peak_rss_bytes"] for p in processes),
+            "peak_sampled_rss_sum_bytes": self.peak_rss_sum,
+            "peak_sampled_pss_sum_bytes": self.peak_pss_sum,
+            "samples": self.samples,
+        }
+
+
+def _measured(command: list[str]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Run a worker, sampling its process tree; (its JSON line, the memory report)."""
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=str(ROOT)
+    )
+    sampler = TreeMemory(process.pid)
+    sampler.start()
+    stdout, stderr = process.communicate()
+    sampler.done.set()
+    sampler.join()
+    lines = [x for x in stdout.splitlines() if x.startswith("{")]
+    if process.returncode != 0 or not lines:
+        raise RuntimeError(f"{command[-3:]} failed: {stderr[-2000:]}")
+    return json.loads(lines[-1]), sampler.report()
+
+
+def run_parallel_state(
+    kinds: list[str], keys: int, parallelisms: list[int], partitions: int, keep: Path | None
+) -> list[dict[str, Any]]:
+    out = []
+    with tempfile.TemporaryDirectory(prefix="windows-parallel-") as scratch:
+        work = keep or Path(scratch)
+        work.mkdir(parents=True, exist_ok=True)
+        worker = [sys.executable, __file__, "--work-dir", str(work), "--state-worker"]
+        if not (work / "produced.json").exists():
+            produced, _ = _measured([*worker, f"produce:{keys}:{partitions}"])
+            (work / "produced.json").write_text(json.dumps(produced))
+            print(f"produced {keys:,} keys in {produced['seconds']} s", flush=True)
+        for kind in kinds:
+            for parallelism in parallelisms:
+                entry: dict[str, Any] = {"kind": kind, "keys": keys, "parallelism": parallelism}
+                name = f"state_{kind}_p{parallelism}_{os.urandom(4).hex()}"  # fresh state
+                for phase in ("open", "close"):
+                    role = "launch" if phase == "open" else "close"
+                    spec = f"{role}:{kind}:{keys}:{parallelism}:{name}"
+                    result, memory = _measured([*worker, spec])
+                    entry[phase] = {**result, "memory": memory}
+                    print(
+                        f"{kind} p={parallelism} {phase}: {result['rows_in']:,} rows in,"
+                        f" {result['rows_out']:,} out; peaks summed"
+                        f" {memory['sum_of_peaks_bytes'] / 2**30:.2f} GiB, sampled RSS"
+                        f" {memory['peak_sampled_rss_sum_bytes'] / 2**30:.2f} GiB, PSS"
+                        f" {memory['peak_sampled_pss_sum_bytes'] / 2**30:.2f} GiB;"
+                        f" {result['seconds']} s, load {result['load_after']}",
+                        flush=True,
+                    )
+                entry["every_key_out_once"] = entry["close"]["rows_out"] == keys
+                out.append(entry)
+    return out
+
+
+def parallel_worker(spec: str, work_dir: Path) -> dict[str, Any]:
+    role, *rest = spec.split(":")
+    if role == "produce":
+        return produce_state(int(rest[0]), int(rest[1]), work_dir)
+    kind, keys, parallelism, name = rest[0], int(rest[1]), int(rest[2]), rest[3]
+    return launch_state(kind, keys, parallelism, name, work_dir, close=role == "close")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--bids", type=int, default=5_000_000)
@@ -301,11 +542,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--e2e-max", type=int, default=1_000_000)
     parser.add_argument("--parts", default="queries,operator,state")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/windows_bench.json")
+    parser.add_argument("--parallelism", default="1,2", help="parallel state: parallelisms")
+    parser.add_argument("--parallel-keys", type=int, default=10_000_000)
+    parser.add_argument("--parallel-kinds", default="tumble,session")
+    parser.add_argument("--state-partitions", type=int, default=2)
+    parser.add_argument("--keep", type=Path, help="parallel state: keep the data here, reuse it")
     parser.add_argument("--state-worker", help=argparse.SUPPRESS)
     parser.add_argument("--work-dir", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.state_worker:
-        json.dump(state_worker(args.state_worker, args.work_dir), sys.stdout)
+        parallel = args.state_worker.split(":")[0] in ("produce", "launch", "close")
+        worker = parallel_worker if parallel else state_worker
+        json.dump(worker(args.state_worker, args.work_dir), sys.stdout)
         print()
         return 0
     parts = args.parts.split(",")
@@ -322,6 +570,15 @@ def main(argv: list[str] | None = None) -> int:
     if "state" in parts:
         curve = [int(x) for x in args.curve.split(",")]
         results["state"] = run_state(curve, args.e2e_max)
+        args.out.write_text(json.dumps(results, indent=2))
+    if "parallel" in parts:
+        results["parallel_state"] = run_parallel_state(
+            args.parallel_kinds.split(","),
+            args.parallel_keys,
+            [int(x) for x in args.parallelism.split(",")],
+            args.state_partitions,
+            args.keep,
+        )
         args.out.write_text(json.dumps(results, indent=2))
     if "queries" in parts:
         nexmark_out = args.out.with_name(args.out.stem + "_queries.json")

@@ -1265,14 +1265,23 @@ def run(
             + f"; watermark {status['watermark']}",
             err=True,
         )
-        for task in status.get("tasks", []):  # a parallel query: each task's share
+        if "tasks" in status:  # a parallel query: its task processes' memory, each task's share
+            click.echo(f"  tasks' memory: {_memory(status)}", err=True)
+        for task in status.get("tasks", []):
             click.echo(
                 f"  task {task['task']}: {task.get('rows_in', 0)} rows in,"
                 f" {task.get('rows_out', 0)} rows out, {task.get('rows_per_s', 0.0)} rows/s;"
                 f" watermark {task.get('watermark')}; state {task.get('state_bytes', 0)} bytes;"
+                f" memory {_memory(task)}; pid {task.get('pid')};"
                 f" offsets {json.dumps(task.get('offsets', {}))}",
                 err=True,
             )
+
+
+def _memory(status: dict[str, Any]) -> str:
+    """Resident memory now and at the peak, as a status reports it (in MiB)."""
+    now, peak = status.get("rss_bytes", 0), status.get("peak_rss_bytes", 0)
+    return f"{now / 2**20:,.1f} MiB resident, peak {peak / 2**20:,.1f} MiB"
 
 
 @main.command()

@@ -33,7 +33,26 @@ its habits cost bounded queries more system time than their own work:
   glibc's malloc itself (``MALLOC_MMAP_THRESHOLD_``, ``MALLOC_TRIM_THRESHOLD_``,
   ``GLIBC_TUNABLES``).
 
+- **Big buffers held after free** (task processes of parallel queries only). glibc's malloc
+  serves a buffer over its mmap threshold (128 KiB at first) from a mapping of its own and
+  gives it back when freed, but raises that threshold to the size of each such buffer freed
+  (up to 32 MiB), so a process that builds and frees large buffers soon keeps them in its
+  heap, where freed space is held resident and fragments; and each thread may get an arena
+  of its own. A task holding 5M open window keys merges runs of partials: the merged Arrow
+  table, its IPC bytes, RocksDB's write batch and memtable each hold a copy for a moment.
+  Its heap held 300-340 MB free beside 200-280 MB in use, and it peaked at 950-985 MiB;
+  :func:`return_big_buffers` fixes the threshold at :data:`TASK_MMAP_THRESHOLD` and the
+  arenas at :data:`TASK_ARENAS` in each task process: it peaked at 700-750 MiB, for the
+  same CPU (``benchmarks/windows_bench.py --parts parallel``). A 1 MiB threshold
+  (``MALLOC_MMAP_THRESHOLD_=1048576``) took it to 650-700 MiB, at 20-25% more CPU: every
+  micro-batch's Arrow buffers were mapped and faulted in afresh.
+  ``MALLOC_MMAP_THRESHOLD_`` or ``MALLOC_ARENA_MAX`` in the environment (glibc's own
+  settings) are left to decide; ``STREAMHOUSE_TASK_MALLOC=default`` leaves both to glibc.
+
 Elsewhere than Linux none of this does anything.
+
+:func:`resident_memory` reads a process's resident memory now and at its peak (``VmRSS`` and
+``VmHWM`` of ``/proc/<pid>/status``): what a parallel query reports per task process.
 """
 
 from __future__ import annotations
@@ -43,7 +62,14 @@ import logging
 import os
 import sys
 
-__all__ = ["huge_pages_disabled", "keep_freed_pages", "keep_heap_pages", "keep_off_huge_pages"]
+__all__ = [
+    "huge_pages_disabled",
+    "keep_freed_pages",
+    "keep_heap_pages",
+    "keep_off_huge_pages",
+    "resident_memory",
+    "return_big_buffers",
+]
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +82,12 @@ M_MMAP_THRESHOLD = -3
 HEAP_BLOCK_BYTES = 8 << 20  # blocks up to this come from the heap, not a mapping of their own
 HEAP_TRIM_BYTES = 16 << 20  # free heap kept before its top goes back to the kernel
 MALLOC_ENV = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "GLIBC_TUNABLES")
+M_ARENA_MAX = -8
+TASK_MMAP_THRESHOLD = 8 << 20
+"""Bytes from which a task process's buffers are mapped apart (and unmapped when freed)."""
+TASK_ARENAS = 2
+"""The most malloc arenas a task process's threads share."""
+TASK_MALLOC_ENV = "STREAMHOUSE_TASK_MALLOC"
 
 
 def keep_freed_pages() -> None:
@@ -99,3 +131,43 @@ def huge_pages_disabled() -> bool | None:
     if not sys.platform.startswith("linux"):
         return None
     return bool(ctypes.CDLL(None).prctl(PR_GET_THP_DISABLE, 0, 0, 0, 0))
+
+
+def resident_memory(pid: int | None = None) -> tuple[int, int] | None:
+    """Bytes of process ``pid`` (default: this one) resident now and at its peak (``VmRSS``,
+    ``VmHWM``); None where there is no such process or no ``/proc`` (not Linux).
+
+    Pages a forked process still shares with its parent count in both (as ``ps`` counts them).
+
+    >>> now, peak = resident_memory()
+    >>> 0 < now <= peak
+    True
+    """
+    try:
+        with open(f"/proc/{pid or 'self'}/status", "rb") as status:
+            text = status.read()
+    except OSError:
+        return None
+    fields = {}
+    for line in text.splitlines():
+        name, _, value = line.partition(b":")
+        if name in (b"VmRSS", b"VmHWM"):
+            fields[name] = int(value.split()[0]) * 1024  # in kB
+    if len(fields) < 2:  # a zombie has no memory left to report
+        return None
+    return fields[b"VmRSS"], fields[b"VmHWM"]
+
+
+def return_big_buffers() -> None:
+    """In this process, map buffers of :data:`TASK_MMAP_THRESHOLD` bytes or more apart, so
+    freeing one returns it to the kernel, and share at most :data:`TASK_ARENAS` malloc arenas
+    among threads (glibc only; what the environment sets for glibc is kept)."""
+    if not sys.platform.startswith("linux") or os.environ.get(TASK_MALLOC_ENV) == "default":
+        return
+    libc = ctypes.CDLL(None)
+    if not hasattr(libc, "mallopt") or not hasattr(libc, "gnu_get_libc_version"):
+        return  # not glibc (musl has no such knobs)
+    if "MALLOC_MMAP_THRESHOLD_" not in os.environ:
+        libc.mallopt(M_MMAP_THRESHOLD, TASK_MMAP_THRESHOLD)
+    if "MALLOC_ARENA_MAX" not in os.environ:
+        libc.mallopt(M_ARENA_MAX, TASK_ARENAS)

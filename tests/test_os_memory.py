@@ -133,3 +133,51 @@ def test_import_keeps_freed_heap_pages_unless_the_environment_tunes_malloc() -> 
     assert kept * 2 < glibc_default, (kept, glibc_default)  # (136 MiB of blocks touched)
     tuned_elsewhere = faults("streamhouse", {**untuned, "GLIBC_TUNABLES": "glibc.malloc.check=0"})
     assert tuned_elsewhere * 2 > glibc_default, (tuned_elsewhere, glibc_default)
+
+
+FREED_THEN_SMALLER = """
+import ctypes, sys
+from streamhouse.os_memory import return_big_buffers
+
+class MallocInfo(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in (
+        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks",
+        "fordblks", "keepcost")]
+
+libc = ctypes.CDLL(None)
+libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+libc.free.argtypes = [ctypes.c_void_p]
+libc.mallinfo2.restype = MallocInfo
+if sys.argv[1] == "task":
+    return_big_buffers()
+libc.free(libc.malloc(30 << 20))  # mapped apart; glibc's threshold then rises to 30 MiB
+before = libc.mallinfo2().hblks  # buffers mapped apart
+buffer = libc.malloc(12 << 20)
+print(libc.mallinfo2().hblks - before)  # the 12 MiB one mapped apart, or not
+libc.free(buffer)
+"""
+
+
+OPTED_OUT = {"STREAMHOUSE_TASK_MALLOC": "default", "GLIBC_TUNABLES": "glibc.malloc.check=0"}
+
+
+@pytest.mark.parametrize(("settings", "mapped"), [({}, "1"), (OPTED_OUT, "0")])
+def test_a_task_process_maps_big_buffers_apart_after_freeing_bigger_ones(
+    settings: dict[str, str], mapped: str
+) -> None:
+    """In a task process a 12 MiB buffer is mapped apart (and unmapped when freed) after a 30
+    MiB one was freed; where the environment leaves malloc to glibc (both StreamHouse's own
+    settings opted out), glibc's raised threshold puts it in the heap, which keeps it."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+    env.pop("STREAMHOUSE_TASK_MALLOC", None)
+    env.pop("GLIBC_TUNABLES", None)
+    env.update(settings)
+    done = subprocess.run(
+        [sys.executable, "-c", FREED_THEN_SMALLER, "task"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={**env, "PYTHONPATH": str(REPO)},
+        check=True,
+    )
+    assert done.stdout.split() == [mapped]

@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import json
+import os
 import random
 import re
 import subprocess
@@ -31,7 +32,9 @@ from window_cases import oracle, rows_of, to_ms, topic_rows
 import streamhouse
 from streamhouse import StreamHouse
 from streamhouse.errors import ConfigError, SqlError
+from streamhouse.os_memory import resident_memory
 from streamhouse.runtime.launch import start_query
+from streamhouse.runtime.task_processes import Zygote
 
 T0 = 1_767_225_600_000  # 2026-01-01 00:00:00 UTC
 PARTITIONS = 3
@@ -298,14 +301,21 @@ def test_stateless_filter_through_the_command_line(sh: StreamHouse, tmp_path: Pa
     # and each task's share: rows, rate, watermark, state size, offsets (2 tasks, 3 partitions)
     tasks = re.findall(
         r"task (\d): (\d+) rows in, \d+ rows out, ([\d.]+) rows/s; watermark (.+?); state (\d+)"
-        r" bytes; offsets (.*)",
+        r" bytes; memory ([\d,.]+) MiB resident, peak ([\d,.]+) MiB; pid (\d+); offsets (.*)",
         result.stderr,
     )
     assert [t[0] for t in tasks] == ["0", "1"]
     assert sum(int(t[1]) for t in tasks) == PARTITIONS * 400
     assert all(float(t[2]) > 0 and int(t[4]) > 0 for t in tasks)
     assert tasks[0][3] == tasks[1][3] == "end of input"
-    assert [json.loads(t[5]) for t in tasks] == [{"0": 400, "2": 400}, {"1": 400}]
+    assert [json.loads(t[8]) for t in tasks] == [{"0": 400, "2": 400}, {"1": 400}]
+    # each task process's memory at its end, and at its peak (it imported Arrow: tens of MiB)
+    mib = [(float(t[5].replace(",", "")), float(t[6].replace(",", ""))) for t in tasks]
+    assert all(20 < now <= peak for now, peak in mib), mib
+    assert len({t[7] for t in tasks}) == 2  # two processes
+    total = re.search(r"tasks' memory: ([\d,.]+) MiB resident, peak ([\d,.]+) MiB", result.stderr)
+    assert total is not None
+    assert float(total[2].replace(",", "")) == pytest.approx(sum(p for _, p in mib), abs=0.2)
 
 
 def test_results_reach_the_caller_at_parallelism_2(sh: StreamHouse, tmp_path: Path) -> None:
@@ -495,3 +505,45 @@ def test_an_idle_task_does_not_hold_the_watermark_back(sh: StreamHouse, tmp_path
     finally:
         query.stop()
     assert rows_of(topic_rows(sh, "out"), COLUMNS) == closed
+
+
+def test_status_reports_each_task_process_memory(sh: StreamHouse, tmp_path: Path) -> None:
+    """A running query at parallelism 2: each task's resident memory now and at its peak, read
+    from the task process itself (a child of the task launcher this process started), and
+    their sums; after a stop, the memory each task last reported."""
+    rng = random.Random(37)
+    parts = events(rng, 200)
+    produce(sh, rng, parts)
+    path = write(
+        tmp_path, "mem", WINDOWED.format(batch=50, sink="out", window=WINDOWS["tumble"][0])
+    )
+    query = sh.start(path, parallelism=2)
+    try:
+        wait_for(lambda: query.status()["rows_in"] >= PARTITIONS * 200)
+        status = query.status()
+        launcher = Zygote.get().process.pid
+        assert _parent(launcher) == os.getpid()
+        pids = [task["pid"] for task in status["tasks"]]
+        assert pids == [process.pid for process in query.processes]
+        for task, pid in zip(status["tasks"], pids, strict=True):
+            assert _parent(pid) == launcher  # a task process, forked by the launcher
+            now, peak = resident_memory(pid) or (0, 0)
+            assert 20 * 2**20 < task["rss_bytes"] <= task["peak_rss_bytes"] <= peak, task
+            assert now > 0
+        assert status["rss_bytes"] == sum(t["rss_bytes"] for t in status["tasks"])
+        assert status["peak_rss_bytes"] == sum(t["peak_rss_bytes"] for t in status["tasks"])
+    finally:
+        query.stop()
+    stopped = query.status()
+    assert stopped["state"] == "stopped"
+    assert all(
+        0 < t["rss_bytes"] <= t["peak_rss_bytes"] and t["pid"] in pids for t in stopped["tasks"]
+    )
+
+
+def _parent(pid: int) -> int:
+    """The parent process id of ``pid`` (from ``/proc/<pid>/status``)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("PPid:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no parent in /proc/{pid}/status")

@@ -61,6 +61,7 @@ from sqlglot import exp
 from streamhouse.errors import SqlError, StreamHouseError, TopicExistsError
 from streamhouse.log.isolation import Isolation
 from streamhouse.log.records import Compression, build_batch
+from streamhouse.os_memory import resident_memory, return_big_buffers
 from streamhouse.runtime.exchange import (
     PENDING as EXCHANGE_PENDING,
 )
@@ -686,6 +687,9 @@ class ParallelQuery:
             except (OSError, ValueError):
                 tasks.append({"task": task})
         running = any(p.poll() is None for p in self.processes)
+        for task_status, process in zip(tasks, self.processes, strict=False):
+            if process.poll() is None and task_status.get("pid") == process.pid:
+                _read_memory(task_status, process.pid)  # now, not as of its last micro-batch
         marks = [t.get("watermark_ms") for t in tasks]
         watermark = min(marks) if marks and None not in marks else None
         return {
@@ -701,6 +705,8 @@ class ParallelQuery:
             "late_rows": sum(t.get("late_rows", 0) for t in tasks),
             "rejected_rows": sum(t.get("rejected_rows", 0) for t in tasks),
             "damaged_rows": 0,
+            "rss_bytes": sum(t.get("rss_bytes", 0) for t in tasks),  # of the task processes
+            "peak_rss_bytes": sum(t.get("peak_rss_bytes", 0) for t in tasks),
             "tasks": tasks,
         }
 
@@ -964,7 +970,7 @@ def _run(
             _write_status(query, writers, status_path, ready)
             pause = FIRST_POLL_S
         elif until_end and _took_every_final(query, status_path.parent, run):
-            return
+            break
         else:
             time.sleep(pause)
             pause = min(pause * 2, query.options.poll_interval_ms / 1000, longest)
@@ -1042,7 +1048,9 @@ def _task_failure(root: Path, task: int, status: int | None) -> str:
 def _write_status(
     query: TaskQuery, writers: list[ExchangeWriter], path: Path, ready: float
 ) -> None:
-    _write_atomically(path, task_status(query, writers, ready))
+    status = task_status(query, writers, ready)
+    _read_memory(status, None)  # a task process's own (not an agent's, which runs tasks as threads)
+    _write_atomically(path, status)
 
 
 def task_status(query: TaskQuery, writers: list[ExchangeWriter], ready: float) -> dict[str, Any]:
@@ -1087,9 +1095,17 @@ def task_status(query: TaskQuery, writers: list[ExchangeWriter], ready: float) -
     return status
 
 
+def _read_memory(status: dict[str, Any], pid: int | None) -> None:
+    """Put task process ``pid``'s resident bytes now and at its peak into its ``status``."""
+    memory = resident_memory(pid)
+    if memory is not None:
+        status["rss_bytes"], status["peak_rss_bytes"] = memory
+
+
 def task_main(spec: dict[str, Any]) -> int:
     """A forked task process's body: its exit status (1 after a one-line error)."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    return_big_buffers()  # a task's heap would keep what its merges of state free
     try:
         run_task(spec)
     except StreamHouseError as exc:
