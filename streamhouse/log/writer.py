@@ -53,9 +53,10 @@ deleted when the index provably does not name it, and later flushes guess again 
 committed high watermarks. A group commit that fails is made again flush by flush (unless the
 store may have committed it), so a flush the store refuses fails its own appends only.
 
-Two kinds of appends serve transactions: a *lazy* append (a transactional batch answered
-before it is durable) wakes no idle writer and waits, at most :data:`LAZY_WAIT_S`, for a flush
-someone needs; appends queued with a commit hook (:meth:`LogWriter.append_hooked`, a
+Two kinds of appends serve transactions: an *early* append (a transactional batch answered
+before it is durable, :meth:`LogWriter.append_early`) is answered with the offsets reserved
+for it when queued (:class:`_Reservations`), which its commit checks; it wakes no idle writer
+and waits, at most :data:`LAZY_WAIT_S`, for a flush someone needs; appends queued with a commit hook (:meth:`LogWriter.append_hooked`, a
 transaction's markers) flush at once, and their hook runs inside the store transaction that
 commits them, so what it writes (the transaction's decision) is durable with them or not at
 all; a hook's refusal refuses its own appends only, as the store refuses producer batches.
