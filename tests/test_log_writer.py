@@ -452,9 +452,10 @@ def test_an_early_append_behind_a_refused_batch_is_refused_not_moved(tmp_path: P
     settings = Settings.load(data_dir=tmp_path, linger_ms=200, linger_when_idle=True)
     with Log.open(settings) as log:
         log.create_topic("t")
-        assert log.append("t", 0, _producer_batch(7, 0, [b"q0"])).result(10) == 0
 
         async def append() -> tuple[int | None, int | None, list[object]]:
+            first, at = log.append_early("t", 0, _producer_batch(7, 0, [b"q0"]), None, _ignore)
+            assert at == await first == 0
             gap = log.append_async("t", 0, _producer_batch(7, 5, [b"gap"] * 2))  # 1-4 missing
             early, reserved = log.append_early(
                 "t", 0, _producer_batch(8, 0, [b"early"] * 3), None, lambda: lost.append("x")

@@ -197,7 +197,8 @@ class _Reservations:
     watermark plus the records queued ahead of it, unless something ahead shifts them: an
     append ahead failed or was refused (a duplicate takes no offsets), or another process
     wrote. So a partition's count starts when an append finds nothing of it in flight (the
-    high watermark, read then, is final) and is dropped as soon as an append it counted
+    high watermark, read then, is final), once offsets were to be reserved there (agents,
+    which never reserve, read nothing more) and is dropped as soon as an append it counted
     settles elsewhere than it expected; reservations wait until nothing is in flight again.
     The count only guesses: the commit of a reserved append checks the store gave it those
     offsets."""
@@ -207,6 +208,7 @@ class _Reservations:
         self._lock = threading.Lock()
         self._next: dict[_Key, int] = {}  # where the next append queued there will go
         self._unsettled: dict[_Key, int] = {}  # appends queued there and not yet settled
+        self._wanted: set[_Key] = set()  # partitions where offsets were ever to be reserved
 
     def queued(self, item: _Append, reserve: bool) -> None:
         """Count ``item`` in (called in queue order); with ``reserve``, reserve its offsets
@@ -216,7 +218,9 @@ class _Reservations:
             item.book = self
             unsettled = self._unsettled[key] = self._unsettled.get(key, 0) + 1
             base = self._next.get(key)
-            if base is None and unsettled == 1:  # nothing in flight: count from here
+            if reserve:
+                self._wanted.add(key)
+            if base is None and unsettled == 1 and key in self._wanted:  # count from here
                 base = self._high_watermark(key)
             if base is None:
                 return
@@ -253,6 +257,7 @@ class _Reservations:
         with self._lock:
             for key in [k for k in self._next if k[0] == topic]:
                 del self._next[key]
+            self._wanted = {k for k in self._wanted if k[0] != topic}
 
 
 def _same_fence(pending: list[_Append]) -> tuple[list[_Append], list[_Append]]:
