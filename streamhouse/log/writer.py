@@ -302,6 +302,7 @@ class WriterStats:
     sequenced_elsewhere: int = 0
     duplicate_batches: int = 0  # idempotent batches the store had indexed already
     group_commits: int = 0  # commits that indexed several objects in one transaction
+    early_unreserved: int = 0  # early appends answered once durable: no offset known then
     times: StageTimes = field(default_factory=StageTimes)  # per flush, by stage
 
 
@@ -428,6 +429,8 @@ class LogWriter:
         future: asyncio.Future[int] = loop.create_future()
         item = _Append(topic, partition, data, headers, future, loop, on_loss=on_loss)
         self._queue(item, reserve=True)
+        if item.reserved is None:
+            self.stats.early_unreserved += 1
         return future, item.reserved
 
     def append_hooked(
@@ -505,6 +508,11 @@ class LogWriter:
         if self.stats.objects_put:
             stages = {**self.stats.times.means_ms(), **self._store.times.means_ms()}
             log.info("produce path, mean per flush: %s", json.dumps(stages))
+        if self.stats.early_unreserved:
+            log.info(
+                "%d early append(s) answered once durable (no offset could be reserved)",
+                self.stats.early_unreserved,
+            )
 
     # -- the writer thread ------------------------------------------------------------------
 
