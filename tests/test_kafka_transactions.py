@@ -1061,7 +1061,8 @@ def test_a_commit_at_once_is_refused_when_an_early_answered_batch_was_lost(
     tmp_path: Path, failed_before_end_txn: bool
 ) -> None:
     """The first transaction of a producer epoch: its first batch on a partition is answered
-    early and then lost (the put of its object fails), its second is indexed. The store
+    early and then lost (the put of its object fails), its second is indexed (or, answered
+    with the offset behind the first, refused: it would be indexed elsewhere). The store
     starts a producer's sequences afresh at a new epoch whatever the first sequence, so the
     last sequence alone matches: the commit must still be refused (``UNDURABLE``, the client
     aborts), not acknowledged with the first batch missing. The loss is known before EndTxn,
@@ -1072,10 +1073,9 @@ def test_a_commit_at_once_is_refused_when_an_early_answered_batch_was_lost(
 
     from streamhouse.config import Settings
     from streamhouse.errors import StorageError
-    from streamhouse.kafka.produce import _start_append
+    from streamhouse.kafka.produce import Early, _start_append
     from streamhouse.kafka.producers import ProducerRegistry
     from streamhouse.kafka.transactions import TransactionCoordinator
-    from streamhouse.kafka.wire import ErrorCode
     from streamhouse.log import Log
 
     with Log.open(Settings.load(data_dir=tmp_path, linger_ms=1)) as log:
@@ -1118,13 +1118,17 @@ def test_a_commit_at_once_is_refused_when_an_early_answered_batch_was_lost(
             return await coordinator.end("x", pid, epoch, commit=True), outcomes
 
         verdict, outcomes = asyncio.run(run())
-        assert outcomes == [ErrorCode.none, ErrorCode.none]  # both answered early
+        # both answered early, with the offsets reserved for them: the second behind the
+        # first (known late) or, the loss known before it was queued, at the first's
+        assert outcomes == [Early(0), Early(0 if failed_before_end_txn else 2)]
         # Known late, the second batch shared an object with the markers, was written again
         # without them (refused by their commit hook).
         assert puts == (2 if failed_before_end_txn else 3)
+        # the first batch is lost; the second, known late, was answered with offset 2 and
+        # is refused rather than indexed at 0
         assert decode_batches(log.fetch("t", 0, 0, 1 << 20).records).column("value").to_pylist()[
             :2
-        ] == [b"b0", b"b1"]  # the first batch is lost
+        ] == ([b"b0", b"b1"] if failed_before_end_txn else [])
         assert verdict is Verdict.UNDURABLE
         assert log.metadata.transactions.get("x").state is State.ONGOING
 
@@ -1142,7 +1146,7 @@ def test_batches_of_a_transaction_whose_end_txn_is_under_way_are_refused(
     from types import SimpleNamespace
 
     from streamhouse.config import Settings
-    from streamhouse.kafka.produce import _start_append
+    from streamhouse.kafka.produce import Early, _start_append
     from streamhouse.kafka.producers import ProducerRegistry
     from streamhouse.kafka.transactions import TransactionCoordinator
     from streamhouse.kafka.wire import ErrorCode
@@ -1175,10 +1179,7 @@ def test_batches_of_a_transaction_whose_end_txn_is_under_way_are_refused(
                 Verdict.OK,
                 [],
             )
-            assert (
-                _start_append(broker, "t", 0, memoryview(batch(pid, epoch, 0)), "x")
-                is ErrorCode.none
-            )  # type: ignore[arg-type]
+            assert _start_append(broker, "t", 0, memoryview(batch(pid, epoch, 0)), "x") == Early(0)  # type: ignore[arg-type]
             log.writer._store.put = held_put  # type: ignore[method-assign]
             ending = asyncio.ensure_future(coordinator.end("x", pid, epoch, commit=True))
             while not entered.is_set():  # the record and the markers' object is being put
@@ -1195,3 +1196,115 @@ def test_batches_of_a_transaction_whose_end_txn_is_under_way_are_refused(
         assert verdict is Verdict.OK
         assert log.metadata.transactions.get("x").state is State.COMPLETE_COMMIT
         assert refused is ErrorCode.invalid_txn_state
+
+
+def test_delivery_reports_carry_the_offsets_consumers_read_the_records_at(
+    kafka_server: KafkaServer, new_topic
+) -> None:
+    """Transactional records are answered before they are durable, with the offsets reserved
+    for them: librdkafka's delivery reports (the base offset plus each record's position)
+    name where a consumer then reads each record, over several transactions and partitions,
+    interleaved with an idempotent producer writing to the same partitions."""
+    topic = new_topic(3)
+    p = producer(kafka_server, f"tx-{uuid.uuid4().hex[:8]}")
+    plain = Producer(
+        {"bootstrap.servers": kafka_server.bootstrap, "enable.idempotence": True, "linger.ms": 2}
+    )
+    reported: dict[bytes, tuple[int, int]] = {}
+
+    def delivered(err, msg) -> None:  # type: ignore[no-untyped-def]
+        assert err is None, err
+        reported[msg.value()] = (msg.partition(), msg.offset())
+
+    for n in range(4):
+        p.begin_transaction()
+        for i in range(12):
+            p.produce(topic, f"t{n}-{i}".encode(), partition=i % 3, on_delivery=delivered)
+            if i % 4 == 0:
+                plain.produce(topic, f"i{n}-{i}".encode(), partition=i % 3, on_delivery=delivered)
+                plain.poll(0)
+            p.poll(0)
+        p.flush(TIMEOUT)  # delivery reports before the commit: the early answers
+        p.commit_transaction(TIMEOUT)
+        assert plain.flush(TIMEOUT) == 0
+    assert len(reported) == 4 * (12 + 3)
+    assert all(offset >= 0 for _, offset in reported.values())
+    consumer = Consumer(
+        {
+            "bootstrap.servers": kafka_server.bootstrap,
+            "group.id": f"reader-{uuid.uuid4().hex[:8]}",
+            "isolation.level": "read_committed",
+            "enable.auto.commit": False,
+        }
+    )
+    consumer.assign([TopicPartition(topic, part, 0) for part in range(3)])
+    read: dict[bytes, tuple[int, int]] = {}
+    deadline = time.monotonic() + TIMEOUT
+    while len(read) < len(reported) and time.monotonic() < deadline:
+        for m in consumer.consume(100, timeout=0.2):
+            assert m.error() is None, m.error()
+            read[m.value()] = (m.partition(), m.offset())
+    consumer.close()
+    assert read == reported
+
+
+def _pipelined_produce(c: RawClient, *requests: tuple[str, str, bytes]) -> list[tuple[int, int]]:
+    """Produce requests ``(topic, transactional id, batch)`` sent together on one connection
+    (the server takes them in order), then their ``(error code, base offset)``."""
+    correlations = []
+    for topic, tid, records in requests:
+        fields = produce_request(topic, 0, records)
+        fields["transactional_id"] = tid
+        correlation, frame = c.encode(0, 8, **fields)
+        c.send_frame(frame)
+        correlations.append(correlation)
+    answers = []
+    for correlation in correlations:
+        got, resp = c.decode(0, 8, c.read_frame())
+        assert got == correlation
+        part = resp.responses[0].partition_responses[0]
+        answers.append((part.error_code, part.base_offset))
+    return answers
+
+
+def test_a_transaction_whose_answered_offsets_shifted_is_not_committed(
+    kafka_server: KafkaServer, new_topic
+) -> None:
+    """A batch queued ahead of a transactional batch answered early is refused by the store
+    (a sequence gap), so the records behind it would land on other offsets than the early
+    answer named: they are refused too, and their transaction's commit is refused
+    (UNKNOWN_PRODUCER_ID, abortable); nothing of it is in the log at any offset. The next
+    transaction is answered with the offsets it gets."""
+    topic = new_topic(1)
+    ahead, behind = f"ahead-{uuid.uuid4().hex[:8]}", f"behind-{uuid.uuid4().hex[:8]}"
+    with RawClient(kafka_server.bootstrap) as c:
+        _, a_pid, a_epoch = _init(c, ahead)
+        _, b_pid, b_epoch = _init(c, behind)
+        assert _add(c, 2, ahead, a_pid, a_epoch, (topic, 0)) == {(topic, 0): 0}
+        assert _add(c, 2, behind, b_pid, b_epoch, (topic, 0)) == {(topic, 0): 0}
+        first = _txn_batch(a_pid, a_epoch, 0, [b"a0"])
+        gap = _txn_batch(a_pid, a_epoch, 5, [b"gap", b"gap"])  # sequences 1-4 missing
+        shifted = _txn_batch(b_pid, b_epoch, 0, [b"b0", b"b1", b"b2"])
+        answers = _pipelined_produce(
+            c, (topic, ahead, first), (topic, ahead, gap), (topic, behind, shifted)
+        )
+        assert answers == [(0, 0), (0, 1), (0, 3)]  # the gap batch's two records ahead
+        assert _end(c, 2, behind, b_pid, b_epoch, True) == 59  # UNKNOWN_PRODUCER_ID
+        assert _end(c, 2, behind, b_pid, b_epoch, False) == 0
+        assert _end(c, 2, ahead, a_pid, a_epoch, True) == 59
+        assert _end(c, 2, ahead, a_pid, a_epoch, False) == 0
+        uncommitted = c.fetch(topic, [(0, 0)])[0]
+        assert decode_batches(uncommitted.records).column("value").to_pylist() == [b"a0"]
+        # the behind producer bumps its epoch (InitProducerId again) and commits
+        _, b_pid, b_epoch = _init(c, behind)
+        assert _add(c, 2, behind, b_pid, b_epoch, (topic, 0)) == {(topic, 0): 0}
+        batch = _txn_batch(b_pid, b_epoch, 0, [b"again-0", b"again-1"])
+        [(error, base)] = _pipelined_produce(c, (topic, behind, batch))
+        assert _end(c, 2, behind, b_pid, b_epoch, True) == 0
+        fetched = c.fetch(topic, [(0, base)], isolation_level=1)[0]
+    assert error == 0 and base == uncommitted.high_watermark  # after a0 and the ABORT markers
+    assert decode_batches(fetched.records).column("value").to_pylist() == [b"again-0", b"again-1"]
+    assert read_all(kafka_server, topic, 1, "read_committed", settle=0.5) == [
+        b"again-0",
+        b"again-1",
+    ]

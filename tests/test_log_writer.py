@@ -11,9 +11,18 @@ from pathlib import Path
 import pytest
 
 from streamhouse.config import Settings
-from streamhouse.errors import OutOfOrderSequenceError, StorageError, UnknownPartitionError
+from streamhouse.errors import (
+    LogError,
+    OutOfOrderSequenceError,
+    StorageError,
+    UnknownPartitionError,
+)
 from streamhouse.log import Log, writer
 from streamhouse.log.records import build_batch, decode_batches
+
+
+def _ignore() -> None:
+    """An ``on_loss`` for early appends whose loss the test reads from their futures."""
 
 
 def _values(log: Log, partition: int = 0) -> list[bytes]:
@@ -350,7 +359,7 @@ def test_a_commit_hook_commits_with_its_appends_and_its_refusal_fails_them_only(
         log.create_topic("t", partitions=2)
 
         async def append() -> list[object]:
-            lazy = log.append_async("t", 0, build_batch([b"lazy"]), lazy=True)
+            lazy = log.append_early("t", 0, build_batch([b"lazy"]), None, _ignore)[0]
             kept = log.append_hooked(
                 [
                     ("t", 0, marker_batch(5, 0, commit=True)),
@@ -383,7 +392,7 @@ def test_a_lazy_append_waits_for_a_flush_someone_needs_and_goes_out_with_it(
         log.create_topic("t")
 
         async def append() -> list[int]:
-            lazy = log.append_async("t", 0, build_batch([b"lazy"]), lazy=True)
+            lazy = log.append_early("t", 0, build_batch([b"lazy"]), None, _ignore)[0]
             plain = log.append_async("t", 0, build_batch([b"plain"]))
             return await asyncio.gather(lazy, plain)
 
@@ -391,8 +400,79 @@ def test_a_lazy_append_waits_for_a_flush_someone_needs_and_goes_out_with_it(
         assert log.writer.stats.objects_put == 1
 
         async def alone() -> int:
-            return await log.append_async("t", 0, build_batch([b"alone"]), lazy=True)
+            return await log.append_early("t", 0, build_batch([b"alone"]), None, _ignore)[0]
 
         assert asyncio.run(alone()) == 2
         assert log.writer.stats.objects_put == 2
         assert _values(log) == [b"lazy", b"plain", b"alone"]
+
+
+def _producer_batch(pid: int, sequence: int, values: list[bytes]) -> bytes:
+    return build_batch(values, producer_id=pid, producer_epoch=0, base_sequence=sequence)
+
+
+def test_early_appends_are_answered_with_the_offsets_their_commit_gives_them(
+    tmp_path: Path,
+) -> None:
+    """An early append (answered before it is durable) gets its base offset when queued: the
+    high watermark plus what is queued ahead, ordinary appends and other early ones, over
+    several partitions; each is then indexed exactly there."""
+    with Log.open(Settings.load(data_dir=tmp_path, linger_ms=20)) as log:
+        log.create_topic("t", partitions=2)
+        assert log.append("t", 1, build_batch([b"before"] * 3)).result(10) == 0
+
+        async def append() -> tuple[list[int | None], list[int]]:
+            reserved, futures = [], []
+            for round_ in range(4):
+                for partition in (0, 1):
+                    values = [b"e%d" % round_] * (round_ + 1)
+                    batch = _producer_batch(10 + partition, round_ * (round_ + 1) // 2, values)
+                    future, base = log.append_early("t", partition, batch, None, _ignore)
+                    reserved.append(base)
+                    futures.append(future)
+                    plain = log.append_async("t", partition, build_batch([b"p"] * 2))
+                    futures.append(plain)
+                    reserved.append(None)
+                await asyncio.sleep(0.01 * round_)  # some rounds in flushes of their own
+            return reserved, list(await asyncio.gather(*futures))
+
+        reserved, got = asyncio.run(append())
+        # partition 0 from 0, partition 1 from 3; round r: r + 1 early records, 2 plain ones
+        assert got == [0, 1, 3, 4, 3, 5, 6, 8, 7, 10, 10, 13, 12, 16, 15, 19]
+        assert reserved == [g if i % 2 == 0 else None for i, g in enumerate(got)]
+        assert _values(log, 0) == [v for r in range(4) for v in [b"e%d" % r] * (r + 1) + [b"p"] * 2]
+
+
+def test_an_early_append_behind_a_refused_batch_is_refused_not_moved(tmp_path: Path) -> None:
+    """A batch queued ahead of an early append is refused (a sequence gap), so the early one
+    would land on offsets it was not answered with: its commit refuses it too (its
+    ``on_loss`` is told), the rest of the flush commits, and the next early append is
+    answered with the offset it then gets."""
+    lost: list[str] = []
+    settings = Settings.load(data_dir=tmp_path, linger_ms=200, linger_when_idle=True)
+    with Log.open(settings) as log:
+        log.create_topic("t")
+
+        async def append() -> tuple[int | None, int | None, list[object]]:
+            first, at = log.append_early("t", 0, _producer_batch(7, 0, [b"q0"]), None, _ignore)
+            assert at == await first == 0
+            gap = log.append_async("t", 0, _producer_batch(7, 5, [b"gap"] * 2))  # 1-4 missing
+            early, reserved = log.append_early(
+                "t", 0, _producer_batch(8, 0, [b"early"] * 3), None, lambda: lost.append("x")
+            )
+            plain = log.append_async("t", 0, build_batch([b"plain"]))
+            outcomes = await asyncio.gather(gap, early, plain, return_exceptions=True)
+            after, again = log.append_early(
+                "t", 0, _producer_batch(9, 0, [b"after"]), None, lambda: lost.append("y")
+            )
+            return reserved, again, [*outcomes, await after]
+
+        reserved, again, (gap, early, plain, after) = asyncio.run(append())
+        assert reserved == 3  # behind the gap batch's two records
+        assert isinstance(gap, OutOfOrderSequenceError)
+        assert isinstance(early, LogError) and "offsets shifted" in str(early)
+        assert "answered with offset 3 (it would be at 1)" in str(early)
+        assert lost == ["x"]
+        assert plain == 1  # the rest of the flush, where the store put it
+        assert again == after == 2
+        assert _values(log) == [b"q0", b"plain", b"after"]

@@ -11,7 +11,8 @@ batches of pipelined requests on one connection reach the log in request order. 
 segment object holding the batch is durable and indexed — there are no replicas, so both mean
 the same — except for a transactional batch whose transaction the coordinator of this agent
 saw begin (:meth:`~streamhouse.kafka.transactions.TransactionCoordinator.early_answers`): it
-is answered at once, without a base offset, and EndTxn makes it durable before committing.
+is answered at once with the base offset the log reserved for it, and EndTxn makes it durable
+before committing (the commit refuses it, and so the transaction, if it would land elsewhere).
 """
 
 from __future__ import annotations
@@ -56,8 +57,18 @@ _NO_LOG_START = struct.pack(">q", -1)  # log_start_offset (v5+)
 _NO_RECORD_ERRORS = struct.pack(">ih", 0, -1)  # record_errors [], error_message null (v8+)
 _NO_THROTTLE = struct.pack(">i", 0)
 
-Outcome = ErrorCode | asyncio.Future[int]
-"""A partition's answer: an error known at once, or the base offset once durable."""
+
+@dataclass(frozen=True, slots=True)
+class Early:
+    """The answer of a transactional batch before it is durable: the base offset reserved for
+    it (:meth:`~streamhouse.log.Log.append_early`), which its commit checks."""
+
+    base_offset: int
+
+
+Outcome = ErrorCode | Early | asyncio.Future[int]
+"""A partition's answer: an error known at once, an early answer, or the base offset once
+durable."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,6 +149,8 @@ def _result(outcome: Outcome) -> tuple[int, int]:
     """(error code, base offset) of a finished partition."""
     if isinstance(outcome, ErrorCode):
         return outcome, -1
+    if isinstance(outcome, Early):
+        return ErrorCode.none, outcome.base_offset
     if outcome.cancelled():
         return ErrorCode.unknown_server_error, -1
     exc = outcome.exception()
@@ -219,16 +232,14 @@ def _start_append(
     early = None
     if transactional_id is not None:
         early = broker.transactions.early_answers(transactional_id, header)
+    reserved = None
     try:
-        offset = broker.log.append_async(
-            topic,
-            partition,
-            records,
-            batches,
-            lazy=early is not None,
-            on_loss=None if early is None else early.lose,
-            now_ms=now_ms,
-        )
+        if early is None:
+            offset = broker.log.append_async(topic, partition, records, batches, now_ms=now_ms)
+        else:
+            offset, reserved = broker.log.append_early(
+                topic, partition, records, batches, early.lose, now_ms
+            )
     except StreamHouseError as exc:
         log.debug("produce to %s/%d refused: %s", topic, partition, exc)
         return error_code_for(exc)
@@ -236,7 +247,8 @@ def _start_append(
         broker.producers.record(topic, partition, header, offset)
     if early is not None:
         early.admit(topic, partition, header, offset)
-        return ErrorCode.none  # durable by the time its transaction commits
+        if reserved is not None:  # there by the time its transaction commits, or refused
+            return Early(reserved)
     return offset
 
 
@@ -278,7 +290,7 @@ def handle_produce_frame(
                 outcome = _start_append(
                     broker, name, index, records, request.transactional_id, now_ms
                 )
-                if not isinstance(outcome, ErrorCode):
+                if isinstance(outcome, asyncio.Future):
                     waiting.append(outcome)
             outcomes.append((index, outcome))
         started.append((name, outcomes))

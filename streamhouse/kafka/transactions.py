@@ -34,7 +34,9 @@ transaction on. Within this agent the requests of one transactional id run one a
 With SQLite (this agent alone), produce answers a transactional batch as soon as it is
 queued, before it is durable, when this agent saw its transaction begin (InitProducerId, the
 previous EndTxn or the AddPartitionsToTxn that started it): its records need be durable only
-once the transaction commits. EndTxn waits for them (flushed at once) before deciding; a
+once the transaction commits. The answer carries the base offset the writer reserved for it
+(:meth:`~streamhouse.log.writer.LogWriter.append_early`), and the commit indexing the batch
+refuses it if it would land elsewhere (a batch ahead failed), as a lost one. EndTxn waits for them (flushed at once) before deciding; a
 commit whose records failed, or whose start this agent did not see (it restarted meanwhile,
 and may have lost records it had answered), is refused with ``UNKNOWN_PRODUCER_ID``, which
 clients take as abortable with an epoch bump (KIP-360): InitProducerId v3+ with their producer

@@ -259,22 +259,31 @@ class Log:
         split: SplitBatches | None = None,
         *,
         urgent: bool = False,
-        lazy: bool = False,
-        on_loss: Callable[[], None] | None = None,
         now_ms: int | None = None,
     ) -> asyncio.Future[int]:
         """:meth:`append` from a running event loop, with an asyncio future resolved on it.
 
         ``batches`` may be a view of a request frame (no copy): it must not change until the
-        future is resolved. ``urgent`` flushes without lingering (a transaction marker),
-        ``lazy`` waits for a flush someone else needs (a transactional batch answered early),
-        ``on_loss`` is told at once if the append fails (see :meth:`LogWriter.append_async`).
+        future is resolved. ``urgent`` flushes without lingering (a transaction marker).
         ``now_ms`` is the log-append time to stamp (default: now) where the topic wants one.
         """
         batches, headers = self._validate(topic, partition, batches, split, now_ms)
-        return self.writer.append_async(
-            topic, partition, batches, headers, urgent=urgent, lazy=lazy, on_loss=on_loss
-        )
+        return self.writer.append_async(topic, partition, batches, headers, urgent=urgent)
+
+    def append_early(
+        self,
+        topic: str,
+        partition: int,
+        batches: bytes | memoryview,
+        split: SplitBatches | None,
+        on_loss: Callable[[], None],
+        now_ms: int | None = None,
+    ) -> tuple[asyncio.Future[int], int | None]:
+        """:meth:`append_async` of a transactional batch answered before it is durable:
+        ``(future, base offset reserved)``, the offset ``None`` if it cannot be reserved now
+        (answer once durable then); see :meth:`LogWriter.append_early`."""
+        batches, headers = self._validate(topic, partition, batches, split, now_ms)
+        return self.writer.append_early(topic, partition, batches, headers, on_loss)
 
     def append_hooked(
         self, appends: Sequence[tuple[str, int, bytes]], hook: CommitHook

@@ -53,9 +53,10 @@ deleted when the index provably does not name it, and later flushes guess again 
 committed high watermarks. A group commit that fails is made again flush by flush (unless the
 store may have committed it), so a flush the store refuses fails its own appends only.
 
-Two kinds of appends serve transactions: a *lazy* append (a transactional batch answered
-before it is durable) wakes no idle writer and waits, at most :data:`LAZY_WAIT_S`, for a flush
-someone needs; appends queued with a commit hook (:meth:`LogWriter.append_hooked`, a
+Two kinds of appends serve transactions: an *early* append (a transactional batch answered
+before it is durable, :meth:`LogWriter.append_early`) is answered with the offsets reserved
+for it when queued (:class:`_Reservations`), which its commit checks; it wakes no idle writer
+and waits, at most :data:`LAZY_WAIT_S`, for a flush someone needs; appends queued with a commit hook (:meth:`LogWriter.append_hooked`, a
 transaction's markers) flush at once, and their hook runs inside the store transaction that
 commits them, so what it writes (the transaction's decision) is durable with them or not at
 all; a hook's refusal refuses its own appends only, as the store refuses producer batches.
@@ -131,6 +132,10 @@ class _Append:
     fence: Lease | None = None  # committed only while this lease is held
     hook: CommitHook | None = None  # runs in the transaction that commits it
     on_loss: Callable[[], None] | None = None  # called where it fails (see append_async)
+    book: _Reservations | None = None  # counts it in the offsets queued to its partition
+    expected: int | None = None  # its base offset if nothing ahead of it shifts
+    reserved: int | None = None  # its base offset, answered already: committed there or not
+    settled: bool = False  # counted out of the book
 
 
 _Outcome = tuple[_Append, int, BaseException | None]
@@ -146,6 +151,8 @@ def _settle(outcomes: Iterable[_Outcome], times: StageTimes | None = None) -> No
     by_loop: dict[asyncio.AbstractEventLoop, list[_Outcome]] = {}
     for outcome in outcomes:
         item, offset, error = outcome
+        if item.book is not None:
+            item.book.settled(item, offset, error)
         if error is not None and item.on_loss is not None:
             item.on_loss()  # now, before the committer goes on to later flushes
         if item.loop is not None:
@@ -179,6 +186,78 @@ def _settle_on_loop(settled: list[_Outcome], times: StageTimes | None, called_at
 
 def _fail(appends: Iterable[_Append], error: BaseException) -> None:
     _settle((item, -1, error) for item in appends)
+
+
+class _Reservations:
+    """The offsets of what is queued to each partition, known when an append is queued so that
+    a transactional batch answered before it is durable (:meth:`LogWriter.append_early`) is
+    answered with the base offset it will get, which its commit then checks.
+
+    Alone on its partitions (SQLite), the writer gives each append the partition's high
+    watermark plus the records queued ahead of it, unless something ahead shifts them: an
+    append ahead failed or was refused (a duplicate takes no offsets), or another process
+    wrote. So a partition's count starts when an append finds nothing of it in flight (the
+    high watermark, read then, is final), once offsets were to be reserved there (agents,
+    which never reserve, read nothing more) and is dropped as soon as an append it counted
+    settles elsewhere than it expected; reservations wait until nothing is in flight again.
+    The count only guesses: the commit of a reserved append checks the store gave it those
+    offsets."""
+
+    def __init__(self, metadata: Metadata) -> None:
+        self._metadata = metadata
+        self._lock = threading.Lock()
+        self._next: dict[_Key, int] = {}  # where the next append queued there will go
+        self._unsettled: dict[_Key, int] = {}  # appends queued there and not yet settled
+        self._wanted: set[_Key] = set()  # partitions where offsets were ever to be reserved
+
+    def queued(self, item: _Append, reserve: bool) -> None:
+        """Count ``item`` in (called in queue order); with ``reserve``, reserve its offsets
+        (``item.reserved``) if they are known."""
+        key = (item.topic, item.partition)
+        with self._lock:
+            item.book = self
+            unsettled = self._unsettled[key] = self._unsettled.get(key, 0) + 1
+            base = self._next.get(key)
+            if reserve:
+                self._wanted.add(key)
+            if base is None and unsettled == 1 and key in self._wanted:  # count from here
+                base = self._high_watermark(key)
+            if base is None:
+                return
+            item.expected = base
+            if reserve:
+                item.reserved = base
+            self._next[key] = base + sum(h.last_offset_delta + 1 for _, h in item.headers)
+
+    def _high_watermark(self, key: _Key) -> int | None:
+        try:
+            offsets = self._metadata.partition_offsets(key[0])
+        except StreamHouseError as exc:  # the append fails on its own way; no reservation
+            log.debug("no offsets reserved in %s/%d: %s", key[0], key[1], exc)
+            return None
+        known = offsets.get(key[1])
+        return None if known is None else known.high_watermark
+
+    def settled(self, item: _Append, offset: int, error: BaseException | None) -> None:
+        """``item`` is answered (once counted, whatever the calls)."""
+        key = (item.topic, item.partition)
+        with self._lock:
+            if item.settled:
+                return
+            item.settled = True
+            left = self._unsettled[key] - 1
+            if left:
+                self._unsettled[key] = left
+            else:
+                del self._unsettled[key]
+            if item.expected is not None and (error is not None or offset != item.expected):
+                self._next.pop(key, None)  # shifted: what follows is not where counted
+
+    def forget(self, topic: str) -> None:
+        with self._lock:
+            for key in [k for k in self._next if k[0] == topic]:
+                del self._next[key]
+            self._wanted = {k for k in self._wanted if k[0] != topic}
 
 
 def _same_fence(pending: list[_Append]) -> tuple[list[_Append], list[_Append]]:
@@ -223,6 +302,7 @@ class WriterStats:
     sequenced_elsewhere: int = 0
     duplicate_batches: int = 0  # idempotent batches the store had indexed already
     group_commits: int = 0  # commits that indexed several objects in one transaction
+    early_unreserved: int = 0  # early appends answered once durable: no offset known then
     times: StageTimes = field(default_factory=StageTimes)  # per flush, by stage
 
 
@@ -264,6 +344,7 @@ class LogWriter:
         # guarded by _offsets_lock:
         self._offsets_lock = threading.Lock()
         self._next_offsets: dict[_Key, int] = {}  # tentative: the next offset to stamp
+        self._book = _Reservations(metadata)  # locked inside _lock, never around it
         self.stats = WriterStats()  # written by the writer and committer threads only
         self._sequence = count(time.time_ns() // 1000)
         self._writer = threading.Thread(target=self._write_loop, name="streamhouse-flusher")
@@ -313,23 +394,44 @@ class LogWriter:
         headers: list[tuple[int, BatchHeader]],
         *,
         urgent: bool = False,
-        lazy: bool = False,
-        on_loss: Callable[[], None] | None = None,
     ) -> asyncio.Future[int]:
         """Like :meth:`append`, on a running event loop: the future resolves on that loop.
 
         ``urgent`` flushes now, with whatever else is pending, instead of ``linger_ms``
         after the first pending append (for a batch someone waits on alone: a transaction
-        marker). ``lazy`` waits for a flush someone else needs, for at most
-        :data:`LAZY_WAIT_S` (a transactional batch answered early, which its EndTxn flushes
-        together with its markers). ``on_loss`` is called in the writer's thread if the
-        append fails, before any flush queued after it commits (so a :data:`CommitHook` of a
-        later append sees it, which its future, resolved later on the loop, would not tell)."""
+        marker)."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[int] = loop.create_future()
+        item = _Append(topic, partition, data, headers, future, loop)
+        self._queue(item, urgent=urgent)
+        return future
+
+    def append_early(
+        self,
+        topic: str,
+        partition: int,
+        data: bytes | memoryview,
+        headers: list[tuple[int, BatchHeader]],
+        on_loss: Callable[[], None],
+    ) -> tuple[asyncio.Future[int], int | None]:
+        """:meth:`append_async` of a batch answered before it is durable (a transactional
+        one, which its EndTxn flushes together with its markers): ``(future, base offset)``.
+
+        The base offset is reserved now (see :class:`_Reservations`), and the append waits,
+        at most :data:`LAZY_WAIT_S`, for a flush someone else needs. Its commit refuses it
+        unless the store gives it exactly that offset (something ahead of it shifted the
+        partition), failing it. ``None``: no offset can be reserved now (something ahead
+        shifted, and is still in flight): the append flushes as usual, to be answered once
+        durable. ``on_loss`` is called in the writer's thread if the append fails, before
+        any flush queued after it commits (so a :data:`CommitHook` of a later append sees
+        it, which its future, resolved later on the loop, would not tell)."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[int] = loop.create_future()
         item = _Append(topic, partition, data, headers, future, loop, on_loss=on_loss)
-        self._queue(item, urgent=urgent, lazy=lazy)
-        return future
+        self._queue(item, reserve=True)
+        if item.reserved is None:
+            self.stats.early_unreserved += 1
+        return future, item.reserved
 
     def append_hooked(
         self,
@@ -347,10 +449,13 @@ class LogWriter:
         self._queue(*items, urgent=True)
         return [item.future for item in items]  # type: ignore[misc]
 
-    def _queue(self, *items: _Append, urgent: bool = False, lazy: bool = False) -> None:
+    def _queue(self, *items: _Append, urgent: bool = False, reserve: bool = False) -> None:
         with self._lock:
             if self._closed:
                 raise StorageError("the log is closed")
+            for item in items:
+                self._book.queued(item, reserve)
+            lazy = reserve and all(item.reserved is not None for item in items)
             first = wake = not self._pending
             if first:
                 self._first_pending_at = time.monotonic()
@@ -382,6 +487,7 @@ class LogWriter:
         with self._offsets_lock:
             for key in [k for k in self._next_offsets if k[0] == topic]:
                 del self._next_offsets[key]
+        self._book.forget(topic)
 
     def flush(self) -> None:
         """Block until everything appended so far is flushed (or failed)."""
@@ -402,6 +508,11 @@ class LogWriter:
         if self.stats.objects_put:
             stages = {**self.stats.times.means_ms(), **self._store.times.means_ms()}
             log.info("produce path, mean per flush: %s", json.dumps(stages))
+        if self.stats.early_unreserved:
+            log.info(
+                "%d early append(s) answered once durable (no offset could be reserved)",
+                self.stats.early_unreserved,
+            )
 
     # -- the writer thread ------------------------------------------------------------------
 
@@ -694,10 +805,13 @@ class LogWriter:
     @staticmethod
     def _then(flush: _Flush) -> Callable[[Any, Sequence[int]], None] | None:
         """What the commit of ``flush`` runs after indexing it (given the base offsets of its
-        entries): the hooks of its appends, each once with the offsets of its own ones. A
-        hook's refusal refuses its appends, as the store refuses producer batches."""
+        entries): it refuses the appends answered with reserved offsets that the store did
+        not give them (:meth:`append_early`), then runs the hooks of the others, each once
+        with the offsets of its own ones. A refusal refuses its appends, as the store refuses
+        producer batches."""
         hooked = [(item, offset) for item, offset in flush.resolved if item.hook is not None]
-        if not hooked:
+        reserved = [(item, offset) for item, offset in flush.resolved if item.reserved is not None]
+        if not hooked and not reserved:
             return None
 
         def then(conn: Any, bases: Sequence[int]) -> None:
@@ -705,6 +819,28 @@ class LogWriter:
                 (e.topic, e.partition): base - e.base_offset
                 for e, base in zip(flush.entries, bases, strict=True)
             }
+            claims = {id(claim): i for i, claim in enumerate(flush.claims)}
+            verdicts: dict[int, int | LogError] = {}
+            for item, offset in reserved:
+                indexed = offset + shift[(item.topic, item.partition)]
+                if indexed != item.reserved:
+                    log.warning(
+                        "%s/%d: a batch answered with offset %d would be indexed at %d"
+                        " (something ahead of it failed): refused",
+                        item.topic,
+                        item.partition,
+                        item.reserved,
+                        indexed,
+                    )
+                    error = LogError(
+                        f"{item.topic}/{item.partition}: offsets shifted after the batch was"
+                        f" answered with offset {item.reserved} (it would be at {indexed})"
+                    )
+                    if id(item) not in claims:
+                        raise error  # not a producer batch: the flush fails with it
+                    verdicts[claims[id(item)]] = error
+            if verdicts:
+                raise RefusedBatchesError(verdicts)
             by_hook: dict[int, tuple[CommitHook, dict[_Key, int], list[_Append]]] = {}
             for item, offset in hooked:
                 assert item.hook is not None
@@ -712,12 +848,10 @@ class LogWriter:
                 _, offsets, items = by_hook.setdefault(id(item.hook), (item.hook, {}, []))
                 offsets[key] = offset + shift[key]
                 items.append(item)
-            verdicts: dict[int, int | LogError] = {}
             for hook, offsets, items in by_hook.values():
                 try:
                     hook(conn, offsets)
                 except LogError as exc:
-                    claims = {id(claim): i for i, claim in enumerate(flush.claims)}
                     if any(id(item) not in claims for item in items):
                         raise  # not a producer batch: the flush fails with it
                     verdicts.update((claims[id(item)], exc) for item in items)
