@@ -76,11 +76,12 @@ def exchange_topic(query: str, source: int = 0) -> str:
     return f"{query}.exchange" if source == 0 else f"{query}.exchange{source}"
 
 
-def encode(table: pa.Table) -> bytes:
+def encode(table: pa.Table) -> pa.Buffer:
+    """``table`` as an Arrow IPC stream (its buffer, not copied into bytes)."""
     sink = pa.BufferOutputStream()
     with pa.ipc.new_stream(sink, table.schema) as writer:
         writer.write_table(table)
-    return sink.getvalue().to_pybytes()
+    return sink.getvalue()
 
 
 def decode(value: bytes | pa.Buffer) -> pa.Table:
@@ -218,7 +219,7 @@ class ExchangeWriter:
         key = f"{self.task}:{sequence}:{watermark}:{int(idle)}".encode()
         records = {}
         for target in range(self.parallelism):
-            share = b""
+            share: bytes | pa.Buffer = b""
             if rows is not None and shares is not None:
                 picked = rows.filter(pa.array(shares[target]))
                 if picked.num_rows:
