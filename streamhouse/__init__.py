@@ -7,9 +7,10 @@
 
 import sys
 
-from streamhouse.os_memory import keep_freed_pages
+from streamhouse.os_memory import keep_freed_pages, keep_heap_pages
 
 keep_freed_pages()  # before anything imports DataFusion, whose allocator reads it when loaded
+keep_heap_pages()
 
 if "hypothesis" not in sys.modules:
     # kio registers hypothesis strategies for its types whenever hypothesis can be imported

@@ -1008,7 +1008,10 @@ def cluster_status(ctx: click.Context, data_dir: str | None) -> None:
     and the consumer groups it coordinates (holds a live lease of); then the continuous
     queries: which agent holds each, at which lease epoch, the checkpoint a new holder would
     resume from, how old it is and how many source records it had not read then
-    (lag_at_checkpoint: what a new holder reads again)."""
+    (lag_at_checkpoint: what a new holder reads again); then each task of a parallel query:
+    the agent holding it, its source offsets, watermark, state size and rows/s as it last
+    wrote them (status_age_s ago; empty until a new holder wrote them), and the checkpoint its
+    consuming side resumes from."""
     from streamhouse.kafka.cluster import node_id_of
     from streamhouse.kafka.coordination import GROUP_LEASE_PREFIX, group_of_lease
     from streamhouse.log.metadata import open_metadata, sqlite_path
@@ -1066,6 +1069,8 @@ def cluster_status(ctx: click.Context, data_dir: str | None) -> None:
     queries = []
     for lease in query_leases:
         name = lease.name.removeprefix(LEASE_PREFIX)
+        if "/" in name:  # a task of a parallel query (listed below) or an agent running it
+            continue
         checkpoint = checkpoints.get(name)
         queries.append(
             {
@@ -1092,6 +1097,74 @@ def cluster_status(ctx: click.Context, data_dir: str | None) -> None:
         ]
     )
     _print_table(pa.Table.from_pylist(queries, schema=query_schema))
+    tasks = _task_rows(settings, query_leases, checkpoints, addresses)
+    if tasks:
+        _print_table(pa.Table.from_pylist(tasks, schema=TASK_SCHEMA))
+
+
+TASK_SCHEMA = pa.schema(
+    [
+        ("query", pa.string()),
+        ("task", pa.int64()),
+        ("agent", pa.string()),
+        ("address", pa.string()),
+        ("epoch", pa.int64()),
+        ("offsets", pa.string()),
+        ("watermark", pa.string()),
+        ("state_bytes", pa.int64()),
+        ("rows_per_s", pa.float64()),
+        ("rows_in", pa.int64()),
+        ("status_age_s", pa.float64()),
+        ("checkpoint", pa.string()),
+    ]
+)
+"""``cluster status``'s table of the tasks of parallel queries on agents."""
+
+
+def _task_rows(
+    settings: Any, leases: list[Any], checkpoints: dict[str, Any], addresses: dict[str, str]
+) -> list[dict[str, Any]]:
+    """A row per task of a parallel query: the agent holding its lease, and the progress it
+    last wrote to the object store (:mod:`streamhouse.runtime.placement`)."""
+    from streamhouse.log.objectstore import open_object_store
+    from streamhouse.runtime.placement import status_key, task_of_lease
+    from streamhouse.runtime.task_state import task_checkpoint_name
+
+    tasks = sorted(
+        (task_of_lease(lease.name), lease) for lease in leases if task_of_lease(lease.name)
+    )
+    if not tasks:
+        return []
+    objects = open_object_store(settings)
+    rows = []
+    now = time.time()
+    for (query, task), lease in tasks:
+        try:
+            status = json.loads(objects.get(status_key(query, task)))
+        except (StreamHouseError, ValueError):
+            status = {}
+        if status.get("epoch") != lease.epoch:  # an earlier holder's: the new one has not yet
+            status = {"parallelism": status.get("parallelism")}
+        parallelism = status.get("parallelism") or sum(1 for (q, _), _ in tasks if q == query)
+        checkpoint = checkpoints.get(task_checkpoint_name(query, parallelism, f"task-{task}"))
+        updated = status.get("updated_at")
+        rows.append(
+            {
+                "query": query,
+                "task": task,
+                "agent": lease.holder[:SHORT_AGENT_ID] if lease.live else None,
+                "address": addresses.get(lease.holder) if lease.live else None,
+                "epoch": lease.epoch,
+                "offsets": json.dumps(status["offsets"]) if "offsets" in status else None,
+                "watermark": status.get("watermark"),
+                "state_bytes": status.get("state_bytes"),
+                "rows_per_s": status.get("rows_per_s"),
+                "rows_in": status.get("rows_in"),
+                "status_age_s": round(now - updated, 1) if updated else None,
+                "checkpoint": checkpoint.checkpoint_id if checkpoint else None,
+            }
+        )
+    return rows
 
 
 def _lag(md: Any, positions: dict[str, dict[int, int]]) -> int | None:

@@ -22,7 +22,18 @@ its habits cost bounded queries more system time than their own work:
   :func:`keep_freed_pages` sets ``MIMALLOC_PURGE_DELAY`` to 1000 ms unless the environment
   names one; it must run before DataFusion is imported (``streamhouse`` does so first).
 
-Elsewhere than Linux neither does anything.
+- **Trimming the C heap.** numpy and pyarrow's buffers come from glibc's ``malloc``. By
+  default it serves a request over 128 KiB (a threshold it raises, request by request, to
+  the largest block freed) with a fresh mapping, and gives the top of a thread's heap back to
+  the kernel (``madvise``) once more than twice that is free there; the next piece a scan
+  decodes then faults every page in again, zeroed. A cold 4M-record GROUP BY spent about a
+  quarter of its CPU on those faults: 1.46-1.54 CPU s against 1.07-1.18 with blocks up to
+  8 MiB kept in the heap and 16 MiB of free heap kept before trimming (peak 233 MB against
+  236-239). :func:`keep_heap_pages` sets those two (``mallopt``) unless the environment sets
+  glibc's malloc itself (``MALLOC_MMAP_THRESHOLD_``, ``MALLOC_TRIM_THRESHOLD_``,
+  ``GLIBC_TUNABLES``).
+
+Elsewhere than Linux none of this does anything.
 """
 
 from __future__ import annotations
@@ -32,7 +43,7 @@ import logging
 import os
 import sys
 
-__all__ = ["huge_pages_disabled", "keep_freed_pages", "keep_off_huge_pages"]
+__all__ = ["huge_pages_disabled", "keep_freed_pages", "keep_heap_pages", "keep_off_huge_pages"]
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +51,11 @@ PR_SET_THP_DISABLE = 41
 PR_GET_THP_DISABLE = 42
 PURGE_DELAY_ENV = "MIMALLOC_PURGE_DELAY"
 PURGE_DELAY_MS = 1000
+M_TRIM_THRESHOLD = -1  # mallopt's parameters (glibc's malloc.h)
+M_MMAP_THRESHOLD = -3
+HEAP_BLOCK_BYTES = 8 << 20  # blocks up to this come from the heap, not a mapping of their own
+HEAP_TRIM_BYTES = 16 << 20  # free heap kept before its top goes back to the kernel
+MALLOC_ENV = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "GLIBC_TUNABLES")
 
 
 def keep_freed_pages() -> None:
@@ -48,6 +64,21 @@ def keep_freed_pages() -> None:
     if not sys.platform.startswith("linux") or "datafusion" in sys.modules:
         return
     os.environ.setdefault(PURGE_DELAY_ENV, str(PURGE_DELAY_MS))
+
+
+def keep_heap_pages() -> bool:
+    """Have glibc's malloc keep blocks up to :data:`HEAP_BLOCK_BYTES` in its heaps and
+    :data:`HEAP_TRIM_BYTES` of free heap, unless the environment tunes it (or it is not
+    glibc's). Whether it was set."""
+    if not sys.platform.startswith("linux") or any(name in os.environ for name in MALLOC_ENV):
+        return False
+    libc = ctypes.CDLL(None)
+    if not hasattr(libc, "gnu_get_libc_version") or not hasattr(libc, "mallopt"):
+        return False  # another C library (musl): its own policy
+    return bool(
+        libc.mallopt(M_MMAP_THRESHOLD, HEAP_BLOCK_BYTES)
+        and libc.mallopt(M_TRIM_THRESHOLD, HEAP_TRIM_BYTES)
+    )
 
 
 def keep_off_huge_pages(allowed: bool) -> None:

@@ -320,6 +320,33 @@ def test_columnar_cache_is_only_a_cache(many_objects: tuple[StreamHouse, list]) 
     assert again.stats.objects_read == 40
 
 
+def test_a_cached_run_keeps_its_partition_offsets_and_keys_as_numbers(tmp_path: Path) -> None:
+    """A run's partition, offsets that run one by one and keys that are all null are not
+    written as columns but made again on reading; other offsets and keys are written."""
+    n = 5000
+    cache = ColumnarCache(tmp_path / "cache", 1 << 30)
+    plain = pa.table(
+        {
+            "k": pa.array(range(n)),
+            "_offset": pa.array(range(700, 700 + n)),
+            "_partition": pa.array([3] * n, pa.int32()),
+            "_timestamp": pa.array([1767225600000 + i for i in range(n)], pa.timestamp("ms")),
+            "_key": pa.nulls(n, pa.string()),
+        }
+    )
+    plain = pa.Table.from_batches(plain.to_batches(max_chunksize=1024))  # pieces, as parsed
+    gaps = plain.set_column(1, "_offset", pa.array([700 + 2 * i for i in range(n)]))
+    keyed = plain.set_column(4, "_key", pa.array([None] * (n - 1) + ["last"]))
+    for name, table in {"plain": plain, "gaps": gaps, "keyed": keyed}.items():
+        cache.put(f"{name}.arrow", table)
+        again = cache.get(f"{name}.arrow")
+        assert again is not None and again.equals(table) and again.schema == table.schema
+    size = {p.stem: p.stat().st_size for p in cache.directory.iterdir()}
+    # no offsets (8 bytes a row), partitions (4) nor keys (4-byte offsets) in the plain run
+    assert size["gaps"] - size["plain"] >= 8 * n and size["keyed"] - size["plain"] >= 4 * n
+    assert cache.damaged == 0
+
+
 def test_columnar_cache_keeps_within_its_size(many_objects: tuple[StreamHouse, list]) -> None:
     sh, _ = many_objects
     one_run = sh.engine.scan_cache

@@ -310,6 +310,27 @@ def test_producer_sequences_are_checked_in_the_commit(open_store: OpenStore) -> 
     assert md.commit_segment("n", [Entry("t", 0, 0, 0)], [B(0, 0, 7, 0, 99, 99)]) == [2]
 
 
+def test_a_commit_of_many_producers_reads_each_ones_state(md: Store) -> None:
+    """700 producers in one commit (more than one statement's worth of keys on SQLite): each
+    is judged against its own stored state, the next commit's sequences too."""
+    md.create_topic("t", partitions=2)
+    B = ProducerBatch
+    first = [B(p, n, 1000 + n, 0, 0, 0) for n in range(350) for p in (0, 1)]
+    assert md.commit_segment("a", [Entry("t", 0, 0, 349), Entry("t", 1, 0, 349)], first)
+    again = [B(p, n, 1000 + n, 0, 1, 1) for n in range(350) for p in (0, 1)]
+    assert md.commit_segment("b", [Entry("t", 0, 0, 349), Entry("t", 1, 0, 349)], again) == [
+        350,
+        350,
+    ]
+    # a retry of one producer's first batch is a duplicate answered with its offset; a gap
+    # on another is out of order
+    retry = [B(0, 0, 1123, 0, 1, 1), B(1, 0, 1299, 0, 5, 5)]
+    assert _refusals(md, "c", [Entry("t", 0, 0, 0), Entry("t", 1, 0, 0)], retry) == {
+        0: 350 + 123,
+        1: "OutOfOrderSequenceError",
+    }
+
+
 def test_segments_range_queries(md: Store) -> None:
     md.create_topic("t", partitions=2)
     for i in range(10):  # segments of 10 offsets: [0,9], [10,19], ...

@@ -96,3 +96,40 @@ def test_datafusion_allocator_keeps_freed_pages(environment: str | None, delay: 
     reported = re.findall(r"option 'purge_delay': (-?\d+)", done.stderr)
     assert len(reported) == 2, done.stderr[-2000:]
     assert reported == [delay, delay]
+
+
+HEAP_FAULTS = """
+import resource, sys, threading
+import numpy as np
+if sys.argv[1] == "streamhouse":
+    import streamhouse
+def decode_like():  # buffers of 1-6 MiB and a smaller one, filled and freed, in a thread
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for i in range(40):
+        block = np.empty((1 + i % 6) << 20, np.uint8)
+        block.fill(1)
+        small = np.empty(300_000, np.int64)
+        small.fill(2)
+        del block, small
+    print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+thread = threading.Thread(target=decode_like)
+thread.start()
+thread.join()
+"""
+
+
+def test_import_keeps_freed_heap_pages_unless_the_environment_tunes_malloc() -> None:
+    """``import streamhouse`` has glibc's malloc keep blocks of a few MiB in its heaps, so
+    buffers freed and taken again (a scan's pieces) are not faulted in afresh each time; an
+    environment that tunes malloc itself is left as it says."""
+
+    def faults(importing: str, env: dict[str, str | None]) -> int:
+        done = python([sys.executable, "-c", HEAP_FAULTS, importing], env)
+        return int(done.stdout.split()[-1])
+
+    untuned = {"MALLOC_MMAP_THRESHOLD_": None, "MALLOC_TRIM_THRESHOLD_": None}
+    kept = faults("streamhouse", {**untuned, "GLIBC_TUNABLES": None})
+    glibc_default = faults("numpy", {**untuned, "GLIBC_TUNABLES": None})
+    assert kept * 2 < glibc_default, (kept, glibc_default)  # (136 MiB of blocks touched)
+    tuned_elsewhere = faults("streamhouse", {**untuned, "GLIBC_TUNABLES": "glibc.malloc.check=0"})
+    assert tuned_elsewhere * 2 > glibc_default, (tuned_elsewhere, glibc_default)

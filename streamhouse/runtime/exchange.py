@@ -29,10 +29,18 @@ resumes alone):
 - a consumer keeps, per producer, the last sequence number it took, committed in the same
   RocksDB write batch as its operator state, its exchange offsets and its sink marks; a record
   replayed by a producer (sequence number not above the last taken) is skipped.
+
+Every record also carries the producer's progress after its batch in a header,
+:data:`PROGRESS_HEADER` (JSON: the source end offsets, event times by partition, records read
+and rejected so far). A producer restored from an older copy of its state (a task moved to
+another agent, :mod:`.placement`) reads the batches it appended since from the exchange
+(:meth:`ExchangeWriter.recover`) and stands where the last of them left it, so it never sends
+a sequence number again with other rows.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -44,6 +52,7 @@ from streamhouse.errors import StreamHouseError
 from streamhouse.joins.windowed import Panes
 from streamhouse.log import Log
 from streamhouse.log.isolation import Isolation
+from streamhouse.log.metadata.leases import Lease
 from streamhouse.log.records import Compression, build_batch
 from streamhouse.runtime.key_groups import key_groups, task_of, window_tasks
 from streamhouse.runtime.operators import run_ordered
@@ -66,6 +75,10 @@ TAKEN = b"exchange/taken/"
 ROWS_IN = b"exchange/rows_in"
 REJECTED = b"exchange/rejected_rows"
 IDLE = b"exchange/idle/"
+CHECKPOINTED_AT = b"exchange/checkpointed_at"
+"""The exchange's high watermarks when this copy of the state was taken (JSON, by partition):
+its producer's later batches are at or after them (see :meth:`ExchangeWriter.recover`)."""
+PROGRESS_HEADER = "streamhouse.progress"
 _BIAS = 1 << 63
 _POSITIONS = ("__partition", "__offset")
 
@@ -114,8 +127,10 @@ class ExchangeWriter:
         by_window: WindowSpec | None = None,
         latest: bool = False,
         reach: tuple[int, int] | None = None,
+        fence: Lease | None = None,
     ) -> None:
         self.log = log_
+        self.fence = fence  # the task's lease on an agent: appends only while it is held
         # a per-window query routed by window: a row to every task owning a window of it
         self.by_window = by_window
         self.reach = reach  # and to the owners of the windows it joins (routing.Routing.reach)
@@ -184,25 +199,111 @@ class ExchangeWriter:
                 {"end": ends, "watermark": watermark, "sequence": sequence, "idle": idle},
             )
             self.store.commit(intent)
-        self._send(read.table, sequence, watermark, idle)
+        progress = {
+            "end": {str(p): o for p, o in ends.items()},
+            "event_times": {str(p): t for p, t in event_times.items()},
+            "rows_in": self.rows_in + read.records,
+            "rejected_rows": self.rejected_rows + len(read.rejected),
+        }
+        self._send(read.table, sequence, watermark, idle, progress)
+        self._advance(sequence, watermark, idle, progress)
+        return True
+
+    def _advance(self, sequence: int, watermark: int, idle: bool, progress: dict) -> None:
+        """Commit batch ``sequence`` as sent: the source stands at its ends."""
+        ends = {int(p): int(o) for p, o in progress["end"].items()}
+        event_times = {int(p): int(t) for p, t in progress["event_times"].items()}
         batch = self.store.batch()
-        source.save(batch, ends, event_times)
+        self.source.save(batch, ends, event_times)
         batch.put_int(SEQUENCE, sequence)
-        batch.put_int(ROWS_IN, self.rows_in + read.records)
-        batch.put_int(REJECTED, self.rejected_rows + len(read.rejected))
+        batch.put_int(ROWS_IN, int(progress["rows_in"]))
+        batch.put_int(REJECTED, int(progress["rejected_rows"]))
         batch.put_int(WATERMARK, watermark + _BIAS)
         batch.delete(ColumnFamily.META, PENDING)
         # not fsynced: lost only with the machine, when the synced intent above is still there
         # and the batch is sent again alike (same bounds, same sequence number: skipped by the
         # consumers that took it); the next batch's synced intent makes this durable first
+        # (after a recovery, which reads the same batches back again)
         self.store.commit(batch, sync=False)
-        source.advance(ends, event_times)
+        self.source.advance(ends, event_times)
         self.sequence, self.watermark, self.idle = sequence, watermark, idle
-        self.rows_in += read.records
-        self.rejected_rows += len(read.rejected)
-        return True
+        self.rows_in, self.rejected_rows = int(progress["rows_in"]), int(progress["rejected_rows"])
 
-    def _send(self, table: pa.Table | None, sequence: int, watermark: int, idle: bool) -> None:
+    def mark_checkpoint(self) -> None:
+        """Record the exchange's high watermarks in the state, before a copy of it is taken."""
+        metadata = self.log.metadata
+        fresh = getattr(metadata, "fresh_offset", metadata.partition_offset)
+        ends = {str(t): fresh(self.topic, t).high_watermark for t in range(self.parallelism)}
+        batch = self.store.batch()
+        batch.put_json(CHECKPOINTED_AT, ends)
+        self.store.commit(batch)
+
+    def recover(self) -> int:
+        """Catch up with the batches this producer appended after its state was copied (by
+        :meth:`mark_checkpoint`; all of the exchange when there is no copy), as the exchange
+        holds them: the source then stands where the last one left it. A batch that reached
+        some exchange partitions only (a crash between their appends) becomes pending, to be
+        sent again whole by the next :meth:`step`. Returns how many batches it caught up."""
+        since = {int(t): int(o) for t, o in (self.store.get_json(CHECKPOINTED_AT) or {}).items()}
+        metadata = self.log.metadata
+        fresh = getattr(metadata, "fresh_offset", metadata.partition_offset)
+        prefix = f"{self.task}:".encode()
+        found: list[dict[int, tuple[int, bool, dict]]] = []
+        for target in range(self.parallelism):
+            start = since.get(target, 0)
+            end = fresh(self.topic, target).high_watermark
+            seen: dict[int, tuple[int, bool, dict]] = {}
+            if end > start:
+                records = read_records(
+                    self.log,
+                    self.topic,
+                    [target],
+                    {target: start},
+                    {target: end},
+                    isolation=Isolation.READ_UNCOMMITTED,
+                )
+                keys, headers = records["key"].to_pylist(), records["headers"].to_pylist()
+                for key, pairs in zip(keys, headers, strict=True):  # one per producer batch
+                    if not key or not key.startswith(prefix):
+                        continue
+                    _, sequence, watermark, idle = (int(x) for x in key.split(b":"))
+                    progress = next(
+                        (json.loads(h["value"]) for h in pairs if h["key"] == PROGRESS_HEADER),
+                        None,
+                    )
+                    if sequence > self.sequence and progress is not None:
+                        seen[sequence] = (watermark, bool(idle), progress)
+            found.append(seen)
+        appended = sorted(set().union(*found))
+        if not appended:
+            return 0
+        last = appended[-1]
+        whole = all(last in seen for seen in found)
+        caught_up = appended if whole else appended[:-1]
+        if caught_up:
+            done = caught_up[-1]
+            watermark, idle, progress = next(s[done] for s in found if done in s)
+            self._advance(done, watermark, idle, progress)
+        if not whole:
+            watermark, idle, progress = next(s[last] for s in found if last in s)
+            intent = self.store.batch()
+            intent.put_json(
+                PENDING,
+                {"end": progress["end"], "watermark": watermark, "sequence": last, "idle": idle},
+            )
+            self.store.commit(intent)
+        log.info(
+            "%s: producer %d caught up with %d batch(es) it appended before (to sequence %d)",
+            self.topic,
+            self.task,
+            len(appended),
+            last,
+        )
+        return len(appended)
+
+    def _send(
+        self, table: pa.Table | None, sequence: int, watermark: int, idle: bool, progress: dict
+    ) -> None:
         """One record to every exchange partition: the rows its task owns, and the watermark."""
         rows = table
         if rows is not None and self.pre_sql is not None:
@@ -217,6 +318,7 @@ class ExchangeWriter:
             rows, _ = pane_partials(self.window, rows, ts, NO_WATERMARK)
         shares = self._shares(rows) if rows is not None and rows.num_rows else None
         key = f"{self.task}:{sequence}:{watermark}:{int(idle)}".encode()
+        headers = [[(PROGRESS_HEADER, json.dumps(progress).encode())]]
         records = {}
         for target in range(self.parallelism):
             share: bytes | pa.Buffer = b""
@@ -226,9 +328,11 @@ class ExchangeWriter:
                     share = encode(picked)
             # not compressed: a record is read back once, by a task of this machine or agent,
             # and LZ4 both ways cost more CPU than the copy it saves
-            records[target] = build_batch([share], [key], compression=Compression.NONE)
+            records[target] = build_batch(
+                [share], [key], headers=headers, compression=Compression.NONE
+            )
         # one flush for every task's record: one object, one fsync and one commit per batch
-        for future in self.log.append_together(self.topic, records).values():
+        for future in self.log.append_together(self.topic, records, fence=self.fence).values():
             future.result()
 
     def _shares(self, rows: pa.Table) -> list[np.ndarray]:

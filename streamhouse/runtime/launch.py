@@ -153,6 +153,14 @@ class QueryFile:
         return cls(source, settings, declarations, statement, name)
 
 
+def declared(engine: Engine, query_file: QueryFile) -> Engine:
+    """A session of ``engine`` of the query's own, with the file's DDL run in it."""
+    engine = engine.session()
+    for declaration in query_file.declarations:
+        _declare(engine, declaration, query_file.source)
+    return engine
+
+
 def start_query(
     engine: Engine,
     sql_or_path: str | Path | QueryFile,
@@ -173,9 +181,7 @@ def start_query(
         sql_or_path if isinstance(sql_or_path, QueryFile) else QueryFile.read(sql_or_path, name)
     )
     source = query_file.source
-    engine = engine.session()
-    for declaration in query_file.declarations:
-        _declare(engine, declaration, source)
+    engine = declared(engine, query_file)
     statement = query_file.statement
     if is_materialized_view(statement):
         view = statement.this.name

@@ -33,7 +33,8 @@ partition when it moves to another task (rescaling). Each task writes in transac
 consuming side, a :class:`~.query.ContinuousQuery`) and ``exchange-<i>[-<source>]`` (the
 producing side, one store per source); each task writes ``task-<i>.json`` with its progress
 for :meth:`ParallelQuery.status`. Restarted at another parallelism, the query's state moves by
-key group to the new tasks first (rescaling, :mod:`.rescale`).
+key group to the new tasks first (rescaling, :mod:`.rescale`). On ``serve`` agents sharing a
+PostgreSQL store, the tasks are leased to the agents one by one instead (:mod:`.placement`).
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from sqlglot import exp
 
-from streamhouse.errors import SqlError, StreamHouseError
+from streamhouse.errors import SqlError, StreamHouseError, TopicExistsError
 from streamhouse.log.isolation import Isolation
 from streamhouse.log.records import Compression, build_batch
 from streamhouse.runtime.exchange import (
@@ -87,7 +88,7 @@ from streamhouse.runtime.rescale import KEYS_FILE, finish, rescale, upserts_by_k
 from streamhouse.runtime.routing import plan_routing
 from streamhouse.runtime.sources import QuerySource
 from streamhouse.runtime.task_processes import TaskProcess, Zygote
-from streamhouse.runtime.task_state import parallel_states, task_root
+from streamhouse.runtime.task_state import parallel_states, task_checkpoint_name, task_root
 from streamhouse.runtime.two_phase import transactional_id
 from streamhouse.sql import nodes
 from streamhouse.sql.functions import exported_functions, import_functions
@@ -245,6 +246,11 @@ class TaskQuery(ContinuousQuery):
         """Each task writes its sink partition with a producer of its own."""
         return transactional_id(self.name, self.task)
 
+    @property
+    def checkpoint_name(self) -> str:
+        """On agents, each task's consuming side keeps checkpoints of its own."""
+        return task_checkpoint_name(self.name, self.parallelism, f"task-{self.task}")
+
     def _planned(self, plan: ContinuousPlan) -> ContinuousPlan:
         self.whole_plan = plan  # as planned: the producing side runs its pre_sql
         self.routing = plan_routing(plan)
@@ -294,7 +300,8 @@ class TaskQuery(ContinuousQuery):
         return len(kinds) > 1
 
     def writers(self, log_: Any, root: Path) -> list[ExchangeWriter]:
-        """The producing side: one writer per source this task reads partitions of."""
+        """The producing side: one writer per source this task reads partitions of (appending
+        only while the task's lease is held, on an agent)."""
         writers = []
         text = self.shape == "rows" and self.text_keys()
         keys_file = root / KEYS_FILE  # how keys were hashed, for a rescale to hash alike
@@ -334,6 +341,7 @@ class TaskQuery(ContinuousQuery):
                     reach=self.routing.reach,
                     latest=(self.read_options[name].startup or self.options.startup)
                     == "latest-offset",
+                    fence=self.fence,
                 )
             )
         return writers
@@ -390,6 +398,71 @@ class ExchangedWindowAggregation(WindowAggregation):
         return out
 
 
+def parallel_plan(
+    statement: Any,
+    options: QueryOptions,
+    resolve: Callable[[str], tuple[str, Any] | None] | None = None,
+) -> ContinuousPlan:
+    """The plan of ``statement`` to run at parallelism > 1 (see :func:`_launch_plan`); SqlError
+    if it cannot be yet."""
+    if isinstance(statement, StatementSet):
+        raise SqlError(
+            "parallelism > 1 does not run a statement set yet (its INSERTs share one read"
+            " of the sources and one checkpoint): run it at parallelism 1, or each INSERT"
+            " as a query of its own at parallelism > 1"
+        )
+    plan = _launch_plan(statement, resolve)
+    to_topic = plan.sink_kind == "topic" and bool(plan.sink)
+    if not to_topic and plan.sink_kind != "results":
+        raise SqlError(
+            "parallelism > 1 writes into a topic or returns results yet: use INSERT INTO"
+            " <topic> SELECT ... or SELECT ..."
+        )
+    if options.late_topic:
+        raise SqlError("'late-rows.topic' is not supported at parallelism > 1 yet")
+    return plan
+
+
+def ensure_topic(
+    log_: Any,
+    plan: ContinuousPlan,
+    topic: str,
+    role: str,
+    parallelism: int,
+    config: dict[str, str] | None = None,
+) -> None:
+    """Create ``topic`` (a sink, exchange or results topic) with a partition per task, or
+    check it has them (adding them to a topic of our own). Another agent creating it at the
+    same time is no error."""
+    info = log_.get_topic(topic)
+    if info is None:
+        try:
+            log_.create_topic(topic, parallelism, config)
+            return
+        except TopicExistsError:
+            info = log_.get_topic(topic)
+    if info is None or info.partitions >= parallelism:
+        return
+    if role != "sink":  # our own: one per task
+        log_.set_partitions(topic, parallelism)
+    elif not upserts_by_key(plan):
+        raise SqlError(
+            f"the {role} topic {topic!r} has {info.partitions} partition(s): a query at"
+            f" parallelism {parallelism} writes one per task"
+        )
+
+
+def ensure_topics(log_: Any, plan: ContinuousPlan, name: str, parallelism: int) -> None:
+    """The sink and exchange topics of query ``name`` at ``parallelism``."""
+    # an updating query's output is an upsert per key: key-compacted, as at parallelism 1
+    updating = {"cleanup.policy": "compact"} if plan.operator.updating else None
+    if plan.sink:
+        ensure_topic(log_, plan, plan.sink, "sink", parallelism, updating)
+    if parallel_shape(plan) != "stateless":
+        for index in range(len(plan.sources)):
+            ensure_topic(log_, plan, exchange_topic(name, index), "exchange", parallelism)
+
+
 class ParallelQuery:
     """A continuous query run as ``parallelism`` task processes; the launcher's handle on them
     (``start``, ``stop``, ``status``, ``run_until_caught_up`` as a :class:`ContinuousQuery`)."""
@@ -414,21 +487,7 @@ class ParallelQuery:
         self.raw_options = raw_options
         self.parallelism = parallelism
         self.statement = query_file.statement
-        if isinstance(self.statement, StatementSet):
-            raise SqlError(
-                "parallelism > 1 does not run a statement set yet (its INSERTs share one read"
-                " of the sources and one checkpoint): run it at parallelism 1, or each INSERT"
-                " as a query of its own at parallelism > 1"
-            )
-        self.plan = _launch_plan(self.statement, resolve)
-        to_topic = self.plan.sink_kind == "topic" and bool(self.plan.sink)
-        if not to_topic and self.plan.sink_kind != "results":
-            raise SqlError(
-                "parallelism > 1 writes into a topic or returns results yet: use INSERT INTO"
-                " <topic> SELECT ... or SELECT ..."
-            )
-        if options.late_topic:
-            raise SqlError("'late-rows.topic' is not supported at parallelism > 1 yet")
+        self.plan = parallel_plan(self.statement, options, resolve)
         self.shape = parallel_shape(self.plan)
         called = {f.name.lower() for f in self.statement.find_all(exp.Anonymous)}
         self.functions = exported_functions(called)  # registered here: imported by the tasks
@@ -439,34 +498,23 @@ class ParallelQuery:
         self.processes: list[TaskProcess] = []
         self._results: ParallelResults | None = None  # a drain's results go to no caller
         self._rescale_from(state_root)
-        # an updating query's output is an upsert per key: key-compacted, as at parallelism 1
-        updating = {"cleanup.policy": "compact"} if self.plan.operator.updating else None
-        if self.plan.sink:
-            self._ensure_topic(self.plan.sink, "sink", updating)
+        ensure_topics(log_, self.plan, self.name, parallelism)
         if on_results is not None or self.plan.sink_kind == "results":
             topic = results_topic(self.name)
-            self._ensure_topic(topic, "results", {"retention.ms": str(RESULTS_RETENTION_MS)})
+            ensure_topic(
+                log_,
+                self.plan,
+                topic,
+                "results",
+                parallelism,
+                {"retention.ms": str(RESULTS_RETENTION_MS)},
+            )
             self._results = ParallelResults(log_, topic, parallelism, on_results)
-        if self.shape != "stateless":
-            for index in range(len(self.plan.sources)):
-                self._ensure_topic(exchange_topic(self.name, index), "exchange")
         self.root.mkdir(parents=True, exist_ok=True)
         self.error: BaseException | None = None
         self.restarts = 0  # tasks restarted after a signal killed them
         self._stopping = threading.Event()
         self._lock = threading.Lock()
-
-    def _ensure_topic(self, topic: str, role: str, config: dict[str, str] | None = None) -> None:
-        info = self.log.get_topic(topic)
-        if info is None:
-            self.log.create_topic(topic, self.parallelism, config)
-        elif info.partitions < self.parallelism and role != "sink":  # our own: one per task
-            self.log.set_partitions(topic, self.parallelism)
-        elif info.partitions < self.parallelism and not upserts_by_key(self.plan):
-            raise SqlError(
-                f"the {role} topic {topic!r} has {info.partitions} partition(s): a query at"
-                f" parallelism {self.parallelism} writes one per task"
-            )
 
     def _rescale_from(self, state_root: Path) -> None:
         """Move the state checkpointed at another parallelism to this one (:mod:`.rescale`)."""
@@ -994,6 +1042,12 @@ def _task_failure(root: Path, task: int, status: int | None) -> str:
 def _write_status(
     query: TaskQuery, writers: list[ExchangeWriter], path: Path, ready: float
 ) -> None:
+    _write_atomically(path, task_status(query, writers, ready))
+
+
+def task_status(query: TaskQuery, writers: list[ExchangeWriter], ready: float) -> dict[str, Any]:
+    """Task ``query``'s progress (``ready``: when it was set up): source offsets, watermark,
+    rows and rows/s (over the last :data:`RATE_INTERVAL_S`), CPU seconds and state size."""
     read = [w.source for w in writers] if query.shape != "stateless" else [*query.sources.values()]
     offsets: dict[str, Any] = {
         source.name: {str(p): o for p, o in source.positions.items()} for source in read
@@ -1030,7 +1084,7 @@ def _write_status(
         "setup_cpu_seconds": query.setup_cpu_seconds,  # of it, before the first micro-batch
         "updated_at": now,
     }
-    _write_atomically(path, status)
+    return status
 
 
 def task_main(spec: dict[str, Any]) -> int:

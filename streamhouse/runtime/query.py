@@ -198,7 +198,7 @@ class ContinuousQuery:
         self._results: deque[pa.RecordBatch] = deque()
         self._results_ready = threading.Condition()
         self.checkpoints = (
-            LeasedCheckpoints(self.log.store, self.log.metadata, name, fence)
+            LeasedCheckpoints(self.log.store, self.log.metadata, self.checkpoint_name, fence)
             if fence is not None
             else None
         )
@@ -279,6 +279,11 @@ class ContinuousQuery:
 
     sink_partition: int | None = None
     """The one sink partition this query writes (a task of a parallel query), else all."""
+
+    @property
+    def checkpoint_name(self) -> str:
+        """The name its checkpoints are kept and recorded under (on agents: a task's own)."""
+        return self.name
 
     @property
     def transactional_id(self) -> str:

@@ -13,6 +13,9 @@ and another agent takes the query over within ``ttl / 3`` more, plus the restore
 
 A query that fails (not fenced) releases its lease and is tried again after
 :data:`RETRY_FAILED_S`, by whichever agent takes it.
+
+A query at parallelism N (``SET 'parallelism'``) is N such units, one lease per task, spread
+over the agents running the query (:mod:`.placement`).
 """
 
 from __future__ import annotations
@@ -28,6 +31,14 @@ from streamhouse.errors import FencedError, StreamHouseError
 from streamhouse.log.metadata import Metadata
 from streamhouse.log.metadata.leases import Lease
 from streamhouse.runtime.launch import QueryFile, start_query
+from streamhouse.runtime.placement import (
+    AgentTask,
+    member_lease_name,
+    members_prefix,
+    parallelism_of,
+    share,
+    task_lease_name,
+)
 from streamhouse.runtime.query import ContinuousQuery
 from streamhouse.sql.engine import Engine
 
@@ -46,13 +57,23 @@ def lease_name(query: str) -> str:
 
 @dataclass
 class _Held:
-    """One query this agent may run: its file, and while it holds the lease, the running query."""
+    """One query (or one task of a parallel query) this agent may run: its file, and while it
+    holds the lease, the running query (task)."""
 
     query_file: QueryFile
     lease: Lease | None = None
-    query: ContinuousQuery | None = None
+    query: ContinuousQuery | AgentTask | None = None
     valid_until: float = 0.0  # monotonic: the lease surely ran out by then (renewed before)
     retry_at: float = 0.0
+    task: int | None = None  # a task of a parallel query: its number
+    parallelism: int = 1
+    member: Lease | None = None  # task 0: this agent's membership lease of the query
+
+    @property
+    def lease_name(self) -> str:
+        if self.task is None:
+            return lease_name(self.query_file.name)
+        return task_lease_name(self.query_file.name, self.task)
 
 
 class QuerySupervisor:
@@ -68,21 +89,32 @@ class QuerySupervisor:
         self._queries: dict[str, _Held] = {}
         self._stopping = threading.Event()
         self._threads: list[threading.Thread] = []
+        self._placing = threading.Lock()  # one task of a query taken at a time (its share)
 
     def add(self, query_file: QueryFile) -> bool:
-        """Supervise a query; False if one of that name is supervised already."""
-        if query_file.name in self._queries:
+        """Supervise a query (each of its tasks, at parallelism > 1); False if one of that
+        name is supervised already."""
+        if query_file.name in self._queries or any(
+            held.query_file.name == query_file.name for held in self._queries.values()
+        ):
             return False
-        self._queries[query_file.name] = _Held(query_file)
+        parallelism = parallelism_of(query_file)
+        if parallelism == 1:
+            self._queries[query_file.name] = _Held(query_file)
+            return True
+        for task in range(parallelism):
+            self._queries[f"{query_file.name}/task-{task}"] = _Held(
+                query_file, task=task, parallelism=parallelism
+            )
         return True
 
     @property
     def names(self) -> list[str]:
-        """The queries supervised, by name."""
+        """The queries supervised, by name (a parallel query's tasks as ``<name>/task-<i>``)."""
         return sorted(self._queries)
 
     @property
-    def running(self) -> list[ContinuousQuery]:
+    def running(self) -> list[ContinuousQuery | AgentTask]:
         """The queries this agent runs now."""
         return [held.query for held in self._queries.values() if held.query is not None]
 
@@ -103,6 +135,8 @@ class QuerySupervisor:
         for held in self._queries.values():
             if held.query is not None:
                 self._give_up(held, checkpoint=True)
+            member, held.member = held.member, None
+            self._release_lease(member)
         shutil.rmtree(self.state_root, ignore_errors=True)
 
     # -- the supervisor thread ------------------------------------------------------------------
@@ -111,6 +145,7 @@ class QuerySupervisor:
         interval = self.ttl_ms / 3000
         while not self._stopping.is_set():
             try:
+                self._join(held)
                 if held.query is None:
                     self._try_to_take(name, held)
                 else:
@@ -119,21 +154,57 @@ class QuerySupervisor:
                 log.warning("query %s: %s", name, exc)
             self._stopping.wait(interval)
 
+    def _held_tasks(self, query: str) -> list[_Held]:
+        """The tasks of parallel query ``query`` this agent holds the lease of."""
+        return [
+            held
+            for held in self._queries.values()
+            if held.task is not None and held.query_file.name == query and held.lease is not None
+        ]
+
+    def _share(self, held: _Held) -> int:
+        """How many of ``held``'s query's tasks this agent may run (:func:`.placement.share`):
+        over the agents holding a live membership lease of the query (this one included)."""
+        members = self.metadata.list_leases(members_prefix(held.query_file.name))
+        live = {lease.holder for lease in members if lease.live} | {self.holder}
+        return share(held.parallelism, len(live))
+
+    def _join(self, held: _Held) -> None:
+        """Hold (renew) this agent's membership lease of ``held``'s query (by the thread of its
+        task 0, each round), so the others count it when they share the tasks out."""
+        if held.task == 0:
+            name = member_lease_name(held.query_file.name, self.holder)
+            held.member = self.metadata.acquire_lease(name, self.holder, self.ttl_ms)
+
+    def _acquire(self, held: _Held) -> Lease | None:
+        """Take ``held``'s lease if it is free (a task: only while this agent runs fewer of
+        its query's tasks than its share)."""
+        if held.task is None:
+            return self.metadata.acquire_lease(held.lease_name, self.holder, self.ttl_ms)
+        with self._placing:
+            if len(self._held_tasks(held.query_file.name)) >= self._share(held):
+                return None
+            lease = self.metadata.acquire_lease(held.lease_name, self.holder, self.ttl_ms)
+            held.lease = lease
+            return lease
+
+    def _start(self, held: _Held, lease: Lease) -> ContinuousQuery | AgentTask:
+        if held.task is not None:
+            return AgentTask(
+                self.engine, held.query_file, held.task, self.state_root, lease, self.holder
+            )
+        return start_query(self.engine, held.query_file, state_root=self.state_root, fence=lease)
+
     def _try_to_take(self, name: str, held: _Held) -> None:
         if time.monotonic() < held.retry_at:
             return
         asked = time.monotonic()
-        lease = self.metadata.acquire_lease(lease_name(name), self.holder, self.ttl_ms)
+        lease = self._acquire(held)
         if lease is None:
             return
         held.lease, held.valid_until = lease, asked + self.ttl_ms / 1000
         try:
-            held.query = start_query(
-                self.engine,
-                held.query_file,
-                state_root=self.state_root,
-                fence=lease,
-            )
+            held.query = self._start(held, lease)
         except Exception as exc:  # that query alone fails; this agent and the others go on
             if isinstance(exc, StreamHouseError):
                 log.error("continuous query %s not started: %s", name, exc)
@@ -171,9 +242,23 @@ class QuerySupervisor:
             renewed = False
         if renewed:
             held.valid_until = asked + self.ttl_ms / 1000
+            self._rebalance(name, held)
             return
         log.warning("query %s: lease lost (epoch %d): stopping it", name, held.lease.epoch)
         self._give_up(held, checkpoint=False)
+
+    def _rebalance(self, name: str, held: _Held) -> None:
+        """Give a task back (with a last checkpoint) while this agent runs more of its query's
+        tasks than its share: the highest-numbered first, and not taken again for a lease's
+        time, so that an agent with fewer takes it."""
+        if held.task is None:
+            return
+        tasks = self._held_tasks(held.query_file.name)
+        if len(tasks) <= self._share(held) or held is not max(tasks, key=lambda h: h.task or 0):
+            return
+        log.warning("%s: this agent runs more than its share of the tasks: handing it over", name)
+        self._give_up(held, checkpoint=True)
+        held.retry_at = time.monotonic() + self.ttl_ms / 1000
 
     def _give_up(self, held: _Held, *, checkpoint: bool) -> None:
         """Stop the query (with a last checkpoint if ``checkpoint``) and drop its local state."""
@@ -183,11 +268,16 @@ class QuerySupervisor:
                 query.stop(checkpoint=checkpoint)
             except StreamHouseError as exc:
                 log.warning("query %s: stopping: %s", query.name, exc)
-            shutil.rmtree(query.store.path, ignore_errors=True)
+            paths = query.state_paths if isinstance(query, AgentTask) else [query.store.path]
+            for path in paths:
+                shutil.rmtree(path, ignore_errors=True)
         self._release(held)
 
     def _release(self, held: _Held) -> None:
         lease, held.lease = held.lease, None
+        self._release_lease(lease)
+
+    def _release_lease(self, lease: Lease | None) -> None:
         if lease is not None:
             try:
                 self.metadata.release_lease(lease)

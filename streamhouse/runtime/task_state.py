@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["parallel_states", "task_root"]
+__all__ = ["parallel_states", "task_checkpoint_name", "task_root"]
 
 
 def task_root(state_root: Path, name: str, parallelism: int) -> Path:
@@ -27,3 +27,9 @@ def parallel_states(state_root: Path, name: str) -> dict[int, Path]:
         if digits.isdigit() and path.is_dir():
             found[int(digits)] = path
     return found
+
+
+def task_checkpoint_name(name: str, parallelism: int, store: str) -> str:
+    """The name the checkpoints of one state store of a task (``task-<i>``, ``exchange-<i>``)
+    are kept and recorded under on agents (:mod:`.placement`)."""
+    return f"{name}.p{parallelism}.{store}"

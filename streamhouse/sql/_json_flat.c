@@ -185,7 +185,9 @@ static int read_object(const uint8_t *base, const uint8_t *p, const uint8_t *e, 
             int32_t f = -1;
             for (int32_t k = 0; k < fields; k++) {
                 size_t size = (size_t)(name_at[k + 1] - name_at[k]);
-                if (size == key_size && memcmp(names + name_at[k], key, size) == 0) {
+                /* the first byte before a call: most keys differ there, or are that short */
+                if (size == key_size && (size == 0 || names[name_at[k]] == key[0]) &&
+                    memcmp(names + name_at[k], key, size) == 0) {
                     f = k;
                     break;
                 }

@@ -196,8 +196,11 @@ class ProducerState:
 
     @classmethod
     def decode(cls, epoch: int, last_sequence: int, recent: str) -> ProducerState:
-        batches = (tuple(int(n) for n in item.split(":")) for item in recent.split(",") if item)
-        return cls(epoch, last_sequence, tuple(batches))  # type: ignore[arg-type]
+        if not recent:
+            return cls(epoch, last_sequence, ())
+        numbers = list(map(int, recent.replace(",", ":").split(":")))  # every commit reads some
+        firsts, lasts, offsets = numbers[::3], numbers[1::3], numbers[2::3]
+        return cls(epoch, last_sequence, tuple(zip(firsts, lasts, offsets, strict=True)))
 
     def encode_recent(self) -> str:
         return ",".join(f"{first}:{last}:{offset}" for first, last, offset in self.recent)

@@ -67,6 +67,7 @@ from streamhouse.log.metadata.rules import (
     PRODUCER_COLUMNS,
     PRODUCER_UPSERT,
     SEGMENT_INSERT_COLUMNS,
+    ProducerKey,
     ProducerState,
     check_producer_batches,
     plan_delete_records,
@@ -84,6 +85,8 @@ logger = logging.getLogger(__name__)
 
 _PARTITIONS_BY_KEY = 500
 """A commit reads the partitions it touches by primary key, this many per statement."""
+_PRODUCERS_BY_KEY = 300
+"""A commit reads the producer states it checks by primary key, this many per statement."""
 POLL_S = 0.04
 """How often the commit feed asks whether another connection committed (``data_version``)."""
 
@@ -419,16 +422,7 @@ class SQLiteMetadata(SqlMetadata):
             plan.rows,
         )
         if producer_batches:
-            states = {
-                key: ProducerState.decode(*row)
-                for key in producer_keys(entries, producer_batches)
-                for row in conn.execute(
-                    "SELECT producer_epoch, last_sequence, recent_batches"
-                    " FROM producer_sequences"
-                    " WHERE topic = ? AND partition_id = ? AND producer_id = ?",
-                    key,
-                )
-            }
+            states = self._producer_states(conn, producer_keys(entries, producer_batches))
             changed = check_producer_batches(entries, plan.bases, producer_batches, states)
             conn.executemany(
                 f"INSERT INTO producer_sequences ({PRODUCER_COLUMNS})"
@@ -436,6 +430,26 @@ class SQLiteMetadata(SqlMetadata):
                 producer_rows(changed),
             )
         return plan.bases
+
+    @staticmethod
+    def _producer_states(
+        conn: sqlite3.Connection, keys: Sequence[ProducerKey]
+    ) -> dict[ProducerKey, ProducerState]:
+        """The stored states of ``keys``, a statement per :data:`_PRODUCERS_BY_KEY` of them (a
+        join with their list, which SQLite reads by primary key; a row-value ``IN`` would
+        scan the table)."""
+        states: dict[ProducerKey, ProducerState] = {}
+        for i in range(0, len(keys), _PRODUCERS_BY_KEY):
+            chunk = keys[i : i + _PRODUCERS_BY_KEY]
+            sql = (
+                f"WITH k (t, p, pid) AS (VALUES {', '.join(['(?, ?, ?)'] * len(chunk))})"
+                " SELECT s.topic, s.partition_id, s.producer_id, s.producer_epoch,"
+                " s.last_sequence, s.recent_batches FROM k CROSS JOIN producer_sequences s"
+                " ON s.topic = k.t AND s.partition_id = k.p AND s.producer_id = k.pid"
+            )
+            for t, p, pid, *state in conn.execute(sql, [v for key in chunk for v in key]):
+                states[(t, p, pid)] = ProducerState.decode(*state)
+        return states
 
     def restore_segments(self, rows: Sequence[SegmentRow], *, producer_id_floor: int = 0) -> None:
         with self._transaction(f"restore {len(rows)} index row(s)") as conn:

@@ -1,0 +1,268 @@
+"""Tasks of parallel queries on ``serve`` agents: each task a lease of its own.
+
+A query file with ``SET 'parallelism' = 'N'`` given to agents sharing a PostgreSQL store
+(``serve --queries DIR``) is not one lease but N: ``query/<name>/task-<i>``
+(:func:`task_lease_name`). The agents' supervisors (:mod:`.supervisor`) take them as they take
+whole queries', spread over the agents running the query: each such agent also holds a lease of
+its own, ``query/<name>/agent-<agent id>`` (:func:`member_lease_name`, renewed with the
+others), and takes a task only while it holds fewer of the query's tasks than its share,
+``ceil(N / agents holding such a live lease)``, and gives one back (with a last checkpoint) when
+it holds more, so tasks taken before another agent came up move to it. (Agents that serve Kafka
+but run no query do not count.) A dead
+agent's tasks are taken by the others once their leases expired, each resumed from its own
+checkpoint in the object store.
+
+A task runs in a thread of the agent holding it (:class:`AgentTask`), as a task process runs
+locally (:mod:`.parallel`): its producing side (one :class:`~.exchange.ExchangeWriter` per
+source it reads partitions of) and its consuming side (a :class:`~.parallel.TaskQuery`). Both
+keep their state where another agent finds it:
+
+- the consuming side is fenced by the task's lease as a whole query is (its sink transactions,
+  its checkpoints under ``checkpoints/<name>.p<N>.task-<i>/``, recorded in the metadata store
+  under the lease: :class:`~streamhouse.state.remote.LeasedCheckpoints`);
+- each producing side's state goes to ``checkpoints/<name>.p<N>.exchange-<i>[-<source>]/``
+  whenever the consuming side publishes a checkpoint, and its exchange appends are fenced by the
+  lease too. A producer restored from such a copy catches up with the batches it appended after
+  it from the exchange itself (:meth:`~.exchange.ExchangeWriter.recover`), so it never sends a
+  sequence number again with other rows, and the consumers' dedup by sequence number keeps every
+  row exactly once.
+
+Each task writes its progress (source offsets, watermark, rows and rows/s, state size, the
+agent running it) to the object store, ``tasks/<name>/task-<i>.json``, about once a second:
+``streamhouse cluster status`` lists it, :meth:`AgentTask.status` gives it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from streamhouse.errors import FencedError, SqlError, StreamHouseError
+from streamhouse.log.metadata.leases import Lease
+from streamhouse.runtime.exchange import ExchangeWriter
+from streamhouse.runtime.launch import QueryFile, declared, is_materialized_view
+from streamhouse.runtime.options import QueryOptions
+from streamhouse.runtime.parallel import (
+    FIRST_POLL_S,
+    RATE_INTERVAL_S,
+    TaskQuery,
+    ensure_topics,
+    parallel_plan,
+    task_status,
+)
+from streamhouse.runtime.task_state import task_checkpoint_name, task_root
+from streamhouse.sql.engine import Engine
+from streamhouse.state.remote import LeasedCheckpoints
+
+log = logging.getLogger(__name__)
+
+LEASE_PREFIX = "query/"
+STATUS_PREFIX = "tasks"
+"""Under ``tasks/<query>/task-<i>.json``: each task's progress, as its agent last wrote it."""
+
+
+def task_lease_name(query: str, task: int) -> str:
+    """The lease of task ``task`` of parallel query ``query``."""
+    return f"{LEASE_PREFIX}{query}/task-{task}"
+
+
+def task_of_lease(name: str) -> tuple[str, int] | None:
+    """(query, task) of a task's lease name; None for another lease (a whole query's, an
+    agent's membership)."""
+    query, _, task = name.removeprefix(LEASE_PREFIX).partition("/task-")
+    return (query, int(task)) if task.isdigit() else None
+
+
+def member_lease_name(query: str, agent: str) -> str:
+    """The lease agent ``agent`` holds while it runs tasks of parallel query ``query``."""
+    return f"{members_prefix(query)}{agent}"
+
+
+def members_prefix(query: str) -> str:
+    return f"{LEASE_PREFIX}{query}/agent-"
+
+
+def status_key(query: str, task: int) -> str:
+    return f"{STATUS_PREFIX}/{query}/task-{task}.json"
+
+
+def parallelism_of(query_file: QueryFile) -> int:
+    """The parallelism a query file asks for (``SET 'parallelism'``; 1 by default)."""
+    return QueryOptions().with_options(query_file.settings).parallelism
+
+
+def share(parallelism: int, live_agents: int) -> int:
+    """How many of a query's tasks one agent runs at most: ``ceil(N / live agents)``.
+
+    >>> share(2, 2), share(2, 1), share(3, 2)
+    (1, 2, 2)
+    """
+    return math.ceil(parallelism / max(1, live_agents))
+
+
+class AgentTask:
+    """Task ``task`` of a parallel query, run in a thread of this agent while it holds the
+    task's ``lease`` (see module). ``error`` is set when it failed (``FencedError``: the lease
+    was lost); :meth:`stop` ends it, with a last checkpoint unless told not to."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        query_file: QueryFile,
+        task: int,
+        state_root: Path,
+        lease: Lease,
+        agent: str,
+    ) -> None:
+        if is_materialized_view(query_file.statement):
+            raise SqlError("parallelism > 1 does not run a materialized view yet")
+        self.query_name = query_file.name
+        self.name = f"{query_file.name}/task-{task}"
+        self.task = task
+        self.agent = agent
+        self.lease = lease
+        engine = declared(engine, query_file)
+        self.log = engine.log
+        options = QueryOptions().with_options(query_file.settings)
+        self.parallelism = parallelism = options.parallelism
+        plan = parallel_plan(query_file.statement, options, engine._resolve)
+        if plan.sink_kind != "topic":
+            raise SqlError(
+                "a query at parallelism > 1 on agents writes into a topic (its results have no"
+                " caller there): use INSERT INTO <topic> SELECT ..."
+            )
+        self._refuse_other_parallelism()
+        ensure_topics(self.log, plan, query_file.name, parallelism)
+        self.root = task_root(state_root, query_file.name, parallelism)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.query = TaskQuery(
+            self.log,
+            engine._resolve,
+            query_file.statement,
+            query_file.name,
+            self.root / f"task-{task}",
+            options,
+            fence=lease,
+            task=task,
+            parallelism=parallelism,
+        )
+        self.state_paths = [self.root / f"task-{task}"]
+        self.producers: list[LeasedCheckpoints] = []
+        self.writers: list[ExchangeWriter] = []
+        try:
+            if self.query.shape != "stateless":
+                self._restore_producers()
+                self.writers = self.query.writers(self.log, self.root)
+                for writer in self.writers:
+                    writer.recover()
+        except BaseException:
+            self._close()
+            raise
+        self.error: BaseException | None = None
+        self._status: dict[str, Any] = {"task": task}
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name=f"task-{self.name}", daemon=True)
+        self._thread.start()
+
+    def _refuse_other_parallelism(self) -> None:
+        """Rescaling on agents is not built yet: refuse checkpoints of another parallelism
+        rather than read the sources again from the start (which would write rows twice)."""
+        prefix = f"{self.query_name}.p"
+        mine = task_checkpoint_name(self.query_name, self.parallelism, "")
+        for recorded in self.log.metadata.list_query_checkpoints():
+            if recorded.query.startswith(prefix) and not recorded.query.startswith(mine):
+                raise SqlError(
+                    f"query {self.query_name!r} was checkpointed on agents at another"
+                    f" parallelism ({recorded.query}): rescaling on agents is not supported"
+                    " yet; run it at that parallelism"
+                )
+
+    def _producer_stores(self) -> list[str]:
+        """The producing side's state stores (``exchange-<i>[-<source>]``), as
+        :meth:`TaskQuery.writers` names them."""
+        stores = []
+        for source in self.query.upstreams.values():
+            if source.owned:
+                suffix = "" if source.index == 0 else f"-{source.index}"
+                stores.append(f"exchange-{self.task}{suffix}")
+        return stores
+
+    def _restore_producers(self) -> None:
+        for store in self._producer_stores():
+            name = task_checkpoint_name(self.query_name, self.parallelism, store)
+            checkpoints = LeasedCheckpoints(self.log.store, self.log.metadata, name, self.lease)
+            checkpoints.restore(self.root / store)
+            self.producers.append(checkpoints)
+            self.state_paths.append(self.root / store)
+
+    def _publish_producers(self) -> None:
+        """Copy each producing side's state to the object store (and record it)."""
+        for writer, checkpoints in zip(self.writers, self.producers, strict=True):
+            writer.mark_checkpoint()
+            checkpoints.publish(writer.store, {writer.source.topic: writer.source.positions})
+
+    def _loop(self) -> None:
+        query, writers = self.query, self.writers
+        ready = time.time()
+        recorded = query.checkpoints.recorded if query.checkpoints is not None else None
+        reported = 0.0
+        pause = FIRST_POLL_S
+        try:
+            while not self._stopping.is_set():
+                progressed = False
+                for writer in writers:
+                    progressed = writer.step() or progressed
+                progressed = query.step() or progressed
+                now = query.checkpoints.recorded if query.checkpoints is not None else None
+                if now != recorded:  # the consuming side published: the producers follow
+                    self._publish_producers()
+                    recorded = now
+                if time.monotonic() - reported >= RATE_INTERVAL_S:
+                    self._report(ready)
+                    reported = time.monotonic()
+                if progressed:
+                    pause = FIRST_POLL_S
+                else:
+                    self._stopping.wait(pause)
+                    pause = min(pause * 2, query.options.poll_interval_ms / 1000)
+        except BaseException as exc:  # the supervisor sees it and gives the lease up
+            if isinstance(exc, FencedError):
+                log.warning("query %s: lease lost: %s", self.name, exc)
+            else:
+                log.exception("query %s failed", self.name)
+            self.error = exc
+
+    def _report(self, ready: float) -> None:
+        status = task_status(self.query, self.writers, ready)
+        status.update(agent=self.agent, epoch=self.lease.epoch, parallelism=self.parallelism)
+        self.log.store.put(status_key(self.query_name, self.task), json.dumps(status).encode())
+        self._status = status
+
+    def status(self) -> dict[str, Any]:
+        """The task's progress as it last wrote it (see :func:`~.parallel.task_status`), with
+        the agent running it, the lease epoch and the query's parallelism."""
+        return dict(self._status)
+
+    def stop(self, checkpoint: bool = True) -> None:
+        """Stop after the current micro-batch; with ``checkpoint`` (and no error), publish
+        the producing sides' and the consuming side's state first."""
+        self._stopping.set()
+        self._thread.join()
+        try:
+            if checkpoint and self.error is None:
+                self._publish_producers()
+        except StreamHouseError as exc:
+            log.warning("query %s: no last checkpoint of its producers: %s", self.name, exc)
+            checkpoint = False
+        self.query.stop(checkpoint=checkpoint and self.error is None)
+        self._close()
+
+    def _close(self) -> None:
+        for writer in self.writers:
+            writer.store.close()
+        self.query.stop(checkpoint=False)  # (a no-op once stopped)

@@ -1,0 +1,396 @@
+"""Tasks of a parallel query on agents (issue 16 item 6): each task a lease of its own, spread
+over the live agents; kill -9 of an agent moves its task to another, which resumes it from the
+task's checkpoint in the object store, and every window is written exactly once (DuckDB's
+answer)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+import pytest
+from click.testing import CliRunner
+from kafka_fixtures import KafkaServer
+from test_query_failover import (
+    Cluster,
+    _events,
+    _exactly_once,
+    _minute,
+    _produce,
+    _until,
+)
+
+import streamhouse
+from streamhouse.cli import main as cli
+from streamhouse.errors import FencedError, SqlError
+from streamhouse.log.metadata.leases import Lease
+from streamhouse.runtime.launch import QueryFile
+from streamhouse.runtime.placement import AgentTask, share, task_lease_name
+from streamhouse.runtime.supervisor import QuerySupervisor
+
+PARALLELISM = 2
+
+
+@pytest.fixture
+def cluster(tmp_path: Path, postgres_url: str) -> Iterator[Cluster]:
+    made = Cluster(tmp_path, postgres_url)
+    roadmap = made.queries / "clicks.sql"
+    roadmap.write_text(f"SET 'parallelism' = '{PARALLELISM}';\n{roadmap.read_text()}")
+    made.output()  # opens the store
+    assert made.sh is not None
+    made.sh.create_topic("events", partitions=4)
+    yield made
+    made.close()
+
+
+def _holders(cluster: Cluster) -> dict[int, tuple[KafkaServer, int]]:
+    """Task -> (the agent holding its live lease, the lease's epoch)."""
+    ports = {a.agent_id: a.port for a in cluster.md.list_agents()}
+    held = {}
+    for task in range(PARALLELISM):
+        for lease in cluster.md.list_leases(task_lease_name("clicks", task)):
+            if lease.live and lease.holder in ports:
+                agent = next(s for s in cluster.agents if s.port == ports[lease.holder])
+                held[task] = (agent, lease.epoch)
+    return held
+
+
+def _until_held(
+    cluster: Cluster, by: KafkaServer | None = None, timeout: float = 30.0
+) -> dict[int, tuple[KafkaServer, int]]:
+    """Every task held: by agent ``by`` alone, else by as many agents as there are tasks."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        held = _holders(cluster)
+        agents = {agent.port for agent, _ in held.values()}
+        wanted = {by.port} if by is not None else agents
+        if (
+            len(held) == PARALLELISM
+            and agents == wanted
+            and len(agents) == (1 if by is not None else PARALLELISM)
+        ):
+            return held
+        time.sleep(0.1)
+    logs = "\n".join(a.log(30) for a in cluster.agents)
+    raise AssertionError(f"tasks not held as wanted within {timeout}s: {held}\n{logs}")
+
+
+def _task_table(cluster: Cluster, timeout: float = 20.0) -> list[list[str]]:
+    """The tasks' rows of ``cluster status`` (cells stripped), once every task's holder wrote
+    its progress (a new holder's row is empty until it did)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        status = CliRunner().invoke(
+            cli,
+            ["--data-dir", str(cluster.data), "cluster", "status", "--metadata", cluster.url],
+            env={"COLUMNS": "400"},
+        )
+        assert status.exit_code == 0, status.output
+        rows = [
+            [cell.strip() for cell in line.split("│")[1:-1]]
+            for line in status.output.splitlines()
+            if "│ clicks " in line
+        ]
+        assert len(rows) == PARALLELISM, status.output  # a row per task, the tasks' table
+        if all(row[5] != "NULL" for row in rows):  # offsets
+            return rows
+        assert time.monotonic() < deadline, status.output
+        time.sleep(0.2)
+
+
+def test_share() -> None:
+    assert [share(2, n) for n in (0, 1, 2, 3)] == [2, 2, 1, 1]
+    assert share(3, 2) == 2
+
+
+def test_a_killed_agents_task_moves_to_another_and_resumes_exactly_once(
+    cluster: Cluster,
+) -> None:
+    agents = [cluster.start_agent() for _ in range(PARALLELISM)]
+    before = _until_held(cluster)  # one task on each agent
+    produced = _events(range(0, 600))
+    _produce(agents[0].bootstrap, produced)
+    cluster.wait_for(lambda rows: _minute(rows, 8))  # minutes 0-8 closed by both tasks
+
+    victim, epoch = before[1]
+    survivor = next(a for a in agents if a is not victim)
+    victim.process.send_signal(signal.SIGKILL)  # type: ignore[union-attr]
+    killed_at = time.monotonic()
+    victim.process.wait()  # type: ignore[union-attr]
+    more = _events(range(600, 1200))
+    cluster.append(more)  # straight into the log (see test_query_failover)
+    produced += more
+    after = _until_held(cluster, by=survivor)  # the killed agent's task moved
+    assert after[1][1] > epoch
+    print(f"task moved: kill -9 to its lease taken in {time.monotonic() - killed_at:.2f} s")
+    cluster.wait_for(lambda rows: _minute(rows, 9))  # closed by both tasks on the survivor
+
+    rows = _task_table(cluster)
+    for task, row in enumerate(rows):
+        query, number, _, address, _, offsets, watermark, state_bytes, *_ = row
+        assert (query, int(number), address) == ("clicks", task, f"127.0.0.1:{survivor.port}")
+        # the source partitions the task reads (p % 2 == task), read (before the kill: not
+        # from the start again), at most to their end (600)
+        read = json.loads(offsets)
+        assert sorted(read) == [str(p) for p in range(task, 4, PARALLELISM)]
+        assert all(0 < o <= 600 for o in read.values()), read
+        assert watermark.startswith("2026-01-01 00:") and int(state_bytes) > 0
+
+    cluster.append([{"user_id": 0, "event_type": "view", "timestamp": "2026-01-01 00:30:00"}] * 4)
+    _exactly_once(cluster, produced)
+    # the moved task's, not a fresh start
+    assert "query clicks.p2.task-1: restored checkpoint" in survivor.log_path.read_text()
+    recorded = {c.query: c for c in cluster.md.list_query_checkpoints()}
+    assert {"clicks.p2.task-0", "clicks.p2.task-1", "clicks.p2.exchange-1"} <= set(recorded)
+    assert recorded["clicks.p2.task-1"].epoch == after[1][1]  # recorded by the new holder
+
+
+# -- in one process: a producer restored from an older copy of its state catches up ------------
+
+WINDOWS = """
+SET 'parallelism' = '2';
+SET 'poll-interval' = '20 ms';
+INSERT INTO per_window
+SELECT k, window_start, COUNT(*) AS n, SUM(v) AS total
+FROM ev GROUP BY k, TUMBLING(t, INTERVAL '10' SECOND)
+"""
+
+
+WINDOWS_SELECT = "SELECT k, COUNT(*) AS n FROM ev GROUP BY k, TUMBLING(t, INTERVAL '10' SECOND)"
+
+
+def _rows(ts_ms: list[int]) -> list[dict[str, object]]:
+    return [{"k": "abc"[t // 700 % 3], "v": t // 100, "t": t} for t in ts_ms]
+
+
+class Windows:
+    """One process, SQLite: the stream ``ev`` (2 partitions), the tasks of query ``windows``
+    at parallelism 2 (:data:`WINDOWS`) as agents would run them, and its answers."""
+
+    def __init__(self, sh: streamhouse.StreamHouse, tmp_path: Path) -> None:
+        self.sh, self.md, self.tmp_path = sh, sh.log.metadata, tmp_path
+        self.query = QueryFile.read(WINDOWS, name="windows")
+        self.produced: list[dict[str, object]] = []
+        sh.sql(
+            "CREATE STREAM ev (k STRING, v BIGINT, t TIMESTAMP(3), WATERMARK FOR t AS t)"
+            " WITH (topic = 'ev', partitions = '2')"
+        )
+
+    def produce(self, ts_ms: list[int]) -> None:
+        rows = _rows(ts_ms)
+        for p in (0, 1):  # both partitions: each task's producer reads one
+            self.sh.produce("ev", rows, partition=p)
+            self.produced.extend(rows)
+
+    def output(self) -> list[tuple[object, ...]]:
+        if self.sh.log.get_topic("per_window") is None:
+            return []
+        values = self.sh.fetch("per_window")["value"].to_pylist()
+        return [tuple(json.loads(v).values()) for v in values]
+
+    def take(self, task: int, agent: str) -> tuple[AgentTask, Lease]:
+        """Task ``task`` run as agent ``agent`` would, under a new lease of it."""
+        lease = self.md.acquire_lease(task_lease_name("windows", task), agent, 60_000)
+        assert lease is not None
+        return AgentTask(
+            self.sh.engine, self.query, task, self.tmp_path / agent, lease, agent
+        ), lease
+
+    def closed_windows(self, before_ms: int) -> Counter[tuple[object, ...]]:
+        """DuckDB's answer: the windows ending before ``before_ms``, each once."""
+        events_table = pa.Table.from_pylist(self.produced)  # noqa: F841 (read by DuckDB)
+        return Counter(
+            duckdb.sql(
+                "SELECT k, strftime(time_bucket(INTERVAL 10 SECOND, make_timestamp(t * 1000)),"
+                " '%Y-%m-%d %H:%M:%S'), count(*)::BIGINT, sum(v)::BIGINT FROM events_table"
+                f" WHERE t < {before_ms} GROUP BY ALL"
+            ).fetchall()
+        )
+
+    def exactly_once(self, before_ms: int) -> None:
+        want = self.closed_windows(before_ms)
+        _until(lambda: len(self.output()) >= sum(want.values()), "every closed window written")
+        time.sleep(0.5)  # a duplicate would show up now
+        assert Counter(self.output()) == want
+
+
+def test_a_moved_task_catches_up_with_what_its_producer_sent_after_its_last_checkpoint(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Task 1 stops without a last checkpoint after its producer sent batches that closed no
+    window (so no checkpoint copied its state): the agent taking it over restores the older
+    copy and reads those batches back from the exchange, sending none of their sequence
+    numbers again with other rows. Every window once, DuckDB's answer."""
+    caplog.set_level(logging.INFO, logger="streamhouse.runtime.exchange")
+    with streamhouse.connect(tmp_path / "data") as sh:
+        run = Windows(sh, tmp_path)
+        (first, _), (second, old) = run.take(0, "a"), run.take(1, "a")
+        tasks = [first, second]
+        run.produce(list(range(0, 60_000, 500)))
+        _until(lambda: len(run.output()) >= 15, "windows [0, 50 s) written")  # 3 keys x 5
+        sent = tasks[1].writers[0].sequence
+        run.produce([59_100, 59_200, 59_300])  # in the open window [50, 60 s): no output
+        _until(lambda: tasks[1].writers[0].sequence > sent, "task 1 sent them")
+        tasks[1].stop(checkpoint=False)  # as killed: its copy is older than what it sent
+        run.md.release_lease(old)
+        # before it is taken over: its first batch again would hold these too (a replay of
+        # the numbers it sent, with other rows, which its consumers would skip)
+        run.produce([61_000, 75_000, 200_000])  # closes every window but the last
+        tasks[1], lease = run.take(1, "b")
+        assert lease.epoch == old.epoch + 1
+        assert "producer 1 caught up with 1 batch" in caplog.text
+        run.exactly_once(200_000)
+        _until(lambda: tasks[1].status().get("rows_in") == 126, "task 1 reported")
+        status = tasks[1].status()
+        assert (status["agent"], status["epoch"], status["offsets"]) == (
+            "b",
+            lease.epoch,
+            {"1": 126},
+        )
+        assert status["watermark"] == "1970-01-01 00:03:20.000" and status["state_bytes"] > 0
+        for task in tasks:
+            task.stop()
+
+        # restarted at another parallelism: refused (rescaling on agents is not built), not
+        # read again from the start
+        lease = run.md.acquire_lease(task_lease_name("windows", 2), "c", 60_000)
+        assert lease is not None
+        other = QueryFile.read(WINDOWS.replace("'2'", "'3'"), name="windows")
+        with pytest.raises(SqlError, match="checkpointed on agents at another parallelism"):
+            AgentTask(sh.engine, other, 2, tmp_path / "c", lease, "c")
+        # a SELECT: its results would have no caller on an agent
+        select = QueryFile.read(f"SET 'parallelism' = '2';\n{WINDOWS_SELECT}", name="s")
+        with pytest.raises(SqlError, match="on agents writes into a topic"):
+            AgentTask(sh.engine, select, 0, tmp_path / "c", lease, "c")
+
+
+def test_a_task_paused_past_its_lease_appends_nothing_to_the_exchange(tmp_path: Path) -> None:
+    """Task 1's lease runs out while it runs (its agent paused) and another agent takes it: the
+    old holder's next exchange append is refused (FencedError), nothing of it reaches the
+    exchange, and the new holder's output is every window once."""
+    with streamhouse.connect(tmp_path / "data") as sh:
+        run = Windows(sh, tmp_path)
+        (first, _), (paused, old) = run.take(0, "a"), run.take(1, "a")
+        run.produce(list(range(0, 60_000, 500)))
+        _until(lambda: len(run.output()) >= 15, "windows [0, 50 s) written")
+
+        def sent_by_task_1() -> list[bytes]:
+            """Task 1's exchange records (one per batch in each partition: partition 0's)."""
+            fetched = sh.fetch("windows.exchange", 0, isolation_level="read_uncommitted")
+            return [key for key in fetched["key"].to_pylist() if key.startswith(b"1:")]
+
+        assert run.md.renew_lease(old, 1)  # then it runs out
+        time.sleep(0.05)
+        second, lease = run.take(1, "b")
+        assert lease.epoch == old.epoch + 1
+        before = len(sent_by_task_1())
+        run.produce([61_000, 75_000])
+        _until(lambda: paused.error is not None, "the old holder refused")
+        assert isinstance(paused.error, FencedError)
+        run.produce([200_000])
+        run.exactly_once(200_000)
+        sent = sent_by_task_1()
+        assert len(sent) == len(set(sent)) > before  # no sequence number sent twice
+        for task in (first, second, paused):
+            task.stop(checkpoint=task is not paused)
+
+
+def test_two_supervisors_share_the_tasks_and_hand_them_back_and_forth(tmp_path: Path) -> None:
+    """Two agents' supervisors in one process: the first alone runs both tasks; once the second
+    runs the query too (its membership lease), the first hands one task over; when the second
+    stops, the first takes it back. Every window once."""
+    with streamhouse.connect(tmp_path / "data") as sh:
+        run = Windows(sh, tmp_path)
+        agents = {name: QuerySupervisor(sh.engine, name, 0.6, tmp_path / name) for name in "ab"}
+        for supervisor in agents.values():
+            supervisor.add(run.query)
+
+        def held_by(name: str) -> set[int]:
+            return {t.task for t in agents[name].running if isinstance(t, AgentTask)}
+
+        agents["a"].start()
+        _until(lambda: held_by("a") == {0, 1}, "a runs both tasks")
+        run.produce(list(range(0, 30_000, 500)))
+        _until(lambda: len(run.output()) >= 6, "windows [0, 20 s) written")
+        agents["b"].start()
+        _until(lambda: len(held_by("a")) == len(held_by("b")) == 1, "one task each")
+        run.produce(list(range(30_000, 60_000, 500)))
+        _until(lambda: len(run.output()) >= 15, "windows [0, 50 s) written")
+        agents["b"].stop()
+        _until(lambda: held_by("a") == {0, 1}, "a runs both tasks again")
+        run.produce([200_000])
+        run.exactly_once(200_000)
+        agents["a"].stop()
+
+
+SHAPES = {
+    "join": (  # rows routed by key to the task owning it, both inputs (two exchange topics)
+        "SELECT a.k, a.v AS av, b.v AS bv FROM a JOIN b ON a.k = b.k"
+        " AND b.t BETWEEN a.t - INTERVAL '2' SECOND AND a.t + INTERVAL '2' SECOND",
+        "SELECT A.k, A.v, B.v FROM A JOIN B ON A.k = B.k AND B.t BETWEEN A.t - 2000 AND A.t + 2000",
+    ),
+    "filter": (  # stateless: no exchange, each task reads its partitions
+        "SELECT k, v AS av, v AS bv FROM a WHERE k <> 3",
+        "SELECT k, v, v FROM A WHERE k <> 3",
+    ),
+}
+
+
+@pytest.mark.parametrize("shape", sorted(SHAPES))
+def test_a_join_and_a_filter_move_to_another_agent_exactly_once(tmp_path: Path, shape: str) -> None:
+    """Task 1 of an interval join (two exchange topics) and of a filter (none) stops without a
+    last checkpoint mid-run and another agent takes it over: DuckDB's rows, each once."""
+    statement, oracle = SHAPES[shape]
+    query = QueryFile.read(
+        f"SET 'parallelism' = '2';\nSET 'poll-interval' = '20 ms';\nINSERT INTO out {statement}",
+        name="q",
+    )
+    rows: dict[str, list[dict[str, int]]] = {"a": [], "b": []}
+    with streamhouse.connect(tmp_path / "data") as sh:
+        for stream in rows:
+            sh.sql(
+                f"CREATE STREAM {stream} (k BIGINT, v BIGINT, t TIMESTAMP(3),"
+                f" WATERMARK FOR t AS t) WITH (topic = '{stream}', partitions = '2')"
+            )
+        md = sh.log.metadata
+
+        def produce(start: int, end: int) -> None:
+            for stream, step in (("a", 700), ("b", 900)):
+                made = [{"k": t // 1000 % 5, "v": t, "t": t} for t in range(start, end, step)]
+                for p in (0, 1):
+                    sh.produce(stream, made[p::2], partition=p)
+                rows[stream] += made
+
+        def output() -> list[tuple[object, ...]]:
+            if sh.log.get_topic("out") is None:
+                return []
+            return [tuple(json.loads(v).values()) for v in sh.fetch("out")["value"].to_pylist()]
+
+        def take(task: int, agent: str) -> tuple[AgentTask, Lease]:
+            lease = md.acquire_lease(task_lease_name("q", task), agent, 60_000)
+            assert lease is not None
+            return AgentTask(sh.engine, query, task, tmp_path / agent, lease, agent), lease
+
+        (first, _), (second, lease) = take(0, "x"), take(1, "x")
+        produce(0, 30_000)
+        _until(lambda: len(output()) >= 20, "rows written")
+        second.stop(checkpoint=False)  # as killed
+        md.release_lease(lease)
+        produce(30_000, 60_000)
+        second, _ = take(1, "y")
+        produce(200_000, 200_001)
+        A = pa.Table.from_pylist(rows["a"])  # noqa: F841, N806 (read by DuckDB)
+        B = pa.Table.from_pylist(rows["b"])  # noqa: F841, N806
+        want = Counter(duckdb.sql(oracle).fetchall())
+        _until(lambda: len(output()) >= sum(want.values()), "every row written")
+        time.sleep(0.5)  # a duplicate would show up now
+        first.stop()
+        second.stop()
+        assert Counter(output()) == want
