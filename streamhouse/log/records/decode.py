@@ -200,19 +200,19 @@ def _empty_headers(n: int) -> pa.Array:
     )
 
 
-def _parse_headers(blob: bytes, pos: int, end: int) -> list[tuple[str, bytes | None]]:
+def _parse_headers(blob: bytes | memoryview, pos: int, end: int) -> list[tuple[str, bytes | None]]:
     count, pos = read_varint(blob, pos)
     out = []
     for _ in range(count):
         klen, pos = read_varint(blob, pos)
         if klen < 0:
             raise CorruptRecordError("record header with a null key")
-        key = blob[pos : pos + klen].decode()
+        key = bytes(blob[pos : pos + klen]).decode()
         pos += klen
         vlen, pos = read_varint(blob, pos)
         value = None
         if vlen >= 0:
-            value = blob[pos : pos + vlen]
+            value = bytes(blob[pos : pos + vlen])
             pos += vlen
         out.append((key, value))
     if pos != end:
@@ -442,7 +442,7 @@ def _decode_chunk(regions: list[_Region], json_lines: bool) -> _Chunk | None:
         headers = _empty_headers(len(kept))
     else:
         hstart = value_start + np.maximum(value_len, 0)
-        blob = buf.tobytes()
+        blob = memoryview(buf)  # not a copy of the records (megabytes in an exchange record)
         rows: list[list[tuple[str, bytes | None]]] = []
         try:
             for i in kept.tolist():
