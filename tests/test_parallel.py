@@ -547,3 +547,24 @@ def _parent(pid: int) -> int:
         if line.startswith("PPid:"):
             return int(line.split()[1])
     raise AssertionError(f"no parent in /proc/{pid}/status")
+
+
+@pytest.mark.parametrize("width", [1, 1_000, 10_000])
+def test_window_tasks_hash_each_distinct_start_as_every_start(width: int) -> None:
+    """Hashing each distinct window start once (by pane index) gives every start the key group
+    its own hash gives: state kept per key group stays where rows are routed."""
+    import numpy as np
+
+    from streamhouse.runtime.key_groups import MAX_PARALLELISM, _integer_groups, window_tasks
+
+    rng = np.random.default_rng(16)
+    for spread in (5, 50_000):  # few windows per batch (the table), or more than rows (hashed)
+        starts = (rng.integers(-spread, spread, (400, 3)) * width).astype(np.int64)
+        for parallelism in (2, 3, 7):
+            groups = _integer_groups(pa.table({"s": starts.ravel()}), ["s"])
+            expected = (groups * parallelism // MAX_PARALLELISM).reshape(starts.shape)
+            assert (window_tasks(starts, parallelism, width) == expected).all()
+            assert (
+                window_tasks(starts + 1, parallelism, width)
+                == window_tasks(starts + 1, parallelism)
+            ).all()  # not multiples of the width: hashed one by one

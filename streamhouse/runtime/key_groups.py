@@ -51,10 +51,30 @@ def key_groups(table: pa.Table, columns: list[str]) -> np.ndarray:
     return (value % MAX_PARALLELISM).astype(np.int64)
 
 
-def window_tasks(starts: np.ndarray, parallelism: int) -> np.ndarray:
+def window_tasks(starts: np.ndarray, parallelism: int, step: int = 1) -> np.ndarray:
     """The task (of ``parallelism``) owning each window, by the key group of its start (epoch
-    ms, any shape): a per-window query routed by window (:mod:`.routing`)."""
+    ms, any shape): a per-window query routed by window (:mod:`.routing`).
+
+    A micro-batch's rows fall in few windows: when the starts are multiples of ``step`` (the
+    pane width) spanning no more values than there are starts, each distinct start is hashed
+    once and looked up by its index, the same key group as hashing every start.
+
+    >>> starts = np.array([[0, 10_000], [10_000, 20_000]])
+    >>> bool((window_tasks(starts, 3, 10_000) == window_tasks(starts, 3)).all())
+    True
+    """
     flat = np.ascontiguousarray(starts, dtype=np.int64).ravel()
+    if flat.size:
+        low = int(flat.min())
+        span = (int(flat.max()) - low) // step + 1
+        if span <= flat.size:
+            index = flat - low
+            if step == 1 or not np.mod(index, step).any():
+                values = np.arange(span, dtype=np.int64) * step + low
+                owners = task_of(
+                    _integer_groups(pa.table({"start": values}), ["start"]), parallelism
+                )
+                return owners[index // step].reshape(np.shape(starts))
     groups = _integer_groups(pa.table({"start": flat}), ["start"])
     return task_of(groups, parallelism).reshape(np.shape(starts))
 

@@ -8,7 +8,8 @@ over 8 KiB, damage, which it then names). Numpy then decodes every other field a
 the array of starts, and Arrow copies keys and values out of the decompressed bytes. For SQL
 sources (:func:`decode_records` with ``json_lines``) values are not copied at all: they become
 views of the decompressed bytes (see :mod:`~streamhouse.log.records.json_lines`). Chunks of
-up to :data:`~streamhouse.log.records.varints.SMALL` records are decoded in plain Python.
+up to :data:`~streamhouse.log.records.varints.SMALL` records and 64 KiB are decoded in plain
+Python.
 
 >>> from streamhouse.log.records.build import build_batch
 >>> decode_batches(build_batch([b"a", b"b"], base_offset=7)).column("offset").to_pylist()
@@ -73,6 +74,9 @@ _CHUNK_RECORDS = 1 << 18
 _PARALLEL_MIN = 16  # batches' worth of records to find boundaries with numpy
 _CHUNK_BYTES = 1 << 28
 _PAD = 16  # zero bytes after the records so fixed-width gathers stay in bounds
+_SMALL_BYTES = 1 << 16
+"""Few records of more bytes than this go the columnar way too: the plain-Python decoding
+copies each value three times (a parallel query's exchange records are megabytes each)."""
 
 
 def _record_ends(blob: bytes, pos: int, count: int) -> list[int]:
@@ -196,19 +200,19 @@ def _empty_headers(n: int) -> pa.Array:
     )
 
 
-def _parse_headers(blob: bytes, pos: int, end: int) -> list[tuple[str, bytes | None]]:
+def _parse_headers(blob: bytes | memoryview, pos: int, end: int) -> list[tuple[str, bytes | None]]:
     count, pos = read_varint(blob, pos)
     out = []
     for _ in range(count):
         klen, pos = read_varint(blob, pos)
         if klen < 0:
             raise CorruptRecordError("record header with a null key")
-        key = blob[pos : pos + klen].decode()
+        key = bytes(blob[pos : pos + klen]).decode()
         pos += klen
         vlen, pos = read_varint(blob, pos)
         value = None
         if vlen >= 0:
-            value = blob[pos : pos + vlen]
+            value = bytes(blob[pos : pos + vlen])
             pos += vlen
         out.append((key, value))
     if pos != end:
@@ -404,7 +408,7 @@ def _decode_chunk(regions: list[_Region], json_lines: bool) -> _Chunk | None:
     region_ends = np.cumsum([size for _, size in batches], dtype=np.int64)
     region_starts = region_ends - [size for _, size in batches]
     n = int(counts.sum())
-    if n <= SMALL:
+    if n <= SMALL and total <= _SMALL_BYTES:
         return _decode_small(buf.tobytes(), regions, batches, json_lines)
     views = json_lines and len(buf) < 1 << 31  # a view's offset is an int32
     frames = (
@@ -438,7 +442,7 @@ def _decode_chunk(regions: list[_Region], json_lines: bool) -> _Chunk | None:
         headers = _empty_headers(len(kept))
     else:
         hstart = value_start + np.maximum(value_len, 0)
-        blob = buf.tobytes()
+        blob = memoryview(buf)  # not a copy of the records (megabytes in an exchange record)
         rows: list[list[tuple[str, bytes | None]]] = []
         try:
             for i in kept.tolist():
