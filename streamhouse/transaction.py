@@ -121,6 +121,17 @@ class TransactionalProducer:
         self.stamp = ProducerStamp(producer_id, epoch, ATTR_TRANSACTIONAL)
         self.partitions = set()
 
+    def bump(self) -> None:
+        """InitProducerId with this producer's id and epoch (KIP-360): the next epoch, unless
+        a newer producer of the id fenced this one (``ProducerFencedError``, nothing changed)."""
+        current = (self.stamp.producer_id, self.stamp.epoch)
+        verdict, producer_id, epoch = self._run(
+            lambda: self._coordinator.init_producer(self.transactional_id, self.timeout_ms, current)
+        )
+        self.check(verdict, "bump the epoch of")
+        self.stamp = ProducerStamp(producer_id, epoch, ATTR_TRANSACTIONAL)
+        self.partitions = set()
+
     def add(self, partitions: Iterable[tuple[str, int]]) -> list[tuple[str, int]]:
         """Put the partitions not in the open transaction yet in it (starting it); the
         partitions that do not exist (then none was added)."""
