@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from streamhouse.errors import FencedError, LogError, UnknownPartitionError, UnknownTopicError
 from streamhouse.kafka.transactions import TransactionCoordinator
-from streamhouse.log.metadata.transactions import Verdict
+from streamhouse.log.metadata.transactions import TransactionState, Verdict
 from streamhouse.log.records.header import ATTR_TRANSACTIONAL, Compression
 
 if TYPE_CHECKING:
@@ -131,6 +131,10 @@ class TransactionalProducer:
         self.check(verdict, "bump the epoch of")
         self.stamp = ProducerStamp(producer_id, epoch, ATTR_TRANSACTIONAL)
         self.partitions = set()
+
+    def state(self) -> TransactionState | None:
+        """The transactional id's producer and last transaction as stored."""
+        return self._coordinator.store.get(self.transactional_id)
 
     def add(self, partitions: Iterable[tuple[str, int]]) -> list[tuple[str, int]]:
         """Put the partitions not in the open transaction yet in it (starting it); the

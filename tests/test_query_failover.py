@@ -5,6 +5,7 @@ recorded under the lease, and every window is written exactly once (DuckDB's ans
 from __future__ import annotations
 
 import json
+import logging
 import signal
 import threading
 import time
@@ -406,7 +407,7 @@ def test_a_holder_that_lost_its_lease_is_refused_and_the_next_resumes_from_its_c
 
 
 def test_a_holder_paused_after_writing_a_batch_it_had_not_recorded_has_it_aborted(
-    tmp_path: Path,
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """The holder commits a micro-batch (its checkpoint, recording the transaction, published
     first), writes the next batch's output in a new transaction and pauses before publishing
@@ -444,8 +445,11 @@ def test_a_holder_paused_after_writing_a_batch_it_had_not_recorded_has_it_aborte
         thread.start()
         assert paused.wait(30)
         assert sh.log.offsets("per_window", 0).high_watermark > committed  # its records
+        caplog.set_level(logging.INFO, logger="streamhouse.runtime.two_phase")
         second, _ = _take_over(sh, tmp_path, old)  # paused past its lease
         assert md.query_checkpoint("windows") == recorded
+        assert "of the checkpoint was committed before" in caplog.text
+        assert "output is lost" not in caplog.text
         resumed.set()  # SIGCONT: refused
         thread.join(30)
         assert len(outcome) == 1 and isinstance(outcome[0], FencedError)

@@ -48,7 +48,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from streamhouse.kafka.transactions import MAX_TIMEOUT_MS
-from streamhouse.log.metadata.transactions import Verdict
+from streamhouse.log.metadata.transactions import State, Verdict
 from streamhouse.state.store import ColumnFamily, StateBatch, StateStore
 from streamhouse.transaction import ProducerStamp, TransactionalProducer
 
@@ -112,17 +112,15 @@ class TwoPhaseCommit:
                 producer_id,
                 epoch,
             )
-        elif verdict is Verdict.FENCED:  # the id went on to a later epoch
+        elif verdict is Verdict.FENCED and not self._aborted_at_next_epoch(producer_id, epoch):
             log.info(
-                "sink transaction %r (producer %d epoch %d) of the checkpoint was ended before:"
-                " the id went on to a later epoch (its holder committed it, or a timeout of"
-                " %d ms aborted it)",
+                "sink transaction %r (producer %d epoch %d) of the checkpoint was committed"
+                " before: its holder went on to a later epoch",
                 name,
                 producer_id,
                 epoch,
-                self.producer.timeout_ms,
             )
-        elif verdict in (Verdict.UNKNOWN, Verdict.INVALID_STATE):
+        elif verdict in (Verdict.FENCED, Verdict.UNKNOWN, Verdict.INVALID_STATE):
             # ended before: committed by an earlier start, or aborted by its timeout
             log.warning(
                 "sink transaction %r (producer %d epoch %d) of the checkpoint was ended"
@@ -139,6 +137,17 @@ class TwoPhaseCommit:
         batch = store.batch()  # settled: a later start must not look for it again
         batch.delete(ColumnFamily.META, TRANSACTION)
         store.commit(batch)
+
+    def _aborted_at_next_epoch(self, producer_id: int, epoch: int) -> bool:
+        """Whether the id's last transaction is one aborted at the epoch after ``epoch`` (as
+        the timeout sweep aborts one): the recorded transaction may have been that one. A
+        holder bumps the epoch only after a commit, and writes on at the new one."""
+        now = self.producer.state()
+        return (
+            now is not None
+            and (now.producer_id, now.producer_epoch) == (producer_id, epoch + 1)
+            and now.state is State.COMPLETE_ABORT
+        )
 
     def join(self, partitions: Iterable[tuple[str, int]]) -> list[tuple[str, int]]:
         """Put sink partitions in the open transaction (starting it); those that do not
