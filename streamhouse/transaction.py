@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from streamhouse.errors import FencedError, LogError, UnknownPartitionError, UnknownTopicError
 from streamhouse.kafka.transactions import TransactionCoordinator
-from streamhouse.log.metadata.transactions import Verdict
+from streamhouse.log.metadata.transactions import TransactionState, Verdict
 from streamhouse.log.records.header import ATTR_TRANSACTIONAL, Compression
 
 if TYPE_CHECKING:
@@ -120,6 +120,21 @@ class TransactionalProducer:
         self.check(verdict, "start")
         self.stamp = ProducerStamp(producer_id, epoch, ATTR_TRANSACTIONAL)
         self.partitions = set()
+
+    def bump(self) -> None:
+        """InitProducerId with this producer's id and epoch (KIP-360): the next epoch, unless
+        a newer producer of the id fenced this one (``ProducerFencedError``, nothing changed)."""
+        current = (self.stamp.producer_id, self.stamp.epoch)
+        verdict, producer_id, epoch = self._run(
+            lambda: self._coordinator.init_producer(self.transactional_id, self.timeout_ms, current)
+        )
+        self.check(verdict, "bump the epoch of")
+        self.stamp = ProducerStamp(producer_id, epoch, ATTR_TRANSACTIONAL)
+        self.partitions = set()
+
+    def state(self) -> TransactionState | None:
+        """The transactional id's producer and last transaction as stored."""
+        return self._coordinator.store.get(self.transactional_id)
 
     def add(self, partitions: Iterable[tuple[str, int]]) -> list[tuple[str, int]]:
         """Put the partitions not in the open transaction yet in it (starting it); the

@@ -5,7 +5,9 @@ recorded under the lease, and every window is written exactly once (DuckDB's ans
 from __future__ import annotations
 
 import json
+import logging
 import signal
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -24,9 +26,11 @@ from streamhouse.cli import main as cli
 from streamhouse.config import Settings
 from streamhouse.errors import FencedError
 from streamhouse.log import Log
+from streamhouse.log.metadata.leases import Lease
 from streamhouse.log.metadata.postgres import PostgresMetadata
 from streamhouse.log.records import build_batch, decode_batches
 from streamhouse.runtime.launch import QueryFile, start_query
+from streamhouse.runtime.query import ContinuousQuery
 from streamhouse.runtime.supervisor import QuerySupervisor, lease_name
 from streamhouse.state.remote import PREFIX, SST, _manifest
 
@@ -317,33 +321,68 @@ FROM ev GROUP BY k, TUMBLING(t, INTERVAL '10' SECOND)
 """
 
 
+def _first_holder(sh: streamhouse.StreamHouse, tmp_path: Path) -> tuple[ContinuousQuery, Lease]:
+    """120 rows of ``ev`` (one a second, keys a and b in turn) and the query run in this
+    process under agent-a's lease, not started (stepped by the test)."""
+    sh.sql(
+        "CREATE STREAM ev (k STRING, v BIGINT, t TIMESTAMP(3), WATERMARK FOR t AS t)"
+        " WITH (topic = 'ev', partitions = '1')"
+    )
+    rows = [{"k": "ab"[i % 2], "v": i, "t": i * 1000} for i in range(120)]
+    sh.produce("ev", rows, key=[r["k"] for r in rows])
+    lease = sh.log.metadata.acquire_lease(lease_name("windows"), "agent-a", 10_000)
+    assert lease is not None
+    query = start_query(
+        sh.engine, QUERY, name="windows", state_root=tmp_path / "a", start=False, fence=lease
+    )
+    return query, lease
+
+
+def _take_over(
+    sh: streamhouse.StreamHouse, tmp_path: Path, old: Lease
+) -> tuple[ContinuousQuery, Lease]:
+    """agent-a paused past its lease: agent-b takes it and resumes the query (not started)."""
+    md = sh.log.metadata
+    assert md.renew_lease(old, 1)
+    time.sleep(0.05)
+    new = md.acquire_lease(lease_name("windows"), "agent-b", 10_000)
+    assert new is not None and new.epoch == old.epoch + 1
+    query = start_query(
+        sh.engine, QUERY, name="windows", state_root=tmp_path / "b", start=False, fence=new
+    )
+    return query, new
+
+
+def _per_window(sh: streamhouse.StreamHouse) -> Counter[tuple[str, str, int, int]]:
+    """The committed output: (k, window_start, n, total) -> how many times it was written."""
+    return Counter(
+        (r["k"], r["window_start"], r["n"], r["total"])
+        for r in (json.loads(v) for v in sh.fetch("per_window")["value"].to_pylist())
+    )
+
+
+def _every_window() -> Counter[tuple[str, str, int, int]]:
+    """Every 10 s window of both keys of :func:`_first_holder`'s rows, once."""
+    want: Counter[tuple[str, str, int, int]] = Counter()
+    for start in range(0, 120, 10):
+        for k in "ab":
+            vs = [i for i in range(start, start + 10) if "ab"[i % 2] == k]
+            stamp = datetime.fromtimestamp(start, UTC).strftime("%Y-%m-%d %H:%M:%S")
+            want[(k, stamp, len(vs), sum(vs))] += 1
+    return want
+
+
 def test_a_holder_that_lost_its_lease_is_refused_and_the_next_resumes_from_its_checkpoint(
     tmp_path: Path,
 ) -> None:
     with streamhouse.connect(tmp_path / "data") as sh:
-        sh.sql(
-            "CREATE STREAM ev (k STRING, v BIGINT, t TIMESTAMP(3), WATERMARK FOR t AS t)"
-            " WITH (topic = 'ev', partitions = '1')"
-        )
-        rows = [{"k": "ab"[i % 2], "v": i, "t": i * 1000} for i in range(120)]
-        sh.produce("ev", rows, key=[r["k"] for r in rows])
         md = sh.log.metadata
-        old = md.acquire_lease(lease_name("windows"), "agent-a", 10_000)
-        assert old is not None
-        first = start_query(
-            sh.engine, QUERY, name="windows", state_root=tmp_path / "a", start=False, fence=old
-        )
+        first, old = _first_holder(sh, tmp_path)
         for _ in range(3):
             first.step(max_records=25)
         written = sh.log.offsets("per_window", 0).high_watermark
         assert written > 0 and md.query_checkpoint("windows") is not None
-        assert md.renew_lease(old, 1)  # then paused past its lease
-        time.sleep(0.05)
-        new = md.acquire_lease(lease_name("windows"), "agent-b", 10_000)
-        assert new is not None and new.epoch == old.epoch + 1
-        second = start_query(
-            sh.engine, QUERY, name="windows", state_root=tmp_path / "b", start=False, fence=new
-        )
+        second, new = _take_over(sh, tmp_path, old)  # then paused past its lease
         assert 0 < sum(second.source.positions.values()) <= 75  # resumed, not started over
         # it wakes up: refused, nothing written (the new holder's start fenced its producer,
         # and its lease is gone)
@@ -354,26 +393,72 @@ def test_a_holder_that_lost_its_lease_is_refused_and_the_next_resumes_from_its_c
         second.stop()
         first.stop(checkpoint=False)
         assert md.query_checkpoint("windows").startswith(f"{new.epoch:012d}-")  # type: ignore[union-attr]
-        got = Counter(
-            (r["k"], r["window_start"], r["n"], r["total"])
-            for r in (json.loads(v) for v in sh.fetch("per_window")["value"].to_pylist())
-        )
+        got = _per_window(sh)
         keys = sh.log.store.list(f"{PREFIX}/windows/")
         ids = {key.split("/")[2] for key in keys} - {SST}
         recorded = md.query_checkpoint("windows")
         assert recorded is not None
         needed = set(_manifest(sh.log.store, "windows", recorded).values())
         shared = {key for key in keys if key.split("/")[2] == SST}
-    want: Counter[tuple[str, str, int, int]] = Counter()
-    for start in range(0, 120, 10):
-        for k in "ab":
-            vs = [i for i in range(start, start + 10) if "ab"[i % 2] == k]
-            stamp = datetime.fromtimestamp(start, UTC).strftime("%Y-%m-%d %H:%M:%S")
-            want[(k, stamp, len(vs), sum(vs))] += 1
-    assert got == want  # every window exactly once
+    assert got == _every_window()  # every window exactly once
     assert 1 <= len(ids) <= 2  # older checkpoints deleted
     assert shared and any(key in needed for key in shared)  # SST files shared, not copied
     assert needed <= set(keys)
+
+
+def test_a_holder_paused_after_writing_a_batch_it_had_not_recorded_has_it_aborted(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The holder commits a micro-batch (its checkpoint, recording the transaction, published
+    first), writes the next batch's output in a new transaction and pauses before publishing
+    that batch's checkpoint. The next holder resumes from the recorded checkpoint: it must not
+    commit the paused holder's open transaction in place of the recorded one (it would, were
+    both of one producer epoch) but abort it and write that batch itself: every window once."""
+    with streamhouse.connect(tmp_path / "data") as sh:
+        md = sh.log.metadata
+        first, old = _first_holder(sh, tmp_path)
+        for _ in range(2):
+            first.step(max_records=25)
+        committed = sh.log.offsets("per_window", 0).high_watermark
+        recorded = md.query_checkpoint("windows")
+        assert recorded is not None
+        assert first.checkpoints is not None
+        published = first.checkpoints.publish
+        paused, resumed = threading.Event(), threading.Event()
+
+        def pause(*args: object) -> str:  # SIGSTOP before the checkpoint is published
+            paused.set()
+            resumed.wait(30)
+            return published(*args)  # type: ignore[arg-type]
+
+        first.checkpoints.publish = pause  # type: ignore[method-assign]
+        outcome: list[BaseException | None] = []
+
+        def third_batch() -> None:
+            try:
+                first.step(max_records=25)
+                outcome.append(None)
+            except BaseException as exc:  # noqa: BLE001 (the test checks it)
+                outcome.append(exc)
+
+        thread = threading.Thread(target=third_batch)
+        thread.start()
+        assert paused.wait(30)
+        assert sh.log.offsets("per_window", 0).high_watermark > committed  # its records
+        caplog.set_level(logging.INFO, logger="streamhouse.runtime.two_phase")
+        second, _ = _take_over(sh, tmp_path, old)  # paused past its lease
+        assert md.query_checkpoint("windows") == recorded
+        assert "of the checkpoint was committed before" in caplog.text
+        assert "output is lost" not in caplog.text
+        resumed.set()  # SIGCONT: refused
+        thread.join(30)
+        assert len(outcome) == 1 and isinstance(outcome[0], FencedError)
+        second.run_until_caught_up(final=True)
+        second.stop()
+        first.stop(checkpoint=False)
+        got = _per_window(sh)
+    # every window exactly once: the paused holder's batch was aborted, not committed
+    assert got == _every_window()
 
 
 def test_a_fenced_append_fails_alone_in_the_log_writer(tmp_path: Path) -> None:

@@ -357,7 +357,13 @@ class TransactionCoordinator:
                 self._saw_begin(transactional_id, producer_id, epoch)
         if verdict is not Verdict.OK:
             return verdict, -1, -1
-        log.info("transactional id %r: producer %d epoch %d", transactional_id, producer_id, epoch)
+        log.log(
+            logging.DEBUG if current is not None else logging.INFO,
+            "transactional id %r: producer %d epoch %d",
+            transactional_id,
+            producer_id,
+            epoch,
+        )
         return verdict, producer_id, epoch
 
     async def add_partitions(

@@ -19,10 +19,18 @@ committed when the query starts again (rolled forward) before anything else. So 
 read_committed reader sees each output row once, and never one of a checkpoint that was
 rolled back; a read_uncommitted reader may see an aborted attempt's rows too.
 
-The transactions of one producer epoch share its producer id and epoch, so the record must
-never outlive its transaction: the intent a micro-batch writes before its first sink record
-(its bounds, :mod:`.query`) clears it (:meth:`TwoPhaseCommit.forget`), and so does a start once
-it committed the recorded one.
+Each transaction has an epoch of its own: the first sink record of a micro-batch after a
+committed transaction takes the next epoch first (InitProducerId with the current one,
+KIP-360; Kafka's transactions v2, KIP-890, bump it at every EndTxn). The checkpoint a new
+holder resumes from records the transaction of the last *recorded* micro-batch, while the old
+holder may have committed it and gone on to write the next batch's records before it paused;
+were both transactions of one epoch, the new holder's roll forward would commit that
+unrecorded one (EndTxn names a producer id and epoch, not a transaction), then run its batch
+again: every window of it twice. At the next epoch the roll forward is refused (``FENCED``:
+ended before) and the new holder's InitProducerId aborts it. The record must never outlive its
+transaction either: the intent a micro-batch writes before its first sink record (its bounds,
+:mod:`.query`) clears it (:meth:`TwoPhaseCommit.forget`), and so does a start once it committed
+the recorded one.
 
 Two holders of one query (a lease taken over) cannot both write: the newer one's
 InitProducerId fences the older's epoch, whose batches and EndTxn are refused
@@ -40,7 +48,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from streamhouse.kafka.transactions import MAX_TIMEOUT_MS
-from streamhouse.log.metadata.transactions import Verdict
+from streamhouse.log.metadata.transactions import State, Verdict
 from streamhouse.state.store import ColumnFamily, StateBatch, StateStore
 from streamhouse.transaction import ProducerStamp, TransactionalProducer
 
@@ -70,6 +78,7 @@ class TwoPhaseCommit:
 
     def __init__(self, log_: Log, transactional_id: str, timeout_ms: int = TIMEOUT_MS) -> None:
         self.producer = TransactionalProducer(log_, transactional_id, timeout_ms)
+        self._ended = False  # a transaction ended at the producer's epoch: the next needs another
 
     @property
     def stamp(self) -> ProducerStamp:
@@ -87,6 +96,7 @@ class TwoPhaseCommit:
         checkpoint recorded, fencing an older producer of the query)."""
         self._roll_forward(store)
         self.producer.start()
+        self._ended = False
 
     def _roll_forward(self, store: StateStore) -> None:
         recorded = store.get_json(TRANSACTION)
@@ -98,6 +108,14 @@ class TwoPhaseCommit:
         if verdict is Verdict.OK:
             log.info(
                 "sink transaction %r (producer %d epoch %d) of the checkpoint committed",
+                name,
+                producer_id,
+                epoch,
+            )
+        elif verdict is Verdict.FENCED and not self._aborted_at_next_epoch(producer_id, epoch):
+            log.info(
+                "sink transaction %r (producer %d epoch %d) of the checkpoint was committed"
+                " before: its holder went on to a later epoch",
                 name,
                 producer_id,
                 epoch,
@@ -120,9 +138,24 @@ class TwoPhaseCommit:
         batch.delete(ColumnFamily.META, TRANSACTION)
         store.commit(batch)
 
+    def _aborted_at_next_epoch(self, producer_id: int, epoch: int) -> bool:
+        """Whether the id's last transaction is one aborted at the epoch after ``epoch`` (as
+        the timeout sweep aborts one): the recorded transaction may have been that one. A
+        holder bumps the epoch only after a commit, and writes on at the new one."""
+        now = self.producer.state()
+        return (
+            now is not None
+            and (now.producer_id, now.producer_epoch) == (producer_id, epoch + 1)
+            and now.state is State.COMPLETE_ABORT
+        )
+
     def join(self, partitions: Iterable[tuple[str, int]]) -> list[tuple[str, int]]:
         """Put sink partitions in the open transaction (starting it); those that do not
-        exist (then none was added)."""
+        exist (then none was added). The first of a transaction after one that ended takes
+        the next epoch (see module)."""
+        if self._ended:
+            self.producer.bump()
+            self._ended = False
         return self.producer.add(partitions)
 
     def record(self, batch: StateBatch) -> None:
@@ -136,6 +169,7 @@ class TwoPhaseCommit:
     def commit(self) -> None:
         """EndTxn commit: the checkpoint recording the transaction is durable."""
         self.producer.end(commit=True)
+        self._ended = True
 
     def settle(self, store: StateStore, *, again: bool = True) -> None:
         """End a transaction a failed micro-batch left open: committed if the checkpoint in
@@ -146,8 +180,10 @@ class TwoPhaseCommit:
         stamp = self.producer.stamp
         if store.get_json(TRANSACTION) == {"producer_id": stamp.producer_id, "epoch": stamp.epoch}:
             self.producer.end(commit=True)
+            self._ended = True
         elif again:
             self.producer.start()
+            self._ended = False
         else:
             self.producer.end(commit=False)
 
