@@ -278,7 +278,7 @@ def main() -> None:
         print(json.dumps(run_once(data, args.only, args.query)))
         return
     if args.steady:
-        _steady_pairs(args)
+        _steady_pairs(args, data)
         return
     runs, ratios, steady, cpu = [], [], [], []
     for _ in range(args.pairs):
@@ -312,8 +312,7 @@ def main() -> None:
     print(json.dumps(result, indent=2))
 
 
-def _steady_pairs(args: argparse.Namespace) -> None:
-    data = args.data
+def _steady_pairs(args: argparse.Namespace, data: Path) -> None:
     runs, speed, cpu = [], [], []
     for _ in range(args.pairs):
         one = run_steady(data, 1, args.query)
