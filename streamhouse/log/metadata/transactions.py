@@ -39,7 +39,8 @@ which moves each partition's last stable offset up; an abort also records an
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Iterable, Mapping
+import itertools
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
@@ -243,10 +244,15 @@ class TransactionStore:
         self._sql = sql
         self._now = now_ms
         self._for_update = for_update
+        self._texts: dict[tuple[Any, ...], str] = {}
 
     def _text(self, template: str, **extra: str) -> str:
-        age = _AGE.format(now=self._now)
-        return self._sql(template.format(now=self._now, age=age, **extra))
+        key = (template, *extra.items())
+        text = self._texts.get(key)
+        if text is None:  # formatted once: every transaction runs the same few statements
+            age = _AGE.format(now=self._now)
+            text = self._texts[key] = self._sql(template.format(now=self._now, age=age, **extra))
+        return text
 
     def _read(
         self, conn: Connection, transactional_id: str, *, lock: bool
@@ -359,8 +365,14 @@ class TransactionStore:
             return verdict, []
         assert txn is not None
         wanted = sorted(set(partitions))
-        exists = self._sql("SELECT 1 FROM partitions WHERE topic = ? AND partition_id = ?")
-        missing = [p for p in wanted if conn.execute(exists, p).fetchone() is None]
+        known: set[tuple[str, int]] = set()
+        for topic, chunk in _by_topic(wanted):  # a statement per topic, not per partition
+            sql = self._sql(
+                "SELECT partition_id FROM partitions"
+                f" WHERE topic = ? AND partition_id IN ({', '.join('?' * len(chunk))})"
+            )
+            known.update((topic, int(row[0])) for row in conn.execute(sql, (topic, *chunk)))
+        missing = [p for p in wanted if p not in known]
         if missing:
             return Verdict.OK, missing
         for topic, partition in wanted:
@@ -508,14 +520,19 @@ class TransactionStore:
         joined = {(p.topic, p.partition) for p in txn.partitions}
         if txn.state is not State.ONGOING or joined != set(partitions):
             return Verdict.INVALID_STATE
-        indexed = self._sql(
-            "SELECT producer_epoch, last_sequence FROM producer_sequences"
-            " WHERE topic = ? AND partition_id = ? AND producer_id = ?"
-        )
-        for (topic, partition), last in sequences.items():
-            row = conn.execute(indexed, (topic, partition, producer_id)).fetchone()
-            if row is None or (int(row[0]), int(row[1])) != (epoch, last):
-                return Verdict.UNDURABLE
+        stored: dict[tuple[str, int], tuple[int, int]] = {}
+        for topic, chunk in _by_topic(sorted(sequences)):  # a statement per topic
+            sql = self._sql(
+                "SELECT partition_id, producer_epoch, last_sequence FROM producer_sequences"
+                " WHERE topic = ? AND producer_id = ?"
+                f" AND partition_id IN ({', '.join('?' * len(chunk))})"
+            )
+            for partition, stored_epoch, stored_last in conn.execute(
+                sql, (topic, producer_id, *chunk)
+            ):
+                stored[(topic, int(partition))] = (int(stored_epoch), int(stored_last))
+        if any(stored.get(key) != (epoch, last) for key, last in sequences.items()):
+            return Verdict.UNDURABLE
         self._complete_in(conn, txn, True, {})
         return Verdict.OK
 
@@ -615,6 +632,18 @@ class TransactionStore:
                 self._sql(ABORTED_BETWEEN), (topic, partition, from_offset, to_offset)
             ).fetchall()
         return [(int(p), int(o)) for p, o in rows]
+
+
+_BY_TOPIC = 500
+"""Partitions named in one ``IN`` list at most (SQLite allows 32766 parameters)."""
+
+
+def _by_topic(keys: Sequence[tuple[str, int]]) -> Iterator[tuple[str, list[int]]]:
+    """``keys`` (sorted) as ``(topic, partitions)``, at most :data:`_BY_TOPIC` at a time."""
+    for topic, group in itertools.groupby(keys, key=lambda k: k[0]):
+        partitions = [p for _, p in group]
+        for i in range(0, len(partitions), _BY_TOPIC):
+            yield topic, partitions[i : i + _BY_TOPIC]
 
 
 def _key(txn: TransactionState | None) -> tuple[int, int] | None:
