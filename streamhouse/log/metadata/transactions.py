@@ -152,9 +152,10 @@ _PARTITIONS = (
 _JOIN = (
     "INSERT INTO transaction_partitions (transactional_id, topic, partition_id, producer_id,"
     " first_offset) SELECT ?, topic, partition_id, ?, high_watermark FROM partitions"
-    " WHERE topic = ? AND partition_id = ?"
+    " WHERE topic = ? AND partition_id IN ({partitions})"
     " ON CONFLICT (transactional_id, topic, partition_id) DO NOTHING"
 )
+"""A producer joins some of a topic's partitions (``{partitions}``: as many ``?``)."""
 _PENDING_OFFSET = (
     "INSERT INTO transaction_offsets (transactional_id, group_id, topic, partition_id,"
     " committed_offset, metadata) VALUES (?, ?, ?, ?, ?, ?)"
@@ -375,8 +376,9 @@ class TransactionStore:
         missing = [p for p in wanted if p not in known]
         if missing:
             return Verdict.OK, missing
-        for topic, partition in wanted:
-            conn.execute(self._sql(_JOIN), (transactional_id, producer_id, topic, partition))
+        for topic, chunk in _by_topic(wanted):
+            sql = self._text(_JOIN, partitions=", ".join("?" * len(chunk)))
+            conn.execute(sql, (transactional_id, producer_id, topic, *chunk))
         self._begin(conn, txn)
         return Verdict.OK, []
 
