@@ -54,6 +54,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import streamhouse  # noqa: E402
+from streamhouse import StreamHouse  # noqa: E402
 from streamhouse.runtime.launch import start_query  # noqa: E402
 
 STREAM = """CREATE STREAM clicks (user_id BIGINT, url VARCHAR, ts TIMESTAMP(3),
@@ -141,17 +142,24 @@ def _zygote_cpu() -> float:
     return (int(stat[11]) + int(stat[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
 
 
+def _query_file(sh: StreamHouse, name: str, query_name: str) -> tuple[int, Path]:
+    """The events the query reads (its topics' records) and its query file, sinking into
+    ``out_<name>``."""
+    topics = ["clicks", "views"] if query_name == "join" else ["clicks"]
+    events = sum(
+        o.high_watermark
+        for topic in topics
+        for o in sh.log.metadata.partition_offsets(topic).values()
+    )
+    path = Path(tempfile.mkdtemp()) / f"{name}.sql"
+    path.write_text(QUERIES[query_name].format(sink=f"out_{name}") + ";")
+    return events, path
+
+
 def run_once(data: Path, parallelism: int, query_name: str = "tumble") -> dict[str, Any]:
     name = f"bench_{parallelism}_{uuid.uuid4().hex[:8]}"
     with streamhouse.connect(data) as sh:
-        topics = ["clicks", "views"] if query_name == "join" else ["clicks"]
-        events = sum(
-            o.high_watermark
-            for topic in topics
-            for o in sh.log.metadata.partition_offsets(topic).values()
-        )
-        path = Path(tempfile.mkdtemp()) / f"{name}.sql"
-        path.write_text(QUERIES[query_name].format(sink=f"out_{name}") + ";")
+        events, path = _query_file(sh, name, query_name)
         zygote_before = _zygote_cpu()
         started, started_at, cpu = time.perf_counter(), time.time(), time.process_time()
         query = start_query(
@@ -204,14 +212,7 @@ def run_steady(
     task's status, written after each of its micro-batches)."""
     name = f"steady_{parallelism}_{uuid.uuid4().hex[:8]}"
     with streamhouse.connect(data) as sh:
-        topics = ["clicks", "views"] if query_name == "join" else ["clicks"]
-        events = sum(
-            o.high_watermark
-            for topic in topics
-            for o in sh.log.metadata.partition_offsets(topic).values()
-        )
-        path = Path(tempfile.mkdtemp()) / f"{name}.sql"
-        path.write_text(QUERIES[query_name].format(sink=f"out_{name}") + ";")
+        events, path = _query_file(sh, name, query_name)
         query = start_query(
             sh.engine,
             path,

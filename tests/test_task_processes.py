@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import signal
-import subprocess
 import sys
-import threading
 
 from streamhouse.runtime.task_processes import TaskProcess, Zygote
 
@@ -14,17 +12,8 @@ def _zygote_saying(lines: str) -> Zygote:
     """A Zygote whose process is a stand-in that writes ``lines`` as the real zygote would
     (``<request> <pid>`` when a task started, ``exit <pid> <status>`` when one ended), then
     waits for its stdin to close."""
-    zygote = Zygote.__new__(Zygote)
     script = f"import sys; sys.stdout.write({lines!r}); sys.stdout.flush(); sys.stdin.read()"
-    zygote.process = subprocess.Popen(
-        [sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE
-    )
-    zygote._changed = threading.Condition()
-    zygote._started, zygote._running, zygote._exits = {}, {}, {}
-    zygote._requests = 0
-    zygote._write_lock = threading.Lock()
-    threading.Thread(target=zygote._read, daemon=True).start()
-    return zygote
+    return Zygote([sys.executable, "-c", script])
 
 
 def test_a_reused_pid_is_not_taken_for_the_exit_of_the_task_before() -> None:

@@ -72,12 +72,14 @@ class Zygote:
                 cls._instance = cls()
             return cls._instance
 
-    def __init__(self) -> None:
+    def __init__(self, command: list[str] | None = None) -> None:
+        """Start the zygote process (``command``: another program speaking its protocol on
+        stdin and stdout, as a test's stand-in)."""
         env = dict(os.environ)
         root = str(Path(__file__).resolve().parents[2])
         env["PYTHONPATH"] = os.pathsep.join(p for p in [root, env.get("PYTHONPATH")] if p)
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "streamhouse.runtime.task_processes"],
+            command or [sys.executable, "-m", "streamhouse.runtime.task_processes"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             env=env,
