@@ -235,6 +235,11 @@ def run_steady(
         finally:
             query.stop()
     (t0, rows0, cpu0), (t1, rows1, cpu1) = marks
+    if rows1 == rows0:
+        raise SystemExit(
+            f"{name} at parallelism {parallelism}: the whole backlog was read between two status"
+            " samples, so there is no steady window to measure; generate more events"
+        )
     return {
         "parallelism": parallelism,
         "events": rows1 - rows0,
