@@ -43,7 +43,6 @@ from streamhouse.runtime.parallel import ParallelQuery, results_topic
 CONFIG = NexmarkConfig.for_bids(3_000, events_per_second=200, seed=23)
 
 REFUSED: dict[str, str] = {
-    "q4": "Recompute (an aggregate or ranking over an updating input)",
     "q12": "processing-time column 'p_time' (PROCTIME()) runs at parallelism 1 only",
 }
 """Queries refused at parallelism > 1: a word the refusal's message must contain."""

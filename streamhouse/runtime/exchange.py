@@ -89,6 +89,12 @@ def exchange_topic(query: str, source: int = 0) -> str:
     return f"{query}.exchange" if source == 0 else f"{query}.exchange{source}"
 
 
+def stage_topic(query: str) -> str:
+    """The internal topic the changelog of a two-stage query's first stage crosses to the
+    tasks of its second stage through (:mod:`.stages`)."""
+    return f"{query}.exchange-stage2"
+
+
 def encode(table: pa.Table) -> pa.Buffer:
     """``table`` as an Arrow IPC stream (its buffer, not copied into bytes)."""
     sink = pa.BufferOutputStream()
@@ -318,22 +324,10 @@ class ExchangeWriter:
             rows, _ = pane_partials(self.window, rows, ts, NO_WATERMARK)
         shares = self._shares(rows) if rows is not None and rows.num_rows else None
         key = f"{self.task}:{sequence}:{watermark}:{int(idle)}".encode()
-        headers = [[(PROGRESS_HEADER, json.dumps(progress).encode())]]
-        records = {}
-        for target in range(self.parallelism):
-            share: bytes | pa.Buffer = b""
-            if rows is not None and shares is not None:
-                picked = rows.filter(pa.array(shares[target]))
-                if picked.num_rows:
-                    share = encode(picked)
-            # not compressed: a record is read back once, by a task of this machine or agent,
-            # and LZ4 both ways cost more CPU than the copy it saves
-            records[target] = build_batch(
-                [share], [key], headers=headers, compression=Compression.NONE
-            )
-        # one flush for every task's record: one object, one fsync and one commit per batch
-        for future in self.log.append_together(self.topic, records, fence=self.fence).values():
-            future.result()
+        headers = [(PROGRESS_HEADER, json.dumps(progress).encode())]
+        append_shares(
+            self.log, self.topic, self.parallelism, rows, shares, key, headers, self.fence
+        )
 
     def _shares(self, rows: pa.Table) -> list[np.ndarray]:
         """Per task, which of ``rows`` it is sent: those of its key groups (routed by window:
@@ -457,6 +451,35 @@ class ExchangeSource(QuerySource):
         self.idle_producers = set(self._read_idle)
 
 
+def append_shares(
+    log_: Log,
+    topic: str,
+    parallelism: int,
+    rows: pa.Table | None,
+    shares: list[np.ndarray] | None,
+    key: bytes,
+    headers: list[tuple[str, bytes]] | None = None,
+    fence: Lease | None = None,
+) -> None:
+    """One record keyed ``key`` to every partition of exchange ``topic``: the ``rows`` of its
+    task's share (``shares[task]``, a mask; none without rows), as Arrow IPC."""
+    records = {}
+    for target in range(parallelism):
+        share: bytes | pa.Buffer = b""
+        if rows is not None and shares is not None:
+            picked = rows.filter(pa.array(shares[target]))
+            if picked.num_rows:
+                share = encode(picked)
+        # not compressed: a record is read back once, by a task of this machine or agent,
+        # and LZ4 both ways cost more CPU than the copy it saves
+        records[target] = build_batch(
+            [share], [key], headers=[headers or []], compression=Compression.NONE
+        )
+    # one flush for every task's record: one object, one fsync and one commit per batch
+    for future in log_.append_together(topic, records, fence=fence).values():
+        future.result()
+
+
 def reached_windows(width: int, ts: np.ndarray, reach: tuple[int, int]) -> np.ndarray:
     """Per event time ``t``, the starts (multiples of ``width``) of the windows starting in
     ``[t + reach[0], t + reach[1]]``, one row each (repeating its first where it has fewer).
@@ -483,6 +506,8 @@ def owned_partitions(task: int, parallelism: int, partitions: int) -> set[int]:
 
 __all__ = [
     "ExchangeSource",
+    "append_shares",
+    "stage_topic",
     "ExchangeWriter",
     "exchange_topic",
     "owned_partitions",

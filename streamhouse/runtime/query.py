@@ -715,7 +715,11 @@ class ContinuousQuery:
             (branch, change)
             for branch, change in zip(self.branches, changes, strict=True)
             if branch.sink is not None
-            and ((change.rows is not None and change.rows.num_rows) or change.retracted)
+            and (
+                (change.rows is not None and change.rows.num_rows)
+                or change.retracted
+                or branch.sink.every_batch
+            )
         ]
         if writing:
             if pending is None:
