@@ -171,11 +171,23 @@ def explain_parallel(
         owned = (
             "the windows the task owns" if routing.window is not None else "the task's key groups"
         )
+        then = routing.operator
+        if routing.stage is not None:
+            then = f"every operator but {type(plan.operator).__name__} (the first stage)"
         lines += [
             "    each task: source partitions p % n == i, rows sent as read",
-            f"    then {routing.operator} over the rows of {owned}",
+            f"    then {then} over the rows of {owned}",
             "    watermark: per task the minimum over the producing tasks' watermarks",
         ]
+        if routing.stage is not None:
+            lines += [
+                f"  Exchange  topic {stage_topic(name)} {exchange}: the first stage's changelog"
+                f" (the latest row per group) by key group of ({', '.join(routing.stage)}),"
+                f" {groups}",
+                f"    each task: {type(plan.operator).__name__} (the second stage) over the"
+                " rows of the task's key groups",
+                "    watermark: per task the minimum over the first stage's tasks' watermarks",
+            ]
     else:
         operator = plan.operator
         assert isinstance(operator, nodes.WindowAggregate)
