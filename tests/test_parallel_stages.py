@@ -22,28 +22,21 @@ import duckdb
 import pyarrow as pa
 import pytest
 from nexmark_reference import comparable, connect, reference
+from parallel_cases import launched
 
 import streamhouse
 from benchmarks.nexmark import NexmarkConfig, generate_tables, load, nexmark_query
 from benchmarks.nexmark.udfs import register as register_udfs
 from streamhouse.errors import SqlError
 from streamhouse.runtime.exchange import decode, stage_topic
-from streamhouse.runtime.launch import QueryFile, start_query
-from streamhouse.runtime.options import QueryOptions
-from streamhouse.runtime.parallel import ParallelQuery, TaskQuery
+from streamhouse.runtime.parallel import ParallelQuery, TaskQuery, spec_query
 from streamhouse.runtime.sources import NO_WATERMARK
 
 CONFIG = NexmarkConfig.for_bids(1_500, events_per_second=200, seed=7)
 
 
 def _start(sh: streamhouse.StreamHouse, path: Path, parallelism: int) -> ParallelQuery:
-    query = start_query(
-        sh.engine,
-        path,
-        state_root=sh.settings.data_dir / "queries",
-        options={"parallelism": parallelism},
-        start=False,
-    )
+    query = launched(sh, path, parallelism)
     assert isinstance(query, ParallelQuery)
     return query
 
@@ -64,29 +57,15 @@ def test_a_first_stage_replayed_after_its_append_sends_the_same_batch_once(
         text = nexmark_query("q4").path.read_text().replace("INTO nexmark_q4", "INTO staged")
         path = tmp_path / "staged.sql"
         path.write_text("SET 'max-batch-records' = '200';\n" + text)
-        launched = _start(sh, path, 2)
-        spec = launched._spec(0, False)
+        staged = _start(sh, path, 2)
+        spec = staged._spec(0, False)
         assert spec["stages"] == 2
-        query_file = QueryFile.read(spec["sql"], spec["name"])
-        options = QueryOptions().with_options({**query_file.settings, **spec["options"]})
-        root = Path(spec["root"])
 
         def task(i: int, stage: int) -> TaskQuery:
-            state = f"task-{i}" if stage == 1 else f"stage2-{i}"
-            return TaskQuery(
-                sh.log,
-                sh.engine._resolve,
-                query_file.statement,
-                query_file.name,
-                root / state,
-                options,
-                task=i,
-                parallelism=2,
-                stage=stage,
-            )
+            return spec_query(sh, spec, i, stage)
 
         firsts, seconds = [task(i, 1) for i in range(2)], [task(i, 2) for i in range(2)]
-        writers = [w for first in firsts for w in first.writers(sh.log, root)]
+        writers = [w for first in firsts for w in first.writers(sh.log, staged.root)]
         try:
             for writer in writers:  # every source row into the first exchange
                 while writer.step():
@@ -123,7 +102,7 @@ def test_a_first_stage_replayed_after_its_append_sends_the_same_batch_once(
             for writer in writers:
                 writer.store.close()
 
-        records = sh.fetch(stage_topic(launched.name))
+        records = sh.fetch(stage_topic(staged.name))
         replayed = 0
         for partition in range(2):
             mine = records.filter(pa.compute.equal(records["partition"], partition))

@@ -916,7 +916,6 @@ def run_task(spec: dict[str, Any]) -> None:
     """The body of one task process (see :class:`ParallelQuery`)."""
     from streamhouse.config import Settings
     from streamhouse.connection import StreamHouse
-    from streamhouse.runtime.launch import QueryFile
 
     settings = Settings(
         **{k: Path(v) if k == "data_dir" else v for k, v in spec["settings"].items()}
@@ -933,33 +932,16 @@ def run_task(spec: dict[str, Any]) -> None:
     import_functions(spec.get("functions") or [])
     _share_cores(parallelism)
     with StreamHouse(settings) as sh:
-        query_file = QueryFile.read(spec["sql"], spec["name"])
-        options = QueryOptions().with_options({**query_file.settings, **spec["options"]})
-
-        def task_query(state: str, stage: int | None, results: str | None) -> TaskQuery:
-            return TaskQuery(
-                sh.log,
-                sh.engine._resolve,
-                query_file.statement,
-                query_file.name,
-                root / state,
-                options,
-                task=task,
-                parallelism=parallelism,
-                results_topic=results,
-                stage=stage,
-            )
-
         two = int(spec.get("stages", 1)) == 2  # and the second: the query's sink, results
-        first = task_query(
-            f"task-{task}", 1 if two else None, None if two else spec.get("results_topic")
+        first = spec_query(
+            sh, spec, task, 1 if two else None, None if two else spec.get("results_topic")
         )
         query = first
         writers: list[ExchangeWriter] = []
         drain = spec.get("drain")
         try:
             if two:
-                query = task_query(f"stage2-{task}", 2, spec.get("results_topic"))
+                query = spec_query(sh, spec, task, 2, spec.get("results_topic"))
             if drain == "consumers":
                 _take_exchange(query)
                 return
@@ -982,6 +964,30 @@ def run_task(spec: dict[str, Any]) -> None:
             query.stop()
             for writer in writers:
                 writer.store.close()
+
+
+def spec_query(
+    sh: Any, spec: dict[str, Any], task: int, stage: int | None = None, results: str | None = None
+) -> TaskQuery:
+    """Task ``task``'s continuous query as ``spec`` (:meth:`ParallelQuery._spec`) describes it,
+    on ``sh`` (a StreamHouse): with ``stage``, that stage of a query of two (:mod:`.stages`);
+    ``results``, the topic its results go to for the caller."""
+    from streamhouse.runtime.launch import QueryFile
+
+    query_file = QueryFile.read(spec["sql"], spec["name"])
+    options = QueryOptions().with_options({**query_file.settings, **spec["options"]})
+    return TaskQuery(
+        sh.log,
+        sh.engine._resolve,
+        query_file.statement,
+        query_file.name,
+        Path(spec["root"]) / (f"stage2-{task}" if stage == 2 else f"task-{task}"),
+        options,
+        task=task,
+        parallelism=int(spec["parallelism"]),
+        results_topic=results,
+        stage=stage,
+    )
 
 
 def _share_cores(parallelism: int) -> None:
