@@ -1018,10 +1018,10 @@ def _run(
     until_end = run is not None
     ready = time.time()  # set up: from here on the task processes records
     query.setup_cpu_seconds = round(time.process_time(), 3)
-    _write_status(query, writers, status_path, ready)
+    _write_status(query, writers, status_path, ready, first)
     if until_end and query.shape == "stateless":
         query.run_until_caught_up(final=True)
-        _write_status(query, writers, status_path, ready)
+        _write_status(query, writers, status_path, ready, first)
         return
     targets: list[dict[int, int]] | None = None
     if until_end:
@@ -1061,7 +1061,7 @@ def _run(
                 first_done = True
         progressed = query.step() or progressed
         if progressed:
-            _write_status(query, writers, status_path, ready)
+            _write_status(query, writers, status_path, ready, first)
             pause = FIRST_POLL_S
         elif until_end and _took_every_final(
             query, status_path.parent, run, "final" if first is None else "stage1-final"
@@ -1070,7 +1070,7 @@ def _run(
         else:
             time.sleep(pause)
             pause = min(pause * 2, query.options.poll_interval_ms / 1000, longest)
-    _write_status(query, writers, status_path, ready)
+    _write_status(query, writers, status_path, ready, first)
 
 
 def _took_every_final(query: TaskQuery, root: Path, run: str | None, marker: str = "final") -> bool:
@@ -1143,9 +1143,16 @@ def _task_failure(root: Path, task: int, status: int | None) -> str:
 
 
 def _write_status(
-    query: TaskQuery, writers: list[ExchangeWriter], path: Path, ready: float
+    query: TaskQuery,
+    writers: list[ExchangeWriter],
+    path: Path,
+    ready: float,
+    first: TaskQuery | None = None,
 ) -> None:
     status = task_status(query, writers, ready)
+    if first is not None:  # a query of two stages: the first's state and late rows too
+        status["state_bytes"] += first.store.size_bytes()
+        status["late_rows"] += first.late_rows
     _read_memory(status, None)  # a task process's own (not an agent's, which runs tasks as threads)
     _write_atomically(path, status)
 
