@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,9 +43,7 @@ from streamhouse.runtime.parallel import ParallelQuery, results_topic
 # windows, many 2-second hops, sessions of 10 s gap per bidder.
 CONFIG = NexmarkConfig.for_bids(3_000, events_per_second=200, seed=23)
 
-REFUSED: dict[str, str] = {
-    "q12": "processing-time column 'p_time' (PROCTIME()) runs at parallelism 1 only",
-}
+REFUSED: dict[str, str] = {}
 """Queries refused at parallelism > 1: a word the refusal's message must contain."""
 
 
@@ -311,6 +310,7 @@ KILLED: dict[str, list[str] | None] = {
     "q13": ["auction", "bidder", "price", "value"],
     "q7": ["auction", "bidder", "price", "extra"],
     "q4": None,  # two stages: task 1 runs both, killed in either
+    "q12": ["bidder", "bid_count"],  # processing-time windows: compared as counts per bidder
 }
 
 
@@ -401,3 +401,54 @@ WHERE B.bidder % 2 = 0;
     ).to_arrow_table()
     assert want.num_rows > 1000
     assert sorted(got.to_pylist(), key=str) == sorted(want.to_pylist(), key=str)
+
+
+# -- windows over processing time (Nexmark q12's shape) -----------------------------------------
+
+
+def test_processing_time_windows_close_by_the_producers_clocks(data: Data) -> None:
+    """A 1-second TUMBLE over PROCTIME() at parallelism 2, left running (never told the input
+    ended): its windows close as the producing tasks' clocks pass their ends, each bid counted
+    once, in a window aligned to the second within the run; none late. A SESSION over
+    PROCTIME() is refused by name."""
+    name = "par_proctime"
+    view = "CREATE VIEW BP AS SELECT *, PROCTIME() AS p_time FROM bid;\n"
+    text = f"""{BID_DDL};
+{view}INSERT INTO {name}
+SELECT bidder, count(*) AS bid_count, window_start, window_end
+FROM TABLE(TUMBLE(TABLE BP, DESCRIPTOR(p_time), INTERVAL '1' SECOND))
+GROUP BY bidder, window_start, window_end;
+"""
+    began = time.time() * 1000
+    query = _start(data, _file(data, text, name, name, 200), 2).start()
+    total = CONFIG.counts()["bid"]
+
+    def counted() -> int:
+        values = data.sh.fetch(name)["value"].to_pylist() if data.sh.log.get_topic(name) else []
+        return sum(json.loads(v)["bid_count"] for v in values)
+
+    try:
+        wait_for(lambda: counted() >= total, timeout=120)
+    finally:
+        query.stop()
+    ended = time.time() * 1000
+    assert query.error is None and query.status()["late_rows"] == 0
+    got = pa.Table.from_pylist([json.loads(v) for v in data.sh.fetch(name)["value"].to_pylist()])
+    assert comparable("q12", got.select(["bidder", "bid_count"])) == comparable(
+        "q12", reference(data.duck, "q12").select(["bidder", "bid_count"])
+    )
+    starts = pc.cast(pc.strptime(got["window_start"], "%Y-%m-%d %H:%M:%S", "ms"), pa.int64())
+    ends = pc.cast(pc.strptime(got["window_end"], "%Y-%m-%d %H:%M:%S", "ms"), pa.int64())
+    assert pc.all(pc.equal(pc.subtract(ends, starts), 1000)).as_py()
+    assert all(start % 1000 == 0 for start in starts.to_pylist())  # aligned
+    assert began - 1000 <= pc.min(starts).as_py() and pc.max(ends).as_py() <= ended + 1000
+
+    session = f"""{BID_DDL};
+{view}INSERT INTO par_proctime_session
+SELECT bidder, count(*) AS n
+FROM TABLE(SESSION(TABLE BP PARTITION BY bidder, DESCRIPTOR(p_time), INTERVAL '1' SECOND))
+GROUP BY bidder, window_start, window_end;
+"""
+    path = _file(data, session, "par_proctime_session", "par_proctime_session")
+    with pytest.raises(SqlError, match="in a TUMBLE, HOP or CUMULATE aggregate only"):
+        _start(data, path, 2)

@@ -56,8 +56,9 @@ from streamhouse.log.metadata.leases import Lease
 from streamhouse.log.records import Compression, build_batch
 from streamhouse.runtime.key_groups import key_groups, task_of, window_tasks
 from streamhouse.runtime.operators import run_ordered
-from streamhouse.runtime.query import FINAL_WATERMARK
+from streamhouse.runtime.query import FINAL_WATERMARK, _window_period
 from streamhouse.runtime.sources import EVENT_TIME, NO_WATERMARK, QuerySource, SourceRead
+from streamhouse.sql.computed import wall_clock_ms
 from streamhouse.sql.engine import parse_failure
 from streamhouse.sql.nodes import WindowAggregate
 from streamhouse.sql.source import RejectedRow, read_records
@@ -134,8 +135,12 @@ class ExchangeWriter:
         latest: bool = False,
         reach: tuple[int, int] | None = None,
         fence: Lease | None = None,
+        proctime: WindowSpec | None = None,
     ) -> None:
         self.log = log_
+        # a window over a PROCTIME() column: rows are stamped with the batch's processing
+        # time here, and the producer's watermark is its clock (see :meth:`step`)
+        self.proctime = proctime
         self.fence = fence  # the task's lease on an agent: appends only while it is held
         # a per-window query routed by window: a row to every task owning a window of it
         self.by_window = by_window
@@ -170,15 +175,21 @@ class ExchangeWriter:
         ``final``: the watermark becomes ``final_watermark`` (end of input)."""
         pending = self.store.get_json(PENDING)
         source = self.source
+        now = wall_clock_ms()  # the batch's processing time, never behind the last batch's
+        if self.watermark < FINAL_WATERMARK:
+            now = max(now, self.watermark)
         if pending is not None:
             ends = {int(p): int(o) for p, o in pending["end"].items()}
             sequence = int(pending["sequence"])
+            now = int(pending.get("proctime", now))
         else:
             ends = source.plan_batch(self.log, self.max_batch_records) if not final else {}
             ends = ends or dict(source.positions)
             sequence = self.sequence + 1
         has_data = any(ends[p] > source.positions.get(p, 0) for p in ends)
         read = source.read(self.log, ends) if has_data else SourceRead(None)
+        if self.proctime is not None and read.table is not None and source.computed is not None:
+            read.table = source.computed.stamp(read.table, now)  # (a replay: the same time)
         if has_data and not final:  # catching up: decode the next batch while this one is sent
             source.prefetch(
                 self.log, ends, source.plan_batch(self.log, self.max_batch_records, ends)
@@ -193,16 +204,26 @@ class ExchangeWriter:
             watermark = int(pending["watermark"])
         elif final:
             watermark = FINAL_WATERMARK
+        elif self.proctime is not None:  # its windows close by the producers' clocks
+            watermark = now
         else:
             watermark = max(self.watermark, source.watermark(event_times, self.idle_timeout_ms))
         idle = bool(pending["idle"]) if pending is not None else source.idle(self.idle_timeout_ms)
-        if pending is None and not has_data and watermark == self.watermark and idle == self.idle:
+        if self.proctime is not None:
+            idle = False  # every producer's clock runs: none is left out of the minimum
+        if pending is None and not has_data and not self._moved(watermark) and idle == self.idle:
             return False
         if pending is None:
             intent = self.store.batch()
             intent.put_json(
                 PENDING,
-                {"end": ends, "watermark": watermark, "sequence": sequence, "idle": idle},
+                {
+                    "end": ends,
+                    "watermark": watermark,
+                    "sequence": sequence,
+                    "idle": idle,
+                    "proctime": now,
+                },
             )
             self.store.commit(intent)
         progress = {
@@ -214,6 +235,14 @@ class ExchangeWriter:
         self._send(read.table, sequence, watermark, idle, progress)
         self._advance(sequence, watermark, idle, progress)
         return True
+
+    def _moved(self, watermark: int) -> bool:
+        """Whether ``watermark`` is worth a record without rows: it moved (over a PROCTIME()
+        window: past a window's end, as the clock moves every batch)."""
+        if self.proctime is None or watermark >= FINAL_WATERMARK:
+            return watermark != self.watermark
+        period, offset = _window_period(self.proctime)
+        return (watermark - offset) // period > (self.watermark - offset) // period
 
     def _advance(self, sequence: int, watermark: int, idle: bool, progress: dict) -> None:
         """Commit batch ``sequence`` as sent: the source stands at its ends."""

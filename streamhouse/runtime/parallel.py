@@ -106,7 +106,7 @@ from streamhouse.sql.nodes import FLOWS
 from streamhouse.sql.plan import ContinuousPlan, StreamTime, plan_query
 from streamhouse.sql.source import read_records
 from streamhouse.sql.statement_set import StatementSet
-from streamhouse.sql.window_spec import WindowKind
+from streamhouse.sql.window_spec import WindowKind, WindowSpec
 from streamhouse.state.store import StateBatch, StateStore, StateView
 from streamhouse.windows.operator import WindowOperator
 
@@ -231,6 +231,7 @@ class TaskQuery(ContinuousQuery):
         self.sink_partition = task
         self.results_topic = results_topic  # where the caller's results go (ParallelResults)
         self.upstreams: dict[str, QuerySource] = {}  # the sources the producing side reads
+        self.producer_proctime: WindowSpec | None = None  # a window over PROCTIME() (writers)
         self.setup_cpu_seconds = 0.0  # CPU seconds of the task process once it was set up
         self.by_key = False  # upserts to their key's sink partition (see upserts_by_key)
         # (time, rows_in) at the start of the rate's interval, the last rate measured, and
@@ -326,6 +327,9 @@ class TaskQuery(ContinuousQuery):
             topic = stage_topic(self.name)
             return {name: ExchangeSource(0, name, topic, self.task, self.parallelism)}
         sources = super()._resolve_sources(resolve)
+        # a window over a PROCTIME() column: the producers stamp the rows and send their clocks
+        # as watermarks; this task's windows close by the minimum of them, as for event time
+        self.producer_proctime, self.proctime_window = self.proctime_window, None
         for name, source in sources.items():
             partitions = self.log.topic(source.topic).partitions
             if name not in self.routing.broadcast:
@@ -401,6 +405,7 @@ class TaskQuery(ContinuousQuery):
                     latest=(self.read_options[name].startup or self.options.startup)
                     == "latest-offset",
                     fence=self.fence,
+                    proctime=self.producer_proctime,
                 )
             )
         return writers
@@ -791,10 +796,16 @@ def _launch_plan(
     plan = plan_query(statement)
     proctime = catalog_proctime_columns(resolve)
     column = getattr(plan.operator, "window_column", None)
-    if column is not None and any(column in proctime(s) for s in plan.sources):
+    window = getattr(plan.operator, "window", None)
+    if (
+        column is not None
+        and any(column in proctime(s) for s in plan.sources)
+        and (window is None or window.kind == WindowKind.SESSION)
+    ):
         raise SqlError(
             f"a window over the processing-time column {column!r} (PROCTIME()) runs at"
-            " parallelism 1 only (its windows close by each task's clock)"
+            " parallelism > 1 in a TUMBLE, HOP or CUMULATE aggregate only; run this one at"
+            " parallelism 1"
         )
     return plan
 
