@@ -117,7 +117,8 @@ def refusal(what: str, why: str = "") -> SqlError:
         " parallelism 1 (in parallel now: filters and projections, GROUP BY aggregations"
         " windowed or updating, stream joins and window joins on an equality, joins over an"
         " updating GROUP BY or Top-N, temporal joins, Top-N and deduplication (of a stream,"
-        " or of a join by its keys), OVER with PARTITION BY, UNION ALL of filters)"
+        " or of a join by its keys), OVER with PARTITION BY, UNION ALL of filters, an"
+        " aggregate over an updating GROUP BY by its group keys, in two stages)"
     )
 
 
