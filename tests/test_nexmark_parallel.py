@@ -452,3 +452,21 @@ GROUP BY bidder, window_start, window_end;
     path = _file(data, session, "par_proctime_session", "par_proctime_session")
     with pytest.raises(SqlError, match="in a TUMBLE, HOP or CUMULATE aggregate only"):
         _start(data, path, 2)
+
+
+def test_processing_time_windows_rescaled_2_to_3(data: Data) -> None:
+    """q12 stopped part way at parallelism 2 and run to the end at 3 (its window state moved by
+    key group): every bid counted once, DuckDB's counts per bidder."""
+    run = "par_rescale_q12"
+    path = _file(data, nexmark_query("q12").path.read_text(), run, "nexmark_q12", 100)
+    query = _start(data, path, 2).start()
+    try:
+        wait_for(lambda: query.status()["rows_in"] > 1000, timeout=120)
+    finally:
+        query.stop()
+    assert query.error is None
+    _start(data, path, 3).run_until_caught_up(final=True)
+    got = pa.Table.from_pylist([json.loads(v) for v in data.sh.fetch(run)["value"].to_pylist()])
+    columns = ["bidder", "bid_count"]
+    want = reference(data.duck, "q12").select(columns)
+    assert comparable("q12", got.select(columns)) == comparable("q12", want)
