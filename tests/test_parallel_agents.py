@@ -269,6 +269,14 @@ def test_a_moved_task_catches_up_with_what_its_producer_sent_after_its_last_chec
         select = QueryFile.read(f"SET 'parallelism' = '2';\n{WINDOWS_SELECT}", name="s")
         with pytest.raises(SqlError, match="on agents writes into a topic"):
             AgentTask(sh.engine, select, 0, tmp_path / "c", lease, "c")
+        # a query of two stages (an aggregate over an updating aggregate): not on agents yet
+        nested = QueryFile.read(
+            "SET 'parallelism' = '2';\nINSERT INTO nested SELECT k, SUM(top) AS total FROM"
+            " (SELECT k, v, MAX(t) AS top FROM ev GROUP BY k, v) Q GROUP BY k",
+            name="nested",
+        )
+        with pytest.raises(SqlError, match="query of two stages .* not on agents yet"):
+            AgentTask(sh.engine, nested, 0, tmp_path / "c", lease, "c")
 
 
 def test_a_task_paused_past_its_lease_appends_nothing_to_the_exchange(tmp_path: Path) -> None:

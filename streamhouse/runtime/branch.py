@@ -29,6 +29,7 @@ from streamhouse.windows.table import WINDOW_TYPE
 
 if TYPE_CHECKING:
     from streamhouse.runtime.query import ContinuousQuery
+    from streamhouse.runtime.stages import StageSink
 
 __all__ = ["Branch"]
 
@@ -57,7 +58,7 @@ class Branch:
         }
         self.operator: Operator | None = None
         self.children: dict[str, tuple[PlanNode, Operator]] = {}
-        self.sink: TopicSink | None = None
+        self.sink: TopicSink | StageSink | None = None
 
     @property
     def options(self) -> QueryOptions:

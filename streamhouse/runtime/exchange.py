@@ -56,8 +56,9 @@ from streamhouse.log.metadata.leases import Lease
 from streamhouse.log.records import Compression, build_batch
 from streamhouse.runtime.key_groups import key_groups, task_of, window_tasks
 from streamhouse.runtime.operators import run_ordered
-from streamhouse.runtime.query import FINAL_WATERMARK
+from streamhouse.runtime.query import FINAL_WATERMARK, _window_period
 from streamhouse.runtime.sources import EVENT_TIME, NO_WATERMARK, QuerySource, SourceRead
+from streamhouse.sql.computed import wall_clock_ms
 from streamhouse.sql.engine import parse_failure
 from streamhouse.sql.nodes import WindowAggregate
 from streamhouse.sql.source import RejectedRow, read_records
@@ -87,6 +88,12 @@ def exchange_topic(query: str, source: int = 0) -> str:
     """The internal topic a parallel query's rows of its source ``source`` (by index) cross
     tasks through."""
     return f"{query}.exchange" if source == 0 else f"{query}.exchange{source}"
+
+
+def stage_topic(query: str) -> str:
+    """The internal topic the changelog of a two-stage query's first stage crosses to the
+    tasks of its second stage through (:mod:`.stages`)."""
+    return f"{query}.exchange-stage2"
 
 
 def encode(table: pa.Table) -> pa.Buffer:
@@ -128,8 +135,12 @@ class ExchangeWriter:
         latest: bool = False,
         reach: tuple[int, int] | None = None,
         fence: Lease | None = None,
+        proctime: WindowSpec | None = None,
     ) -> None:
         self.log = log_
+        # a window over a PROCTIME() column: rows are stamped with the batch's processing
+        # time here, and the producer's watermark is its clock (see :meth:`step`)
+        self.proctime = proctime
         self.fence = fence  # the task's lease on an agent: appends only while it is held
         # a per-window query routed by window: a row to every task owning a window of it
         self.by_window = by_window
@@ -164,15 +175,21 @@ class ExchangeWriter:
         ``final``: the watermark becomes ``final_watermark`` (end of input)."""
         pending = self.store.get_json(PENDING)
         source = self.source
+        now = wall_clock_ms()  # the batch's processing time, never behind the last batch's
+        if self.watermark < FINAL_WATERMARK:
+            now = max(now, self.watermark)
         if pending is not None:
             ends = {int(p): int(o) for p, o in pending["end"].items()}
             sequence = int(pending["sequence"])
+            now = int(pending.get("proctime", now))
         else:
             ends = source.plan_batch(self.log, self.max_batch_records) if not final else {}
             ends = ends or dict(source.positions)
             sequence = self.sequence + 1
         has_data = any(ends[p] > source.positions.get(p, 0) for p in ends)
         read = source.read(self.log, ends) if has_data else SourceRead(None)
+        if self.proctime is not None and read.table is not None and source.computed is not None:
+            read.table = source.computed.stamp(read.table, now)  # (a replay: the same time)
         if has_data and not final:  # catching up: decode the next batch while this one is sent
             source.prefetch(
                 self.log, ends, source.plan_batch(self.log, self.max_batch_records, ends)
@@ -187,16 +204,26 @@ class ExchangeWriter:
             watermark = int(pending["watermark"])
         elif final:
             watermark = FINAL_WATERMARK
+        elif self.proctime is not None:  # its windows close by the producers' clocks
+            watermark = now
         else:
             watermark = max(self.watermark, source.watermark(event_times, self.idle_timeout_ms))
         idle = bool(pending["idle"]) if pending is not None else source.idle(self.idle_timeout_ms)
-        if pending is None and not has_data and watermark == self.watermark and idle == self.idle:
+        if self.proctime is not None:
+            idle = False  # every producer's clock runs: none is left out of the minimum
+        if pending is None and not has_data and not self._moved(watermark) and idle == self.idle:
             return False
         if pending is None:
             intent = self.store.batch()
             intent.put_json(
                 PENDING,
-                {"end": ends, "watermark": watermark, "sequence": sequence, "idle": idle},
+                {
+                    "end": ends,
+                    "watermark": watermark,
+                    "sequence": sequence,
+                    "idle": idle,
+                    "proctime": now,
+                },
             )
             self.store.commit(intent)
         progress = {
@@ -208,6 +235,14 @@ class ExchangeWriter:
         self._send(read.table, sequence, watermark, idle, progress)
         self._advance(sequence, watermark, idle, progress)
         return True
+
+    def _moved(self, watermark: int) -> bool:
+        """Whether ``watermark`` is worth a record without rows: it moved (over a PROCTIME()
+        window: past a window's end, as the clock moves every batch)."""
+        if self.proctime is None or watermark >= FINAL_WATERMARK:
+            return watermark != self.watermark
+        period, offset = _window_period(self.proctime)
+        return (watermark - offset) // period > (self.watermark - offset) // period
 
     def _advance(self, sequence: int, watermark: int, idle: bool, progress: dict) -> None:
         """Commit batch ``sequence`` as sent: the source stands at its ends."""
@@ -318,22 +353,10 @@ class ExchangeWriter:
             rows, _ = pane_partials(self.window, rows, ts, NO_WATERMARK)
         shares = self._shares(rows) if rows is not None and rows.num_rows else None
         key = f"{self.task}:{sequence}:{watermark}:{int(idle)}".encode()
-        headers = [[(PROGRESS_HEADER, json.dumps(progress).encode())]]
-        records = {}
-        for target in range(self.parallelism):
-            share: bytes | pa.Buffer = b""
-            if rows is not None and shares is not None:
-                picked = rows.filter(pa.array(shares[target]))
-                if picked.num_rows:
-                    share = encode(picked)
-            # not compressed: a record is read back once, by a task of this machine or agent,
-            # and LZ4 both ways cost more CPU than the copy it saves
-            records[target] = build_batch(
-                [share], [key], headers=headers, compression=Compression.NONE
-            )
-        # one flush for every task's record: one object, one fsync and one commit per batch
-        for future in self.log.append_together(self.topic, records, fence=self.fence).values():
-            future.result()
+        headers = [(PROGRESS_HEADER, json.dumps(progress).encode())]
+        append_shares(
+            self.log, self.topic, self.parallelism, rows, shares, key, headers, self.fence
+        )
 
     def _shares(self, rows: pa.Table) -> list[np.ndarray]:
         """Per task, which of ``rows`` it is sent: those of its key groups (routed by window:
@@ -457,6 +480,35 @@ class ExchangeSource(QuerySource):
         self.idle_producers = set(self._read_idle)
 
 
+def append_shares(
+    log_: Log,
+    topic: str,
+    parallelism: int,
+    rows: pa.Table | None,
+    shares: list[np.ndarray] | None,
+    key: bytes,
+    headers: list[tuple[str, bytes]] | None = None,
+    fence: Lease | None = None,
+) -> None:
+    """One record keyed ``key`` to every partition of exchange ``topic``: the ``rows`` of its
+    task's share (``shares[task]``, a mask; none without rows), as Arrow IPC."""
+    records = {}
+    for target in range(parallelism):
+        share: bytes | pa.Buffer = b""
+        if rows is not None and shares is not None:
+            picked = rows.filter(pa.array(shares[target]))
+            if picked.num_rows:
+                share = encode(picked)
+        # not compressed: a record is read back once, by a task of this machine or agent,
+        # and LZ4 both ways cost more CPU than the copy it saves
+        records[target] = build_batch(
+            [share], [key], headers=[headers or []], compression=Compression.NONE
+        )
+    # one flush for every task's record: one object, one fsync and one commit per batch
+    for future in log_.append_together(topic, records, fence=fence).values():
+        future.result()
+
+
 def reached_windows(width: int, ts: np.ndarray, reach: tuple[int, int]) -> np.ndarray:
     """Per event time ``t``, the starts (multiples of ``width``) of the windows starting in
     ``[t + reach[0], t + reach[1]]``, one row each (repeating its first where it has fewer).
@@ -483,6 +535,8 @@ def owned_partitions(task: int, parallelism: int, partitions: int) -> set[int]:
 
 __all__ = [
     "ExchangeSource",
+    "append_shares",
+    "stage_topic",
     "ExchangeWriter",
     "exchange_topic",
     "owned_partitions",

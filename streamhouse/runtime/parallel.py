@@ -73,6 +73,7 @@ from streamhouse.runtime.exchange import (
     exchange_topic,
     owned_partitions,
     producing_tasks,
+    stage_topic,
 )
 from streamhouse.runtime.key_groups import window_tasks
 from streamhouse.runtime.operator import Changelog, MicroBatch
@@ -84,10 +85,16 @@ from streamhouse.runtime.operators import (
     run_ordered,
 )
 from streamhouse.runtime.options import QueryOptions
-from streamhouse.runtime.query import ContinuousQuery, _format_time, planned_statement
+from streamhouse.runtime.query import (
+    PENDING,
+    ContinuousQuery,
+    _format_time,
+    planned_statement,
+)
 from streamhouse.runtime.rescale import KEYS_FILE, finish, rescale, upserts_by_key
 from streamhouse.runtime.routing import plan_routing
 from streamhouse.runtime.sources import QuerySource
+from streamhouse.runtime.stages import Forward, StageCommit, StageSink
 from streamhouse.runtime.task_processes import TaskProcess, Zygote
 from streamhouse.runtime.task_state import parallel_states, task_checkpoint_name, task_root
 from streamhouse.runtime.two_phase import transactional_id
@@ -99,7 +106,7 @@ from streamhouse.sql.nodes import FLOWS
 from streamhouse.sql.plan import ContinuousPlan, StreamTime, plan_query
 from streamhouse.sql.source import read_records
 from streamhouse.sql.statement_set import StatementSet
-from streamhouse.sql.window_spec import WindowKind
+from streamhouse.sql.window_spec import WindowKind, WindowSpec
 from streamhouse.state.store import StateBatch, StateStore, StateView
 from streamhouse.windows.operator import WindowOperator
 
@@ -164,11 +171,23 @@ def explain_parallel(
         owned = (
             "the windows the task owns" if routing.window is not None else "the task's key groups"
         )
+        then = routing.operator
+        if routing.stage is not None:
+            then = f"every operator but {type(plan.operator).__name__} (the first stage)"
         lines += [
             "    each task: source partitions p % n == i, rows sent as read",
-            f"    then {routing.operator} over the rows of {owned}",
+            f"    then {then} over the rows of {owned}",
             "    watermark: per task the minimum over the producing tasks' watermarks",
         ]
+        if routing.stage is not None:
+            lines += [
+                f"  Exchange  topic {stage_topic(name)} {exchange}: the first stage's changelog"
+                f" (the latest row per group) by key group of ({', '.join(routing.stage)}),"
+                f" {groups}",
+                f"    each task: {type(plan.operator).__name__} (the second stage) over the"
+                " rows of the task's key groups",
+                "    watermark: per task the minimum over the first stage's tasks' watermarks",
+            ]
     else:
         operator = plan.operator
         assert isinstance(operator, nodes.WindowAggregate)
@@ -201,13 +220,18 @@ class TaskQuery(ContinuousQuery):
         task: int,
         parallelism: int,
         results_topic: str | None = None,
+        stage: int | None = None,
         **kwargs: Any,
     ) -> None:
         self.task = task
         self.parallelism = parallelism
+        # a plan of two stages (routing.Routing.stage): 1, every operator but the top one, into
+        # the second exchange; 2, the top one over it, into the sink (see .stages)
+        self.stage = stage
         self.sink_partition = task
         self.results_topic = results_topic  # where the caller's results go (ParallelResults)
         self.upstreams: dict[str, QuerySource] = {}  # the sources the producing side reads
+        self.producer_proctime: WindowSpec | None = None  # a window over PROCTIME() (writers)
         self.setup_cpu_seconds = 0.0  # CPU seconds of the task process once it was set up
         self.by_key = False  # upserts to their key's sink partition (see upserts_by_key)
         # (time, rows_in) at the start of the rate's interval, the last rate measured, and
@@ -220,6 +244,8 @@ class TaskQuery(ContinuousQuery):
             self.operator = branch.operator = ExchangedWindowAggregation(
                 operator, StateView(self.store, b"0/"), branch
             )
+        if stage == 1:
+            self._feed_second_stage()
         self.by_key = upserts_by_key(self.plan)
         if self.by_key:  # a key's upserts to its partition, whatever task owns it
             self.sink_partition = None
@@ -237,6 +263,29 @@ class TaskQuery(ContinuousQuery):
                 for _, child in self.branches[0].children.values():
                     assert isinstance(child, WindowAggregation)
                     child.owns = owns
+
+    def _feed_second_stage(self) -> None:
+        """The first stage: the top operator's input goes to the second exchange (.stages)."""
+        branch = self.branches[0]
+        top = self.plan.operator
+        assert isinstance(top, nodes.Recompute) and self.routing.stage is not None
+        self.operator = branch.operator = Forward(top.source)
+        branch.sink = StageSink(
+            self.log,
+            stage_topic(self.name),
+            list(self.routing.stage),
+            self.task,
+            self.parallelism,
+            self._batch_watermark,
+            fence=self.fence,
+        )
+        self.sink_transaction = StageCommit(self.store)
+
+    def _batch_watermark(self) -> int:
+        """The watermark of the micro-batch being written: its intent's."""
+        pending = self.store.get_json(PENDING)
+        assert pending is not None
+        return int(pending["watermark"])
 
     def _owns_windows(self, starts: np.ndarray) -> np.ndarray:
         """Which of the windows starting at ``starts`` this task evaluates (routed by window)."""
@@ -256,6 +305,10 @@ class TaskQuery(ContinuousQuery):
         self.whole_plan = plan  # as planned: the producing side runs its pre_sql
         self.routing = plan_routing(plan)
         self.shape = self.routing.shape
+        if self.stage == 1:  # its top operator's input goes to the second stage, not a sink
+            return dataclasses.replace(plan, sink_kind="results", sink=None)
+        if self.stage == 2:  # the top operator over the first stage's changelog
+            return dataclasses.replace(plan, derived={})
         if self.shape != "aggregate":
             return plan
         operator = plan.operator
@@ -267,7 +320,16 @@ class TaskQuery(ContinuousQuery):
         )
 
     def _resolve_sources(self, resolve: Any) -> dict[str, QuerySource]:
+        if self.stage == 2:  # its partition of the second exchange, from every task
+            self.definitions, self.lookup_tables = {}, {}
+            name = self.plan.operator.sources[0]
+            self.read_options[name] = SourceOptions.of({}, None)
+            topic = stage_topic(self.name)
+            return {name: ExchangeSource(0, name, topic, self.task, self.parallelism)}
         sources = super()._resolve_sources(resolve)
+        # a window over a PROCTIME() column: the producers stamp the rows and send their clocks
+        # as watermarks; this task's windows close by the minimum of them, as for event time
+        self.producer_proctime, self.proctime_window = self.proctime_window, None
         for name, source in sources.items():
             partitions = self.log.topic(source.topic).partitions
             if name not in self.routing.broadcast:
@@ -343,6 +405,7 @@ class TaskQuery(ContinuousQuery):
                     latest=(self.read_options[name].startup or self.options.startup)
                     == "latest-offset",
                     fence=self.fence,
+                    proctime=self.producer_proctime,
                 )
             )
         return writers
@@ -459,9 +522,12 @@ def ensure_topics(log_: Any, plan: ContinuousPlan, name: str, parallelism: int) 
     updating = {"cleanup.policy": "compact"} if plan.operator.updating else None
     if plan.sink:
         ensure_topic(log_, plan, plan.sink, "sink", parallelism, updating)
-    if parallel_shape(plan) != "stateless":
+    routing = plan_routing(plan)
+    if routing.shape != "stateless":
         for index in range(len(plan.sources)):
             ensure_topic(log_, plan, exchange_topic(name, index), "exchange", parallelism)
+    if routing.stage is not None:
+        ensure_topic(log_, plan, stage_topic(name), "exchange", parallelism)
 
 
 class ParallelQuery:
@@ -580,6 +646,7 @@ class ParallelQuery:
             "until_end": until_end,
             "results_topic": self._results.topic if self._results is not None else None,
             "functions": self.functions,
+            "stages": 1 if plan_routing(self.plan).stage is None else 2,
         }
 
     def _spawn(self, until_end: bool) -> None:
@@ -729,10 +796,16 @@ def _launch_plan(
     plan = plan_query(statement)
     proctime = catalog_proctime_columns(resolve)
     column = getattr(plan.operator, "window_column", None)
-    if column is not None and any(column in proctime(s) for s in plan.sources):
+    window = getattr(plan.operator, "window", None)
+    if (
+        column is not None
+        and any(column in proctime(s) for s in plan.sources)
+        and (window is None or window.kind == WindowKind.SESSION)
+    ):
         raise SqlError(
             f"a window over the processing-time column {column!r} (PROCTIME()) runs at"
-            " parallelism 1 only (its windows close by each task's clock)"
+            " parallelism > 1 in a TUMBLE, HOP or CUMULATE aggregate only; run this one at"
+            " parallelism 1"
         )
     return plan
 
@@ -854,7 +927,6 @@ def run_task(spec: dict[str, Any]) -> None:
     """The body of one task process (see :class:`ParallelQuery`)."""
     from streamhouse.config import Settings
     from streamhouse.connection import StreamHouse
-    from streamhouse.runtime.launch import QueryFile
 
     settings = Settings(
         **{k: Path(v) if k == "data_dir" else v for k, v in spec["settings"].items()}
@@ -871,26 +943,20 @@ def run_task(spec: dict[str, Any]) -> None:
     import_functions(spec.get("functions") or [])
     _share_cores(parallelism)
     with StreamHouse(settings) as sh:
-        query_file = QueryFile.read(spec["sql"], spec["name"])
-        options = QueryOptions().with_options({**query_file.settings, **spec["options"]})
-        query = TaskQuery(
-            sh.log,
-            sh.engine._resolve,
-            query_file.statement,
-            query_file.name,
-            root / f"task-{task}",
-            options,
-            task=task,
-            parallelism=parallelism,
-            results_topic=spec.get("results_topic"),
+        two = int(spec.get("stages", 1)) == 2  # and the second: the query's sink, results
+        first = spec_query(
+            sh, spec, task, 1 if two else None, None if two else spec.get("results_topic")
         )
+        query = first
         writers: list[ExchangeWriter] = []
         drain = spec.get("drain")
         try:
+            if two:
+                query = spec_query(sh, spec, task, 2, spec.get("results_topic"))
             if drain == "consumers":
                 _take_exchange(query)
                 return
-            writers = query.writers(sh.log, root)
+            writers = first.writers(sh.log, root)
             if drain == "producers":  # a batch a kill left pending: sent again, whole
                 for writer in writers:
                     if writer.store.get_json(EXCHANGE_PENDING) is not None:
@@ -902,11 +968,37 @@ def run_task(spec: dict[str, Any]) -> None:
                 root / f"task-{task}.json",
                 spec.get("run") if spec["until_end"] else None,
                 lambda: stopping,
+                first if two else None,
             )
         finally:
+            first.stop()
             query.stop()
             for writer in writers:
                 writer.store.close()
+
+
+def spec_query(
+    sh: Any, spec: dict[str, Any], task: int, stage: int | None = None, results: str | None = None
+) -> TaskQuery:
+    """Task ``task``'s continuous query as ``spec`` (:meth:`ParallelQuery._spec`) describes it,
+    on ``sh`` (a StreamHouse): with ``stage``, that stage of a query of two (:mod:`.stages`);
+    ``results``, the topic its results go to for the caller."""
+    from streamhouse.runtime.launch import QueryFile
+
+    query_file = QueryFile.read(spec["sql"], spec["name"])
+    options = QueryOptions().with_options({**query_file.settings, **spec["options"]})
+    return TaskQuery(
+        sh.log,
+        sh.engine._resolve,
+        query_file.statement,
+        query_file.name,
+        Path(spec["root"]) / (f"stage2-{task}" if stage == 2 else f"task-{task}"),
+        options,
+        task=task,
+        parallelism=int(spec["parallelism"]),
+        results_topic=results,
+        stage=stage,
+    )
 
 
 def _share_cores(parallelism: int) -> None:
@@ -928,17 +1020,19 @@ def _run(
     status_path: Path,
     run: str | None,
     stopping: Any,
+    first: TaskQuery | None = None,
 ) -> None:
     """Alternate the task's producing and consuming sides until stopped (or, with ``run``, the
     id of a run to the end: until every task sent what its sources held at the start and this
-    task took all of it, every window closed)."""
+    task took all of it, every window closed). ``first``: the first stage of a query of two
+    (:mod:`.stages`), run between the producing side and ``query``, the second."""
     until_end = run is not None
     ready = time.time()  # set up: from here on the task processes records
     query.setup_cpu_seconds = round(time.process_time(), 3)
-    _write_status(query, writers, status_path, ready)
+    _write_status(query, writers, status_path, ready, first)
     if until_end and query.shape == "stateless":
         query.run_until_caught_up(final=True)
-        _write_status(query, writers, status_path, ready)
+        _write_status(query, writers, status_path, ready, first)
         return
     targets: list[dict[int, int]] | None = None
     if until_end:
@@ -949,6 +1043,7 @@ def _run(
     sent_final = [False] * len(writers)
     done = status_path.with_name(f"final-{query.task}.json")  # this task's producers finished
     announced = False
+    first_done = first is None  # the first stage sent all it will (a run to the end)
     pause = FIRST_POLL_S
     # a run to the end waits for the other tasks' last records: no longer than UNTIL_END_POLL_S
     longest = UNTIL_END_POLL_S if until_end else float("inf")
@@ -965,26 +1060,39 @@ def _run(
         if until_end and all(sent_final) and not announced:
             _write_atomically(done, {"run": run})
             announced = True
+        if first is not None:
+            stepped = first.step()
+            progressed = stepped or progressed
+            if (
+                until_end
+                and not (stepped or first_done)
+                and _took_every_final(first, status_path.parent, run)
+            ):
+                _write_atomically(done.with_name(f"stage1-{done.name}"), {"run": run})
+                first_done = True
         progressed = query.step() or progressed
         if progressed:
-            _write_status(query, writers, status_path, ready)
+            _write_status(query, writers, status_path, ready, first)
             pause = FIRST_POLL_S
-        elif until_end and _took_every_final(query, status_path.parent, run):
+        elif until_end and _took_every_final(
+            query, status_path.parent, run, "final" if first is None else "stage1-final"
+        ):
             break
         else:
             time.sleep(pause)
             pause = min(pause * 2, query.options.poll_interval_ms / 1000, longest)
-    _write_status(query, writers, status_path, ready)
+    _write_status(query, writers, status_path, ready, first)
 
 
-def _took_every_final(query: TaskQuery, root: Path, run: str | None) -> bool:
+def _took_every_final(query: TaskQuery, root: Path, run: str | None, marker: str = "final") -> bool:
     """Whether every task's producers sent their last records of run ``run`` (each says so in
-    ``final-<task>.json`` once they are appended) and this task took every exchange record
-    appended by then. (The watermark alone does not tell: after an earlier run to the end it
-    is final from the start.)"""
+    ``<marker>-<task>.json`` once they are appended: ``final``, the producing sides;
+    ``stage1-final``, the first stages of a query of two) and this task took every exchange
+    record appended by then. (The watermark alone does not tell: after an earlier run to the
+    end it is final from the start.)"""
     for task in range(query.parallelism):
         try:
-            if json.loads((root / f"final-{task}.json").read_text()).get("run") != run:
+            if json.loads((root / f"{marker}-{task}.json").read_text()).get("run") != run:
                 return False
         except (OSError, ValueError):
             return False
@@ -1046,9 +1154,16 @@ def _task_failure(root: Path, task: int, status: int | None) -> str:
 
 
 def _write_status(
-    query: TaskQuery, writers: list[ExchangeWriter], path: Path, ready: float
+    query: TaskQuery,
+    writers: list[ExchangeWriter],
+    path: Path,
+    ready: float,
+    first: TaskQuery | None = None,
 ) -> None:
     status = task_status(query, writers, ready)
+    if first is not None:  # a query of two stages: the first's state and late rows too
+        status["state_bytes"] += first.store.size_bytes()
+        status["late_rows"] += first.late_rows
     _read_memory(status, None)  # a task process's own (not an agent's, which runs tasks as threads)
     _write_atomically(path, status)
 

@@ -55,6 +55,7 @@ from streamhouse.runtime.parallel import (
     parallel_plan,
     task_status,
 )
+from streamhouse.runtime.routing import plan_routing
 from streamhouse.runtime.task_state import task_checkpoint_name, task_root
 from streamhouse.sql.engine import Engine
 from streamhouse.state.remote import LeasedCheckpoints
@@ -135,6 +136,12 @@ class AgentTask:
             raise SqlError(
                 "a query at parallelism > 1 on agents writes into a topic (its results have no"
                 " caller there): use INSERT INTO <topic> SELECT ..."
+            )
+        if plan_routing(plan).stage is not None:
+            raise SqlError(
+                "a query of two stages (an aggregate over an updating aggregate, Nexmark q4)"
+                " runs at parallelism > 1 in task processes, not on agents yet: run it with"
+                " 'streamhouse run' or at parallelism 1"
             )
         self._refuse_other_parallelism()
         ensure_topics(self.log, plan, query_file.name, parallelism)

@@ -385,12 +385,6 @@ class ContinuousQuery:
             if definition.name not in branch.plan.sources or column is None:
                 continue
             if column in proctime:
-                if self.options.parallelism > 1:
-                    raise self.error(
-                        f"a window over the processing-time column {column!r} (PROCTIME()) runs"
-                        " at parallelism 1 only",
-                        definition.name,
-                    )
                 if len(self.branches) > 1 or len(branch.plan.sources) > 1 or branch.plan.derived:
                     raise self.error(
                         f"a window over the processing-time column {column!r} (PROCTIME()) runs"
@@ -715,7 +709,11 @@ class ContinuousQuery:
             (branch, change)
             for branch, change in zip(self.branches, changes, strict=True)
             if branch.sink is not None
-            and ((change.rows is not None and change.rows.num_rows) or change.retracted)
+            and (
+                (change.rows is not None and change.rows.num_rows)
+                or change.retracted
+                or branch.sink.every_batch
+            )
         ]
         if writing:
             if pending is None:

@@ -149,7 +149,9 @@ def rescalable(plan: ContinuousPlan, routing: Routing) -> None:
     """Refuse (SqlError naming the operator) a query whose state cannot move by key group yet."""
     node = plan.operator
     why = ""
-    if node.updating and not upserts_by_key(plan):
+    if routing.stage is not None:
+        why = f"the state of its two stages ({routing.operator}) does not move by key group yet"
+    elif node.updating and not upserts_by_key(plan):
         why = f"its {routing.operator} upserts do not move between tasks yet"
     elif not isinstance(node, _RESCALABLE):
         why = f"its {routing.operator} state does not move by key group yet"
@@ -176,7 +178,7 @@ def upserts_by_key(plan: ContinuousPlan) -> bool:
     node = plan.operator
     if isinstance(node, nodes.StreamJoin):
         return node.outer is not None
-    if isinstance(node, nodes.TopN | ChangelogJoin):
+    if isinstance(node, nodes.TopN | ChangelogJoin | nodes.Recompute):
         return True
     return isinstance(node, nodes.WindowAggregate) and node.window is None
 

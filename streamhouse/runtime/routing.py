@@ -59,6 +59,7 @@ from streamhouse.sql.bounds import conjuncts
 from streamhouse.sql.changelog_join import ChangelogJoin
 from streamhouse.sql.nodes import (
     Operator,
+    Recompute,
     Stateless,
     StreamJoin,
     TemporalJoin,
@@ -94,6 +95,10 @@ class Routing:
     # ``stateless``: the sources every task reads whole (a temporal join's versioned table
     # when the probe's key is an expression: each task joins its probe partitions to all of it)
     broadcast: frozenset[str] = frozenset()
+    # a plan of two stages (Nexmark q4: an aggregate over an updating aggregate): the first
+    # runs every operator but the top one (routed by ``keys``), the second the top one over
+    # the first's changelog, sent through a second exchange by these of its columns
+    stage: tuple[str, ...] | None = None
 
 
 def plan_routing(plan: ContinuousPlan) -> Routing:
@@ -112,7 +117,8 @@ def refusal(what: str, why: str = "") -> SqlError:
         " parallelism 1 (in parallel now: filters and projections, GROUP BY aggregations"
         " windowed or updating, stream joins and window joins on an equality, joins over an"
         " updating GROUP BY or Top-N, temporal joins, Top-N and deduplication (of a stream,"
-        " or of a join by its keys), OVER with PARTITION BY, UNION ALL of filters)"
+        " or of a join by its keys), OVER with PARTITION BY, UNION ALL of filters, an"
+        " aggregate over an updating GROUP BY by its group keys, in two stages)"
     )
 
 
@@ -404,16 +410,28 @@ def _top_n_of_join(node: TopN, join: StreamJoin, partition_by: list[str]) -> Rou
     """A Top-N over an inner stream join (Nexmark q9: each auction's highest bid) is routed as
     the join is, when its PARTITION BY holds the join's routing key (on either side): every
     pair the join makes of a partition then comes out of one task, whole."""
+    keys = _keys_over_join(
+        node,
+        join,
+        partition_by,
+        "it ranks a join's rows by a PARTITION BY without the join's equality columns",
+    )
+    return Routing("rows", "TopN over a StreamJoin", keys)
+
+
+def _keys_over_join(
+    node: Operator, join: StreamJoin, columns: list[str], why: str
+) -> dict[str, tuple[str, ...]]:
+    """The join's routing keys, when ``columns`` (of the join's output: a PARTITION BY, group
+    keys) hold its equality columns on either side, so each of their partitions or groups is
+    made in one task; a refusal saying ``why`` if not."""
     keys = _stream_join(join, ContinuousPlan(join, "results", None)).keys
-    outputs = {_join_output(join.sql, c) for c in partition_by}
+    outputs = {_join_output(join.sql, c) for c in columns}
     routed = [(keys[join.left][i], keys[join.right][i]) for i in range(len(keys[join.left]))]
     covered = all(("__left", a) in outputs or ("__right", b) in outputs for a, b in routed)
     if not covered:
-        raise refusal(
-            _name(node),
-            "it ranks a join's rows by a PARTITION BY without the join's equality columns",
-        )
-    return Routing("rows", "TopN over a StreamJoin", keys)
+        raise refusal(_name(node), why)
+    return keys
 
 
 def _join_output(sql: str, column: str) -> tuple[str, str] | None:
@@ -481,6 +499,49 @@ def _over(node: OverAggregate, plan: ContinuousPlan) -> Routing:
     return Routing("rows", "OverAggregate", {node.source: tuple(shared)})
 
 
+def _recompute(node: Recompute, plan: ContinuousPlan) -> Routing:
+    """An aggregate over an updating GROUP BY (Nexmark q4: the average per category of the
+    highest bid per auction) runs in two stages: the first routed as the inner aggregate's own
+    query (by the join's equality, which its group keys hold, or by its group keys), the
+    second, the outer aggregate, over the first's changelog routed by the outer group keys.
+    Those must be group keys of the inner aggregate, so that a group's upserts never move from
+    one task of the second stage to another."""
+    inner = plan.derived.get(node.source)
+    if (
+        node.reads_row_keys
+        or node.ranks
+        or not isinstance(inner, WindowAggregate)
+        or inner.window is not None
+    ):
+        raise refusal(_name(node), "its input is not an updating GROUP BY (without a window)")
+    inner_keys = {k for k in inner.key_outputs if k is not None}
+    if node.one_group or not set(node.group_by) <= inner_keys:
+        raise refusal(
+            _name(node),
+            "its GROUP BY is not made of group keys of the GROUP BY under it (a group's rows"
+            " would move between tasks)",
+        )
+    columns = [bare_column(c) for c in inner.key_sql]
+    source = plan.derived.get(inner.source)
+    if isinstance(source, StreamJoin) and source.outer is None and len(plan.derived) == 2:
+        keys = _keys_over_join(
+            node,
+            source,
+            [c for c in columns if c is not None],
+            "the GROUP BY under it groups a join's rows without the join's equality columns",
+        )
+        operator = "Recompute over a GroupAggregate of a StreamJoin"
+    elif len(plan.derived) == 1 and None not in columns and columns:
+        keys = {inner.source: tuple(c for c in columns if c is not None)}
+        operator = "Recompute over a GroupAggregate"
+    else:
+        raise refusal(
+            _name(node),
+            "the GROUP BY under it is not of a stream by columns, nor of an inner stream join",
+        )
+    return Routing("rows", operator, keys, stage=tuple(node.group_by))
+
+
 _ROUTES: dict[type, Callable[..., Routing]] = {
     Stateless: _stateless,
     WindowAggregate: _aggregate,
@@ -491,6 +552,7 @@ _ROUTES: dict[type, Callable[..., Routing]] = {
     OverAggregate: _over,
     TemporalJoin: _temporal_join,
     UnionAll: _union,
+    Recompute: _recompute,
 }
 """The planner of each operator that runs in parallel, by plan node type."""
 

@@ -159,6 +159,9 @@ def encode_columns(table: pa.Table, key_columns: list[str]) -> tuple[pa.Array, p
 class TopicSink:
     """Appends a query's rows to a topic (in its sink transaction, see :mod:`.two_phase`)."""
 
+    every_batch = False
+    """Whether it is written every micro-batch, also without rows (see :mod:`.stages`)."""
+
     def __init__(
         self,
         log_: Log,
