@@ -31,6 +31,11 @@ import streamhouse
 from streamhouse.cli import main as cli
 from streamhouse.errors import FencedError, SqlError
 from streamhouse.log.metadata.leases import Lease
+from streamhouse.runtime.agent_rescale import (
+    current_parallelism,
+    rescale_lease_name,
+    rescale_on_agents,
+)
 from streamhouse.runtime.launch import QueryFile
 from streamhouse.runtime.placement import AgentTask, share, task_lease_name
 from streamhouse.runtime.supervisor import QuerySupervisor
@@ -258,8 +263,8 @@ def test_a_moved_task_catches_up_with_what_its_producer_sent_after_its_last_chec
         for task in tasks:
             task.stop()
 
-        # restarted at another parallelism: refused (rescaling on agents is not built), not
-        # read again from the start
+        # restarted at another parallelism without the move: refused, not read again from
+        # the start
         lease = run.md.acquire_lease(task_lease_name("windows", 2), "c", 60_000)
         assert lease is not None
         other = QueryFile.read(WINDOWS.replace("'2'", "'3'"), name="windows")
@@ -394,3 +399,149 @@ def test_a_join_and_a_filter_move_to_another_agent_exactly_once(tmp_path: Path, 
         first.stop()
         second.stop()
         assert Counter(output()) == want
+
+
+def _rescaled(run: Windows, parallelism: int, agent: str) -> list[AgentTask]:
+    """Move query ``windows``' state to ``parallelism`` as an agent's supervisor does (every
+    task's lease of both parallelisms and the rescale lease held), then run its tasks."""
+    query = QueryFile.read(WINDOWS.replace("'2'", f"'{parallelism}'"), name="windows")
+    old = current_parallelism(run.md, "windows")
+    assert old is not None
+    leases = [
+        run.md.acquire_lease(task_lease_name("windows", t), agent, 60_000)
+        for t in range(max(old, parallelism))
+    ]
+    pointer = run.md.acquire_lease(rescale_lease_name("windows"), agent, 60_000)
+    assert pointer is not None and None not in leases
+    work = run.tmp_path / f"rescale-{agent}"
+    assert rescale_on_agents(run.sh.engine, query, agent, work, leases, pointer)  # type: ignore[arg-type]
+    assert current_parallelism(run.md, "windows") == parallelism
+    assert not work.exists()
+    for lease in [*leases, pointer]:
+        run.md.release_lease(lease)  # type: ignore[arg-type]
+    tasks = []
+    for task in range(parallelism):
+        lease = run.md.acquire_lease(task_lease_name("windows", task), agent, 60_000)
+        assert lease is not None
+        tasks.append(AgentTask(run.sh.engine, query, task, run.tmp_path / agent, lease, agent))
+    return tasks
+
+
+def test_tasks_on_agents_rescale_2_to_3_to_1_from_the_object_store_exactly_once(
+    tmp_path: Path,
+) -> None:
+    """In one process: the tasks at 2 stop (task 1 without a last checkpoint, as killed, after
+    its producer sent batches past its copy); the state moves from the object store to 3
+    tasks, they run, one is killed again, the state moves to 1: every window once, DuckDB's,
+    and no task reads a source from the start again."""
+    with streamhouse.connect(tmp_path / "data") as sh:
+        run = Windows(sh, tmp_path)
+        tasks = [run.take(0, "a")[0], run.take(1, "a")[0]]
+        run.produce(list(range(0, 40_000, 500)))
+        _until(lambda: len(run.output()) >= 9, "windows [0, 30 s) written")  # 3 keys x 3
+        sent = tasks[1].writers[0].sequence
+        run.produce([39_600, 39_700])  # in the open window [30, 40 s)
+        _until(lambda: tasks[1].writers[0].sequence > sent, "task 1 sent them")
+        tasks[0].stop()
+        tasks[1].stop(checkpoint=False)  # as killed: its checkpoints are older than its sends
+        for lease in run.md.list_leases("query/windows/task-"):
+            run.md.release_lease(lease)
+
+        run.produce(list(range(40_000, 80_000, 500)))  # while it is stopped
+        tasks = _rescaled(run, 3, "b")
+        run.produce(list(range(80_000, 120_000, 500)))
+        _until(lambda: len(run.output()) >= 30, "windows [0, 100 s) written")
+        for task in tasks[:2]:
+            task.stop()
+        tasks[2].stop(checkpoint=False)
+        for lease in run.md.list_leases("query/windows/task-"):
+            run.md.release_lease(lease)
+
+        tasks = _rescaled(run, 1, "c")
+        run.produce([130_000, 200_000])
+        run.exactly_once(200_000)
+        status = tasks[0].status()
+        _until(lambda: tasks[0].status().get("rows_in") == len(run.produced), "task 0 reported")
+        status = tasks[0].status()
+        assert status["offsets"] == {"0": len(run.produced) // 2, "1": len(run.produced) // 2}
+        tasks[0].stop()
+        recorded = {c.query for c in run.md.list_query_checkpoints()}
+        assert {"windows.p1.task-0", "windows.p1.exchange-0", "windows/parallelism"} <= recorded
+        assert not sh.log.store.list("checkpoints/windows.p3.")  # the old state's objects gone
+
+
+def _set_parallelism(cluster: Cluster, parallelism: int) -> None:
+    """The user's rescale: the query file's ``SET 'parallelism'`` changed (agents stopped)."""
+    path = cluster.queries / "clicks.sql"
+    text = path.read_text()
+    start = text.index("SET 'parallelism' = '")
+    end = text.index(";", start)
+    path.write_text(f"{text[:start]}SET 'parallelism' = '{parallelism}'{text[end:]}")
+
+
+def _until_tasks_held(cluster: Cluster, tasks: int, agents: int, timeout: float = 60.0) -> None:
+    """Tasks 0 .. ``tasks`` - 1 each held by a live agent, by ``agents`` agents in all."""
+    deadline = time.monotonic() + timeout
+    held: dict[int, str] = {}
+    while time.monotonic() < deadline:
+        live = {a.agent_id for a in cluster.md.list_agents()}
+        held = {
+            task: lease.holder
+            for task in range(tasks)
+            for lease in cluster.md.list_leases(task_lease_name("clicks", task))
+            if lease.live and lease.holder in live
+        }
+        if len(held) == tasks and len(set(held.values())) == agents:
+            return
+        time.sleep(0.1)
+    logs = "\n".join(a.log(40) for a in cluster.agents)
+    raise AssertionError(f"tasks not held as wanted within {timeout}s: {held}\n{logs}")
+
+
+def _until_logged(agents: list[KafkaServer], text: str, timeout: float = 60.0) -> None:
+    """One of ``agents`` logged ``text`` (the agent that rescaled the query)."""
+    _until(lambda: any(text in a.log_path.read_text() for a in agents), f"{text!r} logged", timeout)
+
+
+def test_agents_rescale_a_query_2_to_3_to_1_from_the_object_store_exactly_once(
+    cluster: Cluster,
+) -> None:
+    """The user's rescale on agents: the agents stopped (one killed -9 mid-run), the query
+    file's parallelism changed from 2 to 3, agents started again; one of them moves the state
+    from the object store to 3 tasks (draining the killed task first), the agents run them;
+    again to 1. Every window equals DuckDB's, none written twice."""
+    agents = [cluster.start_agent() for _ in range(2)]
+    _until_tasks_held(cluster, 2, 2)
+    produced = _events(range(0, 600))
+    cluster.append(produced)
+    cluster.wait_for(lambda rows: _minute(rows, 8))
+    agents[0].process.send_signal(signal.SIGKILL)  # type: ignore[union-attr]
+    agents[0].process.wait()  # type: ignore[union-attr]
+    agents[1].stop()
+    more = _events(range(600, 1200))  # while the query is stopped
+    cluster.append(more)
+    produced += more
+
+    _set_parallelism(cluster, 3)
+    agents = [cluster.start_agent() for _ in range(2)]
+    _until_logged(agents, "state moved on agents from 2 to 3 tasks")
+    _until_tasks_held(cluster, 3, 2)
+    more = _events(range(1200, 1800))
+    cluster.append(more)
+    produced += more
+    cluster.wait_for(lambda rows: _minute(rows, 28))
+    for agent in agents:
+        agent.stop()
+
+    _set_parallelism(cluster, 1)
+    agents = [cluster.start_agent()]
+    _until_logged(agents, "state moved on agents from 3 to 1 tasks")
+    _until_tasks_held(cluster, 1, 1)
+    more = _events(range(1800, 2400))
+    cluster.append(more)
+    produced += more
+    cluster.append([{"user_id": 0, "event_type": "view", "timestamp": "2026-01-01 01:00:00"}] * 4)
+    _exactly_once(cluster, produced)
+    recorded = {c.query: c for c in cluster.md.list_query_checkpoints()}
+    assert recorded["clicks/parallelism"].checkpoint_id == "1"
+    assert recorded["clicks.p1.task-0"].epoch > 0

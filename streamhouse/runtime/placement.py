@@ -44,6 +44,8 @@ from typing import Any
 
 from streamhouse.errors import FencedError, SqlError, StreamHouseError
 from streamhouse.log.metadata.leases import Lease
+from streamhouse.runtime.agent_rescale import current_parallelism
+from streamhouse.runtime.exchange import PENDING as EXCHANGE_PENDING
 from streamhouse.runtime.exchange import ExchangeWriter
 from streamhouse.runtime.launch import QueryFile, declared, is_materialized_view
 from streamhouse.runtime.options import QueryOptions
@@ -53,6 +55,7 @@ from streamhouse.runtime.parallel import (
     TaskQuery,
     ensure_topics,
     parallel_plan,
+    take_exchange,
     task_status,
 )
 from streamhouse.runtime.task_state import task_checkpoint_name, task_root
@@ -118,6 +121,8 @@ class AgentTask:
         state_root: Path,
         lease: Lease,
         agent: str,
+        *,
+        start: bool = True,
     ) -> None:
         if is_materialized_view(query_file.statement):
             raise SqlError("parallelism > 1 does not run a materialized view yet")
@@ -166,21 +171,34 @@ class AgentTask:
         self.error: BaseException | None = None
         self._status: dict[str, Any] = {"task": task}
         self._stopping = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name=f"task-{self.name}", daemon=True)
-        self._thread.start()
+        self._thread: threading.Thread | None = None
+        if start:
+            self._thread = threading.Thread(
+                target=self._loop, name=f"task-{self.name}", daemon=True
+            )
+            self._thread.start()
 
     def _refuse_other_parallelism(self) -> None:
-        """Rescaling on agents is not built yet: refuse checkpoints of another parallelism
-        rather than read the sources again from the start (which would write rows twice)."""
-        prefix = f"{self.query_name}.p"
-        mine = task_checkpoint_name(self.query_name, self.parallelism, "")
-        for recorded in self.log.metadata.list_query_checkpoints():
-            if recorded.query.startswith(prefix) and not recorded.query.startswith(mine):
-                raise SqlError(
-                    f"query {self.query_name!r} was checkpointed on agents at another"
-                    f" parallelism ({recorded.query}): rescaling on agents is not supported"
-                    " yet; run it at that parallelism"
-                )
+        """Refuse checkpoints at another parallelism rather than read the sources again from
+        the start (which would write rows twice): they move to this one first
+        (:func:`~.agent_rescale.rescale_on_agents`, which the supervisors run)."""
+        current = current_parallelism(self.log.metadata, self.query_name)
+        if current is not None and current != self.parallelism:
+            raise SqlError(
+                f"query {self.query_name!r} was checkpointed on agents at another parallelism"
+                f" ({current}): its state moves to {self.parallelism} tasks first (the agents'"
+                " supervisors do: rescale_on_agents)"
+            )
+
+    def drain(self, phase: str) -> None:
+        """A rescale's drain of this (not started) task: ``producers`` send again a batch a
+        kill left pending, whole; ``consumers`` take every exchange record appended so far."""
+        if phase == "producers":
+            for writer in self.writers:
+                if writer.store.get_json(EXCHANGE_PENDING) is not None:
+                    writer.step()
+        elif self.query.shape != "stateless":
+            take_exchange(self.query)
 
     def _producer_stores(self) -> list[str]:
         """The producing side's state stores (``exchange-<i>[-<source>]``), as
@@ -252,7 +270,8 @@ class AgentTask:
         """Stop after the current micro-batch; with ``checkpoint`` (and no error), publish
         the producing sides' and the consuming side's state first."""
         self._stopping.set()
-        self._thread.join()
+        if self._thread is not None:
+            self._thread.join()
         try:
             if checkpoint and self.error is None:
                 self._publish_producers()
