@@ -17,14 +17,17 @@ import duckdb
 import pyarrow as pa
 import pytest
 from click.testing import CliRunner
+from kafka import KafkaConsumer
 from kafka_fixtures import KafkaServer
 from test_query_failover import (
     Cluster,
     _events,
     _exactly_once,
+    _expected,
     _minute,
     _produce,
     _until,
+    _windows,
 )
 
 import streamhouse
@@ -168,9 +171,6 @@ FROM ev GROUP BY k, TUMBLING(t, INTERVAL '10' SECOND)
 """
 
 
-WINDOWS_SELECT = "SELECT k, COUNT(*) AS n FROM ev GROUP BY k, TUMBLING(t, INTERVAL '10' SECOND)"
-
-
 def _rows(ts_ms: list[int]) -> list[dict[str, object]]:
     return [{"k": "abc"[t // 700 % 3], "v": t // 100, "t": t} for t in ts_ms]
 
@@ -270,10 +270,6 @@ def test_a_moved_task_catches_up_with_what_its_producer_sent_after_its_last_chec
         other = QueryFile.read(WINDOWS.replace("'2'", "'3'"), name="windows")
         with pytest.raises(SqlError, match="checkpointed on agents at another parallelism"):
             AgentTask(sh.engine, other, 2, tmp_path / "c", lease, "c")
-        # a SELECT: its results would have no caller on an agent
-        select = QueryFile.read(f"SET 'parallelism' = '2';\n{WINDOWS_SELECT}", name="s")
-        with pytest.raises(SqlError, match="on agents writes into a topic"):
-            AgentTask(sh.engine, select, 0, tmp_path / "c", lease, "c")
 
 
 def test_a_task_paused_past_its_lease_appends_nothing_to_the_exchange(tmp_path: Path) -> None:
@@ -545,3 +541,64 @@ def test_agents_rescale_a_query_2_to_3_to_1_from_the_object_store_exactly_once(
     recorded = {c.query: c for c in cluster.md.list_query_checkpoints()}
     assert recorded["clicks/parallelism"].checkpoint_id == "1"
     assert recorded["clicks.p1.task-0"].epoch > 0
+
+
+def _read_output(bootstrap: str, want: int, timeout: float = 60.0) -> list[dict[str, object]]:
+    """The rows of the SELECT's output topic as a Kafka client reads them (read_committed),
+    once ``want`` came and nothing more within a second and a half."""
+    consumer = KafkaConsumer(
+        "clicks.output",
+        bootstrap_servers=bootstrap,
+        auto_offset_reset="earliest",
+        isolation_level="read_committed",
+        enable_auto_commit=False,
+    )
+    rows: list[dict[str, object]] = []
+    deadline = time.monotonic() + timeout
+    quiet_until = None
+    try:
+        while time.monotonic() < deadline:
+            for records in consumer.poll(timeout_ms=200).values():
+                rows += [json.loads(r.value) for r in records]
+            if len(rows) >= want:
+                quiet_until = quiet_until or time.monotonic() + 1.5  # a duplicate would come
+                if time.monotonic() > quiet_until:
+                    return rows
+    finally:
+        consumer.close()
+    raise AssertionError(f"{len(rows)} of {want} rows read within {timeout}s")
+
+
+def test_a_select_at_parallelism_2_on_agents_writes_its_rows_for_clients_exactly_once(
+    cluster: Cluster,
+) -> None:
+    """A query file with a SELECT (no INSERT INTO) at parallelism 2 on two agents: its tasks
+    write its rows to topic ``clicks.output``, and a Kafka consumer reads every window there
+    once, DuckDB's, also after one agent is killed -9 and its task moves to the other."""
+    path = cluster.queries / "clicks.sql"
+    path.write_text(path.read_text().replace("INSERT INTO clicks_per_minute\n", ""))
+    agents = [cluster.start_agent() for _ in range(2)]
+    _until_tasks_held(cluster, 2, 2)
+    produced = _events(range(0, 600))
+    _produce(agents[0].bootstrap, produced)
+    sh = cluster.sh
+    assert sh is not None
+    _until(
+        lambda: (
+            sh.log.get_topic("clicks.output") is not None and len(sh.fetch("clicks.output")) >= 20
+        ),
+        "windows written",
+        60,
+    )
+    agents[0].process.send_signal(signal.SIGKILL)  # type: ignore[union-attr]
+    agents[0].process.wait()  # type: ignore[union-attr]
+    more = _events(range(600, 1200))
+    cluster.append(more)
+    produced += more
+    _until_tasks_held(cluster, 2, 1)  # the killed agent's task moved
+    cluster.append([{"user_id": 0, "event_type": "view", "timestamp": "2026-01-01 00:30:00"}] * 4)
+    want = _expected(produced)
+    rows = _read_output(agents[1].bootstrap, len(want))  # a row per window
+    assert Counter((r["user_id"], r["window_start"]) for r in rows).most_common(1)[0][1] == 1
+    assert _windows(rows) == want
+    assert len(rows) == len(want)

@@ -140,10 +140,11 @@ def rescale_on_agents(
     both parallelisms) and the rescale lease ``pointer``; ``work``: a scratch directory. False
     when there was nothing to move."""
     from streamhouse.runtime.parallel import parallel_plan
-    from streamhouse.runtime.placement import AgentTask
+    from streamhouse.runtime.placement import AgentTask, writing_results
     from streamhouse.runtime.rescale import rescale
     from streamhouse.runtime.routing import plan_routing
 
+    query_file = writing_results(query_file)  # as its tasks run it
     name, metadata = query_file.name, engine.log.metadata
     options = QueryOptions().with_options(query_file.settings)
     new = options.parallelism

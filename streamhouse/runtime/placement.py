@@ -34,6 +34,7 @@ agent running it) to the object store, ``tasks/<name>/task-<i>.json``, about onc
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -41,6 +42,8 @@ import threading
 import time
 from pathlib import Path
 from typing import Any
+
+from sqlglot import exp
 
 from streamhouse.errors import FencedError, SqlError, StreamHouseError
 from streamhouse.log.metadata.leases import Lease
@@ -94,6 +97,25 @@ def status_key(query: str, task: int) -> str:
     return f"{STATUS_PREFIX}/{query}/task-{task}.json"
 
 
+def output_topic(query: str) -> str:
+    """The topic a ``SELECT`` run as tasks on agents writes its rows to (its clients read
+    them there: :func:`writing_results`)."""
+    return f"{query}.output"
+
+
+def writing_results(query_file: QueryFile) -> QueryFile:
+    """``query_file`` with a ``SELECT`` (whose rows have no caller on an agent) made an
+    ``INSERT INTO`` its :func:`output_topic`: one JSON record per row (an upsert per key for an
+    updating query), written exactly once in each task's transactions as any sink is, for any
+    Kafka client (``read_committed``) to read."""
+    statement = query_file.statement
+    if not isinstance(statement, exp.Query):
+        return query_file
+    topic = exp.Table(this=exp.to_identifier(output_topic(query_file.name), quoted=True))
+    insert = exp.Insert(this=topic, expression=statement.copy())
+    return dataclasses.replace(query_file, statement=insert)
+
+
 def parallelism_of(query_file: QueryFile) -> int:
     """The parallelism a query file asks for (``SET 'parallelism'``; 1 by default)."""
     return QueryOptions().with_options(query_file.settings).parallelism
@@ -126,6 +148,7 @@ class AgentTask:
     ) -> None:
         if is_materialized_view(query_file.statement):
             raise SqlError("parallelism > 1 does not run a materialized view yet")
+        query_file = writing_results(query_file)
         self.query_name = query_file.name
         self.name = f"{query_file.name}/task-{task}"
         self.task = task
@@ -138,8 +161,7 @@ class AgentTask:
         plan = parallel_plan(query_file.statement, options, engine._resolve)
         if plan.sink_kind != "topic":
             raise SqlError(
-                "a query at parallelism > 1 on agents writes into a topic (its results have no"
-                " caller there): use INSERT INTO <topic> SELECT ..."
+                f"a query at parallelism > 1 on agents writes into a topic, not {plan.sink_kind}"
             )
         self._refuse_other_parallelism()
         ensure_topics(self.log, plan, query_file.name, parallelism)
