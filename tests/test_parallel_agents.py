@@ -541,6 +541,14 @@ def test_agents_rescale_a_query_2_to_3_to_1_from_the_object_store_exactly_once(
     recorded = {c.query: c for c in cluster.md.list_query_checkpoints()}
     assert recorded["clicks/parallelism"].checkpoint_id == "1"
     assert recorded["clicks.p1.task-0"].epoch > 0
+    status = CliRunner().invoke(
+        cli,
+        ["--data-dir", str(cluster.data), "cluster", "status", "--metadata", cluster.url],
+        env={"COLUMNS": "400"},
+    )
+    assert status.exit_code == 0, status.output
+    (task,) = [line for line in status.output.splitlines() if "│ clicks " in line]  # not 3
+    assert f"127.0.0.1:{agents[0].port}" in task
 
 
 def _read_output(bootstrap: str, want: int, timeout: float = 60.0) -> list[dict[str, object]]:

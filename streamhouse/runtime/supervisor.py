@@ -237,7 +237,13 @@ class QuerySupervisor:
                 work = self.state_root / f"rescale-{name}"
                 rescale_on_agents(self.engine, held.query_file, self.holder, work, leases, pointer)
         except Exception as exc:  # noqa: BLE001 (the query alone waits; tried again later)
-            log.error("query %s not rescaled (tried again later): %s", name, exc, exc_info=True)
+            log.error(
+                "query %s not rescaled (tried again in %.0f s): %s",
+                name,
+                RETRY_FAILED_S,
+                exc,
+                exc_info=not isinstance(exc, StreamHouseError),
+            )
             held.retry_at = time.monotonic() + RETRY_FAILED_S
         finally:
             for lease in [*leases, pointer]:
