@@ -40,7 +40,7 @@ from streamhouse.runtime.agent_rescale import (
     rescale_on_agents,
 )
 from streamhouse.runtime.launch import QueryFile
-from streamhouse.runtime.placement import AgentTask, share, task_lease_name
+from streamhouse.runtime.placement import AgentTask, parallelism_of, share, task_lease_name
 from streamhouse.runtime.supervisor import QuerySupervisor
 
 PARALLELISM = 2
@@ -344,83 +344,104 @@ SHAPES = {
 }
 
 
-@pytest.mark.parametrize("shape", sorted(SHAPES))
-def test_a_join_and_a_filter_move_to_another_agent_exactly_once(tmp_path: Path, shape: str) -> None:
-    """Task 1 of an interval join (two exchange topics) and of a filter (none) stops without a
-    last checkpoint mid-run and another agent takes it over: DuckDB's rows, each once."""
-    statement, oracle = SHAPES[shape]
-    query = QueryFile.read(
-        f"SET 'parallelism' = '2';\nSET 'poll-interval' = '20 ms';\nINSERT INTO out {statement}",
-        name="q",
-    )
-    rows: dict[str, list[dict[str, int]]] = {"a": [], "b": []}
-    with streamhouse.connect(tmp_path / "data") as sh:
-        for stream in rows:
+class TwoStreams:
+    """One process, SQLite: streams ``a`` and ``b`` (2 partitions each), a query ``q`` over
+    them run as agents would run its tasks, its output topic and DuckDB's answer."""
+
+    def __init__(self, sh: streamhouse.StreamHouse, tmp_path: Path, sink: str = "out") -> None:
+        self.sh, self.md, self.tmp_path, self.sink = sh, sh.log.metadata, tmp_path, sink
+        self.rows: dict[str, list[dict[str, int]]] = {"a": [], "b": []}
+        for stream in self.rows:
             sh.sql(
                 f"CREATE STREAM {stream} (k BIGINT, v BIGINT, t TIMESTAMP(3),"
                 f" WATERMARK FOR t AS t) WITH (topic = '{stream}', partitions = '2')"
             )
-        md = sh.log.metadata
 
-        def produce(start: int, end: int) -> None:
-            for stream, step in (("a", 700), ("b", 900)):
-                made = [{"k": t // 1000 % 5, "v": t, "t": t} for t in range(start, end, step)]
-                for p in (0, 1):
-                    sh.produce(stream, made[p::2], partition=p)
-                rows[stream] += made
+    def produce(self, start: int, end: int) -> None:
+        for stream, step in (("a", 700), ("b", 900)):
+            made = [{"k": t // 1000 % 5, "v": t, "t": t} for t in range(start, end, step)]
+            for p in (0, 1):
+                self.sh.produce(stream, made[p::2], partition=p)
+            self.rows[stream] += made
 
-        def output() -> list[tuple[object, ...]]:
-            if sh.log.get_topic("out") is None:
-                return []
-            return [tuple(json.loads(v).values()) for v in sh.fetch("out")["value"].to_pylist()]
+    def output(self) -> list[tuple[object, ...]]:
+        if self.sh.log.get_topic(self.sink) is None:
+            return []
+        values = self.sh.fetch(self.sink)["value"].to_pylist()
+        return [tuple(json.loads(v).values()) for v in values]
 
-        def take(task: int, agent: str) -> tuple[AgentTask, Lease]:
-            lease = md.acquire_lease(task_lease_name("q", task), agent, 60_000)
-            assert lease is not None
-            return AgentTask(sh.engine, query, task, tmp_path / agent, lease, agent), lease
+    def take(self, query: QueryFile, task: int, agent: str) -> tuple[AgentTask, Lease]:
+        lease = self.md.acquire_lease(task_lease_name("q", task), agent, 60_000)
+        assert lease is not None
+        return AgentTask(self.sh.engine, query, task, self.tmp_path / agent, lease, agent), lease
 
-        (first, _), (second, lease) = take(0, "x"), take(1, "x")
-        produce(0, 30_000)
-        _until(lambda: len(output()) >= 20, "rows written")
-        second.stop(checkpoint=False)  # as killed
-        md.release_lease(lease)
-        produce(30_000, 60_000)
-        second, _ = take(1, "y")
-        produce(200_000, 200_001)
-        A = pa.Table.from_pylist(rows["a"])  # noqa: F841, N806 (read by DuckDB)
-        B = pa.Table.from_pylist(rows["b"])  # noqa: F841, N806
+    def exactly_once(self, oracle: str) -> None:
+        A = pa.Table.from_pylist(self.rows["a"])  # noqa: F841, N806 (read by DuckDB)
+        B = pa.Table.from_pylist(self.rows["b"])  # noqa: F841, N806
         want = Counter(duckdb.sql(oracle).fetchall())
-        _until(lambda: len(output()) >= sum(want.values()), "every row written")
+        _until(lambda: len(self.output()) >= sum(want.values()), "every row written")
         time.sleep(0.5)  # a duplicate would show up now
+        assert Counter(self.output()) == want
+
+
+def _shape_query(shape: str, parallelism: int = 2) -> QueryFile:
+    statement = SHAPES["filter" if shape == "select" else shape][0]
+    insert = "" if shape == "select" else "INSERT INTO out "
+    text = f"SET 'parallelism' = '{parallelism}';\nSET 'poll-interval' = '20 ms';\n"
+    return QueryFile.read(f"{text}{insert}{statement}", name="q")
+
+
+@pytest.mark.parametrize("shape", sorted(SHAPES))
+def test_a_join_and_a_filter_move_to_another_agent_exactly_once(tmp_path: Path, shape: str) -> None:
+    """Task 1 of an interval join (two exchange topics) and of a filter (none) stops without a
+    last checkpoint mid-run and another agent takes it over: DuckDB's rows, each once."""
+    query = _shape_query(shape)
+    with streamhouse.connect(tmp_path / "data") as sh:
+        run = TwoStreams(sh, tmp_path)
+        (first, _), (second, lease) = run.take(query, 0, "x"), run.take(query, 1, "x")
+        run.produce(0, 30_000)
+        _until(lambda: len(run.output()) >= 20, "rows written")
+        second.stop(checkpoint=False)  # as killed
+        run.md.release_lease(lease)
+        run.produce(30_000, 60_000)
+        second, _ = run.take(query, 1, "y")
+        run.produce(200_000, 200_001)
+        run.exactly_once(SHAPES[shape][1])
         first.stop()
         second.stop()
-        assert Counter(output()) == want
 
 
-def _rescaled(run: Windows, parallelism: int, agent: str) -> list[AgentTask]:
-    """Move query ``windows``' state to ``parallelism`` as an agent's supervisor does (every
+def _rescaled(
+    sh: streamhouse.StreamHouse, query: QueryFile, agent: str, tmp_path: Path
+) -> list[AgentTask]:
+    """Move ``query``'s state to its file's parallelism as an agent's supervisor does (every
     task's lease of both parallelisms and the rescale lease held), then run its tasks."""
-    query = QueryFile.read(WINDOWS.replace("'2'", f"'{parallelism}'"), name="windows")
-    old = current_parallelism(run.md, "windows")
+    md, name = sh.log.metadata, query.name
+    parallelism = parallelism_of(query)
+    old = current_parallelism(md, name)
     assert old is not None
     leases = [
-        run.md.acquire_lease(task_lease_name("windows", t), agent, 60_000)
+        md.acquire_lease(task_lease_name(name, t), agent, 60_000)
         for t in range(max(old, parallelism))
     ]
-    pointer = run.md.acquire_lease(rescale_lease_name("windows"), agent, 60_000)
+    pointer = md.acquire_lease(rescale_lease_name(name), agent, 60_000)
     assert pointer is not None and None not in leases
-    work = run.tmp_path / f"rescale-{agent}"
-    assert rescale_on_agents(run.sh.engine, query, agent, work, leases, pointer)  # type: ignore[arg-type]
-    assert current_parallelism(run.md, "windows") == parallelism
+    work = tmp_path / f"rescale-{agent}"
+    assert rescale_on_agents(sh.engine, query, agent, work, leases, pointer)  # type: ignore[arg-type]
+    assert current_parallelism(md, name) == parallelism
     assert not work.exists()
     for lease in [*leases, pointer]:
-        run.md.release_lease(lease)  # type: ignore[arg-type]
+        md.release_lease(lease)  # type: ignore[arg-type]
     tasks = []
     for task in range(parallelism):
-        lease = run.md.acquire_lease(task_lease_name("windows", task), agent, 60_000)
+        lease = md.acquire_lease(task_lease_name(name, task), agent, 60_000)
         assert lease is not None
-        tasks.append(AgentTask(run.sh.engine, query, task, run.tmp_path / agent, lease, agent))
+        tasks.append(AgentTask(sh.engine, query, task, tmp_path / agent, lease, agent))
     return tasks
+
+
+def _windows_at(parallelism: int) -> QueryFile:
+    return QueryFile.read(WINDOWS.replace("'2'", f"'{parallelism}'"), name="windows")
 
 
 def test_tasks_on_agents_rescale_2_to_3_to_1_from_the_object_store_exactly_once(
@@ -444,7 +465,7 @@ def test_tasks_on_agents_rescale_2_to_3_to_1_from_the_object_store_exactly_once(
             run.md.release_lease(lease)
 
         run.produce(list(range(40_000, 80_000, 500)))  # while it is stopped
-        tasks = _rescaled(run, 3, "b")
+        tasks = _rescaled(sh, _windows_at(3), "b", tmp_path)
         run.produce(list(range(80_000, 120_000, 500)))
         _until(lambda: len(run.output()) >= 30, "windows [0, 100 s) written")
         for task in tasks[:2]:
@@ -453,7 +474,7 @@ def test_tasks_on_agents_rescale_2_to_3_to_1_from_the_object_store_exactly_once(
         for lease in run.md.list_leases("query/windows/task-"):
             run.md.release_lease(lease)
 
-        tasks = _rescaled(run, 1, "c")
+        tasks = _rescaled(sh, _windows_at(1), "c", tmp_path)
         run.produce([130_000, 200_000])
         run.exactly_once(200_000)
         status = tasks[0].status()
@@ -610,3 +631,29 @@ def test_a_select_at_parallelism_2_on_agents_writes_its_rows_for_clients_exactly
     assert Counter((r["user_id"], r["window_start"]) for r in rows).most_common(1)[0][1] == 1
     assert _windows(rows) == want
     assert len(rows) == len(want)
+
+
+@pytest.mark.parametrize("shape", [*sorted(SHAPES), "select"])
+def test_a_join_a_filter_and_a_select_rescale_on_agents_2_to_3_to_1(
+    tmp_path: Path, shape: str
+) -> None:
+    """An interval join, a filter and the filter as a SELECT (rows to ``q.output``) at 2 on
+    agents, task 1 stopped without a last checkpoint; the state moved from the object store
+    to 3 tasks, task 2 stopped so; moved to 1: DuckDB's rows, each once."""
+    with streamhouse.connect(tmp_path / "data") as sh:
+        run = TwoStreams(sh, tmp_path, "q.output" if shape == "select" else "out")
+        query = _shape_query(shape)
+        tasks = [run.take(query, t, "x")[0] for t in range(2)]
+        run.produce(0, 30_000)
+        for done, (parallelism, agent) in enumerate(((3, "y"), (1, "z")), start=1):
+            _until(lambda n=20 * done: len(run.output()) >= n, "rows written")
+            for task in tasks:
+                task.stop(checkpoint=task is not tasks[-1])  # the last as killed
+            for lease in run.md.list_leases("query/q/task-"):
+                run.md.release_lease(lease)
+            run.produce(30_000 * done, 30_000 * (done + 1))  # while it is stopped
+            tasks = _rescaled(sh, _shape_query(shape, parallelism), agent, tmp_path)
+        run.produce(200_000, 200_001)
+        run.exactly_once(SHAPES["filter" if shape == "select" else shape][1])
+        for task in tasks:
+            task.stop()
