@@ -33,6 +33,7 @@ from test_query_failover import (
 import streamhouse
 from streamhouse.cli import main as cli
 from streamhouse.errors import FencedError, SqlError
+from streamhouse.log.metadata.checkpoints import QueryCheckpoint
 from streamhouse.log.metadata.leases import Lease
 from streamhouse.runtime.agent_rescale import (
     current_parallelism,
@@ -657,3 +658,26 @@ def test_a_join_a_filter_and_a_select_rescale_on_agents_2_to_3_to_1(
         run.exactly_once(SHAPES["filter" if shape == "select" else shape][1])
         for task in tasks:
             task.stop()
+
+
+def test_a_query_file_at_parallelism_1_runs_whole_unless_its_state_is_of_tasks(
+    tmp_path: Path,
+) -> None:
+    """At parallelism 1 an agent runs a query as a whole (lease ``query/<name>``), also once
+    it has checkpoints of its own; as one task when its state is of a parallel run (to be
+    moved to that task first)."""
+    with streamhouse.connect(tmp_path / "data") as sh:
+        md = sh.log.metadata
+        supervisor = QuerySupervisor(sh.engine, "a", 0.6, tmp_path / "a")
+        lease = md.acquire_lease("query/whole", "a", 60_000)
+        assert lease is not None
+        md.record_query_checkpoint(lease, QueryCheckpoint("whole", "000000000001-1"))
+        lease = md.acquire_lease(task_lease_name("tasks", 0), "a", 60_000)
+        assert lease is not None
+        md.record_query_checkpoint(lease, QueryCheckpoint("tasks.p2.task-0", "000000000001-1"))
+        for name in ("whole", "tasks", "fresh"):
+            supervisor.add(QueryFile.read("SELECT 1 AS x FROM ev", name=name))
+        assert supervisor.names == ["fresh", "tasks/task-0", "whole"]
+        with pytest.raises(SqlError, match="checkpointed on agents at parallelism 1 outside"):
+            current_parallelism(md, "whole")
+        assert current_parallelism(md, "tasks") == 2

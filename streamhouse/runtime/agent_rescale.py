@@ -72,29 +72,39 @@ def _store_of(query: str, recorded: str) -> tuple[int, str] | None:
     return (int(digits), store) if digits.isdigit() and store.startswith(_STORES) else None
 
 
-def current_parallelism(metadata: Metadata, query: str) -> int | None:
-    """The parallelism ``query``'s tasks' checkpoints on agents are at: as the last rescale
-    recorded it, else the one parallelism its tasks recorded checkpoints at; None before its
-    tasks' first. ``SqlError`` for a query checkpointed as a whole at parallelism 1 (not as
-    tasks), whose state does not move to tasks yet."""
+def checkpointed(metadata: Metadata, query: str) -> tuple[bool, int | None]:
+    """Whether ``query`` was checkpointed on agents as a whole (at parallelism 1, not as
+    tasks), and the parallelism its tasks' checkpoints are at: as the last rescale recorded
+    it, else the one parallelism its tasks recorded checkpoints at (None before their first).
+    """
+    whole, pointer = False, None
     found: set[int] = set()
     for recorded in metadata.list_query_checkpoints():
         if recorded.query == parallelism_record(query):
-            return int(recorded.checkpoint_id)
-        if recorded.query == query:
-            raise SqlError(
-                f"query {query!r} was checkpointed on agents at parallelism 1 outside a"
-                " parallel run: rescaling it is not supported yet; run it at parallelism 1"
-            )
-        store = _store_of(query, recorded.query)
-        if store is not None:
+            pointer = int(recorded.checkpoint_id)
+        elif recorded.query == query:
+            whole = True
+        elif (store := _store_of(query, recorded.query)) is not None:
             found.add(store[0])
-    if len(found) > 1:
+    if pointer is None and len(found) > 1:
         raise SqlError(
             f"query {query!r} has task checkpoints on agents at several parallelisms"
             f" ({sorted(found)}) and no record of which is current"
         )
-    return found.pop() if found else None
+    return whole, pointer if pointer is not None else (found.pop() if found else None)
+
+
+def current_parallelism(metadata: Metadata, query: str) -> int | None:
+    """The parallelism ``query``'s tasks' checkpoints on agents are at (see
+    :func:`checkpointed`). ``SqlError`` for a query checkpointed as a whole at parallelism 1,
+    whose state does not move to tasks yet."""
+    whole, current = checkpointed(metadata, query)
+    if whole:
+        raise SqlError(
+            f"query {query!r} was checkpointed on agents at parallelism 1 outside a parallel"
+            " run: rescaling it is not supported yet; run it at parallelism 1"
+        )
+    return current
 
 
 def with_parallelism(query_file: QueryFile, parallelism: int) -> QueryFile:
@@ -225,6 +235,7 @@ def _publish(
 
 
 __all__ = [
+    "checkpointed",
     "current_parallelism",
     "parallelism_record",
     "renewing",

@@ -34,6 +34,7 @@ from streamhouse.errors import FencedError, StreamHouseError
 from streamhouse.log.metadata import Metadata
 from streamhouse.log.metadata.leases import Lease
 from streamhouse.runtime.agent_rescale import (
+    checkpointed,
     current_parallelism,
     renewing,
     rescale_lease_name,
@@ -102,16 +103,18 @@ class QuerySupervisor:
         self._scaled: set[str] = set()  # parallel queries whose state is at their parallelism
 
     def add(self, query_file: QueryFile) -> bool:
-        """Supervise a query (each of its tasks, at parallelism > 1); False if one of that
-        name is supervised already."""
+        """Supervise a query (each of its tasks, at parallelism > 1 or with state of a parallel
+        run); False if one of that name is supervised already."""
         if query_file.name in self._queries or any(
             held.query_file.name == query_file.name for held in self._queries.values()
         ):
             return False
         parallelism = parallelism_of(query_file)
-        if parallelism == 1 and current_parallelism(self.metadata, query_file.name) is None:
-            self._queries[query_file.name] = _Held(query_file)
-            return True
+        if parallelism == 1:
+            whole, tasks = checkpointed(self.metadata, query_file.name)
+            if whole or tasks is None:  # no state of a parallel run: the query as a whole
+                self._queries[query_file.name] = _Held(query_file)
+                return True
         for task in range(parallelism):
             self._queries[f"{query_file.name}/task-{task}"] = _Held(
                 query_file, task=task, parallelism=parallelism
