@@ -681,3 +681,26 @@ def test_a_query_file_at_parallelism_1_runs_whole_unless_its_state_is_of_tasks(
         with pytest.raises(SqlError, match="checkpointed on agents at parallelism 1 outside"):
             current_parallelism(md, "whole")
         assert current_parallelism(md, "tasks") == 2
+
+
+def test_tasks_are_not_started_over_state_of_a_whole_query(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A query checkpointed as a whole at parallelism 1 and then given parallelism 2: its
+    state does not move to tasks, so the agent refuses to start them (not read the sources
+    again from the start), saying why."""
+    with streamhouse.connect(tmp_path / "data") as sh:
+        run = Windows(sh, tmp_path)
+        lease = run.md.acquire_lease("query/windows", "a", 60_000)
+        assert lease is not None
+        run.md.record_query_checkpoint(lease, QueryCheckpoint("windows", "000000000001-1"))
+        run.md.release_lease(lease)
+        supervisor = QuerySupervisor(sh.engine, "a", 0.6, tmp_path / "a")
+        supervisor.add(run.query)
+        supervisor.start()
+        _until(lambda: "outside a parallel run" in caplog.text, "the refusal logged")
+        time.sleep(0.5)
+        supervisor.stop()
+        assert supervisor.running == []
+        assert not any(lease.epoch for lease in run.md.list_leases("query/windows/task-"))
+        assert caplog.text.count("outside a parallel run") <= 2  # once per task, not per round

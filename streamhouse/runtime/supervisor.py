@@ -30,7 +30,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from streamhouse.errors import FencedError, StreamHouseError
+from streamhouse.errors import FencedError, SqlError, StreamHouseError
 from streamhouse.log.metadata import Metadata
 from streamhouse.log.metadata.leases import Lease
 from streamhouse.runtime.agent_rescale import (
@@ -208,7 +208,12 @@ class QuerySupervisor:
         name = held.query_file.name
         if name in self._scaled:
             return False
-        current = current_parallelism(self.metadata, name)
+        try:
+            current = current_parallelism(self.metadata, name)
+        except SqlError as exc:  # state that does not move: said once per retry, not per round
+            log.error("continuous query %s not started: %s", held.lease_name, exc)
+            held.retry_at = time.monotonic() + RETRY_FAILED_S
+            return True
         if current is None or current == held.parallelism:
             self._scaled.add(name)
             return False
