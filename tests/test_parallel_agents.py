@@ -47,9 +47,13 @@ from streamhouse.runtime.supervisor import QuerySupervisor
 PARALLELISM = 2
 
 
-@pytest.fixture
-def cluster(tmp_path: Path, postgres_url: str) -> Iterator[Cluster]:
-    made = Cluster(tmp_path, postgres_url)
+@pytest.fixture(params=["local"])
+def cluster(request: pytest.FixtureRequest, tmp_path: Path, postgres_url: str) -> Iterator[Cluster]:
+    """Agents sharing the data directory's objects (``local``) or a moto S3 bucket (``s3``)."""
+    s3 = None
+    if request.param == "s3":
+        s3 = (request.getfixturevalue("s3_url")("agents"), request.getfixturevalue("moto_server"))
+    made = Cluster(tmp_path, postgres_url, s3)
     roadmap = made.queries / "clicks.sql"
     roadmap.write_text(f"SET 'parallelism' = '{PARALLELISM}';\n{roadmap.read_text()}")
     made.output()  # opens the store
@@ -521,6 +525,7 @@ def _until_logged(agents: list[KafkaServer], text: str, timeout: float = 60.0) -
     _until(lambda: any(text in a.log_path.read_text() for a in agents), f"{text!r} logged", timeout)
 
 
+@pytest.mark.parametrize("cluster", ["local", "s3"], indirect=True)
 def test_agents_rescale_a_query_2_to_3_to_1_from_the_object_store_exactly_once(
     cluster: Cluster,
 ) -> None:
