@@ -204,9 +204,12 @@ def rescale_on_agents(
         time.monotonic() - began,
     )
     objects = engine.log.store
-    for key in objects.list(f"{PREFIX}/{name}.p{old}."):
-        with contextlib.suppress(StreamHouseError):  # garbage only: nothing reads it now
-            objects.delete(key)
+    for recorded in metadata.list_query_checkpoints():  # garbage now: nothing reads them
+        found = _store_of(name, recorded.query)
+        if found is not None and found[0] == old:
+            for key in objects.list(f"{PREFIX}/{recorded.query}/"):
+                with contextlib.suppress(StreamHouseError):
+                    objects.delete(key)
     shutil.rmtree(work, ignore_errors=True)
     return True
 
