@@ -30,6 +30,10 @@ keep their state where another agent finds it:
 Each task writes its progress (source offsets, watermark, rows and rows/s, state size, the
 agent running it) to the object store, ``tasks/<name>/task-<i>.json``, about once a second:
 ``streamhouse cluster status`` lists it, :meth:`AgentTask.status` gives it.
+
+A ``SELECT`` (whose rows have no caller on an agent) writes its rows to topic
+``<name>.output`` (:func:`writing_results`). A query restarted at another parallelism has its
+state moved to the new tasks first (:mod:`.agent_rescale`).
 """
 
 from __future__ import annotations
