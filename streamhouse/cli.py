@@ -1127,12 +1127,20 @@ def _task_rows(
     """A row per task of a parallel query: the agent holding its lease, and the progress it
     last wrote to the object store (:mod:`streamhouse.runtime.placement`)."""
     from streamhouse.log.objectstore import open_object_store
+    from streamhouse.runtime.agent_rescale import parallelism_record
     from streamhouse.runtime.placement import status_key, task_of_lease
     from streamhouse.runtime.task_state import task_checkpoint_name
 
     tasks = sorted(
         (task_of_lease(lease.name), lease) for lease in leases if task_of_lease(lease.name)
     )
+    # a query rescaled to fewer tasks: the others' leases stay (expired), not its tasks
+    scaled = {q: checkpoints.get(parallelism_record(q)) for (q, _), _ in tasks}
+    tasks = [
+        ((query, task), lease)
+        for (query, task), lease in tasks
+        if scaled[query] is None or task < int(scaled[query].checkpoint_id)
+    ]
     if not tasks:
         return []
     objects = open_object_store(settings)

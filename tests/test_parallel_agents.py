@@ -17,30 +17,43 @@ import duckdb
 import pyarrow as pa
 import pytest
 from click.testing import CliRunner
+from kafka import KafkaConsumer
 from kafka_fixtures import KafkaServer
 from test_query_failover import (
     Cluster,
     _events,
     _exactly_once,
+    _expected,
     _minute,
     _produce,
     _until,
+    _windows,
 )
 
 import streamhouse
 from streamhouse.cli import main as cli
 from streamhouse.errors import FencedError, SqlError
+from streamhouse.log.metadata.checkpoints import QueryCheckpoint
 from streamhouse.log.metadata.leases import Lease
+from streamhouse.runtime.agent_rescale import (
+    current_parallelism,
+    rescale_lease_name,
+    rescale_on_agents,
+)
 from streamhouse.runtime.launch import QueryFile
-from streamhouse.runtime.placement import AgentTask, share, task_lease_name
+from streamhouse.runtime.placement import AgentTask, parallelism_of, share, task_lease_name
 from streamhouse.runtime.supervisor import QuerySupervisor
 
 PARALLELISM = 2
 
 
-@pytest.fixture
-def cluster(tmp_path: Path, postgres_url: str) -> Iterator[Cluster]:
-    made = Cluster(tmp_path, postgres_url)
+@pytest.fixture(params=["local"])
+def cluster(request: pytest.FixtureRequest, tmp_path: Path, postgres_url: str) -> Iterator[Cluster]:
+    """Agents sharing the data directory's objects (``local``) or a moto S3 bucket (``s3``)."""
+    s3 = None
+    if request.param == "s3":
+        s3 = (request.getfixturevalue("s3_url")("agents"), request.getfixturevalue("moto_server"))
+    made = Cluster(tmp_path, postgres_url, s3)
     roadmap = made.queries / "clicks.sql"
     roadmap.write_text(f"SET 'parallelism' = '{PARALLELISM}';\n{roadmap.read_text()}")
     made.output()  # opens the store
@@ -163,9 +176,6 @@ FROM ev GROUP BY k, TUMBLING(t, INTERVAL '10' SECOND)
 """
 
 
-WINDOWS_SELECT = "SELECT k, COUNT(*) AS n FROM ev GROUP BY k, TUMBLING(t, INTERVAL '10' SECOND)"
-
-
 def _rows(ts_ms: list[int]) -> list[dict[str, object]]:
     return [{"k": "abc"[t // 700 % 3], "v": t // 100, "t": t} for t in ts_ms]
 
@@ -258,17 +268,13 @@ def test_a_moved_task_catches_up_with_what_its_producer_sent_after_its_last_chec
         for task in tasks:
             task.stop()
 
-        # restarted at another parallelism: refused (rescaling on agents is not built), not
-        # read again from the start
+        # restarted at another parallelism without the move: refused, not read again from
+        # the start
         lease = run.md.acquire_lease(task_lease_name("windows", 2), "c", 60_000)
         assert lease is not None
         other = QueryFile.read(WINDOWS.replace("'2'", "'3'"), name="windows")
         with pytest.raises(SqlError, match="checkpointed on agents at another parallelism"):
             AgentTask(sh.engine, other, 2, tmp_path / "c", lease, "c")
-        # a SELECT: its results would have no caller on an agent
-        select = QueryFile.read(f"SET 'parallelism' = '2';\n{WINDOWS_SELECT}", name="s")
-        with pytest.raises(SqlError, match="on agents writes into a topic"):
-            AgentTask(sh.engine, select, 0, tmp_path / "c", lease, "c")
         # a query of two stages (an aggregate over an updating aggregate): not on agents yet
         nested = QueryFile.read(
             "SET 'parallelism' = '2';\nINSERT INTO nested SELECT k, SUM(top) AS total FROM"
@@ -351,54 +357,363 @@ SHAPES = {
 }
 
 
-@pytest.mark.parametrize("shape", sorted(SHAPES))
-def test_a_join_and_a_filter_move_to_another_agent_exactly_once(tmp_path: Path, shape: str) -> None:
-    """Task 1 of an interval join (two exchange topics) and of a filter (none) stops without a
-    last checkpoint mid-run and another agent takes it over: DuckDB's rows, each once."""
-    statement, oracle = SHAPES[shape]
-    query = QueryFile.read(
-        f"SET 'parallelism' = '2';\nSET 'poll-interval' = '20 ms';\nINSERT INTO out {statement}",
-        name="q",
-    )
-    rows: dict[str, list[dict[str, int]]] = {"a": [], "b": []}
-    with streamhouse.connect(tmp_path / "data") as sh:
-        for stream in rows:
+class TwoStreams:
+    """One process, SQLite: streams ``a`` and ``b`` (2 partitions each), a query ``q`` over
+    them run as agents would run its tasks, its output topic and DuckDB's answer."""
+
+    def __init__(self, sh: streamhouse.StreamHouse, tmp_path: Path, sink: str = "out") -> None:
+        self.sh, self.md, self.tmp_path, self.sink = sh, sh.log.metadata, tmp_path, sink
+        self.rows: dict[str, list[dict[str, int]]] = {"a": [], "b": []}
+        for stream in self.rows:
             sh.sql(
                 f"CREATE STREAM {stream} (k BIGINT, v BIGINT, t TIMESTAMP(3),"
                 f" WATERMARK FOR t AS t) WITH (topic = '{stream}', partitions = '2')"
             )
-        md = sh.log.metadata
 
-        def produce(start: int, end: int) -> None:
-            for stream, step in (("a", 700), ("b", 900)):
-                made = [{"k": t // 1000 % 5, "v": t, "t": t} for t in range(start, end, step)]
-                for p in (0, 1):
-                    sh.produce(stream, made[p::2], partition=p)
-                rows[stream] += made
+    def produce(self, start: int, end: int) -> None:
+        for stream, step in (("a", 700), ("b", 900)):
+            made = [{"k": t // 1000 % 5, "v": t, "t": t} for t in range(start, end, step)]
+            for p in (0, 1):
+                self.sh.produce(stream, made[p::2], partition=p)
+            self.rows[stream] += made
 
-        def output() -> list[tuple[object, ...]]:
-            if sh.log.get_topic("out") is None:
-                return []
-            return [tuple(json.loads(v).values()) for v in sh.fetch("out")["value"].to_pylist()]
+    def output(self) -> list[tuple[object, ...]]:
+        if self.sh.log.get_topic(self.sink) is None:
+            return []
+        values = self.sh.fetch(self.sink)["value"].to_pylist()
+        return [tuple(json.loads(v).values()) for v in values]
 
-        def take(task: int, agent: str) -> tuple[AgentTask, Lease]:
-            lease = md.acquire_lease(task_lease_name("q", task), agent, 60_000)
-            assert lease is not None
-            return AgentTask(sh.engine, query, task, tmp_path / agent, lease, agent), lease
+    def take(self, query: QueryFile, task: int, agent: str) -> tuple[AgentTask, Lease]:
+        lease = self.md.acquire_lease(task_lease_name("q", task), agent, 60_000)
+        assert lease is not None
+        return AgentTask(self.sh.engine, query, task, self.tmp_path / agent, lease, agent), lease
 
-        (first, _), (second, lease) = take(0, "x"), take(1, "x")
-        produce(0, 30_000)
-        _until(lambda: len(output()) >= 20, "rows written")
-        second.stop(checkpoint=False)  # as killed
-        md.release_lease(lease)
-        produce(30_000, 60_000)
-        second, _ = take(1, "y")
-        produce(200_000, 200_001)
-        A = pa.Table.from_pylist(rows["a"])  # noqa: F841, N806 (read by DuckDB)
-        B = pa.Table.from_pylist(rows["b"])  # noqa: F841, N806
+    def exactly_once(self, oracle: str) -> None:
+        A = pa.Table.from_pylist(self.rows["a"])  # noqa: F841, N806 (read by DuckDB)
+        B = pa.Table.from_pylist(self.rows["b"])  # noqa: F841, N806
         want = Counter(duckdb.sql(oracle).fetchall())
-        _until(lambda: len(output()) >= sum(want.values()), "every row written")
+        _until(lambda: len(self.output()) >= sum(want.values()), "every row written")
         time.sleep(0.5)  # a duplicate would show up now
+        assert Counter(self.output()) == want
+
+
+def _shape_query(shape: str, parallelism: int = 2) -> QueryFile:
+    statement = SHAPES["filter" if shape == "select" else shape][0]
+    insert = "" if shape == "select" else "INSERT INTO out "
+    text = f"SET 'parallelism' = '{parallelism}';\nSET 'poll-interval' = '20 ms';\n"
+    return QueryFile.read(f"{text}{insert}{statement}", name="q")
+
+
+@pytest.mark.parametrize("shape", sorted(SHAPES))
+def test_a_join_and_a_filter_move_to_another_agent_exactly_once(tmp_path: Path, shape: str) -> None:
+    """Task 1 of an interval join (two exchange topics) and of a filter (none) stops without a
+    last checkpoint mid-run and another agent takes it over: DuckDB's rows, each once."""
+    query = _shape_query(shape)
+    with streamhouse.connect(tmp_path / "data") as sh:
+        run = TwoStreams(sh, tmp_path)
+        (first, _), (second, lease) = run.take(query, 0, "x"), run.take(query, 1, "x")
+        run.produce(0, 30_000)
+        _until(lambda: len(run.output()) >= 20, "rows written")
+        second.stop(checkpoint=False)  # as killed
+        run.md.release_lease(lease)
+        run.produce(30_000, 60_000)
+        second, _ = run.take(query, 1, "y")
+        run.produce(200_000, 200_001)
+        run.exactly_once(SHAPES[shape][1])
         first.stop()
         second.stop()
-        assert Counter(output()) == want
+
+
+def _rescaled(
+    sh: streamhouse.StreamHouse, query: QueryFile, agent: str, tmp_path: Path
+) -> list[AgentTask]:
+    """Move ``query``'s state to its file's parallelism as an agent's supervisor does (every
+    task's lease of both parallelisms and the rescale lease held), then run its tasks."""
+    md, name = sh.log.metadata, query.name
+    parallelism = parallelism_of(query)
+    old = current_parallelism(md, name)
+    assert old is not None
+    leases = [
+        md.acquire_lease(task_lease_name(name, t), agent, 60_000)
+        for t in range(max(old, parallelism))
+    ]
+    pointer = md.acquire_lease(rescale_lease_name(name), agent, 60_000)
+    assert pointer is not None and None not in leases
+    work = tmp_path / f"rescale-{agent}"
+    assert rescale_on_agents(sh.engine, query, agent, work, leases, pointer)  # type: ignore[arg-type]
+    assert current_parallelism(md, name) == parallelism
+    assert not work.exists()
+    for lease in [*leases, pointer]:
+        md.release_lease(lease)  # type: ignore[arg-type]
+    tasks = []
+    for task in range(parallelism):
+        lease = md.acquire_lease(task_lease_name(name, task), agent, 60_000)
+        assert lease is not None
+        tasks.append(AgentTask(sh.engine, query, task, tmp_path / agent, lease, agent))
+    return tasks
+
+
+def _windows_at(parallelism: int) -> QueryFile:
+    return QueryFile.read(WINDOWS.replace("'2'", f"'{parallelism}'"), name="windows")
+
+
+def test_tasks_on_agents_rescale_2_to_3_to_1_from_the_object_store_exactly_once(
+    tmp_path: Path,
+) -> None:
+    """In one process: the tasks at 2 stop (task 1 without a last checkpoint, as killed, after
+    its producer sent batches past its copy); the state moves from the object store to 3
+    tasks, they run, one is killed again, the state moves to 1: every window once, DuckDB's,
+    and no task reads a source from the start again."""
+    with streamhouse.connect(tmp_path / "data") as sh:
+        run = Windows(sh, tmp_path)
+        tasks = [run.take(0, "a")[0], run.take(1, "a")[0]]
+        run.produce(list(range(0, 40_000, 500)))
+        _until(lambda: len(run.output()) >= 9, "windows [0, 30 s) written")  # 3 keys x 3
+        sent = tasks[1].writers[0].sequence
+        run.produce([39_600, 39_700])  # in the open window [30, 40 s)
+        _until(lambda: tasks[1].writers[0].sequence > sent, "task 1 sent them")
+        tasks[0].stop()
+        tasks[1].stop(checkpoint=False)  # as killed: its checkpoints are older than its sends
+        for lease in run.md.list_leases("query/windows/task-"):
+            run.md.release_lease(lease)
+
+        run.produce(list(range(40_000, 80_000, 500)))  # while it is stopped
+        tasks = _rescaled(sh, _windows_at(3), "b", tmp_path)
+        run.produce(list(range(80_000, 120_000, 500)))
+        _until(lambda: len(run.output()) >= 30, "windows [0, 100 s) written")
+        for task in tasks[:2]:
+            task.stop()
+        tasks[2].stop(checkpoint=False)
+        for lease in run.md.list_leases("query/windows/task-"):
+            run.md.release_lease(lease)
+
+        tasks = _rescaled(sh, _windows_at(1), "c", tmp_path)
+        run.produce([130_000, 200_000])
+        run.exactly_once(200_000)
+        status = tasks[0].status()
+        _until(lambda: tasks[0].status().get("rows_in") == len(run.produced), "task 0 reported")
+        status = tasks[0].status()
+        assert status["offsets"] == {"0": len(run.produced) // 2, "1": len(run.produced) // 2}
+        tasks[0].stop()
+        recorded = {c.query for c in run.md.list_query_checkpoints()}
+        assert {"windows.p1.task-0", "windows.p1.exchange-0", "windows/parallelism"} <= recorded
+        assert not sh.log.store.list("checkpoints/windows.p3.")  # the old state's objects gone
+
+
+def _set_parallelism(cluster: Cluster, parallelism: int) -> None:
+    """The user's rescale: the query file's ``SET 'parallelism'`` changed (agents stopped)."""
+    path = cluster.queries / "clicks.sql"
+    text = path.read_text()
+    start = text.index("SET 'parallelism' = '")
+    end = text.index(";", start)
+    path.write_text(f"{text[:start]}SET 'parallelism' = '{parallelism}'{text[end:]}")
+
+
+def _until_tasks_held(cluster: Cluster, tasks: int, agents: int, timeout: float = 60.0) -> None:
+    """Tasks 0 .. ``tasks`` - 1 each held by a live agent, by ``agents`` agents in all."""
+    deadline = time.monotonic() + timeout
+    held: dict[int, str] = {}
+    while time.monotonic() < deadline:
+        live = {a.agent_id for a in cluster.md.list_agents()}
+        held = {
+            task: lease.holder
+            for task in range(tasks)
+            for lease in cluster.md.list_leases(task_lease_name("clicks", task))
+            if lease.live and lease.holder in live
+        }
+        if len(held) == tasks and len(set(held.values())) == agents:
+            return
+        time.sleep(0.1)
+    logs = "\n".join(a.log(40) for a in cluster.agents)
+    raise AssertionError(f"tasks not held as wanted within {timeout}s: {held}\n{logs}")
+
+
+def _until_logged(agents: list[KafkaServer], text: str, timeout: float = 60.0) -> None:
+    """One of ``agents`` logged ``text`` (the agent that rescaled the query)."""
+    _until(lambda: any(text in a.log_path.read_text() for a in agents), f"{text!r} logged", timeout)
+
+
+@pytest.mark.parametrize("cluster", ["local", "s3"], indirect=True)
+def test_agents_rescale_a_query_2_to_3_to_1_from_the_object_store_exactly_once(
+    cluster: Cluster,
+) -> None:
+    """The user's rescale on agents: the agents stopped (one killed -9 mid-run), the query
+    file's parallelism changed from 2 to 3, agents started again; one of them moves the state
+    from the object store to 3 tasks (draining the killed task first), the agents run them;
+    again to 1. Every window equals DuckDB's, none written twice."""
+    agents = [cluster.start_agent() for _ in range(2)]
+    _until_tasks_held(cluster, 2, 2)
+    produced = _events(range(0, 600))
+    cluster.append(produced)
+    cluster.wait_for(lambda rows: _minute(rows, 8))
+    agents[0].process.send_signal(signal.SIGKILL)  # type: ignore[union-attr]
+    agents[0].process.wait()  # type: ignore[union-attr]
+    agents[1].stop()
+    more = _events(range(600, 1200))  # while the query is stopped
+    cluster.append(more)
+    produced += more
+
+    _set_parallelism(cluster, 3)
+    agents = [cluster.start_agent() for _ in range(2)]
+    _until_logged(agents, "state moved on agents from 2 to 3 tasks")
+    _until_tasks_held(cluster, 3, 2)
+    more = _events(range(1200, 1800))
+    cluster.append(more)
+    produced += more
+    cluster.wait_for(lambda rows: _minute(rows, 28))
+    for agent in agents:
+        agent.stop()
+
+    _set_parallelism(cluster, 1)
+    agents = [cluster.start_agent()]
+    _until_logged(agents, "state moved on agents from 3 to 1 tasks")
+    _until_tasks_held(cluster, 1, 1)
+    more = _events(range(1800, 2400))
+    cluster.append(more)
+    produced += more
+    cluster.append([{"user_id": 0, "event_type": "view", "timestamp": "2026-01-01 01:00:00"}] * 4)
+    _exactly_once(cluster, produced)
+    recorded = {c.query: c for c in cluster.md.list_query_checkpoints()}
+    assert recorded["clicks/parallelism"].checkpoint_id == "1"
+    assert recorded["clicks.p1.task-0"].epoch > 0
+    status = CliRunner().invoke(
+        cli,
+        ["--data-dir", str(cluster.data), "cluster", "status", "--metadata", cluster.url],
+        env={"COLUMNS": "400"},
+    )
+    assert status.exit_code == 0, status.output
+    (task,) = [line for line in status.output.splitlines() if "│ clicks " in line]  # not 3
+    assert f"127.0.0.1:{agents[0].port}" in task
+
+
+def _read_output(bootstrap: str, want: int, timeout: float = 60.0) -> list[dict[str, object]]:
+    """The rows of the SELECT's output topic as a Kafka client reads them (read_committed),
+    once ``want`` came and nothing more within a second and a half."""
+    consumer = KafkaConsumer(
+        "clicks.output",
+        bootstrap_servers=bootstrap,
+        auto_offset_reset="earliest",
+        isolation_level="read_committed",
+        enable_auto_commit=False,
+    )
+    rows: list[dict[str, object]] = []
+    deadline = time.monotonic() + timeout
+    quiet_until = None
+    try:
+        while time.monotonic() < deadline:
+            for records in consumer.poll(timeout_ms=200).values():
+                rows += [json.loads(r.value) for r in records]
+            if len(rows) >= want:
+                quiet_until = quiet_until or time.monotonic() + 1.5  # a duplicate would come
+                if time.monotonic() > quiet_until:
+                    return rows
+    finally:
+        consumer.close()
+    raise AssertionError(f"{len(rows)} of {want} rows read within {timeout}s")
+
+
+def test_a_select_at_parallelism_2_on_agents_writes_its_rows_for_clients_exactly_once(
+    cluster: Cluster,
+) -> None:
+    """A query file with a SELECT (no INSERT INTO) at parallelism 2 on two agents: its tasks
+    write its rows to topic ``clicks.output``, and a Kafka consumer reads every window there
+    once, DuckDB's, also after one agent is killed -9 and its task moves to the other."""
+    path = cluster.queries / "clicks.sql"
+    path.write_text(path.read_text().replace("INSERT INTO clicks_per_minute\n", ""))
+    agents = [cluster.start_agent() for _ in range(2)]
+    _until_tasks_held(cluster, 2, 2)
+    produced = _events(range(0, 600))
+    _produce(agents[0].bootstrap, produced)
+    sh = cluster.sh
+    assert sh is not None
+    _until(
+        lambda: (
+            sh.log.get_topic("clicks.output") is not None and len(sh.fetch("clicks.output")) >= 20
+        ),
+        "windows written",
+        60,
+    )
+    agents[0].process.send_signal(signal.SIGKILL)  # type: ignore[union-attr]
+    agents[0].process.wait()  # type: ignore[union-attr]
+    more = _events(range(600, 1200))
+    cluster.append(more)
+    produced += more
+    _until_tasks_held(cluster, 2, 1)  # the killed agent's task moved
+    cluster.append([{"user_id": 0, "event_type": "view", "timestamp": "2026-01-01 00:30:00"}] * 4)
+    want = _expected(produced)
+    rows = _read_output(agents[1].bootstrap, len(want))  # a row per window
+    assert Counter((r["user_id"], r["window_start"]) for r in rows).most_common(1)[0][1] == 1
+    assert _windows(rows) == want
+    assert len(rows) == len(want)
+
+
+@pytest.mark.parametrize("shape", [*sorted(SHAPES), "select"])
+def test_a_join_a_filter_and_a_select_rescale_on_agents_2_to_3_to_1(
+    tmp_path: Path, shape: str
+) -> None:
+    """An interval join, a filter and the filter as a SELECT (rows to ``q.output``) at 2 on
+    agents, task 1 stopped without a last checkpoint; the state moved from the object store
+    to 3 tasks, task 2 stopped so; moved to 1: DuckDB's rows, each once."""
+    with streamhouse.connect(tmp_path / "data") as sh:
+        run = TwoStreams(sh, tmp_path, "q.output" if shape == "select" else "out")
+        query = _shape_query(shape)
+        tasks = [run.take(query, t, "x")[0] for t in range(2)]
+        run.produce(0, 30_000)
+        for done, (parallelism, agent) in enumerate(((3, "y"), (1, "z")), start=1):
+            _until(lambda n=20 * done: len(run.output()) >= n, "rows written")
+            for task in tasks:
+                task.stop(checkpoint=task is not tasks[-1])  # the last as killed
+            for lease in run.md.list_leases("query/q/task-"):
+                run.md.release_lease(lease)
+            run.produce(30_000 * done, 30_000 * (done + 1))  # while it is stopped
+            tasks = _rescaled(sh, _shape_query(shape, parallelism), agent, tmp_path)
+        run.produce(200_000, 200_001)
+        run.exactly_once(SHAPES["filter" if shape == "select" else shape][1])
+        for task in tasks:
+            task.stop()
+
+
+def test_a_query_file_at_parallelism_1_runs_whole_unless_its_state_is_of_tasks(
+    tmp_path: Path,
+) -> None:
+    """At parallelism 1 an agent runs a query as a whole (lease ``query/<name>``), also once
+    it has checkpoints of its own; as one task when its state is of a parallel run (to be
+    moved to that task first)."""
+    with streamhouse.connect(tmp_path / "data") as sh:
+        md = sh.log.metadata
+        supervisor = QuerySupervisor(sh.engine, "a", 0.6, tmp_path / "a")
+        lease = md.acquire_lease("query/whole", "a", 60_000)
+        assert lease is not None
+        md.record_query_checkpoint(lease, QueryCheckpoint("whole", "000000000001-1"))
+        lease = md.acquire_lease(task_lease_name("tasks", 0), "a", 60_000)
+        assert lease is not None
+        md.record_query_checkpoint(lease, QueryCheckpoint("tasks.p2.task-0", "000000000001-1"))
+        for name in ("whole", "tasks", "fresh"):
+            supervisor.add(QueryFile.read("SELECT 1 AS x FROM ev", name=name))
+        assert supervisor.names == ["fresh", "tasks/task-0", "whole"]
+        with pytest.raises(SqlError, match="checkpointed on agents at parallelism 1 outside"):
+            current_parallelism(md, "whole")
+        assert current_parallelism(md, "tasks") == 2
+
+
+def test_tasks_are_not_started_over_state_of_a_whole_query(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A query checkpointed as a whole at parallelism 1 and then given parallelism 2: its
+    state does not move to tasks, so the agent refuses to start them (not read the sources
+    again from the start), saying why."""
+    with streamhouse.connect(tmp_path / "data") as sh:
+        run = Windows(sh, tmp_path)
+        lease = run.md.acquire_lease("query/windows", "a", 60_000)
+        assert lease is not None
+        run.md.record_query_checkpoint(lease, QueryCheckpoint("windows", "000000000001-1"))
+        run.md.release_lease(lease)
+        supervisor = QuerySupervisor(sh.engine, "a", 0.6, tmp_path / "a")
+        supervisor.add(run.query)
+        supervisor.start()
+        _until(lambda: "outside a parallel run" in caplog.text, "the refusal logged")
+        time.sleep(0.5)
+        supervisor.stop()
+        assert supervisor.running == []
+        assert not any(lease.epoch for lease in run.md.list_leases("query/windows/task-"))
+        assert caplog.text.count("outside a parallel run") <= 2  # once per task, not per round

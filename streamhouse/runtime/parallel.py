@@ -954,7 +954,7 @@ def run_task(spec: dict[str, Any]) -> None:
             if two:
                 query = spec_query(sh, spec, task, 2, spec.get("results_topic"))
             if drain == "consumers":
-                _take_exchange(query)
+                take_exchange(query)
                 return
             writers = first.writers(sh.log, root)
             if drain == "producers":  # a batch a kill left pending: sent again, whole
@@ -1119,13 +1119,15 @@ DRAIN_STALL_S = 60.0
 """How long a draining task may take no exchange record before it gives up."""
 
 
-def _take_exchange(query: TaskQuery) -> None:
+def take_exchange(query: TaskQuery) -> None:
     """A drain's consuming side: take every exchange record appended so far (no producer runs
     any more), and the watermark they carry, so that no row is in flight when the state moves
-    and every task stands at one watermark."""
-    log_ = query.log
+    and every task stands at one watermark. (The ends are read from the store: a metadata
+    cache learns other processes' appends a poll later.)"""
+    metadata = query.log.metadata
+    fresh = getattr(metadata, "fresh_offset", metadata.partition_offset)
     sources = [s for s in query.sources.values() if isinstance(s, ExchangeSource)]
-    targets = [log_.metadata.partition_offsets(s.topic)[query.task].high_watermark for s in sources]
+    targets = [fresh(s.topic, query.task).high_watermark for s in sources]
     deadline = time.monotonic() + DRAIN_STALL_S
     while any(s.positions.get(query.task, 0) < t for s, t in zip(sources, targets, strict=True)):
         if query.step():

@@ -30,10 +30,15 @@ keep their state where another agent finds it:
 Each task writes its progress (source offsets, watermark, rows and rows/s, state size, the
 agent running it) to the object store, ``tasks/<name>/task-<i>.json``, about once a second:
 ``streamhouse cluster status`` lists it, :meth:`AgentTask.status` gives it.
+
+A ``SELECT`` (whose rows have no caller on an agent) writes its rows to topic
+``<name>.output`` (:func:`writing_results`). A query restarted at another parallelism has its
+state moved to the new tasks first (:mod:`.agent_rescale`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -42,8 +47,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+from sqlglot import exp
+
 from streamhouse.errors import FencedError, SqlError, StreamHouseError
 from streamhouse.log.metadata.leases import Lease
+from streamhouse.runtime.agent_rescale import current_parallelism
+from streamhouse.runtime.exchange import PENDING as EXCHANGE_PENDING
 from streamhouse.runtime.exchange import ExchangeWriter
 from streamhouse.runtime.launch import QueryFile, declared, is_materialized_view
 from streamhouse.runtime.options import QueryOptions
@@ -53,6 +62,7 @@ from streamhouse.runtime.parallel import (
     TaskQuery,
     ensure_topics,
     parallel_plan,
+    take_exchange,
     task_status,
 )
 from streamhouse.runtime.routing import plan_routing
@@ -92,6 +102,25 @@ def status_key(query: str, task: int) -> str:
     return f"{STATUS_PREFIX}/{query}/task-{task}.json"
 
 
+def output_topic(query: str) -> str:
+    """The topic a ``SELECT`` run as tasks on agents writes its rows to (its clients read
+    them there: :func:`writing_results`)."""
+    return f"{query}.output"
+
+
+def writing_results(query_file: QueryFile) -> QueryFile:
+    """``query_file`` with a ``SELECT`` (whose rows have no caller on an agent) made an
+    ``INSERT INTO`` its :func:`output_topic`: one JSON record per row (an upsert per key for an
+    updating query), written exactly once in each task's transactions as any sink is, for any
+    Kafka client (``read_committed``) to read."""
+    statement = query_file.statement
+    if not isinstance(statement, exp.Query):
+        return query_file
+    topic = exp.Table(this=exp.to_identifier(output_topic(query_file.name), quoted=True))
+    insert = exp.Insert(this=topic, expression=statement.copy())
+    return dataclasses.replace(query_file, statement=insert)
+
+
 def parallelism_of(query_file: QueryFile) -> int:
     """The parallelism a query file asks for (``SET 'parallelism'``; 1 by default)."""
     return QueryOptions().with_options(query_file.settings).parallelism
@@ -119,9 +148,12 @@ class AgentTask:
         state_root: Path,
         lease: Lease,
         agent: str,
+        *,
+        start: bool = True,
     ) -> None:
         if is_materialized_view(query_file.statement):
             raise SqlError("parallelism > 1 does not run a materialized view yet")
+        query_file = writing_results(query_file)
         self.query_name = query_file.name
         self.name = f"{query_file.name}/task-{task}"
         self.task = task
@@ -134,8 +166,7 @@ class AgentTask:
         plan = parallel_plan(query_file.statement, options, engine._resolve)
         if plan.sink_kind != "topic":
             raise SqlError(
-                "a query at parallelism > 1 on agents writes into a topic (its results have no"
-                " caller there): use INSERT INTO <topic> SELECT ..."
+                f"a query at parallelism > 1 on agents writes into a topic, not {plan.sink_kind}"
             )
         if plan_routing(plan).stage is not None:
             raise SqlError(
@@ -173,21 +204,34 @@ class AgentTask:
         self.error: BaseException | None = None
         self._status: dict[str, Any] = {"task": task}
         self._stopping = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name=f"task-{self.name}", daemon=True)
-        self._thread.start()
+        self._thread: threading.Thread | None = None
+        if start:
+            self._thread = threading.Thread(
+                target=self._loop, name=f"task-{self.name}", daemon=True
+            )
+            self._thread.start()
 
     def _refuse_other_parallelism(self) -> None:
-        """Rescaling on agents is not built yet: refuse checkpoints of another parallelism
-        rather than read the sources again from the start (which would write rows twice)."""
-        prefix = f"{self.query_name}.p"
-        mine = task_checkpoint_name(self.query_name, self.parallelism, "")
-        for recorded in self.log.metadata.list_query_checkpoints():
-            if recorded.query.startswith(prefix) and not recorded.query.startswith(mine):
-                raise SqlError(
-                    f"query {self.query_name!r} was checkpointed on agents at another"
-                    f" parallelism ({recorded.query}): rescaling on agents is not supported"
-                    " yet; run it at that parallelism"
-                )
+        """Refuse checkpoints at another parallelism rather than read the sources again from
+        the start (which would write rows twice): they move to this one first
+        (:func:`~.agent_rescale.rescale_on_agents`, which the supervisors run)."""
+        current = current_parallelism(self.log.metadata, self.query_name)
+        if current is not None and current != self.parallelism:
+            raise SqlError(
+                f"query {self.query_name!r} was checkpointed on agents at another parallelism"
+                f" ({current}): its state moves to {self.parallelism} tasks first (the agents'"
+                " supervisors do: rescale_on_agents)"
+            )
+
+    def drain(self, phase: str) -> None:
+        """A rescale's drain of this (not started) task: ``producers`` send again a batch a
+        kill left pending, whole; ``consumers`` take every exchange record appended so far."""
+        if phase == "producers":
+            for writer in self.writers:
+                if writer.store.get_json(EXCHANGE_PENDING) is not None:
+                    writer.step()
+        elif self.query.shape != "stateless":
+            take_exchange(self.query)
 
     def _producer_stores(self) -> list[str]:
         """The producing side's state stores (``exchange-<i>[-<source>]``), as
@@ -259,7 +303,8 @@ class AgentTask:
         """Stop after the current micro-batch; with ``checkpoint`` (and no error), publish
         the producing sides' and the consuming side's state first."""
         self._stopping.set()
-        self._thread.join()
+        if self._thread is not None:
+            self._thread.join()
         try:
             if checkpoint and self.error is None:
                 self._publish_producers()

@@ -64,6 +64,7 @@ from streamhouse.joins.temporal import versions_key
 from streamhouse.joins.windowed import EMITTED, Panes
 from streamhouse.log import Log
 from streamhouse.runtime.exchange import (
+    CHECKPOINTED_AT,
     IDLE,
     REJECTED,
     ROWS_IN,
@@ -414,11 +415,16 @@ def _move_exchange(
                     moved.setdefault(partition % new, {})[key] = value
         start = min(produced) if produced and not unknown else None  # new producers' watermark
         producers = 0
+        offsets = _high_watermarks(log_, topic)
+        # what a producer on an agent catches up with (ExchangeWriter.recover) starts here:
+        # the old producers' batches before are no new producer's
+        checkpointed_at = {str(t): offsets[t] for t in range(new)}
         for task in range(new):
             if task in moved:
                 producers += 1
                 writer = StateStore(staging / f"exchange-{task}{suffix}")
                 batch = writer.batch()
+                batch.put_json(CHECKPOINTED_AT, checkpointed_at)
                 for key, value in moved[task].items():
                     batch.put(ColumnFamily.META, key, value)
                 batch.put_int(ROWS_IN, rows_in if task == 0 else 0)
@@ -427,7 +433,6 @@ def _move_exchange(
                     batch.put_int(PRODUCER_WATERMARK, start)
                 writer.commit(batch)
                 writer.close()
-        offsets = _high_watermarks(log_, topic)
         for task, batch in enumerate(news):
             batch.put_int(partition_key(SOURCE + bytes([index]), task), offsets[task])
             if start is not None:

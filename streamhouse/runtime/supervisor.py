@@ -15,7 +15,10 @@ A query that fails (not fenced) releases its lease and is tried again after
 :data:`RETRY_FAILED_S`, by whichever agent takes it.
 
 A query at parallelism N (``SET 'parallelism'``) is N such units, one lease per task, spread
-over the agents running the query (:mod:`.placement`).
+over the agents running the query (:mod:`.placement`); so is a query at parallelism 1 whose
+state is of a parallel run. A query whose tasks' checkpoints are at another parallelism than
+its file's is rescaled first, by one agent, while the others take none of its tasks
+(:mod:`.agent_rescale`).
 """
 
 from __future__ import annotations
@@ -27,9 +30,16 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from streamhouse.errors import FencedError, StreamHouseError
+from streamhouse.errors import FencedError, SqlError, StreamHouseError
 from streamhouse.log.metadata import Metadata
 from streamhouse.log.metadata.leases import Lease
+from streamhouse.runtime.agent_rescale import (
+    checkpointed,
+    current_parallelism,
+    renewing,
+    rescale_lease_name,
+    rescale_on_agents,
+)
 from streamhouse.runtime.launch import QueryFile, start_query
 from streamhouse.runtime.placement import (
     AgentTask,
@@ -90,18 +100,21 @@ class QuerySupervisor:
         self._stopping = threading.Event()
         self._threads: list[threading.Thread] = []
         self._placing = threading.Lock()  # one task of a query taken at a time (its share)
+        self._scaled: set[str] = set()  # parallel queries whose state is at their parallelism
 
     def add(self, query_file: QueryFile) -> bool:
-        """Supervise a query (each of its tasks, at parallelism > 1); False if one of that
-        name is supervised already."""
+        """Supervise a query (each of its tasks, at parallelism > 1 or with state of a parallel
+        run); False if one of that name is supervised already."""
         if query_file.name in self._queries or any(
             held.query_file.name == query_file.name for held in self._queries.values()
         ):
             return False
         parallelism = parallelism_of(query_file)
         if parallelism == 1:
-            self._queries[query_file.name] = _Held(query_file)
-            return True
+            whole, tasks = checkpointed(self.metadata, query_file.name)
+            if whole or tasks is None:  # no state of a parallel run: the query as a whole
+                self._queries[query_file.name] = _Held(query_file)
+                return True
         for task in range(parallelism):
             self._queries[f"{query_file.name}/task-{task}"] = _Held(
                 query_file, task=task, parallelism=parallelism
@@ -188,6 +201,62 @@ class QuerySupervisor:
             held.lease = lease
             return lease
 
+    def _rescaling(self, held: _Held) -> bool:
+        """Whether ``held``'s query's tasks are checkpointed at another parallelism than its
+        file's (then task 0's thread tries to move the state, :meth:`_rescale`, and no task of
+        it is taken until that is done)."""
+        name = held.query_file.name
+        if name in self._scaled:
+            return False
+        try:
+            current = current_parallelism(self.metadata, name)
+        except SqlError as exc:  # state that does not move: said once per retry, not per round
+            log.error("continuous query %s not started: %s", held.lease_name, exc)
+            held.retry_at = time.monotonic() + RETRY_FAILED_S
+            return True
+        if current is None or current == held.parallelism:
+            self._scaled.add(name)
+            return False
+        if held.task == 0:
+            self._rescale(held, current)
+        return True
+
+    def _rescale(self, held: _Held, current: int) -> None:
+        """Move ``held``'s query's state from parallelism ``current`` to its file's, holding
+        the rescale lease and every task's lease of both (none taken: try again next round)."""
+        name = held.query_file.name
+        pointer = self.metadata.acquire_lease(rescale_lease_name(name), self.holder, self.ttl_ms)
+        if pointer is None:
+            return
+        leases: list[Lease] = []
+        try:
+            for task in range(max(current, held.parallelism)):
+                lease = self.metadata.acquire_lease(
+                    task_lease_name(name, task), self.holder, self.ttl_ms
+                )
+                if lease is None:
+                    log.info("query %s: task %d still runs elsewhere; rescaling later", name, task)
+                    return
+                leases.append(lease)
+            log.warning(
+                "query %s: moving its state from %d to %d tasks", name, current, held.parallelism
+            )
+            with renewing(self.metadata, [pointer, *leases], self.ttl_ms):
+                work = self.state_root / f"rescale-{name}"
+                rescale_on_agents(self.engine, held.query_file, self.holder, work, leases, pointer)
+        except Exception as exc:  # noqa: BLE001 (the query alone waits; tried again later)
+            log.error(
+                "query %s not rescaled (tried again in %.0f s): %s",
+                name,
+                RETRY_FAILED_S,
+                exc,
+                exc_info=not isinstance(exc, StreamHouseError),
+            )
+            held.retry_at = time.monotonic() + RETRY_FAILED_S
+        finally:
+            for lease in [*leases, pointer]:
+                self._release_lease(lease)
+
     def _start(self, held: _Held, lease: Lease) -> ContinuousQuery | AgentTask:
         if held.task is not None:
             return AgentTask(
@@ -197,6 +266,8 @@ class QuerySupervisor:
 
     def _try_to_take(self, name: str, held: _Held) -> None:
         if time.monotonic() < held.retry_at:
+            return
+        if held.task is not None and self._rescaling(held):
             return
         asked = time.monotonic()
         lease = self._acquire(held)
