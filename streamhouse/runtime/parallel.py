@@ -118,6 +118,14 @@ UNTIL_END_POLL_S = 0.02
 """The longest wait of a task running to the end for the other tasks' exchange records (a
 continuous query waits up to ``poll-interval``)."""
 
+TASK_CACHE_BYTES = 32 << 20
+"""The most a task process's log keeps of the segment objects it writes and reads (its
+``ObjectCache``; ``cache_bytes``, 256 MiB by default, if smaller). A task reads its sources and
+exchange partition once, in order, soon after they are written, so a small cache serves what
+it reads again. The default, full in every task process, held 220-240 MiB more per task of a
+query with 10M open SESSION keys at parallelism 2 (``benchmarks/windows_bench.py --parts
+parallel``: peaks 974/992 MiB against 749/770), for more CPU (17.0 s per task against 14.5)."""
+
 
 def parallel_shape(plan: ContinuousPlan) -> str:
     """``"stateless"``, ``"aggregate"`` or ``"rows"``: how a plan runs in parallel (see
@@ -858,6 +866,9 @@ def run_task(spec: dict[str, Any]) -> None:
 
     settings = Settings(
         **{k: Path(v) if k == "data_dir" else v for k, v in spec["settings"].items()}
+    )
+    settings = dataclasses.replace(
+        settings, cache_bytes=min(settings.cache_bytes, TASK_CACHE_BYTES)
     )
     task, parallelism = int(spec["task"]), int(spec["parallelism"])
     root = Path(spec["root"])
