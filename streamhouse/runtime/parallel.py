@@ -51,7 +51,7 @@ import uuid
 from collections import deque
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
@@ -102,6 +102,9 @@ from streamhouse.sql.statement_set import StatementSet
 from streamhouse.sql.window_spec import WindowKind
 from streamhouse.state.store import StateBatch, StateStore, StateView
 from streamhouse.windows.operator import WindowOperator
+
+if TYPE_CHECKING:
+    from streamhouse.config import Settings
 
 log = logging.getLogger(__name__)
 
@@ -858,18 +861,21 @@ class ParallelResults:
             yield item
 
 
+def task_settings(raw: dict[str, Any]) -> Settings:
+    """A task process's settings: the launcher's (``raw``, as sent), its log cache at most
+    :data:`TASK_CACHE_BYTES`."""
+    from streamhouse.config import Settings
+
+    settings = Settings(**{k: Path(v) if k == "data_dir" else v for k, v in raw.items()})
+    return dataclasses.replace(settings, cache_bytes=min(settings.cache_bytes, TASK_CACHE_BYTES))
+
+
 def run_task(spec: dict[str, Any]) -> None:
     """The body of one task process (see :class:`ParallelQuery`)."""
-    from streamhouse.config import Settings
     from streamhouse.connection import StreamHouse
     from streamhouse.runtime.launch import QueryFile
 
-    settings = Settings(
-        **{k: Path(v) if k == "data_dir" else v for k, v in spec["settings"].items()}
-    )
-    settings = dataclasses.replace(
-        settings, cache_bytes=min(settings.cache_bytes, TASK_CACHE_BYTES)
-    )
+    settings = task_settings(spec["settings"])
     task, parallelism = int(spec["task"]), int(spec["parallelism"])
     root = Path(spec["root"])
     stopping = False
