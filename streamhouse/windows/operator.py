@@ -302,13 +302,13 @@ class SessionOperator:
     bits when the low ``d`` are below ``p``. State starts as one bucket (depth 0); while the
     buckets hold more than :data:`SPLIT_ROWS` sessions each on average, the next bucket ``p``
     splits in two (``p + 1``; at ``2^d``, depth ``d + 1`` and ``p`` 0 again), so a merge holds
-    about that many rows at most, however many keys are open. A micro-batch splits at most
-    :data:`SPLIT_ROWS` rows more than it added to state (at least one bucket), so its write
-    batch stays in proportion to its input, never the whole state rewritten at once; each split
-    commits with its micro-batch, so a restart finds whole buckets at depth ``d`` and ``d + 1``
-    and knows ``p`` from them (an empty bucket counts as not split yet: it holds nothing). Without
-    group keys, or with keys of a type :func:`~streamhouse.state.store.key_hashes` has no hash
-    for, state stays one bucket.
+    about that many rows at most, however many keys are open. A micro-batch splits buckets until
+    it has rewritten :data:`SPLIT_ROWS` rows more than it added to state (one bucket past that
+    at most), so its write batch stays in proportion to its input, never the whole state
+    rewritten at once; each split commits with its micro-batch, so a restart finds whole
+    buckets at depth ``d`` and ``d + 1`` and knows ``p`` from them (an empty bucket counts as
+    not split yet: it holds nothing). Without group keys, or with keys of a type
+    :func:`~streamhouse.state.store.key_hashes` has no hash for, state stays one bucket.
 
     Each micro-batch adds to every bucket it touches one *run*: its own sessions, not yet merged
     with older ones. A bucket's runs are merged (the sessions of a key that overlap or touch
@@ -453,8 +453,8 @@ class SessionOperator:
 
     def _split(self, batch: StateBatch) -> None:
         """Split buckets, the next one at a time, while they hold more than :data:`SPLIT_ROWS`
-        sessions each on average, rewriting at most :data:`SPLIT_ROWS` more rows than this
-        micro-batch added (past that, the next micro-batch goes on). Last in a micro-batch
+        sessions each on average, until this micro-batch has rewritten :data:`SPLIT_ROWS` more
+        rows than it added (the next micro-batch goes on from there). Last in a micro-batch
         (nothing reads state after it), so the rewritten runs are not kept in memory as well as
         in the write batch."""
         budget = SPLIT_ROWS + self._added
@@ -565,9 +565,11 @@ SessionRun = tuple[int, int, int]
 """(run, sessions, smallest window_end) of one run of a session bucket."""
 SPLIT_ROWS = 1 << 18
 """Session buckets split (the next one in two) while they hold more than this many sessions
-each on average; a micro-batch rewrites at most this many rows more than it added. A split or
-merge of a bucket holds a few copies of its rows for a moment: with 5M open keys per task
-process, its peak was 632-688 MiB at 256k, 749-770 MiB at 512k (one run each)."""
+each on average; a micro-batch splits until it has rewritten this many rows more than it
+added. A split or merge of a bucket holds a few copies of its rows for a moment: 10M open keys
+at parallelism 2 peaked at 1.56-1.63 GiB summed over the processes at 256k, 1.80-1.95 GiB at
+512k, for the same CPU (2 alternating pairs:
+``benchmarks/results/windows_parallel_state_session_split_ab.json``)."""
 EAGER_ROWS = 1 << 16
 """A bucket whose runs hold this many sessions or fewer is kept merged into one run."""
 _MAX_DEPTH = 24
