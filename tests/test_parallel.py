@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import random
@@ -31,9 +32,11 @@ from window_cases import oracle, rows_of, to_ms, topic_rows
 
 import streamhouse
 from streamhouse import StreamHouse
+from streamhouse.config import Settings
 from streamhouse.errors import ConfigError, SqlError
 from streamhouse.os_memory import resident_memory
 from streamhouse.runtime.launch import start_query
+from streamhouse.runtime.parallel import TASK_CACHE_BYTES, task_settings
 from streamhouse.runtime.task_processes import Zygote
 
 T0 = 1_767_225_600_000  # 2026-01-01 00:00:00 UTC
@@ -568,3 +571,20 @@ def test_window_tasks_hash_each_distinct_start_as_every_start(width: int) -> Non
                 window_tasks(starts + 1, parallelism, width)
                 == window_tasks(starts + 1, parallelism)
             ).all()  # not multiples of the width: hashed one by one
+
+
+def test_a_task_process_keeps_the_launchers_settings_with_a_smaller_log_cache(
+    tmp_path: Path,
+) -> None:
+    """A task's log caches at most TASK_CACHE_BYTES of segment objects (it reads its sources
+    and exchange partition once: the 256 MiB default, full in every task, held 220-240 MiB per
+    task of 10M open SESSION keys); a smaller configured cache is kept, and nothing else
+    changes."""
+    for cache_bytes, expected in [(256 << 20, TASK_CACHE_BYTES), (1 << 20, 1 << 20)]:
+        settings = Settings(data_dir=tmp_path / "data", cache_bytes=cache_bytes, linger_ms=3.0)
+        raw = {  # as the launcher sends them (ParallelQuery._spec)
+            k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(settings).items()
+        }
+        got = task_settings(json.loads(json.dumps(raw)))
+        assert got.cache_bytes == expected
+        assert dataclasses.replace(got, cache_bytes=cache_bytes) == settings

@@ -11,10 +11,14 @@ disorder. Also: late rows, the dead-letter topic, sessions merged by a bridging 
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
@@ -24,6 +28,13 @@ import streamhouse
 from streamhouse import StreamHouse
 from streamhouse.errors import SqlError, StreamHouseError
 from streamhouse.runtime.query import ContinuousQuery
+from streamhouse.state.store import (
+    ColumnFamily,
+    StateBatch,
+    StateStore,
+    decode_table,
+    key_hashes,
+)
 from streamhouse.windows import operator as window_operator
 
 T0 = 1_767_225_600_000  # 2026-01-01 00:00:00 UTC, in ms
@@ -464,3 +475,158 @@ def test_a_plain_topic_is_read_with_the_schema_of_its_first_values(sh: StreamHou
             query.step()
     finally:
         query.stop()
+
+
+# -- session buckets split a few at a time ------------------------------------------------------
+
+SPLIT_GAP = "SESSION(t, INTERVAL '8' SECOND)"
+SPLIT_KEYS = 3_000
+"""Keys of the split tests, one event each, all open (one gap apart at most) until the end."""
+
+
+def split_events() -> list[tuple[str, int, int | None]]:
+    return [(f"key{i:05d}", T0 + i, i % 7) for i in range(SPLIT_KEYS)]
+
+
+def stored_buckets(query: ContinuousQuery) -> dict[tuple[int, int], list[tuple]]:
+    """(depth, bucket) -> the group keys of its stored runs, read back from RocksDB; every key
+    checked to lie in its bucket (its hash's low ``depth`` bits)."""
+    store = query.operator.executor.store
+    found: dict[tuple[int, int], list[tuple]] = {}
+    for key, value in store.items(ColumnFamily.SESSIONS, window_operator.SESSIONS_KEY):
+        if not key.startswith(window_operator.SESSIONS_KEY):
+            break
+        depth, bucket, _ = window_operator._SESSION_RUN.unpack(key[4:])
+        table = decode_table(value)
+        hashes = key_hashes(table, ["__k0"])
+        assert hashes is not None
+        assert ((hashes & np.uint64((1 << depth) - 1)) == bucket).all(), (depth, bucket)
+        found.setdefault((depth, bucket), []).extend(table["__k0"].to_pylist())
+    return found
+
+
+def test_session_buckets_split_one_at_a_time_in_bounded_write_batches(
+    sh: StreamHouse, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Buckets of 64 sessions (runs never merged eagerly, as in buckets past EAGER_ROWS): state
+    splits bucket by bucket as keys arrive (linear hashing), so no micro-batch's write batch
+    holds a rewrite of the whole state (the former split of every bucket at once wrote half the
+    final state in one batch); a restart, often in the middle of a round of splits, finds the
+    same buckets; the answer is DuckDB's."""
+    monkeypatch.setattr(window_operator, "SPLIT_ROWS", 64)
+    monkeypatch.setattr(window_operator, "EAGER_ROWS", 0)
+    written: list[int] = []
+    commit = StateStore.commit
+
+    def measured(self: StateStore, batch: StateBatch, sync: bool = True) -> None:
+        written.append(batch.write_batch.size_in_bytes())
+        commit(self, batch, sync)
+
+    monkeypatch.setattr(StateStore, "commit", measured)
+    events = split_events()
+    sh.sql(STREAM.format(delay=0, partitions=1))
+    produce(sh, events)
+    sql = SELECT.format(window=SPLIT_GAP, having="")
+    query = start_paused(sh, sql, "q")
+    layouts, state_bytes, while_open = set(), 0, []
+    try:
+        for step in range(40):
+            if not query.step(max_records=150):
+                break
+            executor = query.operator.executor
+            layout = (executor.depth, executor.split)
+            layouts.add(layout)
+            if step % 3 == 2:  # restarts: the same buckets and split point from RocksDB
+                buckets = stored_buckets(query)
+                query.stop()
+                query = start_paused(sh, sql, "q")
+                executor = query.operator.executor
+                assert (executor.depth, executor.split) == layout
+                assert stored_buckets(query) == buckets
+        buckets = stored_buckets(query)
+        assert sorted(k for keys in buckets.values() for k in keys) == [k for k, _, _ in events]
+        state_bytes = sum(len(v) for _, v in query.operator.executor.store.items("sessions"))
+        while_open = list(written)
+        query.run_until_caught_up(final=True)
+    finally:
+        query.stop()
+    assert len({d for d, _ in layouts}) >= 4 and any(p for _, p in layouts)  # split mid-round
+    assert max(while_open) < state_bytes / 4, (while_open, state_bytes)
+    assert rows_of(topic_rows(sh, "out"), COLUMNS) == oracle(events, "session", 8 * SECOND)
+
+
+SPLIT_CHILD = """
+import json, os, signal, sys
+import streamhouse
+from streamhouse.windows import operator as window_operator
+sys.path.insert(0, sys.argv[3])
+from window_cases import start_paused
+
+window_operator.SPLIT_ROWS, window_operator.EAGER_ROWS = 64, 0
+split_next = window_operator.SessionOperator._split_next
+splits = {"n": 0, "armed": False}
+
+def dying(self, batch):  # killed -9 in the second split of a micro-batch, its first one staged
+    splits["n"] += 1
+    if splits["armed"] and splits["n"] == 2:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return split_next(self, batch)
+
+window_operator.SessionOperator._split_next = dying
+with streamhouse.connect(sys.argv[1], linger_ms=1) as sh:
+    query = start_paused(sh, sys.argv[2], "q")
+    for step in range(60):
+        splits["n"], splits["armed"] = 0, step >= 8
+        if not query.step(max_records=150):
+            break
+        executor = query.operator.executor
+        print(json.dumps([executor.depth, executor.split, query.status()["rows_in"]]), flush=True)
+"""
+
+
+def test_a_kill_in_the_middle_of_a_split_resumes_from_the_last_checkpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A process killed -9 after one bucket of a micro-batch split and before the next: the
+    query resumes from the checkpoint before that micro-batch (its buckets and split point, every
+    key once), splits on, and answers as DuckDB does."""
+    monkeypatch.setattr(window_operator, "SPLIT_ROWS", 64)
+    monkeypatch.setattr(window_operator, "EAGER_ROWS", 0)
+    events = split_events()
+    sql = SELECT.format(window=SPLIT_GAP, having="")
+    with streamhouse.connect(tmp_path / "data", linger_ms=1) as sh:
+        sh.sql(STREAM.format(delay=0, partitions=1))
+        produce(sh, events)
+    child = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            SPLIT_CHILD,
+            str(tmp_path / "data"),
+            sql,
+            str(Path(__file__).parent),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert child.returncode == -signal.SIGKILL, child.stderr[-2000:]
+    depth, split, rows_in = json.loads(child.stdout.splitlines()[-1])
+    assert 0 < rows_in < SPLIT_KEYS
+    with streamhouse.connect(tmp_path / "data", linger_ms=1) as sh:
+        query = start_paused(sh, sql, "q")
+        try:
+            executor = query.operator.executor
+            assert (executor.depth, executor.split, query.status()["rows_in"]) == (
+                depth,
+                split,
+                rows_in,
+            )
+            held = sorted(k for keys in stored_buckets(query).values() for k in keys)
+            assert held == sorted(k for k, _, _ in events[:rows_in])
+            query.run_until_caught_up(final=True)
+            assert query.status()["rows_in"] == SPLIT_KEYS
+        finally:
+            query.stop()
+        got = rows_of(topic_rows(sh, "out"), COLUMNS)
+    assert got == oracle(events, "session", 8 * SECOND)

@@ -294,12 +294,21 @@ class SessionOperator:
 
     State: column family ``sessions``, key ``b"open" | u8(depth) | u64(bucket) | u32(run)`` ->
     Arrow IPC of partial sessions (keys, ``window_start``, ``window_end``, partials). Bucket
-    ``b`` holds the keys whose :func:`~streamhouse.state.store.key_hashes` end in the ``depth``
-    bits ``b``. State starts as one bucket (depth 0); when it holds more than
-    :data:`SPLIT_ROWS` sessions per bucket, every bucket splits in two (depth + 1), so a merge
-    holds about that many rows at most, however many keys are open. Without group keys, or
-    with keys of a type :func:`~streamhouse.state.store.key_hashes` has no hash for, state stays
-    one bucket.
+    ``b`` at ``depth`` holds the keys whose :func:`~streamhouse.state.store.key_hashes` end in
+    the ``depth`` bits ``b``. Buckets split one at a time, as in linear hashing: with
+    :attr:`depth` ``d`` and :attr:`split` ``p``, buckets ``0 .. p-1`` and ``2^d .. 2^d+p-1``
+    are at depth ``d + 1`` (the halves of the first ``p`` buckets of depth ``d``), the others,
+    ``p .. 2^d-1``, still at ``d``; a key's bucket is its hash's low ``d`` bits, or ``d + 1``
+    bits when the low ``d`` are below ``p``. State starts as one bucket (depth 0); while the
+    buckets hold more than :data:`SPLIT_ROWS` sessions each on average, the next bucket ``p``
+    splits in two (``p + 1``; at ``2^d``, depth ``d + 1`` and ``p`` 0 again), so a merge holds
+    about that many rows at most, however many keys are open. A micro-batch splits buckets until
+    it has rewritten :data:`SPLIT_ROWS` rows more than it added to state (one bucket past that
+    at most), so its write batch stays in proportion to its input, never the whole state
+    rewritten at once; each split commits with its micro-batch, so a restart finds whole
+    buckets at depth ``d`` and ``d + 1`` and knows ``p`` from them (an empty bucket counts as
+    not split yet: it holds nothing). Without group keys, or with keys of a type
+    :func:`~streamhouse.state.store.key_hashes` has no hash for, state stays one bucket.
 
     Each micro-batch adds to every bucket it touches one *run*: its own sessions, not yet merged
     with older ones. A bucket's runs are merged (the sessions of a key that overlap or touch
@@ -318,19 +327,24 @@ class SessionOperator:
         self.lateness = allowed_lateness_ms
         self.keys = [*plan.keys, *WINDOW_BOUNDS]
         self._calls = plan.aggregates
-        self.depth = 0
+        self.depth = self.split = 0
         self.state: dict[int, list[SessionRun]] = {}
+        found: dict[tuple[int, int], list[SessionRun]] = {}  # (depth, bucket) -> runs
         for key, value in store.items(ColumnFamily.SESSIONS, SESSIONS_KEY):
             if not key.startswith(SESSIONS_KEY):
                 break
             depth, bucket, seq = _SESSION_RUN.unpack(key[len(SESSIONS_KEY) :])
             table = decode_table(value)
             if table.num_rows:
-                self.depth = depth
-                self.state.setdefault(bucket, []).append(_session_run(seq, table))
-        self._staged: tuple[int, dict[int, list[SessionRun]]] | None = None
+                found.setdefault((depth, bucket), []).append(_session_run(seq, table))
+        if found:
+            self.depth, self.split = _split_point(list(found))
+            self.state = {bucket: runs for (_, bucket), runs in found.items()}
+        self._staged: tuple[int, int, dict[int, list[SessionRun]]] | None = None
         self._fresh: dict[tuple[int, int, int], pa.Table] = {}  # runs of the uncommitted batch
         self._splittable: bool | None = None  # known from the first micro-batch's key types
+        self._added = 0  # sessions the uncommitted batch added to state (before merges)
+        self._wrapped = False  # the split point went round to 0 in this micro-batch
 
     @property
     def open_windows(self) -> int:
@@ -343,12 +357,23 @@ class SessionOperator:
 
     def _stage(self) -> dict[int, list[SessionRun]]:
         if self._staged is None:
-            self._staged = (self.depth, {b: list(runs) for b, runs in self.state.items()})
-        return self._staged[1]
+            self._staged = (
+                self.depth,
+                self.split,
+                {b: list(runs) for b, runs in self.state.items()},
+            )
+        return self._staged[2]
 
     @property
-    def _depth(self) -> int:
-        return self._staged[0] if self._staged is not None else self.depth
+    def _layout(self) -> tuple[int, int]:
+        """(depth, split point) as staged."""
+        staged = self._staged
+        return (staged[0], staged[1]) if staged is not None else (self.depth, self.split)
+
+    def _bucket_depth(self, bucket: int) -> int:
+        """The depth of ``bucket``'s keys (``d + 1`` once split, else ``d``)."""
+        depth, split = self._layout
+        return depth + 1 if bucket < split or bucket >= 1 << depth else depth
 
     def process(
         self, pre: pa.Table, ts: np.ndarray, watermark: int, batch: StateBatch
@@ -371,7 +396,8 @@ class SessionOperator:
             "window_end", pa.array(ends[ids])
         )
         fresh = aggregate.partial(tagged, self.keys, self._calls)
-        for bucket, part in self._by_bucket(fresh, self._depth):
+        self._added += fresh.num_rows
+        for bucket, part in self._by_bucket(fresh):
             self._add_run(bucket, part, batch)
         return late_rows
 
@@ -392,11 +418,7 @@ class SessionOperator:
             remaining = current.filter(pc.invert(closing))
             if remaining.num_rows:
                 self._add_run(bucket, remaining, batch)
-        if (
-            self._splittable
-            and self._held() > SPLIT_ROWS << self._depth
-            and self._depth < _MAX_DEPTH
-        ):
+        if self._splittable:
             self._split(batch)
         closed = pa.concat_tables(tables) if tables else None
         if closed is None or closed.num_rows == 0:
@@ -408,14 +430,18 @@ class SessionOperator:
     def _held(self) -> int:
         return sum(run[1] for runs in self._stage().values() for run in runs)
 
-    def _by_bucket(self, table: pa.Table, depth: int) -> list[tuple[int, pa.Table]]:
-        """``table``'s rows split by the bucket they fall in at ``depth``."""
-        if depth == 0 or table.num_rows == 0:
+    def _by_bucket(self, table: pa.Table) -> list[tuple[int, pa.Table]]:
+        """``table``'s rows split by the bucket they fall in (as staged)."""
+        depth, split = self._layout
+        if (depth == 0 and split == 0) or table.num_rows == 0:
             return [(0, table)]
         hashes = key_hashes(table, list(self.plan.keys)) if self.plan.keys else None
         if hashes is None:  # no hash for these key types: every key stays in bucket 0
             return [(0, table)]
         buckets = hashes & np.uint64((1 << depth) - 1)
+        if split:
+            split_ones = buckets < np.uint64(split)
+            buckets[split_ones] = hashes[split_ones] & np.uint64((2 << depth) - 1)
         order = np.argsort(buckets, kind="stable")
         sorted_buckets = buckets[order]
         cuts = np.flatnonzero(np.diff(sorted_buckets)) + 1
@@ -426,17 +452,39 @@ class SessionOperator:
         return out
 
     def _split(self, batch: StateBatch) -> None:
-        """Every bucket in two: the state rewritten at depth + 1, one bucket at a time. Last
-        in a micro-batch (nothing reads state after it), so the rewritten runs are not kept in
-        memory as well as in the write batch."""
-        depth, old = self._depth, self._stage()
-        self._staged = (depth + 1, {})
-        for bucket in sorted(old):
-            table = self._merge(bucket, old[bucket], batch, depth)
-            for half, part in self._by_bucket(table, depth + 1):
-                if part.num_rows:
-                    self._add_run(half, part, batch)
-                    self._fresh.pop((depth + 1, half, 0), None)
+        """Split buckets, the next one at a time, while they hold more than :data:`SPLIT_ROWS`
+        sessions each on average, until this micro-batch has rewritten :data:`SPLIT_ROWS` more
+        rows than it added (the next micro-batch goes on from there). Last in a micro-batch
+        (nothing reads state after it), so the rewritten runs are not kept in memory as well as
+        in the write batch."""
+        budget = SPLIT_ROWS + self._added
+        self._wrapped = False
+        while budget > 0 and not self._wrapped:
+            depth, split = self._layout
+            if depth >= _MAX_DEPTH or self._held() <= SPLIT_ROWS * ((1 << depth) + split):
+                return
+            budget -= self._split_next(batch)
+
+    def _split_next(self, batch: StateBatch) -> int:
+        """Bucket ``p`` (at depth ``d``) into ``p`` and ``p + 2^d`` at ``d + 1``; the rows moved."""
+        depth, split = self._layout
+        runs = self._stage().pop(split, [])
+        table = self._merge(split, runs, batch) if runs else None
+        split += 1
+        if split == 1 << depth:  # every bucket split: the halves written now split no more in
+            depth, split = depth + 1, 0  # this micro-batch (only the write batch holds them)
+            self._wrapped = True
+        self._staged = (depth, split, self._stage())
+        if table is None:
+            return 0
+        log.debug(
+            "session bucket split: %d sessions, depth %d, split %d", table.num_rows, *self._layout
+        )
+        for half, part in self._by_bucket(table):
+            if part.num_rows:
+                self._add_run(half, part, batch)
+                self._fresh.pop((self._bucket_depth(half), half, 0), None)
+        return table.num_rows
 
     def _read(self, depth: int, bucket: int, seq: int) -> pa.Table:
         fresh = self._fresh.get((depth, bucket, seq))
@@ -452,10 +500,9 @@ class SessionOperator:
         seq = max((run[0] for run in runs), default=-1) + 1
         table = table.combine_chunks()
         runs.append(_session_run(seq, table))
-        self._fresh[(self._depth, bucket, seq)] = table
-        batch.put(
-            ColumnFamily.SESSIONS, _session_key(self._depth, bucket, seq), encode_table(table)
-        )
+        depth = self._bucket_depth(bucket)
+        self._fresh[(depth, bucket, seq)] = table
+        batch.put(ColumnFamily.SESSIONS, _session_key(depth, bucket, seq), encode_table(table))
         if len(runs) > 1 and sum(run[1] for run in runs) <= EAGER_ROWS:
             self._add_run(bucket, self._take(bucket, batch), batch)
         elif len(runs) > MAX_RUNS:
@@ -468,12 +515,9 @@ class SessionOperator:
         """Every run of ``bucket``, merged, and removed from state."""
         return self._merge(bucket, self._stage().pop(bucket), batch)
 
-    def _merge(
-        self, bucket: int, runs: list[SessionRun], batch: StateBatch, depth: int | None = None
-    ) -> pa.Table:
-        """``runs`` of ``bucket`` (at ``depth``, default the current one) merged: one row per key
-        and session; their keys are deleted."""
-        depth = self._depth if depth is None else depth
+    def _merge(self, bucket: int, runs: list[SessionRun], batch: StateBatch) -> pa.Table:
+        """``runs`` of ``bucket`` merged: one row per key and session; their keys are deleted."""
+        depth = self._bucket_depth(bucket)
         tables = [self._read(depth, bucket, run[0]) for run in runs]
         for run in runs:
             self._fresh.pop((depth, bucket, run[0]), None)
@@ -505,20 +549,27 @@ class SessionOperator:
 
     def commit(self) -> None:
         if self._staged is not None:
-            self.depth, self.state = self._staged
-            self.state = {b: runs for b, runs in self.state.items() if runs}
+            self.depth, self.split, state = self._staged
+            self.state = {b: runs for b, runs in state.items() if runs}
             self._staged = None
         self._fresh = {}
+        self._added = 0
 
     def rollback(self) -> None:
         self._staged = None
         self._fresh = {}
+        self._added = 0
 
 
 SessionRun = tuple[int, int, int]
 """(run, sessions, smallest window_end) of one run of a session bucket."""
-SPLIT_ROWS = 1 << 20
-"""Every session bucket splits in two when they hold more than this many sessions each."""
+SPLIT_ROWS = 1 << 18
+"""Session buckets split (the next one in two) while they hold more than this many sessions
+each on average; a micro-batch splits until it has rewritten this many rows more than it
+added. A split or merge of a bucket holds a few copies of its rows for a moment: 10M open keys
+at parallelism 2 peaked at 1.56-1.63 GiB summed over the processes at 256k, 1.80-1.95 GiB at
+512k, for the same CPU (2 alternating pairs:
+``benchmarks/results/windows_parallel_state_session_split_ab.json``)."""
 EAGER_ROWS = 1 << 16
 """A bucket whose runs hold this many sessions or fewer is kept merged into one run."""
 _MAX_DEPTH = 24
@@ -527,6 +578,22 @@ _SESSION_RUN = struct.Struct(">BQI")
 
 def _session_key(depth: int, bucket: int, seq: int) -> bytes:
     return SESSIONS_KEY + _SESSION_RUN.pack(depth, bucket, seq)
+
+
+def _split_point(buckets: list[tuple[int, int]]) -> tuple[int, int]:
+    """(depth, split point) of stored session state from its non-empty ``(depth, bucket)``s:
+    buckets of one depth ``d`` (split point 0), or of ``d`` and ``d + 1`` in the middle of
+    splitting, the split point past the last bucket of ``d`` that has halves at ``d + 1``."""
+    depths = sorted({depth for depth, _ in buckets})
+    if len(depths) == 1:
+        return depths[0], 0
+    low = depths[0]
+    mask = (1 << low) - 1
+    halves = [bucket & mask for depth, bucket in buckets if depth == low + 1]
+    unsplit = [bucket for depth, bucket in buckets if depth == low]
+    if len(depths) > 2 or not halves or min(unsplit) <= max(halves):
+        raise StorageError(f"session state buckets at depths {depths} do not fit together")
+    return low, max(halves) + 1
 
 
 def _session_run(seq: int, table: pa.Table) -> SessionRun:
