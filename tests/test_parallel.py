@@ -22,6 +22,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import pyarrow as pa
@@ -108,6 +109,17 @@ def write(tmp_path: Path, name: str, text: str) -> Path:
     path = tmp_path / f"{name}.sql"
     path.write_text(text)
     return path
+
+
+def started_tumble(
+    sh: StreamHouse, tmp_path: Path, rng: random.Random, per_partition: int, batch: int
+) -> tuple[list[list[tuple]], Any]:
+    """Events produced, and the windowed query over them (TUMBLE 10 s, sink ``out``) started
+    at parallelism 2."""
+    parts = events(rng, per_partition)
+    produce(sh, rng, parts)
+    text = WINDOWED.format(batch=batch, sink="out", window=WINDOWS["tumble"][0])
+    return parts, sh.start(write(tmp_path, "agg", text), parallelism=2)
 
 
 @pytest.mark.parametrize(
@@ -406,6 +418,25 @@ def test_stop_kill_9_and_restart_give_every_window_once(sh: StreamHouse, tmp_pat
     assert rows_of(topic_rows(sh, "out"), COLUMNS) == expected  # none lost, none twice
 
 
+def test_started_query_runs_until_caught_up_then_on(sh: StreamHouse, tmp_path: Path) -> None:
+    """``sh.start(..., parallelism=2)`` then ``run_until_caught_up``, as at parallelism 1: the
+    running tasks stop (checkpointed) for the run to the end (two processes of one task failed
+    on its state's lock before), every window once, and the tasks run on after it."""
+    rng = random.Random(16)
+    parts, query = started_tumble(sh, tmp_path, rng, 300, 113)
+    try:
+        time.sleep(rng.uniform(0, 0.3))  # the tasks set up, or mid-way
+        query.run_until_caught_up(final=True)
+        assert query.error is None
+        expected = oracle(flat(parts), "tumble", 10_000)
+        assert rows_of(topic_rows(sh, "out"), COLUMNS) == expected
+        assert query.status()["state"] == "running"
+        assert all(process.poll() is None for process in query.processes)
+    finally:
+        query.stop()
+    assert query.status()["state"] == "stopped"
+
+
 def test_explain_and_refusals(sh: StreamHouse, tmp_path: Path) -> None:
     sh.sql(STREAM.split(";")[0])
     sh.sql("SET 'parallelism' = '3'")
@@ -512,12 +543,7 @@ def test_status_reports_each_task_process_memory(sh: StreamHouse, tmp_path: Path
     from the task process itself (a child of the task launcher this process started), and
     their sums; after a stop, the memory each task last reported."""
     rng = random.Random(37)
-    parts = events(rng, 200)
-    produce(sh, rng, parts)
-    path = write(
-        tmp_path, "mem", WINDOWED.format(batch=50, sink="out", window=WINDOWS["tumble"][0])
-    )
-    query = sh.start(path, parallelism=2)
+    parts, query = started_tumble(sh, tmp_path, rng, 200, 50)
     try:
         wait_for(lambda: query.status()["rows_in"] >= PARTITIONS * 200)
         status = query.status()

@@ -629,13 +629,18 @@ class ParallelQuery:
             if self._results is not None:
                 self._results.start()
             self._spawn(until_end=False)
-            threading.Thread(
-                target=self._supervise, name=f"query-{self.name}-tasks", daemon=True
-            ).start()
+            self._supervisor()
         return self
 
     def run_until_caught_up(self, final: bool = True) -> None:
-        """Run every task to the end of what the sources hold now, close every window, exit."""
+        """Run every task to the end of what the sources hold now, close every window, exit.
+
+        A started query's running tasks stop first (after their micro-batch, checkpointed: two
+        processes of one task would contend for its state), the run to the end goes on from
+        their checkpoints, and then they run on in the background, as at parallelism 1."""
+        running = bool(self.processes)
+        if running:
+            self._halt()
         if self._results is not None:
             self._results.mark()
         self._spawn(until_end=True)
@@ -644,6 +649,24 @@ class ParallelQuery:
         finally:
             if self._results is not None:
                 self._results.take(fresh=True)  # every task has exited: all its results
+        if running:
+            self._stopping.clear()
+            self._spawn(until_end=False)
+            self._supervisor()
+
+    def _halt(self) -> None:
+        """Stop the running tasks (SIGTERM: each after its micro-batch) and their supervisor."""
+        with self._lock:
+            self._stopping.set()
+            for process in self.processes:
+                if process.poll() is None:
+                    process.send_signal(signal.SIGTERM)
+        self._wait(stopping=True)
+
+    def _supervisor(self) -> None:
+        threading.Thread(
+            target=self._supervise, name=f"query-{self.name}-tasks", daemon=True
+        ).start()
 
     def _wait(self, stopping: bool = False) -> None:
         """Wait for every task to exit; ``stopping``: a task the SIGTERM of :meth:`stop` ended
@@ -660,13 +683,8 @@ class ParallelQuery:
 
     def stop(self, checkpoint: bool = True) -> None:
         """Stop every task after its current micro-batch (SIGTERM) and wait for them."""
-        with self._lock:
-            self._stopping.set()
-            for process in self.processes:
-                if process.poll() is None:
-                    process.send_signal(signal.SIGTERM)
         try:
-            self._wait(stopping=True)
+            self._halt()
         except StreamHouseError as exc:
             log.warning("%s", exc)
         if self._results is not None:

@@ -59,6 +59,16 @@ class TaskProcess:
         self.send_signal(signal.SIGKILL)
 
 
+def zygote_cpu_seconds() -> float:
+    """CPU seconds of this process's task zygote itself (importing the runtime once, forking),
+    not its tasks' (0 before it is started)."""
+    zygote = Zygote._instance
+    if zygote is None or zygote.process.poll() is not None:
+        return 0.0
+    stat = Path(f"/proc/{zygote.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(stat[11]) + int(stat[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
 class Zygote:
     """The launcher's side of the zygote process (one per launching process)."""
 
