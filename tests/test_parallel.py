@@ -185,6 +185,35 @@ def test_updating_group_by_at_parallelism_2(sh: StreamHouse, tmp_path: Path) -> 
     assert {p for ps in by_key.values() for p in ps} == {0, 1}
 
 
+def test_exchange_records_larger_than_the_topic_limit(tmp_path: Path) -> None:
+    """An exchange record carries a whole micro-batch's rows for one task: with the broker's
+    limit at 64 KiB (8 MiB by default; Nexmark q16's 200,000 bids at parallelism 2 came to 15
+    MB), rows of about 1 MB per task still cross, in a query made before and after the exchange
+    topics had their own limit (then raised)."""
+    rng = random.Random(29)
+    with streamhouse.connect(tmp_path / "data", linger_ms=1, max_message_bytes=65_536) as sh:
+        sh.create_topic("wide", partitions=2)
+        rows = [{"id": rng.randrange(500), "pad": "x" * 200} for _ in range(8_000)]
+        for i in range(0, len(rows), 200):
+            sh.produce("wide", rows[i : i + 200], partition=(i // 200) % 2)
+        path = write(
+            tmp_path,
+            "wide_q",
+            "SET 'max-batch-records' = '10000';\n"
+            "INSERT INTO wide_n SELECT id, COUNT(*) AS n, MAX(pad) AS p FROM wide GROUP BY id",
+        )
+        sh.create_topic("wide_q.exchange", partitions=2)  # as before: the broker's limit
+        status = run_to_end(sh, path, 2)
+        assert status["rows_in"] == len(rows)
+        latest = {r["id"]: r["n"] for r in topic_rows(sh, "wide_n")}
+        expected: dict[int, int] = {}
+        for row in rows:
+            expected[row["id"]] = expected.get(row["id"], 0) + 1
+        assert latest == expected
+        info = sh.log.get_topic("wide_q.exchange")
+        assert sh.log.max_message_bytes(info) == 1 << 30
+
+
 UPDATING = (
     STREAM
     + """SET 'max-batch-records' = '{batch}';

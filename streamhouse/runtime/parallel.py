@@ -461,7 +461,18 @@ def ensure_topics(log_: Any, plan: ContinuousPlan, name: str, parallelism: int) 
         ensure_topic(log_, plan, plan.sink, "sink", parallelism, updating)
     if parallel_shape(plan) != "stateless":
         for index in range(len(plan.sources)):
-            ensure_topic(log_, plan, exchange_topic(name, index), "exchange", parallelism)
+            topic = exchange_topic(name, index)
+            ensure_topic(log_, plan, topic, "exchange", parallelism, EXCHANGE_CONFIG)
+            info = log_.get_topic(topic)  # one made before it had EXCHANGE_CONFIG
+            if info is not None and log_.max_message_bytes(info) < EXCHANGE_MESSAGE_BYTES:
+                log_.alter_topic_config(topic, EXCHANGE_CONFIG)
+
+
+EXCHANGE_MESSAGE_BYTES = 1 << 30
+"""An exchange record holds a whole micro-batch's rows for one task (a producer appends one
+per task per micro-batch): the broker's default limit (8 MiB) is for clients' records, and the
+source rows of 200,000 bids (Nexmark q16's at parallelism 2) came to 15 MB."""
+EXCHANGE_CONFIG = {"max.message.bytes": str(EXCHANGE_MESSAGE_BYTES)}
 
 
 class ParallelQuery:
