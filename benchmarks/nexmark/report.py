@@ -73,11 +73,15 @@ def _rss(part: dict[str, Any]) -> str:
 
 def _p2_cells(entry: dict[str, Any]) -> str:
     """The columns of the continuous run at parallelism 2: events/s (CPU seconds of the
-    launcher and its tasks), their peak memory summed, and the ratio to PyFlink at 2."""
+    launcher and its tasks), their peak memory summed, the ratio to PyFlink at 2, and PyFlink's
+    JVM CPU seconds over StreamHouse's (less moved by other work on a shared machine)."""
     part = entry.get("continuous_p2") or {}
-    rate, flink = _rate(part), _rate(entry.get("flink_p2"))
+    flink_part = entry.get("flink_p2") or {}
+    rate, flink = _rate(part), _rate(flink_part)
     ratio = f"{rate / flink:.2f}x" if rate and flink else "-"
-    return f" {_with_cpu(part or None)} | {_rss(part)} | {ratio} |"
+    ours, theirs = part.get("cpu_seconds"), flink_part.get("jvm_cpu_seconds")
+    cpu = f"{theirs / ours:.2f}x" if rate and flink and ours and theirs else "-"
+    return f" {_with_cpu(part or None)} | {_rss(part)} | {ratio} | {cpu} |"
 
 
 def markdown_table(results: dict[str, Any]) -> str:
@@ -91,12 +95,12 @@ def markdown_table(results: dict[str, Any]) -> str:
         "| PyFlink p2 ev/s | cont. / best PyFlink | DuckDB JSON / best SH | load | match |"
         + (
             " SH cont. p2 ev/s (CPU s, tasks summed) | cont. p2 peak RSS MB (summed)"
-            " | cont. p2 / PyFlink p2 |"
+            " | cont. p2 / PyFlink p2 | PyFlink p2 CPU s / cont. p2 CPU s |"
             if p2
             else ""
         ),
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"
-        + ("---:|---:|---:|" if p2 else ""),
+        + ("---:|---:|---:|---:|" if p2 else ""),
     ]
     for name, entry in queries.items():
         cont = entry.get("continuous") or {}
