@@ -99,6 +99,7 @@ class Zygote:
         self._running: dict[int, int] = {}  # pid -> request of the task running with it
         self._exits: dict[int, int] = {}  # request -> exit status
         self._requests = 0
+        self._ready = threading.Event()  # the zygote imported the runtime
         self._write_lock = threading.Lock()
         threading.Thread(target=self._read, name="task-zygote", daemon=True).start()
 
@@ -109,7 +110,9 @@ class Zygote:
             with self._changed:
                 # The zygote reports a task's exit before it can fork another with that pid
                 # (it reaps, then reports): the pid names the latest task started with it.
-                if parts[0] == "exit":
+                if parts[0] == "ready":
+                    self._ready.set()
+                elif parts[0] == "exit":
                     self._exits[self._running.pop(int(parts[1]))] = int(parts[2])
                 else:
                     self._started[int(parts[0])] = int(parts[1])
@@ -117,6 +120,11 @@ class Zygote:
                 self._changed.notify_all()
         with self._changed:
             self._changed.notify_all()
+
+    def wait_ready(self, timeout: float | None = None) -> bool:
+        """Wait until the zygote has imported the runtime (its tasks start without importing
+        it); False if it did not say so within ``timeout`` seconds (or is gone)."""
+        return self._ready.wait(timeout)
 
     def spawn(self, spec: dict[str, Any]) -> TaskProcess:
         with self._write_lock:
@@ -216,4 +224,6 @@ def preload() -> None:
 if __name__ == "__main__":
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the launcher, which stops tasks
     preload()
+    sys.stdout.buffer.write(b"ready\n")  # set up: a fork from here on is a task at once
+    sys.stdout.buffer.flush()
     _serve(sys.stdin.buffer, sys.stdout.buffer)
