@@ -1,5 +1,6 @@
 """The package is declared in pyproject.toml; this adds its C libraries, loaded with ctypes
-(streamhouse/native.py): record framing (streamhouse/log/records/_framing.c) and the flat
+(streamhouse/native.py): record framing (streamhouse/log/records/_framing.c), record
+encoding (streamhouse/log/records/_encode.c) and the flat
 JSON reader (streamhouse/sql/_json_flat.c). They are optional: where they cannot be built,
 the install goes on and the numpy and DuckDB paths do their work."""
 
@@ -7,6 +8,7 @@ from setuptools import Extension, setup
 
 LIBRARIES = {
     "streamhouse.log.records._framing": "streamhouse/log/records/_framing.c",
+    "streamhouse.log.records._encode": "streamhouse/log/records/_encode.c",
     "streamhouse.sql._json_flat": "streamhouse/sql/_json_flat.c",
 }
 

@@ -57,6 +57,7 @@ if str(ROOT) not in sys.path:
 import streamhouse  # noqa: E402
 from streamhouse import StreamHouse  # noqa: E402
 from streamhouse.runtime.launch import start_query  # noqa: E402
+from streamhouse.runtime.task_processes import zygote_cpu_seconds  # noqa: E402
 
 STREAM = """CREATE STREAM clicks (user_id BIGINT, url VARCHAR, ts TIMESTAMP(3),
     WATERMARK FOR ts AS ts - INTERVAL '2' SECOND) WITH (topic = 'clicks', format = 'json')"""
@@ -142,18 +143,6 @@ def _records(table: pa.Table) -> list[dict[str, Any]]:
     return rows
 
 
-def _zygote_cpu() -> float:
-    """CPU seconds of this process's task zygote itself (importing the runtime once, forking),
-    not its tasks' (0 before it is started)."""
-    from streamhouse.runtime.task_processes import Zygote
-
-    zygote = Zygote._instance
-    if zygote is None or zygote.process.poll() is not None:
-        return 0.0
-    stat = Path(f"/proc/{zygote.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(stat[11]) + int(stat[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
-
-
 def _query_file(sh: StreamHouse, name: str, query_name: str) -> tuple[int, Path]:
     """The events the query reads (its topics' records) and its query file, sinking into
     ``out_<name>``."""
@@ -172,7 +161,7 @@ def run_once(data: Path, parallelism: int, query_name: str = "tumble") -> dict[s
     name = f"bench_{parallelism}_{uuid.uuid4().hex[:8]}"
     with streamhouse.connect(data) as sh:
         events, path = _query_file(sh, name, query_name)
-        zygote_before = _zygote_cpu()
+        zygote_before = zygote_cpu_seconds()
         started, started_at, cpu = time.perf_counter(), time.time(), time.process_time()
         query = start_query(
             sh.engine,
@@ -193,7 +182,7 @@ def run_once(data: Path, parallelism: int, query_name: str = "tumble") -> dict[s
             ready_at = max(t["ready_at"] for t in status["tasks"])
             cpu += sum(t["cpu_seconds"] for t in status["tasks"])
             setup_cpu = sum(t.get("setup_cpu_seconds", 0) for t in status["tasks"])
-        zygote_cpu = _zygote_cpu() - zygote_before
+        zygote_cpu = zygote_cpu_seconds() - zygote_before
         query.stop()
     return {
         "parallelism": parallelism,

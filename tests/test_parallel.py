@@ -23,6 +23,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import pyarrow as pa
@@ -113,6 +114,17 @@ def write(tmp_path: Path, name: str, text: str) -> Path:
     return path
 
 
+def started_tumble(
+    sh: StreamHouse, tmp_path: Path, rng: random.Random, per_partition: int, batch: int
+) -> tuple[list[list[tuple]], Any]:
+    """Events produced, and the windowed query over them (TUMBLE 10 s, sink ``out``) started
+    at parallelism 2."""
+    parts = events(rng, per_partition)
+    produce(sh, rng, parts)
+    text = WINDOWED.format(batch=batch, sink="out", window=WINDOWS["tumble"][0])
+    return parts, sh.start(write(tmp_path, "agg", text), parallelism=2)
+
+
 @pytest.mark.parametrize(
     ("parallelism", "window"), [(1, "tumble"), (2, "hop"), (3, "tumble"), (2, "cumulate")]
 )
@@ -174,6 +186,35 @@ def test_updating_group_by_at_parallelism_2(sh: StreamHouse, tmp_path: Path) -> 
         by_key.setdefault(json.loads(value)["id"], set()).add(partition)
     assert all(len(p) == 1 for p in by_key.values())
     assert {p for ps in by_key.values() for p in ps} == {0, 1}
+
+
+def test_exchange_records_larger_than_the_topic_limit(tmp_path: Path) -> None:
+    """An exchange record carries a whole micro-batch's rows for one task: with the broker's
+    limit at 64 KiB (8 MiB by default; Nexmark q16's 200,000 bids at parallelism 2 came to 15
+    MB), rows of about 1 MB per task still cross, in a query made before and after the exchange
+    topics had their own limit (then raised)."""
+    rng = random.Random(29)
+    with streamhouse.connect(tmp_path / "data", linger_ms=1, max_message_bytes=65_536) as sh:
+        sh.create_topic("wide", partitions=2)
+        rows = [{"id": rng.randrange(500), "pad": "x" * 200} for _ in range(8_000)]
+        for i in range(0, len(rows), 200):
+            sh.produce("wide", rows[i : i + 200], partition=(i // 200) % 2)
+        path = write(
+            tmp_path,
+            "wide_q",
+            "SET 'max-batch-records' = '10000';\n"
+            "INSERT INTO wide_n SELECT id, COUNT(*) AS n, MAX(pad) AS p FROM wide GROUP BY id",
+        )
+        sh.create_topic("wide_q.exchange", partitions=2)  # as before: the broker's limit
+        status = run_to_end(sh, path, 2)
+        assert status["rows_in"] == len(rows)
+        latest = {r["id"]: r["n"] for r in topic_rows(sh, "wide_n")}
+        expected: dict[int, int] = {}
+        for row in rows:
+            expected[row["id"]] = expected.get(row["id"], 0) + 1
+        assert latest == expected
+        info = sh.log.get_topic("wide_q.exchange")
+        assert sh.log.max_message_bytes(info) == 1 << 30
 
 
 UPDATING = (
@@ -409,6 +450,25 @@ def test_stop_kill_9_and_restart_give_every_window_once(sh: StreamHouse, tmp_pat
     assert rows_of(topic_rows(sh, "out"), COLUMNS) == expected  # none lost, none twice
 
 
+def test_started_query_runs_until_caught_up_then_on(sh: StreamHouse, tmp_path: Path) -> None:
+    """``sh.start(..., parallelism=2)`` then ``run_until_caught_up``, as at parallelism 1: the
+    running tasks stop (checkpointed) for the run to the end (two processes of one task failed
+    on its state's lock before), every window once, and the tasks run on after it."""
+    rng = random.Random(16)
+    parts, query = started_tumble(sh, tmp_path, rng, 300, 113)
+    try:
+        time.sleep(rng.uniform(0, 0.3))  # the tasks set up, or mid-way
+        query.run_until_caught_up(final=True)
+        assert query.error is None
+        expected = oracle(flat(parts), "tumble", 10_000)
+        assert rows_of(topic_rows(sh, "out"), COLUMNS) == expected
+        assert query.status()["state"] == "running"
+        assert all(process.poll() is None for process in query.processes)
+    finally:
+        query.stop()
+    assert query.status()["state"] == "stopped"
+
+
 def test_explain_and_refusals(sh: StreamHouse, tmp_path: Path) -> None:
     sh.sql(STREAM.split(";")[0])
     sh.sql("SET 'parallelism' = '3'")
@@ -515,12 +575,7 @@ def test_status_reports_each_task_process_memory(sh: StreamHouse, tmp_path: Path
     from the task process itself (a child of the task launcher this process started), and
     their sums; after a stop, the memory each task last reported."""
     rng = random.Random(37)
-    parts = events(rng, 200)
-    produce(sh, rng, parts)
-    path = write(
-        tmp_path, "mem", WINDOWED.format(batch=50, sink="out", window=WINDOWS["tumble"][0])
-    )
-    query = sh.start(path, parallelism=2)
+    parts, query = started_tumble(sh, tmp_path, rng, 200, 50)
     try:
         wait_for(lambda: query.status()["rows_in"] >= PARTITIONS * 200)
         status = query.status()

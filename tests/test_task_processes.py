@@ -35,3 +35,19 @@ def test_a_reused_pid_is_not_taken_for_the_exit_of_the_task_before() -> None:
         zygote.process.stdin.close()
         zygote.process.wait()
     assert second.poll() == -signal.SIGKILL  # the zygote gone, so are its tasks
+
+
+def test_the_real_zygote_says_when_it_is_ready() -> None:
+    """The zygote says ``ready`` once it imported the runtime (a benchmark starts its clock
+    then, as PyFlink's after its JVM started); a stand-in that never says so is not ready."""
+    zygote = Zygote()
+    silent = _zygote_saying("1 4242\n")
+    try:
+        assert zygote.wait_ready(timeout=120)
+        assert not silent.wait_ready(timeout=0.5)
+    finally:
+        for one in (zygote, silent):
+            assert one.process.stdin is not None
+            one.process.stdin.close()
+            one.process.wait()
+    assert zygote.process.returncode == 0

@@ -4,6 +4,7 @@ Usage::
 
     python -m benchmarks.nexmark --bids 5000000 [--peers flink] [--queries q0,q5,tumble]
         [--data-dir D] [--out benchmarks/results/nexmark.json] [--partitions 1]
+        [--parallelism 1,2 --partitions 2]
 
 Steps, each timed (wall seconds with ``time.perf_counter``, CPU seconds of the measuring
 process, the 1-minute load average next to each figure: the machine is shared):
@@ -21,6 +22,10 @@ process, the 1-minute load average next to each figure: the machine is shared):
      cannot run bounded yet), compared with DuckDB's answer;
    - **continuous**: the file through ``sh.start`` and ``run_until_caught_up(final=True)`` over
      the loaded events (results go to the file's sink topic, as in production);
+   - with ``--parallelism 1,2``, continuous again at each parallelism N > 1
+     (``continuous_pN``): N task processes, CPU seconds and peak memory summed over the launcher
+     and its tasks. Tasks split the source partitions, so load the events with ``--partitions``
+     >= N (a stateless query's extra tasks otherwise have nothing to read);
 
 4. DuckDB's batch answer over the same rows twice: from the generated Arrow tables in memory
    (no parsing: the practical limit) and from the JSON lines (``read_ndjson``: parsing included);
@@ -124,7 +129,12 @@ def prepare(data_dir: Path, config: NexmarkConfig, partitions: int) -> dict[str,
 
 
 def run_streamhouse(
-    data_dir: Path, name: str, mode: str, timeout: float, result_file: Path | None = None
+    data_dir: Path,
+    name: str,
+    mode: str,
+    timeout: float,
+    result_file: Path | None = None,
+    parallelism: int = 1,
 ) -> dict[str, Any]:
     """One query in one mode, in a process of its own (:mod:`benchmarks.nexmark.runner`)."""
     command = [
@@ -140,6 +150,8 @@ def run_streamhouse(
     ]
     if result_file is not None:
         command += ["--result-file", str(result_file)]
+    if parallelism > 1:
+        command += ["--parallelism", str(parallelism)]
     try:
         done = subprocess.run(
             command, capture_output=True, text=True, timeout=timeout, cwd=str(ROOT)
@@ -169,6 +181,12 @@ def flink_queries(names: list[str]) -> dict[str, str]:
     return out
 
 
+def continuous_key(parallelism: int) -> str:
+    """A query's entry for its continuous run at ``parallelism`` (``continuous`` at 1, as
+    before parallel runs were measured; ``continuous_p2`` at 2)."""
+    return "continuous" if parallelism == 1 else f"continuous_p{parallelism}"
+
+
 def _code(text: str) -> str:
     lines = [line for line in text.splitlines() if not line.lstrip().startswith("--")]
     return "\n".join(lines).strip()
@@ -188,6 +206,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--modes", default="bounded,continuous", help="bounded,continuous")
     parser.add_argument("--peers", default="", help="'flink' adds PyFlink (DuckDB always runs)")
     parser.add_argument("--flink-parallelism", default="1,2")
+    parser.add_argument(
+        "--parallelism",
+        default="1",
+        help="StreamHouse continuous parallelisms, e.g. 1,2 (N > 1: N task processes; load the"
+        " events with --partitions >= N)",
+    )
     parser.add_argument("--flink-python", type=Path, help="a Python with apache-flink")
     parser.add_argument(
         "--peers-from",
@@ -211,6 +235,15 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown queries {unknown}; known: {', '.join(ALL_QUERIES)}")
     modes = [m for m in args.modes.split(",") if m]
+    parallelisms = sorted({int(p) for p in args.parallelism.split(",") if p})
+    if max(parallelisms) > args.partitions:
+        log.warning(
+            "parallelism %d over %d partition(s): tasks split the source partitions, so some"
+            " have nothing to read (pass --partitions %d)",
+            max(parallelisms),
+            args.partitions,
+            max(parallelisms),
+        )
 
     config = NexmarkConfig.for_bids(
         args.bids, seed=args.seed, events_per_second=args.events_per_second
@@ -257,7 +290,11 @@ def main(argv: list[str] | None = None) -> int:
                     data_dir, name, "bounded", args.timeout, result_file
                 )
             if "continuous" in modes:
-                entry["continuous"] = run_streamhouse(data_dir, name, "continuous", args.timeout)
+                for parallelism in parallelisms:
+                    key = continuous_key(parallelism)
+                    entry[key] = run_streamhouse(
+                        data_dir, name, "continuous", args.timeout, parallelism=parallelism
+                    )
             for label, con in (("duckdb_arrow", duck_arrow), ("duckdb_json", duck_json)):
                 try:
                     entry[label], want = peers.time_duckdb(con, name)
@@ -269,18 +306,24 @@ def main(argv: list[str] | None = None) -> int:
                         name, got
                     ) == peers.comparable(name, want)
                     result_file.unlink()
-            cont = entry.get("continuous") or {}
-            if cont.get("status") == "ok" and not cont.get("updating"):  # upserts: not rows
-                entry["match_continuous_rows"] = cont.get("rows") == entry["duckdb_arrow"].get(
-                    "rows"
-                )
-            for mode in ("bounded", "continuous", "duckdb_arrow", "duckdb_json"):
+            for parallelism in parallelisms:
+                key = continuous_key(parallelism)
+                cont = entry.get(key) or {}
+                if cont.get("status") == "ok" and not cont.get("updating"):  # upserts: not rows
+                    entry[f"match_{key}_rows"] = cont.get("rows") == entry["duckdb_arrow"].get(
+                        "rows"
+                    )
+            keys = [continuous_key(p) for p in parallelisms]
+            for mode in ("bounded", *keys, "duckdb_arrow", "duckdb_json"):
                 _rate(entry.get(mode), events)
             results["queries"][name] = entry
+            others = "".join(
+                f"  p{p} {_cell(entry.get(continuous_key(p)))}" for p in parallelisms if p > 1
+            )
             print(
                 f"{name:8} {_cell(entry.get('bounded')):>14} {_cell(entry.get('continuous')):>14} "
                 f"{_cell(entry['duckdb_arrow']):>14} {_cell(entry['duckdb_json']):>14}  "
-                f"{entry.get('match', '-')}",
+                f"{entry.get('match', '-')}{others}",
                 flush=True,
             )
             _write(results, args.out)

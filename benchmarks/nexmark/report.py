@@ -18,6 +18,7 @@ import numpy as np
 SERIES = (  # (result key, legend label, RGB)
     ("bounded", "StreamHouse bounded", (31, 119, 180)),
     ("continuous", "StreamHouse continuous", (23, 190, 207)),
+    ("continuous_p2", "StreamHouse cont. p=2", (214, 39, 40)),
     ("duckdb_json", "DuckDB from JSON", (255, 127, 14)),
     ("flink_p1", "PyFlink p=1", (44, 160, 44)),
     ("flink_p2", "PyFlink p=2", (148, 103, 189)),
@@ -66,15 +67,42 @@ def carry_peers(results: dict[str, Any], earlier: dict[str, Any], path: Path) ->
                 entry[key] = earlier["queries"][name][key]
 
 
+def _rss(part: dict[str, Any]) -> str:
+    return f"{part['peak_rss_mb']:,.0f}" if part.get("status") == "ok" else "-"
+
+
+def _p2_cells(entry: dict[str, Any]) -> str:
+    """The columns of the continuous run at parallelism 2: events/s (CPU seconds of the
+    launcher and its tasks), their peak memory summed, the ratio to PyFlink at 2, and PyFlink's
+    JVM CPU seconds over StreamHouse's (less moved by other work on a shared machine)."""
+    part = entry.get("continuous_p2") or {}
+    flink_part = entry.get("flink_p2") or {}
+    rate, flink = _rate(part), _rate(flink_part)
+    ratio = f"{rate / flink:.2f}x" if rate and flink else "-"
+    ours, theirs = part.get("cpu_seconds"), flink_part.get("jvm_cpu_seconds")
+    cpu = f"{theirs / ours:.2f}x" if rate and flink and ours and theirs else "-"
+    return f" {_with_cpu(part or None)} | {_rss(part)} | {ratio} | {cpu} |"
+
+
 def markdown_table(results: dict[str, Any]) -> str:
-    """One row per query: events/s of each system, CPU seconds, peak memory, the ratios."""
+    """One row per query: events/s of each system, CPU seconds, peak memory, the ratios (and,
+    when measured, the continuous run at parallelism 2 next to PyFlink's at 2)."""
+    queries = results.get("queries", {})
+    p2 = any("continuous_p2" in entry for entry in queries.values())
     lines = [
         "| query | events | SH bounded ev/s (CPU s) | SH continuous ev/s (CPU s) "
         "| cont. peak RSS MB | DuckDB Arrow ev/s | DuckDB JSON ev/s | PyFlink p1 ev/s "
-        "| PyFlink p2 ev/s | cont. / best PyFlink | DuckDB JSON / best SH | load | match |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| PyFlink p2 ev/s | cont. / best PyFlink | DuckDB JSON / best SH | load | match |"
+        + (
+            " SH cont. p2 ev/s (CPU s, tasks summed) | cont. p2 peak RSS MB (summed)"
+            " | cont. p2 / PyFlink p2 | PyFlink p2 CPU s / cont. p2 CPU s |"
+            if p2
+            else ""
+        ),
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"
+        + ("---:|---:|---:|---:|" if p2 else ""),
     ]
-    for name, entry in results.get("queries", {}).items():
+    for name, entry in queries.items():
         cont = entry.get("continuous") or {}
         best_sh = max((r for r in (_rate(entry.get("bounded")), _rate(cont)) if r), default=None)
         flink = [r for r in (_rate(entry.get("flink_p1")), _rate(entry.get("flink_p2"))) if r]
@@ -87,10 +115,11 @@ def markdown_table(results: dict[str, Any]) -> str:
             for key in ("load_before", "load_after")
         ]
         loads = [x for x in loads if x is not None]
-        rss = f"{cont['peak_rss_mb']:,.0f}" if cont.get("status") == "ok" else "-"
+        rss = _rss(cont)
         match = entry.get("match", "-")
-        if entry.get("match_continuous_rows") is not None:
-            match = f"{match} / {entry['match_continuous_rows']}"
+        for key in ("match_continuous_rows", "match_continuous_p2_rows"):
+            if entry.get(key) is not None:
+                match = f"{match} / {entry[key]}"
         lines.append(
             f"| {name} | {entry['events']:,} | {_with_cpu(entry.get('bounded'))} "
             f"| {_with_cpu(cont or None)} | {rss} "
@@ -98,6 +127,7 @@ def markdown_table(results: dict[str, Any]) -> str:
             f"| {_cell(entry.get('flink_p1'))} | {_cell(entry.get('flink_p2'))} "
             f"| {vs_flink} | {vs_duck} "
             f"| {f'{min(loads):.1f}-{max(loads):.1f}' if loads else '-'} | {match} |"
+            + (_p2_cells(entry) if p2 else "")
         )
     carried = results.get("flink", {}).get("carried_from")
     if carried:

@@ -535,10 +535,21 @@ def ensure_topics(log_: Any, plan: ContinuousPlan, name: str, parallelism: int) 
         ensure_topic(log_, plan, plan.sink, "sink", parallelism, updating)
     routing = plan_routing(plan)
     if routing.shape != "stateless":
-        for index in range(len(plan.sources)):
-            ensure_topic(log_, plan, exchange_topic(name, index), "exchange", parallelism)
-    if routing.stage is not None:
-        ensure_topic(log_, plan, stage_topic(name), "exchange", parallelism)
+        topics = [exchange_topic(name, index) for index in range(len(plan.sources))]
+        if routing.stage is not None:
+            topics.append(stage_topic(name))
+        for topic in topics:
+            ensure_topic(log_, plan, topic, "exchange", parallelism, EXCHANGE_CONFIG)
+            info = log_.get_topic(topic)  # one made before it had EXCHANGE_CONFIG
+            if info is not None and log_.max_message_bytes(info) < EXCHANGE_MESSAGE_BYTES:
+                log_.alter_topic_config(topic, EXCHANGE_CONFIG)
+
+
+EXCHANGE_MESSAGE_BYTES = 1 << 30
+"""An exchange record holds a whole micro-batch's rows for one task (a producer appends one
+per task per micro-batch): the broker's default limit (8 MiB) is for clients' records, and the
+source rows of 200,000 bids (Nexmark q16's at parallelism 2) came to 15 MB."""
+EXCHANGE_CONFIG = {"max.message.bytes": str(EXCHANGE_MESSAGE_BYTES)}
 
 
 class ParallelQuery:
@@ -707,13 +718,18 @@ class ParallelQuery:
             if self._results is not None:
                 self._results.start()
             self._spawn(until_end=False)
-            threading.Thread(
-                target=self._supervise, name=f"query-{self.name}-tasks", daemon=True
-            ).start()
+            self._supervisor()
         return self
 
     def run_until_caught_up(self, final: bool = True) -> None:
-        """Run every task to the end of what the sources hold now, close every window, exit."""
+        """Run every task to the end of what the sources hold now, close every window, exit.
+
+        A started query's running tasks stop first (after their micro-batch, checkpointed: two
+        processes of one task would contend for its state), the run to the end goes on from
+        their checkpoints, and then they run on in the background, as at parallelism 1."""
+        running = bool(self.processes)
+        if running:
+            self._halt()
         if self._results is not None:
             self._results.mark()
         self._spawn(until_end=True)
@@ -722,6 +738,24 @@ class ParallelQuery:
         finally:
             if self._results is not None:
                 self._results.take(fresh=True)  # every task has exited: all its results
+        if running:
+            self._stopping.clear()
+            self._spawn(until_end=False)
+            self._supervisor()
+
+    def _halt(self) -> None:
+        """Stop the running tasks (SIGTERM: each after its micro-batch) and their supervisor."""
+        with self._lock:
+            self._stopping.set()
+            for process in self.processes:
+                if process.poll() is None:
+                    process.send_signal(signal.SIGTERM)
+        self._wait(stopping=True)
+
+    def _supervisor(self) -> None:
+        threading.Thread(
+            target=self._supervise, name=f"query-{self.name}-tasks", daemon=True
+        ).start()
 
     def _wait(self, stopping: bool = False) -> None:
         """Wait for every task to exit; ``stopping``: a task the SIGTERM of :meth:`stop` ended
@@ -738,13 +772,8 @@ class ParallelQuery:
 
     def stop(self, checkpoint: bool = True) -> None:
         """Stop every task after its current micro-batch (SIGTERM) and wait for them."""
-        with self._lock:
-            self._stopping.set()
-            for process in self.processes:
-                if process.poll() is None:
-                    process.send_signal(signal.SIGTERM)
         try:
-            self._wait(stopping=True)
+            self._halt()
         except StreamHouseError as exc:
             log.warning("%s", exc)
         if self._results is not None:

@@ -224,18 +224,13 @@ class TopicSink:
             cuts = np.flatnonzero(np.diff(np.cumsum(sizes[rows] + 24) // limit)) + 1
             batches = []
             for chunk in np.split(rows, cuts):
-                index = pa.array(chunk)
                 stamp: dict[str, int] = {}
                 if transaction is not None:
                     stamp = transaction.stamp.batch_fields(self.topic, partition)
                     transaction.stamp.sent(self.topic, partition, len(chunk))
+                chunk_values, chunk_keys = _rows(values, keys, chunk)
                 batches.append(
-                    build_batch(
-                        values.take(index),
-                        keys.take(index) if keys is not None else None,
-                        compression=Compression.LZ4,
-                        **stamp,
-                    )
+                    build_batch(chunk_values, chunk_keys, compression=Compression.LZ4, **stamp)
                 )
             data[partition] = b"".join(batches)
         # queued together: one flush for every partition, not the first alone then the rest
@@ -243,10 +238,24 @@ class TopicSink:
             future.result()
 
 
+def _rows(
+    values: pa.Array, keys: pa.Array | None, rows: np.ndarray
+) -> tuple[pa.Array, pa.Array | None]:
+    """The values and keys of ``rows`` (ascending indices): slices of them, not copies, when
+    the rows are consecutive (one partition's, or a keyless partition's block)."""
+    if len(rows) and int(rows[-1]) - int(rows[0]) + 1 == len(rows):
+        start, length = int(rows[0]), len(rows)
+        return values.slice(start, length), keys.slice(start, length) if keys is not None else None
+    index = pa.Array.from_buffers(pa.int64(), len(rows), [None, pa.py_buffer(rows)])
+    return values.take(index), keys.take(index) if keys is not None else None
+
+
 def _partitions(keys: pa.Array | None, n: int, partitions: int) -> np.ndarray:
     """Each record's partition: Kafka's default partitioner for keyed records (computed once
-    per distinct key), round robin for keyless ones."""
-    spread = np.arange(n, dtype=np.int64) % partitions
+    per distinct key); keyless ones spread evenly in consecutive blocks, one per partition (as
+    Kafka's sticky partitioner sends a batch to one partition: each partition's records are
+    then a slice of the micro-batch's, not a copy)."""
+    spread = np.arange(n, dtype=np.int64) * partitions // n
     if keys is None or keys.null_count == n or partitions == 1:
         return spread if partitions > 1 else np.zeros(n, dtype=np.int64)
     encoded = pc.dictionary_encode(keys)

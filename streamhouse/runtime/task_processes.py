@@ -59,6 +59,16 @@ class TaskProcess:
         self.send_signal(signal.SIGKILL)
 
 
+def zygote_cpu_seconds() -> float:
+    """CPU seconds of this process's task zygote itself (importing the runtime once, forking),
+    not its tasks' (0 before it is started)."""
+    zygote = Zygote._instance
+    if zygote is None or zygote.process.poll() is not None:
+        return 0.0
+    stat = Path(f"/proc/{zygote.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(stat[11]) + int(stat[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
 class Zygote:
     """The launcher's side of the zygote process (one per launching process)."""
 
@@ -89,6 +99,7 @@ class Zygote:
         self._running: dict[int, int] = {}  # pid -> request of the task running with it
         self._exits: dict[int, int] = {}  # request -> exit status
         self._requests = 0
+        self._ready = threading.Event()  # the zygote imported the runtime
         self._write_lock = threading.Lock()
         threading.Thread(target=self._read, name="task-zygote", daemon=True).start()
 
@@ -99,7 +110,9 @@ class Zygote:
             with self._changed:
                 # The zygote reports a task's exit before it can fork another with that pid
                 # (it reaps, then reports): the pid names the latest task started with it.
-                if parts[0] == "exit":
+                if parts[0] == "ready":
+                    self._ready.set()
+                elif parts[0] == "exit":
                     self._exits[self._running.pop(int(parts[1]))] = int(parts[2])
                 else:
                     self._started[int(parts[0])] = int(parts[1])
@@ -107,6 +120,11 @@ class Zygote:
                 self._changed.notify_all()
         with self._changed:
             self._changed.notify_all()
+
+    def wait_ready(self, timeout: float | None = None) -> bool:
+        """Wait until the zygote has imported the runtime (its tasks start without importing
+        it); False if it did not say so within ``timeout`` seconds (or is gone)."""
+        return self._ready.wait(timeout)
 
     def spawn(self, spec: dict[str, Any]) -> TaskProcess:
         with self._write_lock:
@@ -206,4 +224,6 @@ def preload() -> None:
 if __name__ == "__main__":
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the launcher, which stops tasks
     preload()
+    sys.stdout.buffer.write(b"ready\n")  # set up: a fork from here on is a task at once
+    sys.stdout.buffer.flush()
     _serve(sys.stdin.buffer, sys.stdout.buffer)
