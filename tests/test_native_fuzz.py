@@ -355,3 +355,13 @@ def test_a_library_older_than_its_source_is_not_loaded(tmp_path: Path) -> None:
     assert native.load(module, "_framing", "frame_records", 15) is None
     os.utime(source, (999_990, 999_990))
     assert native.load(module, "_framing", "frame_records", 15) is not None
+
+
+def test_the_c_extensions_are_built() -> None:
+    """``make test`` builds every C extension (the editable install), so the tests above that
+    need one never skip there: a build that silently fell back to Python fails here."""
+    from streamhouse.log.records import build
+
+    assert framing.native, "streamhouse/log/records/_framing.c is not built"
+    assert JSON_NATIVE, "streamhouse/sql/_json_flat.c is not built"
+    assert build._encoder is not None, "streamhouse/log/records/_encode.c is not built"
