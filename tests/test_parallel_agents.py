@@ -709,3 +709,52 @@ def test_tasks_are_not_started_over_state_of_a_whole_query(
         assert supervisor.running == []
         assert not any(lease.epoch for lease in run.md.list_leases("query/windows/task-"))
         assert caplog.text.count("outside a parallel run") <= 2  # once per task, not per round
+
+
+def _stale_lease(sh: streamhouse.StreamHouse, name: str, agent: str) -> Lease:
+    """A lease of ``name`` that ``agent`` held and lost (another holder took it since)."""
+    md = sh.log.metadata
+    lost = md.acquire_lease(name, agent, 60_000)
+    assert lost is not None
+    md.release_lease(lost)
+    taker = md.acquire_lease(name, "x", 60_000)
+    assert taker is not None and taker.epoch > lost.epoch
+    md.release_lease(taker)
+    return lost
+
+
+def test_a_first_rescale_that_fails_before_its_commit_point_is_moved_again(
+    tmp_path: Path,
+) -> None:
+    """The first move of a query (2 -> 3) fails after publishing some new tasks' checkpoints
+    and before recording the parallelism (its lease of task 2 lost: that publish fenced): the
+    next agent's move starts over from the old tasks' checkpoints, and every window is written
+    once."""
+    with streamhouse.connect(tmp_path / "data") as sh:
+        run = Windows(sh, tmp_path)
+        tasks = [run.take(0, "a")[0], run.take(1, "a")[0]]
+        run.produce(list(range(0, 40_000, 500)))
+        _until(lambda: len(run.output()) >= 9, "windows [0, 30 s) written")
+        for task in tasks:
+            task.stop()
+        for lease in run.md.list_leases("query/windows/task-"):
+            run.md.release_lease(lease)
+
+        md, query = run.md, _windows_at(3)
+        leases = [md.acquire_lease(task_lease_name("windows", t), "b", 60_000) for t in (0, 1)]
+        leases.append(_stale_lease(sh, task_lease_name("windows", 2), "b"))
+        pointer = md.acquire_lease(rescale_lease_name("windows"), "b", 60_000)
+        assert pointer is not None and None not in leases
+        with pytest.raises(FencedError):
+            rescale_on_agents(sh.engine, query, "b", tmp_path / "b", leases, pointer)  # type: ignore[arg-type]
+        assert any(c.query.startswith("windows.p3.") for c in md.list_query_checkpoints())
+        for lease in [*leases[:2], pointer]:
+            md.release_lease(lease)  # type: ignore[arg-type]
+        assert current_parallelism(md, "windows") == 2  # the move was not committed
+
+        run.produce(list(range(40_000, 80_000, 500)))
+        tasks = _rescaled(sh, query, "c", tmp_path)
+        run.produce([130_000, 200_000])
+        run.exactly_once(200_000)
+        for task in tasks:
+            task.stop()

@@ -21,8 +21,9 @@ see :mod:`.placement`), so the move starts there:
    publishes each new task's stores as the checkpoints of ``<name>.p<M>.*`` (a record of an
    earlier run at M that this move did not write is replaced by an empty store).
 4. It records the query's parallelism, M, as the checkpoint record ``<name>/parallelism``
-   (:func:`parallelism_record`): that one fenced write is the move's commit point. A crash
-   before it leaves the query at N, moved again by the next agent; after it, the tasks at M
+   (:func:`parallelism_record`): that one fenced write is the move's commit point (N is
+   recorded there before step 2, so checkpoints at both never stand without a record of which
+   is current). A crash before it leaves the query at N, moved again by the next agent; after it, the tasks at M
    start from the new checkpoints. The old checkpoints' objects are deleted last.
 """
 
@@ -162,6 +163,10 @@ def rescale_on_agents(
     if old is None or old == new:
         return False
     began = time.monotonic()
+    # which parallelism is current is recorded before any checkpoint at the new one is: a
+    # crash between those and the commit point below must not leave both without a record
+    # (checkpointed() refuses that), but the old one, moved again by the next agent
+    metadata.record_query_checkpoint(pointer, QueryCheckpoint(parallelism_record(name), str(old)))
     shutil.rmtree(work, ignore_errors=True)
     old_file = with_parallelism(query_file, old)
     tasks: list[AgentTask] = []
