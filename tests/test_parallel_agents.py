@@ -37,6 +37,7 @@ from streamhouse.log.metadata.checkpoints import QueryCheckpoint
 from streamhouse.log.metadata.leases import Lease
 from streamhouse.runtime.agent_rescale import (
     current_parallelism,
+    delete_moved,
     rescale_lease_name,
     rescale_on_agents,
 )
@@ -421,6 +422,20 @@ def _rescaled(
 ) -> list[AgentTask]:
     """Move ``query``'s state to its file's parallelism as an agent's supervisor does (every
     task's lease of both parallelisms and the rescale lease held), then run its tasks."""
+    _moved(sh, query, agent, tmp_path)
+    md, name, parallelism = sh.log.metadata, query.name, parallelism_of(query)
+    tasks = []
+    for task in range(parallelism):
+        lease = md.acquire_lease(task_lease_name(name, task), agent, 60_000)
+        assert lease is not None
+        tasks.append(AgentTask(sh.engine, query, task, tmp_path / agent, lease, agent))
+    return tasks
+
+
+def _moved(
+    sh: streamhouse.StreamHouse, query: QueryFile, agent: str, tmp_path: Path
+) -> list[Lease]:
+    """The move of :func:`_rescaled`; the task leases it held (released)."""
     md, name = sh.log.metadata, query.name
     parallelism = parallelism_of(query)
     old = current_parallelism(md, name)
@@ -437,12 +452,7 @@ def _rescaled(
     assert not work.exists()
     for lease in [*leases, pointer]:
         md.release_lease(lease)  # type: ignore[arg-type]
-    tasks = []
-    for task in range(parallelism):
-        lease = md.acquire_lease(task_lease_name(name, task), agent, 60_000)
-        assert lease is not None
-        tasks.append(AgentTask(sh.engine, query, task, tmp_path / agent, lease, agent))
-    return tasks
+    return leases  # type: ignore[return-value]
 
 
 def _windows_at(parallelism: int) -> QueryFile:
@@ -711,6 +721,24 @@ def test_tasks_are_not_started_over_state_of_a_whole_query(
         assert caplog.text.count("outside a parallel run") <= 2  # once per task, not per round
 
 
+def _stop(run: Windows, tasks: list[AgentTask]) -> None:
+    """Stop ``tasks`` (each with a last checkpoint) and give their leases up."""
+    for task in tasks:
+        task.stop()
+    for lease in run.md.list_leases("query/windows/task-"):
+        run.md.release_lease(lease)
+
+
+def _ran_at_2(sh: streamhouse.StreamHouse, tmp_path: Path) -> Windows:
+    """Query ``windows`` run at 2 (agent ``a``) over windows [0, 30 s), then stopped."""
+    run = Windows(sh, tmp_path)
+    tasks = [run.take(0, "a")[0], run.take(1, "a")[0]]
+    run.produce(list(range(0, 40_000, 500)))
+    _until(lambda: len(run.output()) >= 9, "windows [0, 30 s) written")
+    _stop(run, tasks)
+    return run
+
+
 def _stale_lease(sh: streamhouse.StreamHouse, name: str, agent: str) -> Lease:
     """A lease of ``name`` that ``agent`` held and lost (another holder took it since)."""
     md = sh.log.metadata
@@ -731,14 +759,7 @@ def test_a_first_rescale_that_fails_before_its_commit_point_is_moved_again(
     next agent's move starts over from the old tasks' checkpoints, and every window is written
     once."""
     with streamhouse.connect(tmp_path / "data") as sh:
-        run = Windows(sh, tmp_path)
-        tasks = [run.take(0, "a")[0], run.take(1, "a")[0]]
-        run.produce(list(range(0, 40_000, 500)))
-        _until(lambda: len(run.output()) >= 9, "windows [0, 30 s) written")
-        for task in tasks:
-            task.stop()
-        for lease in run.md.list_leases("query/windows/task-"):
-            run.md.release_lease(lease)
+        run = _ran_at_2(sh, tmp_path)
 
         md, query = run.md, _windows_at(3)
         leases = [md.acquire_lease(task_lease_name("windows", t), "b", 60_000) for t in (0, 1)]
@@ -754,6 +775,36 @@ def test_a_first_rescale_that_fails_before_its_commit_point_is_moved_again(
 
         run.produce(list(range(40_000, 80_000, 500)))
         tasks = _rescaled(sh, query, "c", tmp_path)
+        run.produce([130_000, 200_000])
+        run.exactly_once(200_000)
+        for task in tasks:
+            task.stop()
+
+
+def test_a_mover_waking_late_deletes_none_of_a_later_runs_checkpoints(tmp_path: Path) -> None:
+    """A move 2 -> 3 whose agent pauses after its commit point, before deleting the old
+    checkpoints' objects, and wakes after the query was moved back to 2 and checkpointed there:
+    its deletes (not fenced) spare the new checkpoints at 2, and the query resumes from them
+    with every window once."""
+    with streamhouse.connect(tmp_path / "data") as sh:
+        run = _ran_at_2(sh, tmp_path)
+        paused = _moved(sh, _windows_at(3), "b", tmp_path)  # its deletes come late, below
+
+        tasks = []
+        for task in range(3):
+            lease = run.md.acquire_lease(task_lease_name("windows", task), "c", 60_000)
+            assert lease is not None
+            tasks.append(AgentTask(sh.engine, _windows_at(3), task, tmp_path / "c", lease, "c"))
+        run.produce(list(range(40_000, 80_000, 500)))
+        _until(lambda: len(run.output()) >= 18, "windows [0, 60 s) written")
+        _stop(run, tasks)
+        tasks = _rescaled(sh, _windows_at(2), "d", tmp_path)  # back to 2
+        run.produce(list(range(80_000, 100_000, 500)))
+        _until(lambda: len(run.output()) >= 24, "windows [0, 80 s) written")
+        _stop(run, tasks)
+
+        delete_moved(sh.engine, "windows", 2, paused)  # the paused mover wakes
+        tasks = [run.take(0, "e")[0], run.take(1, "e")[0]]
         run.produce([130_000, 200_000])
         run.exactly_once(200_000)
         for task in tasks:
