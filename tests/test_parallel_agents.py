@@ -809,3 +809,19 @@ def test_a_mover_waking_late_deletes_none_of_a_later_runs_checkpoints(tmp_path: 
         run.exactly_once(200_000)
         for task in tasks:
             task.stop()
+
+
+def test_a_select_on_agents_refuses_an_output_topic_a_stream_is_declared_on(
+    tmp_path: Path,
+) -> None:
+    """A SELECT named ``q`` at parallelism 2 would write its rows to topic ``q.output``: when
+    a stream of the catalog reads that topic (another's data), its tasks refuse to start, with
+    an error naming the stream, and write nothing there."""
+    query = _shape_query("select")
+    with streamhouse.connect(tmp_path / "data") as sh:
+        run = TwoStreams(sh, tmp_path, sink="q.output")
+        sh.sql("CREATE STREAM theirs (x STRING) WITH (topic = 'q.output', partitions = '2')")
+        with pytest.raises(SqlError, match=r"q\.output.*theirs"):
+            run.take(query, 0, "x")
+        run.produce(0, 5_000)
+        assert run.output() == []
