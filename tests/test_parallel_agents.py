@@ -825,3 +825,26 @@ def test_a_select_on_agents_refuses_an_output_topic_a_stream_is_declared_on(
             run.take(query, 0, "x")
         run.produce(0, 5_000)
         assert run.output() == []
+
+
+def test_tasks_running_on_past_their_leases_write_nothing_once_moved(tmp_path: Path) -> None:
+    """Both tasks at 2 go on running after their leases ran out (their agent paused, then
+    woken) while another agent moves the query to 1 task (task 1's transactional id then used
+    by no task): every write of the old ones is refused, and every window is written once."""
+    with streamhouse.connect(tmp_path / "data") as sh:
+        run = Windows(sh, tmp_path)
+        pairs = [run.take(0, "a"), run.take(1, "a")]
+        run.produce(list(range(0, 40_000, 500)))
+        _until(lambda: len(run.output()) >= 9, "windows [0, 30 s) written")
+        for _, lease in pairs:
+            assert run.md.renew_lease(lease, 1)  # then it runs out
+        time.sleep(0.05)
+        tasks = _rescaled(sh, _windows_at(1), "b", tmp_path)
+        run.produce(list(range(40_000, 80_000, 500)))
+        _until(lambda: all(old.error is not None for old, _ in pairs), "the old holders refused")
+        assert all(isinstance(old.error, FencedError) for old, _ in pairs)
+        run.produce([130_000, 200_000])
+        run.exactly_once(200_000)
+        for old, _ in pairs:
+            old.stop(checkpoint=False)
+        _stop(run, tasks)
