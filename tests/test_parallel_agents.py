@@ -850,10 +850,12 @@ def test_tasks_running_on_past_their_leases_write_nothing_once_moved(tmp_path: P
         _stop(run, tasks)
 
 
-def test_an_agent_killed_while_publishing_a_move_leaves_it_to_the_next(cluster: Cluster) -> None:
-    """The agent moving the query from 2 to 3 tasks is killed -9 once it published the first
-    new task's checkpoint, before the move's commit point: the query stays at 2, the next agent
-    moves it again from the old tasks' checkpoints, and every window equals DuckDB's, once."""
+@pytest.mark.parametrize("moment", ["draining", "publishing"])
+def test_an_agent_killed_mid_move_leaves_it_to_the_next(cluster: Cluster, moment: str) -> None:
+    """The agent moving the query from 2 to 3 tasks is killed -9 as it starts (restoring and
+    draining the old tasks) or once it published the first new task's checkpoint, before the
+    move's commit point either way: the query stays at 2, the next agent moves it again from
+    the old tasks' checkpoints, and every window equals DuckDB's, once."""
     agents = [cluster.start_agent() for _ in range(2)]
     _until_tasks_held(cluster, 2, 2)
     produced = _events(range(0, 600))
@@ -864,11 +866,16 @@ def test_an_agent_killed_while_publishing_a_move_leaves_it_to_the_next(cluster: 
 
     _set_parallelism(cluster, 3)
     mover = cluster.start_agent()
-    _until(
-        lambda: any(c.query.startswith("clicks.p3.") for c in cluster.md.list_query_checkpoints()),
-        "a new task's checkpoint published",
-        60,
-    )
+    if moment == "draining":
+        _until_logged([mover], "moving its state from 2 to 3 tasks")
+    else:
+        _until(
+            lambda: any(
+                c.query.startswith("clicks.p3.") for c in cluster.md.list_query_checkpoints()
+            ),
+            "a new task's checkpoint published",
+            60,
+        )
     mover.process.send_signal(signal.SIGKILL)  # type: ignore[union-attr]
     mover.process.wait()  # type: ignore[union-attr]
     assert current_parallelism(cluster.md, "clicks") == 2  # killed before the commit point
