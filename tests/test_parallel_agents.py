@@ -888,3 +888,35 @@ def test_an_agent_killed_mid_move_leaves_it_to_the_next(cluster: Cluster, moment
     _until_tasks_held(cluster, 3, 1)
     cluster.append([{"user_id": 0, "event_type": "view", "timestamp": "2026-01-01 01:00:00"}] * 4)
     _exactly_once(cluster, produced)
+
+
+def test_an_agent_paused_mid_move_wakes_after_another_moved_the_query(cluster: Cluster) -> None:
+    """The agent moving the query from 2 to 3 tasks is paused (SIGSTOP) past its leases as it
+    starts; another agent moves the query and runs its tasks; the paused one wakes (SIGCONT):
+    its writes are refused, it takes tasks of the moved query as usual, every window once."""
+    agents = [cluster.start_agent() for _ in range(2)]
+    _until_tasks_held(cluster, 2, 2)
+    produced = _events(range(0, 600))
+    cluster.append(produced)
+    cluster.wait_for(lambda rows: _minute(rows, 8))
+    for agent in agents:
+        agent.stop()
+
+    _set_parallelism(cluster, 3)
+    paused = cluster.start_agent()
+    _until_logged([paused], "moving its state from 2 to 3 tasks")
+    paused.process.send_signal(signal.SIGSTOP)  # type: ignore[union-attr]
+    try:
+        other = cluster.start_agent()
+        _until_logged([other], "state moved on agents from 2 to 3 tasks")
+        _until_tasks_held(cluster, 3, 1)
+    finally:
+        paused.process.send_signal(signal.SIGCONT)  # type: ignore[union-attr]
+    _until_logged([paused], "query clicks not rescaled")  # its move refused (fenced)
+    more = _events(range(600, 1200))
+    cluster.append(more)
+    produced += more
+    _until_tasks_held(cluster, 3, 2)  # the woken agent takes its share
+    assert current_parallelism(cluster.md, "clicks") == 3
+    cluster.append([{"user_id": 0, "event_type": "view", "timestamp": "2026-01-01 01:00:00"}] * 4)
+    _exactly_once(cluster, produced)
