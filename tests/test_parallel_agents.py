@@ -850,12 +850,9 @@ def test_tasks_running_on_past_their_leases_write_nothing_once_moved(tmp_path: P
         _stop(run, tasks)
 
 
-@pytest.mark.parametrize("moment", ["draining", "publishing"])
-def test_an_agent_killed_mid_move_leaves_it_to_the_next(cluster: Cluster, moment: str) -> None:
-    """The agent moving the query from 2 to 3 tasks is killed -9 as it starts (restoring and
-    draining the old tasks) or once it published the first new task's checkpoint, before the
-    move's commit point either way: the query stays at 2, the next agent moves it again from
-    the old tasks' checkpoints, and every window equals DuckDB's, once."""
+def _stopped_at_2_set_to_3(cluster: Cluster) -> list[dict[str, object]]:
+    """Two agents run the query at 2 over 8 minutes of events and stop; the file is changed to
+    3. The events produced."""
     agents = [cluster.start_agent() for _ in range(2)]
     _until_tasks_held(cluster, 2, 2)
     produced = _events(range(0, 600))
@@ -863,8 +860,17 @@ def test_an_agent_killed_mid_move_leaves_it_to_the_next(cluster: Cluster, moment
     cluster.wait_for(lambda rows: _minute(rows, 8))
     for agent in agents:
         agent.stop()
-
     _set_parallelism(cluster, 3)
+    return produced
+
+
+@pytest.mark.parametrize("moment", ["draining", "publishing"])
+def test_an_agent_killed_mid_move_leaves_it_to_the_next(cluster: Cluster, moment: str) -> None:
+    """The agent moving the query from 2 to 3 tasks is killed -9 as it starts (restoring and
+    draining the old tasks) or once it published the first new task's checkpoint, before the
+    move's commit point either way: the query stays at 2, the next agent moves it again from
+    the old tasks' checkpoints, and every window equals DuckDB's, once."""
+    produced = _stopped_at_2_set_to_3(cluster)
     mover = cluster.start_agent()
     if moment == "draining":
         _until_logged([mover], "moving its state from 2 to 3 tasks")
@@ -894,15 +900,7 @@ def test_an_agent_paused_mid_move_wakes_after_another_moved_the_query(cluster: C
     """The agent moving the query from 2 to 3 tasks is paused (SIGSTOP) past its leases as it
     starts; another agent moves the query and runs its tasks; the paused one wakes (SIGCONT):
     its writes are refused, it takes tasks of the moved query as usual, every window once."""
-    agents = [cluster.start_agent() for _ in range(2)]
-    _until_tasks_held(cluster, 2, 2)
-    produced = _events(range(0, 600))
-    cluster.append(produced)
-    cluster.wait_for(lambda rows: _minute(rows, 8))
-    for agent in agents:
-        agent.stop()
-
-    _set_parallelism(cluster, 3)
+    produced = _stopped_at_2_set_to_3(cluster)
     paused = cluster.start_agent()
     _until_logged([paused], "moving its state from 2 to 3 tasks")
     paused.process.send_signal(signal.SIGSTOP)  # type: ignore[union-attr]
