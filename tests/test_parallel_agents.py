@@ -37,6 +37,7 @@ from streamhouse.log.metadata.checkpoints import QueryCheckpoint
 from streamhouse.log.metadata.leases import Lease
 from streamhouse.runtime.agent_rescale import (
     current_parallelism,
+    delete_moved,
     rescale_lease_name,
     rescale_on_agents,
 )
@@ -429,6 +430,20 @@ def _rescaled(
 ) -> list[AgentTask]:
     """Move ``query``'s state to its file's parallelism as an agent's supervisor does (every
     task's lease of both parallelisms and the rescale lease held), then run its tasks."""
+    _moved(sh, query, agent, tmp_path)
+    md, name, parallelism = sh.log.metadata, query.name, parallelism_of(query)
+    tasks = []
+    for task in range(parallelism):
+        lease = md.acquire_lease(task_lease_name(name, task), agent, 60_000)
+        assert lease is not None
+        tasks.append(AgentTask(sh.engine, query, task, tmp_path / agent, lease, agent))
+    return tasks
+
+
+def _moved(
+    sh: streamhouse.StreamHouse, query: QueryFile, agent: str, tmp_path: Path
+) -> list[Lease]:
+    """The move of :func:`_rescaled`; the task leases it held (released)."""
     md, name = sh.log.metadata, query.name
     parallelism = parallelism_of(query)
     old = current_parallelism(md, name)
@@ -445,12 +460,7 @@ def _rescaled(
     assert not work.exists()
     for lease in [*leases, pointer]:
         md.release_lease(lease)  # type: ignore[arg-type]
-    tasks = []
-    for task in range(parallelism):
-        lease = md.acquire_lease(task_lease_name(name, task), agent, 60_000)
-        assert lease is not None
-        tasks.append(AgentTask(sh.engine, query, task, tmp_path / agent, lease, agent))
-    return tasks
+    return leases  # type: ignore[return-value]
 
 
 def _windows_at(parallelism: int) -> QueryFile:
@@ -717,3 +727,202 @@ def test_tasks_are_not_started_over_state_of_a_whole_query(
         assert supervisor.running == []
         assert not any(lease.epoch for lease in run.md.list_leases("query/windows/task-"))
         assert caplog.text.count("outside a parallel run") <= 2  # once per task, not per round
+
+
+def _stop(run: Windows, tasks: list[AgentTask]) -> None:
+    """Stop ``tasks`` (each with a last checkpoint) and give their leases up."""
+    for task in tasks:
+        task.stop()
+    for lease in run.md.list_leases("query/windows/task-"):
+        run.md.release_lease(lease)
+
+
+def _ran_at_2(sh: streamhouse.StreamHouse, tmp_path: Path) -> Windows:
+    """Query ``windows`` run at 2 (agent ``a``) over windows [0, 30 s), then stopped."""
+    run = Windows(sh, tmp_path)
+    tasks = [run.take(0, "a")[0], run.take(1, "a")[0]]
+    run.produce(list(range(0, 40_000, 500)))
+    _until(lambda: len(run.output()) >= 9, "windows [0, 30 s) written")
+    _stop(run, tasks)
+    return run
+
+
+def _stale_lease(sh: streamhouse.StreamHouse, name: str, agent: str) -> Lease:
+    """A lease of ``name`` that ``agent`` held and lost (another holder took it since)."""
+    md = sh.log.metadata
+    lost = md.acquire_lease(name, agent, 60_000)
+    assert lost is not None
+    md.release_lease(lost)
+    taker = md.acquire_lease(name, "x", 60_000)
+    assert taker is not None and taker.epoch > lost.epoch
+    md.release_lease(taker)
+    return lost
+
+
+def test_a_first_rescale_that_fails_before_its_commit_point_is_moved_again(
+    tmp_path: Path,
+) -> None:
+    """The first move of a query (2 -> 3) fails after publishing some new tasks' checkpoints
+    and before recording the parallelism (its lease of task 2 lost: that publish fenced): the
+    next agent's move starts over from the old tasks' checkpoints, and every window is written
+    once."""
+    with streamhouse.connect(tmp_path / "data") as sh:
+        run = _ran_at_2(sh, tmp_path)
+
+        md, query = run.md, _windows_at(3)
+        leases = [md.acquire_lease(task_lease_name("windows", t), "b", 60_000) for t in (0, 1)]
+        leases.append(_stale_lease(sh, task_lease_name("windows", 2), "b"))
+        pointer = md.acquire_lease(rescale_lease_name("windows"), "b", 60_000)
+        assert pointer is not None and None not in leases
+        with pytest.raises(FencedError):
+            rescale_on_agents(sh.engine, query, "b", tmp_path / "b", leases, pointer)  # type: ignore[arg-type]
+        assert any(c.query.startswith("windows.p3.") for c in md.list_query_checkpoints())
+        for lease in [*leases[:2], pointer]:
+            md.release_lease(lease)  # type: ignore[arg-type]
+        assert current_parallelism(md, "windows") == 2  # the move was not committed
+
+        run.produce(list(range(40_000, 80_000, 500)))
+        tasks = _rescaled(sh, query, "c", tmp_path)
+        run.produce([130_000, 200_000])
+        run.exactly_once(200_000)
+        for task in tasks:
+            task.stop()
+
+
+def test_a_mover_waking_late_deletes_none_of_a_later_runs_checkpoints(tmp_path: Path) -> None:
+    """A move 2 -> 3 whose agent pauses after its commit point, before deleting the old
+    checkpoints' objects, and wakes after the query was moved back to 2 and checkpointed there:
+    its deletes (not fenced) spare the new checkpoints at 2, and the query resumes from them
+    with every window once."""
+    with streamhouse.connect(tmp_path / "data") as sh:
+        run = _ran_at_2(sh, tmp_path)
+        paused = _moved(sh, _windows_at(3), "b", tmp_path)  # its deletes come late, below
+
+        tasks = []
+        for task in range(3):
+            lease = run.md.acquire_lease(task_lease_name("windows", task), "c", 60_000)
+            assert lease is not None
+            tasks.append(AgentTask(sh.engine, _windows_at(3), task, tmp_path / "c", lease, "c"))
+        run.produce(list(range(40_000, 80_000, 500)))
+        _until(lambda: len(run.output()) >= 18, "windows [0, 60 s) written")
+        _stop(run, tasks)
+        tasks = _rescaled(sh, _windows_at(2), "d", tmp_path)  # back to 2
+        run.produce(list(range(80_000, 100_000, 500)))
+        _until(lambda: len(run.output()) >= 24, "windows [0, 80 s) written")
+        _stop(run, tasks)
+
+        delete_moved(sh.engine, "windows", 2, paused)  # the paused mover wakes
+        tasks = [run.take(0, "e")[0], run.take(1, "e")[0]]
+        run.produce([130_000, 200_000])
+        run.exactly_once(200_000)
+        for task in tasks:
+            task.stop()
+
+
+def test_a_select_on_agents_refuses_an_output_topic_a_stream_is_declared_on(
+    tmp_path: Path,
+) -> None:
+    """A SELECT named ``q`` at parallelism 2 would write its rows to topic ``q.output``: when
+    a stream of the catalog reads that topic (another's data), its tasks refuse to start, with
+    an error naming the stream, and write nothing there."""
+    query = _shape_query("select")
+    with streamhouse.connect(tmp_path / "data") as sh:
+        run = TwoStreams(sh, tmp_path, sink="q.output")
+        sh.sql("CREATE STREAM theirs (x STRING) WITH (topic = 'q.output', partitions = '2')")
+        with pytest.raises(SqlError, match=r"q\.output.*theirs"):
+            run.take(query, 0, "x")
+        run.produce(0, 5_000)
+        assert run.output() == []
+
+
+def test_tasks_running_on_past_their_leases_write_nothing_once_moved(tmp_path: Path) -> None:
+    """Both tasks at 2 go on running after their leases ran out (their agent paused, then
+    woken) while another agent moves the query to 1 task (task 1's transactional id then used
+    by no task): every write of the old ones is refused, and every window is written once."""
+    with streamhouse.connect(tmp_path / "data") as sh:
+        run = Windows(sh, tmp_path)
+        pairs = [run.take(0, "a"), run.take(1, "a")]
+        run.produce(list(range(0, 40_000, 500)))
+        _until(lambda: len(run.output()) >= 9, "windows [0, 30 s) written")
+        for _, lease in pairs:
+            assert run.md.renew_lease(lease, 1)  # then it runs out
+        time.sleep(0.05)
+        tasks = _rescaled(sh, _windows_at(1), "b", tmp_path)
+        run.produce(list(range(40_000, 80_000, 500)))
+        _until(lambda: all(old.error is not None for old, _ in pairs), "the old holders refused")
+        assert all(isinstance(old.error, FencedError) for old, _ in pairs)
+        run.produce([130_000, 200_000])
+        run.exactly_once(200_000)
+        for old, _ in pairs:
+            old.stop(checkpoint=False)
+        _stop(run, tasks)
+
+
+def _stopped_at_2_set_to_3(cluster: Cluster) -> list[dict[str, object]]:
+    """Two agents run the query at 2 over 8 minutes of events and stop; the file is changed to
+    3. The events produced."""
+    agents = [cluster.start_agent() for _ in range(2)]
+    _until_tasks_held(cluster, 2, 2)
+    produced = _events(range(0, 600))
+    cluster.append(produced)
+    cluster.wait_for(lambda rows: _minute(rows, 8))
+    for agent in agents:
+        agent.stop()
+    _set_parallelism(cluster, 3)
+    return produced
+
+
+@pytest.mark.parametrize("moment", ["draining", "publishing"])
+def test_an_agent_killed_mid_move_leaves_it_to_the_next(cluster: Cluster, moment: str) -> None:
+    """The agent moving the query from 2 to 3 tasks is killed -9 as it starts (restoring and
+    draining the old tasks) or once it published the first new task's checkpoint, before the
+    move's commit point either way: the query stays at 2, the next agent moves it again from
+    the old tasks' checkpoints, and every window equals DuckDB's, once."""
+    produced = _stopped_at_2_set_to_3(cluster)
+    mover = cluster.start_agent()
+    if moment == "draining":
+        _until_logged([mover], "moving its state from 2 to 3 tasks")
+    else:
+        _until(
+            lambda: any(
+                c.query.startswith("clicks.p3.") for c in cluster.md.list_query_checkpoints()
+            ),
+            "a new task's checkpoint published",
+            60,
+        )
+    mover.process.send_signal(signal.SIGKILL)  # type: ignore[union-attr]
+    mover.process.wait()  # type: ignore[union-attr]
+    assert current_parallelism(cluster.md, "clicks") == 2  # killed before the commit point
+    more = _events(range(600, 1200))
+    cluster.append(more)
+    produced += more
+
+    agents = [cluster.start_agent()]
+    _until_logged(agents, "state moved on agents from 2 to 3 tasks")
+    _until_tasks_held(cluster, 3, 1)
+    cluster.append([{"user_id": 0, "event_type": "view", "timestamp": "2026-01-01 01:00:00"}] * 4)
+    _exactly_once(cluster, produced)
+
+
+def test_an_agent_paused_mid_move_wakes_after_another_moved_the_query(cluster: Cluster) -> None:
+    """The agent moving the query from 2 to 3 tasks is paused (SIGSTOP) past its leases as it
+    starts; another agent moves the query and runs its tasks; the paused one wakes (SIGCONT):
+    its writes are refused, it takes tasks of the moved query as usual, every window once."""
+    produced = _stopped_at_2_set_to_3(cluster)
+    paused = cluster.start_agent()
+    _until_logged([paused], "moving its state from 2 to 3 tasks")
+    paused.process.send_signal(signal.SIGSTOP)  # type: ignore[union-attr]
+    try:
+        other = cluster.start_agent()
+        _until_logged([other], "state moved on agents from 2 to 3 tasks")
+        _until_tasks_held(cluster, 3, 1)
+    finally:
+        paused.process.send_signal(signal.SIGCONT)  # type: ignore[union-attr]
+    _until_logged([paused], "query clicks not rescaled")  # its move refused (fenced)
+    more = _events(range(600, 1200))
+    cluster.append(more)
+    produced += more
+    _until_tasks_held(cluster, 3, 2)  # the woken agent takes its share
+    assert current_parallelism(cluster.md, "clicks") == 3
+    cluster.append([{"user_id": 0, "event_type": "view", "timestamp": "2026-01-01 01:00:00"}] * 4)
+    _exactly_once(cluster, produced)

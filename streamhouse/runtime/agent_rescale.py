@@ -21,8 +21,9 @@ see :mod:`.placement`), so the move starts there:
    publishes each new task's stores as the checkpoints of ``<name>.p<M>.*`` (a record of an
    earlier run at M that this move did not write is replaced by an empty store).
 4. It records the query's parallelism, M, as the checkpoint record ``<name>/parallelism``
-   (:func:`parallelism_record`): that one fenced write is the move's commit point. A crash
-   before it leaves the query at N, moved again by the next agent; after it, the tasks at M
+   (:func:`parallelism_record`): that one fenced write is the move's commit point (N is
+   recorded there before step 2, so checkpoints at both never stand without a record of which
+   is current). A crash before it leaves the query at N, moved again by the next agent; after it, the tasks at M
    start from the new checkpoints. The old checkpoints' objects are deleted last.
 """
 
@@ -45,7 +46,7 @@ from streamhouse.runtime.launch import QueryFile, declared
 from streamhouse.runtime.options import QueryOptions
 from streamhouse.runtime.task_state import task_checkpoint_name, task_root
 from streamhouse.sql.engine import Engine
-from streamhouse.state.remote import PREFIX, LeasedCheckpoints
+from streamhouse.state.remote import PREFIX, SST, LeasedCheckpoints
 from streamhouse.state.store import StateStore
 
 log = logging.getLogger(__name__)
@@ -162,6 +163,10 @@ def rescale_on_agents(
     if old is None or old == new:
         return False
     began = time.monotonic()
+    # which parallelism is current is recorded before any checkpoint at the new one is: a
+    # crash between those and the commit point below must not leave both without a record
+    # (checkpointed() refuses that), but the old one, moved again by the next agent
+    metadata.record_query_checkpoint(pointer, QueryCheckpoint(parallelism_record(name), str(old)))
     shutil.rmtree(work, ignore_errors=True)
     old_file = with_parallelism(query_file, old)
     tasks: list[AgentTask] = []
@@ -203,15 +208,28 @@ def rescale_on_agents(
         new,
         time.monotonic() - began,
     )
-    objects = engine.log.store
-    for recorded in metadata.list_query_checkpoints():  # garbage now: nothing reads them
-        found = _store_of(name, recorded.query)
-        if found is not None and found[0] == old:
-            for key in objects.list(f"{PREFIX}/{recorded.query}/"):
-                with contextlib.suppress(StreamHouseError):
-                    objects.delete(key)
+    delete_moved(engine, name, old, leases)
     shutil.rmtree(work, ignore_errors=True)
     return True
+
+
+def delete_moved(engine: Engine, name: str, old: int, leases: Sequence[Lease]) -> None:
+    """Delete the objects of ``name``'s checkpoints at ``old`` that a move holding ``leases``
+    made garbage: those written at or before its epoch of their task's lease. (The deletes are
+    not fenced: a mover paused here past its leases may wake after the query was moved back to
+    ``old``, whose new checkpoints, of later epochs, it must not touch.)"""
+    objects = engine.log.store
+    for recorded in engine.log.metadata.list_query_checkpoints():
+        found = _store_of(name, recorded.query)
+        if found is None or found[0] != old:
+            continue
+        epoch = f"{leases[int(found[1].split('-')[1])].epoch:012d}"
+        for key in objects.list(f"{PREFIX}/{recorded.query}/"):
+            parts = key.split("/")  # checkpoints/<store>/<id>/... or .../sst/<id>-<file>
+            written = parts[3] if parts[2] == SST and len(parts) > 3 else parts[2]
+            if written[: len(epoch)] <= epoch:
+                with contextlib.suppress(StreamHouseError):
+                    objects.delete(key)
 
 
 def _publish(
@@ -240,6 +258,7 @@ def _publish(
 __all__ = [
     "checkpointed",
     "current_parallelism",
+    "delete_moved",
     "parallelism_record",
     "renewing",
     "rescale_lease_name",

@@ -67,7 +67,9 @@ from streamhouse.runtime.parallel import (
 )
 from streamhouse.runtime.routing import plan_routing
 from streamhouse.runtime.task_state import task_checkpoint_name, task_root
+from streamhouse.sql.ddl import stream_definition
 from streamhouse.sql.engine import Engine
+from streamhouse.sql.parse import parse
 from streamhouse.state.remote import LeasedCheckpoints
 
 log = logging.getLogger(__name__)
@@ -121,6 +123,21 @@ def writing_results(query_file: QueryFile) -> QueryFile:
     return dataclasses.replace(query_file, statement=insert)
 
 
+def _refuse_declared_output(engine: Engine, query: str) -> None:
+    """``SqlError`` when a stream or table of the catalog (or the query file) reads ``query``'s
+    :func:`output_topic`: a SELECT's rows would land among another's data."""
+    topic = output_topic(query)
+    for entry in [*engine.temporary.entries(), *engine.log.metadata.list_catalog()]:
+        if entry.kind not in ("stream", "table"):
+            continue
+        if stream_definition(parse(entry.sql)[0]).topic == topic:
+            raise SqlError(
+                f"query {query!r} is a SELECT, whose rows on agents go to topic {topic!r}, but"
+                f" {entry.kind} {entry.name!r} is declared on that topic: rename the query (its"
+                " file) or write its rows with INSERT INTO a topic of your own"
+            )
+
+
 def parallelism_of(query_file: QueryFile) -> int:
     """The parallelism a query file asks for (``SET 'parallelism'``; 1 by default)."""
     return QueryOptions().with_options(query_file.settings).parallelism
@@ -153,6 +170,7 @@ class AgentTask:
     ) -> None:
         if is_materialized_view(query_file.statement):
             raise SqlError("parallelism > 1 does not run a materialized view yet")
+        selecting = isinstance(query_file.statement, exp.Query)
         query_file = writing_results(query_file)
         self.query_name = query_file.name
         self.name = f"{query_file.name}/task-{task}"
@@ -160,6 +178,8 @@ class AgentTask:
         self.agent = agent
         self.lease = lease
         engine = declared(engine, query_file)
+        if selecting:
+            _refuse_declared_output(engine, query_file.name)
         self.log = engine.log
         options = QueryOptions().with_options(query_file.settings)
         self.parallelism = parallelism = options.parallelism
