@@ -488,6 +488,13 @@ def test_explain_and_refusals(sh: StreamHouse, tmp_path: Path) -> None:
 
     with pytest.raises(ConfigError, match="parallelism must be an integer from 1 to 128"):
         sh.start("SET 'parallelism' = '0';\nINSERT INTO o SELECT k FROM ev", name="zero")
+    with pytest.raises(SqlError, match="'checkpoint.object-store' is not supported at paral"):
+        sh.start(
+            "SET 'checkpoint.object-store' = 'true';\nINSERT INTO o SELECT k, window_start,"
+            " COUNT(*) AS n FROM ev GROUP BY k, TUMBLE(t, INTERVAL '10' SECOND)",
+            name="uploaded",
+            parallelism=2,
+        )
     with pytest.raises(SqlError, match=r"parallelism > 1 does not run OverAggregate \(an OVER"):
         sh.start(
             "INSERT INTO o SELECT k, SUM(v) OVER (ORDER BY t"

@@ -577,6 +577,12 @@ class ParallelQuery:
         self.parallelism = parallelism
         self.statement = query_file.statement
         self.plan = parallel_plan(self.statement, options, resolve)
+        if options.checkpoint_object_store:
+            raise SqlError(
+                "'checkpoint.object-store' is not supported at parallelism > 1 in task processes"
+                " yet (each task's and exchange's state would need uploading): on agents the"
+                " tasks checkpoint to the object store anyway; here run it at parallelism 1"
+            )
         self.shape = parallel_shape(self.plan)
         called = {f.name.lower() for f in self.statement.find_all(exp.Anonymous)}
         self.functions = exported_functions(called)  # registered here: imported by the tasks
