@@ -484,7 +484,7 @@ class TableState:
         batch.put(ColumnFamily.SESSIONS, self._run_key(seq), encode_table(rows))
         self._runs = [(seq, rows)]
         self._held = [_encoded_keys(rows, self.keys)]
-        self._index = [_RunIndex.of(self._held[0])]
+        self._index = [_RunIndex.compacted(self._index, self.live, self._held[0])]
         self.live = np.ones(rows.num_rows, dtype=bool)
         self._table = None
 
@@ -512,17 +512,45 @@ class _RunIndex:
 
     __slots__ = ("exact", "hashes", "order", "width", "words")
 
-    def __init__(self, words: np.ndarray, hashes: np.ndarray, exact: bool) -> None:
+    def __init__(
+        self, words: np.ndarray, hashes: np.ndarray, exact: bool, order: np.ndarray | None = None
+    ) -> None:
         self.words = words
         self.width = words.shape[1]
         self.exact = exact
-        self.order = np.argsort(hashes, kind="stable")
-        self.hashes = hashes[self.order]
+        self.order = np.argsort(hashes) if order is None else order
+        self.hashes = hashes[self.order] if order is None else hashes
 
     @classmethod
     def of(cls, encoded: pa.Array | None) -> _RunIndex | None:
         probe = cls.probe(encoded)
         return None if probe is None else cls(probe[1], probe[0], probe[2])
+
+    @classmethod
+    def compacted(
+        cls, indexes: list[_RunIndex | None], live: np.ndarray, encoded: pa.Array | None
+    ) -> _RunIndex | None:
+        """The index of the current rows (``live`` over the runs of ``indexes``, in order)
+        rewritten as one run with keys ``encoded``: the runs' sorted hashes merged (a stable sort
+        of sorted pieces is a merge), not hashed and sorted afresh."""
+        if encoded is None or any(i is None for i in indexes):
+            return cls.of(encoded)
+        probe = cls.probe(encoded)
+        if probe is None or any(i.width != probe[1].shape[1] for i in indexes):  # type: ignore[union-attr]
+            return cls.of(encoded)
+        renumbered = np.cumsum(live) - 1  # held position -> position among the current rows
+        hashes, positions = [], []
+        start = 0
+        for index in indexes:
+            assert index is not None
+            held = index.order + start
+            current = live[held]
+            hashes.append(index.hashes[current])
+            positions.append(renumbered[held[current]])
+            start += len(index.order)
+        merged = np.concatenate(hashes)
+        order = np.argsort(merged, kind="stable")
+        return cls(probe[1], merged[order], probe[2], np.concatenate(positions)[order])
 
     @staticmethod
     def probe(encoded: pa.Array | None) -> tuple[np.ndarray, np.ndarray, bool] | None:
