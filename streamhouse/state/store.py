@@ -535,8 +535,8 @@ class _RunIndex:
         of sorted pieces is a merge), not hashed and sorted afresh."""
         if encoded is None or any(i is None for i in indexes):
             return cls.of(encoded)
-        probe = cls.probe(encoded)
-        if probe is None or any(i.width != probe[1].shape[1] for i in indexes):  # type: ignore[union-attr]
+        keyed = cls.key_words(encoded)
+        if keyed is None or any(i.width != keyed[0].shape[1] for i in indexes):  # type: ignore[union-attr]
             return cls.of(encoded)
         renumbered = np.cumsum(live) - 1  # held position -> position among the current rows
         hashes, positions = [], []
@@ -550,11 +550,25 @@ class _RunIndex:
             start += len(index.order)
         merged = np.concatenate(hashes)
         order = np.argsort(merged, kind="stable")
-        return cls(probe[1], merged[order], probe[2], np.concatenate(positions)[order])
+        return cls(keyed[0], merged[order], keyed[1], np.concatenate(positions)[order])
 
     @staticmethod
     def probe(encoded: pa.Array | None) -> tuple[np.ndarray, np.ndarray, bool] | None:
         """(hashes, words, exact) of encoded keys, or None for keys without fixed-width words."""
+        keyed = _RunIndex.key_words(encoded)
+        if keyed is None:
+            return None
+        words, exact = keyed
+        if exact:
+            return words[:, 0], words, True
+        hashes = np.zeros(len(words), np.uint64)
+        for i in range(words.shape[1]):
+            hashes = _mix(hashes ^ words[:, i])
+        return hashes, words, False
+
+    @staticmethod
+    def key_words(encoded: pa.Array | None) -> tuple[np.ndarray, bool] | None:
+        """(words, exact) of encoded keys: ``exact`` when one word is the key (and its hash)."""
         if encoded is None:
             return None
         kind = encoded.type
@@ -562,18 +576,14 @@ class _RunIndex:
             if encoded.null_count:
                 values = encoded.fill_null(0).to_numpy(zero_copy_only=False).view(np.uint64)
                 nulls = pc.is_null(encoded).to_numpy(zero_copy_only=False).astype(np.uint64)
-                words = np.stack([values, nulls], axis=1)
-                return _mix(_mix(values) ^ nulls), words, False
-            values = encoded.to_numpy(zero_copy_only=False).view(np.uint64)
-            return values, values.reshape(-1, 1), True
+                return np.stack([values, nulls], axis=1), False
+            return encoded.to_numpy(zero_copy_only=False).view(np.uint64).reshape(-1, 1), True
         if pa.types.is_fixed_size_binary(kind) and kind.byte_width % 8 == 0:
             width, n = kind.byte_width // 8, len(encoded)
             data = np.frombuffer(encoded.buffers()[1], np.uint64)
-            words = data[encoded.offset * width : (encoded.offset + n) * width].reshape(n, width)
-            hashes = np.zeros(n, np.uint64)
-            for i in range(width):
-                hashes = _mix(hashes ^ words[:, i])
-            return hashes, words, False
+            return data[encoded.offset * width : (encoded.offset + n) * width].reshape(
+                n, width
+            ), False
         return None
 
     def lookup(
