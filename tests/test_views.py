@@ -253,7 +253,8 @@ def test_top_n_ranks_with_arrow_as_with_sql(rows, limit, descending) -> None:
             "w": pa.array([r[2] for r in rows], pa.int64()),
         }
     )
-    picked, rank = TopNOperator._arrow_ranks(SimpleNamespace(plan=plan, arrival=None), candidates)
+    ranking = TopNOperator._arrow_ranks(SimpleNamespace(plan=plan, arrival=None), candidates)
+    picked, rank, _ = ranking
     by_arrow = candidates.take(pa.array(picked)).append_column("__rn", pa.array(rank))
     by_sql = run_sql(plan.retain_sql, {plan.source: candidates})
 

@@ -59,13 +59,24 @@ class TopNOperator:
         ranking = self._arrow_ranks(candidates)
         if ranking is None:
             ranked = run_sql(self.plan.retain_sql, {self.plan.source: candidates})
+            kept = ranked.drop_columns(["__rn"])
+            self.table.replace(found, kept, batch)
         else:
-            picked, rank = ranking
+            picked, rank, codes = ranking
             ranked = candidates.take(pa.array(picked)).append_column(
                 pa.field("__rn", pa.uint64(), nullable=False), pa.array(rank.astype(np.uint64))
             )
-        kept = ranked.drop_columns(["__rn"])
-        self.table.replace(found, kept, batch)
+            # A key none of whose new rows made its top N keeps its rows as they are (the input
+            # only adds rows): only the keys a new row entered are written again.
+            held = len(found)
+            changed = np.zeros(int(codes.max()) + 1, dtype=bool)
+            changed[codes[picked[picked >= held]]] = True
+            kept = ranked.drop_columns(["__rn"])
+            if changed.all():
+                self.table.replace(found, kept, batch)
+            else:
+                written = kept.filter(pa.array(changed[codes[picked]]))
+                self.table.replace(found[changed[codes[:held]]], written, batch)
         names = [self.plan.rank_column if c == "__rn" else c for c in ranked.column_names]
         columns = self.plan.output_columns
         if columns is not None:  # the outer query picks columns: no SQL needed
@@ -74,7 +85,7 @@ class TopNOperator:
                 # is still at its rank is left out (the rank of kept rows among themselves is
                 # their rank before this batch; ties keep their order).
                 was = np.zeros(candidates.num_rows, np.int64)
-                previous_picked, previous_rank = self._arrow_ranks(previous)  # type: ignore[misc]
+                previous_picked, previous_rank, _ = self._arrow_ranks(previous)  # type: ignore[misc]
                 was[previous_picked] = previous_rank
                 ranked = ranked.filter(pa.array(was[picked] != rank))
             ranked = ranked.rename_columns(names)
@@ -83,9 +94,12 @@ class TopNOperator:
             return run_sql(self.plan.output_sql, {RANKED: ranked.rename_columns(names)}), before
         return run_sql(self.plan.sql, {self.plan.source: kept}), before
 
-    def _arrow_ranks(self, candidates: pa.Table) -> tuple[np.ndarray, np.ndarray] | None:
-        """(row, rank) of the candidates ranked within N, by rank within each key, when the plan
-        ranks source rows by plain columns and those hold no NULL (None: rank them with SQL).
+    def _arrow_ranks(
+        self, candidates: pa.Table
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+        """(row, rank) of the candidates ranked within N, by rank within each key, and each
+        candidate's key code (:func:`group_codes`), when the plan ranks source rows by plain
+        columns and those hold no NULL (None: rank them with SQL).
         Arrow's sort is stable, as DataFusion's: rows that tie keep their order (or, ordered by
         a PROCTIME() column, the order :attr:`arrival` says: the latest row first for DESC)."""
         order_by = self.plan.order_by
@@ -108,7 +122,7 @@ class TopNOperator:
         heads = np.flatnonzero(np.r_[True, sorted_codes[1:] != sorted_codes[:-1]])
         rank = np.arange(n) - np.repeat(heads, np.diff(np.r_[heads, n])) + 1
         kept = rank <= self.plan.limit
-        return order[kept], rank[kept]
+        return order[kept], rank[kept], codes
 
     def commit(self) -> None:
         self.table.commit()
