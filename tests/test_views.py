@@ -541,3 +541,39 @@ def test_table_state_index_finds_what_a_scan_finds(kind: str, steps: list) -> No
             store.commit(batch)
             state.commit()
         store.close()
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    held=st.lists(st.tuples(st.integers(0, 5), st.integers(0, 9)), max_size=40),
+    new=st.lists(st.tuples(st.integers(0, 5), st.integers(0, 9)), min_size=1, max_size=20),
+    limit=st.integers(1, 4),
+)
+def test_top_n_ranks_before_a_batch_equal_a_ranking_of_the_held_rows(held, new, limit) -> None:
+    """The rank each kept row had before a batch, read off the ranking of held and new rows
+    together, equals its rank among the held rows alone (which only rows whose rank changed
+    are upserted again depends on it)."""
+    from streamhouse.views.top_n import _ranks_before
+
+    sql = (
+        "SELECT * FROM (SELECT *, ROW_NUMBER() OVER (PARTITION BY k ORDER BY v DESC) AS rn "
+        f"FROM s) WHERE rn <= {limit}"
+    )
+    operator = SimpleNamespace(plan=plan_query(parse(sql)[0]).operator, arrival=None)
+
+    def table(rows: list[tuple[int, int]]) -> pa.Table:
+        return pa.table(
+            {"k": [k for k, _ in rows], "v": [v for _, v in rows]},
+            pa.schema([("k", pa.int64()), ("v", pa.int64())]),
+        )
+
+    everything = table(held)
+    kept = TopNOperator._arrow_ranks(operator, everything) if held else None
+    previous = everything.take(pa.array(np.sort(kept[0]))) if kept else everything
+    candidates = pa.concat_tables([previous, table(new)])
+    picked, rank, _ = TopNOperator._arrow_ranks(operator, candidates)
+    want = np.zeros(candidates.num_rows, np.int64)
+    if previous.num_rows:
+        previous_picked, previous_rank, _ = TopNOperator._arrow_ranks(operator, previous)
+        want[previous_picked] = previous_rank
+    assert _ranks_before(picked < previous.num_rows, rank).tolist() == want[picked].tolist()
