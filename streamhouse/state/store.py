@@ -101,10 +101,15 @@ def partition_key(prefix: bytes, partition: int) -> bytes:
 
 
 def encode_table(table: pa.Table) -> bytes:
-    sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, table.schema) as writer:
+    """``table`` as an Arrow IPC stream, written once into a buffer of its exact size (measured
+    first: a growing buffer would copy a large run over and over as it doubles)."""
+    measured = pa.MockOutputStream()
+    with pa.ipc.new_stream(measured, table.schema) as writer:
         writer.write_table(table)
-    return sink.getvalue().to_pybytes()
+    buffer = pa.allocate_buffer(measured.size())
+    with pa.ipc.new_stream(pa.FixedSizeBufferWriter(buffer), table.schema) as writer:
+        writer.write_table(table)
+    return buffer.to_pybytes()
 
 
 def decode_table(data: bytes) -> pa.Table:
