@@ -124,8 +124,9 @@ class GroupAggregate:
         for i, arg in self.distinct.items():
             values = pre[arg]
             pairs = pa.table({GROUP_ID: row_ids, "v": values}).filter(pc.is_valid(values))
-            pairs = pairs.group_by([GROUP_ID, "v"], use_threads=False).aggregate([])
+            # pairs seen before dropped first: most are, and hashing the rest is cheaper
             first = pairs.filter(pa.array(~self.seen[i].contains(pairs)))
+            first = first.group_by([GROUP_ID, "v"], use_threads=False).aggregate([])
             self.seen[i].replace(np.zeros(0, dtype=np.int64), first, batch)
             counts = np.zeros(len(fresh_ids), dtype=np.int64)
             if first.num_rows:

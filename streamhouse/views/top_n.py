@@ -57,35 +57,49 @@ class TopNOperator:
                 before = run_sql(self.plan.sql, {self.plan.source: previous})
             candidates = pa.concat_tables([previous, rows], promote_options="permissive")
         ranking = self._arrow_ranks(candidates)
+        columns = self.plan.output_columns
+        was = None
         if ranking is None:
             ranked = run_sql(self.plan.retain_sql, {self.plan.source: candidates})
+            kept = ranked.drop_columns(["__rn"])
+            self.table.replace(found, kept, batch)
         else:
-            picked, rank = ranking
+            picked, rank, codes = ranking
+            held = len(found)
+            was = _ranks_before(picked < held, rank)
+            # A key none of whose new rows made its top N keeps its rows as they are (the input
+            # only adds rows): only the keys a new row entered are written again.
+            changed = np.zeros(int(codes.max()) + 1, dtype=bool)
+            changed[codes[picked[picked >= held]]] = True
+            rewritten = changed[codes[picked]]
+            if columns is not None and not rewritten.all():
+                # nor output (each of their rows is at its rank): their rows are not even taken
+                picked, rank, was = picked[rewritten], rank[rewritten], was[rewritten]
+                rewritten = rewritten[rewritten]
             ranked = candidates.take(pa.array(picked)).append_column(
                 pa.field("__rn", pa.uint64(), nullable=False), pa.array(rank.astype(np.uint64))
             )
-        kept = ranked.drop_columns(["__rn"])
-        self.table.replace(found, kept, batch)
+            kept = ranked.drop_columns(["__rn"])
+            written = kept if rewritten.all() else kept.filter(pa.array(rewritten))
+            self.table.replace(found[changed[codes[:held]]], written, batch)
         names = [self.plan.rank_column if c == "__rn" else c for c in ranked.column_names]
-        columns = self.plan.output_columns
         if columns is not None:  # the outer query picks columns: no SQL needed
-            if ranking is not None and previous is not None:
+            if was is not None and previous is not None:
                 # Only the (key, rank)s whose row changed are upserted again: a kept row that
-                # is still at its rank is left out (the rank of kept rows among themselves is
-                # their rank before this batch; ties keep their order).
-                was = np.zeros(candidates.num_rows, np.int64)
-                previous_picked, previous_rank = self._arrow_ranks(previous)  # type: ignore[misc]
-                was[previous_picked] = previous_rank
-                ranked = ranked.filter(pa.array(was[picked] != rank))
+                # is still at its rank is left out.
+                ranked = ranked.filter(pa.array(was != rank))
             ranked = ranked.rename_columns(names)
             return (ranked if columns == ("*",) else ranked.select(list(columns))), before
         if self.plan.output_sql is not None:  # the ranks just computed: no second ranking
             return run_sql(self.plan.output_sql, {RANKED: ranked.rename_columns(names)}), before
         return run_sql(self.plan.sql, {self.plan.source: kept}), before
 
-    def _arrow_ranks(self, candidates: pa.Table) -> tuple[np.ndarray, np.ndarray] | None:
-        """(row, rank) of the candidates ranked within N, by rank within each key, when the plan
-        ranks source rows by plain columns and those hold no NULL (None: rank them with SQL).
+    def _arrow_ranks(
+        self, candidates: pa.Table
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+        """(row, rank) of the candidates ranked within N, by rank within each key, and each
+        candidate's key code (:func:`group_codes`), when the plan ranks source rows by plain
+        columns and those hold no NULL (None: rank them with SQL).
         Arrow's sort is stable, as DataFusion's: rows that tie keep their order (or, ordered by
         a PROCTIME() column, the order :attr:`arrival` says: the latest row first for DESC)."""
         order_by = self.plan.order_by
@@ -108,10 +122,22 @@ class TopNOperator:
         heads = np.flatnonzero(np.r_[True, sorted_codes[1:] != sorted_codes[:-1]])
         rank = np.arange(n) - np.repeat(heads, np.diff(np.r_[heads, n])) + 1
         kept = rank <= self.plan.limit
-        return order[kept], rank[kept]
+        return order[kept], rank[kept], codes
 
     def commit(self) -> None:
         self.table.commit()
 
     def rollback(self) -> None:
         self.table.rollback()
+
+
+def _ranks_before(held: np.ndarray, rank: np.ndarray) -> np.ndarray:
+    """Each picked row's rank before the batch (0 for a new row), from the ranking of the held
+    and new rows together (the picked rows in ranked order, key by key: ``held`` whether each
+    was kept before, ``rank`` its rank now): among the held rows alone a held row is preceded
+    by the held rows of its key ahead of it now (the sort is stable, and every row ahead of a
+    picked row is picked)."""
+    counted = np.cumsum(held)
+    first = np.arange(len(held)) - rank.astype(np.int64) + 1  # where each row's key starts
+    before_key = counted[first] - held[first]
+    return np.where(held, counted - before_key, 0)
