@@ -40,7 +40,7 @@ from streamhouse.log import Log, TopicInfo
 from streamhouse.log.compaction import CompactionReport
 from streamhouse.log.isolation import Isolation
 from streamhouse.log.isolation import isolation_level as level_named
-from streamhouse.log.partitioner import partition_for_key
+from streamhouse.log.partitioner import partitions_for_keys
 from streamhouse.log.records import BATCH_OVERHEAD, Compression, build_batch
 from streamhouse.log.retention import RetentionReport
 from streamhouse.os_memory import keep_off_huge_pages
@@ -233,12 +233,9 @@ class StreamHouse:
                 raise UnknownPartitionError(topic, partition)
             assignment = np.full(n, partition, dtype=np.int64)
         elif key_bytes is not None:
-            assignment = np.fromiter(
-                (partition_for_key(k, info.partitions) if k is not None else -1 for k in key_bytes),
-                dtype=np.int64,
-                count=n,
-            )
-            unkeyed = assignment < 0
+            keyed = pa.array(key_bytes, pa.binary())
+            unkeyed = keyed.is_null().to_numpy(zero_copy_only=False)
+            assignment = partitions_for_keys(keyed.fill_null(b""), info.partitions)
             assignment[unkeyed] = _spread(int(unkeyed.sum()), info.partitions)
         else:
             assignment = _spread(n, info.partitions)

@@ -9,9 +9,11 @@ from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pytest
 from kafka.partitioner.default import DefaultPartitioner
+from kafka.partitioner.default import murmur2 as kafka_murmur2
 
 import streamhouse
 from streamhouse import (
@@ -24,6 +26,7 @@ from streamhouse import (
     UnknownTopicError,
 )
 from streamhouse.log.objectstore import S3ObjectStore
+from streamhouse.log.partitioner import partitions_for_keys
 from streamhouse.log.records import Compression, split_batches
 
 
@@ -150,6 +153,30 @@ def test_keys_land_where_kafka_pythons_default_partitioner_puts_them(sh: StreamH
     # One key is one partition, in produce order.
     rows = [r for r in table.to_pylist() if r["key"] == b"customer-3"]
     assert len({r["partition"] for r in rows}) == 1
+
+
+def test_partitions_for_keys_matches_kafka_pythons_partitioner_key_by_key() -> None:
+    """The vectorized murmur2 (sink and produce paths) against kafka-python's, over keys of
+    every length from 0 to 40 bytes (each tail length), sliced arrays and strings."""
+    rng = np.random.default_rng(7)
+    keys = [rng.integers(0, 256, size, dtype=np.uint8).tobytes() for size in range(41)] * 20
+    keys += [
+        rng.integers(0, 256, rng.integers(0, 64), dtype=np.uint8).tobytes() for _ in range(500)
+    ]
+    for count in (1, 2, 3, 7, 12):
+        expected = [murmur2_partition(key, count) for key in keys]
+        assert partitions_for_keys(pa.array(keys, pa.binary()), count).tolist() == expected
+        sliced = pa.array(keys, pa.binary()).slice(13, 300)
+        assert partitions_for_keys(sliced, count).tolist() == expected[13:313]
+    texts = ["customer-1", "ü", ""]
+    assert partitions_for_keys(pa.array(texts), 5).tolist() == [
+        murmur2_partition(t.encode(), 5) for t in texts
+    ]
+
+
+def murmur2_partition(key: bytes, partitions: int) -> int:
+    """kafka-python's default partitioner (its own murmur2), for one key."""
+    return (kafka_murmur2(key) & 0x7FFFFFFF) % partitions
 
 
 def test_timestamps_as_datetimes_and_milliseconds(sh: StreamHouse) -> None:

@@ -28,7 +28,7 @@ import pyarrow.compute as pc
 from streamhouse.errors import UnknownPartitionError
 from streamhouse.log import Log
 from streamhouse.log.metadata.leases import Lease
-from streamhouse.log.partitioner import partition_for_key
+from streamhouse.log.partitioner import partitions_for_keys
 from streamhouse.log.records import Compression, build_batch
 
 if TYPE_CHECKING:
@@ -259,9 +259,7 @@ def _partitions(keys: pa.Array | None, n: int, partitions: int) -> np.ndarray:
     if keys is None or keys.null_count == n or partitions == 1:
         return spread if partitions > 1 else np.zeros(n, dtype=np.int64)
     encoded = pc.dictionary_encode(keys)
-    per_key = np.array(
-        [partition_for_key(k, partitions) for k in encoded.dictionary.to_pylist()], dtype=np.int64
-    )
+    per_key = partitions_for_keys(encoded.dictionary, partitions)
     indices = encoded.indices.to_numpy(zero_copy_only=False)
     valid = pc.is_valid(keys).to_numpy(zero_copy_only=False)
     return np.where(valid, per_key[np.nan_to_num(indices, nan=0).astype(np.int64)], spread)
