@@ -117,7 +117,8 @@ def build_batch(
             values = _as_binary(values).to_pylist()
         if isinstance(keys, pa.Array | pa.ChunkedArray):
             keys = _as_binary(keys).to_pylist()
-        records, base_ts, max_ts = encode_records(values, keys, timestamps, headers)
+        # the parts, not joined: frame_batch joins them with the header in one copy
+        records, base_ts, max_ts = _record_parts(values, keys, timestamps, headers)
     else:
         records, base_ts, max_ts = _encode_columns(values, keys, timestamps, headers)
     return frame_batch(
@@ -248,7 +249,7 @@ def _encode_columns(
 
 
 def frame_batch(
-    records: bytes | memoryview,
+    records: bytes | memoryview | list[bytes | memoryview],
     n: int,
     base_ts: int,
     max_ts: int,
@@ -264,9 +265,19 @@ def frame_batch(
 ) -> bytes:
     """Compress the ``n`` records and put the batch header with its CRC in front (offsets
     ``base_offset`` to ``base_offset + last_offset_delta``, by default ``n - 1``); ``flags``
-    are attribute bits beside the codec (``ATTR_TRANSACTIONAL``, ``ATTR_CONTROL``)."""
-    payload = compress(compression, records)
-    batch_length = BATCH_OVERHEAD - LENGTH_END + len(payload)
+    are attribute bits beside the codec (``ATTR_TRANSACTIONAL``, ``ATTR_CONTROL``).
+
+    ``records`` may be the records section in parts (uncompressed, they are then copied once,
+    into the batch, not joined first: an exchange record's value is megabytes)."""
+    if isinstance(records, list):
+        parts = records if compression == Compression.NONE else None
+        if parts is None:
+            records = b"".join(records)
+    else:
+        parts = None
+    payload_parts = parts if parts is not None else [compress(compression, records)]
+    size = sum(len(part) for part in payload_parts)
+    batch_length = BATCH_OVERHEAD - LENGTH_END + size
     if batch_length > 0x7FFFFFFF:
         raise RecordTooLargeError(f"record batch of {batch_length} bytes exceeds 2 GiB")
     body = CRC_COVERED.pack(  # attributes .. recordCount
@@ -279,9 +290,11 @@ def frame_batch(
         base_sequence,
         n,
     )
-    crc = crc32c.crc32c(payload, crc32c.crc32c(body))
+    crc = crc32c.crc32c(body)
+    for part in payload_parts:
+        crc = crc32c.crc32c(part, crc)
     framing = FRAMING.pack(base_offset, batch_length, leader_epoch, 2, crc)  # magic 2
-    return b"".join((framing, body, payload))
+    return b"".join((framing, body, *payload_parts))
 
 
 def encode_records(
@@ -291,6 +304,17 @@ def encode_records(
     headers: Sequence[Sequence[tuple[str, bytes | None]]] | None,
 ) -> tuple[bytes, int, int]:
     """Records section of a few records, in plain Python: (bytes, base ts, max ts)."""
+    parts, base_ts, max_ts = _record_parts(values, keys, timestamps, headers)
+    return b"".join(parts), base_ts, max_ts
+
+
+def _record_parts(
+    values: Sequence[bytes | None],
+    keys: Sequence[bytes | None] | None,
+    timestamps: Sequence[int] | None,
+    headers: Sequence[Sequence[tuple[str, bytes | None]]] | None,
+) -> tuple[list[bytes | memoryview], int, int]:
+    """:func:`encode_records`' section as its parts, the values among them as given."""
     if timestamps is None:
         timestamps = [int(time.time() * 1000)] * len(values)
     base_ts = int(timestamps[0])
@@ -306,8 +330,7 @@ def encode_records(
             _encode_headers(headers[i]) if headers is not None else b"\x00",
         ]
         parts += (encode_varint(sum(len(b) for b in body)), *body)
-    # one join: a value (an exchange record's megabytes) is copied once, not per level
-    return b"".join(parts), base_ts, max(int(t) for t in timestamps)
+    return parts, base_ts, max(int(t) for t in timestamps)
 
 
 def _sized(field: bytes | None) -> tuple[bytes | memoryview, ...]:
