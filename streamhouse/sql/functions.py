@@ -37,7 +37,12 @@ from sqlglot.generators.postgres import PostgresGenerator
 
 from streamhouse.errors import SqlError
 from streamhouse.sql.builtins import flink_function, register_duckdb_functions
-from streamhouse.sql.date_format import DateFormatError, date_format_sql
+from streamhouse.sql.date_format import (
+    FORMAT_DISTINCT,
+    DateFormatError,
+    date_format_sql,
+    format_distinct,
+)
 from streamhouse.sql.parse import sql_error
 from streamhouse.sql.unnest import unnest_joins
 
@@ -141,8 +146,20 @@ def import_functions(exported: list[dict[str, str]]) -> None:
         )
 
 
+# StreamHouse's own functions, in every context (DATE_FORMAT's cheap path)
+_OWN = [
+    datafusion.udf(
+        format_distinct,
+        [pa.timestamp("ms"), pa.string()],
+        pa.string(),
+        "immutable",
+        FORMAT_DISTINCT,
+    )
+]
+
+
 def functions() -> list[datafusion.ScalarUDF]:
-    return list(_FUNCTIONS.values())
+    return [*_OWN, *_FUNCTIONS.values()]
 
 
 def _rewrite(node: exp.Expr) -> exp.Expr:
