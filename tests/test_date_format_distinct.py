@@ -18,7 +18,8 @@ from sqlglot import exp
 
 import streamhouse
 from streamhouse.sql.date_format import FORMAT_DISTINCT, date_format_sql
-from streamhouse.sql.functions import functions
+from streamhouse.sql.functions import functions, to_datafusion
+from streamhouse.sql.parse import parse_one
 
 CHEAP_FIELDS = ["yyyy", "uuuu", "MM", "MMM", "MMMM", "dd", "DDD", "HH", "hh", "mm", "ss"]
 CHEAP_FIELDS += ["E", "EEE", "EEEE", "a", "ccc"]
@@ -113,3 +114,22 @@ def test_cheap_path_in_a_query_with_nulls_and_zones(tmp_path: Path) -> None:
     assert got.column("a").to_pylist() == want
     assert got.column("b").to_pylist() == want
     assert [c and c[:16] for c in got.column("c").to_pylist()] == want
+
+
+def test_unaliased_outputs_keep_their_names(tmp_path: Path) -> None:
+    """DataFusion names an unaliased output after its text (a sink's JSON key): DATE_FORMAT
+    keeps ``to_char`` there, and takes the cheap path under an alias or in a WHERE."""
+    unaliased = "SELECT DATE_FORMAT(ts, 'HH:mm'), upper(DATE_FORMAT(ts, 'MMM')) FROM s"
+    aliased = "SELECT DATE_FORMAT(ts, 'HH:mm') AS hm FROM s WHERE DATE_FORMAT(ts, 'yyyy') > '1'"
+    assert FORMAT_DISTINCT not in to_datafusion(parse_one(unaliased)).lower()
+    assert to_datafusion(parse_one(aliased)).lower().count(FORMAT_DISTINCT) == 2
+    with streamhouse.connect(tmp_path / "data", linger_ms=1) as sh:
+        sh.sql("CREATE STREAM s (ts TIMESTAMP(3)) WITH (topic = 's', format = 'json')")
+        sh.produce("s", [{"ts": "2025-11-27 10:11:12"}])
+        got = sh.sql(unaliased).to_arrow_table()
+        assert got.column_names == [
+            'to_char(s.ts,Utf8("%H:%M"))',
+            'upper(to_char(s.ts,Utf8("%b")))',
+        ]
+        assert got.to_pylist() == [dict(zip(got.column_names, ["10:11", "NOV"], strict=True))]
+        assert sh.sql(aliased).to_arrow_table().to_pylist() == [{"hm": "10:11"}]

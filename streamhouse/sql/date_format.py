@@ -16,7 +16,8 @@ A pattern of fields ``pyarrow.compute.strftime`` prints as chrono does (``yyyy-M
 timestamps from 1970 to 2261 (:func:`format_distinct`): each timestamp floored to the
 pattern's finest unit, each distinct value formatted once, and the texts taken back to the rows
 (a micro-batch of events spans a few minutes, so a few distinct values). Other timestamps, and
-other patterns, go through ``to_char`` as above.
+other patterns, go through ``to_char`` as above. An unaliased projection keeps ``to_char``:
+DataFusion names the column after the expression's text, and the cheap path would rename it.
 
 >>> from sqlglot import exp
 >>> date_format_sql(exp.column("ts"), "yyyy-MM-dd HH:mm:ss.SSS").sql("postgres")
@@ -33,7 +34,13 @@ import pyarrow.compute as pc
 import sqlglot
 from sqlglot import exp
 
-__all__ = ["FORMAT_DISTINCT", "DateFormatError", "date_format_sql", "format_distinct"]
+__all__ = [
+    "FORMAT_DISTINCT",
+    "NAMES_OUTPUT",
+    "DateFormatError",
+    "date_format_sql",
+    "format_distinct",
+]
 
 
 class DateFormatError(ValueError):
@@ -280,6 +287,8 @@ _SPECIFIER = re.compile(r"%(.)")
 _DISTINCT_FROM = "1970-01-01 00:00:00"
 _DISTINCT_TO = "2262-01-01 00:00:00"  # TIMESTAMP literals are nanoseconds
 FORMAT_DISTINCT = "__streamhouse_format_distinct"
+# sqlglot meta key: the node is part of an unaliased projection, whose text names the column
+NAMES_OUTPUT = "streamhouse_names_output"
 
 
 def _distinct_unit(chrono: str) -> int | None:

@@ -39,6 +39,7 @@ from streamhouse.errors import SqlError
 from streamhouse.sql.builtins import flink_function, register_duckdb_functions
 from streamhouse.sql.date_format import (
     FORMAT_DISTINCT,
+    NAMES_OUTPUT,
     DateFormatError,
     date_format_sql,
     format_distinct,
@@ -207,7 +208,7 @@ def _date_format(node: exp.Anonymous) -> exp.Expr:
             "DATE_FORMAT takes a timestamp and a pattern given as a string literal", node
         )
     try:
-        return date_format_sql(args[0], args[1].name)
+        return date_format_sql(args[0], args[1].name, distinct=not node.meta.get(NAMES_OUTPUT))
     except DateFormatError as error:
         raise sql_error(str(error), args[1]) from None
 
@@ -294,9 +295,22 @@ class DataFusionSQL(Postgres):
 _DATAFUSION = DataFusionSQL()
 
 
+def _mark_named(tree: exp.Expr) -> exp.Expr:
+    """``tree`` with every node of an unaliased projection marked :data:`NAMES_OUTPUT`: DataFusion
+    names that output column after the expression's text (the key of each JSON record a sink
+    writes), so DATE_FORMAT keeps its ``to_char`` form there (:func:`date_format_sql`)."""
+    for select in tree.find_all(exp.Select):
+        for projection in select.expressions:
+            if not isinstance(projection, exp.Alias | exp.Column | exp.Star):
+                for node in projection.walk():
+                    node.meta[NAMES_OUTPUT] = True
+    return tree
+
+
 def to_datafusion(expression: exp.Expr) -> str:
     """SQL text for DataFusion: Postgres-flavoured, identifiers quoted, Flink functions mapped."""
-    return _DATAFUSION.generate(unnest_joins(expression.copy()).transform(_rewrite), identify=True)
+    tree = _mark_named(unnest_joins(expression.copy()))
+    return _DATAFUSION.generate(tree.transform(_rewrite), identify=True)
 
 
 register_duckdb_functions(register_function)
