@@ -133,3 +133,14 @@ def test_unaliased_outputs_keep_their_names(tmp_path: Path) -> None:
         ]
         assert got.to_pylist() == [dict(zip(got.column_names, ["10:11", "NOV"], strict=True))]
         assert sh.sql(aliased).to_arrow_table().to_pylist() == [{"hm": "10:11"}]
+        for grouped in (  # the projection and its GROUP BY keep one form
+            "SELECT DATE_FORMAT(ts, 'HH'), count(*) FROM s GROUP BY DATE_FORMAT(ts, 'HH')",
+            "SELECT DATE_FORMAT(ts, 'HH') AS h, DATE_FORMAT(ts, 'HH'), count(*) AS c FROM s "
+            "GROUP BY DATE_FORMAT(ts, 'HH') ORDER BY DATE_FORMAT(ts, 'HH')",
+            "SELECT DATE_FORMAT(ts, 'HH') AS h, count(*) AS c FROM s GROUP BY DATE_FORMAT(ts, 'HH')",
+        ):
+            rows = sh.sql(grouped).to_arrow_table().to_pylist()
+            assert [sorted(map(str, r.values())) for r in rows] in (
+                [["1", "10"]],
+                [["1", "10", "10"]],
+            )

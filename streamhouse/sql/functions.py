@@ -296,14 +296,16 @@ _DATAFUSION = DataFusionSQL()
 
 
 def _mark_named(tree: exp.Expr) -> exp.Expr:
-    """``tree`` with every node of an unaliased projection marked :data:`NAMES_OUTPUT`: DataFusion
-    names that output column after the expression's text (the key of each JSON record a sink
-    writes), so DATE_FORMAT keeps its ``to_char`` form there (:func:`date_format_sql`)."""
-    for select in tree.find_all(exp.Select):
-        for projection in select.expressions:
-            if not isinstance(projection, exp.Alias | exp.Column | exp.Star):
-                for node in projection.walk():
-                    node.meta[NAMES_OUTPUT] = True
+    """``tree`` with every node of a SELECT with an unaliased projection marked
+    :data:`NAMES_OUTPUT`: DataFusion names that output column after the expression's text (the
+    key of each JSON record a sink writes), so DATE_FORMAT keeps its ``to_char`` form there
+    (:func:`date_format_sql`). The whole SELECT is marked: DataFusion matches a projection with its GROUP BY (ORDER BY,
+    HAVING) expression by text, so both keep one form."""
+    for select in list(tree.find_all(exp.Select)):
+        named = (e for e in select.expressions if not isinstance(e, exp.Alias | exp.Column))
+        if any(not isinstance(e, exp.Star) for e in named):
+            for node in select.walk():
+                node.meta[NAMES_OUTPUT] = True
     return tree
 
 
