@@ -16,8 +16,9 @@ A pattern of fields ``pyarrow.compute.strftime`` prints as chrono does (``yyyy-M
 timestamps from 1970 to 2261 (:func:`format_distinct`): each timestamp floored to the
 pattern's finest unit, each distinct value formatted once, and the texts taken back to the rows
 (a micro-batch of events spans a few minutes, so a few distinct values). Other timestamps, and
-other patterns, go through ``to_char`` as above. An unaliased projection keeps ``to_char``:
-DataFusion names the column after the expression's text, and the cheap path would rename it.
+other patterns, go through ``to_char`` as above. A SELECT with an unaliased computed output
+keeps ``to_char``: DataFusion names the column after the expression's text, and the cheap path
+would rename it (:func:`streamhouse.sql.functions.to_datafusion` marks it).
 
 >>> from sqlglot import exp
 >>> date_format_sql(exp.column("ts"), "yyyy-MM-dd HH:mm:ss.SSS").sql("postgres")
