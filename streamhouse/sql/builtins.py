@@ -26,7 +26,7 @@ import sqlglot
 from sqlglot import exp
 
 from streamhouse.errors import SqlError
-from streamhouse.sql.date_format import DateFormatError, date_format_sql
+from streamhouse.sql.date_format import NAMES_OUTPUT, DateFormatError, date_format_sql
 from streamhouse.sql.json_values import _cursor
 from streamhouse.sql.parse import sql_error
 
@@ -284,7 +284,7 @@ def _from_unixtime(node: exp.Expr, args: list[exp.Expr], deep: Deep) -> exp.Expr
     pattern = _pattern_arg("FROM_UNIXTIME", args, 1, DEFAULT_TIMESTAMP_PATTERN)
     ts = _sql("to_timestamp_seconds(CAST(__0 AS BIGINT))", deep(args[0]))
     try:
-        return date_format_sql(ts, pattern)
+        return date_format_sql(ts, pattern, distinct=not node.meta.get(NAMES_OUTPUT))
     except DateFormatError as error:
         raise sql_error(str(error), args[1]) from None
 

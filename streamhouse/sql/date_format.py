@@ -11,6 +11,15 @@ Pattern letters that need a time zone (``z``, ``V``, ``O``, ``X``, ``x``, ``Z``:
 zone-less ``LocalDateTime``, where Java fails on them) and those not translated (``A``, ``n``,
 ``N``, ``F``, ``p``, ``B``) are refused by name, as are counts Java refuses.
 
+A pattern of fields ``pyarrow.compute.strftime`` prints as chrono does (``yyyy-MM-dd``,
+``HH:mm``: no unpadded numbers, fractions or computed fields) takes a cheaper path for
+timestamps from 1970 to 2261 (:func:`format_distinct`): each timestamp floored to the
+pattern's finest unit, each distinct value formatted once, and the texts taken back to the rows
+(a micro-batch of events spans a few minutes, so a few distinct values). Other timestamps, and
+other patterns, go through ``to_char`` as above. A SELECT with an unaliased computed output
+keeps ``to_char``: DataFusion names the column after the expression's text, and the cheap path
+would rename it (:func:`streamhouse.sql.functions.to_datafusion` marks it).
+
 >>> from sqlglot import exp
 >>> date_format_sql(exp.column("ts"), "yyyy-MM-dd HH:mm:ss.SSS").sql("postgres")
 "TO_CHAR(ts, '%Y-%m-%d %H:%M:%S.%3f')"
@@ -21,10 +30,18 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+import pyarrow as pa
+import pyarrow.compute as pc
 import sqlglot
 from sqlglot import exp
 
-__all__ = ["DateFormatError", "date_format_sql"]
+__all__ = [
+    "FORMAT_DISTINCT",
+    "NAMES_OUTPUT",
+    "DateFormatError",
+    "date_format_sql",
+    "format_distinct",
+]
 
 
 class DateFormatError(ValueError):
@@ -259,10 +276,70 @@ def _with_ts(sql: str, ts: exp.Expr) -> exp.Expr:
     return sqlglot.parse_one(sql, read="postgres").transform(substitute, copy=False)
 
 
-def date_format_sql(ts: exp.Expr, pattern: str) -> exp.Expr:
+# chrono specifiers strftime prints alike (C locale), by the unit (ms) each needs the time in
+_DISTINCT_UNITS = {
+    **dict.fromkeys("YmdjbBaA", 86_400_000),
+    **dict.fromkeys("HIp", 3_600_000),
+    "M": 60_000,
+    "S": 1_000,
+}
+_SPECIFIER = re.compile(r"%(.)")
+# The rows the cheap path takes: floored division and strftime agree with chrono there.
+_DISTINCT_FROM = "1970-01-01 00:00:00"
+_DISTINCT_TO = "2262-01-01 00:00:00"  # TIMESTAMP literals are nanoseconds
+FORMAT_DISTINCT = "__streamhouse_format_distinct"
+# sqlglot meta key: the node is part of an unaliased projection, whose text names the column
+NAMES_OUTPUT = "streamhouse_names_output"
+
+
+def _distinct_unit(chrono: str) -> int | None:
+    """The finest unit (ms) of a chrono format strftime prints alike; None if it has another."""
+    units = [_DISTINCT_UNITS.get(s) for s in _SPECIFIER.findall(chrono) if s != "%"]
+    if not units or None in units:
+        return None
+    return min(u for u in units if u is not None)
+
+
+def format_distinct(ts: pa.Array, how: pa.Array) -> pa.Array:
+    """``strftime`` of each of ``ts`` (Timestamp(ms), 1970 to 2261) by ``how``'s first value,
+    ``'<unit ms>|<format>'``: every timestamp floored to the unit and each distinct one
+    formatted once (DataFusion passes the literal ``how`` as an array as long as ``ts``)."""
+    if len(ts) == 0:
+        return pa.array([], pa.string())
+    unit_text, chrono = how[0].as_py().split("|", 1)
+    unit = int(unit_text)
+    floored = pc.divide(ts.cast(pa.int64()), unit)  # >= 0 here, so division floors
+    encoded = pc.dictionary_encode(floored)
+    seconds = pc.multiply(encoded.dictionary, unit // 1000).cast(pa.timestamp("s"))
+    return pc.take(pc.strftime(seconds, format=chrono), encoded.indices)
+
+
+def _cheap(ts: exp.Expr, chrono: str, formatted: exp.Expr) -> exp.Expr:
+    """``formatted`` (``to_char``) through :func:`format_distinct` where that prints alike."""
+    unit = _distinct_unit(chrono)
+    if unit is None:
+        return formatted
+    within = _with_ts(
+        f"__ts >= TIMESTAMP '{_DISTINCT_FROM}' AND __ts < TIMESTAMP '{_DISTINCT_TO}'", ts
+    )
+    how = exp.Literal.string(f"{unit}|{chrono}")
+    millis = exp.Anonymous(
+        this="arrow_cast",
+        expressions=[ts.copy(), exp.Literal.string("Timestamp(Millisecond, None)")],
+    )
+    cheap = exp.Anonymous(this=FORMAT_DISTINCT, expressions=[millis, how])
+    return exp.Case(ifs=[exp.If(this=within, true=cheap)], default=formatted)
+
+
+def date_format_sql(ts: exp.Expr, pattern: str, *, distinct: bool = True) -> exp.Expr:
     """``DATE_FORMAT(ts, pattern)`` as an expression DataFusion runs (NULL for a NULL ``ts``);
-    :class:`DateFormatError` for a pattern it cannot honour."""
+    :class:`DateFormatError` for a pattern it cannot honour. ``distinct=False``: ``to_char``
+    alone, never :func:`format_distinct`."""
     parts = _merged(_parts(pattern))
+    if distinct and len(parts) == 1 and parts[0].chrono is not None:
+        chrono = parts[0].chrono
+        plain = exp.Anonymous(this="to_char", expressions=[ts.copy(), exp.Literal.string(chrono)])
+        return _cheap(ts, chrono, plain)
     pieces = [
         exp.Anonymous(this="to_char", expressions=[ts.copy(), exp.Literal.string(p.chrono)])
         if p.chrono is not None

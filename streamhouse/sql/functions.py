@@ -37,7 +37,13 @@ from sqlglot.generators.postgres import PostgresGenerator
 
 from streamhouse.errors import SqlError
 from streamhouse.sql.builtins import flink_function, register_duckdb_functions
-from streamhouse.sql.date_format import DateFormatError, date_format_sql
+from streamhouse.sql.date_format import (
+    FORMAT_DISTINCT,
+    NAMES_OUTPUT,
+    DateFormatError,
+    date_format_sql,
+    format_distinct,
+)
 from streamhouse.sql.parse import sql_error
 from streamhouse.sql.unnest import unnest_joins
 
@@ -141,8 +147,20 @@ def import_functions(exported: list[dict[str, str]]) -> None:
         )
 
 
+# StreamHouse's own functions, in every context (DATE_FORMAT's cheap path)
+_OWN = [
+    datafusion.udf(
+        format_distinct,
+        [pa.timestamp("ms"), pa.string()],
+        pa.string(),
+        "immutable",
+        FORMAT_DISTINCT,
+    )
+]
+
+
 def functions() -> list[datafusion.ScalarUDF]:
-    return list(_FUNCTIONS.values())
+    return [*_OWN, *_FUNCTIONS.values()]
 
 
 def _rewrite(node: exp.Expr) -> exp.Expr:
@@ -190,7 +208,7 @@ def _date_format(node: exp.Anonymous) -> exp.Expr:
             "DATE_FORMAT takes a timestamp and a pattern given as a string literal", node
         )
     try:
-        return date_format_sql(args[0], args[1].name)
+        return date_format_sql(args[0], args[1].name, distinct=not node.meta.get(NAMES_OUTPUT))
     except DateFormatError as error:
         raise sql_error(str(error), args[1]) from None
 
@@ -277,9 +295,24 @@ class DataFusionSQL(Postgres):
 _DATAFUSION = DataFusionSQL()
 
 
+def _mark_named(tree: exp.Expr) -> exp.Expr:
+    """``tree`` with every node of a SELECT with an unaliased projection marked
+    :data:`NAMES_OUTPUT`: DataFusion names that output column after the expression's text (the
+    key of each JSON record a sink writes), so DATE_FORMAT keeps its ``to_char`` form there
+    (:func:`date_format_sql`). The whole SELECT is marked: DataFusion matches a projection with its GROUP BY (ORDER BY,
+    HAVING) expression by text, so both keep one form."""
+    for select in list(tree.find_all(exp.Select)):
+        named = (e for e in select.expressions if not isinstance(e, exp.Alias | exp.Column))
+        if any(not isinstance(e, exp.Star) for e in named):
+            for node in select.walk():
+                node.meta[NAMES_OUTPUT] = True
+    return tree
+
+
 def to_datafusion(expression: exp.Expr) -> str:
     """SQL text for DataFusion: Postgres-flavoured, identifiers quoted, Flink functions mapped."""
-    return _DATAFUSION.generate(unnest_joins(expression.copy()).transform(_rewrite), identify=True)
+    tree = _mark_named(unnest_joins(expression.copy()))
+    return _DATAFUSION.generate(tree.transform(_rewrite), identify=True)
 
 
 register_duckdb_functions(register_function)
