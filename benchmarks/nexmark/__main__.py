@@ -334,7 +334,12 @@ def main(argv: list[str] | None = None) -> int:
             n
             for n in names
             if not modes
-            or any(results["queries"][n].get(m, {}).get("status") == "ok" for m in modes)
+            or any(
+                outcome.get("status") == "ok"
+                for key, outcome in results["queries"][n].items()
+                for m in modes
+                if key == m or key.startswith(f"{m}_p")  # continuous_p2: at parallelism 2
+            )
             or n == "q11"
         ]
         results["flink"] = {}
