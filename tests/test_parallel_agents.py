@@ -28,6 +28,7 @@ from test_query_failover import (
     _produce,
     _until,
     _windows,
+    running_cluster,
 )
 
 import streamhouse
@@ -50,18 +51,8 @@ PARALLELISM = 2
 
 @pytest.fixture(params=["local"])
 def cluster(request: pytest.FixtureRequest, tmp_path: Path, postgres_url: str) -> Iterator[Cluster]:
-    """Agents sharing the data directory's objects (``local``) or a moto S3 bucket (``s3``)."""
-    s3 = None
-    if request.param == "s3":
-        s3 = (request.getfixturevalue("s3_url")("agents"), request.getfixturevalue("moto_server"))
-    made = Cluster(tmp_path, postgres_url, s3)
-    roadmap = made.queries / "clicks.sql"
-    roadmap.write_text(f"SET 'parallelism' = '{PARALLELISM}';\n{roadmap.read_text()}")
-    made.output()  # opens the store
-    assert made.sh is not None
-    made.sh.create_topic("events", partitions=4)
-    yield made
-    made.close()
+    with running_cluster(request, tmp_path, postgres_url, 4, PARALLELISM) as made:
+        yield made
 
 
 def _holders(cluster: Cluster) -> dict[int, tuple[KafkaServer, int]]:

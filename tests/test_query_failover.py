@@ -11,6 +11,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -181,18 +182,35 @@ class Cluster:
         self.md.close()
 
 
-@pytest.fixture(params=["local"])
-def cluster(request: pytest.FixtureRequest, tmp_path: Path, postgres_url: str) -> Iterator[Cluster]:
-    """Agents sharing the data directory's objects (``local``) or a moto S3 bucket (``s3``)."""
+@contextmanager
+def running_cluster(
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    postgres_url: str,
+    partitions: int,
+    parallelism: int | None = None,
+) -> Iterator[Cluster]:
+    """Agents sharing the data directory's objects (``local``) or a moto S3 bucket (``s3``), by
+    ``request.param``; the roadmap query at ``parallelism`` when given; topic ``events`` made
+    with ``partitions`` before a producer auto-creates it."""
     s3 = None
     if request.param == "s3":
         s3 = (request.getfixturevalue("s3_url")("agents"), request.getfixturevalue("moto_server"))
     made = Cluster(tmp_path, postgres_url, s3)
+    if parallelism is not None:
+        roadmap = made.queries / "clicks.sql"
+        roadmap.write_text(f"SET 'parallelism' = '{parallelism}';\n{roadmap.read_text()}")
     made.output()  # opens the store
     assert made.sh is not None
-    made.sh.create_topic("events", partitions=PARTITIONS)  # before a producer auto-creates it
+    made.sh.create_topic("events", partitions=partitions)
     yield made
     made.close()
+
+
+@pytest.fixture(params=["local"])
+def cluster(request: pytest.FixtureRequest, tmp_path: Path, postgres_url: str) -> Iterator[Cluster]:
+    with running_cluster(request, tmp_path, postgres_url, PARTITIONS) as made:
+        yield made
 
 
 def _minute(rows: list[dict[str, object]], at_least: int) -> bool:
