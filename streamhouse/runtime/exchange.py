@@ -496,9 +496,10 @@ def append_shares(
     key: bytes,
     headers: list[tuple[str, bytes]] | None = None,
     fence: Lease | None = None,
-) -> None:
+) -> dict[int, int]:
     """One record keyed ``key`` to every partition of exchange ``topic``: the ``rows`` of its
-    task's share (``shares[task]``, a mask; none without rows), as Arrow IPC."""
+    task's share (``shares[task]``, a mask; none without rows), as Arrow IPC. The records'
+    offsets, by partition."""
     records = {}
     for target in range(parallelism):
         share: bytes | pa.Buffer = b""
@@ -512,8 +513,8 @@ def append_shares(
             [share], [key], headers=[headers or []], compression=Compression.NONE
         )
     # one flush for every task's record: one object, one fsync and one commit per batch
-    for future in log_.append_together(topic, records, fence=fence).values():
-        future.result()
+    appended = log_.append_together(topic, records, fence=fence)
+    return {target: future.result() for target, future in appended.items()}
 
 
 def reached_windows(width: int, ts: np.ndarray, reach: tuple[int, int]) -> np.ndarray:

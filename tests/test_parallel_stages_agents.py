@@ -1,0 +1,327 @@
+"""Queries of two stages on agents (issue 16 item 6; :mod:`streamhouse.runtime.stages`): Nexmark
+q4 at parallelism 2, each task (its producing side, first and second stage) leased to an agent
+as other parallel queries' tasks are, and moved when its agent dies or pauses past its lease.
+
+- In one process: a first stage whose agent died after it appended a batch to the second
+  exchange, before that batch's checkpoint was recorded, is taken over by another agent, which
+  replays the batch from the intent its record carries (not from the dead agent's local
+  RocksDB): the same rows under the same sequence number. A first stage whose lease ran out
+  appends nothing to the second exchange.
+- Real ``serve`` agents on PostgreSQL: one of two is killed -9 (or paused past its leases and
+  woken) mid-run; the other takes its task over, and the sink holds DuckDB's answer, no batch
+  of the first stage sent twice with other rows.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pytest
+from kafka_fixtures import KafkaServer
+from nexmark_reference import comparable, connect, reference
+from test_query_failover import Cluster, _until, running_cluster
+
+import streamhouse
+from benchmarks.nexmark import NexmarkConfig, generate_tables, json_values, nexmark_query
+from streamhouse.errors import FencedError, SqlError
+from streamhouse.log.metadata.leases import Lease
+from streamhouse.runtime.agent_rescale import current_parallelism, rescale_on_agents
+from streamhouse.runtime.exchange import decode, stage_topic
+from streamhouse.runtime.launch import QueryFile
+from streamhouse.runtime.placement import AgentTask, task_lease_name
+
+CONFIG = NexmarkConfig.for_bids(1_500, events_per_second=200, seed=7)
+NAME = "q4"
+SINK = "nexmark_q4"
+PARTITIONS = 3
+PARALLELISM = 2
+
+
+def _query_text(parallelism: int = PARALLELISM) -> str:
+    """Nexmark q4 at ``parallelism``, in micro-batches of at most 200 records."""
+    settings = {
+        "parallelism": str(parallelism),
+        "max-batch-records": "200",
+        "poll-interval": "20 ms",
+        "idle-timeout": "1 minute",  # the agents start seconds apart, before any row comes
+    }
+    sets = "".join(f"SET '{k}' = '{v}';\n" for k, v in settings.items())
+    return sets + nexmark_query(NAME).path.read_text()
+
+
+def _halves() -> tuple[dict[str, pa.Table], dict[str, pa.Table]]:
+    """Auctions and bids before and from the middle of the event time (no row of the second
+    half is late once the first was read: its times are all later)."""
+    tables = generate_tables(CONFIG)
+    times = pc.cast(tables.bid["dateTime"], pa.int64())
+    cut = pa.scalar((pc.min(times).as_py() + pc.max(times).as_py()) // 2, pa.int64())
+    first, second = {}, {}
+    for stream in ("auction", "bid"):
+        table = tables.table(stream)
+        early = pc.less(pc.cast(table["dateTime"], pa.int64()), cut)
+        first[stream], second[stream] = table.filter(early), table.filter(pc.invert(early))
+    return first, second
+
+
+def _produce(sh: streamhouse.StreamHouse, tables: dict[str, pa.Table]) -> None:
+    """Rows spread over the partitions round-robin, as the Nexmark loader does."""
+    for stream, table in tables.items():
+        if sh.log.get_topic(stream) is None:
+            sh.create_topic(stream, partitions=PARTITIONS)
+        values = json_values(table).to_pylist()
+        for p in range(PARTITIONS):
+            sh.produce(stream, values[p::PARTITIONS], partition=p)
+
+
+def _answer(sh: streamhouse.StreamHouse) -> list[tuple[object, ...]]:
+    """The latest row per key of the sink (read_committed), comparable with DuckDB's."""
+    if sh.log.get_topic(SINK) is None:
+        return []
+    frame = sh.fetch(SINK).to_pandas().drop_duplicates(subset=["key"], keep="last")
+    rows = [json.loads(v) for v in frame["value"] if v is not None]
+    if not rows:
+        return []
+    got = pa.Table.from_pylist(rows)
+    return comparable(NAME, got.rename_columns(["category", "avg"]))
+
+
+def _duckdb() -> list[tuple[object, ...]]:
+    want = reference(connect(generate_tables(CONFIG)), NAME)
+    return comparable(NAME, want.rename_columns(["category", "avg"]))
+
+
+def _sent_once(sh: streamhouse.StreamHouse) -> int:
+    """Assert that no first-stage batch (``<task>:<sequence>``) reached a partition of the
+    second exchange twice with other rows; how many were sent again alike (replays)."""
+    records = sh.fetch(stage_topic(NAME), isolation_level="read_uncommitted")
+    again = 0
+    for partition in range(PARALLELISM):
+        mine = records.filter(pc.equal(records["partition"], partition))
+        batches: dict[bytes, list[pa.Table | None]] = {}
+        for key, value in zip(mine["key"].to_pylist(), mine["value"].to_pylist(), strict=True):
+            task, sequence, *_ = key.split(b":")
+            batches.setdefault(task + b":" + sequence, []).append(decode(value) if value else None)
+        for batch, sent in batches.items():
+            assert all(s == sent[0] for s in sent), f"batch {batch!r} sent with other rows"
+            again += len(sent) - 1
+    return again
+
+
+# -- in one process, SQLite: the tasks as agents run them, stepped by hand ---------------------
+
+
+class Tasks:
+    """Query q4's tasks taken by agents (``AgentTask``, not started: the test steps them)."""
+
+    def __init__(self, sh: streamhouse.StreamHouse, tmp_path: Path) -> None:
+        self.sh, self.md, self.tmp_path = sh, sh.log.metadata, tmp_path
+        self.query = QueryFile.read(_query_text(), name=NAME)
+
+    def take(self, task: int, agent: str) -> tuple[AgentTask, Lease]:
+        lease = self.md.acquire_lease(task_lease_name(NAME, task), agent, 60_000)
+        assert lease is not None
+        agent_task = AgentTask(
+            self.sh.engine, self.query, task, self.tmp_path / agent, lease, agent, start=False
+        )
+        return agent_task, lease
+
+    @staticmethod
+    def produce_into_exchange(tasks: list[AgentTask]) -> None:
+        """Every source row of ``tasks``' partitions into the first exchange."""
+        for writer in [w for t in tasks for w in t.writers]:
+            while writer.step():
+                pass
+
+    @staticmethod
+    def run(tasks: list[AgentTask]) -> None:
+        """Step ``tasks`` until none progresses."""
+        progressed = True
+        while progressed:
+            progressed = False
+            for task in tasks:
+                progressed = task.step() or progressed
+
+
+def test_a_first_stage_moved_after_its_append_replays_that_batch_from_its_record(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Task 1's agent appends its first stage's batch to the second exchange and dies before
+    that batch's checkpoint is recorded (its state copy is older than what it sent). Meanwhile
+    more rows reach task 1's first exchange partition. Agent b takes task 1 over: its first
+    stage sends that batch again from the intent in its record, alike (not a batch of the rows
+    it finds now under the same sequence number, which the second stage would skip), and the
+    sink holds DuckDB's answer."""
+    caplog.set_level(logging.WARNING, logger="streamhouse.runtime.stages")
+    first_half, second_half = _halves()
+    with streamhouse.connect(tmp_path / "data") as sh:
+        _produce(sh, first_half)
+        run = Tasks(sh, tmp_path)
+        (zero, _), (one, old) = run.take(0, "a"), run.take(1, "a")
+        run.produce_into_exchange([zero, one])
+
+        def died(*_: object) -> str:
+            raise OSError("agent a died before recording the checkpoint")
+
+        one.first.checkpoints.publish = died  # type: ignore[method-assign, union-attr]
+        with pytest.raises(OSError, match="died"):
+            one.first.step()
+        run.run([zero])  # task 0's second stage takes its share of the batch
+        one.stop(checkpoint=False)
+        run.md.release_lease(old)
+
+        _produce(sh, second_half)
+        run.produce_into_exchange([zero])  # more rows for task 1's first stage to read
+        one, lease = run.take(1, "b")
+        assert lease.epoch > old.epoch
+        assert "first stage 1 replays 1 batch(es) it sent after its checkpoint" in caplog.text
+        run.run([zero, one])
+
+        keys = sh.fetch(stage_topic(NAME), isolation_level="read_uncommitted")["key"]
+        replayed = [k for k in keys.to_pylist() if k.startswith(b"1:1:")]
+        assert len(replayed) == 2 * PARALLELISM  # the batch and its replay, in each partition
+        assert _sent_once(sh) == PARALLELISM
+        assert _answer(sh) == _duckdb()
+        for task in (zero, one):
+            task.stop()
+
+
+def test_a_first_stage_paused_past_its_lease_appends_nothing_to_the_second_exchange(
+    tmp_path: Path,
+) -> None:
+    """Task 1's lease runs out (its agent paused) and agent b takes it; the old holder's first
+    stage, woken with new rows to send, is refused (FencedError) and nothing of it reaches the
+    second exchange; the new holder's run ends with DuckDB's answer."""
+    first_half, second_half = _halves()
+    with streamhouse.connect(tmp_path / "data") as sh:
+        _produce(sh, first_half)
+        run = Tasks(sh, tmp_path)
+        (zero, _), (paused, old) = run.take(0, "a"), run.take(1, "a")
+        run.run([zero, paused])
+        assert run.md.renew_lease(old, 1)  # then it runs out
+        time.sleep(0.05)
+        one, lease = run.take(1, "b")
+        assert lease.epoch == old.epoch + 1
+
+        def sent_by_task_1() -> list[bytes]:
+            keys = sh.fetch(stage_topic(NAME), isolation_level="read_uncommitted")["key"]
+            return [k for k in keys.to_pylist() if k.startswith(b"1:")]
+
+        before = sent_by_task_1()
+        _produce(sh, second_half)
+        run.produce_into_exchange([zero])  # rows for task 1's first stage
+        with pytest.raises(FencedError):
+            paused.first.step()  # the paused agent wakes: its append is refused
+        assert sent_by_task_1() == before
+        paused.stop(checkpoint=False)
+
+        run.run([zero, one])
+        assert len(sent_by_task_1()) > len(before)
+        assert _sent_once(sh) == 0
+        assert _answer(sh) == _duckdb()
+        for task in (zero, one):
+            task.stop()
+
+
+def test_a_query_of_two_stages_keeps_its_parallelism_on_agents(tmp_path: Path) -> None:
+    """Its state does not move to another number of tasks on agents yet: the move is refused
+    by name, and the checkpoints stay at 2."""
+    first_half, _ = _halves()
+    with streamhouse.connect(tmp_path / "data") as sh:
+        _produce(sh, first_half)
+        run = Tasks(sh, tmp_path)
+        tasks = [run.take(t, "a") for t in range(PARALLELISM)]
+        run.run([t for t, _ in tasks])
+        for task, lease in tasks:
+            task.stop()
+            run.md.release_lease(lease)
+        assert current_parallelism(run.md, NAME) == PARALLELISM
+        leases = [run.md.acquire_lease(task_lease_name(NAME, t), "b", 60_000) for t in range(3)]
+        pointer = run.md.acquire_lease(f"query/{NAME}/rescale", "b", 60_000)
+        assert pointer is not None and None not in leases
+        at_3 = QueryFile.read(_query_text(3), name=NAME)
+        with pytest.raises(SqlError, match="of two stages.* does not move from 2 to 3 tasks"):
+            rescale_on_agents(sh.engine, at_3, "b", tmp_path / "b", leases, pointer)  # type: ignore[arg-type]
+        assert current_parallelism(run.md, NAME) == PARALLELISM
+
+
+# -- real agents on PostgreSQL -----------------------------------------------------------------
+
+
+@pytest.fixture(params=["local"])
+def cluster(request: pytest.FixtureRequest, tmp_path: Path, postgres_url: str) -> Iterator[Cluster]:
+    """Agents running q4 at parallelism 2 (``queries/q4.sql`` alone)."""
+    with running_cluster(request, tmp_path, postgres_url, 1) as made:
+        (made.queries / "clicks.sql").unlink()
+        (made.queries / f"{NAME}.sql").write_text(_query_text())
+        yield made
+
+
+def _holders(cluster: Cluster) -> dict[int, tuple[KafkaServer, int]]:
+    """Task -> (the live agent holding its live lease, the lease's epoch)."""
+    ports = {a.agent_id: a.port for a in cluster.md.list_agents()}
+    held = {}
+    for task in range(PARALLELISM):
+        for lease in cluster.md.list_leases(task_lease_name(NAME, task)):
+            if lease.live and lease.holder in ports:
+                agent = next(s for s in cluster.agents if s.port == ports[lease.holder])
+                held[task] = (agent, lease.epoch)
+    return held
+
+
+def _until_held(cluster: Cluster, agents: int, timeout: float = 60.0) -> dict:
+    deadline = time.monotonic() + timeout
+    held: dict[int, tuple[KafkaServer, int]] = {}
+    while time.monotonic() < deadline:
+        held = _holders(cluster)
+        if len(held) == PARALLELISM and len({a.port for a, _ in held.values()}) == agents:
+            return held
+        time.sleep(0.1)
+    logs = "\n".join(a.log(40) for a in cluster.agents)
+    raise AssertionError(f"tasks not held by {agents} agent(s) within {timeout}s: {held}\n{logs}")
+
+
+@pytest.mark.parametrize("fault", ["kill", "pause"])
+def test_q4_on_two_agents_one_killed_or_paused_mid_run_equals_duckdb(
+    cluster: Cluster, fault: str
+) -> None:
+    """q4 at parallelism 2 on two agents; once rows come out, the agent running task 1 is
+    killed -9 (or paused past its leases, then woken) and the second half of the events is
+    produced: the other agent takes task 1 over (its producing side, first and second stage,
+    each from its checkpoint in the object store) and the sink ends with DuckDB's answer, no
+    first-stage batch sent twice with other rows."""
+    sh = cluster.sh
+    assert sh is not None
+    first_half, second_half = _halves()
+    _produce(sh, first_half)
+    for _ in range(PARALLELISM):
+        cluster.start_agent()
+    held = _until_held(cluster, 2)
+    _until(lambda: len(_answer(sh)) > 0, "the first rows written", 60)
+    victim, epoch = held[1]
+    survivor = next(a for a in cluster.agents if a is not victim)
+    assert victim.process is not None
+    victim.process.send_signal(signal.SIGKILL if fault == "kill" else signal.SIGSTOP)
+    _produce(sh, second_half)
+    try:
+        moved = _until_held(cluster, 1)
+    finally:
+        if fault == "pause":
+            victim.process.send_signal(signal.SIGCONT)
+    assert moved[1][0] is survivor and moved[1][1] > epoch
+    want = _duckdb()
+    _until(lambda: _answer(sh) == want, "DuckDB's answer in the sink", 90)
+    time.sleep(1.5)  # a late write of the old holder would show now
+    assert _answer(sh) == want
+    _sent_once(sh)
+    log_text = survivor.log_path.read_text()
+    for store in ("task-1", "stage2-1"):  # resumed from the moved task's checkpoints
+        assert f"query {NAME}.p2.{store}: restored checkpoint" in log_text
+    if fault == "pause":
+        _until(lambda: "lease lost" in victim.log_path.read_text(), "the woken agent fenced")
