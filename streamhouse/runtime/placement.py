@@ -27,6 +27,17 @@ keep their state where another agent finds it:
   sequence number again with other rows, and the consumers' dedup by sequence number keeps every
   row exactly once.
 
+A query of two stages (:mod:`.stages`, Nexmark q4) runs the same way, each task whole under its
+one lease: its producing side, its first stage (checkpoints ``task-<i>``) and its second stage
+(``stage2-<i>``, into the sink), one after the other in the task's thread as in a task process.
+Leasing the two stages of an index apart would let them move apart, for nothing: each reads
+every task's output through an exchange anyway, and one lease per index keeps the share, the
+hand-over and the status as for any parallel query. The first stage's appends to the second
+exchange are fenced by the lease; its intent, which on one machine stays in its local state,
+travels in the records it sends, and a first stage restored from a checkpoint older than them
+replays their batches from it (:func:`~.stages.sent_after_checkpoint`). Its parallelism does not
+change on agents yet (:func:`~.agent_rescale.rescale_on_agents` refuses it).
+
 Each task writes its progress (source offsets, watermark, rows and rows/s, state size, the
 agent running it) to the object store, ``tasks/<name>/task-<i>.json``, about once a second:
 ``streamhouse cluster status`` lists it, :meth:`AgentTask.status` gives it.
