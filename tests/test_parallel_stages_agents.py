@@ -188,6 +188,14 @@ def test_a_first_stage_moved_after_its_append_replays_that_batch_from_its_record
         assert len(replayed) == 2 * PARALLELISM  # the batch and its replay, in each partition
         assert _sent_once(sh) == PARALLELISM
         assert _answer(sh) == _duckdb()
+        one._report(time.time())  # as its thread does about once a second
+        status = one.status()
+        assert (status["agent"], status["epoch"], sorted(status["offsets"])) == (
+            "b",
+            lease.epoch,
+            ["auction", "bid"],  # both sources its producing side reads (partition 1 of each)
+        )
+        assert status["state_bytes"] > one.query.store.size_bytes() > 0  # both stages' state
         for task in (zero, one):
             task.stop()
 
@@ -287,7 +295,11 @@ def _until_held(cluster: Cluster, agents: int, timeout: float = 60.0) -> dict:
     raise AssertionError(f"tasks not held by {agents} agent(s) within {timeout}s: {held}\n{logs}")
 
 
-@pytest.mark.parametrize("fault", ["kill", "pause"])
+@pytest.mark.parametrize(
+    ("cluster", "fault"),
+    [("local", "kill"), ("local", "pause"), ("s3", "kill")],
+    indirect=["cluster"],
+)
 def test_q4_on_two_agents_one_killed_or_paused_mid_run_equals_duckdb(
     cluster: Cluster, fault: str
 ) -> None:
