@@ -149,30 +149,42 @@ class Tasks:
                 progressed = task.step() or progressed
 
 
+@pytest.mark.parametrize("lost", [1, 3])
 def test_a_first_stage_moved_after_its_append_replays_that_batch_from_its_record(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, lost: int
 ) -> None:
     """Task 1's agent appends its first stage's batch to the second exchange and dies before
-    that batch's checkpoint is recorded (its state copy is older than what it sent). Meanwhile
-    more rows reach task 1's first exchange partition. Agent b takes task 1 over: its first
-    stage sends that batch again from the intent in its record, alike (not a batch of the rows
-    it finds now under the same sequence number, which the second stage would skip), and the
-    sink holds DuckDB's answer."""
+    that batch's checkpoint is recorded (its state copy is older than what it sent; with
+    ``lost`` 3, the copy is three batches older: its two checkpoints before were not taken, as
+    if taken by interval). Meanwhile more rows reach task 1's first exchange partition. Agent b
+    takes task 1 over: its first stage sends those batches again from the intents in their
+    records, alike (not batches of the rows it finds now under the same sequence numbers, which
+    the second stage would skip), and the sink holds DuckDB's answer."""
     caplog.set_level(logging.WARNING, logger="streamhouse.runtime.stages")
     first_half, second_half = _halves()
     with streamhouse.connect(tmp_path / "data") as sh:
         _produce(sh, first_half)
         run = Tasks(sh, tmp_path)
         (zero, _), (one, old) = run.take(0, "a"), run.take(1, "a")
-        run.produce_into_exchange([zero, one])
+        published = 0
 
-        def died(*_: object) -> str:
-            raise OSError("agent a died before recording the checkpoint")
+        def publish(*_: object) -> str:
+            nonlocal published
+            published += 1
+            if published == lost:
+                raise OSError("agent a died before recording the checkpoint")
+            return "not taken"
 
-        one.first.checkpoints.publish = died  # type: ignore[method-assign, union-attr]
-        with pytest.raises(OSError, match="died"):
-            one.first.step()
-        run.run([zero])  # task 0's second stage takes its share of the batch
+        one.first.checkpoints.publish = publish  # type: ignore[method-assign, union-attr]
+        for _ in range(lost):  # a batch of each producer, then one of task 1's first stage
+            for writer in [*zero.writers, *one.writers]:
+                writer.step()
+            if published == lost - 1:
+                with pytest.raises(OSError, match="died"):
+                    one.first.step()
+            else:
+                assert one.first.step()
+        run.run([zero])  # task 0's second stage takes its share of the batches
         one.stop(checkpoint=False)
         run.md.release_lease(old)
 
@@ -180,13 +192,14 @@ def test_a_first_stage_moved_after_its_append_replays_that_batch_from_its_record
         run.produce_into_exchange([zero])  # more rows for task 1's first stage to read
         one, lease = run.take(1, "b")
         assert lease.epoch > old.epoch
-        assert "first stage 1 replays 1 batch(es) it sent after its checkpoint" in caplog.text
+        assert f"first stage 1 replays {lost} batch(es) it sent after its checkpoint" in caplog.text
         run.run([zero, one])
 
         keys = sh.fetch(stage_topic(NAME), isolation_level="read_uncommitted")["key"]
-        replayed = [k for k in keys.to_pylist() if k.startswith(b"1:1:")]
-        assert len(replayed) == 2 * PARALLELISM  # the batch and its replay, in each partition
-        assert _sent_once(sh) == PARALLELISM
+        for sequence in range(1, lost + 1):  # each batch and its replay, in each partition
+            replayed = [k for k in keys.to_pylist() if k.startswith(f"1:{sequence}:".encode())]
+            assert len(replayed) == 2 * PARALLELISM
+        assert _sent_once(sh) == lost * PARALLELISM
         assert _answer(sh) == _duckdb()
         one._report(time.time())  # as its thread does about once a second
         status = one.status()
