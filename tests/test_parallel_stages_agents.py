@@ -20,6 +20,7 @@ import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -36,6 +37,7 @@ from streamhouse.runtime.agent_rescale import current_parallelism, rescale_on_ag
 from streamhouse.runtime.exchange import decode, stage_topic
 from streamhouse.runtime.launch import QueryFile
 from streamhouse.runtime.placement import AgentTask, task_lease_name
+from streamhouse.runtime.supervisor import QuerySupervisor
 
 CONFIG = NexmarkConfig.for_bids(1_500, events_per_second=200, seed=7)
 NAME = "q4"
@@ -272,6 +274,42 @@ def test_a_query_of_two_stages_keeps_its_parallelism_on_agents(tmp_path: Path) -
         assert current_parallelism(run.md, NAME) == PARALLELISM
 
 
+def test_a_task_slower_to_start_than_its_lease_keeps_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A supervisor (lease TTL 0.6 s) whose tasks take over a second to start (restoring their
+    checkpoints, planning both stages: on a loaded host, longer than the lease): it renews each
+    lease while the task starts, so each is taken once and the query runs to DuckDB's answer.
+    (Before, the lease ran out as the task started, its first append was refused, and the
+    agent took the task again at the next epoch, over and over.)"""
+    first_half, second_half = _halves()
+    original = QuerySupervisor._start
+
+    def slow(self: QuerySupervisor, *args: Any) -> Any:
+        time.sleep(1.0)
+        return original(self, *args)
+
+    monkeypatch.setattr(QuerySupervisor, "_start", slow)
+    with streamhouse.connect(tmp_path / "data") as sh:
+        _produce(sh, first_half)
+        supervisor = QuerySupervisor(sh.engine, "a", 0.6, tmp_path / "a")
+        supervisor.add(QueryFile.read(_query_text(), name=NAME))
+        supervisor.start()
+        try:
+            _until(lambda: len(supervisor.running) == PARALLELISM, "both tasks running", 30)
+            _produce(sh, second_half)
+            want = _duckdb()
+            _until(lambda: _answer(sh) == want, "DuckDB's answer in the sink", 60)
+            epochs = [
+                lease.epoch
+                for task in range(PARALLELISM)
+                for lease in sh.log.metadata.list_leases(task_lease_name(NAME, task))
+            ]
+            assert epochs == [1] * PARALLELISM  # each task taken once
+        finally:
+            supervisor.stop()
+
+
 # -- real agents on PostgreSQL -----------------------------------------------------------------
 
 
@@ -329,6 +367,12 @@ def test_q4_on_two_agents_one_killed_or_paused_mid_run_equals_duckdb(
         cluster.start_agent()
     held = _until_held(cluster, 2)
     _until(lambda: len(_answer(sh)) > 0, "the first rows written", 60)
+    recorded = {f"{NAME}.p2.task-1", f"{NAME}.p2.stage2-1"}  # task 1's stages checkpointed
+    _until(
+        lambda: recorded <= {c.query for c in cluster.md.list_query_checkpoints()},
+        "task 1's checkpoints recorded",
+        60,
+    )
     victim, epoch = held[1]
     survivor = next(a for a in cluster.agents if a is not victim)
     assert victim.process is not None

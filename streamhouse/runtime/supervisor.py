@@ -275,7 +275,10 @@ class QuerySupervisor:
             return
         held.lease, held.valid_until = lease, asked + self.ttl_ms / 1000
         try:
-            held.query = self._start(held, lease)
+            # renewed meanwhile: a start slower than the lease (restoring checkpoints, planning
+            # both stages of a task) must not lose it before the query's first write
+            with renewing(self.metadata, [lease], self.ttl_ms):
+                held.query = self._start(held, lease)
         except Exception as exc:  # that query alone fails; this agent and the others go on
             if isinstance(exc, StreamHouseError):
                 log.error("continuous query %s not started: %s", name, exc)
