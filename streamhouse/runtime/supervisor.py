@@ -4,7 +4,8 @@ Every agent sharing a PostgreSQL metadata store knows the same queries (its ``--
 files and the materialized views of the catalog) and tries to take each one's lease,
 ``query/<name>`` (:mod:`streamhouse.log.metadata.leases`). The holder starts the query from
 the checkpoint recorded under the lease (:class:`~streamhouse.state.remote.LeasedCheckpoints`)
-and renews the lease every ``ttl / 3``; the others keep trying at that pace. A holder whose
+and renews the lease every ``ttl / 3``, also while the query starts (a restore slower than the
+lease must not lose it); the others keep trying at that pace. A holder whose
 renewal is refused (it paused past its lease, the store's clock says it expired) stops the
 query at once, without a last checkpoint; anything it still tries to write is refused by the
 fence in the store (``FencedError``), so the new holder, which resumed from the last
