@@ -52,6 +52,7 @@ from streamhouse.log.metadata.leases import Lease
 from streamhouse.runtime.exchange import append_shares
 from streamhouse.runtime.key_groups import key_groups, task_of
 from streamhouse.runtime.operator import Changelog, MicroBatch
+from streamhouse.runtime.query import PENDING
 from streamhouse.sql.source import read_records
 from streamhouse.state.store import StateBatch, StateStore
 
@@ -236,8 +237,6 @@ def sent_after_checkpoint(
 def replay_next(store: StateStore, intents: list[dict[str, Any]]) -> None:
     """Make the first of ``intents`` (see :func:`sent_after_checkpoint`) the micro-batch the
     next step runs, once the one before is committed."""
-    from streamhouse.runtime.query import PENDING
-
     if intents and store.get_json(PENDING) is None:
         batch = store.batch()
         batch.put_json(PENDING, intents.pop(0))
