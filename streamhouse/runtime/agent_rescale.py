@@ -125,7 +125,9 @@ def renewing(metadata: Metadata, leases: Sequence[Lease], ttl_ms: int) -> Iterat
             for lease in leases:
                 try:
                     if not metadata.renew_lease(lease, ttl_ms):
-                        log.warning("lease %s lost (renewed while a query starts or moves)", lease.name)
+                        log.warning(
+                            "lease %s lost (renewed while a query starts or moves)", lease.name
+                        )
                 except StreamHouseError as exc:
                     log.warning("lease %s not renewed: %s", lease.name, exc)
 
