@@ -277,7 +277,7 @@ def test_a_query_of_two_stages_keeps_its_parallelism_on_agents(tmp_path: Path) -
 def test_a_task_slower_to_start_than_its_lease_keeps_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A supervisor (lease TTL 0.6 s) whose tasks take over a second to start (restoring their
+    """A supervisor (lease TTL 2 s) whose tasks take over 2.5 s to start (restoring their
     checkpoints, planning both stages: on a loaded host, longer than the lease): it renews each
     lease while the task starts, so each is taken once and the query runs to DuckDB's answer.
     (Before, the lease ran out as the task started, its first append was refused, and the
@@ -286,13 +286,13 @@ def test_a_task_slower_to_start_than_its_lease_keeps_it(
     original = QuerySupervisor._start
 
     def slow(self: QuerySupervisor, *args: Any) -> Any:
-        time.sleep(1.0)
+        time.sleep(2.5)
         return original(self, *args)
 
     monkeypatch.setattr(QuerySupervisor, "_start", slow)
     with streamhouse.connect(tmp_path / "data") as sh:
         _produce(sh, first_half)
-        supervisor = QuerySupervisor(sh.engine, "a", 0.6, tmp_path / "a")
+        supervisor = QuerySupervisor(sh.engine, "a", 2.0, tmp_path / "a")
         supervisor.add(QueryFile.read(_query_text(), name=NAME))
         supervisor.start()
         try:
