@@ -32,9 +32,7 @@ def add_partitions_body(topics: Sequence[tuple[str, Sequence[tuple[int, ErrorCod
         parts.append(_I16.pack(len(encoded)))
         parts.append(encoded)
         parts.append(_I32.pack(len(partitions)))
-        parts.append(
-            struct.pack(f">{'ih' * len(partitions)}", *(v for p in partitions for v in p))
-        )
+        parts.append(struct.pack(f">{'ih' * len(partitions)}", *(v for p in partitions for v in p)))
     return b"".join(parts)
 
 
