@@ -284,6 +284,8 @@ def take_sorted(
     part by part, as one chunk per part reached: a take over a chunked table would first copy
     every row of every chunk into one array, those not taken too. ``empty``: a table of the
     parts' schema, sliced when nothing is taken."""
+    if not parts:
+        return empty.slice(0, 0)
     ends = np.cumsum([part.num_rows for part in parts])
     cuts = np.searchsorted(indices, ends[:-1])
     taken = []
@@ -298,6 +300,18 @@ def take_sorted(
     if not taken:
         return empty.slice(0, 0)
     return pa.concat_tables(taken, promote_options="permissive")
+
+
+MAX_CHUNKS = 64
+"""A run of more chunks than this is combined into one: its rows are kept as the chunks they
+came in (a compaction concatenates runs without copying their rows), but each chunk costs a
+record batch in the run's IPC stream and a take of its own."""
+
+
+def _few_chunks(table: pa.Table) -> pa.Table:
+    if max((column.num_chunks for column in table.columns), default=0) > MAX_CHUNKS:
+        return table.combine_chunks()
+    return table
 
 
 class TableState:
@@ -378,11 +392,10 @@ class TableState:
         return self.table.filter(pa.array(self.live)) if self._runs else pa.table({})
 
     def take(self, indices: np.ndarray) -> pa.Table:
-        """The held rows at ``indices`` (increasing positions in :attr:`table`), taken run by
-        run (see :func:`take_sorted`)."""
-        if len(self._runs) <= 1:
-            return self.table.take(pa.array(indices, pa.int64()))
-        return take_sorted([rows for _, rows in self._runs], indices, self.table)
+        """The held rows at ``indices`` (increasing positions in :attr:`table`), taken chunk by
+        chunk of each run (see :func:`take_sorted`)."""
+        chunks = [chunk for _, rows in self._runs for chunk in rows.to_batches()]
+        return take_sorted(chunks, indices, self.table)
 
     def find(self, rows: pa.Table, columns: list[str] | None = None) -> np.ndarray:
         """Positions (in :attr:`table`) of the current rows whose ``columns`` (the state's keys
@@ -464,7 +477,7 @@ class TableState:
         if rows.num_rows == 0 and not len(superseded):
             return
         seq = self._runs[-1][0] + 1 if self._runs else 1
-        rows = rows.combine_chunks()  # a run is taken from: one chunk per column
+        rows = _few_chunks(rows)
         self._runs.append((seq, rows))
         self._held.append(_encoded_keys(rows, self.keys))
         self._index.append(_RunIndex.of(self._held[-1]))
@@ -503,7 +516,17 @@ class TableState:
     def _compact(self, batch: StateBatch | ScopedBatch) -> None:
         """Rewrite the current rows as one run and delete the others (the staged one included,
         which is not written)."""
-        rows = self.take(np.flatnonzero(self.live)).combine_chunks()
+        kept, start = [], 0
+        for _, run in self._runs:  # a run whose rows are all current is kept as it is, no copy
+            current = self.live[start : start + run.num_rows]
+            start += run.num_rows
+            if current.all():
+                kept.append(run)
+            elif current.any():
+                kept.append(run.filter(pa.array(current)))
+        rows = _few_chunks(
+            pa.concat_tables(kept, promote_options="permissive") if kept else self.table.slice(0, 0)
+        )
         for seq, _ in self._runs[:-1]:
             batch.delete(ColumnFamily.SESSIONS, self._run_key(seq))
         seq = self._runs[-1][0]
