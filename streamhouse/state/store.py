@@ -302,7 +302,7 @@ def take_sorted(
     return pa.concat_tables(taken, promote_options="permissive")
 
 
-MAX_CHUNKS = 64
+MAX_CHUNKS = 256
 """A run of more chunks than this is combined into one: its rows are kept as the chunks they
 came in (a compaction concatenates runs without copying their rows), but each chunk costs a
 record batch in the run's IPC stream and a take of its own."""
@@ -405,8 +405,10 @@ class TableState:
             return np.zeros(0, dtype=np.int64)
         if columns == self.keys:
             hits = self._index_hits(rows)
-            if hits is not None:
-                return np.unique(hits[0])
+            if hits is not None:  # each position once, increasing (a mask: no sort of the hits)
+                found = np.zeros(len(self.live), dtype=bool)
+                found[hits[0]] = True
+                return np.flatnonzero(found)
         held = (
             self._held
             if columns == self.keys

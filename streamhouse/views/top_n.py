@@ -57,7 +57,8 @@ class TopNOperator:
         before = previous = None
         candidates = rows
         if len(found):
-            previous = self.table.take(found)
+            # the held rows of the touched keys, few: one chunk, not a sliver per run chunk
+            previous = self.table.take(found).combine_chunks()
             if not self.plan.ranks_only:  # rows the query filters out may need tombstones
                 before = run_sql(self.plan.sql, {self.plan.source: previous})
             candidates = pa.concat_tables([previous, rows], promote_options="permissive")
