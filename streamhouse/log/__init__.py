@@ -252,13 +252,19 @@ class Log:
         return self.writer.append(topic, partition, data, headers, fence)
 
     def append_together(
-        self, topic: str, batches: Mapping[int, bytes], fence: Lease | None = None
+        self,
+        topic: str,
+        batches: Mapping[int, bytes],
+        fence: Lease | None = None,
+        keyed: bool = False,
     ) -> dict[int, Future[int]]:
         """:meth:`append` to several partitions of ``topic`` (partition -> batches), queued at
-        once: an idle writer flushes them in one object instead of the first alone."""
+        once: an idle writer flushes them in one object instead of the first alone. ``keyed``:
+        the caller built the batches and every record has a key, so a compacted topic need not
+        decompress them to look for a record without one."""
         appends = []
         for partition, data in batches.items():
-            stamped, headers = self._validate(topic, partition, data, None)
+            stamped, headers = self._validate(topic, partition, data, None, keyed=keyed)
             appends.append((topic, partition, bytes(stamped), headers))
         futures = self.writer.append_together(appends, fence)
         return dict(zip(batches, futures, strict=True))
@@ -357,11 +363,13 @@ class Log:
         now_ms: int | None = None,
         *,
         verified: bool = False,
+        keyed: bool = False,
     ) -> tuple[bytes | memoryview | bytearray, list[tuple[int, BatchHeader]]]:
         """The batches to append (stamped with the log-append time where the topic's
         ``message.timestamp.type`` is ``LogAppendTime``, as Kafka's broker does) and each
         one's start and header; the errors Kafka gives for batches it refuses. ``verified``:
-        the CRCs of these very bytes were checked already."""
+        the CRCs of these very bytes were checked already; ``keyed``: the records are known to
+        have keys (see :meth:`append_together`)."""
         target = self._produce_target(topic)
         if not 0 <= partition < target.info.partitions:
             raise UnknownPartitionError(topic, partition)
@@ -378,7 +386,11 @@ class Log:
             headers.append((start, header))
         if not headers:
             raise CorruptRecordError("no record batch in the produce request")
-        if target.compacted and decode_batches(batches, verify=False)["key"].null_count:
+        if (
+            not keyed
+            and target.compacted
+            and decode_batches(batches, verify=False)["key"].null_count
+        ):
             raise InvalidRecordError(  # Kafka's words
                 f"Compacted topic cannot accept message without key in topic partition"
                 f" {topic}-{partition}."

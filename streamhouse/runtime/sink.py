@@ -234,7 +234,9 @@ class TopicSink:
                 )
             data[partition] = b"".join(batches)
         # queued together: one flush for every partition, not the first alone then the rest
-        for future in self.log.append_together(self.topic, data, fence=self.fence).values():
+        keyed = keys is not None and keys.null_count == 0  # no record to refuse for its key
+        appended = self.log.append_together(self.topic, data, fence=self.fence, keyed=keyed)
+        for future in appended.values():
             future.result()
 
 
