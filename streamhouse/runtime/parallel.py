@@ -1005,6 +1005,9 @@ def run_task(spec: dict[str, Any]) -> None:
         try:
             if two:
                 query = spec_query(sh, spec, task, 2, spec.get("results_topic"))
+            if drain == "stages":  # a query of two: its first stage takes the first exchange
+                take_exchange(first)
+                return
             if drain == "consumers":
                 take_exchange(query)
                 return

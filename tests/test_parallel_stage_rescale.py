@@ -1,0 +1,206 @@
+"""Rescaling a query of two stages (Nexmark q4; :mod:`streamhouse.runtime.stage_rescale`): both
+stages' state moves by key group from the last checkpoint, the second exchange drained first.
+
+- q4 run part way at parallelism 2 (task 1 frozen from the start, then killed -9 in the stop,
+  so both exchanges hold records for it that the drains must take), restarted at 3 (task 2
+  killed -9 mid-run and restarted from its checkpoint) and stopped, then run to the end at 1:
+  the sink holds DuckDB's answer and an uninterrupted run's, every source record was read once,
+  and only the state at parallelism 1 is left.
+- The launcher killed -9 inside the rescale, after the first stages' state was moved and before
+  the second stages' was: the old state is left whole, and the next start moves it again; the
+  answer is DuckDB's, every source record read once.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+import pytest
+from nexmark_reference import comparable, connect, reference
+from parallel_cases import freeze, launched, wait_for
+
+import streamhouse
+from benchmarks.nexmark import NexmarkConfig, generate_tables, load, nexmark_query
+from streamhouse.runtime.parallel import ParallelQuery
+from streamhouse.state.store import ColumnFamily, StateStore
+
+CONFIG = NexmarkConfig.for_bids(1_500, events_per_second=200, seed=7)
+READ = CONFIG.counts()["auction"] + CONFIG.counts()["bid"]
+"""Every source record q4 reads (auctions and bids), each once over all its runs."""
+
+
+@dataclass
+class Data:
+    sh: streamhouse.StreamHouse
+    duck: duckdb.DuckDBPyConnection
+    directory: Path
+
+    @property
+    def queries(self) -> Path:
+        return self.sh.settings.data_dir / "queries"
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Data]:
+    directory = tmp_path_factory.mktemp("stage_rescale")
+    sh = streamhouse.connect(directory / "data", linger_ms=1)
+    load(sh, CONFIG, partitions=3)
+    try:
+        yield Data(sh, connect(generate_tables(CONFIG)), directory)
+    finally:
+        sh.close()
+
+
+def _file(data: Data, name: str) -> Path:
+    """q4 sinking into ``name``, in micro-batches of 100 records."""
+    path = data.directory / f"{name}.sql"
+    text = nexmark_query("q4").path.read_text().replace("INTO nexmark_q4", f"INTO {name}")
+    path.write_text("SET 'max-batch-records' = '100';\nSET 'poll-interval' = '20 ms';\n" + text)
+    return path
+
+
+def _start(data: Data, path: Path, parallelism: int) -> ParallelQuery:
+    query = launched(data.sh, path, parallelism)
+    assert isinstance(query, ParallelQuery)
+    return query
+
+
+def _latest(data: Data, topic: str) -> list[tuple]:
+    """The latest row of each record key in sink ``topic`` (tombstones dropped), comparable."""
+    frame = data.sh.fetch(topic).to_pandas().drop_duplicates(subset=["key"], keep="last")
+    got = pa.Table.from_pylist([json.loads(v) for v in frame["value"] if v is not None])
+    return comparable("q4", got.rename_columns(["category", "avg"]))
+
+
+def _want(data: Data) -> list[tuple]:
+    want = reference(data.duck, "q4")
+    assert want.num_rows > 3
+    return comparable("q4", want.rename_columns(["category", "avg"]))
+
+
+def _to_the_end(data: Data, path: Path, parallelism: int) -> dict:
+    query = _start(data, path, parallelism)
+    query.run_until_caught_up(final=True)
+    status = query.status()
+    assert status["watermark"] == "end of input", status
+    return status
+
+
+def _stop_frozen(query: ParallelQuery, frozen: subprocess.Popen) -> None:
+    """Stop ``query``, whose task 1 is ``frozen`` (SIGSTOP): task 0 ends (SIGTERM) after its
+    micro-batch, the frozen one is killed -9."""
+    stopping = threading.Thread(target=query.stop)
+    stopping.start()
+    wait_for(lambda: query.processes[0].poll() is not None, timeout=120)
+    frozen.kill()
+    stopping.join()
+
+
+def test_q4_rescaled_2_to_3_to_1_equals_duckdb_and_an_uninterrupted_run(
+    data: Data, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, "streamhouse.runtime")
+    name = "q4_rescaled"
+    path = _file(data, name)
+    query = _start(data, path, 2).start()
+    frozen = query.processes[1]
+    freeze(frozen.pid, data.sh.settings.data_dir / "metadata.sqlite3")
+    try:  # task 0 reads partitions 0 and 2: two thirds of the records
+        wait_for(lambda: query.status()["tasks"][0].get("rows_in", 0) > READ // 3, timeout=120)
+    finally:
+        _stop_frozen(query, frozen)
+    assert not (data.queries / f"{name}.p3").exists()
+
+    query = _start(data, path, 3)  # the state moved from 2 to 3 tasks
+    assert "q4_rescaled: draining its 2 tasks (stages)" in caplog.text
+    assert "q4_rescaled: draining its 2 tasks (consumers)" in caplog.text
+    assert "state moved from 2 to 3 tasks" in caplog.text
+    assert [p.name for p in data.queries.glob(f"{name}.p*")] == [f"{name}.p3"]
+    assert {p.name for p in (data.queries / f"{name}.p3").iterdir() if p.is_dir()} >= {
+        *(f"task-{t}" for t in range(3)),
+        *(f"stage2-{t}" for t in range(3)),
+    }
+    query.start()
+    try:
+        wait_for(lambda: query.status()["rows_in"] > READ // 2, timeout=120)
+        query.processes[2].kill()  # mid-run at the new parallelism: both its stages at once
+        wait_for(lambda: query.status()["restarts"] == 1, timeout=120)
+        wait_for(lambda: query.status()["rows_in"] > READ * 2 // 3, timeout=120)
+    finally:
+        query.stop()
+    assert query.error is None
+
+    status = _to_the_end(data, path, 1)  # from 3 tasks to 1
+    assert status["rows_in"] == READ  # nothing read twice, nothing skipped
+    assert [p.name for p in data.queries.glob(f"{name}.p*")] == [f"{name}.p1"]
+    got = _latest(data, name)
+    assert got == _want(data)
+
+    whole = "q4_uninterrupted"
+    _to_the_end(data, _file(data, whole), 2)
+    assert got == _latest(data, whole)
+
+
+def _entries(path: Path) -> int:
+    """How many operator state entries the task store at ``path`` holds."""
+    store = StateStore(path)
+    try:
+        families = (ColumnFamily.WINDOWS, ColumnFamily.SESSIONS, ColumnFamily.JOINS)
+        return sum(1 for family in families for _ in store.items(family))
+    finally:
+        store.close()
+
+
+CRASH = """
+import os, signal, sys
+from pathlib import Path
+import streamhouse
+from streamhouse.runtime import stage_rescale
+from streamhouse.runtime.launch import start_query
+
+def killed(*args, **kwargs):  # the first stages' state is moved, the second stages' is not
+    os.kill(os.getpid(), signal.SIGKILL)
+
+stage_rescale.move_second_stage = killed
+sh = streamhouse.connect(Path(sys.argv[1]), linger_ms=1)
+start_query(sh.engine, Path(sys.argv[2]), state_root=Path(sys.argv[1]) / "queries",
+            options={"parallelism": 3}, start=False)
+"""
+
+
+def test_a_launcher_killed_inside_the_rescale_leaves_the_old_state(data: Data) -> None:
+    name = "q4_crashed"
+    path = _file(data, name)
+    query = _start(data, path, 2).start()
+    try:
+        wait_for(lambda: query.status()["rows_in"] > READ // 3, timeout=120)
+        query.processes[1].kill()  # just before the stop: work left for the drains
+    finally:
+        query.stop()
+
+    launcher = subprocess.run(
+        [sys.executable, "-c", CRASH, str(data.sh.settings.data_dir), str(path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert launcher.returncode == -9, launcher.stderr
+    staging = data.queries / f"{name}.p3.rescaling"
+    assert _entries(staging / "task-0") > 0 and _entries(staging / "stage2-0") == 0
+    assert (data.queries / f"{name}.p2").is_dir() and not (data.queries / f"{name}.p3").exists()
+
+    query = _start(data, path, 3)  # the rescale again, from the old state
+    assert not staging.exists()
+    assert [p.name for p in data.queries.glob(f"{name}.p*")] == [f"{name}.p3"]
+    status = _to_the_end(data, path, 3)
+    assert status["rows_in"] == READ  # nothing read twice, nothing skipped
+    assert _latest(data, name) == _want(data)
