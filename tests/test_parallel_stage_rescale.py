@@ -9,12 +9,15 @@ stages' state moves by key group from the last checkpoint, the second exchange d
 - The launcher killed -9 inside the rescale, after the first stages' state was moved and before
   the second stages' was: the old state is left whole, and the next start moves it again; the
   answer is DuckDB's, every source record read once.
+- An aggregate of an aggregate of one stream (its inner groups moved by their own group keys)
+  run to the end at 3 over half the input, then at 2 over the rest: DuckDB's answer.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import random
 import subprocess
 import sys
 import threading
@@ -74,10 +77,15 @@ def _start(data: Data, path: Path, parallelism: int) -> ParallelQuery:
     return query
 
 
-def _latest(data: Data, topic: str) -> list[tuple]:
-    """The latest row of each record key in sink ``topic`` (tombstones dropped), comparable."""
+def _latest_rows(data: Data, topic: str) -> list[dict]:
+    """The latest row of each record key in sink ``topic`` (tombstones dropped)."""
     frame = data.sh.fetch(topic).to_pandas().drop_duplicates(subset=["key"], keep="last")
-    got = pa.Table.from_pylist([json.loads(v) for v in frame["value"] if v is not None])
+    return [json.loads(v) for v in frame["value"] if v is not None]
+
+
+def _latest(data: Data, topic: str) -> list[tuple]:
+    """q4's latest rows in sink ``topic``, comparable."""
+    got = pa.Table.from_pylist(_latest_rows(data, topic))
     return comparable("q4", got.rename_columns(["category", "avg"]))
 
 
@@ -204,3 +212,48 @@ def test_a_launcher_killed_inside_the_rescale_leaves_the_old_state(data: Data) -
     status = _to_the_end(data, path, 3)
     assert status["rows_in"] == READ  # nothing read twice, nothing skipped
     assert _latest(data, name) == _want(data)
+
+
+NESTED = """CREATE STREAM IF NOT EXISTS ev (k BIGINT, g BIGINT, t TIMESTAMP(3), v BIGINT,
+    WATERMARK FOR t AS t - INTERVAL '1' SECOND) WITH (topic = 'ev', format = 'json');
+SET 'max-batch-records' = '150';
+INSERT INTO nested_rescaled
+SELECT g, SUM(top) AS total, COUNT(*) AS n
+FROM (SELECT k, g, MAX(v) AS top FROM ev GROUP BY k, g) Q
+GROUP BY g;
+"""
+
+
+def test_an_aggregate_of_an_aggregate_of_a_stream_rescaled_3_to_2(data: Data) -> None:
+    """Per group g, the sum and count of the highest v per (k, g), over one stream (its inner
+    groups routed by (k, g), moved by those group keys): run at 3 to the end of the first half
+    of the input, then at 2 to the end of the second: DuckDB's answer, every record read once."""
+    sh = data.sh
+    sh.create_topic("ev", 3)
+    rng = random.Random(5)
+    rows = [
+        {"k": rng.randrange(60), "g": rng.randrange(9), "t": 1_767_225_600_000 + i, "v": i}
+        for i in range(2_000)
+    ]
+    path = data.directory / "nested.sql"
+    path.write_text(NESTED)
+
+    def produce(part: list[dict]) -> None:
+        for start in range(0, len(part), 250):
+            chunk = part[start : start + 250]
+            sh.produce("ev", chunk, timestamp=[r["t"] for r in chunk], partition=rng.randrange(3))
+
+    produce(rows[:1_000])
+    _to_the_end(data, path, 3)
+    produce(rows[1_000:])
+    status = _to_the_end(data, path, 2)
+    assert status["rows_in"] == len(rows)
+    got = [(r["g"], r["total"], r["n"]) for r in _latest_rows(data, "nested_rescaled")]
+    duck = duckdb.connect()
+    duck.register("ev_rows", pa.Table.from_pylist(rows))
+    want = duck.sql(
+        "SELECT g, SUM(top), COUNT(*) FROM"
+        " (SELECT k, g, MAX(v) AS top FROM ev_rows GROUP BY k, g) GROUP BY g"
+    ).fetchall()
+    assert len(want) == 9
+    assert sorted(got) == sorted(want)

@@ -34,7 +34,9 @@ deduplication (the kept rows; upserts to their key's partition), OVER aggregatio
 rows, history, rows waiting for LEADs, running totals), temporal joins (waiting probe rows,
 versions) and joins over an updating input (both sides' rows, the derived GROUP BY's groups
 or Top-N's rows; an append-only side's row ids carry their task, upserts go to their key's
-partition). Any other state entry refuses the rescale, naming it.
+partition), and queries of two stages (Nexmark q4: the second exchange drained too, each
+stage's state moved by the key groups its rows are routed by, :mod:`.stage_rescale`). Any
+other state entry refuses the rescale, naming it.
 """
 
 from __future__ import annotations
