@@ -377,8 +377,9 @@ def _copy_shared(olds: list[StateStore], news: list[StateBatch]) -> None:
     metas = [_meta(s) for s in olds]
     shared: dict[bytes, bytes] = {}
     for key in set().union(*metas):
-        if key.startswith(_OWN_META) or key.partition(b"/")[2] == SEQUENCE:  # a join's, any
-            continue  # operator's (a first stage's derived join)
+        # (a join's chunk sequence under any operator's prefix: a first stage's derived join)
+        if key.startswith(_OWN_META) or key.partition(b"/")[2] == SEQUENCE:
+            continue
         values = {m.get(key) for m in metas}
         if len(values) != 1:
             raise SqlError(
@@ -500,12 +501,17 @@ def _move_state(
     if routing.window is not None:
         _move_panes(routing.window, olds, batches)
         return
+    refuse_unknown(olds, (OPERATOR,))
+    move_rows(node, routing, olds, batches, text)
+
+
+def refuse_unknown(olds: list[StateStore], known: tuple[bytes, ...]) -> None:
+    """Refuse a state entry of the old tasks under none of the ``known`` key prefixes."""
     for store in olds:
         for family in (ColumnFamily.WINDOWS, ColumnFamily.SESSIONS, ColumnFamily.JOINS):
             for key, _ in store.items(family):
-                if not key.startswith(OPERATOR):
+                if not key.startswith(known):
                     raise SqlError(f"unexpected state entry {key!r}; cannot rescale this query")
-    move_rows(node, routing, olds, batches, text)
 
 
 def move_rows(

@@ -64,12 +64,13 @@ from streamhouse.runtime.rescale import (
     _move_groups,
     _pending,
     move_rows,
+    refuse_unknown,
 )
 from streamhouse.runtime.routing import Routing, _join_output
 from streamhouse.runtime.sources import EVENT_TIME, SOURCE
 from streamhouse.sql import nodes
 from streamhouse.sql.plan import ContinuousPlan
-from streamhouse.state.store import ColumnFamily, StateBatch, StateStore, partition_key
+from streamhouse.state.store import StateBatch, StateStore, partition_key
 from streamhouse.views.recompute import RECOMPUTE_KEY
 
 _STAGE_SOURCE = bytes([0])
@@ -114,16 +115,7 @@ def move_first_stage(
                 f"the first stage's {type(derived).__name__} state does not move by key group"
                 " yet; cannot rescale this query"
             )
-    _refuse_others(olds, tuple(prefixes))  # the top operator (Forward) keeps none
-
-
-def _refuse_others(olds: list[StateStore], known: tuple[bytes, ...]) -> None:
-    """Refuse a state entry of the old tasks under none of the ``known`` key prefixes."""
-    for store in olds:
-        for family in (ColumnFamily.WINDOWS, ColumnFamily.SESSIONS, ColumnFamily.JOINS):
-            for key, _ in store.items(family):
-                if not key.startswith(known):
-                    raise SqlError(f"unexpected state entry {key!r}; cannot rescale this query")
+    refuse_unknown(olds, tuple(prefixes))  # the top operator (Forward) keeps none
 
 
 def _routed_group_keys(
@@ -183,7 +175,7 @@ def move_second_stage(
         if None not in marks:
             batch.put_int(WATERMARK, min(m for m in marks if m is not None))
     _copy_shared(olds, batches)
-    _refuse_others(olds, (OPERATOR + RECOMPUTE_KEY,))
+    refuse_unknown(olds, (OPERATOR + RECOMPUTE_KEY,))
     move = Move(plan, routing, olds, batches, False)  # the first stages hash it as it is
     move.tables(OPERATOR, RECOMPUTE_KEY, list(node.input_keys), list(routing.stage))
 
