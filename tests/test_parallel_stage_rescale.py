@@ -9,12 +9,15 @@ stages' state moves by key group from the last checkpoint, the second exchange d
 - The launcher killed -9 inside the rescale, after the first stages' state was moved and before
   the second stages' was: the old state is left whole, and the next start moves it again; the
   answer is DuckDB's, every source record read once.
+- Hypothesis over the parallelisms (2 or 3, then two changes among 1, 2, 3), the stops and the
+  micro-batch size.
 - An aggregate of an aggregate of one stream (its inner groups moved by their own group keys)
   run to the end at 3 over half the input, then at 2 over the rest: DuckDB's answer.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import random
@@ -28,6 +31,8 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from nexmark_reference import comparable, connect, reference
 from parallel_cases import freeze, launched, wait_for
 
@@ -63,11 +68,12 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Data]:
         sh.close()
 
 
-def _file(data: Data, name: str) -> Path:
-    """q4 sinking into ``name``, in micro-batches of 100 records."""
+def _file(data: Data, name: str, batch: int = 100) -> Path:
+    """q4 sinking into ``name``, in micro-batches of ``batch`` records."""
     path = data.directory / f"{name}.sql"
     text = nexmark_query("q4").path.read_text().replace("INTO nexmark_q4", f"INTO {name}")
-    path.write_text("SET 'max-batch-records' = '100';\nSET 'poll-interval' = '20 ms';\n" + text)
+    sets = f"SET 'max-batch-records' = '{batch}';\nSET 'poll-interval' = '20 ms';\n"
+    path.write_text(sets + text)
     return path
 
 
@@ -257,3 +263,33 @@ def test_an_aggregate_of_an_aggregate_of_a_stream_rescaled_3_to_2(data: Data) ->
     ).fetchall()
     assert len(want) == 9
     assert sorted(got) == sorted(want)
+
+
+_runs = itertools.count()
+
+
+@settings(max_examples=3, deadline=None, suppress_health_check=list(HealthCheck))
+@given(
+    parallelisms=st.tuples(
+        st.sampled_from([2, 3]), st.sampled_from([1, 2, 3]), st.sampled_from([1, 2, 3])
+    ).filter(lambda p: p[0] != p[1] != p[2]),  # (at 1 first it is no parallel query)
+    stops=st.lists(st.floats(0.1, 0.9), min_size=2, max_size=2).map(sorted),
+    batch=st.integers(30, 400),
+)
+def test_q4_rescaled_at_any_split_points(
+    data: Data, parallelisms: tuple[int, int, int], stops: list[float], batch: int
+) -> None:
+    """Hypothesis over the parallelisms, the points the query is stopped at and its micro-batch
+    size: run at the first parallelism to the first stop, the second to the second, the third
+    to the end: DuckDB's answer, every source record read once."""
+    name = f"q4_split{next(_runs)}"
+    path = _file(data, name, batch)
+    for parallelism, fraction in zip(parallelisms, stops, strict=False):
+        query = _start(data, path, parallelism).start()
+        try:
+            wait_for(lambda q=query, n=READ * fraction: q.status()["rows_in"] >= n, 120)  # type: ignore[misc]
+        finally:
+            query.stop()
+        assert query.error is None
+    assert _to_the_end(data, path, parallelisms[-1])["rows_in"] == READ
+    assert _latest(data, name) == _want(data)
