@@ -220,6 +220,40 @@ def test_a_launcher_killed_inside_the_rescale_leaves_the_old_state(data: Data) -
     assert _latest(data, name) == _want(data)
 
 
+def test_first_stage_progress_of_its_own_under_stage_is_not_compared_between_tasks(
+    data: Data,
+) -> None:
+    """A first stage's own progress under ``stage/`` differs between its tasks by nature (its
+    sequence; the agents' build also records the offsets of the records it sent there,
+    ``stage/sent_at``): a state holding such an entry rescales, as one from this build does,
+    instead of refusing as if the drained tasks disagreed. DuckDB's answer, every record read
+    once."""
+    name = "q4_own_progress"
+    path = _file(data, name)
+    query = _start(data, path, 2).start()
+    try:
+        wait_for(lambda: query.status()["rows_in"] > READ // 3, timeout=120)
+    finally:
+        query.stop()
+    for task in range(2):  # as the agents' build leaves it: each task's own offsets
+        store = StateStore(data.queries / f"{name}.p2" / f"task-{task}")
+        try:
+            batch = store.batch()
+            batch.put_json(b"stage/sent_at", {"0": 10 + task, "1": 20 + task})
+            store.commit(batch)
+        finally:
+            store.close()
+
+    status = _to_the_end(data, path, 3)
+    assert status["rows_in"] == READ  # nothing read twice, nothing skipped
+    assert _latest(data, name) == _want(data)
+    store = StateStore(data.queries / f"{name}.p3" / "task-0")
+    try:  # the old tasks' offsets are no new task's
+        assert store.get_json(b"stage/sent_at") is None
+    finally:
+        store.close()
+
+
 NESTED = """CREATE STREAM IF NOT EXISTS ev (k BIGINT, g BIGINT, t TIMESTAMP(3), v BIGINT,
     WATERMARK FOR t AS t - INTERVAL '1' SECOND) WITH (topic = 'ev', format = 'json');
 SET 'max-batch-records' = '150';

@@ -84,7 +84,6 @@ from streamhouse.runtime.key_groups import key_groups, task_of, window_tasks
 from streamhouse.runtime.query import COUNTERS, PENDING, SINK, WATERMARK
 from streamhouse.runtime.routing import Routing, bare_column
 from streamhouse.runtime.sources import EVENT_TIME, SOURCE
-from streamhouse.runtime.stages import SEQUENCE as STAGE_SEQUENCE
 from streamhouse.runtime.two_phase import TwoPhaseCommit, transactional_id
 from streamhouse.sql import nodes
 from streamhouse.sql.aggregates import AggregateFunction
@@ -122,8 +121,13 @@ _U64 = struct.Struct(">Q")
 _SESSION_RUN = struct.Struct(">BQI")
 _BIAS = 1 << 63
 _COUNTERS = ("rows_in", "rows_out", "late_rows", "rejected_rows", "damaged_rows")
+STAGE_PROGRESS = b"stage/"
+"""The key prefix of a first stage's own progress on the second exchange (its sequence,
+:data:`~.stages.SEQUENCE`, and any other entry a build records there, such as the offsets of
+the records it sent): per task by nature, never one new task's (the new first stages number
+their batches afresh)."""
 _OWN_META = (
-    STAGE_SEQUENCE,
+    STAGE_PROGRESS,
     PENDING,
     SINK,
     WATERMARK,
