@@ -20,7 +20,9 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+import os
 import random
+import signal
 import subprocess
 import sys
 import threading
@@ -30,6 +32,7 @@ from pathlib import Path
 
 import duckdb
 import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -38,7 +41,10 @@ from parallel_cases import freeze, launched, wait_for
 
 import streamhouse
 from benchmarks.nexmark import NexmarkConfig, generate_tables, load, nexmark_query
+from streamhouse.runtime.exchange import stage_topic
 from streamhouse.runtime.parallel import ParallelQuery
+from streamhouse.runtime.query import PENDING
+from streamhouse.runtime.stages import SEQUENCE
 from streamhouse.state.store import ColumnFamily, StateStore
 
 CONFIG = NexmarkConfig.for_bids(1_500, events_per_second=200, seed=7)
@@ -251,6 +257,105 @@ def test_first_stage_progress_of_its_own_under_stage_is_not_compared_between_tas
             assert store.get_json(b"stage/sent_at") is None
         finally:
             store.close()
+    query.run_until_caught_up(final=True)
+    assert query.status()["rows_in"] == READ  # nothing read twice, nothing skipped
+    assert _latest(data, name) == _want(data)
+
+
+PARTIAL_HOOK = """
+import os, time
+from pathlib import Path
+
+mark = os.environ.get("STAGE_PARTIAL_MARK")
+if mark:
+    from streamhouse.runtime import stages
+
+    appended = stages.append_shares
+
+    def partial(log_, topic, parallelism, rows, shares, key, *args, **kwargs):
+        task, sequence = (int(x) for x in key.split(b":")[:2])
+        Path(f"{mark}.pid{task}").write_text(str(os.getpid()))
+        if task == 1 and sequence >= 3 and not Path(mark).exists():
+            appended(log_, topic, 1, rows, shares, key, *args, **kwargs)  # partition 0 only
+            Path(mark).write_text(f"{os.getpid()} {sequence}")
+            while True:  # hung before the rest of its append (killed -9 by the test)
+                time.sleep(60)
+        return appended(log_, topic, parallelism, rows, shares, key, *args, **kwargs)
+
+    stages.append_shares = partial
+"""
+
+PARTIAL_LAUNCHER = """
+import os, signal, sys, time
+from pathlib import Path
+import streamhouse
+from streamhouse.runtime.launch import start_query
+
+sh = streamhouse.connect(Path(sys.argv[1]), linger_ms=1)
+start_query(sh.engine, Path(sys.argv[2]), state_root=Path(sys.argv[1]) / "queries",
+            options={"parallelism": 2})
+mark = Path(os.environ["STAGE_PARTIAL_MARK"])
+while not mark.exists():
+    time.sleep(0.05)
+os.kill(os.getpid(), signal.SIGKILL)  # the launcher too: no restart finishes the batch
+"""
+
+
+def _gone(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] in "ZX"
+    except (OSError, IndexError):
+        return True
+
+
+def test_a_first_stage_killed_mid_append_is_replayed_by_the_drain(data: Data) -> None:
+    """A first stage killed -9 after its micro-batch's record reached partition 0 of the second
+    exchange and before partition 1 (and before its commit), its launcher killed too: the
+    rescale 2 -> 3 replays the batch from its intent (partition 0 gets it again, skipped by its
+    sequence; partition 1 gets it once) before the second stages drain. DuckDB's answer, every
+    source record read once."""
+    name = "q4_partial"
+    path = _file(data, name, 50)
+    hook = data.directory / "partial_hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(PARTIAL_HOOK)
+    mark = data.directory / "partial.mark"
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(hook), env.get("PYTHONPATH")) if p)
+    env["STAGE_PARTIAL_MARK"] = str(mark)
+    output = data.directory / "partial.log"  # a file: the hung task keeps a pipe open
+    with output.open("w") as stderr:
+        launcher = subprocess.Popen(
+            [sys.executable, "-c", PARTIAL_LAUNCHER, str(data.sh.settings.data_dir), str(path)],
+            stdout=stderr,
+            stderr=stderr,
+            env=env,
+        )
+        try:
+            assert launcher.wait(timeout=300) == -9, output.read_text()
+        finally:
+            launcher.kill()
+            if mark.exists():  # the hung task, whatever happened
+                os.kill(int(mark.read_text().split()[0]), signal.SIGKILL)
+    sequence = int(mark.read_text().split()[1])
+    pids = [int(Path(f"{mark}.pid{task}").read_text()) for task in range(2)]
+    wait_for(lambda: all(_gone(p) for p in pids), timeout=120)  # task 0: SIGTERM, its batch
+
+    root = data.queries / f"{name}.p2"
+    store = StateStore(root / "task-1")
+    try:  # the batch half sent: its intent pending, its sequence not committed
+        assert store.get_json(PENDING) is not None
+        assert (store.get_int(SEQUENCE) or 0) == sequence - 1
+    finally:
+        store.close()
+    sent = data.sh.fetch(stage_topic(name), isolation_level="read_uncommitted")
+    keyed = sent.filter(pc.starts_with(sent["key"].cast(pa.string()), f"1:{sequence}:"))
+    assert keyed["partition"].to_pylist() == [0]
+
+    query = _start(data, path, 3)
+    sent = data.sh.fetch(stage_topic(name), isolation_level="read_uncommitted")
+    keyed = sent.filter(pc.starts_with(sent["key"].cast(pa.string()), f"1:{sequence}:"))
+    assert sorted(keyed["partition"].to_pylist()) == [0, 0, 1]  # the replay: to both
     query.run_until_caught_up(final=True)
     assert query.status()["rows_in"] == READ  # nothing read twice, nothing skipped
     assert _latest(data, name) == _want(data)
