@@ -297,6 +297,33 @@ def finish(root: Path) -> None:
     marker.unlink()
 
 
+def start_after_exchanged(
+    log_: Log, plan: ContinuousPlan, routing: Routing, name: str, root: Path, parallelism: int
+) -> None:
+    """A state begun afresh (``root`` holds no task's store: a first run, or its state deleted
+    to run it afresh): each consuming side starts at the end of its exchange partition (the
+    second stages at theirs of the second exchange), not at its beginning. Records an earlier
+    run left there are no new producer's, whose batches number from 1 again: read, they would
+    count twice, and the new batches under their numbers would be skipped as replays."""
+    if routing.shape == "stateless":
+        return
+    if any(root.glob("task-*")) or any(root.glob("exchange-*")) or any(root.glob(f"{SECOND}*")):
+        return
+    sides = [("task-", exchange_topic(name, index), index) for index in range(len(plan.sources))]
+    if routing.stage is not None:
+        sides.append((SECOND, stage_topic(name), 0))
+    for store_name, topic, index in sides:
+        ends = _high_watermarks(log_, topic)
+        for task in range(parallelism):
+            store = StateStore(root / f"{store_name}{task}")
+            try:
+                batch = store.batch()
+                batch.put_int(partition_key(SOURCE + bytes([index]), task), ends[task])
+                store.commit(batch)
+            finally:
+                store.close()
+
+
 def _pending(path: Path, key: bytes = EXCHANGE_PENDING) -> bool:
     """Whether the producing side stored at ``path`` left a batch pending (``key``: the
     intent of another side, a first stage's micro-batch)."""
@@ -959,4 +986,4 @@ def _groups(table: pa.Table, columns: list[str], text: bool) -> np.ndarray:
     return key_groups(keys, columns)
 
 
-__all__ = ["finish", "rescalable", "rescale"]
+__all__ = ["finish", "rescalable", "rescale", "start_after_exchanged"]
