@@ -91,7 +91,13 @@ from streamhouse.runtime.query import (
     _format_time,
     planned_statement,
 )
-from streamhouse.runtime.rescale import KEYS_FILE, finish, rescale, upserts_by_key
+from streamhouse.runtime.rescale import (
+    KEYS_FILE,
+    finish,
+    rescale,
+    start_after_exchanged,
+    upserts_by_key,
+)
 from streamhouse.runtime.routing import plan_routing
 from streamhouse.runtime.sources import QuerySource
 from streamhouse.runtime.stages import Forward, StageCommit, StageSink
@@ -596,6 +602,8 @@ class ParallelQuery:
         self._results: ParallelResults | None = None  # a drain's results go to no caller
         self._rescale_from(state_root)
         ensure_topics(log_, self.plan, self.name, parallelism)
+        routing = plan_routing(self.plan)  # a state begun afresh: after an earlier run's records
+        start_after_exchanged(log_, self.plan, routing, self.name, self.root, parallelism)
         if on_results is not None or self.plan.sink_kind == "results":
             topic = results_topic(self.name)
             ensure_topic(
@@ -1007,6 +1015,9 @@ def run_task(spec: dict[str, Any]) -> None:
         try:
             if two:
                 query = spec_query(sh, spec, task, 2, spec.get("results_topic"))
+            if drain == "stages":  # a query of two: its first stage takes the first exchange
+                take_exchange(first)
+                return
             if drain == "consumers":
                 take_exchange(query)
                 return

@@ -22,7 +22,9 @@ state with the sequence number in one write batch (:class:`StageCommit`). A cras
 commit replays the batch from the intent: the same inputs over the same state make the same
 rows, under the same sequence number, which the second stage skips if it took it (it commits
 the last sequence taken per producer with its state and offsets, :class:`~.exchange.ExchangeSource`).
-The second stage's watermark is the minimum over the first stage's tasks.
+The second stage's watermark is the minimum over the first stage's tasks. Restarted at another
+parallelism, both stages' state moves by key group, the second exchange drained first
+(:mod:`.stage_rescale`).
 
 On ``serve`` agents (:mod:`.placement`) the intent must outlive the machine: a task moved to
 another agent resumes from its checkpoint in the object store, not from the local RocksDB that
