@@ -39,9 +39,11 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from streamhouse.errors import SqlError, StreamHouseError
+from streamhouse.log import Log
 from streamhouse.log.metadata import Metadata
 from streamhouse.log.metadata.checkpoints import QueryCheckpoint
 from streamhouse.log.metadata.leases import Lease
+from streamhouse.runtime.exchange import CHECKPOINTED_AT, exchange_topic
 from streamhouse.runtime.launch import QueryFile, declared
 from streamhouse.runtime.options import QueryOptions
 from streamhouse.runtime.task_state import task_checkpoint_name, task_root
@@ -51,7 +53,7 @@ from streamhouse.state.store import StateStore
 
 log = logging.getLogger(__name__)
 
-_STORES = ("task-", "exchange-")
+_STORES = ("task-", "exchange-", "stage2-")
 
 
 def parallelism_record(query: str) -> str:
@@ -106,6 +108,72 @@ def current_parallelism(metadata: Metadata, query: str) -> int | None:
             " run: rescaling it is not supported yet; run it at parallelism 1"
         )
     return current
+
+
+def begun(metadata: Metadata, query: str, parallelism: int) -> bool:
+    """Whether a task of ``query`` at ``parallelism`` recorded a checkpoint of its consuming
+    side on agents (else its state is new: a first run, or deleted to run it afresh)."""
+    return any(
+        _store_of(query, recorded.query) == (parallelism, f"task-{task}")
+        for recorded in metadata.list_query_checkpoints()
+        for task in range(parallelism)
+    )
+
+
+def begin_on_agents(
+    engine: Engine, query_file: QueryFile, work: Path, leases: Sequence[Lease]
+) -> bool:
+    """Begin ``query_file``'s query afresh on agents (no task's checkpoint at its parallelism:
+    see :func:`begun`), holding the lease of each of its tasks (``leases[i]``) so none runs:
+    publish each task's first checkpoints, its consuming sides at the end of their exchange
+    partitions (:func:`.rescale.start_after_exchanged`), so an earlier run's records left there
+    are never read. False when a task had begun (another agent did it first)."""
+    from streamhouse.runtime.parallel import ensure_topics, parallel_plan
+    from streamhouse.runtime.placement import writing_results
+    from streamhouse.runtime.rescale import start_after_exchanged
+    from streamhouse.runtime.routing import plan_routing
+
+    query_file = writing_results(query_file)  # as its tasks run it
+    name, options = query_file.name, QueryOptions().with_options(query_file.settings)
+    parallelism = options.parallelism
+    if begun(engine.log.metadata, name, parallelism):
+        return False
+    plan = parallel_plan(query_file.statement, options, declared(engine, query_file)._resolve)
+    ensure_topics(engine.log, plan, name, parallelism)
+    shutil.rmtree(work, ignore_errors=True)
+    root = task_root(work, name, parallelism)
+    root.mkdir(parents=True)
+    routing = plan_routing(plan)
+    start_after_exchanged(engine.log, plan, routing, name, root, parallelism)
+    for task in range(parallelism):  # (a stateless query's too: then it has begun)
+        StateStore(root / f"task-{task}").close()
+    if routing.shape != "stateless":  # what a producer catches up with starts at the ends too
+        _producers_after_exchanged(engine.log, len(plan.sources), name, root, parallelism)
+    _publish(engine, name, parallelism, root, leases)
+    shutil.rmtree(work, ignore_errors=True)
+    log.info("query %s: begun afresh at %d tasks", name, parallelism)
+    return True
+
+
+def _producers_after_exchanged(
+    log_: Log, sources: int, name: str, root: Path, parallelism: int
+) -> None:
+    """Each producing side's store (``exchange-<task>[-<source>]``) marked as copied at the
+    end of its exchange: the batches an earlier run's producers left there are no new
+    producer's to catch up with (:meth:`~.exchange.ExchangeWriter.recover`)."""
+    from streamhouse.runtime.rescale import _high_watermarks
+
+    for index in range(sources):
+        ends = _high_watermarks(log_, exchange_topic(name, index))
+        suffix = "" if index == 0 else f"-{index}"
+        for task in range(parallelism):
+            store = StateStore(root / f"exchange-{task}{suffix}")
+            try:
+                batch = store.batch()
+                batch.put_json(CHECKPOINTED_AT, {str(t): end for t, end in ends.items()})
+                store.commit(batch)
+            finally:
+                store.close()
 
 
 def with_parallelism(query_file: QueryFile, parallelism: int) -> QueryFile:
@@ -264,6 +332,8 @@ def _publish(
 
 
 __all__ = [
+    "begin_on_agents",
+    "begun",
     "checkpointed",
     "current_parallelism",
     "delete_moved",

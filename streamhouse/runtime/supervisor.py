@@ -35,6 +35,8 @@ from streamhouse.errors import FencedError, SqlError, StreamHouseError
 from streamhouse.log.metadata import Metadata
 from streamhouse.log.metadata.leases import Lease
 from streamhouse.runtime.agent_rescale import (
+    begin_on_agents,
+    begun,
     checkpointed,
     current_parallelism,
     renewing,
@@ -216,15 +218,24 @@ class QuerySupervisor:
             held.retry_at = time.monotonic() + RETRY_FAILED_S
             return True
         if current is None or current == held.parallelism:
-            self._scaled.add(name)
-            return False
+            if begun(self.metadata, name, held.parallelism):
+                self._scaled.add(name)
+                return False
+            current = None  # its state is new: begun first (an earlier run's exchange records)
         if held.task == 0:
             self._rescale(held, current)
         return True
 
-    def _rescale(self, held: _Held, current: int) -> None:
+    def _rescale(self, held: _Held, current: int | None) -> None:
         """Move ``held``'s query's state from parallelism ``current`` to its file's, holding
-        the rescale lease and every task's lease of both (none taken: try again next round)."""
+        the rescale lease and every task's lease of both (none taken: try again next round);
+        ``current`` None: begin its state afresh (:func:`.agent_rescale.begin_on_agents`)."""
+        # this agent's other tasks wait: a lease this agent holds here is theirs to take again
+        # (same holder, same epoch), and released below under them
+        with self._placing:
+            self._move(held, current or held.parallelism)
+
+    def _move(self, held: _Held, current: int) -> None:
         name = held.query_file.name
         pointer = self.metadata.acquire_lease(rescale_lease_name(name), self.holder, self.ttl_ms)
         if pointer is None:
@@ -239,11 +250,17 @@ class QuerySupervisor:
                     log.info("query %s: task %d still runs elsewhere; rescaling later", name, task)
                     return
                 leases.append(lease)
-            log.warning(
-                "query %s: moving its state from %d to %d tasks", name, current, held.parallelism
-            )
             with renewing(self.metadata, [pointer, *leases], self.ttl_ms):
                 work = self.state_root / f"rescale-{name}"
+                if current == held.parallelism:
+                    begin_on_agents(self.engine, held.query_file, work, leases)
+                    return
+                log.warning(
+                    "query %s: moving its state from %d to %d tasks",
+                    name,
+                    current,
+                    held.parallelism,
+                )
                 rescale_on_agents(self.engine, held.query_file, self.holder, work, leases, pointer)
         except Exception as exc:  # noqa: BLE001 (the query alone waits; tried again later)
             log.error(
