@@ -43,7 +43,7 @@ from streamhouse.log import Log
 from streamhouse.log.metadata import Metadata
 from streamhouse.log.metadata.checkpoints import QueryCheckpoint
 from streamhouse.log.metadata.leases import Lease
-from streamhouse.runtime.exchange import CHECKPOINTED_AT, exchange_topic
+from streamhouse.runtime.exchange import CHECKPOINTED_AT, exchange_topic, stage_topic
 from streamhouse.runtime.launch import QueryFile, declared
 from streamhouse.runtime.options import QueryOptions
 from streamhouse.runtime.task_state import task_checkpoint_name, task_root
@@ -149,6 +149,8 @@ def begin_on_agents(
         StateStore(root / f"task-{task}").close()
     if routing.shape != "stateless":  # what a producer catches up with starts at the ends too
         _producers_after_exchanged(engine.log, len(plan.sources), name, root, parallelism)
+    if routing.stage is not None:  # and what a first stage replays, at the second exchange's
+        _first_stages_after_sent(engine.log, name, root, parallelism)
     _publish(engine, name, parallelism, root, leases)
     shutil.rmtree(work, ignore_errors=True)
     log.info("query %s: begun afresh at %d tasks", name, parallelism)
@@ -174,6 +176,25 @@ def _producers_after_exchanged(
                 store.commit(batch)
             finally:
                 store.close()
+
+
+def _first_stages_after_sent(log_: Log, name: str, root: Path, parallelism: int) -> None:
+    """Each first stage's store (``task-<task>``) as if it had sent the second exchange's last
+    records: an earlier run's first stages' batches there are none of the new ones' to replay
+    (:func:`~.stages.sent_after_checkpoint`)."""
+    from streamhouse.runtime.rescale import _high_watermarks
+    from streamhouse.runtime.stages import SENT_AT
+
+    ends = _high_watermarks(log_, stage_topic(name))
+    sent_at = {str(p): end - 1 for p, end in ends.items() if end > 0}
+    for task in range(parallelism):
+        store = StateStore(root / f"task-{task}")
+        try:
+            batch = store.batch()
+            batch.put_json(SENT_AT, sent_at)
+            store.commit(batch)
+        finally:
+            store.close()
 
 
 def with_parallelism(query_file: QueryFile, parallelism: int) -> QueryFile:
