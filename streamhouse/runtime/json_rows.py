@@ -16,7 +16,7 @@ import pyarrow as pa
 
 from streamhouse.native import load as native_library
 
-__all__ = ["json_name", "json_objects"]
+__all__ = ["Scratch", "json_name", "json_objects"]
 
 _write = native_library(__file__, "_json_rows", "encode_json_rows", 7)
 
@@ -60,10 +60,28 @@ def _kind(data_type: pa.DataType) -> int | None:
     return _KINDS.get(data_type)
 
 
-def json_objects(table: pa.Table) -> pa.Array | None:
+class Scratch:
+    """Memory the text of :func:`json_objects` is written to, kept from call to call: a
+    micro-batch's text is tens of MB, and memory fresh from the system costs the kernel as
+    much to clear as the writing does. An array written to it is valid until the next call
+    with it (a sink encodes, frames a copy in record batches, then drops the text)."""
+
+    def __init__(self) -> None:
+        self._memory = np.empty(0, np.uint8)
+
+    def take(self, size: int) -> np.ndarray:
+        """At least ``size`` bytes (the memory kept, unless too small or four times too
+        large: then new memory, kept instead)."""
+        if not size <= len(self._memory) <= 4 * size:
+            self._memory = np.empty(size, np.uint8)
+        return self._memory
+
+
+def json_objects(table: pa.Table, scratch: Scratch | None = None) -> pa.Array | None:
     """Each row of ``table`` as a JSON object (``{"column":value,...}`` in column order), a
-    binary array; None where the C writer is not built or does not write the table (a column
-    type it does not take, no columns, names DuckDB renames, a date it does not write)."""
+    binary array (in ``scratch``'s memory if given); None where the C writer is not built or
+    does not write the table (a column type it does not take, no columns, names DuckDB
+    renames, a date it does not write)."""
     names = table.column_names
     # DuckDB renames an empty name (or one with a NUL: a C string's end) and one that
     # differs from another only in case (its names are case-insensitive): left to it
@@ -88,7 +106,7 @@ def json_objects(table: pa.Table) -> pa.Array | None:
     string_bytes = sum(_text_bytes(column) for column in table.columns)
     fixed = n * (1 + len(text) + _SCALAR * len(names)) + 2 * _SCALAR
     for capacity in (fixed + string_bytes, fixed + 6 * string_bytes):
-        out = np.empty(capacity, np.uint8)
+        out = scratch.take(capacity) if scratch is not None else np.empty(capacity, np.uint8)
         offsets = np.empty(n + 1, np.int32)
         written = _write_batches(table, text, starts, out, offsets)
         if written != _ERR_SPACE:

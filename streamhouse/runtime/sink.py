@@ -31,7 +31,7 @@ from streamhouse.log import Log
 from streamhouse.log.metadata.leases import Lease
 from streamhouse.log.partitioner import partitions_for_keys
 from streamhouse.log.records import Compression, build_batch
-from streamhouse.runtime.json_rows import json_objects
+from streamhouse.runtime.json_rows import Scratch, json_objects
 
 if TYPE_CHECKING:
     import duckdb
@@ -119,11 +119,14 @@ def encode_rows(table: pa.Table, key_columns: list[str]) -> tuple[list[bytes], l
     return values.to_pylist(), key_list
 
 
-def encode_columns(table: pa.Table, key_columns: list[str]) -> tuple[pa.Array, pa.Array | None]:
-    """(JSON values, keys or None) of ``table``'s rows as Arrow binary arrays, in order."""
+def encode_columns(
+    table: pa.Table, key_columns: list[str], scratch: Scratch | None = None
+) -> tuple[pa.Array, pa.Array | None]:
+    """(JSON values, keys or None) of ``table``'s rows as Arrow binary arrays, in order (the
+    values in ``scratch``'s memory if given and written in C: valid until its next use)."""
     if table.num_rows == 0:
         return pa.array([], pa.binary()), None
-    values = json_objects(table)
+    values = json_objects(table, scratch)
     if values is None:
         return _by_duckdb(table, key_columns, with_values=True)
     return values, _record_keys(table, key_columns)
@@ -198,6 +201,7 @@ class TopicSink:
         self.topic = topic
         self.key_columns = key_columns
         self.fence = fence
+        self._scratch = Scratch()  # the JSON text of each write, framed, then dropped
 
     def write(
         self,
@@ -215,7 +219,7 @@ class TopicSink:
         if "__key" in table.column_names:  # rows that carry their own record key
             explicit = table["__key"].combine_chunks().cast(pa.binary())
             table = table.drop_columns(["__key"])
-        values, keys = encode_columns(table, self.key_columns)
+        values, keys = encode_columns(table, self.key_columns, self._scratch)
         if explicit is not None:
             keys = explicit
         if tombstones:
