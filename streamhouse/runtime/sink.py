@@ -30,7 +30,8 @@ from streamhouse.errors import UnknownPartitionError
 from streamhouse.log import Log
 from streamhouse.log.metadata.leases import Lease
 from streamhouse.log.partitioner import partitions_for_keys
-from streamhouse.log.records import Compression, build_batch
+from streamhouse.log.records import Compression
+from streamhouse.log.records.build import batch_parts
 from streamhouse.runtime.json_rows import Scratch, json_objects
 
 if TYPE_CHECKING:
@@ -249,17 +250,15 @@ class TopicSink:
         for partition in written:
             rows = np.flatnonzero(assignment == partition)
             cuts = np.flatnonzero(np.diff(np.cumsum(sizes[rows] + 24) // limit)) + 1
-            batches = []
+            parts: list[bytes | memoryview] = []  # every batch's, joined once
             for chunk in np.split(rows, cuts):
                 stamp: dict[str, int] = {}
                 if transaction is not None:
                     stamp = transaction.stamp.batch_fields(self.topic, partition)
                     transaction.stamp.sent(self.topic, partition, len(chunk))
                 chunk_values, chunk_keys = _rows(values, keys, chunk)
-                batches.append(
-                    build_batch(chunk_values, chunk_keys, compression=Compression.LZ4, **stamp)
-                )
-            data[partition] = b"".join(batches)
+                parts += batch_parts(chunk_values, chunk_keys, compression=Compression.LZ4, **stamp)
+            data[partition] = b"".join(parts)
         # queued together: one flush for every partition, not the first alone then the rest
         for future in self.log.append_together(self.topic, data, fence=self.fence).values():
             future.result()
