@@ -1011,6 +1011,7 @@ class Engine:
             start_offsets=columnar.tail_starts if columnar else None,
             skip_damaged=self.skip_damaged,
             isolation=self.isolation,
+            parallel=True,
         )
         if source.rejected and not options.ignore_parse_errors:
             raise parse_failure(name, source.rejected[0])
