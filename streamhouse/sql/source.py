@@ -185,8 +185,13 @@ def _read_parallel(
             rejected_rows(topic, records, rejected),
         )
 
-    groups = scan.groups() or [[]]
-    done = [pool("scan").submit(rows_of, group) for group in groups]
+    workers = pool("scan")
+    # Groups small enough that every thread has several (a small topic, e.g. Nexmark's
+    # persons, is otherwise one group on one thread), not so small that their overhead shows.
+    records = sum(row.record_count for row, _ in scan.runs)
+    size = -(-records // (PARALLEL_GROUPS_PER_THREAD * workers._max_workers))
+    groups = scan.groups(min(SCAN_GROUP_RECORDS, max(PARALLEL_GROUP_RECORDS, size))) or [[]]
+    done = [workers.submit(rows_of, group) for group in groups]
     tables = []
     for future in done:
         table, read, rejected = future.result()
@@ -303,6 +308,12 @@ def _first_bytes(values: pa.ChunkedArray | pa.Array) -> np.ndarray:
 SCAN_GROUP_RECORDS = 1 << 16
 """Records decoded at a time by :func:`read_source`: the unit of its decode/parse pipeline
 (small enough that a micro-batch of a continuous query is several)."""
+
+
+PARALLEL_GROUP_RECORDS = 1 << 13
+"""The fewest records in a group of a parallel read (:func:`read_source`), unless a run holds
+fewer (groups are whole runs)."""
+PARALLEL_GROUPS_PER_THREAD = 3
 
 
 class RunScan:
