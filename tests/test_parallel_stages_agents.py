@@ -33,7 +33,7 @@ import streamhouse
 from benchmarks.nexmark import NexmarkConfig, generate_tables, json_values, nexmark_query
 from streamhouse.errors import FencedError, SqlError
 from streamhouse.log.metadata.leases import Lease
-from streamhouse.runtime.agent_rescale import current_parallelism, rescale_on_agents
+from streamhouse.runtime.agent_rescale import current_parallelism, renewing, rescale_on_agents
 from streamhouse.runtime.exchange import decode, stage_topic
 from streamhouse.runtime.launch import QueryFile
 from streamhouse.runtime.placement import AgentTask, task_lease_name
@@ -394,3 +394,85 @@ def test_q4_on_two_agents_one_killed_or_paused_mid_run_equals_duckdb(
         assert f"query {NAME}.p2.{store}: restored checkpoint" in log_text
     if fault == "pause":
         _until(lambda: "lease lost" in victim.log_path.read_text(), "the woken agent fenced")
+
+
+def test_a_first_stage_two_batches_past_its_checkpoint_the_last_sent_in_part_replays_both(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Task 1's first stage records a checkpoint after its first batch (so its state holds
+    where that batch's records landed), sends a second without one (as if by interval), and
+    dies between the appends of its third: partition 0 of the second exchange holds it,
+    partition 1 not, and task 0's second stage takes it meanwhile. Agent b restores the first
+    checkpoint and replays the second and third batches whole from their records' intents:
+    task 0 skips what it took, task 1 gets the third batch once, the sink holds DuckDB's
+    answer."""
+    caplog.set_level(logging.WARNING, logger="streamhouse.runtime.stages")
+    first_half, second_half = _halves()
+    with streamhouse.connect(tmp_path / "data") as sh:
+        _produce(sh, first_half)
+        run = Tasks(sh, tmp_path)
+        (zero, _), (one, old) = run.take(0, "a"), run.take(1, "a")
+        checkpoints = one.first.checkpoints
+        assert checkpoints is not None
+        publish, published = checkpoints.publish, []
+
+        def every_other(*args: Any) -> str:
+            published.append(len(published) + 1)
+            return publish(*args) if len(published) == 1 else "not taken"
+
+        monkeypatch.setattr(checkpoints, "publish", every_other)
+        for _ in range(2):
+            for writer in [*zero.writers, *one.writers]:
+                writer.step()
+            assert one.first.step()
+        for writer in [*zero.writers, *one.writers]:
+            writer.step()
+        together = sh.log.append_together
+
+        def to_partition_0_only(topic: str, records: dict, fence: Any = None) -> dict:
+            together(topic, {0: records[0]}, fence=fence)[0].result()
+            raise OSError("agent a died between its appends")
+
+        monkeypatch.setattr(sh.log, "append_together", to_partition_0_only)
+        with pytest.raises(OSError, match="between its appends"):
+            one.first.step()
+        monkeypatch.undo()
+        run.run([zero])  # task 0's second stage takes the third batch from partition 0
+        one.stop(checkpoint=False)
+        run.md.release_lease(old)
+
+        _produce(sh, second_half)
+        run.produce_into_exchange([zero])
+        one, lease = run.take(1, "b")
+        assert "first stage 1 replays 2 batch(es) it sent after its checkpoint" in caplog.text
+        run.run([zero, one])
+
+        keys = sh.fetch(stage_topic(NAME), isolation_level="read_uncommitted")["key"].to_pylist()
+        counts = {s: sum(k.startswith(f"1:{s}:".encode()) for k in keys) for s in (1, 2, 3)}
+        assert counts == {1: PARALLELISM, 2: 2 * PARALLELISM, 3: 1 + PARALLELISM}
+        assert _sent_once(sh) == PARALLELISM + 1
+        assert _answer(sh) == _duckdb()
+        for task in (zero, one):
+            task.stop()
+
+
+def test_renewing_while_a_task_starts_keeps_no_lease_that_ran_out(tmp_path: Path) -> None:
+    """An agent paused while it started a task wakes after its lease ran out: the renewals
+    made while the task starts (:func:`renewing`) neither revive the lease nor take it back
+    from the agent that took it meanwhile (at the next epoch)."""
+    with streamhouse.connect(tmp_path / "data") as sh:
+        md = sh.log.metadata
+        names = [task_lease_name(NAME, task) for task in range(2)]
+        expired, superseded = (md.acquire_lease(name, "a", 60_000) for name in names)
+        assert expired is not None and superseded is not None
+        for lease in (expired, superseded):
+            assert md.renew_lease(lease, 1)  # then it runs out (the agent paused)
+        time.sleep(0.05)
+        taken = md.acquire_lease(names[1], "b", 60_000)
+        assert taken is not None and taken.epoch == superseded.epoch + 1
+        with renewing(md, [expired, superseded], 150):
+            time.sleep(0.4)  # two rounds of renewals
+        (after_expired,) = md.list_leases(names[0])
+        (after_taken,) = md.list_leases(names[1])
+        assert (after_expired.holder, after_expired.live) == ("a", False)
+        assert (after_taken.holder, after_taken.epoch, after_taken.live) == ("b", taken.epoch, True)
