@@ -33,7 +33,7 @@ import streamhouse
 from benchmarks.nexmark import NexmarkConfig, generate_tables, json_values, nexmark_query
 from streamhouse.errors import FencedError, SqlError
 from streamhouse.log.metadata.leases import Lease
-from streamhouse.runtime.agent_rescale import current_parallelism, rescale_on_agents
+from streamhouse.runtime.agent_rescale import current_parallelism, renewing, rescale_on_agents
 from streamhouse.runtime.exchange import decode, stage_topic
 from streamhouse.runtime.launch import QueryFile
 from streamhouse.runtime.placement import AgentTask, task_lease_name
@@ -135,6 +135,23 @@ class Tasks:
         return agent_task, lease
 
     @staticmethod
+    def produce_a_batch(tasks: list[AgentTask]) -> None:
+        """A micro-batch of each producing side of ``tasks`` into the first exchange."""
+        for writer in [w for t in tasks for w in t.writers]:
+            writer.step()
+
+    def move(
+        self, task: AgentTask, lease: Lease, agent: str, more: dict[str, pa.Table], zero: AgentTask
+    ) -> tuple[AgentTask, Lease]:
+        """``task``'s agent dies (no last checkpoint); with ``more`` rows produced (and task
+        ``zero``'s producing side sending them into the first exchange), ``agent`` takes it."""
+        task.stop(checkpoint=False)
+        self.md.release_lease(lease)
+        _produce(self.sh, more)
+        self.produce_into_exchange([zero])
+        return self.take(task.task, agent)
+
+    @staticmethod
     def produce_into_exchange(tasks: list[AgentTask]) -> None:
         """Every source row of ``tasks``' partitions into the first exchange."""
         for writer in [w for t in tasks for w in t.writers]:
@@ -151,9 +168,25 @@ class Tasks:
                 progressed = task.step() or progressed
 
 
+OnAgentA = tuple[Tasks, AgentTask, AgentTask, Lease, dict[str, pa.Table]]
+
+
+@pytest.fixture
+def on_agent_a(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> Iterator[OnAgentA]:
+    """q4's tasks 0 and 1 taken by agent ``a`` (task 1's lease too) over the first half of the
+    rows, and the second half; the first stages' replays logged."""
+    caplog.set_level(logging.WARNING, logger="streamhouse.runtime.stages")
+    first_half, second_half = _halves()
+    with streamhouse.connect(tmp_path / "data") as sh:
+        _produce(sh, first_half)
+        run = Tasks(sh, tmp_path)
+        (zero, _), (one, old) = run.take(0, "a"), run.take(1, "a")
+        yield run, zero, one, old, second_half
+
+
 @pytest.mark.parametrize("lost", [1, 3])
 def test_a_first_stage_moved_after_its_append_replays_that_batch_from_its_record(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture, lost: int
+    on_agent_a: OnAgentA, caplog: pytest.LogCaptureFixture, lost: int
 ) -> None:
     """Task 1's agent appends its first stage's batch to the second exchange and dies before
     that batch's checkpoint is recorded (its state copy is older than what it sent; with
@@ -162,57 +195,47 @@ def test_a_first_stage_moved_after_its_append_replays_that_batch_from_its_record
     takes task 1 over: its first stage sends those batches again from the intents in their
     records, alike (not batches of the rows it finds now under the same sequence numbers, which
     the second stage would skip), and the sink holds DuckDB's answer."""
-    caplog.set_level(logging.WARNING, logger="streamhouse.runtime.stages")
-    first_half, second_half = _halves()
-    with streamhouse.connect(tmp_path / "data") as sh:
-        _produce(sh, first_half)
-        run = Tasks(sh, tmp_path)
-        (zero, _), (one, old) = run.take(0, "a"), run.take(1, "a")
-        published = 0
+    run, zero, one, old, second_half = on_agent_a
+    sh = run.sh
+    published = 0
 
-        def publish(*_: object) -> str:
-            nonlocal published
-            published += 1
-            if published == lost:
-                raise OSError("agent a died before recording the checkpoint")
-            return "not taken"
+    def publish(*_: object) -> str:
+        nonlocal published
+        published += 1
+        if published == lost:
+            raise OSError("agent a died before recording the checkpoint")
+        return "not taken"
 
-        one.first.checkpoints.publish = publish  # type: ignore[method-assign, union-attr]
-        for _ in range(lost):  # a batch of each producer, then one of task 1's first stage
-            for writer in [*zero.writers, *one.writers]:
-                writer.step()
-            if published == lost - 1:
-                with pytest.raises(OSError, match="died"):
-                    one.first.step()
-            else:
-                assert one.first.step()
-        run.run([zero])  # task 0's second stage takes its share of the batches
-        one.stop(checkpoint=False)
-        run.md.release_lease(old)
+    one.first.checkpoints.publish = publish  # type: ignore[method-assign, union-attr]
+    for _ in range(lost):  # a batch of each producer, then one of task 1's first stage
+        run.produce_a_batch([zero, one])
+        if published == lost - 1:
+            with pytest.raises(OSError, match="died"):
+                one.first.step()
+        else:
+            assert one.first.step()
+    run.run([zero])  # task 0's second stage takes its share of the batches
+    one, lease = run.move(one, old, "b", second_half, zero)  # with more rows for task 1
+    assert lease.epoch > old.epoch
+    assert f"first stage 1 replays {lost} batch(es) it sent after its checkpoint" in caplog.text
+    run.run([zero, one])
 
-        _produce(sh, second_half)
-        run.produce_into_exchange([zero])  # more rows for task 1's first stage to read
-        one, lease = run.take(1, "b")
-        assert lease.epoch > old.epoch
-        assert f"first stage 1 replays {lost} batch(es) it sent after its checkpoint" in caplog.text
-        run.run([zero, one])
-
-        keys = sh.fetch(stage_topic(NAME), isolation_level="read_uncommitted")["key"]
-        for sequence in range(1, lost + 1):  # each batch and its replay, in each partition
-            replayed = [k for k in keys.to_pylist() if k.startswith(f"1:{sequence}:".encode())]
-            assert len(replayed) == 2 * PARALLELISM
-        assert _sent_once(sh) == lost * PARALLELISM
-        assert _answer(sh) == _duckdb()
-        one._report(time.time())  # as its thread does about once a second
-        status = one.status()
-        assert (status["agent"], status["epoch"], sorted(status["offsets"])) == (
-            "b",
-            lease.epoch,
-            ["auction", "bid"],  # both sources its producing side reads (partition 1 of each)
-        )
-        assert status["state_bytes"] > one.query.store.size_bytes() > 0  # both stages' state
-        for task in (zero, one):
-            task.stop()
+    keys = sh.fetch(stage_topic(NAME), isolation_level="read_uncommitted")["key"]
+    for sequence in range(1, lost + 1):  # each batch and its replay, in each partition
+        replayed = [k for k in keys.to_pylist() if k.startswith(f"1:{sequence}:".encode())]
+        assert len(replayed) == 2 * PARALLELISM
+    assert _sent_once(sh) == lost * PARALLELISM
+    assert _answer(sh) == _duckdb()
+    one._report(time.time())  # as its thread does about once a second
+    status = one.status()
+    assert (status["agent"], status["epoch"], sorted(status["offsets"])) == (
+        "b",
+        lease.epoch,
+        ["auction", "bid"],  # both sources its producing side reads (partition 1 of each)
+    )
+    assert status["state_bytes"] > one.query.store.size_bytes() > 0  # both stages' state
+    for task in (zero, one):
+        task.stop()
 
 
 def test_a_first_stage_paused_past_its_lease_appends_nothing_to_the_second_exchange(
@@ -394,3 +417,104 @@ def test_q4_on_two_agents_one_killed_or_paused_mid_run_equals_duckdb(
         assert f"query {NAME}.p2.{store}: restored checkpoint" in log_text
     if fault == "pause":
         _until(lambda: "lease lost" in victim.log_path.read_text(), "the woken agent fenced")
+
+
+def test_a_first_stage_two_batches_past_its_checkpoint_the_last_sent_in_part_replays_both(
+    on_agent_a: OnAgentA, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Task 1's first stage records a checkpoint after its first batch (so its state holds
+    where that batch's records landed), sends a second without one (as if by interval), and
+    dies between the appends of its third: partition 0 of the second exchange holds it,
+    partition 1 not, and task 0's second stage takes it meanwhile. Agent b restores the first
+    checkpoint and replays the second and third batches whole from their records' intents:
+    task 0 skips what it took, task 1 gets the third batch once, the sink holds DuckDB's
+    answer."""
+    run, zero, one, old, second_half = on_agent_a
+    sh = run.sh
+    checkpoints = one.first.checkpoints
+    assert checkpoints is not None
+    publish, published = checkpoints.publish, []
+
+    def every_other(*args: Any) -> str:
+        published.append(len(published) + 1)
+        return publish(*args) if len(published) == 1 else "not taken"
+
+    monkeypatch.setattr(checkpoints, "publish", every_other)
+    for _ in range(2):
+        run.produce_a_batch([zero, one])
+        assert one.first.step()
+    run.produce_a_batch([zero, one])
+    together = sh.log.append_together
+
+    def to_partition_0_only(topic: str, records: dict, fence: Any = None) -> dict:
+        together(topic, {0: records[0]}, fence=fence)[0].result()
+        raise OSError("agent a died between its appends")
+
+    monkeypatch.setattr(sh.log, "append_together", to_partition_0_only)
+    with pytest.raises(OSError, match="between its appends"):
+        one.first.step()
+    monkeypatch.undo()
+    run.run([zero])  # task 0's second stage takes the third batch from partition 0
+    one, _ = run.move(one, old, "b", second_half, zero)
+    assert "first stage 1 replays 2 batch(es) it sent after its checkpoint" in caplog.text
+    run.run([zero, one])
+
+    keys = sh.fetch(stage_topic(NAME), isolation_level="read_uncommitted")["key"].to_pylist()
+    counts = {s: sum(k.startswith(f"1:{s}:".encode()) for k in keys) for s in (1, 2, 3)}
+    assert counts == {1: PARALLELISM, 2: 2 * PARALLELISM, 3: 1 + PARALLELISM}
+    assert _sent_once(sh) == PARALLELISM + 1
+    assert _answer(sh) == _duckdb()
+    for task in (zero, one):
+        task.stop()
+
+
+def test_renewing_while_a_task_starts_keeps_no_lease_that_ran_out(tmp_path: Path) -> None:
+    """An agent paused while it started a task wakes after its lease ran out: the renewals
+    made while the task starts (:func:`renewing`) neither revive the lease nor take it back
+    from the agent that took it meanwhile (at the next epoch)."""
+    with streamhouse.connect(tmp_path / "data") as sh:
+        md = sh.log.metadata
+        names = [task_lease_name(NAME, task) for task in range(2)]
+        expired, superseded = (md.acquire_lease(name, "a", 60_000) for name in names)
+        assert expired is not None and superseded is not None
+        for lease in (expired, superseded):
+            assert md.renew_lease(lease, 1)  # then it runs out (the agent paused)
+        time.sleep(0.05)
+        taken = md.acquire_lease(names[1], "b", 60_000)
+        assert taken is not None and taken.epoch == superseded.epoch + 1
+        with renewing(md, [expired, superseded], 150):
+            time.sleep(0.4)  # two rounds of renewals
+        (after_expired,) = md.list_leases(names[0])
+        (after_taken,) = md.list_leases(names[1])
+        assert (after_expired.holder, after_expired.live) == ("a", False)
+        assert (after_taken.holder, after_taken.epoch, after_taken.live) == ("b", taken.epoch, True)
+
+
+def test_a_first_stage_moved_again_after_replaying_one_of_two_batches_replays_the_other(
+    on_agent_a: OnAgentA, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Task 1's first stage sends two batches with no checkpoint recorded and its agent dies;
+    agent b replays the first of them (and records a checkpoint of it) and dies too. The second
+    batch's records lie before the replayed first's in the second exchange: agent c must still
+    find and replay the second from its intent, not send a batch of other rows under its
+    sequence number (which the second stage, having taken the first sending, would skip)."""
+    run, zero, one, old, second_half = on_agent_a
+    sh = run.sh
+    assert one.first.checkpoints is not None
+    monkeypatch.setattr(one.first.checkpoints, "publish", lambda *_: "not taken")
+    for _ in range(2):
+        run.produce_a_batch([zero, one])
+        assert one.first.step()
+    run.run([zero])  # task 0's second stage takes both batches of its share
+    one, lease = run.move(one, old, "b", second_half, zero)  # with more rows for task 1
+    assert "first stage 1 replays 2 batch(es)" in caplog.text
+    assert one.step()  # the first replayed (and its checkpoint recorded) ...
+    assert one.first.store.get_int(b"stage/sequence") == 1
+    caplog.clear()
+    one, _ = run.move(one, lease, "c", {}, zero)  # ... and agent b dies
+    assert "first stage 1 replays 1 batch(es)" in caplog.text
+    run.run([zero, one])
+    assert _sent_once(sh) == 2 * PARALLELISM  # batches 1 and 2 sent again once each
+    assert _answer(sh) == _duckdb()
+    for task in (zero, one):
+        task.stop()

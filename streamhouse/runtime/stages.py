@@ -67,6 +67,10 @@ SEQUENCE = b"stage/sequence"
 """The sequence number of the first stage's last micro-batch committed."""
 SENT_AT = b"stage/sent_at"
 """The offsets of that micro-batch's records in the second exchange (JSON, by partition)."""
+REPLAYED = "replayed"
+"""Set in the intent of a batch :func:`replay_next` sends again (not sent on in its header):
+its state keeps :data:`SENT_AT` of the checkpoint it was restored from, since the records of the
+batches after it lie before the replay's (see :func:`sent_after_checkpoint`)."""
 INTENT_HEADER = "streamhouse.intent"
 """The header of a first stage's record holding its micro-batch's intent (JSON, as its state
 held it: end offsets, watermark, processing time)."""
@@ -121,7 +125,8 @@ class StageCommit:
     def record(self, batch: StateBatch) -> None:
         if self.sent is not None:
             batch.put_int(SEQUENCE, self.sent)
-            batch.put_json(SENT_AT, {str(p): o for p, o in self.sent_at.items()})
+            if self.sent_at:  # (none for a replay: where to look for the later ones stays)
+                batch.put_json(SENT_AT, {str(p): o for p, o in self.sent_at.items()})
 
     def commit(self) -> None:
         if self.sent is not None:
@@ -176,12 +181,14 @@ class StageSink:
             shares = [owner == target for target in range(self.parallelism)]
         else:
             rows = None  # type: ignore[assignment]
-        intent = self.intent()
+        intent = dict(self.intent())
+        replayed = intent.pop(REPLAYED, False)
         key = f"{self.task}:{sequence}:{int(intent['watermark'])}:0".encode()
         headers = [(INTENT_HEADER, json.dumps(intent).encode())]
-        transaction.sent_at = append_shares(
+        sent_at = append_shares(
             self.log, self.topic, self.parallelism, rows, shares, key, headers, self.fence
         )
+        transaction.sent_at = {} if replayed else sent_at
         transaction.sent = sequence
 
 
@@ -190,8 +197,11 @@ def sent_after_checkpoint(
 ) -> list[dict[str, Any]]:
     """The intents of the micro-batches first-stage task ``task`` sent to ``topic`` after the
     one its state (``store``, restored from a checkpoint) committed, in order: those its
-    replay must send again alike (see module). On agents a first stage records a checkpoint
-    after every micro-batch it sends, so there is at most one."""
+    replay must send again alike (see module). They follow :data:`SENT_AT` in each partition:
+    the offsets of the last batch it sent anew (a replay's are after the batches that follow
+    it, so a replayed batch keeps the ones its state was restored with). Usually one (the
+    first stage records a checkpoint after every micro-batch it sends); more where a
+    checkpoint's upload failed or a move came during a replay."""
     sequence = store.get_int(SEQUENCE) or 0
     sent_at = {int(p): int(o) for p, o in (store.get_json(SENT_AT) or {}).items()}
     metadata = log_.metadata
@@ -241,7 +251,7 @@ def replay_next(store: StateStore, intents: list[dict[str, Any]]) -> None:
     next step runs, once the one before is committed."""
     if intents and store.get_json(PENDING) is None:
         batch = store.batch()
-        batch.put_json(PENDING, intents.pop(0))
+        batch.put_json(PENDING, {**intents.pop(0), REPLAYED: True})
         store.commit(batch)
 
 
