@@ -25,6 +25,10 @@ see :mod:`.placement`), so the move starts there:
    recorded there before step 2, so checkpoints at both never stand without a record of which
    is current). A crash before it leaves the query at N, moved again by the next agent; after it, the tasks at M
    start from the new checkpoints. The old checkpoints' objects are deleted last.
+
+A query with no task checkpoint at its parallelism (a first run, or its state deleted to run it
+afresh) is begun the same way, under the same leases (:func:`begin_on_agents`): each task's
+first checkpoints start it after the records an earlier run left in its exchange topics.
 """
 
 from __future__ import annotations

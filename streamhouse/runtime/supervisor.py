@@ -19,7 +19,8 @@ A query at parallelism N (``SET 'parallelism'``) is N such units, one lease per 
 over the agents running the query (:mod:`.placement`); so is a query at parallelism 1 whose
 state is of a parallel run. A query whose tasks' checkpoints are at another parallelism than
 its file's is rescaled first, by one agent, while the others take none of its tasks
-(:mod:`.agent_rescale`).
+(:mod:`.agent_rescale`); so is one with no task checkpoint at its parallelism begun (a first
+run, or its state deleted to run it afresh: :func:`~.agent_rescale.begin_on_agents`).
 """
 
 from __future__ import annotations
