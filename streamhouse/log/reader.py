@@ -77,6 +77,18 @@ class ObjectCache:
             self.misses += 1
         return self._store.get(key)
 
+    def run(self, row: SegmentRow) -> bytes:
+        """The bytes of ``row``'s run: its object's if cached, else the run's range alone from
+        the store (not cached)."""
+        with self._lock:
+            data = self._objects.get(row.object_key)
+            if data is not None:
+                self._objects.move_to_end(row.object_key)
+                self.hits += 1
+                return data
+            self.misses += 1
+        return self._store.get(row.object_key, row.position, row.position + row.length)
+
     def put(self, key: str, data: bytes) -> None:
         if len(data) > self._capacity:
             return
@@ -243,12 +255,13 @@ class LogReader:
         """:meth:`scan`, each run as its object holds it (checked, never re-stamped: no copy)
         with what to add to its batches' written base offsets for the offsets the index gave
         them. For a reader that takes the offsets from there (an exchange's: its runs are
-        appended by several processes at once, so most were written at other offsets)."""
+        appended by several processes at once, so most were written at other offsets). A run
+        of an object not in the cache is read alone (an exchange's object holds a run for
+        every task, each read by one task: the others' are not read)."""
         rows = self._rows(topic, partitions, start_offsets, end_offsets)
-        objects = {key: self._cache.get(key) for key in sorted({r.object_key for r in rows})}
         out = []
         for row in rows:
-            run = _check_run(objects[row.object_key], row)
+            run = _check_run(self._cache.run(row), row)
             delta = row.base_offset - first_base_offset(run)
             start = start_offsets.get(row.partition, 0)
             if row.base_offset < start:
