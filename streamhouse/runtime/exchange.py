@@ -8,9 +8,9 @@ partition: the rows of the key groups that partition's task owns — for a TUMBL
 CUMULATE aggregate, their partial aggregates per key and pane instead (two-phase aggregation,
 as Flink's local/global: a windowed COUNT ships a row per key and pane, not per event); for a
 join, Top-N or deduplication, the source rows as read (one exchange topic per source,
-``<query>.exchange`` then ``<query>.exchange1``, see :mod:`.routing`) — as an Arrow IPC stream,
-and
-the record key ``<task>:<sequence>:<watermark>:<idle>``. Every record carries the producer's
+``<query>.exchange`` then ``<query>.exchange1``, see :mod:`.routing`) — as an Arrow IPC stream
+(written into its record and read back in place: :mod:`.exchange_records`), and the record key
+``<task>:<sequence>:<watermark>:<idle>``. Every record carries the producer's
 watermark, also when it holds no rows, so a consuming task's watermark (the minimum over the
 producing tasks, :class:`ExchangeSource`) moves on even for key groups without new rows. A
 producer computes its watermark without its idle partitions (as at parallelism 1); one whose
