@@ -106,7 +106,8 @@ def test_batches_of_an_earlier_version_read_alike(tmp_path: Path) -> None:
         values = [r.value for r in records]
         assert values[2] is not None and values[2].size == 0
         tables = [pa.ipc.open_stream(v).read_all() for v in values if v is not None and v.size]
-        assert [t.equals(e) for t, e in zip(tables, [rows, rows.slice(0, 9), rows])] == [True] * 3
+        expected = [rows, rows.slice(0, 9), rows]
+        assert [t.equals(e) for t, e in zip(tables, expected, strict=True)] == [True] * 3
         # from inside the batch of two: only the second record
         assert [r.offset for r in read_exchange(log_, TOPIC, [0], {0: 2}, {0: 3})] == [2]
 
