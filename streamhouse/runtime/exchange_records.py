@@ -33,9 +33,11 @@ import pyarrow as pa
 
 from streamhouse.errors import CorruptRecordError
 from streamhouse.log import Log
+from streamhouse.log.isolation import Isolation
 from streamhouse.log.records import BATCH_OVERHEAD, Compression, decode_batches, read_header
 from streamhouse.log.records.header import CRC_COVERED, FRAMING, LENGTH_END
 from streamhouse.log.records.varints import encode_varint, read_varint
+from streamhouse.sql.source import RunScan
 
 _CRC_START = FRAMING.size  # the CRC covers the batch from its attributes on
 _NO_PRODUCER = -1
@@ -117,6 +119,11 @@ def read_exchange(
 ) -> list[ExchangeRecord]:
     """The records of ``topic``'s ``partitions`` at offsets ``[starts[p], ends[p])``, in order,
     their values views of the segment objects (see the module's docstring)."""
+    # the bounds a scan of the records has (the topic known, no start below the log's)
+    bounds = RunScan(
+        log_, topic, partitions, starts, ends, read=False, isolation=Isolation.READ_UNCOMMITTED
+    )
+    starts = bounds.starts
     out: list[ExchangeRecord] = []
     for row, run, delta in log_.reader.scan_as_written(topic, partitions, starts, ends):
         start, end = starts.get(row.partition, 0), ends[row.partition]
