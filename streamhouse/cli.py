@@ -613,7 +613,7 @@ def serve(
     from streamhouse.kafka.acls import super_users_of
     from streamhouse.kafka.listeners import listeners_of, server_tls_context
     from streamhouse.kafka.sasl import enabled_mechanisms
-    from streamhouse.kafka.server import favour_waiting_threads
+    from streamhouse.kafka.server import favour_waiting_threads, freeze_startup_objects
     from streamhouse.kafka.server import serve as serve_kafka
     from streamhouse.log.metadata import sqlite_path
 
@@ -667,6 +667,7 @@ def serve(
             with contextlib.suppress(asyncio.CancelledError):
                 await serving
 
+        freeze_startup_objects()
         try:
             asyncio.run(until_signalled())
         finally:

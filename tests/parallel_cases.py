@@ -1,8 +1,11 @@
 """Helpers for the tests of parallel continuous queries: run a query file to the end of its
-sources at a parallelism, and wait for a condition on a running one."""
+sources at a parallelism, wait for a condition on a running one, freeze a task process."""
 
 from __future__ import annotations
 
+import os
+import signal
+import sqlite3
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -37,3 +40,22 @@ def wait_for(predicate: Callable[[], bool], timeout: float = 60.0) -> None:
     while not predicate():
         assert time.monotonic() < deadline, "timed out"
         time.sleep(0.05)
+
+
+def freeze(pid: int, store: Path) -> None:
+    """SIGSTOP process ``pid`` at a moment it holds no write transaction of the SQLite store
+    (one frozen inside its BEGIN IMMEDIATE would hold every other process of the store to
+    'database is locked'): stopped, then let go and stopped again until a writer gets in."""
+    for _ in range(100):
+        os.kill(pid, signal.SIGSTOP)
+        conn = sqlite3.connect(store, timeout=2.0, isolation_level=None)
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute("ROLLBACK")
+            return
+        except sqlite3.OperationalError:
+            os.kill(pid, signal.SIGCONT)
+            time.sleep(0.02)
+        finally:
+            conn.close()
+    raise AssertionError(f"process {pid} held the store's write lock at every try")

@@ -154,6 +154,90 @@ def test_a_value_that_does_not_parse_fails_the_stream_naming_it(
         ]  # the bad record is pruned away, never read
 
 
+@pytest.mark.parametrize(
+    "window",
+    [
+        "TUMBLE(TABLE {s}, DESCRIPTOR(ts), INTERVAL '10' SECOND)",
+        "HOP(TABLE {s}, DESCRIPTOR(ts), INTERVAL '5' SECOND, INTERVAL '10' SECOND)",
+        "CUMULATE(TABLE {s}, DESCRIPTOR(ts), INTERVAL '5' SECOND, INTERVAL '10' SECOND)",
+    ],
+)
+def test_a_window_over_a_stream_reads_its_streaming_scan_and_its_bad_values(
+    tmp_path: Path, small_pieces: None, window: str
+) -> None:
+    """Windows of a stream without an Iceberg table are added by DataFusion over the stream's
+    streaming scan: the counts are DuckDB's over the good rows; a value that does not parse is
+    left out and reported (or fails the query naming it, 'json.ignore-parse-errors' false)."""
+    with streamhouse.connect(tmp_path / "data") as sh:
+        for name, ignore in (("loose", "true"), ("strict", "false")):
+            sh.sql(
+                f"CREATE STREAM {name} (k BIGINT, ts TIMESTAMP(3)) WITH ('topic' = 'e', "
+                f"'json.ignore-parse-errors' = '{ignore}')"
+            )
+        good = [{"k": i % 3, "ts": BASE_MS + i * 700} for i in range(900)]
+        sh.produce("e", good[:450])
+        sh.produce("e", [b'{"k": 1, "ts": "not a time"}'])
+        sh.produce("e", good[450:])
+        select = (
+            "SELECT k, window_start, window_end, count(*) AS n FROM TABLE({w}) "
+            "GROUP BY k, window_start, window_end ORDER BY k, window_start, window_end"
+        )
+        scans = []
+        original = scan_module.TopicScan.__init__
+
+        def recording(self: scan_module.TopicScan, *args: object, **kwargs: object) -> None:
+            original(self, *args, **kwargs)
+            scans.append(self)
+
+        scan_module.TopicScan.__init__ = recording  # type: ignore[method-assign]
+        try:
+            relation = sh.sql(select.format(w=window.format(s="loose")))
+            got = [tuple(r) for r in relation.fetchall()]
+        finally:
+            scan_module.TopicScan.__init__ = original  # type: ignore[method-assign]
+        assert [s.topic for s in scans] == ["e"]  # the window's rows came from the scan
+        assert [r.offset for r in scans[0].rejected] == [450]
+        con = duckdb.connect()
+        con.execute("SET TimeZone = 'UTC'")
+        rows = pa.table({"k": [r["k"] for r in good], "ms": [r["ts"] for r in good]})
+        con.register("loose", rows)
+        duck = window.format(s="loose").replace("TABLE loose", "loose")
+        size, slide = 10_000, 5_000 if "TUMBLE" not in window else 10_000
+        expected = _window_counts(con, duck, size, slide, cumulate="CUMULATE" in window)
+        assert got == expected
+        with pytest.raises(
+            SqlError, match=r"partition 0 offset 450: .*'json.ignore-parse-errors' is 'false'"
+        ):
+            sh.sql(select.format(w=window.format(s="strict"))).to_arrow_table()
+
+
+def _window_counts(
+    con: duckdb.DuckDBPyConnection, _tvf: str, size: int, slide: int, cumulate: bool
+) -> list[tuple]:
+    """Per key, each window's count of rows (epoch-aligned windows of ``size`` ms, one
+    every ``slide`` ms; cumulating: the ``slide``-ms steps of each ``size``-ms window)."""
+    indexes = ", ".join(f"({i})" for i in range(size // slide))
+    steps = ", ".join(f"({i})" for i in range(1, size // slide + 1))
+    if cumulate:
+        windows = f"""
+            SELECT k, ms - ms % {size} AS ws, ms - ms % {size} + step * {slide} AS we
+            FROM loose,
+                 (VALUES {steps}) AS r(step)
+            WHERE ms - ms % {size} + step * {slide} > ms"""
+    else:
+        windows = f"""
+            SELECT k, ms - ms % {slide} - i * {slide} AS ws,
+                   ms - ms % {slide} - i * {slide} + {size} AS we
+            FROM loose, (VALUES {indexes}) AS r(i)"""
+    return [
+        tuple(r)
+        for r in con.sql(
+            f"SELECT k, make_timestamp(ws * 1000), make_timestamp(we * 1000), count(*) "
+            f"FROM ({windows}) GROUP BY k, ws, we ORDER BY k, ws, we"
+        ).fetchall()
+    ]
+
+
 @pytest.fixture
 def many_objects(tmp_path: Path, small_pieces: None) -> Iterator[tuple[StreamHouse, list]]:
     """A declared stream over 40 objects, one partition each (round-robin), 100 records

@@ -7,6 +7,7 @@ StreamHouse query covers the letters against Java itself (``test_flink_functions
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import datafusion
@@ -20,6 +21,7 @@ import streamhouse
 from streamhouse.sql.date_format import FORMAT_DISTINCT, date_format_sql
 from streamhouse.sql.functions import functions, to_datafusion
 from streamhouse.sql.parse import parse_one
+from streamhouse.sql.plan import plan_query
 
 CHEAP_FIELDS = ["yyyy", "uuuu", "MM", "MMM", "MMMM", "dd", "DDD", "HH", "hh", "mm", "ss"]
 CHEAP_FIELDS += ["E", "EEE", "EEEE", "a", "ccc"]
@@ -143,4 +145,53 @@ def test_unaliased_outputs_keep_their_names(tmp_path: Path) -> None:
             assert [sorted(map(str, r.values())) for r in rows] in (
                 [["1", "10"]],
                 [["1", "10", "10"]],
+            )
+
+
+def test_continuous_unaliased_outputs_take_the_cheap_path_under_their_names(
+    tmp_path: Path,
+) -> None:
+    """A continuous filter/projection (Nexmark q10) aliases its unaliased outputs by position,
+    so DATE_FORMAT takes the cheap path, and gives the columns back DataFusion's names of the
+    ``to_char`` form: the sink's records are what they were (keys and values), for rows
+    before 1970 (``to_char``) and NULLs too."""
+    select = (
+        "SELECT n, DATE_FORMAT(ts, 'yyyy-MM-dd'), DATE_FORMAT(ts, 'HH:mm'), n * 2 FROM s"
+        " WHERE n >= 0"
+    )
+    plan = plan_query(parse_one(f"INSERT INTO out {select}"))
+    assert FORMAT_DISTINCT in plan.operator.sql.lower()
+    assert plan.operator.names_sql == to_datafusion(parse_one(select))
+    times = ["2025-11-27 10:11:12", None, "1969-12-31 23:59:59.999", "2025-11-28 00:00:00"]
+    with streamhouse.connect(tmp_path / "data", linger_ms=1) as sh:
+        sh.sql(
+            "CREATE STREAM s (n INT, ts TIMESTAMP(3), WATERMARK FOR ts AS ts) "
+            "WITH (topic = 's', format = 'json')"
+        )
+        sh.produce("s", [{"n": i, "ts": t} for i, t in enumerate(times)])
+        query = sh.start(f"INSERT INTO out {select}", name="q10_like")
+        try:
+            query.run_until_caught_up(final=True)
+        finally:
+            query.stop()
+        records = [json.loads(v) for v in sh.fetch("out")["value"].to_pylist()]
+    names = ['to_char(s.ts,Utf8("%Y-%m-%d"))', 'to_char(s.ts,Utf8("%H:%M"))', "s.n * Int64(2)"]
+    days = ["2025-11-27", None, "1969-12-31", "2025-11-28"]
+    hours = ["10:11", None, "23:59", "00:00"]
+    assert [list(r) for r in records] == [["n", *names]] * 4
+    assert [[r[k] for k in names] for r in records] == [
+        [d, h, 2 * i] for i, (d, h) in enumerate(zip(days, hours, strict=True))
+    ]
+
+
+def test_continuous_duplicate_unaliased_outputs_are_refused_at_start(tmp_path: Path) -> None:
+    """Two unaliased outputs DataFusion names alike: the query is refused when it starts (as
+    the ``to_char`` form was), not at its first micro-batch."""
+    with streamhouse.connect(tmp_path / "data", linger_ms=1) as sh:
+        sh.sql("CREATE STREAM s (ts TIMESTAMP(3)) WITH (topic = 's', format = 'json')")
+        sh.produce("s", [{"ts": "2025-11-27 10:11:12"}])
+        with pytest.raises(streamhouse.SqlError, match="unique"):
+            sh.start(
+                "INSERT INTO out SELECT DATE_FORMAT(ts, 'HH'), DATE_FORMAT(ts, 'HH') FROM s",
+                name="twice",
             )

@@ -10,19 +10,31 @@ import struct
 import uuid
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from kio.serial import entity_writer
 
 from streamhouse.errors import ProtocolError
 from streamhouse.kafka.fetch import PartitionRead, encode_fetch_response
 from streamhouse.kafka.metadata import _partitions
 from streamhouse.kafka.produce import encode_produce_response, parse_produce
+from streamhouse.kafka.txn_codec import add_partitions_body, end_txn_body
 from streamhouse.kafka.versions import SUPPORTED
-from streamhouse.kafka.wire import ErrorCode, encode_response, make, messages, parse_request
+from streamhouse.kafka.wire import (
+    ErrorCode,
+    body_frame,
+    encode_response,
+    make,
+    messages,
+    parse_request,
+)
 from streamhouse.log.records import build_batch
 
 PRODUCE_VERSIONS = range(SUPPORTED[0][0], SUPPORTED[0][1] + 1)
 FETCH_VERSIONS = range(SUPPORTED[1][0], SUPPORTED[1][1] + 1)
 METADATA_VERSIONS = range(SUPPORTED[3][0], SUPPORTED[3][1] + 1)
+ADD_PARTITIONS_VERSIONS = range(SUPPORTED[24][0], SUPPORTED[24][1] + 1)
+END_TXN_VERSIONS = range(SUPPORTED[26][0], SUPPORTED[26][1] + 1)
 
 
 def _request_frame(version: int, client_id: str | None = "c", **fields: object) -> bytes:
@@ -242,3 +254,49 @@ def test_metadata_response_matches_kio(version: int) -> None:
     frame = encode_response(5, response)
     assert frame[-len(by_kio.getvalue()) :] == by_kio.getvalue()
     assert len(frame) - len(by_kio.getvalue()) in (8, 9)  # length, correlation id, tags
+
+
+_ERROR_CODES = st.sampled_from(list(ErrorCode))
+_PARTITION_RESULTS = st.lists(st.tuples(st.integers(-(2**31), 2**31 - 1), _ERROR_CODES))
+
+
+@given(
+    version=st.sampled_from(ADD_PARTITIONS_VERSIONS),
+    correlation_id=st.integers(-(2**31), 2**31 - 1),
+    topics=st.lists(st.tuples(st.text(max_size=40), _PARTITION_RESULTS), max_size=4),
+)
+def test_add_partitions_response_matches_kio(
+    version: int, correlation_id: int, topics: list[tuple[str, list[tuple[int, ErrorCode]]]]
+) -> None:
+    module = messages(24, version, True)
+    expected = make(
+        module.AddPartitionsToTxnResponse,
+        throttle_time=0,
+        results_by_topic_v3_and_below=tuple(
+            module.AddPartitionsToTxnTopicResult(
+                name=name,
+                results_by_partition=tuple(
+                    module.AddPartitionsToTxnPartitionResult(
+                        partition_index=index, partition_error_code=error
+                    )
+                    for index, error in partitions
+                ),
+            )
+            for name, partitions in topics
+        ),
+    )
+    got = body_frame(correlation_id, add_partitions_body(topics))
+    assert got == encode_response(correlation_id, expected)
+
+
+@given(
+    version=st.sampled_from(END_TXN_VERSIONS),
+    correlation_id=st.integers(-(2**31), 2**31 - 1),
+    error=_ERROR_CODES,
+)
+def test_end_txn_response_matches_kio(version: int, correlation_id: int, error: ErrorCode) -> None:
+    module = messages(26, version, True)
+    expected = make(module.EndTxnResponse, throttle_time=0, error_code=error)
+    assert body_frame(correlation_id, end_txn_body(error)) == encode_response(
+        correlation_id, expected
+    )

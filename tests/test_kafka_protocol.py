@@ -119,6 +119,40 @@ def test_responses_to_pipelined_requests_come_in_order(
             assert got == correlation
 
 
+def test_answers_ready_at_once_wait_for_the_ones_ahead(
+    kafka_server: KafkaServer, new_topic
+) -> None:
+    """Answers a raw handler has at once (a produce refused, a fetch with data) skip the
+    sending loop only while nothing ahead of them is unwritten: behind a long poll or a
+    request handled by a task they queue, and come in request order."""
+    topic = new_topic(partitions=1)
+    with RawClient(kafka_server.bootstrap) as client:
+        _produce(client, topic, 0, build_batch([b"there"]))
+        refused = produce_request(topic, 0, build_batch([b"x"]), acks=5)  # invalid acks
+        frames, expected = [], []
+
+        def add(key: int, version: int, **fields: object) -> None:
+            correlation, frame = client.encode(key, version, **fields)
+            frames.append(frame)
+            expected.append((correlation, key, version))
+
+        for _ in range(3):
+            add(0, 8, **refused)  # at once, nothing ahead: straight out
+            add(1, 11, **fetch_request(topic, [(0, 0)]))  # data: at once
+            add(1, 11, **fetch_request(topic, [(0, 1)], max_wait_ms=200))  # a long poll
+            add(0, 8, **refused)  # at once, behind the long poll
+            add(1, 11, **fetch_request(topic, [(0, 0)]))
+            add(18, 0)  # a task
+            add(0, 8, **refused)
+        client.send_frame(b"".join(frames))
+        for correlation, key, version in expected:
+            got, resp = client.decode(key, version, client.read_frame())
+            assert got == correlation
+            if key == 0:
+                part = resp.responses[0].partition_responses[0]
+                assert part.error_code == ErrorCode.invalid_required_acks
+
+
 def test_pipelined_produce_requests_to_many_partitions_share_flushes(tmp_path: Path) -> None:
     """librdkafka sends a Produce request per partition: 300 of them pipelined on one
     connection are all read before the first is answered, so they land in a flush or two,

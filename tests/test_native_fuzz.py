@@ -361,7 +361,9 @@ def test_the_c_extensions_are_built() -> None:
     """``make test`` builds every C extension (the editable install), so the tests above that
     need one never skip there: a build that silently fell back to Python fails here."""
     from streamhouse.log.records import build
+    from streamhouse.runtime import json_rows
 
     assert framing.native, "streamhouse/log/records/_framing.c is not built"
     assert JSON_NATIVE, "streamhouse/sql/_json_flat.c is not built"
     assert build._encoder is not None, "streamhouse/log/records/_encode.c is not built"
+    assert json_rows._write is not None, "streamhouse/runtime/_json_rows.c is not built"

@@ -234,7 +234,6 @@ def test_a_top_n_of_a_join_by_another_key_is_refused(data: Data) -> None:
         ("q9", "the state of its TopN over a StreamJoin does not move by key group yet"),
         ("q13", "reads side_input whole in every task"),
         ("q7", "StreamJoin over a window aggregate does not move by window yet"),
-        ("q4", "the state of its two stages .* does not move by key group yet"),
     ],
 )
 def test_a_rescale_it_cannot_move_is_refused(data: Data, name: str, why: str) -> None:

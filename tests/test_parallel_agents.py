@@ -267,14 +267,6 @@ def test_a_moved_task_catches_up_with_what_its_producer_sent_after_its_last_chec
         other = QueryFile.read(WINDOWS.replace("'2'", "'3'"), name="windows")
         with pytest.raises(SqlError, match="checkpointed on agents at another parallelism"):
             AgentTask(sh.engine, other, 2, tmp_path / "c", lease, "c")
-        # a query of two stages (an aggregate over an updating aggregate): not on agents yet
-        nested = QueryFile.read(
-            "SET 'parallelism' = '2';\nINSERT INTO nested SELECT k, SUM(top) AS total FROM"
-            " (SELECT k, v, MAX(t) AS top FROM ev GROUP BY k, v) Q GROUP BY k",
-            name="nested",
-        )
-        with pytest.raises(SqlError, match="query of two stages .* not on agents yet"):
-            AgentTask(sh.engine, nested, 0, tmp_path / "c", lease, "c")
 
 
 def test_a_task_paused_past_its_lease_appends_nothing_to_the_exchange(tmp_path: Path) -> None:

@@ -20,10 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import random
-import signal
-import sqlite3
 import threading
 import time
 from collections.abc import Iterator
@@ -34,7 +31,7 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 import pytest
-from parallel_cases import run_to_end, wait_for
+from parallel_cases import freeze, run_to_end, wait_for
 from window_cases import oracle, rows_of, to_ms, topic_rows
 
 import streamhouse
@@ -334,25 +331,6 @@ TEMPORAL = """INSERT INTO {sink} SELECT ev.k, ev.t, ev.v, ver.w, ver.t AS bt FRO
 LEFT JOIN ver FOR SYSTEM_TIME AS OF ev.t ON ev.k = ver.k"""
 TEMPORAL_ORACLE = """SELECT a.k, a.t, a.v, b.w, b.t FROM ev a
 ASOF LEFT JOIN ev2 b ON a.k = b.k AND a.t >= b.t"""
-
-
-def freeze(pid: int, store: Path) -> None:
-    """SIGSTOP process ``pid`` at a moment it holds no write transaction of the SQLite store
-    (one frozen inside its BEGIN IMMEDIATE would hold every other process of the store to
-    'database is locked'): stopped, then let go and stopped again until a writer gets in."""
-    for _ in range(100):
-        os.kill(pid, signal.SIGSTOP)
-        conn = sqlite3.connect(store, timeout=2.0, isolation_level=None)
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-            conn.execute("ROLLBACK")
-            return
-        except sqlite3.OperationalError:
-            os.kill(pid, signal.SIGCONT)
-            time.sleep(0.02)
-        finally:
-            conn.close()
-    raise AssertionError(f"process {pid} held the store's write lock at every try")
 
 
 def test_rescale_2_to_3_to_1_mid_run_equals_duckdb(

@@ -521,3 +521,41 @@ def test_a_damaged_large_batch_still_fails_as_corrupt() -> None:
         with contextlib.suppress(CorruptRecordError):
             table = decode_batches(bytes(damaged), verify=False)
             assert table.num_rows == 500  # a flip inside a value leaves 500 records
+
+
+@pytest.mark.parametrize("commit", [True, False])
+def test_marker_batches_are_what_encoding_their_record_afresh_gives(commit: bool) -> None:
+    """Markers reuse their encoded record: byte for byte the batch built from scratch, at any
+    timestamp, producer and coordinator epoch."""
+    from streamhouse.log.records.build import encode_records, frame_batch
+    from streamhouse.log.records.control import marker_batch
+    from streamhouse.log.records.header import ATTR_CONTROL, ATTR_TRANSACTIONAL
+
+    for stamp, producer_id, epoch, coordinator_epoch in [
+        (0, 0, 0, 0),
+        (1_796_700_000_123, 42, 7, 3),
+        (5, 2**40, 32_000, 2**31 - 1),
+    ]:
+        key = struct.pack(">hh", 0, 1 if commit else 0)
+        value = struct.pack(">hi", 0, coordinator_epoch)
+        records, base_ts, max_ts = encode_records([value], [key], [stamp], None)
+        expected = frame_batch(
+            records,
+            1,
+            base_ts,
+            max_ts,
+            Compression.NONE,
+            0,
+            producer_id,
+            epoch,
+            -1,
+            flags=ATTR_TRANSACTIONAL | ATTR_CONTROL,
+        )
+        got = marker_batch(
+            producer_id,
+            epoch,
+            commit=commit,
+            coordinator_epoch=coordinator_epoch,
+            timestamp_ms=stamp,
+        )
+        assert got == expected

@@ -86,15 +86,16 @@ def _plain(sh: StreamHouse, schema: pa.Schema | None, columns: set[str] | None) 
     return with_metadata(table, records, rows), [int(offsets[i]) for i, _ in rejected]
 
 
+@pytest.mark.parametrize("parallel", [False, True])
 @pytest.mark.parametrize(
     ("schema", "columns"),
     [(SCHEMA, None), (SCHEMA, {"a", "_offset"}), (None, None), (None, {"_partition"})],
 )
 def test_pipelined_source_equals_the_plain_path(
-    sh: StreamHouse, schema: pa.Schema | None, columns: set[str] | None
+    sh: StreamHouse, schema: pa.Schema | None, columns: set[str] | None, parallel: bool
 ) -> None:
     expected, rejected_offsets = _plain(sh, schema, columns)
-    got = read_source(sh.log, "e", schema, columns)
+    got = read_source(sh.log, "e", schema, columns, parallel=parallel)
     assert got.table.equals(expected)
     assert got.rows_read == 4003
     assert [r.offset for r in got.rejected] == rejected_offsets
@@ -124,6 +125,28 @@ def test_groups_the_json_thread_falls_behind_on_are_parsed_by_the_reader(
     assert [r.offset for r in got.rejected] == rejected_offsets
     here = threading.current_thread().name
     assert here in parsed_on and any(name != here for name in parsed_on), parsed_on
+
+
+def test_a_parallel_read_decodes_and_parses_its_groups_on_the_scan_pool(
+    sh: StreamHouse, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bounded query's read (``parallel``) decodes and parses each group whole on the
+    ``scan`` pool's threads, not on the reader's: the rows and rejections are those of the
+    plain path, in its order."""
+    expected, rejected_offsets = _plain(sh, SCHEMA, None)
+    decoded_on: list[str] = []
+    decode = source.RunScan.decode
+
+    def recording(self: source.RunScan, *args: object, **kwargs: object) -> object:
+        decoded_on.append(threading.current_thread().name)
+        return decode(self, *args, **kwargs)
+
+    monkeypatch.setattr(source.RunScan, "decode", recording)
+    got = read_source(sh.log, "e", SCHEMA, parallel=True)
+    assert got.table.equals(expected)
+    assert [r.offset for r in got.rejected] == rejected_offsets
+    assert len(decoded_on) > 2
+    assert all(name.startswith("streamhouse-scan") for name in decoded_on), decoded_on
 
 
 def test_decode_json_reports_nulls_and_keeps_chunk_indices() -> None:

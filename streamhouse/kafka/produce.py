@@ -22,7 +22,7 @@ import logging
 import struct
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from streamhouse.errors import ProducerSequenceError, ProtocolError, StreamHouseError
 from streamhouse.kafka.api_keys import ApiKey
@@ -50,7 +50,7 @@ _ATTR_TRANSACTIONAL_OR_CONTROL = ATTR_TRANSACTIONAL | ATTR_CONTROL
 _I16 = struct.Struct(">h")
 _I32 = struct.Struct(">i")
 _PREFIX = struct.Struct(">hhih")  # api_key, api_version, correlation_id, client_id length
-_ACKS_TIMEOUT = struct.Struct(">hi")
+_ACKS_TIMEOUT_COUNT = struct.Struct(">hii")  # acks, timeout_ms, topic_data count
 _FRAME_HEAD = struct.Struct(">ii")  # frame length, correlation_id (response header v0)
 _PARTITION = struct.Struct(">ihqq")  # index, error_code, base_offset, log_append_time
 _NO_LOG_START = struct.pack(">q", -1)  # log_start_offset (v5+)
@@ -71,8 +71,7 @@ Outcome = ErrorCode | Early | asyncio.Future[int]
 durable."""
 
 
-@dataclass(frozen=True, slots=True)
-class ProduceRequest:
+class ProduceRequest(NamedTuple):
     """The fields of a Produce request (v3-v8) the broker acts on."""
 
     api_version: int
@@ -99,47 +98,47 @@ def _string(frame: bytes, pos: int, what: str, nullable: bool) -> tuple[str | No
         raise ProtocolError(f"produce request: {what} is not UTF-8") from None
 
 
-def _count(frame: bytes, pos: int, what: str) -> tuple[int, int]:
-    (count,) = _I32.unpack_from(frame, pos)
-    if count < 0:
-        raise ProtocolError(f"produce request: {what} is null")
-    return count, pos + 4
-
-
 def parse_produce(frame: bytes) -> ProduceRequest:
     """Decode a Produce request frame (v3-v8, without the length prefix).
 
     ProtocolError for anything malformed: truncated, bad lengths, bad UTF-8, null arrays.
+    One pass of ``struct`` reads and a list per topic: it runs once per partition a
+    transactional producer writes to (librdkafka sends a request per partition).
     """
+    size = len(frame)
     try:
         _, version, correlation_id, client_id_length = _PREFIX.unpack_from(frame, 0)
         pos = _PREFIX.size + max(client_id_length, 0)
-        if client_id_length < -1 or pos > len(frame):
+        if client_id_length < -1 or pos > size:
             raise ProtocolError("produce request: bad client_id")
         transactional_id, pos = _string(frame, pos, "transactional_id", True)
-        acks, _ = _ACKS_TIMEOUT.unpack_from(frame, pos)
-        pos += _ACKS_TIMEOUT.size
+        acks, _, topic_count = _ACKS_TIMEOUT_COUNT.unpack_from(frame, pos)
+        pos += _ACKS_TIMEOUT_COUNT.size
+        if topic_count < 0:
+            raise ProtocolError("produce request: topic_data is null")
         view = memoryview(frame)
         topics: list[tuple[str, list[tuple[int, memoryview | None]]]] = []
-        topic_count, pos = _count(frame, pos, "topic_data")
         for _ in range(topic_count):
             name, pos = _string(frame, pos, "topic name", False)
-            assert name is not None
+            (partition_count,) = _I32.unpack_from(frame, pos)
+            pos += 4
+            if partition_count < 0:
+                raise ProtocolError("produce request: partition_data is null")
             partitions: list[tuple[int, memoryview | None]] = []
-            partition_count, pos = _count(frame, pos, "partition_data")
             for _ in range(partition_count):
-                index, size = _FRAME_HEAD.unpack_from(frame, pos)
+                index, length = _FRAME_HEAD.unpack_from(frame, pos)
                 pos += 8
-                if size < 0:
-                    if size != -1:
-                        raise ProtocolError(f"produce request: records of length {size}")
+                if length < 0:
+                    if length != -1:
+                        raise ProtocolError(f"produce request: records of length {length}")
                     partitions.append((index, None))
                     continue
-                if pos + size > len(frame):
+                end = pos + length
+                if end > size:
                     raise ProtocolError("produce request: records run past the frame")
-                partitions.append((index, view[pos : pos + size]))
-                pos += size
-            topics.append((name, partitions))
+                partitions.append((index, view[pos:end]))
+                pos = end
+            topics.append((name, partitions))  # type: ignore[arg-type]
     except struct.error:
         raise ProtocolError("produce request: truncated") from None
     return ProduceRequest(version, correlation_id, transactional_id, acks, topics)

@@ -75,6 +75,7 @@ from streamhouse.errors import (
 )
 from streamhouse.kafka.api_keys import ApiKey
 from streamhouse.kafka.group_commit import GroupCommit
+from streamhouse.kafka.txn_codec import add_partitions_body, end_txn_body
 from streamhouse.kafka.wire import ErrorCode, RequestHeader, make, messages, ms, to_ms
 from streamhouse.log.metadata.rules import SEQUENCE_MODULO
 from streamhouse.log.metadata.transactions import (
@@ -613,11 +614,10 @@ def _transaction_denied(broker: Broker, header: RequestHeader, transactional_id:
     )
 
 
-async def handle_add_partitions(broker: Broker, header: RequestHeader, request: Any) -> Any:
+async def handle_add_partitions(broker: Broker, header: RequestHeader, request: Any) -> bytes:
     """Partitions join the transaction; with ACLs, WRITE on the transactional id and on each
     topic is needed (TOPIC_AUTHORIZATION_FAILED for the denied ones, OPERATION_NOT_ATTEMPTED
-    for the rest, and none is added)."""
-    module = messages(ApiKey.ADD_PARTITIONS_TO_TXN, header.api_version, True)
+    for the rest, and none is added). The response body (:mod:`~streamhouse.kafka.txn_codec`)."""
     topics = request.v3_and_below_topics
     transactional_id = request.v3_and_below_transactional_id
     wanted = [(t.name, int(p)) for t in topics for p in t.partitions]
@@ -656,20 +656,8 @@ async def handle_add_partitions(broker: Broker, header: RequestHeader, request: 
             else ErrorCode.operation_not_attempted
         )
 
-    results = tuple(
-        module.AddPartitionsToTxnTopicResult(
-            name=t.name,
-            results_by_partition=tuple(
-                module.AddPartitionsToTxnPartitionResult(
-                    partition_index=p, partition_error_code=code((t.name, int(p)))
-                )
-                for p in t.partitions
-            ),
-        )
-        for t in topics
-    )
-    return make(
-        module.AddPartitionsToTxnResponse, throttle_time=0, results_by_topic_v3_and_below=results
+    return add_partitions_body(
+        [(t.name, [(p, code((t.name, int(p)))) for p in t.partitions]) for t in topics]
     )
 
 
@@ -743,9 +731,9 @@ async def handle_txn_offset_commit(broker: Broker, header: RequestHeader, reques
     return make(module.TxnOffsetCommitResponse, throttle_time=0, topics=topics)
 
 
-async def handle_end_txn(broker: Broker, header: RequestHeader, request: Any) -> Any:
-    """Commit or abort; with ACLs, WRITE on the transactional id is needed."""
-    module = messages(ApiKey.END_TXN, header.api_version, True)
+async def handle_end_txn(broker: Broker, header: RequestHeader, request: Any) -> bytes:
+    """Commit or abort; with ACLs, WRITE on the transactional id is needed. The response body
+    (:mod:`~streamhouse.kafka.txn_codec`)."""
     if _transaction_denied(broker, header, request.transactional_id):
         error = ErrorCode.transactional_id_authorization_failed
     else:
@@ -756,7 +744,7 @@ async def handle_end_txn(broker: Broker, header: RequestHeader, request: Any) ->
             request.committed,
         )
         error = error_of(verdict, header.api_version)
-    return make(module.EndTxnResponse, throttle_time=0, error_code=error)
+    return end_txn_body(error)
 
 
 async def init_transactional_producer(

@@ -43,6 +43,7 @@ if TYPE_CHECKING:
 __all__ = [
     "ErrorCode",
     "RequestHeader",
+    "body_frame",
     "encode_response",
     "register_body_writer",
     "error_code_for",
@@ -55,6 +56,7 @@ __all__ = [
 
 _PREFIX = struct.Struct(">hhi")
 _LENGTH = struct.Struct(">i")
+_FRAME_HEAD = struct.Struct(">ii")  # frame length, correlation_id (response header v0)
 _TIMEDELTA_FIELDS = ("throttle_time", "session_lifetime")
 
 
@@ -203,6 +205,12 @@ def encode_response(correlation_id: int, response: Any, *, header_v0: bool = Fal
     out = bytes(data)
     del data
     return out
+
+
+def body_frame(correlation_id: int, body: bytes) -> bytes:
+    """A complete response frame around a body a handler encoded itself, with the v0
+    response header (that of every non-flexible version)."""
+    return _FRAME_HEAD.pack(len(body) + 4, correlation_id) + body
 
 
 def ms(value: int) -> datetime.timedelta:

@@ -15,6 +15,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future
+from dataclasses import dataclass
 
 import pyarrow.compute as pc
 
@@ -83,6 +84,17 @@ def _refuse_lost_metadata(
         )
 
 
+@dataclass(frozen=True, slots=True)
+class _ProduceTarget:
+    """What the produce path checks of a topic, as cached (see :meth:`Log._produce_target`)."""
+
+    expiry: float  # time.monotonic() after which it is read again
+    info: TopicInfo
+    limit: int  # max.message.bytes
+    compacted: bool  # a batch without keys is refused
+    stamps_time: bool  # message.timestamp.type=LogAppendTime
+
+
 class Log:
     """One process's view of the log: the write path, the read path and the catalog."""
 
@@ -101,7 +113,7 @@ class Log:
             on_segment=self.cache.put,
         )
         self.reader = LogReader(metadata, self.cache, fresh_offset=metadata.fresh_offset)
-        self._topics: dict[str, tuple[float, TopicInfo, int]] = {}  # name -> (expiry, info, limit)
+        self._topics: dict[str, _ProduceTarget] = {}
         self.compactor = compactor_id()  # this process's name as a holder of compaction leases
 
     @classmethod
@@ -244,11 +256,14 @@ class Log:
         topic: str,
         batches: Mapping[int, bytes | bytearray],
         fence: Lease | None = None,
+        keyed: bool = False,
         *,
         framed_here: bool = False,
     ) -> dict[int, Future[int]]:
         """:meth:`append` to several partitions of ``topic`` (partition -> batches), queued at
-        once: an idle writer flushes them in one object instead of the first alone.
+        once: an idle writer flushes them in one object instead of the first alone. ``keyed``:
+        the caller built the batches and every record has a key, so a compacted topic need not
+        decompress them to look for a record without one.
 
         ``framed_here``: batches this process framed itself (their CRC-32C computed just now),
         not checked again; given as a ``bytearray``, each is the writer's from here on,
@@ -256,7 +271,9 @@ class Log:
         megabytes)."""
         appends = []
         for partition, data in batches.items():
-            stamped, headers = self._validate(topic, partition, data, None, verify=not framed_here)
+            stamped, headers = self._validate(
+                topic, partition, data, None, verified=framed_here, keyed=keyed
+            )
             if not (framed_here and isinstance(stamped, bytearray)):
                 stamped = bytes(stamped)
             appends.append((topic, partition, stamped, headers))
@@ -305,12 +322,19 @@ class Log:
         partition's future, or the error that refused its batches (an unknown partition)."""
         refused: list[StreamHouseError | None] = []
         valid = []
+        checked: dict[int, SplitBatches] = {}  # id of data -> its batches, CRCs verified
         for topic, partition, data in appends:
+            split = checked.get(id(data))  # the same batches to several partitions (markers)
+            verified = split is not None  # are split and verified once
             try:
-                valid.append((topic, partition, *self._validate(topic, partition, data, None)))
-                refused.append(None)
+                split = split_batches(data) if split is None else split
+                validated = self._validate(topic, partition, data, split, verified=verified)
             except StreamHouseError as exc:
                 refused.append(exc)
+                continue
+            checked[id(data)] = split
+            valid.append((topic, partition, *validated))
+            refused.append(None)
         futures = iter(self.writer.append_hooked(valid, hook) if valid else [])
         return [next(futures) if error is None else error for error in refused]
 
@@ -318,23 +342,28 @@ class Log:
         """Whether appends to the topic carry the log-append time (``message.timestamp.type``
         ``LogAppendTime``); False for a topic that does not exist."""
         try:
-            info, _ = self._produce_target(topic)
+            return self._produce_target(topic).stamps_time
         except UnknownTopicError:
             return False
-        return info.config.get(TIMESTAMP_TYPE) == LOG_APPEND_TIME
 
-    def _produce_target(self, topic: str) -> tuple[TopicInfo, int]:
-        """The topic (cached up to ``TOPIC_CACHE_SECONDS``) and its max.message.bytes."""
+    def _produce_target(self, topic: str) -> _ProduceTarget:
+        """The topic as produce checks it (cached up to ``TOPIC_CACHE_SECONDS``)."""
         now = time.monotonic()
         cached = self._topics.get(topic)
-        if cached is not None and cached[0] > now:
+        if cached is not None and cached.expiry > now:
             # a lookup the metadata cache would otherwise have answered: counted as its hit
             self.metadata.stats.topic_hits += 1
-            return cached[1], cached[2]
+            return cached
         info = self.topic(topic)
-        limit = self.max_message_bytes(info)
-        self._topics[topic] = (now + TOPIC_CACHE_SECONDS, info, limit)
-        return info, limit
+        target = _ProduceTarget(
+            now + TOPIC_CACHE_SECONDS,
+            info,
+            self.max_message_bytes(info),
+            is_compacted(info.config),
+            info.config.get(TIMESTAMP_TYPE) == LOG_APPEND_TIME,
+        )
+        self._topics[topic] = target
+        return target
 
     def _validate(
         self,
@@ -344,33 +373,40 @@ class Log:
         split: SplitBatches | None,
         now_ms: int | None = None,
         *,
-        verify: bool = True,
+        verified: bool = False,
+        keyed: bool = False,
     ) -> tuple[bytes | memoryview | bytearray, list[tuple[int, BatchHeader]]]:
         """The batches to append (stamped with the log-append time where the topic's
         ``message.timestamp.type`` is ``LogAppendTime``, as Kafka's broker does) and each
-        one's start and header; the errors Kafka gives for batches it refuses (their CRC-32C
-        checked unless not ``verify``)."""
-        info, limit = self._produce_target(topic)
-        if not 0 <= partition < info.partitions:
+        one's start and header; the errors Kafka gives for batches it refuses. ``verified``:
+        the CRCs of these very bytes were checked already; ``keyed``: the records are known to
+        have keys (see :meth:`append_together`)."""
+        target = self._produce_target(topic)
+        if not 0 <= partition < target.info.partitions:
             raise UnknownPartitionError(topic, partition)
         headers = []
         split = split_batches(batches) if split is None else split
+        limit = target.limit
         for start, end, header in split:
             if end - start > limit:
                 raise RecordTooLargeError(
                     f"batch of {end - start} bytes exceeds max.message.bytes={limit} of {topic!r}"
                 )
-            if verify and not verify_crc(batches, start, end):
+            if not verified and not verify_crc(batches, start, end):
                 raise CorruptRecordError(f"record batch at byte {start} fails its CRC-32C")
             headers.append((start, header))
         if not headers:
             raise CorruptRecordError("no record batch in the produce request")
-        if is_compacted(info.config) and decode_batches(batches, verify=False)["key"].null_count:
+        if (
+            not keyed
+            and target.compacted
+            and decode_batches(batches, verify=False)["key"].null_count
+        ):
             raise InvalidRecordError(  # Kafka's words
                 f"Compacted topic cannot accept message without key in topic partition"
                 f" {topic}-{partition}."
             )
-        if info.config.get(TIMESTAMP_TYPE) == LOG_APPEND_TIME:
+        if target.stamps_time:
             now_ms = time.time_ns() // 1_000_000 if now_ms is None else now_ms
             batches = stamp_log_append_time(batches, split, now_ms)
             headers = [(start, header) for start, _, header in split_batches(batches)]

@@ -489,9 +489,10 @@ def append_shares(
     key: bytes,
     headers: list[tuple[str, bytes]] | None = None,
     fence: Lease | None = None,
-) -> None:
+) -> dict[int, int]:
     """One record keyed ``key`` to every partition of exchange ``topic``: the ``rows`` of its
-    task's share (``shares[task]``, a mask; none without rows), as Arrow IPC."""
+    task's share (``shares[task]``, a mask; none without rows), as Arrow IPC. The records'
+    offsets, by partition."""
     records = {}
     for target in range(parallelism):
         picked = None
@@ -502,8 +503,7 @@ def append_shares(
         records[target] = exchange_batch(picked, key, headers or [])
     # one flush for every task's record: one object, one fsync and one commit per batch
     appended = log_.append_together(topic, records, fence=fence, framed_here=True)
-    for future in appended.values():
-        future.result()
+    return {target: future.result() for target, future in appended.items()}
 
 
 def reached_windows(width: int, ts: np.ndarray, reach: tuple[int, int]) -> np.ndarray:

@@ -37,7 +37,7 @@ from streamhouse.sql.arrival import ARRIVAL
 from streamhouse.sql.bounds import evictable_bound
 from streamhouse.sql.changelog import ROW_KEY, PlanNode
 from streamhouse.sql.changelog_join import ChangelogJoin
-from streamhouse.sql.execute import run_sql
+from streamhouse.sql.execute import output_names, run_sql
 from streamhouse.sql.lookup import is_proctime, lookup_join_of, lookup_schema
 from streamhouse.sql.nodes import FLOWS, ROW
 from streamhouse.sql.over import FRESH, ROW_INDEX, OverAggregate
@@ -107,15 +107,36 @@ class StatelessSql(Adapter[nodes.Stateless]):
     @staticmethod
     def checks(node: nodes.Stateless, context: QueryContext) -> list[Check]:
         schema = context.schema(node.source)
-        sql = node.sql if schema is None else _declared_stars(node.sql, node.source, schema)
-        return [(sql, {node.source: schema})]
+        texts = [node.sql] if node.names_sql is None else [node.sql, node.names_sql]
+        return [
+            (
+                sql if schema is None else _declared_stars(sql, node.source, schema),
+                {node.source: schema},
+            )
+            for sql in texts
+        ]
+
+    def __init__(self, node: nodes.Stateless, state: StateView, context: QueryContext) -> None:
+        super().__init__(node, state, context)
+        self._names: tuple[pa.Schema, list[str]] | None = None  # by the input's schema
 
     def process(self, batch: MicroBatch) -> Changelog:
         rows = batch.inputs[self.node.source]
         if rows is None:
             return Changelog()
         sql = _declared_stars(self.node.sql, self.node.source, rows.schema)
-        return Changelog(run_ordered(sql, {self.node.source: rows}))
+        outputs = run_ordered(sql, {self.node.source: rows})
+        if self.node.names_sql is not None:
+            outputs = outputs.rename_columns(self._output_names(rows.schema))
+        return Changelog(outputs)
+
+    def _output_names(self, schema: pa.Schema) -> list[str]:
+        """The output's names as ``names_sql`` has them, over rows of ``schema``."""
+        if self._names is None or not self._names[0].equals(schema):
+            sql = _declared_stars(self.node.names_sql or "", self.node.source, schema)
+            names = output_names(sql, {self.node.source: schema.empty_table()})
+            self._names = (schema, names)
+        return self._names[1]
 
 
 class WindowRowsAssign(Adapter[WindowRows]):

@@ -91,7 +91,13 @@ from streamhouse.runtime.query import (
     _format_time,
     planned_statement,
 )
-from streamhouse.runtime.rescale import KEYS_FILE, finish, rescale, upserts_by_key
+from streamhouse.runtime.rescale import (
+    KEYS_FILE,
+    finish,
+    rescale,
+    start_after_exchanged,
+    upserts_by_key,
+)
 from streamhouse.runtime.routing import plan_routing
 from streamhouse.runtime.sources import QuerySource
 from streamhouse.runtime.stages import Forward, StageCommit, StageSink
@@ -287,16 +293,16 @@ class TaskQuery(ContinuousQuery):
             list(self.routing.stage),
             self.task,
             self.parallelism,
-            self._batch_watermark,
+            self._batch_intent,
             fence=self.fence,
         )
         self.sink_transaction = StageCommit(self.store)
 
-    def _batch_watermark(self) -> int:
-        """The watermark of the micro-batch being written: its intent's."""
+    def _batch_intent(self) -> dict[str, Any]:
+        """The intent of the micro-batch being written (its bounds and watermark)."""
         pending = self.store.get_json(PENDING)
         assert pending is not None
-        return int(pending["watermark"])
+        return pending
 
     def _owns_windows(self, starts: np.ndarray) -> np.ndarray:
         """Which of the windows starting at ``starts`` this task evaluates (routed by window)."""
@@ -309,8 +315,10 @@ class TaskQuery(ContinuousQuery):
 
     @property
     def checkpoint_name(self) -> str:
-        """On agents, each task's consuming side keeps checkpoints of its own."""
-        return task_checkpoint_name(self.name, self.parallelism, f"task-{self.task}")
+        """On agents, each task's consuming side keeps checkpoints of its own (the second
+        stage of a query of two, ``stage2-<i>``, too)."""
+        store = f"stage2-{self.task}" if self.stage == 2 else f"task-{self.task}"
+        return task_checkpoint_name(self.name, self.parallelism, store)
 
     def _planned(self, plan: ContinuousPlan) -> ContinuousPlan:
         self.whole_plan = plan  # as planned: the producing side runs its pre_sql
@@ -594,6 +602,8 @@ class ParallelQuery:
         self._results: ParallelResults | None = None  # a drain's results go to no caller
         self._rescale_from(state_root)
         ensure_topics(log_, self.plan, self.name, parallelism)
+        routing = plan_routing(self.plan)  # a state begun afresh: after an earlier run's records
+        start_after_exchanged(log_, self.plan, routing, self.name, self.root, parallelism)
         if on_results is not None or self.plan.sink_kind == "results":
             topic = results_topic(self.name)
             ensure_topic(
@@ -1005,6 +1015,9 @@ def run_task(spec: dict[str, Any]) -> None:
         try:
             if two:
                 query = spec_query(sh, spec, task, 2, spec.get("results_topic"))
+            if drain == "stages":  # a query of two: its first stage takes the first exchange
+                take_exchange(first)
+                return
             if drain == "consumers":
                 take_exchange(query)
                 return
@@ -1214,22 +1227,22 @@ def _write_status(
     ready: float,
     first: TaskQuery | None = None,
 ) -> None:
-    status = task_status(query, writers, ready)
-    if first is not None:  # a query of two stages: the first's state and late rows too
-        status["state_bytes"] += first.store.size_bytes()
-        status["late_rows"] += first.late_rows
+    status = task_status(query, writers, ready, first)
     _read_memory(status, None)  # a task process's own (not an agent's, which runs tasks as threads)
     _write_atomically(path, status)
 
 
-def task_status(query: TaskQuery, writers: list[ExchangeWriter], ready: float) -> dict[str, Any]:
+def task_status(
+    query: TaskQuery, writers: list[ExchangeWriter], ready: float, first: TaskQuery | None = None
+) -> dict[str, Any]:
     """Task ``query``'s progress (``ready``: when it was set up): source offsets, watermark,
-    rows and rows/s (over the last :data:`RATE_INTERVAL_S`), CPU seconds and state size."""
+    rows and rows/s (over the last :data:`RATE_INTERVAL_S`), CPU seconds and state size;
+    ``first``: the first stage of a query of two, whose state and late rows count too."""
     read = [w.source for w in writers] if query.shape != "stateless" else [*query.sources.values()]
     offsets: dict[str, Any] = {
         source.name: {str(p): o for p, o in source.positions.items()} for source in read
     }
-    if len(query.upstreams or query.sources) == 1:
+    if len((first or query).upstreams or query.sources) == 1:
         offsets = next(iter(offsets.values()), {})
     stateless = query.shape == "stateless"
     rows_in = query.rows_in if stateless else sum(w.rows_in for w in writers)
@@ -1261,6 +1274,9 @@ def task_status(query: TaskQuery, writers: list[ExchangeWriter], ready: float) -
         "setup_cpu_seconds": query.setup_cpu_seconds,  # of it, before the first micro-batch
         "updated_at": now,
     }
+    if first is not None:
+        status["state_bytes"] += first.store.size_bytes()
+        status["late_rows"] += first.late_rows
     return status
 
 

@@ -27,6 +27,17 @@ keep their state where another agent finds it:
   sequence number again with other rows, and the consumers' dedup by sequence number keeps every
   row exactly once.
 
+A query of two stages (:mod:`.stages`, Nexmark q4) runs the same way, each task whole under its
+one lease: its producing side, its first stage (checkpoints ``task-<i>``) and its second stage
+(``stage2-<i>``, into the sink), one after the other in the task's thread as in a task process.
+Leasing the two stages of an index apart would let them move apart, for nothing: each reads
+every task's output through an exchange anyway, and one lease per index keeps the share, the
+hand-over and the status as for any parallel query. The first stage's appends to the second
+exchange are fenced by the lease; its intent, which on one machine stays in its local state,
+travels in the records it sends, and a first stage restored from a checkpoint older than them
+replays their batches from it (:func:`~.stages.sent_after_checkpoint`). Its parallelism does not
+change on agents yet (:func:`~.agent_rescale.rescale_on_agents` refuses it).
+
 Each task writes its progress (source offsets, watermark, rows and rows/s, state size, the
 agent running it) to the object store, ``tasks/<name>/task-<i>.json``, about once a second:
 ``streamhouse cluster status`` lists it, :meth:`AgentTask.status` gives it.
@@ -53,7 +64,7 @@ from streamhouse.errors import FencedError, SqlError, StreamHouseError
 from streamhouse.log.metadata.leases import Lease
 from streamhouse.runtime.agent_rescale import current_parallelism
 from streamhouse.runtime.exchange import PENDING as EXCHANGE_PENDING
-from streamhouse.runtime.exchange import ExchangeWriter
+from streamhouse.runtime.exchange import ExchangeWriter, stage_topic
 from streamhouse.runtime.launch import QueryFile, declared, is_materialized_view
 from streamhouse.runtime.options import QueryOptions
 from streamhouse.runtime.parallel import (
@@ -66,6 +77,7 @@ from streamhouse.runtime.parallel import (
     task_status,
 )
 from streamhouse.runtime.routing import plan_routing
+from streamhouse.runtime.stages import replay_next, sent_after_checkpoint
 from streamhouse.runtime.task_state import task_checkpoint_name, task_root
 from streamhouse.sql.ddl import stream_definition
 from streamhouse.sql.engine import Engine
@@ -188,39 +200,49 @@ class AgentTask:
             raise SqlError(
                 f"a query at parallelism > 1 on agents writes into a topic, not {plan.sink_kind}"
             )
-        if plan_routing(plan).stage is not None:
-            raise SqlError(
-                "a query of two stages (an aggregate over an updating aggregate, Nexmark q4)"
-                " runs at parallelism > 1 in task processes, not on agents yet: run it with"
-                " 'streamhouse run' or at parallelism 1"
-            )
+        two = plan_routing(plan).stage is not None
         self._refuse_other_parallelism()
         ensure_topics(self.log, plan, query_file.name, parallelism)
         self.root = task_root(state_root, query_file.name, parallelism)
         self.root.mkdir(parents=True, exist_ok=True)
-        self.query = TaskQuery(
-            self.log,
-            engine._resolve,
-            query_file.statement,
-            query_file.name,
-            self.root / f"task-{task}",
-            options,
-            fence=lease,
-            task=task,
-            parallelism=parallelism,
-        )
-        self.state_paths = [self.root / f"task-{task}"]
+
+        def task_query(store: str, stage: int | None) -> TaskQuery:
+            self.state_paths.append(self.root / store)
+            return TaskQuery(
+                self.log,
+                engine._resolve,
+                query_file.statement,
+                query_file.name,
+                self.root / store,
+                options,
+                fence=lease,
+                task=task,
+                parallelism=parallelism,
+                stage=stage,
+            )
+
+        self.state_paths: list[Path] = []
+        # a query of two stages: its first stage here, its second (into the sink) the query
+        self.first = self.query = task_query(f"task-{task}", 1 if two else None)
         self.producers: list[LeasedCheckpoints] = []
         self.writers: list[ExchangeWriter] = []
+        self._replays: list[dict[str, Any]] = []  # first-stage batches to send again
         try:
-            if self.query.shape != "stateless":
+            if two:
+                self.query = task_query(f"stage2-{task}", 2)
+                self._replays = sent_after_checkpoint(
+                    self.log, self.first.store, stage_topic(self.query_name), task, parallelism
+                )
+            if self.first.shape != "stateless":
                 self._restore_producers()
-                self.writers = self.query.writers(self.log, self.root)
+                self.writers = self.first.writers(self.log, self.root)
                 for writer in self.writers:
                     writer.recover()
         except BaseException:
             self._close()
             raise
+        checkpoints = self.query.checkpoints
+        self._recorded = checkpoints.recorded if checkpoints is not None else None
         self.error: BaseException | None = None
         self._status: dict[str, Any] = {"task": task}
         self._stopping = threading.Event()
@@ -257,7 +279,7 @@ class AgentTask:
         """The producing side's state stores (``exchange-<i>[-<source>]``), as
         :meth:`TaskQuery.writers` names them."""
         stores = []
-        for source in self.query.upstreams.values():
+        for source in self.first.upstreams.values():
             if source.owned:
                 suffix = "" if source.index == 0 else f"-{source.index}"
                 stores.append(f"exchange-{self.task}{suffix}")
@@ -277,22 +299,31 @@ class AgentTask:
             writer.mark_checkpoint()
             checkpoints.publish(writer.store, {writer.source.topic: writer.source.positions})
 
-    def _loop(self) -> None:
-        query, writers = self.query, self.writers
-        ready = time.time()
+    def step(self) -> bool:
+        """One round of the task: its producing side, its first stage (replaying first a batch
+        it sent after its checkpoint) and its consuming side each run a micro-batch; whether
+        any progressed. The producers publish their state when the consuming side did."""
+        progressed = False
+        for writer in self.writers:
+            progressed = writer.step() or progressed
+        if self.first is not self.query:
+            replay_next(self.first.store, self._replays)
+            progressed = self.first.step() or progressed
+        query = self.query
+        progressed = query.step() or progressed
         recorded = query.checkpoints.recorded if query.checkpoints is not None else None
+        if recorded != self._recorded:  # the consuming side published: the producers follow
+            self._publish_producers()
+            self._recorded = recorded
+        return progressed
+
+    def _loop(self) -> None:
+        ready = time.time()
         reported = 0.0
         pause = FIRST_POLL_S
         try:
             while not self._stopping.is_set():
-                progressed = False
-                for writer in writers:
-                    progressed = writer.step() or progressed
-                progressed = query.step() or progressed
-                now = query.checkpoints.recorded if query.checkpoints is not None else None
-                if now != recorded:  # the consuming side published: the producers follow
-                    self._publish_producers()
-                    recorded = now
+                progressed = self.step()
                 if time.monotonic() - reported >= RATE_INTERVAL_S:
                     self._report(ready)
                     reported = time.monotonic()
@@ -300,7 +331,7 @@ class AgentTask:
                     pause = FIRST_POLL_S
                 else:
                     self._stopping.wait(pause)
-                    pause = min(pause * 2, query.options.poll_interval_ms / 1000)
+                    pause = min(pause * 2, self.query.options.poll_interval_ms / 1000)
         except BaseException as exc:  # the supervisor sees it and gives the lease up
             if isinstance(exc, FencedError):
                 log.warning("query %s: lease lost: %s", self.name, exc)
@@ -309,7 +340,8 @@ class AgentTask:
             self.error = exc
 
     def _report(self, ready: float) -> None:
-        status = task_status(self.query, self.writers, ready)
+        first = self.first if self.first is not self.query else None
+        status = task_status(self.query, self.writers, ready, first)
         status.update(agent=self.agent, epoch=self.lease.epoch, parallelism=self.parallelism)
         self.log.store.put(status_key(self.query_name, self.task), json.dumps(status).encode())
         self._status = status
@@ -331,10 +363,17 @@ class AgentTask:
         except StreamHouseError as exc:
             log.warning("query %s: no last checkpoint of its producers: %s", self.name, exc)
             checkpoint = False
-        self.query.stop(checkpoint=checkpoint and self.error is None)
+        for query in self._stages:
+            query.stop(checkpoint=checkpoint and self.error is None)
         self._close()
+
+    @property
+    def _stages(self) -> list[TaskQuery]:
+        """The task's continuous queries: the first stage and the second, or the one."""
+        return [self.first] if self.first is self.query else [self.first, self.query]
 
     def _close(self) -> None:
         for writer in self.writers:
             writer.store.close()
-        self.query.stop(checkpoint=False)  # (a no-op once stopped)
+        for query in self._stages:
+            query.stop(checkpoint=False)  # (a no-op once stopped)

@@ -34,7 +34,9 @@ deduplication (the kept rows; upserts to their key's partition), OVER aggregatio
 rows, history, rows waiting for LEADs, running totals), temporal joins (waiting probe rows,
 versions) and joins over an updating input (both sides' rows, the derived GROUP BY's groups
 or Top-N's rows; an append-only side's row ids carry their task, upserts go to their key's
-partition). Any other state entry refuses the rescale, naming it.
+partition), and queries of two stages (Nexmark q4: the second exchange drained too, each
+stage's state moved by the key groups its rows are routed by, :mod:`.stage_rescale`). Any
+other state entry refuses the rescale, naming it.
 """
 
 from __future__ import annotations
@@ -70,6 +72,7 @@ from streamhouse.runtime.exchange import (
     ROWS_IN,
     TAKEN,
     exchange_topic,
+    stage_topic,
 )
 from streamhouse.runtime.exchange import (
     PENDING as EXCHANGE_PENDING,
@@ -111,13 +114,20 @@ log = logging.getLogger(__name__)
 
 OPERATOR = b"0/"
 """The key prefix of a parallel query's one operator (a branch's operator 0)."""
+SECOND = "stage2-"
+"""The state directories of a query of two stages' second stages (``stage2-<task>``)."""
 _U32 = struct.Struct(">I")
 _U64 = struct.Struct(">Q")
 _SESSION_RUN = struct.Struct(">BQI")
 _BIAS = 1 << 63
 _COUNTERS = ("rows_in", "rows_out", "late_rows", "rejected_rows", "damaged_rows")
-_JOIN_SEQUENCE = OPERATOR + SEQUENCE
+STAGE_PROGRESS = b"stage/"
+"""The key prefix of a first stage's own progress on the second exchange (its sequence,
+:data:`~.stages.SEQUENCE`, and any other entry a build records there, such as the offsets of
+the records it sent): per task by nature, never one new task's (the new first stages number
+their batches afresh)."""
 _OWN_META = (
+    STAGE_PROGRESS,
     PENDING,
     SINK,
     WATERMARK,
@@ -127,10 +137,10 @@ _OWN_META = (
     TAKEN,
     IDLE,
     FORMAT,
-    _JOIN_SEQUENCE,
 )
-"""Meta keys whose values are per task (rewritten here); any other is copied if every old task
-holds the same value."""
+"""Meta keys whose values are per task (rewritten here), besides every operator's join chunk
+sequence (``<operator>/join/sequence``); any other is copied if every old task holds the same
+value."""
 
 
 _RESCALABLE = (
@@ -150,8 +160,8 @@ def rescalable(plan: ContinuousPlan, routing: Routing) -> None:
     """Refuse (SqlError naming the operator) a query whose state cannot move by key group yet."""
     node = plan.operator
     why = ""
-    if routing.stage is not None:
-        why = f"the state of its two stages ({routing.operator}) does not move by key group yet"
+    if routing.stage is not None:  # its two stages' state: .stage_rescale
+        pass
     elif node.updating and not upserts_by_key(plan):
         why = f"its {routing.operator} upserts do not move between tasks yet"
     elif not isinstance(node, _RESCALABLE):
@@ -196,43 +206,69 @@ def rescale(
     drain: Callable[[str], None],
 ) -> None:
     """Move the state of query ``name`` at parallelism ``old`` (``old_root``) to ``new``
-    (``new_root``); ``drain("producers")`` then ``drain("consumers")`` run the old tasks'
-    drains (see the module's docstring)."""
+    (``new_root``); ``drain(phase)`` runs the old tasks' drain ``phase``: ``"producers"``,
+    then (a query of two stages) ``"stages"``, its first stages taking the first exchange, then
+    ``"consumers"``, the last consuming sides taking theirs (see the module's docstring)."""
+    from streamhouse.runtime import stage_rescale
+
     rescalable(plan, routing)
     staging = new_root.with_name(new_root.name + ".rescaling")
     shutil.rmtree(staging, ignore_errors=True)
+    stages = routing.stage is not None
     if routing.shape != "stateless":  # each drain only if needed (forking the tasks costs)
         if any(_pending(path) for path in old_root.glob("exchange-*")):
             drain("producers")
-        if _behind(log_, name, len(plan.sources), old_root, old):
+        topics = [exchange_topic(name, index) for index in range(len(plan.sources))]
+        if stages:
+            stage_rescale.drain(log_, name, topics, old_root, old, drain)
+        elif _behind(log_, topics, old_root, old):
             drain("consumers")
     for index in range(len(plan.sources)):
         if routing.shape != "stateless":
             _grow(log_, exchange_topic(name, index), new)
+    if stages:
+        _grow(log_, stage_topic(name), new)
     if not upserts_by_key(plan):  # more partitions would move keys to other partitions
         _grow(log_, plan.sink or "", new)
     began = time.monotonic()
     olds = [StateStore(old_root / f"task-{t}") for t in range(old)]
     news = [StateStore(staging / f"task-{t}") for t in range(new)]
+    # a query of two stages: its second stages' stores, which write the sink
+    seconds = [StateStore(old_root / f"{SECOND}{t}") for t in range(old if stages else 0)]
+    new_seconds = [StateStore(staging / f"{SECOND}{t}") for t in range(new if stages else 0)]
     try:
         if plan.sink_kind == "topic":  # each old task's sink transaction ended as recorded
-            for task, store in enumerate(olds):
+            for task, store in enumerate(seconds or olds):
                 settled = TwoPhaseCommit(log_, transactional_id(name, task))
                 try:
                     settled.recover(store)
                 finally:
                     settled.close()
         batches = [store.batch() for store in news]  # each new task's state: one write
+        second_batches = [store.batch() for store in new_seconds]
         if routing.shape == "stateless":
             _move_positions(olds, batches, old, new)
         else:
             _move_exchange(log_, plan, name, old_root, staging, olds, batches, old, new)
-            _move_state(plan, routing, olds, batches, _recorded_text(old_root))
+            text = _recorded_text(old_root)
+            if stages:
+                stage_rescale.move_first_stage(
+                    plan, routing, olds, batches, _text_of(routing, text)
+                )
+            else:
+                _move_state(plan, routing, olds, batches, text)
         _move_counters(olds, batches)
         for store, batch in zip(news, batches, strict=True):
             store.commit(batch)
+        if stages:  # its second stages: into the staging directory too
+            stage_rescale.move_second_stage(
+                log_, plan, routing, name, olds, seconds, second_batches
+            )
+            _move_counters(seconds, second_batches)
+            for store, batch in zip(new_seconds, second_batches, strict=True):
+                store.commit(batch)
     finally:
-        for store in olds + news:
+        for store in olds + news + seconds + new_seconds:
             store.close()
     (staging / RESCALED).write_text(json.dumps({"from": old_root.name}))
     staging.rename(new_root)
@@ -261,23 +297,55 @@ def finish(root: Path) -> None:
     marker.unlink()
 
 
-def _pending(path: Path) -> bool:
-    """Whether the producing side stored at ``path`` left a batch pending."""
+def start_after_exchanged(
+    log_: Log, plan: ContinuousPlan, routing: Routing, name: str, root: Path, parallelism: int
+) -> None:
+    """A state begun afresh (``root`` holds no task's store: a first run, or its state deleted
+    to run it afresh): each consuming side starts at the end of its exchange partition (the
+    second stages at theirs of the second exchange), not at its beginning. Records an earlier
+    run left there are no new producer's, whose batches number from 1 again: read, they would
+    count twice, and the new batches under their numbers would be skipped as replays."""
+    if routing.shape == "stateless":
+        return
+    if any(root.glob("task-*")) or any(root.glob("exchange-*")) or any(root.glob(f"{SECOND}*")):
+        return
+    sides = [("task-", exchange_topic(name, index), index) for index in range(len(plan.sources))]
+    if routing.stage is not None:
+        sides.append((SECOND, stage_topic(name), 0))
+    for store_name, topic, index in sides:
+        ends = _high_watermarks(log_, topic)
+        for task in range(parallelism):
+            store = StateStore(root / f"{store_name}{task}")
+            try:
+                batch = store.batch()
+                batch.put_int(partition_key(SOURCE + bytes([index]), task), ends[task])
+                store.commit(batch)
+            finally:
+                store.close()
+
+
+def _pending(path: Path, key: bytes = EXCHANGE_PENDING) -> bool:
+    """Whether the producing side stored at ``path`` left a batch pending (``key``: the
+    intent of another side, a first stage's micro-batch)."""
     store = StateStore(path)
     try:
-        return store.get(ColumnFamily.META, EXCHANGE_PENDING) is not None
+        return store.get(ColumnFamily.META, key) is not None
     finally:
         store.close()
 
 
-def _behind(log_: Log, name: str, sources: int, root: Path, parallelism: int) -> bool:
-    """Whether a consuming side has exchange records left to take, or has not yet moved its
-    watermark to what the records it took carry (the tasks' watermarks differ: a task stopped
-    between the step that read the last records and the step that moves the watermark)."""
-    ends = [_high_watermarks(log_, exchange_topic(name, i)) for i in range(sources)]
+def _behind(
+    log_: Log, topics: list[str], root: Path, parallelism: int, store_name: str = "task-"
+) -> bool:
+    """Whether a consuming side (``<store_name><task>``, reading exchange ``topics`` by source
+    index) has exchange records left to take, or has not yet moved its watermark to what the
+    records it took carry (the tasks' watermarks differ: a task stopped between the step that
+    read the last records and the step that moves the watermark)."""
+    ends = [_high_watermarks(log_, topic) for topic in topics]
+    sources = len(topics)
     marks = set()
     for task in range(parallelism):
-        store = StateStore(root / f"task-{task}")
+        store = StateStore(root / f"{store_name}{task}")
         try:
             marks.add(store.get_int(WATERMARK))
             for index in range(sources):
@@ -340,7 +408,8 @@ def _copy_shared(olds: list[StateStore], news: list[StateBatch]) -> None:
     metas = [_meta(s) for s in olds]
     shared: dict[bytes, bytes] = {}
     for key in set().union(*metas):
-        if key.startswith(_OWN_META):
+        # (a join's chunk sequence under any operator's prefix: a first stage's derived join)
+        if key.startswith(_OWN_META) or key.partition(b"/")[2] == SEQUENCE:
             continue
         values = {m.get(key) for m in metas}
         if len(values) != 1:
@@ -463,22 +532,46 @@ def _move_state(
     if routing.window is not None:
         _move_panes(routing.window, olds, batches)
         return
-    entries: list[tuple[str, bytes, pa.Table, str | None]] = []
+    refuse_unknown(olds, (OPERATOR,))
+    move_rows(node, routing, olds, batches, text)
+
+
+def refuse_unknown(olds: list[StateStore], known: tuple[bytes, ...]) -> None:
+    """Refuse a state entry of the old tasks under none of the ``known`` key prefixes."""
     for store in olds:
         for family in (ColumnFamily.WINDOWS, ColumnFamily.SESSIONS, ColumnFamily.JOINS):
-            for key, value in store.items(family):
-                if not key.startswith(OPERATOR):
+            for key, _ in store.items(family):
+                if not key.startswith(known):
                     raise SqlError(f"unexpected state entry {key!r}; cannot rescale this query")
-                own = key[len(OPERATOR) :]
+
+
+def move_rows(
+    node: nodes.Operator,
+    routing: Routing,
+    olds: list[StateStore],
+    batches: list[StateBatch],
+    text: bool | None,
+    prefix: bytes = OPERATOR,
+) -> None:
+    """The state entries of ``node`` (under ``prefix``: a windowed aggregate's windows or
+    sessions, a stream join's buffered rows), each split by the key group of its rows (a
+    join's by its side's routing keys, an aggregate's by its group keys) to the new tasks,
+    renumbered; a join's chunk sequence above every old one."""
+    entries: list[tuple[str, bytes, pa.Table, str | None]] = []
+    for store in olds:
+        view = StateView(store, prefix)
+        for family in (ColumnFamily.WINDOWS, ColumnFamily.SESSIONS, ColumnFamily.JOINS):
+            for own, value in view.items(family):
                 entries.append((family, own, decode_table(value), _source_of(node, family, own)))
     text = _text_keys(routing, entries) if text is None else text
     if isinstance(node, nodes.StreamJoin):  # no task numbers a row id twice after the move
+        sequence = prefix + SEQUENCE
         floor = max(
-            [_int(store.get(ColumnFamily.META, _JOIN_SEQUENCE)) or 0 for store in olds]
+            [_int(store.get(ColumnFamily.META, sequence)) or 0 for store in olds]
             + [_U64.unpack(key[9:17])[0] + 1 for _, key, _, _ in entries if len(key) == 17]
         )
         for batch in batches:
-            batch.put(ColumnFamily.META, _JOIN_SEQUENCE, _U64.pack(floor))
+            batch.put(ColumnFamily.META, sequence, _U64.pack(floor))
     runs = [0] * len(batches)
     for family, key, table, source in entries:
         columns = (
@@ -497,7 +590,7 @@ def _move_state(
             part = table.filter(pa.array(owner == task))
             fresh = _renumbered(family, key, runs[task])
             runs[task] += 1
-            batches[task].put(family, OPERATOR + fresh, encode_table(part))
+            batches[task].put(family, prefix + fresh, encode_table(part))
 
 
 def _move_panes(window: WindowSpec, olds: list[StateStore], batches: list[StateBatch]) -> None:
@@ -893,4 +986,4 @@ def _groups(table: pa.Table, columns: list[str], text: bool) -> np.ndarray:
     return key_groups(keys, columns)
 
 
-__all__ = ["finish", "rescalable", "rescale"]
+__all__ = ["finish", "rescalable", "rescale", "start_after_exchanged"]

@@ -1,8 +1,9 @@
 """Where continuous query results go: Arrow to JSON records in a topic, exactly once.
 
-Rows are encoded as JSON objects by DuckDB (``to_json``, vectorized in C++); timestamps are
-written as ``YYYY-MM-DD HH:MM:SS[.fff]``, which StreamHouse, Flink's JSON format and pyarrow all
-read. Records are keyed by the query's group keys (one key: its text; several: a JSON object) and
+Rows are encoded as JSON objects with DuckDB's ``to_json`` text: in C (:mod:`.json_rows`) for
+columns of numbers, strings, booleans, dates and timestamps, by DuckDB for any other; timestamps
+are written as ``YYYY-MM-DD HH:MM:SS[.fff]``, which StreamHouse, Flink's JSON format and pyarrow
+all read. Records are keyed by the query's group keys (one key: its text; several: a JSON object) and
 go to the partition Kafka's default partitioner picks for the key. A NULL key of one column is
 written as the object (``{"k":null}``), since a key-compacted topic takes no record without one.
 
@@ -29,7 +30,9 @@ from streamhouse.errors import UnknownPartitionError
 from streamhouse.log import Log
 from streamhouse.log.metadata.leases import Lease
 from streamhouse.log.partitioner import partitions_for_keys
-from streamhouse.log.records import Compression, build_batch
+from streamhouse.log.records import Compression
+from streamhouse.log.records.build import batch_parts
+from streamhouse.runtime.json_rows import Scratch, json_objects
 
 if TYPE_CHECKING:
     import duckdb
@@ -58,7 +61,7 @@ def _cursor() -> duckdb.DuckDBPyConnection:
 
 def key_strings(table: pa.Table, key_columns: list[str]) -> list[bytes | None]:
     """The record key of each row, as :func:`encode_columns` makes it."""
-    _, keys = encode_columns(table, key_columns)
+    keys = _record_keys(table, key_columns)
     return keys.to_pylist() if keys is not None else [None] * table.num_rows
 
 
@@ -117,10 +120,31 @@ def encode_rows(table: pa.Table, key_columns: list[str]) -> tuple[list[bytes], l
     return values.to_pylist(), key_list
 
 
-def encode_columns(table: pa.Table, key_columns: list[str]) -> tuple[pa.Array, pa.Array | None]:
-    """(JSON values, keys or None) of ``table``'s rows as Arrow binary arrays, in order."""
+def encode_columns(
+    table: pa.Table, key_columns: list[str], scratch: Scratch | None = None
+) -> tuple[pa.Array, pa.Array | None]:
+    """(JSON values, keys or None) of ``table``'s rows as Arrow binary arrays, in order (the
+    values in ``scratch``'s memory if given and written in C: valid until its next use)."""
     if table.num_rows == 0:
         return pa.array([], pa.binary()), None
+    values = json_objects(table, scratch)
+    if values is None:
+        return _by_duckdb(table, key_columns, with_values=True)
+    return values, _record_keys(table, key_columns)
+
+
+def _record_keys(table: pa.Table, key_columns: list[str]) -> pa.Array | None:
+    """The record keys of ``table``'s rows (None: no key columns), as binary."""
+    if table.num_rows == 0 or not any(c in table.column_names for c in key_columns):
+        return None
+    return _by_duckdb(table, key_columns, with_values=False)[1]
+
+
+def _by_duckdb(
+    table: pa.Table, key_columns: list[str], *, with_values: bool
+) -> tuple[pa.Array, pa.Array | None]:
+    """:func:`encode_columns` by DuckDB's ``to_json`` (the values an empty array unless
+    ``with_values``)."""
     con = _cursor()
     try:
         con.register("rows_out", table)
@@ -146,12 +170,15 @@ def encode_columns(table: pa.Table, key_columns: list[str]) -> tuple[pa.Array, p
         row = "__row"
         while row in table.column_names:
             row += "_"
+        value_sql = f'CAST(to_json("{row}") AS VARCHAR)' if with_values else "NULL"
         result = con.sql(
-            f'SELECT CAST(to_json("{row}") AS VARCHAR) AS v, {key_sql} AS k FROM rows_out AS "{row}"'
+            f'SELECT {value_sql} AS v, {key_sql} AS k FROM rows_out AS "{row}"'
         ).to_arrow_table()
     finally:
         con.close()
-    values = result["v"].combine_chunks().cast(pa.binary())
+    values = (
+        result["v"].combine_chunks().cast(pa.binary()) if with_values else pa.array([], pa.binary())
+    )
     key_array = result["k"].combine_chunks().cast(pa.binary()) if keys else None
     return values, key_array
 
@@ -175,6 +202,7 @@ class TopicSink:
         self.topic = topic
         self.key_columns = key_columns
         self.fence = fence
+        self._scratch = Scratch()  # the JSON text of each write, framed, then dropped
 
     def write(
         self,
@@ -192,7 +220,7 @@ class TopicSink:
         if "__key" in table.column_names:  # rows that carry their own record key
             explicit = table["__key"].combine_chunks().cast(pa.binary())
             table = table.drop_columns(["__key"])
-        values, keys = encode_columns(table, self.key_columns)
+        values, keys = encode_columns(table, self.key_columns, self._scratch)
         if explicit is not None:
             keys = explicit
         if tombstones:
@@ -222,19 +250,19 @@ class TopicSink:
         for partition in written:
             rows = np.flatnonzero(assignment == partition)
             cuts = np.flatnonzero(np.diff(np.cumsum(sizes[rows] + 24) // limit)) + 1
-            batches = []
+            parts: list[bytes | memoryview] = []  # every batch's, joined once
             for chunk in np.split(rows, cuts):
                 stamp: dict[str, int] = {}
                 if transaction is not None:
                     stamp = transaction.stamp.batch_fields(self.topic, partition)
                     transaction.stamp.sent(self.topic, partition, len(chunk))
                 chunk_values, chunk_keys = _rows(values, keys, chunk)
-                batches.append(
-                    build_batch(chunk_values, chunk_keys, compression=Compression.LZ4, **stamp)
-                )
-            data[partition] = b"".join(batches)
+                parts += batch_parts(chunk_values, chunk_keys, compression=Compression.LZ4, **stamp)
+            data[partition] = b"".join(parts)
         # queued together: one flush for every partition, not the first alone then the rest
-        for future in self.log.append_together(self.topic, data, fence=self.fence).values():
+        keyed = keys is not None and keys.null_count == 0  # no record to refuse for its key
+        appended = self.log.append_together(self.topic, data, fence=self.fence, keyed=keyed)
+        for future in appended.values():
             future.result()
 
 

@@ -4,7 +4,8 @@ Every agent sharing a PostgreSQL metadata store knows the same queries (its ``--
 files and the materialized views of the catalog) and tries to take each one's lease,
 ``query/<name>`` (:mod:`streamhouse.log.metadata.leases`). The holder starts the query from
 the checkpoint recorded under the lease (:class:`~streamhouse.state.remote.LeasedCheckpoints`)
-and renews the lease every ``ttl / 3``; the others keep trying at that pace. A holder whose
+and renews the lease every ``ttl / 3``, also while the query starts (a restore slower than the
+lease must not lose it); the others keep trying at that pace. A holder whose
 renewal is refused (it paused past its lease, the store's clock says it expired) stops the
 query at once, without a last checkpoint; anything it still tries to write is refused by the
 fence in the store (``FencedError``), so the new holder, which resumed from the last
@@ -275,7 +276,10 @@ class QuerySupervisor:
             return
         held.lease, held.valid_until = lease, asked + self.ttl_ms / 1000
         try:
-            held.query = self._start(held, lease)
+            # renewed meanwhile: a start slower than the lease (restoring checkpoints, planning
+            # both stages of a task) must not lose it before the query's first write
+            with renewing(self.metadata, [lease], self.ttl_ms):
+                held.query = self._start(held, lease)
         except Exception as exc:  # that query alone fails; this agent and the others go on
             if isinstance(exc, StreamHouseError):
                 log.error("continuous query %s not started: %s", name, exc)

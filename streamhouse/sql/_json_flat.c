@@ -4,7 +4,9 @@
  * Only what is plainly valid JSON and reads one way is read here: an object whose values are
  * strings without escapes, numbers, true, false or null, in ASCII, each wanted field at most
  * once, and a wanted field's value of its own kind (an integer for an integer field, any
- * number for a float, a string for text, true or false for a boolean; null for any). Every
+ * number for a float, a string for text, true or false for a boolean, for a millisecond
+ * timestamp an integer of at most 15 digits (epoch milliseconds) or a text
+ * YYYY-MM-DD[ T]HH:MM:SS[.f[f[f]]][Z] of a real date (UTC); null for any). Every
  * other value is left for the general reader (DuckDB, then pyarrow), which decides what it
  * means; so a row read here is read as that reader would read it.
  */
@@ -13,8 +15,11 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#ifdef __SSE2__
+#include <emmintrin.h>
+#endif
 
-enum { INT64 = 0, INT32 = 1, FLOAT64 = 2, TEXT = 3, BOOL = 4 };
+enum { INT64 = 0, INT32 = 1, FLOAT64 = 2, TEXT = 3, BOOL = 4, TIMESTAMP_MS = 5 };
 
 static int is_ws(uint8_t c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r'; }
 
@@ -74,6 +79,25 @@ static const uint8_t *scan_number(const uint8_t *p, const uint8_t *e, int *integ
  * holds an escape, a control character or a byte outside ASCII, or does not end. */
 static const uint8_t *scan_string(const uint8_t *p, const uint8_t *e)
 {
+#ifdef __SSE2__
+    /* 16 bytes at a time to the first that is not plain text: a quote, a backslash, or below
+     * 0x20 or from 0x80 as a signed byte (both are less than 0x20 signed); the loop below
+     * then judges that byte. Long texts (URLs, descriptions) are most of a row's bytes. */
+    const __m128i quote = _mm_set1_epi8('"'), backslash = _mm_set1_epi8('\\');
+    const __m128i space = _mm_set1_epi8(0x20);
+    while (e - p >= 16) {
+        __m128i chunk = _mm_loadu_si128((const __m128i *)p);
+        __m128i stop = _mm_or_si128(
+            _mm_or_si128(_mm_cmpeq_epi8(chunk, quote), _mm_cmpeq_epi8(chunk, backslash)),
+            _mm_cmplt_epi8(chunk, space));
+        int mask = _mm_movemask_epi8(stop);
+        if (mask != 0) {
+            p += __builtin_ctz((unsigned)mask);
+            break;
+        }
+        p += 16;
+    }
+#endif
     while (p < e) {
         uint8_t c = *p;
         if (c == '"')
@@ -141,6 +165,71 @@ static int parse_float(const uint8_t *p, const uint8_t *e, double *out)
     return 1;
 }
 
+/* n ASCII digits at p as a number; -1 if one is not a digit. */
+static int digits(const uint8_t *p, int n)
+{
+    int value = 0;
+    for (int k = 0; k < n; k++) {
+        if (p[k] < '0' || p[k] > '9')
+            return -1;
+        value = value * 10 + (p[k] - '0');
+    }
+    return value;
+}
+
+/* Days from 1970-01-01 to a proleptic Gregorian date (Hinnant's days_from_civil). */
+static int64_t days_from_civil(int64_t y, int m, int d)
+{
+    y -= m <= 2;
+    int64_t era = (y >= 0 ? y : y - 399) / 400;
+    int64_t yoe = y - era * 400;
+    int64_t doy = (153 * (m + (m > 2 ? -3 : 9)) + 2) / 5 + d - 1;
+    int64_t doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    return era * 146097 + doe - 719468;
+}
+
+/* Text [p, e) as UTC epoch milliseconds: only YYYY-MM-DD, a space or T, HH:MM:SS, then up to
+ * three fraction digits after a point and an optional Z, of a date and time that exist (year
+ * 1 to 9999, second below 60). Any other form (a zone offset, more digits, a date alone) is
+ * the general reader's to judge. */
+static int parse_timestamp(const uint8_t *p, const uint8_t *e, int64_t *out)
+{
+    static const int DAYS[] = {31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
+    size_t size = (size_t)(e - p);
+    if (size < 19 || p[4] != '-' || p[7] != '-' || (p[10] != ' ' && p[10] != 'T') ||
+        p[13] != ':' || p[16] != ':')
+        return 0;
+    int year = digits(p, 4), month = digits(p + 5, 2), day = digits(p + 8, 2);
+    int hour = digits(p + 11, 2), minute = digits(p + 14, 2), second = digits(p + 17, 2);
+    if (year < 1 || month < 1 || month > 12 || day < 1 || hour < 0 || hour > 23 ||
+        minute < 0 || minute > 59 || second < 0 || second > 59)
+        return 0;
+    int leap = (year % 4 == 0 && year % 100 != 0) || year % 400 == 0;
+    if (day > DAYS[month - 1] + (month == 2 && leap))
+        return 0;
+    const uint8_t *q = p + 19;
+    int millis = 0;
+    if (q < e && *q == '.') {
+        int count = 0;
+        for (q++; q < e && *q >= '0' && *q <= '9'; q++, count++) {
+            if (count == 3)
+                return 0;
+            millis = millis * 10 + (*q - '0');
+        }
+        if (count == 0)
+            return 0;
+        for (; count < 3; count++)
+            millis *= 10;
+    }
+    if (q < e && *q == 'Z')
+        q++;
+    if (q != e)
+        return 0;
+    *out = days_from_civil(year, month, day) * 86400000 +
+           (int64_t)(hour * 3600 + minute * 60 + second) * 1000 + millis;
+    return 1;
+}
+
 /* An Arrow binary-view entry of [text, end) within base: the length, then the bytes inlined
  * (12 or fewer) or a 4-byte prefix, buffer 0 and the offset. */
 static void write_view(uint8_t *view, const uint8_t *base, const uint8_t *text,
@@ -205,9 +294,10 @@ static int read_object(const uint8_t *base, const uint8_t *p, const uint8_t *e, 
                 if (p == NULL)
                     return 0;
                 if (f >= 0) {
-                    if (types[f] != TEXT)
+                    if (types[f] == TEXT)
+                        write_view(views + 16 * at, base, text, p);
+                    else if (types[f] != TIMESTAMP_MS || !parse_timestamp(text, p, &values[at]))
                         return 0;
-                    write_view(views + 16 * at, base, text, p);
                     valid[at] = 1;
                 }
                 p++;
@@ -222,6 +312,11 @@ static int read_object(const uint8_t *base, const uint8_t *p, const uint8_t *e, 
                         if (!integral || !parse_integer(p, end, &values[at]))
                             return 0;
                         if (type == INT32 && (values[at] < INT32_MIN || values[at] > INT32_MAX))
+                            return 0;
+                    } else if (type == TIMESTAMP_MS) {
+                        /* epoch milliseconds: an integer of 1 to 15 digits */
+                        int64_t count = (int64_t)(end - p) - (*p == '-');
+                        if (!integral || count > 15 || !parse_integer(p, end, &values[at]))
                             return 0;
                     } else if (type == FLOAT64) {
                         double value;

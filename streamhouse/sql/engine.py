@@ -833,13 +833,10 @@ class Engine:
         that source is a stream with an Iceberg table: the windowed rows of its Parquet files
         are then never Python's. None (nothing registered): windowed by ``window_table``."""
         source, spec = window
-        if spec.kind not in NATIVE_KINDS or not self.read_iceberg:
+        if spec.kind not in NATIVE_KINDS:
             return None
         resolved = self._resolve(source)
         if resolved is None or resolved[0] not in STREAM_KINDS.values():
-            return None
-        definition = stream_definition(parse(resolved[1].sql)[0])  # type: ignore[attr-defined]
-        if not iceberg_enabled(definition):
             return None
         needed = None if columns is None else columns | {spec.time_column}
         scan = self.source_scan(source, needed, named, query, hints.get(source), bounds_of=name)
@@ -1011,6 +1008,7 @@ class Engine:
             start_offsets=columnar.tail_starts if columnar else None,
             skip_damaged=self.skip_damaged,
             isolation=self.isolation,
+            parallel=True,
         )
         if source.rejected and not options.ignore_parse_errors:
             raise parse_failure(name, source.rejected[0])

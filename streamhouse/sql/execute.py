@@ -88,6 +88,14 @@ def run_sql(sql: str, tables: dict[str, pa.Table], *, ordered: bool = True) -> p
     return table
 
 
+def output_names(sql: str, tables: dict[str, pa.Table]) -> list[str]:
+    """The names of ``sql``'s output columns over ``tables``, from its plan (not run)."""
+    ctx = session_context(ordered=True)
+    for name, table in tables.items():
+        register(ctx, name, table)
+    return sql_errors(lambda: ctx.sql(sql).schema().names)
+
+
 # What DataFusion makes of an exception a Python function raised: PyErr { type: <class 'E'>,
 # value: E('message'), traceback: ... }
 _PYTHON_ERROR = re.compile(

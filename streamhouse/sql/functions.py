@@ -309,6 +309,24 @@ def _mark_named(tree: exp.Expr) -> exp.Expr:
     return tree
 
 
+def stateless_sql(select: exp.Select) -> tuple[str, str | None]:
+    """A filter/projection's SQL for DataFusion, and the SQL that names its output (None: the
+    first does). A SELECT with an unaliased computed output has DATE_FORMAT in its ``to_char``
+    form (:func:`_mark_named`); with that output aliased by its position instead, DATE_FORMAT
+    takes its cheaper path, and the columns get back the names DataFusion gives the first
+    form, planned once (:func:`streamhouse.sql.execute.output_names`)."""
+    plain = to_datafusion(select)
+    aliased = select.copy()
+    for i, output in enumerate(list(aliased.expressions)):
+        if not isinstance(output, exp.Alias | exp.Column | exp.Star):
+            output.replace(exp.alias_(output.copy(), f"__output_{i}"))
+    cheap = to_datafusion(aliased)
+    distinct = FORMAT_DISTINCT.upper()
+    if distinct not in cheap.upper() or distinct in plain.upper():
+        return plain, None
+    return cheap, plain
+
+
 def to_datafusion(expression: exp.Expr) -> str:
     """SQL text for DataFusion: Postgres-flavoured, identifiers quoted, Flink functions mapped."""
     tree = _mark_named(unnest_joins(expression.copy()))

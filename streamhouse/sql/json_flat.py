@@ -3,7 +3,9 @@
 
 The C reader takes only what it can read one way: objects of scalar values, strings without
 escapes, ASCII, each wanted field once and of its own kind (an integer for an integer field,
-any number for a float, a string for text, a boolean for a boolean, or null). The rows it
+any number for a float, a string for text, a boolean for a boolean, for a millisecond
+timestamp an integer of at most 15 digits (epoch milliseconds) or the text
+``YYYY-MM-DD[ T]HH:MM:SS[.fff][Z]`` of a real date, read as UTC; or null). The rows it
 does not take go to the general reader, which decides how they read or why they are
 rejected; so every row reads as the general reader would read it, faster (80-100 ns a row of
 CPU for two or three fields, Arrow columns included, against about 200 for DuckDB's
@@ -21,7 +23,15 @@ __all__ = ["flat_readable", "read_flat"]
 
 _read = native_library(__file__, "_json_flat", "read_flat_objects", 12)
 
-_TYPES = {pa.int64(): 0, pa.int32(): 1, pa.float64(): 2, pa.string(): 3, pa.bool_(): 4}
+_TYPES = {
+    pa.int64(): 0,
+    pa.int32(): 1,
+    pa.float64(): 2,
+    pa.string(): 3,
+    pa.bool_(): 4,
+    pa.timestamp("ms"): 5,  # ISO-8601 text without an offset (UTC) or epoch milliseconds
+    pa.timestamp("ms", tz="UTC"): 5,
+}
 _TEXT = 3
 _MAX_FIELDS = 64
 _INLINE = 12  # a binary view's longest inlined value: those are left to the general reader
@@ -121,4 +131,5 @@ def _column(
         values = values.astype(np.int32)
     elif type_ == pa.float64():
         values = values.view(np.float64)
+    # (a timestamp's epoch milliseconds are its int64 values as they are)
     return pa.Array.from_buffers(type_, n, [bitmap, pa.py_buffer(values)])

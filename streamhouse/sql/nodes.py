@@ -44,6 +44,9 @@ class Stateless(PlanNode):
     # the columns identifying each row (an UNNEST's expansion: the source row's position and
     # its element numbers), by which a window's late rows are traced back; () when none do
     identity: tuple[str, ...] = ()
+    # the SQL whose plan names the output columns, when ``sql`` aliases them by position
+    # (:func:`streamhouse.sql.functions.stateless_sql`); None: ``sql`` names them
+    names_sql: str | None = None
 
     @property
     def keeps_metadata(self) -> bool:

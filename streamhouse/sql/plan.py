@@ -25,7 +25,7 @@ from streamhouse.errors import SqlError
 from streamhouse.sql.bounds import TimeBound, evictable_bound
 from streamhouse.sql.changelog_join import output_names, spelled_out_stars
 from streamhouse.sql.dialect import TableArgument
-from streamhouse.sql.functions import to_datafusion
+from streamhouse.sql.functions import stateless_sql, to_datafusion
 from streamhouse.sql.inline import inline
 from streamhouse.sql.join_chain import nested_joins
 from streamhouse.sql.joins import plan_join, plan_temporal_join, plan_temporal_star
@@ -396,7 +396,8 @@ def plan_select(
         return plan_window(select, None, table)  # an updating aggregate: upserts per key
     if select.args.get("order") is not None:
         return plan_time_sort(select, table)
-    return Stateless(table.name, to_datafusion(select))
+    sql, names_sql = stateless_sql(select)
+    return Stateless(table.name, sql, names_sql=names_sql)
 
 
 def _append_only_input(query: exp.Expr, derived: dict[str, Operator]) -> bool:

@@ -44,7 +44,7 @@ from __future__ import annotations
 import json
 import logging
 import struct
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -277,6 +277,43 @@ class ScopedBatch:
         self.batch.delete(family, self.prefix + key)
 
 
+def take_sorted(
+    parts: Sequence[pa.Table | pa.RecordBatch], indices: np.ndarray, empty: pa.Table
+) -> pa.Table:
+    """The rows at ``indices`` (increasing positions in ``parts`` one after the other), taken
+    part by part, as one chunk per part reached: a take over a chunked table would first copy
+    every row of every chunk into one array, those not taken too. ``empty``: a table of the
+    parts' schema, sliced when nothing is taken."""
+    if not parts:
+        return empty.slice(0, 0)
+    ends = np.cumsum([part.num_rows for part in parts])
+    cuts = np.searchsorted(indices, ends[:-1])
+    taken = []
+    for part, start, picked in zip(
+        parts, np.r_[0, ends[:-1]], np.split(indices, cuts), strict=True
+    ):
+        if len(picked):
+            rows = part.take(pa.array(picked - start, pa.int64()))
+            taken.append(
+                pa.Table.from_batches([rows]) if isinstance(rows, pa.RecordBatch) else rows
+            )
+    if not taken:
+        return empty.slice(0, 0)
+    return pa.concat_tables(taken, promote_options="permissive")
+
+
+MAX_CHUNKS = 256
+"""A run of more chunks than this is combined into one: its rows are kept as the chunks they
+came in (a compaction concatenates runs without copying their rows), but each chunk costs a
+record batch in the run's IPC stream and a take of its own."""
+
+
+def _few_chunks(table: pa.Table) -> pa.Table:
+    if max((column.num_chunks for column in table.columns), default=0) > MAX_CHUNKS:
+        return table.combine_chunks()
+    return table
+
+
 class TableState:
     """Operator state: the rows of one Arrow table keyed by some of its columns, held in memory
     and kept in the ``sessions`` column family as *runs*.
@@ -285,9 +322,10 @@ class TableState:
     it supersedes the rows of those keys in earlier runs, so a micro-batch writes only the keys
     it changed, never the whole table. Reading back keeps, per key, the rows of the latest run
     holding it. Runs are compacted into one (in the same micro-batch, deleting the old ones)
-    when the runs after the first outgrow it, when superseded rows outnumber current ones, or
-    when there are more than :data:`MAX_RUNS`, so a row is rewritten a bounded number of times
-    on average.
+    when the runs after the first outgrow ``growth`` times it, when superseded rows outnumber
+    current ones, or when there are more than :data:`MAX_RUNS`, so a row is rewritten a bounded
+    number of times on average (about ``(growth + 1) / growth``: a larger ``growth`` rewrites
+    less and keeps more runs, each of which a lookup searches).
 
     In memory the runs stay as written, with a mask of their current rows (:attr:`live`) and,
     for keys of integer and temporal columns, a sorted index of each run's keys
@@ -300,9 +338,12 @@ class TableState:
 
     MAX_RUNS = 16
 
-    def __init__(self, store: StateStore | StateView, key: bytes, keys: list[str]) -> None:
+    def __init__(
+        self, store: StateStore | StateView, key: bytes, keys: list[str], growth: int = 1
+    ) -> None:
         self.key = key
         self.keys = list(keys)
+        self.growth = growth
         self._runs: list[tuple[int, pa.Table]] = []  # (run, rows), in run order
         self._held: list[pa.Array | None] = []  # the encoded keys of each run's rows
         for stored, value in store.items(ColumnFamily.SESSIONS, key):
@@ -351,21 +392,10 @@ class TableState:
         return self.table.filter(pa.array(self.live)) if self._runs else pa.table({})
 
     def take(self, indices: np.ndarray) -> pa.Table:
-        """The held rows at ``indices`` (increasing positions in :attr:`table`), taken run by
-        run: a take over the chunked table would first copy every run into one array."""
-        if len(self._runs) <= 1:
-            return self.table.take(pa.array(indices, pa.int64()))
-        ends = np.cumsum([rows.num_rows for _, rows in self._runs])
-        cuts = np.searchsorted(indices, ends[:-1])
-        parts = []
-        for (_, rows), start, part in zip(
-            self._runs, np.r_[0, ends[:-1]], np.split(indices, cuts), strict=True
-        ):
-            if len(part):
-                parts.append(rows.take(pa.array(part - start, pa.int64())))
-        if not parts:
-            return self.table.slice(0, 0)
-        return pa.concat_tables(parts, promote_options="permissive")
+        """The held rows at ``indices`` (increasing positions in :attr:`table`), taken chunk by
+        chunk of each run (see :func:`take_sorted`)."""
+        chunks = [chunk for _, rows in self._runs for chunk in rows.to_batches()]
+        return take_sorted(chunks, indices, self.table)
 
     def find(self, rows: pa.Table, columns: list[str] | None = None) -> np.ndarray:
         """Positions (in :attr:`table`) of the current rows whose ``columns`` (the state's keys
@@ -375,8 +405,10 @@ class TableState:
             return np.zeros(0, dtype=np.int64)
         if columns == self.keys:
             hits = self._index_hits(rows)
-            if hits is not None:
-                return np.unique(hits[0])
+            if hits is not None:  # each position once, increasing (a mask: no sort of the hits)
+                found = np.zeros(len(self.live), dtype=bool)
+                found[hits[0]] = True
+                return np.flatnonzero(found)
         held = (
             self._held
             if columns == self.keys
@@ -447,7 +479,7 @@ class TableState:
         if rows.num_rows == 0 and not len(superseded):
             return
         seq = self._runs[-1][0] + 1 if self._runs else 1
-        rows = rows.combine_chunks()  # a run is taken from: one chunk per column
+        rows = _few_chunks(rows)
         self._runs.append((seq, rows))
         self._held.append(_encoded_keys(rows, self.keys))
         self._index.append(_RunIndex.of(self._held[-1]))
@@ -477,12 +509,26 @@ class TableState:
         first = self._runs[0][1].num_rows
         later = len(self.live) - first
         current = int(self.live.sum())
-        return later > first or len(self.live) > 2 * current or len(self._runs) > self.MAX_RUNS
+        return (
+            later > self.growth * first
+            or len(self.live) > 2 * current
+            or len(self._runs) > self.MAX_RUNS
+        )
 
     def _compact(self, batch: StateBatch | ScopedBatch) -> None:
         """Rewrite the current rows as one run and delete the others (the staged one included,
         which is not written)."""
-        rows = self.take(np.flatnonzero(self.live)).combine_chunks()
+        kept, start = [], 0
+        for _, run in self._runs:  # a run whose rows are all current is kept as it is, no copy
+            current = self.live[start : start + run.num_rows]
+            start += run.num_rows
+            if current.all():
+                kept.append(run)
+            elif current.any():
+                kept.append(run.filter(pa.array(current)))
+        rows = _few_chunks(
+            pa.concat_tables(kept, promote_options="permissive") if kept else self.table.slice(0, 0)
+        )
         for seq, _ in self._runs[:-1]:
             batch.delete(ColumnFamily.SESSIONS, self._run_key(seq))
         seq = self._runs[-1][0]

@@ -24,18 +24,23 @@ import pyarrow.compute as pc
 from streamhouse.key_codes import group_codes
 from streamhouse.sql.execute import run_sql
 from streamhouse.sql.nodes import RANKED, TopN
-from streamhouse.state.store import StateBatch, StateStore, TableState
+from streamhouse.state.store import StateBatch, StateStore, TableState, take_sorted
 
 log = logging.getLogger(__name__)
 
 TOP_N_KEY = b"top_n"
+TOP_N_GROWTH = 8
+"""The runs after the first are compacted with it once they hold this many times its rows (see
+:class:`~streamhouse.state.store.TableState`): a Top-N's runs hold mostly rows of keys no later
+run touches (few of a key's rows leave its top N), so a compaction rewrites mostly current rows
+and is put off longer than by default, each row then rewritten 1.25 times instead of twice."""
 
 
 class TopNOperator:
     def __init__(self, plan: TopN, store: StateStore, arrival: str | None = None) -> None:
         self.plan = plan
         self.arrival = arrival  # ties broken by arrival, "ascending" or "descending" (PROCTIME)
-        self.table = TableState(store, TOP_N_KEY, plan.partition_by)
+        self.table = TableState(store, TOP_N_KEY, plan.partition_by, growth=TOP_N_GROWTH)
 
     @property
     def open_windows(self) -> int:
@@ -52,7 +57,8 @@ class TopNOperator:
         before = previous = None
         candidates = rows
         if len(found):
-            previous = self.table.take(found)
+            # the held rows of the touched keys, few: one chunk, not a sliver per run chunk
+            previous = self.table.take(found).combine_chunks()
             if not self.plan.ranks_only:  # rows the query filters out may need tombstones
                 before = run_sql(self.plan.sql, {self.plan.source: previous})
             candidates = pa.concat_tables([previous, rows], promote_options="permissive")
@@ -76,18 +82,26 @@ class TopNOperator:
                 # nor output (each of their rows is at its rank): their rows are not even taken
                 picked, rank, was = picked[rewritten], rank[rewritten], was[rewritten]
                 rewritten = rewritten[rewritten]
-            ranked = candidates.take(pa.array(picked)).append_column(
+            # Taken in increasing positions (chunk by chunk, see _take_rows); with the outer
+            # query picking columns, only the (key, rank)s whose row changed are output (a kept
+            # row still at its rank is not): those rows are taken first, so the output is a
+            # slice of the rows written, not a copy of them.
+            moved = len(picked)
+            if columns is not None:
+                moved = int(np.count_nonzero(was != rank))
+                order = np.lexsort((picked, was == rank))
+            else:
+                order = np.argsort(picked, kind="stable")
+            picked, rank, rewritten = picked[order], rank[order], rewritten[order]
+            ranked = _take_rows(candidates, picked, moved).append_column(
                 pa.field("__rn", pa.uint64(), nullable=False), pa.array(rank.astype(np.uint64))
             )
             kept = ranked.drop_columns(["__rn"])
             written = kept if rewritten.all() else kept.filter(pa.array(rewritten))
             self.table.replace(found[changed[codes[:held]]], written, batch)
+            ranked = ranked.slice(0, moved)
         names = [self.plan.rank_column if c == "__rn" else c for c in ranked.column_names]
         if columns is not None:  # the outer query picks columns: no SQL needed
-            if was is not None and previous is not None:
-                # Only the (key, rank)s whose row changed are upserted again: a kept row that
-                # is still at its rank is left out.
-                ranked = ranked.filter(pa.array(was != rank))
             ranked = ranked.rename_columns(names)
             return (ranked if columns == ("*",) else ranked.select(list(columns))), before
         if self.plan.output_sql is not None:  # the ranks just computed: no second ranking
@@ -129,6 +143,15 @@ class TopNOperator:
 
     def rollback(self) -> None:
         self.table.rollback()
+
+
+def _take_rows(candidates: pa.Table, picked: np.ndarray, moved: int) -> pa.Table:
+    """The candidates' rows ``picked[:moved]`` then ``picked[moved:]`` (each increasing), taken
+    chunk by chunk (:func:`take_sorted`): only the picked rows are copied."""
+    chunks = candidates.to_batches()
+    return pa.concat_tables(
+        [take_sorted(chunks, part, candidates) for part in (picked[:moved], picked[moved:])]
+    )
 
 
 def _ranks_before(held: np.ndarray, rank: np.ndarray) -> np.ndarray:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from typing import Any
 
 import crc32c
 import numpy as np
@@ -40,7 +41,7 @@ from streamhouse.log.records.varints import (
 )
 from streamhouse.native import load as native_library
 
-__all__ = ["build_batch", "frame_batch"]
+__all__ = ["batch_parts", "build_batch", "frame_batch", "frame_parts"]
 
 
 def _as_binary(values: Sequence[bytes | None] | pa.Array | pa.ChunkedArray) -> pa.Array:
@@ -84,7 +85,12 @@ def _encode_headers(headers: Sequence[tuple[str, bytes | None]]) -> bytes:
     return b"".join(parts)
 
 
-def build_batch(
+def build_batch(*args: Any, **kwargs: Any) -> bytes:
+    """One RecordBatch v2: :func:`batch_parts` (the same arguments) joined."""
+    return b"".join(batch_parts(*args, **kwargs))
+
+
+def batch_parts(
     values: Sequence[bytes | None],
     keys: Sequence[bytes | None] | None = None,
     timestamps: Sequence[int] | None = None,
@@ -96,9 +102,10 @@ def build_batch(
     producer_epoch: int = -1,
     base_sequence: int = -1,
     flags: int = 0,
-) -> bytes:
+) -> list[bytes | memoryview]:
     """One RecordBatch v2 holding the records, offsets ``base_offset`` onwards (``flags``:
-    attribute bits beside the codec, as :func:`frame_batch`).
+    attribute bits beside the codec, as :func:`frame_parts`), in parts: a writer of several
+    batches joins all their parts at once, copying each (compressed) records section once.
 
     ``values`` and ``keys`` may be Arrow binary or string arrays (taken as they are, without a
     round trip through Python objects). ``timestamps`` are ms since the epoch (default: now,
@@ -121,7 +128,7 @@ def build_batch(
         records, base_ts, max_ts = _record_parts(values, keys, timestamps, headers)
     else:
         records, base_ts, max_ts = _encode_columns(values, keys, timestamps, headers)
-    return frame_batch(
+    return frame_parts(
         records,
         n,
         base_ts,
@@ -248,7 +255,12 @@ def _encode_columns(
     return records, base_ts, max_ts
 
 
-def frame_batch(
+def frame_batch(*args: Any, **kwargs: Any) -> bytes:
+    """One batch: :func:`frame_parts` (the same arguments) joined."""
+    return b"".join(frame_parts(*args, **kwargs))
+
+
+def frame_parts(
     records: bytes | memoryview | list[bytes | memoryview],
     n: int,
     base_ts: int,
@@ -262,7 +274,7 @@ def frame_batch(
     last_offset_delta: int | None = None,
     leader_epoch: int = -1,
     flags: int = 0,
-) -> bytes:
+) -> list[bytes | memoryview]:
     """Compress the ``n`` records and put the batch header with its CRC in front (offsets
     ``base_offset`` to ``base_offset + last_offset_delta``, by default ``n - 1``); ``flags``
     are attribute bits beside the codec (``ATTR_TRANSACTIONAL``, ``ATTR_CONTROL``).
@@ -294,7 +306,7 @@ def frame_batch(
     for part in payload_parts:
         crc = crc32c.crc32c(part, crc)
     framing = FRAMING.pack(base_offset, batch_length, leader_epoch, 2, crc)  # magic 2
-    return b"".join((framing, body, *payload_parts))
+    return [framing + body, *payload_parts]
 
 
 def encode_records(

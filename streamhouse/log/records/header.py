@@ -10,8 +10,8 @@ Every offset into a batch that the package uses is derived from :data:`_FIELDS` 
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
 from enum import IntEnum
+from typing import NamedTuple
 
 import crc32c
 import numpy as np
@@ -106,9 +106,11 @@ class Compression(IntEnum):
     ZSTD = 4
 
 
-@dataclass(frozen=True, slots=True)
-class BatchHeader:
-    """The 61-byte header of one record batch."""
+class BatchHeader(NamedTuple):
+    """The 61-byte header of one record batch.
+
+    A named tuple, not a dataclass: produce reads one per batch on the event loop, and a
+    frozen dataclass of 13 fields took 4 us to build, a tuple 0.4 us."""
 
     base_offset: int
     batch_length: int
@@ -155,7 +157,8 @@ class BatchHeader:
         return self.base_offset + self.last_offset_delta
 
 
-assert list(BatchHeader.__dataclass_fields__) == _NAMES  # one spelling of the layout
+assert list(BatchHeader._fields) == _NAMES  # one spelling of the layout
+_new_header = tuple.__new__
 
 
 # --------------------------------------------------------------------------- framing
@@ -167,7 +170,7 @@ def read_header(buf: bytes | memoryview, pos: int = 0) -> BatchHeader:
         raise CorruptRecordError(
             f"truncated batch header at byte {pos}: {len(buf) - pos} of {BATCH_OVERHEAD} bytes"
         )
-    header = BatchHeader(*_HEADER.unpack_from(buf, pos))
+    header: BatchHeader = _new_header(BatchHeader, _HEADER.unpack_from(buf, pos))
     if header.magic != 2:
         raise CorruptRecordError(f"batch at byte {pos} has magic {header.magic}, expected 2")
     if header.batch_length < _MIN_BATCH_LENGTH:
