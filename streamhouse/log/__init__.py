@@ -254,18 +254,29 @@ class Log:
     def append_together(
         self,
         topic: str,
-        batches: Mapping[int, bytes],
+        batches: Mapping[int, bytes | bytearray],
         fence: Lease | None = None,
         keyed: bool = False,
+        *,
+        framed_here: bool = False,
     ) -> dict[int, Future[int]]:
         """:meth:`append` to several partitions of ``topic`` (partition -> batches), queued at
         once: an idle writer flushes them in one object instead of the first alone. ``keyed``:
         the caller built the batches and every record has a key, so a compacted topic need not
-        decompress them to look for a record without one."""
+        decompress them to look for a record without one.
+
+        ``framed_here``: batches this process framed itself (their CRC-32C computed just now),
+        not checked again; given as a ``bytearray``, each is the writer's from here on,
+        stamped with its offsets in place rather than copied (an exchange record is
+        megabytes)."""
         appends = []
         for partition, data in batches.items():
-            stamped, headers = self._validate(topic, partition, data, None, keyed=keyed)
-            appends.append((topic, partition, bytes(stamped), headers))
+            stamped, headers = self._validate(
+                topic, partition, data, None, verified=framed_here, keyed=keyed
+            )
+            if not (framed_here and isinstance(stamped, bytearray)):
+                stamped = bytes(stamped)
+            appends.append((topic, partition, stamped, headers))
         futures = self.writer.append_together(appends, fence)
         return dict(zip(batches, futures, strict=True))
 

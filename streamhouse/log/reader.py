@@ -77,6 +77,18 @@ class ObjectCache:
             self.misses += 1
         return self._store.get(key)
 
+    def run(self, row: SegmentRow) -> bytes:
+        """The bytes of ``row``'s run: its object's if cached, else the run's range alone from
+        the store (not cached)."""
+        with self._lock:
+            data = self._objects.get(row.object_key)
+            if data is not None:
+                self._objects.move_to_end(row.object_key)
+                self.hits += 1
+                return data
+            self.misses += 1
+        return self._store.get(row.object_key, row.position, row.position + row.length)
+
     def put(self, key: str, data: bytes) -> None:
         if len(data) > self._capacity:
             return
@@ -211,8 +223,18 @@ class LogReader:
         is a list, it is left out and its error appended there instead.
         """
         start_offsets = start_offsets or {}
-        end_offsets = end_offsets or {}
-        rows = [
+        rows = self._rows(topic, partitions, start_offsets, end_offsets or {})
+        return self.read_runs(rows, start_offsets, damaged)
+
+    def _rows(
+        self,
+        topic: str,
+        partitions: Sequence[int],
+        start_offsets: Mapping[int, int],
+        end_offsets: Mapping[int, int | None],
+    ) -> list[SegmentRow]:
+        """The index rows of the partitions' runs overlapping ``[start, end)``, in order."""
+        return [
             row
             for partition in partitions
             for row in self._metadata.segments(
@@ -222,7 +244,31 @@ class LogReader:
                 to_offset=end_offsets.get(partition),
             )
         ]
-        return self.read_runs(rows, start_offsets, damaged)
+
+    def scan_as_written(
+        self,
+        topic: str,
+        partitions: Sequence[int],
+        start_offsets: Mapping[int, int],
+        end_offsets: Mapping[int, int],
+    ) -> list[tuple[SegmentRow, memoryview, int]]:
+        """:meth:`scan`, each run as its object holds it (checked, never re-stamped: no copy)
+        with what to add to its batches' written base offsets for the offsets the index gave
+        them. For a reader that takes the offsets from there (an exchange's: its runs are
+        appended by several processes at once, so most were written at other offsets). A run
+        of an object not in the cache is read alone (an exchange's object holds a run for
+        every task, each read by one task: the others' are not read)."""
+        rows = self._rows(topic, partitions, start_offsets, end_offsets)
+        out = []
+        for row in rows:
+            run = _check_run(self._cache.run(row), row)
+            delta = row.base_offset - first_base_offset(run)
+            start = start_offsets.get(row.partition, 0)
+            if row.base_offset < start:
+                run = run[_skip_to(run, start - delta) :]
+            if len(run):
+                out.append((row, run, delta))
+        return out
 
     def read_runs(
         self,

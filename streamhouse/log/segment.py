@@ -99,7 +99,7 @@ class _Run:
     def __init__(
         self, base_offset: int, last_offset: int, min_ts: int, max_ts: int, count: int
     ) -> None:
-        self.chunks: list[bytes] = []
+        self.chunks: list[bytes | bytearray] = []
         self.length = 0
         self.base_offset = base_offset
         self.last_offset = last_offset
@@ -131,7 +131,7 @@ class SegmentBuilder:
         self,
         topic: str,
         partition: int,
-        batches: bytes,
+        batches: bytes | bytearray,
         *,
         base_offset: int,
         last_offset: int,
@@ -139,7 +139,9 @@ class SegmentBuilder:
         max_timestamp: int,
         record_count: int,
     ) -> None:
-        """Append ``batches`` (RecordBatch v2 bytes holding offsets base..last) to the partition's run."""
+        """Append ``batches`` (RecordBatch v2 bytes holding offsets base..last) to the partition's run.
+
+        A ``bytearray`` is kept as it is, not copied: it must not change until :meth:`build`."""
         if not batches:
             raise ValueError(f"no batch bytes for {topic}/{partition}")
         if last_offset < base_offset:
@@ -162,7 +164,7 @@ class SegmentBuilder:
             run.last_offset = last_offset
             run.min_timestamp = min(run.min_timestamp, min_timestamp)
             run.max_timestamp = max(run.max_timestamp, max_timestamp)
-        run.chunks.append(bytes(batches))
+        run.chunks.append(batches if isinstance(batches, bytes | bytearray) else bytes(batches))
         run.length += len(batches)
         run.record_count += record_count
         self._size += len(batches)

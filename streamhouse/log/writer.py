@@ -124,7 +124,7 @@ _Key = tuple[str, int]
 class _Append:
     topic: str
     partition: int
-    data: bytes | memoryview
+    data: bytes | memoryview | bytearray  # a bytearray is the writer's: stamped in place
     headers: list[tuple[int, BatchHeader]]  # (start position in data, header)
     future: Future[int] | asyncio.Future[int]
     loop: asyncio.AbstractEventLoop | None  # set for asyncio futures: resolved on that loop
@@ -374,11 +374,14 @@ class LogWriter:
 
     def append_together(
         self,
-        appends: Sequence[tuple[str, int, bytes | memoryview, list[tuple[int, BatchHeader]]]],
+        appends: Sequence[
+            tuple[str, int, bytes | memoryview | bytearray, list[tuple[int, BatchHeader]]]
+        ],
         fence: Lease | None = None,
     ) -> list[Future[int]]:
         """:meth:`append` of several partitions' batches queued at once, so that an idle
-        writer flushes them together instead of the first alone."""
+        writer flushes them together instead of the first alone (batches given as a
+        ``bytearray`` are the writer's from then on: stamped with their offsets in place)."""
         items = [
             _Append(topic, partition, data, headers, Future(), None, fence=fence)
             for topic, partition, data, headers in appends
@@ -594,7 +597,13 @@ class LogWriter:
                 del flush.by_partition[key]
                 continue
             base = next_offset
-            buf = bytearray(items[0].data if len(items) == 1 else b"".join(i.data for i in items))
+            data = items[0].data
+            if len(items) > 1:
+                buf = bytearray().join(i.data for i in items)  # one copy, not two
+            elif isinstance(data, bytearray):  # handed over (Log.append_together framed_here)
+                buf = data
+            else:
+                buf = bytearray(data)
             position = 0
             min_ts, max_ts, records = None, None, 0
             for item in items:

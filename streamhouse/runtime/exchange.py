@@ -8,9 +8,9 @@ partition: the rows of the key groups that partition's task owns — for a TUMBL
 CUMULATE aggregate, their partial aggregates per key and pane instead (two-phase aggregation,
 as Flink's local/global: a windowed COUNT ships a row per key and pane, not per event); for a
 join, Top-N or deduplication, the source rows as read (one exchange topic per source,
-``<query>.exchange`` then ``<query>.exchange1``, see :mod:`.routing`) — as an Arrow IPC stream,
-and
-the record key ``<task>:<sequence>:<watermark>:<idle>``. Every record carries the producer's
+``<query>.exchange`` then ``<query>.exchange1``, see :mod:`.routing`) — as an Arrow IPC stream
+(written into its record and read back in place: :mod:`.exchange_records`), and the record key
+``<task>:<sequence>:<watermark>:<idle>``. Every record carries the producer's
 watermark, also when it holds no rows, so a consuming task's watermark (the minimum over the
 producing tasks, :class:`ExchangeSource`) moves on even for key groups without new rows. A
 producer computes its watermark without its idle partitions (as at parallelism 1); one whose
@@ -53,7 +53,12 @@ from streamhouse.joins.windowed import Panes
 from streamhouse.log import Log
 from streamhouse.log.isolation import Isolation
 from streamhouse.log.metadata.leases import Lease
-from streamhouse.log.records import Compression, build_batch
+from streamhouse.runtime.exchange_records import (
+    exchange_batch,
+    ipc_size,
+    read_exchange,
+    write_ipc,
+)
 from streamhouse.runtime.key_groups import key_groups, task_of, window_tasks
 from streamhouse.runtime.operators import run_ordered
 from streamhouse.runtime.query import FINAL_WATERMARK, _window_period
@@ -102,12 +107,8 @@ def encode(table: pa.Table) -> pa.Buffer:
     Sized first (a dry run that copies nothing), then written once into a buffer of that
     size: a growing ``BufferOutputStream`` reallocates and copies megabytes several times
     over (several times the CPU of the write itself)."""
-    sized = pa.MockOutputStream()
-    with pa.ipc.new_stream(sized, table.schema) as writer:
-        writer.write_table(table)
-    out = pa.allocate_buffer(sized.size())
-    with pa.ipc.new_stream(pa.FixedSizeBufferWriter(out), table.schema) as writer:
-        writer.write_table(table)
+    out = pa.allocate_buffer(ipc_size(table))
+    write_ipc(table, memoryview(out))
     return out
 
 
@@ -433,19 +434,12 @@ class ExchangeSource(QuerySource):
         now = time.monotonic()
         for p in wanted:
             self.last_data[p] = now
-        records = read_records(
-            log_,
-            self.topic,
-            wanted,
-            {p: self.positions[p] for p in wanted},
-            ends,
-            isolation=self.isolation,
+        records = read_exchange(
+            log_, self.topic, wanted, {p: self.positions[p] for p in wanted}, ends
         )
         tables = []
-        values = records["value"]  # chunks as decoded: each value a slice of one, no copy
-        for i, key in enumerate(records["key"].to_pylist()):
-            # one record per producer micro-batch, not per row
-            producer, sequence, watermark, idle = (int(x) for x in key.split(b":"))
+        for record in records:  # one record per producer micro-batch, not per row
+            producer, sequence, watermark, idle = (int(x) for x in (record.key or b"").split(b":"))
             if sequence <= self._read_taken.get(producer, 0):
                 continue  # a producer's replay of a batch taken before
             if idle:
@@ -454,9 +448,8 @@ class ExchangeSource(QuerySource):
                 self._read_idle.discard(producer)
             self._read_taken[producer] = sequence
             self._read_marks[producer] = max(watermark, self._read_marks.get(producer, watermark))
-            value = values[i].as_buffer()  # a slice of the decoded records, not a copy
-            if value is not None and value.size:
-                tables.append(decode(value))
+            if record.value is not None and record.value.size:  # read in place, not copied
+                tables.append(decode(record.value))
         if not tables:
             return SourceRead(None, len(records))
         table = pa.concat_tables(tables, promote_options="default")
@@ -502,18 +495,14 @@ def append_shares(
     offsets, by partition."""
     records = {}
     for target in range(parallelism):
-        share: bytes | pa.Buffer = b""
+        picked = None
         if rows is not None and shares is not None:
             picked = rows.filter(pa.array(shares[target]))
-            if picked.num_rows:
-                share = encode(picked)
         # not compressed: a record is read back once, by a task of this machine or agent,
         # and LZ4 both ways cost more CPU than the copy it saves
-        records[target] = build_batch(
-            [share], [key], headers=[headers or []], compression=Compression.NONE
-        )
+        records[target] = exchange_batch(picked, key, headers or [])
     # one flush for every task's record: one object, one fsync and one commit per batch
-    appended = log_.append_together(topic, records, fence=fence)
+    appended = log_.append_together(topic, records, fence=fence, framed_here=True)
     return {target: future.result() for target, future in appended.items()}
 
 
