@@ -447,8 +447,8 @@ def test_a_first_stage_two_batches_past_its_checkpoint_the_last_sent_in_part_rep
     run.produce_a_batch([zero, one])
     together = sh.log.append_together
 
-    def to_partition_0_only(topic: str, records: dict, fence: Any = None) -> dict:
-        together(topic, {0: records[0]}, fence=fence)[0].result()
+    def to_partition_0_only(topic: str, records: dict, **options: Any) -> dict:
+        together(topic, {0: records[0]}, **options)[0].result()
         raise OSError("agent a died between its appends")
 
     monkeypatch.setattr(sh.log, "append_together", to_partition_0_only)
