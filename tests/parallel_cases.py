@@ -11,6 +11,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import duckdb
+import pyarrow as pa
+
 from streamhouse import StreamHouse
 from streamhouse.runtime.launch import start_query
 
@@ -59,3 +62,14 @@ def freeze(pid: int, store: Path) -> None:
         finally:
             conn.close()
     raise AssertionError(f"process {pid} held the store's write lock at every try")
+
+
+def nested_aggregate_answer(rows: list[dict[str, Any]]) -> pa.Table:
+    """DuckDB's answer to the aggregate of an aggregate of one stream the two-stage tests run:
+    per ``g``, the SUM and COUNT of each ``(k, g)``'s MAX(v), as columns g, total, n."""
+    duck = duckdb.connect()
+    duck.register("ev_rows", pa.Table.from_pylist(rows))
+    return duck.sql(
+        "SELECT g, SUM(top) AS total, COUNT(*) AS n FROM"
+        " (SELECT k, g, MAX(v) AS top FROM ev_rows GROUP BY k, g) GROUP BY g"
+    ).to_arrow_table()
